@@ -1,0 +1,3 @@
+from lipoframe.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,74 @@
+"""Block averaging and the coordinate mapping between pyramid levels."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def block_mean(image: np.ndarray, factor: int) -> np.ndarray:
+    """Average non-overlapping ``factor``-sized blocks of an image or volume.
+
+    Parameters
+    ----------
+    image : (M, N) or (P, M, N) ndarray
+        Any real dtype, including a read-only memory map; it is read once,
+        in row chunks, and never copied whole.
+    factor : int
+        Block edge length (>= 1). Trailing rows/columns that do not fill a
+        whole block are dropped.
+
+    Returns
+    -------
+    out : ndarray of float32
+        Shape ``image.shape // factor``. Element ``i`` along an axis covers
+        input indices ``[i * factor, (i + 1) * factor)``, so its centre lies
+        at input coordinate ``(i + 0.5) * factor - 0.5`` (see
+        :func:`to_full_resolution`).
+
+    Examples
+    --------
+    >>> block_mean(np.arange(16, dtype=np.float32).reshape(4, 4), 2)
+    array([[ 2.5,  4.5],
+           [10.5, 12.5]], dtype=float32)
+    """
+    factor = int(factor)
+    if factor < 1:
+        raise ValueError(f"factor must be >= 1, got {factor}")
+    if image.ndim not in (2, 3):
+        raise ValueError(f"image must be 2D or 3D, got {image.ndim}D")
+    if factor == 1:
+        return np.array(image, dtype=np.float32, copy=True)
+    out_shape = tuple(s // factor for s in image.shape)
+    if min(out_shape) < 1:
+        raise ValueError(f"image of shape {image.shape} is smaller than one block of {factor}")
+    if image.ndim == 3:
+        planes = [block_mean(image[p * factor + q], factor) for p in range(out_shape[0]) for q in range(factor)]
+        stack = np.stack(planes).reshape(out_shape[0], factor, *out_shape[1:])
+        return stack.mean(axis=1, dtype=np.float32).astype(np.float32, copy=False)
+    mb, nb = out_shape
+    out = np.empty((mb, nb), dtype=np.float32)
+    # Process bands of rows so a memory-mapped file is streamed, and float16 or
+    # integer inputs are widened one band at a time.
+    band = max(1, (1 << 22) // max(1, nb * factor * factor))
+    for r0 in range(0, mb, band):
+        r1 = min(mb, r0 + band)
+        block = np.asarray(image[r0 * factor : r1 * factor, : nb * factor], dtype=np.float32)
+        cols = block.reshape(r1 - r0, factor, nb, factor).sum(axis=3, dtype=np.float32)
+        out[r0:r1] = cols.sum(axis=1, dtype=np.float32)
+    out *= np.float32(1.0 / (factor * factor))
+    return out
+
+
+def to_full_resolution(coord, factor: int):
+    """Map a coordinate on a ``factor``-binned grid to the full-resolution grid.
+
+    Block ``i`` covers full-resolution pixels ``i*factor ... (i+1)*factor-1``,
+    whose centre is ``(i + 0.5) * factor - 0.5``. Mapping with ``i * factor``
+    instead would shift every pick by ``(factor - 1) / 2`` pixels.
+    """
+    return (np.asarray(coord, dtype=float) + 0.5) * factor - 0.5
+
+
+def to_binned(coord, factor: int):
+    """Inverse of :func:`to_full_resolution`."""
+    return (np.asarray(coord, dtype=float) + 0.5) / factor - 0.5

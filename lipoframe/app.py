@@ -1,0 +1,158 @@
+"""The thin Hydra shim behind ``lipoframe run``.
+
+It composes the config (stage options come from the plugin registry through
+ConfigStore), turns it into validated objects and calls
+:func:`lipoframe.runner.run_pipeline`, which knows nothing about Hydra.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+from lipoframe.config import ConfigError, config_dir, store_schema, to_run_config
+
+log = logging.getLogger("lipoframe")
+
+
+def prepare_hydra():
+    """Load plugins and store the schema and every stage's Params in ConfigStore."""
+    from lipoframe import plugins
+
+    pm, registry, infos = plugins.load()
+    store_schema()
+    registry.store_configs()
+    return pm, registry
+
+
+def format_config_error(exc: BaseException) -> str:
+    """One line naming the key, from a Hydra/OmegaConf/lipoframe exception chain."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    chain = []
+    e: BaseException | None = exc
+    while e is not None and e not in chain:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    for e in chain:
+        if isinstance(e, ConfigError):
+            return str(e)
+    for e in chain:
+        if isinstance(e, OmegaConfBaseException) and getattr(e, "full_key", None):
+            msg = str(e).splitlines()[0].strip()
+            for line in str(e).splitlines():
+                if "is not in struct" in line or "could not be converted" in line.lower():
+                    msg = line.strip()
+                    break
+            return f"{e.full_key}: {msg}"
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    if lines and lines[0].startswith("Could not find"):
+        options = [ln for ln in lines[1:] if not ln.startswith("Available") and not ln.startswith("Config search path")]
+        return f"{lines[0]}; available: {', '.join(options)}"
+    return "; ".join(lines[:2]) if lines else type(exc).__name__
+
+
+def validate_overrides(overrides: list[str]) -> None:
+    """Compose and validate the config once, so errors appear before any work.
+
+    Raises
+    ------
+    ConfigError
+        One line naming the bad key.
+    """
+    from hydra import compose, initialize_config_dir
+
+    plain = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=str(config_dir()), job_name="lipoframe"):
+            cfg = compose("config", overrides=plain)
+        to_run_config(cfg)
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - Hydra raises many types; all become one line
+        raise ConfigError(format_config_error(exc)) from exc
+
+
+def run(argv: list[str]) -> int:
+    """Run ``lipoframe run ARGS`` through Hydra; returns the exit code."""
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from lipoframe.runner import format_summary, run_pipeline
+
+    pm, registry = prepare_hydra()
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    flags = [a for a in argv if a.startswith("-")]
+    overrides = [a for a in argv if not a.startswith("-")]
+    info_only = any(f in ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--resolve", "--shell-completion", "-sc") for f in flags)
+    if not multirun and not info_only:
+        try:
+            validate_overrides(overrides)
+        except ConfigError as exc:
+            print(f"lipoframe: config error: {exc}", file=sys.stderr)
+            return 2
+    output = next((o.split("=", 1)[1] for o in overrides if o.startswith("output=")), None)
+    if output and not any(o.startswith(("hydra.run.dir=", "hydra.sweep.dir=")) for o in overrides):
+        try:
+            Path(output).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            print(f"lipoframe: {output}: cannot create the output folder ({exc.strerror or exc})", file=sys.stderr)
+            return 1
+        argv = argv + ([f"hydra.sweep.dir={output}"] if multirun else [f"hydra.run.dir={output}"])
+
+    state = {"exit": 0}
+
+    @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
+    def task(cfg) -> float:
+        try:
+            run_cfg = to_run_config(cfg)
+        except ConfigError as exc:
+            print(f"lipoframe: config error: {exc}", file=sys.stderr)
+            state["exit"] = 2
+            return float("nan")
+        out_dir = Path(HydraConfig.get().runtime.output_dir)
+        result = run_pipeline(run_cfg, out_dir, registry=registry, pm=pm)
+        if not (out_dir / ".hydra" / "config.yaml").exists():
+            from lipoframe.io.atomic import write_text
+
+            write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg))
+        summary = result.summary()
+        print(format_summary(summary))
+        if not result.ok:
+            state["exit"] = 1
+        return float(summary["picks"]["accepted"])
+
+    old_argv = sys.argv
+    sys.argv = ["lipoframe run"] + argv
+    try:
+        task()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+        return code or state["exit"]
+    finally:
+        sys.argv = old_argv
+    if multirun and output:
+        state["exit"] = max(state["exit"], _sweep_failed(Path(output)))
+    return state["exit"]
+
+
+def _sweep_failed(sweep_dir: Path) -> int:
+    """1 if any job of a sweep folder reported a failure in its run_summary.json."""
+    import json
+
+    code = 0
+    for summary in sweep_dir.glob("*/run_summary.json"):
+        try:
+            s = json.loads(summary.read_text())
+        except (OSError, ValueError):
+            return 1
+        if s["micrographs"]["failed"] or s.get("errors"):
+            code = 1
+    return code
+
+
+if os.environ.get("LIPOFRAME_TRACE_PLUGINS"):  # pragma: no cover - debugging aid
+    logging.basicConfig(level=logging.DEBUG)

@@ -1,0 +1,105 @@
+"""Built-in detectors: scale-space DoG and LoG on an automatic pyramid."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from lipoframe import schema
+from lipoframe.algorithms.scale_space import detect_blobs
+from lipoframe.hookspecs import hookimpl
+from lipoframe.records import Micrograph, PickContext
+from lipoframe.stages import Detector
+
+THRESHOLD_METHODS = ("mad", "percentile", "absolute")
+
+
+@dataclass
+class BlobParams:
+    """Shared parameters of the scale-space detectors.
+
+    k: ratio between successive sigmas (sigma_i = sigma_min * k**i); > 1.
+    threshold_method: ``mad`` (median + threshold * 1.4826 MAD of each scale's
+        response; adapts per micrograph), ``percentile`` (the seed rule) or
+        ``absolute``.
+    threshold: value for threshold_method (MAD units, percentile, or raw).
+    min_sigma_binned: smallest sigma, in binned pixels, a pyramid level uses.
+    octave_span: sigma ratio covered by one pyramid level.
+    exclude_border: ignore maxima closer than this fraction of their own
+        diameter to the border (0 keeps particles cut by the border).
+    """
+
+    k: float = 1.1
+    threshold_method: str = "mad"
+    threshold: float = 6.0
+    min_sigma_binned: float = 3.0
+    octave_span: float = 4.0
+    exclude_border: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 1.0 < self.k <= 2.0:
+            raise ValueError(f"detector.k must be in (1, 2], got {self.k}")
+        if self.threshold_method not in THRESHOLD_METHODS:
+            raise ValueError(f"detector.threshold_method must be one of {THRESHOLD_METHODS}, got {self.threshold_method!r}")
+        if self.threshold_method == "percentile" and not 0 <= self.threshold <= 100:
+            raise ValueError(f"detector.threshold must be in [0, 100] for percentile, got {self.threshold}")
+        if self.min_sigma_binned < 1.0:
+            raise ValueError(f"detector.min_sigma_binned must be >= 1, got {self.min_sigma_binned}")
+        if self.octave_span <= self.k:
+            raise ValueError(f"detector.octave_span must be > detector.k, got {self.octave_span}")
+        if not 0 <= self.exclude_border <= 1:
+            raise ValueError(f"detector.exclude_border must be in [0, 1], got {self.exclude_border}")
+
+
+@dataclass
+class DogParams(BlobParams):
+    """Difference of Gaussians (seed algorithm)."""
+
+
+@dataclass
+class LogParams(BlobParams):
+    """Scale-normalised Laplacian of Gaussian."""
+
+
+class _BlobDetector(Detector):
+    method = "dog"
+
+    def detect(self, mic: Micrograph, ctx: PickContext) -> pd.DataFrame:
+        p = self.params
+        blobs = detect_blobs(
+            None,
+            dmin_px=ctx.dmin_px,
+            dmax_px=ctx.dmax_px,
+            method=self.method,
+            k=p.k,
+            threshold_method=p.threshold_method,
+            threshold=p.threshold,
+            min_sigma_binned=p.min_sigma_binned,
+            octave_span=p.octave_span,
+            exclude_border_px=p.exclude_border * ctx.dmin_px,
+            binned=mic.signal,
+        )
+        df = pd.DataFrame({c: blobs[c] for c in schema.DETECTOR_COLUMNS})
+        df["response"] = blobs["response"]
+        return df
+
+
+class DogDetector(_BlobDetector):
+    name = "dog"
+    Params = DogParams
+    method = "dog"
+    summary = "difference of Gaussians, local maxima in (x, y, scale) on an automatic pyramid"
+
+
+class LogDetector(_BlobDetector):
+    name = "log"
+    Params = LogParams
+    method = "log"
+    summary = "scale-normalised Laplacian of Gaussian, same pyramid and maxima as dog"
+
+
+@hookimpl
+def lipoframe_register_stages(registry):
+    registry.add(DogDetector)
+    registry.add(LogDetector)

@@ -1,0 +1,230 @@
+"""Built-in readers: MRC (modes 0, 1, 2, 6, 12), TIFF, and 8/16-bit PNG/JPEG.
+
+Readers return the array exactly as stored (row 0 first); nothing is flipped
+here. TIFF inputs are marked ``flip_y`` so that writers for programs that flip
+TIFFs on reading (RELION, Warp, napari-boxmanager) can convert.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lipoframe.hookspecs import hookimpl
+from lipoframe.records import InputError, Micrograph, MicrographMeta
+from lipoframe.stages import Reader
+
+MRC_MODES = {0: "int8", 1: "int16", 2: "float32", 6: "uint16", 12: "float16"}
+
+
+def _meta(path: Path, shape, pixel_size, *, flip_y=False) -> MicrographMeta:
+    return MicrographMeta(name=path.stem, path=str(path), shape=tuple(int(s) for s in shape), pixel_size=pixel_size, flip_y=flip_y)
+
+
+def _check_dims(path: Path, data: np.ndarray, dims: int) -> np.ndarray:
+    if dims == 2 and data.ndim == 3 and data.shape[0] == 1:
+        data = data[0]
+    if data.ndim != dims:
+        what = "a 3D stack" if data.ndim == 3 else f"a {data.ndim}D array"
+        raise InputError(f"{path}: {what} of shape {tuple(data.shape)} where a {dims}D {'micrograph' if dims == 2 else 'volume'} is expected")
+    if min(data.shape) < 2:
+        raise InputError(f"{path}: image of shape {tuple(data.shape)} is too small")
+    return data
+
+
+@dataclass
+class AutoReaderParams:
+    """Choose the reader from the file suffix (``.mrc``, ``.tif``, ``.png``, ...).
+
+    dims: 2 for micrographs, 3 for tomograms.
+    """
+
+    dims: int = 2
+
+    def __post_init__(self) -> None:
+        if self.dims not in (2, 3):
+            raise ValueError(f"reader.dims must be 2 or 3, got {self.dims}")
+
+
+class AutoReader(Reader):
+    """Dispatches on the suffix; the runner resolves it to one of the others."""
+
+    name = "auto"
+    Params = AutoReaderParams
+    summary = "pick the reader from the file suffix"
+
+
+@dataclass
+class MrcReaderParams:
+    """MRC/MRCS reader.
+
+    dims: 2 for micrographs, 3 for tomograms.
+    permissive: accept files whose header does not follow MRC2014 (with a warning).
+    """
+
+    dims: int = 2
+    permissive: bool = False
+
+    def __post_init__(self) -> None:
+        if self.dims not in (2, 3):
+            raise ValueError(f"reader.dims must be 2 or 3, got {self.dims}")
+
+
+class MrcReader(Reader):
+    name = "mrc"
+    Params = MrcReaderParams
+    suffixes = (".mrc", ".mrcs", ".rec", ".st", ".map")
+    summary = "MRC2014 modes 0, 1, 2, 6 and 12 (float16); pixel size from the header"
+
+    def read(self, path: Path, *, pixel_size: float | None = None) -> Micrograph:
+        import mrcfile
+
+        path = Path(path)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with mrcfile.mmap(str(path), mode="r", permissive=self.params.permissive) as m:
+                    mode = int(m.header.mode)
+                    data = m.data
+                    header_px = float(m.voxel_size.x)
+        except FileNotFoundError:
+            raise InputError(f"{path}: file not found") from None
+        except (ValueError, OSError, EOFError) as exc:
+            raise InputError(f"{path}: not a readable MRC file ({str(exc).splitlines()[0]})") from None
+        if data is None:
+            raise InputError(f"{path}: MRC file has no readable data (truncated or corrupt)")
+        if mode not in MRC_MODES:
+            raise InputError(f"{path}: MRC mode {mode} is not supported (supported: {sorted(MRC_MODES)})")
+        data = _check_dims(path, data, self.params.dims)
+        px = pixel_size if pixel_size is not None else (header_px if header_px > 0 else None)
+        return Micrograph(meta=_meta(path, data.shape, px), image=data)
+
+
+@dataclass
+class TiffReaderParams:
+    """TIFF reader (float32, uint16, uint8).
+
+    dims: 2 for micrographs, 3 for tomograms.
+    """
+
+    dims: int = 2
+
+    def __post_init__(self) -> None:
+        if self.dims not in (2, 3):
+            raise ValueError(f"reader.dims must be 2 or 3, got {self.dims}")
+
+
+def _tiff_pixel_size(tif) -> float | None:
+    """Å/px from XResolution + ResolutionUnit (as RELION reads it), else None."""
+    try:
+        page = tif.pages[0]
+        tags = page.tags
+        xres = tags.get("XResolution")
+        unit = tags.get("ResolutionUnit")
+        if xres is None or unit is None:
+            return None
+        num, den = xres.value
+        if num == 0 or den == 0:
+            return None
+        per_unit = num / den
+        unit_value = int(unit.value)
+        if unit_value == 3:  # centimetre
+            return 1e8 / per_unit
+        if unit_value == 2:  # inch
+            return 2.54e8 / per_unit
+    except Exception:  # noqa: BLE001 - a missing tag just means "unknown"
+        return None
+    return None
+
+
+class TiffReader(Reader):
+    name = "tiff"
+    Params = TiffReaderParams
+    suffixes = (".tif", ".tiff")
+    summary = "TIFF float32/uint16/uint8; pixel size from XResolution in cm or inch"
+
+    def read(self, path: Path, *, pixel_size: float | None = None) -> Micrograph:
+        import tifffile
+
+        path = Path(path)
+        try:
+            with tifffile.TiffFile(str(path)) as tif:
+                data = tif.asarray()
+                header_px = _tiff_pixel_size(tif)
+        except FileNotFoundError:
+            raise InputError(f"{path}: file not found") from None
+        except Exception as exc:  # noqa: BLE001 - tifffile raises many types
+            raise InputError(f"{path}: not a readable TIFF file ({str(exc).splitlines()[0]})") from None
+        if data.ndim == 3 and data.shape[-1] in (3, 4) and self.params.dims == 2:
+            data = data[..., :3].mean(axis=-1)
+        data = _check_dims(path, np.asarray(data), self.params.dims)
+        if not np.issubdtype(data.dtype, np.number) or np.iscomplexobj(data):
+            raise InputError(f"{path}: unsupported TIFF pixel type {data.dtype}")
+        px = pixel_size if pixel_size is not None else header_px
+        return Micrograph(meta=_meta(path, data.shape, px, flip_y=True), image=data)
+
+
+@dataclass
+class ImageReaderParams:
+    """PNG/JPEG reader for 8- and 16-bit greyscale (or RGB, averaged) images. No pixel size."""
+
+
+class ImageReader(Reader):
+    name = "image"
+    Params = ImageReaderParams
+    suffixes = (".png", ".jpg", ".jpeg")
+    summary = "8/16-bit PNG or JPEG (RGB is averaged); pixel size must be given"
+
+    def read(self, path: Path, *, pixel_size: float | None = None) -> Micrograph:
+        from PIL import Image
+
+        path = Path(path)
+        try:
+            with Image.open(path) as im:
+                data = np.asarray(im)
+        except FileNotFoundError:
+            raise InputError(f"{path}: file not found") from None
+        except Exception as exc:  # noqa: BLE001
+            raise InputError(f"{path}: not a readable image ({str(exc).splitlines()[0]})") from None
+        if data.ndim == 3:
+            data = data[..., :3].astype(np.float32).mean(axis=-1)
+        data = _check_dims(path, data, 2)
+        return Micrograph(meta=_meta(path, data.shape, pixel_size), image=data)
+
+
+@dataclass
+class NpyReaderParams:
+    """NumPy ``.npy`` arrays (2D, or 3D with ``dims=3``). No pixel size."""
+
+    dims: int = 2
+
+    def __post_init__(self) -> None:
+        if self.dims not in (2, 3):
+            raise ValueError(f"reader.dims must be 2 or 3, got {self.dims}")
+
+
+class NpyReader(Reader):
+    name = "npy"
+    Params = NpyReaderParams
+    suffixes = (".npy",)
+    summary = "NumPy .npy arrays (memory-mapped); pixel size must be given"
+
+    def read(self, path: Path, *, pixel_size: float | None = None) -> Micrograph:
+        path = Path(path)
+        try:
+            data = np.load(path, mmap_mode="r", allow_pickle=False)
+        except FileNotFoundError:
+            raise InputError(f"{path}: file not found") from None
+        except Exception as exc:  # noqa: BLE001
+            raise InputError(f"{path}: not a readable .npy file ({str(exc).splitlines()[0]})") from None
+        data = _check_dims(path, data, self.params.dims)
+        return Micrograph(meta=_meta(path, data.shape, pixel_size), image=data)
+
+
+@hookimpl
+def lipoframe_register_stages(registry):
+    for cls in (AutoReader, MrcReader, TiffReader, ImageReader, NpyReader):
+        registry.add(cls)

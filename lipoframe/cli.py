@@ -1,0 +1,116 @@
+"""Command-line entry point: ``lipoframe <command> ...``.
+
+``run`` hands everything after it to Hydra; the other commands are plain
+and never touch Hydra. Each command is ``module:function`` taking the list of
+arguments and returning an exit code, so adding one is a single line here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+#: name -> (target, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("lipoframe.app:run", "pick micrographs (Hydra overrides: input=... output=... detector=log nms.beta=0.6)"),
+    "plugins": ("lipoframe.cli:cmd_plugins", "list installed plugins and the stages each provides"),
+    "stages": ("lipoframe.cli:cmd_stages", "list stages with their parameters, types and defaults: stages [KIND]"),
+}
+
+USAGE = """usage: lipoframe <command> [args]
+
+One pick per particle, with its own diameter, for round particles of many sizes.
+
+commands:
+{commands}
+
+`lipoframe run` with no input runs on a built-in demo set.
+`lipoframe run --help` shows every configuration option.
+"""
+
+
+def _usage() -> str:
+    width = max(len(n) for n in COMMANDS)
+    return USAGE.format(commands="\n".join(f"  {n.ljust(width)}  {h}" for n, (_, h) in COMMANDS.items()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from lipoframe import __version__
+
+        print(f"lipoframe {__version__}")
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"lipoframe: unknown command {name!r}\n", file=sys.stderr)
+        print(_usage(), file=sys.stderr)
+        return 2
+    module, func = COMMANDS[name][0].split(":")
+    from lipoframe.plugins import PluginError
+
+    try:
+        return int(getattr(importlib.import_module(module), func)(rest) or 0)
+    except PluginError as exc:
+        print(f"lipoframe: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lipoframe: interrupted", file=sys.stderr)
+        return 130
+
+
+def cmd_plugins(argv: list[str]) -> int:
+    """``lipoframe plugins [--json] [--all]``: installed plugins and their stages."""
+    import argparse
+    import json
+
+    from lipoframe import plugins
+
+    ap = argparse.ArgumentParser(prog="lipoframe plugins", description="List plugins and the stages each provides.")
+    ap.add_argument("--json", action="store_true", help="machine-readable output")
+    ap.add_argument("--all", action="store_true", help="include the built-in plugins")
+    args = ap.parse_args(argv)
+    _, _, infos = plugins.load()
+    shown = [i for i in infos if args.all or i.distribution != "lipoframe"]
+    if args.json:
+        print(json.dumps([i.__dict__ for i in shown], indent=2))
+        return 0
+    if not shown:
+        print("no third-party plugins installed (use --all to list the built-in ones)")
+        return 0
+    for i in shown:
+        print(f"{i.distribution} {i.version}  ({i.name}: {i.module})")
+        for s in i.stages:
+            print(f"    {s}")
+    return 0
+
+
+def cmd_stages(argv: list[str]) -> int:
+    """``lipoframe stages [KIND]``: every stage with its parameters."""
+    import argparse
+
+    from lipoframe import plugins
+    from lipoframe.registry import describe_params
+    from lipoframe.stages import KINDS
+
+    ap = argparse.ArgumentParser(prog="lipoframe stages", description="List stages with parameters, types and defaults.")
+    ap.add_argument("kind", nargs="?", choices=KINDS, help="only this kind")
+    args = ap.parse_args(argv)
+    _, registry, _ = plugins.load()
+    current = None
+    for info in registry.stages(args.kind):
+        if info.kind != current:
+            current = info.kind
+            print(f"\n[{info.kind}]  select with {info.kind}={'[a,b]' if info.kind in ('filter', 'writer') else '<name>'}")
+        print(f"  {info.name}  - {info.cls.summary or (info.cls.__doc__ or '').strip().splitlines()[0] if (info.cls.summary or info.cls.__doc__) else ''}")
+        print(f"      provided by {info.provider}")
+        for pname, ptype, default, _ in describe_params(info.params):
+            print(f"      {info.kind}.{pname + ':':<22} {ptype:<14} = {default!r}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

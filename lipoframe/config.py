@@ -1,0 +1,192 @@
+"""Top-level configuration schema and the location of the Hydra config tree.
+
+The schema is a dataclass stored in Hydra's ConfigStore as ``lipoframe_schema``
+and extended by ``conf/config.yaml``. Each stage group (``detector``, ``nms``,
+...) is filled with the ``Params`` dataclass of the chosen stage, so a wrong
+type or an unknown key fails when Hydra composes the config, and value ranges
+are checked by ``__post_init__`` when :func:`to_run_config` turns it into
+objects, before any micrograph is read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Optional
+
+UNITS = ("A", "px")
+POLARITIES = ("dark", "bright")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the key."""
+
+
+@dataclass
+class RunnerConfig:
+    """How the runner executes.
+
+    workers: worker processes (0 = one per CPU core).
+    progress: show a progress bar on stderr when it is a terminal.
+    resume: skip micrographs whose outputs from the same settings are complete.
+    verbose: print tracebacks for failed micrographs.
+    fft_threads: threads per worker for FFTs.
+    report: write report.html and overlays at the end.
+    """
+
+    workers: int = 0
+    progress: bool = True
+    resume: bool = True
+    verbose: bool = False
+    fft_threads: int = 1
+    report: bool = True
+
+    def __post_init__(self) -> None:
+        if self.workers < 0:
+            raise ConfigError(f"runner.workers must be >= 0 (0 = all cores), got {self.workers}")
+        if self.fft_threads < 1:
+            raise ConfigError(f"runner.fft_threads must be >= 1, got {self.fft_threads}")
+
+
+@dataclass
+class ShardConfig:
+    """Process only every ``count``-th input, starting at ``index``."""
+
+    index: int = 0
+    count: int = 1
+
+    def __post_init__(self) -> None:
+        if self.count < 1:
+            raise ConfigError(f"shard.count must be >= 1, got {self.count}")
+        if not 0 <= self.index < self.count:
+            raise ConfigError(f"shard.index must be in [0, shard.count), got {self.index} with count {self.count}")
+
+
+@dataclass
+class LipoframeConfig:
+    """Everything ``lipoframe run`` needs.
+
+    input: file, folder or glob, or a list of them; empty runs the built-in demo.
+    output: output folder (default: Hydra's run folder).
+    pixel_size: Å/px; default is the value in each file's header.
+    dmin, dmax: particle diameter range, in ``units``.
+    units: ``A`` (Ångström) or ``px`` (pixels).
+    polarity: ``dark`` particles on a light background, or ``bright``.
+    export_rejected: writers also export rejected picks (flagged).
+    """
+
+    input: Any = None
+    output: Optional[str] = None
+    pixel_size: Optional[float] = None
+    dmin: float = 150.0
+    dmax: float = 500.0
+    units: str = "A"
+    polarity: str = "dark"
+    export_rejected: bool = False
+    seed: int = 0
+    runner: RunnerConfig = field(default_factory=RunnerConfig)
+    shard: ShardConfig = field(default_factory=ShardConfig)
+    reader: Any = None
+    detector: Any = None
+    nms: Any = None
+    refiner: Any = None
+    filter: Any = field(default_factory=dict)
+    binning: Any = None
+    writer: Any = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.units not in UNITS:
+            raise ConfigError(f"units must be one of {UNITS}, got {self.units!r}")
+        if self.polarity not in POLARITIES:
+            raise ConfigError(f"polarity must be one of {POLARITIES}, got {self.polarity!r}")
+        if not self.dmin > 0:
+            raise ConfigError(f"dmin must be > 0, got {self.dmin}")
+        if not self.dmax > self.dmin:
+            raise ConfigError(f"dmin must be < dmax, got dmin={self.dmin} and dmax={self.dmax}")
+        if self.pixel_size is not None and not self.pixel_size > 0:
+            raise ConfigError(f"pixel_size must be > 0 (Å/px), got {self.pixel_size}")
+        if isinstance(self.input, str):
+            self.input = [self.input] if self.input else []
+        elif self.input is None:
+            self.input = []
+        else:
+            self.input = [str(i) for i in self.input]
+        self.filter = dict(self.filter or {})
+        self.writer = dict(self.writer or {})
+
+    def per_micrograph_fingerprint(self) -> str:
+        """Hash of every setting that changes per-micrograph results (for resume)."""
+        import dataclasses
+
+        def enc(o):
+            if dataclasses.is_dataclass(o):
+                return {"__type__": type(o).__qualname__, **{f.name: enc(getattr(o, f.name)) for f in dataclasses.fields(o)}}
+            if isinstance(o, dict):
+                return {str(k): enc(v) for k, v in sorted(o.items())}
+            if isinstance(o, (list, tuple)):
+                return [enc(v) for v in o]
+            return o
+
+        payload = {
+            k: enc(getattr(self, k))
+            for k in ("pixel_size", "dmin", "dmax", "units", "polarity", "seed", "reader", "detector", "nms", "refiner", "filter")
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def config_dir() -> Path:
+    """The Hydra config tree: inside the installed package, else the checkout's ``conf/``."""
+    env = os.environ.get("LIPOFRAME_CONFIG_DIR")
+    if env:
+        return Path(env)
+    packaged = Path(str(resources.files("lipoframe"))) / "conf"
+    if (packaged / "config.yaml").is_file():
+        return packaged
+    source = Path(__file__).resolve().parent.parent / "conf"
+    if (source / "config.yaml").is_file():
+        return source
+    raise FileNotFoundError(f"lipoframe's config tree was not found in {packaged} or {source}")
+
+
+def store_schema(cs=None) -> None:
+    """Store the top-level schema (``lipoframe_schema``) in Hydra's ConfigStore."""
+    if cs is None:
+        from hydra.core.config_store import ConfigStore
+
+        cs = ConfigStore.instance()
+    cs.store(name="lipoframe_schema", node=LipoframeConfig, provider="lipoframe")
+
+
+def to_run_config(cfg) -> LipoframeConfig:
+    """Turn a composed DictConfig into validated objects.
+
+    Raises
+    ------
+    ConfigError
+        With a one-line message naming the key.
+    """
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        obj = OmegaConf.to_object(cfg)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(str(exc).splitlines()[0]) from exc
+    except OmegaConfBaseException as exc:
+        raise ConfigError(_first_line(exc)) from exc
+    if not isinstance(obj, LipoframeConfig):
+        raise ConfigError("the composed config does not follow lipoframe_schema")
+    return obj
+
+
+def _first_line(exc: BaseException) -> str:
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, (ValueError, TypeError)) and not isinstance(cause, type(exc)):
+        return str(cause).splitlines()[0]
+    return str(exc).splitlines()[0]

@@ -1,0 +1,155 @@
+"""The extraction plan: size bins, and a box and mask size for each.
+
+A binning stage turns the dataset's diameters into an :class:`ExtractionPlan`;
+writers use it to split the picks into one coordinate set per bin.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+#: Width of the soft edge of the extraction mask, in pixels (SIMPLE's COSMSKHALFWIDTH).
+COSINE_EDGE_WIDTH_PX = 6
+
+
+def is_fft_friendly(n: int) -> bool:
+    """True for even sizes whose only prime factors are 2, 3 and 5."""
+    if n < 2 or n % 2:
+        return False
+    for p in (2, 3, 5):
+        while n % p == 0:
+            n //= p
+    return n == 1
+
+
+def round_up_box(size: float, *, rounding: str = "multiple32", multiple: int = 32) -> int:
+    """Round a box edge up (never down) to an extraction-friendly size.
+
+    Parameters
+    ----------
+    size : float
+        Minimum box edge in pixels (> 0).
+    rounding : {'multiple32', 'fft', 'even'}
+        ``multiple32``: next multiple of ``multiple``; ``fft``: next even size
+        with prime factors 2, 3, 5 only; ``even``: next even integer.
+
+    Examples
+    --------
+    >>> round_up_box(300), round_up_box(300, rounding="fft"), round_up_box(301, rounding="even")
+    (320, 300, 302)
+    """
+    if not size > 0:
+        raise ValueError(f"size must be > 0, got {size}")
+    n = int(math.ceil(size - 1e-9))
+    if rounding == "multiple32":
+        return int(math.ceil(n / multiple) * multiple)
+    if rounding == "even":
+        return n + (n % 2)
+    if rounding == "fft":
+        while not is_fft_friendly(n):
+            n += 1
+        return n
+    raise ValueError(f"rounding must be 'multiple32', 'fft' or 'even', got {rounding!r}")
+
+
+@dataclass(frozen=True)
+class SizeBin:
+    """One extraction set.
+
+    Attributes
+    ----------
+    index : int
+        0-based bin number (RELION ``rlnClassNumber`` = index + 1).
+    d_min_px, d_max_px : float
+        Diameter range of the bin, lower edge inclusive.
+    count : int
+        Accepted picks in the bin.
+    box_px : int
+        Box edge at the micrograph's pixel size.
+    mask_diameter_A : float or None
+        Mask diameter in Å (None without a pixel size).
+    box_px_extract : int or None
+        Box edge at the plan's ``extract_pixel_size``, if one was asked for.
+    """
+
+    index: int
+    d_min_px: float
+    d_max_px: float
+    count: int
+    box_px: int
+    mask_diameter_A: float | None = None
+    box_px_extract: int | None = None
+
+    @property
+    def label(self) -> str:
+        return f"bin{self.index + 1}"
+
+
+@dataclass(frozen=True)
+class ExtractionPlan:
+    """Size bins of a dataset, with box sizes.
+
+    Attributes
+    ----------
+    policy : str
+        Name of the binning stage that made it.
+    pixel_size : float or None
+        Å/px of the micrographs.
+    bins : tuple of SizeBin
+        Ordered by diameter.
+    accepted_range_px : (float, float) or None
+        Picks outside this diameter range are rejected by the binning stage.
+    extract_pixel_size : float or None
+        Å/px of a downscaled extraction, if asked for.
+    notes : tuple of str
+        Human-readable remarks (e.g. why a fallback was used).
+    """
+
+    policy: str
+    pixel_size: float | None
+    bins: tuple[SizeBin, ...] = ()
+    accepted_range_px: tuple[float, float] | None = None
+    extract_pixel_size: float | None = None
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def edges_px(self) -> np.ndarray:
+        """Bin edges: ``len(bins) + 1`` values (empty without bins)."""
+        if not self.bins:
+            return np.empty(0)
+        return np.array([b.d_min_px for b in self.bins] + [self.bins[-1].d_max_px], dtype=float)
+
+    def assign(self, diameters) -> np.ndarray:
+        """Bin index of each diameter; -1 outside every bin."""
+        d = np.asarray(diameters, dtype=float)
+        out = np.full(d.shape, -1, dtype=np.int64)
+        for b in self.bins:
+            last = b.index == self.bins[-1].index
+            inside = (d >= b.d_min_px) & ((d <= b.d_max_px) if last else (d < b.d_max_px))
+            out[inside & (out < 0)] = b.index
+        return out
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["bins"] = [asdict(b) for b in self.bins]
+        d["accepted_range_px"] = None if self.accepted_range_px is None else list(self.accepted_range_px)
+        d["notes"] = list(self.notes)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ExtractionPlan":
+        return cls(
+            policy=d["policy"],
+            pixel_size=d.get("pixel_size"),
+            bins=tuple(SizeBin(**b) for b in d.get("bins", [])),
+            accepted_range_px=None if d.get("accepted_range_px") is None else tuple(d["accepted_range_px"]),
+            extract_pixel_size=d.get("extract_pixel_size"),
+            notes=tuple(d.get("notes", [])),
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)

@@ -1,0 +1,148 @@
+"""Plugin discovery: built-in modules and the ``lipoframe`` entry-point group.
+
+``LIPOFRAME_LOAD_PLUGINS`` controls third-party loading: unset loads every
+installed plugin, an empty string loads none, ``a,b`` loads only the
+distributions named ``a`` and ``b``. ``LIPOFRAME_BLOCK_PLUGINS=a,b`` blocks
+entry points by name.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata as md
+import os
+from dataclasses import dataclass, field
+
+import pluggy
+
+from lipoframe import hookspecs
+from lipoframe.registry import StageRegistry
+
+ENTRY_POINT_GROUP = "lipoframe"
+
+#: Built-in plugin modules, registered like third-party plugins.
+DEFAULT_PLUGINS = (
+    "lipoframe.builtin.readers",
+    "lipoframe.builtin.detectors",
+    "lipoframe.builtin.nms",
+    "lipoframe.builtin.refiners",
+    "lipoframe.builtin.filters",
+    "lipoframe.builtin.binning",
+    "lipoframe.builtin.writers",
+)
+
+
+class PluginError(Exception):
+    """A plugin could not be imported or is invalid."""
+
+
+class _Manager(pluggy.PluginManager):
+    def parse_hookimpl_opts(self, plugin, name):
+        opts = super().parse_hookimpl_opts(plugin, name)
+        if opts is None and name.startswith("lipoframe_"):
+            # Like pytest: an unmarked lipoframe_* function is still a hook
+            # implementation, so a misspelled name fails in check_pending().
+            method = getattr(plugin, name, None)
+            if callable(method):
+                opts = {}
+        return opts
+
+
+@dataclass
+class PluginInfo:
+    """One loaded plugin: where it came from and what it added."""
+
+    name: str
+    distribution: str
+    version: str
+    module: str
+    stages: list[str] = field(default_factory=list)
+
+
+def _normalise(dist: str) -> str:
+    return dist.lower().replace("_", "-")
+
+
+def make_plugin_manager(*, load_entrypoints: bool = True) -> tuple[pluggy.PluginManager, list[PluginInfo]]:
+    """Build a plugin manager with the built-ins and (optionally) installed plugins.
+
+    Raises
+    ------
+    PluginError
+        If a plugin cannot be imported or implements an unknown hook; the
+        message names the plugin and its distribution.
+    """
+    import lipoframe
+
+    pm = _Manager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    infos: list[PluginInfo] = []
+    for modname in DEFAULT_PLUGINS:
+        mod = importlib.import_module(modname)
+        pm.register(mod, name=modname)
+        infos.append(PluginInfo(modname, "lipoframe", lipoframe.__version__, modname))
+    if load_entrypoints:
+        wanted = os.environ.get("LIPOFRAME_LOAD_PLUGINS")
+        only = None if wanted is None else {_normalise(w) for w in wanted.split(",") if w.strip()}
+        blocked = {b.strip() for b in os.environ.get("LIPOFRAME_BLOCK_PLUGINS", "").split(",") if b.strip()}
+        seen: set[tuple[str, str]] = set()
+        for dist in md.distributions():
+            dname = dist.metadata["Name"] or "?"
+            for ep in dist.entry_points:
+                if ep.group != ENTRY_POINT_GROUP or (dname, ep.name) in seen:
+                    continue
+                seen.add((dname, ep.name))
+                if only is not None and _normalise(dname) not in only:
+                    continue
+                if ep.name in blocked or pm.has_plugin(ep.name):
+                    continue
+                try:
+                    plugin = ep.load()
+                except Exception as exc:  # noqa: BLE001 - re-raised with context
+                    raise PluginError(
+                        f"error importing plugin {ep.name!r} ({ep.value}) from distribution {dname} {dist.version}: "
+                        f"{type(exc).__name__}: {exc}"
+                    ) from exc
+                try:
+                    pm.register(plugin, name=ep.name)
+                except pluggy.PluginValidationError as exc:
+                    raise PluginError(f"plugin {ep.name!r} from {dname} {dist.version} is invalid: {exc}") from exc
+                infos.append(PluginInfo(ep.name, dname, dist.version, getattr(plugin, "__name__", str(plugin))))
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(f"invalid plugin {exc.plugin!r}: {exc}") from exc
+    return pm, infos
+
+
+def build_registry(pm: pluggy.PluginManager, infos: list[PluginInfo]) -> StageRegistry:
+    """Call every ``lipoframe_register_stages`` hook, tracking who adds what."""
+    registry = StageRegistry()
+    by_name = {i.name: i for i in infos}
+    # Built-ins first (registration order), then third-party plugins.
+    impls = pm.hook.lipoframe_register_stages.get_hookimpls()
+    for impl in impls:
+        info = by_name.get(impl.plugin_name)
+        provider = (
+            f"{info.distribution} {info.version} ({impl.plugin_name})" if info else impl.plugin_name
+        )
+        registry.current_provider = provider
+        before = {(s.kind, s.name) for s in registry.stages()}
+        impl.function(registry=registry)
+        if info is not None:
+            info.stages.extend(f"{s.kind}/{s.name}" for s in registry.stages() if (s.kind, s.name) not in before)
+    registry.current_provider = "<direct>"
+    return registry
+
+
+_CACHE: dict[str, object] = {}
+
+
+def load(*, refresh: bool = False) -> tuple[pluggy.PluginManager, StageRegistry, list[PluginInfo]]:
+    """Plugin manager, registry and plugin list of this process (cached)."""
+    key = os.environ.get("LIPOFRAME_LOAD_PLUGINS", "\0") + "|" + os.environ.get("LIPOFRAME_BLOCK_PLUGINS", "")
+    if refresh or _CACHE.get("key") != key:
+        pm, infos = make_plugin_manager()
+        registry = build_registry(pm, infos)
+        _CACHE.update(key=key, value=(pm, registry, infos))
+    return _CACHE["value"]  # type: ignore[return-value]

@@ -1,0 +1,136 @@
+"""Records passed between stages: micrographs, their metadata and the run context."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lipoframe.algorithms.pyramid import block_mean
+
+
+class InputError(Exception):
+    """A problem with one input file. The message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class MicrographMeta:
+    """What writers and the dataset-level stages need to know about a micrograph.
+
+    Attributes
+    ----------
+    name : str
+        Unique, file-system-safe name used for output files.
+    path : str
+        Path of the input file as given by the user (may be empty for arrays).
+    shape : tuple of int
+        ``(ny, nx)`` (or ``(nz, ny, nx)``) of the full-resolution array.
+    pixel_size : float or None
+        Å per pixel, or None when unknown.
+    flip_y : bool
+        True for inputs whose rows other programs read upside down (TIFF).
+    """
+
+    name: str
+    path: str
+    shape: tuple[int, ...]
+    pixel_size: float | None = None
+    flip_y: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["shape"] = list(self.shape)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "MicrographMeta":
+        return cls(
+            name=str(d["name"]),
+            path=str(d["path"]),
+            shape=tuple(int(s) for s in d["shape"]),
+            pixel_size=None if d.get("pixel_size") is None else float(d["pixel_size"]),
+            flip_y=bool(d.get("flip_y", False)),
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+
+@dataclass(frozen=True)
+class Micrograph:
+    """A micrograph as stages see it.
+
+    ``image`` is the full-resolution array exactly as read, (M, N) (or
+    (P, M, N) for tomograms); it may be a read-only memory map. Stages that
+    want particles to be bright call :meth:`signal`, which returns a
+    block-averaged, polarity-corrected float32 copy and caches it, so that the
+    file is binned once however many stages ask.
+    """
+
+    meta: MicrographMeta
+    image: np.ndarray
+    polarity: str = "dark"
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def name(self) -> str:
+        return self.meta.name
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.image.shape)
+
+    def signal(self, factor: int = 1) -> np.ndarray:
+        """Return the image binned by ``factor`` with particles bright (float32).
+
+        Parameters
+        ----------
+        factor : int
+            Block size of the average; 1 returns a full-resolution copy.
+
+        Returns
+        -------
+        out : (M // factor, N // factor) ndarray of float32
+            Block means of the polarity-corrected image. Element ``[i, j]``
+            has its centre at full-resolution ``((i + 0.5) * factor - 0.5,
+            (j + 0.5) * factor - 0.5)``.
+        """
+        factor = int(factor)
+        if factor not in self._cache:
+            binned = block_mean(self.image, factor)
+            if self.polarity == "dark":
+                np.negative(binned, out=binned)
+            binned.setflags(write=False)
+            self._cache[factor] = binned
+        return self._cache[factor]
+
+
+@dataclass(frozen=True)
+class PickContext:
+    """Run-level settings every per-micrograph stage receives.
+
+    Attributes
+    ----------
+    dmin_px, dmax_px : float
+        Diameter range of the particles in full-resolution pixels.
+    polarity : {'dark', 'bright'}
+        Contrast of the particles against the background.
+    pixel_size : float or None
+        Å/px of the micrograph (per-micrograph stages) or of the dataset
+        (binning and writers); None when unknown.
+    seed : int
+        Seed for any randomness a stage uses.
+    export_rejected : bool
+        Writers export rejected picks too (flagged) when True.
+    """
+
+    dmin_px: float
+    dmax_px: float
+    polarity: str = "dark"
+    pixel_size: float | None = None
+    seed: int = 0
+    export_rejected: bool = False

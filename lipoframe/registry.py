@@ -1,0 +1,153 @@
+"""The stage registry: every stage, built-in or third-party, is added here.
+
+Plugins receive the registry in their ``lipoframe_register_stages`` hook and
+call :meth:`StageRegistry.add`. The registry checks the stage, refuses a second
+stage of the same kind and name (naming both providers), and mirrors every
+stage's ``Params`` dataclass into Hydra's ConfigStore so that
+``detector=<name>`` selects it and ``detector.<param>=...`` is type-checked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+
+from lipoframe.stages import BASES, KINDS, MULTI_KINDS, NoParams, Stage
+
+
+class RegistryError(Exception):
+    """A stage could not be registered or found."""
+
+
+@dataclass(frozen=True)
+class StageInfo:
+    """A registered stage and who provided it."""
+
+    kind: str
+    name: str
+    cls: type
+    provider: str
+
+    @property
+    def params(self) -> type:
+        return self.cls.Params
+
+
+class StageRegistry:
+    """All stages known to this process, by kind and name."""
+
+    def __init__(self) -> None:
+        self._stages: dict[tuple[str, str], StageInfo] = {}
+        self._by_params: dict[type, StageInfo] = {}
+        #: Name of the plugin whose hook is running (set by the plugin manager).
+        self.current_provider: str = "<direct>"
+
+    # -- registration -----------------------------------------------------
+    def add(self, stage_cls: type) -> type:
+        """Register a stage class; returns it so this works as a decorator.
+
+        Raises
+        ------
+        RegistryError
+            If the class is not a stage, its kind is unknown, its name is not a
+            simple identifier, its ``Params`` is not a dataclass or is shared
+            with another stage, or the (kind, name) pair is taken.
+        """
+        provider = self.current_provider
+        if not (isinstance(stage_cls, type) and issubclass(stage_cls, Stage)):
+            raise RegistryError(f"{provider}: {stage_cls!r} is not a lipoframe Stage subclass")
+        kind, name = stage_cls.kind, stage_cls.name
+        if kind not in KINDS:
+            raise RegistryError(f"{provider}: stage {stage_cls.__name__} has unknown kind {kind!r}; kinds are {KINDS}")
+        if not issubclass(stage_cls, BASES[kind]):
+            raise RegistryError(f"{provider}: stage {stage_cls.__name__} of kind {kind!r} must subclass {BASES[kind].__name__}")
+        if not name or not name.replace("_", "a").isalnum() or not name[0].isalpha():
+            raise RegistryError(f"{provider}: stage {stage_cls.__name__} needs a snake_case name, got {name!r}")
+        if stage_cls.Params is NoParams:
+            raise RegistryError(f"{provider}: {stage_cls.__name__} must define its own Params dataclass (it may be empty)")
+        if not dataclasses.is_dataclass(stage_cls.Params):
+            raise RegistryError(f"{provider}: {stage_cls.__name__}.Params must be a dataclass")
+        key = (kind, name)
+        if key in self._stages:
+            other = self._stages[key]
+            raise RegistryError(
+                f"two {kind} stages are named {name!r}: one from {other.provider} "
+                f"({other.cls.__module__}.{other.cls.__qualname__}) and one from {provider} "
+                f"({stage_cls.__module__}.{stage_cls.__qualname__}); uninstall one or rename it"
+            )
+        if stage_cls.Params in self._by_params:
+            other = self._by_params[stage_cls.Params]
+            raise RegistryError(
+                f"{provider}: stage {kind}/{name} reuses the Params class of {other.kind}/{other.name}; "
+                "give each stage its own Params dataclass (subclassing is fine)"
+            )
+        info = StageInfo(kind=kind, name=name, cls=stage_cls, provider=provider)
+        self._stages[key] = info
+        self._by_params[stage_cls.Params] = info
+        return stage_cls
+
+    # -- lookup -------------------------------------------------------------
+    def get(self, kind: str, name: str) -> StageInfo:
+        if kind not in KINDS:
+            raise RegistryError(f"unknown stage kind {kind!r}; kinds are {', '.join(KINDS)}")
+        try:
+            return self._stages[(kind, name)]
+        except KeyError:
+            known = ", ".join(self.names(kind)) or "none"
+            raise RegistryError(f"no {kind} stage named {name!r}; available: {known}") from None
+
+    def for_params(self, params: object) -> StageInfo:
+        """Find the stage whose ``Params`` class ``params`` is an instance of."""
+        info = self._by_params.get(type(params))
+        if info is None:
+            raise RegistryError(f"no stage takes parameters of type {type(params).__name__}")
+        return info
+
+    def build(self, params: object) -> Stage:
+        """Instantiate the stage that owns ``params``."""
+        return self.for_params(params).cls(params)
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(n for (k, n) in self._stages if k == kind)
+
+    def stages(self, kind: str | None = None) -> list[StageInfo]:
+        return [self._stages[key] for key in sorted(self._stages, key=lambda k: (KINDS.index(k[0]), k[1])) if kind in (None, key[0])]
+
+    def __contains__(self, key: tuple[str, str]) -> bool:
+        return key in self._stages
+
+    def __len__(self) -> int:
+        return len(self._stages)
+
+    # -- Hydra ----------------------------------------------------------------
+    def store_configs(self, cs=None) -> None:
+        """Store every stage's Params as a Hydra config-group option.
+
+        ``detector=log`` then selects ``LogParams``; writers and filters are
+        stored under ``writer.<name>`` so several can be selected at once.
+        """
+        if cs is None:
+            from hydra.core.config_store import ConfigStore
+
+            cs = ConfigStore.instance()
+        for info in self._stages.values():
+            package = f"{info.kind}.{info.name}" if info.kind in MULTI_KINDS else info.kind
+            cs.store(group=info.kind, name=info.name, node=info.cls.Params, package=package, provider=info.provider)
+
+
+def describe_params(params_cls: type) -> list[tuple[str, str, object, str]]:
+    """(name, type, default, help) for each field of a Params dataclass."""
+    hints = typing.get_type_hints(params_cls)
+    rows = []
+    for f in dataclasses.fields(params_cls):
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            default = f.default_factory()  # type: ignore[misc]
+        else:
+            default = "???"
+        tp = hints.get(f.name, f.type)
+        tname = getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+        rows.append((f.name, tname, default, f.metadata.get("help", "")))
+    return rows

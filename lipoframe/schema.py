@@ -1,0 +1,97 @@
+"""Column names and the coordinate convention shared by every table in lipoframe.
+
+The one coordinate story
+------------------------
+Arrays are indexed ``(row, col)``. Every table uses ``x_px`` = column and
+``y_px`` = row, as 0-indexed pixel *centres* on the full-resolution grid of the
+input file (the array exactly as ``mrcfile``/``tifffile`` return it). Units are
+part of the column name (``_px``, ``_A``). Conversions to other programs'
+conventions (RELION, cryoSPARC, EMAN2, crYOLO) live only in the writers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+MICROGRAPH = "micrograph"
+X = "x_px"
+Y = "y_px"
+Z = "z_px"
+DIAMETER = "diameter_px"
+DIAMETER_A = "diameter_A"
+SCORE = "score"
+LEVEL = "pyramid_level"
+SIGMA = "sigma_px"
+ACCEPTED = "accepted"
+REASON = "reject_reason"
+SIZE_BIN = "size_bin"
+
+#: Columns every detector must return, in this order.
+DETECTOR_COLUMNS = (X, Y, DIAMETER, SCORE, LEVEL, SIGMA)
+#: Columns of a per-micrograph pick table after the runner has finished it.
+CORE_COLUMNS = (MICROGRAPH,) + DETECTOR_COLUMNS + (ACCEPTED, REASON)
+
+#: ``size_bin`` value of a pick that the binning stage rejected.
+REJECTED_BIN = -1
+
+_DTYPES = {
+    X: "float64",
+    Y: "float64",
+    Z: "float64",
+    DIAMETER: "float64",
+    SCORE: "float64",
+    LEVEL: "int64",
+    SIGMA: "float64",
+}
+
+
+def empty_picks(extra: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Return an empty detector table with the right columns and dtypes."""
+    cols = {c: pd.Series(dtype=_DTYPES[c]) for c in DETECTOR_COLUMNS}
+    for c in extra:
+        cols[c] = pd.Series(dtype=_DTYPES.get(c, "float64"))
+    return pd.DataFrame(cols)
+
+
+def validate_detections(df: pd.DataFrame, *, stage: str) -> pd.DataFrame:
+    """Check that a stage returned the detector columns with finite values.
+
+    Raises
+    ------
+    ValueError
+        Naming ``stage`` and the missing column or the bad values.
+    """
+    if not isinstance(df, pd.DataFrame):
+        raise ValueError(f"stage {stage!r} must return a pandas DataFrame, got {type(df).__name__}")
+    missing = [c for c in DETECTOR_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"stage {stage!r} returned a table without columns {missing}")
+    for c in (X, Y, DIAMETER):
+        if len(df) and not np.all(np.isfinite(df[c].to_numpy(dtype=float))):
+            raise ValueError(f"stage {stage!r} returned non-finite values in column {c!r}")
+    return df
+
+
+def with_acceptance(df: pd.DataFrame) -> pd.DataFrame:
+    """Return a copy of ``df`` that has ``accepted``/``reject_reason`` columns."""
+    out = df.copy()
+    if ACCEPTED not in out.columns:
+        out[ACCEPTED] = True
+    if REASON not in out.columns:
+        out[REASON] = ""
+    out[ACCEPTED] = out[ACCEPTED].astype(bool)
+    out[REASON] = out[REASON].fillna("").astype(object)
+    return out
+
+
+def reject(df: pd.DataFrame, mask, reason: str) -> pd.DataFrame:
+    """Return a copy of ``df`` where the still-accepted rows in ``mask`` are rejected.
+
+    The first reason that rejects a pick is kept; a pick is never dropped.
+    """
+    out = with_acceptance(df)
+    mask = np.asarray(mask, dtype=bool) & out[ACCEPTED].to_numpy()
+    out.loc[mask, ACCEPTED] = False
+    out.loc[mask, REASON] = reason
+    return out

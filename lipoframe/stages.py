@@ -1,0 +1,142 @@
+"""Base classes of the interchangeable stages.
+
+A stage is a class with a ``name``, a ``kind`` and a ``Params`` dataclass. The
+runner builds it as ``Stage(params)`` and calls the one method of its kind.
+Stages never mutate their inputs: they return a new table and may add columns
+of their own.
+
+=========  ==========================================================  ==========================
+kind       method                                                      runs
+=========  ==========================================================  ==========================
+reader     ``read(path, *, pixel_size) -> Micrograph``                 per file
+detector   ``detect(mic, ctx) -> DataFrame``                           per micrograph
+nms        ``suppress(picks, mic, ctx) -> DataFrame``                  per micrograph
+refiner    ``refine(picks, mic, ctx) -> DataFrame``                    per micrograph
+filter     ``apply(picks, mic, ctx) -> DataFrame``                     per micrograph, in order
+binning    ``assign(picks, metas, ctx) -> BinningResult``              once per dataset
+writer     ``write(picks, metas, plan, out_dir, ctx) -> list[Path]``   once per dataset
+=========  ==========================================================  ==========================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from lipoframe.plan import ExtractionPlan
+    from lipoframe.records import Micrograph, MicrographMeta, PickContext
+
+#: The stage kinds, in pipeline order. Each is a Hydra config group.
+KINDS = ("reader", "detector", "nms", "refiner", "filter", "binning", "writer")
+#: Kinds of which several stages can be selected at once (``writer=[csv,star]``).
+MULTI_KINDS = ("filter", "writer")
+
+
+@dataclass
+class NoParams:
+    """Placeholder: every stage defines its own ``Params`` dataclass (it may be empty)."""
+
+
+class Stage:
+    """Common base: holds validated parameters."""
+
+    name: ClassVar[str] = ""
+    kind: ClassVar[str] = ""
+    Params: ClassVar[type] = NoParams
+    #: One-line description shown by ``lipoframe stages``.
+    summary: ClassVar[str] = ""
+
+    def __init__(self, params: Any = None):
+        if params is None:
+            params = self.Params()
+        if not isinstance(params, self.Params):
+            raise TypeError(f"{type(self).__name__} needs {self.Params.__name__}, got {type(params).__name__}")
+        self.params = params
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{f.name}={getattr(self.params, f.name)!r}" for f in dataclasses.fields(self.params))
+        return f"{type(self).__name__}({fields})"
+
+
+class Reader(Stage):
+    kind = "reader"
+    #: File suffixes this reader handles (lower case, with the dot).
+    suffixes: ClassVar[tuple[str, ...]] = ()
+
+    def read(self, path: Path, *, pixel_size: float | None) -> "Micrograph":
+        raise NotImplementedError
+
+
+class Detector(Stage):
+    kind = "detector"
+
+    def detect(self, mic: "Micrograph", ctx: "PickContext") -> "pd.DataFrame":
+        raise NotImplementedError
+
+
+class Suppressor(Stage):
+    kind = "nms"
+
+    def suppress(self, picks: "pd.DataFrame", mic: "Micrograph", ctx: "PickContext") -> "pd.DataFrame":
+        raise NotImplementedError
+
+
+class Refiner(Stage):
+    kind = "refiner"
+
+    def refine(self, picks: "pd.DataFrame", mic: "Micrograph", ctx: "PickContext") -> "pd.DataFrame":
+        raise NotImplementedError
+
+
+class Filter(Stage):
+    kind = "filter"
+
+    def apply(self, picks: "pd.DataFrame", mic: "Micrograph", ctx: "PickContext") -> "pd.DataFrame":
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class BinningResult:
+    """What a binning stage returns: the table with ``size_bin`` and the plan."""
+
+    picks: "pd.DataFrame"
+    plan: "ExtractionPlan"
+
+
+class Binner(Stage):
+    kind = "binning"
+
+    def assign(
+        self, picks: "pd.DataFrame", metas: dict[str, "MicrographMeta"], ctx: "PickContext"
+    ) -> BinningResult:
+        raise NotImplementedError
+
+
+class Writer(Stage):
+    kind = "writer"
+
+    def write(
+        self,
+        picks: "pd.DataFrame",
+        metas: dict[str, "MicrographMeta"],
+        plan: "ExtractionPlan",
+        out_dir: Path,
+        ctx: "PickContext",
+    ) -> list[Path]:
+        raise NotImplementedError
+
+
+BASES = {
+    "reader": Reader,
+    "detector": Detector,
+    "nms": Suppressor,
+    "refiner": Refiner,
+    "filter": Filter,
+    "binning": Binner,
+    "writer": Writer,
+}
