@@ -40,6 +40,17 @@ def format_config_error(exc: BaseException) -> str:
         if isinstance(e, ConfigError):
             return str(e)
     for e in chain:
+        missing = getattr(e, "missing_cfg_file", None)
+        if missing and "/" in missing:
+            # Hydra's MissingConfigException: an unknown stage name (``detector=nope``).
+            from lipoframe.stages import KINDS
+
+            group, _, name = missing.rpartition("/")
+            if group in KINDS:
+                return f"{group}={name}: no {group} stage named {name!r}; available: {_stage_options(group, e)}"
+            options = ", ".join(getattr(e, "options", None) or [])
+            return f"{group}={name}: no such option" + (f"; available: {options}" if options else "")
+    for e in chain:
         if isinstance(e, OmegaConfBaseException) and getattr(e, "full_key", None):
             msg = str(e).splitlines()[0].strip()
             for line in str(e).splitlines():
@@ -54,6 +65,19 @@ def format_config_error(exc: BaseException) -> str:
     return "; ".join(lines[:2]) if lines else type(exc).__name__
 
 
+def _stage_options(group: str, exc: BaseException) -> str:
+    """The registered stage names of ``group`` (Hydra omits them for list groups)."""
+    options = list(getattr(exc, "options", None) or [])
+    if not options:
+        from lipoframe import plugins
+
+        try:
+            options = plugins.load()[1].names(group)
+        except Exception:  # noqa: BLE001 - only used to improve a message
+            options = []
+    return ", ".join(options) or "none"
+
+
 def validate_overrides(overrides: list[str]) -> None:
     """Compose and validate the config once, so errors appear before any work.
 
@@ -65,6 +89,7 @@ def validate_overrides(overrides: list[str]) -> None:
     from hydra import compose, initialize_config_dir
 
     plain = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
+    prepare_hydra()  # cached: stage options must be in ConfigStore
     try:
         with initialize_config_dir(version_base="1.3", config_dir=str(config_dir()), job_name="lipoframe"):
             cfg = compose("config", overrides=plain)
@@ -75,31 +100,93 @@ def validate_overrides(overrides: list[str]) -> None:
         raise ConfigError(format_config_error(exc)) from exc
 
 
+def sweep_jobs(overrides: list[str], *, limit: int = 256) -> list[list[str]] | None:
+    """The override list of every job of a multirun sweep (cartesian product).
+
+    Returns None when the sweep cannot be expanded here (e.g. ``glob()`` or
+    interval sweeps, or more than ``limit`` jobs); Hydra then reports errors
+    per job.
+    """
+    import itertools
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides([o for o in overrides if not o.lstrip("+~").startswith("hydra")])
+        axes = []
+        for o in parsed:
+            if o.is_sweep_override():
+                axes.append([f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()])
+            else:
+                axes.append([o.input_line])
+    except Exception:  # noqa: BLE001 - Hydra reports its own parse errors when it runs
+        return None
+    n = 1
+    for a in axes:
+        n *= len(a)
+    if n > limit:
+        return None
+    return [list(job) for job in itertools.product(*axes)]
+
+
+#: Hydra flags followed by a value (``-cd DIR``), and the values ``--info`` may take.
+_VALUE_FLAGS = ("--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn", "--cfg", "-c", "--package", "-p", "--experimental-rerun")
+_INFO_VALUES = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")
+
+
+def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Split ``lipoframe run`` arguments into Hydra flags (with their values) and overrides."""
+    flags: list[str] = []
+    overrides: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a.startswith("-"):
+            flags.append(a)
+            takes_value = a in _VALUE_FLAGS or (a in ("--info", "-i") and i + 1 < len(argv) and argv[i + 1] in _INFO_VALUES)
+            if takes_value and i + 1 < len(argv):
+                flags.append(argv[i + 1])
+                i += 1
+        else:
+            overrides.append(a)
+        i += 1
+    return flags, overrides
+
+
 def run(argv: list[str]) -> int:
     """Run ``lipoframe run ARGS`` through Hydra; returns the exit code."""
     import hydra
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
+    from lipoframe.records import InputError
     from lipoframe.runner import format_summary, run_pipeline
 
     pm, registry = prepare_hydra()
     multirun = any(a in ("-m", "--multirun") for a in argv)
-    flags = [a for a in argv if a.startswith("-")]
-    overrides = [a for a in argv if not a.startswith("-")]
+    flags, overrides = split_argv(argv)
     info_only = any(f in ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--resolve", "--shell-completion", "-sc") for f in flags)
-    if not multirun and not info_only:
-        try:
-            validate_overrides(overrides)
-        except ConfigError as exc:
-            print(f"lipoframe: config error: {exc}", file=sys.stderr)
-            return 2
+    # With a config folder or file of the user's, Hydra composes (and reports) itself.
+    own_config = any(f.split("=", 1)[0] in ("--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn") for f in flags)
+    if not info_only and not own_config:
+        # Every job's config is checked before the first one starts.
+        jobs = sweep_jobs(overrides) if multirun else [overrides]
+        for job in jobs or []:
+            try:
+                validate_overrides(job)
+            except ConfigError as exc:
+                where = f" (job {' '.join(job)})" if multirun else ""
+                print(f"lipoframe: config error: {exc}{where}", file=sys.stderr)
+                return 2
     output = next((o.split("=", 1)[1] for o in overrides if o.startswith("output=")), None)
     if output and not any(o.startswith(("hydra.run.dir=", "hydra.sweep.dir=")) for o in overrides):
         try:
             Path(output).mkdir(parents=True, exist_ok=True)
+            probe = Path(output) / f".lipoframe-write-test-{os.getpid()}"
+            probe.write_text("")
+            probe.unlink()
         except OSError as exc:
-            print(f"lipoframe: {output}: cannot create the output folder ({exc.strerror or exc})", file=sys.stderr)
+            print(f"lipoframe: {output}: cannot create or write the output folder ({exc.strerror or exc})", file=sys.stderr)
             return 1
         argv = argv + ([f"hydra.sweep.dir={output}"] if multirun else [f"hydra.run.dir={output}"])
 
@@ -114,7 +201,12 @@ def run(argv: list[str]) -> int:
             state["exit"] = 2
             return float("nan")
         out_dir = Path(HydraConfig.get().runtime.output_dir)
-        result = run_pipeline(run_cfg, out_dir, registry=registry, pm=pm)
+        try:
+            result = run_pipeline(run_cfg, out_dir, registry=registry, pm=pm)
+        except InputError as exc:
+            print(f"lipoframe: {exc}", file=sys.stderr)
+            state["exit"] = 1
+            return float("nan")
         if not (out_dir / ".hydra" / "config.yaml").exists():
             from lipoframe.io.atomic import write_text
 

@@ -15,6 +15,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("lipoframe.app:run", "pick micrographs (Hydra overrides: input=... output=... detector=log nms.beta=0.6)"),
     "plugins": ("lipoframe.cli:cmd_plugins", "list installed plugins and the stages each provides"),
     "stages": ("lipoframe.cli:cmd_stages", "list stages with their parameters, types and defaults: stages [KIND]"),
+    "plan": ("lipoframe.plancmd:main", "recompute size bins and the extraction plan from a run's picks, no re-picking: plan RUN_DIR binning=kmeans"),
+    "merge": ("lipoframe.merge:main", "combine shard run folders into one result: merge RUN_DIR... output=DIR"),
+    "report": ("lipoframe.report:cmd_report", "write overlays, plots and a self-contained report.html for a run folder: report RUN_DIR"),
+    "simulate": ("lipoframe.simulate:main", "write synthetic denoised micrographs + truth.csv: simulate output=DIR preset=suite seed=0"),
+    "evaluate": ("lipoframe.evaluate:main", "score picks against a reference: evaluate picks=RUN_DIR reference=truth.csv output=DIR"),
 }
 
 USAGE = """usage: lipoframe <command> [args]
@@ -57,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     except PluginError as exc:
         print(f"lipoframe: {exc}", file=sys.stderr)
         return 2
+    except SystemExit as exc:  # argparse in a subcommand: keep main()'s return-a-code contract
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except KeyboardInterrupt:
         print("lipoframe: interrupted", file=sys.stderr)
         return 130

@@ -31,8 +31,9 @@ class RunnerConfig:
     """How the runner executes.
 
     workers: worker processes (0 = one per CPU core).
-    progress: show a progress bar on stderr when it is a terminal.
-    resume: skip micrographs whose outputs from the same settings are complete.
+    progress: show a progress bar (done/total, rate, ETA) on stderr when it is a terminal.
+    resume: skip micrographs whose outputs from the same settings and the same
+        (unchanged) input file are complete; false redoes everything.
     verbose: print tracebacks for failed micrographs.
     fft_threads: threads per worker for FFTs.
     report: write report.html and overlays at the end.
@@ -67,6 +68,39 @@ class ShardConfig:
 
 
 @dataclass
+class StreamConfig:
+    """Streaming settings, used with ``watch=true``.
+
+    poll_seconds: how often the input folders are scanned for new files.
+    stable_polls: a new file is picked once its size and modification time
+        have not changed for this many scans (so half-copied files are never read).
+    update_every: rewrite the dataset-level outputs (size statistics, plan,
+        writers) after every this many newly picked micrographs.
+    stop_file: stop once this file exists, after picking every file already
+        there (relative paths are inside the output folder).
+    idle_timeout: also stop after this many seconds without a new file (0 = never).
+    """
+
+    poll_seconds: float = 5.0
+    stable_polls: int = 2
+    update_every: int = 20
+    stop_file: str = "STOP"
+    idle_timeout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.poll_seconds > 0:
+            raise ConfigError(f"stream.poll_seconds must be > 0, got {self.poll_seconds}")
+        if self.stable_polls < 1:
+            raise ConfigError(f"stream.stable_polls must be >= 1, got {self.stable_polls}")
+        if self.update_every < 1:
+            raise ConfigError(f"stream.update_every must be >= 1, got {self.update_every}")
+        if not self.stop_file:
+            raise ConfigError("stream.stop_file must not be empty")
+        if self.idle_timeout < 0:
+            raise ConfigError(f"stream.idle_timeout must be >= 0 (0 = never), got {self.idle_timeout}")
+
+
+@dataclass
 class LipoframeConfig:
     """Everything ``lipoframe run`` needs.
 
@@ -77,6 +111,7 @@ class LipoframeConfig:
     units: ``A`` (Ångström) or ``px`` (pixels).
     polarity: ``dark`` particles on a light background, or ``bright``.
     export_rejected: writers also export rejected picks (flagged).
+    watch: keep running and pick new micrographs as they appear (see ``stream``).
     """
 
     input: Any = None
@@ -90,6 +125,8 @@ class LipoframeConfig:
     seed: int = 0
     runner: RunnerConfig = field(default_factory=RunnerConfig)
     shard: ShardConfig = field(default_factory=ShardConfig)
+    watch: bool = False
+    stream: StreamConfig = field(default_factory=StreamConfig)
     reader: Any = None
     detector: Any = None
     nms: Any = None
@@ -115,6 +152,8 @@ class LipoframeConfig:
             self.input = []
         else:
             self.input = [str(i) for i in self.input]
+        if self.watch and self.shard.count > 1:
+            raise ConfigError("watch=true cannot be combined with shard.count > 1 (watch one folder per run instead)")
         self.filter = dict(self.filter or {})
         self.writer = dict(self.writer or {})
 

@@ -12,6 +12,9 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+#: ``reject_reason`` of picks outside the diameter range a binning policy accepts.
+OUTLIER_REASON = "binning_outlier"
+
 #: Width of the soft edge of the extraction mask, in pixels (SIMPLE's COSMSKHALFWIDTH).
 COSINE_EDGE_WIDTH_PX = 6
 
@@ -65,7 +68,9 @@ class SizeBin:
     index : int
         0-based bin number (RELION ``rlnClassNumber`` = index + 1).
     d_min_px, d_max_px : float
-        Diameter range of the bin, lower edge inclusive.
+        Diameter range of the bin: the smallest and largest diameter of its
+        picks (the box is computed from ``d_max_px``). Diameters between two
+        bins belong to neither (see :meth:`ExtractionPlan.assign`).
     count : int
         Accepted picks in the bin.
     box_px : int
@@ -107,6 +112,9 @@ class ExtractionPlan:
         Å/px of a downscaled extraction, if asked for.
     notes : tuple of str
         Human-readable remarks (e.g. why a fallback was used).
+    details : dict
+        JSON-friendly diagnostics of the policy (parameters, global size
+        statistics, modes or clusters with their Z-scores, histogram settings).
     """
 
     policy: str
@@ -115,6 +123,52 @@ class ExtractionPlan:
     accepted_range_px: tuple[float, float] | None = None
     extract_pixel_size: float | None = None
     notes: tuple[str, ...] = field(default=())
+    details: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def n_bins(self) -> int:
+        return len(self.bins)
+
+    @property
+    def n_accepted(self) -> int:
+        """Picks in the bins."""
+        return int(sum(b.count for b in self.bins))
+
+    def rows(self) -> list[dict]:
+        """One dict per bin: diameter range in px (and Å with a pixel size), count, box, mask."""
+        out = []
+        for b in self.bins:
+            row = {
+                "bin": b.index + 1,
+                "d_min_px": round(b.d_min_px, 1),
+                "d_max_px": round(b.d_max_px, 1),
+                "d_min_A": None if not self.pixel_size else round(b.d_min_px * self.pixel_size, 1),
+                "d_max_A": None if not self.pixel_size else round(b.d_max_px * self.pixel_size, 1),
+                "count": b.count,
+                "box_px": b.box_px,
+                "mask_diameter_A": None if b.mask_diameter_A is None else round(b.mask_diameter_A, 1),
+                "box_px_extract": b.box_px_extract,
+            }
+            out.append(row)
+        return out
+
+    def format_table(self) -> str:
+        """A short plain-text table of the bins (for the terminal)."""
+        head = f"{'bin':>3}  {'diameter px':>13}  {'diameter Å':>13}  {'picks':>6}  {'box px':>6}  {'mask Å':>7}"
+        if self.extract_pixel_size:
+            head += f"  box@{self.extract_pixel_size:g}Å/px"
+        lines = [head]
+        px = self.pixel_size
+        for b in self.bins:
+            a = f"{b.d_min_px * px:.0f}-{b.d_max_px * px:.0f}" if px else "-"
+            m = "-" if b.mask_diameter_A is None else f"{b.mask_diameter_A:.0f}"
+            line = f"{b.index + 1:>3}  {b.d_min_px:>6.0f}-{b.d_max_px:<6.0f}  {a:>13}  {b.count:>6}  {b.box_px:>6}  {m:>7}"
+            if self.extract_pixel_size:
+                line += f"  {'-' if b.box_px_extract is None else b.box_px_extract:>6}"
+            lines.append(line)
+        if not self.bins:
+            lines.append("  (no bins)")
+        return "\n".join(lines)
 
     @property
     def edges_px(self) -> np.ndarray:
@@ -124,12 +178,17 @@ class ExtractionPlan:
         return np.array([b.d_min_px for b in self.bins] + [self.bins[-1].d_max_px], dtype=float)
 
     def assign(self, diameters) -> np.ndarray:
-        """Bin index of each diameter; -1 outside every bin."""
+        """Bin index of each diameter; -1 outside every bin.
+
+        Ranges are closed, ``[d_min_px, d_max_px]`` (bins never overlap: a
+        policy's bins hold disjoint groups of picks). For the picks a plan
+        was made from this reproduces their ``size_bin``; a diameter between
+        two bins belongs to neither.
+        """
         d = np.asarray(diameters, dtype=float)
         out = np.full(d.shape, -1, dtype=np.int64)
         for b in self.bins:
-            last = b.index == self.bins[-1].index
-            inside = (d >= b.d_min_px) & ((d <= b.d_max_px) if last else (d < b.d_max_px))
+            inside = (d >= b.d_min_px) & (d <= b.d_max_px)
             out[inside & (out < 0)] = b.index
         return out
 
@@ -149,7 +208,17 @@ class ExtractionPlan:
             accepted_range_px=None if d.get("accepted_range_px") is None else tuple(d["accepted_range_px"]),
             extract_pixel_size=d.get("extract_pixel_size"),
             notes=tuple(d.get("notes", [])),
+            details=dict(d.get("details") or {}),
         )
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
+        return json.dumps(self.to_dict(), indent=2, default=_json_default)
+
+
+def _json_default(o):
+    """numpy scalars and arrays in ``details`` become plain JSON."""
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"{type(o).__name__} is not JSON serialisable")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import pluggy
 
 from lipoframe import hookspecs
-from lipoframe.registry import StageRegistry
+from lipoframe.registry import RegistryError, StageRegistry
 
 ENTRY_POINT_GROUP = "lipoframe"
 
@@ -27,8 +27,12 @@ DEFAULT_PLUGINS = (
     "lipoframe.builtin.nms",
     "lipoframe.builtin.refiners",
     "lipoframe.builtin.filters",
+    "lipoframe.builtin.junk",
     "lipoframe.builtin.binning",
     "lipoframe.builtin.writers",
+    "lipoframe.builtin.heatmap",
+    "lipoframe.builtin.maskwriter",
+    "lipoframe.builtin.tomo",
 )
 
 
@@ -94,8 +98,10 @@ def make_plugin_manager(*, load_entrypoints: bool = True) -> tuple[pluggy.Plugin
                 seen.add((dname, ep.name))
                 if only is not None and _normalise(dname) not in only:
                     continue
-                if ep.name in blocked or pm.has_plugin(ep.name):
+                if ep.name in blocked:
                     continue
+                # Two distributions may use the same entry-point name: keep both.
+                pname = ep.name if not pm.has_plugin(ep.name) else f"{dname}:{ep.name}"
                 try:
                     plugin = ep.load()
                 except Exception as exc:  # noqa: BLE001 - re-raised with context
@@ -104,15 +110,28 @@ def make_plugin_manager(*, load_entrypoints: bool = True) -> tuple[pluggy.Plugin
                         f"{type(exc).__name__}: {exc}"
                     ) from exc
                 try:
-                    pm.register(plugin, name=ep.name)
-                except pluggy.PluginValidationError as exc:
-                    raise PluginError(f"plugin {ep.name!r} from {dname} {dist.version} is invalid: {exc}") from exc
-                infos.append(PluginInfo(ep.name, dname, dist.version, getattr(plugin, "__name__", str(plugin))))
-    try:
-        pm.check_pending()
-    except pluggy.PluginValidationError as exc:
-        raise PluginError(f"invalid plugin {exc.plugin!r}: {exc}") from exc
+                    pm.register(plugin, name=pname)
+                except (pluggy.PluginValidationError, ValueError) as exc:
+                    detail = "; ".join(ln.strip() for ln in str(exc).splitlines() if ln.strip())
+                    raise PluginError(f"plugin {ep.name!r} from {dname} {dist.version} is invalid: {detail}") from exc
+                infos.append(PluginInfo(pname, dname, dist.version, getattr(plugin, "__name__", str(plugin))))
+    # Like pm.check_pending(), with a message that names the distribution.
+    for hname, caller in vars(pm.hook).items():
+        if hname.startswith("_") or caller.has_spec():
+            continue
+        for impl in caller.get_hookimpls():
+            if not impl.optionalhook:
+                info = next((i for i in infos if i.name == impl.plugin_name), None)
+                where = f"{impl.plugin_name!r} from {info.distribution} {info.version}" if info else repr(impl.plugin_name)
+                raise PluginError(
+                    f"plugin {where} implements unknown hook {hname!r} (misspelled?); "
+                    f"known hooks: {', '.join(_hook_names())}"
+                )
     return pm, infos
+
+
+def _hook_names() -> list[str]:
+    return sorted(n for n in dir(hookspecs) if n.startswith("lipoframe_"))
 
 
 def build_registry(pm: pluggy.PluginManager, infos: list[PluginInfo]) -> StageRegistry:
@@ -128,7 +147,15 @@ def build_registry(pm: pluggy.PluginManager, infos: list[PluginInfo]) -> StageRe
         )
         registry.current_provider = provider
         before = {(s.kind, s.name) for s in registry.stages()}
-        impl.function(registry=registry)
+        try:
+            # An implementation may take fewer arguments than the spec (pluggy rule).
+            impl.function(**{arg: registry for arg in impl.argnames})
+        except RegistryError as exc:
+            raise PluginError(str(exc)) from exc
+        except Exception as exc:  # noqa: BLE001 - re-raised naming the plugin
+            raise PluginError(
+                f"plugin {provider} failed in lipoframe_register_stages: {type(exc).__name__}: {exc}"
+            ) from exc
         if info is not None:
             info.stages.extend(f"{s.kind}/{s.name}" for s in registry.stages() if (s.kind, s.name) not in before)
     registry.current_provider = "<direct>"

@@ -8,6 +8,7 @@ per-micrograph part on an array from Python.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import logging
@@ -17,10 +18,11 @@ import re
 import sys
 import time
 import traceback
+from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -37,6 +39,10 @@ log = logging.getLogger("lipoframe")
 
 #: Folder (below the output) with the per-micrograph results used for resume and merge.
 WORK_DIR = "micrographs"
+#: Every input of a run in order, with its output name, shard and settings fingerprint (read by merge).
+MANIFEST = "inputs.json"
+#: Longest list of notes or failures printed (all are in run_summary.json).
+MAX_LISTED = 20
 
 
 # ---------------------------------------------------------------------------
@@ -137,32 +143,45 @@ def safe_name(name: str) -> str:
 
 
 def micrograph_names(paths: list[Path]) -> list[str]:
-    """Unique, safe output names: the file stem, prefixed by parent folders where stems clash."""
-    def candidate(p: Path, depth: int) -> str:
-        parts = list(p.resolve().parent.parts[-depth:]) if depth else []
-        return safe_name("__".join(parts + [p.stem]))
+    """Unique, safe output names: the file stem, made unique only where stems clash.
 
-    depth = [0] * len(paths)
-    while True:
-        names = [candidate(p, d) for p, d in zip(paths, depth)]
-        counts: dict[str, int] = {}
-        for nm in names:
-            counts[nm] = counts.get(nm, 0) + 1
-        clashes = [i for i, nm in enumerate(names) if counts[nm] > 1]
-        if not clashes:
-            return names
-        progressed = False
-        for i in clashes:
-            if depth[i] < len(paths[i].resolve().parent.parts):
-                depth[i] += 1
-                progressed = True
-        if not progressed:
-            seen: dict[str, int] = {}
-            for i, nm in enumerate(names):
-                seen[nm] = seen.get(nm, 0) + 1
-                if seen[nm] > 1:
-                    names[i] = f"{nm}_{seen[nm]}"
-            return names
+    Inputs that share a stem are told apart by the shortest tail of their
+    parent folders and/or their suffix (``a/mic.mrc``, ``b/mic.mrc`` ->
+    ``a__mic``, ``b__mic``; ``mic.mrc``, ``mic.tif`` -> ``mic_mrc``,
+    ``mic_tif``); a counter is the last resort. :func:`name_notes` lists the
+    renamed inputs for the user.
+    """
+    names = [safe_name(p.stem) for p in paths]
+    groups: dict[str, list[int]] = {}
+    for i, nm in enumerate(names):
+        groups.setdefault(nm, []).append(i)
+    for idx in groups.values():
+        if len(idx) < 2:
+            continue
+        parents = [paths[i].resolve().parent.parts for i in idx]
+        deepest = max(len(pp) for pp in parents)
+        for depth in range(deepest + 1):
+            for with_suffix in (False, True):
+                if depth == 0 and not with_suffix:
+                    continue
+                cand = []
+                for k, i in enumerate(idx):
+                    parts = [*parents[k][len(parents[k]) - depth:]] if depth else []
+                    stem = paths[i].stem + (f"_{paths[i].suffix.lstrip('.').lower()}" if with_suffix else "")
+                    cand.append(safe_name("__".join([*parts, stem])))
+                if len(set(cand)) == len(cand):
+                    break
+            else:
+                continue
+            break
+        for k, i in enumerate(idx):
+            names[i] = cand[k]
+    seen: dict[str, int] = {}
+    for i, nm in enumerate(names):  # a new name may equal another file's stem
+        seen[nm] = seen.get(nm, 0) + 1
+        if seen[nm] > 1:
+            names[i] = f"{nm}_{seen[nm]}"
+    return names
 
 
 def shard(items: list, index: int, count: int) -> list:
@@ -217,6 +236,7 @@ def process_micrograph(mic: Micrograph, stages: StageSet, ctx: PickContext) -> p
     picks = schema.validate_detections(stages.nms.suppress(picks, mic, ctx), stage=f"nms/{stages.nms.name}")
     picks = schema.validate_detections(stages.refiner.refine(picks, mic, ctx), stage=f"refiner/{stages.refiner.name}")
     picks = schema.with_acceptance(picks)
+    picks = _suppress_again(picks, mic, stages, ctx)
     for f in stages.filters:
         picks = schema.validate_detections(f.apply(picks, mic, ctx), stage=f"filter/{f.name}")
     picks = picks.reset_index(drop=True)
@@ -226,8 +246,24 @@ def process_micrograph(mic: Micrograph, stages: StageSet, ctx: PickContext) -> p
     return picks
 
 
+def _suppress_again(picks: pd.DataFrame, mic: Micrograph, stages: StageSet, ctx: PickContext) -> pd.DataFrame:
+    """Run the NMS stage once more on the accepted picks after refinement.
+
+    Refinement moves centres and changes diameters, so two picks that were
+    apart can become duplicates of one particle. Rejected picks are kept as
+    they are (flagged, never dropped).
+    """
+    ok = picks[schema.ACCEPTED].to_numpy(dtype=bool)
+    if ok.sum() < 2:
+        return picks
+    kept = stages.nms.suppress(picks.loc[ok].reset_index(drop=True), mic, ctx)
+    return pd.concat([kept, picks.loc[~ok]], ignore_index=True)
+
+
 @dataclass
 class MicJob:
+    """One micrograph to pick: its input file, output name and settings fingerprint."""
+
     path: Path
     name: str
     out_dir: Path
@@ -238,6 +274,8 @@ class MicJob:
 
 @dataclass
 class MicResult:
+    """What happened to one micrograph (``status`` is ``ok``, ``skipped`` or ``failed``)."""
+
     name: str
     path: str
     status: str  # ok | skipped | failed
@@ -245,18 +283,41 @@ class MicResult:
     n_accepted: int = 0
     seconds: float = 0.0
     error: str = ""
+    #: Peak resident memory of the process that picked it (MiB; 0 when not measured).
+    peak_rss_mb: float = 0.0
 
 
 def _work_paths(out_dir: Path, name: str) -> tuple[Path, Path]:
     return safe_child(out_dir, WORK_DIR, f"{name}.csv"), safe_child(out_dir, WORK_DIR, f"{name}.json")
 
 
-def load_work(out_dir: Path, name: str, fingerprint: str | None = None) -> tuple[MicrographMeta, pd.DataFrame] | None:
-    """The saved result of one micrograph, or None if absent, incomplete or from other settings."""
-    csv_path, json_path = _work_paths(out_dir, name)
+def source_stamp(path: str | os.PathLike) -> dict | None:
+    """Size and modification time (whole seconds) of an input file, or None if it cannot be read.
+
+    Saved with each result, so that resume redoes a micrograph whose input
+    file was replaced.
+    """
     try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return {"size": int(st.st_size), "mtime": int(st.st_mtime)}
+
+
+def load_work(
+    out_dir: Path, name: str, fingerprint: str | None = None, *, source: dict | None = None
+) -> tuple[MicrographMeta, pd.DataFrame] | None:
+    """The saved result of one micrograph, or None if absent, incomplete or stale.
+
+    Stale means: made with other per-micrograph settings (``fingerprint``) or
+    from an input file that has changed since (``source``, see :func:`source_stamp`).
+    """
+    try:
+        csv_path, json_path = _work_paths(out_dir, name)
         info = json.loads(json_path.read_text())
         if fingerprint is not None and info.get("fingerprint") != fingerprint:
+            return None
+        if source is not None and info.get("source") not in (None, source):
             return None
         picks = pd.read_csv(csv_path, keep_default_na=False, na_values=[""], dtype={schema.MICROGRAPH: str, schema.REASON: str})
         if len(picks) != int(info["n_picks"]):
@@ -268,23 +329,51 @@ def load_work(out_dir: Path, name: str, fingerprint: str | None = None) -> tuple
         return None
 
 
-def save_work(out_dir: Path, meta: MicrographMeta, picks: pd.DataFrame, fingerprint: str, seconds: float) -> None:
+def save_work(
+    out_dir: Path, meta: MicrographMeta, picks: pd.DataFrame, fingerprint: str, seconds: float, *, source: dict | None = None
+) -> None:
     """Write one micrograph's result: the CSV first, then the JSON that marks it complete."""
     from lipoframe import __version__
     from lipoframe.builtin.writers import write_csv
 
     csv_path, json_path = _work_paths(out_dir, meta.name)
     write_csv(picks, csv_path, float_format="%.4f")
-    info = {"meta": meta.to_dict(), "fingerprint": fingerprint, "n_picks": int(len(picks)), "seconds": round(seconds, 4), "lipoframe": __version__}
+    info = {
+        "meta": meta.to_dict(),
+        "fingerprint": fingerprint,
+        "n_picks": int(len(picks)),
+        "seconds": round(seconds, 4),
+        "source": source,
+        "lipoframe": __version__,
+    }
     write_text(json_path, json.dumps(info, indent=1))
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far, in MiB (0 where unsupported)."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        return 0.0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0
 
 
 _WORKER_STATE: dict[str, Any] = {}
 
 
 def _init_worker(cfg: LipoframeConfig, stages: StageSet) -> None:
+    import signal
+
+    # Ctrl-C is handled by the main process, which lets the micrographs in
+    # progress finish (and be saved) before it stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _WORKER_STATE["cfg"] = cfg
     _WORKER_STATE["stages"] = stages
+
+
+def _failure(job: MicJob, message: str, seconds: float = 0.0) -> MicResult:
+    return MicResult(job.name, str(job.path), "failed", seconds=seconds, error=message)
 
 
 def run_job(job: MicJob, cfg: LipoframeConfig | None = None, stages: StageSet | None = None) -> MicResult:
@@ -292,28 +381,219 @@ def run_job(job: MicJob, cfg: LipoframeConfig | None = None, stages: StageSet | 
     cfg = cfg or _WORKER_STATE["cfg"]
     stages = stages or _WORKER_STATE["stages"]
     t0 = time.perf_counter()
-    if job.resume:
-        done = load_work(job.out_dir, job.name, job.fingerprint)
-        if done is not None:
-            picks = done[1]
-            return MicResult(job.name, str(job.path), "skipped", len(picks), int(picks[schema.ACCEPTED].sum()) if len(picks) else 0)
+    source = source_stamp(job.path)
     try:
+        if job.resume:
+            done = load_work(job.out_dir, job.name, job.fingerprint, source=source)
+            if done is not None:
+                picks = done[1]
+                return MicResult(job.name, str(job.path), "skipped", len(picks), int(picks[schema.ACCEPTED].sum()) if len(picks) else 0)
         reader = stages.reader_for(job.path)
         mic = reader.read(job.path, pixel_size=cfg.pixel_size)
         meta = MicrographMeta(name=job.name, path=str(job.path), shape=mic.meta.shape, pixel_size=mic.meta.pixel_size, flip_y=mic.meta.flip_y)
         mic = Micrograph(meta=meta, image=mic.image, polarity=cfg.polarity)
         ctx = pick_context(meta, cfg)
         picks = process_micrograph(mic, stages, ctx)
+        del mic  # release the memory map / image before saving
         seconds = time.perf_counter() - t0
-        save_work(job.out_dir, meta, picks, job.fingerprint, seconds)
-        return MicResult(job.name, str(job.path), "ok", len(picks), int(picks[schema.ACCEPTED].sum()), seconds)
+        save_work(job.out_dir, meta, picks, job.fingerprint, seconds, source=source)
+        return MicResult(job.name, str(job.path), "ok", len(picks), int(picks[schema.ACCEPTED].sum()), seconds, peak_rss_mb=peak_rss_mb())
     except InputError as exc:
-        return MicResult(job.name, str(job.path), "failed", seconds=time.perf_counter() - t0, error=str(exc))
+        return _failure(job, str(exc), time.perf_counter() - t0)
+    except MemoryError:
+        return _failure(job, f"{job.path}: out of memory (use fewer runner.workers)", time.perf_counter() - t0)
     except Exception as exc:  # noqa: BLE001 - one bad micrograph must not stop the run
-        msg = f"{job.path}: {type(exc).__name__}: {exc}"
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        msg = f"{job.path}: {type(exc).__name__}: {first}"
         if job.verbose:
             msg += "\n" + traceback.format_exc()
-        return MicResult(job.name, str(job.path), "failed", seconds=time.perf_counter() - t0, error=msg)
+        return _failure(job, msg, time.perf_counter() - t0)
+
+
+def _start_method() -> str:
+    """``fork`` (fast, no re-imports) unless other threads are running, where fork is unsafe."""
+    import multiprocessing as mp
+    import threading
+
+    methods = mp.get_all_start_methods()
+    if "fork" in methods and threading.active_count() == 1:
+        return "fork"
+    return "forkserver" if "forkserver" in methods else "spawn"
+
+
+def execute_jobs(
+    jobs: list[MicJob],
+    cfg: LipoframeConfig,
+    stages: StageSet,
+    workers: int,
+    on_result: Callable[[MicResult], None],
+) -> None:
+    """Run ``jobs`` in ``workers`` processes, calling ``on_result`` in this process as each ends.
+
+    At most ``workers`` micrographs are in flight, so memory is bounded by
+    ``workers`` times the cost of one micrograph. If a worker process dies
+    (killed, out of memory, a crash in a library), the micrographs it may
+    have been picking are retried one at a time in a fresh process, so only
+    the culprit fails. On Ctrl-C the micrographs in progress are finished
+    and reported, the rest are not started, and KeyboardInterrupt is re-raised.
+    """
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            on_result(run_job(job, cfg, stages))
+        return
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    queue: deque[MicJob] = deque(jobs)
+    suspects: deque[MicJob] = deque()
+    while queue or suspects:
+        isolate = bool(suspects)
+        source = suspects if isolate else queue
+        n = 1 if isolate else min(workers, len(queue))
+        ex = ProcessPoolExecutor(max_workers=n, mp_context=mp.get_context(_start_method()), initializer=_init_worker, initargs=(cfg, stages))
+        running: dict[Any, MicJob] = {}
+        broken: list[MicJob] = []
+        interrupted = False
+        try:
+            while (source or running) and not broken:
+                while source and len(running) < n:
+                    job = source.popleft()
+                    try:
+                        running[ex.submit(run_job, job)] = job
+                    except BrokenProcessPool:
+                        source.appendleft(job)
+                        break
+                if not running:
+                    broken.append(source.popleft())
+                    break
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    job = running.pop(fut)
+                    exc = fut.exception()
+                    if exc is None:
+                        on_result(fut.result())
+                    elif isinstance(exc, BrokenProcessPool):
+                        broken.append(job)
+                    else:  # e.g. the job could not be sent to the worker
+                        on_result(_failure(job, f"{job.path}: {type(exc).__name__}: {exc}"))
+        except KeyboardInterrupt:
+            interrupted = True
+            log.warning("interrupted: finishing the %d micrograph(s) in progress", len(running))
+            for fut in running:
+                fut.cancel()
+            for fut, job in running.items():
+                if not fut.cancelled() and fut.exception() is None:
+                    on_result(fut.result())
+            raise
+        finally:
+            ex.shutdown(wait=not interrupted, cancel_futures=True)
+        if broken:
+            broken.extend(running.values())
+            if isolate:
+                for job in broken:
+                    on_result(_failure(job, f"{job.path}: the worker process died while picking it (out of memory, killed, or a crash in a library)"))
+            else:
+                log.warning("a worker process died; retrying the %d micrograph(s) it may have been picking one at a time", len(broken))
+                suspects.extend(broken)
+
+
+def _progress(total: int, enabled: bool, *, initial: int = 0):
+    """A tqdm bar on stderr (done/total, rate, ETA), silent unless stderr is a terminal."""
+    from tqdm import tqdm
+
+    class Bar(tqdm):
+        monitor_interval = 0  # no monitor thread: worker processes are forked
+
+    return Bar(
+        total=total,
+        initial=initial,
+        unit="mic",
+        desc="picking",
+        disable=not enabled or not sys.stderr.isatty(),
+        file=sys.stderr,
+        dynamic_ncols=True,
+        smoothing=0.1,
+    )
+
+
+@contextlib.contextmanager
+def output_folder(out_dir: Path):
+    """Check ``out_dir`` is writable and hold a lock on it for the duration of a run.
+
+    Also removes temporary files an interrupted run left behind in the
+    per-micrograph folder.
+
+    Raises
+    ------
+    InputError
+        If the folder cannot be created or written, or another run holds it.
+    """
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".lipoframe-write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise InputError(f"{out_dir}: output folder is not writable ({exc.strerror or exc})") from None
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no lock
+        fcntl = None
+    with open(out_dir / ".lipoframe.lock", "a+") as lock:
+        if fcntl is not None:
+            try:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                lock.seek(0)
+                other = lock.read().strip() or "?"
+                raise InputError(f"{out_dir}: another lipoframe run (pid {other}) is writing to this output folder") from None
+            lock.seek(0)
+            lock.truncate()
+            lock.write(str(os.getpid()))
+            lock.flush()
+        for stale in (out_dir / WORK_DIR).glob(".*.tmp*"):
+            with contextlib.suppress(OSError):
+                stale.unlink()
+        yield out_dir
+
+
+def find_inputs(specs: list[str], suffixes: tuple[str, ...]) -> tuple[list[Path], list[str]]:
+    """Input files of ``specs`` (see :func:`expand_inputs`) and a message for each spec that matched nothing."""
+    paths = expand_inputs(specs, suffixes)
+    problems = []
+    for spec in specs:
+        spec_s = os.path.expanduser(str(spec))
+        if os.path.isdir(spec_s) and not expand_inputs([spec_s], suffixes):
+            problems.append(f"{spec}: folder contains no micrographs (looked for {', '.join(sorted(suffixes))})")
+        elif _GLOB_CHARS.search(spec_s) and not os.path.isdir(spec_s) and not expand_inputs([spec_s], suffixes):
+            problems.append(f"{spec}: no files match this pattern")
+    return paths, problems
+
+
+def name_notes(paths: list[Path], names: list[str]) -> list[str]:
+    """One line per micrograph whose output name is not its file stem (duplicates, unsafe names)."""
+    stems: dict[str, int] = {}
+    for p in paths:
+        stems[p.stem] = stems.get(p.stem, 0) + 1
+    notes = []
+    for p, n in zip(paths, names):
+        if n == p.stem:
+            continue
+        why = "another input has the same name" if stems[p.stem] > 1 else "the file name is not safe for output files"
+        notes.append(f"{p}: results are named {n!r} ({why})")
+    return notes
+
+
+def write_manifest(out_dir: Path, specs: list[str], paths: list[Path], names: list[str], cfg: LipoframeConfig, fingerprint: str) -> None:
+    """``inputs.json``: every input in order with its output name, the shard and the fingerprint (used by merge)."""
+    info = {
+        "inputs": [str(s) for s in specs],
+        "micrographs": [{"name": n, "path": str(p)} for p, n in zip(paths, names)],
+        "shard": {"index": cfg.shard.index, "count": cfg.shard.count},
+        "fingerprint": fingerprint,
+    }
+    write_text(out_dir / MANIFEST, json.dumps(info, indent=1))
 
 
 # ---------------------------------------------------------------------------
@@ -380,6 +660,10 @@ class RunResult:
     files: list[Path]
     seconds: float
     errors: list[str] = field(default_factory=list)
+    #: Things the user should know that are not failures (renamed micrographs, ...).
+    notes: list[str] = field(default_factory=list)
+    interrupted: bool = False
+    workers: int = 1
 
     @property
     def failed(self) -> list[MicResult]:
@@ -387,15 +671,16 @@ class RunResult:
 
     @property
     def ok(self) -> bool:
-        return not self.failed and not self.errors
+        return not self.failed and not self.errors and not self.interrupted
 
     def summary(self) -> dict:
         acc = int(self.picks[schema.ACCEPTED].sum()) if len(self.picks) else 0
+        picked = [r for r in self.results if r.status == "ok"]
         return {
             "out_dir": str(self.out_dir),
             "micrographs": {
                 "total": len(self.results),
-                "ok": sum(r.status == "ok" for r in self.results),
+                "ok": len(picked),
                 "skipped": sum(r.status == "skipped" for r in self.results),
                 "failed": len(self.failed),
             },
@@ -406,14 +691,108 @@ class RunResult:
             ],
             "failures": [{"micrograph": r.path, "error": r.error.splitlines()[0]} for r in self.failed],
             "errors": self.errors,
+            "notes": self.notes,
+            "interrupted": self.interrupted,
+            "workers": self.workers,
+            "peak_rss_mb": round(max((r.peak_rss_mb for r in picked), default=0.0), 1),
+            "micrographs_per_s": round(len(picked) / self.seconds, 3) if self.seconds > 0 and any(r.seconds > 0 for r in picked) else None,
             "seconds": round(self.seconds, 3),
         }
 
 
-def _progress(total: int, enabled: bool):
-    from tqdm.auto import tqdm
+def resolve_workers(requested: int, n_jobs: int) -> int:
+    """Worker processes to use: ``requested`` (0 = the CPUs this process may use), at most ``n_jobs``."""
+    if requested <= 0:
+        try:
+            requested = len(os.sched_getaffinity(0))  # respects SLURM/cgroup CPU limits
+        except (AttributeError, OSError):
+            requested = os.cpu_count() or 1
+    return max(1, min(requested, n_jobs))
 
-    return tqdm(total=total, unit="mic", disable=not enabled or not sys.stderr.isatty(), file=sys.stderr, dynamic_ncols=True)
+
+def run_jobs(jobs: list[MicJob], cfg: LipoframeConfig, stages: StageSet, *, progress: bool = True) -> tuple[list[MicResult], bool]:
+    """Pick ``jobs`` (skipping those already done when resuming) with a progress bar.
+
+    Returns the results (in completion order) and whether Ctrl-C interrupted the run.
+    """
+    results: list[MicResult] = []
+    todo: list[MicJob] = []
+    for job in jobs:
+        if job.resume:
+            done = load_work(job.out_dir, job.name, job.fingerprint, source=source_stamp(job.path))
+            if done is not None:
+                picks = done[1]
+                n_acc = int(picks[schema.ACCEPTED].sum()) if len(picks) else 0
+                results.append(MicResult(job.name, str(job.path), "skipped", len(picks), n_acc))
+                continue
+        todo.append(MicJob(job.path, job.name, job.out_dir, job.fingerprint, False, job.verbose))
+    if results:
+        log.info("resuming: %d of %d micrographs are already done", len(results), len(jobs))
+    workers = resolve_workers(cfg.runner.workers, len(todo))
+    interrupted = False
+    with _progress(len(jobs), cfg.runner.progress and progress, initial=len(results)) as bar:
+        redirect = contextlib.nullcontext()
+        if not bar.disable:
+            from tqdm.contrib.logging import logging_redirect_tqdm
+
+            redirect = logging_redirect_tqdm(loggers=[logging.getLogger(), log], tqdm_class=type(bar))
+        failed = 0
+
+        def done(res: MicResult) -> None:
+            nonlocal failed
+            results.append(res)
+            if res.status == "failed":
+                failed += 1
+                log.error(res.error)
+                bar.set_postfix_str(f"{failed} failed", refresh=False)
+            bar.update(1)
+
+        with redirect:
+            try:
+                execute_jobs(todo, cfg, stages, workers, done)
+            except KeyboardInterrupt:
+                interrupted = True
+    return results, interrupted
+
+
+def finish_run(
+    out_dir: Path,
+    names: list[str],
+    results: list[MicResult],
+    stages: StageSet,
+    cfg: LipoframeConfig,
+    *,
+    pm=None,
+    t0: float,
+    errors: list[str],
+    notes: list[str],
+    interrupted: bool = False,
+    workers: int = 1,
+    finalize: bool = True,
+) -> RunResult:
+    """Collect the saved per-micrograph results of ``names``, run the dataset-level
+    stages (unless ``finalize`` is false) and write ``run_summary.json``."""
+    order = {n: i for i, n in enumerate(names)}
+    results.sort(key=lambda r: order.get(r.name, len(order)))
+    good = [r.name for r in results if r.status in ("ok", "skipped")]
+    picks, metas = collect_work(out_dir, good)
+    plan = None
+    files: list[Path] = []
+    if finalize:
+        try:
+            picks, plan, files = finalize_dataset(picks, metas, stages, cfg, out_dir)
+        except Exception as exc:  # noqa: BLE001 - the per-micrograph results are saved; report and go on
+            msg = f"dataset stage failed: {type(exc).__name__}: {exc}"
+            if cfg.runner.verbose:
+                msg += "\n" + traceback.format_exc()
+            errors.append(msg.splitlines()[0])
+            log.error(msg)
+    result = RunResult(out_dir, results, picks, plan, files, time.perf_counter() - t0, errors, notes, interrupted, workers)
+    summary = result.summary()
+    write_text(out_dir / "run_summary.json", json.dumps(summary, indent=2))
+    if pm is not None and finalize:
+        pm.hook.lipoframe_run_end(out_dir=out_dir, summary=summary)
+    return result
 
 
 def run_pipeline(
@@ -426,73 +805,68 @@ def run_pipeline(
     """Run lipoframe on ``cfg.input`` and write everything below ``out_dir``.
 
     Bad inputs are reported (one line each, naming the file) and skipped; the
-    other micrographs are processed. Check :attr:`RunResult.ok`.
+    other micrographs are processed. Check :attr:`RunResult.ok`. Micrographs
+    already done by an earlier run with the same settings are skipped
+    (``runner.resume``). With ``cfg.watch`` it keeps running
+    (:func:`lipoframe.watch.watch_pipeline`).
+
+    Raises
+    ------
+    InputError
+        If the output folder cannot be written.
+    KeyboardInterrupt
+        After Ctrl-C, once the micrographs in progress are saved and
+        ``run_summary.json`` records the interruption.
     """
     from lipoframe import plugins
 
     t0 = time.perf_counter()
     if registry is None or pm is None:
         pm, registry, _ = plugins.load()
+    if cfg.watch:
+        from lipoframe.watch import watch_pipeline
+
+        return watch_pipeline(cfg, out_dir, registry=registry, pm=pm)
     out_dir = Path(out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / f".lipoframe-write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise InputError(f"{out_dir}: output folder is not writable ({exc.strerror or exc})") from None
-    stages = build_stages(cfg, registry)
-    specs = list(cfg.input)
-    if not specs:
-        from lipoframe.synthetic import write_demo_dataset
+    with output_folder(out_dir):
+        stages = build_stages(cfg, registry)
+        specs = list(cfg.input)
+        if not specs:
+            from lipoframe.synthetic import write_demo_dataset
 
-        log.info("no input given: running on the built-in demo set")
-        write_demo_dataset(out_dir / "demo_input")
-        specs = [str(out_dir / "demo_input")]
-    paths = expand_inputs(specs, tuple(stages.readers_by_suffix))
-    errors: list[str] = []
-    if not paths:
-        errors.append(f"no input files match {', '.join(map(str, specs))}")
-    names = micrograph_names(paths)
-    pairs = shard(list(zip(paths, names)), cfg.shard.index, cfg.shard.count)
-    fingerprint = cfg.per_micrograph_fingerprint()
-    jobs = [MicJob(p, n, out_dir, fingerprint, cfg.runner.resume, cfg.runner.verbose) for p, n in pairs]
-    workers = cfg.runner.workers or os.cpu_count() or 1
-    workers = max(1, min(workers, len(jobs)))
-    results: list[MicResult] = []
-    with _progress(len(jobs), cfg.runner.progress) as bar:
-        def done(res: MicResult) -> None:
-            results.append(res)
-            if res.status == "failed":
-                log.error(res.error)
-            bar.update(1)
+            log.info("no input given: running on the built-in demo set")
+            if not (out_dir / "demo_input" / "truth.csv").is_file():  # keep it, so resume works
+                write_demo_dataset(out_dir / "demo_input")
+            specs = [str(out_dir / "demo_input")]
+        paths, errors = find_inputs(specs, tuple(stages.readers_by_suffix))
+        if not paths and not errors:
+            errors.append(f"no input files match {', '.join(map(str, specs))}")
+        for e in errors:
+            log.error(e)
+        names = micrograph_names(paths)
+        notes = name_notes(paths, names)
+        for n in notes[:MAX_LISTED]:
+            log.warning(n)
+        if len(notes) > MAX_LISTED:
+            log.warning("... and %d more renamed micrographs (see run_summary.json)", len(notes) - MAX_LISTED)
+        fingerprint = cfg.per_micrograph_fingerprint()
+        write_manifest(out_dir, specs, paths, names, cfg, fingerprint)
+        pairs = shard(list(zip(paths, names)), cfg.shard.index, cfg.shard.count)
+        jobs = [MicJob(p, n, out_dir, fingerprint, cfg.runner.resume, cfg.runner.verbose) for p, n in pairs]
+        workers = resolve_workers(cfg.runner.workers, len(jobs))
+        results, interrupted = run_jobs(jobs, cfg, stages)
+        result = finish_run(
+            out_dir, [n for _, n in pairs], results, stages, cfg, pm=pm, t0=t0,
+            errors=errors, notes=notes, interrupted=interrupted, workers=workers, finalize=not interrupted,
+        )
+        if cfg.runner.report and not interrupted:
+            from lipoframe.report import write_report_safely
 
-        if workers == 1:
-            for job in jobs:
-                done(run_job(job, cfg, stages))
-        else:
-            import multiprocessing as mp
-
-            ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(cfg, stages)) as ex:
-                for res in ex.map(run_job, jobs):
-                    done(res)
-    order = {n: i for i, n in enumerate(names)}
-    results.sort(key=lambda r: order.get(r.name, 0))
-    good = [r.name for r in results if r.status in ("ok", "skipped")]
-    picks, metas = collect_work(out_dir, good)
-    plan = None
-    files: list[Path] = []
-    try:
-        picks, plan, files = finalize_dataset(picks, metas, stages, cfg, out_dir)
-    except (ValueError, OSError) as exc:
-        errors.append(f"dataset stage failed: {exc}")
-        log.error("dataset stage failed: %s", exc)
-    result = RunResult(out_dir, results, picks, plan, files, time.perf_counter() - t0, errors)
-    summary = result.summary()
-    write_text(out_dir / "run_summary.json", json.dumps(summary, indent=2))
-    if pm is not None:
-        pm.hook.lipoframe_run_end(out_dir=out_dir, summary=summary)
+            write_report_safely(out_dir, cfg=cfg, stages=stages, result=result)
+    if interrupted:
+        done = sum(r.status != "failed" for r in results)
+        log.warning("interrupted: %d of %d micrographs are done and saved; run the same command again to continue", done, len(jobs))
+        raise KeyboardInterrupt
     return result
 
 
@@ -505,11 +879,24 @@ def format_summary(summary: dict) -> str:
     ]
     for b in summary["bins"]:
         lines.append(f"  bin {b['bin']}: {b['d_min_px']:.0f}-{b['d_max_px']:.0f} px, {b['count']} picks, box {b['box_px']} px")
-    for f in summary["failures"]:
+    notes, failures = summary.get("notes", []), summary["failures"]
+    for note in notes[:MAX_LISTED]:
+        lines.append(f"NOTE   {note}")
+    if len(notes) > MAX_LISTED:
+        lines.append(f"NOTE   ... and {len(notes) - MAX_LISTED} more (see run_summary.json)")
+    for f in failures[:MAX_LISTED]:
         lines.append(f"FAILED {f['error']}")
+    if len(failures) > MAX_LISTED:
+        lines.append(f"FAILED ... and {len(failures) - MAX_LISTED} more (see run_summary.json)")
+    if summary.get("interrupted"):
+        lines.append("INTERRUPTED: run the same command again to continue")
     for e in summary["errors"]:
         lines.append(f"ERROR  {e}")
-    lines.append(f"time         {summary['seconds']:.1f} s")
+    speed = ""
+    if summary.get("micrographs_per_s"):
+        speed = f"  ({summary['micrographs_per_s']:.2f} micrographs/s, {summary.get('workers', 1)} worker(s)"
+        speed += f", peak {summary['peak_rss_mb']:.0f} MiB per worker)" if summary.get("peak_rss_mb") else ")"
+    lines.append(f"time         {summary['seconds']:.1f} s{speed}")
     lines.append(f"outputs      {summary['out_dir']}")
     return "\n".join(lines)
 
@@ -534,10 +921,10 @@ def pick(
     dmax: float = 500.0,
     units: str = "A",
     polarity: str = "dark",
-    detector: Any = "dog",
-    nms: Any = "size_aware",
-    refiner: Any = "none",
-    filters: tuple = ("diameter_range",),
+    detector: Any = "edge",
+    nms: Any = "overlap",
+    refiner: Any = "radial_profile",
+    filters: tuple = ("diameter_range", "contamination"),
     detector_params: dict | None = None,
     nms_params: dict | None = None,
     refiner_params: dict | None = None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -137,3 +138,410 @@ def write_demo_dataset(folder: str | Path, *, n: int = 3) -> list[Path]:
     with atomic_path(folder / "truth.csv") as tmp:
         table.to_csv(tmp, index=False, float_format="%.2f")
     return paths
+
+
+# ---------------------------------------------------------------------------
+# Realistic scenes (``lipoframe simulate``)
+# ---------------------------------------------------------------------------
+#: Particle kinds a scene can contain (evaluation treats these as targets).
+PARTICLE_KINDS = ("solid", "shell", "vesicle")
+#: Non-target objects written to the truth table (must not be picked).
+JUNK_KINDS = ("ice", "junk", "carbon")
+
+
+@dataclass(frozen=True)
+class Component:
+    """One mode of a particle-size mixture.
+
+    diameter_A, sd_A: mean and standard deviation of the diameter (Å).
+    weight: relative number of particles drawn from this mode.
+    kinds: probability of each particle kind (keys from :data:`PARTICLE_KINDS`).
+    """
+
+    diameter_A: float
+    sd_A: float
+    weight: float = 1.0
+    kinds: tuple[tuple[str, float], ...] = (("solid", 1.0),)
+
+
+@dataclass(frozen=True)
+class SceneSpec:
+    """Everything that defines one synthetic denoised micrograph.
+
+    Amplitudes are in arbitrary units (the residual noise has standard
+    deviation ``noise``); ``contrast`` is the peak darkness of a 300 Å solid
+    particle (smaller particles are fainter, as in projections).
+
+    name: micrograph name (file stem).
+    shape: (rows, cols).
+    pixel_size: Å/px.
+    components: the size mixture; empty for a micrograph without particles.
+    coverage: fraction of the area covered by particles (0.05 sparse ... 0.45 crowded).
+    touching: fraction of particles placed in contact with a neighbour.
+    border: fraction of particles placed so the micrograph border cuts them.
+    ellipticity: largest axis ratio minus one (0.08 = up to 8% elongation).
+    contrast, texture: particle darkness and relative internal texture.
+    noise, noise_corr_A: residual noise std and its correlation length (Å).
+    gradient, lowfreq: ice-thickness ramp and low-frequency background amplitude.
+    carbon: a carbon film (with a sharp edge) covering part of the field.
+    n_ice, n_junk: very dark irregular ice contaminations; small non-target blobs.
+    seed: random seed of this scene.
+    """
+
+    name: str
+    shape: tuple[int, int]
+    pixel_size: float = 1.0
+    components: tuple[Component, ...] = ()
+    coverage: float = 0.15
+    touching: float = 0.0
+    border: float = 0.0
+    ellipticity: float = 0.05
+    contrast: float = 2.0
+    texture: float = 0.15
+    noise: float = 0.8
+    noise_corr_A: float = 6.0
+    gradient: float = 1.0
+    lowfreq: float = 0.5
+    carbon: bool = False
+    n_ice: int = 0
+    n_junk: int = 0
+    seed: int = 0
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if len(self.shape) != 2 or min(self.shape) < 16:
+            raise ValueError(f"shape must be (rows, cols) of at least 16 px, got {self.shape}")
+        if not self.pixel_size > 0:
+            raise ValueError(f"pixel_size must be > 0, got {self.pixel_size}")
+        for name in ("coverage", "touching", "border"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if not 0 <= self.ellipticity <= 0.5:
+            raise ValueError(f"ellipticity must be in [0, 0.5], got {self.ellipticity}")
+        if self.n_ice < 0 or self.n_junk < 0:
+            raise ValueError(f"n_ice and n_junk must be >= 0, got {self.n_ice} and {self.n_junk}")
+        for c in self.components:
+            if not (c.diameter_A > 0 and c.sd_A >= 0 and c.weight > 0):
+                raise ValueError(f"components: diameter_A and weight must be > 0 and sd_A >= 0, got {c}")
+            bad = [k for k, _ in c.kinds if k not in PARTICLE_KINDS]
+            if bad:
+                raise ValueError(f"components: kinds must be in {PARTICLE_KINDS}, got {bad}")
+
+
+def radial_profile(kind: str, rho: np.ndarray, *, inner: float = 0.7, core: float = 0.3, membrane: float = 0.12) -> np.ndarray:
+    """Projected density of a unit-radius particle at normalised radius ``rho``, peak 1.
+
+    Parameters
+    ----------
+    kind : {'solid', 'shell', 'vesicle'}
+        ``solid``: uniform sphere. ``shell``: dense shell from ``inner`` to 1
+        around a core of relative density ``core`` (LDL-/apoferritin-like dark
+        ring with a lighter centre). ``vesicle``: membrane of relative
+        thickness ``membrane`` with an empty (background) interior.
+    rho : ndarray
+        Radius divided by the particle radius.
+    """
+    outer = np.sqrt(np.clip(1.0 - rho**2, 0.0, None))
+    if kind == "solid":
+        return outer
+    if kind == "shell":
+        q = inner
+        prof = outer - (1.0 - core) * q * np.sqrt(np.clip(1.0 - (rho / q) ** 2, 0.0, None))
+        peak = np.sqrt(1.0 - q**2)  # maximum, reached at rho = q
+        return prof / peak
+    if kind == "vesicle":
+        q = 1.0 - membrane
+        prof = outer - q * np.sqrt(np.clip(1.0 - (rho / q) ** 2, 0.0, None))
+        return prof / np.sqrt(1.0 - q**2)
+    raise ValueError(f"kind must be one of {PARTICLE_KINDS}, got {kind!r}")
+
+
+def _smooth_field(shape: tuple[int, int], scale_px: float, rng: np.random.Generator) -> np.ndarray:
+    """Zero-mean, unit-std Gaussian random field with correlation length ``scale_px``.
+
+    Large scales are made on a coarse grid and interpolated up (fast).
+    """
+    step = max(1, int(scale_px // 4))
+    small = (shape[0] // step + 2, shape[1] // step + 2)
+    f = rng.standard_normal(small, dtype=np.float32)
+    f = ndi.gaussian_filter(f, scale_px / step, mode="wrap")
+    if step > 1:
+        f = ndi.zoom(f, step, order=1, prefilter=False)
+    f = f[: shape[0], : shape[1]]
+    f -= f.mean()
+    f /= max(float(f.std()), 1e-12)
+    return f.astype(np.float32, copy=False)
+
+
+def _draw_sizes(spec: SceneSpec, rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
+    """Diameters (px) and kinds for ``coverage`` of the field, largest first."""
+    if not spec.components or spec.coverage <= 0:
+        return np.zeros(0), []
+    w = np.array([c.weight for c in spec.components], float)
+    w /= w.sum()
+    area = spec.shape[0] * spec.shape[1] * spec.coverage
+    diam, kinds = [], []
+    covered = 0.0
+    while covered < area and len(diam) < 20000:
+        c = spec.components[rng.choice(len(w), p=w)]
+        d_A = float(np.clip(rng.normal(c.diameter_A, c.sd_A), 0.6 * c.diameter_A, 1.4 * c.diameter_A))
+        names = [k for k, _ in c.kinds]
+        p = np.array([v for _, v in c.kinds], float)
+        kinds.append(names[rng.choice(len(names), p=p / p.sum())])
+        d = d_A / spec.pixel_size
+        diam.append(d)
+        covered += np.pi * d * d / 4
+    order = np.argsort(-np.asarray(diam), kind="stable")
+    return np.asarray(diam)[order], [kinds[i] for i in order]
+
+
+def place_particles(
+    shape: tuple[int, int],
+    diameters: np.ndarray,
+    *,
+    rng: np.random.Generator,
+    touching: float = 0.0,
+    border: float = 0.0,
+    forbidden=None,
+    max_tries: int = 300,
+) -> np.ndarray:
+    """Positions (x, y) for particles placed largest first without overlap.
+
+    A fraction ``touching`` is placed in contact with an already placed
+    particle (gap 0-2% of the diameters); a fraction ``border`` is centred
+    within one radius of the micrograph border (cut by it). ``forbidden(x, y,
+    r)`` may veto a position. Particles that find no place get NaN.
+    """
+    m, n = shape
+    xy = np.full((len(diameters), 2), np.nan)
+    px, py, pr = np.zeros(len(diameters)), np.zeros(len(diameters)), np.zeros(len(diameters))
+    k = 0
+    for i, d in enumerate(np.asarray(diameters, float)):
+        r = d / 2
+        mode = "touch" if (k and rng.random() < touching) else ("border" if rng.random() < border else "free")
+        for _ in range(max_tries):
+            if mode == "touch":
+                j = rng.integers(k)
+                ang = rng.uniform(0, 2 * np.pi)
+                dist = (pr[j] + r) * (1 + rng.uniform(0.0, 0.02))
+                x, y = px[j] + dist * np.cos(ang), py[j] + dist * np.sin(ang)
+                if not (r * 0.6 <= x <= n - 1 - r * 0.6 and r * 0.6 <= y <= m - 1 - r * 0.6):
+                    continue
+            elif mode == "border":
+                side = rng.integers(4)
+                off = rng.uniform(0.05, 0.95) * r
+                t = rng.uniform(0, (n - 1) if side < 2 else (m - 1))
+                x, y = [(t, off), (t, m - 1 - off), (off, t), (n - 1 - off, t)][side]
+            else:
+                x, y = rng.uniform(r, n - 1 - r), rng.uniform(r, m - 1 - r)
+            if k:
+                dd = np.hypot(px[:k] - x, py[:k] - y)
+                if np.any(dd < (pr[:k] + r) * 0.995):
+                    continue
+            if forbidden is not None and forbidden(x, y, r):
+                continue
+            xy[i] = x, y
+            px[k], py[k], pr[k] = x, y, r
+            k += 1
+            break
+    return xy
+
+
+def _paint(img: np.ndarray, x: float, y: float, half: float, fn) -> None:
+    """Add ``fn(dx, dy)`` to ``img`` inside the bounding box of radius ``half``."""
+    m, n = img.shape
+    r0, r1 = max(0, int(np.floor(y - half))), min(m, int(np.ceil(y + half)) + 1)
+    c0, c1 = max(0, int(np.floor(x - half))), min(n, int(np.ceil(x + half)) + 1)
+    if r0 >= r1 or c0 >= c1:
+        return
+    dy = (np.arange(r0, r1, dtype=np.float32) - np.float32(y))[:, None]
+    dx = (np.arange(c0, c1, dtype=np.float32) - np.float32(x))[None, :]
+    img[r0:r1, c0:c1] += fn(dx, dy, (slice(r0, r1), slice(c0, c1)))
+
+
+def render_scene(spec: SceneSpec) -> tuple[np.ndarray, pd.DataFrame]:
+    """Render one synthetic denoised micrograph and its ground truth.
+
+    The image model (dark particles on a lighter background, arbitrary units
+    with the residual noise at std ``spec.noise``)::
+
+        image = lowfreq + gradient + carbon - contrast_field * (particles + junk + ice)
+                + correlated noise, then a light blur (denoised look).
+
+    Returns
+    -------
+    image : (M, N) ndarray of float32
+    truth : DataFrame
+        ``x_px, y_px, diameter_px, kind`` for particles (``solid``, ``shell``,
+        ``vesicle``, largest first) then non-target objects (``ice``: diameter
+        of the circle around the centroid that encloses it; ``junk``: longest
+        axis; ``carbon``: circles tiling the carbon film, 300 Å apart).
+        Particles never overlap ice, junk or carbon (they may touch each other).
+    """
+    rng = np.random.default_rng(spec.seed)
+    m, n = spec.shape
+    px = spec.pixel_size
+    density = np.zeros(spec.shape, np.float32)  # projected density, positive = darker
+
+    # Carbon film: a slightly curved line; carbon on one side.
+    carbon_side = None
+    if spec.carbon:
+        ang = rng.uniform(0, np.pi)
+        nx_, ny_ = np.cos(ang), np.sin(ang)
+        # put the line so carbon covers 15-35% of the field
+        proj = np.array([0, n - 1, 0, n - 1]) * nx_ + np.array([0, 0, m - 1, m - 1]) * ny_
+        c = np.quantile(np.linspace(proj.min(), proj.max(), 101), rng.uniform(0.15, 0.35))
+        wav, amp = rng.uniform(0.3, 1.0) * max(m, n), rng.uniform(0.01, 0.03) * max(m, n)
+
+        def signed(x, y):
+            t = -x * ny_ + y * nx_
+            return x * nx_ + y * ny_ - c - amp * np.sin(2 * np.pi * t / wav)
+
+        carbon_side = signed
+        yy, xx = np.mgrid[0:m, 0:n].astype(np.float32)
+        on_carbon = signed(xx, yy) < 0
+        del yy, xx
+        density += np.where(on_carbon, np.float32(1.2 * spec.contrast), np.float32(0))
+        density += on_carbon * (0.3 * spec.contrast * _smooth_field(spec.shape, 40 / px, rng))
+        del on_carbon
+
+    # Ice contamination: very dark, irregular (a union of lumps with a sharp edge).
+    junk_rows = []
+    carbon_rows = []
+    if carbon_side is not None:
+        # The carbon area as a tiling of circles (kind "carbon"), so an evaluation can
+        # count picks on carbon like picks on ice (tiles reach up to 210 Å past the edge).
+        step = 300.0 / px
+        gy, gx = np.mgrid[step / 2 : m : step, step / 2 : n : step]
+        on = carbon_side(gx, gy) < 0
+        carbon_rows = [(x, y, step * np.sqrt(2), "carbon") for x, y in zip(gx[on], gy[on])]
+    for _ in range(spec.n_ice):
+        size = rng.uniform(300, 1200) / px
+        x, y = rng.uniform(0, n - 1), rng.uniform(0, m - 1)
+        half = size * 1.2
+        lumps = [(rng.normal(0, size / 4), rng.normal(0, size / 4), rng.uniform(0.1, 0.3) * size) for _ in range(rng.integers(4, 9))]
+        dark = spec.contrast * rng.uniform(3.0, 6.0)
+        stats: dict = {}
+
+        wobble = rng.standard_normal((24, 24)).astype(np.float32)
+
+        def ice(dx, dy, sl, lumps=lumps, dark=dark, stats=stats, wobble=wobble):
+            shape = np.broadcast_shapes(dx.shape, dy.shape)
+            f = np.zeros(shape, np.float32)
+            for lx, ly, lr in lumps:
+                f += np.exp(-((dx - lx) ** 2 + (dy - ly) ** 2) / (2 * lr * lr)).astype(np.float32)
+            # an irregular outline: a smooth random perturbation of the level set
+            w = ndi.zoom(ndi.gaussian_filter(wobble, 1.5), (shape[0] / 24, shape[1] / 24), order=1)[: shape[0], : shape[1]]
+            if w.shape != shape:
+                w = np.pad(w, [(0, shape[0] - w.shape[0]), (0, shape[1] - w.shape[1])], mode="edge")
+            f += np.float32(0.6) * w
+            mask = f > 0.5
+            area = mask.sum()
+            stats.update(area=float(area))
+            if area:
+                cx, cy = float((mask * dx).sum() / area), float((mask * dy).sum() / area)
+                rr = np.sqrt((dx - cx) ** 2 + (dy - cy) ** 2)
+                stats.update(dx=cx, dy=cy, radius=float(rr[mask].max()) + 1.0)
+            inside = np.float32(dark) * (0.9 + 0.2 * np.clip(f - 0.5, 0, 1))
+            return np.where(mask, inside, np.float32(0)).astype(np.float32)
+
+        _paint(density, x, y, half, ice)
+        if stats.get("area", 0) > 0:
+            # centroid of the visible part; diameter of the enclosing circle
+            junk_rows.append((x + stats["dx"], y + stats["dy"], 2 * stats["radius"], "ice"))
+    # Small non-target blobs (well below the particle sizes), sometimes elongated.
+    for _ in range(spec.n_junk):
+        d = rng.uniform(25, 90) / px
+        x, y = rng.uniform(0, n - 1), rng.uniform(0, m - 1)
+        e = 1 + rng.uniform(0, 0.8)
+        th = rng.uniform(0, np.pi)
+        dark = spec.contrast * rng.uniform(1.0, 2.5)
+        a, b = d / 2 * np.sqrt(e), d / 2 / np.sqrt(e)
+        ct, st = np.float32(np.cos(th)), np.float32(np.sin(th))
+
+        def blob(dx, dy, sl, a=a, b=b, ct=ct, st=st, dark=dark):
+            u, v = dx * ct + dy * st, -dx * st + dy * ct
+            rho2 = (u / a) ** 2 + (v / b) ** 2
+            return (np.float32(dark) * np.exp(-2 * rho2)).astype(np.float32)
+
+        _paint(density, x, y, max(a, b) * 2, blob)
+        junk_rows.append((x, y, 2 * max(a, b), "junk"))
+
+    # Particles.
+    diam, kinds = _draw_sizes(spec, rng)
+    margin = 40.0 / px
+
+    obstacles = np.array([(jx, jy, jd / 2) for jx, jy, jd, _ in junk_rows]).reshape(-1, 3)
+
+    def forbidden(x, y, r):
+        if carbon_side is not None and carbon_side(x, y) < r + margin:
+            return True
+        return bool(len(obstacles)) and bool(np.any(np.hypot(obstacles[:, 0] - x, obstacles[:, 1] - y) < obstacles[:, 2] + r))
+
+    xy = place_particles(spec.shape, diam, rng=rng, touching=spec.touching, border=spec.border, forbidden=forbidden)
+    texture = _smooth_field(spec.shape, 12.0 / px, rng) if spec.texture > 0 else None
+    rows = []
+    for (x, y), d, kind in zip(xy, diam, kinds):
+        if not np.isfinite(x):
+            continue
+        r = d / 2
+        e = 1.0 + rng.uniform(0, spec.ellipticity)
+        a, b = r * np.sqrt(e), r / np.sqrt(e)  # semi-axes, geometric mean r
+        th = rng.uniform(0, np.pi)
+        ct, st = np.float32(np.cos(th)), np.float32(np.sin(th))
+        amp = spec.contrast * (d * px / 300.0) ** 0.5 * rng.uniform(0.85, 1.15)
+        kw = {}
+        if kind == "shell":
+            kw = {"inner": rng.uniform(0.65, 0.85), "core": rng.uniform(0.0, 0.35)}
+            amp *= 0.8
+        elif kind == "vesicle":
+            kw = {"membrane": min(0.4, rng.uniform(35, 50) / (r * px))}
+            amp = spec.contrast * rng.uniform(0.8, 1.1)
+
+        def fn(dx, dy, sl, a=a, b=b, ct=ct, st=st, kind=kind, kw=kw, amp=amp):
+            u, v = dx * ct + dy * st, -dx * st + dy * ct
+            rho = np.sqrt((u / a) ** 2 + (v / b) ** 2)
+            prof = radial_profile(kind, rho, **kw).astype(np.float32)
+            if texture is not None:
+                prof *= 1 + np.float32(spec.texture) * texture[sl]
+            return np.float32(amp) * prof
+
+        _paint(density, x, y, max(a, b) + 2, fn)
+        rows.append((x, y, d, kind))
+
+    # Ice thickness: thicker ice = darker background and lower particle contrast.
+    ang = rng.uniform(0, 2 * np.pi)
+    ramp = (np.cos(ang) * np.linspace(-0.5, 0.5, n, dtype=np.float32)[None, :]
+            + np.sin(ang) * np.linspace(-0.5, 0.5, m, dtype=np.float32)[:, None])
+    img = -density * (1 - 0.25 * ramp * np.float32(min(spec.gradient, 2.0) / 2.0))
+    del density
+    img -= np.float32(spec.gradient) * ramp
+    if spec.lowfreq > 0:
+        img += np.float32(spec.lowfreq) * _smooth_field(spec.shape, 800.0 / px, rng)
+    # Residual correlated noise: a fine and a coarser component.
+    corr = max(spec.noise_corr_A / px, 0.5)
+    fine = rng.standard_normal(spec.shape, dtype=np.float32)
+    fine = ndi.gaussian_filter(fine, corr)
+    fine /= max(float(fine.std()), 1e-12)
+    img += np.float32(spec.noise * 0.85) * fine
+    del fine
+    img += np.float32(spec.noise * 0.5) * _smooth_field(spec.shape, 25.0 / px, rng)
+    # Light blur of everything: the soft edges of a denoised image.
+    img = ndi.gaussian_filter(img, max(1.5 / px, 0.5))
+    img -= np.float32(np.median(img[:: max(1, m // 256), :: max(1, n // 256)]))
+    truth = pd.DataFrame(rows + junk_rows + carbon_rows, columns=["x_px", "y_px", "diameter_px", "kind"])
+    return img.astype(np.float32, copy=False), truth
+
+
+def write_mrc(path: str | Path, image: np.ndarray, pixel_size: float) -> Path:
+    """Write a float32 MRC with ``pixel_size`` (Å/px) in the header, atomically."""
+    import mrcfile
+
+    from lipoframe.io.atomic import atomic_path
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with mrcfile.new(str(tmp), overwrite=True) as mrc:
+            mrc.set_data(np.asarray(image, dtype=np.float32))
+            mrc.voxel_size = pixel_size
+    return path

@@ -24,8 +24,9 @@ def size_aware_nms(
 
     Parameters
     ----------
-    xy : (K, 2) ndarray
-        Centres (any consistent order of axes).
+    xy : (K, D) ndarray
+        Centres (any consistent order of axes; D = 2 for micrographs, 3
+        for tomograms).
     radius : (K,) ndarray
         Radii in the same units.
     score : (K,) ndarray
@@ -41,7 +42,9 @@ def size_aware_nms(
     """
     if beta <= 0:
         raise ValueError(f"beta must be > 0, got {beta}")
-    xy = np.asarray(xy, dtype=float).reshape(-1, 2)
+    xy = np.asarray(xy, dtype=float)
+    # (K, D) centres: 2D picks or (x, y, z) in tomograms; a flat array is read as 2D.
+    xy = xy.reshape(-1, 2) if xy.ndim != 2 else xy
     radius = np.asarray(radius, dtype=float)
     score = np.asarray(score, dtype=float)
     n = len(xy)
@@ -77,3 +80,97 @@ def circle_overlap(r1: np.ndarray, r2: np.ndarray, d: np.ndarray) -> np.ndarray:
             np.clip((-c + a + b) * (c + a - b) * (c - a + b) * (c + a + b), 0, None)
         )
     return out
+
+
+def overlap_nms(
+    xy: np.ndarray,
+    radius: np.ndarray,
+    score: np.ndarray,
+    *,
+    max_iou: float = 0.2,
+    max_containment: float = 0.4,
+) -> np.ndarray:
+    """Greedy suppression by circle overlap, for touching particles.
+
+    A candidate is rejected when, against an already accepted pick, the
+    circles' intersection-over-union exceeds ``max_iou`` or the intersection
+    covers more than ``max_containment`` of the smaller circle. Touching
+    circles (IoU ~ 0) are both kept.
+
+    Parameters
+    ----------
+    xy : (K, D) ndarray
+    radius, score : (K,) ndarrays
+    max_iou : float in (0, 1]
+    max_containment : float in (0, 1]
+
+    Returns
+    -------
+    keep : (K,) ndarray of bool
+    """
+    if not 0 < max_iou <= 1:
+        raise ValueError(f"max_iou must be in (0, 1], got {max_iou}")
+    if not 0 < max_containment <= 1:
+        raise ValueError(f"max_containment must be in (0, 1], got {max_containment}")
+    xy = np.asarray(xy, dtype=float)
+    xy = xy.reshape(len(xy), -1) if xy.size else xy.reshape(0, 2)
+    radius = np.asarray(radius, dtype=float)
+    n = len(xy)
+    keep = np.zeros(n, dtype=bool)
+    if n == 0:
+        return keep
+    tree = cKDTree(xy)
+    order = np.argsort(-np.asarray(score, dtype=float), kind="stable")
+    rmax = float(radius.max())
+    accepted: list[int] = []
+    for i in order:
+        neigh = [j for j in tree.query_ball_point(xy[i], radius[i] + rmax) if keep[j]]
+        if neigh:
+            neigh = np.asarray(neigh)
+            d = np.linalg.norm(xy[neigh] - xy[i], axis=1)
+            inter = circle_overlap(radius[i], radius[neigh], d)
+            a_i = np.pi * radius[i] ** 2
+            a_j = np.pi * radius[neigh] ** 2
+            iou = inter / (a_i + a_j - inter)
+            cont = inter / np.minimum(a_i, a_j)
+            if np.any(iou > max_iou) or np.any(cont > max_containment):
+                continue
+        keep[i] = True
+        accepted.append(i)
+    return keep
+
+
+def contained_mask(
+    xy: np.ndarray,
+    radius: np.ndarray,
+    *,
+    tolerance: float = 0.1,
+    max_ratio: float = 0.75,
+) -> np.ndarray:
+    """Picks that sit inside a larger pick (arcs of a ring, texture inside a vesicle).
+
+    Larger picks are visited first; a pick ``j`` is marked when a larger,
+    unmarked pick ``i`` satisfies ``dist(i, j) + r_j <= (1 + tolerance) * r_i``
+    and ``r_j <= max_ratio * r_i``.
+
+    Returns
+    -------
+    inside : (K,) ndarray of bool
+    """
+    xy = np.asarray(xy, dtype=float)
+    xy = xy.reshape(len(xy), -1) if xy.size else xy.reshape(0, 2)
+    radius = np.asarray(radius, dtype=float)
+    n = len(xy)
+    inside = np.zeros(n, dtype=bool)
+    if n == 0:
+        return inside
+    tree = cKDTree(xy)
+    for i in np.argsort(-radius, kind="stable"):
+        if inside[i]:
+            continue
+        for j in tree.query_ball_point(xy[i], (1 + tolerance) * radius[i]):
+            if j == i or inside[j] or radius[j] > max_ratio * radius[i]:
+                continue
+            if np.linalg.norm(xy[j] - xy[i]) + radius[j] <= (1 + tolerance) * radius[i]:
+                inside[j] = True
+    return inside

@@ -23,6 +23,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import fft as sfft
 from scipy import ndimage as ndi
+from scipy.special import j1
+
+#: Response methods of :func:`blob_responses`.
+METHODS = ("dog", "log", "edge")
 
 #: diameter = DIAMETER_PER_SIGMA * sigma for a uniform disc (2D) at the LoG peak.
 DIAMETER_PER_SIGMA = 2.0 * math.sqrt(2.0)
@@ -120,6 +124,7 @@ def blob_responses(
     *,
     method: str = "dog",
     k: float = 1.1,
+    edge_width: float = 0.12,
     workers: int = 1,
 ) -> np.ndarray:
     """Scale-normalised blob responses of a 2D image, bright blobs positive.
@@ -130,8 +135,11 @@ def blob_responses(
         Image with the particles bright.
     sigmas : (S,) array_like
         Sigmas in pixels of ``image``.
-    method : {'dog', 'log'}
+    method : {'dog', 'log', 'edge'}
         ``'log'``: :math:`-\\sigma^2 \\nabla^2 G_\\sigma * I`.
+        ``'edge'``: mean inward gradient flux through the circle of radius
+        :math:`\\sqrt{2}\\sigma` (responds to the outer edge of discs, shells
+        and vesicles alike, so a ring gives one maximum at its outer radius).
         ``'dog'``: :math:`(G_{\\sigma/\\sqrt{k}} - G_{\\sigma\\sqrt{k}}) * I / (k - 1)`,
         which approximates the same quantity [2]_.
     k : float
@@ -150,11 +158,13 @@ def blob_responses(
     """
     if image.ndim != 2:
         raise ValueError(f"image must be 2D, got {image.ndim}D")
-    if method not in ("dog", "log"):
-        raise ValueError(f"method must be 'dog' or 'log', got {method!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     sigmas = np.asarray(sigmas, dtype=float)
     m, n = image.shape
     pad = int(math.ceil(3.0 * sigmas.max() * (math.sqrt(k) if method == "dog" else 1.0)))
+    if method == "edge":
+        pad = int(math.ceil(math.sqrt(2.0) * sigmas.max() * (1.0 + 3.0 * edge_width) + 2))
     pad_m = min(pad, m - 1)
     pad_n = min(pad, n - 1)
     padded = np.pad(image.astype(np.float32, copy=False), ((pad_m, pad_m), (pad_n, pad_n)), mode="symmetric")
@@ -166,6 +176,17 @@ def blob_responses(
     for i, s in enumerate(sigmas):
         if method == "log":
             transfer = (s * s) * (4.0 * math.pi**2) * f2 * np.exp(-two_pi2 * s * s * f2)
+        elif method == "edge":
+            # Mean inward flux of the gradient through a circle of radius
+            # R = sqrt(2) sigma (divergence theorem: minus the integral of the
+            # Laplacian over the disc, divided by the circumference), with the
+            # edge blurred by a Gaussian of width edge_width * R. Transfer
+            # function: 2 pi f J1(2 pi R f) exp(-2 pi^2 w^2 f^2), times R to make
+            # it scale-normalised.
+            radius = math.sqrt(2.0) * s
+            w = max(edge_width * radius, 0.7)
+            f = np.sqrt(f2)
+            transfer = radius * 2.0 * math.pi * f * j1(2.0 * math.pi * radius * f) * np.exp(-two_pi2 * w * w * f2)
         else:
             s0, s1 = s / math.sqrt(k), s * math.sqrt(k)
             transfer = (np.exp(-two_pi2 * s0 * s0 * f2) - np.exp(-two_pi2 * s1 * s1 * f2)) / (k - 1.0)
@@ -174,28 +195,53 @@ def blob_responses(
     return out
 
 
-def robust_noise(responses: np.ndarray, *, step: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    """Per-scale median and robust standard deviation (1.4826 MAD) of the responses.
+def robust_noise(
+    responses: np.ndarray,
+    sigmas: np.ndarray | None = None,
+    *,
+    tile_sigmas: float = 2.0,
+    quantile: float = 0.35,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-scale median and background noise of the responses.
+
+    A global MAD is inflated in crowded micrographs, where particles cover most
+    of the image, so the spread is measured in tiles of ``tile_sigmas * sigma``
+    pixels and the ``quantile`` of the tiles' robust spreads (1.4826 MAD) is
+    taken: the quieter tiles are background even when most are not.
 
     Parameters
     ----------
     responses : (S, M, N) ndarray
-    step : int
-        Subsampling stride used for the statistics (they are robust, so every
-        second pixel in each direction is plenty).
+    sigmas : (S,) ndarray, optional
+        Sigma of each scale in pixels of ``responses``; without it one tile
+        size (1/8 of the image) is used.
+    tile_sigmas : float
+        Tile edge in units of sigma (at least 8 pixels).
+    quantile : float
+        Which tile spread to use (0.5 = the median tile).
 
     Returns
     -------
     median, scale : (S,) ndarrays
-        ``scale`` is never zero: it is floored at a tiny fraction of the
-        largest absolute response so a constant image yields no picks rather
-        than a division by zero.
+        ``scale`` is floored at a tiny fraction of the largest absolute
+        response so a constant image yields no picks instead of a division by
+        zero.
     """
-    sub = responses[:, ::step, ::step].reshape(responses.shape[0], -1)
-    med = np.median(sub, axis=1)
-    mad = np.median(np.abs(sub - med[:, None]), axis=1)
-    scale = 1.4826 * mad
-    floor = 1e-6 * max(float(np.abs(sub).max()), 1e-30)
+    S, m, n = responses.shape
+    med = np.empty(S)
+    scale = np.empty(S)
+    for i in range(S):
+        r = responses[i]
+        t = int(max(8, round(tile_sigmas * sigmas[i]))) if sigmas is not None else max(8, min(m, n) // 8)
+        ty, tx = max(1, m // t), max(1, n // t)
+        ty_size, tx_size = m // ty, n // tx
+        tiles = r[: ty * ty_size, : tx * tx_size].reshape(ty, ty_size, tx, tx_size).transpose(0, 2, 1, 3)
+        tiles = tiles.reshape(ty * tx, -1)[:, ::2]
+        tile_med = np.median(tiles, axis=1)
+        tile_mad = np.median(np.abs(tiles - tile_med[:, None]), axis=1)
+        med[i] = float(np.median(r[::2, ::2]))
+        scale[i] = 1.4826 * float(np.quantile(tile_mad, quantile))
+    floor = 1e-6 * max(float(np.abs(responses[:, ::4, ::4]).max()), 1e-30)
     return med, np.maximum(scale, floor)
 
 
@@ -289,6 +335,7 @@ def detect_blobs(
     min_sigma_binned: float = 3.0,
     octave_span: float = 4.0,
     exclude_border_px: float = 0.0,
+    edge_width: float = 0.12,
     binned=None,
     workers: int = 1,
 ) -> dict[str, np.ndarray]:
@@ -368,8 +415,8 @@ def detect_blobs(
         if min(img.shape) < 8:
             continue
         sig_b = level.pad_sigmas / level.factor
-        resp = blob_responses(img, sig_b, method=method, k=k, workers=workers)
-        med, noise = robust_noise(resp)
+        resp = blob_responses(img, sig_b, method=method, k=k, edge_width=edge_width, workers=workers)
+        med, noise = robust_noise(resp, sig_b)
         if threshold_method == "mad":
             thr = med + threshold * noise
         elif threshold_method == "percentile":

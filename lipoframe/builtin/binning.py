@@ -1,17 +1,42 @@
-"""Built-in binning policies."""
+"""Built-in binning policies: how the dataset's diameters become extraction bins.
+
+Every policy works on the accepted picks of the whole dataset and returns the
+table with a ``size_bin`` column (``-1`` for rejected picks) and an
+:class:`~lipoframe.plan.ExtractionPlan`. Policies that reject size outliers
+(``kmeans``, ``hac``) flag them (``accepted=False``,
+``reject_reason="binning_outlier"``); no pick is ever dropped.
+
+==============  ==============================================================
+``single``      one bin, one box for everything
+``peak_valley``  modes of the smoothed histogram; bin edges at the valleys;
+                a broad single mode is split into equal-count bins (default)
+``quantile``    ``n_bins`` equal-count bins
+``kmeans``      SIMPLE segdiampick: 10 k-means clusters, edge clusters and
+                Z-score outliers rejected, accepted range gates the picks
+``hac``         SIMPLE segdiampick: 1-D HAC (threshold = global sd), Z-score
+                outliers rejected, one bin per accepted population
+==============  ==============================================================
+
+See ``docs/binning.md``.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from lipoframe import schema
+from lipoframe.algorithms import binning as algo
 from lipoframe.hookspecs import hookimpl
-from lipoframe.plan import COSINE_EDGE_WIDTH_PX, ExtractionPlan, SizeBin, round_up_box
+from lipoframe.plan import COSINE_EDGE_WIDTH_PX, OUTLIER_REASON, ExtractionPlan, SizeBin, round_up_box
 from lipoframe.records import MicrographMeta, PickContext
 from lipoframe.stages import Binner, BinningResult
+
+log = logging.getLogger("lipoframe")
 
 ROUNDINGS = ("multiple32", "fft", "even")
 
@@ -39,16 +64,32 @@ class BoxParams:
             raise ValueError(f"binning.extract_pixel_size must be > 0, got {self.extract_pixel_size}")
 
 
+def box_for(d_max_px: float, params: BoxParams) -> int:
+    """Box edge (px) for a bin whose largest diameter is ``d_max_px``."""
+    return round_up_box(params.pad * d_max_px, rounding=params.rounding)
+
+
 def make_bin(index: int, lo: float, hi: float, count: int, params: BoxParams, pixel_size: float | None) -> SizeBin:
-    """A :class:`SizeBin` with box and mask sizes from the bin's largest diameter."""
-    box = round_up_box(params.pad * hi, rounding=params.rounding)
+    """A :class:`SizeBin` with box and mask sizes from the bin's largest diameter ``hi`` (px).
+
+    Mask diameter (Å), SIMPLE's rule: ``min((box - w) * px, 1.2 * d_max)``
+    with ``w`` the cosine-edge width; with an extraction pixel size the mask
+    must also fit the downscaled box, ``(box_extract - w) * extract_px``.
+    """
+    box = box_for(hi, params)
     mask = None
     box_extract = None
     if pixel_size:
-        mask = float(min((box - COSINE_EDGE_WIDTH_PX) * pixel_size, 1.2 * hi * pixel_size))
+        mask = min((box - COSINE_EDGE_WIDTH_PX) * pixel_size, 1.2 * hi * pixel_size)
         if params.extract_pixel_size:
             box_extract = round_up_box(params.pad * hi * pixel_size / params.extract_pixel_size, rounding=params.rounding)
+            mask = min(mask, (box_extract - COSINE_EDGE_WIDTH_PX) * params.extract_pixel_size)
+        mask = float(mask)
     return SizeBin(index=index, d_min_px=float(lo), d_max_px=float(hi), count=int(count), box_px=box, mask_diameter_A=mask, box_px_extract=box_extract)
+
+
+def _params_dict(params) -> dict:
+    return {f.name: getattr(params, f.name) for f in dataclasses.fields(params)}
 
 
 @dataclass
@@ -56,26 +97,368 @@ class SingleParams(BoxParams):
     """One bin for every accepted pick (one box size for the whole dataset)."""
 
 
-class SingleBinner(Binner):
+class _PolicyBinner(Binner):
+    """Shared frame of the policies.
+
+    Subclasses implement :meth:`edges`, which sees the accepted diameters
+    (px, at least one) and returns ``(edges, gate, notes, details)``: the bin
+    edges (ascending, ``len >= 2``), an optional ``(lo, hi)`` acceptance gate
+    (picks outside are flagged as ``binning_outlier``), remarks for the plan,
+    and JSON-friendly diagnostics.
+    """
+
+    def min_picks(self) -> int:
+        """Fewer accepted picks than this: one bin, no statistics."""
+        return int(getattr(self.params, "min_picks", 1))
+
+    def edges(self, d: np.ndarray, ctx: PickContext) -> tuple[np.ndarray, tuple[float, float] | None, list[str], dict]:
+        raise NotImplementedError
+
+    def assign(self, picks: pd.DataFrame, metas: dict[str, MicrographMeta], ctx: PickContext) -> BinningResult:
+        out = schema.with_acceptance(picks)
+        ok = out[schema.ACCEPTED].to_numpy(dtype=bool)
+        d_all = out[schema.DIAMETER].to_numpy(dtype=float)
+        d = d_all[ok]
+        notes: list[str] = []
+        details: dict = {"params": _params_dict(self.params)}
+        gate = None
+        if d.size == 0:
+            msg = "no accepted picks: the plan has no bins"
+            notes.append(msg)
+            log.warning("binning: %s", msg)
+            edges = np.array([])
+        else:
+            details["stats_px"] = algo.size_stats(d).to_dict()
+            if d.size < self.min_picks():
+                msg = (f"only {d.size} accepted pick(s), fewer than binning.min_picks={self.min_picks()}: "
+                       f"one bin over all of them, no {self.name} statistics")
+                notes.append(msg)
+                log.warning("binning: %s", msg)
+                edges = np.array([d.min(), d.max()])
+            else:
+                edges, gate, more, extra = self.edges(d, ctx)
+                notes.extend(more)
+                details.update(extra)
+        details["n_outliers"] = 0
+        if gate is not None:
+            outside = (d_all < gate[0]) | (d_all > gate[1])
+            n_out = int((outside & ok).sum())
+            details["n_outliers"] = n_out
+            out = schema.reject(out, outside, OUTLIER_REASON)
+            if n_out:
+                notes.append(f"{n_out} pick(s) outside the accepted range {gate[0]:.1f}-{gate[1]:.1f} px flagged as {OUTLIER_REASON}")
+        ok = out[schema.ACCEPTED].to_numpy(dtype=bool)
+        edges = np.asarray(edges, dtype=float)
+        size_bin = np.full(len(out), schema.REJECTED_BIN, dtype=np.int64)
+        pixel_size = ctx.pixel_size
+        bins: list[SizeBin] = []
+        if edges.size >= 2:
+            # each bin is described by its members: its range is their [min, max]
+            # and its box comes from the largest of them; empty bins vanish
+            raw = algo.assign_to_edges(d_all[ok], edges)
+            used = np.unique(raw[raw >= 0])
+            new_index = np.full(edges.size - 1, schema.REJECTED_BIN, dtype=np.int64)
+            new_index[used] = np.arange(used.size)
+            size_bin[ok] = np.where(raw >= 0, new_index[np.maximum(raw, 0)], schema.REJECTED_BIN)
+            d_ok = d_all[ok]
+            for k, old in enumerate(used):
+                members = d_ok[raw == old]
+                bins.append(make_bin(k, members.min(), members.max(), members.size, self.params, pixel_size))
+        notes.extend(_extract_notes(self.params, pixel_size))
+        out[schema.SIZE_BIN] = size_bin
+        plan = ExtractionPlan(
+            policy=self.name,
+            pixel_size=pixel_size,
+            bins=tuple(bins),
+            accepted_range_px=None if gate is None else (float(gate[0]), float(gate[1])),
+            extract_pixel_size=getattr(self.params, "extract_pixel_size", None),
+            notes=tuple(notes),
+            details=details,
+        )
+        return BinningResult(picks=out, plan=plan)
+
+
+def _extract_notes(params, pixel_size: float | None) -> list[str]:
+    px_extract = getattr(params, "extract_pixel_size", None)
+    if not px_extract:
+        return []
+    if not pixel_size:
+        return [f"binning.extract_pixel_size={px_extract:g} needs the micrographs' pixel size: no extraction box given"]
+    if px_extract < pixel_size:
+        return [f"binning.extract_pixel_size={px_extract:g} Å/px is finer than the micrographs ({pixel_size:g} Å/px): that upsamples"]
+    return []
+
+
+class SingleBinner(_PolicyBinner):
     name = "single"
     Params = SingleParams
     summary = "one bin, one box size for all accepted picks"
 
-    def assign(self, picks: pd.DataFrame, metas: dict[str, MicrographMeta], ctx: PickContext) -> BinningResult:
-        out = schema.with_acceptance(picks)
-        ok = out[schema.ACCEPTED].to_numpy()
-        d = out[schema.DIAMETER].to_numpy(dtype=float)
-        bins: tuple[SizeBin, ...] = ()
-        notes: tuple[str, ...] = ()
-        if ok.any():
-            bins = (make_bin(0, float(d[ok].min()), float(d[ok].max()), int(ok.sum()), self.params, ctx.pixel_size),)
+    def edges(self, d, ctx):
+        return np.array([d.min(), d.max()]), None, [], {}
+
+
+# ---------------------------------------------------------------------------
+# peak_valley
+# ---------------------------------------------------------------------------
+@dataclass
+class PeakValleyParams(BoxParams):
+    """Bins between the valleys of the smoothed diameter histogram.
+
+    bin_width_px: histogram bin width in pixels (10-15 suits 150-500 px particles).
+    smooth_sigma_bins: Gaussian smoothing of the histogram, in bins (0 = none).
+    min_dip: a valley separates two modes only if it is this much lower than
+        the lower of the two peaks (0.3 = 30%).
+    dip_sigma: ...and deeper than this many Poisson standard deviations
+        (guards small data sets against noise modes).
+    max_bins: at most this many bins.
+    broad_ratio: a single mode whose 95th/5th diameter percentiles differ by
+        more than this factor is split into ``broad_bins`` equal-count bins.
+    broad_bins: bins for a broad single mode.
+    min_picks: fewer accepted picks: one bin.
+    """
+
+    bin_width_px: float = 12.0
+    smooth_sigma_bins: float = 0.75
+    min_dip: float = 0.3
+    dip_sigma: float = 2.0
+    max_bins: int = 4
+    broad_ratio: float = 1.3
+    broad_bins: int = 3
+    min_picks: int = 20
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.bin_width_px > 0:
+            raise ValueError(f"binning.bin_width_px must be > 0, got {self.bin_width_px}")
+        if self.smooth_sigma_bins < 0:
+            raise ValueError(f"binning.smooth_sigma_bins must be >= 0, got {self.smooth_sigma_bins}")
+        if not 0 <= self.min_dip < 1:
+            raise ValueError(f"binning.min_dip must be in [0, 1), got {self.min_dip}")
+        if self.dip_sigma < 0:
+            raise ValueError(f"binning.dip_sigma must be >= 0, got {self.dip_sigma}")
+        if self.max_bins < 1:
+            raise ValueError(f"binning.max_bins must be >= 1, got {self.max_bins}")
+        if not self.broad_ratio >= 1:
+            raise ValueError(f"binning.broad_ratio must be >= 1, got {self.broad_ratio}")
+        if self.broad_bins < 1:
+            raise ValueError(f"binning.broad_bins must be >= 1, got {self.broad_bins}")
+        if self.min_picks < 1:
+            raise ValueError(f"binning.min_picks must be >= 1, got {self.min_picks}")
+
+
+class PeakValleyBinner(_PolicyBinner):
+    name = "peak_valley"
+    Params = PeakValleyParams
+    summary = "bin edges at the valleys between histogram modes; broad single mode -> quantile bins"
+
+    def edges(self, d, ctx):
+        p = self.params
+        pv = algo.peak_valley_edges(
+            d, bin_width=p.bin_width_px, smooth_sigma_bins=p.smooth_sigma_bins,
+            min_dip=p.min_dip, dip_sigma=p.dip_sigma, max_modes=p.max_bins,
+        )
+        centers = 0.5 * (pv.hist_edges[:-1] + pv.hist_edges[1:])
+        q05, q95 = np.quantile(d, [0.05, 0.95])
+        spread = float(q95 / q05) if q05 > 0 else float("inf")
+        details = {
+            "histogram": {"bin_width_px": p.bin_width_px, "smooth_sigma_bins": p.smooth_sigma_bins},
+            "modes_px": [round(float(centers[i]), 2) for i in pv.peaks],
+            "valleys_px": [round(float(v), 2) for v in pv.cuts],
+            "valley_dips": [round(float(v), 3) for v in pv.dips],
+            "spread_q95_over_q05": round(spread, 3),
+        }
+        notes = []
+        if pv.n_modes >= 2:
+            edges = np.r_[d.min(), pv.cuts, d.max()]
+            details["decision"] = f"{pv.n_modes} modes: edges at the valleys"
+            notes.append(f"{pv.n_modes} modes at {', '.join(f'{centers[i]:.0f}' for i in pv.peaks)} px; bin edges at the valleys "
+                         f"{', '.join(f'{v:.0f}' for v in pv.cuts)} px")
+        elif spread > p.broad_ratio and p.broad_bins > 1:
+            edges = algo.quantile_edges(d, p.broad_bins)
+            details["decision"] = f"one broad mode: {p.broad_bins} equal-count bins"
+            notes.append(f"one mode, broad (p95/p5 = {spread:.2f} > {p.broad_ratio:g}): {len(edges) - 1} equal-count bins")
         else:
-            notes = ("no accepted picks: no bins",)
-        out[schema.SIZE_BIN] = np.where(ok, 0, schema.REJECTED_BIN).astype(np.int64)
-        plan = ExtractionPlan(policy=self.name, pixel_size=ctx.pixel_size, bins=bins, extract_pixel_size=self.params.extract_pixel_size, notes=notes)
-        return BinningResult(picks=out, plan=plan)
+            edges = np.array([d.min(), d.max()])
+            details["decision"] = "one narrow mode: one bin"
+            notes.append(f"one mode, narrow (p95/p5 = {spread:.2f} <= {p.broad_ratio:g}): one bin")
+        return edges, None, notes, details
+
+
+# ---------------------------------------------------------------------------
+# quantile
+# ---------------------------------------------------------------------------
+@dataclass
+class QuantileParams(BoxParams):
+    """``n_bins`` bins with (nearly) equal numbers of picks.
+
+    n_bins: number of bins (fewer if many diameters are equal).
+    min_picks: fewer accepted picks: one bin.
+    """
+
+    n_bins: int = 3
+    min_picks: int = 1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.n_bins < 1:
+            raise ValueError(f"binning.n_bins must be >= 1, got {self.n_bins}")
+        if self.min_picks < 1:
+            raise ValueError(f"binning.min_picks must be >= 1, got {self.min_picks}")
+
+
+class QuantileBinner(_PolicyBinner):
+    name = "quantile"
+    Params = QuantileParams
+    summary = "n equal-count bins"
+
+    def edges(self, d, ctx):
+        edges = algo.quantile_edges(d, self.params.n_bins)
+        notes = []
+        if len(edges) - 1 < self.params.n_bins:
+            notes.append(f"only {len(edges) - 1} distinct quantile bin(s) of the {self.params.n_bins} asked (many equal diameters or few picks)")
+        return edges, None, notes, {"quantile_edges_px": [round(float(e), 3) for e in edges]}
+
+
+# ---------------------------------------------------------------------------
+# kmeans / hac (SIMPLE segdiampick policy)
+# ---------------------------------------------------------------------------
+@dataclass
+class _ClusterParams(BoxParams):
+    sigma_crit: float = 2.0
+    max_bins: int = 4
+    merge_same_box: bool = True
+    min_picks: int = 10
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.sigma_crit > 0:
+            raise ValueError(f"binning.sigma_crit must be > 0, got {self.sigma_crit}")
+        if self.max_bins < 1:
+            raise ValueError(f"binning.max_bins must be >= 1, got {self.max_bins}")
+        if self.min_picks < 1:
+            raise ValueError(f"binning.min_picks must be >= 1, got {self.min_picks}")
+
+
+@dataclass
+class KMeansParams(_ClusterParams):
+    """SIMPLE segdiampick (k-means path): 1-D k-means, then Z-score filtering.
+
+    n_clusters: k-means clusters (SIMPLE: 10).
+    exclude_edges: always reject the first and last cluster (SIMPLE's rule).
+    sigma_crit: threshold of both Z-score tests (SIMPLE: 2.0).
+    max_iter: k-means iterations at most.
+    max_bins: extraction bins made from the accepted clusters (1 = SIMPLE's
+        single box; more splits where a shared box wastes most pixels).
+    merge_same_box: merge neighbouring bins that would get the same box.
+    min_picks: fewer accepted picks (or fewer than n_clusters): one bin, no clustering.
+    """
+
+    n_clusters: int = 10
+    exclude_edges: bool = True
+    max_iter: int = 1000
+    max_bins: int = 1
+    min_picks: int = 30
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.n_clusters < 3 and self.exclude_edges:
+            raise ValueError(f"binning.n_clusters must be >= 3 with exclude_edges, got {self.n_clusters}")
+        if self.n_clusters < 1:
+            raise ValueError(f"binning.n_clusters must be >= 1, got {self.n_clusters}")
+        if self.max_iter < 1:
+            raise ValueError(f"binning.max_iter must be >= 1, got {self.max_iter}")
+
+
+@dataclass
+class HacParams(_ClusterParams):
+    """SIMPLE segdiampick (HAC path): 1-D agglomerative clustering, then Z-score filtering.
+
+    threshold_px: largest centroid distance merged (px); null = the global
+        standard deviation of the diameters (SIMPLE).
+    sigma_crit: threshold of both Z-score tests (SIMPLE: 2.0).
+    max_bins: at most this many extraction bins (one per accepted cluster,
+        neighbours merged where a shared box costs least).
+    merge_same_box: merge neighbouring bins that would get the same box.
+    min_picks: fewer accepted picks: one bin, no clustering.
+    """
+
+    threshold_px: float | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.threshold_px is not None and not self.threshold_px > 0:
+            raise ValueError(f"binning.threshold_px must be > 0 (or null = global sd), got {self.threshold_px}")
+
+
+class _ClusterBinner(_PolicyBinner):
+    def cluster(self, d: np.ndarray) -> tuple[np.ndarray, dict]:
+        raise NotImplementedError
+
+    def edges(self, d, ctx):
+        p = self.params
+        labels, info = self.cluster(d)
+        filt = algo.zscore_filter(d, labels, sigma_crit=p.sigma_crit, exclude_edges=bool(getattr(p, "exclude_edges", False)))
+        notes = []
+        details = {
+            **info,
+            "median_px": round(filt.median, 3),
+            "mad_gau_px": round(filt.mad_gau, 3),
+            "pop_median": filt.pop_median,
+            "pop_mad_gau": round(filt.pop_mad_gau, 3),
+            "mean_test_suppressed": filt.mean_test_suppressed,
+            "pop_test_suppressed": filt.pop_test_suppressed,
+            "clusters": filt.rows(),
+        }
+        if filt.pop_test_suppressed:
+            notes.append("population Z-score test suppressed: the MAD of the cluster populations is 0")
+        if filt.mean_test_suppressed:
+            notes.append("mean Z-score test suppressed: the MAD of the diameters is 0 (over half of them are equal)")
+        n_acc = int(filt.accepted.sum())
+        notes.append(f"{n_acc} of {filt.n_clusters} clusters accepted (sigma_crit={p.sigma_crit:g})")
+        if n_acc == 0:
+            notes.append("no cluster passed the Z-score tests: no picks rejected, one bin over all of them")
+            log.warning("binning %s: no cluster passed the Z-score tests; keeping every pick in one bin", self.name)
+            return np.array([d.min(), d.max()]), None, notes, details
+        gate = filt.accepted_range()
+        acc = filt.accepted
+        # one group per accepted cluster, merged where a shared box costs least;
+        # edges lie midway between groups, so members of a rejected cluster
+        # inside the accepted range join the nearer group
+        lo, hi, _ = algo.merge_bins(filt.dmin[acc], filt.dmax[acc], filt.count[acc], lambda h: box_for(h, p),
+                                    max_bins=p.max_bins, merge_same_box=p.merge_same_box)
+        edges = np.r_[gate[0], 0.5 * (hi[:-1] + lo[1:]), gate[1]]
+        details["groups_before_merge"] = int(acc.sum())
+        return edges, gate, notes, details
+
+
+class KMeansBinner(_ClusterBinner):
+    name = "kmeans"
+    Params = KMeansParams
+    summary = "SIMPLE segdiampick: 10 k-means clusters, edge + Z-score outlier clusters rejected"
+
+    def min_picks(self) -> int:
+        return max(self.params.min_picks, self.params.n_clusters)
+
+    def cluster(self, d):
+        labels, centers = algo.kmeans_1d(d, self.params.n_clusters, max_iter=self.params.max_iter)
+        return labels, {"n_clusters": int(np.unique(labels).size), "centers_px": [round(float(c), 3) for c in centers]}
+
+
+class HacBinner(_ClusterBinner):
+    name = "hac"
+    Params = HacParams
+    summary = "SIMPLE segdiampick: 1-D HAC (threshold = global sd), Z-score outlier clusters rejected"
+
+    def cluster(self, d):
+        thr = self.params.threshold_px if self.params.threshold_px is not None else float(np.std(d))
+        if thr <= 0:
+            thr = 0.0
+        labels, cents = algo.hac_1d(d, thr)
+        return labels, {"threshold_px": round(thr, 3), "n_clusters": int(cents.size), "centroids_px": [round(float(c), 3) for c in cents]}
 
 
 @hookimpl
 def lipoframe_register_stages(registry):
-    registry.add(SingleBinner)
+    for cls in (SingleBinner, PeakValleyBinner, QuantileBinner, KMeansBinner, HacBinner):
+        registry.add(cls)

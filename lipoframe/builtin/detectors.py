@@ -62,12 +62,55 @@ class LogParams(BlobParams):
     """Scale-normalised Laplacian of Gaussian."""
 
 
+@dataclass
+class EdgeParams(BlobParams):
+    """Circular-edge detector (mean gradient flux through circles of each radius).
+
+    edge_width: blur of the circle, as a fraction of its radius.
+    """
+
+    threshold: float = 4.6
+    edge_width: float = 0.12
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.02 <= self.edge_width <= 0.5:
+            raise ValueError(f"detector.edge_width must be in [0.02, 0.5], got {self.edge_width}")
+
+
 class _BlobDetector(Detector):
     method = "dog"
 
     def detect(self, mic: Micrograph, ctx: PickContext) -> pd.DataFrame:
         p = self.params
+        if mic.image.ndim == 3:
+            return self._detect_3d(mic, ctx)
         blobs = detect_blobs(
+            None,
+            dmin_px=ctx.dmin_px,
+            dmax_px=ctx.dmax_px,
+            method=self.method,
+            k=p.k,
+            threshold_method=p.threshold_method,
+            threshold=p.threshold,
+            min_sigma_binned=p.min_sigma_binned,
+            octave_span=p.octave_span,
+            exclude_border_px=p.exclude_border * ctx.dmin_px,
+            edge_width=getattr(p, "edge_width", 0.12),
+            binned=mic.signal,
+        )
+        df = pd.DataFrame({c: blobs[c] for c in schema.DETECTOR_COLUMNS})
+        df["response"] = blobs["response"]
+        return df
+
+    def _detect_3d(self, mic: Micrograph, ctx: PickContext) -> pd.DataFrame:
+        # Tomograms: maxima in (scale, z, y, x); see lipoframe.algorithms.scale_space3d.
+        from lipoframe.algorithms.scale_space3d import detect_blobs_3d
+
+        if self.method not in ("dog", "log"):
+            raise ValueError(f"detector {self.name!r} works on 2D micrographs only; use detector=dog or log for tomograms")
+        p = self.params
+        blobs = detect_blobs_3d(
             None,
             dmin_px=ctx.dmin_px,
             dmax_px=ctx.dmax_px,
@@ -81,6 +124,7 @@ class _BlobDetector(Detector):
             binned=mic.signal,
         )
         df = pd.DataFrame({c: blobs[c] for c in schema.DETECTOR_COLUMNS})
+        df[schema.Z] = blobs[schema.Z]
         df["response"] = blobs["response"]
         return df
 
@@ -99,7 +143,15 @@ class LogDetector(_BlobDetector):
     summary = "scale-normalised Laplacian of Gaussian, same pyramid and maxima as dog"
 
 
+class EdgeDetector(_BlobDetector):
+    name = "edge"
+    Params = EdgeParams
+    method = "edge"
+    summary = "circular-edge flux: one maximum at the outer edge of discs, shells (rings) and vesicles"
+
+
 @hookimpl
 def lipoframe_register_stages(registry):
     registry.add(DogDetector)
     registry.add(LogDetector)
+    registry.add(EdgeDetector)

@@ -60,7 +60,172 @@ class ScoreFilter(Filter):
         return schema.reject(picks, bad, "score")
 
 
+MIN_SIZE_UNITS = ("px", "A")
+
+
+@dataclass
+class MinSizeParams:
+    """Reject picks (or heatmap components) smaller than a diameter.
+
+    min_diameter: smallest diameter kept, in ``units``; 0 = the run's dmin.
+    units: ``px`` (full-resolution pixels) or ``A`` (needs the pixel size).
+    """
+
+    min_diameter: float = 0.0
+    units: str = "px"
+
+    def __post_init__(self) -> None:
+        if self.min_diameter < 0:
+            raise ValueError(f"filter.min_size.min_diameter must be >= 0 (0 = dmin), got {self.min_diameter}")
+        if self.units not in MIN_SIZE_UNITS:
+            raise ValueError(f"filter.min_size.units must be one of {MIN_SIZE_UNITS}, got {self.units!r}")
+
+
+def _to_px(value: float, units: str, ctx: PickContext, mic: Micrograph, key: str) -> float:
+    if units != "A":
+        return value
+    px = mic.meta.pixel_size or ctx.pixel_size
+    if not px:
+        raise ValueError(f"{mic.meta.path or mic.name}: {key} is in Å but the pixel size is unknown; give pixel_size=<Å/px> or use px")
+    return value / px
+
+
+class MinSizeFilter(Filter):
+    name = "min_size"
+    Params = MinSizeParams
+    summary = "reject picks whose diameter is below a size (default: dmin)"
+
+    def apply(self, picks: pd.DataFrame, mic: Micrograph, ctx: PickContext) -> pd.DataFrame:
+        p = self.params
+        limit = _to_px(p.min_diameter, p.units, ctx, mic, "filter.min_size.min_diameter") if p.min_diameter else ctx.dmin_px
+        bad = picks[schema.DIAMETER].to_numpy(dtype=float) < limit
+        return schema.reject(picks, bad, "min_size")
+
+
+def centres(picks: pd.DataFrame) -> np.ndarray:
+    """(K, 2) ``x, y`` or (K, 3) ``x, y, z`` centres of a pick table (z when present)."""
+    cols = [schema.X, schema.Y] + ([schema.Z] if schema.Z in picks.columns else [])
+    return picks[cols].to_numpy(dtype=float).reshape(len(picks), len(cols))
+
+
+NEIGHBOUR_UNITS = ("diameter", "px", "A")
+
+
+@dataclass
+class NeighbourOutlierParams:
+    """Reject picks with fewer than ``min_neighbours`` accepted picks nearby.
+
+    For particles known to cluster (on membranes, in lattices): an isolated
+    pick is more likely a false positive. Distances are edge to edge (centre
+    distance minus both radii), so big and small neighbours count alike.
+
+    min_neighbours: neighbours a pick needs (>= 1).
+    max_gap: largest edge-to-edge gap of a neighbour, in ``units``.
+    units: ``diameter`` (multiples of the pick's own diameter), ``px`` or ``A``.
+    """
+
+    min_neighbours: int = 1
+    max_gap: float = 0.5
+    units: str = "diameter"
+
+    def __post_init__(self) -> None:
+        if self.min_neighbours < 1:
+            raise ValueError(f"filter.neighbour_outlier.min_neighbours must be >= 1, got {self.min_neighbours}")
+        if self.max_gap < 0:
+            raise ValueError(f"filter.neighbour_outlier.max_gap must be >= 0, got {self.max_gap}")
+        if self.units not in NEIGHBOUR_UNITS:
+            raise ValueError(f"filter.neighbour_outlier.units must be one of {NEIGHBOUR_UNITS}, got {self.units!r}")
+
+
+class NeighbourOutlierFilter(Filter):
+    name = "neighbour_outlier"
+    Params = NeighbourOutlierParams
+    summary = "reject picks with fewer than N accepted neighbours within an edge-to-edge gap"
+
+    def apply(self, picks: pd.DataFrame, mic: Micrograph, ctx: PickContext) -> pd.DataFrame:
+        from scipy.spatial import cKDTree
+
+        p = self.params
+        out = schema.with_acceptance(picks)
+        acc = out[schema.ACCEPTED].to_numpy(dtype=bool)
+        xyz = centres(out)
+        r = out[schema.DIAMETER].to_numpy(dtype=float) / 2.0
+        if p.units == "diameter":
+            gap = p.max_gap * 2.0 * r
+        else:
+            gap = np.full(len(r), _to_px(p.max_gap, p.units, ctx, mic, "filter.neighbour_outlier.max_gap"))
+        count = np.zeros(len(out), dtype=np.int64)
+        idx = np.nonzero(acc)[0]
+        if len(idx):
+            tree = cKDTree(xyz[idx])
+            r_max = float(r[idx].max())
+            for i in idx:
+                cand = idx[tree.query_ball_point(xyz[i], r[i] + r_max + gap[i])]
+                cand = cand[cand != i]
+                if len(cand):
+                    edge = np.linalg.norm(xyz[cand] - xyz[i], axis=1) - r[cand] - r[i]
+                    count[i] = int(np.count_nonzero(edge <= gap[i]))
+        out["n_neighbours"] = count
+        return schema.reject(out, count < p.min_neighbours, "neighbour_outlier")
+
+
+@dataclass
+class EdgeParams:
+    """Reject picks too close to the micrograph (or tomogram) border.
+
+    The allowed distance scales with each pick's size: a pick is rejected
+    when its centre is closer to the border than ``margin`` times its radius
+    (1 = the whole particle must lie inside; 0.5 = at most half the radius
+    may stick out) plus ``extra_px``.
+
+    margin: distance to the border in radii of the pick (>= 0).
+    extra_px: additional fixed distance in full-resolution pixels (>= 0).
+    z: in tomograms, also apply the rule to the top and bottom planes.
+    """
+
+    margin: float = 1.0
+    extra_px: float = 0.0
+    z: bool = True
+
+    def __post_init__(self) -> None:
+        if self.margin < 0:
+            raise ValueError(f"filter.edge.margin must be >= 0, got {self.margin}")
+        if self.extra_px < 0:
+            raise ValueError(f"filter.edge.extra_px must be >= 0, got {self.extra_px}")
+
+
+def border_distance(picks: pd.DataFrame, shape: tuple[int, ...], *, z: bool = True) -> np.ndarray:
+    """Distance of each centre to the nearest image border, in pixels.
+
+    The image covers ``[-0.5, n - 0.5]`` along an axis of length ``n``
+    (pixel centres are 0-indexed), so a centre at pixel 0 is 0.5 px from it.
+    """
+    axes = [(schema.X, shape[-1]), (schema.Y, shape[-2])]
+    if z and len(shape) == 3 and schema.Z in picks.columns:
+        axes.append((schema.Z, shape[0]))
+    dist = np.full(len(picks), np.inf)
+    for col, n in axes:
+        c = picks[col].to_numpy(dtype=float)
+        dist = np.minimum(dist, np.minimum(c + 0.5, n - 0.5 - c))
+    return dist
+
+
+class EdgeFilter(Filter):
+    name = "edge"
+    Params = EdgeParams
+    summary = "reject picks closer to the border than margin x their radius"
+
+    def apply(self, picks: pd.DataFrame, mic: Micrograph, ctx: PickContext) -> pd.DataFrame:
+        p = self.params
+        r = picks[schema.DIAMETER].to_numpy(dtype=float) / 2.0
+        bad = border_distance(picks, mic.shape, z=p.z) < p.margin * r + p.extra_px
+        return schema.reject(picks, bad, "edge")
+
+
 @hookimpl
 def lipoframe_register_stages(registry):
     registry.add(DiameterRangeFilter)
     registry.add(ScoreFilter)
+    registry.add(MinSizeFilter)
+    registry.add(NeighbourOutlierFilter)
+    registry.add(EdgeFilter)

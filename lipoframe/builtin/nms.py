@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from lipoframe import schema
-from lipoframe.algorithms.nms import size_aware_nms
+from lipoframe.algorithms.nms import contained_mask, overlap_nms, size_aware_nms
 from lipoframe.hookspecs import hookimpl
 from lipoframe.records import Micrograph, PickContext
 from lipoframe.stages import Suppressor
@@ -37,7 +37,9 @@ class SizeAwareNms(Suppressor):
     summary = "greedy by score; reject centres within beta * r of an accepted pick (KD-tree)"
 
     def suppress(self, picks: pd.DataFrame, mic: Micrograph, ctx: PickContext) -> pd.DataFrame:
-        xy = picks[[schema.X, schema.Y]].to_numpy(dtype=float)
+        # Tomogram picks carry z_px: suppress in 3D.
+        axes = [schema.X, schema.Y] + ([schema.Z] if schema.Z in picks.columns else [])
+        xy = picks[axes].to_numpy(dtype=float)
         keep = size_aware_nms(
             xy,
             picks[schema.DIAMETER].to_numpy(dtype=float) / 2.0,
@@ -46,6 +48,76 @@ class SizeAwareNms(Suppressor):
             symmetric=self.params.symmetric,
         )
         return picks.loc[keep].reset_index(drop=True)
+
+
+@dataclass
+class OverlapParams:
+    """Greedy NMS by circle overlap: keeps touching particles, removes duplicates.
+
+    max_iou: reject a candidate whose IoU with an accepted pick exceeds this.
+    max_containment: ... or whose intersection covers more than this fraction
+        of the smaller circle.
+    """
+
+    max_iou: float = 0.2
+    max_containment: float = 0.4
+
+    def __post_init__(self) -> None:
+        if not 0 < self.max_iou <= 1:
+            raise ValueError(f"nms.max_iou must be in (0, 1], got {self.max_iou}")
+        if not 0 < self.max_containment <= 1:
+            raise ValueError(f"nms.max_containment must be in (0, 1], got {self.max_containment}")
+
+
+class OverlapNms(Suppressor):
+    name = "overlap"
+    Params = OverlapParams
+    summary = "greedy by score; reject circles overlapping an accepted pick (IoU / containment)"
+
+    def suppress(self, picks: pd.DataFrame, mic: Micrograph, ctx: PickContext) -> pd.DataFrame:
+        keep = overlap_nms(
+            picks[[schema.X, schema.Y]].to_numpy(dtype=float),
+            picks[schema.DIAMETER].to_numpy(dtype=float) / 2.0,
+            picks[schema.SCORE].to_numpy(dtype=float),
+            max_iou=self.params.max_iou,
+            max_containment=self.params.max_containment,
+        )
+        return picks.loc[keep].reset_index(drop=True)
+
+
+@dataclass
+class NestedParams(SizeAwareParams):
+    """size_aware, then remove picks lying inside a larger accepted pick.
+
+    tolerance: a pick is inside when dist + r_small <= (1 + tolerance) * r_large.
+    max_ratio: only picks at most this fraction of the larger radius are removed.
+    """
+
+    tolerance: float = 0.1
+    max_ratio: float = 0.75
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 <= self.tolerance <= 0.5:
+            raise ValueError(f"nms.tolerance must be in [0, 0.5], got {self.tolerance}")
+        if not 0 < self.max_ratio < 1:
+            raise ValueError(f"nms.max_ratio must be in (0, 1), got {self.max_ratio}")
+
+
+class NestedNms(SizeAwareNms):
+    name = "nested"
+    Params = NestedParams
+    summary = "size_aware, then drop small picks inside a larger accepted particle (rings, vesicles)"
+
+    def suppress(self, picks: pd.DataFrame, mic: Micrograph, ctx: PickContext) -> pd.DataFrame:
+        kept = super().suppress(picks, mic, ctx)
+        inside = contained_mask(
+            kept[[schema.X, schema.Y]].to_numpy(dtype=float),
+            kept[schema.DIAMETER].to_numpy(dtype=float) / 2.0,
+            tolerance=self.params.tolerance,
+            max_ratio=self.params.max_ratio,
+        )
+        return kept.loc[~inside].reset_index(drop=True)
 
 
 @dataclass
@@ -65,4 +137,6 @@ class NoNms(Suppressor):
 @hookimpl
 def lipoframe_register_stages(registry):
     registry.add(SizeAwareNms)
+    registry.add(OverlapNms)
+    registry.add(NestedNms)
     registry.add(NoNms)

@@ -2,13 +2,87 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
+from lipoframe import schema
+from lipoframe.algorithms.pyramid import to_binned, to_full_resolution
+from lipoframe.algorithms.radial import refine_circles
 from lipoframe.hookspecs import hookimpl
 from lipoframe.records import Micrograph, PickContext
 from lipoframe.stages import Refiner
+
+
+@dataclass
+class RadialProfileParams:
+    """Refine each pick from radial profiles of the (lightly binned) micrograph.
+
+    search: the edge is the strongest falling edge within (1 +/- search) x the
+        detector's radius.
+    iterations: rounds of sub-pixel recentring.
+    min_radius_binned: binning is chosen so the smallest radius spans at least
+        this many pixels (larger = finer, slower).
+    min_contrast: picks whose edge SNR (mean step across the edge over its
+        standard error around the circle) is below this are rejected
+        (reason ``no_edge``).
+    min_coverage: picks whose edge is present on fewer than this fraction of
+        directions are rejected (reason ``no_edge``).
+    """
+
+    search: float = 0.25
+    iterations: int = 3
+    min_radius_binned: float = 16.0
+    min_contrast: float = 2.5
+    min_coverage: float = 0.6
+
+    def __post_init__(self) -> None:
+        if not 0 < self.search < 1:
+            raise ValueError(f"refiner.search must be in (0, 1), got {self.search}")
+        if not 1 <= self.iterations <= 10:
+            raise ValueError(f"refiner.iterations must be in [1, 10], got {self.iterations}")
+        if self.min_radius_binned < 4:
+            raise ValueError(f"refiner.min_radius_binned must be >= 4, got {self.min_radius_binned}")
+        if not 0 <= self.min_coverage <= 1:
+            raise ValueError(f"refiner.min_coverage must be in [0, 1], got {self.min_coverage}")
+
+
+class RadialProfileRefiner(Refiner):
+    name = "radial_profile"
+    Params = RadialProfileParams
+    summary = "diameter from the strongest radial edge, sub-pixel recentring, edge quality; rejects picks with no edge"
+
+    def refine(self, picks: pd.DataFrame, mic: Micrograph, ctx: PickContext) -> pd.DataFrame:
+        out = schema.with_acceptance(picks)
+        if len(out) == 0:
+            for c in ("diameter_detector_px", "refine_shift_px", "edge_contrast", "edge_coverage", "quality"):
+                out[c] = pd.Series(dtype=float)
+            return out
+        p = self.params
+        factor = max(1, int(math.floor(ctx.dmin_px / 2.0 / p.min_radius_binned)))
+        img = mic.signal(factor)
+        res = refine_circles(
+            img,
+            to_binned(out[schema.Y].to_numpy(float), factor),
+            to_binned(out[schema.X].to_numpy(float), factor),
+            out[schema.DIAMETER].to_numpy(float) / factor,
+            search=p.search,
+            iterations=p.iterations,
+        )
+        out["diameter_detector_px"] = out[schema.DIAMETER].to_numpy(float)
+        out[schema.X] = np.clip(to_full_resolution(res["col"], factor), 0, mic.shape[-1] - 1)
+        out[schema.Y] = np.clip(to_full_resolution(res["row"], factor), 0, mic.shape[-2] - 1)
+        out[schema.DIAMETER] = res["diameter"] * factor
+        out["refine_shift_px"] = res["shift"] * factor
+        out["edge_contrast"] = res["edge_contrast"]
+        out["edge_coverage"] = res["edge_coverage"]
+        out["edge_width_px"] = res["edge_width"] * factor
+        out["edge_roughness"] = res["roundness"]
+        out["quality"] = np.clip(res["edge_contrast"], 0, None) * res["edge_coverage"]
+        bad = ~res["edge_found"] | (res["edge_contrast"] < p.min_contrast) | (res["edge_coverage"] < p.min_coverage)
+        return schema.reject(out, bad, "no_edge")
 
 
 @dataclass
@@ -27,4 +101,5 @@ class NoRefiner(Refiner):
 
 @hookimpl
 def lipoframe_register_stages(registry):
+    registry.add(RadialProfileRefiner)
     registry.add(NoRefiner)

@@ -1,23 +1,49 @@
-"""Built-in writers.
+"""Built-in writers: CSV, RELION STAR, cryoSPARC, crYOLO CBOX and EMAN .box.
 
 Every writer converts from lipoframe's one convention (``x_px`` = column,
 ``y_px`` = row, 0-indexed pixel centres of the input array) to its format's
-convention, and only here.
+convention, and only here: :func:`export_view` applies the one frame change
+(:func:`lipoframe.io.coords.export_frame`, rows flipped for TIFF inputs), and
+the ``lipoframe.io`` modules format the files. See docs/export.md.
+
+Output layout below the output folder::
+
+    relion/autopick.star                 RELION 4/5 coordinate list (all exported picks)
+    relion/coords/<mic>_autopick.star    one coordinate file per micrograph
+    cryosparc/particles.cs               cryoSPARC particle dataset (location + pick_stats)
+    cryosparc/particles.star             STAR for cryoSPARC "Import Particle Stack"
+    cbox/<mic>.cbox                      crYOLO / napari-boxmanager
+    box/<mic>.box                        EMAN .box
+    bins/bin<k>/autopick.star            the same per size bin k (accepted picks of that bin),
+    bins/bin<k>/coords/...               for extraction with the bin's box size
+    bins/bin<k>/cryosparc/...
+    bins/bin<k>/box/...
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import string
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from lipoframe import schema
 from lipoframe.hookspecs import hookimpl
-from lipoframe.io.atomic import atomic_path, safe_child
-from lipoframe.plan import ExtractionPlan
+from lipoframe.io import cbox as cbox_io
+from lipoframe.io import cryosparc as cs_io
+from lipoframe.io import eman as eman_io
+from lipoframe.io import relion as relion_io
+from lipoframe.io.atomic import atomic_path, safe_child, write_text
+from lipoframe.io.coords import export_frame, nearest_pixel
+from lipoframe.plan import ExtractionPlan, SizeBin, round_up_box
 from lipoframe.records import MicrographMeta, PickContext
 from lipoframe.stages import Writer
+
+log = logging.getLogger("lipoframe")
 
 
 def exported(picks: pd.DataFrame, ctx: PickContext) -> pd.DataFrame:
@@ -55,12 +81,405 @@ class CsvWriter(Writer):
         written = [write_csv(table, safe_child(out_dir, "picks.csv"), float_format=self.params.float_format)]
         if self.params.per_micrograph:
             groups = dict(tuple(table.groupby(schema.MICROGRAPH, sort=False, observed=True)))
+            stems = file_stems(metas)
             for name in metas:
                 sub = groups.get(name, table.iloc[0:0])
-                written.append(write_csv(sub, safe_child(out_dir, "csv", f"{name}.csv"), float_format=self.params.float_format))
+                written.append(write_csv(sub, safe_child(out_dir, "csv", f"{stems[name]}.csv"), float_format=self.params.float_format))
+        return written
+
+
+# ---------------------------------------------------------------------------
+# Shared preparation
+# ---------------------------------------------------------------------------
+def file_stems(names) -> dict[str, str]:
+    """A safe, unique file stem for each micrograph name.
+
+    Path separators, blanks and other characters outside ``[A-Za-z0-9._+-]``
+    become ``_``; leading dots are dropped (so ``..`` cannot climb out of the
+    output folder and no hidden files appear); clashes get ``_2``, ``_3``...
+    Every path is still checked with :func:`~lipoframe.io.atomic.safe_child`.
+    """
+    allowed = set(string.ascii_letters + string.digits + "._+-")
+    out: dict[str, str] = {}
+    used: set[str] = set()
+    for name in names:
+        stem = "".join(c if c in allowed else "_" for c in str(name)).lstrip(".") or "micrograph"
+        candidate, k = stem, 1
+        while candidate.lower() in used:
+            k += 1
+            candidate = f"{stem}_{k}"
+        used.add(candidate.lower())
+        out[name] = candidate
+    return out
+
+
+def _fallback_box(diameter: np.ndarray, plan: ExtractionPlan) -> np.ndarray:
+    """Box for picks outside every bin: the box of the nearest bin by diameter."""
+    if not plan.bins:
+        return np.array([round_up_box(1.5 * max(float(d), 1.0), rounding="even") for d in diameter], dtype=np.int64)
+    lo = np.array([b.d_min_px for b in plan.bins])
+    hi = np.array([b.d_max_px for b in plan.bins])
+    boxes = np.array([b.box_px for b in plan.bins], dtype=np.int64)
+    gap = np.maximum(lo[None, :] - diameter[:, None], 0) + np.maximum(diameter[:, None] - hi[None, :], 0)
+    return boxes[np.argmin(gap, axis=1)]
+
+
+def export_view(picks: pd.DataFrame, metas: dict[str, MicrographMeta], plan: ExtractionPlan) -> pd.DataFrame:
+    """The picks in the exported frame, with their size bin and box size.
+
+    Parameters
+    ----------
+    picks : DataFrame
+        Picks to export (already filtered by :func:`exported`).
+    metas : dict
+        Metadata of every micrograph, by name.
+    plan : ExtractionPlan
+
+    Returns
+    -------
+    view : DataFrame
+        ``micrograph``, ``x``, ``y`` (exported frame: rows flipped for TIFF,
+        sub-pixel kept), ``z`` (if the table has ``z_px``), ``diameter_px``,
+        ``score`` (finite), ``size_bin`` (-1 outside every bin), ``box_px``
+        (the bin's box; the nearest bin's for picks outside every bin) and
+        ``accepted``.
+
+    Raises
+    ------
+    ValueError
+        If a pick's micrograph has no metadata.
+    """
+    names = picks[schema.MICROGRAPH].astype(str).to_numpy() if len(picks) else np.array([], dtype=str)
+    missing = sorted(set(names) - set(metas))
+    if missing:
+        raise ValueError(f"picks of micrograph(s) {missing[:3]} have no metadata; cannot convert their coordinates")
+    ny = np.array([metas[n].shape[-2] for n in names], dtype=np.int64)
+    flip = np.array([metas[n].flip_y for n in names], dtype=bool)
+    x = picks[schema.X].to_numpy(dtype=float)
+    y = picks[schema.Y].to_numpy(dtype=float)
+    xe, ye = export_frame(x, y, ny=ny, flip_y=flip)
+    d = picks[schema.DIAMETER].to_numpy(dtype=float)
+    score = picks[schema.SCORE].to_numpy(dtype=float) if schema.SCORE in picks else np.zeros(len(picks))
+    if not np.all(np.isfinite(score)):
+        log.warning("%d pick(s) have a non-finite score; exported with score 0", int((~np.isfinite(score)).sum()))
+        score = np.where(np.isfinite(score), score, 0.0)
+    accepted = picks[schema.ACCEPTED].to_numpy(dtype=bool) if schema.ACCEPTED in picks else np.ones(len(picks), dtype=bool)
+    if schema.SIZE_BIN in picks:
+        size_bin = picks[schema.SIZE_BIN].to_numpy(dtype=np.int64)
+    else:
+        size_bin = np.where(accepted, plan.assign(d), schema.REJECTED_BIN)
+    by_index = {b.index: b.box_px for b in plan.bins}
+    known = np.array([i in by_index for i in size_bin.tolist()], dtype=bool)
+    box = np.zeros(len(picks), dtype=np.int64)
+    box[known] = [by_index[i] for i in size_bin[known].tolist()]
+    if (~known).any():
+        box[~known] = _fallback_box(d[~known], plan)
+        size_bin = np.where(known, size_bin, schema.REJECTED_BIN)
+    view = pd.DataFrame({"micrograph": names, "x": xe, "y": ye})
+    if schema.Z in picks:
+        view["z"] = picks[schema.Z].to_numpy(dtype=float)
+    view["diameter_px"] = d
+    view["score"] = score
+    view["size_bin"] = size_bin
+    view["box_px"] = box
+    view["accepted"] = accepted
+    return view
+
+
+def _groups(view: pd.DataFrame, metas: dict[str, MicrographMeta]):
+    """(name, meta, rows) for every micrograph in ``metas`` order.
+
+    ``rows`` maps each column of ``view`` to a NumPy array of that
+    micrograph's picks (empty arrays for a micrograph without picks).
+    """
+    cols = {c: view[c].to_numpy() for c in view.columns}
+    index = view.groupby("micrograph", sort=False).indices if len(view) else {}
+    empty = np.empty(0, dtype=np.int64)
+    for name, meta in metas.items():
+        rows = index.get(name, empty)
+        yield name, meta, {c: a[rows] for c, a in cols.items()}
+
+
+def _bin_views(view: pd.DataFrame, plan: ExtractionPlan):
+    """(size_bin, accepted picks of that bin) for every bin of the plan."""
+    for b in plan.bins:
+        yield b, view[view["accepted"].to_numpy() & (view["size_bin"].to_numpy() == b.index)]
+
+
+def bin_dir(out_dir: Path, size_bin: SizeBin, *parts: str) -> Path:
+    """``<out>/bins/bin<k>/<parts>`` (k = index + 1)."""
+    return safe_child(out_dir, "bins", size_bin.label, *parts)
+
+
+# ---------------------------------------------------------------------------
+# Micrograph names written into list files
+# ---------------------------------------------------------------------------
+NAME_FIELDS = ("path", "dir", "name", "stem", "ext")
+
+
+def _check_template(key: str, template: str) -> None:
+    try:
+        template.format(**{f: "x" for f in NAME_FIELDS})
+    except (KeyError, IndexError, ValueError, AttributeError) as exc:
+        raise ValueError(
+            f"{key} must be a template using only {{path}}, {{dir}}, {{name}}, {{stem}}, {{ext}}; got {template!r} ({exc})"
+        ) from None
+
+
+def micrograph_fields(meta: MicrographMeta, *, strip_suffix: str = "", project_dir: str = "") -> dict[str, str]:
+    """Template fields of a micrograph's input path.
+
+    ``stem`` is the file name without extension and without ``strip_suffix``
+    (e.g. ``_denoised``); ``name`` = stem + ext; ``path`` = dir/name, relative
+    to ``project_dir`` when given, else absolute; ``dir`` its folder.
+    """
+    raw = meta.path or meta.name
+    p = Path(raw)
+    ext = p.suffix if meta.path else ""
+    stem = p.name[: len(p.name) - len(ext)] if ext else p.name
+    if strip_suffix and stem.endswith(strip_suffix) and len(stem) > len(strip_suffix):
+        stem = stem[: -len(strip_suffix)]
+    folder = os.path.abspath(p.parent) if meta.path else ""
+    if folder and project_dir:
+        folder = os.path.relpath(folder, os.path.abspath(os.path.expanduser(project_dir)))
+    name = stem + ext
+    path = os.path.join(folder, name) if folder and folder != "." else name
+    return {"path": path, "dir": "" if folder == "." else folder, "name": name, "stem": stem, "ext": ext}
+
+
+def _project_path(path: Path, project_dir: str) -> str:
+    """``path`` relative to ``project_dir`` when given, else absolute."""
+    if project_dir:
+        return os.path.relpath(path, os.path.abspath(os.path.expanduser(project_dir)))
+    return str(path)
+
+
+# ---------------------------------------------------------------------------
+# RELION
+# ---------------------------------------------------------------------------
+@dataclass
+class StarWriterParams:
+    """RELION coordinate STAR per micrograph plus the RELION 4/5 list file, also per size bin.
+
+    micrograph_name: template of ``rlnMicrographName`` in the list file; it must
+        equal the name in your RELION micrographs STAR. Fields: {path}, {dir},
+        {name}, {stem}, {ext} of the input file, e.g.
+        ``MotionCorr/job002/Movies/{stem}.mrc``.
+    strip_suffix: removed from the end of the input file stem (e.g. ``_denoised``).
+    project_dir: RELION project folder; paths in the list file are written
+        relative to it (else absolute).
+    subpixel: write sub-pixel coordinates (RELION truncates them; default
+        writes the nearest pixel).
+    per_bin: also write ``bins/bin<k>/autopick.star`` and ``coords/`` for each size bin.
+    """
+
+    micrograph_name: str = "{path}"
+    strip_suffix: str = ""
+    project_dir: str = ""
+    subpixel: bool = False
+    per_bin: bool = True
+
+    def __post_init__(self) -> None:
+        _check_template("writer.star.micrograph_name", self.micrograph_name)
+        if "/" in self.strip_suffix:
+            raise ValueError(f"writer.star.strip_suffix must not contain '/', got {self.strip_suffix!r}")
+
+
+class StarWriter(Writer):
+    """RELION AutoPick-style coordinate files and the ``--coord_list`` list file."""
+
+    name = "star"
+    Params = StarWriterParams
+    summary = "RELION: relion/autopick.star + coords/<mic>_autopick.star, per size bin in bins/bin<k>/"
+
+    def write(self, picks, metas, plan, out_dir, ctx) -> list[Path]:
+        view = export_view(exported(picks, ctx), metas, plan)
+        stems = file_stems(metas)
+        written = self._write_set(view, metas, stems, safe_child(out_dir, relion_io.RELION_DIR))
+        if self.params.per_bin:
+            for b, sub in _bin_views(view, plan):
+                written += self._write_set(sub, metas, stems, bin_dir(out_dir, b))
+        return written
+
+    def _write_set(self, view, metas, stems, folder: Path) -> list[Path]:
+        p = self.params
+        mic_names, coord_files, written = [], [], []
+        for name, meta, rows in _groups(view, metas):
+            x, y = rows["x"], rows["y"]
+            z = rows["z"] if "z" in rows else None
+            if not p.subpixel:
+                x, y = nearest_pixel(x).astype(float), nearest_pixel(y).astype(float)
+                z = None if z is None else nearest_pixel(z).astype(float)
+            text = relion_io.coordinate_star(
+                x, y, z=z,
+                class_number=rows["size_bin"] + 1,
+                fom=rows["score"],
+                diameter_px=rows["diameter_px"],
+            )
+            path = write_text(safe_child(folder, relion_io.COORDS_DIR, stems[name] + relion_io.COORDINATE_SUFFIX), text)
+            written.append(path)
+            fields = micrograph_fields(meta, strip_suffix=p.strip_suffix, project_dir=p.project_dir)
+            mic_names.append(p.micrograph_name.format(**fields))
+            coord_files.append(_project_path(path, p.project_dir))
+        written.append(write_text(safe_child(folder, relion_io.LIST_FILE), relion_io.coordinate_list_star(mic_names, coord_files)))
+        return written
+
+
+# ---------------------------------------------------------------------------
+# cryoSPARC
+# ---------------------------------------------------------------------------
+@dataclass
+class CryosparcWriterParams:
+    """cryoSPARC particle dataset (.cs) and a STAR for "Import Particle Stack", also per size bin.
+
+    micrograph_name: template of ``location/micrograph_path`` and of
+        ``rlnMicrographName`` in the STAR (cryoSPARC matches exposures by file
+        name). Fields: {path}, {dir}, {name}, {stem}, {ext}.
+    strip_suffix: removed from the end of the input file stem.
+    exp_group_id: ``location/exp_group_id`` of every particle.
+    invert_y: store ``center_y_frac`` of the row flipped (``ny - 1 - y``); use
+        it if Inspect Picks shows the picks mirrored top-bottom.
+    per_bin: also write ``bins/bin<k>/cryosparc/`` for each size bin.
+    """
+
+    micrograph_name: str = "{name}"
+    strip_suffix: str = ""
+    exp_group_id: int = 1
+    invert_y: bool = False
+    per_bin: bool = True
+
+    def __post_init__(self) -> None:
+        _check_template("writer.cryosparc.micrograph_name", self.micrograph_name)
+        if not 0 <= self.exp_group_id < 2**32:
+            raise ValueError(f"writer.cryosparc.exp_group_id must be in [0, 2**32), got {self.exp_group_id}")
+
+
+class CryosparcWriter(Writer):
+    """``.cs`` particle locations with pick_stats and the diameter, plus an import STAR."""
+
+    name = "cryosparc"
+    Params = CryosparcWriterParams
+    summary = "cryoSPARC: cryosparc/particles.cs (+ particles.star for Import Particle Stack), per size bin"
+
+    def write(self, picks, metas, plan, out_dir, ctx) -> list[Path]:
+        view = export_view(exported(picks, ctx), metas, plan)
+        # one uid per particle, the same in the dataset set and in its bin's set
+        view["uid"] = cs_io.particle_uids(len(view), seed=ctx.seed)
+        if "z" in view:
+            log.warning("writer cryosparc: z coordinates are not exported (cryoSPARC particle locations are 2D)")
+        written = self._write_set(view, metas, ctx, safe_child(out_dir, "cryosparc"))
+        if self.params.per_bin:
+            for b, sub in _bin_views(view, plan):
+                written += self._write_set(sub, metas, ctx, bin_dir(out_dir, b, "cryosparc"))
+        return written
+
+    def _write_set(self, view, metas, ctx, folder: Path) -> list[Path]:
+        p = self.params
+        names = view["micrograph"].tolist()
+        fields = {n: micrograph_fields(metas[n], strip_suffix=p.strip_suffix) for n in set(names)}
+        path_of = {n: p.micrograph_name.format(**f) for n, f in fields.items()}
+        mic_path = [path_of[n] for n in names]
+        uids = {m: cs_io.micrograph_uid(m) for m in path_of.values()}
+        shape = np.array([metas[n].shape[-2:] for n in names], dtype=np.int64).reshape(len(names), 2)
+        psize = np.array([metas[n].pixel_size or ctx.pixel_size or 0.0 for n in names], dtype=float)
+        if len(names) and not np.all(psize > 0):
+            log.warning("writer cryosparc: pixel size unknown for some micrographs; location/micrograph_psize_A = 0")
+        y = view["y"].to_numpy()
+        if p.invert_y:
+            y = (shape[:, 0] - 1) - y
+        size_bin = view["size_bin"].to_numpy()
+        arr = cs_io.particle_array(
+            uid=view["uid"].to_numpy(),
+            micrograph_uid=[uids[m] for m in mic_path],
+            micrograph_path=mic_path,
+            shape_yx=shape,
+            pixel_size_A=psize,
+            x=view["x"].to_numpy(),
+            y=y,
+            score=view["score"].to_numpy(),
+            template_idx=np.where(size_bin >= 0, size_bin, cs_io.NO_TEMPLATE),
+            diameter_px=view["diameter_px"].to_numpy(),
+            size_bin=size_bin,
+            exp_group_id=p.exp_group_id,
+        )
+        cs_path = safe_child(folder, "particles.cs")
+        with atomic_path(cs_path) as tmp:
+            cs_io.save_cs(arr, tmp)
+        star = cs_io.import_star(mic_path, view["x"].to_numpy(), view["y"].to_numpy(), view["score"].to_numpy())
+        return [cs_path, write_text(safe_child(folder, "particles.star"), star)]
+
+
+# ---------------------------------------------------------------------------
+# crYOLO / napari-boxmanager
+# ---------------------------------------------------------------------------
+@dataclass
+class CboxWriterParams:
+    """crYOLO CBOX per micrograph: box corner, box = the size bin's box, _EstWidth/_EstHeight = diameter, _Confidence = score."""
+
+
+class CboxWriter(Writer):
+    name = "cbox"
+    Params = CboxWriterParams
+    summary = "crYOLO / napari-boxmanager: cbox/<mic>.cbox with diameter and score"
+
+    def write(self, picks, metas, plan, out_dir, ctx) -> list[Path]:
+        view = export_view(exported(picks, ctx), metas, plan)
+        stems = file_stems(metas)
+        written = []
+        for name, _meta, rows in _groups(view, metas):
+            text = cbox_io.cbox_text(
+                rows["x"], rows["y"],
+                z=rows["z"] if "z" in rows else None,
+                box=rows["box_px"],
+                diameter=rows["diameter_px"],
+                confidence=rows["score"],
+            )
+            written.append(write_text(safe_child(out_dir, "cbox", stems[name] + ".cbox"), text))
+        return written
+
+
+# ---------------------------------------------------------------------------
+# EMAN2
+# ---------------------------------------------------------------------------
+@dataclass
+class BoxWriterParams:
+    """EMAN .box per micrograph (integer corner + the size bin's even box), also per size bin.
+
+    per_bin: also write ``bins/bin<k>/box/`` for each size bin.
+    """
+
+    per_bin: bool = True
+
+
+class BoxWriter(Writer):
+    name = "box"
+    Params = BoxWriterParams
+    summary = "EMAN2: box/<mic>.box (integer corner, bin box size), per size bin in bins/bin<k>/box"
+
+    def write(self, picks, metas, plan, out_dir, ctx) -> list[Path]:
+        view = export_view(exported(picks, ctx), metas, plan)
+        if "z" in view:
+            log.warning("writer box: z coordinates are not exported (EMAN .box is 2D)")
+        stems = file_stems(metas)
+        written = self._write_set(view, metas, stems, safe_child(out_dir, "box"))
+        if self.params.per_bin:
+            for b, sub in _bin_views(view, plan):
+                written += self._write_set(sub, metas, stems, bin_dir(out_dir, b, "box"))
+        return written
+
+    @staticmethod
+    def _write_set(view, metas, stems, folder: Path) -> list[Path]:
+        written = []
+        for name, _meta, rows in _groups(view, metas):
+            text = eman_io.box_text(rows["x"], rows["y"], box=rows["box_px"])
+            written.append(write_text(safe_child(folder, stems[name] + ".box"), text))
         return written
 
 
 @hookimpl
 def lipoframe_register_stages(registry):
     registry.add(CsvWriter)
+    registry.add(StarWriter)
+    registry.add(CryosparcWriter)
+    registry.add(CboxWriter)
+    registry.add(BoxWriter)

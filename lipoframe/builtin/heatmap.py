@@ -1,0 +1,213 @@
+"""The ``heatmap`` detector: picks from a neural network's per-micrograph output.
+
+A segmentation or centre network writes one map per micrograph (MRC, TIFF or
+NPY; the micrograph's grid or an integer downscale of it). This detector finds
+that map by name, turns it into instances (see
+:mod:`lipoframe.algorithms.heatmap`) and returns one pick per instance, so the
+rest of lipoframe (size-aware NMS, refiners, filters, binning, writers) works
+on a network's output exactly as on its own detections.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lipoframe import schema
+from lipoframe.algorithms.heatmap import PEAK_SOURCES, heatmap_picks, normalise_heatmap
+from lipoframe.hookspecs import hookimpl
+from lipoframe.records import InputError, Micrograph, PickContext
+from lipoframe.stages import Detector
+
+#: Suffixes a heatmap file may have.
+MAP_SUFFIXES = (".mrc", ".mrcs", ".map", ".rec", ".tif", ".tiff", ".npy")
+
+#: sigma_px reported for a heatmap pick: the blob-detector sigma of a disc/ball of that diameter.
+_DIAMETER_PER_SIGMA = {2: 2.0 * math.sqrt(2.0), 3: 2.0 * math.sqrt(3.0)}
+
+
+@dataclass
+class HeatmapParams:
+    """Read a network's probability (or centre) map per micrograph and pick its instances.
+
+    folder: folder of the maps; empty = the micrograph's own folder.
+    pattern: file name of the map, ``{stem}`` = the micrograph's file stem
+        (glob characters allowed, e.g. ``{stem}_prob.*``).
+    centre_pattern: optional second map with particle centres (CenterNet
+        style); the probability map is then split by nearest centre.
+    downscale: the maps are the micrograph binned by this integer factor;
+        0 infers it from the two shapes.
+    threshold: foreground is probability >= threshold.
+    logits: the maps hold logits (a sigmoid is applied first).
+    min_distance: minimum distance between two centres, full-resolution px;
+        0 = half of the run's dmin.
+    min_diameter: components/instances with a smaller equivalent diameter
+        (full-resolution px) are removed; 0 = half of the run's dmin.
+    peaks: without a centre map, centres are maxima of the ``distance`` to
+        the background (segmentation masks) or of the ``probability``.
+    centre_threshold: minimum value of a centre in the centre map.
+    check_center: with a centre map, split a component only when it holds
+        more than one centre and keep components without a centre.
+    centre: report the ``centroid`` of each instance or its ``peak``.
+    """
+
+    folder: str = ""
+    pattern: str = "{stem}.*"
+    centre_pattern: str = ""
+    downscale: int = 0
+    threshold: float = 0.5
+    logits: bool = False
+    min_distance: float = 0.0
+    min_diameter: float = 0.0
+    peaks: str = "distance"
+    centre_threshold: float = 0.5
+    check_center: bool = False
+    centre: str = "centroid"
+
+    def __post_init__(self) -> None:
+        if not self.pattern:
+            raise ValueError("detector.pattern must not be empty (e.g. '{stem}_prob.mrc')")
+        if self.downscale < 0:
+            raise ValueError(f"detector.downscale must be >= 0 (0 = infer), got {self.downscale}")
+        if not 0 < self.threshold <= 1:
+            raise ValueError(f"detector.threshold must be in (0, 1], got {self.threshold}")
+        if not 0 < self.centre_threshold <= 1:
+            raise ValueError(f"detector.centre_threshold must be in (0, 1], got {self.centre_threshold}")
+        if self.min_distance < 0:
+            raise ValueError(f"detector.min_distance must be >= 0 (0 = dmin / 2), got {self.min_distance}")
+        if self.min_diameter < 0:
+            raise ValueError(f"detector.min_diameter must be >= 0 (0 = dmin / 2), got {self.min_diameter}")
+        if self.peaks not in PEAK_SOURCES:
+            raise ValueError(f"detector.peaks must be one of {PEAK_SOURCES}, got {self.peaks!r}")
+        if self.centre not in ("centroid", "peak"):
+            raise ValueError(f"detector.centre must be 'centroid' or 'peak', got {self.centre!r}")
+
+
+def find_map(mic: Micrograph, folder: str, pattern: str) -> Path:
+    """The one map file of ``mic`` named by ``folder``/``pattern``.
+
+    Raises
+    ------
+    InputError
+        Naming the micrograph and the pattern when no file or several match.
+    """
+    src = Path(mic.meta.path) if mic.meta.path else None
+    stem = src.stem if src is not None else mic.name
+    base = Path(folder).expanduser() if folder else (src.parent if src is not None else Path("."))
+    spec = str(base / pattern.format(stem=glob.escape(stem), name=glob.escape(mic.name)))
+    own = src.resolve() if src is not None and src.exists() else None
+    found = sorted(
+        Path(p) for p in glob.glob(spec)
+        if Path(p).suffix.lower() in MAP_SUFFIXES and Path(p).is_file() and (own is None or Path(p).resolve() != own)
+    )
+    where = mic.meta.path or mic.name
+    if not found:
+        raise InputError(f"{where}: no heatmap matches {spec} (set detector.folder / detector.pattern)")
+    if len(found) > 1:
+        names = ", ".join(p.name for p in found[:4]) + (" ..." if len(found) > 4 else "")
+        raise InputError(f"{where}: {len(found)} heatmaps match {spec} ({names}); make detector.pattern specific")
+    return found[0]
+
+
+def read_map(path: Path, ndim: int) -> np.ndarray:
+    """Read a heatmap with lipoframe's own readers (same checks and messages)."""
+    from lipoframe.builtin.readers import MrcReader, MrcReaderParams, NpyReader, NpyReaderParams, TiffReader, TiffReaderParams
+
+    suffix = path.suffix.lower()
+    if suffix in (".tif", ".tiff"):
+        reader = TiffReader(TiffReaderParams(dims=ndim))
+    elif suffix == ".npy":
+        reader = NpyReader(NpyReaderParams(dims=ndim))
+    else:
+        reader = MrcReader(MrcReaderParams(dims=ndim))
+    return np.asarray(reader.read(path, pixel_size=None).image)
+
+
+def infer_downscale(mic_shape: tuple[int, ...], map_shape: tuple[int, ...], *, factor: int = 0) -> int:
+    """The integer factor that bins ``mic_shape`` to ``map_shape`` (floor or ceil per axis).
+
+    Raises
+    ------
+    ValueError
+        If the shapes do not fit any (or the given) factor.
+    """
+    if len(mic_shape) != len(map_shape):
+        raise ValueError(f"heatmap has {len(map_shape)} dimensions, the micrograph {len(mic_shape)}")
+
+    def fits(f: int) -> bool:
+        return all(s in (m // f, -(-m // f)) for m, s in zip(mic_shape, map_shape))
+
+    if factor:
+        if not fits(factor):
+            raise ValueError(f"heatmap shape {tuple(map_shape)} is not the micrograph shape {tuple(mic_shape)} binned by detector.downscale={factor}")
+        return factor
+    if tuple(mic_shape) == tuple(map_shape):
+        return 1
+    guess = max(1, round(mic_shape[-1] / max(map_shape[-1], 1)))
+    for f in (guess, guess - 1, guess + 1):
+        if f >= 1 and fits(f):
+            return f
+    raise ValueError(
+        f"heatmap shape {tuple(map_shape)} is not the micrograph shape {tuple(mic_shape)} or an integer downscale of it"
+    )
+
+
+class HeatmapDetector(Detector):
+    name = "heatmap"
+    Params = HeatmapParams
+    summary = "picks from a network's probability/centre map per micrograph (threshold, peaks, instances)"
+
+    def detect(self, mic: Micrograph, ctx: PickContext) -> pd.DataFrame:
+        p = self.params
+        ndim = mic.image.ndim
+        where = mic.meta.path or mic.name
+        path = find_map(mic, p.folder, p.pattern)
+        hm = read_map(path, ndim)
+        try:
+            factor = infer_downscale(mic.shape, hm.shape, factor=p.downscale)
+            prob = normalise_heatmap(hm, logits=p.logits)
+            cmap = None
+            if p.centre_pattern:
+                cpath = find_map(mic, p.folder, p.centre_pattern)
+                cmap = normalise_heatmap(read_map(cpath, ndim), logits=p.logits)
+                if cmap.shape != prob.shape:
+                    raise ValueError(f"centre map {cpath.name} has shape {cmap.shape}, the heatmap {prob.shape}")
+        except ValueError as exc:
+            raise InputError(f"{where}: {path.name}: {exc}") from None
+        min_distance = p.min_distance or ctx.dmin_px / 2.0
+        min_diameter = p.min_diameter or ctx.dmin_px / 2.0
+        picks = heatmap_picks(
+            prob,
+            factor=factor,
+            threshold=p.threshold,
+            min_distance=max(1, int(round(min_distance / factor))),
+            min_diameter=min_diameter / factor,
+            peaks=p.peaks,
+            centre_map=cmap,
+            centre_threshold=p.centre_threshold,
+            check_center=p.check_center,
+            centre=p.centre,
+        )
+        d = picks["diameter_px"]
+        df = pd.DataFrame({
+            schema.X: picks["x_px"],
+            schema.Y: picks["y_px"],
+            schema.DIAMETER: d,
+            schema.SCORE: picks["score"],
+            schema.LEVEL: np.zeros(len(d), dtype=np.int64),
+            schema.SIGMA: d / _DIAMETER_PER_SIGMA[ndim],
+        })
+        if ndim == 3:
+            df[schema.Z] = picks["z_px"]
+        df["size_px"] = picks["size_px"]
+        return df
+
+
+@hookimpl
+def lipoframe_register_stages(registry):
+    registry.add(HeatmapDetector)

@@ -1,0 +1,113 @@
+"""Filters that reject junk: ice contamination and picks on carbon edges.
+
+They flag picks (``accepted=False`` with a reason); nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from lipoframe import schema
+from lipoframe.algorithms.junk import background_stats, neighbourhood_measures
+from lipoframe.algorithms.pyramid import to_binned
+from lipoframe.hookspecs import hookimpl
+from lipoframe.records import Micrograph, PickContext
+from lipoframe.stages import Filter
+
+
+def _measure(picks: pd.DataFrame, mic: Micrograph, ctx: PickContext) -> tuple[dict, float, float]:
+    factor = max(1, int(math.floor(ctx.dmin_px / 2.0 / 8.0)))
+    img = mic.signal(factor)
+    m = neighbourhood_measures(
+        img,
+        to_binned(picks[schema.Y].to_numpy(float), factor),
+        to_binned(picks[schema.X].to_numpy(float), factor),
+        picks[schema.DIAMETER].to_numpy(float) / factor,
+    )
+    med, spread = background_stats(img)
+    return m, med, spread
+
+
+@dataclass
+class ContaminationParams:
+    """Reject ice contamination: picks far darker than the micrograph's particles.
+
+    max_contrast_ratio: reject picks whose darkness above the background is
+        more than this many times the median contrast of the micrograph's
+        picks (ice balls and ethane contamination are much darker).
+    max_surround: reject picks whose surroundings are darker than the
+        background by more than this many background spreads (picks inside or
+        on the rim of a large contamination).
+    """
+
+    max_contrast_ratio: float = 3.0
+    max_surround: float = 3.0
+
+    def __post_init__(self) -> None:
+        if not self.max_contrast_ratio > 1:
+            raise ValueError(f"filter.contamination.max_contrast_ratio must be > 1, got {self.max_contrast_ratio}")
+        if not self.max_surround > 0:
+            raise ValueError(f"filter.contamination.max_surround must be > 0, got {self.max_surround}")
+
+
+class ContaminationFilter(Filter):
+    name = "contamination"
+    Params = ContaminationParams
+    summary = "reject ice/ethane contamination: far darker than the micrograph's particles, or inside a dark region"
+
+    def apply(self, picks: pd.DataFrame, mic: Micrograph, ctx: PickContext) -> pd.DataFrame:
+        out = schema.with_acceptance(picks)
+        if len(out) == 0:
+            return out
+        m, med, spread = _measure(out, mic, ctx)
+        darkness = m["inside"] - med
+        contrast = m["inside"] - m["outside"]
+        ok = out[schema.ACCEPTED].to_numpy()
+        ref = contrast[ok & (contrast > 0)]
+        typical = float(np.median(ref)) if len(ref) else float("inf")
+        too_dark = darkness > self.params.max_contrast_ratio * max(typical, spread)
+        dark_surround = (m["outside"] - med) > self.params.max_surround * spread
+        out["darkness"] = darkness / spread
+        return schema.reject(out, too_dark | dark_surround, "contamination")
+
+
+@dataclass
+class CarbonEdgeParams:
+    """Reject picks on a carbon (or ice-thickness) edge.
+
+    max_asymmetry: reject picks whose surroundings differ from one side to
+        the other (first angular harmonic of the annulus outside the particle)
+        by more than this fraction of the particle's own contrast.
+    """
+
+    max_asymmetry: float = 1.5
+
+    def __post_init__(self) -> None:
+        if not self.max_asymmetry > 0:
+            raise ValueError(f"filter.carbon_edge.max_asymmetry must be > 0, got {self.max_asymmetry}")
+
+
+class CarbonEdgeFilter(Filter):
+    name = "carbon_edge"
+    Params = CarbonEdgeParams
+    summary = "reject picks whose background is much darker on one side (carbon edges, arcs of big objects)"
+
+    def apply(self, picks: pd.DataFrame, mic: Micrograph, ctx: PickContext) -> pd.DataFrame:
+        out = schema.with_acceptance(picks)
+        if len(out) == 0:
+            return out
+        m, _, spread = _measure(out, mic, ctx)
+        contrast = np.maximum(m["inside"] - m["outside"], 1e-12)
+        ratio = m["asymmetry"] / contrast
+        out["background_asymmetry"] = ratio
+        return schema.reject(out, ratio > self.params.max_asymmetry, "carbon_edge")
+
+
+@hookimpl
+def lipoframe_register_stages(registry):
+    registry.add(ContaminationFilter)
+    registry.add(CarbonEdgeFilter)

@@ -1,0 +1,789 @@
+"""Score picks against reference coordinates: ``lipoframe evaluate``.
+
+Matching is one-to-one (Hungarian, :func:`scipy.optimize.linear_sum_assignment`)
+within each micrograph: a pick can match a reference particle when its centre
+is within ``tolerance`` x the reference diameter of the particle's centre.
+From the matches we report precision, recall and F1, the area under the
+precision-recall curve over the score threshold (AUPRC, as Topaz and crYOLO
+report it), duplicate picks per particle ("peppering": extra picks whose
+centre lies inside an already matched particle), the median relative diameter
+error, the fraction of matches whose circle (sphere) IoU is at least
+``iou_threshold``, and picks that sit on non-target objects (reference rows of
+kind ``ice``/``junk``/``carbon``/``contamination``).
+
+Python::
+
+    from lipoframe.evaluate import evaluate, read_picks, read_reference
+    res = evaluate(read_picks("run/"), read_reference("truth.csv"))
+    print(res.summary["f1"]); res.per_micrograph
+
+Command line::
+
+    lipoframe evaluate picks=run/ reference=truth.csv output=eval/
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import pandas as pd
+
+from lipoframe import schema
+
+#: Reference ``kind`` values that are not particles: picks on them are errors.
+JUNK_KINDS = ("ice", "junk", "carbon", "contamination")
+
+#: File suffixes stripped from micrograph names before matching picks to references.
+IMAGE_SUFFIXES = (".mrc", ".mrcs", ".rec", ".st", ".map", ".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy", ".star", ".csv", ".box", ".cbox")
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
+
+
+def micrograph_key(name: Any) -> str:
+    """Normalise a micrograph name so picks and references agree.
+
+    Drops folders and a known image suffix and applies the same character
+    cleaning as the runner's output names, so ``data/May08.bin_avg.png``,
+    ``May08.bin_avg`` and lipoframe's ``micrograph`` column all give
+    ``May08.bin_avg``.
+    """
+    s = str(name).replace("\\", "/").rsplit("/", 1)[-1]
+    low = s.lower()
+    for suf in IMAGE_SUFFIXES:
+        if low.endswith(suf) and len(s) > len(suf):
+            s = s[: -len(suf)]
+            break
+    return _UNSAFE.sub("_", s).strip("._") or "micrograph"
+
+
+# ---------------------------------------------------------------------------
+# Geometry
+# ---------------------------------------------------------------------------
+def circle_iou(d: np.ndarray, r1: np.ndarray, r2: np.ndarray) -> np.ndarray:
+    """Intersection over union of two circles.
+
+    Parameters
+    ----------
+    d : ndarray
+        Distance between the centres.
+    r1, r2 : ndarray
+        Radii (broadcast against ``d``).
+
+    Returns
+    -------
+    iou : ndarray of float in [0, 1]
+    """
+    d, r1, r2 = np.broadcast_arrays(*(np.asarray(a, dtype=float) for a in (d, r1, r2)))
+    inter = np.zeros(d.shape)
+    small, big = np.minimum(r1, r2), np.maximum(r1, r2)
+    inside = d <= big - small
+    inter[inside] = np.pi * small[inside] ** 2
+    part = ~inside & (d < r1 + r2)
+    if np.any(part):
+        dd, a, b = d[part], r1[part], r2[part]
+        c1 = np.clip((dd**2 + a**2 - b**2) / (2 * dd * a), -1, 1)
+        c2 = np.clip((dd**2 + b**2 - a**2) / (2 * dd * b), -1, 1)
+        k = (-dd + a + b) * (dd + a - b) * (dd - a + b) * (dd + a + b)
+        inter[part] = a**2 * np.arccos(c1) + b**2 * np.arccos(c2) - 0.5 * np.sqrt(np.clip(k, 0, None))
+    union = np.pi * (r1**2 + r2**2) - inter
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, inter / union, 0.0)
+
+
+def sphere_iou(d: np.ndarray, r1: np.ndarray, r2: np.ndarray) -> np.ndarray:
+    """Intersection over union of two spheres (same arguments as :func:`circle_iou`)."""
+    d, r1, r2 = np.broadcast_arrays(*(np.asarray(a, dtype=float) for a in (d, r1, r2)))
+    inter = np.zeros(d.shape)
+    small, big = np.minimum(r1, r2), np.maximum(r1, r2)
+    inside = d <= big - small
+    inter[inside] = 4 / 3 * np.pi * small[inside] ** 3
+    part = ~inside & (d < r1 + r2)
+    if np.any(part):
+        dd, a, b = d[part], r1[part], r2[part]
+        inter[part] = np.pi * (a + b - dd) ** 2 * (dd**2 + 2 * dd * b - 3 * b**2 + 2 * dd * a + 6 * b * a - 3 * a**2) / (12 * dd)
+    union = 4 / 3 * np.pi * (r1**3 + r2**3) - inter
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, inter / union, 0.0)
+
+
+def match(
+    ref_xyz: np.ndarray,
+    ref_diameter: np.ndarray,
+    pick_xyz: np.ndarray,
+    *,
+    tolerance: float = 0.3,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One-to-one matching of picks to reference particles (Hungarian).
+
+    Parameters
+    ----------
+    ref_xyz : (N, D) ndarray
+        Reference centres (``D`` = 2 or 3).
+    ref_diameter : (N,) ndarray
+        Reference diameters, same units.
+    pick_xyz : (M, D) ndarray
+        Pick centres.
+    tolerance : float
+        A pair may match when the centre distance is at most ``tolerance *
+        ref_diameter``.
+
+    Returns
+    -------
+    ref_index, pick_index : (K,) ndarray of int
+        Matched pairs, minimising the sum of distances relative to the
+        reference diameter among all maximum-cardinality-at-that-cost
+        assignments (pairs outside the tolerance are never used).
+    """
+    from scipy.optimize import linear_sum_assignment
+    from scipy.spatial import cKDTree
+
+    n, m = len(ref_xyz), len(pick_xyz)
+    if n == 0 or m == 0:
+        return np.zeros(0, int), np.zeros(0, int)
+    tree = cKDTree(pick_xyz)
+    radius = tolerance * np.asarray(ref_diameter, dtype=float)
+    cand = tree.query_ball_point(ref_xyz, r=radius)
+    rows, cols = [], []
+    for i, js in enumerate(cand):
+        rows.extend([i] * len(js))
+        cols.extend(js)
+    if not rows:
+        return np.zeros(0, int), np.zeros(0, int)
+    rows_a, cols_a = np.asarray(rows), np.asarray(cols)
+    # Solve only on the references and picks that have a candidate.
+    ur, ri = np.unique(rows_a, return_inverse=True)
+    uc, ci = np.unique(cols_a, return_inverse=True)
+    dist = np.linalg.norm(ref_xyz[rows_a] - pick_xyz[cols_a], axis=1) / np.maximum(ref_diameter[rows_a], 1e-12)
+    big = 1e6
+    cost = np.full((len(ur), len(uc)), big)
+    cost[ri, ci] = dist
+    r, c = linear_sum_assignment(cost)
+    ok = cost[r, c] < big
+    return ur[r[ok]], uc[c[ok]]
+
+
+def greedy_labels(
+    ref_xyz: np.ndarray, ref_diameter: np.ndarray, pick_xyz: np.ndarray, score: np.ndarray, *, tolerance: float
+) -> np.ndarray:
+    """True-positive flags for picks taken in decreasing ``score`` order (for the PR curve).
+
+    Each pick, best score first, takes the closest still-free reference within
+    tolerance, as in object-detection average precision.
+    """
+    from scipy.spatial import cKDTree
+
+    tp = np.zeros(len(pick_xyz), bool)
+    if len(ref_xyz) == 0 or len(pick_xyz) == 0:
+        return tp
+    tree = cKDTree(ref_xyz)
+    free = np.ones(len(ref_xyz), bool)
+    reach = tolerance * float(np.max(ref_diameter))
+    cands = tree.query_ball_point(pick_xyz, r=reach)
+    for j in np.argsort(-score, kind="stable"):
+        best, best_d = -1, np.inf
+        for i in cands[j]:
+            if not free[i]:
+                continue
+            d = float(np.linalg.norm(ref_xyz[i] - pick_xyz[j])) / ref_diameter[i]
+            if d <= tolerance and d < best_d:
+                best, best_d = i, d
+        if best >= 0:
+            free[best] = False
+            tp[j] = True
+    return tp
+
+
+def average_precision(tp: np.ndarray, score: np.ndarray, n_reference: int) -> float:
+    """Area under the precision-recall curve over the score threshold.
+
+    ``sum_k (R_k - R_{k-1}) P_k`` over picks sorted by decreasing score
+    (no interpolation; tied scores form one step). Recall is relative to all
+    ``n_reference`` particles, so particles never picked lower the area.
+    """
+    if n_reference == 0:
+        return float("nan")
+    if len(tp) == 0:
+        return 0.0
+    order = np.argsort(-score, kind="stable")
+    tp_s, sc = tp[order].astype(float), score[order]
+    ctp = np.cumsum(tp_s)
+    k = np.arange(1, len(tp_s) + 1)
+    last = np.r_[sc[1:] != sc[:-1], True]  # end of each group of tied scores
+    prec, rec = ctp[last] / k[last], ctp[last] / n_reference
+    return float(np.sum(np.diff(np.r_[0.0, rec]) * prec))
+
+
+# ---------------------------------------------------------------------------
+# Reading tables
+# ---------------------------------------------------------------------------
+class EvaluationInputError(ValueError):
+    """A picks or reference file cannot be used; the message names it."""
+
+
+def _read_star(path: Path) -> pd.DataFrame:
+    import starfile
+
+    data = starfile.read(path, always_dict=True)
+    block = next((b for b in data.values() if isinstance(b, pd.DataFrame) and "rlnCoordinateX" in b.columns), None)
+    if block is None:
+        raise EvaluationInputError(f"{path}: no STAR block with rlnCoordinateX/rlnCoordinateY")
+    out = pd.DataFrame({schema.X: block["rlnCoordinateX"].astype(float), schema.Y: block["rlnCoordinateY"].astype(float)})
+    if "rlnCoordinateZ" in block.columns:
+        out[schema.Z] = block["rlnCoordinateZ"].astype(float)
+    if "rlnMicrographName" in block.columns:
+        out[schema.MICROGRAPH] = block["rlnMicrographName"].astype(str)
+    else:
+        stem = re.sub(r"_(autopick|manualpick|pick|picks|coords)$", "", path.stem)
+        out[schema.MICROGRAPH] = stem
+    if "rlnAutopickFigureOfMerit" in block.columns:
+        out[schema.SCORE] = block["rlnAutopickFigureOfMerit"].astype(float)
+    for col in block.columns:
+        if col.lower() in ("diameter_px", "rlndiameterpx", "lipoframediameterpx"):
+            out[schema.DIAMETER] = block[col].astype(float)
+    return out
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".star":
+            return _read_star(path)
+        df = pd.read_csv(path, dtype={schema.MICROGRAPH: str}, keep_default_na=False, na_values=[""])
+    except EvaluationInputError:
+        raise
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raise EvaluationInputError(f"{path}: cannot read ({exc})") from None
+    if schema.MICROGRAPH not in df.columns:
+        df[schema.MICROGRAPH] = path.stem
+    return df
+
+
+def _read_many(path: Path, what: str) -> pd.DataFrame:
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".csv", ".star") and not p.name.startswith("."))
+        if not files:
+            raise EvaluationInputError(f"{path}: no .csv or .star {what} files in this folder")
+        tables = [_read_table(p) for p in files]
+        tables = [t for t in tables if len(t)] or tables[:1]
+        return pd.concat(tables, ignore_index=True)
+    if not path.exists():
+        raise EvaluationInputError(f"{path}: {what} file not found")
+    return _read_table(path)
+
+
+def _check_columns(df: pd.DataFrame, where: str) -> None:
+    missing = [c for c in (schema.X, schema.Y) if c not in df.columns]
+    if missing:
+        raise EvaluationInputError(f"{where}: missing columns {missing} (need x_px, y_px; STAR: rlnCoordinateX/Y)")
+
+
+def read_picks(path: str | Path) -> tuple[pd.DataFrame, list[str]]:
+    """Read picks from a lipoframe run folder, a CSV/STAR file or a folder of them.
+
+    A run folder is read from its per-micrograph results
+    (``micrographs/*.csv``), which keep the rejected picks (flagged) and also
+    list micrographs that got no pick at all.
+
+    Returns
+    -------
+    picks : DataFrame
+    micrographs : list of str
+        Names of the micrographs the run processed ([] for plain tables).
+    """
+    path = Path(path)
+    work = path / "micrographs"
+    if path.is_dir() and work.is_dir() and any(work.glob("*.json")):
+        names, tables = [], []
+        for js in sorted(work.glob("*.json")):
+            csv = js.with_suffix(".csv")
+            if not csv.exists():
+                continue
+            names.append(js.stem)
+            tables.append(pd.read_csv(csv, dtype={schema.MICROGRAPH: str, schema.REASON: str}, keep_default_na=False, na_values=[""]))
+        non_empty = [t for t in tables if len(t)]
+        picks = pd.concat(non_empty, ignore_index=True) if non_empty else pd.DataFrame(columns=[schema.MICROGRAPH, schema.X, schema.Y])
+        return picks, names
+    if path.is_dir() and (path / "picks.csv").is_file():
+        path = path / "picks.csv"
+    df = _read_many(path, "picks")
+    _check_columns(df, str(path))
+    return df, []
+
+
+def read_reference(path: str | Path) -> pd.DataFrame:
+    """Read reference coordinates (CSV with ``micrograph,x_px,y_px[,diameter_px,kind]``, STAR, or a folder)."""
+    df = _read_many(Path(path), "reference")
+    _check_columns(df, str(path))
+    return df
+
+
+# ---------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------
+@dataclass
+class EvaluationResult:
+    """What :func:`evaluate` returns.
+
+    summary : dict
+        Dataset-level numbers (see :func:`evaluate`).
+    per_micrograph : DataFrame
+        One row per micrograph with the same numbers.
+    picks : DataFrame
+        The evaluated picks with ``status`` (``tp``, ``duplicate``, ``junk``,
+        ``fp``), ``ref_index`` of the matched reference row (-1) and ``iou``.
+    reference : DataFrame
+        The reference rows with ``matched`` and ``pick_index``.
+    """
+
+    summary: dict
+    per_micrograph: pd.DataFrame
+    picks: pd.DataFrame
+    reference: pd.DataFrame
+
+
+def _prf(tp: int, n_picks: int, n_ref: int) -> tuple[float, float, float]:
+    p = tp / n_picks if n_picks else (float("nan") if n_ref == 0 else 0.0)
+    r = tp / n_ref if n_ref else float("nan")
+    if n_picks == 0 and n_ref == 0:
+        return float("nan"), float("nan"), float("nan")
+    f = 2 * tp / (n_picks + n_ref) if (n_picks + n_ref) else float("nan")
+    return p, r, f
+
+
+def _nan_to_none(o):
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    if isinstance(o, dict):
+        return {k: _nan_to_none(v) for k, v in o.items()}
+    if isinstance(o, list):
+        return [_nan_to_none(v) for v in o]
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return _nan_to_none(float(o))
+    return o
+
+
+#: Columns of :attr:`EvaluationResult.per_micrograph` after ``micrograph``.
+PER_MICROGRAPH_COLUMNS = (
+    "n_reference", "n_junk_objects", "n_picks", "tp", "fp", "fn", "precision", "recall", "f1", "auprc",
+    "duplicates", "duplicate_rate", "junk_picks", "median_diameter_error", "median_signed_diameter_error", "iou_rate",
+)
+
+
+@dataclass
+class _Labels:
+    """Per-pick and per-reference outcome of the matching."""
+
+    status: np.ndarray  # per pick: tp | duplicate | junk | fp
+    ref_index: np.ndarray  # per pick: matched reference row or -1
+    iou: np.ndarray  # per pick: IoU with the matched reference (NaN)
+    junk_kind: np.ndarray  # per pick: kind of the non-target object it sits on ("")
+    greedy_tp: np.ndarray  # per pick: true positive when taken in score order (for AUPRC)
+    matched_ref: np.ndarray  # per reference row
+    pick_of_ref: np.ndarray  # per reference row: matched pick row or -1
+
+    @classmethod
+    def empty(cls, n_picks: int, n_ref: int) -> "_Labels":
+        return cls(np.full(n_picks, "fp", dtype=object), np.full(n_picks, -1, dtype=int), np.full(n_picks, np.nan),
+                   np.full(n_picks, "", dtype=object), np.zeros(n_picks, bool), np.zeros(n_ref, bool), np.full(n_ref, -1, dtype=int))
+
+
+def _label_micrograph(lab: _Labels, pk, ref, pi, ri, ji, *, coords, tolerance, iou_fn) -> None:
+    """Match picks ``pi`` to particles ``ri`` of one micrograph; flag duplicates and picks on junk ``ji``."""
+    from scipy.spatial import cKDTree
+
+    dims = len(coords)
+    pxyz = pk.loc[pi, coords].to_numpy(float) if len(pi) else np.zeros((0, dims))
+    rxyz = ref.loc[ri, coords].to_numpy(float) if len(ri) else np.zeros((0, dims))
+    rd = ref.loc[ri, schema.DIAMETER].to_numpy(float)
+    a, b = match(rxyz, rd, pxyz, tolerance=tolerance)
+    lab.status[pi[b]] = "tp"
+    lab.ref_index[pi[b]] = ri[a]
+    lab.matched_ref[ri[a]] = True
+    lab.pick_of_ref[ri[a]] = pi[b]
+    if len(a) and schema.DIAMETER in pk.columns:
+        dist = np.linalg.norm(rxyz[a] - pxyz[b], axis=1)
+        lab.iou[pi[b]] = iou_fn(dist, rd[a] / 2, pk.loc[pi[b], schema.DIAMETER].to_numpy(float) / 2)
+    # Unmatched picks: duplicates (centre inside a matched particle), then picks on junk.
+    un = np.setdiff1d(np.arange(len(pi)), b)
+    if len(un) and len(a):
+        dd, nn = cKDTree(rxyz[a]).query(pxyz[un], k=1)
+        inside = dd < rd[a][nn] / 2
+        lab.status[pi[un[inside]]] = "duplicate"
+        un = un[~inside]
+    if len(un) and len(ji):
+        jxyz = ref.loc[ji, coords].to_numpy(float)
+        jr = ref.loc[ji, schema.DIAMETER].to_numpy(float) / 2
+        d = np.linalg.norm(pxyz[un][:, None, :] - jxyz[None, :, :], axis=2) / jr[None, :]
+        on = np.any(d < 1, axis=1)
+        lab.status[pi[un[on]]] = "junk"
+        kinds = ref.loc[ji, "kind"].to_numpy(dtype=object)
+        lab.junk_kind[pi[un[on]]] = kinds[np.argmin(d[on], axis=1)]
+    if schema.SCORE in pk.columns and len(pi):
+        lab.greedy_tp[pi] = greedy_labels(rxyz, rd, pxyz, pk.loc[pi, schema.SCORE].to_numpy(float), tolerance=tolerance)
+
+
+def _metrics(lab: _Labels, pk, ref, pi, ri, n_junk: int, *, iou_threshold: float) -> dict:
+    """The numbers of :data:`PER_MICROGRAPH_COLUMNS` for picks ``pi`` and particles ``ri``."""
+    st = lab.status[pi]
+    tp_rows = pi[st == "tp"]
+    tp = len(tp_rows)
+    p, r, f = _prf(tp, len(pi), len(ri))
+    nan = float("nan")
+    err = bias = iou_rate = nan
+    if tp and schema.DIAMETER in pk.columns:
+        dp = pk.loc[tp_rows, schema.DIAMETER].to_numpy(float)
+        dr = ref.loc[lab.ref_index[tp_rows], schema.DIAMETER].to_numpy(float)
+        rel = (dp - dr) / dr
+        err, bias = float(np.median(np.abs(rel))), float(np.median(rel))
+        iou_rate = float(np.mean(lab.iou[tp_rows] >= iou_threshold))
+    dups = int(np.sum(st == "duplicate"))
+    ap = average_precision(lab.greedy_tp[pi], pk.loc[pi, schema.SCORE].to_numpy(float), len(ri)) if schema.SCORE in pk.columns else nan
+    return {
+        "n_reference": int(len(ri)), "n_junk_objects": n_junk, "n_picks": int(len(pi)),
+        "tp": tp, "fp": int(len(pi) - tp), "fn": int(len(ri) - tp),
+        "precision": p, "recall": r, "f1": f, "auprc": ap,
+        "duplicates": dups, "duplicate_rate": dups / tp if tp else nan, "junk_picks": int(np.sum(st == "junk")),
+        "median_diameter_error": err, "median_signed_diameter_error": bias, "iou_rate": iou_rate,
+    }
+
+
+def evaluate(
+    picks: pd.DataFrame,
+    reference: pd.DataFrame,
+    *,
+    tolerance: float = 0.3,
+    iou_threshold: float = 0.6,
+    include_rejected: bool = False,
+    reference_diameter: float | None = None,
+    micrographs: list[str] | None = None,
+    scope: str = "union",
+) -> EvaluationResult:
+    """Compare picks with reference particles, micrograph by micrograph.
+
+    Parameters
+    ----------
+    picks : DataFrame
+        ``micrograph``, ``x_px``, ``y_px`` and optionally ``diameter_px``,
+        ``score``, ``accepted``, ``z_px``.
+    reference : DataFrame
+        ``micrograph``, ``x_px``, ``y_px``, ``diameter_px`` (or give
+        ``reference_diameter``), optionally ``kind`` and ``z_px``. Rows whose
+        kind is in :data:`JUNK_KINDS` are non-target objects.
+    tolerance : float
+        Maximum centre distance for a match, relative to the reference diameter.
+    iou_threshold : float
+        Matches with a circle (3D: sphere) IoU at least this count in ``iou_rate``.
+    include_rejected : bool
+        Also evaluate picks with ``accepted == False``.
+    reference_diameter : float, optional
+        Diameter (px) of reference rows without one.
+    micrographs : list of str, optional
+        Micrographs to include even when they have neither picks nor
+        references (e.g. every micrograph a run processed).
+    scope : {'union', 'reference'}
+        ``union``: every micrograph with picks or references (picks on a
+        micrograph without references are false positives); ``reference``:
+        only micrographs named in the reference (or ``micrographs``).
+
+    Returns
+    -------
+    EvaluationResult
+        ``summary`` keys: ``n_micrographs, n_reference, n_picks, tp, fp, fn,
+        precision, recall, f1, auprc, duplicates, duplicate_rate, junk_picks,
+        median_diameter_error, mean_signed_diameter_error, iou_rate, dims,
+        per_kind`` and the options used.
+
+    Raises
+    ------
+    ValueError
+        For bad options (naming them) or missing columns.
+    """
+    if not tolerance > 0:
+        raise ValueError(f"tolerance must be > 0, got {tolerance}")
+    if not 0 < iou_threshold <= 1:
+        raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
+    if scope not in ("union", "reference"):
+        raise ValueError(f"scope must be 'union' or 'reference', got {scope!r}")
+    if reference_diameter is not None and not reference_diameter > 0:
+        raise ValueError(f"reference_diameter must be > 0, got {reference_diameter}")
+    _check_columns(picks, "picks")
+    _check_columns(reference, "reference")
+
+    ref = reference.copy().reset_index(drop=True)
+    if schema.MICROGRAPH not in ref.columns:
+        ref[schema.MICROGRAPH] = "micrograph"
+    if "kind" not in ref.columns:
+        ref["kind"] = "particle"
+    ref["kind"] = ref["kind"].fillna("particle").astype(str)
+    if schema.DIAMETER not in ref.columns:
+        ref[schema.DIAMETER] = np.nan
+    ref[schema.DIAMETER] = ref[schema.DIAMETER].astype(float)
+    if reference_diameter is not None:
+        ref[schema.DIAMETER] = ref[schema.DIAMETER].fillna(float(reference_diameter))
+    if ref[schema.DIAMETER].isna().any():
+        raise ValueError("reference has rows without diameter_px; give reference_diameter=<px>")
+    ref["_key"] = ref[schema.MICROGRAPH].map(micrograph_key)
+
+    pk = picks.copy().reset_index(drop=True)
+    if schema.MICROGRAPH not in pk.columns:
+        pk[schema.MICROGRAPH] = "micrograph"
+    pk["_key"] = pk[schema.MICROGRAPH].map(micrograph_key)
+    if not include_rejected and schema.ACCEPTED in pk.columns:
+        acc = pk[schema.ACCEPTED]
+        if acc.dtype == object or str(acc.dtype) in ("str", "string"):
+            acc = acc.astype(str).str.lower().isin(("true", "1", "yes"))
+        pk = pk.loc[acc.astype(bool).to_numpy()].reset_index(drop=True)
+    has_diam = schema.DIAMETER in pk.columns
+    dims = 3 if (schema.Z in pk.columns and schema.Z in ref.columns) else 2
+    coords = [schema.X, schema.Y] + ([schema.Z] if dims == 3 else [])
+    iou_fn = sphere_iou if dims == 3 else circle_iou
+
+    keys_ref = list(dict.fromkeys(ref["_key"]))
+    extra = [micrograph_key(m) for m in (micrographs or [])]
+    if scope == "reference":
+        keys = list(dict.fromkeys(keys_ref + extra))
+    else:
+        keys = list(dict.fromkeys(keys_ref + extra + list(pk["_key"])))
+    keyset = set(keys)
+    pk = pk.loc[pk["_key"].isin(keyset)].reset_index(drop=True)
+
+    is_junk = ref["kind"].str.lower().isin(JUNK_KINDS).to_numpy()
+    lab = _Labels.empty(len(pk), len(ref))
+    pk_groups = pk.groupby("_key", sort=False).indices
+    ref_groups = ref.groupby("_key", sort=False).indices
+    for key in keys:
+        ri = np.asarray(ref_groups.get(key, []), dtype=int)
+        _label_micrograph(
+            lab, pk, ref, np.asarray(pk_groups.get(key, []), dtype=int), ri[~is_junk[ri]], ri[is_junk[ri]],
+            coords=coords, tolerance=tolerance, iou_fn=iou_fn,
+        )
+
+    def metrics(pi: np.ndarray, ri: np.ndarray) -> dict:
+        return _metrics(lab, pk, ref, pi, ri[~is_junk[ri]], int(is_junk[ri].sum()), iou_threshold=iou_threshold)
+
+    rows = [{"micrograph": key, **metrics(np.asarray(pk_groups.get(key, []), dtype=int), np.asarray(ref_groups.get(key, []), dtype=int))} for key in keys]
+    per_mic = pd.DataFrame(rows, columns=["micrograph", *PER_MICROGRAPH_COLUMNS])
+    summary = {"n_micrographs": len(keys), **metrics(np.arange(len(pk)), np.arange(len(ref)))}
+    per_kind = {}
+    for kind, idx in ref.loc[~is_junk].groupby("kind", sort=True).indices.items():
+        rows_k = np.flatnonzero(~is_junk)[idx]
+        m = lab.matched_ref[rows_k]
+        entry = {"n": int(len(rows_k)), "recall": float(m.mean())}
+        if has_diam and m.any():
+            dr = ref.loc[rows_k[m], schema.DIAMETER].to_numpy(float)
+            dp = pk.loc[lab.pick_of_ref[rows_k[m]], schema.DIAMETER].to_numpy(float)
+            entry["median_diameter_error"] = float(np.median(np.abs(dp - dr) / dr))
+        per_kind[kind] = entry
+    summary.update(dims=dims, per_kind=per_kind, options={
+        "tolerance": tolerance, "iou_threshold": iou_threshold, "include_rejected": include_rejected,
+        "scope": scope, "reference_diameter": reference_diameter,
+    })
+    junk_counts = pd.Series(lab.junk_kind[lab.status == "junk"], dtype=object).value_counts()
+    summary["junk_picks_by_kind"] = {str(k): int(junk_counts.get(k, 0)) for k in sorted(set(ref.loc[is_junk, "kind"]))}
+    out_picks = pk.drop(columns="_key").assign(status=lab.status, junk_kind=lab.junk_kind, ref_index=lab.ref_index, iou=lab.iou)
+    out_ref = ref.drop(columns="_key").assign(matched=lab.matched_ref, pick_index=lab.pick_of_ref)
+    return EvaluationResult(summary=summary, per_micrograph=per_mic, picks=out_picks, reference=out_ref)
+
+
+def format_summary(s: dict) -> str:
+    """A short human-readable block of an evaluation summary."""
+    def f(v, pct=False):
+        if v is None or (isinstance(v, float) and not math.isfinite(v)):
+            return "n/a"
+        return f"{100 * v:.1f}%" if pct else f"{v:.3f}"
+
+    lines = [
+        f"micrographs {s['n_micrographs']}  reference particles {s['n_reference']}  picks {s['n_picks']}",
+        f"precision {f(s['precision'])}  recall {f(s['recall'])}  F1 {f(s['f1'])}  AUPRC {f(s['auprc'])}",
+        f"tp {s['tp']}  fp {s['fp']}  fn {s['fn']}  duplicates {s['duplicates']} ({f(s['duplicate_rate'], True)} of matched)"
+        f"  picks on junk {s['junk_picks']}"
+        + (" (" + ", ".join(f"{k} {v}" for k, v in s.get("junk_picks_by_kind", {}).items()) + ")" if s.get("junk_picks_by_kind") else ""),
+        f"median |diameter error| {f(s['median_diameter_error'], True)} (median signed {f(s['median_signed_diameter_error'], True)})"
+        f"  IoU>={s['options']['iou_threshold']} {f(s['iou_rate'], True)}",
+    ]
+    for kind, e in s.get("per_kind", {}).items():
+        lines.append(f"  {kind:<10} n={e['n']:<6} recall {f(e['recall'])}  |d err| {f(e.get('median_diameter_error', float('nan')), True)}")
+    return "\n".join(lines)
+
+
+def format_per_micrograph(df: pd.DataFrame, *, limit: int = 30) -> str:
+    """The per-micrograph table as aligned text (the ``limit`` lowest F1 first when longer)."""
+    if len(df) > limit:
+        df = df.sort_values("f1", kind="stable", na_position="first").head(limit)
+    width = max([len("micrograph")] + [len(str(m)) for m in df["micrograph"]])
+
+    def f(v, pct=False):
+        if v is None or (isinstance(v, float) and not math.isfinite(v)):
+            return "-"
+        return f"{100 * v:.1f}%" if pct else f"{v:.2f}"
+
+    lines = [f"{'micrograph':<{width}}  {'ref':>5} {'picks':>5} {'P':>5} {'R':>5} {'F1':>5} {'dup':>4} {'junk':>4} {'|d err|':>7}"]
+    for r in df.itertuples():
+        lines.append(
+            f"{r.micrograph:<{width}}  {r.n_reference:>5} {r.n_picks:>5} {f(r.precision):>5} {f(r.recall):>5} {f(r.f1):>5} "
+            f"{r.duplicates:>4} {r.junk_picks:>4} {f(r.median_diameter_error, True):>7}"
+        )
+    return "\n".join(lines)
+
+
+def write_results(res: EvaluationResult, out_dir: str | Path) -> list[Path]:
+    """Write ``evaluation.json``, ``per_micrograph.csv`` and ``picks_evaluated.csv`` atomically."""
+    from lipoframe.io.atomic import atomic_path, safe_child, write_text
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [write_text(safe_child(out_dir, "evaluation.json"), json.dumps(_nan_to_none(res.summary), indent=2))]
+    for name, df in (("per_micrograph.csv", res.per_micrograph), ("picks_evaluated.csv", res.picks)):
+        p = safe_child(out_dir, name)
+        with atomic_path(p) as tmp:
+            df.to_csv(tmp, index=False, float_format="%.4f")
+        paths.append(p)
+    return paths
+
+
+# ---------------------------------------------------------------------------
+# key=value command lines (shared with ``lipoframe simulate``)
+# ---------------------------------------------------------------------------
+class ArgsError(ValueError):
+    """A bad command-line key or value; one line naming the key."""
+
+
+def parse_dotlist(schema_cls: type, argv: list[str]):
+    """Build ``schema_cls`` (a dataclass) from ``key=value`` arguments via OmegaConf.
+
+    Raises
+    ------
+    ArgsError
+        One line naming the bad key (unknown key, wrong type, bad value).
+    """
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    for a in argv:
+        if "=" not in a:
+            raise ArgsError(f"expected key=value, got {a!r}")
+    try:
+        base = OmegaConf.structured(schema_cls)
+        merged = OmegaConf.merge(base, OmegaConf.from_dotlist(list(argv)))
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or getattr(exc, "key", None)
+        msg = str(exc).splitlines()[0]
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, ValueError) and not isinstance(cause, OmegaConfBaseException):
+            msg = str(cause).splitlines()[0]
+        if "not in struct" in msg or "Key '" in msg and "not" in msg:
+            return_msg = f"unknown key {key!r} (known: {', '.join(f.name for f in dataclasses.fields(schema_cls))})"
+            raise ArgsError(return_msg) from None
+        raise ArgsError(f"{key}: {msg}" if key else msg) from None
+    except ValueError as exc:
+        raise ArgsError(str(exc).splitlines()[0]) from None
+
+
+def dataclass_help(prog: str, description: str, schema_cls: type, examples: tuple[str, ...] = ()) -> str:
+    """``--help`` text listing each field with its type, default and doc line."""
+    doc = schema_cls.__doc__ or ""
+    notes = {}
+    for line in doc.splitlines():
+        m = re.match(r"\s*(\w+):\s*(.+)", line)
+        if m:
+            notes[m.group(1)] = m.group(2)
+    lines = [f"usage: lipoframe {prog} key=value ...", "", description, "", "options:"]
+    for f_ in dataclasses.fields(schema_cls):
+        default = f_.default if f_.default is not dataclasses.MISSING else None
+        shown = "(required)" if default == "???" else f"default {default!r}"
+        tname = re.sub(r"^Optional\[(.*)\]$", r"\1", str(getattr(f_.type, "__name__", f_.type)).replace("typing.", ""))
+        lines.append(f"  {f_.name + '=':<22} {tname:<8} {shown}")
+        if f_.name in notes:
+            lines.append(f"      {notes[f_.name]}")
+    if examples:
+        lines += ["", "examples:"] + [f"  {e}" for e in examples]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------
+@dataclass
+class EvaluateArgs:
+    """Options of ``lipoframe evaluate``.
+
+    picks: lipoframe run folder, picks CSV/STAR, or a folder of them
+    reference: reference coordinates: CSV (micrograph,x_px,y_px,diameter_px,kind), STAR, or a folder
+    output: folder for evaluation.json, per_micrograph.csv, picks_evaluated.csv (optional)
+    tolerance: max centre distance for a match, relative to the reference diameter
+    iou_threshold: circle/sphere IoU counted in iou_rate
+    include_rejected: also evaluate picks with accepted=False
+    reference_diameter: diameter (px) for reference rows without one (e.g. STAR files)
+    scope: union (picks on unreferenced micrographs are false positives) or reference
+    """
+
+    picks: str = "???"
+    reference: str = "???"
+    output: Optional[str] = None
+    tolerance: float = 0.3
+    iou_threshold: float = 0.6
+    include_rejected: bool = False
+    reference_diameter: Optional[float] = None
+    scope: str = "union"
+
+    def __post_init__(self) -> None:
+        if not self.tolerance > 0:
+            raise ValueError(f"tolerance must be > 0, got {self.tolerance}")
+        if not 0 < self.iou_threshold <= 1:
+            raise ValueError(f"iou_threshold must be in (0, 1], got {self.iou_threshold}")
+        if self.scope not in ("union", "reference"):
+            raise ValueError(f"scope must be 'union' or 'reference', got {self.scope!r}")
+        if self.reference_diameter is not None and not self.reference_diameter > 0:
+            raise ValueError(f"reference_diameter must be > 0, got {self.reference_diameter}")
+
+
+def main(argv: list[str]) -> int:
+    """``lipoframe evaluate picks=... reference=... [output=...]``."""
+    if any(a in ("-h", "--help") for a in argv):
+        print(dataclass_help("evaluate", "Score picks against reference coordinates (one-to-one Hungarian matching).", EvaluateArgs, (
+            "lipoframe evaluate picks=run/ reference=sim/truth.csv output=eval/",
+            "lipoframe evaluate picks=run/picks.csv reference=manual.star reference_diameter=180 include_rejected=true",
+        )))
+        return 0
+    try:
+        args = parse_dotlist(EvaluateArgs, argv)
+    except ArgsError as exc:
+        msg = str(exc)
+        if "missing mandatory value" in msg.lower():
+            msg = f"{msg.split(':')[0]} is required (e.g. lipoframe evaluate picks=run/ reference=truth.csv)"
+        print(f"lipoframe evaluate: {msg}", file=sys.stderr)
+        return 2
+    try:
+        picks, processed = read_picks(args.picks)
+        reference = read_reference(args.reference)
+        res = evaluate(
+            picks, reference, tolerance=args.tolerance, iou_threshold=args.iou_threshold,
+            include_rejected=args.include_rejected, reference_diameter=args.reference_diameter,
+            micrographs=processed, scope=args.scope,
+        )
+    except ValueError as exc:
+        print(f"lipoframe evaluate: {exc}", file=sys.stderr)
+        return 2
+    print(format_per_micrograph(res.per_micrograph))
+    print()
+    print(format_summary(res.summary))
+    if args.output:
+        try:
+            for p in write_results(res, args.output):
+                print(f"wrote {p}")
+        except OSError as exc:
+            print(f"lipoframe evaluate: {args.output}: cannot write ({exc.strerror or exc})", file=sys.stderr)
+            return 1
+    return 0

@@ -1,0 +1,301 @@
+"""``lipoframe merge``: combine the run folders of shards into one result.
+
+Each shard of ``lipoframe run -m shard.index=0,1,2,3 shard.count=4`` saves
+its per-micrograph results in ``<run>/micrographs/`` and its input list in
+``<run>/inputs.json``. Merging copies those results into one folder, in the
+order of the full input list, and runs the dataset-level stages (binning,
+writers, plan files) exactly as one run over all micrographs would.
+
+The settings come from the shards' own Hydra record (``.hydra/overrides.yaml``,
+composed again with the same config tree); dataset-level options (binning,
+writers) may be changed on the merge command line. Every shard must have
+been run with the same per-micrograph settings (its fingerprint), else the
+merge stops with a message.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from lipoframe.records import InputError
+
+log = logging.getLogger("lipoframe")
+
+USAGE = """usage: lipoframe merge RUN_DIR [RUN_DIR ...] output=DIR [dataset-level overrides]
+
+Combine the run folders of shards (or a multirun folder holding them) into
+DIR: picks, size bins, extraction plan and every writer's files, exactly as
+one run over all micrographs.
+
+  RUN_DIR      a run folder (has inputs.json), or a sweep folder whose
+               subfolders are run folders
+  output=DIR   where the merged result goes (required)
+  overrides    dataset-level options, e.g. binning=... writer=[csv,star]
+               export_rejected=true; per-micrograph options must match the shards
+
+example:
+  lipoframe run -m input=mics/ output=shards shard.count=4 shard.index=0,1,2,3 hydra/launcher=submitit_slurm
+  lipoframe merge shards output=merged
+"""
+
+#: Overrides that differ between shards by design, or only steer Hydra or the runner.
+_PER_SHARD = ("shard.", "output=", "hydra", "runner.", "+hydra", "~hydra", "watch=", "stream.")
+
+
+class MergeError(Exception):
+    """The run folders cannot be merged; the message says why."""
+
+
+@dataclass
+class Shard:
+    """One run folder: its manifest and the overrides it was run with."""
+
+    folder: Path
+    manifest: dict
+    overrides: list[str]
+
+    @property
+    def names(self) -> list[str]:
+        return [m["name"] for m in self.manifest["micrographs"]]
+
+    @property
+    def index(self) -> tuple[int, int]:
+        s = self.manifest["shard"]
+        return int(s["index"]), int(s["count"])
+
+
+def find_run_folders(specs: list[str]) -> list[Path]:
+    """Run folders named by ``specs``: each is a run folder or contains run folders."""
+    from lipoframe.runner import MANIFEST
+
+    out: list[Path] = []
+    for spec in specs:
+        folder = Path(spec).expanduser()
+        if (folder / MANIFEST).is_file():
+            out.append(folder)
+            continue
+        if not folder.is_dir():
+            raise MergeError(f"{folder}: no such folder")
+        subs = sorted((p for p in folder.iterdir() if (p / MANIFEST).is_file()), key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
+        if not subs:
+            raise MergeError(f"{folder}: not a lipoframe run folder (no {MANIFEST}) and has none inside")
+        out.extend(subs)
+    seen: set[Path] = set()
+    unique = []
+    for f in out:
+        if f.resolve() not in seen:
+            seen.add(f.resolve())
+            unique.append(f)
+    return unique
+
+
+def load_shard(folder: Path) -> Shard:
+    from omegaconf import OmegaConf
+
+    from lipoframe.runner import MANIFEST
+
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        manifest["micrographs"], manifest["shard"], manifest["fingerprint"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise MergeError(f"{folder / MANIFEST}: unreadable ({exc})") from None
+    over = folder / ".hydra" / "overrides.yaml"
+    if not over.is_file():
+        raise MergeError(f"{folder}: no .hydra/overrides.yaml (merge needs folders made by `lipoframe run`)")
+    overrides = [str(o) for o in OmegaConf.to_container(OmegaConf.load(over))]
+    return Shard(folder, manifest, overrides)
+
+
+def _kept(overrides: list[str]) -> list[str]:
+    return [o for o in overrides if not o.lstrip("+~").startswith(_PER_SHARD)]
+
+
+def plan_merge(shards: list[Shard]) -> tuple[list[tuple[Shard, str, str]], list[str]]:
+    """The micrographs to merge in output order, as (shard, name, path), and notes.
+
+    Shards of one input list (same ``inputs.json`` micrographs) are merged in
+    the order of that list and must cover every shard index once. Runs over
+    different inputs are concatenated in the order given; their micrograph
+    names must not clash.
+
+    Raises
+    ------
+    MergeError
+        Mixed fingerprints, missing or repeated shards, clashing names.
+    """
+    notes: list[str] = []
+    prints = {s.manifest["fingerprint"] for s in shards}
+    if len(prints) > 1:
+        groups = "; ".join(f"{fp}: {', '.join(str(s.folder) for s in shards if s.manifest['fingerprint'] == fp)}" for fp in sorted(prints))
+        raise MergeError(f"the runs were made with different per-micrograph settings (fingerprints {groups}); merge only shards of one run")
+    same_inputs = all(s.manifest["micrographs"] == shards[0].manifest["micrographs"] for s in shards)
+    if same_inputs:
+        counts = {s.index[1] for s in shards}
+        if len(counts) > 1:
+            raise MergeError(f"the runs split the inputs differently (shard.count {sorted(counts)})")
+        count = counts.pop()
+        by_index: dict[int, Shard] = {}
+        for s in shards:
+            i = s.index[0]
+            if i in by_index:
+                raise MergeError(f"shard {i} of {count} appears twice: {by_index[i].folder} and {s.folder}")
+            by_index[i] = s
+        missing = sorted(set(range(count)) - set(by_index))
+        if missing:
+            raise MergeError(f"shard(s) {', '.join(map(str, missing))} of {count} are missing; give every shard's run folder")
+        order = []
+        for pos, m in enumerate(shards[0].manifest["micrographs"]):
+            order.append((by_index[pos % count], m["name"], m["path"]))
+        return order, notes
+    order, owner = [], {}
+    for s in shards:
+        i, count = s.index
+        for m in s.manifest["micrographs"][i::count]:
+            if m["name"] in owner:
+                raise MergeError(f"micrograph name {m['name']!r} is in both {owner[m['name']]} and {s.folder}; merge runs over different inputs only")
+            owner[m["name"]] = s.folder
+            order.append((s, m["name"], m["path"]))
+    notes.append("the runs are over different inputs: their micrographs are combined in the order the folders were given")
+    return order, notes
+
+
+def compose_config(overrides: list[str]):
+    """Compose lipoframe's config from overrides (as ``lipoframe run`` does) and validate it."""
+    from hydra import compose, initialize_config_dir
+
+    from lipoframe.app import format_config_error, prepare_hydra
+    from lipoframe.config import ConfigError, config_dir, to_run_config
+
+    prepare_hydra()
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=str(config_dir()), job_name="lipoframe_merge"):
+            cfg = compose("config", overrides=overrides)
+        return cfg, to_run_config(cfg)
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - Hydra raises many types; all become one line
+        raise ConfigError(format_config_error(exc)) from exc
+
+
+def merge_runs(folders: list[str | Path], out_dir: str | Path, overrides: list[str] = ()):
+    """Merge run folders into ``out_dir``; returns the :class:`~lipoframe.runner.RunResult`.
+
+    Raises
+    ------
+    MergeError, ConfigError, InputError
+    """
+    import shutil
+
+    from omegaconf import OmegaConf
+
+    from lipoframe import plugins
+    from lipoframe.config import ConfigError
+    from lipoframe.io.atomic import atomic_path, write_text
+    from lipoframe.runner import (
+        WORK_DIR,
+        MicResult,
+        _work_paths,
+        build_stages,
+        finish_run,
+        load_work,
+        output_folder,
+        write_manifest,
+    )
+
+    t0 = time.perf_counter()
+    shards = [load_shard(f) for f in find_run_folders([str(f) for f in folders])]
+    out_dir = Path(out_dir)
+    if any(s.folder.resolve() == out_dir.resolve() for s in shards):
+        raise MergeError(f"{out_dir}: the output folder must not be one of the run folders")
+    order, notes = plan_merge(shards)
+    base = _kept(shards[0].overrides)
+    for s in shards[1:]:
+        if _kept(s.overrides) != base:
+            notes.append(f"{s.folder} was run with other overrides than {shards[0].folder}; using those of {shards[0].folder}")
+    composed, cfg = compose_config(base + list(overrides))
+    fingerprint = shards[0].manifest["fingerprint"]
+    if cfg.per_micrograph_fingerprint() != fingerprint:
+        raise ConfigError(
+            "the merge settings change per-micrograph options (reader, detector, nms, refiner, filters, sizes, "
+            "pixel size) from those the shards were run with; only dataset-level options (binning, writer, "
+            "export_rejected) can be changed when merging"
+        )
+    pm, registry, _ = plugins.load()
+    stages = build_stages(cfg, registry)
+    failed_before = {}
+    for s in shards:
+        try:
+            summ = json.loads((s.folder / "run_summary.json").read_text())
+            for f in summ.get("failures", []):
+                failed_before[f["micrograph"]] = f["error"]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    with output_folder(out_dir):
+        results: list[MicResult] = []
+        for shard, name, path in order:
+            done = load_work(shard.folder, name, fingerprint)
+            if done is None:
+                error = failed_before.get(path) or f"{path}: no complete result in {shard.folder} (rerun that shard to finish it)"
+                results.append(MicResult(name, path, "failed", error=error))
+                continue
+            picks = done[1]
+            for src, dst in zip(_work_paths(shard.folder, name), _work_paths(out_dir, name)):
+                with atomic_path(dst) as tmp:
+                    shutil.copyfile(src, tmp)
+            n_acc = int(picks["accepted"].sum()) if len(picks) else 0
+            results.append(MicResult(name, path, "ok", len(picks), n_acc))
+        (out_dir / WORK_DIR).mkdir(exist_ok=True)
+        specs = list(dict.fromkeys(i for s in shards for i in s.manifest.get("inputs", [])))
+        from lipoframe.config import ShardConfig
+
+        cfg.shard = ShardConfig()
+        write_manifest(out_dir, specs, [Path(p) for _, _, p in order], [n for _, n, _ in order], cfg, fingerprint)
+        merged = OmegaConf.merge(composed, {"output": str(out_dir), "shard": {"index": 0, "count": 1}})
+        write_text(out_dir / "config.yaml", OmegaConf.to_yaml(merged))
+        write_text(out_dir / "merged_from.json", json.dumps([str(s.folder) for s in shards], indent=1))
+        for n in notes:
+            log.warning(n)
+        result = finish_run(out_dir, [n for _, n, _ in order], results, stages, cfg, pm=pm, t0=t0, errors=[], notes=notes, workers=1)
+        if cfg.runner.report:
+            from lipoframe.report import write_report_safely
+
+            write_report_safely(out_dir, cfg=cfg, stages=stages, result=result)
+        return result
+
+
+def main(argv: list[str]) -> int:
+    """``lipoframe merge RUN_DIR ... output=DIR [overrides]``."""
+    from lipoframe.config import ConfigError
+    from lipoframe.runner import format_summary
+
+    if not argv or any(a in ("-h", "--help") for a in argv):
+        print(USAGE)
+        return 0 if argv else 2
+    out = [a.split("=", 1)[1] for a in argv if a.startswith("output=")]
+    overrides = [a for a in argv if "=" in a and not a.startswith("output=")]
+    folders = [a for a in argv if "=" not in a]
+    if not out or not out[0]:
+        print("lipoframe merge: output=DIR is required\n", file=sys.stderr)
+        print(USAGE, file=sys.stderr)
+        return 2
+    if not folders:
+        print("lipoframe merge: give at least one run folder\n", file=sys.stderr)
+        print(USAGE, file=sys.stderr)
+        return 2
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="lipoframe: %(message)s", stream=sys.stderr)
+    try:
+        result = merge_runs(folders, out[0], overrides)
+    except ConfigError as exc:
+        print(f"lipoframe merge: config error: {exc}", file=sys.stderr)
+        return 2
+    except (MergeError, InputError) as exc:
+        print(f"lipoframe merge: {exc}", file=sys.stderr)
+        return 1
+    print(format_summary(result.summary()))
+    return 0 if result.ok else 1

@@ -1,0 +1,380 @@
+"""``lipoframe plan``: recompute the size bins and extraction plan of a finished run.
+
+The plan is dataset-level: it needs only the saved per-micrograph picks
+(``<run>/micrographs/<name>.csv|json``), not the micrographs. This command
+reads them, composes the run's own settings (``.hydra/config.yaml`` or
+``config.yaml``) with the overrides given, and runs the binning stage, the
+writers and the plan files again, so another policy can be tried in seconds::
+
+    lipoframe plan runs/day1 binning=kmeans
+    lipoframe plan runs/day1 binning=quantile binning.n_bins=4 binning.pad=1.6
+    lipoframe plan runs/day1 binning.extract_pixel_size=4.0
+
+Only dataset-level options can change (``binning``, ``writer``,
+``export_rejected``); picking options need ``lipoframe run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("lipoframe")
+
+USAGE_EPILOG = """examples:
+  lipoframe plan runs/day1                                  recompute with the run's own settings
+  lipoframe plan runs/day1 binning=kmeans                   SIMPLE-style k-means + Z-score outlier rejection
+  lipoframe plan runs/day1 binning=quantile binning.n_bins=4
+  lipoframe plan runs/day1 binning.pad=1.6 binning.rounding=fft binning.extract_pixel_size=4
+
+policies: single, peak_valley, quantile, kmeans, hac (see `lipoframe stages binning`)
+"""
+
+#: Top-level options of the saved config that matter at the dataset level.
+_TOP_LEVEL = ("pixel_size", "dmin", "dmax", "units", "polarity", "seed", "export_rejected")
+#: Override keys ``lipoframe plan`` accepts (prefixes).
+_ALLOWED = ("binning", "writer", "export_rejected", "runner.")
+
+
+class PlanError(Exception):
+    """The run folder cannot be re-planned; the message says why."""
+
+
+# ---------------------------------------------------------------------------
+# The run's settings
+# ---------------------------------------------------------------------------
+def _hydra_value(v: Any) -> str:
+    """A value in Hydra's override grammar."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v) if isinstance(v, float) else str(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ",".join(_hydra_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ",".join(f"{k}:{_hydra_value(x)}" for k, x in v.items()) + "}"
+    s = str(v).replace("\\", "\\\\").replace("'", "\\'")
+    return f"'{s}'"
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def load_saved_config(run_dir: Path) -> tuple[dict, dict]:
+    """The run's composed config (plain dict) and Hydra's group choices (may be empty).
+
+    Raises
+    ------
+    PlanError
+        If neither ``.hydra/config.yaml`` nor ``config.yaml`` exists.
+    """
+    from omegaconf import OmegaConf
+
+    for path in (run_dir / ".hydra" / "config.yaml", run_dir / "config.yaml"):
+        if path.is_file():
+            try:
+                saved = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+            except Exception as exc:  # noqa: BLE001 - YAML/OmegaConf errors become one message
+                raise PlanError(f"{path}: unreadable ({exc})") from None
+            break
+    else:
+        raise PlanError(f"{run_dir}: no .hydra/config.yaml or config.yaml (is this a lipoframe run folder?)")
+    choices: dict = {}
+    hydra_yaml = run_dir / ".hydra" / "hydra.yaml"
+    if hydra_yaml.is_file():
+        try:
+            h = OmegaConf.to_container(OmegaConf.load(hydra_yaml), resolve=False)
+            choices = dict(h.get("hydra", {}).get("runtime", {}).get("choices", {}) or {})
+        except Exception:  # noqa: BLE001 - choices are only a hint
+            choices = {}
+    return saved if isinstance(saved, dict) else {}, choices
+
+
+def _binning_name(saved: dict, choices: dict, registry) -> str | None:
+    """Which binning stage the saved config used (Hydra's record, else by its parameter names)."""
+    name = choices.get("binning")
+    if isinstance(name, str) and ("binning", name) in registry:
+        return name
+    node = saved.get("binning")
+    if not isinstance(node, dict):
+        return None
+    import dataclasses
+
+    keys = set(node)
+    matches = [i.name for i in registry.stages("binning") if {f.name for f in dataclasses.fields(i.params)} == keys]
+    return matches[0] if len(matches) == 1 else None
+
+
+def saved_overrides(saved: dict, choices: dict, registry) -> list[str]:
+    """Overrides that reproduce the dataset-level part of a saved config."""
+    out: list[str] = []
+    for k in _TOP_LEVEL:
+        if k in saved:
+            out.append(f"{k}={_hydra_value(saved[k])}")
+    name = _binning_name(saved, choices, registry)
+    if name is not None:
+        out.append(f"binning={name}")
+        for k, v in (saved.get("binning") or {}).items():
+            out.append(f"binning.{k}={_hydra_value(v)}")
+    writers = saved.get("writer") or {}
+    if isinstance(writers, dict):
+        known = [w for w in writers if ("writer", w) in registry]
+        out.append(f"writer=[{','.join(known)}]")
+        for w in known:
+            for k, v in (writers[w] or {}).items():
+                out.append(f"writer.{w}.{k}={_hydra_value(v)}")
+    return out
+
+
+def combine_overrides(saved: list[str], user: list[str]) -> list[str]:
+    """``saved`` without the entries that ``user`` replaces, then ``user``.
+
+    Selecting another binning policy drops the saved ``binning.*`` values
+    (they belong to the old policy); selecting writers drops the saved
+    values of writers no longer selected.
+    """
+    user_keys = {_key(o) for o in user}
+    drop_binning_params = False
+    new_writers: set[str] | None = None
+    for o in user:
+        k, _, v = o.partition("=")
+        k = k.lstrip("+~")
+        if k == "binning":
+            old = next((s.split("=", 1)[1] for s in saved if _key(s) == "binning"), None)
+            drop_binning_params = v != old
+        if k == "writer":
+            new_writers = {w.strip() for w in v.strip("[]").split(",") if w.strip()}
+    kept = []
+    for s in saved:
+        k = _key(s)
+        if k in user_keys:
+            continue
+        if drop_binning_params and k.startswith("binning."):
+            continue
+        if new_writers is not None and k.startswith("writer.") and k.split(".")[1] not in new_writers:
+            continue
+        kept.append(s)
+    return kept + list(user)
+
+
+def check_user_overrides(user: list[str]) -> None:
+    """Refuse options that would need re-picking.
+
+    Raises
+    ------
+    PlanError
+    """
+    bad = [o for o in user if "=" not in o or not _key(o).startswith(_ALLOWED)]
+    if bad:
+        raise PlanError(
+            f"cannot change {', '.join(bad)} here: lipoframe plan only recomputes dataset-level options "
+            "(binning=..., binning.<param>=..., writer=[...], export_rejected=...); picking options need `lipoframe run`"
+        )
+
+
+def compose(overrides: list[str]):
+    """Compose and validate lipoframe's config from ``overrides``.
+
+    Returns
+    -------
+    (DictConfig, LipoframeConfig)
+
+    Raises
+    ------
+    ConfigError
+        One line naming the bad key.
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from lipoframe.app import format_config_error, prepare_hydra
+    from lipoframe.config import ConfigError, config_dir, to_run_config
+
+    prepare_hydra()
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=str(config_dir()), job_name="lipoframe_plan"):
+            cfg = hydra_compose("config", overrides=overrides)
+        return cfg, to_run_config(cfg)
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - Hydra raises many types; all become one line
+        raise ConfigError(format_config_error(exc)) from exc
+
+
+# ---------------------------------------------------------------------------
+# The run's micrographs
+# ---------------------------------------------------------------------------
+def run_micrographs(run_dir: Path) -> tuple[list[str], list]:
+    """Names of the run's micrographs in run order, and a MicResult for each.
+
+    Order and failures come from ``inputs.json`` and ``run_summary.json``
+    when present; otherwise the saved results are taken in input-path order.
+
+    Raises
+    ------
+    PlanError
+        If the run saved no per-micrograph results.
+    """
+    from lipoframe.runner import MANIFEST, WORK_DIR, MicResult, load_work
+
+    work = run_dir / WORK_DIR
+    saved = sorted(p.stem for p in work.glob("*.json")) if work.is_dir() else []
+    if not saved:
+        raise PlanError(f"{run_dir}: no saved picks in {WORK_DIR}/ (is this a lipoframe run folder, and did the run finish a micrograph?)")
+    order: list[tuple[str, str]] = []
+    try:
+        manifest = json.loads((run_dir / MANIFEST).read_text())
+        i, count = int(manifest["shard"]["index"]), int(manifest["shard"]["count"])
+        order = [(m["name"], m["path"]) for m in manifest["micrographs"][i::count]]
+    except (OSError, ValueError, KeyError, TypeError):
+        order = []
+    failures: dict[str, str] = {}
+    try:
+        for f in json.loads((run_dir / "run_summary.json").read_text()).get("failures", []):
+            failures[str(f["micrograph"])] = str(f["error"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    results: list = []
+    loaded: dict[str, Any] = {}
+    for name in saved:
+        done = load_work(run_dir, name)
+        if done is not None:
+            loaded[name] = done
+    if not order:
+        order = sorted(((n, d[0].path) for n, d in loaded.items()), key=lambda t: (t[1], t[0]))
+    named = {n for n, _ in order}
+    order += sorted(((n, d[0].path) for n, d in loaded.items() if n not in named), key=lambda t: (t[1], t[0]))
+    for name, path in order:
+        if name in loaded:
+            picks = loaded[name][1]
+            n_acc = int(picks["accepted"].sum()) if len(picks) else 0
+            results.append(MicResult(name, path, "skipped", len(picks), n_acc))
+        else:
+            err = failures.get(path) or f"{path}: no complete saved result in {WORK_DIR}/"
+            results.append(MicResult(name, path, "failed", error=err))
+    return [n for n, _ in order], results
+
+
+def _remove_stale_bin_files(run_dir: Path, keep) -> list[Path]:
+    """Delete files under ``<run>/bins/`` that this plan's writers did not write."""
+    from lipoframe.planfiles import BINS_DIR
+
+    root = run_dir / BINS_DIR
+    if not root.is_dir():
+        return []
+    keep = {Path(p).resolve() for p in keep}
+    removed = []
+    for p in sorted(root.rglob("*"), reverse=True):
+        if p.is_file() and p.resolve() not in keep:
+            p.unlink()
+            removed.append(p)
+        elif p.is_dir() and not any(p.iterdir()):
+            p.rmdir()
+    if root.is_dir() and not any(root.iterdir()):
+        root.rmdir()
+    return removed
+
+
+# ---------------------------------------------------------------------------
+# Entry points
+# ---------------------------------------------------------------------------
+def replan(run_dir: str | Path, overrides: list[str] = (), *, report: bool = False):
+    """Recompute the plan of ``run_dir`` with ``overrides``; returns the :class:`~lipoframe.runner.RunResult`.
+
+    Raises
+    ------
+    PlanError, ConfigError, InputError
+    """
+    from omegaconf import OmegaConf
+
+    from lipoframe import plugins
+    from lipoframe.io.atomic import write_text
+    from lipoframe.runner import build_stages, finish_run, output_folder
+
+    t0 = time.perf_counter()
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise PlanError(f"{run_dir}: no such folder")
+    user = [str(o) for o in overrides]
+    check_user_overrides(user)
+    pm, registry, _ = plugins.load()
+    saved, choices = load_saved_config(run_dir)
+    composed, cfg = compose(combine_overrides(saved_overrides(saved, choices, registry), user))
+    names, results = run_micrographs(run_dir)
+    stages = build_stages(cfg, registry)
+    with output_folder(run_dir):
+        result = finish_run(run_dir, names, results, stages, cfg, pm=pm, t0=t0, errors=[], notes=[], workers=1)
+        removed = _remove_stale_bin_files(run_dir, result.files) if result.plan is not None else []
+        if removed:
+            log.info("removed %d coordinate file(s) of the previous plan under bins/", len(removed))
+        record = {"binning": OmegaConf.to_container(composed.binning), "writer": OmegaConf.to_container(composed.writer),
+                  "export_rejected": bool(composed.export_rejected), "overrides": user}
+        write_text(run_dir / "plan_config.yaml", OmegaConf.to_yaml(OmegaConf.create(record)))
+        if report:
+            from lipoframe.report import write_report_safely
+
+            write_report_safely(run_dir, cfg=cfg, stages=stages, result=result)
+    return result
+
+
+def main(argv: list[str]) -> int:
+    """``lipoframe plan RUN_DIR [overrides]``."""
+    from lipoframe.config import ConfigError
+    from lipoframe.records import InputError
+
+    ap = argparse.ArgumentParser(
+        prog="lipoframe plan",
+        description="Recompute size bins, box sizes and the extraction plan of a run from its saved picks "
+        "(no re-picking), and rewrite the writers' files and the plan files.",
+        epilog=USAGE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument("run_dir", help="folder of a finished `lipoframe run` (or `lipoframe merge`)")
+    ap.add_argument("overrides", nargs="*", help="dataset-level options: binning=<name> binning.<param>=<value> writer=[...]")
+    ap.add_argument("--report", action="store_true", help="also rewrite report.html and the overlays (reads the micrographs)")
+    ap.add_argument("--json", action="store_true", help="print the plan as JSON")
+    args = ap.parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="lipoframe: %(message)s", stream=sys.stderr)
+    try:
+        result = replan(args.run_dir, args.overrides, report=args.report)
+    except ConfigError as exc:
+        print(f"lipoframe plan: config error: {exc}", file=sys.stderr)
+        return 2
+    except PlanError as exc:
+        print(f"lipoframe plan: {exc}", file=sys.stderr)
+        return 2
+    except InputError as exc:
+        print(f"lipoframe plan: {exc}", file=sys.stderr)
+        return 1
+    plan = result.plan
+    if plan is None:
+        for e in result.errors:
+            print(f"lipoframe plan: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(plan.to_json())
+        return 0 if result.ok or not result.errors else 1
+    n_out = plan.details.get("n_outliers")
+    print(f"policy {plan.policy}: {plan.n_accepted} picks in {plan.n_bins} bin{'s' if plan.n_bins != 1 else ''}"
+          + (f" ({n_out} size outliers flagged)" if n_out else "")
+          + (f", pixel size {plan.pixel_size:g} Å/px" if plan.pixel_size else ", pixel size unknown"))
+    print(plan.format_table())
+    for note in plan.notes:
+        print(f"note: {note}")
+    for e in result.errors:
+        print(f"ERROR {e}", file=sys.stderr)
+    run_dir = Path(args.run_dir)
+    print(f"wrote {run_dir / 'extraction_plan.md'}, size_histogram.png, sizes.csv, extraction_plan.json"
+          + (f" and {len(result.files) - 4} writer file(s)" if len(result.files) > 4 else ""))
+    if not args.report and (run_dir / "report.html").is_file():
+        print(f"report.html still shows the previous plan: `lipoframe plan {args.run_dir} ... --report` or `lipoframe report {args.run_dir}` refreshes it")
+    return 0 if not result.errors else 1

@@ -1,0 +1,942 @@
+"""The run report: per-micrograph overlays, dataset plots and ``report.html``.
+
+``lipoframe run`` writes the report at the end (``runner.report=true``, the
+default); ``lipoframe report <run dir>`` (re)writes it for an existing run.
+Everything goes below the run folder::
+
+    report.html                      one self-contained file (images embedded)
+    overlays/<mic>_picks.png         each micrograph with its picks as circles
+    overlays/thumbs/<mic>.jpg        the gallery thumbnails
+    overlays/crops/bin<k>_*.jpg      full-resolution crops of a few picks per bin
+    overlays/index.json              what was drawn, so unchanged overlays are reused
+
+Overlays are drawn in worker processes (``runner.workers``) and are reused
+when neither the picks, the plan nor the micrograph file changed. Errors in
+the report never fail a run: :func:`write_report_safely` logs them.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import html
+import json
+import logging
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from lipoframe import schema
+from lipoframe.io.atomic import safe_child, write_bytes, write_text
+from lipoframe.plan import OUTLIER_REASON, ExtractionPlan
+from lipoframe.records import MicrographMeta
+
+log = logging.getLogger("lipoframe")
+
+REPORT_NAME = "report.html"
+OVERLAY_DIR = "overlays"
+#: Bump when the look of overlays changes, so cached ones are redrawn.
+RENDER_VERSION = 2
+#: Longest side of an overlay, in pixels.
+OVERLAY_SIZE = 1600
+#: Longest side of a gallery thumbnail, in pixels (smaller above LARGE_DATASET micrographs,
+#: so report.html stays around 20 KB per micrograph).
+THUMB_SIZE = 240
+THUMB_SIZE_LARGE = 160
+LARGE_DATASET = 1000
+#: Crops shown per size bin.
+CROPS_PER_BIN = 8
+
+
+# ---------------------------------------------------------------------------
+# What a run folder holds
+# ---------------------------------------------------------------------------
+@dataclass
+class MicrographRow:
+    """One micrograph as the report lists it."""
+
+    name: str
+    path: str
+    status: str  # ok | failed
+    total: int = 0
+    accepted: int = 0
+    error: str = ""
+    overlay: str = ""  # path relative to the run folder, when drawn
+    thumb: bytes = b""
+    note: str = ""
+
+    @property
+    def rejected(self) -> int:
+        return self.total - self.accepted
+
+    def sort_key(self) -> tuple:
+        """Worst first: failed, then fewest accepted picks, then most rejected."""
+        frac = self.rejected / self.total if self.total else 0.0
+        return (self.status != "failed", self.accepted, -frac, -self.rejected, self.name)
+
+
+@dataclass
+class RunData:
+    """Everything the report shows, read from a run folder or handed over by the runner.
+
+    ``picks`` has every pick (accepted and rejected) with ``size_bin``
+    (-1 = rejected or unbinned).
+    """
+
+    out_dir: Path
+    picks: pd.DataFrame
+    metas: dict[str, MicrographMeta]
+    plan: ExtractionPlan | None
+    summary: dict
+    config: dict
+    config_text: str
+    stage_names: dict[str, Any]
+    failures: list[dict] = field(default_factory=list)  # {name, path, error}
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.warning("report: cannot read %s (%s)", path, exc)
+        return None
+
+
+def _work_names(out_dir: Path) -> list[str]:
+    from lipoframe.runner import WORK_DIR
+
+    return sorted(p.stem for p in (out_dir / WORK_DIR).glob("*.json") if not p.name.startswith("."))
+
+
+def _config_from_folder(out_dir: Path) -> tuple[dict, str, dict]:
+    """Config dict, its YAML text and the selected stage names (from ``.hydra``) of a run folder."""
+    import yaml
+
+    text, config, choices = "", {}, {}
+    for candidate in (out_dir / ".hydra" / "config.yaml", out_dir / "config.yaml"):
+        if candidate.is_file():
+            text = candidate.read_text(encoding="utf-8", errors="replace")
+            try:
+                config = yaml.safe_load(text) or {}
+            except yaml.YAMLError as exc:
+                log.warning("report: cannot parse %s (%s)", candidate, exc)
+            break
+    hydra_yaml = out_dir / ".hydra" / "hydra.yaml"
+    if hydra_yaml.is_file():
+        try:
+            choices = (yaml.safe_load(hydra_yaml.read_text()) or {}).get("hydra", {}).get("runtime", {}).get("choices", {}) or {}
+        except yaml.YAMLError:
+            choices = {}
+    names: dict[str, Any] = {k: choices[k] for k in ("reader", "detector", "nms", "refiner", "binning") if choices.get(k)}
+    for multi in ("filter", "writer"):
+        if isinstance(config.get(multi), dict):
+            names[multi] = list(config[multi])
+    return config if isinstance(config, dict) else {}, text, names
+
+
+def _config_from_object(cfg) -> tuple[dict, str]:
+    from omegaconf import OmegaConf
+
+    as_dict = dataclasses.asdict(cfg)
+    return as_dict, OmegaConf.to_yaml(OmegaConf.create(as_dict))
+
+
+def _match_exported(work: pd.DataFrame, exported: pd.DataFrame, *, tolerance_px: float = 0.75) -> np.ndarray:
+    """Row of ``exported`` (or -1) for each row of ``work``: same micrograph, nearest centre within tolerance."""
+    from scipy.spatial import cKDTree
+
+    match = np.full(len(work), -1, dtype=np.int64)
+    if not len(work) or not len(exported):
+        return match
+    codes = {n: i for i, n in enumerate(pd.unique(pd.concat([work[schema.MICROGRAPH], exported[schema.MICROGRAPH]]).astype(str)))}
+    span = 1e7  # micrographs far apart on the x axis: one tree for all
+    def pts(t):
+        off = t[schema.MICROGRAPH].astype(str).map(codes).to_numpy(dtype=float) * span
+        return np.column_stack([t[schema.X].to_numpy(dtype=float) + off, t[schema.Y].to_numpy(dtype=float)])
+    dist, idx = cKDTree(pts(exported)).query(pts(work), distance_upper_bound=tolerance_px)
+    ok = np.isfinite(dist)
+    match[ok] = idx[ok]
+    return match
+
+
+def _with_bins(work: pd.DataFrame, exported: pd.DataFrame | None, plan: ExtractionPlan | None) -> pd.DataFrame:
+    """Every pick of the per-micrograph tables, with the dataset stage's ``size_bin``/acceptance.
+
+    ``exported`` is ``picks.csv`` (accepted picks, or all when the run
+    exported rejected ones). Without it, bins come from the plan.
+    """
+    out = schema.with_acceptance(work).reset_index(drop=True)
+    if exported is not None and schema.SIZE_BIN in exported.columns:
+        if len(exported) == len(out) and schema.ACCEPTED in exported.columns:
+            return schema.with_acceptance(exported).reset_index(drop=True)
+        m = _match_exported(out, exported)
+        hit = m >= 0
+        bins = np.full(len(out), schema.REJECTED_BIN, dtype=np.int64)
+        bins[hit] = exported[schema.SIZE_BIN].to_numpy(dtype=np.int64)[m[hit]]
+        if schema.ACCEPTED in exported.columns:
+            acc = out[schema.ACCEPTED].to_numpy().copy()
+            acc[hit] = exported[schema.ACCEPTED].astype(bool).to_numpy()[m[hit]]
+            dropped = out[schema.ACCEPTED].to_numpy() & ~hit  # accepted per micrograph, not exported: binning rejected it
+            acc[dropped] = False
+            reason = out[schema.REASON].to_numpy(dtype=object).copy()
+            reason[dropped] = OUTLIER_REASON
+            out[schema.ACCEPTED] = acc
+            out[schema.REASON] = reason
+        out[schema.SIZE_BIN] = bins
+        return out
+    acc = out[schema.ACCEPTED].to_numpy()
+    if plan is not None and plan.bins:
+        bins = plan.assign(out[schema.DIAMETER].to_numpy(dtype=float))
+        outside = acc & (bins < 0)
+        out.loc[outside, schema.ACCEPTED] = False
+        out.loc[outside, schema.REASON] = OUTLIER_REASON
+        bins[~out[schema.ACCEPTED].to_numpy()] = schema.REJECTED_BIN
+    else:
+        bins = np.where(acc, 0 if plan is None else schema.REJECTED_BIN, schema.REJECTED_BIN)
+    out[schema.SIZE_BIN] = np.asarray(bins, dtype=np.int64)
+    return out
+
+
+def load_run(out_dir: str | os.PathLike) -> RunData:
+    """Read a finished (or partly finished) run folder.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``out_dir`` holds neither per-micrograph results nor a run summary.
+    """
+    from lipoframe.runner import collect_work, safe_name
+
+    out_dir = Path(out_dir)
+    names = _work_names(out_dir)
+    summary = _read_json(out_dir / "run_summary.json") or {}
+    if not names and not summary:
+        raise FileNotFoundError(f"{out_dir}: not a lipoframe run folder (no micrographs/*.json and no run_summary.json)")
+    work, metas = collect_work(out_dir, names)
+    plan_dict = _read_json(out_dir / "extraction_plan.json")
+    plan = None
+    if plan_dict:
+        try:
+            plan = ExtractionPlan.from_dict(plan_dict)
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning("report: %s: not an extraction plan (%s)", out_dir / "extraction_plan.json", exc)
+    exported = None
+    if (out_dir / "picks.csv").is_file():
+        try:
+            exported = pd.read_csv(out_dir / "picks.csv", keep_default_na=False, na_values=[""],
+                                   dtype={schema.MICROGRAPH: str, schema.REASON: str})
+        except (OSError, ValueError, pd.errors.ParserError) as exc:
+            log.warning("report: cannot read %s (%s); using the per-micrograph tables", out_dir / "picks.csv", exc)
+    picks = _with_bins(work, exported, plan)
+    config, text, stage_names = _config_from_folder(out_dir)
+    failures = [{"name": safe_name(Path(f.get("micrograph", "")).stem), "path": f.get("micrograph", ""), "error": f.get("error", "")}
+                for f in summary.get("failures", [])]
+    return RunData(out_dir, picks, metas, plan, summary, config, text, stage_names, failures)
+
+
+def run_data_from_result(out_dir: Path, *, cfg, stages, result, metas: dict[str, MicrographMeta]) -> RunData:
+    """The report's view of a run that just finished (no re-reading of tables)."""
+    config, text, stage_names = _config_from_folder(out_dir)
+    if not text:
+        config, text = _config_from_object(cfg)
+    stage_names = {
+        "reader": stages.reader.name, "detector": stages.detector.name, "nms": stages.nms.name,
+        "refiner": stages.refiner.name, "filter": [f.name for f in stages.filters],
+        "binning": stages.binner.name, "writer": [w.name for w in stages.writers],
+    }
+    picks = result.picks
+    if schema.SIZE_BIN not in picks.columns:  # the dataset stage failed
+        picks = _with_bins(picks, None, result.plan)
+    failures = [{"name": r.name, "path": r.path, "error": r.error} for r in result.failed]
+    return RunData(out_dir, schema.with_acceptance(picks).reset_index(drop=True), dict(metas), result.plan,
+                   result.summary(), config, text, stage_names, failures)
+
+
+# ---------------------------------------------------------------------------
+# Overlays (in worker processes)
+# ---------------------------------------------------------------------------
+@dataclass
+class CropRequest:
+    key: str  # file name below overlays/crops/
+    bin: int
+    x: float
+    y: float
+    diameter: float
+    box: int
+    color: str
+
+
+@dataclass
+class OverlayJob:
+    name: str
+    path: str
+    x: np.ndarray
+    y: np.ndarray
+    z: np.ndarray | None
+    diameter: np.ndarray
+    colors: list[str]
+    dashed: np.ndarray
+    legend: list[tuple[str, str, bool]]
+    title: str
+    png: Path
+    thumb: Path
+    crops: list[CropRequest]
+    crop_dir: Path
+    thumb_size: int = THUMB_SIZE
+
+
+@dataclass
+class OverlayResult:
+    name: str
+    ok: bool
+    seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    error: str = ""
+
+
+class ReaderChoice:
+    """Finds the reader of a micrograph file: the run's reader, or by suffix."""
+
+    def __init__(self, reader=None, by_suffix: dict | None = None):
+        self.reader = reader
+        self.by_suffix = by_suffix or {}
+
+    @classmethod
+    def from_stages(cls, stages) -> "ReaderChoice":
+        return cls(None if stages.reader.name == "auto" else stages.reader, stages.readers_by_suffix)
+
+    @classmethod
+    def from_config(cls, config: dict, reader_name: str | None) -> "ReaderChoice":
+        from lipoframe import plugins
+
+        _, registry, _ = plugins.load()
+        reader_cfg = config.get("reader") if isinstance(config.get("reader"), dict) else {}
+        dims = int(reader_cfg.get("dims", 2) or 2)
+        by_suffix: dict = {}
+        for info in registry.stages("reader"):
+            fields = info.cls.Params.__dataclass_fields__
+            for suffix in getattr(info.cls, "suffixes", ()):
+                by_suffix.setdefault(suffix, info.cls(info.cls.Params(**({"dims": dims} if "dims" in fields else {}))))
+        reader = None
+        if reader_name and reader_name != "auto":
+            try:
+                info = registry.get("reader", reader_name)
+                known = {k: v for k, v in reader_cfg.items() if k in info.cls.Params.__dataclass_fields__}
+                reader = info.cls(info.cls.Params(**known))
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("report: reader %r of the run is not available (%s); choosing readers by suffix", reader_name, exc)
+        return cls(reader, by_suffix)
+
+    def read(self, path: Path):
+        reader = self.reader or self.by_suffix.get(path.suffix.lower())
+        if reader is None:
+            raise ValueError(f"{path}: no reader for files ending in {path.suffix!r}")
+        return reader.read(path, pixel_size=None)
+
+
+_STATE: dict[str, Any] = {}
+
+
+def _init_worker(readers: ReaderChoice) -> None:
+    _STATE["readers"] = readers
+
+
+def _display_plane(image: np.ndarray, job: OverlayJob) -> tuple[np.ndarray, np.ndarray, str]:
+    """A 2D view of the image, the mask of the picks to draw on it and a note (3D: a slab at the picks' median z)."""
+    keep = np.ones(len(job.x), dtype=bool)
+    if image.ndim == 2:
+        return image, keep, ""
+    nz = image.shape[0]
+    zc = int(np.median(job.z)) if job.z is not None and len(job.z) else nz // 2
+    zc = int(np.clip(zc, 0, nz - 1))
+    half = 2
+    plane = np.mean(np.asarray(image[max(0, zc - half) : zc + half + 1], dtype=np.float32), axis=0)
+    if job.z is not None:
+        keep = np.abs(np.asarray(job.z, dtype=float) - zc) < job.diameter / 2.0
+    return plane, keep, f"   (slab z={max(0, zc - half)}-{min(nz - 1, zc + half)}: {int(keep.sum())} of {len(keep)} picks cross it)"
+
+
+def render_job(job: OverlayJob, readers: ReaderChoice | None = None) -> OverlayResult:
+    """Read one micrograph and write its overlay, thumbnail and crops; never raises."""
+    from lipoframe import plots
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    try:
+        readers = readers or _STATE["readers"]
+        mic = readers.read(Path(job.path))
+        image, keep, note = _display_plane(mic.image, job)
+        disp, factor = plots.display_image(image, max_size=OVERLAY_SIZE)
+        title = job.title + (f"   (binned x{factor} for display)" if factor > 1 else
+                             f"   (enlarged x{round(1 / factor)} for display)" if factor < 1 else "")
+        title += note
+        rgb = plots.overlay(
+            disp, factor=factor, x=job.x[keep], y=job.y[keep], diameter=job.diameter[keep],
+            colors=[c for c, k in zip(job.colors, keep) if k], dashed=job.dashed[keep], legend=job.legend, title=title,
+        )
+        write_bytes(job.png, plots.encode(rgb, "png", palette=True))
+        write_bytes(job.thumb, plots.encode(rgb, "jpeg", max_size=job.thumb_size, quality=75))
+        for c in job.crops:
+            pic = plots.crop_picture(image, x=c.x, y=c.y, diameter=c.diameter, box=c.box, color=c.color)
+            write_bytes(job.crop_dir / c.key, plots.encode(pic, "jpeg", quality=90))
+        return OverlayResult(job.name, True, time.perf_counter() - t0, time.process_time() - c0)
+    except Exception as exc:  # noqa: BLE001 - one unreadable micrograph must not stop the report
+        return OverlayResult(job.name, False, time.perf_counter() - t0, time.process_time() - c0, f"{job.path}: {type(exc).__name__}: {exc}")
+
+
+def _job_key(job: OverlayJob) -> str:
+    try:
+        st = os.stat(job.path)
+        file_id = [st.st_size, st.st_mtime_ns]
+    except OSError:
+        file_id = None
+    h = hashlib.sha256()
+    h.update(json.dumps([RENDER_VERSION, OVERLAY_SIZE, job.thumb_size, job.path, file_id, job.title, job.legend, job.colors,
+                         [dataclasses.asdict(c) for c in job.crops]], default=str).encode())
+    for a in (job.x, job.y, job.diameter, job.dashed, job.z):
+        if a is not None:
+            h.update(np.ascontiguousarray(np.round(np.asarray(a, dtype=float), 3)).tobytes())
+    return h.hexdigest()[:20]
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    class Bar(tqdm):
+        monitor_interval = 0  # no monitor thread: worker processes may be forked
+
+    return Bar(total=total, unit="overlay", desc="report", disable=not enabled or not sys.stderr.isatty(), file=sys.stderr,
+               dynamic_ncols=True, leave=False)
+
+
+def render_overlays(jobs: list[OverlayJob], readers: ReaderChoice, *, workers: int = 1, progress: bool = False) -> list[OverlayResult]:
+    """Render ``jobs`` (in a process pool when ``workers > 1``), in job order."""
+    import matplotlib.backends.backend_agg  # noqa: F401 - imported once here, inherited by forked workers
+    import matplotlib.figure  # noqa: F401
+
+    from lipoframe.runner import _start_method
+
+    workers = max(1, min(workers, len(jobs)))
+    results: list[OverlayResult] = []
+    with _progress(len(jobs), progress) as bar:
+        if workers == 1:
+            for job in jobs:
+                results.append(render_job(job, readers))
+                bar.update(1)
+        else:
+            import multiprocessing as mp
+
+            ctx = mp.get_context(_start_method())
+            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(readers,)) as ex:
+                for res in ex.map(render_job, jobs, chunksize=1):
+                    results.append(res)
+                    bar.update(1)
+    return results
+
+
+# ---------------------------------------------------------------------------
+# Building the report
+# ---------------------------------------------------------------------------
+def _fmt(v: float, nd: int = 1) -> str:
+    return "–" if v is None or not np.isfinite(v) else f"{v:,.{nd}f}"
+
+
+def _bin_label(b, pixel_size: float | None) -> str:
+    nm = f" ({b.d_min_px * pixel_size / 10:.0f}–{b.d_max_px * pixel_size / 10:.0f} nm)" if pixel_size else ""
+    return f"bin {b.index + 1}: {b.d_min_px:.0f}–{b.d_max_px:.0f} px{nm}, box {b.box_px} px"
+
+
+def _legend(data: RunData, picks: pd.DataFrame) -> list[tuple[str, str, bool]]:
+    from lipoframe import plots
+
+    px = data.plan.pixel_size if data.plan else None
+    counts = picks.loc[picks[schema.ACCEPTED], schema.SIZE_BIN].value_counts()
+    entries = []
+    if data.plan is not None and data.plan.bins:
+        for b in data.plan.bins:
+            entries.append((f"{_bin_label(b, px)}  [{int(counts.get(b.index, 0))}]", plots.bin_color(b.index), False))
+    elif picks[schema.ACCEPTED].any():
+        entries.append((f"accepted (no extraction plan)  [{int(picks[schema.ACCEPTED].sum())}]", plots.UNBINNED_COLOR, False))
+    n_rej = int((~picks[schema.ACCEPTED]).sum())
+    entries.append((f"rejected  [{n_rej}]", plots.REJECTED_COLOR, True))
+    return entries
+
+
+def _colors(picks: pd.DataFrame, has_plan: bool) -> list[str]:
+    from lipoframe import plots
+
+    acc = picks[schema.ACCEPTED].to_numpy()
+    bins = picks[schema.SIZE_BIN].to_numpy()
+    return [plots.bin_color(int(b)) if (a and b >= 0) else (plots.UNBINNED_COLOR if a and not has_plan else plots.REJECTED_COLOR)
+            for a, b in zip(acc, bins)]
+
+
+def choose_crops(picks: pd.DataFrame, metas: dict[str, MicrographMeta], plan: ExtractionPlan | None, *,
+                 per_bin: int = CROPS_PER_BIN, seed: int = 0) -> list[tuple[str, CropRequest]]:
+    """A few accepted picks per bin (seeded, spread over micrographs), as (micrograph, request)."""
+    from lipoframe import plots
+
+    if plan is None or not plan.bins or not len(picks):
+        return []
+    rng = np.random.default_rng(seed)
+    out = []
+    for b in plan.bins:
+        sel = picks[picks[schema.ACCEPTED] & (picks[schema.SIZE_BIN] == b.index)]
+        sel = sel[sel[schema.MICROGRAPH].isin([n for n, m in metas.items() if m.path])]
+        if not len(sel):
+            continue
+        # Prefer picks whose whole box lies inside the micrograph.
+        shapes = sel[schema.MICROGRAPH].map(lambda n: metas[n].shape[-2:])
+        half = b.box_px / 2
+        inside = np.array([half <= x <= s[1] - half and half <= y <= s[0] - half
+                           for x, y, s in zip(sel[schema.X], sel[schema.Y], shapes)], dtype=bool)
+        pool = sel[inside] if inside.sum() >= min(per_bin, len(sel)) else sel
+        take = np.sort(rng.choice(len(pool), size=min(per_bin, len(pool)), replace=False))
+        chosen = pool.iloc[take].sort_values(schema.DIAMETER, kind="stable")
+        for i, (idx, row) in enumerate(chosen.iterrows()):
+            key = f"bin{b.index + 1}_{i:02d}_{row[schema.MICROGRAPH]}.jpg"
+            out.append((row[schema.MICROGRAPH], CropRequest(key, b.index, float(row[schema.X]), float(row[schema.Y]),
+                                                            float(row[schema.DIAMETER]), int(b.box_px), plots.bin_color(b.index))))
+    return out
+
+
+def _thresholds(config: dict, stage_names: dict) -> list[tuple[str, float]]:
+    """Score thresholds of the run: the detector's (when in MAD units = score units) and score filters'."""
+    out = []
+    det = config.get("detector") if isinstance(config.get("detector"), dict) else {}
+    blob = stage_names.get("detector") in (None, "dog", "log")  # their score is the response in MAD units
+    if blob and det.get("threshold_method") == "mad" and det.get("threshold") is not None:
+        out.append(("detector.threshold", float(det["threshold"])))
+    for name, params in (config.get("filter") or {}).items():
+        if isinstance(params, dict) and params.get("min_score") is not None:
+            out.append((f"filter.{name}.min_score", float(params["min_score"])))
+    return out
+
+
+def _b64(data: bytes, mime: str) -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+CSS = """
+:root{--fg:#1d232b;--muted:#5b6570;--line:#dde2e7;--bg:#f6f7f9;--bad:#b3261e;--warn:#8a5a00}
+*{box-sizing:border-box}
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;color:var(--fg);margin:0;background:#fff}
+header{background:#1d232b;color:#fff;padding:14px 24px}
+header h1{margin:0;font-size:20px} header p{margin:2px 0 0;color:#c5ccd4;font-size:13px}
+nav{padding:6px 24px;background:var(--bg);border-bottom:1px solid var(--line);font-size:13px}
+nav a{margin-right:14px;color:#1d4f91;text-decoration:none}
+main{padding:8px 24px 40px;max-width:1500px}
+h2{font-size:17px;margin:26px 0 8px;border-bottom:1px solid var(--line);padding-bottom:4px}
+.cards{display:flex;flex-wrap:wrap;gap:10px}
+.card{background:var(--bg);border:1px solid var(--line);border-radius:6px;padding:8px 12px;min-width:150px}
+.card b{display:block;font-size:20px} .card span{color:var(--muted);font-size:12px}
+.card.bad b{color:var(--bad)}
+table{border-collapse:collapse;font-size:13px;margin:6px 0}
+th,td{border:1px solid var(--line);padding:3px 8px;text-align:right} th{background:var(--bg)} td.l,th.l{text-align:left}
+.swatch{display:inline-block;width:11px;height:11px;border-radius:50%;border:2px solid;vertical-align:-1px;margin-right:4px}
+.plots{display:grid;grid-template-columns:repeat(auto-fill,minmax(560px,1fr));gap:12px}
+.plots img{width:100%;height:auto;border:1px solid var(--line)}
+.gallery{display:grid;grid-template-columns:repeat(auto-fill,minmax(230px,1fr));gap:10px}
+.mic{border:1px solid var(--line);border-radius:6px;overflow:hidden;background:var(--bg);font-size:12px}
+.mic img{display:block;width:100%;height:auto;background:#000}
+.mic div{padding:4px 7px} .mic .n{font-weight:600;word-break:break-all}
+.mic.failed{border-color:var(--bad)} .mic.failed .n{color:var(--bad)}
+.mic .err{color:var(--bad);white-space:pre-wrap;word-break:break-word}
+.crops{display:flex;flex-wrap:wrap;gap:6px;align-items:flex-end;margin-bottom:10px}
+.crops figure{margin:0;font-size:11px;color:var(--muted);text-align:center}
+.crops img{display:block;width:140px;height:140px;border:1px solid var(--line);image-rendering:auto}
+pre{background:var(--bg);border:1px solid var(--line);padding:8px;overflow:auto;font-size:12px;max-height:520px}
+.muted{color:var(--muted)} .warn{color:var(--warn)}
+details summary{cursor:pointer;color:#1d4f91}
+"""
+
+
+def _table(head: list[str], rows: list[list[str]], left: int = 0) -> str:
+    h = "".join(f'<th class="l">{c}</th>' if i < left else f"<th>{c}</th>" for i, c in enumerate(head))
+    body = "".join("<tr>" + "".join(f'<td class="l">{c}</td>' if i < left else f"<td>{c}</td>" for i, c in enumerate(r)) + "</tr>"
+                   for r in rows)
+    return f"<table><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def build_html(data: RunData, rows: list[MicrographRow], plots_png: list[tuple[str, bytes]], crops: list[tuple[CropRequest, bytes, str]],
+               *, overlay_stats: dict) -> str:
+    """The report page (one string; every image a data: URI)."""
+    from lipoframe import __version__, plots
+
+    e = html.escape
+    picks = data.picks
+    acc = picks[schema.ACCEPTED].to_numpy(dtype=bool) if len(picks) else np.zeros(0, bool)
+    px = data.plan.pixel_size if data.plan else None
+    n_ok = sum(r.status == "ok" for r in rows)
+    n_failed = sum(r.status == "failed" for r in rows)
+    per_mic = np.array([r.accepted for r in rows if r.status == "ok"], dtype=float)
+    d_acc = picks.loc[acc, schema.DIAMETER].to_numpy(dtype=float) if len(picks) else np.zeros(0)
+    q = np.percentile(d_acc, [25, 50, 75]) if d_acc.size else [np.nan] * 3
+    nm = (lambda v: f" ({v * px / 10:.1f} nm)") if px else (lambda v: "")
+
+    cards = [
+        ("micrographs", f"{n_ok:,}", f"picked · {n_failed} failed" if n_failed else "picked", n_failed > 0),
+        ("accepted picks", f"{int(acc.sum()):,}", f"of {len(picks):,} ({int((~acc).sum()):,} rejected)", False),
+        ("picks / micrograph", _fmt(float(np.median(per_mic)), 0) if per_mic.size else "–",
+         f"median · range {int(per_mic.min())}–{int(per_mic.max())}" if per_mic.size else "no micrographs", False),
+        ("diameter", f"{q[1]:.0f} px" if d_acc.size else "–", f"median{nm(q[1])} · IQR {q[0]:.0f}–{q[2]:.0f} px" if d_acc.size else "no accepted picks", False),
+        ("size bins", str(len(data.plan.bins)) if data.plan else "–", f"policy {data.plan.policy}" if data.plan else "no extraction plan", data.plan is None),
+        ("pixel size", f"{px:g} Å" if px else "–", "per pixel" if px else "unknown", False),
+    ]
+    secs = data.summary.get("seconds")
+    if secs is not None:
+        cards.append(("run time", f"{secs:,.1f} s", f"{secs / max(1, len(rows)):.2f} s per micrograph", False))
+    card_html = "".join(f'<div class="card{" bad" if bad else ""}"><span>{e(t)}</span><b>{e(v)}</b><span>{e(s)}</span></div>'
+                        for t, v, s, bad in cards)
+
+    reasons = picks.loc[~acc, schema.REASON].replace("", "unspecified").value_counts() if len(picks) else pd.Series(dtype=int)
+    reason_html = _table(["reject reason", "picks"], [[e(str(k)), f"{int(v):,}"] for k, v in reasons.items()], left=1) if len(reasons) else ""
+
+    problems = "".join(f"<li class='warn'>{e(str(x))}</li>" for x in data.summary.get("errors", []))
+    if problems:
+        problems = f"<ul>{problems}</ul>"
+
+    # Extraction plan
+    if data.plan is not None:
+        counts_all = picks.loc[acc, schema.SIZE_BIN].value_counts() if len(picks) else pd.Series(dtype=int)
+        extract = data.plan.extract_pixel_size
+        head = ["bin", "diameter (px)"] + (["diameter (nm)"] if px else []) + ["picks", "box (px)"] + (["mask (Å)"] if px else []) \
+            + ([f"box at {extract:g} Å/px"] if extract else [])
+        prow = []
+        for b in data.plan.bins:
+            r = [f'<span class="swatch" style="border-color:{plots.bin_color(b.index)}"></span>{b.index + 1}',
+                 f"{b.d_min_px:.0f}–{b.d_max_px:.0f}"]
+            if px:
+                r.append(f"{b.d_min_px * px / 10:.1f}–{b.d_max_px * px / 10:.1f}")
+            r += [f"{int(counts_all.get(b.index, b.count)):,}", f"<b>{b.box_px}</b>"]
+            if px:
+                r.append(_fmt(b.mask_diameter_A, 0))
+            if extract:
+                r.append(str(b.box_px_extract or "–"))
+            prow.append(r)
+        plan_html = _table(head, prow, left=1) if prow else "<p class='warn'>The plan has no bins.</p>"
+        extra = []
+        if data.plan.accepted_range_px:
+            lo, hi = data.plan.accepted_range_px
+            extra.append(f"accepted diameters {lo:.0f}–{hi:.0f} px")
+        extra += [e(n) for n in data.plan.notes]
+        plan_html = (f"<p class='muted'>policy <b>{e(data.plan.policy)}</b>" + (f", {px:g} Å/px" if px else "")
+                     + "".join(f" · {x}" for x in extra) + "</p>" + plan_html)
+    else:
+        plan_html = "<p class='warn'>No extraction plan (extraction_plan.json is missing or the dataset stage failed).</p>"
+
+    plots_html = "".join(f'<figure style="margin:0"><img alt="{e(t)}" src="{_b64(b, "image/png")}"></figure>' for t, b in plots_png)
+
+    crop_html = ""
+    if crops:
+        by_bin: dict[int, list] = {}
+        for c, data_bytes, mic in crops:
+            by_bin.setdefault(c.bin, []).append((c, data_bytes, mic))
+        parts = []
+        for k in sorted(by_bin):
+            b = data.plan.bins[k] if data.plan and k < len(data.plan.bins) else None
+            label = _bin_label(b, px) if b else f"bin {k + 1}"
+            figs = "".join(f'<figure><img alt="crop" src="{_b64(d, "image/jpeg")}">{c.diameter:.0f} px · {e(mic)}</figure>'
+                           for c, d, mic in by_bin[k])
+            parts.append(f"<h3 style='font-size:14px;margin:10px 0 4px'><span class='swatch' style='border-color:{plots.bin_color(k)}'></span>"
+                         f"{e(label)}</h3><div class='crops'>{figs}</div>")
+        crop_html = ("<h2 id='crops'>Picks per bin</h2><p class='muted'>A random sample of accepted picks of each bin, cropped at "
+                     "full resolution in the bin's extraction box, with the pick's circle.</p>" + "".join(parts))
+
+    # Gallery, worst first
+    cards_g = []
+    for r in rows:
+        if r.status == "failed":
+            cards_g.append(f'<div class="mic failed"><div class="n">{e(r.name)}</div><div>failed</div><div class="err">{e(r.error)}</div></div>')
+            continue
+        label = f"{r.accepted} accepted · {r.rejected} rejected"
+        img = (f'<a href="{e(r.overlay)}"><img alt="{e(r.name)}" src="{_b64(r.thumb, "image/jpeg")}"></a>' if r.thumb and r.overlay
+               else f'<div class="muted">no overlay{": " + e(r.note) if r.note else ""}</div>')
+        cards_g.append(f'<div class="mic">{img}<div class="n">{e(r.name)}</div><div>{label}</div></div>')
+    table_rows = [[e(r.name), r.status, f"{r.accepted}", f"{r.rejected}",
+                   f'<a href="{e(r.overlay)}">overlay</a>' if r.overlay else "", e(r.error or r.note)] for r in rows]
+    mic_table = _table(["micrograph", "status", "accepted", "rejected", "", "note"], table_rows, left=2)
+
+    stages = " · ".join(f"{k} <b>{e(', '.join(v) if isinstance(v, list) else str(v))}</b>" for k, v in data.stage_names.items())
+    files = sorted(p for p in data.out_dir.iterdir() if p.is_file() and not p.name.startswith(".") and p.name != REPORT_NAME)
+    files_html = " · ".join(f'<a href="{e(p.name)}">{e(p.name)}</a>' for p in files)
+    ov = overlay_stats
+    ov_line = (f"{ov['rendered']} overlays drawn in {ov['seconds']:.1f} s with {ov['workers']} worker{'s' if ov['workers'] != 1 else ''} "
+               f"({ov['per_overlay']:.2f} s, {ov['cpu_per_overlay']:.2f} CPU s each), {ov['cached']} unchanged and reused, "
+               f"{ov['failed']} failed")
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>lipoframe report · {e(data.out_dir.name)}</title>
+<style>{CSS}</style></head>
+<body>
+<header><h1>lipoframe report</h1><p>{e(str(data.out_dir))} · lipoframe {e(__version__)} · {when}</p></header>
+<nav><a href="#summary">Summary</a><a href="#plots">Plots</a><a href="#plan">Extraction plan</a>{'<a href="#crops">Picks per bin</a>' if crop_html else ''}<a href="#micrographs">Micrographs</a><a href="#config">Configuration</a></nav>
+<main>
+<h2 id="summary">Summary</h2>
+<div class="cards">{card_html}</div>
+{problems}
+{reason_html}
+<p class="muted">{stages}</p>
+<h2 id="plots">Plots</h2>
+<div class="plots">{plots_html}</div>
+<h2 id="plan">Extraction plan</h2>
+{plan_html}
+{crop_html}
+<h2 id="micrographs">Micrographs <span class="muted" style="font-weight:normal;font-size:13px">worst first (failed, fewest accepted picks, most rejected) · click a thumbnail for the full overlay</span></h2>
+<div class="gallery">{''.join(cards_g)}</div>
+<details><summary>Table of all {len(rows)} micrographs</summary>{mic_table}</details>
+<h2 id="config">Configuration</h2>
+<pre>{e(data.config_text or '(no configuration file in the run folder)')}</pre>
+<p class="muted">Files: {files_html}</p>
+<p class="muted">{e(ov_line)}</p>
+</main></body></html>
+"""
+
+
+def _dataset_plots(data: RunData, rows: list[MicrographRow]) -> list[tuple[str, bytes]]:
+    from lipoframe import plots
+
+    picks = data.picks
+    acc = picks[schema.ACCEPTED].to_numpy(dtype=bool)
+    d = picks[schema.DIAMETER].to_numpy(dtype=float)
+    s = picks[schema.SCORE].to_numpy(dtype=float)
+    px = data.plan.pixel_size if data.plan else None
+    thresholds = _thresholds(data.config, data.stage_names)
+    out = []
+    hist_file = data.out_dir / "size_histogram.png"
+    if hist_file.is_file():
+        out.append(("size histogram", hist_file.read_bytes()))
+    else:
+        out.append(("size histogram", plots.size_histogram(d, acc, plan=data.plan, pixel_size=px)))
+    ok_rows = sorted((r for r in rows if r.status == "ok"), key=lambda r: r.name)
+    out.append(("picks per micrograph", plots.picks_per_micrograph([r.name for r in ok_rows], np.array([r.accepted for r in ok_rows]),
+                                                                    np.array([r.rejected for r in ok_rows]))))
+    out.append(("score distribution", plots.score_distribution(s, acc, thresholds=thresholds)))
+    seed = int(data.config.get("seed", 0) or 0)
+    out.append(("diameter vs score", plots.diameter_vs_score(d, s, picks[schema.SIZE_BIN].to_numpy(), acc, plan=data.plan,
+                                                             thresholds=thresholds, pixel_size=px, seed=seed)))
+    return out
+
+
+def write_report(
+    data: RunData,
+    *,
+    readers: ReaderChoice,
+    workers: int = 1,
+    overlays: bool = True,
+    crops: bool = True,
+    force: bool = False,
+    progress: bool = False,
+) -> dict:
+    """Draw the overlays and write ``report.html`` into ``data.out_dir``.
+
+    Returns
+    -------
+    stats : dict
+        ``report`` (path), ``rendered``, ``cached``, ``failed``, ``seconds``
+        (overlay wall time), ``per_overlay`` (mean seconds per drawn overlay,
+        reading included), ``workers``.
+    """
+    out_dir = data.out_dir
+    picks = data.picks
+    has_plan = data.plan is not None
+    ov_dir = safe_child(out_dir, OVERLAY_DIR)
+    by_mic = {n: g for n, g in picks.groupby(schema.MICROGRAPH, sort=False)} if len(picks) else {}
+    legend_all = None
+
+    rows: list[MicrographRow] = []
+    for f in data.failures:
+        rows.append(MicrographRow(f["name"], f["path"], "failed", error=f["error"]))
+    seed = int(data.config.get("seed", 0) or 0)
+    crop_reqs = choose_crops(picks, data.metas, data.plan, seed=seed) if (crops and overlays) else []
+    crops_by_mic: dict[str, list[CropRequest]] = {}
+    for mic, c in crop_reqs:
+        crops_by_mic.setdefault(mic, []).append(c)
+
+    index_path = ov_dir / "index.json"
+    index = (_read_json(index_path) or {}) if not force else {}
+    new_index: dict[str, Any] = {}
+    jobs: list[OverlayJob] = []
+    for name, meta in data.metas.items():
+        g = by_mic.get(name, picks.iloc[0:0])
+        n_acc = int(g[schema.ACCEPTED].sum())
+        row = MicrographRow(name, meta.path, "ok", total=len(g), accepted=n_acc)
+        rows.append(row)
+        if not overlays:
+            continue
+        if not meta.path:
+            row.note = "no file path recorded"
+            continue
+        if legend_all is None:
+            legend_all = _legend(data, picks)
+        legend = [(lab.rsplit("  [", 1)[0] + f"  [{cnt}]", c, dsh) for (lab, c, dsh), cnt in
+                  zip(legend_all, _legend_counts(data, g))]
+        if len(g) > n_acc:
+            lab, c, dsh = legend[-1]
+            legend[-1] = (f"{lab[:-1]}: {_reasons(g)}]", c, dsh)
+        px = f" · {meta.pixel_size:g} Å/px" if meta.pixel_size else ""
+        job = OverlayJob(
+            name=name, path=meta.path,
+            x=g[schema.X].to_numpy(dtype=float), y=g[schema.Y].to_numpy(dtype=float),
+            z=g[schema.Z].to_numpy(dtype=float) if schema.Z in g.columns else None,
+            diameter=g[schema.DIAMETER].to_numpy(dtype=float), colors=_colors(g, has_plan),
+            dashed=~g[schema.ACCEPTED].to_numpy(dtype=bool), legend=legend,
+            title=f"{name} · {n_acc} accepted of {len(g)} picks{px}",
+            png=safe_child(ov_dir, f"{name}_picks.png"), thumb=safe_child(ov_dir, "thumbs", f"{name}.jpg"),
+            crops=crops_by_mic.get(name, []), crop_dir=safe_child(ov_dir, "crops"),
+            thumb_size=THUMB_SIZE if len(data.metas) <= LARGE_DATASET else THUMB_SIZE_LARGE,
+        )
+        key = _job_key(job)
+        row.overlay = f"{OVERLAY_DIR}/{name}_picks.png"
+        done = (index.get(name, {}).get("key") == key and job.png.is_file() and job.thumb.is_file()
+                and all((job.crop_dir / c.key).is_file() for c in job.crops))
+        new_index[name] = {"key": key, "seconds": index.get(name, {}).get("seconds")} if done else {"key": key}
+        if not done:
+            jobs.append(job)
+
+    t0 = time.perf_counter()
+    n_workers = max(1, min(workers, len(jobs))) if jobs else 0
+    results = render_overlays(jobs, readers, workers=max(1, workers), progress=progress) if jobs else []
+    wall = time.perf_counter() - t0
+    by_name = {r.name: r for r in rows}
+    n_failed = 0
+    for res in results:
+        if res.ok:
+            new_index[res.name]["seconds"] = round(res.seconds, 3)
+            new_index[res.name]["cpu_seconds"] = round(res.cpu_seconds, 3)
+        else:
+            n_failed += 1
+            new_index.pop(res.name, None)
+            by_name[res.name].overlay = ""
+            by_name[res.name].note = res.error.splitlines()[0]
+            log.warning("report: no overlay for %s", res.error.splitlines()[0])
+    for r in rows:
+        if r.overlay:
+            try:
+                r.thumb = (ov_dir / "thumbs" / f"{r.name}.jpg").read_bytes()
+            except OSError:
+                r.overlay = ""
+    if overlays:
+        write_text(index_path, json.dumps({"render_version": RENDER_VERSION, **new_index}, indent=1))
+    ok_results = [r for r in results if r.ok]
+    stats = {
+        "rendered": len(ok_results),
+        "cached": len(new_index) - len(ok_results),
+        "failed": n_failed,
+        "seconds": round(wall, 3),
+        "per_overlay": round(float(np.mean([r.seconds for r in ok_results])), 4) if ok_results else 0.0,
+        "cpu_per_overlay": round(float(np.mean([r.cpu_seconds for r in ok_results])), 4) if ok_results else 0.0,
+        "workers": n_workers,
+    }
+
+    crop_pics = []
+    for mic, c in crop_reqs:
+        p = ov_dir / "crops" / c.key
+        if p.is_file():
+            crop_pics.append((c, p.read_bytes(), mic))
+
+    rows.sort(key=MicrographRow.sort_key)
+    plots_png = _dataset_plots(data, rows)
+    page = build_html(data, rows, plots_png, crop_pics, overlay_stats=stats)
+    path = write_text(safe_child(out_dir, REPORT_NAME), page)
+    stats["report"] = str(path)
+    log.info("report: %s (%d overlays drawn in %.1f s, %.2f s / %.2f CPU s each; %d reused; %d failed)",
+             path, stats["rendered"], wall, stats["per_overlay"], stats["cpu_per_overlay"], stats["cached"], n_failed)
+    return stats
+
+
+def _legend_counts(data: RunData, g: pd.DataFrame) -> list[int]:
+    """Counts for the legend entries of one micrograph (same order as :func:`_legend`)."""
+    acc = g[schema.ACCEPTED].to_numpy(dtype=bool)
+    counts = []
+    if data.plan is not None and data.plan.bins:
+        bins = g[schema.SIZE_BIN].to_numpy()
+        counts += [int((acc & (bins == b.index)).sum()) for b in data.plan.bins]
+    elif data.picks[schema.ACCEPTED].any():
+        counts.append(int(acc.sum()))
+    counts.append(int((~acc).sum()))
+    return counts
+
+
+def _reasons(g: pd.DataFrame) -> str:
+    """``score 5, diameter_range 2`` for the rejected picks of a table."""
+    rej = g.loc[~g[schema.ACCEPTED].to_numpy(dtype=bool), schema.REASON].replace("", "unspecified")
+    return ", ".join(f"{k} {v}" for k, v in rej.value_counts().items())
+
+
+def _load_metas(out_dir: Path, names: list[str]) -> dict[str, MicrographMeta]:
+    from lipoframe.runner import WORK_DIR
+
+    metas = {}
+    for name in names:
+        info = _read_json(safe_child(out_dir, WORK_DIR, f"{name}.json"))
+        if info and "meta" in info:
+            metas[name] = MicrographMeta.from_dict(info["meta"])
+    return metas
+
+
+def write_report_safely(out_dir: Path, *, cfg, stages, result) -> Path | None:
+    """Write the report at the end of ``lipoframe run``; log any error instead of raising."""
+    from lipoframe.runner import resolve_workers
+
+    try:
+        out_dir = Path(out_dir)
+        metas = _load_metas(out_dir, [r.name for r in result.results if r.status in ("ok", "skipped")])
+        data = run_data_from_result(out_dir, cfg=cfg, stages=stages, result=result, metas=metas)
+        stats = write_report(data, readers=ReaderChoice.from_stages(stages), workers=resolve_workers(cfg.runner.workers, len(metas) or 1),
+                             progress=cfg.runner.progress)
+        return Path(stats["report"])
+    except Exception as exc:  # noqa: BLE001 - the report must never fail a run
+        log.error("report: could not write %s: %s: %s", Path(out_dir) / REPORT_NAME, type(exc).__name__, exc)
+        log.debug("report traceback", exc_info=True)
+        return None
+
+
+def cmd_report(argv: list[str]) -> int:
+    """``lipoframe report RUN_DIR``: (re)write overlays and report.html of an existing run."""
+    import argparse
+
+    from lipoframe.runner import resolve_workers
+
+    ap = argparse.ArgumentParser(prog="lipoframe report", description="Write overlays and a self-contained report.html for a run folder.")
+    ap.add_argument("run_dir", help="output folder of a lipoframe run")
+    ap.add_argument("-j", "--workers", type=int, default=None, help="processes drawing overlays (default: the run's runner.workers; 0 = all cores)")
+    ap.add_argument("--force", action="store_true", help="redraw every overlay, even unchanged ones")
+    ap.add_argument("--no-overlays", action="store_true", help="only report.html with plots and tables (no micrograph is read)")
+    ap.add_argument("--no-crops", action="store_true", help="skip the full-resolution crops of picks per bin")
+    args = ap.parse_args(argv)
+    if args.workers is not None and args.workers < 0:
+        ap.error(f"--workers must be >= 0, got {args.workers}")
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        print(f"lipoframe report: {run_dir}: no such folder", file=sys.stderr)
+        return 1
+    try:
+        data = load_run(run_dir)
+    except FileNotFoundError as exc:
+        print(f"lipoframe report: {exc}", file=sys.stderr)
+        return 1
+    runner_cfg = data.config.get("runner") if isinstance(data.config.get("runner"), dict) else {}
+    workers = args.workers if args.workers is not None else int(runner_cfg.get("workers", 0) or 0)
+    workers = resolve_workers(workers, max(1, len(data.metas)))
+    readers = ReaderChoice.from_config(data.config, data.stage_names.get("reader"))
+    stats = write_report(data, readers=readers, workers=workers, overlays=not args.no_overlays, crops=not args.no_crops,
+                         force=args.force, progress=runner_cfg.get("progress", True) is not False)
+    print(f"report       {stats['report']}")
+    if not args.no_overlays:
+        print(f"overlays     {stats['rendered']} drawn in {stats['seconds']:.1f} s with {stats['workers']} worker(s) "
+              f"({stats['per_overlay']:.2f} s, {stats['cpu_per_overlay']:.2f} CPU s each), {stats['cached']} unchanged, "
+              f"{stats['failed']} failed")
+    return 0

@@ -1,0 +1,248 @@
+"""Streaming: ``lipoframe run watch=true input=<folder>``.
+
+The run keeps going and picks micrographs as they appear in the input
+folders (or glob). A file is picked only once it is completely written: its
+size and modification time must not change over ``stream.stable_polls``
+scans ``stream.poll_seconds`` apart. A file that still fails to read (a copy
+that stalled longer than that) is picked again as soon as it changes, so a
+slow transfer costs nothing. Every ``stream.update_every`` new micrographs
+the dataset-level outputs (size statistics, size bins, extraction plan,
+writers' files, ``run_summary.json``) are rewritten, so downstream jobs can
+start on a growing dataset.
+
+The run stops cleanly, with final dataset-level outputs, on Ctrl-C or
+SIGTERM (the micrographs in progress are finished first), when the stop
+file appears (every file already there is picked first), or after
+``stream.idle_timeout`` seconds without new files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lipoframe.records import InputError
+
+log = logging.getLogger("lipoframe")
+
+
+@dataclass
+class FolderWatcher:
+    """Finds input files and reports those that have stopped changing.
+
+    Parameters
+    ----------
+    specs : list of str
+        Folders, globs or files, as for ``input=``.
+    suffixes : tuple of str
+        File suffixes to take from folders.
+    stable_polls : int
+        A file is ready once its (size, mtime) was the same in this many
+        consecutive scans (1 = ready when first seen).
+    """
+
+    specs: list[str]
+    suffixes: tuple[str, ...]
+    stable_polls: int = 2
+    #: path -> (stamp, number of consecutive scans with that stamp)
+    _seen: dict[str, tuple[tuple[int, int], int]] = field(default_factory=dict)
+    #: path -> stamp when it was handed out
+    _handled: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def _scan(self) -> list[Path]:
+        from lipoframe.runner import expand_inputs
+
+        return [p for p in expand_inputs(self.specs, self.suffixes) if not p.name.startswith(".")]
+
+    def poll(self) -> list[Path]:
+        """Scan once; return the files that are complete and new (or changed since handed out)."""
+        ready = []
+        present = set()
+        for path in self._scan():
+            key = str(path)
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            present.add(key)
+            stamp = (int(st.st_size), int(st.st_mtime_ns))
+            old = self._seen.get(key)
+            count = old[1] + 1 if old is not None and old[0] == stamp else 1
+            self._seen[key] = (stamp, count)
+            if count >= self.stable_polls and self._handled.get(key) != stamp:
+                self._handled[key] = stamp
+                ready.append(path)
+        for key in set(self._seen) - present:  # deleted or renamed away
+            del self._seen[key]
+        return ready
+
+    def unsettled(self) -> int:
+        """Files seen in the last scan that are not handed out yet (still being written)."""
+        return sum(self._handled.get(k) != stamp for k, (stamp, _) in self._seen.items())
+
+
+def _existing_names(out_dir: Path) -> dict[str, str]:
+    """input path -> output name of the micrographs an earlier run saved here."""
+    from lipoframe.runner import WORK_DIR
+
+    names = {}
+    for info_path in sorted((out_dir / WORK_DIR).glob("*.json")):
+        try:
+            meta = json.loads(info_path.read_text())["meta"]
+            names[str(meta["path"])] = str(meta["name"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return names
+
+
+def assign_name(path: Path, taken: set[str]) -> str:
+    """A safe output name for ``path`` not in ``taken``: the stem, else parent folders + stem, else a counter."""
+    from lipoframe.runner import safe_name
+
+    name = safe_name(path.stem)
+    parts = path.resolve().parent.parts
+    depth = 1
+    while name in taken and depth <= len(parts):
+        name = safe_name("__".join([*parts[-depth:], path.stem]))
+        depth += 1
+    base, k = name, 2
+    while name in taken:
+        name = f"{base}_{k}"
+        k += 1
+    return name
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """Turn SIGTERM (``kill``, end of a SLURM job) into Ctrl-C, so the run stops cleanly."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def watch_pipeline(cfg, out_dir, *, registry, pm=None):
+    """Pick micrographs as they appear in ``cfg.input`` until stopped.
+
+    Returns
+    -------
+    RunResult
+        Of the whole session, after the final dataset-level outputs are written.
+
+    Raises
+    ------
+    InputError
+        If no input is given or the output folder cannot be written.
+    """
+    from lipoframe.runner import (
+        MicJob,
+        build_stages,
+        finish_run,
+        output_folder,
+        resolve_workers,
+        run_jobs,
+        write_manifest,
+    )
+
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    specs = list(cfg.input)
+    if not specs:
+        raise InputError("watch=true needs input=<folder or glob> to watch")
+    s = cfg.stream
+    stop_file = Path(s.stop_file).expanduser()
+    if not stop_file.is_absolute():
+        stop_file = out_dir / stop_file
+    tell = cfg.runner.progress and sys.stderr.isatty()
+
+    def status(msg: str) -> None:
+        log.info(msg)
+        if tell:
+            print(f"lipoframe: {msg}", file=sys.stderr, flush=True)
+
+    with output_folder(out_dir), _sigterm_as_interrupt():
+        stages = build_stages(cfg, registry)
+        watcher = FolderWatcher(specs, tuple(stages.readers_by_suffix), s.stable_polls)
+        fingerprint = cfg.per_micrograph_fingerprint()
+        known = _existing_names(out_dir)  # keep the names of an earlier session
+        path_name: dict[str, str] = {}
+        results: dict[str, object] = {}
+        notes: list[str] = []
+        since_update = 0
+        last_new = time.monotonic()
+        interrupted = False
+        reason = ""
+
+        def update(final: bool = False):
+            ordered = sorted(path_name, key=Path)  # the order a batch run over the same folder uses
+            names = [path_name[p] for p in ordered]
+            write_manifest(out_dir, specs, [Path(p) for p in ordered], names, cfg, fingerprint)
+            return finish_run(
+                out_dir, names, list(results.values()), stages, cfg, pm=pm if final else None, t0=t0,
+                errors=[], notes=list(notes), interrupted=False, workers=resolve_workers(cfg.runner.workers, max(1, len(results))),
+            )
+
+        status(f"watching {', '.join(specs)} (stop with Ctrl-C or by creating {stop_file})")
+        try:
+            while True:
+                stop_seen = stop_file.exists()
+                ready = watcher.poll()
+                if ready:
+                    jobs = []
+                    for path in ready:
+                        key = str(path)
+                        if key not in path_name:
+                            taken = set(path_name.values())
+                            name = known[key] if key in known and known[key] not in taken else assign_name(path, taken | set(known.values()))
+                            path_name[key] = name
+                            if name != path.stem:
+                                notes.append(f"{path}: results are named {name!r} (another input has the same name or the name is not safe)")
+                                log.warning(notes[-1])
+                        jobs.append(MicJob(path, path_name[key], out_dir, fingerprint, cfg.runner.resume, cfg.runner.verbose))
+                    done, interrupted = run_jobs(jobs, cfg, stages, progress=False)
+                    for r in done:
+                        results[r.name] = r
+                    ok = sum(r.status != "failed" for r in done)
+                    since_update += ok
+                    last_new = time.monotonic()
+                    n_failed = sum(r.status == "failed" for r in results.values())
+                    status(f"picked {ok} new micrograph(s); {len(results)} seen, {n_failed} failed")
+                    if interrupted:
+                        reason = "interrupted"
+                        break
+                if since_update >= s.update_every:
+                    update()
+                    since_update = 0
+                    status("dataset-level outputs updated")
+                if stop_seen and not watcher.unsettled():
+                    reason = f"found the stop file {stop_file}"
+                    break
+                if s.idle_timeout and time.monotonic() - last_new > s.idle_timeout and not watcher.unsettled():
+                    reason = f"no new files for {s.idle_timeout:g} s"
+                    break
+                time.sleep(s.poll_seconds)
+        except KeyboardInterrupt:
+            interrupted = True
+            reason = "interrupted"
+        status(f"stopping ({reason}); writing the dataset-level outputs")
+        result = update(final=True)
+        if cfg.runner.report:
+            from lipoframe.report import write_report_safely
+
+            write_report_safely(out_dir, cfg=cfg, stages=stages, result=result)
+        return result

@@ -1,0 +1,54 @@
+"""Small synthetic inputs shared by the scale tests (runner, resume, merge, watch, bad input)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from lipoframe.synthetic import random_particles, render
+
+SHAPE = (384, 384)
+PIXEL_SIZE = 1.0
+#: Options that fit the particles of :func:`write_set` (40-110 Å at 1 Å/px).
+RUN_ARGS = ["dmin=30", "dmax=140", "runner.progress=false", "runner.report=false"]
+
+
+def image(seed: int, shape=SHAPE) -> np.ndarray:
+    truth = random_particles(shape, [45, 70, 100], seed=seed, margin=4)
+    return render(shape, truth, seed=seed)
+
+
+def write_mrc(path: Path, data: np.ndarray, pixel_size: float | None = PIXEL_SIZE) -> Path:
+    import mrcfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with mrcfile.new(str(path), overwrite=True) as m:
+        m.set_data(np.asarray(data))
+        if pixel_size is not None:
+            m.voxel_size = pixel_size
+    return path
+
+
+def write_set(folder: Path, n: int, *, seed: int = 0, prefix: str = "mic") -> list[Path]:
+    """``n`` small MRC micrographs with three particle sizes each."""
+    return [write_mrc(folder / f"{prefix}_{i:03d}.mrc", image(seed + i)) for i in range(n)]
+
+
+def env() -> dict:
+    """Environment for subprocess runs: no third-party plugins, this checkout first."""
+    e = dict(os.environ)
+    e["LIPOFRAME_LOAD_PLUGINS"] = ""
+    root = str(Path(__file__).resolve().parent.parent)
+    e["PYTHONPATH"] = root + os.pathsep + e.get("PYTHONPATH", "")
+    return e
+
+
+def cli(*args: str, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
+    """Run ``lipoframe ARGS`` in a subprocess (text output captured)."""
+    return subprocess.run(
+        [sys.executable, "-m", "lipoframe", *args], capture_output=True, text=True, env=env(), timeout=timeout, **kw
+    )

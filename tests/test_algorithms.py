@@ -1,0 +1,218 @@
+"""Unit tests of the pure detection algorithms (small synthetic images)."""
+
+import numpy as np
+import pytest
+from skimage.draw import disk
+
+from lipoframe.algorithms.nms import circle_overlap, contained_mask, overlap_nms, size_aware_nms
+from lipoframe.algorithms.pyramid import block_mean, to_binned, to_full_resolution
+from lipoframe.algorithms.radial import bilinear, refine_circles
+from lipoframe.algorithms.scale_space import DIAMETER_PER_SIGMA, blob_responses, detect_blobs, plan_levels
+
+
+def discs(shape, items, *, value=1.0, noise=0.0, seed=0, ring=None):
+    img = np.zeros(shape, np.float32)
+    for r, c, d in items:
+        img[disk((r, c), d / 2, shape=shape)] = value
+        if ring is not None:
+            img[disk((r, c), ring * d / 2, shape=shape)] = value * 0.2
+    if noise:
+        img += np.random.default_rng(seed).normal(0, noise, shape).astype(np.float32)
+    return img
+
+
+# -- pyramid -------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.uint16, np.int8])
+def test_block_mean_matches_reshape_mean(dtype):
+    rng = np.random.default_rng(1)
+    a = (rng.random((37, 45)) * 100).astype(dtype)
+    got = block_mean(a, 4)
+    want = a[:36, :44].astype(np.float64).reshape(9, 4, 11, 4).mean(axis=(1, 3))
+    assert got.dtype == np.float32 and got.shape == (9, 11)
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3)
+
+
+def test_block_mean_rejects_bad_factor():
+    with pytest.raises(ValueError, match="factor"):
+        block_mean(np.zeros((4, 4)), 0)
+
+
+def test_half_pixel_mapping_round_trips():
+    # Block i of factor 4 covers pixels 4i..4i+3, whose centre is 4i + 1.5.
+    assert to_full_resolution(0, 4) == pytest.approx(1.5)
+    assert to_full_resolution(2, 4) == pytest.approx(9.5)
+    np.testing.assert_allclose(to_binned(to_full_resolution([0.3, 7.0], 8), 8), [0.3, 7.0])
+
+
+def test_plan_levels_cover_range_with_small_sigmas():
+    levels = plan_levels(53.0, 177.0, k=1.1, min_sigma_binned=3.0)
+    sig = np.concatenate([lv.sigmas for lv in levels])
+    assert sig[0] == pytest.approx(53.0) and sig[-1] >= 177.0
+    np.testing.assert_allclose(sig[1:] / sig[:-1], 1.1)
+    for lv in levels:
+        binned = lv.sigmas / lv.factor
+        assert binned.min() >= 3.0 - 1e-9
+        assert binned.max() < 3.0 * 4.0 * 1.1 + 1
+
+
+def test_plan_levels_wide_range_uses_several_levels():
+    levels = plan_levels(5.0, 180.0)
+    assert len(levels) >= 3
+    assert [lv.factor for lv in levels] == sorted(lv.factor for lv in levels)
+
+
+@pytest.mark.parametrize("bad", [dict(sigma_min=0, sigma_max=2), dict(sigma_min=3, sigma_max=2), dict(sigma_min=1, sigma_max=2, k=1.0)])
+def test_plan_levels_validates(bad):
+    with pytest.raises(ValueError):
+        plan_levels(**bad)
+
+
+# -- responses and detection ------------------------------------------------------
+@pytest.mark.parametrize("method", ["dog", "log", "edge"])
+def test_response_peaks_at_disc_scale(method):
+    img = discs((200, 200), [(100, 100, 60)])
+    sigmas = (60 / DIAMETER_PER_SIGMA) * 1.1 ** np.arange(-6, 7)
+    resp = blob_responses(img, sigmas, method=method)
+    centre = resp[:, 100, 100]
+    best = sigmas[np.argmax(centre)] * DIAMETER_PER_SIGMA
+    assert abs(best - 60) / 60 < 0.12
+
+
+@pytest.mark.parametrize("method", ["dog", "log"])
+def test_one_pick_per_disc_with_diameter(method):
+    items = [(150, 150, 60), (160, 420, 110), (420, 200, 160), (430, 440, 80)]
+    img = discs((600, 600), items, noise=0.15, seed=2)
+    b = detect_blobs(img, dmin_px=50, dmax_px=180, method=method, threshold=6)
+    keep = size_aware_nms(np.c_[b["x_px"], b["y_px"]], b["diameter_px"] / 2, b["score"])
+    xs, ys, ds = b["x_px"][keep], b["y_px"][keep], b["diameter_px"][keep]
+    assert len(xs) == len(items)
+    for r, c, d in items:
+        j = np.argmin(np.hypot(xs - c, ys - r))
+        assert np.hypot(xs[j] - c, ys[j] - r) < 0.1 * d
+        assert abs(ds[j] - d) / d < 0.2
+
+
+@pytest.mark.parametrize("detector", ["dog", "log", "edge"])
+def test_pipeline_one_accepted_pick_per_disc(detector):
+    from lipoframe import pick
+
+    items = [(150, 150, 60), (160, 420, 110), (420, 200, 160), (430, 440, 80)]
+    img = -discs((600, 600), items, noise=0.15, seed=2)  # dark particles
+    picks = pick(img, dmin=50, dmax=180, units="px", detector=detector, refiner="radial_profile")
+    acc = picks[picks["accepted"]]
+    assert len(acc) == len(items)
+    for r, c, d in items:
+        j = np.argmin(np.hypot(acc["x_px"] - c, acc["y_px"] - r))
+        assert np.hypot(acc["x_px"].iloc[j] - c, acc["y_px"].iloc[j] - r) < 0.05 * d
+        assert abs(acc["diameter_px"].iloc[j] - d) / d < 0.05
+
+
+def test_detect_blobs_empty_and_constant_images_give_nothing():
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0, 1, (512, 512)).astype(np.float32)
+    assert len(detect_blobs(noise, dmin_px=40, dmax_px=120)["x_px"]) == 0
+    assert len(detect_blobs(np.ones((256, 256), np.float32), dmin_px=40, dmax_px=120)["x_px"]) == 0
+
+
+def test_edge_detector_gives_one_pick_per_ring_at_outer_diameter():
+    # Dark shell with lighter core (particles bright after polarity correction).
+    items = [(150, 150, 90), (170, 400, 140), (400, 260, 120)]
+    img = discs((560, 560), items, ring=0.6, noise=0.1, seed=3)
+    b = detect_blobs(img, dmin_px=60, dmax_px=180, method="edge", threshold=6)
+    keep = size_aware_nms(np.c_[b["x_px"], b["y_px"]], b["diameter_px"] / 2, b["score"])
+    assert keep.sum() == len(items)
+    for r, c, d in items:
+        j = np.argmin(np.hypot(b["x_px"][keep] - c, b["y_px"][keep] - r))
+        assert abs(b["diameter_px"][keep][j] - d) / d < 0.12
+
+
+def test_detect_blobs_validates_parameters():
+    img = np.zeros((64, 64), np.float32)
+    with pytest.raises(ValueError, match="dmin_px"):
+        detect_blobs(img, dmin_px=50, dmax_px=20)
+    with pytest.raises(ValueError, match="threshold_method"):
+        detect_blobs(img, dmin_px=10, dmax_px=20, threshold_method="otsu")
+
+
+def test_detection_is_deterministic():
+    img = discs((300, 300), [(100, 100, 50), (200, 210, 70)], noise=0.3, seed=5)
+    a = detect_blobs(img, dmin_px=30, dmax_px=100)
+    b = detect_blobs(img, dmin_px=30, dmax_px=100)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+
+
+# -- NMS ---------------------------------------------------------------------------
+def test_size_aware_nms_seed_rule():
+    xy = np.array([[0.0, 0.0], [30.0, 0.0], [100.0, 0.0]])
+    r = np.array([50.0, 10.0, 10.0])
+    s = np.array([3.0, 2.0, 1.0])
+    # 30 < 0.8 * 50: the small pick next to the big one goes; the far one stays.
+    np.testing.assert_array_equal(size_aware_nms(xy, r, s, beta=0.8), [True, False, True])
+    np.testing.assert_array_equal(size_aware_nms(xy, r, s, beta=0.5), [True, True, True])
+
+
+def test_size_aware_nms_symmetric_removes_spanning_blob():
+    # Two accepted small particles and a weaker big blob centred between them.
+    xy = np.array([[0.0, 0.0], [40.0, 0.0], [20.0, 0.0]])
+    r = np.array([18.0, 18.0, 45.0])
+    s = np.array([5.0, 5.0, 4.0])
+    assert size_aware_nms(xy, r, s, symmetric=False).tolist() == [True, True, True]
+    assert size_aware_nms(xy, r, s, symmetric=True).tolist() == [True, True, False]
+
+
+def test_overlap_nms_keeps_touching_removes_duplicates():
+    xy = np.array([[0.0, 0.0], [40.0, 0.0], [3.0, 2.0]])
+    r = np.array([20.0, 20.0, 18.0])
+    s = np.array([3.0, 2.0, 1.0])
+    assert overlap_nms(xy, r, s).tolist() == [True, True, False]
+
+
+def test_circle_overlap_limits():
+    assert circle_overlap(1.0, 1.0, 3.0) == pytest.approx(0.0)
+    assert circle_overlap(2.0, 1.0, 0.5) == pytest.approx(np.pi)
+    assert circle_overlap(1.0, 1.0, 0.0) == pytest.approx(np.pi)
+
+
+def test_contained_mask_marks_arcs_inside_ring_only():
+    xy = np.array([[0.0, 0.0], [40.0, 0.0], [75.0, 0.0]])
+    r = np.array([50.0, 10.0, 20.0])  # an arc inside, a neighbour touching outside
+    assert contained_mask(xy, r).tolist() == [False, True, False]
+
+
+# -- radial refinement ---------------------------------------------------------------
+def test_bilinear_matches_scipy():
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(0)
+    im = rng.random((40, 50)).astype(np.float32)
+    rr, cc = rng.uniform(-2, 42, 500), rng.uniform(-2, 52, 500)
+    np.testing.assert_allclose(bilinear(im, rr, cc), ndi.map_coordinates(im, [rr, cc], order=1, mode="nearest"), atol=1e-5)
+
+
+def test_refine_circles_recovers_centre_and_diameter():
+    items = [(100.3, 120.6, 80.0), (260.0, 300.2, 130.0)]
+    img = discs((420, 420), [(int(round(r)), int(round(c)), d) for r, c, d in items])
+    from scipy import ndimage as ndi
+
+    img = ndi.gaussian_filter(img, 1.0)
+    rows = np.array([r + 5 for r, _, _ in items])
+    cols = np.array([c - 4 for _, c, _ in items])
+    d0 = np.array([d * 1.15 for _, _, d in items])
+    res = refine_circles(img, rows, cols, d0)
+    for i, (r, c, d) in enumerate(items):
+        assert abs(res["diameter"][i] - d) / d < 0.03
+        assert np.hypot(res["row"][i] - round(r), res["col"][i] - round(c)) < 1.5
+    assert res["edge_found"].all() and (res["edge_coverage"] > 0.9).all()
+
+
+def test_refine_circles_flags_background():
+    rng = np.random.default_rng(1)
+    img = rng.normal(0, 1, (200, 200)).astype(np.float32)
+    res = refine_circles(img, np.array([100.0]), np.array([100.0]), np.array([60.0]))
+    assert res["edge_contrast"][0] < 3.0
+
+
+def test_refine_circles_validates():
+    with pytest.raises(ValueError, match="search"):
+        refine_circles(np.zeros((10, 10)), np.zeros(1), np.zeros(1), np.ones(1), search=1.5)

@@ -1,0 +1,177 @@
+"""Bad input through the command line: one line naming the file and the problem,
+the other micrographs complete, the summary lists the failures, exit code 1."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+from scale_data import RUN_ARGS, cli, image, write_mrc, write_set
+
+#: file name -> words its one-line message must contain
+EXPECTED = {
+    "truncated.mrc": "not a readable MRC",
+    "corrupt.mrc": "not a readable MRC",
+    "truncated.tif": "not a readable TIFF",
+    "corrupt.tif": "not a readable TIFF",
+    "stack.mrc": "3D stack",
+    "nan.mrc": "NaN or infinite",
+    "inf.mrc": "NaN or infinite",
+    "constant.mrc": "constant",
+    "small.mrc": "smaller than the largest diameter",
+    "nopix.mrc": "pixel size is missing",
+    "missing.mrc": "file not found",
+}
+
+
+def _truncate(path, fraction=0.5):
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * fraction)])
+
+
+@pytest.fixture(scope="module")
+def bad_run(tmp_path_factory):
+    """One run over good files, every kind of bad file, duplicate names, an unsafe name and an empty glob."""
+    root = tmp_path_factory.mktemp("bad_input")
+    write_set(root / "good", 2)
+    bad = root / "bad"
+    _truncate(write_mrc(bad / "truncated.mrc", image(5)))
+    (bad / "corrupt.mrc").write_bytes(np.random.default_rng(0).bytes(5000))
+    tifffile.imwrite(bad / "truncated.tif", image(6))
+    _truncate(bad / "truncated.tif")
+    (bad / "corrupt.tif").write_bytes(np.random.default_rng(1).bytes(5000))
+    write_mrc(bad / "stack.mrc", np.stack([image(7)] * 3))
+    with np.errstate(invalid="ignore"):
+        img = image(8)
+        img[10:20, 10:20] = np.nan
+        with pytest.warns(RuntimeWarning):
+            write_mrc(bad / "nan.mrc", img)
+        img = image(9)
+        img[100, 100] = np.inf
+        with pytest.warns(RuntimeWarning):
+            write_mrc(bad / "inf.mrc", img)
+    write_mrc(bad / "constant.mrc", np.ones((384, 384), np.float32))
+    write_mrc(bad / "small.mrc", image(10)[:64, :64])
+    write_mrc(bad / "nopix.mrc", image(11), pixel_size=0)
+    write_mrc(root / "dupA" / "mic_dup.mrc", image(12))
+    write_mrc(root / "dupB" / "mic_dup.mrc", image(13))
+    shutil.copyfile(root / "good" / "mic_000.mrc", root / "..mrc")  # stem '.': must not name a path
+    out = root / "out"
+    specs = ["good", "bad", "bad/missing.mrc", "'nomatch/*.mrc'", "dupA/mic_dup.mrc", "dupB/mic_dup.mrc", "..mrc"]
+    proc = cli("run", f"input=[{','.join(specs)}]", f"output={out}", "runner.workers=2", *RUN_ARGS, cwd=root)
+    return root, out, proc
+
+
+def test_each_bad_file_gets_one_line_and_no_traceback(bad_run):
+    root, out, proc = bad_run
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "Warning" not in proc.stderr
+    lines = proc.stderr.splitlines()
+    for name, words in EXPECTED.items():
+        hits = [ln for ln in lines if f"bad/{name}:" in ln and "results are named" not in ln]
+        assert len(hits) == 1, (name, hits)
+        assert words in hits[0], hits[0]
+
+
+def test_good_micrographs_complete_and_summary_lists_failures(bad_run):
+    root, out, proc = bad_run
+    summary = json.loads((out / "run_summary.json").read_text())
+    m = summary["micrographs"]
+    assert m["failed"] == len(EXPECTED)
+    assert m["ok"] == 5  # two good, two duplicates, the unsafe name
+    failed = {os.path.basename(f["micrograph"]) for f in summary["failures"]}
+    assert failed == set(EXPECTED)
+    picks = pd.read_csv(out / "picks.csv")
+    assert set(picks["micrograph"]) == {"mic_000", "mic_001", "dupA__mic_dup", "dupB__mic_dup", "micrograph"}
+    assert "FAILED" in proc.stdout and "bad/stack.mrc" in proc.stdout
+
+
+def test_empty_glob_is_an_error_naming_the_pattern(bad_run):
+    root, out, proc = bad_run
+    assert "nomatch/*.mrc: no files match" in proc.stderr
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert any("nomatch/*.mrc" in e for e in summary["errors"])
+
+
+def test_duplicate_names_are_disambiguated_and_the_user_is_told(bad_run):
+    root, out, proc = bad_run
+    for folder in ("dupA", "dupB"):
+        assert (out / "micrographs" / f"{folder}__mic_dup.json").is_file()
+        assert f"{folder}/mic_dup.mrc: results are named '{folder}__mic_dup'" in proc.stderr
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert sum("mic_dup" in n for n in summary["notes"]) == 2
+    # truncated.mrc and truncated.tif share a stem in one folder: the suffix tells them apart
+    assert any("'truncated_mrc'" in n for n in summary["notes"])
+
+
+def test_name_that_would_escape_the_output_folder_stays_inside(bad_run):
+    root, out, proc = bad_run
+    files = {p.resolve() for p in root.rglob("*")} - {p.resolve() for p in out.rglob("*")}
+    outside_new = [p for p in files if p.name.startswith("micrograph")]
+    assert not outside_new
+    assert (out / "micrographs" / "micrograph.json").is_file()
+    assert "..mrc: results are named 'micrograph'" in proc.stderr
+
+
+def test_only_empty_glob(tmp_path):
+    proc = cli("run", f"input='{tmp_path}/*.mrc'", f"output={tmp_path / 'out'}", *RUN_ARGS)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert f"{tmp_path}/*.mrc: no files match this pattern" in proc.stderr
+
+
+def test_unwritable_output_folder(tmp_path):
+    write_set(tmp_path / "in", 1)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    proc = cli("run", f"input={tmp_path / 'in'}", f"output={blocker / 'out'}", *RUN_ARGS)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    err = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(err) == 1 and str(blocker / "out") in err[0] and "output folder" in err[0]
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root can write anywhere")
+def test_read_only_output_folder(tmp_path):
+    write_set(tmp_path / "in", 1)
+    out = tmp_path / "out"
+    out.mkdir()
+    out.chmod(0o500)
+    try:
+        proc = cli("run", f"input={tmp_path / 'in'}", f"output={out}", *RUN_ARGS)
+    finally:
+        out.chmod(0o700)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert f"{out}: cannot create or write the output folder" in proc.stderr
+
+
+def test_verbose_shows_a_traceback_for_unexpected_errors(tmp_path):
+    """An error that is not a known input problem: one line, and a traceback with runner.verbose=true."""
+    from lipoframe.runner import MicJob, run_job
+
+    class Boom:
+        name = "mrc"
+
+        def read(self, path, *, pixel_size=None):
+            raise RuntimeError("library exploded")
+
+    class Stages:
+        def reader_for(self, path):
+            return Boom()
+
+    from lipoframe.config import LipoframeConfig
+
+    job = MicJob(tmp_path / "x.mrc", "x", tmp_path, "fp", False, False)
+    quiet = run_job(job, LipoframeConfig(), Stages())
+    assert quiet.status == "failed"
+    assert quiet.error == f"{tmp_path / 'x.mrc'}: RuntimeError: library exploded"
+    job.verbose = True
+    loud = run_job(job, LipoframeConfig(), Stages())
+    assert loud.error.splitlines()[0] == quiet.error and "Traceback" in loud.error

@@ -1,0 +1,437 @@
+"""Binning policies: peak/valley, quantile, k-means and HAC with SIMPLE's Z-score filtering.
+
+Constructed diameter sets (seeded) with a known answer: a bimodal set with a
+clear valley, a broad unimodal set, an outlier population, equal cluster
+populations, and empty or near-empty sets.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scipy.cluster.hierarchy import fcluster, linkage
+from scipy.stats import norm
+
+from lipoframe import schema
+from lipoframe.algorithms import binning as algo
+from lipoframe.builtin.binning import (
+    HacBinner,
+    HacParams,
+    KMeansBinner,
+    KMeansParams,
+    PeakValleyBinner,
+    PeakValleyParams,
+    QuantileBinner,
+    QuantileParams,
+    SingleBinner,
+)
+from lipoframe.plan import OUTLIER_REASON, round_up_box
+from lipoframe.records import PickContext
+
+PX = 1.0
+
+
+def ctx(pixel_size=PX) -> PickContext:
+    return PickContext(dmin_px=100, dmax_px=600, polarity="dark", pixel_size=pixel_size, seed=0)
+
+
+def picks_of(diameters, *, rejected=None) -> pd.DataFrame:
+    """A dataset-level pick table with the given diameters (px)."""
+    d = np.asarray(diameters, dtype=float)
+    n = d.size
+    df = pd.DataFrame({
+        schema.MICROGRAPH: [f"mic_{i % 3}" for i in range(n)],
+        schema.X: np.arange(n, dtype=float),
+        schema.Y: np.arange(n, dtype=float),
+        schema.DIAMETER: d,
+        schema.SCORE: np.ones(n),
+        schema.LEVEL: np.zeros(n, dtype=np.int64),
+        schema.SIGMA: d / 2.8,
+        schema.ACCEPTED: True,
+        schema.REASON: "",
+    })
+    if rejected is not None:
+        df = schema.reject(df, rejected, "score")
+    return df
+
+
+def bimodal(seed=1):
+    rng = np.random.default_rng(seed)
+    return np.r_[rng.normal(180, 12, 400), rng.normal(300, 15, 400)]
+
+
+# ---------------------------------------------------------------------------
+# peak_valley
+# ---------------------------------------------------------------------------
+def test_bimodal_with_clear_valley_gives_two_bins_split_at_the_valley():
+    d = bimodal()
+    res = PeakValleyBinner(PeakValleyParams()).assign(picks_of(d), {}, ctx())
+    plan = res.plan
+    assert plan.n_bins == 2
+    # where the mixture density is lowest between the modes
+    x = np.linspace(180, 300, 2401)
+    valley = x[np.argmin(norm.pdf(x, 180, 12) + norm.pdf(x, 300, 15))]
+    cut = plan.details["valleys_px"][0]
+    assert abs(cut - valley) <= PeakValleyParams().bin_width_px
+    lo, hi = plan.bins
+    assert lo.d_max_px < cut <= hi.d_min_px
+    assert lo.count == int((d < cut).sum()) and hi.count == int((d >= cut).sum())
+    sb = res.picks[schema.SIZE_BIN].to_numpy()
+    assert np.array_equal(sb, np.where(d < cut, 0, 1))
+    # the box comes from the largest diameter of each bin, rounded up to 32
+    for b in plan.bins:
+        assert b.box_px == round_up_box(1.5 * b.d_max_px)
+        assert b.box_px % 32 == 0 and b.box_px >= 1.5 * b.d_max_px
+
+
+def test_broad_unimodal_gives_three_quantile_bins():
+    d = np.random.default_rng(2).normal(300, 50, 900)
+    res = PeakValleyBinner(PeakValleyParams()).assign(picks_of(d), {}, ctx())
+    plan = res.plan
+    assert plan.n_bins == 3
+    assert plan.details["modes_px"] and len(plan.details["modes_px"]) == 1
+    counts = [b.count for b in plan.bins]
+    assert sum(counts) == d.size and max(counts) - min(counts) <= 1
+    edges = np.quantile(d, [1 / 3, 2 / 3])
+    assert plan.bins[0].d_max_px < edges[0] <= plan.bins[1].d_min_px
+    assert plan.bins[1].d_max_px < edges[1] <= plan.bins[2].d_min_px
+
+
+def test_narrow_unimodal_gives_one_bin():
+    d = np.random.default_rng(3).normal(300, 12, 500)
+    plan = PeakValleyBinner(PeakValleyParams()).assign(picks_of(d), {}, ctx()).plan
+    assert plan.n_bins == 1
+    assert plan.bins[0].d_min_px == d.min() and plan.bins[0].d_max_px == d.max()
+
+
+def test_trimodal_gives_three_bins_and_max_bins_caps_them():
+    rng = np.random.default_rng(4)
+    d = np.r_[rng.normal(170, 10, 300), rng.normal(250, 14, 500), rng.normal(380, 20, 200)]
+    plan = PeakValleyBinner(PeakValleyParams()).assign(picks_of(d), {}, ctx()).plan
+    assert plan.n_bins == 3
+    assert [b.count for b in plan.bins] == [int(v) for v in np.bincount(np.digitize(d, plan.details["valleys_px"]))]
+    capped = PeakValleyBinner(PeakValleyParams(max_bins=2)).assign(picks_of(d), {}, ctx()).plan
+    assert capped.n_bins == 2
+    # the shallower valley (between the two closer modes, 170 and 250) is the one removed
+    assert 250 < capped.details["valleys_px"][0] < 380
+
+
+def test_noise_does_not_make_modes_in_a_small_unimodal_set():
+    false = sum(
+        algo.peak_valley_edges(np.random.default_rng(s).normal(300, 40, 60)).n_modes > 1 for s in range(40)
+    )
+    assert false <= 2
+
+
+# ---------------------------------------------------------------------------
+# quantile
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("n_bins", [1, 2, 4, 7])
+def test_quantile_makes_equal_count_bins(n_bins):
+    d = np.random.default_rng(5).gamma(4, 60, 1001) + 100
+    res = QuantileBinner(QuantileParams(n_bins=n_bins)).assign(picks_of(d), {}, ctx())
+    counts = [b.count for b in res.plan.bins]
+    assert len(counts) == n_bins and sum(counts) == d.size
+    assert max(counts) - min(counts) <= 1
+    # bins are ordered and disjoint
+    for a, b in zip(res.plan.bins, res.plan.bins[1:]):
+        assert a.d_max_px < b.d_min_px
+
+
+def test_quantile_with_many_equal_diameters_gives_fewer_bins_and_says_so():
+    d = np.r_[np.full(90, 200.0), np.linspace(250, 300, 10)]
+    plan = QuantileBinner(QuantileParams(n_bins=3)).assign(picks_of(d), {}, ctx()).plan
+    assert plan.n_bins < 3
+    assert sum(b.count for b in plan.bins) == 100
+    assert any("distinct quantile" in n for n in plan.notes)
+
+
+# ---------------------------------------------------------------------------
+# Z-score filtering (SIMPLE segdiampick)
+# ---------------------------------------------------------------------------
+def clusters(spec):
+    """Diameters and labels: one tight cluster (evenly spread over +-3 px) per (mean, population)."""
+    d = np.concatenate([m + np.linspace(-3, 3, n) if n > 1 else np.array([float(m)]) for m, n in spec])
+    lab = np.concatenate([np.full(n, i) for i, (_, n) in enumerate(spec)])
+    return d, lab
+
+
+def test_outlier_cluster_is_rejected_by_the_mean_z_test():
+    rng = np.random.default_rng(6)
+    main = rng.normal(250, 15, 300)
+    outlier = rng.normal(600, 10, 40)
+    d = np.r_[main, outlier]
+    res = HacBinner(HacParams()).assign(picks_of(d), {}, ctx())
+    cl = res.plan.details["clusters"]
+    assert len(cl) == 2
+    assert cl[0]["accepted"] and not cl[1]["accepted"]
+    assert cl[1]["rejected_by"] == "mean Z" and cl[1]["mean_z"] >= 2.0
+    # flagged, never dropped
+    out = res.picks
+    assert len(out) == d.size
+    flagged = ~out[schema.ACCEPTED].to_numpy()
+    assert np.array_equal(flagged, d > main.max())
+    assert set(out.loc[flagged, schema.REASON]) == {OUTLIER_REASON}
+    assert (out.loc[flagged, schema.SIZE_BIN] == schema.REJECTED_BIN).all()
+    assert res.plan.accepted_range_px == (main.min(), main.max())
+    assert res.plan.n_bins == 1 and res.plan.bins[0].count == main.size
+    assert res.plan.details["n_outliers"] == outlier.size
+
+
+def test_sparse_cluster_is_rejected_by_the_population_z_test():
+    d, lab = clusters([(240, 100), (250, 98), (255, 5), (260, 102)])
+    f = algo.zscore_filter(d, lab)
+    assert not f.pop_test_suppressed
+    # (median(pops) - pop) / (1.4826 MAD(pops)) for the population of 5
+    pops = np.array([100, 98, 5, 102])
+    expected = (np.median(pops) - 5) / (1.4826 * np.median(np.abs(pops - np.median(pops))))
+    assert f.pop_z[2] == pytest.approx(expected)
+    assert f.accepted.tolist() == [True, True, False, True]
+    assert f.rows()[2]["rejected_by"] == "population Z"
+    assert (f.mean_z < 2).all()
+
+
+def test_both_z_tests_must_pass():
+    # far and sparse: fails both; near but sparse: fails the population test only
+    d, lab = clusters([(250, 100), (258, 101), (242, 99), (400, 4), (251, 3)])
+    f = algo.zscore_filter(d, lab)
+    spec = np.array([250, 258, 242, 400, 251])
+    by_mean = {int(spec[np.argmin(np.abs(spec - m))]): (a, r["rejected_by"]) for m, a, r in zip(f.mean, f.accepted, f.rows())}
+    assert len(by_mean) == 5
+    assert by_mean[400] == (False, "mean Z, population Z")
+    assert not by_mean[251][0] and by_mean[251][1] == "population Z"
+    assert all(by_mean[m][0] for m in (242, 250, 258))
+
+
+def test_equal_populations_suppress_the_population_test():
+    d, lab = clusters([(240, 50), (250, 50), (262, 50)])
+    f = algo.zscore_filter(d, lab)
+    assert f.pop_mad_gau == 0.0 and f.pop_test_suppressed
+    assert (f.pop_z == 0).all() and f.accepted.all()
+    res = HacBinner(HacParams(threshold_px=5.0)).assign(picks_of(d), {}, ctx())
+    assert res.plan.details["pop_test_suppressed"] is True
+    assert any("population Z-score test suppressed" in n for n in res.plan.notes)
+
+
+def test_population_test_is_suppressed_only_when_the_mad_is_exactly_zero():
+    # pops [50, 50, 5]: deviations from the median 0, 0, 45 -> MAD 0 -> suppressed, the 5 passes
+    d, lab = clusters([(245, 50), (250, 50), (255, 5)])
+    f = algo.zscore_filter(d, lab)
+    assert f.pop_test_suppressed and f.accepted.all()
+    # pops [50, 51, 5]: MAD 1 -> the test runs and rejects the 5
+    d, lab = clusters([(245, 50), (250, 51), (255, 5)])
+    f = algo.zscore_filter(d, lab)
+    assert not f.pop_test_suppressed and f.pop_mad_gau == pytest.approx(1.4826)
+    assert f.accepted.tolist() == [True, True, False]
+
+
+def test_kmeans_always_excludes_the_first_and_last_cluster():
+    d = np.random.default_rng(7).normal(250, 20, 600)
+    res = KMeansBinner(KMeansParams()).assign(picks_of(d), {}, ctx())
+    cl = res.plan.details["clusters"]
+    assert len(cl) == 10
+    assert [c["rejected_by"].startswith("edge cluster") for c in cl] == [True] + [False] * 8 + [True]
+    assert all(c["accepted"] for c in cl[1:-1])
+    lo, hi = res.plan.accepted_range_px
+    assert lo == pytest.approx(cl[1]["min"], abs=1e-3) and hi == pytest.approx(cl[-2]["max"], abs=1e-3)
+    flagged = ~res.picks[schema.ACCEPTED].to_numpy()
+    assert np.array_equal(flagged, (d < lo) | (d > hi))
+    assert flagged.sum() == cl[0]["count"] + cl[-1]["count"]
+    # SIMPLE's single box by default; more bins when asked
+    assert res.plan.n_bins == 1
+    more = KMeansBinner(KMeansParams(max_bins=3)).assign(picks_of(d), {}, ctx()).plan
+    assert 2 <= more.n_bins <= 3
+    assert len({b.box_px for b in more.bins}) == more.n_bins
+
+
+def test_hac_makes_one_bin_per_accepted_population():
+    rng = np.random.default_rng(8)
+    d = np.r_[rng.normal(200, 8, 300), rng.normal(260, 10, 300)]
+    plan = HacBinner(HacParams()).assign(picks_of(d), {}, ctx()).plan
+    assert plan.details["n_clusters"] == 2
+    assert plan.n_bins == 2 and sum(b.count for b in plan.bins) == d.size
+    assert plan.bins[0].d_max_px < 232 < plan.bins[1].d_min_px
+    one = HacBinner(HacParams(max_bins=1)).assign(picks_of(d), {}, ctx()).plan
+    assert one.n_bins == 1 and one.bins[0].count == d.size
+
+
+def test_hac_merges_bins_that_would_share_a_box():
+    # two populations close enough that both get a 352 px box: one bin
+    d, _ = clusters([(218, 200), (230, 200)])
+    p = HacParams(threshold_px=5.0)
+    res = HacBinner(p).assign(picks_of(d), {}, ctx())
+    assert res.plan.details["n_clusters"] == 2
+    assert round_up_box(1.5 * d[:200].max()) == round_up_box(1.5 * d.max())
+    assert res.plan.n_bins == 1
+    split = HacBinner(HacParams(threshold_px=5.0, merge_same_box=False)).assign(picks_of(d), {}, ctx()).plan
+    assert split.n_bins == 2
+
+
+# ---------------------------------------------------------------------------
+# Clustering primitives
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("seed", range(10))
+def test_hac_1d_matches_scipy_centroid_linkage(seed):
+    rng = np.random.default_rng(seed)
+    x = np.r_[rng.normal(100, 5, 25), rng.normal(140, 8, 20), rng.uniform(50, 250, 15)]
+    thr = float(x.std() / 2)
+    labels, cents = algo.hac_1d(x, thr)
+    ref = fcluster(linkage(x[:, None], method="centroid"), t=thr, criterion="distance")
+    # same partition (label names differ)
+    pairs = set(zip(labels.tolist(), ref.tolist()))
+    assert len(pairs) == len(set(labels.tolist())) == len(set(ref.tolist()))
+    assert np.all(np.diff(cents) > 0)
+    assert np.allclose(cents, [x[labels == k].mean() for k in range(cents.size)])
+
+
+def test_kmeans_1d_converges_to_a_lloyd_fixed_point():
+    x = np.random.default_rng(10).gamma(3, 50, 2000)
+    labels, centers = algo.kmeans_1d(x, 10)
+    assert np.all(np.diff(centers) > 0)
+    assert np.allclose(centers, [x[labels == k].mean() for k in range(10)])
+    nearest = np.argmin(np.abs(x[:, None] - centers[None, :]), axis=1)
+    assert np.array_equal(nearest, labels)
+    again = algo.kmeans_1d(x, 10)
+    assert np.array_equal(again[0], labels)
+
+
+def test_merge_bins_merges_the_cheapest_neighbours():
+    box = lambda h: round_up_box(1.5 * h)  # noqa: E731
+    lo, hi, c = algo.merge_bins([100, 150, 300], [120, 200, 350], [10, 500, 10], box, max_bins=2, merge_same_box=True)
+    # merging the 10 small ones into the 500 costs least
+    assert lo.tolist() == [100, 300] and hi.tolist() == [200, 350] and c.tolist() == [510, 10]
+
+
+# ---------------------------------------------------------------------------
+# Empty, near-empty, rejected-upstream
+# ---------------------------------------------------------------------------
+ALL = [
+    (SingleBinner, None), (PeakValleyBinner, PeakValleyParams()), (QuantileBinner, QuantileParams()),
+    (KMeansBinner, KMeansParams()), (HacBinner, HacParams()),
+]
+
+
+@pytest.mark.parametrize("cls,params", ALL)
+def test_empty_set_gives_a_plan_with_no_bins_and_a_note(cls, params, caplog):
+    res = cls(params).assign(picks_of([]), {}, ctx())
+    assert res.plan.n_bins == 0 and res.plan.bins == ()
+    assert any("no accepted picks" in n for n in res.plan.notes)
+    assert schema.SIZE_BIN in res.picks.columns and len(res.picks) == 0
+    assert "no accepted picks" in caplog.text
+
+
+@pytest.mark.parametrize("cls,params", ALL)
+def test_all_picks_rejected_upstream_keep_their_reason(cls, params):
+    d = np.linspace(200, 300, 50)
+    res = cls(params).assign(picks_of(d, rejected=np.ones(50, bool)), {}, ctx())
+    assert res.plan.n_bins == 0
+    assert (res.picks[schema.REASON] == "score").all()
+    assert (res.picks[schema.SIZE_BIN] == schema.REJECTED_BIN).all()
+
+
+@pytest.mark.parametrize("cls,params", ALL)
+def test_near_empty_set_gives_one_bin_and_a_note(cls, params):
+    d = [210.0, 250.0, 233.0]
+    res = cls(params).assign(picks_of(d), {}, ctx())
+    assert sum(b.count for b in res.plan.bins) == 3
+    assert res.picks[schema.ACCEPTED].all()
+    if cls in (PeakValleyBinner, KMeansBinner, HacBinner):
+        assert res.plan.n_bins == 1
+        assert any("min_picks" in n for n in res.plan.notes)
+
+
+@pytest.mark.parametrize("cls,params", ALL)
+def test_policies_do_not_mutate_their_input_and_keep_every_row(cls, params):
+    rng = np.random.default_rng(11)
+    d = np.r_[rng.normal(200, 10, 200), rng.normal(320, 12, 150), [700.0]]
+    rejected = np.zeros(d.size, bool)
+    rejected[:5] = True
+    picks = picks_of(d, rejected=rejected)
+    before = picks.copy()
+    res = cls(params).assign(picks, {}, ctx())
+    pd.testing.assert_frame_equal(picks, before)
+    assert len(res.picks) == len(picks)
+    assert (res.picks[schema.REASON].iloc[:5] == "score").all()
+    sb = res.picks[schema.SIZE_BIN].to_numpy()
+    acc = res.picks[schema.ACCEPTED].to_numpy()
+    assert ((sb >= 0) == acc).all()
+    assert np.array_equal(res.plan.assign(d[acc]), sb[acc])
+    assert sum(b.count for b in res.plan.bins) == acc.sum()
+
+
+def test_mean_test_is_suppressed_when_most_diameters_are_equal():
+    d = np.r_[np.full(60, 250.0), np.linspace(200, 300, 40)]
+    f = algo.zscore_filter(d, algo.hac_1d(d, 10.0)[0])
+    assert f.mad_gau == 0.0 and f.mean_test_suppressed and (f.mean_z == 0).all()
+
+
+# ---------------------------------------------------------------------------
+# Parameters and configuration
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("cls,kwargs,key", [
+    (PeakValleyParams, {"pad": 1.7}, "binning.pad"),
+    (PeakValleyParams, {"bin_width_px": 0}, "binning.bin_width_px"),
+    (PeakValleyParams, {"min_dip": 1.0}, "binning.min_dip"),
+    (PeakValleyParams, {"max_bins": 0}, "binning.max_bins"),
+    (QuantileParams, {"n_bins": 0}, "binning.n_bins"),
+    (KMeansParams, {"n_clusters": 2}, "binning.n_clusters"),
+    (KMeansParams, {"sigma_crit": 0}, "binning.sigma_crit"),
+    (HacParams, {"threshold_px": -1.0}, "binning.threshold_px"),
+    (HacParams, {"rounding": "pow2"}, "binning.rounding"),
+])
+def test_bad_parameters_name_the_key(cls, kwargs, key):
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        cls(**kwargs)
+
+
+def test_policies_are_selectable_from_hydra_and_peak_valley_is_the_default():
+    from hydra import compose, initialize_config_dir
+
+    from lipoframe.app import prepare_hydra
+    from lipoframe.config import config_dir, to_run_config
+
+    prepare_hydra()
+    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir()), job_name="t"):
+        assert isinstance(to_run_config(compose("config")).binning, PeakValleyParams)
+        cfg = to_run_config(compose("config", overrides=["binning=hac", "binning.sigma_crit=3", "binning.threshold_px=20"]))
+        assert isinstance(cfg.binning, HacParams) and cfg.binning.sigma_crit == 3 and cfg.binning.threshold_px == 20
+        assert isinstance(to_run_config(compose("config", overrides=["binning=kmeans"])).binning, KMeansParams)
+        assert isinstance(to_run_config(compose("config", overrides=["binning=quantile"])).binning, QuantileParams)
+
+
+# ---------------------------------------------------------------------------
+# Invariants on arbitrary diameter sets
+# ---------------------------------------------------------------------------
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    st.lists(st.floats(min_value=20, max_value=800, allow_nan=False), min_size=0, max_size=300),
+    st.sampled_from(ALL),
+)
+def test_every_policy_keeps_its_invariants(diameters, policy):
+    cls, params = policy
+    d = np.asarray(diameters, dtype=float)
+    res = cls(params).assign(picks_of(d), {}, ctx())
+    out, plan = res.picks, res.plan
+    assert len(out) == d.size
+    acc = out[schema.ACCEPTED].to_numpy()
+    sb = out[schema.SIZE_BIN].to_numpy()
+    assert ((sb >= 0) == acc).all()
+    assert set(out.loc[~acc, schema.REASON]) <= {OUTLIER_REASON}
+    assert sum(b.count for b in plan.bins) == acc.sum()
+    for b in plan.bins:
+        members = d[sb == b.index]
+        assert members.size == b.count > 0
+        assert members.min() == b.d_min_px and members.max() == b.d_max_px
+        assert b.box_px % 32 == 0 and b.box_px >= 1.5 * b.d_max_px
+        assert b.mask_diameter_A == pytest.approx(min((b.box_px - 6) * PX, 1.2 * b.d_max_px * PX))
+    for a, b in zip(plan.bins, plan.bins[1:]):
+        assert a.d_max_px < b.d_min_px
+    if plan.accepted_range_px is not None:
+        lo, hi = plan.accepted_range_px
+        assert np.array_equal(~acc, (d < lo) | (d > hi))
+    json.loads(plan.to_json())

@@ -1,0 +1,217 @@
+"""The command line: `lipoframe run` end to end, inputs, bad files, multirun, `stages`, the README contract."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import REPO, TINY_ARGS, TINY_DMAX, TINY_DMIN, TINY_PIXEL_SIZE, tiny_image, write_mrc
+
+PICKS_COLUMNS = ["micrograph", "x_px", "y_px", "diameter_px", "score", "pyramid_level", "sigma_px"]
+
+
+def picked(out_dir: Path) -> pd.DataFrame:
+    picks = pd.read_csv(out_dir / "picks.csv")
+    return picks[picks["accepted"]] if "accepted" in picks else picks
+
+
+# ---------------------------------------------------------------------------
+# Plain commands
+# ---------------------------------------------------------------------------
+def test_usage_version_and_unknown_command(run_cli):
+    from lipoframe import __version__
+    from lipoframe.cli import COMMANDS
+
+    code, out, _ = run_cli()
+    assert code == 0
+    for name in COMMANDS:
+        assert re.search(rf"^  {name}\s", out, re.M), name
+    assert run_cli("--version")[1].strip() == f"lipoframe {__version__}"
+    code, _, err = run_cli("pikc")
+    assert code == 2 and "unknown command 'pikc'" in err
+
+
+def test_stages_lists_every_parameter_with_type_and_default(run_cli):
+    from lipoframe import plugins
+    from lipoframe.registry import describe_params
+    from lipoframe.stages import KINDS
+
+    code, out, _ = run_cli("stages")
+    assert code == 0
+    _, registry, _ = plugins.load()
+    for kind in KINDS:
+        assert f"[{kind}]" in out
+    for info in registry.stages():
+        assert re.search(rf"^  {info.name}  - ", out, re.M), info
+        for name, tname, default, _ in describe_params(info.params):
+            assert re.search(rf"{re.escape(info.kind)}\.{re.escape(name)}:\s+{re.escape(tname)}\s+= {re.escape(repr(default))}$", out, re.M), (info.name, name)
+
+
+def test_stages_of_one_kind(run_cli):
+    code, out, _ = run_cli("stages", "nms")
+    assert code == 0
+    assert "[nms]" in out and "[detector]" not in out
+    assert re.search(r"nms\.beta:\s+float\s+= 0\.8$", out, re.M)
+    code, _, err = run_cli("stages", "detectr")
+    assert code == 2 and "invalid choice: 'detectr'" in err
+
+
+def test_run_help_lists_the_stage_groups(run_cli):
+    code, out, _ = run_cli("run", "--help")
+    assert code == 0
+    assert re.search(r"^detector: .*\bdog\b.*\blog\b", out, re.M)
+    assert re.search(r"^nms: .*\bsize_aware\b", out, re.M)
+
+
+# ---------------------------------------------------------------------------
+# lipoframe run
+# ---------------------------------------------------------------------------
+def test_run_writes_picks_per_micrograph_files_and_config(tiny_mrcs, tmp_path, run_cli):
+    out_dir = tmp_path / "out"
+    code, out, err = run_cli("run", f"input={tiny_mrcs[0].parent}", f"output={out_dir}", "nms.beta=0.7", *TINY_ARGS)
+    assert code == 0, err
+    picks = pd.read_csv(out_dir / "picks.csv")
+    assert list(picks.columns[: len(PICKS_COLUMNS)]) == PICKS_COLUMNS
+    assert set(picks["micrograph"]) == {"mic_0", "mic_1"}
+    for name in ("mic_0", "mic_1"):
+        sub = pd.read_csv(out_dir / "csv" / f"{name}.csv")
+        assert len(sub) == int((picks["micrograph"] == name).sum()) > 0
+    saved = yaml.safe_load((out_dir / ".hydra" / "config.yaml").read_text())
+    assert saved["nms"]["beta"] == 0.7 and saved["units"] == "px"
+    summary = json.loads((out_dir / "run_summary.json").read_text())
+    assert summary["micrographs"]["ok"] == 2 and summary["picks"]["accepted"] == len(picked(out_dir))
+    # The summary printed at the end says where the outputs are and how many were picked.
+    assert str(out_dir) in out and f"{len(picked(out_dir))} accepted" in out
+
+
+def test_pixel_size_from_header_and_override(tmp_path, run_cli):
+    image, truth = tiny_image(seed=0)
+    write_mrc(tmp_path / "mics" / "a.mrc", image, pixel_size=TINY_PIXEL_SIZE)
+    angstrom = [f"dmin={TINY_DMIN * TINY_PIXEL_SIZE:g}", f"dmax={TINY_DMAX * TINY_PIXEL_SIZE:g}", "units=A"]
+    rest = [a for a in TINY_ARGS if not a.startswith(("dmin=", "dmax=", "units="))]
+    code, _, err = run_cli("run", f"input={tmp_path / 'mics'}", f"output={tmp_path / 'hdr'}", *angstrom, *rest)
+    assert code == 0, err
+    hdr = picked(tmp_path / "hdr")
+    np.testing.assert_allclose(hdr["diameter_A"], hdr["diameter_px"] * TINY_PIXEL_SIZE, rtol=1e-3)
+    # The same range in Å at a twice larger pixel size is half the range in pixels.
+    code, _, err = run_cli("run", f"input={tmp_path / 'mics'}", f"output={tmp_path / 'ovr'}", "pixel_size=3.0", *angstrom, *rest)
+    assert code == 0, err
+    ovr = picked(tmp_path / "ovr")
+    np.testing.assert_allclose(ovr["diameter_A"], ovr["diameter_px"] * 3.0, rtol=1e-3)
+    assert ovr["diameter_px"].max() < TINY_DMAX / 2 * 1.1
+
+
+def test_missing_pixel_size_is_one_clear_message(tmp_path, run_cli):
+    write_mrc(tmp_path / "mics" / "nopix.mrc", tiny_image(seed=0)[0], pixel_size=None)
+    rest = [a for a in TINY_ARGS if not a.startswith(("dmin=", "dmax=", "units="))]
+    code, out, err = run_cli("run", f"input={tmp_path / 'mics'}", f"output={tmp_path / 'out'}", *rest)
+    assert code == 1
+    assert "nopix.mrc" in err and "pixel_size=" in err
+
+
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        (["mic_1.mrc"], ["mic_1"]),
+        (["."], ["mic_0", "mic_1", "mic_2"]),  # a folder: its micrographs, not notes.txt
+        (["mic_[02].mrc"], ["mic_0", "mic_2"]),  # a glob
+        (["**/*.mrc"], ["mic_0", "mic_1", "mic_2", "sub/mic_9"]),  # recursive glob
+        (["mic_2.mrc", "mic_0.mrc", "mic_2.mrc"], ["mic_0", "mic_2"]),  # no repeats
+        (["missing.mrc"], ["missing"]),  # kept, so it is reported as a failure
+    ],
+)
+def test_expand_inputs(spec, expected, tmp_path, monkeypatch):
+    from lipoframe.runner import expand_inputs
+
+    for name in ("mic_0.mrc", "mic_1.mrc", "mic_2.mrc", "notes.txt", "sub/mic_9.mrc"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    found = expand_inputs(spec, (".mrc",))
+    assert sorted(p.with_suffix("").as_posix() for p in found) == expected
+
+
+def test_inputs_as_file_folder_and_glob_in_one_run(tmp_path, run_cli):
+    for i in range(3):
+        write_mrc(tmp_path / "a" / f"mic_{i}.mrc", tiny_image(seed=i)[0])
+    write_mrc(tmp_path / "b" / "other.mrc", tiny_image(seed=5)[0])
+    (tmp_path / "b" / "notes.txt").write_text("not a micrograph")
+    spec = f"input=[{tmp_path / 'a' / 'mic_1.mrc'},{tmp_path / 'b'},'{tmp_path}/a/mic_[02].mrc']"
+    out_dir = tmp_path / "out"
+    code, _, err = run_cli("run", spec, f"output={out_dir}", *TINY_ARGS)
+    assert code == 0, err
+    summary = json.loads((out_dir / "run_summary.json").read_text())
+    assert summary["micrographs"]["total"] == 4 and summary["micrographs"]["ok"] == 4
+    assert set(picked(out_dir)["micrograph"]) == {"mic_0", "mic_1", "mic_2", "other"}
+
+
+def test_unreadable_files_give_one_message_each_and_the_run_goes_on(tiny_mrcs, tmp_path, run_cli):
+    import tifffile
+
+    folder = tiny_mrcs[0].parent
+    (folder / "corrupt.mrc").write_bytes(b"this is not an MRC file")
+    tifffile.imwrite(folder / "stack.tif", np.zeros((3, 64, 64), np.float32), photometric="minisblack")
+    out_dir = tmp_path / "out"
+    code, out, err = run_cli("run", f"input={folder}", f"output={out_dir}", *TINY_ARGS)
+    assert code == 1  # something failed, and the run says so
+    for bad in ("corrupt.mrc", "stack.tif"):
+        lines = [ln for ln in err.splitlines() if bad in ln]
+        assert len(lines) == 1, err
+        assert "Traceback" not in err
+    assert re.search(r"corrupt\.mrc: .*MRC", err) and re.search(r"stack\.tif: .*3D", err)
+    assert set(picked(out_dir)["micrograph"]) == {"mic_0", "mic_1"}
+    summary = json.loads((out_dir / "run_summary.json").read_text())
+    assert summary["micrographs"]["ok"] == 2 and summary["micrographs"]["failed"] == 2
+
+
+def test_nothing_matches_is_a_clear_error(tmp_path, run_cli):
+    code, out, err = run_cli("run", f"input='{tmp_path}/*.mrc'", f"output={tmp_path / 'out'}", *TINY_ARGS)
+    assert code == 1
+    assert re.search(r"\*\.mrc: no files match", err), err
+
+
+def test_multirun_four_jobs_each_with_its_folder_and_config(tiny_mrcs, tmp_path, run_cli):
+    out_dir = tmp_path / "sweep"
+    code, out, err = run_cli("run", "-m", "nms.beta=0.6,0.8", "detector=dog,log", f"input={tiny_mrcs[0].parent}", f"output={out_dir}", *TINY_ARGS)
+    assert code == 0, err
+    seen = set()
+    jobs = sorted(p for p in out_dir.iterdir() if p.is_dir())
+    assert len(jobs) == 4
+    for job in jobs:
+        cfg = yaml.safe_load((job / ".hydra" / "config.yaml").read_text())
+        overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
+        beta = cfg["nms"]["beta"]
+        detector = next(o.split("=")[1] for o in overrides if o.startswith("detector="))
+        seen.add((beta, detector))
+        assert f"nms.beta={beta}" in overrides
+        assert set(picked(job)["micrograph"]) == {"mic_0", "mic_1"}
+    assert seen == {(0.6, "dog"), (0.6, "log"), (0.8, "dog"), (0.8, "log")}
+
+
+# ---------------------------------------------------------------------------
+# README and CI agree
+# ---------------------------------------------------------------------------
+def quickstart_commands() -> list[str]:
+    text = (REPO / "README.md").read_text()
+    section = text.split("## Quickstart", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```(?:bash|sh)?\n(.*?)```", section, re.S).group(1)
+    return [ln.strip() for ln in block.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+def test_readme_quickstart_is_two_commands_and_ci_runs_the_test_one():
+    commands = quickstart_commands()
+    assert len(commands) == 2, commands
+    demo, tests = commands
+    assert "pip install" in demo and "lipoframe run" in demo
+    assert "pip install" in tests and "pytest" in tests
+    ci = (REPO / ".ci" / "run").read_text()
+    assert tests in ci.splitlines(), "the README's test command must appear verbatim in .ci/run"

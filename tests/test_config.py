@@ -1,0 +1,159 @@
+"""Configuration: typed stage parameters, one-line errors naming the key, the packaged config tree."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import TINY_ARGS
+from lipoframe.app import prepare_hydra, sweep_jobs, validate_overrides
+from lipoframe.config import ConfigError, LipoframeConfig, config_dir, to_run_config
+
+
+def compose(*overrides: str):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    prepare_hydra()
+    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir()), job_name="test"):
+        return to_run_config(hydra_compose("config", overrides=list(overrides)))
+
+
+# ---------------------------------------------------------------------------
+# Valid configs
+# ---------------------------------------------------------------------------
+def test_defaults_are_the_documented_ones():
+    cfg = compose()
+    assert isinstance(cfg, LipoframeConfig)
+    assert (cfg.dmin, cfg.dmax, cfg.units, cfg.polarity) == (150.0, 500.0, "A", "dark")
+    assert cfg.pixel_size is None and cfg.input == [] and cfg.output is None
+    assert type(cfg.detector).__name__ == "DogParams"
+    assert type(cfg.nms).__name__ == "SizeAwareParams" and cfg.nms.beta == 0.8
+    assert "csv" in cfg.writer  # picks.csv is always written by default
+
+
+def test_stage_selection_and_typed_overrides():
+    cfg = compose("detector=log", "nms.beta=0.6", "detector.k=1.2", "pixel_size=1.06", "dmin=20", "dmax=60", "units=px", "polarity=bright")
+    assert type(cfg.detector).__name__ == "LogParams" and cfg.detector.k == 1.2
+    assert cfg.nms.beta == 0.6 and isinstance(cfg.nms.beta, float)
+    assert (cfg.pixel_size, cfg.dmin, cfg.dmax, cfg.units, cfg.polarity) == (1.06, 20.0, 60.0, "px", "bright")
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("input=/data/mics", ["/data/mics"]),
+        ("input=[a.mrc,b.mrc]", ["a.mrc", "b.mrc"]),
+        ("input='/data/*.mrc'", ["/data/*.mrc"]),
+    ],
+)
+def test_input_accepts_one_or_many(override, expected):
+    assert compose(override).input == expected
+
+
+def test_every_registered_stage_is_a_config_option():
+    from hydra.core.config_store import ConfigStore
+
+    _, registry = prepare_hydra()
+    repo = ConfigStore.instance().repo
+    for info in registry.stages():
+        assert f"{info.name}.yaml" in repo[info.kind], info
+
+
+# ---------------------------------------------------------------------------
+# Errors: one line that names the key, before any micrograph is read
+# ---------------------------------------------------------------------------
+BAD = [
+    (["nms.beta=abc"], "nms.beta", "could not be converted"),
+    (["nms.typo=1"], "nms.typo", "not in"),
+    (["typo=3"], "typo", "not in"),
+    (["nms.beta=0"], "nms.beta", "(0, 2]"),
+    (["nms.beta=-1"], "nms.beta", "(0, 2]"),
+    (["dmin=600", "dmax=500"], "dmin", "dmax"),
+    (["dmin=0"], "dmin", "> 0"),
+    (["detector=nope"], "detector=nope", "available: dog"),
+    (["nms=nope"], "nms=nope", "size_aware"),
+    (["writer=[csv,nope]"], "writer=nope", "csv"),
+    (["units=nm"], "units", "'nm'"),
+    (["polarity=grey"], "polarity", "'grey'"),
+    (["pixel_size=-1"], "pixel_size", "> 0"),
+    (["detector.k=abc"], "detector.k", "could not be converted"),
+    (["detector.k=1"], "detector.k", "(1, 2]"),
+    (["runner.workers=-2"], "runner.workers", ">= 0"),
+]
+
+
+@pytest.mark.parametrize("overrides, key, detail", BAD, ids=[" ".join(b[0]) for b in BAD])
+def test_config_error_is_one_line_naming_the_key(overrides, key, detail):
+    with pytest.raises(ConfigError) as err:
+        validate_overrides(overrides)
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert key in msg and detail in msg
+
+
+@pytest.mark.parametrize("overrides, key, detail", BAD[:8], ids=[" ".join(b[0]) for b in BAD[:8]])
+def test_cli_config_error_before_any_micrograph_is_read(overrides, key, detail, tiny_mrcs, tmp_path, run_cli, monkeypatch):
+    import lipoframe.runner
+
+    def must_not_run(*a, **k):
+        raise AssertionError("the pipeline started despite a config error")
+
+    monkeypatch.setattr(lipoframe.runner, "run_pipeline", must_not_run)
+    out_dir = tmp_path / "out"
+    code, out, err = run_cli("run", f"input={tiny_mrcs[0]}", f"output={out_dir}", *overrides)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("lipoframe: config error: ") and key in lines[0] and detail in lines[0]
+    assert not (out_dir / "micrographs").exists()
+
+
+def test_multirun_checks_every_job_before_the_first_starts(tiny_mrcs, tmp_path, run_cli):
+    out_dir = tmp_path / "sweep"
+    code, out, err = run_cli("run", "-m", "nms.beta=0.6,0", "detector=dog,log", f"input={tiny_mrcs[0]}", f"output={out_dir}", *TINY_ARGS)
+    assert code == 2
+    assert err.count("\n") == 1 and "nms.beta must be in (0, 2], got 0.0" in err and "(job nms.beta=0 detector=dog" in err
+    assert not list(out_dir.glob("*/picks.csv"))
+
+
+def test_sweep_jobs_is_the_cartesian_product():
+    jobs = sweep_jobs(["nms.beta=0.6,0.8", "detector=dog,log", "output=x"])
+    assert jobs == [
+        ["nms.beta=0.6", "detector=dog", "output=x"],
+        ["nms.beta=0.6", "detector=log", "output=x"],
+        ["nms.beta=0.8", "detector=dog", "output=x"],
+        ["nms.beta=0.8", "detector=log", "output=x"],
+    ]
+
+
+def test_python_config_objects_validate_too():
+    with pytest.raises(ConfigError, match="^dmin must be < dmax"):
+        LipoframeConfig(dmin=500, dmax=150)
+    with pytest.raises(ConfigError, match="^units must be one of"):
+        LipoframeConfig(units="nm")
+
+
+# ---------------------------------------------------------------------------
+# The config tree (the wheel's copy is tested in test_packaging.py)
+# ---------------------------------------------------------------------------
+def test_config_tree_is_found():
+    d = config_dir()
+    assert (d / "config.yaml").is_file()
+    assert (d / "hydra" / "job_logging" / "lipoframe.yaml").is_file()
+
+
+def test_own_config_folder_with_hydra_flags(tiny_mrcs, tmp_path, run_cli):
+    """`-cd DIR +group=option` adds the user's presets; flag values are not mistaken for overrides."""
+    from lipoframe.app import split_argv
+
+    assert split_argv(["-cd", "/x", "--info", "defaults", "-m", "a=1"]) == (["-cd", "/x", "--info", "defaults", "-m"], ["a=1"])
+    presets = tmp_path / "presets" / "lab"
+    presets.mkdir(parents=True)
+    (presets / "small.yaml").write_text("# @package _global_\ndmin: 35\nnms:\n  beta: 0.7\n")
+    out_dir = tmp_path / "out"
+    code, _, err = run_cli("run", "-cd", str(tmp_path / "presets"), "+lab=small", f"input={tiny_mrcs[0]}", f"output={out_dir}", *[a for a in TINY_ARGS if not a.startswith("dmin=")])
+    assert code == 0, err
+    saved = (out_dir / ".hydra" / "config.yaml").read_text()
+    assert "dmin: 35.0" in saved and "beta: 0.7" in saved
+    code, _, err = run_cli("run", "-cd", str(tmp_path / "presets"), "+lab=small", "nms.beta=0", f"input={tiny_mrcs[0]}", f"output={tmp_path / 'bad'}", *TINY_ARGS)
+    assert code == 2 and "nms.beta must be in (0, 2]" in err

@@ -1,0 +1,167 @@
+"""Core picking: one pick per particle with its diameter, the coordinate convention, the Python API, the demo."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import lipoframe
+from lipoframe.algorithms.pyramid import block_mean, to_binned, to_full_resolution
+from lipoframe.synthetic import random_particles, render
+
+CORE_COLUMNS = ["micrograph", "x_px", "y_px", "diameter_px", "score", "pyramid_level", "sigma_px"]
+
+
+def match(picks: pd.DataFrame, truth: pd.DataFrame) -> list[pd.DataFrame]:
+    """For each true particle, the accepted picks whose centre lies within its radius / 2."""
+    acc = picks[picks["accepted"]]
+    out = []
+    for _, t in truth.iterrows():
+        dist = np.hypot(acc["x_px"] - t["x_px"], acc["y_px"] - t["y_px"])
+        out.append(acc[dist < t["diameter_px"] / 4])
+    return out
+
+
+# ---------------------------------------------------------------------------
+# The accuracy contract of issue 2
+# ---------------------------------------------------------------------------
+WIDE_SHAPE = (2048, 2048)
+WIDE_DIAMETERS = np.geomspace(150, 500, 8)
+
+
+@pytest.fixture(scope="module", params=[0, 1], ids=["seed0", "seed1"])
+def wide_micrograph(request):
+    seed = request.param
+    truth = random_particles(WIDE_SHAPE, WIDE_DIAMETERS, seed=seed, margin=8, gap=20)
+    assert len(truth) == len(WIDE_DIAMETERS)
+    return render(WIDE_SHAPE, truth, contrast=1.0, noise=0.25, seed=seed), truth
+
+
+@pytest.mark.parametrize("detector", ["dog", "log"])
+def test_one_pick_per_particle_with_its_diameter_150_to_500_px(wide_micrograph, detector):
+    """Particles of 150-500 px: each gets exactly one accepted pick, diameter within 10 %, no extra picks."""
+    image, truth = wide_micrograph
+    picks = lipoframe.pick(image, dmin=150, dmax=500, units="px", detector=detector)
+    per_particle = match(picks, truth)
+    report = [(round(t.diameter_px), len(m), list(m["diameter_px"].round(1))) for (_, t), m in zip(truth.iterrows(), per_particle)]
+    assert all(len(m) == 1 for m in per_particle), report
+    for (_, t), m in zip(truth.iterrows(), per_particle):
+        assert m["diameter_px"].iloc[0] == pytest.approx(t["diameter_px"], rel=0.10), report
+    assert int(picks["accepted"].sum()) == len(truth), picks[picks["accepted"]]
+
+
+def test_python_api_defaults_are_the_command_line_defaults():
+    """`lipoframe.pick(image)` and `lipoframe run` pick with the same stages by default."""
+    from hydra import compose, initialize_config_dir
+
+    from lipoframe import plugins
+    from lipoframe.app import prepare_hydra
+    from lipoframe.config import config_dir, to_run_config
+
+    prepare_hydra()
+    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir()), job_name="test"):
+        cfg = to_run_config(compose("config"))
+    _, registry, _ = plugins.load()
+    sig = inspect.signature(lipoframe.pick).parameters
+    for kind in ("detector", "nms", "refiner"):
+        assert sig[kind].default == registry.for_params(getattr(cfg, kind)).name, kind
+    assert tuple(sig["filters"].default) == tuple(registry.for_params(p).name for p in cfg.filter.values())
+    assert (sig["dmin"].default, sig["dmax"].default, sig["units"].default, sig["polarity"].default) == (cfg.dmin, cfg.dmax, cfg.units, cfg.polarity)
+
+
+# ---------------------------------------------------------------------------
+# The Python API
+# ---------------------------------------------------------------------------
+def small_scene(shape=(600, 800), x=520.0, y=170.0, d=120.0, seed=0):
+    truth = pd.DataFrame({"x_px": [x], "y_px": [y], "diameter_px": [d]})
+    return render(shape, truth, noise=0.1, seed=seed), truth
+
+
+def test_pick_returns_a_table_and_leaves_the_image_alone():
+    image, truth = small_scene()
+    before = image.copy()
+    picks = lipoframe.pick(image, pixel_size=2.0, dmin=160, dmax=400, name="mine")
+    assert isinstance(picks, pd.DataFrame)
+    assert list(picks.columns[: len(CORE_COLUMNS)]) == CORE_COLUMNS
+    assert {"accepted", "reject_reason", "diameter_A"} <= set(picks.columns)
+    assert picks["x_px"].dtype == np.float64 and picks["pyramid_level"].dtype == np.int64 and picks["accepted"].dtype == bool
+    assert (picks["micrograph"] == "mine").all()
+    np.testing.assert_array_equal(image, before)
+    np.testing.assert_allclose(picks["diameter_A"], picks["diameter_px"] * 2.0)
+    again = lipoframe.pick(image, pixel_size=2.0, dmin=160, dmax=400, name="mine")
+    pd.testing.assert_frame_equal(picks, again)  # deterministic
+
+
+def test_pick_needs_a_pixel_size_for_angstroms():
+    image, _ = small_scene()
+    with pytest.raises(Exception, match="pixel_size"):
+        lipoframe.pick(image, dmin=150, dmax=500)
+
+
+# ---------------------------------------------------------------------------
+# The coordinate convention (docs/conventions.md)
+# ---------------------------------------------------------------------------
+def test_x_is_the_column_and_y_the_row():
+    image, truth = small_scene(shape=(600, 800), x=520.0, y=170.0)
+    picks = lipoframe.pick(image, dmin=60, dmax=200, units="px")
+    best = picks[picks["accepted"]].sort_values("score", ascending=False).iloc[0]
+    assert best["x_px"] == pytest.approx(520.0, abs=3) and best["y_px"] == pytest.approx(170.0, abs=3)
+
+
+@pytest.mark.parametrize("factor", [1, 2, 3, 4, 7, 17])
+def test_block_centres_map_exactly_to_full_resolution(factor):
+    """Block j of a factor-binned image is centred on full-resolution pixel (j + 0.5) * factor - 0.5."""
+    cols = np.tile(np.arange(68, dtype=np.float32), (68, 1))  # value = column index
+    binned = block_mean(cols, factor)
+    j = np.arange(binned.shape[1])
+    np.testing.assert_allclose(binned[0], to_full_resolution(j, factor), rtol=0, atol=1e-4)
+    np.testing.assert_allclose(block_mean(cols.T.copy(), factor)[:, 0], to_full_resolution(j, factor), atol=1e-4)
+    np.testing.assert_allclose(to_binned(to_full_resolution(j, factor), factor), j)
+
+
+@pytest.mark.parametrize("detector", ["dog", "log"])
+def test_picks_follow_a_flipped_image_exactly(detector):
+    """Flipping the image flips the picks: x -> (N - 1) - x. Mapping binned pixels with
+    ``i * factor`` instead of ``(i + 0.5) * factor - 0.5`` would break this by (factor - 1) px."""
+    from lipoframe.algorithms.scale_space import DIAMETER_PER_SIGMA, plan_levels
+
+    dmin, dmax = 80.0, 300.0
+    factors = [lv.factor for lv in plan_levels(dmin / DIAMETER_PER_SIGMA, dmax / DIAMETER_PER_SIGMA)]
+    step = int(np.lcm.reduce(factors))
+    n = step * int(np.ceil(1000 / step))  # every level bins the whole image, no cropped edge
+    truth = random_particles((n, n), [110, 160, 230], seed=4, margin=10, gap=20)
+    image = render((n, n), truth, noise=0.15, seed=4)
+    kw = dict(dmin=dmin, dmax=dmax, units="px", detector=detector, refiner="none")
+    a = lipoframe.pick(image, **kw)
+    b = lipoframe.pick(np.ascontiguousarray(image[:, ::-1]), **kw)
+    assert max(factors) > 1 and len(a) >= len(truth)
+    a = a.sort_values(["y_px", "diameter_px"], kind="stable").reset_index(drop=True)
+    b = b.assign(x_px=(n - 1) - b["x_px"]).sort_values(["y_px", "diameter_px"], kind="stable").reset_index(drop=True)
+    np.testing.assert_allclose(b[["x_px", "y_px", "diameter_px"]].to_numpy(), a[["x_px", "y_px", "diameter_px"]].to_numpy(), atol=0.05)
+
+
+# ---------------------------------------------------------------------------
+# The built-in demo
+# ---------------------------------------------------------------------------
+@pytest.mark.slow
+def test_demo_run_with_no_input(tmp_path):
+    """`lipoframe run output=DIR` with no input picks the built-in demo set (a real subprocess)."""
+    res = subprocess.run(
+        [sys.executable, "-m", "lipoframe", "run", "output=demo", "runner.report=false"],
+        capture_output=True, text=True, cwd=tmp_path, env=dict(os.environ), timeout=300,
+    )
+    assert res.returncode == 0, res.stderr
+    truth = pd.read_csv(tmp_path / "demo" / "demo_input" / "truth.csv")
+    picks = pd.read_csv(tmp_path / "demo" / "picks.csv")
+    picks = picks[picks["accepted"]] if "accepted" in picks else picks
+    assert set(picks["micrograph"]) == set(truth["micrograph"])
+    assert f"{len(picks)} accepted" in res.stdout and str(tmp_path / "demo") in res.stdout
+    for name, t in truth.groupby("micrograph"):
+        per = match(picks[picks["micrograph"] == name].assign(accepted=True), t)
+        assert sum(len(m) == 1 for m in per) >= 0.9 * len(t), name  # the demo shows a sensible result

@@ -1,0 +1,237 @@
+"""Tests of lipoframe.evaluate (matching, metrics, readers, CLI)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lipoframe.evaluate import (
+    average_precision,
+    circle_iou,
+    evaluate,
+    main,
+    match,
+    micrograph_key,
+    read_picks,
+    read_reference,
+    sphere_iou,
+)
+
+APO = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "apoferritin_empiar10146_sample"
+
+
+def table(rows, cols=("micrograph", "x_px", "y_px", "diameter_px")):
+    return pd.DataFrame(rows, columns=list(cols))
+
+
+def test_perfect_picks_score_one():
+    ref = table([("a", 100, 100, 50), ("a", 300, 120, 80), ("b", 50, 60, 40)])
+    res = evaluate(ref.assign(score=[3.0, 2.0, 1.0]), ref.assign(kind="solid"))
+    s = res.summary
+    assert (s["tp"], s["fp"], s["fn"]) == (3, 0, 0)
+    assert s["precision"] == s["recall"] == s["f1"] == 1.0
+    assert s["auprc"] == pytest.approx(1.0)
+    assert s["duplicates"] == 0 and s["median_diameter_error"] == 0.0 and s["iou_rate"] == 1.0
+    assert list(res.per_micrograph["micrograph"]) == ["a", "b"]
+
+
+def test_hungarian_finds_the_one_to_one_assignment_greedy_misses():
+    # Pick 0 is nearest to reference A, but only the assignment 0->B, 1->A matches both.
+    ref = np.array([[0.0, 0.0], [10.0, 0.0]])
+    picks = np.array([[4.0, 0.0], [-6.0, 0.0]])
+    r, p = match(ref, np.array([40.0, 40.0]), picks, tolerance=0.3)
+    assert sorted(zip(r.tolist(), p.tolist())) == [(0, 1), (1, 0)]
+
+
+def test_tolerance_is_relative_to_the_reference_diameter():
+    ref = table([("m", 100, 100, 100)])
+    pick = table([("m", 135, 100, 100)])
+    assert evaluate(pick, ref, tolerance=0.3).summary["tp"] == 0
+    assert evaluate(pick, ref, tolerance=0.4).summary["tp"] == 1
+
+
+def test_duplicates_inside_a_matched_particle_are_counted():
+    ref = table([("m", 200, 200, 100), ("m", 600, 200, 100)])
+    picks = table([("m", 201, 200, 100), ("m", 230, 210, 30), ("m", 180, 180, 30), ("m", 600, 200, 100), ("m", 900, 900, 60)])
+    res = evaluate(picks, ref)
+    s = res.summary
+    assert s["tp"] == 2 and s["duplicates"] == 2 and s["duplicate_rate"] == pytest.approx(1.0)
+    assert list(res.picks["status"]) == ["tp", "duplicate", "duplicate", "tp", "fp"]
+    assert s["precision"] == pytest.approx(2 / 5)
+
+
+def test_picks_on_junk_are_reported_and_junk_is_not_a_target():
+    ref = pd.DataFrame({
+        "micrograph": ["m"] * 3, "x_px": [100.0, 500.0, 800.0], "y_px": [100.0, 500.0, 100.0],
+        "diameter_px": [80.0, 300.0, 40.0], "kind": ["solid", "ice", "junk"],
+    })
+    picks = table([("m", 100, 100, 80), ("m", 550, 520, 90), ("m", 801, 99, 40)])
+    s = evaluate(picks, ref).summary
+    assert s["n_reference"] == 1 and s["n_junk_objects"] == 2
+    assert s["tp"] == 1 and s["fn"] == 0 and s["junk_picks"] == 2 and s["fp"] == 2
+    assert s["junk_picks_by_kind"] == {"ice": 1, "junk": 1}
+    assert s["recall"] == 1.0
+
+
+def test_rejected_picks_are_ignored_unless_asked():
+    ref = table([("m", 100, 100, 80)])
+    picks = table([("m", 100, 100, 80), ("m", 400, 400, 80)]).assign(accepted=[True, False])
+    assert evaluate(picks, ref).summary["n_picks"] == 1
+    assert evaluate(picks, ref, include_rejected=True).summary["n_picks"] == 2
+
+
+def test_diameter_error_and_iou_rate():
+    ref = table([("m", 100, 100, 100), ("m", 400, 100, 100)])
+    picks = table([("m", 100, 100, 110), ("m", 400, 100, 60)])
+    s = evaluate(picks, ref).summary
+    assert s["median_diameter_error"] == pytest.approx(0.25)  # median of 0.1 and 0.4
+    # IoU of concentric circles = (small/large)^2: 0.826 and 0.36
+    assert s["iou_rate"] == pytest.approx(0.5)
+
+
+def test_average_precision_by_hand():
+    tp = np.array([True, False, True])
+    score = np.array([0.9, 0.8, 0.7])
+    # steps: (R=0.5, P=1), (0.5, 0.5), (1.0, 2/3)
+    assert average_precision(tp, score, 2) == pytest.approx(0.5 * 1 + 0.5 * 2 / 3)
+    # a false positive first: (R=0, P=0), (0.5, 0.5), (1.0, 2/3)
+    assert average_precision(np.array([False, True, True]), score, 2) == pytest.approx(0.5 * 0.5 + 0.5 * 2 / 3)
+    # tied scores form one step: (R=1, P=2/3)
+    assert average_precision(tp, np.ones(3), 2) == pytest.approx(2 / 3)
+    assert np.isnan(average_precision(tp, score, 0))
+
+
+def test_auprc_rewards_ranking_true_picks_first():
+    ref = table([("m", 100 * i, 100, 50) for i in range(1, 6)])
+    fps = table([("m", 100 * i, 900, 50) for i in range(1, 6)])
+    picks = pd.concat([ref, fps], ignore_index=True)
+    good = evaluate(picks.assign(score=[10, 9, 8, 7, 6, 5, 4, 3, 2, 1]), ref).summary["auprc"]
+    bad = evaluate(picks.assign(score=[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]), ref).summary["auprc"]
+    assert good == pytest.approx(1.0) and bad < 0.5
+
+
+def test_circle_and_sphere_iou_known_values():
+    assert circle_iou(0.0, 5.0, 5.0) == pytest.approx(1.0)
+    assert circle_iou(11.0, 5.0, 5.0) == 0.0
+    assert circle_iou(0.0, 1.0, 2.0) == pytest.approx(0.25)
+    assert sphere_iou(0.0, 1.0, 2.0) == pytest.approx(1 / 8)
+    assert sphere_iou(20.0, 5.0, 5.0) == 0.0
+
+
+def test_circle_iou_partial_overlap_matches_pixel_count():
+    yy, xx = np.mgrid[-200:200, -200:200] + 0.5
+    a = np.hypot(xx, yy) < 100
+    b = np.hypot(xx - 70, yy) < 80
+    expected = (a & b).sum() / (a | b).sum()
+    assert circle_iou(70.0, 100.0, 80.0) == pytest.approx(expected, rel=5e-3)
+
+
+def test_sphere_iou_partial_overlap_matches_voxel_count():
+    zz, yy, xx = np.mgrid[-60:60, -60:60, -60:60] + 0.5
+    a = np.sqrt(xx**2 + yy**2 + zz**2) < 40
+    b = np.sqrt((xx - 30) ** 2 + yy**2 + zz**2) < 30
+    expected = (a & b).sum() / (a | b).sum()
+    assert sphere_iou(30.0, 40.0, 30.0) == pytest.approx(expected, rel=1e-2)
+
+
+def test_3d_uses_z():
+    ref = table([("t", 100, 100, 50, 100)], cols=("micrograph", "x_px", "y_px", "diameter_px", "z_px"))
+    near = ref.assign(z_px=105.0)
+    far = ref.assign(z_px=160.0)
+    assert evaluate(near, ref).summary["tp"] == 1 and evaluate(near, ref).summary["dims"] == 3
+    assert evaluate(far, ref).summary["tp"] == 0
+    assert evaluate(far.drop(columns="z_px"), ref).summary["dims"] == 2
+
+
+def test_micrograph_names_are_normalised():
+    assert micrograph_key("data/May08_03.05.02.bin_avg.png") == "May08_03.05.02.bin_avg"
+    assert micrograph_key("mic 01.mrc") == "mic_01"
+    ref = table([("folder/mic_001.mrc", 100, 100, 50)])
+    picks = table([("mic_001", 101, 100, 50)])
+    assert evaluate(picks, ref).summary["tp"] == 1
+
+
+def test_scope_decides_about_micrographs_without_reference():
+    ref = table([("a", 100, 100, 50)])
+    picks = table([("a", 100, 100, 50), ("empty", 300, 300, 50)])
+    union = evaluate(picks, ref, micrographs=["a", "empty", "quiet"])
+    assert union.summary["fp"] == 1 and union.summary["n_micrographs"] == 3
+    row = union.per_micrograph.set_index("micrograph").loc["quiet"]
+    assert row["n_picks"] == 0 and row["n_reference"] == 0
+    assert evaluate(picks, ref, scope="reference").summary["fp"] == 0
+
+
+def test_reference_without_diameter_needs_reference_diameter():
+    ref = pd.DataFrame({"micrograph": ["m"], "x_px": [10.0], "y_px": [10.0]})
+    with pytest.raises(ValueError, match="reference_diameter"):
+        evaluate(ref, ref)
+    assert evaluate(ref, ref, reference_diameter=20).summary["tp"] == 1
+
+
+@pytest.mark.parametrize("kw, key", [({"tolerance": 0}, "tolerance"), ({"iou_threshold": 2}, "iou_threshold"), ({"scope": "all"}, "scope")])
+def test_bad_options_name_the_key(kw, key):
+    ref = table([("m", 1, 1, 1)])
+    with pytest.raises(ValueError, match=key):
+        evaluate(ref, ref, **kw)
+
+
+def test_star_reference_and_run_folder(tmp_path):
+    import starfile
+
+    star = pd.DataFrame({"rlnMicrographName": ["mics/m1.mrc", "mics/m1.mrc"], "rlnCoordinateX": [100.0, 300.0], "rlnCoordinateY": [50.0, 60.0]})
+    starfile.write({"particles": star}, tmp_path / "ref.star")
+    ref = read_reference(tmp_path / "ref.star")
+    assert list(ref["x_px"]) == [100.0, 300.0]
+    run = tmp_path / "run"
+    (run / "micrographs").mkdir(parents=True)
+    table([("m1", 101, 50, 40)]).assign(score=1.0, accepted=True).to_csv(run / "micrographs" / "m1.csv", index=False)
+    (run / "micrographs" / "m1.json").write_text("{}")
+    table([]).to_csv(run / "micrographs" / "m2.csv", index=False)
+    (run / "micrographs" / "m2.json").write_text("{}")
+    picks, names = read_picks(run)
+    assert names == ["m1", "m2"] and len(picks) == 1
+    res = evaluate(picks, ref, reference_diameter=40, micrographs=names)
+    assert res.summary["tp"] == 1 and res.summary["fn"] == 1 and res.summary["n_micrographs"] == 2
+
+
+def test_cli_writes_outputs(tmp_path, capsys):
+    ref = table([("a", 100, 100, 50), ("a", 300, 300, 50)]).assign(kind="shell")
+    picks = table([("a", 102, 99, 52)]).assign(score=1.0, accepted=True)
+    ref.to_csv(tmp_path / "truth.csv", index=False)
+    picks.to_csv(tmp_path / "picks.csv", index=False)
+    out = tmp_path / "eval"
+    assert main([f"picks={tmp_path / 'picks.csv'}", f"reference={tmp_path / 'truth.csv'}", f"output={out}"]) == 0
+    summary = json.loads((out / "evaluation.json").read_text())
+    assert summary["tp"] == 1 and summary["recall"] == 0.5 and summary["per_kind"]["shell"]["n"] == 2
+    per = pd.read_csv(out / "per_micrograph.csv")
+    assert per.loc[0, "fn"] == 1
+    assert set(pd.read_csv(out / "picks_evaluated.csv")["status"]) == {"tp"}
+    assert "F1" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, word", [
+    (["picks=a.csv", "reference=b.csv", "bogus=1"], "bogus"),
+    (["picks=a.csv", "reference=b.csv", "tolerance=abc"], "tolerance"),
+    (["picks=a.csv", "reference=b.csv", "tolerance=-1"], "tolerance"),
+    (["picks=a.csv"], "reference"),
+    (["picks=missing.csv", "reference=missing.csv"], "missing.csv"),
+])
+def test_cli_errors_are_one_line_naming_the_problem(argv, word, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert word in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.skipif(not APO.is_dir(), reason="shared apoferritin sample not available")
+def test_apoferritin_reference_names_match_the_png_stems():
+    ref = read_reference(APO / "reference_coords_derived.csv")
+    stems = {p.stem for p in (APO / "micrographs_filtered").glob("*.png")}
+    assert set(ref["micrograph"].map(micrograph_key)) <= stems
+    # the reference against itself is a perfect score, whatever its kinds are called
+    s = evaluate(ref, ref).summary
+    assert s["f1"] == 1.0 and s["n_reference"] == len(ref)

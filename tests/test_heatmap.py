@@ -1,0 +1,260 @@
+"""Heatmap post-processing: probability/centre maps -> one pick per particle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+from scipy import ndimage as ndi
+from skimage.draw import disk
+
+from lipoframe.algorithms.heatmap import (
+    equivalent_diameter,
+    find_centres,
+    fuse_instances,
+    heatmap_picks,
+    normalise_heatmap,
+)
+from lipoframe.algorithms.pyramid import block_mean
+from lipoframe.builtin.heatmap import HeatmapDetector, HeatmapParams, infer_downscale
+from lipoframe.records import InputError, Micrograph, MicrographMeta, PickContext
+
+# (row, col, diameter): two overlapping discs (one component), and three apart.
+DISCS = [(70, 80, 60), (70, 137, 60), (210, 230, 120), (240, 70, 30), (120, 300, 90)]
+SHAPE = (320, 400)
+
+
+def disc_map(shape=SHAPE, discs=DISCS, value=0.9) -> np.ndarray:
+    hm = np.zeros(shape, np.float32)
+    for r, c, d in discs:
+        hm[disk((r, c), d / 2, shape=shape)] = value
+    return hm
+
+
+def match(picks: dict, discs=DISCS) -> tuple[np.ndarray, np.ndarray]:
+    """For each disc: distance to the nearest pick and that pick's diameter ratio."""
+    xy = np.c_[picks["x_px"], picks["y_px"]]
+    dist, ratio = [], []
+    for r, c, d in discs:
+        e = np.hypot(xy[:, 0] - c, xy[:, 1] - r)
+        i = int(np.argmin(e))
+        dist.append(e[i])
+        ratio.append(picks["diameter_px"][i] / d)
+    return np.array(dist), np.array(ratio)
+
+
+def test_discs_come_back_one_pick_each():
+    p = heatmap_picks(disc_map(), min_distance=10, min_diameter=10)
+    assert len(p["x_px"]) == len(DISCS)
+    dist, ratio = match(p)
+    assert dist.max() < 1.0
+    assert np.all(np.abs(ratio - 1) < 0.03)
+    assert np.allclose(p["score"], 0.9)
+
+
+def test_soft_map_and_uint8_mask_give_the_same_discs():
+    soft = ndi.gaussian_filter(disc_map(value=1.0), 2.0)  # 0.5 contour stays on the disc edge
+    p = heatmap_picks(soft, min_distance=10, min_diameter=10)
+    assert len(p["x_px"]) == len(DISCS)
+    dist, ratio = match(p)
+    assert dist.max() < 1.0 and np.all(np.abs(ratio - 1) < 0.04)
+    mask255 = (disc_map() > 0).astype(np.uint8) * 255
+    q = heatmap_picks(normalise_heatmap(mask255), min_distance=10, min_diameter=10)
+    assert len(q["x_px"]) == len(DISCS)
+    assert np.allclose(np.sort(q["diameter_px"]), np.sort(p["diameter_px"]), rtol=0.04)
+
+
+@pytest.mark.parametrize("factor", [2, 4])
+def test_downscaled_heatmap_maps_back_to_full_resolution(factor):
+    # A network that works on a binned micrograph: block means of the full-size map.
+    hm = block_mean(disc_map(), factor)
+    p = heatmap_picks(hm, factor=factor, min_distance=10 // factor, min_diameter=10 / factor)
+    assert len(p["x_px"]) == len(DISCS)
+    dist, ratio = match(p)
+    assert dist.max() < 0.5 * factor + 0.5
+    assert np.all(np.abs(ratio - 1) < 0.06)
+
+
+def test_components_below_min_diameter_are_removed():
+    hm = disc_map(discs=DISCS + [(20, 380, 8)])
+    kept = heatmap_picks(hm, min_distance=10, min_diameter=20)
+    assert len(kept["x_px"]) == len(DISCS)
+    allp = heatmap_picks(hm, min_distance=3, min_diameter=0)
+    assert len(allp["x_px"]) == len(DISCS) + 1
+
+
+def test_probability_peaks_with_min_distance():
+    # Centre-style map: Gaussian bumps; two of them 12 px apart merge under min_distance=20.
+    cmap = np.zeros((100, 100), np.float32)
+    for r, c, a in [(30, 30, 1.0), (30, 42, 0.8), (70, 70, 0.9)]:
+        bump = np.zeros_like(cmap)
+        bump[r, c] = 1
+        bump = ndi.gaussian_filter(bump, 3)
+        cmap = np.maximum(cmap, a * bump / bump.max())
+    far = find_centres(cmap, threshold=0.5, min_distance=20)
+    near = find_centres(cmap, threshold=0.5, min_distance=5)
+    assert len(far) == 2 and len(near) == 3
+    assert tuple(far[0]) == (30, 30)  # the higher of the merged pair, first by value
+
+
+def test_fuse_instances_nearest_centre_and_check_center():
+    mask = disc_map() > 0
+    centres = np.array([[70, 80], [70, 137], [210, 230]])  # no centre for two discs
+    labels, seeds = fuse_instances(mask, centres, check_center=False)
+    assert labels.max() == 3  # discs without a centre are background
+    assert labels[240, 70] == 0
+    # the touching pair is split at the middle
+    assert labels[70, 105] != labels[70, 115] and labels[70, 105] > 0 and labels[70, 115] > 0
+    areas = np.bincount(labels.ravel())[1:]
+    assert np.allclose(equivalent_diameter(areas[:2], 2), 60, rtol=0.03)
+    labels_c, seeds_c = fuse_instances(mask, centres, check_center=True)
+    assert labels_c.max() == 5  # centre-less discs kept whole
+    assert np.isnan(seeds_c).any(axis=1).sum() == 2
+    # a component with a single centre is not split in either mode
+    one = fuse_instances(mask, np.array([[70, 80]]), check_center=True)[0]
+    assert len(np.unique(one[mask & (np.abs(np.arange(SHAPE[1]) - 110) < 45)[None, :] & (np.abs(np.arange(SHAPE[0]) - 70) < 35)[:, None]])) == 1
+
+
+def test_mask_plus_centre_map_splits_merged_particles():
+    mask = disc_map(discs=[(50, 50, 50), (50, 95, 50)])  # merged into one component
+    assert ndi.label(mask > 0.5)[1] == 1
+    cmap = np.zeros_like(mask)
+    cmap[50, 50] = cmap[50, 95] = 1.0
+    p = heatmap_picks(mask, centre_map=cmap, min_distance=5, check_center=True)
+    assert len(p["x_px"]) == 2
+    assert np.allclose(np.sort(p["x_px"]), [50, 95], atol=1.5)
+    assert np.allclose(p["diameter_px"], 50, rtol=0.06)
+
+
+def test_3d_probability_volume():
+    z, y, x = np.ogrid[:48, :64, :64]
+    vol = np.zeros((48, 64, 64), np.float32)
+    for c, r in [((20, 20, 20), 8), ((28, 40, 44), 12)]:
+        vol[(z - c[0]) ** 2 + (y - c[1]) ** 2 + (x - c[2]) ** 2 <= r * r] = 0.8
+    p = heatmap_picks(vol, min_distance=4, min_diameter=4)
+    assert len(p["x_px"]) == 2
+    order = np.argsort(p["diameter_px"])
+    assert np.allclose(p["z_px"][order], [20, 28], atol=0.5)
+    assert np.allclose(p["diameter_px"][order], [16, 24], rtol=0.06)
+
+
+def test_logits_and_bad_inputs():
+    lg = np.where(disc_map() > 0, 4.0, -4.0).astype(np.float32)
+    assert np.all((normalise_heatmap(lg, logits=True) > 0.5) == (disc_map() > 0))
+    with pytest.raises(ValueError, match="2D or 3D"):
+        normalise_heatmap(np.zeros(5))
+    with pytest.raises(ValueError, match="NaN"):
+        normalise_heatmap(np.full((4, 4), np.nan))
+    with pytest.raises(ValueError, match="threshold"):
+        heatmap_picks(disc_map(), threshold=0)
+
+
+def test_infer_downscale():
+    assert infer_downscale((4096, 4096), (4096, 4096)) == 1
+    assert infer_downscale((4092, 5760), (1023, 1440)) == 4
+    assert infer_downscale((4093, 5761), (1024, 1441)) == 4  # ceil per axis (padded network input)
+    with pytest.raises(ValueError, match="integer downscale"):
+        infer_downscale((1000, 1000), (300, 300))
+    with pytest.raises(ValueError, match="downscale=2"):
+        infer_downscale((1000, 1000), (250, 250), factor=2)
+
+
+@pytest.mark.parametrize("params", [dict(threshold=0), dict(peaks="maxima"), dict(downscale=-1), dict(pattern="")])
+def test_params_are_checked(params):
+    with pytest.raises(ValueError, match="detector\\."):
+        HeatmapParams(**params)
+
+
+# ---------------------------------------------------------------------------
+# The detector stage: maps found by name next to or away from the micrographs
+# ---------------------------------------------------------------------------
+def _mic(path: Path, shape=SHAPE) -> Micrograph:
+    img = np.zeros(shape, np.float32)
+    np.save(path, img)
+    return Micrograph(meta=MicrographMeta(name=path.stem, path=str(path), shape=shape), image=img)
+
+
+CTX = PickContext(dmin_px=25, dmax_px=130)
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".mrc", ".tif"])
+def test_detector_reads_maps_by_name(tmp_path, suffix):
+    mic = _mic(tmp_path / "mic_01.npy")
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    hm = block_mean(disc_map(), 2)
+    target = maps / f"mic_01_prob{suffix}"
+    if suffix == ".npy":
+        np.save(target, hm)
+    elif suffix == ".mrc":
+        with mrcfile.new(str(target)) as m:
+            m.set_data(hm)
+    else:
+        tifffile.imwrite(str(target), hm)
+    np.save(maps / "mic_010_prob.npy", hm)  # a name that a loose pattern would also match
+    det = HeatmapDetector(HeatmapParams(folder=str(maps), pattern="{stem}_prob.*"))
+    df = det.detect(mic, CTX)
+    assert len(df) == len(DISCS)
+    assert {"x_px", "y_px", "diameter_px", "score", "size_px"} <= set(df.columns)
+    dist, ratio = match({c: df[c].to_numpy() for c in df.columns})
+    assert dist.max() < 1.5 and np.all(np.abs(ratio - 1) < 0.06)
+
+
+def test_detector_errors_name_the_micrograph(tmp_path):
+    mic = _mic(tmp_path / "a.npy")
+    det = HeatmapDetector(HeatmapParams(folder=str(tmp_path / "maps"), pattern="{stem}.npy"))
+    with pytest.raises(InputError, match=r"a\.npy.*no heatmap"):
+        det.detect(mic, CTX)
+    (tmp_path / "maps").mkdir()
+    np.save(tmp_path / "maps" / "a.npy", np.zeros((100, 100), np.float32))
+    with pytest.raises(InputError, match="integer downscale"):
+        det.detect(mic, CTX)
+    np.save(tmp_path / "maps" / "a_x.npy", np.zeros(SHAPE, np.float32))
+    loose = HeatmapDetector(HeatmapParams(folder=str(tmp_path / "maps"), pattern="{stem}*"))
+    with pytest.raises(InputError, match="2 heatmaps match"):
+        loose.detect(mic, CTX)
+
+
+def test_pipeline_with_heatmap_detector_and_filters(tmp_path):
+    """Micrographs + maps -> lipoframe run: heatmap picks go through NMS, filters and writers."""
+    from lipoframe import plugins
+    from lipoframe.builtin.binning import SingleParams
+    from lipoframe.builtin.filters import EdgeParams
+    from lipoframe.builtin.nms import SizeAwareParams
+    from lipoframe.builtin.readers import AutoReaderParams
+    from lipoframe.builtin.refiners import NoRefinerParams
+    from lipoframe.builtin.writers import CsvWriterParams
+    from lipoframe.config import LipoframeConfig
+    from lipoframe.runner import run_pipeline
+
+    mics = tmp_path / "mics"
+    maps = tmp_path / "maps"
+    mics.mkdir()
+    maps.mkdir()
+    discs = DISCS + [(300, 200, 60)]  # the last one is cut by the bottom border
+    for i in range(2):
+        with mrcfile.new(str(mics / f"m{i}.mrc")) as m:
+            m.set_data(np.random.default_rng(i).normal(size=SHAPE).astype(np.float32))
+            m.voxel_size = 2.0
+        np.save(maps / f"m{i}.npy", disc_map(discs=discs))
+    _, registry, _ = plugins.load()
+    cfg = LipoframeConfig(
+        input=[str(mics)], dmin=40, dmax=260, units="A",
+        reader=AutoReaderParams(), detector=HeatmapParams(folder=str(maps)), nms=SizeAwareParams(),
+        refiner=NoRefinerParams(), filter={"edge": EdgeParams()}, binning=SingleParams(),
+        writer={"csv": CsvWriterParams()},
+    )
+    cfg.runner.workers = 1
+    cfg.runner.progress = False
+    cfg.runner.report = False
+    res = run_pipeline(cfg, tmp_path / "out", registry=registry)
+    assert res.ok, res.summary()
+    picks = pd.read_csv(tmp_path / "out" / "picks.csv")
+    assert len(picks) == 2 * len(DISCS)  # the border disc is flagged and not exported
+    all_picks = res.picks
+    edge = all_picks[all_picks["reject_reason"] == "edge"]
+    assert len(edge) == 2 and np.allclose(edge["x_px"], 200, atol=1)

@@ -1,0 +1,121 @@
+"""Sharding + ``lipoframe merge``: merging the shards gives exactly what one run gives."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from scale_data import RUN_ARGS, cli, write_set
+
+from lipoframe import app, merge
+
+
+@pytest.fixture(autouse=True)
+def _no_plugins(monkeypatch):
+    monkeypatch.setenv("LIPOFRAME_LOAD_PLUGINS", "")
+
+
+def _same_result(a, b):
+    """picks.csv, per-micrograph CSVs and extraction_plan.json of two output folders are identical."""
+    assert (a / "picks.csv").read_bytes() == (b / "picks.csv").read_bytes()
+    assert json.loads((a / "extraction_plan.json").read_text()) == json.loads((b / "extraction_plan.json").read_text())
+    per_mic = sorted(p.name for p in (a / "csv").glob("*.csv"))
+    assert per_mic == sorted(p.name for p in (b / "csv").glob("*.csv"))
+    for name in per_mic:
+        assert (a / "csv" / name).read_bytes() == (b / "csv" / name).read_bytes()
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory):
+    """Five micrographs in two folders, picked once as a whole and once in three shards."""
+    root = tmp_path_factory.mktemp("merge")
+    write_set(root / "in" / "a", 3, seed=0)
+    write_set(root / "in" / "b", 2, seed=10, prefix="other")
+    inp = f"input=['{root}/in/*/*.mrc']"
+    args = [inp, "runner.workers=1", *RUN_ARGS]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LIPOFRAME_LOAD_PLUGINS", "")
+        assert app.run([*args, f"output={root / 'single'}"]) == 0
+        assert app.run(["-m", *args, f"output={root / 'shards'}", "shard.count=3", "shard.index=0,1,2"]) == 0
+    return root
+
+
+def test_merge_of_shards_equals_single_run(sharded, capsys):
+    root = sharded
+    shards = [root / "shards" / str(i) for i in range(3)]
+    sizes = [len(json.loads((s / "run_summary.json").read_text())["failures"]) for s in shards]
+    assert sizes == [0, 0, 0]
+    assert [json.loads((s / "run_summary.json").read_text())["micrographs"]["ok"] for s in shards] == [2, 2, 1]
+    # shards given in any order
+    assert merge.main([str(shards[2]), str(shards[0]), str(shards[1]), f"output={root / 'merged'}"]) == 0
+    assert "micrographs  ok 5" in capsys.readouterr().out
+    _same_result(root / "single", root / "merged")
+
+
+def test_merge_accepts_the_sweep_folder(sharded):
+    root = sharded
+    assert merge.main([str(root / "shards"), f"output={root / 'merged_sweep'}"]) == 0
+    _same_result(root / "single", root / "merged_sweep")
+    summary = json.loads((root / "merged_sweep" / "run_summary.json").read_text())
+    assert summary["micrographs"] == {"total": 5, "ok": 5, "skipped": 0, "failed": 0}
+
+
+def test_merge_with_a_dataset_level_override(sharded):
+    root = sharded
+    assert merge.main([str(root / "shards"), f"output={root / 'merged_fft'}", "binning.rounding=even"]) == 0
+    plan = json.loads((root / "merged_fft" / "extraction_plan.json").read_text())
+    assert all(b["box_px"] % 2 == 0 for b in plan["bins"])
+    pd.testing.assert_frame_equal(
+        pd.read_csv(root / "merged_fft" / "picks.csv")[["micrograph", "x_px", "y_px", "diameter_px"]],
+        pd.read_csv(root / "single" / "picks.csv")[["micrograph", "x_px", "y_px", "diameter_px"]],
+    )
+
+
+def test_merge_refuses_a_per_micrograph_override(sharded, capsys):
+    root = sharded
+    assert merge.main([str(root / "shards"), f"output={root / 'bad'}", "detector.threshold=9"]) == 2
+    assert "per-micrograph options" in capsys.readouterr().err
+
+
+def test_merge_refuses_a_missing_shard(sharded, capsys):
+    root = sharded
+    code = merge.main([str(root / "shards" / "0"), str(root / "shards" / "2"), f"output={root / 'bad'}"])
+    assert code == 1
+    assert "shard(s) 1 of 3 are missing" in capsys.readouterr().err
+
+
+def test_merge_refuses_shards_with_other_settings(sharded, tmp_path, capsys):
+    root = sharded
+    other = tmp_path / "other"
+    args = [f"input=['{root}/in/*/*.mrc']", "runner.workers=1", *RUN_ARGS, "detector.threshold=9"]
+    assert app.run([*args, f"output={other}", "shard.count=3", "shard.index=1"]) == 0
+    capsys.readouterr()
+    code = merge.main([str(root / "shards" / "0"), str(other), str(root / "shards" / "2"), f"output={tmp_path / 'm'}"])
+    assert code == 1
+    assert "different per-micrograph settings" in capsys.readouterr().err
+
+
+def test_merge_needs_output_and_run_folders(tmp_path, capsys):
+    assert merge.main([str(tmp_path)]) == 2
+    assert "output=DIR is required" in capsys.readouterr().err
+    assert merge.main([str(tmp_path), f"output={tmp_path / 'o'}"]) == 1
+    assert "not a lipoframe run folder" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_submitit_local_launcher_shards_then_merge(sharded, tmp_path):
+    """The real launcher path: each shard is a separate submitit job process."""
+    root = sharded
+    proc = cli(
+        "run", "-m", f"input=['{root}/in/*/*.mrc']", "runner.workers=1", *RUN_ARGS,
+        f"output={tmp_path / 'sweep'}", "shard.count=2", "shard.index=0,1", "hydra/launcher=submitit_local",
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    for i in range(2):
+        summary = json.loads((tmp_path / "sweep" / str(i) / "run_summary.json").read_text())
+        assert summary["micrographs"]["failed"] == 0 and summary["micrographs"]["ok"] >= 2
+    proc = cli("merge", str(tmp_path / "sweep"), f"output={tmp_path / 'merged'}")
+    assert proc.returncode == 0, proc.stderr
+    _same_result(root / "single", tmp_path / "merged")

@@ -1,0 +1,290 @@
+"""Box and mask sizes, the plan files, and ``lipoframe plan`` on run folders."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lipoframe import schema
+from lipoframe.builtin.binning import (
+    BoxParams,
+    HacBinner,
+    HacParams,
+    PeakValleyBinner,
+    PeakValleyParams,
+    make_bin,
+)
+from lipoframe.plan import COSINE_EDGE_WIDTH_PX, ExtractionPlan, SizeBin, is_fft_friendly, round_up_box
+from lipoframe.planfiles import plan_markdown, size_histogram_table, write_plan_files
+from lipoframe.records import MicrographMeta, PickContext
+
+from conftest import TINY_ARGS  # noqa: E402
+
+# ---------------------------------------------------------------------------
+# Box rounding
+# ---------------------------------------------------------------------------
+@settings(max_examples=300, deadline=None)
+@given(st.floats(min_value=0.5, max_value=4000, allow_nan=False))
+def test_multiple32_rounds_up_to_the_next_multiple(size):
+    box = round_up_box(size)
+    assert box % 32 == 0 and box >= size and box - size < 32
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.floats(min_value=1.5, max_value=4000, allow_nan=False))
+def test_fft_rounds_up_to_the_next_even_2_3_5_size(size):
+    box = round_up_box(size, rounding="fft")
+    assert box >= size and box % 2 == 0 and is_fft_friendly(box)
+    assert not any(is_fft_friendly(n) for n in range(math.ceil(size), box))
+
+
+def test_rounding_never_goes_down_on_exact_sizes():
+    assert round_up_box(320) == 320 and round_up_box(320.01) == 352
+    assert round_up_box(300, rounding="fft") == 300 and round_up_box(301, rounding="fft") == 320
+    assert round_up_box(301, rounding="even") == 302
+
+
+# ---------------------------------------------------------------------------
+# Bins: box from pad * largest diameter, SIMPLE's mask rule, extraction pixel size
+# ---------------------------------------------------------------------------
+def test_box_is_pad_times_largest_diameter_rounded_up():
+    b = make_bin(0, 200.0, 300.0, 10, BoxParams(pad=1.5), pixel_size=1.0)
+    assert b.box_px == 480  # 450 -> next multiple of 32
+    b = make_bin(0, 200.0, 300.0, 10, BoxParams(pad=1.5, rounding="fft"), pixel_size=1.0)
+    assert b.box_px == 450  # 2 * 3^2 * 5^2
+    b = make_bin(0, 200.0, 300.0, 10, BoxParams(pad=1.6), pixel_size=1.0)
+    assert b.box_px == 480  # exactly 480
+
+
+def test_mask_is_the_smaller_of_box_minus_edge_and_1_2_d_max_in_angstrom():
+    # 1.2 * d_max wins: box 480 px at 2 Å/px leaves (480 - 6) * 2 = 948 Å; 1.2 * 300 px * 2 Å = 720 Å
+    b = make_bin(0, 200.0, 300.0, 1, BoxParams(), pixel_size=2.0)
+    assert b.mask_diameter_A == pytest.approx(720.0)
+    # the box wins for tiny particles: d_max 20 px, pad 1.4, even box 28 -> (28 - 6) * 2 = 44 Å < 1.2 * 40 Å
+    b = make_bin(0, 10.0, 20.0, 1, BoxParams(pad=1.4, rounding="even"), pixel_size=2.0)
+    assert b.box_px == 28
+    assert b.mask_diameter_A == pytest.approx((28 - COSINE_EDGE_WIDTH_PX) * 2.0)
+    # no pixel size: no mask in Å
+    assert make_bin(0, 200.0, 300.0, 1, BoxParams(), pixel_size=None).mask_diameter_A is None
+
+
+def test_box_at_a_downscaled_extraction_pixel_size():
+    b = make_bin(0, 200.0, 300.0, 1, BoxParams(extract_pixel_size=2.0), pixel_size=1.0)
+    assert b.box_px == 480
+    assert b.box_px_extract == 256  # 1.5 * 300 Å / 2 Å/px = 225 -> 256
+    b = make_bin(0, 200.0, 300.0, 1, BoxParams(extract_pixel_size=4.0), pixel_size=1.0)
+    assert b.box_px_extract == 128  # 112.5 -> 128
+    # the mask must also fit the downscaled box: (128 - 6) * 4 = 488 Å > 360 Å, so 1.2 * d_max still wins
+    assert b.mask_diameter_A == pytest.approx(360.0)
+    b = make_bin(0, 20.0, 30.0, 1, BoxParams(pad=1.4, rounding="even", extract_pixel_size=3.0), pixel_size=1.0)
+    assert b.box_px_extract == 14 and b.mask_diameter_A == pytest.approx((14 - COSINE_EDGE_WIDTH_PX) * 3.0)
+
+
+# ---------------------------------------------------------------------------
+# Plan object
+# ---------------------------------------------------------------------------
+def test_plan_round_trips_through_json_with_details():
+    plan = ExtractionPlan(
+        policy="hac", pixel_size=1.2,
+        bins=(SizeBin(0, 100.0, 150.0, 5, 256, 180.0, 128), SizeBin(1, 170.0, 260.0, 9, 416, 374.4, 192)),
+        accepted_range_px=(100.0, 260.0), extract_pixel_size=2.4, notes=("a note",),
+        details={"clusters": [{"cluster": 1, "mean": np.float64(120.5)}], "n": np.int64(14), "arr": np.arange(3)},
+    )
+    back = ExtractionPlan.from_dict(json.loads(plan.to_json()))
+    assert back.bins == plan.bins and back.accepted_range_px == plan.accepted_range_px
+    assert back.notes == plan.notes and back.details["clusters"][0]["mean"] == 120.5 and back.details["arr"] == [0, 1, 2]
+    assert back.assign([99, 100, 150, 160, 170, 260, 261]).tolist() == [-1, 0, 0, -1, 1, 1, -1]
+    assert "box@2.4" in plan.format_table() and "170-260" in plan.format_table()
+
+
+# ---------------------------------------------------------------------------
+# Plan files
+# ---------------------------------------------------------------------------
+def dataset(seed=0):
+    """A binned trimodal dataset with a size-outlier population, over three micrographs."""
+    rng = np.random.default_rng(seed)
+    d = np.r_[rng.normal(170, 10, 300), rng.normal(250, 14, 500), rng.normal(380, 20, 200)]
+    n = d.size
+    picks = pd.DataFrame({
+        schema.MICROGRAPH: [f"mic_{i % 3}" for i in range(n)], schema.X: rng.uniform(0, 4000, n),
+        schema.Y: rng.uniform(0, 4000, n), schema.DIAMETER: d, schema.SCORE: rng.uniform(1, 5, n),
+        schema.LEVEL: np.zeros(n, np.int64), schema.SIGMA: d / 2.8, schema.ACCEPTED: True, schema.REASON: "",
+    })
+    metas = {f"mic_{i}": MicrographMeta(f"mic_{i}", f"/data/mic_{i}.mrc", (4000, 4000), 1.1) for i in range(3)}
+    return picks, metas
+
+
+CTX = PickContext(dmin_px=100, dmax_px=600, polarity="dark", pixel_size=1.1, seed=0)
+
+
+def test_plan_files_are_written_and_consistent(tmp_path):
+    picks, metas = dataset()
+    res = PeakValleyBinner(PeakValleyParams(extract_pixel_size=2.2)).assign(picks, metas, CTX)
+    plan = res.plan
+    assert plan.n_bins == 3
+    # a writer's per-bin files (and one elsewhere, which is not a bin file)
+    written = []
+    for b in plan.bins:
+        for f in (f"bins/{b.label}/autopick.star", f"bins/{b.label}/coords/mic_0_autopick.star"):
+            p = tmp_path / f
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text("")
+            written.append(p)
+    written.append(tmp_path / "picks.csv")
+    files = write_plan_files(plan, res.picks, tmp_path, metas=metas, written=written)
+    assert [f.name for f in files] == ["sizes.csv", "size_histogram.png", "extraction_plan.json", "extraction_plan.md"]
+
+    sizes = pd.read_csv(tmp_path / "sizes.csv")
+    assert sizes["count"].sum() == len(picks)
+    assert np.diff(sizes["d_lo_px"]) == pytest.approx(PeakValleyParams().bin_width_px)
+    assert sizes["d_lo_A"].to_numpy() == pytest.approx(sizes["d_lo_px"].to_numpy() * 1.1)
+    for b in plan.bins:
+        assert sizes[b.label].sum() == b.count
+    assert (sizes[[b.label for b in plan.bins]].sum(axis=1) == sizes["count"]).all()
+
+    import matplotlib.image as mpimg
+
+    img = mpimg.imread(tmp_path / "size_histogram.png")
+    assert img.ndim == 3 and img.shape[0] > 300 and img.shape[1] > 500
+
+    doc = json.loads((tmp_path / "extraction_plan.json").read_text())
+    assert ExtractionPlan.from_dict(doc).bins == plan.bins
+    assert doc["coordinate_files"]["bin2"] == ["bins/bin2/autopick.star", "bins/bin2/coords/mic_0_autopick.star"]
+
+    md = (tmp_path / "extraction_plan.md").read_text()
+    for b in plan.bins:
+        assert f"| {b.index + 1} | {b.d_min_px:.0f}–{b.d_max_px:.0f} |" in md
+        assert f"**{b.box_px} px**" in md and f"**{b.box_px_extract} px** at 2.2 Å/px" in md
+        assert f"**{b.mask_diameter_A:.0f} Å**" in md
+        assert f"`bins/{b.label}/autopick.star`" in md
+    assert "none written per bin" not in md
+
+
+def test_markdown_includes_the_relion_command_when_the_writer_provides_it(tmp_path, monkeypatch):
+    import types
+
+    picks, metas = dataset()
+    plan = PeakValleyBinner(PeakValleyParams()).assign(picks, metas, CTX).plan
+    files = {b.index: [f"bins/{b.label}/autopick.star"] for b in plan.bins}
+    calls = []
+
+    def fake(size_bin, coord_list_path, *, pixel_size):
+        calls.append((size_bin.label, str(coord_list_path), pixel_size))
+        return f"relion_preprocess --coord_list {coord_list_path} --extract_size {size_bin.box_px}"
+
+    monkeypatch.setitem(sys.modules, "lipoframe.io.relion", types.SimpleNamespace(extract_command=fake))
+    md = plan_markdown(plan, files)
+    assert calls == [(b.label, f"bins/{b.label}/autopick.star", 1.1) for b in plan.bins]
+    for b in plan.bins:
+        assert f"--coord_list bins/{b.label}/autopick.star --extract_size {b.box_px}" in md
+    # absent writer: no command, no error
+    monkeypatch.setitem(sys.modules, "lipoframe.io.relion", None)
+    md = plan_markdown(plan, files)
+    assert "relion_preprocess" not in md and "bins/bin1/autopick.star" in md
+
+
+def test_plan_files_for_an_empty_dataset(tmp_path):
+    picks, metas = dataset()
+    res = HacBinner(HacParams()).assign(picks.iloc[0:0], metas, CTX)
+    files = write_plan_files(res.plan, res.picks, tmp_path, metas=metas, written=[])
+    assert all(f.is_file() for f in files)
+    assert "No size bins" in (tmp_path / "extraction_plan.md").read_text()
+    assert "no accepted picks" in (tmp_path / "extraction_plan.md").read_text()
+    assert len(pd.read_csv(tmp_path / "sizes.csv")) == 0
+
+
+def test_size_outliers_are_counted_apart(tmp_path):
+    picks, metas = dataset()
+    extra = picks.iloc[:30].copy()
+    extra[schema.DIAMETER] = np.linspace(900, 950, 30)
+    res = HacBinner(HacParams()).assign(pd.concat([picks, extra], ignore_index=True), metas, CTX)
+    t = size_histogram_table(res.plan, res.picks)
+    assert t["outliers"].sum() == res.plan.details["n_outliers"] >= 30
+    assert t["count"].sum() == res.plan.n_accepted
+
+
+# ---------------------------------------------------------------------------
+# lipoframe plan
+# ---------------------------------------------------------------------------
+def fabricated_run(folder: Path, picks: pd.DataFrame, metas, *, binning: dict | None = None) -> Path:
+    """A run folder as `lipoframe merge` leaves it: saved picks + config.yaml (no .hydra)."""
+    from omegaconf import OmegaConf
+
+    from lipoframe.runner import save_work
+
+    for name, meta in metas.items():
+        sub = picks[picks[schema.MICROGRAPH] == name].reset_index(drop=True)
+        sub = sub.assign(**{schema.DIAMETER_A: sub[schema.DIAMETER] * meta.pixel_size})
+        save_work(folder, meta, sub, "fp", 0.1)
+    cfg = {"pixel_size": None, "dmin": 100.0, "dmax": 600.0, "units": "px", "polarity": "dark", "seed": 0,
+           "export_rejected": False, "binning": binning or {"pad": 1.5, "rounding": "multiple32", "extract_pixel_size": None},
+           "writer": {"csv": {"per_micrograph": True, "float_format": "%.2f"}}}
+    (folder / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(cfg)))
+    return folder
+
+
+def test_plan_command_recomputes_from_saved_picks(tmp_path, run_cli):
+    picks, metas = dataset()
+    run = fabricated_run(tmp_path / "run", picks, metas)
+    # the saved binning (pad/rounding/extract_pixel_size only) is `single`
+    code, out, err = run_cli("plan", run)
+    assert code == 0, err
+    assert "policy single: 1000 picks in 1 bin" in out
+    code, out, err = run_cli("plan", run, "binning=peak_valley", "binning.pad=1.6")
+    assert code == 0, err
+    plan = ExtractionPlan.from_dict(json.loads((run / "extraction_plan.json").read_text()))
+    assert plan.policy == "peak_valley" and plan.n_bins == 3
+    assert all(b.box_px == round_up_box(1.6 * b.d_max_px) for b in plan.bins)
+    for b in plan.bins:
+        assert f"{b.d_min_px:.0f}-{b.d_max_px:.0f}" in out and f"{b.box_px}" in out
+    for name in ("sizes.csv", "size_histogram.png", "extraction_plan.md", "picks.csv", "run_summary.json"):
+        assert (run / name).is_file()
+    summary = json.loads((run / "run_summary.json").read_text())
+    assert [b["box_px"] for b in summary["bins"]] == [b.box_px for b in plan.bins]
+    table = pd.read_csv(run / "picks.csv")
+    assert len(table) == 1000 and sorted(table[schema.SIZE_BIN].unique()) == [0, 1, 2]
+    code, out, _ = run_cli("plan", run, "binning=kmeans", "--json")
+    assert code == 0 and json.loads(out)["policy"] == "kmeans"
+
+
+def test_plan_command_refuses_picking_options_and_bad_folders(tmp_path, run_cli):
+    picks, metas = dataset()
+    run = fabricated_run(tmp_path / "run", picks, metas)
+    code, _, err = run_cli("plan", run, "detector.threshold=3")
+    assert code == 2 and "detector.threshold=3" in err and "lipoframe run" in err
+    code, _, err = run_cli("plan", run, "binning.no_such=1")
+    assert code == 2 and "no_such" in err
+    code, _, err = run_cli("plan", tmp_path / "nothing")
+    assert code == 2 and "no such folder" in err
+    (tmp_path / "empty").mkdir()
+    code, _, err = run_cli("plan", tmp_path / "empty")
+    assert code == 2 and "config.yaml" in err
+
+
+def test_plan_after_a_real_run_replaces_the_per_bin_files(tiny_mrcs, tmp_path, run_cli):
+    out = tmp_path / "out"
+    code, _, err = run_cli("run", f"input={tiny_mrcs[0].parent}", f"output={out}", *TINY_ARGS,
+                           "binning=quantile", "binning.n_bins=2", "writer=[csv,star]")
+    assert code == 0, err
+    first = json.loads((out / "extraction_plan.json").read_text())
+    assert first["policy"] == "quantile" and len(first["bins"]) == 2
+    assert (out / "bins" / "bin2").is_dir()
+    # the run's own settings come back from .hydra: same plan
+    code, stdout, err = run_cli("plan", out)
+    assert code == 0, err
+    assert json.loads((out / "extraction_plan.json").read_text())["bins"] == first["bins"]
+    # one bin now: bin2's coordinate files of the previous plan are gone
+    code, stdout, err = run_cli("plan", out, "binning=single")
+    assert code == 0, err
+    assert "policy single" in stdout
+    assert not (out / "bins" / "bin2").exists()
+    md = (out / "extraction_plan.md").read_text()
+    assert "bin 2" not in md and "`single`" in md

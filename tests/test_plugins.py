@@ -1,0 +1,341 @@
+"""Plugin system: built-ins and third-party plugins share one hook; errors are loud and named."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import EXAMPLE_PLUGIN, FAKE_DIST, TINY_ARGS, TINY_DMAX, TINY_DMIN, tiny_image, write_mrc
+from lipoframe import plugins
+from lipoframe.plugins import DEFAULT_PLUGINS, PluginError
+
+DUPLICATE_DOG = """
+    from dataclasses import dataclass
+    from lipoframe import hookimpl
+    from lipoframe.stages import Detector
+
+    @dataclass
+    class DogAgainParams:
+        pass
+
+    class DogAgain(Detector):
+        name = "dog"
+        Params = DogAgainParams
+
+    @hookimpl
+    def lipoframe_register_stages(registry):
+        registry.add(DogAgain)
+"""
+
+
+def twin_detector(cls_name: str) -> str:
+    return f"""
+    from dataclasses import dataclass
+    from lipoframe import hookimpl
+    from lipoframe.stages import Detector
+
+    @dataclass
+    class {cls_name}Params:
+        pass
+
+    class {cls_name}(Detector):
+        name = "twin"
+        Params = {cls_name}Params
+
+    @hookimpl
+    def lipoframe_register_stages(registry):
+        registry.add({cls_name})
+    """
+
+
+# ---------------------------------------------------------------------------
+# Built-ins use the same hook as third-party plugins
+# ---------------------------------------------------------------------------
+def test_builtins_register_through_the_public_hook():
+    pm, infos = plugins.make_plugin_manager(load_entrypoints=False)
+    impls = pm.hook.lipoframe_register_stages.get_hookimpls()
+    assert sorted(i.plugin_name for i in impls) == sorted(DEFAULT_PLUGINS)
+    registry = plugins.build_registry(pm, infos)
+    # Every built-in stage was added by one of those hook calls, which recorded its provider.
+    for info in registry.stages():
+        module = info.provider.split("(")[-1].rstrip(")")
+        assert module in DEFAULT_PLUGINS, info
+        assert info.cls.__module__ == module
+    by_module = {i.module: set(i.stages) for i in infos}
+    for kind, name in [("reader", "mrc"), ("detector", "dog"), ("detector", "log"), ("nms", "size_aware"), ("writer", "csv")]:
+        assert (kind, name) in registry
+        assert f"{kind}/{name}" in set().union(*by_module.values())
+
+
+def test_third_party_stage_is_called_through_the_same_hook(fake_plugin):
+    pm, registry, infos = plugins.load(refresh=True)
+    names = [i.plugin_name for i in pm.hook.lipoframe_register_stages.get_hookimpls()]
+    assert "fake" in names and set(DEFAULT_PLUGINS) <= set(names)
+    info = registry.get("detector", fake_plugin)
+    assert info.provider.startswith(f"{FAKE_DIST} 0.3.0")
+    assert ("detector", "dog") in registry  # built-ins are still there
+
+
+def test_registry_refuses_non_stages_and_bad_names():
+    from dataclasses import dataclass
+
+    from lipoframe.registry import RegistryError, StageRegistry
+    from lipoframe.stages import Detector
+
+    @dataclass
+    class P:
+        pass
+
+    class BadName(Detector):
+        name = "Bad Name"
+        Params = P
+
+    class NoParams(Detector):
+        name = "no_params"
+
+    reg = StageRegistry()
+    with pytest.raises(RegistryError, match="not a lipoframe Stage"):
+        reg.add(object)
+    with pytest.raises(RegistryError, match="snake_case"):
+        reg.add(BadName)
+    with pytest.raises(RegistryError, match="own Params"):
+        reg.add(NoParams)
+    assert len(reg) == 0
+
+
+# ---------------------------------------------------------------------------
+# Conflicts and misspellings fail loudly
+# ---------------------------------------------------------------------------
+def test_duplicate_of_a_builtin_names_both_providers(make_plugin, run_cli):
+    make_plugin("lipoframe-dupe", DUPLICATE_DOG, version="2.0")
+    with pytest.raises(PluginError) as err:
+        plugins.load(refresh=True)
+    msg = str(err.value)
+    assert "two detector stages are named 'dog'" in msg
+    assert "lipoframe 0.1.0" in msg and "lipoframe.builtin.detectors" in msg
+    assert "lipoframe-dupe 2.0" in msg and "DogAgain" in msg
+    code, out, stderr = run_cli("stages")
+    assert code == 2
+    assert stderr.strip().count("\n") == 0 and "lipoframe-dupe 2.0" in stderr
+
+
+def test_duplicate_between_two_plugins_names_both(make_plugin):
+    make_plugin("lipoframe-one", twin_detector("TwinOne"), version="1.1")
+    make_plugin("lipoframe-two", twin_detector("TwinTwo"), version="2.2")
+    with pytest.raises(PluginError) as err:
+        plugins.load(refresh=True)
+    msg = str(err.value)
+    assert "two detector stages are named 'twin'" in msg
+    assert "lipoframe-one 1.1" in msg and "lipoframe-two 2.2" in msg
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        # marked, misspelled
+        """
+        from lipoframe import hookimpl
+
+        @hookimpl
+        def lipoframe_register_stage(registry):
+            pass
+        """,
+        # unmarked, misspelled: still recognised by its lipoframe_ prefix
+        """
+        def lipoframe_regsiter_stages(registry):
+            pass
+        """,
+    ],
+    ids=["marked", "unmarked"],
+)
+def test_misspelled_hook_implementation_fails_loudly(make_plugin, run_cli, source):
+    make_plugin("lipoframe-typo", source, version="0.9")
+    with pytest.raises(PluginError) as err:
+        plugins.load(refresh=True)
+    msg = str(err.value)
+    assert "unknown hook 'lipoframe_reg" in msg
+    assert "lipoframe-typo 0.9" in msg
+    assert "lipoframe_register_stages" in msg  # the known hooks are listed
+    code, _, stderr = run_cli("plugins")
+    assert code == 2 and "unknown hook" in stderr
+
+
+def test_misspelled_hook_argument_fails_loudly(make_plugin):
+    make_plugin(
+        "lipoframe-argtypo",
+        """
+        from lipoframe import hookimpl
+
+        @hookimpl
+        def lipoframe_register_stages(regsitry):
+            pass
+        """,
+    )
+    with pytest.raises(PluginError, match=r"lipoframe-argtypo 1\.0 is invalid.*regsitry"):
+        plugins.load(refresh=True)
+
+
+def test_plugin_that_cannot_be_imported_names_its_distribution(make_plugin):
+    make_plugin("lipoframe-broken", "import lipoframe_module_that_does_not_exist\n", version="3.1")
+    with pytest.raises(PluginError, match=r"error importing plugin 'broken'.*lipoframe-broken 3\.1.*ModuleNotFoundError"):
+        plugins.load(refresh=True)
+
+
+def test_plugin_whose_hook_raises_is_named(make_plugin):
+    make_plugin(
+        "lipoframe-raises",
+        """
+        from lipoframe import hookimpl
+
+        @hookimpl
+        def lipoframe_register_stages(registry):
+            raise RuntimeError("boom")
+        """,
+    )
+    with pytest.raises(PluginError, match=r"lipoframe-raises 1\.0.*RuntimeError: boom"):
+        plugins.load(refresh=True)
+
+
+def test_hook_implementation_may_take_fewer_arguments(make_plugin):
+    make_plugin(
+        "lipoframe-noargs",
+        """
+        from lipoframe import hookimpl
+
+        CALLED = []
+
+        @hookimpl
+        def lipoframe_register_stages():
+            CALLED.append(True)
+        """,
+    )
+    _, _, infos = plugins.load(refresh=True)
+    assert sys.modules["lipoframe_noargs"].CALLED == [True]
+    assert any(i.distribution == "lipoframe-noargs" for i in infos)
+
+
+# ---------------------------------------------------------------------------
+# The committed fake installed plugin (tests/fake_site)
+# ---------------------------------------------------------------------------
+def test_plugins_are_off_when_disabled_or_blocked(fake_plugin, monkeypatch):
+    _, registry, infos = plugins.load(refresh=True)
+    assert ("detector", fake_plugin) in registry
+    monkeypatch.setenv("LIPOFRAME_BLOCK_PLUGINS", "fake")
+    _, registry, infos = plugins.load()
+    assert ("detector", fake_plugin) not in registry
+    monkeypatch.delenv("LIPOFRAME_BLOCK_PLUGINS")
+    monkeypatch.setenv("LIPOFRAME_LOAD_PLUGINS", "")
+    _, registry, infos = plugins.load()
+    assert ("detector", fake_plugin) not in registry
+    assert all(i.distribution == "lipoframe" for i in infos)
+
+
+def test_lipoframe_plugins_lists_distribution_version_and_stages(fake_plugin, run_cli):
+    code, out, _ = run_cli("plugins")
+    assert code == 0
+    lines = out.splitlines()
+    head = next(i for i, ln in enumerate(lines) if ln.startswith(f"{FAKE_DIST} 0.3.0"))
+    assert "lipoframe_fake" in lines[head]
+    assert lines[head + 1].strip() == f"detector/{fake_plugin}"
+    assert not any(ln.startswith("lipoframe 0.1.0") for ln in lines)  # built-ins only with --all
+    code, out, _ = run_cli("plugins", "--json")
+    listed = {p["distribution"]: p for p in json.loads(out)}
+    assert listed[FAKE_DIST]["version"] == "0.3.0"
+    assert listed[FAKE_DIST]["stages"] == [f"detector/{fake_plugin}"]
+    code, out, _ = run_cli("plugins", "--all")
+    assert "lipoframe 0.1.0" in out and "detector/dog" in out and f"detector/{fake_plugin}" in out
+
+
+def test_lipoframe_stages_shows_the_plugin_stage(fake_plugin, run_cli):
+    code, out, _ = run_cli("stages", "detector")
+    assert code == 0
+    assert f"  {fake_plugin}  - one pick at the image centre" in out
+    assert f"provided by {FAKE_DIST} 0.3.0" in out
+    assert "detector.score:" in out
+
+
+def test_fake_plugin_detector_runs_end_to_end(fake_plugin, tiny_mrcs, tmp_path, run_cli):
+    out_dir = tmp_path / "out"
+    code, stdout, stderr = run_cli("run", f"detector={fake_plugin}", "detector.score=2.5", f"input={tiny_mrcs[0].parent}", f"output={out_dir}", *TINY_ARGS)
+    assert code == 0, stderr
+    picks = pd.read_csv(out_dir / "picks.csv")
+    assert sorted(picks["micrograph"]) == ["mic_0", "mic_1"]
+    d = math.sqrt(TINY_DMIN * TINY_DMAX)
+    for _, row in picks.iterrows():
+        assert row["x_px"] == pytest.approx(255.5, abs=0.01) and row["y_px"] == pytest.approx(255.5, abs=0.01)
+        assert row["diameter_px"] == pytest.approx(d, abs=0.01)
+        assert row["score"] == pytest.approx(2.5)
+    # The plugin's lipoframe_run_end hook ran too.
+    assert json.loads((out_dir / "fake_plugin_run_end.json").read_text())["accepted"] == 2
+    assert "2 accepted" in stdout
+
+
+def test_fake_plugin_is_discovered_in_a_fresh_process(fake_plugin, tmp_path):
+    env = dict(os.environ, LIPOFRAME_LOAD_PLUGINS=FAKE_DIST)
+    res = subprocess.run([sys.executable, "-m", "lipoframe", "plugins"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert f"{FAKE_DIST} 0.3.0" in res.stdout and f"detector/{fake_plugin}" in res.stdout
+
+
+# ---------------------------------------------------------------------------
+# The real example distribution (plugins/lipoframe-example)
+# ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def example_site(tmp_path_factory) -> Path:
+    """plugins/lipoframe-example installed with pip into a fresh target folder."""
+    pytest.importorskip("hatchling", reason="the example plugin is built with hatchling (pip install '.[test]')")
+    work = tmp_path_factory.mktemp("example")
+    src = work / "src"
+    shutil.copytree(EXAMPLE_PLUGIN, src, ignore=shutil.ignore_patterns("__pycache__", "build", "*.egg-info"))
+    site = work / "site"
+    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--no-index", "--target", str(site), str(src)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert (site / "lipoframe_example" / "__init__.py").is_file()
+    return site
+
+
+@pytest.mark.slow
+def test_example_plugin_installs_lists_and_picks(example_site, tmp_path, monkeypatch, run_cli):
+    # pip put the package and its dist-info (with the entry point) in example_site:
+    # on sys.path that is an installed distribution like any other.
+    monkeypatch.syspath_prepend(str(example_site))
+    monkeypatch.setenv("LIPOFRAME_LOAD_PLUGINS", "lipoframe-example")
+    image, truth = tiny_image(seed=3)
+    write_mrc(tmp_path / "mics" / "one.mrc", image)
+    code, out, err = run_cli("plugins")
+    assert code == 0, err
+    assert "lipoframe-example 0.1.0" in out and "detector/threshold" in out
+    code, out, err = run_cli("stages", "detector")
+    assert "detector.low_threshold:" in out and "provided by lipoframe-example 0.1.0" in out
+    code, out, err = run_cli("run", "detector=threshold", f"input={tmp_path / 'mics'}", f"output={tmp_path / 'out'}", *TINY_ARGS)
+    assert code == 0, err
+    picks = pd.read_csv(tmp_path / "out" / "picks.csv")
+    picks = picks[picks["accepted"]]
+    assert "bin_factor" in picks.columns  # the stage's own column survives to the output
+    assert len(picks) == len(truth)
+    for _, t in truth.iterrows():
+        dist = ((picks["x_px"] - t["x_px"]) ** 2 + (picks["y_px"] - t["y_px"]) ** 2) ** 0.5
+        near = picks[dist < t["diameter_px"] / 4]
+        assert len(near) == 1, t.to_dict()
+        assert near["diameter_px"].iloc[0] == pytest.approx(t["diameter_px"], rel=0.10)
+    sys.modules.pop("lipoframe_example", None)
+
+
+def test_example_plugin_validates_its_parameters(monkeypatch):
+    monkeypatch.syspath_prepend(str(EXAMPLE_PLUGIN / "src"))
+    from lipoframe_example import ThresholdParams
+
+    with pytest.raises(ValueError, match=r"^detector\.low_threshold must be in \[0, detector\.threshold=5\.0\]"):
+        ThresholdParams(low_threshold=6)
+    with pytest.raises(ValueError, match=r"^detector\.threshold must be > 0"):
+        ThresholdParams(threshold=0)
+    sys.modules.pop("lipoframe_example", None)

@@ -1,0 +1,413 @@
+"""The run report: overlays put circles on the picks, report.html is one valid,
+self-contained page, ``lipoframe report`` rebuilds it from a run folder, and a
+broken report never fails a run."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import TINY_DMAX, TINY_DMIN, tiny_image, write_mrc
+from PIL import Image
+
+from lipoframe import plots, report, schema
+from lipoframe.plan import ExtractionPlan
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+# ---------------------------------------------------------------------------
+# A small run: 3 micrographs, one unreadable file, score rejections, 2 size bins
+# ---------------------------------------------------------------------------
+RUN_OVERRIDES = [
+    f"dmin={TINY_DMIN:g}", f"dmax={TINY_DMAX:g}", "units=px", "runner.workers=1", "runner.progress=false",
+    "binning=quantile", "binning.n_bins=2", "filter=[diameter_range,score]", "filter.score.min_score=12", "writer=[csv]",
+]
+
+
+def make_run(root: Path):
+    from hydra.core.global_hydra import GlobalHydra
+
+    from lipoframe.merge import compose_config
+    from lipoframe.runner import run_pipeline
+
+    for i in range(3):
+        write_mrc(root / "mics" / f"mic_{i}.mrc", tiny_image(seed=i)[0])
+    (root / "mics" / "broken.mrc").write_bytes(b"not an mrc file")
+    try:
+        _, cfg = compose_config([f"input={root / 'mics'}", *RUN_OVERRIDES])
+    finally:
+        GlobalHydra.instance().clear()
+    return cfg, run_pipeline(cfg, root / "out")
+
+
+@pytest.fixture(scope="module")
+def done(tmp_path_factory):
+    """(cfg, RunResult) of one run with the report on (the default)."""
+    return make_run(tmp_path_factory.mktemp("report_run"))
+
+
+@pytest.fixture
+def run_copy(done, tmp_path) -> Path:
+    """A private copy of the run folder (inputs stay where they are)."""
+    dst = tmp_path / "run"
+    shutil.copytree(done[1].out_dir, dst)
+    return dst
+
+
+class Page(HTMLParser):
+    """Collects <img> sources, <a> targets, ids and the text of a page."""
+
+    def __init__(self):
+        super().__init__()
+        self.imgs, self.links, self.ids, self.text = [], [], [], []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "img":
+            self.imgs.append(a.get("src", ""))
+        if tag == "a" and "href" in a:
+            self.links.append(a["href"])
+        if "id" in a:
+            self.ids.append(a["id"])
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def parse(path: Path) -> Page:
+    page = Page()
+    page.feed(path.read_text(encoding="utf-8"))
+    page.close()
+    return page
+
+
+def decode_data_uri(src: str) -> Image.Image:
+    m = re.fullmatch(r"data:image/(png|jpeg);base64,([A-Za-z0-9+/=]+)", src)
+    assert m, f"not an embedded image: {src[:60]}"
+    img = Image.open(io.BytesIO(base64.b64decode(m.group(2), validate=True)))
+    img.load()
+    return img
+
+
+# ---------------------------------------------------------------------------
+# Pure drawing functions
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("factor", [1, 3, 4, 0.5])
+def test_overlay_circle_is_centred_on_the_pick_after_downsampling(factor):
+    # A non-square image and an off-grid pick: a swapped x/y, a missing
+    # half-pixel or a block-corner mapping would move the circle.
+    m, n = 120, 200
+    x, y, d = 0.61 * n * factor + 0.3, 0.43 * m * factor + 0.7, 0.4 * m * factor  # full-resolution column, row, diameter
+    display = np.full((m, n), 100, dtype=np.uint8)
+    rgb = plots.overlay(display, factor=factor, x=[x], y=[y], diameter=[d], colors=["#00ff00"], dashed=[False])
+    assert rgb.shape == (m, n, 3)
+    ink = np.clip(rgb[..., 1].astype(float) - rgb[..., 0], 0, None)  # green minus grey: antialiased coverage
+    rows, cols = np.mgrid[:m, :n]
+    # Display pixel j is the block of full-resolution pixels [j*f, (j+1)*f): its centre is (j + 0.5) * f - 0.5.
+    exp_col, exp_row = (x + 0.5) / factor - 0.5, (y + 0.5) / factor - 0.5
+    assert abs((ink * cols).sum() / ink.sum() - exp_col) < 0.05
+    assert abs((ink * rows).sum() / ink.sum() - exp_row) < 0.05
+    radius = (ink * np.hypot(cols - exp_col, rows - exp_row)).sum() / ink.sum()
+    assert abs(radius - d / 2 / factor) < 0.5
+
+
+def test_overlay_puts_title_and_legend_above_the_image():
+    display = np.full((300, 400), 90, dtype=np.uint8)
+    rgb = plots.overlay(display, factor=2, x=[], y=[], diameter=[], colors=[], dashed=[],
+                        legend=[("bin 1", plots.bin_color(0), False), ("rejected", plots.REJECTED_COLOR, True)], title="mic")
+    band = rgb.shape[0] - 300
+    assert band > 10 and rgb.shape[1] == 400
+    assert np.array_equal(rgb[band:, :, 0], display), "the image itself must be untouched without picks"
+    assert rgb[:band].max() > 200, "title/legend text is drawn in the band"
+
+
+def test_dashed_rejected_and_solid_accepted_circles_use_their_colours():
+    display = np.zeros((200, 200), dtype=np.uint8)
+    rgb = plots.overlay(display, factor=1, x=[50, 150], y=[100, 100], diameter=[60, 60],
+                        colors=["#ff0000", plots.REJECTED_COLOR], dashed=[False, True])
+    left, right = rgb[:, :100], rgb[:, 100:]
+    assert (left[..., 0] > 200).sum() > 100 and (left[..., 1] > 100).sum() == 0
+    grey_right = (right[..., 0] > 100) & (np.ptp(right.astype(int), axis=2) < 10)
+    solid = int((left[..., 0] > 100).sum())
+    assert 0 < grey_right.sum() < 0.9 * solid, "a dashed circle has gaps"
+
+
+def test_display_image_bins_to_at_most_max_size_and_keeps_contrast():
+    img = np.zeros((3000, 4000), dtype=np.float32)
+    img[1000:1300, 2000:2300] = 5.0  # a bright square stays bright
+    disp, f = plots.display_image(img, max_size=1600)
+    assert f == 3 and disp.shape == (1000, 1333) and disp.dtype == np.uint8
+    assert disp[350, 700] == 255 and disp[10, 10] == 0
+    with pytest.raises(ValueError, match="clip_percentiles"):
+        plots.display_image(img, clip_percentiles=(50, 10))
+    tiny, f = plots.display_image(img[:150, :200], min_size=640)  # small images are enlarged, legends stay readable
+    assert f == 1 / 3 and tiny.shape == (450, 600)
+
+
+def test_palette_png_is_faithful():
+    rng = np.random.default_rng(0)
+    grey = rng.integers(0, 256, (64, 80), dtype=np.uint8)
+    rgb = np.repeat(grey[..., None], 3, axis=2)
+    rgb[10, :] = (230, 159, 0)
+    rgb[20, :] = (86, 180, 233)
+    with Image.open(io.BytesIO(plots.encode(rgb, "png", palette=True))) as im:
+        back = np.asarray(im.convert("RGB")).astype(int)
+    assert np.abs(back[10] - (230, 159, 0)).max() == 0 and np.abs(back[20] - (86, 180, 233)).max() == 0
+    plain = np.ones(64, bool)
+    plain[[10, 20]] = False
+    assert np.abs(back[plain] - rgb[plain]).max() <= 1
+
+
+def test_crop_picture_is_the_box_with_the_circle_in_the_middle():
+    img = np.zeros((300, 300), dtype=np.float32)
+    pic = plots.crop_picture(img, x=150.0, y=120.0, diameter=60.0, box=96, color="#ff0000", max_size=256)
+    assert pic.shape == (96, 96, 3)
+    rows, cols = np.nonzero(pic[..., 0].astype(int) - pic[..., 1] > 100)
+    assert abs(rows.mean() - 48) < 1.0 and abs(cols.mean() - 48) < 1.0
+    edge = plots.crop(img + 1, x=2.0, y=2.0, box=32)  # partly outside: filled, never fails
+    assert edge.shape == (32, 32) and np.all(edge == 1)
+
+
+def test_dataset_plots_are_pngs_even_without_picks():
+    plan = ExtractionPlan.from_dict({"policy": "single", "pixel_size": 2.0, "bins": [
+        {"index": 0, "d_min_px": 50, "d_max_px": 80, "count": 3, "box_px": 128}]})
+    d = np.array([55.0, 60.0, 75.0, 20.0])
+    acc = np.array([True, True, True, False])
+    made = [
+        plots.size_histogram(d, acc, plan=plan, pixel_size=2.0),
+        plots.size_histogram(np.zeros(0), np.zeros(0, bool)),
+        plots.picks_per_micrograph(["a", "b"], np.array([3, 0]), np.array([1, 0])),
+        plots.picks_per_micrograph([f"m{i}" for i in range(200)], np.arange(200), np.zeros(200, int)),
+        plots.score_distribution(np.array([5.0, 9, 12, 2]), acc, thresholds=[("detector.threshold", 6.0)]),
+        plots.score_distribution(np.zeros(0), np.zeros(0, bool)),
+        plots.diameter_vs_score(d, np.array([5.0, 9, 12, 2]), np.array([0, 0, 0, -1]), acc, plan=plan, pixel_size=2.0),
+        plots.diameter_vs_score(np.zeros(0), np.zeros(0), np.zeros(0, int), np.zeros(0, bool)),
+    ]
+    for png in made:
+        img = Image.open(io.BytesIO(png))
+        assert img.format == "PNG" and min(img.size) > 100
+
+
+# ---------------------------------------------------------------------------
+# The report of a run
+# ---------------------------------------------------------------------------
+def test_run_writes_overlays_for_every_picked_micrograph(done):
+    _, result = done
+    out = result.out_dir
+    names = sorted(r.name for r in result.results if r.status == "ok")
+    assert names == ["mic_0", "mic_1", "mic_2"]
+    for name in names:
+        with Image.open(out / "overlays" / f"{name}_picks.png") as png:
+            png.load()
+            assert png.format == "PNG" and png.size[0] == 512 and png.size[1] > 512  # 512 px image + legend band
+        with Image.open(out / "overlays" / "thumbs" / f"{name}.jpg") as thumb:
+            thumb.load()
+            assert thumb.format == "JPEG" and max(thumb.size) <= report.THUMB_SIZE
+    assert not (out / "overlays" / "broken_picks.png").exists()
+    index = json.loads((out / "overlays" / "index.json").read_text())
+    assert set(index) == {"render_version", *names} and all(index[n]["seconds"] > 0 for n in names)
+
+
+def test_report_html_is_self_contained_and_complete(done):
+    cfg, result = done
+    out = result.out_dir
+    path = out / "report.html"
+    page = parse(path)
+    text = " ".join(page.text)
+    # Every image is embedded and decodes; nothing is fetched from anywhere.
+    assert page.imgs and all(src.startswith("data:image/") for src in page.imgs)
+    for src in page.imgs:
+        assert min(decode_data_uri(src).size) > 20
+    raw = path.read_text()
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", raw) and "<script" not in raw
+    # 4 dataset plots + 1 thumbnail per picked micrograph + crops per bin.
+    n_crops = sum(1 for src in page.imgs if src.startswith("data:image/jpeg")) - 3
+    assert len([s for s in page.imgs if s.startswith("data:image/png")]) == 4 and n_crops >= 2
+    # Thumbnails link to the overlays, which exist.
+    overlay_links = [h for h in page.links if h.startswith("overlays/")]
+    assert sorted(overlay_links) == sorted([f"overlays/mic_{i}_picks.png" for i in range(3)] * 2)  # gallery + table
+    assert all((out / h).is_file() for h in overlay_links)
+    assert {"summary", "plots", "plan", "micrographs", "config"} <= set(page.ids)
+    # Summary numbers, the plan's box sizes and the configuration are on the page.
+    plan = json.loads((out / "extraction_plan.json").read_text())
+    for b in plan["bins"]:
+        assert str(b["box_px"]) in text
+    assert f"{int(result.picks[schema.ACCEPTED].sum())}" in text and "min_score: 12" in text
+    assert "broken.mrc" in text and "not a readable MRC file" in text
+
+
+def test_gallery_is_sorted_worst_first(done):
+    _, result = done
+    raw = (result.out_dir / "report.html").read_text()
+    gallery = raw[raw.index('<div class="gallery">'):]
+    order = re.findall(r'<div class="n">([^<]+)</div>', gallery)
+    picks = result.picks
+    acc = picks[picks[schema.ACCEPTED]].groupby(schema.MICROGRAPH).size()
+    rej = picks[~picks[schema.ACCEPTED]].groupby(schema.MICROGRAPH).size()
+    ok = sorted(acc.index, key=lambda n: (acc.get(n, 0), -rej.get(n, 0) / (acc.get(n, 0) + rej.get(n, 0)), n))
+    assert order == ["broken", *ok]
+
+
+def test_report_command_rebuilds_the_same_report_from_the_folder(done, run_copy, run_cli):
+    _, result = done
+    (run_copy / "report.html").unlink()
+    code, out, err = run_cli("report", run_copy)
+    assert code == 0, err
+    assert "report.html" in out and "3 unchanged" in out  # same picks and plan: overlays reused
+    page = parse(run_copy / "report.html")
+    assert len(page.imgs) == len(parse(result.out_dir / "report.html").imgs)
+    # The folder holds accepted picks in picks.csv and every pick in micrographs/:
+    # the report recovers the run's table, rejected picks and bins included.
+    loaded = report.load_run(run_copy).picks
+    cols = [schema.MICROGRAPH, schema.ACCEPTED, schema.SIZE_BIN, schema.REASON]
+    a = result.picks.sort_values([schema.MICROGRAPH, schema.X, schema.Y], kind="stable")[cols].reset_index(drop=True)
+    b = loaded.sort_values([schema.MICROGRAPH, schema.X, schema.Y], kind="stable")[cols].reset_index(drop=True)
+    pd.testing.assert_frame_equal(a.astype(str), b.astype(str))
+    assert (~a[schema.ACCEPTED]).sum() > 0
+
+
+def test_report_without_picks_csv_uses_the_per_micrograph_tables(done, run_copy):
+    _, result = done
+    (run_copy / "picks.csv").unlink()
+    loaded = report.load_run(run_copy).picks
+    assert len(loaded) == len(result.picks)
+    merged = loaded.merge(result.picks, on=[schema.MICROGRAPH, schema.X, schema.Y], suffixes=("", "_run"))
+    assert len(merged) == len(loaded)
+    assert (merged[schema.SIZE_BIN] == merged[f"{schema.SIZE_BIN}_run"]).all()
+    assert (merged[schema.ACCEPTED] == merged[f"{schema.ACCEPTED}_run"]).all()
+
+
+def test_force_redraws_and_a_changed_plan_redraws(run_copy, run_cli):
+    code, out, _ = run_cli("report", run_copy, "--force", "-j", "1")
+    assert code == 0 and "3 drawn" in out
+    plan = json.loads((run_copy / "extraction_plan.json").read_text())
+    plan["bins"][0]["box_px"] += 32
+    (run_copy / "extraction_plan.json").write_text(json.dumps(plan))
+    code, out, _ = run_cli("report", run_copy, "-j", "1", "--no-crops")
+    assert code == 0 and "3 drawn" in out, "the legend shows box sizes, so every overlay changes"
+
+
+def test_missing_micrograph_file_gives_a_report_without_its_overlay(done, run_copy, run_cli, tmp_path):
+    # Point one micrograph at a file that no longer exists.
+    meta_file = run_copy / "micrographs" / "mic_1.json"
+    info = json.loads(meta_file.read_text())
+    info["meta"]["path"] = str(tmp_path / "moved_away.mrc")
+    meta_file.write_text(json.dumps(info))
+    code, out, err = run_cli("report", run_copy, "-j", "1")
+    assert code == 0 and "1 failed" in out
+    text = " ".join(parse(run_copy / "report.html").text)
+    assert "moved_away.mrc" in text
+    assert "mic_0" in text and "mic_2" in text
+
+
+def test_no_overlays_option_reads_no_micrograph(run_copy, run_cli):
+    shutil.rmtree(run_copy / "overlays")
+    code, out, _ = run_cli("report", run_copy, "--no-overlays")
+    assert code == 0
+    assert not (run_copy / "overlays").exists()
+    page = parse(run_copy / "report.html")
+    assert len(page.imgs) == 4  # the dataset plots only
+
+
+def test_report_command_rejects_a_folder_that_is_not_a_run(tmp_path, run_cli):
+    code, _, err = run_cli("report", tmp_path)
+    assert code == 1 and str(tmp_path) in err and "not a lipoframe run folder" in err
+    code, _, err = run_cli("report", tmp_path / "nope")
+    assert code == 1 and "no such folder" in err
+
+
+def test_a_failing_report_is_logged_and_never_fails_the_run(tmp_path, monkeypatch, caplog):
+    from hydra.core.global_hydra import GlobalHydra
+
+    from lipoframe.merge import compose_config
+    from lipoframe.runner import run_pipeline
+
+    write_mrc(tmp_path / "mics" / "mic_0.mrc", tiny_image(seed=0)[0])
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(report, "write_report", boom)
+    try:
+        _, cfg = compose_config([f"input={tmp_path / 'mics'}", *RUN_OVERRIDES])
+    finally:
+        GlobalHydra.instance().clear()
+    with caplog.at_level(logging.ERROR, logger="lipoframe"):
+        result = run_pipeline(cfg, tmp_path / "out")
+    assert result.ok and (tmp_path / "out" / "run_summary.json").is_file()
+    assert not (tmp_path / "out" / "report.html").exists()
+    assert any("disk on fire" in r.getMessage() and "report.html" in r.getMessage() for r in caplog.records)
+
+
+def test_volume_overlay_shows_the_central_slab_and_its_picks(tmp_path):
+    from lipoframe.records import Micrograph, MicrographMeta
+
+    vol = np.zeros((40, 64, 96), dtype=np.float32)
+    vol[18:23, 20:40, 50:70] = 1.0
+
+    class Readers:
+        def read(self, path):
+            return Micrograph(MicrographMeta("v", str(path), vol.shape), vol)
+
+    job = report.OverlayJob(
+        name="v", path=str(tmp_path / "v.mrc"), x=np.array([60.0, 10.0]), y=np.array([30.0, 10.0]), z=np.array([20.0, 2.0]),
+        diameter=np.array([20.0, 8.0]), colors=["#ff0000", "#ff0000"], dashed=np.array([False, False]), legend=[], title="v",
+        png=tmp_path / "v_picks.png", thumb=tmp_path / "v.jpg", crops=[], crop_dir=tmp_path / "crops",
+    )
+    res = report.render_job(job, Readers())
+    assert res.ok, res.error
+    with Image.open(job.png) as im:
+        rgb = np.asarray(im.convert("RGB")).astype(int)
+    zoom = rgb.shape[1] // 96  # small images are enlarged for display
+    img = rgb[rgb.shape[0] - 64 * zoom:]
+    red = (img[..., 0] - img[..., 1]) > 100
+    assert red[:, 40 * zoom:].any() and not red[:, :25 * zoom].any(), "only the pick near the displayed slab is drawn"
+
+
+# ---------------------------------------------------------------------------
+# Headless browser
+# ---------------------------------------------------------------------------
+PROBE = """<script>window.addEventListener('load', function () {
+  var imgs = Array.prototype.slice.call(document.images);
+  var bad = imgs.filter(function (i) { return !(i.complete && i.naturalWidth > 0); }).map(function (i) { return i.alt; });
+  document.body.setAttribute('data-images', imgs.length);
+  document.body.setAttribute('data-broken', JSON.stringify(bad));
+});</script>"""
+
+
+def chromium_images(html_file: Path, profile: Path) -> tuple[int, list[str]]:
+    """(number of <img>, alt texts of those that did not load) as Chromium sees the page."""
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+           "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
+           "--virtual-time-budget=10000", "--dump-dom", html_file.as_uri()]
+    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+    m = re.search(r'<body[^>]*data-images="(\d+)"[^>]*data-broken="([^"]*)"', dom)
+    assert m, f"Chromium did not run the probe; DOM starts {dom[:300]!r}"
+    return int(m.group(1)), json.loads(m.group(2).replace("&quot;", '"'))
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (Debian package `chromium`)")
+def test_every_image_of_the_report_loads_in_headless_chromium(done, tmp_path):
+    _, result = done
+    page = result.out_dir / "report.html"
+    probe = tmp_path / "report_probe.html"
+    probe.write_text(page.read_text().replace("</body>", PROBE + "</body>"))
+    n, broken = chromium_images(probe, tmp_path / "profile")
+    assert n == len(parse(page).imgs) and n > 4
+    assert broken == []
+    # The probe does notice a broken image.
+    spoiled = tmp_path / "spoiled.html"
+    spoiled.write_text(probe.read_text().replace('src="data:image/png;base64,iVBOR', 'src="data:image/png;base64,AAAA', 1))
+    n2, broken2 = chromium_images(spoiled, tmp_path / "profile2")
+    assert n2 == n and len(broken2) == 1

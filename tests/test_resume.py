@@ -1,0 +1,120 @@
+"""Resume: a rerun skips complete, valid, up-to-date results and does the rest;
+a run killed mid-way loses nothing that had finished."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+from scale_data import RUN_ARGS, env, image, write_mrc, write_set
+
+from lipoframe.merge import compose_config
+from lipoframe.runner import run_pipeline
+
+
+@pytest.fixture(autouse=True)
+def _no_plugins(monkeypatch):
+    monkeypatch.setenv("LIPOFRAME_LOAD_PLUGINS", "")
+
+
+def run(folder, out, *overrides):
+    _, cfg = compose_config([f"input={folder}", "runner.workers=1", *RUN_ARGS, *overrides])
+    return run_pipeline(cfg, out)
+
+
+def statuses(result):
+    return {r.name: r.status for r in result.results}
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs a named pipe")
+def test_killed_run_resumes_without_losing_finished_work(tmp_path):
+    """The third input is a named pipe, so the run blocks there after two
+    micrographs are done; it is killed with SIGKILL, then resumed."""
+    inp = tmp_path / "in"
+    write_set(inp, 2)
+    fifo = tmp_path / "late" / "mic_002.mrc"
+    fifo.parent.mkdir()
+    os.mkfifo(fifo)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "lipoframe", "run", f"input=[{inp},{fifo}]", f"output={out}", "runner.workers=1", *RUN_ARGS]
+    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    done_markers = [out / "micrographs" / f"mic_00{i}.json" for i in range(2)]
+    deadline = time.monotonic() + 90
+    while not all(p.exists() for p in done_markers):
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.monotonic() < deadline, "the first micrographs were not done in time"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    proc.stderr.close()
+    saved = {p: p.read_bytes() for p in done_markers}
+    assert not (out / "run_summary.json").exists()  # it really died mid-way
+
+    fifo.unlink()
+    write_mrc(fifo, image(2))
+    result = run(f"[{inp},{fifo}]", out)
+    assert statuses(result) == {"mic_000": "skipped", "mic_001": "skipped", "mic_002": "ok"}
+    assert all(p.read_bytes() == b for p, b in saved.items())  # finished work untouched
+    assert not list((out / "micrographs").glob(".*.tmp*"))
+
+    fresh = run(f"[{inp},{fifo}]", tmp_path / "fresh")
+    pd.testing.assert_frame_equal(pd.read_csv(out / "picks.csv"), pd.read_csv(tmp_path / "fresh" / "picks.csv"))
+    assert fresh.summary()["micrographs"]["ok"] == 3
+
+
+@pytest.fixture
+def done_run(tmp_path):
+    inp = tmp_path / "in"
+    write_set(inp, 3)
+    out = tmp_path / "out"
+    first = run(inp, out)
+    assert set(statuses(first).values()) == {"ok"}
+    return inp, out
+
+
+def test_rerun_skips_everything_and_gives_the_same_outputs(done_run):
+    inp, out = done_run
+    before = (out / "picks.csv").read_bytes()
+    again = run(inp, out)
+    assert set(statuses(again).values()) == {"skipped"}
+    assert (out / "picks.csv").read_bytes() == before
+    assert json.loads((out / "run_summary.json").read_text())["micrographs"]["skipped"] == 3
+
+
+def test_dataset_level_change_reuses_per_micrograph_results(done_run):
+    inp, out = done_run
+    again = run(inp, out, "binning.pad=1.6")
+    assert set(statuses(again).values()) == {"skipped"}
+
+
+def test_per_micrograph_change_redoes_everything(done_run):
+    inp, out = done_run
+    again = run(inp, out, "detector.threshold=7")
+    assert set(statuses(again).values()) == {"ok"}
+
+
+def test_resume_false_redoes_everything(done_run):
+    inp, out = done_run
+    again = run(inp, out, "runner.resume=false")
+    assert set(statuses(again).values()) == {"ok"}
+
+
+def test_damaged_or_stale_results_are_redone(done_run):
+    inp, out = done_run
+    work = out / "micrographs"
+    csv = work / "mic_000.csv"
+    csv.write_text(csv.read_text()[: len(csv.read_text()) // 2])  # half a table
+    (work / "mic_001.json").write_text("{")  # an interrupted marker
+    write_mrc(inp / "mic_002.mrc", image(42))  # the input was replaced
+    stamp = os.stat(inp / "mic_002.mrc")
+    os.utime(inp / "mic_002.mrc", (stamp.st_atime, stamp.st_mtime + 10))
+    again = run(inp, out)
+    assert statuses(again) == {"mic_000": "ok", "mic_001": "ok", "mic_002": "ok"}
+    again = run(inp, out)
+    assert set(statuses(again).values()) == {"skipped"}

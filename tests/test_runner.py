@@ -1,0 +1,223 @@
+"""The runner's execution: workers, names, progress, crashes of a worker, Ctrl-C, launchers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from scale_data import RUN_ARGS, cli, env, write_mrc, write_set
+
+from lipoframe import plugins
+from lipoframe.merge import compose_config
+from lipoframe.records import InputError
+from lipoframe.runner import (
+    MicJob,
+    build_stages,
+    execute_jobs,
+    find_inputs,
+    micrograph_names,
+    name_notes,
+    output_folder,
+    resolve_workers,
+    run_pipeline,
+    shard,
+)
+
+
+@pytest.fixture(autouse=True)
+def _no_plugins(monkeypatch):
+    monkeypatch.setenv("LIPOFRAME_LOAD_PLUGINS", "")
+
+
+def config(folder, *overrides):
+    return compose_config([f"input={folder}", *RUN_ARGS, *overrides])[1]
+
+
+# -- inputs and names ---------------------------------------------------------
+def test_names_keep_stems_and_tell_clashes_apart():
+    paths = [Path("/d/s1/M/x.mrc"), Path("/d/s2/M/x.mrc"), Path("/d/s2/M/y.mrc"), Path("/d/t.mrc"), Path("/d/t.tif"), Path("/d/..mrc")]
+    names = micrograph_names(paths)
+    assert names == ["s1__M__x", "s2__M__x", "y", "t_mrc", "t_tif", "micrograph"]
+    assert len(set(names)) == len(names)
+    notes = name_notes(paths, names)
+    assert len(notes) == 5 and not any("/d/s2/M/y.mrc" in n for n in notes)
+    assert "another input has the same name" in notes[0] and "not safe" in notes[-1]
+
+
+def test_names_are_unique_even_when_a_new_name_is_taken():
+    paths = [Path("/a/x.mrc"), Path("/b/x.mrc"), Path("/c/a__x.mrc")]
+    names = micrograph_names(paths)
+    assert len(set(names)) == 3
+
+
+def test_shards_partition_the_inputs():
+    items = list(range(11))
+    parts = [shard(items, i, 4) for i in range(4)]
+    assert sorted(sum(parts, [])) == items
+    assert parts[1] == [1, 5, 9]
+
+
+def test_find_inputs_reports_what_matched_nothing(tmp_path):
+    write_set(tmp_path / "full", 2)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("x")
+    paths, problems = find_inputs([str(tmp_path / "full"), str(tmp_path / "empty"), f"{tmp_path}/none*.mrc"], (".mrc",))
+    assert [p.name for p in paths] == ["mic_000.mrc", "mic_001.mrc"]
+    assert problems == [
+        f"{tmp_path / 'empty'}: folder contains no micrographs (looked for .mrc)",
+        f"{tmp_path}/none*.mrc: no files match this pattern",
+    ]
+
+
+def test_resolve_workers():
+    assert resolve_workers(3, 2) == 2
+    assert resolve_workers(1, 0) == 1
+    assert 1 <= resolve_workers(0, 1000) <= (os.cpu_count() or 1)
+
+
+# -- parallel execution ---------------------------------------------------------
+def test_two_workers_give_the_same_result_as_one(tmp_path):
+    write_set(tmp_path / "in", 4)
+    one = run_pipeline(config(tmp_path / "in", "runner.workers=1"), tmp_path / "w1")
+    two = run_pipeline(config(tmp_path / "in", "runner.workers=2"), tmp_path / "w2")
+    assert two.workers == 2 and one.ok and two.ok
+    assert (tmp_path / "w1" / "picks.csv").read_bytes() == (tmp_path / "w2" / "picks.csv").read_bytes()
+    summary = json.loads((tmp_path / "w2" / "run_summary.json").read_text())
+    assert summary["micrographs"]["ok"] == 4 and summary["peak_rss_mb"] > 0
+
+
+class _KillerReader:
+    """Reads MRC files, but the worker process dies on files named ``*kill*``."""
+
+    name = "mrc"
+
+    def read(self, path, *, pixel_size=None):
+        if "kill" in Path(path).name:
+            os.kill(os.getpid(), signal.SIGKILL)
+        from lipoframe.builtin.readers import MrcReader
+
+        return MrcReader().read(path, pixel_size=pixel_size)
+
+
+def test_a_dying_worker_fails_only_its_micrograph(tmp_path):
+    write_set(tmp_path / "in", 4)
+    (tmp_path / "in" / "mic_001.mrc").rename(tmp_path / "in" / "mic_001_kill.mrc")
+    cfg = config(tmp_path / "in")
+    stages = build_stages(cfg, plugins.load()[1])
+    stages.reader = _KillerReader()
+    stages.readers_by_suffix = {".mrc": stages.reader}
+    fp = cfg.per_micrograph_fingerprint()
+    jobs = [MicJob(p, p.stem, tmp_path / "out", fp, False, False) for p in sorted((tmp_path / "in").glob("*.mrc"))]
+    (tmp_path / "out").mkdir()
+    results = []
+    execute_jobs(jobs, cfg, stages, 2, results.append)
+    status = {r.name: r.status for r in results}
+    assert status == {"mic_000": "ok", "mic_001_kill": "failed", "mic_002": "ok", "mic_003": "ok"}
+    failed = [r for r in results if r.status == "failed"][0]
+    assert failed.error.startswith(f"{tmp_path / 'in' / 'mic_001_kill.mrc'}: the worker process died")
+
+
+def test_one_run_at_a_time_per_output_folder(tmp_path):
+    with output_folder(tmp_path / "out"):
+        with pytest.raises(InputError, match="another lipoframe run"):
+            with output_folder(tmp_path / "out"):
+                pass
+    with output_folder(tmp_path / "out"):  # released
+        pass
+
+
+# -- progress -------------------------------------------------------------------
+def _stderr_of_run_in_a_terminal(tmp_path, *args):
+    """Run ``lipoframe run`` with stderr on a pseudo-terminal; returns what it printed there."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 100-column terminal
+    cmd = [sys.executable, "-m", "lipoframe", "run", f"input={tmp_path / 'in'}", "dmin=30", "dmax=140", "runner.report=false", *args]
+    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait(timeout=120)
+    os.close(master)
+    assert proc.returncode == 0
+    return b"".join(chunks).decode(errors="replace")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a pseudo-terminal")
+def test_progress_bar_on_a_terminal_only(tmp_path):
+    write_set(tmp_path / "in", 3)
+    shown = _stderr_of_run_in_a_terminal(tmp_path, f"output={tmp_path / 'a'}", "runner.workers=1")
+    assert "3/3" in shown and "mic/s" in shown and "picking" in shown
+    hidden = _stderr_of_run_in_a_terminal(tmp_path, f"output={tmp_path / 'b'}", "runner.progress=false")
+    assert "mic/s" not in hidden
+    piped = cli("run", f"input={tmp_path / 'in'}", f"output={tmp_path / 'c'}", *RUN_ARGS[:2], "runner.report=false")
+    assert piped.returncode == 0 and "mic/s" not in piped.stderr
+
+
+# -- Ctrl-C ---------------------------------------------------------------------
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs a named pipe")
+def test_ctrl_c_keeps_finished_work_and_says_how_to_continue(tmp_path):
+    """The third input is a named pipe, so the run waits there; Ctrl-C stops it cleanly."""
+    write_set(tmp_path / "in", 2)
+    fifo = tmp_path / "late.mrc"
+    os.mkfifo(fifo)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "lipoframe", "run", f"input=[{tmp_path / 'in'},{fifo}]", f"output={out}", "runner.workers=1", *RUN_ARGS]
+    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 90
+    while not (out / "micrographs" / "mic_001.json").exists():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "Traceback" not in err
+    assert "2 of 3 micrographs are done and saved; run the same command again to continue" in err
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["interrupted"] is True and summary["micrographs"]["ok"] == 2
+    assert not (out / "picks.csv").exists()  # no dataset-level outputs from a partial run
+
+
+# -- Hydra launchers --------------------------------------------------------------
+@pytest.mark.slow
+def test_joblib_launcher_sweep_with_stage_options(tmp_path):
+    """Stage options come from the ConfigStore, which joblib ships to its worker processes."""
+    write_set(tmp_path / "in", 2)
+    proc = cli(
+        "run", "-m", f"input={tmp_path / 'in'}", *RUN_ARGS, "runner.workers=1", f"output={tmp_path / 'sweep'}",
+        "detector=dog,log", "nms.beta=0.7", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    for i, det in enumerate(("dog", "log")):
+        job = tmp_path / "sweep" / str(i)
+        assert f"detector={det}" in (job / ".hydra" / "overrides.yaml").read_text()
+        assert json.loads((job / "run_summary.json").read_text())["micrographs"]["ok"] == 2
+    assert proc.stdout.count("micrographs  ok 2") == 2
+
+
+def test_failed_sweep_job_gives_a_non_zero_exit(tmp_path):
+    from lipoframe import app
+
+    write_set(tmp_path / "in", 1)
+    write_mrc(tmp_path / "in" / "zzz_small.mrc", write_set.__globals__["image"](3)[:32, :32])
+    code = app.run(["-m", f"input={tmp_path / 'in'}", *RUN_ARGS, "runner.workers=1", f"output={tmp_path / 'sweep'}", "shard.count=2", "shard.index=0,1"])
+    assert code == 1

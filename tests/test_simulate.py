@@ -1,0 +1,229 @@
+"""Tests of the synthetic-scene generator and ``lipoframe simulate`` (small images only)."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+
+import mrcfile
+import numpy as np
+import pandas as pd
+import pytest
+
+from lipoframe.evaluate import evaluate
+from lipoframe.simulate import main, mini_scenes, suite_scenes, write_scenes, write_suite
+from lipoframe.synthetic import (
+    Component,
+    SceneSpec,
+    place_particles,
+    radial_profile,
+    render_scene,
+    write_demo_dataset,
+)
+
+SOLID = (("solid", 1.0),)
+
+
+def small_scene(**kw) -> SceneSpec:
+    base = dict(name="t", shape=(384, 512), pixel_size=4.0, components=(Component(200, 20, 1, SOLID),), coverage=0.2, seed=3)
+    base.update(kw)
+    return SceneSpec(**base)
+
+
+def test_radial_profiles():
+    rho = np.linspace(0, 1.2, 241)
+    solid = radial_profile("solid", rho)
+    shell = radial_profile("shell", rho, inner=0.7, core=0.2)
+    ves = radial_profile("vesicle", rho, membrane=0.1)
+    for prof in (solid, shell, ves):
+        assert prof.max() == pytest.approx(1.0, abs=1e-3)
+        assert np.all(prof[rho > 1] == 0)
+    assert solid[0] == solid.max()
+    assert shell[0] < 0.7 * shell.max()  # lighter core: a dark ring
+    assert abs(rho[np.argmax(shell)] - 0.7) < 0.01
+    assert ves[0] < 0.5 and rho[np.argmax(ves)] > 0.85  # membrane, empty interior
+    with pytest.raises(ValueError, match="kind"):
+        radial_profile("cube", rho)
+
+
+def test_render_is_deterministic_and_seeded():
+    a, ta = render_scene(small_scene())
+    b, tb = render_scene(small_scene())
+    c, _ = render_scene(small_scene(seed=4))
+    assert a.dtype == np.float32 and a.shape == (384, 512)
+    assert np.array_equal(a, b)
+    pd.testing.assert_frame_equal(ta, tb)
+    assert not np.array_equal(a, c)
+
+
+def test_truth_is_inside_and_particles_are_dark():
+    img, truth = render_scene(small_scene(noise=0.05, gradient=0, lowfreq=0, texture=0))
+    assert len(truth) > 3 and set(truth["kind"]) == {"solid"}
+    assert truth["x_px"].between(0, 511).all() and truth["y_px"].between(0, 383).all()
+    d_A = truth["diameter_px"] * 4.0
+    assert d_A.between(120, 280).all()
+    yy, xx = np.mgrid[:384, :512]
+    inside = np.zeros(img.shape, bool)
+    for r in truth.itertuples():
+        inside |= np.hypot(xx - r.x_px, yy - r.y_px) < 0.3 * r.diameter_px
+    far = np.ones(img.shape, bool)
+    for r in truth.itertuples():
+        far &= np.hypot(xx - r.x_px, yy - r.y_px) > 0.7 * r.diameter_px
+    assert img[inside].mean() < img[far].mean() - 1.0
+
+
+def test_shells_and_vesicles_have_lighter_centres():
+    for kind in ("shell", "vesicle"):
+        spec = small_scene(components=(Component(320, 10, 1, ((kind, 1.0),)),), noise=0.02, gradient=0, lowfreq=0, texture=0, ellipticity=0)
+        img, truth = render_scene(spec)
+        r = truth.iloc[0]
+        yy, xx = np.mgrid[: img.shape[0], : img.shape[1]]
+        rho = np.hypot(xx - r.x_px, yy - r.y_px) / (r.diameter_px / 2)
+        centre = img[rho < 0.15].mean()
+        edge = min(img[(rho >= a) & (rho < a + 0.05)].mean() for a in np.arange(0.55, 0.95, 0.05))
+        assert edge < centre - 0.3, kind
+
+
+@pytest.mark.parametrize("kw, word", [
+    ({"pixel_size": 0}, "pixel_size"),
+    ({"coverage": 1.5}, "coverage"),
+    ({"ellipticity": 2}, "ellipticity"),
+    ({"components": (Component(200, 10, 1, (("cube", 1.0),)),)}, "kinds"),
+])
+def test_scene_spec_checks_its_values(kw, word):
+    with pytest.raises(ValueError, match=word):
+        small_scene(**kw)
+
+
+def test_crowded_placement_touches_but_never_overlaps():
+    rng = np.random.default_rng(0)
+    d = np.full(150, 40.0)
+    xy = place_particles((512, 512), d, rng=rng, touching=0.8)
+    ok = np.isfinite(xy[:, 0])
+    assert ok.sum() > 60
+    p = xy[ok]
+    dist = np.hypot(p[:, None, 0] - p[None, :, 0], p[:, None, 1] - p[None, :, 1])
+    np.fill_diagonal(dist, np.inf)
+    assert dist.min() >= 40 * 0.995
+    assert np.mean(dist.min(axis=1) < 41) > 0.3  # many touch a neighbour
+
+
+def test_border_cut_particles():
+    _, truth = render_scene(small_scene(border=1.0, coverage=0.1))
+    edge_dist = np.minimum.reduce([truth.x_px, truth.y_px, 511 - truth.x_px, 383 - truth.y_px])
+    assert (edge_dist < truth.diameter_px / 2).mean() > 0.5
+
+
+def test_ice_junk_carbon_and_empty():
+    spec = small_scene(shape=(512, 512), n_ice=2, n_junk=8, carbon=True, coverage=0.15)
+    img, truth = render_scene(spec)
+    assert (truth.kind == "ice").sum() >= 1 and (truth.kind == "junk").sum() == 8
+    parts = truth[truth.kind == "solid"]
+    ice = truth[truth.kind == "ice"]
+    for r in ice.itertuples():  # no particle under the ice
+        assert np.all(np.hypot(parts.x_px - r.x_px, parts.y_px - r.y_px) > r.diameter_px / 2)
+    # the ice is far darker than anything else
+    assert img.min() < np.median(img) - 3 * spec.contrast
+    # carbon: a darker film, tiled by rows of kind "carbon"; particles stay off it
+    # (the film is drawn first, so the same seed without particles shows it alone)
+    film_only, t2 = render_scene(replace(spec, components=(), noise=0, gradient=0, lowfreq=0, n_ice=0, n_junk=0))
+    film = film_only < -0.5 * spec.contrast
+    carbon = truth[truth.kind == "carbon"]
+    pd.testing.assert_frame_equal(carbon.reset_index(drop=True), t2[t2.kind == "carbon"].reset_index(drop=True))
+    assert len(carbon) > 0 and 0.1 < film.mean() < 0.5
+    assert np.mean([film[int(r.y_px), int(r.x_px)] for r in carbon.itertuples()]) > 0.9
+    assert not any(film[int(r.y_px), int(r.x_px)] for r in parts.itertuples())
+    empty_img, empty_truth = render_scene(small_scene(components=(), n_junk=3))
+    assert set(empty_truth.kind) == {"junk"} and np.isfinite(empty_img).all()
+
+
+def test_presets():
+    suite = suite_scenes(0)
+    assert len({s.name for s in suite}) == len(suite)
+    square = [s for s in suite if s.shape == (4096, 4096) and s.pixel_size == 1.0 and s.components]
+    assert len(square) >= 10
+    assert any(s.shape == (4092, 5760) for s in suite)
+    assert any(s.pixel_size == 2.0 for s in suite)
+    assert any(not s.components for s in suite)
+    diam = [c.diameter_A for s in suite for c in s.components]
+    assert min(diam) <= 180 and max(diam) >= 450
+    kinds = {k for s in suite for c in s.components for k, _ in c.kinds}
+    assert kinds == {"solid", "shell", "vesicle"}
+    assert [s.seed for s in suite_scenes(0)] == [s.seed for s in suite] != [s.seed for s in suite_scenes(1)]
+    mini = mini_scenes(0)
+    assert [s.name for s in mini] == [s.name for s in suite] and all(s.pixel_size >= 4 for s in mini)
+
+
+def test_write_scenes_files_and_truth(tmp_path):
+    scenes = [small_scene(name="one"), small_scene(name="two", pixel_size=2.0, seed=9), small_scene(name="none", components=())]
+    info = write_scenes(tmp_path, scenes)
+    assert [p.name for p in info.paths] == ["one.mrc", "two.mrc", "none.mrc"]
+    with mrcfile.open(info.paths[1], permissive=True) as m:
+        assert m.data.dtype == np.float32 and m.data.shape == (384, 512)
+        assert float(m.voxel_size.x) == pytest.approx(2.0)
+    truth = info.truth()
+    assert list(truth.columns) == ["micrograph", "x_px", "y_px", "diameter_px", "kind"]
+    assert set(truth.micrograph) == {"one", "two"}
+    mics = pd.read_csv(info.micrographs_csv)
+    assert list(mics.micrograph) == ["one", "two", "none"] and mics.loc[2, "n_particles"] == 0
+    # the truth scored against itself is perfect (simulate and evaluate agree on names)
+    s = evaluate(truth, truth).summary
+    assert s["f1"] == 1.0 and s["junk_picks"] == 0
+
+
+def test_cli_mini_then_reuse(tmp_path, capsys):
+    out = tmp_path / "sim"
+    assert main([f"output={out}", "preset=mini", "seed=1", "only=k3_mixed,empty"]) == 0
+    assert "wrote 2 micrographs" in capsys.readouterr().out
+    with mrcfile.open(out / "k3_mixed.mrc", permissive=True) as m:
+        assert m.data.shape == (1023, 1440) and float(m.voxel_size.x) == pytest.approx(4.24, abs=1e-3)
+    assert set(pd.read_csv(out / "truth.csv").micrograph) == {"k3_mixed", "empty"}
+    before = (out / "empty.mrc").stat().st_mtime_ns
+    info = write_suite(out, preset="mini", seed=1, only=["k3_mixed", "empty"])
+    assert info.reused and (out / "empty.mrc").stat().st_mtime_ns == before
+    assert not write_suite(out, preset="mini", seed=2, only=["empty"]).reused
+
+
+@pytest.mark.parametrize("argv, word", [
+    (["output=x", "bogus=1"], "bogus"),
+    (["output=x", "preset=huge"], "preset"),
+    (["output=x", "seed=abc"], "seed"),
+    (["output=x", "dims=4"], "dims"),
+    ([], "output"),
+    (["output"], "key=value"),
+    (["output=x", "preset=mini", "only=s99_nothing"], "s99_nothing"),
+])
+def test_cli_errors_name_the_key(argv, word, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert word in err and len(err.splitlines()) == 1
+
+
+def test_dims3_without_synthetic3d_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "lipoframe.synthetic3d", None)
+    assert main([f"output={tmp_path}", "dims=3"]) == 2
+    assert "synthetic3d" in capsys.readouterr().err
+
+
+def test_dims3_delegates(tmp_path, capsys, monkeypatch):
+    import types
+
+    calls = {}
+    fake = types.ModuleType("lipoframe.synthetic3d")
+
+    def write_tomogram_dataset(folder, *, n, seed):
+        calls.update(folder=folder, n=n, seed=seed)
+        return [folder / "t.mrc"]
+
+    fake.write_tomogram_dataset = write_tomogram_dataset
+    monkeypatch.setitem(sys.modules, "lipoframe.synthetic3d", fake)
+    assert main([f"output={tmp_path}", "dims=3", "n=3", "seed=5"]) == 0
+    assert calls == {"folder": tmp_path, "n": 3, "seed": 5}
+
+
+def test_demo_dataset_still_works(tmp_path):
+    paths = write_demo_dataset(tmp_path, n=1)
+    truth = pd.read_csv(tmp_path / "truth.csv")
+    assert [p.name for p in paths] == ["demo_001.mrc"] and len(truth) > 10
+

@@ -1,0 +1,199 @@
+"""Tomograms: 3D scale-space detection, 3D NMS, radial-profile diameters, synthetic volumes."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+
+import mrcfile
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.spatial import cKDTree
+
+from lipoframe.algorithms.nms import size_aware_nms
+from lipoframe.algorithms.radial3d import edge_radius, match_centre, radial_profile, refine_diameters
+from lipoframe.algorithms.scale_space3d import DIAMETER_PER_SIGMA_3D, blob_responses_3d, detect_blobs_3d
+from lipoframe.synthetic3d import random_spheres, render_volume, tomogram_spheres, write_tomogram_dataset
+
+SMALL = (56, 112, 112)
+# 16, 24 and 36 px at 10 Å/px: three sizes that span the 15-50 nm range.
+SIZES_A = (160.0, 240.0, 360.0)
+
+
+def ball(shape, centre, radius, *, shell=0.0) -> np.ndarray:
+    grids = np.ogrid[tuple(slice(0, n) for n in shape)]
+    dist = np.sqrt(sum((g - c) ** 2 for g, c in zip(grids, centre)))
+    occ = np.clip(radius + 0.5 - dist, 0, 1)
+    if shell:
+        occ = occ * np.clip(dist - (radius - shell) + 0.5, 0, 1)
+    return occ.astype(np.float32)
+
+
+@pytest.mark.parametrize("radius", [6.0, 13.0])
+@pytest.mark.parametrize("method", ["log", "dog"])
+def test_ball_diameter_is_2_sqrt3_sigma(radius, method):
+    """The normalised LoG of a ball peaks at sigma = R / sqrt(3) (checked numerically)."""
+    assert DIAMETER_PER_SIGMA_3D == pytest.approx(2 * math.sqrt(3))
+    n = int(5 * radius)
+    c = (n / 2, n / 2 - 0.6, n / 2 + 0.6)
+    vol = ball((n, n, n), c, radius)
+    b = detect_blobs_3d(vol, dmin_px=1.2 * radius, dmax_px=3 * radius, method=method, threshold_method="absolute", threshold=0.05, min_sigma_binned=2)
+    assert b["diameter_px"][0] == pytest.approx(2 * radius, rel=0.02)
+    assert (b["z_px"][0], b["y_px"][0], b["x_px"][0]) == pytest.approx(c, abs=0.3)
+
+
+def test_responses_peak_along_scale_at_the_ball_sigma():
+    r = 8.0
+    sig = np.array([3.0, r / math.sqrt(3), 7.0])
+    resp = blob_responses_3d(ball((64, 64, 64), (32, 32, 32), r), sig, method="log")
+    assert resp.shape == (3, 64, 64, 64)
+    assert np.argmax(resp[:, 32, 32, 32]) == 1
+
+
+def test_empty_and_bad_volumes():
+    b = detect_blobs_3d(np.zeros((32, 32, 32), np.float32), dmin_px=6, dmax_px=20)
+    assert all(len(v) == 0 for v in b.values()) and "z_px" in b
+    with pytest.raises(ValueError, match="3D"):
+        detect_blobs_3d(np.zeros((32, 32)), dmin_px=6, dmax_px=20)
+    with pytest.raises(ValueError, match="dmin_px"):
+        detect_blobs_3d(np.zeros((32, 32, 32)), dmin_px=20, dmax_px=6)
+
+
+def test_size_aware_nms_in_3d_keeps_2d_behaviour():
+    # Same (x, y), far apart in z: two particles in 3D, one in 2D.
+    xyz = np.array([[50.0, 50.0, 10.0], [52.0, 50.0, 60.0]])
+    r = np.array([10.0, 10.0])
+    s = np.array([2.0, 1.0])
+    assert size_aware_nms(xyz, r, s).tolist() == [True, True]
+    assert size_aware_nms(xyz[:, :2], r, s).tolist() == [True, False]
+    assert size_aware_nms(np.empty(0), np.empty(0), np.empty(0)).shape == (0,)
+
+
+def test_builtin_nms_uses_z():
+    from lipoframe.builtin.nms import SizeAwareNms, SizeAwareParams
+    from lipoframe.records import Micrograph, MicrographMeta, PickContext
+
+    picks = pd.DataFrame({"x_px": [50.0, 52.0], "y_px": [50.0, 50.0], "z_px": [10.0, 60.0], "diameter_px": [20.0, 20.0],
+                          "score": [2.0, 1.0], "pyramid_level": [0, 0], "sigma_px": [5.8, 5.8]})
+    mic = Micrograph(meta=MicrographMeta(name="t", path="", shape=(80, 100, 100)), image=np.zeros((80, 100, 100), np.float32))
+    ctx = PickContext(dmin_px=10, dmax_px=40)
+    assert len(SizeAwareNms(SizeAwareParams()).suppress(picks, mic, ctx)) == 2
+    assert len(SizeAwareNms(SizeAwareParams()).suppress(picks.drop(columns="z_px"), mic, ctx)) == 1
+
+
+def test_radial_profile_and_edge():
+    vol = ball((64, 64, 64), (30.3, 31.7, 32.2), 12.0)
+    prof, count = radial_profile(vol, np.array([30.3, 31.7, 32.2]), 20)
+    assert prof[0] == pytest.approx(1) and prof[-1] == pytest.approx(0)
+    assert count[5] == pytest.approx(4 * np.pi * 5.5**2, rel=0.1)
+    r, drop = edge_radius(prof, r_lo=6, r_hi=18)
+    assert r == pytest.approx(12.0, abs=0.25) and drop > 0.5
+    assert math.isnan(edge_radius(np.ones(20), r_lo=3, r_hi=15)[0])  # flat: no edge
+    with pytest.raises(ValueError, match="centre"):
+        radial_profile(vol, np.array([1.0, 2.0]), 5)
+
+
+@pytest.mark.parametrize("shell", [0.0, 4.0])
+def test_refine_diameters_solid_and_vesicle(shell):
+    """Off-centre start and wrong diameter -> centre and diameter of spheres and vesicles."""
+    true_c = np.array([40.0, 38.6, 41.3])
+    vol = ball((80, 80, 80), true_c, 15.0, shell=shell)
+    vol += 0.2 * np.random.default_rng(1).standard_normal(vol.shape).astype(np.float32)
+    start = true_c + [1.8, -1.5, 1.2]
+    d, drop, c = refine_diameters(vol, start[None], np.array([36.0]))
+    assert d[0] == pytest.approx(30.0, rel=0.03)
+    assert np.linalg.norm(c[0] - true_c) < 0.6
+    assert np.linalg.norm(match_centre(vol, start, 15.0) - true_c) < 0.6
+
+
+def test_random_spheres_do_not_overlap_and_fit():
+    sp = random_spheres((40, 80, 80), [20, 16, 12, 12], seed=3, gap=2)
+    xyz = sp[["x_px", "y_px", "z_px"]].to_numpy()
+    r = sp["diameter_px"].to_numpy() / 2
+    for i in range(len(sp)):
+        for j in range(i):
+            assert np.linalg.norm(xyz[i] - xyz[j]) >= r[i] + r[j] + 2 - 1e-9
+    assert np.all(xyz - r[:, None] >= 0) and np.all(xyz[:, 2] + r <= 39)
+
+
+def test_write_tomogram_dataset(tmp_path):
+    paths = write_tomogram_dataset(tmp_path, n=2, seed=4, shape=(48, 96, 96), pixel_size=12.0, diameters_A=(150, 250), counts=(2, 1), kinds=("sphere", "vesicle"))
+    assert [p.name for p in paths] == ["tomo_001.mrc", "tomo_002.mrc"]
+    with mrcfile.open(paths[0]) as m:
+        assert m.data.shape == (48, 96, 96) and m.data.dtype == np.float32
+        assert float(m.voxel_size.x) == pytest.approx(12.0)
+    truth = pd.read_csv(tmp_path / "truth.csv")
+    assert list(truth.columns) == ["micrograph", "x_px", "y_px", "z_px", "diameter_px", "kind"]
+    assert len(truth) == 6 and set(truth["kind"]) == {"sphere", "vesicle"}
+    again = tomogram_spheres(0, seed=4, shape=(48, 96, 96), pixel_size=12.0, diameters_A=(150, 250), counts=(2, 1), kinds=("sphere", "vesicle"))
+    first = truth[truth.micrograph == "tomo_001"].reset_index(drop=True)
+    assert np.allclose(first[["x_px", "y_px", "z_px", "diameter_px"]], again[["x_px", "y_px", "z_px", "diameter_px"]], atol=0.01)
+    with pytest.raises(ValueError, match="kinds"):
+        tomogram_spheres(0, kinds=("cube",))
+
+
+def _pick_volume(seed: int):
+    from lipoframe.runner import pick
+
+    truth = tomogram_spheres(0, seed=seed, shape=SMALL, pixel_size=10.0, diameters_A=SIZES_A, counts=(3, 2, 2))
+    vol = render_volume(SMALL, truth, noise=0.3, seed=seed)
+    picks = pick(vol, dmin=12, dmax=45, units="px", detector="dog", detector_params={"min_sigma_binned": 2.0},
+                 refiner="radial_profile_3d", filters=("diameter_range",))
+    return truth, picks
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_three_sizes_one_pick_per_sphere(seed):
+    """Done-when of issue 8: spheres of 3 sizes -> one pick each, diameters within 10 %."""
+    truth, picks = _pick_volume(seed)
+    acc = picks[picks["accepted"]]
+    sizes = np.argmin(np.abs(truth["diameter_px"].to_numpy()[:, None] - np.array(SIZES_A) / 10.0), axis=1)
+    assert len(truth) == 7 and set(sizes) == {0, 1, 2}
+    assert len(acc) == len(truth)  # no false positives, no duplicates
+    tree = cKDTree(acc[["x_px", "y_px", "z_px"]].to_numpy())
+    dist, idx = tree.query(truth[["x_px", "y_px", "z_px"]].to_numpy())
+    assert len(set(idx)) == len(truth)  # each sphere its own pick
+    assert np.all(dist < 0.1 * truth["diameter_px"].to_numpy())
+    ratio = acc["diameter_px"].to_numpy()[idx] / truth["diameter_px"].to_numpy()
+    assert np.all(np.abs(ratio - 1) < 0.10)
+    assert acc["radial_edge_found"].all()
+
+
+def test_refiner_params_and_2d_input():
+    from lipoframe.builtin.tomo import RadialProfile3dParams, RadialProfile3dRefiner
+    from lipoframe.records import Micrograph, MicrographMeta, PickContext
+
+    with pytest.raises(ValueError, match="refiner.search"):
+        RadialProfile3dParams(search=1.0)
+    with pytest.raises(ValueError, match="refiner.min_radius_binned"):
+        RadialProfile3dParams(min_radius_binned=1)
+    vol = -ball((48, 64, 64), (24, 30, 33), 10)  # dark particle, polarity 'dark'
+    mic = Micrograph(meta=MicrographMeta(name="v", path="", shape=vol.shape), image=vol)
+    picks = pd.DataFrame({"x_px": [33.0], "y_px": [30.0], "diameter_px": [20.0], "score": [1.0], "pyramid_level": [0], "sigma_px": [5.8]})
+    with pytest.raises(ValueError, match="z_px"):
+        RadialProfile3dRefiner(RadialProfile3dParams()).refine(picks, mic, PickContext(dmin_px=10, dmax_px=40))
+    out = RadialProfile3dRefiner(RadialProfile3dParams()).refine(picks.assign(z_px=24.0, diameter_px=25.0), mic, PickContext(dmin_px=10, dmax_px=40))
+    assert out["diameter_px"].iloc[0] == pytest.approx(20.0, rel=0.03)
+    assert out["diameter_initial_px"].iloc[0] == 25.0
+    empty = RadialProfile3dRefiner(RadialProfile3dParams()).refine(picks.iloc[0:0], mic, PickContext(dmin_px=10, dmax_px=40))
+    assert len(empty) == 0
+
+
+@pytest.mark.slow
+def test_cli_tomo_preset(tmp_path):
+    """`lipoframe run +experiment=tomo` on an MRC tomogram: csv with z_px, masks in 3D."""
+    write_tomogram_dataset(tmp_path / "in", n=1, seed=1, shape=SMALL, pixel_size=10.0, diameters_A=SIZES_A, counts=(2, 1, 1))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "lipoframe", "run", "+experiment=tomo", f"input={tmp_path / 'in'}", f"output={out}",
+           "dmin=120", "dmax=450", "writer=[csv,mask]", "runner.workers=1", "runner.report=false"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "LIPOFRAME_LOAD_PLUGINS": ""})
+    assert res.returncode == 0, res.stderr[-2000:]
+    picks = pd.read_csv(out / "picks.csv")
+    truth = pd.read_csv(tmp_path / "in" / "truth.csv")
+    assert "z_px" in picks.columns and len(picks) == len(truth)
+    assert np.allclose(np.sort(picks["diameter_A"]), np.sort(truth["diameter_px"] * 10.0), rtol=0.1)
+    with mrcfile.open(out / "masks" / "tomo_001_labels.mrc") as m:
+        assert m.data.shape == SMALL and m.data.max() == len(truth)

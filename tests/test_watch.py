@@ -1,0 +1,116 @@
+"""Streaming with ``watch=true``: files are picked once completely written, the
+dataset-level outputs are updated as it goes, and a stop file ends it cleanly."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+from scale_data import RUN_ARGS, write_set
+
+from lipoframe.merge import compose_config
+from lipoframe.runner import run_pipeline
+from lipoframe.watch import FolderWatcher, assign_name
+
+
+@pytest.fixture(autouse=True)
+def _no_plugins(monkeypatch):
+    monkeypatch.setenv("LIPOFRAME_LOAD_PLUGINS", "")
+
+
+def _slow_copy(src, dst, *, pause):
+    """Copy in two halves with a pause, as a transfer over the network would."""
+    data = src.read_bytes()
+    with open(dst, "wb") as f:
+        f.write(data[: len(data) // 2])
+        f.flush()
+        time.sleep(pause)
+        f.write(data[len(data) // 2 :])
+
+
+def test_watch_picks_files_as_they_arrive_and_stops_on_the_stop_file(tmp_path):
+    sources = write_set(tmp_path / "source", 4)
+    watched = tmp_path / "incoming"
+    watched.mkdir()
+    out = tmp_path / "out"
+    stop = out / "STOP"
+    poll = 0.25
+
+    def microscope():
+        time.sleep(2 * poll)
+        for i, src in enumerate(sources):
+            # the last copy stalls for longer than the stability window: it may be
+            # read half-written once, and must then be picked again when complete
+            _slow_copy(src, watched / src.name, pause=0.05 if i < 3 else 4 * poll)
+            time.sleep(poll)
+        stop.parent.mkdir(parents=True, exist_ok=True)
+        stop.touch()
+
+    writer = threading.Thread(target=microscope)
+    _, cfg = compose_config([
+        f"input={watched}", *RUN_ARGS, "runner.workers=1", "watch=true",
+        f"stream.poll_seconds={poll}", "stream.stable_polls=2", "stream.update_every=2",
+    ])
+    writer.start()
+    try:
+        result = run_pipeline(cfg, out)
+    finally:
+        writer.join()
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["micrographs"]["ok"] + summary["micrographs"]["skipped"] == 4
+    assert summary["micrographs"]["failed"] == 0, summary["failures"]
+    assert result.ok
+
+    # the same as a batch run over the finished folder
+    _, batch_cfg = compose_config([f"input={watched}", *RUN_ARGS, "runner.workers=1"])
+    run_pipeline(batch_cfg, tmp_path / "batch")
+    assert (out / "picks.csv").read_bytes() == (tmp_path / "batch" / "picks.csv").read_bytes()
+    assert json.loads((out / "extraction_plan.json").read_text()) == json.loads((tmp_path / "batch" / "extraction_plan.json").read_text())
+
+
+def test_watcher_waits_until_a_file_stops_changing(tmp_path):
+    w = FolderWatcher([str(tmp_path)], (".mrc",), stable_polls=2)
+    f = tmp_path / "a.mrc"
+    f.write_bytes(b"x" * 10)
+    assert w.poll() == [] and w.unsettled() == 1
+    with open(f, "ab") as fh:
+        fh.write(b"y" * 10)  # still growing
+    assert w.poll() == []
+    assert w.poll() == [f]  # unchanged over two scans
+    assert w.poll() == [] and w.unsettled() == 0  # handed out once
+    with open(f, "ab") as fh:
+        fh.write(b"z")  # replaced or completed after a failed read: handed out again once stable
+    assert w.poll() == [] and w.unsettled() == 1
+    assert w.poll() == [f]
+    (tmp_path / ".a.mrc.part").write_bytes(b"z")  # hidden temporary files are ignored
+    assert w.poll() == [] and w.unsettled() == 0
+
+
+def test_watch_names_never_change_for_files_already_named(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = assign_name(tmp_path / "a" / "mic.mrc", set())
+    second = assign_name(tmp_path / "b" / "mic.mrc", {first})
+    assert first == "mic" and second == "b__mic"
+    assert assign_name(tmp_path / "b" / "mic.mrc", {first, second}) not in {first, second}
+
+
+def test_watch_needs_an_input(tmp_path):
+    from lipoframe.records import InputError
+
+    _, cfg = compose_config([*RUN_ARGS, "watch=true"])
+    with pytest.raises(InputError, match="watch=true needs input"):
+        run_pipeline(cfg, tmp_path / "out")
+
+
+def test_watch_stops_after_idle_timeout(tmp_path):
+    write_set(tmp_path / "in", 1)
+    _, cfg = compose_config([
+        f"input={tmp_path / 'in'}", *RUN_ARGS, "runner.workers=1", "watch=true",
+        "stream.poll_seconds=0.1", "stream.stable_polls=1", "stream.idle_timeout=0.5",
+    ])
+    result = run_pipeline(cfg, tmp_path / "out")
+    assert [r.status for r in result.results] == ["ok"]
+    assert (tmp_path / "out" / "picks.csv").is_file()

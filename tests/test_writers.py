@@ -1,0 +1,530 @@
+"""Writers: coordinates, layouts and round trips with the libraries real tools use.
+
+The expected numbers in these tests come from the conventions in
+docs/export.md (RELION: 0-based pixel centre, nearest pixel; TIFF rows flipped
+as ``ny - 1 - y``; CBOX/EMAN: corner = centre - box / 2), not from running
+the writers.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import starfile
+
+from lipoframe import schema
+from lipoframe.builtin.writers import (
+    BoxWriter,
+    CboxWriter,
+    CryosparcWriter,
+    CryosparcWriterParams,
+    CsvWriter,
+    StarWriter,
+    StarWriterParams,
+    export_view,
+    file_stems,
+    micrograph_fields,
+)
+from lipoframe.io import cryosparc as cs_io
+from lipoframe.io import relion as relion_io
+from lipoframe.io.coords import export_frame, nearest_pixel
+from lipoframe.io.star import quote
+from lipoframe.plan import ExtractionPlan, SizeBin
+from lipoframe.records import MicrographMeta, PickContext
+
+GOLDEN = Path(__file__).parent / "golden"
+NY, NX = 500, 640
+PLAN = ExtractionPlan(
+    policy="test",
+    pixel_size=1.5,
+    bins=(SizeBin(0, 100.0, 150.0, 1, 224, 300.0), SizeBin(1, 150.0, 200.0, 1, 320, 400.0)),
+)
+CTX = PickContext(dmin_px=100, dmax_px=200, pixel_size=1.5, seed=3)
+
+
+def make_picks(rows: list[dict]) -> pd.DataFrame:
+    """A finished pick table (what the runner hands to writers)."""
+    base = {schema.SCORE: 1.0, schema.LEVEL: 0, schema.SIGMA: 10.0, schema.ACCEPTED: True, schema.REASON: ""}
+    full = [{**base, **r} for r in rows]
+    cols = [schema.MICROGRAPH, schema.X, schema.Y, schema.DIAMETER, schema.SCORE, schema.LEVEL, schema.SIGMA, schema.ACCEPTED, schema.REASON]
+    extra = [c for r in full for c in r if c not in cols]
+    df = pd.DataFrame(full, columns=cols + list(dict.fromkeys(extra)))
+    if schema.SIZE_BIN not in df:
+        d = df[schema.DIAMETER].to_numpy(dtype=float)
+        df[schema.SIZE_BIN] = np.where(df[schema.ACCEPTED].to_numpy(dtype=bool), PLAN.assign(d), schema.REJECTED_BIN)
+    return df
+
+
+def meta(name: str, *, flip_y: bool = False, path: str | None = None, shape=(NY, NX)) -> MicrographMeta:
+    return MicrographMeta(name=name, path=f"/data/mics/{name}.mrc" if path is None else path, shape=shape, pixel_size=1.5, flip_y=flip_y)
+
+
+def write_all(picks, metas, out: Path, ctx=CTX, *, star=None, cs=None) -> list[Path]:
+    written = []
+    for w in (CsvWriter(), StarWriter(star or StarWriterParams()), CryosparcWriter(cs or CryosparcWriterParams()), CboxWriter(), BoxWriter()):
+        written += w.write(picks, metas, PLAN, out, ctx)
+    return written
+
+
+def read_box(path: Path) -> np.ndarray:
+    text = path.read_text()
+    return np.array([[int(v) for v in line.split("\t")] for line in text.splitlines()], dtype=np.int64).reshape(-1, 4)
+
+
+def relion_first_block(text: str) -> tuple[str, list[str], list[list[str]]]:
+    """Read text the way RELION's MetaDataTable::readStar/readStarLoop does (no name given).
+
+    First line containing ``data_`` is the block; after ``loop_``, labels are
+    ``line[pos('_') + 1 : pos('#') - 1]``; rows until the first empty line;
+    tokens split on blanks with '...' or "..." quoting.
+    """
+    assert "\r" not in text
+    lines = text.split("\n")
+    i = next(k for k, line in enumerate(lines) if "data_" in line)
+    name = lines[i][lines[i].find("data_") + 5:]
+    i = next(k for k in range(i + 1, len(lines)) if "loop_" in lines[k])
+    labels, rows = [], []
+    k = i + 1
+    while k < len(lines):
+        line = " ".join(lines[k].split())
+        if line == "" or line[0] in "#;":
+            if labels:
+                break
+            k += 1
+            continue
+        if line[0] != "_":
+            break
+        labels.append(line[line.find("_") + 1: line.find("#") - 1] if "#" in line else line[1:])
+        k += 1
+    while k < len(lines):
+        line = " ".join(lines[k].split())
+        if line == "":
+            break
+        rows.append(shlex.split(line))
+        assert len(rows[-1]) == len(labels), f"row {line!r} has {len(rows[-1])} fields for {len(labels)} labels"
+        k += 1
+    return name, labels, rows
+
+
+# ---------------------------------------------------------------------------
+# The one convention test: a particle at a known pixel, in every format
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "x, y, flip, rx, ry",
+    [
+        # (x_px, y_px, TIFF?) -> RELION / EMAN centre pixel (nearest, halves up; TIFF row = 499 - y)
+        (100.0, 60.0, False, 100, 60),
+        (100.0, 60.0, True, 100, 439),
+        (100.4, 59.6, False, 100, 60),
+        (100.4, 59.6, True, 100, 439),  # 499 - 59.6 = 439.4
+        (100.5, 59.5, False, 101, 60),
+        (100.5, 59.5, True, 101, 440),  # 499 - 59.5 = 439.5 -> 440
+        (0.0, 0.0, True, 0, 499),
+    ],
+)
+def test_known_pixel_comes_out_right_in_every_format(tmp_path, x, y, flip, rx, ry):
+    from cryosparc.dataset import Dataset
+
+    ye = (NY - 1 - y) if flip else y  # the exported (sub-pixel) row
+    picks = make_picks([{schema.MICROGRAPH: "m1", schema.X: x, schema.Y: y, schema.DIAMETER: 170.0, schema.SCORE: 0.75}])
+    metas = {"m1": meta("m1", flip_y=flip)}
+    out = tmp_path / "out"
+    write_all(picks, metas, out)
+
+    # csv keeps lipoframe's own frame
+    csv = pd.read_csv(out / "picks.csv")
+    assert csv[schema.X].iloc[0] == pytest.approx(x) and csv[schema.Y].iloc[0] == pytest.approx(y)
+
+    # RELION: what Extract centres the box on is (long)rlnCoordinateX
+    for folder in (out / "relion", out / "bins" / "bin2"):
+        coords = starfile.read(folder / "coords" / "m1_autopick.star")
+        assert int(coords["rlnCoordinateX"].iloc[0]) == rx and int(coords["rlnCoordinateY"].iloc[0]) == ry
+        assert coords["rlnClassNumber"].iloc[0] == 2  # bin index 1 -> class 2
+        assert coords["rlnLipoframeDiameterPix"].iloc[0] == pytest.approx(170.0)
+        assert coords["rlnAutopickFigureOfMerit"].iloc[0] == pytest.approx(0.75)
+    assert len(starfile.read(out / "bins" / "bin1" / "coords" / "m1_autopick.star")) == 0
+
+    # EMAN .box: RELION and EMAN2 take corner + box / 2 (integers)
+    for folder in (out / "box", out / "bins" / "bin2" / "box"):
+        bx = read_box(folder / "m1.box")
+        assert bx.shape == (1, 4) and bx[0, 2] == bx[0, 3] == 320
+        assert bx[0, 0] + bx[0, 2] // 2 == rx and bx[0, 1] + bx[0, 3] // 2 == ry
+
+    # CBOX: napari-boxmanager takes _CoordinateX + _Width / 2 (floats)
+    cbox = starfile.read(out / "cbox" / "m1.cbox")["cryolo"]
+    assert cbox["CoordinateX"].iloc[0] + cbox["Width"].iloc[0] / 2 == pytest.approx(x, abs=1e-3)
+    assert cbox["CoordinateY"].iloc[0] + cbox["Height"].iloc[0] / 2 == pytest.approx(ye, abs=1e-3)
+    assert cbox["Width"].iloc[0] == cbox["Height"].iloc[0] == 320
+    assert cbox["EstWidth"].iloc[0] == cbox["EstHeight"].iloc[0] == pytest.approx(170.0)
+    assert cbox["Confidence"].iloc[0] == pytest.approx(0.75)
+
+    # cryoSPARC: fraction of [ny, nx], pixel centre, float32
+    for folder in (out / "cryosparc", out / "bins" / "bin2" / "cryosparc"):
+        d = Dataset.load(folder / "particles.cs")
+        assert len(d) == 1
+        assert d["location/micrograph_shape"][0].tolist() == [NY, NX]
+        assert d["location/center_x_frac"][0] * NX == pytest.approx(x, abs=1e-3)
+        assert d["location/center_y_frac"][0] * NY == pytest.approx(ye, abs=1e-3)
+        assert d["pick_stats/template_idx"][0] == 1
+        star = starfile.read(folder / "particles.star")
+        assert star["rlnCoordinateX"].iloc[0] == pytest.approx(x, abs=1e-6)
+        assert star["rlnCoordinateY"].iloc[0] == pytest.approx(ye, abs=1e-6)
+
+
+def test_subpixel_option_keeps_fraction_that_relion_truncates(tmp_path):
+    picks = make_picks([{schema.MICROGRAPH: "m1", schema.X: 100.75, schema.Y: 20.25, schema.DIAMETER: 120.0}])
+    StarWriter(StarWriterParams(subpixel=True, per_bin=False)).write(picks, {"m1": meta("m1")}, PLAN, tmp_path, CTX)
+    coords = starfile.read(tmp_path / "relion" / "coords" / "m1_autopick.star")
+    assert coords["rlnCoordinateX"].iloc[0] == pytest.approx(100.75)
+    assert coords["rlnCoordinateY"].iloc[0] == pytest.approx(20.25)
+    assert not (tmp_path / "bins").exists()
+
+
+def test_export_frame_and_nearest_pixel():
+    x, y = export_frame([1.0, 2.0, 3.0], [0.0, 10.25, 99.0], ny=[100, 100, 100], flip_y=[True, True, False])
+    assert x.tolist() == [1.0, 2.0, 3.0]
+    assert y.tolist() == [99.0, 88.75, 99.0]
+    assert nearest_pixel([0.5, 1.5, 2.5, -0.5, 2.49]).tolist() == [1, 2, 3, 0, 2]
+
+
+def test_3d_picks_write_z(tmp_path):
+    picks = make_picks([{schema.MICROGRAPH: "t1", schema.X: 50.0, schema.Y: 40.0, schema.Z: 12.6, schema.DIAMETER: 160.0}])
+    metas = {"t1": meta("t1", shape=(64, 300, 400))}
+    StarWriter(StarWriterParams(per_bin=False)).write(picks, metas, PLAN, tmp_path, CTX)
+    CboxWriter().write(picks, metas, PLAN, tmp_path, CTX)
+    coords = starfile.read(tmp_path / "relion" / "coords" / "t1_autopick.star")
+    assert list(coords.columns[:3]) == ["rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ"]
+    assert coords["rlnCoordinateZ"].iloc[0] == 13
+    cbox = starfile.read(tmp_path / "cbox" / "t1.cbox")["cryolo"]
+    assert cbox["CoordinateZ"].iloc[0] == pytest.approx(12.6)
+    assert cbox["Depth"].iloc[0] == 320
+    assert cbox["CoordinateY"].iloc[0] + cbox["Height"].iloc[0] / 2 == pytest.approx(40.0)
+
+
+# ---------------------------------------------------------------------------
+# Round trips and RELION's parser rules
+# ---------------------------------------------------------------------------
+def two_micrographs():
+    picks = make_picks([
+        {schema.MICROGRAPH: "mic.001", schema.X: 120.2, schema.Y: 80.7, schema.DIAMETER: 120.0, schema.SCORE: 2.5},
+        {schema.MICROGRAPH: "mic.001", schema.X: 300.0, schema.Y: 250.5, schema.DIAMETER: 180.0, schema.SCORE: 1.25},
+        {schema.MICROGRAPH: "mic.001", schema.X: 400.0, schema.Y: 100.0, schema.DIAMETER: 90.0, schema.SCORE: 0.5,
+         schema.ACCEPTED: False, schema.REASON: "diameter_range"},
+    ])
+    metas = {"mic.001": meta("mic.001"), "empty": meta("empty")}
+    return picks, metas
+
+
+def test_relion_files_follow_relion_parser_rules(tmp_path):
+    picks, metas = two_micrographs()
+    StarWriter().write(picks, metas, PLAN, tmp_path, CTX)
+    name, labels, rows = relion_first_block((tmp_path / "relion" / "coords" / "mic.001_autopick.star").read_text())
+    assert name == ""
+    assert labels == ["rlnCoordinateX", "rlnCoordinateY", "rlnClassNumber", "rlnAutopickFigureOfMerit", "rlnAnglePsi", "rlnLipoframeDiameterPix"]
+    assert [(int(float(r[0])), int(float(r[1])), int(r[2])) for r in rows] == [(120, 81, 1), (300, 251, 2)]
+    assert all(re.fullmatch(r"-?\d+(\.\d+)?", v) for r in rows for v in r)  # no NaN, <NA> or inf
+    name, labels, rows = relion_first_block((tmp_path / "relion" / "autopick.star").read_text())
+    assert name == "coordinate_files" and labels == ["rlnMicrographName", "rlnMicrographCoordinates"]
+    assert [r[0] for r in rows] == ["/data/mics/mic.001.mrc", "/data/mics/empty.mrc"]
+    for _, coord in rows:
+        assert Path(coord).is_absolute() and Path(coord).is_file()
+
+
+def test_star_round_trip_with_starfile(tmp_path):
+    picks, metas = two_micrographs()
+    StarWriter().write(picks, metas, PLAN, tmp_path, CTX)
+    coords = starfile.read(tmp_path / "relion" / "coords" / "mic.001_autopick.star")
+    assert coords["rlnClassNumber"].dtype.kind == "i"
+    assert coords["rlnCoordinateX"].tolist() == [120.0, 300.0]
+    assert coords["rlnLipoframeDiameterPix"].tolist() == [120.0, 180.0]
+    lst = starfile.read(tmp_path / "relion" / "autopick.star", parse_as_string=["rlnMicrographName"])
+    assert len(lst) == 2
+    # per bin: bin1 holds the 120 px pick, bin2 the 180 px pick; both list every micrograph
+    for k, expected_x in ((1, [120.0]), (2, [300.0])):
+        folder = tmp_path / "bins" / f"bin{k}"
+        assert len(starfile.read(folder / "autopick.star")) == 2
+        assert starfile.read(folder / "coords" / "mic.001_autopick.star")["rlnCoordinateX"].tolist() == expected_x
+
+
+def test_cbox_round_trip_with_starfile(tmp_path):
+    picks, metas = two_micrographs()
+    CboxWriter().write(picks, metas, PLAN, tmp_path, CTX)
+    blocks = starfile.read(tmp_path / "cbox" / "mic.001.cbox", always_dict=True)
+    assert list(blocks) == ["global", "cryolo", "cryolo_include"]
+    assert float(blocks["global"]["cbox_format_version"]) == 1.0
+    df = blocks["cryolo"]
+    assert list(df.columns) == ["CoordinateX", "CoordinateY", "CoordinateZ", "Width", "Height", "Depth", "EstWidth", "EstHeight", "Confidence", "NumBoxes", "Angle"]
+    assert df["Width"].tolist() == [224, 320]  # each pick's own bin box
+    assert (df["CoordinateX"] + df["Width"] / 2).tolist() == pytest.approx([120.2, 300.0], abs=1e-3)
+    assert df["EstWidth"].tolist() == pytest.approx([120.0, 180.0])
+    assert df["Confidence"].tolist() == pytest.approx([2.5, 1.25])
+    assert df["CoordinateZ"].isna().all()
+
+
+def test_cbox_reads_in_pystardb_like_napari_boxmanager(tmp_path):
+    """napari-boxmanager reads CBOX with pyStarDB (optional here: skipped when absent)."""
+    star = pytest.importorskip("pyStarDB.sp_pystardb")
+    picks, metas = two_micrographs()
+    CboxWriter().write(picks, metas, PLAN, tmp_path, CTX)
+    df = star.StarFile(str(tmp_path / "cbox" / "mic.001.cbox"))["cryolo"]
+    assert (df["_CoordinateX"] + df["_Width"] / 2).tolist() == pytest.approx([120.2, 300.0], abs=1e-3)
+    assert df["_EstWidth"].tolist() == pytest.approx([120.0, 180.0])
+    assert len(star.StarFile(str(tmp_path / "cbox" / "empty.cbox"))["cryolo"]) == 0
+
+
+def test_cryosparc_dtypes_match_cryosparc_tools(tmp_path):
+    from cryosparc.dataset import Dataset
+
+    picks, metas = two_micrographs()
+    CryosparcWriter().write(picks, metas, PLAN, tmp_path, CTX)
+    ours = Dataset.load(tmp_path / "cryosparc" / "particles.cs")
+    # What cryosparc-tools itself writes for these slots (fixture of a real cryoSPARC file).
+    fields = [
+        ("location/micrograph_uid", "<u8"), ("location/exp_group_id", "<u4"), ("location/micrograph_path", "O"),
+        ("location/micrograph_shape", "<u4", (2,)), ("location/micrograph_psize_A", "<f4"),
+        ("location/center_x_frac", "<f4"), ("location/center_y_frac", "<f4"), ("location/min_dist_A", "<f4"),
+        ("pick_stats/ncc_score", "<f4"), ("pick_stats/power", "<f4"), ("pick_stats/template_idx", "<u4"),
+        ("pick_stats/angle_rad", "<f4"),
+    ]
+    ref_path = tmp_path / "ref.cs"
+    Dataset.allocate(2, fields=fields).save(ref_path)
+    ref = Dataset.load(ref_path)
+    ours_descr = dict((f[0], f[1:]) for f in ours.descr())
+    for f in ref.descr():
+        assert ours_descr[f[0]] == f[1:], f[0]
+    assert ours.fields()[0] == "uid" and len(set(ours["uid"].tolist())) == len(ours)
+    assert set(ours.prefixes()) == {"location", "pick_stats", "lipoframe"}
+    assert ours["lipoframe/diameter_px"].tolist() == pytest.approx([120.0, 180.0])
+    assert ours["lipoframe/diameter_A"].tolist() == pytest.approx([180.0, 270.0])
+    assert ours["location/micrograph_path"].tolist() == ["mic.001.mrc", "mic.001.mrc"]
+    assert ours["location/micrograph_psize_A"].tolist() == pytest.approx([1.5, 1.5])
+    # plain numpy reads it without pickle
+    raw = np.load(tmp_path / "cryosparc" / "particles.cs", allow_pickle=False)
+    assert raw.dtype["location/micrograph_path"].kind == "S"
+
+
+def test_cryosparc_uids_are_shared_by_dataset_and_bin_sets(tmp_path):
+    from cryosparc.dataset import Dataset
+
+    picks, metas = two_micrographs()
+    CryosparcWriter().write(picks, metas, PLAN, tmp_path, CTX)
+    everything = Dataset.load(tmp_path / "cryosparc" / "particles.cs")
+    by_uid = dict(zip(everything["uid"].tolist(), everything["lipoframe/size_bin"].tolist()))
+    for k in (1, 2):
+        part = Dataset.load(tmp_path / "bins" / f"bin{k}" / "cryosparc" / "particles.cs")
+        assert len(part) == 1 and by_uid[int(part["uid"][0])] == k - 1
+
+
+def test_cryosparc_invert_y_and_template(tmp_path):
+    from cryosparc.dataset import Dataset
+
+    picks = make_picks([{schema.MICROGRAPH: "m1", schema.X: 10.0, schema.Y: 100.0, schema.DIAMETER: 120.0}])
+    metas = {"m1": meta("m1", path="/d/m1_denoised.mrc")}
+    params = CryosparcWriterParams(invert_y=True, micrograph_name="J2/motioncorrected/{stem}.mrc", strip_suffix="_denoised", per_bin=False)
+    CryosparcWriter(params).write(picks, metas, PLAN, tmp_path, CTX)
+    d = Dataset.load(tmp_path / "cryosparc" / "particles.cs")
+    assert d["location/center_y_frac"][0] * NY == pytest.approx(NY - 1 - 100.0, abs=1e-3)
+    assert d["location/micrograph_path"][0] == "J2/motioncorrected/m1.mrc"
+    # the STAR for Import Particle Stack stays in RELION's convention
+    assert starfile.read(tmp_path / "cryosparc" / "particles.star")["rlnCoordinateY"].iloc[0] == pytest.approx(100.0)
+
+
+# ---------------------------------------------------------------------------
+# Empty micrographs, rejected picks, unsafe names
+# ---------------------------------------------------------------------------
+def test_empty_micrograph_gets_valid_empty_entries(tmp_path):
+    picks, metas = two_micrographs()
+    write_all(picks, metas, tmp_path)
+    coords = starfile.read(tmp_path / "relion" / "coords" / "empty_autopick.star")
+    assert len(coords) == 0 and "rlnCoordinateX" in coords.columns
+    _, labels, rows = relion_first_block((tmp_path / "relion" / "coords" / "empty_autopick.star").read_text())
+    assert labels[:2] == ["rlnCoordinateX", "rlnCoordinateY"] and rows == []
+    cbox = starfile.read(tmp_path / "cbox" / "empty.cbox", always_dict=True)
+    assert len(cbox["cryolo"]) == 0
+    assert (tmp_path / "box" / "empty.box").read_text() == ""
+    assert (tmp_path / "csv" / "empty.csv").is_file()
+    for k in (1, 2):
+        lst = starfile.read(tmp_path / "bins" / f"bin{k}" / "autopick.star")
+        assert all(Path(p).is_file() for p in lst["rlnMicrographCoordinates"])
+
+
+def test_no_picks_at_all(tmp_path):
+    from cryosparc.dataset import Dataset
+
+    picks = make_picks([])
+    metas = {"a": meta("a")}
+    plan = ExtractionPlan(policy="test", pixel_size=1.5)
+    for w in (StarWriter(), CryosparcWriter(), CboxWriter(), BoxWriter()):
+        w.write(picks, metas, plan, tmp_path, CTX)
+    assert len(Dataset.load(tmp_path / "cryosparc" / "particles.cs")) == 0
+    assert len(starfile.read(tmp_path / "relion" / "autopick.star")) == 1
+    assert not (tmp_path / "bins").exists()
+
+
+def test_rejected_picks_only_with_export_rejected(tmp_path):
+    from cryosparc.dataset import Dataset
+
+    picks, metas = two_micrographs()
+    write_all(picks, metas, tmp_path / "a")
+    assert len(starfile.read(tmp_path / "a" / "relion" / "coords" / "mic.001_autopick.star")) == 2
+    assert len(read_box(tmp_path / "a" / "box" / "mic.001.box")) == 2
+    ctx = PickContext(dmin_px=100, dmax_px=200, pixel_size=1.5, seed=3, export_rejected=True)
+    write_all(picks, metas, tmp_path / "b", ctx)
+    coords = starfile.read(tmp_path / "b" / "relion" / "coords" / "mic.001_autopick.star")
+    assert coords["rlnClassNumber"].tolist() == [1, 2, 0]  # rejected: no bin -> class 0
+    d = Dataset.load(tmp_path / "b" / "cryosparc" / "particles.cs")
+    assert d["pick_stats/template_idx"].tolist() == [0, 1, cs_io.NO_TEMPLATE]
+    assert d["lipoframe/size_bin"].tolist() == [0, 1, -1]
+    assert read_box(tmp_path / "b" / "box" / "mic.001.box")[2, 2] == 224  # nearest bin's box
+    # per-bin extraction sets never contain rejected picks
+    assert len(starfile.read(tmp_path / "b" / "bins" / "bin1" / "coords" / "mic.001_autopick.star")) == 1
+
+
+@pytest.mark.parametrize("name", ["../../escape", "..", "a b.c", ".hidden", "x/../../y", "mic.001.final", "/abs/path"])
+def test_unsafe_micrograph_names_stay_inside_output(tmp_path, name):
+    out = tmp_path / "deep" / "out"
+    picks = make_picks([{schema.MICROGRAPH: name, schema.X: 30.0, schema.Y: 40.0, schema.DIAMETER: 120.0}])
+    metas = {name: MicrographMeta(name=name, path=f"/data/my mics/{name} x.mrc", shape=(NY, NX), pixel_size=1.5)}
+    written = write_all(picks, metas, out)
+    root = out.resolve()
+    for p in written:
+        assert root in Path(p).resolve().parents
+    outside = [p for p in tmp_path.rglob("*") if p.is_file() and root not in p.resolve().parents]
+    assert outside == []
+    assert not any(part.startswith(".") for p in written for part in Path(p).relative_to(root).parts)
+    lst = starfile.read(out / "relion" / "autopick.star", parse_as_string=["rlnMicrographName"])
+    assert " " in lst["rlnMicrographName"].iloc[0]  # quoted in the file, read back whole
+    assert len(starfile.read(Path(lst["rlnMicrographCoordinates"].iloc[0]))) == 1
+
+
+def test_file_stems_unique_and_safe():
+    stems = file_stems(["a b", "a_b", "../x", "..", "A_B"])
+    assert len(set(s.lower() for s in stems.values())) == 5
+    assert all("/" not in s and not s.startswith(".") for s in stems.values())
+
+
+def test_quote_refuses_untokenisable_values():
+    assert quote("a b") == '"a b"'
+    assert quote("plain.mrc") == "plain.mrc"
+    with pytest.raises(ValueError):
+        quote("")
+    with pytest.raises(ValueError):
+        quote('a "b" c')
+
+
+# ---------------------------------------------------------------------------
+# RELION project paths
+# ---------------------------------------------------------------------------
+def test_list_file_paths_for_a_relion_project(tmp_path):
+    project = tmp_path / "project"
+    out = project / "External" / "lipoframe"
+    picks = make_picks([{schema.MICROGRAPH: "m1_denoised", schema.X: 30.0, schema.Y: 40.0, schema.DIAMETER: 120.0}])
+    metas = {"m1_denoised": meta("m1_denoised", path=str(project / "Denoise" / "job004" / "Movies" / "m1_denoised.mrc"))}
+    params = StarWriterParams(micrograph_name="MotionCorr/job002/Movies/{stem}.mrc", strip_suffix="_denoised", project_dir=str(project))
+    StarWriter(params).write(picks, metas, PLAN, out, CTX)
+    lst = starfile.read(out / "relion" / "autopick.star")
+    assert lst["rlnMicrographName"].iloc[0] == "MotionCorr/job002/Movies/m1.mrc"
+    assert lst["rlnMicrographCoordinates"].iloc[0] == "External/lipoframe/relion/coords/m1_denoised_autopick.star"
+    assert (project / lst["rlnMicrographCoordinates"].iloc[0]).is_file()
+    fields = micrograph_fields(metas["m1_denoised"], strip_suffix="_denoised", project_dir=str(project))
+    assert fields == {"path": "Denoise/job004/Movies/m1.mrc", "dir": "Denoise/job004/Movies", "name": "m1.mrc", "stem": "m1", "ext": ".mrc"}
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: StarWriterParams(micrograph_name="{nope}.mrc"),
+        lambda: StarWriterParams(micrograph_name="{stem"),
+        lambda: StarWriterParams(strip_suffix="a/b"),
+        lambda: CryosparcWriterParams(micrograph_name="{0}"),
+        lambda: CryosparcWriterParams(exp_group_id=-1),
+    ],
+)
+def test_params_validation_names_the_key(make):
+    with pytest.raises(ValueError, match=r"writer\.(star|cryosparc)\."):
+        make()
+
+
+# ---------------------------------------------------------------------------
+# Extraction command
+# ---------------------------------------------------------------------------
+def test_extract_command_per_bin(tmp_path):
+    b = SizeBin(1, 150.0, 200.0, 10, 320, 400.0)
+    cmd = relion_io.extract_command(b, relion_io.list_path("out", b), pixel_size=1.5)
+    args = shlex.split(cmd)
+    assert args[0] == "relion_preprocess"
+    opt = {args[i]: args[i + 1] for i in range(1, len(args) - 1) if args[i].startswith("--") and not args[i + 1].startswith("--")}
+    assert opt["--extract_size"] == "320"
+    assert opt["--coord_list"] == os.path.join("out", "bins", "bin2", "autopick.star")
+    assert opt["--bg_radius"] == "120"  # RELION's default: 0.375 * box
+    assert "--extract" in args and "--norm" in args and "--invert_contrast" in args and "--scale" not in args
+    scaled = SizeBin(1, 150.0, 200.0, 10, 320, 400.0, box_px_extract=160)
+    args = shlex.split(relion_io.extract_command(scaled, "my list.star", pixel_size=1.5, output_dir="Extract/job020"))
+    assert args[args.index("--scale") + 1] == "160" and args[args.index("--bg_radius") + 1] == "60"
+    assert args[args.index("--coord_list") + 1] == "my list.star"
+    assert args[args.index("--part_dir") + 1] == "Extract/job020/"
+    with pytest.raises(ValueError, match="even"):
+        relion_io.extract_command(SizeBin(0, 1, 2, 1, 225), "x", pixel_size=1.0)
+    with pytest.raises(ValueError, match="pixel_size"):
+        relion_io.extract_command(b, "x", pixel_size=0.0)
+    settings = relion_io.extract_settings(b, pixel_size=1.5)
+    assert settings["Particle box size (pix)"] == 320 and settings["Box size (Å)"] == 480.0
+
+
+def test_export_view_requires_metadata():
+    picks = make_picks([{schema.MICROGRAPH: "ghost", schema.X: 1.0, schema.Y: 1.0, schema.DIAMETER: 120.0}])
+    with pytest.raises(ValueError, match="ghost"):
+        export_view(picks, {}, PLAN)
+
+
+# ---------------------------------------------------------------------------
+# Golden files: exact text of every format
+# ---------------------------------------------------------------------------
+def golden_outputs(tmp_path) -> dict[str, str]:
+    project = tmp_path / "project"
+    out = project / "lipoframe"
+    picks = make_picks([
+        {schema.MICROGRAPH: "mic.001", schema.X: 120.2, schema.Y: 80.7, schema.DIAMETER: 120.0, schema.SCORE: 2.5},
+        {schema.MICROGRAPH: "mic.001", schema.X: 300.0, schema.Y: 250.5, schema.DIAMETER: 180.0, schema.SCORE: 1.25},
+        {schema.MICROGRAPH: "tif_02", schema.X: 10.5, schema.Y: 20.5, schema.DIAMETER: 149.99, schema.SCORE: -0.5},
+    ])
+    metas = {
+        "mic.001": meta("mic.001", path=str(project / "Denoised" / "mic.001.mrc")),
+        "tif_02": meta("tif_02", flip_y=True, path=str(project / "Denoised" / "tif 02.tif")),
+        "empty": meta("empty", path=str(project / "Denoised" / "empty.mrc")),
+    }
+    star = StarWriterParams(micrograph_name="MotionCorr/job002/Movies/{stem}.mrc", project_dir=str(project))
+    write_all(picks, metas, out, star=star)
+    from cryosparc.dataset import Dataset
+
+    d = Dataset.load(out / "cryosparc" / "particles.cs")
+    dump = [repr(d.descr())] + [f"{f} {np.asarray(d[f]).tolist()!r}" for f in d.fields()]
+    return {
+        "relion_autopick.star": (out / "relion" / "autopick.star").read_text(),
+        "relion_mic.001_autopick.star": (out / "relion" / "coords" / "mic.001_autopick.star").read_text(),
+        "relion_tif_02_autopick.star": (out / "relion" / "coords" / "tif_02_autopick.star").read_text(),
+        "relion_empty_autopick.star": (out / "relion" / "coords" / "empty_autopick.star").read_text(),
+        "relion_bin2_autopick.star": (out / "bins" / "bin2" / "autopick.star").read_text(),
+        "cryosparc_particles.star": (out / "cryosparc" / "particles.star").read_text(),
+        "cryosparc_particles_cs.txt": "\n".join(dump) + "\n",
+        "cbox_mic.001.cbox": (out / "cbox" / "mic.001.cbox").read_text(),
+        "cbox_empty.cbox": (out / "cbox" / "empty.cbox").read_text(),
+        "box_mic.001.box": (out / "box" / "mic.001.box").read_text(),
+        "box_tif_02.box": (out / "box" / "tif_02.box").read_text(),
+    }
+
+
+def test_golden_files(tmp_path):
+    outputs = golden_outputs(tmp_path)
+    if os.environ.get("LIPOFRAME_UPDATE_GOLDEN") == "1":
+        GOLDEN.mkdir(exist_ok=True)
+        for name, text in outputs.items():
+            (GOLDEN / name).write_text(text)
+    for name, text in outputs.items():
+        assert text == (GOLDEN / name).read_text(), f"{name} differs from tests/golden/{name}"
