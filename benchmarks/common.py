@@ -42,7 +42,9 @@ def run_and_evaluate(
     -------
     result : EvaluationResult
     run : dict
-        ``seconds`` (wall time of the run), ``micrographs``, ``failed``.
+        ``seconds`` (wall time of the run), ``micrographs``, ``failed`` and
+        ``candidates``: n_picks, recall, precision and AUPRC over all picks
+        including rejected ones (how much the detector found before filtering).
     """
     from lipoframe.runner import run_pipeline
 
@@ -57,14 +59,20 @@ def run_and_evaluate(
     picks, names = read_picks(run_dir)
     ref = reference if isinstance(reference, pd.DataFrame) else read_reference(reference)
     ev = evaluate(picks, ref, micrographs=names, **evaluate_kw)
-    info = {"seconds": round(seconds, 2), "micrographs": len(res.results), "failed": [f.error.splitlines()[0] for f in res.failed]}
+    # All candidates, rejected ones included: what the detector found before the filters.
+    every = evaluate(picks, ref, micrographs=names, **{**evaluate_kw, "include_rejected": True}).summary
+    info = {
+        "seconds": round(seconds, 2), "micrographs": len(res.results), "failed": [f.error.splitlines()[0] for f in res.failed],
+        "candidates": {k: every[k] for k in ("n_picks", "recall", "auprc", "precision")},
+    }
     return ev, info
 
 
 def plot_overlay(image: np.ndarray, truth: pd.DataFrame, picks: pd.DataFrame, path: str | Path, *, title: str = "", crop=None) -> Path:
     """Save a PNG: the micrograph with truth circles and evaluated picks.
 
-    Truth particles: green (matched) or yellow dashed (missed); ice/junk: red.
+    Truth particles: green (matched) or yellow dashed (missed); ice/junk: red
+    (carbon tiles faint red).
     Picks (``status`` from :func:`lipoframe.evaluate.evaluate`): cyan = tp,
     magenta = duplicate, red = on junk, orange = other false positive.
     """
@@ -86,7 +94,9 @@ def plot_overlay(image: np.ndarray, truth: pd.DataFrame, picks: pd.DataFrame, pa
         junk = str(r.kind) in ("ice", "junk", "carbon", "contamination")
         matched = bool(getattr(r, "matched", True))
         color = "red" if junk else ("lime" if matched else "yellow")
-        ax.add_patch(Circle((r.x_px - c0, r.y_px - r0), r.diameter_px / 2, fill=False, color=color, lw=1.0, ls="-" if matched or junk else "--"))
+        alpha = 0.25 if str(r.kind) == "carbon" else 1.0
+        ax.add_patch(Circle((r.x_px - c0, r.y_px - r0), r.diameter_px / 2, fill=False, color=color, lw=1.0, alpha=alpha,
+                            ls="-" if matched or junk else "--"))
     colors = {"tp": "cyan", "duplicate": "magenta", "junk": "red", "fp": "orange"}
     for p in picks.itertuples():
         color = colors.get(getattr(p, "status", "tp"), "orange")

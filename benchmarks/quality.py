@@ -78,6 +78,11 @@ def per_mic_rows(ev, descriptions: dict[str, str]) -> list[dict]:
     return rows
 
 
+def _junk(x: dict) -> str:
+    by = {k: v for k, v in (x.get("junk_picks_by_kind") or {}).items() if v}
+    return f"{x['junk_picks']}" + (" (" + ", ".join(f"{k} {v}" for k, v in by.items()) + ")" if by else "")
+
+
 def markdown(report: dict) -> str:
     s, a = report["suite"]["summary"], (report.get("apoferritin") or {}).get("summary")
     lines = [
@@ -103,9 +108,16 @@ def markdown(report: dict) -> str:
         x = block["summary"]
         lines.append(
             f"| {key} | {x['n_micrographs']} | {x['n_reference']} | {x['n_picks']} | {_fmt(x['precision'])} | {_fmt(x['recall'])} | "
-            f"{_fmt(x['f1'])} | {_fmt(x['auprc'])} | {x['duplicates']} ({_fmt(x['duplicate_rate'], True)}) | {x['junk_picks']} | "
+            f"{_fmt(x['f1'])} | {_fmt(x['auprc'])} | {x['duplicates']} ({_fmt(x['duplicate_rate'], True)}) | {_junk(x)} | "
             f"{_fmt(x['median_diameter_error'], True)} | {_fmt(x['iou_rate'], True)} | {block['run']['seconds']:.0f} s |"
         )
+    lines += ["", "All candidates (rejected picks included: what the detector found before the filters):", "",
+              "| dataset | candidates | recall | precision | AUPRC |", "|---|---|---|---|---|"]
+    for key in ("suite", "apoferritin"):
+        block = report.get(key)
+        if block and block["run"].get("candidates"):
+            c = block["run"]["candidates"]
+            lines.append(f"| {key} | {c['n_picks']} | {_fmt(c['recall'])} | {_fmt(c['precision'])} | {_fmt(c['auprc'])} |")
     lines += ["", "## Simulated suite, per micrograph", "", "| micrograph | particles | picks | P | R | F1 | dup | junk | abs d err | scenario |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["suite"]["per_micrograph"]:
         lines.append(

@@ -272,7 +272,16 @@ def _read_many(path: Path, what: str) -> pd.DataFrame:
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".csv", ".star") and not p.name.startswith("."))
         if not files:
             raise EvaluationInputError(f"{path}: no .csv or .star {what} files in this folder")
-        tables = [_read_table(p) for p in files]
+        tables, skipped = [], []
+        for p in files:
+            try:
+                tables.append(_read_table(p))
+            except EvaluationInputError as exc:  # e.g. a RELION list file next to the coordinate files
+                if "rlnCoordinateX" not in str(exc):
+                    raise
+                skipped.append(p.name)
+        if not tables:
+            raise EvaluationInputError(f"{path}: none of its .csv/.star files has {what} coordinates ({', '.join(skipped)})")
         tables = [t for t in tables if len(t)] or tables[:1]
         return pd.concat(tables, ignore_index=True)
     if not path.exists():

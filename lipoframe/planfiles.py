@@ -166,8 +166,22 @@ def plot_size_histogram(plan: ExtractionPlan, picks: pd.DataFrame, ax=None, *, t
     centers = left + width / 2
     ax.plot(centers, t["smoothed"], color="black", lw=1.6, label="smoothed")
     ymax = float(max((t["count"] + t["outliers"]).max(), t["smoothed"].max(), 1))
-    ax.set_ylim(0, ymax * 1.32)
-    for b in plan.bins:
+    # bin labels: a label goes to the first row where it clears the last label of that row
+    span = float(t["d_hi_px"].iloc[-1] - t["d_lo_px"].iloc[0]) or 1.0
+    centers_x = [(b.d_min_px + b.d_max_px) / 2 for b in plan.bins]
+    last: list[float] = []
+    rows = []
+    for c in centers_x:
+        free = [r for r, x in enumerate(last) if c - x >= 0.14 * span]
+        r = free[0] if free else len(last)
+        if r == len(last):
+            last.append(c)
+        last[r] = c
+        rows.append(r)
+    crowded = len(last) > 1
+    top = 1.32 + 0.36 * (len(last) - 1)
+    ax.set_ylim(0, ymax * top)
+    for i, b in enumerate(plan.bins):
         color = _BIN_COLORS[b.index % len(_BIN_COLORS)]
         ax.axvspan(b.d_min_px, b.d_max_px, color=color, alpha=0.07, lw=0)
         for x in (b.d_min_px, b.d_max_px):
@@ -175,8 +189,9 @@ def plot_size_histogram(plan: ExtractionPlan, picks: pd.DataFrame, ax=None, *, t
         label = f"bin {b.index + 1}\nbox {b.box_px} px"
         if b.mask_diameter_A is not None:
             label += f"\nmask {b.mask_diameter_A:.0f} Å"
-        ax.text((b.d_min_px + b.d_max_px) / 2, ymax * 1.28, label, ha="center", va="top", fontsize=8.5,
-                color=color, fontweight="bold")
+        y = ymax * (top - 0.04 - 0.36 * rows[i])
+        ax.text(centers_x[i], y, label, ha="center", va="top", fontsize=8.5, color=color, fontweight="bold",
+                bbox={"facecolor": "white", "alpha": 0.7, "edgecolor": "none", "pad": 1.0} if crowded else None)
     if plan.accepted_range_px is not None:
         lo, hi = plan.accepted_range_px
         ax.axvline(lo, color="#C44E52", lw=1.2)

@@ -101,9 +101,16 @@ class Micrograph:
         """
         factor = int(factor)
         if factor not in self._cache:
-            binned = block_mean(self.image, factor)
-            if self.polarity == "dark":
-                np.negative(binned, out=binned)
+            # Average from the coarsest cached level that divides this factor:
+            # block means of block means are exact, and the file is read once.
+            finer = [g for g in self._cache if 1 < g < factor and factor % g == 0]
+            if finer:
+                g = max(finer)
+                binned = block_mean(self._cache[g], factor // g)  # already polarity-corrected
+            else:
+                binned = block_mean(self.image, factor)
+                if self.polarity == "dark":
+                    np.negative(binned, out=binned)
             binned.setflags(write=False)
             self._cache[factor] = binned
         return self._cache[factor]

@@ -29,6 +29,7 @@ import pandas as pd
 
 from lipoframe import schema
 from lipoframe.config import LipoframeConfig
+from lipoframe.algorithms.pyramid import pow2_floor
 from lipoframe.io.atomic import safe_child, write_text
 from lipoframe.plan import ExtractionPlan
 from lipoframe.records import InputError, Micrograph, MicrographMeta, PickContext
@@ -214,7 +215,9 @@ def check_image(mic: Micrograph, ctx: PickContext) -> None:
             f"{where}: image of {spatial[1]}x{spatial[0]} px is smaller than the largest diameter "
             f"({ctx.dmax_px:.0f} px); lower dmax or check pixel_size"
         )
-    factor = max(1, min(spatial) // 512)
+    # The finest power-of-two level the built-in stages use (the refiner's);
+    # every coarser level is then averaged from it, so the file is read once.
+    factor = pow2_floor(ctx.dmin_px / 32.0)
     small = mic.signal(factor)
     if not np.all(np.isfinite(small)):
         raise InputError(f"{where}: image contains NaN or infinite pixels")
@@ -922,7 +925,7 @@ def pick(
     units: str = "A",
     polarity: str = "dark",
     detector: Any = "edge",
-    nms: Any = "overlap",
+    nms: Any = "size_aware",
     refiner: Any = "radial_profile",
     filters: tuple = ("diameter_range", "contamination"),
     detector_params: dict | None = None,

@@ -39,7 +39,7 @@ import pandas as pd
 from lipoframe.synthetic import Component, SceneSpec, render_scene, write_mrc
 
 #: Bump when the generator changes so cached sets are remade.
-SIMULATOR_VERSION = 4
+SIMULATOR_VERSION = 5
 PRESETS = ("suite", "mini")
 
 S, SH, V = "solid", "shell", "vesicle"
@@ -60,11 +60,12 @@ def suite_scenes(seed: int = 0) -> list[SceneSpec]:
             Component(450, 20, 1, _mix((V, 0.6), (S, 0.4))),
         ), coverage=0.08, description="sparse, three sizes (180/300/450 Å), mixed kinds", **base),
         SceneSpec("s02_crowded_ldl", components=(Component(220, 25, 1, _mix((S, 0.6), (SH, 0.4))),),
-                  coverage=0.40, touching=0.5, description="crowded LDL-like particles 150-300 Å, many touching", **base),
+                  coverage=0.40, touching=0.5, n_ice=2, description="crowded LDL-like particles 150-300 Å, many touching; two ice", **base),
         SceneSpec("s03_shells", components=(Component(260, 40, 1, _mix((SH, 1.0))),),
                   coverage=0.2, touching=0.2, description="dense shells with a lighter core (dark rings), 180-340 Å", **base),
         SceneSpec("s04_vesicles_broad", components=(Component(350, 90, 1, _mix((V, 1.0))),),
-                  coverage=0.2, touching=0.15, description="thin-membrane vesicles, broad 200-500 Å", **base),
+                  coverage=0.2, touching=0.15, nested=0.3,
+                  description="thin-membrane vesicles, broad 200-500 Å, some multilamellar (a vesicle inside)", **base),
         SceneSpec("s05_small_rings_crowded", components=(Component(160, 8, 1, _mix((SH, 0.8), (S, 0.2))),),
                   coverage=0.35, touching=0.5, description="crowded small apoferritin-like rings ~160 Å", **base),
         SceneSpec("s06_carbon_edge", components=(
@@ -74,7 +75,7 @@ def suite_scenes(seed: int = 0) -> list[SceneSpec]:
         SceneSpec("s07_ice_contamination", components=(
             Component(240, 30, 2, _mix((S, 0.6), (SH, 0.4))),
             Component(420, 30, 1, _mix((V, 0.7), (S, 0.3))),
-        ), coverage=0.12, n_ice=4, n_junk=40, description="very dark irregular ice contamination and small junk", **base),
+        ), coverage=0.12, n_ice=5, n_junk=40, description="very dark ice contamination (irregular and round balls), small junk", **base),
         SceneSpec("s08_thick_ice_gradient", components=(Component(280, 60, 1, _mix((S, 0.5), (SH, 0.3), (V, 0.2))),),
                   coverage=0.15, gradient=3.0, lowfreq=1.5, contrast=1.6, noise=1.2,
                   description="strong ice-thickness gradient, low-frequency background, lower contrast", **base),
@@ -88,18 +89,18 @@ def suite_scenes(seed: int = 0) -> list[SceneSpec]:
             Component(170, 12, 3, _mix((S, 0.5), (SH, 0.5))),
             Component(280, 20, 2, _mix((S, 0.4), (SH, 0.3), (V, 0.3))),
             Component(460, 25, 1, _mix((V, 0.7), (S, 0.3))),
-        ), coverage=0.25, touching=0.3, border=0.1, carbon=True, n_ice=2, n_junk=30, ellipticity=0.1,
+        ), coverage=0.25, touching=0.3, border=0.1, carbon=True, n_ice=3, n_junk=30, ellipticity=0.1,
             description="mixture of everything: three sizes, all kinds, carbon, ice, junk", **base),
         SceneSpec("k3_mixed", shape=(4092, 5760), pixel_size=1.06, components=(
             Component(200, 25, 2, _mix((S, 0.6), (SH, 0.4))),
             Component(400, 40, 1, _mix((V, 0.5), (S, 0.5))),
-        ), coverage=0.18, touching=0.2, n_junk=20, description="non-square K3 frame 5760x4092 at 1.06 Å/px"),
+        ), coverage=0.18, touching=0.2, n_ice=2, n_junk=20, description="non-square K3 frame 5760x4092 at 1.06 Å/px"),
         SceneSpec("binned_2A", shape=(2048, 2048), pixel_size=2.0, components=(
             Component(190, 20, 2, _mix((S, 0.5), (SH, 0.5))),
             Component(380, 40, 1, _mix((V, 0.4), (S, 0.6))),
         ), coverage=0.2, touching=0.2, n_junk=10, description="binned 2048² at 2 Å/px"),
-        SceneSpec("empty", components=(), coverage=0.0, n_junk=15, gradient=1.5, lowfreq=0.8,
-                  description="no particles: background, gradient, noise and a few small junk blobs", **base),
+        SceneSpec("empty", components=(), coverage=0.0, n_ice=2, n_junk=15, gradient=1.5, lowfreq=0.8,
+                  description="no particles: background, gradient, noise, two ice contaminations, small junk", **base),
     ]
     return [replace(s, seed=int(np.random.SeedSequence([seed, i]).generate_state(1)[0])) for i, s in enumerate(scenes)]
 

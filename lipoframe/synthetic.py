@@ -184,7 +184,10 @@ class SceneSpec:
     noise, noise_corr_A: residual noise std and its correlation length (Å).
     gradient, lowfreq: ice-thickness ramp and low-frequency background amplitude.
     carbon: a carbon film (with a sharp edge) covering part of the field.
-    n_ice, n_junk: very dark irregular ice contaminations; small non-target blobs.
+    n_ice, n_junk: very dark ice contaminations (alternately irregular 300-1200 Å
+        and round balls 150-450 Å); small non-target blobs.
+    nested: fraction of vesicles with a second vesicle inside (multilamellar).
+    fringe: strength of the bright defocus fringe around every object (0 = none).
     seed: random seed of this scene.
     """
 
@@ -205,6 +208,8 @@ class SceneSpec:
     carbon: bool = False
     n_ice: int = 0
     n_junk: int = 0
+    nested: float = 0.15
+    fringe: float = 0.35
     seed: int = 0
     description: str = ""
 
@@ -213,11 +218,13 @@ class SceneSpec:
             raise ValueError(f"shape must be (rows, cols) of at least 16 px, got {self.shape}")
         if not self.pixel_size > 0:
             raise ValueError(f"pixel_size must be > 0, got {self.pixel_size}")
-        for name in ("coverage", "touching", "border"):
+        for name in ("coverage", "touching", "border", "nested"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if not 0 <= self.ellipticity <= 0.5:
             raise ValueError(f"ellipticity must be in [0, 0.5], got {self.ellipticity}")
+        if not 0 <= self.fringe <= 2:
+            raise ValueError(f"fringe must be in [0, 2], got {self.fringe}")
         if self.n_ice < 0 or self.n_junk < 0:
             raise ValueError(f"n_ice and n_junk must be >= 0, got {self.n_ice} and {self.n_junk}")
         for c in self.components:
@@ -404,25 +411,37 @@ def render_scene(spec: SceneSpec) -> tuple[np.ndarray, pd.DataFrame]:
         density += np.where(on_carbon, np.float32(1.2 * spec.contrast), np.float32(0))
         density += on_carbon * (0.3 * spec.contrast * _smooth_field(spec.shape, 40 / px, rng))
         del on_carbon
-
-    # Ice contamination: very dark, irregular (a union of lumps with a sharp edge).
-    junk_rows = []
-    carbon_rows = []
-    if carbon_side is not None:
         # The carbon area as a tiling of circles (kind "carbon"), so an evaluation can
         # count picks on carbon like picks on ice (tiles reach up to 210 Å past the edge).
         step = 300.0 / px
         gy, gx = np.mgrid[step / 2 : m : step, step / 2 : n : step]
-        on = carbon_side(gx, gy) < 0
+        on = signed(gx, gy) < 0
         carbon_rows = [(x, y, step * np.sqrt(2), "carbon") for x, y in zip(gx[on], gy[on])]
-    for _ in range(spec.n_ice):
+    else:
+        carbon_rows = []
+
+    # Ice contamination: very dark, irregular (a union of lumps with a sharp edge).
+    junk_rows = []
+    for i_ice in range(spec.n_ice):
+        if i_ice % 2 == 1:
+            # a round ice ball: a saturated, sharp-edged dark disc in the particle size range
+            d = rng.uniform(150, 450) / px
+            x, y = rng.uniform(0, n - 1), rng.uniform(0, m - 1)
+            dark = spec.contrast * rng.uniform(3.0, 6.0)
+
+            def ball(dx, dy, sl, r=d / 2, dark=dark):
+                rho = np.sqrt(dx * dx + dy * dy) / np.float32(r)
+                return (np.float32(dark) * np.minimum(1.0, 2.5 * radial_profile("solid", rho))).astype(np.float32)
+
+            _paint(density, x, y, d / 2 + 2, ball)
+            junk_rows.append((x, y, d, "ice"))
+            continue
         size = rng.uniform(300, 1200) / px
         x, y = rng.uniform(0, n - 1), rng.uniform(0, m - 1)
         half = size * 1.2
         lumps = [(rng.normal(0, size / 4), rng.normal(0, size / 4), rng.uniform(0.1, 0.3) * size) for _ in range(rng.integers(4, 9))]
         dark = spec.contrast * rng.uniform(3.0, 6.0)
         stats: dict = {}
-
         wobble = rng.standard_normal((24, 24)).astype(np.float32)
 
         def ice(dx, dy, sl, lumps=lumps, dark=dark, stats=stats, wobble=wobble):
@@ -470,7 +489,6 @@ def render_scene(spec: SceneSpec) -> tuple[np.ndarray, pd.DataFrame]:
     # Particles.
     diam, kinds = _draw_sizes(spec, rng)
     margin = 40.0 / px
-
     obstacles = np.array([(jx, jy, jd / 2) for jx, jy, jd, _ in junk_rows]).reshape(-1, 3)
 
     def forbidden(x, y, r):
@@ -495,19 +513,33 @@ def render_scene(spec: SceneSpec) -> tuple[np.ndarray, pd.DataFrame]:
             kw = {"inner": rng.uniform(0.65, 0.85), "core": rng.uniform(0.0, 0.35)}
             amp *= 0.8
         elif kind == "vesicle":
-            kw = {"membrane": min(0.4, rng.uniform(35, 50) / (r * px))}
+            t = rng.uniform(35, 50) / (r * px)
+            kw = {"membrane": min(0.4, t)}
             amp = spec.contrast * rng.uniform(0.8, 1.1)
+            q = rng.uniform(0.55, 0.85)  # an inner vesicle (multilamellar), concentric-ish
+            if rng.random() < spec.nested and q * r * px > 100:
+                kw["nested"] = (q, min(0.4, t / q), rng.uniform(-0.5, 0.5) * (1 - q), rng.uniform(-0.5, 0.5) * (1 - q))
 
         def fn(dx, dy, sl, a=a, b=b, ct=ct, st=st, kind=kind, kw=kw, amp=amp):
             u, v = dx * ct + dy * st, -dx * st + dy * ct
             rho = np.sqrt((u / a) ** 2 + (v / b) ** 2)
-            prof = radial_profile(kind, rho, **kw).astype(np.float32)
+            nested = kw.get("nested")
+            prof = radial_profile(kind, rho, **{k: v for k, v in kw.items() if k != "nested"}).astype(np.float32)
+            if nested is not None:
+                q, t, ox, oy = nested
+                rho2 = np.sqrt(((u / a - ox) / q) ** 2 + ((v / b - oy) / q) ** 2)
+                prof += radial_profile("vesicle", rho2, membrane=t).astype(np.float32)
             if texture is not None:
                 prof *= 1 + np.float32(spec.texture) * texture[sl]
             return np.float32(amp) * prof
 
         _paint(density, x, y, max(a, b) + 2, fn)
         rows.append((x, y, d, kind))
+
+    # Defocus fringe: every object gets a bright halo outside and a darker rim inside.
+    if spec.fringe > 0:
+        sigma = 20.0 / px
+        density += np.float32(spec.fringe) * (density - ndi.gaussian_filter(density, sigma, truncate=3.0))
 
     # Ice thickness: thicker ice = darker background and lower particle contrast.
     ang = rng.uniform(0, 2 * np.pi)

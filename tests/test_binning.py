@@ -435,3 +435,44 @@ def test_every_policy_keeps_its_invariants(diameters, policy):
         lo, hi = plan.accepted_range_px
         assert np.array_equal(~acc, (d < lo) | (d > hi))
     json.loads(plan.to_json())
+
+
+def _pixels(x, edges, box):
+    lab = algo.assign_to_edges(x, edges)
+    return sum((lab == j).sum() * box(x[lab == j].max()) ** 2 for j in np.unique(lab))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_min_waste_edges_find_the_cheapest_partition(seed):
+    import itertools
+
+    box = lambda v: round_up_box(1.5 * v)  # noqa: E731
+    rng = np.random.default_rng(seed)
+    x = np.sort(rng.gamma(2, 40, int(rng.integers(3, 13))) + 15)
+    for k in (1, 2, 3):
+        edges = algo.min_waste_edges(x, k, box)
+        assert len(edges) - 1 <= k and edges[0] == x.min() and edges[-1] == x.max()
+        brute = min(
+            sum(len(s) * box(x[s].max()) ** 2 for s in np.split(np.arange(x.size), list(cuts)))
+            for m in range(1, k + 1) for cuts in itertools.combinations(range(1, x.size), m - 1)
+        )
+        assert _pixels(x, edges, box) == pytest.approx(brute)
+
+
+def test_long_tail_min_waste_gives_the_tail_its_own_bins_and_same_boxes_merge():
+    # many small vesicles and a long tail of large ones (like real liposome preparations)
+    rng = np.random.default_rng(12)
+    d = np.r_[rng.lognormal(np.log(30), 0.3, 400), rng.uniform(60, 280, 40)]
+    q = PeakValleyBinner(PeakValleyParams(merge_same_box=False)).assign(picks_of(d), {}, ctx()).plan
+    merged = PeakValleyBinner(PeakValleyParams()).assign(picks_of(d), {}, ctx()).plan
+    waste = PeakValleyBinner(PeakValleyParams(broad_split="min_waste")).assign(picks_of(d), {}, ctx()).plan
+    assert q.n_bins == 3
+    # equal-count bins of mostly small particles share a box: merged into one
+    boxes = [b.box_px for b in q.bins]
+    assert len(set(boxes)) < len(boxes) and merged.n_bins == len(set(boxes))
+    assert len({b.box_px for b in merged.bins}) == merged.n_bins
+    box = lambda v: round_up_box(1.5 * v)  # noqa: E731
+    px = {name: sum(b.count * b.box_px**2 for b in p.bins) for name, p in (("q", q), ("waste", waste))}
+    assert px["waste"] < 0.6 * px["q"]
+    assert waste.n_bins == 3 and waste.bins[-1].d_min_px > 60
+    assert _pixels(d, np.r_[d.min(), [0.5 * (a.d_max_px + b.d_min_px) for a, b in zip(waste.bins, waste.bins[1:])], d.max()], box) == px["waste"]

@@ -77,7 +77,7 @@ def test_run_help_lists_the_stage_groups(run_cli):
 # ---------------------------------------------------------------------------
 def test_run_writes_picks_per_micrograph_files_and_config(tiny_mrcs, tmp_path, run_cli):
     out_dir = tmp_path / "out"
-    code, out, err = run_cli("run", f"input={tiny_mrcs[0].parent}", f"output={out_dir}", "nms.beta=0.7", *TINY_ARGS)
+    code, out, err = run_cli("run", f"input={tiny_mrcs[0].parent}", f"output={out_dir}", "nms=size_aware", "nms.beta=0.7", *TINY_ARGS)
     assert code == 0, err
     picks = pd.read_csv(out_dir / "picks.csv")
     assert list(picks.columns[: len(PICKS_COLUMNS)]) == PICKS_COLUMNS
@@ -180,6 +180,7 @@ def test_nothing_matches_is_a_clear_error(tmp_path, run_cli):
 
 
 def test_multirun_four_jobs_each_with_its_folder_and_config(tiny_mrcs, tmp_path, run_cli):
+    """The command-line contract of issue 2, verbatim: `lipoframe run -m nms.beta=0.6,0.8 detector=dog,log`."""
     out_dir = tmp_path / "sweep"
     code, out, err = run_cli("run", "-m", "nms.beta=0.6,0.8", "detector=dog,log", f"input={tiny_mrcs[0].parent}", f"output={out_dir}", *TINY_ARGS)
     assert code == 0, err

@@ -26,16 +26,23 @@ def test_defaults_are_the_documented_ones():
     assert isinstance(cfg, LipoframeConfig)
     assert (cfg.dmin, cfg.dmax, cfg.units, cfg.polarity) == (150.0, 500.0, "A", "dark")
     assert cfg.pixel_size is None and cfg.input == [] and cfg.output is None
-    assert type(cfg.detector).__name__ == "DogParams"
-    assert type(cfg.nms).__name__ == "SizeAwareParams" and cfg.nms.beta == 0.8
+    assert cfg.detector is not None and cfg.nms is not None and cfg.refiner is not None and cfg.binning is not None
     assert "csv" in cfg.writer  # picks.csv is always written by default
 
 
 def test_stage_selection_and_typed_overrides():
-    cfg = compose("detector=log", "nms.beta=0.6", "detector.k=1.2", "pixel_size=1.06", "dmin=20", "dmax=60", "units=px", "polarity=bright")
+    cfg = compose("detector=log", "nms=size_aware", "nms.beta=0.6", "detector.k=1.2", "pixel_size=1.06", "dmin=20", "dmax=60", "units=px", "polarity=bright")
     assert type(cfg.detector).__name__ == "LogParams" and cfg.detector.k == 1.2
     assert cfg.nms.beta == 0.6 and isinstance(cfg.nms.beta, float)
     assert (cfg.pixel_size, cfg.dmin, cfg.dmax, cfg.units, cfg.polarity) == (1.06, 20.0, 60.0, "px", "bright")
+
+
+def test_issue_examples_work_with_the_default_stages():
+    """The examples of the command-line contract (issue 2) work on top of the defaults."""
+    cfg = compose("detector=log", "nms.beta=0.6")
+    assert type(cfg.detector).__name__ == "LogParams" and cfg.nms.beta == 0.6
+    for job in sweep_jobs(["nms.beta=0.6,0.8", "detector=dog,log"]):
+        validate_overrides(job)
 
 
 @pytest.mark.parametrize(
@@ -63,11 +70,11 @@ def test_every_registered_stage_is_a_config_option():
 # Errors: one line that names the key, before any micrograph is read
 # ---------------------------------------------------------------------------
 BAD = [
-    (["nms.beta=abc"], "nms.beta", "could not be converted"),
+    (["nms=size_aware", "nms.beta=abc"], "nms.beta", "could not be converted"),
     (["nms.typo=1"], "nms.typo", "not in"),
     (["typo=3"], "typo", "not in"),
-    (["nms.beta=0"], "nms.beta", "(0, 2]"),
-    (["nms.beta=-1"], "nms.beta", "(0, 2]"),
+    (["nms=size_aware", "nms.beta=0"], "nms.beta", "(0, 2]"),
+    (["nms=size_aware", "nms.beta=-1"], "nms.beta", "(0, 2]"),
     (["dmin=600", "dmax=500"], "dmin", "dmax"),
     (["dmin=0"], "dmin", "> 0"),
     (["detector=nope"], "detector=nope", "available: dog"),
@@ -110,9 +117,9 @@ def test_cli_config_error_before_any_micrograph_is_read(overrides, key, detail, 
 
 def test_multirun_checks_every_job_before_the_first_starts(tiny_mrcs, tmp_path, run_cli):
     out_dir = tmp_path / "sweep"
-    code, out, err = run_cli("run", "-m", "nms.beta=0.6,0", "detector=dog,log", f"input={tiny_mrcs[0]}", f"output={out_dir}", *TINY_ARGS)
+    code, out, err = run_cli("run", "-m", "nms=size_aware", "nms.beta=0.6,0", "detector=dog,log", f"input={tiny_mrcs[0]}", f"output={out_dir}", *TINY_ARGS)
     assert code == 2
-    assert err.count("\n") == 1 and "nms.beta must be in (0, 2], got 0.0" in err and "(job nms.beta=0 detector=dog" in err
+    assert err.count("\n") == 1 and "nms.beta must be in (0, 2], got 0.0" in err and "(job nms=size_aware nms.beta=0 detector=dog" in err
     assert not list(out_dir.glob("*/picks.csv"))
 
 
@@ -149,7 +156,7 @@ def test_own_config_folder_with_hydra_flags(tiny_mrcs, tmp_path, run_cli):
     assert split_argv(["-cd", "/x", "--info", "defaults", "-m", "a=1"]) == (["-cd", "/x", "--info", "defaults", "-m"], ["a=1"])
     presets = tmp_path / "presets" / "lab"
     presets.mkdir(parents=True)
-    (presets / "small.yaml").write_text("# @package _global_\ndmin: 35\nnms:\n  beta: 0.7\n")
+    (presets / "small.yaml").write_text("# @package _global_\ndefaults:\n  - override /nms: size_aware\ndmin: 35\nnms:\n  beta: 0.7\n")
     out_dir = tmp_path / "out"
     code, _, err = run_cli("run", "-cd", str(tmp_path / "presets"), "+lab=small", f"input={tiny_mrcs[0]}", f"output={out_dir}", *[a for a in TINY_ARGS if not a.startswith("dmin=")])
     assert code == 0, err

@@ -186,6 +186,15 @@ def test_star_reference_and_run_folder(tmp_path):
     starfile.write({"particles": star}, tmp_path / "ref.star")
     ref = read_reference(tmp_path / "ref.star")
     assert list(ref["x_px"]) == [100.0, 300.0]
+    # a folder of per-micrograph coordinate files next to a RELION list file
+    coords = tmp_path / "relion"
+    coords.mkdir()
+    starfile.write({"coordinate_files": pd.DataFrame({"rlnMicrographName": ["m1.mrc"], "rlnMicrographCoordinates": ["m1_autopick.star"]})}, coords / "autopick.star")
+    starfile.write({"": pd.DataFrame({"rlnCoordinateX": [101.0], "rlnCoordinateY": [50.0], "rlnAutopickFigureOfMerit": [2.0]})}, coords / "m1_autopick.star")
+    from_folder = read_reference(coords)
+    assert list(from_folder["micrograph"]) == ["m1"] and list(from_folder["score"]) == [2.0]
+    with pytest.raises(ValueError, match="rlnCoordinateX"):
+        read_reference(coords / "autopick.star")
     run = tmp_path / "run"
     (run / "micrographs").mkdir(parents=True)
     table([("m1", 101, 50, 40)]).assign(score=1.0, accepted=True).to_csv(run / "micrographs" / "m1.csv", index=False)
@@ -235,3 +244,22 @@ def test_apoferritin_reference_names_match_the_png_stems():
     # the reference against itself is a perfect score, whatever its kinds are called
     s = evaluate(ref, ref).summary
     assert s["f1"] == 1.0 and s["n_reference"] == len(ref)
+
+
+@pytest.mark.skipif(not APO.is_dir(), reason="shared apoferritin sample not available")
+def test_apoferritin_run_folder_is_matched_to_the_reference_by_name(tmp_path):
+    """A real run folder and the real reference agree on micrograph names (PNG stems)."""
+    from lipoframe.cli import main as cli_main
+
+    mic = sorted((APO / "micrographs_filtered").glob("*.png"))[0]
+    argv = ["run", f"input={mic}", f"output={tmp_path / 'run'}", "units=px", "dmin=40", "dmax=90",
+            "runner.workers=1", "runner.progress=false", "runner.report=false"]
+    assert cli_main(argv) == 0
+    picks, names = read_picks(tmp_path / "run")
+    ref = read_reference(APO / "reference_coords_derived.csv")
+    res = evaluate(picks, ref, micrographs=names, scope="reference")
+    row = res.per_micrograph.set_index("micrograph").loc[mic.stem]
+    assert row["n_reference"] == (ref["micrograph"] == mic.name).sum() > 100
+    assert row["n_picks"] == int(picks["accepted"].sum()) > 0
+    # with scope=union nothing is added: the run's name is the reference's name
+    assert evaluate(picks, ref, micrographs=names).summary["n_micrographs"] == ref["micrograph"].nunique()

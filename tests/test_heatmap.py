@@ -196,7 +196,7 @@ def test_detector_reads_maps_by_name(tmp_path, suffix):
     else:
         tifffile.imwrite(str(target), hm)
     np.save(maps / "mic_010_prob.npy", hm)  # a name that a loose pattern would also match
-    det = HeatmapDetector(HeatmapParams(folder=str(maps), pattern="{stem}_prob.*"))
+    det = HeatmapDetector(HeatmapParams(folder=str(maps), pattern="_prob.*"))
     df = det.detect(mic, CTX)
     assert len(df) == len(DISCS)
     assert {"x_px", "y_px", "diameter_px", "score", "size_px"} <= set(df.columns)
@@ -206,7 +206,7 @@ def test_detector_reads_maps_by_name(tmp_path, suffix):
 
 def test_detector_errors_name_the_micrograph(tmp_path):
     mic = _mic(tmp_path / "a.npy")
-    det = HeatmapDetector(HeatmapParams(folder=str(tmp_path / "maps"), pattern="{stem}.npy"))
+    det = HeatmapDetector(HeatmapParams(folder=str(tmp_path / "maps"), pattern=".npy"))
     with pytest.raises(InputError, match=r"a\.npy.*no heatmap"):
         det.detect(mic, CTX)
     (tmp_path / "maps").mkdir()

@@ -60,7 +60,7 @@ def test_installed_wheel_runs_from_another_folder(wheel, tmp_path):
 
     write_mrc(elsewhere / "mics" / "a.mrc", tiny_image(seed=1)[0])
     res = subprocess.run(
-        [sys.executable, "-m", "lipoframe", "run", "input=mics", "output=out", "nms.beta=0.7", *TINY_ARGS],
+        [sys.executable, "-m", "lipoframe", "run", "input=mics", "output=out", "nms=size_aware", "nms.beta=0.7", *TINY_ARGS],
         capture_output=True, text=True, cwd=elsewhere, env=env, timeout=300,
     )
     assert res.returncode == 0, res.stderr

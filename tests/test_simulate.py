@@ -227,3 +227,38 @@ def test_demo_dataset_still_works(tmp_path):
     truth = pd.read_csv(tmp_path / "truth.csv")
     assert [p.name for p in paths] == ["demo_001.mrc"] and len(truth) > 10
 
+
+
+def test_registered_as_lipoframe_commands(capsys):
+    from lipoframe.cli import main as cli_main
+
+    assert cli_main(["simulate", "--help"]) == 0
+    assert "preset=" in capsys.readouterr().out
+    assert cli_main(["evaluate", "--help"]) == 0
+    assert "tolerance=" in capsys.readouterr().out
+
+
+def test_defocus_fringe_gives_a_bright_halo():
+    def halo(fringe):
+        spec = small_scene(shape=(512, 512), components=(Component(400, 10, 1, SOLID),), coverage=0.1,
+                           noise=0.0, gradient=0, lowfreq=0, texture=0, ellipticity=0, fringe=fringe)
+        img, truth = render_scene(spec)
+        yy, xx = np.mgrid[:512, :512]
+        rho = np.min([np.hypot(xx - r.x_px, yy - r.y_px) / (r.diameter_px / 2) for r in truth.itertuples()], axis=0)
+        return img[(rho > 1.05) & (rho < 1.3)].mean() - img[rho > 2.5].mean()
+
+    assert halo(0.0) == pytest.approx(0.0, abs=0.02)
+    assert halo(0.5) > 0.1
+
+
+def test_ice_balls_and_nested_vesicles():
+    _, truth = render_scene(small_scene(shape=(1024, 1024), n_ice=2, coverage=0.05))
+    ice = truth[truth.kind == "ice"].reset_index(drop=True)
+    assert len(ice) == 2
+    assert 150 <= ice.loc[1, "diameter_px"] * 4.0 <= 450  # the second one is a round ball
+    ves = (("vesicle", 1.0),)
+    plain, _ = render_scene(small_scene(components=(Component(480, 5, 1, ves),), nested=0.0, noise=0, fringe=0))
+    nested, t = render_scene(small_scene(components=(Component(480, 5, 1, ves),), nested=1.0, noise=0, fringe=0))
+    # same particles (the truth holds the outer vesicle only), more membrane inside
+    pd.testing.assert_frame_equal(t, render_scene(small_scene(components=(Component(480, 5, 1, ves),), nested=0.0, noise=0, fringe=0))[1])
+    assert nested.sum() < plain.sum()

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
-
 import mrcfile
 import numpy as np
 import pandas as pd
@@ -18,7 +14,8 @@ from lipoframe.algorithms.radial3d import edge_radius, match_centre, radial_prof
 from lipoframe.algorithms.scale_space3d import DIAMETER_PER_SIGMA_3D, blob_responses_3d, detect_blobs_3d
 from lipoframe.synthetic3d import random_spheres, render_volume, tomogram_spheres, write_tomogram_dataset
 
-SMALL = (56, 112, 112)
+SMALL = (64, 128, 128)
+CLI_SHAPE = (48, 96, 96)
 # 16, 24 and 36 px at 10 Å/px: three sizes that span the 15-50 nm range.
 SIZES_A = (160.0, 240.0, 360.0)
 
@@ -182,18 +179,16 @@ def test_refiner_params_and_2d_input():
     assert len(empty) == 0
 
 
-@pytest.mark.slow
-def test_cli_tomo_preset(tmp_path):
+def test_cli_tomo_preset(tmp_path, run_cli):
     """`lipoframe run +experiment=tomo` on an MRC tomogram: csv with z_px, masks in 3D."""
-    write_tomogram_dataset(tmp_path / "in", n=1, seed=1, shape=SMALL, pixel_size=10.0, diameters_A=SIZES_A, counts=(2, 1, 1))
+    write_tomogram_dataset(tmp_path / "in", n=1, seed=1, shape=CLI_SHAPE, pixel_size=10.0, diameters_A=SIZES_A, counts=(2, 1, 1))
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "lipoframe", "run", "+experiment=tomo", f"input={tmp_path / 'in'}", f"output={out}",
-           "dmin=120", "dmax=450", "writer=[csv,mask]", "runner.workers=1", "runner.report=false"]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "LIPOFRAME_LOAD_PLUGINS": ""})
-    assert res.returncode == 0, res.stderr[-2000:]
+    code, stdout, stderr = run_cli("run", "+experiment=tomo", f"input={tmp_path / 'in'}", f"output={out}", "dmin=120", "dmax=450",
+                                   "writer=[csv,mask]", "runner.workers=1", "runner.progress=false", "runner.report=false")
+    assert code == 0, stderr[-2000:]
     picks = pd.read_csv(out / "picks.csv")
     truth = pd.read_csv(tmp_path / "in" / "truth.csv")
     assert "z_px" in picks.columns and len(picks) == len(truth)
     assert np.allclose(np.sort(picks["diameter_A"]), np.sort(truth["diameter_px"] * 10.0), rtol=0.1)
     with mrcfile.open(out / "masks" / "tomo_001_labels.mrc") as m:
-        assert m.data.shape == SMALL and m.data.max() == len(truth)
+        assert m.data.shape == CLI_SHAPE and m.data.max() == len(truth)

@@ -13,6 +13,7 @@ def size_aware_nms(
     *,
     beta: float = 0.8,
     symmetric: bool = True,
+    max_containment: float = 1.0,
 ) -> np.ndarray:
     """Greedy, score-ordered suppression with a size-dependent exclusion radius.
 
@@ -35,6 +36,12 @@ def size_aware_nms(
         Exclusion radius as a fraction of the radius, > 0.
     symmetric : bool
         Also apply the candidate's own radius (see above).
+    max_containment : float in (0, 1]
+        Also reject a candidate when its intersection with an accepted pick
+        covers more than this fraction of the smaller of the two circles
+        (arcs of a larger particle's edge, picks inside a vesicle). 1 turns the
+        test off. In 3D the circle formula is applied to the spheres' centre
+        distance (a close, conservative approximation).
 
     Returns
     -------
@@ -55,11 +62,22 @@ def size_aware_nms(
     order = np.argsort(-score, kind="stable")
     suppressed = np.zeros(n, dtype=bool)
     own = tree.query_ball_point(xy, beta * radius) if symmetric else None
+    if not 0 < max_containment <= 1:
+        raise ValueError(f"max_containment must be in (0, 1], got {max_containment}")
+    rmax = float(radius.max())
     for i in order:
         if suppressed[i]:
             continue
         if symmetric and any(keep[j] for j in own[i]):
             continue
+        if max_containment < 1:
+            near = [j for j in tree.query_ball_point(xy[i], radius[i] + rmax) if keep[j]]
+            if near:
+                near = np.asarray(near)
+                d = np.linalg.norm(xy[near] - xy[i], axis=1)
+                inter = circle_overlap(radius[i], radius[near], d)
+                if np.any(inter > max_containment * np.pi * np.minimum(radius[i], radius[near]) ** 2):
+                    continue
         keep[i] = True
         suppressed[tree.query_ball_point(xy[i], beta * radius[i])] = True
     return keep

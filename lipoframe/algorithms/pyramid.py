@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -57,6 +59,15 @@ def block_mean(image: np.ndarray, factor: int) -> np.ndarray:
         out[r0:r1] = cols.sum(axis=1, dtype=np.float32)
     out *= np.float32(1.0 / (factor * factor))
     return out
+
+
+def pow2_floor(x: float) -> int:
+    """Largest power of two <= ``x`` (1 for ``x < 2``).
+
+    Stages choose binning factors as powers of two so that every coarser level
+    can be averaged from a finer one instead of from the full-size file.
+    """
+    return 1 << max(0, int(math.floor(math.log2(x)))) if x >= 2 else 1
 
 
 def to_full_resolution(coord, factor: int):

@@ -171,7 +171,7 @@ def refine_circles(
         idx = np.argmin(masked, axis=1)
         edge_rho = _parabolic_peak(grad, idx) * drho
         # Per-angle edges near the mean edge, then a linearised circle fit.
-        band = 0.12
+        band = 0.25 if it == 0 else 0.12
         # Average neighbouring directions (circularly) before differentiating,
         # then take the centroid of the falling edge inside the band: far less
         # noisy than a per-angle arg-min.

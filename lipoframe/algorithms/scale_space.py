@@ -25,6 +25,8 @@ from scipy import fft as sfft
 from scipy import ndimage as ndi
 from scipy.special import j1
 
+from lipoframe.algorithms.pyramid import pow2_floor
+
 #: Response methods of :func:`blob_responses`.
 METHODS = ("dog", "log", "edge")
 
@@ -99,7 +101,7 @@ def plan_levels(
     levels: list[PyramidLevel] = []
     i = 0
     while i < n:
-        factor = max(1, int(math.floor(all_sigmas[i] / min_sigma_binned)))
+        factor = pow2_floor(all_sigmas[i] / min_sigma_binned)
         if max_factor is not None:
             factor = max(1, min(factor, int(max_factor)))
         j = i

@@ -39,6 +39,7 @@ from lipoframe.stages import Binner, BinningResult
 log = logging.getLogger("lipoframe")
 
 ROUNDINGS = ("multiple32", "fft", "even")
+BROAD_SPLITS = ("quantile", "min_waste")
 
 
 @dataclass
@@ -213,8 +214,11 @@ class PeakValleyParams(BoxParams):
         (guards small data sets against noise modes).
     max_bins: at most this many bins.
     broad_ratio: a single mode whose 95th/5th diameter percentiles differ by
-        more than this factor is split into ``broad_bins`` equal-count bins.
+        more than this factor is split into ``broad_bins`` bins.
     broad_bins: bins for a broad single mode.
+    broad_split: how a broad mode is split: ``quantile`` (equal counts) or
+        ``min_waste`` (fewest extracted pixels; better for long tails).
+    merge_same_box: merge neighbouring bins that would get the same box.
     min_picks: fewer accepted picks: one bin.
     """
 
@@ -225,6 +229,8 @@ class PeakValleyParams(BoxParams):
     max_bins: int = 4
     broad_ratio: float = 1.3
     broad_bins: int = 3
+    broad_split: str = "quantile"
+    merge_same_box: bool = True
     min_picks: int = 20
 
     def __post_init__(self) -> None:
@@ -243,6 +249,8 @@ class PeakValleyParams(BoxParams):
             raise ValueError(f"binning.broad_ratio must be >= 1, got {self.broad_ratio}")
         if self.broad_bins < 1:
             raise ValueError(f"binning.broad_bins must be >= 1, got {self.broad_bins}")
+        if self.broad_split not in BROAD_SPLITS:
+            raise ValueError(f"binning.broad_split must be one of {BROAD_SPLITS}, got {self.broad_split!r}")
         if self.min_picks < 1:
             raise ValueError(f"binning.min_picks must be >= 1, got {self.min_picks}")
 
@@ -275,14 +283,35 @@ class PeakValleyBinner(_PolicyBinner):
             notes.append(f"{pv.n_modes} modes at {', '.join(f'{centers[i]:.0f}' for i in pv.peaks)} px; bin edges at the valleys "
                          f"{', '.join(f'{v:.0f}' for v in pv.cuts)} px")
         elif spread > p.broad_ratio and p.broad_bins > 1:
-            edges = algo.quantile_edges(d, p.broad_bins)
-            details["decision"] = f"one broad mode: {p.broad_bins} equal-count bins"
-            notes.append(f"one mode, broad (p95/p5 = {spread:.2f} > {p.broad_ratio:g}): {len(edges) - 1} equal-count bins")
+            if p.broad_split == "min_waste":
+                edges = algo.min_waste_edges(d, p.broad_bins, lambda v: box_for(v, p))
+                how = "fewest-pixel"
+            else:
+                edges = algo.quantile_edges(d, p.broad_bins)
+                how = "equal-count"
+            details["decision"] = f"one broad mode: {p.broad_bins} {how} bins"
+            notes.append(f"one mode, broad (p95/p5 = {spread:.2f} > {p.broad_ratio:g}): {len(edges) - 1} {how} bins")
         else:
             edges = np.array([d.min(), d.max()])
             details["decision"] = "one narrow mode: one bin"
             notes.append(f"one mode, narrow (p95/p5 = {spread:.2f} <= {p.broad_ratio:g}): one bin")
+        if p.merge_same_box and len(edges) > 2:
+            merged = _merge_same_box(d, edges, p)
+            if len(merged) < len(edges):
+                notes.append(f"{len(edges) - len(merged)} bin(s) merged into a neighbour with the same box size")
+                edges = merged
         return edges, None, notes, details
+
+
+def _merge_same_box(d: np.ndarray, edges: np.ndarray, params: BoxParams) -> np.ndarray:
+    """Edges after merging neighbouring bins (of the items ``d``) whose boxes are equal."""
+    lab = algo.assign_to_edges(d, edges)
+    used = np.unique(lab[lab >= 0])
+    lo = np.array([d[lab == k].min() for k in used])
+    hi = np.array([d[lab == k].max() for k in used])
+    cnt = np.array([(lab == k).sum() for k in used])
+    lo, hi, _ = algo.merge_bins(lo, hi, cnt, lambda h: box_for(h, params), max_bins=len(used), merge_same_box=True)
+    return np.r_[edges[0], 0.5 * (hi[:-1] + lo[1:]), edges[-1]]
 
 
 # ---------------------------------------------------------------------------

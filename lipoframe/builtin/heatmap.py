@@ -36,8 +36,9 @@ class HeatmapParams:
     """Read a network's probability (or centre) map per micrograph and pick its instances.
 
     folder: folder of the maps; empty = the micrograph's own folder.
-    pattern: file name of the map, ``{stem}`` = the micrograph's file stem
-        (glob characters allowed, e.g. ``{stem}_prob.*``).
+    pattern: file name of the map: appended to the micrograph's file stem
+        (``_prob.mrc`` -> ``<stem>_prob.mrc``; glob characters allowed), or
+        a full name with ``{stem}`` in it (quote it on the command line).
     centre_pattern: optional second map with particle centres (CenterNet
         style); the probability map is then split by nearest centre.
     downscale: the maps are the micrograph binned by this integer factor;
@@ -57,7 +58,7 @@ class HeatmapParams:
     """
 
     folder: str = ""
-    pattern: str = "{stem}.*"
+    pattern: str = ".*"
     centre_pattern: str = ""
     downscale: int = 0
     threshold: float = 0.5
@@ -71,7 +72,7 @@ class HeatmapParams:
 
     def __post_init__(self) -> None:
         if not self.pattern:
-            raise ValueError("detector.pattern must not be empty (e.g. '{stem}_prob.mrc')")
+            raise ValueError("detector.pattern must not be empty (e.g. _prob.mrc)")
         if self.downscale < 0:
             raise ValueError(f"detector.downscale must be >= 0 (0 = infer), got {self.downscale}")
         if not 0 < self.threshold <= 1:
@@ -91,6 +92,9 @@ class HeatmapParams:
 def find_map(mic: Micrograph, folder: str, pattern: str) -> Path:
     """The one map file of ``mic`` named by ``folder``/``pattern``.
 
+    ``pattern`` without ``{stem}`` (or ``{name}``, lipoframe's output name of
+    the micrograph) is appended to the micrograph's file stem.
+
     Raises
     ------
     InputError
@@ -99,7 +103,9 @@ def find_map(mic: Micrograph, folder: str, pattern: str) -> Path:
     src = Path(mic.meta.path) if mic.meta.path else None
     stem = src.stem if src is not None else mic.name
     base = Path(folder).expanduser() if folder else (src.parent if src is not None else Path("."))
-    spec = str(base / pattern.format(stem=glob.escape(stem), name=glob.escape(mic.name)))
+    if "{stem}" not in pattern and "{name}" not in pattern:
+        pattern = "{stem}" + pattern
+    spec = str(base / pattern.replace("{stem}", glob.escape(stem)).replace("{name}", glob.escape(mic.name)))
     own = src.resolve() if src is not None and src.exists() else None
     found = sorted(
         Path(p) for p in glob.glob(spec)

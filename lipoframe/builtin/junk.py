@@ -5,7 +5,6 @@ They flag picks (``accepted=False`` with a reason); nothing is dropped.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,14 +12,14 @@ import pandas as pd
 
 from lipoframe import schema
 from lipoframe.algorithms.junk import background_stats, neighbourhood_measures
-from lipoframe.algorithms.pyramid import to_binned
+from lipoframe.algorithms.pyramid import pow2_floor, to_binned
 from lipoframe.hookspecs import hookimpl
 from lipoframe.records import Micrograph, PickContext
 from lipoframe.stages import Filter
 
 
 def _measure(picks: pd.DataFrame, mic: Micrograph, ctx: PickContext) -> tuple[dict, float, float]:
-    factor = max(1, int(math.floor(ctx.dmin_px / 2.0 / 8.0)))
+    factor = pow2_floor(ctx.dmin_px / 2.0 / 8.0)
     img = mic.signal(factor)
     m = neighbourhood_measures(
         img,

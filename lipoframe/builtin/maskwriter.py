@@ -2,7 +2,7 @@
 
 Per micrograph it writes an instance label image (uint16; 0 = background,
 each accepted pick a filled disc, or ball in a tomogram, of its own diameter
-with its own id) and a binary mask (uint8, 0/1), as MRC or TIFF on the
+with its own id) and a binary mask (0/1; int8 in MRC, uint8 in TIFF), as MRC or TIFF on the
 micrograph's grid (optionally binned). With these, lipoframe's classical picks
 can bootstrap a segmentation network (pseudo-labels). ``masks/instances.csv``
 maps every instance id back to its pick.
@@ -156,7 +156,9 @@ class MaskWriter(Writer):
             lab_path = safe_child(out_dir, p.folder, f"{name}_labels{suffix}")
             mask_path = safe_child(out_dir, p.folder, f"{name}_mask{suffix}")
             written.append(write_label_file(lab_path, labels, fmt=p.format, pixel_size=px))
-            written.append(write_label_file(mask_path, (labels > 0).astype(np.uint8), fmt=p.format, pixel_size=px))
+            # 0/1 mask: int8 in MRC (mode 0; mrcfile would widen uint8 to uint16), uint8 in TIFF.
+            binary = (labels > 0).astype(np.int8 if p.format == "mrc" else np.uint8)
+            written.append(write_label_file(mask_path, binary, fmt=p.format, pixel_size=px))
             table = pd.DataFrame({schema.MICROGRAPH: name, "instance_id": np.arange(1, len(sub) + 1)})
             for c in (schema.X, schema.Y, schema.Z, schema.DIAMETER, schema.SCORE):
                 if c in sub.columns:

@@ -21,20 +21,40 @@ class SizeAwareParams:
     beta: exclusion radius as a fraction of the accepted pick's radius (> 0).
     symmetric: also reject a candidate whose own ``beta * r`` contains an
         accepted pick (removes large blobs spanning several small particles).
+    max_containment: also reject a candidate whose overlap with an accepted
+        pick covers more than this fraction of the smaller circle (arcs on a
+        particle's edge, picks inside vesicles); 1 turns it off (seed rule).
+    rank_by: column that orders candidates (higher first). ``response``, the
+        detector's scale-normalised response, is comparable across sizes, so
+        a whole particle outranks arcs of its own edge; ``score`` (response
+        in units of each scale's noise) is what thresholds use. Falls back to
+        ``score`` when the column is missing.
     """
 
     beta: float = 0.8
     symmetric: bool = True
+    max_containment: float = 0.4
+    rank_by: str = "response"
 
     def __post_init__(self) -> None:
         if not 0 < self.beta <= 2:
             raise ValueError(f"nms.beta must be in (0, 2], got {self.beta}")
+        if not 0 < self.max_containment <= 1:
+            raise ValueError(f"nms.max_containment must be in (0, 1], got {self.max_containment}")
+        if not self.rank_by:
+            raise ValueError("nms.rank_by must name a column, e.g. response or score")
+
+
+def rank_values(picks: pd.DataFrame, column: str) -> np.ndarray:
+    """Values that order NMS candidates: ``column`` if present, else ``score``."""
+    col = column if column in picks.columns else schema.SCORE
+    return picks[col].to_numpy(dtype=float)
 
 
 class SizeAwareNms(Suppressor):
     name = "size_aware"
     Params = SizeAwareParams
-    summary = "greedy by score; reject centres within beta * r of an accepted pick (KD-tree)"
+    summary = "greedy (by response): reject centres within beta * r of an accepted pick, and circles mostly inside one (KD-tree)"
 
     def suppress(self, picks: pd.DataFrame, mic: Micrograph, ctx: PickContext) -> pd.DataFrame:
         # Tomogram picks carry z_px: suppress in 3D.
@@ -43,9 +63,10 @@ class SizeAwareNms(Suppressor):
         keep = size_aware_nms(
             xy,
             picks[schema.DIAMETER].to_numpy(dtype=float) / 2.0,
-            picks[schema.SCORE].to_numpy(dtype=float),
+            rank_values(picks, self.params.rank_by),
             beta=self.params.beta,
             symmetric=self.params.symmetric,
+            max_containment=self.params.max_containment,
         )
         return picks.loc[keep].reset_index(drop=True)
 
@@ -57,10 +78,12 @@ class OverlapParams:
     max_iou: reject a candidate whose IoU with an accepted pick exceeds this.
     max_containment: ... or whose intersection covers more than this fraction
         of the smaller circle.
+    rank_by: column that orders candidates (see size_aware).
     """
 
     max_iou: float = 0.2
     max_containment: float = 0.4
+    rank_by: str = "response"
 
     def __post_init__(self) -> None:
         if not 0 < self.max_iou <= 1:
@@ -78,7 +101,7 @@ class OverlapNms(Suppressor):
         keep = overlap_nms(
             picks[[schema.X, schema.Y]].to_numpy(dtype=float),
             picks[schema.DIAMETER].to_numpy(dtype=float) / 2.0,
-            picks[schema.SCORE].to_numpy(dtype=float),
+            rank_values(picks, self.params.rank_by),
             max_iou=self.params.max_iou,
             max_containment=self.params.max_containment,
         )

@@ -92,7 +92,7 @@ class MrcReader(Reader):
                     header_px = float(m.voxel_size.x)
         except FileNotFoundError:
             raise InputError(f"{path}: file not found") from None
-        except (ValueError, OSError, EOFError) as exc:
+        except (ValueError, OSError, EOFError, OverflowError) as exc:  # OverflowError: negative sizes in a damaged header
             raise InputError(f"{path}: not a readable MRC file ({str(exc).splitlines()[0]})") from None
         if data is None:
             raise InputError(f"{path}: MRC file has no readable data (truncated or corrupt)")

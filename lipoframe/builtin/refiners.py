@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from lipoframe import schema
-from lipoframe.algorithms.pyramid import to_binned, to_full_resolution
+from lipoframe.algorithms.pyramid import pow2_floor, to_binned, to_full_resolution
 from lipoframe.algorithms.radial import refine_circles
 from lipoframe.hookspecs import hookimpl
 from lipoframe.records import Micrograph, PickContext
@@ -35,7 +35,7 @@ class RadialProfileParams:
     search: float = 0.25
     iterations: int = 3
     min_radius_binned: float = 16.0
-    min_contrast: float = 2.5
+    min_contrast: float = 3.5
     min_coverage: float = 0.6
 
     def __post_init__(self) -> None:
@@ -61,7 +61,7 @@ class RadialProfileRefiner(Refiner):
                 out[c] = pd.Series(dtype=float)
             return out
         p = self.params
-        factor = max(1, int(math.floor(ctx.dmin_px / 2.0 / p.min_radius_binned)))
+        factor = pow2_floor(ctx.dmin_px / 2.0 / p.min_radius_binned)
         img = mic.signal(factor)
         res = refine_circles(
             img,
