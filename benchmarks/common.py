@@ -69,47 +69,8 @@ def run_and_evaluate(
 
 
 def plot_overlay(image: np.ndarray, truth: pd.DataFrame, picks: pd.DataFrame, path: str | Path, *, title: str = "", crop=None) -> Path:
-    """Save a PNG: the micrograph with truth circles and evaluated picks.
+    """Save a PNG of a micrograph with truth and evaluated picks (see :func:`lipoframe.evaluate.plot_evaluation`)."""
+    from lipoframe.evaluate import plot_evaluation
 
-    Truth particles: green (matched) or yellow dashed (missed); ice/junk: red
-    (carbon tiles faint red).
-    Picks (``status`` from :func:`lipoframe.evaluate.evaluate`): cyan = tp,
-    magenta = duplicate, red = on junk, orange = other false positive.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Circle
-
-    r0, c0 = 0, 0
-    if crop is not None:
-        (r0, r1), (c0, c1) = crop
-        image = image[r0:r1, c0:c1]
-    lo, hi = np.percentile(image, [0.5, 99.5])
-    h, w = image.shape
-    fig, ax = plt.subplots(figsize=(10, 10 * h / w))
-    ax.imshow(image, cmap="gray", vmin=lo, vmax=hi)
-    for r in truth.itertuples():
-        junk = str(r.kind) in ("ice", "junk", "carbon", "contamination")
-        matched = bool(getattr(r, "matched", True))
-        color = "red" if junk else ("lime" if matched else "yellow")
-        alpha = 0.25 if str(r.kind) == "carbon" else 1.0
-        ax.add_patch(Circle((r.x_px - c0, r.y_px - r0), r.diameter_px / 2, fill=False, color=color, lw=1.0, alpha=alpha,
-                            ls="-" if matched or junk else "--"))
-    colors = {"tp": "cyan", "duplicate": "magenta", "junk": "red", "fp": "orange"}
-    for p in picks.itertuples():
-        color = colors.get(getattr(p, "status", "tp"), "orange")
-        ax.plot(p.x_px - c0, p.y_px - r0, "+", color=color, ms=6, mew=1.2)
-        if hasattr(p, "diameter_px"):
-            ax.add_patch(Circle((p.x_px - c0, p.y_px - r0), p.diameter_px / 2, fill=False, color=color, lw=0.8, ls=":"))
-    ax.set_xlim(0, w)
-    ax.set_ylim(h, 0)
-    ax.set_axis_off()
-    ax.set_title(title or "truth: green matched / yellow missed / red ice+junk; picks: cyan tp, magenta duplicate, orange fp")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return plot_evaluation(image, truth, picks, path, title=title, crop=crop)

@@ -86,7 +86,11 @@ def cmd_plugins(argv: list[str]) -> int:
         print(json.dumps([i.__dict__ for i in shown], indent=2))
         return 0
     if not shown:
-        print("no third-party plugins installed (use --all to list the built-in ones)")
+        import os
+
+        wanted = os.environ.get("LIPOFRAME_LOAD_PLUGINS")
+        why = "installed" if wanted is None else f"loaded (LIPOFRAME_LOAD_PLUGINS={wanted!r})"
+        print(f"no third-party plugins {why}; use --all to list the built-in ones")
         return 0
     for i in shown:
         print(f"{i.distribution} {i.version}  ({i.name}: {i.module})")

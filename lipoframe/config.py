@@ -32,8 +32,9 @@ class RunnerConfig:
 
     workers: worker processes (0 = one per CPU core).
     progress: show a progress bar (done/total, rate, ETA) on stderr when it is a terminal.
-    resume: skip micrographs whose outputs from the same settings and the same
-        (unchanged) input file are complete; false redoes everything.
+    resume: skip micrographs whose outputs from the same settings, the same
+        (unchanged) input file and the same lipoframe version are complete;
+        false redoes everything.
     verbose: print tracebacks for failed micrographs.
     fft_threads: threads per worker for FFTs.
     report: write report.html and overlays at the end.

@@ -29,7 +29,7 @@ import json
 import math
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -348,7 +348,8 @@ class EvaluationResult:
         One row per micrograph with the same numbers.
     picks : DataFrame
         The evaluated picks with ``status`` (``tp``, ``duplicate``, ``junk``,
-        ``fp``), ``ref_index`` of the matched reference row (-1) and ``iou``.
+        ``fp``), ``junk_kind`` (kind of the object a ``junk`` pick sits on),
+        ``ref_index`` of the matched reference row (-1) and ``iou``.
     reference : DataFrame
         The reference rows with ``matched`` and ``pick_index``.
     """
@@ -433,7 +434,11 @@ def _label_micrograph(lab: _Labels, pk, ref, pi, ri, ji, *, coords, tolerance, i
     if len(un) and len(ji):
         jxyz = ref.loc[ji, coords].to_numpy(float)
         jr = ref.loc[ji, schema.DIAMETER].to_numpy(float) / 2
-        d = np.linalg.norm(pxyz[un][:, None, :] - jxyz[None, :, :], axis=2) / jr[None, :]
+        # "on" an object: the pick's centre is inside the object, or the object's centre is inside the pick
+        reach = jr[None, :]
+        if schema.DIAMETER in pk.columns:
+            reach = np.maximum(reach, pk.loc[pi[un], schema.DIAMETER].to_numpy(float)[:, None] / 2)
+        d = np.linalg.norm(pxyz[un][:, None, :] - jxyz[None, :, :], axis=2) / reach
         on = np.any(d < 1, axis=1)
         lab.status[pi[un[on]]] = "junk"
         kinds = ref.loc[ji, "kind"].to_numpy(dtype=object)
@@ -530,8 +535,14 @@ def evaluate(
     _check_columns(reference, "reference")
 
     ref = reference.copy().reset_index(drop=True)
-    if schema.MICROGRAPH not in ref.columns:
-        ref[schema.MICROGRAPH] = "micrograph"
+    pk = picks.copy().reset_index(drop=True)
+    # A table without micrograph names belongs to the only micrograph of the other table.
+    for df, other, what in ((ref, pk, "reference"), (pk, ref, "picks")):
+        if schema.MICROGRAPH not in df.columns:
+            names = other[schema.MICROGRAPH].unique() if schema.MICROGRAPH in other.columns else ["micrograph"]
+            if len(names) > 1:
+                raise ValueError(f"{what} have no micrograph column but the other table names {len(names)} micrographs")
+            df[schema.MICROGRAPH] = names[0] if len(names) else "micrograph"
     if "kind" not in ref.columns:
         ref["kind"] = "particle"
     ref["kind"] = ref["kind"].fillna("particle").astype(str)
@@ -544,9 +555,6 @@ def evaluate(
         raise ValueError("reference has rows without diameter_px; give reference_diameter=<px>")
     ref["_key"] = ref[schema.MICROGRAPH].map(micrograph_key)
 
-    pk = picks.copy().reset_index(drop=True)
-    if schema.MICROGRAPH not in pk.columns:
-        pk[schema.MICROGRAPH] = "micrograph"
     pk["_key"] = pk[schema.MICROGRAPH].map(micrograph_key)
     if not include_rejected and schema.ACCEPTED in pk.columns:
         acc = pk[schema.ACCEPTED]
@@ -662,6 +670,123 @@ def write_results(res: EvaluationResult, out_dir: str | Path) -> list[Path]:
 
 
 # ---------------------------------------------------------------------------
+# Overlays
+# ---------------------------------------------------------------------------
+#: Colours of picks by ``status``.
+STATUS_COLORS = {"tp": "cyan", "duplicate": "magenta", "junk": "red", "fp": "orange"}
+
+
+def plot_evaluation(
+    image: np.ndarray,
+    reference: pd.DataFrame,
+    picks: pd.DataFrame,
+    path: str | Path,
+    *,
+    title: str = "",
+    crop: tuple[tuple[int, int], tuple[int, int]] | None = None,
+    max_px: int = 1600,
+) -> Path:
+    """Save a PNG of a micrograph with its reference particles and evaluated picks.
+
+    Reference particles: green (matched) or yellow dashed (missed);
+    ice/junk/carbon: red (carbon faint). Picks by ``status``
+    (:data:`STATUS_COLORS`): cyan matched, magenta duplicate, red on junk,
+    orange other false positives.
+
+    Parameters
+    ----------
+    image : (M, N) ndarray
+        The micrograph; coordinates of both tables refer to it.
+    reference, picks : DataFrame
+        Rows of this micrograph from :attr:`EvaluationResult.reference` and
+        :attr:`EvaluationResult.picks`.
+    crop : ((row0, row1), (col0, col1)), optional
+        Draw only this part.
+    max_px : int
+        Larger images are block-averaged for display.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Circle
+
+    from lipoframe.algorithms.pyramid import block_mean
+    from lipoframe.io.atomic import atomic_path
+
+    (r0, r1), (c0, c1) = crop if crop is not None else ((0, image.shape[0]), (0, image.shape[1]))
+    part = np.asarray(image[r0:r1, c0:c1])
+    factor = max(1, int(math.ceil(max(part.shape) / max_px)))
+    shown = block_mean(part, factor) if factor > 1 else part.astype(np.float32)
+    lo, hi = np.percentile(shown, [0.5, 99.5])
+    h, w = part.shape
+    fig, ax = plt.subplots(figsize=(10, 10 * h / w))
+    ax.imshow(shown, cmap="gray", vmin=lo, vmax=hi,
+              extent=(c0 - 0.5, c0 + shown.shape[1] * factor - 0.5, r0 + shown.shape[0] * factor - 0.5, r0 - 0.5))
+    for r in reference.itertuples():
+        junk = str(r.kind).lower() in JUNK_KINDS
+        matched = bool(getattr(r, "matched", True))
+        ax.add_patch(Circle((r.x_px, r.y_px), r.diameter_px / 2, fill=False, lw=1.0,
+                            color="red" if junk else ("lime" if matched else "yellow"),
+                            alpha=0.25 if str(r.kind) == "carbon" else 1.0, ls="-" if matched or junk else "--"))
+    for p in picks.itertuples():
+        color = STATUS_COLORS.get(getattr(p, "status", "tp"), "orange")
+        ax.plot(p.x_px, p.y_px, "+", color=color, ms=6, mew=1.2)
+        if hasattr(p, "diameter_px"):
+            ax.add_patch(Circle((p.x_px, p.y_px), p.diameter_px / 2, fill=False, color=color, lw=0.8, ls=":"))
+    ax.set_xlim(c0 - 0.5, c1 - 0.5)
+    ax.set_ylim(r1 - 0.5, r0 - 0.5)
+    ax.set_axis_off()
+    ax.set_title(title or "reference: green matched, yellow missed, red junk; picks: cyan tp, magenta duplicate, orange fp", fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)
+    return path
+
+
+def _read_image(path: Path) -> np.ndarray:
+    """The 2D image of ``path`` through lipoframe's readers (chosen by suffix)."""
+    from lipoframe import plugins
+
+    _, registry, _ = plugins.load()
+    for info in registry.stages("reader"):
+        if path.suffix.lower() in getattr(info.cls, "suffixes", ()):
+            return info.cls(info.cls.Params()).read(path).image
+    raise EvaluationInputError(f"{path}: no reader for files ending in {path.suffix!r}")
+
+
+def write_overlays(res: EvaluationResult, run_dir: str | Path, out_dir: str | Path, *, n: int) -> list[Path]:
+    """Overlays of the ``n`` micrographs with the lowest F1 (recall, then name) of a run folder.
+
+    The images are found through the run's ``micrographs/<name>.json``.
+    Micrographs whose image cannot be read are skipped with a message.
+    """
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    per = res.per_micrograph.copy()
+    per["_f1"] = per["f1"].fillna(1.0 if n else 0.0)
+    worst = per.sort_values(["_f1", "recall", "micrograph"], kind="stable", na_position="last").head(n)
+    written = []
+    for row in worst.itertuples():
+        try:
+            meta = json.loads((run_dir / "micrographs" / f"{row.micrograph}.json").read_text())["meta"]
+            image = _read_image(Path(meta["path"]))
+        except (OSError, ValueError, KeyError, EvaluationInputError) as exc:
+            print(f"lipoframe evaluate: no overlay for {row.micrograph}: {exc}", file=sys.stderr)
+            continue
+        if image.ndim != 2:
+            continue
+        ref = res.reference[res.reference[schema.MICROGRAPH].map(micrograph_key) == row.micrograph]
+        picks = res.picks[res.picks[schema.MICROGRAPH].map(micrograph_key) == row.micrograph]
+        title = f"{row.micrograph}: P {row.precision:.2f}  R {row.recall:.2f}  F1 {row.f1:.2f}" if row.n_reference else row.micrograph
+        from lipoframe.io.atomic import safe_child
+
+        written.append(plot_evaluation(image, ref, picks, safe_child(out_dir, "overlays", f"{row.micrograph}.png"), title=title))
+    return written
+
+
+# ---------------------------------------------------------------------------
 # key=value command lines (shared with ``lipoframe simulate``)
 # ---------------------------------------------------------------------------
 class ArgsError(ValueError):
@@ -736,6 +861,7 @@ class EvaluateArgs:
     include_rejected: also evaluate picks with accepted=False
     reference_diameter: diameter (px) for reference rows without one (e.g. STAR files)
     scope: union (picks on unreferenced micrographs are false positives) or reference
+    overlays: draw the N micrographs with the lowest F1 into output/overlays/ (picks must be a run folder)
     """
 
     picks: str = "???"
@@ -746,8 +872,13 @@ class EvaluateArgs:
     include_rejected: bool = False
     reference_diameter: Optional[float] = None
     scope: str = "union"
+    overlays: int = 0
 
     def __post_init__(self) -> None:
+        if self.overlays < 0:
+            raise ValueError(f"overlays must be >= 0, got {self.overlays}")
+        if self.overlays and not self.output:
+            raise ValueError("overlays needs output=<folder>")
         if not self.tolerance > 0:
             raise ValueError(f"tolerance must be > 0, got {self.tolerance}")
         if not 0 < self.iou_threshold <= 1:
@@ -764,6 +895,7 @@ def main(argv: list[str]) -> int:
         print(dataclass_help("evaluate", "Score picks against reference coordinates (one-to-one Hungarian matching).", EvaluateArgs, (
             "lipoframe evaluate picks=run/ reference=sim/truth.csv output=eval/",
             "lipoframe evaluate picks=run/picks.csv reference=manual.star reference_diameter=180 include_rejected=true",
+            "lipoframe evaluate picks=run/ reference=truth.csv output=eval/ overlays=5   # draw the 5 worst micrographs",
         )))
         return 0
     try:
@@ -792,6 +924,11 @@ def main(argv: list[str]) -> int:
         try:
             for p in write_results(res, args.output):
                 print(f"wrote {p}")
+            if args.overlays:
+                if not processed:
+                    print("lipoframe evaluate: overlays need picks=<lipoframe run folder> (to find the images)", file=sys.stderr)
+                for p in write_overlays(res, args.picks, args.output, n=args.overlays):
+                    print(f"wrote {p}")
         except OSError as exc:
             print(f"lipoframe evaluate: {args.output}: cannot write ({exc.strerror or exc})", file=sys.stderr)
             return 1

@@ -10,10 +10,15 @@ stage's ``Params`` dataclass into Hydra's ConfigStore so that
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass
 
 from lipoframe.stages import BASES, KINDS, MULTI_KINDS, NoParams, Stage
+
+
+#: Stage names: lower-case ASCII snake_case (they are Hydra option names and file-safe).
+_NAME = re.compile(r"[a-z][a-z0-9_]*")
 
 
 class RegistryError(Exception):
@@ -62,7 +67,7 @@ class StageRegistry:
             raise RegistryError(f"{provider}: stage {stage_cls.__name__} has unknown kind {kind!r}; kinds are {KINDS}")
         if not issubclass(stage_cls, BASES[kind]):
             raise RegistryError(f"{provider}: stage {stage_cls.__name__} of kind {kind!r} must subclass {BASES[kind].__name__}")
-        if not name or not name.replace("_", "a").isalnum() or not name[0].isalpha():
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise RegistryError(f"{provider}: stage {stage_cls.__name__} needs a snake_case name, got {name!r}")
         if stage_cls.Params is NoParams:
             raise RegistryError(f"{provider}: {stage_cls.__name__} must define its own Params dataclass (it may be empty)")

@@ -308,12 +308,13 @@ def source_stamp(path: str | os.PathLike) -> dict | None:
 
 
 def load_work(
-    out_dir: Path, name: str, fingerprint: str | None = None, *, source: dict | None = None
+    out_dir: Path, name: str, fingerprint: str | None = None, *, source: dict | None = None, version: str | None = None
 ) -> tuple[MicrographMeta, pd.DataFrame] | None:
     """The saved result of one micrograph, or None if absent, incomplete or stale.
 
-    Stale means: made with other per-micrograph settings (``fingerprint``) or
-    from an input file that has changed since (``source``, see :func:`source_stamp`).
+    Stale means: made with other per-micrograph settings (``fingerprint``),
+    from an input file that has changed since (``source``, see
+    :func:`source_stamp`), or by another lipoframe ``version``.
     """
     try:
         csv_path, json_path = _work_paths(out_dir, name)
@@ -321,6 +322,8 @@ def load_work(
         if fingerprint is not None and info.get("fingerprint") != fingerprint:
             return None
         if source is not None and info.get("source") not in (None, source):
+            return None
+        if version is not None and info.get("lipoframe") != version:
             return None
         picks = pd.read_csv(csv_path, keep_default_na=False, na_values=[""], dtype={schema.MICROGRAPH: str, schema.REASON: str})
         if len(picks) != int(info["n_picks"]):
@@ -718,11 +721,13 @@ def run_jobs(jobs: list[MicJob], cfg: LipoframeConfig, stages: StageSet, *, prog
 
     Returns the results (in completion order) and whether Ctrl-C interrupted the run.
     """
+    from lipoframe import __version__
+
     results: list[MicResult] = []
     todo: list[MicJob] = []
     for job in jobs:
         if job.resume:
-            done = load_work(job.out_dir, job.name, job.fingerprint, source=source_stamp(job.path))
+            done = load_work(job.out_dir, job.name, job.fingerprint, source=source_stamp(job.path), version=__version__)
             if done is not None:
                 picks = done[1]
                 n_acc = int(picks[schema.ACCEPTED].sum()) if len(picks) else 0
@@ -738,7 +743,7 @@ def run_jobs(jobs: list[MicJob], cfg: LipoframeConfig, stages: StageSet, *, prog
         if not bar.disable:
             from tqdm.contrib.logging import logging_redirect_tqdm
 
-            redirect = logging_redirect_tqdm(loggers=[logging.getLogger(), log], tqdm_class=type(bar))
+            redirect = logging_redirect_tqdm(tqdm_class=type(bar))  # log lines above the bar, not through it
         failed = 0
 
         def done(res: MicResult) -> None:

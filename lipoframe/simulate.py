@@ -29,9 +29,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -111,6 +110,7 @@ def mini_scenes(seed: int = 0) -> list[SceneSpec]:
 
 
 def preset_scenes(preset: str, seed: int = 0) -> list[SceneSpec]:
+    """The scenes of ``preset`` (one of :data:`PRESETS`)."""
     if preset == "suite":
         return suite_scenes(seed)
     if preset == "mini":
@@ -142,6 +142,7 @@ def write_scenes(folder: str | Path, scenes: list[SceneSpec], *, fingerprint: di
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / "simulation.json").unlink(missing_ok=True)  # written last: marks a complete set
     paths, truths, rows = [], [], []
     for i, spec in enumerate(scenes):
         img, truth = render_scene(spec)
@@ -282,6 +283,9 @@ def main(argv: list[str]) -> int:
             return 2
         paths = write_tomogram_dataset(out, n=args.n, seed=args.seed)
         print(f"wrote {len(paths)} tomograms to {out}")
+        if (out / "truth.csv").is_file():
+            print(f"truth:   {out / 'truth.csv'}")
+        print(f"next:    lipoframe run input={out} output=<run> reader.dims=3  &&  lipoframe evaluate picks=<run> reference={out / 'truth.csv'}")
         return 0
     only = [o.strip() for o in args.only.split(",") if o.strip()]
     try:

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import copy
 import os
 import sys
 import textwrap
@@ -44,6 +43,11 @@ TINY_PIXEL_SIZE = 1.5
 # ---------------------------------------------------------------------------
 # Isolation
 # ---------------------------------------------------------------------------
+def _copy_tree(tree: dict) -> dict:
+    """Copy ConfigStore's nested dicts; the stored nodes themselves are never changed in place."""
+    return {k: _copy_tree(v) if isinstance(v, dict) else v for k, v in tree.items()}
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _hydra_plugins_loaded():
     """Import Hydra's own plugins once, so their ConfigStore entries are in every snapshot."""
@@ -59,7 +63,7 @@ def _isolate_config_store(_hydra_plugins_loaded):
     from hydra.core.global_hydra import GlobalHydra
 
     cs = ConfigStore.instance()
-    saved = copy.deepcopy(cs.repo)
+    saved = _copy_tree(cs.repo)
     try:
         yield
     finally:

@@ -103,6 +103,14 @@ def test_pick_returns_a_table_and_leaves_the_image_alone():
     pd.testing.assert_frame_equal(picks, again)  # deterministic
 
 
+def test_bright_polarity_is_the_negative_image():
+    image, truth = small_scene()
+    dark = lipoframe.pick(image, dmin=60, dmax=200, units="px")
+    bright = lipoframe.pick(-image, dmin=60, dmax=200, units="px", polarity="bright")
+    assert int(dark["accepted"].sum()) >= 1
+    pd.testing.assert_frame_equal(dark, bright)
+
+
 def test_pick_needs_a_pixel_size_for_angstroms():
     image, _ = small_scene()
     with pytest.raises(Exception, match="pixel_size"):

@@ -74,6 +74,9 @@ def test_picks_on_junk_are_reported_and_junk_is_not_a_target():
     assert s["n_reference"] == 1 and s["n_junk_objects"] == 2
     assert s["tp"] == 1 and s["fn"] == 0 and s["junk_picks"] == 2 and s["fp"] == 2
     assert s["junk_picks_by_kind"] == {"ice": 1, "junk": 1}
+    # a large pick whose circle covers a small blob is on it too; a small one beside it is not
+    beside = table([("m", 830, 100, 80), ("m", 880, 100, 20)])
+    assert list(evaluate(beside, ref).picks["status"]) == ["junk", "fp"]
     assert s["recall"] == 1.0
 
 
@@ -163,6 +166,16 @@ def test_scope_decides_about_micrographs_without_reference():
     row = union.per_micrograph.set_index("micrograph").loc["quiet"]
     assert row["n_picks"] == 0 and row["n_reference"] == 0
     assert evaluate(picks, ref, scope="reference").summary["fp"] == 0
+
+
+def test_tables_without_micrograph_names():
+    ref = table([("only", 100, 100, 50)])
+    bare = ref.drop(columns="micrograph")
+    assert evaluate(bare, ref).summary["tp"] == 1
+    assert evaluate(ref, bare).summary["tp"] == 1
+    two = table([("a", 100, 100, 50), ("b", 100, 100, 50)])
+    with pytest.raises(ValueError, match="micrograph"):
+        evaluate(bare, two)
 
 
 def test_reference_without_diameter_needs_reference_diameter():
@@ -263,3 +276,24 @@ def test_apoferritin_run_folder_is_matched_to_the_reference_by_name(tmp_path):
     assert row["n_picks"] == int(picks["accepted"].sum()) > 0
     # with scope=union nothing is added: the run's name is the reference's name
     assert evaluate(picks, ref, micrographs=names).summary["n_micrographs"] == ref["micrograph"].nunique()
+
+
+def test_cli_overlays_of_the_worst_micrographs(tmp_path, capsys):
+    from lipoframe.synthetic import write_mrc
+
+    run = tmp_path / "run"
+    (run / "micrographs").mkdir(parents=True)
+    ref_rows = []
+    for name, ok in (("good", True), ("bad", False)):
+        image = np.zeros((64, 96), np.float32)
+        write_mrc(tmp_path / f"{name}.mrc", image, 2.0)
+        (run / "micrographs" / f"{name}.json").write_text(json.dumps({"meta": {"path": str(tmp_path / f"{name}.mrc")}}))
+        x = 30.0 if ok else 80.0
+        table([(name, x, 30, 20)]).assign(score=1.0, accepted=True).to_csv(run / "micrographs" / f"{name}.csv", index=False)
+        ref_rows.append((name, 30, 30, 20))
+    table(ref_rows).to_csv(tmp_path / "truth.csv", index=False)
+    out = tmp_path / "eval"
+    assert main([f"picks={run}", f"reference={tmp_path / 'truth.csv'}", f"output={out}", "overlays=1"]) == 0
+    assert [p.name for p in (out / "overlays").iterdir()] == ["bad.png"]
+    assert main([f"picks={run}", f"reference={tmp_path / 'truth.csv'}", "overlays=1"]) == 2
+    assert "output" in capsys.readouterr().err

@@ -57,7 +57,7 @@ def _mrc_bytes(data: np.ndarray, voxel: float = 1.0) -> bytes:
 
 def _tiff_bytes(data: np.ndarray) -> bytes:
     buf = io.BytesIO()
-    tifffile.imwrite(buf, data)
+    tifffile.imwrite(buf, data, photometric="minisblack")
     return buf.getvalue()
 
 

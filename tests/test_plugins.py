@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from conftest import EXAMPLE_PLUGIN, FAKE_DIST, TINY_ARGS, TINY_DMAX, TINY_DMIN, tiny_image, write_mrc
+import lipoframe
 from lipoframe import plugins
 from lipoframe.plugins import DEFAULT_PLUGINS, PluginError
 
@@ -98,14 +99,19 @@ def test_registry_refuses_non_stages_and_bad_names():
         name = "Bad Name"
         Params = P
 
+    class Upper(Detector):
+        name = "Dog"
+        Params = P
+
     class NoParams(Detector):
         name = "no_params"
 
     reg = StageRegistry()
     with pytest.raises(RegistryError, match="not a lipoframe Stage"):
         reg.add(object)
-    with pytest.raises(RegistryError, match="snake_case"):
-        reg.add(BadName)
+    for bad in (BadName, Upper):
+        with pytest.raises(RegistryError, match="snake_case"):
+            reg.add(bad)
     with pytest.raises(RegistryError, match="own Params"):
         reg.add(NoParams)
     assert len(reg) == 0
@@ -120,7 +126,7 @@ def test_duplicate_of_a_builtin_names_both_providers(make_plugin, run_cli):
         plugins.load(refresh=True)
     msg = str(err.value)
     assert "two detector stages are named 'dog'" in msg
-    assert "lipoframe 0.1.0" in msg and "lipoframe.builtin.detectors" in msg
+    assert f"lipoframe {lipoframe.__version__}" in msg and "lipoframe.builtin.detectors" in msg
     assert "lipoframe-dupe 2.0" in msg and "DogAgain" in msg
     code, out, stderr = run_cli("stages")
     assert code == 2
@@ -238,6 +244,11 @@ def test_plugins_are_off_when_disabled_or_blocked(fake_plugin, monkeypatch):
     assert all(i.distribution == "lipoframe" for i in infos)
 
 
+def test_lipoframe_plugins_says_when_loading_is_off(run_cli):
+    code, out, _ = run_cli("plugins")
+    assert code == 0 and "no third-party plugins loaded (LIPOFRAME_LOAD_PLUGINS='')" in out
+
+
 def test_lipoframe_plugins_lists_distribution_version_and_stages(fake_plugin, run_cli):
     code, out, _ = run_cli("plugins")
     assert code == 0
@@ -245,13 +256,13 @@ def test_lipoframe_plugins_lists_distribution_version_and_stages(fake_plugin, ru
     head = next(i for i, ln in enumerate(lines) if ln.startswith(f"{FAKE_DIST} 0.3.0"))
     assert "lipoframe_fake" in lines[head]
     assert lines[head + 1].strip() == f"detector/{fake_plugin}"
-    assert not any(ln.startswith("lipoframe 0.1.0") for ln in lines)  # built-ins only with --all
+    assert not any(ln.startswith(f"lipoframe {lipoframe.__version__}") for ln in lines)  # built-ins only with --all
     code, out, _ = run_cli("plugins", "--json")
     listed = {p["distribution"]: p for p in json.loads(out)}
     assert listed[FAKE_DIST]["version"] == "0.3.0"
     assert listed[FAKE_DIST]["stages"] == [f"detector/{fake_plugin}"]
     code, out, _ = run_cli("plugins", "--all")
-    assert "lipoframe 0.1.0" in out and "detector/dog" in out and f"detector/{fake_plugin}" in out
+    assert f"lipoframe {lipoframe.__version__}" in out and "detector/dog" in out and f"detector/{fake_plugin}" in out
 
 
 def test_lipoframe_stages_shows_the_plugin_stage(fake_plugin, run_cli):

@@ -118,3 +118,13 @@ def test_damaged_or_stale_results_are_redone(done_run):
     assert statuses(again) == {"mic_000": "ok", "mic_001": "ok", "mic_002": "ok"}
     again = run(inp, out)
     assert set(statuses(again).values()) == {"skipped"}
+
+
+def test_results_of_another_lipoframe_version_are_redone(done_run):
+    inp, out = done_run
+    marker = out / "micrographs" / "mic_001.json"
+    info = json.loads(marker.read_text())
+    info["lipoframe"] = "0.0.0-old"
+    marker.write_text(json.dumps(info))
+    again = run(inp, out)
+    assert statuses(again) == {"mic_000": "skipped", "mic_001": "ok", "mic_002": "skipped"}

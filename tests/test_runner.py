@@ -221,3 +221,30 @@ def test_failed_sweep_job_gives_a_non_zero_exit(tmp_path):
     write_mrc(tmp_path / "in" / "zzz_small.mrc", write_set.__globals__["image"](3)[:32, :32])
     code = app.run(["-m", f"input={tmp_path / 'in'}", *RUN_ARGS, "runner.workers=1", f"output={tmp_path / 'sweep'}", "shard.count=2", "shard.index=0,1"])
     assert code == 1
+
+
+def test_picking_allocates_at_most_a_few_copies_of_the_micrograph(tmp_path):
+    """Memory per worker is bounded: a 2048² float32 micrograph (16 MiB, memory-mapped)
+    must not cost more than two copies of itself in allocations while it is picked."""
+    import tracemalloc
+
+    from lipoframe.synthetic import random_particles, render
+
+    shape = (2048, 2048)
+    img = render(shape, random_particles(shape, [160, 250, 400], seed=1, margin=4), seed=1)
+    path = write_mrc(tmp_path / "big.mrc", img)
+    del img
+    cfg = compose_config([f"input={path}", "dmin=150", "dmax=500", "runner.progress=false", "runner.report=false"])[1]
+    stages = build_stages(cfg, plugins.load()[1])
+    job = MicJob(path, "big", tmp_path / "out", cfg.per_micrograph_fingerprint(), False, True)
+    from lipoframe.runner import run_job
+
+    assert run_job(job, cfg, stages).status == "ok"  # warm-up (imports, caches)
+    tracemalloc.start()
+    try:
+        result = run_job(job, cfg, stages)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert result.status == "ok", result.error
+    assert peak < 2 * 2048 * 2048 * 4, f"picking allocated {peak / 2**20:.0f} MiB for a 16 MiB micrograph"

@@ -26,6 +26,10 @@ class BlobParams:
     threshold: value for threshold_method (MAD units, percentile, or raw).
     min_sigma_binned: smallest sigma, in binned pixels, a pyramid level uses.
     octave_span: sigma ratio covered by one pyramid level.
+    range_margin: search scales from dmin * (1 - margin) to dmax * (1 + margin)
+        so particles at the ends of the range are interior maxima in scale
+        (projected spheres peak at ~0.85 of their diameter); the refiner and
+        the ``diameter_range`` filter then decide on the refined diameter.
     exclude_border: ignore maxima closer than this fraction of their own
         diameter to the border (0 keeps particles cut by the border).
     """
@@ -36,6 +40,7 @@ class BlobParams:
     min_sigma_binned: float = 3.0
     octave_span: float = 4.0
     exclude_border: float = 0.0
+    range_margin: float = 0.2
 
     def __post_init__(self) -> None:
         if not 1.0 < self.k <= 2.0:
@@ -48,6 +53,8 @@ class BlobParams:
             raise ValueError(f"detector.min_sigma_binned must be >= 1, got {self.min_sigma_binned}")
         if self.octave_span <= self.k:
             raise ValueError(f"detector.octave_span must be > detector.k, got {self.octave_span}")
+        if not 0 <= self.range_margin < 0.5:
+            raise ValueError(f"detector.range_margin must be in [0, 0.5), got {self.range_margin}")
         if not 0 <= self.exclude_border <= 1:
             raise ValueError(f"detector.exclude_border must be in [0, 1], got {self.exclude_border}")
 
@@ -87,8 +94,8 @@ class _BlobDetector(Detector):
             return self._detect_3d(mic, ctx)
         blobs = detect_blobs(
             None,
-            dmin_px=ctx.dmin_px,
-            dmax_px=ctx.dmax_px,
+            dmin_px=ctx.dmin_px * (1 - p.range_margin),
+            dmax_px=ctx.dmax_px * (1 + p.range_margin),
             method=self.method,
             k=p.k,
             threshold_method=p.threshold_method,
