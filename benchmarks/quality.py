@@ -47,11 +47,11 @@ TARGETS = {
 }
 
 
-def _fmt(v, pct=False, digits=3):
+def _fmt(v, pct=False, digits=3, pct_digits=1):
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "n/a"
     if pct:
-        return f"{100 * v:.1f}%"
+        return f"{100 * v:.{pct_digits}f}%"
     return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
 
@@ -102,7 +102,7 @@ def markdown(report: dict) -> str:
     for name, t in report["targets"].items():
         pct = "rate" in name or "error" in name
         ok = {True: "yes", False: "**no**", None: "n/a"}[t["pass"]]
-        lines.append(f"| {name} | {_fmt(t['value'], pct)} | {t['op']} {_fmt(t['goal'], pct) if pct else t['goal']} | {ok} |")
+        lines.append(f"| {name} | {_fmt(t['value'], pct, pct_digits=2)} | {t['op']} {_fmt(t['goal'], pct) if pct else t['goal']} | {ok} |")
     lines += ["", "## Datasets", "", "| dataset | micrographs | particles | picks | precision | recall | F1 | AUPRC | duplicates | on junk | median abs d err | IoU>=0.6 | run time |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for key in ("suite", "apoferritin"):
         block = report.get(key)

@@ -104,7 +104,7 @@ def time_run(folder: Path, out: Path, workers: int) -> dict:
         "micrographs_per_s": round(len(picked) / seconds, 3),
         "peak_rss_mb_per_worker": round(max(r.peak_rss_mb for r in picked), 1),
         "parent_rss_mb_at_start": round(parent, 1),
-        "picks": int(len(result.picks)),
+        "accepted_picks": int(result.picks["accepted"].sum()) if len(result.picks) else 0,
     }
 
 

@@ -917,6 +917,11 @@ def main(argv: list[str]) -> int:
     except ValueError as exc:
         print(f"lipoframe evaluate: {exc}", file=sys.stderr)
         return 2
+    pick_keys = set(picks[schema.MICROGRAPH].map(micrograph_key)) if schema.MICROGRAPH in picks.columns else set()
+    ref_keys = set(reference[schema.MICROGRAPH].map(micrograph_key)) if schema.MICROGRAPH in reference.columns else set()
+    if pick_keys and ref_keys and not pick_keys & ref_keys:
+        print(f"lipoframe evaluate: warning: no micrograph name in common (picks: {', '.join(sorted(pick_keys)[:3])}, ...; "
+              f"reference: {', '.join(sorted(ref_keys)[:3])}, ...)", file=sys.stderr)
     print(format_per_micrograph(res.per_micrograph))
     print()
     print(format_summary(res.summary))

@@ -107,10 +107,13 @@ def test_pipeline_one_accepted_pick_per_disc(detector):
         assert abs(acc["diameter_px"].iloc[j] - d) / d < 0.05
 
 
-def test_detect_blobs_empty_and_constant_images_give_nothing():
-    rng = np.random.default_rng(0)
-    noise = rng.normal(0, 1, (512, 512)).astype(np.float32)
-    assert len(detect_blobs(noise, dmin_px=40, dmax_px=120)["x_px"]) == 0
+@pytest.mark.parametrize("seed", range(4))
+def test_noise_and_constant_images_give_no_accepted_pick(seed):
+    from lipoframe import pick
+
+    noise = np.random.default_rng(seed).normal(0, 1, (512, 512)).astype(np.float32)
+    picks = pick(noise, dmin=40, dmax=120, units="px")
+    assert int(picks["accepted"].sum()) == 0, picks[picks["accepted"]]
     assert len(detect_blobs(np.ones((256, 256), np.float32), dmin_px=40, dmax_px=120)["x_px"]) == 0
 
 

@@ -127,7 +127,7 @@ def test_x_is_the_column_and_y_the_row():
     assert best["x_px"] == pytest.approx(520.0, abs=3) and best["y_px"] == pytest.approx(170.0, abs=3)
 
 
-@pytest.mark.parametrize("factor", [1, 2, 3, 4, 7, 17])
+@pytest.mark.parametrize("factor", [1, 2, 3, 4, 7, 16, 17])
 def test_block_centres_map_exactly_to_full_resolution(factor):
     """Block j of a factor-binned image is centred on full-resolution pixel (j + 0.5) * factor - 0.5."""
     cols = np.tile(np.arange(68, dtype=np.float32), (68, 1))  # value = column index

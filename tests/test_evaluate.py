@@ -235,6 +235,13 @@ def test_cli_writes_outputs(tmp_path, capsys):
     assert "F1" in capsys.readouterr().out
 
 
+def test_cli_warns_when_no_micrograph_names_match(tmp_path, capsys):
+    table([("mic_a", 1, 1, 10)]).to_csv(tmp_path / "p.csv", index=False)
+    table([("other", 1, 1, 10)]).to_csv(tmp_path / "r.csv", index=False)
+    assert main([f"picks={tmp_path / 'p.csv'}", f"reference={tmp_path / 'r.csv'}"]) == 0
+    assert "no micrograph name in common" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv, word", [
     (["picks=a.csv", "reference=b.csv", "bogus=1"], "bogus"),
     (["picks=a.csv", "reference=b.csv", "tolerance=abc"], "tolerance"),

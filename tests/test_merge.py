@@ -118,4 +118,6 @@ def test_submitit_local_launcher_shards_then_merge(sharded, tmp_path):
         assert summary["micrographs"]["failed"] == 0 and summary["micrographs"]["ok"] >= 2
     proc = cli("merge", str(tmp_path / "sweep"), f"output={tmp_path / 'merged'}")
     assert proc.returncode == 0, proc.stderr
-    _same_result(root / "single", tmp_path / "merged")
+    single = cli("run", f"input=['{root}/in/*/*.mrc']", "runner.workers=1", *RUN_ARGS, f"output={tmp_path / 'single'}")
+    assert single.returncode == 0, single.stderr
+    _same_result(tmp_path / "single", tmp_path / "merged")

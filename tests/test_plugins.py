@@ -143,6 +143,16 @@ def test_duplicate_between_two_plugins_names_both(make_plugin):
     assert "lipoframe-one 1.1" in msg and "lipoframe-two 2.2" in msg
 
 
+def test_two_distributions_with_the_same_entry_point_name_both_load(make_plugin):
+    one = twin_detector("SameOne").replace('name = "twin"', 'name = "same_one"')
+    two = twin_detector("SameTwo").replace('name = "twin"', 'name = "same_two"')
+    make_plugin("lipoframe-same-one", one, entry_point="same")
+    make_plugin("lipoframe-same-two", two, entry_point="same")
+    _, registry, infos = plugins.load(refresh=True)
+    assert ("detector", "same_one") in registry and ("detector", "same_two") in registry
+    assert {i.distribution for i in infos if i.stages and i.distribution != "lipoframe"} == {"lipoframe-same-one", "lipoframe-same-two"}
+
+
 @pytest.mark.parametrize(
     "source",
     [
