@@ -239,10 +239,11 @@ def process_micrograph(mic: Micrograph, stages: StageSet, ctx: PickContext) -> p
     picks = schema.validate_detections(stages.nms.suppress(picks, mic, ctx), stage=f"nms/{stages.nms.name}")
     picks = schema.validate_detections(stages.refiner.refine(picks, mic, ctx), stage=f"refiner/{stages.refiner.name}")
     picks = schema.with_acceptance(picks)
-    picks = _suppress_again(picks, mic, stages, ctx)
     for f in stages.filters:
         picks = schema.validate_detections(f.apply(picks, mic, ctx), stage=f"filter/{f.name}")
-    picks = picks.reset_index(drop=True)
+    # Duplicates are resolved last, among the picks that survived refinement
+    # and the filters.
+    picks = _suppress_again(picks, mic, stages, ctx).reset_index(drop=True)
     picks.insert(0, schema.MICROGRAPH, mic.name)
     px = mic.meta.pixel_size
     picks[schema.DIAMETER_A] = picks[schema.DIAMETER] * px if px else np.nan

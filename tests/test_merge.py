@@ -121,3 +121,18 @@ def test_submitit_local_launcher_shards_then_merge(sharded, tmp_path):
     single = cli("run", f"input=['{root}/in/*/*.mrc']", "runner.workers=1", *RUN_ARGS, f"output={tmp_path / 'single'}")
     assert single.returncode == 0, single.stderr
     _same_result(tmp_path / "single", tmp_path / "merged")
+
+
+def test_merge_lists_the_shards_failures(tmp_path, capsys):
+    write_set(tmp_path / "in", 2)
+    (tmp_path / "in" / "mic_broken.mrc").write_bytes(b"not an mrc file" * 20)
+    args = [f"input={tmp_path / 'in'}", "runner.workers=1", *RUN_ARGS, f"output={tmp_path / 'shards'}"]
+    assert app.run(["-m", *args, "shard.count=2", "shard.index=0,1"]) == 1  # one shard failed a micrograph
+    capsys.readouterr()
+    assert merge.main([str(tmp_path / "shards"), f"output={tmp_path / 'merged'}"]) == 1
+    out = capsys.readouterr().out
+    assert "micrographs  ok 2  skipped 0  failed 1" in out
+    summary = json.loads((tmp_path / "merged" / "run_summary.json").read_text())
+    assert [f["micrograph"] for f in summary["failures"]] == [str(tmp_path / "in" / "mic_broken.mrc")]
+    assert "not a readable MRC file" in summary["failures"][0]["error"]
+    assert set(pd.read_csv(tmp_path / "merged" / "picks.csv")["micrograph"]) == {"mic_000", "mic_001"}

@@ -248,3 +248,23 @@ def test_picking_allocates_at_most_a_few_copies_of_the_micrograph(tmp_path):
         tracemalloc.stop()
     assert result.status == "ok", result.error
     assert peak < 2 * 2048 * 2048 * 4, f"picking allocated {peak / 2**20:.0f} MiB for a 16 MiB micrograph"
+
+
+def test_workers_start_safely_while_other_threads_run(tmp_path):
+    """fork() with other threads alive can deadlock: the runner then uses forkserver/spawn."""
+    import threading
+
+    from lipoframe.runner import _start_method
+
+    write_set(tmp_path / "in", 3)
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait)
+    thread.start()
+    try:
+        assert _start_method() != "fork"
+        result = run_pipeline(config(tmp_path / "in", "runner.workers=2"), tmp_path / "out")
+    finally:
+        stop.set()
+        thread.join()
+    assert result.workers == 2
+    assert [r.status for r in result.results] == ["ok"] * 3

@@ -114,3 +114,28 @@ def test_watch_stops_after_idle_timeout(tmp_path):
     result = run_pipeline(cfg, tmp_path / "out")
     assert [r.status for r in result.results] == ["ok"]
     assert (tmp_path / "out" / "picks.csv").is_file()
+
+
+def test_watch_stops_cleanly_on_sigterm(tmp_path):
+    """SIGTERM (as at the end of a SLURM job, like Ctrl-C) ends a watch with final outputs and exit code 0."""
+    import signal
+    import subprocess
+    import sys
+
+    from scale_data import env
+
+    write_set(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "lipoframe", "run", f"input={tmp_path / 'in'}", f"output={out}", "watch=true",
+           "stream.poll_seconds=0.2", "runner.workers=1", *RUN_ARGS]
+    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 90
+    while not all((out / "micrographs" / f"mic_00{i}.json").exists() for i in range(2)):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    assert "micrographs  ok 2" in stdout
+    assert (out / "picks.csv").is_file() and (out / "extraction_plan.json").is_file()

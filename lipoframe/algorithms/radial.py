@@ -232,6 +232,7 @@ def refine_circles(
         "edge_coverage": coverage,
         "edge_found": edge_found,
         "edge_width": edge_width,
+        "edge_step": step,
         "roundness": resid_rms / np.maximum(radius, 1e-12),
         "shift": shift,
     }

@@ -76,7 +76,7 @@ class EdgeParams(BlobParams):
     edge_width: blur of the circle, as a fraction of its radius.
     """
 
-    threshold: float = 4.6
+    threshold: float = 5.3
     edge_width: float = 0.12
 
     def __post_init__(self) -> None:

@@ -110,12 +110,20 @@ class OverlapNms(Suppressor):
 
 @dataclass
 class NestedParams(SizeAwareParams):
-    """size_aware, then remove picks lying inside a larger accepted pick.
+    """For vesicles with content: the larger particle wins over what lies inside it.
+
+    First the seed rule alone (``beta``; the symmetric and containment tests
+    of size_aware are off, since they would let an accepted inner object
+    remove its vesicle). Then, on the refined picks (the second NMS pass,
+    after the refiner confirmed each particle's edge), visiting picks from
+    the largest, every pick inside a larger kept one is removed.
 
     tolerance: a pick is inside when dist + r_small <= (1 + tolerance) * r_large.
     max_ratio: only picks at most this fraction of the larger radius are removed.
     """
 
+    symmetric: bool = False
+    max_containment: float = 1.0
     tolerance: float = 0.1
     max_ratio: float = 0.75
 
@@ -130,10 +138,16 @@ class NestedParams(SizeAwareParams):
 class NestedNms(SizeAwareNms):
     name = "nested"
     Params = NestedParams
-    summary = "size_aware, then drop small picks inside a larger accepted particle (rings, vesicles)"
+    summary = "seed rule, then drop picks inside a larger particle, whatever their response (vesicles with content)"
 
     def suppress(self, picks: pd.DataFrame, mic: Micrograph, ctx: PickContext) -> pd.DataFrame:
         kept = super().suppress(picks, mic, ctx)
+        if "edge_contrast" not in kept.columns:
+            # Before refinement a large candidate may be a spurious blob over
+            # several particles; only a refined (edge-confirmed) particle may
+            # remove what lies inside it. The runner calls NMS again on the
+            # accepted refined picks, where this applies.
+            return kept
         inside = contained_mask(
             kept[[schema.X, schema.Y]].to_numpy(dtype=float),
             kept[schema.DIAMETER].to_numpy(dtype=float) / 2.0,

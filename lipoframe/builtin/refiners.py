@@ -36,7 +36,7 @@ class RadialProfileParams:
     iterations: int = 3
     min_radius_binned: float = 16.0
     min_contrast: float = 3.5
-    min_coverage: float = 0.6
+    min_coverage: float = 0.7
 
     def __post_init__(self) -> None:
         if not 0 < self.search < 1:
@@ -80,6 +80,11 @@ class RadialProfileRefiner(Refiner):
         out["edge_coverage"] = res["edge_coverage"]
         out["edge_width_px"] = res["edge_width"] * factor
         out["edge_roughness"] = res["roundness"]
+        # Edge step against the micrograph's own spread at this binning: how
+        # far the particle stands out from what the background does anyway.
+        sub = img[::2, ::2]
+        spread = 1.4826 * float(np.median(np.abs(sub - np.median(sub)))) or 1e-12
+        out["edge_step_snr"] = res["edge_step"] / spread
         out["quality"] = np.clip(res["edge_contrast"], 0, None) * res["edge_coverage"]
         bad = ~res["edge_found"] | (res["edge_contrast"] < p.min_contrast) | (res["edge_coverage"] < p.min_coverage)
         return schema.reject(out, bad, "no_edge")

@@ -1,0 +1,110 @@
+"""The picking-quality stages through the pipeline: NMS strategies, refiner, junk filters."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from skimage.draw import disk, polygon
+
+from lipoframe import pick
+from lipoframe.synthetic import random_particles, render
+
+
+def dark_discs(shape, items, *, noise=0.1, seed=0, ring=None):
+    img = np.zeros(shape, np.float32)
+    for r, c, d in items:
+        img[disk((r, c), d / 2, shape=shape)] = -1.0
+        if ring is not None:
+            img[disk((r, c), ring * d / 2, shape=shape)] = -0.3
+    return img + np.random.default_rng(seed).normal(0, noise, shape).astype(np.float32)
+
+
+def nearest(acc, r, c):
+    d = np.hypot(acc["x_px"] - c, acc["y_px"] - r)
+    return acc.iloc[int(np.argmin(d))], float(d.min())
+
+
+@pytest.mark.parametrize("nms", ["size_aware", "overlap", "nested"])
+def test_touching_particles_each_get_one_pick(nms):
+    items = [(150, 150, 100), (150, 250, 100), (236, 200, 100)]  # three mutually touching discs
+    picks = pick(dark_discs((400, 400), items), dmin=60, dmax=160, units="px", nms=nms)
+    acc = picks[picks["accepted"]]
+    assert len(acc) == 3
+    for r, c, d in items:
+        p, dist = nearest(acc, r, c)
+        assert dist < 0.05 * d and abs(p["diameter_px"] - d) / d < 0.05
+
+
+def test_vesicle_with_inner_blob_nested_keeps_only_the_vesicle():
+    # A thin-membrane vesicle with a dark object inside: nested keeps only the outer particle.
+    img = np.zeros((400, 400), np.float32)
+    rr, cc = disk((200, 200), 120, shape=img.shape)
+    img[rr, cc] = -1.0
+    rr, cc = disk((200, 200), 110, shape=img.shape)
+    img[rr, cc] = 0.0
+    img[disk((230, 180), 30, shape=img.shape)] = -1.0
+    img += np.random.default_rng(1).normal(0, 0.05, img.shape).astype(np.float32)
+    picks = pick(img, dmin=50, dmax=300, units="px", nms="nested")
+    acc = picks[picks["accepted"]]
+    assert len(acc) == 1
+    assert abs(acc["diameter_px"].iloc[0] - 240) / 240 < 0.05
+
+
+def test_refiner_adds_quality_columns_and_recovers_diameters():
+    truth = random_particles((1024, 1024), [120, 180, 260], seed=4, margin=4)
+    img = render((1024, 1024), truth, noise=0.15, seed=4)
+    picks = pick(img, dmin=100, dmax=300, units="px")
+    for col in ("diameter_detector_px", "refine_shift_px", "edge_contrast", "edge_coverage", "quality"):
+        assert col in picks.columns
+    acc = picks[picks["accepted"]]
+    assert len(acc) == 3
+    for _, t in truth.iterrows():
+        p, dist = nearest(acc, t["y_px"], t["x_px"])
+        assert dist < 3 and abs(p["diameter_px"] - t["diameter_px"]) / t["diameter_px"] < 0.04
+    none = pick(img, dmin=100, dmax=300, units="px", refiner="none")
+    # Without refinement the blob scale of a projected sphere underestimates its diameter.
+    assert "edge_contrast" not in none.columns
+
+
+def test_contamination_filter_rejects_ice_but_not_particles():
+    items = [(120, 120, 90), (120, 380, 110), (380, 120, 100)]
+    img = dark_discs((512, 512), items, noise=0.1, seed=2)
+    rr, cc = polygon([330, 470, 480, 350], [330, 320, 470, 460], shape=img.shape)
+    img[rr, cc] = -8.0  # an irregular, very dark ice blob
+    picks = pick(img, dmin=60, dmax=200, units="px")
+    acc = picks[picks["accepted"]]
+    assert len(acc) == 3
+    for r, c, d in items:
+        assert nearest(acc, r, c)[1] < 0.05 * d
+    rejected = picks[~picks["accepted"]]
+    ice = rejected[(rejected["x_px"] > 300) & (rejected["y_px"] > 300)]
+    assert set(ice["reject_reason"]) <= {"contamination", "no_edge", "diameter_range"}
+    without = pick(img, dmin=60, dmax=200, units="px", filters=("diameter_range",))
+    assert (without["accepted"] & (without["x_px"] > 300) & (without["y_px"] > 300)).any()
+
+
+def test_carbon_edge_filter_flags_picks_on_a_film_edge():
+    img = dark_discs((512, 512), [(256, 140, 100), (256, 380, 100)], noise=0.05, seed=3)
+    img[:, 380:] -= 3.0  # thick carbon film covering the right particle's right half
+    picks = pick(img, dmin=60, dmax=160, units="px", filters=("diameter_range", "carbon_edge"))
+    left, _ = nearest(picks, 256, 140)
+    right, _ = nearest(picks, 256, 380)
+    assert bool(left["accepted"])
+    assert not bool(right["accepted"]) and right["reject_reason"] in ("carbon_edge", "no_edge")
+
+
+@pytest.mark.parametrize(
+    "stage,params,message",
+    [
+        ("nms", {"max_containment": 0}, "nms.max_containment"),
+        ("detector", {"range_margin": 0.7}, "detector.range_margin"),
+        ("detector", {"edge_width": 0.9}, "detector.edge_width"),
+        ("refiner", {"search": 1.5}, "refiner.search"),
+    ],
+)
+def test_quality_params_are_validated(stage, params, message):
+    from lipoframe import plugins
+
+    _, registry, _ = plugins.load()
+    name = {"nms": "size_aware", "detector": "edge", "refiner": "radial_profile"}[stage]
+    with pytest.raises(ValueError, match=message):
+        registry.get(stage, name).cls.Params(**params)
