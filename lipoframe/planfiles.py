@@ -32,6 +32,7 @@ from lipoframe import schema
 from lipoframe.algorithms.binning import histogram_edges, smooth_histogram
 from lipoframe.io.atomic import atomic_path, safe_child, write_text
 from lipoframe.plan import OUTLIER_REASON, ExtractionPlan, _json_default
+from lipoframe.plots import BIN_COLORS
 
 log = logging.getLogger("lipoframe")
 
@@ -112,7 +113,8 @@ def size_histogram_table(plan: ExtractionPlan, picks: pd.DataFrame) -> pd.DataFr
 # ---------------------------------------------------------------------------
 # Plot
 # ---------------------------------------------------------------------------
-_BIN_COLORS = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C")
+#: The same colour per bin as the overlays and the report (colour-blind safe).
+_BIN_COLORS = BIN_COLORS
 
 
 def plot_size_histogram(plan: ExtractionPlan, picks: pd.DataFrame, ax=None, *, table: pd.DataFrame | None = None):

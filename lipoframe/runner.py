@@ -69,6 +69,8 @@ class StageSet:
         try:
             return self.readers_by_suffix[suffix]
         except KeyError:
+            if not path.exists():
+                raise InputError(f"{path}: file not found") from None
             known = ", ".join(sorted(self.readers_by_suffix))
             raise InputError(f"{path}: no reader for files ending in {suffix!r} (known: {known})") from None
 

@@ -19,6 +19,8 @@ from lipoframe.stages import Filter
 
 
 def _measure(picks: pd.DataFrame, mic: Micrograph, ctx: PickContext) -> tuple[dict, float, float]:
+    if mic.image.ndim != 2:
+        raise ValueError("the contamination and carbon_edge filters work on 2D micrographs; for volumes use +experiment=tomo")
     factor = pow2_floor(ctx.dmin_px / 2.0 / 8.0)
     img = mic.signal(factor)
     m = neighbourhood_measures(

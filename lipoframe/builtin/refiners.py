@@ -60,6 +60,8 @@ class RadialProfileRefiner(Refiner):
             for c in ("diameter_detector_px", "refine_shift_px", "edge_contrast", "edge_coverage", "quality"):
                 out[c] = pd.Series(dtype=float)
             return out
+        if mic.image.ndim != 2:
+            raise ValueError("refiner radial_profile works on 2D micrographs; for volumes use refiner=radial_profile_3d (or +experiment=tomo)")
         p = self.params
         factor = pow2_floor(ctx.dmin_px / 2.0 / p.min_radius_binned)
         img = mic.signal(factor)
