@@ -153,7 +153,7 @@ def accuracy_side_by_side(suite: Path, repeat: int) -> dict:
         lf_eval = evaluate(result.picks, truth).summary
     # blob_log: try thresholds, keep the best F1 (hindsight, favours the baseline).
     best = None
-    for thr in (0.02, 0.05, 0.1, 0.2, 0.3):
+    for thr in (0.05, 0.1, 0.2, 0.3, 0.5, 0.8):
         picks, seconds = [], 0.0
         for name, (img, px) in images.items():
             t0 = time.perf_counter()
@@ -238,7 +238,9 @@ def main(argv=None) -> int:
 
         write_suite(args.suite, preset="suite", seed=0)
         side = accuracy_side_by_side(Path(args.suite), args.repeat)
-        side["speed_ratio_blob_log_over_lipoframe"] = side["blob_log_bin8"]["seconds_per_mic"] / report["per_micrograph_4096"]["edge"]["end_to_end_s"]
+        ours = report["per_micrograph_4096"]["edge"]
+        side["speed_ratio_blob_log_over_lipoframe"] = side["blob_log_bin8"]["seconds_per_mic"] / ours["end_to_end_s"]
+        side["speed_ratio_detection_only"] = side["blob_log_bin8"]["seconds_per_mic"] / ours["detect_s"]
         report["vs_blob_log"] = side
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "speed.json").write_text(json.dumps(report, indent=2))
@@ -274,7 +276,8 @@ def render_markdown(r: dict) -> str:
         lf, bl = v["lipoframe"], v["blob_log_bin8"]
         lines.append(f"| lipoframe (defaults, end to end incl. read/write) | {lf['seconds_per_mic_end_to_end']:.3f} | {lf['precision']:.3f} | {lf['recall']:.3f} | {lf['f1']:.3f} |")
         lines.append(f"| blob_log bin 8 (best threshold {bl['threshold']}, detection only) | {bl['seconds_per_mic']:.3f} | {bl['precision']:.3f} | {bl['recall']:.3f} | {bl['f1']:.3f} |")
-        lines.append(f"\nblob_log time / lipoframe 4096² end-to-end time: **{v['speed_ratio_blob_log_over_lipoframe']:.2f}x**\n")
+        lines.append(f"\nblob_log (binning + detection) / lipoframe end to end (read, bin, detect, NMS, refine, filters, write): **{v['speed_ratio_blob_log_over_lipoframe']:.2f}x**; "
+                     f"/ lipoframe detection alone (read, bin, detect): **{v.get('speed_ratio_detection_only', float('nan')):.2f}x** (4096² micrograph of the timing table).\n")
     return "\n".join(lines)
 
 

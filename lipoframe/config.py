@@ -36,7 +36,6 @@ class RunnerConfig:
         (unchanged) input file and the same lipoframe version are complete;
         false redoes everything.
     verbose: print tracebacks for failed micrographs.
-    fft_threads: threads per worker for FFTs.
     report: write report.html and overlays at the end.
     """
 
@@ -44,14 +43,11 @@ class RunnerConfig:
     progress: bool = True
     resume: bool = True
     verbose: bool = False
-    fft_threads: int = 1
     report: bool = True
 
     def __post_init__(self) -> None:
         if self.workers < 0:
             raise ConfigError(f"runner.workers must be >= 0 (0 = all cores), got {self.workers}")
-        if self.fft_threads < 1:
-            raise ConfigError(f"runner.fft_threads must be >= 1, got {self.fft_threads}")
 
 
 @dataclass

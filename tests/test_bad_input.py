@@ -72,6 +72,7 @@ def test_each_bad_file_gets_one_line_and_no_traceback(bad_run):
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     assert "Warning" not in proc.stderr
+    assert "mic/s" not in proc.stderr  # no progress bar when stderr is not a terminal
     lines = proc.stderr.splitlines()
     for name, words in EXPECTED.items():
         hits = [ln for ln in lines if f"bad/{name}:" in ln and "results are named" not in ln]

@@ -37,6 +37,7 @@ def test_watch_picks_files_as_they_arrive_and_stops_on_the_stop_file(tmp_path):
     out = tmp_path / "out"
     stop = out / "STOP"
     poll = 0.25
+    seen = {}
 
     def microscope():
         time.sleep(2 * poll)
@@ -45,6 +46,11 @@ def test_watch_picks_files_as_they_arrive_and_stops_on_the_stop_file(tmp_path):
             # read half-written once, and must then be picked again when complete
             _slow_copy(src, watched / src.name, pause=0.05 if i < 3 else 4 * poll)
             time.sleep(poll)
+        # with update_every=2 the plan is written while watching, before any stop
+        deadline = time.monotonic() + 60
+        while not (out / "extraction_plan.json").exists() and time.monotonic() < deadline:
+            time.sleep(poll)
+        seen["plan_before_stop"] = (out / "extraction_plan.json").exists()
         stop.parent.mkdir(parents=True, exist_ok=True)
         stop.touch()
 
@@ -58,6 +64,7 @@ def test_watch_picks_files_as_they_arrive_and_stops_on_the_stop_file(tmp_path):
         result = run_pipeline(cfg, out)
     finally:
         writer.join()
+    assert seen["plan_before_stop"]
     summary = json.loads((out / "run_summary.json").read_text())
     assert summary["micrographs"]["ok"] + summary["micrographs"]["skipped"] == 4
     assert summary["micrographs"]["failed"] == 0, summary["failures"]
