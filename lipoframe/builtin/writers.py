@@ -322,7 +322,28 @@ class StarWriter(Writer):
             mic_names.append(p.micrograph_name.format(**fields))
             coord_files.append(_project_path(path, p.project_dir))
         written.append(write_text(safe_child(folder, relion_io.LIST_FILE), relion_io.coordinate_list_star(mic_names, coord_files)))
+        if "z" in view.columns:
+            written += self._write_tomo(view, metas, folder)
         return written
+
+    def _write_tomo(self, view, metas, folder: Path) -> list[Path]:
+        """RELION 5 tomography table: rlnTomoName + centred coordinates in Å."""
+        names = view["micrograph"].to_numpy()
+        missing = sorted({n for n in names if not (metas[n].pixel_size and len(metas[n].shape) == 3)})
+        if missing:
+            log.warning("star: no RELION 5 tomography table (%s): volumes without a pixel size: %s",
+                        relion_io.TOMO_PARTICLES_FILE, ", ".join(missing))
+            return []
+        tomo = [metas[n].name for n in names]
+        text = relion_io.tomo_particles_star(
+            tomo, view["x"], view["y"], view["z"],
+            shapes=[metas[n].shape for n in names],
+            pixel_sizes=[metas[n].pixel_size for n in names],
+            class_number=view["size_bin"].to_numpy() + 1,
+            fom=view["score"],
+            diameter_px=view["diameter_px"],
+        )
+        return [write_text(safe_child(folder, relion_io.TOMO_PARTICLES_FILE), text)]
 
 
 # ---------------------------------------------------------------------------

@@ -232,3 +232,43 @@ def _check(size_bin: SizeBin, pixel_size: float | None) -> None:
         raise ValueError(f"size_bin.box_px_extract must be even and >= 2 for RELION, got {size_bin.box_px_extract}")
     if pixel_size is not None and not pixel_size > 0:
         raise ValueError(f"pixel_size must be > 0 or None, got {pixel_size}")
+
+
+#: File (below ``relion/`` or a bin's folder) with RELION 5 tomography-style picks.
+TOMO_PARTICLES_FILE = "tomo_particles.star"
+
+
+def tomo_particles_star(tomo_names, x, y, z, *, shapes, pixel_sizes, class_number, fom, diameter_px=None) -> str:
+    """RELION 5 tomography particle table (``data_particles``).
+
+    RELION 5 gives tomogram picks as ``rlnTomoName`` plus
+    ``rlnCenteredCoordinate{X,Y,Z}Angst``: positions in Å from the centre of
+    the tomogram, taken here as pixel ``size / 2`` along each axis (the
+    centre of RELION's centred, Xmipp-origin indexing,
+    ``FIRST_XMIPP_INDEX(size) = -size / 2``).
+
+    Parameters
+    ----------
+    tomo_names : (N,) sequence of str
+    x, y, z : (N,) array_like
+        Coordinates in RELION's frame (0-based voxel centres).
+    shapes : (N, 3) array_like
+        ``(nz, ny, nx)`` of each pick's tomogram.
+    pixel_sizes : (N,) array_like
+        Å/voxel of each pick's tomogram.
+    class_number, fom, diameter_px
+        As in :func:`coordinate_star`.
+    """
+    shapes = np.asarray(shapes, dtype=float).reshape(-1, 3)
+    px = np.asarray(pixel_sizes, dtype=float)
+    cols = [
+        ("rlnTomoName", np.asarray(tomo_names, dtype=object), "%s"),
+        ("rlnCenteredCoordinateXAngst", (np.asarray(x, float) - shapes[:, 2] / 2) * px, "%.3f"),
+        ("rlnCenteredCoordinateYAngst", (np.asarray(y, float) - shapes[:, 1] / 2) * px, "%.3f"),
+        ("rlnCenteredCoordinateZAngst", (np.asarray(z, float) - shapes[:, 0] / 2) * px, "%.3f"),
+        ("rlnClassNumber", np.asarray(class_number, dtype=np.int64), "%d"),
+        ("rlnAutopickFigureOfMerit", np.asarray(fom, dtype=float), "%.6f"),
+    ]
+    if diameter_px is not None:
+        cols.append((DIAMETER_LABEL, np.asarray(diameter_px, dtype=float), "%.2f"))
+    return star_text(loop_block("particles", cols))
