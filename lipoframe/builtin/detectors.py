@@ -92,8 +92,15 @@ class _BlobDetector(Detector):
         p = self.params
         if mic.image.ndim == 3:
             return self._detect_3d(mic, ctx)
-        blobs = detect_blobs(
-            None,
+        blobs = detect_blobs(None, edge_width=getattr(p, "edge_width", 0.12), **self._search(mic, ctx))
+        df = pd.DataFrame({c: blobs[c] for c in schema.DETECTOR_COLUMNS})
+        df["response"] = blobs["response"]
+        return df
+
+    def _search(self, mic: Micrograph, ctx: PickContext) -> dict:
+        """Keyword arguments shared by the 2D and 3D scale-space searches."""
+        p = self.params
+        return dict(
             dmin_px=ctx.dmin_px * (1 - p.range_margin),
             dmax_px=ctx.dmax_px * (1 + p.range_margin),
             method=self.method,
@@ -103,12 +110,8 @@ class _BlobDetector(Detector):
             min_sigma_binned=p.min_sigma_binned,
             octave_span=p.octave_span,
             exclude_border_px=p.exclude_border * ctx.dmin_px,
-            edge_width=getattr(p, "edge_width", 0.12),
             binned=mic.signal,
         )
-        df = pd.DataFrame({c: blobs[c] for c in schema.DETECTOR_COLUMNS})
-        df["response"] = blobs["response"]
-        return df
 
     def _detect_3d(self, mic: Micrograph, ctx: PickContext) -> pd.DataFrame:
         # Tomograms: maxima in (scale, z, y, x); see lipoframe.algorithms.scale_space3d.
@@ -116,20 +119,7 @@ class _BlobDetector(Detector):
 
         if self.method not in ("dog", "log"):
             raise ValueError(f"detector {self.name!r} works on 2D micrographs only; use detector=dog or log for tomograms")
-        p = self.params
-        blobs = detect_blobs_3d(
-            None,
-            dmin_px=ctx.dmin_px,
-            dmax_px=ctx.dmax_px,
-            method=self.method,
-            k=p.k,
-            threshold_method=p.threshold_method,
-            threshold=p.threshold,
-            min_sigma_binned=p.min_sigma_binned,
-            octave_span=p.octave_span,
-            exclude_border_px=p.exclude_border * ctx.dmin_px,
-            binned=mic.signal,
-        )
+        blobs = detect_blobs_3d(None, **self._search(mic, ctx))
         df = pd.DataFrame({c: blobs[c] for c in schema.DETECTOR_COLUMNS})
         df[schema.Z] = blobs[schema.Z]
         df["response"] = blobs["response"]
