@@ -224,3 +224,28 @@ def test_refine_circles_flags_background():
 def test_refine_circles_validates():
     with pytest.raises(ValueError, match="search"):
         refine_circles(np.zeros((10, 10)), np.zeros(1), np.zeros(1), np.ones(1), search=1.5)
+
+
+def test_blocked_directions_point_at_touching_neighbours():
+    from lipoframe.algorithms.radial import blocked_directions
+
+    theta = np.linspace(0, 2 * np.pi, 8, endpoint=False)  # 0 = +col, pi/2 = +row
+    centres = np.array([[100.0, 100.0], [100.0, 140.0], [300.0, 300.0]])  # (row, col)
+    radii = np.array([20.0, 20.0, 20.0])
+    blocked = blocked_directions(centres, radii, theta)
+    assert blocked[0, 0] and not blocked[0, 4]  # first circle: neighbour on its +col side
+    assert blocked[1, 4] and not blocked[1, 0]  # second: neighbour on its -col side
+    assert not blocked[2].any()  # isolated
+
+
+def test_edge_quality_ignores_blocked_directions():
+    from lipoframe.algorithms.radial import edge_quality
+
+    step = np.ones((1, 8))
+    step[0, :2] = -3.0  # a neighbour darkens two directions
+    c_all, cov_all = edge_quality(step)
+    valid = np.ones((1, 8), bool)
+    valid[0, :2] = False
+    c_vis, cov_vis = edge_quality(step + np.linspace(0, 0.1, 8), valid)
+    assert cov_all[0] == pytest.approx(0.75) and cov_vis[0] == pytest.approx(1.0)
+    assert c_vis[0] > c_all[0]

@@ -215,13 +215,8 @@ def refine_circles(
     outer_ang = _masked_mean(samples, outer)
     step_ang = inner_ang - outer_ang  # (K, A)
     step = np.median(step_ang, axis=1)
-    # Edge SNR: how consistently the inside is brighter than the outside around
-    # the circle (a t-statistic over directions; neighbouring directions are
-    # correlated, so only every second one counts as independent).
+    contrast, coverage = edge_quality(step_ang)
     mean_step = step_ang.mean(axis=1)
-    sd_step = step_ang.std(axis=1) + 1e-12 * (np.abs(mean_step) + 1e-12)
-    contrast = mean_step / sd_step * np.sqrt(step_ang.shape[1] / 2.0)
-    coverage = np.mean(step_ang > 0, axis=1)
     # Sharpness: width of the edge = step height / steepest slope (pixels of
     # ``image``). Particles have sharp edges; blobs of ice texture soft ones.
     k_idx = np.arange(k)
@@ -238,9 +233,86 @@ def refine_circles(
         "edge_found": edge_found,
         "edge_width": edge_width,
         "edge_step": step,
+        "step_per_direction": step_ang,
+        "theta": theta,
         "roundness": resid_rms / np.maximum(radius, 1e-12),
         "shift": shift,
     }
+
+
+def edge_quality(step_per_direction: np.ndarray, valid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Edge SNR and coverage from the brightness step across the edge in each direction.
+
+    Parameters
+    ----------
+    step_per_direction : (K, A) ndarray
+        Inside-minus-outside brightness just across the edge, per direction.
+    valid : (K, A) ndarray of bool, optional
+        Directions to use (e.g. not blocked by a touching neighbour).
+
+    Returns
+    -------
+    contrast : (K,) ndarray
+        Mean step over its standard deviation across the valid directions,
+        scaled by ``sqrt(A / 2)`` for all ``A`` directions (a t-statistic for
+        the whole circle; neighbouring directions are correlated, so only
+        every second one counts as independent). Leaving blocked directions
+        out thus measures how consistent the visible edge is without
+        penalising a pick for its neighbours.
+    coverage : (K,) ndarray
+        Fraction of valid directions in which the inside is brighter.
+    """
+    step = np.asarray(step_per_direction, dtype=float)
+    valid = np.ones(step.shape, dtype=bool) if valid is None else np.asarray(valid, dtype=bool)
+    n = np.maximum(valid.sum(axis=1), 1)
+    mean = np.where(valid, step, 0.0).sum(axis=1) / n
+    var = np.where(valid, (step - mean[:, None]) ** 2, 0.0).sum(axis=1) / n
+    sd = np.sqrt(var) + 1e-12 * (np.abs(mean) + 1e-12)
+    contrast = mean / sd * np.sqrt(step.shape[1] / 2.0)
+    coverage = np.where(valid, step > 0, False).sum(axis=1) / n
+    return contrast, coverage
+
+
+def blocked_directions(
+    centres: np.ndarray, radii: np.ndarray, theta: np.ndarray, *, reach: float = 1.15
+) -> np.ndarray:
+    """Directions of each circle that point into a touching or overlapping neighbour.
+
+    Parameters
+    ----------
+    centres : (K, 2) ndarray
+        (row, col) centres.
+    radii : (K,) ndarray
+    theta : (A,) ndarray
+        Directions (radians, measured from the column axis towards rows).
+    reach : float
+        Neighbours whose centre is closer than ``reach * (r_i + r_j)`` count.
+
+    Returns
+    -------
+    blocked : (K, A) ndarray of bool
+        Direction ``a`` of circle ``i`` is blocked when it points within the
+        angular half-width ``arcsin(min(1, r_j / d_ij))`` of neighbour ``j``.
+    """
+    from scipy.spatial import cKDTree
+
+    centres = np.asarray(centres, dtype=float).reshape(-1, 2)
+    radii = np.asarray(radii, dtype=float)
+    k = len(centres)
+    blocked = np.zeros((k, len(theta)), dtype=bool)
+    if k < 2:
+        return blocked
+    tree = cKDTree(centres)
+    for i, j in tree.query_pairs(reach * 2.0 * float(radii.max())):
+        for a, b in ((i, j), (j, i)):
+            d = np.hypot(*(centres[b] - centres[a]))
+            if d <= 0 or d > reach * (radii[a] + radii[b]):
+                continue
+            phi = np.arctan2(centres[b][0] - centres[a][0], centres[b][1] - centres[a][1])
+            half = np.arcsin(min(1.0, radii[b] / d))
+            diff = np.angle(np.exp(1j * (theta - phi)))
+            blocked[a] |= np.abs(diff) <= half
+    return blocked
 
 
 def _masked_mean(samples: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -10,7 +10,7 @@ import pandas as pd
 
 from lipoframe import schema
 from lipoframe.algorithms.pyramid import pow2_floor, to_binned, to_full_resolution
-from lipoframe.algorithms.radial import refine_circles
+from lipoframe.algorithms.radial import blocked_directions, edge_quality, refine_circles
 from lipoframe.hookspecs import hookimpl
 from lipoframe.records import Micrograph, PickContext
 from lipoframe.stages import Refiner
@@ -30,6 +30,8 @@ class RadialProfileParams:
         (reason ``no_edge``).
     min_coverage: picks whose edge is present on fewer than this fraction of
         directions are rejected (reason ``no_edge``).
+    ignore_neighbours: judge the edge only on the directions that do not
+        point into a touching neighbouring pick (crowded fields).
     """
 
     search: float = 0.25
@@ -37,6 +39,7 @@ class RadialProfileParams:
     min_radius_binned: float = 16.0
     min_contrast: float = 3.5
     min_coverage: float = 0.7
+    ignore_neighbours: bool = True
 
     def __post_init__(self) -> None:
         if not 0 < self.search < 1:
@@ -78,8 +81,18 @@ class RadialProfileRefiner(Refiner):
         out[schema.Y] = np.clip(to_full_resolution(res["row"], factor), 0, mic.shape[-2] - 1)
         out[schema.DIAMETER] = res["diameter"] * factor
         out["refine_shift_px"] = res["shift"] * factor
-        out["edge_contrast"] = res["edge_contrast"]
-        out["edge_coverage"] = res["edge_coverage"]
+        contrast, coverage = res["edge_contrast"], res["edge_coverage"]
+        if p.ignore_neighbours:
+            # In crowded fields a touching neighbour hides the edge on its side:
+            # judge the edge on the directions that do not point into one
+            # (when at least a third of them remain).
+            blocked = blocked_directions(np.c_[res["row"], res["col"]], res["diameter"] / 2.0, res["theta"])
+            valid = ~blocked
+            valid[valid.sum(axis=1) < blocked.shape[1] / 3] = True
+            contrast, coverage = edge_quality(res["step_per_direction"], valid)
+            out["edge_directions_used"] = valid.mean(axis=1)
+        out["edge_contrast"] = contrast
+        out["edge_coverage"] = coverage
         out["edge_width_px"] = res["edge_width"] * factor
         out["edge_roughness"] = res["roundness"]
         # Edge step against the micrograph's own spread at this binning: how
@@ -87,8 +100,8 @@ class RadialProfileRefiner(Refiner):
         sub = img[::2, ::2]
         spread = 1.4826 * float(np.median(np.abs(sub - np.median(sub)))) or 1e-12
         out["edge_step_snr"] = res["edge_step"] / spread
-        out["quality"] = np.clip(res["edge_contrast"], 0, None) * res["edge_coverage"]
-        bad = ~res["edge_found"] | (res["edge_contrast"] < p.min_contrast) | (res["edge_coverage"] < p.min_coverage)
+        out["quality"] = np.clip(contrast, 0, None) * coverage
+        bad = ~res["edge_found"] | (contrast < p.min_contrast) | (coverage < p.min_coverage)
         return schema.reject(out, bad, "no_edge")
 
 
