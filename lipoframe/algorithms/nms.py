@@ -49,9 +49,7 @@ def size_aware_nms(
     """
     if beta <= 0:
         raise ValueError(f"beta must be > 0, got {beta}")
-    xy = np.asarray(xy, dtype=float)
-    # (K, D) centres: 2D picks or (x, y, z) in tomograms; a flat array is read as 2D.
-    xy = xy.reshape(-1, 2) if xy.ndim != 2 else xy
+    xy = _points(xy)
     radius = np.asarray(radius, dtype=float)
     score = np.asarray(score, dtype=float)
     n = len(xy)
@@ -71,16 +69,18 @@ def size_aware_nms(
         if symmetric and any(keep[j] for j in own[i]):
             continue
         if max_containment < 1:
-            near = [j for j in tree.query_ball_point(xy[i], radius[i] + rmax) if keep[j]]
-            if near:
-                near = np.asarray(near)
-                d = np.linalg.norm(xy[near] - xy[i], axis=1)
-                inter = circle_overlap(radius[i], radius[near], d)
-                if np.any(inter > max_containment * np.pi * np.minimum(radius[i], radius[near]) ** 2):
-                    continue
+            _, containment = _overlap_with_kept(i, xy, radius, keep, tree, rmax)
+            if np.any(containment > max_containment):
+                continue
         keep[i] = True
         suppressed[tree.query_ball_point(xy[i], beta * radius[i])] = True
     return keep
+
+
+def _points(xy) -> np.ndarray:
+    """(K, D) float centres: 2D picks or (x, y, z) in tomograms; a flat array is read as 2D."""
+    xy = np.asarray(xy, dtype=float)
+    return xy.reshape(-1, 2) if xy.ndim != 2 else xy
 
 
 def circle_overlap(r1: np.ndarray, r2: np.ndarray, d: np.ndarray) -> np.ndarray:
@@ -130,8 +130,7 @@ def overlap_nms(
         raise ValueError(f"max_iou must be in (0, 1], got {max_iou}")
     if not 0 < max_containment <= 1:
         raise ValueError(f"max_containment must be in (0, 1], got {max_containment}")
-    xy = np.asarray(xy, dtype=float)
-    xy = xy.reshape(len(xy), -1) if xy.size else xy.reshape(0, 2)
+    xy = _points(xy)
     radius = np.asarray(radius, dtype=float)
     n = len(xy)
     keep = np.zeros(n, dtype=bool)
@@ -140,22 +139,22 @@ def overlap_nms(
     tree = cKDTree(xy)
     order = np.argsort(-np.asarray(score, dtype=float), kind="stable")
     rmax = float(radius.max())
-    accepted: list[int] = []
     for i in order:
-        neigh = [j for j in tree.query_ball_point(xy[i], radius[i] + rmax) if keep[j]]
-        if neigh:
-            neigh = np.asarray(neigh)
-            d = np.linalg.norm(xy[neigh] - xy[i], axis=1)
-            inter = circle_overlap(radius[i], radius[neigh], d)
-            a_i = np.pi * radius[i] ** 2
-            a_j = np.pi * radius[neigh] ** 2
-            iou = inter / (a_i + a_j - inter)
-            cont = inter / np.minimum(a_i, a_j)
-            if np.any(iou > max_iou) or np.any(cont > max_containment):
-                continue
+        iou, containment = _overlap_with_kept(i, xy, radius, keep, tree, rmax)
+        if np.any(iou > max_iou) or np.any(containment > max_containment):
+            continue
         keep[i] = True
-        accepted.append(i)
     return keep
+
+
+def _overlap_with_kept(i, xy, radius, keep, tree, rmax) -> tuple[np.ndarray, np.ndarray]:
+    """IoU and containment (intersection / smaller area) of circle ``i`` with every kept circle it touches."""
+    near = np.asarray([j for j in tree.query_ball_point(xy[i], radius[i] + rmax) if keep[j]], dtype=np.intp)
+    if len(near) == 0:
+        return np.empty(0), np.empty(0)
+    inter = circle_overlap(radius[i], radius[near], np.linalg.norm(xy[near] - xy[i], axis=1))
+    a_i, a_j = np.pi * radius[i] ** 2, np.pi * radius[near] ** 2
+    return inter / (a_i + a_j - inter), inter / np.minimum(a_i, a_j)
 
 
 def contained_mask(
@@ -175,8 +174,7 @@ def contained_mask(
     -------
     inside : (K,) ndarray of bool
     """
-    xy = np.asarray(xy, dtype=float)
-    xy = xy.reshape(len(xy), -1) if xy.size else xy.reshape(0, 2)
+    xy = _points(xy)
     radius = np.asarray(radius, dtype=float)
     n = len(xy)
     inside = np.zeros(n, dtype=bool)

@@ -156,7 +156,12 @@ def refine_circles(
     k = len(rows)
     empty = np.empty(0)
     if k == 0:
-        return {n: empty.copy() for n in ("row", "col", "diameter", "edge_contrast", "edge_coverage", "shift")} | {"edge_found": np.empty(0, bool)}
+        names = ("row", "col", "diameter", "edge_contrast", "edge_coverage", "edge_width", "edge_step", "roundness", "shift")
+        return {n: empty.copy() for n in names} | {
+            "edge_found": np.empty(0, bool),
+            "step_per_direction": np.empty((0, n_angles)),
+            "theta": np.linspace(0, 2 * np.pi, n_angles, endpoint=False),
+        }
     row_init, col_init = rows.copy(), cols.copy()
     radius = r0.copy()
     # Only the ring around the searched edge is sampled (the quality bands

@@ -351,6 +351,22 @@ def quadratic_offsets(responses: np.ndarray, s: np.ndarray, r: np.ndarray, c: np
     return out
 
 
+def check_search(*, dmin_px: float, dmax_px: float, threshold_method: str, threshold: float) -> None:
+    """Validate the arguments shared by the 2D and 3D scale-space searches.
+
+    Raises
+    ------
+    ValueError
+        Naming the bad argument.
+    """
+    if not (dmin_px > 0 and dmax_px > dmin_px):
+        raise ValueError(f"need 0 < dmin_px < dmax_px, got dmin_px={dmin_px}, dmax_px={dmax_px}")
+    if threshold_method not in ("mad", "percentile", "absolute"):
+        raise ValueError(f"threshold_method must be 'mad', 'percentile' or 'absolute', got {threshold_method!r}")
+    if threshold_method == "percentile" and not 0 <= threshold <= 100:
+        raise ValueError(f"threshold must be in [0, 100] for percentile, got {threshold}")
+
+
 def detect_blobs(
     image: np.ndarray | None,
     *,
@@ -417,12 +433,7 @@ def detect_blobs(
     """
     from lipoframe.algorithms.pyramid import block_mean, to_full_resolution
 
-    if not (dmin_px > 0 and dmax_px > dmin_px):
-        raise ValueError(f"need 0 < dmin_px < dmax_px, got dmin_px={dmin_px}, dmax_px={dmax_px}")
-    if threshold_method not in ("mad", "percentile", "absolute"):
-        raise ValueError(f"threshold_method must be 'mad', 'percentile' or 'absolute', got {threshold_method!r}")
-    if threshold_method == "percentile" and not 0 <= threshold <= 100:
-        raise ValueError(f"threshold must be in [0, 100] for percentile, got {threshold}")
+    check_search(dmin_px=dmin_px, dmax_px=dmax_px, threshold_method=threshold_method, threshold=threshold)
     if binned is None:
         if image is None:
             raise ValueError("image must be given when binned is None")

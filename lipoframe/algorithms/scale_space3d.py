@@ -26,7 +26,7 @@ import numpy as np
 from scipy import fft as sfft
 from scipy import ndimage as ndi
 
-from lipoframe.algorithms.scale_space import plan_levels
+from lipoframe.algorithms.scale_space import check_search, plan_levels
 
 #: diameter = DIAMETER_PER_SIGMA_3D * sigma for a uniform ball at the LoG peak.
 DIAMETER_PER_SIGMA_3D = 2.0 * math.sqrt(3.0)
@@ -183,14 +183,9 @@ def detect_blobs_3d(
     """
     from lipoframe.algorithms.pyramid import block_mean, to_full_resolution
 
-    if not (dmin_px > 0 and dmax_px > dmin_px):
-        raise ValueError(f"need 0 < dmin_px < dmax_px, got dmin_px={dmin_px}, dmax_px={dmax_px}")
+    check_search(dmin_px=dmin_px, dmax_px=dmax_px, threshold_method=threshold_method, threshold=threshold)
     if method not in ("dog", "log"):
         raise ValueError(f"method must be 'dog' or 'log', got {method!r}")
-    if threshold_method not in ("mad", "percentile", "absolute"):
-        raise ValueError(f"threshold_method must be 'mad', 'percentile' or 'absolute', got {threshold_method!r}")
-    if threshold_method == "percentile" and not 0 <= threshold <= 100:
-        raise ValueError(f"threshold must be in [0, 100] for percentile, got {threshold}")
     if binned is None:
         if volume is None:
             raise ValueError("volume must be given when binned is None")

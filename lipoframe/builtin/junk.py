@@ -101,7 +101,7 @@ class CarbonEdgeFilter(Filter):
         out = schema.with_acceptance(picks)
         if len(out) == 0:
             return out
-        m, _, spread = _measure(out, mic, ctx)
+        m, _, _ = _measure(out, mic, ctx)
         contrast = np.maximum(m["inside"] - m["outside"], 1e-12)
         ratio = m["asymmetry"] / contrast
         out["background_asymmetry"] = ratio
