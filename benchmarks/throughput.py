@@ -183,6 +183,11 @@ def main(argv=None) -> int:
             f"{r['peak_rss_mb_per_worker']:>19.0f}  {r['parent_rss_mb_at_start']:>14.0f}"
         )
     print("mic/s: whole run; picking mic/s: the per-micrograph phase only; dataset s: binning, writers, plan files")
+    one = next((r for r in rows if r["workers"] == 1), None)
+    for r in rows:
+        if one is not None and r["workers"] > 1:
+            print(f"{r['workers']} workers vs 1: whole run {r['micrographs_per_s'] / one['micrographs_per_s']:.2f}x, "
+                  f"picking phase {r['picking_micrographs_per_s'] / one['picking_micrographs_per_s']:.2f}x")
     print(f"memory allocated while picking one micrograph: peak {mem['traced_peak_mb']} MiB = {mem['copies']} x the "
           f"{mem['image_mb']} MiB image (tracemalloc; the memory-mapped file itself is not counted)")
     if args.json:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import io
 import json
 import logging
 import math
@@ -328,14 +329,20 @@ def load_work(
             return None
         if version is not None and info.get("lipoframe") != version:
             return None
-        picks = pd.read_csv(csv_path, keep_default_na=False, na_values=[""], dtype={schema.MICROGRAPH: str, schema.REASON: str})
+        picks = _read_work_csv(csv_path)
         if len(picks) != int(info["n_picks"]):
             return None
-        picks[schema.REASON] = picks[schema.REASON].fillna("").astype(object)
-        picks[schema.MICROGRAPH] = picks[schema.MICROGRAPH].astype(object)
         return MicrographMeta.from_dict(info["meta"]), picks
     except (OSError, ValueError, KeyError, TypeError, pd.errors.ParserError):
         return None
+
+
+def _read_work_csv(source) -> pd.DataFrame:
+    """Parse a per-micrograph table written by :func:`save_work` (a path or a text buffer)."""
+    picks = pd.read_csv(source, keep_default_na=False, na_values=[""], dtype={schema.MICROGRAPH: str, schema.REASON: str})
+    picks[schema.REASON] = picks[schema.REASON].fillna("").astype(object)
+    picks[schema.MICROGRAPH] = picks[schema.MICROGRAPH].astype(object)
+    return picks
 
 
 def save_work(
@@ -430,12 +437,41 @@ def _start_method() -> str:
     return "forkserver" if "forkserver" in methods else "spawn"
 
 
+#: Modules the dataset-level stage imports after picking (matplotlib alone
+#: takes ~0.3 s). While worker processes pick, the parent process is idle: it
+#: imports them then, in a background thread (see :func:`execute_jobs`).
+DATASET_MODULES = ("matplotlib.figure", "matplotlib.backends.backend_agg", "lipoframe.planfiles")
+
+
+def _import_in_background(names: tuple[str, ...]):
+    """Start a daemon thread that imports ``names``; returns it (join before importing them elsewhere).
+
+    Errors are ignored here: the stage that needs a module imports it again
+    and reports the error there.
+    """
+    import importlib
+    import threading
+
+    def run() -> None:
+        for name in names:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 - reported by the real import later
+                pass
+
+    thread = threading.Thread(target=run, name="lipoframe-prefetch", daemon=True)
+    thread.start()
+    return thread
+
+
 def execute_jobs(
     jobs: list[MicJob],
     cfg: LipoframeConfig,
     stages: StageSet,
     workers: int,
     on_result: Callable[[MicResult], None],
+    *,
+    prefetch: tuple[str, ...] = DATASET_MODULES,
 ) -> None:
     """Run ``jobs`` in ``workers`` processes, calling ``on_result`` in this process as each ends.
 
@@ -445,6 +481,12 @@ def execute_jobs(
     have been picking are retried one at a time in a fresh process, so only
     the culprit fails. On Ctrl-C the micrographs in progress are finished
     and reported, the rest are not started, and KeyboardInterrupt is re-raised.
+
+    With worker processes, this process imports the ``prefetch`` modules
+    (those the dataset-level stage will need) in a background thread while
+    the workers pick, once they have been started; it is joined before
+    returning. Picking in this process (``workers <= 1``) prefetches nothing:
+    the thread would compete with picking for the interpreter lock.
     """
     if workers <= 1 or len(jobs) <= 1:
         for job in jobs:
@@ -456,6 +498,7 @@ def execute_jobs(
 
     queue: deque[MicJob] = deque(jobs)
     suspects: deque[MicJob] = deque()
+    prefetching = None
     while queue or suspects:
         isolate = bool(suspects)
         source = suspects if isolate else queue
@@ -473,6 +516,10 @@ def execute_jobs(
                     except BrokenProcessPool:
                         source.appendleft(job)
                         break
+                if prefetching is None and prefetch and running:
+                    # The first submit has started the workers (forked them, with fork):
+                    # a thread in this process is safe from here on.
+                    prefetching = _import_in_background(prefetch)
                 if not running:
                     broken.append(source.popleft())
                     break
@@ -505,6 +552,8 @@ def execute_jobs(
             else:
                 log.warning("a worker process died; retrying the %d micrograph(s) it may have been picking one at a time", len(broken))
                 suspects.extend(broken)
+    if prefetching is not None:
+        prefetching.join()
 
 
 def _progress(total: int, enabled: bool, *, initial: int = 0):
@@ -641,7 +690,13 @@ def finalize_dataset(
 
 
 def collect_work(out_dir: Path, names: list[str]) -> tuple[pd.DataFrame, dict[str, MicrographMeta]]:
-    """Concatenate the saved per-micrograph tables (in ``names`` order)."""
+    """Concatenate the saved per-micrograph tables (in ``names`` order).
+
+    Results that are missing or incomplete are left out (see :func:`load_work`).
+    """
+    at_once = _collect_work_at_once(out_dir, names)
+    if at_once is not None:
+        return at_once
     tables, metas = [], {}
     for name in names:
         done = load_work(out_dir, name)
@@ -658,6 +713,45 @@ def collect_work(out_dir: Path, names: list[str]) -> tuple[pd.DataFrame, dict[st
         picks.insert(0, schema.MICROGRAPH, pd.Series(dtype=object))
         picks[schema.DIAMETER_A] = pd.Series(dtype=float)
     return picks, metas
+
+
+def _collect_work_at_once(out_dir: Path, names: list[str]) -> tuple[pd.DataFrame, dict[str, MicrographMeta]] | None:
+    """:func:`collect_work` with one CSV parse for all micrographs (pandas' fixed
+    cost per file dominates small tables), or None to take the file-by-file path.
+
+    The result is the same table: the files share one header and are joined
+    below it, so the same parser reads the same text with the same options,
+    and empty files add no rows. Any file that is missing, incomplete or not
+    plain (another header, quoted fields, a row count other than its JSON
+    says) sends the whole collection to the file-by-file path.
+    """
+    metas: dict[str, MicrographMeta] = {}
+    header, bodies, expected = None, [], 0
+    for name in names:
+        csv_path, json_path = _work_paths(out_dir, name)
+        try:
+            info = json.loads(json_path.read_text())
+            n_picks = int(info["n_picks"])
+            meta = MicrographMeta.from_dict(info["meta"])
+            text = csv_path.read_text()
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+        head, _, body = text.partition("\n")
+        if '"' in text or "\r" in text or (header is not None and head != header) or body.count("\n") != n_picks:
+            return None
+        if body and (not body.endswith("\n") or "\n\n" in body):
+            return None
+        header = head
+        bodies.append(body)
+        metas[name] = meta
+        expected += n_picks
+    if header is None:
+        return None
+    try:
+        picks = _read_work_csv(io.StringIO(header + "\n" + "".join(bodies)))
+    except (ValueError, TypeError, pd.errors.ParserError):
+        return None
+    return (picks, metas) if len(picks) == expected else None
 
 
 @dataclass

@@ -74,14 +74,16 @@ def validate_detections(df: pd.DataFrame, *, stage: str) -> pd.DataFrame:
 
 
 def with_acceptance(df: pd.DataFrame) -> pd.DataFrame:
-    """Return a copy of ``df`` that has ``accepted``/``reject_reason`` columns."""
+    """Return a copy of ``df`` that has ``accepted`` (bool) and ``reject_reason`` (object, no NaN) columns."""
     out = df.copy()
     if ACCEPTED not in out.columns:
-        out[ACCEPTED] = True
+        out[ACCEPTED] = np.ones(len(out), dtype=bool)
+    elif out[ACCEPTED].dtype != bool:
+        out[ACCEPTED] = out[ACCEPTED].astype(bool)
     if REASON not in out.columns:
-        out[REASON] = ""
-    out[ACCEPTED] = out[ACCEPTED].astype(bool)
-    out[REASON] = out[REASON].fillna("").astype(object)
+        out[REASON] = pd.Series(np.full(len(out), "", dtype=object), index=out.index, dtype=object)
+    elif out[REASON].dtype != object or out[REASON].isna().any():
+        out[REASON] = out[REASON].fillna("").astype(object)
     return out
 
 
@@ -91,7 +93,12 @@ def reject(df: pd.DataFrame, mask, reason: str) -> pd.DataFrame:
     The first reason that rejects a pick is kept; a pick is never dropped.
     """
     out = with_acceptance(df)
-    mask = np.asarray(mask, dtype=bool) & out[ACCEPTED].to_numpy()
-    out.loc[mask, ACCEPTED] = False
-    out.loc[mask, REASON] = reason
+    accepted = out[ACCEPTED].to_numpy(dtype=bool, copy=True)
+    mask = np.asarray(mask, dtype=bool) & accepted
+    if mask.any():
+        accepted[mask] = False
+        reasons = out[REASON].to_numpy(dtype=object, copy=True)
+        reasons[mask] = reason
+        out[ACCEPTED] = accepted
+        out[REASON] = pd.Series(reasons, index=out.index, dtype=object)
     return out

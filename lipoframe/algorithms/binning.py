@@ -19,10 +19,37 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
-from scipy.signal import find_peaks
 
 #: Scale factor that turns a MAD into a standard-deviation estimate (normal data).
 MAD_TO_SD = 1.4826
+
+
+def local_maxima(x) -> np.ndarray:
+    """Indices of the local maxima of a 1D array, as ``scipy.signal.find_peaks(x)[0]``.
+
+    A maximum is a sample whose neighbours on both sides are lower; on a flat
+    top the middle sample (rounded down) is returned, and the first and last
+    samples are never maxima. Written here so that lipoframe does not import
+    :mod:`scipy.signal` (with :mod:`scipy.stats`, ~0.4 s at start-up) for it.
+
+    Examples
+    --------
+    >>> local_maxima([0, 2, 1, 3, 3, 3, 0, 5])
+    array([1, 4])
+    """
+    x = np.asarray(x, dtype=float).ravel()
+    out = []
+    i, last = 1, len(x) - 1
+    while i < last:
+        if x[i - 1] < x[i]:
+            ahead = i + 1
+            while ahead < last and x[ahead] == x[i]:
+                ahead += 1
+            if x[ahead] < x[i]:
+                out.append((i + ahead - 1) // 2)
+                i = ahead
+        i += 1
+    return np.asarray(out, dtype=np.intp)
 
 
 def _as_1d(values, name: str = "values") -> np.ndarray:
@@ -225,7 +252,7 @@ def peak_valley_edges(
     if x.size == 0 or not s.max() > 0:
         return PeakValley(edges, counts, s, empty, empty, np.array([]), np.array([]))
     padded = np.r_[0.0, s, 0.0]
-    peaks = list(find_peaks(padded)[0] - 1)
+    peaks = list(local_maxima(padded) - 1)
     if not peaks:  # cannot happen with zero padding, but stay safe
         peaks = [int(np.argmax(s))]
 

@@ -49,32 +49,53 @@ def size_aware_nms(
     """
     if beta <= 0:
         raise ValueError(f"beta must be > 0, got {beta}")
+    if not 0 < max_containment <= 1:
+        raise ValueError(f"max_containment must be in (0, 1], got {max_containment}")
     xy = _points(xy)
     radius = np.asarray(radius, dtype=float)
     score = np.asarray(score, dtype=float)
     n = len(xy)
-    keep = np.zeros(n, dtype=bool)
     if n == 0:
-        return keep
-    tree = cKDTree(xy)
+        return np.zeros(0, dtype=bool)
     order = np.argsort(-score, kind="stable")
-    suppressed = np.zeros(n, dtype=bool)
-    own = tree.query_ball_point(xy, beta * radius) if symmetric else None
-    if not 0 < max_containment <= 1:
-        raise ValueError(f"max_containment must be in (0, 1], got {max_containment}")
+    rank = np.empty(n, dtype=np.intp)
+    rank[order] = np.arange(n)
+    # Every pair close enough to conflict, as (later, earlier) in visiting order.
     rmax = float(radius.max())
-    for i in order:
-        if suppressed[i]:
-            continue
-        if symmetric and any(keep[j] for j in own[i]):
-            continue
-        if max_containment < 1:
-            _, containment = _overlap_with_kept(i, xy, radius, keep, tree, rmax)
-            if np.any(containment > max_containment):
-                continue
-        keep[i] = True
-        suppressed[tree.query_ball_point(xy[i], beta * radius[i])] = True
-    return keep
+    reach = max(beta, 2.0 if max_containment < 1 else 0.0) * rmax
+    pairs = cKDTree(xy).query_pairs(reach, output_type="ndarray").reshape(-1, 2)
+    swap = rank[pairs[:, 0]] < rank[pairs[:, 1]]
+    later = np.where(swap, pairs[:, 1], pairs[:, 0])
+    earlier = np.where(swap, pairs[:, 0], pairs[:, 1])
+    diff = xy[later] - xy[earlier]
+    d2 = diff[:, 0] * diff[:, 0]
+    for axis in range(1, diff.shape[1]):
+        d2 += diff[:, axis] * diff[:, axis]
+    # The later one is rejected if the earlier one is kept and the later
+    # centre lies within beta * r of it (the seed rule), or (symmetric) the
+    # earlier centre within beta * r of the later one, or their circles
+    # overlap by more than max_containment of the smaller one.
+    conflict = d2 <= (beta * radius[earlier]) ** 2
+    if symmetric:
+        conflict |= d2 <= (beta * radius[later]) ** 2
+    if max_containment < 1:
+        touch = np.flatnonzero(~conflict & (d2 < (radius[later] + radius[earlier]) ** 2))
+        rl, re = radius[later[touch]], radius[earlier[touch]]
+        inter = circle_overlap(rl, re, np.sqrt(d2[touch]))
+        conflict[touch] = inter / np.minimum(np.pi * rl**2, np.pi * re**2) > max_containment
+    later, earlier = later[conflict], earlier[conflict]
+    # Greedy pass by decreasing score: a candidate without conflicts is kept;
+    # the others look up the earlier candidates they conflict with (plain
+    # Python lists: the look-ups are short).
+    if len(later) == 0:
+        return np.ones(n, dtype=bool)
+    by_later = np.argsort(later, kind="stable")
+    bounds = np.searchsorted(later[by_later], np.arange(n + 1)).tolist()
+    earlier = earlier[by_later].tolist()
+    kept = [True] * n
+    for i in order[np.diff(bounds)[order] > 0].tolist():
+        kept[i] = not any(kept[j] for j in earlier[bounds[i] : bounds[i + 1]])
+    return np.array(kept, dtype=bool)
 
 
 def _points(xy) -> np.ndarray:

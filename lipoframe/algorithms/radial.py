@@ -5,8 +5,9 @@ edge of the particle is where the angular mean of the profile falls most
 steeply (particles bright, so the outer edge is the strongest *negative*
 radial gradient) inside a window around the detector's radius. A circle fitted
 to the per-angle edge positions recentres the pick; repeating this converges
-in two or three rounds. Everything is vectorised over picks: one
-``map_coordinates`` call per round samples all of them.
+in two or three rounds. Everything is vectorised over picks: one bilinear
+sampling per round covers all of them (the search window for the mean
+profile, then only the radii around each pick's edge that it did not cover).
 
 References
 ----------
@@ -17,6 +18,8 @@ References
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -58,42 +61,107 @@ def polar_samples(
     """
     theta = np.linspace(0, 2 * np.pi, n_angles, endpoint=False)
     rho = np.linspace(rho_min, rho_max, n_radii)
+    return sample_polar_grid(image, rows, cols, radii, theta, rho), theta, rho
+
+
+def sample_polar_grid(
+    image: np.ndarray, rows: np.ndarray, cols: np.ndarray, radii: np.ndarray, theta: np.ndarray, rho: np.ndarray
+) -> np.ndarray:
+    """Bilinear samples of ``image`` at ``centre + rho * radius * (sin theta, cos theta)``.
+
+    The grid of :func:`polar_samples` with explicit angles and radial
+    positions (e.g. a subrange of its ``rho``).
+
+    Parameters
+    ----------
+    image : (M, N) ndarray
+    rows, cols, radii : (K,) ndarrays
+        Centres and radii in pixels of ``image``.
+    theta : (A,) ndarray
+        Angles in radians (from the column axis towards rows).
+    rho : (R,) or (K, R) ndarray
+        Radial positions in units of each radius (or of each centre's own).
+
+    Returns
+    -------
+    samples : (K, A, R) ndarray of float32
+    """
     # float32 grids: half the memory traffic of float64, ample precision for pixels.
-    r = np.asarray(radii, np.float32)[:, None, None] * rho.astype(np.float32)[None, None, :]
-    yy = np.asarray(rows, np.float32)[:, None, None] + r * np.sin(theta).astype(np.float32)[None, :, None]
-    xx = np.asarray(cols, np.float32)[:, None, None] + r * np.cos(theta).astype(np.float32)[None, :, None]
-    out = bilinear(image, yy, xx)
-    return out, theta, rho
+    rho = np.asarray(rho).astype(np.float32)
+    r = np.asarray(radii, np.float32)[:, None, None] * rho[..., None, :]
+    shape = (len(r), len(theta), rho.shape[-1])
+    yy = np.multiply(r, np.sin(theta).astype(np.float32)[None, :, None], out=np.empty(shape, np.float32))
+    yy += np.asarray(rows, np.float32)[:, None, None]
+    xx = np.multiply(r, np.cos(theta).astype(np.float32)[None, :, None], out=np.empty(shape, np.float32))
+    xx += np.asarray(cols, np.float32)[:, None, None]
+    return _bilinear_inplace(np.ascontiguousarray(image, dtype=np.float32), yy, xx)
 
 
 def bilinear(image: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """Bilinear interpolation of a 2D image at arbitrary points (edge values outside).
 
     Equivalent to ``scipy.ndimage.map_coordinates(image, [rows, cols],
-    order=1, mode='nearest')`` but several times faster for millions of points.
+    order=1, mode='nearest')`` (to float32 round-off) but several times faster
+    for millions of points.
 
     Returns
     -------
     values : ndarray of float32, shape of ``rows``
     """
+    rows, cols = np.broadcast_arrays(np.asarray(rows, dtype=np.float32), np.asarray(cols, dtype=np.float32))
+    # Copies: the work is done in place.
+    return _bilinear_inplace(np.ascontiguousarray(image, dtype=np.float32), np.array(rows), np.array(cols))
+
+
+def _bilinear_inplace(image: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """:func:`bilinear` of a C-contiguous float32 ``image`` that overwrites
+    ``rows`` and ``cols`` (float32 arrays of one shape) and returns ``rows``.
+
+    Everything is float32 and done in place: the cost is memory traffic over
+    the sample points (four gathers and a few passes).
+    """
     m, n = image.shape
-    r = np.clip(np.asarray(rows, dtype=np.float32), 0, m - 1)
-    c = np.clip(np.asarray(cols, dtype=np.float32), 0, n - 1)
-    r0 = np.minimum(r.astype(np.intp), m - 2) if m > 1 else np.zeros(r.shape, np.intp)
-    c0 = np.minimum(c.astype(np.intp), n - 2) if n > 1 else np.zeros(c.shape, np.intp)
-    fr = r - r0
-    fc = c - c0
-    flat = np.ascontiguousarray(image, dtype=np.float32).ravel()
-    i00 = r0 * n + c0
+    flat = image.ravel()
+    r = np.clip(rows, 0, m - 1, out=rows)
+    c = np.clip(cols, 0, n - 1, out=cols)
+    # Top-left neighbour (the last full cell at the far edges) and the
+    # fractional parts, which are exact in float32.
+    r0 = np.floor(r)
+    c0 = np.floor(c)
+    if m > 1:
+        np.minimum(r0, m - 2, out=r0)
+    if n > 1:
+        np.minimum(c0, n - 2, out=c0)
+    r -= r0
+    c -= c0
+    idx = r0.astype(np.intp)
+    idx *= n
+    idx += c0.astype(np.intp)
+    del r0, c0
     step_c = 1 if n > 1 else 0
     step_r = n if m > 1 else 0
-    top = flat[i00] * (1 - fc) + flat[i00 + step_c] * fc
-    bottom = flat[i00 + step_r] * (1 - fc) + flat[i00 + step_r + step_c] * fc
-    return (top * (1 - fr) + bottom * fr).astype(np.float32, copy=False)
+    # Four gathers into two buffers, moving the index in place (no temporaries).
+    top = flat.take(idx)  # v00
+    idx += step_c
+    right = flat.take(idx)  # v01
+    right -= top
+    right *= c
+    top += right  # v00 + (v01 - v00) * fc
+    idx += step_r
+    bottom = flat.take(idx)  # v11
+    idx -= step_c
+    flat.take(idx, out=right)  # v10
+    bottom -= right
+    bottom *= c
+    bottom += right  # v10 + (v11 - v10) * fc
+    bottom -= top
+    bottom *= r
+    top += bottom
+    return top
 
 
-def _parabolic_peak(values: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """Sub-sample position of extrema at ``idx`` along the last axis of ``values`` (K, L)."""
+def _parabolic_peak(values: np.ndarray, idx: np.ndarray, shift: int = 0) -> np.ndarray:
+    """Sub-sample position of extrema at ``idx`` along the last axis of ``values`` (K, L), plus ``shift``."""
     k = np.arange(values.shape[0])
     lo = np.clip(idx - 1, 0, values.shape[1] - 1)
     hi = np.clip(idx + 1, 0, values.shape[1] - 1)
@@ -101,7 +169,7 @@ def _parabolic_peak(values: np.ndarray, idx: np.ndarray) -> np.ndarray:
     denom = fl - 2 * f0 + fh
     with np.errstate(divide="ignore", invalid="ignore"):
         off = np.where(np.abs(denom) > 1e-12, 0.5 * (fl - fh) / denom, 0.0)
-    return idx + np.clip(off, -0.5, 0.5)
+    return (idx + shift) + np.clip(off, -0.5, 0.5)
 
 
 def refine_circles(
@@ -145,6 +213,16 @@ def refine_circles(
         directions in which the inside is brighter than the outside),
         ``edge_found`` (bool: a falling edge exists in the window) and
         ``shift`` (recentring distance, pixels of ``image``).
+
+    Notes
+    -----
+    Each round samples the radii the mean profile needs (the search window
+    and two radii either side) for every pick, then, around each pick's edge,
+    the radii its per-direction edges (and, in the last round, the quality
+    bands) need and the first sampling did not cover. The per-direction
+    smoothing and gradient are computed on those radii only. The results are
+    those of sampling and processing the whole radial grid, to float32
+    round-off.
     """
     if not 0 < search < 1:
         raise ValueError(f"search must be in (0, 1), got {search}")
@@ -163,50 +241,51 @@ def refine_circles(
             "theta": np.linspace(0, 2 * np.pi, n_angles, endpoint=False),
         }
     row_init, col_init = rows.copy(), cols.copy()
-    radius = r0.copy()
-    # Only the ring around the searched edge is sampled (the quality bands
-    # reach 0.35 radii beyond the search window on either side).
+    image = np.ascontiguousarray(image, dtype=np.float32)
+    theta = np.linspace(0, 2 * np.pi, n_angles, endpoint=False)
+    # Radial positions (units of the initial radius) around the searched
+    # edge; the quality bands reach 0.35 radii beyond the search window.
     rho_max = 1.0 + search + 0.35
     rho_min = max(0.0, 1.0 - search - 0.35)
     n_radii = max(25, int(round((rho_max - rho_min) / 0.0125)) + 1)
-    lo_rho, hi_rho = 1.0 - search, 1.0 + search
+    rho = np.linspace(rho_min, rho_max, n_radii)
+    drho = rho[1] - rho[0]
+    window = np.flatnonzero((rho >= 1.0 - search) & (rho <= 1.0 + search))
+    # The mean profile needs the search window and two radii either side
+    # (its gradient, and the parabolic peak one beyond the window).
+    core = slice(max(0, window[0] - 2), min(n_radii, window[-1] + 3))
+    window = window - core.start
+    c, s = np.cos(theta), np.sin(theta)
+    design = np.stack([np.ones_like(c), c, s], axis=1)  # (A, 3)
+    outer_products = (design[:, :, None] * design[:, None, :]).reshape(n_angles, 9)
     for it in range(iterations):
-        samples, theta, rho = polar_samples(image, rows, cols, r0, n_angles=n_angles, n_radii=n_radii, rho_max=rho_max, rho_min=rho_min)
-        drho = rho[1] - rho[0]
-        # Smooth each profile a little along rho; the mean profile then gives the edge.
+        last = it == iterations - 1
+        band = 0.25 if it == 0 else 0.12
+        # The edge of the mean profile (over directions) ...
+        samples = sample_polar_grid(image, rows, cols, r0, theta, rho[core])
         mean_prof = samples.mean(axis=1)
         grad = np.gradient(mean_prof, drho, axis=1)
-        window = (rho >= lo_rho) & (rho <= hi_rho)
-        masked = np.where(window[None, :], grad, np.inf)
+        masked = np.full(grad.shape, np.inf, dtype=grad.dtype)
+        masked[:, window] = grad[:, window]
         idx = np.argmin(masked, axis=1)
-        edge_rho = rho[0] + _parabolic_peak(grad, idx) * drho
-        # Per-angle edges near the mean edge, then a linearised circle fit.
-        band = 0.25 if it == 0 else 0.12
-        # Average neighbouring directions (circularly) before differentiating,
-        # then take the centroid of the falling edge inside the band: far less
-        # noisy than a per-angle arg-min.
-        smooth = ndi.uniform_filter1d(samples, 5, axis=1, mode="wrap")
-        per_grad = np.gradient(smooth, drho, axis=2)
-        near = np.abs(rho[None, :] - edge_rho[:, None]) <= band
-        w = np.where(near[:, None, :], np.clip(-per_grad, 0, None), 0.0)
-        w_sum = w.sum(axis=2)
-        per_rho = np.where(w_sum > 0, (w * rho[None, None, :]).sum(axis=2) / np.maximum(w_sum, 1e-12), edge_rho[:, None])
+        edge_rho = rho[0] + _parabolic_peak(grad, idx, shift=core.start) * drho
+        # ... then, on the radii around it (the band, and in the last round
+        # the quality bands), per-angle edges and a linearised circle fit.
+        ring_pos, ring = _ring_samples(image, rows, cols, r0, theta, rho, core, samples, edge_rho, max(band, 0.30) if last else band)
+        per_rho = _edge_centroids(ring, ring_pos, rho, edge_rho, band)
         per_r = per_rho * r0[:, None]
-        c, s = np.cos(theta), np.sin(theta)
-        design = np.stack([np.ones_like(c), c, s], axis=1)  # (A, 3)
         weights = np.ones_like(per_r)
         coef = np.zeros((k, 3))
         for _ in range(2):
-            wd = design[None, :, :] * weights[:, :, None]
-            lhs = np.einsum("kai,kaj->kij", wd, design[None, :, :].repeat(k, 0))
-            rhs = np.einsum("kai,ka->ki", wd, per_r)
+            lhs = (weights @ outer_products).reshape(k, 3, 3)
+            rhs = (weights * per_r) @ design
             coef = np.linalg.solve(lhs + 1e-9 * np.eye(3)[None], rhs[:, :, None])[:, :, 0]
-            resid = per_r - np.einsum("ai,ki->ka", design, coef)
+            resid = per_r - coef @ design.T
             mad = np.median(np.abs(resid), axis=1, keepdims=True) + 1e-6
             weights = (np.abs(resid) <= 2.5 * 1.4826 * mad).astype(float)
         radius = edge_rho * r0
-        resid_rms = 1.4826 * np.median(np.abs(per_r - np.einsum("ai,ki->ka", design, coef)), axis=1)
-        if it < iterations - 1:
+        resid_rms = 1.4826 * np.median(np.abs(per_r - coef @ design.T), axis=1)
+        if not last:
             cols = cols + coef[:, 1]
             rows = rows + coef[:, 2]
             shift = np.hypot(rows - row_init, cols - col_init)
@@ -214,10 +293,12 @@ def refine_circles(
             rows[too_far] = row_init[too_far]
             cols[too_far] = col_init[too_far]
     # Quality from the final sampling.
-    inner = (rho >= edge_rho[:, None] - 0.30) & (rho <= edge_rho[:, None] - 0.06)
-    outer = (rho >= edge_rho[:, None] + 0.06) & (rho <= edge_rho[:, None] + 0.30)
-    inner_ang = _masked_mean(samples, inner)
-    outer_ang = _masked_mean(samples, outer)
+    ring_rho = rho[np.clip(ring_pos, 0, n_radii - 1)]
+    on_grid = (ring_pos >= 0) & (ring_pos < n_radii)
+    inner = on_grid & (ring_rho >= edge_rho[:, None] - 0.30) & (ring_rho <= edge_rho[:, None] - 0.06)
+    outer = on_grid & (ring_rho >= edge_rho[:, None] + 0.06) & (ring_rho <= edge_rho[:, None] + 0.30)
+    inner_ang = _masked_mean(ring, inner)
+    outer_ang = _masked_mean(ring, outer)
     step_ang = inner_ang - outer_ang  # (K, A)
     step = np.median(step_ang, axis=1)
     contrast, coverage = edge_quality(step_ang)
@@ -243,6 +324,91 @@ def refine_circles(
         "roundness": resid_rms / np.maximum(radius, 1e-12),
         "shift": shift,
     }
+
+
+def _ring_samples(
+    image: np.ndarray,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    radii: np.ndarray,
+    theta: np.ndarray,
+    rho: np.ndarray,
+    core: slice,
+    core_samples: np.ndarray,
+    edge_rho: np.ndarray,
+    reach: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Polar samples of each pick on the radii within ``reach`` of its edge (and two more either side).
+
+    Radii of the grid ``rho`` already sampled (``core_samples`` on
+    ``rho[core]``) are reused; only the others are sampled, pick by pick.
+
+    Returns
+    -------
+    pos : (K, W) ndarray of int
+        Index into ``rho`` of each column; columns outside ``0 .. len(rho) - 1``
+        hold no sample.
+    ring : (K, A, W) ndarray of float32
+        The samples.
+    """
+    k, n_angles, n_core = core_samples.shape
+    width = int(math.ceil(2.0 * reach / float(rho[1] - rho[0]))) + 5
+    pos = (np.searchsorted(rho, edge_rho - reach) - 2)[:, None] + np.arange(width)[None, :]
+    # From the core: one gather on the flattened (K * A, n_core) samples.
+    col = np.clip(pos - core.start, 0, n_core - 1)
+    rows_ka = (np.arange(k)[:, None] * n_angles + np.arange(n_angles)[None, :]) * n_core  # (K, A)
+    ring = core_samples.reshape(-1).take(rows_ka[:, :, None] + col[:, None, :])
+    # The rest, sampled only where a pick needs them.
+    pk, pw = np.nonzero((pos >= 0) & (pos < len(rho)) & ((pos < core.start) | (pos >= core.stop)))
+    if len(pk):
+        extra = sample_polar_grid(image, rows[pk], cols[pk], radii[pk], theta, rho[pos[pk, pw]][:, None])
+        ring[pk, :, pw] = extra[:, :, 0]
+    return pos, ring
+
+
+def _edge_centroids(ring: np.ndarray, pos: np.ndarray, rho: np.ndarray, edge_rho: np.ndarray, band: float) -> np.ndarray:
+    """Per-direction edge positions: centroids of the falling edge within ``band`` of ``edge_rho``.
+
+    Parameters
+    ----------
+    ring : (K, A, W) ndarray
+        Polar samples of each pick at radial positions ``rho[pos]``.
+    pos : (K, W) ndarray of int
+        Consecutive indices into ``rho`` (evenly spaced); those outside
+        ``rho`` are ignored. They must cover the band and one more radius
+        either side.
+    edge_rho : (K,) ndarray
+        Edge of each mean profile, in units of the radius.
+    band : float
+        Half-width of the band around the edge.
+
+    Returns
+    -------
+    per_rho : (K, A) ndarray
+        Centroid of ``max(-d/drho smooth, 0)`` over the radii with
+        ``|rho - edge_rho| <= band``, where ``smooth`` is ``ring`` averaged
+        over 5 neighbouring directions (circularly), differentiated as
+        :func:`numpy.gradient` does on the whole of ``rho``; ``edge_rho``
+        where the profile does not fall in the band.
+    """
+    n_r = len(rho)
+    drho = rho[1] - rho[0]
+    smooth = ndi.uniform_filter1d(ring, 5, axis=1, mode="wrap")
+    # Central differences inside rho, one-sided at its ends (as np.gradient).
+    grad = (smooth[:, :, 2:] - smooth[:, :, :-2]) / (2.0 * drho)
+    centre = pos[:, 1:-1]
+    at_start, at_end = centre == 0, centre == n_r - 1
+    if at_start.any() or at_end.any():
+        first = (smooth[:, :, 2:] - smooth[:, :, 1:-1]) / drho
+        last = (smooth[:, :, 1:-1] - smooth[:, :, :-2]) / drho
+        grad = np.where(at_start[:, None, :], first, np.where(at_end[:, None, :], last, grad))
+    grad = grad.astype(ring.dtype, copy=False)
+    rho_band = rho[np.clip(centre, 0, n_r - 1)]
+    near = (np.abs(rho_band - edge_rho[:, None]) <= band) & (centre >= 0) & (centre < n_r)
+    w = np.where(near[:, None, :], np.clip(-grad, 0, None), 0.0)
+    w_sum = w.sum(axis=2)
+    w_rho = np.einsum("kaw,kw->ka", w, rho_band)
+    return np.where(w_sum > 0, w_rho / np.maximum(w_sum, 1e-12), edge_rho[:, None])
 
 
 def edge_quality(step_per_direction: np.ndarray, valid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -307,16 +473,20 @@ def blocked_directions(
     blocked = np.zeros((k, len(theta)), dtype=bool)
     if k < 2:
         return blocked
-    tree = cKDTree(centres)
-    for i, j in tree.query_pairs(reach * 2.0 * float(radii.max())):
-        for a, b in ((i, j), (j, i)):
-            d = np.hypot(*(centres[b] - centres[a]))
-            if d <= 0 or d > reach * (radii[a] + radii[b]):
-                continue
-            phi = np.arctan2(centres[b][0] - centres[a][0], centres[b][1] - centres[a][1])
-            half = np.arcsin(min(1.0, radii[b] / d))
-            diff = np.angle(np.exp(1j * (theta - phi)))
-            blocked[a] |= np.abs(diff) <= half
+    pairs = cKDTree(centres).query_pairs(reach * 2.0 * float(radii.max()), output_type="ndarray")
+    if len(pairs) == 0:
+        return blocked
+    # Both directions of every close pair: circle a, neighbour b.
+    a = np.concatenate([pairs[:, 0], pairs[:, 1]])
+    b = np.concatenate([pairs[:, 1], pairs[:, 0]])
+    dy, dx = (centres[b] - centres[a]).T
+    d = np.hypot(dy, dx)
+    close = (d > 0) & (d <= reach * (radii[a] + radii[b]))
+    a, b, dy, dx, d = a[close], b[close], dy[close], dx[close], d[close]
+    phi = np.arctan2(dy, dx)
+    half = np.arcsin(np.minimum(1.0, radii[b] / d))
+    diff = np.angle(np.exp(1j * (theta[None, :] - phi[:, None])))
+    np.logical_or.at(blocked, a, np.abs(diff) <= half[:, None])
     return blocked
 
 

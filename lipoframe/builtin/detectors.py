@@ -32,6 +32,9 @@ class BlobParams:
         the ``diameter_range`` filter then decide on the refined diameter.
     exclude_border: ignore maxima closer than this fraction of their own
         diameter to the border (0 keeps particles cut by the border).
+    crowding: with ``mad``, measure the noise again away from the candidate
+        particles, so crowded micrographs (no particle-free area) are not
+        judged against a noise level inflated by their own particles (2D).
     """
 
     k: float = 1.1
@@ -41,6 +44,7 @@ class BlobParams:
     octave_span: float = 4.0
     exclude_border: float = 0.0
     range_margin: float = 0.2
+    crowding: bool = True
 
     def __post_init__(self) -> None:
         if not 1.0 < self.k <= 2.0:
@@ -76,7 +80,7 @@ class EdgeParams(BlobParams):
     edge_width: blur of the circle, as a fraction of its radius.
     """
 
-    threshold: float = 5.3
+    threshold: float = 5.6
     edge_width: float = 0.12
 
     def __post_init__(self) -> None:
@@ -92,7 +96,7 @@ class _BlobDetector(Detector):
         p = self.params
         if mic.image.ndim == 3:
             return self._detect_3d(mic, ctx)
-        blobs = detect_blobs(None, edge_width=getattr(p, "edge_width", 0.12), **self._search(mic, ctx))
+        blobs = detect_blobs(None, edge_width=getattr(p, "edge_width", 0.12), crowding=p.crowding, **self._search(mic, ctx))
         df = pd.DataFrame({c: blobs[c] for c in schema.DETECTOR_COLUMNS})
         df["response"] = blobs["response"]
         return df

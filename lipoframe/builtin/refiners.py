@@ -11,6 +11,7 @@ import pandas as pd
 from lipoframe import schema
 from lipoframe.algorithms.pyramid import pow2_floor, to_binned, to_full_resolution
 from lipoframe.algorithms.radial import blocked_directions, edge_quality, refine_circles
+from lipoframe.algorithms.stats import median
 from lipoframe.hookspecs import hookimpl
 from lipoframe.records import Micrograph, PickContext
 from lipoframe.stages import Refiner
@@ -37,8 +38,8 @@ class RadialProfileParams:
     search: float = 0.25
     iterations: int = 3
     min_radius_binned: float = 16.0
-    min_contrast: float = 3.5
-    min_coverage: float = 0.7
+    min_contrast: float = 2.5
+    min_coverage: float = 0.65
     ignore_neighbours: bool = True
 
     def __post_init__(self) -> None:
@@ -98,7 +99,7 @@ class RadialProfileRefiner(Refiner):
         # Edge step against the micrograph's own spread at this binning: how
         # far the particle stands out from what the background does anyway.
         sub = img[::2, ::2]
-        spread = 1.4826 * float(np.median(np.abs(sub - np.median(sub)))) or 1e-12
+        spread = 1.4826 * float(median(np.abs(sub - median(sub)))) or 1e-12
         out["edge_step_snr"] = res["edge_step"] / spread
         out["quality"] = np.clip(contrast, 0, None) * coverage
         bad = ~res["edge_found"] | (contrast < p.min_contrast) | (coverage < p.min_coverage)
