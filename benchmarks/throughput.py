@@ -18,7 +18,7 @@ picking one micrograph, in copies of the micrograph (the target is "a few").
 Usage::
 
     python benchmarks/throughput.py                   # 8 micrographs of 4096², workers 1 and 2
-    python benchmarks/throughput.py --n 4 --workers 1 # quicker
+    python benchmarks/throughput.py --n 4 --workers 1 --repeat 1  # quicker
     python benchmarks/throughput.py --json results.json
 
 Run it on a quiet machine: the numbers are wall-clock.
@@ -149,6 +149,7 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, default=4096, help="edge in pixels (default 4096)")
     ap.add_argument("--workers", default="1,2", help="comma-separated worker counts (default 1,2)")
     ap.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "lipoframe_bench", help="where inputs are generated (kept for reuse)")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per worker count, interleaved; the median run is reported (default 3)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: one timed run in a fresh process
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -162,16 +163,27 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     make_inputs(folder, args.n, args.size)
     print(f"inputs: {args.n} x {args.size}² float32 MRC in {folder} ({time.perf_counter() - t0:.0f} s to generate)", file=sys.stderr)
-    rows = []
+    # Read every input once, so that no setting pays for the disk and all
+    # read from the page cache (as the first worker count otherwise would).
+    for path in sorted(folder.glob("*.mrc")):
+        with open(path, "rb") as f:
+            while f.read(16 * 2**20):
+                pass
+    counts = [int(x) for x in args.workers.split(",")]
+    runs: dict[int, list[dict]] = {w: [] for w in counts}
     with tempfile.TemporaryDirectory() as tmp:
-        for w in (int(x) for x in args.workers.split(",")):
-            # a fresh process per setting, so every run starts from the same memory and caches
-            cmd = [sys.executable, __file__, "--n", str(args.n), "--size", str(args.size), "--data", str(args.data), "--one", str(w), "--out", str(Path(tmp) / f"w{w}")]
-            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            if proc.returncode:
-                raise SystemExit(proc.stderr)
-            rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-            print(f"  workers={w}: {rows[-1]}", file=sys.stderr)
+        # Interleaved repeats (1, 2, 1, 2, ...), the median run of each
+        # setting reported: the machine's speed drifts over minutes.
+        for rep in range(args.repeat):
+            for w in counts:
+                # a fresh process per run, so every run starts from the same memory and caches
+                cmd = [sys.executable, __file__, "--n", str(args.n), "--size", str(args.size), "--data", str(args.data), "--one", str(w), "--out", str(Path(tmp) / f"w{w}_{rep}")]
+                proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+                if proc.returncode:
+                    raise SystemExit(proc.stderr)
+                runs[w].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+                print(f"  workers={w}: {runs[w][-1]}", file=sys.stderr)
+        rows = [sorted(runs[w], key=lambda r: r["seconds"])[len(runs[w]) // 2] for w in counts]
         mem = traced_peak(sorted(folder.glob("*.mrc"))[0], Path(tmp) / "traced")
     cpu = os.cpu_count()
     print(f"\nlipoframe throughput, {args.n} micrographs of {args.size}² float32, {cpu} CPUs")
@@ -191,7 +203,7 @@ def main(argv=None) -> int:
     print(f"memory allocated while picking one micrograph: peak {mem['traced_peak_mb']} MiB = {mem['copies']} x the "
           f"{mem['image_mb']} MiB image (tracemalloc; the memory-mapped file itself is not counted)")
     if args.json:
-        args.json.write_text(json.dumps({"n": args.n, "size": args.size, "cpus": cpu, "runs": rows, "one_micrograph": mem}, indent=2))
+        args.json.write_text(json.dumps({"n": args.n, "size": args.size, "cpus": cpu, "repeat": args.repeat, "runs": rows, "one_micrograph": mem}, indent=2))
     return 0
 
 
