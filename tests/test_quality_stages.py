@@ -92,9 +92,34 @@ def test_carbon_edge_filter_flags_picks_on_a_film_edge():
     assert not bool(right["accepted"]) and right["reject_reason"] in ("carbon_edge", "no_edge")
 
 
+def test_strong_detections_need_only_the_relaxed_edge_test():
+    from lipoframe.builtin.refiners import RadialProfileParams, RadialProfileRefiner
+    from lipoframe.records import Micrograph, MicrographMeta, PickContext
+
+    truth = pd.DataFrame({"x_px": [150.0, 370.0], "y_px": [256.0, 256.0], "diameter_px": [120.0, 120.0]})
+    img = render((512, 512), truth, noise=0.15, seed=2)
+    mic = Micrograph(meta=MicrographMeta(name="m", path="m", shape=img.shape, pixel_size=None), image=img, polarity="dark")
+    ctx = PickContext(dmin_px=80, dmax_px=200, polarity="dark", pixel_size=None, seed=0, export_rejected=True)
+    picks = truth.assign(score=[20.0, 5.0], sigma_px=truth["diameter_px"] / 2.83, pyramid_level=0)
+
+    def accepted(**params) -> list[bool]:
+        refined = RadialProfileRefiner(RadialProfileParams(**params)).refine(picks, mic, ctx)
+        assert list(picks.columns) == list(truth.columns) + ["score", "sigma_px", "pyramid_level"]  # input untouched
+        return refined["accepted"].tolist()
+
+    # Both have clear edges: accepted under the defaults.
+    assert accepted() == [True, True]
+    # An edge test nobody passes, relaxed for strong detections only.
+    assert accepted(min_contrast=1e9, strong_score=10, strong_min_contrast=0) == [True, False]
+    assert accepted(min_contrast=1e9, strong_score=30, strong_min_contrast=0) == [False, False]
+    assert accepted(min_contrast=0, min_coverage=0, strong_score=0, strong_min_contrast=1e9) == [False, False]
+
+
 @pytest.mark.parametrize(
     "stage,params,message",
     [
+        ("refiner", {"strong_min_coverage": 1.5}, "refiner.strong_min_coverage"),
+        ("refiner", {"strong_score": -1}, "refiner.strong_score"),
         ("nms", {"max_containment": 0}, "nms.max_containment"),
         ("detector", {"range_margin": 0.7}, "detector.range_margin"),
         ("detector", {"edge_width": 0.9}, "detector.edge_width"),

@@ -597,7 +597,7 @@ def detect_blobs(
     octave_span: float = 4.0,
     exclude_border_px: float = 0.0,
     edge_width: float = 0.12,
-    crowding: bool = True,
+    crowding: bool = False,
     binned=None,
     workers: int = 1,
 ) -> dict[str, np.ndarray]:

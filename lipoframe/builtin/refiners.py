@@ -31,6 +31,12 @@ class RadialProfileParams:
         (reason ``no_edge``).
     min_coverage: picks whose edge is present on fewer than this fraction of
         directions are rejected (reason ``no_edge``).
+    strong_score, strong_min_contrast, strong_min_coverage: picks whose
+        detector ``score`` is at least ``strong_score`` need only these (a
+        strong detection vouches for a particle whose rim is faint or partly
+        hidden by neighbours; a weak one needs a clear edge). ``strong_score``
+        is in the scale-space detectors' noise units; 0 applies the strong
+        limits to every pick, ``inf`` never.
     ignore_neighbours: judge the edge only on the directions that do not
         point into a touching neighbouring pick (crowded fields).
     """
@@ -38,8 +44,11 @@ class RadialProfileParams:
     search: float = 0.25
     iterations: int = 3
     min_radius_binned: float = 16.0
-    min_contrast: float = 2.5
-    min_coverage: float = 0.65
+    min_contrast: float = 3.5
+    min_coverage: float = 0.7
+    strong_score: float = 7.0
+    strong_min_contrast: float = 2.5
+    strong_min_coverage: float = 0.6
     ignore_neighbours: bool = True
 
     def __post_init__(self) -> None:
@@ -49,8 +58,11 @@ class RadialProfileParams:
             raise ValueError(f"refiner.iterations must be in [1, 10], got {self.iterations}")
         if self.min_radius_binned < 4:
             raise ValueError(f"refiner.min_radius_binned must be >= 4, got {self.min_radius_binned}")
-        if not 0 <= self.min_coverage <= 1:
-            raise ValueError(f"refiner.min_coverage must be in [0, 1], got {self.min_coverage}")
+        for name in ("min_coverage", "strong_min_coverage"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"refiner.{name} must be in [0, 1], got {getattr(self, name)}")
+        if not self.strong_score >= 0:
+            raise ValueError(f"refiner.strong_score must be >= 0, got {self.strong_score}")
 
 
 class RadialProfileRefiner(Refiner):
@@ -102,7 +114,10 @@ class RadialProfileRefiner(Refiner):
         spread = 1.4826 * float(median(np.abs(sub - median(sub)))) or 1e-12
         out["edge_step_snr"] = res["edge_step"] / spread
         out["quality"] = np.clip(contrast, 0, None) * coverage
-        bad = ~res["edge_found"] | (contrast < p.min_contrast) | (coverage < p.min_coverage)
+        strong = out[schema.SCORE].to_numpy(float) >= p.strong_score
+        need_contrast = np.where(strong, p.strong_min_contrast, p.min_contrast)
+        need_coverage = np.where(strong, p.strong_min_coverage, p.min_coverage)
+        bad = ~res["edge_found"] | (contrast < need_contrast) | (coverage < need_coverage)
         return schema.reject(out, bad, "no_edge")
 
 
