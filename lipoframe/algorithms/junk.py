@@ -12,15 +12,6 @@ from __future__ import annotations
 import numpy as np
 
 from lipoframe.algorithms.radial import polar_samples
-from lipoframe.algorithms.stats import median
-
-
-def background_stats(image: np.ndarray) -> tuple[float, float]:
-    """Robust background level and spread (median, 1.4826 MAD) of an image."""
-    sub = np.asarray(image[::2, ::2], dtype=np.float64)
-    med = float(median(sub))
-    mad = float(median(np.abs(sub - med)))
-    return med, max(1.4826 * mad, 1e-12)
 
 
 def neighbourhood_measures(

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import fft as sfft
-from scipy import ndimage as ndi
 from scipy.special import j1
 
 from lipoframe.algorithms.pyramid import pow2_floor
@@ -139,27 +138,51 @@ def _compute_transfer_functions(
     pos = f_grid / f_table[1]
     lo = np.minimum(pos.astype(np.intp), len(f_table) - 2)
     frac = (pos - lo).astype(np.float32)
-    two_pi2 = 2.0 * math.pi**2
     out = np.empty((len(sigmas), *f_grid.shape), dtype=np.float32)
     for i, s in enumerate(sigmas):
-        if method == "log":
-            table = (s * s) * (4.0 * math.pi**2) * f2t * np.exp(-two_pi2 * s * s * f2t)
-        elif method == "edge":
-            # Mean inward flux of the gradient through a circle of radius
-            # R = sqrt(2) sigma (divergence theorem: minus the integral of the
-            # Laplacian over the disc, divided by the circumference), with the
-            # edge blurred by a Gaussian of width edge_width * R. Transfer
-            # function: 2 pi f J1(2 pi R f) exp(-2 pi^2 w^2 f^2), times R to make
-            # it scale-normalised.
-            radius = math.sqrt(2.0) * s
-            w = max(edge_width * radius, 0.7)
-            table = radius * 2.0 * math.pi * f_table * j1(2.0 * math.pi * radius * f_table) * np.exp(-two_pi2 * w * w * f2t)
-        else:
-            s0, s1 = s / math.sqrt(k), s * math.sqrt(k)
-            table = (np.exp(-two_pi2 * s0 * s0 * f2t) - np.exp(-two_pi2 * s1 * s1 * f2t)) / (k - 1.0)
-        table = table.astype(np.float32)
+        table = transfer_of_f2(f2t, s, method=method, k=k, edge_width=edge_width).astype(np.float32)
         out[i] = table[lo] * (1 - frac) + table[lo + 1] * frac
     return out
+
+
+def transfer_of_f2(f2: np.ndarray, sigma: float, *, method: str, k: float = 1.1, edge_width: float = 0.12) -> np.ndarray:
+    """Transfer function of one scale as a function of the squared frequency.
+
+    Shared by the 2D (:func:`blob_responses`, on a 1D table) and 3D
+    (:func:`lipoframe.algorithms.scale_space3d.blob_responses_3d`, on the
+    grid) detectors. The arithmetic follows the dtype of ``f2``.
+
+    Parameters
+    ----------
+    f2 : ndarray
+        Squared frequencies (cycles per pixel, squared), any shape.
+    sigma : float
+        Scale in pixels.
+    method : {'dog', 'log', 'edge'}
+        See :func:`blob_responses` (``'edge'`` is 2D only).
+    k, edge_width : float
+        As in :func:`blob_responses`.
+
+    Returns
+    -------
+    transfer : ndarray, shape of ``f2``
+    """
+    two_pi2 = 2.0 * math.pi**2
+    if method == "log":
+        return (sigma * sigma) * (4.0 * math.pi**2) * f2 * np.exp(-two_pi2 * sigma * sigma * f2)
+    if method == "edge":
+        # Mean inward flux of the gradient through a circle of radius
+        # R = sqrt(2) sigma (divergence theorem: minus the integral of the
+        # Laplacian over the disc, divided by the circumference), with the
+        # edge blurred by a Gaussian of width edge_width * R. Transfer
+        # function: 2 pi f J1(2 pi R f) exp(-2 pi^2 w^2 f^2), times R to make
+        # it scale-normalised.
+        radius = math.sqrt(2.0) * sigma
+        w = max(edge_width * radius, 0.7)
+        f = np.sqrt(f2)
+        return radius * 2.0 * math.pi * f * j1(2.0 * math.pi * radius * f) * np.exp(-two_pi2 * w * w * f2)
+    s0, s1 = sigma / math.sqrt(k), sigma * math.sqrt(k)
+    return (np.exp(-two_pi2 * s0 * s0 * f2) - np.exp(-two_pi2 * s1 * s1 * f2)) / (k - 1.0)
 
 
 def transfer_functions(

@@ -26,7 +26,7 @@ import numpy as np
 from scipy import fft as sfft
 from scipy import ndimage as ndi
 
-from lipoframe.algorithms.scale_space import check_search, plan_levels
+from lipoframe.algorithms.scale_space import check_search, plan_levels, transfer_of_f2
 
 #: diameter = DIAMETER_PER_SIGMA_3D * sigma for a uniform ball at the LoG peak.
 DIAMETER_PER_SIGMA_3D = 2.0 * math.sqrt(3.0)
@@ -52,14 +52,6 @@ class _PaddedSpectrum:
         out = sfft.irfftn(self.spectrum * transfer, s=self.fshape, workers=self.workers)
         (pz, py, px), (p, m, n) = self.pads, self.shape
         return np.ascontiguousarray(out[pz : pz + p, py : py + m, px : px + n], dtype=np.float32)
-
-
-def _transfer(f2: np.ndarray, sigma: float, method: str, k: float) -> np.ndarray:
-    a = np.float32(2.0 * math.pi**2)
-    if method == "log":
-        return np.float32(4.0 * math.pi**2 * sigma * sigma) * f2 * np.exp(-a * np.float32(sigma * sigma) * f2)
-    s0, s1 = sigma / math.sqrt(k), sigma * math.sqrt(k)
-    return (np.exp(-a * np.float32(s0 * s0) * f2) - np.exp(-a * np.float32(s1 * s1) * f2)) / np.float32(k - 1.0)
 
 
 def blob_responses_3d(
@@ -98,7 +90,7 @@ def blob_responses_3d(
     sigmas = np.asarray(sigmas, dtype=float)
     pad = int(math.ceil(3.0 * sigmas.max() * (math.sqrt(k) if method == "dog" else 1.0)))
     spec = _PaddedSpectrum(volume, pad, workers=workers)
-    return np.stack([spec.filtered(_transfer(spec.f2, s, method, k)) for s in sigmas])
+    return np.stack([spec.filtered(transfer_of_f2(spec.f2, s, method=method, k=k)) for s in sigmas])
 
 
 def _noise(resp: np.ndarray, step: int = 2) -> tuple[float, float]:
@@ -214,7 +206,7 @@ def detect_blobs_3d(
         border = int(math.ceil(exclude_border_px / level.factor))
         window: list[tuple[np.ndarray, np.ndarray, float, float]] = []
         for si, s in enumerate(sig_b):
-            resp = spec.filtered(_transfer(spec.f2, float(s), method, k))
+            resp = spec.filtered(transfer_of_f2(spec.f2, float(s), method=method, k=k))
             med, noise = _noise(resp)
             window.append((resp, ndi.maximum_filter(resp, size=3, mode="nearest"), med, noise))
             if len(window) < 3:

@@ -37,3 +37,17 @@ def median(a) -> np.floating:
     if x.size % 2:
         return np.mean(x[h : h + 1])
     return np.mean(np.array([x[:h].max(), x[h]], dtype=x.dtype))
+
+
+def background_stats(image: np.ndarray) -> tuple[float, float]:
+    """Robust level and spread of a 2D image: median and 1.4826 MAD of every second pixel.
+
+    Returns
+    -------
+    level, spread : float
+        ``spread`` is at least 1e-12 (a constant image gives no division by zero).
+    """
+    sub = np.asarray(image[::2, ::2], dtype=np.float64)
+    med = float(median(sub))
+    mad = float(median(np.abs(sub - med)))
+    return med, max(1.4826 * mad, 1e-12)

@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 
 from lipoframe import schema
-from lipoframe.algorithms.junk import background_stats, neighbourhood_measures
+from lipoframe.algorithms.junk import neighbourhood_measures
+from lipoframe.algorithms.stats import background_stats
 from lipoframe.algorithms.pyramid import pow2_floor, to_binned
 from lipoframe.hookspecs import hookimpl
 from lipoframe.records import Micrograph, PickContext

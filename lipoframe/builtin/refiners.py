@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,7 +10,7 @@ import pandas as pd
 from lipoframe import schema
 from lipoframe.algorithms.pyramid import pow2_floor, to_binned, to_full_resolution
 from lipoframe.algorithms.radial import blocked_directions, edge_quality, refine_circles
-from lipoframe.algorithms.stats import median
+from lipoframe.algorithms.stats import background_stats
 from lipoframe.hookspecs import hookimpl
 from lipoframe.records import Micrograph, PickContext
 from lipoframe.stages import Refiner
@@ -110,9 +109,7 @@ class RadialProfileRefiner(Refiner):
         out["edge_roughness"] = res["roundness"]
         # Edge step against the micrograph's own spread at this binning: how
         # far the particle stands out from what the background does anyway.
-        sub = img[::2, ::2]
-        spread = 1.4826 * float(median(np.abs(sub - median(sub)))) or 1e-12
-        out["edge_step_snr"] = res["edge_step"] / spread
+        out["edge_step_snr"] = res["edge_step"] / background_stats(img)[1]
         out["quality"] = np.clip(contrast, 0, None) * coverage
         strong = out[schema.SCORE].to_numpy(float) >= p.strong_score
         need_contrast = np.where(strong, p.strong_min_contrast, p.min_contrast)
