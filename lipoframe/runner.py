@@ -244,6 +244,9 @@ def process_micrograph(mic: Micrograph, stages: StageSet, ctx: PickContext) -> p
     picks = schema.with_acceptance(picks)
     for f in stages.filters:
         picks = schema.validate_detections(f.apply(picks, mic, ctx), stage=f"filter/{f.name}")
+    if schema.WEAK in picks.columns and schema.SUPPORT not in picks.columns:
+        # Weak candidates need a stage that vouches for them (the population filter).
+        picks = schema.reject(picks, picks[schema.WEAK].to_numpy(dtype=bool), "weak")
     # Duplicates are resolved last, among the picks that survived refinement
     # and the filters.
     picks = _suppress_again(picks, mic, stages, ctx).reset_index(drop=True)
@@ -1029,7 +1032,7 @@ def pick(
     detector: Any = "edge",
     nms: Any = "size_aware",
     refiner: Any = "radial_profile",
-    filters: tuple = ("diameter_range", "contamination"),
+    filters: tuple = ("diameter_range", "contamination", "population"),
     detector_params: dict | None = None,
     nms_params: dict | None = None,
     refiner_params: dict | None = None,

@@ -26,6 +26,10 @@ SIGMA = "sigma_px"
 ACCEPTED = "accepted"
 REASON = "reject_reason"
 SIZE_BIN = "size_bin"
+#: Detector flag: scored below the detector's threshold (see the ``population`` filter).
+WEAK = "weak"
+#: Population filter: confident picks of the same size in the micrograph.
+SUPPORT = "support"
 
 #: Columns every detector must return, in this order.
 DETECTOR_COLUMNS = (X, Y, DIAMETER, SCORE, LEVEL, SIGMA)

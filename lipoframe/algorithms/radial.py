@@ -445,7 +445,7 @@ def edge_quality(step_per_direction: np.ndarray, valid: np.ndarray | None = None
 
 
 def blocked_directions(
-    centres: np.ndarray, radii: np.ndarray, theta: np.ndarray, *, reach: float = 1.15
+    centres: np.ndarray, radii: np.ndarray, theta: np.ndarray, *, reach: float = 1.15, blockers: np.ndarray | None = None
 ) -> np.ndarray:
     """Directions of each circle that point into a touching or overlapping neighbour.
 
@@ -458,6 +458,8 @@ def blocked_directions(
         Directions (radians, measured from the column axis towards rows).
     reach : float
         Neighbours whose centre is closer than ``reach * (r_i + r_j)`` count.
+    blockers : (K,) ndarray of bool, optional
+        Only these circles count as neighbours (default: all).
 
     Returns
     -------
@@ -482,6 +484,8 @@ def blocked_directions(
     dy, dx = (centres[b] - centres[a]).T
     d = np.hypot(dy, dx)
     close = (d > 0) & (d <= reach * (radii[a] + radii[b]))
+    if blockers is not None:
+        close &= np.asarray(blockers, dtype=bool)[b]
     a, b, dy, dx, d = a[close], b[close], dy[close], dx[close], d[close]
     phi = np.arctan2(dy, dx)
     half = np.arcsin(np.minimum(1.0, radii[b] / d))

@@ -621,6 +621,7 @@ def detect_blobs(
     exclude_border_px: float = 0.0,
     edge_width: float = 0.12,
     crowding: bool = False,
+    report_threshold: float | None = None,
     binned=None,
     workers: int = 1,
 ) -> dict[str, np.ndarray]:
@@ -653,6 +654,10 @@ def detect_blobs(
         With ``threshold_method='mad'``, measure the noise again away from the
         candidates (:func:`crowding_correction`), so that crowded micrographs
         are not judged against a noise level inflated by their particles.
+    report_threshold : float, optional
+        With ``threshold_method='mad'``, return maxima down to this score
+        (below ``threshold``: weak candidates for a later test); the noise
+        estimate and the crowding correction still use ``threshold``.
     binned : callable, optional
         ``binned(factor) -> (M // factor, N // factor) ndarray``, a cache of
         block-averaged copies of the image. Defaults to block-averaging
@@ -679,6 +684,11 @@ def detect_blobs(
     from lipoframe.algorithms.pyramid import block_mean, to_full_resolution
 
     check_search(dmin_px=dmin_px, dmax_px=dmax_px, threshold_method=threshold_method, threshold=threshold)
+    lowest = threshold
+    if report_threshold is not None and threshold_method == "mad":
+        if not report_threshold > 0:
+            raise ValueError(f"report_threshold must be > 0, got {report_threshold}")
+        lowest = min(threshold, report_threshold)
     if binned is None:
         if image is None:
             raise ValueError("image must be given when binned is None")
@@ -707,7 +717,7 @@ def detect_blobs(
             # Candidates above a lower threshold tell where particles may be;
             # the noise is measured again away from them (crowded fields).
             floor = 0.75
-            s, r, c = scale_space_maxima(resp, med + floor * threshold * noise, exclude_border=border)
+            s, r, c = scale_space_maxima(resp, med + min(floor * threshold, lowest) * noise, exclude_border=border)
             # Only confident candidates (above the threshold) are masked:
             # masking noise maxima too would leave only the quietest tiles.
             # A second round masks the candidates the first one uncovered.
@@ -716,11 +726,11 @@ def detect_blobs(
                 sure = resp[s, r, c] >= med[s] + threshold * noise[s]
                 radii = math.sqrt(2.0) * sig_b[s[sure]] * 1.1
                 noise = base * crowding_correction(resp, sig_b, base, r[sure], c[sure], radii, floor=floor, tiles=tiles)
-            keep = resp[s, r, c] >= med[s] + threshold * noise[s]
+            keep = resp[s, r, c] >= med[s] + lowest * noise[s]
             s, r, c = s[keep], r[keep], c[keep]
         else:
             if threshold_method == "mad":
-                thr = med + threshold * noise
+                thr = med + lowest * noise
             elif threshold_method == "percentile":
                 thr = np.full(len(sig_b), np.percentile(resp[1:-1, ::2, ::2], threshold))
             else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import pandas as pd
 
@@ -32,6 +33,9 @@ class BlobParams:
         the ``diameter_range`` filter then decide on the refined diameter.
     exclude_border: ignore maxima closer than this fraction of their own
         diameter to the border (0 keeps particles cut by the border).
+    weak_threshold: with ``mad``, also report candidates scoring between this
+        and ``threshold`` with ``weak=True`` (see the ``population`` filter);
+        ``null`` reports none.
     crowding: with ``mad``, measure the noise again away from the candidate
         particles, so crowded micrographs (no particle-free area) are not
         judged against a noise level inflated by their own particles (2D).
@@ -47,6 +51,7 @@ class BlobParams:
     exclude_border: float = 0.0
     range_margin: float = 0.2
     crowding: bool = False
+    weak_threshold: Optional[float] = None
 
     def __post_init__(self) -> None:
         if not 1.0 < self.k <= 2.0:
@@ -63,6 +68,8 @@ class BlobParams:
             raise ValueError(f"detector.range_margin must be in [0, 0.5), got {self.range_margin}")
         if not 0 <= self.exclude_border <= 1:
             raise ValueError(f"detector.exclude_border must be in [0, 1], got {self.exclude_border}")
+        if self.weak_threshold is not None and not self.weak_threshold > 0:
+            raise ValueError(f"detector.weak_threshold must be > 0 or null, got {self.weak_threshold}")
 
 
 @dataclass
@@ -80,10 +87,16 @@ class EdgeParams(BlobParams):
     """Circular-edge detector (mean gradient flux through circles of each radius).
 
     edge_width: blur of the circle, as a fraction of its radius.
+    weak_threshold: with ``mad``, also report candidates scoring between this
+        and ``threshold``, flagged ``weak``; the ``population`` filter accepts
+        a weak pick only when the micrograph holds many confident picks of the
+        same size (faint particles in a crowded field). ``null`` (or a value
+        >= ``threshold``) reports none.
     """
 
     threshold: float = 5.3
     edge_width: float = 0.12
+    weak_threshold: Optional[float] = 4.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -98,9 +111,18 @@ class _BlobDetector(Detector):
         p = self.params
         if mic.image.ndim == 3:
             return self._detect_3d(mic, ctx)
-        blobs = detect_blobs(None, edge_width=getattr(p, "edge_width", 0.12), crowding=p.crowding, **self._search(mic, ctx))
+        weak = p.threshold_method == "mad" and p.weak_threshold is not None and p.weak_threshold < p.threshold
+        blobs = detect_blobs(
+            None,
+            edge_width=getattr(p, "edge_width", 0.12),
+            crowding=p.crowding,
+            report_threshold=p.weak_threshold if weak else None,
+            **self._search(mic, ctx),
+        )
         df = pd.DataFrame({c: blobs[c] for c in schema.DETECTOR_COLUMNS})
         df["response"] = blobs["response"]
+        if weak:
+            df[schema.WEAK] = df[schema.SCORE].to_numpy(float) < p.threshold
         return df
 
     def _search(self, mic: Micrograph, ctx: PickContext) -> dict:

@@ -222,6 +222,75 @@ class EdgeFilter(Filter):
         return schema.reject(picks, bad, "edge")
 
 
+@dataclass
+class PopulationParams:
+    """Accept a weak pick only when its micrograph holds many confident picks of its size.
+
+    A candidate that scored between the detector's ``weak_threshold`` and its
+    ``threshold`` (``weak=True``) looks like a faint particle as often as like
+    noise. Where confidently found particles of the same size already crowd
+    the micrograph (a field packed with one kind of faint particle) it is
+    most likely one more; on a sparse, polydisperse or empty micrograph it is
+    not.
+
+    min_occupancy: the confident accepted picks of the weak pick's size must
+        cover at least this fraction of the micrograph's area (their number
+        times the weak pick's disc area over the image area).
+    min_support: and they must number at least this many.
+    size_tolerance: "same size": diameters within this relative difference.
+    """
+
+    min_occupancy: float = 0.08
+    min_support: int = 20
+    size_tolerance: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.min_occupancy <= 1:
+            raise ValueError(f"filter.population.min_occupancy must be in [0, 1], got {self.min_occupancy}")
+        if self.min_support < 1:
+            raise ValueError(f"filter.population.min_support must be >= 1, got {self.min_support}")
+        if not 0 < self.size_tolerance < 1:
+            raise ValueError(f"filter.population.size_tolerance must be in (0, 1), got {self.size_tolerance}")
+
+
+def same_size_support(diameters: np.ndarray, reference: np.ndarray, *, tolerance: float) -> np.ndarray:
+    """Number of ``reference`` diameters within ``tolerance`` (relative) of each diameter.
+
+    Parameters
+    ----------
+    diameters : (K,) ndarray
+    reference : (L,) ndarray
+    tolerance : float
+        ``reference`` value ``r`` counts for ``d`` when ``|r / d - 1| < tolerance``.
+
+    Returns
+    -------
+    count : (K,) ndarray of int
+    """
+    d = np.asarray(diameters, dtype=float)
+    ref = np.sort(np.asarray(reference, dtype=float), kind="stable")
+    return np.searchsorted(ref, d * (1 + tolerance), side="left") - np.searchsorted(ref, d * (1 - tolerance), side="right")
+
+
+class PopulationFilter(Filter):
+    name = "population"
+    Params = PopulationParams
+    summary = "accept weak picks only among many confident picks of the same size (crowded faint fields)"
+
+    def apply(self, picks: pd.DataFrame, mic: Micrograph, ctx: PickContext) -> pd.DataFrame:
+        out = schema.with_acceptance(picks)
+        weak = out[schema.WEAK].to_numpy(dtype=bool) if schema.WEAK in out.columns else np.zeros(len(out), bool)
+        acc = out[schema.ACCEPTED].to_numpy(dtype=bool)
+        d = out[schema.DIAMETER].to_numpy(dtype=float)
+        p = self.params
+        support = same_size_support(d, d[acc & ~weak], tolerance=p.size_tolerance)
+        area = float(np.prod(mic.shape[-2:]))
+        occupancy = support * (np.pi / 4.0) * d**2 / area
+        out[schema.SUPPORT] = support
+        out["support_occupancy"] = occupancy
+        return schema.reject(out, weak & ((support < p.min_support) | (occupancy < p.min_occupancy)), "weak_unsupported")
+
+
 @hookimpl
 def lipoframe_register_stages(registry):
     registry.add(DiameterRangeFilter)
@@ -229,3 +298,4 @@ def lipoframe_register_stages(registry):
     registry.add(MinSizeFilter)
     registry.add(NeighbourOutlierFilter)
     registry.add(EdgeFilter)
+    registry.add(PopulationFilter)

@@ -69,6 +69,8 @@ class ContaminationFilter(Filter):
         darkness = m["inside"] - med
         contrast = m["inside"] - m["outside"]
         ok = out[schema.ACCEPTED].to_numpy()
+        if schema.WEAK in out.columns:
+            ok = ok & ~out[schema.WEAK].to_numpy(dtype=bool)  # the confident picks set what is typical
         ref = contrast[ok & (contrast > 0)]
         typical = float(np.median(ref)) if len(ref) else float("inf")
         too_dark = darkness > self.params.max_contrast_ratio * max(typical, spread)

@@ -46,9 +46,18 @@ class SizeAwareParams:
 
 
 def rank_values(picks: pd.DataFrame, column: str) -> np.ndarray:
-    """Values that order NMS candidates: ``column`` if present, else ``score``."""
+    """Values that order NMS candidates: ``column`` if present, else ``score``.
+
+    Weak candidates (``weak`` column, below the detector's threshold) come
+    after every confident one, so they never suppress a confident pick.
+    """
     col = column if column in picks.columns else schema.SCORE
-    return picks[col].to_numpy(dtype=float)
+    values = picks[col].to_numpy(dtype=float)
+    if schema.WEAK in picks.columns and len(values):
+        weak = picks[schema.WEAK].to_numpy(dtype=bool)
+        if weak.any() and not weak.all():
+            values = np.where(weak, values - (np.ptp(values) + 1.0), values)
+    return values
 
 
 class SizeAwareNms(Suppressor):

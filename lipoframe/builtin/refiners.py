@@ -98,7 +98,9 @@ class RadialProfileRefiner(Refiner):
             # In crowded fields a touching neighbour hides the edge on its side:
             # judge the edge on the directions that do not point into one
             # (when at least a third of them remain).
-            blocked = blocked_directions(np.c_[res["row"], res["col"]], res["diameter"] / 2.0, res["theta"])
+            # Weak candidates (mostly noise until a later stage vouches for them) block nothing.
+            blockers = ~out[schema.WEAK].to_numpy(dtype=bool) if schema.WEAK in out.columns else None
+            blocked = blocked_directions(np.c_[res["row"], res["col"]], res["diameter"] / 2.0, res["theta"], blockers=blockers)
             valid = ~blocked
             valid[valid.sum(axis=1) < blocked.shape[1] / 3] = True
             contrast, coverage = edge_quality(res["step_per_direction"], valid)

@@ -1,0 +1,173 @@
+"""Weak candidates and the population filter (faint particles in crowded fields)."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import ndimage as ndi
+from scipy.spatial import cKDTree
+from skimage.draw import disk
+
+from lipoframe import pick, schema
+from lipoframe.algorithms.radial import blocked_directions
+from lipoframe.builtin.filters import PopulationFilter, PopulationParams, same_size_support
+from lipoframe.builtin.nms import rank_values
+from lipoframe.records import Micrograph, MicrographMeta, PickContext
+
+SIZE = 1024
+DIAMETER = 48.0
+
+
+def _noise(seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    n = ndi.gaussian_filter(rng.standard_normal((SIZE, SIZE)), 2.0)
+    return (n / n.std()).astype(np.float32)
+
+
+def lattice(contrast: float, *, seed: int = 0, every: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Dark discs on a jittered square lattice (pitch 1.25 diameters), every ``every``-th site."""
+    rng = np.random.default_rng(seed)
+    img = _noise(seed)
+    pitch = DIAMETER * 1.25
+    sites = np.arange(pitch / 2 + 4, SIZE - pitch / 2, pitch)
+    centres = np.array([(r, c) for r in sites for c in sites]) + rng.uniform(-3, 3, (len(sites) ** 2, 2))
+    centres = centres[::every]
+    for r, c in centres:
+        img[disk((r, c), DIAMETER / 2, shape=img.shape)] -= contrast
+    return img, centres
+
+
+def found(picks: pd.DataFrame, centres: np.ndarray) -> tuple[int, int]:
+    """(true picks, false picks) among the accepted ones."""
+    acc = picks[picks[schema.ACCEPTED]]
+    d, _ = cKDTree(centres).query(acc[[schema.Y, schema.X]].to_numpy())
+    return int(np.sum(d < 0.3 * DIAMETER)), int(np.sum(d >= 0.3 * DIAMETER))
+
+
+def test_crowded_faint_field_gains_its_weak_particles():
+    img, centres = lattice(1.3)
+    without = pick(img, units="px", dmin=40, dmax=60, detector_params={"weak_threshold": None})
+    with_weak = pick(img, units="px", dmin=40, dmax=60)
+    tp0, fp0 = found(without, centres)
+    tp1, fp1 = found(with_weak, centres)
+    # The scenario is meaningful: many particles are below the threshold.
+    assert tp0 < 0.6 * len(centres)
+    assert tp1 > 0.8 * len(centres)
+    assert fp1 <= fp0 + 0.02 * len(centres)
+    acc = with_weak[with_weak[schema.ACCEPTED]]
+    assert acc[schema.WEAK].sum() > 50
+    assert (acc.loc[acc[schema.WEAK], schema.SCORE] < 5.3).all()
+    # Confident picks are the same with and without weak candidates.
+    conf = acc[~acc[schema.WEAK]]
+    ref = without[without[schema.ACCEPTED]]
+    assert len(conf) == len(ref)
+    assert np.allclose(np.sort(conf[schema.X].to_numpy()), np.sort(ref[schema.X].to_numpy()))
+
+
+@pytest.mark.parametrize("every", [1, 16])
+def test_no_weak_pick_on_noise_or_in_a_sparse_field(every):
+    # Pure noise: weak candidates exist but nothing vouches for them.
+    noise = pick(_noise(3), units="px", dmin=40, dmax=60)
+    assert noise[schema.WEAK].sum() > 20
+    assert not (noise[schema.WEAK] & noise[schema.ACCEPTED]).any()
+    # A sparse field of the same particles: the weak ones are not accepted.
+    img, centres = lattice(1.3, every=every)
+    picks = pick(img, units="px", dmin=40, dmax=60)
+    acc = picks[picks[schema.ACCEPTED]]
+    if every > 1:
+        assert not acc[schema.WEAK].any()
+        assert set(picks.loc[picks[schema.WEAK], schema.REASON]) <= {"weak_unsupported", "no_edge", "diameter_range", "contamination"}
+
+
+def test_same_size_support_counts_like_brute_force():
+    rng = np.random.default_rng(0)
+    d = rng.uniform(20, 200, 300)
+    ref = rng.uniform(20, 200, 120)
+    expected = [int(np.sum(np.abs(ref / x - 1) < 0.1)) for x in d]
+    assert same_size_support(d, ref, tolerance=0.1).tolist() == expected
+    assert same_size_support(d, np.empty(0), tolerance=0.1).tolist() == [0] * 300
+
+
+def _table(diameters, weak, accepted=None):
+    n = len(diameters)
+    df = pd.DataFrame(index=range(n))
+    df[schema.X] = np.arange(n, dtype=float) * 10
+    df[schema.Y] = 5.0
+    df[schema.DIAMETER] = np.asarray(diameters, float)
+    df[schema.SCORE] = np.where(weak, 4.5, 8.0)
+    df[schema.LEVEL] = 0
+    df[schema.SIGMA] = df[schema.DIAMETER] / 2.8
+    df[schema.WEAK] = np.asarray(weak, bool)
+    df[schema.ACCEPTED] = np.ones(n, bool) if accepted is None else np.asarray(accepted, bool)
+    df[schema.REASON] = np.where(df[schema.ACCEPTED], "", "other")
+    return df
+
+
+def _mic(shape):
+    return Micrograph(meta=MicrographMeta(name="t", path="", shape=shape, pixel_size=1.0), image=np.zeros(shape, np.float32))
+
+
+def test_population_filter_needs_enough_confident_picks_of_the_same_size():
+    ctx = PickContext(dmin_px=10, dmax_px=200)
+    # 30 confident picks of 50 px cover 30 * 1963 / 500**2 = 24 % of a 500² image.
+    conf = [50.0] * 30
+    picks = _table(conf + [51.0, 80.0, 50.0], [False] * 30 + [True, True, True], accepted=[True] * 32 + [False])
+    before = picks.copy()
+    out = PopulationFilter(PopulationParams(min_occupancy=0.08, min_support=20)).apply(picks, _mic((500, 500)), ctx)
+    pd.testing.assert_frame_equal(picks, before)  # the input is not changed
+    assert out[schema.ACCEPTED].tolist() == [True] * 31 + [False, False]
+    assert out[schema.REASON].tolist()[-2:] == ["weak_unsupported", "other"]
+    assert out[schema.SUPPORT].tolist()[30:] == [30, 0, 30]
+    # The same picks on a 4x larger image are not crowded: the weak ones go.
+    big = PopulationFilter(PopulationParams(min_occupancy=0.08, min_support=20)).apply(picks, _mic((2000, 2000)), ctx)
+    assert not big[schema.ACCEPTED].iloc[30:].any()
+    # ... and with too few confident picks neither.
+    few = PopulationFilter(PopulationParams(min_occupancy=0.0, min_support=31)).apply(picks, _mic((500, 500)), ctx)
+    assert not few[schema.ACCEPTED].iloc[30:].any()
+    assert few[schema.ACCEPTED].iloc[:30].all()  # confident picks are never touched
+
+
+def test_weak_candidates_without_a_population_filter_are_rejected():
+    img, _ = lattice(1.3)
+    picks = pick(img, units="px", dmin=40, dmax=60, filters=("diameter_range",))
+    weak = picks[schema.WEAK].to_numpy(bool)
+    assert weak.any()
+    assert not picks.loc[weak, schema.ACCEPTED].any()
+    assert set(picks.loc[weak, schema.REASON]) <= {"weak", "no_edge", "diameter_range"}
+
+
+def test_weak_candidates_rank_after_confident_ones_in_nms():
+    df = pd.DataFrame({schema.SCORE: [6.0, 4.5, 5.5], "response": [1.0, 9.0, 2.0], schema.WEAK: [False, True, False]})
+    r = rank_values(df, "response")
+    assert r[1] < min(r[0], r[2])
+    assert r[2] > r[0]  # confident order kept
+    assert rank_values(df.drop(columns=schema.WEAK), "response").tolist() == [1.0, 9.0, 2.0]
+
+
+def test_blocked_directions_only_by_blockers():
+    centres = np.array([[100.0, 100.0], [100.0, 140.0]])
+    theta = np.linspace(0, 2 * np.pi, 48, endpoint=False)
+    both = blocked_directions(centres, np.array([20.0, 20.0]), theta)
+    assert both[0].any() and both[1].any()
+    only = blocked_directions(centres, np.array([20.0, 20.0]), theta, blockers=np.array([True, False]))
+    assert not only[0].any() and only[1].any()
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        (dict(min_occupancy=1.5), "filter.population.min_occupancy"),
+        (dict(min_support=0), "filter.population.min_support"),
+        (dict(size_tolerance=0), "filter.population.size_tolerance"),
+    ],
+)
+def test_population_params_are_validated(params, message):
+    with pytest.raises(ValueError, match=message):
+        PopulationParams(**params)
+
+
+def test_weak_threshold_is_validated():
+    from lipoframe.builtin.detectors import EdgeParams
+
+    with pytest.raises(ValueError, match="detector.weak_threshold"):
+        EdgeParams(weak_threshold=-1.0)
+    assert EdgeParams(weak_threshold=None).weak_threshold is None
