@@ -444,3 +444,43 @@ def test_local_maxima_equal_scipy_find_peaks():
         n = int(rng.integers(0, 30))
         x = rng.integers(0, 4, n).astype(float) if trial % 2 else rng.normal(size=n)  # plateaus / distinct values
         np.testing.assert_array_equal(local_maxima(x), find_peaks(x)[0])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cols", [1, 2, 3, 20, 21, 48, 341, 1364])
+def test_median_rows_equals_numpy_median(dtype, cols):
+    from lipoframe.algorithms.stats import median_rows
+
+    rng = np.random.default_rng(cols)
+    a = (rng.standard_normal((40, cols)) * 100).astype(dtype)
+    a[::5] = np.round(a[::5])  # ties
+    before = a.copy()
+    got = median_rows(a)
+    want = np.median(a, axis=1)
+    assert got.dtype == want.dtype
+    assert np.array_equal(got, want)
+    assert np.array_equal(a, before)  # not modified
+    a[3, 0] = np.nan
+    assert np.array_equal(median_rows(a), np.median(a, axis=1), equal_nan=True)
+
+
+def test_median_rows_rejects_bad_input():
+    from lipoframe.algorithms.stats import median_rows
+
+    with pytest.raises(ValueError, match="2D float array"):
+        median_rows(np.zeros((3, 0)))
+    with pytest.raises(ValueError, match="2D float array"):
+        median_rows(np.zeros(5))
+
+
+def test_background_stats_subsample_keeps_the_estimate():
+    from lipoframe.algorithms.stats import background_stats
+
+    rng = np.random.default_rng(0)
+    img = (3.0 + 2.0 * rng.standard_normal((1024, 1024))).astype(np.float32)
+    med, spread = background_stats(img)  # stride 4
+    med2, spread2 = background_stats(img, samples=img.size // 4)  # stride 2, as before
+    assert abs(med - 3.0) < 0.02 and abs(spread - 2.0) < 0.02
+    assert abs(med - med2) < 0.02 and abs(spread / spread2 - 1) < 0.01
+    with pytest.raises(ValueError, match="samples"):
+        background_stats(img, samples=0)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from lipoframe.algorithms.radial import polar_samples
+from lipoframe.algorithms.stats import median_rows
 
 
 def neighbourhood_measures(
@@ -46,9 +47,9 @@ def neighbourhood_measures(
     samples, theta, rho = polar_samples(image, rows, cols, np.asarray(diameters, float) / 2, n_angles=n_angles, n_radii=33, rho_max=1.6)
     inner = rho <= 0.8
     outer = rho >= 1.15
-    inside = np.median(samples[:, :, inner].reshape(k, -1), axis=1)
+    inside = median_rows(samples[:, :, inner].reshape(k, -1))
     ring = samples[:, :, outer].mean(axis=2)  # (K, A)
-    outside = np.median(ring, axis=1)
+    outside = median_rows(ring)
     c, s = np.cos(theta), np.sin(theta)
     a = 2.0 * (ring * c).mean(axis=1)
     b = 2.0 * (ring * s).mean(axis=1)

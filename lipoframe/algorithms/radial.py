@@ -24,6 +24,8 @@ import math
 import numpy as np
 from scipy import ndimage as ndi
 
+from lipoframe.algorithms.stats import median_rows
+
 
 def polar_samples(
     image: np.ndarray,
@@ -281,10 +283,10 @@ def refine_circles(
             rhs = (weights * per_r) @ design
             coef = np.linalg.solve(lhs + 1e-9 * np.eye(3)[None], rhs[:, :, None])[:, :, 0]
             resid = per_r - coef @ design.T
-            mad = np.median(np.abs(resid), axis=1, keepdims=True) + 1e-6
+            mad = median_rows(np.abs(resid))[:, None] + 1e-6
             weights = (np.abs(resid) <= 2.5 * 1.4826 * mad).astype(float)
         radius = edge_rho * r0
-        resid_rms = 1.4826 * np.median(np.abs(per_r - coef @ design.T), axis=1)
+        resid_rms = 1.4826 * median_rows(np.abs(per_r - coef @ design.T))
         if not last:
             cols = cols + coef[:, 1]
             rows = rows + coef[:, 2]
@@ -300,7 +302,7 @@ def refine_circles(
     inner_ang = _masked_mean(ring, inner)
     outer_ang = _masked_mean(ring, outer)
     step_ang = inner_ang - outer_ang  # (K, A)
-    step = np.median(step_ang, axis=1)
+    step = median_rows(step_ang)
     contrast, coverage = edge_quality(step_ang)
     mean_step = step_ang.mean(axis=1)
     # Sharpness: width of the edge = step height / steepest slope (pixels of

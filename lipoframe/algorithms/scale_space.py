@@ -26,6 +26,7 @@ from scipy import fft as sfft
 from scipy.special import j1
 
 from lipoframe.algorithms.pyramid import pow2_floor
+from lipoframe.algorithms.stats import median, median_rows
 
 #: Response methods of :func:`blob_responses`.
 METHODS = ("dog", "log", "edge")
@@ -308,8 +309,8 @@ def _tile_spreads(r: np.ndarray, tile: int) -> tuple[np.ndarray, int, int]:
     ty_size, tx_size = m // ty, n // tx
     tiles = r[: ty * ty_size, : tx * tx_size].reshape(ty, ty_size, tx, tx_size).transpose(0, 2, 1, 3)
     tiles = tiles.reshape(ty * tx, -1)[:, ::3]
-    tile_med = np.median(tiles, axis=1)
-    tile_mad = np.median(np.abs(tiles - tile_med[:, None]), axis=1)
+    tile_med = median_rows(tiles)
+    tile_mad = median_rows(np.abs(tiles - tile_med[:, None]))
     return 1.4826 * tile_mad.reshape(ty, tx), ty_size, tx_size
 
 
@@ -388,7 +389,7 @@ def robust_noise(
         tiles = measure_tiles(responses, sigmas, tile_sigmas=tile_sigmas)
     measured = _measured_scales(S)
     for i in measured:
-        med[i] = float(np.median(responses[i, ::3, ::3]))
+        med[i] = float(median(responses[i, ::3, ::3]))
         scale[i] = float(np.quantile(tiles[i][0], quantile))
     floor = 1e-6 * max(float(np.abs(responses[:, ::4, ::4]).max()), 1e-30)
     scale = np.maximum(scale, floor)
