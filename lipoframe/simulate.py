@@ -38,10 +38,12 @@ import pandas as pd
 from lipoframe.synthetic import Component, SceneSpec, render_scene, write_mrc
 
 #: Bump when the generator changes so cached sets are remade.
-SIMULATOR_VERSION = 5
+SIMULATOR_VERSION = 6
 PRESETS = ("suite", "mini")
 
 S, SH, V = "solid", "shell", "vesicle"
+#: Diameter range (Å) of every particle of the presets: lipoframe's default dmin/dmax.
+SUITE_RANGE_A = (150.0, 500.0)
 
 
 def _mix(*kinds: tuple[str, float]) -> tuple[tuple[str, float], ...]:
@@ -101,7 +103,13 @@ def suite_scenes(seed: int = 0) -> list[SceneSpec]:
         SceneSpec("empty", components=(), coverage=0.0, n_ice=2, n_junk=15, gradient=1.5, lowfreq=0.8,
                   description="no particles: background, gradient, noise, two ice contaminations, small junk", **base),
     ]
-    return [replace(s, seed=int(np.random.SeedSequence([seed, i]).generate_state(1)[0])) for i, s in enumerate(scenes)]
+    # Every particle lies in the default picking range (150-500 Å), which the
+    # benchmark uses: a target outside it would have to be rejected by the
+    # diameter_range filter and counted as missed at the same time.
+    return [
+        replace(s, seed=int(np.random.SeedSequence([seed, i]).generate_state(1)[0]), size_range_A=SUITE_RANGE_A)
+        for i, s in enumerate(scenes)
+    ]
 
 
 def mini_scenes(seed: int = 0) -> list[SceneSpec]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -188,6 +189,10 @@ class SceneSpec:
         and round balls 150-450 Å); small non-target blobs.
     nested: fraction of vesicles with a second vesicle inside (multilamellar).
     fringe: strength of the bright defocus fringe around every object (0 = none).
+    size_range_A: (min, max) diameter in Å every particle is drawn within
+        (each mode becomes a normal truncated to it); None = no limit. Set it
+        to the diameter range the scene is meant to be picked with, so that
+        no target lies outside the range the picker is asked for.
     seed: random seed of this scene.
     """
 
@@ -210,6 +215,7 @@ class SceneSpec:
     n_junk: int = 0
     nested: float = 0.15
     fringe: float = 0.35
+    size_range_A: Optional[tuple[float, float]] = None
     seed: int = 0
     description: str = ""
 
@@ -225,6 +231,8 @@ class SceneSpec:
             raise ValueError(f"ellipticity must be in [0, 0.5], got {self.ellipticity}")
         if not 0 <= self.fringe <= 2:
             raise ValueError(f"fringe must be in [0, 2], got {self.fringe}")
+        if self.size_range_A is not None and not (len(self.size_range_A) == 2 and 0 < self.size_range_A[0] < self.size_range_A[1]):
+            raise ValueError(f"size_range_A must be (min, max) with 0 < min < max, got {self.size_range_A}")
         if self.n_ice < 0 or self.n_junk < 0:
             raise ValueError(f"n_ice and n_junk must be >= 0, got {self.n_ice} and {self.n_junk}")
         for c in self.components:
@@ -280,6 +288,25 @@ def _smooth_field(shape: tuple[int, int], scale_px: float, rng: np.random.Genera
     return f.astype(np.float32, copy=False)
 
 
+def _draw_diameter(c: Component, size_range_A: tuple[float, float] | None, rng: np.random.Generator) -> float:
+    """One diameter (Å) of mode ``c``: normal, within 0.6-1.4x its mean and within ``size_range_A``.
+
+    Out-of-range draws are drawn again (a truncated normal); a mode that
+    lies (almost) entirely outside the range falls back to clipping.
+    """
+    lo, hi = 0.6 * c.diameter_A, 1.4 * c.diameter_A
+    if size_range_A is not None:
+        lo, hi = max(lo, size_range_A[0]), min(hi, size_range_A[1])
+        if lo > hi:
+            return float(np.clip(c.diameter_A, size_range_A[0], size_range_A[1]))
+    d = rng.normal(c.diameter_A, c.sd_A)
+    for _ in range(100):
+        if size_range_A is None or lo <= d <= hi:
+            break
+        d = rng.normal(c.diameter_A, c.sd_A)
+    return float(np.clip(d, lo, hi))
+
+
 def _draw_sizes(spec: SceneSpec, rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
     """Diameters (px) and kinds for ``coverage`` of the field, largest first."""
     if not spec.components or spec.coverage <= 0:
@@ -291,7 +318,7 @@ def _draw_sizes(spec: SceneSpec, rng: np.random.Generator) -> tuple[np.ndarray, 
     covered = 0.0
     while covered < area and len(diam) < 20000:
         c = spec.components[rng.choice(len(w), p=w)]
-        d_A = float(np.clip(rng.normal(c.diameter_A, c.sd_A), 0.6 * c.diameter_A, 1.4 * c.diameter_A))
+        d_A = _draw_diameter(c, spec.size_range_A, rng)
         names = [k for k, _ in c.kinds]
         p = np.array([v for _, v in c.kinds], float)
         kinds.append(names[rng.choice(len(names), p=p / p.sum())])

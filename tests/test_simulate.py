@@ -89,6 +89,7 @@ def test_shells_and_vesicles_have_lighter_centres():
     ({"coverage": 1.5}, "coverage"),
     ({"ellipticity": 2}, "ellipticity"),
     ({"components": (Component(200, 10, 1, (("cube", 1.0),)),)}, "kinds"),
+    ({"size_range_A": (500, 150)}, "size_range_A"),
 ])
 def test_scene_spec_checks_its_values(kw, word):
     with pytest.raises(ValueError, match=word):
@@ -137,8 +138,21 @@ def test_ice_junk_carbon_and_empty():
     assert set(empty_truth.kind) == {"junk"} and np.isfinite(empty_img).all()
 
 
+def test_size_range_truncates_every_mode():
+    from lipoframe.synthetic import _draw_sizes
+
+    wide = small_scene(components=(Component(160, 30, 1, SOLID), Component(480, 40, 1, SOLID)), coverage=0.9, pixel_size=1.0, shape=(4096, 4096))
+    d_free = _draw_sizes(wide, np.random.default_rng(0))[0]
+    assert d_free.min() < 150 and d_free.max() > 500  # the scenario is meaningful
+    d = _draw_sizes(replace(wide, size_range_A=(150.0, 500.0)), np.random.default_rng(0))[0]
+    assert d.min() >= 150 and d.max() <= 500
+    assert d.min() < 160 and d.max() > 470  # truncated, not moved: the tails reach the limits
+    assert np.sum(d == 150) + np.sum(d == 500) <= 1  # drawn again, not piled up at the limits
+
+
 def test_presets():
     suite = suite_scenes(0)
+    assert all(s.size_range_A == (150.0, 500.0) for s in suite)
     assert len({s.name for s in suite}) == len(suite)
     square = [s for s in suite if s.shape == (4096, 4096) and s.pixel_size == 1.0 and s.components]
     assert len(square) >= 10
