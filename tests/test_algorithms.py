@@ -224,6 +224,35 @@ def test_refine_circles_flags_background():
 def test_refine_circles_validates():
     with pytest.raises(ValueError, match="search"):
         refine_circles(np.zeros((10, 10)), np.zeros(1), np.zeros(1), np.ones(1), search=1.5)
+    with pytest.raises(ValueError, match="rim"):
+        refine_circles(np.zeros((10, 10)), np.zeros(1), np.zeros(1), np.ones(1), rim="disc")
+
+
+@pytest.mark.parametrize("kind", ["solid", "shell", "vesicle"])
+@pytest.mark.parametrize("blur", [1.0, 2.5])
+def test_sphere_rim_gives_unbiased_diameters_of_projected_spheres(kind, blur):
+    """Projected spheres, shells and vesicles: the steepest fall lies inside the rim, the sphere rim does not."""
+    from scipy import ndimage as ndi
+
+    from lipoframe.synthetic import radial_profile
+
+    shape = (520, 520)
+    items = [(130.3, 140.6, 90.0), (330.0, 320.2, 160.0), (140.0, 400.0, 60.0)]
+    yy, xx = np.mgrid[: shape[0], : shape[1]].astype(np.float32)
+    img = np.zeros(shape, np.float32)
+    for r, c, d in items:
+        kw = {"shell": {"inner": 0.75, "core": 0.2}, "vesicle": {"membrane": 0.3}}.get(kind, {})
+        img += radial_profile(kind, np.hypot(yy - r, xx - c) / (d / 2), **kw).astype(np.float32)
+    img = ndi.gaussian_filter(img, blur)
+    rows, cols = np.array([r + 3 for r, _, _ in items]), np.array([c - 2 for _, c, _ in items])
+    d0 = np.array([d * 1.1 for _, _, d in items])
+    truth = np.array([d for _, _, d in items])
+    sphere = refine_circles(img, rows, cols, d0)["diameter"] / truth - 1
+    steepest = refine_circles(img, rows, cols, d0, rim="steepest")["diameter"] / truth - 1
+    assert np.all(np.abs(sphere) < 0.006)
+    # The steepest fall is inside the rim, by about 0.77 blur widths (1.5 blur widths in diameter).
+    assert np.all(steepest < -0.5 * blur / truth)
+    assert np.all(np.abs(sphere) < np.abs(steepest))
 
 
 def test_blocked_directions_point_at_touching_neighbours():

@@ -266,7 +266,7 @@ def test_refine_circles_equals_the_simple_version():
     rows = np.array([r + 3 for r, _, _ in items] + [150.0])
     cols = np.array([c - 2 for _, c, _ in items] + [30.0])  # the last one is background
     d0 = np.array([d * 1.1 for _, _, d in items] + [40.0])
-    got = refine_circles(img, rows, cols, d0)
+    got = refine_circles(img, rows, cols, d0, rim="steepest")
     want = _refine_reference(img, rows, cols, d0)
     for key in ("row", "col", "diameter"):
         np.testing.assert_allclose(got[key], want[key], rtol=0, atol=1e-3)

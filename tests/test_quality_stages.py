@@ -124,6 +124,7 @@ def test_strong_detections_need_only_the_relaxed_edge_test():
         ("detector", {"range_margin": 0.7}, "detector.range_margin"),
         ("detector", {"edge_width": 0.9}, "detector.edge_width"),
         ("refiner", {"search": 1.5}, "refiner.search"),
+        ("refiner", {"rim": "disc"}, "refiner.rim"),
     ],
 )
 def test_quality_params_are_validated(stage, params, message):

@@ -184,6 +184,7 @@ def refine_circles(
     iterations: int = 3,
     max_shift: float = 0.35,
     n_angles: int = 48,
+    rim: str = "sphere",
 ) -> dict[str, np.ndarray]:
     """Refine centres and diameters of bright circular particles from radial profiles.
 
@@ -205,11 +206,23 @@ def refine_circles(
         that would move further keeps its initial centre and is flagged.
     n_angles : int
         Angular samples per profile.
+    rim : {'sphere', 'steepest'}
+        Where the particle ends. ``'steepest'``: at the steepest fall of the
+        mean radial profile. ``'sphere'`` (default): at the rim of a
+        projected sphere (or spherical shell or vesicle), whose thickness
+        falls as ``sqrt(R - r)`` at the rim; blurred by a Gaussian of width
+        ``s`` (the image's own blur, the binning, the interpolation) its
+        steepest fall lies ``0.765 s`` *inside* the rim and the gradient is
+        back to half its peak ``1.463 s`` beyond the steepest point. The
+        rim is therefore placed ``0.523`` times that outer half-width beyond
+        the steepest point, with ``s`` measured on each pick's profile (see
+        Notes). The edge-quality bands stay at the steepest point.
 
     Returns
     -------
     result : dict of (K,) ndarrays
-        ``row``, ``col``, ``diameter`` (refined), ``edge_contrast`` (edge
+        ``row``, ``col``, ``diameter`` (refined; see ``rim``),
+        ``diameter_steepest`` (at the steepest fall), ``edge_contrast`` (edge
         signal-to-noise: mean brightness step across the edge over its
         standard error around the circle), ``edge_coverage`` (fraction of
         directions in which the inside is brighter than the outside),
@@ -230,13 +243,15 @@ def refine_circles(
         raise ValueError(f"search must be in (0, 1), got {search}")
     if iterations < 1:
         raise ValueError(f"iterations must be >= 1, got {iterations}")
+    if rim not in RIMS:
+        raise ValueError(f"rim must be one of {RIMS}, got {rim!r}")
     rows = np.asarray(rows, dtype=float).copy()
     cols = np.asarray(cols, dtype=float).copy()
     r0 = np.asarray(diameters, dtype=float) / 2.0
     k = len(rows)
     empty = np.empty(0)
     if k == 0:
-        names = ("row", "col", "diameter", "edge_contrast", "edge_coverage", "edge_width", "edge_step", "roundness", "shift")
+        names = ("row", "col", "diameter", "diameter_steepest", "edge_contrast", "edge_coverage", "edge_width", "edge_step", "roundness", "shift")
         return {n: empty.copy() for n in names} | {
             "edge_found": np.empty(0, bool),
             "step_per_direction": np.empty((0, n_angles)),
@@ -286,6 +301,8 @@ def refine_circles(
             mad = median_rows(np.abs(resid))[:, None] + 1e-6
             weights = (np.abs(resid) <= 2.5 * 1.4826 * mad).astype(float)
         radius = edge_rho * r0
+        if last and rim == "sphere":
+            radius = (edge_rho + _sphere_rim_offset(ring, ring_pos, rho, edge_rho)) * r0
         resid_rms = 1.4826 * median_rows(np.abs(per_r - coef @ design.T))
         if not last:
             cols = cols + coef[:, 1]
@@ -316,6 +333,7 @@ def refine_circles(
         "row": rows,
         "col": cols,
         "diameter": 2.0 * radius,
+        "diameter_steepest": 2.0 * edge_rho * r0,
         "edge_contrast": contrast,
         "edge_coverage": coverage,
         "edge_found": edge_found,
@@ -326,6 +344,60 @@ def refine_circles(
         "roundness": resid_rms / np.maximum(radius, 1e-12),
         "shift": shift,
     }
+
+
+#: Choices of ``refine_circles(rim=...)``.
+RIMS = ("sphere", "steepest")
+
+#: A projected sphere's rim, ``sqrt(max(-u, 0))`` blurred by a unit Gaussian:
+#: its steepest fall is at ``u = -0.765``, and the gradient is back to half
+#: that peak at ``u = +0.698``, 1.463 beyond it; the rim (``u = 0``) is thus
+#: 0.765 / 1.463 = 0.523 of the outer half-width beyond the steepest point
+#: (numerical integration on a 0.001 grid).
+SPHERE_RIM_RATIO = 0.523
+
+
+def _sphere_rim_offset(ring: np.ndarray, pos: np.ndarray, rho: np.ndarray, edge_rho: np.ndarray) -> np.ndarray:
+    """Distance (units of the radius) from the steepest fall to the rim of a blurred projected sphere.
+
+    Parameters
+    ----------
+    ring : (K, A, W) ndarray
+        Polar samples at radial positions ``rho[pos]`` (consecutive indices).
+    pos : (K, W) ndarray of int
+    rho : (R,) ndarray
+        The radial grid (evenly spaced).
+    edge_rho : (K,) ndarray
+        Steepest fall of each pick's mean profile.
+
+    Returns
+    -------
+    offset : (K,) ndarray
+        ``SPHERE_RIM_RATIO`` times the distance from ``edge_rho`` to where the
+        gradient of the mean profile (over directions) rises back to half
+        its value at ``edge_rho``, outwards; 0 where it does not within the
+        samples (then the steepest point is kept).
+    """
+    drho = float(rho[1] - rho[0])
+    prof = ring.mean(axis=1)  # (K, W)
+    grad = np.gradient(prof, drho, axis=1)
+    on_grid = (pos >= 0) & (pos < len(rho))
+    # Position of the edge in the columns of ``ring`` (fractional).
+    e = (edge_rho - rho[0]) / drho - pos[:, 0]
+    w = np.arange(prof.shape[1])[None, :]
+    k = np.arange(len(e))
+    ie = np.clip(np.round(e).astype(int), 0, prof.shape[1] - 1)
+    peak = grad[k, ie]
+    rising = on_grid & (w > e[:, None]) & (grad > 0.5 * peak[:, None])
+    found = rising.any(axis=1) & (peak < 0)
+    j = np.argmax(rising, axis=1)
+    j = np.maximum(j, 1)
+    g0, g1 = grad[k, j - 1], grad[k, j]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        frac = np.where(g1 != g0, (0.5 * peak - g0) / (g1 - g0), 0.0)
+    half = (j - 1) + np.clip(frac, 0.0, 1.0)
+    width = np.clip(half - e, 0.0, None) * drho
+    return np.where(found, SPHERE_RIM_RATIO * width, 0.0)
 
 
 def _ring_samples(

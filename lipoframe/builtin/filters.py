@@ -21,10 +21,12 @@ from lipoframe.stages import Filter
 class DiameterRangeParams:
     """Reject picks whose diameter is outside the run's [dmin, dmax] widened by ``tolerance``.
 
-    tolerance: relative widening of the range on both sides (0.1 = 10%).
+    tolerance: relative widening of the range on both sides (0.05 = 5%): the
+        measurement error of a refined diameter (median 0.7 % on the
+        simulated suite, a few % for faint particles).
     """
 
-    tolerance: float = 0.1
+    tolerance: float = 0.05
 
     def __post_init__(self) -> None:
         if not 0 <= self.tolerance < 1:

@@ -9,7 +9,7 @@ import pandas as pd
 
 from lipoframe import schema
 from lipoframe.algorithms.pyramid import pow2_floor, to_binned, to_full_resolution
-from lipoframe.algorithms.radial import blocked_directions, edge_quality, refine_circles
+from lipoframe.algorithms.radial import RIMS, blocked_directions, edge_quality, refine_circles
 from lipoframe.algorithms.stats import background_stats
 from lipoframe.hookspecs import hookimpl
 from lipoframe.records import Micrograph, PickContext
@@ -38,6 +38,10 @@ class RadialProfileParams:
         limits to every pick, ``inf`` never.
     ignore_neighbours: judge the edge only on the directions that do not
         point into a touching neighbouring pick (crowded fields).
+    rim: where a particle ends: ``sphere`` (the rim of a blurred projected
+        sphere, shell or vesicle, just beyond the steepest fall of the
+        profile; unbiased diameters) or ``steepest`` (the steepest fall
+        itself, 1-3 % small for spheres).
     """
 
     search: float = 0.25
@@ -49,8 +53,11 @@ class RadialProfileParams:
     strong_min_contrast: float = 2.5
     strong_min_coverage: float = 0.6
     ignore_neighbours: bool = True
+    rim: str = "sphere"
 
     def __post_init__(self) -> None:
+        if self.rim not in RIMS:
+            raise ValueError(f"refiner.rim must be one of {RIMS}, got {self.rim!r}")
         if not 0 < self.search < 1:
             raise ValueError(f"refiner.search must be in (0, 1), got {self.search}")
         if not 1 <= self.iterations <= 10:
@@ -87,6 +94,7 @@ class RadialProfileRefiner(Refiner):
             out[schema.DIAMETER].to_numpy(float) / factor,
             search=p.search,
             iterations=p.iterations,
+            rim=p.rim,
         )
         out["diameter_detector_px"] = out[schema.DIAMETER].to_numpy(float)
         out[schema.X] = np.clip(to_full_resolution(res["col"], factor), 0, mic.shape[-1] - 1)
@@ -100,7 +108,9 @@ class RadialProfileRefiner(Refiner):
             # (when at least a third of them remain).
             # Weak candidates (mostly noise until a later stage vouches for them) block nothing.
             blockers = ~out[schema.WEAK].to_numpy(dtype=bool) if schema.WEAK in out.columns else None
-            blocked = blocked_directions(np.c_[res["row"], res["col"]], res["diameter"] / 2.0, res["theta"], blockers=blockers)
+            blocked = blocked_directions(
+                np.c_[res["row"], res["col"]], res["diameter_steepest"] / 2.0, res["theta"], blockers=blockers
+            )
             valid = ~blocked
             valid[valid.sum(axis=1) < blocked.shape[1] / 3] = True
             contrast, coverage = edge_quality(res["step_per_direction"], valid)
