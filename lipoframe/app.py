@@ -165,6 +165,12 @@ def run(argv: list[str]) -> int:
     pm, registry = prepare_hydra()
     multirun = any(a in ("-m", "--multirun") for a in argv)
     flags, overrides = split_argv(argv)
+    shown = [f for f in flags if f in ("--cfg", "-c", "--info", "-i", "--shell-completion", "-sc")]
+    if multirun and shown:
+        # Hydra refuses the combination with a traceback; say it in one line.
+        print(f"lipoframe: {shown[0]} shows one job's config and cannot be combined with -m/--multirun; "
+              "run it without -m, once per combination you want to see", file=sys.stderr)
+        return 2
     info_only = any(f in ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--resolve", "--shell-completion", "-sc") for f in flags)
     # With a config folder or file of the user's, Hydra composes (and reports) itself.
     own_config = any(f.split("=", 1)[0] in ("--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn") for f in flags)

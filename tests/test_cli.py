@@ -40,6 +40,13 @@ def test_usage_version_and_unknown_command(run_cli):
     assert code == 2 and "unknown command 'pikc'" in err
 
 
+@pytest.mark.parametrize("flag", ["--cfg", "--info"])
+def test_multirun_with_a_show_flag_gives_one_line(run_cli, flag):
+    code, _, err = run_cli("run", "-m", flag, *(["job"] if flag == "--cfg" else []), "nms.beta=0.6,0.8")
+    assert code == 2
+    assert err.strip().count("\n") == 0 and "cannot be combined with -m" in err and "Traceback" not in err
+
+
 def test_stages_lists_every_parameter_with_type_and_default(run_cli):
     from lipoframe import plugins
     from lipoframe.registry import describe_params
