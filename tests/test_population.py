@@ -1,5 +1,7 @@
 """Weak candidates and the population filter (faint particles in crowded fields)."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -171,3 +173,20 @@ def test_weak_threshold_is_validated():
     with pytest.raises(ValueError, match="detector.weak_threshold"):
         EdgeParams(weak_threshold=-1.0)
     assert EdgeParams(weak_threshold=None).weak_threshold is None
+
+
+LIPOSOMES = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "liposomes_cryotem_nanorange"
+
+
+@pytest.mark.skipif(not LIPOSOMES.is_dir(), reason="shared liposome images not available")
+@pytest.mark.parametrize("name, dmax", [("Fusion-G-87.jpg", 260), ("Synergy-2-31.jpg", 400)])
+def test_real_polydisperse_liposomes_get_no_weak_picks(name, dmax):
+    """Real polydisperse vesicles: hundreds of weak candidates, none accepted (no size crowds the image)."""
+    from PIL import Image
+
+    img = np.asarray(Image.open(LIPOSOMES / name).convert("L")).astype(np.float32)
+    picks = pick(img, units="px", dmin=20, dmax=dmax)
+    weak = picks[schema.WEAK].to_numpy(bool)
+    assert weak.sum() > 100
+    assert not picks.loc[weak, schema.ACCEPTED].any()
+    assert picks.loc[weak, "support_occupancy"].max() < 0.08
