@@ -779,6 +779,14 @@ class RunResult:
     def ok(self) -> bool:
         return not self.failed and not self.errors and not self.interrupted
 
+    def _rejected_by_reason(self) -> dict[str, int]:
+        """Rejected candidates per ``reject_reason``, most frequent first (ties by name)."""
+        if not len(self.picks) or schema.REASON not in self.picks.columns:
+            return {}
+        reasons = self.picks.loc[~self.picks[schema.ACCEPTED].astype(bool), schema.REASON].astype(str)
+        counts = reasons.value_counts()
+        return {k: int(counts[k]) for k in sorted(counts.index, key=lambda k: (-counts[k], k))}
+
     def summary(self) -> dict:
         acc = int(self.picks[schema.ACCEPTED].sum()) if len(self.picks) else 0
         picked = [r for r in self.results if r.status == "ok"]
@@ -790,7 +798,7 @@ class RunResult:
                 "skipped": sum(r.status == "skipped" for r in self.results),
                 "failed": len(self.failed),
             },
-            "picks": {"total": int(len(self.picks)), "accepted": acc},
+            "picks": {"total": int(len(self.picks)), "accepted": acc, "rejected": self._rejected_by_reason()},
             "bins": [] if self.plan is None else [
                 {"bin": b.index + 1, "d_min_px": round(b.d_min_px, 1), "d_max_px": round(b.d_max_px, 1), "count": b.count, "box_px": b.box_px}
                 for b in self.plan.bins
@@ -978,12 +986,22 @@ def run_pipeline(
     return result
 
 
+def _rejected_note(rejected: dict[str, int], most: int = 3) -> str:
+    """`` (rejected: 250 weak_unsupported, 60 no_edge, 11 more)`` for the summary line."""
+    if not rejected:
+        return ""
+    items = list(rejected.items())
+    text = ", ".join(f"{n} {reason}" for reason, n in items[:most])
+    rest = sum(n for _, n in items[most:])
+    return f" (rejected: {text}{f', {rest} other' if rest else ''})"
+
+
 def format_summary(summary: dict) -> str:
     """A short human-readable table of a run summary."""
     m = summary["micrographs"]
     lines = [
         f"micrographs  ok {m['ok']}  skipped {m['skipped']}  failed {m['failed']}  (total {m['total']})",
-        f"picks        {summary['picks']['accepted']} accepted of {summary['picks']['total']}",
+        f"picks        {summary['picks']['accepted']} accepted of {summary['picks']['total']}" + _rejected_note(summary["picks"].get("rejected", {})),
     ]
     for b in summary["bins"]:
         lines.append(f"  bin {b['bin']}: {b['d_min_px']:.0f}-{b['d_max_px']:.0f} px, {b['count']} picks, box {b['box_px']} px")

@@ -223,3 +223,33 @@ def test_readme_quickstart_is_two_commands_and_ci_runs_the_test_one():
     assert "pip install" in tests and "pytest" in tests
     ci = (REPO / ".ci" / "run").read_text()
     assert tests in ci.splitlines(), "the README's test command must appear verbatim in .ci/run"
+
+
+def test_summary_counts_rejected_candidates_by_reason():
+    from lipoframe.runner import _rejected_note, format_summary
+
+    assert _rejected_note({}) == ""
+    assert _rejected_note({"no_edge": 5, "weak_unsupported": 3, "edge": 1, "contamination": 1}) == (
+        " (rejected: 5 no_edge, 3 weak_unsupported, 1 edge, 1 other)"
+    )
+    summary = {
+        "micrographs": {"ok": 1, "skipped": 0, "failed": 0, "total": 1},
+        "picks": {"total": 9, "accepted": 4, "rejected": {"no_edge": 5}},
+        "bins": [],
+        "failures": [],
+        "errors": [],
+        "seconds": 1.0,
+        "micrographs_per_s": 1.0,
+        "out_dir": "out",
+    }
+    assert "picks        4 accepted of 9 (rejected: 5 no_edge)" in format_summary(summary)
+
+
+def test_run_summary_json_has_rejected_reasons(tiny_mrcs, tmp_path, run_cli):
+    out_dir = tmp_path / "out"
+    code, _, err = run_cli("run", f"input={tiny_mrcs[0].parent}", f"output={out_dir}", *TINY_ARGS)
+    assert code == 0, err
+    picks = json.loads((out_dir / "run_summary.json").read_text())["picks"]
+    assert sum(picks["rejected"].values()) == picks["total"] - picks["accepted"]
+    counts = list(picks["rejected"].values())
+    assert counts == sorted(counts, reverse=True)
