@@ -682,6 +682,8 @@ def finalize_dataset(
     from lipoframe.planfiles import write_plan_files
 
     ctx = dataset_context(metas, cfg)
+    for f in stages.filters:
+        picks = f.apply_dataset(picks, metas, ctx)
     result = stages.binner.assign(picks, metas, ctx)
     binned = result.picks
     written: list[Path] = []

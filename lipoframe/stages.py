@@ -13,6 +13,7 @@ detector   ``detect(mic, ctx) -> DataFrame``                           per micro
 nms        ``suppress(picks, mic, ctx) -> DataFrame``                  per micrograph
 refiner    ``refine(picks, mic, ctx) -> DataFrame``                    per micrograph
 filter     ``apply(picks, mic, ctx) -> DataFrame``                     per micrograph, in order
+           ``apply_dataset(picks, metas, ctx) -> DataFrame`` (optional) once per dataset, before binning
 binning    ``assign(picks, metas, ctx) -> BinningResult``              once per dataset
 writer     ``write(picks, metas, plan, out_dir, ctx) -> list[Path]``   once per dataset
 =========  ==========================================================  ==========================
@@ -98,6 +99,17 @@ class Filter(Stage):
 
     def apply(self, picks: "pd.DataFrame", mic: "Micrograph", ctx: "PickContext") -> "pd.DataFrame":
         raise NotImplementedError
+
+    def apply_dataset(
+        self, picks: "pd.DataFrame", metas: dict[str, "MicrographMeta"], ctx: "PickContext"
+    ) -> "pd.DataFrame":
+        """Second look with the whole dataset in view (all micrographs' picks, one table).
+
+        For decisions a micrograph cannot make alone, e.g. "far darker than
+        this dataset's particles" on a micrograph without particles. The
+        default keeps the table as it is.
+        """
+        return picks
 
 
 @dataclass(frozen=True)

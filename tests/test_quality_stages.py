@@ -1,5 +1,7 @@
 """The picking-quality stages through the pipeline: NMS strategies, refiner, junk filters."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -134,3 +136,33 @@ def test_quality_params_are_validated(stage, params, message):
     name = {"nms": "size_aware", "detector": "edge", "refiner": "radial_profile"}[stage]
     with pytest.raises(ValueError, match=message):
         registry.get(stage, name).cls.Params(**params)
+
+
+def test_lone_ice_ball_is_judged_against_the_datasets_particles(tmp_path, run_cli):
+    """A micrograph with one ice ball and no particles has no typical particle of its own."""
+    import json
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from conftest import TINY_ARGS, tiny_image, write_mrc
+
+    for i in range(3):
+        write_mrc(tmp_path / "in" / f"mic_{i}.mrc", tiny_image(seed=i)[0])
+    ice = dark_discs((512, 512), [(256, 256, 100)], noise=0.2, seed=9)
+    ice[disk((256, 256), 50, shape=ice.shape)] -= 9.0  # ten times as dark as the particles
+    write_mrc(tmp_path / "in" / "ice.mrc", ice)
+    # Alone, the ice ball is accepted: nothing to compare it with.
+    alone = pick(ice, dmin=30, dmax=160, units="px")
+    assert alone["accepted"].sum() == 1
+    assert (alone["contamination_reference"] < 3).all()
+    out = tmp_path / "out"
+    code, _, err = run_cli("run", f"input={tmp_path / 'in'}", f"output={out}", "export_rejected=true", *TINY_ARGS)
+    assert code == 0, err
+    picks = pd.read_csv(out / "picks.csv")
+    on_ice = picks[picks["micrograph"] == "ice"]
+    assert len(on_ice) and not on_ice["accepted"].any()
+    assert "contamination" in set(on_ice["reject_reason"])
+    # The particles of the other micrographs are all still there.
+    others = picks[(picks["micrograph"] != "ice") & picks["accepted"]]
+    assert len(others) >= 3 * 4 - 1
+    assert json.loads((out / "run_summary.json").read_text())["picks"]["rejected"].get("contamination", 0) >= 1

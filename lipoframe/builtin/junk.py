@@ -19,6 +19,12 @@ from lipoframe.records import Micrograph, PickContext
 from lipoframe.stages import Filter
 
 
+#: Columns of the contamination filter: darkness above the background (in
+#: background spreads) and how many of the micrograph's picks set its typical particle.
+DARKNESS = "darkness"
+REFERENCE = "contamination_reference"
+
+
 def _measure(picks: pd.DataFrame, mic: Micrograph, ctx: PickContext) -> tuple[dict, float, float]:
     if mic.image.ndim != 2:
         raise ValueError("the contamination and carbon_edge filters work on 2D micrographs; for volumes use +experiment=tomo")
@@ -44,16 +50,26 @@ class ContaminationParams:
     max_surround: reject picks whose surroundings are darker than the
         background by more than this many background spreads (picks inside or
         on the rim of a large contamination).
+    min_reference: a micrograph with fewer confident accepted picks than
+        this has no typical particle of its own (an empty micrograph, one ice
+        ball and nothing else): its picks are compared, once all micrographs
+        are picked, with the dataset's typical particle instead (darkness
+        above the background in background spreads, more than
+        ``max_contrast_ratio`` times the dataset's median, and at least that
+        many spreads).
     """
 
     max_contrast_ratio: float = 3.0
     max_surround: float = 3.0
+    min_reference: int = 3
 
     def __post_init__(self) -> None:
         if not self.max_contrast_ratio > 1:
             raise ValueError(f"filter.contamination.max_contrast_ratio must be > 1, got {self.max_contrast_ratio}")
         if not self.max_surround > 0:
             raise ValueError(f"filter.contamination.max_surround must be > 0, got {self.max_surround}")
+        if self.min_reference < 1:
+            raise ValueError(f"filter.contamination.min_reference must be >= 1, got {self.min_reference}")
 
 
 class ContaminationFilter(Filter):
@@ -72,11 +88,34 @@ class ContaminationFilter(Filter):
         if schema.WEAK in out.columns:
             ok = ok & ~out[schema.WEAK].to_numpy(dtype=bool)  # the confident picks set what is typical
         ref = contrast[ok & (contrast > 0)]
-        typical = float(np.median(ref)) if len(ref) else float("inf")
-        too_dark = darkness > self.params.max_contrast_ratio * max(typical, spread)
-        dark_surround = (m["outside"] - med) > self.params.max_surround * spread
-        out["darkness"] = darkness / spread
+        p = self.params
+        if len(ref) >= p.min_reference:
+            too_dark = darkness > p.max_contrast_ratio * max(float(np.median(ref)), spread)
+        else:
+            too_dark = np.zeros(len(out), dtype=bool)  # decided by apply_dataset
+        dark_surround = (m["outside"] - med) > p.max_surround * spread
+        out[DARKNESS] = darkness / spread
+        out[REFERENCE] = len(ref)
         return schema.reject(out, too_dark | dark_surround, "contamination")
+
+    def apply_dataset(self, picks: pd.DataFrame, metas: dict, ctx: PickContext) -> pd.DataFrame:
+        """Picks of micrographs without a typical particle, against the dataset's."""
+        if not len(picks) or REFERENCE not in picks.columns or DARKNESS not in picks.columns:
+            return picks
+        out = schema.with_acceptance(picks)
+        p = self.params
+        acc = out[schema.ACCEPTED].to_numpy(dtype=bool)
+        if schema.WEAK in out.columns:
+            confident = acc & ~out[schema.WEAK].fillna(False).to_numpy(dtype=bool)
+        else:
+            confident = acc
+        darkness = out[DARKNESS].to_numpy(dtype=float)
+        lonely = out[REFERENCE].fillna(0).to_numpy(dtype=float) < p.min_reference
+        reference = darkness[confident & ~lonely]
+        if len(reference) < p.min_reference:
+            return out  # no micrograph has particles enough to say what is typical
+        limit = p.max_contrast_ratio * max(float(np.median(reference)), 1.0)
+        return schema.reject(out, lonely & (darkness > limit), "contamination")
 
 
 @dataclass
