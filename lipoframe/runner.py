@@ -246,7 +246,7 @@ def process_micrograph(mic: Micrograph, stages: StageSet, ctx: PickContext) -> p
         picks = schema.validate_detections(f.apply(picks, mic, ctx), stage=f"filter/{f.name}")
     if schema.WEAK in picks.columns and schema.SUPPORT not in picks.columns:
         # Weak candidates need a stage that vouches for them (the population filter).
-        picks = schema.reject(picks, picks[schema.WEAK].to_numpy(dtype=bool), "weak")
+        picks = schema.reject(picks, schema.weak_mask(picks), "weak")
     # Duplicates are resolved last, among the picks that survived refinement
     # and the filters.
     picks = _suppress_again(picks, mic, stages, ctx).reset_index(drop=True)
@@ -989,7 +989,7 @@ def run_pipeline(
 
 
 def _rejected_note(rejected: dict[str, int], most: int = 3) -> str:
-    """`` (rejected: 250 weak_unsupported, 60 no_edge, 11 more)`` for the summary line."""
+    """`` (rejected: 250 weak_unsupported, 60 no_edge, 40 diameter_range, 11 other)`` for the summary line."""
     if not rejected:
         return ""
     items = list(rejected.items())

@@ -91,6 +91,13 @@ def with_acceptance(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def weak_mask(df: pd.DataFrame) -> np.ndarray:
+    """The ``weak`` flag of every row as a bool array (False without the column, or where missing)."""
+    if WEAK not in df.columns:
+        return np.zeros(len(df), dtype=bool)
+    return df[WEAK].fillna(False).to_numpy(dtype=bool)
+
+
 def reject(df: pd.DataFrame, mask, reason: str) -> pd.DataFrame:
     """Return a copy of ``df`` where the still-accepted rows in ``mask`` are rejected.
 

@@ -484,3 +484,17 @@ def test_background_stats_subsample_keeps_the_estimate():
     assert abs(med - med2) < 0.02 and abs(spread / spread2 - 1) < 0.01
     with pytest.raises(ValueError, match="samples"):
         background_stats(img, samples=0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1,), (2,), (7,), (64, 65), (3, 4, 5)])
+def test_median_equals_numpy_median(dtype, shape):
+    from lipoframe.algorithms.stats import median
+
+    rng = np.random.default_rng(sum(shape))
+    a = (rng.standard_normal(shape) * 10).astype(dtype)
+    got, want = median(a), np.median(a)
+    assert type(got) is type(want) and got == want
+    a.flat[0] = np.nan
+    assert np.isnan(median(a))
+    assert median(np.arange(5)) == np.median(np.arange(5))  # integers: numpy's own

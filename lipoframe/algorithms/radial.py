@@ -300,10 +300,6 @@ def refine_circles(
             resid = per_r - coef @ design.T
             mad = median_rows(np.abs(resid))[:, None] + 1e-6
             weights = (np.abs(resid) <= 2.5 * 1.4826 * mad).astype(float)
-        radius = edge_rho * r0
-        if last and rim == "sphere":
-            radius = (edge_rho + _sphere_rim_offset(ring, ring_pos, rho, edge_rho)) * r0
-        resid_rms = 1.4826 * median_rows(np.abs(per_r - coef @ design.T))
         if not last:
             cols = cols + coef[:, 1]
             rows = rows + coef[:, 2]
@@ -311,7 +307,10 @@ def refine_circles(
             too_far = shift > max_shift * r0
             rows[too_far] = row_init[too_far]
             cols[too_far] = col_init[too_far]
-    # Quality from the final sampling.
+    # Diameter, roundness and quality from the final round.
+    rim_rho = edge_rho + _sphere_rim_offset(ring, ring_pos, rho, edge_rho) if rim == "sphere" else edge_rho
+    radius = rim_rho * r0
+    resid_rms = 1.4826 * median_rows(np.abs(resid))
     ring_rho = rho[np.clip(ring_pos, 0, n_radii - 1)]
     on_grid = (ring_pos >= 0) & (ring_pos < n_radii)
     inner = on_grid & (ring_rho >= edge_rho[:, None] - 0.30) & (ring_rho <= edge_rho[:, None] - 0.06)

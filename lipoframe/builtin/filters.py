@@ -281,7 +281,7 @@ class PopulationFilter(Filter):
 
     def apply(self, picks: pd.DataFrame, mic: Micrograph, ctx: PickContext) -> pd.DataFrame:
         out = schema.with_acceptance(picks)
-        weak = out[schema.WEAK].to_numpy(dtype=bool) if schema.WEAK in out.columns else np.zeros(len(out), bool)
+        weak = schema.weak_mask(out)
         acc = out[schema.ACCEPTED].to_numpy(dtype=bool)
         d = out[schema.DIAMETER].to_numpy(dtype=float)
         p = self.params

@@ -84,9 +84,7 @@ class ContaminationFilter(Filter):
         m, med, spread = _measure(out, mic, ctx)
         darkness = m["inside"] - med
         contrast = m["inside"] - m["outside"]
-        ok = out[schema.ACCEPTED].to_numpy()
-        if schema.WEAK in out.columns:
-            ok = ok & ~out[schema.WEAK].to_numpy(dtype=bool)  # the confident picks set what is typical
+        ok = out[schema.ACCEPTED].to_numpy() & ~schema.weak_mask(out)  # the confident picks set what is typical
         ref = contrast[ok & (contrast > 0)]
         p = self.params
         if len(ref) >= p.min_reference:
@@ -104,11 +102,7 @@ class ContaminationFilter(Filter):
             return picks
         out = schema.with_acceptance(picks)
         p = self.params
-        acc = out[schema.ACCEPTED].to_numpy(dtype=bool)
-        if schema.WEAK in out.columns:
-            confident = acc & ~out[schema.WEAK].fillna(False).to_numpy(dtype=bool)
-        else:
-            confident = acc
+        confident = out[schema.ACCEPTED].to_numpy(dtype=bool) & ~schema.weak_mask(out)
         darkness = out[DARKNESS].to_numpy(dtype=float)
         lonely = out[REFERENCE].fillna(0).to_numpy(dtype=float) < p.min_reference
         reference = darkness[confident & ~lonely]

@@ -53,10 +53,9 @@ def rank_values(picks: pd.DataFrame, column: str) -> np.ndarray:
     """
     col = column if column in picks.columns else schema.SCORE
     values = picks[col].to_numpy(dtype=float)
-    if schema.WEAK in picks.columns and len(values):
-        weak = picks[schema.WEAK].to_numpy(dtype=bool)
-        if weak.any() and not weak.all():
-            values = np.where(weak, values - (np.ptp(values) + 1.0), values)
+    weak = schema.weak_mask(picks)
+    if weak.any() and not weak.all():
+        values = np.where(weak, values - (np.ptp(values) + 1.0), values)
     return values
 
 

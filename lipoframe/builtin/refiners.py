@@ -107,9 +107,8 @@ class RadialProfileRefiner(Refiner):
             # judge the edge on the directions that do not point into one
             # (when at least a third of them remain).
             # Weak candidates (mostly noise until a later stage vouches for them) block nothing.
-            blockers = ~out[schema.WEAK].to_numpy(dtype=bool) if schema.WEAK in out.columns else None
             blocked = blocked_directions(
-                np.c_[res["row"], res["col"]], res["diameter_steepest"] / 2.0, res["theta"], blockers=blockers
+                np.c_[res["row"], res["col"]], res["diameter_steepest"] / 2.0, res["theta"], blockers=~schema.weak_mask(out)
             )
             valid = ~blocked
             valid[valid.sum(axis=1) < blocked.shape[1] / 3] = True
