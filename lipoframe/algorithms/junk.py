@@ -10,8 +10,9 @@ other side (a strong first angular harmonic outside the particle).
 from __future__ import annotations
 
 import numpy as np
+from scipy.signal import fftconvolve
 
-from lipoframe.algorithms.radial import polar_samples
+from lipoframe.algorithms.radial import bilinear, polar_samples
 from lipoframe.algorithms.stats import median_rows
 
 
@@ -54,3 +55,77 @@ def neighbourhood_measures(
     a = 2.0 * (ring * c).mean(axis=1)
     b = 2.0 * (ring * s).mean(axis=1)
     return {"inside": inside, "outside": outside, "asymmetry": np.hypot(a, b)}
+
+
+def darkness_concentration(
+    image: np.ndarray,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    diameters: np.ndarray,
+    *,
+    core: float = 0.25,
+    n: int = 25,
+    min_spot_px: float = 2.0,
+) -> np.ndarray:
+    """How much of each pick's excess signal sits in one small spot.
+
+    The signal above the pick's own median is summed over its disc; the
+    result is the largest share of it found inside any disc of ``core``
+    radii. Particles spread their signal over the disc or its rim: a
+    noise-free projected sphere gives 0.21 (its excess sits at the centre),
+    shells and vesicles about 0.1. A circle drawn around a small speck holds
+    most of its signal in the speck: 0.3-0.5. The pick's own median, not
+    its surroundings, sets the level, so a crowd of neighbours does not
+    change the measure.
+
+    Parameters
+    ----------
+    image : (M, N) ndarray
+        Particles bright.
+    rows, cols, diameters : (K,) ndarrays
+        Picks in pixels of ``image``.
+    core : float
+        Radius of the spot, in units of the pick's radius.
+    n : int
+        Samples per radius of the Cartesian grid each pick is resampled on.
+    min_spot_px : float
+        Picks whose spot (``core`` radii) is smaller than this many pixels of
+        ``image`` are not measured (NaN): a spot of a pixel or two holds
+        pixel noise, not an object.
+
+    Returns
+    -------
+    concentration : (K,) ndarray of float
+        In [0, 1]; 0 when nothing inside stands above the pick's median;
+        NaN for picks too small to measure.
+    """
+    if not 0 < core < 1:
+        raise ValueError(f"core must be in (0, 1), got {core}")
+    if n < 4:
+        raise ValueError(f"n must be >= 4, got {n}")
+    k = len(rows)
+    if k == 0:
+        return np.empty(0)
+    u = np.arange(-n, n + 1, dtype=np.float32) / n  # in radii
+    uy, ux = np.meshgrid(u, u, indexing="ij")
+    rho = np.hypot(uy, ux)
+    radius = np.asarray(diameters, np.float32)[:, None, None] / 2
+    samples = bilinear(
+        image,
+        np.asarray(rows, np.float32)[:, None, None] + radius * uy,
+        np.asarray(cols, np.float32)[:, None, None] + radius * ux,
+    )  # (K, G, G)
+    inside = rho <= 1.0
+    # The pick's own median, not its surroundings: in a crowded field the
+    # annulus lies on the neighbours, and only the darkest part of a
+    # particle would stand above it.
+    level = median_rows(samples[:, inside])
+    excess = np.clip(samples - level[:, None, None], 0, None) * inside
+    total = excess.sum(axis=(1, 2))
+    c = int(round(core * n))
+    dy, dx = np.mgrid[-c : c + 1, -c : c + 1]
+    spot = (dy**2 + dx**2 <= c * c).astype(np.float32)
+    # FFT convolution: 3-4x faster than direct for these grids (K x 51 x 51).
+    best = fftconvolve(excess, spot[None], mode="same", axes=(1, 2)).max(axis=(1, 2))
+    share = np.where(total > 0, best / np.maximum(total, 1e-30), 0.0)
+    return np.where(core * radius[:, 0, 0] >= min_spot_px, share, np.nan)

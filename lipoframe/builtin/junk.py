@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from lipoframe import schema
-from lipoframe.algorithms.junk import neighbourhood_measures
+from lipoframe.algorithms.junk import darkness_concentration, neighbourhood_measures
 from lipoframe.algorithms.stats import background_stats
 from lipoframe.algorithms.pyramid import pow2_floor, to_binned
 from lipoframe.hookspecs import hookimpl
@@ -144,7 +144,65 @@ class CarbonEdgeFilter(Filter):
         return schema.reject(out, ratio > self.params.max_asymmetry, "carbon_edge")
 
 
+#: Column of the speck filter: the largest share of a pick's excess darkness in one small spot.
+CONCENTRATION = "darkness_concentration"
+
+
+@dataclass
+class SpeckParams:
+    """Reject circles drawn around a small dark speck.
+
+    A particle spreads its darkness over its disc (projected spheres) or its
+    rim (shells, vesicles); a circle that the detector drew around a small
+    dark object (a speck of junk, a fleck of ice, a cluster of noise) holds
+    most of its darkness in that one spot.
+
+    max_concentration: reject picks holding more than this share of their
+        darkness (above the pick's own median) inside one disc of ``core``
+        radii. Noise-free projected spheres give 0.21, shells and vesicles
+        about 0.1; in noise, particles reach about 0.29 (99th percentile on
+        the simulated suite) and small ones in strong noise 0.31; circles
+        around a speck give 0.34-0.5.
+    core: radius of that disc in units of the pick's radius.
+    """
+
+    max_concentration: float = 0.33
+    core: float = 0.25
+
+    def __post_init__(self) -> None:
+        if not 0 < self.max_concentration <= 1:
+            raise ValueError(f"filter.speck.max_concentration must be in (0, 1], got {self.max_concentration}")
+        if not 0 < self.core < 1:
+            raise ValueError(f"filter.speck.core must be in (0, 1), got {self.core}")
+
+
+class SpeckFilter(Filter):
+    name = "speck"
+    Params = SpeckParams
+    summary = "reject circles around a small dark speck (the pick's darkness sits in one small spot)"
+
+    def apply(self, picks: pd.DataFrame, mic: Micrograph, ctx: PickContext) -> pd.DataFrame:
+        out = schema.with_acceptance(picks)
+        if len(out) == 0:
+            return out
+        if mic.image.ndim != 2:
+            raise ValueError("the speck filter works on 2D micrographs; for volumes use +experiment=tomo")
+        factor = pow2_floor(ctx.dmin_px / 2.0 / 8.0)
+        todo = out[schema.ACCEPTED].to_numpy(dtype=bool)  # the others are decided
+        conc = np.full(len(out), np.nan)
+        conc[todo] = darkness_concentration(
+            mic.signal(factor),
+            to_binned(out[schema.Y].to_numpy(float)[todo], factor),
+            to_binned(out[schema.X].to_numpy(float)[todo], factor),
+            out[schema.DIAMETER].to_numpy(float)[todo] / factor,
+            core=self.params.core,
+        )
+        out[CONCENTRATION] = conc
+        return schema.reject(out, conc > self.params.max_concentration, "speck")
+
+
 @hookimpl
 def lipoframe_register_stages(registry):
     registry.add(ContaminationFilter)
     registry.add(CarbonEdgeFilter)
+    registry.add(SpeckFilter)
