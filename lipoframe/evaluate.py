@@ -300,7 +300,8 @@ def read_picks(path: str | Path) -> tuple[pd.DataFrame, list[str]]:
 
     A run folder is read from its per-micrograph results
     (``micrographs/*.csv``), which keep the rejected picks (flagged) and also
-    list micrographs that got no pick at all.
+    list micrographs that got no pick at all, with the dataset-level
+    filters' decisions (``dataset_rejections.csv``) applied.
 
     Returns
     -------
@@ -320,7 +321,9 @@ def read_picks(path: str | Path) -> tuple[pd.DataFrame, list[str]]:
             tables.append(pd.read_csv(csv, dtype={schema.MICROGRAPH: str, schema.REASON: str}, keep_default_na=False, na_values=[""]))
         non_empty = [t for t in tables if len(t)]
         picks = pd.concat(non_empty, ignore_index=True) if non_empty else pd.DataFrame(columns=[schema.MICROGRAPH, schema.X, schema.Y])
-        return picks, names
+        from lipoframe.runner import apply_dataset_rejections
+
+        return apply_dataset_rejections(picks, path), names
     if path.is_dir() and (path / "picks.csv").is_file():
         path = path / "picks.csv"
     df = _read_many(path, "picks")

@@ -216,7 +216,7 @@ def load_run(out_dir: str | os.PathLike) -> RunData:
     FileNotFoundError
         If ``out_dir`` holds neither per-micrograph results nor a run summary.
     """
-    from lipoframe.runner import collect_work, safe_name
+    from lipoframe.runner import apply_dataset_rejections, collect_work, safe_name
 
     out_dir = Path(out_dir)
     names = _work_names(out_dir)
@@ -224,6 +224,7 @@ def load_run(out_dir: str | os.PathLike) -> RunData:
     if not names and not summary:
         raise FileNotFoundError(f"{out_dir}: not a lipoframe run folder (no micrographs/*.json and no run_summary.json)")
     work, metas = collect_work(out_dir, names)
+    work = apply_dataset_rejections(work, out_dir)
     plan_dict = _read_json(out_dir / "extraction_plan.json")
     plan = None
     if plan_dict:

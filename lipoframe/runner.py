@@ -43,6 +43,10 @@ log = logging.getLogger("lipoframe")
 WORK_DIR = "micrographs"
 #: Every input of a run in order, with its output name, shard and settings fingerprint (read by merge).
 MANIFEST = "inputs.json"
+#: Picks that the dataset-level filters rejected (``micrograph``, ``row`` in
+#: that micrograph's saved table, ``reject_reason``): the saved per-micrograph
+#: tables hold the decisions made one micrograph at a time.
+DATASET_REJECTIONS = "dataset_rejections.csv"
 #: Longest list of notes or failures printed (all are in run_summary.json).
 MAX_LISTED = 20
 
@@ -682,8 +686,10 @@ def finalize_dataset(
     from lipoframe.planfiles import write_plan_files
 
     ctx = dataset_context(metas, cfg)
+    before = schema.with_acceptance(picks)[schema.ACCEPTED].to_numpy(dtype=bool)
     for f in stages.filters:
         picks = f.apply_dataset(picks, metas, ctx)
+    write_text(out_dir / DATASET_REJECTIONS, dataset_rejections(picks, before).to_csv(index=False))
     result = stages.binner.assign(picks, metas, ctx)
     binned = result.picks
     written: list[Path] = []
@@ -692,6 +698,40 @@ def finalize_dataset(
     # Plan files last, so extraction_plan.md can point at the files writers made.
     written.extend(write_plan_files(result.plan, binned, out_dir, metas=metas, written=written))
     return binned, result.plan, written
+
+
+def dataset_rejections(picks: pd.DataFrame, before: np.ndarray) -> pd.DataFrame:
+    """The picks accepted in ``before`` and rejected in ``picks``, by micrograph and row.
+
+    ``row`` counts from 0 within each micrograph's rows (the order of its
+    saved table, which :func:`collect_work` keeps).
+    """
+    picks = schema.with_acceptance(picks)
+    row = picks.groupby(schema.MICROGRAPH, sort=False).cumcount().to_numpy()
+    changed = np.asarray(before, dtype=bool) & ~picks[schema.ACCEPTED].to_numpy(dtype=bool)
+    return pd.DataFrame({
+        schema.MICROGRAPH: picks[schema.MICROGRAPH].to_numpy()[changed],
+        "row": row[changed],
+        schema.REASON: picks[schema.REASON].to_numpy()[changed],
+    })
+
+
+def apply_dataset_rejections(picks: pd.DataFrame, out_dir: Path) -> pd.DataFrame:
+    """Flag in ``picks`` (the run's saved per-micrograph tables, in :func:`collect_work`
+    order) the picks its dataset-level filters rejected (:data:`DATASET_REJECTIONS`)."""
+    path = Path(out_dir) / DATASET_REJECTIONS
+    if not path.is_file() or not len(picks) or schema.ACCEPTED not in picks.columns:
+        return picks
+    rejected = pd.read_csv(path, dtype={schema.MICROGRAPH: str, schema.REASON: str}, keep_default_na=False)
+    if not len(rejected):
+        return picks
+    out = picks.copy()
+    key = pd.MultiIndex.from_arrays([out[schema.MICROGRAPH].astype(str), out.groupby(schema.MICROGRAPH, sort=False).cumcount()])
+    reasons = pd.Series(rejected[schema.REASON].to_numpy(), index=pd.MultiIndex.from_arrays([rejected[schema.MICROGRAPH], rejected["row"]]))
+    hit = key.isin(reasons.index)
+    out[schema.ACCEPTED] = out[schema.ACCEPTED].astype(bool) & ~hit
+    out.loc[hit, schema.REASON] = reasons.reindex(key[hit]).to_numpy()
+    return out
 
 
 def collect_work(out_dir: Path, names: list[str]) -> tuple[pd.DataFrame, dict[str, MicrographMeta]]:
@@ -894,6 +934,7 @@ def finish_run(
     results.sort(key=lambda r: order.get(r.name, len(order)))
     good = [r.name for r in results if r.status in ("ok", "skipped")]
     picks, metas = collect_work(out_dir, good)
+    (out_dir / DATASET_REJECTIONS).unlink(missing_ok=True)  # from an earlier run of this folder
     plan = None
     files: list[Path] = []
     if finalize:

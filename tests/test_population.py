@@ -190,3 +190,81 @@ def test_real_polydisperse_liposomes_get_no_weak_picks(name, dmax):
     assert weak.sum() > 100
     assert not picks.loc[weak, schema.ACCEPTED].any()
     assert picks.loc[weak, "support_occupancy"].max() < 0.08
+
+
+def _dataset(quality_a, quality_b, *, weak_b=None):
+    """Two micrographs' picks, ``a`` with many confident picks and ``b`` with few."""
+    a = _table([50.0] * len(quality_a), [False] * len(quality_a))
+    a[schema.MICROGRAPH] = "a"
+    b = _table([50.0] * len(quality_b), weak_b if weak_b is not None else [False] * len(quality_b))
+    b[schema.MICROGRAPH] = "b"
+    picks = pd.concat([a, b], ignore_index=True)
+    picks["quality"] = list(quality_a) + list(quality_b)
+    return picks
+
+
+def test_picks_of_a_nearly_empty_micrograph_must_look_like_the_datasets_particles():
+    ctx = PickContext(dmin_px=10, dmax_px=200)
+    quality_a = np.linspace(4.0, 14.0, 25)  # median 9
+    picks = _dataset(quality_a, [20.0, 8.0])  # b: a clear particle and a noise-like pick
+    before = picks.copy()
+    out = PopulationFilter(PopulationParams()).apply_dataset(picks, {}, ctx)
+    pd.testing.assert_frame_equal(picks, before)
+    assert out[schema.ACCEPTED].tolist() == [True] * 25 + [True, False]
+    assert out[schema.REASON].iloc[-1] == "lonely"
+    # Off, or without enough particles elsewhere to say what is typical: unchanged.
+    off = PopulationFilter(PopulationParams(lonely_below=0)).apply_dataset(picks, {}, ctx)
+    assert off[schema.ACCEPTED].all()
+    few = PopulationFilter(PopulationParams(min_support=26)).apply_dataset(picks, {}, ctx)
+    assert few[schema.ACCEPTED].all()
+    # b with three confident picks has particles of its own: nothing changes.
+    three = _dataset(quality_a, [20.0, 8.0, 1.0])
+    assert PopulationFilter(PopulationParams()).apply_dataset(three, {}, ctx)[schema.ACCEPTED].all()
+    # Weak picks do not count as b's particles, and without the refiner's quality there is no test.
+    weak = _dataset(quality_a, [20.0, 8.0, 30.0, 30.0], weak_b=[False, False, True, True])
+    assert PopulationFilter(PopulationParams()).apply_dataset(weak, {}, ctx)[schema.ACCEPTED].tolist()[-4:] == [True, False, True, True]
+    assert PopulationFilter(PopulationParams()).apply_dataset(picks.drop(columns="quality"), {}, ctx)[schema.ACCEPTED].all()
+    with pytest.raises(ValueError, match="filter.population.lonely_below"):
+        PopulationParams(lonely_below=-1)
+
+
+def test_dataset_rejections_reach_the_run_folder_and_evaluate(tmp_path, run_cli):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from conftest import TINY_ARGS, tiny_image, write_mrc
+
+    from lipoframe.evaluate import read_picks
+    from lipoframe.synthetic import render
+
+    for i in range(3):
+        write_mrc(tmp_path / "in" / f"mic_{i}.mrc", tiny_image(seed=i)[0])
+    # One faint particle alone on its micrograph: below the dataset's typical quality.
+    faint = pd.DataFrame({"x_px": [256.0], "y_px": [256.0], "diameter_px": [90.0]})
+    write_mrc(tmp_path / "in" / "lone.mrc", render((512, 512), faint, contrast=0.45, noise=0.2, seed=7))
+    out = tmp_path / "out"
+    args = ["filter.population.min_support=5", *TINY_ARGS]
+    code, _, err = run_cli("run", f"input={tmp_path / 'in'}", f"output={out}", *args)
+    assert code == 0, err
+    lone_alone = pick(render((512, 512), faint, contrast=0.45, noise=0.2, seed=7), units="px", dmin=30, dmax=160)
+    assert lone_alone[schema.ACCEPTED].sum() == 1  # found when picked alone
+    exported = pd.read_csv(out / "picks.csv")
+    assert "lone" not in set(exported["micrograph"])
+    assert len(exported) >= 3 * 4 - 1  # the particles of the other micrographs stay
+    decided = pd.read_csv(out / "dataset_rejections.csv")
+    assert decided.to_dict("records") == [{"micrograph": "lone", "row": 0, "reject_reason": "lonely"}]
+    picks, names = read_picks(out)
+    lone = picks[picks["micrograph"] == "lone"]
+    assert "lone" in names and len(lone) >= 1
+    assert not lone["accepted"].any() and "lonely" in set(lone["reject_reason"])
+    # The report read back from the folder tells the same story.
+    from lipoframe.report import load_run
+
+    shown = load_run(out).picks
+    assert set(shown.loc[shown["micrograph"] == "lone", "reject_reason"]) == set(lone["reject_reason"])
+    # Turned off, the lone particle is exported and nothing is listed.
+    out2 = tmp_path / "out2"
+    code, _, err = run_cli("run", f"input={tmp_path / 'in'}", f"output={out2}", "filter.population.lonely_below=0", *args)
+    assert code == 0, err
+    assert "lone" in set(pd.read_csv(out2 / "picks.csv")["micrograph"])
+    assert len(pd.read_csv(out2 / "dataset_rejections.csv")) == 0

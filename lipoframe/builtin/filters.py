@@ -240,11 +240,20 @@ class PopulationParams:
         times the weak pick's disc area over the image area).
     min_support: and they must number at least this many.
     size_tolerance: "same size": diameters within this relative difference.
+    lonely_below: once all micrographs are picked, a micrograph with fewer
+        confident accepted picks than this (an empty hole, a broken or
+        thick-ice area) keeps only picks whose ``quality`` reaches the median
+        of the confident picks of the other micrographs: every micrograph
+        has a few noise maxima that pass the detector, and where they are
+        all there is, they are most of what was picked. Needs at least
+        ``min_support`` confident picks elsewhere in the dataset; 0 turns it
+        off. Single-micrograph runs (``pick()``) have no dataset to compare with.
     """
 
     min_occupancy: float = 0.08
     min_support: int = 20
     size_tolerance: float = 0.1
+    lonely_below: int = 3
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_occupancy <= 1:
@@ -253,6 +262,8 @@ class PopulationParams:
             raise ValueError(f"filter.population.min_support must be >= 1, got {self.min_support}")
         if not 0 < self.size_tolerance < 1:
             raise ValueError(f"filter.population.size_tolerance must be in (0, 1), got {self.size_tolerance}")
+        if self.lonely_below < 0:
+            raise ValueError(f"filter.population.lonely_below must be >= 0, got {self.lonely_below}")
 
 
 def same_size_support(diameters: np.ndarray, reference: np.ndarray, *, tolerance: float) -> np.ndarray:
@@ -274,6 +285,10 @@ def same_size_support(diameters: np.ndarray, reference: np.ndarray, *, tolerance
     return np.searchsorted(ref, d * (1 + tolerance), side="left") - np.searchsorted(ref, d * (1 - tolerance), side="right")
 
 
+#: The refiner's edge-quality column (``edge_contrast x edge_coverage``).
+QUALITY = "quality"
+
+
 class PopulationFilter(Filter):
     name = "population"
     Params = PopulationParams
@@ -291,6 +306,23 @@ class PopulationFilter(Filter):
         out[schema.SUPPORT] = support
         out["support_occupancy"] = occupancy
         return schema.reject(out, weak & ((support < p.min_support) | (occupancy < p.min_occupancy)), "weak_unsupported")
+
+    def apply_dataset(self, picks: pd.DataFrame, metas: dict, ctx: PickContext) -> pd.DataFrame:
+        """Picks of (nearly) empty micrographs must look like the dataset's typical particle."""
+        p = self.params
+        if not len(picks) or p.lonely_below == 0 or QUALITY not in picks.columns:
+            return picks
+        out = schema.with_acceptance(picks)
+        accepted = out[schema.ACCEPTED].to_numpy(dtype=bool)
+        confident = accepted & ~schema.weak_mask(out)
+        per_micrograph = pd.Series(confident).groupby(out[schema.MICROGRAPH].to_numpy(), sort=False).transform("sum")
+        lonely = per_micrograph.to_numpy() < p.lonely_below
+        quality = out[QUALITY].to_numpy(dtype=float)
+        reference = quality[confident & ~lonely]
+        if len(reference) < p.min_support:
+            return out  # too few particles elsewhere to say what is typical
+        typical = float(np.median(reference))
+        return schema.reject(out, lonely & ~(quality >= typical), "lonely")
 
 
 @hookimpl
