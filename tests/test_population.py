@@ -113,6 +113,7 @@ def test_population_filter_needs_enough_confident_picks_of_the_same_size():
     # 30 confident picks of 50 px cover 30 * 1963 / 500**2 = 24 % of a 500² image.
     conf = [50.0] * 30
     picks = _table(conf + [51.0, 80.0, 50.0], [False] * 30 + [True, True, True], accepted=[True] * 32 + [False])
+    picks.loc[30:, schema.Y] = 300.0  # clear of the confident row (weak picks overlapping one are another rule)
     before = picks.copy()
     out = PopulationFilter(PopulationParams(min_occupancy=0.08, min_support=20)).apply(picks, _mic((500, 500)), ctx)
     pd.testing.assert_frame_equal(picks, before)  # the input is not changed
@@ -268,3 +269,30 @@ def test_dataset_rejections_reach_the_run_folder_and_evaluate(tmp_path, run_cli)
     assert code == 0, err
     assert "lone" in set(pd.read_csv(out2 / "picks.csv")["micrograph"])
     assert len(pd.read_csv(out2 / "dataset_rejections.csv")) == 0
+
+
+def test_nearest_separation_is_one_where_circles_touch():
+    from lipoframe.builtin.filters import nearest_separation
+
+    ref = np.array([[0.0, 0.0], [100.0, 0.0]])
+    sep = nearest_separation(np.array([[50.0, 0.0], [0.0, 30.0], [500.0, 500.0]]), np.array([25.0, 10.0, 5.0]), ref, np.array([25.0, 20.0]))
+    assert sep[0] == pytest.approx(1.0)  # touches the first circle exactly
+    assert sep[1] == pytest.approx(30.0 / 35.0)  # overlaps the first one
+    assert np.isinf(sep[2])  # nothing within reach
+    assert np.isinf(nearest_separation(ref, np.array([1.0, 1.0]), np.empty((0, 2)), np.empty(0))).all()
+
+
+def test_weak_picks_overlapping_a_confident_particle_are_rejected():
+    ctx = PickContext(dmin_px=10, dmax_px=200)
+    picks = _table([50.0] * 30 + [50.0, 50.0], [False] * 30 + [True, True])
+    # The confident picks sit 10 px apart on a row; move the two weak ones off it:
+    # one overlapping confident pick 0 (centre 30 px away, radii sum 50), one touching pick 29.
+    picks.loc[30, [schema.X, schema.Y]] = [0.0, 35.0]
+    picks.loc[31, [schema.X, schema.Y]] = [290.0, 56.0]
+    out = PopulationFilter(PopulationParams(min_occupancy=0.0, min_support=20)).apply(picks, _mic((500, 500)), ctx)
+    assert out[schema.ACCEPTED].tolist()[30:] == [False, True]
+    assert out[schema.REASON].iloc[30] == "weak_overlap"
+    off = PopulationFilter(PopulationParams(min_occupancy=0.0, min_support=20, weak_min_separation=0)).apply(picks, _mic((500, 500)), ctx)
+    assert off[schema.ACCEPTED].tolist()[30:] == [True, True]
+    with pytest.raises(ValueError, match="filter.population.weak_min_separation"):
+        PopulationParams(weak_min_separation=1.5)

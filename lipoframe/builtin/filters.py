@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy.spatial import cKDTree
 
 from lipoframe import schema
 from lipoframe.hookspecs import hookimpl
@@ -240,6 +241,13 @@ class PopulationParams:
         times the weak pick's disc area over the image area).
     min_support: and they must number at least this many.
     size_tolerance: "same size": diameters within this relative difference.
+    weak_min_separation: a weak pick whose centre is closer to a confident
+        accepted pick's than this fraction of the sum of their radii is
+        rejected (``weak_overlap``): faint particles touch their neighbours,
+        an arc or a fragment of a found particle overlaps it (on the
+        simulated suite, accepted weak true particles lie at 0.97 or more,
+        the weak false picks that overlap a particle at 0.51-0.76). 0 turns
+        it off.
     lonely_below: once all micrographs are picked, a micrograph with fewer
         confident accepted picks than this (an empty hole, a broken or
         thick-ice area) keeps only picks whose ``quality`` reaches the median
@@ -253,6 +261,7 @@ class PopulationParams:
     min_occupancy: float = 0.08
     min_support: int = 20
     size_tolerance: float = 0.1
+    weak_min_separation: float = 0.9
     lonely_below: int = 3
 
     def __post_init__(self) -> None:
@@ -262,6 +271,8 @@ class PopulationParams:
             raise ValueError(f"filter.population.min_support must be >= 1, got {self.min_support}")
         if not 0 < self.size_tolerance < 1:
             raise ValueError(f"filter.population.size_tolerance must be in (0, 1), got {self.size_tolerance}")
+        if not 0 <= self.weak_min_separation <= 1:
+            raise ValueError(f"filter.population.weak_min_separation must be in [0, 1], got {self.weak_min_separation}")
         if self.lonely_below < 0:
             raise ValueError(f"filter.population.lonely_below must be >= 0, got {self.lonely_below}")
 
@@ -289,6 +300,36 @@ def same_size_support(diameters: np.ndarray, reference: np.ndarray, *, tolerance
 QUALITY = "quality"
 
 
+def nearest_separation(xy: np.ndarray, radii: np.ndarray, ref_xy: np.ndarray, ref_radii: np.ndarray) -> np.ndarray:
+    """Smallest centre distance to a reference circle, over the sum of the two radii.
+
+    1 where two circles touch, below 1 where they overlap.
+
+    Parameters
+    ----------
+    xy : (K, 2) ndarray
+    radii : (K,) ndarray
+    ref_xy : (L, 2) ndarray
+    ref_radii : (L,) ndarray
+
+    Returns
+    -------
+    separation : (K,) ndarray
+        ``inf`` where no reference circle comes within reach (or ``L == 0``).
+    """
+    out = np.full(len(xy), np.inf)
+    if len(xy) == 0 or len(ref_xy) == 0:
+        return out
+    tree = cKDTree(ref_xy)
+    reach = np.asarray(radii, float) + float(np.max(ref_radii))
+    for i, near in enumerate(tree.query_ball_point(xy, reach)):
+        if near:
+            near = np.asarray(near)
+            dist = np.hypot(*(ref_xy[near] - xy[i]).T)
+            out[i] = float(np.min(dist / (radii[i] + ref_radii[near])))
+    return out
+
+
 class PopulationFilter(Filter):
     name = "population"
     Params = PopulationParams
@@ -305,7 +346,15 @@ class PopulationFilter(Filter):
         occupancy = support * (np.pi / 4.0) * d**2 / area
         out[schema.SUPPORT] = support
         out["support_occupancy"] = occupancy
-        return schema.reject(out, weak & ((support < p.min_support) | (occupancy < p.min_occupancy)), "weak_unsupported")
+        out = schema.reject(out, weak & ((support < p.min_support) | (occupancy < p.min_occupancy)), "weak_unsupported")
+        if p.weak_min_separation > 0:
+            confident = acc & ~weak
+            xy = out[[schema.X, schema.Y]].to_numpy(dtype=float)
+            sep = nearest_separation(xy[weak], d[weak] / 2, xy[confident], d[confident] / 2)
+            overlap = np.zeros(len(out), dtype=bool)
+            overlap[weak] = sep < p.weak_min_separation
+            out = schema.reject(out, overlap, "weak_overlap")
+        return out
 
     def apply_dataset(self, picks: pd.DataFrame, metas: dict, ctx: PickContext) -> pd.DataFrame:
         """Picks of (nearly) empty micrographs must look like the dataset's typical particle."""
