@@ -910,6 +910,18 @@ def run_jobs(jobs: list[MicJob], cfg: LipoframeConfig, stages: StageSet, *, prog
                 execute_jobs(todo, cfg, stages, workers, done)
             except KeyboardInterrupt:
                 interrupted = True
+    if interrupted:
+        # A micrograph whose result was saved just before Ctrl-C/SIGTERM, but
+        # not yet reported back, is done: count it (the dataset outputs use it).
+        seen = {r.name for r in results}
+        for job in todo:
+            if job.name in seen:
+                continue
+            saved = load_work(job.out_dir, job.name, job.fingerprint, source=source_stamp(job.path), version=__version__)
+            if saved is not None:
+                picks = saved[1]
+                n_acc = int(picks[schema.ACCEPTED].sum()) if len(picks) else 0
+                results.append(MicResult(job.name, str(job.path), "ok", len(picks), n_acc))
     return results, interrupted
 
 

@@ -194,6 +194,30 @@ def test_ctrl_c_keeps_finished_work_and_says_how_to_continue(tmp_path):
     assert not (out / "picks.csv").exists()  # no dataset-level outputs from a partial run
 
 
+def test_a_result_saved_just_before_an_interrupt_counts(tmp_path, monkeypatch):
+    """Ctrl-C/SIGTERM between saving a micrograph and reporting it back: the saved result is not lost."""
+    from lipoframe import runner
+
+    write_set(tmp_path / "in", 2)
+    cfg = config(tmp_path / "in", "runner.workers=1")
+    _, registry, _ = plugins.load()
+    stages = build_stages(cfg, registry)
+    paths = sorted((tmp_path / "in").glob("*.mrc"))
+    fp = cfg.per_micrograph_fingerprint()
+    jobs = [MicJob(p, p.stem, tmp_path / "out", fp, False, False) for p in paths]
+
+    def interrupted_after_first_save(todo, cfg, stages, workers, on_result, **kw):
+        on_result(runner.run_job(todo[0], cfg, stages))
+        runner.run_job(todo[1], cfg, stages)  # saved, but the interrupt comes before it is reported
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "execute_jobs", interrupted_after_first_save)
+    results, interrupted = runner.run_jobs(jobs, cfg, stages, progress=False)
+    assert interrupted
+    assert sorted(r.name for r in results) == [p.stem for p in paths]
+    assert all(r.status == "ok" and r.n_picks > 0 for r in results)
+
+
 # -- Hydra launchers --------------------------------------------------------------
 @pytest.mark.slow
 def test_joblib_launcher_sweep_with_stage_options(tmp_path):
