@@ -88,3 +88,11 @@ def test_speck_filter_flags_only_the_speck_and_leaves_its_input_alone():
     assert out["reject_reason"].tolist() == ["", "", "", "speck", "no_edge"]
     assert np.isnan(out[CONCENTRATION].iloc[4])  # decided already: not measured
     assert out[CONCENTRATION].iloc[3] > SpeckParams().max_concentration
+
+
+def test_speck_filter_asks_for_the_tomo_preset_on_volumes():
+    vol = np.zeros((8, 64, 64), np.float32)
+    mic = Micrograph(meta=MicrographMeta(name="v", path="v.mrc", shape=vol.shape), image=vol)
+    picks = pd.DataFrame({"x_px": [32.0], "y_px": [32.0], "z_px": [4.0], "diameter_px": [20.0]})
+    with pytest.raises(ValueError, match="speck filter works on 2D micrographs"):
+        SpeckFilter(SpeckParams()).apply(picks, mic, PickContext(dmin_px=10, dmax_px=40))

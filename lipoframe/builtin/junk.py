@@ -25,19 +25,24 @@ DARKNESS = "darkness"
 REFERENCE = "contamination_reference"
 
 
-def _measure(picks: pd.DataFrame, mic: Micrograph, ctx: PickContext) -> tuple[dict, float, float]:
+def _working_level(picks: pd.DataFrame, mic: Micrograph, ctx: PickContext, stage: str):
+    """The polarity-corrected image these filters measure on (the smallest
+    particle about 8 px across) and the picks' rows, columns and diameters on it."""
     if mic.image.ndim != 2:
-        raise ValueError("the contamination and carbon_edge filters work on 2D micrographs; for volumes use +experiment=tomo")
+        raise ValueError(f"the {stage} filter works on 2D micrographs; for volumes use +experiment=tomo")
     factor = pow2_floor(ctx.dmin_px / 2.0 / 8.0)
-    img = mic.signal(factor)
-    m = neighbourhood_measures(
-        img,
+    return (
+        mic.signal(factor),
         to_binned(picks[schema.Y].to_numpy(float), factor),
         to_binned(picks[schema.X].to_numpy(float), factor),
         picks[schema.DIAMETER].to_numpy(float) / factor,
     )
+
+
+def _measure(picks: pd.DataFrame, mic: Micrograph, ctx: PickContext, stage: str) -> tuple[dict, float, float]:
+    img, rows, cols, diameters = _working_level(picks, mic, ctx, stage)
     med, spread = background_stats(img)
-    return m, med, spread
+    return neighbourhood_measures(img, rows, cols, diameters), med, spread
 
 
 @dataclass
@@ -81,7 +86,7 @@ class ContaminationFilter(Filter):
         out = schema.with_acceptance(picks)
         if len(out) == 0:
             return out
-        m, med, spread = _measure(out, mic, ctx)
+        m, med, spread = _measure(out, mic, ctx, self.name)
         darkness = m["inside"] - med
         contrast = m["inside"] - m["outside"]
         ok = out[schema.ACCEPTED].to_numpy() & ~schema.weak_mask(out)  # the confident picks set what is typical
@@ -137,7 +142,7 @@ class CarbonEdgeFilter(Filter):
         out = schema.with_acceptance(picks)
         if len(out) == 0:
             return out
-        m, _, _ = _measure(out, mic, ctx)
+        m, _, _ = _measure(out, mic, ctx, self.name)
         contrast = np.maximum(m["inside"] - m["outside"], 1e-12)
         ratio = m["asymmetry"] / contrast
         out["background_asymmetry"] = ratio
@@ -185,18 +190,10 @@ class SpeckFilter(Filter):
         out = schema.with_acceptance(picks)
         if len(out) == 0:
             return out
-        if mic.image.ndim != 2:
-            raise ValueError("the speck filter works on 2D micrographs; for volumes use +experiment=tomo")
-        factor = pow2_floor(ctx.dmin_px / 2.0 / 8.0)
         todo = out[schema.ACCEPTED].to_numpy(dtype=bool)  # the others are decided
+        img, rows, cols, diameters = _working_level(out[todo], mic, ctx, self.name)
         conc = np.full(len(out), np.nan)
-        conc[todo] = darkness_concentration(
-            mic.signal(factor),
-            to_binned(out[schema.Y].to_numpy(float)[todo], factor),
-            to_binned(out[schema.X].to_numpy(float)[todo], factor),
-            out[schema.DIAMETER].to_numpy(float)[todo] / factor,
-            core=self.params.core,
-        )
+        conc[todo] = darkness_concentration(img, rows, cols, diameters, core=self.params.core)
         out[CONCENTRATION] = conc
         return schema.reject(out, conc > self.params.max_concentration, "speck")
 
