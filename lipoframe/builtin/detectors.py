@@ -1,13 +1,16 @@
-"""Built-in detectors: scale-space DoG and LoG on an automatic pyramid."""
+"""Built-in detectors: scale-space edge, DoG and LoG on an automatic pyramid; thin-membrane rings."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
 import pandas as pd
 
 from lipoframe import schema
+from lipoframe.algorithms.membrane import find_rings, membrane_map
+from lipoframe.algorithms.pyramid import pow2_floor, to_full_resolution
 from lipoframe.algorithms.scale_space import detect_blobs
 from lipoframe.hookspecs import hookimpl
 from lipoframe.records import Micrograph, PickContext
@@ -175,8 +178,97 @@ class EdgeDetector(_BlobDetector):
     summary = "circular-edge flux: one maximum at the outer edge of discs, shells (rings) and vesicles"
 
 
+@dataclass
+class MembraneParams:
+    """Thin-membrane vesicles (large liposomes): circles lined with membrane.
+
+    For vesicles whose membrane is thin next to their radius (large
+    liposomes, 40 nm and up) in cluttered fields, where the step-edge
+    detectors and the radial refiner can miss a thin line around a lumen as
+    grey as the background. Vesicles under about 8 membrane widths across are
+    not searched (use ``edge``). Use it through
+    ``+experiment=vesicles`` (which also turns the refiner off; the radial
+    refiner would reject thin rings). See
+    :mod:`lipoframe.algorithms.membrane`.
+
+    thickness: membrane width, in ``units`` (40 Å: a lipid bilayer).
+    units: ``A`` or ``px``.
+    threshold: smallest ring score (noise units of the mean membrane signal
+        along a circle, minus that along the circles at 0.8 and 1.2 radii).
+    min_coverage: smallest fraction of directions in which the circle runs
+        along membrane.
+    ratio: ratio of successive radii searched.
+    """
+
+    thickness: float = 40.0
+    units: str = "A"
+    threshold: float = 6.0
+    min_coverage: float = 0.7
+    ratio: float = 1.04
+
+    def __post_init__(self) -> None:
+        if not self.thickness > 0:
+            raise ValueError(f"detector.thickness must be > 0, got {self.thickness}")
+        if self.units not in ("A", "px"):
+            raise ValueError(f"detector.units must be 'A' or 'px', got {self.units!r}")
+        if not self.threshold > 0:
+            raise ValueError(f"detector.threshold must be > 0, got {self.threshold}")
+        if not 0 <= self.min_coverage <= 1:
+            raise ValueError(f"detector.min_coverage must be in [0, 1], got {self.min_coverage}")
+        if not 1 < self.ratio <= 1.5:
+            raise ValueError(f"detector.ratio must be in (1, 1.5], got {self.ratio}")
+
+
+class MembraneDetector(Detector):
+    name = "membrane"
+    Params = MembraneParams
+    summary = "thin-membrane vesicles: circular Hough search on a membrane (ridge) map, with angular coverage"
+
+    def detect(self, mic: Micrograph, ctx: PickContext) -> pd.DataFrame:
+        p = self.params
+        if mic.image.ndim != 2:
+            raise ValueError("detector 'membrane' works on 2D micrographs only")
+        if p.units == "A":
+            if not ctx.pixel_size:
+                raise ValueError("detector.thickness is in Å but the pixel size is unknown; give pixel_size=... or detector.units=px")
+            thickness_px = p.thickness / ctx.pixel_size
+        else:
+            thickness_px = p.thickness
+        # Bin while the membrane stays about 3 pixels wide (and the smallest
+        # vesicle 8 pixels across).
+        factor = max(1, min(pow2_floor(thickness_px / 3.0), pow2_floor(ctx.dmin_px / 8.0)))
+        ridge = membrane_map(mic.signal(factor), thickness=max(1.0, thickness_px / factor))
+        # The dark line of a projected bilayer peaks at its inner radius (the
+        # chord through the shell is longest there): the outer edge, and the
+        # diameter, lie one membrane width further out.
+        # A ring of membrane is only a ring well beyond its own width: radii
+        # below three widths (vesicles under ~8 widths across) are left to
+        # the step-edge detectors.
+        rmin = max(3.0 * thickness_px, (ctx.dmin_px / 2.0 - thickness_px) * 0.95) / factor
+        rmax = (ctx.dmax_px / 2.0 - thickness_px) * 1.05 / factor
+        if rmax <= rmin:
+            raise ValueError(
+                f"detector 'membrane': dmax ({ctx.dmax_px:.0f} px) is under 8 membrane widths "
+                f"({thickness_px:.1f} px each); these vesicles are not thin rings, use detector=edge"
+            )
+        rings = find_rings(ridge, rmin=rmin, rmax=rmax, ratio=p.ratio,
+                           threshold=p.threshold, min_coverage=p.min_coverage)
+        diameter = 2.0 * (rings["radius"] * factor + thickness_px)
+        return pd.DataFrame({
+            schema.X: to_full_resolution(rings["col"], factor),
+            schema.Y: to_full_resolution(rings["row"], factor),
+            schema.DIAMETER: diameter,
+            schema.SCORE: rings["score"],
+            schema.LEVEL: np.zeros(len(diameter), dtype=np.int64),
+            schema.SIGMA: diameter / (2.0 * np.sqrt(2.0)),
+            "response": rings["score"],
+            "membrane_coverage": rings["coverage"],
+        })
+
+
 @hookimpl
 def lipoframe_register_stages(registry):
     registry.add(DogDetector)
     registry.add(LogDetector)
     registry.add(EdgeDetector)
+    registry.add(MembraneDetector)
