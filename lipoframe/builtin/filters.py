@@ -227,7 +227,12 @@ class EdgeFilter(Filter):
 
 @dataclass
 class PopulationParams:
-    """Accept a weak pick only when its micrograph holds many confident picks of its size.
+    """Picks that count only with a crowd behind them.
+
+    Accept a weak pick only when its micrograph holds many confident picks of
+    its size and it does not overlap one of them; accept the picks of a
+    (nearly) empty micrograph only when they look like the dataset's typical
+    particle (``lonely_below``, once all micrographs are picked).
 
     A candidate that scored between the detector's ``weak_threshold`` and its
     ``threshold`` (``weak=True``) looks like a faint particle as often as like
@@ -333,7 +338,7 @@ def nearest_separation(xy: np.ndarray, radii: np.ndarray, ref_xy: np.ndarray, re
 class PopulationFilter(Filter):
     name = "population"
     Params = PopulationParams
-    summary = "accept weak picks only among many confident picks of the same size (crowded faint fields)"
+    summary = "weak picks only among many confident picks of their size; nearly empty micrographs keep typical-looking picks only"
 
     def apply(self, picks: pd.DataFrame, mic: Micrograph, ctx: PickContext) -> pd.DataFrame:
         out = schema.with_acceptance(picks)
