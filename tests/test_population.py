@@ -221,6 +221,10 @@ def test_picks_of_a_nearly_empty_micrograph_must_look_like_the_datasets_particle
     # b with three confident picks has particles of its own: nothing changes.
     three = _dataset(quality_a, [20.0, 8.0, 1.0])
     assert PopulationFilter(PopulationParams()).apply_dataset(three, {}, ctx)[schema.ACCEPTED].all()
+    # Where most micrographs are sparse, few picks are the norm: nothing changes.
+    sparse = {name: None for name in ("a", "b", "c", "d")}  # metas of four micrographs, c and d without picks
+    assert PopulationFilter(PopulationParams()).apply_dataset(picks, sparse, ctx)[schema.ACCEPTED].all()
+    assert not PopulationFilter(PopulationParams()).apply_dataset(picks, {"a": None, "b": None}, ctx)[schema.ACCEPTED].all()
     # Weak picks do not count as b's particles, and without the refiner's quality there is no test.
     weak = _dataset(quality_a, [20.0, 8.0, 30.0, 30.0], weak_b=[False, False, True, True])
     assert PopulationFilter(PopulationParams()).apply_dataset(weak, {}, ctx)[schema.ACCEPTED].tolist()[-4:] == [True, False, True, True]

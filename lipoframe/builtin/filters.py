@@ -258,9 +258,12 @@ class PopulationParams:
         thick-ice area) keeps only picks whose ``quality`` reaches the median
         of the confident picks of the other micrographs: every micrograph
         has a few noise maxima that pass the detector, and where they are
-        all there is, they are most of what was picked. Needs at least
-        ``min_support`` confident picks elsewhere in the dataset; 0 turns it
-        off. Single-micrograph runs (``pick()``) have no dataset to compare with.
+        all there is, they are most of what was picked. Applies only where
+        such micrographs are the exception (at least half of the dataset's
+        micrographs have more; in a dataset of sparse micrographs few picks
+        are the norm) and at least ``min_support`` confident picks elsewhere
+        say what is typical; 0 turns it off. Single-micrograph runs
+        (``pick()``) have no dataset to compare with.
     """
 
     min_occupancy: float = 0.08
@@ -369,12 +372,14 @@ class PopulationFilter(Filter):
         out = schema.with_acceptance(picks)
         accepted = out[schema.ACCEPTED].to_numpy(dtype=bool)
         confident = accepted & ~schema.weak_mask(out)
-        per_micrograph = pd.Series(confident).groupby(out[schema.MICROGRAPH].to_numpy(), sort=False).transform("sum")
-        lonely = per_micrograph.to_numpy() < p.lonely_below
+        names = out[schema.MICROGRAPH].to_numpy()
+        counts = pd.Series(confident).groupby(names, sort=False).sum()
+        lonely = pd.Series(names).map(counts).to_numpy() < p.lonely_below
         quality = out[QUALITY].to_numpy(dtype=float)
         reference = quality[confident & ~lonely]
-        if len(reference) < p.min_support:
-            return out  # too few particles elsewhere to say what is typical
+        n_micrographs = max(len(metas), len(counts))  # metas also lists micrographs without picks
+        if len(reference) < p.min_support or 2 * int((counts >= p.lonely_below).sum()) < n_micrographs:
+            return out  # too few particles elsewhere, or sparse micrographs are the norm here
         typical = float(np.median(reference))
         return schema.reject(out, lonely & ~(quality >= typical), "lonely")
 
