@@ -141,3 +141,20 @@ class PickContext:
     pixel_size: float | None = None
     seed: int = 0
     export_rejected: bool = False
+
+
+def length_px(value: float, units: str, ctx: PickContext, mic: Micrograph, key: str) -> float:
+    """A stage option given in ``units`` (``A`` or ``px``) in full-resolution pixels of ``mic``.
+
+    Raises
+    ------
+    ValueError
+        Naming the micrograph and the option ``key`` when it is in Å and the
+        pixel size is unknown.
+    """
+    if units != "A":
+        return value
+    px = mic.meta.pixel_size or ctx.pixel_size
+    if not px:
+        raise ValueError(f"{mic.meta.path or mic.name}: {key} is in Å but the pixel size is unknown; give pixel_size=<Å/px> or use px")
+    return value / px

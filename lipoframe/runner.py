@@ -873,16 +873,21 @@ def run_jobs(jobs: list[MicJob], cfg: LipoframeConfig, stages: StageSet, *, prog
     """
     from lipoframe import __version__
 
+    def saved(job: MicJob, status: str) -> MicResult | None:
+        """The job's current saved result (same settings, input file and version), if any."""
+        done = load_work(job.out_dir, job.name, job.fingerprint, source=source_stamp(job.path), version=__version__)
+        if done is None:
+            return None
+        picks = done[1]
+        n_acc = int(picks[schema.ACCEPTED].sum()) if len(picks) else 0
+        return MicResult(job.name, str(job.path), status, len(picks), n_acc)
+
     results: list[MicResult] = []
     todo: list[MicJob] = []
     for job in jobs:
-        if job.resume:
-            done = load_work(job.out_dir, job.name, job.fingerprint, source=source_stamp(job.path), version=__version__)
-            if done is not None:
-                picks = done[1]
-                n_acc = int(picks[schema.ACCEPTED].sum()) if len(picks) else 0
-                results.append(MicResult(job.name, str(job.path), "skipped", len(picks), n_acc))
-                continue
+        if job.resume and (res := saved(job, "skipped")) is not None:
+            results.append(res)
+            continue
         todo.append(MicJob(job.path, job.name, job.out_dir, job.fingerprint, False, job.verbose))
     if results:
         log.info("resuming: %d of %d micrographs are already done", len(results), len(jobs))
@@ -915,13 +920,8 @@ def run_jobs(jobs: list[MicJob], cfg: LipoframeConfig, stages: StageSet, *, prog
         # not yet reported back, is done: count it (the dataset outputs use it).
         seen = {r.name for r in results}
         for job in todo:
-            if job.name in seen:
-                continue
-            saved = load_work(job.out_dir, job.name, job.fingerprint, source=source_stamp(job.path), version=__version__)
-            if saved is not None:
-                picks = saved[1]
-                n_acc = int(picks[schema.ACCEPTED].sum()) if len(picks) else 0
-                results.append(MicResult(job.name, str(job.path), "ok", len(picks), n_acc))
+            if job.name not in seen and (res := saved(job, "ok")) is not None:
+                results.append(res)
     return results, interrupted
 
 

@@ -278,3 +278,14 @@ def test_edge_quality_ignores_blocked_directions():
     c_vis, cov_vis = edge_quality(step + np.linspace(0, 0.1, 8), valid)
     assert cov_all[0] == pytest.approx(0.75) and cov_vis[0] == pytest.approx(1.0)
     assert c_vis[0] > c_all[0]
+
+
+def test_parabola_offset_finds_the_vertex_of_a_sampled_maximum():
+    from lipoframe.algorithms.stats import parabola_offset
+
+    f = lambda x: -((x - 0.3) ** 2)  # noqa: E731 - a parabola peaking at +0.3
+    assert parabola_offset(np.array([f(-1.0)]), np.array([f(0.0)]), np.array([f(1.0)]))[0] == pytest.approx(0.3)
+    # Not curving down (flat or a minimum): no offset; far vertices are clipped to half a sample.
+    assert parabola_offset(np.array([1.0, 0.0]), np.array([1.0, 1.0]), np.array([1.0, 0.0]))[0] == 0.0
+    assert parabola_offset(np.array([0.0]), np.array([-1.0]), np.array([0.0]))[0] == 0.0
+    assert parabola_offset(np.array([0.0]), np.array([1.0]), np.array([1.5]))[0] == 0.5  # vertex at +1.5

@@ -31,7 +31,7 @@ from scipy.special import j0
 
 from lipoframe.algorithms.pyramid import block_mean
 from lipoframe.algorithms.radial import sample_polar_grid
-from lipoframe.algorithms.stats import background_stats
+from lipoframe.algorithms.stats import background_stats, parabola_offset
 
 #: Frequency samples per cycle/pixel of the tabulated transfer functions.
 _F_STEPS = 4096
@@ -132,9 +132,8 @@ def find_rings(
         f = np.arange(int(_F_STEPS * np.sqrt(0.5)) + 2) / _F_STEPS
         h = (j0(2 * np.pi * r * f) - 0.5 * (j0(1.6 * np.pi * r * f) + j0(2.4 * np.pi * r * f))) * np.exp(-2.0 * np.pi**2 * f**2)
         resp = np.fft.irfft2(spectrum * h[f_bin], s=shape)
-        med = float(np.median(resp[::2, ::2]))
-        spread = 1.4826 * float(np.median(np.abs(resp[::2, ::2] - med)))
-        out = ((resp - med) / max(spread, 1e-12)).astype(np.float32)
+        med, spread = background_stats(resp, samples=max(1, resp.size // 4))  # every other pixel
+        out = ((resp - med) / spread).astype(np.float32)
         if lev:  # back onto the grid of ``ridge`` (bilinear, block centres aligned)
             out = ndi.zoom(out, 2**lev, order=1, mode="nearest", grid_mode=True)
             out = np.pad(out, [(0, ridge.shape[0] - out.shape[0]), (0, ridge.shape[1] - out.shape[1])], mode="edge")
@@ -172,9 +171,8 @@ def find_rings(
     # Sub-step radius: parabola through the scores at the neighbouring radii.
     lo = np.concatenate(los).astype(float)
     hi = np.concatenate(his).astype(float)
-    denom = lo - 2 * score + hi
-    off = np.where((ri > 0) & (ri < len(radii) - 1) & (denom < 0), 0.5 * (lo - hi) / np.where(denom < 0, denom, -1), 0.0)
-    radius = radii[ri] * ratio ** np.clip(off, -0.5, 0.5)
+    off = np.where((ri > 0) & (ri < len(radii) - 1), parabola_offset(lo, score, hi), 0.0)
+    radius = radii[ri] * ratio**off
     # Coverage: membrane in most directions around the circle.
     theta = np.linspace(0, 2 * np.pi, n_angles, endpoint=False)
     coverage = np.zeros(len(row))

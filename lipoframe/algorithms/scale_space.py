@@ -26,7 +26,7 @@ from scipy import fft as sfft
 from scipy.special import j1
 
 from lipoframe.algorithms.pyramid import pow2_floor
-from lipoframe.algorithms.stats import median, median_rows
+from lipoframe.algorithms.stats import median, median_rows, parabola_offset
 
 #: Response methods of :func:`blob_responses`.
 METHODS = ("dog", "log", "edge")
@@ -584,11 +584,8 @@ def quadratic_offsets(responses: np.ndarray, s: np.ndarray, r: np.ndarray, c: np
         coords_hi[axis] = hi
         f_lo = responses[tuple(coords_lo)].astype(float)
         f_hi = responses[tuple(coords_hi)].astype(float)
-        denom = f_lo - 2.0 * centre + f_hi
-        with np.errstate(divide="ignore", invalid="ignore"):
-            off = np.where(denom < 0, 0.5 * (f_lo - f_hi) / denom, 0.0)
         valid = (idx > 0) & (idx < shape[axis] - 1)
-        out[:, axis] = np.where(valid, np.clip(off, -0.5, 0.5), 0.0)
+        out[:, axis] = np.where(valid, parabola_offset(f_lo, centre, f_hi), 0.0)
     return out
 
 

@@ -27,6 +27,7 @@ from scipy import fft as sfft
 from scipy import ndimage as ndi
 
 from lipoframe.algorithms.scale_space import check_search, plan_levels, transfer_of_f2
+from lipoframe.algorithms.stats import parabola_offset
 
 #: diameter = DIAMETER_PER_SIGMA_3D * sigma for a uniform ball at the LoG peak.
 DIAMETER_PER_SIGMA_3D = 2.0 * math.sqrt(3.0)
@@ -101,13 +102,6 @@ def _noise(resp: np.ndarray, step: int = 2) -> tuple[float, float]:
     return med, max(1.4826 * mad, floor)
 
 
-def _parabola(f_lo: np.ndarray, f0: np.ndarray, f_hi: np.ndarray) -> np.ndarray:
-    denom = f_lo - 2.0 * f0 + f_hi
-    with np.errstate(divide="ignore", invalid="ignore"):
-        off = np.where(denom < 0, 0.5 * (f_lo - f_hi) / denom, 0.0)
-    return np.clip(off, -0.5, 0.5)
-
-
 def _spatial_offsets(resp: np.ndarray, idx: tuple[np.ndarray, ...]) -> np.ndarray:
     out = np.zeros((len(idx[0]), resp.ndim))
     f0 = resp[idx].astype(float)
@@ -117,7 +111,7 @@ def _spatial_offsets(resp: np.ndarray, idx: tuple[np.ndarray, ...]) -> np.ndarra
         hi = list(idx)
         lo[axis] = np.clip(idx[axis] - 1, 0, n - 1)
         hi[axis] = np.clip(idx[axis] + 1, 0, n - 1)
-        off = _parabola(resp[tuple(lo)].astype(float), f0, resp[tuple(hi)].astype(float))
+        off = parabola_offset(resp[tuple(lo)].astype(float), f0, resp[tuple(hi)].astype(float))
         valid = (idx[axis] > 0) & (idx[axis] < n - 1)
         out[:, axis] = np.where(valid, off, 0.0)
     return out
@@ -232,7 +226,7 @@ def detect_blobs_3d(
                 if len(idx[0]):
                     v = r0[idx].astype(float)
                     off = _spatial_offsets(r0, idx)
-                    s_off = _parabola(r_lo[idx].astype(float), v, r_hi[idx].astype(float))
+                    s_off = parabola_offset(r_lo[idx].astype(float), v, r_hi[idx].astype(float))
                     cols["z_px"].append(to_full_resolution(idx[0] + off[:, 0], level.factor))
                     cols["y_px"].append(to_full_resolution(idx[1] + off[:, 1], level.factor))
                     cols["x_px"].append(to_full_resolution(idx[2] + off[:, 2], level.factor))

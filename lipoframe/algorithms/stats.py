@@ -67,6 +67,26 @@ def median_rows(a: np.ndarray) -> np.ndarray:
     return (x[:, :h].max(axis=1) + upper) / x.dtype.type(2)
 
 
+def parabola_offset(f_lo: np.ndarray, f0: np.ndarray, f_hi: np.ndarray) -> np.ndarray:
+    """Sub-sample position of a maximum from its value and its two neighbours.
+
+    Parameters
+    ----------
+    f_lo, f0, f_hi : ndarrays of one shape
+        Values at -1, 0 and +1 samples.
+
+    Returns
+    -------
+    offset : ndarray
+        Vertex of the parabola through the three values, clipped to
+        [-0.5, 0.5]; 0 where they do not curve downwards.
+    """
+    denom = f_lo - 2.0 * f0 + f_hi
+    with np.errstate(divide="ignore", invalid="ignore"):
+        off = np.where(denom < 0, 0.5 * (f_lo - f_hi) / denom, 0.0)
+    return np.clip(off, -0.5, 0.5)
+
+
 def background_stats(image: np.ndarray, *, samples: int = 65536) -> tuple[float, float]:
     """Robust level and spread of a 2D image: median and 1.4826 MAD of a regular subsample.
 

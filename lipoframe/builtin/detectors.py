@@ -13,7 +13,7 @@ from lipoframe.algorithms.membrane import find_rings, membrane_map
 from lipoframe.algorithms.pyramid import pow2_floor, to_full_resolution
 from lipoframe.algorithms.scale_space import detect_blobs
 from lipoframe.hookspecs import hookimpl
-from lipoframe.records import Micrograph, PickContext
+from lipoframe.records import Micrograph, PickContext, length_px
 from lipoframe.stages import Detector
 
 THRESHOLD_METHODS = ("mad", "percentile", "absolute")
@@ -228,12 +228,7 @@ class MembraneDetector(Detector):
         p = self.params
         if mic.image.ndim != 2:
             raise ValueError("detector 'membrane' works on 2D micrographs only")
-        if p.units == "A":
-            if not ctx.pixel_size:
-                raise ValueError("detector.thickness is in Å but the pixel size is unknown; give pixel_size=... or detector.units=px")
-            thickness_px = p.thickness / ctx.pixel_size
-        else:
-            thickness_px = p.thickness
+        thickness_px = length_px(p.thickness, p.units, ctx, mic, "detector.thickness")
         # Bin while the membrane stays about 3 pixels wide (and the smallest
         # vesicle 8 pixels across).
         factor = max(1, min(pow2_floor(thickness_px / 3.0), pow2_floor(ctx.dmin_px / 8.0)))

@@ -14,7 +14,7 @@ from scipy.spatial import cKDTree
 
 from lipoframe import schema
 from lipoframe.hookspecs import hookimpl
-from lipoframe.records import Micrograph, PickContext
+from lipoframe.records import Micrograph, PickContext, length_px
 from lipoframe.stages import Filter
 
 
@@ -84,15 +84,6 @@ class MinSizeParams:
             raise ValueError(f"filter.min_size.units must be one of {MIN_SIZE_UNITS}, got {self.units!r}")
 
 
-def _to_px(value: float, units: str, ctx: PickContext, mic: Micrograph, key: str) -> float:
-    if units != "A":
-        return value
-    px = mic.meta.pixel_size or ctx.pixel_size
-    if not px:
-        raise ValueError(f"{mic.meta.path or mic.name}: {key} is in Å but the pixel size is unknown; give pixel_size=<Å/px> or use px")
-    return value / px
-
-
 class MinSizeFilter(Filter):
     name = "min_size"
     Params = MinSizeParams
@@ -100,7 +91,7 @@ class MinSizeFilter(Filter):
 
     def apply(self, picks: pd.DataFrame, mic: Micrograph, ctx: PickContext) -> pd.DataFrame:
         p = self.params
-        limit = _to_px(p.min_diameter, p.units, ctx, mic, "filter.min_size.min_diameter") if p.min_diameter else ctx.dmin_px
+        limit = length_px(p.min_diameter, p.units, ctx, mic, "filter.min_size.min_diameter") if p.min_diameter else ctx.dmin_px
         bad = picks[schema.DIAMETER].to_numpy(dtype=float) < limit
         return schema.reject(picks, bad, "min_size")
 
@@ -156,7 +147,7 @@ class NeighbourOutlierFilter(Filter):
         if p.units == "diameter":
             gap = p.max_gap * 2.0 * r
         else:
-            gap = np.full(len(r), _to_px(p.max_gap, p.units, ctx, mic, "filter.neighbour_outlier.max_gap"))
+            gap = np.full(len(r), length_px(p.max_gap, p.units, ctx, mic, "filter.neighbour_outlier.max_gap"))
         count = np.zeros(len(out), dtype=np.int64)
         idx = np.nonzero(acc)[0]
         if len(idx):
