@@ -16,10 +16,12 @@ import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 UNITS = ("A", "px")
 POLARITIES = ("dark", "bright")
+#: Default ``retry_suppressed``: the radial refiner's and the diameter_range filter's reasons.
+RETRY_SUPPRESSED = ("no_edge", "diameter_range")
 
 
 class ConfigError(ValueError):
@@ -108,6 +110,11 @@ class LipoframeConfig:
     units: ``A`` (Ångström) or ``px`` (pixels).
     polarity: ``dark`` particles on a light background, or ``bright``.
     export_rejected: writers also export rejected picks (flagged).
+    retry_suppressed: reject reasons after which the detections NMS suppressed
+        at that place get their turn (NMS chooses by the detector's response;
+        when refinement then finds no edge, or a diameter outside the range,
+        the suppressed detections are the other explanations of the place).
+        Empty turns it off.
     watch: keep running and pick new micrographs as they appear (see ``stream``).
     """
 
@@ -119,6 +126,7 @@ class LipoframeConfig:
     units: str = "A"
     polarity: str = "dark"
     export_rejected: bool = False
+    retry_suppressed: List[str] = field(default_factory=lambda: list(RETRY_SUPPRESSED))
     seed: int = 0
     runner: RunnerConfig = field(default_factory=RunnerConfig)
     shard: ShardConfig = field(default_factory=ShardConfig)
@@ -151,6 +159,7 @@ class LipoframeConfig:
             self.input = [str(i) for i in self.input]
         if self.watch and self.shard.count > 1:
             raise ConfigError("watch=true cannot be combined with shard.count > 1 (watch one folder per run instead)")
+        self.retry_suppressed = [str(r) for r in (self.retry_suppressed or [])]
         self.filter = dict(self.filter or {})
         self.writer = dict(self.writer or {})
 
@@ -169,7 +178,10 @@ class LipoframeConfig:
 
         payload = {
             k: enc(getattr(self, k))
-            for k in ("pixel_size", "dmin", "dmax", "units", "polarity", "seed", "reader", "detector", "nms", "refiner", "filter")
+            for k in (
+                "pixel_size", "dmin", "dmax", "units", "polarity", "seed", "retry_suppressed",
+                "reader", "detector", "nms", "refiner", "filter",
+            )
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

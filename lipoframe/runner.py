@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from lipoframe import schema
-from lipoframe.config import LipoframeConfig
+from lipoframe.config import RETRY_SUPPRESSED, LipoframeConfig
 from lipoframe.algorithms.pyramid import pow2_floor
 from lipoframe.io.atomic import safe_child, write_text
 from lipoframe.plan import ExtractionPlan
@@ -66,6 +66,8 @@ class StageSet:
     binner: Stage
     writers: list[Stage]
     readers_by_suffix: dict[str, Stage] = field(default_factory=dict)
+    #: Reject reasons after which the detections NMS suppressed at that place are tried.
+    retry_suppressed: tuple[str, ...] = ()
 
     def reader_for(self, path: Path) -> Stage:
         if self.reader.name != "auto":
@@ -108,6 +110,7 @@ def build_stages(cfg: LipoframeConfig, registry: StageRegistry) -> StageSet:
         binner=one("binning", cfg.binning),
         writers=[one("writer", p) for p in cfg.writer.values()],
         readers_by_suffix=by_suffix,
+        retry_suppressed=tuple(cfg.retry_suppressed),
     )
 
 
@@ -235,6 +238,11 @@ def check_image(mic: Micrograph, ctx: PickContext) -> None:
 def process_micrograph(mic: Micrograph, stages: StageSet, ctx: PickContext) -> pd.DataFrame:
     """Detect, suppress, refine and filter the picks of one micrograph.
 
+    Where refinement or a filter rejects a pick for a reason listed in
+    ``stages.retry_suppressed``, the detections that NMS suppressed in its
+    favour at the same place get their turn (see :func:`retry_candidates`),
+    as weak candidates (``weak=True``, ``retried=True``).
+
     Returns
     -------
     picks : DataFrame
@@ -242,12 +250,28 @@ def process_micrograph(mic: Micrograph, stages: StageSet, ctx: PickContext) -> p
         ``accepted``/``reject_reason`` and ``diameter_A``.
     """
     check_image(mic, ctx)
-    picks = schema.validate_detections(stages.detector.detect(mic, ctx), stage=f"detector/{stages.detector.name}")
-    picks = schema.validate_detections(stages.nms.suppress(picks, mic, ctx), stage=f"nms/{stages.nms.name}")
-    picks = schema.validate_detections(stages.refiner.refine(picks, mic, ctx), stage=f"refiner/{stages.refiner.name}")
-    picks = schema.with_acceptance(picks)
-    for f in stages.filters:
-        picks = schema.validate_detections(f.apply(picks, mic, ctx), stage=f"filter/{f.name}")
+    detections = schema.validate_detections(stages.detector.detect(mic, ctx), stage=f"detector/{stages.detector.name}")
+    detections[_CANDIDATE] = np.arange(len(detections))
+    kept = schema.validate_detections(stages.nms.suppress(detections, mic, ctx), stage=f"nms/{stages.nms.name}")
+    refined = _refine(kept, mic, stages, ctx)
+    picks = _filter(refined, mic, stages, ctx)
+    if stages.retry_suppressed:
+        failed = ~picks[schema.ACCEPTED].to_numpy(dtype=bool) & picks[schema.REASON].isin(stages.retry_suppressed).to_numpy()
+        retry = retry_candidates(detections, kept, picks.loc[failed], picks.loc[~failed], mic, stages, ctx)
+        if len(retry):
+            # A detection that lost to a pick that then failed is no more
+            # than a weak candidate: it counts where the population filter
+            # vouches for it (a crowd of confident picks of its size). It is
+            # refined on its own, then filtered together with the picks that
+            # stand (the population changes); the failed picks keep their
+            # first verdict.
+            retry = retry.assign(**{schema.WEAK: True, schema.RETRIED: True})
+            standing = refined.loc[~refined[_CANDIDATE].isin(picks.loc[failed, _CANDIDATE])]
+            merged = pd.concat([standing, _refine(retry, mic, stages, ctx)], ignore_index=True)
+            picks = pd.concat([_filter(merged, mic, stages, ctx), picks.loc[failed]], ignore_index=True)
+            picks[schema.WEAK] = schema.weak_mask(picks)
+        picks[schema.RETRIED] = picks[schema.RETRIED].fillna(False).astype(bool) if schema.RETRIED in picks else False
+    picks = picks.drop(columns=_CANDIDATE)
     if schema.WEAK in picks.columns and schema.SUPPORT not in picks.columns:
         # Weak candidates need a stage that vouches for them (the population filter).
         picks = schema.reject(picks, schema.weak_mask(picks), "weak")
@@ -258,6 +282,84 @@ def process_micrograph(mic: Micrograph, stages: StageSet, ctx: PickContext) -> p
     px = mic.meta.pixel_size
     picks[schema.DIAMETER_A] = picks[schema.DIAMETER] * px if px else np.nan
     return picks
+
+
+#: Temporary column: each detection's row number, to follow it through the stages.
+_CANDIDATE = "_candidate"
+
+
+def _refine(picks: pd.DataFrame, mic: Micrograph, stages: StageSet, ctx: PickContext) -> pd.DataFrame:
+    picks = schema.validate_detections(stages.refiner.refine(picks, mic, ctx), stage=f"refiner/{stages.refiner.name}")
+    return schema.with_acceptance(picks)
+
+
+def _filter(picks: pd.DataFrame, mic: Micrograph, stages: StageSet, ctx: PickContext) -> pd.DataFrame:
+    for f in stages.filters:
+        picks = schema.validate_detections(f.apply(picks, mic, ctx), stage=f"filter/{f.name}")
+    return picks
+
+
+def retry_candidates(
+    detections: pd.DataFrame,
+    kept: pd.DataFrame,
+    failed: pd.DataFrame,
+    others: pd.DataFrame,
+    mic: Micrograph,
+    stages: StageSet,
+    ctx: PickContext,
+) -> pd.DataFrame:
+    """Suppressed detections that may take the place of picks rejected on their own measurement.
+
+    NMS chooses among overlapping detections by the detector's response
+    alone. When the winner then fails on what refinement measures (no edge
+    where the detector saw one, a diameter outside the range: e.g. the dark
+    interior of a particle, which outscored the particle's own outline),
+    the detections it suppressed are the other explanations of that place.
+
+    Parameters
+    ----------
+    detections : DataFrame
+        Every detection, with the ``_candidate`` row numbers.
+    kept : DataFrame
+        The detections NMS kept (detector columns and centres).
+    failed : DataFrame
+        The kept picks rejected for a reason in ``stages.retry_suppressed``.
+    others : DataFrame
+        The other kept picks (accepted, or rejected for another reason:
+        junk, population).
+
+    Returns
+    -------
+    retry : DataFrame
+        Detections not kept whose circle contains a failed pick's detected
+        centre, or whose centre lies inside a failed pick's detected circle;
+        that NMS would not suppress by one of ``others``; and that survive
+        NMS among themselves (rows of ``detections``).
+    """
+    rest = detections.loc[~detections[_CANDIDATE].isin(kept[_CANDIDATE])]
+    if not len(failed) or not len(rest):
+        return rest.iloc[:0]
+    from lipoframe.builtin.filters import centres
+
+    # Where the failed picks were detected (refinement may have moved them).
+    at = kept.set_index(_CANDIDATE).loc[failed[_CANDIDATE].to_numpy()]
+    fxy, fr = centres(at), at[schema.DIAMETER].to_numpy(dtype=float) / 2.0
+    cxy, cr = centres(rest), rest[schema.DIAMETER].to_numpy(dtype=float) / 2.0
+    same_place = np.zeros(len(rest), dtype=bool)
+    for xy, r in zip(fxy, fr):
+        same_place |= np.linalg.norm(cxy - xy, axis=1) < np.maximum(cr, r)
+    rest = rest.loc[same_place]
+    if not len(rest):
+        return rest
+    # The standing picks go first: a retried detection never displaces one.
+    standing = kept.loc[kept[_CANDIDATE].isin(others[_CANDIDATE])].copy()
+    for col in ("response", schema.SCORE):
+        if col in standing.columns:
+            standing[col] = float(np.abs(detections[col].to_numpy(dtype=float)).max()) * 2.0 + 1.0
+    if schema.WEAK in standing.columns:
+        standing[schema.WEAK] = False
+    survivors = stages.nms.suppress(pd.concat([standing, rest], ignore_index=True), mic, ctx)
+    return rest.loc[rest[_CANDIDATE].isin(survivors[_CANDIDATE]) & ~rest[_CANDIDATE].isin(standing[_CANDIDATE])].reset_index(drop=True)
 
 
 def _suppress_again(picks: pd.DataFrame, mic: Micrograph, stages: StageSet, ctx: PickContext) -> pd.DataFrame:
@@ -1109,6 +1211,7 @@ def pick(
     detector_params: dict | None = None,
     nms_params: dict | None = None,
     refiner_params: dict | None = None,
+    retry_suppressed: tuple = RETRY_SUPPRESSED,
     name: str = "image",
 ) -> pd.DataFrame:
     """Pick one micrograph given as an array.
@@ -1128,6 +1231,9 @@ def pick(
     filters : sequence of str or Params
     detector_params, nms_params, refiner_params : dict, optional
         Parameters for stages given by name.
+    retry_suppressed : sequence of str
+        Reject reasons after which the detections NMS suppressed at that
+        place are tried (see :func:`retry_candidates`); empty turns it off.
     name : str
         Value of the ``micrograph`` column.
 
@@ -1159,6 +1265,7 @@ def pick(
         filters=[registry.build(_params(registry, "filter", f, None)) for f in filters],
         binner=None,  # type: ignore[arg-type]
         writers=[],
+        retry_suppressed=tuple(retry_suppressed),
     )
     meta = MicrographMeta(name=name, path="", shape=image.shape, pixel_size=pixel_size)
     mic = Micrograph(meta=meta, image=image, polarity=polarity)

@@ -30,6 +30,8 @@ SIZE_BIN = "size_bin"
 WEAK = "weak"
 #: Population filter: confident picks of the same size in the micrograph.
 SUPPORT = "support"
+#: True for picks that NMS had suppressed and that replaced a pick rejected on its own measurement.
+RETRIED = "retried"
 
 #: Columns every detector must return, in this order.
 DETECTOR_COLUMNS = (X, Y, DIAMETER, SCORE, LEVEL, SIGMA)

@@ -115,6 +115,10 @@ def test_strong_detections_need_only_the_relaxed_edge_test():
     assert accepted(min_contrast=1e9, strong_score=10, strong_min_contrast=0) == [True, False]
     assert accepted(min_contrast=1e9, strong_score=30, strong_min_contrast=0) == [False, False]
     assert accepted(min_contrast=0, min_coverage=0, strong_score=0, strong_min_contrast=1e9) == [False, False]
+    # A weak candidate (e.g. a retried detection) never counts as strong, whatever its score.
+    weak = picks.assign(weak=[True, False])
+    refined = RadialProfileRefiner(RadialProfileParams(min_contrast=1e9, strong_score=10, strong_min_contrast=0)).refine(weak, mic, ctx)
+    assert refined["accepted"].tolist() == [False, False]
 
 
 @pytest.mark.parametrize(

@@ -33,7 +33,8 @@ class RadialProfileParams:
     strong_score, strong_min_contrast, strong_min_coverage: picks whose
         detector ``score`` is at least ``strong_score`` need only these (a
         strong detection vouches for a particle whose rim is faint or partly
-        hidden by neighbours; a weak one needs a clear edge). ``strong_score``
+        hidden by neighbours; a weak one needs a clear edge). Weak candidates
+        (``weak=True``) never count as strong. ``strong_score``
         is in the scale-space detectors' noise units; 0 applies the strong
         limits to every pick, ``inf`` never.
     ignore_neighbours: judge the edge only on the directions that do not
@@ -122,7 +123,7 @@ class RadialProfileRefiner(Refiner):
         # far the particle stands out from what the background does anyway.
         out["edge_step_snr"] = res["edge_step"] / background_stats(img)[1]
         out["quality"] = np.clip(contrast, 0, None) * coverage
-        strong = out[schema.SCORE].to_numpy(float) >= p.strong_score
+        strong = (out[schema.SCORE].to_numpy(float) >= p.strong_score) & ~schema.weak_mask(out)
         need_contrast = np.where(strong, p.strong_min_contrast, p.min_contrast)
         need_coverage = np.where(strong, p.strong_min_coverage, p.min_coverage)
         bad = ~res["edge_found"] | (contrast < need_contrast) | (coverage < need_coverage)
