@@ -135,9 +135,9 @@ def test_damaged_mrc_header_is_read_or_an_input_error(data, where, value):
 
 
 @SETTINGS
-@given(depth=st.integers(2, 4), shape=st.tuples(st.integers(5, 48), st.integers(5, 48)))
+@given(depth=st.integers(2, 4), shape=st.tuples(st.integers(1, 48), st.integers(1, 48)))
 def test_stacks_are_refused_where_a_micrograph_is_expected(depth, shape):
-    # (the TIFF reader averages a last axis of 3 or 4 as RGB, so images are >= 5 px wide here)
+    # Greyscale pages 3 or 4 px wide are a stack too, not RGB pixels.
     data = np.zeros((depth, *shape), np.float32)
     with tempfile.TemporaryDirectory() as tmp:
         for name, payload, reader in (("s.mrc", _mrc_bytes(data), MrcReader()), ("s.tif", _tiff_bytes(data), TiffReader())):
@@ -145,6 +145,17 @@ def test_stacks_are_refused_where_a_micrograph_is_expected(depth, shape):
             path.write_bytes(payload)
             with pytest.raises(InputError, match="3D stack"):
                 reader.read(path, pixel_size=None)
+
+
+@pytest.mark.parametrize("samples", [3, 4])
+def test_colour_tiff_pixels_are_averaged(tmp_path, samples):
+    grey = np.arange(12 * 7, dtype=np.float32).reshape(12, 7)
+    colour = np.stack([grey - 1, grey, grey + 1, np.full_like(grey, 100)][:samples], axis=-1)
+    path = tmp_path / "c.tif"
+    tifffile.imwrite(path, colour, photometric="rgb", extrasamples=["unspecified"] if samples == 4 else None)
+    mic = TiffReader().read(path, pixel_size=None)
+    assert mic.image.shape == grey.shape
+    np.testing.assert_allclose(mic.image, grey)  # the alpha-like fourth sample is ignored
 
 
 # -- pick tables ------------------------------------------------------------------

@@ -154,11 +154,14 @@ class TiffReader(Reader):
             with tifffile.TiffFile(str(path)) as tif:
                 data = tif.asarray()
                 header_px = _tiff_pixel_size(tif)
+                samples = int(tif.pages[0].samplesperpixel)
         except FileNotFoundError:
             raise InputError(f"{path}: file not found") from None
         except Exception as exc:  # noqa: BLE001 - tifffile raises many types
             raise InputError(f"{path}: not a readable TIFF file ({str(exc).splitlines()[0]})") from None
-        if data.ndim == 3 and data.shape[-1] in (3, 4) and self.params.dims == 2:
+        if samples > 1 and data.ndim == 3 and data.shape[-1] == samples and self.params.dims == 2:
+            # Colour (RGB, RGBA) or other multi-sample pixels: the mean of the first three samples.
+            # A stack of greyscale pages is not averaged (whatever its width): it is refused below.
             data = data[..., :3].mean(axis=-1)
         data = _check_dims(path, np.asarray(data), self.params.dims)
         if not np.issubdtype(data.dtype, np.number) or np.iscomplexobj(data):
