@@ -931,6 +931,13 @@ class RunResult:
         counts = reasons.value_counts()
         return {k: int(counts[k]) for k in sorted(counts.index, key=lambda k: (-counts[k], k))}
 
+    def _retried_accepted(self) -> int:
+        """Accepted picks that NMS had suppressed and ``retry_suppressed`` brought back."""
+        if not len(self.picks) or schema.RETRIED not in self.picks.columns:
+            return 0
+        retried = self.picks[schema.RETRIED].fillna(False).astype(bool)
+        return int((retried & self.picks[schema.ACCEPTED].astype(bool)).sum())
+
     def summary(self) -> dict:
         acc = int(self.picks[schema.ACCEPTED].sum()) if len(self.picks) else 0
         picked = [r for r in self.results if r.status == "ok"]
@@ -942,7 +949,8 @@ class RunResult:
                 "skipped": sum(r.status == "skipped" for r in self.results),
                 "failed": len(self.failed),
             },
-            "picks": {"total": int(len(self.picks)), "accepted": acc, "rejected": self._rejected_by_reason()},
+            "picks": {"total": int(len(self.picks)), "accepted": acc, "rejected": self._rejected_by_reason(),
+                      "retried_accepted": self._retried_accepted()},
             "bins": [] if self.plan is None else [
                 {"bin": b.index + 1, "d_min_px": round(b.d_min_px, 1), "d_max_px": round(b.d_max_px, 1), "count": b.count, "box_px": b.box_px}
                 for b in self.plan.bins
@@ -1158,7 +1166,9 @@ def format_summary(summary: dict) -> str:
     m = summary["micrographs"]
     lines = [
         f"micrographs  ok {m['ok']}  skipped {m['skipped']}  failed {m['failed']}  (total {m['total']})",
-        f"picks        {summary['picks']['accepted']} accepted of {summary['picks']['total']}" + _rejected_note(summary["picks"].get("rejected", {})),
+        f"picks        {summary['picks']['accepted']} accepted of {summary['picks']['total']}"
+        + (f" ({n} retried)" if (n := summary["picks"].get("retried_accepted", 0)) else "")
+        + _rejected_note(summary["picks"].get("rejected", {})),
     ]
     for b in summary["bins"]:
         lines.append(f"  bin {b['bin']}: {b['d_min_px']:.0f}-{b['d_max_px']:.0f} px, {b['count']} picks, box {b['box_px']} px")

@@ -243,6 +243,8 @@ def test_summary_counts_rejected_candidates_by_reason():
         "out_dir": "out",
     }
     assert "picks        4 accepted of 9 (rejected: 5 no_edge)" in format_summary(summary)
+    summary["picks"]["retried_accepted"] = 2
+    assert "picks        4 accepted of 9 (2 retried) (rejected: 5 no_edge)" in format_summary(summary)
 
 
 def test_run_summary_json_has_rejected_reasons(tiny_mrcs, tmp_path, run_cli):
@@ -253,3 +255,7 @@ def test_run_summary_json_has_rejected_reasons(tiny_mrcs, tmp_path, run_cli):
     assert sum(picks["rejected"].values()) == picks["total"] - picks["accepted"]
     counts = list(picks["rejected"].values())
     assert counts == sorted(counts, reverse=True)
+    table = pd.read_csv(out_dir / "picks.csv") if (out_dir / "picks.csv").is_file() else None
+    assert 0 <= picks["retried_accepted"] <= picks["accepted"]
+    if table is not None and "retried" in table.columns:
+        assert picks["retried_accepted"] == int((table["retried"].astype(bool) & table["accepted"].astype(bool)).sum())
