@@ -3,11 +3,11 @@
 An oracle check on the quality target (issue 3), for the evidence lipoframe
 uses: the refiner's edge quality (``edge_contrast x edge_coverage``).
 
-* **Particles.** From every TRUE particle (true centre and diameter) the
-  refiner finds the best circle nearby (its default search: +/-25 % in
-  radius, three rounds of recentring) and measures its edge quality there,
-  with the directions into touching particles left out, as in
-  ``radial_profile``. Localisation is perfect: no detector is involved.
+* **Particles.** The default ``radial_profile`` refiner is run from every
+  TRUE particle (true centre and diameter): it finds the best circle nearby
+  (+/-25 % in radius, three rounds of recentring) and measures its edge
+  quality there, directions into touching particles left out.
+  Localisation is perfect: no detector is involved.
 * **Background.** Each scene is rendered again with the same settings but no
   particles (same background model, ice, junk, carbon, noise statistics; a
   new noise draw) and picked with the default detector (down to a score of
@@ -53,15 +53,14 @@ import pandas as pd
 
 HERE = Path(__file__).resolve().parent
 
-from lipoframe.algorithms.pyramid import pow2_floor  # noqa: E402
-from lipoframe.algorithms.radial import blocked_directions, edge_quality, refine_circles  # noqa: E402
-from lipoframe.records import Micrograph, MicrographMeta  # noqa: E402
+from lipoframe.builtin.refiners import RadialProfileParams, RadialProfileRefiner  # noqa: E402
+from lipoframe.records import Micrograph, MicrographMeta, PickContext  # noqa: E402
 from lipoframe.runner import pick  # noqa: E402
 from lipoframe.simulate import suite_scenes, write_suite  # noqa: E402
 from lipoframe.synthetic import JUNK_KINDS, render_scene  # noqa: E402
 
-#: The picker's default range (Å) and the refiner's binning rule (smallest radius >= 16 binned px).
-DMIN_A, DMAX_A, MIN_RADIUS_BINNED = 150.0, 500.0, 16.0
+#: The picker's default diameter range (Å).
+DMIN_A, DMAX_A = 150.0, 500.0
 #: The background is searched down to this detector score (the default detector reports weak candidates down to 4).
 BACKGROUND_SCORE = 3.0
 #: False picks per micrograph at which separability is reported.
@@ -69,18 +68,11 @@ FALSE_PICKS = (1, 3)
 
 
 def particle_quality(image: np.ndarray, pixel_size: float, particles: pd.DataFrame) -> np.ndarray:
-    """Edge quality of the best circle the refiner finds from each true particle (full-resolution table)."""
-    factor = pow2_floor(DMIN_A / pixel_size / 2.0 / MIN_RADIUS_BINNED)
+    """Edge quality of the best circle the default refiner finds from each true particle (full-resolution table)."""
     mic = Micrograph(meta=MicrographMeta(name="m", path="", shape=image.shape, pixel_size=pixel_size), image=image, polarity="dark")
-    img = mic.signal(factor)
-    rows = (particles["y_px"].to_numpy(float) + 0.5) / factor - 0.5
-    cols = (particles["x_px"].to_numpy(float) + 0.5) / factor - 0.5
-    res = refine_circles(img, rows, cols, particles["diameter_px"].to_numpy(float) / factor, search=0.25, iterations=3)
-    blocked = blocked_directions(np.c_[res["row"], res["col"]], res["diameter_steepest"] / 2.0, res["theta"])
-    valid = ~blocked
-    valid[valid.sum(axis=1) < blocked.shape[1] / 3] = True
-    contrast, coverage = edge_quality(res["step_per_direction"], valid)
-    return np.clip(contrast, 0, None) * coverage
+    ctx = PickContext(dmin_px=DMIN_A / pixel_size, dmax_px=DMAX_A / pixel_size, pixel_size=pixel_size)
+    table = particles[["x_px", "y_px", "diameter_px"]].assign(score=0.0)
+    return RadialProfileRefiner(RadialProfileParams()).refine(table, mic, ctx)["quality"].to_numpy(float)
 
 
 def particle_score(image: np.ndarray, pixel_size: float, particles: pd.DataFrame) -> np.ndarray:
