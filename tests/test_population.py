@@ -300,3 +300,35 @@ def test_weak_picks_overlapping_a_confident_particle_are_rejected():
     assert off[schema.ACCEPTED].tolist()[30:] == [True, True]
     with pytest.raises(ValueError, match="filter.population.weak_min_separation"):
         PopulationParams(weak_min_separation=1.5)
+
+
+def test_confident_picks_with_a_faint_edge_need_company_of_their_size():
+    ctx = PickContext(dmin_px=10, dmax_px=200)
+    # Ten clear 50-px particles, then: a faint 100-px pick alone (one 100-px disc
+    # covers 0.8 % of the 1000² image: below 1 %), a
+    # clear 80-px pick alone, a faint 50-px pick among the ten, and a faint 120-px
+    # pick (1.1 %: enough alone).
+    diameters = [50.0] * 10 + [100.0, 80.0, 50.0, 120.0]
+    picks = _table(diameters, [False] * 14)
+    picks[schema.Y] = [5.0] * 10 + [300.0, 600.0, 900.0, 800.0]
+    picks["quality"] = [8.0] * 10 + [3.0, 6.0, 3.0, 3.0]
+    before = picks.copy()
+    out = PopulationFilter(PopulationParams()).apply(picks, _mic((1000, 1000)), ctx)
+    pd.testing.assert_frame_equal(picks, before)
+    assert out[schema.ACCEPTED].tolist() == [True] * 10 + [False, True, True, True]
+    assert out[schema.REASON].iloc[10] == "faint_unsupported"
+    # A stricter occupancy also rejects the 120-px one; 0 turns the rule off.
+    strict = PopulationFilter(PopulationParams(faint_min_occupancy=0.02)).apply(picks, _mic((1000, 1000)), ctx)
+    assert strict[schema.ACCEPTED].tolist()[10:] == [False, True, True, False]
+    off = PopulationFilter(PopulationParams(faint_quality=0)).apply(picks, _mic((1000, 1000)), ctx)
+    assert off[schema.ACCEPTED].all()
+    # Weak picks are judged by the weak rules, and rejected picks keep their reason.
+    picks.loc[10, schema.WEAK] = True
+    picks.loc[11, [schema.ACCEPTED, schema.REASON]] = [False, "other"]
+    picks.loc[11, "quality"] = 1.0
+    out = PopulationFilter(PopulationParams()).apply(picks, _mic((1000, 1000)), ctx)
+    assert out[schema.REASON].tolist()[10:12] == ["weak_unsupported", "other"]
+    with pytest.raises(ValueError, match="filter.population.faint_quality"):
+        PopulationParams(faint_quality=-1)
+    with pytest.raises(ValueError, match="filter.population.faint_min_occupancy"):
+        PopulationParams(faint_min_occupancy=1.5)
