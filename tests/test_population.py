@@ -332,3 +332,30 @@ def test_confident_picks_with_a_faint_edge_need_company_of_their_size():
         PopulationParams(faint_quality=-1)
     with pytest.raises(ValueError, match="filter.population.faint_min_occupancy"):
         PopulationParams(faint_min_occupancy=1.5)
+
+
+def test_a_micrograph_with_few_picks_for_its_dataset_counts_as_nearly_empty():
+    ctx = PickContext(dmin_px=10, dmax_px=200)
+    parts = []
+    for name in ("a1", "a2", "a3"):  # 25 confident picks each, median quality 9
+        t = _table([50.0] * 25, [False] * 25)
+        t[schema.MICROGRAPH] = name
+        t["quality"] = np.linspace(4.0, 14.0, 25)
+        parts.append(t)
+    b = _table([50.0] * 4, [False] * 4)  # four picks where the others have 25: below 0.2 x 25
+    b[schema.MICROGRAPH] = "b"
+    b["quality"] = [20.0, 8.0, 8.5, 5.0]
+    picks = pd.concat(parts + [b], ignore_index=True)
+    out = PopulationFilter(PopulationParams()).apply_dataset(picks, {}, ctx)
+    assert out[schema.ACCEPTED].tolist()[-4:] == [True, False, False, False]
+    assert set(out[schema.REASON].iloc[-3:]) == {"lonely"}
+    assert out[schema.ACCEPTED].iloc[:75].all()
+    # With the fraction off only the absolute count (3) decides, and four picks are more.
+    off = PopulationFilter(PopulationParams(lonely_fraction=0)).apply_dataset(picks, {}, ctx)
+    assert off[schema.ACCEPTED].all()
+    # Micrographs without picks count as 0 in the median: with four more of them
+    # the median micrograph has 0 picks and b is not unusual (nor are most micrographs full).
+    empty = {n: None for n in ("a1", "a2", "a3", "b", "c", "d", "e", "f")}
+    assert PopulationFilter(PopulationParams()).apply_dataset(picks, empty, ctx)[schema.ACCEPTED].all()
+    with pytest.raises(ValueError, match="filter.population.lonely_fraction"):
+        PopulationParams(lonely_fraction=1.0)

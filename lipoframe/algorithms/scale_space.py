@@ -399,6 +399,106 @@ def robust_noise(
     return med, np.maximum(scale, floor)
 
 
+def border_spread(responses: np.ndarray, reach: np.ndarray, *, min_samples: int = 64, settled: float = 1.05) -> list[np.ndarray]:
+    """How much noisier each scale's response is at each distance from the image border.
+
+    The image is mirror-padded before filtering (see :func:`blob_responses`),
+    so a filter centred on or near the border sums part of the noise twice
+    (it and its mirror image): the response there fluctuates up to
+    :math:`\\sqrt{2}` times as much as inside, and noise maxima crowd onto
+    the border. Dividing the deviations by this ratio gives every position
+    the same false-alarm rate.
+
+    Parameters
+    ----------
+    responses : (S, M, N) ndarray
+    reach : (S,) array_like of int
+        Largest distance from the border (pixels) to measure per scale.
+    min_samples : int
+        Distances whose frame of pixels is smaller than this are not
+        measured (ratio 1).
+    settled : float
+        Going inwards, the first distance whose ratio is below this and all
+        farther ones get ratio 1 (the excess fades monotonically; what is
+        left is sampling noise of the MAD).
+
+    Returns
+    -------
+    ratios : list of S (reach[s] + 1,) ndarrays
+        ``ratios[s][d]``: robust spread (MAD) of scale ``s`` over the pixels
+        ``d`` from the nearest border, over its spread farther inside
+        (every eighth row and column, and their mirror images); ``>= settled``
+        or exactly 1.
+        For a filter symmetric under the mirror, about :math:`\\sqrt{2}` at
+        ``d = 0``.
+
+    Examples
+    --------
+    >>> from scipy import ndimage as ndi
+    >>> rng = np.random.default_rng(0)
+    >>> noise = ndi.gaussian_filter(rng.standard_normal((512, 512)), 2).astype(np.float32)
+    >>> r = blob_responses(noise, np.array([6.0, 8.0, 10.0]), method="edge")
+    >>> ratios = border_spread(r, np.array([10, 10, 10]))
+    >>> bool(1.3 < ratios[1][0] < 1.6), bool(ratios[1][-1] == 1.0)
+    (True, True)
+    """
+    S, m, n = responses.shape
+    out = []
+    for i in range(S):
+        D = int(min(reach[i], (min(m, n) - 1) // 2 - 1))
+        ratio = np.ones(max(D, 0) + 1)
+        if D < 1:
+            out.append(ratio)
+            continue
+        plane = responses[i]
+        # Every eighth row and column, mirrored so that a flipped image gives the same sample.
+        rows = np.union1d(np.arange(D + 1, m - D - 1, 8), m - 1 - np.arange(D + 1, m - D - 1, 8))
+        cols = np.union1d(np.arange(D + 1, n - D - 1, 8), n - 1 - np.arange(D + 1, n - D - 1, 8))
+        inner = plane[np.ix_(rows, cols)]
+        if inner.size < min_samples:
+            out.append(ratio)
+            continue
+        ref = _mad(inner.ravel())
+        if not ref > 0:
+            out.append(ratio)
+            continue
+        for d in range(D + 1):
+            frame = _frame(plane, d)
+            if frame.size < min_samples:
+                break
+            r = _mad(frame) / ref
+            if r < settled:
+                break  # the doubling fades within a few pixels; farther in is sampling noise
+            ratio[d] = r
+        out.append(ratio)
+    return out
+
+
+def _mad(x: np.ndarray) -> float:
+    x = np.asarray(x, dtype=np.float64)
+    return float(median(np.abs(x - median(x))))
+
+
+def _frame(plane: np.ndarray, d: int) -> np.ndarray:
+    """The pixels exactly ``d`` from the nearest border of ``plane`` (a rectangular ring)."""
+    m, n = plane.shape
+    return np.concatenate([plane[d, d : n - d], plane[m - 1 - d, d : n - d], plane[d + 1 : m - 1 - d, d], plane[d + 1 : m - 1 - d, n - 1 - d]])
+
+
+def equalise_border(responses: np.ndarray, median_: np.ndarray, ratios: list[np.ndarray]) -> None:
+    """Divide each scale's deviations from its median by :func:`border_spread`'s ratio, in place."""
+    S, m, n = responses.shape
+    for i in range(S):
+        for d, r in enumerate(ratios[i]):
+            if r <= 1.0:
+                continue
+            plane = responses[i]
+            mid = np.float32(median_[i])
+            inv = np.float32(1.0 / r)
+            for sl in ((d, slice(d, n - d)), (m - 1 - d, slice(d, n - d)), (slice(d + 1, m - 1 - d), d), (slice(d + 1, m - 1 - d), n - 1 - d)):
+                plane[sl] = mid + (plane[sl] - mid) * inv
+
+
 def crowding_correction(
     responses: np.ndarray,
     sigmas: np.ndarray,
@@ -620,6 +720,7 @@ def detect_blobs(
     edge_width: float = 0.12,
     crowding: bool = False,
     report_threshold: float | None = None,
+    equalise_borders: bool = True,
     binned=None,
     workers: int = 1,
 ) -> dict[str, np.ndarray]:
@@ -652,6 +753,11 @@ def detect_blobs(
         With ``threshold_method='mad'``, measure the noise again away from the
         candidates (:func:`crowding_correction`), so that crowded micrographs
         are not judged against a noise level inflated by their particles.
+    equalise_borders : bool
+        Divide each scale's deviations from its median, near the border, by
+        how much more they fluctuate there than inside
+        (:func:`border_spread`): the mirror padding counts the noise near the
+        border twice, which otherwise crowds noise maxima onto it.
     report_threshold : float, optional
         With ``threshold_method='mad'``, return maxima down to this score
         (below ``threshold``: weak candidates for a later test); the noise
@@ -710,6 +816,12 @@ def detect_blobs(
         resp = blob_responses(img, sig_b, method=method, k=k, edge_width=edge_width, workers=workers)
         tiles = measure_tiles(resp, sig_b)
         med, noise = robust_noise(resp, sig_b, tiles=tiles)
+        if equalise_borders:
+            # Mirror padding counts the noise near the border twice: give the
+            # border the false-alarm rate of the interior. (The noise level
+            # comes from the quieter tiles, which the border ones are not.)
+            reach = np.ceil(0.5 * math.sqrt(2.0) * sig_b).astype(int) + 2
+            equalise_border(resp, med, border_spread(resp, reach))
         border = int(math.ceil(exclude_border_px / level.factor))
         if threshold_method == "mad" and crowding:
             # Candidates above a lower threshold tell where particles may be;

@@ -44,6 +44,10 @@ class BlobParams:
         judged against a noise level inflated by their own particles (2D).
         Off by default: on real images with textured backgrounds (vesicle
         interiors, carbon) it takes texture for particles and over-corrects.
+    equalise_borders: divide the responses near the micrograph border by how
+        much more they fluctuate there than inside (measured per scale; the
+        mirror padding of the filters counts the noise near the border
+        twice), so a noise blob on the border scores like one inside (2D).
     """
 
     k: float = 1.1
@@ -55,6 +59,7 @@ class BlobParams:
     range_margin: float = 0.2
     crowding: bool = False
     weak_threshold: Optional[float] = None
+    equalise_borders: bool = True
 
     def __post_init__(self) -> None:
         if not 1.0 < self.k <= 2.0:
@@ -119,6 +124,7 @@ class _BlobDetector(Detector):
             None,
             edge_width=getattr(p, "edge_width", 0.12),
             crowding=p.crowding,
+            equalise_borders=p.equalise_borders,
             report_threshold=p.weak_threshold if weak else None,
             **self._search(mic, ctx),
         )
