@@ -55,6 +55,7 @@ from pathlib import Path
 import mrcfile
 import numpy as np
 import pandas as pd
+from scipy.spatial import cKDTree
 
 HERE = Path(__file__).resolve().parent
 
@@ -90,8 +91,6 @@ def candidates(seed: int, cache: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         targets = truth[(truth.micrograph == name) & ~truth.kind.isin(JUNK_KINDS)]
         label = np.zeros(len(p), dtype=bool)
         if len(targets) and len(p):
-            from scipy.spatial import cKDTree
-
             dist, idx = cKDTree(targets[["x_px", "y_px"]].to_numpy()).query(p[["x_px", "y_px"]].to_numpy())
             d_true = targets["diameter_px"].to_numpy()[idx]
             label = (dist < 0.3 * d_true) & (np.abs(p["diameter_px"].to_numpy() / d_true - 1) < 0.15)

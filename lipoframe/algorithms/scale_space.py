@@ -452,9 +452,7 @@ def border_spread(responses: np.ndarray, reach: np.ndarray, *, min_samples: int 
             continue
         plane = responses[i]
         # Every eighth row and column, mirrored so that a flipped image gives the same sample.
-        rows = np.union1d(np.arange(D + 1, m - D - 1, 8), m - 1 - np.arange(D + 1, m - D - 1, 8))
-        cols = np.union1d(np.arange(D + 1, n - D - 1, 8), n - 1 - np.arange(D + 1, n - D - 1, 8))
-        inner = plane[np.ix_(rows, cols)]
+        inner = plane[np.ix_(_mirrored_every(8, D + 1, m), _mirrored_every(8, D + 1, n))]
         if inner.size < min_samples:
             out.append(ratio)
             continue
@@ -463,7 +461,7 @@ def border_spread(responses: np.ndarray, reach: np.ndarray, *, min_samples: int 
             out.append(ratio)
             continue
         for d in range(D + 1):
-            frame = _frame(plane, d)
+            frame = np.concatenate([plane[sl] for sl in _frame_slices(plane.shape, d)])
             if frame.size < min_samples:
                 break
             r = _mad(frame) / ref
@@ -479,24 +477,27 @@ def _mad(x: np.ndarray) -> float:
     return float(median(np.abs(x - median(x))))
 
 
-def _frame(plane: np.ndarray, d: int) -> np.ndarray:
-    """The pixels exactly ``d`` from the nearest border of ``plane`` (a rectangular ring)."""
-    m, n = plane.shape
-    return np.concatenate([plane[d, d : n - d], plane[m - 1 - d, d : n - d], plane[d + 1 : m - 1 - d, d], plane[d + 1 : m - 1 - d, n - 1 - d]])
+def _mirrored_every(step: int, start: int, n: int) -> np.ndarray:
+    """Indices ``start, start + step, ...`` below ``n - start`` and their mirror images ``n - 1 - i``."""
+    idx = np.arange(start, n - start, step)
+    return np.union1d(idx, n - 1 - idx)
+
+
+def _frame_slices(shape: tuple[int, int], d: int) -> tuple[tuple, ...]:
+    """Index tuples of the pixels exactly ``d`` from the nearest border (a rectangular ring, no pixel twice)."""
+    m, n = shape
+    inner_rows = slice(d + 1, m - 1 - d)
+    return ((d, slice(d, n - d)), (m - 1 - d, slice(d, n - d)), (inner_rows, d), (inner_rows, n - 1 - d))
 
 
 def equalise_border(responses: np.ndarray, median_: np.ndarray, ratios: list[np.ndarray]) -> None:
     """Divide each scale's deviations from its median by :func:`border_spread`'s ratio, in place."""
-    S, m, n = responses.shape
-    for i in range(S):
-        for d, r in enumerate(ratios[i]):
-            if r <= 1.0:
-                continue
-            plane = responses[i]
-            mid = np.float32(median_[i])
-            inv = np.float32(1.0 / r)
-            for sl in ((d, slice(d, n - d)), (m - 1 - d, slice(d, n - d)), (slice(d + 1, m - 1 - d), d), (slice(d + 1, m - 1 - d), n - 1 - d)):
-                plane[sl] = mid + (plane[sl] - mid) * inv
+    for plane, mid, ratio in zip(responses, np.asarray(median_, dtype=np.float32), ratios):
+        for d, r in enumerate(ratio):
+            if r > 1.0:
+                inv = np.float32(1.0 / r)
+                for sl in _frame_slices(plane.shape, d):
+                    plane[sl] = mid + (plane[sl] - mid) * inv
 
 
 def crowding_correction(
