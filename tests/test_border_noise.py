@@ -4,7 +4,15 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.draw import disk
 
-from lipoframe.algorithms.scale_space import blob_responses, border_spread, detect_blobs, equalise_border
+from lipoframe.algorithms.scale_space import (
+    blob_responses,
+    border_ratio,
+    border_spread,
+    detect_blobs,
+    equalise_border,
+    equalise_plane,
+)
+from lipoframe.algorithms.scale_space3d import blob_responses_3d, detect_blobs_3d
 
 
 def _noise(seed: int, shape=(1024, 1024)) -> np.ndarray:
@@ -56,3 +64,50 @@ def test_equalising_borders_does_not_change_a_particle_inside():
     assert (round(a["x_px"][ia]), round(a["y_px"][ia])) == (480, 512)
     assert a["score"][ia] == b["score"][ib]
     assert a["diameter_px"][ia] == b["diameter_px"][ib]
+
+
+def _mad(x: np.ndarray) -> float:
+    return float(np.median(np.abs(x - np.median(x))))
+
+
+def _noise3d(seed: int, shape=(64, 128, 128)) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return ndi.gaussian_filter(rng.standard_normal(shape), 1.5).astype(np.float32)
+
+
+def test_volume_faces_and_edges_are_equalised():
+    r = blob_responses_3d(_noise3d(0), np.array([4.0]))[0]
+    ratio = border_ratio(r, 8)
+    assert 1.25 < ratio[0] < 1.6 and ratio[0] > ratio[1] and np.all(ratio[5:] == 1.0)
+    inside = _mad(r[20:-20, 20:-20, 20:-20])
+
+    def spread(v):
+        face, edge = v[0, 20:-20, 20:-20], v[0, 0, 20:-20]  # one mirror; two mirrors (where two faces meet)
+        return _mad(face) / inside, _mad(edge) / inside
+
+    face, edge = spread(r)
+    assert face > 1.25 and edge > 1.9
+    eq = r.copy()
+    equalise_plane(eq, float(np.median(r)), ratio)
+    face, edge = spread(eq)
+    assert 0.85 < face < 1.1
+    assert edge < 1.35  # the ratios multiply where two faces meet
+    assert np.array_equal(eq[10:-10, 10:-10, 10:-10], r[10:-10, 10:-10, 10:-10])
+
+
+def test_noise_maxima_do_not_crowd_onto_the_faces_of_a_volume():
+    shape = (64, 128, 128)
+
+    def face_fraction(equalise: bool) -> float:
+        near, share = [], []
+        for seed in range(2):
+            b = detect_blobs_3d(_noise3d(seed, shape), dmin_px=10, dmax_px=30, threshold=2.0, equalise_borders=equalise)
+            pos = np.stack([b["z_px"], b["y_px"], b["x_px"]], axis=1)
+            d = np.minimum(pos, np.array(shape) - 1 - pos).min(axis=1)
+            band = 0.125 * b["diameter_px"]
+            near.append(d < band)
+            share.append(1 - np.prod([1 - 2 * band / n for n in shape], axis=0))
+        return float(np.mean(np.concatenate(near)) / np.mean(np.concatenate(share)))
+
+    assert face_fraction(False) > 4.0  # the mirror padding puts most noise maxima on the faces
+    assert face_fraction(True) < 1.6

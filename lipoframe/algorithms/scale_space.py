@@ -169,8 +169,12 @@ def transfer_of_f2(f2: np.ndarray, sigma: float, *, method: str, k: float = 1.1,
     transfer : ndarray, shape of ``f2``
     """
     two_pi2 = 2.0 * math.pi**2
+    # In-place arithmetic: on a 3D grid each temporary is as large as the spectrum.
     if method == "log":
-        return (sigma * sigma) * (4.0 * math.pi**2) * f2 * np.exp(-two_pi2 * sigma * sigma * f2)
+        out = np.multiply(f2, (sigma * sigma) * (4.0 * math.pi**2))
+        gauss = np.multiply(f2, -two_pi2 * sigma * sigma)
+        out *= np.exp(gauss, out=gauss)
+        return out
     if method == "edge":
         # Mean inward flux of the gradient through a circle of radius
         # R = sqrt(2) sigma (divergence theorem: minus the integral of the
@@ -183,7 +187,13 @@ def transfer_of_f2(f2: np.ndarray, sigma: float, *, method: str, k: float = 1.1,
         f = np.sqrt(f2)
         return radius * 2.0 * math.pi * f * j1(2.0 * math.pi * radius * f) * np.exp(-two_pi2 * w * w * f2)
     s0, s1 = sigma / math.sqrt(k), sigma * math.sqrt(k)
-    return (np.exp(-two_pi2 * s0 * s0 * f2) - np.exp(-two_pi2 * s1 * s1 * f2)) / (k - 1.0)
+    out = np.multiply(f2, -two_pi2 * s0 * s0)
+    np.exp(out, out=out)
+    wide = np.multiply(f2, -two_pi2 * s1 * s1)
+    out -= np.exp(wide, out=wide)
+    del wide
+    out /= k - 1.0
+    return out
 
 
 def transfer_functions(
@@ -411,7 +421,8 @@ def border_spread(responses: np.ndarray, reach: np.ndarray, *, min_samples: int 
 
     Parameters
     ----------
-    responses : (S, M, N) ndarray
+    responses : (S, M, N) or (S, P, M, N) ndarray
+        One response image (or volume) per scale.
     reach : (S,) array_like of int
         Largest distance from the border (pixels) to measure per scale.
     min_samples : int
@@ -426,9 +437,9 @@ def border_spread(responses: np.ndarray, reach: np.ndarray, *, min_samples: int 
     -------
     ratios : list of S (reach[s] + 1,) ndarrays
         ``ratios[s][d]``: robust spread (MAD) of scale ``s`` over the pixels
-        ``d`` from the nearest border, over its spread farther inside
-        (every eighth row and column, and their mirror images); ``>= settled``
-        or exactly 1.
+        ``d`` from one border (face, for a volume) and beyond the reach of
+        the others, over its spread farther inside (every eighth row and
+        column, and their mirror images); ``>= settled`` or exactly 1.
         For a filter symmetric under the mirror, about :math:`\\sqrt{2}` at
         ``d = 0``.
 
@@ -442,34 +453,37 @@ def border_spread(responses: np.ndarray, reach: np.ndarray, *, min_samples: int 
     >>> bool(1.3 < ratios[1][0] < 1.6), bool(ratios[1][-1] == 1.0)
     (True, True)
     """
-    S, m, n = responses.shape
-    out = []
-    for i in range(S):
-        D = int(min(reach[i], (min(m, n) - 1) // 2 - 1))
-        ratio = np.ones(max(D, 0) + 1)
-        if D < 1:
-            out.append(ratio)
-            continue
-        plane = responses[i]
-        # Every eighth row and column, mirrored so that a flipped image gives the same sample.
-        inner = plane[np.ix_(_mirrored_every(8, D + 1, m), _mirrored_every(8, D + 1, n))]
-        if inner.size < min_samples:
-            out.append(ratio)
-            continue
-        ref = _mad(inner.ravel())
-        if not ref > 0:
-            out.append(ratio)
-            continue
-        for d in range(D + 1):
-            frame = np.concatenate([plane[sl] for sl in _frame_slices(plane.shape, d)])
-            if frame.size < min_samples:
-                break
-            r = _mad(frame) / ref
-            if r < settled:
-                break  # the doubling fades within a few pixels; farther in is sampling noise
-            ratio[d] = r
-        out.append(ratio)
-    return out
+    return [border_ratio(plane, int(d), min_samples=min_samples, settled=settled) for plane, d in zip(responses, reach)]
+
+
+def border_ratio(plane: np.ndarray, reach: int, *, min_samples: int = 64, settled: float = 1.05) -> np.ndarray:
+    """:func:`border_spread` of one response image or volume (any number of dimensions).
+
+    Returns
+    -------
+    ratio : (D + 1,) ndarray
+        ``D = min(reach, (min(plane.shape) - 1) // 2 - 1)``, at least 0.
+    """
+    D = int(min(reach, (min(plane.shape) - 1) // 2 - 1))
+    ratio = np.ones(max(D, 0) + 1)
+    if D < 1:
+        return ratio
+    # Every eighth row and column, mirrored so that a flipped image gives the same sample.
+    inner = plane[np.ix_(*(_mirrored_every(8, D + 1, n) for n in plane.shape))]
+    if inner.size < min_samples:
+        return ratio
+    ref = _mad(inner.ravel())
+    if not ref > 0:
+        return ratio
+    for d in range(D + 1):
+        frame = np.concatenate([plane[sl].ravel() for sl in _face_slices(plane.shape, d, D)])
+        if frame.size < min_samples:
+            break
+        r = _mad(frame) / ref
+        if r < settled:
+            break  # the doubling fades within a few pixels; farther in is sampling noise
+        ratio[d] = r
+    return ratio
 
 
 def _mad(x: np.ndarray) -> float:
@@ -483,20 +497,43 @@ def _mirrored_every(step: int, start: int, n: int) -> np.ndarray:
     return np.union1d(idx, n - 1 - idx)
 
 
-def _frame_slices(shape: tuple[int, int], d: int) -> tuple[tuple, ...]:
-    """Index tuples of the pixels exactly ``d`` from the nearest border (a rectangular ring, no pixel twice)."""
-    m, n = shape
-    inner_rows = slice(d + 1, m - 1 - d)
-    return ((d, slice(d, n - d)), (m - 1 - d, slice(d, n - d)), (inner_rows, d), (inner_rows, n - 1 - d))
+def _face_slices(shape: tuple[int, ...], d: int, reach: int) -> list[tuple]:
+    """Index tuples of the pixels ``d`` from one border and farther than ``reach`` from all others.
+
+    The middle of each side of a 2D image (each face of a volume): there the
+    excess of one mirror alone is seen, which :func:`equalise_plane`
+    multiplies where two borders are near.
+    """
+    out = []
+    for a, n in enumerate(shape):
+        others = [slice(reach + 1, m - 1 - reach) for m in shape]
+        for i in (d, n - 1 - d):
+            others[a] = i
+            out.append(tuple(others))
+    return out
 
 
 def equalise_border(responses: np.ndarray, median_: np.ndarray, ratios: list[np.ndarray]) -> None:
     """Divide each scale's deviations from its median by :func:`border_spread`'s ratio, in place."""
     for plane, mid, ratio in zip(responses, np.asarray(median_, dtype=np.float32), ratios):
+        equalise_plane(plane, float(mid), ratio)
+
+
+def equalise_plane(plane: np.ndarray, median_: float, ratio: np.ndarray) -> None:
+    """:func:`equalise_border` for one response image or volume, in place.
+
+    The excess multiplies across axes (near a corner or an edge of a volume
+    the noise is mirrored along each axis): the slab ``d`` from each face is
+    divided by ``ratio[d]``, so a pixel ``d1`` from one border and ``d2``
+    from another is divided by ``ratio[d1] * ratio[d2]``.
+    """
+    mid = np.float32(median_)
+    for axis, n in enumerate(plane.shape):
         for d, r in enumerate(ratio):
             if r > 1.0:
                 inv = np.float32(1.0 / r)
-                for sl in _frame_slices(plane.shape, d):
+                for i in (d, n - 1 - d):
+                    sl = (slice(None),) * axis + (i,)
                     plane[sl] = mid + (plane[sl] - mid) * inv
 
 

@@ -47,7 +47,8 @@ class BlobParams:
     equalise_borders: divide the responses near the micrograph border by how
         much more they fluctuate there than inside (measured per scale; the
         mirror padding of the filters counts the noise near the border
-        twice), so a noise blob on the border scores like one inside (2D).
+        twice), so a noise blob on the border scores like one inside (2D
+        micrographs and the faces of tomograms).
     """
 
     k: float = 1.1
@@ -124,7 +125,6 @@ class _BlobDetector(Detector):
             None,
             edge_width=getattr(p, "edge_width", 0.12),
             crowding=p.crowding,
-            equalise_borders=p.equalise_borders,
             report_threshold=p.weak_threshold if weak else None,
             **self._search(mic, ctx),
         )
@@ -147,6 +147,7 @@ class _BlobDetector(Detector):
             min_sigma_binned=p.min_sigma_binned,
             octave_span=p.octave_span,
             exclude_border_px=p.exclude_border * ctx.dmin_px,
+            equalise_borders=p.equalise_borders,
             binned=mic.signal,
         )
 
