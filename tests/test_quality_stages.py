@@ -170,3 +170,52 @@ def test_lone_ice_ball_is_judged_against_the_datasets_particles(tmp_path, run_cl
     others = picks[(picks["micrograph"] != "ice") & picks["accepted"]]
     assert len(others) >= 3 * 4 - 1
     assert json.loads((out / "run_summary.json").read_text())["picks"]["rejected"].get("contamination", 0) >= 1
+
+
+def test_contamination_rejects_a_darkness_outlier_among_vesicles():
+    """Vesicles (dark rim, lumen = ice) and two solid dark blobs of their size.
+
+    The vesicles' contrast is about that of the ice inside them, so the ratio
+    test stands at its floor of three background spreads, which a moderately
+    dark blob stays under; the robust Z-score against the vesicles' darkness
+    catches it.
+    """
+    from skimage.draw import disk as sk_disk
+
+    from lipoframe import schema
+    from lipoframe.builtin.junk import ContaminationFilter, ContaminationParams, darkness_outliers
+    from lipoframe.records import Micrograph, MicrographMeta, PickContext
+
+    rng = np.random.default_rng(3)
+    shape = (640, 640)
+    img = rng.normal(0.0, 1.0, shape).astype(np.float32)
+    centres = [(r, c) for r in range(60, 600, 105) for c in range(60, 600, 105)]  # 6 x 6 sites, 40 px objects
+    blobs = {7, 22}
+    for i, (r, c) in enumerate(centres):
+        if i in blobs:
+            img[sk_disk((r, c), 20, shape=shape)] -= 2.6  # solid blob, 2.6 noise units darker
+        else:
+            ring = np.zeros(shape, bool)
+            ring[sk_disk((r, c), 20, shape=shape)] = True
+            ring[sk_disk((r, c), 16, shape=shape)] = False
+            img[ring] -= 2.0  # membrane; the lumen is background
+    picks = pd.DataFrame({
+        schema.X: [float(c) for _, c in centres], schema.Y: [float(r) for r, _ in centres],
+        schema.DIAMETER: 40.0, schema.SCORE: 8.0, schema.WEAK: False, schema.ACCEPTED: True, schema.REASON: "",
+    })
+    mic = Micrograph(meta=MicrographMeta(name="v", path="", shape=shape, pixel_size=1.0), image=img)
+    ctx = PickContext(dmin_px=30, dmax_px=60)
+    out = ContaminationFilter(ContaminationParams()).apply(picks, mic, ctx)
+    rejected = set(np.flatnonzero(~out[schema.ACCEPTED].to_numpy()))
+    assert rejected == blobs
+    assert set(out.loc[list(blobs), schema.REASON]) == {"contamination"}
+    # The ratio test alone keeps them: this is the outlier rule's work.
+    off = ContaminationFilter(ContaminationParams(max_darkness_z=0)).apply(picks, mic, ctx)
+    assert off[schema.ACCEPTED].all()
+    # The Z-score needs a dark enough pick and enough reference picks.
+    d = np.array([0.1, 0.2, 0.15, 0.12, 0.18, 0.11, 0.16, 0.14, 0.13, 0.17, 1.5, 2.5])
+    ref = np.ones(12, bool)
+    assert darkness_outliers(d, ref, z=5, min_darkness=2.0, min_reference=10).tolist() == [False] * 11 + [True]
+    assert not darkness_outliers(d, ref, z=5, min_darkness=2.0, min_reference=13).any()
+    with pytest.raises(ValueError, match="max_darkness_z"):
+        ContaminationParams(max_darkness_z=-1)

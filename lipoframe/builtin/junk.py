@@ -62,11 +62,24 @@ class ContaminationParams:
         above the background in background spreads, more than
         ``max_contrast_ratio`` times the dataset's median, and at least that
         many spreads).
+    max_darkness_z: also reject picks whose darkness (in background spreads)
+        lies more than this many robust standard deviations (1.4826 MAD)
+        above the median darkness of the micrograph's confident picks, and
+        is at least ``min_outlier_darkness`` spreads: a contamination among
+        particles that are hardly darker than the ice inside their outline
+        (vesicles, whose lumen is ice), where ``max_contrast_ratio`` falls
+        back to its floor of one spread. Needs ``outlier_min_reference``
+        confident picks. 0 turns it off.
+    min_outlier_darkness: see ``max_darkness_z``.
+    outlier_min_reference: see ``max_darkness_z``.
     """
 
     max_contrast_ratio: float = 3.0
     max_surround: float = 3.0
     min_reference: int = 3
+    max_darkness_z: float = 5.0
+    min_outlier_darkness: float = 2.0
+    outlier_min_reference: int = 10
 
     def __post_init__(self) -> None:
         if not self.max_contrast_ratio > 1:
@@ -75,6 +88,44 @@ class ContaminationParams:
             raise ValueError(f"filter.contamination.max_surround must be > 0, got {self.max_surround}")
         if self.min_reference < 1:
             raise ValueError(f"filter.contamination.min_reference must be >= 1, got {self.min_reference}")
+        if self.max_darkness_z < 0:
+            raise ValueError(f"filter.contamination.max_darkness_z must be >= 0 (0 = off), got {self.max_darkness_z}")
+        if not self.min_outlier_darkness > 0:
+            raise ValueError(f"filter.contamination.min_outlier_darkness must be > 0, got {self.min_outlier_darkness}")
+        if self.outlier_min_reference < 3:
+            raise ValueError(f"filter.contamination.outlier_min_reference must be >= 3, got {self.outlier_min_reference}")
+
+
+def darkness_outliers(darkness: np.ndarray, reference: np.ndarray, *, z: float, min_darkness: float, min_reference: int) -> np.ndarray:
+    """Picks far darker than the typical one: a robust Z-score against the reference picks.
+
+    Parameters
+    ----------
+    darkness : (K,) ndarray
+        Darkness of each pick above the background, in background spreads.
+    reference : (K,) ndarray of bool
+        The picks that say what a typical particle is (the confident ones).
+    z : float
+        Robust standard deviations (1.4826 MAD) above the reference median
+        beyond which a pick is an outlier; 0 flags nothing.
+    min_darkness : float
+        An outlier must also be at least this dark (a tight reference
+        distribution alone does not make a pick contamination).
+    min_reference : int
+        With fewer finite reference values nothing is flagged.
+
+    Returns
+    -------
+    outlier : (K,) ndarray of bool
+    """
+    darkness = np.asarray(darkness, dtype=float)
+    ref = darkness[np.asarray(reference, dtype=bool) & np.isfinite(darkness)]
+    if z <= 0 or len(ref) < min_reference:
+        return np.zeros(len(darkness), dtype=bool)
+    centre = float(np.median(ref))
+    scale = 1.4826 * float(np.median(np.abs(ref - centre)))
+    with np.errstate(invalid="ignore"):
+        return (darkness >= min_darkness) & (darkness > centre + z * scale)
 
 
 class ContaminationFilter(Filter):
@@ -99,7 +150,10 @@ class ContaminationFilter(Filter):
         dark_surround = (m["outside"] - med) > p.max_surround * spread
         out[DARKNESS] = darkness / spread
         out[REFERENCE] = len(ref)
-        return schema.reject(out, too_dark | dark_surround, "contamination")
+        outlier = darkness_outliers(
+            darkness / spread, ok, z=p.max_darkness_z, min_darkness=p.min_outlier_darkness, min_reference=p.outlier_min_reference
+        )
+        return schema.reject(out, too_dark | dark_surround | outlier, "contamination")
 
     def apply_dataset(self, picks: pd.DataFrame, metas: dict, ctx: PickContext) -> pd.DataFrame:
         """Picks of micrographs without a typical particle, against the dataset's."""
