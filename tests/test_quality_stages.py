@@ -219,3 +219,28 @@ def test_contamination_rejects_a_darkness_outlier_among_vesicles():
     assert not darkness_outliers(d, ref, z=5, min_darkness=2.0, min_reference=13).any()
     with pytest.raises(ValueError, match="max_darkness_z"):
         ContaminationParams(max_darkness_z=-1)
+
+
+def test_a_few_ice_balls_do_not_make_each_other_typical():
+    """Three confident picks, all ice: the micrograph's own test passes them; the dataset's does not."""
+    from lipoframe import schema
+    from lipoframe.builtin.junk import DARKNESS, REFERENCE, ContaminationFilter, ContaminationParams
+    from lipoframe.records import PickContext
+
+    rng = np.random.default_rng(0)
+    names = ["a"] * 20 + ["b"] * 20 + ["ice"] * 3
+    picks = pd.DataFrame({
+        schema.MICROGRAPH: names,
+        schema.X: 100.0, schema.Y: 100.0, schema.DIAMETER: 200.0, schema.SCORE: 8.0,
+        schema.WEAK: False, schema.ACCEPTED: True, schema.REASON: "",
+        DARKNESS: np.r_[rng.normal(0.8, 0.2, 40), [5.5, 5.9, 6.4]],
+        REFERENCE: [20] * 40 + [3] * 3,
+    })
+    ctx = PickContext(dmin_px=150, dmax_px=500)
+    out = ContaminationFilter(ContaminationParams()).apply_dataset(picks, {}, ctx)
+    assert not out[schema.ACCEPTED].iloc[40:].any()
+    assert set(out[schema.REASON].iloc[40:]) == {"contamination"}
+    assert out[schema.ACCEPTED].iloc[:40].all()
+    # A micrograph whose own picks are a reliable reference is left to its own test.
+    trusted = ContaminationFilter(ContaminationParams(reliable_reference=3)).apply_dataset(picks, {}, ctx)
+    assert trusted[schema.ACCEPTED].all()

@@ -68,10 +68,14 @@ class ContaminationParams:
         is at least ``min_outlier_darkness`` spreads: a contamination among
         particles that are hardly darker than the ice inside their outline
         (vesicles, whose lumen is ice), where ``max_contrast_ratio`` falls
-        back to its floor of one spread. Needs ``outlier_min_reference``
+        back to its floor of one spread. Needs ``reliable_reference``
         confident picks. 0 turns it off.
     min_outlier_darkness: see ``max_darkness_z``.
-    outlier_min_reference: see ``max_darkness_z``.
+    reliable_reference: a micrograph with fewer confident picks than this
+        (but at least ``min_reference``) is judged by its own picks and, once
+        all micrographs are picked, also against the dataset's typical
+        particle, like one below ``min_reference``: a few ice balls alone on
+        a micrograph must not make each other typical.
     """
 
     max_contrast_ratio: float = 3.0
@@ -79,7 +83,7 @@ class ContaminationParams:
     min_reference: int = 3
     max_darkness_z: float = 5.0
     min_outlier_darkness: float = 2.0
-    outlier_min_reference: int = 10
+    reliable_reference: int = 10
 
     def __post_init__(self) -> None:
         if not self.max_contrast_ratio > 1:
@@ -92,8 +96,8 @@ class ContaminationParams:
             raise ValueError(f"filter.contamination.max_darkness_z must be >= 0 (0 = off), got {self.max_darkness_z}")
         if not self.min_outlier_darkness > 0:
             raise ValueError(f"filter.contamination.min_outlier_darkness must be > 0, got {self.min_outlier_darkness}")
-        if self.outlier_min_reference < 3:
-            raise ValueError(f"filter.contamination.outlier_min_reference must be >= 3, got {self.outlier_min_reference}")
+        if self.reliable_reference < 3:
+            raise ValueError(f"filter.contamination.reliable_reference must be >= 3, got {self.reliable_reference}")
 
 
 def darkness_outliers(darkness: np.ndarray, reference: np.ndarray, *, z: float, min_darkness: float, min_reference: int) -> np.ndarray:
@@ -151,7 +155,7 @@ class ContaminationFilter(Filter):
         out[DARKNESS] = darkness / spread
         out[REFERENCE] = len(ref)
         outlier = darkness_outliers(
-            darkness / spread, ok, z=p.max_darkness_z, min_darkness=p.min_outlier_darkness, min_reference=p.outlier_min_reference
+            darkness / spread, ok, z=p.max_darkness_z, min_darkness=p.min_outlier_darkness, min_reference=p.reliable_reference
         )
         return schema.reject(out, too_dark | dark_surround | outlier, "contamination")
 
@@ -163,12 +167,13 @@ class ContaminationFilter(Filter):
         p = self.params
         confident = out[schema.ACCEPTED].to_numpy(dtype=bool) & ~schema.weak_mask(out)
         darkness = out[DARKNESS].to_numpy(dtype=float)
-        lonely = out[REFERENCE].fillna(0).to_numpy(dtype=float) < p.min_reference
-        reference = darkness[confident & ~lonely]
+        own = out[REFERENCE].fillna(0).to_numpy(dtype=float)
+        reference = darkness[confident & (own >= p.min_reference)]  # the median shrugs off a micrograph of ice
         if len(reference) < p.min_reference:
             return out  # no micrograph has particles enough to say what is typical
         limit = p.max_contrast_ratio * max(float(np.median(reference)), 1.0)
-        return schema.reject(out, lonely & (darkness > limit), "contamination")
+        checked = own < max(p.min_reference, p.reliable_reference)  # no reference, or a small one of their own
+        return schema.reject(out, checked & (darkness > limit), "contamination")
 
 
 @dataclass
