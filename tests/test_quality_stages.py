@@ -105,7 +105,8 @@ def test_strong_detections_need_only_the_relaxed_edge_test():
     picks = truth.assign(score=[20.0, 5.0], sigma_px=truth["diameter_px"] / 2.83, pyramid_level=0)
 
     def accepted(**params) -> list[bool]:
-        refined = RadialProfileRefiner(RadialProfileParams(**params)).refine(picks, mic, ctx)
+        # (without the narrow second look, which judges failed picks by its own test)
+        refined = RadialProfileRefiner(RadialProfileParams(narrow_search=0, **params)).refine(picks, mic, ctx)
         assert list(picks.columns) == list(truth.columns) + ["score", "sigma_px", "pyramid_level"]  # input untouched
         return refined["accepted"].tolist()
 
@@ -117,8 +118,38 @@ def test_strong_detections_need_only_the_relaxed_edge_test():
     assert accepted(min_contrast=0, min_coverage=0, strong_score=0, strong_min_contrast=1e9) == [False, False]
     # A weak candidate (e.g. a retried detection) never counts as strong, whatever its score.
     weak = picks.assign(weak=[True, False])
-    refined = RadialProfileRefiner(RadialProfileParams(min_contrast=1e9, strong_score=10, strong_min_contrast=0)).refine(weak, mic, ctx)
+    refined = RadialProfileRefiner(RadialProfileParams(min_contrast=1e9, strong_score=10, strong_min_contrast=0, narrow_search=0)).refine(weak, mic, ctx)
     assert refined["accepted"].tolist() == [False, False]
+
+
+def test_a_failed_pick_gets_a_second_look_on_the_detectors_own_radius():
+    """A strong, one-sided structure just outside a particle wins the wide search and fails the edge test."""
+    from lipoframe.builtin.refiners import RadialProfileParams, RadialProfileRefiner
+    from lipoframe.records import Micrograph, MicrographMeta, PickContext
+
+    y, x = np.mgrid[:400, :400]
+    r, angle = np.hypot(x - 200, y - 200), np.arctan2(y - 200, x - 200)
+    dark = np.zeros((400, 400), np.float32)
+    dark[r <= 40] = 1.0  # the particle, 80 px
+    dark[(r >= 52) & (r <= 58) & (np.abs(angle) < np.pi / 3)] = 8.0  # a dark arc beside it (a third of the directions)
+    img = -(dark + np.random.default_rng(0).normal(0, 0.1, dark.shape).astype(np.float32))
+    mic = Micrograph(meta=MicrographMeta(name="m", path="m", shape=img.shape, pixel_size=None), image=img, polarity="dark")
+    ctx = PickContext(dmin_px=50, dmax_px=120, polarity="dark", pixel_size=None, seed=0, export_rejected=True)
+    picks = pd.DataFrame({"x_px": [200.0], "y_px": [200.0], "diameter_px": [80.0], "score": [6.0], "sigma_px": [28.0], "pyramid_level": [0]})
+
+    def refined(**params) -> pd.Series:
+        return RadialProfileRefiner(RadialProfileParams(search=0.5, **params)).refine(picks, mic, ctx).iloc[0]
+
+    once = refined(narrow_search=0)
+    # The arc's outer edge is the steepest fall of the mean profile within +/- 50 %, but only a third of the directions have it.
+    assert not once["accepted"] and once["reject_reason"] == "no_edge" and once["diameter_px"] > 105
+    twice = refined()
+    assert twice["accepted"] and twice["refined_narrow"]
+    assert abs(twice["diameter_px"] - 80) < 2 and twice["edge_coverage"] == 1.0
+    # The second look has a higher bar than the first.
+    assert not refined(narrow_min_contrast=1e6)["accepted"]
+    with pytest.raises(ValueError, match="refiner.narrow_search"):
+        RadialProfileParams(search=0.2, narrow_search=0.2)
 
 
 @pytest.mark.parametrize(

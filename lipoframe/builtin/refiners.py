@@ -43,6 +43,16 @@ class RadialProfileParams:
         sphere, shell or vesicle, just beyond the steepest fall of the
         profile; unbiased diameters) or ``steepest`` (the steepest fall
         itself, 1-3 % small for spheres).
+    narrow_search: a pick that fails the edge test is measured again with
+        the edge searched within (1 +/- narrow_search) x the detector's
+        radius only, where the edge of a touching neighbour cannot pass for
+        its own; it is kept (column ``refined_narrow``) if that edge has a
+        contrast of at least ``narrow_min_contrast`` and ``min_coverage``
+        (never the relaxed test of strong detections). 0 turns the second
+        look off.
+    narrow_min_contrast: see ``narrow_search`` (``min_contrast`` if that is
+        higher); above ``min_contrast`` because a second look is a second
+        chance for noise too.
     """
 
     search: float = 0.25
@@ -55,12 +65,18 @@ class RadialProfileParams:
     strong_min_coverage: float = 0.6
     ignore_neighbours: bool = True
     rim: str = "sphere"
+    narrow_search: float = 0.1
+    narrow_min_contrast: float = 4.0
 
     def __post_init__(self) -> None:
         if self.rim not in RIMS:
             raise ValueError(f"refiner.rim must be one of {RIMS}, got {self.rim!r}")
         if not 0 < self.search < 1:
             raise ValueError(f"refiner.search must be in (0, 1), got {self.search}")
+        if not 0 <= self.narrow_search < self.search:
+            raise ValueError(f"refiner.narrow_search must be in [0, refiner.search), got {self.narrow_search}")
+        if not self.narrow_min_contrast > 0:
+            raise ValueError(f"refiner.narrow_min_contrast must be > 0, got {self.narrow_min_contrast}")
         if not 1 <= self.iterations <= 10:
             raise ValueError(f"refiner.iterations must be in [1, 10], got {self.iterations}")
         if self.min_radius_binned < 4:
@@ -88,33 +104,37 @@ class RadialProfileRefiner(Refiner):
         p = self.params
         factor = pow2_floor(ctx.dmin_px / 2.0 / p.min_radius_binned)
         img = mic.signal(factor)
-        res = refine_circles(
-            img,
-            to_binned(out[schema.Y].to_numpy(float), factor),
-            to_binned(out[schema.X].to_numpy(float), factor),
-            out[schema.DIAMETER].to_numpy(float) / factor,
-            search=p.search,
-            iterations=p.iterations,
-            rim=p.rim,
-        )
+        rows = to_binned(out[schema.Y].to_numpy(float), factor)
+        cols = to_binned(out[schema.X].to_numpy(float), factor)
+        diameters = out[schema.DIAMETER].to_numpy(float) / factor
+        confident = ~schema.weak_mask(out)
+        strong = (out[schema.SCORE].to_numpy(float) >= p.strong_score) & confident
+        need_contrast = np.where(strong, p.strong_min_contrast, p.min_contrast)
+        need_coverage = np.where(strong, p.strong_min_coverage, p.min_coverage)
+        res = refine_circles(img, rows, cols, diameters, search=p.search, iterations=p.iterations, rim=p.rim)
+        contrast, coverage, used = self._edge(res, confident)
+        narrow = np.zeros(len(out), dtype=bool)
+        retry = np.flatnonzero(~res["edge_found"] | (contrast < need_contrast) | (coverage < need_coverage))
+        if p.narrow_search > 0 and len(retry):
+            # A failed pick is measured again on the detector's own radius,
+            # where a touching neighbour's edge cannot pass for its own; it
+            # is kept only if that edge is clear (a second look is a second
+            # chance for noise too, so the bar is higher than the first).
+            again = refine_circles(img, rows[retry], cols[retry], diameters[retry], search=p.narrow_search, iterations=p.iterations, rim=p.rim)
+            c2, v2, _ = self._edge(_replace_rows(res, retry, again), confident)
+            clear = max(p.narrow_min_contrast, p.min_contrast)
+            ok = again["edge_found"] & (c2[retry] >= clear) & (v2[retry] >= p.min_coverage)
+            if ok.any():
+                res = _replace_rows(res, retry[ok], again, take=ok)
+                narrow[retry[ok]] = True
+                contrast, coverage, used = self._edge(res, confident)
         out["diameter_detector_px"] = out[schema.DIAMETER].to_numpy(float)
         out[schema.X] = np.clip(to_full_resolution(res["col"], factor), 0, mic.shape[-1] - 1)
         out[schema.Y] = np.clip(to_full_resolution(res["row"], factor), 0, mic.shape[-2] - 1)
         out[schema.DIAMETER] = res["diameter"] * factor
         out["refine_shift_px"] = res["shift"] * factor
-        contrast, coverage = res["edge_contrast"], res["edge_coverage"]
-        if p.ignore_neighbours:
-            # In crowded fields a touching neighbour hides the edge on its side:
-            # judge the edge on the directions that do not point into one
-            # (when at least a third of them remain).
-            # Weak candidates (mostly noise until a later stage vouches for them) block nothing.
-            blocked = blocked_directions(
-                np.c_[res["row"], res["col"]], res["diameter_steepest"] / 2.0, res["theta"], blockers=~schema.weak_mask(out)
-            )
-            valid = ~blocked
-            valid[valid.sum(axis=1) < blocked.shape[1] / 3] = True
-            contrast, coverage = edge_quality(res["step_per_direction"], valid)
-            out["edge_directions_used"] = valid.mean(axis=1)
+        if used is not None:
+            out["edge_directions_used"] = used
         out["edge_contrast"] = contrast
         out["edge_coverage"] = coverage
         out["edge_width_px"] = res["edge_width"] * factor
@@ -123,11 +143,36 @@ class RadialProfileRefiner(Refiner):
         # far the particle stands out from what the background does anyway.
         out["edge_step_snr"] = res["edge_step"] / background_stats(img)[1]
         out["quality"] = np.clip(contrast, 0, None) * coverage
-        strong = (out[schema.SCORE].to_numpy(float) >= p.strong_score) & ~schema.weak_mask(out)
-        need_contrast = np.where(strong, p.strong_min_contrast, p.min_contrast)
-        need_coverage = np.where(strong, p.strong_min_coverage, p.min_coverage)
+        out["refined_narrow"] = narrow
+        need_contrast = np.where(narrow, p.min_contrast, need_contrast)
+        need_coverage = np.where(narrow, p.min_coverage, need_coverage)
         bad = ~res["edge_found"] | (contrast < need_contrast) | (coverage < need_coverage)
         return schema.reject(out, bad, "no_edge")
+
+    def _edge(self, res: dict, blockers: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Edge contrast and coverage of every pick, and the share of its directions used."""
+        if not self.params.ignore_neighbours:
+            return res["edge_contrast"], res["edge_coverage"], None
+        # In crowded fields a touching neighbour hides the edge on its side:
+        # judge the edge on the directions that do not point into one
+        # (when at least a third of them remain).
+        # Weak candidates (mostly noise until a later stage vouches for them) block nothing.
+        blocked = blocked_directions(np.c_[res["row"], res["col"]], res["diameter_steepest"] / 2.0, res["theta"], blockers=blockers)
+        valid = ~blocked
+        valid[valid.sum(axis=1) < blocked.shape[1] / 3] = True
+        contrast, coverage = edge_quality(res["step_per_direction"], valid)
+        return contrast, coverage, valid.mean(axis=1)
+
+
+def _replace_rows(res: dict, rows: np.ndarray, other: dict, take: np.ndarray | None = None) -> dict:
+    """``res`` (per-pick arrays of :func:`refine_circles`) with its ``rows`` from ``other`` (its ``take`` rows)."""
+    out = {"theta": res["theta"]}
+    for key, value in res.items():
+        if key != "theta":
+            value = value.copy()
+            value[rows] = other[key] if take is None else other[key][take]
+            out[key] = value
+    return out
 
 
 @dataclass
