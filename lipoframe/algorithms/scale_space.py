@@ -894,11 +894,34 @@ def detect_blobs(
         cols["response"].append(resp[s, r, c].astype(float))
         cols["score"].append((resp[s, r, c] - med[s]) / noise[s])
         cols["pyramid_level"].append(np.full(len(s), li, dtype=np.int64))
+    return collect_blobs(cols, full_shape, DIAMETER_PER_SIGMA)
+
+
+def collect_blobs(cols: dict[str, list], full_shape: tuple[int, ...] | None, diameter_per_sigma: float) -> dict[str, np.ndarray]:
+    """The blobs found level by level, as one table ordered by decreasing score.
+
+    Parameters
+    ----------
+    cols : dict of lists of (K_i,) arrays
+        ``x_px``, ``y_px`` (and ``z_px`` for volumes), ``sigma_px``,
+        ``score``, ``response`` and ``pyramid_level``, one array per level.
+    full_shape : tuple of int or None
+        Full-resolution shape, (M, N) or (P, M, N); coordinates are clipped
+        into it (a sub-pixel offset can step past the last pixel centre).
+    diameter_per_sigma : float
+        ``diameter_px = diameter_per_sigma * sigma_px``.
+
+    Returns
+    -------
+    blobs : dict of (K,) ndarrays
+        The columns above and ``diameter_px``; a stable sort by score.
+    """
     out = {n: (np.concatenate(v) if v else np.empty(0)) for n, v in cols.items()}
     out["pyramid_level"] = out["pyramid_level"].astype(np.int64)
     if full_shape is not None and len(out["x_px"]):
-        out["x_px"] = np.clip(out["x_px"], 0, full_shape[-1] - 1)
-        out["y_px"] = np.clip(out["y_px"], 0, full_shape[-2] - 1)
-    out["diameter_px"] = out["sigma_px"] * DIAMETER_PER_SIGMA
+        for name, axis in (("x_px", -1), ("y_px", -2), ("z_px", -3)):
+            if name in out:
+                out[name] = np.clip(out[name], 0, full_shape[axis] - 1)
+    out["diameter_px"] = out["sigma_px"] * diameter_per_sigma
     order = np.argsort(-out["score"], kind="stable")
     return {n: v[order] for n, v in out.items()}

@@ -26,7 +26,7 @@ import math
 import numpy as np
 from scipy import fft as sfft
 
-from lipoframe.algorithms.scale_space import border_ratio, check_search, equalise_plane, plan_levels, transfer_of_f2
+from lipoframe.algorithms.scale_space import border_ratio, check_search, collect_blobs, equalise_plane, plan_levels, transfer_of_f2
 from lipoframe.algorithms.stats import parabola_offset
 
 #: diameter = DIAMETER_PER_SIGMA_3D * sigma for a uniform ball at the LoG peak.
@@ -267,12 +267,4 @@ def detect_blobs_3d(
                     cols["pyramid_level"].append(np.full(len(v), li, dtype=np.int64))
             window.pop(0)
         del spec, window
-    out = {n: (np.concatenate(v) if v else np.empty(0)) for n, v in cols.items()}
-    out["pyramid_level"] = out["pyramid_level"].astype(np.int64)
-    if full_shape is not None and len(out["x_px"]):
-        out["x_px"] = np.clip(out["x_px"], 0, full_shape[2] - 1)
-        out["y_px"] = np.clip(out["y_px"], 0, full_shape[1] - 1)
-        out["z_px"] = np.clip(out["z_px"], 0, full_shape[0] - 1)
-    out["diameter_px"] = out["sigma_px"] * DIAMETER_PER_SIGMA_3D
-    order = np.argsort(-out["score"], kind="stable")
-    return {n: v[order] for n, v in out.items()}
+    return collect_blobs(cols, full_shape, DIAMETER_PER_SIGMA_3D)
