@@ -214,7 +214,7 @@ def test_contamination_rejects_a_darkness_outlier_among_vesicles():
     from skimage.draw import disk as sk_disk
 
     from lipoframe import schema
-    from lipoframe.builtin.junk import ContaminationFilter, ContaminationParams, darkness_outliers
+    from lipoframe.builtin.junk import ContaminationFilter, ContaminationParams, high_outliers
     from lipoframe.records import Micrograph, MicrographMeta, PickContext
 
     rng = np.random.default_rng(3)
@@ -246,8 +246,8 @@ def test_contamination_rejects_a_darkness_outlier_among_vesicles():
     # The Z-score needs a dark enough pick and enough reference picks.
     d = np.array([0.1, 0.2, 0.15, 0.12, 0.18, 0.11, 0.16, 0.14, 0.13, 0.17, 1.5, 2.5])
     ref = np.ones(12, bool)
-    assert darkness_outliers(d, ref, z=5, min_darkness=2.0, min_reference=10).tolist() == [False] * 11 + [True]
-    assert not darkness_outliers(d, ref, z=5, min_darkness=2.0, min_reference=13).any()
+    assert high_outliers(d, ref, z=5, minimum=2.0, min_reference=10).tolist() == [False] * 11 + [True]
+    assert not high_outliers(d, ref, z=5, minimum=2.0, min_reference=13).any()
     with pytest.raises(ValueError, match="max_darkness_z"):
         ContaminationParams(max_darkness_z=-1)
 

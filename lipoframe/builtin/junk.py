@@ -22,6 +22,7 @@ from lipoframe.stages import Filter
 #: Columns of the contamination filter: darkness above the background (in
 #: background spreads) and how many of the micrograph's picks set its typical particle.
 DARKNESS = "darkness"
+SURROUND = "surround_darkness"
 REFERENCE = "contamination_reference"
 
 
@@ -71,6 +72,13 @@ class ContaminationParams:
         back to its floor of one spread. Needs ``reliable_reference``
         confident picks. 0 turns it off.
     min_outlier_darkness: see ``max_darkness_z``.
+    max_surround_z, min_outlier_surround: the same for the surroundings
+        (the annulus 1.15-1.6 radii, column ``surround_darkness``): a pick
+        whose surroundings are more than ``max_surround_z`` robust standard
+        deviations darker than those of the micrograph's confident picks,
+        and at least ``min_outlier_surround`` spreads darker than the
+        background, sits on something dark the particles do not (a carbon
+        film, the rim of an ice sheet). 0 turns it off.
     reliable_reference: a micrograph with fewer confident picks than this
         (but at least ``min_reference``) is judged by its own picks and, once
         all micrographs are picked, also against the dataset's typical
@@ -83,6 +91,8 @@ class ContaminationParams:
     min_reference: int = 3
     max_darkness_z: float = 5.0
     min_outlier_darkness: float = 2.0
+    max_surround_z: float = 5.0
+    min_outlier_surround: float = 1.0
     reliable_reference: int = 10
 
     def __post_init__(self) -> None:
@@ -92,29 +102,33 @@ class ContaminationParams:
             raise ValueError(f"filter.contamination.max_surround must be > 0, got {self.max_surround}")
         if self.min_reference < 1:
             raise ValueError(f"filter.contamination.min_reference must be >= 1, got {self.min_reference}")
-        if self.max_darkness_z < 0:
-            raise ValueError(f"filter.contamination.max_darkness_z must be >= 0 (0 = off), got {self.max_darkness_z}")
-        if not self.min_outlier_darkness > 0:
-            raise ValueError(f"filter.contamination.min_outlier_darkness must be > 0, got {self.min_outlier_darkness}")
+        for name in ("max_darkness_z", "max_surround_z"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"filter.contamination.{name} must be >= 0 (0 = off), got {getattr(self, name)}")
+        for name in ("min_outlier_darkness", "min_outlier_surround"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"filter.contamination.{name} must be > 0, got {getattr(self, name)}")
         if self.reliable_reference < 3:
             raise ValueError(f"filter.contamination.reliable_reference must be >= 3, got {self.reliable_reference}")
 
 
-def darkness_outliers(darkness: np.ndarray, reference: np.ndarray, *, z: float, min_darkness: float, min_reference: int) -> np.ndarray:
-    """Picks far darker than the typical one: a robust Z-score against the reference picks.
+def high_outliers(values: np.ndarray, reference: np.ndarray, *, z: float, minimum: float, min_reference: int) -> np.ndarray:
+    """Values far above the typical one: a robust Z-score against the reference picks.
+
+    SIMPLE's outlier rule for diameters, applied to any per-pick measure
+    (here darkness and surroundings, in background spreads).
 
     Parameters
     ----------
-    darkness : (K,) ndarray
-        Darkness of each pick above the background, in background spreads.
+    values : (K,) ndarray
     reference : (K,) ndarray of bool
-        The picks that say what a typical particle is (the confident ones).
+        The picks that say what is typical (the confident ones).
     z : float
         Robust standard deviations (1.4826 MAD) above the reference median
         beyond which a pick is an outlier; 0 flags nothing.
-    min_darkness : float
-        An outlier must also be at least this dark (a tight reference
-        distribution alone does not make a pick contamination).
+    minimum : float
+        An outlier must also be at least this high (a tight reference
+        distribution alone does not make a pick junk).
     min_reference : int
         With fewer finite reference values nothing is flagged.
 
@@ -122,14 +136,14 @@ def darkness_outliers(darkness: np.ndarray, reference: np.ndarray, *, z: float, 
     -------
     outlier : (K,) ndarray of bool
     """
-    darkness = np.asarray(darkness, dtype=float)
-    ref = darkness[np.asarray(reference, dtype=bool) & np.isfinite(darkness)]
+    values = np.asarray(values, dtype=float)
+    ref = values[np.asarray(reference, dtype=bool) & np.isfinite(values)]
     if z <= 0 or len(ref) < min_reference:
-        return np.zeros(len(darkness), dtype=bool)
+        return np.zeros(len(values), dtype=bool)
     centre = float(np.median(ref))
     scale = 1.4826 * float(np.median(np.abs(ref - centre)))
     with np.errstate(invalid="ignore"):
-        return (darkness >= min_darkness) & (darkness > centre + z * scale)
+        return (values >= minimum) & (values > centre + z * scale)
 
 
 class ContaminationFilter(Filter):
@@ -151,12 +165,14 @@ class ContaminationFilter(Filter):
             too_dark = darkness > p.max_contrast_ratio * max(float(np.median(ref)), spread)
         else:
             too_dark = np.zeros(len(out), dtype=bool)  # decided by apply_dataset
-        dark_surround = (m["outside"] - med) > p.max_surround * spread
+        surround = (m["outside"] - med) / spread
+        dark_surround = surround > p.max_surround
         out[DARKNESS] = darkness / spread
+        out[SURROUND] = surround
         out[REFERENCE] = len(ref)
-        outlier = darkness_outliers(
-            darkness / spread, ok, z=p.max_darkness_z, min_darkness=p.min_outlier_darkness, min_reference=p.reliable_reference
-        )
+        n = p.reliable_reference
+        outlier = high_outliers(darkness / spread, ok, z=p.max_darkness_z, minimum=p.min_outlier_darkness, min_reference=n)
+        outlier |= high_outliers(surround, ok, z=p.max_surround_z, minimum=p.min_outlier_surround, min_reference=n)
         return schema.reject(out, too_dark | dark_surround | outlier, "contamination")
 
     def apply_dataset(self, picks: pd.DataFrame, metas: dict, ctx: PickContext) -> pd.DataFrame:
