@@ -275,3 +275,33 @@ def test_a_few_ice_balls_do_not_make_each_other_typical():
     # A micrograph whose own picks are a reliable reference is left to its own test.
     trusted = ContaminationFilter(ContaminationParams(reliable_reference=3)).apply_dataset(picks, {}, ctx)
     assert trusted[schema.ACCEPTED].all()
+
+
+def test_contamination_rejects_a_pick_whose_surroundings_are_far_darker():
+    """Particles on ice, and one circle on a carbon film (darker all around it)."""
+    from skimage.draw import disk as sk_disk
+
+    from lipoframe import schema
+    from lipoframe.builtin.junk import SURROUND, ContaminationFilter, ContaminationParams
+    from lipoframe.records import Micrograph, MicrographMeta, PickContext
+
+    rng = np.random.default_rng(4)
+    shape = (700, 700)
+    img = rng.normal(0.0, 1.0, shape).astype(np.float32)
+    img[:, 560:] -= 1.8  # a film covering the right edge, 1.8 noise units darker
+    centres = [(r, c) for r in range(60, 660, 100) for c in range(60, 460, 100)] + [(350, 630)]  # 24 on ice, 1 on the film
+    for r, c in centres[:-1]:
+        img[sk_disk((r, c), 20, shape=shape)] -= 2.0
+    img[sk_disk(centres[-1], 20, shape=shape)] -= 0.8  # a faint blob on the film
+    picks = pd.DataFrame({
+        schema.X: [float(c) for _, c in centres], schema.Y: [float(r) for r, _ in centres],
+        schema.DIAMETER: 40.0, schema.SCORE: 8.0, schema.WEAK: False, schema.ACCEPTED: True, schema.REASON: "",
+    })
+    mic = Micrograph(meta=MicrographMeta(name="c", path="", shape=shape, pixel_size=1.0), image=img)
+    ctx = PickContext(dmin_px=30, dmax_px=60)
+    out = ContaminationFilter(ContaminationParams()).apply(picks, mic, ctx)
+    assert out[schema.ACCEPTED].tolist() == [True] * 24 + [False]
+    assert out[schema.REASON].iloc[-1] == "contamination"
+    assert 1.0 < out[SURROUND].iloc[-1] < 3.0  # under the absolute max_surround (3): the outlier rule's work
+    assert out[schema.ACCEPTED].iloc[:24].all()
+    assert ContaminationFilter(ContaminationParams(max_surround_z=0)).apply(picks, mic, ctx)[schema.ACCEPTED].all()
