@@ -68,7 +68,7 @@ from lipoframe.synthetic import JUNK_KINDS  # noqa: E402
 MEASUREMENTS = (
     "score", "diameter_A", "quality", "edge_contrast", "edge_coverage", "edge_width_px", "edge_roughness",
     "edge_step_snr", "edge_directions_used", "shift_rel", "darkness", "darkness_concentration", "support",
-    "support_occupancy", "weak", "retried", "n_confident", "diameter_rel",
+    "support_occupancy", "weak", "retried", "n_confident", "diameter_rel", "surround_darkness", "refined_narrow",
 )
 
 
