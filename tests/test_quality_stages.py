@@ -25,6 +25,19 @@ def nearest(acc, r, c):
     return acc.iloc[int(np.argmin(d))], float(d.min())
 
 
+def confident_circles(img, centres, *, diameter=40.0):
+    """Confident accepted 40 px picks at ``centres`` (row, col) of ``img``, its micrograph and context, for a filter."""
+    from lipoframe import schema
+    from lipoframe.records import Micrograph, MicrographMeta, PickContext
+
+    picks = pd.DataFrame({
+        schema.X: [float(c) for _, c in centres], schema.Y: [float(r) for r, _ in centres],
+        schema.DIAMETER: diameter, schema.SCORE: 8.0, schema.WEAK: False, schema.ACCEPTED: True, schema.REASON: "",
+    })
+    mic = Micrograph(meta=MicrographMeta(name="m", path="", shape=img.shape, pixel_size=1.0), image=img)
+    return picks, mic, PickContext(dmin_px=0.75 * diameter, dmax_px=1.5 * diameter)
+
+
 @pytest.mark.parametrize("nms", ["size_aware", "overlap", "nested"])
 def test_touching_particles_each_get_one_pick(nms):
     items = [(150, 150, 100), (150, 250, 100), (236, 200, 100)]  # three mutually touching discs
@@ -215,7 +228,6 @@ def test_contamination_rejects_a_darkness_outlier_among_vesicles():
 
     from lipoframe import schema
     from lipoframe.builtin.junk import ContaminationFilter, ContaminationParams, high_outliers
-    from lipoframe.records import Micrograph, MicrographMeta, PickContext
 
     rng = np.random.default_rng(3)
     shape = (640, 640)
@@ -230,12 +242,7 @@ def test_contamination_rejects_a_darkness_outlier_among_vesicles():
             ring[sk_disk((r, c), 20, shape=shape)] = True
             ring[sk_disk((r, c), 16, shape=shape)] = False
             img[ring] -= 2.0  # membrane; the lumen is background
-    picks = pd.DataFrame({
-        schema.X: [float(c) for _, c in centres], schema.Y: [float(r) for r, _ in centres],
-        schema.DIAMETER: 40.0, schema.SCORE: 8.0, schema.WEAK: False, schema.ACCEPTED: True, schema.REASON: "",
-    })
-    mic = Micrograph(meta=MicrographMeta(name="v", path="", shape=shape, pixel_size=1.0), image=img)
-    ctx = PickContext(dmin_px=30, dmax_px=60)
+    picks, mic, ctx = confident_circles(img, centres)
     out = ContaminationFilter(ContaminationParams()).apply(picks, mic, ctx)
     rejected = set(np.flatnonzero(~out[schema.ACCEPTED].to_numpy()))
     assert rejected == blobs
@@ -283,7 +290,6 @@ def test_contamination_rejects_a_pick_whose_surroundings_are_far_darker():
 
     from lipoframe import schema
     from lipoframe.builtin.junk import SURROUND, ContaminationFilter, ContaminationParams
-    from lipoframe.records import Micrograph, MicrographMeta, PickContext
 
     rng = np.random.default_rng(4)
     shape = (700, 700)
@@ -293,12 +299,7 @@ def test_contamination_rejects_a_pick_whose_surroundings_are_far_darker():
     for r, c in centres[:-1]:
         img[sk_disk((r, c), 20, shape=shape)] -= 2.0
     img[sk_disk(centres[-1], 20, shape=shape)] -= 0.8  # a faint blob on the film
-    picks = pd.DataFrame({
-        schema.X: [float(c) for _, c in centres], schema.Y: [float(r) for r, _ in centres],
-        schema.DIAMETER: 40.0, schema.SCORE: 8.0, schema.WEAK: False, schema.ACCEPTED: True, schema.REASON: "",
-    })
-    mic = Micrograph(meta=MicrographMeta(name="c", path="", shape=shape, pixel_size=1.0), image=img)
-    ctx = PickContext(dmin_px=30, dmax_px=60)
+    picks, mic, ctx = confident_circles(img, centres)
     out = ContaminationFilter(ContaminationParams()).apply(picks, mic, ctx)
     assert out[schema.ACCEPTED].tolist() == [True] * 24 + [False]
     assert out[schema.REASON].iloc[-1] == "contamination"

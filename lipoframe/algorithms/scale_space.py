@@ -456,6 +456,16 @@ def border_spread(responses: np.ndarray, reach: np.ndarray, *, min_samples: int 
     return [border_ratio(plane, int(d), min_samples=min_samples, settled=settled) for plane, d in zip(responses, reach)]
 
 
+def border_reach(sigmas, *, ndim: int) -> np.ndarray:
+    """How far from the border (pixels) :func:`border_ratio` measures each scale.
+
+    Half the radius a blob of scale ``sigma`` has in ``ndim`` dimensions
+    (``sqrt(ndim) * sigma``), plus two pixels: the mirror's excess has
+    faded well before (the ratio stops at ``settled`` anyway).
+    """
+    return np.ceil(0.5 * math.sqrt(ndim) * np.asarray(sigmas, dtype=float)).astype(int) + 2
+
+
 def border_ratio(plane: np.ndarray, reach: int, *, min_samples: int = 64, settled: float = 1.05) -> np.ndarray:
     """:func:`border_spread` of one response image or volume (any number of dimensions).
 
@@ -858,8 +868,7 @@ def detect_blobs(
             # Mirror padding counts the noise near the border twice: give the
             # border the false-alarm rate of the interior. (The noise level
             # comes from the quieter tiles, which the border ones are not.)
-            reach = np.ceil(0.5 * math.sqrt(2.0) * sig_b).astype(int) + 2
-            equalise_border(resp, med, border_spread(resp, reach))
+            equalise_border(resp, med, border_spread(resp, border_reach(sig_b, ndim=2)))
         border = int(math.ceil(exclude_border_px / level.factor))
         if threshold_method == "mad" and crowding:
             # Candidates above a lower threshold tell where particles may be;

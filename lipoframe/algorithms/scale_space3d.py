@@ -26,7 +26,7 @@ import math
 import numpy as np
 from scipy import fft as sfft
 
-from lipoframe.algorithms.scale_space import border_ratio, check_search, collect_blobs, equalise_plane, plan_levels, transfer_of_f2
+from lipoframe.algorithms.scale_space import border_ratio, border_reach, check_search, collect_blobs, equalise_plane, plan_levels, transfer_of_f2
 from lipoframe.algorithms.stats import parabola_offset
 
 #: diameter = DIAMETER_PER_SIGMA_3D * sigma for a uniform ball at the LoG peak.
@@ -235,7 +235,7 @@ def detect_blobs_3d(
             med, noise = _noise(resp)
             if equalise_borders:
                 # As in 2D (detect_blobs): the border gets the interior's false-alarm rate.
-                equalise_plane(resp, med, border_ratio(resp, int(math.ceil(0.5 * math.sqrt(3.0) * s)) + 2))
+                equalise_plane(resp, med, border_ratio(resp, int(border_reach(s, ndim=3))))
             window.append((resp, med, noise))
             if len(window) < 3:
                 continue

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from lipoframe import schema
+from lipoframe.algorithms.binning import mad_gau
 from lipoframe.algorithms.junk import darkness_concentration, neighbourhood_measures
 from lipoframe.algorithms.stats import background_stats
 from lipoframe.algorithms.pyramid import pow2_floor, to_binned
@@ -141,7 +142,7 @@ def high_outliers(values: np.ndarray, reference: np.ndarray, *, z: float, minimu
     if z <= 0 or len(ref) < min_reference:
         return np.zeros(len(values), dtype=bool)
     centre = float(np.median(ref))
-    scale = 1.4826 * float(np.median(np.abs(ref - centre)))
+    scale = mad_gau(ref, centre)
     with np.errstate(invalid="ignore"):
         return (values >= minimum) & (values > centre + z * scale)
 
