@@ -140,8 +140,11 @@ class SimulationInfo:
         return pd.read_csv(self.truth_csv, dtype={"micrograph": str})
 
 
-def _fingerprint(preset: str, seed: int, scenes: list[SceneSpec]) -> dict:
-    return {"preset": preset, "seed": seed, "version": SIMULATOR_VERSION, "scenes": [s.name for s in scenes]}
+def _fingerprint(preset: str, seed: int, scenes: list[SceneSpec], noise_scale: float = 1.0) -> dict:
+    fp = {"preset": preset, "seed": seed, "version": SIMULATOR_VERSION, "scenes": [s.name for s in scenes]}
+    if noise_scale != 1.0:  # sets written before the option existed stay valid
+        fp["noise_scale"] = noise_scale
+    return fp
 
 
 def write_scenes(folder: str | Path, scenes: list[SceneSpec], *, fingerprint: dict | None = None, progress: bool = False) -> SimulationInfo:
@@ -184,6 +187,7 @@ def write_suite(
     preset: str = "suite",
     seed: int = 0,
     only: list[str] | None = None,
+    noise_scale: float = 1.0,
     overwrite: bool = False,
     progress: bool = False,
 ) -> SimulationInfo:
@@ -196,6 +200,9 @@ def write_suite(
     seed : int
     only : list of str, optional
         Write only these scenes of the preset (by name).
+    noise_scale : float
+        Multiplies every scene's residual-noise amplitude (``SceneSpec.noise``);
+        particles, junk and backgrounds stay the same (same seeds).
     overwrite : bool
         Render again even when ``folder/simulation.json`` says the same
         preset, seed, scenes and simulator version were written and all
@@ -209,7 +216,11 @@ def write_suite(
         if unknown:
             raise ValueError(f"only: unknown scene(s) {unknown}; {preset} has {', '.join(names)}")
         scenes = [s for s in scenes if s.name in only]
-    fp = _fingerprint(preset, seed, scenes)
+    if not noise_scale >= 0:
+        raise ValueError(f"noise_scale must be >= 0, got {noise_scale}")
+    if noise_scale != 1.0:
+        scenes = [dataclasses.replace(s, noise=s.noise * noise_scale) for s in scenes]
+    fp = _fingerprint(preset, seed, scenes, noise_scale)
     meta_path = folder / "simulation.json"
     if not overwrite and meta_path.is_file():
         try:
@@ -236,6 +247,7 @@ class SimulateArgs:
     dims: 2 for micrographs, 3 for tomograms (lipoframe.synthetic3d)
     n: number of tomograms when dims=3
     only: comma-separated scene names to write (default: all of the preset)
+    noise_scale: multiply every scene's residual noise by this (0.5 = half the noise; the same particles)
     overwrite: render again even if the folder holds the same set
     """
 
@@ -245,6 +257,7 @@ class SimulateArgs:
     dims: int = 2
     n: int = 2
     only: str = ""
+    noise_scale: float = 1.0
     overwrite: bool = False
 
     def __post_init__(self) -> None:
@@ -256,6 +269,8 @@ class SimulateArgs:
             raise ValueError(f"n must be >= 1, got {self.n}")
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
+        if not self.noise_scale >= 0:
+            raise ValueError(f"noise_scale must be >= 0, got {self.noise_scale}")
 
 
 def main(argv: list[str]) -> int:
@@ -267,6 +282,7 @@ def main(argv: list[str]) -> int:
             "lipoframe simulate output=sim/",
             "lipoframe simulate output=sim_small/ preset=mini seed=3",
             "lipoframe simulate output=sim/ only=s02_crowded_ldl,empty",
+            "lipoframe simulate output=sim_clean/ noise_scale=0.5",
         )))
         return 0
     try:
@@ -297,7 +313,8 @@ def main(argv: list[str]) -> int:
         return 0
     only = [o.strip() for o in args.only.split(",") if o.strip()]
     try:
-        info = write_suite(out, preset=args.preset, seed=args.seed, only=only, overwrite=args.overwrite, progress=sys.stderr.isatty())
+        info = write_suite(out, preset=args.preset, seed=args.seed, only=only, noise_scale=args.noise_scale,
+                           overwrite=args.overwrite, progress=sys.stderr.isatty())
     except ValueError as exc:
         print(f"lipoframe simulate: {exc}", file=sys.stderr)
         return 2

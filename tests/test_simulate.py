@@ -198,6 +198,26 @@ def test_cli_mini_then_reuse(tmp_path, capsys):
     assert not write_suite(out, preset="mini", seed=2, only=["empty"]).reused
 
 
+def test_noise_scale_scales_only_the_residual_noise(tmp_path, capsys):
+    images = {}
+    for scale in (0.0, 0.5, 1.0):
+        out = tmp_path / f"sim{scale:g}"
+        assert main([f"output={out}", "preset=mini", "only=s05_small_rings_crowded", f"noise_scale={scale:g}"]) == 0
+        images[scale] = mrcfile.read(out / "s05_small_rings_crowded.mrc").astype(np.float64)
+        truth = pd.read_csv(out / "truth.csv")
+        if scale == 0.0:
+            truth0 = truth
+        pd.testing.assert_frame_equal(truth, truth0)  # the same particles
+    # The noise enters linearly (the final blur is linear; the median shift is a constant).
+    full, half = images[1.0] - images[0.0], images[0.5] - images[0.0]
+    np.testing.assert_allclose(half - half.mean(), 0.5 * (full - full.mean()), atol=1e-4 * full.std())
+    assert full.std() > 0.1
+    # A set with another noise scale is not mistaken for the cached one.
+    assert not write_suite(tmp_path / "sim1", preset="mini", only=["s05_small_rings_crowded"], noise_scale=0.5).reused
+    assert main([f"output={tmp_path / 'x'}", "noise_scale=-1"]) == 2
+    assert "noise_scale" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv, word", [
     (["output=x", "bogus=1"], "bogus"),
     (["output=x", "preset=huge"], "preset"),
