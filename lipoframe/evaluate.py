@@ -751,13 +751,13 @@ def plot_evaluation(
 
 def _read_image(path: Path) -> np.ndarray:
     """The 2D image of ``path`` through lipoframe's readers (chosen by suffix)."""
-    from lipoframe import plugins
+    from lipoframe.plugins import read_array
+    from lipoframe.records import InputError
 
-    _, registry, _ = plugins.load()
-    for info in registry.stages("reader"):
-        if path.suffix.lower() in getattr(info.cls, "suffixes", ()):
-            return info.cls(info.cls.Params()).read(path).image
-    raise EvaluationInputError(f"{path}: no reader for files ending in {path.suffix!r}")
+    try:
+        return read_array(path)
+    except InputError as exc:
+        raise EvaluationInputError(str(exc)) from None
 
 
 def write_overlays(res: EvaluationResult, run_dir: str | Path, out_dir: str | Path, *, n: int) -> list[Path]:

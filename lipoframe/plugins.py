@@ -8,11 +8,14 @@ entry points by name.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.metadata as md
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import numpy as np
 import pluggy
 
 from lipoframe import hookspecs
@@ -32,6 +35,7 @@ DEFAULT_PLUGINS = (
     "lipoframe.builtin.writers",
     "lipoframe.builtin.heatmap",
     "lipoframe.builtin.maskwriter",
+    "lipoframe.builtin.maskfilter",
     "lipoframe.builtin.tomo",
 )
 
@@ -173,3 +177,32 @@ def load(*, refresh: bool = False) -> tuple[pluggy.PluginManager, StageRegistry,
         registry = build_registry(pm, infos)
         _CACHE.update(key=key, value=(pm, registry, infos))
     return _CACHE["value"]  # type: ignore[return-value]
+
+
+def read_array(path: str | os.PathLike, *, dims: int = 2) -> np.ndarray:
+    """The array in ``path`` as stored, read by the registered reader for its suffix.
+
+    For files that are not inputs of a run (masks, the images of an
+    evaluation). Readers with a ``dims`` parameter are asked for ``dims``;
+    for ``dims=3`` only those can serve.
+
+    Raises
+    ------
+    InputError
+        Naming the file, when no reader takes its suffix or it cannot be read.
+    """
+    from lipoframe.records import InputError
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    _, registry, _ = load()
+    for info in registry.stages("reader"):
+        if suffix not in getattr(info.cls, "suffixes", ()):
+            continue
+        has_dims = "dims" in {f.name for f in dataclasses.fields(info.cls.Params)}
+        if not has_dims and dims != 2:
+            continue
+        params = info.cls.Params(dims=dims) if has_dims else info.cls.Params()
+        return np.asarray(info.cls(params).read(path).image)
+    raise InputError(f"{path}: no reader for {dims}D files ending in {suffix!r}")
+
