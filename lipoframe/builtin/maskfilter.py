@@ -33,7 +33,7 @@ log = logging.getLogger("lipoframe")
 
 #: Column of the mask filter: mean "bad" value of the mask over the pick's disc (0 clean ... 1 bad).
 MASK_VALUE = "mask_value"
-MISSING = ("error", "keep")
+MISSING_POLICIES = ("error", "keep")
 #: Largest relative difference of the row and column scale factors between a
 #: mask and its micrograph (a mask binned by 2 from an odd size is 0.1 % off).
 ASPECT_TOLERANCE = 0.02
@@ -130,8 +130,8 @@ class MaskParams:
             raise ValueError(f"filter.mask.suffix must be the end of a file name (e.g. .mrc or _mask.tif), got {self.suffix!r}")
         if not 0 <= self.threshold <= 1:
             raise ValueError(f"filter.mask.threshold must be in [0, 1], got {self.threshold}")
-        if self.missing not in MISSING:
-            raise ValueError(f"filter.mask.missing must be one of {MISSING}, got {self.missing!r}")
+        if self.missing not in MISSING_POLICIES:
+            raise ValueError(f"filter.mask.missing must be one of {MISSING_POLICIES}, got {self.missing!r}")
 
 
 def read_mask(path: Path, *, ndim: int) -> np.ndarray:
