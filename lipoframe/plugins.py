@@ -8,7 +8,6 @@ entry points by name.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import importlib.metadata as md
 import os
@@ -183,26 +182,23 @@ def read_array(path: str | os.PathLike, *, dims: int = 2) -> np.ndarray:
     """The array in ``path`` as stored, read by the registered reader for its suffix.
 
     For files that are not inputs of a run (masks, the images of an
-    evaluation). Readers with a ``dims`` parameter are asked for ``dims``;
-    for ``dims=3`` only those can serve.
+    evaluation); the readers are chosen as for a run's inputs
+    (:meth:`~lipoframe.registry.StageRegistry.readers_by_suffix`).
 
     Raises
     ------
     InputError
-        Naming the file, when no reader takes its suffix or it cannot be read.
+        Naming the file, when no reader takes its suffix, it cannot be read,
+        or it does not hold a ``dims``-dimensional array.
     """
     from lipoframe.records import InputError
 
     path = Path(path)
     suffix = path.suffix.lower()
-    _, registry, _ = load()
-    for info in registry.stages("reader"):
-        if suffix not in getattr(info.cls, "suffixes", ()):
-            continue
-        has_dims = "dims" in {f.name for f in dataclasses.fields(info.cls.Params)}
-        if not has_dims and dims != 2:
-            continue
-        params = info.cls.Params(dims=dims) if has_dims else info.cls.Params()
-        return np.asarray(info.cls(params).read(path).image)
-    raise InputError(f"{path}: no reader for {dims}D files ending in {suffix!r}")
-
+    reader = load()[1].readers_by_suffix(dims=dims).get(suffix)
+    if reader is None:
+        raise InputError(f"{path}: no reader for {dims}D files ending in {suffix!r}")
+    data = np.asarray(reader.read(path).image)
+    if data.ndim != dims:
+        raise InputError(f"{path}: a {data.ndim}D array where a {dims}D one is expected")
+    return data

@@ -119,6 +119,21 @@ class StageRegistry:
     def stages(self, kind: str | None = None) -> list[StageInfo]:
         return [self._stages[key] for key in sorted(self._stages, key=lambda k: (KINDS.index(k[0]), k[1])) if kind in (None, key[0])]
 
+    def readers_by_suffix(self, *, dims: int = 2) -> dict[str, Stage]:
+        """One reader per file suffix (the first registered that takes it), built for ``dims``.
+
+        Readers whose Params have a ``dims`` field get ``dims``; the others
+        are built with their defaults.
+        """
+        by_suffix: dict[str, Stage] = {}
+        for info in self.stages("reader"):
+            for suffix in getattr(info.cls, "suffixes", ()):
+                if suffix in by_suffix:
+                    continue
+                params = info.cls.Params(**({"dims": dims} if "dims" in info.cls.Params.__dataclass_fields__ else {}))
+                by_suffix[suffix] = info.cls(params)
+        return by_suffix
+
     def __contains__(self, key: tuple[str, str]) -> bool:
         return key in self._stages
 

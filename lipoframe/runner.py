@@ -92,24 +92,15 @@ def build_stages(cfg: LipoframeConfig, registry: StageRegistry) -> StageSet:
             raise ValueError(f"{kind}: stage {stage.name!r} is a {stage.kind}")
         return stage
 
-    reader = one("reader", cfg.reader)
-    by_suffix: dict[str, Stage] = {}
-    dims = getattr(cfg.reader, "dims", 2)
-    for info in registry.stages("reader"):
-        for suffix in getattr(info.cls, "suffixes", ()):
-            if suffix in by_suffix:
-                continue
-            params = info.cls.Params(**({"dims": dims} if "dims" in info.cls.Params.__dataclass_fields__ else {}))
-            by_suffix[suffix] = info.cls(params)
     return StageSet(
-        reader=reader,
+        reader=one("reader", cfg.reader),
         detector=one("detector", cfg.detector),
         nms=one("nms", cfg.nms),
         refiner=one("refiner", cfg.refiner),
         filters=[one("filter", p) for p in cfg.filter.values()],
         binner=one("binning", cfg.binning),
         writers=[one("writer", p) for p in cfg.writer.values()],
-        readers_by_suffix=by_suffix,
+        readers_by_suffix=registry.readers_by_suffix(dims=getattr(cfg.reader, "dims", 2)),
         retry_suppressed=tuple(cfg.retry_suppressed),
     )
 

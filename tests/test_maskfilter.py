@@ -76,6 +76,8 @@ def test_picks_on_the_bad_side_are_rejected_and_the_input_is_not_changed(tmp_pat
     np.testing.assert_allclose(out[MASK_VALUE], [0, 1, (np.arccos(h) - h * np.sqrt(1 - h * h)) / np.pi], atol=0.04)
     strict = MaskFilter(MaskParams(folder=str(tmp_path / "masks"), threshold=0.2)).apply(picks, _mic(tmp_path / "mics" / "mic.mrc"), CTX)
     assert strict[schema.ACCEPTED].tolist() == [True, False, False]
+    empty = MaskFilter(MaskParams(folder=str(tmp_path / "masks"))).apply(picks.iloc[:0], _mic(tmp_path / "mics" / "mic.mrc"), CTX)
+    assert len(empty) == 0 and MASK_VALUE in empty.columns
 
 
 def test_binned_inverted_integer_masks_in_tiff_or_png(tmp_path):
@@ -120,6 +122,11 @@ def test_tomogram_masks_judge_balls_in_the_volume(tmp_path):
     np.save(tmp_path / "tomo.npy", vol[::2, ::2, ::2].copy())
     out = MaskFilter(MaskParams(folder=str(tmp_path), suffix=".npy")).apply(picks, mic, CTX)
     assert out[schema.ACCEPTED].tolist() == [False, True]
+    from PIL import Image
+
+    Image.fromarray((255 * vol[0]).astype(np.uint8)).save(tmp_path / "tomo.png")  # a picture where a volume is expected
+    with pytest.raises(InputError, match=r"tomo\.png: a 2D array where a 3D one is expected"):
+        MaskFilter(MaskParams(folder=str(tmp_path), suffix=".png")).apply(picks, mic, CTX)
 
 
 @pytest.mark.parametrize("kw, name", [

@@ -190,7 +190,7 @@ class MaskFilter(Filter):
         if self.params.invert:
             mask = 1.0 - mask
         cols = [schema.Z, schema.Y, schema.X][3 - ndim:]
-        centres = out[cols].to_numpy(dtype=float) if len(out) else np.zeros((0, ndim))
+        centres = out[cols].to_numpy(dtype=float)
         values = mean_in_discs(mask, centres, out[schema.DIAMETER].to_numpy(dtype=float) / 2.0, scale=scale)
         out[MASK_VALUE] = values
         return schema.reject(out, values > self.params.threshold, "mask")
