@@ -72,9 +72,12 @@ MEASUREMENTS = (
 )
 
 
-def candidates(seed: int, cache: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Every refined candidate of one suite (default ``pick()`` per micrograph) with its features and label."""
-    info = write_suite(cache / f"suite_seed{seed}", preset="suite", seed=seed, progress=True)
+def candidates(seed: int, cache: Path, *, rim_blur_A: float = 0.0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every refined candidate of one suite (default ``pick()`` per micrograph) with its features and label.
+
+    ``rim_blur_A``: the suite rendered with softer rims (``write_suite(rim_blur_A=...)``).
+    """
+    info = write_suite(cache / suite_folder(seed, rim_blur_A), preset="suite", seed=seed, rim_blur_A=rim_blur_A, progress=True)
     truth = info.truth()
     tables = []
     for path in info.paths:
@@ -98,6 +101,11 @@ def candidates(seed: int, cache: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         p["seed"] = seed
         tables.append(p)
     return pd.concat(tables, ignore_index=True), truth
+
+
+def suite_folder(seed: int, rim_blur_A: float = 0.0) -> str:
+    """Cache folder name of a suite (the quality benchmark's ``suite_seedN``, ``_rimA`` with softer rims)."""
+    return f"suite_seed{seed}" + (f"_rim{rim_blur_A:g}" if rim_blur_A else "")
 
 
 def _counts(values: pd.Series) -> str:

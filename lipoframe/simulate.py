@@ -140,10 +140,13 @@ class SimulationInfo:
         return pd.read_csv(self.truth_csv, dtype={"micrograph": str})
 
 
-def _fingerprint(preset: str, seed: int, scenes: list[SceneSpec], noise_scale: float = 1.0) -> dict:
+def _fingerprint(preset: str, seed: int, scenes: list[SceneSpec], noise_scale: float = 1.0, rim_blur_A: float = 0.0) -> dict:
     fp = {"preset": preset, "seed": seed, "version": SIMULATOR_VERSION, "scenes": [s.name for s in scenes]}
-    if noise_scale != 1.0:  # sets written before the option existed stay valid
+    # Options at their defaults stay out, so sets written before they existed stay valid.
+    if noise_scale != 1.0:
         fp["noise_scale"] = noise_scale
+    if rim_blur_A != 0.0:
+        fp["rim_blur_A"] = rim_blur_A
     return fp
 
 
@@ -188,6 +191,7 @@ def write_suite(
     seed: int = 0,
     only: list[str] | None = None,
     noise_scale: float = 1.0,
+    rim_blur_A: float = 0.0,
     overwrite: bool = False,
     progress: bool = False,
 ) -> SimulationInfo:
@@ -203,6 +207,9 @@ def write_suite(
     noise_scale : float
         Multiplies every scene's residual-noise amplitude (``SceneSpec.noise``);
         particles, junk and backgrounds stay the same (same seeds).
+    rim_blur_A : float
+        Sets every scene's ``SceneSpec.rim_blur_A``: softer rims (Å of
+        Gaussian blur of the objects before the fringe), the same objects.
     overwrite : bool
         Render again even when ``folder/simulation.json`` says the same
         preset, seed, scenes and simulator version were written and all
@@ -218,9 +225,13 @@ def write_suite(
         scenes = [s for s in scenes if s.name in only]
     if not noise_scale >= 0:
         raise ValueError(f"noise_scale must be >= 0, got {noise_scale}")
+    if not 0 <= rim_blur_A <= 100:
+        raise ValueError(f"rim_blur_A must be in [0, 100], got {rim_blur_A}")
     if noise_scale != 1.0:
         scenes = [dataclasses.replace(s, noise=s.noise * noise_scale) for s in scenes]
-    fp = _fingerprint(preset, seed, scenes, noise_scale)
+    if rim_blur_A != 0.0:
+        scenes = [dataclasses.replace(s, rim_blur_A=rim_blur_A) for s in scenes]
+    fp = _fingerprint(preset, seed, scenes, noise_scale, rim_blur_A)
     meta_path = folder / "simulation.json"
     if not overwrite and meta_path.is_file():
         try:
@@ -248,6 +259,7 @@ class SimulateArgs:
     n: number of tomograms when dims=3
     only: comma-separated scene names to write (default: all of the preset)
     noise_scale: multiply every scene's residual noise by this (0.5 = half the noise; the same particles)
+    rim_blur_A: blur every object's rim by this many Å (Gaussian) before the fringe; 0 = the suite as benchmarked
     overwrite: render again even if the folder holds the same set
     """
 
@@ -258,6 +270,7 @@ class SimulateArgs:
     n: int = 2
     only: str = ""
     noise_scale: float = 1.0
+    rim_blur_A: float = 0.0
     overwrite: bool = False
 
     def __post_init__(self) -> None:
@@ -271,6 +284,8 @@ class SimulateArgs:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
         if not self.noise_scale >= 0:
             raise ValueError(f"noise_scale must be >= 0, got {self.noise_scale}")
+        if not 0 <= self.rim_blur_A <= 100:
+            raise ValueError(f"rim_blur_A must be in [0, 100], got {self.rim_blur_A}")
 
 
 def main(argv: list[str]) -> int:
@@ -283,6 +298,7 @@ def main(argv: list[str]) -> int:
             "lipoframe simulate output=sim_small/ preset=mini seed=3",
             "lipoframe simulate output=sim/ only=s02_crowded_ldl,empty",
             "lipoframe simulate output=sim_clean/ noise_scale=0.5",
+            "lipoframe simulate output=sim_soft/ rim_blur_A=4",
         )))
         return 0
     try:
@@ -314,7 +330,7 @@ def main(argv: list[str]) -> int:
     only = [o.strip() for o in args.only.split(",") if o.strip()]
     try:
         info = write_suite(out, preset=args.preset, seed=args.seed, only=only, noise_scale=args.noise_scale,
-                           overwrite=args.overwrite, progress=sys.stderr.isatty())
+                           rim_blur_A=args.rim_blur_A, overwrite=args.overwrite, progress=sys.stderr.isatty())
     except ValueError as exc:
         print(f"lipoframe simulate: {exc}", file=sys.stderr)
         return 2

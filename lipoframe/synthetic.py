@@ -189,6 +189,11 @@ class SceneSpec:
         and round balls 150-450 Å); small non-target blobs.
     nested: fraction of vesicles with a second vesicle inside (multilamellar).
     fringe: strength of the bright defocus fringe around every object (0 = none).
+    rim_blur_A: Gaussian blur (Å) of every object's projected density before
+        the fringe is added, on top of the final 1.5 Å blur of the whole
+        image: softer rims, as the CTF envelope and a denoiser make them
+        (0 = the suite as it was first written, rims far sharper than its
+        residual noise).
     size_range_A: (min, max) diameter in Å every particle is drawn within
         (each mode becomes a normal truncated to it); None = no limit. Set it
         to the diameter range the scene is meant to be picked with, so that
@@ -215,6 +220,7 @@ class SceneSpec:
     n_junk: int = 0
     nested: float = 0.15
     fringe: float = 0.35
+    rim_blur_A: float = 0.0
     size_range_A: Optional[tuple[float, float]] = None
     seed: int = 0
     description: str = ""
@@ -231,6 +237,8 @@ class SceneSpec:
             raise ValueError(f"ellipticity must be in [0, 0.5], got {self.ellipticity}")
         if not 0 <= self.fringe <= 2:
             raise ValueError(f"fringe must be in [0, 2], got {self.fringe}")
+        if not 0 <= self.rim_blur_A <= 100:
+            raise ValueError(f"rim_blur_A must be in [0, 100], got {self.rim_blur_A}")
         if self.size_range_A is not None and not (len(self.size_range_A) == 2 and 0 < self.size_range_A[0] < self.size_range_A[1]):
             raise ValueError(f"size_range_A must be (min, max) with 0 < min < max, got {self.size_range_A}")
         if self.n_ice < 0 or self.n_junk < 0:
@@ -563,6 +571,8 @@ def render_scene(spec: SceneSpec) -> tuple[np.ndarray, pd.DataFrame]:
         _paint(density, x, y, max(a, b) + 2, fn)
         rows.append((x, y, d, kind))
 
+    if spec.rim_blur_A > 0:
+        density = ndi.gaussian_filter(density, spec.rim_blur_A / px, truncate=3.0)
     # Defocus fringe: every object gets a bright halo outside and a darker rim inside.
     if spec.fringe > 0:
         sigma = 20.0 / px
