@@ -306,3 +306,29 @@ def test_contamination_rejects_a_pick_whose_surroundings_are_far_darker():
     assert 1.0 < out[SURROUND].iloc[-1] < 3.0  # under the absolute max_surround (3): the outlier rule's work
     assert out[schema.ACCEPTED].iloc[:24].all()
     assert ContaminationFilter(ContaminationParams(max_surround_z=0)).apply(picks, mic, ctx)[schema.ACCEPTED].all()
+
+
+def test_contamination_on_the_bright_side_of_an_illumination_gradient():
+    """An ice ball where the illumination is brighter: hardly darker than the micrograph's
+    median (the global test and the outlier rule keep it), far darker than its own surroundings."""
+    from skimage.draw import disk as sk_disk
+
+    from lipoframe import schema
+    from lipoframe.builtin.junk import DARKNESS, SURROUND, ContaminationFilter, ContaminationParams
+
+    rng = np.random.default_rng(0)
+    shape = (700, 700)
+    img = rng.normal(0.0, 1.0, shape).astype(np.float32)
+    img += (4.0 * np.exp(-np.arange(shape[1]) / 80.0)).astype(np.float32)[None, :]  # brighter along the left edge
+    centres = [(r, c) for r in range(60, 660, 100) for c in range(250, 660, 100)] + [(350, 40)]  # 30 particles, 1 ice ball
+    for r, c in centres[:-1]:
+        img[sk_disk((r, c), 20, shape=shape)] -= 1.0
+    img[sk_disk(centres[-1], 20, shape=shape)] -= 4.2
+    picks, mic, ctx = confident_circles(img, centres)
+    out = ContaminationFilter(ContaminationParams()).apply(picks, mic, ctx)
+    assert out[schema.ACCEPTED].tolist() == [True] * 30 + [False]
+    assert out[schema.REASON].iloc[-1] == "contamination"
+    # Against the whole micrograph it is under both the ratio limit (3 spreads)
+    # and the outlier rule's floor (2 spreads); against its surroundings it is over 3.
+    darkness, local = out[DARKNESS].iloc[-1], out[DARKNESS].iloc[-1] - out[SURROUND].iloc[-1]
+    assert darkness < 2.0 and local > 3.0

@@ -51,9 +51,13 @@ def _measure(picks: pd.DataFrame, mic: Micrograph, ctx: PickContext, stage: str)
 class ContaminationParams:
     """Reject ice contamination: picks far darker than the micrograph's particles.
 
-    max_contrast_ratio: reject picks whose darkness above the background is
-        more than this many times the median contrast of the micrograph's
-        picks (ice balls and ethane contamination are much darker).
+    max_contrast_ratio: reject picks whose darkness above the background, or
+        above their own surroundings (the annulus 1.15-1.6 radii), is more
+        than this many times the median contrast of the micrograph's picks
+        over their surroundings, and at least this many background spreads
+        (ice balls and ethane contamination are much darker; the second test
+        catches them where an illumination or ice-thickness gradient makes
+        the whole micrograph's background a poor reference).
     max_surround: reject picks whose surroundings are darker than the
         background by more than this many background spreads (picks inside or
         on the rim of a large contamination).
@@ -163,7 +167,13 @@ class ContaminationFilter(Filter):
         ref = contrast[ok & (contrast > 0)]
         p = self.params
         if len(ref) >= p.min_reference:
-            too_dark = darkness > p.max_contrast_ratio * max(float(np.median(ref)), spread)
+            limit = p.max_contrast_ratio * max(float(np.median(ref)), spread)
+            # Against the micrograph's background and against its own
+            # surroundings: on a gradient of illumination or ice thickness,
+            # a contamination on the bright side is hardly darker than the
+            # micrograph's median, but far darker than what is around it
+            # (the particles' reference is their local contrast too).
+            too_dark = (darkness > limit) | (contrast > limit)
         else:
             too_dark = np.zeros(len(out), dtype=bool)  # decided by apply_dataset
         surround = (m["outside"] - med) / spread
