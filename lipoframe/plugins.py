@@ -198,7 +198,7 @@ def read_array(path: str | os.PathLike, *, dims: int = 2) -> np.ndarray:
     reader = load()[1].readers_by_suffix(dims=dims).get(suffix)
     if reader is None:
         raise InputError(f"{path}: no reader for {dims}D files ending in {suffix!r}")
-    data = np.asarray(reader.read(path).image)
+    data = np.asarray(reader.read(path, pixel_size=None).image)
     if data.ndim != dims:
         raise InputError(f"{path}: a {data.ndim}D array where a {dims}D one is expected")
     return data

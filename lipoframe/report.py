@@ -323,12 +323,7 @@ class ReaderChoice:
 
         _, registry, _ = plugins.load()
         reader_cfg = config.get("reader") if isinstance(config.get("reader"), dict) else {}
-        dims = int(reader_cfg.get("dims", 2) or 2)
-        by_suffix: dict = {}
-        for info in registry.stages("reader"):
-            fields = info.cls.Params.__dataclass_fields__
-            for suffix in getattr(info.cls, "suffixes", ()):
-                by_suffix.setdefault(suffix, info.cls(info.cls.Params(**({"dims": dims} if "dims" in fields else {}))))
+        by_suffix = registry.readers_by_suffix(dims=int(reader_cfg.get("dims", 2) or 2))
         reader = None
         if reader_name and reader_name != "auto":
             try:

@@ -120,20 +120,6 @@ def find_map(mic: Micrograph, folder: str, pattern: str) -> Path:
     return found[0]
 
 
-def read_map(path: Path, ndim: int) -> np.ndarray:
-    """Read a heatmap with lipoframe's own readers (same checks and messages)."""
-    from lipoframe.builtin.readers import MrcReader, MrcReaderParams, NpyReader, NpyReaderParams, TiffReader, TiffReaderParams
-
-    suffix = path.suffix.lower()
-    if suffix in (".tif", ".tiff"):
-        reader = TiffReader(TiffReaderParams(dims=ndim))
-    elif suffix == ".npy":
-        reader = NpyReader(NpyReaderParams(dims=ndim))
-    else:
-        reader = MrcReader(MrcReaderParams(dims=ndim))
-    return np.asarray(reader.read(path, pixel_size=None).image)
-
-
 def infer_downscale(mic_shape: tuple[int, ...], map_shape: tuple[int, ...], *, factor: int = 0) -> int:
     """The integer factor that bins ``mic_shape`` to ``map_shape`` (floor or ceil per axis).
 
@@ -169,18 +155,20 @@ class HeatmapDetector(Detector):
     summary = "picks from a network's probability/centre map per micrograph (threshold, peaks, instances)"
 
     def detect(self, mic: Micrograph, ctx: PickContext) -> pd.DataFrame:
+        from lipoframe.plugins import read_array  # the readers a run's inputs get
+
         p = self.params
         ndim = mic.image.ndim
         where = mic.meta.path or mic.name
         path = find_map(mic, p.folder, p.pattern)
-        hm = read_map(path, ndim)
+        hm = read_array(path, dims=ndim)
         try:
             factor = infer_downscale(mic.shape, hm.shape, factor=p.downscale)
             prob = normalise_heatmap(hm, logits=p.logits)
             cmap = None
             if p.centre_pattern:
                 cpath = find_map(mic, p.folder, p.centre_pattern)
-                cmap = normalise_heatmap(read_map(cpath, ndim), logits=p.logits)
+                cmap = normalise_heatmap(read_array(cpath, dims=ndim), logits=p.logits)
                 if cmap.shape != prob.shape:
                     raise ValueError(f"centre map {cpath.name} has shape {cmap.shape}, the heatmap {prob.shape}")
         except ValueError as exc:
