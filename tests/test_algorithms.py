@@ -214,6 +214,37 @@ def test_refine_circles_recovers_centre_and_diameter():
     assert res["edge_found"].all() and (res["edge_coverage"] > 0.9).all()
 
 
+def test_refine_circles_measures_a_cut_particle_on_the_part_in_the_image():
+    """A disc cut by the border: centre, diameter and edge come from the directions inside the image."""
+    from scipy import ndimage as ndi
+
+    # Centres 12 px and 30 px inside the left border: 62 % and 80 % of the
+    # rim in the image; one disc well inside for comparison.
+    items = [(100.0, 12.0, 80.0), (260.0, 30.0, 80.0), (180.0, 200.0, 80.0)]
+    img = ndi.gaussian_filter(discs((360, 300), [(int(r), int(c), d) for r, c, d in items], noise=0.1, seed=3), 1.0)
+    rows = np.array([r + 3 for r, _, _ in items])
+    cols = np.array([c + 4 for _, c, _ in items])
+    res = refine_circles(img, rows, cols, np.full(3, 88.0))
+    assert res["inside"][:2].mean(axis=1).max() < 0.85 and res["inside"][2].all()
+    for i, (r, c, d) in enumerate(items):
+        assert abs(res["diameter"][i] - d) / d < 0.03
+        assert np.hypot(res["row"][i] - r, res["col"][i] - c) < 1.5
+        # The edge in every direction that is in the image (a clear, full edge).
+        assert res["edge_coverage"][i] > 0.95 and res["edge_contrast"][i] > 20
+
+
+def test_inside_directions():
+    from lipoframe.algorithms.radial import inside_directions
+
+    theta = np.linspace(0, 2 * np.pi, 48, endpoint=False)
+    got = inside_directions((100, 100), np.array([50.0, 50.0, 50.0]), np.array([50.0, 0.0, -30.0]), np.array([20.0, 20.0, 20.0]), theta)
+    assert got[0].all()
+    # Centre on the left border: the right half (cos theta >= 0, to round-off) is in the image.
+    np.testing.assert_array_equal(got[1], np.cos(theta) * 20 >= -0.5)
+    # Less than a third inside: all directions count.
+    assert got[2].all()
+
+
 def test_refine_circles_flags_background():
     rng = np.random.default_rng(1)
     img = rng.normal(0, 1, (200, 200)).astype(np.float32)

@@ -135,7 +135,7 @@ def test_weak_candidates_without_a_population_filter_are_rejected():
     weak = picks[schema.WEAK].to_numpy(bool)
     assert weak.any()
     assert not picks.loc[weak, schema.ACCEPTED].any()
-    assert set(picks.loc[weak, schema.REASON]) <= {"weak", "no_edge", "diameter_range"}
+    assert set(picks.loc[weak, schema.REASON]) <= {"weak", "no_edge", "at_border", "diameter_range"}
 
 
 def test_weak_candidates_rank_after_confident_ones_in_nms():

@@ -135,6 +135,39 @@ def test_strong_detections_need_only_the_relaxed_edge_test():
     assert refined["accepted"].tolist() == [False, False]
 
 
+@pytest.mark.parametrize("seed", [0, 5])
+def test_particles_cut_by_the_border_are_judged_on_the_part_in_the_image(seed):
+    """A particle 35 % cut off is picked on its visible rim; one whose centre is outside the image is not picked."""
+    # Diameter 100; centres 15 px inside, 100 px inside and 15 px outside the left border.
+    items = [(120.0, 15.0, 100.0), (250.0, 250.0, 100.0), (380.0, -15.0, 100.0)]
+    picks = pick(dark_discs((512, 512), items, noise=0.15, seed=seed), dmin=60, dmax=160, units="px")
+    acc = picks[picks["accepted"]]
+    assert len(acc) == 2
+    for r, c, d in items[:2]:
+        p, dist = nearest(acc, r, c)
+        assert dist < 3 and abs(p["diameter_px"] - d) / d < 0.05
+    # The third is found, refined to a centre beyond the border, and rejected for it (at_border).
+    out = picks[picks["reject_reason"] == "at_border"]
+    assert len(out) == 1 and abs(out["y_px"].iloc[0] - 380) < 5
+    # Coordinates stay on the image; the cut particle was judged on the directions inside it.
+    assert picks["x_px"].between(0, 511).all() and picks["y_px"].between(0, 511).all()
+    cut, _ = nearest(acc, 120, 15)
+    assert 0.5 < cut["edge_directions_used"] < 0.75
+
+
+@pytest.mark.parametrize("seed", [0, 5])
+def test_a_particle_centred_on_the_border_is_rejected_unless_border_margin_is_0(seed):
+    # Diameter 100, centre 3 px inside the top border (0.06 radii).
+    img = dark_discs((400, 400), [(3.0, 200.0, 100.0), (220.0, 200.0, 100.0)], noise=0.15, seed=seed)
+    picks = pick(img, dmin=60, dmax=160, units="px")
+    assert picks.loc[picks["accepted"], "y_px"].between(150, 290).all() and picks["accepted"].sum() == 1
+    half, _ = nearest(picks, 3, 200)
+    assert half["reject_reason"] == "at_border"
+    kept = pick(img, dmin=60, dmax=160, units="px", refiner_params={"border_margin": 0})
+    half, dist = nearest(kept[kept["accepted"]], 3, 200)
+    assert kept["accepted"].sum() == 2 and dist < 5
+
+
 def test_a_failed_pick_gets_a_second_look_on_the_detectors_own_radius():
     """A strong, one-sided structure just outside a particle wins the wide search and fails the edge test."""
     from lipoframe.builtin.refiners import RadialProfileParams, RadialProfileRefiner
@@ -175,6 +208,7 @@ def test_a_failed_pick_gets_a_second_look_on_the_detectors_own_radius():
         ("detector", {"edge_width": 0.9}, "detector.edge_width"),
         ("refiner", {"search": 1.5}, "refiner.search"),
         ("refiner", {"rim": "disc"}, "refiner.rim"),
+        ("refiner", {"border_margin": 1.0}, "refiner.border_margin"),
     ],
 )
 def test_quality_params_are_validated(stage, params, message):

@@ -238,6 +238,16 @@ def refine_circles(
     smoothing and gradient are computed on those radii only. The results are
     those of sampling and processing the whole radial grid, to float32
     round-off.
+
+    A particle cut by the image border is measured on the directions that
+    stay inside the image (``inside``, see :func:`inside_directions`): the
+    mean profile, the circle fit and the edge quality leave out the
+    directions whose edge (for the quality: whose outer quality band) lies
+    beyond the border, where the samples repeat the border pixels and no
+    edge can be seen. A pick with fewer than a third of its directions
+    inside is measured on all of them, as one inside the image is. The
+    refined centre may then lie outside the image (``row``, ``col`` are not
+    clipped): less than half of the particle is in it.
     """
     if not 0 < search < 1:
         raise ValueError(f"search must be in (0, 1), got {search}")
@@ -278,9 +288,10 @@ def refine_circles(
     for it in range(iterations):
         last = it == iterations - 1
         band = 0.25 if it == 0 else 0.12
-        # The edge of the mean profile (over directions) ...
+        # The edge of the mean profile (over the directions whose nominal
+        # edge is in the image) ...
         samples = sample_polar_grid(image, rows, cols, r0, theta, rho[core])
-        mean_prof = samples.mean(axis=1)
+        mean_prof = _mean_over_directions(samples, inside_directions(image.shape, rows, cols, r0, theta))
         grad = np.gradient(mean_prof, drho, axis=1)
         masked = np.full(grad.shape, np.inf, dtype=grad.dtype)
         masked[:, window] = grad[:, window]
@@ -291,15 +302,17 @@ def refine_circles(
         ring_pos, ring = _ring_samples(image, rows, cols, r0, theta, rho, core, samples, edge_rho, max(band, 0.30) if last else band)
         per_rho = _edge_centroids(ring, ring_pos, rho, edge_rho, band)
         per_r = per_rho * r0[:, None]
-        weights = np.ones_like(per_r)
+        # Directions whose edge lies beyond the border carry no edge.
+        fit_inside = inside_directions(image.shape, rows, cols, edge_rho * r0, theta)
+        weights = fit_inside.astype(float)
         coef = np.zeros((k, 3))
         for _ in range(2):
             lhs = (weights @ outer_products).reshape(k, 3, 3)
             rhs = (weights * per_r) @ design
             coef = np.linalg.solve(lhs + 1e-9 * np.eye(3)[None], rhs[:, :, None])[:, :, 0]
             resid = per_r - coef @ design.T
-            mad = median_rows(np.abs(resid))[:, None] + 1e-6
-            weights = (np.abs(resid) <= 2.5 * 1.4826 * mad).astype(float)
+            mad = _median_over_directions(np.abs(resid), fit_inside)[:, None] + 1e-6
+            weights = ((np.abs(resid) <= 2.5 * 1.4826 * mad) & fit_inside).astype(float)
         if not last:
             cols = cols + coef[:, 1]
             rows = rows + coef[:, 2]
@@ -307,10 +320,12 @@ def refine_circles(
             too_far = shift > max_shift * r0
             rows[too_far] = row_init[too_far]
             cols[too_far] = col_init[too_far]
-    # Diameter, roundness and quality from the final round.
-    rim_rho = edge_rho + _sphere_rim_offset(ring, ring_pos, rho, edge_rho) if rim == "sphere" else edge_rho
+    # Diameter, roundness and quality from the final round, on the
+    # directions whose outer quality band is in the image.
+    inside = inside_directions(image.shape, rows, cols, (edge_rho + 0.30) * r0, theta)
+    rim_rho = edge_rho + _sphere_rim_offset(ring, ring_pos, rho, edge_rho, inside) if rim == "sphere" else edge_rho
     radius = rim_rho * r0
-    resid_rms = 1.4826 * median_rows(np.abs(resid))
+    resid_rms = 1.4826 * _median_over_directions(np.abs(resid), fit_inside)
     ring_rho = rho[np.clip(ring_pos, 0, n_radii - 1)]
     on_grid = (ring_pos >= 0) & (ring_pos < n_radii)
     inner = on_grid & (ring_rho >= edge_rho[:, None] - 0.30) & (ring_rho <= edge_rho[:, None] - 0.06)
@@ -318,9 +333,9 @@ def refine_circles(
     inner_ang = _masked_mean(ring, inner)
     outer_ang = _masked_mean(ring, outer)
     step_ang = inner_ang - outer_ang  # (K, A)
-    step = median_rows(step_ang)
-    contrast, coverage = edge_quality(step_ang)
-    mean_step = step_ang.mean(axis=1)
+    step = _median_over_directions(step_ang, inside)
+    contrast, coverage = edge_quality(step_ang, inside, directions=inside.sum(axis=1))
+    mean_step = _mean_over_directions(step_ang, inside)
     # Sharpness: width of the edge = step height / steepest slope (pixels of
     # ``image``). Particles have sharp edges; blobs of ice texture soft ones.
     k_idx = np.arange(k)
@@ -339,10 +354,63 @@ def refine_circles(
         "edge_width": edge_width,
         "edge_step": step,
         "step_per_direction": step_ang,
+        "inside": inside,
         "theta": theta,
         "roundness": resid_rms / np.maximum(radius, 1e-12),
         "shift": shift,
     }
+
+
+def inside_directions(shape: tuple[int, int], rows: np.ndarray, cols: np.ndarray, radii: np.ndarray, theta: np.ndarray) -> np.ndarray:
+    """Directions of each circle whose point at ``radii`` lies inside the image.
+
+    Parameters
+    ----------
+    shape : (int, int)
+        Image shape (rows, columns).
+    rows, cols, radii : (K,) ndarrays
+        Centres and radii, pixels of the image.
+    theta : (A,) ndarray
+        Directions (radians, from the column axis towards rows).
+
+    Returns
+    -------
+    inside : (K, A) ndarray of bool
+        True where ``centre + radius * (sin theta, cos theta)`` is within the
+        image's pixels (-0.5 to size - 0.5). A circle with fewer than a third
+        of its directions inside gets all of them: too little of it is in
+        the image to judge it on that part alone.
+    """
+    m, n = shape
+    r = np.asarray(radii, dtype=float)[:, None]
+    yy = np.asarray(rows, dtype=float)[:, None] + r * np.sin(theta)[None, :]
+    xx = np.asarray(cols, dtype=float)[:, None] + r * np.cos(theta)[None, :]
+    inside = (yy >= -0.5) & (yy <= m - 0.5) & (xx >= -0.5) & (xx <= n - 0.5)
+    inside[inside.sum(axis=1) < len(theta) / 3] = True
+    return inside
+
+
+def _mean_over_directions(values: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """Mean over axis 1 of ``values`` (K, A[, R]) on the directions ``inside`` (K, A).
+
+    Rows with every direction inside take the plain mean.
+    """
+    out = values.mean(axis=1)
+    partial = np.flatnonzero(~inside.all(axis=1))
+    if len(partial):
+        w = inside[partial].astype(values.dtype)
+        w = w.reshape(w.shape + (1,) * (values.ndim - 2))
+        out[partial] = (values[partial] * w).sum(axis=1) / w.sum(axis=1)
+    return out
+
+
+def _median_over_directions(values: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """Median of each row of ``values`` (K, A) on the directions ``inside`` (K, A)."""
+    out = median_rows(values)
+    partial = np.flatnonzero(~inside.all(axis=1))
+    if len(partial):
+        out[partial] = np.nanmedian(np.where(inside[partial], values[partial], np.nan), axis=1)
+    return out
 
 
 #: Choices of ``refine_circles(rim=...)``.
@@ -356,7 +424,7 @@ RIMS = ("sphere", "steepest")
 SPHERE_RIM_RATIO = 0.523
 
 
-def _sphere_rim_offset(ring: np.ndarray, pos: np.ndarray, rho: np.ndarray, edge_rho: np.ndarray) -> np.ndarray:
+def _sphere_rim_offset(ring: np.ndarray, pos: np.ndarray, rho: np.ndarray, edge_rho: np.ndarray, inside: np.ndarray) -> np.ndarray:
     """Distance (units of the radius) from the steepest fall to the rim of a blurred projected sphere.
 
     Parameters
@@ -368,6 +436,8 @@ def _sphere_rim_offset(ring: np.ndarray, pos: np.ndarray, rho: np.ndarray, edge_
         The radial grid (evenly spaced).
     edge_rho : (K,) ndarray
         Steepest fall of each pick's mean profile.
+    inside : (K, A) ndarray of bool
+        Directions to average over.
 
     Returns
     -------
@@ -378,7 +448,7 @@ def _sphere_rim_offset(ring: np.ndarray, pos: np.ndarray, rho: np.ndarray, edge_
         samples (then the steepest point is kept).
     """
     drho = float(rho[1] - rho[0])
-    prof = ring.mean(axis=1)  # (K, W)
+    prof = _mean_over_directions(ring, inside)  # (K, W)
     grad = np.gradient(prof, drho, axis=1)
     on_grid = (pos >= 0) & (pos < len(rho))
     # Position of the edge in the columns of ``ring`` (fractional).
@@ -484,7 +554,9 @@ def _edge_centroids(ring: np.ndarray, pos: np.ndarray, rho: np.ndarray, edge_rho
     return np.where(w_sum > 0, w_rho / np.maximum(w_sum, 1e-12), edge_rho[:, None])
 
 
-def edge_quality(step_per_direction: np.ndarray, valid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def edge_quality(
+    step_per_direction: np.ndarray, valid: np.ndarray | None = None, *, directions: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Edge SNR and coverage from the brightness step across the edge in each direction.
 
     Parameters
@@ -493,12 +565,18 @@ def edge_quality(step_per_direction: np.ndarray, valid: np.ndarray | None = None
         Inside-minus-outside brightness just across the edge, per direction.
     valid : (K, A) ndarray of bool, optional
         Directions to use (e.g. not blocked by a touching neighbour).
+    directions : (K,) ndarray, optional
+        Number of directions the t-statistic is scaled to (default: all
+        ``A``). The directions beyond the image border are not part of the
+        particle's visible edge: a cut particle is scaled to those inside,
+        so it needs a clearer edge than one whose edge is all in view.
 
     Returns
     -------
     contrast : (K,) ndarray
         Mean step over its standard deviation across the valid directions,
-        scaled by ``sqrt(A / 2)`` for all ``A`` directions (a t-statistic for
+        scaled by ``sqrt(A / 2)`` for all ``A`` directions (or
+        ``sqrt(directions / 2)``; a t-statistic for
         the whole circle; neighbouring directions are correlated, so only
         every second one counts as independent). Leaving blocked directions
         out thus measures how consistent the visible edge is without
@@ -512,7 +590,8 @@ def edge_quality(step_per_direction: np.ndarray, valid: np.ndarray | None = None
     mean = np.where(valid, step, 0.0).sum(axis=1) / n
     var = np.where(valid, (step - mean[:, None]) ** 2, 0.0).sum(axis=1) / n
     sd = np.sqrt(var) + 1e-12 * (np.abs(mean) + 1e-12)
-    contrast = mean / sd * np.sqrt(step.shape[1] / 2.0)
+    n_scale = step.shape[1] if directions is None else np.asarray(directions, dtype=float)
+    contrast = mean / sd * np.sqrt(n_scale / 2.0)
     coverage = np.where(valid, step > 0, False).sum(axis=1) / n
     return contrast, coverage
 

@@ -28,6 +28,9 @@ class RadialProfileParams:
     min_contrast: picks whose edge SNR (mean step across the edge over its
         standard error around the circle) is below this are rejected
         (reason ``no_edge``).
+        A particle cut by the micrograph border is judged on the directions
+        whose edge lies in the image (its edge SNR is scaled to that share
+        of the circle, so it needs a clearer edge).
     min_coverage: picks whose edge is present on fewer than this fraction of
         directions are rejected (reason ``no_edge``).
     strong_score, strong_min_contrast, strong_min_coverage: picks whose
@@ -53,6 +56,12 @@ class RadialProfileParams:
     narrow_min_contrast: see ``narrow_search`` (``min_contrast`` if that is
         higher); above ``min_contrast`` because a second look is a second
         chance for noise too.
+    border_margin: picks whose refined centre lies less than this many
+        radii inside the micrograph, or outside it, are rejected (reason
+        ``at_border``): about half of such a particle is cut off, its centre
+        and diameter rest on half an edge, and most of its extraction box
+        would lie outside the micrograph. 0 keeps every pick whose centre is
+        in the image.
     """
 
     search: float = 0.25
@@ -67,6 +76,7 @@ class RadialProfileParams:
     rim: str = "sphere"
     narrow_search: float = 0.1
     narrow_min_contrast: float = 4.0
+    border_margin: float = 0.1
 
     def __post_init__(self) -> None:
         if self.rim not in RIMS:
@@ -84,6 +94,8 @@ class RadialProfileParams:
         for name in ("min_coverage", "strong_min_coverage"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"refiner.{name} must be in [0, 1], got {getattr(self, name)}")
+        if not 0 <= self.border_margin < 1:
+            raise ValueError(f"refiner.border_margin must be in [0, 1), got {self.border_margin}")
         if not self.strong_score >= 0:
             raise ValueError(f"refiner.strong_score must be >= 0, got {self.strong_score}")
 
@@ -133,8 +145,7 @@ class RadialProfileRefiner(Refiner):
         out[schema.Y] = np.clip(to_full_resolution(res["row"], factor), 0, mic.shape[-2] - 1)
         out[schema.DIAMETER] = res["diameter"] * factor
         out["refine_shift_px"] = res["shift"] * factor
-        if used is not None:
-            out["edge_directions_used"] = used
+        out["edge_directions_used"] = used
         out["edge_contrast"] = contrast
         out["edge_coverage"] = coverage
         out["edge_width_px"] = res["edge_width"] * factor
@@ -147,20 +158,31 @@ class RadialProfileRefiner(Refiner):
         need_contrast = np.where(narrow, p.min_contrast, need_contrast)
         need_coverage = np.where(narrow, p.min_coverage, need_coverage)
         bad = ~res["edge_found"] | (contrast < need_contrast) | (coverage < need_coverage)
-        return schema.reject(out, bad, "no_edge")
+        out = schema.reject(out, bad, "no_edge")
+        # A particle cut by the border is judged on the part in the image;
+        # one whose centre is (nearly) on the border or beyond it is about
+        # half cut off: half an edge, half a box.
+        m, n = img.shape
+        inset = np.minimum.reduce([res["row"] + 0.5, m - 0.5 - res["row"], res["col"] + 0.5, n - 0.5 - res["col"]])
+        return schema.reject(out, inset < p.border_margin * res["diameter"] / 2.0, "at_border")
 
-    def _edge(self, res: dict, blockers: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """Edge contrast and coverage of every pick, and the share of its directions used."""
+    def _edge(self, res: dict, blockers: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Edge contrast and coverage of every pick, and the share of its directions used.
+
+        Directions beyond the image border never count (``res["inside"]``).
+        """
+        inside = res["inside"]
         if not self.params.ignore_neighbours:
-            return res["edge_contrast"], res["edge_coverage"], None
+            return res["edge_contrast"], res["edge_coverage"], inside.mean(axis=1)
         # In crowded fields a touching neighbour hides the edge on its side:
         # judge the edge on the directions that do not point into one
         # (when at least a third of them remain).
         # Weak candidates (mostly noise until a later stage vouches for them) block nothing.
         blocked = blocked_directions(np.c_[res["row"], res["col"]], res["diameter_steepest"] / 2.0, res["theta"], blockers=blockers)
-        valid = ~blocked
-        valid[valid.sum(axis=1) < blocked.shape[1] / 3] = True
-        contrast, coverage = edge_quality(res["step_per_direction"], valid)
+        valid = inside & ~blocked
+        few = valid.sum(axis=1) < blocked.shape[1] / 3
+        valid[few] = inside[few]
+        contrast, coverage = edge_quality(res["step_per_direction"], valid, directions=inside.sum(axis=1))
         return contrast, coverage, valid.mean(axis=1)
 
 
