@@ -498,3 +498,23 @@ def test_median_equals_numpy_median(dtype, shape):
     a.flat[0] = np.nan
     assert np.isnan(median(a))
     assert median(np.arange(5)) == np.median(np.arange(5))  # integers: numpy's own
+
+
+def test_median_and_mean_over_directions_equal_numpy_on_the_directions_inside():
+    from lipoframe.algorithms.radial import _mean_over_directions, _median_over_directions
+
+    rng = np.random.default_rng(11)
+    values = rng.normal(size=(300, 48)).astype(np.float32)
+    inside = rng.random((300, 48)) > 0.5
+    inside[:100] = True  # whole circles take the fast path
+    inside[100:110, :] = False
+    inside[100:110, :3] = True  # odd and even counts
+    inside[110:120, :4] = True
+    want_median = np.array([np.median(v[m]) for v, m in zip(values, inside)])
+    want_mean = np.array([v[m].mean() for v, m in zip(values, inside)])
+    np.testing.assert_array_equal(_median_over_directions(values, inside), want_median.astype(np.float32))
+    np.testing.assert_allclose(_mean_over_directions(values, inside), want_mean, rtol=0, atol=1e-6)
+    # (K, A, R) samples: the mean over directions, per radius.
+    samples = rng.normal(size=(300, 48, 5)).astype(np.float32)
+    want = np.stack([s[m].mean(axis=0) for s, m in zip(samples, inside)])
+    np.testing.assert_allclose(_mean_over_directions(samples, inside), want, rtol=0, atol=1e-6)

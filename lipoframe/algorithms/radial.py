@@ -405,11 +405,16 @@ def _mean_over_directions(values: np.ndarray, inside: np.ndarray) -> np.ndarray:
 
 
 def _median_over_directions(values: np.ndarray, inside: np.ndarray) -> np.ndarray:
-    """Median of each row of ``values`` (K, A) on the directions ``inside`` (K, A)."""
+    """Median of each row of ``values`` (K, A) on the directions ``inside`` (K, A) (as :func:`numpy.median`)."""
     out = median_rows(values)
     partial = np.flatnonzero(~inside.all(axis=1))
     if len(partial):
-        out[partial] = np.nanmedian(np.where(inside[partial], values[partial], np.nan), axis=1)
+        # The directions outside sort last; the median is the middle of the
+        # first n (the mean of the two middle values when n is even).
+        ranked = np.sort(np.where(inside[partial], values[partial], np.inf), axis=1)
+        n = inside[partial].sum(axis=1)
+        k = np.arange(len(partial))
+        out[partial] = 0.5 * (ranked[k, (n - 1) // 2] + ranked[k, n // 2])
     return out
 
 
