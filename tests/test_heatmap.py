@@ -206,10 +206,13 @@ def test_detector_reads_maps_by_name(tmp_path, suffix):
 
 def test_detector_errors_name_the_micrograph(tmp_path):
     mic = _mic(tmp_path / "a.npy")
+    # A folder that does not exist is the run's mistake: the parameters say so, before any micrograph.
+    with pytest.raises(ValueError, match=r"detector\.folder.*maps"):
+        HeatmapParams(folder=str(tmp_path / "maps"), pattern=".npy")
+    (tmp_path / "maps").mkdir()
     det = HeatmapDetector(HeatmapParams(folder=str(tmp_path / "maps"), pattern=".npy"))
     with pytest.raises(InputError, match=r"a\.npy.*no heatmap"):
         det.detect(mic, CTX)
-    (tmp_path / "maps").mkdir()
     np.save(tmp_path / "maps" / "a.npy", np.zeros((100, 100), np.float32))
     with pytest.raises(InputError, match="integer downscale"):
         det.detect(mic, CTX)

@@ -141,6 +141,18 @@ def test_bad_parameters_name_themselves(kw, name):
         MaskParams(**kw)
 
 
+def test_a_missing_mask_folder_stops_the_run_before_picking(tmp_path, run_cli):
+    mics = tmp_path / "mics"
+    write_mrc(mics / "mic_0.mrc", tiny_image(seed=0)[0])
+    out_dir = tmp_path / "out"
+    code, _, err = run_cli("run", f"input={mics}", f"output={out_dir}", "filter=[diameter_range,mask]",
+                           f"filter.mask.folder={tmp_path / 'no_such_masks'}", *TINY_ARGS)
+    assert code == 2
+    lines = [ln for ln in err.splitlines() if "filter.mask.folder" in ln]
+    assert len(lines) == 1 and "no_such_masks" in lines[0] and "Traceback" not in err
+    assert not (out_dir / "picks.csv").exists()
+
+
 def test_run_with_masks_rejects_masked_picks_and_a_micrograph_without_one_fails_alone(tmp_path, run_cli):
     mics, masks = tmp_path / "mics", tmp_path / "masks"
     truths = {}

@@ -87,6 +87,8 @@ class HeatmapParams:
             raise ValueError(f"detector.peaks must be one of {PEAK_SOURCES}, got {self.peaks!r}")
         if self.centre not in ("centroid", "peak"):
             raise ValueError(f"detector.centre must be 'centroid' or 'peak', got {self.centre!r}")
+        if self.folder and not Path(self.folder).expanduser().is_dir():
+            raise ValueError(f"detector.folder must be an existing folder of maps (or empty: the micrograph's own folder), got {self.folder!r}")
 
 
 def find_map(mic: Micrograph, folder: str, pattern: str) -> Path:

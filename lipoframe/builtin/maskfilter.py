@@ -132,6 +132,9 @@ class MaskParams:
             raise ValueError(f"filter.mask.threshold must be in [0, 1], got {self.threshold}")
         if self.missing not in MISSING_POLICIES:
             raise ValueError(f"filter.mask.missing must be one of {MISSING_POLICIES}, got {self.missing!r}")
+        # A wrong folder is the run's mistake, not each micrograph's: say so once, before picking.
+        if not Path(self.folder).expanduser().is_dir():
+            raise ValueError(f"filter.mask.folder must be an existing folder of masks, got {self.folder!r}")
 
 
 def read_mask(path: Path, *, ndim: int) -> np.ndarray:
