@@ -45,6 +45,7 @@ from common import run_and_evaluate  # noqa: E402
 from quality import APO, APO_OVERRIDES  # noqa: E402
 
 from lipoframe.algorithms.radial import polar_samples  # noqa: E402
+from lipoframe.algorithms.stats import parabola_offset  # noqa: E402
 from lipoframe.plugins import read_array  # noqa: E402
 
 #: Apoferritin's outer / inner shell diameter (12 nm / 8 nm).
@@ -59,13 +60,12 @@ def mean_profile(image: np.ndarray, rows: np.ndarray, cols: np.ndarray, *, r_max
     return rho * r_max, samples.mean(axis=(0, 1))
 
 
-def _peak(x: np.ndarray, y: np.ndarray, i: int) -> float:
-    """Parabolic refinement of an extremum of ``y`` at index ``i``."""
-    if 0 < i < len(y) - 1:
-        d = y[i - 1] - 2 * y[i] + y[i + 1]
-        if d != 0:
-            return float(x[i] + 0.5 * (y[i - 1] - y[i + 1]) / d * (x[1] - x[0]))
-    return float(x[i])
+def _peak(x: np.ndarray, y: np.ndarray, i: int, *, minimum: bool = False) -> float:
+    """Sub-sample position of the maximum (or ``minimum``) of ``y`` at index ``i``, in units of ``x``."""
+    if not 0 < i < len(y) - 1:
+        return float(x[i])
+    sign = -1.0 if minimum else 1.0
+    return float(x[i] + parabola_offset(sign * y[i - 1], sign * y[i], sign * y[i + 1]) * (x[1] - x[0]))
 
 
 def edges(radius: np.ndarray, profile: np.ndarray) -> dict:
@@ -77,8 +77,8 @@ def edges(radius: np.ndarray, profile: np.ndarray) -> dict:
     outer = int(np.argmax(np.where(radius > radius[dark], grad, -np.inf)))
     halo = int(np.argmax(np.where(radius > radius[outer], profile, -np.inf)))
     return {
-        "darkest_r": _peak(radius, profile, dark),
-        "inner_edge_r": _peak(radius, grad, inner),
+        "darkest_r": _peak(radius, profile, dark, minimum=True),
+        "inner_edge_r": _peak(radius, grad, inner, minimum=True),
         "outer_edge_r": _peak(radius, grad, outer),
         "halo_r": _peak(radius, profile, halo),
     }
