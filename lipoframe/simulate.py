@@ -225,11 +225,9 @@ def write_suite(
         scenes = [s for s in scenes if s.name in only]
     if not noise_scale >= 0:
         raise ValueError(f"noise_scale must be >= 0, got {noise_scale}")
-    if not 0 <= rim_blur_A <= 100:
-        raise ValueError(f"rim_blur_A must be in [0, 100], got {rim_blur_A}")
     if noise_scale != 1.0:
         scenes = [dataclasses.replace(s, noise=s.noise * noise_scale) for s in scenes]
-    if rim_blur_A != 0.0:
+    if rim_blur_A != 0.0:  # (SceneSpec checks the value)
         scenes = [dataclasses.replace(s, rim_blur_A=rim_blur_A) for s in scenes]
     fp = _fingerprint(preset, seed, scenes, noise_scale, rim_blur_A)
     meta_path = folder / "simulation.json"
