@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from lipoframe import schema
+from lipoframe.io.relion import DIAMETER_LABEL
 
 #: Reference ``kind`` values that are not particles: picks on them are errors.
 JUNK_KINDS = ("ice", "junk", "carbon", "contamination")
@@ -231,7 +232,8 @@ class EvaluationInputError(ValueError):
 def _read_star(path: Path) -> pd.DataFrame:
     import starfile
 
-    data = starfile.read(path, always_dict=True)
+    # Micrograph names stay text ("0001" is not the number 1).
+    data = starfile.read(path, always_dict=True, parse_as_string=["rlnMicrographName"])
     block = next((b for b in data.values() if isinstance(b, pd.DataFrame) and "rlnCoordinateX" in b.columns), None)
     if block is None:
         raise EvaluationInputError(f"{path}: no STAR block with rlnCoordinateX/rlnCoordinateY")
@@ -245,9 +247,10 @@ def _read_star(path: Path) -> pd.DataFrame:
         out[schema.MICROGRAPH] = stem
     if "rlnAutopickFigureOfMerit" in block.columns:
         out[schema.SCORE] = block["rlnAutopickFigureOfMerit"].astype(float)
-    for col in block.columns:
-        if col.lower() in ("diameter_px", "rlndiameterpx", "lipoframediameterpx"):
+    for col in (DIAMETER_LABEL, schema.DIAMETER):  # lipoframe's own STAR files carry the diameter
+        if col in block.columns:
             out[schema.DIAMETER] = block[col].astype(float)
+            break
     return out
 
 

@@ -220,6 +220,30 @@ def test_star_reference_and_run_folder(tmp_path):
     assert res.summary["tp"] == 1 and res.summary["fn"] == 1 and res.summary["n_micrographs"] == 2
 
 
+def test_lipoframes_own_star_files_keep_their_diameters(tmp_path):
+    """Evaluating a run's RELION coordinate files scores the diameters too."""
+    from lipoframe.builtin.writers import StarWriter
+    from lipoframe.plan import ExtractionPlan, SizeBin
+    from lipoframe.records import MicrographMeta, PickContext
+
+    picks = table([("0001", 120.0, 80.0, 120.0), ("0001", 300.0, 250.0, 180.0)]).assign(score=[2.0, 1.0], accepted=True, reject_reason="", size_bin=0)
+    metas = {"0001": MicrographMeta(name="0001", path="/data/0001.mrc", shape=(512, 512), pixel_size=1.0)}
+    plan = ExtractionPlan(policy="test", pixel_size=1.0, bins=(SizeBin(0, 100.0, 200.0, 2, 256, 256.0),))
+    StarWriter().write(picks, metas, plan, tmp_path, PickContext(dmin_px=100, dmax_px=200, pixel_size=1.0))
+    coords = tmp_path / "relion" / "coords"
+    got, _ = read_picks(coords)
+    assert got["micrograph"].tolist() == ["0001", "0001"]
+    assert got["diameter_px"].tolist() == [120.0, 180.0]
+    # A RELION list whose micrograph names look like numbers keeps them as text.
+    import starfile
+
+    starfile.write({"particles": pd.DataFrame({"rlnMicrographName": ["0001", "0001"], "rlnCoordinateX": [121.0, 300.0], "rlnCoordinateY": [80.0, 252.0]})}, tmp_path / "ref.star")
+    ref = read_reference(tmp_path / "ref.star")
+    assert ref["micrograph"].tolist() == ["0001", "0001"]
+    res = evaluate(got.assign(accepted=True), ref, reference_diameter=150)
+    assert res.summary["tp"] == 2 and res.summary["fn"] == 0
+
+
 def test_cli_writes_outputs(tmp_path, capsys):
     ref = table([("a", 100, 100, 50), ("a", 300, 300, 50)]).assign(kind="shell")
     picks = table([("a", 102, 99, 52)]).assign(score=1.0, accepted=True)
