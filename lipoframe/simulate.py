@@ -172,7 +172,10 @@ def write_scenes(folder: str | Path, scenes: list[SceneSpec], *, fingerprint: di
         })
         if progress:
             print(f"[{i + 1}/{len(scenes)}] {path.name}: {rows[-1]['n_particles']} particles", file=sys.stderr)
-    table = pd.concat(truths, ignore_index=True)[["micrograph", "x_px", "y_px", "diameter_px", "kind"]]
+    # Scenes without objects (the empty micrograph) are left out of the concatenation:
+    # pandas' dtype rule for empty frames there differs between versions.
+    filled = [t for t in truths if len(t)] or truths[:1]
+    table = pd.concat(filled, ignore_index=True)[["micrograph", "x_px", "y_px", "diameter_px", "kind"]]
     truth_csv = folder / "truth.csv"
     with atomic_path(truth_csv) as tmp:
         table.to_csv(tmp, index=False, float_format="%.2f")
