@@ -412,6 +412,9 @@ def test_file_stems_unique_and_safe():
 def test_quote_refuses_untokenisable_values():
     assert quote("a b") == '"a b"'
     assert quote("plain.mrc") == "plain.mrc"
+    assert quote('say"cheese') == 'say"cheese'  # a quote inside a token is just a character
+    assert quote('"x') == "'\"x'"  # a leading one is not: RELION's nextTokenInSTAR takes either quote
+    assert quote("_x") == '"_x"' and quote("data_1") == '"data_1"'  # would read as a label or a block
     with pytest.raises(ValueError):
         quote("")
     with pytest.raises(ValueError):

@@ -12,7 +12,6 @@ label from after ``_`` to two characters before ``#`` (so labels are written
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -44,17 +43,6 @@ def quote(value: str) -> str:
             raise ValueError(f"cannot write {s!r} as a STAR value (double quote and blanks)")
         return f"'{s}'"
     return f'"{s}"'
-
-
-def _format(value, fmt: str, label: str) -> str:
-    if fmt == "%s":
-        return quote(value)
-    v = float(value)
-    if not math.isfinite(v):
-        raise ValueError(f"refusing to write a non-finite value ({value!r}) in column {label!r}: RELION cannot read it")
-    if fmt.endswith("d"):
-        return fmt % int(value)
-    return fmt % v
 
 
 def _format_column(label: str, values, fmt: str, width: int) -> list[str]:
@@ -102,14 +90,6 @@ def loop_block(name: str, columns: Sequence[Column], *, width: int = 12) -> str:
     cells = [_format_column(label, values, fmt, width) for label, values, fmt in columns]
     for i in range(n):
         lines.append(" ".join(col[i] for col in cells))
-    return "\n".join(lines) + "\n"
-
-
-def pair_block(name: str, items: Sequence[tuple[str, object, str]]) -> str:
-    """Text of a ``data_<name>`` block of ``_label value`` pairs (no loop)."""
-    lines = [f"data_{name}", ""]
-    for label, value, fmt in items:
-        lines.append(f"_{label} {_format(value, fmt, label)}")
     return "\n".join(lines) + "\n"
 
 
