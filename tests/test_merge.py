@@ -136,3 +136,24 @@ def test_merge_lists_the_shards_failures(tmp_path, capsys):
     assert [f["micrograph"] for f in summary["failures"]] == [str(tmp_path / "in" / "mic_broken.mrc")]
     assert "not a readable MRC file" in summary["failures"][0]["error"]
     assert set(pd.read_csv(tmp_path / "merged" / "picks.csv")["micrograph"]) == {"mic_000", "mic_001"}
+
+
+def test_merge_of_runs_over_different_inputs_equals_one_run_over_both(sharded, tmp_path, capsys):
+    """Two sessions picked separately, merged: the same as picking both at once."""
+    root = sharded
+    runs = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        assert app.run([f"input=['{root}/in/{name}/*.mrc']", "runner.workers=1", *RUN_ARGS, f"output={out}"]) == 0
+        runs.append(out)
+    capsys.readouterr()
+    assert merge.main([*map(str, runs), f"output={tmp_path / 'merged'}"]) == 0
+    assert "different inputs" in capsys.readouterr().out
+    _same_result(root / "single", tmp_path / "merged")
+    # A third session that picked one of the first session's micrographs again: the names clash.
+    again = sorted((root / "in" / "a").glob("*.mrc"))[0]
+    out = tmp_path / "again"
+    assert app.run([f"input=['{again}','{root}/in/b/*.mrc']", "runner.workers=1", *RUN_ARGS, f"output={out}"]) == 0
+    capsys.readouterr()
+    assert merge.main([str(runs[0]), str(out), f"output={tmp_path / 'clash'}"]) == 1
+    assert f"micrograph name {again.stem!r} is in both" in capsys.readouterr().err
