@@ -1,0 +1,59 @@
+"""Readers: the pixel size a TIFF header carries, and one clear message per unreadable file."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+
+from lipoframe.builtin.readers import ImageReader, NpyReader, TiffReader
+from lipoframe.records import InputError
+
+IMAGE = np.arange(48, dtype=np.float32).reshape(6, 8)
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        # RELION writes (and reads) CENTIMETER with XResolution = 1e8 / pixel size.
+        ({"resolution": (1e8 / 1.06, 1e8 / 1.06), "resolutionunit": "CENTIMETER"}, 1.06),
+        # RELION also reads INCH: 2.54e8 / XResolution.
+        ({"resolution": (2.54e8 / 0.83, 2.54e8 / 0.83), "resolutionunit": "INCH"}, 0.83),
+        # ImageJ's form (unit NONE, Å in the description) is ignored by RELION, and by us.
+        ({"imagej": True, "resolution": (1 / 1.06, 1 / 1.06), "metadata": {"unit": "angstrom", "spacing": 1.06}}, None),
+        ({}, None),
+    ],
+)
+def test_tiff_pixel_size_is_read_as_relion_reads_it(tmp_path, options, expected):
+    path = tmp_path / "m.tif"
+    tifffile.imwrite(path, IMAGE, **options)
+    mic = TiffReader().read(path, pixel_size=None)
+    np.testing.assert_array_equal(np.asarray(mic.image), IMAGE)
+    if expected is None:
+        assert mic.meta.pixel_size is None
+    else:
+        assert mic.meta.pixel_size == pytest.approx(expected, rel=1e-6)
+    # A pixel size given by the user wins over the header.
+    assert TiffReader().read(path, pixel_size=2.0).meta.pixel_size == 2.0
+
+
+@pytest.mark.parametrize(("reader", "name"), [(ImageReader(), "m.png"), (NpyReader(), "m.npy"), (TiffReader(), "m.tif")])
+def test_missing_and_unreadable_files_are_input_errors_naming_the_file(tmp_path, reader, name):
+    path = tmp_path / name
+    with pytest.raises(InputError, match=f"^{path}: file not found"):
+        reader.read(path, pixel_size=None)
+    path.write_bytes(b"not an image at all")
+    with pytest.raises(InputError, match=f"^{path}: not a readable"):
+        reader.read(path, pixel_size=None)
+
+
+def test_npy_dims_must_match(tmp_path):
+    path = tmp_path / "v.npy"
+    np.save(path, np.zeros((3, 6, 8), np.float32))
+    with pytest.raises(InputError, match=f"^{path}: "):
+        NpyReader().read(path, pixel_size=None)
+    from lipoframe.builtin.readers import NpyReaderParams
+
+    assert NpyReader(NpyReaderParams(dims=3)).read(path, pixel_size=None).image.shape == (3, 6, 8)
+    with pytest.raises(ValueError, match="reader.dims"):
+        NpyReaderParams(dims=4)
