@@ -134,24 +134,6 @@ class ExtractionPlan:
         """Picks in the bins."""
         return int(sum(b.count for b in self.bins))
 
-    def rows(self) -> list[dict]:
-        """One dict per bin: diameter range in px (and Å with a pixel size), count, box, mask."""
-        out = []
-        for b in self.bins:
-            row = {
-                "bin": b.index + 1,
-                "d_min_px": round(b.d_min_px, 1),
-                "d_max_px": round(b.d_max_px, 1),
-                "d_min_A": None if not self.pixel_size else round(b.d_min_px * self.pixel_size, 1),
-                "d_max_A": None if not self.pixel_size else round(b.d_max_px * self.pixel_size, 1),
-                "count": b.count,
-                "box_px": b.box_px,
-                "mask_diameter_A": None if b.mask_diameter_A is None else round(b.mask_diameter_A, 1),
-                "box_px_extract": b.box_px_extract,
-            }
-            out.append(row)
-        return out
-
     def format_table(self) -> str:
         """A short plain-text table of the bins (for the terminal)."""
         head = f"{'bin':>3}  {'diameter px':>13}  {'diameter Å':>13}  {'picks':>6}  {'box px':>6}  {'mask Å':>7}"
@@ -169,13 +151,6 @@ class ExtractionPlan:
         if not self.bins:
             lines.append("  (no bins)")
         return "\n".join(lines)
-
-    @property
-    def edges_px(self) -> np.ndarray:
-        """Bin edges: ``len(bins) + 1`` values (empty without bins)."""
-        if not self.bins:
-            return np.empty(0)
-        return np.array([b.d_min_px for b in self.bins] + [self.bins[-1].d_max_px], dtype=float)
 
     def assign(self, diameters) -> np.ndarray:
         """Bin index of each diameter; -1 outside every bin.
