@@ -110,6 +110,9 @@ class ExtractionPlan:
         Picks outside this diameter range are rejected by the binning stage.
     extract_pixel_size : float or None
         Å/px of a downscaled extraction, if asked for.
+    polarity : {'dark', 'bright'}
+        Contrast of the particles in the micrographs. RELION's extraction
+        wants white particles: dark ones are inverted (``--invert_contrast``).
     notes : tuple of str
         Human-readable remarks (e.g. why a fallback was used).
     details : dict
@@ -122,6 +125,7 @@ class ExtractionPlan:
     bins: tuple[SizeBin, ...] = ()
     accepted_range_px: tuple[float, float] | None = None
     extract_pixel_size: float | None = None
+    polarity: str = "dark"
     notes: tuple[str, ...] = field(default=())
     details: dict = field(default_factory=dict, compare=False)
 
@@ -182,6 +186,7 @@ class ExtractionPlan:
             bins=tuple(SizeBin(**b) for b in d.get("bins", [])),
             accepted_range_px=None if d.get("accepted_range_px") is None else tuple(d["accepted_range_px"]),
             extract_pixel_size=d.get("extract_pixel_size"),
+            polarity=d.get("polarity", "dark"),  # plans written before the field existed
             notes=tuple(d.get("notes", [])),
             details=dict(d.get("details") or {}),
         )

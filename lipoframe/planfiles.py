@@ -247,7 +247,7 @@ def _extract_command(plan: ExtractionPlan, b, coord_list: str | None) -> str | N
     except ImportError:
         return None
     try:
-        cmd = extract_command(b, coord_list, pixel_size=plan.pixel_size)
+        cmd = extract_command(b, coord_list, pixel_size=plan.pixel_size, invert_contrast=plan.polarity == "dark")
     except Exception as exc:  # noqa: BLE001 - a helper's failure must not lose the plan
         log.warning("extraction_plan.md: no RELION command for %s (%s)", b.label, exc)
         return None
@@ -283,6 +283,10 @@ def plan_markdown(plan: ExtractionPlan, files: dict[int, list[str]], *, n_outlie
         lines.append(f"- Box: `{pad:g} × largest diameter of the bin`, rounded up to {rounding}.")
     lines.append("- Mask diameter: `min((box − 6 px) × pixel size, 1.2 × largest diameter)` (SIMPLE's rule)"
                  + (f", also within the box at {plan.extract_pixel_size:g} Å/px." if plan.extract_pixel_size else "."))
+    if plan.polarity == "dark":
+        lines.append("- Particles are dark on a light background: extract with contrast inverted (RELION `--invert_contrast`).")
+    else:
+        lines.append("- Particles are bright on a dark background (`polarity=bright`): extract without inverting the contrast.")
     if plan.accepted_range_px is not None:
         lo, hi = plan.accepted_range_px
         rng = f"{lo:.0f}–{hi:.0f} px" + (f" ({lo * px:.0f}–{hi * px:.0f} Å)" if px else "")

@@ -176,8 +176,9 @@ def test_markdown_includes_the_relion_command_when_the_writer_provides_it(tmp_pa
     files = {b.index: [f"bins/{b.label}/autopick.star"] for b in plan.bins}
     calls = []
 
-    def fake(size_bin, coord_list_path, *, pixel_size):
+    def fake(size_bin, coord_list_path, *, pixel_size, invert_contrast):
         calls.append((size_bin.label, str(coord_list_path), pixel_size))
+        assert invert_contrast  # CTX: dark particles
         return f"relion_preprocess --coord_list {coord_list_path} --extract_size {size_bin.box_px}"
 
     monkeypatch.setitem(sys.modules, "lipoframe.io.relion", types.SimpleNamespace(extract_command=fake))
@@ -189,6 +190,26 @@ def test_markdown_includes_the_relion_command_when_the_writer_provides_it(tmp_pa
     monkeypatch.setitem(sys.modules, "lipoframe.io.relion", None)
     md = plan_markdown(plan, files)
     assert "relion_preprocess" not in md and "bins/bin1/autopick.star" in md
+
+
+@pytest.mark.parametrize(("polarity", "inverted"), [("dark", True), ("bright", False)])
+def test_extraction_inverts_the_contrast_of_dark_particles_only(polarity, inverted):
+    """RELION extracts white particles: dark ones need --invert_contrast, bright ones must not get it."""
+    import dataclasses
+
+    picks, metas = dataset()
+    plan = PeakValleyBinner(PeakValleyParams()).assign(picks, metas, dataclasses.replace(CTX, polarity=polarity)).plan
+    assert plan.polarity == polarity
+    assert ExtractionPlan.from_dict(json.loads(plan.to_json())).polarity == polarity
+    md = plan_markdown(plan, {b.index: [f"bins/{b.label}/autopick.star"] for b in plan.bins})
+    commands = [line for line in md.splitlines() if line.strip().startswith("relion_preprocess")]
+    assert len(commands) == plan.n_bins
+    assert all(("--invert_contrast" in c) == inverted for c in commands)
+    assert ("extract with contrast inverted" in md) == inverted
+    # A plan written before the field existed was made for dark particles.
+    old = json.loads(plan.to_json())
+    del old["polarity"]
+    assert ExtractionPlan.from_dict(old).polarity == "dark"
 
 
 def test_plan_files_for_an_empty_dataset(tmp_path):

@@ -476,8 +476,6 @@ def test_extract_command_per_bin(tmp_path):
         relion_io.extract_command(SizeBin(0, 1, 2, 1, 225), "x", pixel_size=1.0)
     with pytest.raises(ValueError, match="pixel_size"):
         relion_io.extract_command(b, "x", pixel_size=0.0)
-    settings = relion_io.extract_settings(b, pixel_size=1.5)
-    assert settings["Particle box size (pix)"] == 320 and settings["Box size (Å)"] == 480.0
 
 
 def test_export_view_requires_metadata():

@@ -173,6 +173,7 @@ class _PolicyBinner(Binner):
             bins=tuple(bins),
             accepted_range_px=None if gate is None else (float(gate[0]), float(gate[1])),
             extract_pixel_size=getattr(self.params, "extract_pixel_size", None),
+            polarity=ctx.polarity,
             notes=tuple(notes),
             details=details,
         )

@@ -131,36 +131,6 @@ def background_radius(box_px: int) -> int:
     return int(np.floor(0.375 * box_px + 0.5))
 
 
-def extract_settings(size_bin: SizeBin, *, pixel_size: float | None) -> dict:
-    """The Particle extraction settings for one size bin, as the RELION GUI names them.
-
-    Parameters
-    ----------
-    size_bin : SizeBin
-        A bin of the extraction plan; its ``box_px`` is in micrograph pixels
-        (RELION needs it even) and ``box_px_extract`` the optional downscaled box.
-    pixel_size : float or None
-        Å/px of the micrographs, used to report the box in Å.
-
-    Returns
-    -------
-    settings : dict
-        GUI label -> value.
-    """
-    _check(size_bin, pixel_size)
-    out = {
-        "Particle box size (pix)": size_bin.box_px,
-        "Rescale particles?": "Yes" if size_bin.box_px_extract else "No",
-        "Re-scaled size (pixels)": size_bin.box_px_extract if size_bin.box_px_extract else "",
-        "Normalize particles?": "Yes",
-        "Diameter background circle (pix)": -1,  # RELION default: 75 % of the final box
-        "Invert contrast?": "Yes (particles dark on a light background)",
-    }
-    if pixel_size:
-        out["Box size (Å)"] = round(size_bin.box_px * pixel_size, 1)
-    return out
-
-
 def extract_command(
     size_bin: SizeBin,
     coord_list_path: str | os.PathLike,
