@@ -134,11 +134,6 @@ def _figure(width_px: int, height_px: int, dpi: float = 100.0):
     return fig
 
 
-def _rgb(fig) -> np.ndarray:
-    fig.canvas.draw()
-    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
-
-
 def overlay(
     display: np.ndarray,
     *,
