@@ -15,10 +15,11 @@ IMAGE = np.arange(48, dtype=np.float32).reshape(6, 8)
 @pytest.mark.parametrize(
     ("options", "expected"),
     [
-        # RELION writes (and reads) CENTIMETER with XResolution = 1e8 / pixel size.
-        ({"resolution": (1e8 / 1.06, 1e8 / 1.06), "resolutionunit": "CENTIMETER"}, 1.06),
+        # RELION writes (and reads) CENTIMETER with XResolution = 1e8 / pixel size; the
+        # rational is given exactly (older tifffile rounds 1e8 / 1.06 to 1.071 Å).
+        ({"resolution": ((3679245283, 39), (3679245283, 39)), "resolutionunit": "CENTIMETER"}, 1.06),
         # RELION also reads INCH: 2.54e8 / XResolution.
-        ({"resolution": (2.54e8 / 0.83, 2.54e8 / 0.83), "resolutionunit": "INCH"}, 0.83),
+        ({"resolution": ((200000000, 1), (200000000, 1)), "resolutionunit": "INCH"}, 1.27),
         # ImageJ's form (unit NONE, Å in the description) is ignored by RELION, and by us.
         ({"imagej": True, "resolution": (1 / 1.06, 1 / 1.06), "metadata": {"unit": "angstrom", "spacing": 1.06}}, None),
         ({}, None),
