@@ -377,7 +377,7 @@ def main(argv=None) -> int:
              + (f": suites with rims blurred by {rim:g} Å more" if rim else ""), "",
              f"`python benchmarks/matched_filter.py --tune {args.tune} --held-out {args.held_out}"
              + (f" --rim-blur {rim:g}" if rim else "") + "` "
-             f"({{seconds}} s); see the script's docstring.", "",
+             "({seconds} s); see the script's docstring.", "",
              "Calibration: one template's correlation at 400 random places, in its noise units (should be about 0 and 1):", "",
              "| noise | radius (px) | mean | standard deviation |", "|---|---|---|---|", *calibration(), "",
              "## Weak candidates rejected for lack of support: particle or not?", "",
