@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -251,7 +250,7 @@ def main(argv=None) -> int:
 
 
 def render_markdown(r: dict) -> str:
-    lines = [f"# Speed benchmark\n", f"Machine: {r['machine']['cpus']} CPUs, Python {r['machine']['python']}, load average at start {tuple(round(x, 2) for x in r['machine']['load_avg'])}. Command: `{r['command']}`.\n"]
+    lines = ["# Speed benchmark\n", f"Machine: {r['machine']['cpus']} CPUs, Python {r['machine']['python']}, load average at start {tuple(round(x, 2) for x in r['machine']['load_avg'])}. Command: `{r['command']}`.\n"]
     lines.append("## One 4096² float32 MRC micrograph, 150-500 px, one process\n")
     lines.append("| detector | detection (s) | end to end (s) |\n|---|---|---|")
     for d, t in r["per_micrograph_4096"].items():

@@ -400,7 +400,7 @@ def test_collect_work_falls_back_for_quoted_missing_and_incomplete_files(tmp_pat
 
 def test_csv_writer_files_equal_to_csv_of_each_micrograph(tmp_path):
     from lipoframe.builtin.writers import CsvWriter, CsvWriterParams, exported, file_stems
-    from lipoframe.records import MicrographMeta, PickContext
+    from lipoframe.records import PickContext
     from lipoframe.runner import collect_work
 
     names = ["m1", "m 2", "empty", "m3"]

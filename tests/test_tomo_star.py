@@ -2,7 +2,6 @@
 
 import numpy as np
 import pandas as pd
-import pytest
 import starfile
 
 from lipoframe.builtin.writers import StarWriter, StarWriterParams
