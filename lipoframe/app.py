@@ -57,12 +57,59 @@ def format_config_error(exc: BaseException) -> str:
                 if "is not in struct" in line or "could not be converted" in line.lower():
                     msg = line.strip()
                     break
-            return f"{e.full_key}: {msg}"
+            return f"{e.full_key}: {msg}{_did_you_mean(e)}"
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     if lines and lines[0].startswith("Could not find"):
         options = [ln for ln in lines[1:] if not ln.startswith("Available") and not ln.startswith("Config search path")]
         return f"{lines[0]}; available: {', '.join(options)}"
     return "; ".join(lines[:2]) if lines else type(exc).__name__
+
+
+def _did_you_mean(exc: BaseException) -> str:
+    """``; did you mean runner.workers?`` for an unknown key, or ``""``.
+
+    A key unknown in a section is compared with that section's keys
+    (``detector.treshold``). One unknown at the top level is looked for
+    among the keys of the sections and of every registered stage's
+    parameters, by its exact name first (``workers`` -> ``runner.workers``,
+    ``tolerance`` -> ``filter.diameter_range.tolerance``), then spelled alike.
+    """
+    import dataclasses
+    import difflib
+
+    from lipoframe.config import LipoframeConfig
+    from lipoframe.stages import KINDS, MULTI_KINDS
+
+    key, node = getattr(exc, "key", None), getattr(exc, "object_type", None)
+    if not isinstance(key, str) or not (isinstance(node, type) and dataclasses.is_dataclass(node)):
+        return ""
+
+    def names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    if node is not LipoframeConfig:
+        full = str(getattr(exc, "full_key", key) or key)
+        prefix = full[: len(full) - len(key)]
+        found = [prefix + n for n in difflib.get_close_matches(key, names(node), n=3, cutoff=0.75)]
+    else:
+        found = difflib.get_close_matches(key, names(node), n=3, cutoff=0.75)
+        if not found:
+            nested: dict[str, list[str]] = {}  # dotted key -> its last part
+            for f in dataclasses.fields(node):
+                section = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+                if dataclasses.is_dataclass(section):
+                    for n in names(type(section)):
+                        nested.setdefault(f"{f.name}.{n}", n)
+            _, registry = prepare_hydra()
+            for kind in KINDS:
+                for info in registry.stages(kind):
+                    for n in names(info.params):
+                        nested.setdefault(f"{kind}.{info.name}.{n}" if kind in MULTI_KINDS else f"{kind}.{n}", n)
+            found = [k for k, n in nested.items() if n == key]
+            if not found:
+                alike = set(difflib.get_close_matches(key, set(nested.values()), n=3, cutoff=0.75))
+                found = [k for k, n in nested.items() if n in alike]
+    return f"; did you mean {' or '.join(found[:3])}?" if found else ""
 
 
 def _stage_options(group: str, exc: BaseException) -> str:

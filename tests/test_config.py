@@ -98,6 +98,32 @@ def test_config_error_is_one_line_naming_the_key(overrides, key, detail):
     assert key in msg and detail in msg
 
 
+@pytest.mark.parametrize(
+    "override, hint",
+    [
+        ("workers=1", "did you mean runner.workers?"),  # a key of a section, given at the top
+        ("progres=false", "did you mean runner.progress?"),  # ... and misspelt
+        ("detector.treshold=5", "did you mean detector.threshold?"),  # misspelt in its section
+        ("dmni=40", "did you mean dmin?"),
+        ("detecter=dog", "did you mean detector?"),
+        ("min_score=2", "did you mean filter.score.min_score?"),  # a stage parameter, given at the top
+        ("nms.bta=0.5", "did you mean nms.beta?"),
+    ],
+)
+def test_unknown_key_error_suggests_the_key_meant(override, hint):
+    with pytest.raises(ConfigError) as err:
+        validate_overrides([override])
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith(override.split("=")[0] + ":")
+    assert msg.endswith("; " + hint)
+
+
+def test_unknown_key_without_a_likely_meaning_gets_no_suggestion():
+    with pytest.raises(ConfigError) as err:
+        validate_overrides(["zzz=1"])
+    assert "did you mean" not in str(err.value)
+
+
 @pytest.mark.parametrize("overrides, key, detail", BAD[:8], ids=[" ".join(b[0]) for b in BAD[:8]])
 def test_cli_config_error_before_any_micrograph_is_read(overrides, key, detail, tiny_mrcs, tmp_path, run_cli, monkeypatch):
     import lipoframe.runner
