@@ -115,6 +115,9 @@ class LipoframeConfig:
         when refinement then finds no edge, or a diameter outside the range,
         the suppressed detections are the other explanations of the place).
         Empty turns it off.
+    peel: after picking, detect again on the micrograph with the accepted
+        particles replaced by background, for faint particles that their
+        neighbours hid (2D micrographs; see ``lipoframe.algorithms.peel``).
     watch: keep running and pick new micrographs as they appear (see ``stream``).
     """
 
@@ -127,6 +130,7 @@ class LipoframeConfig:
     polarity: str = "dark"
     export_rejected: bool = False
     retry_suppressed: List[str] = field(default_factory=lambda: list(RETRY_SUPPRESSED))
+    peel: bool = True
     seed: int = 0
     runner: RunnerConfig = field(default_factory=RunnerConfig)
     shard: ShardConfig = field(default_factory=ShardConfig)
@@ -179,7 +183,7 @@ class LipoframeConfig:
         payload = {
             k: enc(getattr(self, k))
             for k in (
-                "pixel_size", "dmin", "dmax", "units", "polarity", "seed", "retry_suppressed",
+                "pixel_size", "dmin", "dmax", "units", "polarity", "seed", "retry_suppressed", "peel",
                 "reader", "detector", "nms", "refiner", "filter",
             )
         }

@@ -102,7 +102,7 @@ class Micrograph:
         if factor not in self._cache:
             # Average from the coarsest cached level that divides this factor:
             # block means of block means are exact, and the file is read once.
-            finer = [g for g in self._cache if 1 < g < factor and factor % g == 0]
+            finer = [g for g in self._cache if g < factor and factor % g == 0]
             if finer:
                 g = max(finer)
                 binned = block_mean(self._cache[g], factor // g)  # already polarity-corrected
@@ -113,6 +113,24 @@ class Micrograph:
             binned.setflags(write=False)
             self._cache[factor] = binned
         return self._cache[factor]
+
+    def binnings(self) -> list[int]:
+        """The factors :meth:`signal` has been asked for so far, smallest first."""
+        return sorted(self._cache)
+
+    def with_signal(self, factor: int, signal: np.ndarray) -> "Micrograph":
+        """A copy whose :meth:`signal` at ``factor`` is ``signal`` (polarity-corrected).
+
+        Coarser factors that ``factor`` divides are block means of it; other
+        factors still come from ``image``.
+        """
+        if signal.shape != tuple(s // int(factor) for s in self.shape):
+            raise ValueError(f"signal of shape {signal.shape} does not match image {self.shape} binned by {factor}")
+        out = Micrograph(meta=self.meta, image=self.image, polarity=self.polarity)
+        signal = np.array(signal, dtype=np.float32)
+        signal.setflags(write=False)
+        out._cache[int(factor)] = signal
+        return out
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ import pandas as pd
 
 from lipoframe import schema
 from lipoframe.config import RETRY_SUPPRESSED, LipoframeConfig
-from lipoframe.algorithms.pyramid import pow2_floor
+from lipoframe.algorithms.pyramid import pow2_floor, to_binned
 from lipoframe.io.atomic import safe_child, write_text
 from lipoframe.plan import ExtractionPlan
 from lipoframe.records import InputError, Micrograph, MicrographMeta, PickContext
@@ -67,6 +67,8 @@ class StageSet:
     readers_by_suffix: dict[str, Stage] = field(default_factory=dict)
     #: Reject reasons after which the detections NMS suppressed at that place are tried.
     retry_suppressed: tuple[str, ...] = ()
+    #: Detect again with the accepted particles replaced by background (:func:`peel_again`).
+    peel: bool = False
 
     def reader_for(self, path: Path) -> Stage:
         if self.reader.name != "auto":
@@ -101,6 +103,7 @@ def build_stages(cfg: LipoframeConfig, registry: StageRegistry) -> StageSet:
         writers=[one("writer", p) for p in cfg.writer.values()],
         readers_by_suffix=registry.readers_by_suffix(dims=getattr(cfg.reader, "dims", 2)),
         retry_suppressed=tuple(cfg.retry_suppressed),
+        peel=cfg.peel,
     )
 
 
@@ -231,7 +234,9 @@ def process_micrograph(mic: Micrograph, stages: StageSet, ctx: PickContext) -> p
     Where refinement or a filter rejects a pick for a reason listed in
     ``stages.retry_suppressed``, the detections that NMS suppressed in its
     favour at the same place get their turn (see :func:`retry_candidates`),
-    as weak candidates (``weak=True``, ``retried=True``).
+    as weak candidates (``weak=True``, ``retried=True``). With
+    ``stages.peel``, the micrograph is then searched again with the
+    accepted particles replaced by background (:func:`peel_again`).
 
     Returns
     -------
@@ -261,6 +266,8 @@ def process_micrograph(mic: Micrograph, stages: StageSet, ctx: PickContext) -> p
             picks = pd.concat([_filter(merged, mic, stages, ctx), picks.loc[failed]], ignore_index=True)
             picks[schema.WEAK] = schema.weak_mask(picks)
         picks[schema.RETRIED] = picks[schema.RETRIED].fillna(False).astype(bool) if schema.RETRIED in picks else False
+    if stages.peel and mic.image.ndim == 2:
+        picks = peel_again(picks, detections, mic, stages, ctx)
     picks = picks.drop(columns=_CANDIDATE)
     if schema.WEAK in picks.columns and schema.SUPPORT not in picks.columns:
         # Weak candidates need a stage that vouches for them (the population filter).
@@ -350,6 +357,160 @@ def retry_candidates(
         standing[schema.WEAK] = False
     survivors = stages.nms.suppress(pd.concat([standing, rest], ignore_index=True), mic, ctx)
     return rest.loc[rest[_CANDIDATE].isin(survivors[_CANDIDATE]) & ~rest[_CANDIDATE].isin(standing[_CANDIDATE])].reset_index(drop=True)
+
+
+#: Column: True for picks found after peeling (:func:`peel_again`).
+PEELED = "peeled"
+#: How far (fraction of its own radius) a pick found after peeling may reach into an accepted particle.
+PEEL_OVERLAP = 0.15
+#: Radius (fraction) of the accepted particles replaced by background: their blurred rims too.
+PEEL_GROW = 1.08
+#: A detection after peeling where the first pass had one is new only if peeling raised its score by this factor.
+PEEL_GAIN = 1.1
+
+
+def peel_again(picks: pd.DataFrame, detections: pd.DataFrame, mic: Micrograph, stages: StageSet, ctx: PickContext) -> pd.DataFrame:
+    """Detect again with the accepted particles replaced by background.
+
+    A faint particle touching strong ones loses part of its edge to their
+    darkness, and the particles raise the noise level its score is measured
+    against. With the accepted particles replaced by background
+    (:func:`lipoframe.algorithms.peel.replace_discs`, at the binning the
+    first pass worked at) both are gone. The new detections are refined on
+    the micrograph itself and filtered together with the picks that stand.
+
+    * A detection whose centre lies in an accepted particle, or that reaches
+      into one by more than ``PEEL_OVERLAP`` of its radius (before and after
+      refinement: ``peel_overlap``), is not a new particle: part of its
+      evidence would be the background put there.
+    * Scores are put back on the first pass's scale: removing particles
+      also lowers the detector's noise estimate, which raises every score,
+      noise included. The factor is the median ratio of the two passes'
+      scores at the same places away from the accepted particles (at least
+      10 such places; otherwise 1); a detection is weak or dropped against
+      the detector's own ``threshold``/``weak_threshold`` on that scale.
+    * NMS runs among the new detections, then against the accepted picks,
+      which always win.
+
+    Returns
+    -------
+    picks : DataFrame
+        ``picks`` and the new picks (column ``peeled``), filtered again
+        together; a pick rejected before stays rejected.
+    """
+    from lipoframe.algorithms.peel import replace_discs
+
+    picks = picks.assign(**{PEELED: False})
+    acc = picks.loc[picks[schema.ACCEPTED].to_numpy(dtype=bool)]
+    if not len(acc) or not mic.binnings():
+        return picks
+    ax, ay, ar = acc[schema.X].to_numpy(float), acc[schema.Y].to_numpy(float), acc[schema.DIAMETER].to_numpy(float) / 2.0
+    # The first pass's finest binning, with the particles replaced; the
+    # coarser levels are block means of it (Micrograph.signal).
+    factor = mic.binnings()[0]
+    peeled = mic.with_signal(factor, replace_discs(
+        mic.signal(factor), to_binned(ay, factor), to_binned(ax, factor), ar * PEEL_GROW / factor, seed=ctx.seed,
+    ))
+    new = schema.validate_detections(stages.detector.detect(peeled, ctx), stage=f"detector/{stages.detector.name} (peel)")
+    if not len(new):
+        return picks
+    new = _on_first_pass_scale(new, detections, ax, ay, ar, stages.detector)
+    new = new.loc[~_reaches_into(new, ax, ay, ar)].reset_index(drop=True)
+    new, judged_again = _changed_by_peeling(new, detections, picks)
+    if not len(new):
+        return picks
+    picks = picks.loc[~picks[_CANDIDATE].isin(judged_again)]
+    new[_CANDIDATE] = np.arange(len(new)) + int(detections[_CANDIDATE].max()) + 1
+    new = stages.nms.suppress(new, mic, ctx)
+    standing = acc.copy()
+    for col in ("response", schema.SCORE):
+        if col in standing.columns:
+            standing[col] = float(np.abs(new[col].to_numpy(dtype=float)).max()) * 2.0 + 1.0 if col in new.columns else np.inf
+    if schema.WEAK in standing.columns:
+        standing[schema.WEAK] = False
+    both = pd.concat([standing[[c for c in standing.columns if c in new.columns]], new], ignore_index=True)
+    survivors = stages.nms.suppress(both, mic, ctx)
+    new = new.loc[new[_CANDIDATE].isin(survivors[_CANDIDATE])].reset_index(drop=True)
+    if not len(new):
+        return picks
+    new = _refine(new, mic, stages, ctx)
+    new = schema.reject(new, _reaches_into(new, ax, ay, ar), "peel_overlap")
+    new[PEELED] = True
+    if schema.RETRIED in picks.columns:
+        new[schema.RETRIED] = False
+    out = _filter(pd.concat([picks, new], ignore_index=True), mic, stages, ctx)
+    if schema.WEAK in out.columns:
+        out[schema.WEAK] = schema.weak_mask(out)
+    out[PEELED] = out[PEELED].fillna(False).astype(bool)
+    return out
+
+
+def _changed_by_peeling(new: pd.DataFrame, first: pd.DataFrame, picks: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+    """The detections after peeling that are new, and the first-pass picks they replace.
+
+    A detection at the place and size of a first-pass detection (centres
+    within 0.25 diameters, diameters within 20 %) is only new if peeling
+    raised its score by more than ``PEEL_GAIN``: elsewhere the first pass has
+    already judged it. When it did, it replaces the first-pass pick of that
+    detection (which was rejected: accepted picks were peeled), so the
+    place is judged once, on the new evidence.
+
+    Returns
+    -------
+    new : DataFrame
+        The detections kept.
+    replaced : ndarray
+        ``_candidate`` numbers of the first-pass picks they replace.
+    """
+    from scipy.spatial import cKDTree
+
+    if not len(first) or not len(new):
+        return new, np.empty(0, dtype=np.int64)
+    x, y, d = new[schema.X].to_numpy(float), new[schema.Y].to_numpy(float), new[schema.DIAMETER].to_numpy(float)
+    dist, j = cKDTree(first[[schema.X, schema.Y]].to_numpy(float)).query(np.c_[x, y])
+    d1 = first[schema.DIAMETER].to_numpy(float)[j]
+    same = (dist < 0.25 * d1) & (np.abs(d / d1 - 1.0) < 0.2)
+    gained = new[schema.SCORE].to_numpy(float) > PEEL_GAIN * first[schema.SCORE].to_numpy(float)[j]
+    keep = ~same | gained
+    replaced = first[_CANDIDATE].to_numpy()[j[same & gained]]
+    replaced = replaced[np.isin(replaced, picks[_CANDIDATE].to_numpy())]
+    return new.loc[keep].reset_index(drop=True), replaced
+
+
+def _reaches_into(df: pd.DataFrame, ax: np.ndarray, ay: np.ndarray, ar: np.ndarray) -> np.ndarray:
+    """Circles whose centre lies in an accepted particle or that reach into one by more than PEEL_OVERLAP of their radius."""
+    x, y, r = df[schema.X].to_numpy(float), df[schema.Y].to_numpy(float), df[schema.DIAMETER].to_numpy(float) / 2.0
+    dist = np.hypot(x[:, None] - ax[None, :], y[:, None] - ay[None, :])
+    inside = dist < ar[None, :]
+    reach = dist - ar[None, :] - r[:, None] < -PEEL_OVERLAP * r[:, None]
+    return (inside | reach).any(axis=1)
+
+
+def _on_first_pass_scale(new: pd.DataFrame, first: pd.DataFrame, ax, ay, ar, detector: Stage) -> pd.DataFrame:
+    """``new`` detections with their scores divided by how much peeling raised them (see :func:`peel_again`)."""
+    from scipy.spatial import cKDTree
+
+    x, y, d = new[schema.X].to_numpy(float), new[schema.Y].to_numpy(float), new[schema.DIAMETER].to_numpy(float)
+    far = (np.hypot(x[:, None] - ax[None, :], y[:, None] - ay[None, :]) > 1.5 * (ar[None, :] + d[:, None] / 2.0)).all(axis=1)
+    ratio = 1.0
+    if len(first):
+        dist, j = cKDTree(first[[schema.X, schema.Y]].to_numpy(float)).query(np.c_[x, y])
+        d1 = first[schema.DIAMETER].to_numpy(float)[j]
+        same = far & (dist < 0.05 * d1) & (np.abs(d / d1 - 1.0) < 0.1)
+        if same.sum() >= 10:
+            s1 = first[schema.SCORE].to_numpy(float)[j[same]]
+            ratio = max(1.0, float(np.median(new[schema.SCORE].to_numpy(float)[same] / s1)))
+    out = new.assign(**{schema.SCORE: new[schema.SCORE].to_numpy(float) / ratio})
+    params = getattr(detector, "params", None)
+    threshold = getattr(params, "threshold", None)
+    if getattr(params, "threshold_method", None) == "mad" and threshold is not None:
+        score = out[schema.SCORE].to_numpy(float)
+        weak_threshold = getattr(params, "weak_threshold", None)
+        keep_below = weak_threshold if weak_threshold is not None and weak_threshold < threshold else threshold
+        if schema.WEAK in out.columns or keep_below < threshold:
+            out[schema.WEAK] = score < threshold
+        out = out.loc[score >= keep_below].reset_index(drop=True)
+    return out
 
 
 def _suppress_again(picks: pd.DataFrame, mic: Micrograph, stages: StageSet, ctx: PickContext) -> pd.DataFrame:
@@ -921,12 +1082,12 @@ class RunResult:
         counts = reasons.value_counts()
         return {k: int(counts[k]) for k in sorted(counts.index, key=lambda k: (-counts[k], k))}
 
-    def _retried_accepted(self) -> int:
-        """Accepted picks that NMS had suppressed and ``retry_suppressed`` brought back."""
-        if not len(self.picks) or schema.RETRIED not in self.picks.columns:
+    def _accepted_with(self, column: str) -> int:
+        """Accepted picks flagged in ``column`` (``retried``, ``peeled``)."""
+        if not len(self.picks) or column not in self.picks.columns:
             return 0
-        retried = self.picks[schema.RETRIED].fillna(False).astype(bool)
-        return int((retried & self.picks[schema.ACCEPTED].astype(bool)).sum())
+        flagged = self.picks[column].fillna(False).astype(bool)
+        return int((flagged & self.picks[schema.ACCEPTED].astype(bool)).sum())
 
     def summary(self) -> dict:
         acc = int(self.picks[schema.ACCEPTED].sum()) if len(self.picks) else 0
@@ -940,7 +1101,8 @@ class RunResult:
                 "failed": len(self.failed),
             },
             "picks": {"total": int(len(self.picks)), "accepted": acc, "rejected": self._rejected_by_reason(),
-                      "retried_accepted": self._retried_accepted()},
+                      "retried_accepted": self._accepted_with(schema.RETRIED),
+                      "peeled_accepted": self._accepted_with(PEELED)},
             "bins": [] if self.plan is None else [
                 {"bin": b.index + 1, "d_min_px": round(b.d_min_px, 1), "d_max_px": round(b.d_max_px, 1), "count": b.count, "box_px": b.box_px}
                 for b in self.plan.bins
@@ -1158,6 +1320,7 @@ def format_summary(summary: dict) -> str:
         f"micrographs  ok {m['ok']}  skipped {m['skipped']}  failed {m['failed']}  (total {m['total']})",
         f"picks        {summary['picks']['accepted']} accepted of {summary['picks']['total']}"
         + (f" ({n} retried)" if (n := summary["picks"].get("retried_accepted", 0)) else "")
+        + (f" ({n} found after peeling)" if (n := summary["picks"].get("peeled_accepted", 0)) else "")
         + _rejected_note(summary["picks"].get("rejected", {})),
     ]
     for b in summary["bins"]:
@@ -1212,6 +1375,7 @@ def pick(
     nms_params: dict | None = None,
     refiner_params: dict | None = None,
     retry_suppressed: tuple = RETRY_SUPPRESSED,
+    peel: bool = True,
     name: str = "image",
 ) -> pd.DataFrame:
     """Pick one micrograph given as an array.
@@ -1234,6 +1398,9 @@ def pick(
     retry_suppressed : sequence of str
         Reject reasons after which the detections NMS suppressed at that
         place are tried (see :func:`retry_candidates`); empty turns it off.
+    peel : bool
+        Detect again with the accepted particles replaced by background
+        (see :func:`peel_again`).
     name : str
         Value of the ``micrograph`` column.
 
@@ -1266,6 +1433,7 @@ def pick(
         binner=None,  # type: ignore[arg-type]
         writers=[],
         retry_suppressed=tuple(retry_suppressed),
+        peel=bool(peel),
     )
     meta = MicrographMeta(name=name, path="", shape=image.shape, pixel_size=pixel_size)
     mic = Micrograph(meta=meta, image=image, polarity=polarity)

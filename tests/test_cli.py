@@ -242,6 +242,8 @@ def test_summary_counts_rejected_candidates_by_reason():
     assert "picks        4 accepted of 9 (rejected: 5 no_edge)" in format_summary(summary)
     summary["picks"]["retried_accepted"] = 2
     assert "picks        4 accepted of 9 (2 retried) (rejected: 5 no_edge)" in format_summary(summary)
+    summary["picks"]["peeled_accepted"] = 1
+    assert "picks        4 accepted of 9 (2 retried) (1 found after peeling) (rejected: 5 no_edge)" in format_summary(summary)
 
 
 def test_run_summary_json_has_rejected_reasons(tiny_mrcs, tmp_path, run_cli):
@@ -256,3 +258,6 @@ def test_run_summary_json_has_rejected_reasons(tiny_mrcs, tmp_path, run_cli):
     assert 0 <= picks["retried_accepted"] <= picks["accepted"]
     if table is not None and "retried" in table.columns:
         assert picks["retried_accepted"] == int((table["retried"].astype(bool) & table["accepted"].astype(bool)).sum())
+    assert 0 <= picks["peeled_accepted"] <= picks["accepted"]
+    if table is not None and "peeled" in table.columns:
+        assert picks["peeled_accepted"] == int((table["peeled"].astype(bool) & table["accepted"].astype(bool)).sum())
