@@ -6,6 +6,7 @@ suite and on the real apoferritin sample, scored by ``lipoframe.evaluate``.
     python benchmarks/quality.py --seed 1             # held-out suite (other particles)
     python benchmarks/quality.py --only s05_small_rings_crowded,empty --no-apoferritin
     python benchmarks/quality.py --overlay s11_everything,s06_carbon_edge --update-docs
+    python benchmarks/quality.py --seed 2 --set peel=true   # an option measured (not the benchmark result)
 
 A full suite run with seed 0 writes ``benchmarks/results/quality.json`` and
 ``quality.md`` (``--results``); other runs write into ``--cache``/results.
@@ -88,8 +89,9 @@ def _junk(x: dict) -> str:
 
 def markdown(report: dict) -> str:
     s, a = report["suite"]["summary"], (report.get("apoferritin") or {}).get("summary")
+    sets = report.get("overrides") or []
     lines = [
-        "# Picking quality (default parameters)",
+        "# Picking quality (" + (f"defaults and {' '.join(f'`{o}`' for o in sets)}" if sets else "default parameters") + ")",
         "",
         f"lipoframe {report['lipoframe']} · {report['date']} · preset `{report['preset']}` seed {report['seed']} · "
         f"matching tolerance {s['options']['tolerance']} x reference diameter",
@@ -166,6 +168,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-apoferritin", action="store_true")
     ap.add_argument("--overlay", default="", help="also save overlay PNGs of these suite micrographs (comma-separated)")
     ap.add_argument("--update-docs", action="store_true", help="write the tables into docs/evaluation.md")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a config override for every run (repeatable), e.g. --set peel=true; such runs are not the benchmark result")
     args = ap.parse_args(argv)
 
     from lipoframe import __version__
@@ -194,9 +198,12 @@ def main(argv=None) -> int:
         for name in only:
             (inputs / f"{name}.mrc").symlink_to((info.folder / f"{name}.mrc").resolve())
         truth = truth[truth.micrograph.isin(only)]
-    ev, run = run_and_evaluate(inputs, truth, cache / f"run_{suffix}", workers=args.workers)
+    if args.set:
+        suffix += "_" + "_".join(o.replace("=", "-").replace("/", "-") for o in args.set)
+    ev, run = run_and_evaluate(inputs, truth, cache / f"run_{suffix}", overrides=tuple(args.set), workers=args.workers)
     report: dict = {
         "lipoframe": __version__, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "preset": args.preset, "seed": args.seed,
+        "overrides": list(args.set),
         "machine": f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}", "workers": args.workers,
         "suite": {"summary": ev.summary, "per_micrograph": per_mic_rows(ev, descriptions), "run": run},
     }
@@ -215,16 +222,17 @@ def main(argv=None) -> int:
         p = plot_overlay(img, truth, picks, Path(args.results) / f"overlay_{name}.png", title=f"{name}: {descriptions.get(name, '')}")
         print(f"overlay: {p}", file=sys.stderr)
     if not args.no_apoferritin and APO.is_dir():
-        ev_apo, run_apo = run_and_evaluate(APO / "micrographs_filtered", APO / "reference_coords_derived.csv", cache / "run_apoferritin",
-                                           overrides=APO_OVERRIDES, workers=args.workers)
-        report["apoferritin"] = {"summary": ev_apo.summary, "per_micrograph": per_mic_rows(ev_apo, {}), "run": run_apo, "overrides": list(APO_OVERRIDES)}
+        apo_dir = "run_apoferritin" + "".join("_" + o.replace("=", "-").replace("/", "-") for o in args.set)
+        ev_apo, run_apo = run_and_evaluate(APO / "micrographs_filtered", APO / "reference_coords_derived.csv", cache / apo_dir,
+                                           overrides=APO_OVERRIDES + tuple(args.set), workers=args.workers)
+        report["apoferritin"] = {"summary": ev_apo.summary, "per_micrograph": per_mic_rows(ev_apo, {}), "run": run_apo, "overrides": list(APO_OVERRIDES + tuple(args.set))}
         values["apoferritin_f1"] = ev_apo.summary["f1"]
     elif not args.no_apoferritin:
         print(f"apoferritin sample not found at {APO}: skipped", file=sys.stderr)
     report["targets"] = {k: {"value": values[k], "op": op, "goal": goal, "pass": _passes(op, values[k], goal)} for k, (op, goal) in TARGETS.items()}
 
     # Only the full suite with seed 0 is the benchmark result; other runs go to the cache.
-    full = args.preset == "suite" and not only and args.seed == 0
+    full = args.preset == "suite" and not only and args.seed == 0 and not args.set
     results = Path(args.results) if full else cache / "results"
     results.mkdir(parents=True, exist_ok=True)
     stem = "quality" if full else f"quality_{suffix}"

@@ -68,23 +68,23 @@ def best_of(fn, repeat: int) -> float:
     return best
 
 
-def lipoframe_stages(detector: str = "edge"):
+def lipoframe_stages(detector: str = "edge", overrides: tuple[str, ...] = ()):
     from common import compose_config  # benchmarks/common.py
 
     from lipoframe import plugins
     from lipoframe.runner import build_stages
 
-    cfg = compose_config([f"detector={detector}", "runner.workers=1", "runner.resume=false", "runner.report=false"])
+    cfg = compose_config([f"detector={detector}", "runner.workers=1", "runner.resume=false", "runner.report=false", *overrides])
     _, registry, _ = plugins.load()
     return cfg, build_stages(cfg, registry)
 
 
-def time_lipoframe(path: Path, detector: str, repeat: int, out_dir: Path) -> dict:
+def time_lipoframe(path: Path, detector: str, repeat: int, out_dir: Path, overrides: tuple[str, ...] = ()) -> dict:
     """Detection-only and end-to-end seconds for one micrograph file."""
     from lipoframe.records import Micrograph, MicrographMeta
     from lipoframe.runner import MicJob, pick_context, run_job
 
-    cfg, stages = lipoframe_stages(detector)
+    cfg, stages = lipoframe_stages(detector, overrides)
 
     def read():
         mic = stages.reader_for(path).read(path, pixel_size=None)
@@ -229,6 +229,12 @@ def main(argv=None) -> int:
             p = write_mrc(tmp / f"c_{n}.mrc", synthetic((4096, 4096), n, 3), 1.0) if n else write_mrc(tmp / "c_0.mrc", synthetic((4096, 4096), 0, 3), 1.0)
             crowd[str(n)] = time_lipoframe(p, "edge", args.repeat, tmp / "out")
         report["scaling_particles"] = crowd
+        # 3c. options that cost time (not defaults).
+        report["options"] = {
+            "peel=true": {
+                n: time_lipoframe(tmp / f"c_{n}.mrc", "edge", args.repeat, tmp / "out", ("peel=true",)) for n in ("25", "100", "200")
+            },
+        }
         # 4. memory.
         report["memory"] = peak_memory(path4k, tmp / "out")
     # 2. accuracy + baseline.
@@ -263,6 +269,12 @@ def render_markdown(r: dict) -> str:
     lines.append("| particles | detection (s) | end to end (s) |\n|---|---|---|")
     for k, t in r["scaling_particles"].items():
         lines.append(f"| {k} | {t['detect_s']:.3f} | {t['end_to_end_s']:.3f} |")
+    if r.get("options"):
+        lines.append("\n## Options that cost time (4096², end to end)\n")
+        lines.append("| option | particles | end to end (s) | defaults (s) |\n|---|---|---|---|")
+        for opt, by_n in r["options"].items():
+            for k, t in by_n.items():
+                lines.append(f"| `{opt}` | {k} | {t['end_to_end_s']:.3f} | {r['scaling_particles'][k]['end_to_end_s']:.3f} |")
     m = r["memory"]
     lines.append(f"\n## Memory\n\nPeak memory allocated while a worker picks one 4096² micrograph (tracemalloc, numpy included; "
                  f"the memory-mapped file itself is page cache): {m['picking_peak_MiB']:.0f} MiB = {m['peak_over_micrograph']:.2f}x the "

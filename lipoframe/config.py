@@ -118,6 +118,7 @@ class LipoframeConfig:
     peel: after picking, detect again on the micrograph with the accepted
         particles replaced by background, for faint particles that their
         neighbours hid (2D micrographs; see ``lipoframe.algorithms.peel``).
+        Off by default: it about doubles the time per micrograph.
     watch: keep running and pick new micrographs as they appear (see ``stream``).
     """
 
@@ -130,7 +131,7 @@ class LipoframeConfig:
     polarity: str = "dark"
     export_rejected: bool = False
     retry_suppressed: List[str] = field(default_factory=lambda: list(RETRY_SUPPRESSED))
-    peel: bool = True
+    peel: bool = False
     seed: int = 0
     runner: RunnerConfig = field(default_factory=RunnerConfig)
     shard: ShardConfig = field(default_factory=ShardConfig)

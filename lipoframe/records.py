@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -74,6 +74,10 @@ class Micrograph:
     image: np.ndarray
     polarity: str = "dark"
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
+    #: Applied to each signal binned from ``image`` (see :meth:`with_transform`).
+    _transform: Optional[Callable[[np.ndarray, int], np.ndarray]] = field(default=None, repr=False, compare=False)
+    #: The micrograph :meth:`with_transform` was called on: its signals are the ones transformed.
+    _parent: Optional["Micrograph"] = field(default=None, repr=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -106,6 +110,8 @@ class Micrograph:
             if finer:
                 g = max(finer)
                 binned = block_mean(self._cache[g], factor // g)  # already polarity-corrected
+            elif self._parent is not None:
+                binned = np.asarray(self._transform(self._parent.signal(factor), factor), dtype=np.float32)
             else:
                 binned = block_mean(self.image, factor)
                 if self.polarity == "dark":
@@ -114,23 +120,18 @@ class Micrograph:
             self._cache[factor] = binned
         return self._cache[factor]
 
-    def binnings(self) -> list[int]:
-        """The factors :meth:`signal` has been asked for so far, smallest first."""
-        return sorted(self._cache)
+    def with_transform(self, transform: Callable[[np.ndarray, int], np.ndarray]) -> "Micrograph":
+        """A copy whose :meth:`signal` is ``transform(signal, factor)`` of this one's.
 
-    def with_signal(self, factor: int, signal: np.ndarray) -> "Micrograph":
-        """A copy whose :meth:`signal` at ``factor`` is ``signal`` (polarity-corrected).
-
-        Coarser factors that ``factor`` divides are block means of it; other
-        factors still come from ``image``.
+        The transform is applied to this micrograph's signal (binned once,
+        and cached here too) where the copy has no finer level cached;
+        coarser factors are then block means of a cached finer one, as
+        usual, so a detector that asks for its finest binning first pays
+        for one transform. ``transform`` must not modify its input (a
+        read-only array) and returns a new array of the same shape
+        (particles bright).
         """
-        if signal.shape != tuple(s // int(factor) for s in self.shape):
-            raise ValueError(f"signal of shape {signal.shape} does not match image {self.shape} binned by {factor}")
-        out = Micrograph(meta=self.meta, image=self.image, polarity=self.polarity)
-        signal = np.array(signal, dtype=np.float32)
-        signal.setflags(write=False)
-        out._cache[int(factor)] = signal
-        return out
+        return Micrograph(meta=self.meta, image=self.image, polarity=self.polarity, _transform=transform, _parent=self)
 
 
 @dataclass(frozen=True)

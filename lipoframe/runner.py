@@ -375,8 +375,8 @@ def peel_again(picks: pd.DataFrame, detections: pd.DataFrame, mic: Micrograph, s
     A faint particle touching strong ones loses part of its edge to their
     darkness, and the particles raise the noise level its score is measured
     against. With the accepted particles replaced by background
-    (:func:`lipoframe.algorithms.peel.replace_discs`, at the binning the
-    first pass worked at) both are gone. The new detections are refined on
+    (:func:`lipoframe.algorithms.peel.replace_discs`, at the finest binning
+    the detector works at) both are gone. The new detections are refined on
     the micrograph itself and filtered together with the picks that stand.
 
     * A detection whose centre lies in an accepted particle, or that reaches
@@ -389,6 +389,10 @@ def peel_again(picks: pd.DataFrame, detections: pd.DataFrame, mic: Micrograph, s
       scores at the same places away from the accepted particles (at least
       10 such places; otherwise 1); a detection is weak or dropped against
       the detector's own ``threshold``/``weak_threshold`` on that scale.
+    * A detection at the place and size of a first-pass detection counts
+      only if peeling raised its score by more than ``PEEL_GAIN``; it then
+      replaces that detection's (rejected) first-pass pick
+      (:func:`_changed_by_peeling`).
     * NMS runs among the new detections, then against the accepted picks,
       which always win.
 
@@ -402,15 +406,16 @@ def peel_again(picks: pd.DataFrame, detections: pd.DataFrame, mic: Micrograph, s
 
     picks = picks.assign(**{PEELED: False})
     acc = picks.loc[picks[schema.ACCEPTED].to_numpy(dtype=bool)]
-    if not len(acc) or not mic.binnings():
+    if not len(acc):
         return picks
     ax, ay, ar = acc[schema.X].to_numpy(float), acc[schema.Y].to_numpy(float), acc[schema.DIAMETER].to_numpy(float) / 2.0
-    # The first pass's finest binning, with the particles replaced; the
-    # coarser levels are block means of it (Micrograph.signal).
-    factor = mic.binnings()[0]
-    peeled = mic.with_signal(factor, replace_discs(
-        mic.signal(factor), to_binned(ay, factor), to_binned(ax, factor), ar * PEEL_GROW / factor, seed=ctx.seed,
-    ))
+
+    def peel(signal: np.ndarray, factor: int) -> np.ndarray:
+        # At the finest binning the detector asks for; coarser levels are
+        # block means of it (Micrograph.signal).
+        return replace_discs(signal, to_binned(ay, factor), to_binned(ax, factor), ar * PEEL_GROW / factor, seed=ctx.seed)
+
+    peeled = mic.with_transform(peel)
     new = schema.validate_detections(stages.detector.detect(peeled, ctx), stage=f"detector/{stages.detector.name} (peel)")
     if not len(new):
         return picks
@@ -1375,7 +1380,7 @@ def pick(
     nms_params: dict | None = None,
     refiner_params: dict | None = None,
     retry_suppressed: tuple = RETRY_SUPPRESSED,
-    peel: bool = True,
+    peel: bool = False,
     name: str = "image",
 ) -> pd.DataFrame:
     """Pick one micrograph given as an array.

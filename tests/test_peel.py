@@ -60,6 +60,26 @@ def test_replace_discs_removes_particles_and_keeps_the_noise():
     assert lag1(out - 5.0, inside) == pytest.approx(lag1(noisy - clean - 5.0, ~inside), abs=0.1)
 
 
+@pytest.mark.parametrize("shape, smooth", [((300, 410), 24.0), ((257, 199), 9.0), ((64, 64), 3.0)])
+def test_background_on_a_coarse_grid_matches_the_exact_normalised_convolution(shape, smooth):
+    from scipy import ndimage as ndi
+
+    from lipoframe.algorithms.peel import _smooth_background
+
+    rng = np.random.default_rng(7)
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    image = (np.sin(xx / 40.0) + 0.01 * yy + 0.1 * rng.standard_normal(shape)).astype(np.float32)
+    keep = rng.random(shape) > 0.4
+    w = keep.astype(np.float32)
+    exact = ndi.gaussian_filter(image * w, smooth) / ndi.gaussian_filter(w, smooth)
+    got = _smooth_background(image, keep, smooth)
+    assert got.shape == shape and got.dtype == np.float32
+    inner = (slice(int(2 * smooth), -int(2 * smooth)),) * 2  # the borders differ by the block padding
+    # (half a block of misalignment would give 0.8-2 % of the range inside)
+    assert np.abs(got - exact)[inner].max() < 0.005 * float(np.ptp(exact))
+    assert np.abs(got - exact).mean() < 0.002 * float(np.ptp(exact))
+
+
 def test_replace_discs_leaves_an_image_without_discs_or_with_nothing_else_alone():
     image = np.arange(64, dtype=np.float32).reshape(8, 8)
     assert np.array_equal(replace_discs(image, [], [], []), image)
@@ -84,18 +104,25 @@ def test_replace_discs_names_the_bad_parameter(kwargs, message):
 
 
 # ---------------------------------------------------------------------------
-# Micrograph.with_signal (what detection after peeling works on)
+# Micrograph.with_transform (what detection after peeling works on)
 # ---------------------------------------------------------------------------
-def test_micrograph_with_signal_serves_that_binning_and_the_coarser_ones():
+def test_micrograph_with_transform_transforms_what_is_binned_from_the_image():
     image = np.random.default_rng(0).standard_normal((64, 96)).astype(np.float32)
     mic = Micrograph(meta=MicrographMeta("m", "", image.shape, 1.0), image=image, polarity="dark")
-    replaced = np.ones((32, 48), np.float32)
-    other = mic.with_signal(2, replaced)
-    assert mic.binnings() == [] and other.binnings() == [2]
-    assert np.array_equal(other.signal(2), replaced) and np.array_equal(other.signal(8), np.ones((8, 12)))
-    assert np.array_equal(other.signal(1), -image)  # finer than the replaced binning: from the image
-    with pytest.raises(ValueError, match="does not match"):
-        mic.with_signal(2, np.ones((10, 10)))
+    calls = []
+
+    def plus_factor(signal, factor):
+        calls.append(factor)
+        return signal + factor
+
+    other = mic.with_transform(plus_factor)
+    np.testing.assert_allclose(other.signal(2), -block_mean(image, 2) + 2, rtol=1e-6, atol=1e-6)
+    # coarser: block means of the transformed finer level, not transformed again
+    np.testing.assert_allclose(other.signal(8), -block_mean(image, 8) + 2, rtol=1e-5, atol=1e-5)
+    assert calls == [2]
+    np.testing.assert_allclose(other.signal(3), -block_mean(image, 3) + 3, rtol=1e-6, atol=1e-6)  # not a multiple of 2
+    assert calls == [2, 3]
+    np.testing.assert_allclose(mic.signal(2), -block_mean(image, 2), rtol=1e-6, atol=1e-6)  # the original is untouched
 
 
 def test_micrograph_signal_bins_from_the_full_resolution_copy():
@@ -104,7 +131,8 @@ def test_micrograph_signal_bins_from_the_full_resolution_copy():
     mic = Micrograph(meta=MicrographMeta("m", "", image.shape, 1.0), image=image, polarity="dark")
     mic.signal(1)
     np.testing.assert_allclose(mic.signal(4), -block_mean(image, 4), rtol=1e-6, atol=1e-6)
-    other = mic.with_signal(1, np.zeros((64, 64), np.float32))
+    other = mic.with_transform(lambda signal, factor: np.zeros_like(signal))
+    other.signal(1)
     assert np.array_equal(other.signal(4), np.zeros((16, 16)))
 
 
@@ -137,8 +165,8 @@ def _found(picks: pd.DataFrame, truth: pd.DataFrame) -> np.ndarray:
 def test_peeling_finds_faint_particles_hidden_by_their_neighbours():
     image, truth, faint = _crowd()
     kw = dict(dmin=80, dmax=160, units="px")
-    first = pick(image, peel=False, **kw)
-    both = pick(image, **kw)
+    first = pick(image, **kw)  # peel is off by default
+    both = pick(image, peel=True, **kw)
     f1, f2 = _found(first, truth), _found(both, truth)
     assert f1[~faint].all() and f2[~faint].all()
     assert f1[faint].sum() <= 8 and f2[faint].sum() >= 11 and (f2 | ~f1).all()  # of 14; none lost
@@ -152,7 +180,21 @@ def test_peeling_finds_faint_particles_hidden_by_their_neighbours():
 def test_peeling_adds_nothing_to_isolated_clear_particles():
     truth = _particles([(200, 200), (600, 220), (400, 600), (800, 700)], 140.0)
     image = render((1000, 1000), truth, contrast=1.0, noise=0.2, seed=5)
-    a = pick(image, dmin=100, dmax=200, units="px", peel=False)
-    b = pick(image, dmin=100, dmax=200, units="px")
+    a = pick(image, dmin=100, dmax=200, units="px")
+    b = pick(image, dmin=100, dmax=200, units="px", peel=True)
     assert int(b["accepted"].sum()) == int(a["accepted"].sum()) == 4
     assert not (b["accepted"] & b["peeled"]).any()
+
+
+def test_peel_is_a_run_option(tiny_mrcs, tmp_path, run_cli):
+    """``peel=true`` on the command line: the column, the summary count, and a different fingerprint."""
+    from conftest import TINY_ARGS
+
+    from lipoframe.config import LipoframeConfig
+
+    assert LipoframeConfig().peel is False
+    assert LipoframeConfig(peel=True).per_micrograph_fingerprint() != LipoframeConfig().per_micrograph_fingerprint()
+    code, out, err = run_cli("run", f"input={tiny_mrcs[0]}", f"output={tmp_path / 'out'}", "peel=true", *TINY_ARGS)
+    assert code == 0, err
+    table = pd.read_csv(next((tmp_path / "out" / "micrographs").glob("*.csv")))
+    assert "peeled" in table.columns

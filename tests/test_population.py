@@ -79,7 +79,7 @@ def test_no_weak_pick_on_noise_or_in_a_sparse_field(every):
     acc = picks[picks[schema.ACCEPTED]]
     if every > 1:
         assert not acc[schema.WEAK].any()
-        assert set(picks.loc[picks[schema.WEAK], schema.REASON]) <= {"weak_unsupported", "no_edge", "at_border", "diameter_range", "contamination"}
+        assert set(picks.loc[picks[schema.WEAK], schema.REASON]) <= {"weak_unsupported", "no_edge", "diameter_range", "contamination"}
 
 
 def test_same_size_support_counts_like_brute_force():

@@ -86,7 +86,9 @@ def replace_discs(
     Notes
     -----
     The background is a normalised convolution: ``G * (image w) / G * w``
-    with ``w`` zero inside the discs, so the particles do not darken it.
+    with ``w`` zero inside the discs, so the particles do not darken it
+    (computed on a grid binned to about a quarter of ``smooth`` and
+    interpolated back: it is smooth on that scale).
     The texture of a disc pixel ``p`` is the residual at ``p + o`` (wrapped
     around the image) for the first of a seeded sequence of offsets ``o``
     that lands outside every disc; neighbouring pixels mostly share an
@@ -107,8 +109,7 @@ def replace_discs(
         smooth = max(2.0 * float(np.median(radii)), 4.0)
     if not smooth > 0:
         raise ValueError(f"smooth must be > 0, got {smooth}")
-    weight = (~inside).astype(np.float32)
-    background = ndi.gaussian_filter(img * weight, smooth) / np.maximum(ndi.gaussian_filter(weight, smooth), 1e-6)
+    background = _smooth_background(img, ~inside, smooth)
     residual = img - background
     out = img.copy()
     m, n = img.shape
@@ -124,3 +125,27 @@ def replace_discs(
         out[ys[ok], xs[ok]] += residual[y2[ok], x2[ok]]
         ys, xs = ys[~ok], xs[~ok]
     return out
+
+
+def _smooth_background(image: np.ndarray, weight: np.ndarray, smooth: float) -> np.ndarray:
+    """Normalised convolution ``G * (image w) / G * w`` (Gaussian ``smooth``), on a coarse grid.
+
+    The image and the weights are block-summed by ``b ~ smooth / 4`` (the
+    last partial blocks included), filtered with ``smooth / b`` and
+    interpolated back to every pixel (linear, block centres).
+    """
+    m, n = image.shape
+    b = max(1, int(smooth // 4))
+    w = weight.astype(np.float32)
+    if b == 1:
+        num, den = ndi.gaussian_filter(image * w, smooth), ndi.gaussian_filter(w, smooth)
+        return num / np.maximum(den, 1e-6)
+    mb, nb = -(-m // b), -(-n // b)
+    pad = ((0, mb * b - m), (0, nb * b - n))
+    iw = np.pad(image * w, pad).reshape(mb, b, nb, b).sum(axis=(1, 3))
+    ws = np.pad(w, pad).reshape(mb, b, nb, b).sum(axis=(1, 3))
+    coarse = ndi.gaussian_filter(iw, smooth / b) / np.maximum(ndi.gaussian_filter(ws, smooth / b), 1e-6)
+    # Block i covers pixels i*b .. i*b+b-1: its centre is at (i + 0.5) b - 0.5.
+    rows = np.clip((np.arange(m) + 0.5) / b - 0.5, 0, mb - 1)
+    cols = np.clip((np.arange(n) + 0.5) / b - 0.5, 0, nb - 1)
+    return ndi.map_coordinates(coarse, np.meshgrid(rows, cols, indexing="ij"), order=1, mode="nearest").astype(np.float32)
