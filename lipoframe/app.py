@@ -94,7 +94,7 @@ def _did_you_mean(exc: BaseException) -> str:
     else:
         found = difflib.get_close_matches(key, names(node), n=3, cutoff=0.75)
         if not found:
-            nested: dict[str, list[str]] = {}  # dotted key -> its last part
+            nested: dict[str, str] = {}  # dotted key -> its last part
             for f in dataclasses.fields(node):
                 section = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
                 if dataclasses.is_dataclass(section):
