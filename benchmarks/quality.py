@@ -198,8 +198,9 @@ def main(argv=None) -> int:
         for name in only:
             (inputs / f"{name}.mrc").symlink_to((info.folder / f"{name}.mrc").resolve())
         truth = truth[truth.micrograph.isin(only)]
-    if args.set:
-        suffix += "_" + "_".join(o.replace("=", "-").replace("/", "-") for o in args.set)
+    # Runs with overrides get folders of their own: run_suite_seed0_peel-true.
+    tag = "".join("_" + o.replace("=", "-").replace("/", "-") for o in args.set)
+    suffix += tag
     ev, run = run_and_evaluate(inputs, truth, cache / f"run_{suffix}", overrides=tuple(args.set), workers=args.workers)
     report: dict = {
         "lipoframe": __version__, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "preset": args.preset, "seed": args.seed,
@@ -222,8 +223,7 @@ def main(argv=None) -> int:
         p = plot_overlay(img, truth, picks, Path(args.results) / f"overlay_{name}.png", title=f"{name}: {descriptions.get(name, '')}")
         print(f"overlay: {p}", file=sys.stderr)
     if not args.no_apoferritin and APO.is_dir():
-        apo_dir = "run_apoferritin" + "".join("_" + o.replace("=", "-").replace("/", "-") for o in args.set)
-        ev_apo, run_apo = run_and_evaluate(APO / "micrographs_filtered", APO / "reference_coords_derived.csv", cache / apo_dir,
+        ev_apo, run_apo = run_and_evaluate(APO / "micrographs_filtered", APO / "reference_coords_derived.csv", cache / f"run_apoferritin{tag}",
                                            overrides=APO_OVERRIDES + tuple(args.set), workers=args.workers)
         report["apoferritin"] = {"summary": ev_apo.summary, "per_micrograph": per_mic_rows(ev_apo, {}), "run": run_apo, "overrides": list(APO_OVERRIDES + tuple(args.set))}
         values["apoferritin_f1"] = ev_apo.summary["f1"]

@@ -349,14 +349,29 @@ def retry_candidates(
     if not len(rest):
         return rest
     # The standing picks go first: a retried detection never displaces one.
-    standing = kept.loc[kept[_CANDIDATE].isin(others[_CANDIDATE])].copy()
+    standing = kept.loc[kept[_CANDIDATE].isin(others[_CANDIDATE])]
+    return _not_suppressed_by(rest, standing, mic, stages, ctx, above=detections)
+
+
+def _not_suppressed_by(
+    candidates: pd.DataFrame, standing: pd.DataFrame, mic: Micrograph, stages: StageSet, ctx: PickContext, *, above: pd.DataFrame
+) -> pd.DataFrame:
+    """The ``candidates`` that NMS keeps next to ``standing`` picks that always win.
+
+    The standing picks (their detector columns) are given a ``response`` and
+    ``score`` above every value of ``above`` and are never weak, so a
+    candidate never displaces or duplicates one. Rows of ``candidates``
+    (with ``_candidate`` numbers), reindexed.
+    """
+    standing = standing[[c for c in standing.columns if c in candidates.columns]].copy()
     for col in ("response", schema.SCORE):
         if col in standing.columns:
-            standing[col] = float(np.abs(detections[col].to_numpy(dtype=float)).max()) * 2.0 + 1.0
+            standing[col] = float(np.abs(above[col].to_numpy(dtype=float)).max()) * 2.0 + 1.0
     if schema.WEAK in standing.columns:
         standing[schema.WEAK] = False
-    survivors = stages.nms.suppress(pd.concat([standing, rest], ignore_index=True), mic, ctx)
-    return rest.loc[rest[_CANDIDATE].isin(survivors[_CANDIDATE]) & ~rest[_CANDIDATE].isin(standing[_CANDIDATE])].reset_index(drop=True)
+    survivors = stages.nms.suppress(pd.concat([standing, candidates], ignore_index=True), mic, ctx)
+    keep = candidates[_CANDIDATE].isin(survivors[_CANDIDATE]) & ~candidates[_CANDIDATE].isin(standing[_CANDIDATE])
+    return candidates.loc[keep].reset_index(drop=True)
 
 
 #: Column: True for picks found after peeling (:func:`peel_again`).
@@ -426,16 +441,7 @@ def peel_again(picks: pd.DataFrame, detections: pd.DataFrame, mic: Micrograph, s
         return picks
     picks = picks.loc[~picks[_CANDIDATE].isin(judged_again)]
     new[_CANDIDATE] = np.arange(len(new)) + int(detections[_CANDIDATE].max()) + 1
-    new = stages.nms.suppress(new, mic, ctx)
-    standing = acc.copy()
-    for col in ("response", schema.SCORE):
-        if col in standing.columns:
-            standing[col] = float(np.abs(new[col].to_numpy(dtype=float)).max()) * 2.0 + 1.0 if col in new.columns else np.inf
-    if schema.WEAK in standing.columns:
-        standing[schema.WEAK] = False
-    both = pd.concat([standing[[c for c in standing.columns if c in new.columns]], new], ignore_index=True)
-    survivors = stages.nms.suppress(both, mic, ctx)
-    new = new.loc[new[_CANDIDATE].isin(survivors[_CANDIDATE])].reset_index(drop=True)
+    new = _not_suppressed_by(stages.nms.suppress(new, mic, ctx), acc, mic, stages, ctx, above=new)
     if not len(new):
         return picks
     new = _refine(new, mic, stages, ctx)
@@ -467,19 +473,28 @@ def _changed_by_peeling(new: pd.DataFrame, first: pd.DataFrame, picks: pd.DataFr
     replaced : ndarray
         ``_candidate`` numbers of the first-pass picks they replace.
     """
-    from scipy.spatial import cKDTree
-
     if not len(first) or not len(new):
         return new, np.empty(0, dtype=np.int64)
-    x, y, d = new[schema.X].to_numpy(float), new[schema.Y].to_numpy(float), new[schema.DIAMETER].to_numpy(float)
-    dist, j = cKDTree(first[[schema.X, schema.Y]].to_numpy(float)).query(np.c_[x, y])
-    d1 = first[schema.DIAMETER].to_numpy(float)[j]
-    same = (dist < 0.25 * d1) & (np.abs(d / d1 - 1.0) < 0.2)
+    j, same = _at_first_pass_detection(new, first, place=0.25, size=0.2)
     gained = new[schema.SCORE].to_numpy(float) > PEEL_GAIN * first[schema.SCORE].to_numpy(float)[j]
     keep = ~same | gained
     replaced = first[_CANDIDATE].to_numpy()[j[same & gained]]
     replaced = replaced[np.isin(replaced, picks[_CANDIDATE].to_numpy())]
     return new.loc[keep].reset_index(drop=True), replaced
+
+
+def _at_first_pass_detection(new: pd.DataFrame, first: pd.DataFrame, *, place: float, size: float) -> tuple[np.ndarray, np.ndarray]:
+    """For each of ``new``: the row of the nearest ``first`` detection, and whether it is the same one.
+
+    The same: centres within ``place`` of the first detection's diameter and
+    diameters within ``size`` (relative). ``first`` must not be empty.
+    """
+    from scipy.spatial import cKDTree
+
+    d = new[schema.DIAMETER].to_numpy(float)
+    dist, j = cKDTree(first[[schema.X, schema.Y]].to_numpy(float)).query(new[[schema.X, schema.Y]].to_numpy(float))
+    d1 = first[schema.DIAMETER].to_numpy(float)[j]
+    return j, (dist < place * d1) & (np.abs(d / d1 - 1.0) < size)
 
 
 def _reaches_into(df: pd.DataFrame, ax: np.ndarray, ay: np.ndarray, ar: np.ndarray) -> np.ndarray:
@@ -493,15 +508,12 @@ def _reaches_into(df: pd.DataFrame, ax: np.ndarray, ay: np.ndarray, ar: np.ndarr
 
 def _on_first_pass_scale(new: pd.DataFrame, first: pd.DataFrame, ax, ay, ar, detector: Stage) -> pd.DataFrame:
     """``new`` detections with their scores divided by how much peeling raised them (see :func:`peel_again`)."""
-    from scipy.spatial import cKDTree
-
     x, y, d = new[schema.X].to_numpy(float), new[schema.Y].to_numpy(float), new[schema.DIAMETER].to_numpy(float)
     far = (np.hypot(x[:, None] - ax[None, :], y[:, None] - ay[None, :]) > 1.5 * (ar[None, :] + d[:, None] / 2.0)).all(axis=1)
     ratio = 1.0
     if len(first):
-        dist, j = cKDTree(first[[schema.X, schema.Y]].to_numpy(float)).query(np.c_[x, y])
-        d1 = first[schema.DIAMETER].to_numpy(float)[j]
-        same = far & (dist < 0.05 * d1) & (np.abs(d / d1 - 1.0) < 0.1)
+        j, same = _at_first_pass_detection(new, first, place=0.05, size=0.1)
+        same &= far
         if same.sum() >= 10:
             s1 = first[schema.SCORE].to_numpy(float)[j[same]]
             ratio = max(1.0, float(np.median(new[schema.SCORE].to_numpy(float)[same] / s1)))
