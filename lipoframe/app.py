@@ -87,6 +87,8 @@ def _did_you_mean(exc: BaseException) -> str:
     def names(cls) -> list[str]:
         return [f.name for f in dataclasses.fields(cls)]
 
+    if key in names(node):  # a known key with a bad value: nothing to suggest
+        return ""
     if node is not LipoframeConfig:
         full = str(getattr(exc, "full_key", key) or key)
         prefix = full[: len(full) - len(key)]

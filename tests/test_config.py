@@ -118,6 +118,13 @@ def test_unknown_key_error_suggests_the_key_meant(override, hint):
     assert msg.endswith("; " + hint)
 
 
+@pytest.mark.parametrize("override", ["peel=maybe", "nms.beta=abc", "dmin=abc", "runner.workers=x"])
+def test_a_bad_value_of_a_known_key_gets_no_suggestion(override):
+    with pytest.raises(ConfigError) as err:
+        validate_overrides([override])
+    assert str(err.value).startswith(override.split("=")[0] + ":") and "did you mean" not in str(err.value)
+
+
 def test_unknown_key_without_a_likely_meaning_gets_no_suggestion():
     with pytest.raises(ConfigError) as err:
         validate_overrides(["zzz=1"])
