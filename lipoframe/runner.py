@@ -265,7 +265,7 @@ def process_micrograph(mic: Micrograph, stages: StageSet, ctx: PickContext) -> p
             merged = pd.concat([standing, _refine(retry, mic, stages, ctx)], ignore_index=True)
             picks = pd.concat([_filter(merged, mic, stages, ctx), picks.loc[failed]], ignore_index=True)
             picks[schema.WEAK] = schema.weak_mask(picks)
-        picks[schema.RETRIED] = picks[schema.RETRIED].fillna(False).astype(bool) if schema.RETRIED in picks else False
+        picks[schema.RETRIED] = schema.flags(picks[schema.RETRIED]) if schema.RETRIED in picks else False
     if stages.peel and mic.image.ndim == 2:
         picks = peel_again(picks, detections, mic, stages, ctx)
     picks = picks.drop(columns=_CANDIDATE)
@@ -452,7 +452,7 @@ def peel_again(picks: pd.DataFrame, detections: pd.DataFrame, mic: Micrograph, s
     out = _filter(pd.concat([picks, new], ignore_index=True), mic, stages, ctx)
     if schema.WEAK in out.columns:
         out[schema.WEAK] = schema.weak_mask(out)
-    out[PEELED] = out[PEELED].fillna(False).astype(bool)
+    out[PEELED] = schema.flags(out[PEELED])
     return out
 
 
@@ -1103,8 +1103,8 @@ class RunResult:
         """Accepted picks flagged in ``column`` (``retried``, ``peeled``)."""
         if not len(self.picks) or column not in self.picks.columns:
             return 0
-        flagged = self.picks[column].fillna(False).astype(bool)
-        return int((flagged & self.picks[schema.ACCEPTED].astype(bool)).sum())
+        flagged = schema.flags(self.picks[column])
+        return int((flagged & self.picks[schema.ACCEPTED].to_numpy(dtype=bool)).sum())
 
     def summary(self) -> dict:
         acc = int(self.picks[schema.ACCEPTED].sum()) if len(self.picks) else 0

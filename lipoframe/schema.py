@@ -93,11 +93,35 @@ def with_acceptance(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def flags(values) -> np.ndarray:
+    """A flag column (``weak``, ``retried``, ...) as a bool array, False where missing.
+
+    A flag column that only some of the concatenated tables had holds
+    ``True``/``False``/``NaN`` objects. ``Series.fillna(False)`` on it is
+    deprecated in pandas 2.2-2.3 (object downcasting) and would make the
+    test suite fail there (warnings are errors); this reads the values
+    directly and behaves the same on every pandas.
+
+    Parameters
+    ----------
+    values : (K,) Series or array-like
+
+    Returns
+    -------
+    flags : (K,) ndarray of bool
+    """
+    arr = np.asarray(values, dtype=object)
+    out = np.zeros(arr.shape, dtype=bool)
+    present = ~pd.isna(arr)
+    out[present] = arr[present].astype(bool)
+    return out
+
+
 def weak_mask(df: pd.DataFrame) -> np.ndarray:
     """The ``weak`` flag of every row as a bool array (False without the column, or where missing)."""
     if WEAK not in df.columns:
         return np.zeros(len(df), dtype=bool)
-    return df[WEAK].fillna(False).to_numpy(dtype=bool)
+    return flags(df[WEAK])
 
 
 def reject(df: pd.DataFrame, mask, reason: str) -> pd.DataFrame:

@@ -144,3 +144,15 @@ def test_filters_are_registered_and_selectable():
     _, registry, _ = plugins.load()
     for name in ("diameter_range", "score", "min_size", "neighbour_outlier", "edge"):
         assert ("filter", name) in registry
+
+
+def test_flags_of_concatenated_tables_are_false_where_missing():
+    # A flag only one of the tables had: True/False/NaN objects after concat.
+    a = pd.DataFrame({"x_px": [1.0, 2.0], "weak": [True, False]})
+    b = pd.DataFrame({"x_px": [3.0]})
+    both = pd.concat([a, b], ignore_index=True)
+    assert both["weak"].dtype == object
+    np.testing.assert_array_equal(schema.flags(both["weak"]), [True, False, False])
+    np.testing.assert_array_equal(schema.weak_mask(both), [True, False, False])
+    np.testing.assert_array_equal(schema.weak_mask(b), [False])
+    assert schema.flags(pd.Series([], dtype=object)).dtype == bool
