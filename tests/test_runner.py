@@ -189,16 +189,23 @@ def test_ctrl_c_keeps_finished_work_and_says_how_to_continue(tmp_path):
         _, err = proc.communicate(timeout=10)
     except subprocess.TimeoutExpired:
         # A signal that lands between Python's last check for signals and the
-        # child's blocking open() of the pipe is only acted on once open()
-        # returns (a race of any Python program, not of lipoframe): open the
-        # pipe's other end so it does. A run that ignored Ctrl-C would now
-        # read an empty third input and end without being interrupted.
+        # child's blocking open() of the pipe is not acted on while open()
+        # blocks (a race of any Python program, not of lipoframe). Press
+        # Ctrl-C again, as a user would: a signal that arrives during the
+        # blocking call interrupts it.
+        proc.send_signal(signal.SIGINT)
         try:
-            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-        except OSError:  # no reader: the child is past the pipe
-            pass
-        _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130
+            _, err = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            # Still blocked: open the pipe's other end. A run that ignored
+            # Ctrl-C would now read an empty third input and end without
+            # being interrupted.
+            try:
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:  # no reader: the child is past the pipe
+                pass
+            _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-3000:]
     assert "Traceback" not in err
     assert "2 of 3 micrographs are done and saved; run the same command again to continue" in err
     summary = json.loads((out / "run_summary.json").read_text())
