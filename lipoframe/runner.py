@@ -452,7 +452,6 @@ def peel_again(picks: pd.DataFrame, detections: pd.DataFrame, mic: Micrograph, s
     out = _filter(pd.concat([picks, new], ignore_index=True), mic, stages, ctx)
     if schema.WEAK in out.columns:
         out[schema.WEAK] = schema.weak_mask(out)
-    out[PEELED] = schema.flags(out[PEELED])
     return out
 
 
