@@ -27,8 +27,11 @@ class SizeAwareParams:
     rank_by: column that orders candidates (higher first). ``response``, the
         detector's scale-normalised response, is comparable across sizes, so
         a whole particle outranks arcs of its own edge; ``score`` (response
-        in units of each scale's noise) is what thresholds use. Falls back to
-        ``score`` when the column is missing.
+        in units of each scale's noise) is what thresholds use, and keeps
+        the dark grains inside a large particle (virions) from outranking
+        it when the diameter range reaches far below its size (see
+        docs/picking.md, NMS strategies). Falls back to ``score`` when the
+        column is missing.
     """
 
     beta: float = 0.8
