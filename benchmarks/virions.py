@@ -6,14 +6,17 @@ SARS-CoV-2 virions with a granular interior, plus a lacey edge with gold-like
 specks. Its reference (``reference_virions_derived.csv``) is a watershed of
 the published segmentation mask: one centre and diameter per virion.
 
-For each diameter range (pixels) and NMS ranking (``nms.rank_by``) the script
-reports how many picks are accepted, which virions get a pick within 0.3 of
+For each diameter range (pixels) and NMS setting (the defaults, where a
+larger candidate may outrank smaller ones inside it by ``score`` once
+confirmed; the same without that, ``nms.outrank_by=''``; and ranking every
+candidate by ``score``, ``nms.rank_by=score``) the script reports how many
+picks are accepted, which virions get a pick within 0.3 of
 their diameter (and that pick's diameter over the reference's), and how many
 accepted picks lie inside each virion's outline (more than one is the
 "peppering" failure: a large particle covered by small picks)::
 
     python benchmarks/virions.py                  # ~1 min -> benchmarks/results/virions.md
-    python benchmarks/virions.py --overlay 40,250,response    # also draw one case
+    python benchmarks/virions.py --overlay 40,250,default    # also draw one case (default, no-outrank, score)
 
 n = 3: a check of one behaviour on real data, not a statistical benchmark.
 """
@@ -30,7 +33,8 @@ import pandas as pd
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data" / "real" / "sarscov2_virions_tomoslice"
 RANGES = ((100, 250), (120, 240), (80, 300), (60, 400), (40, 250))
-RANKINGS = ("response", "score")
+#: NMS settings compared: name -> nms parameters.
+SETTINGS = {"default": {}, "no-outrank": {"outrank_by": ""}, "score": {"rank_by": "score"}}
 
 
 def score_case(picks: pd.DataFrame, ref: pd.DataFrame) -> dict:
@@ -48,7 +52,7 @@ def score_case(picks: pd.DataFrame, ref: pd.DataFrame) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--results", default=str(HERE / "results"))
-    ap.add_argument("--overlay", default="", help="dmin,dmax,rank_by of one case to draw (PNG next to the results)")
+    ap.add_argument("--overlay", default="", help="dmin,dmax,setting of one case to draw (PNG next to the results)")
     args = ap.parse_args(argv)
     if not DATA.is_dir():
         print(f"virion slice not found at {DATA}: nothing to do", file=sys.stderr)
@@ -61,24 +65,25 @@ def main(argv=None) -> int:
     ref = pd.read_csv(DATA / "reference_virions_derived.csv").rename(columns={"diameter_px_watershed_equiv": "diameter_px"})
     rows = []
     for dmin, dmax in RANGES:
-        for rank_by in RANKINGS:
-            picks = pick(image, units="px", dmin=dmin, dmax=dmax, nms_params={"rank_by": rank_by})
-            rows.append(((dmin, dmax, rank_by), score_case(picks, ref)))
-            print(f"{dmin}-{dmax} px, rank_by={rank_by}: {rows[-1][1]}", file=sys.stderr)
+        for name, nms_params in SETTINGS.items():
+            picks = pick(image, units="px", dmin=dmin, dmax=dmax, nms_params=nms_params)
+            rows.append(((dmin, dmax, name), score_case(picks, ref)))
+            print(f"{dmin}-{dmax} px, {name}: {rows[-1][1]}", file=sys.stderr)
     names = [f"{r.diameter_px:.0f} px at ({r.x_px:.0f}, {r.y_px:.0f})" for _, r in ref.iterrows()]
     lines = [
-        "# Three virions on a real tomogram slice: picks by diameter range and NMS ranking",
+        "# Three virions on a real tomogram slice: picks by diameter range and NMS setting",
         "",
         "`python benchmarks/virions.py`. Per virion: the accepted pick within 0.3 of its diameter, as "
         "its diameter over the reference's (`miss` if none), and the number of accepted picks inside its "
-        "outline (one is right; more is peppering).",
+        "outline (one is right; more is peppering). NMS settings: `default`; `no-outrank` "
+        "(`nms.outrank_by=''`: no larger candidate outranks smaller ones inside it); `score` (`nms.rank_by=score`).",
         "",
-        "| dmin-dmax (px) | nms.rank_by | accepted picks | " + " | ".join(names) + " |",
+        "| dmin-dmax (px) | NMS | accepted picks | " + " | ".join(names) + " |",
         "|---|---|---|" + "---|" * len(names),
     ]
-    for (dmin, dmax, rank_by), res in rows:
+    for (dmin, dmax, name), res in rows:
         cells = [("miss" if v["ratio"] is None else f"{v['ratio']:.2f}") + f", {v['inside']} inside" for v in res["virions"]]
-        lines.append(f"| {dmin}-{dmax} | {rank_by} | {res['accepted']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {dmin}-{dmax} | {name} | {res['accepted']} | " + " | ".join(cells) + " |")
     md = "\n".join(lines) + "\n"
     out = Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
@@ -87,11 +92,11 @@ def main(argv=None) -> int:
     if args.overlay:
         from lipoframe.evaluate import evaluate, plot_evaluation
 
-        lo, hi, rank_by = args.overlay.split(",")
-        picks = pick(image, units="px", dmin=float(lo), dmax=float(hi), nms_params={"rank_by": rank_by})
+        lo, hi, name = args.overlay.split(",")
+        picks = pick(image, units="px", dmin=float(lo), dmax=float(hi), nms_params=SETTINGS[name])
         ev = evaluate(picks, ref.assign(micrograph="image", kind="virion"))
-        path = plot_evaluation(image, ev.reference, ev.picks, out / f"virions_{lo}-{hi}_{rank_by}.png",
-                               title=f"virion slice, dmin={lo} dmax={hi} px, nms.rank_by={rank_by}")
+        path = plot_evaluation(image, ev.reference, ev.picks, out / f"virions_{lo}-{hi}_{name}.png",
+                               title=f"virion slice, dmin={lo} dmax={hi} px, NMS {name}")
         print(f"overlay: {path}", file=sys.stderr)
     return 0
 

@@ -247,9 +247,7 @@ def process_micrograph(mic: Micrograph, stages: StageSet, ctx: PickContext) -> p
     check_image(mic, ctx)
     detections = schema.validate_detections(stages.detector.detect(mic, ctx), stage=f"detector/{stages.detector.name}")
     detections[_CANDIDATE] = np.arange(len(detections))
-    kept = schema.validate_detections(stages.nms.suppress(detections, mic, ctx), stage=f"nms/{stages.nms.name}")
-    refined = _refine(kept, mic, stages, ctx)
-    picks = _filter(refined, mic, stages, ctx)
+    detections, kept, refined, picks, overruled = _pick_confirmed(detections, mic, stages, ctx)
     if stages.retry_suppressed:
         failed = ~picks[schema.ACCEPTED].to_numpy(dtype=bool) & picks[schema.REASON].isin(stages.retry_suppressed).to_numpy()
         retry = retry_candidates(detections, kept, picks.loc[failed], picks.loc[~failed], mic, stages, ctx)
@@ -268,7 +266,9 @@ def process_micrograph(mic: Micrograph, stages: StageSet, ctx: PickContext) -> p
         picks[schema.RETRIED] = schema.flags(picks[schema.RETRIED]) if schema.RETRIED in picks else False
     if stages.peel and mic.image.ndim == 2:
         picks = peel_again(picks, detections, mic, stages, ctx)
-    picks = picks.drop(columns=_CANDIDATE)
+    if len(overruled):
+        picks = pd.concat([picks, overruled], ignore_index=True)
+    picks = picks.drop(columns=[_CANDIDATE, schema.OUTRANK_FAILED], errors="ignore")
     if schema.WEAK in picks.columns and schema.SUPPORT not in picks.columns:
         # Weak candidates need a stage that vouches for them (the population filter).
         picks = schema.reject(picks, schema.weak_mask(picks), "weak")
@@ -283,6 +283,70 @@ def process_micrograph(mic: Micrograph, stages: StageSet, ctx: PickContext) -> p
 
 #: Temporary column: each detection's row number, to follow it through the stages.
 _CANDIDATE = "_candidate"
+
+
+#: Rounds of :func:`_suppress_and_refine` that may take outranking away from rejected candidates.
+OUTRANK_ROUNDS = 3
+
+
+def _pick_confirmed(
+    detections: pd.DataFrame, mic: Micrograph, stages: StageSet, ctx: PickContext
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """NMS, refinement and filters; a candidate kept by outranking smaller ones stands only if it is accepted.
+
+    An NMS strategy may let a larger candidate win over smaller, stronger
+    ones inside it (``size_aware``'s ``outrank_by``): a large particle over
+    its own grains or the arcs of its rim. That is a claim about one place,
+    which refinement and the filters check. A candidate kept only thanks to
+    it (kept, and not kept by the same NMS without outranking) and then
+    rejected is flagged ``schema.OUTRANK_FAILED`` and NMS runs again, so
+    the smaller candidates get back the place they had without it (at most
+    ``OUTRANK_ROUNDS`` times; the last round's result stands).
+
+    Returns
+    -------
+    detections : DataFrame
+        The detections, with the flag where it was set.
+    kept : DataFrame
+        The detections NMS kept.
+    refined : DataFrame
+        ``kept`` refined.
+    picks : DataFrame
+        ``refined`` filtered.
+    overruled : DataFrame
+        The flagged candidates NMS no longer keeps, as they were rejected:
+        they stay in the pick table like every rejected candidate.
+    """
+
+    def suppress(detections):
+        return schema.validate_detections(stages.nms.suppress(detections, mic, ctx), stage=f"nms/{stages.nms.name}")
+
+    def refine_and_filter(kept):
+        refined = _refine(kept, mic, stages, ctx)
+        return refined, _filter(refined, mic, stages, ctx)
+
+    kept = suppress(detections)
+    refined, picks = refine_and_filter(kept)
+    plain = stages.nms.suppress(detections.assign(**{schema.OUTRANK_FAILED: True}), mic, ctx)[_CANDIDATE]
+    flagged = np.zeros(len(detections), dtype=bool)
+    overruled = [picks.iloc[:0]]
+    for _ in range(OUTRANK_ROUNDS):
+        failed = picks.loc[~picks[schema.ACCEPTED].to_numpy(dtype=bool) & ~picks[_CANDIDATE].isin(plain).to_numpy()]
+        failed = failed.loc[~failed[_CANDIDATE].isin(detections.loc[flagged, _CANDIDATE])]
+        if not len(failed):
+            break
+        overruled.append(failed)
+        flagged |= detections[_CANDIDATE].isin(failed[_CANDIDATE]).to_numpy()
+        detections = detections.assign(**{schema.OUTRANK_FAILED: flagged})
+        again = suppress(detections)
+        if set(again[_CANDIDATE]) == set(kept[_CANDIDATE]):
+            # The failed candidates had won nothing by outranking (they only
+            # stood because a candidate that outranked theirs had): same picks.
+            break
+        kept = again
+        refined, picks = refine_and_filter(kept)
+    overruled = pd.concat(overruled, ignore_index=True)
+    return detections, kept, refined, picks, overruled.loc[~overruled[_CANDIDATE].isin(kept[_CANDIDATE])]
 
 
 def _refine(picks: pd.DataFrame, mic: Micrograph, stages: StageSet, ctx: PickContext) -> pd.DataFrame:

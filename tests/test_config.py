@@ -75,6 +75,7 @@ BAD = [
     (["typo=3"], "typo", "not in"),
     (["nms=size_aware", "nms.beta=0"], "nms.beta", "(0, 2]"),
     (["nms=size_aware", "nms.beta=-1"], "nms.beta", "(0, 2]"),
+    (["nms.outrank_ratio=1"], "nms.outrank_ratio", "(0, 1)"),
     (["dmin=600", "dmax=500"], "dmin", "dmax"),
     (["dmin=0"], "dmin", "> 0"),
     (["detector=nope"], "detector=nope", "available: dog"),

@@ -42,9 +42,19 @@ def test_defaults_with_a_range_near_their_size_give_one_pick_per_virion(slice_an
 
 
 def test_rank_by_score_keeps_small_picks_off_the_virions_with_a_wide_range(slice_and_reference):
-    """dmin 40 px: the grains inside a virion outrank it by response, not by score (docs/picking.md)."""
+    """dmin 40 px: the grains inside a virion lead it by response, not by score (docs/picking.md)."""
     image, ref = slice_and_reference
     by_score = _picks_per_virion(pick(image, units="px", dmin=40, dmax=250, nms_params={"rank_by": "score"}), ref)
     assert all(inside <= 1 for inside, _ in by_score)
     whole = [s for _, sizes in by_score for s in sizes if 0.9 < s < 1.12]
     assert len(whole) >= 2
+
+
+def test_defaults_with_a_wide_range_still_give_one_pick_per_virion(slice_and_reference):
+    """dmin 60 px: the virions outrank their grains by score once the refiner confirms them (docs/picking.md)."""
+    image, ref = slice_and_reference
+    for inside, sizes in _picks_per_virion(pick(image, units="px", dmin=60, dmax=400), ref):
+        assert inside == 1 and len(sizes) == 1 and 0.9 < sizes[0] < 1.12
+    # Without outranking the grains win and no virion gets its own pick.
+    plain = _picks_per_virion(pick(image, units="px", dmin=60, dmax=400, nms_params={"outrank_by": ""}), ref)
+    assert not any(len(sizes) == 1 and 0.9 < sizes[0] < 1.12 for _, sizes in plain)

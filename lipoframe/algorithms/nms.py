@@ -14,6 +14,9 @@ def size_aware_nms(
     beta: float = 0.8,
     symmetric: bool = True,
     max_containment: float = 1.0,
+    second: np.ndarray | None = None,
+    may_outrank: np.ndarray | None = None,
+    inner_ratio: float = 0.7,
 ) -> np.ndarray:
     """Greedy, score-ordered suppression with a size-dependent exclusion radius.
 
@@ -42,6 +45,23 @@ def size_aware_nms(
         (arcs of a larger particle's edge, picks inside a vesicle). 1 turns the
         test off. In 3D the circle formula is applied to the spheres' centre
         distance (a close, conservative approximation).
+    second : (K,) ndarray, optional
+        A second measure (higher is better) by which a larger candidate may
+        outrank a smaller one inside it. When two candidates conflict, the
+        smaller radius is at most ``inner_ratio`` of the larger and the
+        larger is ahead on ``second`` (though behind on ``score``), the
+        larger wins: a smaller candidate beats a larger one around it only
+        by being ahead on both measures. (The dark grains or arcs of a large
+        particle's rim, stronger than the particle by one measure, then do
+        not cover it with small picks.) With such pairs the conflicts are
+        resolved in rounds: every candidate that wins all its conflicts with
+        the candidates still in play is kept and removes those it beats;
+        where none does (a cycle of preferences) the first by ``score`` is
+        kept. Without them this is the greedy pass, exactly.
+    may_outrank : (K,) ndarray of bool, optional
+        The candidates allowed to outrank by ``second`` (default: all).
+    inner_ratio : float in (0, 1)
+        See ``second``.
 
     Returns
     -------
@@ -51,6 +71,8 @@ def size_aware_nms(
         raise ValueError(f"beta must be > 0, got {beta}")
     if not 0 < max_containment <= 1:
         raise ValueError(f"max_containment must be in (0, 1], got {max_containment}")
+    if not 0 < inner_ratio < 1:
+        raise ValueError(f"inner_ratio must be in (0, 1), got {inner_ratio}")
     xy = _points(xy)
     radius = np.asarray(radius, dtype=float)
     score = np.asarray(score, dtype=float)
@@ -67,6 +89,15 @@ def size_aware_nms(
     swap = rank[pairs[:, 0]] < rank[pairs[:, 1]]
     later = np.where(swap, pairs[:, 1], pairs[:, 0])
     earlier = np.where(swap, pairs[:, 0], pairs[:, 1])
+    outranked = False
+    if second is not None and len(later):
+        second = np.asarray(second, dtype=float)
+        flip = (radius[earlier] <= inner_ratio * radius[later]) & (second[later] > second[earlier])
+        if may_outrank is not None:
+            flip &= np.asarray(may_outrank, dtype=bool)[later]
+        if flip.any():
+            outranked = True
+            later[flip], earlier[flip] = earlier[flip], later[flip].copy()
     diff = xy[later] - xy[earlier]
     d2 = diff[:, 0] * diff[:, 0]
     for axis in range(1, diff.shape[1]):
@@ -84,6 +115,8 @@ def size_aware_nms(
         inter = circle_overlap(rl, re, np.sqrt(d2[touch]))
         conflict[touch] = inter / np.minimum(np.pi * rl**2, np.pi * re**2) > max_containment
     later, earlier = later[conflict], earlier[conflict]
+    if outranked:
+        return _resolve_in_rounds(n, earlier, later, order)
     # Greedy pass by decreasing score: a candidate without conflicts is kept;
     # the others look up the earlier candidates they conflict with (plain
     # Python lists: the look-ups are short).
@@ -96,6 +129,28 @@ def size_aware_nms(
     for i in order[np.diff(bounds)[order] > 0].tolist():
         kept[i] = not any(kept[j] for j in earlier[bounds[i] : bounds[i + 1]])
     return np.array(kept, dtype=bool)
+
+
+def _resolve_in_rounds(n: int, winner: np.ndarray, loser: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Keep candidates that win every conflict still in play, round by round (see :func:`size_aware_nms`)."""
+    kept = np.zeros(n, dtype=bool)
+    alive = np.ones(n, dtype=bool)
+    while alive.any():
+        live = alive[winner] & alive[loser]
+        winner, loser = winner[live], loser[live]
+        top = alive.copy()
+        top[loser] = False
+        if not top.any():
+            # A cycle of preferences: the first alive candidate by score goes first.
+            first = order[alive[order]][0]
+            top[first] = True
+            beaten = np.concatenate([loser[winner == first], winner[loser == first]])
+        else:
+            beaten = loser[top[winner]]
+        kept |= top
+        alive &= ~top
+        alive[beaten] = False
+    return kept
 
 
 def _points(xy) -> np.ndarray:

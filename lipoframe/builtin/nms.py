@@ -26,18 +26,27 @@ class SizeAwareParams:
         particle's edge, picks inside vesicles); 1 turns it off (seed rule).
     rank_by: column that orders candidates (higher first). ``response``, the
         detector's scale-normalised response, is comparable across sizes, so
-        a whole particle outranks arcs of its own edge; ``score`` (response
-        in units of each scale's noise) is what thresholds use, and keeps
-        the dark grains inside a large particle (virions) from outranking
-        it when the diameter range reaches far below its size (see
-        docs/picking.md, NMS strategies). Falls back to ``score`` when the
-        column is missing.
+        a whole particle outranks arcs of its own edge. Falls back to
+        ``score`` when the column is missing.
+    outrank_by: second column by which a larger candidate may outrank a
+        smaller one inside it (radius at most ``outrank_ratio`` of its own):
+        the larger wins unless the smaller is ahead on both ``rank_by`` and
+        this column. ``score`` (response in units of each scale's noise)
+        keeps the dark grains or rim arcs of a large particle, stronger by
+        response, from covering it with small picks when the diameter range
+        reaches far below its size. The runner lets such a win stand only
+        if refinement and the filters accept the larger candidate; otherwise
+        the smaller ones get their place back (docs/picking.md, NMS
+        strategies). Empty turns it off.
+    outrank_ratio: see ``outrank_by``, in (0, 1).
     """
 
     beta: float = 0.8
     symmetric: bool = True
     max_containment: float = 0.4
     rank_by: str = "response"
+    outrank_by: str = "score"
+    outrank_ratio: float = 0.7
 
     def __post_init__(self) -> None:
         if not 0 < self.beta <= 2:
@@ -46,6 +55,8 @@ class SizeAwareParams:
             raise ValueError(f"nms.max_containment must be in (0, 1], got {self.max_containment}")
         if not self.rank_by:
             raise ValueError("nms.rank_by must name a column, e.g. response or score")
+        if not 0 < self.outrank_ratio < 1:
+            raise ValueError(f"nms.outrank_ratio must be in (0, 1), got {self.outrank_ratio}")
 
 
 def rank_values(picks: pd.DataFrame, column: str) -> np.ndarray:
@@ -65,7 +76,7 @@ def rank_values(picks: pd.DataFrame, column: str) -> np.ndarray:
 class SizeAwareNms(Suppressor):
     name = "size_aware"
     Params = SizeAwareParams
-    summary = "greedy (by response): reject centres within beta * r of an accepted pick, and circles mostly inside one (KD-tree)"
+    summary = "greedy (by response; larger over smaller inside it by score): reject centres within beta * r of an accepted pick, and circles mostly inside one (KD-tree)"
 
     def suppress(self, picks: pd.DataFrame, mic: Micrograph, ctx: PickContext) -> pd.DataFrame:
         # Tomogram picks carry z_px: suppress in 3D.
@@ -78,6 +89,9 @@ class SizeAwareNms(Suppressor):
             beta=self.params.beta,
             symmetric=self.params.symmetric,
             max_containment=self.params.max_containment,
+            second=rank_values(picks, self.params.outrank_by) if self.params.outrank_by and self.params.outrank_by in picks.columns else None,
+            may_outrank=~schema.flags(picks[schema.OUTRANK_FAILED]) if schema.OUTRANK_FAILED in picks.columns else None,
+            inner_ratio=self.params.outrank_ratio,
         )
         return picks.loc[keep].reset_index(drop=True)
 

@@ -1,0 +1,146 @@
+"""A larger candidate outranking smaller, stronger ones inside it (``nms.outrank_by``), confirmed by the refiner."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lipoframe import schema
+from lipoframe.algorithms.nms import circle_overlap, size_aware_nms
+from lipoframe.synthetic import render
+from test_retry import ListedDetector, ListedParams
+
+SHAPE = (700, 700)
+BIG = (350.0, 350.0, 260.0)
+#: Small dark particles inside the big one, near its rim: its "grains".
+GRAINS = ((300.0, 260.0, 50.0), (430.0, 330.0, 50.0), (330.0, 440.0, 50.0))
+#: A small particle alone on the background.
+LONE = (110.0, 110.0, 50.0)
+
+
+# -- the algorithm -------------------------------------------------------------------
+def test_a_larger_candidate_ahead_on_the_second_measure_wins_over_smaller_ones_inside_it():
+    xy = np.array([[0.0, 0.0], [40.0, 0.0], [-30.0, 30.0], [400.0, 0.0], [420.0, 0.0]])
+    r = np.array([100.0, 20.0, 20.0, 100.0, 20.0])
+    first = np.array([5.0, 9.0, 8.0, 5.0, 9.0])
+    # The small ones lead on the first measure; the first large one leads on
+    # the second, the second large one does not (its small one leads on both).
+    second = np.array([10.0, 6.0, 6.0, 4.0, 6.0])
+    assert size_aware_nms(xy, r, first).tolist() == [False, True, True, False, True]
+    assert size_aware_nms(xy, r, first, second=second).tolist() == [True, False, False, False, True]
+    # A candidate not allowed to outrank behaves as without the second measure.
+    allowed = np.array([False, True, True, True, True])
+    assert size_aware_nms(xy, r, first, second=second, may_outrank=allowed).tolist() == [False, True, True, False, True]
+    # Only much smaller candidates are outranked: at 0.8 of the radius, the order stands.
+    r_close = np.array([100.0, 80.0, 80.0, 100.0, 20.0])
+    assert size_aware_nms(xy, r_close, first, second=second)[:2].tolist() == [False, True]
+
+
+def test_bad_inner_ratio_names_itself():
+    with pytest.raises(ValueError, match="inner_ratio"):
+        size_aware_nms(np.zeros((1, 2)), np.ones(1), np.ones(1), second=np.ones(1), inner_ratio=1.0)
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_outranking_keeps_a_set_without_conflicts_where_every_loser_lost_to_a_kept_pick(symmetric):
+    # Random candidates with an unrelated second measure: preference cycles happen.
+    rng = np.random.default_rng(11)
+    for _ in range(30):
+        n = int(rng.integers(2, 80))
+        xy = rng.uniform(0, 400, (n, 2))
+        r = rng.uniform(5, 60, n)
+        first, second = rng.uniform(0, 10, n), rng.uniform(0, 10, n)
+        keep = size_aware_nms(xy, r, first, beta=0.8, symmetric=symmetric, max_containment=0.4, second=second)
+        d = np.linalg.norm(xy[:, None] - xy[None], axis=2)
+        smaller = np.minimum(r[:, None], r[None])
+        inter = circle_overlap(r[:, None], r[None], d)
+        reach = np.maximum(r[:, None], r[None]) if symmetric else np.minimum(r[:, None], r[None])
+        # With symmetric=False the seed rule uses the winner's radius: the
+        # conflicts any winner can have include those within the smaller one.
+        conflict = (d <= 0.8 * reach) | (inter / (np.pi * smaller**2) > 0.4)
+        np.fill_diagonal(conflict, False)
+        k = np.flatnonzero(keep)
+        assert not conflict[np.ix_(k, k)].any()
+        loose = (d <= 0.8 * np.maximum(r[:, None], r[None])) | (inter / (np.pi * smaller**2) > 0.4)
+        for i in np.flatnonzero(~keep):
+            assert loose[i, k].any()
+
+
+def test_when_the_second_measure_agrees_with_the_first_nothing_changes():
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        n = int(rng.integers(0, 60))
+        xy, r, s = rng.uniform(0, 300, (n, 2)), rng.uniform(5, 50, n), rng.uniform(0, 5, n)
+        np.testing.assert_array_equal(
+            size_aware_nms(xy, r, s, max_containment=0.4, second=2 * s + 1),
+            size_aware_nms(xy, r, s, max_containment=0.4),
+        )
+
+
+# -- in a run: the refiner confirms the larger candidate or gives the place back -----------
+def listed(big_at: tuple[float, float, float]) -> pd.DataFrame:
+    """The small particles (strong by response) and a larger candidate ``big_at`` (strong by score)."""
+    rows = [(*g, 6.0, 9.0) for g in (*GRAINS, LONE)] + [(*big_at, 12.0, 5.0)]
+    x, y, d, score, resp = np.array(rows, dtype=float).T
+    n = len(x)
+    return pd.DataFrame({
+        schema.X: x, schema.Y: y, schema.DIAMETER: d, schema.SCORE: score,
+        schema.LEVEL: np.zeros(n, dtype=np.int64), schema.SIGMA: d / 3.0, "response": resp,
+        schema.WEAK: np.zeros(n, dtype=bool),
+    })
+
+
+@pytest.fixture(scope="module")
+def grainy():
+    parts = pd.DataFrame([BIG, *GRAINS, LONE], columns=[schema.X, schema.Y, schema.DIAMETER])
+    return render(SHAPE, parts, noise=0.03, seed=2)
+
+
+def run(image, table, outrank_by):
+    from lipoframe import plugins
+    from lipoframe.config import LipoframeConfig
+    from lipoframe.records import Micrograph, MicrographMeta
+    from lipoframe.runner import StageSet, _params, pick_context, process_micrograph
+
+    _, registry, _ = plugins.load()
+    ListedDetector.table = table
+    stages = StageSet(
+        reader=None, detector=ListedDetector(ListedParams()),
+        nms=registry.build(_params(registry, "nms", "size_aware", {"outrank_by": outrank_by})),
+        refiner=registry.build(_params(registry, "refiner", "radial_profile", None)),
+        filters=[registry.build(_params(registry, "filter", "diameter_range", None))],
+        binner=None, writers=[], retry_suppressed=(),
+    )
+    meta = MicrographMeta(name="m", path="m.mrc", shape=image.shape, pixel_size=None)
+    ctx = pick_context(meta, LipoframeConfig(dmin=40, dmax=300, units="px"))
+    return process_micrograph(Micrograph(meta=meta, image=image, polarity="dark"), stages, ctx)
+
+
+def accepted(picks: pd.DataFrame) -> pd.DataFrame:
+    return picks[picks[schema.ACCEPTED]].sort_values(schema.DIAMETER, kind="stable")
+
+
+def test_grains_cover_a_large_particle_without_outranking(grainy):
+    acc = accepted(run(grainy, listed(BIG), outrank_by=""))
+    assert len(acc) == 4 and (acc[schema.DIAMETER] < 70).all()
+
+
+def test_the_large_particle_wins_over_its_grains_once_the_refiner_confirms_it(grainy):
+    picks = run(grainy, listed(BIG), outrank_by="score")
+    acc = accepted(picks)
+    assert len(acc) == 2 and acc[schema.DIAMETER].iloc[0] < 70
+    assert np.hypot(acc[schema.X].iloc[1] - BIG[0], acc[schema.Y].iloc[1] - BIG[1]) < 5
+    assert acc[schema.DIAMETER].iloc[1] == pytest.approx(BIG[2], rel=0.05)
+    assert schema.OUTRANK_FAILED not in picks.columns
+
+
+def test_a_larger_candidate_the_refiner_rejects_gives_the_place_back(grainy):
+    # A larger candidate around the lone particle, on flat background:
+    # refinement finds no edge, and every small particle stands as without it.
+    picks = run(grainy, listed((LONE[0], LONE[1], 130.0)), outrank_by="score")
+    acc = accepted(picks)
+    assert len(acc) == 4 and (acc[schema.DIAMETER] < 70).all()
+    assert not picks[schema.WEAK].any()
+    big = picks[picks["diameter_detector_px"] > 100]
+    assert len(big) == 1 and not bool(big[schema.ACCEPTED].iloc[0]) and big[schema.REASON].iloc[0] == "no_edge"
