@@ -144,3 +144,13 @@ def test_a_larger_candidate_the_refiner_rejects_gives_the_place_back(grainy):
     assert not picks[schema.WEAK].any()
     big = picks[picks["diameter_detector_px"] > 100]
     assert len(big) == 1 and not bool(big[schema.ACCEPTED].iloc[0]) and big[schema.REASON].iloc[0] == "no_edge"
+
+
+def test_a_weak_candidate_does_not_outrank(grainy):
+    # Weak candidates (below the detector's threshold) are mostly noise: one
+    # never displaces a smaller candidate, whatever its score. (A weak one
+    # ranks below every confident one anyway; this is among weak ones.)
+    table = listed(BIG).assign(**{schema.WEAK: True})
+    picks = run(grainy, table, outrank_by="score")
+    small = picks[picks["diameter_detector_px"] < 70]
+    assert len(small) == 4 and (small[schema.REASON] == "weak").all()

@@ -28,8 +28,9 @@ class SizeAwareParams:
         detector's scale-normalised response, is comparable across sizes, so
         a whole particle outranks arcs of its own edge. Falls back to
         ``score`` when the column is missing.
-    outrank_by: second column by which a larger candidate may outrank a
-        smaller one inside it (radius at most ``outrank_ratio`` of its own):
+    outrank_by: second column by which a larger confident (not weak)
+        candidate may outrank a smaller one inside it (radius at most
+        ``outrank_ratio`` of its own):
         the larger wins unless the smaller is ahead on both ``rank_by`` and
         this column. ``score`` (response in units of each scale's noise)
         keeps the dark grains or rim arcs of a large particle, stronger by
@@ -82,6 +83,8 @@ class SizeAwareNms(Suppressor):
         # Tomogram picks carry z_px: suppress in 3D.
         axes = [schema.X, schema.Y] + ([schema.Z] if schema.Z in picks.columns else [])
         xy = picks[axes].to_numpy(dtype=float)
+        # Confident candidates may outrank, unless the runner took it back (refinement rejected them).
+        failed = schema.flags(picks[schema.OUTRANK_FAILED]) if schema.OUTRANK_FAILED in picks.columns else False
         keep = size_aware_nms(
             xy,
             picks[schema.DIAMETER].to_numpy(dtype=float) / 2.0,
@@ -90,7 +93,7 @@ class SizeAwareNms(Suppressor):
             symmetric=self.params.symmetric,
             max_containment=self.params.max_containment,
             second=rank_values(picks, self.params.outrank_by) if self.params.outrank_by and self.params.outrank_by in picks.columns else None,
-            may_outrank=~schema.flags(picks[schema.OUTRANK_FAILED]) if schema.OUTRANK_FAILED in picks.columns else None,
+            may_outrank=~schema.weak_mask(picks) & ~failed,
             inner_ratio=self.params.outrank_ratio,
         )
         return picks.loc[keep].reset_index(drop=True)
