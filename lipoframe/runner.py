@@ -231,6 +231,8 @@ def check_image(mic: Micrograph, ctx: PickContext) -> None:
 def process_micrograph(mic: Micrograph, stages: StageSet, ctx: PickContext) -> pd.DataFrame:
     """Detect, suppress, refine and filter the picks of one micrograph.
 
+    A candidate that NMS kept by outranking smaller ones inside it stands
+    only if refinement and the filters accept it (:func:`_pick_confirmed`).
     Where refinement or a filter rejects a pick for a reason listed in
     ``stages.retry_suppressed``, the detections that NMS suppressed in its
     favour at the same place get their turn (see :func:`retry_candidates`),
@@ -285,7 +287,7 @@ def process_micrograph(mic: Micrograph, stages: StageSet, ctx: PickContext) -> p
 _CANDIDATE = "_candidate"
 
 
-#: Rounds of :func:`_suppress_and_refine` that may take outranking away from rejected candidates.
+#: Rounds of :func:`_pick_confirmed` that may take outranking away from rejected candidates.
 OUTRANK_ROUNDS = 3
 
 

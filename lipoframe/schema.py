@@ -33,8 +33,8 @@ SUPPORT = "support"
 #: True for picks that NMS had suppressed and that replaced a pick rejected on its own measurement.
 RETRIED = "retried"
 #: Runner flag read by NMS strategies that let a larger candidate outrank smaller ones inside it
-#: (``size_aware``'s ``outrank_by``): True for a candidate that did and that refinement then
-#: rejected; it may no longer outrank (missing = False). Not written to the pick tables.
+#: (``size_aware``'s ``outrank_by``): True for a candidate that did and that refinement or a
+#: filter then rejected; it may no longer outrank (missing = False). Not written to the pick tables.
 OUTRANK_FAILED = "outrank_failed"
 
 #: Columns every detector must return, in this order.
