@@ -9,7 +9,7 @@ import pytest
 from lipoframe import schema
 from lipoframe.algorithms.nms import circle_overlap, size_aware_nms
 from lipoframe.synthetic import render
-from test_retry import ListedDetector, ListedParams
+from test_retry import run as run_listed
 
 SHAPE = (700, 700)
 BIG = (350.0, 350.0, 260.0)
@@ -98,23 +98,7 @@ def grainy():
 
 
 def run(image, table, outrank_by):
-    from lipoframe import plugins
-    from lipoframe.config import LipoframeConfig
-    from lipoframe.records import Micrograph, MicrographMeta
-    from lipoframe.runner import StageSet, _params, pick_context, process_micrograph
-
-    _, registry, _ = plugins.load()
-    ListedDetector.table = table
-    stages = StageSet(
-        reader=None, detector=ListedDetector(ListedParams()),
-        nms=registry.build(_params(registry, "nms", "size_aware", {"outrank_by": outrank_by})),
-        refiner=registry.build(_params(registry, "refiner", "radial_profile", None)),
-        filters=[registry.build(_params(registry, "filter", "diameter_range", None))],
-        binner=None, writers=[], retry_suppressed=(),
-    )
-    meta = MicrographMeta(name="m", path="m.mrc", shape=image.shape, pixel_size=None)
-    ctx = pick_context(meta, LipoframeConfig(dmin=40, dmax=300, units="px"))
-    return process_micrograph(Micrograph(meta=meta, image=image, polarity="dark"), stages, ctx)
+    return run_listed(image, table, retry=(), filters=("diameter_range",), nms_params={"outrank_by": outrank_by}, dmin=40)
 
 
 def accepted(picks: pd.DataFrame) -> pd.DataFrame:

@@ -56,13 +56,14 @@ def detections(truth: pd.DataFrame, decoy_of: int) -> pd.DataFrame:
     return pd.concat([det, decoy], ignore_index=True)
 
 
-def run(image, table, *, retry, filters=("diameter_range", "population")):
+def run(image, table, *, retry, filters=("diameter_range", "population"), nms_params=None, dmin=120):
+    """Pick ``image`` with the detections ``table`` (``dmin``-300 px) and the other stages' defaults."""
     _, registry, _ = plugins.load()
     ListedDetector.table = table
-    cfg = LipoframeConfig(dmin=120, dmax=300, units="px")
+    cfg = LipoframeConfig(dmin=dmin, dmax=300, units="px")
     stages = StageSet(
         reader=None, detector=ListedDetector(ListedParams()),
-        nms=registry.build(_params(registry, "nms", "size_aware", None)),
+        nms=registry.build(_params(registry, "nms", "size_aware", nms_params)),
         refiner=registry.build(_params(registry, "refiner", "radial_profile", None)),
         filters=[registry.build(_params(registry, "filter", f, None)) for f in filters],
         binner=None, writers=[], retry_suppressed=retry,

@@ -97,7 +97,7 @@ def size_aware_nms(
             flip &= np.asarray(may_outrank, dtype=bool)[later]
         if flip.any():
             outranked = True
-            later[flip], earlier[flip] = earlier[flip], later[flip].copy()
+            later[flip], earlier[flip] = earlier[flip], later[flip]
     diff = xy[later] - xy[earlier]
     d2 = diff[:, 0] * diff[:, 0]
     for axis in range(1, diff.shape[1]):
