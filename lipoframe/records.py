@@ -174,5 +174,9 @@ def length_px(value: float, units: str, ctx: PickContext, mic: Micrograph, key: 
         return value
     px = mic.meta.pixel_size or ctx.pixel_size
     if not px:
-        raise ValueError(f"{mic.meta.path or mic.name}: {key} is in Å but the pixel size is unknown; give pixel_size=<Å/px> or use px")
+        units_key = key.rsplit(".", 1)[0] + ".units"
+        raise ValueError(
+            f"{mic.meta.path or mic.name}: {key} is in Å but the pixel size is unknown; "
+            f"give pixel_size=<Å/px>, or {key} in pixels with {units_key}=px"
+        )
     return value / px

@@ -762,7 +762,8 @@ def run_job(job: MicJob, cfg: LipoframeConfig | None = None, stages: StageSet | 
         return _failure(job, f"{job.path}: out of memory (use fewer runner.workers)", time.perf_counter() - t0)
     except Exception as exc:  # noqa: BLE001 - one bad micrograph must not stop the run
         first = str(exc).splitlines()[0] if str(exc) else ""
-        msg = f"{job.path}: {type(exc).__name__}: {first}"
+        # A message that already names the file (e.g. a stage's ValueError) is not prefixed twice.
+        msg = first if first.startswith(f"{job.path}: ") else f"{job.path}: {type(exc).__name__}: {first}"
         if job.verbose:
             msg += "\n" + traceback.format_exc()
         return _failure(job, msg, time.perf_counter() - t0)

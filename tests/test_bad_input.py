@@ -176,3 +176,20 @@ def test_verbose_shows_a_traceback_for_unexpected_errors(tmp_path):
     job.verbose = True
     loud = run_job(job, LipoframeConfig(), Stages())
     assert loud.error.splitlines()[0] == quiet.error and "Traceback" in loud.error
+
+
+def test_a_stage_error_that_names_the_file_names_it_once(tmp_path):
+    """A stage's ValueError already says which file and which option: no second prefix."""
+    from lipoframe import plugins
+    from lipoframe.merge import compose_config
+    from lipoframe.runner import MicJob, build_stages, run_job
+
+    path = tmp_path / "x.tif"  # a TIFF has no pixel size
+    tifffile.imwrite(path, image(3))
+    _, registry, _ = plugins.load()
+    _, cfg = compose_config(["units=px", "dmin=30", "dmax=140", "filter=[min_size]",
+                             "filter.min_size.min_diameter=50", "filter.min_size.units=A"])
+    res = run_job(MicJob(path, "x", tmp_path, "fp", False, False), cfg, build_stages(cfg, registry))
+    assert res.status == "failed"
+    assert res.error.startswith(f"{path}: filter.min_size.min_diameter is in Å but the pixel size is unknown"), res.error
+    assert res.error.count(str(path)) == 1 and "filter.min_size.units=px" in res.error, res.error

@@ -51,7 +51,7 @@ def test_min_size_default_is_dmin_and_units():
     assert flagged(out_a) == flagged(out)
     out_px = MinSizeFilter(MinSizeParams(min_diameter=45)).apply(picks, mic(), CTX)
     assert flagged(out_px) == ["min_size", "", ""]
-    with pytest.raises(ValueError, match="pixel size is unknown"):
+    with pytest.raises(ValueError, match=r"pixel size is unknown; .*filter\.min_size\.units=px"):
         MinSizeFilter(MinSizeParams(min_diameter=100, units="A")).apply(picks, mic(pixel_size=None), PickContext(dmin_px=50, dmax_px=200))
 
 

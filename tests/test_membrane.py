@@ -87,7 +87,7 @@ def test_membrane_params_are_validated(params, message):
 def test_thickness_in_angstrom_needs_a_pixel_size():
     img = thin_vesicles(items=[(200, 200, 300)], shape=(400, 400))
     mic = Micrograph(meta=MicrographMeta(name="m", path="m.mrc", shape=img.shape), image=img)
-    with pytest.raises(ValueError, match="pixel size is unknown"):
+    with pytest.raises(ValueError, match=r"pixel size is unknown; .*detector\.units=px"):
         MembraneDetector(MembraneParams()).detect(mic, PickContext(dmin_px=100, dmax_px=400))
     found = MembraneDetector(MembraneParams(thickness=12.0)).detect(mic, PickContext(dmin_px=100, dmax_px=400, pixel_size=2.0))
     assert len(found) == 1 and abs(found["diameter_px"].iloc[0] - 300) < 6
