@@ -507,6 +507,8 @@ def peel_again(picks: pd.DataFrame, detections: pd.DataFrame, mic: Micrograph, s
         return picks
     picks = picks.loc[~picks[_CANDIDATE].isin(judged_again)]
     new[_CANDIDATE] = np.arange(len(new)) + int(detections[_CANDIDATE].max()) + 1
+    # No outranking among them: nothing here would confirm such a win (_pick_confirmed).
+    new[schema.OUTRANK_FAILED] = True
     new = _not_suppressed_by(stages.nms.suppress(new, mic, ctx), acc, mic, stages, ctx, above=new)
     if not len(new):
         return picks

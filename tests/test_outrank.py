@@ -97,8 +97,8 @@ def grainy():
     return render(SHAPE, parts, noise=0.03, seed=2)
 
 
-def run(image, table, outrank_by):
-    return run_listed(image, table, retry=(), filters=("diameter_range",), nms_params={"outrank_by": outrank_by}, dmin=40)
+def run(image, table, outrank_by, peel=False):
+    return run_listed(image, table, retry=(), filters=("diameter_range",), nms_params={"outrank_by": outrank_by}, dmin=40, peel=peel)
 
 
 def accepted(picks: pd.DataFrame) -> pd.DataFrame:
@@ -138,3 +138,15 @@ def test_a_weak_candidate_does_not_outrank(grainy):
     picks = run(grainy, table, outrank_by="score")
     small = picks[picks["diameter_detector_px"] < 70]
     assert len(small) == 4 and (small[schema.REASON] == "weak").all()
+
+
+def test_candidates_found_after_peeling_do_not_outrank(grainy):
+    # Nothing confirms an outranking win among the detections found after
+    # peeling, so they are chosen in plain order: a larger candidate the
+    # refiner would reject does not take the place of the particle inside it.
+    first = listed(BIG).iloc[[-1]]  # the big particle, found and accepted in the first pass
+    again = listed((LONE[0], LONE[1], 130.0)).iloc[[3, 4]]  # then the lone one, and a larger circle around it
+    picks = run(grainy, [first, again], outrank_by="score", peel=True)
+    acc = accepted(picks)
+    assert len(acc) == 2 and acc["peeled"].tolist() == [True, False]
+    assert np.hypot(acc[schema.X].iloc[0] - LONE[0], acc[schema.Y].iloc[0] - LONE[1]) < 5

@@ -25,14 +25,15 @@ class ListedParams:
 
 
 class ListedDetector(Detector):
-    """A detector that reports a fixed table: the particles, plus a decoy inside one of them."""
+    """A detector that reports given tables: one for every call, or one per call in turn (the last one repeats)."""
 
     name = "listed"
     Params = ListedParams
-    table: pd.DataFrame = pd.DataFrame()
+    tables: list = []
 
     def detect(self, mic, ctx):
-        return self.table.copy()
+        self.calls = getattr(self, "calls", 0) + 1
+        return self.tables[min(self.calls, len(self.tables)) - 1].copy()
 
 
 def detections(truth: pd.DataFrame, decoy_of: int) -> pd.DataFrame:
@@ -56,17 +57,22 @@ def detections(truth: pd.DataFrame, decoy_of: int) -> pd.DataFrame:
     return pd.concat([det, decoy], ignore_index=True)
 
 
-def run(image, table, *, retry, filters=("diameter_range", "population"), nms_params=None, dmin=120):
-    """Pick ``image`` with the detections ``table`` (``dmin``-300 px) and the other stages' defaults."""
+def run(image, table, *, retry, filters=("diameter_range", "population"), nms_params=None, dmin=120, peel=False):
+    """Pick ``image`` with the detections ``table`` (``dmin``-300 px) and the other stages' defaults.
+
+    ``table`` may be a list: the detector's answer to its first call, its
+    second (detection again after peeling), ...
+    """
     _, registry, _ = plugins.load()
-    ListedDetector.table = table
+    detector = ListedDetector(ListedParams())
+    detector.tables = list(table) if isinstance(table, (list, tuple)) else [table]
     cfg = LipoframeConfig(dmin=dmin, dmax=300, units="px")
     stages = StageSet(
-        reader=None, detector=ListedDetector(ListedParams()),
+        reader=None, detector=detector,
         nms=registry.build(_params(registry, "nms", "size_aware", nms_params)),
         refiner=registry.build(_params(registry, "refiner", "radial_profile", None)),
         filters=[registry.build(_params(registry, "filter", f, None)) for f in filters],
-        binner=None, writers=[], retry_suppressed=retry,
+        binner=None, writers=[], retry_suppressed=retry, peel=peel,
     )
     meta = MicrographMeta(name="m", path="m.mrc", shape=image.shape, pixel_size=None)
     return process_micrograph(Micrograph(meta=meta, image=image, polarity="dark"), stages, pick_context(meta, cfg))
