@@ -29,10 +29,13 @@ class ListedDetector(Detector):
 
     name = "listed"
     Params = ListedParams
-    tables: list = []
+    def __init__(self, params, tables: list[pd.DataFrame]):
+        super().__init__(params)
+        self.tables = tables
+        self.calls = 0
 
     def detect(self, mic, ctx):
-        self.calls = getattr(self, "calls", 0) + 1
+        self.calls += 1
         return self.tables[min(self.calls, len(self.tables)) - 1].copy()
 
 
@@ -64,8 +67,7 @@ def run(image, table, *, retry, filters=("diameter_range", "population"), nms_pa
     second (detection again after peeling), ...
     """
     _, registry, _ = plugins.load()
-    detector = ListedDetector(ListedParams())
-    detector.tables = list(table) if isinstance(table, (list, tuple)) else [table]
+    detector = ListedDetector(ListedParams(), list(table) if isinstance(table, (list, tuple)) else [table])
     cfg = LipoframeConfig(dmin=dmin, dmax=300, units="px")
     stages = StageSet(
         reader=None, detector=detector,
