@@ -599,6 +599,10 @@ def build_html(data: RunData, rows: list[MicrographRow], plots_png: list[tuple[s
     reason_html = _table(["reject reason", "picks"], [[e(str(k)), f"{int(v):,}"] for k, v in reasons.items()], left=1) if len(reasons) else ""
 
     problems = "".join(f"<li class='warn'>{e(str(x))}</li>" for x in data.summary.get("errors", []))
+    notes = data.summary.get("notes", [])
+    problems += "".join(f"<li>Note: {e(str(x))}</li>" for x in notes[:10])
+    if len(notes) > 10:
+        problems += f"<li>... and {len(notes) - 10} more notes (run_summary.json)</li>"
     if problems:
         problems = f"<ul>{problems}</ul>"
 

@@ -1013,6 +1013,21 @@ def dataset_context(metas: dict[str, MicrographMeta], cfg: LipoframeConfig) -> P
     return PickContext(dmin_px=dmin, dmax_px=dmax, polarity=cfg.polarity, pixel_size=px, seed=cfg.seed, export_rejected=cfg.export_rejected)
 
 
+def range_notes_for(picks: pd.DataFrame, metas: dict[str, MicrographMeta], cfg: LipoframeConfig) -> list[str]:
+    """:func:`lipoframe.rangecheck.range_notes` for a run (logged; the summary prints them)."""
+    from lipoframe.rangecheck import range_notes
+
+    bounds = {}
+    for name, meta in metas.items():
+        with contextlib.suppress(InputError):  # no pixel size: that micrograph failed and has no picks
+            ctx = pick_context(meta, cfg)
+            bounds[name] = (ctx.dmin_px, ctx.dmax_px)
+    notes = range_notes(picks, bounds, dmin=cfg.dmin, dmax=cfg.dmax, units=cfg.units)
+    for n in notes:
+        log.info(n)
+    return notes
+
+
 def finalize_dataset(
     picks: pd.DataFrame,
     metas: dict[str, MicrographMeta],
@@ -1305,6 +1320,7 @@ def finish_run(
                 msg += "\n" + traceback.format_exc()
             errors.append(msg.splitlines()[0])
             log.error(msg)
+        notes = notes + range_notes_for(picks, metas, cfg)
     result = RunResult(out_dir, results, picks, plan, files, time.perf_counter() - t0, errors, notes, interrupted, workers)
     summary = result.summary()
     write_text(out_dir / "run_summary.json", json.dumps(summary, indent=2))
