@@ -29,6 +29,7 @@ from lipoframe.builtin.binning import (
     QuantileBinner,
     QuantileParams,
     SingleBinner,
+    auto_bin_width,
 )
 from lipoframe.plan import OUTLIER_REASON, round_up_box
 from lipoframe.records import PickContext
@@ -68,6 +69,24 @@ def bimodal(seed=1):
 # ---------------------------------------------------------------------------
 # peak_valley
 # ---------------------------------------------------------------------------
+def test_small_particles_two_modes_are_resolved_by_the_automatic_bar():
+    # 50 and 80 px (40 / 60 %): 2.5 bars of 12 px apart, so a fixed 12 px bar
+    # sees one broad mode and splits it by counts across the 50 px particles.
+    rng = np.random.default_rng(0)
+    d = np.r_[rng.normal(50, 3, 40), rng.normal(80, 4, 60)]
+    assert auto_bin_width(d) == pytest.approx(0.06 * np.median(d))
+    plan = PeakValleyBinner(PeakValleyParams()).assign(picks_of(d), {}, ctx()).plan
+    assert plan.n_bins == 2
+    assert plan.bins[0].count == 40 and plan.bins[0].d_max_px < 65 < plan.bins[1].d_min_px
+    fixed = PeakValleyBinner(PeakValleyParams(bin_width_px=12.0)).assign(picks_of(d), {}, ctx()).plan
+    assert fixed.details["modes_px"] and len(fixed.details["modes_px"]) == 1
+
+
+def test_automatic_bar_is_capped_at_12_px():
+    assert auto_bin_width(np.array([400.0, 500.0])) == 12.0
+    assert auto_bin_width(np.array([100.0])) == pytest.approx(6.0)
+
+
 def test_bimodal_with_clear_valley_gives_two_bins_split_at_the_valley():
     d = bimodal()
     res = PeakValleyBinner(PeakValleyParams()).assign(picks_of(d), {}, ctx())
@@ -77,7 +96,7 @@ def test_bimodal_with_clear_valley_gives_two_bins_split_at_the_valley():
     x = np.linspace(180, 300, 2401)
     valley = x[np.argmin(norm.pdf(x, 180, 12) + norm.pdf(x, 300, 15))]
     cut = plan.details["valleys_px"][0]
-    assert abs(cut - valley) <= PeakValleyParams().bin_width_px
+    assert abs(cut - valley) <= plan.details["histogram"]["bin_width_px"] == 12.0  # 6 % of 240 px, capped
     lo, hi = plan.bins
     assert lo.d_max_px < cut <= hi.d_min_px
     assert lo.count == int((d < cut).sum()) and hi.count == int((d >= cut).sum())

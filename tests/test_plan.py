@@ -144,7 +144,7 @@ def test_plan_files_are_written_and_consistent(tmp_path):
 
     sizes = pd.read_csv(tmp_path / "sizes.csv")
     assert sizes["count"].sum() == len(picks)
-    assert np.diff(sizes["d_lo_px"]) == pytest.approx(PeakValleyParams().bin_width_px)
+    assert np.diff(sizes["d_lo_px"]) == pytest.approx(plan.details["histogram"]["bin_width_px"])
     assert sizes["d_lo_A"].to_numpy() == pytest.approx(sizes["d_lo_px"].to_numpy() * 1.1)
     for b in plan.bins:
         assert sizes[b.label].sum() == b.count
