@@ -20,8 +20,6 @@ import pandas as pd
 
 from lipoframe import schema
 
-#: Column of the refiner's edge measure (edge contrast times coverage).
-QUALITY = "quality"
 #: A side of the range is reported when at least this many clear candidates lie beyond it ...
 MIN_CLEAR = 5
 #: ... and they number at least this fraction of the accepted picks.
@@ -73,16 +71,17 @@ def range_notes(
     notes : list of str
         At most one note per side of the range.
     """
-    needed = {schema.MICROGRAPH, schema.DIAMETER, schema.ACCEPTED, schema.REASON, QUALITY}
+    needed = {schema.MICROGRAPH, schema.DIAMETER, schema.ACCEPTED, schema.REASON, schema.QUALITY}
     if not len(picks) or not needed <= set(picks.columns):
         return []
     accepted = picks[schema.ACCEPTED].to_numpy(dtype=bool)
     if accepted.sum() < MIN_ACCEPTED:
         return []
-    quality = picks[QUALITY].to_numpy(dtype=float)
+    quality = picks[schema.QUALITY].to_numpy(dtype=float)
     bar = float(np.nanmedian(quality[accepted]))
-    lo_px = np.array([bounds_px.get(m, (np.nan, np.nan))[0] for m in picks[schema.MICROGRAPH]], dtype=float)
-    hi_px = np.array([bounds_px.get(m, (np.nan, np.nan))[1] for m in picks[schema.MICROGRAPH]], dtype=float)
+    mics = picks[schema.MICROGRAPH]
+    lo_px = mics.map({m: b[0] for m, b in bounds_px.items()}).to_numpy(dtype=float)  # NaN: no bounds, never counted
+    hi_px = mics.map({m: b[1] for m, b in bounds_px.items()}).to_numpy(dtype=float)
     d = picks[schema.DIAMETER].to_numpy(dtype=float)
     clear = (picks[schema.REASON].astype(str).to_numpy() == "diameter_range") & (quality >= bar)
     unit = "Å" if units == "A" else "px"

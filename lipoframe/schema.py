@@ -32,6 +32,8 @@ WEAK = "weak"
 SUPPORT = "support"
 #: True for picks that NMS had suppressed and that replaced a pick rejected on its own measurement.
 RETRIED = "retried"
+#: The radial refiner's edge quality (``edge_contrast x edge_coverage``), read by filters and the range note.
+QUALITY = "quality"
 #: Runner flag read by NMS strategies that let a larger candidate outrank smaller ones inside it
 #: (``size_aware``'s ``outrank_by``): True for a candidate that did and that refinement or a
 #: filter then rejected; it may no longer outrank (missing = False). Not written to the pick tables.

@@ -322,10 +322,6 @@ def same_size_support(diameters: np.ndarray, reference: np.ndarray, *, tolerance
     return np.searchsorted(ref, d * (1 + tolerance), side="left") - np.searchsorted(ref, d * (1 - tolerance), side="right")
 
 
-#: The refiner's edge-quality column (``edge_contrast x edge_coverage``).
-QUALITY = "quality"
-
-
 def nearest_separation(xy: np.ndarray, radii: np.ndarray, ref_xy: np.ndarray, ref_radii: np.ndarray) -> np.ndarray:
     """Smallest centre distance to a reference circle, over the sum of the two radii.
 
@@ -373,9 +369,9 @@ class PopulationFilter(Filter):
         out[schema.SUPPORT] = support
         out["support_occupancy"] = occupancy
         out = schema.reject(out, weak & ((support < p.min_support) | (occupancy < p.min_occupancy)), "weak_unsupported")
-        if p.faint_quality > 0 and QUALITY in out.columns:
+        if p.faint_quality > 0 and schema.QUALITY in out.columns:
             # Confident picks with a barely-found edge need company of their size.
-            faint = acc & ~weak & (out[QUALITY].to_numpy(dtype=float) < p.faint_quality) & (occupancy < p.faint_min_occupancy)
+            faint = acc & ~weak & (out[schema.QUALITY].to_numpy(dtype=float) < p.faint_quality) & (occupancy < p.faint_min_occupancy)
             out = schema.reject(out, faint, "faint_unsupported")
         if p.weak_min_separation > 0:
             confident = acc & ~weak
@@ -389,7 +385,7 @@ class PopulationFilter(Filter):
     def apply_dataset(self, picks: pd.DataFrame, metas: dict, ctx: PickContext) -> pd.DataFrame:
         """Picks of (nearly) empty micrographs must look like the dataset's typical particle."""
         p = self.params
-        if not len(picks) or p.lonely_below == 0 or QUALITY not in picks.columns:
+        if not len(picks) or p.lonely_below == 0 or schema.QUALITY not in picks.columns:
             return picks
         out = schema.with_acceptance(picks)
         accepted = out[schema.ACCEPTED].to_numpy(dtype=bool)
@@ -401,7 +397,7 @@ class PopulationFilter(Filter):
         every[: len(counts)] = counts.to_numpy()
         limit = max(float(p.lonely_below), p.lonely_fraction * float(np.median(every)))
         lonely = pd.Series(names).map(counts).to_numpy() < limit
-        quality = out[QUALITY].to_numpy(dtype=float)
+        quality = out[schema.QUALITY].to_numpy(dtype=float)
         reference = quality[confident & ~lonely]
         if len(reference) < p.min_support or 2 * int((counts >= limit).sum()) < n_micrographs:
             return out  # too few particles elsewhere, or sparse micrographs are the norm here

@@ -108,7 +108,7 @@ class RadialProfileRefiner(Refiner):
     def refine(self, picks: pd.DataFrame, mic: Micrograph, ctx: PickContext) -> pd.DataFrame:
         out = schema.with_acceptance(picks)
         if len(out) == 0:
-            for c in ("diameter_detector_px", "refine_shift_px", "edge_contrast", "edge_coverage", "quality"):
+            for c in ("diameter_detector_px", "refine_shift_px", "edge_contrast", "edge_coverage", schema.QUALITY):
                 out[c] = pd.Series(dtype=float)
             return out
         if mic.image.ndim != 2:
@@ -153,7 +153,7 @@ class RadialProfileRefiner(Refiner):
         # Edge step against the micrograph's own spread at this binning: how
         # far the particle stands out from what the background does anyway.
         out["edge_step_snr"] = res["edge_step"] / background_stats(img)[1]
-        out["quality"] = np.clip(contrast, 0, None) * coverage
+        out[schema.QUALITY] = np.clip(contrast, 0, None) * coverage
         out["refined_narrow"] = narrow
         need_contrast = np.where(narrow, p.min_contrast, need_contrast)
         need_coverage = np.where(narrow, p.min_coverage, need_coverage)
