@@ -370,6 +370,8 @@ def main(argv: list[str]) -> int:
     print(plan.format_table())
     for note in plan.notes:
         print(f"note: {note}")
+    for note in result.notes:  # the run's own notes (a diameter range that cuts particles off)
+        print(f"NOTE {note}")
     for e in result.errors:
         print(f"ERROR {e}", file=sys.stderr)
     run_dir = Path(args.run_dir)

@@ -71,7 +71,7 @@ def bimodal(seed=1):
 # ---------------------------------------------------------------------------
 def test_small_particles_two_modes_are_resolved_by_the_automatic_bar():
     # 50 and 80 px (40 / 60 %): 2.5 bars of 12 px apart, so a fixed 12 px bar
-    # sees one broad mode and splits it by counts across the 50 px particles.
+    # sees one broad mode (and splits it as one).
     rng = np.random.default_rng(0)
     d = np.r_[rng.normal(50, 3, 40), rng.normal(80, 4, 60)]
     assert auto_bin_width(d) == pytest.approx(0.06 * np.median(d))
@@ -110,7 +110,7 @@ def test_bimodal_with_clear_valley_gives_two_bins_split_at_the_valley():
 
 def test_broad_unimodal_gives_three_quantile_bins():
     d = np.random.default_rng(2).normal(300, 50, 900)
-    res = PeakValleyBinner(PeakValleyParams()).assign(picks_of(d), {}, ctx())
+    res = PeakValleyBinner(PeakValleyParams(broad_split="quantile")).assign(picks_of(d), {}, ctx())
     plan = res.plan
     assert plan.n_bins == 3
     assert plan.details["modes_px"] and len(plan.details["modes_px"]) == 1
@@ -119,6 +119,18 @@ def test_broad_unimodal_gives_three_quantile_bins():
     edges = np.quantile(d, [1 / 3, 2 / 3])
     assert plan.bins[0].d_max_px < edges[0] <= plan.bins[1].d_min_px
     assert plan.bins[1].d_max_px < edges[1] <= plan.bins[2].d_min_px
+
+
+def test_broad_unimodal_default_split_extracts_fewer_pixels_than_equal_counts():
+    d = np.random.default_rng(2).normal(300, 50, 900)
+    plans = {split: PeakValleyBinner(PeakValleyParams(broad_split=split)).assign(picks_of(d), {}, ctx()).plan
+             for split in ("min_waste", "quantile")}
+    assert PeakValleyParams().broad_split == "min_waste"
+    px = {k: sum(b.count * b.box_px**2 for b in p.bins) for k, p in plans.items()}
+    waste = plans["min_waste"]
+    assert waste.n_bins == 3 and px["min_waste"] < px["quantile"]
+    assert min(b.count for b in waste.bins) >= PeakValleyParams().min_bin_picks
+    assert "fewest-pixel" in " ".join(waste.notes)
 
 
 def test_narrow_unimodal_gives_one_bin():
@@ -461,30 +473,69 @@ def _pixels(x, edges, box):
     return sum((lab == j).sum() * box(x[lab == j].max()) ** 2 for j in np.unique(lab))
 
 
-@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("seed", range(40))
 def test_min_waste_edges_find_the_cheapest_partition(seed):
     import itertools
 
     box = lambda v: round_up_box(1.5 * v)  # noqa: E731
     rng = np.random.default_rng(seed)
-    x = np.sort(rng.gamma(2, 40, int(rng.integers(3, 13))) + 15)
-    for k in (1, 2, 3):
-        edges = algo.min_waste_edges(x, k, box)
+    x = np.sort(rng.gamma(2, 40, int(rng.integers(3, 16))) + 15)
+    min_count = 1 if seed < 12 else int(rng.integers(2, 7))
+    for k in (1, 2, 3, 4):
+        edges = algo.min_waste_edges(x, k, box, min_count=min_count)
         assert len(edges) - 1 <= k and edges[0] == x.min() and edges[-1] == x.max()
-        brute = min(
-            sum(len(s) * box(x[s].max()) ** 2 for s in np.split(np.arange(x.size), list(cuts)))
-            for m in range(1, k + 1) for cuts in itertools.combinations(range(1, x.size), m - 1)
-        )
+        counts = np.bincount(algo.assign_to_edges(x, edges))
+        assert counts.min() >= min(min_count, x.size)
+        splits = [np.split(np.arange(x.size), list(cuts))
+                  for m in range(1, k + 1) for cuts in itertools.combinations(range(1, x.size), m - 1)]
+        brute = min(sum(len(s) * box(x[s].max()) ** 2 for s in parts)
+                    for parts in splits if min(map(len, parts)) >= min(min_count, x.size))
         assert _pixels(x, edges, box) == pytest.approx(brute)
+
+
+def test_min_waste_edges_rejects_a_bad_min_count():
+    with pytest.raises(ValueError, match="min_count"):
+        algo.min_waste_edges([1.0, 2.0], 2, lambda v: v, min_count=0)
+    with pytest.raises(ValueError, match="binning.min_bin_picks"):
+        PeakValleyParams(min_bin_picks=0)
+
+
+def test_a_long_tailed_mode_among_several_is_split_and_the_valley_kept():
+    # small particles (60 px) and a separate population of vesicles with a long tail
+    rng = np.random.default_rng(6)
+    d = np.r_[rng.normal(60, 3, 300), 120 + rng.gamma(1.3, 30, 200)]
+    plan = PeakValleyBinner(PeakValleyParams()).assign(picks_of(d), {}, ctx()).plan
+    assert len(plan.details["modes_px"]) == 2
+    valley = plan.details["valleys_px"][0]
+    assert plan.bins[0].d_max_px < valley <= plan.bins[1].d_min_px and plan.bins[0].count == 300
+    assert 3 <= plan.n_bins <= PeakValleyParams().max_bins
+    (split,) = plan.details["broad_mode_splits"]
+    assert split["bins"] == plan.n_bins - 1 and split["pixels_saved_fraction"] > 0.2
+    assert any("is broad" in n for n in plan.notes)
+    assert min(b.count for b in plan.bins) >= PeakValleyParams().min_bin_picks
+    boxes = [b.box_px for b in plan.bins]
+    assert boxes == sorted(boxes) and len(set(boxes)) == len(boxes)
+    # the unsplit plan puts every vesicle in the largest one's box
+    whole = PeakValleyBinner(PeakValleyParams(max_bins=2)).assign(picks_of(d), {}, ctx()).plan
+    assert whole.n_bins == 2 and "broad_mode_splits" not in whole.details
+    px = lambda p: sum(b.count * b.box_px**2 for b in p.bins)  # noqa: E731
+    assert px(plan) == pytest.approx(px(whole) - split["pixels_saved_fraction"] * whole.bins[1].count * whole.bins[1].box_px**2, rel=5e-3)
+
+
+def test_narrow_modes_among_several_are_not_split():
+    rng = np.random.default_rng(6)
+    d = np.r_[rng.normal(80, 3, 200), rng.normal(150, 4, 200), rng.normal(215, 4, 150)]
+    plan = PeakValleyBinner(PeakValleyParams()).assign(picks_of(d), {}, ctx()).plan
+    assert plan.n_bins == 3 and "broad_mode_splits" not in plan.details
 
 
 def test_long_tail_min_waste_gives_the_tail_its_own_bins_and_same_boxes_merge():
     # many small vesicles and a long tail of large ones (like real liposome preparations)
     rng = np.random.default_rng(12)
     d = np.r_[rng.lognormal(np.log(30), 0.3, 400), rng.uniform(60, 280, 40)]
-    q = PeakValleyBinner(PeakValleyParams(merge_same_box=False)).assign(picks_of(d), {}, ctx()).plan
-    merged = PeakValleyBinner(PeakValleyParams()).assign(picks_of(d), {}, ctx()).plan
-    waste = PeakValleyBinner(PeakValleyParams(broad_split="min_waste")).assign(picks_of(d), {}, ctx()).plan
+    q = PeakValleyBinner(PeakValleyParams(merge_same_box=False, broad_split="quantile")).assign(picks_of(d), {}, ctx()).plan
+    merged = PeakValleyBinner(PeakValleyParams(broad_split="quantile")).assign(picks_of(d), {}, ctx()).plan
+    waste = PeakValleyBinner(PeakValleyParams()).assign(picks_of(d), {}, ctx()).plan
     assert q.n_bins == 3
     # equal-count bins of mostly small particles share a box: merged into one
     boxes = [b.box_px for b in q.bins]

@@ -82,6 +82,9 @@ def test_run_with_dmin_above_the_small_particles_says_so(tmp_path, run_cli):
     assert "refined to 50 px, below dmin=58 px" in notes[0] and "consider dmin=49" in notes[0]
     assert "NOTE   " + notes[0] in out
     assert "<li>Note: 8 candidates with edges" in (tmp_path / "out" / "report.html").read_text()
+    # `lipoframe plan` recomputes the plan from the saved picks and says it again
+    code, out, _ = run_cli("plan", str(tmp_path / "out"), "binning=single")
+    assert code == 0 and "NOTE " + notes[0] in out
     # With the small particles inside the range there is nothing to say.
     code, _, _ = run_cli("run", f"input={tmp_path / 'mics'}", f"output={tmp_path / 'out2'}", "dmin=36", *common, "runner.report=false")
     assert code == 0

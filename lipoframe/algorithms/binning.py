@@ -322,15 +322,17 @@ def quantile_edges(values, n_bins: int) -> np.ndarray:
     return np.unique(e) if x.max() > x.min() else np.array([x.min(), x.max()])
 
 
-def min_waste_edges(values, n_bins: int, box_of) -> np.ndarray:
+def min_waste_edges(values, n_bins: int, box_of, *, min_count: int = 1) -> np.ndarray:
     """Edges of at most ``n_bins`` bins that minimise the pixels extracted.
 
     Every item of a bin is extracted in the bin's box, ``box_of(largest
     diameter of the bin)``, so a partition costs
     ``sum over bins of count * box**2``. Only cuts where the needed box
-    changes can matter, so the items are grouped by their own box
-    (``box_of(d)``) and an exact dynamic programme over those G groups finds
-    the cheapest split into at most ``n_bins`` contiguous bins, O(n_bins·G²).
+    changes can matter (and, with ``min_count``, cuts ``min_count``
+    items before those), so the items are grouped by their own box
+    (``box_of(d)``) and an exact dynamic programme over those C candidate
+    cuts finds the cheapest split into at most ``n_bins`` contiguous bins,
+    O(n_bins·C²) with C <= n_bins·G.
     Unlike equal-count bins this gives a long tail of large particles its
     own bins instead of one huge box for many small ones.
 
@@ -343,6 +345,10 @@ def min_waste_edges(values, n_bins: int, box_of) -> np.ndarray:
     box_of : callable
         ``box_of(diameter) -> box size``, non-decreasing; called
         O(G log N) times.
+    min_count : int, optional
+        Every bin holds at least this many items (unless there are fewer
+        items). Without it the cheapest split often gives a handful of the
+        largest items a bin of their own.
 
     Returns
     -------
@@ -353,6 +359,8 @@ def min_waste_edges(values, n_bins: int, box_of) -> np.ndarray:
     """
     if n_bins < 1:
         raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+    if min_count < 1:
+        raise ValueError(f"min_count must be >= 1, got {min_count}")
     x = np.sort(_as_1d(values), kind="stable")
     if x.size == 0:
         return np.array([])
@@ -373,35 +381,38 @@ def min_waste_edges(values, n_bins: int, box_of) -> np.ndarray:
         g_box.append(b)
         i = lo + 1
     starts = np.asarray(starts)
-    ends = np.r_[starts[1:], x.size]
     g_box = np.asarray(g_box)
-    g_cnt = (ends - starts).astype(float)
-    n_g = starts.size
-    k = min(n_bins, n_g)
-    csum = np.r_[0.0, np.cumsum(g_cnt)]
-    # cost[a, b]: groups a..b (inclusive) in one bin
-    a_idx, b_idx = np.meshgrid(np.arange(n_g), np.arange(n_g), indexing="ij")
-    cost = np.where(b_idx >= a_idx, (csum[b_idx + 1] - csum[a_idx]) * g_box[b_idx] ** 2, np.inf)
-    best = cost[0].copy()  # best[b]: groups 0..b in one bin
-    back = np.zeros((k, n_g), dtype=np.int64)
-    for m in range(1, k):
-        # last bin = groups a..b, the rest (0..a-1) in m bins
-        total = best[:-1, None] + cost[1:, :]  # (a-1, b) for a = 1..n_g-1
+    n, m = x.size, min(min_count, x.size)
+    # Cut positions (index of a bin's first item). Cutting inside a group of
+    # equal box only pays when the next bin would otherwise hold fewer than
+    # min_count items, so the optimum cuts at group starts or min_count, 2 x
+    # min_count, ... items before one (or before the end); ties are not cut.
+    cand = {int(g) - j * m for g in (*starts[1:], n) for j in range(n_bins if m > 1 else 1)}
+    cand = np.array(sorted(c for c in cand if 0 < c < n and x[c - 1] < x[c]), dtype=np.int64)
+    pos = np.r_[0, cand, n]
+    end_box = g_box[np.searchsorted(starts, pos[1:] - 1, side="right") - 1]  # box of each bin ending there
+    count = pos[None, 1:] - pos[:-1, None]  # [a, b]: items pos[a]..pos[b + 1] - 1
+    cost = np.where(count >= m, count * end_box[None, :] ** 2, np.inf)
+    p = pos.size
+    best = np.full(p, np.inf)  # best[i]: items before pos[i] split into bins, cheapest so far
+    best[0] = 0.0
+    back = np.full((n_bins, p), -1, dtype=np.int64)
+    layers = [best]
+    for level in range(n_bins):
+        total = layers[-1][:-1, None] + cost  # (start a, end b + 1)
         arg = np.argmin(total, axis=0)
-        new = total[arg, np.arange(n_g)]
-        keep = new < best
-        back[m] = np.where(keep, arg + 1, 0)
-        best = np.minimum(best, new)
-    cuts = []
-    b, m = n_g - 1, k - 1
-    while m > 0:
-        a = back[m, b]
-        if a > 0:
-            cuts.append(a)
-            b = a - 1
-        m -= 1
-    cuts = sorted(cuts)
-    inner = [0.5 * (x[starts[c] - 1] + x[starts[c]]) for c in cuts]
+        new = np.r_[np.inf, total[arg, np.arange(p - 1)]]
+        back[level] = np.r_[-1, arg]
+        layers.append(new)
+    finals = [layer[-1] for layer in layers[1:]]
+    level = int(np.argmin(finals))  # fewest bins among the cheapest (argmin takes the first)
+    cuts, i = [], p - 1
+    while level >= 0:
+        i = int(back[level, i])
+        if i > 0:
+            cuts.append(int(pos[i]))
+        level -= 1
+    inner = [0.5 * (x[c - 1] + x[c]) for c in sorted(cuts)]
     return np.r_[x[0], inner, x[-1]]
 
 

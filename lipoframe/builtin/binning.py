@@ -9,7 +9,7 @@ table with a ``size_bin`` column (``-1`` for rejected picks) and an
 ==============  ==============================================================
 ``single``      one bin, one box for everything
 ``peak_valley``  modes of the smoothed histogram; bin edges at the valleys;
-                a broad single mode is split into equal-count bins (default)
+                broad modes split where that saves pixels (default)
 ``quantile``    ``n_bins`` equal-count bins
 ``kmeans``      SIMPLE segdiampick: 10 k-means clusters, edge clusters and
                 Z-score outliers rejected, accepted range gates the picks
@@ -23,6 +23,7 @@ See ``docs/binning.md``.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 from dataclasses import dataclass
 
@@ -235,11 +236,16 @@ class PeakValleyParams(BoxParams):
     dip_sigma: ...and deeper than this many Poisson standard deviations
         (guards small data sets against noise modes).
     max_bins: at most this many bins.
-    broad_ratio: a single mode whose 95th/5th diameter percentiles differ by
-        more than this factor is split into ``broad_bins`` bins.
-    broad_bins: bins for a broad single mode.
-    broad_split: how a broad mode is split: ``quantile`` (equal counts) or
-        ``min_waste`` (fewest extracted pixels; better for long tails).
+    broad_ratio: a mode whose 95th/5th diameter percentiles differ by more
+        than this factor is broad: a single broad mode is split into
+        ``broad_bins`` bins; broad modes among several get the bins
+        ``max_bins`` leaves over, where they save the most pixels.
+    broad_bins: at most this many bins for one broad mode.
+    broad_split: how a broad mode is split: ``min_waste`` (default: fewest
+        extracted pixels, at least ``min_bin_picks`` per bin; right for
+        long tails of large vesicles) or ``quantile`` (equal counts).
+    min_bin_picks: with ``min_waste``, the fewest picks a bin split off a
+        broad mode may hold.
     merge_same_box: merge neighbouring bins that would get the same box.
     min_picks: fewer accepted picks: one bin.
     """
@@ -251,7 +257,8 @@ class PeakValleyParams(BoxParams):
     max_bins: int = 4
     broad_ratio: float = 1.3
     broad_bins: int = 3
-    broad_split: str = "quantile"
+    broad_split: str = "min_waste"
+    min_bin_picks: int = 10
     merge_same_box: bool = True
     min_picks: int = 20
 
@@ -273,6 +280,8 @@ class PeakValleyParams(BoxParams):
             raise ValueError(f"binning.broad_bins must be >= 1, got {self.broad_bins}")
         if self.broad_split not in BROAD_SPLITS:
             raise ValueError(f"binning.broad_split must be one of {BROAD_SPLITS}, got {self.broad_split!r}")
+        if self.min_bin_picks < 1:
+            raise ValueError(f"binning.min_bin_picks must be >= 1, got {self.min_bin_picks}")
         if self.min_picks < 1:
             raise ValueError(f"binning.min_picks must be >= 1, got {self.min_picks}")
 
@@ -280,7 +289,7 @@ class PeakValleyParams(BoxParams):
 class PeakValleyBinner(_PolicyBinner):
     name = "peak_valley"
     Params = PeakValleyParams
-    summary = "bin edges at the valleys between histogram modes; broad single mode -> quantile bins"
+    summary = "bin edges at the valleys between histogram modes; broad modes split where that saves pixels"
 
     def edges(self, d, ctx):
         p = self.params
@@ -300,18 +309,19 @@ class PeakValleyBinner(_PolicyBinner):
             "spread_q95_over_q05": round(spread, 3),
         }
         notes = []
+        how = "fewest-pixel" if p.broad_split == "min_waste" else "equal-count"
         if pv.n_modes >= 2:
             edges = np.r_[d.min(), pv.cuts, d.max()]
             details["decision"] = f"{pv.n_modes} modes: edges at the valleys"
             notes.append(f"{pv.n_modes} modes at {', '.join(f'{centers[i]:.0f}' for i in pv.peaks)} px; bin edges at the valleys "
                          f"{', '.join(f'{v:.0f}' for v in pv.cuts)} px")
+            edges, split_notes, splits = _split_broad_modes(d, edges, p)
+            notes.extend(split_notes)
+            if splits:
+                details["decision"] += f"; {len(splits)} broad mode(s) split into {how} bins"
+                details["broad_mode_splits"] = splits
         elif spread > p.broad_ratio and p.broad_bins > 1:
-            if p.broad_split == "min_waste":
-                edges = algo.min_waste_edges(d, p.broad_bins, lambda v: box_for(v, p))
-                how = "fewest-pixel"
-            else:
-                edges = algo.quantile_edges(d, p.broad_bins)
-                how = "equal-count"
+            edges = _broad_split(d, p.broad_bins, p)
             details["decision"] = f"one broad mode: {p.broad_bins} {how} bins"
             notes.append(f"one mode, broad (p95/p5 = {spread:.2f} > {p.broad_ratio:g}): {len(edges) - 1} {how} bins")
         else:
@@ -324,6 +334,81 @@ class PeakValleyBinner(_PolicyBinner):
                 notes.append(f"{len(edges) - len(merged)} bin(s) merged into a neighbour with the same box size")
                 edges = merged
         return edges, None, notes, details
+
+
+def _broad_split(d: np.ndarray, n_bins: int, p: PeakValleyParams) -> np.ndarray:
+    """Edges of ``d`` split into at most ``n_bins`` bins the way ``p.broad_split`` says."""
+    if p.broad_split == "min_waste":
+        return algo.min_waste_edges(d, n_bins, lambda v: box_for(v, p), min_count=p.min_bin_picks)
+    return algo.quantile_edges(d, n_bins)
+
+
+def _pixels(d: np.ndarray, edges: np.ndarray, params: BoxParams) -> float:
+    """Pixels extracted when the items ``d`` are binned by ``edges``: sum of count x box**2."""
+    lab = algo.assign_to_edges(d, edges)
+    return float(sum((lab == k).sum() * box_for(d[lab == k].max(), params) ** 2 for k in np.unique(lab[lab >= 0])))
+
+
+def _split_broad_modes(d: np.ndarray, edges: np.ndarray, p: PeakValleyParams) -> tuple[np.ndarray, list[str], list[dict]]:
+    """Split broad modes of a multi-mode histogram with the bins ``max_bins`` leaves over.
+
+    A long-tailed mode (many small vesicles and a tail of large ones) between
+    two valleys would otherwise be extracted in the box of its largest member.
+    A mode bin with at least ``min_picks`` members whose 95th/5th percentile
+    ratio exceeds ``broad_ratio`` is split like a broad single mode (into at
+    most ``broad_bins`` bins, ``broad_split``; sub-bins with the same box
+    merged). The ``max_bins - n_modes`` spare bins go where they save the
+    most extracted pixels (``sum of count x box**2``, searched exhaustively:
+    at most ``max_bins`` modes); the valleys stay bin edges.
+
+    Returns the new edges, plan notes and one record per split mode.
+    """
+    n = len(edges) - 1
+    spare = p.max_bins - n
+    if spare < 1 or p.broad_bins < 2:
+        return edges, [], []
+    lab = algo.assign_to_edges(d, edges)
+    options: list[list[tuple[int, float, np.ndarray | None, dict | None]]] = []
+    for k in range(n):
+        m = d[lab == k]
+        opts: list[tuple[int, float, np.ndarray | None, dict | None]] = [(0, 0.0, None, None)]
+        if m.size >= p.min_picks and m.min() > 0:
+            q05, q95 = np.quantile(m, [0.05, 0.95])
+            spread = float(q95 / q05)
+            if spread > p.broad_ratio:
+                base = _pixels(m, np.array([m.min(), m.max()]), p)
+                for parts in range(2, min(p.broad_bins, spare + 1) + 1):
+                    sub = _broad_split(m, parts, p)
+                    if len(sub) > 2:
+                        sub = _merge_same_box(m, sub, p)
+                    saved = base - _pixels(m, sub, p)
+                    if len(sub) > 2 and saved > 0:
+                        record = {"mode_bin_px": [round(float(m.min()), 2), round(float(m.max()), 2)],
+                                  "spread_q95_over_q05": round(spread, 3), "bins": len(sub) - 1,
+                                  "pixels_saved_fraction": round(saved / base, 3)}
+                        opts.append((len(sub) - 2, saved, sub[1:-1], record))
+        options.append(opts)
+    best, best_key = None, (0.0, 0)
+    for combo in itertools.product(*options):
+        extra = sum(o[0] for o in combo)
+        key = (sum(o[1] for o in combo), -extra)
+        if extra <= spare and key > best_key:  # most pixels saved; on a tie, fewer bins
+            best, best_key = combo, key
+    if best is None:
+        return edges, [], []
+    inner = [edges[1:-1]] + [o[2] for o in best if o[2] is not None]
+    new_edges = np.r_[edges[0], np.sort(np.concatenate(inner), kind="stable"), edges[-1]]
+    notes, splits = [], []
+    for o in best:
+        if o[3] is None:
+            continue
+        r = o[3]
+        lo, hi = r["mode_bin_px"]
+        notes.append(f"the mode of {lo:.0f}-{hi:.0f} px is broad (p95/p5 = {r['spread_q95_over_q05']:.2f} > {p.broad_ratio:g}): "
+                     f"split into {r['bins']} bins at {', '.join(f'{v:.0f}' for v in o[2])} px "
+                     f"({100 * r['pixels_saved_fraction']:.0f} % fewer pixels to extract)")
+        splits.append({**r, "cuts_px": [round(float(v), 2) for v in o[2]]})
+    return new_edges, notes, splits
 
 
 def _merge_same_box(d: np.ndarray, edges: np.ndarray, params: BoxParams) -> np.ndarray:
