@@ -178,7 +178,13 @@ def test_ctrl_c_keeps_finished_work_and_says_how_to_continue(tmp_path):
     os.mkfifo(fifo)
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "lipoframe", "run", f"input=[{tmp_path / 'in'},{fifo}]", f"output={out}", "runner.workers=1", *RUN_ARGS]
-    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A shell without job control starts background commands with SIGINT
+    # ignored, and Python keeps an ignored SIGINT ignored (as it should: that
+    # is how `nohup` and `cmd &` in scripts protect a job). The test is about
+    # Ctrl-C at a terminal, so the child starts with SIGINT's default action
+    # whatever the test runner inherited.
+    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 90
     while not all((out / "micrographs" / f"mic_00{i}.json").exists() for i in (0, 1)):
         assert proc.poll() is None and time.monotonic() < deadline
