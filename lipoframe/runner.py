@@ -1329,6 +1329,29 @@ def finish_run(
     return result
 
 
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """Turn SIGTERM (``kill``, the end of a SLURM job) into Ctrl-C while a run
+    lasts, so it stops cleanly: the micrographs in progress are finished and
+    ``run_summary.json`` records the interruption. Only in the main thread
+    (signal handlers can be set nowhere else)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 def run_pipeline(
     cfg: LipoframeConfig,
     out_dir: str | os.PathLike,
@@ -1362,7 +1385,7 @@ def run_pipeline(
 
         return watch_pipeline(cfg, out_dir, registry=registry, pm=pm)
     out_dir = Path(out_dir)
-    with output_folder(out_dir):
+    with output_folder(out_dir), sigterm_as_interrupt():
         stages = build_stages(cfg, registry)
         specs = list(cfg.input)
         if not specs:

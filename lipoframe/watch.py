@@ -18,12 +18,9 @@ file appears (every file already there is picked first), or after
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,23 +116,6 @@ def assign_name(path: Path, taken: set[str]) -> str:
     return name
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """Turn SIGTERM (``kill``, end of a SLURM job) into Ctrl-C, so the run stops cleanly."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
-
-
 def watch_pipeline(cfg, out_dir, *, registry, pm=None):
     """Pick micrographs as they appear in ``cfg.input`` until stopped.
 
@@ -156,6 +136,7 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None):
         output_folder,
         resolve_workers,
         run_jobs,
+        sigterm_as_interrupt,
         write_manifest,
     )
 
@@ -175,7 +156,7 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None):
         if tell:
             print(f"lipoframe: {msg}", file=sys.stderr, flush=True)
 
-    with output_folder(out_dir), _sigterm_as_interrupt():
+    with output_folder(out_dir), sigterm_as_interrupt():
         stages = build_stages(cfg, registry)
         watcher = FolderWatcher(specs, tuple(stages.readers_by_suffix), s.stable_polls)
         fingerprint = cfg.per_micrograph_fingerprint()

@@ -171,8 +171,11 @@ def test_progress_bar_on_a_terminal_only(tmp_path):
 
 # -- Ctrl-C ---------------------------------------------------------------------
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs a named pipe")
-def test_ctrl_c_keeps_finished_work_and_says_how_to_continue(tmp_path):
-    """The third input is a named pipe, so the run waits there; Ctrl-C stops it cleanly."""
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_keeps_finished_work_and_says_how_to_continue(tmp_path, sig):
+    """The third input is a named pipe, so the run waits there; Ctrl-C (or
+    SIGTERM: `kill`, the end of a SLURM job) stops it cleanly."""
+    sig = getattr(signal, sig)
     write_set(tmp_path / "in", 2)
     fifo = tmp_path / "late.mrc"
     os.mkfifo(fifo)
@@ -190,7 +193,7 @@ def test_ctrl_c_keeps_finished_work_and_says_how_to_continue(tmp_path):
         assert proc.poll() is None and time.monotonic() < deadline
         time.sleep(0.05)
     time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     try:
         _, err = proc.communicate(timeout=10)
     except subprocess.TimeoutExpired:
@@ -199,7 +202,7 @@ def test_ctrl_c_keeps_finished_work_and_says_how_to_continue(tmp_path):
         # blocks (a race of any Python program, not of lipoframe). Press
         # Ctrl-C again, as a user would: a signal that arrives during the
         # blocking call interrupts it.
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         try:
             _, err = proc.communicate(timeout=10)
         except subprocess.TimeoutExpired:
