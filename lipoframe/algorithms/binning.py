@@ -394,10 +394,9 @@ def min_waste_edges(values, n_bins: int, box_of, *, min_count: int = 1) -> np.nd
     count = pos[None, 1:] - pos[:-1, None]  # [a, b]: items pos[a]..pos[b + 1] - 1
     cost = np.where(count >= m, count * end_box[None, :] ** 2, np.inf)
     p = pos.size
-    best = np.full(p, np.inf)  # best[i]: items before pos[i] split into bins, cheapest so far
-    best[0] = 0.0
+    # layers[k][i]: cheapest split of the items before pos[i] into exactly k bins
+    layers = [np.r_[0.0, np.full(p - 1, np.inf)]]
     back = np.full((n_bins, p), -1, dtype=np.int64)
-    layers = [best]
     for level in range(n_bins):
         total = layers[-1][:-1, None] + cost  # (start a, end b + 1)
         arg = np.argmin(total, axis=0)

@@ -376,7 +376,7 @@ def _split_broad_modes(d: np.ndarray, edges: np.ndarray, p: PeakValleyParams) ->
             q05, q95 = np.quantile(m, [0.05, 0.95])
             spread = float(q95 / q05)
             if spread > p.broad_ratio:
-                base = _pixels(m, np.array([m.min(), m.max()]), p)
+                base = m.size * float(box_for(m.max(), p)) ** 2  # the whole mode in its largest member's box
                 for parts in range(2, min(p.broad_bins, spare + 1) + 1):
                     sub = _broad_split(m, parts, p)
                     if len(sub) > 2:
