@@ -23,6 +23,7 @@ import json
 import math
 import os
 import platform
+import re
 import sys
 import time
 from pathlib import Path
@@ -198,8 +199,9 @@ def main(argv=None) -> int:
         for name in only:
             (inputs / f"{name}.mrc").symlink_to((info.folder / f"{name}.mrc").resolve())
         truth = truth[truth.micrograph.isin(only)]
-    # Runs with overrides get folders of their own: run_suite_seed0_peel-true.
-    tag = "".join("_" + o.replace("=", "-").replace("/", "-") for o in args.set)
+    # Runs with overrides get folders of their own: run_suite_seed0_peel-true
+    # (only characters a Hydra override value takes unquoted: no lists' brackets or commas).
+    tag = "".join("_" + re.sub(r"[^A-Za-z0-9_.-]+", "-", o).strip("-") for o in args.set)
     suffix += tag
     ev, run = run_and_evaluate(inputs, truth, cache / f"run_{suffix}", overrides=tuple(args.set), workers=args.workers)
     report: dict = {

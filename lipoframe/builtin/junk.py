@@ -1,4 +1,4 @@
-"""Filters that reject junk: ice contamination and picks on carbon edges.
+"""Filters that reject junk: ice contamination, carbon film and its edges, specks.
 
 They flag picks (``accepted=False`` with a reason); nothing is dropped.
 """
@@ -13,8 +13,11 @@ import pandas as pd
 from lipoframe import schema
 from lipoframe.algorithms.binning import mad_gau
 from lipoframe.algorithms.junk import darkness_concentration, neighbourhood_measures
+from lipoframe.algorithms.peel import disc_mask
+from lipoframe.algorithms.regions import dense_regions, level_map
 from lipoframe.algorithms.stats import background_stats
 from lipoframe.algorithms.pyramid import pow2_floor, to_binned
+from lipoframe.builtin.maskfilter import mean_in_discs
 from lipoframe.hookspecs import hookimpl
 from lipoframe.records import Micrograph, PickContext
 from lipoframe.stages import Filter
@@ -27,12 +30,17 @@ SURROUND = "surround_darkness"
 REFERENCE = "contamination_reference"
 
 
+def _working_factor(ctx: PickContext) -> int:
+    """Binning of the image these filters measure on: the smallest particle about 8 px across."""
+    return pow2_floor(ctx.dmin_px / 2.0 / 8.0)
+
+
 def _working_level(picks: pd.DataFrame, mic: Micrograph, ctx: PickContext, stage: str):
     """The polarity-corrected image these filters measure on (the smallest
     particle about 8 px across) and the picks' rows, columns and diameters on it."""
     if mic.image.ndim != 2:
         raise ValueError(f"the {stage} filter works on 2D micrographs; for volumes use +experiment=tomo")
-    factor = pow2_floor(ctx.dmin_px / 2.0 / 8.0)
+    factor = _working_factor(ctx)
     return (
         mic.signal(factor),
         to_binned(picks[schema.Y].to_numpy(float), factor),
@@ -235,6 +243,87 @@ class CarbonEdgeFilter(Filter):
         return schema.reject(out, ratio > self.params.max_asymmetry, "carbon_edge")
 
 
+#: Column of the carbon filter: the share of the pick's disc inside a dense region.
+IN_REGION = "dense_region"
+
+
+@dataclass
+class CarbonParams:
+    """Reject picks on a carbon film: a large region denser than the ice, behind a sharp edge.
+
+    The micrograph is averaged over cells of ``cell`` times the largest
+    diameter, leaving out the discs of the confident picks (1.2 diameters);
+    the cells' median over 3x3 cells is the level map. Regions are the
+    connected parts, at least ``min_area`` largest particles in size, of the
+    denser side of Otsu's threshold whose level steps up sharply across
+    their boundary: the step left once the map's smooth part (a Gaussian of
+    3 cells) is taken away is at least ``min_step`` times the map's
+    cell-to-cell noise and at least ``min_sharpness`` of the whole step. A
+    gradient of ice thickness or a patchy background changes the level
+    smoothly and leaves little. Contamination far denser than the carbon is
+    found first and set aside. See :mod:`lipoframe.algorithms.regions`.
+
+    cell: cell size in units of ``dmax``.
+    min_area: smallest region, in discs of diameter ``dmax``.
+    min_step: see above (in cell-to-cell noise).
+    min_sharpness: see above, in (0, 1].
+    max_fraction: reject a pick with more than this share of its disc inside
+        a region (column ``dense_region``).
+    """
+
+    cell: float = 0.125
+    min_area: float = 3.0
+    min_step: float = 5.0
+    min_sharpness: float = 0.35
+    max_fraction: float = 0.25
+
+    def __post_init__(self) -> None:
+        if not 0 < self.cell <= 1:
+            raise ValueError(f"filter.carbon.cell must be in (0, 1], got {self.cell}")
+        for name in ("min_area", "min_step"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"filter.carbon.{name} must be > 0, got {getattr(self, name)}")
+        if not 0 < self.min_sharpness <= 1:
+            raise ValueError(f"filter.carbon.min_sharpness must be in (0, 1], got {self.min_sharpness}")
+        if not 0 <= self.max_fraction < 1:
+            raise ValueError(f"filter.carbon.max_fraction must be in [0, 1), got {self.max_fraction}")
+
+
+def carbon_map(image: np.ndarray, confident: tuple[np.ndarray, np.ndarray, np.ndarray], cell: int, params: CarbonParams, dmax: float):
+    """Dense regions of a polarity-corrected image (particles bright), on cells of ``cell`` pixels.
+
+    ``confident`` holds the rows, columns and diameters (pixels of ``image``)
+    of the picks left out of the level map. Returns the (H, W) bool map and
+    the regions' descriptions (:func:`~lipoframe.algorithms.regions.dense_regions`).
+    """
+    rows, cols, diameters = confident
+    level = level_map(image, cell, exclude=disc_mask(image.shape, rows, cols, 0.6 * diameters))
+    min_cells = params.min_area * np.pi * (dmax / 2.0) ** 2 / cell**2
+    return dense_regions(level, min_cells=min_cells, min_step=params.min_step, min_sharpness=params.min_sharpness)
+
+
+class CarbonFilter(Filter):
+    name = "carbon"
+    Params = CarbonParams
+    summary = "reject picks on carbon film (a large region denser than the ice, behind a sharp edge), found without a mask"
+
+    def apply(self, picks: pd.DataFrame, mic: Micrograph, ctx: PickContext) -> pd.DataFrame:
+        out = schema.with_acceptance(picks)
+        if len(out) == 0:
+            return out
+        img, rows, cols, diameters = _working_level(out, mic, ctx, self.name)
+        dmax = ctx.dmax_px / _working_factor(ctx)
+        cell = max(1, int(round(self.params.cell * dmax)))
+        confident = out[schema.ACCEPTED].to_numpy(dtype=bool) & ~schema.weak_mask(out)
+        regions, _ = carbon_map(img, (rows[confident], cols[confident], diameters[confident]), cell, self.params, dmax)
+        if regions.any():
+            share = mean_in_discs(regions.astype(np.float32), np.column_stack([rows, cols]), diameters / 2.0, scale=np.full(2, 1.0 / cell))
+        else:
+            share = np.zeros(len(out))
+        out[IN_REGION] = share
+        return schema.reject(out, share > self.params.max_fraction, "carbon")
+
+
 #: Column of the speck filter: the largest share of a pick's excess darkness in one small spot.
 CONCENTRATION = "darkness_concentration"
 
@@ -288,4 +377,5 @@ class SpeckFilter(Filter):
 def lipoframe_register_stages(registry):
     registry.add(ContaminationFilter)
     registry.add(CarbonEdgeFilter)
+    registry.add(CarbonFilter)
     registry.add(SpeckFilter)

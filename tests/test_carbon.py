@@ -1,0 +1,152 @@
+"""The carbon filter: large dense regions behind a sharp edge, found without a mask."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from lipoframe.algorithms.regions import cell_noise, dense_regions, level_map
+
+
+def _iou(a, b):
+    return (a & b).sum() / (a | b).sum()
+
+
+def _grid(n=64):
+    return np.mgrid[:n, :n].astype(float)
+
+
+def test_level_map_averages_cells_and_leaves_out_excluded_pixels():
+    img = np.full((64, 96), 3.0)
+    assert level_map(img, 8).shape == (8, 12)
+    assert np.allclose(level_map(img, 8), 3.0)
+    # A film over the right half: the 3x3 median keeps its straight edge where it is.
+    img[:, 48:] += 1.0
+    level = level_map(img, 8)
+    assert np.allclose(level[:, :6], 3.0) and np.allclose(level[:, 6:], 4.0)
+    # Bright particles left out leave the background level.
+    img = np.full((64, 64), 1.0)
+    yy, xx = np.mgrid[:64, :64]
+    blob = (yy - 20) ** 2 + (xx - 20) ** 2 <= 100
+    img[blob] = 50.0
+    assert level_map(img, 8).max() > 1.0  # the blob fills a cell and more
+    assert np.allclose(level_map(img, 8, exclude=blob), 1.0)
+    assert np.isnan(level_map(img, 8, exclude=np.ones_like(blob))).all()
+    with pytest.raises(ValueError, match="cell"):
+        level_map(img, 0)
+
+
+def test_a_film_with_a_sharp_edge_is_a_region_and_smooth_backgrounds_are_not():
+    rng = np.random.default_rng(0)
+    yy, xx = _grid()
+    film = xx + 0.2 * yy > 44  # a slanted edge, film on the right
+    level = 12.0 * film + rng.normal(0, 1, film.shape)
+    regions, found = dense_regions(level, min_cells=100)
+    assert len(found) == 1 and _iou(regions, film) > 0.9
+    assert found[0]["edge"] >= 5 and found[0]["sharpness"] > 0.35
+    # A gradient far steeper than the film's step, and a broad bump, without
+    # noise (only the sharpness can tell) and with it.
+    ramp = 3.0 * xx
+    bump = 60.0 * np.exp(-((xx - 40) ** 2 + (yy - 30) ** 2) / (2 * 12.0**2))
+    for smooth in (ramp, bump):
+        for noise in (0.0, 1.0):
+            regions, found = dense_regions(smooth + rng.normal(0, noise, smooth.shape), min_cells=100)
+            assert found == [] and not regions.any()
+    # Noise alone has no region.
+    assert dense_regions(rng.normal(0, 1, film.shape), min_cells=100)[1] == []
+    # The same film on a gradient is still found.
+    regions, found = dense_regions(level + 0.3 * xx, min_cells=100)
+    assert len(found) == 1 and _iou(regions, film) > 0.9
+
+
+def test_carbon_beside_far_denser_ice_is_found_in_a_second_round():
+    rng = np.random.default_rng(1)
+    yy, xx = _grid()
+    film = xx > 48
+    ice = (yy - 20) ** 2 + (xx - 18) ** 2 <= 8**2
+    level = 12.0 * film + 150.0 * ice + rng.normal(0, 1, film.shape)
+    regions, found = dense_regions(level, min_cells=100)
+    assert [f["round"] for f in found] == [0, 1]
+    assert _iou(regions, film | ice) > 0.85
+    # Without the later rounds only the ice is found.
+    regions, found = dense_regions(level, min_cells=100, max_rounds=1)
+    assert len(found) == 1 and _iou(regions, ice) > 0.8
+
+
+def test_cell_noise_measures_the_spread_of_one_cell():
+    rng = np.random.default_rng(2)
+    assert cell_noise(rng.normal(0, 2.0, (128, 128))) == pytest.approx(2.0, rel=0.05)
+    yy, xx = _grid(128)
+    # A straight edge and a gradient hardly change it.
+    assert cell_noise(rng.normal(0, 2.0, (128, 128)) + 30.0 * (xx > 64) + 0.5 * yy) == pytest.approx(2.0, rel=0.1)
+
+
+@pytest.mark.parametrize(
+    "kw,message",
+    [
+        ({"min_cells": 0}, "min_cells"),
+        ({"min_step": 0}, "min_step"),
+        ({"min_sharpness": 1.5}, "min_sharpness"),
+        ({"smooth": 0}, "smooth"),
+        ({"band": 0.5}, "band"),
+    ],
+)
+def test_dense_regions_checks_its_values(kw, message):
+    with pytest.raises(ValueError, match=message):
+        dense_regions(np.zeros((16, 16)), **{"min_cells": 10, **kw})
+
+
+@pytest.mark.parametrize(
+    "kw,message",
+    [
+        ({"cell": 0}, "filter.carbon.cell"),
+        ({"min_area": 0}, "filter.carbon.min_area"),
+        ({"min_step": -1}, "filter.carbon.min_step"),
+        ({"min_sharpness": 0}, "filter.carbon.min_sharpness"),
+        ({"max_fraction": 1.0}, "filter.carbon.max_fraction"),
+    ],
+)
+def test_carbon_params_name_the_key(kw, message):
+    from lipoframe.builtin.junk import CarbonParams
+
+    with pytest.raises(ValueError, match=message):
+        CarbonParams(**kw)
+
+
+def test_picks_on_a_simulated_carbon_film_are_rejected_and_the_particles_kept():
+    """The mini suite's carbon scene (1024² at 4 Å/px): grain on the film is picked without the filter."""
+    from lipoframe import pick
+    from lipoframe.evaluate import evaluate
+    from lipoframe.simulate import mini_scenes
+    from lipoframe.synthetic import render_scene
+
+    spec = next(s for s in mini_scenes(0) if s.name == "s06_carbon_edge")
+    img, truth = render_scene(spec)
+    truth = truth.assign(micrograph="m")
+    filters = ("diameter_range", "contamination", "speck", "population")
+    kw = dict(dmin=150, dmax=500, units="A", pixel_size=spec.pixel_size)
+    results = {}
+    for name, chosen in (("without", filters), ("with", filters[:2] + ("carbon",) + filters[2:])):
+        picks = pick(img, filters=chosen, **kw).assign(micrograph="m")
+        results[name] = (picks, evaluate(picks, truth).summary)
+    before, after = results["without"][1], results["with"][1]
+    assert before["junk_picks_by_kind"].get("carbon", 0) >= 5  # the filter has work to do
+    assert after["junk_picks_by_kind"].get("carbon", 0) <= 1
+    assert after["tp"] == before["tp"]  # no particle lost
+    picks = results["with"][0]
+    on_film = picks["reject_reason"] == "carbon"
+    assert on_film.sum() >= 5 and (picks.loc[on_film, "dense_region"] > 0.25).all()
+    assert (picks.loc[picks["accepted"], "dense_region"] <= 0.25).all()
+
+
+def test_the_carbon_filter_leaves_a_micrograph_without_film_alone():
+    """The same scene without its film: nothing is rejected as carbon."""
+    from lipoframe import pick
+    from lipoframe.simulate import mini_scenes
+    from lipoframe.synthetic import render_scene
+
+    spec = next(s for s in mini_scenes(0) if s.name == "s06_carbon_edge")
+    img, _ = render_scene(replace(spec, carbon=False))
+    picks = pick(img, dmin=150, dmax=500, units="A", pixel_size=spec.pixel_size,
+                 filters=("diameter_range", "contamination", "carbon"))
+    assert (picks["reject_reason"] != "carbon").all() and (picks["dense_region"] == 0).all()
