@@ -289,17 +289,21 @@ class CarbonParams:
             raise ValueError(f"filter.carbon.max_fraction must be in [0, 1), got {self.max_fraction}")
 
 
-def carbon_map(image: np.ndarray, confident: tuple[np.ndarray, np.ndarray, np.ndarray], cell: int, params: CarbonParams, dmax: float):
-    """Dense regions of a polarity-corrected image (particles bright), on cells of ``cell`` pixels.
+def carbon_map(image: np.ndarray, confident: tuple[np.ndarray, np.ndarray, np.ndarray], params: CarbonParams, dmax: float):
+    """Dense regions of a polarity-corrected image (particles bright).
 
     ``confident`` holds the rows, columns and diameters (pixels of ``image``)
-    of the picks left out of the level map. Returns the (H, W) bool map and
-    the regions' descriptions (:func:`~lipoframe.algorithms.regions.dense_regions`).
+    of the picks left out of the level map; ``dmax`` is the largest diameter
+    in pixels of ``image``. Returns the (H, W) bool map on cells of ``cell``
+    pixels, ``cell`` and the regions' descriptions
+    (:func:`~lipoframe.algorithms.regions.dense_regions`).
     """
     rows, cols, diameters = confident
+    cell = max(1, int(round(params.cell * dmax)))
     level = level_map(image, cell, exclude=disc_mask(image.shape, rows, cols, 0.6 * diameters))
     min_cells = params.min_area * np.pi * (dmax / 2.0) ** 2 / cell**2
-    return dense_regions(level, min_cells=min_cells, min_step=params.min_step, min_sharpness=params.min_sharpness)
+    regions, found = dense_regions(level, min_cells=min_cells, min_step=params.min_step, min_sharpness=params.min_sharpness)
+    return regions, cell, found
 
 
 class CarbonFilter(Filter):
@@ -312,14 +316,10 @@ class CarbonFilter(Filter):
         if len(out) == 0:
             return out
         img, rows, cols, diameters = _working_level(out, mic, ctx, self.name)
-        dmax = ctx.dmax_px / _working_factor(ctx)
-        cell = max(1, int(round(self.params.cell * dmax)))
         confident = out[schema.ACCEPTED].to_numpy(dtype=bool) & ~schema.weak_mask(out)
-        regions, _ = carbon_map(img, (rows[confident], cols[confident], diameters[confident]), cell, self.params, dmax)
-        if regions.any():
-            share = mean_in_discs(regions.astype(np.float32), np.column_stack([rows, cols]), diameters / 2.0, scale=np.full(2, 1.0 / cell))
-        else:
-            share = np.zeros(len(out))
+        regions, cell, _ = carbon_map(img, (rows[confident], cols[confident], diameters[confident]),
+                                      self.params, ctx.dmax_px / _working_factor(ctx))
+        share = mean_in_discs(regions.astype(np.float32), np.column_stack([rows, cols]), diameters / 2.0, scale=np.full(2, 1.0 / cell))
         out[IN_REGION] = share
         return schema.reject(out, share > self.params.max_fraction, "carbon")
 
