@@ -1494,7 +1494,7 @@ def pick(
     detector: Any = "edge",
     nms: Any = "size_aware",
     refiner: Any = "radial_profile",
-    filters: tuple = ("diameter_range", "contamination", "speck", "population"),
+    filters: tuple = ("diameter_range", "contamination", "carbon", "speck", "population"),
     detector_params: dict | None = None,
     nms_params: dict | None = None,
     refiner_params: dict | None = None,

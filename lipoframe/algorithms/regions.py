@@ -118,6 +118,7 @@ def dense_regions(
     min_sharpness: float = 0.35,
     smooth: float = 3.0,
     band: float = 2.0,
+    clearance: float = 2.0,
     max_rounds: int = 4,
 ) -> tuple[np.ndarray, list[dict]]:
     """Find large regions of a level map that are denser than the rest, behind a sharp edge.
@@ -135,7 +136,12 @@ def dense_regions(
 
     Cells within ``2 * smooth`` of the map's border are left out of the
     bands: the smoothing is one-sided there, and a gradient towards the
-    border would leave an edge of its own. A part is a region when its
+    border would leave an edge of its own. So are cells within
+    ``clearance`` of a NaN cell (the particles left out of the map): a
+    particle's fringe (the bright Fresnel or CTF halo around it) changes the
+    level just beyond its disc, and in a crowded field the gaps between the
+    particles, away from their fringes, are then denser than the cells
+    beside them, with a step as sharp as a film's. A part is a region when its
     ``edge`` is at least ``min_step`` times the
     map's cell-to-cell noise (:func:`cell_noise`) and at least
     ``min_sharpness`` of its ``step`` (a smooth background seen without
@@ -159,6 +165,9 @@ def dense_regions(
         Gaussian smoothing, cells.
     band : float
         Width of the bands on either side of the boundary, cells.
+    clearance : float
+        Cells closer than this to a NaN cell are left out of the bands;
+        0 keeps them.
     max_rounds : int
 
     Returns
@@ -183,6 +192,8 @@ def dense_regions(
         raise ValueError(f"smooth must be > 0, got {smooth}")
     if band < 1:
         raise ValueError(f"band must be >= 1, got {band}")
+    if clearance < 0:
+        raise ValueError(f"clearance must be >= 0, got {clearance}")
     level = np.asarray(level, dtype=np.float64)
     valid = np.isfinite(level)
     noise = cell_noise(level)
@@ -193,6 +204,8 @@ def dense_regions(
     margin = int(np.ceil(2 * smooth))
     interior = np.zeros(level.shape, dtype=bool)
     interior[margin:-margin or None, margin:-margin or None] = True
+    if clearance > 0 and not valid.all():
+        interior &= ndi.distance_transform_edt(valid) > clearance
     regions = np.zeros(level.shape, dtype=bool)
     found: list[dict] = []
     for rnd in range(max_rounds):

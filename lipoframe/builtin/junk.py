@@ -260,13 +260,20 @@ class CarbonParams:
     3 cells) is taken away is at least ``min_step`` times the map's
     cell-to-cell noise and at least ``min_sharpness`` of the whole step. A
     gradient of ice thickness or a patchy background changes the level
-    smoothly and leaves little. Contamination far denser than the carbon is
-    found first and set aside. See :mod:`lipoframe.algorithms.regions`.
+    smoothly and leaves little. The step is measured away from the
+    particles left out (``clearance``), beyond their fringes: in a crowded
+    field the gaps between the particles are otherwise denser than the
+    cells beside them, with as sharp a step. Contamination far denser than
+    the carbon is found first and set aside. See
+    :mod:`lipoframe.algorithms.regions`.
 
     cell: cell size in units of ``dmax``.
     min_area: smallest region, in discs of diameter ``dmax``.
     min_step: see above (in cell-to-cell noise).
     min_sharpness: see above, in (0, 1].
+    clearance: cells closer than this to the particles left out (in units
+        of ``dmax``, beyond their discs of 1.2 diameters) are not used to
+        measure the step.
     max_fraction: reject a pick with more than this share of its disc inside
         a region (column ``dense_region``).
     """
@@ -275,6 +282,7 @@ class CarbonParams:
     min_area: float = 3.0
     min_step: float = 5.0
     min_sharpness: float = 0.35
+    clearance: float = 0.3
     max_fraction: float = 0.25
 
     def __post_init__(self) -> None:
@@ -285,6 +293,8 @@ class CarbonParams:
                 raise ValueError(f"filter.carbon.{name} must be > 0, got {getattr(self, name)}")
         if not 0 < self.min_sharpness <= 1:
             raise ValueError(f"filter.carbon.min_sharpness must be in (0, 1], got {self.min_sharpness}")
+        if not self.clearance >= 0:
+            raise ValueError(f"filter.carbon.clearance must be >= 0, got {self.clearance}")
         if not 0 <= self.max_fraction < 1:
             raise ValueError(f"filter.carbon.max_fraction must be in [0, 1), got {self.max_fraction}")
 
@@ -302,7 +312,8 @@ def carbon_map(image: np.ndarray, confident: tuple[np.ndarray, np.ndarray, np.nd
     cell = max(1, int(round(params.cell * dmax)))
     level = level_map(image, cell, exclude=disc_mask(image.shape, rows, cols, 0.6 * diameters))
     min_cells = params.min_area * np.pi * (dmax / 2.0) ** 2 / cell**2
-    regions, found = dense_regions(level, min_cells=min_cells, min_step=params.min_step, min_sharpness=params.min_sharpness)
+    regions, found = dense_regions(level, min_cells=min_cells, min_step=params.min_step, min_sharpness=params.min_sharpness,
+                                   clearance=params.clearance * dmax / cell)
     return regions, cell, found
 
 
