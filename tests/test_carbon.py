@@ -4,6 +4,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
 
 from lipoframe.algorithms.regions import cell_noise, dense_regions, level_map
 
@@ -73,20 +74,16 @@ def test_carbon_beside_far_denser_ice_is_found_in_a_second_round():
     assert len(found) == 1 and _iou(regions, ice) > 0.8
 
 
-def _crowd(amplitude, seed):
-    """A level map of a crowded field: particles left out (NaN) over the left
-    two thirds, each with a bright fringe that lowers the level beside it,
-    and free ice on the right."""
-    from scipy import ndimage as ndi
-
-    rng = np.random.default_rng(seed)
-    yy, xx = _grid()
-    holes = np.zeros(yy.shape, dtype=bool)
-    for cx in range(4, 40, 7):
-        for cy in range(4, 64, 7):
-            holes |= (yy - cy - 3 * (cx // 7 % 2)) ** 2 + (xx - cx) ** 2 <= 2.5**2
-    fringe = -amplitude * np.exp(-(ndi.distance_transform_edt(~holes) - 1) / 1.5)
-    return np.where(holes, np.nan, fringe + rng.normal(0, 1, yy.shape))
+def _left_out(base, centres, fringe):
+    """``base`` with the discs (2.5 cells) of particles at ``centres`` left
+    out (NaN), each with a bright fringe that lowers the level beside it by
+    up to ``fringe``. Returns the level map and the discs."""
+    yy, xx = np.indices(base.shape)
+    holes = np.zeros(base.shape, dtype=bool)
+    for cy, cx in centres:
+        holes |= (yy - cy) ** 2 + (xx - cx) ** 2 <= 2.5**2
+    beside = np.exp(-(ndi.distance_transform_edt(~holes) - 1) / 1.5)
+    return np.where(holes, np.nan, base - fringe * beside), holes
 
 
 def test_gaps_between_crowded_particles_are_not_a_region():
@@ -94,24 +91,19 @@ def test_gaps_between_crowded_particles_are_not_a_region():
     from them is denser than the cells around the particles, with a step as
     sharp as a film's (the real apoferritin sample); measured away from the
     particles there is no step."""
+    crowd = [(cy + 3 * (cx // 7 % 2), cx) for cx in range(4, 40, 7) for cy in range(4, 64, 7)]  # left two thirds; free ice on the right
     for seed in range(3):
-        level = _crowd(40.0, seed)
+        level, _ = _left_out(np.random.default_rng(seed).normal(0, 1, (64, 64)), crowd, 40.0)
         assert len(dense_regions(level, min_cells=100, clearance=0)[1]) == 1  # the failure, measured beside the particles
         regions, found = dense_regions(level, min_cells=100)
         assert found == [] and not regions.any()
 
 
 def test_a_film_lined_with_particles_is_still_found():
-    from scipy import ndimage as ndi
-
     rng = np.random.default_rng(4)
     yy, xx = _grid()
     film = xx > 44
-    holes = np.zeros(film.shape, dtype=bool)
-    for cy in range(6, 64, 12):  # particles along the film's edge
-        holes |= (yy - cy) ** 2 + (xx - 44) ** 2 <= 2.5**2
-    fringe = -6.0 * np.exp(-(ndi.distance_transform_edt(~holes) - 1) / 1.5)
-    level = np.where(holes, np.nan, 12.0 * film + fringe + rng.normal(0, 1, film.shape))
+    level, holes = _left_out(12.0 * film + rng.normal(0, 1, film.shape), [(cy, 44) for cy in range(6, 64, 12)], 6.0)
     regions, found = dense_regions(level, min_cells=100)
     assert len(found) == 1 and _iou(regions, film & ~holes) > 0.9
 
