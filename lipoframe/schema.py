@@ -130,6 +130,11 @@ def weak_mask(df: pd.DataFrame) -> np.ndarray:
     return flags(df[WEAK])
 
 
+def confident_mask(df: pd.DataFrame) -> np.ndarray:
+    """Rows still accepted and not weak candidates: the picks that set what is typical (bool array)."""
+    return df[ACCEPTED].to_numpy(dtype=bool) & ~weak_mask(df)
+
+
 def reject(df: pd.DataFrame, mask, reason: str) -> pd.DataFrame:
     """Return a copy of ``df`` where the still-accepted rows in ``mask`` are rejected.
 

@@ -388,8 +388,7 @@ class PopulationFilter(Filter):
         if not len(picks) or p.lonely_below == 0 or schema.QUALITY not in picks.columns:
             return picks
         out = schema.with_acceptance(picks)
-        accepted = out[schema.ACCEPTED].to_numpy(dtype=bool)
-        confident = accepted & ~schema.weak_mask(out)
+        confident = schema.confident_mask(out)
         names = out[schema.MICROGRAPH].to_numpy()
         counts = pd.Series(confident).groupby(names, sort=False).sum()
         n_micrographs = max(len(metas), len(counts))  # metas also lists micrographs without picks

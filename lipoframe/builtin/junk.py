@@ -171,7 +171,7 @@ class ContaminationFilter(Filter):
         m, med, spread = _measure(out, mic, ctx, self.name)
         darkness = m["inside"] - med
         contrast = m["inside"] - m["outside"]
-        ok = out[schema.ACCEPTED].to_numpy() & ~schema.weak_mask(out)  # the confident picks set what is typical
+        ok = schema.confident_mask(out)
         ref = contrast[ok & (contrast > 0)]
         p = self.params
         if len(ref) >= p.min_reference:
@@ -200,7 +200,7 @@ class ContaminationFilter(Filter):
             return picks
         out = schema.with_acceptance(picks)
         p = self.params
-        confident = out[schema.ACCEPTED].to_numpy(dtype=bool) & ~schema.weak_mask(out)
+        confident = schema.confident_mask(out)
         darkness = out[DARKNESS].to_numpy(dtype=float)
         own = out[REFERENCE].fillna(0).to_numpy(dtype=float)
         reference = darkness[confident & (own >= p.min_reference)]  # the median shrugs off a micrograph of ice
@@ -327,7 +327,7 @@ class CarbonFilter(Filter):
         if len(out) == 0:
             return out
         img, rows, cols, diameters = _working_level(out, mic, ctx, self.name)
-        confident = out[schema.ACCEPTED].to_numpy(dtype=bool) & ~schema.weak_mask(out)
+        confident = schema.confident_mask(out)
         regions, cell, _ = carbon_map(img, (rows[confident], cols[confident], diameters[confident]),
                                       self.params, ctx.dmax_px / _working_factor(ctx))
         share = mean_in_discs(regions.astype(np.float32), np.column_stack([rows, cols]), diameters / 2.0, scale=np.full(2, 1.0 / cell))
