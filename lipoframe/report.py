@@ -568,6 +568,7 @@ def build_html(data: RunData, rows: list[MicrographRow], plots_png: list[tuple[s
                *, overlay_stats: dict) -> str:
     """The report page (one string; every image a data: URI)."""
     from lipoframe import __version__, plots
+    from lipoframe.runner import MAX_LISTED
 
     e = html.escape
     picks = data.picks
@@ -600,9 +601,10 @@ def build_html(data: RunData, rows: list[MicrographRow], plots_png: list[tuple[s
 
     problems = "".join(f"<li class='warn'>{e(str(x))}</li>" for x in data.summary.get("errors", []))
     notes = data.summary.get("notes", [])
-    problems += "".join(f"<li>Note: {e(str(x))}</li>" for x in notes[:10])
-    if len(notes) > 10:
-        problems += f"<li>... and {len(notes) - 10} more notes (run_summary.json)</li>"
+    # As many as the console summary lists (runner.format_summary).
+    problems += "".join(f"<li>Note: {e(str(x))}</li>" for x in notes[:MAX_LISTED])
+    if len(notes) > MAX_LISTED:
+        problems += f"<li>... and {len(notes) - MAX_LISTED} more notes (run_summary.json)</li>"
     if problems:
         problems = f"<ul>{problems}</ul>"
 

@@ -277,6 +277,23 @@ def test_report_command_rebuilds_the_same_report_from_the_folder(done, run_copy,
     assert (~a[schema.ACCEPTED]).sum() > 0
 
 
+def test_report_lists_as_many_notes_as_the_console_summary(run_copy, run_cli):
+    from lipoframe.runner import MAX_LISTED, format_summary
+
+    summary_path = run_copy / "run_summary.json"
+    summary = json.loads(summary_path.read_text())
+    summary["notes"] = [f"note number {i}." for i in range(MAX_LISTED + 5)]
+    summary_path.write_text(json.dumps(summary))
+    code, _, err = run_cli("report", run_copy, "-j", "1", "--no-crops")
+    assert code == 0, err
+    text = " ".join(parse(run_copy / "report.html").text)
+    console = format_summary(summary)
+    for i in range(MAX_LISTED + 5):
+        shown = f"note number {i}." in text
+        assert shown == (i < MAX_LISTED) == (f"NOTE   note number {i}." in console)
+    assert "and 5 more notes" in text and "and 5 more" in console
+
+
 def test_report_without_picks_csv_uses_the_per_micrograph_tables(done, run_copy):
     _, result = done
     (run_copy / "picks.csv").unlink()
