@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Hashable, Optional
 
 import numpy as np
 
@@ -78,6 +78,8 @@ class Micrograph:
     _transform: Optional[Callable[[np.ndarray, int], np.ndarray]] = field(default=None, repr=False, compare=False)
     #: The micrograph :meth:`with_transform` was called on: its signals are the ones transformed.
     _parent: Optional["Micrograph"] = field(default=None, repr=False, compare=False)
+    #: Results of :meth:`derived`, by key.
+    _derived: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -119,6 +121,20 @@ class Micrograph:
             binned.setflags(write=False)
             self._cache[factor] = binned
         return self._cache[factor]
+
+    def derived(self, key: Hashable, compute: Callable[[], Any]) -> Any:
+        """``compute()``, worked out once for this micrograph per ``key``.
+
+        For what a stage derives from the image and would otherwise work out
+        again each time the runner calls it on the same micrograph (the
+        filters run again after retried picks are refined). ``key`` must
+        name the stage and hold everything besides this micrograph's signal
+        that the result depends on. The result is shared: treat it as
+        read-only. A copy from :meth:`with_transform` starts empty.
+        """
+        if key not in self._derived:
+            self._derived[key] = compute()
+        return self._derived[key]
 
     def with_transform(self, transform: Callable[[np.ndarray, int], np.ndarray]) -> "Micrograph":
         """A copy whose :meth:`signal` is ``transform(signal, factor)`` of this one's.

@@ -187,3 +187,32 @@ def test_the_carbon_filter_leaves_a_micrograph_without_film_alone():
     picks = pick(img, dmin=150, dmax=500, units="A", pixel_size=spec.pixel_size,
                  filters=("diameter_range", "contamination", "carbon"))
     assert (picks["reject_reason"] != "carbon").all() and (picks["dense_region"] == 0).all()
+
+
+def test_the_carbon_map_is_made_once_per_micrograph_and_set_of_confident_picks(monkeypatch):
+    """The filters run again after retries: the same confident picks reuse the map, other picks or images do not."""
+    import lipoframe.builtin.junk as junk
+    from lipoframe import pick, schema
+    from lipoframe.records import Micrograph, MicrographMeta, PickContext
+    from lipoframe.simulate import mini_scenes
+    from lipoframe.synthetic import render_scene
+
+    spec = next(s for s in mini_scenes(0) if s.name == "s06_carbon_edge")
+    img, _ = render_scene(spec)
+    picks = pick(img, dmin=150, dmax=500, units="A", pixel_size=spec.pixel_size, filters=("diameter_range",))
+    picks = picks.drop(columns=["micrograph", "diameter_A"])
+    made, real_map = [], junk.carbon_map
+    monkeypatch.setattr(junk, "carbon_map", lambda *a, **k: made.append(1) or real_map(*a, **k))
+    ctx = PickContext(dmin_px=150 / spec.pixel_size, dmax_px=500 / spec.pixel_size, pixel_size=spec.pixel_size)
+    mic = Micrograph(meta=MicrographMeta("m", "", img.shape, spec.pixel_size), image=img)
+    stage = junk.CarbonFilter()
+    first = stage.apply(picks, mic, ctx)
+    assert len(made) == 1 and (first["reject_reason"] == "carbon").sum() >= 5
+    assert stage.apply(picks, mic, ctx).equals(first)
+    assert len(made) == 1  # same micrograph, same confident picks
+    stage.apply(picks.drop(index=picks.index[schema.confident_mask(picks)][0]), mic, ctx)
+    assert len(made) == 2  # one confident pick fewer: a new map
+    stage.apply(picks, mic.with_transform(lambda s, f: s.copy()), ctx)
+    assert len(made) == 3  # another image
+    stage.apply(picks, Micrograph(meta=mic.meta, image=img), ctx)
+    assert len(made) == 4  # a new Micrograph of the same file (the next run) starts afresh
