@@ -329,10 +329,11 @@ class CarbonFilter(Filter):
         img, rows, cols, diameters = _working_level(out, mic, ctx, self.name)
         confident = schema.confident_mask(out)
         left_out = (rows[confident], cols[confident], diameters[confident])
-        dmax = ctx.dmax_px / _working_factor(ctx)
+        factor = _working_factor(ctx)
+        dmax = ctx.dmax_px / factor
         # The filters run again after retries, mostly with the same confident
         # picks: the map is made once per micrograph for each set of them.
-        key = (self.name, repr(self.params), _working_factor(ctx), dmax, np.column_stack(left_out).tobytes())
+        key = (self.name, repr(self.params), factor, dmax, np.column_stack(left_out).tobytes())
         regions, cell, _ = mic.derived(key, lambda: carbon_map(img, left_out, self.params, dmax))
         share = mean_in_discs(regions.astype(np.float32), np.column_stack([rows, cols]), diameters / 2.0, scale=np.full(2, 1.0 / cell))
         out[IN_REGION] = share
