@@ -10,7 +10,10 @@ every other parameter at its default):
   bin, for symmetric (uniform, normal) and skewed (log-normal, gamma tail)
   single modes of 60, 300 and 2000 picks;
 * a two-population set (60 px particles and a long-tailed vesicle
-  population) with and without splitting the broad mode among several.
+  population) with and without splitting the broad mode among several;
+* stray picks (``stray_gap``): how often the rule moves picks out of a bin
+  of a continuous distribution (200 sets each), and what it does to the
+  boxes when a few picks stand far above a mode.
 
 Pure numpy; a few seconds::
 
@@ -44,6 +47,25 @@ SINGLE_MODES = {
 }
 SIZES = (60, 300, 2000)
 
+#: continuous distributions on which the stray rule should rarely fire: name -> (rng, n) -> diameters (px)
+CONTINUOUS = {
+    "normal 200 ± 20 px": lambda rng, n: rng.normal(200, 20, n),
+    "log-normal 200 px, σ 0.25": lambda rng, n: 200 * np.exp(rng.normal(0, 0.25, n)),
+    "log-normal 60 px, σ 0.4": lambda rng, n: 60 * np.exp(rng.normal(0, 0.4, n)),
+    "gamma tail 120 px + Γ(1.3, 30)": lambda rng, n: 120 + rng.gamma(1.3, 30, n),
+    "three modes 180/260/370 px": lambda rng, n: np.r_[rng.normal(180, 12, 2 * n // 5), rng.normal(260, 15, 7 * n // 20),
+                                                         rng.normal(370, 20, n - 2 * n // 5 - 7 * n // 20)],
+}
+STRAY_SETS = 200
+
+#: a mode with a few picks far above it: name -> (rng) -> diameters (px)
+WITH_STRAYS = {
+    "500 at 150 ± 8 px + 1 at 450 px": lambda rng: np.r_[rng.normal(150, 8, 500), 450.0],
+    "500 at 150 ± 8 px + 3 at 300 ± 10 px": lambda rng: np.r_[rng.normal(150, 8, 500), rng.normal(300, 10, 3)],
+    "500 at 150 ± 8 px + 2 at 240/245 px + 200 at 400 ± 10 px": lambda rng: np.r_[rng.normal(150, 8, 500), 240.0, 245.0,
+                                                                                  rng.normal(400, 10, 200)],
+}
+
 
 def plan_of(d: np.ndarray, **params):
     picks = pd.DataFrame({schema.MICROGRAPH: "m", schema.X: 0.0, schema.Y: 0.0, schema.DIAMETER: d,
@@ -54,6 +76,27 @@ def plan_of(d: np.ndarray, **params):
 
 def pixels(plan) -> int:
     return int(sum(b.count * b.box_px**2 for b in plan.bins))
+
+
+def stray_tables(seed: int) -> tuple[list[dict], list[dict]]:
+    """The stray rule on sets with a few picks far above a mode, and how often it fires on continuous ones."""
+    def counts(p):
+        return "/".join(str(b.count) for b in p.bins), "/".join(str(b.box_px) for b in p.bins), round(pixels(p) / 1e6, 2)
+
+    strays = []
+    for name, draw in WITH_STRAYS.items():
+        d = draw(np.random.default_rng(seed))
+        on, off = counts(plan_of(d)), counts(plan_of(d, stray_gap=None))
+        strays.append({"set": name, "bins": on[0], "boxes": on[1], "Mpx": on[2],
+                       "off_bins": off[0], "off_boxes": off[1], "off_Mpx": off[2]})
+    fired = []
+    for name, draw in CONTINUOUS.items():
+        for n in SIZES:
+            moves = [plan_of(draw(np.random.default_rng(seed + k), n)).details.get("strays", [])
+                     for k in range(STRAY_SETS)]
+            fired.append({"distribution": name, "picks": n, "fired": sum(1 for m in moves if m) / STRAY_SETS,
+                          "stray_picks": sum(r["picks"] for m in moves for r in m)})
+    return strays, fired
 
 
 def main(argv=None) -> int:
@@ -97,11 +140,24 @@ def main(argv=None) -> int:
         lines.append(f"| {label} | {'/'.join(str(b.count) for b in p.bins)} | {'/'.join(str(b.box_px) for b in p.bins)} | "
                      f"{pixels(p) / 1e6:.2f} |")
     lines += ["", *(f"- {n}" for n in split.notes), ""]
+    strays, fired = stray_tables(args.seed)
+    lines += ["## Stray picks (`stray_gap`, default 0.3)", "",
+              f"How often the rule fires on continuous distributions ({STRAY_SETS} sets each, seeds "
+              f"{args.seed}-{args.seed + STRAY_SETS - 1}), and the picks it moves:", "",
+              "| distribution | picks | sets with strays | stray picks in all sets |", "|---|---|---|---|"]
+    lines += [f"| {r['distribution']} | {r['picks']} | {100 * r['fired']:.1f} % | {r['stray_picks']} |" for r in fired]
+    lines += ["", "A few picks far above a mode:", "",
+              "| set | default: bins (picks) | boxes | Mpx | stray_gap=null: bins (picks) | boxes | Mpx |",
+              "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['set']} | {r['bins']} | {r['boxes']} | {r['Mpx']} | {r['off_bins']} | {r['off_boxes']} | {r['off_Mpx']} |"
+              for r in strays]
+    lines += [""]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "binning.md").write_text("\n".join(lines))
     (args.out / "binning.json").write_text(json.dumps(
         {"seed": args.seed, "single_modes": rows,
-         "two_populations": {"split_Mpx": pixels(split) / 1e6, "whole_Mpx": pixels(whole) / 1e6, "notes": list(split.notes)}},
+         "two_populations": {"split_Mpx": pixels(split) / 1e6, "whole_Mpx": pixels(whole) / 1e6, "notes": list(split.notes)},
+         "strays": {"continuous": fired, "with_strays": strays}},
         indent=2))
     print("\n".join(lines))
     print(f"min_waste saved {100 * table['saved'].min():.1f}-{100 * table['saved'].max():.1f} % of the pixels; "

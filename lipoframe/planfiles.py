@@ -206,7 +206,14 @@ def plot_size_histogram(plan: ExtractionPlan, picks: pd.DataFrame, ax=None, *, t
         sec.set_xlabel(f"diameter (nm) at {px:g} Å/px")
     else:
         ax.text(0.99, 0.98, "pixel size unknown: no nm axis", transform=ax.transAxes, ha="right", va="top", fontsize=8, color="0.4")
-    ax.legend(loc="upper right", fontsize=8, frameon=False, bbox_to_anchor=(1.0, 0.86))
+    # the legend goes in the widest gap between the bin labels (a label is centred on its bin)
+    lo_x, hi_x = ax.get_xlim()
+    at = sorted((c - lo_x) / (hi_x - lo_x) for c in centers_x)
+    gaps = [(at[0] if at else 1.0, 0.0, "upper left")]
+    gaps += [(b - a, (a + b) / 2, "upper center") for a, b in zip(at, at[1:])]
+    gaps.append((1.0 - at[-1] if at else 1.0, 1.0, "upper right"))
+    _, x, loc = max(gaps, key=lambda g: g[0] * (1.0 if g[2] == "upper center" else 2.0))
+    ax.legend(loc=loc, fontsize=8, frameon=False, bbox_to_anchor=(x, 0.98))
     return fig
 
 

@@ -1448,7 +1448,8 @@ def format_summary(summary: dict) -> str:
         + _rejected_note(summary["picks"].get("rejected", {})),
     ]
     for b in summary["bins"]:
-        lines.append(f"  bin {b['bin']}: {b['d_min_px']:.0f}-{b['d_max_px']:.0f} px, {b['count']} picks, box {b['box_px']} px")
+        lines.append(f"  bin {b['bin']}: {b['d_min_px']:.0f}-{b['d_max_px']:.0f} px, {b['count']} pick{'' if b['count'] == 1 else 's'}, "
+                     f"box {b['box_px']} px")
     notes, failures = summary.get("notes", []), summary["failures"]
     for note in notes[:MAX_LISTED]:
         lines.append(f"NOTE   {note}")

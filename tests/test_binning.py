@@ -30,6 +30,7 @@ from lipoframe.builtin.binning import (
     QuantileParams,
     SingleBinner,
     auto_bin_width,
+    stray_edges,
 )
 from lipoframe.plan import OUTLIER_REASON, round_up_box
 from lipoframe.records import PickContext
@@ -409,6 +410,7 @@ def test_mean_test_is_suppressed_when_most_diameters_are_equal():
     (PeakValleyParams, {"bin_width_px": 0}, "binning.bin_width_px"),
     (PeakValleyParams, {"min_dip": 1.0}, "binning.min_dip"),
     (PeakValleyParams, {"max_bins": 0}, "binning.max_bins"),
+    (PeakValleyParams, {"stray_gap": 0}, "binning.stray_gap"),
     (QuantileParams, {"n_bins": 0}, "binning.n_bins"),
     (KMeansParams, {"n_clusters": 2}, "binning.n_clusters"),
     (KMeansParams, {"sigma_crit": 0}, "binning.sigma_crit"),
@@ -546,3 +548,63 @@ def test_long_tail_min_waste_gives_the_tail_its_own_bins_and_same_boxes_merge():
     assert px["waste"] < 0.6 * px["q"]
     assert waste.n_bins == 3 and waste.bins[-1].d_min_px > 60
     assert _pixels(d, np.r_[d.min(), [0.5 * (a.d_max_px + b.d_min_px) for a, b in zip(waste.bins, waste.bins[1:])], d.max()], box) == px["waste"]
+
+
+# ---------------------------------------------------------------------------
+# stray picks
+# ---------------------------------------------------------------------------
+def test_a_stray_pick_gets_its_own_bin_instead_of_setting_everyones_box():
+    # 500 particles of ~150 px and one pick of 450 px (an ice ball that passed the filters, say)
+    rng = np.random.default_rng(0)
+    d = np.r_[rng.normal(150, 8, 500), 450.0]
+    plan = PeakValleyBinner(PeakValleyParams()).assign(picks_of(d), {}, ctx()).plan
+    assert [b.count for b in plan.bins] == [500, 1]
+    assert plan.bins[0].d_max_px == d[:500].max() and plan.bins[0].box_px == round_up_box(1.5 * d[:500].max())
+    assert plan.bins[1].box_px == round_up_box(1.5 * 450) > 2 * plan.bins[0].box_px
+    (move,) = plan.details["strays"]
+    assert move["action"] == "own_bin" and move["picks"] == 1 and move["box_px_before"] == plan.bins[1].box_px
+    assert any(n.startswith("stray pick: 1 pick of 450 px") for n in plan.notes)
+    # turned off: one bin, every pick in the stray's box
+    off = PeakValleyBinner(PeakValleyParams(stray_gap=None)).assign(picks_of(d), {}, ctx()).plan
+    assert off.n_bins == 1 and off.bins[0].box_px == plan.bins[1].box_px and "strays" not in off.details
+
+
+def test_strays_between_two_modes_join_the_next_bin_without_changing_its_box():
+    rng = np.random.default_rng(0)
+    d = np.r_[rng.normal(150, 8, 500), rng.normal(400, 10, 200), [240.0, 245.0]]
+    plan = PeakValleyBinner(PeakValleyParams()).assign(picks_of(d), {}, ctx()).plan
+    off = PeakValleyBinner(PeakValleyParams(stray_gap=None)).assign(picks_of(d), {}, ctx()).plan
+    assert [b.count for b in off.bins] == [502, 200] and [b.count for b in plan.bins] == [500, 202]
+    assert plan.bins[0].box_px < off.bins[0].box_px and plan.bins[1].box_px == off.bins[1].box_px
+    assert plan.bins[1].d_min_px == 240.0 and plan.details["strays"][0]["action"] == "next_bin"
+
+
+def test_a_stray_with_no_bin_left_stays_and_the_plan_says_so():
+    rng = np.random.default_rng(0)
+    d = np.r_[rng.normal(100, 3, 300), rng.normal(150, 4, 300), rng.normal(220, 5, 300), rng.normal(320, 6, 300), 480.0]
+    plan = PeakValleyBinner(PeakValleyParams()).assign(picks_of(d), {}, ctx()).plan
+    assert plan.n_bins == 4 and plan.bins[-1].count == 301 and plan.bins[-1].d_max_px == 480.0
+    assert plan.details["strays"][0]["action"] == "none"
+    assert any("no bin left (binning.max_bins=4)" in n for n in plan.notes)
+    five = PeakValleyBinner(PeakValleyParams(max_bins=5)).assign(picks_of(d), {}, ctx()).plan
+    assert [b.count for b in five.bins] == [300, 300, 300, 300, 1]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_a_continuous_mode_has_no_strays(seed):
+    # the largest of many normal diameters is never 30 % above the next
+    d = np.random.default_rng(seed).normal(200, 25, 400)
+    plan = PeakValleyBinner(PeakValleyParams()).assign(picks_of(d), {}, ctx()).plan
+    assert "strays" not in plan.details
+
+
+def test_stray_edges_take_the_cheapest_tail_and_leave_small_bins_alone():
+    box = lambda v: round_up_box(1.5 * v)  # noqa: E731
+    # nine vesicles of 74-124 px and one of 248 px: the 248 alone is cheaper than the four from 113 up
+    d = np.array([74, 75, 82, 85, 86, 89, 113, 115, 124, 248.0])
+    edges, (move,) = stray_edges(d, np.array([74, 248.0]), box, gap=0.3, max_count=9, max_bins=4)
+    assert move["picks"] == 1 and edges.tolist() == [74, 186, 248]
+    # the strays must be fewer than the others
+    edges, moves = stray_edges(np.array([100, 101, 300, 310.0]), np.array([100, 310.0]), box, gap=0.3, max_count=9, max_bins=4)
+    assert moves == [] and edges.tolist() == [100, 310]
+

@@ -232,6 +232,29 @@ def test_size_outliers_are_counted_apart(tmp_path):
     assert t["count"].sum() == res.plan.n_accepted
 
 
+@pytest.mark.parametrize("stray", [450.0, 110.0])
+def test_the_histogram_legend_does_not_cover_a_bin_label(stray):
+    # a label at each end of the axis (a bin of one stray at the right): the legend goes between them
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from lipoframe.planfiles import plot_size_histogram
+
+    rng = np.random.default_rng(0)
+    d = np.r_[rng.normal(150, 8, 300), rng.normal(250, 8, 100), stray]
+    picks = pd.DataFrame({schema.MICROGRAPH: "m", schema.X: 0.0, schema.Y: 0.0, schema.DIAMETER: d,
+                          schema.ACCEPTED: True, schema.REASON: ""})
+    res = PeakValleyBinner(PeakValleyParams()).assign(picks, {}, CTX)
+    fig = plot_size_histogram(res.plan, res.picks)
+    FigureCanvasAgg(fig).draw()
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    legend = ax.get_legend().get_window_extent(renderer)
+    labels = [t.get_window_extent(renderer) for t in ax.texts if t.get_text().startswith("bin ")]
+    assert len(labels) == res.plan.n_bins >= 2
+    assert not any(legend.overlaps(b) for b in labels)
+    assert ax.get_window_extent(renderer).contains(legend.x0, legend.y0) and ax.get_window_extent(renderer).contains(legend.x1, legend.y1)
+
+
 # ---------------------------------------------------------------------------
 # lipoframe plan
 # ---------------------------------------------------------------------------

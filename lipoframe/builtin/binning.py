@@ -245,7 +245,13 @@ class PeakValleyParams(BoxParams):
         extracted pixels, at least ``min_bin_picks`` per bin; right for
         long tails of large vesicles) or ``quantile`` (equal counts).
     min_bin_picks: with ``min_waste``, the fewest picks a bin split off a
-        broad mode may hold.
+        broad mode may hold (stray picks, below, are exempt).
+    stray_gap: fewer than ``min_bin_picks`` picks at the top of a bin that
+        stand at least this fraction above the next smaller pick (0.3: 30 %
+        larger) are *strays*: they would set the box of the whole bin. They
+        join the next bin, or get a bin of their own if the bin is the last
+        and ``max_bins`` allows (after the broad modes are split);
+        ``null`` turns this off.
     merge_same_box: merge neighbouring bins that would get the same box.
     min_picks: fewer accepted picks: one bin.
     """
@@ -259,6 +265,7 @@ class PeakValleyParams(BoxParams):
     broad_bins: int = 3
     broad_split: str = "min_waste"
     min_bin_picks: int = 10
+    stray_gap: float | None = 0.3
     merge_same_box: bool = True
     min_picks: int = 20
 
@@ -284,6 +291,8 @@ class PeakValleyParams(BoxParams):
             raise ValueError(f"binning.min_bin_picks must be >= 1, got {self.min_bin_picks}")
         if self.min_picks < 1:
             raise ValueError(f"binning.min_picks must be >= 1, got {self.min_picks}")
+        if self.stray_gap is not None and not self.stray_gap > 0:
+            raise ValueError(f"binning.stray_gap must be > 0 (or null: off), got {self.stray_gap}")
 
 
 class PeakValleyBinner(_PolicyBinner):
@@ -328,12 +337,124 @@ class PeakValleyBinner(_PolicyBinner):
             edges = np.array([d.min(), d.max()])
             details["decision"] = "one narrow mode: one bin"
             notes.append(f"one mode, narrow (p95/p5 = {spread:.2f} <= {p.broad_ratio:g}): one bin")
+        edges = self._strays(d, edges, notes, details)
         if p.merge_same_box and len(edges) > 2:
             merged = _merge_same_box(d, edges, p)
             if len(merged) < len(edges):
                 notes.append(f"{len(edges) - len(merged)} bin(s) merged into a neighbour with the same box size")
                 edges = merged
         return edges, None, notes, details
+
+    def _strays(self, d: np.ndarray, edges: np.ndarray, notes: list[str], details: dict) -> np.ndarray:
+        """``edges`` with the stray picks moved out of their bins (:func:`stray_edges`); notes and details added."""
+        p = self.params
+        if p.stray_gap is None:
+            return edges
+        edges, moves = stray_edges(d, edges, lambda v: box_for(v, p), gap=p.stray_gap,
+                                   max_count=p.min_bin_picks - 1, max_bins=p.max_bins)
+        for m in moves:
+            lo, hi = m["strays_px"]
+            one = m["picks"] == 1
+            what = f"1 pick of {lo:.0f} px stands" if one else f"{m['picks']} picks of {lo:.0f}-{hi:.0f} px stand"
+            head = (f"stray pick{'' if one else 's'}: {what} far above the other {m['others']} picks of "
+                    f"{'its' if one else 'their'} bin ({m['bin_px'][0]:.0f}-{m['next_smaller_px']:.0f} px)")
+            if m["action"] == "none":
+                notes.append(f"{head} and set{'s' if one else ''} their box to {m['box_px_before']} px instead of "
+                             f"{m['box_px_after']} px: no bin left (binning.max_bins={p.max_bins}); "
+                             f"check {'it' if one else 'them'}: a stray is a rare large particle or junk (an ice ball, merged particles)")
+            else:
+                where = "joins the next bin" if m["action"] == "next_bin" else "gets a bin of its own"
+                if not one:
+                    where = "join the next bin" if m["action"] == "next_bin" else "get a bin of their own"
+                notes.append(f"{head}; {'it' if one else 'they'} {where}, so the others get a {m['box_px_after']} px box "
+                             f"instead of {m['box_px_before']} px; check {'it' if one else 'them'}: a stray is a rare large particle "
+                             f"or junk (an ice ball, merged particles)")
+        if moves:
+            details["strays"] = moves
+        return edges
+
+
+def stray_edges(d: np.ndarray, edges: np.ndarray, box_of, *, gap: float, max_count: int,
+                max_bins: int) -> tuple[np.ndarray, list[dict]]:
+    """Move the stray picks at the top of each bin out of it.
+
+    A bin's box is set by its largest member, so a handful of picks far
+    larger than the rest of their bin (a few large vesicles, merged
+    particles, an ice ball that passed the filters) would give every pick of
+    the bin their box. Strays are the top ``t <= max_count`` members of a
+    bin whose smallest is at least ``1 + gap`` times the next smaller
+    member, when the other members (more than ``t``) need a smaller box:
+    of the tails that qualify, the one that extracts the fewest pixels
+    (``count x box**2``, the strays in the box of their new bin) is taken,
+    if it extracts fewer than the bin as it is. Strays of any bin but
+    the last join the next bin, whose box they cannot change (they are
+    smaller than its members); those of the last bin (or below an empty
+    one) get a bin of their own if fewer than ``max_bins`` bins hold picks.
+
+    Parameters
+    ----------
+    d : (N,) ndarray
+        Diameters (px).
+    edges : (K + 1,) ndarray
+        Bin edges (:func:`~lipoframe.algorithms.binning.assign_to_edges`).
+    box_of : callable
+        ``box_of(diameter) -> box``, non-decreasing.
+    gap : float
+        Relative gap, > 0.
+    max_count : int
+        The most picks a group of strays may hold.
+    max_bins : int
+        Bins allowed in all.
+
+    Returns
+    -------
+    edges : ndarray
+        New edges (the same if nothing moved).
+    moves : list of dict
+        One record per group of strays: ``bin_px``, ``strays_px``, ``picks``,
+        ``others``, ``next_smaller_px``, ``box_px_before``, ``box_px_after``
+        and ``action`` (``next_bin``, ``own_bin`` or ``none``).
+    """
+    edges = np.asarray(edges, dtype=float)
+    lab = algo.assign_to_edges(d, edges)
+    n_bins = len(edges) - 1
+    n_used = len(np.unique(lab[lab >= 0]))
+    cuts = list(edges[1:-1])
+    moves = []
+    for k in range(n_bins):
+        m = np.sort(d[lab == k], kind="stable")
+        if m.size < 3:
+            continue
+        # the strays go to a box no smaller than their own largest one's
+        nxt = d[lab == k + 1]
+        dest = float(box_of(nxt.max() if nxt.size else m[-1]))
+        best = (m.size * float(box_of(m[-1])) ** 2, 0)  # pixels extracted as it is
+        for t in range(1, min(max_count, (m.size - 1) // 2) + 1):
+            if m[-t] < (1.0 + gap) * m[-t - 1]:
+                continue
+            key = ((m.size - t) * float(box_of(m[-t - 1])) ** 2 + t * dest**2, t)
+            if key < best:
+                best = key
+        if best[1] == 0:
+            continue
+        t = best[1]
+        cut = 0.5 * (m[-t - 1] + m[-t])
+        action = "next_bin" if nxt.size else ("own_bin" if n_used < max_bins else "none")
+        if action == "next_bin":
+            cuts[k] = cut
+        elif action == "own_bin":
+            n_used += 1
+            if k < n_bins - 1:  # an empty bin above: the strays fill it
+                cuts[k] = cut
+            else:
+                cuts.append(cut)
+        moves.append({
+            "bin_px": [round(float(m[0]), 2), round(float(m[-1]), 2)],
+            "strays_px": [round(float(m[-t]), 2), round(float(m[-1]), 2)],
+            "picks": t, "others": int(m.size - t), "next_smaller_px": round(float(m[-t - 1]), 2),
+            "box_px_before": int(box_of(m[-1])), "box_px_after": int(box_of(m[-t - 1])), "action": action,
+        })
+    return np.r_[edges[0], np.sort(cuts, kind="stable"), edges[-1]], moves
 
 
 def _broad_split(d: np.ndarray, n_bins: int, p: PeakValleyParams) -> np.ndarray:
