@@ -30,7 +30,6 @@ from lipoframe.builtin.binning import (
     QuantileParams,
     SingleBinner,
     auto_bin_width,
-    stray_edges,
 )
 from lipoframe.plan import OUTLIER_REASON, round_up_box
 from lipoframe.records import PickContext
@@ -602,9 +601,11 @@ def test_stray_edges_take_the_cheapest_tail_and_leave_small_bins_alone():
     box = lambda v: round_up_box(1.5 * v)  # noqa: E731
     # nine vesicles of 74-124 px and one of 248 px: the 248 alone is cheaper than the four from 113 up
     d = np.array([74, 75, 82, 85, 86, 89, 113, 115, 124, 248.0])
-    edges, (move,) = stray_edges(d, np.array([74, 248.0]), box, gap=0.3, max_count=9, max_bins=4)
+    edges, (move,) = algo.stray_edges(d, np.array([74, 248.0]), box, gap=0.3, max_count=9, max_bins=4)
     assert move["picks"] == 1 and edges.tolist() == [74, 186, 248]
     # the strays must be fewer than the others
-    edges, moves = stray_edges(np.array([100, 101, 300, 310.0]), np.array([100, 310.0]), box, gap=0.3, max_count=9, max_bins=4)
+    edges, moves = algo.stray_edges(np.array([100, 101, 300, 310.0]), np.array([100, 310.0]), box, gap=0.3, max_count=9, max_bins=4)
     assert moves == [] and edges.tolist() == [100, 310]
+    with pytest.raises(ValueError, match="gap"):
+        algo.stray_edges(d, np.array([74, 248.0]), box, gap=0, max_count=9, max_bins=4)
 

@@ -415,6 +415,96 @@ def min_waste_edges(values, n_bins: int, box_of, *, min_count: int = 1) -> np.nd
     return np.r_[x[0], inner, x[-1]]
 
 
+def stray_edges(d, edges, box_of, *, gap: float, max_count: int,
+                max_bins: int) -> tuple[np.ndarray, list[dict]]:
+    """Move the stray picks at the top of each bin out of it.
+
+    A bin's box is set by its largest member, so a handful of picks far
+    larger than the rest of their bin (a few large vesicles, merged
+    particles, an ice ball that passed the filters) would give every pick of
+    the bin their box. Strays are the top ``t <= max_count`` members of a
+    bin whose smallest is at least ``1 + gap`` times the next smaller
+    member, when the other members (more than ``t``) need a smaller box:
+    of the tails that qualify, the one that extracts the fewest pixels
+    (``count x box**2``, the strays in the box of their new bin) is taken,
+    if it extracts fewer than the bin as it is. Strays of any bin but
+    the last join the next bin, whose box they cannot change (they are
+    smaller than its members); those of the last bin (or below an empty
+    one) get a bin of their own if fewer than ``max_bins`` bins hold picks.
+
+    Parameters
+    ----------
+    d : (N,) array_like
+        Diameters (px).
+    edges : (K + 1,) array_like
+        Bin edges (:func:`assign_to_edges`).
+    box_of : callable
+        ``box_of(diameter) -> box``, non-decreasing.
+    gap : float
+        Relative gap, > 0.
+    max_count : int
+        The most picks a group of strays may hold.
+    max_bins : int
+        Bins allowed in all.
+
+    Returns
+    -------
+    edges : ndarray
+        New edges (the same if nothing moved).
+    moves : list of dict
+        One record per group of strays: ``bin_px``, ``strays_px``, ``picks``,
+        ``others``, ``next_smaller_px``, ``box_px_before``, ``box_px_after``
+        and ``action`` (``next_bin``, ``own_bin`` or ``none``).
+    """
+    if not gap > 0:
+        raise ValueError(f"gap must be > 0, got {gap}")
+    if max_count < 0:
+        raise ValueError(f"max_count must be >= 0, got {max_count}")
+    if max_bins < 1:
+        raise ValueError(f"max_bins must be >= 1, got {max_bins}")
+    d = _as_1d(d)
+    edges = np.asarray(edges, dtype=float)
+    lab = assign_to_edges(d, edges)
+    n_bins = len(edges) - 1
+    n_used = len(np.unique(lab[lab >= 0]))
+    cuts = list(edges[1:-1])
+    moves = []
+    for k in range(n_bins):
+        m = np.sort(d[lab == k], kind="stable")
+        if m.size < 3:
+            continue
+        # the strays go to a box no smaller than their own largest one's
+        nxt = d[lab == k + 1]
+        dest = float(box_of(nxt.max() if nxt.size else m[-1]))
+        best = (m.size * float(box_of(m[-1])) ** 2, 0)  # pixels extracted as it is
+        for t in range(1, min(max_count, (m.size - 1) // 2) + 1):
+            if m[-t] < (1.0 + gap) * m[-t - 1]:
+                continue
+            key = ((m.size - t) * float(box_of(m[-t - 1])) ** 2 + t * dest**2, t)
+            if key < best:
+                best = key
+        if best[1] == 0:
+            continue
+        t = best[1]
+        cut = 0.5 * (m[-t - 1] + m[-t])
+        action = "next_bin" if nxt.size else ("own_bin" if n_used < max_bins else "none")
+        if action == "next_bin":
+            cuts[k] = cut
+        elif action == "own_bin":
+            n_used += 1
+            if k < n_bins - 1:  # an empty bin above: the strays fill it
+                cuts[k] = cut
+            else:
+                cuts.append(cut)
+        moves.append({
+            "bin_px": [round(float(m[0]), 2), round(float(m[-1]), 2)],
+            "strays_px": [round(float(m[-t]), 2), round(float(m[-1]), 2)],
+            "picks": t, "others": int(m.size - t), "next_smaller_px": round(float(m[-t - 1]), 2),
+            "box_px_before": int(box_of(m[-1])), "box_px_after": int(box_of(m[-t - 1])), "action": action,
+        })
+    return np.r_[edges[0], np.sort(cuts, kind="stable"), edges[-1]], moves
+
+
 def assign_to_edges(values, edges) -> np.ndarray:
     """Bin index of each value for bins ``[e_k, e_k+1)``, the last bin closed; -1 outside."""
     x = _as_1d(values)

@@ -346,11 +346,11 @@ class PeakValleyBinner(_PolicyBinner):
         return edges, None, notes, details
 
     def _strays(self, d: np.ndarray, edges: np.ndarray, notes: list[str], details: dict) -> np.ndarray:
-        """``edges`` with the stray picks moved out of their bins (:func:`stray_edges`); notes and details added."""
+        """``edges`` with the stray picks moved out of their bins (:func:`~lipoframe.algorithms.binning.stray_edges`); notes and details added."""
         p = self.params
         if p.stray_gap is None:
             return edges
-        edges, moves = stray_edges(d, edges, lambda v: box_for(v, p), gap=p.stray_gap,
+        edges, moves = algo.stray_edges(d, edges, lambda v: box_for(v, p), gap=p.stray_gap,
                                    max_count=p.min_bin_picks - 1, max_bins=p.max_bins)
         for m in moves:
             lo, hi = m["strays_px"]
@@ -372,89 +372,6 @@ class PeakValleyBinner(_PolicyBinner):
         if moves:
             details["strays"] = moves
         return edges
-
-
-def stray_edges(d: np.ndarray, edges: np.ndarray, box_of, *, gap: float, max_count: int,
-                max_bins: int) -> tuple[np.ndarray, list[dict]]:
-    """Move the stray picks at the top of each bin out of it.
-
-    A bin's box is set by its largest member, so a handful of picks far
-    larger than the rest of their bin (a few large vesicles, merged
-    particles, an ice ball that passed the filters) would give every pick of
-    the bin their box. Strays are the top ``t <= max_count`` members of a
-    bin whose smallest is at least ``1 + gap`` times the next smaller
-    member, when the other members (more than ``t``) need a smaller box:
-    of the tails that qualify, the one that extracts the fewest pixels
-    (``count x box**2``, the strays in the box of their new bin) is taken,
-    if it extracts fewer than the bin as it is. Strays of any bin but
-    the last join the next bin, whose box they cannot change (they are
-    smaller than its members); those of the last bin (or below an empty
-    one) get a bin of their own if fewer than ``max_bins`` bins hold picks.
-
-    Parameters
-    ----------
-    d : (N,) ndarray
-        Diameters (px).
-    edges : (K + 1,) ndarray
-        Bin edges (:func:`~lipoframe.algorithms.binning.assign_to_edges`).
-    box_of : callable
-        ``box_of(diameter) -> box``, non-decreasing.
-    gap : float
-        Relative gap, > 0.
-    max_count : int
-        The most picks a group of strays may hold.
-    max_bins : int
-        Bins allowed in all.
-
-    Returns
-    -------
-    edges : ndarray
-        New edges (the same if nothing moved).
-    moves : list of dict
-        One record per group of strays: ``bin_px``, ``strays_px``, ``picks``,
-        ``others``, ``next_smaller_px``, ``box_px_before``, ``box_px_after``
-        and ``action`` (``next_bin``, ``own_bin`` or ``none``).
-    """
-    edges = np.asarray(edges, dtype=float)
-    lab = algo.assign_to_edges(d, edges)
-    n_bins = len(edges) - 1
-    n_used = len(np.unique(lab[lab >= 0]))
-    cuts = list(edges[1:-1])
-    moves = []
-    for k in range(n_bins):
-        m = np.sort(d[lab == k], kind="stable")
-        if m.size < 3:
-            continue
-        # the strays go to a box no smaller than their own largest one's
-        nxt = d[lab == k + 1]
-        dest = float(box_of(nxt.max() if nxt.size else m[-1]))
-        best = (m.size * float(box_of(m[-1])) ** 2, 0)  # pixels extracted as it is
-        for t in range(1, min(max_count, (m.size - 1) // 2) + 1):
-            if m[-t] < (1.0 + gap) * m[-t - 1]:
-                continue
-            key = ((m.size - t) * float(box_of(m[-t - 1])) ** 2 + t * dest**2, t)
-            if key < best:
-                best = key
-        if best[1] == 0:
-            continue
-        t = best[1]
-        cut = 0.5 * (m[-t - 1] + m[-t])
-        action = "next_bin" if nxt.size else ("own_bin" if n_used < max_bins else "none")
-        if action == "next_bin":
-            cuts[k] = cut
-        elif action == "own_bin":
-            n_used += 1
-            if k < n_bins - 1:  # an empty bin above: the strays fill it
-                cuts[k] = cut
-            else:
-                cuts.append(cut)
-        moves.append({
-            "bin_px": [round(float(m[0]), 2), round(float(m[-1]), 2)],
-            "strays_px": [round(float(m[-t]), 2), round(float(m[-1]), 2)],
-            "picks": t, "others": int(m.size - t), "next_smaller_px": round(float(m[-t - 1]), 2),
-            "box_px_before": int(box_of(m[-1])), "box_px_after": int(box_of(m[-t - 1])), "action": action,
-        })
-    return np.r_[edges[0], np.sort(cuts, kind="stable"), edges[-1]], moves
 
 
 def _broad_split(d: np.ndarray, n_bins: int, p: PeakValleyParams) -> np.ndarray:
