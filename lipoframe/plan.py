@@ -19,6 +19,15 @@ OUTLIER_REASON = "binning_outlier"
 COSINE_EDGE_WIDTH_PX = 6
 
 
+def format_range(lo: float, hi: float, *, sep: str = "-", spec: str = ".0f") -> str:
+    """``lo`` and ``hi`` formatted with ``spec``: ``"79-97"``, or ``"108"`` when they read alike.
+
+    A bin of one pick (or of picks of one size) then reads ``108 px``, not ``108-108 px``.
+    """
+    a, b = format(lo, spec), format(hi, spec)
+    return a if a == b else f"{a}{sep}{b}"
+
+
 def is_fft_friendly(n: int) -> bool:
     """True for even sizes whose only prime factors are 2, 3 and 5."""
     if n < 2 or n % 2:
@@ -146,9 +155,10 @@ class ExtractionPlan:
         lines = [head]
         px = self.pixel_size
         for b in self.bins:
-            a = f"{b.d_min_px * px:.0f}-{b.d_max_px * px:.0f}" if px else "-"
+            a = format_range(b.d_min_px * px, b.d_max_px * px) if px else "-"
             m = "-" if b.mask_diameter_A is None else f"{b.mask_diameter_A:.0f}"
-            line = f"{b.index + 1:>3}  {b.d_min_px:>6.0f}-{b.d_max_px:<6.0f}  {a:>13}  {b.count:>6}  {b.box_px:>6}  {m:>7}"
+            lo, _, hi = format_range(b.d_min_px, b.d_max_px).partition("-")
+            line = f"{b.index + 1:>3}  {lo:>6}{'-' if hi else ' '}{hi:<6}  {a:>13}  {b.count:>6}  {b.box_px:>6}  {m:>7}"
             if self.extract_pixel_size:
                 line += f"  {'-' if b.box_px_extract is None else b.box_px_extract:>6}"
             lines.append(line)

@@ -31,7 +31,7 @@ import pandas as pd
 from lipoframe import schema
 from lipoframe.algorithms.binning import histogram_edges, smooth_histogram
 from lipoframe.io.atomic import atomic_path, safe_child, write_text
-from lipoframe.plan import OUTLIER_REASON, ExtractionPlan, _json_default
+from lipoframe.plan import OUTLIER_REASON, ExtractionPlan, _json_default, format_range
 from lipoframe.plots import BIN_COLORS
 
 log = logging.getLogger("lipoframe")
@@ -270,7 +270,8 @@ def _fmt(v, spec: str = ".0f", none: str = "–") -> str:
 
 def _ranges(b, px: float | None) -> tuple[str, str | None]:
     """A bin's diameter range as text, in px and (with a pixel size) in Å."""
-    return f"{b.d_min_px:.0f}–{b.d_max_px:.0f}", (f"{b.d_min_px * px:.0f}–{b.d_max_px * px:.0f}" if px else None)
+    return (format_range(b.d_min_px, b.d_max_px, sep="–"),
+            format_range(b.d_min_px * px, b.d_max_px * px, sep="–") if px else None)
 
 
 def plan_markdown(plan: ExtractionPlan, files: dict[int, list[str]], *, n_outliers: int = 0) -> str:

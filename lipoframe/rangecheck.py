@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from lipoframe import schema
+from lipoframe.plan import format_range
 
 #: A side of the range is reported when at least this many clear candidates lie beyond it ...
 MIN_CLEAR = 5
@@ -96,7 +97,7 @@ def range_notes(
         q_lo, q_hi = np.percentile(run_d, [5, 95])
         name, bound, word = ("dmin", dmin, "below") if below else ("dmax", dmax, "above")
         suggest = _round_out(q_lo if below else q_hi, up=not below)
-        span = f"{q_lo:.0f}" if f"{q_lo:.0f}" == f"{q_hi:.0f}" else f"{q_lo:.0f}-{q_hi:.0f}"
+        span = format_range(q_lo, q_hi)
         notes.append(
             f"{n} candidates with edges as clear as the accepted picks' were refined to "
             f"{span} {unit}, {word} {name}={bound:g} {unit} (rejected: diameter_range): "

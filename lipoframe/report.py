@@ -37,7 +37,7 @@ import pandas as pd
 
 from lipoframe import schema
 from lipoframe.io.atomic import safe_child, write_bytes, write_text
-from lipoframe.plan import OUTLIER_REASON, ExtractionPlan
+from lipoframe.plan import OUTLIER_REASON, ExtractionPlan, format_range
 from lipoframe.records import MicrographMeta
 
 log = logging.getLogger("lipoframe")
@@ -448,8 +448,8 @@ def _fmt(v: float, nd: int = 1) -> str:
 
 
 def _bin_label(b, pixel_size: float | None) -> str:
-    nm = f" ({b.d_min_px * pixel_size / 10:.0f}–{b.d_max_px * pixel_size / 10:.0f} nm)" if pixel_size else ""
-    return f"bin {b.index + 1}: {b.d_min_px:.0f}–{b.d_max_px:.0f} px{nm}, box {b.box_px} px"
+    nm = f" ({format_range(b.d_min_px * pixel_size / 10, b.d_max_px * pixel_size / 10, sep='–')} nm)" if pixel_size else ""
+    return f"bin {b.index + 1}: {format_range(b.d_min_px, b.d_max_px, sep='–')} px{nm}, box {b.box_px} px"
 
 
 def _legend(data: RunData, picks: pd.DataFrame) -> list[tuple[str, str, bool]]:
@@ -617,9 +617,9 @@ def build_html(data: RunData, rows: list[MicrographRow], plots_png: list[tuple[s
         prow = []
         for b in data.plan.bins:
             r = [f'<span class="swatch" style="border-color:{plots.bin_color(b.index)}"></span>{b.index + 1}',
-                 f"{b.d_min_px:.0f}–{b.d_max_px:.0f}"]
+                 format_range(b.d_min_px, b.d_max_px, sep="–")]
             if px:
-                r.append(f"{b.d_min_px * px / 10:.1f}–{b.d_max_px * px / 10:.1f}")
+                r.append(format_range(b.d_min_px * px / 10, b.d_max_px * px / 10, sep="–", spec=".1f"))
             r += [f"{int(counts_all.get(b.index, b.count)):,}", f"<b>{b.box_px}</b>"]
             if px:
                 r.append(_fmt(b.mask_diameter_A, 0))

@@ -31,7 +31,7 @@ from lipoframe import schema
 from lipoframe.config import RETRY_SUPPRESSED, LipoframeConfig
 from lipoframe.algorithms.pyramid import pow2_floor, to_binned
 from lipoframe.io.atomic import safe_child, write_text
-from lipoframe.plan import ExtractionPlan
+from lipoframe.plan import ExtractionPlan, format_range
 from lipoframe.records import InputError, Micrograph, MicrographMeta, PickContext
 from lipoframe.registry import StageRegistry
 from lipoframe.stages import Stage
@@ -1448,7 +1448,7 @@ def format_summary(summary: dict) -> str:
         + _rejected_note(summary["picks"].get("rejected", {})),
     ]
     for b in summary["bins"]:
-        lines.append(f"  bin {b['bin']}: {b['d_min_px']:.0f}-{b['d_max_px']:.0f} px, {b['count']} pick{'' if b['count'] == 1 else 's'}, "
+        lines.append(f"  bin {b['bin']}: {format_range(b['d_min_px'], b['d_max_px'])} px, {b['count']} pick{'' if b['count'] == 1 else 's'}, "
                      f"box {b['box_px']} px")
     notes, failures = summary.get("notes", []), summary["failures"]
     for note in notes[:MAX_LISTED]:

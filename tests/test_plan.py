@@ -22,7 +22,7 @@ from lipoframe.builtin.binning import (
     PeakValleyParams,
     make_bin,
 )
-from lipoframe.plan import COSINE_EDGE_WIDTH_PX, ExtractionPlan, SizeBin, is_fft_friendly, round_up_box
+from lipoframe.plan import COSINE_EDGE_WIDTH_PX, ExtractionPlan, SizeBin, format_range, is_fft_friendly, round_up_box
 from lipoframe.planfiles import plan_markdown, size_histogram_table, write_plan_files
 from lipoframe.records import MicrographMeta, PickContext
 
@@ -103,6 +103,18 @@ def test_plan_round_trips_through_json_with_details():
     assert back.notes == plan.notes and back.details["clusters"][0]["mean"] == 120.5 and back.details["arr"] == [0, 1, 2]
     assert back.assign([99, 100, 150, 160, 170, 260, 261]).tolist() == [-1, 0, 0, -1, 1, 1, -1]
     assert "box@2.4" in plan.format_table() and "170-260" in plan.format_table()
+
+
+def test_a_bin_of_one_size_reads_as_one_number():
+    assert format_range(79.2, 96.6) == "79-97" and format_range(107.6, 108.4) == "108"
+    assert format_range(7.9, 8.04, sep="–", spec=".1f") == "7.9–8.0" and format_range(8.0, 8.04, spec=".1f") == "8.0"
+    plan = ExtractionPlan(policy="peak_valley", pixel_size=1.0,
+                          bins=(SizeBin(0, 79.2, 96.6, 70, 160, 120.0), SizeBin(1, 108.0, 108.0, 1, 192, 130.0)))
+    rows = plan.format_table().splitlines()
+    assert "79-97" in rows[1] and "108-108" not in rows[2] and rows[2].split()[1:3] == ["108", "108"]
+    assert rows[1].index("-") == rows[2].index("108") + 3  # the single size sits where a range's dash ends
+    md = plan_markdown(plan, {})
+    assert "| 2 | 108 | 108 |" in md and "108–108" not in md
 
 
 # ---------------------------------------------------------------------------
