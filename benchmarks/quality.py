@@ -216,13 +216,17 @@ def main(argv=None) -> int:
         "suite_median_diameter_error": ev.summary["median_diameter_error"],
         "empty_picks": int(empty.iloc[0]) if len(empty) else None, "apoferritin_f1": None,
     }
+    # Only the full suite with seed 0 is the benchmark result; other runs (their tables and overlays) go to the cache.
+    full = args.preset == "suite" and not only and args.seed == 0 and not args.set
+    results = Path(args.results) if full else cache / "results"
+    results.mkdir(parents=True, exist_ok=True)
     for name in [o for o in args.overlay.split(",") if o]:
         import mrcfile
 
         img = mrcfile.read(info.folder / f"{name}.mrc")
         truth = ev.reference[ev.reference.micrograph.map(micrograph_key) == name]
         picks = ev.picks[ev.picks.micrograph.map(micrograph_key) == name]
-        p = plot_overlay(img, truth, picks, Path(args.results) / f"overlay_{name}.png", title=f"{name}: {descriptions.get(name, '')}")
+        p = plot_overlay(img, truth, picks, results / f"overlay_{name}{'' if full else '_' + suffix}.png", title=f"{name}: {descriptions.get(name, '')}")
         print(f"overlay: {p}", file=sys.stderr)
     if not args.no_apoferritin and APO.is_dir():
         ev_apo, run_apo = run_and_evaluate(APO / "micrographs_filtered", APO / "reference_coords_derived.csv", cache / f"run_apoferritin{tag}",
@@ -233,10 +237,6 @@ def main(argv=None) -> int:
         print(f"apoferritin sample not found at {APO}: skipped", file=sys.stderr)
     report["targets"] = {k: {"value": values[k], "op": op, "goal": goal, "pass": _passes(op, values[k], goal)} for k, (op, goal) in TARGETS.items()}
 
-    # Only the full suite with seed 0 is the benchmark result; other runs go to the cache.
-    full = args.preset == "suite" and not only and args.seed == 0 and not args.set
-    results = Path(args.results) if full else cache / "results"
-    results.mkdir(parents=True, exist_ok=True)
     stem = "quality" if full else f"quality_{suffix}"
     (results / f"{stem}.json").write_text(json.dumps(_clean(report), indent=2))
     md = markdown(_clean(report))

@@ -74,6 +74,51 @@ def test_carbon_beside_far_denser_ice_is_found_in_a_second_round():
     assert len(found) == 1 and _iou(regions, ice) > 0.8
 
 
+def test_a_film_in_the_bright_corner_of_a_sloping_background_is_found_by_the_extra_splits():
+    """The background falls by 63 noise units across the field, four times the
+    film's step: Otsu's threshold cuts across the slope (simulated suite seed 5,
+    ``s06``), and only a split higher up isolates the film."""
+    yy, xx = _grid()
+    film = xx + yy < 28
+    for seed in range(4):
+        level = 15.0 * film - 0.5 * (xx + yy) + np.random.default_rng(seed).normal(0, 1, film.shape)
+        assert dense_regions(level, min_cells=100, levels=())[1] == []
+        regions, found = dense_regions(level, min_cells=100)
+        assert len(found) == 1 and found[0]["split"] != "otsu" and _iou(regions, film) > 0.95
+
+
+def test_the_extra_splits_take_only_regions_that_run_along_the_border():
+    """A dense blob inside the field (a cluster of large particles, a
+    contamination), or one that grazes the border, passes the edge test at
+    some split too; a film's edge crosses the field, so the film runs along
+    the border (here at least 2 * sqrt(2 * 100 / pi) = 16 cells)."""
+    yy, xx = _grid()
+    inside = (yy - 40) ** 2 + (xx - 40) ** 2 <= 9.5**2
+    grazing = (yy - 40) ** 2 + (xx - 8.5) ** 2 <= 9.5**2  # 9 cells on the border
+    on_border = (yy - 20) ** 2 + xx**2 <= 12**2  # 25 cells on the border
+    for seed in range(4):
+        noise = -0.5 * (xx + yy) + np.random.default_rng(seed).normal(0, 1, xx.shape)
+        assert dense_regions(15.0 * inside + noise, min_cells=100)[1] == []
+        assert dense_regions(15.0 * grazing + noise, min_cells=100)[1] == []
+        regions, found = dense_regions(15.0 * on_border + noise, min_cells=100)
+        assert len(found) == 1 and found[0]["split"] != "otsu" and regions[on_border].mean() > 0.9
+
+
+def test_an_edge_larger_than_its_step_is_not_a_region():
+    """Small ice contaminations on the rim of a faint denser patch: smoothing
+    spreads the ice, and what is left of the level beside them looks like a
+    sharp edge (several times the patch's step), which a step cannot leave."""
+    yy, xx = _grid()
+    patch = xx < 20
+    ice = np.zeros(patch.shape, dtype=bool)
+    for cy in (16, 32, 48):
+        ice |= (yy - cy) ** 2 + (xx - 23) ** 2 <= 5**2
+    for seed in range(5):
+        level = 3.0 * patch + 50.0 * ice + np.random.default_rng(seed).normal(0, 1, patch.shape)
+        regions, found = dense_regions(level, min_cells=100)
+        assert found == [] and not regions.any()
+
+
 def _left_out(base, centres, fringe):
     """``base`` with the discs (2.5 cells) of particles at ``centres`` left
     out (NaN), each with a bright fringe that lowers the level beside it by
@@ -94,7 +139,7 @@ def test_gaps_between_crowded_particles_are_not_a_region():
     crowd = [(cy + 3 * (cx // 7 % 2), cx) for cx in range(4, 40, 7) for cy in range(4, 64, 7)]  # left two thirds; free ice on the right
     for seed in range(3):
         level, _ = _left_out(np.random.default_rng(seed).normal(0, 1, (64, 64)), crowd, 40.0)
-        assert len(dense_regions(level, min_cells=100, clearance=0)[1]) == 1  # the failure, measured beside the particles
+        assert len(dense_regions(level, min_cells=100, clearance=0, levels=())[1]) == 1  # the failure, measured beside the particles
         regions, found = dense_regions(level, min_cells=100)
         assert found == [] and not regions.any()
 
@@ -125,6 +170,7 @@ def test_cell_noise_measures_the_spread_of_one_cell():
         ({"smooth": 0}, "smooth"),
         ({"band": 0.5}, "band"),
         ({"clearance": -1}, "clearance"),
+        ({"levels": (0.5, 1.0)}, "levels"),
     ],
 )
 def test_dense_regions_checks_its_values(kw, message):
@@ -174,6 +220,29 @@ def test_picks_on_a_simulated_carbon_film_are_rejected_and_the_particles_kept():
     on_film = picks["reject_reason"] == "carbon"
     assert on_film.sum() >= 5 and (picks.loc[on_film, "dense_region"] > 0.25).all()
     assert (picks.loc[picks["accepted"], "dense_region"] <= 0.25).all()
+
+
+def test_the_extra_splits_find_a_film_otsus_threshold_misses():
+    """Mini suite seed 4, carbon scene: Otsu's split of the level map finds no
+    region, and the grain on the film is picked; the extra splits find the
+    film and lose no particle."""
+    from lipoframe import pick
+    from lipoframe.builtin.junk import CarbonParams
+    from lipoframe.evaluate import evaluate
+    from lipoframe.simulate import mini_scenes
+    from lipoframe.synthetic import render_scene
+
+    spec = next(s for s in mini_scenes(4) if s.name == "s06_carbon_edge")
+    img, truth = render_scene(spec)
+    out = {}
+    for extra in (False, True):
+        picks = pick(img, dmin=150, dmax=500, units="A", pixel_size=spec.pixel_size,
+                     filters=("diameter_range", "contamination", CarbonParams(extra_splits=extra), "speck", "population"))
+        out[extra] = (picks, evaluate(picks.assign(micrograph="m"), truth.assign(micrograph="m")).summary)
+    (otsu, before), (picks, after) = out[False], out[True]
+    assert (otsu["reject_reason"] == "carbon").sum() == 0 and before["junk_picks_by_kind"]["carbon"] >= 5
+    assert (picks["reject_reason"] == "carbon").sum() >= 5 and after["junk_picks_by_kind"]["carbon"] <= 1
+    assert after["tp"] == before["tp"]
 
 
 def test_the_carbon_filter_leaves_a_micrograph_without_film_alone():

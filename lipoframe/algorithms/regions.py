@@ -120,6 +120,7 @@ def dense_regions(
     band: float = 2.0,
     clearance: float = 2.0,
     max_rounds: int = 4,
+    levels: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95),
 ) -> tuple[np.ndarray, list[dict]]:
     """Find large regions of a level map that are denser than the rest, behind a sharp edge.
 
@@ -145,10 +146,26 @@ def dense_regions(
     ``edge`` is at least ``min_step`` times the
     map's cell-to-cell noise (:func:`cell_noise`) and at least
     ``min_sharpness`` of its ``step`` (a smooth background seen without
-    noise gives a small share, 0.1-0.2). The next round leaves the regions
+    noise gives a small share, 0.1-0.2), but not more than the ``step``:
+    a step keeps less than its height (the films of the simulated suites
+    0.6-0.8 of it), and an ``edge`` above the ``step`` comes from the
+    smoothing of something far denser beside the boundary (a small ice
+    contamination on the rim of a faint patch), not from the part's own
+    level. The next round leaves the regions
     (and two cells around them) out, so that a carbon film beside a far
-    denser ice contamination is found in the round after the ice; the rounds
-    stop when none is found.
+    denser ice contamination is found in the round after the ice. When
+    Otsu's split finds no region, the cells are split again at each of
+    ``levels`` (quantiles of the cells' levels) and, of the parts that pass
+    and run along the map's border, the one with the strongest edge is the
+    round's region: a low-frequency background (brighter illumination or
+    thinner ice on one side) puts Otsu's threshold across the background's
+    slope, and a film in the bright corner is then only a part of the upper
+    class, whose boundary is mostly not the film's edge. A film's edge
+    crosses the field, so the film runs along the border at least as far
+    as the straight side of a half-disc of ``min_cells``; a cluster of
+    large particles inside the field, or a small contamination near the
+    border with the cells that connect it to the border, which these extra
+    splits can isolate too, does not. The rounds stop when none is found.
 
     Parameters
     ----------
@@ -169,13 +186,18 @@ def dense_regions(
         Cells closer than this to a NaN cell are left out of the bands;
         0 keeps them.
     max_rounds : int
+    levels : tuple of float
+        Quantiles in (0, 1) of the cells' levels tried when Otsu's
+        threshold finds no region (for regions along the border);
+        ``()`` keeps Otsu's threshold only.
 
     Returns
     -------
     regions : (H, W) ndarray of bool
     found : list of dict
         One entry per region: ``round``, ``cells``, ``edge`` (in cell
-        noise) and ``sharpness`` (edge / step).
+        noise), ``sharpness`` (edge / step) and ``split`` (``"otsu"`` or
+        the quantile the region was found at).
 
     References
     ----------
@@ -194,6 +216,8 @@ def dense_regions(
         raise ValueError(f"band must be >= 1, got {band}")
     if clearance < 0:
         raise ValueError(f"clearance must be >= 0, got {clearance}")
+    if any(not 0 < q < 1 for q in levels):
+        raise ValueError(f"levels must be quantiles in (0, 1), got {levels}")
     level = np.asarray(level, dtype=np.float64)
     valid = np.isfinite(level)
     noise = cell_noise(level)
@@ -206,6 +230,27 @@ def dense_regions(
     interior[margin:-margin or None, margin:-margin or None] = True
     if clearance > 0 and not valid.all():
         interior &= ndi.distance_transform_edt(valid) > clearance
+
+    def passing(todo: np.ndarray, t: float, split) -> list[tuple[float, np.ndarray, dict]]:
+        """The parts of ``todo`` above ``t`` that are regions: (edge, part, description)."""
+        upper, lower = todo & (level > t), todo & (level <= t)
+        labels, n = ndi.label(upper)
+        sizes = np.bincount(labels.ravel(), minlength=n + 1)
+        out = []
+        for k in np.flatnonzero(sizes[1:] >= min_cells) + 1:
+            part = labels == k
+            inner = interior & part & (ndi.distance_transform_edt(part) <= band)
+            outer = interior & lower & (ndi.distance_transform_edt(~part) <= band)
+            step = _across(level, inner, outer)
+            edge = _across(high, inner, outer)
+            if edge >= min_step * scale and min_sharpness * step <= edge <= step:
+                out.append((edge, part, {"cells": int(part.sum()), "edge": round(edge / scale, 1),
+                                         "sharpness": round(edge / step, 2), "split": split}))
+        return out
+
+    rim = np.ones(level.shape, dtype=bool)  # the map's outermost cells
+    rim[1:-1, 1:-1] = False
+    reach = 2.0 * np.sqrt(2.0 * min_cells / np.pi)  # the straight side of a half-disc of min_cells
     regions = np.zeros(level.shape, dtype=bool)
     found: list[dict] = []
     for rnd in range(max_rounds):
@@ -213,22 +258,13 @@ def dense_regions(
         values = level[todo]
         if len(values) < 2 * min_cells or np.ptp(values) == 0:
             break
-        t = threshold_otsu(values)
-        upper, lower = todo & (level > t), todo & (level <= t)
-        labels, n = ndi.label(upper)
-        sizes = np.bincount(labels.ravel(), minlength=n + 1)
-        new = []
-        for k in np.flatnonzero(sizes[1:] >= min_cells) + 1:
-            part = labels == k
-            inner = interior & part & (ndi.distance_transform_edt(part) <= band)
-            outer = interior & lower & (ndi.distance_transform_edt(~part) <= band)
-            step = _across(level, inner, outer)
-            edge = _across(high, inner, outer)
-            if edge >= min_step * scale and edge >= min_sharpness * step:
-                new.append(part)
-                found.append({"round": rnd, "cells": int(part.sum()), "edge": round(edge / scale, 1), "sharpness": round(edge / step, 2)})
+        new = passing(todo, threshold_otsu(values), "otsu")
+        if not new:
+            tried = [r for q in levels for r in passing(todo, float(np.quantile(values, q)), q) if (r[1] & rim).sum() >= reach]
+            new = [max(tried, key=lambda r: r[0])] if tried else []
         if not new:
             break
-        for part in new:
+        for _, part, info in new:
             regions |= part
+            found.append({"round": rnd, **info})
     return regions, found

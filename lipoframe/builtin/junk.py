@@ -255,10 +255,12 @@ class CarbonParams:
     diameter, leaving out the discs of the confident picks (1.2 diameters);
     the cells' median over 3x3 cells is the level map. Regions are the
     connected parts, at least ``min_area`` largest particles in size, of the
-    denser side of Otsu's threshold whose level steps up sharply across
-    their boundary: the step left once the map's smooth part (a Gaussian of
-    3 cells) is taken away is at least ``min_step`` times the map's
-    cell-to-cell noise and at least ``min_sharpness`` of the whole step. A
+    denser side of Otsu's threshold (where that finds none, of higher
+    percentiles, for parts that reach the micrograph's border) whose level
+    steps up sharply across their boundary: the step left once the map's
+    smooth part (a Gaussian of 3 cells) is taken away is at least
+    ``min_step`` times the map's cell-to-cell noise, at least
+    ``min_sharpness`` of the whole step and not more than the step. A
     gradient of ice thickness or a patchy background changes the level
     smoothly and leaves little. The step is measured away from the
     particles left out (``clearance``), beyond their fringes: in a crowded
@@ -276,6 +278,9 @@ class CarbonParams:
         measure the step.
     max_fraction: reject a pick with more than this share of its disc inside
         a region (column ``dense_region``).
+    extra_splits: where Otsu's threshold finds no region, split again at
+        the 50th-95th percentiles (regions that reach the border only);
+        ``false`` keeps Otsu's threshold only.
     """
 
     cell: float = 0.125
@@ -284,6 +289,7 @@ class CarbonParams:
     min_sharpness: float = 0.35
     clearance: float = 0.3
     max_fraction: float = 0.25
+    extra_splits: bool = True
 
     def __post_init__(self) -> None:
         if not 0 < self.cell <= 1:
@@ -313,7 +319,7 @@ def carbon_map(image: np.ndarray, confident: tuple[np.ndarray, np.ndarray, np.nd
     level = level_map(image, cell, exclude=disc_mask(image.shape, rows, cols, 0.6 * diameters))
     min_cells = params.min_area * np.pi * (dmax / 2.0) ** 2 / cell**2
     regions, found = dense_regions(level, min_cells=min_cells, min_step=params.min_step, min_sharpness=params.min_sharpness,
-                                   clearance=params.clearance * dmax / cell)
+                                   clearance=params.clearance * dmax / cell, **({} if params.extra_splits else {"levels": ()}))
     return regions, cell, found
 
 
