@@ -154,14 +154,18 @@ class LipoframeConfig:
             raise ConfigError(f"dmin must be > 0, got {self.dmin}")
         if not self.dmax > self.dmin:
             raise ConfigError(f"dmin must be < dmax, got dmin={self.dmin} and dmax={self.dmax}")
-        if self.pixel_size is not None and not self.pixel_size > 0:
-            raise ConfigError(f"pixel_size must be > 0 (Å/px), got {self.pixel_size}")
-        if isinstance(self.input, str):
-            self.input = [self.input] if self.input else []
-        elif self.input is None:
-            self.input = []
+        if self.pixel_size is not None and not 0 < self.pixel_size < float("inf"):
+            raise ConfigError(f"pixel_size must be > 0 and finite (Å/px), got {self.pixel_size}")
+        if not self.dmax < float("inf"):
+            raise ConfigError(f"dmax must be finite, got {self.dmax}")
+        if self.input is None:
+            self.input = []  # not given: the built-in demo set
         else:
-            self.input = [str(i) for i in self.input]
+            given = [self.input] if isinstance(self.input, str) else list(self.input)
+            self.input = [str(i) for i in given if str(i).strip()]
+            if not self.input:
+                # `input=` with nothing after it (an unset shell variable) must not run the demo
+                raise ConfigError("input is empty: name a file, folder or glob (leave input out to run the built-in demo)")
         if self.watch and self.shard.count > 1:
             raise ConfigError("watch=true cannot be combined with shard.count > 1 (watch one folder per run instead)")
         self.retry_suppressed = [str(r) for r in (self.retry_suppressed or [])]

@@ -46,6 +46,8 @@ MANIFEST = "inputs.json"
 #: that micrograph's saved table, ``reject_reason``): the saved per-micrograph
 #: tables hold the decisions made one micrograph at a time.
 DATASET_REJECTIONS = "dataset_rejections.csv"
+#: The files the last dataset step wrote (writers and plan files), relative to the run folder.
+WRITTEN = "written_files.json"
 #: Longest list of notes or failures printed (all are in run_summary.json).
 MAX_LISTED = 20
 
@@ -116,8 +118,11 @@ _GLOB_CHARS = re.compile(r"[*?\[]")
 def expand_inputs(specs: list[str], suffixes: tuple[str, ...]) -> list[Path]:
     """Files named by ``specs`` (files, folders or globs), sorted, without repeats.
 
-    Folders contribute the files whose suffix is in ``suffixes``. A named
-    file that does not exist is kept, so it is reported as a failure.
+    Folders and globs contribute the files whose suffix is in ``suffixes``
+    (a glob such as ``mics/*`` also matches the tables beside the
+    micrographs). A named file that does not exist is kept, so it is
+    reported as a failure; a named file of another type is kept too, and
+    its reader says what is wrong with it.
     """
     out: list[Path] = []
     seen: set[str] = set()
@@ -126,7 +131,7 @@ def expand_inputs(specs: list[str], suffixes: tuple[str, ...]) -> list[Path]:
         if os.path.isdir(spec):
             found = sorted(p for p in Path(spec).iterdir() if p.is_file() and p.suffix.lower() in suffixes and not p.name.startswith("."))
         elif _GLOB_CHARS.search(spec):
-            found = sorted(Path(p) for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
+            found = sorted(Path(p) for p in glob.glob(spec, recursive=True) if os.path.isfile(p) and Path(p).suffix.lower() in suffixes)
         else:
             found = [Path(spec)]
         for p in found:
@@ -961,6 +966,21 @@ def output_folder(out_dir: Path):
         yield out_dir
 
 
+def outside_output(paths: list[Path], out_dir: Path, *, keep: Path | None = None) -> tuple[list[Path], int]:
+    """``paths`` without the files inside ``out_dir`` (a run's own overlays,
+    histograms and masks are never its input), except those inside ``keep``;
+    and how many were left out."""
+    out_dir = Path(out_dir).resolve()
+    keep = Path(keep).resolve() if keep is not None else None
+
+    def ours(p: Path) -> bool:
+        r = p.resolve()
+        return r.is_relative_to(out_dir) and not (keep is not None and r.is_relative_to(keep))
+
+    kept = [p for p in paths if not ours(p)]
+    return kept, len(paths) - len(kept)
+
+
 def find_inputs(specs: list[str], suffixes: tuple[str, ...]) -> tuple[list[Path], list[str]]:
     """Input files of ``specs`` (see :func:`expand_inputs`) and a message for each spec that matched nothing."""
     paths = expand_inputs(specs, suffixes)
@@ -1013,6 +1033,20 @@ def dataset_context(metas: dict[str, MicrographMeta], cfg: LipoframeConfig) -> P
     return PickContext(dmin_px=dmin, dmax_px=dmax, polarity=cfg.polarity, pixel_size=px, seed=cfg.seed, export_rejected=cfg.export_rejected)
 
 
+def pixel_size_notes(metas: dict[str, MicrographMeta]) -> list[str]:
+    """A note when the micrographs' pixel sizes differ by more than 1 %: the plan's bins and boxes are in pixels."""
+    sizes = sorted({round(float(m.pixel_size), 4) for m in metas.values() if m.pixel_size})
+    if len(sizes) < 2 or sizes[-1] <= 1.01 * sizes[0]:
+        return []
+    med = float(np.median([m.pixel_size for m in metas.values() if m.pixel_size]))
+    listed = ", ".join(f"{v:g}" for v in sizes[:6]) + (", ..." if len(sizes) > 6 else "")
+    note = (f"the micrographs have different pixel sizes ({listed} Å/px): the size bins and boxes are in pixels, "
+            f"so one particle size falls into different bins, and the plan's Å values and masks use the median, {med:g} Å/px; "
+            "run each pixel size into its own output folder to plan it")
+    log.info(note)
+    return [note]
+
+
 def range_notes_for(picks: pd.DataFrame, metas: dict[str, MicrographMeta], cfg: LipoframeConfig) -> list[str]:
     """:func:`lipoframe.rangecheck.range_notes` for a run (logged; the summary prints them)."""
     from lipoframe.rangecheck import range_notes
@@ -1046,11 +1080,63 @@ def finalize_dataset(
     result = stages.binner.assign(picks, metas, ctx)
     binned = result.picks
     written: list[Path] = []
+    failed: list[str] = []
     for w in stages.writers:
-        written.extend(w.write(binned, metas, result.plan, out_dir, ctx))
+        # One writer that fails (a full disk, a folder in the way) does not stop the others.
+        try:
+            written.extend(w.write(binned, metas, result.plan, out_dir, ctx))
+        except Exception as exc:  # noqa: BLE001 - reported, and the run's exit code says so
+            failed.append(f"writer {w.name} failed: {type(exc).__name__}: {exc}")
+            log.error("%s%s", failed[-1], "\n" + traceback.format_exc() if cfg.runner.verbose else "")
     # Plan files last, so extraction_plan.md can point at the files writers made.
     written.extend(write_plan_files(result.plan, binned, out_dir, metas=metas, written=written))
+    removed = remove_stale_outputs(out_dir, written)
+    if removed:
+        log.info("removed %d file(s) an earlier run wrote into %s that this run did not write again", len(removed), out_dir)
+    if failed:
+        raise WriterError(failed, binned, result.plan, written)
     return binned, result.plan, written
+
+
+class WriterError(RuntimeError):
+    """Some writers failed; the others' files and the plan were written (``picks``, ``plan``, ``files``)."""
+
+    def __init__(self, failures: list[str], picks: pd.DataFrame, plan: ExtractionPlan, files: list[Path]):
+        super().__init__("; ".join(failures))
+        self.failures, self.picks, self.plan, self.files = failures, picks, plan, files
+
+
+def remove_stale_outputs(out_dir: Path, written: list[Path]) -> list[Path]:
+    """Delete the files the previous dataset step of ``out_dir`` wrote and this one did not, and record this one's.
+
+    A run into a folder that already holds results (other micrographs,
+    another binning) would otherwise leave coordinate files that no longer
+    belong to the run, and a folder import (``relion/coords``,
+    ``bins/bin3/box/*.box``) would take them. Only files listed in
+    ``written_files.json`` by an earlier run are ever deleted; folders left
+    empty go too.
+    """
+    out_dir = Path(out_dir)
+    record = out_dir / WRITTEN
+    root = out_dir.resolve()
+    now = sorted({Path(p).resolve().relative_to(root).as_posix() for p in written if Path(p).resolve().is_relative_to(root)})
+    try:
+        before = json.loads(record.read_text())["files"] if record.is_file() else []
+    except (OSError, ValueError, KeyError, TypeError):
+        before = []
+    removed = []
+    for rel in sorted(set(before) - set(now)):
+        p = (root / rel).resolve()
+        if not p.is_relative_to(root) or not p.is_file():
+            continue
+        p.unlink()
+        removed.append(p)
+        parent = p.parent
+        while parent != root and parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()
+            parent = parent.parent
+    write_text(record, json.dumps({"files": now}, indent=1))
+    return removed
 
 
 def dataset_rejections(picks: pd.DataFrame, before: np.ndarray) -> pd.DataFrame:
@@ -1314,13 +1400,16 @@ def finish_run(
     if finalize:
         try:
             picks, plan, files = finalize_dataset(picks, metas, stages, cfg, out_dir)
+        except WriterError as exc:  # logged by finalize_dataset; the other writers and the plan are written
+            picks, plan, files = exc.picks, exc.plan, exc.files
+            errors.extend(exc.failures)
         except Exception as exc:  # noqa: BLE001 - the per-micrograph results are saved; report and go on
             msg = f"dataset stage failed: {type(exc).__name__}: {exc}"
             if cfg.runner.verbose:
                 msg += "\n" + traceback.format_exc()
             errors.append(msg.splitlines()[0])
             log.error(msg)
-        notes = notes + range_notes_for(picks, metas, cfg)
+        notes = notes + pixel_size_notes(metas) + range_notes_for(picks, metas, cfg)
     result = RunResult(out_dir, results, picks, plan, files, time.perf_counter() - t0, errors, notes, interrupted, workers)
     summary = result.summary()
     write_text(out_dir / "run_summary.json", json.dumps(summary, indent=2))
@@ -1388,16 +1477,25 @@ def run_pipeline(
     with output_folder(out_dir), sigterm_as_interrupt():
         stages = build_stages(cfg, registry)
         specs = list(cfg.input)
+        demo = None
         if not specs:
             from lipoframe.synthetic import write_demo_dataset
 
             log.info("no input given: running on the built-in demo set")
-            if not (out_dir / "demo_input" / "truth.csv").is_file():  # keep it, so resume works
-                write_demo_dataset(out_dir / "demo_input")
-            specs = [str(out_dir / "demo_input")]
+            demo = out_dir / "demo_input"
+            if not (demo / "truth.csv").is_file():  # keep it, so resume works
+                write_demo_dataset(demo)
+            specs = [str(demo)]
         paths, errors = find_inputs(specs, tuple(stages.readers_by_suffix))
+        paths, n_ours = outside_output(paths, out_dir, keep=demo)
+        from lipoframe import __version__
+
+        log.info("lipoframe %s: %d micrograph(s) from %s into %s", __version__, len(paths), ", ".join(map(str, specs)), out_dir)
+        if n_ours:
+            log.warning("left out %d file(s) inside the output folder %s (a run's outputs are not its input)", n_ours, out_dir)
         if not paths and not errors:
-            errors.append(f"no input files match {', '.join(map(str, specs))}")
+            errors.append(f"no input files match {', '.join(map(str, specs))}"
+                          + (" outside the output folder" if n_ours else ""))
         for e in errors:
             log.error(e)
         names = micrograph_names(paths)

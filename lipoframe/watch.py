@@ -48,6 +48,8 @@ class FolderWatcher:
     specs: list[str]
     suffixes: tuple[str, ...]
     stable_polls: int = 2
+    #: files inside this folder are never inputs (the run's own outputs)
+    exclude: Path | None = None
     #: path -> (stamp, number of consecutive scans with that stamp)
     _seen: dict[str, tuple[tuple[int, int], int]] = field(default_factory=dict)
     #: path -> stamp when it was handed out
@@ -56,7 +58,10 @@ class FolderWatcher:
     def _scan(self) -> list[Path]:
         from lipoframe.runner import expand_inputs
 
-        return [p for p in expand_inputs(self.specs, self.suffixes) if not p.name.startswith(".")]
+        from lipoframe.runner import outside_output
+
+        found = [p for p in expand_inputs(self.specs, self.suffixes) if not p.name.startswith(".")]
+        return outside_output(found, self.exclude)[0] if self.exclude is not None else found
 
     def poll(self) -> list[Path]:
         """Scan once; return the files that are complete and new (or changed since handed out)."""
@@ -158,7 +163,7 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None):
 
     with output_folder(out_dir), sigterm_as_interrupt():
         stages = build_stages(cfg, registry)
-        watcher = FolderWatcher(specs, tuple(stages.readers_by_suffix), s.stable_polls)
+        watcher = FolderWatcher(specs, tuple(stages.readers_by_suffix), s.stable_polls, exclude=out_dir)
         fingerprint = cfg.per_micrograph_fingerprint()
         known = _existing_names(out_dir)  # keep the names of an earlier session
         path_name: dict[str, str] = {}

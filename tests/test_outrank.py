@@ -150,3 +150,18 @@ def test_candidates_found_after_peeling_do_not_outrank(grainy):
     acc = accepted(picks)
     assert len(acc) == 2 and acc["peeled"].tolist() == [True, False]
     assert np.hypot(acc[schema.X].iloc[0] - LONE[0], acc[schema.Y].iloc[0] - LONE[1]) < 5
+
+
+@pytest.mark.parametrize("option", ["rank_by", "outrank_by"])
+def test_a_column_the_detections_lack_is_an_error_naming_the_option(option):
+    """A typo must not quietly fall back to another column (or turn outranking off)."""
+    import pandas as pd
+
+    from lipoframe.builtin.nms import SizeAwareNms, SizeAwareParams, rank_values
+
+    table = pd.DataFrame({"x_px": [10.0, 50.0], "y_px": [10.0, 10.0], "diameter_px": [20.0, 20.0], "score": [5.0, 6.0], "_candidate": [0, 1]})
+    stage = SizeAwareNms(SizeAwareParams(**{option: "nope"}))
+    with pytest.raises(ValueError, match=rf"nms\.{option}='nope' is not a column of the detections; they have x_px, y_px, diameter_px, score$"):
+        stage.suppress(table, None, None)
+    # The default `response` falls back to `score` for detectors that do not write it.
+    assert rank_values(table, "response").tolist() == [5.0, 6.0]

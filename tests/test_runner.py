@@ -75,6 +75,75 @@ def test_find_inputs_reports_what_matched_nothing(tmp_path):
     ]
 
 
+def test_a_glob_takes_only_micrograph_files(tmp_path):
+    write_set(tmp_path / "mics", 2)
+    (tmp_path / "mics" / "truth.csv").write_text("x_px,y_px\n")
+    (tmp_path / "mics" / "notes.json").write_text("{}")
+    paths, problems = find_inputs([f"{tmp_path}/mics/*"], (".mrc",))
+    assert [p.name for p in paths] == ["mic_000.mrc", "mic_001.mrc"] and problems == []
+    # A file named on its own is kept whatever it is: its reader says what is wrong with it.
+    assert [p.name for p in find_inputs([f"{tmp_path}/mics/truth.csv"], (".mrc",))[0]] == ["truth.csv"]
+
+
+def test_a_run_never_takes_its_own_outputs_as_input(tmp_path):
+    """The output folder inside the input tree: a recursive glob would find the
+    run's masks (MRC) and overlays (PNG) on the next run."""
+    write_set(tmp_path / "data", 2)
+    spec = f"input='{tmp_path}/data/**/*.mrc'"
+    for _ in range(2):
+        result = run_pipeline(compose_config([spec, *RUN_ARGS, "writer=[csv,mask]"])[1], tmp_path / "data" / "run")
+        assert not result.errors
+        assert sorted(r.name for r in result.results) == ["mic_000", "mic_001"]
+    assert any((tmp_path / "data" / "run" / "masks").glob("*.mrc"))  # there was something to take
+    manifest = json.loads((tmp_path / "data" / "run" / "inputs.json").read_text())
+    assert [m["name"] for m in manifest["micrographs"]] == ["mic_000", "mic_001"]
+
+
+def test_a_run_into_a_used_folder_removes_the_files_it_no_longer_writes(tmp_path):
+    """Coordinate folders are imported whole (relion/coords, bins/bin3/box/*.box):
+    files of micrographs or bins that are no longer part of the run must go."""
+    write_set(tmp_path / "mics", 3)
+    out = tmp_path / "run"
+    (out / "relion").mkdir(parents=True)
+    (out / "relion" / "mine.txt").write_text("a user's file")  # never written by lipoframe: kept
+    run_pipeline(config(tmp_path / "mics", "writer=[csv,star,box]", "binning=quantile", "binning.n_bins=3"), out)
+    bins = sorted(p.name for p in (out / "bins").iterdir())
+    assert len(bins) >= 2 and (out / "box" / "mic_002.box").is_file()
+    spec = f"input='{tmp_path}/mics/mic_00[01].mrc'"
+    result = run_pipeline(compose_config([spec, *RUN_ARGS, "writer=[csv,star,box]", "binning=single"])[1], out)
+    assert not result.errors and sorted(p.name for p in (out / "bins").iterdir()) == ["bin1"]
+    for folder, pattern in (("box", "*.box"), ("relion/coords", "*.star"), ("bins/bin1/box", "*.box"), ("csv", "*.csv")):
+        assert sorted(p.name.split("_autopick")[0].split(".")[0] for p in (out / folder).glob(pattern)) == ["mic_000", "mic_001"], folder
+    assert (out / "relion" / "mine.txt").is_file()
+    recorded = json.loads((out / "written_files.json").read_text())["files"]
+    assert "box/mic_000.box" in recorded and not any("mic_002" in f for f in recorded)
+
+
+def test_a_failing_writer_does_not_stop_the_others_or_the_plan(tmp_path):
+    write_set(tmp_path / "mics", 2)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "relion").write_text("a file where the STAR writer wants its folder")
+    result = run_pipeline(config(tmp_path / "mics", "writer=[csv,star,box]"), out)
+    assert len(result.errors) == 1 and result.errors[0].startswith("writer star failed: ")
+    assert (out / "box" / "mic_000.box").is_file() and (out / "extraction_plan.md").is_file()
+    assert result.plan is not None and result.plan.n_bins >= 1
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["errors"] == result.errors and summary["bins"]
+
+
+def test_mixed_pixel_sizes_get_a_note():
+    from lipoframe.records import MicrographMeta
+    from lipoframe.runner import pixel_size_notes
+
+    def metas(*sizes):
+        return {f"m{i}": MicrographMeta(f"m{i}", "", (64, 64), px) for i, px in enumerate(sizes)}
+
+    assert pixel_size_notes(metas(1.0, 1.005, None)) == []  # within 1 %, or unknown
+    (note,) = pixel_size_notes(metas(4.0, 4.24, 8.0))
+    assert "(4, 4.24, 8 Å/px)" in note and "the median, 4.24 Å/px" in note and "its own output folder" in note
+
+
 def test_resolve_workers():
     assert resolve_workers(3, 2) == 2
     assert resolve_workers(1, 0) == 1

@@ -60,12 +60,22 @@ class SizeAwareParams:
             raise ValueError(f"nms.outrank_ratio must be in (0, 1), got {self.outrank_ratio}")
 
 
-def rank_values(picks: pd.DataFrame, column: str) -> np.ndarray:
-    """Values that order NMS candidates: ``column`` if present, else ``score``.
+def rank_values(picks: pd.DataFrame, column: str, *, option: str = "nms.rank_by") -> np.ndarray:
+    """Values that order NMS candidates: ``column``; ``score`` when ``column``
+    is ``response`` and the detector does not write it.
 
     Weak candidates (``weak`` column, below the detector's threshold) come
     after every confident one, so they never suppress a confident pick.
+
+    Raises
+    ------
+    ValueError
+        ``column`` is another column the detections do not have (a typo):
+        the message names ``option`` and the numeric columns there are.
     """
+    if column not in picks.columns and column != "response":
+        numeric = [c for c in picks.columns if not str(c).startswith("_") and pd.api.types.is_numeric_dtype(picks[c]) and not pd.api.types.is_bool_dtype(picks[c])]
+        raise ValueError(f"{option}={column!r} is not a column of the detections; they have {', '.join(numeric)}")
     col = column if column in picks.columns else schema.SCORE
     values = picks[col].to_numpy(dtype=float)
     weak = schema.weak_mask(picks)
@@ -92,7 +102,7 @@ class SizeAwareNms(Suppressor):
             beta=self.params.beta,
             symmetric=self.params.symmetric,
             max_containment=self.params.max_containment,
-            second=rank_values(picks, self.params.outrank_by) if self.params.outrank_by and self.params.outrank_by in picks.columns else None,
+            second=rank_values(picks, self.params.outrank_by, option="nms.outrank_by") if self.params.outrank_by else None,
             may_outrank=~schema.weak_mask(picks) & ~failed,
             inner_ratio=self.params.outrank_ratio,
         )
