@@ -8,6 +8,7 @@ the writers.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shlex
@@ -27,6 +28,7 @@ from lipoframe.builtin.writers import (
     CsvWriter,
     StarWriter,
     StarWriterParams,
+    cryosparc_micrograph_names,
     export_view,
     file_stems,
     micrograph_fields,
@@ -333,6 +335,96 @@ def test_cryosparc_invert_y_and_template(tmp_path):
     assert d["location/micrograph_path"][0] == "J2/motioncorrected/m1.mrc"
     # the STAR for Import Particle Stack stays in RELION's convention
     assert starfile.read(tmp_path / "cryosparc" / "particles.star")["rlnCoordinateY"].iloc[0] == pytest.approx(100.0)
+
+
+def same_name_micrographs():
+    """Two different micrographs named mic.mrc (keys as the runner makes them) and one c.mrc."""
+    picks = make_picks([
+        {schema.MICROGRAPH: "a__mic", schema.X: 10.0, schema.Y: 20.0, schema.DIAMETER: 120.0},
+        {schema.MICROGRAPH: "b__mic", schema.X: 30.0, schema.Y: 40.0, schema.DIAMETER: 180.0},
+        {schema.MICROGRAPH: "b__mic", schema.X: 50.0, schema.Y: 60.0, schema.DIAMETER: 120.0},
+        {schema.MICROGRAPH: "c", schema.X: 70.0, schema.Y: 80.0, schema.DIAMETER: 120.0},
+    ])
+    metas = {
+        "a__mic": meta("a__mic", path="/data/dup/a/mic.mrc"),
+        "b__mic": meta("b__mic", path="/data/dup/b/mic.mrc"),
+        "c": meta("c", path="/data/dup/b/c.mrc"),
+    }
+    return picks, metas
+
+
+def test_cryosparc_keeps_micrographs_with_the_same_file_name_apart(tmp_path, caplog):
+    from cryosparc.dataset import Dataset
+
+    picks, metas = same_name_micrographs()
+    with caplog.at_level(logging.WARNING, logger="lipoframe"):
+        CryosparcWriter().write(picks, metas, PLAN, tmp_path, CTX)
+    expected = ["a__mic.mrc", "b__mic.mrc", "b__mic.mrc", "c.mrc"]  # c.mrc clashes with nothing: unchanged
+    for folder, rows in ((tmp_path / "cryosparc", [0, 1, 2, 3]), (tmp_path / "bins" / "bin1" / "cryosparc", [0, 2, 3])):
+        d = Dataset.load(folder / "particles.cs")
+        paths = d["location/micrograph_path"].tolist()
+        assert paths == [expected[i] for i in rows]
+        # one uid per micrograph, different micrographs never share one
+        uid_of = dict(zip(d["location/micrograph_uid"].tolist(), paths))
+        assert len(uid_of) == len(set(paths)) and sorted(uid_of.values()) == sorted(set(paths))
+        star = starfile.read(folder / "particles.star")
+        assert star["rlnMicrographName"].tolist() == paths
+    # the same micrograph has the same uid in the dataset set and in a bin's set
+    everything = Dataset.load(tmp_path / "cryosparc" / "particles.cs")
+    part = Dataset.load(tmp_path / "bins" / "bin1" / "cryosparc" / "particles.cs")
+    assert set(part["location/micrograph_uid"].tolist()) <= set(everything["location/micrograph_uid"].tolist())
+    # one warning that names both clashing input files and what they are written as
+    clash = [r.getMessage() for r in caplog.records if "same name" in r.getMessage()]
+    assert len(clash) == 1
+    assert "/data/dup/a/mic.mrc -> a__mic.mrc" in clash[0] and "/data/dup/b/mic.mrc -> b__mic.mrc" in clash[0]
+    assert "/data/dup/b/c.mrc" not in clash[0]
+
+
+def test_cryosparc_names_of_micrographs_that_clash():
+    def names(paths, template="{name}"):
+        metas = {f"k{i}": meta(f"k{i}", path=p) for i, p in enumerate(paths)}
+        return list(cryosparc_micrograph_names(metas, template).values())
+
+    assert names(["/d/a/m.mrc", "/d/b/m.mrc", "/d/c/n.mrc"]) == ["a__m.mrc", "b__m.mrc", "n.mrc"]
+    # the folders differ further up: the shortest tail that tells them apart
+    assert names(["/x/a/run/m.mrc", "/x/b/run/m.mrc"]) == ["a__run__m.mrc", "b__run__m.mrc"]
+    # only the file name changes; the template's folder stays
+    assert names(["/d/a/m.mrc", "/d/b/m.mrc"], "J2/motioncorrected/{stem}_x.mrc") == [
+        "J2/motioncorrected/a__m_x.mrc", "J2/motioncorrected/b__m_x.mrc"]
+    # the same folder (m.mrc and m.tif as {stem}.mrc): the micrographs' own unique names
+    assert names(["/d/m.mrc", "/d/m.tif"], "{stem}.mrc") == ["k0__m.mrc", "k1__m.mrc"]
+    # a new name that is another micrograph's name is counted up, never shared
+    out = names(["/d/a/m.mrc", "/d/b/m.mrc", "/d/x/a__m.mrc"])
+    assert out[2] == "a__m.mrc" and len(set(out)) == 3
+    # names that are already different are left alone, even with equal file names
+    assert names(["/d/a/m.mrc", "/d/b/m.mrc"], "{path}") == ["/d/a/m.mrc", "/d/b/m.mrc"]
+
+
+def test_cryosparc_warns_when_only_the_file_names_are_equal(tmp_path, caplog):
+    picks, metas = same_name_micrographs()
+    with caplog.at_level(logging.WARNING, logger="lipoframe"):
+        CryosparcWriter(CryosparcWriterParams(micrograph_name="{path}", per_bin=False)).write(picks, metas, PLAN, tmp_path, CTX)
+    star = starfile.read(tmp_path / "cryosparc" / "particles.star")
+    assert star["rlnMicrographName"].tolist()[:2] == ["/data/dup/a/mic.mrc", "/data/dup/b/mic.mrc"]
+    msgs = [r.getMessage() for r in caplog.records if "same file name" in r.getMessage()]
+    assert len(msgs) == 1 and "/data/dup/a/mic.mrc" in msgs[0] and "/data/dup/b/mic.mrc" in msgs[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="lipoframe"):
+        CryosparcWriter().write(*two_micrographs(), PLAN, tmp_path / "other", CTX)
+    assert not [r for r in caplog.records if "name" in r.getMessage()]
+
+
+def test_cryosparc_unknown_pixel_size_is_reported_once(tmp_path, caplog):
+    from cryosparc.dataset import Dataset
+
+    picks, metas = same_name_micrographs()
+    metas = {k: MicrographMeta(name=m.name, path=m.path, shape=m.shape, pixel_size=None) for k, m in metas.items()}
+    ctx = PickContext(dmin_px=100, dmax_px=200, pixel_size=None, seed=3)
+    with caplog.at_level(logging.WARNING, logger="lipoframe"):
+        CryosparcWriter().write(picks, metas, PLAN, tmp_path, ctx)  # three sets: all picks, bin 1, bin 2
+    msgs = [r.getMessage() for r in caplog.records if "pixel size unknown" in r.getMessage()]
+    assert len(msgs) == 1 and "a__mic" in msgs[0] and "b__mic" in msgs[0]
+    assert Dataset.load(tmp_path / "cryosparc" / "particles.cs")["location/micrograph_psize_A"].tolist() == [0.0] * 4
 
 
 # ---------------------------------------------------------------------------

@@ -82,3 +82,41 @@ def test_extraction_plan_gets_relion_command(run_dir: Path):
         pytest.skip("extraction_plan.md is not written by this build")
     text = md.read_text()
     assert "relion_preprocess" in text and "bins/bin1/autopick.star" in text
+
+
+def test_cryosparc_keeps_same_named_micrographs_apart(tmp_path):
+    """`dup/a/mic.mrc` and `dup/b/mic.mrc`: different micrographs, one file name."""
+    from cryosparc.dataset import Dataset
+
+    from lipoframe.runner import run_pipeline
+
+    for sub, x in (("a", TRUE_X), ("b", TRUE_X + 150.0)):
+        truth = pd.DataFrame({"x_px": [x], "y_px": [TRUE_Y], "diameter_px": [TRUE_D]})
+        (tmp_path / "dup" / sub).mkdir(parents=True)
+        with mrcfile.new(tmp_path / "dup" / sub / "mic.mrc") as m:
+            m.set_data(render(SHAPE, truth, noise=0.05, seed=2).astype(np.float32))
+            m.voxel_size = 2.0
+    out = tmp_path / "out"
+    cfg = compose([
+        f"input={tmp_path / 'dup' / '*' / '*.mrc'}", f"output={out}", "dmin=160", "dmax=320", "units=A",
+        "writer=[star,cryosparc,box]", "runner.workers=1", "runner.progress=false",
+    ])
+    result = run_pipeline(cfg, out)
+    assert result.ok, result.summary()
+    # the other writers name the results a__mic / b__mic; cryoSPARC gets the same names
+    assert (out / "box" / "a__mic.box").is_file() and (out / "box" / "b__mic.box").is_file()
+    d = Dataset.load(out / "cryosparc" / "particles.cs")
+    paths = d["location/micrograph_path"].tolist()
+    assert set(paths) == {"a__mic.mrc", "b__mic.mrc"}
+    assert len(set(zip(paths, d["location/micrograph_uid"].tolist()))) == 2
+    assert len(set(d["location/micrograph_uid"].tolist())) == 2
+    # each micrograph's picks stay with it: its best pick is its own particle
+    table = pd.DataFrame({
+        "path": paths,
+        "x": d["location/center_x_frac"] * d["location/micrograph_shape"][:, 1],
+        "score": d["pick_stats/ncc_score"],
+    })
+    best = table.sort_values("score").groupby("path")["x"].last()
+    assert abs(best["a__mic.mrc"] - TRUE_X) <= 2 and abs(best["b__mic.mrc"] - (TRUE_X + 150.0)) <= 2
+    star = starfile.read(out / "cryosparc" / "particles.star")
+    assert set(star["rlnMicrographName"]) == {"a__mic.mrc", "b__mic.mrc"}

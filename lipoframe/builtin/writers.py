@@ -102,6 +102,14 @@ class CsvWriter(Writer):
 # ---------------------------------------------------------------------------
 # Shared preparation
 # ---------------------------------------------------------------------------
+_ALLOWED = frozenset(string.ascii_letters + string.digits + "._+-")
+
+
+def _safe_stem(name) -> str:
+    """``name`` with characters outside ``[A-Za-z0-9._+-]`` as ``_``, no leading dots, never empty."""
+    return "".join(c if c in _ALLOWED else "_" for c in str(name)).lstrip(".") or "micrograph"
+
+
 def file_stems(names) -> dict[str, str]:
     """A safe, unique file stem for each micrograph name.
 
@@ -110,11 +118,10 @@ def file_stems(names) -> dict[str, str]:
     output folder and no hidden files appear); clashes get ``_2``, ``_3``...
     Every path is still checked with :func:`~lipoframe.io.atomic.safe_child`.
     """
-    allowed = set(string.ascii_letters + string.digits + "._+-")
     out: dict[str, str] = {}
     used: set[str] = set()
     for name in names:
-        stem = "".join(c if c in allowed else "_" for c in str(name)).lstrip(".") or "micrograph"
+        stem = _safe_stem(name)
         candidate, k = stem, 1
         while candidate.lower() in used:
             k += 1
@@ -265,6 +272,94 @@ def _project_path(path: Path, project_dir: str) -> str:
     return str(path)
 
 
+def _name_list(items, limit: int = 5) -> str:
+    """``a, b, c`` (at most ``limit`` items, then ``... (N more)``)."""
+    items = [str(i) for i in items]
+    more = f", ... ({len(items) - limit} more)" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+def _folder_prefixes(metas: list[MicrographMeta], keys: list[str]) -> list[str]:
+    """Prefixes that tell apart micrographs whose exported names are equal.
+
+    The shortest tail of the input files' folders that differs for every
+    micrograph (``a/mic.mrc``, ``b/mic.mrc`` -> ``a``, ``b``; deeper folders
+    are joined with ``__``, as the runner names results); the micrographs'
+    own (unique) file stems ``keys`` when their folders cannot tell them apart
+    (same folder, or inputs without a path).
+    """
+    parents = [Path(os.path.abspath(m.path)).parent.parts[1:] if m.path else () for m in metas]
+    for depth in range(1, max(len(pp) for pp in parents) + 1):
+        cand = [_safe_stem("__".join(pp[max(0, len(pp) - depth):])) if pp else "" for pp in parents]
+        if all(cand) and len(set(cand)) == len(cand):
+            return cand
+    return list(keys)
+
+
+def cryosparc_micrograph_names(metas: dict[str, MicrographMeta], template: str, *, strip_suffix: str = "") -> dict[str, str]:
+    """The name each micrograph gets in the cryoSPARC export, unique per micrograph.
+
+    ``template`` is filled with :func:`micrograph_fields`. Different
+    micrographs whose names come out equal (``dup/a/mic.mrc`` and
+    ``dup/b/mic.mrc`` with ``{name}``) would be merged into one micrograph by
+    cryoSPARC and by ``location/micrograph_uid``, so their file names get a
+    prefix from :func:`_folder_prefixes` (``a__mic.mrc``, ``b__mic.mrc``).
+    cryoSPARC links picks to exposures by file name, so the clash is logged
+    with the input files and the names written, for the user to make the two
+    sides agree. Names that differ only in their folders (e.g. with
+    ``{path}``) are kept but logged too: their file names are still equal.
+
+    Returns
+    -------
+    names : dict
+        Exported name by micrograph key (the keys of ``metas``).
+    """
+    names = {k: template.format(**micrograph_fields(m, strip_suffix=strip_suffix)) for k, m in metas.items()}
+    groups: dict[str, list[str]] = {}
+    for k, nm in names.items():
+        groups.setdefault(nm, []).append(k)
+    stems = file_stems(metas)
+    taken = {nm for nm, keys in groups.items() if len(keys) == 1}
+    renamed = []
+    for nm, keys in groups.items():
+        if len(keys) < 2:
+            continue
+        head, sep, tail = nm.rpartition("/")
+        prefixes = _folder_prefixes([metas[k] for k in keys], [stems[k] for k in keys])
+        for k, pre in zip(keys, prefixes):
+            new, count = f"{head}{sep}{pre}__{tail}", 1
+            while new in taken:  # the new name is another micrograph's: count up
+                count += 1
+                root, ext = os.path.splitext(tail)
+                new = f"{head}{sep}{pre}__{root}_{count}{ext}"
+            taken.add(new)
+            names[k] = new
+        renamed.append((nm, keys))
+    if renamed:
+        log.warning(
+            "writer cryosparc: different micrographs would get the same name, and cryoSPARC would take them for "
+            "one micrograph; they are written under these names instead: %s. cryoSPARC links picks to exposures "
+            "by file name: before importing, give these micrographs the same names in cryoSPARC (e.g. import "
+            "symlinks with these names), or set writer.cryosparc.micrograph_name to a template that gives the "
+            "names cryoSPARC has",
+            _name_list(
+                f"{metas[k].path or k} -> {names[k]}" for _, keys in renamed for k in keys
+            ),
+        )
+    by_file: dict[str, list[str]] = {}
+    for k, nm in names.items():
+        by_file.setdefault(nm.rpartition("/")[2], []).append(k)
+    shared = [keys for keys in by_file.values() if len(keys) > 1]
+    if shared:
+        log.warning(
+            "writer cryosparc: different micrographs have the same file name, so cryoSPARC's Import Particle "
+            "Stack, which matches rlnMicrographName by file name, cannot tell them apart: %s. Give them different "
+            "file names (writer.cryosparc.micrograph_name), or link the picks with cryosparc-tools",
+            _name_list(" and ".join(f"{metas[k].path or k} ({names[k]})" for k in keys) for keys in shared),
+        )
+    return names
+
+
 # ---------------------------------------------------------------------------
 # RELION
 # ---------------------------------------------------------------------------
@@ -366,7 +461,10 @@ class CryosparcWriterParams:
 
     micrograph_name: template of ``location/micrograph_path`` and of
         ``rlnMicrographName`` in the STAR (cryoSPARC matches exposures by file
-        name). Fields: {path}, {dir}, {name}, {stem}, {ext}.
+        name). Fields: {path}, {dir}, {name}, {stem}, {ext}. Different
+        micrographs whose names come out equal get the shortest tail of their
+        folders in front of the file name (``a/mic.mrc``, ``b/mic.mrc`` ->
+        ``a__mic.mrc``, ``b__mic.mrc``), with a warning naming the files.
     strip_suffix: removed from the end of the input file stem.
     exp_group_id: ``location/exp_group_id`` of every particle.
     invert_y: store ``center_y_frac`` of the row flipped (``ny - 1 - y``); use
@@ -399,23 +497,31 @@ class CryosparcWriter(Writer):
         view["uid"] = cs_io.particle_uids(len(view), seed=ctx.seed)
         if "z" in view:
             log.warning("writer cryosparc: z coordinates are not exported (cryoSPARC particle locations are 2D)")
-        written = self._write_set(view, metas, ctx, safe_child(out_dir, "cryosparc"))
+        # Names and pixel sizes are settled once per run, so that every set
+        # (all picks and each bin) names a micrograph alike and each problem
+        # is reported once.
+        mic_names = cryosparc_micrograph_names(metas, self.params.micrograph_name, strip_suffix=self.params.strip_suffix)
+        psize_of = {n: float(m.pixel_size or ctx.pixel_size or 0.0) for n, m in metas.items()}
+        unknown = sorted({n for n in view["micrograph"].tolist() if not psize_of[n] > 0})
+        if unknown:
+            log.warning(
+                "writer cryosparc: pixel size unknown for %d micrograph(s) (%s); location/micrograph_psize_A, "
+                "location/min_dist_A and lipoframe/diameter_A are 0 for their picks (give pixel_size=<Å/px> to set it)",
+                len(unknown), _name_list(unknown),
+            )
+        written = self._write_set(view, metas, mic_names, psize_of, safe_child(out_dir, "cryosparc"))
         if self.params.per_bin:
             for b, sub in _bin_views(view, plan):
-                written += self._write_set(sub, metas, ctx, bin_dir(out_dir, b, "cryosparc"))
+                written += self._write_set(sub, metas, mic_names, psize_of, bin_dir(out_dir, b, "cryosparc"))
         return written
 
-    def _write_set(self, view, metas, ctx, folder: Path) -> list[Path]:
+    def _write_set(self, view, metas, mic_names, psize_of, folder: Path) -> list[Path]:
         p = self.params
         names = view["micrograph"].tolist()
-        fields = {n: micrograph_fields(metas[n], strip_suffix=p.strip_suffix) for n in set(names)}
-        path_of = {n: p.micrograph_name.format(**f) for n, f in fields.items()}
-        mic_path = [path_of[n] for n in names]
-        uids = {m: cs_io.micrograph_uid(m) for m in path_of.values()}
+        mic_path = [mic_names[n] for n in names]
+        uids = {m: cs_io.micrograph_uid(m) for m in set(mic_path)}
         shape = np.array([metas[n].shape[-2:] for n in names], dtype=np.int64).reshape(len(names), 2)
-        psize = np.array([metas[n].pixel_size or ctx.pixel_size or 0.0 for n in names], dtype=float)
-        if len(names) and not np.all(psize > 0):
-            log.warning("writer cryosparc: pixel size unknown for some micrographs; location/micrograph_psize_A = 0")
+        psize = np.array([psize_of[n] for n in names], dtype=float)
         y = view["y"].to_numpy()
         if p.invert_y:
             y = (shape[:, 0] - 1) - y

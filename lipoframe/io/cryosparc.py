@@ -65,7 +65,13 @@ def particle_dtype(path_width: int) -> np.dtype:
 
 
 def micrograph_uid(path: str) -> int:
-    """A stable 63-bit uid for a micrograph path (cryoSPARC's own uids are unknown here)."""
+    """A stable 63-bit uid for a micrograph path (cryoSPARC's own uids are unknown here).
+
+    The uid depends on ``path`` only, so ``path`` must be unique per
+    micrograph: two micrographs written with the same path would get the same
+    uid and be one micrograph to cryoSPARC. The writer makes the names unique
+    (``lipoframe.builtin.writers.cryosparc_micrograph_names``).
+    """
     digest = hashlib.blake2b(path.encode("utf-8"), digest_size=8).digest()
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
@@ -159,7 +165,8 @@ def import_star(micrograph_names, x, y, fom) -> str:
     """A STAR for cryoSPARC "Import Particle Stack" (no images, RELION 3.0 layout).
 
     One ``data_`` block with ``rlnMicrographName`` (matched against the
-    exposures' file names), ``rlnCoordinateX/Y`` in RELION's convention
+    exposures' file names, so one name must mean one micrograph),
+    ``rlnCoordinateX/Y`` in RELION's convention
     (cryoSPARC converts them itself) and ``rlnAutopickFigureOfMerit``; the same
     columns crYOLO writes for this route.
     """
