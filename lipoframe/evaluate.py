@@ -11,6 +11,12 @@ error, the fraction of matches whose circle (sphere) IoU is at least
 ``iou_threshold``, and picks that sit on non-target objects (reference rows of
 kind ``ice``/``junk``/``carbon``/``contamination``).
 
+Tables are compared in lipoframe's frame (``x_px`` column, ``y_px`` row of the
+array as read). STAR files are RELION's frame, whose rows of a TIFF micrograph
+count from the bottom; :func:`read_picks` and :func:`read_reference` turn them
+back, learning each micrograph's height and format from a
+:class:`MicrographCatalog` (run folders, folders of images).
+
 Python::
 
     from lipoframe.evaluate import evaluate, read_picks, read_reference
@@ -229,7 +235,212 @@ class EvaluationInputError(ValueError):
     """A picks or reference file cannot be used; the message names it."""
 
 
-def _read_star(path: Path) -> pd.DataFrame:
+#: Image suffixes that RELION, Warp and napari-boxmanager read upside down
+#: (used only for micrographs that no run record or image tells about).
+TIFF_SUFFIXES = (".tif", ".tiff")
+
+
+def is_run_folder(path: str | Path) -> bool:
+    """True if ``path`` is a lipoframe run folder (it has ``micrographs/*.json`` records)."""
+    work = Path(path) / "micrographs"
+    return work.is_dir() and any(work.glob("*.json"))
+
+
+def find_run_folder(path: str | Path, *, levels: int = 4) -> Path | None:
+    """The lipoframe run folder ``path`` is, or lies in (at most ``levels`` folders up).
+
+    ``run/``, ``run/picks.csv``, ``run/relion/coords`` and
+    ``run/bins/bin1/coords/mic_autopick.star`` all give ``run/``.
+    """
+    path = Path(path)
+    candidates = ([path] if path.is_dir() else []) + list(path.absolute().parents)[:levels]
+    return next((c for c in candidates if is_run_folder(c)), None)
+
+
+def run_metas(run_dir: str | Path) -> tuple[dict, dict]:
+    """What a run recorded about each micrograph (``micrographs/<name>.json``).
+
+    Returns
+    -------
+    metas : dict of str to :class:`~lipoframe.records.MicrographMeta`
+        By :func:`micrograph_key` of the name; incomplete records are left out.
+    images : dict of str to Path
+        The input file of each micrograph whose record names one.
+    """
+    from lipoframe.records import MicrographMeta
+
+    metas, images = {}, {}
+    for js in sorted((Path(run_dir) / "micrographs").glob("*.json")):
+        try:
+            info = json.loads(js.read_text())["meta"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if not isinstance(info, dict):
+            continue
+        key = micrograph_key(info.get("name") or js.stem)
+        if info.get("path"):
+            images[key] = Path(info["path"])
+        try:
+            metas[key] = MicrographMeta.from_dict(info)
+        except (KeyError, ValueError, TypeError):
+            continue
+    return metas, images
+
+
+def _image_meta(path: Path):
+    """Shape and ``flip_y`` of an image file, as the registered reader for its suffix sees it."""
+    from lipoframe.plugins import load
+    from lipoframe.records import InputError
+
+    first = None
+    for dims in (2, 3):
+        reader = load()[1].readers_by_suffix(dims=dims).get(path.suffix.lower())
+        if reader is None:
+            continue
+        try:
+            return reader.read(path, pixel_size=None).meta
+        except InputError as exc:
+            first = first or exc
+    raise EvaluationInputError(str(first) if first else f"{path}: no reader for files ending in {path.suffix.lower()!r}")
+
+
+class MicrographCatalog:
+    """What evaluate knows about the micrographs: shape, TIFF flip and image file.
+
+    Parameters
+    ----------
+    sources : sequence of str or Path
+        Searched in order, first match (by :func:`micrograph_key`) wins:
+        lipoframe run folders (their per-micrograph records, exact) and
+        folders or files of micrograph images (read through lipoframe's
+        readers when first needed).
+
+    Raises
+    ------
+    EvaluationInputError
+        If a source does not exist or a folder holds neither run records nor images.
+    """
+
+    def __init__(self, sources=()):
+        self._sources = [_Source(Path(src)) for src in sources]
+
+    def with_first(self, source: str | Path | None) -> "MicrographCatalog":
+        """A catalogue that searches ``source`` (a run folder or images) before this one's sources."""
+        if source is None:
+            return self
+        source = Path(source)
+        same = [s for s in self._sources if s.path.absolute() == source.absolute()]
+        out = MicrographCatalog()
+        out._sources = (same or [_Source(source)])[:1] + [s for s in self._sources if s not in same]
+        return out
+
+    def __bool__(self) -> bool:
+        return bool(self._sources)
+
+    def meta(self, name: Any):
+        """The :class:`~lipoframe.records.MicrographMeta` of micrograph ``name``, or None if unknown.
+
+        Raises
+        ------
+        EvaluationInputError
+            If the micrograph's image has to be read and cannot be.
+        """
+        key = micrograph_key(name)
+        return next((m for m in (s.meta(key) for s in self._sources) if m is not None), None)
+
+    def image_path(self, name: Any) -> Path | None:
+        """The image file of micrograph ``name``, or None if unknown."""
+        key = micrograph_key(name)
+        return next((s.images[key] for s in self._sources if key in s.images), None)
+
+
+class _Source:
+    """One entry of a :class:`MicrographCatalog`: a run folder or images, read when first needed."""
+
+    def __init__(self, path: Path):
+        from lipoframe.plugins import load
+
+        self.path, self.is_run = path, is_run_folder(path)
+        self._metas: dict | None = None
+        self._images: dict | None = None
+        if self.is_run:
+            return
+        suffixes = set(load()[1].readers_by_suffix(dims=2)) | set(load()[1].readers_by_suffix(dims=3))
+        if path.is_file():
+            files = {micrograph_key(path.name): path} if path.suffix.lower() in suffixes else {}
+        elif not path.is_dir():
+            raise EvaluationInputError(f"micrographs: {path}: not found")
+        else:
+            files = {micrograph_key(p.name): p for p in sorted(path.iterdir())
+                     if p.is_file() and p.suffix.lower() in suffixes and not p.name.startswith(".")}
+        if not files:
+            raise EvaluationInputError(f"micrographs: {path}: neither a lipoframe run folder nor a folder of micrographs "
+                                       f"({', '.join(sorted(suffixes))})")
+        self._metas, self._images = {}, files
+
+    @property
+    def images(self) -> dict:
+        if self._images is None:
+            self._metas, self._images = run_metas(self.path)
+        return self._images
+
+    def meta(self, key: str):
+        images = self.images  # loads a run's records
+        if key not in self._metas and not self.is_run and key in images:
+            self._metas[key] = _image_meta(images[key])  # read once
+        return self._metas.get(key)
+
+
+def _as_catalog(micrographs) -> MicrographCatalog:
+    if isinstance(micrographs, MicrographCatalog):
+        return micrographs
+    if micrographs is None:
+        return MicrographCatalog()
+    if isinstance(micrographs, (str, Path)):
+        return MicrographCatalog([micrographs])
+    return MicrographCatalog(micrographs)
+
+
+def _star_to_lipoframe_frame(out: pd.DataFrame, names: pd.Series, path: Path, catalog: MicrographCatalog,
+                             flip_y: bool | None) -> pd.DataFrame:
+    """Undo RELION's TIFF row flip (``y -> ny - 1 - y``) for the micrographs that need it.
+
+    ``names`` are the micrograph names of the rows (``rlnMicrographName`` or
+    the file stem). Per micrograph, whether it is flipped and its height come
+    from ``catalog``; for micrographs it does not know, a ``.tif``/``.tiff``
+    name is flipped, with the height of that file if it exists (as given, or
+    next to the STAR file). ``flip_y`` True/False overrides the decision.
+    """
+    from lipoframe.io.coords import export_frame
+
+    if flip_y is False or not len(out):
+        return out
+    y = out[schema.Y].to_numpy(float).copy()
+    unknown = []
+    for name, idx in names.groupby(names, sort=False).indices.items():
+        meta = catalog.meta(name)
+        if meta is None and (flip_y or Path(name).suffix.lower() in TIFF_SUFFIXES):
+            named = next((p for p in (Path(name), path.parent / name) if p.is_file()), None)
+            meta = _image_meta(named) if named is not None else None
+        flip = True if flip_y else (meta.flip_y if meta is not None else Path(name).suffix.lower() in TIFF_SUFFIXES)
+        if not flip:
+            continue
+        if meta is None:
+            unknown.append(name)
+            continue
+        # export_frame is its own inverse: the same flip takes RELION's rows back to lipoframe's.
+        y[idx] = export_frame(np.zeros(len(idx)), y[idx], ny=meta.shape[-2], flip_y=True)[1]
+    if unknown:
+        more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
+        raise EvaluationInputError(
+            f"{path}: STAR rows of TIFF micrograph(s) {', '.join(unknown[:3])}{more} count from the bottom row (RELION reads TIFF "
+            "upside down) and their height is unknown; give micrographs=<folder of the images or lipoframe run folder>, "
+            "or flip_y=false to take the coordinates as they are")
+    out[schema.Y] = y
+    return out
+
+
+def _read_star(path: Path, catalog: MicrographCatalog | None = None, flip_y: bool | None = None) -> pd.DataFrame:
     import starfile
 
     # Micrograph names stay text ("0001" is not the number 1).
@@ -245,6 +456,7 @@ def _read_star(path: Path) -> pd.DataFrame:
     else:
         stem = re.sub(r"_(autopick|manualpick|pick|picks|coords)$", "", path.stem)
         out[schema.MICROGRAPH] = stem
+    out = _star_to_lipoframe_frame(out, out[schema.MICROGRAPH], path, catalog or MicrographCatalog(), flip_y)
     if "rlnAutopickFigureOfMerit" in block.columns:
         out[schema.SCORE] = block["rlnAutopickFigureOfMerit"].astype(float)
     for col in (DIAMETER_LABEL, schema.DIAMETER):  # lipoframe's own STAR files carry the diameter
@@ -254,11 +466,11 @@ def _read_star(path: Path) -> pd.DataFrame:
     return out
 
 
-def _read_table(path: Path) -> pd.DataFrame:
+def _read_table(path: Path, catalog: MicrographCatalog | None = None, flip_y: bool | None = None) -> pd.DataFrame:
     suffix = path.suffix.lower()
     try:
         if suffix == ".star":
-            return _read_star(path)
+            return _read_star(path, catalog, flip_y)
         df = pd.read_csv(path, dtype={schema.MICROGRAPH: str}, keep_default_na=False, na_values=[""])
     except EvaluationInputError:
         raise
@@ -269,8 +481,12 @@ def _read_table(path: Path) -> pd.DataFrame:
     return df
 
 
-def _read_many(path: Path, what: str) -> pd.DataFrame:
+def _read_many(path: Path, what: str, micrographs=None, flip_y: bool | None = None) -> pd.DataFrame:
     path = Path(path)
+    catalog = None
+    if path.suffix.lower() == ".star" or (path.is_dir() and any(path.glob("*.star"))):
+        # STAR files a lipoframe run wrote (run/relion/coords, ...) are read with that run's records first.
+        catalog = _as_catalog(micrographs).with_first(find_run_folder(path))
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".csv", ".star") and not p.name.startswith("."))
         if not files:
@@ -278,7 +494,7 @@ def _read_many(path: Path, what: str) -> pd.DataFrame:
         tables, skipped = [], []
         for p in files:
             try:
-                tables.append(_read_table(p))
+                tables.append(_read_table(p, catalog, flip_y))
             except EvaluationInputError as exc:  # e.g. a RELION list file next to the coordinate files
                 if "rlnCoordinateX" not in str(exc):
                     raise
@@ -289,7 +505,7 @@ def _read_many(path: Path, what: str) -> pd.DataFrame:
         return pd.concat(tables, ignore_index=True)
     if not path.exists():
         raise EvaluationInputError(f"{path}: {what} file not found")
-    return _read_table(path)
+    return _read_table(path, catalog, flip_y)
 
 
 def _check_columns(df: pd.DataFrame, where: str) -> None:
@@ -298,7 +514,7 @@ def _check_columns(df: pd.DataFrame, where: str) -> None:
         raise EvaluationInputError(f"{where}: missing columns {missing} (need x_px, y_px; STAR: rlnCoordinateX/Y)")
 
 
-def read_picks(path: str | Path) -> tuple[pd.DataFrame, list[str]]:
+def read_picks(path: str | Path, *, micrographs=None, flip_y: bool | None = None) -> tuple[pd.DataFrame, list[str]]:
     """Read picks from a lipoframe run folder, a CSV/STAR file or a folder of them.
 
     A run folder is read from its per-micrograph results
@@ -306,17 +522,38 @@ def read_picks(path: str | Path) -> tuple[pd.DataFrame, list[str]]:
     list micrographs that got no pick at all, with the dataset-level
     filters' decisions (``dataset_rejections.csv``) applied.
 
+    Parameters
+    ----------
+    path : str or Path
+    micrographs : MicrographCatalog, str, Path or sequence of them, optional
+        Where to learn each micrograph's height and whether RELION reads it
+        upside down (TIFF), for STAR files: lipoframe run folders and
+        folders of micrograph images (see :class:`MicrographCatalog`). The
+        run folder a STAR file lies in (``run/relion/coords``) is searched
+        first.
+    flip_y : bool, optional
+        STAR coordinates of TIFF micrographs count rows from the bottom
+        (``ny - 1 - y``) and are turned back into lipoframe's ``y_px``. None
+        (default): per micrograph, flipped if ``micrographs`` (or the run
+        folder the file lies in) says it is a TIFF image, else if its
+        ``rlnMicrographName`` ends in ``.tif``/``.tiff``. True: every STAR
+        micrograph is flipped; False: none is. CSV tables are never changed.
+
     Returns
     -------
     picks : DataFrame
     micrographs : list of str
         Names of the micrographs the run processed ([] for plain tables).
+
+    Raises
+    ------
+    EvaluationInputError
+        If a file cannot be read or STAR coordinates cannot be converted.
     """
     path = Path(path)
-    work = path / "micrographs"
-    if path.is_dir() and work.is_dir() and any(work.glob("*.json")):
+    if is_run_folder(path):
         names, tables = [], []
-        for js in sorted(work.glob("*.json")):
+        for js in sorted((path / "micrographs").glob("*.json")):
             csv = js.with_suffix(".csv")
             if not csv.exists():
                 continue
@@ -329,14 +566,37 @@ def read_picks(path: str | Path) -> tuple[pd.DataFrame, list[str]]:
         return apply_dataset_rejections(picks, path), names
     if path.is_dir() and (path / "picks.csv").is_file():
         path = path / "picks.csv"
-    df = _read_many(path, "picks")
+    df = _read_many(path, "picks", micrographs, flip_y)
     _check_columns(df, str(path))
     return df, []
 
 
-def read_reference(path: str | Path) -> pd.DataFrame:
-    """Read reference coordinates (CSV with ``micrograph,x_px,y_px[,diameter_px,kind]``, STAR, or a folder)."""
-    df = _read_many(Path(path), "reference")
+def read_reference(path: str | Path, *, micrographs=None, flip_y: bool | None = None) -> pd.DataFrame:
+    """Read reference coordinates (CSV with ``micrograph,x_px,y_px[,diameter_px,kind]``, STAR, or a folder).
+
+    Parameters
+    ----------
+    path : str or Path
+    micrographs : MicrographCatalog, str, Path or sequence of them, optional
+        Where to learn each micrograph's height and whether RELION reads it
+        upside down (TIFF), for STAR files: lipoframe run folders and
+        folders of micrograph images (see :class:`MicrographCatalog`). The
+        run folder a STAR file lies in (``run/relion/coords``) is searched
+        first.
+    flip_y : bool, optional
+        STAR coordinates of TIFF micrographs count rows from the bottom
+        (``ny - 1 - y``) and are turned back into lipoframe's ``y_px``. None
+        (default): per micrograph, flipped if ``micrographs`` (or the run
+        folder the file lies in) says it is a TIFF image, else if its
+        ``rlnMicrographName`` ends in ``.tif``/``.tiff``. True: every STAR
+        micrograph is flipped; False: none is. CSV tables are never changed.
+
+    Raises
+    ------
+    EvaluationInputError
+        If a file cannot be read or STAR coordinates cannot be converted.
+    """
+    df = _read_many(Path(path), "reference", micrographs, flip_y)
     _check_columns(df, str(path))
     return df
 
@@ -509,12 +769,13 @@ def evaluate(
     reference_diameter : float, optional
         Diameter (px) of reference rows without one.
     micrographs : list of str, optional
-        Micrographs to include even when they have neither picks nor
-        references (e.g. every micrograph a run processed).
+        With ``scope='union'``, micrographs to include even when they have
+        neither picks nor references (e.g. every micrograph a run processed).
     scope : {'union', 'reference'}
-        ``union``: every micrograph with picks or references (picks on a
-        micrograph without references are false positives); ``reference``:
-        only micrographs named in the reference (or ``micrographs``).
+        ``union``: every micrograph with picks or references, and those of
+        ``micrographs`` (picks on a micrograph without references are false
+        positives); ``reference``: only micrographs named in the reference
+        (picks elsewhere, and ``micrographs``, are left out).
 
     Returns
     -------
@@ -573,10 +834,10 @@ def evaluate(
     iou_fn = sphere_iou if dims == 3 else circle_iou
 
     keys_ref = list(dict.fromkeys(ref["_key"]))
-    extra = [micrograph_key(m) for m in (micrographs or [])]
     if scope == "reference":
-        keys = list(dict.fromkeys(keys_ref + extra))
+        keys = keys_ref
     else:
+        extra = [micrograph_key(m) for m in (micrographs or [])]
         keys = list(dict.fromkeys(keys_ref + extra + list(pk["_key"])))
     keyset = set(keys)
     pk = pk.loc[pk["_key"].isin(keyset)].reset_index(drop=True)
@@ -763,22 +1024,34 @@ def _read_image(path: Path) -> np.ndarray:
         raise EvaluationInputError(str(exc)) from None
 
 
-def write_overlays(res: EvaluationResult, run_dir: str | Path, out_dir: str | Path, *, n: int) -> list[Path]:
-    """Overlays of the ``n`` micrographs with the lowest F1 (recall, then name) of a run folder.
+def write_overlays(res: EvaluationResult, micrographs, out_dir: str | Path, *, n: int) -> list[Path]:
+    """Overlays of the ``n`` micrographs with the lowest F1 (recall, then name).
 
-    The images are found through the run's ``micrographs/<name>.json``.
-    Micrographs whose image cannot be read are skipped with a message.
+    Parameters
+    ----------
+    res : EvaluationResult
+    micrographs : MicrographCatalog, str, Path or sequence of them
+        Where the images are: a lipoframe run folder (through its
+        ``micrographs/<name>.json``) and/or folders of images.
+    out_dir : str or Path
+        The PNGs go to ``out_dir/overlays/<micrograph>.png``.
+    n : int
+        Number of micrographs.
+
+    Micrographs whose image is unknown or cannot be read are skipped with a message.
     """
-    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    catalog, out_dir = _as_catalog(micrographs), Path(out_dir)
     per = res.per_micrograph.copy()
     per["_f1"] = per["f1"].fillna(1.0 if n else 0.0)
     worst = per.sort_values(["_f1", "recall", "micrograph"], kind="stable", na_position="last").head(n)
     written = []
     for row in worst.itertuples():
         try:
-            meta = json.loads((run_dir / "micrographs" / f"{row.micrograph}.json").read_text())["meta"]
-            image = _read_image(Path(meta["path"]))
-        except (OSError, ValueError, KeyError, EvaluationInputError) as exc:
+            path = catalog.image_path(row.micrograph)
+            if path is None:
+                raise EvaluationInputError("image not known (not in the run folder or micrographs=)")
+            image = _read_image(path)
+        except (OSError, ValueError, EvaluationInputError) as exc:
             print(f"lipoframe evaluate: no overlay for {row.micrograph}: {exc}", file=sys.stderr)
             continue
         if image.ndim != 2:
@@ -866,8 +1139,10 @@ class EvaluateArgs:
     iou_threshold: circle/sphere IoU counted in iou_rate
     include_rejected: also evaluate picks with accepted=False
     reference_diameter: diameter (px) for reference rows without one (e.g. STAR files)
-    scope: union (picks on unreferenced micrographs are false positives) or reference
-    overlays: draw the N micrographs with the lowest F1 into output/overlays/ (picks must be a run folder)
+    scope: union (picks on unreferenced micrographs are false positives) or reference (only the reference's micrographs)
+    overlays: draw the N micrographs with the lowest F1 into output/overlays/ (images from the run folder or micrographs=)
+    micrographs: folder of the micrograph images (or a lipoframe run folder): heights and TIFF flip for STAR files, images for overlays
+    flip_y: STAR rows of TIFF micrographs count from the bottom; null (auto: run records, micrographs=, .tif names), true, false
     """
 
     picks: str = "???"
@@ -879,6 +1154,8 @@ class EvaluateArgs:
     reference_diameter: Optional[float] = None
     scope: str = "union"
     overlays: int = 0
+    micrographs: Optional[str] = None
+    flip_y: Optional[bool] = None
 
     def __post_init__(self) -> None:
         if self.overlays < 0:
@@ -902,6 +1179,7 @@ def main(argv: list[str]) -> int:
             "lipoframe evaluate picks=run/ reference=sim/truth.csv output=eval/",
             "lipoframe evaluate picks=run/picks.csv reference=manual.star reference_diameter=180 include_rejected=true",
             "lipoframe evaluate picks=run/ reference=truth.csv output=eval/ overlays=5   # draw the 5 worst micrographs",
+            "lipoframe evaluate picks=picks.csv reference=manualpick/ micrographs=tiffs/ reference_diameter=180   # STAR on TIFF",
         )))
         return 0
     try:
@@ -913,8 +1191,14 @@ def main(argv: list[str]) -> int:
         print(f"lipoframe evaluate: {msg}", file=sys.stderr)
         return 2
     try:
-        picks, processed = read_picks(args.picks)
-        reference = read_reference(args.reference)
+        # What is known about the micrographs: micrographs= first, then the run folder picks come from.
+        picks_run = find_run_folder(args.picks)
+        catalog = MicrographCatalog([s for s in (args.micrographs, picks_run) if s is not None])
+        if args.overlays and not catalog:
+            raise EvaluationInputError("overlays need the micrograph images: give picks=<lipoframe run folder> "
+                                       "(or a file in one) or micrographs=<folder of the images>")
+        picks, processed = read_picks(args.picks, micrographs=catalog, flip_y=args.flip_y)
+        reference = read_reference(args.reference, micrographs=catalog, flip_y=args.flip_y)
         res = evaluate(
             picks, reference, tolerance=args.tolerance, iou_threshold=args.iou_threshold,
             include_rejected=args.include_rejected, reference_diameter=args.reference_diameter,
@@ -936,9 +1220,7 @@ def main(argv: list[str]) -> int:
             for p in write_results(res, args.output):
                 print(f"wrote {p}")
             if args.overlays:
-                if not processed:
-                    print("lipoframe evaluate: overlays need picks=<lipoframe run folder> (to find the images)", file=sys.stderr)
-                for p in write_overlays(res, args.picks, args.output, n=args.overlays):
+                for p in write_overlays(res, catalog, args.output, n=args.overlays):
                     print(f"wrote {p}")
         except OSError as exc:
             print(f"lipoframe evaluate: {args.output}: cannot write ({exc.strerror or exc})", file=sys.stderr)

@@ -334,3 +334,144 @@ def test_cli_overlays_of_the_worst_micrographs(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "no overlay for bad" in err and "bad.mrc: file not found" in err and "Traceback" not in err
     assert not (tmp_path / "eval2" / "overlays" / "bad.png").exists() and any((tmp_path / "eval2").iterdir())
+
+
+# ---------------------------------------------------------------------------
+# TIFF micrographs: RELION STAR coordinates count rows from the bottom
+# ---------------------------------------------------------------------------
+def _tiff_run(tmp_path, *, ny=400, nx=300):
+    """A run folder of one TIFF micrograph "m1" (flip_y recorded) with its RELION files."""
+    from lipoframe.builtin.writers import StarWriter
+    from lipoframe.plan import ExtractionPlan, SizeBin
+    from lipoframe.records import MicrographMeta, PickContext
+
+    run = tmp_path / "run"
+    (run / "micrographs").mkdir(parents=True)
+    picks = table([("m1", 100.0, 50.0, 120.0), ("m1", 200.0, 120.0, 150.0)]).assign(score=[2.0, 1.0], accepted=True, reject_reason="", size_bin=0)
+    meta = MicrographMeta(name="m1", path=str(tmp_path / "m1.tif"), shape=(ny, nx), pixel_size=1.0, flip_y=True)
+    picks.to_csv(run / "micrographs" / "m1.csv", index=False)
+    (run / "micrographs" / "m1.json").write_text(json.dumps({"meta": meta.to_dict(), "n_picks": 2}))
+    picks.to_csv(run / "picks.csv", index=False)
+    plan = ExtractionPlan(policy="test", pixel_size=1.0, bins=(SizeBin(0, 100.0, 200.0, 2, 256, 256.0),))
+    StarWriter().write(picks, {"m1": meta}, plan, run, PickContext(dmin_px=100, dmax_px=200, pixel_size=1.0))
+    return run, picks
+
+
+def test_star_files_of_a_tiff_run_are_read_in_lipoframes_frame(tmp_path):
+    run, picks = _tiff_run(tmp_path)
+    import starfile
+
+    stored = starfile.read(run / "relion" / "coords" / "m1_autopick.star")
+    assert stored["rlnCoordinateY"].tolist() == [349.0, 279.0]  # the writer flipped the rows (ny - 1 - y)
+    for folder in (run / "relion" / "coords", run / "bins" / "bin1" / "coords"):
+        got, _ = read_picks(folder)
+        assert got["y_px"].tolist() == [50.0, 120.0] and got["x_px"].tolist() == [100.0, 200.0]
+    assert read_reference(run / "relion" / "coords" / "m1_autopick.star", flip_y=False)["y_px"].tolist() == [349.0, 279.0]
+    # the reported case: a run scored against its own RELION files
+    out = tmp_path / "eval"
+    assert main([f"picks={run}", f"reference={run / 'relion' / 'coords'}", f"output={out}"]) == 0
+    assert json.loads((out / "evaluation.json").read_text())["f1"] == 1.0
+
+
+def _relion_star(path, name, x, y):
+    import starfile
+
+    cols = {"rlnCoordinateX": np.asarray(x, float), "rlnCoordinateY": np.asarray(y, float)}
+    if name is not None:
+        cols = {"rlnMicrographName": [name] * len(cols["rlnCoordinateX"]), **cols}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    starfile.write({"particles" if name is not None else "": pd.DataFrame(cols)}, path)
+    return path
+
+
+def test_star_reference_of_tiff_micrographs_without_a_run(tmp_path, capsys):
+    import tifffile
+
+    from lipoframe.evaluate import EvaluationInputError
+    from lipoframe.synthetic import write_mrc
+
+    ny = 300
+    mics = tmp_path / "mics"
+    mics.mkdir()
+    tifffile.imwrite(mics / "a.tif", np.zeros((ny, 200), np.float32))
+    write_mrc(mics / "b.mrc", np.zeros((ny, 200), np.float32), 1.0)
+    y = np.array([40.0, 100.0])
+    flipped = ny - 1 - y
+    # RELION manual picks with the micrograph's name: found next to the STAR file
+    star = _relion_star(tmp_path / "manual.star", "mics/a.tif", [50, 150], flipped)
+    assert read_reference(star)["y_px"].tolist() == y.tolist()
+    assert read_reference(star, flip_y=False)["y_px"].tolist() == flipped.tolist()
+    # ... elsewhere, where the image cannot be found: one clear error, unless micrographs= says
+    moved = _relion_star(tmp_path / "elsewhere" / "manual.star", "mics/a.tif", [50, 150], flipped)
+    with pytest.raises(EvaluationInputError, match="micrographs="):
+        read_reference(moved)
+    assert read_reference(moved, micrographs=mics)["y_px"].tolist() == y.tolist()
+    # per-micrograph coordinate files carry no name: the images decide (TIFF flipped, MRC not)
+    coords = tmp_path / "ManualPick"
+    _relion_star(coords / "a_manualpick.star", None, [50, 150], flipped)
+    _relion_star(coords / "b_manualpick.star", None, [50, 150], y)
+    ref = read_reference(coords, micrographs=mics)
+    assert ref.groupby("micrograph")["y_px"].apply(list).to_dict() == {"a": y.tolist(), "b": y.tolist()}
+    assert read_reference(coords, micrographs=mics, flip_y=True).query("micrograph == 'b'")["y_px"].tolist() == flipped.tolist()
+    # the command line: lipoframe CSV picks against the RELION files
+    table([("a", 50, 40, 60), ("a", 150, 100, 60), ("b", 50, 40, 60), ("b", 150, 100, 60)]).to_csv(tmp_path / "picks.csv", index=False)
+    argv = [f"picks={tmp_path / 'picks.csv'}", f"reference={coords}", "reference_diameter=60", f"output={tmp_path / 'eval'}"]
+    assert main(argv + [f"micrographs={mics}"]) == 0
+    assert json.loads((tmp_path / "eval" / "evaluation.json").read_text())["f1"] == 1.0
+    assert main([f"picks={tmp_path / 'picks.csv'}", f"reference={moved}", "reference_diameter=60"]) == 2
+    assert "micrographs=" in capsys.readouterr().err
+    assert main(argv + [f"micrographs={tmp_path / 'nowhere'}"]) == 2
+    assert "nowhere: not found" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------
+# scope=reference with a run folder; overlays without a run folder
+# ---------------------------------------------------------------------------
+def _mrc_run(tmp_path, names=("a", "b", "c")):
+    """A run folder whose micrographs each have one pick at (30, 30), images in tmp_path."""
+    from lipoframe.records import MicrographMeta
+    from lipoframe.synthetic import write_mrc
+
+    run = tmp_path / "run"
+    (run / "micrographs").mkdir(parents=True)
+    for name in names:
+        write_mrc(tmp_path / f"{name}.mrc", np.zeros((64, 96), np.float32), 2.0)
+        meta = MicrographMeta(name=name, path=str(tmp_path / f"{name}.mrc"), shape=(64, 96), pixel_size=2.0)
+        (run / "micrographs" / f"{name}.json").write_text(json.dumps({"meta": meta.to_dict(), "n_picks": 1}))
+        table([(name, 30, 30, 20)]).assign(score=1.0, accepted=True).to_csv(run / "micrographs" / f"{name}.csv", index=False)
+    pd.concat([table([(n, 30, 30, 20)]) for n in names]).assign(score=1.0, accepted=True).to_csv(run / "picks.csv", index=False)
+    return run
+
+
+def test_scope_reference_leaves_out_the_runs_other_micrographs(tmp_path):
+    ref = table([("a", 30, 30, 20)])
+    assert evaluate(ref, ref, micrographs=["a", "b", "c"], scope="reference").summary["n_micrographs"] == 1
+    run = _mrc_run(tmp_path)
+    ref.to_csv(tmp_path / "subset.csv", index=False)
+    for scope, n, fp in (("reference", 1, 0), ("union", 3, 2)):
+        out = tmp_path / f"eval_{scope}"
+        assert main([f"picks={run}", f"reference={tmp_path / 'subset.csv'}", f"scope={scope}", f"output={out}"]) == 0
+        s = json.loads((out / "evaluation.json").read_text())
+        assert (s["n_micrographs"], s["fp"], s["n_picks"]) == (n, fp, n)
+        assert pd.read_csv(out / "per_micrograph.csv")["micrograph"].tolist() == ["a", "b", "c"][:n]
+
+
+def test_overlays_find_the_images_or_say_once_why_not(tmp_path, capsys):
+    run = _mrc_run(tmp_path, names=("a", "b"))
+    table([("a", 30, 30, 20), ("b", 80, 30, 20)]).to_csv(tmp_path / "truth.csv", index=False)
+    truth = f"reference={tmp_path / 'truth.csv'}"
+    # picks.csv of a run: the run folder it lies in knows the images
+    assert main([f"picks={run / 'picks.csv'}", truth, f"output={tmp_path / 'e1'}", "overlays=1"]) == 0
+    assert [p.name for p in (tmp_path / "e1" / "overlays").iterdir()] == ["b.png"]
+    assert "Errno" not in capsys.readouterr().err
+    # a picks table outside any run: one line, exit 2, nothing written
+    loose = tmp_path / "elsewhere" / "picks.csv"
+    loose.parent.mkdir()
+    loose.write_text((run / "picks.csv").read_text())
+    assert main([f"picks={loose}", truth, f"output={tmp_path / 'e2'}", "overlays=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "overlays need the micrograph images" in err and "micrographs=" in err
+    assert not (tmp_path / "e2").exists()
+    # ... or with the images given
+    assert main([f"picks={loose}", truth, f"output={tmp_path / 'e3'}", "overlays=1", f"micrographs={tmp_path}"]) == 0
+    assert [p.name for p in (tmp_path / "e3" / "overlays").iterdir()] == ["b.png"]
