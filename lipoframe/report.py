@@ -941,4 +941,9 @@ def cmd_report(argv: list[str]) -> int:
         print(f"overlays     {stats['rendered']} drawn in {stats['seconds']:.1f} s with {stats['workers']} worker(s) "
               f"({stats['per_overlay']:.2f} s, {stats['cpu_per_overlay']:.2f} CPU s each), {stats['cached']} unchanged, "
               f"{stats['failed']} failed")
+        if stats["failed"]:
+            # The report is written; the exit code says that some micrographs have no overlay in it.
+            print(f"lipoframe report: {stats['failed']} overlay(s) failed (see the report's micrograph list and {run_dir / 'lipoframe.log'})",
+                  file=sys.stderr)
+            return 1
     return 0

@@ -58,3 +58,18 @@ def test_npy_dims_must_match(tmp_path):
     assert NpyReader(NpyReaderParams(dims=3)).read(path, pixel_size=None).image.shape == (3, 6, 8)
     with pytest.raises(ValueError, match="reader.dims"):
         NpyReaderParams(dims=4)
+
+
+def test_an_mrc_with_different_x_and_y_pixel_sizes_says_which_it_uses(tmp_path, caplog):
+    import mrcfile
+
+    from lipoframe.builtin.readers import MrcReader, MrcReaderParams
+
+    path = tmp_path / "aniso.mrc"
+    with mrcfile.new(str(path)) as m:
+        m.set_data(np.zeros((32, 48), dtype=np.float32))
+        m.voxel_size = (4.0, 2.0, 1.0)
+    with caplog.at_level("WARNING", logger="lipoframe"):
+        mic = MrcReader(MrcReaderParams()).read(path)
+    assert mic.meta.pixel_size == 4.0
+    assert "pixel sizes differ (x 4, y 2 Å/px); using x" in caplog.text

@@ -7,6 +7,7 @@ TIFFs on reading (RELION, Warp, napari-boxmanager) can convert.
 
 from __future__ import annotations
 
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,8 @@ import numpy as np
 from lipoframe.hookspecs import hookimpl
 from lipoframe.records import InputError, Micrograph, MicrographMeta
 from lipoframe.stages import Reader
+
+log = logging.getLogger("lipoframe")
 
 MRC_MODES = {0: "int8", 1: "int16", 2: "float32", 6: "uint16", 12: "float16"}
 
@@ -89,7 +92,7 @@ class MrcReader(Reader):
                 with mrcfile.mmap(str(path), mode="r", permissive=self.params.permissive) as m:
                     mode = int(m.header.mode)
                     data = m.data
-                    header_px = float(m.voxel_size.x)
+                    header_px, header_py = float(m.voxel_size.x), float(m.voxel_size.y)
         except FileNotFoundError:
             raise InputError(f"{path}: file not found") from None
         except (ValueError, OSError, EOFError, OverflowError) as exc:  # OverflowError: negative sizes in a damaged header
@@ -100,6 +103,8 @@ class MrcReader(Reader):
             raise InputError(f"{path}: MRC mode {mode} is not supported (supported: {sorted(MRC_MODES)})")
         data = _check_dims(path, data, self.params.dims)
         px = pixel_size if pixel_size is not None else (header_px if header_px > 0 else None)
+        if pixel_size is None and header_px > 0 and header_py > 0 and abs(header_py - header_px) > 0.01 * header_px:
+            log.warning("%s: the header's pixel sizes differ (x %g, y %g Å/px); using x (give pixel_size=<Å/px> to choose)", path, header_px, header_py)
         return Micrograph(meta=_meta(path, data.shape, px), image=data)
 
 
