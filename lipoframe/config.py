@@ -239,7 +239,30 @@ def to_run_config(cfg) -> LipoframeConfig:
         raise ConfigError(_first_line(exc)) from exc
     if not isinstance(obj, LipoframeConfig):
         raise ConfigError("the composed config does not follow lipoframe_schema")
+    _no_extra_keys(cfg, obj, "")
     return obj
+
+
+def _no_extra_keys(node, obj, prefix: str) -> None:
+    """Raise ConfigError for a key of ``node`` that ``obj`` (a dataclass, or a
+    dict of them) has no field for: a key added with ``+`` (``+nms.foo=1``)
+    that nothing would read."""
+    from dataclasses import fields, is_dataclass
+
+    from omegaconf import DictConfig
+
+    if not isinstance(node, DictConfig):
+        return
+    if is_dataclass(obj):
+        known = {f.name for f in fields(obj)}
+        for key in node.keys():
+            if key not in known and key != "hydra":
+                raise ConfigError(f"{prefix}{key}: not an option of lipoframe (added with +?); "
+                                  f"see `lipoframe run --help` or docs/configuration.md")
+            _no_extra_keys(node[key], getattr(obj, str(key), None), f"{prefix}{key}.")
+    elif isinstance(obj, dict):
+        for key in node.keys():
+            _no_extra_keys(node[key], obj.get(key), f"{prefix}{key}.")
 
 
 def _first_line(exc: BaseException) -> str:
