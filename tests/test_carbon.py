@@ -74,6 +74,20 @@ def test_carbon_beside_far_denser_ice_is_found_in_a_second_round():
     assert len(found) == 1 and _iou(regions, ice) > 0.8
 
 
+def test_a_film_with_ice_across_its_edge_is_found_after_the_ice():
+    """Smoothing spreads a far denser ice contamination over the cells around
+    it; lying across the film's edge, it hid that edge from the next round
+    (simulated suite seeds 3 and 5, ``s11``). The later rounds measure edges
+    beyond that reach."""
+    yy, xx = _grid()
+    film = xx > 40
+    ice = (yy - 30) ** 2 + (xx - 40) ** 2 <= 8**2
+    for seed in range(4):
+        level = 8.0 * film + 150.0 * ice + np.random.default_rng(seed).normal(0, 1, film.shape)
+        regions, found = dense_regions(level, min_cells=100)
+        assert [f["round"] for f in found] == [0, 1] and _iou(regions, film | ice) > 0.9
+
+
 def test_a_film_in_the_bright_corner_of_a_sloping_background_is_found_by_the_extra_splits():
     """The background falls by 63 noise units across the field, four times the
     film's step: Otsu's threshold cuts across the slope (simulated suite seed 5,

@@ -153,7 +153,10 @@ def dense_regions(
     contamination on the rim of a faint patch), not from the part's own
     level. The next round leaves the regions
     (and two cells around them) out, so that a carbon film beside a far
-    denser ice contamination is found in the round after the ice. When
+    denser ice contamination is found in the round after the ice; it
+    measures edges only farther than ``2 * smooth`` from them, beyond the
+    reach of the smoothing, which spreads the ice over the cells around it
+    and hides a film edge the ice lies across. When
     Otsu's split finds no region, the cells are split again at each of
     ``levels`` (quantiles of the cells' levels) and, of the parts that pass
     and run along the map's border, the one with the strongest edge is the
@@ -231,7 +234,7 @@ def dense_regions(
     if clearance > 0 and not valid.all():
         interior &= ndi.distance_transform_edt(valid) > clearance
 
-    def passing(todo: np.ndarray, t: float, split) -> list[tuple[float, np.ndarray, dict]]:
+    def passing(todo: np.ndarray, t: float, split, measured: np.ndarray) -> list[tuple[float, np.ndarray, dict]]:
         """The parts of ``todo`` above ``t`` that are regions: (edge, part, description)."""
         upper, lower = todo & (level > t), todo & (level <= t)
         labels, n = ndi.label(upper)
@@ -239,8 +242,8 @@ def dense_regions(
         out = []
         for k in np.flatnonzero(sizes[1:] >= min_cells) + 1:
             part = labels == k
-            inner = interior & part & (ndi.distance_transform_edt(part) <= band)
-            outer = interior & lower & (ndi.distance_transform_edt(~part) <= band)
+            inner = measured & part & (ndi.distance_transform_edt(part) <= band)
+            outer = measured & lower & (ndi.distance_transform_edt(~part) <= band)
             step = _across(level, inner, outer)
             edge = _across(high, inner, outer)
             if edge >= min_step * scale and min_sharpness * step <= edge <= step:
@@ -258,9 +261,13 @@ def dense_regions(
         values = level[todo]
         if len(values) < 2 * min_cells or np.ptp(values) == 0:
             break
-        new = passing(todo, threshold_otsu(values), "otsu")
+        # The smoothing spreads a region set aside (a far denser ice
+        # contamination) over the cells around it: the next rounds measure
+        # edges farther from it than that.
+        measured = interior & (ndi.distance_transform_edt(~regions) > margin) if regions.any() else interior
+        new = passing(todo, threshold_otsu(values), "otsu", measured)
         if not new:
-            tried = [r for q in levels for r in passing(todo, float(np.quantile(values, q)), q) if (r[1] & rim).sum() >= reach]
+            tried = [r for q in levels for r in passing(todo, float(np.quantile(values, q)), q, measured) if (r[1] & rim).sum() >= reach]
             new = [max(tried, key=lambda r: r[0])] if tried else []
         if not new:
             break
