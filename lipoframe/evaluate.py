@@ -289,19 +289,16 @@ def run_metas(run_dir: str | Path) -> tuple[dict, dict]:
 
 def _image_meta(path: Path):
     """Shape and ``flip_y`` of an image file, as the registered reader for its suffix sees it."""
-    from lipoframe.plugins import load
+    from lipoframe.plugins import read_file
     from lipoframe.records import InputError
 
     first = None
     for dims in (2, 3):
-        reader = load()[1].readers_by_suffix(dims=dims).get(path.suffix.lower())
-        if reader is None:
-            continue
         try:
-            return reader.read(path, pixel_size=None).meta
+            return read_file(path, dims=dims).meta
         except InputError as exc:
             first = first or exc
-    raise EvaluationInputError(str(first) if first else f"{path}: no reader for files ending in {path.suffix.lower()!r}")
+    raise EvaluationInputError(str(first))
 
 
 class MicrographCatalog:
@@ -365,7 +362,7 @@ class _Source:
         self._images: dict | None = None
         if self.is_run:
             return
-        suffixes = set(load()[1].readers_by_suffix(dims=2)) | set(load()[1].readers_by_suffix(dims=3))
+        suffixes = set(load()[1].readers_by_suffix())  # the same suffixes whatever the dims
         if path.is_file():
             files = {micrograph_key(path.name): path} if path.suffix.lower() in suffixes else {}
         elif not path.is_dir():

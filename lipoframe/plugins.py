@@ -178,6 +178,28 @@ def load(*, refresh: bool = False) -> tuple[pluggy.PluginManager, StageRegistry,
     return _CACHE["value"]  # type: ignore[return-value]
 
 
+def read_file(path: str | os.PathLike, *, dims: int = 2):
+    """The :class:`~lipoframe.records.Micrograph` in ``path``, read by the registered reader for its suffix.
+
+    Readers are chosen as for a run's inputs
+    (:meth:`~lipoframe.registry.StageRegistry.readers_by_suffix`), built
+    for ``dims``; no pixel size is imposed.
+
+    Raises
+    ------
+    InputError
+        Naming the file, when no reader takes its suffix or it cannot be read.
+    """
+    from lipoframe.records import InputError
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    reader = load()[1].readers_by_suffix(dims=dims).get(suffix)
+    if reader is None:
+        raise InputError(f"{path}: no reader for {dims}D files ending in {suffix!r}")
+    return reader.read(path, pixel_size=None)
+
+
 def read_array(path: str | os.PathLike, *, dims: int = 2) -> np.ndarray:
     """The array in ``path`` as stored, read by the registered reader for its suffix.
 
@@ -193,12 +215,7 @@ def read_array(path: str | os.PathLike, *, dims: int = 2) -> np.ndarray:
     """
     from lipoframe.records import InputError
 
-    path = Path(path)
-    suffix = path.suffix.lower()
-    reader = load()[1].readers_by_suffix(dims=dims).get(suffix)
-    if reader is None:
-        raise InputError(f"{path}: no reader for {dims}D files ending in {suffix!r}")
-    data = np.asarray(reader.read(path, pixel_size=None).image)
+    data = np.asarray(read_file(path, dims=dims).image)
     if data.ndim != dims:
         raise InputError(f"{path}: a {data.ndim}D array where a {dims}D one is expected")
     return data

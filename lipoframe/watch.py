@@ -56,9 +56,7 @@ class FolderWatcher:
     _handled: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def _scan(self) -> list[Path]:
-        from lipoframe.runner import expand_inputs
-
-        from lipoframe.runner import outside_output
+        from lipoframe.runner import expand_inputs, outside_output
 
         found = [p for p in expand_inputs(self.specs, self.suffixes) if not p.name.startswith(".")]
         return outside_output(found, self.exclude)[0] if self.exclude is not None else found
