@@ -138,11 +138,13 @@ def validate_overrides(overrides: list[str]) -> None:
     from hydra import compose, initialize_config_dir
 
     plain = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
-    prepare_hydra()  # cached: stage options must be in ConfigStore
+    from lipoframe.runner import check_retry_suppressed
+
+    _, registry = prepare_hydra()  # cached: stage options must be in ConfigStore
     try:
         with initialize_config_dir(version_base="1.3", config_dir=str(config_dir()), job_name="lipoframe"):
             cfg = compose("config", overrides=plain)
-        to_run_config(cfg)
+        check_retry_suppressed(to_run_config(cfg).retry_suppressed, registry)
     except ConfigError:
         raise
     except Exception as exc:  # noqa: BLE001 - Hydra raises many types; all become one line
@@ -258,6 +260,10 @@ def run(argv: list[str]) -> int:
         out_dir = Path(HydraConfig.get().runtime.output_dir)
         try:
             result = run_pipeline(run_cfg, out_dir, registry=registry, pm=pm)
+        except ConfigError as exc:
+            print(f"lipoframe: config error: {exc}", file=sys.stderr)
+            state["exit"] = 2
+            return float("nan")
         except InputError as exc:
             print(f"lipoframe: {exc}", file=sys.stderr)
             state["exit"] = 1

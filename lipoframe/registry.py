@@ -113,6 +113,26 @@ class StageRegistry:
         """Instantiate the stage that owns ``params``."""
         return self.for_params(params).cls(params)
 
+    def reject_reasons(self) -> tuple[set[str], list[str]]:
+        """The reject reasons the registered refiners and filters declare.
+
+        Returns
+        -------
+        reasons : set of str
+            The union of their ``reasons``.
+        undeclared : list of str
+            ``kind/name`` of those that declare none (``reasons is None``):
+            they may give any reason.
+        """
+        reasons: set[str] = set()
+        undeclared: list[str] = []
+        for info in self.stages("refiner") + self.stages("filter"):
+            if info.cls.reasons is None:
+                undeclared.append(f"{info.kind}/{info.name}")
+            else:
+                reasons.update(info.cls.reasons)
+        return reasons, undeclared
+
     def names(self, kind: str) -> list[str]:
         return sorted(n for (k, n) in self._stages if k == kind)
 

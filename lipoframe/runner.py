@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from lipoframe import schema
-from lipoframe.config import RETRY_SUPPRESSED, LipoframeConfig
+from lipoframe.config import RETRY_SUPPRESSED, ConfigError, LipoframeConfig
 from lipoframe.algorithms.pyramid import pow2_floor, to_binned
 from lipoframe.io.atomic import safe_child, write_text
 from lipoframe.plan import ExtractionPlan, format_range
@@ -85,8 +85,32 @@ class StageSet:
             raise InputError(f"{path}: no reader for files ending in {suffix!r} (known: {known})") from None
 
 
+def check_retry_suppressed(reasons, registry: StageRegistry) -> None:
+    """Check ``retry_suppressed`` against the reasons the registered stages give.
+
+    Raises
+    ------
+    ConfigError
+        Naming a reason that no registered refiner or filter gives, when
+        every one of them declares its reasons (:attr:`Stage.reasons`);
+        with stages that declare none, a warning is logged instead.
+    """
+    known, undeclared = registry.reject_reasons()
+    unknown = [r for r in reasons if r not in known]
+    if not unknown:
+        return
+    what = ", ".join(repr(r) for r in unknown)
+    if undeclared:
+        log.warning("retry_suppressed: %s is no reject reason that a refiner or filter declares; "
+                    "only a stage that declares none could give it (%s)", what, ", ".join(undeclared))
+        return
+    raise ConfigError(f"retry_suppressed: {what} is not a reject reason of any refiner or filter "
+                      f"(they give: {', '.join(sorted(known))})")
+
+
 def build_stages(cfg: LipoframeConfig, registry: StageRegistry) -> StageSet:
     """Instantiate the configured stages (errors name the stage kind)."""
+    check_retry_suppressed(cfg.retry_suppressed, registry)
     def one(kind: str, params: Any) -> Stage:
         if params is None:
             raise ValueError(f"no {kind} stage is selected (set {kind}=<name>)")

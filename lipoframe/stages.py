@@ -51,6 +51,10 @@ class Stage:
     Params: ClassVar[type] = NoParams
     #: One-line description shown by ``lipoframe stages``.
     summary: ClassVar[str] = ""
+    #: Every ``reject_reason`` this stage can give; ``None``: not declared.
+    #: ``retry_suppressed`` is checked against the reasons of the registered
+    #: refiners and filters, so a misspelt reason is an error.
+    reasons: ClassVar["tuple[str, ...] | None"] = None
 
     def __init__(self, params: Any = None):
         if params is None:

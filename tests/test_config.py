@@ -94,6 +94,7 @@ BAD = [
     (["detector.k=abc"], "detector.k", "could not be converted"),
     (["detector.k=1"], "detector.k", "(1, 2]"),
     (["runner.workers=-2"], "runner.workers", ">= 0"),
+    (["retry_suppressed=[no_edge,no_egde]"], "retry_suppressed", "'no_egde' is not a reject reason"),
 ]
 
 

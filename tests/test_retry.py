@@ -170,3 +170,40 @@ def test_config_default_and_fingerprint():
     assert cfg.retry_suppressed == ["no_edge", "diameter_range"]
     off = LipoframeConfig(retry_suppressed=[])
     assert off.per_micrograph_fingerprint() != cfg.per_micrograph_fingerprint()
+
+
+def test_retry_reasons_are_checked_against_what_the_stages_declare(caplog):
+    from lipoframe.config import ConfigError
+    from lipoframe.registry import StageRegistry
+    from lipoframe.runner import check_retry_suppressed
+    from lipoframe.stages import Filter
+
+    registry = plugins.load()[1]
+    known, undeclared = registry.reject_reasons()
+    assert undeclared == [] and {"no_edge", "diameter_range", "carbon", "weak_unsupported"} <= known
+    # Every reason a built-in refiner or filter can give is declared: the
+    # reasons in the source are the reasons declared.
+    import inspect
+    import re
+
+    for info in registry.stages("refiner") + registry.stages("filter"):
+        source = inspect.getsource(info.cls)
+        given = set(re.findall(r"schema\.reject\([^\n]*,\s*\"(\w+)\"\)", source))
+        assert given <= set(info.cls.reasons), info.name
+    check_retry_suppressed(["no_edge", "carbon"], registry)  # a stage not in the run may give it
+    with pytest.raises(ConfigError, match="'bogus' is not a reject reason"):
+        check_retry_suppressed(["no_edge", "bogus"], registry)
+
+    @dataclass
+    class OpenParams:
+        pass
+
+    class Open(Filter):
+        name = "open_reasons"
+        Params = OpenParams
+
+    other = StageRegistry()
+    other.add(Open)
+    with caplog.at_level("WARNING", logger="lipoframe"):
+        check_retry_suppressed(["bogus"], other)  # the plugin may give it: a warning, not an error
+    assert "'bogus'" in caplog.text and "filter/open_reasons" in caplog.text

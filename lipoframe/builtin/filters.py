@@ -38,6 +38,7 @@ class DiameterRangeFilter(Filter):
     name = "diameter_range"
     Params = DiameterRangeParams
     summary = "reject picks whose diameter is outside [dmin, dmax] (with a tolerance)"
+    reasons = ("diameter_range",)
 
     def apply(self, picks: pd.DataFrame, mic: Micrograph, ctx: PickContext) -> pd.DataFrame:
         d = picks[schema.DIAMETER].to_numpy(dtype=float)
@@ -57,6 +58,7 @@ class ScoreFilter(Filter):
     name = "score"
     Params = ScoreParams
     summary = "reject picks below a score"
+    reasons = ("score",)
 
     def apply(self, picks: pd.DataFrame, mic: Micrograph, ctx: PickContext) -> pd.DataFrame:
         bad = picks[schema.SCORE].to_numpy(dtype=float) < self.params.min_score
@@ -88,6 +90,7 @@ class MinSizeFilter(Filter):
     name = "min_size"
     Params = MinSizeParams
     summary = "reject picks whose diameter is below a size (default: dmin)"
+    reasons = ("min_size",)
 
     def apply(self, picks: pd.DataFrame, mic: Micrograph, ctx: PickContext) -> pd.DataFrame:
         p = self.params
@@ -135,6 +138,7 @@ class NeighbourOutlierFilter(Filter):
     name = "neighbour_outlier"
     Params = NeighbourOutlierParams
     summary = "reject picks with fewer than N accepted neighbours within an edge-to-edge gap"
+    reasons = ("neighbour_outlier",)
 
     def apply(self, picks: pd.DataFrame, mic: Micrograph, ctx: PickContext) -> pd.DataFrame:
         from scipy.spatial import cKDTree
@@ -208,6 +212,7 @@ class EdgeFilter(Filter):
     name = "edge"
     Params = EdgeParams
     summary = "reject picks closer to the border than margin x their radius"
+    reasons = ("edge",)
 
     def apply(self, picks: pd.DataFrame, mic: Micrograph, ctx: PickContext) -> pd.DataFrame:
         p = self.params
@@ -356,6 +361,7 @@ class PopulationFilter(Filter):
     name = "population"
     Params = PopulationParams
     summary = "weak picks (and confident ones with a faint edge) only among confident picks of their size; nearly empty micrographs keep typical-looking picks only"
+    reasons = ("weak_unsupported", "faint_unsupported", "weak_overlap", "lonely")
 
     def apply(self, picks: pd.DataFrame, mic: Micrograph, ctx: PickContext) -> pd.DataFrame:
         out = schema.with_acceptance(picks)

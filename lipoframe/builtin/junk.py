@@ -163,6 +163,7 @@ class ContaminationFilter(Filter):
     name = "contamination"
     Params = ContaminationParams
     summary = "reject ice/ethane contamination: far darker than the micrograph's particles, or inside a dark region"
+    reasons = ("contamination",)
 
     def apply(self, picks: pd.DataFrame, mic: Micrograph, ctx: PickContext) -> pd.DataFrame:
         out = schema.with_acceptance(picks)
@@ -231,6 +232,7 @@ class CarbonEdgeFilter(Filter):
     name = "carbon_edge"
     Params = CarbonEdgeParams
     summary = "reject picks whose background is much darker on one side (carbon edges, arcs of big objects)"
+    reasons = ("carbon_edge",)
 
     def apply(self, picks: pd.DataFrame, mic: Micrograph, ctx: PickContext) -> pd.DataFrame:
         out = schema.with_acceptance(picks)
@@ -327,6 +329,7 @@ class CarbonFilter(Filter):
     name = "carbon"
     Params = CarbonParams
     summary = "reject picks on carbon film (a large region denser than the ice, behind a sharp edge), found without a mask"
+    reasons = ("carbon",)
 
     def apply(self, picks: pd.DataFrame, mic: Micrograph, ctx: PickContext) -> pd.DataFrame:
         out = schema.with_acceptance(picks)
@@ -382,6 +385,7 @@ class SpeckFilter(Filter):
     name = "speck"
     Params = SpeckParams
     summary = "reject circles around a small dark speck (the pick's darkness sits in one small spot)"
+    reasons = ("speck",)
 
     def apply(self, picks: pd.DataFrame, mic: Micrograph, ctx: PickContext) -> pd.DataFrame:
         out = schema.with_acceptance(picks)

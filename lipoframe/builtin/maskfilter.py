@@ -158,6 +158,7 @@ class MaskFilter(Filter):
     name = "mask"
     Params = MaskParams
     summary = "reject picks in regions a mask per micrograph marks as bad (MicrographCleaner, hand-drawn)"
+    reasons = ("mask",)
 
     def __init__(self, params: MaskParams | None = None) -> None:
         super().__init__(params)

@@ -104,6 +104,7 @@ class RadialProfileRefiner(Refiner):
     name = "radial_profile"
     Params = RadialProfileParams
     summary = "diameter from the strongest radial edge, sub-pixel recentring, edge quality; rejects picks with no edge"
+    reasons = ("no_edge", "at_border")
 
     def refine(self, picks: pd.DataFrame, mic: Micrograph, ctx: PickContext) -> pd.DataFrame:
         out = schema.with_acceptance(picks)
@@ -206,6 +207,7 @@ class NoRefiner(Refiner):
     name = "none"
     Params = NoRefinerParams
     summary = "keep the detector's centres and diameters"
+    reasons = ()
 
     def refine(self, picks: pd.DataFrame, mic: Micrograph, ctx: PickContext) -> pd.DataFrame:
         return picks.copy()

@@ -46,6 +46,7 @@ class RadialProfile3dRefiner(Refiner):
     name = "radial_profile_3d"
     Params = RadialProfile3dParams
     summary = "tomograms: diameter = steepest fall of the spherical radial profile (solid spheres and vesicles)"
+    reasons = ()
 
     def refine(self, picks: pd.DataFrame, mic: Micrograph, ctx: PickContext) -> pd.DataFrame:
         p = self.params
