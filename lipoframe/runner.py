@@ -84,6 +84,22 @@ class StageSet:
             known = ", ".join(sorted(self.readers_by_suffix))
             raise InputError(f"{path}: no reader for files ending in {suffix!r} (known: {known})") from None
 
+    def read(self, path: Path, *, pixel_size: float | None) -> Micrograph:
+        """Read ``path`` with :meth:`reader_for`'s reader.
+
+        When a reader chosen by name (``reader=npy``) fails on a file whose
+        suffix it does not handle, the message says so.
+        """
+        reader = self.reader_for(path)
+        try:
+            return reader.read(path, pixel_size=pixel_size)
+        except InputError as exc:
+            suffixes = tuple(getattr(reader, "suffixes", ()))
+            if self.reader.name == "auto" or not suffixes or path.suffix.lower() in suffixes:
+                raise
+            raise InputError(f"{exc}; reader={reader.name} reads {' '.join(suffixes)} files "
+                             "(leave reader=auto to choose the reader by each file's suffix)") from None
+
 
 def check_retry_suppressed(reasons, registry: StageRegistry) -> None:
     """Check ``retry_suppressed`` against the reasons the registered stages give.
@@ -111,6 +127,7 @@ def check_retry_suppressed(reasons, registry: StageRegistry) -> None:
 def build_stages(cfg: LipoframeConfig, registry: StageRegistry) -> StageSet:
     """Instantiate the configured stages (errors name the stage kind)."""
     check_retry_suppressed(cfg.retry_suppressed, registry)
+
     def one(kind: str, params: Any) -> Stage:
         if params is None:
             raise ValueError(f"no {kind} stage is selected (set {kind}=<name>)")
@@ -777,8 +794,7 @@ def run_job(job: MicJob, cfg: LipoframeConfig | None = None, stages: StageSet | 
             if done is not None:
                 picks = done[1]
                 return MicResult(job.name, str(job.path), "skipped", len(picks), int(picks[schema.ACCEPTED].sum()) if len(picks) else 0)
-        reader = stages.reader_for(job.path)
-        mic = reader.read(job.path, pixel_size=cfg.pixel_size)
+        mic = stages.read(job.path, pixel_size=cfg.pixel_size)
         meta = MicrographMeta(name=job.name, path=str(job.path), shape=mic.meta.shape, pixel_size=mic.meta.pixel_size, flip_y=mic.meta.flip_y)
         mic = Micrograph(meta=meta, image=mic.image, polarity=cfg.polarity)
         ctx = pick_context(meta, cfg)

@@ -38,14 +38,42 @@ def test_tiff_pixel_size_is_read_as_relion_reads_it(tmp_path, options, expected)
     assert TiffReader().read(path, pixel_size=2.0).meta.pixel_size == 2.0
 
 
-@pytest.mark.parametrize(("reader", "name"), [(ImageReader(), "m.png"), (NpyReader(), "m.npy"), (TiffReader(), "m.tif")])
-def test_missing_and_unreadable_files_are_input_errors_naming_the_file(tmp_path, reader, name):
+@pytest.mark.parametrize(
+    ("reader", "name", "problem"),
+    [(ImageReader(), "m.png", "not a readable image"), (NpyReader(), "m.npy", r"not a \.npy file \(it does not start with NumPy's header\)"),
+     (TiffReader(), "m.tif", "not a readable TIFF")],
+)
+def test_missing_and_unreadable_files_are_input_errors_naming_the_file(tmp_path, reader, name, problem):
     path = tmp_path / name
     with pytest.raises(InputError, match=f"^{path}: file not found"):
         reader.read(path, pixel_size=None)
     path.write_bytes(b"not an image at all")
-    with pytest.raises(InputError, match=f"^{path}: not a readable"):
+    with pytest.raises(InputError, match=f"^{path}: {problem}"):
         reader.read(path, pixel_size=None)
+
+
+def test_a_reader_chosen_by_name_says_which_files_it_reads(tmp_path):
+    import mrcfile
+
+    from lipoframe import plugins
+    from lipoframe.merge import compose_config
+    from lipoframe.runner import build_stages
+
+    path = tmp_path / "m.mrc"
+    with mrcfile.new(path) as mrc:
+        mrc.set_data(IMAGE)
+    registry = plugins.load()[1]
+    npy = build_stages(compose_config(["reader=npy"])[1], registry)
+    with pytest.raises(InputError, match=f"^{path}: not a \\.npy file .*; reader=npy reads .npy files \\(leave reader=auto"):
+        npy.read(path, pixel_size=None)
+    # A damaged file of the reader's own suffix gets no such hint; reader=auto reads the MRC.
+    bad = tmp_path / "bad.npy"
+    bad.write_bytes(b"\x93NUMPY garbage")
+    with pytest.raises(InputError) as err:
+        npy.read(bad, pixel_size=None)
+    assert "reader=npy reads" not in str(err.value)
+    auto = build_stages(compose_config([])[1], registry)
+    np.testing.assert_array_equal(np.asarray(auto.read(path, pixel_size=1.0).image), IMAGE)
 
 
 def test_npy_dims_must_match(tmp_path):

@@ -223,7 +223,12 @@ class NpyReader(Reader):
     def read(self, path: Path, *, pixel_size: float | None = None) -> Micrograph:
         path = Path(path)
         try:
+            with open(path, "rb") as fh:
+                if fh.read(6) != b"\x93NUMPY":
+                    raise InputError(f"{path}: not a .npy file (it does not start with NumPy's header)")
             data = np.load(path, mmap_mode="r", allow_pickle=False)
+        except InputError:
+            raise
         except FileNotFoundError:
             raise InputError(f"{path}: file not found") from None
         except Exception as exc:  # noqa: BLE001
