@@ -18,6 +18,7 @@ the report never fail a run: :func:`write_report_safely` logs them.
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import hashlib
 import html
@@ -768,7 +769,8 @@ def write_report(
         crops_by_mic.setdefault(mic, []).append(c)
 
     index_path = ov_dir / "index.json"
-    index = (_read_json(index_path) or {}) if not force else {}
+    previous = _read_json(index_path) or {}
+    index = previous if not force else {}
     new_index: dict[str, Any] = {}
     jobs: list[OverlayJob] = []
     for name, meta in data.metas.items():
@@ -805,6 +807,7 @@ def write_report(
         done = (index.get(name, {}).get("key") == key and job.png.is_file() and job.thumb.is_file()
                 and all((job.crop_dir / c.key).is_file() for c in job.crops))
         new_index[name] = {"key": key, "seconds": index.get(name, {}).get("seconds")} if done else {"key": key}
+        new_index[name]["crops"] = [c.key for c in job.crops]
         if not done:
             jobs.append(job)
 
@@ -832,6 +835,7 @@ def write_report(
                 r.overlay = ""
     if overlays:
         write_text(index_path, json.dumps({"render_version": RENDER_VERSION, **new_index}, indent=1))
+        _remove_stale_overlays(ov_dir, previous, new_index)
     ok_results = [r for r in results if r.ok]
     stats = {
         "rendered": len(ok_results),
@@ -857,6 +861,33 @@ def write_report(
     log.info("report: %s (%d overlays drawn in %.1f s, %.2f s / %.2f CPU s each; %d reused; %d failed)",
              path, stats["rendered"], wall, stats["per_overlay"], stats["cpu_per_overlay"], stats["cached"], n_failed)
     return stats
+
+
+def _remove_stale_overlays(ov_dir: Path, previous: dict, current: dict) -> int:
+    """Delete the overlay, thumbnail and crops ``previous`` recorded and ``current`` does not.
+
+    A micrograph left out of a rerun (or whose overlay failed this time)
+    must not keep a picture of picks that are no longer the run's. Only
+    files an earlier report listed in ``overlays/index.json`` are deleted.
+    """
+    keep = {c for entry in current.values() if isinstance(entry, dict) for c in entry.get("crops", [])}
+    stale: list[Path] = []
+    for name, entry in previous.items():
+        if not isinstance(entry, dict):  # render_version
+            continue
+        if name not in current:
+            stale += [ov_dir / f"{name}_picks.png", ov_dir / "thumbs" / f"{name}.jpg"]
+        stale += [ov_dir / "crops" / c for c in entry.get("crops", []) if c not in keep]
+    root = ov_dir.resolve()
+    n = 0
+    for p in stale:
+        with contextlib.suppress(OSError, ValueError):
+            if p.resolve().is_relative_to(root) and p.is_file():
+                p.unlink()
+                n += 1
+    if n:
+        log.info("report: removed %d overlay file(s) of micrographs or picks no longer in the run", n)
+    return n
 
 
 def _legend_counts(data: RunData, g: pd.DataFrame) -> list[int]:

@@ -327,6 +327,37 @@ def test_missing_micrograph_file_gives_a_report_without_its_overlay(done, run_co
     text = " ".join(parse(run_copy / "report.html").text)
     assert "moved_away.mrc" in text
     assert "mic_0" in text and "mic_2" in text
+    # Its old overlay, a picture of picks the report no longer shows, is gone.
+    assert not (run_copy / "overlays" / "mic_1_picks.png").exists()
+    assert (run_copy / "overlays" / "mic_0_picks.png").is_file()
+
+
+def test_a_rerun_without_a_micrograph_removes_its_overlay(done, run_copy):
+    from hydra.core.global_hydra import GlobalHydra
+
+    from lipoframe.merge import compose_config
+    from lipoframe.runner import run_pipeline
+
+    cfg, _ = done
+    ov = run_copy / "overlays"
+    old = json.loads((ov / "index.json").read_text())
+    assert (ov / "mic_2_picks.png").is_file() and (ov / "thumbs" / "mic_2.jpg").is_file()
+    crops_2 = set(old["mic_2"]["crops"])
+    assert crops_2 and all((ov / "crops" / c).is_file() for c in crops_2)
+    mics = Path(cfg.input[0])
+    try:
+        _, again = compose_config([f"input=[{mics / 'mic_0.mrc'},{mics / 'mic_1.mrc'}]", *RUN_OVERRIDES])
+    finally:
+        GlobalHydra.instance().clear()
+    run_pipeline(again, run_copy)
+    index = json.loads((ov / "index.json").read_text())
+    assert set(index) == {"render_version", "mic_0", "mic_1"}
+    assert not (ov / "mic_2_picks.png").exists() and not (ov / "thumbs" / "mic_2.jpg").exists()
+    kept = {c for n in ("mic_0", "mic_1") for c in index[n]["crops"]}
+    assert all((ov / "crops" / c).is_file() for c in kept)
+    assert sorted(p.name for p in (ov / "crops").iterdir()) == sorted(kept)
+    for name in ("mic_0", "mic_1"):
+        assert (ov / f"{name}_picks.png").is_file() and (ov / "thumbs" / f"{name}.jpg").is_file()
 
 
 def test_no_overlays_option_reads_no_micrograph(run_copy, run_cli):
