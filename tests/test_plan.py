@@ -344,3 +344,17 @@ def test_plan_after_a_real_run_replaces_the_per_bin_files(tiny_mrcs, tmp_path, r
     assert not (out / "bins" / "bin2").exists()
     md = (out / "extraction_plan.md").read_text()
     assert "bin 2" not in md and "`single`" in md
+
+
+@pytest.mark.parametrize(("extract", "warned"), [(2.2, False), (1.0, False), (0.011, True)])
+def test_a_far_finer_extraction_pixel_size_is_a_warning_with_its_factor(caplog, extract, warned):
+    picks, metas = dataset()
+    with caplog.at_level("WARNING", logger="lipoframe"):
+        plan = PeakValleyBinner(PeakValleyParams(extract_pixel_size=extract)).assign(picks, metas, CTX).plan
+    notes = [n for n in plan.notes if "upsamples" in n]
+    if extract >= 1.1:
+        assert notes == [] and caplog.text == ""
+        return
+    assert notes == [f"binning.extract_pixel_size={extract:g} Å/px is finer than the micrographs (1.1 Å/px): "
+                     f"that upsamples {1.1 / extract:.3g}x" + ("; check the value (the extraction boxes grow as much)" if warned else "")]
+    assert ("check the value" in caplog.text) == warned

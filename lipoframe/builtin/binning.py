@@ -40,6 +40,8 @@ from lipoframe.stages import Binner, BinningResult
 log = logging.getLogger("lipoframe")
 
 ROUNDINGS = ("multiple32", "fft", "even")
+#: Above this upsampling (micrograph pixel size over ``extract_pixel_size``) the note is also a warning.
+MAX_UPSAMPLING = 2.0
 BROAD_SPLITS = ("quantile", "min_waste")
 
 
@@ -188,7 +190,14 @@ def _extract_notes(params, pixel_size: float | None) -> list[str]:
     if not pixel_size:
         return [f"binning.extract_pixel_size={px_extract:g} needs the micrographs' pixel size: no extraction box given"]
     if px_extract < pixel_size:
-        return [f"binning.extract_pixel_size={px_extract:g} Å/px is finer than the micrographs ({pixel_size:g} Å/px): that upsamples"]
+        factor = pixel_size / px_extract
+        note = (f"binning.extract_pixel_size={px_extract:g} Å/px is finer than the micrographs ({pixel_size:g} Å/px): "
+                f"that upsamples {factor:.3g}x")
+        if factor > MAX_UPSAMPLING:
+            # Extraction boxes 200 times larger are a slip (0.01 for 1.0), not a plan.
+            note += "; check the value (the extraction boxes grow as much)"
+            log.warning(note)
+        return [note]
     return []
 
 
