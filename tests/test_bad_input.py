@@ -164,8 +164,8 @@ def test_verbose_shows_a_traceback_for_unexpected_errors(tmp_path):
             raise RuntimeError("library exploded")
 
     class Stages:
-        def reader_for(self, path):
-            return Boom()
+        def read(self, path, *, pixel_size=None):
+            return Boom().read(path, pixel_size=pixel_size)
 
     from lipoframe.config import LipoframeConfig
 
