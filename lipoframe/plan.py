@@ -88,6 +88,13 @@ class SizeBin:
         Mask diameter in Å (None without a pixel size).
     box_px_extract : int or None
         Box edge at the plan's ``extract_pixel_size``, if one was asked for.
+    extract_size_px : int or None
+        With ``box_px_extract``: the box cut from the micrograph (micrograph
+        pixels, even) that is rescaled to ``box_px_extract`` (RELION
+        ``--extract_size`` with ``--scale``; cryoSPARC's extraction box with
+        Fourier cropping). Rescaling gives ``pixel_size * extract_size_px /
+        box_px_extract`` Å/px (:meth:`rescaled_pixel_size`): the asked pixel
+        size, up to the rounding to an even box.
     """
 
     index: int
@@ -97,10 +104,17 @@ class SizeBin:
     box_px: int
     mask_diameter_A: float | None = None
     box_px_extract: int | None = None
+    extract_size_px: int | None = None
 
     @property
     def label(self) -> str:
         return f"bin{self.index + 1}"
+
+    def rescaled_pixel_size(self, pixel_size: float) -> float | None:
+        """Å/px of the particles extracted with ``extract_size_px`` and rescaled to ``box_px_extract``."""
+        if not (self.box_px_extract and self.extract_size_px and pixel_size):
+            return None
+        return pixel_size * self.extract_size_px / self.box_px_extract
 
 
 @dataclass(frozen=True)

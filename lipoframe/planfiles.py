@@ -325,7 +325,16 @@ def plan_markdown(plan: ExtractionPlan, files: dict[int, list[str]], *, n_outlie
         lines += [f"## {lab}: {rng}, {b.count} picks", ""]
         box = f"- Box: **{b.box_px} px**" + (f" ({b.box_px * px:.0f} Å)" if px else "")
         if b.box_px_extract is not None:
-            box += f"; **{b.box_px_extract} px** at {plan.extract_pixel_size:g} Å/px (RELION: rescale to {b.box_px_extract})"
+            box += f"; **{b.box_px_extract} px** at {plan.extract_pixel_size:g} Å/px"
+            if b.extract_size_px:
+                got = b.rescaled_pixel_size(px)
+                box += (f": cut **{b.extract_size_px} px** and rescale to {b.box_px_extract} (RELION `--extract_size "
+                        f"{b.extract_size_px} --scale {b.box_px_extract}`; cryoSPARC: extraction box {b.extract_size_px}, "
+                        f"Fourier-crop to {b.box_px_extract})")
+                if got and abs(got / plan.extract_pixel_size - 1) > 5e-4:
+                    box += f", which gives {got:.4g} Å/px (boxes are even)"
+            else:  # a plan written before extract_size_px existed
+                box += f" (RELION: rescale to {b.box_px_extract})"
         lines.append(box)
         if b.mask_diameter_A is not None:
             lines.append(f"- Mask diameter: **{b.mask_diameter_A:.0f} Å**")

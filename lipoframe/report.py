@@ -625,7 +625,8 @@ def build_html(data: RunData, rows: list[MicrographRow], plots_png: list[tuple[s
             if px:
                 r.append(_fmt(b.mask_diameter_A, 0))
             if extract:
-                r.append(str(b.box_px_extract or "–"))
+                cut = f" (cut {b.extract_size_px})" if b.box_px_extract and b.extract_size_px else ""
+                r.append(f"{b.box_px_extract or '–'}{cut}")
             prow.append(r)
         plan_html = _table(head, prow, left=1) if prow else "<p class='warn'>The plan has no bins.</p>"
         extra = []

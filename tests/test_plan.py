@@ -88,6 +88,25 @@ def test_box_at_a_downscaled_extraction_pixel_size():
     assert b.box_px_extract == 14 and b.mask_diameter_A == pytest.approx((14 - COSINE_EDGE_WIDTH_PX) * 3.0)
 
 
+@pytest.mark.parametrize(
+    ("pixel_size", "extract", "d_max", "box_extract", "cut"),
+    [
+        (1.0, 2.0, 300.0, 256, 512),   # 225 -> 256 at 2 Å/px; cut 512 (not the 480 box) to get 2 Å/px
+        (2.0, 3.0, 100.0, 128, 192),   # 100 -> 128 at 3 Å/px; cut 192, not the 160 box: 160 -> 128 gives 2.5 Å/px
+        (1.06, 2.0, 300.0, 256, 484),  # 238.5 -> 256; 256 * 2 / 1.06 = 483.0 -> 484 (even): 2.004 Å/px
+        (1.0, 0.5, 100.0, 320, 160),   # upsampling: cut 160, rescale to 320
+    ],
+)
+def test_the_rescaled_extraction_gives_the_asked_pixel_size(pixel_size, extract, d_max, box_extract, cut):
+    b = make_bin(0, d_max / 2, d_max, 1, BoxParams(extract_pixel_size=extract), pixel_size=pixel_size)
+    assert (b.box_px_extract, b.extract_size_px) == (box_extract, cut)
+    got = b.rescaled_pixel_size(pixel_size)
+    assert got == pytest.approx(extract, rel=1.0 / cut)  # off only by rounding the cut box to even
+    # The cut box holds the padded particle, and the mask fits the rescaled box.
+    assert cut >= 1.5 * d_max - 1
+    assert b.mask_diameter_A <= (box_extract - COSINE_EDGE_WIDTH_PX) * got + 1e-9
+
+
 # ---------------------------------------------------------------------------
 # Plan object
 # ---------------------------------------------------------------------------
@@ -175,6 +194,7 @@ def test_plan_files_are_written_and_consistent(tmp_path):
     for b in plan.bins:
         assert f"| {b.index + 1} | {b.d_min_px:.0f}–{b.d_max_px:.0f} |" in md
         assert f"**{b.box_px} px**" in md and f"**{b.box_px_extract} px** at 2.2 Å/px" in md
+        assert f"`--extract_size {b.extract_size_px} --scale {b.box_px_extract}`" in md
         assert f"**{b.mask_diameter_A:.0f} Å**" in md
         assert f"`bins/{b.label}/autopick.star`" in md
     assert "none written per bin" not in md

@@ -559,9 +559,16 @@ def test_extract_command_per_bin(tmp_path):
     assert opt["--coord_list"] == os.path.join("out", "bins", "bin2", "autopick.star")
     assert opt["--bg_radius"] == "120"  # RELION's default: 0.375 * box
     assert "--extract" in args and "--norm" in args and "--invert_contrast" in args and "--scale" not in args
-    scaled = SizeBin(1, 150.0, 200.0, 10, 320, 400.0, box_px_extract=160)
+    scaled = SizeBin(1, 150.0, 200.0, 10, 320, 400.0, box_px_extract=160, extract_size_px=336)
     args = shlex.split(relion_io.extract_command(scaled, "my list.star", pixel_size=1.5, output_dir="Extract/job020"))
     assert args[args.index("--scale") + 1] == "160" and args[args.index("--bg_radius") + 1] == "60"
+    assert args[args.index("--extract_size") + 1] == "336"  # the box that rescales to 160 at the asked Å/px
+    # A plan written before extract_size_px existed keeps its old command.
+    old = SizeBin(1, 150.0, 200.0, 10, 320, 400.0, box_px_extract=160)
+    old_args = shlex.split(relion_io.extract_command(old, "x", pixel_size=1.5))
+    assert old_args[old_args.index("--extract_size") + 1] == "320"
+    with pytest.raises(ValueError, match="extract_size_px must be even"):
+        relion_io.extract_command(SizeBin(1, 150.0, 200.0, 10, 320, 400.0, box_px_extract=160, extract_size_px=335), "x", pixel_size=1.5)
     assert args[args.index("--coord_list") + 1] == "my list.star"
     assert args[args.index("--part_dir") + 1] == "Extract/job020/"
     with pytest.raises(ValueError, match="even"):

@@ -77,19 +77,26 @@ def make_bin(index: int, lo: float, hi: float, count: int, params: BoxParams, pi
     """A :class:`SizeBin` with box and mask sizes from the bin's largest diameter ``hi`` (px).
 
     Mask diameter (Å), SIMPLE's rule: ``min((box - w) * px, 1.2 * d_max)``
-    with ``w`` the cosine-edge width; with an extraction pixel size the mask
-    must also fit the downscaled box, ``(box_extract - w) * extract_px``.
+    with ``w`` the cosine-edge width. With an extraction pixel size, the box
+    at that pixel size ``box_extract`` is rounded first, and the box cut
+    from the micrograph is ``box_extract * extract_px / px`` rounded to an
+    even size (``extract_size_px``), so that rescaling one to the other gives
+    the asked pixel size (up to that rounding); the mask must also fit the
+    rescaled box, ``(box_extract - w) * px * extract_size / box_extract``.
     """
     box = box_for(hi, params)
     mask = None
-    box_extract = None
+    box_extract = window = None
     if pixel_size:
         mask = min((box - COSINE_EDGE_WIDTH_PX) * pixel_size, 1.2 * hi * pixel_size)
         if params.extract_pixel_size:
             box_extract = round_up_box(params.pad * hi * pixel_size / params.extract_pixel_size, rounding=params.rounding)
-            mask = min(mask, (box_extract - COSINE_EDGE_WIDTH_PX) * params.extract_pixel_size)
+            window = 2 * max(1, round(box_extract * params.extract_pixel_size / pixel_size / 2))
+            rescaled = pixel_size * window / box_extract
+            mask = min(mask, (box_extract - COSINE_EDGE_WIDTH_PX) * rescaled)
         mask = float(mask)
-    return SizeBin(index=index, d_min_px=float(lo), d_max_px=float(hi), count=int(count), box_px=box, mask_diameter_A=mask, box_px_extract=box_extract)
+    return SizeBin(index=index, d_min_px=float(lo), d_max_px=float(hi), count=int(count), box_px=box,
+                   mask_diameter_A=mask, box_px_extract=box_extract, extract_size_px=window)
 
 
 def _params_dict(params) -> dict:

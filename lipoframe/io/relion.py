@@ -145,9 +145,9 @@ def extract_command(
     Parameters
     ----------
     size_bin : SizeBin
-        The bin; ``--extract_size`` is its ``box_px`` (micrograph pixels) and,
-        when the plan asked for a downscaled extraction, ``--scale`` its
-        ``box_px_extract``.
+        The bin; ``--extract_size`` is its ``box_px`` (micrograph pixels) or,
+        when the plan asked for a rescaled extraction, its ``extract_size_px``
+        with ``--scale`` its ``box_px_extract``.
     coord_list_path : path
         The bin's coordinate list (``bins/bin<k>/autopick.star``, see :func:`list_path`),
         as it should appear on the command line (run from the RELION project).
@@ -185,7 +185,7 @@ def extract_command(
         "--part_star", out + "particles.star",
         "--part_dir", out,
         "--extract",
-        "--extract_size", str(size_bin.box_px),
+        "--extract_size", str(size_bin.extract_size_px if size_bin.box_px_extract and size_bin.extract_size_px else size_bin.box_px),
     ]
     if size_bin.box_px_extract:
         args += ["--scale", str(size_bin.box_px_extract)]
@@ -198,8 +198,10 @@ def extract_command(
 def _check(size_bin: SizeBin, pixel_size: float | None) -> None:
     if size_bin.box_px < 2 or size_bin.box_px % 2:
         raise ValueError(f"size_bin.box_px must be even and >= 2 for RELION, got {size_bin.box_px}")
-    if size_bin.box_px_extract is not None and (size_bin.box_px_extract < 2 or size_bin.box_px_extract % 2):
-        raise ValueError(f"size_bin.box_px_extract must be even and >= 2 for RELION, got {size_bin.box_px_extract}")
+    for name in ("box_px_extract", "extract_size_px"):
+        value = getattr(size_bin, name)
+        if value is not None and (value < 2 or value % 2):
+            raise ValueError(f"size_bin.{name} must be even and >= 2 for RELION, got {value}")
     if pixel_size is not None and not pixel_size > 0:
         raise ValueError(f"pixel_size must be > 0 or None, got {pixel_size}")
 
