@@ -795,7 +795,8 @@ def run_job(job: MicJob, cfg: LipoframeConfig | None = None, stages: StageSet | 
                 picks = done[1]
                 return MicResult(job.name, str(job.path), "skipped", len(picks), int(picks[schema.ACCEPTED].sum()) if len(picks) else 0)
         mic = stages.read(job.path, pixel_size=cfg.pixel_size)
-        meta = MicrographMeta(name=job.name, path=str(job.path), shape=mic.meta.shape, pixel_size=mic.meta.pixel_size, flip_y=mic.meta.flip_y)
+        # The absolute path: `lipoframe plan/report/merge` may run from another folder.
+        meta = MicrographMeta(name=job.name, path=os.path.abspath(job.path), shape=mic.meta.shape, pixel_size=mic.meta.pixel_size, flip_y=mic.meta.flip_y)
         mic = Micrograph(meta=meta, image=mic.image, polarity=cfg.polarity)
         ctx = pick_context(meta, cfg)
         picks = process_micrograph(mic, stages, ctx)

@@ -119,6 +119,23 @@ def test_a_run_into_a_used_folder_removes_the_files_it_no_longer_writes(tmp_path
     assert "box/mic_000.box" in recorded and not any("mic_002" in f for f in recorded)
 
 
+def test_a_relative_input_is_recorded_absolute_so_plan_and_report_work_from_anywhere(tmp_path):
+    import starfile
+
+    write_set(tmp_path / "data" / "mics", 1)
+    out = tmp_path / "run"
+    ran = cli("run", "input=mics", f"output={out}", *RUN_ARGS, "writer=[star]", cwd=tmp_path / "data")
+    assert ran.returncode == 0, ran.stderr
+    mic = str(tmp_path / "data" / "mics" / "mic_000.mrc")
+    assert json.loads((out / "micrographs" / "mic_000.json").read_text())["meta"]["path"] == mic
+    # `lipoframe plan` and `report` from another folder
+    assert cli("plan", str(out), "binning=single", cwd=tmp_path).returncode == 0
+    names = starfile.read(out / "relion" / "autopick.star")["rlnMicrographName"].tolist()
+    assert names == [mic]
+    done = cli("report", str(out), "--force", cwd=tmp_path)
+    assert done.returncode == 0 and "1 drawn" in done.stdout
+
+
 def test_a_failing_writer_does_not_stop_the_others_or_the_plan(tmp_path):
     write_set(tmp_path / "mics", 2)
     out = tmp_path / "run"
