@@ -204,6 +204,23 @@ def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
     return flags, overrides
 
 
+_INPUT_KEYS = ("input", "+input", "++input")
+
+
+def quote_input_glob(override: str) -> str:
+    """``input=/data/mic_[0-9].mrc`` as Hydra can parse it: ``input='/data/mic_[0-9].mrc'``.
+
+    A glob's character class would be parsed as a list; a single path with
+    ``[`` after its start (no list, sweep or quotes of its own) is quoted.
+    Anything else is returned unchanged.
+    """
+    key, sep, value = override.partition("=")
+    if (sep and key in _INPUT_KEYS and "[" in value[1:] and not value.startswith("[")
+            and not any(c in value for c in ",'\"")):
+        return f"{key}='{value}'"
+    return override
+
+
 def run(argv: list[str]) -> int:
     """Run ``lipoframe run ARGS`` through Hydra; returns the exit code."""
     import hydra
@@ -216,6 +233,8 @@ def run(argv: list[str]) -> int:
     pm, registry = prepare_hydra()
     multirun = any(a in ("-m", "--multirun") for a in argv)
     flags, overrides = split_argv(argv)
+    argv = [quote_input_glob(a) if a in overrides else a for a in argv]
+    overrides = [quote_input_glob(o) for o in overrides]
     shown = [f for f in flags if f in ("--cfg", "-c", "--info", "-i", "--shell-completion", "-sc")]
     if multirun and shown:
         # Hydra refuses the combination with a traceback; say it in one line.

@@ -158,6 +158,21 @@ def test_inputs_as_file_folder_and_glob_in_one_run(tmp_path, run_cli):
     assert set(picked(out_dir)["micrograph"]) == {"mic_0", "mic_1", "mic_2", "other"}
 
 
+def test_a_glob_with_a_character_class_needs_no_hydra_quotes(tmp_path, run_cli):
+    from lipoframe.app import quote_input_glob
+
+    for i in range(3):
+        write_mrc(tmp_path / "a" / f"mic_{i}.mrc", tiny_image(seed=i)[0])
+    # What the shell passes for input='/data/mic_[02].mrc': Hydra alone reads a list in it.
+    code, _, err = run_cli("run", f"input={tmp_path}/a/mic_[02].mrc", f"output={tmp_path / 'out'}", *TINY_ARGS)
+    assert code == 0, err
+    assert set(picked(tmp_path / "out")["micrograph"]) == {"mic_0", "mic_2"}
+    # Lists, sweeps and values quoted for Hydra are left as they are.
+    for kept in ("input=[a.mrc,b.mrc]", "input=a_[0].mrc,b.mrc", "input='a_[0].mrc'", "dmin=[1]", "input=a.mrc"):
+        assert quote_input_glob(kept) == kept
+    assert quote_input_glob("+input=d/m_[0-9].mrc") == "+input='d/m_[0-9].mrc'"
+
+
 def test_unreadable_files_give_one_message_each_and_the_run_goes_on(tiny_mrcs, tmp_path, run_cli):
     import tifffile
 
