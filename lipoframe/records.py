@@ -9,7 +9,7 @@ from typing import Any, Callable, Hashable, Optional
 
 import numpy as np
 
-from lipoframe.algorithms.pyramid import block_mean
+from lipoframe.algorithms.pyramid import block_mean, typical_level
 
 
 class InputError(Exception):
@@ -100,7 +100,8 @@ class Micrograph:
         Returns
         -------
         out : (M // factor, N // factor) ndarray of float32
-            Block means of the polarity-corrected image. Element ``[i, j]``
+            Block means of the polarity-corrected image, less its typical
+            value (:attr:`level`; negated too for dark particles). Element ``[i, j]``
             has its centre at full-resolution ``((i + 0.5) * factor - 0.5,
             (j + 0.5) * factor - 0.5)``.
         """
@@ -115,12 +116,21 @@ class Micrograph:
             elif self._parent is not None:
                 binned = np.asarray(self._transform(self._parent.signal(factor), factor), dtype=np.float32)
             else:
-                binned = block_mean(self.image, factor)
+                binned = block_mean(self.image, factor, offset=self.level)
                 if self.polarity == "dark":
                     np.negative(binned, out=binned)
             binned.setflags(write=False)
             self._cache[factor] = binned
         return self._cache[factor]
+
+    @property
+    def level(self) -> float:
+        """The image's typical value (:func:`~lipoframe.algorithms.pyramid.typical_level`), which :meth:`signal` subtracts.
+
+        Only differences of pixel values carry information; removing the
+        level keeps float32 precise for integer counts or a large offset.
+        """
+        return self.derived(("Micrograph.level",), lambda: typical_level(self.image))
 
     def derived(self, key: Hashable, compute: Callable[[], Any]) -> Any:
         """``compute()``, worked out once for this micrograph per ``key``.

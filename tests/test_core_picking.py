@@ -111,6 +111,26 @@ def test_bright_polarity_is_the_negative_image():
     pd.testing.assert_frame_equal(dark, bright)
 
 
+@pytest.mark.parametrize("level", [3e4, 1e6])
+def test_a_constant_level_does_not_change_the_picks(level):
+    """Integer counts or an offset detector put the image far from 0: only
+    differences of pixel values matter, and float32 must not lose them."""
+    image, _ = small_scene()
+    image = image.astype(np.float64)
+    picks = lipoframe.pick(image, dmin=60, dmax=200, units="px")
+    raised = lipoframe.pick(image + level, dmin=60, dmax=200, units="px")
+    assert int(picks["accepted"].sum()) >= 1 and len(raised) == len(picks)
+    for col in ("x_px", "y_px", "diameter_px", "score"):
+        np.testing.assert_allclose(raised[col], picks[col], rtol=1e-4, atol=1e-3, err_msg=col)
+    np.testing.assert_array_equal(raised["accepted"], picks["accepted"])
+    # The same counts as uint16 (a common TIFF type) give the same picks too.
+    counts = np.round((image - image.mean()) / image.std() * 200 + 30000).astype(np.uint16)
+    a = lipoframe.pick(counts, dmin=60, dmax=200, units="px")
+    b = lipoframe.pick(counts.astype(np.float32) - np.float32(30000), dmin=60, dmax=200, units="px")
+    np.testing.assert_allclose(a["x_px"], b["x_px"], atol=1e-3)
+    np.testing.assert_array_equal(a["accepted"], b["accepted"])
+
+
 def test_pick_needs_a_pixel_size_for_angstroms():
     image, _ = small_scene()
     with pytest.raises(Exception, match="pixel_size"):

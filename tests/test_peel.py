@@ -116,13 +116,15 @@ def test_micrograph_with_transform_transforms_what_is_binned_from_the_image():
         return signal + factor
 
     other = mic.with_transform(plus_factor)
-    np.testing.assert_allclose(other.signal(2), -block_mean(image, 2) + 2, rtol=1e-6, atol=1e-6)
+    # signal() takes the image's typical level off (a median of its pixels)
+    assert mic.level == pytest.approx(np.median(image), abs=0.05)
+    np.testing.assert_allclose(other.signal(2), -(block_mean(image, 2) - mic.level) + 2, rtol=1e-6, atol=1e-6)
     # coarser: block means of the transformed finer level, not transformed again
-    np.testing.assert_allclose(other.signal(8), -block_mean(image, 8) + 2, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(other.signal(8), -(block_mean(image, 8) - mic.level) + 2, rtol=1e-5, atol=1e-5)
     assert calls == [2]
-    np.testing.assert_allclose(other.signal(3), -block_mean(image, 3) + 3, rtol=1e-6, atol=1e-6)  # not a multiple of 2
+    np.testing.assert_allclose(other.signal(3), -(block_mean(image, 3) - mic.level) + 3, rtol=1e-6, atol=1e-6)  # not a multiple of 2
     assert calls == [2, 3]
-    np.testing.assert_allclose(mic.signal(2), -block_mean(image, 2), rtol=1e-6, atol=1e-6)  # the original is untouched
+    np.testing.assert_allclose(mic.signal(2), -(block_mean(image, 2) - mic.level), rtol=1e-6, atol=1e-6)  # the original is untouched
 
 
 def test_micrograph_signal_bins_from_the_full_resolution_copy():
@@ -130,7 +132,7 @@ def test_micrograph_signal_bins_from_the_full_resolution_copy():
     image = np.random.default_rng(1).standard_normal((64, 64)).astype(np.float32)
     mic = Micrograph(meta=MicrographMeta("m", "", image.shape, 1.0), image=image, polarity="dark")
     mic.signal(1)
-    np.testing.assert_allclose(mic.signal(4), -block_mean(image, 4), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(mic.signal(4), -(block_mean(image, 4) - mic.level), rtol=1e-6, atol=1e-6)
     other = mic.with_transform(lambda signal, factor: np.zeros_like(signal))
     other.signal(1)
     assert np.array_equal(other.signal(4), np.zeros((16, 16)))

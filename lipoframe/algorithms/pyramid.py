@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 
-def block_mean(image: np.ndarray, factor: int) -> np.ndarray:
+def block_mean(image: np.ndarray, factor: int, *, offset: float = 0.0) -> np.ndarray:
     """Average non-overlapping ``factor``-sized blocks of an image or volume.
 
     Parameters
@@ -18,6 +18,10 @@ def block_mean(image: np.ndarray, factor: int) -> np.ndarray:
     factor : int
         Block edge length (>= 1). Trailing rows/columns that do not fill a
         whole block are dropped.
+    offset : float
+        Subtracted from every pixel (in float64) before the float32 sums:
+        with the image's typical level, a large constant level (integer
+        counts, an offset detector) does not eat float32's precision.
 
     Returns
     -------
@@ -39,12 +43,14 @@ def block_mean(image: np.ndarray, factor: int) -> np.ndarray:
     if image.ndim not in (2, 3):
         raise ValueError(f"image must be 2D or 3D, got {image.ndim}D")
     if factor == 1:
+        if offset:
+            return np.subtract(image, offset, dtype=np.float64).astype(np.float32)
         return np.array(image, dtype=np.float32, copy=True)
     out_shape = tuple(s // factor for s in image.shape)
     if min(out_shape) < 1:
         raise ValueError(f"image of shape {image.shape} is smaller than one block of {factor}")
     if image.ndim == 3:
-        planes = [block_mean(image[p * factor + q], factor) for p in range(out_shape[0]) for q in range(factor)]
+        planes = [block_mean(image[p * factor + q], factor, offset=offset) for p in range(out_shape[0]) for q in range(factor)]
         stack = np.stack(planes).reshape(out_shape[0], factor, *out_shape[1:])
         return stack.mean(axis=1, dtype=np.float32).astype(np.float32, copy=False)
     mb, nb = out_shape
@@ -55,7 +61,8 @@ def block_mean(image: np.ndarray, factor: int) -> np.ndarray:
     band = max(1, (1 << 20) // max(1, nb * factor * factor))
     for r0 in range(0, mb, band):
         r1 = min(mb, r0 + band)
-        block = np.asarray(image[r0 * factor : r1 * factor, : nb * factor], dtype=np.float32)
+        block = image[r0 * factor : r1 * factor, : nb * factor]
+        block = np.subtract(block, offset, dtype=np.float64).astype(np.float32) if offset else np.asarray(block, dtype=np.float32)
         # Adding the `factor` strided slices is ~4x faster than a reshape-sum
         # over a short inner axis (numpy vectorises the elementwise adds).
         cols = block[:, 0::factor].copy()
@@ -67,6 +74,19 @@ def block_mean(image: np.ndarray, factor: int) -> np.ndarray:
         out[r0:r1] = rows
     out *= np.float32(1.0 / (factor * factor))
     return out
+
+
+def typical_level(image: np.ndarray, *, samples: int = 1 << 16) -> float:
+    """The median of about ``samples`` pixels of ``image`` on a regular grid (float64).
+
+    A level to subtract before float32 arithmetic (see :func:`block_mean`);
+    reads only the sampled rows of a memory-mapped file. 0.0 for an image
+    whose sampled pixels are not all finite (the runner reports those).
+    """
+    steps = [max(1, int(round((np.prod(image.shape) / samples) ** (1.0 / image.ndim))))] * image.ndim
+    sample = np.asarray(image[tuple(slice(None, None, s) for s in steps)], dtype=np.float64)
+    level = float(np.median(sample)) if sample.size else 0.0
+    return level if math.isfinite(level) else 0.0
 
 
 def pow2_floor(x: float) -> int:
