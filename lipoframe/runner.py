@@ -789,7 +789,7 @@ def run_job(job: MicJob, cfg: LipoframeConfig | None = None, stages: StageSet | 
     t0 = time.perf_counter()
     source = source_stamp(job.path)
     try:
-        if job.resume:
+        if job.resume and source is not None:  # a missing input is read (and fails), never resumed
             done = load_work(job.out_dir, job.name, job.fingerprint, source=source)
             if done is not None:
                 picks = done[1]
@@ -1364,7 +1364,8 @@ def run_jobs(jobs: list[MicJob], cfg: LipoframeConfig, stages: StageSet, *, prog
 
     def saved(job: MicJob, status: str) -> MicResult | None:
         """The job's current saved result (same settings, input file and version), if any."""
-        done = load_work(job.out_dir, job.name, job.fingerprint, source=source_stamp(job.path), version=__version__)
+        stamp = source_stamp(job.path)
+        done = None if stamp is None else load_work(job.out_dir, job.name, job.fingerprint, source=stamp, version=__version__)
         if done is None:
             return None
         picks = done[1]

@@ -131,3 +131,19 @@ def test_results_of_another_lipoframe_version_are_redone(done_run):
     marker.write_text(json.dumps(info))
     again = run(inp, out)
     assert statuses(again) == {"mic_000": "skipped", "mic_001": "ok", "mic_002": "skipped"}
+
+
+def test_a_named_input_that_was_deleted_fails_instead_of_resuming(tmp_path):
+    import pandas as pd
+
+    mine = tmp_path / "in"
+    write_set(mine, 2)
+    run_out = tmp_path / "out"
+    spec = f"input=[{mine / 'mic_000.mrc'},{mine / 'mic_001.mrc'}]"
+    first = run_pipeline(compose_config([spec, "runner.workers=1", *RUN_ARGS])[1], run_out)
+    assert set(statuses(first).values()) == {"ok"}
+    (mine / "mic_001.mrc").unlink()
+    again = run_pipeline(compose_config([spec, "runner.workers=1", *RUN_ARGS])[1], run_out)
+    assert statuses(again) == {"mic_000": "skipped", "mic_001": "failed"}
+    assert "file not found" in next(r.error for r in again.results if r.name == "mic_001")
+    assert set(pd.read_csv(run_out / "picks.csv")["micrograph"]) == {"mic_000"}
