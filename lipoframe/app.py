@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from lipoframe.config import ConfigError, config_dir, store_schema, to_run_config
+from lipoframe.config import ConfigError, LipoframeConfig, config_dir, store_schema, to_run_config
 
 log = logging.getLogger("lipoframe")
 
@@ -77,7 +77,6 @@ def _did_you_mean(exc: BaseException) -> str:
     import dataclasses
     import difflib
 
-    from lipoframe.config import LipoframeConfig
     from lipoframe.stages import KINDS, MULTI_KINDS
 
     key, node = getattr(exc, "key", None), getattr(exc, "object_type", None)
@@ -127,8 +126,13 @@ def _stage_options(group: str, exc: BaseException) -> str:
     return ", ".join(options) or "none"
 
 
-def validate_overrides(overrides: list[str]) -> None:
+def validate_overrides(overrides: list[str]) -> LipoframeConfig:
     """Compose and validate the config once, so errors appear before any work.
+
+    Returns
+    -------
+    cfg : LipoframeConfig
+        The validated configuration.
 
     Raises
     ------
@@ -144,11 +148,31 @@ def validate_overrides(overrides: list[str]) -> None:
     try:
         with initialize_config_dir(version_base="1.3", config_dir=str(config_dir()), job_name="lipoframe"):
             cfg = compose("config", overrides=plain)
-        check_retry_suppressed(to_run_config(cfg).retry_suppressed, registry)
+        run_cfg = to_run_config(cfg)
+        check_retry_suppressed(run_cfg.retry_suppressed, registry)
+        return run_cfg
     except ConfigError:
         raise
     except Exception as exc:  # noqa: BLE001 - Hydra raises many types; all become one line
         raise ConfigError(format_config_error(exc)) from exc
+
+
+def override_notes(cfg: LipoframeConfig, overrides: list[str]) -> list[str]:
+    """Notes on options the user set that cannot change the result in this configuration."""
+    from lipoframe.algorithms.nms import containment_distance
+    from lipoframe.builtin.nms import SizeAwareParams
+
+    notes = []
+    given = {o.lstrip("+").split("=", 1)[0] for o in overrides}
+    nms = cfg.nms
+    if "nms.beta" in given and isinstance(nms, SizeAwareParams) and nms.max_containment < 1:
+        reach = containment_distance(nms.max_containment)
+        if nms.beta < reach:
+            notes.append(
+                f"nms.beta={nms.beta:g} changes nothing while nms.max_containment={nms.max_containment:g}: circles whose "
+                f"centres are closer than {reach:.2f} radii overlap by more than {nms.max_containment:g} of the smaller "
+                "and are suppressed anyway (tune nms.max_containment, or set it to 1 for the plain beta rule)")
+    return notes
 
 
 def sweep_jobs(overrides: list[str], *, limit: int = 256) -> list[list[str]] | None:
@@ -247,13 +271,17 @@ def run(argv: list[str]) -> int:
     if not info_only and not own_config:
         # Every job's config is checked before the first one starts.
         jobs = sweep_jobs(overrides) if multirun else [overrides]
+        notes: list[str] = []
         for job in jobs or []:
             try:
-                validate_overrides(job)
+                job_cfg = validate_overrides(job)
             except ConfigError as exc:
                 where = f" (job {' '.join(job)})" if multirun else ""
                 print(f"lipoframe: config error: {exc}{where}", file=sys.stderr)
                 return 2
+            notes += [n for n in override_notes(job_cfg, job) if n not in notes]
+        for note in notes:
+            print(f"lipoframe: note: {note}", file=sys.stderr)
     output = next((o.split("=", 1)[1] for o in overrides if o.startswith("output=")), None)
     if output and not any(o.startswith(("hydra.run.dir=", "hydra.sweep.dir=")) for o in overrides):
         try:

@@ -12,7 +12,7 @@ import sys
 
 #: name -> (target, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("lipoframe.app:run", "pick micrographs (Hydra overrides: input=... output=... detector=log nms.beta=0.6)"),
+    "run": ("lipoframe.app:run", "pick micrographs (Hydra overrides: input=... output=... detector=log nms.max_containment=0.3)"),
     "plugins": ("lipoframe.cli:cmd_plugins", "list installed plugins and the stages each provides"),
     "stages": ("lipoframe.cli:cmd_stages", "list stages with their parameters, types and defaults: stages [KIND]"),
     "plan": ("lipoframe.plancmd:main", "recompute size bins and the extraction plan from a run's picks, no re-picking: plan RUN_DIR binning=kmeans"),

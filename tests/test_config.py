@@ -206,3 +206,22 @@ def test_own_config_folder_with_hydra_flags(tiny_mrcs, tmp_path, run_cli):
     assert "dmin: 35.0" in saved and "beta: 0.7" in saved
     code, _, err = run_cli("run", "-cd", str(tmp_path / "presets"), "+lab=small", "nms.beta=0", f"input={tiny_mrcs[0]}", f"output={tmp_path / 'bad'}", *TINY_ARGS)
     assert code == 2 and "nms.beta must be in (0, 2]" in err
+
+
+@pytest.mark.parametrize(
+    ("overrides", "noted"),
+    [
+        (["nms.beta=0.6"], True),  # containment 0.4 already suppresses within 0.98 radii
+        (["nms.beta=1.2"], False),
+        (["nms.beta=0.6", "nms.max_containment=1"], False),  # the plain beta rule
+        (["nms.max_containment=0.3"], False),  # beta not set by the user
+        (["nms=overlap"], False),
+    ],
+)
+def test_a_beta_that_cannot_change_the_result_gets_a_note(overrides, noted):
+    from lipoframe.app import override_notes
+
+    notes = override_notes(validate_overrides(overrides), overrides)
+    assert bool(notes) == noted
+    if noted:
+        assert notes[0].startswith("nms.beta=0.6 changes nothing while nms.max_containment=0.4")

@@ -176,6 +176,37 @@ def circle_overlap(r1: np.ndarray, r2: np.ndarray, d: np.ndarray) -> np.ndarray:
     return out
 
 
+def containment_distance(max_containment: float) -> float:
+    """Centre distance, in units of the larger radius, within which two
+    circles always overlap by more than ``max_containment`` of the smaller.
+
+    Equal circles are the worst case for a circle whose centre lies inside
+    the other (the share of it covered only grows as it shrinks), so the
+    distance is the equal circles' one, at most 1 (beyond, a small enough
+    circle is not covered at all). With ``max_containment`` < 1 in
+    :func:`size_aware_nms`, a ``beta`` below this distance suppresses
+    nothing the containment test does not (0.984 for the default 0.4);
+    with ``max_containment=1`` it is 0.
+
+    Examples
+    --------
+    >>> round(containment_distance(0.4), 3)
+    0.984
+    """
+    if not 0 < max_containment <= 1:
+        raise ValueError(f"max_containment must be in (0, 1], got {max_containment}")
+    if max_containment == 1:
+        return 0.0
+    lo, hi = 0.0, 2.0  # the equal circles' shared fraction falls from 1 to 0 over [0, 2]
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        if circle_overlap(1.0, 1.0, mid) / np.pi > max_containment:
+            lo = mid
+        else:
+            hi = mid
+    return min(lo, 1.0)
+
+
 def overlap_nms(
     xy: np.ndarray,
     radius: np.ndarray,
