@@ -341,7 +341,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("overrides", nargs="*", help="dataset-level options: binning=<name> binning.<param>=<value> writer=[...]")
     ap.add_argument("--report", action="store_true", help="also rewrite report.html and the overlays (reads the micrographs)")
     ap.add_argument("--json", action="store_true", help="print the plan as JSON")
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)  # options before or after the overrides
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="lipoframe: %(message)s", stream=sys.stderr)
     try:

@@ -329,6 +329,8 @@ def test_plan_command_recomputes_from_saved_picks(tmp_path, run_cli):
     assert len(table) == 1000 and sorted(table[schema.SIZE_BIN].unique()) == [0, 1, 2]
     code, out, _ = run_cli("plan", run, "binning=kmeans", "--json")
     assert code == 0 and json.loads(out)["policy"] == "kmeans"
+    code, out, _ = run_cli("plan", run, "--json", "binning=quantile")  # options before the overrides too
+    assert code == 0 and json.loads(out)["policy"] == "quantile"
 
 
 def test_plan_command_refuses_picking_options_and_bad_folders(tmp_path, run_cli):
