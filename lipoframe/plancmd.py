@@ -310,8 +310,13 @@ def replan(run_dir: str | Path, overrides: list[str] = (), *, report: bool = Fal
     composed, cfg = compose(combine_overrides(saved_overrides(saved, choices, registry), user))
     names, results = run_micrographs(run_dir)
     stages = build_stages(cfg, registry)
+    try:
+        picking = json.loads((run_dir / "run_summary.json").read_text())
+    except (OSError, ValueError):
+        picking = None
     with output_folder(run_dir):
-        result = finish_run(run_dir, names, results, stages, cfg, pm=pm, t0=t0, errors=[], notes=[], workers=1)
+        result = finish_run(run_dir, names, results, stages, cfg, pm=pm, t0=t0, errors=[], notes=[], workers=1,
+                            picking=picking if isinstance(picking, dict) else None)
         removed = _remove_stale_bin_files(run_dir, result.files) if result.plan is not None else []
         if removed:
             log.info("removed %d coordinate file(s) of the previous plan under bins/", len(removed))

@@ -1292,6 +1292,8 @@ class RunResult:
     notes: list[str] = field(default_factory=list)
     interrupted: bool = False
     workers: int = 1
+    #: Micrographs of the run, including those an interruption left undone (default: ``len(results)``).
+    n_micrographs: int | None = None
 
     @property
     def failed(self) -> list[MicResult]:
@@ -1322,10 +1324,11 @@ class RunResult:
         return {
             "out_dir": str(self.out_dir),
             "micrographs": {
-                "total": len(self.results),
+                "total": max(len(self.results), self.n_micrographs or 0),
                 "ok": len(picked),
                 "skipped": sum(r.status == "skipped" for r in self.results),
                 "failed": len(self.failed),
+                "not_done": max(0, (self.n_micrographs or 0) - len(self.results)),
             },
             "picks": {"total": int(len(self.picks)), "accepted": acc, "rejected": self._rejected_by_reason(),
                       "retried_accepted": self._accepted_with(schema.RETRIED),
@@ -1415,6 +1418,10 @@ def run_jobs(jobs: list[MicJob], cfg: LipoframeConfig, stages: StageSet, *, prog
     return results, interrupted
 
 
+#: Keys of ``run_summary.json`` that describe the picking, kept by ``lipoframe plan``.
+PICKING_SUMMARY = ("out_dir", "micrographs", "failures", "interrupted", "workers", "peak_rss_mb", "micrographs_per_s", "seconds")
+
+
 def finish_run(
     out_dir: Path,
     names: list[str],
@@ -1429,9 +1436,15 @@ def finish_run(
     interrupted: bool = False,
     workers: int = 1,
     finalize: bool = True,
+    picking: dict | None = None,
 ) -> RunResult:
     """Collect the saved per-micrograph results of ``names``, run the dataset-level
-    stages (unless ``finalize`` is false) and write ``run_summary.json``."""
+    stages (unless ``finalize`` is false) and write ``run_summary.json``.
+
+    ``picking``: the ``run_summary.json`` of the run that picked the
+    micrographs, when only the dataset-level stages run again
+    (``lipoframe plan``): its micrograph counts, timings and folder are kept.
+    """
     order = {n: i for i, n in enumerate(names)}
     results.sort(key=lambda r: order.get(r.name, len(order)))
     good = [r.name for r in results if r.status in ("ok", "skipped")]
@@ -1452,8 +1465,12 @@ def finish_run(
             errors.append(msg.splitlines()[0])
             log.error(msg)
         notes = notes + pixel_size_notes(metas) + range_notes_for(picks, metas, cfg)
-    result = RunResult(out_dir, results, picks, plan, files, time.perf_counter() - t0, errors, notes, interrupted, workers)
+    result = RunResult(out_dir, results, picks, plan, files, time.perf_counter() - t0, errors, notes, interrupted, workers,
+                       n_micrographs=len(names))
     summary = result.summary()
+    if picking:
+        kept = {k: picking[k] for k in PICKING_SUMMARY if k in picking}
+        summary = {**summary, **kept, "replanned_seconds": summary["seconds"]}
     write_text(out_dir / "run_summary.json", json.dumps(summary, indent=2))
     if pm is not None and finalize:
         pm.hook.lipoframe_run_end(out_dir=out_dir, summary=summary)

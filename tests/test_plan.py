@@ -355,6 +355,7 @@ def test_plan_after_a_real_run_replaces_the_per_bin_files(tiny_mrcs, tmp_path, r
     first = json.loads((out / "extraction_plan.json").read_text())
     assert first["policy"] == "quantile" and len(first["bins"]) == 2
     assert (out / "bins" / "bin2").is_dir()
+    picked = json.loads((out / "run_summary.json").read_text())
     # the run's own settings come back from .hydra: same plan
     code, stdout, err = run_cli("plan", out)
     assert code == 0, err
@@ -366,6 +367,12 @@ def test_plan_after_a_real_run_replaces_the_per_bin_files(tiny_mrcs, tmp_path, r
     assert not (out / "bins" / "bin2").exists()
     md = (out / "extraction_plan.md").read_text()
     assert "bin 2" not in md and "`single`" in md
+    # run_summary.json still describes the picking (not "skipped" micrographs and no timing), with the new bins
+    replanned = json.loads((out / "run_summary.json").read_text())
+    for key in ("out_dir", "micrographs", "workers", "peak_rss_mb", "micrographs_per_s", "seconds"):
+        assert replanned[key] == picked[key], key
+    assert picked["micrographs"]["ok"] == len(tiny_mrcs) and picked["micrographs"]["not_done"] == 0
+    assert len(replanned["bins"]) == 1 and replanned["replanned_seconds"] > 0
 
 
 @pytest.mark.parametrize(("extract", "warned"), [(2.2, False), (1.0, False), (0.011, True)])

@@ -305,6 +305,7 @@ def test_ctrl_c_keeps_finished_work_and_says_how_to_continue(tmp_path, sig):
     assert "2 of 3 micrographs are done and saved; run the same command again to continue" in err
     summary = json.loads((out / "run_summary.json").read_text())
     assert summary["interrupted"] is True and summary["micrographs"]["ok"] == 2
+    assert summary["micrographs"]["total"] == 3 and summary["micrographs"]["not_done"] == 1
     assert not (out / "picks.csv").exists()  # no dataset-level outputs from a partial run
 
 
