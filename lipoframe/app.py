@@ -272,6 +272,7 @@ def run(argv: list[str]) -> int:
         # Every job's config is checked before the first one starts.
         jobs = sweep_jobs(overrides) if multirun else [overrides]
         notes: list[str] = []
+        resolved_output = None
         for job in jobs or []:
             try:
                 job_cfg = validate_overrides(job)
@@ -280,17 +281,21 @@ def run(argv: list[str]) -> int:
                 print(f"lipoframe: config error: {exc}{where}", file=sys.stderr)
                 return 2
             notes += [n for n in override_notes(job_cfg, job) if n not in notes]
+            resolved_output = resolved_output or job_cfg.output
         for note in notes:
             print(f"lipoframe: note: {note}", file=sys.stderr)
     output = next((o.split("=", 1)[1] for o in overrides if o.startswith("output=")), None)
     if output and not any(o.startswith(("hydra.run.dir=", "hydra.sweep.dir=")) for o in overrides):
+        # The folder as Hydra will make it: quotes removed, ${...} resolved.
+        folder = Path(resolved_output) if (not info_only and not own_config and resolved_output) else None
         try:
-            Path(output).mkdir(parents=True, exist_ok=True)
-            probe = Path(output) / f".lipoframe-write-test-{os.getpid()}"
-            probe.write_text("")
-            probe.unlink()
+            if folder is not None:
+                folder.mkdir(parents=True, exist_ok=True)
+                probe = folder / f".lipoframe-write-test-{os.getpid()}"
+                probe.write_text("")
+                probe.unlink()
         except OSError as exc:
-            print(f"lipoframe: {output}: cannot create or write the output folder ({exc.strerror or exc})", file=sys.stderr)
+            print(f"lipoframe: {folder}: cannot create or write the output folder ({exc.strerror or exc})", file=sys.stderr)
             return 1
         argv = argv + ([f"hydra.sweep.dir={output}"] if multirun else [f"hydra.run.dir={output}"])
 

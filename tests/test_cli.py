@@ -173,6 +173,20 @@ def test_a_glob_with_a_character_class_needs_no_hydra_quotes(tmp_path, run_cli):
     assert quote_input_glob("+input=d/m_[0-9].mrc") == "+input='d/m_[0-9].mrc'"
 
 
+@pytest.mark.parametrize("how", ["quoted", "interpolated"])
+def test_an_output_folder_given_quoted_or_interpolated_leaves_no_stray_folder(tiny_mrcs, tmp_path, run_cli, monkeypatch, how):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("LIPOFRAME_TEST_ROOT", str(tmp_path))
+    out = tmp_path / ("out dir ü" if how == "quoted" else "out_env")
+    spec = f"output='{out}'" if how == "quoted" else "output=${oc.env:LIPOFRAME_TEST_ROOT}/out_env"
+    code, _, err = run_cli("run", f"input={tiny_mrcs[0]}", spec, *TINY_ARGS)
+    assert code == 0, err
+    assert (out / "picks.csv").is_file()
+    assert list(cwd.iterdir()) == []  # the write check used the folder Hydra makes, not the raw text
+
+
 def test_unreadable_files_give_one_message_each_and_the_run_goes_on(tiny_mrcs, tmp_path, run_cli):
     import tifffile
 
