@@ -268,7 +268,9 @@ def check_image(mic: Micrograph, ctx: PickContext) -> None:
     # every coarser level is then averaged from it, so the file is read once.
     factor = pow2_floor(ctx.dmin_px / 32.0)
     small = mic.signal(factor)
-    if not np.all(np.isfinite(small)):
+    # The rows and columns that do not fill a whole block are not in `small`.
+    edges = [mic.image[(slice(None),) * axis + (slice(size // factor * factor, None),)] for axis, size in enumerate(mic.shape)]
+    if not np.all(np.isfinite(small)) or not all(np.all(np.isfinite(e)) for e in edges if e.size):
         raise InputError(f"{where}: image contains NaN or infinite pixels")
     if float(small.std()) == 0.0 and float(np.ptp(np.asarray(mic.image[:64, :64], dtype=np.float32))) == 0.0:
         raise InputError(f"{where}: image is constant (no contrast)")

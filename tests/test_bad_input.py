@@ -193,3 +193,17 @@ def test_a_stage_error_that_names_the_file_names_it_once(tmp_path):
     assert res.status == "failed"
     assert res.error.startswith(f"{path}: filter.min_size.min_diameter is in Å but the pixel size is unknown"), res.error
     assert res.error.count(str(path)) == 1 and "filter.min_size.units=px" in res.error, res.error
+
+
+@pytest.mark.parametrize("where", ["last_row", "last_column", "inside"])
+def test_a_nan_in_rows_or_columns_left_out_of_the_binning_is_found(where):
+    from lipoframe.records import InputError, Micrograph, MicrographMeta, PickContext
+    from lipoframe.runner import check_image
+
+    img = image(3)[:383, :381].copy()  # not a multiple of the check's binning (4 here)
+    spot = {"last_row": (382, 50), "last_column": (50, 380), "inside": (50, 50)}[where]
+    img[spot] = np.nan
+    mic = Micrograph(meta=MicrographMeta("m", "m.mrc", img.shape, 1.0), image=img)
+    ctx = PickContext(dmin_px=128, dmax_px=300, polarity="dark", pixel_size=1.0, seed=0)
+    with pytest.raises(InputError, match="NaN or infinite"):
+        check_image(mic, ctx)
