@@ -249,7 +249,7 @@ def pick_context(meta: MicrographMeta, cfg: LipoframeConfig) -> PickContext:
     else:
         if meta.pixel_size is None or not meta.pixel_size > 0:
             raise InputError(
-                f"{meta.path}: pixel size is missing from the header; give pixel_size=<Å/px> or use units=px"
+                f"{meta.path or meta.name}: pixel size is missing from the header; give pixel_size=<Å/px> or use units=px"
             )
         dmin, dmax = cfg.dmin / meta.pixel_size, cfg.dmax / meta.pixel_size
     return PickContext(dmin_px=dmin, dmax_px=dmax, polarity=cfg.polarity, pixel_size=meta.pixel_size, seed=cfg.seed, export_rejected=cfg.export_rejected)
@@ -1635,12 +1635,26 @@ def format_summary(summary: dict) -> str:
 # Python API
 # ---------------------------------------------------------------------------
 def _params(registry: StageRegistry, kind: str, spec: Any, overrides: dict | None) -> Any:
+    """The Params of the ``kind`` stage ``spec`` (a name, or Params already made)."""
     if spec is None:
         return None
     if not isinstance(spec, str):
+        from lipoframe.registry import RegistryError
+
+        try:
+            info = registry.for_params(spec)
+        except RegistryError:
+            raise ValueError(f"{kind}: give a stage name or the Params of a {kind} stage, got {spec!r}") from None
+        if info.kind != kind:
+            raise ValueError(f"{kind}: {type(spec).__name__} are the parameters of {info.kind}/{info.name}, not of a {kind}")
         return spec
     cls = registry.get(kind, spec).cls.Params
     return cls(**(overrides or {}))
+
+
+def _as_names(value: Any) -> tuple:
+    """``"speck"`` as ``("speck",)``: one name is not a sequence of letters."""
+    return (value,) if isinstance(value, str) else tuple(value)
 
 
 def pick(
@@ -1707,6 +1721,16 @@ def pick(
 
     _, registry, _ = plugins.load()
     image = np.asarray(image)
+    if image.dtype.kind not in "biuf":
+        raise ValueError(f"image must hold real numbers, got dtype {image.dtype}")
+    if image.ndim == 3 and image.shape[0] == 1:
+        image = image[0]  # one section, as the MRC reader takes it
+    if image.ndim not in (2, 3):
+        raise ValueError(f"image must be a 2D micrograph (M, N) or a 3D volume, got shape {image.shape}")
+    if units == "A" and pixel_size is None:
+        raise ValueError("pixel_size (Å/px) is needed with units='A'; or give dmin and dmax in pixels with units='px'")
+    filters, retry_suppressed = _as_names(filters), _as_names(retry_suppressed)
+    check_retry_suppressed(retry_suppressed, registry)
     cfg = LipoframeConfig(pixel_size=pixel_size, dmin=dmin, dmax=dmax, units=units, polarity=polarity)
     stages = StageSet(
         reader=registry.build(registry.get("reader", "auto").cls.Params()),

@@ -131,6 +131,27 @@ def test_a_constant_level_does_not_change_the_picks(level):
     np.testing.assert_array_equal(a["accepted"], b["accepted"])
 
 
+def test_pick_takes_one_name_as_a_name_and_refuses_what_it_cannot_pick():
+    from lipoframe.builtin.nms import SizeAwareParams
+    from lipoframe.config import ConfigError
+
+    image, _ = small_scene()
+    args = dict(dmin=60, dmax=200, units="px")
+    listed = lipoframe.pick(image, retry_suppressed=["no_edge"], filters=["speck"], **args)
+    pd.testing.assert_frame_equal(lipoframe.pick(image, retry_suppressed="no_edge", filters="speck", **args), listed)
+    pd.testing.assert_frame_equal(lipoframe.pick(image[None], retry_suppressed="no_edge", filters="speck", **args), listed)
+    with pytest.raises(ConfigError, match="'no_egde' is not a reject reason"):
+        lipoframe.pick(image, retry_suppressed="no_egde", **args)
+    with pytest.raises(ValueError, match="detector: SizeAwareParams are the parameters of nms/size_aware"):
+        lipoframe.pick(image, detector=SizeAwareParams(), **args)
+    with pytest.raises(ValueError, match="real numbers, got dtype complex"):
+        lipoframe.pick(image.astype(complex), **args)
+    with pytest.raises(ValueError, match="2D micrograph"):
+        lipoframe.pick(np.zeros(()), **args)
+    with pytest.raises(ValueError, match="real numbers"):
+        lipoframe.pick("image.mrc", **args)
+
+
 def test_pick_needs_a_pixel_size_for_angstroms():
     image, _ = small_scene()
     with pytest.raises(Exception, match="pixel_size"):
