@@ -101,3 +101,45 @@ def test_an_mrc_with_different_x_and_y_pixel_sizes_says_which_it_uses(tmp_path, 
         mic = MrcReader(MrcReaderParams()).read(path)
     assert mic.meta.pixel_size == 4.0
     assert "pixel sizes differ (x 4, y 2 Å/px); using x" in caplog.text
+
+
+@pytest.mark.parametrize("permissive", [False, True])
+@pytest.mark.parametrize(
+    ("nx", "cut", "problem"),
+    [
+        (24, 0, "the header's dimensions, 24 x 32 x 1 in mode 2, do not match the file size: the file is 3072 bytes larger than they describe"),
+        (96, 0, "the header's dimensions, 96 x 32 x 1 in mode 2, do not match the file size: the file is 6144 bytes smaller than they describe"),
+        (48, 100, "the file is 100 bytes smaller than they describe"),
+    ],
+)
+def test_an_mrc_whose_header_does_not_match_its_size_is_refused(tmp_path, nx, cut, problem, permissive):
+    import re
+
+    import mrcfile
+
+    from lipoframe.builtin.readers import MrcReader, MrcReaderParams
+
+    path = tmp_path / "m.mrc"
+    with mrcfile.new(str(path)) as m:
+        m.set_data(np.zeros((32, 48), dtype=np.float32))
+    data = bytearray(path.read_bytes())
+    data[0:4] = np.int32(nx).tobytes()  # nx, little-endian as mrcfile writes it
+    path.write_bytes(bytes(data[: len(data) - cut]))
+    with pytest.raises(InputError, match=f"^{path}: not a readable MRC file \\(.*{re.escape(problem)}"):
+        MrcReader(MrcReaderParams(permissive=permissive)).read(path)
+
+
+def test_permissive_mrc_reading_still_accepts_a_header_without_map_id(tmp_path):
+    import mrcfile
+
+    from lipoframe.builtin.readers import MrcReader, MrcReaderParams
+
+    path = tmp_path / "m.mrc"
+    with mrcfile.new(str(path)) as m:
+        m.set_data(IMAGE)
+    data = bytearray(path.read_bytes())
+    data[208:212] = b"XXXX"  # map ID: mrcfile warns in permissive mode, which is harmless
+    path.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="Map ID"):
+        MrcReader().read(path)
+    np.testing.assert_array_equal(MrcReader(MrcReaderParams(permissive=True)).read(path).image, IMAGE)

@@ -8,6 +8,7 @@ TIFFs on reading (RELION, Warp, napari-boxmanager) can convert.
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +61,30 @@ class AutoReader(Reader):
     summary = "pick the reader from the file suffix"
 
 
+def _check_mrc_size(path: Path, header) -> None:
+    """Refuse an MRC file whose header describes more or less data than the file holds.
+
+    mrcfile only warns when the file is larger, and reads a wrongly shaped image.
+    A mode the reader does not support is left to the caller's message.
+    """
+    import mrcfile.utils
+
+    try:
+        dtype = mrcfile.utils.data_dtype_from_header(header)
+    except ValueError:
+        return
+    shape = mrcfile.utils.data_shape_from_header(header)
+    expected = 1024 + int(header.nsymbt) + dtype.itemsize * math.prod(shape)
+    extra = path.stat().st_size - expected
+    if extra:
+        dims = " x ".join(str(int(n)) for n in (header.nx, header.ny, header.nz))
+        how = f"{extra} bytes larger than they describe" if extra > 0 else f"{-extra} bytes smaller than they describe (truncated?)"
+        raise InputError(
+            f"{path}: not a readable MRC file (the header's dimensions, {dims} in mode {int(header.mode)}, "
+            f"do not match the file size: the file is {how})"
+        )
+
+
 @dataclass
 class MrcReaderParams:
     """MRC/MRCS reader.
@@ -88,7 +113,11 @@ class MrcReader(Reader):
         path = Path(path)
         try:
             with warnings.catch_warnings():
+                # Permissive mode's notes on a non-standard header; a data block that
+                # does not fill the file is refused by _check_mrc_size first.
                 warnings.simplefilter("ignore")
+                with mrcfile.open(str(path), mode="r", permissive=self.params.permissive, header_only=True) as m:
+                    _check_mrc_size(path, m.header)
                 with mrcfile.mmap(str(path), mode="r", permissive=self.params.permissive) as m:
                     mode = int(m.header.mode)
                     data = m.data
