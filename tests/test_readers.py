@@ -143,3 +143,38 @@ def test_permissive_mrc_reading_still_accepts_a_header_without_map_id(tmp_path):
     with pytest.raises(InputError, match="Map ID"):
         MrcReader().read(path)
     np.testing.assert_array_equal(MrcReader(MrcReaderParams(permissive=True)).read(path).image, IMAGE)
+
+
+@pytest.mark.parametrize(
+    ("offset", "value", "shown"),
+    [(28, np.int32(0), "inf"), (40, np.float32(np.inf), "inf"), (40, np.float32(np.nan), "nan"), (40, np.float32(-48.0), "-6")],
+)  # mx = 0 (pixel size cella.x / mx), cella.x = inf, nan or negative
+def test_an_mrc_header_pixel_size_that_is_not_valid_is_treated_as_missing(tmp_path, caplog, offset, value, shown):
+    import mrcfile
+
+    from lipoframe.builtin.readers import MrcReader
+
+    path = tmp_path / "m.mrc"
+    with mrcfile.new(str(path)) as m:
+        m.set_data(IMAGE)
+        m.voxel_size = 2.0
+    data = bytearray(path.read_bytes())
+    data[offset : offset + 4] = value.tobytes()
+    path.write_bytes(bytes(data))
+    with caplog.at_level("WARNING", logger="lipoframe"):
+        assert MrcReader().read(path).meta.pixel_size is None
+    assert f"{path}: pixel size in the header is not valid ({shown}); treated as missing (give pixel_size=<Å/px>)" in caplog.text
+    assert MrcReader().read(path, pixel_size=1.5).meta.pixel_size == 1.5
+
+
+def test_an_mrc_header_without_pixel_size_gives_none_without_a_warning(tmp_path, caplog):
+    import mrcfile
+
+    from lipoframe.builtin.readers import MrcReader
+
+    path = tmp_path / "m.mrc"
+    with mrcfile.new(str(path)) as m:
+        m.set_data(IMAGE)
+    with caplog.at_level("WARNING", logger="lipoframe"):
+        assert MrcReader().read(path).meta.pixel_size is None
+    assert not caplog.text

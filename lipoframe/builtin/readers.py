@@ -28,6 +28,20 @@ def _meta(path: Path, shape, pixel_size, *, flip_y=False) -> MicrographMeta:
     return MicrographMeta(name=path.stem, path=str(path), shape=tuple(int(s) for s in shape), pixel_size=pixel_size, flip_y=flip_y)
 
 
+def _header_pixel_size(path: Path, value: float | None) -> float | None:
+    """The pixel size a header gives, or None when it gives none (0) or one that is not valid.
+
+    A negative or non-finite value (an MRC header with ``mx = 0`` gives inf) is
+    treated as missing, with a warning naming the file.
+    """
+    if value is None or value == 0:
+        return None
+    if not (math.isfinite(value) and value > 0):
+        log.warning("%s: pixel size in the header is not valid (%g); treated as missing (give pixel_size=<Å/px>)", path, value)
+        return None
+    return value
+
+
 def _check_dims(path: Path, data: np.ndarray, dims: int) -> np.ndarray:
     if dims == 2 and data.ndim == 3 and data.shape[0] == 1:
         data = data[0]
@@ -131,7 +145,7 @@ class MrcReader(Reader):
         if mode not in MRC_MODES:
             raise InputError(f"{path}: MRC mode {mode} is not supported (supported: {sorted(MRC_MODES)})")
         data = _check_dims(path, data, self.params.dims)
-        px = pixel_size if pixel_size is not None else (header_px if header_px > 0 else None)
+        px = pixel_size if pixel_size is not None else _header_pixel_size(path, header_px)
         if pixel_size is None and header_px > 0 and header_py > 0 and abs(header_py - header_px) > 0.01 * header_px:
             log.warning("%s: the header's pixel sizes differ (x %g, y %g Å/px); using x (give pixel_size=<Å/px> to choose)", path, header_px, header_py)
         return Micrograph(meta=_meta(path, data.shape, px), image=data)
@@ -200,7 +214,7 @@ class TiffReader(Reader):
         data = _check_dims(path, np.asarray(data), self.params.dims)
         if not np.issubdtype(data.dtype, np.number) or np.iscomplexobj(data):
             raise InputError(f"{path}: unsupported TIFF pixel type {data.dtype}")
-        px = pixel_size if pixel_size is not None else header_px
+        px = pixel_size if pixel_size is not None else _header_pixel_size(path, header_px)
         return Micrograph(meta=_meta(path, data.shape, px, flip_y=True), image=data)
 
 
