@@ -178,3 +178,36 @@ def test_an_mrc_header_without_pixel_size_gives_none_without_a_warning(tmp_path,
     with caplog.at_level("WARNING", logger="lipoframe"):
         assert MrcReader().read(path).meta.pixel_size is None
     assert not caplog.text
+
+
+def _grey_png(tmp_path, mode):
+    """A small PNG saved in ``mode``, and the grey values the reader must return."""
+    from PIL import Image
+
+    grey = np.repeat((np.arange(8, dtype=np.uint8) * 32)[None, :], 6, axis=0)
+    if mode == "P":  # a palette that does not map index i to grey i: 7 - i is drawn in grey 32 * i
+        im = Image.fromarray((7 - grey // 32).astype(np.uint8), mode="P")
+        im.putpalette(np.repeat(np.arange(7, -1, -1, dtype=np.uint8) * 32, 3).tolist())
+        im.info["transparency"] = 0
+    elif mode == "1":
+        im = Image.fromarray(grey >= 128).convert("1")
+        grey = np.where(grey >= 128, 255, 0).astype(np.uint8)
+    elif mode == "I;16":
+        grey = grey.astype(np.uint16) * 257 + 3  # beyond 8 bits
+        im = Image.fromarray(grey)
+    else:  # LA, RGBA: an alpha that must not count
+        im = Image.fromarray(grey).convert(mode)
+        im.putalpha(Image.fromarray(np.full_like(grey, 7)))
+    path = tmp_path / f"m_{mode.replace(';', '')}.png"
+    im.save(path)
+    with Image.open(path) as check:
+        assert check.mode == mode
+    return path, grey
+
+
+@pytest.mark.parametrize("mode", ["P", "1", "LA", "RGBA", "I;16"])
+def test_png_images_are_read_as_grey_values_whatever_their_mode(tmp_path, mode):
+    path, grey = _grey_png(tmp_path, mode)
+    image = ImageReader().read(path, pixel_size=None).image
+    assert image.shape == grey.shape
+    np.testing.assert_array_equal(image, grey)

@@ -220,14 +220,14 @@ class TiffReader(Reader):
 
 @dataclass
 class ImageReaderParams:
-    """PNG/JPEG reader for 8- and 16-bit greyscale (or RGB, averaged) images. No pixel size."""
+    """PNG/JPEG reader: 8- and 16-bit greyscale; colour and palette images are averaged, alpha dropped. No pixel size."""
 
 
 class ImageReader(Reader):
     name = "image"
     Params = ImageReaderParams
     suffixes = (".png", ".jpg", ".jpeg")
-    summary = "8/16-bit PNG or JPEG (RGB is averaged); pixel size must be given"
+    summary = "8/16-bit PNG or JPEG (colour and palette images are averaged); pixel size must be given"
 
     def read(self, path: Path, *, pixel_size: float | None = None) -> Micrograph:
         from PIL import Image
@@ -235,6 +235,10 @@ class ImageReader(Reader):
         path = Path(path)
         try:
             with Image.open(path) as im:
+                if im.mode in ("1", "LA"):
+                    im = im.convert("L")  # bilevel, grey + alpha: the grey values
+                elif not (im.mode in ("L", "F", "RGB", "RGBA") or im.mode.startswith("I")):
+                    im = im.convert("RGB")  # palette (P, PA), CMYK, ...: the colours, averaged below
                 data = np.asarray(im)
         except FileNotFoundError:
             raise InputError(f"{path}: file not found") from None
