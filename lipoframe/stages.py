@@ -22,6 +22,8 @@ writer     ``write(picks, metas, plan, out_dir, ctx) -> list[Path]``   once per 
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -36,6 +38,40 @@ if TYPE_CHECKING:
 KINDS = ("reader", "detector", "nms", "refiner", "filter", "binning", "writer")
 #: Kinds of which several stages can be selected at once (``writer=[csv,star]``).
 MULTI_KINDS = ("filter", "writer")
+
+
+def check_finite(params: Any, section: str, *, infinite: tuple[str, ...] = ()) -> None:
+    """Refuse a NaN or infinite number in any field of a stage's ``Params``.
+
+    Range checks such as ``if x < 1: raise`` let NaN through (every comparison
+    with NaN is false), so each ``__post_init__`` calls this first.
+
+    Parameters
+    ----------
+    params : dataclass instance
+        The stage's parameters; fields that are not numbers (``None``,
+        strings) are skipped.
+    section : str
+        Where the keys live, e.g. ``"detector"`` or ``"filter.score"``; the
+        message names ``section.field``.
+    infinite : tuple of str, optional
+        Fields for which ``inf`` (or ``-inf``) means something; the field's
+        own range check decides which sign. NaN is refused for them too.
+
+    Raises
+    ------
+    ValueError
+        ``"<section>.<field> must be a number, got nan"`` or
+        ``"<section>.<field> must be finite, got inf"``.
+    """
+    for f in dataclasses.fields(params):
+        value = getattr(params, f.name)
+        if not isinstance(value, numbers.Real) or math.isfinite(value):
+            continue
+        if math.isnan(value):
+            raise ValueError(f"{section}.{f.name} must be a number, got nan")
+        if f.name not in infinite:
+            raise ValueError(f"{section}.{f.name} must be finite, got {value}")
 
 
 @dataclass

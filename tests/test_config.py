@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import re
+import typing
+
 import pytest
 
 from conftest import TINY_ARGS
@@ -98,7 +103,26 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("overrides, key, detail", BAD, ids=[" ".join(b[0]) for b in BAD])
+#: NaN and inf in stage parameters: range checks such as ``x < 1`` let NaN through.
+NONFINITE = [
+    (["detector.threshold=nan"], "detector.threshold", "must be a number, got nan"),
+    (["detector.octave_span=nan"], "detector.octave_span", "must be a number, got nan"),
+    (["detector.min_sigma_binned=nan"], "detector.min_sigma_binned", "must be a number, got nan"),
+    (["detector.threshold=inf"], "detector.threshold", "must be finite, got inf"),
+    (["binning.smooth_sigma_bins=nan"], "binning.smooth_sigma_bins", "must be a number, got nan"),
+    (["binning.bin_width_px=inf"], "binning.bin_width_px", "must be finite, got inf"),
+    (["binning.extract_pixel_size=inf"], "binning.extract_pixel_size", "must be finite, got inf"),
+    (["refiner.min_contrast=nan"], "refiner.min_contrast", "must be a number, got nan"),
+    (["refiner.min_contrast=-1"], "refiner.min_contrast", "must be >= 0 and finite (or -inf: no contrast test), got -1.0"),
+    (["refiner.min_contrast=inf"], "refiner.min_contrast", "must be >= 0 and finite"),
+    (["refiner.strong_min_contrast=nan"], "refiner.strong_min_contrast", "must be a number, got nan"),
+    (["refiner.strong_min_contrast=-1"], "refiner.strong_min_contrast", "must be >= 0 and finite"),
+    (["refiner.strong_score=nan"], "refiner.strong_score", "must be a number, got nan"),
+    (["filter=[score]", "filter.score.min_score=nan"], "filter.score.min_score", "must be a number, got nan"),
+]
+
+
+@pytest.mark.parametrize("overrides, key, detail", BAD + NONFINITE, ids=[" ".join(b[0]) for b in BAD + NONFINITE])
 def test_config_error_is_one_line_naming_the_key(overrides, key, detail):
     with pytest.raises(ConfigError) as err:
         validate_overrides(overrides)
@@ -134,13 +158,57 @@ def test_a_bad_value_of_a_known_key_gets_no_suggestion(override):
     assert str(err.value).startswith(override.split("=")[0] + ":") and "did you mean" not in str(err.value)
 
 
+def _float_parameters():
+    """(Params class, key, field) for every float parameter of every built-in stage."""
+    from lipoframe import plugins
+    from lipoframe.stages import MULTI_KINDS
+
+    cases = []
+    for info in plugins.load()[1].stages():
+        if not info.cls.__module__.startswith("lipoframe."):
+            continue
+        section = f"{info.kind}.{info.name}" if info.kind in MULTI_KINDS else info.kind
+        hints = typing.get_type_hints(info.params)
+        for f in dataclasses.fields(info.params):
+            if float in (hints[f.name], *typing.get_args(hints[f.name])):  # float, Optional[float]
+                cases.append(pytest.param(info.params, f"{section}.{f.name}", f.name, id=f"{info.kind}/{info.name}.{f.name}"))
+    return cases
+
+
+FLOAT_PARAMETERS = _float_parameters()
+#: Parameters for which an infinity means something.
+INFINITE_OK = {("refiner.strong_score", math.inf), ("refiner.min_contrast", -math.inf), ("refiner.strong_min_contrast", -math.inf)}
+
+
+def test_the_float_parameters_are_found():
+    keys = {p.values[1] for p in FLOAT_PARAMETERS}
+    assert {"detector.threshold", "refiner.min_contrast", "binning.extract_pixel_size", "filter.score.min_score", "writer.mask.scale"} <= keys
+    assert len(FLOAT_PARAMETERS) > 80
+
+
+@pytest.mark.parametrize("params, key, name", FLOAT_PARAMETERS)
+def test_every_float_parameter_of_the_built_in_stages_refuses_nan(params, key, name):
+    with pytest.raises(ValueError, match=f"^{re.escape(key)} must be a number, got nan$"):
+        params(**{name: math.nan})
+
+
+@pytest.mark.parametrize("value", [math.inf, -math.inf])
+@pytest.mark.parametrize("params, key, name", FLOAT_PARAMETERS)
+def test_every_float_parameter_of_the_built_in_stages_refuses_infinity_unless_it_means_something(params, key, name, value):
+    if (key, value) in INFINITE_OK:
+        assert getattr(params(**{name: value}), name) == value
+    else:
+        with pytest.raises(ValueError, match=f"^{re.escape(key)} must be "):
+            params(**{name: value})
+
+
 def test_unknown_key_without_a_likely_meaning_gets_no_suggestion():
     with pytest.raises(ConfigError) as err:
         validate_overrides(["zzz=1"])
     assert "did you mean" not in str(err.value)
 
 
-@pytest.mark.parametrize("overrides, key, detail", BAD[:8], ids=[" ".join(b[0]) for b in BAD[:8]])
+@pytest.mark.parametrize("overrides, key, detail", BAD[:8] + NONFINITE[:1], ids=[" ".join(b[0]) for b in BAD[:8] + NONFINITE[:1]])
 def test_cli_config_error_before_any_micrograph_is_read(overrides, key, detail, tiny_mrcs, tmp_path, run_cli, monkeypatch):
     import lipoframe.runner
 

@@ -35,7 +35,7 @@ from lipoframe.algorithms import binning as algo
 from lipoframe.hookspecs import hookimpl
 from lipoframe.plan import COSINE_EDGE_WIDTH_PX, OUTLIER_REASON, ExtractionPlan, SizeBin, round_up_box
 from lipoframe.records import MicrographMeta, PickContext
-from lipoframe.stages import Binner, BinningResult
+from lipoframe.stages import Binner, BinningResult, check_finite
 
 log = logging.getLogger("lipoframe")
 
@@ -60,6 +60,7 @@ class BoxParams:
     extract_pixel_size: float | None = None
 
     def __post_init__(self) -> None:
+        check_finite(self, "binning")
         if not 1.4 <= self.pad <= 1.6:
             raise ValueError(f"binning.pad must be in [1.4, 1.6], got {self.pad}")
         if self.rounding not in ROUNDINGS:

@@ -14,7 +14,7 @@ from lipoframe.algorithms.pyramid import pow2_floor, to_full_resolution
 from lipoframe.algorithms.scale_space import detect_blobs
 from lipoframe.hookspecs import hookimpl
 from lipoframe.records import Micrograph, PickContext, length_px
-from lipoframe.stages import Detector
+from lipoframe.stages import Detector, check_finite
 
 THRESHOLD_METHODS = ("mad", "percentile", "absolute")
 
@@ -63,6 +63,7 @@ class BlobParams:
     equalise_borders: bool = True
 
     def __post_init__(self) -> None:
+        check_finite(self, "detector")
         if not 1.0 < self.k <= 2.0:
             raise ValueError(f"detector.k must be in (1, 2], got {self.k}")
         if self.threshold_method not in THRESHOLD_METHODS:
@@ -214,6 +215,7 @@ class MembraneParams:
     ratio: float = 1.04
 
     def __post_init__(self) -> None:
+        check_finite(self, "detector")
         if not self.thickness > 0:
             raise ValueError(f"detector.thickness must be > 0, got {self.thickness}")
         if self.units not in ("A", "px"):

@@ -15,7 +15,7 @@ from scipy.spatial import cKDTree
 from lipoframe import schema
 from lipoframe.hookspecs import hookimpl
 from lipoframe.records import Micrograph, PickContext, length_px
-from lipoframe.stages import Filter
+from lipoframe.stages import Filter, check_finite
 
 
 @dataclass
@@ -30,6 +30,7 @@ class DiameterRangeParams:
     tolerance: float = 0.05
 
     def __post_init__(self) -> None:
+        check_finite(self, "filter.diameter_range")
         if not 0 <= self.tolerance < 1:
             raise ValueError(f"filter.diameter_range.tolerance must be in [0, 1), got {self.tolerance}")
 
@@ -52,6 +53,9 @@ class ScoreParams:
     """Reject picks whose ``score`` is below ``min_score``."""
 
     min_score: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_finite(self, "filter.score")
 
 
 class ScoreFilter(Filter):
@@ -80,6 +84,7 @@ class MinSizeParams:
     units: str = "px"
 
     def __post_init__(self) -> None:
+        check_finite(self, "filter.min_size")
         if self.min_diameter < 0:
             raise ValueError(f"filter.min_size.min_diameter must be >= 0 (0 = dmin), got {self.min_diameter}")
         if self.units not in MIN_SIZE_UNITS:
@@ -126,6 +131,7 @@ class NeighbourOutlierParams:
     units: str = "diameter"
 
     def __post_init__(self) -> None:
+        check_finite(self, "filter.neighbour_outlier")
         if self.min_neighbours < 1:
             raise ValueError(f"filter.neighbour_outlier.min_neighbours must be >= 1, got {self.min_neighbours}")
         if self.max_gap < 0:
@@ -186,6 +192,7 @@ class EdgeParams:
     z: bool = True
 
     def __post_init__(self) -> None:
+        check_finite(self, "filter.edge")
         if self.margin < 0:
             raise ValueError(f"filter.edge.margin must be >= 0, got {self.margin}")
         if self.extra_px < 0:
@@ -290,6 +297,7 @@ class PopulationParams:
     lonely_fraction: float = 0.2
 
     def __post_init__(self) -> None:
+        check_finite(self, "filter.population")
         if not 0 <= self.min_occupancy <= 1:
             raise ValueError(f"filter.population.min_occupancy must be in [0, 1], got {self.min_occupancy}")
         if self.min_support < 1:

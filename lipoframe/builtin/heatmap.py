@@ -22,7 +22,7 @@ from lipoframe import schema
 from lipoframe.algorithms.heatmap import PEAK_SOURCES, heatmap_picks, normalise_heatmap
 from lipoframe.hookspecs import hookimpl
 from lipoframe.records import InputError, Micrograph, PickContext
-from lipoframe.stages import Detector
+from lipoframe.stages import Detector, check_finite
 
 #: Suffixes a heatmap file may have.
 MAP_SUFFIXES = (".mrc", ".mrcs", ".map", ".rec", ".tif", ".tiff", ".npy")
@@ -71,6 +71,7 @@ class HeatmapParams:
     centre: str = "centroid"
 
     def __post_init__(self) -> None:
+        check_finite(self, "detector")
         if not self.pattern:
             raise ValueError("detector.pattern must not be empty (e.g. _prob.mrc)")
         if self.downscale < 0:

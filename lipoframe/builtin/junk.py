@@ -20,7 +20,7 @@ from lipoframe.algorithms.pyramid import pow2_floor, to_binned
 from lipoframe.builtin.maskfilter import mean_in_discs
 from lipoframe.hookspecs import hookimpl
 from lipoframe.records import Micrograph, PickContext
-from lipoframe.stages import Filter
+from lipoframe.stages import Filter, check_finite
 
 
 #: Columns of the contamination filter: darkness above the background (in
@@ -109,6 +109,7 @@ class ContaminationParams:
     reliable_reference: int = 10
 
     def __post_init__(self) -> None:
+        check_finite(self, "filter.contamination")
         if not self.max_contrast_ratio > 1:
             raise ValueError(f"filter.contamination.max_contrast_ratio must be > 1, got {self.max_contrast_ratio}")
         if not self.max_surround > 0:
@@ -224,6 +225,7 @@ class CarbonEdgeParams:
     max_asymmetry: float = 1.5
 
     def __post_init__(self) -> None:
+        check_finite(self, "filter.carbon_edge")
         if not self.max_asymmetry > 0:
             raise ValueError(f"filter.carbon_edge.max_asymmetry must be > 0, got {self.max_asymmetry}")
 
@@ -294,6 +296,7 @@ class CarbonParams:
     extra_splits: bool = True
 
     def __post_init__(self) -> None:
+        check_finite(self, "filter.carbon")
         if not 0 < self.cell <= 1:
             raise ValueError(f"filter.carbon.cell must be in (0, 1], got {self.cell}")
         for name in ("min_area", "min_step"):
@@ -375,6 +378,7 @@ class SpeckParams:
     core: float = 0.25
 
     def __post_init__(self) -> None:
+        check_finite(self, "filter.speck")
         if not 0 < self.max_concentration <= 1:
             raise ValueError(f"filter.speck.max_concentration must be in (0, 1], got {self.max_concentration}")
         if not 0 < self.core < 1:

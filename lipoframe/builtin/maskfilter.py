@@ -27,7 +27,7 @@ from scipy import ndimage as ndi
 from lipoframe import schema
 from lipoframe.hookspecs import hookimpl
 from lipoframe.records import InputError, Micrograph, PickContext
-from lipoframe.stages import Filter
+from lipoframe.stages import Filter, check_finite
 
 log = logging.getLogger("lipoframe")
 
@@ -124,6 +124,7 @@ class MaskParams:
     missing: str = "error"
 
     def __post_init__(self) -> None:
+        check_finite(self, "filter.mask")
         if not self.folder:
             raise ValueError("filter.mask.folder must name the folder of the masks (filter.mask.folder=path/to/masks)")
         if not self.suffix or "/" in self.suffix or "\\" in self.suffix:

@@ -21,7 +21,7 @@ from lipoframe.hookspecs import hookimpl
 from lipoframe.io.atomic import atomic_path, safe_child
 from lipoframe.plan import ExtractionPlan
 from lipoframe.records import MicrographMeta, PickContext
-from lipoframe.stages import Writer
+from lipoframe.stages import Writer, check_finite
 
 MASK_FORMATS = ("mrc", "tiff")
 _MAX_LABEL = np.iinfo(np.uint16).max
@@ -114,6 +114,7 @@ class MaskWriterParams:
     folder: str = "masks"
 
     def __post_init__(self) -> None:
+        check_finite(self, "writer.mask")
         if self.format not in MASK_FORMATS:
             raise ValueError(f"writer.mask.format must be one of {MASK_FORMATS}, got {self.format!r}")
         if self.bin < 1:

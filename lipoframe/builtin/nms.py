@@ -11,7 +11,7 @@ from lipoframe import schema
 from lipoframe.algorithms.nms import contained_mask, overlap_nms, size_aware_nms
 from lipoframe.hookspecs import hookimpl
 from lipoframe.records import Micrograph, PickContext
-from lipoframe.stages import Suppressor
+from lipoframe.stages import Suppressor, check_finite
 
 
 @dataclass
@@ -50,6 +50,7 @@ class SizeAwareParams:
     outrank_ratio: float = 0.7
 
     def __post_init__(self) -> None:
+        check_finite(self, "nms")
         if not 0 < self.beta <= 2:
             raise ValueError(f"nms.beta must be in (0, 2], got {self.beta}")
         if not 0 < self.max_containment <= 1:
@@ -124,6 +125,7 @@ class OverlapParams:
     rank_by: str = "response"
 
     def __post_init__(self) -> None:
+        check_finite(self, "nms")
         if not 0 < self.max_iou <= 1:
             raise ValueError(f"nms.max_iou must be in (0, 1], got {self.max_iou}")
         if not 0 < self.max_containment <= 1:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,7 +14,7 @@ from lipoframe.algorithms.radial import RIMS, blocked_directions, edge_quality, 
 from lipoframe.algorithms.stats import background_stats
 from lipoframe.hookspecs import hookimpl
 from lipoframe.records import Micrograph, PickContext
-from lipoframe.stages import Refiner
+from lipoframe.stages import Refiner, check_finite
 
 
 @dataclass
@@ -27,7 +28,7 @@ class RadialProfileParams:
         this many pixels (larger = finer, slower).
     min_contrast: picks whose edge SNR (mean step across the edge over its
         standard error around the circle) is below this are rejected
-        (reason ``no_edge``).
+        (reason ``no_edge``); >= 0, or ``-inf`` for no contrast test.
         A particle cut by the micrograph border is judged on the directions
         whose edge lies in the image (its edge SNR is scaled to that share
         of the circle, so it needs a clearer edge).
@@ -39,7 +40,8 @@ class RadialProfileParams:
         hidden by neighbours; a weak one needs a clear edge). Weak candidates
         (``weak=True``) never count as strong. ``strong_score``
         is in the scale-space detectors' noise units; 0 applies the strong
-        limits to every pick, ``inf`` never.
+        limits to every pick, ``inf`` never. ``strong_min_contrast`` takes the
+        values ``min_contrast`` does.
     ignore_neighbours: judge the edge only on the directions that do not
         point into a touching neighbouring pick (crowded fields).
     rim: where a particle ends: ``sphere`` (the rim of a blurred projected
@@ -79,6 +81,7 @@ class RadialProfileParams:
     border_margin: float = 0.1
 
     def __post_init__(self) -> None:
+        check_finite(self, "refiner", infinite=("strong_score", "min_contrast", "strong_min_contrast"))
         if self.rim not in RIMS:
             raise ValueError(f"refiner.rim must be one of {RIMS}, got {self.rim!r}")
         if not 0 < self.search < 1:
@@ -98,6 +101,10 @@ class RadialProfileParams:
             raise ValueError(f"refiner.border_margin must be in [0, 1), got {self.border_margin}")
         if not self.strong_score >= 0:
             raise ValueError(f"refiner.strong_score must be >= 0, got {self.strong_score}")
+        for name in ("min_contrast", "strong_min_contrast"):
+            value = getattr(self, name)
+            if not (0 <= value < math.inf or value == -math.inf):
+                raise ValueError(f"refiner.{name} must be >= 0 and finite (or -inf: no contrast test), got {value}")
 
 
 class RadialProfileRefiner(Refiner):

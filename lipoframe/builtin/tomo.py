@@ -17,7 +17,7 @@ from lipoframe.algorithms.pyramid import to_binned, to_full_resolution
 from lipoframe.algorithms.radial3d import refine_diameters
 from lipoframe.hookspecs import hookimpl
 from lipoframe.records import Micrograph, PickContext
-from lipoframe.stages import Refiner
+from lipoframe.stages import Refiner, check_finite
 
 
 @dataclass
@@ -36,6 +36,7 @@ class RadialProfile3dParams:
     min_radius_binned: float = 8.0
 
     def __post_init__(self) -> None:
+        check_finite(self, "refiner")
         if not 0 < self.search < 1:
             raise ValueError(f"refiner.search must be in (0, 1), got {self.search}")
         if self.min_radius_binned < 2:
