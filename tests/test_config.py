@@ -119,6 +119,8 @@ NONFINITE = [
     (["refiner.strong_min_contrast=-1"], "refiner.strong_min_contrast", "must be >= 0 and finite"),
     (["refiner.strong_score=nan"], "refiner.strong_score", "must be a number, got nan"),
     (["filter=[score]", "filter.score.min_score=nan"], "filter.score.min_score", "must be a number, got nan"),
+    (["writer.csv.float_format=abc"], "writer.csv.float_format", "must be a printf format of one number (e.g. %.3f), got 'abc'"),
+    (["writer.csv.float_format=%.2fx"], "writer.csv.float_format", "got '%.2fx'"),
 ]
 
 

@@ -26,6 +26,7 @@ from lipoframe.builtin.writers import (
     CryosparcWriter,
     CryosparcWriterParams,
     CsvWriter,
+    CsvWriterParams,
     StarWriter,
     StarWriterParams,
     cryosparc_micrograph_names,
@@ -628,3 +629,16 @@ def test_golden_files(tmp_path):
             (GOLDEN / name).write_text(text)
     for name, text in outputs.items():
         assert text == (GOLDEN / name).read_text(), f"{name} differs from tests/golden/{name}"
+
+
+
+@pytest.mark.parametrize(("fmt", "text"), [("%.3e", "1.500e+00"), ("%d", "1"), ("{:.1f}", "1.5")])
+def test_csv_float_format_takes_any_format_that_writes_a_number(fmt, text):
+    params = CsvWriterParams(float_format=fmt)
+    assert pd.DataFrame({"x": [1.5]}).to_csv(index=False, header=False, float_format=params.float_format).strip() == text
+
+
+@pytest.mark.parametrize("fmt", ["abc", "%.2f%%", "", "%.2f %.2f"])
+def test_csv_float_format_that_does_not_write_a_number_is_refused(fmt):
+    with pytest.raises(ValueError, match=f"^writer.csv.float_format must be a printf format of one number .*, got {re.escape(repr(fmt))}$"):
+        CsvWriterParams(float_format=fmt)

@@ -70,6 +70,14 @@ class CsvWriterParams:
     per_micrograph: bool = True
     float_format: str = "%.2f"
 
+    def __post_init__(self) -> None:
+        # As pandas will use it: it must write a number as a number.
+        try:
+            text = pd.DataFrame({"x": [1.5]}).to_csv(index=False, header=False, float_format=self.float_format).strip()
+            float(text)
+        except (TypeError, ValueError, KeyError, IndexError):
+            raise ValueError(f"writer.csv.float_format must be a printf format of one number (e.g. %.3f), got {self.float_format!r}") from None
+
 
 class CsvWriter(Writer):
     name = "csv"
