@@ -129,6 +129,23 @@ def test_an_mrc_whose_header_does_not_match_its_size_is_refused(tmp_path, nx, cu
         MrcReader(MrcReaderParams(permissive=permissive)).read(path)
 
 
+def test_less_than_a_row_of_padding_after_the_data_is_a_warning(tmp_path, caplog):
+    import mrcfile
+
+    from lipoframe.builtin.readers import MrcReader
+
+    path = tmp_path / "m.mrc"
+    with mrcfile.new(str(path)) as m:
+        m.set_data(IMAGE)
+    path.write_bytes(path.read_bytes() + b"\0" * 8)  # a row is 8 x 4 bytes
+    with caplog.at_level("WARNING", logger="lipoframe"):
+        np.testing.assert_array_equal(MrcReader().read(path).image, IMAGE)
+    assert "8 byte(s) after the data that the header does not describe; ignored" in caplog.text
+    path.write_bytes(path.read_bytes() + b"\0" * 24)  # now a whole row: a misdescribed image
+    with pytest.raises(InputError, match="32 bytes larger than they describe"):
+        MrcReader().read(path)
+
+
 def test_permissive_mrc_reading_still_accepts_a_header_without_map_id(tmp_path):
     import mrcfile
 

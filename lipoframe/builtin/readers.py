@@ -79,6 +79,7 @@ def _check_mrc_size(path: Path, header) -> None:
     """Refuse an MRC file whose header describes more or less data than the file holds.
 
     mrcfile only warns when the file is larger, and reads a wrongly shaped image.
+    Less than one row of extra bytes at the end is padding: a warning.
     A mode the reader does not support is left to the caller's message.
     """
     import mrcfile.utils
@@ -90,6 +91,10 @@ def _check_mrc_size(path: Path, header) -> None:
     shape = mrcfile.utils.data_shape_from_header(header)
     expected = 1024 + int(header.nsymbt) + dtype.itemsize * math.prod(shape)
     extra = path.stat().st_size - expected
+    if 0 < extra < dtype.itemsize * max(1, int(header.nx)):
+        # Less than a row: padding some writers leave, not a misdescribed image.
+        log.warning("%s: %d byte(s) after the data that the header does not describe; ignored", path, extra)
+        return
     if extra:
         dims = " x ".join(str(int(n)) for n in (header.nx, header.ny, header.nz))
         how = f"{extra} bytes larger than they describe" if extra > 0 else f"{-extra} bytes smaller than they describe (truncated?)"
