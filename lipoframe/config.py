@@ -87,6 +87,12 @@ class StreamConfig:
     idle_timeout: float = 0.0
 
     def __post_init__(self) -> None:
+        from lipoframe.stages import check_finite
+
+        try:
+            check_finite(self, "stream")  # idle_timeout=inf is 0 (never)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         if not self.poll_seconds > 0:
             raise ConfigError(f"stream.poll_seconds must be > 0, got {self.poll_seconds}")
         if self.stable_polls < 1:

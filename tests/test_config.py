@@ -99,6 +99,8 @@ BAD = [
     (["detector.k=abc"], "detector.k", "could not be converted"),
     (["detector.k=1"], "detector.k", "(1, 2]"),
     (["runner.workers=-2"], "runner.workers", ">= 0"),
+    (["stream.idle_timeout=nan"], "stream.idle_timeout", "must be a number, got nan"),
+    (["stream.poll_seconds=inf"], "stream.poll_seconds", "must be finite, got inf"),
     (["retry_suppressed=[no_edge,no_egde]"], "retry_suppressed", "'no_egde' is not a reject reason"),
 ]
 
