@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -96,7 +97,7 @@ def _existing_names(out_dir: Path) -> dict[str, str]:
     for info_path in sorted((out_dir / WORK_DIR).glob("*.json")):
         try:
             meta = json.loads(info_path.read_text())["meta"]
-            names[str(meta["path"])] = str(meta["name"])
+            names[os.path.abspath(meta["path"])] = str(meta["name"])
         except (OSError, ValueError, KeyError, TypeError):
             continue
     return names
@@ -189,7 +190,7 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None):
                 if ready:
                     jobs = []
                     for path in ready:
-                        key = str(path)
+                        key = os.path.abspath(path)  # as the saved results record it
                         if key not in path_name:
                             taken = set(path_name.values())
                             name = known[key] if key in known and known[key] not in taken else assign_name(path, taken | set(known.values()))

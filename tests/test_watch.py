@@ -123,6 +123,20 @@ def test_watch_stops_after_idle_timeout(tmp_path):
     assert (tmp_path / "out" / "picks.csv").is_file()
 
 
+def test_a_second_watch_session_over_a_relative_folder_resumes_with_the_same_names(tmp_path, monkeypatch):
+    write_set(tmp_path / "in" / "a", 1, prefix="mic")
+    write_set(tmp_path / "in" / "b", 1, prefix="mic")
+    monkeypatch.chdir(tmp_path)
+    args = ["input=[in/a,in/b]", *RUN_ARGS, "runner.workers=1", "watch=true",
+            "stream.poll_seconds=0.1", "stream.stable_polls=1", "stream.idle_timeout=0.5"]
+    first = run_pipeline(compose_config(args)[1], tmp_path / "out")
+    names = sorted(r.name for r in first.results)
+    assert len(names) == 2 and [r.status for r in first.results] == ["ok", "ok"]
+    again = run_pipeline(compose_config(args)[1], tmp_path / "out")
+    assert sorted(r.name for r in again.results) == names
+    assert {r.status for r in again.results} == {"skipped"}
+
+
 def test_watch_stops_cleanly_on_sigterm(tmp_path):
     """SIGTERM (as at the end of a SLURM job, like Ctrl-C) ends a watch with final outputs and exit code 0."""
     import signal
