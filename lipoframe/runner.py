@@ -170,7 +170,9 @@ def expand_inputs(specs: list[str], suffixes: tuple[str, ...]) -> list[Path]:
     for spec in specs:
         spec = os.path.expanduser(str(spec))
         if os.path.isdir(spec):
-            found = sorted(p for p in Path(spec).iterdir() if p.is_file() and p.suffix.lower() in suffixes and not p.name.startswith("."))
+            # A broken link is kept, so that it is reported (file not found) rather than left out unseen.
+            found = sorted(p for p in Path(spec).iterdir() if (p.is_file() or p.is_symlink() and not p.exists())
+                           and p.suffix.lower() in suffixes and not p.name.startswith("."))
         elif _GLOB_CHARS.search(spec):
             found = sorted(Path(p) for p in glob.glob(spec, recursive=True) if os.path.isfile(p) and Path(p).suffix.lower() in suffixes)
         else:
@@ -1309,7 +1311,7 @@ class RunResult:
         """Rejected candidates per ``reject_reason``, most frequent first (ties by name)."""
         if not len(self.picks) or schema.REASON not in self.picks.columns:
             return {}
-        reasons = self.picks.loc[~self.picks[schema.ACCEPTED].astype(bool), schema.REASON].astype(str)
+        reasons = self.picks.loc[~self.picks[schema.ACCEPTED].astype(bool), schema.REASON].astype(str).replace("", "unspecified")
         counts = reasons.value_counts()
         return {k: int(counts[k]) for k in sorted(counts.index, key=lambda k: (-counts[k], k))}
 

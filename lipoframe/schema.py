@@ -80,8 +80,14 @@ def validate_detections(df: pd.DataFrame, *, stage: str) -> pd.DataFrame:
     if missing:
         raise ValueError(f"stage {stage!r} returned a table without columns {missing}")
     for c in (X, Y, DIAMETER):
-        if len(df) and not np.all(np.isfinite(df[c].to_numpy(dtype=float))):
+        if not len(df):
+            continue
+        if not pd.api.types.is_numeric_dtype(df[c]) or pd.api.types.is_bool_dtype(df[c]):
+            raise ValueError(f"stage {stage!r} returned values that are not numbers in column {c!r} (dtype {df[c].dtype})")
+        if not np.all(np.isfinite(df[c].to_numpy(dtype=float))):
             raise ValueError(f"stage {stage!r} returned non-finite values in column {c!r}")
+    if len(df) and not np.all(df[DIAMETER].to_numpy(dtype=float) > 0):
+        raise ValueError(f"stage {stage!r} returned diameters <= 0 in column {DIAMETER!r}")
     return df
 
 

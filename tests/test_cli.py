@@ -275,6 +275,16 @@ def test_summary_counts_rejected_candidates_by_reason():
     assert "picks        4 accepted of 9 (2 retried) (1 found after peeling) (rejected: 5 no_edge)" in format_summary(summary)
 
 
+def test_a_rejection_without_a_reason_is_counted_as_unspecified():
+    from pathlib import Path
+
+    from lipoframe.runner import RunResult
+
+    picks = pd.DataFrame({"accepted": [True, False, False], "reject_reason": ["", "", "no_edge"]})
+    result = RunResult(Path("out"), [], picks, None, [], 1.0)
+    assert result.summary()["picks"]["rejected"] == {"no_edge": 1, "unspecified": 1}
+
+
 def test_run_summary_json_has_rejected_reasons(tiny_mrcs, tmp_path, run_cli):
     out_dir = tmp_path / "out"
     code, _, err = run_cli("run", f"input={tiny_mrcs[0].parent}", f"output={out_dir}", *TINY_ARGS)

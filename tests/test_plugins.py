@@ -363,3 +363,24 @@ def test_example_plugin_validates_its_parameters(monkeypatch):
     with pytest.raises(ValueError, match=r"^detector\.threshold must be > 0"):
         ThresholdParams(threshold=0)
     sys.modules.pop("lipoframe_example", None)
+
+
+@pytest.mark.parametrize(
+    ("column", "values", "problem"),
+    [
+        ("x_px", ["a", "b"], "values that are not numbers in column 'x_px'"),
+        ("y_px", [1.0, float("nan")], "non-finite values in column 'y_px'"),
+        ("diameter_px", [40.0, -3.0], "diameters <= 0 in column 'diameter_px'"),
+    ],
+)
+def test_a_detector_table_with_bad_values_names_the_stage(column, values, problem):
+    import pandas as pd
+
+    from lipoframe import schema
+
+    table = pd.DataFrame({schema.X: [10.0, 20.0], schema.Y: [5.0, 6.0], schema.DIAMETER: [40.0, 50.0],
+                          schema.SCORE: [1.0, 2.0], schema.LEVEL: [0, 0], schema.SIGMA: [1.0, 1.0]})
+    table[column] = values
+    with pytest.raises(ValueError, match=f"stage 'detector/mine' returned {problem}"):
+        schema.validate_detections(table, stage="detector/mine")
+    assert schema.validate_detections(table.iloc[:0], stage="detector/mine").empty

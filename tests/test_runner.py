@@ -75,6 +75,14 @@ def test_find_inputs_reports_what_matched_nothing(tmp_path):
     ]
 
 
+def test_a_broken_link_in_an_input_folder_is_reported_not_skipped(tmp_path):
+    write_set(tmp_path / "in", 1)
+    (tmp_path / "in" / "gone.mrc").symlink_to(tmp_path / "elsewhere" / "gone.mrc")
+    result = run_pipeline(config(tmp_path / "in", "runner.workers=1"), tmp_path / "out")
+    assert {r.name: r.status for r in result.results} == {"mic_000": "ok", "gone": "failed"}
+    assert "file not found" in next(r.error for r in result.results if r.name == "gone")
+
+
 def test_a_glob_takes_only_micrograph_files(tmp_path):
     write_set(tmp_path / "mics", 2)
     (tmp_path / "mics" / "truth.csv").write_text("x_px,y_px\n")
