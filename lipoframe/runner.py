@@ -244,6 +244,10 @@ def shard(items: list, index: int, count: int) -> list:
 # ---------------------------------------------------------------------------
 # Per micrograph
 # ---------------------------------------------------------------------------
+#: The smallest particle diameter, in pixels, that lipoframe picks.
+MIN_DIAMETER_PX = 3.0
+
+
 def pick_context(meta: MicrographMeta, cfg: LipoframeConfig) -> PickContext:
     """Diameter range in pixels of this micrograph."""
     if cfg.units == "px":
@@ -254,6 +258,10 @@ def pick_context(meta: MicrographMeta, cfg: LipoframeConfig) -> PickContext:
                 f"{meta.path or meta.name}: pixel size is missing from the header; give pixel_size=<Å/px> or use units=px"
             )
         dmin, dmax = cfg.dmin / meta.pixel_size, cfg.dmax / meta.pixel_size
+    if dmin < MIN_DIAMETER_PX:
+        px = f" at {meta.pixel_size:g} Å/px" if cfg.units != "px" else ""
+        raise InputError(f"{meta.path or meta.name}: the smallest diameter is {dmin:.3g} px{px}, too small to pick "
+                         f"(at least {MIN_DIAMETER_PX} px); check the pixel size or dmin")
     return PickContext(dmin_px=dmin, dmax_px=dmax, polarity=cfg.polarity, pixel_size=meta.pixel_size, seed=cfg.seed, export_rejected=cfg.export_rejected)
 
 

@@ -207,3 +207,14 @@ def test_a_nan_in_rows_or_columns_left_out_of_the_binning_is_found(where):
     ctx = PickContext(dmin_px=128, dmax_px=300, polarity="dark", pixel_size=1.0, seed=0)
     with pytest.raises(InputError, match="NaN or infinite"):
         check_image(mic, ctx)
+
+
+def test_a_pixel_size_that_makes_the_particles_vanish_is_named():
+    from lipoframe.config import LipoframeConfig
+    from lipoframe.records import InputError, MicrographMeta
+    from lipoframe.runner import pick_context
+
+    meta = MicrographMeta("m", "/data/m.mrc", (4096, 4096), 1e6)  # a header in nm or m, say
+    with pytest.raises(InputError, match=r"^/data/m.mrc: the smallest diameter is 0.00015 px at 1e\+06 Å/px, too small to pick"):
+        pick_context(meta, LipoframeConfig())
+    assert pick_context(MicrographMeta("m", "/data/m.mrc", (4096, 4096), 1.0), LipoframeConfig()).dmin_px == 150
