@@ -58,7 +58,7 @@ def test_merge_accepts_the_sweep_folder(sharded):
     assert merge.main([str(root / "shards"), f"output={root / 'merged_sweep'}"]) == 0
     _same_result(root / "single", root / "merged_sweep")
     summary = json.loads((root / "merged_sweep" / "run_summary.json").read_text())
-    assert summary["micrographs"] == {"total": 5, "ok": 5, "skipped": 0, "failed": 0}
+    assert summary["micrographs"] == {"total": 5, "ok": 5, "skipped": 0, "failed": 0, "not_done": 0}
 
 
 def test_merge_with_a_dataset_level_override(sharded):

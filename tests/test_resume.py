@@ -61,7 +61,7 @@ def test_killed_run_resumes_without_losing_finished_work(tmp_path):
     again = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stderr
     summary = json.loads((out / "run_summary.json").read_text())
-    assert summary["micrographs"] == {"total": 3, "ok": 1, "skipped": 2, "failed": 0}
+    assert summary["micrographs"] == {"total": 3, "ok": 1, "skipped": 2, "failed": 0, "not_done": 0}
     assert all(p.read_bytes() == b for p, b in saved.items())  # finished work untouched
     assert not list((out / "micrographs").glob(".*.tmp*"))
 
