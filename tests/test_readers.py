@@ -146,7 +146,7 @@ def test_less_than_a_row_of_padding_after_the_data_is_a_warning(tmp_path, caplog
         MrcReader().read(path)
 
 
-def test_permissive_mrc_reading_still_accepts_a_header_without_map_id(tmp_path):
+def test_permissive_mrc_reading_still_accepts_a_header_without_map_id(tmp_path, caplog):
     import mrcfile
 
     from lipoframe.builtin.readers import MrcReader, MrcReaderParams
@@ -159,7 +159,10 @@ def test_permissive_mrc_reading_still_accepts_a_header_without_map_id(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(InputError, match="Map ID"):
         MrcReader().read(path)
-    np.testing.assert_array_equal(MrcReader(MrcReaderParams(permissive=True)).read(path).image, IMAGE)
+    with caplog.at_level("WARNING", logger="lipoframe"):
+        np.testing.assert_array_equal(MrcReader(MrcReaderParams(permissive=True)).read(path).image, IMAGE)
+    # The reader.permissive docs promise a warning: one line naming the file and what is non-standard.
+    assert f"{path}: read despite a non-standard header (reader.permissive): " in caplog.text and "Map ID" in caplog.text
 
 
 @pytest.mark.parametrize(

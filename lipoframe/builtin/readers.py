@@ -131,16 +131,20 @@ class MrcReader(Reader):
 
         path = Path(path)
         try:
-            with warnings.catch_warnings():
-                # Permissive mode's notes on a non-standard header; a data block that
-                # does not fill the file is refused by _check_mrc_size first.
-                warnings.simplefilter("ignore")
+            with warnings.catch_warnings(record=True) as caught:
+                # Permissive mode's notes on a non-standard header (passed on
+                # below); a data block that does not fill the file is refused
+                # by _check_mrc_size first.
+                warnings.simplefilter("always")
                 with mrcfile.open(str(path), mode="r", permissive=self.params.permissive, header_only=True) as m:
                     _check_mrc_size(path, m.header)
                 with mrcfile.mmap(str(path), mode="r", permissive=self.params.permissive) as m:
                     mode = int(m.header.mode)
                     data = m.data
                     header_px, header_py = float(m.voxel_size.x), float(m.voxel_size.y)
+            notes = dict.fromkeys(str(w.message).splitlines()[0] for w in caught if "larger than expected" not in str(w.message))
+            if notes and self.params.permissive:
+                log.warning("%s: read despite a non-standard header (reader.permissive): %s", path, "; ".join(notes))
         except FileNotFoundError:
             raise InputError(f"{path}: file not found") from None
         except (ValueError, OSError, EOFError, OverflowError) as exc:  # OverflowError: negative sizes in a damaged header
