@@ -76,6 +76,13 @@ def test_a_reader_chosen_by_name_says_which_files_it_reads(tmp_path):
     np.testing.assert_array_equal(np.asarray(auto.read(path, pixel_size=1.0).image), IMAGE)
 
 
+def test_complex_pixels_are_refused(tmp_path):
+    path = tmp_path / "c.npy"
+    np.save(path, np.zeros((6, 8), np.complex64))
+    with pytest.raises(InputError, match=f"^{path}: pixels of type complex64 are not real numbers"):
+        NpyReader().read(path, pixel_size=None)
+
+
 def test_npy_dims_must_match(tmp_path):
     path = tmp_path / "v.npy"
     np.save(path, np.zeros((3, 6, 8), np.float32))
