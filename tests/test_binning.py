@@ -609,3 +609,18 @@ def test_stray_edges_take_the_cheapest_tail_and_leave_small_bins_alone():
     with pytest.raises(ValueError, match="gap"):
         algo.stray_edges(d, np.array([74, 248.0]), box, gap=0, max_count=9, max_bins=4)
 
+
+
+def test_neighbouring_bins_with_the_same_box_get_a_note():
+    from lipoframe.builtin.binning import QuantileBinner, QuantileParams
+    from lipoframe.records import PickContext
+
+    d = np.random.default_rng(0).uniform(40, 62, 300)  # every bin's box is 96 px
+    picks = pd.DataFrame({schema.X: 0.0, schema.Y: 0.0, schema.DIAMETER: d, schema.SCORE: 1.0, schema.LEVEL: 0, schema.SIGMA: 1.0})
+    ctx = PickContext(dmin_px=30, dmax_px=80, polarity="dark", pixel_size=1.0, seed=0)
+    plan = QuantileBinner(QuantileParams(n_bins=3)).assign(picks, {}, ctx).plan
+    assert [b.box_px for b in plan.bins] == [96, 96, 96]
+    assert any(n.startswith("bins 1 and 2 (96 px), 2 and 3 (96 px) get the same box") for n in plan.notes)
+    wide = pd.concat([picks, picks.assign(**{schema.DIAMETER: d * 3})], ignore_index=True)
+    plan = QuantileBinner(QuantileParams(n_bins=2)).assign(wide, {}, ctx).plan
+    assert plan.bins[0].box_px != plan.bins[1].box_px and not any("same box" in n for n in plan.notes)

@@ -176,6 +176,10 @@ class _PolicyBinner(Binner):
             for k, old in enumerate(used):
                 members = d_ok[raw == old]
                 bins.append(make_bin(k, members.min(), members.max(), members.size, self.params, pixel_size))
+        same = [f"{a.index + 1} and {b.index + 1} ({a.box_px} px)" for a, b in zip(bins, bins[1:]) if a.box_px == b.box_px]
+        if same:
+            notes.append(f"bins {', '.join(same)} get the same box: extracting them apart gains nothing "
+                         "(peak_valley, kmeans and hac merge such bins with merge_same_box=true)")
         notes.extend(_extract_notes(self.params, pixel_size))
         out[schema.SIZE_BIN] = size_bin
         plan = ExtractionPlan(
