@@ -824,7 +824,13 @@ def write_report(
             new_index[res.name]["cpu_seconds"] = round(res.cpu_seconds, 3)
         else:
             n_failed += 1
-            new_index.pop(res.name, None)
+            # The last good picture stays (the images may be back later, e.g. a
+            # moved project); its entry is kept so it is neither reused for
+            # other picks nor forgotten.
+            if isinstance(previous.get(res.name), dict):
+                new_index[res.name] = previous[res.name]
+            else:
+                new_index.pop(res.name, None)
             by_name[res.name].overlay = ""
             by_name[res.name].note = res.error.splitlines()[0]
             log.warning("report: no overlay for %s", res.error.splitlines()[0])
@@ -836,7 +842,7 @@ def write_report(
                 r.overlay = ""
     if overlays:
         write_text(index_path, json.dumps({"render_version": RENDER_VERSION, **new_index}, indent=1))
-        _remove_stale_overlays(ov_dir, previous, new_index)
+        _remove_stale_overlays(ov_dir, previous, new_index)  # failed ones are in new_index: kept
     ok_results = [r for r in results if r.ok]
     stats = {
         "rendered": len(ok_results),
@@ -867,9 +873,9 @@ def write_report(
 def _remove_stale_overlays(ov_dir: Path, previous: dict, current: dict) -> int:
     """Delete the overlay, thumbnail and crops ``previous`` recorded and ``current`` does not.
 
-    A micrograph left out of a rerun (or whose overlay failed this time)
-    must not keep a picture of picks that are no longer the run's. Only
-    files an earlier report listed in ``overlays/index.json`` are deleted.
+    A micrograph left out of a rerun must not keep a picture of picks that
+    are no longer the run's. Only files an earlier report listed in
+    ``overlays/index.json`` are deleted.
     """
     keep = {c for entry in current.values() if isinstance(entry, dict) for c in entry.get("crops", [])}
     stale: list[Path] = []

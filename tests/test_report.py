@@ -327,9 +327,14 @@ def test_missing_micrograph_file_gives_a_report_without_its_overlay(done, run_co
     text = " ".join(parse(run_copy / "report.html").text)
     assert "moved_away.mrc" in text
     assert "mic_0" in text and "mic_2" in text
-    # Its old overlay, a picture of picks the report no longer shows, is gone.
-    assert not (run_copy / "overlays" / "mic_1_picks.png").exists()
+    # Its last good overlay stays on disk (a moved project gets its images back), unlinked from the report.
+    assert (run_copy / "overlays" / "mic_1_picks.png").is_file() and "mic_1_picks.png" not in (run_copy / "report.html").read_text()
     assert (run_copy / "overlays" / "mic_0_picks.png").is_file()
+    # Put the path back: the overlay is reused, not drawn again.
+    info["meta"]["path"] = str(done[1].out_dir.parent / "mics" / "mic_1.mrc")
+    meta_file.write_text(json.dumps(info))
+    code, out, err = run_cli("report", run_copy, "-j", "1")
+    assert code == 0 and "0 drawn" in out, out + err
 
 
 def test_a_rerun_without_a_micrograph_removes_its_overlay(done, run_copy):
