@@ -558,9 +558,12 @@ def read_picks(path: str | Path, *, micrographs=None, flip_y: bool | None = None
             tables.append(pd.read_csv(csv, dtype={schema.MICROGRAPH: str, schema.REASON: str}, keep_default_na=False, na_values=[""]))
         non_empty = [t for t in tables if len(t)]
         picks = pd.concat(non_empty, ignore_index=True) if non_empty else pd.DataFrame(columns=[schema.MICROGRAPH, schema.X, schema.Y])
-        from lipoframe.runner import apply_dataset_rejections
+        if not len(picks):
+            return picks, names
+        from lipoframe.report import dataset_verdicts
 
-        return apply_dataset_rejections(picks, path), names
+        # The dataset step's verdicts too: its filters' rejections and the binning's size outliers.
+        return dataset_verdicts(picks, path)[0], names
     if path.is_dir() and (path / "picks.csv").is_file():
         path = path / "picks.csv"
     df = _read_many(path, "picks", micrographs, flip_y)

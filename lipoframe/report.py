@@ -209,6 +209,41 @@ def _with_bins(work: pd.DataFrame, exported: pd.DataFrame | None, plan: Extracti
     return out
 
 
+def dataset_verdicts(work: pd.DataFrame, out_dir: str | os.PathLike) -> tuple[pd.DataFrame, ExtractionPlan | None]:
+    """A run's per-micrograph tables with the verdicts of its dataset-level step.
+
+    The dataset filters' rejections (``dataset_rejections.csv``), the
+    binning's size outliers (``binning_outlier``) and ``size_bin``, from the
+    run's ``picks.csv`` and ``extraction_plan.json`` (also after ``lipoframe
+    plan``).
+
+    Returns
+    -------
+    picks : DataFrame
+        Every row of ``work``, with ``accepted``/``reject_reason`` and ``size_bin``.
+    plan : ExtractionPlan or None
+    """
+    from lipoframe.runner import apply_dataset_rejections
+
+    out_dir = Path(out_dir)
+    work = apply_dataset_rejections(work, out_dir)
+    plan_dict = _read_json(out_dir / "extraction_plan.json")
+    plan = None
+    if plan_dict:
+        try:
+            plan = ExtractionPlan.from_dict(plan_dict)
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning("%s: not an extraction plan (%s)", out_dir / "extraction_plan.json", exc)
+    exported = None
+    if (out_dir / "picks.csv").is_file():
+        try:
+            exported = pd.read_csv(out_dir / "picks.csv", keep_default_na=False, na_values=[""],
+                                   dtype={schema.MICROGRAPH: str, schema.REASON: str})
+        except (OSError, ValueError, pd.errors.ParserError) as exc:
+            log.warning("cannot read %s (%s); using the per-micrograph tables", out_dir / "picks.csv", exc)
+    return _with_bins(work, exported, plan), plan
+
+
 def load_run(out_dir: str | os.PathLike) -> RunData:
     """Read a finished (or partly finished) run folder.
 
@@ -217,7 +252,7 @@ def load_run(out_dir: str | os.PathLike) -> RunData:
     FileNotFoundError
         If ``out_dir`` holds neither per-micrograph results nor a run summary.
     """
-    from lipoframe.runner import apply_dataset_rejections, collect_work, safe_name
+    from lipoframe.runner import collect_work, safe_name
 
     out_dir = Path(out_dir)
     names = _work_names(out_dir)
@@ -225,22 +260,7 @@ def load_run(out_dir: str | os.PathLike) -> RunData:
     if not names and not summary:
         raise FileNotFoundError(f"{out_dir}: not a lipoframe run folder (no micrographs/*.json and no run_summary.json)")
     work, metas = collect_work(out_dir, names)
-    work = apply_dataset_rejections(work, out_dir)
-    plan_dict = _read_json(out_dir / "extraction_plan.json")
-    plan = None
-    if plan_dict:
-        try:
-            plan = ExtractionPlan.from_dict(plan_dict)
-        except (KeyError, TypeError, ValueError) as exc:
-            log.warning("report: %s: not an extraction plan (%s)", out_dir / "extraction_plan.json", exc)
-    exported = None
-    if (out_dir / "picks.csv").is_file():
-        try:
-            exported = pd.read_csv(out_dir / "picks.csv", keep_default_na=False, na_values=[""],
-                                   dtype={schema.MICROGRAPH: str, schema.REASON: str})
-        except (OSError, ValueError, pd.errors.ParserError) as exc:
-            log.warning("report: cannot read %s (%s); using the per-micrograph tables", out_dir / "picks.csv", exc)
-    picks = _with_bins(work, exported, plan)
+    picks, plan = dataset_verdicts(work, out_dir)
     config, text, stage_names = _config_from_folder(out_dir)
     failures = [{"name": safe_name(Path(f.get("micrograph", "")).stem), "path": f.get("micrograph", ""), "error": f.get("error", "")}
                 for f in summary.get("failures", [])]

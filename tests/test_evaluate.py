@@ -456,6 +456,19 @@ def test_scope_reference_leaves_out_the_runs_other_micrographs(tmp_path):
         assert pd.read_csv(out / "per_micrograph.csv")["micrograph"].tolist() == ["a", "b", "c"][:n]
 
 
+def test_a_run_folder_is_scored_with_the_binnings_outliers_rejected(tmp_path):
+    """picks.csv (after the run or `lipoframe plan binning=kmeans`) drops size outliers the per-micrograph tables accept."""
+    run = _mrc_run(tmp_path, names=("a", "b"))
+    table([("a", 30, 30, 20)]).assign(score=1.0, accepted=True, size_bin=0).to_csv(run / "picks.csv", index=False)
+    picks, names = read_picks(run)
+    assert names == ["a", "b"]
+    assert picks.set_index("micrograph")["accepted"].to_dict() == {"a": True, "b": False}
+    assert picks.set_index("micrograph").loc["b", "reject_reason"] == "binning_outlier"
+    ref = table([("a", 30, 30, 20), ("b", 30, 30, 20)])
+    res = evaluate(picks, ref, micrographs=names)
+    assert (res.summary["n_picks"], res.summary["tp"], res.summary["fn"]) == (1, 1, 1)
+
+
 def test_overlays_find_the_images_or_say_once_why_not(tmp_path, capsys):
     run = _mrc_run(tmp_path, names=("a", "b"))
     table([("a", 30, 30, 20), ("b", 80, 30, 20)]).to_csv(tmp_path / "truth.csv", index=False)
