@@ -693,8 +693,11 @@ def _label_micrograph(lab: _Labels, pk, ref, pi, ri, ji, *, coords, tolerance, i
     # Unmatched picks: duplicates (centre inside a matched particle), then picks on junk.
     un = np.setdiff1d(np.arange(len(pi)), b)
     if len(un) and len(a):
-        dd, nn = cKDTree(rxyz[a]).query(pxyz[un], k=1)
-        inside = dd < rd[a][nn] / 2
+        # Inside any matched particle, not only the nearest centre (a small
+        # particle's centre can be nearer than the large one the pick is in).
+        radius = rd[a] / 2
+        near = cKDTree(rxyz[a]).query_ball_point(pxyz[un], r=float(radius.max()))
+        inside = np.array([any(np.linalg.norm(rxyz[a][j] - p) < radius[j] for j in js) for p, js in zip(pxyz[un], near)], dtype=bool)
         lab.status[pi[un[inside]]] = "duplicate"
         un = un[~inside]
     if len(un) and len(ji):

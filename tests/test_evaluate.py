@@ -64,6 +64,13 @@ def test_duplicates_inside_a_matched_particle_are_counted():
     assert s["precision"] == pytest.approx(2 / 5)
 
 
+def test_a_duplicate_inside_a_large_particle_counts_though_a_small_one_is_nearer():
+    ref = table([("m", 100, 100, 200), ("m", 215, 100, 20)])
+    picks = table([("m", 101, 100, 200), ("m", 215, 101, 20), ("m", 180, 100, 30)])  # the third: 80 px into the big one
+    res = evaluate(picks, ref)
+    assert list(res.picks["status"]) == ["tp", "tp", "duplicate"]
+
+
 def test_picks_on_junk_are_reported_and_junk_is_not_a_target():
     ref = pd.DataFrame({
         "micrograph": ["m"] * 3, "x_px": [100.0, 500.0, 800.0], "y_px": [100.0, 500.0, 100.0],
