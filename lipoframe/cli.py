@@ -111,7 +111,7 @@ def cmd_stages(argv: list[str]) -> int:
 
     from lipoframe import plugins
     from lipoframe.registry import describe_params
-    from lipoframe.stages import KINDS
+    from lipoframe.stages import KINDS, MULTI_KINDS
 
     ap = argparse.ArgumentParser(prog="lipoframe stages", description="List stages with parameters, types and defaults.")
     ap.add_argument("kind", nargs="?", choices=KINDS, help="only this kind")
@@ -121,11 +121,13 @@ def cmd_stages(argv: list[str]) -> int:
     for info in registry.stages(args.kind):
         if info.kind != current:
             current = info.kind
-            print(f"\n[{info.kind}]  select with {info.kind}={'[a,b]' if info.kind in ('filter', 'writer') else '<name>'}")
+            print(f"\n[{info.kind}]  select with {info.kind}={'[a,b]' if info.kind in MULTI_KINDS else '<name>'}")
         print(f"  {info.name}  - {info.cls.summary or (info.cls.__doc__ or '').strip().splitlines()[0] if (info.cls.summary or info.cls.__doc__) else ''}")
         print(f"      provided by {info.provider}")
+        # The key to set on the command line: list kinds name the stage too (filter.diameter_range.tolerance).
+        section = f"{info.kind}.{info.name}" if info.kind in MULTI_KINDS else info.kind
         for pname, ptype, default, _ in describe_params(info.params):
-            print(f"      {info.kind}.{pname + ':':<22} {ptype:<14} = {default!r}")
+            print(f"      {section}.{pname + ':':<22} {ptype:<14} = {default!r}")
     return 0
 
 

@@ -56,8 +56,20 @@ def test_stages_lists_every_parameter_with_type_and_default(run_cli):
         assert f"[{kind}]" in out
     for info in registry.stages():
         assert re.search(rf"^  {info.name}  - ", out, re.M), info
+        section = f"{info.kind}.{info.name}" if info.kind in ("filter", "writer") else info.kind
         for name, tname, default, _ in describe_params(info.params):
-            assert re.search(rf"{re.escape(info.kind)}\.{re.escape(name)}:\s+{re.escape(tname)}\s+= {re.escape(repr(default))}$", out, re.M), (info.name, name)
+            assert re.search(rf"^\s+{re.escape(section)}\.{re.escape(name)}:\s+{re.escape(tname)}\s+= {re.escape(repr(default))}$", out, re.M), (info.name, name)
+
+
+def test_the_keys_lipoframe_stages_prints_are_the_keys_to_set(run_cli):
+    from lipoframe.app import validate_overrides
+
+    code, out, _ = run_cli("stages", "filter")
+    keys = re.findall(r"^\s+(filter\.\w+\.\w+):", out, re.M)
+    assert "filter.diameter_range.tolerance" in keys
+    for key in ("filter.diameter_range.tolerance", "filter.population.min_support"):
+        stage = key.split(".")[1]
+        validate_overrides([f"filter=[{stage}]", f"{key}={re.search(rf'{re.escape(key)}:.*= (.*)$', out, re.M).group(1)}"])
 
 
 def test_stages_of_one_kind(run_cli):
