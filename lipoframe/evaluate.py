@@ -785,7 +785,7 @@ def evaluate(
     EvaluationResult
         ``summary`` keys: ``n_micrographs, n_reference, n_picks, tp, fp, fn,
         precision, recall, f1, auprc, duplicates, duplicate_rate, junk_picks,
-        median_diameter_error, mean_signed_diameter_error, iou_rate, dims,
+        median_diameter_error, median_signed_diameter_error, iou_rate, dims,
         per_kind`` and the options used.
 
     Raises

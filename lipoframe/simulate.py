@@ -254,7 +254,7 @@ class SimulateArgs:
     """Options of ``lipoframe simulate``.
 
     output: folder to write the micrographs (MRC), truth.csv and micrographs.csv into
-    preset: suite (14 micrographs, 4096² at 1 Å/px + K3 + 2 Å/px + empty) or mini (same, 1024² at 4 Å/px)
+    preset: suite (14 micrographs, 4096² at 1 Å/px + K3 + 2 Å/px + empty) or mini (the same scenarios rendered anew at 1024², 4 Å/px)
     seed: random seed (same seed = identical files)
     dims: 2 for micrographs, 3 for tomograms (lipoframe.synthetic3d)
     n: number of tomograms when dims=3
@@ -317,6 +317,13 @@ def main(argv: list[str]) -> int:
         print(f"lipoframe simulate: {out}: cannot create the output folder ({exc.strerror or exc})", file=sys.stderr)
         return 1
     if args.dims == 3:
+        defaults = SimulateArgs(output=args.output)
+        ignored = [f.name for f in dataclasses.fields(SimulateArgs)
+                   if f.name not in ("output", "dims", "n", "seed") and getattr(args, f.name) != getattr(defaults, f.name)]
+        if ignored:
+            print(f"lipoframe simulate: dims=3 takes output, n and seed only; {', '.join(ignored)} "
+                  f"{'is' if len(ignored) == 1 else 'are'} for micrographs (dims=2)", file=sys.stderr)
+            return 2
         try:
             from lipoframe.synthetic3d import write_tomogram_dataset
         except ImportError as exc:
@@ -326,7 +333,7 @@ def main(argv: list[str]) -> int:
         print(f"wrote {len(paths)} tomograms to {out}")
         if (out / "truth.csv").is_file():
             print(f"truth:   {out / 'truth.csv'}")
-        print(f"next:    lipoframe run input={out} output=<run> reader.dims=3  &&  lipoframe evaluate picks=<run> reference={out / 'truth.csv'}")
+        print(f"next:    lipoframe run +experiment=tomo input={out} output=<run> dmin=150 dmax=500  &&  lipoframe evaluate picks=<run> reference={out / 'truth.csv'}")
         return 0
     only = [o.strip() for o in args.only.split(",") if o.strip()]
     try:
@@ -341,5 +348,12 @@ def main(argv: list[str]) -> int:
     print(f"{verb} {len(info.paths)} micrographs in {out}")
     print("objects: " + ", ".join(f"{k} {int(counts[k])}" for k in sorted(counts.index)))
     print(f"truth:   {info.truth_csv}")
+    ours = {p.name for p in info.paths}
+    others = sorted(p.name for p in out.glob("*.mrc") if p.name not in ours)
+    if others:
+        # A run over the folder would pick them, and evaluate would count those picks as false positives.
+        print(f"lipoframe simulate: note: {len(others)} other .mrc file(s) in {out} are not in this set's truth.csv "
+              f"({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}); simulate into an empty folder "
+              "or give the run this set's files", file=sys.stderr)
     print(f"next:    lipoframe run input={out} output=<run>  &&  lipoframe evaluate picks=<run> reference={info.truth_csv}")
     return 0

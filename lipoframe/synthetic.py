@@ -603,7 +603,11 @@ def render_scene(spec: SceneSpec) -> tuple[np.ndarray, pd.DataFrame]:
 
 
 def write_mrc(path: str | Path, image: np.ndarray, pixel_size: float) -> Path:
-    """Write a float32 MRC with ``pixel_size`` (Å/px) in the header, atomically."""
+    """Write a float32 MRC (2D or 3D) with ``pixel_size`` (Å/px) in the header, atomically.
+
+    The header's label names lipoframe instead of mrcfile's creation time,
+    so the same data give byte-identical files.
+    """
     import mrcfile
 
     from lipoframe.io.atomic import atomic_path
@@ -613,4 +617,6 @@ def write_mrc(path: str | Path, image: np.ndarray, pixel_size: float) -> Path:
         with mrcfile.new(str(tmp), overwrite=True) as mrc:
             mrc.set_data(np.asarray(image, dtype=np.float32))
             mrc.voxel_size = pixel_size
+            mrc.header.label[0] = b"lipoframe synthetic data"
+            mrc.header.nlabl = 1
     return path

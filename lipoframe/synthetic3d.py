@@ -200,9 +200,8 @@ def write_tomogram_dataset(
         diameter_px, kind`` (``x`` = column, ``y`` = row, ``z`` = plane,
         0-indexed voxel centres).
     """
-    import mrcfile
-
     from lipoframe.io.atomic import atomic_path
+    from lipoframe.synthetic import write_mrc
 
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
@@ -217,10 +216,7 @@ def write_tomogram_dataset(
         spheres = tomogram_spheres(i, seed=seed, shape=shape, pixel_size=pixel_size, diameters_A=diameters_A, counts=counts, kinds=kinds)
         vol = render_volume(shape, spheres, noise=noise, membrane_px=MEMBRANE_A / pixel_size, seed=seed * 1000 + i)
         path = folder / f"tomo_{i + 1:03d}.mrc"
-        with atomic_path(path) as tmp:
-            with mrcfile.new(str(tmp), overwrite=True) as mrc:
-                mrc.set_data(vol)
-                mrc.voxel_size = pixel_size
+        write_mrc(path, vol, pixel_size)
         paths.append(path)
         truth.append(spheres.assign(micrograph=path.stem))
     table = pd.concat(truth, ignore_index=True)[["micrograph", "x_px", "y_px", "z_px", "diameter_px", "kind"]]

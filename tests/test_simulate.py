@@ -197,6 +197,11 @@ def test_cli_mini_then_reuse(tmp_path, capsys):
     info = write_suite(out, preset="mini", seed=1, only=["k3_mixed", "empty"])
     assert info.reused and (out / "empty.mrc").stat().st_mtime_ns == before
     assert not write_suite(out, preset="mini", seed=2, only=["empty"]).reused
+    capsys.readouterr()
+    # A subset written into a folder that holds another set: the files left over are named.
+    assert main([f"output={out}", "preset=mini", "seed=1", "only=empty"]) == 0
+    err = capsys.readouterr().err
+    assert "1 other .mrc file(s)" in err and "k3_mixed.mrc" in err
 
 
 def test_noise_scale_scales_only_the_residual_noise(tmp_path, capsys):
@@ -253,6 +258,7 @@ def test_rim_blur_softens_the_objects_and_keeps_them(tmp_path, capsys):
     ([], "output"),
     (["output"], "key=value"),
     (["output=x", "preset=mini", "only=s99_nothing"], "s99_nothing"),
+    (["output=x", "dims=3", "noise_scale=0.5", "preset=mini"], "dims=3 takes output, n and seed only; preset, noise_scale are for micrographs"),
 ])
 def test_cli_errors_name_the_key(argv, word, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -281,6 +287,18 @@ def test_dims3_delegates(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "lipoframe.synthetic3d", fake)
     assert main([f"output={tmp_path}", "dims=3", "n=3", "seed=5"]) == 0
     assert calls == {"folder": tmp_path, "n": 3, "seed": 5}
+    assert f"next:    lipoframe run +experiment=tomo input={tmp_path} " in capsys.readouterr().out  # a command that works on volumes
+
+
+def test_the_same_seed_gives_byte_identical_files(tmp_path):
+    import time
+
+    scenes = [small_scene(name="one")]
+    a = write_scenes(tmp_path / "a", scenes)
+    time.sleep(1.1)  # mrcfile's default label holds the creation time
+    b = write_scenes(tmp_path / "b", scenes)
+    for name in ("one.mrc", "truth.csv", "micrographs.csv"):
+        assert (a.folder / name).read_bytes() == (b.folder / name).read_bytes(), name
 
 
 def test_demo_dataset_still_works(tmp_path):
