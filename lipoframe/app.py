@@ -141,9 +141,9 @@ def validate_overrides(overrides: list[str]) -> LipoframeConfig:
     """
     from hydra import compose, initialize_config_dir
 
-    plain = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
     from lipoframe.runner import check_retry_suppressed
 
+    plain = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
     _, registry = prepare_hydra()  # cached: stage options must be in ConfigStore
     try:
         with initialize_config_dir(version_base="1.3", config_dir=str(config_dir()), job_name="lipoframe"):
