@@ -946,6 +946,15 @@ def write_results(res: EvaluationResult, out_dir: str | Path) -> list[Path]:
 STATUS_COLORS = {"tp": "cyan", "duplicate": "magenta", "junk": "red", "fp": "orange"}
 
 
+#: The colour key of an evaluation overlay (:data:`STATUS_COLORS` for the picks).
+OVERLAY_KEY = "reference: green matched, yellow missed, red junk; picks: cyan tp, magenta duplicate, red on junk, orange fp"
+
+
+def overlay_title(title: str | None) -> str:
+    """``title`` over the colour key, which every overlay shows."""
+    return f"{title}\n{OVERLAY_KEY}" if title else OVERLAY_KEY
+
+
 def plot_evaluation(
     image: np.ndarray,
     reference: pd.DataFrame,
@@ -1007,7 +1016,7 @@ def plot_evaluation(
     ax.set_xlim(c0 - 0.5, c1 - 0.5)
     ax.set_ylim(r1 - 0.5, r0 - 0.5)
     ax.set_axis_off()
-    ax.set_title(title or "reference: green matched, yellow missed, red junk; picks: cyan tp, magenta duplicate, orange fp", fontsize=9)
+    ax.set_title(overlay_title(title), fontsize=9)
     fig.tight_layout()
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -1225,6 +1234,8 @@ def main(argv: list[str]) -> int:
             if args.overlays:
                 for p in write_overlays(res, catalog, args.output, n=args.overlays):
                     print(f"wrote {p}")
+        except BrokenPipeError:
+            raise  # stdout closed early (`| head`): not the output folder's fault; the command line handles it
         except OSError as exc:
             print(f"lipoframe evaluate: {args.output}: cannot write ({exc.strerror or exc})", file=sys.stderr)
             return 1

@@ -495,3 +495,33 @@ def test_overlays_find_the_images_or_say_once_why_not(tmp_path, capsys):
     # ... or with the images given
     assert main([f"picks={loose}", truth, f"output={tmp_path / 'e3'}", "overlays=1", f"micrographs={tmp_path}"]) == 0
     assert [p.name for p in (tmp_path / "e3" / "overlays").iterdir()] == ["b.png"]
+
+
+def test_every_evaluation_overlay_shows_the_whole_colour_key():
+    from lipoframe.evaluate import STATUS_COLORS, overlay_title
+
+    assert STATUS_COLORS["junk"] == "red"
+    for title in (None, "m1: P 1.00  R 0.50  F1 0.67"):
+        text = overlay_title(title)
+        assert "red on junk" in text and "magenta duplicate" in text and "orange fp" in text
+        assert title is None or text.startswith(title)
+
+
+def test_a_closed_stdout_is_not_blamed_on_the_output_folder(tmp_path, monkeypatch, capfd):
+    import builtins
+
+    rows = [("m", 100 + 50 * i, 100, 40) for i in range(3)]
+    table(rows).to_csv(tmp_path / "ref.csv", index=False)
+    table(rows).assign(score=1.0).to_csv(tmp_path / "picks.csv", index=False)
+    real_print = builtins.print
+
+    def closed_pipe(*args, **kwargs):  # stdout closed by `| head` while the file names are printed
+        if args and str(args[0]).startswith("wrote "):
+            raise BrokenPipeError(32, "Broken pipe")
+        return real_print(*args, **kwargs)
+
+    monkeypatch.setattr(builtins, "print", closed_pipe)
+    # It reaches the command line's handler (which ends quietly), instead of "out: cannot write" and exit 1.
+    with pytest.raises(BrokenPipeError):
+        main([f"picks={tmp_path / 'picks.csv'}", f"reference={tmp_path / 'ref.csv'}", f"output={tmp_path / 'out'}"])
+    assert "cannot write" not in capfd.readouterr().err
