@@ -256,9 +256,8 @@ def run(argv: list[str]) -> int:
 
     pm, registry = prepare_hydra()
     multirun = any(a in ("-m", "--multirun") for a in argv)
+    argv = [quote_input_glob(a) for a in argv]
     flags, overrides = split_argv(argv)
-    argv = [quote_input_glob(a) if a in overrides else a for a in argv]
-    overrides = [quote_input_glob(o) for o in overrides]
     shown = [f for f in flags if f in ("--cfg", "-c", "--info", "-i", "--shell-completion", "-sc")]
     if multirun and shown:
         # Hydra refuses the combination with a traceback; say it in one line.

@@ -516,8 +516,9 @@ def read_picks(path: str | Path, *, micrographs=None, flip_y: bool | None = None
 
     A run folder is read from its per-micrograph results
     (``micrographs/*.csv``), which keep the rejected picks (flagged) and also
-    list micrographs that got no pick at all, with the dataset-level
-    filters' decisions (``dataset_rejections.csv``) applied.
+    list micrographs that got no pick at all, with the dataset-level step's
+    verdicts applied: its filters' rejections and the binning's size
+    outliers (:func:`lipoframe.report.dataset_verdicts`).
 
     Parameters
     ----------
@@ -577,19 +578,9 @@ def read_reference(path: str | Path, *, micrographs=None, flip_y: bool | None = 
     Parameters
     ----------
     path : str or Path
-    micrographs : MicrographCatalog, str, Path or sequence of them, optional
-        Where to learn each micrograph's height and whether RELION reads it
-        upside down (TIFF), for STAR files: lipoframe run folders and
-        folders of micrograph images (see :class:`MicrographCatalog`). The
-        run folder a STAR file lies in (``run/relion/coords``) is searched
-        first.
-    flip_y : bool, optional
-        STAR coordinates of TIFF micrographs count rows from the bottom
-        (``ny - 1 - y``) and are turned back into lipoframe's ``y_px``. None
-        (default): per micrograph, flipped if ``micrographs`` (or the run
-        folder the file lies in) says it is a TIFF image, else if its
-        ``rlnMicrographName`` ends in ``.tif``/``.tiff``. True: every STAR
-        micrograph is flipped; False: none is. CSV tables are never changed.
+    micrographs, flip_y
+        How STAR coordinates of TIFF micrographs are turned back into
+        lipoframe's ``y_px``, as in :func:`read_picks`.
 
     Raises
     ------

@@ -617,7 +617,7 @@ def build_html(data: RunData, rows: list[MicrographRow], plots_png: list[tuple[s
     card_html = "".join(f'<div class="card{" bad" if bad else ""}"><span>{e(t)}</span><b>{e(v)}</b><span>{e(s)}</span></div>'
                         for t, v, s, bad in cards)
 
-    reasons = picks.loc[~acc, schema.REASON].replace("", "unspecified").value_counts() if len(picks) else pd.Series(dtype=int)
+    reasons = schema.rejection_reasons(picks).value_counts() if len(picks) else pd.Series(dtype=int)
     reason_html = _table(["reject reason", "picks"], [[e(str(k)), f"{int(v):,}"] for k, v in reasons.items()], left=1) if len(reasons) else ""
 
     problems = "".join(f"<li class='warn'>{e(str(x))}</li>" for x in data.summary.get("errors", []))
@@ -932,8 +932,7 @@ def _legend_counts(data: RunData, g: pd.DataFrame) -> list[int]:
 
 def _reasons(g: pd.DataFrame) -> str:
     """``score 5, diameter_range 2`` for the rejected picks of a table."""
-    rej = g.loc[~g[schema.ACCEPTED].to_numpy(dtype=bool), schema.REASON].replace("", "unspecified")
-    return ", ".join(f"{k} {v}" for k, v in rej.value_counts().items())
+    return ", ".join(f"{k} {v}" for k, v in schema.rejection_reasons(g).value_counts().items())
 
 
 def _load_metas(out_dir: Path, names: list[str]) -> dict[str, MicrographMeta]:

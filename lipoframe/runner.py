@@ -1319,8 +1319,7 @@ class RunResult:
         """Rejected candidates per ``reject_reason``, most frequent first (ties by name)."""
         if not len(self.picks) or schema.REASON not in self.picks.columns:
             return {}
-        reasons = self.picks.loc[~self.picks[schema.ACCEPTED].astype(bool), schema.REASON].astype(str).replace("", "unspecified")
-        counts = reasons.value_counts()
+        counts = schema.rejection_reasons(self.picks).value_counts()
         return {k: int(counts[k]) for k in sorted(counts.index, key=lambda k: (-counts[k], k))}
 
     def _accepted_with(self, column: str) -> int:

@@ -105,6 +105,12 @@ def with_acceptance(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def rejection_reasons(picks: pd.DataFrame) -> pd.Series:
+    """``reject_reason`` of the rejected rows of ``picks``, ``unspecified`` where a stage gave none."""
+    rejected = ~picks[ACCEPTED].to_numpy(dtype=bool)
+    return picks.loc[rejected, REASON].astype(str).replace("", "unspecified")
+
+
 def flags(values) -> np.ndarray:
     """A flag column (``weak``, ``retried``, ...) as a bool array, False where missing.
 
