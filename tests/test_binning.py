@@ -624,3 +624,25 @@ def test_neighbouring_bins_with_the_same_box_get_a_note():
     wide = pd.concat([picks, picks.assign(**{schema.DIAMETER: d * 3})], ignore_index=True)
     plan = QuantileBinner(QuantileParams(n_bins=2)).assign(wide, {}, ctx).plan
     assert plan.bins[0].box_px != plan.bins[1].box_px and not any("same box" in n for n in plan.notes)
+
+
+@pytest.mark.parametrize("max_bins", [1, 2])
+def test_broad_single_mode_never_gets_more_bins_than_max_bins(max_bins):
+    # one broad mode used to be split into broad_bins (3) bins whatever
+    # max_bins said: max_bins=1 gave three bins
+    d = np.random.default_rng(2).normal(300, 50, 900)
+    plan = PeakValleyBinner(PeakValleyParams(max_bins=max_bins)).assign(picks_of(d), {}, ctx()).plan
+    assert plan.n_bins == max_bins
+    assert sum(b.count for b in plan.bins) == d.size
+    assert any("one mode, broad" in n for n in plan.notes)
+
+
+@pytest.mark.parametrize("kw", [{"broad_bins": 1}, {"max_bins": 1}])
+def test_broad_mode_kept_whole_is_not_called_narrow(kw):
+    # broad_bins=1 said 'one mode, narrow (p95/p5 = 1.73 <= 1.3)'
+    d = np.random.default_rng(2).normal(300, 50, 900)
+    plan = PeakValleyBinner(PeakValleyParams(**kw)).assign(picks_of(d), {}, ctx()).plan
+    assert plan.n_bins == 1
+    assert not any("narrow" in n for n in plan.notes)
+    (note,) = [n for n in plan.notes if n.startswith("one mode")]
+    assert "broad" in note and f"binning.{next(iter(kw))}=1" in note

@@ -261,7 +261,8 @@ class PeakValleyParams(BoxParams):
         than this factor is broad: a single broad mode is split into
         ``broad_bins`` bins; broad modes among several get the bins
         ``max_bins`` leaves over, where they save the most pixels.
-    broad_bins: at most this many bins for one broad mode.
+    broad_bins: at most this many bins for one broad mode (and no more
+        than ``max_bins``).
     broad_split: how a broad mode is split: ``min_waste`` (default: fewest
         extracted pixels, at least ``min_bin_picks`` per bin; right for
         long tails of large vesicles) or ``quantile`` (equal counts).
@@ -350,10 +351,16 @@ class PeakValleyBinner(_PolicyBinner):
             if splits:
                 details["decision"] += f"; {len(splits)} broad mode(s) split into {how} bins"
                 details["broad_mode_splits"] = splits
-        elif spread > p.broad_ratio and p.broad_bins > 1:
-            edges = _broad_split(d, p.broad_bins, p)
-            details["decision"] = f"one broad mode: {p.broad_bins} {how} bins"
+        elif spread > p.broad_ratio and min(p.broad_bins, p.max_bins) > 1:
+            n_broad = min(p.broad_bins, p.max_bins)
+            edges = _broad_split(d, n_broad, p)
+            details["decision"] = f"one broad mode: {n_broad} {how} bins"
             notes.append(f"one mode, broad (p95/p5 = {spread:.2f} > {p.broad_ratio:g}): {len(edges) - 1} {how} bins")
+        elif spread > p.broad_ratio:
+            edges = np.array([d.min(), d.max()])
+            details["decision"] = "one broad mode: one bin"
+            limit = "binning.max_bins=1" if p.max_bins < 2 else "binning.broad_bins=1"
+            notes.append(f"one mode, broad (p95/p5 = {spread:.2f} > {p.broad_ratio:g}): one bin ({limit})")
         else:
             edges = np.array([d.min(), d.max()])
             details["decision"] = "one narrow mode: one bin"
