@@ -7,6 +7,7 @@ populations, and empty or near-empty sets.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -646,3 +647,27 @@ def test_broad_mode_kept_whole_is_not_called_narrow(kw):
     assert not any("narrow" in n for n in plan.notes)
     (note,) = [n for n in plan.notes if n.startswith("one mode")]
     assert "broad" in note and f"binning.{next(iter(kw))}=1" in note
+
+
+@pytest.mark.parametrize("binner", [PeakValleyBinner(PeakValleyParams(extract_pixel_size=2.0)),
+                                    HacBinner(HacParams(extract_pixel_size=2.0, threshold_px=5.0))])
+def test_bins_with_the_same_box_at_the_extraction_pixel_size_are_merged(binner):
+    # 58-62 px and 78-82 px need 96 and 128 px boxes at 1 A/px, but both come
+    # out in a 64 px box at 2 A/px (cut 128, rescale to 64): two identical
+    # extraction jobs, which merge_same_box is there to avoid
+    rng = np.random.default_rng(4)
+    d = np.r_[rng.uniform(58, 62, 300), rng.uniform(78, 82, 300)]
+    apart = type(binner)(dataclasses.replace(binner.params, extract_pixel_size=None)).assign(picks_of(d), {}, ctx()).plan
+    assert [b.box_px for b in apart.bins] == [96, 128]
+    plan = binner.assign(picks_of(d), {}, ctx()).plan
+    assert plan.n_bins == 1
+    (b,) = plan.bins
+    assert (b.box_px, b.box_px_extract, b.extract_size_px, b.count) == (128, 64, 128, 600)
+
+
+def test_same_box_note_compares_the_boxes_at_the_extraction_pixel_size():
+    rng = np.random.default_rng(4)
+    d = np.r_[rng.uniform(58, 62, 300), rng.uniform(78, 82, 300)]
+    plan = QuantileBinner(QuantileParams(n_bins=2, extract_pixel_size=2.0)).assign(picks_of(d), {}, ctx()).plan
+    assert [b.box_px for b in plan.bins] == [96, 128]
+    assert any("bins 1 and 2 (64 px at 2 Å/px) get the same box" in n for n in plan.notes)

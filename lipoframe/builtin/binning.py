@@ -74,6 +74,21 @@ def box_for(d_max_px: float, params: BoxParams) -> int:
     return round_up_box(params.pad * d_max_px, rounding=params.rounding)
 
 
+def job_box(d_max_px: float, params: BoxParams, pixel_size: float | None) -> int:
+    """Box of the images a bin's extraction job gives (px).
+
+    The box at ``params.extract_pixel_size`` when that is set and the
+    micrographs' ``pixel_size`` is known (the particles come out rescaled to
+    it), else :func:`box_for`. Two bins with the same job box are the same
+    extraction job (``merge_same_box``), and the pixels a plan extracts are
+    counted in this box.
+    """
+    px_extract = getattr(params, "extract_pixel_size", None)
+    if px_extract and pixel_size:
+        return round_up_box(params.pad * d_max_px * pixel_size / px_extract, rounding=params.rounding)
+    return box_for(d_max_px, params)
+
+
 def make_bin(index: int, lo: float, hi: float, count: int, params: BoxParams, pixel_size: float | None) -> SizeBin:
     """A :class:`SizeBin` with box and mask sizes from the bin's largest diameter ``hi`` (px).
 
@@ -91,7 +106,7 @@ def make_bin(index: int, lo: float, hi: float, count: int, params: BoxParams, pi
     if pixel_size:
         mask = min((box - COSINE_EDGE_WIDTH_PX) * pixel_size, 1.2 * hi * pixel_size)
         if params.extract_pixel_size:
-            box_extract = round_up_box(params.pad * hi * pixel_size / params.extract_pixel_size, rounding=params.rounding)
+            box_extract = job_box(hi, params, pixel_size)
             window = 2 * max(1, round(box_extract * params.extract_pixel_size / pixel_size / 2))
             rescaled = pixel_size * window / box_extract
             mask = min(mask, (box_extract - COSINE_EDGE_WIDTH_PX) * rescaled)
@@ -176,7 +191,8 @@ class _PolicyBinner(Binner):
             for k, old in enumerate(used):
                 members = d_ok[raw == old]
                 bins.append(make_bin(k, members.min(), members.max(), members.size, self.params, pixel_size))
-        same = [f"{a.index + 1} and {b.index + 1} ({a.box_px} px)" for a, b in zip(bins, bins[1:]) if a.box_px == b.box_px]
+        same = [f"{a.index + 1} and {b.index + 1} ({_job_text(a, self.params)})" for a, b in zip(bins, bins[1:])
+                if _job_key(a) == _job_key(b)]
         if same:
             notes.append(f"bins {', '.join(same)} get the same box: extracting them apart gains nothing "
                          "(peak_valley, kmeans and hac merge such bins with merge_same_box=true)")
@@ -193,6 +209,18 @@ class _PolicyBinner(Binner):
             details=details,
         )
         return BinningResult(picks=out, plan=plan)
+
+
+def _job_key(b: SizeBin) -> int:
+    """The box of a bin's extraction job: at the extraction pixel size if the plan has one."""
+    return b.box_px if b.box_px_extract is None else b.box_px_extract
+
+
+def _job_text(b: SizeBin, params) -> str:
+    """A bin's extraction box as the same-box note names it."""
+    if b.box_px_extract is None:
+        return f"{b.box_px} px"
+    return f"{b.box_px_extract} px at {params.extract_pixel_size:g} Å/px"
 
 
 def _extract_notes(params, pixel_size: float | None) -> list[str]:
@@ -346,7 +374,7 @@ class PeakValleyBinner(_PolicyBinner):
             details["decision"] = f"{pv.n_modes} modes: edges at the valleys"
             notes.append(f"{pv.n_modes} modes at {', '.join(f'{centers[i]:.0f}' for i in pv.peaks)} px; bin edges at the valleys "
                          f"{', '.join(f'{v:.0f}' for v in pv.cuts)} px")
-            edges, split_notes, splits = _split_broad_modes(d, edges, p)
+            edges, split_notes, splits = _split_broad_modes(d, edges, p, ctx.pixel_size)
             notes.extend(split_notes)
             if splits:
                 details["decision"] += f"; {len(splits)} broad mode(s) split into {how} bins"
@@ -367,7 +395,7 @@ class PeakValleyBinner(_PolicyBinner):
             notes.append(f"one mode, narrow (p95/p5 = {spread:.2f} <= {p.broad_ratio:g}): one bin")
         edges = self._strays(d, edges, notes, details)
         if p.merge_same_box and len(edges) > 2:
-            merged = _merge_same_box(d, edges, p)
+            merged = _merge_same_box(d, edges, p, ctx.pixel_size)
             if len(merged) < len(edges):
                 notes.append(f"{len(edges) - len(merged)} bin(s) merged into a neighbour with the same box size")
                 edges = merged
@@ -415,7 +443,8 @@ def _pixels(d: np.ndarray, edges: np.ndarray, params: BoxParams) -> float:
     return float(sum((lab == k).sum() * box_for(d[lab == k].max(), params) ** 2 for k in np.unique(lab[lab >= 0])))
 
 
-def _split_broad_modes(d: np.ndarray, edges: np.ndarray, p: PeakValleyParams) -> tuple[np.ndarray, list[str], list[dict]]:
+def _split_broad_modes(d: np.ndarray, edges: np.ndarray, p: PeakValleyParams,
+                       pixel_size: float | None = None) -> tuple[np.ndarray, list[str], list[dict]]:
     """Split broad modes of a multi-mode histogram with the bins ``max_bins`` leaves over.
 
     A long-tailed mode (many small vesicles and a tail of large ones) between
@@ -446,7 +475,7 @@ def _split_broad_modes(d: np.ndarray, edges: np.ndarray, p: PeakValleyParams) ->
                 for parts in range(2, min(p.broad_bins, spare + 1) + 1):
                     sub = _broad_split(m, parts, p)
                     if len(sub) > 2:
-                        sub = _merge_same_box(m, sub, p)
+                        sub = _merge_same_box(m, sub, p, pixel_size)
                     saved = base - _pixels(m, sub, p)
                     if len(sub) > 2 and saved > 0:
                         record = {"mode_bin_px": [round(float(m.min()), 2), round(float(m.max()), 2)],
@@ -477,14 +506,14 @@ def _split_broad_modes(d: np.ndarray, edges: np.ndarray, p: PeakValleyParams) ->
     return new_edges, notes, splits
 
 
-def _merge_same_box(d: np.ndarray, edges: np.ndarray, params: BoxParams) -> np.ndarray:
-    """Edges after merging neighbouring bins (of the items ``d``) whose boxes are equal."""
+def _merge_same_box(d: np.ndarray, edges: np.ndarray, params: BoxParams, pixel_size: float | None = None) -> np.ndarray:
+    """Edges after merging neighbouring bins (of the items ``d``) whose extraction jobs have the same box (:func:`job_box`)."""
     lab = algo.assign_to_edges(d, edges)
     used = np.unique(lab[lab >= 0])
     lo = np.array([d[lab == k].min() for k in used])
     hi = np.array([d[lab == k].max() for k in used])
     cnt = np.array([(lab == k).sum() for k in used])
-    lo, hi, _ = algo.merge_bins(lo, hi, cnt, lambda h: box_for(h, params), max_bins=len(used), merge_same_box=True)
+    lo, hi, _ = algo.merge_bins(lo, hi, cnt, lambda h: job_box(h, params, pixel_size), max_bins=len(used), merge_same_box=True)
     return np.r_[edges[0], 0.5 * (hi[:-1] + lo[1:]), edges[-1]]
 
 
@@ -628,7 +657,7 @@ class _ClusterBinner(_PolicyBinner):
         # one group per accepted cluster, merged where a shared box costs least;
         # edges lie midway between groups, so members of a rejected cluster
         # inside the accepted range join the nearer group
-        lo, hi, _ = algo.merge_bins(filt.dmin[acc], filt.dmax[acc], filt.count[acc], lambda h: box_for(h, p),
+        lo, hi, _ = algo.merge_bins(filt.dmin[acc], filt.dmax[acc], filt.count[acc], lambda h: job_box(h, p, ctx.pixel_size),
                                     max_bins=p.max_bins, merge_same_box=p.merge_same_box)
         edges = np.r_[gate[0], 0.5 * (hi[:-1] + lo[1:]), gate[1]]
         details["groups_before_merge"] = int(acc.sum())
