@@ -328,9 +328,13 @@ def plan_markdown(plan: ExtractionPlan, files: dict[int, list[str]], *, n_outlie
             box += f"; **{b.box_px_extract} px** at {plan.extract_pixel_size:g} Å/px"
             if b.extract_size_px:
                 got = b.rescaled_pixel_size(px)
+                if b.box_px_extract > b.extract_size_px:  # upsampling: a Fourier crop only shrinks
+                    cs = (f"cryoSPARC: extraction box {b.extract_size_px}; its Fourier crop cannot enlarge it to "
+                          f"{b.box_px_extract}")
+                else:
+                    cs = f"cryoSPARC: extraction box {b.extract_size_px}, Fourier-crop to {b.box_px_extract}"
                 box += (f": cut **{b.extract_size_px} px** and rescale to {b.box_px_extract} (RELION `--extract_size "
-                        f"{b.extract_size_px} --scale {b.box_px_extract}`; cryoSPARC: extraction box {b.extract_size_px}, "
-                        f"Fourier-crop to {b.box_px_extract})")
+                        f"{b.extract_size_px} --scale {b.box_px_extract}`; {cs})")
                 if got and abs(got / plan.extract_pixel_size - 1) > 5e-4:
                     box += f", which gives {got:.4g} Å/px (boxes are even)"
             else:  # a plan written before extract_size_px existed

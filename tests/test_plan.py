@@ -387,3 +387,16 @@ def test_a_far_finer_extraction_pixel_size_is_a_warning_with_its_factor(caplog, 
     assert notes == [f"binning.extract_pixel_size={extract:g} Å/px is finer than the micrographs (1.1 Å/px): "
                      f"that upsamples {1.1 / extract:.3g}x" + ("; check the value (the extraction boxes grow as much)" if warned else "")]
     assert ("check the value" in caplog.text) == warned
+
+
+@pytest.mark.parametrize(("extract", "crop"), [(2.0, True), (0.5, False)])
+def test_cryosparc_is_not_told_to_fourier_crop_to_a_larger_box(extract, crop):
+    # at 0.5 A/px from 1 A/px the plan said 'cryoSPARC: extraction box 96,
+    # Fourier-crop to 192': a Fourier crop only makes a box smaller
+    b = make_bin(0, 50, 64, 10, BoxParams(extract_pixel_size=extract), 1.0)
+    plan = ExtractionPlan(policy="single", pixel_size=1.0, bins=(b,), extract_pixel_size=extract)
+    md = plan_markdown(plan, {})
+    assert (f"Fourier-crop to {b.box_px_extract}" in md) == crop
+    if not crop:
+        assert b.box_px_extract > b.extract_size_px
+        assert f"its Fourier crop cannot enlarge it to {b.box_px_extract}" in md
