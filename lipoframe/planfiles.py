@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -274,8 +275,14 @@ def _ranges(b, px: float | None) -> tuple[str, str | None]:
             format_range(b.d_min_px * px, b.d_max_px * px, sep="–") if px else None)
 
 
-def plan_markdown(plan: ExtractionPlan, files: dict[int, list[str]], *, n_outliers: int = 0) -> str:
-    """The human-readable ``extraction_plan.md``."""
+def plan_markdown(plan: ExtractionPlan, files: dict[int, list[str]], *, n_outliers: int = 0, coord_prefix: str = "") -> str:
+    """The human-readable ``extraction_plan.md``.
+
+    ``coord_prefix`` is put in front of the coordinate list of each RELION
+    command: the output folder as seen from the RELION project, when the
+    ``star`` writer knows the project (``writer.star.project_dir``); the
+    command then runs from the project as it stands.
+    """
     px = plan.pixel_size
     params = plan.details.get("params", {})
     pad = params.get("pad")
@@ -351,7 +358,10 @@ def plan_markdown(plan: ExtractionPlan, files: dict[int, list[str]], *, n_outlie
         else:
             lines.append(f"- Coordinate files: none written per bin; use the rows of `picks.csv` with "
                          f"`size_bin == {b.index}` (add a writer that writes per-bin sets, e.g. `writer=[csv,star]`).")
-        cmd = _extract_command(plan, b, _coord_list(fl))
+        coord_list = _coord_list(fl)
+        if coord_list is not None and coord_prefix:
+            coord_list = f"{coord_prefix.rstrip('/')}/{coord_list}"
+        cmd = _extract_command(plan, b, coord_list)
         if cmd:
             lines += ["- Extract with RELION:", "", "  ```sh", f"  {cmd}", "  ```"]
         lines.append("")
@@ -363,7 +373,8 @@ def plan_markdown(plan: ExtractionPlan, files: dict[int, list[str]], *, n_outlie
 # ---------------------------------------------------------------------------
 # Entry point
 # ---------------------------------------------------------------------------
-def write_plan_files(plan: ExtractionPlan, picks: pd.DataFrame, out_dir: Path, *, metas=None, written=()) -> list[Path]:
+def write_plan_files(plan: ExtractionPlan, picks: pd.DataFrame, out_dir: Path, *, metas=None, written=(),
+                     project_dir: str = "") -> list[Path]:
     """Write ``sizes.csv``, ``size_histogram.png``, ``extraction_plan.json`` and ``.md``.
 
     Parameters
@@ -376,6 +387,10 @@ def write_plan_files(plan: ExtractionPlan, picks: pd.DataFrame, out_dir: Path, *
         Micrograph metadata (unused for now; kept for the runner's call).
     written : sequence of path
         Files the writers produced; those under ``bins/bin<k>/`` are listed per bin.
+    project_dir : str
+        The RELION project (``writer.star.project_dir``); when given, the
+        RELION commands of ``extraction_plan.md`` name the coordinate lists
+        relative to it, as the list files name their coordinate files.
 
     Returns
     -------
@@ -403,5 +418,10 @@ def write_plan_files(plan: ExtractionPlan, picks: pd.DataFrame, out_dir: Path, *
     paths.append(write_text(safe_child(out_dir, "extraction_plan.json"), json.dumps(doc, indent=2, default=_json_default) + "\n"))
 
     n_out = int(table["outliers"].sum()) if len(table) else 0
-    paths.append(write_text(safe_child(out_dir, "extraction_plan.md"), plan_markdown(plan, files, n_outliers=n_out)))
+    prefix = ""
+    if project_dir:
+        # as the star writer makes the list files' paths relative (abspath, symlinks kept)
+        prefix = Path(os.path.relpath(os.path.abspath(out_dir), os.path.abspath(os.path.expanduser(project_dir)))).as_posix()
+    paths.append(write_text(safe_child(out_dir, "extraction_plan.md"),
+                            plan_markdown(plan, files, n_outliers=n_out, coord_prefix=prefix)))
     return paths

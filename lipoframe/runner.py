@@ -1142,7 +1142,8 @@ def finalize_dataset(
             failed.append(f"writer {w.name} failed: {type(exc).__name__}: {exc}")
             log.error("%s%s", failed[-1], "\n" + traceback.format_exc() if cfg.runner.verbose else "")
     # Plan files last, so extraction_plan.md can point at the files writers made.
-    written.extend(write_plan_files(result.plan, binned, out_dir, metas=metas, written=written))
+    project_dir = next((str(getattr(w.params, "project_dir", "") or "") for w in stages.writers if w.name == "star"), "")
+    written.extend(write_plan_files(result.plan, binned, out_dir, metas=metas, written=written, project_dir=project_dir))
     removed = remove_stale_outputs(out_dir, written)
     if removed:
         log.info("removed %d file(s) an earlier run wrote into %s that this run did not write again", len(removed), out_dir)

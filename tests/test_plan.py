@@ -400,3 +400,21 @@ def test_cryosparc_is_not_told_to_fourier_crop_to_a_larger_box(extract, crop):
     if not crop:
         assert b.box_px_extract > b.extract_size_px
         assert f"its Fourier crop cannot enlarge it to {b.box_px_extract}" in md
+
+
+def test_relion_command_names_the_coordinate_list_from_the_project(tmp_path, run_cli):
+    # with writer.star.project_dir the list files name their coordinate files
+    # from the project, but the command said '--coord_list bins/bin1/autopick.star',
+    # which RELION, run from the project, does not find
+    picks, metas = dataset()
+    project = tmp_path / "project"
+    run = fabricated_run(project / "External" / "lipoframe", picks, metas)
+    code, _, err = run_cli("plan", run, "writer=[csv,star]", f"writer.star.project_dir={project}")
+    assert code == 0, err
+    md = (run / "extraction_plan.md").read_text()
+    assert "--coord_list External/lipoframe/bins/bin1/autopick.star " in md
+    listed = (project / "External/lipoframe/bins/bin1/autopick.star").read_text()
+    assert "External/lipoframe/bins/bin1/coords/" in listed
+    code, _, err = run_cli("plan", run, "writer=[csv,star]", "writer.star.project_dir=")
+    assert code == 0, err
+    assert "--coord_list bins/bin1/autopick.star " in (run / "extraction_plan.md").read_text()
