@@ -381,7 +381,7 @@ class PeakValleyBinner(_PolicyBinner):
                 details["broad_mode_splits"] = splits
         elif spread > p.broad_ratio and min(p.broad_bins, p.max_bins) > 1:
             n_broad = min(p.broad_bins, p.max_bins)
-            edges = _broad_split(d, n_broad, p)
+            edges = _broad_split(d, n_broad, p, ctx.pixel_size)
             details["decision"] = f"one broad mode: {n_broad} {how} bins"
             notes.append(f"one mode, broad (p95/p5 = {spread:.2f} > {p.broad_ratio:g}): {len(edges) - 1} {how} bins")
         elif spread > p.broad_ratio:
@@ -430,17 +430,21 @@ class PeakValleyBinner(_PolicyBinner):
         return edges
 
 
-def _broad_split(d: np.ndarray, n_bins: int, p: PeakValleyParams) -> np.ndarray:
-    """Edges of ``d`` split into at most ``n_bins`` bins the way ``p.broad_split`` says."""
+def _broad_split(d: np.ndarray, n_bins: int, p: PeakValleyParams, pixel_size: float | None = None) -> np.ndarray:
+    """Edges of ``d`` split into at most ``n_bins`` bins the way ``p.broad_split`` says.
+
+    ``min_waste`` counts the pixels of the boxes the particles come out in
+    (:func:`job_box`: at ``extract_pixel_size`` when it is set).
+    """
     if p.broad_split == "min_waste":
-        return algo.min_waste_edges(d, n_bins, lambda v: box_for(v, p), min_count=p.min_bin_picks)
+        return algo.min_waste_edges(d, n_bins, lambda v: job_box(v, p, pixel_size), min_count=p.min_bin_picks)
     return algo.quantile_edges(d, n_bins)
 
 
-def _pixels(d: np.ndarray, edges: np.ndarray, params: BoxParams) -> float:
-    """Pixels extracted when the items ``d`` are binned by ``edges``: sum of count x box**2."""
+def _pixels(d: np.ndarray, edges: np.ndarray, params: BoxParams, pixel_size: float | None = None) -> float:
+    """Pixels extracted when the items ``d`` are binned by ``edges``: sum of count x job box**2 (:func:`job_box`)."""
     lab = algo.assign_to_edges(d, edges)
-    return float(sum((lab == k).sum() * box_for(d[lab == k].max(), params) ** 2 for k in np.unique(lab[lab >= 0])))
+    return float(sum((lab == k).sum() * job_box(d[lab == k].max(), params, pixel_size) ** 2 for k in np.unique(lab[lab >= 0])))
 
 
 def _split_broad_modes(d: np.ndarray, edges: np.ndarray, p: PeakValleyParams,
@@ -471,12 +475,12 @@ def _split_broad_modes(d: np.ndarray, edges: np.ndarray, p: PeakValleyParams,
             q05, q95 = np.quantile(m, [0.05, 0.95])
             spread = float(q95 / q05)
             if spread > p.broad_ratio:
-                base = m.size * float(box_for(m.max(), p)) ** 2  # the whole mode in its largest member's box
+                base = m.size * float(job_box(m.max(), p, pixel_size)) ** 2  # the whole mode in its largest member's box
                 for parts in range(2, min(p.broad_bins, spare + 1) + 1):
-                    sub = _broad_split(m, parts, p)
+                    sub = _broad_split(m, parts, p, pixel_size)
                     if len(sub) > 2:
                         sub = _merge_same_box(m, sub, p, pixel_size)
-                    saved = base - _pixels(m, sub, p)
+                    saved = base - _pixels(m, sub, p, pixel_size)
                     if len(sub) > 2 and saved > 0:
                         record = {"mode_bin_px": [round(float(m.min()), 2), round(float(m.max()), 2)],
                                   "spread_q95_over_q05": round(spread, 3), "bins": len(sub) - 1,
