@@ -469,7 +469,11 @@ def _fmt(v: float, nd: int = 1) -> str:
 
 
 def _bin_label(b, pixel_size: float | None) -> str:
-    nm = f" ({format_range(b.d_min_px * pixel_size / 10, b.d_max_px * pixel_size / 10, sep='–')} nm)" if pixel_size else ""
+    """An overlay legend's bin: ``bin 1: 79-97 px (16–19 nm), box 160 px`` (nm to 0.1 below 10 nm)."""
+    nm = ""
+    if pixel_size:
+        lo, hi = b.d_min_px * pixel_size / 10, b.d_max_px * pixel_size / 10
+        nm = f" ({format_range(lo, hi, sep='–', spec='.1f' if hi < 9.95 else '.0f')} nm)"
     return f"bin {b.index + 1}: {format_range(b.d_min_px, b.d_max_px, sep='–')} px{nm}, box {b.box_px} px"
 
 

@@ -21,7 +21,7 @@ from conftest import TINY_DMAX, TINY_DMIN, tiny_image, write_mrc
 from PIL import Image
 
 from lipoframe import plots, report, schema
-from lipoframe.plan import ExtractionPlan
+from lipoframe.plan import ExtractionPlan, SizeBin
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -465,3 +465,14 @@ def test_every_image_of_the_report_loads_in_headless_chromium(done, tmp_path):
     spoiled.write_text(probe.read_text().replace('src="data:image/png;base64,iVBOR', 'src="data:image/png;base64,AAAA', 1))
     n2, broken2 = chromium_images(spoiled, tmp_path / "profile2")
     assert n2 == n and len(broken2) == 1
+
+
+def test_overlay_legend_gives_small_bins_in_tenths_of_a_nanometre():
+    # 38-43 px at 1 A/px read '(4 nm)' next to 43-64 px '(4–6 nm)'
+    def label(lo, hi, px):
+        return report._bin_label(SizeBin(index=0, d_min_px=lo, d_max_px=hi, count=5, box_px=96), px)
+
+    assert label(38, 43, 1.0) == "bin 1: 38–43 px (3.8–4.3 nm), box 96 px"
+    assert label(43, 64, 1.0) == "bin 1: 43–64 px (4.3–6.4 nm), box 96 px"
+    assert label(79, 97, 2.0) == "bin 1: 79–97 px (16–19 nm), box 96 px"
+    assert label(79, 97, None) == "bin 1: 79–97 px, box 96 px"
