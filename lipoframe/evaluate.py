@@ -437,19 +437,47 @@ def _star_to_lipoframe_frame(out: pd.DataFrame, names: pd.Series, path: Path, ca
     return out
 
 
-def _read_star(path: Path, catalog: MicrographCatalog | None = None, flip_y: bool | None = None) -> pd.DataFrame:
+def _star_blocks(path: Path) -> dict:
+    """The data blocks of a STAR file; {} for a file whose only block is empty.
+
+    RELION writes a micrograph without picks as ``data_`` and nothing else,
+    which ``starfile`` cannot parse (it raises TypeError).
+    """
     import starfile
 
-    # Micrograph names stay text ("0001" is not the number 1).
-    data = starfile.read(path, always_dict=True, parse_as_string=["rlnMicrographName"])
+    try:
+        # Micrograph names stay text ("0001" is not the number 1).
+        return starfile.read(path, always_dict=True, parse_as_string=["rlnMicrographName"])
+    except TypeError:
+        if "_rln" in path.read_text(errors="replace"):
+            raise EvaluationInputError(f"{path}: cannot read (not a STAR file starfile can parse)") from None
+        return {}
+
+
+def _read_star(path: Path, catalog: MicrographCatalog | None = None, flip_y: bool | None = None, *,
+               micrograph: str | None = None) -> pd.DataFrame:
+    """Coordinates of a STAR file, or of the coordinate files a RELION list file names.
+
+    ``micrograph`` names the rows of a coordinate file without
+    ``rlnMicrographName`` (the list file's name for it); such a file may be
+    empty (a micrograph without picks).
+    """
+    data = _star_blocks(path)
     block = next((b for b in data.values() if isinstance(b, pd.DataFrame) and "rlnCoordinateX" in b.columns), None)
     if block is None:
+        listing = next((b for b in data.values() if isinstance(b, pd.DataFrame) and "rlnMicrographCoordinates" in b.columns), None)
+        if listing is not None and micrograph is None:
+            return _read_coordinate_list(path, listing, catalog, flip_y)
+        if micrograph is not None and not any(isinstance(b, pd.DataFrame) and len(b) for b in data.values()):
+            return pd.DataFrame({schema.X: [], schema.Y: [], schema.MICROGRAPH: pd.Series([], dtype=object)})
         raise EvaluationInputError(f"{path}: no STAR block with rlnCoordinateX/rlnCoordinateY")
     out = pd.DataFrame({schema.X: block["rlnCoordinateX"].astype(float), schema.Y: block["rlnCoordinateY"].astype(float)})
     if "rlnCoordinateZ" in block.columns:
         out[schema.Z] = block["rlnCoordinateZ"].astype(float)
     if "rlnMicrographName" in block.columns:
         out[schema.MICROGRAPH] = block["rlnMicrographName"].astype(str)
+    elif micrograph is not None:
+        out[schema.MICROGRAPH] = micrograph
     else:
         stem = re.sub(r"_(autopick|manualpick|pick|picks|coords)$", "", path.stem)
         out[schema.MICROGRAPH] = stem
@@ -461,6 +489,40 @@ def _read_star(path: Path, catalog: MicrographCatalog | None = None, flip_y: boo
             out[schema.DIAMETER] = block[col].astype(float)
             break
     return out
+
+
+def _read_coordinate_list(path: Path, listing: pd.DataFrame, catalog: MicrographCatalog | None,
+                          flip_y: bool | None) -> pd.DataFrame:
+    """The coordinates of every file a RELION list file (``autopick.star``, ``manualpick.star``) names.
+
+    RELION 4/5 pickers list ``rlnMicrographName`` and
+    ``rlnMicrographCoordinates`` (a coordinate file) per micrograph, with
+    paths relative to the RELION project. A relative path is looked for from
+    the current folder and from each folder above the list file (the project
+    holds the job folder the list lies in).
+    """
+    if "rlnMicrographName" not in listing.columns:
+        raise EvaluationInputError(f"{path}: a coordinate list (rlnMicrographCoordinates) without rlnMicrographName")
+    bases = [Path.cwd(), *path.resolve().parents] if not path.is_absolute() else [*path.parents]
+    if Path.cwd() not in bases:
+        bases.insert(0, Path.cwd())
+    tables, missing = [], []
+    for name, listed in zip(listing["rlnMicrographName"].astype(str), listing["rlnMicrographCoordinates"].astype(str)):
+        p = Path(listed)
+        found = p if p.is_absolute() and p.is_file() else next((b / p for b in bases if not p.is_absolute() and (b / p).is_file()), None)
+        if found is None:
+            missing.append(listed)
+            continue
+        tables.append(_read_star(found, catalog, flip_y, micrograph=name))
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise EvaluationInputError(
+            f"{path}: coordinate file(s) it lists not found: {', '.join(missing[:3])}{more} (a RELION list names them from "
+            "the RELION project: run lipoframe evaluate from the project folder)")
+    if not tables:
+        return pd.DataFrame({schema.X: [], schema.Y: [], schema.MICROGRAPH: pd.Series([], dtype=object)})
+    non_empty = [t for t in tables if len(t)] or tables[:1]
+    return pd.concat(non_empty, ignore_index=True)
 
 
 def _read_table(path: Path, catalog: MicrographCatalog | None = None, flip_y: bool | None = None) -> pd.DataFrame:
@@ -488,6 +550,9 @@ def _read_many(path: Path, what: str, micrographs=None, flip_y: bool | None = No
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".csv", ".star") and not p.name.startswith("."))
         if not files:
             raise EvaluationInputError(f"{path}: no .csv or .star {what} files in this folder")
+        lists = [p for p in files if p.suffix.lower() == ".star" and _is_coordinate_list(p)]
+        if lists:  # a RELION job folder (or a run's relion/): its list files say which coordinate files count
+            files = lists
         tables, skipped = [], []
         for p in files:
             try:
@@ -503,6 +568,15 @@ def _read_many(path: Path, what: str, micrographs=None, flip_y: bool | None = No
     if not path.exists():
         raise EvaluationInputError(f"{path}: {what} file not found")
     return _read_table(path, catalog, flip_y)
+
+
+def _is_coordinate_list(path: Path) -> bool:
+    """True for a RELION list file (``rlnMicrographCoordinates``) among a folder's STAR files."""
+    try:
+        with open(path, errors="replace") as fh:
+            return "_rlnMicrographCoordinates" in fh.read(65536)
+    except OSError:
+        return False
 
 
 def _check_columns(df: pd.DataFrame, where: str) -> None:
@@ -1135,8 +1209,8 @@ def dataclass_help(prog: str, description: str, schema_cls: type, examples: tupl
 class EvaluateArgs:
     """Options of ``lipoframe evaluate``.
 
-    picks: lipoframe run folder, picks CSV/STAR, or a folder of them
-    reference: reference coordinates: CSV (micrograph,x_px,y_px,diameter_px,kind), STAR, or a folder
+    picks: lipoframe run folder, picks CSV/STAR (a RELION list file such as autopick.star is followed), or a folder of them
+    reference: reference coordinates: CSV (micrograph,x_px,y_px,diameter_px,kind), STAR (or a RELION list file), or a folder
     output: folder for evaluation.json, per_micrograph.csv, picks_evaluated.csv (optional)
     tolerance: max centre distance for a match, relative to the reference diameter
     iou_threshold: circle/sphere IoU counted in iou_rate

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import TINY_ARGS, tiny_truth
 
 from lipoframe.evaluate import (
     average_precision,
@@ -211,10 +212,14 @@ def test_star_reference_and_run_folder(tmp_path):
     coords.mkdir()
     starfile.write({"coordinate_files": pd.DataFrame({"rlnMicrographName": ["m1.mrc"], "rlnMicrographCoordinates": ["m1_autopick.star"]})}, coords / "autopick.star")
     starfile.write({"": pd.DataFrame({"rlnCoordinateX": [101.0], "rlnCoordinateY": [50.0], "rlnAutopickFigureOfMerit": [2.0]})}, coords / "m1_autopick.star")
-    from_folder = read_reference(coords)
-    assert list(from_folder["micrograph"]) == ["m1"] and list(from_folder["score"]) == [2.0]
-    with pytest.raises(ValueError, match="rlnCoordinateX"):
-        read_reference(coords / "autopick.star")
+    # the folder and the list file itself: the coordinate files it names, with its micrograph names
+    for where in (coords, coords / "autopick.star"):
+        got = read_reference(where)
+        assert list(got["micrograph"]) == ["m1.mrc"] and list(got["score"]) == [2.0] and list(got["x_px"]) == [101.0]
+    assert micrograph_key("m1.mrc") == micrograph_key("m1")
+    # without the list, the coordinate file's name without _autopick
+    (coords / "autopick.star").unlink()
+    assert list(read_reference(coords)["micrograph"]) == ["m1"]
     run = tmp_path / "run"
     (run / "micrographs").mkdir(parents=True)
     table([("m1", 101, 50, 40)]).assign(score=1.0, accepted=True).to_csv(run / "micrographs" / "m1.csv", index=False)
@@ -225,6 +230,44 @@ def test_star_reference_and_run_folder(tmp_path):
     assert names == ["m1", "m2"] and len(picks) == 1
     res = evaluate(picks, ref, reference_diameter=40, micrographs=names)
     assert res.summary["tp"] == 1 and res.summary["fn"] == 1 and res.summary["n_micrographs"] == 2
+
+
+def test_a_relion_list_file_is_followed_from_the_project(tmp_path, monkeypatch):
+    # RELION 4/5's autopick.star names coordinate files from the project folder;
+    # evaluate said 'no STAR block with rlnCoordinateX' for it and for its job folder
+    import starfile
+
+    job = tmp_path / "project" / "AutoPick" / "job006"
+    (job / "Movies").mkdir(parents=True)
+    listing = pd.DataFrame({"rlnMicrographName": ["MotionCorr/job002/Movies/m1.mrc", "MotionCorr/job002/Movies/m2.mrc"],
+                            "rlnMicrographCoordinates": ["AutoPick/job006/Movies/m1_autopick.star",
+                                                         "AutoPick/job006/Movies/m2_autopick.star"]})
+    starfile.write({"coordinate_files": listing}, job / "autopick.star")
+    starfile.write({"": pd.DataFrame({"rlnCoordinateX": [101.0, 300.0], "rlnCoordinateY": [50.0, 70.0],
+                                      "rlnAutopickFigureOfMerit": [2.0, 1.0]})}, job / "Movies" / "m1_autopick.star")
+    (job / "Movies" / "m2_autopick.star").write_text("# version 50001\n\ndata_\n\n")  # no picks, as RELION writes it
+    monkeypatch.chdir(tmp_path)  # not the project: the list's folders are searched upwards
+    for where in (job / "autopick.star", job):
+        got, _ = read_picks(where)
+        assert got["micrograph"].tolist() == ["MotionCorr/job002/Movies/m1.mrc"] * 2
+        assert got["x_px"].tolist() == [101.0, 300.0] and got["score"].tolist() == [2.0, 1.0]
+    ref = table([("m1", 100.0, 51.0, 40.0), ("m2", 200.0, 200.0, 40.0)])
+    res = evaluate(got.assign(accepted=True), ref)
+    assert (res.summary["tp"], res.summary["fp"], res.summary["fn"]) == (1, 1, 1)
+    (job / "Movies" / "m1_autopick.star").unlink()
+    with pytest.raises(ValueError, match=r"autopick.star: coordinate file\(s\) it lists not found: AutoPick/job006/Movies/m1_autopick.star"):
+        read_picks(job)
+
+
+def test_a_runs_relion_folder_scores_like_the_run(tmp_path, tiny_mrcs, run_cli):
+    code, _, _ = run_cli("run", f"input={tiny_mrcs[0].parent}", f"output={tmp_path / 'run'}", *TINY_ARGS)
+    assert code == 0
+    truth = pd.concat([tiny_truth(seed=i).assign(micrograph=f"mic_{i}") for i in range(2)], ignore_index=True)
+    whole = evaluate(read_picks(tmp_path / "run")[0], truth).summary
+    assert whole["tp"] >= 6
+    for where in ("relion", "relion/autopick.star"):
+        s = evaluate(read_picks(tmp_path / "run" / where)[0], truth).summary
+        assert (s["tp"], s["fp"], s["fn"]) == (whole["tp"], whole["fp"], whole["fn"])
 
 
 def test_lipoframes_own_star_files_keep_their_diameters(tmp_path):
