@@ -168,6 +168,27 @@ def test_a_particle_centred_on_the_border_is_rejected_unless_border_margin_is_0(
     assert kept["accepted"].sum() == 2 and dist < 5
 
 
+@pytest.mark.parametrize("centre", [504.0, 505.0, 506.0])
+def test_border_margin_is_measured_from_the_micrographs_own_border(centre):
+    """The refiner works on a binned copy that leaves out the rows not filling a whole block:
+    its last row is not the micrograph's. A particle the same distance from the bottom border
+    as its mirror image from the top one gets the same decision."""
+    from lipoframe.builtin.refiners import RadialProfileParams, RadialProfileRefiner
+    from lipoframe.records import Micrograph, MicrographMeta, PickContext
+
+    m = 515  # the refiner bins by 4 here (dmin 128 px): 3 rows do not fill a block
+    truth = pd.DataFrame({"x_px": [300.0, 300.0], "y_px": [centre, m - 1 - centre], "diameter_px": [160.0, 160.0]})
+    img = render((m, 600), truth, noise=0.05, seed=1)
+    mic = Micrograph(meta=MicrographMeta(name="m", path="m", shape=img.shape), image=img, polarity="dark")
+    ctx = PickContext(dmin_px=128, dmax_px=200)
+    picks = truth.assign(score=10.0, sigma_px=160 / 2.83, pyramid_level=0)
+    out = RadialProfileRefiner(RadialProfileParams()).refine(picks, mic, ctx)
+    # Centres 8.5-10.5 px inside the border, beyond border_margin (0.1 radii, 8 px).
+    inset = np.minimum(out["y_px"] + 0.5, m - 0.5 - out["y_px"])
+    assert (inset > 0.1 * out["diameter_px"] / 2).all()
+    assert out["accepted"].tolist() == [True, True], out["reject_reason"].tolist()
+
+
 def test_a_failed_pick_gets_a_second_look_on_the_detectors_own_radius():
     """A strong, one-sided structure just outside a particle wins the wide search and fails the edge test."""
     from lipoframe.builtin.refiners import RadialProfileParams, RadialProfileRefiner

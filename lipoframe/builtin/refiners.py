@@ -169,10 +169,14 @@ class RadialProfileRefiner(Refiner):
         out = schema.reject(out, bad, "no_edge")
         # A particle cut by the border is judged on the part in the image;
         # one whose centre is (nearly) on the border or beyond it is about
-        # half cut off: half an edge, half a box.
-        m, n = img.shape
-        inset = np.minimum.reduce([res["row"] + 0.5, m - 0.5 - res["row"], res["col"] + 0.5, n - 0.5 - res["col"]])
-        return schema.reject(out, inset < p.border_margin * res["diameter"] / 2.0, "at_border")
+        # half cut off: half an edge, half a box. Measured on the full-resolution
+        # grid: the binned image leaves out the last rows and columns that do
+        # not fill a whole block, so its far border lies up to factor - 1
+        # pixels inside the micrograph's.
+        m, n = mic.shape[-2:]
+        row, col = to_full_resolution(res["row"], factor), to_full_resolution(res["col"], factor)
+        inset = np.minimum.reduce([row + 0.5, m - 0.5 - row, col + 0.5, n - 0.5 - col])
+        return schema.reject(out, inset < p.border_margin * res["diameter"] * factor / 2.0, "at_border")
 
     def _edge(self, res: dict, blockers: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Edge contrast and coverage of every pick, and the share of its directions used.
