@@ -160,6 +160,22 @@ def test_noise_does_not_make_modes_in_a_small_unimodal_set():
     assert false <= 2
 
 
+@pytest.mark.parametrize("values, width", [
+    ([73.2, 148.2, 27.299999999999997], 0.3),  # 27.299999999999997 / 0.3 rounds to 91.0, and 91 * 0.3 > it
+    ([25.799999999999997, 58.8, 113.10000000000001], 0.3),
+    ([33.3, 42.3, 138.89999999999998], 0.3),  # the last edge as computed equals the largest value
+    ([48.8, 39.18, 24.05], 0.1),
+    ([29.5, 34.6, 45.1], 1.1),
+])
+def test_histogram_edges_cover_every_value_despite_rounding(values, width):
+    """Diameters read back from a table rounded to a decimal often sit on a multiple of the bar
+    in exact arithmetic; the computed edges must still hold them, and every value is counted."""
+    edges = algo.histogram_edges(values, bin_width=width)
+    assert edges[0] <= min(values) and edges[-1] > max(values)
+    assert np.histogram(values, bins=edges)[0].sum() == len(values)
+    assert np.allclose(np.diff(edges), width)
+
+
 # ---------------------------------------------------------------------------
 # quantile
 # ---------------------------------------------------------------------------

@@ -127,8 +127,12 @@ def histogram_edges(values, *, bin_width: float) -> np.ndarray:
     if x.size == 0:
         return np.array([0.0, float(bin_width)])
     lo = np.floor(x.min() / bin_width) * bin_width
+    if lo > x.min():  # the quotient rounded up to a whole number (27.299999999999997 / 0.3 -> 91.0, and 91 * 0.3 > it)
+        lo -= bin_width
     n = int(np.floor((x.max() - lo) / bin_width)) + 1
-    return lo + bin_width * np.arange(n + 1, dtype=float)
+    edges = lo + bin_width * np.arange(n + 2, dtype=float)
+    # The same rounding can leave the n-th edge on the largest value: then one more bin.
+    return edges if edges[n] <= x.max() else edges[: n + 1]
 
 
 def smooth_histogram(counts, *, sigma_bins: float) -> np.ndarray:
