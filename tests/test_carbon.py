@@ -175,6 +175,34 @@ def test_cell_noise_measures_the_spread_of_one_cell():
     assert cell_noise(rng.normal(0, 2.0, (128, 128)) + 30.0 * (xx > 64) + 0.5 * yy) == pytest.approx(2.0, rel=0.1)
 
 
+
+def test_cell_noise_of_a_coarsely_quantised_map_is_not_zero():
+    """Most neighbouring cells equal (MAD 0): the spread of the rest still counts."""
+    rng = np.random.default_rng(3)
+    q = np.round(rng.normal(0, 0.3, (128, 128)))  # 90 % zeros
+    assert cell_noise(q) == pytest.approx(q.std(), rel=0.1)
+    assert cell_noise(np.full((16, 16), 2.0)) == 0.0
+
+
+def test_the_steps_of_a_quantised_low_noise_image_are_not_carbon():
+    """An 8-bit image whose noise is under one grey level, on a gentle slope of about one grey
+    level: the level map rises in steps of one grey value, most neighbouring cells have the same
+    level and the MAD of their differences is 0. Those steps were edges of 1e306 noise units,
+    and about half the particles were rejected as carbon."""
+    from lipoframe import schema
+    from lipoframe.builtin.junk import CarbonFilter
+    from lipoframe.records import Micrograph, MicrographMeta, PickContext
+    from lipoframe.synthetic import random_particles, render
+
+    truth = random_particles((1024, 1024), np.random.default_rng(3).uniform(40, 60, 80), seed=4, gap=15)
+    xx = np.mgrid[:1024, :1024][1]
+    img = render((1024, 1024), truth, noise=0.003, seed=4) + 0.02 * xx / 1024
+    u8 = np.clip(np.round(128 + 60 * img), 0, 255).astype(np.uint8)
+    picks = truth.assign(**{schema.SCORE: 8.0, schema.WEAK: False, schema.ACCEPTED: True, schema.REASON: ""})
+    mic = Micrograph(meta=MicrographMeta(name="m", path="", shape=u8.shape), image=u8)
+    out = CarbonFilter().apply(picks, mic, PickContext(dmin_px=30, dmax_px=70))
+    assert out["accepted"].all(), out["reject_reason"].value_counts().to_dict()
+
 @pytest.mark.parametrize(
     "kw,message",
     [

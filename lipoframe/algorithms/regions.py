@@ -72,12 +72,21 @@ def cell_noise(level: np.ndarray) -> float:
     neighbouring cells (rows and columns), divided by sqrt(2): the spread of
     one cell's level about its neighbours', which an edge affects only along
     its length.
+
+    When more than half the differences are equal (a noise-free image, or
+    one quantised so coarsely that most neighbouring cells have the same
+    level) the MAD is 0 and says nothing about the rest: the standard
+    deviation of the differences is used instead. 0 only for a map without
+    any variation (or without two finite neighbours).
     """
     diffs = np.concatenate([np.diff(level, axis=0).ravel(), np.diff(level, axis=1).ravel()])
     diffs = diffs[np.isfinite(diffs)]
     if len(diffs) == 0:
         return 0.0
-    return float(1.4826 * np.median(np.abs(diffs - np.median(diffs))) / np.sqrt(2.0))
+    spread = 1.4826 * np.median(np.abs(diffs - np.median(diffs)))
+    if not spread > 0:
+        spread = np.std(diffs)
+    return float(spread / np.sqrt(2.0))
 
 
 def smooth_nan(level: np.ndarray, sigma: float) -> np.ndarray:
