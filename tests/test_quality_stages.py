@@ -363,6 +363,25 @@ def test_contamination_rejects_a_pick_whose_surroundings_are_far_darker():
     assert ContaminationFilter(ContaminationParams(max_surround_z=0)).apply(picks, mic, ctx)[schema.ACCEPTED].all()
 
 
+
+def test_contamination_keeps_crowded_particles_of_an_image_quantised_below_its_noise():
+    """An 8-bit image whose noise is a third of a grey level: most background pixels are equal,
+    the background's MAD is 0, and the spread was floored at 1e-12, so a pick with a neighbour
+    in its surroundings had them 1e10 spreads darker and was rejected (36 of 150)."""
+    from lipoframe import schema
+    from lipoframe.algorithms.stats import background_stats
+    from lipoframe.builtin.junk import ContaminationFilter
+    from lipoframe.records import Micrograph, MicrographMeta, PickContext
+
+    truth = random_particles((1024, 1024), np.random.default_rng(3).uniform(40, 60, 150), seed=4, gap=3)
+    u8 = np.clip(np.round(128 + 60 * render((1024, 1024), truth, noise=0.006, seed=4)), 0, 255).astype(np.uint8)
+    level, spread = background_stats(u8)
+    assert level == 128 and spread > 0.1
+    picks = truth.assign(**{schema.SCORE: 8.0, schema.WEAK: False, schema.ACCEPTED: True, schema.REASON: ""})
+    mic = Micrograph(meta=MicrographMeta(name="m", path="", shape=u8.shape), image=u8)
+    out = ContaminationFilter().apply(picks, mic, PickContext(dmin_px=30, dmax_px=70))
+    assert out[schema.ACCEPTED].all(), out[schema.REASON].value_counts().to_dict()
+
 def test_contamination_on_the_bright_side_of_an_illumination_gradient():
     """An ice ball where the illumination is brighter: hardly darker than the micrograph's
     median (the global test and the outlier rule keep it), far darker than its own surroundings."""

@@ -95,6 +95,11 @@ def background_stats(image: np.ndarray, *, samples: int = 65536) -> tuple[float,
     error of the median is then ~0.5 % of the spread, and a 1024² image
     costs no more than a 512² one.
 
+    When more than half the pixels sampled are equal (a noise-free image,
+    or an integer image whose noise is under one grey level) the MAD is 0
+    and says nothing about the others: the standard deviation of the sample
+    is the spread then.
+
     Returns
     -------
     level, spread : float
@@ -105,5 +110,7 @@ def background_stats(image: np.ndarray, *, samples: int = 65536) -> tuple[float,
     stride = max(2, int(math.sqrt(image.shape[0] * image.shape[1] / samples)))
     sub = np.asarray(image[::stride, ::stride], dtype=np.float64)
     med = float(median(sub))
-    mad = float(median(np.abs(sub - med)))
-    return med, max(1.4826 * mad, 1e-12)
+    spread = 1.4826 * float(median(np.abs(sub - med)))
+    if not spread > 0:
+        spread = float(np.std(sub))
+    return med, max(spread, 1e-12)
