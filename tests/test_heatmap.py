@@ -56,6 +56,27 @@ def test_discs_come_back_one_pick_each():
     assert np.allclose(p["score"], 0.9)
 
 
+
+@pytest.mark.parametrize("centre", [(40.5, 50.5), (40.5, 50.0), (40.0, 50.0)])
+def test_a_disc_of_even_width_is_one_pick_at_any_min_distance(centre):
+    """The distance map of a disc centred between pixels peaks on 2 or 4 equal pixels: one
+    maximum, not four quarter-discs (the default min_distance of 1 split it into 4 picks of
+    half the diameter). Two such discs touching stay two."""
+    yy, xx = np.mgrid[:128, :160]
+    one = ((yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= 400).astype(np.float32)
+    for peaks in ("distance", "probability"):
+        p = heatmap_picks(0.9 * one, peaks=peaks)
+        assert len(p["x_px"]) == 1
+        assert abs(p["x_px"][0] - centre[1]) < 0.01 and abs(p["y_px"][0] - centre[0]) < 0.01
+        assert abs(p["diameter_px"][0] - 40) < 1
+    two = one + ((yy - centre[0]) ** 2 + (xx - centre[1] - 40) ** 2 <= 400)
+    p = heatmap_picks(0.9 * np.minimum(two, 1).astype(np.float32))
+    assert sorted(np.round(p["x_px"], 1)) == [centre[1], centre[1] + 40]
+    # The centres themselves: one per plateau, the pixel nearest its middle.
+    assert len(find_centres(ndi.distance_transform_edt(one), threshold=0.5)) == 1
+    ball = (np.sum((np.indices((40, 40, 40)) - 19.5) ** 2, axis=0) <= 100).astype(np.float32)
+    assert len(heatmap_picks(ball)["x_px"]) == 1
+
 def test_soft_map_and_uint8_mask_give_the_same_discs():
     soft = ndi.gaussian_filter(disc_map(value=1.0), 2.0)  # 0.5 contour stays on the disc edge
     p = heatmap_picks(soft, min_distance=10, min_diameter=10)

@@ -124,7 +124,10 @@ def find_centres(
     Returns
     -------
     centres : (K, ndim) ndarray of int
-        Indices of the maxima, by decreasing value (stable).
+        Indices of the maxima, by decreasing value (stable). A maximum that
+        is a plateau (neighbouring pixels of equal value: the centre of the
+        distance map of a disc of even width, a saturated probability) is
+        one maximum: its pixel nearest the plateau's centroid.
     """
     from skimage.feature import peak_local_max
 
@@ -141,8 +144,53 @@ def find_centres(
         labels=labels,
     )
     peaks = np.asarray(peaks, dtype=np.intp).reshape(-1, cmap.ndim)
+    peaks = _one_per_plateau(cmap, peaks, labels)
     order = np.argsort(-cmap[tuple(peaks.T)], kind="stable")
     return peaks[order]
+
+
+def _one_per_plateau(cmap: np.ndarray, peaks: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
+    """``peaks`` with one pixel per plateau: the one nearest the plateau's centroid (the first on a tie).
+
+    A plateau is a connected (8- or 26-connected) set of pixels none of
+    which has a larger neighbour (with ``labels``: in its own region, and
+    the plateau stays in one region): neighbours in it are equal, so it is
+    one maximum however many of its pixels the peak search returned.
+    """
+    if len(peaks) < 2:
+        return peaks
+    full = np.ones((3,) * cmap.ndim, dtype=bool)
+    if labels is None:
+        top = cmap >= ndi.maximum_filter(cmap, footprint=full, mode="nearest")
+    else:
+        region = np.asarray(labels)
+        top = region > 0
+        for shift in np.argwhere(full) - 1:
+            if not shift.any():
+                continue
+            src = tuple(slice(max(0, -d), n - max(0, d)) for d, n in zip(shift, cmap.shape))
+            dst = tuple(slice(max(0, d), n - max(0, -d)) for d, n in zip(shift, cmap.shape))
+            top[dst] &= (region[dst] != region[src]) | (cmap[dst] >= cmap[src])
+    plateau = ndi.label(top, structure=full)[0].astype(np.int64)
+    if labels is not None:  # a plateau that touches two regions is one per region
+        plateau = np.where(top, plateau * (int(region.max()) + 1) + region, 0)
+    ids = plateau[tuple(peaks.T)]
+    ids = np.where(ids > 0, ids, -1 - np.arange(len(ids)))  # a peak off every plateau stands alone
+    uniq, first, counts = np.unique(ids, return_index=True, return_counts=True)
+    if len(uniq) == len(ids):
+        return peaks
+    shared = uniq[counts > 1]
+    # Centroids of the plateaus that hold several peaks.
+    where = np.nonzero(np.isin(plateau, shared))
+    inv = np.searchsorted(shared, plateau[where])
+    size = np.bincount(inv, minlength=len(shared)).astype(float)
+    centroid = np.stack([np.bincount(inv, weights=w.astype(float), minlength=len(shared)) for w in where], axis=1) / size[:, None]
+    keep = list(first[counts == 1])
+    for j, pid in enumerate(shared):
+        members = np.flatnonzero(ids == pid)
+        dist = np.sum((peaks[members] - centroid[j]) ** 2, axis=1)
+        keep.append(members[int(np.argmin(dist))])
+    return peaks[np.sort(np.asarray(keep))]
 
 
 def fuse_instances(
