@@ -320,3 +320,24 @@ def test_parabola_offset_finds_the_vertex_of_a_sampled_maximum():
     assert parabola_offset(np.array([1.0, 0.0]), np.array([1.0, 1.0]), np.array([1.0, 0.0]))[0] == 0.0
     assert parabola_offset(np.array([0.0]), np.array([-1.0]), np.array([0.0]))[0] == 0.0
     assert parabola_offset(np.array([0.0]), np.array([1.0]), np.array([1.5]))[0] == 0.5  # vertex at +1.5
+
+
+@pytest.mark.parametrize("shape", [(1, 256), (256, 1), (40, 40), (5, 300)])
+def test_detect_blobs_on_an_image_smaller_than_its_coarse_levels_finds_nothing_there(shape):
+    """A level whose blocks do not fit in the image is skipped like one under 8 pixels
+    (block_mean refused it: 'smaller than one block'), and the finer levels still run."""
+    from lipoframe.algorithms.scale_space import detect_blobs
+    from lipoframe.algorithms.scale_space3d import detect_blobs_3d
+
+    img = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    b = detect_blobs(img, dmin_px=20, dmax_px=600)
+    assert np.all((b["y_px"] >= 0) & (b["y_px"] <= shape[0] - 1) & (b["x_px"] >= 0) & (b["x_px"] <= shape[1] - 1))
+    vol = np.random.default_rng(0).normal(size=(4,) + shape).astype(np.float32)
+    b = detect_blobs_3d(vol, dmin_px=20, dmax_px=600)
+    assert np.all((b["z_px"] >= 0) & (b["z_px"] <= 3))
+    # A disc in a strip 40 px high, searched up to 600 px: the levels that fit find it.
+    strip = np.zeros((48, 400), np.float32)
+    yy, xx = np.mgrid[:48, :400]
+    strip[(yy - 24) ** 2 + (xx - 200) ** 2 <= 15**2] = 1.0
+    b = detect_blobs(strip, dmin_px=20, dmax_px=600, method="edge")
+    assert abs(b["x_px"][0] - 200) < 1 and abs(b["y_px"][0] - 24) < 1

@@ -844,7 +844,8 @@ def detect_blobs(
     if binned is None:
         if image is None:
             raise ValueError("image must be given when binned is None")
-        binned = lambda f: block_mean(image, f)  # noqa: E731
+        # A level whose blocks are larger than the image has nothing to detect (skipped below).
+        binned = lambda f: block_mean(image, f) if min(image.shape) >= f else np.zeros((0,) * image.ndim, np.float32)  # noqa: E731
     full_shape = None if image is None else image.shape
     levels = plan_levels(
         dmin_px / DIAMETER_PER_SIGMA,

@@ -208,7 +208,8 @@ def detect_blobs_3d(
             raise ValueError("volume must be given when binned is None")
         if np.asarray(volume).ndim != 3:
             raise ValueError(f"volume must be 3D, got {np.asarray(volume).ndim}D")
-        binned = lambda f: block_mean(volume, f)  # noqa: E731
+        # A level whose blocks are larger than the volume has nothing to detect (skipped below).
+        binned = lambda f: block_mean(volume, f) if min(volume.shape) >= f else np.zeros((0,) * volume.ndim, np.float32)  # noqa: E731
     full_shape = None if volume is None else tuple(volume.shape)
     levels = plan_levels(
         dmin_px / DIAMETER_PER_SIGMA_3D,
