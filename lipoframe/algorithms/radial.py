@@ -203,7 +203,8 @@ def refine_circles(
         Rounds of resampling and recentring (>= 1).
     max_shift : float
         Largest total recentring, as a fraction of the initial radius; a pick
-        that would move further keeps its initial centre and is flagged.
+        that would move further is put back at its initial centre (no flag
+        says so; later rounds may move it again).
     n_angles : int
         Angular samples per profile.
     rim : {'sphere', 'steepest'}

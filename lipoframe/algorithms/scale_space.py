@@ -641,10 +641,12 @@ def scale_space_maxima(
     *,
     exclude_border: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Strict local maxima over 3x3x3 neighbourhoods in (scale, row, col).
+    """Local maxima over 3x3x3 neighbourhoods in (scale, row, col).
 
-    Only interior scales (``1 .. S-2``) can hold a maximum: the first and last
-    planes are there to be compared with.
+    A maximum is not smaller than any of its neighbours, so equal
+    neighbouring responses (a plateau) are each returned; the NMS that
+    follows keeps one. Only interior scales (``1 .. S-2``) can hold a
+    maximum: the first and last planes are there to be compared with.
 
     Parameters
     ----------
