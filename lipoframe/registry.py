@@ -73,6 +73,9 @@ class StageRegistry:
             raise RegistryError(f"{provider}: {stage_cls.__name__} must define its own Params dataclass (it may be empty)")
         if not dataclasses.is_dataclass(stage_cls.Params):
             raise RegistryError(f"{provider}: {stage_cls.__name__}.Params must be a dataclass")
+        problem = params_problem(stage_cls.Params, section=f"{kind}.{name}" if kind in MULTI_KINDS else kind)
+        if problem:
+            raise RegistryError(f"{provider}: stage {kind}/{name} ({stage_cls.__name__}): {problem}")
         key = (kind, name)
         if key in self._stages:
             other = self._stages[key]
@@ -174,6 +177,41 @@ class StageRegistry:
         for info in self._stages.values():
             package = f"{info.kind}.{info.name}" if info.kind in MULTI_KINDS else info.kind
             cs.store(group=info.kind, name=info.name, node=info.cls.Params, package=package, provider=info.provider)
+
+
+def params_problem(params_cls: type, *, section: str) -> str:
+    """What keeps a Params dataclass from being a set of command-line options, or ``""``.
+
+    Every field becomes the option ``<section>.<field>``: it needs a default
+    (a stage that is not configured is built with ``Params()``, e.g. the
+    readers chosen by suffix), and a type that Hydra's configs can hold.
+
+    Parameters
+    ----------
+    params_cls : dataclass type
+        A stage's ``Params``.
+    section : str
+        Where its options live, e.g. ``"detector"`` or ``"writer.csv"``.
+
+    Returns
+    -------
+    problem : str
+        One sentence naming the option, or ``""`` when there is none.
+    """
+    from omegaconf import OmegaConf
+
+    for f in dataclasses.fields(params_cls):
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
+            return f"{section}.{f.name} has no default; every parameter needs one (the stage is built with Params() when it is not configured)"
+    try:
+        OmegaConf.structured(params_cls)
+    except Exception as exc:  # noqa: BLE001 - OmegaConf raises several types; all become one sentence
+        key = getattr(exc, "full_key", "") or ""
+        first = str(exc).splitlines()[0].strip() if str(exc) else type(exc).__name__
+        where = f"{section}.{key}" if key else section
+        return (f"{where}: {first}; a parameter must be an int, float, bool, str or Enum, "
+                "a list or dict of them, or Optional of one of these")
+    return ""
 
 
 def describe_params(params_cls: type) -> list[tuple[str, str, object, str]]:

@@ -220,6 +220,57 @@ def test_plugin_whose_hook_raises_is_named(make_plugin):
         plugins.load(refresh=True)
 
 
+PARAMS_READER = """
+    from dataclasses import dataclass, field
+    {imports}
+    from lipoframe import hookimpl
+    from lipoframe.stages import Reader
+
+    @dataclass
+    class OddParams:
+        {field}
+
+    class OddReader(Reader):
+        name = "odd"
+        Params = OddParams
+        suffixes = (".odd",)
+
+    @hookimpl
+    def lipoframe_register_stages(registry):
+        registry.add(OddReader)
+"""
+
+
+@pytest.mark.parametrize(
+    "imports, field, problem",
+    [
+        ("", "scale: float", "reader.scale has no default"),
+        ("import numpy as np", "scale: np.ndarray = field(default_factory=lambda: np.ones(2))", "reader.scale: Unexpected type annotation: ndarray"),
+        ("from typing import Literal", 'mode: Literal["a", "b"] = "a"', "reader.mode: Unexpected type annotation"),
+    ],
+    ids=["no-default", "ndarray", "literal"],
+)
+def test_params_the_config_cannot_hold_are_refused_naming_the_option(make_plugin, run_cli, imports, field, problem):
+    # Without the check every command failed with a traceback (Hydra stores
+    # every stage's Params; a reader is built with Params() for its suffix),
+    # even when the stage was not selected.
+    make_plugin("lipoframe-odd", PARAMS_READER.format(imports=imports, field=field), version="0.4")
+    with pytest.raises(PluginError) as err:
+        plugins.load(refresh=True)
+    msg = str(err.value)
+    assert "lipoframe-odd 0.4" in msg and "reader/odd" in msg and problem in msg
+    code, _, stderr = run_cli("run", "--help")
+    assert code == 2 and stderr.count("\n") == 1 and problem in stderr
+
+
+def test_params_with_lists_and_optionals_are_accepted(make_plugin):
+    source = PARAMS_READER.format(imports="from typing import Optional", field="sizes: list = field(default_factory=lambda: [1, 2])")
+    source = source.replace("        sizes:", "        limit: Optional[float] = None\n        label: str | None = None\n        sizes:")
+    make_plugin("lipoframe-rich", source)
+    _, registry, _ = plugins.load(refresh=True)
+    assert ("reader", "odd") in registry
+
+
 def test_hook_implementation_may_take_fewer_arguments(make_plugin):
     make_plugin(
         "lipoframe-noargs",
