@@ -67,26 +67,37 @@ def empty_picks(extra: tuple[str, ...] = ()) -> pd.DataFrame:
 
 
 def validate_detections(df: pd.DataFrame, *, stage: str) -> pd.DataFrame:
-    """Check that a stage returned the detector columns with finite values.
+    """Check that a stage returned the detector columns with usable values.
+
+    Parameters
+    ----------
+    df : DataFrame
+        What the stage returned.
+    stage : str
+        ``kind/name`` of the stage, for the message.
 
     Raises
     ------
     ValueError
-        Naming ``stage`` and the missing column or the bad values.
+        Naming ``stage`` and the missing column or the bad values: a
+        detector column that is not numbers, a centre or diameter that is
+        not finite, or a diameter <= 0.
     """
     if not isinstance(df, pd.DataFrame):
         raise ValueError(f"stage {stage!r} must return a pandas DataFrame, got {type(df).__name__}")
     missing = [c for c in DETECTOR_COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"stage {stage!r} returned a table without columns {missing}")
-    for c in (X, Y, DIAMETER):
-        if not len(df):
-            continue
+    if not len(df):
+        return df
+    for c in DETECTOR_COLUMNS:
+        # Every detector column is compared and sorted on (NMS ranks by score).
         if not pd.api.types.is_numeric_dtype(df[c]) or pd.api.types.is_bool_dtype(df[c]):
             raise ValueError(f"stage {stage!r} returned values that are not numbers in column {c!r} (dtype {df[c].dtype})")
+    for c in (X, Y, DIAMETER):
         if not np.all(np.isfinite(df[c].to_numpy(dtype=float))):
             raise ValueError(f"stage {stage!r} returned non-finite values in column {c!r}")
-    if len(df) and not np.all(df[DIAMETER].to_numpy(dtype=float) > 0):
+    if not np.all(df[DIAMETER].to_numpy(dtype=float) > 0):
         raise ValueError(f"stage {stage!r} returned diameters <= 0 in column {DIAMETER!r}")
     return df
 

@@ -422,6 +422,10 @@ def test_example_plugin_validates_its_parameters(monkeypatch):
         ("x_px", ["a", "b"], "values that are not numbers in column 'x_px'"),
         ("y_px", [1.0, float("nan")], "non-finite values in column 'y_px'"),
         ("diameter_px", [40.0, -3.0], "diameters <= 0 in column 'diameter_px'"),
+        # NMS sorts and compares scores: strings failed later with a TypeError naming no stage.
+        ("score", ["0.5", "10"], "values that are not numbers in column 'score'"),
+        ("sigma_px", [None, None], "values that are not numbers in column 'sigma_px'"),
+        ("pyramid_level", [True, False], "values that are not numbers in column 'pyramid_level'"),
     ],
 )
 def test_a_detector_table_with_bad_values_names_the_stage(column, values, problem):
