@@ -305,7 +305,7 @@ def process_micrograph(mic: Micrograph, stages: StageSet, ctx: PickContext) -> p
         ``accepted``/``reject_reason`` and ``diameter_A``.
     """
     check_image(mic, ctx)
-    detections = schema.validate_detections(stages.detector.detect(mic, ctx), stage=f"detector/{stages.detector.name}")
+    detections = schema.validate_detections(stages.detector.detect(mic, ctx), stage=f"detector/{stages.detector.name}", shape=mic.shape)
     detections[_CANDIDATE] = np.arange(len(detections))
     detections, kept, refined, picks, overruled = _pick_confirmed(detections, mic, stages, ctx)
     if stages.retry_suppressed:
@@ -379,7 +379,7 @@ def _pick_confirmed(
     """
 
     def suppress(detections):
-        return schema.validate_detections(stages.nms.suppress(detections, mic, ctx), stage=f"nms/{stages.nms.name}")
+        return schema.validate_detections(stages.nms.suppress(detections, mic, ctx), stage=f"nms/{stages.nms.name}", shape=mic.shape)
 
     def refine_and_filter(kept):
         refined = _refine(kept, mic, stages, ctx)
@@ -410,13 +410,13 @@ def _pick_confirmed(
 
 
 def _refine(picks: pd.DataFrame, mic: Micrograph, stages: StageSet, ctx: PickContext) -> pd.DataFrame:
-    picks = schema.validate_detections(stages.refiner.refine(picks, mic, ctx), stage=f"refiner/{stages.refiner.name}")
+    picks = schema.validate_detections(stages.refiner.refine(picks, mic, ctx), stage=f"refiner/{stages.refiner.name}", shape=mic.shape)
     return schema.with_acceptance(picks)
 
 
 def _filter(picks: pd.DataFrame, mic: Micrograph, stages: StageSet, ctx: PickContext) -> pd.DataFrame:
     for f in stages.filters:
-        picks = schema.validate_detections(f.apply(picks, mic, ctx), stage=f"filter/{f.name}")
+        picks = schema.validate_detections(f.apply(picks, mic, ctx), stage=f"filter/{f.name}", shape=mic.shape)
     return picks
 
 
@@ -555,7 +555,7 @@ def peel_again(picks: pd.DataFrame, detections: pd.DataFrame, mic: Micrograph, s
         return replace_discs(signal, to_binned(ay, factor), to_binned(ax, factor), ar * PEEL_GROW / factor, seed=ctx.seed)
 
     peeled = mic.with_transform(peel)
-    new = schema.validate_detections(stages.detector.detect(peeled, ctx), stage=f"detector/{stages.detector.name} (peel)")
+    new = schema.validate_detections(stages.detector.detect(peeled, ctx), stage=f"detector/{stages.detector.name} (peel)", shape=mic.shape)
     if not len(new):
         return picks
     new = _on_first_pass_scale(new, detections, ax, ay, ar, stages.detector)

@@ -66,7 +66,7 @@ def empty_picks(extra: tuple[str, ...] = ()) -> pd.DataFrame:
     return pd.DataFrame(cols)
 
 
-def validate_detections(df: pd.DataFrame, *, stage: str) -> pd.DataFrame:
+def validate_detections(df: pd.DataFrame, *, stage: str, shape: tuple[int, ...] | None = None) -> pd.DataFrame:
     """Check that a stage returned the detector columns with usable values.
 
     Parameters
@@ -75,13 +75,17 @@ def validate_detections(df: pd.DataFrame, *, stage: str) -> pd.DataFrame:
         What the stage returned.
     stage : str
         ``kind/name`` of the stage, for the message.
+    shape : tuple of int, optional
+        Shape of the micrograph (``(ny, nx)`` or ``(nz, ny, nx)``): every
+        centre must lie on it, from -0.5 to ``n - 0.5`` along each axis
+        (the pixels' extent, docs/conventions.md).
 
     Raises
     ------
     ValueError
         Naming ``stage`` and the missing column or the bad values: a
         detector column that is not numbers, a centre or diameter that is
-        not finite, or a diameter <= 0.
+        not finite, a diameter <= 0, or a centre off the micrograph.
     """
     if not isinstance(df, pd.DataFrame):
         raise ValueError(f"stage {stage!r} must return a pandas DataFrame, got {type(df).__name__}")
@@ -99,6 +103,17 @@ def validate_detections(df: pd.DataFrame, *, stage: str) -> pd.DataFrame:
             raise ValueError(f"stage {stage!r} returned non-finite values in column {c!r}")
     if not np.all(df[DIAMETER].to_numpy(dtype=float) > 0):
         raise ValueError(f"stage {stage!r} returned diameters <= 0 in column {DIAMETER!r}")
+    if shape is not None:
+        axes = [(X, shape[-1]), (Y, shape[-2])] + ([(Z, shape[-3])] if len(shape) == 3 and Z in df.columns else [])
+        for c, n in axes:
+            v = df[c].to_numpy(dtype=float)
+            off = (v < -0.5) | (v > n - 0.5)
+            if off.any():
+                size = " x ".join(str(int(s)) for s in shape[::-1])
+                raise ValueError(
+                    f"stage {stage!r} returned {int(off.sum())} of {len(v)} centres off the {size} px micrograph "
+                    f"in column {c!r} (e.g. {v[off][0]:g}; pixel centres run from 0 to {n - 1})"
+                )
     return df
 
 

@@ -1,0 +1,101 @@
+"""Mistakes plugin authors make: each gives one line naming the stage and the micrograph."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from conftest import TINY_ARGS
+
+#: A plugin whose stages misbehave on request (``detector.bad=...``, ``filter.sloppy.bad=...``).
+SLOPPY = """
+    import math
+    from dataclasses import dataclass
+
+    import numpy as np
+    import pandas as pd
+
+    from lipoframe import hookimpl, schema
+    from lipoframe.stages import Detector, Filter
+
+    @dataclass
+    class SloppyDetectorParams:
+        bad: str = "none"
+
+    class SloppyDetector(Detector):
+        name = "sloppy"
+        Params = SloppyDetectorParams
+
+        def detect(self, mic, ctx):
+            ny, nx = mic.shape[-2:]
+            d = math.sqrt(ctx.dmin_px * ctx.dmax_px)
+            x = [(nx - 1) / 2.0, nx / 4.0]
+            if self.params.bad == "off_image":
+                x[1] = nx + 40.0
+            return pd.DataFrame({"x_px": x, "y_px": [(ny - 1) / 2.0, ny / 4.0], "diameter_px": [d, d],
+                                 "score": [2.0, 1.0], "pyramid_level": [0, 0], "sigma_px": [d / 2.83, d / 2.83]})
+
+    @dataclass
+    class SloppyFilterParams:
+        bad: str = "none"
+
+    class SloppyFilter(Filter):
+        name = "sloppy"
+        Params = SloppyFilterParams
+        reasons = ("sloppy",)
+
+        def apply(self, picks, mic, ctx):
+            return schema.reject(picks, picks["score"].to_numpy() < 1.5, "sloppy")
+
+    @hookimpl
+    def lipoframe_register_stages(registry):
+        registry.add(SloppyDetector)
+        registry.add(SloppyFilter)
+"""
+
+#: Only the plugin's stages decide.
+PLAIN = ["detector=sloppy", "refiner=none", "nms=none", "filter=[sloppy]", "writer=[csv,star]"]
+
+
+@pytest.fixture
+def sloppy(make_plugin):
+    make_plugin("lipoframe-sloppy", SLOPPY, version="0.1")
+    return "sloppy"
+
+
+def test_the_sloppy_plugin_picks_when_it_behaves(sloppy, tiny_mrcs, tmp_path, run_cli):
+    code, _, err = run_cli("run", *PLAIN, f"input={tiny_mrcs[0].parent}", f"output={tmp_path / 'out'}", *TINY_ARGS)
+    assert code == 0, err
+    picks = pd.read_csv(tmp_path / "out" / "picks.csv")
+    assert len(picks) == 2 and picks["accepted"].all()  # one pick per micrograph; the weaker one rejected
+
+
+def test_a_centre_off_the_micrograph_fails_that_micrograph_naming_the_stage(sloppy, tiny_mrcs, tmp_path, run_cli):
+    # Before, a detector's centre 40 px right of the image was accepted and
+    # exported to RELION, cryoSPARC and EMAN as it was.
+    out = tmp_path / "out"
+    code, stdout, err = run_cli("run", *PLAIN, "detector.bad=off_image", f"input={tiny_mrcs[0].parent}", f"output={out}", *TINY_ARGS)
+    assert code == 1
+    for mic in tiny_mrcs:
+        line = next(ln for ln in err.splitlines() if str(mic) in ln)
+        assert "stage 'detector/sloppy' returned 1 of 2 centres off the 512 x 512 px micrograph in column 'x_px' (e.g. 552" in line
+    assert "failed 2" in stdout
+    assert not list(out.glob("relion/coords/*.star"))  # nothing exported
+
+
+def test_centres_on_the_pixels_extent_are_on_the_micrograph():
+    from lipoframe import schema
+
+    def table(x, y):
+        return pd.DataFrame({schema.X: [x], schema.Y: [y], schema.DIAMETER: [10.0], schema.SCORE: [1.0],
+                             schema.LEVEL: [0], schema.SIGMA: [3.0]})
+
+    for x, y in [(-0.5, -0.5), (99.5, 49.5), (0.0, 0.0)]:
+        schema.validate_detections(table(x, y), stage="detector/mine", shape=(50, 100))
+    for x, y, col in [(-0.6, 0.0, "x_px"), (0.0, 49.6, "y_px"), (100.0, 0.0, "x_px")]:
+        with pytest.raises(ValueError, match=f"stage 'detector/mine' returned 1 of 1 centres off the 100 x 50 px micrograph in column '{col}'"):
+            schema.validate_detections(table(x, y), stage="detector/mine", shape=(50, 100))
+    # A tomogram's z too.
+    vol = table(5.0, 5.0).assign(**{schema.Z: [12.0]})
+    with pytest.raises(ValueError, match="in column 'z_px'"):
+        schema.validate_detections(vol, stage="detector/mine", shape=(10, 50, 100))
