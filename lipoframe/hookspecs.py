@@ -44,7 +44,7 @@ def lipoframe_register_stages(registry: "StageRegistry") -> None:
 
 @_spec
 def lipoframe_run_end(out_dir: "Path", summary: dict) -> None:
-    """Called once after a run (or merge) has written its outputs.
+    """Called once after a run (or merge, or plan) has written its outputs.
 
     :param out_dir: the run's output folder.
     :param summary: the content of ``run_summary.json``. Return values are

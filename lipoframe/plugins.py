@@ -130,7 +130,47 @@ def make_plugin_manager(*, load_entrypoints: bool = True) -> tuple[pluggy.Plugin
                     f"plugin {where} implements unknown hook {hname!r} (misspelled?); "
                     f"known hooks: {', '.join(_hook_names())}"
                 )
+    pm.infos = infos
     return pm, infos
+
+
+def _provider(pm: pluggy.PluginManager, plugin_name: str) -> str:
+    """``lipoframe-foo 1.2 (foo)`` for a registered plugin, or its bare name."""
+    info = next((i for i in getattr(pm, "infos", ()) if i.name == plugin_name), None)
+    return f"{info.distribution} {info.version} ({plugin_name})" if info else plugin_name
+
+
+def call_run_end(pm: pluggy.PluginManager, *, out_dir: Path, summary: dict) -> list[str]:
+    """Call every ``lipoframe_run_end`` implementation, each on its own.
+
+    One that raises does not keep the others from running; the run's
+    outputs are all written by then.
+
+    Parameters
+    ----------
+    pm : pluggy.PluginManager
+        From :func:`make_plugin_manager`.
+    out_dir : Path
+        The run's output folder.
+    summary : dict
+        The content of ``run_summary.json``.
+
+    Returns
+    -------
+    failures : list of str
+        One line per implementation that raised, naming its plugin,
+        distribution and version and the exception.
+    """
+    kwargs = {"out_dir": out_dir, "summary": summary}
+    failures = []
+    # Last registered first, as pluggy calls them.
+    for impl in reversed(pm.hook.lipoframe_run_end.get_hookimpls()):
+        try:
+            impl.function(**{arg: kwargs[arg] for arg in impl.argnames})
+        except Exception as exc:  # noqa: BLE001 - reported naming the plugin
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            failures.append(f"plugin {_provider(pm, impl.plugin_name)} failed in lipoframe_run_end: {type(exc).__name__}: {first}")
+    return failures
 
 
 def _hook_names() -> list[str]:

@@ -1485,7 +1485,15 @@ def finish_run(
         summary = {**summary, **kept, "replanned_seconds": summary["seconds"]}
     write_text(out_dir / "run_summary.json", json.dumps(summary, indent=2))
     if pm is not None and finalize:
-        pm.hook.lipoframe_run_end(out_dir=out_dir, summary=summary)
+        from lipoframe.plugins import call_run_end
+
+        failed = call_run_end(pm, out_dir=out_dir, summary=summary)
+        for msg in failed:
+            log.error(msg)
+        if failed:
+            # The outputs are complete; the exit code and run_summary.json say what did not run.
+            result.errors.extend(failed)
+            write_text(out_dir / "run_summary.json", json.dumps({**summary, "errors": list(result.errors)}, indent=2))
     return result
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 
@@ -54,7 +56,7 @@ SLOPPY = """
 """
 
 #: Only the plugin's stages decide.
-PLAIN = ["detector=sloppy", "refiner=none", "nms=none", "filter=[sloppy]", "writer=[csv,star]"]
+PLAIN = ["detector=sloppy", "refiner=none", "nms=none", "filter=[sloppy]", "binning=single", "writer=[csv,star]"]
 
 
 @pytest.fixture
@@ -99,3 +101,40 @@ def test_centres_on_the_pixels_extent_are_on_the_micrograph():
     vol = table(5.0, 5.0).assign(**{schema.Z: [12.0]})
     with pytest.raises(ValueError, match="in column 'z_px'"):
         schema.validate_detections(vol, stage="detector/mine", shape=(10, 50, 100))
+
+
+def test_a_run_end_hook_that_raises_is_named_and_the_others_still_run(sloppy, make_plugin, tiny_mrcs, tmp_path, run_cli):
+    # Before, the exception went up through Hydra: a traceback, no summary,
+    # no report, and the hooks of other plugins were not called.
+    make_plugin(
+        "lipoframe-notify",
+        """
+        from lipoframe import hookimpl
+
+        @hookimpl
+        def lipoframe_run_end(out_dir, summary):
+            raise RuntimeError("webhook down")
+        """,
+        version="2.1",
+    )
+    make_plugin(
+        "lipoframe-marker",
+        """
+        from lipoframe import hookimpl
+
+        @hookimpl
+        def lipoframe_run_end(out_dir):
+            (out_dir / "marker.txt").write_text("done")
+        """,
+    )
+    out = tmp_path / "out"
+    code, stdout, err = run_cli("run", *PLAIN, f"input={tiny_mrcs[0].parent}", f"output={out}", *TINY_ARGS)
+    message = "plugin lipoframe-notify 2.1 (notify) failed in lipoframe_run_end: RuntimeError: webhook down"
+    assert code == 1
+    assert f"lipoframe: {message}" in err.splitlines() and "Traceback" not in err
+    assert f"ERROR  {message}" in stdout and "micrographs  ok 2" in stdout
+    assert (out / "marker.txt").read_text() == "done" and (out / "picks.csv").is_file()
+    assert json.loads((out / "run_summary.json").read_text())["errors"] == [message]
+    # lipoframe plan calls the hook too, and says so the same way.
+    code, stdout, err = run_cli("plan", str(out))
+    assert code == 1 and message in err
