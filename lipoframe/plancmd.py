@@ -124,6 +124,14 @@ def saved_overrides(saved: dict, choices: dict, registry) -> list[str]:
         out.append(f"binning={name}")
         for k, v in (saved.get("binning") or {}).items():
             out.append(f"binning.{k}={_hydra_value(v)}")
+    filters = saved.get("filter")
+    if isinstance(filters, dict):
+        # The run's filters with its values: their dataset-level step
+        # (apply_dataset) runs again before binning.
+        out.append(f"filter=[{','.join(filters)}]")
+        for f in filters:
+            for k, v in (filters[f] or {}).items():
+                out.append(f"filter.{f}.{k}={_hydra_value(v)}")
     writers = saved.get("writer") or {}
     if isinstance(writers, dict):
         known = [w for w in writers if ("writer", w) in registry]

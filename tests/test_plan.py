@@ -418,3 +418,49 @@ def test_relion_command_names_the_coordinate_list_from_the_project(tmp_path, run
     code, _, err = run_cli("plan", run, "writer=[csv,star]", "writer.star.project_dir=")
     assert code == 0, err
     assert "--coord_list bins/bin1/autopick.star " in (run / "extraction_plan.md").read_text()
+
+
+GATE_FILTER = """
+    from dataclasses import dataclass
+
+    from lipoframe import hookimpl, schema
+    from lipoframe.stages import Filter
+
+    @dataclass
+    class GateParams:
+        close: bool = False
+
+    class Gate(Filter):
+        name = "gate"
+        Params = GateParams
+        reasons = ("gate_closed",)
+
+        def apply(self, picks, mic, ctx):
+            return schema.with_acceptance(picks)
+
+        def apply_dataset(self, picks, metas, ctx):
+            if not self.params.close:
+                return picks
+            return schema.reject(picks, [True] * len(picks), "gate_closed")
+
+    @hookimpl
+    def lipoframe_register_stages(registry):
+        registry.add(Gate)
+"""
+
+
+def test_plan_runs_the_dataset_step_of_the_runs_own_filters(make_plugin, tiny_mrcs, tmp_path, run_cli):
+    # Before, `lipoframe plan RUN` ran the dataset-level step of the default
+    # filters with their default values, whatever the run had chosen: here
+    # the run's own filter's rejections were undone (and a run with
+    # filter.population.lonely_below=0 got `lonely` rejections at plan time).
+    make_plugin("lipoframe-gate", GATE_FILTER)
+    out = tmp_path / "out"
+    code, _, err = run_cli("run", f"input={tiny_mrcs[0].parent}", f"output={out}", *TINY_ARGS,
+                           "filter=[diameter_range,gate]", "filter.gate.close=true", "binning=single")
+    assert code == 0, err
+    picked = json.loads((out / "run_summary.json").read_text())["picks"]
+    assert picked["accepted"] == 0 and picked["rejected"]["gate_closed"] > 0
+    code, _, err = run_cli("plan", out)
+    assert code == 0, err
+    assert json.loads((out / "run_summary.json").read_text())["picks"] == picked
