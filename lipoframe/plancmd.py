@@ -142,6 +142,40 @@ def saved_overrides(saved: dict, choices: dict, registry) -> list[str]:
     return out
 
 
+def check_installed(run_dir: Path, saved: dict, choices: dict, registry, user: list[str]) -> None:
+    """Refuse to re-plan when a stage the run used is no longer installed.
+
+    Left out, a writer's files would be deleted as files no writer wrote
+    again, a filter's dataset-level rejections would be undone, and another
+    binning would be used. A writer or binning chosen by ``user`` replaces
+    the run's own.
+
+    Raises
+    ------
+    PlanError
+        Naming the stages and how to go on.
+    """
+    chosen = {_key(o) for o in user}
+    missing = []
+    if "binning" not in chosen:
+        name = choices.get("binning")
+        if isinstance(name, str) and ("binning", name) not in registry:
+            missing.append(f"binning={name}")
+    filters = saved.get("filter")
+    if isinstance(filters, dict):
+        missing += [f"filter {f}" for f in filters if ("filter", f) not in registry]
+    writers = saved.get("writer")
+    if "writer" not in chosen and isinstance(writers, dict):
+        missing += [f"writer {w}" for w in writers if ("writer", w) not in registry]
+    if missing:
+        raise PlanError(
+            f"{run_dir} was made with {', '.join(missing)}, which no installed plugin provides now (uninstalled?): "
+            "install it again to re-plan this run"
+            + ("; or choose other writers with writer=[...] (the files of a writer left out are removed)" if any(m.startswith("writer") for m in missing) else "")
+            + ("; or choose another binning=..." if any(m.startswith("binning") for m in missing) else "")
+        )
+
+
 def combine_overrides(saved: list[str], user: list[str]) -> list[str]:
     """``saved`` without the entries that ``user`` replaces, then ``user``.
 
@@ -315,6 +349,7 @@ def replan(run_dir: str | Path, overrides: list[str] = (), *, report: bool = Fal
     check_user_overrides(user)
     pm, registry, _ = plugins.load()
     saved, choices = load_saved_config(run_dir)
+    check_installed(run_dir, saved, choices, registry, user)
     composed, cfg = compose(combine_overrides(saved_overrides(saved, choices, registry), user))
     names, results = run_micrographs(run_dir)
     stages = build_stages(cfg, registry)

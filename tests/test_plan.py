@@ -464,3 +464,87 @@ def test_plan_runs_the_dataset_step_of_the_runs_own_filters(make_plugin, tiny_mr
     code, _, err = run_cli("plan", out)
     assert code == 0, err
     assert json.loads((out / "run_summary.json").read_text())["picks"] == picked
+
+
+TXT_WRITER = """
+    from dataclasses import dataclass
+
+    from lipoframe import hookimpl
+    from lipoframe.builtin.writers import exported
+    from lipoframe.io.atomic import safe_child, write_text
+    from lipoframe.stages import Writer
+
+    @dataclass
+    class TxtParams:
+        pass
+
+    class Txt(Writer):
+        name = "txt"
+        Params = TxtParams
+
+        def write(self, picks, metas, plan, out_dir, ctx):
+            table = exported(picks, ctx)
+            return [write_text(safe_child(out_dir, "txt", f"{name}.txt"), str(int((table["micrograph"] == name).sum())))
+                    for name in metas]
+
+    @hookimpl
+    def lipoframe_register_stages(registry):
+        registry.add(Txt)
+"""
+
+
+def test_plan_refuses_a_run_whose_writer_or_filter_is_no_longer_installed(make_plugin, tiny_mrcs, tmp_path, run_cli, monkeypatch):
+    # Before, the uninstalled plugin's writer was silently left out and its
+    # files deleted as stale (exit 0); its filter made a config error.
+    make_plugin("lipoframe-txt", TXT_WRITER)
+    make_plugin("lipoframe-gate", GATE_FILTER)
+    out = tmp_path / "out"
+    code, _, err = run_cli("run", f"input={tiny_mrcs[0].parent}", f"output={out}", *TINY_ARGS,
+                           "filter=[diameter_range,gate]", "writer=[csv,txt]", "binning=single")
+    assert code == 0, err
+    written = sorted(p.name for p in (out / "txt").iterdir())
+    assert written == ["mic_0.txt", "mic_1.txt"]
+    monkeypatch.setenv("LIPOFRAME_LOAD_PLUGINS", "lipoframe-gate")  # lipoframe-txt uninstalled
+    code, _, err = run_cli("plan", str(out))
+    assert code == 2
+    assert err.strip() == (f"lipoframe plan: {out} was made with writer txt, which no installed plugin provides now (uninstalled?): "
+                           "install it again to re-plan this run; or choose other writers with writer=[...] "
+                           "(the files of a writer left out are removed)")
+    assert sorted(p.name for p in (out / "txt").iterdir()) == written
+    code, _, err = run_cli("plan", str(out), "writer=[csv]")  # the user's choice: txt's files go
+    assert code == 0, err
+    assert not (out / "txt").exists()
+    monkeypatch.setenv("LIPOFRAME_LOAD_PLUGINS", "")  # both uninstalled: the filter cannot be chosen away
+    code, _, err = run_cli("plan", str(out), "writer=[csv]")
+    assert code == 2 and "was made with filter gate, which no installed plugin provides now" in err
+
+
+def test_plan_refuses_a_run_whose_binning_is_no_longer_installed(make_plugin, tiny_mrcs, tmp_path, run_cli, monkeypatch):
+    # Before, the default binning (peak_valley) was used without a word.
+    make_plugin("lipoframe-onebin", """
+        from dataclasses import dataclass
+
+        from lipoframe import hookimpl
+        from lipoframe.builtin.binning import SingleBinner, SingleParams
+
+        @dataclass
+        class OneBinParams(SingleParams):
+            pass
+
+        class OneBin(SingleBinner):
+            name = "one_bin"
+            Params = OneBinParams
+
+        @hookimpl
+        def lipoframe_register_stages(registry):
+            registry.add(OneBin)
+    """)
+    out = tmp_path / "out"
+    code, _, err = run_cli("run", f"input={tiny_mrcs[0].parent}", f"output={out}", *TINY_ARGS, "binning=one_bin")
+    assert code == 0, err
+    monkeypatch.setenv("LIPOFRAME_LOAD_PLUGINS", "")
+    code, _, err = run_cli("plan", str(out))
+    assert code == 2 and "was made with binning=one_bin, which no installed plugin provides now" in err
+    assert "or choose another binning=..." in err
+    code, out_text, err = run_cli("plan", str(out), "binning=single")
+    assert code == 0 and "policy single" in out_text, err
