@@ -790,6 +790,26 @@ def _init_worker(cfg: LipoframeConfig, stages: StageSet) -> None:
     _WORKER_STATE["stages"] = stages
 
 
+def failing_stage(tb) -> str:
+    """``kind/name`` of the stage whose method raised, from a traceback, or ``""``.
+
+    The outermost frame of a :class:`~lipoframe.stages.Stage` method is the
+    stage the runner called (a stage that calls another one inside is the
+    one named).
+
+    Parameters
+    ----------
+    tb : traceback or None
+        ``exc.__traceback__``.
+    """
+    while tb is not None:
+        owner = tb.tb_frame.f_locals.get("self")
+        if isinstance(owner, Stage) and owner.kind and owner.name:
+            return f"{owner.kind}/{owner.name}"
+        tb = tb.tb_next
+    return ""
+
+
 def _failure(job: MicJob, message: str, seconds: float = 0.0) -> MicResult:
     return MicResult(job.name, str(job.path), "failed", seconds=seconds, error=message)
 
@@ -822,8 +842,9 @@ def run_job(job: MicJob, cfg: LipoframeConfig | None = None, stages: StageSet | 
         return _failure(job, f"{job.path}: out of memory (use fewer runner.workers)", time.perf_counter() - t0)
     except Exception as exc:  # noqa: BLE001 - one bad micrograph must not stop the run
         first = str(exc).splitlines()[0] if str(exc) else ""
+        stage = failing_stage(exc.__traceback__)
         # A message that already names the file (e.g. a stage's ValueError) is not prefixed twice.
-        msg = first if first.startswith(f"{job.path}: ") else f"{job.path}: {type(exc).__name__}: {first}"
+        msg = first if first.startswith(f"{job.path}: ") else f"{job.path}: {stage + ': ' if stage else ''}{type(exc).__name__}: {first}"
         if job.verbose:
             msg += "\n" + traceback.format_exc()
         return _failure(job, msg, time.perf_counter() - t0)
@@ -1471,7 +1492,8 @@ def finish_run(
             picks, plan, files = exc.picks, exc.plan, exc.files
             errors.extend(exc.failures)
         except Exception as exc:  # noqa: BLE001 - the per-micrograph results are saved; report and go on
-            msg = f"dataset stage failed: {type(exc).__name__}: {exc}"
+            stage = failing_stage(exc.__traceback__)
+            msg = f"dataset stage {stage + ' ' if stage else ''}failed: {type(exc).__name__}: {exc}"
             if cfg.runner.verbose:
                 msg += "\n" + traceback.format_exc()
             errors.append(msg.splitlines()[0])

@@ -47,7 +47,14 @@ SLOPPY = """
         reasons = ("sloppy",)
 
         def apply(self, picks, mic, ctx):
+            if self.params.bad == "raise" and mic.name == "mic_1":
+                return picks["quality"]
             return schema.reject(picks, picks["score"].to_numpy() < 1.5, "sloppy")
+
+        def apply_dataset(self, picks, metas, ctx):
+            if self.params.bad == "raise_dataset":
+                raise RuntimeError("no dataset today")
+            return picks
 
     @hookimpl
     def lipoframe_register_stages(registry):
@@ -138,3 +145,16 @@ def test_a_run_end_hook_that_raises_is_named_and_the_others_still_run(sloppy, ma
     # lipoframe plan calls the hook too, and says so the same way.
     code, stdout, err = run_cli("plan", str(out))
     assert code == 1 and message in err
+
+
+def test_an_exception_in_a_stage_names_the_stage_and_the_micrograph(sloppy, tiny_mrcs, tmp_path, run_cli):
+    # Before: "mic_1.mrc: KeyError: 'quality'", with no word of which of the stages raised it.
+    out = tmp_path / "out"
+    code, stdout, err = run_cli("run", *PLAIN, "filter.sloppy.bad=raise", f"input={tiny_mrcs[0].parent}", f"output={out}", *TINY_ARGS)
+    assert code == 1
+    assert f"lipoframe: {tiny_mrcs[1]}: filter/sloppy: KeyError: 'quality'" in err.splitlines()
+    assert f"FAILED {tiny_mrcs[1]}: filter/sloppy: KeyError: 'quality'" in stdout
+    assert "ok 1" in stdout and list(pd.read_csv(out / "picks.csv")["micrograph"]) == ["mic_0"]  # the other one goes on
+    code, stdout, err = run_cli("run", *PLAIN, "filter.sloppy.bad=raise_dataset", f"input={tiny_mrcs[0].parent}", f"output={tmp_path / 'out2'}", *TINY_ARGS)
+    assert code == 1
+    assert "ERROR  dataset stage filter/sloppy failed: RuntimeError: no dataset today" in stdout
