@@ -379,7 +379,9 @@ def _pick_confirmed(
     """
 
     def suppress(detections):
-        return schema.validate_detections(stages.nms.suppress(detections, mic, ctx), stage=f"nms/{stages.nms.name}", shape=mic.shape)
+        stage = f"nms/{stages.nms.name}"
+        kept = call_table_stage(lambda t: stages.nms.suppress(t, mic, ctx), detections, stage=stage, same_rows=False)
+        return schema.validate_detections(kept, stage=stage, shape=mic.shape)
 
     def refine_and_filter(kept):
         refined = _refine(kept, mic, stages, ctx)
@@ -409,14 +411,69 @@ def _pick_confirmed(
     return detections, kept, refined, picks, overruled.loc[~overruled[_CANDIDATE].isin(kept[_CANDIDATE])]
 
 
+def call_table_stage(method: Callable[[pd.DataFrame], pd.DataFrame], picks: pd.DataFrame, *, stage: str, same_rows: bool) -> pd.DataFrame:
+    """``method(picks)``, checked: the stage left ``picks`` as it was, and kept every row if ``same_rows``.
+
+    Stages never mutate their input: the runner goes on using the tables
+    it passed (the refined picks once more after retries, the detections
+    for every NMS round), so a change in place would alter those results
+    behind its back. Refiners and filters reject picks by flagging them and
+    never drop one. Checked: the input's columns, rows and the values of
+    the columns stages decide on (centre, diameter, score, verdict).
+
+    Parameters
+    ----------
+    method : callable
+        The stage's method with every argument but the table bound.
+    picks : DataFrame
+        The table given to the stage.
+    stage : str
+        ``kind/name`` of the stage, for the message.
+    same_rows : bool
+        The stage must return as many rows as it was given.
+
+    Raises
+    ------
+    ValueError
+        Naming the stage and what it changed or dropped.
+    """
+    columns, index = tuple(picks.columns), picks.index.copy()
+    watched = {c: picks[c].to_numpy(copy=True) for c in (schema.X, schema.Y, schema.DIAMETER, schema.SCORE, schema.ACCEPTED, schema.REASON)
+               if c in picks.columns}
+    out = method(picks)
+    changed = ""
+    if tuple(picks.columns) != columns:
+        added, removed = [c for c in picks.columns if c not in columns], [c for c in columns if c not in picks.columns]
+        changed = ", ".join([f"added column {c!r}" for c in added] + [f"removed column {c!r}" for c in removed]) or "reordered its columns"
+    elif len(picks) != len(index) or not picks.index.equals(index):
+        changed = f"its rows ({len(index)} before, {len(picks)} after)"
+    else:
+        for c, before in watched.items():
+            now = picks[c].to_numpy()
+            same = np.array_equal(before, now, equal_nan=True) if before.dtype.kind == "f" else pd.Series(before).equals(pd.Series(now))
+            if not same:
+                changed = f"column {c!r}"
+                break
+    if changed:
+        raise ValueError(f"stage {stage!r} changed the table it was given ({changed}): work on a copy "
+                         "(lipoframe.schema.reject returns one) and leave the input as it is")
+    if same_rows and isinstance(out, pd.DataFrame) and len(out) != len(picks):
+        raise ValueError(f"stage {stage!r} returned {len(out)} rows for the {len(picks)} it was given: "
+                         "reject picks with lipoframe.schema.reject(picks, mask, reason) instead of dropping them")
+    return out
+
+
 def _refine(picks: pd.DataFrame, mic: Micrograph, stages: StageSet, ctx: PickContext) -> pd.DataFrame:
-    picks = schema.validate_detections(stages.refiner.refine(picks, mic, ctx), stage=f"refiner/{stages.refiner.name}", shape=mic.shape)
-    return schema.with_acceptance(picks)
+    stage = f"refiner/{stages.refiner.name}"
+    picks = call_table_stage(lambda t: stages.refiner.refine(t, mic, ctx), picks, stage=stage, same_rows=True)
+    return schema.with_acceptance(schema.validate_detections(picks, stage=stage, shape=mic.shape))
 
 
 def _filter(picks: pd.DataFrame, mic: Micrograph, stages: StageSet, ctx: PickContext) -> pd.DataFrame:
     for f in stages.filters:
-        picks = schema.validate_detections(f.apply(picks, mic, ctx), stage=f"filter/{f.name}", shape=mic.shape)
+        stage = f"filter/{f.name}"
+        picks = call_table_stage(lambda t: f.apply(t, mic, ctx), picks, stage=stage, same_rows=True)
+        picks = schema.validate_detections(picks, stage=stage, shape=mic.shape)
     return picks
 
 
@@ -1149,7 +1206,7 @@ def finalize_dataset(
     ctx = dataset_context(metas, cfg)
     before = schema.with_acceptance(picks)[schema.ACCEPTED].to_numpy(dtype=bool)
     for f in stages.filters:
-        picks = f.apply_dataset(picks, metas, ctx)
+        picks = call_table_stage(lambda t: f.apply_dataset(t, metas, ctx), picks, stage=f"filter/{f.name}", same_rows=True)
     write_text(out_dir / DATASET_REJECTIONS, dataset_rejections(picks, before).to_csv(index=False))
     result = stages.binner.assign(picks, metas, ctx)
     binned = result.picks

@@ -49,6 +49,13 @@ SLOPPY = """
         def apply(self, picks, mic, ctx):
             if self.params.bad == "raise" and mic.name == "mic_1":
                 return picks["quality"]
+            if self.params.bad == "in_place":
+                picks["note"] = "seen"
+            if self.params.bad == "flag_in_place":
+                picks.loc[picks["score"] < 1.5, "score"] = 0.0
+                return schema.reject(picks, picks["score"].to_numpy() < 1.5, "sloppy")
+            if self.params.bad == "drop":
+                return schema.with_acceptance(picks.loc[picks["score"] >= 1.5])
             return schema.reject(picks, picks["score"].to_numpy() < 1.5, "sloppy")
 
         def apply_dataset(self, picks, metas, ctx):
@@ -158,3 +165,30 @@ def test_an_exception_in_a_stage_names_the_stage_and_the_micrograph(sloppy, tiny
     code, stdout, err = run_cli("run", *PLAIN, "filter.sloppy.bad=raise_dataset", f"input={tiny_mrcs[0].parent}", f"output={tmp_path / 'out2'}", *TINY_ARGS)
     assert code == 1
     assert "ERROR  dataset stage filter/sloppy failed: RuntimeError: no dataset today" in stdout
+
+
+@pytest.mark.parametrize(
+    ("bad", "problem"),
+    [
+        ("in_place", "stage 'filter/sloppy' changed the table it was given (added column 'note'): work on a copy"),
+        ("flag_in_place", "stage 'filter/sloppy' changed the table it was given (column 'score'): work on a copy"),
+        ("drop", "stage 'filter/sloppy' returned 1 rows for the 2 it was given: reject picks with lipoframe.schema.reject"),
+    ],
+)
+def test_a_filter_that_changes_its_input_or_drops_picks_is_named(sloppy, tiny_mrcs, tmp_path, run_cli, bad, problem):
+    # Before, all three ran without a word: the dropped pick vanished from
+    # every table, and the runner went on using the changed input (the
+    # refined picks are filtered again after retries).
+    out = tmp_path / "out"
+    code, stdout, err = run_cli("run", *PLAIN, f"filter.sloppy.bad={bad}", f"input={tiny_mrcs[0].parent}", f"output={out}", *TINY_ARGS)
+    assert code == 1
+    for mic in tiny_mrcs:
+        assert any(ln.startswith(f"lipoframe: {mic}: ValueError: {problem}") for ln in err.splitlines()), err
+
+
+def test_call_table_stage_accepts_a_stage_that_returns_its_input_unchanged():
+    from lipoframe.runner import call_table_stage
+
+    table = pd.DataFrame({"x_px": [1.0, float("nan")], "reject_reason": ["", None], "accepted": [True, False]})
+    assert call_table_stage(lambda t: t, table, stage="filter/mine", same_rows=True) is table
+    assert len(call_table_stage(lambda t: t.iloc[:1], table, stage="nms/mine", same_rows=False)) == 1
