@@ -1214,10 +1214,15 @@ def finalize_dataset(
     failed: list[str] = []
     for w in stages.writers:
         # One writer that fails (a full disk, a folder in the way) does not stop the others.
+        before = file_stamps(out_dir)
         try:
             written.extend(w.write(binned, metas, result.plan, out_dir, ctx))
         except Exception as exc:  # noqa: BLE001 - reported, and the run's exit code says so
-            failed.append(f"writer {w.name} failed: {type(exc).__name__}: {exc}")
+            # No partial export: what it wrote before failing would be
+            # imported as if it were all (a folder of coordinate files).
+            partial = remove_new_files(out_dir, before)
+            failed.append(f"writer {w.name} failed: {type(exc).__name__}: {exc}"
+                          + (f" (removed the {len(partial)} file(s) it had written)" if partial else ""))
             log.error("%s%s", failed[-1], "\n" + traceback.format_exc() if cfg.runner.verbose else "")
     # Plan files last, so extraction_plan.md can point at the files writers made.
     project_dir = next((str(getattr(w.params, "project_dir", "") or "") for w in stages.writers if w.name == "star"), "")
@@ -1236,6 +1241,48 @@ class WriterError(RuntimeError):
     def __init__(self, failures: list[str], picks: pd.DataFrame, plan: ExtractionPlan, files: list[Path]):
         super().__init__("; ".join(failures))
         self.failures, self.picks, self.plan, self.files = failures, picks, plan, files
+
+
+def file_stamps(out_dir: Path) -> dict[str, tuple[int, int]]:
+    """(inode, mtime in ns) of every file below ``out_dir``, but the saved micrographs' tables.
+
+    Compared after a writer ran, they tell the files it created or replaced
+    (an atomic write gives the file a new inode).
+    """
+    stamps: dict[str, tuple[int, int]] = {}
+    skip = os.path.join(str(out_dir), WORK_DIR)
+    for folder, subfolders, files in os.walk(out_dir):
+        if folder == skip:
+            subfolders[:] = []
+            continue
+        for name in files:
+            path = os.path.join(folder, name)
+            with contextlib.suppress(OSError):
+                st = os.stat(path)
+                stamps[path] = (st.st_ino, st.st_mtime_ns)
+    return stamps
+
+
+def remove_new_files(out_dir: Path, before: dict[str, tuple[int, int]]) -> list[Path]:
+    """Delete the files below ``out_dir`` created or replaced since :func:`file_stamps` gave ``before``.
+
+    A file changed in place (``lipoframe.log``, appended to) stays. Folders
+    left empty go too. Returns the paths removed.
+    """
+    removed = []
+    root = Path(out_dir).resolve()
+    for path, (inode, _) in sorted(file_stamps(out_dir).items()):
+        if path in before and before[path][0] == inode:
+            continue
+        p = Path(path)
+        with contextlib.suppress(OSError):
+            p.unlink()
+            removed.append(p)
+            parent = p.parent.resolve()
+            while parent != root and parent.is_relative_to(root) and not any(parent.iterdir()):
+                parent.rmdir()
+                parent = parent.parent
+    return removed
 
 
 def remove_stale_outputs(out_dir: Path, written: list[Path]) -> list[Path]:

@@ -192,3 +192,49 @@ def test_call_table_stage_accepts_a_stage_that_returns_its_input_unchanged():
     table = pd.DataFrame({"x_px": [1.0, float("nan")], "reject_reason": ["", None], "accepted": [True, False]})
     assert call_table_stage(lambda t: t, table, stage="filter/mine", same_rows=True) is table
     assert len(call_table_stage(lambda t: t.iloc[:1], table, stage="nms/mine", same_rows=False)) == 1
+
+
+def test_a_writer_that_fails_half_way_leaves_none_of_its_files(sloppy, make_plugin, tiny_mrcs, tmp_path, run_cli):
+    # Before, the files it wrote before failing stayed (mic_0.xyz of two),
+    # unlisted in written_files.json, so no later run removed them either,
+    # and a folder import took them as the whole export.
+    make_plugin("lipoframe-xyz", """
+        import logging
+        from dataclasses import dataclass
+
+        from lipoframe import hookimpl
+        from lipoframe.io.atomic import safe_child, write_text
+        from lipoframe.stages import Writer
+
+        @dataclass
+        class XyzParams:
+            fail: bool = False
+
+        class Xyz(Writer):
+            name = "xyz"
+            Params = XyzParams
+
+            def write(self, picks, metas, plan, out_dir, ctx):
+                written = []
+                for name in metas:
+                    if self.params.fail and written:
+                        logging.getLogger("lipoframe").warning("xyz: giving up")  # lipoframe.log changes, and stays
+                        raise OSError(28, "No space left on device")
+                    written.append(write_text(safe_child(out_dir, "xyz", f"{name}.xyz"), "1 2 3\\n"))
+                return written
+
+        @hookimpl
+        def lipoframe_register_stages(registry):
+            registry.add(Xyz)
+    """)
+    out = tmp_path / "out"
+    args = [*PLAIN, "writer=[csv,xyz,star]", f"input={tiny_mrcs[0].parent}", f"output={out}", *TINY_ARGS]
+    code, stdout, err = run_cli("run", *args, "writer.xyz.fail=true")
+    assert code == 1
+    assert "ERROR  writer xyz failed: OSError: [Errno 28] No space left on device (removed the 1 file(s) it had written)" in stdout
+    assert not (out / "xyz").exists()
+    assert (out / "picks.csv").is_file() and len(list(out.glob("relion/coords/*.star"))) == 2  # the other writers' files
+    assert "xyz: giving up" in (out / "lipoframe.log").read_text()
+    code, _, err = run_cli("run", *args)
+    assert code == 0, err
+    assert sorted(p.name for p in (out / "xyz").iterdir()) == ["mic_0.xyz", "mic_1.xyz"]
