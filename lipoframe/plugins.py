@@ -189,6 +189,9 @@ def build_registry(pm: pluggy.PluginManager, infos: list[PluginInfo]) -> StageRe
             f"{info.distribution} {info.version} ({impl.plugin_name})" if info else impl.plugin_name
         )
         registry.current_provider = provider
+        registry.current_distribution = (
+            f"{info.distribution} {info.version}" if info and _normalise(info.distribution) != "lipoframe" else ""
+        )
         before = {(s.kind, s.name) for s in registry.stages()}
         try:
             # An implementation may take fewer arguments than the spec (pluggy rule).
@@ -202,6 +205,7 @@ def build_registry(pm: pluggy.PluginManager, infos: list[PluginInfo]) -> StageRe
         if info is not None:
             info.stages.extend(f"{s.kind}/{s.name}" for s in registry.stages() if (s.kind, s.name) not in before)
     registry.current_provider = "<direct>"
+    registry.current_distribution = ""
     return registry
 
 

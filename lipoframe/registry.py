@@ -33,6 +33,9 @@ class StageInfo:
     name: str
     cls: type
     provider: str
+    #: ``"lipoframe-foo 1.2"``: the installed distribution (and version) of a
+    #: third-party plugin that provides the stage; ``""`` for lipoframe's own.
+    distribution: str = ""
 
     @property
     def params(self) -> type:
@@ -47,6 +50,8 @@ class StageRegistry:
         self._by_params: dict[type, StageInfo] = {}
         #: Name of the plugin whose hook is running (set by the plugin manager).
         self.current_provider: str = "<direct>"
+        #: Its distribution and version, ``""`` for lipoframe's own (see :class:`StageInfo`).
+        self.current_distribution: str = ""
 
     # -- registration -----------------------------------------------------
     def add(self, stage_cls: type) -> type:
@@ -90,7 +95,7 @@ class StageRegistry:
                 f"{provider}: stage {kind}/{name} reuses the Params class of {other.kind}/{other.name}; "
                 "give each stage its own Params dataclass (subclassing is fine)"
             )
-        info = StageInfo(kind=kind, name=name, cls=stage_cls, provider=provider)
+        info = StageInfo(kind=kind, name=name, cls=stage_cls, provider=provider, distribution=self.current_distribution)
         self._stages[key] = info
         self._by_params[stage_cls.Params] = info
         return stage_cls

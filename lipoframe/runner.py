@@ -71,6 +71,11 @@ class StageSet:
     retry_suppressed: tuple[str, ...] = ()
     #: Detect again with the accepted particles replaced by background (:func:`peel_again`).
     peel: bool = False
+    #: lipoframe's version and those of the plugin distributions whose
+    #: per-micrograph stages (reader, detector, NMS, refiner, filters) are
+    #: used: ``"0.1.0; lipoframe-foo 1.2"``. A saved result made by another
+    #: code version is picked again on resume.
+    code_version: str = ""
 
     def reader_for(self, path: Path) -> Stage:
         if self.reader.name != "auto":
@@ -136,17 +141,25 @@ def build_stages(cfg: LipoframeConfig, registry: StageRegistry) -> StageSet:
             raise ValueError(f"{kind}: stage {stage.name!r} is a {stage.kind}")
         return stage
 
+    from lipoframe import __version__
+
+    picking = [one("reader", cfg.reader), one("detector", cfg.detector), one("nms", cfg.nms), one("refiner", cfg.refiner),
+               [one("filter", p) for p in cfg.filter.values()]]
+    readers_by_suffix = registry.readers_by_suffix(dims=getattr(cfg.reader, "dims", 2))
+    used = [*picking[:4], *picking[4], *readers_by_suffix.values()]
+    dists = sorted({registry.get(st.kind, st.name).distribution for st in used} - {""})
     return StageSet(
-        reader=one("reader", cfg.reader),
-        detector=one("detector", cfg.detector),
-        nms=one("nms", cfg.nms),
-        refiner=one("refiner", cfg.refiner),
-        filters=[one("filter", p) for p in cfg.filter.values()],
+        reader=picking[0],
+        detector=picking[1],
+        nms=picking[2],
+        refiner=picking[3],
+        filters=picking[4],
         binner=one("binning", cfg.binning),
         writers=[one("writer", p) for p in cfg.writer.values()],
-        readers_by_suffix=registry.readers_by_suffix(dims=getattr(cfg.reader, "dims", 2)),
+        readers_by_suffix=readers_by_suffix,
         retry_suppressed=tuple(cfg.retry_suppressed),
         peel=cfg.peel,
+        code_version="; ".join([__version__, *dists]),
     )
 
 
@@ -777,7 +790,8 @@ def load_work(
 
     Stale means: made with other per-micrograph settings (``fingerprint``),
     from an input file that has changed since (``source``, see
-    :func:`source_stamp`), or by another lipoframe ``version``.
+    :func:`source_stamp`), or by another code ``version`` (lipoframe's and
+    its plugins', :attr:`StageSet.code_version`).
     """
     try:
         csv_path, json_path = _work_paths(out_dir, name)
@@ -805,9 +819,14 @@ def _read_work_csv(source) -> pd.DataFrame:
 
 
 def save_work(
-    out_dir: Path, meta: MicrographMeta, picks: pd.DataFrame, fingerprint: str, seconds: float, *, source: dict | None = None
+    out_dir: Path, meta: MicrographMeta, picks: pd.DataFrame, fingerprint: str, seconds: float, *, source: dict | None = None,
+    version: str | None = None,
 ) -> None:
-    """Write one micrograph's result: the CSV first, then the JSON that marks it complete."""
+    """Write one micrograph's result: the CSV first, then the JSON that marks it complete.
+
+    ``version`` is the code that made it (:attr:`StageSet.code_version`;
+    default: lipoframe's version).
+    """
     from lipoframe import __version__
     from lipoframe.builtin.writers import write_csv
 
@@ -819,7 +838,7 @@ def save_work(
         "n_picks": int(len(picks)),
         "seconds": round(seconds, 4),
         "source": source,
-        "lipoframe": __version__,
+        "lipoframe": version or __version__,
     }
     write_text(json_path, json.dumps(info, indent=1))
 
@@ -879,7 +898,7 @@ def run_job(job: MicJob, cfg: LipoframeConfig | None = None, stages: StageSet | 
     source = source_stamp(job.path)
     try:
         if job.resume and source is not None:  # a missing input is read (and fails), never resumed
-            done = load_work(job.out_dir, job.name, job.fingerprint, source=source)
+            done = load_work(job.out_dir, job.name, job.fingerprint, source=source, version=stages.code_version or None)
             if done is not None:
                 picks = done[1]
                 return MicResult(job.name, str(job.path), "skipped", len(picks), int(picks[schema.ACCEPTED].sum()) if len(picks) else 0)
@@ -891,7 +910,7 @@ def run_job(job: MicJob, cfg: LipoframeConfig | None = None, stages: StageSet | 
         picks = process_micrograph(mic, stages, ctx)
         del mic  # release the memory map / image before saving
         seconds = time.perf_counter() - t0
-        save_work(job.out_dir, meta, picks, job.fingerprint, seconds, source=source)
+        save_work(job.out_dir, meta, picks, job.fingerprint, seconds, source=source, version=stages.code_version or None)
         return MicResult(job.name, str(job.path), "ok", len(picks), int(picks[schema.ACCEPTED].sum()), seconds, peak_rss_mb=peak_rss_mb())
     except InputError as exc:
         return _failure(job, str(exc), time.perf_counter() - t0)
@@ -1502,10 +1521,12 @@ def run_jobs(jobs: list[MicJob], cfg: LipoframeConfig, stages: StageSet, *, prog
     """
     from lipoframe import __version__
 
+    version = stages.code_version or __version__
+
     def saved(job: MicJob, status: str) -> MicResult | None:
-        """The job's current saved result (same settings, input file and version), if any."""
+        """The job's current saved result (same settings, input file and code version), if any."""
         stamp = source_stamp(job.path)
-        done = None if stamp is None else load_work(job.out_dir, job.name, job.fingerprint, source=stamp, version=__version__)
+        done = None if stamp is None else load_work(job.out_dir, job.name, job.fingerprint, source=stamp, version=version)
         if done is None:
             return None
         picks = done[1]

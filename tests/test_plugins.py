@@ -439,3 +439,74 @@ def test_a_detector_table_with_bad_values_names_the_stage(column, values, proble
     with pytest.raises(ValueError, match=f"stage 'detector/mine' returned {problem}"):
         schema.validate_detections(table, stage="detector/mine")
     assert schema.validate_detections(table.iloc[:0], stage="detector/mine").empty
+
+
+TAG_STAGES = """
+    from dataclasses import dataclass
+
+    from lipoframe import hookimpl, schema
+    from lipoframe.builtin.writers import exported
+    from lipoframe.io.atomic import safe_child, write_text
+    from lipoframe.stages import Filter, Writer
+
+    @dataclass
+    class TagParams:
+        pass
+
+    class Tag(Filter):
+        name = "tag"
+        Params = TagParams
+
+        def apply(self, picks, mic, ctx):
+            return schema.with_acceptance(picks)
+
+    @dataclass
+    class CountParams:
+        pass
+
+    class Count(Writer):
+        name = "count"
+        Params = CountParams
+
+        def write(self, picks, metas, plan, out_dir, ctx):
+            return [write_text(safe_child(out_dir, "count.txt"), str(len(exported(picks, ctx))))]
+
+    @hookimpl
+    def lipoframe_register_stages(registry):
+        registry.add(Tag)
+        registry.add(Count)
+"""
+
+
+def _upgrade(site, dist: str, old: str, new: str) -> None:
+    module = dist.replace("-", "_")
+    info = site / f"{module}-{old}.dist-info"
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {new}\n")
+    info.rename(site / f"{module}-{new}.dist-info")
+
+
+def test_resume_picks_again_after_an_upgrade_of_a_plugin_whose_stage_picks(make_plugin, tiny_mrcs, tmp_path, run_cli):
+    # only lipoframe's own version was checked: a run resumed after the
+    # plugin providing its filter was upgraded kept every old result
+    from lipoframe import plugins
+
+    make_plugin("lipoframe-tag", TAG_STAGES, version="1.0")
+    out = tmp_path / "out"
+    args = ("run", f"input={tiny_mrcs[0].parent}", f"output={out}", *TINY_ARGS)
+
+    def summary(*extra):
+        plugins._CACHE.clear()
+        code, _, err = run_cli(*args, *extra)
+        assert code == 0, err
+        return json.loads((out / "run_summary.json").read_text())["micrographs"]
+
+    assert summary("filter=[diameter_range,tag]", "writer=[csv,count]")["ok"] == 2
+    saved = json.loads((out / "micrographs" / "mic_0.json").read_text())
+    assert saved["lipoframe"].endswith("; lipoframe-tag 1.0")
+    assert summary("filter=[diameter_range,tag]", "writer=[csv,count]")["skipped"] == 2
+    _upgrade(tmp_path / "site", "lipoframe-tag", "1.0", "1.1")
+    assert summary("filter=[diameter_range,tag]", "writer=[csv,count]")["ok"] == 2
+    # a writer does not pick: its upgrade only writes the exports again
+    assert summary("writer=[csv,count]")["ok"] == 2  # another filter list: other settings
+    _upgrade(tmp_path / "site", "lipoframe-tag", "1.1", "1.2")
+    assert summary("writer=[csv,count]")["skipped"] == 2
