@@ -870,7 +870,8 @@ def write_report(
     ok_results = [r for r in results if r.ok]
     stats = {
         "rendered": len(ok_results),
-        "cached": len(new_index) - len(ok_results),
+        # reused unchanged: drawn neither now nor attempted (a failed one keeps its old entry)
+        "cached": len(new_index) - len(ok_results) - sum(1 for r in results if not r.ok and r.name in new_index),
         "failed": n_failed,
         "seconds": round(wall, 3),
         "per_overlay": round(float(np.mean([r.seconds for r in ok_results])), 4) if ok_results else 0.0,

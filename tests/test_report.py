@@ -324,6 +324,7 @@ def test_missing_micrograph_file_gives_a_report_without_its_overlay(done, run_co
     code, out, err = run_cli("report", run_copy, "-j", "1")
     # The report is written, and the exit code says that an overlay failed.
     assert code == 1 and "1 failed" in out and "1 overlay(s) failed" in err
+    assert "0 drawn" in out and "2 unchanged" in out  # the failed one is not counted as reused (it said 3)
     text = " ".join(parse(run_copy / "report.html").text)
     assert "moved_away.mrc" in text
     assert "mic_0" in text and "mic_2" in text
