@@ -1101,7 +1101,7 @@ def _read_image(path: Path) -> np.ndarray:
         raise EvaluationInputError(str(exc)) from None
 
 
-def write_overlays(res: EvaluationResult, micrographs, out_dir: str | Path, *, n: int) -> list[Path]:
+def write_overlays(res: EvaluationResult, micrographs, out_dir: str | Path, *, n: int) -> tuple[list[Path], list[str]]:
     """Overlays of the ``n`` micrographs with the lowest F1 (recall, then name).
 
     Parameters
@@ -1115,13 +1115,18 @@ def write_overlays(res: EvaluationResult, micrographs, out_dir: str | Path, *, n
     n : int
         Number of micrographs.
 
-    Micrographs whose image is unknown or cannot be read are skipped with a message.
+    Returns
+    -------
+    written : list of Path
+    failed : list of str
+        One line per micrograph whose image is unknown or cannot be read
+        (printed, and skipped).
     """
     catalog, out_dir = _as_catalog(micrographs), Path(out_dir)
     per = res.per_micrograph.copy()
     per["_f1"] = per["f1"].fillna(1.0 if n else 0.0)
     worst = per.sort_values(["_f1", "recall", "micrograph"], kind="stable", na_position="last").head(n)
-    written = []
+    written, failed = [], []
     for row in worst.itertuples():
         try:
             path = catalog.image_path(row.micrograph)
@@ -1129,17 +1134,18 @@ def write_overlays(res: EvaluationResult, micrographs, out_dir: str | Path, *, n
                 raise EvaluationInputError("image not known (not in the run folder or micrographs=)")
             image = _read_image(path)
         except (OSError, ValueError, EvaluationInputError) as exc:
-            print(f"lipoframe evaluate: no overlay for {row.micrograph}: {exc}", file=sys.stderr)
+            failed.append(f"no overlay for {row.micrograph}: {exc}")
+            print(f"lipoframe evaluate: {failed[-1]}", file=sys.stderr)
             continue
         if image.ndim != 2:
-            continue
+            continue  # a tomogram: evaluation overlays are 2D
         ref = res.reference[res.reference[schema.MICROGRAPH].map(micrograph_key) == row.micrograph]
         picks = res.picks[res.picks[schema.MICROGRAPH].map(micrograph_key) == row.micrograph]
         title = f"{row.micrograph}: P {row.precision:.2f}  R {row.recall:.2f}  F1 {row.f1:.2f}" if row.n_reference else row.micrograph
         from lipoframe.io.atomic import safe_child
 
         written.append(plot_evaluation(image, ref, picks, safe_child(out_dir, "overlays", f"{row.micrograph}.png"), title=title))
-    return written
+    return written, failed
 
 
 # ---------------------------------------------------------------------------
@@ -1297,8 +1303,11 @@ def main(argv: list[str]) -> int:
             for p in write_results(res, args.output):
                 print(f"wrote {p}")
             if args.overlays:
-                for p in write_overlays(res, catalog, args.output, n=args.overlays):
+                drawn, failed = write_overlays(res, catalog, args.output, n=args.overlays)
+                for p in drawn:
                     print(f"wrote {p}")
+                if failed:  # the evaluation is written; the exit code says an overlay is missing, as lipoframe report's does
+                    return 1
         except BrokenPipeError:
             raise  # stdout closed early (`| head`): not the output folder's fault; the command line handles it
         except OSError as exc:

@@ -378,9 +378,10 @@ def test_cli_overlays_of_the_worst_micrographs(tmp_path, capsys):
     assert [p.name for p in (out / "overlays").iterdir()] == ["bad.png"]
     assert main([f"picks={run}", f"reference={tmp_path / 'truth.csv'}", "overlays=1"]) == 2
     assert "output" in capsys.readouterr().err
-    # A micrograph moved away since the run: one message, no overlay, the scores are still written.
+    # A micrograph moved away since the run: one message, no overlay, the scores are still written,
+    # and the exit code says an overlay is missing, as lipoframe report's does (it was 0).
     (tmp_path / "bad.mrc").unlink()
-    assert main([f"picks={run}", f"reference={tmp_path / 'truth.csv'}", f"output={tmp_path / 'eval2'}", "overlays=1"]) == 0
+    assert main([f"picks={run}", f"reference={tmp_path / 'truth.csv'}", f"output={tmp_path / 'eval2'}", "overlays=1"]) == 1
     err = capsys.readouterr().err
     assert "no overlay for bad" in err and "bad.mrc: file not found" in err and "Traceback" not in err
     assert not (tmp_path / "eval2" / "overlays" / "bad.png").exists() and any((tmp_path / "eval2").iterdir())
