@@ -282,3 +282,33 @@ def test_pipeline_with_heatmap_detector_and_filters(tmp_path):
     all_picks = res.picks
     edge = all_picks[all_picks["reject_reason"] == "edge"]
     assert len(edge) == 2 and np.allclose(edge["x_px"], 200, atol=1)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, bool])
+def test_zero_one_masks_of_any_type_are_foreground(dtype):
+    """A 0/1 mask is a mask whatever its type: the mask writer's TIFF masks are uint8 0/1."""
+    mask = (disc_map() > 0).astype(dtype)
+    prob = normalise_heatmap(mask)
+    assert prob.dtype == np.float32
+    assert np.array_equal(prob, (disc_map() > 0).astype(np.float32))
+    p = heatmap_picks(prob, min_distance=10, min_diameter=10)
+    assert len(p["x_px"]) == len(DISCS)
+    # A scaled uint8 map is still divided by 255, not by its largest value.
+    assert np.allclose(normalise_heatmap(np.array([[0, 100], [200, 255]], np.uint8)), np.array([[0, 100], [200, 255]]) / 255.0)
+
+
+def test_tiff_label_masks_read_back_through_the_detector(tmp_path):
+    """writer.mask.format=tiff writes uint8 0/1 masks; the heatmap detector picks them again."""
+    from lipoframe.builtin.maskwriter import MaskWriter, MaskWriterParams
+
+    mic = _mic(tmp_path / "mic.npy")
+    xy = np.array([[c, r] for r, c, _ in DISCS], float)
+    picks = pd.DataFrame({"micrograph": "mic", "x_px": xy[:, 0], "y_px": xy[:, 1],
+                          "diameter_px": [d for *_, d in DISCS], "score": 1.0})
+    MaskWriter(MaskWriterParams(format="tiff")).write(picks, {"mic": mic.meta}, None, tmp_path / "out", CTX)
+    assert tifffile.imread(tmp_path / "out" / "masks" / "mic_mask.tif").dtype == np.uint8
+    det = HeatmapDetector(HeatmapParams(folder=str(tmp_path / "out" / "masks"), pattern="_mask.tif"))
+    df = det.detect(mic, CTX)
+    assert len(df) == len(DISCS)
+    dist, ratio = match({c: df[c].to_numpy() for c in df.columns})
+    assert dist.max() < 1.0 and np.all(np.abs(ratio - 1) < 0.03)

@@ -32,9 +32,11 @@ def normalise_heatmap(heatmap: np.ndarray, *, logits: bool = False) -> np.ndarra
     Parameters
     ----------
     heatmap : (M, N) or (P, M, N) ndarray
-        Network output. ``uint8`` maps are divided by 255; other integer maps
-        whose largest value exceeds 1 are divided by that value (so 0/1 and
-        0/255 masks both become 0/1). Float maps are used as they are.
+        Network output. Integer and boolean maps whose values are all 0 or 1
+        are used as they are (a 0/1 mask of any type, such as the ``mask``
+        writer's uint8 TIFF); other ``uint8`` maps are divided by 255 and
+        other integer maps by their largest value (so 0/1 and 0/255 masks
+        both become 0/1). Float maps are used as they are.
     logits : bool, optional
         The map holds logits: apply the logistic function.
 
@@ -45,13 +47,12 @@ def normalise_heatmap(heatmap: np.ndarray, *, logits: bool = False) -> np.ndarra
     hm = np.asarray(heatmap)
     if hm.ndim not in (2, 3):
         raise ValueError(f"heatmap must be 2D or 3D, got {hm.ndim}D")
-    if np.iscomplexobj(hm) or not np.issubdtype(hm.dtype, np.number):
+    if hm.dtype != bool and (np.iscomplexobj(hm) or not np.issubdtype(hm.dtype, np.number)):
         raise ValueError(f"heatmap must be real-valued, got dtype {hm.dtype}")
     out = hm.astype(np.float32, copy=True)
-    if np.issubdtype(hm.dtype, np.integer):
-        top = 255.0 if hm.dtype == np.uint8 else float(out.max(initial=0.0))
-        if top > 1.0:
-            out /= np.float32(top)
+    if np.issubdtype(hm.dtype, np.integer) and float(out.max(initial=0.0)) > 1.0:
+        # A 0/1 mask stays 0/1 whatever its type; only a scaled map is divided.
+        out /= np.float32(255.0 if hm.dtype == np.uint8 else out.max())
     if logits:
         with np.errstate(over="ignore"):
             out = (1.0 / (1.0 + np.exp(-out))).astype(np.float32)
