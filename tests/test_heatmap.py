@@ -312,3 +312,19 @@ def test_tiff_label_masks_read_back_through_the_detector(tmp_path):
     assert len(df) == len(DISCS)
     dist, ratio = match({c: df[c].to_numpy() for c in df.columns})
     assert dist.max() < 1.0 and np.all(np.abs(ratio - 1) < 0.03)
+
+
+def test_map_errors_name_the_micrograph_the_map_and_the_key(tmp_path):
+    """A map that cannot be used fails its micrograph in one line naming both files; a missing
+    centre map names detector.centre_pattern, not detector.pattern."""
+    mic = _mic(tmp_path / "a.npy")
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    np.save(maps / "a_prob.npy", np.zeros((2, *SHAPE), np.float32))  # a stack, not a 2D map
+    det = HeatmapDetector(HeatmapParams(folder=str(maps), pattern="_prob.npy"))
+    with pytest.raises(InputError, match=r"a\.npy: heatmap .*a_prob\.npy: a 3D"):
+        det.detect(mic, CTX)
+    np.save(maps / "a_prob.npy", disc_map())
+    det = HeatmapDetector(HeatmapParams(folder=str(maps), pattern="_prob.npy", centre_pattern="_ctr.npy"))
+    with pytest.raises(InputError, match=r"a\.npy: no heatmap matches .*a_ctr\.npy \(set detector\.folder / detector\.centre_pattern\)"):
+        det.detect(mic, CTX)

@@ -92,11 +92,12 @@ class HeatmapParams:
             raise ValueError(f"detector.folder must be an existing folder of maps (or empty: the micrograph's own folder), got {self.folder!r}")
 
 
-def find_map(mic: Micrograph, folder: str, pattern: str) -> Path:
+def find_map(mic: Micrograph, folder: str, pattern: str, *, key: str = "detector.pattern") -> Path:
     """The one map file of ``mic`` named by ``folder``/``pattern``.
 
     ``pattern`` without ``{stem}`` (or ``{name}``, lipoframe's output name of
-    the micrograph) is appended to the micrograph's file stem.
+    the micrograph) is appended to the micrograph's file stem; ``key`` is the
+    option that gave it, named in the messages.
 
     Raises
     ------
@@ -116,10 +117,10 @@ def find_map(mic: Micrograph, folder: str, pattern: str) -> Path:
     )
     where = mic.meta.path or mic.name
     if not found:
-        raise InputError(f"{where}: no heatmap matches {spec} (set detector.folder / detector.pattern)")
+        raise InputError(f"{where}: no heatmap matches {spec} (set detector.folder / {key})")
     if len(found) > 1:
         names = ", ".join(p.name for p in found[:4]) + (" ..." if len(found) > 4 else "")
-        raise InputError(f"{where}: {len(found)} heatmaps match {spec} ({names}); make detector.pattern specific")
+        raise InputError(f"{where}: {len(found)} heatmaps match {spec} ({names}); make {key} specific")
     return found[0]
 
 
@@ -152,26 +153,34 @@ def infer_downscale(mic_shape: tuple[int, ...], map_shape: tuple[int, ...], *, f
     )
 
 
+def _read_map(path: Path, ndim: int, where: str) -> np.ndarray:
+    """The array of map ``path``; a file that cannot be read fails naming the micrograph too."""
+    from lipoframe.plugins import read_array  # the readers a run's inputs get
+
+    try:
+        return read_array(path, dims=ndim)
+    except InputError as exc:
+        raise InputError(f"{where}: heatmap {exc}") from None
+
+
 class HeatmapDetector(Detector):
     name = "heatmap"
     Params = HeatmapParams
     summary = "picks from a network's probability/centre map per micrograph (threshold, peaks, instances)"
 
     def detect(self, mic: Micrograph, ctx: PickContext) -> pd.DataFrame:
-        from lipoframe.plugins import read_array  # the readers a run's inputs get
-
         p = self.params
         ndim = mic.image.ndim
         where = mic.meta.path or mic.name
         path = find_map(mic, p.folder, p.pattern)
-        hm = read_array(path, dims=ndim)
+        hm = _read_map(path, ndim, where)
         try:
             factor = infer_downscale(mic.shape, hm.shape, factor=p.downscale)
             prob = normalise_heatmap(hm, logits=p.logits)
             cmap = None
             if p.centre_pattern:
-                cpath = find_map(mic, p.folder, p.centre_pattern)
-                cmap = normalise_heatmap(read_array(cpath, dims=ndim), logits=p.logits)
+                cpath = find_map(mic, p.folder, p.centre_pattern, key="detector.centre_pattern")
+                cmap = normalise_heatmap(_read_map(cpath, ndim, where), logits=p.logits)
                 if cmap.shape != prob.shape:
                     raise ValueError(f"centre map {cpath.name} has shape {cmap.shape}, the heatmap {prob.shape}")
         except ValueError as exc:
