@@ -55,6 +55,8 @@ class FolderWatcher:
     _seen: dict[str, tuple[tuple[int, int], int]] = field(default_factory=dict)
     #: path -> stamp when it was handed out
     _handled: dict[str, tuple[int, int]] = field(default_factory=dict)
+    #: files handed out earlier that the last scan no longer found (deleted or renamed away)
+    gone: list[Path] = field(default_factory=list)
 
     def _scan(self) -> list[Path]:
         from lipoframe.runner import expand_inputs, outside_output
@@ -63,7 +65,11 @@ class FolderWatcher:
         return outside_output(found, self.exclude)[0] if self.exclude is not None else found
 
     def poll(self) -> list[Path]:
-        """Scan once; return the files that are complete and new (or changed since handed out)."""
+        """Scan once; return the files that are complete and new (or changed since handed out).
+
+        Files handed out earlier that this scan does not find any more are
+        listed in :attr:`gone`; one that comes back is handed out again.
+        """
         ready = []
         present = set()
         for path in self._scan():
@@ -82,6 +88,9 @@ class FolderWatcher:
                 ready.append(path)
         for key in set(self._seen) - present:  # deleted or renamed away
             del self._seen[key]
+        self.gone = [Path(key) for key in sorted(set(self._handled) - present)]
+        for path in self.gone:
+            del self._handled[str(path)]
         return ready
 
     def unsettled(self) -> int:
@@ -187,6 +196,15 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None):
             while True:
                 stop_seen = stop_file.exists()
                 ready = watcher.poll()
+                for path in watcher.gone:
+                    # A batch run over the folder would not have it: a renamed file is picked
+                    # again under its new name, and its picks must not be exported twice.
+                    name = path_name.pop(os.path.abspath(path), None)
+                    if name is not None:
+                        results.pop(name, None)
+                        notes[:] = [n for n in notes if not n.startswith(f"{path}:")]
+                        log.warning("%s: no longer in the input (deleted or renamed); its picks are left out", path)
+                        since_update += 1
                 if ready:
                     jobs = []
                     for path in ready:

@@ -160,3 +160,56 @@ def test_watch_stops_cleanly_on_sigterm(tmp_path):
     assert "Traceback" not in stderr
     assert "micrographs  ok 2" in stdout
     assert (out / "picks.csv").is_file() and (out / "extraction_plan.json").is_file()
+
+
+def test_watcher_reports_files_that_are_gone_and_hands_them_out_again_when_back(tmp_path):
+    w = FolderWatcher([str(tmp_path)], (".mrc",), stable_polls=1)
+    f = tmp_path / "a.mrc"
+    f.write_bytes(b"x" * 10)
+    assert w.poll() == [f] and w.gone == []
+    f.rename(tmp_path / "a.keep")
+    assert w.poll() == [] and w.gone == [f]
+    assert w.poll() == [] and w.gone == []  # reported once
+    (tmp_path / "a.keep").rename(f)  # back, unchanged (a rename keeps the mtime)
+    assert w.poll() == [f]
+
+
+def test_a_renamed_or_deleted_file_leaves_the_watched_dataset(tmp_path):
+    """A file renamed while watching is picked under its new name and its old picks are not
+    exported too; a deleted file's picks are left out: the session ends as a batch run over
+    the finished folder would."""
+    watched = tmp_path / "incoming"
+    sources = write_set(watched, 3)
+    out = tmp_path / "out"
+    poll = 0.2
+    seen = {}
+
+    def user():
+        deadline = time.monotonic() + 90
+        while not all((out / "micrographs" / f"{s.stem}.json").exists() for s in sources) and time.monotonic() < deadline:
+            time.sleep(poll)
+        sources[1].rename(watched / "renamed.mrc")
+        sources[2].unlink()
+        while not (out / "micrographs" / "renamed.json").exists() and time.monotonic() < deadline:
+            time.sleep(poll)
+        seen["renamed"] = (out / "micrographs" / "renamed.json").exists()
+        time.sleep(3 * poll)
+        (out / "STOP").touch()
+
+    thread = threading.Thread(target=user)
+    _, cfg = compose_config([
+        f"input={watched}", *RUN_ARGS, "runner.workers=1", "watch=true",
+        f"stream.poll_seconds={poll}", "stream.stable_polls=1", "stream.update_every=1",
+    ])
+    thread.start()
+    try:
+        result = run_pipeline(cfg, out)
+    finally:
+        thread.join()
+    assert seen["renamed"]
+    assert sorted(r.name for r in result.results) == ["mic_000", "renamed"]
+    _, batch_cfg = compose_config([f"input={watched}", *RUN_ARGS, "runner.workers=1"])
+    run_pipeline(batch_cfg, tmp_path / "batch")
+    assert (out / "picks.csv").read_bytes() == (tmp_path / "batch" / "picks.csv").read_bytes()
+    coords = sorted(p.name for p in (out / "relion" / "coords").iterdir())
+    assert coords == ["mic_000_autopick.star", "renamed_autopick.star"]
