@@ -89,6 +89,12 @@ class StageSet:
             known = ", ".join(sorted(self.readers_by_suffix))
             raise InputError(f"{path}: no reader for files ending in {suffix!r} (known: {known})") from None
 
+    def extra_inputs(self, path: Path, name: str) -> list[Path]:
+        """Files besides ``path`` that the per-micrograph stages read for it (see :meth:`Stage.extra_inputs`)."""
+        stages = [self.reader, self.detector, self.nms, self.refiner, *self.filters]
+        # getattr: a stage object that does not derive from Stage reads nothing else
+        return [f for stage in stages for f in getattr(stage, "extra_inputs", lambda *_: [])(Path(path), name)]
+
     def read(self, path: Path, *, pixel_size: float | None) -> Micrograph:
         """Read ``path`` with :meth:`reader_for`'s reader.
 
@@ -783,6 +789,21 @@ def source_stamp(path: str | os.PathLike) -> dict | None:
     return {"size": int(st.st_size), "mtime": int(st.st_mtime)}
 
 
+def input_stamp(path: str | os.PathLike, name: str, stages: StageSet) -> dict | None:
+    """:func:`source_stamp` of an input file, with that of every file the stages read for it.
+
+    The files a stage reads besides the micrograph (a heatmap, a mask; see
+    :meth:`~lipoframe.stages.Stage.extra_inputs`) are under ``extra``, by
+    absolute path (None for one that is missing), so that resume redoes a
+    micrograph whose map or mask was replaced, added or removed.
+    """
+    stamp = source_stamp(path)
+    if stamp is None:
+        return None
+    extra = {os.path.abspath(f): source_stamp(f) for f in stages.extra_inputs(Path(path), name)}
+    return {**stamp, "extra": extra} if extra else stamp
+
+
 def load_work(
     out_dir: Path, name: str, fingerprint: str | None = None, *, source: dict | None = None, version: str | None = None
 ) -> tuple[MicrographMeta, pd.DataFrame] | None:
@@ -895,7 +916,7 @@ def run_job(job: MicJob, cfg: LipoframeConfig | None = None, stages: StageSet | 
     cfg = cfg or _WORKER_STATE["cfg"]
     stages = stages or _WORKER_STATE["stages"]
     t0 = time.perf_counter()
-    source = source_stamp(job.path)
+    source = input_stamp(job.path, job.name, stages)
     try:
         if job.resume and source is not None:  # a missing input is read (and fails), never resumed
             done = load_work(job.out_dir, job.name, job.fingerprint, source=source, version=stages.code_version or None)
@@ -1524,8 +1545,8 @@ def run_jobs(jobs: list[MicJob], cfg: LipoframeConfig, stages: StageSet, *, prog
     version = stages.code_version or __version__
 
     def saved(job: MicJob, status: str) -> MicResult | None:
-        """The job's current saved result (same settings, input file and code version), if any."""
-        stamp = source_stamp(job.path)
+        """The job's current saved result (same settings, input files and code version), if any."""
+        stamp = input_stamp(job.path, job.name, stages)
         done = None if stamp is None else load_work(job.out_dir, job.name, job.fingerprint, source=stamp, version=version)
         if done is None:
             return None

@@ -99,6 +99,16 @@ class Stage:
             raise TypeError(f"{type(self).__name__} needs {self.Params.__name__}, got {type(params).__name__}")
         self.params = params
 
+    def extra_inputs(self, path: Path, name: str) -> list[Path]:
+        """Files besides the micrograph ``path`` (output name ``name``) that this stage reads for it.
+
+        A network's heatmap, a mask, ...: a saved result is reused on resume
+        only while these files are as they were (present or missing, size and
+        modification time), so a new map makes the micrograph be picked
+        again. The default is none.
+        """
+        return []
+
     def __repr__(self) -> str:
         fields = ", ".join(f"{f.name}={getattr(self.params, f.name)!r}" for f in dataclasses.fields(self.params))
         return f"{type(self).__name__}({fields})"

@@ -147,3 +147,49 @@ def test_a_named_input_that_was_deleted_fails_instead_of_resuming(tmp_path):
     assert statuses(again) == {"mic_000": "skipped", "mic_001": "failed"}
     assert "file not found" in next(r.error for r in again.results if r.name == "mic_001")
     assert set(pd.read_csv(run_out / "picks.csv")["micrograph"]) == {"mic_000"}
+
+
+def test_a_replaced_heatmap_or_mask_redoes_its_micrograph(tmp_path):
+    """The maps and masks a run reads are its input too: resume picks a micrograph again when its
+    heatmap is replaced, or its mask is added, replaced or removed, and keeps the others."""
+    import numpy as np
+
+    inp = tmp_path / "in"
+    write_set(inp, 2)
+    maps = tmp_path / "maps"
+    masks = tmp_path / "masks"
+    maps.mkdir()
+    masks.mkdir()
+    yy, xx = np.mgrid[0:384, 0:384]
+    disc = ((yy - 150) ** 2 + (xx - 200) ** 2 <= 40**2).astype(np.float32)
+    for name in ("mic_000", "mic_001"):
+        np.save(maps / f"{name}_prob.npy", disc)
+    np.save(masks / "mic_000_mask.npy", np.zeros((384, 384), np.float32))
+
+    def bump(path):  # as a file rewritten later: a newer modification time
+        st = os.stat(path)
+        os.utime(path, (st.st_atime, st.st_mtime + 10))
+
+    args = ["detector=heatmap", f"detector.folder={maps}", "detector.pattern=_prob.npy", "refiner=none",
+            "filter=[diameter_range,mask]", f"filter.mask.folder={masks}", "filter.mask.suffix=_mask.npy",
+            "filter.mask.missing=keep"]
+    first = run(inp, tmp_path / "out", *args)
+    assert set(statuses(first).values()) == {"ok"}
+    assert set(statuses(run(inp, tmp_path / "out", *args)).values()) == {"skipped"}
+
+    np.save(maps / "mic_001_prob.npy", np.zeros_like(disc))  # the network's new output: nothing there
+    bump(maps / "mic_001_prob.npy")
+    again = run(inp, tmp_path / "out", *args)
+    assert statuses(again) == {"mic_000": "skipped", "mic_001": "ok"}
+    assert again.picks.groupby("micrograph").size().to_dict() == {"mic_000": 1}
+
+    np.save(masks / "mic_000_mask.npy", np.ones((384, 384), np.float32))  # now all of it is bad
+    bump(masks / "mic_000_mask.npy")
+    np.save(masks / "mic_001_mask.npy", np.zeros((384, 384), np.float32))  # a mask where there was none
+    again = run(inp, tmp_path / "out", *args)
+    assert statuses(again) == {"mic_000": "ok", "mic_001": "ok"}
+    assert int(again.picks["accepted"].sum()) == 0
+
+    (masks / "mic_001_mask.npy").unlink()
+    again = run(inp, tmp_path / "out", *args)
+    assert statuses(again) == {"mic_000": "skipped", "mic_001": "ok"}

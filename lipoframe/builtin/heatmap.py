@@ -92,29 +92,46 @@ class HeatmapParams:
             raise ValueError(f"detector.folder must be an existing folder of maps (or empty: the micrograph's own folder), got {self.folder!r}")
 
 
-def find_map(mic: Micrograph, folder: str, pattern: str, *, key: str = "detector.pattern") -> Path:
-    """The one map file of ``mic`` named by ``folder``/``pattern``.
+def map_files(path: str | None, name: str, folder: str, pattern: str) -> tuple[str, list[Path]]:
+    """The glob for the map of the micrograph in ``path`` (output name ``name``) and the files it matches.
 
     ``pattern`` without ``{stem}`` (or ``{name}``, lipoframe's output name of
-    the micrograph) is appended to the micrograph's file stem; ``key`` is the
-    option that gave it, named in the messages.
+    the micrograph) is appended to the micrograph's file stem; ``folder``
+    empty is the micrograph's own folder. The micrograph itself and files
+    without a map suffix never match.
+
+    Returns
+    -------
+    spec : str
+        The glob looked for.
+    found : list of Path
+        The matching files, sorted.
+    """
+    src = Path(path) if path else None
+    stem = src.stem if src is not None else name
+    base = Path(folder).expanduser() if folder else (src.parent if src is not None else Path("."))
+    if "{stem}" not in pattern and "{name}" not in pattern:
+        pattern = "{stem}" + pattern
+    spec = str(base / pattern.replace("{stem}", glob.escape(stem)).replace("{name}", glob.escape(name)))
+    own = src.resolve() if src is not None and src.exists() else None
+    found = sorted(
+        Path(p) for p in glob.glob(spec)
+        if Path(p).suffix.lower() in MAP_SUFFIXES and Path(p).is_file() and (own is None or Path(p).resolve() != own)
+    )
+    return spec, found
+
+
+def find_map(mic: Micrograph, folder: str, pattern: str, *, key: str = "detector.pattern") -> Path:
+    """The one map file of ``mic`` named by ``folder``/``pattern`` (see :func:`map_files`).
+
+    ``key`` is the option that gave the pattern, named in the messages.
 
     Raises
     ------
     InputError
         Naming the micrograph and the pattern when no file or several match.
     """
-    src = Path(mic.meta.path) if mic.meta.path else None
-    stem = src.stem if src is not None else mic.name
-    base = Path(folder).expanduser() if folder else (src.parent if src is not None else Path("."))
-    if "{stem}" not in pattern and "{name}" not in pattern:
-        pattern = "{stem}" + pattern
-    spec = str(base / pattern.replace("{stem}", glob.escape(stem)).replace("{name}", glob.escape(mic.name)))
-    own = src.resolve() if src is not None and src.exists() else None
-    found = sorted(
-        Path(p) for p in glob.glob(spec)
-        if Path(p).suffix.lower() in MAP_SUFFIXES and Path(p).is_file() and (own is None or Path(p).resolve() != own)
-    )
+    spec, found = map_files(mic.meta.path, mic.name, folder, pattern)
     where = mic.meta.path or mic.name
     if not found:
         raise InputError(f"{where}: no heatmap matches {spec} (set detector.folder / {key})")
@@ -167,6 +184,12 @@ class HeatmapDetector(Detector):
     name = "heatmap"
     Params = HeatmapParams
     summary = "picks from a network's probability/centre map per micrograph (threshold, peaks, instances)"
+
+    def extra_inputs(self, path: Path, name: str) -> list[Path]:
+        """The maps (and centre maps) of the micrograph in ``path``: resume picks it again when they change."""
+        p = self.params
+        patterns = [p.pattern] + ([p.centre_pattern] if p.centre_pattern else [])
+        return [f for pattern in patterns for f in map_files(str(path), name, p.folder, pattern)[1]]
 
     def detect(self, mic: Micrograph, ctx: PickContext) -> pd.DataFrame:
         p = self.params

@@ -166,8 +166,15 @@ class MaskFilter(Filter):
         self._cached: tuple[str, int, np.ndarray] | None = None  # (path, mtime, mask): the filter runs again on retried picks
 
     def mask_path(self, mic: Micrograph) -> Path:
-        stem = Path(mic.meta.path).stem if mic.meta.path else mic.name
+        return self._mask_file(mic.meta.path, mic.name)
+
+    def _mask_file(self, path: str | None, name: str) -> Path:
+        stem = Path(path).stem if path else name
         return Path(self.params.folder) / f"{stem}{self.params.suffix}"
+
+    def extra_inputs(self, path: Path, name: str) -> list[Path]:
+        """The mask of the micrograph in ``path`` (present or not): resume picks it again when it changes."""
+        return [self._mask_file(str(path), name)]
 
     def _mask(self, path: Path, ndim: int) -> np.ndarray:
         key = (str(path), os.stat(path).st_mtime_ns)
