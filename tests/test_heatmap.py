@@ -328,3 +328,18 @@ def test_map_errors_name_the_micrograph_the_map_and_the_key(tmp_path):
     det = HeatmapDetector(HeatmapParams(folder=str(maps), pattern="_prob.npy", centre_pattern="_ctr.npy"))
     with pytest.raises(InputError, match=r"a\.npy: no heatmap matches .*a_ctr\.npy \(set detector\.folder / detector\.centre_pattern\)"):
         det.detect(mic, CTX)
+
+
+def test_listed_look_up_finds_what_a_glob_finds_and_sees_new_files(tmp_path):
+    """The resume check looks maps up in a folder listing kept while the folder is unchanged."""
+    from lipoframe.builtin.heatmap import map_files
+
+    for n in ("a_prob.npy", "a_prob.mrc", "ab_prob.npy", "b[1]_prob.npy", ".a_prob.npy", "a_prob.txt", "c.mrc"):
+        (tmp_path / n).touch()
+    for stem in ("a", "ab", "b[1]", "c", "none"):
+        for pattern in (".*", "_prob.*", "*", "_prob.npy", "{stem}*"):
+            mic = str(tmp_path / f"{stem}.mrc")
+            assert map_files(mic, stem, "", pattern, listed=True) == map_files(mic, stem, "", pattern), (stem, pattern)
+    assert map_files(str(tmp_path / "d.mrc"), "d", str(tmp_path), "_prob.npy", listed=True)[1] == []
+    (tmp_path / "d_prob.npy").touch()  # a new file changes the folder's modification time
+    assert map_files(str(tmp_path / "d.mrc"), "d", str(tmp_path), "_prob.npy", listed=True)[1] == [tmp_path / "d_prob.npy"]
