@@ -10,6 +10,10 @@ the dataset-level outputs (size statistics, size bins, extraction plan,
 writers' files, ``run_summary.json``) are rewritten, so downstream jobs can
 start on a growing dataset.
 
+A micrograph that failed is also picked again once a file the stages read
+for it changes or appears (a network's heatmap written after the
+micrograph, a mask).
+
 The run stops cleanly, with final dataset-level outputs, on Ctrl-C or
 SIGTERM (the micrographs in progress are finished first), when the stop
 file appears (every file already there is picked first), or after
@@ -146,6 +150,7 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None):
         MicJob,
         build_stages,
         finish_run,
+        input_stamp,
         output_folder,
         resolve_workers,
         run_jobs,
@@ -176,6 +181,8 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None):
         known = _existing_names(out_dir)  # keep the names of an earlier session
         path_name: dict[str, str] = {}
         results: dict[str, object] = {}
+        #: abspath -> (path, input_stamp) of the micrographs that failed, to try again when a file they need changes
+        failed: dict[str, tuple[Path, dict | None]] = {}
         notes: list[str] = []
         since_update = 0
         last_new = time.monotonic()
@@ -199,14 +206,21 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None):
                 for path in watcher.gone:
                     # A batch run over the folder would not have it: a renamed file is picked
                     # again under its new name, and its picks must not be exported twice.
+                    failed.pop(os.path.abspath(path), None)
                     name = path_name.pop(os.path.abspath(path), None)
                     if name is not None:
                         results.pop(name, None)
                         notes[:] = [n for n in notes if not n.startswith(f"{path}:")]
                         log.warning("%s: no longer in the input (deleted or renamed); its picks are left out", path)
                         since_update += 1
+                queued = {os.path.abspath(p) for p in ready}
+                for key, (path, stamp) in list(failed.items()):
+                    if key not in queued and input_stamp(path, path_name[key], stages) != stamp:
+                        ready.append(path)  # its heatmap or mask has come (or changed) since it failed
+                        queued.add(key)
                 if ready:
                     jobs = []
+                    stamps = {}
                     for path in ready:
                         key = os.path.abspath(path)  # as the saved results record it
                         if key not in path_name:
@@ -217,9 +231,15 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None):
                                 notes.append(f"{path}: results are named {name!r} (another input has the same name or the name is not safe)")
                                 log.warning(notes[-1])
                         jobs.append(MicJob(path, path_name[key], out_dir, fingerprint, cfg.runner.resume, cfg.runner.verbose))
+                        stamps[key] = (path, input_stamp(path, path_name[key], stages))  # before reading: a later change is new
                     done, interrupted = run_jobs(jobs, cfg, stages, progress=False)
                     for r in done:
                         results[r.name] = r
+                        key = os.path.abspath(r.path)
+                        if r.status == "failed" and key in stamps:
+                            failed[key] = stamps[key]
+                        else:
+                            failed.pop(key, None)
                     ok = sum(r.status != "failed" for r in done)
                     since_update += ok
                     last_new = time.monotonic()

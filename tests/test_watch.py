@@ -213,3 +213,44 @@ def test_a_renamed_or_deleted_file_leaves_the_watched_dataset(tmp_path):
     assert (out / "picks.csv").read_bytes() == (tmp_path / "batch" / "picks.csv").read_bytes()
     coords = sorted(p.name for p in (out / "relion" / "coords").iterdir())
     assert coords == ["mic_000_autopick.star", "renamed_autopick.star"]
+
+
+def test_a_micrograph_whose_heatmap_comes_later_is_picked_when_it_comes(tmp_path, caplog):
+    """Streaming with a network: the map is written after its micrograph. The micrograph fails
+    while its map is missing and is picked once the map is there, without being touched."""
+    import numpy as np
+
+    watched = tmp_path / "incoming"
+    (src,) = write_set(watched, 1)
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    out = tmp_path / "out"
+    poll = 0.2
+    seen = {}
+    yy, xx = np.mgrid[0:384, 0:384]
+    disc = ((yy - 150) ** 2 + (xx - 200) ** 2 <= 40**2).astype(np.float32)
+
+    def network():
+        deadline = time.monotonic() + 90
+        while "no heatmap matches" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(poll)
+        seen["failed_first"] = "no heatmap matches" in caplog.text
+        np.save(maps / "mic_000_prob.npy", disc)
+        while not (out / "micrographs" / "mic_000.json").exists() and time.monotonic() < deadline:
+            time.sleep(poll)
+        (out / "STOP").touch()
+
+    thread = threading.Thread(target=network)
+    _, cfg = compose_config([
+        f"input={watched}", *RUN_ARGS, "runner.workers=1", "watch=true", "detector=heatmap",
+        f"detector.folder={maps}", "detector.pattern=_prob.npy", "refiner=none", "filter=[diameter_range]",
+        f"stream.poll_seconds={poll}", "stream.stable_polls=1", "stream.update_every=1",
+    ])
+    thread.start()
+    try:
+        result = run_pipeline(cfg, out)
+    finally:
+        thread.join()
+    assert seen["failed_first"]
+    assert [r.status for r in result.results] == ["ok"], [r.error for r in result.results]
+    assert len(result.picks) == 1 and src.exists()
