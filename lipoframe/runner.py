@@ -1152,6 +1152,21 @@ def outside_output(paths: list[Path], out_dir: Path, *, keep: Path | None = None
     return kept, len(paths) - len(kept)
 
 
+def read_for_others(paths: list[Path], stages: StageSet) -> list[Path]:
+    """The files of ``paths`` that the stages read for another file of ``paths``.
+
+    A folder holding the micrographs and their heatmaps (``detector.folder``
+    empty: the maps next to the micrographs) or masks gives both to ``input=``;
+    the maps are not micrographs (see :meth:`~lipoframe.stages.Stage.extra_inputs`).
+    """
+    names = micrograph_names(paths)
+    needs = {os.path.abspath(p): {os.path.abspath(f) for f in stages.extra_inputs(p, n) if os.path.isfile(f)} for p, n in zip(paths, names)}
+    claimed = set().union(*needs.values())
+    # A file with maps of its own is a micrograph, even if another file's pattern also takes it
+    # (a.mrc and a.tif with detector.pattern=.*): those are left to fail as before, not both dropped.
+    return [p for p in paths if os.path.abspath(p) in claimed and not needs[os.path.abspath(p)]]
+
+
 def find_inputs(specs: list[str], suffixes: tuple[str, ...]) -> tuple[list[Path], list[str]]:
     """Input files of ``specs`` (see :func:`expand_inputs`) and a message for each spec that matched nothing."""
     paths = expand_inputs(specs, suffixes)
@@ -1735,6 +1750,11 @@ def run_pipeline(
             specs = [str(demo)]
         paths, errors = find_inputs(specs, tuple(stages.readers_by_suffix))
         paths, n_ours = outside_output(paths, out_dir, keep=demo)
+        theirs = read_for_others(paths, stages)
+        if theirs:
+            paths = [p for p in paths if p not in set(theirs)]
+            log.warning("left out %d input file(s) that the stages read for other micrographs (heatmaps or masks), e.g. %s",
+                        len(theirs), theirs[0])
         from lipoframe import __version__
 
         log.info("lipoframe %s: %d micrograph(s) from %s into %s", __version__, len(paths), ", ".join(map(str, specs)), out_dir)

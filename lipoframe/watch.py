@@ -97,6 +97,10 @@ class FolderWatcher:
             del self._handled[str(path)]
         return ready
 
+    def present(self) -> list[Path]:
+        """The files the last scan found."""
+        return [Path(k) for k in self._seen]
+
     def unsettled(self) -> int:
         """Files seen in the last scan that are not handed out yet (still being written)."""
         return sum(self._handled.get(k) != stamp for k, (stamp, _) in self._seen.items())
@@ -152,6 +156,7 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None):
         finish_run,
         input_stamp,
         output_folder,
+        read_for_others,
         resolve_workers,
         run_jobs,
         sigterm_as_interrupt,
@@ -203,7 +208,12 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None):
             while True:
                 stop_seen = stop_file.exists()
                 ready = watcher.poll()
-                for path in watcher.gone:
+                theirs = {os.path.abspath(p) for p in read_for_others(watcher.present(), stages)}
+                if theirs:  # heatmaps or masks next to the micrographs are not micrographs
+                    ready = [p for p in ready if os.path.abspath(p) not in theirs]
+                gone = list(watcher.gone)
+                gone += [Path(k) for k in path_name if k in theirs]  # a map that arrived before its micrograph
+                for path in gone:
                     # A batch run over the folder would not have it: a renamed file is picked
                     # again under its new name, and its picks must not be exported twice.
                     failed.pop(os.path.abspath(path), None)
@@ -211,7 +221,9 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None):
                     if name is not None:
                         results.pop(name, None)
                         notes[:] = [n for n in notes if not n.startswith(f"{path}:")]
-                        log.warning("%s: no longer in the input (deleted or renamed); its picks are left out", path)
+                        why = ("read for another micrograph (a heatmap or mask)" if os.path.abspath(path) in theirs
+                               else "no longer in the input (deleted or renamed)")
+                        log.warning("%s: %s; its picks are left out", path, why)
                         since_update += 1
                 queued = {os.path.abspath(p) for p in ready}
                 for key, (path, stamp) in list(failed.items()):

@@ -413,3 +413,33 @@ def test_workers_start_safely_while_other_threads_run(tmp_path):
         thread.join()
     assert result.workers == 2
     assert [r.status for r in result.results] == ["ok"] * 3
+
+
+def test_heatmaps_next_to_the_micrographs_are_not_inputs(tmp_path):
+    """detector.folder empty reads the maps next to the micrographs; input=<that folder> must not
+    pick the maps as micrographs too (they failed: no pixel size, no heatmap of their own)."""
+    import numpy as np
+
+    write_set(tmp_path / "in", 2)
+    yy, xx = np.mgrid[0:384, 0:384]
+    disc = ((yy - 150) ** 2 + (xx - 200) ** 2 <= 40**2).astype(np.float32)
+    for i in range(2):
+        np.save(tmp_path / "in" / f"mic_00{i}_prob.npy", disc)
+    cfg = config(tmp_path / "in", "detector=heatmap", "detector.pattern=_prob.npy", "refiner=none", "filter=[diameter_range]")
+    result = run_pipeline(cfg, tmp_path / "out")
+    assert result.ok, result.summary()
+    assert sorted(r.name for r in result.results) == ["mic_000", "mic_001"]
+    assert len(result.picks) == 2
+
+
+def test_micrographs_that_claim_each_other_as_maps_are_both_kept(tmp_path):
+    """a.mrc and a.tif with detector.pattern=.* take each other as heatmap: neither is left out
+    of the inputs as a map (the run would have no input at all)."""
+    from lipoframe.runner import read_for_others
+
+    write_set(tmp_path / "in", 1, prefix="a")
+    (tmp_path / "in" / "a_000.npy").write_bytes(b"")  # a sibling that the default pattern matches
+    cfg = config(tmp_path / "in", "detector=heatmap", "refiner=none", "filter=[diameter_range]")
+    stages = build_stages(cfg, plugins.load()[1])
+    paths = sorted((tmp_path / "in").iterdir())
+    assert read_for_others(paths, stages) == []

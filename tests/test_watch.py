@@ -254,3 +254,45 @@ def test_a_micrograph_whose_heatmap_comes_later_is_picked_when_it_comes(tmp_path
     assert seen["failed_first"]
     assert [r.status for r in result.results] == ["ok"], [r.error for r in result.results]
     assert len(result.picks) == 1 and src.exists()
+
+
+def test_heatmaps_in_the_watched_folder_are_not_picked_as_micrographs(tmp_path):
+    """Maps written next to the micrographs (detector.folder empty), even one that arrives before
+    its micrograph, end up as maps and not as micrographs of their own."""
+    import numpy as np
+
+    sources = write_set(tmp_path / "source", 2)
+    watched = tmp_path / "incoming"
+    watched.mkdir()
+    out = tmp_path / "out"
+    poll = 0.2
+    yy, xx = np.mgrid[0:384, 0:384]
+    disc = ((yy - 150) ** 2 + (xx - 200) ** 2 <= 40**2).astype(np.float32)
+    np.save(watched / "mic_000_prob.npy", disc)
+    (watched / "mic_000.mrc").write_bytes(sources[0].read_bytes())
+    np.save(watched / "mic_001_prob.npy", disc)  # its micrograph comes later
+
+    def microscope():
+        deadline = time.monotonic() + 90
+        while not (out / "micrographs" / "mic_000.json").exists() and time.monotonic() < deadline:
+            time.sleep(poll)
+        time.sleep(3 * poll)
+        (watched / "mic_001.mrc").write_bytes(sources[1].read_bytes())
+        while not (out / "micrographs" / "mic_001.json").exists() and time.monotonic() < deadline:
+            time.sleep(poll)
+        time.sleep(3 * poll)
+        (out / "STOP").touch()
+
+    thread = threading.Thread(target=microscope)
+    _, cfg = compose_config([
+        f"input={watched}", *RUN_ARGS, "runner.workers=1", "watch=true", "detector=heatmap",
+        "detector.pattern=_prob.npy", "refiner=none", "filter=[diameter_range]", "units=px",
+        f"stream.poll_seconds={poll}", "stream.stable_polls=1", "stream.update_every=1",
+    ])
+    thread.start()
+    try:
+        result = run_pipeline(cfg, out)
+    finally:
+        thread.join()
+    assert sorted((r.name, r.status) for r in result.results) == [("mic_000", "ok"), ("mic_001", "ok")]
+    assert result.ok and len(result.picks) == 2
