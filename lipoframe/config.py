@@ -195,9 +195,12 @@ class LipoframeConfig:
             k: enc(getattr(self, k))
             for k in (
                 "pixel_size", "dmin", "dmax", "units", "polarity", "seed", "retry_suppressed", "peel",
-                "reader", "detector", "nms", "refiner", "filter",
+                "reader", "detector", "nms", "refiner",
             )
         }
+        # Filters run in the order selected (the first reason is kept; later ones see only what
+        # the earlier ones accepted): their order is part of the result, unlike a dict's keys.
+        payload["filter"] = [[str(name), enc(params)] for name, params in self.filter.items()]
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -193,3 +193,14 @@ def test_a_replaced_heatmap_or_mask_redoes_its_micrograph(tmp_path):
     (masks / "mic_001_mask.npy").unlink()
     again = run(inp, tmp_path / "out", *args)
     assert statuses(again) == {"mic_000": "skipped", "mic_001": "ok"}
+
+
+def test_another_order_of_the_same_filters_redoes_everything(done_run):
+    """Filters run in the order given (the first reason is kept, neighbour_outlier counts the
+    picks accepted so far): the same filters in another order are another setting."""
+    inp, out = done_run
+    first = run(inp, out, "filter=[diameter_range,edge,speck]")
+    assert set(statuses(first).values()) == {"ok"}
+    assert set(statuses(run(inp, out, "filter=[diameter_range,edge,speck]")).values()) == {"skipped"}
+    again = run(inp, out, "filter=[diameter_range,speck,edge]")
+    assert set(statuses(again).values()) == {"ok"}
