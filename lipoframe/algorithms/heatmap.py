@@ -24,6 +24,8 @@ import numpy as np
 from scipy import ndimage as ndi
 
 PEAK_SOURCES = ("distance", "probability")
+#: How far a float map may stray outside [0, 1] (resampling overshoot) and still be probabilities.
+FLOAT_SLACK = 0.1
 
 
 def normalise_heatmap(heatmap: np.ndarray, *, logits: bool = False) -> np.ndarray:
@@ -36,9 +38,18 @@ def normalise_heatmap(heatmap: np.ndarray, *, logits: bool = False) -> np.ndarra
         are used as they are (a 0/1 mask of any type, such as the ``mask``
         writer's uint8 TIFF); other ``uint8`` maps are divided by 255 and
         other integer maps by their largest value (so 0/1 and 0/255 masks
-        both become 0/1). Float maps are used as they are.
+        both become 0/1). Float maps are used as they are and must hold
+        probabilities: values below -0.1 or above 1.1 (a map scaled to
+        0..255, logits) are refused, as no threshold in (0, 1] would read
+        them right.
     logits : bool, optional
         The map holds logits: apply the logistic function.
+
+    Raises
+    ------
+    ValueError
+        For a map that is not 2D or 3D, not real-valued, not finite, or
+        a float map outside [-0.1, 1.1] without ``logits``.
 
     Returns
     -------
@@ -53,6 +64,11 @@ def normalise_heatmap(heatmap: np.ndarray, *, logits: bool = False) -> np.ndarra
     if np.issubdtype(hm.dtype, np.integer) and float(out.max(initial=0.0)) > 1.0:
         # A 0/1 mask stays 0/1 whatever its type; only a scaled map is divided.
         out /= np.float32(255.0 if hm.dtype == np.uint8 else out.max())
+    if not logits and np.issubdtype(hm.dtype, np.floating) and out.size and np.all(np.isfinite(out)):
+        lo, hi = float(out.min()), float(out.max())
+        if lo < -FLOAT_SLACK or hi > 1.0 + FLOAT_SLACK:
+            raise ValueError(f"heatmap values run from {lo:.4g} to {hi:.4g}, not probabilities in [0, 1]: "
+                             "set detector.logits=true for logits, or scale the map to [0, 1]")
     if logits:
         with np.errstate(over="ignore"):
             out = (1.0 / (1.0 + np.exp(-out))).astype(np.float32)
