@@ -985,6 +985,35 @@ def _import_in_background(names: tuple[str, ...]):
     return thread
 
 
+@contextlib.contextmanager
+def _finish_current_on_interrupt():
+    """While picking in this process: the first Ctrl-C or SIGTERM lets the micrograph in
+    progress finish (the caller checks the yielded list, true once asked to stop), as
+    worker processes do; a second one stops at once. Only in the main thread."""
+    import signal
+    import threading
+
+    asked: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield asked
+        return
+
+    def handler(signum, frame):
+        if asked:
+            raise KeyboardInterrupt
+        asked.append(signum)
+        log.warning("interrupted: finishing the micrograph in progress (again to stop at once)")
+
+    # A signal ignored (a run started with & from a script ignores Ctrl-C) stays ignored.
+    sigs = [sig for sig in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(sig) not in (signal.SIG_IGN, None)]
+    old = {sig: signal.signal(sig, handler) for sig in sigs}
+    try:
+        yield asked
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
 def execute_jobs(
     jobs: list[MicJob],
     cfg: LipoframeConfig,
@@ -1010,8 +1039,11 @@ def execute_jobs(
     the thread would compete with picking for the interpreter lock.
     """
     if workers <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            on_result(run_job(job, cfg, stages))
+        with _finish_current_on_interrupt() as stop:
+            for job in jobs:
+                on_result(run_job(job, cfg, stages))
+                if stop:
+                    raise KeyboardInterrupt
         return
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, wait

@@ -443,3 +443,42 @@ def test_micrographs_that_claim_each_other_as_maps_are_both_kept(tmp_path):
     stages = build_stages(cfg, plugins.load()[1])
     paths = sorted((tmp_path / "in").iterdir())
     assert read_for_others(paths, stages) == []
+
+
+class _InterruptingReader:
+    """Reads MRC files; Ctrl-C arrives while it reads the first one."""
+
+    name = "mrc"
+
+    def __init__(self):
+        self.calls = 0
+
+    def read(self, path, *, pixel_size=None):
+        from lipoframe.builtin.readers import MrcReader
+
+        self.calls += 1
+        if self.calls == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return MrcReader().read(path, pixel_size=pixel_size)
+
+
+def test_ctrl_c_with_one_worker_finishes_the_micrograph_in_progress(tmp_path):
+    """Picking in this process (runner.workers=1), Ctrl-C lets the micrograph in progress finish
+    and be saved, as worker processes do, and starts no other (it was lost and picked again)."""
+    from lipoframe.runner import run_jobs
+
+    write_set(tmp_path / "in", 3)
+    cfg = config(tmp_path / "in", "runner.workers=1")
+    stages = build_stages(cfg, plugins.load()[1])
+    stages.reader = _InterruptingReader()
+    stages.readers_by_suffix = {".mrc": stages.reader}
+    fp = cfg.per_micrograph_fingerprint()
+    jobs = [MicJob(p, p.stem, tmp_path / "out", fp, True, False) for p in sorted((tmp_path / "in").glob("*.mrc"))]
+    (tmp_path / "out").mkdir()
+    before = signal.getsignal(signal.SIGINT)
+    results, interrupted = run_jobs(jobs, cfg, stages, progress=False)
+    assert interrupted
+    assert [(r.name, r.status) for r in results] == [("mic_000", "ok")]
+    assert (tmp_path / "out" / "micrographs" / "mic_000.json").is_file()
+    assert stages.reader.calls == 1
+    assert signal.getsignal(signal.SIGINT) is before
