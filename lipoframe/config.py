@@ -180,6 +180,11 @@ class LipoframeConfig:
 
     def per_micrograph_fingerprint(self) -> str:
         """Hash of every setting that changes per-micrograph results (for resume)."""
+        payload = self.per_micrograph_settings()
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def per_micrograph_settings(self) -> dict:
+        """The settings :meth:`per_micrograph_fingerprint` hashes, by top-level key, as plain data."""
         import dataclasses
 
         def enc(o):
@@ -201,7 +206,7 @@ class LipoframeConfig:
         # Filters run in the order selected (the first reason is kept; later ones see only what
         # the earlier ones accepted): their order is part of the result, unlike a dict's keys.
         payload["filter"] = [[str(name), enc(params)] for name, params in self.filter.items()]
-        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return payload
 
 
 def config_dir() -> Path:

@@ -220,10 +220,15 @@ def merge_runs(folders: list[str | Path], out_dir: str | Path, overrides: list[s
     composed, cfg = compose_config(base + list(overrides))
     fingerprint = shards[0].manifest["fingerprint"]
     if cfg.per_micrograph_fingerprint() != fingerprint:
+        changed = ""
+        if overrides:
+            shard_settings = compose_config(base)[1].per_micrograph_settings()
+            keys = [k for k, v in cfg.per_micrograph_settings().items() if shard_settings.get(k) != v]
+            changed = f" ({', '.join(keys)})" if keys else ""
         raise ConfigError(
-            "the merge settings change per-micrograph options (reader, detector, nms, refiner, filters, sizes, "
-            "pixel size) from those the shards were run with; only dataset-level options (binning, writer, "
-            "export_rejected) can be changed when merging"
+            f"the merge settings change per-micrograph options{changed} from those the shards were run with "
+            "(reader, detector, nms, refiner, filters, sizes, pixel size); only dataset-level options "
+            "(binning, writer, export_rejected) can be changed when merging"
         )
     pm, registry, _ = plugins.load()
     stages = build_stages(cfg, registry)

@@ -157,3 +157,10 @@ def test_merge_of_runs_over_different_inputs_equals_one_run_over_both(sharded, t
     capsys.readouterr()
     assert merge.main([str(runs[0]), str(out), f"output={tmp_path / 'clash'}"]) == 1
     assert f"micrograph name {again.stem!r} is in both" in capsys.readouterr().err
+
+
+def test_a_refused_merge_override_names_the_settings_it_changes(sharded, capsys):
+    root = sharded
+    assert merge.main([str(root / "shards"), f"output={root / 'bad2'}", "dmin=35", "nms.beta=0.5", "binning.pad=1.6"]) == 2
+    err = capsys.readouterr().err
+    assert "per-micrograph options (dmin, nms)" in err and not (root / "bad2").exists()
