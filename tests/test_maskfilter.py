@@ -198,3 +198,24 @@ def test_micrographcleaner_mask_rejects_the_ice_ball(tmp_path, run_cli):
                            f"filter.mask.folder={MCL}", "filter.mask.suffix=_contamination_mask.mrc", *base)
     assert code == 0, err
     assert len(pd.read_csv(tmp_path / "masked" / "picks.csv")) == 0
+
+
+def test_a_graded_8_bit_mask_is_read_on_its_own_scale(tmp_path):
+    """A probability mask stored as 8 bits (255 = certainly bad) on a clean micrograph: its largest
+    value, 40 (0.16), is not 'bad'; dividing by it rejected every pick above 0.08. A two-valued
+    0/N mask is still a binary mask whatever N."""
+    import tifffile
+
+    from lipoframe.builtin.maskfilter import read_mask
+
+    graded = np.zeros((50, 75), np.uint8)
+    graded[:, 38:] = 40
+    graded[:, 60:] = 20
+    tifffile.imwrite(tmp_path / "mic_mask.tif", graded)
+    assert np.allclose(read_mask(tmp_path / "mic_mask.tif", ndim=2), graded / 255.0)
+    f = MaskFilter(MaskParams(folder=str(tmp_path), suffix="_mask.tif"))
+    out = f.apply(_picks(), _mic(tmp_path / "mic.mrc"), CTX)
+    assert out[schema.ACCEPTED].all()
+    binary = (half_plane((50, 75), col=38) * 128).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "mic_bin.tif", binary)
+    assert np.array_equal(read_mask(tmp_path / "mic_bin.tif", ndim=2), binary / np.float32(128))

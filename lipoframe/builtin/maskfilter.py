@@ -110,7 +110,7 @@ class MaskParams:
         ``folder/name`` followed by this, e.g. ``_mask.tif``.
     threshold: reject a pick whose mean mask value over its disc is above this
         (MicrographCleaner's ``--deepThr``; its masks run from 0 = clean to 1 = bad).
-        Integer masks are first divided by their largest value (0/255 -> 0/1).
+        Integer masks are scaled to [0, 1] (see :func:`read_mask`).
     invert: the mask marks the good region instead (1 = keep), as a hand-drawn
         selection usually does.
     missing: what a micrograph without a mask gets: ``error`` (it fails, with a
@@ -139,12 +139,20 @@ class MaskParams:
 
 
 def read_mask(path: Path, *, ndim: int) -> np.ndarray:
-    """The mask in ``path`` as float32 scaled to [0, 1] for integer types (raises InputError)."""
+    """The mask in ``path`` as float32 in [0, 1] (raises InputError).
+
+    Integer masks holding only 0 and one other value (0/1, 0/255, a
+    hand-drawn selection) are divided by that value; other ``uint8`` masks
+    are graded 8-bit maps, 255 = 1; other integer masks are divided by their
+    largest value.
+    """
     from lipoframe.plugins import read_array
 
     data = read_array(path, dims=ndim)
     if np.issubdtype(data.dtype, np.integer) or data.dtype == bool:
         top = float(np.max(data)) if data.size else 0.0
+        if top > 1 and data.dtype == np.uint8 and np.any((data != 0) & (data != top)):
+            top = 255.0  # a probability map stored in 8 bits: its largest value is not 1
         return np.asarray(data, dtype=np.float32) / np.float32(top if top > 1 else 1.0)
     out = np.asarray(data, dtype=np.float32)
     if not np.all(np.isfinite(out)):
