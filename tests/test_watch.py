@@ -20,6 +20,20 @@ def _no_plugins(monkeypatch):
     monkeypatch.setenv("LIPOFRAME_LOAD_PLUGINS", "")
 
 
+def watch_while(actor, watched, out, *, poll: float, stable_polls: int, update_every: int, overrides=()):
+    """Run a ``watch=true`` session on ``watched`` while ``actor`` (which ends it) runs in a thread."""
+    _, cfg = compose_config([
+        f"input={watched}", *RUN_ARGS, "runner.workers=1", "watch=true", *overrides,
+        f"stream.poll_seconds={poll}", f"stream.stable_polls={stable_polls}", f"stream.update_every={update_every}",
+    ])
+    thread = threading.Thread(target=actor)
+    thread.start()
+    try:
+        return run_pipeline(cfg, out)
+    finally:
+        thread.join()
+
+
 def _slow_copy(src, dst, *, pause):
     """Copy in two halves with a pause, as a transfer over the network would."""
     data = src.read_bytes()
@@ -54,16 +68,7 @@ def test_watch_picks_files_as_they_arrive_and_stops_on_the_stop_file(tmp_path):
         stop.parent.mkdir(parents=True, exist_ok=True)
         stop.touch()
 
-    writer = threading.Thread(target=microscope)
-    _, cfg = compose_config([
-        f"input={watched}", *RUN_ARGS, "runner.workers=1", "watch=true",
-        f"stream.poll_seconds={poll}", "stream.stable_polls=2", "stream.update_every=2",
-    ])
-    writer.start()
-    try:
-        result = run_pipeline(cfg, out)
-    finally:
-        writer.join()
+    result = watch_while(microscope, watched, out, poll=poll, stable_polls=2, update_every=2)
     assert seen["plan_before_stop"]
     summary = json.loads((out / "run_summary.json").read_text())
     assert summary["micrographs"]["ok"] + summary["micrographs"]["skipped"] == 4
@@ -196,16 +201,7 @@ def test_a_renamed_or_deleted_file_leaves_the_watched_dataset(tmp_path):
         time.sleep(3 * poll)
         (out / "STOP").touch()
 
-    thread = threading.Thread(target=user)
-    _, cfg = compose_config([
-        f"input={watched}", *RUN_ARGS, "runner.workers=1", "watch=true",
-        f"stream.poll_seconds={poll}", "stream.stable_polls=1", "stream.update_every=1",
-    ])
-    thread.start()
-    try:
-        result = run_pipeline(cfg, out)
-    finally:
-        thread.join()
+    result = watch_while(user, watched, out, poll=poll, stable_polls=1, update_every=1)
     assert seen["renamed"]
     assert sorted(r.name for r in result.results) == ["mic_000", "renamed"]
     _, batch_cfg = compose_config([f"input={watched}", *RUN_ARGS, "runner.workers=1"])
@@ -240,17 +236,9 @@ def test_a_micrograph_whose_heatmap_comes_later_is_picked_when_it_comes(tmp_path
             time.sleep(poll)
         (out / "STOP").touch()
 
-    thread = threading.Thread(target=network)
-    _, cfg = compose_config([
-        f"input={watched}", *RUN_ARGS, "runner.workers=1", "watch=true", "detector=heatmap",
-        f"detector.folder={maps}", "detector.pattern=_prob.npy", "refiner=none", "filter=[diameter_range]",
-        f"stream.poll_seconds={poll}", "stream.stable_polls=1", "stream.update_every=1",
-    ])
-    thread.start()
-    try:
-        result = run_pipeline(cfg, out)
-    finally:
-        thread.join()
+    result = watch_while(network, watched, out, poll=poll, stable_polls=1, update_every=1,
+                         overrides=["detector=heatmap", f"detector.folder={maps}", "detector.pattern=_prob.npy",
+                                    "refiner=none", "filter=[diameter_range]"])
     assert seen["failed_first"]
     assert [r.status for r in result.results] == ["ok"], [r.error for r in result.results]
     assert len(result.picks) == 1 and src.exists()
@@ -283,16 +271,8 @@ def test_heatmaps_in_the_watched_folder_are_not_picked_as_micrographs(tmp_path):
         time.sleep(3 * poll)
         (out / "STOP").touch()
 
-    thread = threading.Thread(target=microscope)
-    _, cfg = compose_config([
-        f"input={watched}", *RUN_ARGS, "runner.workers=1", "watch=true", "detector=heatmap",
-        "detector.pattern=_prob.npy", "refiner=none", "filter=[diameter_range]", "units=px",
-        f"stream.poll_seconds={poll}", "stream.stable_polls=1", "stream.update_every=1",
-    ])
-    thread.start()
-    try:
-        result = run_pipeline(cfg, out)
-    finally:
-        thread.join()
+    result = watch_while(microscope, watched, out, poll=poll, stable_polls=1, update_every=1,
+                         overrides=["detector=heatmap", "detector.pattern=_prob.npy", "refiner=none",
+                                    "filter=[diameter_range]", "units=px"])
     assert sorted((r.name, r.status) for r in result.results) == [("mic_000", "ok"), ("mic_001", "ok")]
     assert result.ok and len(result.picks) == 2
