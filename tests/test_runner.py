@@ -475,10 +475,15 @@ def test_ctrl_c_with_one_worker_finishes_the_micrograph_in_progress(tmp_path):
     fp = cfg.per_micrograph_fingerprint()
     jobs = [MicJob(p, p.stem, tmp_path / "out", fp, True, False) for p in sorted((tmp_path / "in").glob("*.mrc"))]
     (tmp_path / "out").mkdir()
-    before = signal.getsignal(signal.SIGINT)
-    results, interrupted = run_jobs(jobs, cfg, stages, progress=False)
+    # Ctrl-C as in a terminal: a test run started in the background (`&`, nohup) ignores SIGINT,
+    # and lipoframe leaves an ignored signal ignored
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        results, interrupted = run_jobs(jobs, cfg, stages, progress=False)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, outer)
     assert interrupted
     assert [(r.name, r.status) for r in results] == [("mic_000", "ok")]
     assert (tmp_path / "out" / "micrographs" / "mic_000.json").is_file()
     assert stages.reader.calls == 1
-    assert signal.getsignal(signal.SIGINT) is before
