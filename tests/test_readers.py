@@ -110,6 +110,23 @@ def test_an_mrc_with_different_x_and_y_pixel_sizes_says_which_it_uses(tmp_path, 
     assert "pixel sizes differ (x 4, y 2 Å/px); using x" in caplog.text
 
 
+@pytest.mark.parametrize(("voxel", "warned"), [((10.0, 10.0, 20.0), True), ((10.0, 10.0, 10.0), False), ((10.0, 10.0, 0.0), False)])
+def test_a_volume_whose_voxels_are_not_cubic_is_warned_about(tmp_path, caplog, voxel, warned):
+    # z binned twice as much as x and y was picked as cubic without a word
+    import mrcfile
+
+    from lipoframe.builtin.readers import MrcReader, MrcReaderParams
+
+    path = tmp_path / "tomo.mrc"
+    with mrcfile.new(str(path)) as m:
+        m.set_data(np.zeros((8, 32, 48), dtype=np.float32))
+        m.voxel_size = voxel
+    with caplog.at_level("WARNING", logger="lipoframe"):
+        mic = MrcReader(MrcReaderParams(dims=3)).read(path)
+    assert mic.meta.pixel_size == 10.0
+    assert ("voxels are not cubic (x 10, z 20 Å)" in caplog.text) == warned
+
+
 @pytest.mark.parametrize("permissive", [False, True])
 @pytest.mark.parametrize(
     ("nx", "cut", "problem"),

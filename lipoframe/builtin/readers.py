@@ -143,7 +143,7 @@ class MrcReader(Reader):
                 with mrcfile.mmap(str(path), mode="r", permissive=self.params.permissive) as m:
                     mode = int(m.header.mode)
                     data = m.data
-                    header_px, header_py = float(m.voxel_size.x), float(m.voxel_size.y)
+                    header_px, header_py, header_pz = float(m.voxel_size.x), float(m.voxel_size.y), float(m.voxel_size.z)
             notes = dict.fromkeys(str(w.message).splitlines()[0] for w in caught if "larger than expected" not in str(w.message))
             if notes and self.params.permissive:
                 log.warning("%s: read despite a non-standard header (reader.permissive): %s", path, "; ".join(notes))
@@ -159,6 +159,11 @@ class MrcReader(Reader):
         px = pixel_size if pixel_size is not None else _header_pixel_size(path, header_px)
         if pixel_size is None and header_px > 0 and header_py > 0 and abs(header_py - header_px) > 0.01 * header_px:
             log.warning("%s: the header's pixel sizes differ (x %g, y %g Å/px); using x (give pixel_size=<Å/px> to choose)", path, header_px, header_py)
+        if data.ndim == 3 and header_px > 0 and header_pz > 0 and abs(header_pz - header_px) > 0.01 * header_px:
+            # A volume binned or stretched along z: spheres are ellipsoids in its voxels.
+            log.warning("%s: the header's voxels are not cubic (x %g, z %g Å); lipoframe picks as if they were: "
+                        "particles come out stretched or squashed along z (resample the volume to cubic voxels)",
+                        path, header_px, header_pz)
         return Micrograph(meta=_meta(path, data.shape, px), image=data)
 
 
