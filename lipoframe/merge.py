@@ -85,13 +85,13 @@ def find_run_folders(specs: list[str]) -> list[Path]:
         if not subs:
             raise MergeError(f"{folder}: not a lipoframe run folder (no {MANIFEST}) and has none inside")
         out.extend(subs)
-    seen: set[Path] = set()
-    unique = []
+    seen: dict[Path, Path] = {}
     for f in out:
-        if f.resolve() not in seen:
-            seen.add(f.resolve())
-            unique.append(f)
-    return unique
+        if f.resolve() in seen:
+            # one shard given twice (s0 s0, or sweep/ and sweep/0) would then be "missing" its partner
+            raise MergeError(f"{f}: the same run folder is given twice ({seen[f.resolve()]} and {f}); give each shard's folder once")
+        seen[f.resolve()] = f
+    return out
 
 
 def load_shard(folder: Path) -> Shard:

@@ -85,6 +85,16 @@ def test_merge_refuses_a_missing_shard(sharded, capsys):
     assert "shard(s) 1 of 3 are missing" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("twice", [("0", "0"), ("", "1")])
+def test_merge_refuses_a_shard_given_twice(sharded, capsys, twice):
+    # the duplicate was dropped without a word, and the merge then said a shard was missing
+    root = sharded
+    folders = [str(root / "shards" / t) if t else str(root / "shards") for t in twice]
+    assert merge.main([*folders, f"output={root / 'bad'}"]) == 1
+    err = capsys.readouterr().err
+    assert "the same run folder is given twice" in err and "missing" not in err
+
+
 def test_merge_refuses_shards_with_other_settings(sharded, tmp_path, capsys):
     root = sharded
     other = tmp_path / "other"
