@@ -1301,7 +1301,7 @@ def finalize_dataset(
     failed: list[str] = []
     for w in stages.writers:
         # One writer that fails (a full disk, a folder in the way) does not stop the others.
-        before = file_stamps(out_dir)
+        before = file_inodes(out_dir)
         try:
             written.extend(w.write(binned, metas, result.plan, out_dir, ctx))
         except Exception as exc:  # noqa: BLE001 - reported, and the run's exit code says so
@@ -1330,36 +1330,38 @@ class WriterError(RuntimeError):
         self.failures, self.picks, self.plan, self.files = failures, picks, plan, files
 
 
-def file_stamps(out_dir: Path) -> dict[str, tuple[int, int]]:
-    """(inode, mtime in ns) of every file below ``out_dir``, but the saved micrographs' tables.
+def file_inodes(out_dir: Path) -> dict[str, int]:
+    """Inode of every file below ``out_dir``, but the saved micrographs' tables.
 
     Compared after a writer ran, they tell the files it created or replaced
-    (an atomic write gives the file a new inode).
+    (an atomic write gives the file a new inode). Read from the directory
+    entries, without a ``stat`` per file: this runs before every writer.
     """
-    stamps: dict[str, tuple[int, int]] = {}
+    inodes: dict[str, int] = {}
     skip = os.path.join(str(out_dir), WORK_DIR)
-    for folder, subfolders, files in os.walk(out_dir):
-        if folder == skip:
-            subfolders[:] = []
-            continue
-        for name in files:
-            path = os.path.join(folder, name)
-            with contextlib.suppress(OSError):
-                st = os.stat(path)
-                stamps[path] = (st.st_ino, st.st_mtime_ns)
-    return stamps
+    folders = [str(out_dir)]
+    while folders:
+        folder = folders.pop()
+        with contextlib.suppress(OSError), os.scandir(folder) as entries:
+            for e in entries:
+                if e.is_dir(follow_symlinks=False):
+                    if e.path != skip:
+                        folders.append(e.path)
+                else:
+                    inodes[e.path] = e.inode()
+    return inodes
 
 
-def remove_new_files(out_dir: Path, before: dict[str, tuple[int, int]]) -> list[Path]:
-    """Delete the files below ``out_dir`` created or replaced since :func:`file_stamps` gave ``before``.
+def remove_new_files(out_dir: Path, before: dict[str, int]) -> list[Path]:
+    """Delete the files below ``out_dir`` created or replaced since :func:`file_inodes` gave ``before``.
 
     A file changed in place (``lipoframe.log``, appended to) stays. Folders
     left empty go too. Returns the paths removed.
     """
     removed = []
     root = Path(out_dir).resolve()
-    for path, (inode, _) in sorted(file_stamps(out_dir).items()):
-        if path in before and before[path][0] == inode:
+    for path, inode in sorted(file_inodes(out_dir).items()):
+        if before.get(path) == inode:
             continue
         p = Path(path)
         with contextlib.suppress(OSError):
