@@ -89,11 +89,14 @@ class StageSet:
             known = ", ".join(sorted(self.readers_by_suffix))
             raise InputError(f"{path}: no reader for files ending in {suffix!r} (known: {known})") from None
 
+    def picking_stages(self) -> list[Stage]:
+        """The per-micrograph stages: reader, detector, NMS, refiner and filters."""
+        return [self.reader, self.detector, self.nms, self.refiner, *self.filters]
+
     def extra_inputs(self, path: Path, name: str) -> list[Path]:
         """Files besides ``path`` that the per-micrograph stages read for it (see :meth:`Stage.extra_inputs`)."""
-        stages = [self.reader, self.detector, self.nms, self.refiner, *self.filters]
         # getattr: a stage object that does not derive from Stage reads nothing else
-        return [f for stage in stages for f in getattr(stage, "extra_inputs", lambda *_: [])(Path(path), name)]
+        return [f for stage in self.picking_stages() for f in getattr(stage, "extra_inputs", lambda *_: [])(Path(path), name)]
 
     def read(self, path: Path, *, pixel_size: float | None) -> Micrograph:
         """Read ``path`` with :meth:`reader_for`'s reader.
@@ -149,24 +152,22 @@ def build_stages(cfg: LipoframeConfig, registry: StageRegistry) -> StageSet:
 
     from lipoframe import __version__
 
-    picking = [one("reader", cfg.reader), one("detector", cfg.detector), one("nms", cfg.nms), one("refiner", cfg.refiner),
-               [one("filter", p) for p in cfg.filter.values()]]
-    readers_by_suffix = registry.readers_by_suffix(dims=getattr(cfg.reader, "dims", 2))
-    used = [*picking[:4], *picking[4], *readers_by_suffix.values()]
-    dists = sorted({registry.get(st.kind, st.name).distribution for st in used} - {""})
-    return StageSet(
-        reader=picking[0],
-        detector=picking[1],
-        nms=picking[2],
-        refiner=picking[3],
-        filters=picking[4],
+    stages = StageSet(
+        reader=one("reader", cfg.reader),
+        detector=one("detector", cfg.detector),
+        nms=one("nms", cfg.nms),
+        refiner=one("refiner", cfg.refiner),
+        filters=[one("filter", p) for p in cfg.filter.values()],
         binner=one("binning", cfg.binning),
         writers=[one("writer", p) for p in cfg.writer.values()],
-        readers_by_suffix=readers_by_suffix,
+        readers_by_suffix=registry.readers_by_suffix(dims=getattr(cfg.reader, "dims", 2)),
         retry_suppressed=tuple(cfg.retry_suppressed),
         peel=cfg.peel,
-        code_version="; ".join([__version__, *dists]),
     )
+    used = [*stages.picking_stages(), *stages.readers_by_suffix.values()]
+    dists = sorted({registry.get(st.kind, st.name).distribution for st in used} - {""})
+    stages.code_version = "; ".join([__version__, *dists])
+    return stages
 
 
 # ---------------------------------------------------------------------------
