@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import re
 import sys
 from dataclasses import dataclass
@@ -503,13 +504,11 @@ def _read_coordinate_list(path: Path, listing: pd.DataFrame, catalog: Micrograph
     """
     if "rlnMicrographName" not in listing.columns:
         raise EvaluationInputError(f"{path}: a coordinate list (rlnMicrographCoordinates) without rlnMicrographName")
-    bases = [Path.cwd(), *path.resolve().parents] if not path.is_absolute() else [*path.parents]
-    if Path.cwd() not in bases:
-        bases.insert(0, Path.cwd())
+    bases = [Path.cwd(), *Path(os.path.abspath(path)).parents]
     tables, missing = [], []
     for name, listed in zip(listing["rlnMicrographName"].astype(str), listing["rlnMicrographCoordinates"].astype(str)):
         p = Path(listed)
-        found = p if p.is_absolute() and p.is_file() else next((b / p for b in bases if not p.is_absolute() and (b / p).is_file()), None)
+        found = next((c for c in ([p] if p.is_absolute() else [b / p for b in bases]) if c.is_file()), None)
         if found is None:
             missing.append(listed)
             continue
