@@ -199,16 +199,22 @@ class _KillerReader:
         return MrcReader().read(path, pixel_size=pixel_size)
 
 
+def _jobs_reading_with(reader, cfg, tmp_path, *, resume: bool):
+    """The stages of ``cfg`` with ``reader`` for every MRC, and one job per ``tmp_path/in/*.mrc`` into ``tmp_path/out``."""
+    stages = build_stages(cfg, plugins.load()[1])
+    stages.reader = reader
+    stages.readers_by_suffix = {".mrc": reader}
+    fp = cfg.per_micrograph_fingerprint()
+    jobs = [MicJob(p, p.stem, tmp_path / "out", fp, resume, False) for p in sorted((tmp_path / "in").glob("*.mrc"))]
+    (tmp_path / "out").mkdir()
+    return stages, jobs
+
+
 def test_a_dying_worker_fails_only_its_micrograph(tmp_path):
     write_set(tmp_path / "in", 4)
     (tmp_path / "in" / "mic_001.mrc").rename(tmp_path / "in" / "mic_001_kill.mrc")
     cfg = config(tmp_path / "in")
-    stages = build_stages(cfg, plugins.load()[1])
-    stages.reader = _KillerReader()
-    stages.readers_by_suffix = {".mrc": stages.reader}
-    fp = cfg.per_micrograph_fingerprint()
-    jobs = [MicJob(p, p.stem, tmp_path / "out", fp, False, False) for p in sorted((tmp_path / "in").glob("*.mrc"))]
-    (tmp_path / "out").mkdir()
+    stages, jobs = _jobs_reading_with(_KillerReader(), cfg, tmp_path, resume=False)
     results = []
     execute_jobs(jobs, cfg, stages, 2, results.append)
     status = {r.name: r.status for r in results}
@@ -469,12 +475,7 @@ def test_ctrl_c_with_one_worker_finishes_the_micrograph_in_progress(tmp_path):
 
     write_set(tmp_path / "in", 3)
     cfg = config(tmp_path / "in", "runner.workers=1")
-    stages = build_stages(cfg, plugins.load()[1])
-    stages.reader = _InterruptingReader()
-    stages.readers_by_suffix = {".mrc": stages.reader}
-    fp = cfg.per_micrograph_fingerprint()
-    jobs = [MicJob(p, p.stem, tmp_path / "out", fp, True, False) for p in sorted((tmp_path / "in").glob("*.mrc"))]
-    (tmp_path / "out").mkdir()
+    stages, jobs = _jobs_reading_with(_InterruptingReader(), cfg, tmp_path, resume=True)
     # Ctrl-C as in a terminal: a test run started in the background (`&`, nohup) ignores SIGINT,
     # and lipoframe leaves an ignored signal ignored
     outer = signal.signal(signal.SIGINT, signal.default_int_handler)
