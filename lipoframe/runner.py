@@ -1294,7 +1294,9 @@ def finalize_dataset(
     ctx = dataset_context(metas, cfg)
     before = schema.with_acceptance(picks)[schema.ACCEPTED].to_numpy(dtype=bool)
     for f in stages.filters:
-        picks = call_table_stage(lambda t: f.apply_dataset(t, metas, ctx), picks, stage=f"filter/{f.name}", same_rows=True)
+        stage = f"filter/{f.name}"
+        picks = schema.validate_detections(call_table_stage(lambda t: f.apply_dataset(t, metas, ctx), picks, stage=stage, same_rows=True),
+                                           stage=stage)
     write_text(out_dir / DATASET_REJECTIONS, dataset_rejections(picks, before).to_csv(index=False))
     result = stages.binner.assign(picks, metas, ctx)
     binned = result.picks

@@ -84,8 +84,9 @@ def validate_detections(df: pd.DataFrame, *, stage: str, shape: tuple[int, ...] 
     ------
     ValueError
         Naming ``stage`` and the missing column or the bad values: a
-        detector column that is not numbers, a centre or diameter that is
-        not finite, a diameter <= 0, or a centre off the micrograph.
+        detector column that is not numbers or not finite, a diameter <= 0,
+        a pyramid level that is not a whole number >= 0, or a centre off
+        the micrograph.
     """
     if not isinstance(df, pd.DataFrame):
         raise ValueError(f"stage {stage!r} must return a pandas DataFrame, got {type(df).__name__}")
@@ -98,9 +99,14 @@ def validate_detections(df: pd.DataFrame, *, stage: str, shape: tuple[int, ...] 
         # Every detector column is compared and sorted on (NMS ranks by score).
         if not pd.api.types.is_numeric_dtype(df[c]) or pd.api.types.is_bool_dtype(df[c]):
             raise ValueError(f"stage {stage!r} returned values that are not numbers in column {c!r} (dtype {df[c].dtype})")
-    for c in (X, Y, DIAMETER):
+    for c in DETECTOR_COLUMNS:
+        # A NaN score has no rank in NMS and no place on a threshold.
         if not np.all(np.isfinite(df[c].to_numpy(dtype=float))):
             raise ValueError(f"stage {stage!r} returned non-finite values in column {c!r}")
+    level = df[LEVEL].to_numpy(dtype=float)
+    if np.any((level < 0) | (level != np.round(level))):
+        raise ValueError(f"stage {stage!r} returned pyramid levels that are not whole numbers >= 0 in column {LEVEL!r} "
+                         f"(e.g. {level[(level < 0) | (level != np.round(level))][0]:g}); 0 is the full-resolution image")
     if not np.all(df[DIAMETER].to_numpy(dtype=float) > 0):
         raise ValueError(f"stage {stage!r} returned diameters <= 0 in column {DIAMETER!r}")
     if shape is not None:

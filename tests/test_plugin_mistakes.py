@@ -61,6 +61,8 @@ SLOPPY = """
         def apply_dataset(self, picks, metas, ctx):
             if self.params.bad == "raise_dataset":
                 raise RuntimeError("no dataset today")
+            if self.params.bad == "nan_dataset":
+                return picks.assign(score=np.nan)
             return picks
 
     @hookimpl
@@ -165,6 +167,12 @@ def test_an_exception_in_a_stage_names_the_stage_and_the_micrograph(sloppy, tiny
     code, stdout, err = run_cli("run", *PLAIN, "filter.sloppy.bad=raise_dataset", f"input={tiny_mrcs[0].parent}", f"output={tmp_path / 'out2'}", *TINY_ARGS)
     assert code == 1
     assert "ERROR  dataset stage filter/sloppy failed: RuntimeError: no dataset today" in stdout
+    # Before, NaN scores from a dataset filter went to every writer, each
+    # warning "exported with score 0" without naming the stage.
+    code, stdout, err = run_cli("run", *PLAIN, "filter.sloppy.bad=nan_dataset", f"input={tiny_mrcs[0].parent}", f"output={tmp_path / 'out3'}", *TINY_ARGS)
+    assert code == 1
+    assert "ERROR  dataset stage failed: ValueError: stage 'filter/sloppy' returned non-finite values in column 'score'" in stdout
+    assert "non-finite score" not in stdout + err
 
 
 @pytest.mark.parametrize(

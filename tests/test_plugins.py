@@ -426,6 +426,12 @@ def test_example_plugin_validates_its_parameters(monkeypatch):
         ("score", ["0.5", "10"], "values that are not numbers in column 'score'"),
         ("sigma_px", [None, None], "values that are not numbers in column 'sigma_px'"),
         ("pyramid_level", [True, False], "values that are not numbers in column 'pyramid_level'"),
+        # A NaN score has no rank in NMS; it was exported as score 0 with a warning naming no stage.
+        ("score", [1.0, float("nan")], "non-finite values in column 'score'"),
+        ("sigma_px", [float("inf"), 1.0], "non-finite values in column 'sigma_px'"),
+        # Levels index the pyramid's factors: 1.5 or -1 was accepted and exported.
+        ("pyramid_level", [0.0, 1.5], r"pyramid levels that are not whole numbers >= 0 in column 'pyramid_level' \(e.g. 1.5\)"),
+        ("pyramid_level", [-1, 0], r"pyramid levels that are not whole numbers >= 0 in column 'pyramid_level' \(e.g. -1\)"),
     ],
 )
 def test_a_detector_table_with_bad_values_names_the_stage(column, values, problem):
