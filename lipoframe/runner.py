@@ -483,17 +483,56 @@ def call_table_stage(method: Callable[[pd.DataFrame], pd.DataFrame], picks: pd.D
     return out
 
 
+def check_declared_reasons(before: pd.DataFrame, after: pd.DataFrame, *, declared: tuple[str, ...] | None, stage: str) -> None:
+    """Check that a refiner or filter rejected picks only for the reasons it declares.
+
+    ``retry_suppressed`` and the run's reason counts are checked against the
+    declared reasons (:attr:`~lipoframe.stages.Stage.reasons`), so a stage
+    that gives another one would make a correct ``retry_suppressed`` an
+    error and a misspelt one silently match nothing.
+
+    Parameters
+    ----------
+    before, after : DataFrame
+        The table given to the stage and the one it returned, row for row.
+    declared : tuple of str or None
+        The stage's ``reasons``; ``None`` (not declared) checks nothing.
+    stage : str
+        ``kind/name`` of the stage, for the message.
+
+    Raises
+    ------
+    ValueError
+        Naming the stage and the reasons it gave but does not declare.
+    """
+    if declared is None or not len(after):
+        return
+    was = schema.with_acceptance(before)
+    now = schema.with_acceptance(after)
+    old_reason, new_reason = was[schema.REASON].to_numpy(dtype=object), now[schema.REASON].to_numpy(dtype=object)
+    newly = ~now[schema.ACCEPTED].to_numpy(dtype=bool) & (was[schema.ACCEPTED].to_numpy(dtype=bool) | (old_reason != new_reason))
+    given = sorted(set(new_reason[newly].tolist()) - set(declared), key=str)
+    if given:
+        names = ", ".join("no reason" if r == "" else repr(r) for r in given)
+        raise ValueError(f"stage {stage!r} rejected picks with {names}, which its reasons {tuple(declared)} do not declare: "
+                         "declare every reason it gives (retry_suppressed and the reports rely on them)")
+
+
 def _refine(picks: pd.DataFrame, mic: Micrograph, stages: StageSet, ctx: PickContext) -> pd.DataFrame:
     stage = f"refiner/{stages.refiner.name}"
-    picks = call_table_stage(lambda t: stages.refiner.refine(t, mic, ctx), picks, stage=stage, same_rows=True)
-    return schema.with_acceptance(schema.validate_detections(picks, stage=stage, shape=mic.shape))
+    out = call_table_stage(lambda t: stages.refiner.refine(t, mic, ctx), picks, stage=stage, same_rows=True)
+    out = schema.with_acceptance(schema.validate_detections(out, stage=stage, shape=mic.shape))
+    check_declared_reasons(picks, out, declared=stages.refiner.reasons, stage=stage)
+    return out
 
 
 def _filter(picks: pd.DataFrame, mic: Micrograph, stages: StageSet, ctx: PickContext) -> pd.DataFrame:
     for f in stages.filters:
         stage = f"filter/{f.name}"
-        picks = call_table_stage(lambda t: f.apply(t, mic, ctx), picks, stage=stage, same_rows=True)
-        picks = schema.validate_detections(picks, stage=stage, shape=mic.shape)
+        out = call_table_stage(lambda t: f.apply(t, mic, ctx), picks, stage=stage, same_rows=True)
+        out = schema.validate_detections(out, stage=stage, shape=mic.shape)
+        check_declared_reasons(picks, out, declared=f.reasons, stage=stage)
+        picks = out
     return picks
 
 
@@ -1295,8 +1334,10 @@ def finalize_dataset(
     before = schema.with_acceptance(picks)[schema.ACCEPTED].to_numpy(dtype=bool)
     for f in stages.filters:
         stage = f"filter/{f.name}"
-        picks = schema.validate_detections(call_table_stage(lambda t: f.apply_dataset(t, metas, ctx), picks, stage=stage, same_rows=True),
-                                           stage=stage)
+        out = schema.validate_detections(call_table_stage(lambda t: f.apply_dataset(t, metas, ctx), picks, stage=stage, same_rows=True),
+                                         stage=stage)
+        check_declared_reasons(picks, out, declared=f.reasons, stage=stage)
+        picks = out
     write_text(out_dir / DATASET_REJECTIONS, dataset_rejections(picks, before).to_csv(index=False))
     result = stages.binner.assign(picks, metas, ctx)
     binned = result.picks

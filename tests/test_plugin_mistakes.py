@@ -56,6 +56,8 @@ SLOPPY = """
                 return schema.reject(picks, picks["score"].to_numpy() < 1.5, "sloppy")
             if self.params.bad == "drop":
                 return schema.with_acceptance(picks.loc[picks["score"] >= 1.5])
+            if self.params.bad == "undeclared":
+                return schema.reject(picks, picks["score"].to_numpy() < 1.5, "slopy")
             return schema.reject(picks, picks["score"].to_numpy() < 1.5, "sloppy")
 
         def apply_dataset(self, picks, metas, ctx):
@@ -181,6 +183,8 @@ def test_an_exception_in_a_stage_names_the_stage_and_the_micrograph(sloppy, tiny
         ("in_place", "stage 'filter/sloppy' changed the table it was given (added column 'note'): work on a copy"),
         ("flag_in_place", "stage 'filter/sloppy' changed the table it was given (column 'score'): work on a copy"),
         ("drop", "stage 'filter/sloppy' returned 1 rows for the 2 it was given: reject picks with lipoframe.schema.reject"),
+        # Before, retry_suppressed=[slopy] was refused as no stage's reason, while the run gave it.
+        ("undeclared", "stage 'filter/sloppy' rejected picks with 'slopy', which its reasons ('sloppy',) do not declare"),
     ],
 )
 def test_a_filter_that_changes_its_input_or_drops_picks_is_named(sloppy, tiny_mrcs, tmp_path, run_cli, bad, problem):
@@ -246,3 +250,18 @@ def test_a_writer_that_fails_half_way_leaves_none_of_its_files(sloppy, make_plug
     code, _, err = run_cli("run", *args)
     assert code == 0, err
     assert sorted(p.name for p in (out / "xyz").iterdir()) == ["mic_0.xyz", "mic_1.xyz"]
+
+
+def test_check_declared_reasons_looks_only_at_what_the_stage_rejected():
+    from lipoframe import schema
+    from lipoframe.runner import check_declared_reasons
+
+    before = schema.reject(pd.DataFrame({"x_px": [1.0, 2.0, 3.0]}), [True, False, False], "edge")
+    # An earlier stage's reason stays; the stage's own is declared.
+    check_declared_reasons(before, schema.reject(before, [False, True, False], "mine"), declared=("mine",), stage="filter/f")
+    check_declared_reasons(before, schema.reject(before, [False, True, True], "other"), declared=None, stage="filter/f")
+    with pytest.raises(ValueError, match=r"stage 'filter/f' rejected picks with 'other', which its reasons \('mine',\)"):
+        check_declared_reasons(before, schema.reject(before, [False, True, False], "other"), declared=("mine",), stage="filter/f")
+    silent = before.assign(accepted=[False, False, True])  # rejected without a reason
+    with pytest.raises(ValueError, match=r"rejected picks with no reason, which its reasons \(\) do not declare"):
+        check_declared_reasons(before, silent, declared=(), stage="refiner/r")
