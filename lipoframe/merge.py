@@ -202,6 +202,7 @@ def merge_runs(folders: list[str | Path], out_dir: str | Path, overrides: list[s
         _work_paths,
         build_stages,
         finish_run,
+        folder_log,
         load_work,
         output_folder,
         write_manifest,
@@ -240,7 +241,7 @@ def merge_runs(folders: list[str | Path], out_dir: str | Path, overrides: list[s
                 failed_before[f["micrograph"]] = f["error"]
         except (OSError, ValueError, KeyError, TypeError):
             pass
-    with output_folder(out_dir):
+    with output_folder(out_dir), folder_log(out_dir, "merge " + " ".join([*map(str, folders), *overrides])):
         results: list[MicResult] = []
         for shard, name, path in order:
             done = load_work(shard.folder, name, fingerprint)

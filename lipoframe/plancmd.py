@@ -339,7 +339,7 @@ def replan(run_dir: str | Path, overrides: list[str] = (), *, report: bool = Fal
 
     from lipoframe import plugins
     from lipoframe.io.atomic import write_text
-    from lipoframe.runner import build_stages, finish_run, output_folder
+    from lipoframe.runner import build_stages, finish_run, folder_log, output_folder
 
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
@@ -357,7 +357,7 @@ def replan(run_dir: str | Path, overrides: list[str] = (), *, report: bool = Fal
         picking = json.loads((run_dir / "run_summary.json").read_text())
     except (OSError, ValueError):
         picking = None
-    with output_folder(run_dir):
+    with output_folder(run_dir), folder_log(run_dir, "plan " + " ".join([str(run_dir), *overrides])):
         result = finish_run(run_dir, names, results, stages, cfg, pm=pm, t0=t0, errors=[], notes=[], workers=1,
                             picking=picking if isinstance(picking, dict) else None)
         removed = _remove_stale_bin_files(run_dir, result.files) if result.plan is not None else []

@@ -1209,6 +1209,50 @@ def output_folder(out_dir: Path):
         yield out_dir
 
 
+#: The log a run keeps in its folder (Hydra's file handler, conf/hydra/job_logging/lipoframe.yaml).
+LOG_FILE = "lipoframe.log"
+
+
+@contextlib.contextmanager
+def folder_log(out_dir: Path, command: str):
+    """Append the log of a command that runs without Hydra (``merge``, ``plan``) to ``out_dir/lipoframe.log``.
+
+    The file gets INFO and above in the run's format, headed by
+    ``command``; what the console shows is unchanged (warnings and
+    errors). Everything is restored on exit.
+
+    Parameters
+    ----------
+    out_dir : Path
+        An existing output folder.
+    command : str
+        The command and its arguments, for the first line
+        (``lipoframe 0.1.0: merge shards/ output=all``).
+    """
+    from lipoframe import __version__
+
+    root = logging.getLogger()
+    handler = logging.FileHandler(Path(out_dir) / LOG_FILE, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] %(message)s"))
+    handler.setLevel(logging.INFO)
+    # The console handlers keep the threshold the root logger gave them.
+    quiet = [h for h in root.handlers if h.level == logging.NOTSET]
+    level = root.level
+    for h in quiet:
+        h.setLevel(level)
+    root.addHandler(handler)
+    root.setLevel(min(level, logging.INFO) if level != logging.NOTSET else logging.INFO)
+    try:
+        log.info("lipoframe %s: %s", __version__, command)
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+        root.setLevel(level)
+        for h in quiet:
+            h.setLevel(logging.NOTSET)
+
+
 def outside_output(paths: list[Path], out_dir: Path, *, keep: Path | None = None) -> tuple[list[Path], int]:
     """``paths`` without the files inside ``out_dir`` (a run's own overlays,
     histograms and masks are never its input), except those inside ``keep``;

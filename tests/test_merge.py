@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pandas as pd
 import pytest
 from scale_data import RUN_ARGS, cli, write_set
 
+import lipoframe
 from lipoframe import app, merge
 
 
@@ -51,6 +53,20 @@ def test_merge_of_shards_equals_single_run(sharded, capsys):
     assert merge.main([str(shards[2]), str(shards[0]), str(shards[1]), f"output={root / 'merged'}"]) == 0
     assert "micrographs  ok 5" in capsys.readouterr().out
     _same_result(root / "single", root / "merged")
+
+
+def test_merge_keeps_a_log_in_the_merged_folder_as_a_run_does(sharded, capsys):
+    # Before, a merged folder had no lipoframe.log: the notes and the
+    # dataset step's messages went to the console only.
+    root = sharded
+    out = root / "merged_log"
+    assert merge.main([str(root / "shards" / "0"), str(root / "shards" / "1"), str(root / "shards" / "2"), f"output={out}",
+                       "binning.rounding=even"]) == 0
+    lines = (out / "lipoframe.log").read_text().splitlines()
+    assert lines[0].endswith(f"[lipoframe][INFO] lipoframe {lipoframe.__version__}: merge {root / 'shards' / '0'} {root / 'shards' / '1'} "
+                             f"{root / 'shards' / '2'} binning.rounding=even")
+    assert "INFO" not in capsys.readouterr().err  # the console shows warnings and errors only, as before
+    assert logging.getLogger().handlers == [] or all(not isinstance(h, logging.FileHandler) for h in logging.getLogger().handlers)
 
 
 def test_merge_accepts_the_sweep_folder(sharded):

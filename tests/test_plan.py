@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import lipoframe
 from lipoframe import schema
 from lipoframe.builtin.binning import (
     BoxParams,
@@ -316,6 +317,10 @@ def test_plan_command_recomputes_from_saved_picks(tmp_path, run_cli):
     assert "policy single: 1000 picks in 1 bin" in out
     code, out, err = run_cli("plan", run, "binning=peak_valley", "binning.pad=1.6")
     assert code == 0, err
+    # The run folder's log has both plans (before, plan wrote no log).
+    log_lines = [ln for ln in (run / "lipoframe.log").read_text().splitlines() if ": plan " in ln]
+    assert [ln.split("[INFO] ")[1] for ln in log_lines] == [f"lipoframe {lipoframe.__version__}: plan {run}",
+                                                            f"lipoframe {lipoframe.__version__}: plan {run} binning=peak_valley binning.pad=1.6"]
     plan = ExtractionPlan.from_dict(json.loads((run / "extraction_plan.json").read_text()))
     assert plan.policy == "peak_valley" and plan.n_bins == 3
     assert all(b.box_px == round_up_box(1.6 * b.d_max_px) for b in plan.bins)
