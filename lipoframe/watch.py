@@ -186,8 +186,10 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None):
         known = _existing_names(out_dir)  # keep the names of an earlier session
         path_name: dict[str, str] = {}
         results: dict[str, object] = {}
-        #: abspath -> (path, input_stamp) of the micrographs that failed, to try again when a file they need changes
-        failed: dict[str, tuple[Path, dict | None]] = {}
+        #: abspath -> (path, input_stamp) of every micrograph handed out: one that failed is tried again,
+        #: and one that was picked is picked again, when a file it needs (its heatmap or mask) changes
+        handed: dict[str, tuple[Path, dict | None]] = {}
+        failed: set[str] = set()
         notes: list[str] = []
         since_update = 0
         last_new = time.monotonic()
@@ -216,7 +218,8 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None):
                 for path in gone:
                     # A batch run over the folder would not have it: a renamed file is picked
                     # again under its new name, and its picks must not be exported twice.
-                    failed.pop(os.path.abspath(path), None)
+                    handed.pop(os.path.abspath(path), None)
+                    failed.discard(os.path.abspath(path))
                     name = path_name.pop(os.path.abspath(path), None)
                     if name is not None:
                         results.pop(name, None)
@@ -226,9 +229,11 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None):
                         log.warning("%s: %s; its picks are left out", path, why)
                         since_update += 1
                 queued = {os.path.abspath(p) for p in ready}
-                for key, (path, stamp) in list(failed.items()):
-                    if key not in queued and input_stamp(path, path_name[key], stages) != stamp:
-                        ready.append(path)  # its heatmap or mask has come (or changed) since it failed
+                for key, (path, stamp) in list(handed.items()):
+                    # The micrograph itself is the watcher's; what the stages read for it is checked here.
+                    needs_others = key in failed or (stamp is not None and "extra" in stamp)
+                    if needs_others and key not in queued and input_stamp(path, path_name[key], stages) != stamp:
+                        ready.append(path)  # its heatmap or mask has come, changed or gone since
                         queued.add(key)
                 if ready:
                     jobs = []
@@ -248,15 +253,17 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None):
                     for r in done:
                         results[r.name] = r
                         key = os.path.abspath(r.path)
-                        if r.status == "failed" and key in stamps:
-                            failed[key] = stamps[key]
+                        if key in stamps:
+                            handed[key] = stamps[key]
+                        if r.status == "failed":
+                            failed.add(key)
                         else:
-                            failed.pop(key, None)
+                            failed.discard(key)
                     ok = sum(r.status != "failed" for r in done)
                     since_update += ok
                     last_new = time.monotonic()
                     n_failed = sum(r.status == "failed" for r in results.values())
-                    status(f"picked {ok} new micrograph(s); {len(results)} seen, {n_failed} failed")
+                    status(f"picked {ok} micrograph(s); {len(results)} seen, {n_failed} failed")
                     if interrupted:
                         reason = "interrupted"
                         break

@@ -7,6 +7,7 @@ import json
 import threading
 import time
 
+import pandas as pd
 import pytest
 from scale_data import RUN_ARGS, write_set
 
@@ -21,17 +22,34 @@ def _no_plugins(monkeypatch):
 
 
 def watch_while(actor, watched, out, *, poll: float, stable_polls: int, update_every: int, overrides=()):
-    """Run a ``watch=true`` session on ``watched`` while ``actor`` (which ends it) runs in a thread."""
+    """Run a ``watch=true`` session on ``watched`` while ``actor`` (which ends it) runs in a thread.
+
+    An actor that raises ends the session with the stop file, and its error
+    is raised here (the session would otherwise watch for ever).
+    """
     _, cfg = compose_config([
         f"input={watched}", *RUN_ARGS, "runner.workers=1", "watch=true", *overrides,
         f"stream.poll_seconds={poll}", f"stream.stable_polls={stable_polls}", f"stream.update_every={update_every}",
     ])
-    thread = threading.Thread(target=actor)
+    errors = []
+
+    def guarded():
+        try:
+            actor()
+        except BaseException as exc:  # noqa: BLE001 - raised again in the test's thread
+            errors.append(exc)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "STOP").touch()
+
+    thread = threading.Thread(target=guarded)
     thread.start()
     try:
-        return run_pipeline(cfg, out)
+        result = run_pipeline(cfg, out)
     finally:
         thread.join()
+    if errors:
+        raise errors[0]
+    return result
 
 
 def _slow_copy(src, dst, *, pause):
@@ -242,6 +260,39 @@ def test_a_micrograph_whose_heatmap_comes_later_is_picked_when_it_comes(tmp_path
     assert seen["failed_first"]
     assert [r.status for r in result.results] == ["ok"], [r.error for r in result.results]
     assert len(result.picks) == 1 and src.exists()
+
+
+def test_a_picked_micrograph_is_picked_again_when_its_heatmap_is_replaced(tmp_path):
+    """A network re-run (a better model) writes new maps during the session. Before, the
+    micrographs picked with the old maps kept those picks until a resume."""
+    import numpy as np
+
+    watched = tmp_path / "incoming"
+    (src,) = write_set(watched, 1)
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    out = tmp_path / "out"
+    poll = 0.2
+    seen = {}
+    yy, xx = np.mgrid[0:384, 0:384]
+    np.save(maps / "mic_000_prob.npy", ((yy - 150) ** 2 + (xx - 200) ** 2 <= 40**2).astype(np.float32))
+    table = out / "micrographs" / "mic_000.csv"
+
+    def network():
+        deadline = time.monotonic() + 90
+        while not table.exists() and time.monotonic() < deadline:
+            time.sleep(poll)
+        seen["first"] = pd.read_csv(table)[["x_px", "y_px"]].round().values.tolist()
+        np.save(maps / "mic_000_prob.npy", ((yy - 250) ** 2 + (xx - 100) ** 2 <= 40**2).astype(np.float32))
+        while time.monotonic() < deadline and pd.read_csv(table)[["x_px", "y_px"]].round().values.tolist() == seen["first"]:
+            time.sleep(poll)
+        (out / "STOP").touch()
+
+    overrides = ["detector=heatmap", f"detector.folder={maps}", "detector.pattern=_prob.npy", "refiner=none", "filter=[diameter_range]"]
+    result = watch_while(network, watched, out, poll=poll, stable_polls=1, update_every=1, overrides=overrides)
+    assert seen["first"] == [[200.0, 150.0]]
+    assert [r.status for r in result.results] == ["ok"] and src.exists()
+    assert pd.read_csv(out / "picks.csv")[["x_px", "y_px"]].round().values.tolist() == [[100.0, 250.0]]
 
 
 def test_heatmaps_in_the_watched_folder_are_not_picked_as_micrographs(tmp_path):
