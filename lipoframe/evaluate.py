@@ -184,7 +184,10 @@ def greedy_labels(
     """True-positive flags for picks taken in decreasing ``score`` order (for the PR curve).
 
     Each pick, best score first, takes the closest still-free reference within
-    tolerance, as in object-detection average precision.
+    tolerance, as in object-detection average precision. Picks with the same
+    score are one step of the curve and are taken together: they share the
+    free references by :func:`match` (one-to-one, most matches), so the
+    flags do not depend on the order of the rows.
     """
     from scipy.spatial import cKDTree
 
@@ -195,7 +198,16 @@ def greedy_labels(
     free = np.ones(len(ref_xyz), bool)
     reach = tolerance * float(np.max(ref_diameter))
     cands = tree.query_ball_point(pick_xyz, r=reach)
-    for j in np.argsort(-score, kind="stable"):
+    order = np.argsort(-score, kind="stable")
+    sc = score[order]
+    for group in np.split(order, np.flatnonzero(sc[1:] != sc[:-1]) + 1):
+        if len(group) > 1:  # tied scores: one-to-one among the group and the free references
+            fi = np.flatnonzero(free)
+            a, b = match(ref_xyz[fi], ref_diameter[fi], pick_xyz[group], tolerance=tolerance)
+            free[fi[a]] = False
+            tp[group[b]] = True
+            continue
+        j = group[0]
         best, best_d = -1, np.inf
         for i in cands[j]:
             if not free[i]:

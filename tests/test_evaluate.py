@@ -116,6 +116,18 @@ def test_average_precision_by_hand():
     assert np.isnan(average_precision(tp, score, 0))
 
 
+def test_auprc_of_tied_scores_does_not_depend_on_the_row_order():
+    # Pick A (x=109) is within tolerance (12 px) of both particles, pick B (x=90) only of the first.
+    # Taken one after the other, A first leaves B nothing; as one step they match both.
+    ref = table([("m", 100, 100, 40), ("m", 120, 100, 40)])
+    a, b = ("m", 109, 100, 40, 1.0), ("m", 90, 100, 40, 1.0)
+    cols = ("micrograph", "x_px", "y_px", "diameter_px", "score")
+    for rows in ([a, b], [b, a]):
+        s = evaluate(table(rows, cols), ref).summary
+        assert s["tp"] == 2
+        assert s["auprc"] == pytest.approx(1.0)
+
+
 def test_auprc_rewards_ranking_true_picks_first():
     ref = table([("m", 100 * i, 100, 50) for i in range(1, 6)])
     fps = table([("m", 100 * i, 900, 50) for i in range(1, 6)])
