@@ -178,6 +178,12 @@ def match(
     return ur[r[ok]], uc[c[ok]]
 
 
+def _tie_ends(sorted_score: np.ndarray) -> np.ndarray:
+    """True at the last pick of each run of equal scores (scores sorted, NaN last; all NaN are one run)."""
+    a, b = sorted_score[:-1], sorted_score[1:]
+    return np.r_[(a != b) & ~(np.isnan(a) & np.isnan(b)), True]
+
+
 def greedy_labels(
     ref_xyz: np.ndarray, ref_diameter: np.ndarray, pick_xyz: np.ndarray, score: np.ndarray, *, tolerance: float
 ) -> np.ndarray:
@@ -185,9 +191,10 @@ def greedy_labels(
 
     Each pick, best score first, takes the closest still-free reference within
     tolerance, as in object-detection average precision. Picks with the same
-    score are one step of the curve and are taken together: they share the
-    free references by :func:`match` (one-to-one, most matches), so the
-    flags do not depend on the order of the rows.
+    score (and all picks without one, NaN, last) are one step of the curve
+    and are taken together: they share the free references by :func:`match`
+    (one-to-one, most matches), so the flags do not depend on the order of
+    the rows.
     """
     from scipy.spatial import cKDTree
 
@@ -200,7 +207,7 @@ def greedy_labels(
     cands = tree.query_ball_point(pick_xyz, r=reach)
     order = np.argsort(-score, kind="stable")
     sc = score[order]
-    for group in np.split(order, np.flatnonzero(sc[1:] != sc[:-1]) + 1):
+    for group in np.split(order, np.flatnonzero(_tie_ends(sc)[:-1]) + 1):
         if len(group) > 1:  # tied scores: one-to-one among the group and the free references
             fi = np.flatnonzero(free)
             a, b = match(ref_xyz[fi], ref_diameter[fi], pick_xyz[group], tolerance=tolerance)
@@ -225,7 +232,8 @@ def average_precision(tp: np.ndarray, score: np.ndarray, n_reference: int) -> fl
     """Area under the precision-recall curve over the score threshold.
 
     ``sum_k (R_k - R_{k-1}) P_k`` over picks sorted by decreasing score
-    (no interpolation; tied scores form one step). Recall is relative to all
+    (no interpolation; tied scores form one step). Picks without a score
+    (NaN) come last, all of them one step. Recall is relative to all
     ``n_reference`` particles, so particles never picked lower the area.
     """
     if n_reference == 0:
@@ -236,7 +244,7 @@ def average_precision(tp: np.ndarray, score: np.ndarray, n_reference: int) -> fl
     tp_s, sc = tp[order].astype(float), score[order]
     ctp = np.cumsum(tp_s)
     k = np.arange(1, len(tp_s) + 1)
-    last = np.r_[sc[1:] != sc[:-1], True]  # end of each group of tied scores
+    last = _tie_ends(sc)  # end of each group of tied scores
     prec, rec = ctp[last] / k[last], ctp[last] / n_reference
     return float(np.sum(np.diff(np.r_[0.0, rec]) * prec))
 

@@ -128,6 +128,21 @@ def test_auprc_of_tied_scores_does_not_depend_on_the_row_order():
         assert s["auprc"] == pytest.approx(1.0)
 
 
+def test_picks_without_a_score_are_one_last_step_of_the_curve():
+    ref = table([("m", 100 * i, 100, 40) for i in range(1, 11)])
+    hits = table([("m", 100 * i + 2, 100, 40) for i in range(1, 6)])
+    misses = table([("m", 100 * i, 500, 40) for i in range(1, 6)])
+    picks = pd.concat([hits, misses], ignore_index=True).assign(score=np.nan)
+    # One step: R = 5/10, P = 5/10, whatever the order of the rows.
+    for seed in range(4):
+        s = evaluate(picks.sample(frac=1, random_state=seed), ref).summary
+        assert s["auprc"] == pytest.approx(0.25)
+    # The scored pick first, then the unscored ones as one step: (R 0.1, P 1), then (R 0.5, P 5/10).
+    mixed = picks.assign(score=[1.0] + [np.nan] * 9)
+    assert evaluate(mixed, ref).summary["auprc"] == pytest.approx(0.1 + 0.4 * 0.5)
+    assert average_precision(np.array([False, True, True]), np.array([np.nan, 1.0, np.nan]), 2) == pytest.approx(0.5 + 0.5 * 2 / 3)
+
+
 def test_auprc_rewards_ranking_true_picks_first():
     ref = table([("m", 100 * i, 100, 50) for i in range(1, 6)])
     fps = table([("m", 100 * i, 900, 50) for i in range(1, 6)])
