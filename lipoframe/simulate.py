@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -226,8 +227,8 @@ def write_suite(
         if unknown:
             raise ValueError(f"only: unknown scene(s) {unknown}; {preset} has {', '.join(names)}")
         scenes = [s for s in scenes if s.name in only]
-    if not noise_scale >= 0:
-        raise ValueError(f"noise_scale must be >= 0, got {noise_scale}")
+    if not (math.isfinite(noise_scale) and noise_scale >= 0):
+        raise ValueError(f"noise_scale must be a finite number >= 0, got {noise_scale}")
     if noise_scale != 1.0:
         scenes = [dataclasses.replace(s, noise=s.noise * noise_scale) for s in scenes]
     if rim_blur_A != 0.0:  # (SceneSpec checks the value)
@@ -283,8 +284,8 @@ class SimulateArgs:
             raise ValueError(f"n must be >= 1, got {self.n}")
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
-        if not self.noise_scale >= 0:
-            raise ValueError(f"noise_scale must be >= 0, got {self.noise_scale}")
+        if not (math.isfinite(self.noise_scale) and self.noise_scale >= 0):
+            raise ValueError(f"noise_scale must be a finite number >= 0, got {self.noise_scale}")
         if not 0 <= self.rim_blur_A <= 100:
             raise ValueError(f"rim_blur_A must be in [0, 100], got {self.rim_blur_A}")
 

@@ -222,6 +222,8 @@ def test_noise_scale_scales_only_the_residual_noise(tmp_path, capsys):
     assert not write_suite(tmp_path / "sim1", preset="mini", only=["s05_small_rings_crowded"], noise_scale=0.5).reused
     assert main([f"output={tmp_path / 'x'}", "noise_scale=-1"]) == 2
     assert "noise_scale" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="noise_scale must be a finite number >= 0, got inf"):
+        write_suite(tmp_path / "inf", preset="mini", only=["empty"], noise_scale=float("inf"))
 
 
 def test_rim_blur_softens_the_objects_and_keeps_them(tmp_path, capsys):
@@ -255,6 +257,7 @@ def test_rim_blur_softens_the_objects_and_keeps_them(tmp_path, capsys):
     (["output=x", "preset=huge"], "preset"),
     (["output=x", "seed=abc"], "seed"),
     (["output=x", "dims=4"], "dims"),
+    (["output=x", "noise_scale=inf"], "noise_scale must be a finite number >= 0, got inf"),
     ([], "output"),
     (["output"], "key=value"),
     (["output=x", "preset=mini", "only=s99_nothing"], "s99_nothing"),
