@@ -773,7 +773,9 @@ def _label_micrograph(lab: _Labels, pk, ref, pi, ri, ji, *, coords, tolerance, i
     lab.pick_of_ref[ri[a]] = pi[b]
     if len(a) and schema.DIAMETER in pk.columns:
         dist = np.linalg.norm(rxyz[a] - pxyz[b], axis=1)
-        lab.iou[pi[b]] = iou_fn(dist, rd[a] / 2, pk.loc[pi[b], schema.DIAMETER].to_numpy(float) / 2)
+        dpk = pk.loc[pi[b], schema.DIAMETER].to_numpy(float)
+        known = np.isfinite(dpk)  # a pick without a diameter has no IoU (NaN), not 0
+        lab.iou[pi[b[known]]] = iou_fn(dist[known], rd[a[known]] / 2, dpk[known] / 2)
     # Unmatched picks: duplicates (centre inside a matched particle), then picks on junk.
     un = np.setdiff1d(np.arange(len(pi)), b)
     if len(un) and len(a):
@@ -789,8 +791,8 @@ def _label_micrograph(lab: _Labels, pk, ref, pi, ri, ji, *, coords, tolerance, i
         jr = ref.loc[ji, schema.DIAMETER].to_numpy(float) / 2
         # "on" an object: the pick's centre is inside the object, or the object's centre is inside the pick
         reach = jr[None, :]
-        if schema.DIAMETER in pk.columns:
-            reach = np.maximum(reach, pk.loc[pi[un], schema.DIAMETER].to_numpy(float)[:, None] / 2)
+        if schema.DIAMETER in pk.columns:  # (fmax: a pick without a diameter is "on" an object its centre is inside)
+            reach = np.fmax(reach, pk.loc[pi[un], schema.DIAMETER].to_numpy(float)[:, None] / 2)
         d = np.linalg.norm(pxyz[un][:, None, :] - jxyz[None, :, :], axis=2) / reach
         on = np.any(d < 1, axis=1)
         lab.status[pi[un[on]]] = "junk"
@@ -809,11 +811,14 @@ def _metrics(lab: _Labels, pk, ref, pi, ri, n_junk: int, *, iou_threshold: float
     nan = float("nan")
     err = bias = iou_rate = nan
     if tp and schema.DIAMETER in pk.columns:
-        dp = pk.loc[tp_rows, schema.DIAMETER].to_numpy(float)
-        dr = ref.loc[lab.ref_index[tp_rows], schema.DIAMETER].to_numpy(float)
-        rel = (dp - dr) / dr
-        err, bias = float(np.median(np.abs(rel))), float(np.median(rel))
-        iou_rate = float(np.mean(lab.iou[tp_rows] >= iou_threshold))
+        # Over the matches whose pick has a diameter (picks from several tools may lack some).
+        tp_d = tp_rows[np.isfinite(pk.loc[tp_rows, schema.DIAMETER].to_numpy(float))]
+        if len(tp_d):
+            dp = pk.loc[tp_d, schema.DIAMETER].to_numpy(float)
+            dr = ref.loc[lab.ref_index[tp_d], schema.DIAMETER].to_numpy(float)
+            rel = (dp - dr) / dr
+            err, bias = float(np.median(np.abs(rel))), float(np.median(rel))
+            iou_rate = float(np.mean(lab.iou[tp_d] >= iou_threshold))
     dups = int(np.sum(st == "duplicate"))
     ap = average_precision(lab.greedy_tp[pi], pk.loc[pi, schema.SCORE].to_numpy(float), len(ri)) if schema.SCORE in pk.columns else nan
     return {
@@ -954,7 +959,8 @@ def evaluate(
         if has_diam and m.any():
             dr = ref.loc[rows_k[m], schema.DIAMETER].to_numpy(float)
             dp = pk.loc[lab.pick_of_ref[rows_k[m]], schema.DIAMETER].to_numpy(float)
-            entry["median_diameter_error"] = float(np.median(np.abs(dp - dr) / dr))
+            if np.isfinite(dp).any():
+                entry["median_diameter_error"] = float(np.nanmedian(np.abs(dp - dr) / dr))
         per_kind[kind] = entry
     summary.update(dims=dims, per_kind=per_kind, options={
         "tolerance": tolerance, "iou_threshold": iou_threshold, "include_rejected": include_rejected,

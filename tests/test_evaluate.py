@@ -104,6 +104,22 @@ def test_diameter_error_and_iou_rate():
     assert s["iou_rate"] == pytest.approx(0.5)
 
 
+def test_picks_without_a_diameter_value_leave_the_others_sizes_and_junk_intact():
+    # Picks from several tools: one matched pick has no diameter, one unmatched sits on an ice ball.
+    ref = table([("m", 100, 100, 50, "solid"), ("m", 300, 100, 50, "solid"), ("m", 600, 600, 200, "ice")],
+                ("micrograph", "x_px", "y_px", "diameter_px", "kind"))
+    picks = table([("m", 100, 100, 55.0), ("m", 300, 100, np.nan), ("m", 600, 600, np.nan)])
+    res = evaluate(picks, ref)
+    s = res.summary
+    assert s["tp"] == 2
+    assert s["median_diameter_error"] == pytest.approx(0.1)  # the one match with a diameter
+    assert s["iou_rate"] == 1.0  # IoU 0.83; the match without a diameter has none
+    assert s["per_kind"]["solid"]["median_diameter_error"] == pytest.approx(0.1)
+    assert np.isnan(res.picks["iou"][1])
+    assert list(res.picks["status"]) == ["tp", "tp", "junk"]  # its centre is inside the ice ball
+    assert s["junk_picks"] == 1
+
+
 def test_average_precision_by_hand():
     tp = np.array([True, False, True])
     score = np.array([0.9, 0.8, 0.7])
