@@ -4,8 +4,9 @@ Matching is one-to-one (Hungarian, :func:`scipy.optimize.linear_sum_assignment`)
 within each micrograph: a pick can match a reference particle when its centre
 is within ``tolerance`` x the reference diameter of the particle's centre.
 From the matches we report precision, recall and F1, the area under the
-precision-recall curve over the score threshold (AUPRC, as Topaz and crYOLO
-report it), duplicate picks per particle ("peppering": extra picks whose
+precision-recall curve over the score threshold (AUPRC: Topaz's sum over
+score steps, with the picks labelled in score order as in object-detection
+average precision), duplicate picks per particle ("peppering": extra picks whose
 centre lies inside an already matched particle), the median relative diameter
 error, the fraction of matches whose circle (sphere) IoU is at least
 ``iou_threshold``, and picks that sit on non-target objects (reference rows of
