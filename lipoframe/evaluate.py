@@ -913,6 +913,11 @@ def evaluate(
         ref[schema.DIAMETER] = ref[schema.DIAMETER].fillna(float(reference_diameter))
     if ref[schema.DIAMETER].isna().any():
         raise ValueError("reference has rows without diameter_px; give reference_diameter=<px>")
+    bad = ~(np.isfinite(ref[schema.DIAMETER].to_numpy(float)) & (ref[schema.DIAMETER].to_numpy(float) > 0))
+    if bad.any():
+        first = ref.loc[bad].iloc[0]
+        raise ValueError(f"reference diameter_px must be > 0 and finite; {int(bad.sum())} row(s) are not (first: "
+                         f"{first[schema.MICROGRAPH]} at x_px={first[schema.X]}, y_px={first[schema.Y]}: {first[schema.DIAMETER]})")
     ref["_key"] = ref[schema.MICROGRAPH].map(micrograph_key)
 
     pk["_key"] = pk[schema.MICROGRAPH].map(micrograph_key)

@@ -236,6 +236,16 @@ def test_reference_without_diameter_needs_reference_diameter():
     assert evaluate(ref, ref, reference_diameter=20).summary["tp"] == 1
 
 
+@pytest.mark.parametrize("diameter", [0.0, -50.0, np.inf])
+def test_a_reference_diameter_that_is_not_positive_is_refused(diameter):
+    # A zero or negative diameter made a tolerance of zero or less: the matching counted the pick
+    # on it, the score-order labels did not (tp 2, AUPRC 0.25), and the size error divided by zero.
+    ref = table([("m", 100, 100, diameter), ("m", 300, 100, 50.0)])
+    picks = table([("m", 100, 100, 50.0), ("m", 300, 100, 50.0)]).assign(score=[2.0, 1.0])
+    with pytest.raises(ValueError, match=r"reference diameter_px must be > 0 and finite; 1 row\(s\) are not \(first: m at x_px=100"):
+        evaluate(picks, ref)
+
+
 @pytest.mark.parametrize("kw, key", [({"tolerance": 0}, "tolerance"), ({"iou_threshold": 2}, "iou_threshold"), ({"scope": "all"}, "scope")])
 def test_bad_options_name_the_key(kw, key):
     ref = table([("m", 1, 1, 1)])
