@@ -883,14 +883,14 @@ def evaluate(
     ValueError
         For bad options (naming them) or missing columns.
     """
-    if not tolerance > 0:
-        raise ValueError(f"tolerance must be > 0, got {tolerance}")
+    if not (tolerance > 0 and math.isfinite(tolerance)):
+        raise ValueError(f"tolerance must be a finite number > 0, got {tolerance}")
     if not 0 < iou_threshold <= 1:
         raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
     if scope not in ("union", "reference"):
         raise ValueError(f"scope must be 'union' or 'reference', got {scope!r}")
-    if reference_diameter is not None and not reference_diameter > 0:
-        raise ValueError(f"reference_diameter must be > 0, got {reference_diameter}")
+    if reference_diameter is not None and not (reference_diameter > 0 and math.isfinite(reference_diameter)):
+        raise ValueError(f"reference_diameter must be a finite number > 0, got {reference_diameter}")
     _check_columns(picks, "picks")
     _check_columns(reference, "reference")
 
@@ -1276,14 +1276,14 @@ class EvaluateArgs:
             raise ValueError(f"overlays must be >= 0, got {self.overlays}")
         if self.overlays and not self.output:
             raise ValueError("overlays needs output=<folder>")
-        if not self.tolerance > 0:
-            raise ValueError(f"tolerance must be > 0, got {self.tolerance}")
+        if not (self.tolerance > 0 and math.isfinite(self.tolerance)):
+            raise ValueError(f"tolerance must be a finite number > 0, got {self.tolerance}")
         if not 0 < self.iou_threshold <= 1:
             raise ValueError(f"iou_threshold must be in (0, 1], got {self.iou_threshold}")
         if self.scope not in ("union", "reference"):
             raise ValueError(f"scope must be 'union' or 'reference', got {self.scope!r}")
-        if self.reference_diameter is not None and not self.reference_diameter > 0:
-            raise ValueError(f"reference_diameter must be > 0, got {self.reference_diameter}")
+        if self.reference_diameter is not None and not (self.reference_diameter > 0 and math.isfinite(self.reference_diameter)):
+            raise ValueError(f"reference_diameter must be a finite number > 0, got {self.reference_diameter}")
 
 
 def main(argv: list[str]) -> int:
