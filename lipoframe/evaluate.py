@@ -545,8 +545,15 @@ def _read_coordinate_list(path: Path, listing: pd.DataFrame, catalog: Micrograph
     return pd.concat(non_empty, ignore_index=True)
 
 
+#: Pick formats lipoframe writes (``writer=box,cbox``) that evaluate does not read.
+UNREAD_PICK_SUFFIXES = {".box": "EMAN .box", ".cbox": "crYOLO .cbox"}
+
+
 def _read_table(path: Path, catalog: MicrographCatalog | None = None, flip_y: bool | None = None) -> pd.DataFrame:
     suffix = path.suffix.lower()
+    if suffix in UNREAD_PICK_SUFFIXES:
+        raise EvaluationInputError(f"{path}: {UNREAD_PICK_SUFFIXES[suffix]} files are not read by lipoframe evaluate; give CSV "
+                                   "(x_px, y_px) or STAR (rlnCoordinateX/Y) files, e.g. the run folder or its relion/coords")
     try:
         if suffix == ".star":
             return _read_star(path, catalog, flip_y)

@@ -367,6 +367,16 @@ def test_cli_writes_outputs(tmp_path, capsys):
     assert "F1" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("name, fmt", [("mic.box", "EMAN .box"), ("mic.cbox", "crYOLO .cbox")])
+def test_box_and_cbox_picks_are_refused_naming_the_format(tmp_path, capsys, name, fmt):
+    # They were read as CSV and refused for "missing columns ['x_px', 'y_px']", as if the file were a broken table.
+    (tmp_path / name).write_text("68\t68\t64\t64\n")
+    (tmp_path / "ref.csv").write_text("micrograph,x_px,y_px,diameter_px\nmic,100,100,50\n")
+    assert main([f"picks={tmp_path / name}", f"reference={tmp_path / 'ref.csv'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{fmt} files are not read by lipoframe evaluate" in err and len(err.splitlines()) == 1
+
+
 def test_cli_warns_when_no_micrograph_names_match(tmp_path, capsys):
     table([("mic_a", 1, 1, 10)]).to_csv(tmp_path / "p.csv", index=False)
     table([("other", 1, 1, 10)]).to_csv(tmp_path / "r.csv", index=False)
