@@ -1201,12 +1201,19 @@ def parse_dotlist(schema_cls: type, argv: list[str]):
     ArgsError
         One line naming the bad key (unknown key, wrong type, bad value).
     """
+    import yaml
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     for a in argv:
         if "=" not in a:
             raise ArgsError(f"expected key=value, got {a!r}")
+        try:  # OmegaConf reads each value as YAML; a value it cannot parse (",,", "[a") raised a traceback
+            OmegaConf.from_dotlist([a])
+        except yaml.YAMLError as exc:
+            key, value = a.split("=", 1)
+            reason = str(getattr(exc, "problem", None) or exc).splitlines()[0]
+            raise ArgsError(f"{key}: cannot read the value {value!r} ({reason}; quote it, e.g. {key}=\"'{value}'\")") from None
     try:
         base = OmegaConf.structured(schema_cls)
         merged = OmegaConf.merge(base, OmegaConf.from_dotlist(list(argv)))

@@ -389,6 +389,7 @@ def test_cli_warns_when_no_micrograph_names_match(tmp_path, capsys):
     (["picks=a.csv", "reference=b.csv", "tolerance=abc"], "tolerance"),
     (["picks=a.csv", "reference=b.csv", "tolerance=-1"], "tolerance"),
     (["picks=a.csv", "reference=b.csv", "tolerance=inf"], "tolerance must be a finite number > 0, got inf"),
+    (["picks=[a.csv", "reference=b.csv"], "picks: cannot read the value '[a.csv'"),  # a YAML error: was a traceback
     (["picks=a.csv"], "reference"),
     (["picks=missing.csv", "reference=missing.csv"], "missing.csv"),
 ])

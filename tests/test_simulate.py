@@ -258,6 +258,7 @@ def test_rim_blur_softens_the_objects_and_keeps_them(tmp_path, capsys):
     (["output=x", "seed=abc"], "seed"),
     (["output=x", "dims=4"], "dims"),
     (["output=x", "noise_scale=inf"], "noise_scale must be a finite number >= 0, got inf"),
+    (["output=x", "only=,,"], "only: cannot read the value ',,'"),  # a YAML error: was a traceback
     ([], "output"),
     (["output"], "key=value"),
     (["output=x", "preset=mini", "only=s99_nothing"], "s99_nothing"),
