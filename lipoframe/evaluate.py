@@ -658,7 +658,8 @@ def read_picks(path: str | Path, *, micrographs=None, flip_y: bool | None = None
                 continue
             names.append(js.stem)
             tables.append(pd.read_csv(csv, dtype={schema.MICROGRAPH: str, schema.REASON: str}, keep_default_na=False, na_values=[""]))
-        non_empty = [t for t in tables if len(t)]
+        # (without a single pick, one empty table keeps the run's columns: score makes the AUPRC 0, not n/a)
+        non_empty = [t for t in tables if len(t)] or tables[:1]
         picks = pd.concat(non_empty, ignore_index=True) if non_empty else pd.DataFrame(columns=[schema.MICROGRAPH, schema.X, schema.Y])
         if not len(picks):
             return picks, names

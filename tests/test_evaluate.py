@@ -577,6 +577,24 @@ def test_scope_reference_leaves_out_the_runs_other_micrographs(tmp_path):
         assert pd.read_csv(out / "per_micrograph.csv")["micrograph"].tolist() == ["a", "b", "c"][:n]
 
 
+def test_a_run_without_any_pick_scores_auprc_zero_like_an_empty_picks_table(tmp_path):
+    # The run's per-micrograph tables all empty: its columns (score among them) were dropped,
+    # so the AUPRC came out n/a, while the same empty table given as a CSV scored 0.
+    header = "micrograph,x_px,y_px,diameter_px,score,accepted\n"
+    (tmp_path / "run" / "micrographs").mkdir(parents=True)
+    for name in ("a", "b"):
+        (tmp_path / "run" / "micrographs" / f"{name}.json").write_text(json.dumps({"meta": {"name": name}}))
+        (tmp_path / "run" / "micrographs" / f"{name}.csv").write_text(header)
+    (tmp_path / "picks.csv").write_text(header)
+    ref = table([("a", 100, 100, 50), ("b", 100, 100, 50)])
+    picks, names = read_picks(tmp_path / "run")
+    assert names == ["a", "b"] and len(picks) == 0
+    from_run = evaluate(picks, ref, micrographs=names).summary
+    from_csv = evaluate(read_picks(tmp_path / "picks.csv")[0], ref).summary
+    assert from_run["auprc"] == from_csv["auprc"] == 0.0
+    assert (from_run["tp"], from_run["fn"], from_run["f1"]) == (0, 2, 0.0)
+
+
 def test_a_run_folder_is_scored_with_the_binnings_outliers_rejected(tmp_path):
     """picks.csv (after the run or `lipoframe plan binning=kmeans`) drops size outliers the per-micrograph tables accept."""
     run = _mrc_run(tmp_path, names=("a", "b"))
