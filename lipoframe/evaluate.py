@@ -13,9 +13,10 @@ error, the fraction of matches whose circle (sphere) IoU is at least
 kind ``ice``/``junk``/``carbon``/``contamination``).
 
 Tables are compared in lipoframe's frame (``x_px`` column, ``y_px`` row of the
-array as read). STAR files are RELION's frame, whose rows of a TIFF micrograph
-count from the bottom; :func:`read_picks` and :func:`read_reference` turn them
-back, learning each micrograph's height and format from a
+array as read). STAR, EMAN ``.box`` and crYOLO ``.cbox`` files are in the
+frame of RELION, EMAN2 and crYOLO, whose rows of a TIFF micrograph count from
+the bottom; :func:`read_picks` and :func:`read_reference` turn them back,
+learning each micrograph's height and format from a
 :class:`MicrographCatalog` (run folders, folders of images).
 
 Python::
@@ -420,15 +421,24 @@ def _as_catalog(micrographs) -> MicrographCatalog:
     return MicrographCatalog(micrographs)
 
 
-def _star_to_lipoframe_frame(out: pd.DataFrame, names: pd.Series, path: Path, catalog: MicrographCatalog,
-                             flip_y: bool | None) -> pd.DataFrame:
-    """Undo RELION's TIFF row flip (``y -> ny - 1 - y``) for the micrographs that need it.
+#: How the formats that count the rows of a TIFF micrograph from the bottom are named in messages.
+FLIPPED_FORMATS = {
+    ".star": ("STAR", "RELION reads TIFF upside down"),
+    ".box": ("EMAN .box", "EMAN2, RELION and crYOLO read TIFF upside down"),
+    ".cbox": ("crYOLO .cbox", "crYOLO and napari-boxmanager read TIFF upside down"),
+}
+
+
+def _to_lipoframe_frame(out: pd.DataFrame, names: pd.Series, path: Path, catalog: MicrographCatalog,
+                        flip_y: bool | None) -> pd.DataFrame:
+    """Undo the TIFF row flip (``y -> ny - 1 - y``) of RELION, EMAN and crYOLO files for the micrographs that need it.
 
     ``names`` are the micrograph names of the rows (``rlnMicrographName`` or
     the file stem). Per micrograph, whether it is flipped and its height come
     from ``catalog``; for micrographs it does not know, a ``.tif``/``.tiff``
     name is flipped, with the height of that file if it exists (as given, or
-    next to the STAR file). ``flip_y`` True/False overrides the decision.
+    next to the coordinate file). ``flip_y`` True/False overrides the decision.
+    The format of ``path`` (:data:`FLIPPED_FORMATS`) names it in the error.
     """
     from lipoframe.io.coords import export_frame
 
@@ -451,9 +461,10 @@ def _star_to_lipoframe_frame(out: pd.DataFrame, names: pd.Series, path: Path, ca
         y[idx] = export_frame(np.zeros(len(idx)), y[idx], ny=meta.shape[-2], flip_y=True)[1]
     if unknown:
         more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
+        fmt, who = FLIPPED_FORMATS.get(path.suffix.lower(), FLIPPED_FORMATS[".star"])
         raise EvaluationInputError(
-            f"{path}: STAR rows of TIFF micrograph(s) {', '.join(unknown[:3])}{more} count from the bottom row (RELION reads TIFF "
-            "upside down) and their height is unknown; give micrographs=<folder of the images or lipoframe run folder>, "
+            f"{path}: {fmt} rows of TIFF micrograph(s) {', '.join(unknown[:3])}{more} count from the bottom row ({who}) "
+            "and their height is unknown; give micrographs=<folder of the images or lipoframe run folder>, "
             "or flip_y=false to take the coordinates as they are")
     out[schema.Y] = y
     return out
@@ -503,7 +514,7 @@ def _read_star(path: Path, catalog: MicrographCatalog | None = None, flip_y: boo
     else:
         stem = re.sub(r"_(autopick|manualpick|pick|picks|coords)$", "", path.stem)
         out[schema.MICROGRAPH] = stem
-    out = _star_to_lipoframe_frame(out, out[schema.MICROGRAPH], path, catalog or MicrographCatalog(), flip_y)
+    out = _to_lipoframe_frame(out, out[schema.MICROGRAPH], path, catalog or MicrographCatalog(), flip_y)
     if "rlnAutopickFigureOfMerit" in block.columns:
         out[schema.SCORE] = block["rlnAutopickFigureOfMerit"].astype(float)
     for col in (DIAMETER_LABEL, schema.DIAMETER):  # lipoframe's own STAR files carry the diameter
@@ -545,15 +556,49 @@ def _read_coordinate_list(path: Path, listing: pd.DataFrame, catalog: Micrograph
     return pd.concat(non_empty, ignore_index=True)
 
 
-#: Pick formats lipoframe writes (``writer=box,cbox``) that evaluate does not read.
-UNREAD_PICK_SUFFIXES = {".box": "EMAN .box", ".cbox": "crYOLO .cbox"}
+#: Per-micrograph box files (``writer=box,cbox``, EMAN2, crYOLO): the file's stem names the micrograph.
+BOX_SUFFIXES = {".box": "EMAN .box", ".cbox": "crYOLO .cbox"}
+
+#: Every suffix evaluate reads, in a folder too.
+TABLE_SUFFIXES = (".csv", ".star", *BOX_SUFFIXES)
+
+
+def _read_box_file(path: Path, catalog: MicrographCatalog | None = None, flip_y: bool | None = None) -> pd.DataFrame:
+    """Particles of an EMAN ``.box`` or crYOLO ``.cbox`` file of one micrograph, in lipoframe's frame.
+
+    The micrograph is the file's stem (``mic_0001.cbox`` -> ``mic_0001``).
+    Centres are ``corner + box / 2``; rows of TIFF micrographs are turned back
+    as for STAR files (:func:`_to_lipoframe_frame`). A ``.cbox`` gives
+    ``diameter_px`` from ``_EstWidth/_EstHeight`` (NaN where unknown) and
+    ``score`` from ``_Confidence`` when the file has them; a ``.box`` has
+    neither.
+    """
+    from lipoframe.io.cbox import read_cbox
+    from lipoframe.io.eman import read_box
+
+    suffix = path.suffix.lower()
+    try:
+        parts = read_cbox(path) if suffix == ".cbox" else read_box(path)
+    except OSError as exc:
+        raise EvaluationInputError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except ValueError as exc:
+        raise EvaluationInputError(f"{path}: cannot read as {BOX_SUFFIXES[suffix]} file: {exc}") from None
+    out = pd.DataFrame({schema.X: parts["x"].to_numpy(float), schema.Y: parts["y"].to_numpy(float)})
+    if "z" in parts.columns:
+        out[schema.Z] = parts["z"].to_numpy(float)
+    out[schema.MICROGRAPH] = pd.Series([path.stem] * len(out), dtype=object)
+    out = _to_lipoframe_frame(out, out[schema.MICROGRAPH], path, catalog or MicrographCatalog(), flip_y)
+    if "diameter" in parts.columns and parts["diameter"].notna().any():
+        out[schema.DIAMETER] = parts["diameter"].to_numpy(float)
+    if "confidence" in parts.columns and parts["confidence"].notna().any():  # all <NA>: no score, not one tied step
+        out[schema.SCORE] = parts["confidence"].to_numpy(float)
+    return out
 
 
 def _read_table(path: Path, catalog: MicrographCatalog | None = None, flip_y: bool | None = None) -> pd.DataFrame:
     suffix = path.suffix.lower()
-    if suffix in UNREAD_PICK_SUFFIXES:
-        raise EvaluationInputError(f"{path}: {UNREAD_PICK_SUFFIXES[suffix]} files are not read by lipoframe evaluate; give CSV "
-                                   "(x_px, y_px) or STAR (rlnCoordinateX/Y) files, e.g. the run folder or its relion/coords")
+    if suffix in BOX_SUFFIXES:
+        return _read_box_file(path, catalog, flip_y)
     try:
         if suffix == ".star":
             return _read_star(path, catalog, flip_y)
@@ -570,13 +615,14 @@ def _read_table(path: Path, catalog: MicrographCatalog | None = None, flip_y: bo
 def _read_many(path: Path, what: str, micrographs=None, flip_y: bool | None = None) -> pd.DataFrame:
     path = Path(path)
     catalog = None
-    if path.suffix.lower() == ".star" or (path.is_dir() and any(path.glob("*.star"))):
-        # STAR files a lipoframe run wrote (run/relion/coords, ...) are read with that run's records first.
+    flippable = (".star", *BOX_SUFFIXES)
+    if path.suffix.lower() in flippable or (path.is_dir() and any(p.suffix.lower() in flippable for p in path.iterdir())):
+        # STAR and box files a lipoframe run wrote (run/relion/coords, run/cbox, ...) are read with that run's records first.
         catalog = _as_catalog(micrographs).with_first(find_run_folder(path))
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".csv", ".star") and not p.name.startswith("."))
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in TABLE_SUFFIXES and not p.name.startswith("."))
         if not files:
-            raise EvaluationInputError(f"{path}: no .csv or .star {what} files in this folder")
+            raise EvaluationInputError(f"{path}: no .csv, .star, .box or .cbox {what} files in this folder")
         lists = [p for p in files if p.suffix.lower() == ".star" and _is_coordinate_list(p)]
         if lists:  # a RELION job folder (or a run's relion/): its list files say which coordinate files count
             files = lists
@@ -589,7 +635,7 @@ def _read_many(path: Path, what: str, micrographs=None, flip_y: bool | None = No
                     raise
                 skipped.append(p.name)
         if not tables:
-            raise EvaluationInputError(f"{path}: none of its .csv/.star files has {what} coordinates ({', '.join(skipped)})")
+            raise EvaluationInputError(f"{path}: none of its .csv/.star/.box/.cbox files has {what} coordinates ({', '.join(skipped)})")
         tables = [t for t in tables if len(t)] or tables[:1]
         return pd.concat(tables, ignore_index=True)
     if not path.exists():
@@ -613,7 +659,7 @@ def _check_columns(df: pd.DataFrame, where: str) -> None:
 
 
 def read_picks(path: str | Path, *, micrographs=None, flip_y: bool | None = None) -> tuple[pd.DataFrame, list[str]]:
-    """Read picks from a lipoframe run folder, a CSV/STAR file or a folder of them.
+    """Read picks from a lipoframe run folder, a CSV/STAR/.box/.cbox file or a folder of them.
 
     A run folder is read from its per-micrograph results
     (``micrographs/*.csv``), which keep the rejected picks (flagged) and also
@@ -625,18 +671,28 @@ def read_picks(path: str | Path, *, micrographs=None, flip_y: bool | None = None
     ----------
     path : str or Path
     micrographs : MicrographCatalog, str, Path or sequence of them, optional
-        Where to learn each micrograph's height and whether RELION reads it
-        upside down (TIFF), for STAR files: lipoframe run folders and
-        folders of micrograph images (see :class:`MicrographCatalog`). The
-        run folder a STAR file lies in (``run/relion/coords``) is searched
-        first.
+        Where to learn each micrograph's height and whether RELION, EMAN2
+        and crYOLO read it upside down (TIFF), for STAR, ``.box`` and
+        ``.cbox`` files: lipoframe run folders and folders of micrograph
+        images (see :class:`MicrographCatalog`). The run folder such a file
+        lies in (``run/relion/coords``, ``run/cbox``) is searched first.
     flip_y : bool, optional
-        STAR coordinates of TIFF micrographs count rows from the bottom
-        (``ny - 1 - y``) and are turned back into lipoframe's ``y_px``. None
-        (default): per micrograph, flipped if ``micrographs`` (or the run
-        folder the file lies in) says it is a TIFF image, else if its
-        ``rlnMicrographName`` ends in ``.tif``/``.tiff``. True: every STAR
-        micrograph is flipped; False: none is. CSV tables are never changed.
+        STAR, ``.box`` and ``.cbox`` coordinates of TIFF micrographs count
+        rows from the bottom (``ny - 1 - y``) and are turned back into
+        lipoframe's ``y_px``. None (default): per micrograph, flipped if
+        ``micrographs`` (or the run folder the file lies in) says it is a
+        TIFF image, else if its ``rlnMicrographName`` ends in
+        ``.tif``/``.tiff``. True: every such micrograph is flipped; False:
+        none is. CSV tables are never changed.
+
+    Notes
+    -----
+    A ``.box``/``.cbox`` file holds one micrograph, named by the file's stem
+    (``mic_0001.cbox`` -> ``mic_0001``). Centres are ``corner + box / 2``.
+    ``.cbox`` files (crYOLO >= 1.8 STAR layout, or the older whitespace
+    columns) give ``diameter_px`` from ``_EstWidth/_EstHeight`` and
+    ``score`` from ``_Confidence``; ``.box`` files have neither (picks
+    without a diameter; a reference needs ``reference_diameter``).
 
     Returns
     -------
@@ -647,7 +703,7 @@ def read_picks(path: str | Path, *, micrographs=None, flip_y: bool | None = None
     Raises
     ------
     EvaluationInputError
-        If a file cannot be read or STAR coordinates cannot be converted.
+        If a file cannot be read, or STAR/box coordinates cannot be converted.
     """
     path = Path(path)
     if is_run_folder(path):
@@ -675,19 +731,20 @@ def read_picks(path: str | Path, *, micrographs=None, flip_y: bool | None = None
 
 
 def read_reference(path: str | Path, *, micrographs=None, flip_y: bool | None = None) -> pd.DataFrame:
-    """Read reference coordinates (CSV with ``micrograph,x_px,y_px[,diameter_px,kind]``, STAR, or a folder).
+    """Read reference coordinates (CSV with ``micrograph,x_px,y_px[,diameter_px,kind]``, STAR, .box, .cbox, or a folder).
 
     Parameters
     ----------
     path : str or Path
     micrographs, flip_y
-        How STAR coordinates of TIFF micrographs are turned back into
-        lipoframe's ``y_px``, as in :func:`read_picks`.
+        How STAR, ``.box`` and ``.cbox`` coordinates of TIFF micrographs are
+        turned back into lipoframe's ``y_px``, as in :func:`read_picks`
+        (which also says how box files are read).
 
     Raises
     ------
     EvaluationInputError
-        If a file cannot be read or STAR coordinates cannot be converted.
+        If a file cannot be read, or STAR/box coordinates cannot be converted.
     """
     df = _read_many(Path(path), "reference", micrographs, flip_y)
     _check_columns(df, str(path))
@@ -1261,17 +1318,17 @@ def dataclass_help(prog: str, description: str, schema_cls: type, examples: tupl
 class EvaluateArgs:
     """Options of ``lipoframe evaluate``.
 
-    picks: lipoframe run folder, picks CSV/STAR (a RELION list file such as autopick.star is followed), or a folder of them
-    reference: reference coordinates: CSV (micrograph,x_px,y_px,diameter_px,kind), STAR (or a RELION list file), or a folder
+    picks: lipoframe run folder, picks CSV/STAR (a RELION list file such as autopick.star is followed), EMAN .box, crYOLO .cbox, or a folder of them
+    reference: reference coordinates: CSV (micrograph,x_px,y_px,diameter_px,kind), STAR (or a RELION list file), .box, .cbox, or a folder
     output: folder for evaluation.json, per_micrograph.csv, picks_evaluated.csv (optional)
     tolerance: max centre distance for a match, relative to the reference diameter
     iou_threshold: circle/sphere IoU counted in iou_rate
     include_rejected: also evaluate picks with accepted=False
-    reference_diameter: diameter (px) for reference rows without one (e.g. STAR files)
+    reference_diameter: diameter (px) for reference rows without one (e.g. STAR and .box files)
     scope: union (picks on unreferenced micrographs are false positives) or reference (only the reference's micrographs)
     overlays: draw the N micrographs with the lowest F1 into output/overlays/ (images from the run folder or micrographs=)
-    micrographs: folder of the micrograph images (or a lipoframe run folder): heights and TIFF flip for STAR files, images for overlays
-    flip_y: STAR rows of TIFF micrographs count from the bottom; null (auto: run records, micrographs=, .tif names), true, false
+    micrographs: folder of the micrograph images (or a lipoframe run folder): heights and TIFF flip for STAR/.box/.cbox files, images for overlays
+    flip_y: STAR/.box/.cbox rows of TIFF micrographs count from the bottom; null (auto: run records, micrographs=, .tif names), true, false
     """
 
     picks: str = "???"
@@ -1309,6 +1366,7 @@ def main(argv: list[str]) -> int:
             "lipoframe evaluate picks=run/picks.csv reference=manual.star reference_diameter=180 include_rejected=true",
             "lipoframe evaluate picks=run/ reference=truth.csv output=eval/ overlays=5   # draw the 5 worst micrographs",
             "lipoframe evaluate picks=picks.csv reference=manualpick/ micrographs=tiffs/ reference_diameter=180   # STAR on TIFF",
+            "lipoframe evaluate picks=cryolo_out/CBOX/ reference=truth.csv micrographs=mics/   # crYOLO's picks",
         )))
         return 0
     try:

@@ -367,14 +367,239 @@ def test_cli_writes_outputs(tmp_path, capsys):
     assert "F1" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("name, fmt", [("mic.box", "EMAN .box"), ("mic.cbox", "crYOLO .cbox")])
-def test_box_and_cbox_picks_are_refused_naming_the_format(tmp_path, capsys, name, fmt):
-    # They were read as CSV and refused for "missing columns ['x_px', 'y_px']", as if the file were a broken table.
-    (tmp_path / name).write_text("68\t68\t64\t64\n")
-    (tmp_path / "ref.csv").write_text("micrograph,x_px,y_px,diameter_px\nmic,100,100,50\n")
+# ---------------------------------------------------------------------------
+# EMAN .box and crYOLO .cbox files (picks and references)
+# ---------------------------------------------------------------------------
+#: A crYOLO >= 1.8 CBOX as crYOLO writes it (two rows of a real file: sim-som/cryolo_cbox_utils).
+CRYOLO_CBOX = """data_global
+
+_cbox_format_version 1.0
+
+data_cryolo
+
+loop_
+_CoordinateX #1
+_CoordinateY #2
+_CoordinateZ #3
+_Width #4
+_Height #5
+_Depth #6
+_EstWidth #7
+_EstHeight #8
+_Confidence #9
+_NumBoxes #10
+_Angle #11
+4472.011260986328 3834.466156333685 <NA> 200.0 200.0 <NA> 208.0 203.0 0.14524617791175842 <NA> <NA>
+2088.1497192382812 3783.207821071148 <NA> 200.0 200.0 <NA> 205.0 206.0 0.15951088070869446 <NA> <NA>
+
+data_cryolo_include
+
+loop_
+_slice_index #1
+"""
+
+
+def test_cbox_files_give_centre_diameter_and_score(tmp_path):
+    # They were refused ("crYOLO .cbox files are not read by lipoframe evaluate").
+    (tmp_path / "FoilHole_1.cbox").write_text(CRYOLO_CBOX)
+    got, _ = read_picks(tmp_path / "FoilHole_1.cbox")
+    assert got["micrograph"].tolist() == ["FoilHole_1"] * 2  # the file's stem names the micrograph
+    # centre = corner + box / 2 (napari-boxmanager's _CoordinateX + _Width / 2); no flip for an unknown (MRC) micrograph
+    assert got["x_px"].tolist() == pytest.approx([4572.011260986328, 2188.1497192382812])
+    assert got["y_px"].tolist() == pytest.approx([3934.466156333685, 3883.207821071148])
+    assert got["diameter_px"].tolist() == [205.5, 205.5]  # mean of _EstWidth and _EstHeight
+    assert got["score"].tolist() == pytest.approx([0.14524617791175842, 0.15951088070869446])
+    assert "z_px" not in got.columns
+    # crYOLO < 1.8 (and Scipion) wrote whitespace columns: x y w h confidence [est_w est_h]
+    (tmp_path / "old7.cbox").write_text("100\t200\t64\t64\t0.9\t40\t44\n300.5\t50\t64\t64\t0.2\t50\t50\n")
+    (tmp_path / "old5.cbox").write_text("100 200 64 64 0.9\n")
+    old7, old5 = read_picks(tmp_path / "old7.cbox")[0], read_picks(tmp_path / "old5.cbox")[0]
+    assert old7[["x_px", "y_px", "diameter_px", "score"]].values.tolist() == [[132, 232, 42, 0.9], [332.5, 82, 50, 0.2]]
+    assert old5[["x_px", "y_px", "score"]].values.tolist() == [[132, 232, 0.9]] and "diameter_px" not in old5.columns
+
+
+def test_cbox_without_estimates_or_confidence_has_no_diameter_and_no_score(tmp_path):
+    # napari-boxmanager writes <NA> where it had no size or confidence: unknown, not a tied score
+    text = CRYOLO_CBOX.replace("208.0 203.0 0.14524617791175842", "<NA> <NA> <NA>").replace("205.0 206.0 0.15951088070869446", "0 <NA> <NA>")
+    (tmp_path / "m.cbox").write_text(text)
+    got, _ = read_picks(tmp_path / "m.cbox")
+    assert "diameter_px" not in got.columns and "score" not in got.columns
+    ref = table([("m", 4572, 3934, 200), ("m", 2188, 3883, 200)])
+    s = evaluate(got, ref).summary
+    assert s["f1"] == 1.0 and np.isnan(s["auprc"]) and np.isnan(s["median_diameter_error"])
+    # one row with an estimate: the other stays unknown
+    (tmp_path / "m.cbox").write_text(CRYOLO_CBOX.replace("205.0 206.0", "<NA> <NA>"))
+    assert read_picks(tmp_path / "m.cbox")[0]["diameter_px"].tolist()[0] == 205.5
+    assert np.isnan(read_picks(tmp_path / "m.cbox")[0]["diameter_px"].tolist()[1])
+
+
+def test_3d_cbox_gives_z(tmp_path):
+    from lipoframe.io.cbox import cbox_text
+
+    (tmp_path / "tomo.cbox").write_text(cbox_text([50.0, 80.0], [60.0, 90.0], z=[10.0, 20.0], box=[32, 32],
+                                                  diameter=[20.0, 22.0], confidence=[1.0, 0.5]))
+    got, _ = read_picks(tmp_path / "tomo.cbox")
+    assert got[["x_px", "y_px", "z_px", "diameter_px"]].values.tolist() == [[50, 60, 10, 20], [80, 90, 20, 22]]
+
+
+def test_box_files_give_centres_without_diameter_or_score(tmp_path):
+    # They were refused ("EMAN .box files are not read by lipoframe evaluate").
+    # e2boxer writes integers and tabs; napari-boxmanager float corners and blanks; a fifth column is ignored
+    (tmp_path / "mic_0001.box").write_text("68\t68\t64\t64\n\n100.5 20 64 32 -3\n")
+    got, _ = read_picks(tmp_path / "mic_0001.box")
+    assert got["micrograph"].tolist() == ["mic_0001"] * 2
+    assert got[["x_px", "y_px"]].values.tolist() == [[100, 100], [132.5, 36]]
+    assert "diameter_px" not in got.columns and "score" not in got.columns
+    # as a reference it needs reference_diameter, as STAR files do
+    ref = read_reference(tmp_path / "mic_0001.box")
+    with pytest.raises(ValueError, match="reference_diameter"):
+        evaluate(got, ref)
+    assert evaluate(got, ref, reference_diameter=50).summary["f1"] == 1.0
+    (tmp_path / "empty.box").write_text("")  # a micrograph without picks
+    assert len(read_picks(tmp_path / "empty.box")[0]) == 0
+
+
+def test_folders_of_box_and_cbox_files_name_each_micrograph_by_its_file(tmp_path):
+    from lipoframe.io.cbox import cbox_text
+    from lipoframe.io.eman import box_text
+
+    (tmp_path / "CBOX").mkdir()
+    (tmp_path / "EMAN").mkdir()
+    for name, x in (("mic_a", 100.0), ("mic_b", 300.0)):
+        (tmp_path / "CBOX" / f"{name}.cbox").write_text(cbox_text([x, x + 150], [80.0, 200.0], box=[64, 64],
+                                                                  diameter=[40.0, 40.0], confidence=[0.9, 0.1]))
+        (tmp_path / "EMAN" / f"{name}.box").write_text(box_text([x, x + 150], [80.0, 200.0], box=[64, 64]))
+    (tmp_path / "CBOX" / "mic_c.cbox").write_text(cbox_text([], [], box=[], diameter=[], confidence=[]))
+    ref = table([("mic_a", 100, 80, 40), ("mic_a", 250, 200, 40), ("mic_b", 300, 80, 40), ("mic_b", 900, 900, 40)])
+    ref.to_csv(tmp_path / "truth.csv", index=False)
+    cbox = read_picks(tmp_path / "CBOX")[0]
+    assert sorted(set(cbox["micrograph"])) == ["mic_a", "mic_b"] and len(cbox) == 4
+    s = evaluate(cbox, ref).summary
+    assert (s["tp"], s["fp"], s["fn"]) == (3, 1, 1) and s["median_diameter_error"] == 0.0
+    # the command line, with a folder as picks and as reference
+    out = tmp_path / "eval"
+    assert main([f"picks={tmp_path / 'EMAN'}", f"reference={tmp_path / 'truth.csv'}", f"output={out}"]) == 0
+    assert json.loads((out / "evaluation.json").read_text())["tp"] == 3
+    assert main([f"picks={tmp_path / 'truth.csv'}", f"reference={tmp_path / 'CBOX'}", f"output={out}"]) == 0
+    assert json.loads((out / "evaluation.json").read_text())["tp"] == 3
+
+
+@pytest.mark.parametrize("name, text, words", [
+    ("m.box", "68 68 64\n", ["m.box", "EMAN .box", "line 1", "at least 4 numbers"]),
+    ("m.box", "68 68 64 64\nx 1 2 3\n", ["m.box", "line 2", "expected numbers"]),
+    ("m.box", "10 10 0 0\n", ["m.box", "box > 0"]),
+    ("m.box", "#micrograph: m.mrc\n#helix: (1, 2),(3, 4),64\n1 2\n", ["m.box", "helicon filament"]),
+    ("m.box", "1 2 64 64 -1\n9 9 64 64 -2\n", ["m.box", "filament start/end"]),
+    ("m.cbox", CRYOLO_CBOX.replace("_Width #4", "_Wide #4"), ["m.cbox", "crYOLO .cbox", "_Width"]),
+    ("m.cbox", "data_other\n\nloop_\n_a #1\n1\n", ["m.cbox", "no data_cryolo block"]),
+    ("m.cbox", "1 2 3\n", ["m.cbox", "at least 4 numbers"]),
+], ids=["box-3-columns", "box-not-a-number", "box-zero-box", "box-helicon", "box-filament-ends", "cbox-no-width",
+        "cbox-no-cryolo-block", "cbox-old-3-columns"])
+def test_broken_box_and_cbox_files_are_refused_naming_file_and_problem(tmp_path, capsys, name, text, words):
+    (tmp_path / name).write_text(text)
+    (tmp_path / "ref.csv").write_text("micrograph,x_px,y_px,diameter_px\nm,100,100,50\n")
     assert main([f"picks={tmp_path / name}", f"reference={tmp_path / 'ref.csv'}"]) == 2
     err = capsys.readouterr().err.strip()
-    assert f"{fmt} files are not read by lipoframe evaluate" in err and len(err.splitlines()) == 1
+    assert all(w in err for w in words), err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_box_and_cbox_rows_of_tiff_micrographs_are_flipped_back(tmp_path, capsys):
+    import tifffile
+
+    from lipoframe.evaluate import EvaluationInputError
+    from lipoframe.io.cbox import cbox_text
+    from lipoframe.io.eman import box_text
+
+    ny = 300
+    mics = tmp_path / "mics"
+    mics.mkdir()
+    tifffile.imwrite(mics / "a.tif", np.zeros((ny, 200), np.float32))
+    x, y = np.array([50.0, 150.0]), np.array([40.0, 100.0])
+    flipped = ny - 1 - y  # what crYOLO, EMAN2 and lipoframe's writers store for a TIFF
+    (tmp_path / "picks").mkdir()
+    (tmp_path / "picks" / "a.cbox").write_text(cbox_text(x, flipped, box=[64, 64], diameter=[60, 60], confidence=[1, 2]))
+    (tmp_path / "picks" / "a.box").write_text(box_text(x, flipped, box=[64, 64]))
+    for f in ("a.cbox", "a.box"):
+        assert read_picks(tmp_path / "picks" / f, micrographs=mics)[0]["y_px"].tolist() == y.tolist()
+        assert read_reference(tmp_path / "picks" / f, micrographs=mics)["y_px"].tolist() == y.tolist()
+        with pytest.raises(EvaluationInputError, match=r"a\.\w*box: .* rows of TIFF micrograph\(s\) a count from the bottom.*micrographs="):
+            read_picks(tmp_path / "picks" / f, flip_y=True)
+    table([("a", 50, 40, 60), ("a", 150, 100, 60)]).to_csv(tmp_path / "truth.csv", index=False)
+    argv = [f"picks={tmp_path / 'picks' / 'a.cbox'}", f"reference={tmp_path / 'truth.csv'}", f"output={tmp_path / 'eval'}"]
+    assert main(argv + [f"micrographs={mics}"]) == 0
+    assert json.loads((tmp_path / "eval" / "evaluation.json").read_text())["f1"] == 1.0
+    assert main(argv + ["flip_y=true"]) == 2
+    err = capsys.readouterr().err
+    assert "crYOLO .cbox rows of TIFF micrograph(s) a" in err and "micrographs=" in err
+
+
+def _run_with_every_writer(tmp_path, run_cli, suffix: str) -> tuple[Path, pd.DataFrame]:
+    """lipoframe run on three tiny micrographs (MRC or TIFF), writer=[csv,star,cbox,box]; returns the run and its truth."""
+    import tifffile
+
+    from conftest import tiny_image, write_mrc
+
+    truths = []
+    for i in range(3):
+        image, truth = tiny_image(seed=i)
+        path = tmp_path / "mics" / f"mic_{i}{suffix}"
+        if suffix == ".mrc":
+            write_mrc(path, image)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tifffile.imwrite(path, image.astype(np.float32))
+        truths.append(truth.assign(micrograph=f"mic_{i}"))
+    run = tmp_path / "run"
+    code, _, err = run_cli("run", f"input={tmp_path / 'mics'}", f"output={run}", *TINY_ARGS, "writer=[csv,star,cbox,box]")
+    assert code == 0, err
+    return run, pd.concat(truths, ignore_index=True)
+
+
+@pytest.mark.parametrize("suffix", [".mrc", ".tif"])
+def test_a_runs_cbox_and_box_exports_score_as_its_csv(tmp_path, run_cli, suffix):
+    """Round trip: lipoframe's cbox/ and box/ folders, read back, score as its picks.csv (TIFF: rows flipped back)."""
+    run, truth = _run_with_every_writer(tmp_path, run_cli, suffix)
+    csv = read_picks(run / "picks.csv")[0]
+    accepted = csv[csv["accepted"].astype(bool)] if "accepted" in csv.columns else csv
+    cols = ["micrograph", "x_px", "y_px"]
+    cbox = read_picks(run / "cbox")[0].sort_values(cols, ignore_index=True)
+    box = read_picks(run / "box")[0].sort_values(cols, ignore_index=True)
+    mine = accepted.sort_values(cols, ignore_index=True)
+    raw = read_picks(run / "cbox", flip_y=False)[0].sort_values(cols[:2], ignore_index=True)
+    flipped = np.abs(raw["y_px"].to_numpy() - mine.sort_values(cols[:2], ignore_index=True)["y_px"].to_numpy()) > 1
+    assert flipped.all() if suffix == ".tif" else not flipped.any()  # the exports of a TIFF count rows from the bottom
+    assert len(cbox) == len(box) == len(mine) > 0
+    assert cbox["micrograph"].tolist() == mine["micrograph"].tolist() == box["micrograph"].tolist()
+    # picks.csv has 2 decimals, the CBOX 3: they agree to 0.01 px; EMAN .box centres are the nearest pixel
+    for col in ("x_px", "y_px", "diameter_px", "score"):
+        assert np.abs(cbox[col].to_numpy() - mine[col].to_numpy()).max() <= 0.01, col
+    assert np.abs(box[["x_px", "y_px"]].to_numpy() - mine[["x_px", "y_px"]].to_numpy()).max() <= 0.51
+    # against a reference that misses one particle of each micrograph and has one no pick finds
+    ref = pd.concat([truth.groupby("micrograph").tail(-1), table([("mic_0", 20, 20, 60)])], ignore_index=True)
+    ref.to_csv(tmp_path / "ref.csv", index=False)
+    want = evaluate(mine, ref).summary
+    assert want["fp"] >= 3 and want["fn"] >= 1 and 0 < want["auprc"] < 1
+    figures = ("n_picks", "tp", "fp", "fn", "precision", "recall", "f1", "duplicates", "junk_picks")
+    for folder, has_size in (("cbox", True), ("box", False)):
+        out = tmp_path / "eval" / folder
+        assert main([f"picks={run / folder}", f"reference={tmp_path / 'ref.csv'}", f"output={out}"]) == 0
+        got = json.loads((out / "evaluation.json").read_text())
+        assert {k: got[k] for k in figures} == pytest.approx({k: want[k] for k in figures}), folder
+        if has_size:
+            assert got["auprc"] == pytest.approx(want["auprc"], abs=1e-9)
+            assert got["median_diameter_error"] == pytest.approx(want["median_diameter_error"], abs=1e-3)
+            assert got["iou_rate"] == pytest.approx(want["iou_rate"])
+        else:  # no score, no size in an EMAN .box
+            assert got["auprc"] is None and got["median_diameter_error"] is None
+    # and as the reference: the run's CSV against its own exports is a perfect score
+    for folder, extra in (("cbox", []), ("box", ["reference_diameter=60"])):
+        out = tmp_path / "eval" / f"ref_{folder}"
+        assert main([f"picks={run / 'picks.csv'}", f"reference={run / folder}", f"output={out}", *extra]) == 0
+        got = json.loads((out / "evaluation.json").read_text())
+        assert (got["f1"], got["n_reference"]) == (1.0, len(mine))
+        if folder == "cbox":
+            assert got["median_diameter_error"] == pytest.approx(0.0, abs=1e-3)
 
 
 def test_cli_warns_when_no_micrograph_names_match(tmp_path, capsys):

@@ -6,11 +6,18 @@ centre in integer arithmetic (RELION ``preprocessing.cpp`` ``readCoordinates``:
 ``xpos = num1 + num3 / 2``; EMAN2 ``e2import.py``: ``x + box / 2``), so the
 box must be even and the corner is ``round(x) - box / 2``; the centre then
 comes back exactly at the nearest pixel of the pick.
+
+:func:`read_box` reads such files back (from lipoframe, EMAN2, crYOLO's
+``EMAN/`` folder or napari-boxmanager, which writes float corners): centre =
+corner + box / 2, in floating point as ``e2import.py`` does.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
 
 from lipoframe.io.coords import nearest_pixel
 
@@ -36,3 +43,104 @@ def box_text(x, y, *, box) -> str:
     cx = nearest_pixel(x) - box // 2
     cy = nearest_pixel(y) - box // 2
     return "".join(f"{a}\t{b}\t{s}\t{s}\n" for a, b, s in zip(cx.tolist(), cy.tolist(), box.tolist()))
+
+
+def numeric_rows(text: str, *, min_columns: int, layout: str) -> np.ndarray:
+    """The rows of a whitespace-separated table of numbers, cut to the columns every row has.
+
+    Blank lines and ``#`` comment lines are skipped.
+
+    Parameters
+    ----------
+    text : str
+    min_columns : int
+        Fewest numbers a row may have.
+    layout : str
+        What a row holds (e.g. ``"x_corner y_corner width height"``), for the error message.
+
+    Returns
+    -------
+    rows : (N, K) ndarray of float
+        ``K`` >= ``min_columns`` is the number of columns of the shortest row.
+
+    Raises
+    ------
+    ValueError
+        Naming the first line that has too few numbers or one that is not a number.
+    """
+    rows = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        fields = line.split()
+        if not fields or fields[0].startswith("#"):
+            continue
+        try:
+            values = [float(f) for f in fields]
+        except ValueError:
+            raise ValueError(f"line {lineno}: expected numbers ({layout}), got {line.strip()[:80]!r}") from None
+        if len(values) < min_columns:
+            raise ValueError(f"line {lineno}: expected at least {min_columns} numbers ({layout}), got {line.strip()[:80]!r}")
+        rows.append(values)
+    if not rows:
+        return np.zeros((0, min_columns))
+    k = min(len(r) for r in rows)
+    return np.array([r[:k] for r in rows], dtype=float)
+
+
+def centres_from_corners(corners: np.ndarray, *, layout: str) -> pd.DataFrame:
+    """Box centres of ``x_corner y_corner width height`` rows.
+
+    Returns
+    -------
+    DataFrame
+        ``x``, ``y`` (centre = corner + box / 2, in the file's frame) and
+        ``width``, ``height``.
+
+    Raises
+    ------
+    ValueError
+        If a value is not finite or a box is not > 0 (naming the first such row).
+    """
+    corners = np.asarray(corners, dtype=float).reshape(-1, 4)
+    bad = ~np.all(np.isfinite(corners), axis=1) | (corners[:, 2] <= 0) | (corners[:, 3] <= 0)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"particle {i + 1}: {layout} must be finite with a box > 0, got {corners[i].tolist()}")
+    return pd.DataFrame({
+        "x": corners[:, 0] + corners[:, 2] / 2, "y": corners[:, 1] + corners[:, 3] / 2,
+        "width": corners[:, 2], "height": corners[:, 3],
+    })
+
+
+def read_box(path: str | Path) -> pd.DataFrame:
+    """Particles of an EMAN ``.box`` file (2D).
+
+    Each line is ``x_corner y_corner width height``, integers or floats;
+    further columns are ignored. The centre is ``corner + box / 2``, so a
+    file :func:`box_text` wrote gives back the nearest pixel of each pick.
+
+    Parameters
+    ----------
+    path : str or Path
+
+    Returns
+    -------
+    DataFrame
+        ``x``, ``y`` (centres, in the file's frame: rows of a TIFF micrograph
+        count from the bottom), ``width``, ``height``. No rows for an empty file.
+
+    Raises
+    ------
+    OSError
+        If the file cannot be read.
+    ValueError
+        If a line is not four numbers, or the file holds filaments: EMAN
+        helicon files (``#helix`` lines) and EMAN1 start/end pairs (fifth
+        column -1, -2), whose lines are not particles.
+    """
+    text = Path(path).read_text(errors="replace")
+    if any(line.lstrip().lower().startswith(("#helix", "#micrograph", "#segment")) for line in text.splitlines()):
+        raise ValueError("an EMAN helicon filament file (#helix lines), not particle boxes")
+    rows = numeric_rows(text, min_columns=4, layout="x_corner y_corner width height")
+    if rows.shape[1] >= 5 and len(rows) >= 2 and set(rows[:, 4].tolist()) == {-1.0, -2.0}:
+        raise ValueError("EMAN1 filament start/end boxes (fifth column -1, -2), not particle boxes")
+    return centres_from_corners(rows[:, :4], layout="x_corner y_corner width height")
