@@ -74,6 +74,47 @@ def micrograph_key(name: Any) -> str:
     return _UNSAFE.sub("_", s).strip("._") or "micrograph"
 
 
+def similar_micrograph_names(pick_names, reference_names) -> list[tuple[str, str]]:
+    """Pick micrographs that miss their reference only by a name that differs at the end.
+
+    A pick micrograph with no reference micrograph of the same name is
+    reported when a reference micrograph *without picks of its own name* has
+    a similar name: one name (after :func:`micrograph_key`) is a prefix of
+    the other, as ``mic_001_dn`` and ``mic_001``. Such picks all count as
+    false positives and the reference's particles as misses. Micrographs
+    legitimately absent from the reference (a suite's empty micrograph)
+    have no such partner and are not reported; nor is ``mic_10`` when
+    ``mic_1`` has picks of its own.
+
+    Parameters
+    ----------
+    pick_names, reference_names : iterable of str
+        Micrograph names of the picks and of the reference.
+
+    Returns
+    -------
+    pairs : list of (str, str)
+        ``(pick micrograph, similar reference micrograph)`` by pick name;
+        the longest similar name when there are several.
+    """
+    import bisect
+
+    picks = {micrograph_key(n) for n in pick_names}
+    refs = {micrograph_key(n) for n in reference_names}
+    orphans = sorted(refs - picks)  # reference micrographs no pick micrograph is named after
+    orphan_set = set(orphans)
+    pairs = []
+    for name in sorted(picks - refs):
+        similar = [name[:k] for k in range(1, len(name)) if name[:k] in orphan_set]  # references that are a prefix
+        i = bisect.bisect_left(orphans, name)
+        while i < len(orphans) and orphans[i].startswith(name):  # references the pick name is a prefix of
+            similar.append(orphans[i])
+            i += 1
+        if similar:
+            pairs.append((name, max(similar, key=len)))
+    return pairs
+
+
 # ---------------------------------------------------------------------------
 # Geometry
 # ---------------------------------------------------------------------------
@@ -1399,6 +1440,13 @@ def main(argv: list[str]) -> int:
     if pick_keys and ref_keys and not pick_keys & ref_keys:
         print(f"lipoframe evaluate: warning: no micrograph name in common (picks: {', '.join(sorted(pick_keys)[:3])}, ...; "
               f"reference: {', '.join(sorted(ref_keys)[:3])}, ...)", file=sys.stderr)
+    similar = similar_micrograph_names(pick_keys, ref_keys)
+    if similar:  # a partial mismatch (mic_001_dn against mic_001) scored without a word: extra false positives and misses
+        more = f" and {len(similar) - 3} more" if len(similar) > 3 else ""
+        print(f"lipoframe evaluate: warning: {len(similar)} pick micrograph(s) have no reference micrograph of the same name "
+              f"but one of a similar name: {', '.join(f'{p} (reference: {r})' for p, r in similar[:3])}{more}; their picks "
+              "count as false positives and those references' particles as misses; rename one side (names are matched "
+              "after dropping folders and an image suffix)", file=sys.stderr)
     print(format_per_micrograph(res.per_micrograph))
     print()
     print(format_summary(res.summary))

@@ -609,6 +609,42 @@ def test_cli_warns_when_no_micrograph_names_match(tmp_path, capsys):
     assert "no micrograph name in common" in capsys.readouterr().err
 
 
+def test_cli_warns_when_pick_micrographs_have_only_a_similar_name_in_the_reference(tmp_path, capsys):
+    # Picks of denoised copies (mic_00k_dn) against a reference of the originals (mic_00k): each scored as
+    # false positives plus misses, without a word while one name (mic_005) matched.
+    picks = [(f"mic_00{k}_dn", 100, 100, 50) for k in range(1, 5)] + [("mic_005", 100, 100, 50), ("empty", 300, 300, 50)]
+    ref = [(f"mic_00{k}", 100, 100, 50) for k in range(1, 6)]
+    table(picks).to_csv(tmp_path / "p.csv", index=False)
+    table(ref).to_csv(tmp_path / "r.csv", index=False)
+    assert main([f"picks={tmp_path / 'p.csv'}", f"reference={tmp_path / 'r.csv'}"]) == 0
+    err = capsys.readouterr().err
+    assert "4 pick micrograph(s) have no reference micrograph of the same name but one of a similar name" in err
+    assert "mic_001_dn (reference: mic_001), mic_002_dn (reference: mic_002), mic_003_dn (reference: mic_003) and 1 more" in err
+    assert "empty" not in err  # a micrograph legitimately absent from the reference
+    assert "no micrograph name in common" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("picks, ref", [
+    (["s01", "s02", "empty"], ["s01", "s02"]),  # a suite's empty micrograph: no reference, nothing similar
+    (["mic_1", "mic_10"], ["mic_1"]),  # mic_1 has its own picks: mic_10 is another micrograph
+    (["mic_001_dn.mrc"], ["Movies/mic_001_dn.tif"]),  # the same name after dropping folders and suffixes
+])
+def test_no_similar_name_warning_for_micrographs_legitimately_absent(tmp_path, capsys, picks, ref):
+    table([(n, 100, 100, 50) for n in picks]).to_csv(tmp_path / "p.csv", index=False)
+    table([(n, 100, 100, 50) for n in ref]).to_csv(tmp_path / "r.csv", index=False)
+    assert main([f"picks={tmp_path / 'p.csv'}", f"reference={tmp_path / 'r.csv'}"]) == 0
+    assert "similar name" not in capsys.readouterr().err
+
+
+def test_similar_micrograph_names_pairs_each_pick_name_with_its_reference():
+    from lipoframe.evaluate import similar_micrograph_names
+
+    assert similar_micrograph_names(["mic_001_dn.mrc", "mic_002", "x"], ["mic_001", "mic_002_full.tif", "y"]) == [
+        ("mic_001_dn", "mic_001"), ("mic_002", "mic_002_full")]
+    assert similar_micrograph_names(["a_1_dn", "a_1"], ["a_1"]) == []  # a_1 is matched by its own name
+    assert similar_micrograph_names(["mic_1_dn"], ["mic", "mic_1"]) == [("mic_1_dn", "mic_1")]  # the longest
+
+
 @pytest.mark.parametrize("argv, word", [
     (["picks=a.csv", "reference=b.csv", "bogus=1"], "bogus"),
     (["picks=a.csv", "reference=b.csv", "tolerance=abc"], "tolerance"),
