@@ -857,11 +857,7 @@ def load_work(
     try:
         csv_path, json_path = _work_paths(out_dir, name)
         info = json.loads(json_path.read_text())
-        if fingerprint is not None and info.get("fingerprint") != fingerprint:
-            return None
-        if source is not None and info.get("source") not in (None, source):
-            return None
-        if version is not None and info.get("lipoframe") != version:
+        if not _work_info_matches(info, fingerprint, source, version):
             return None
         picks = _read_work_csv(csv_path)
         if len(picks) != int(info["n_picks"]):
@@ -869,6 +865,50 @@ def load_work(
         return MicrographMeta.from_dict(info["meta"]), picks
     except (OSError, ValueError, KeyError, TypeError, pd.errors.ParserError):
         return None
+
+
+def _work_info_matches(info: dict, fingerprint: str | None, source: dict | None, version: str | None) -> bool:
+    """Whether a saved result's JSON was made with ``fingerprint``, from ``source`` and by ``version`` (None: any)."""
+    if fingerprint is not None and info.get("fingerprint") != fingerprint:
+        return False
+    if source is not None and info.get("source") not in (None, source):
+        return False
+    return version is None or info.get("lipoframe") == version
+
+
+def saved_counts(
+    out_dir: Path, wanted: dict[str, dict | None], fingerprint: str | None = None, *, version: str | None = None
+) -> dict[str, tuple[int, int]]:
+    """Rows and accepted rows of the saved results :func:`load_work` would return.
+
+    ``wanted`` maps each name to the source stamp to check (see
+    :func:`load_work`); the names whose result it would refuse are not in
+    the answer. The tables are parsed in one go (:func:`_read_work_at_once`)
+    where they allow it, else one by one with :func:`load_work`: on resume,
+    a parse per saved micrograph cost more than the dataset step itself.
+    """
+    names = []
+    for name, source in wanted.items():
+        try:
+            info = json.loads(_work_paths(out_dir, name)[1].read_text())
+            if not isinstance(info, dict) or not _work_info_matches(info, fingerprint, source, version):
+                continue
+        except (OSError, ValueError):
+            continue
+        names.append(name)
+    at_once = _read_work_at_once(out_dir, names) if names else None
+    if at_once is not None and at_once[0][schema.ACCEPTED].dtype == bool:
+        picks, _, rows = at_once
+        ends = np.cumsum(rows)
+        accepted = np.concatenate([[0], np.cumsum(picks[schema.ACCEPTED].to_numpy())])
+        return {n: (int(r), int(accepted[e] - accepted[e - r])) for n, r, e in zip(names, rows, ends)}
+    counts = {}
+    for name in names:
+        done = load_work(out_dir, name, fingerprint, source=wanted[name], version=version)
+        if done is not None:
+            picks = done[1]
+            counts[name] = (len(picks), int(picks[schema.ACCEPTED].sum()) if len(picks) else 0)
+    return counts
 
 
 def _read_work_csv(source) -> pd.DataFrame:
@@ -1559,6 +1599,15 @@ def _collect_work_at_once(out_dir: Path, names: list[str]) -> tuple[pd.DataFrame
     """:func:`collect_work` with one CSV parse for all micrographs (pandas' fixed
     cost per file dominates small tables), or None to take the file-by-file path.
 
+    See :func:`_read_work_at_once`.
+    """
+    at_once = _read_work_at_once(out_dir, names)
+    return None if at_once is None else at_once[:2]
+
+
+def _read_work_at_once(out_dir: Path, names: list[str]) -> tuple[pd.DataFrame, dict[str, MicrographMeta], list[int]] | None:
+    """The saved tables of ``names`` in one CSV parse, their metadata and each one's row count, or None.
+
     The result is the same table: the files share one header and are joined
     below it, so the same parser reads the same text with the same options,
     and empty files add no rows. Any file that is missing, incomplete or not
@@ -1566,7 +1615,7 @@ def _collect_work_at_once(out_dir: Path, names: list[str]) -> tuple[pd.DataFrame
     says) sends the whole collection to the file-by-file path.
     """
     metas: dict[str, MicrographMeta] = {}
-    header, bodies, expected = None, [], 0
+    header, bodies, rows = None, [], []
     for name in names:
         csv_path, json_path = _work_paths(out_dir, name)
         try:
@@ -1584,14 +1633,14 @@ def _collect_work_at_once(out_dir: Path, names: list[str]) -> tuple[pd.DataFrame
         header = head
         bodies.append(body)
         metas[name] = meta
-        expected += n_picks
+        rows.append(n_picks)
     if header is None:
         return None
     try:
         picks = _read_work_csv(io.StringIO(header + "\n" + "".join(bodies)))
     except (ValueError, TypeError, pd.errors.ParserError):
         return None
-    return (picks, metas) if len(picks) == expected else None
+    return (picks, metas, rows) if len(picks) == sum(rows) else None
 
 
 @dataclass
@@ -1681,21 +1730,25 @@ def run_jobs(jobs: list[MicJob], cfg: LipoframeConfig, stages: StageSet, *, prog
 
     version = stages.code_version or __version__
 
-    def saved(job: MicJob, status: str) -> MicResult | None:
-        """The job's current saved result (same settings, input files and code version), if any."""
-        stamp = input_stamp(job.path, job.name, stages)
-        done = None if stamp is None else load_work(job.out_dir, job.name, job.fingerprint, source=stamp, version=version)
-        if done is None:
-            return None
-        picks = done[1]
-        n_acc = int(picks[schema.ACCEPTED].sum()) if len(picks) else 0
-        return MicResult(job.name, str(job.path), status, len(picks), n_acc)
+    def saved(jobs: list[MicJob], status: str) -> dict[str, MicResult]:
+        """The jobs' current saved results (same settings, input files and code version), by name."""
+        found: dict[str, MicResult] = {}
+        by_run: dict[tuple[Path, str], dict[str, MicJob]] = {}
+        for job in jobs:
+            by_run.setdefault((job.out_dir, job.fingerprint), {})[job.name] = job
+        for (out_dir, fingerprint), named in by_run.items():
+            stamps = {name: input_stamp(job.path, name, stages) for name, job in named.items()}
+            wanted = {name: stamp for name, stamp in stamps.items() if stamp is not None}
+            for name, (n, n_acc) in saved_counts(out_dir, wanted, fingerprint, version=version).items():
+                found[name] = MicResult(name, str(named[name].path), status, n, n_acc)
+        return found
 
     results: list[MicResult] = []
     todo: list[MicJob] = []
+    done_before = saved([job for job in jobs if job.resume], "skipped")
     for job in jobs:
-        if job.resume and (res := saved(job, "skipped")) is not None:
-            results.append(res)
+        if job.name in done_before:
+            results.append(done_before[job.name])
             continue
         todo.append(MicJob(job.path, job.name, job.out_dir, job.fingerprint, False, job.verbose))
     if results:
@@ -1728,9 +1781,8 @@ def run_jobs(jobs: list[MicJob], cfg: LipoframeConfig, stages: StageSet, *, prog
         # A micrograph whose result was saved just before Ctrl-C/SIGTERM, but
         # not yet reported back, is done: count it (the dataset outputs use it).
         seen = {r.name for r in results}
-        for job in todo:
-            if job.name not in seen and (res := saved(job, "ok")) is not None:
-                results.append(res)
+        late = saved([job for job in todo if job.name not in seen], "ok")
+        results.extend(late[job.name] for job in todo if job.name in late)
     return results, interrupted
 
 
