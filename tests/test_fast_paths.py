@@ -518,3 +518,20 @@ def test_median_and_mean_over_directions_equal_numpy_on_the_directions_inside():
     samples = rng.normal(size=(300, 48, 5)).astype(np.float32)
     want = np.stack([s[m].mean(axis=0) for s, m in zip(samples, inside)])
     np.testing.assert_allclose(_mean_over_directions(samples, inside), want, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("float_format", ["%.2f", "%.4f", "%.3g", "%10.3e"])
+def test_floats_formatted_gives_pandas_csv_text(float_format):
+    from lipoframe.builtin.writers import floats_formatted
+
+    rng = np.random.default_rng(1)
+    n = 400
+    df = pd.DataFrame({
+        "micrograph": rng.choice(["a", "b,c", "d e"], n), "x": rng.normal(0, 1e3, n),
+        "f32": rng.normal(size=n).astype(np.float32), "i": rng.integers(0, 9, n), "ok": rng.random(n) > 0.5,
+        "reason": rng.choice(["", "no_edge"], n), "tiny": rng.normal(0, 1e-9, n),
+    })
+    df.loc[rng.random(n) < 0.1, "x"] = np.nan
+    df.loc[:5, "x"] = [np.inf, -np.inf, -0.0, 1e300, -1e-300, 0.005]
+    df.loc[rng.random(n) < 0.1, "f32"] = np.nan
+    assert floats_formatted(df, float_format).to_csv(index=False) == df.to_csv(index=False, float_format=float_format)

@@ -53,9 +53,30 @@ def exported(picks: pd.DataFrame, ctx: PickContext) -> pd.DataFrame:
     return picks.loc[picks[schema.ACCEPTED].astype(bool)]
 
 
+def floats_formatted(df: pd.DataFrame, float_format: str) -> pd.DataFrame:
+    """``df`` with its floating-point columns as text, as ``to_csv(float_format=...)`` writes them.
+
+    ``to_csv`` of the result without ``float_format`` gives the same text as
+    ``df.to_csv(float_format=float_format)``: each float ``float_format % value``,
+    NaN the empty field. pandas formats every value through two Python calls
+    and a missing-value check; one pass over each column's list is about 5x
+    faster (a dataset's ``picks.csv`` has millions of floats).
+    """
+    floats = [i for i, dtype in enumerate(df.dtypes) if isinstance(dtype, np.dtype) and dtype.kind == "f"]
+    if not floats:
+        return df
+    out = df.copy(deep=False)
+    for i in floats:
+        values = df.iloc[:, i].to_numpy()
+        text = np.array([float_format % v for v in values.tolist()], dtype=object)
+        text[np.isnan(values)] = ""
+        out.isetitem(i, pd.Series(text, index=df.index, dtype=object))  # object: not converted to pandas' string type
+    return out
+
+
 def write_csv(df: pd.DataFrame, path: Path, *, float_format: str = "%.2f") -> Path:
     with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False, float_format=float_format)
+        floats_formatted(df, float_format).to_csv(tmp, index=False)
     return path
 
 
@@ -89,7 +110,7 @@ class CsvWriter(Writer):
         # Format the table once; each micrograph's file is the header and its
         # own lines (what to_csv of its rows would give, without the fixed
         # cost of one to_csv per micrograph).
-        text = table.to_csv(index=False, float_format=self.params.float_format)
+        text = floats_formatted(table, self.params.float_format).to_csv(index=False)
         written = [write_bytes(safe_child(out_dir, "picks.csv"), text.encode("utf-8"))]
         if self.params.per_micrograph:
             stems = file_stems(metas)
