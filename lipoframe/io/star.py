@@ -88,8 +88,7 @@ def loop_block(name: str, columns: Sequence[Column], *, width: int = 12) -> str:
     lines = [f"data_{name}", "", "loop_"]
     lines += [f"_{label} #{i}" for i, (label, _, _) in enumerate(columns, start=1)]
     cells = [_format_column(label, values, fmt, width) for label, values, fmt in columns]
-    for i in range(n):
-        lines.append(" ".join(col[i] for col in cells))
+    lines += map(" ".join, zip(*cells))
     return "\n".join(lines) + "\n"
 
 
