@@ -535,3 +535,19 @@ def test_floats_formatted_gives_pandas_csv_text(float_format):
     df.loc[:5, "x"] = [np.inf, -np.inf, -0.0, 1e300, -1e-300, 0.005]
     df.loc[rng.random(n) < 0.1, "f32"] = np.nan
     assert floats_formatted(df, float_format).to_csv(index=False) == df.to_csv(index=False, float_format=float_format)
+
+
+@pytest.mark.parametrize("k, size, c", [(1, 51, 12), (37, 51, 15), (5, 9, 0), (10, 41, 20)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_convolve_same_is_fftconvolve(k, size, c, dtype):
+    from scipy.signal import fftconvolve
+
+    from lipoframe.algorithms.junk import _convolve_same
+
+    rng = np.random.default_rng(k)
+    images = np.clip(rng.normal(size=(k, size, size)), 0, None).astype(dtype)
+    dy, dx = np.mgrid[-c : c + 1, -c : c + 1]
+    spot = (dy**2 + dx**2 <= c * c).astype(np.float32)
+    want = fftconvolve(images, spot[None], mode="same", axes=(1, 2))
+    got = _convolve_same(images, spot)
+    assert got.dtype == want.dtype and got.tobytes() == np.ascontiguousarray(want).tobytes()
