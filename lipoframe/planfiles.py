@@ -31,7 +31,7 @@ import pandas as pd
 
 from lipoframe import schema
 from lipoframe.algorithms.binning import histogram_edges, smooth_histogram
-from lipoframe.io.atomic import atomic_path, safe_child, write_text
+from lipoframe.io.atomic import atomic_path, resolve_all, safe_child, write_text
 from lipoframe.plan import OUTLIER_REASON, ExtractionPlan, _json_default, format_range
 from lipoframe.plots import BIN_COLORS
 
@@ -226,9 +226,9 @@ def bin_files(plan: ExtractionPlan, out_dir: Path, written) -> dict[int, list[st
     root = Path(out_dir).resolve()
     by_bin: dict[int, list[str]] = {b.index: [] for b in plan.bins}
     labels = {b.label: b.index for b in plan.bins}
-    for f in written:
+    for f in resolve_all(written):
         try:
-            rel = Path(f).resolve().relative_to(root)
+            rel = f.relative_to(root)
         except ValueError:
             continue
         parts = rel.parts

@@ -30,7 +30,7 @@ import pandas as pd
 from lipoframe import schema
 from lipoframe.config import RETRY_SUPPRESSED, ConfigError, LipoframeConfig
 from lipoframe.algorithms.pyramid import pow2_floor, to_binned
-from lipoframe.io.atomic import safe_child, write_text
+from lipoframe.io.atomic import resolve_all, safe_child, write_text
 from lipoframe.plan import ExtractionPlan, format_range
 from lipoframe.records import InputError, Micrograph, MicrographMeta, PickContext
 from lipoframe.registry import StageRegistry
@@ -1515,7 +1515,7 @@ def remove_stale_outputs(out_dir: Path, written: list[Path]) -> list[Path]:
     out_dir = Path(out_dir)
     record = out_dir / WRITTEN
     root = out_dir.resolve()
-    now = sorted({Path(p).resolve().relative_to(root).as_posix() for p in written if Path(p).resolve().is_relative_to(root)})
+    now = sorted({p.relative_to(root).as_posix() for p in resolve_all(written) if p.is_relative_to(root)})
     try:
         before = json.loads(record.read_text())["files"] if record.is_file() else []
     except (OSError, ValueError, KeyError, TypeError):

@@ -551,3 +551,21 @@ def test_convolve_same_is_fftconvolve(k, size, c, dtype):
     want = fftconvolve(images, spot[None], mode="same", axes=(1, 2))
     got = _convolve_same(images, spot)
     assert got.dtype == want.dtype and got.tobytes() == np.ascontiguousarray(want).tobytes()
+
+
+def test_resolve_all_is_resolve(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from lipoframe.io.atomic import resolve_all
+
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "f").write_text("x")
+    (tmp_path / "a" / "b" / "g").write_text("y")
+    (tmp_path / "a" / "link").symlink_to(tmp_path / "real")
+    (tmp_path / "a" / "flink").symlink_to(tmp_path / "a" / "b" / "g")
+    (tmp_path / "a" / "dangling").symlink_to(tmp_path / "nowhere")
+    monkeypatch.chdir(tmp_path / "a")
+    paths = ["b/g", "link/f", "flink", "dangling", "../a/b/g", ".", "..", "b/..", "b/missing", "nodir/x",
+             str(tmp_path / "a" / "link" / "f"), tmp_path / "a" / "b" / "g", "link/../b/g"]
+    assert resolve_all(paths) == [Path(p).resolve() for p in paths]

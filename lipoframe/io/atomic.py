@@ -68,3 +68,23 @@ def safe_child(root: str | os.PathLike, *parts: str) -> Path:
     if target != root_path and root_path not in target.parents:
         raise ValueError(f"refusing to write {target}: outside the output folder {root_path}")
     return target
+
+
+def resolve_all(paths) -> list[Path]:
+    """``[Path(p).resolve() for p in paths]``, resolving each folder once.
+
+    A file that is not a symbolic link resolves to its resolved folder plus
+    its name; the writers' thousands of files share a few folders, and
+    :meth:`~pathlib.Path.resolve` looks up every component of every path.
+    """
+    folders: dict[Path, Path] = {}
+    out = []
+    for p in map(Path, paths):
+        if p.name in ("", ".", "..") or p.is_symlink():
+            out.append(p.resolve())
+            continue
+        folder = folders.get(p.parent)
+        if folder is None:
+            folder = folders[p.parent] = p.parent.resolve()
+        out.append(folder / p.name)
+    return out
