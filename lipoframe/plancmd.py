@@ -265,7 +265,7 @@ def run_micrographs(run_dir: Path) -> tuple[list[str], list]:
     PlanError
         If the run saved no per-micrograph results.
     """
-    from lipoframe.runner import MANIFEST, WORK_DIR, MicResult, load_work
+    from lipoframe.runner import MANIFEST, WORK_DIR, MicResult, saved_counts
 
     work = run_dir / WORK_DIR
     saved = sorted(p.stem for p in work.glob("*.json")) if work.is_dir() else []
@@ -285,20 +285,16 @@ def run_micrographs(run_dir: Path) -> tuple[list[str], list]:
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         pass
     results: list = []
-    loaded: dict[str, Any] = {}
-    for name in saved:
-        done = load_work(run_dir, name)
-        if done is not None:
-            loaded[name] = done
+    # (meta, rows, accepted rows) of each complete saved result, all read in one go
+    loaded: dict[str, Any] = saved_counts(run_dir, dict.fromkeys(saved))
     if not order:
         order = sorted(((n, d[0].path) for n, d in loaded.items()), key=lambda t: (t[1], t[0]))
     named = {n for n, _ in order}
     order += sorted(((n, d[0].path) for n, d in loaded.items() if n not in named), key=lambda t: (t[1], t[0]))
     for name, path in order:
         if name in loaded:
-            picks = loaded[name][1]
-            n_acc = int(picks["accepted"].sum()) if len(picks) else 0
-            results.append(MicResult(name, path, "skipped", len(picks), n_acc))
+            _, n_picks, n_acc = loaded[name]
+            results.append(MicResult(name, path, "skipped", n_picks, n_acc))
         else:
             err = failures.get(path) or f"{path}: no complete saved result in {WORK_DIR}/"
             results.append(MicResult(name, path, "failed", error=err))

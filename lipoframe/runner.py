@@ -878,8 +878,8 @@ def _work_info_matches(info: dict, fingerprint: str | None, source: dict | None,
 
 def saved_counts(
     out_dir: Path, wanted: dict[str, dict | None], fingerprint: str | None = None, *, version: str | None = None
-) -> dict[str, tuple[int, int]]:
-    """Rows and accepted rows of the saved results :func:`load_work` would return.
+) -> dict[str, tuple[MicrographMeta, int, int]]:
+    """Metadata, rows and accepted rows of the saved results :func:`load_work` would return.
 
     ``wanted`` maps each name to the source stamp to check (see
     :func:`load_work`); the names whose result it would refuse are not in
@@ -898,16 +898,16 @@ def saved_counts(
         names.append(name)
     at_once = _read_work_at_once(out_dir, names) if names else None
     if at_once is not None and at_once[0][schema.ACCEPTED].dtype == bool:
-        picks, _, rows = at_once
+        picks, metas, rows = at_once
         ends = np.cumsum(rows)
         accepted = np.concatenate([[0], np.cumsum(picks[schema.ACCEPTED].to_numpy())])
-        return {n: (int(r), int(accepted[e] - accepted[e - r])) for n, r, e in zip(names, rows, ends)}
+        return {n: (metas[n], int(r), int(accepted[e] - accepted[e - r])) for n, r, e in zip(names, rows, ends)}
     counts = {}
     for name in names:
         done = load_work(out_dir, name, fingerprint, source=wanted[name], version=version)
         if done is not None:
-            picks = done[1]
-            counts[name] = (len(picks), int(picks[schema.ACCEPTED].sum()) if len(picks) else 0)
+            meta, picks = done
+            counts[name] = (meta, len(picks), int(picks[schema.ACCEPTED].sum()) if len(picks) else 0)
     return counts
 
 
@@ -1739,7 +1739,7 @@ def run_jobs(jobs: list[MicJob], cfg: LipoframeConfig, stages: StageSet, *, prog
         for (out_dir, fingerprint), named in by_run.items():
             stamps = {name: input_stamp(job.path, name, stages) for name, job in named.items()}
             wanted = {name: stamp for name, stamp in stamps.items() if stamp is not None}
-            for name, (n, n_acc) in saved_counts(out_dir, wanted, fingerprint, version=version).items():
+            for name, (_, n, n_acc) in saved_counts(out_dir, wanted, fingerprint, version=version).items():
                 found[name] = MicResult(name, str(named[name].path), status, n, n_acc)
         return found
 
