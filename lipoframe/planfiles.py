@@ -33,7 +33,7 @@ from lipoframe import schema
 from lipoframe.algorithms.binning import histogram_edges, smooth_histogram
 from lipoframe.io.atomic import atomic_path, resolve_all, safe_child, write_text
 from lipoframe.plan import OUTLIER_REASON, ExtractionPlan, _json_default, format_range
-from lipoframe.plots import BIN_COLORS
+from lipoframe.plots import bin_color
 
 log = logging.getLogger("lipoframe")
 
@@ -114,10 +114,6 @@ def size_histogram_table(plan: ExtractionPlan, picks: pd.DataFrame) -> pd.DataFr
 # ---------------------------------------------------------------------------
 # Plot
 # ---------------------------------------------------------------------------
-#: The same colour per bin as the overlays and the report (colour-blind safe).
-_BIN_COLORS = BIN_COLORS
-
-
 def plot_size_histogram(plan: ExtractionPlan, picks: pd.DataFrame, ax=None, *, table: pd.DataFrame | None = None):
     """Draw the size histogram with smoothed curve, bin edges and box sizes.
 
@@ -162,7 +158,7 @@ def plot_size_histogram(plan: ExtractionPlan, picks: pd.DataFrame, ax=None, *, t
     for b in plan.bins:
         h = t[b.label].to_numpy() if b.label in t.columns else np.zeros(len(t))
         nz = h > 0
-        ax.bar(left[nz], h[nz], width=width[nz], bottom=bottom[nz], align="edge", color=_BIN_COLORS[b.index % len(_BIN_COLORS)],
+        ax.bar(left[nz], h[nz], width=width[nz], bottom=bottom[nz], align="edge", color=bin_color(b.index),
                alpha=0.8, edgecolor="white", linewidth=0.4)
         bottom = bottom + h
     if n_out:
@@ -188,7 +184,7 @@ def plot_size_histogram(plan: ExtractionPlan, picks: pd.DataFrame, ax=None, *, t
     top = 1.32 + 0.36 * (len(last) - 1)
     ax.set_ylim(0, ymax * top)
     for i, b in enumerate(plan.bins):
-        color = _BIN_COLORS[b.index % len(_BIN_COLORS)]
+        color = bin_color(b.index)  # the same colour per bin as the overlays and the report
         ax.axvspan(b.d_min_px, b.d_max_px, color=color, alpha=0.07, lw=0)
         for x in (b.d_min_px, b.d_max_px):
             ax.axvline(x, color="0.25", ls="--", lw=0.9)

@@ -288,6 +288,27 @@ def test_the_histogram_legend_does_not_cover_a_bin_label(stray):
     assert ax.get_window_extent(renderer).contains(legend.x0, legend.y0) and ax.get_window_extent(renderer).contains(legend.x1, legend.y1)
 
 
+def test_the_histogram_colours_every_bin_as_the_overlays_do():
+    # past the seven Okabe-Ito colours the overlays, crops and scatter plot go on with tab20
+    # (plots.bin_color); the histogram started the palette again, so bin 8 was bin 1's orange
+    from matplotlib.colors import to_hex
+
+    from lipoframe.builtin.binning import QuantileBinner, QuantileParams
+    from lipoframe.planfiles import plot_size_histogram
+    from lipoframe.plots import BIN_COLORS, bin_color
+
+    d = np.linspace(100, 500, 450)
+    picks = pd.DataFrame({schema.MICROGRAPH: "m", schema.X: 0.0, schema.Y: 0.0, schema.DIAMETER: d,
+                          schema.ACCEPTED: True, schema.REASON: ""})
+    res = QuantileBinner(QuantileParams(n_bins=9)).assign(picks, {}, CTX)
+    assert res.plan.n_bins == 9 > len(BIN_COLORS)
+    ax = plot_size_histogram(res.plan, res.picks).axes[0]
+    labels = {t.get_text().split("\n")[0]: to_hex(t.get_color()) for t in ax.texts if t.get_text().startswith("bin ")}
+    assert labels == {f"bin {b.index + 1}": to_hex(bin_color(b.index)) for b in res.plan.bins}
+    bars = {to_hex(p.get_facecolor(), keep_alpha=False) for c in ax.containers for p in c}
+    assert bars == {to_hex(bin_color(b.index)) for b in res.plan.bins}
+
+
 # ---------------------------------------------------------------------------
 # lipoframe plan
 # ---------------------------------------------------------------------------
