@@ -192,8 +192,9 @@ def plot_size_histogram(plan: ExtractionPlan, picks: pd.DataFrame, ax=None, *, t
         if b.mask_diameter_A is not None:
             label += f"\nmask {b.mask_diameter_A:.0f} Å"
         y = ymax * (top - 0.04 - 0.36 * rows[i])
-        ax.text(centers_x[i], y, label, ha="center", va="top", fontsize=8.5, color=color, fontweight="bold",
-                bbox={"facecolor": "white", "alpha": 0.7, "edgecolor": "none", "pad": 1.0} if crowded else None)
+        # dark text framed in the bin's colour: the light colours (yellow, sky blue) cannot be read as text on white
+        ax.text(centers_x[i], y, label, ha="center", va="top", fontsize=8.5, color="0.15", fontweight="bold",
+                bbox={"facecolor": "white", "alpha": 0.85 if crowded else 0.7, "edgecolor": color, "linewidth": 1.5, "pad": 2.0})
     if plan.accepted_range_px is not None:
         lo, hi = plan.accepted_range_px
         ax.axvline(lo, color="#C44E52", lw=1.2)

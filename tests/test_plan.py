@@ -303,10 +303,41 @@ def test_the_histogram_colours_every_bin_as_the_overlays_do():
     res = QuantileBinner(QuantileParams(n_bins=9)).assign(picks, {}, CTX)
     assert res.plan.n_bins == 9 > len(BIN_COLORS)
     ax = plot_size_histogram(res.plan, res.picks).axes[0]
-    labels = {t.get_text().split("\n")[0]: to_hex(t.get_color()) for t in ax.texts if t.get_text().startswith("bin ")}
+    labels = {t.get_text().split("\n")[0]: to_hex(t.get_bbox_patch().get_edgecolor()) for t in ax.texts
+              if t.get_text().startswith("bin ")}
     assert labels == {f"bin {b.index + 1}": to_hex(bin_color(b.index)) for b in res.plan.bins}
     bars = {to_hex(p.get_facecolor(), keep_alpha=False) for c in ax.containers for p in c}
     assert bars == {to_hex(bin_color(b.index)) for b in res.plan.bins}
+
+
+def _contrast_on_white(color) -> float:
+    """WCAG contrast ratio of ``color`` on white (1 = invisible, 4.5 = readable small text)."""
+    from matplotlib.colors import to_rgb
+
+    c = np.array(to_rgb(color))
+    lum = float(np.dot([0.2126, 0.7152, 0.0722], np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)))
+    return 1.05 / (lum + 0.05)
+
+
+def test_the_histogram_bin_labels_are_readable_on_white():
+    # the labels were written in the bin's own colour: bin 3's Okabe-Ito yellow on the white axes
+    # (contrast 1.3) could not be read; the colour now frames the label
+    from matplotlib.colors import to_hex
+
+    from lipoframe.builtin.binning import QuantileBinner, QuantileParams
+    from lipoframe.planfiles import plot_size_histogram
+    from lipoframe.plots import bin_color
+
+    d = np.linspace(100, 500, 300)
+    picks = pd.DataFrame({schema.MICROGRAPH: "m", schema.X: 0.0, schema.Y: 0.0, schema.DIAMETER: d,
+                          schema.ACCEPTED: True, schema.REASON: ""})
+    res = QuantileBinner(QuantileParams(n_bins=3)).assign(picks, {}, CTX)
+    ax = plot_size_histogram(res.plan, res.picks).axes[0]
+    labels = [t for t in ax.texts if t.get_text().startswith("bin ")]
+    assert len(labels) == 3
+    for b, t in zip(res.plan.bins, labels):
+        assert _contrast_on_white(t.get_color()) >= 4.5, t.get_text()
+        assert to_hex(t.get_bbox_patch().get_edgecolor()) == to_hex(bin_color(b.index))
 
 
 # ---------------------------------------------------------------------------
