@@ -532,12 +532,20 @@ def choose_crops(picks: pd.DataFrame, metas: dict[str, MicrographMeta], plan: Ex
 
 
 def _thresholds(config: dict, stage_names: dict) -> list[tuple[str, float]]:
-    """Score thresholds of the run: the detector's (when in MAD units = score units) and score filters'."""
+    """Score thresholds of the run: the detector's (when in MAD units = score units) and score filters'.
+
+    The scale-space detectors (``dog``, ``log`` and ``edge``, the default) score a candidate by its
+    response in MAD units; with ``threshold_method=mad`` their ``threshold``, and a lower
+    ``weak_threshold`` down to which they also report weak candidates, are on the score axis.
+    """
     out = []
     det = config.get("detector") if isinstance(config.get("detector"), dict) else {}
-    blob = stage_names.get("detector") in (None, "dog", "log")  # their score is the response in MAD units
+    blob = stage_names.get("detector") in (None, "dog", "log", "edge")  # their score is the response in MAD units
     if blob and det.get("threshold_method") == "mad" and det.get("threshold") is not None:
         out.append(("detector.threshold", float(det["threshold"])))
+        weak = det.get("weak_threshold")
+        if weak is not None and float(weak) < float(det["threshold"]):
+            out.append(("detector.weak_threshold", float(weak)))
     for name, params in (config.get("filter") or {}).items():
         if isinstance(params, dict) and params.get("min_score") is not None:
             out.append((f"filter.{name}.min_score", float(params["min_score"])))

@@ -199,6 +199,26 @@ def test_dataset_plots_are_pngs_even_without_picks():
         assert img.format == "PNG" and min(img.size) > 100
 
 
+@pytest.mark.parametrize("detector", ["edge", "dog"])
+def test_score_plot_marks_the_detector_thresholds_of_every_scale_space_detector(detector):
+    # the default detector, edge, scores in the same MAD units as dog/log, but its threshold and
+    # weak_threshold (the weak candidates the population filter may accept) were not marked
+    from lipoframe.builtin.detectors import DogParams, EdgeParams
+
+    params = {"edge": EdgeParams(), "dog": DogParams(weak_threshold=4.5)}[detector]
+    config = {"detector": {"threshold_method": "mad", "threshold": params.threshold,
+                           "weak_threshold": params.weak_threshold},
+              "filter": {"score": {"min_score": 9.0}}}
+    assert report._thresholds(config, {"detector": detector}) == [
+        ("detector.threshold", params.threshold), ("detector.weak_threshold", params.weak_threshold),
+        ("filter.score.min_score", 9.0)]
+    # not in score units: a percentile threshold, or another detector's threshold
+    config["detector"]["threshold_method"] = "percentile"
+    assert report._thresholds(config, {"detector": detector}) == [("filter.score.min_score", 9.0)]
+    config["detector"]["threshold_method"] = "mad"
+    assert report._thresholds(config, {"detector": "membrane"}) == [("filter.score.min_score", 9.0)]
+
+
 # ---------------------------------------------------------------------------
 # The report of a run
 # ---------------------------------------------------------------------------
