@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Sequence
 
 from lipoframe.config import ConfigError, LipoframeConfig, config_dir, store_schema, to_run_config
 
@@ -126,8 +127,16 @@ def _stage_options(group: str, exc: BaseException) -> str:
     return ", ".join(options) or "none"
 
 
-def validate_overrides(overrides: list[str]) -> LipoframeConfig:
+def validate_overrides(overrides: list[str], *, config_dirs: Sequence[str] = ()) -> LipoframeConfig:
     """Compose and validate the config once, so errors appear before any work.
+
+    Parameters
+    ----------
+    overrides : list of str
+        The ``key=value`` words of one job.
+    config_dirs : sequence of str, optional
+        Folders of the user's own presets (``-cd DIR``), searched after
+        lipoframe's own config tree, as Hydra does for the run.
 
     Returns
     -------
@@ -144,6 +153,11 @@ def validate_overrides(overrides: list[str]) -> LipoframeConfig:
     from lipoframe.runner import check_retry_suppressed
 
     plain = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
+    for d in config_dirs:
+        if not Path(d).is_dir():
+            raise ConfigError(f"--config-dir: {d}: no such folder")
+    if config_dirs:
+        plain.append("hydra.searchpath=[" + ",".join(f"'file://{Path(d).resolve()}'" for d in config_dirs) + "]")
     _, registry = prepare_hydra()  # cached: stage options must be in ConfigStore
     try:
         with initialize_config_dir(version_base="1.3", config_dir=str(config_dir()), job_name="lipoframe"):
@@ -228,6 +242,19 @@ def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
     return flags, overrides
 
 
+def _flag_values(flags: list[str], names: tuple[str, ...]) -> list[str]:
+    """The values given to the flags ``names`` in ``flags`` (``-cd DIR`` or ``--config-dir=DIR``)."""
+    values = []
+    for i, f in enumerate(flags):
+        name, eq, value = f.partition("=")
+        if name in names:
+            if eq:
+                values.append(value)
+            elif i + 1 < len(flags):
+                values.append(flags[i + 1])
+    return values
+
+
 _INPUT_KEYS = ("input", "+input", "++input")
 
 
@@ -265,8 +292,10 @@ def run(argv: list[str]) -> int:
               "run it without -m, once per combination you want to see", file=sys.stderr)
         return 2
     info_only = any(f in ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--resolve", "--shell-completion", "-sc") for f in flags)
-    # With a config folder or file of the user's, Hydra composes (and reports) itself.
-    own_config = any(f.split("=", 1)[0] in ("--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn") for f in flags)
+    # With a primary config of the user's, Hydra composes (and reports) itself; a folder of
+    # presets (-cd DIR) is searched after lipoframe's own config tree, here as in the run.
+    own_config = any(f.split("=", 1)[0] in ("--config-path", "-cp", "--config-name", "-cn") for f in flags)
+    config_dirs = _flag_values(flags, ("--config-dir", "-cd"))
     if not info_only and not own_config:
         # Every job's config is checked before the first one starts.
         jobs = sweep_jobs(overrides) if multirun else [overrides]
@@ -274,7 +303,7 @@ def run(argv: list[str]) -> int:
         resolved_output = None
         for job in jobs or []:
             try:
-                job_cfg = validate_overrides(job)
+                job_cfg = validate_overrides(job, config_dirs=config_dirs)
             except ConfigError as exc:
                 where = f" (job {' '.join(job)})" if multirun else ""
                 print(f"lipoframe: config error: {exc}{where}", file=sys.stderr)

@@ -281,6 +281,33 @@ def test_own_config_folder_with_hydra_flags(tiny_mrcs, tmp_path, run_cli):
 
 
 @pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["+lab=small", "nms.bta=1"], "nms.bta: Key 'bta' not in 'SizeAwareParams'; did you mean nms.beta?"),
+        (["+lab=small", "dmin=abc"], "dmin: Value 'abc' of type 'str' could not be converted to Float"),
+        (["+lab=small", "detector=nope"], "detector=nope: no detector stage named 'nope'"),
+        (["+lab=big"], "lab=big: no such option; available: small"),
+        (["-m", "+lab=small", "nms.beta=0.6,3"], "nms.beta must be in (0, 2], got 3.0 (job +lab=small nms.beta=3"),
+    ],
+)
+def test_config_errors_with_own_presets_are_one_line(tiny_mrcs, tmp_path, run_cli, args, message):
+    # with -cd DIR nothing was checked before Hydra ran: a typo gave Hydra's many-line error
+    # and exit code 1 (and a sweep started its jobs before a bad one failed)
+    presets = tmp_path / "presets" / "lab"
+    presets.mkdir(parents=True)
+    (presets / "small.yaml").write_text("# @package _global_\ndefaults:\n  - override /nms: size_aware\ndmin: 35\n")
+    out_dir = tmp_path / "out"
+    flags = [a for a in args if a == "-m"]
+    overrides = [a for a in args if a != "-m"]
+    code, _, err = run_cli("run", *flags, "-cd", tmp_path / "presets", *overrides, f"input={tiny_mrcs[0]}", f"output={out_dir}")
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith(f"lipoframe: config error: {message}"), err
+    assert not out_dir.exists() or not any(out_dir.rglob("picks.csv"))
+    code, _, err = run_cli("run", f"--config-dir={tmp_path / 'nowhere'}", "+lab=small", f"input={tiny_mrcs[0]}", f"output={out_dir}")
+    assert code == 2 and err == f"lipoframe: config error: --config-dir: {tmp_path / 'nowhere'}: no such folder\n"
+
+
+@pytest.mark.parametrize(
     ("overrides", "noted"),
     [
         (["nms.beta=0.6"], True),  # containment 0.4 already suppresses within 0.98 radii
