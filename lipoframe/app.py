@@ -285,6 +285,9 @@ def run(argv: list[str]) -> int:
     multirun = any(a in ("-m", "--multirun") for a in argv)
     argv = [quote_input_glob(a) for a in argv]
     flags, overrides = split_argv(argv)
+    # Hydra's argparse takes the overrides in one block after the flags: `... output=x --cfg job`
+    # (and the hydra.run.dir added below) would be refused as unrecognized arguments.
+    argv = flags + overrides
     shown = [f for f in flags if f in ("--cfg", "-c", "--info", "-i", "--shell-completion", "-sc")]
     if multirun and shown:
         # Hydra refuses the combination with a traceback; say it in one line.

@@ -44,6 +44,17 @@ def test_multirun_with_a_show_flag_gives_one_line(run_cli, flag):
     assert err.strip().count("\n") == 0 and "cannot be combined with -m" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("flags", [["--cfg", "job"], ["-c", "job", "--resolve"]])
+def test_show_flags_may_follow_the_overrides(run_cli, tmp_path, flags):
+    # `lipoframe run input=... output=run1 --cfg job` ended in an argparse usage error about
+    # `hydra.run.dir=run1`, a word the user never typed (appended after the flags)
+    code, out, err = run_cli("run", "dmin=120", f"output={tmp_path / 'run1'}", *flags, "dmax=300")
+    assert code == 0, err
+    shown = yaml.safe_load(out)
+    assert (shown["dmin"], shown["dmax"], shown["output"]) == (120.0, 300.0, str(tmp_path / "run1"))
+    assert not (tmp_path / "run1").exists()
+
+
 def test_stages_lists_every_parameter_with_type_and_default(run_cli):
     from lipoframe import plugins
     from lipoframe.registry import describe_params
