@@ -134,6 +134,68 @@ def _figure(width_px: int, height_px: int, dpi: float = 100.0):
     return fig
 
 
+def legend_layout(labels: Sequence[str], *, width_px: float, fontsize: float, max_columns: int) -> tuple[int, list[str]]:
+    """Columns of an overlay legend, and its labels wrapped to fit ``width_px``.
+
+    The legend is drawn as :func:`overlay` draws it (a handle of 1.6 em, 0.8 em
+    before the text, 1.5 em between columns; entries fill the columns in
+    order, the first ``len(labels) % ncol`` columns one more). The most
+    columns up to ``max_columns`` whose widest entries fit side by side are
+    used; a label wider than the image on its own (the rejected entry lists
+    every reason) is broken after its commas.
+
+    Parameters
+    ----------
+    labels : sequence of str
+        The legend's labels, in order.
+    width_px : float
+        Width of the picture in pixels (at 100 dpi).
+    fontsize : float
+        Legend font size in points.
+    max_columns : int
+        At most this many columns.
+
+    Returns
+    -------
+    ncol : int
+        Number of columns, >= 1.
+    labels : list of str
+        The labels, with ``"\\n"`` where a too-long one is broken.
+    """
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.textpath import TextPath
+
+    if not width_px > 0:
+        raise ValueError(f"width_px must be > 0, got {width_px}")
+    if max_columns < 1:
+        raise ValueError(f"max_columns must be >= 1, got {max_columns}")
+    prop = FontProperties(size=fontsize)
+    em = fontsize * 100 / 72
+
+    def text_px(text: str) -> float:
+        return max(TextPath((0, 0), line, prop=prop).get_extents().width for line in text.split("\n")) * 100 / 72
+
+    handle = (1.6 + 0.8) * em
+    room = width_px - 0.4 * em - 6.0  # the legend's border padding and a margin
+    out = []
+    for lab in labels:
+        lines = [""]
+        for part in lab.split(", "):
+            joined = f"{lines[-1]}, {part}" if lines[-1] else part
+            if lines[-1] and handle + text_px(joined + ",") > room:
+                lines[-1] += ","
+                lines.append("  " + part)
+            else:
+                lines[-1] = joined
+        out.append("\n".join(lines))
+    widths = [handle + text_px(lab) for lab in out]
+    for ncol in range(min(max_columns, max(len(out), 1)), 0, -1):
+        cols = [c for c in np.array_split(np.arange(len(out)), ncol) if len(c)]
+        if sum(max(widths[i] for i in c) for c in cols) + 1.5 * em * (len(cols) - 1) <= room:
+            return ncol, out
+    return 1, out
+
+
 def overlay(
     display: np.ndarray,
     *,
@@ -194,8 +256,13 @@ def overlay(
     fontsize = float(np.clip(n / 110.0, 7.0, 11.0))  # points; 1 pt = 100/72 px
     line_px = fontsize * 100 / 72 * 1.55
     ncol = max(1, min(len(legend), int(n // (fontsize * 100 / 72 * 34))))
-    rows = (1 if title else 0) + math.ceil(len(legend) / ncol)
-    band = int(math.ceil(rows * line_px + 8)) if rows else 0
+    ncol, labels = legend_layout([lab for lab, _, _ in legend], width_px=n, fontsize=fontsize, max_columns=ncol)
+    legend = [(lab, c, dsh) for lab, (_, c, dsh) in zip(labels, legend)]
+    # a column holds consecutive entries (the first len % ncol columns one more), a wrapped entry more lines
+    extra = [lab.count("\n") for lab in labels]
+    legend_px = max((len(col) * line_px + sum(extra[i] for i in col) * fontsize * 100 / 72 * 1.2
+                     for col in np.array_split(np.arange(len(labels)), ncol)), default=0.0)
+    band = int(math.ceil((line_px if title else 0) + legend_px + 8)) if (title or legend) else 0
     # Matplotlib draws only the circles and text on a transparent canvas, which is
     # then composited over the image (pasting it unresampled is ~3x faster than imshow).
     # The axes covering the bottom m rows use full-resolution data coordinates:

@@ -132,6 +132,25 @@ def test_overlay_puts_title_and_legend_above_the_image():
     assert rgb[:band].max() > 200, "title/legend text is drawn in the band"
 
 
+@pytest.mark.parametrize("width", [1280, 640])
+def test_a_long_legend_entry_is_wrapped_not_cut_off(width):
+    # the rejected entry lists every reason; on the real liposome image Fusion-G-87 (1280 px) it ran
+    # past the right edge of the overlay ("... contamination 6, faint_unsup")
+    display = np.full((width, width), 90, dtype=np.uint8)
+    legend = [("bin 1: 14–43 px, box 64 px  [535]", plots.bin_color(0), False),
+              ("bin 2: 43–63 px, box 96 px  [34]", plots.bin_color(1), False),
+              ("bin 3: 64–75 px, box 128 px  [0]", plots.bin_color(2), False),
+              ("bin 4: 109 px, box 192 px  [1]", plots.bin_color(3), False),
+              ("rejected  [2444: no_edge 944, weak_unsupported 771, diameter_range 699, at_border 17, contamination 6, "
+               "faint_unsupported 4, speck 2, lonely 1]", plots.REJECTED_COLOR, True)]
+    rgb = plots.overlay(display, factor=1, x=[], y=[], diameter=[], colors=[], dashed=[], legend=legend,
+                        title="Fusion-G-87 · 570 accepted of 3014 picks")
+    band = rgb.shape[0] - width
+    assert np.array_equal(rgb[band:, :, 0], display), "the legend must stay in the band above the image"
+    assert rgb[:band, -4:].max() < 60, "no legend text may reach the right edge (it would be cut off)"
+    assert rgb[:band, : width // 2].max() > 200
+
+
 def test_dashed_rejected_and_solid_accepted_circles_use_their_colours():
     display = np.zeros((200, 200), dtype=np.uint8)
     rgb = plots.overlay(display, factor=1, x=[50, 150], y=[100, 100], diameter=[60, 60],
