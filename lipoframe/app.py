@@ -41,6 +41,18 @@ def format_config_error(exc: BaseException) -> str:
         if isinstance(e, ConfigError):
             return str(e)
     for e in chain:
+        override = getattr(e, "override", None)
+        if isinstance(override, str) and override:
+            # Hydra's OverrideParseException: the word is not in Hydra's override grammar.
+            reason = str(e).splitlines()[0].strip()
+            key, eq, value = override.partition("=")
+            if not eq:
+                return f"{override}: not a key=value override ({reason})"
+            hint = ""
+            if any(c in value for c in "{} $"):  # a template such as {stem}.mrc, quoted for the shell only
+                hint = f"; quote the value for Hydra too: \"{key}='{value}'\" (docs/configuration.md, Shell quoting)"
+            return f"{key.lstrip('+~')}: cannot read {override!r} ({reason}){hint}"
+    for e in chain:
         missing = getattr(e, "missing_cfg_file", None)
         if missing and "/" in missing:
             # Hydra's MissingConfigException: an unknown stage name (``detector=nope``).
@@ -189,6 +201,22 @@ def override_notes(cfg: LipoframeConfig, overrides: list[str]) -> list[str]:
     return notes
 
 
+def check_override_syntax(overrides: list[str]) -> None:
+    """Parse ``overrides`` with Hydra's grammar, as a sweep is parsed before its jobs run.
+
+    Raises
+    ------
+    ConfigError
+        One line naming the key of the first word that cannot be parsed.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        OverridesParser.create().parse_overrides([o for o in overrides if not o.lstrip("+~").startswith("hydra")])
+    except Exception as exc:  # noqa: BLE001 - Hydra raises several types; all become one line
+        raise ConfigError(format_config_error(exc)) from exc
+
+
 def sweep_jobs(overrides: list[str], *, limit: int = 256) -> list[list[str]] | None:
     """The override list of every job of a multirun sweep (cartesian product).
 
@@ -301,6 +329,12 @@ def run(argv: list[str]) -> int:
     config_dirs = _flag_values(flags, ("--config-dir", "-cd"))
     if not info_only and not own_config:
         # Every job's config is checked before the first one starts.
+        if multirun:
+            try:
+                check_override_syntax(overrides)  # a word sweep_jobs cannot expand would reach Hydra unchecked
+            except ConfigError as exc:
+                print(f"lipoframe: config error: {exc}", file=sys.stderr)
+                return 2
         jobs = sweep_jobs(overrides) if multirun else [overrides]
         notes: list[str] = []
         resolved_output = None

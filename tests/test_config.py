@@ -280,6 +280,28 @@ def test_own_config_folder_with_hydra_flags(tiny_mrcs, tmp_path, run_cli):
     assert code == 2 and "nms.beta must be in (0, 2]" in err
 
 
+@pytest.mark.parametrize("multirun", [False, True])
+@pytest.mark.parametrize(
+    ("word", "message"),
+    [
+        ("writer.star.micrograph_name=MotionCorr/{stem}.mrc",
+         "writer.star.micrograph_name: cannot read 'writer.star.micrograph_name=MotionCorr/{stem}.mrc' (mismatched input '{' "
+         "expecting <EOF>); quote the value for Hydra too: \"writer.star.micrograph_name='MotionCorr/{stem}.mrc'\""),
+        ("writer=[csv,star", "writer: cannot read 'writer=[csv,star' (no viable alternative at input '[csv,star')"),
+        ("dmin:3", "dmin:3: not a key=value override"),
+    ],
+)
+def test_a_word_hydra_cannot_parse_is_one_line_naming_the_key(tiny_mrcs, tmp_path, run_cli, word, message, multirun):
+    # a template typed with shell quotes only (writer.star.micrograph_name='{stem}.mrc' reaches Hydra unquoted)
+    # gave "no viable alternative at input '{stem}'" naming no key, and in a sweep Hydra's many-line error, exit code 1
+    out_dir = tmp_path / "out"
+    code, _, err = run_cli("run", *(["-m", "detector=dog,log"] if multirun else []), word,
+                           f"input={tiny_mrcs[0]}", f"output={out_dir}", *TINY_ARGS)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith(f"lipoframe: config error: {message}"), err
+    assert not out_dir.exists() or not any(out_dir.rglob("picks.csv"))
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
