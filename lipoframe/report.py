@@ -281,8 +281,13 @@ def run_data_from_result(out_dir: Path, *, cfg, stages, result, metas: dict[str,
     if schema.SIZE_BIN not in picks.columns:  # the dataset stage failed
         picks = _with_bins(picks, None, result.plan)
     failures = [{"name": r.name, "path": r.path, "error": r.error} for r in result.failed]
+    # The summary finish_run has just written: after `lipoframe plan`, it keeps the picking run's
+    # time, workers and counts, where result.summary() would give the plan's few seconds.
+    summary = _read_json(out_dir / "run_summary.json")
+    if not isinstance(summary, dict):
+        summary = result.summary()
     return RunData(out_dir, schema.with_acceptance(picks).reset_index(drop=True), dict(metas), result.plan,
-                   result.summary(), config, text, stage_names, failures)
+                   summary, config, text, stage_names, failures)
 
 
 # ---------------------------------------------------------------------------

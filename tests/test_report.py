@@ -316,6 +316,32 @@ def test_report_command_rebuilds_the_same_report_from_the_folder(done, run_copy,
     assert (~a[schema.ACCEPTED]).sum() > 0
 
 
+def test_plan_report_gives_the_picking_run_time_not_the_plans(run_copy, run_cli):
+    # `lipoframe plan RUN --report` showed its own few seconds as the run's "run time" (and per
+    # micrograph), while run_summary.json and `lipoframe report RUN` keep the picking run's
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    from lipoframe.merge import compose_config
+
+    try:
+        composed, _ = compose_config(RUN_OVERRIDES)
+    finally:
+        GlobalHydra.instance().clear()
+    (run_copy / "config.yaml").write_text(OmegaConf.to_yaml(composed))  # the run's configuration, as lipoframe run saves it
+    summary_path = run_copy / "run_summary.json"
+    summary = json.loads(summary_path.read_text())
+    summary["seconds"] = 1234.5  # as after a long picking run
+    summary_path.write_text(json.dumps(summary))
+    code, _, err = run_cli("plan", run_copy, "binning.n_bins=3", "--report")
+    assert code == 0, err
+    assert json.loads(summary_path.read_text())["seconds"] == 1234.5
+    text = " ".join(" ".join(parse(run_copy / "report.html").text).split())
+    assert "run time 1,234.5 s" in text, text[text.find("run time") - 20:text.find("run time") + 80]
+    assert json.loads((run_copy / "extraction_plan.json").read_text())["policy"] == "quantile"
+    assert len(json.loads((run_copy / "extraction_plan.json").read_text())["bins"]) == 3
+
+
 def test_report_lists_as_many_notes_as_the_console_summary(run_copy, run_cli):
     from lipoframe.runner import MAX_LISTED, format_summary
 
