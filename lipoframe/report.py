@@ -181,7 +181,17 @@ def _with_bins(work: pd.DataFrame, exported: pd.DataFrame | None, plan: Extracti
     if exported is not None and schema.SIZE_BIN in exported.columns:
         if len(exported) == len(out) and schema.ACCEPTED in exported.columns:
             return schema.with_acceptance(exported).reset_index(drop=True)
-        m = _match_exported(out, exported)
+        # One row of picks.csv per pick: the picks accepted per micrograph claim theirs first, so a
+        # rejected candidate beside an accepted one (within the tolerance) is not taken for it.
+        acc0 = out[schema.ACCEPTED].to_numpy(dtype=bool)
+        m = np.full(len(out), -1, dtype=np.int64)
+        m[acc0] = _match_exported(out[acc0], exported)
+        if (~acc0).any():
+            rest = _match_exported(out[~acc0], exported)
+            claimed = np.zeros(len(exported), dtype=bool)
+            claimed[m[m >= 0]] = True
+            rest[(rest >= 0) & claimed[np.maximum(rest, 0)]] = -1
+            m[~acc0] = rest
         hit = m >= 0
         bins = np.full(len(out), schema.REJECTED_BIN, dtype=np.int64)
         bins[hit] = exported[schema.SIZE_BIN].to_numpy(dtype=np.int64)[m[hit]]

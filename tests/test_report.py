@@ -316,6 +316,24 @@ def test_report_command_rebuilds_the_same_report_from_the_folder(done, run_copy,
     assert (~a[schema.ACCEPTED]).sum() > 0
 
 
+def test_a_rejected_pick_beside_an_accepted_one_stays_rejected_in_the_report():
+    # On the real liposome image Synergy-2-31 a no_edge candidate lies 0.3 px from an accepted pick
+    # of nearly the same size; matched to picks.csv by centre, it was counted as accepted too: the
+    # report said 879 accepted picks (picks.csv: 878) and drew it as a second solid circle.
+    work = pd.DataFrame({schema.MICROGRAPH: "m", schema.X: [100.0, 100.3, 300.0], schema.Y: [100.0, 100.1, 50.0],
+                         schema.DIAMETER: [40.0, 39.7, 41.0], schema.ACCEPTED: [True, False, True],
+                         schema.REASON: ["", "no_edge", ""]})
+    for rejected_first in (False, True):
+        w = work.iloc[[1, 0, 2] if rejected_first else [0, 1, 2]].reset_index(drop=True)
+        exported = work[work[schema.ACCEPTED]].assign(**{schema.SIZE_BIN: [0, 1]}).reset_index(drop=True)
+        out = report._with_bins(w, exported, None)
+        assert int(out[schema.ACCEPTED].sum()) == 2
+        rejected = out[out[schema.REASON] == "no_edge"]
+        assert len(rejected) == 1 and not rejected[schema.ACCEPTED].any()
+        assert rejected[schema.SIZE_BIN].tolist() == [schema.REJECTED_BIN]
+        assert sorted(out.loc[out[schema.ACCEPTED], schema.SIZE_BIN]) == [0, 1]
+
+
 def test_plan_report_gives_the_picking_run_time_not_the_plans(run_copy, run_cli):
     # `lipoframe plan RUN --report` showed its own few seconds as the run's "run time" (and per
     # micrograph), while run_summary.json and `lipoframe report RUN` keep the picking run's
