@@ -330,7 +330,11 @@ def process_micrograph(mic: Micrograph, stages: StageSet, ctx: PickContext) -> p
     detections, kept, refined, picks, overruled = _pick_confirmed(detections, mic, stages, ctx)
     if stages.retry_suppressed:
         failed = ~picks[schema.ACCEPTED].to_numpy(dtype=bool) & picks[schema.REASON].isin(stages.retry_suppressed).to_numpy()
-        retry = retry_candidates(detections, kept, picks.loc[failed], picks.loc[~failed], mic, stages, ctx)
+        # The candidates NMS no longer keeps after their outranking failed (overruled) were refined and
+        # filtered already and stay in the table as rejected: they are not tried a second time.
+        tried = detections.loc[detections[_CANDIDATE].isin(overruled[_CANDIDATE])] if len(overruled) else kept.iloc[:0]
+        retry = retry_candidates(detections, pd.concat([kept, tried], ignore_index=True), picks.loc[failed], picks.loc[~failed],
+                                 mic, stages, ctx)
         if len(retry):
             # A detection that lost to a pick that then failed is no more
             # than a weak candidate: it counts where the population filter

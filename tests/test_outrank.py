@@ -165,3 +165,22 @@ def test_a_column_the_detections_lack_is_an_error_naming_the_option(option):
         stage.suppress(table, None, None)
     # The default `response` falls back to `score` for detectors that do not write it.
     assert rank_values(table, "response").tolist() == [5.0, 6.0]
+
+
+def test_a_candidate_whose_outranking_failed_is_not_tried_a_second_time(grainy):
+    # A larger candidate on flat background outranks a small detection inside it; refinement finds no
+    # edge, so it is overruled and the small one gets its place back, and fails (no_edge) too. Retrying
+    # what NMS suppressed at the small one's place took the overruled candidate again: the pick table
+    # held it twice (two dashed circles at one place, counted twice among the rejected; on the real
+    # liposome images 15 such pairs).
+    big, small = (580.0, 120.0, 130.0), (600.0, 130.0, 36.0)
+    table = listed(big)
+    row = table.iloc[[0]].assign(**{schema.X: small[0], schema.Y: small[1], schema.DIAMETER: small[2],
+                                    schema.SIGMA: small[2] / 3.0, schema.SCORE: 6.0, "response": 9.0})
+    table = pd.concat([table, row], ignore_index=True)
+    picks = run_listed(grainy, table, retry=("no_edge",), filters=("diameter_range",), nms_params={"outrank_by": "score"},
+                       dmin=30)
+    at_big = picks[(picks["diameter_detector_px"] - big[2]).abs() < 1]
+    assert len(at_big) == 1 and not at_big[schema.ACCEPTED].any()
+    assert picks.duplicated([schema.X, schema.Y, schema.DIAMETER]).sum() == 0
+    assert len(accepted(picks)) == 4  # the lone particle and the grains, as without the two candidates
