@@ -722,9 +722,9 @@ def build_html(data: RunData, rows: list[MicrographRow], plots_png: list[tuple[s
     files = sorted(p for p in data.out_dir.iterdir() if p.is_file() and not p.name.startswith(".") and p.name != REPORT_NAME)
     files_html = " · ".join(f'<a href="{e(p.name)}">{e(p.name)}</a>' for p in files)
     ov = overlay_stats
-    ov_line = (f"{ov['rendered']} overlays drawn in {ov['seconds']:.1f} s with {ov['workers']} worker{'s' if ov['workers'] != 1 else ''} "
-               f"({ov['per_overlay']:.2f} s, {ov['cpu_per_overlay']:.2f} CPU s each), {ov['cached']} unchanged and reused, "
-               f"{ov['failed']} failed")
+    timing = (f" in {ov['seconds']:.1f} s with {ov['workers']} worker{'s' if ov['workers'] != 1 else ''} "
+              f"({ov['per_overlay']:.2f} s, {ov['cpu_per_overlay']:.2f} CPU s each)") if ov["rendered"] else ""
+    ov_line = f"{ov['rendered']} overlays drawn{timing}, {ov['cached']} unchanged and reused, {ov['failed']} failed"
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -1023,9 +1023,9 @@ def cmd_report(argv: list[str]) -> int:
                          force=args.force, progress=runner_cfg.get("progress", True) is not False)
     print(f"report       {stats['report']}")
     if not args.no_overlays:
-        print(f"overlays     {stats['rendered']} drawn in {stats['seconds']:.1f} s with {stats['workers']} worker(s) "
-              f"({stats['per_overlay']:.2f} s, {stats['cpu_per_overlay']:.2f} CPU s each), {stats['cached']} unchanged, "
-              f"{stats['failed']} failed")
+        timing = (f" in {stats['seconds']:.1f} s with {stats['workers']} worker(s) "
+                  f"({stats['per_overlay']:.2f} s, {stats['cpu_per_overlay']:.2f} CPU s each)") if stats["rendered"] else ""
+        print(f"overlays     {stats['rendered']} drawn{timing}, {stats['cached']} unchanged, {stats['failed']} failed")
         if stats["failed"]:
             # The report is written; the exit code says that some micrographs have no overlay in it.
             print(f"lipoframe report: {stats['failed']} overlay(s) failed (see the report's micrograph list and {run_dir / 'lipoframe.log'})",

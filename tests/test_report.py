@@ -304,6 +304,10 @@ def test_report_command_rebuilds_the_same_report_from_the_folder(done, run_copy,
     code, out, err = run_cli("report", run_copy)
     assert code == 0, err
     assert "report.html" in out and "3 unchanged" in out  # same picks and plan: overlays reused
+    # nothing drawn: no "with 0 worker(s) (0.00 s, 0.00 CPU s each)" timing of nothing
+    assert re.search(r"^overlays +0 drawn, 3 unchanged, 0 failed$", out, re.M), out
+    html = " ".join(" ".join(parse(run_copy / "report.html").text).split())
+    assert "0 overlays drawn, 3 unchanged and reused, 0 failed" in html
     page = parse(run_copy / "report.html")
     assert len(page.imgs) == len(parse(result.out_dir / "report.html").imgs)
     # The folder holds accepted picks in picks.csv and every pick in micrographs/:
