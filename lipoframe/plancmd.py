@@ -369,6 +369,14 @@ def replan(run_dir: str | Path, overrides: list[str] = (), *, report: bool = Fal
     return result
 
 
+def _mtime_ns(path: Path) -> int | None:
+    """Modification time of ``path`` in ns, or None when it does not exist."""
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
+
+
 def main(argv: list[str]) -> int:
     """``lipoframe plan RUN_DIR [overrides]``."""
     from lipoframe.config import ConfigError
@@ -388,6 +396,8 @@ def main(argv: list[str]) -> int:
     args = ap.parse_intermixed_args(argv)  # options before or after the overrides
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="lipoframe: %(message)s", stream=sys.stderr)
+    report_path = Path(args.run_dir) / "report.html"
+    before = _mtime_ns(report_path)
     try:
         result = replan(args.run_dir, args.overrides, report=args.report)
     except ConfigError as exc:
@@ -421,6 +431,8 @@ def main(argv: list[str]) -> int:
     run_dir = Path(args.run_dir)
     print(f"wrote {run_dir / 'extraction_plan.md'}, size_histogram.png, sizes.csv, extraction_plan.json"
           + (f" and {len(result.files) - 4} writer file(s)" if len(result.files) > 4 else ""))
+    if args.report and _mtime_ns(report_path) not in (None, before):  # a failure is logged by write_report_safely
+        print(f"report       {report_path}")
     if not args.report and (run_dir / "report.html").is_file():
         print(f"report.html still shows the previous plan: `lipoframe plan {args.run_dir} ... --report` or `lipoframe report {args.run_dir}` refreshes it")
     return 0 if not result.errors else 1

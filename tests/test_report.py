@@ -355,8 +355,9 @@ def test_plan_report_gives_the_picking_run_time_not_the_plans(run_copy, run_cli)
     summary = json.loads(summary_path.read_text())
     summary["seconds"] = 1234.5  # as after a long picking run
     summary_path.write_text(json.dumps(summary))
-    code, _, err = run_cli("plan", run_copy, "binning.n_bins=3", "--report")
+    code, out, err = run_cli("plan", run_copy, "binning.n_bins=3", "--report")
     assert code == 0, err
+    assert f"report       {run_copy / 'report.html'}" in out.splitlines()  # it said nothing of the report it wrote
     assert json.loads(summary_path.read_text())["seconds"] == 1234.5
     text = " ".join(" ".join(parse(run_copy / "report.html").text).split())
     assert "run time 1,234.5 s" in text, text[text.find("run time") - 20:text.find("run time") + 80]
