@@ -540,6 +540,11 @@ def test_list_file_paths_for_a_relion_project(tmp_path):
         lambda: StarWriterParams(strip_suffix="a/b"),
         lambda: CryosparcWriterParams(micrograph_name="{0}"),
         lambda: CryosparcWriterParams(exp_group_id=-1),
+        # an empty name (or a line break) cannot be written as a STAR value: the writer failed after picking
+        lambda: StarWriterParams(micrograph_name=""),
+        lambda: StarWriterParams(micrograph_name="  "),
+        lambda: StarWriterParams(micrograph_name="Movies/\n{stem}.mrc"),
+        lambda: CryosparcWriterParams(micrograph_name=""),
     ],
 )
 def test_params_validation_names_the_key(make):

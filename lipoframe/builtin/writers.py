@@ -271,6 +271,9 @@ def _check_template(key: str, template: str) -> None:
         raise ValueError(
             f"{key} must be a template using only {{path}}, {{dir}}, {{name}}, {{stem}}, {{ext}}; got {template!r} ({exc})"
         ) from None
+    # Checked here, before any micrograph is picked: the writer could not write such a name.
+    if not template.strip() or "\n" in template or "\r" in template:
+        raise ValueError(f"{key} must give each micrograph a name (not empty, one line), got {template!r}")
 
 
 def micrograph_fields(meta: MicrographMeta, *, strip_suffix: str = "", project_dir: str = "") -> dict[str, str]:
