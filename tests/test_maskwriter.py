@@ -117,3 +117,17 @@ def test_never_writes_outside_the_output_folder(tmp_path):
 def test_params_name_the_key(kwargs, key):
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
         MaskWriterParams(**kwargs)
+
+
+@pytest.mark.parametrize("folder", ["../elsewhere", "/tmp/masks", "masks/../../up"])
+def test_a_folder_outside_the_output_folder_is_a_config_error(tmp_path, folder):
+    # writer.mask.folder=../x passed the check, the dataset was picked, and only then did the
+    # writer refuse it (writer failure, exit code 1)
+    with pytest.raises(ValueError, match=r"^writer\.mask\.folder must be a subfolder of the output folder"):
+        MaskWriterParams(folder=folder)
+    assert MaskWriterParams(folder="masks/train").folder == "masks/train"
+    # the writer still refuses on its own (params built without the check)
+    params = MaskWriterParams()
+    params.folder = folder
+    with pytest.raises(ValueError, match="outside the output folder"):
+        MaskWriter(params).write(picks_table(), metas(), None, tmp_path / "out", CTX)

@@ -123,6 +123,10 @@ class MaskWriterParams:
             raise ValueError(f"writer.mask.scale must be in (0, 2], got {self.scale}")
         if not self.folder:
             raise ValueError("writer.mask.folder must not be empty")
+        # Checked here, before any micrograph is picked (the writer refuses such a folder when it writes).
+        if Path(self.folder).is_absolute() or ".." in Path(self.folder).parts:
+            raise ValueError(f"writer.mask.folder must be a subfolder of the output folder (relative, without '..'); "
+                             f"{self.folder!r} is outside the output folder")
 
 
 class MaskWriter(Writer):
