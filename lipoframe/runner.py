@@ -1393,6 +1393,27 @@ def pixel_size_notes(metas: dict[str, MicrographMeta]) -> list[str]:
     return [note]
 
 
+def placeholder_pixel_size_notes(metas: dict[str, MicrographMeta], cfg: LipoframeConfig) -> list[str]:
+    """A note when headers give exactly 1 Å/px and the diameter range is in Å.
+
+    1.0 is what many programs write when they do not know the pixel size
+    (and what an MRC header with a cell equal to its size means); a
+    diameter range in Å converted with it may be off by the true pixel size
+    without any other sign.
+    """
+    if cfg.pixel_size is not None or cfg.units != "A":
+        return []
+    ones = sorted(n for n, m in metas.items() if m.pixel_size == 1.0)
+    if not ones:
+        return []
+    which = "every micrograph" if len(ones) == len(metas) else f"{len(ones)} of {len(metas)} micrographs (e.g. {ones[0]})"
+    note = (f"the header of {which} gives exactly 1 Å/px, which many programs write when they do not know the pixel size; "
+            f"dmin={cfg.dmin:g} and dmax={cfg.dmax:g} Å were converted with it: if that is not your pixel size, "
+            "run again with pixel_size=<Å/px> (or give the range in pixels with units=px)")
+    log.info(note)
+    return [note]
+
+
 def range_notes_for(picks: pd.DataFrame, metas: dict[str, MicrographMeta], cfg: LipoframeConfig) -> list[str]:
     """:func:`lipoframe.rangecheck.range_notes` for a run (logged; the summary prints them)."""
     from lipoframe.rangecheck import range_notes
@@ -1837,7 +1858,7 @@ def finish_run(
                 msg += "\n" + traceback.format_exc()
             errors.append(msg.splitlines()[0])
             log.error(msg)
-        notes = notes + pixel_size_notes(metas) + range_notes_for(picks, metas, cfg)
+        notes = notes + placeholder_pixel_size_notes(metas, cfg) + pixel_size_notes(metas) + range_notes_for(picks, metas, cfg)
     result = RunResult(out_dir, results, picks, plan, files, time.perf_counter() - t0, errors, notes, interrupted, workers,
                        n_micrographs=len(names))
     summary = result.summary()

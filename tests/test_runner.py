@@ -169,6 +169,25 @@ def test_mixed_pixel_sizes_get_a_note():
     assert "(4, 4.24, 8 Å/px)" in note and "the median, 4.24 Å/px" in note and "its own output folder" in note
 
 
+def test_a_header_pixel_size_of_exactly_one_angstrom_gets_a_note(tmp_path):
+    # The MicrographCleaner test image says 1 Å/px in its header; its one pick was taken at face value.
+    from lipoframe.records import MicrographMeta
+    from lipoframe.runner import placeholder_pixel_size_notes
+
+    def metas(*sizes):
+        return {f"m{i}": MicrographMeta(f"m{i}", "", (64, 64), px) for i, px in enumerate(sizes)}
+
+    cfg = config(tmp_path, "dmin=150", "dmax=500")
+    (note,) = placeholder_pixel_size_notes(metas(1.0, 1.0), cfg)
+    assert note.startswith("the header of every micrograph gives exactly 1 Å/px") and "dmin=150 and dmax=500 Å" in note
+    (note,) = placeholder_pixel_size_notes(metas(1.06, 1.0, None), cfg)
+    assert note.startswith("the header of 1 of 3 micrographs (e.g. m1) gives exactly 1 Å/px") and "pixel_size=<Å/px>" in note
+    assert placeholder_pixel_size_notes(metas(1.06, 0.83, None), cfg) == []
+    # A pixel size given by the user, or a range in pixels, does not depend on the header.
+    assert placeholder_pixel_size_notes(metas(1.0), config(tmp_path, "pixel_size=1.0")) == []
+    assert placeholder_pixel_size_notes(metas(1.0), config(tmp_path, "units=px", "dmin=100", "dmax=300")) == []
+
+
 def test_resolve_workers():
     assert resolve_workers(3, 2) == 2
     assert resolve_workers(1, 0) == 1
