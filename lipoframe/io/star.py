@@ -84,7 +84,6 @@ def loop_block(name: str, columns: Sequence[Column], *, width: int = 12) -> str:
     lengths = {len(values) for _, values, _ in columns}
     if len(lengths) > 1:
         raise ValueError(f"STAR block data_{name}: columns have different lengths {sorted(lengths)}")
-    n = lengths.pop() if lengths else 0
     lines = [f"data_{name}", "", "loop_"]
     lines += [f"_{label} #{i}" for i, (label, _, _) in enumerate(columns, start=1)]
     cells = [_format_column(label, values, fmt, width) for label, values, fmt in columns]
