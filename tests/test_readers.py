@@ -255,3 +255,41 @@ def test_png_images_are_read_as_grey_values_whatever_their_mode(tmp_path, mode):
     image = ImageReader().read(path, pixel_size=None).image
     assert image.shape == grey.shape
     np.testing.assert_array_equal(image, grey)
+
+
+@pytest.mark.parametrize("imod", [None, "unsigned", "signed"])
+def test_mode0_bytes_written_unsigned_are_read_unsigned(tmp_path, caplog, imod):
+    # An 8-bit image around 128 in a mode-0 file (IMOD before 4.2.23, or IMOD's
+    # flags saying unsigned) was read as signed: its bright half wrapped to -128.
+    import mrcfile
+
+    from lipoframe.builtin.readers import IMOD_STAMP, MrcReader
+
+    grey = (np.arange(48).reshape(6, 8) * 2 + 80).astype(np.uint8)  # 80 ... 174
+    path = tmp_path / "m.mrc"
+    with mrcfile.new(str(path)) as m:
+        m.set_data(grey.view(np.int8))
+    if imod is not None:
+        data = bytearray(path.read_bytes())
+        data[152:160] = np.array([IMOD_STAMP, 0 if imod == "unsigned" else 1], dtype="<i4").tobytes()
+        path.write_bytes(bytes(data))
+    with caplog.at_level("WARNING", logger="lipoframe"):
+        image = np.asarray(MrcReader().read(path).image)
+    # IMOD's flag is followed either way; only a guess from the values is warned about.
+    np.testing.assert_array_equal(image, grey.view(np.int8) if imod == "signed" else grey)
+    assert ("mode 0 (bytes) read as unsigned" in caplog.text) == (imod is None)
+    assert (f"{path}: " in caplog.text) == (imod is None)
+
+
+def test_mode0_signed_bytes_stay_signed(tmp_path, caplog):
+    import mrcfile
+
+    from lipoframe.builtin.readers import MrcReader
+
+    signed = (np.arange(48).reshape(6, 8) * 5 - 120).astype(np.int8)  # -120 ... 115, around 0
+    path = tmp_path / "m.mrc"
+    with mrcfile.new(str(path)) as m:
+        m.set_data(signed)
+    with caplog.at_level("WARNING", logger="lipoframe"):
+        np.testing.assert_array_equal(MrcReader().read(path).image, signed)
+    assert not caplog.text

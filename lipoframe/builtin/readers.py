@@ -106,6 +106,31 @@ def _check_mrc_size(path: Path, header) -> None:
         )
 
 
+#: IMOD's stamp at header byte 152: the word at byte 156 then holds IMOD's flags,
+#: whose bit 0 says mode-0 bytes are signed (IMOD's mrc_format.txt).
+IMOD_STAMP = 1146047817
+
+
+def _mode0_bytes(path: Path, header, data: np.ndarray) -> np.ndarray:
+    """Mode-0 pixels as the writer meant them: signed (MRC2014) or unsigned.
+
+    IMOD wrote only unsigned bytes before 4.2.23 and marks them since then
+    (:data:`IMOD_STAMP` without the signed flag); mrcfile reads every mode-0
+    file as signed, which turns the bright half of an unsigned image dark.
+    Without IMOD's stamp, bytes that spread far less as unsigned than as signed
+    (values around 128 wrapped to -128) are read as unsigned, with a warning.
+    """
+    stamp, flags = (int(v) for v in np.frombuffer(header.extra2.tobytes()[40:48], dtype=header.mode.dtype))
+    if stamp == IMOD_STAMP:
+        return data.view(np.uint8) if not flags & 1 else data
+    sample = data.reshape(-1)[:: max(1, data.size // 2**20)]  # about a million pixels are enough to tell
+    if float(sample.view(np.uint8).std()) < 0.5 * float(sample.std()):
+        log.warning("%s: mode 0 (bytes) read as unsigned: as signed bytes, as MRC2014 defines them, its values wrap "
+                    "around at 127/-128 (a file written by older software)", path)
+        return data.view(np.uint8)
+    return data
+
+
 @dataclass
 class MrcReaderParams:
     """MRC/MRCS reader.
@@ -143,6 +168,8 @@ class MrcReader(Reader):
                 with mrcfile.mmap(str(path), mode="r", permissive=self.params.permissive) as m:
                     mode = int(m.header.mode)
                     data = m.data
+                    if mode == 0 and data is not None:
+                        data = _mode0_bytes(path, m.header, data)
                     header_px, header_py, header_pz = float(m.voxel_size.x), float(m.voxel_size.y), float(m.voxel_size.z)
             notes = dict.fromkeys(str(w.message).splitlines()[0] for w in caught if "larger than expected" not in str(w.message))
             if notes and self.params.permissive:
