@@ -374,7 +374,19 @@ class ReaderChoice:
         reader = self.reader or self.by_suffix.get(path.suffix.lower())
         if reader is None:
             raise ValueError(f"{path}: no reader for files ending in {path.suffix!r}")
-        return reader.read(path, pixel_size=None)
+        # What a reader warns about a file (pixel sizes that differ, unsigned
+        # bytes, ...) was said when the run read it to pick; not again for its overlay.
+        quiet = _ErrorsOnly()
+        log.addFilter(quiet)
+        try:
+            return reader.read(path, pixel_size=None)
+        finally:
+            log.removeFilter(quiet)
+
+
+class _ErrorsOnly(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR
 
 
 _STATE: dict[str, Any] = {}
