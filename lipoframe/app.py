@@ -284,6 +284,17 @@ def _flag_values(flags: list[str], names: tuple[str, ...]) -> list[str]:
 
 
 _INPUT_KEYS = ("input", "+input", "++input")
+_PATH_KEYS = (*_INPUT_KEYS, "output", "+output", "++output")
+
+
+def _hydra_parses(override: str) -> bool:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        OverridesParser.create().parse_override(override)
+    except Exception:  # noqa: BLE001 - Hydra raises several types for a value it cannot read
+        return False
+    return True
 
 
 def quote_input_glob(override: str) -> str:
@@ -291,12 +302,16 @@ def quote_input_glob(override: str) -> str:
 
     A glob's character class would be parsed as a list; a single path with
     ``[`` after its start (no list, sweep or quotes of its own) is quoted.
-    Anything else is returned unchanged.
+    So is an input or output path that Hydra's grammar cannot read unquoted
+    (letters beyond ASCII, ``( ) { } = # & ! ; ~ ^ '``): in double quotes
+    when it holds a single quote. Anything else is returned unchanged.
     """
     key, sep, value = override.partition("=")
-    if (sep and key in _INPUT_KEYS and "[" in value[1:] and not value.startswith("[")
-            and not any(c in value for c in ",'\"")):
-        return f"{key}='{value}'"
+    if not sep or key not in _PATH_KEYS or value[:1] in ("[", "'", '"') or "," in value:
+        return override
+    quote = "'" if "'" not in value else '"' if '"' not in value else None
+    if quote and ((key in _INPUT_KEYS and "[" in value[1:]) or not _hydra_parses(override)):
+        return f"{key}={quote}{value}{quote}"
     return override
 
 

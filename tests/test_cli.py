@@ -196,6 +196,18 @@ def test_a_glob_with_a_character_class_needs_no_hydra_quotes(tmp_path, run_cli):
     assert quote_input_glob("+input=d/m_[0-9].mrc") == "+input='d/m_[0-9].mrc'"
 
 
+@pytest.mark.parametrize("name", ["mïc_ü.mrc", "mic (1)#2=b.mrc", "it's~1.mrc"])
+def test_a_file_name_hydra_cannot_read_unquoted_needs_no_hydra_quotes(tmp_path, run_cli, name):
+    # Such a path, in input= or output=, failed with 'config error:
+    # LexerNoViableAltException: input=...; ^' (exit 2) unless quoted for Hydra too.
+    write_mrc(tmp_path / name, tiny_image(seed=0)[0])
+    out_dir = tmp_path / f"out {name[:-4]}"
+    code, _, err = run_cli("run", f"input={tmp_path / name}", f"output={out_dir}", *TINY_ARGS)
+    assert code == 0, err
+    assert "config error" not in err
+    assert len(picked(out_dir)) > 0
+
+
 @pytest.mark.parametrize("how", ["quoted", "interpolated"])
 def test_an_output_folder_given_quoted_or_interpolated_leaves_no_stray_folder(tiny_mrcs, tmp_path, run_cli, monkeypatch, how):
     cwd = tmp_path / "cwd"
