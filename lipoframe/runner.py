@@ -1464,6 +1464,10 @@ def finalize_dataset(
             failed.append(f"writer {w.name} failed: {type(exc).__name__}: {exc}"
                           + (f" (removed the {len(partial)} file(s) it had written)" if partial else ""))
             log.error("%s%s", failed[-1], "\n" + traceback.format_exc() if cfg.runner.verbose else "")
+        except BaseException:
+            # Ctrl-C or SIGTERM: no partial export either; the run is continued by running it again.
+            remove_new_files(out_dir, before)
+            raise
     # Plan files last, so extraction_plan.md can point at the files writers made.
     project_dir = next((str(getattr(w.params, "project_dir", "") or "") for w in stages.writers if w.name == "star"), "")
     written.extend(write_plan_files(result.plan, binned, out_dir, metas=metas, written=written, project_dir=project_dir))

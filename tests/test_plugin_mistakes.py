@@ -265,3 +265,40 @@ def test_check_declared_reasons_looks_only_at_what_the_stage_rejected():
     silent = before.assign(accepted=[False, False, True])  # rejected without a reason
     with pytest.raises(ValueError, match=r"rejected picks with no reason, which its reasons \(\) do not declare"):
         check_declared_reasons(before, silent, declared=(), stage="refiner/r")
+
+
+def test_a_writer_interrupted_half_way_leaves_none_of_its_files(sloppy, make_plugin, tiny_mrcs, tmp_path, run_cli):
+    # Ctrl-C or SIGTERM (the end of a SLURM job) while a writer ran left the files
+    # it had written (mic_0.xyz of two): an export folder with part of the micrographs.
+    make_plugin("lipoframe-xyz", """
+        from dataclasses import dataclass
+
+        from lipoframe import hookimpl
+        from lipoframe.io.atomic import safe_child, write_text
+        from lipoframe.stages import Writer
+
+        @dataclass
+        class XyzParams:
+            pass
+
+        class Xyz(Writer):
+            name = "xyz"
+            Params = XyzParams
+
+            def write(self, picks, metas, plan, out_dir, ctx):
+                written = []
+                for name in metas:
+                    if written:
+                        raise KeyboardInterrupt  # what sigterm_as_interrupt raises
+                    written.append(write_text(safe_child(out_dir, "xyz", f"{name}.xyz"), "1 2 3\\n"))
+                return written
+
+        @hookimpl
+        def lipoframe_register_stages(registry):
+            registry.add(Xyz)
+    """)
+    out = tmp_path / "out"
+    code, _, err = run_cli("run", *PLAIN, "writer=[csv,xyz]", f"input={tiny_mrcs[0].parent}", f"output={out}", *TINY_ARGS)
+    assert code == 130 and "interrupted" in err, err
+    assert not (out / "xyz").exists()
+    assert (out / "picks.csv").is_file()  # the writer before it finished
