@@ -293,3 +293,29 @@ def test_mode0_signed_bytes_stay_signed(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="lipoframe"):
         np.testing.assert_array_equal(MrcReader().read(path).image, signed)
     assert not caplog.text
+
+
+def test_a_tiff_without_an_image_is_one_line_naming_the_file(tmp_path, caplog):
+    # A TIFF cut after its 8-byte header gave two lines: tifffile's own
+    # '<tifffile.TiffPages @8> invalid offset to first page 8', naming no file,
+    # then '...: not a readable TIFF file (index 0 out of range(0))'.
+    import struct
+
+    path = tmp_path / "m.tif"
+    tifffile.imwrite(path, IMAGE)
+    full = path.read_bytes()
+    path.write_bytes(full[:8])
+    with caplog.at_level("WARNING"), pytest.raises(InputError) as err:
+        TiffReader().read(path)
+    assert str(err.value) == f"{path}: not a readable TIFF file (it holds no image: truncated?)"
+    assert not caplog.records
+    # A readable TIFF that tifffile has something to say about: one warning naming the file.
+    data = bytearray(full)
+    ifd = struct.unpack("<I", data[4:8])[0]
+    next_ifd = ifd + 2 + 12 * struct.unpack("<H", data[ifd : ifd + 2])[0]
+    data[next_ifd : next_ifd + 4] = struct.pack("<I", 10**6)  # a second page past the end of the file
+    path.write_bytes(bytes(data))
+    with caplog.at_level("WARNING"):
+        np.testing.assert_array_equal(TiffReader().read(path).image, IMAGE)
+    assert [r.name for r in caplog.records] == ["lipoframe"]
+    assert caplog.records[0].getMessage().startswith(f"{path}: tifffile: ") and "invalid page offset" in caplog.text

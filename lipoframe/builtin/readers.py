@@ -7,6 +7,7 @@ TIFFs on reading (RELION, Warp, napari-boxmanager) can convert.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import warnings
@@ -231,6 +232,26 @@ def _tiff_pixel_size(tif) -> float | None:
     return None
 
 
+@contextlib.contextmanager
+def _tifffile_notes():
+    """Collect what tifffile logs while it reads a file (lines that would name no file)."""
+    notes: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            notes.append(record.getMessage().splitlines()[0])
+
+    logger, handler = logging.getLogger("tifffile"), Collect()
+    propagate = logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield notes
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
 class TiffReader(Reader):
     name = "tiff"
     Params = TiffReaderParams
@@ -242,14 +263,20 @@ class TiffReader(Reader):
 
         path = Path(path)
         try:
-            with tifffile.TiffFile(str(path)) as tif:
+            with _tifffile_notes() as notes, tifffile.TiffFile(str(path)) as tif:
+                if not len(tif.pages):
+                    raise InputError(f"{path}: not a readable TIFF file (it holds no image: truncated?)")
                 data = tif.asarray()
                 header_px = _tiff_pixel_size(tif)
                 samples = int(tif.pages[0].samplesperpixel)
+        except InputError:
+            raise
         except FileNotFoundError:
             raise InputError(f"{path}: file not found") from None
         except Exception as exc:  # noqa: BLE001 - tifffile raises many types
             raise InputError(f"{path}: not a readable TIFF file ({str(exc).splitlines()[0]})") from None
+        if notes:
+            log.warning("%s: tifffile: %s", path, "; ".join(dict.fromkeys(notes)))
         if samples > 1 and data.ndim == 3 and data.shape[-1] == samples and self.params.dims == 2:
             # Colour (RGB, RGBA) or other multi-sample pixels: the mean of the first three samples.
             # A stack of greyscale pages is not averaged (whatever its width): it is refused below.
