@@ -319,3 +319,30 @@ def test_a_tiff_without_an_image_is_one_line_naming_the_file(tmp_path, caplog):
         np.testing.assert_array_equal(TiffReader().read(path).image, IMAGE)
     assert [r.name for r in caplog.records] == ["lipoframe"]
     assert caplog.records[0].getMessage().startswith(f"{path}: tifffile: ") and "invalid page offset" in caplog.text
+
+
+@pytest.mark.parametrize(("name", "other"), [("m.mrc", "t.tif"), ("m.tif", "a.mrc"), ("m.png", "a.mrc"), ("m.npy", "t.tif")])
+def test_a_file_that_is_empty_or_in_another_format_is_named_as_such(tmp_path, name, other):
+    # An empty .mrc gave 'Couldn't read enough bytes for MRC header', a TIFF named
+    # .mrc 'Map ID string not found - not an MRC file, or file is corrupt', an MRC
+    # named .tif "not a TIFF file: header=b'0\\x00\\x00\\x00'": none said what the file was.
+    import mrcfile
+
+    from lipoframe.builtin.readers import MrcReader
+
+    reader = {".mrc": MrcReader(), ".tif": TiffReader(), ".png": ImageReader(), ".npy": NpyReader()}[name[-4:]]
+    source = tmp_path / other
+    if other.endswith(".tif"):
+        tifffile.imwrite(source, IMAGE)
+    else:
+        with mrcfile.new(str(source)) as m:
+            m.set_data(IMAGE)
+    path = tmp_path / name
+    path.write_bytes(source.read_bytes())
+    suffix = other[-4:]
+    kind = "a TIFF" if suffix == ".tif" else "an MRC"
+    with pytest.raises(InputError, match=rf"^{path}: not a .*\(it is {kind} file: give it the suffix \{suffix}\)$"):
+        reader.read(path, pixel_size=None)
+    path.write_bytes(b"")
+    with pytest.raises(InputError, match=rf"^{path}: not a .*\(the file is empty\)$"):
+        reader.read(path, pixel_size=None)

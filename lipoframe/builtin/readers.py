@@ -43,6 +43,36 @@ def _header_pixel_size(path: Path, value: float | None) -> float | None:
     return value
 
 
+def _file_format(head: bytes) -> tuple[str, str] | None:
+    """(format, suffix) of a micrograph file from its first 212 bytes, or None."""
+    if head[:4] in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+"):
+        return "TIFF", ".tif"
+    if head[:4] == b"\x89PNG":
+        return "PNG", ".png"
+    if head[:3] == b"\xff\xd8\xff":
+        return "JPEG", ".jpg"
+    if head[:6] == b"\x93NUMPY":
+        return "NumPy", ".npy"
+    if head[208:212] == b"MAP ":
+        return "MRC", ".mrc"
+    return None
+
+
+def _why_unreadable(path: Path, problem: str, own: str) -> str:
+    """``problem`` (the library's words), or what the file really is: empty, or in another format than ``own``."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(212)
+    except OSError:
+        return problem
+    if not head:
+        return "the file is empty"
+    found = _file_format(head)
+    if found is not None and found[0] != own:
+        return f"it is a{'n' if found[0][0] in 'AEIMNO' else ''} {found[0]} file: give it the suffix {found[1]}"
+    return problem
+
+
 def _check_dims(path: Path, data: np.ndarray, dims: int) -> np.ndarray:
     if dims == 2 and data.ndim == 3 and data.shape[0] == 1:
         data = data[0]
@@ -178,7 +208,7 @@ class MrcReader(Reader):
         except FileNotFoundError:
             raise InputError(f"{path}: file not found") from None
         except (ValueError, OSError, EOFError, OverflowError) as exc:  # OverflowError: negative sizes in a damaged header
-            raise InputError(f"{path}: not a readable MRC file ({str(exc).splitlines()[0]})") from None
+            raise InputError(f"{path}: not a readable MRC file ({_why_unreadable(path, str(exc).splitlines()[0], 'MRC')})") from None
         if data is None:
             raise InputError(f"{path}: MRC file has no readable data (truncated or corrupt)")
         if mode not in MRC_MODES:
@@ -274,7 +304,7 @@ class TiffReader(Reader):
         except FileNotFoundError:
             raise InputError(f"{path}: file not found") from None
         except Exception as exc:  # noqa: BLE001 - tifffile raises many types
-            raise InputError(f"{path}: not a readable TIFF file ({str(exc).splitlines()[0]})") from None
+            raise InputError(f"{path}: not a readable TIFF file ({_why_unreadable(path, str(exc).splitlines()[0], 'TIFF')})") from None
         if notes:
             log.warning("%s: tifffile: %s", path, "; ".join(dict.fromkeys(notes)))
         if samples > 1 and data.ndim == 3 and data.shape[-1] == samples and self.params.dims == 2:
@@ -313,7 +343,8 @@ class ImageReader(Reader):
         except FileNotFoundError:
             raise InputError(f"{path}: file not found") from None
         except Exception as exc:  # noqa: BLE001
-            raise InputError(f"{path}: not a readable image ({str(exc).splitlines()[0]})") from None
+            own = "JPEG" if path.suffix.lower() in (".jpg", ".jpeg") else "PNG"
+            raise InputError(f"{path}: not a readable image ({_why_unreadable(path, str(exc).splitlines()[0], own)})") from None
         if data.ndim == 3:
             data = data[..., :3].astype(np.float32).mean(axis=-1)
         data = _check_dims(path, data, 2)
@@ -342,7 +373,8 @@ class NpyReader(Reader):
         try:
             with open(path, "rb") as fh:
                 if fh.read(6) != b"\x93NUMPY":
-                    raise InputError(f"{path}: not a .npy file (it does not start with NumPy's header)")
+                    why = _why_unreadable(path, "it does not start with NumPy's header", "NumPy")
+                    raise InputError(f"{path}: not a .npy file ({why})")
             data = np.load(path, mmap_mode="r", allow_pickle=False)
         except InputError:
             raise
