@@ -1849,6 +1849,7 @@ def finish_run(
     (out_dir / DATASET_REJECTIONS).unlink(missing_ok=True)  # from an earlier run of this folder
     plan = None
     files: list[Path] = []
+    stopped = False
     if finalize:
         try:
             picks, plan, files = finalize_dataset(picks, metas, stages, cfg, out_dir)
@@ -1862,7 +1863,12 @@ def finish_run(
                 msg += "\n" + traceback.format_exc()
             errors.append(msg.splitlines()[0])
             log.error(msg)
-        notes = notes + placeholder_pixel_size_notes(metas, cfg) + pixel_size_notes(metas) + range_notes_for(picks, metas, cfg)
+        except KeyboardInterrupt:
+            # Ctrl-C or SIGTERM in binning or a writer: run_summary.json says so below
+            # (an earlier run's would stay and say the outputs are complete).
+            stopped = interrupted = True
+        if not stopped:
+            notes = notes + placeholder_pixel_size_notes(metas, cfg) + pixel_size_notes(metas) + range_notes_for(picks, metas, cfg)
     result = RunResult(out_dir, results, picks, plan, files, time.perf_counter() - t0, errors, notes, interrupted, workers,
                        n_micrographs=len(names))
     summary = result.summary()
@@ -1870,6 +1876,8 @@ def finish_run(
         kept = {k: picking[k] for k in PICKING_SUMMARY if k in picking}
         summary = {**summary, **kept, "replanned_seconds": summary["seconds"]}
     write_text(out_dir / "run_summary.json", json.dumps(summary, indent=2))
+    if stopped:
+        raise KeyboardInterrupt
     if pm is not None and finalize:
         from lipoframe.plugins import call_run_end
 

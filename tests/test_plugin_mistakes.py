@@ -267,10 +267,8 @@ def test_check_declared_reasons_looks_only_at_what_the_stage_rejected():
         check_declared_reasons(before, silent, declared=(), stage="refiner/r")
 
 
-def test_a_writer_interrupted_half_way_leaves_none_of_its_files(sloppy, make_plugin, tiny_mrcs, tmp_path, run_cli):
-    # Ctrl-C or SIGTERM (the end of a SLURM job) while a writer ran left the files
-    # it had written (mic_0.xyz of two): an export folder with part of the micrographs.
-    make_plugin("lipoframe-xyz", """
+#: A writer that Ctrl-C or SIGTERM stops after its first file.
+INTERRUPTED_XYZ = """
         from dataclasses import dataclass
 
         from lipoframe import hookimpl
@@ -296,9 +294,31 @@ def test_a_writer_interrupted_half_way_leaves_none_of_its_files(sloppy, make_plu
         @hookimpl
         def lipoframe_register_stages(registry):
             registry.add(Xyz)
-    """)
+"""
+
+
+def test_a_writer_interrupted_half_way_leaves_none_of_its_files(sloppy, make_plugin, tiny_mrcs, tmp_path, run_cli):
+    # Ctrl-C or SIGTERM (the end of a SLURM job) while a writer ran left the files
+    # it had written (mic_0.xyz of two): an export folder with part of the micrographs.
+    make_plugin("lipoframe-xyz", INTERRUPTED_XYZ)
     out = tmp_path / "out"
     code, _, err = run_cli("run", *PLAIN, "writer=[csv,xyz]", f"input={tiny_mrcs[0].parent}", f"output={out}", *TINY_ARGS)
     assert code == 130 and "interrupted" in err, err
     assert not (out / "xyz").exists()
     assert (out / "picks.csv").is_file()  # the writer before it finished
+
+
+def test_a_run_interrupted_in_its_writers_says_so_in_run_summary(sloppy, make_plugin, tiny_mrcs, tmp_path, run_cli):
+    # run_summary.json was written only after the writers: the one of an earlier
+    # complete run stayed and said 'interrupted: false', all micrographs ok.
+    import json
+
+    make_plugin("lipoframe-xyz", INTERRUPTED_XYZ)
+    out = tmp_path / "out"
+    args = [*PLAIN, f"input={tiny_mrcs[0].parent}", f"output={out}", *TINY_ARGS]
+    code, _, err = run_cli("run", *args, "writer=[csv]")
+    assert code == 0, err
+    code, _, err = run_cli("run", *args, "writer=[csv,xyz]")
+    assert code == 130 and "interrupted" in err, err
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["interrupted"] is True and summary["micrographs"]["total"] == 2
