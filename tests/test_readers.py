@@ -295,6 +295,23 @@ def test_mode0_signed_bytes_stay_signed(tmp_path, caplog):
     assert not caplog.text
 
 
+def test_an_lzw_tiff_is_read_with_imagecodecs_or_refused_naming_the_extra(tmp_path):
+    # SerialEM and other microscope software write LZW-compressed TIFFs; tifffile
+    # needs imagecodecs for them, and the refusal named no way to get it.
+    from PIL import Image
+
+    image = (IMAGE - IMAGE.min()) / np.ptp(IMAGE) * 200
+    path = tmp_path / "lzw.tif"
+    Image.fromarray(image.astype(np.uint8)).save(path, compression="tiff_lzw")
+    try:
+        import imagecodecs  # noqa: F401
+    except ImportError:
+        with pytest.raises(InputError, match=r"requires the 'imagecodecs' package: pip install 'lipoframe\[tiff\]' \(or imagecodecs\)"):
+            TiffReader().read(path)
+    else:
+        np.testing.assert_array_equal(TiffReader().read(path).image, image.astype(np.uint8))
+
+
 def test_a_tiff_without_an_image_is_one_line_naming_the_file(tmp_path, caplog):
     # A TIFF cut after its 8-byte header gave two lines: tifffile's own
     # '<tifffile.TiffPages @8> invalid offset to first page 8', naming no file,

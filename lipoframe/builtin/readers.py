@@ -304,7 +304,10 @@ class TiffReader(Reader):
         except FileNotFoundError:
             raise InputError(f"{path}: file not found") from None
         except Exception as exc:  # noqa: BLE001 - tifffile raises many types
-            raise InputError(f"{path}: not a readable TIFF file ({_why_unreadable(path, str(exc).splitlines()[0], 'TIFF')})") from None
+            why = _why_unreadable(path, str(exc).splitlines()[0], "TIFF")
+            if "imagecodecs" in why:  # LZW, JPEG, ... compression: tifffile decodes it with imagecodecs
+                why += ": pip install 'lipoframe[tiff]' (or imagecodecs) to read it"
+            raise InputError(f"{path}: not a readable TIFF file ({why})") from None
         if notes:
             log.warning("%s: tifffile: %s", path, "; ".join(dict.fromkeys(notes)))
         if samples > 1 and data.ndim == 3 and data.shape[-1] == samples and self.params.dims == 2:
