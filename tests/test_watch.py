@@ -4,6 +4,7 @@ dataset-level outputs are updated as it goes, and a stop file ends it cleanly.""
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 
@@ -276,6 +277,10 @@ def test_a_picked_micrograph_is_picked_again_when_its_heatmap_is_replaced(tmp_pa
     seen = {}
     yy, xx = np.mgrid[0:384, 0:384]
     np.save(maps / "mic_000_prob.npy", ((yy - 150) ** 2 + (xx - 200) ** 2 <= 40**2).astype(np.float32))
+    # The first map was written a while ago: input stamps (as resume's) hold whole seconds, and a
+    # map of the same size rewritten within the second it was written cannot be told apart.
+    old = time.time() - 60
+    os.utime(maps / "mic_000_prob.npy", (old, old))
     table = out / "micrographs" / "mic_000.csv"
 
     def network():
