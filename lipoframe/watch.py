@@ -189,7 +189,6 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None):
         #: abspath -> (path, input_stamp) of every micrograph handed out: one that failed is tried again,
         #: and one that was picked is picked again, when a file it needs (its heatmap or mask) changes
         handed: dict[str, tuple[Path, dict | None]] = {}
-        failed: set[str] = set()
         notes: list[str] = []
         since_update = 0
         last_new = time.monotonic()
@@ -219,7 +218,6 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None):
                     # A batch run over the folder would not have it: a renamed file is picked
                     # again under its new name, and its picks must not be exported twice.
                     handed.pop(os.path.abspath(path), None)
-                    failed.discard(os.path.abspath(path))
                     name = path_name.pop(os.path.abspath(path), None)
                     if name is not None:
                         results.pop(name, None)
@@ -231,7 +229,8 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None):
                 queued = {os.path.abspath(p) for p in ready}
                 for key, (path, stamp) in list(handed.items()):
                     # The micrograph itself is the watcher's; what the stages read for it is checked here.
-                    needs_others = key in failed or (stamp is not None and "extra" in stamp)
+                    failed = getattr(results.get(path_name[key]), "status", "") == "failed"
+                    needs_others = failed or (stamp is not None and "extra" in stamp)
                     if needs_others and key not in queued and input_stamp(path, path_name[key], stages) != stamp:
                         ready.append(path)  # its heatmap or mask has come, changed or gone since
                         queued.add(key)
@@ -255,10 +254,6 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None):
                         key = os.path.abspath(r.path)
                         if key in stamps:
                             handed[key] = stamps[key]
-                        if r.status == "failed":
-                            failed.add(key)
-                        else:
-                            failed.discard(key)
                     ok = sum(r.status != "failed" for r in done)
                     since_update += ok
                     last_new = time.monotonic()
