@@ -230,34 +230,45 @@ def test_a_renamed_or_deleted_file_leaves_the_watched_dataset(tmp_path):
     assert coords == ["mic_000_autopick.star", "renamed_autopick.star"]
 
 
+def _one_micrograph_and_its_maps_folder(tmp_path):
+    """A watched folder with one 384 x 384 micrograph (its path), an empty maps folder, the output folder,
+    and the heatmap-detector overrides that read the maps."""
+    watched = tmp_path / "incoming"
+    (src,) = write_set(watched, 1)
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    overrides = ["detector=heatmap", f"detector.folder={maps}", "detector.pattern=_prob.npy", "refiner=none", "filter=[diameter_range]"]
+    return src, maps, tmp_path / "out", overrides
+
+
+def _disc_map(row: int, col: int):
+    """A 384 x 384 probability map: 1 on a disc of radius 40 px centred on (row, col)."""
+    import numpy as np
+
+    yy, xx = np.mgrid[0:384, 0:384]
+    return ((yy - row) ** 2 + (xx - col) ** 2 <= 40**2).astype(np.float32)
+
+
 def test_a_micrograph_whose_heatmap_comes_later_is_picked_when_it_comes(tmp_path, caplog):
     """Streaming with a network: the map is written after its micrograph. The micrograph fails
     while its map is missing and is picked once the map is there, without being touched."""
     import numpy as np
 
-    watched = tmp_path / "incoming"
-    (src,) = write_set(watched, 1)
-    maps = tmp_path / "maps"
-    maps.mkdir()
-    out = tmp_path / "out"
+    src, maps, out, overrides = _one_micrograph_and_its_maps_folder(tmp_path)
     poll = 0.2
     seen = {}
-    yy, xx = np.mgrid[0:384, 0:384]
-    disc = ((yy - 150) ** 2 + (xx - 200) ** 2 <= 40**2).astype(np.float32)
 
     def network():
         deadline = time.monotonic() + 90
         while "no heatmap matches" not in caplog.text and time.monotonic() < deadline:
             time.sleep(poll)
         seen["failed_first"] = "no heatmap matches" in caplog.text
-        np.save(maps / "mic_000_prob.npy", disc)
+        np.save(maps / "mic_000_prob.npy", _disc_map(150, 200))
         while not (out / "micrographs" / "mic_000.json").exists() and time.monotonic() < deadline:
             time.sleep(poll)
         (out / "STOP").touch()
 
-    result = watch_while(network, watched, out, poll=poll, stable_polls=1, update_every=1,
-                         overrides=["detector=heatmap", f"detector.folder={maps}", "detector.pattern=_prob.npy",
-                                    "refiner=none", "filter=[diameter_range]"])
+    result = watch_while(network, src.parent, out, poll=poll, stable_polls=1, update_every=1, overrides=overrides)
     assert seen["failed_first"]
     assert [r.status for r in result.results] == ["ok"], [r.error for r in result.results]
     assert len(result.picks) == 1 and src.exists()
@@ -268,15 +279,10 @@ def test_a_picked_micrograph_is_picked_again_when_its_heatmap_is_replaced(tmp_pa
     micrographs picked with the old maps kept those picks until a resume."""
     import numpy as np
 
-    watched = tmp_path / "incoming"
-    (src,) = write_set(watched, 1)
-    maps = tmp_path / "maps"
-    maps.mkdir()
-    out = tmp_path / "out"
+    src, maps, out, overrides = _one_micrograph_and_its_maps_folder(tmp_path)
     poll = 0.2
     seen = {}
-    yy, xx = np.mgrid[0:384, 0:384]
-    np.save(maps / "mic_000_prob.npy", ((yy - 150) ** 2 + (xx - 200) ** 2 <= 40**2).astype(np.float32))
+    np.save(maps / "mic_000_prob.npy", _disc_map(150, 200))
     # The first map was written a while ago: input stamps (as resume's) hold whole seconds, and a
     # map of the same size rewritten within the second it was written cannot be told apart.
     old = time.time() - 60
@@ -288,13 +294,12 @@ def test_a_picked_micrograph_is_picked_again_when_its_heatmap_is_replaced(tmp_pa
         while not table.exists() and time.monotonic() < deadline:
             time.sleep(poll)
         seen["first"] = pd.read_csv(table)[["x_px", "y_px"]].round().values.tolist()
-        np.save(maps / "mic_000_prob.npy", ((yy - 250) ** 2 + (xx - 100) ** 2 <= 40**2).astype(np.float32))
+        np.save(maps / "mic_000_prob.npy", _disc_map(250, 100))
         while time.monotonic() < deadline and pd.read_csv(table)[["x_px", "y_px"]].round().values.tolist() == seen["first"]:
             time.sleep(poll)
         (out / "STOP").touch()
 
-    overrides = ["detector=heatmap", f"detector.folder={maps}", "detector.pattern=_prob.npy", "refiner=none", "filter=[diameter_range]"]
-    result = watch_while(network, watched, out, poll=poll, stable_polls=1, update_every=1, overrides=overrides)
+    result = watch_while(network, src.parent, out, poll=poll, stable_polls=1, update_every=1, overrides=overrides)
     assert seen["first"] == [[200.0, 150.0]]
     assert [r.status for r in result.results] == ["ok"] and src.exists(), [r.error for r in result.results]
     assert pd.read_csv(out / "picks.csv")[["x_px", "y_px"]].round().values.tolist() == [[100.0, 250.0]]
