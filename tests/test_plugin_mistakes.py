@@ -206,11 +206,9 @@ def test_call_table_stage_accepts_a_stage_that_returns_its_input_unchanged():
     assert len(call_table_stage(lambda t: t.iloc[:1], table, stage="nms/mine", same_rows=False)) == 1
 
 
-def test_a_writer_that_fails_half_way_leaves_none_of_its_files(sloppy, make_plugin, tiny_mrcs, tmp_path, run_cli):
-    # Before, the files it wrote before failing stayed (mic_0.xyz of two),
-    # unlisted in written_files.json, so no later run removed them either,
-    # and a folder import took them as the whole export.
-    make_plugin("lipoframe-xyz", """
+#: A writer of one .xyz file per micrograph that stops after its first file on request:
+#: ``fail=disk_full`` (an OSError after a warning) or ``fail=interrupt`` (what Ctrl-C or SIGTERM raises).
+XYZ_WRITER = """
         import logging
         from dataclasses import dataclass
 
@@ -220,7 +218,7 @@ def test_a_writer_that_fails_half_way_leaves_none_of_its_files(sloppy, make_plug
 
         @dataclass
         class XyzParams:
-            fail: bool = False
+            fail: str = "none"
 
         class Xyz(Writer):
             name = "xyz"
@@ -229,19 +227,28 @@ def test_a_writer_that_fails_half_way_leaves_none_of_its_files(sloppy, make_plug
             def write(self, picks, metas, plan, out_dir, ctx):
                 written = []
                 for name in metas:
-                    if self.params.fail and written:
+                    if written and self.params.fail == "disk_full":
                         logging.getLogger("lipoframe").warning("xyz: giving up")  # lipoframe.log changes, and stays
                         raise OSError(28, "No space left on device")
+                    if written and self.params.fail == "interrupt":
+                        raise KeyboardInterrupt  # what sigterm_as_interrupt raises
                     written.append(write_text(safe_child(out_dir, "xyz", f"{name}.xyz"), "1 2 3\\n"))
                 return written
 
         @hookimpl
         def lipoframe_register_stages(registry):
             registry.add(Xyz)
-    """)
+"""
+
+
+def test_a_writer_that_fails_half_way_leaves_none_of_its_files(sloppy, make_plugin, tiny_mrcs, tmp_path, run_cli):
+    # Before, the files it wrote before failing stayed (mic_0.xyz of two),
+    # unlisted in written_files.json, so no later run removed them either,
+    # and a folder import took them as the whole export.
+    make_plugin("lipoframe-xyz", XYZ_WRITER)
     out = tmp_path / "out"
     args = [*PLAIN, "writer=[csv,xyz,star]", f"input={tiny_mrcs[0].parent}", f"output={out}", *TINY_ARGS]
-    code, stdout, err = run_cli("run", *args, "writer.xyz.fail=true")
+    code, stdout, err = run_cli("run", *args, "writer.xyz.fail=disk_full")
     assert code == 1
     assert "ERROR  writer xyz failed: OSError: [Errno 28] No space left on device (removed the 1 file(s) it had written)" in stdout
     assert not (out / "xyz").exists()
@@ -267,42 +274,12 @@ def test_check_declared_reasons_looks_only_at_what_the_stage_rejected():
         check_declared_reasons(before, silent, declared=(), stage="refiner/r")
 
 
-#: A writer that Ctrl-C or SIGTERM stops after its first file.
-INTERRUPTED_XYZ = """
-        from dataclasses import dataclass
-
-        from lipoframe import hookimpl
-        from lipoframe.io.atomic import safe_child, write_text
-        from lipoframe.stages import Writer
-
-        @dataclass
-        class XyzParams:
-            pass
-
-        class Xyz(Writer):
-            name = "xyz"
-            Params = XyzParams
-
-            def write(self, picks, metas, plan, out_dir, ctx):
-                written = []
-                for name in metas:
-                    if written:
-                        raise KeyboardInterrupt  # what sigterm_as_interrupt raises
-                    written.append(write_text(safe_child(out_dir, "xyz", f"{name}.xyz"), "1 2 3\\n"))
-                return written
-
-        @hookimpl
-        def lipoframe_register_stages(registry):
-            registry.add(Xyz)
-"""
-
-
 def test_a_writer_interrupted_half_way_leaves_none_of_its_files(sloppy, make_plugin, tiny_mrcs, tmp_path, run_cli):
     # Ctrl-C or SIGTERM (the end of a SLURM job) while a writer ran left the files
     # it had written (mic_0.xyz of two): an export folder with part of the micrographs.
-    make_plugin("lipoframe-xyz", INTERRUPTED_XYZ)
+    make_plugin("lipoframe-xyz", XYZ_WRITER)
     out = tmp_path / "out"
-    code, _, err = run_cli("run", *PLAIN, "writer=[csv,xyz]", f"input={tiny_mrcs[0].parent}", f"output={out}", *TINY_ARGS)
+    code, _, err = run_cli("run", *PLAIN, "writer=[csv,xyz]", "writer.xyz.fail=interrupt", f"input={tiny_mrcs[0].parent}", f"output={out}", *TINY_ARGS)
     assert code == 130 and "interrupted" in err, err
     assert not (out / "xyz").exists()
     assert (out / "picks.csv").is_file()  # the writer before it finished
@@ -313,12 +290,12 @@ def test_a_run_interrupted_in_its_writers_says_so_in_run_summary(sloppy, make_pl
     # complete run stayed and said 'interrupted: false', all micrographs ok.
     import json
 
-    make_plugin("lipoframe-xyz", INTERRUPTED_XYZ)
+    make_plugin("lipoframe-xyz", XYZ_WRITER)
     out = tmp_path / "out"
     args = [*PLAIN, f"input={tiny_mrcs[0].parent}", f"output={out}", *TINY_ARGS]
     code, _, err = run_cli("run", *args, "writer=[csv]")
     assert code == 0, err
-    code, _, err = run_cli("run", *args, "writer=[csv,xyz]")
+    code, _, err = run_cli("run", *args, "writer=[csv,xyz]", "writer.xyz.fail=interrupt")
     assert code == 130 and "interrupted" in err, err
     summary = json.loads((out / "run_summary.json").read_text())
     assert summary["interrupted"] is True and summary["micrographs"]["total"] == 2
