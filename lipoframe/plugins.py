@@ -234,9 +234,10 @@ def read_file(path: str | os.PathLike, *, dims: int = 2):
     InputError
         Naming the file, when no reader takes its suffix or it cannot be read.
     """
-    from lipoframe.records import InputError
+    from lipoframe.records import InputError, refuse_special_file
 
     path = Path(path)
+    refuse_special_file(path)
     suffix = path.suffix.lower()
     reader = load()[1].readers_by_suffix(dims=dims).get(suffix)
     if reader is None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import stat
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Optional
 
@@ -14,6 +16,27 @@ from lipoframe.algorithms.pyramid import block_mean, typical_level
 
 class InputError(Exception):
     """A problem with one input file. The message names the file and the problem."""
+
+
+_SPECIAL_FILES = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"),
+                  (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"))
+
+
+def refuse_special_file(path) -> None:
+    """Raise :class:`InputError` when ``path`` exists but is not a regular file.
+
+    Opening a named pipe blocks until something writes to it, so a run given
+    one by name would wait for ever; a device or a folder cannot be a
+    micrograph either. A missing or unreadable file is left to the reader,
+    which names that problem.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return
+    for is_kind, kind in _SPECIAL_FILES:
+        if is_kind(mode):
+            raise InputError(f"{path}: not a regular file but {kind}; give each micrograph as a file")
 
 
 @dataclass(frozen=True)

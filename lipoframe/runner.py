@@ -32,7 +32,7 @@ from lipoframe.config import RETRY_SUPPRESSED, ConfigError, LipoframeConfig
 from lipoframe.algorithms.pyramid import pow2_floor, to_binned
 from lipoframe.io.atomic import resolve_all, safe_child, write_text
 from lipoframe.plan import ExtractionPlan, format_range
-from lipoframe.records import InputError, Micrograph, MicrographMeta, PickContext
+from lipoframe.records import InputError, Micrograph, MicrographMeta, PickContext, refuse_special_file
 from lipoframe.registry import StageRegistry
 from lipoframe.stages import Stage
 
@@ -104,6 +104,7 @@ class StageSet:
         When a reader chosen by name (``reader=npy``) fails on a file whose
         suffix it does not handle, the message says so.
         """
+        refuse_special_file(path)
         reader = self.reader_for(path)
         try:
             return reader.read(path, pixel_size=pixel_size)

@@ -52,3 +52,47 @@ def cli(*args: str, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "lipoframe", *args], capture_output=True, text=True, env=env(), timeout=timeout, **kw
     )
+
+
+#: A reader plugin giving the interrupt tests a micrograph that takes as long
+#: as they like: a ``.gate`` file is an MRC file, read once ``<stem>.go``
+#: exists beside it. (lipoframe refuses named pipes, which would block in
+#: ``open``.) Install it with ``make_plugin("lipoframe-gate", GATE_READER)``
+#: and run subprocesses with :func:`env_with_plugins`.
+GATE_READER = '''
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from lipoframe import hookimpl
+from lipoframe.builtin.readers import MrcReader
+from lipoframe.stages import Reader
+
+
+@dataclass
+class GateParams:
+    pass
+
+
+class GateReader(Reader):
+    name = "gate"
+    Params = GateParams
+    suffixes = (".gate",)
+
+    def read(self, path, *, pixel_size=None):
+        while not Path(path).with_suffix(".go").exists():
+            time.sleep(0.05)
+        return MrcReader().read(path, pixel_size=pixel_size)
+
+
+@hookimpl
+def lipoframe_register_stages(registry):
+    registry.add(GateReader)
+'''
+
+
+def env_with_plugins() -> dict:
+    """:func:`env`, but with the plugins this test enabled (``make_plugin``) loaded."""
+    e = env()
+    e["LIPOFRAME_LOAD_PLUGINS"] = os.environ["LIPOFRAME_LOAD_PLUGINS"]
+    return e

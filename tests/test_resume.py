@@ -11,7 +11,7 @@ import sys
 import time
 
 import pytest
-from scale_data import RUN_ARGS, env, image, write_mrc, write_set
+from scale_data import GATE_READER, RUN_ARGS, env_with_plugins, image, write_mrc, write_set
 
 from lipoframe.merge import compose_config
 from lipoframe.runner import run_pipeline
@@ -31,18 +31,17 @@ def statuses(result):
     return {r.name: r.status for r in result.results}
 
 
-@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs a named pipe")
-def test_killed_run_resumes_without_losing_finished_work(tmp_path):
-    """The third input is a named pipe, so the run blocks there after two
-    micrographs are done; it is killed with SIGKILL, then resumed."""
+def test_killed_run_resumes_without_losing_finished_work(tmp_path, make_plugin):
+    """The third input is read only when the test lets it (the ``gate``
+    reader), so the run waits there after two micrographs are done; it is
+    killed with SIGKILL, then resumed."""
+    make_plugin("lipoframe-gate", GATE_READER)
     inp = tmp_path / "in"
     write_set(inp, 2)
-    fifo = tmp_path / "late" / "mic_002.mrc"
-    fifo.parent.mkdir()
-    os.mkfifo(fifo)
+    late = write_mrc(tmp_path / "late" / "mic_002.gate", image(2))
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "lipoframe", "run", f"input=[{inp},{fifo}]", f"output={out}", "runner.workers=1", *RUN_ARGS]
-    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    cmd = [sys.executable, "-m", "lipoframe", "run", f"input=[{inp},{late}]", f"output={out}", "runner.workers=1", *RUN_ARGS]
+    proc = subprocess.Popen(cmd, env=env_with_plugins(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     done_markers = [out / "micrographs" / f"mic_00{i}.json" for i in range(2)]
     deadline = time.monotonic() + 90
     while not all(p.exists() for p in done_markers):
@@ -55,10 +54,9 @@ def test_killed_run_resumes_without_losing_finished_work(tmp_path):
     saved = {p: p.read_bytes() for p in done_markers}
     assert not (out / "run_summary.json").exists()  # it really died mid-way
 
-    fifo.unlink()
-    write_mrc(fifo, image(2))
+    late.with_suffix(".go").touch()
     # the same command again (subprocesses throughout, so every result comes from the same code)
-    again = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=120)
+    again = subprocess.run(cmd, env=env_with_plugins(), capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stderr
     summary = json.loads((out / "run_summary.json").read_text())
     assert summary["micrographs"] == {"total": 3, "ok": 1, "skipped": 2, "failed": 0, "not_done": 0}
@@ -66,7 +64,7 @@ def test_killed_run_resumes_without_losing_finished_work(tmp_path):
     assert not list((out / "micrographs").glob(".*.tmp*"))
 
     fresh_cmd = [c if not c.startswith("output=") else f"output={tmp_path / 'fresh'}" for c in cmd]
-    fresh = subprocess.run(fresh_cmd, env=env(), capture_output=True, text=True, timeout=120)
+    fresh = subprocess.run(fresh_cmd, env=env_with_plugins(), capture_output=True, text=True, timeout=120)
     assert fresh.returncode == 0, fresh.stderr
     assert (out / "picks.csv").read_bytes() == (tmp_path / "fresh" / "picks.csv").read_bytes()
 

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from scale_data import RUN_ARGS, cli, env, image, write_mrc, write_set
+from scale_data import GATE_READER, RUN_ARGS, cli, env, env_with_plugins, image, write_mrc, write_set
 
 from lipoframe import plugins
 from lipoframe.merge import compose_config
@@ -289,23 +289,24 @@ def test_progress_bar_on_a_terminal_only(tmp_path):
 
 
 # -- Ctrl-C ---------------------------------------------------------------------
-@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs a named pipe")
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
-def test_ctrl_c_keeps_finished_work_and_says_how_to_continue(tmp_path, sig):
-    """The third input is a named pipe, so the run waits there; Ctrl-C (or
-    SIGTERM: `kill`, the end of a SLURM job) stops it cleanly."""
+def test_ctrl_c_keeps_finished_work_and_says_how_to_continue(tmp_path, sig, make_plugin):
+    """The third input is a micrograph that is read only when the test lets it
+    (the ``gate`` reader), so the run waits there; Ctrl-C (or SIGTERM: `kill`,
+    the end of a SLURM job) asks it to finish that micrograph, and a second one
+    stops it at once, cleanly."""
+    make_plugin("lipoframe-gate", GATE_READER)
     sig = getattr(signal, sig)
     write_set(tmp_path / "in", 2)
-    fifo = tmp_path / "late.mrc"
-    os.mkfifo(fifo)
+    late = write_mrc(tmp_path / "late.gate", image(2))
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "lipoframe", "run", f"input=[{tmp_path / 'in'},{fifo}]", f"output={out}", "runner.workers=1", *RUN_ARGS]
+    cmd = [sys.executable, "-m", "lipoframe", "run", f"input=[{tmp_path / 'in'},{late}]", f"output={out}", "runner.workers=1", *RUN_ARGS]
     # A shell without job control starts background commands with SIGINT
     # ignored, and Python keeps an ignored SIGINT ignored (as it should: that
     # is how `nohup` and `cmd &` in scripts protect a job). The test is about
     # Ctrl-C at a terminal, so the child starts with SIGINT's default action
     # whatever the test runner inherited.
-    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    proc = subprocess.Popen(cmd, env=env_with_plugins(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 90
     while not all((out / "micrographs" / f"mic_00{i}.json").exists() for i in (0, 1)):
@@ -313,33 +314,33 @@ def test_ctrl_c_keeps_finished_work_and_says_how_to_continue(tmp_path, sig):
         time.sleep(0.05)
     time.sleep(0.2)
     proc.send_signal(sig)
-    try:
-        _, err = proc.communicate(timeout=10)
-    except subprocess.TimeoutExpired:
-        # A signal that lands between Python's last check for signals and the
-        # child's blocking open() of the pipe is not acted on while open()
-        # blocks (a race of any Python program, not of lipoframe). Press
-        # Ctrl-C again, as a user would: a signal that arrives during the
-        # blocking call interrupts it.
-        proc.send_signal(sig)
-        try:
-            _, err = proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            # Still blocked: open the pipe's other end. A run that ignored
-            # Ctrl-C would now read an empty third input and end without
-            # being interrupted.
-            try:
-                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-            except OSError:  # no reader: the child is past the pipe
-                pass
-            _, err = proc.communicate(timeout=60)
+    time.sleep(1.0)
+    assert proc.poll() is None  # finishing the micrograph in progress, which waits at its gate
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err[-3000:]
     assert "Traceback" not in err
+    assert "interrupted: finishing the micrograph in progress (again to stop at once)" in err
     assert "2 of 3 micrographs are done and saved; run the same command again to continue" in err
     summary = json.loads((out / "run_summary.json").read_text())
     assert summary["interrupted"] is True and summary["micrographs"]["ok"] == 2
     assert summary["micrographs"]["total"] == 3 and summary["micrographs"]["not_done"] == 1
     assert not (out / "picks.csv").exists()  # no dataset-level outputs from a partial run
+
+
+def test_a_named_pipe_is_refused_by_name_not_waited_for(tmp_path):
+    """Opening a named pipe blocks until something writes to it: given by name,
+    it fails at once in one line, and the other micrographs go on."""
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("needs a named pipe")
+    write_set(tmp_path / "in", 1)
+    fifo = tmp_path / "pipe.mrc"
+    os.mkfifo(fifo)
+    proc = cli("run", f"input=[{tmp_path / 'in'},{fifo}]", f"output={tmp_path / 'out'}", "runner.workers=1", *RUN_ARGS, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert f"{fifo}: not a regular file but a named pipe; give each micrograph as a file" in proc.stderr
+    summary = json.loads((tmp_path / "out" / "run_summary.json").read_text())
+    assert summary["micrographs"]["ok"] == 1 and summary["micrographs"]["failed"] == 1
 
 
 def test_a_result_saved_just_before_an_interrupt_counts(tmp_path, monkeypatch):
