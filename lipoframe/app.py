@@ -162,7 +162,7 @@ def validate_overrides(overrides: list[str], *, config_dirs: Sequence[str] = ())
     """
     from hydra import compose, initialize_config_dir
 
-    from lipoframe.runner import check_retry_suppressed
+    from lipoframe.runner import check_ranking_columns, check_retry_suppressed
 
     plain = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
     for d in config_dirs:
@@ -176,6 +176,7 @@ def validate_overrides(overrides: list[str], *, config_dirs: Sequence[str] = ())
             cfg = compose("config", overrides=plain)
         run_cfg = to_run_config(cfg)
         check_retry_suppressed(run_cfg.retry_suppressed, registry)
+        check_ranking_columns(run_cfg, registry)
         return run_cfg
     except ConfigError:
         raise

@@ -116,6 +116,32 @@ class StageSet:
                              "(leave reader=auto to choose the reader by each file's suffix)") from None
 
 
+def check_ranking_columns(cfg: LipoframeConfig, registry: StageRegistry) -> None:
+    """Check the columns the NMS ranks by against those the detector declares.
+
+    Raises
+    ------
+    ConfigError
+        Naming the option (``nms.rank_by``) and the columns the detector's
+        candidates have, when the detector declares them
+        (:attr:`~lipoframe.stages.Detector.columns`) and the column is not
+        one of them. ``response`` is always accepted: a detector without it
+        is ranked by ``score``.
+    """
+    if cfg.detector is None or cfg.nms is None:
+        return
+    detector = registry.for_params(cfg.detector).cls
+    declared = getattr(detector, "columns", None)
+    if declared is None:
+        return
+    have = [*schema.DETECTOR_COLUMNS, *declared]
+    # A tomogram's candidates carry z_px as well.
+    for option, column in registry.build(cfg.nms).ranked_by().items():
+        if column not in have and column not in ("response", schema.Z):
+            raise ConfigError(f"{option}={column!r} is not a column of the candidates of detector={detector.name}; "
+                              f"they have {', '.join(have)}")
+
+
 def check_retry_suppressed(reasons, registry: StageRegistry) -> None:
     """Check ``retry_suppressed`` against the reasons the registered stages give.
 
@@ -142,6 +168,7 @@ def check_retry_suppressed(reasons, registry: StageRegistry) -> None:
 def build_stages(cfg: LipoframeConfig, registry: StageRegistry) -> StageSet:
     """Instantiate the configured stages (errors name the stage kind)."""
     check_retry_suppressed(cfg.retry_suppressed, registry)
+    check_ranking_columns(cfg, registry)
 
     def one(kind: str, params: Any) -> Stage:
         if params is None:

@@ -125,6 +125,12 @@ class Reader(Stage):
 
 class Detector(Stage):
     kind = "detector"
+    #: Columns, besides :data:`lipoframe.schema.DETECTOR_COLUMNS`, that every
+    #: table :meth:`detect` returns holds (``("response",)``). Declaring them
+    #: lets an option that names another one (``nms.rank_by=respnse``) be
+    #: refused before any micrograph is read; ``None``: not declared, such an
+    #: option fails each micrograph instead.
+    columns: ClassVar["tuple[str, ...] | None"] = None
 
     def detect(self, mic: "Micrograph", ctx: "PickContext") -> "pd.DataFrame":
         raise NotImplementedError
@@ -132,6 +138,12 @@ class Detector(Stage):
 
 class Suppressor(Stage):
     kind = "nms"
+
+    def ranked_by(self) -> dict[str, str]:
+        """The candidates' columns this NMS orders them by, by option name
+        (``{"nms.rank_by": "response"}``); checked against the detector's
+        :attr:`Detector.columns` before the run."""
+        return {}
 
     def suppress(self, picks: "pd.DataFrame", mic: "Micrograph", ctx: "PickContext") -> "pd.DataFrame":
         raise NotImplementedError

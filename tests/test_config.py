@@ -102,6 +102,10 @@ BAD = [
     (["stream.idle_timeout=nan"], "stream.idle_timeout", "must be a number, got nan"),
     (["stream.poll_seconds=inf"], "stream.poll_seconds", "must be finite, got inf"),
     (["retry_suppressed=[no_edge,no_egde]"], "retry_suppressed", "'no_egde' is not a reject reason"),
+    (["nms.rank_by=respnse"], "nms.rank_by='respnse'", "candidates of detector=edge; they have x_px, y_px, diameter_px, score, pyramid_level, sigma_px, response"),
+    (["nms.outrank_by=qualty"], "nms.outrank_by='qualty'", "candidates of detector=edge"),
+    (["nms=overlap", "nms.rank_by="], "nms.rank_by", "must name a column"),
+    (["detector=heatmap", "nms=nested", "nms.rank_by=quality"], "nms.rank_by='quality'", "detector=heatmap; they have x_px, y_px, diameter_px, score, pyramid_level, sigma_px, size_px"),
 ]
 
 
@@ -227,6 +231,23 @@ def test_cli_config_error_before_any_micrograph_is_read(overrides, key, detail, 
     assert len(lines) == 1, err
     assert lines[0].startswith("lipoframe: config error: ") and key in lines[0] and detail in lines[0]
     assert not (out_dir / "micrographs").exists()
+
+
+@pytest.mark.parametrize("overrides", [
+    ["nms.rank_by=score", "nms.outrank_by=response"],
+    ["detector=heatmap", "nms.rank_by=size_px"],
+    ["detector=heatmap"],  # ranks by response, which falls back to score
+    ["detector=membrane", "nms=overlap", "nms.rank_by=membrane_coverage"],
+    ["detector=dog", "nms.rank_by=z_px"],  # a tomogram's candidates have it
+])
+def test_the_columns_a_detector_writes_may_rank_candidates(overrides):
+    assert validate_overrides(overrides) is not None
+
+
+def test_a_plugin_detector_that_does_not_declare_its_columns_is_checked_on_each_micrograph(fake_plugin, tiny_mrcs, tmp_path, run_cli):
+    assert validate_overrides([f"detector={fake_plugin}", "nms.rank_by=nope"]) is not None
+    code, _, err = run_cli("run", f"input={tiny_mrcs[0]}", f"output={tmp_path / 'out'}", f"detector={fake_plugin}", "nms.rank_by=nope", *TINY_ARGS)
+    assert code == 1 and "nms.rank_by='nope' is not a column of the detections; they have x_px, y_px" in err
 
 
 def test_multirun_checks_every_job_before_the_first_starts(tiny_mrcs, tmp_path, run_cli):

@@ -116,6 +116,7 @@ class EdgeParams(BlobParams):
 
 class _BlobDetector(Detector):
     method = "dog"
+    columns = ("response",)
 
     def detect(self, mic: Micrograph, ctx: PickContext) -> pd.DataFrame:
         p = self.params
@@ -231,6 +232,7 @@ class MembraneParams:
 class MembraneDetector(Detector):
     name = "membrane"
     Params = MembraneParams
+    columns = ("response", "membrane_coverage")
     summary = "thin-membrane vesicles: circular Hough search on a membrane (ridge) map, with angular coverage"
 
     def detect(self, mic: Micrograph, ctx: PickContext) -> pd.DataFrame:

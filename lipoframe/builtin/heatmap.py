@@ -228,6 +228,7 @@ def _read_map(path: Path, ndim: int, where: str) -> np.ndarray:
 class HeatmapDetector(Detector):
     name = "heatmap"
     Params = HeatmapParams
+    columns = ("size_px",)
     summary = "picks from a network's probability/centre map per micrograph (threshold, peaks, instances)"
 
     def extra_inputs(self, path: Path, name: str) -> list[Path]:

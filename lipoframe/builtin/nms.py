@@ -90,6 +90,12 @@ class SizeAwareNms(Suppressor):
     Params = SizeAwareParams
     summary = "greedy (by response; larger over smaller inside it by score): reject centres within beta * r of an accepted pick, and circles mostly inside one (KD-tree)"
 
+    def ranked_by(self) -> dict[str, str]:
+        used = {"nms.rank_by": self.params.rank_by}
+        if self.params.outrank_by:
+            used["nms.outrank_by"] = self.params.outrank_by
+        return used
+
     def suppress(self, picks: pd.DataFrame, mic: Micrograph, ctx: PickContext) -> pd.DataFrame:
         # Tomogram picks carry z_px: suppress in 3D.
         axes = [schema.X, schema.Y] + ([schema.Z] if schema.Z in picks.columns else [])
@@ -130,12 +136,17 @@ class OverlapParams:
             raise ValueError(f"nms.max_iou must be in (0, 1], got {self.max_iou}")
         if not 0 < self.max_containment <= 1:
             raise ValueError(f"nms.max_containment must be in (0, 1], got {self.max_containment}")
+        if not self.rank_by:
+            raise ValueError("nms.rank_by must name a column, e.g. response or score")
 
 
 class OverlapNms(Suppressor):
     name = "overlap"
     Params = OverlapParams
     summary = "greedy by score; reject circles overlapping an accepted pick (IoU / containment)"
+
+    def ranked_by(self) -> dict[str, str]:
+        return {"nms.rank_by": self.params.rank_by}
 
     def suppress(self, picks: pd.DataFrame, mic: Micrograph, ctx: PickContext) -> pd.DataFrame:
         keep = overlap_nms(
