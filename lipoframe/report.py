@@ -1000,7 +1000,17 @@ def write_report_safely(out_dir: Path, *, cfg, stages, result) -> Path | None:
     except Exception as exc:  # noqa: BLE001 - the report must never fail a run
         log.error("report: could not write %s: %s: %s", Path(out_dir) / REPORT_NAME, type(exc).__name__, exc)
         log.debug("report traceback", exc_info=True)
+        drop_stale_report(out_dir)
         return None
+    except KeyboardInterrupt:
+        drop_stale_report(out_dir)
+        raise
+
+
+def drop_stale_report(out_dir: Path) -> None:
+    """Remove the ``report.html`` an earlier run left in ``out_dir``, when this
+    run's could not be written: it would show other picks than the run's."""
+    (Path(out_dir) / REPORT_NAME).unlink(missing_ok=True)
 
 
 def cmd_report(argv: list[str]) -> int:

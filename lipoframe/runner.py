@@ -2023,7 +2023,21 @@ def run_pipeline(
         if cfg.runner.report and not interrupted:
             from lipoframe.report import write_report_safely
 
-            write_report_safely(out_dir, cfg=cfg, stages=stages, result=result)
+            try:
+                write_report_safely(out_dir, cfg=cfg, stages=stages, result=result)
+            except KeyboardInterrupt:
+                # Ctrl-C or SIGTERM while drawing the report: the picks, exports
+                # and plan are complete, but run_summary.json must not say the
+                # run finished.
+                summary_path = out_dir / "run_summary.json"
+                summary = json.loads(summary_path.read_text())
+                summary["interrupted"] = True
+                summary["notes"] = [*summary.get("notes", []), "interrupted while writing the report: the picks, exports and "
+                                    f"extraction plan are complete; `lipoframe report {out_dir}` writes it"]
+                write_text(summary_path, json.dumps(summary, indent=2))
+                log.warning("interrupted while writing the report; the picks, exports and extraction plan are complete: "
+                            "`lipoframe report %s` (or the same command again) writes it", out_dir)
+                raise
     if interrupted:
         done = sum(r.status != "failed" for r in results)
         log.warning("interrupted: %d of %d micrographs are done and saved; run the same command again to continue", done, len(jobs))

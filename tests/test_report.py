@@ -470,27 +470,49 @@ def test_report_command_rejects_a_folder_that_is_not_a_run(tmp_path, run_cli):
     assert code == 1 and "no such folder" in err
 
 
-def test_a_failing_report_is_logged_and_never_fails_the_run(tmp_path, monkeypatch, caplog):
+def _run_twice_second_report_raising(tmp_path, monkeypatch, error):
+    """Run into one folder twice: the first writes its report, the second's report raises ``error``."""
     from hydra.core.global_hydra import GlobalHydra
 
     from lipoframe.merge import compose_config
     from lipoframe.runner import run_pipeline
 
     write_mrc(tmp_path / "mics" / "mic_0.mrc", tiny_image(seed=0)[0])
-
-    def boom(*args, **kwargs):
-        raise RuntimeError("disk on fire")
-
-    monkeypatch.setattr(report, "write_report", boom)
     try:
         _, cfg = compose_config([f"input={tmp_path / 'mics'}", *RUN_OVERRIDES])
     finally:
         GlobalHydra.instance().clear()
+    assert run_pipeline(cfg, tmp_path / "out").ok and (tmp_path / "out" / "report.html").is_file()
+
+    def boom(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(report, "write_report", boom)
+    return lambda: run_pipeline(cfg, tmp_path / "out")
+
+
+def test_a_failing_report_is_logged_and_never_fails_the_run(tmp_path, monkeypatch, caplog):
+    again = _run_twice_second_report_raising(tmp_path, monkeypatch, RuntimeError("disk on fire"))
     with caplog.at_level(logging.ERROR, logger="lipoframe"):
-        result = run_pipeline(cfg, tmp_path / "out")
+        result = again()
     assert result.ok and (tmp_path / "out" / "run_summary.json").is_file()
+    # The first run's report would show this run as if it were that one.
     assert not (tmp_path / "out" / "report.html").exists()
     assert any("disk on fire" in r.getMessage() and "report.html" in r.getMessage() for r in caplog.records)
+
+
+def test_a_run_interrupted_while_writing_its_report_says_so(tmp_path, monkeypatch):
+    # Ctrl-C or SIGTERM during the report: run_summary.json said 'interrupted: false'
+    # and the earlier run's report.html stayed.
+    again = _run_twice_second_report_raising(tmp_path, monkeypatch, KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt):
+        again()
+    out = tmp_path / "out"
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["interrupted"] is True
+    assert f"interrupted while writing the report: the picks, exports and extraction plan are complete; `lipoframe report {out}` writes it" in summary["notes"]
+    assert not (out / "report.html").exists()
+    assert (out / "picks.csv").is_file() and (out / "extraction_plan.json").is_file()
 
 
 def test_volume_overlay_shows_the_central_slab_and_its_picks(tmp_path):
