@@ -272,13 +272,16 @@ def _ranges(b, px: float | None) -> tuple[str, str | None]:
             format_range(b.d_min_px * px, b.d_max_px * px, sep="–") if px else None)
 
 
-def plan_markdown(plan: ExtractionPlan, files: dict[int, list[str]], *, n_outliers: int = 0, coord_prefix: str = "") -> str:
+def plan_markdown(plan: ExtractionPlan, files: dict[int, list[str]], *, n_outliers: int = 0, coord_prefix: str = "",
+                  picks_csv: bool = True) -> str:
     """The human-readable ``extraction_plan.md``.
 
     ``coord_prefix`` is put in front of the coordinate list of each RELION
     command: the output folder as seen from the RELION project, when the
     ``star`` writer knows the project (``writer.star.project_dir``); the
-    command then runs from the project as it stands.
+    command then runs from the project as it stands. ``picks_csv``: whether
+    the run wrote ``picks.csv``, which a bin without coordinate files of its
+    own is pointed to.
     """
     px = plan.pixel_size
     params = plan.details.get("params", {})
@@ -352,9 +355,12 @@ def plan_markdown(plan: ExtractionPlan, files: dict[int, list[str]], *, n_outlie
             lines += [f"  - `{f}`" for f in fl[:MAX_LISTED]]
             if len(fl) > MAX_LISTED:
                 lines.append(f"  - ... and {len(fl) - MAX_LISTED} more")
-        else:
+        elif picks_csv:
             lines.append(f"- Coordinate files: none written per bin; use the rows of `picks.csv` with "
                          f"`size_bin == {b.index}` (add a writer that writes per-bin sets, e.g. `writer=[csv,star]`).")
+        else:
+            lines.append("- Coordinate files: none written (no per-bin sets and no `picks.csv`); "
+                         "`lipoframe plan <this folder> 'writer=[csv,star]'` writes them without picking again.")
         coord_list = _coord_list(fl)
         if coord_list is not None and coord_prefix:
             coord_list = f"{coord_prefix.rstrip('/')}/{coord_list}"
@@ -419,6 +425,7 @@ def write_plan_files(plan: ExtractionPlan, picks: pd.DataFrame, out_dir: Path, *
     if project_dir:
         # as the star writer makes the list files' paths relative (abspath, symlinks kept)
         prefix = Path(os.path.relpath(os.path.abspath(out_dir), os.path.abspath(os.path.expanduser(project_dir)))).as_posix()
+    picks_csv = safe_child(out_dir, "picks.csv").resolve() in set(resolve_all(written))
     paths.append(write_text(safe_child(out_dir, "extraction_plan.md"),
-                            plan_markdown(plan, files, n_outliers=n_out, coord_prefix=prefix)))
+                            plan_markdown(plan, files, n_outliers=n_out, coord_prefix=prefix, picks_csv=picks_csv)))
     return paths

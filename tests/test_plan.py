@@ -432,6 +432,21 @@ def test_plan_after_a_real_run_replaces_the_per_bin_files(tiny_mrcs, tmp_path, r
     assert len(replanned["bins"]) == 1 and replanned["replanned_seconds"] > 0
 
 
+def test_a_run_without_writers_points_to_a_plan_that_writes_them(tiny_mrcs, tmp_path, run_cli):
+    # With writer=[] the plan sent the user to the rows of a picks.csv that was not written.
+    out = tmp_path / "out"
+    code, _, err = run_cli("run", f"input={tiny_mrcs[0].parent}", f"output={out}", *TINY_ARGS, "writer=[]")
+    assert code == 0, err
+    assert not (out / "picks.csv").exists()
+    md = (out / "extraction_plan.md").read_text()
+    assert "picks.csv` with" not in md
+    assert "- Coordinate files: none written (no per-bin sets and no `picks.csv`); " \
+           "`lipoframe plan <this folder> 'writer=[csv,star]'` writes them without picking again." in md
+    code, _, err = run_cli("plan", out, "writer=[csv]")
+    assert code == 0, err
+    assert (out / "picks.csv").is_file() and "use the rows of `picks.csv` with `size_bin == 0`" in (out / "extraction_plan.md").read_text()
+
+
 @pytest.mark.parametrize(("extract", "warned"), [(2.2, False), (1.0, False), (0.011, True)])
 def test_a_far_finer_extraction_pixel_size_is_a_warning_with_its_factor(caplog, extract, warned):
     picks, metas = dataset()
