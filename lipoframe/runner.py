@@ -2046,13 +2046,18 @@ def run_pipeline(
 
 
 def _rejected_note(rejected: dict[str, int], most: int = 3) -> str:
-    """`` (rejected: 250 weak_unsupported, 60 no_edge, 40 diameter_range, 11 other)`` for the summary line."""
+    """`` (rejected: 250 weak_unsupported, 60 no_edge, 40 diameter_range, 11 for 2 other reasons)`` for the summary line.
+
+    The first ``most`` reasons are named; a single reason beyond them is named too.
+    """
     if not rejected:
         return ""
     items = list(rejected.items())
+    if len(items) <= most + 1:
+        return f" (rejected: {', '.join(f'{n} {reason}' for reason, n in items)})"
     text = ", ".join(f"{n} {reason}" for reason, n in items[:most])
     rest = sum(n for _, n in items[most:])
-    return f" (rejected: {text}{f', {rest} other' if rest else ''})"
+    return f" (rejected: {text}, {rest} for {len(items) - most} other reasons)"
 
 
 def format_summary(summary: dict) -> str:

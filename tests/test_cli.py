@@ -291,7 +291,10 @@ def test_summary_counts_rejected_candidates_by_reason():
 
     assert _rejected_note({}) == ""
     assert _rejected_note({"no_edge": 5, "weak_unsupported": 3, "edge": 1, "contamination": 1}) == (
-        " (rejected: 5 no_edge, 3 weak_unsupported, 1 edge, 1 other)"
+        " (rejected: 5 no_edge, 3 weak_unsupported, 1 edge, 1 contamination)"
+    )
+    assert _rejected_note({"no_edge": 5, "weak_unsupported": 3, "edge": 2, "contamination": 1, "carbon": 1}) == (
+        " (rejected: 5 no_edge, 3 weak_unsupported, 2 edge, 2 for 2 other reasons)"
     )
     summary = {
         "micrographs": {"ok": 1, "skipped": 0, "failed": 0, "total": 1},
