@@ -281,6 +281,27 @@ def test_mode0_bytes_written_unsigned_are_read_unsigned(tmp_path, caplog, imod):
     assert (f"{path}: " in caplog.text) == (imod is None)
 
 
+@pytest.mark.parametrize(("mode", "what"), [(16, "MRC mode 16 (RGB colour)"), (101, "MRC mode 101 (4-bit packed integers)"),
+                                             (4, "MRC mode 4 (complex float32, a Fourier transform)"), (7, "MRC mode 7")])
+def test_an_mrc_mode_that_holds_no_micrograph_is_named_with_the_modes_read(tmp_path, mode, what):
+    # mrcfile's own words ("not a readable MRC file (Unrecognised mode '16')") said neither what
+    # the file holds nor which modes lipoframe reads.
+    import mrcfile
+
+    from lipoframe.builtin.readers import MrcReader
+
+    path = tmp_path / "m.mrc"
+    with mrcfile.new(str(path)) as m:
+        m.set_data(np.zeros((8, 8), np.complex64 if mode == 4 else np.float32))
+    if mode != 4:
+        data = bytearray(path.read_bytes())
+        data[12:16] = np.array([mode], dtype="<i4").tobytes()
+        path.write_bytes(bytes(data))
+    with pytest.raises(InputError) as err:
+        MrcReader().read(path)
+    assert str(err.value) == f"{path}: {what} is not supported; lipoframe reads modes 0 (int8), 1 (int16), 2 (float32), 6 (uint16), 12 (float16)"
+
+
 def test_mode0_signed_bytes_stay_signed(tmp_path, caplog):
     import mrcfile
 

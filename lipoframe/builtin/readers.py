@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,16 @@ from lipoframe.stages import Reader
 log = logging.getLogger("lipoframe")
 
 MRC_MODES = {0: "int8", 1: "int16", 2: "float32", 6: "uint16", 12: "float16"}
+#: MRC modes that hold no micrograph lipoframe reads, by what they hold (MRC2014, IMOD).
+OTHER_MRC_MODES = {3: "complex int16, a Fourier transform", 4: "complex float32, a Fourier transform",
+                   16: "RGB colour", 101: "4-bit packed integers"}
+_MODE_WORDS = re.compile(r"Unrecognised mode '(-?\d+)'")
+
+
+def _unsupported_mode(mode: int) -> str:
+    """Why an MRC file of ``mode`` is refused, naming the modes lipoframe reads."""
+    what = f" ({OTHER_MRC_MODES[mode]})" if mode in OTHER_MRC_MODES else ""
+    return f"MRC mode {mode}{what} is not supported; lipoframe reads modes {', '.join(f'{m} ({t})' for m, t in MRC_MODES.items())}"
 
 
 def _meta(path: Path, shape, pixel_size, *, flip_y=False) -> MicrographMeta:
@@ -208,11 +219,14 @@ class MrcReader(Reader):
         except FileNotFoundError:
             raise InputError(f"{path}: file not found") from None
         except (ValueError, OSError, EOFError, OverflowError) as exc:  # OverflowError: negative sizes in a damaged header
-            raise InputError(f"{path}: not a readable MRC file ({_why_unreadable(path, str(exc).splitlines()[0], 'MRC')})") from None
+            words = str(exc).splitlines()[0]
+            if (unknown := _MODE_WORDS.fullmatch(words)) and _why_unreadable(path, words, "MRC") == words:
+                raise InputError(f"{path}: {_unsupported_mode(int(unknown.group(1)))}") from None
+            raise InputError(f"{path}: not a readable MRC file ({_why_unreadable(path, words, 'MRC')})") from None
         if data is None:
             raise InputError(f"{path}: MRC file has no readable data (truncated or corrupt)")
         if mode not in MRC_MODES:
-            raise InputError(f"{path}: MRC mode {mode} is not supported (supported: {sorted(MRC_MODES)})")
+            raise InputError(f"{path}: {_unsupported_mode(mode)}")
         data = _check_dims(path, data, self.params.dims)
         px = pixel_size if pixel_size is not None else _header_pixel_size(path, header_px)
         if pixel_size is None and header_px > 0 and header_py > 0 and abs(header_py - header_px) > 0.01 * header_px:
