@@ -298,20 +298,26 @@ def _hydra_parses(override: str) -> bool:
     return True
 
 
-def quote_input_glob(override: str) -> str:
+def quote_input_glob(override: str, *, multirun: bool = False) -> str:
     """``input=/data/mic_[0-9].mrc`` as Hydra can parse it: ``input='/data/mic_[0-9].mrc'``.
 
     A glob's character class would be parsed as a list; a single path with
     ``[`` after its start (no list, sweep or quotes of its own) is quoted.
     So is an input or output path that Hydra's grammar cannot read unquoted
     (letters beyond ASCII, ``( ) { } = # & ! ; ~ ^ '``): in double quotes
-    when it holds a single quote. Anything else is returned unchanged.
+    when it holds a single quote. A path with a comma is quoted when that
+    file or folder exists, and an output folder's also when not
+    ``multirun`` (otherwise the comma separates a sweep's values, or Hydra
+    asks for a list). Anything else is returned unchanged.
     """
     key, sep, value = override.partition("=")
-    if not sep or key not in _PATH_KEYS or value[:1] in ("[", "'", '"') or "," in value:
+    if not sep or key not in _PATH_KEYS or value[:1] in ("[", "'", '"'):
+        return override
+    comma = "," in value
+    if comma and not os.path.exists(os.path.expanduser(value)) and (multirun or key in _INPUT_KEYS):
         return override
     quote = "'" if "'" not in value else '"' if '"' not in value else None
-    if quote and ((key in _INPUT_KEYS and "[" in value[1:]) or not _hydra_parses(override)):
+    if quote and (comma or (key in _INPUT_KEYS and "[" in value[1:]) or not _hydra_parses(override)):
         return f"{key}={quote}{value}{quote}"
     return override
 
@@ -327,7 +333,7 @@ def run(argv: list[str]) -> int:
 
     pm, registry = prepare_hydra()
     multirun = any(a in ("-m", "--multirun") for a in argv)
-    argv = [quote_input_glob(a) for a in argv]
+    argv = [quote_input_glob(a, multirun=multirun) for a in argv]
     flags, overrides = split_argv(argv)
     # Hydra's argparse takes the overrides in one block after the flags: `... output=x --cfg job`
     # (and the hydra.run.dir added below) would be refused as unrecognized arguments.

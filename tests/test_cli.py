@@ -191,12 +191,15 @@ def test_a_glob_with_a_character_class_needs_no_hydra_quotes(tmp_path, run_cli):
     assert code == 0, err
     assert set(picked(tmp_path / "out")["micrograph"]) == {"mic_0", "mic_2"}
     # Lists, sweeps and values quoted for Hydra are left as they are.
-    for kept in ("input=[a.mrc,b.mrc]", "input=a_[0].mrc,b.mrc", "input='a_[0].mrc'", "dmin=[1]", "input=a.mrc"):
+    for kept in ("input=[a.mrc,b.mrc]", "input=a_[0].mrc,b.mrc", "input='a_[0].mrc'", "dmin=[1]", "input=a.mrc", "input=a.mrc,b.mrc"):
         assert quote_input_glob(kept) == kept
+    # A comma separates a sweep's values, unless it is in the name of a file that exists or of a run's output folder.
+    assert quote_input_glob("output=a,b", multirun=True) == "output=a,b"
+    assert quote_input_glob("output=a,b") == "output='a,b'"
     assert quote_input_glob("+input=d/m_[0-9].mrc") == "+input='d/m_[0-9].mrc'"
 
 
-@pytest.mark.parametrize("name", ["mïc_ü.mrc", "mic (1)#2=b.mrc", "it's~1.mrc"])
+@pytest.mark.parametrize("name", ["mïc_ü.mrc", "mic (1)#2=b.mrc", "it's~1.mrc", "mic,1.mrc"])
 def test_a_file_name_hydra_cannot_read_unquoted_needs_no_hydra_quotes(tmp_path, run_cli, name):
     # Such a path, in input= or output=, failed with 'config error:
     # LexerNoViableAltException: input=...; ^' (exit 2) unless quoted for Hydra too.
