@@ -542,7 +542,8 @@ def _read_star(path: Path, catalog: MicrographCatalog | None = None, flip_y: boo
         listing = next((b for b in data.values() if isinstance(b, pd.DataFrame) and "rlnMicrographCoordinates" in b.columns), None)
         if listing is not None and micrograph is None:
             return _read_coordinate_list(path, listing, catalog, flip_y)
-        if micrograph is not None and not any(isinstance(b, pd.DataFrame) and len(b) for b in data.values()):
+        if (micrograph is not None and not any(isinstance(b, pd.DataFrame) and len(b) for b in data.values())) or not data:
+            # RELION's coordinate file of a micrograph without picks (``data_`` alone), listed or not.
             return pd.DataFrame({schema.X: [], schema.Y: [], schema.MICROGRAPH: pd.Series([], dtype=object)})
         raise EvaluationInputError(f"{path}: no STAR block with rlnCoordinateX/rlnCoordinateY")
     out = pd.DataFrame({schema.X: block["rlnCoordinateX"].astype(float), schema.Y: block["rlnCoordinateY"].astype(float)})

@@ -317,6 +317,29 @@ def test_a_relion_list_file_is_followed_from_the_project(tmp_path, monkeypatch):
         read_picks(job)
 
 
+def test_relion_coordinate_files_of_micrographs_without_picks_count_as_no_picks(tmp_path):
+    # A folder of RELION coordinate files (no list file) or one file given alone: the
+    # 'data_'-only file RELION writes for a micrograph without picks stopped evaluate
+    # with 'no STAR block with rlnCoordinateX/rlnCoordinateY'.
+    import starfile
+
+    folder = tmp_path / "Movies"
+    folder.mkdir()
+    starfile.write({"": pd.DataFrame({"rlnCoordinateX": [101.0], "rlnCoordinateY": [50.0]})}, folder / "m1_autopick.star")
+    (folder / "m2_autopick.star").write_text("# version 50001\n\ndata_\n\n")
+    ref = table([("m1", 100.0, 51.0, 40.0), ("m2", 200.0, 200.0, 40.0)])
+    got, _ = read_picks(folder)
+    assert got["micrograph"].tolist() == ["m1"]
+    s = evaluate(got.assign(accepted=True), ref).summary
+    assert (s["tp"], s["fp"], s["fn"]) == (1, 0, 1)
+    alone, _ = read_picks(folder / "m2_autopick.star")
+    assert len(alone) == 0
+    # A STAR file with blocks but no coordinates is still refused.
+    starfile.write({"optics": pd.DataFrame({"rlnOpticsGroup": [1]})}, tmp_path / "other.star")
+    with pytest.raises(ValueError, match="no STAR block with rlnCoordinateX/rlnCoordinateY"):
+        read_picks(tmp_path / "other.star")
+
+
 def test_a_runs_relion_folder_scores_like_the_run(tmp_path, tiny_mrcs, run_cli):
     code, _, _ = run_cli("run", f"input={tiny_mrcs[0].parent}", f"output={tmp_path / 'run'}", *TINY_ARGS)
     assert code == 0
