@@ -20,12 +20,26 @@ log = logging.getLogger("lipoframe")
 
 def prepare_hydra():
     """Load plugins and store the schema and every stage's Params in ConfigStore."""
+    from omegaconf import OmegaConf
+
     from lipoframe import plugins
 
     pm, registry, infos = plugins.load()
     store_schema()
     registry.store_configs()
+    if not OmegaConf.has_resolver("lipoframe_selected"):
+        OmegaConf.register_new_resolver("lipoframe_selected", selected_stages)
     return pm, registry
+
+
+def selected_stages(kind: str, *, _root_) -> str:
+    """``[a,b]``: the stages selected for a list kind (``filter``, ``writer``), for ``lipoframe run --help``.
+
+    Their names are the keys of the kind's section, in the order they run
+    (conf/config.yaml's help template; single kinds use ``hydra:runtime.choices``).
+    """
+    node = _root_.get(kind) if kind in _root_ else None
+    return "[" + ",".join(str(k) for k in node.keys()) + "]" if hasattr(node, "keys") else "?"
 
 
 def format_config_error(exc: BaseException) -> str:

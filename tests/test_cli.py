@@ -99,6 +99,24 @@ def test_run_help_lists_the_stage_groups(run_cli):
     assert re.search(r"^nms: .*\bsize_aware\b", out, re.M)
 
 
+def test_run_help_names_the_stages_it_would_run(run_cli):
+    # docs/configuration.md sends the reader to `lipoframe run --help` for each kind's
+    # default stage, but the help showed the stages' parameters without their names:
+    # nothing in it said that the detector was `edge`.
+    code, out, _ = run_cli("run", "--help")
+    assert code == 0
+    shown = dict(re.findall(r"^(reader|detector|nms|refiner|filter|binning|writer)=(\S+)$", out, re.M))
+    assert shown == {"reader": "auto", "detector": "edge", "nms": "size_aware", "refiner": "radial_profile",
+                     "filter": "[diameter_range,contamination,carbon,speck,population]", "binning": "peak_valley",
+                     "writer": "[csv,star]"}
+    # With overrides (and a preset) it names what this command would run.
+    code, out, _ = run_cli("run", "+experiment=vesicles", "binning=hac", "writer=[csv,cbox]", "--help")
+    assert code == 0
+    shown = dict(re.findall(r"^(detector|refiner|filter|binning|writer)=(\S+)$", out, re.M))
+    assert shown == {"detector": "membrane", "refiner": "none", "filter": "[diameter_range,contamination]",
+                     "binning": "hac", "writer": "[csv,cbox]"}
+
+
 # ---------------------------------------------------------------------------
 # lipoframe run
 # ---------------------------------------------------------------------------
