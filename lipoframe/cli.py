@@ -95,7 +95,10 @@ def cmd_plugins(argv: list[str]) -> int:
         import os
 
         wanted = os.environ.get("LIPOFRAME_LOAD_PLUGINS")
-        why = "installed" if wanted is None else f"loaded (LIPOFRAME_LOAD_PLUGINS={wanted!r})"
+        blocked = os.environ.get("LIPOFRAME_BLOCK_PLUGINS", "")
+        limits = ([f"LIPOFRAME_LOAD_PLUGINS={wanted!r}"] if wanted is not None else []) + (
+            [f"LIPOFRAME_BLOCK_PLUGINS={blocked!r}"] if blocked.strip() else [])
+        why = f"loaded ({', '.join(limits)})" if limits else "installed"
         print(f"no third-party plugins {why}; use --all to list the built-in ones")
         return 0
     for i in shown:

@@ -310,6 +310,18 @@ def test_lipoframe_plugins_says_when_loading_is_off(run_cli):
     assert code == 0 and "no third-party plugins loaded (LIPOFRAME_LOAD_PLUGINS='')" in out
 
 
+def test_lipoframe_plugins_does_not_call_a_blocked_plugin_not_installed(fake_plugin, run_cli, monkeypatch):
+    # With the only plugin blocked, `lipoframe plugins` said "no third-party
+    # plugins installed" although it is installed: the block hid it.
+    code, out, _ = run_cli("plugins")
+    assert code == 0 and "lipoframe-fake" in out
+    monkeypatch.delenv("LIPOFRAME_LOAD_PLUGINS")
+    monkeypatch.setenv("LIPOFRAME_BLOCK_PLUGINS", "fake")
+    code, out, _ = run_cli("plugins")
+    assert code == 0 and "lipoframe-fake" not in out
+    assert "no third-party plugins loaded (LIPOFRAME_BLOCK_PLUGINS='fake')" in out and "installed" not in out
+
+
 def test_lipoframe_plugins_lists_distribution_version_and_stages(fake_plugin, run_cli):
     code, out, _ = run_cli("plugins")
     assert code == 0
