@@ -426,7 +426,12 @@ def run(argv: list[str]) -> int:
 
             write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg))
         summary = result.summary()
-        print(format_summary(summary))
+        try:
+            print(format_summary(summary), flush=True)
+        except BrokenPipeError:
+            # Output piped into `head` or `true` and closed: the run's outputs are written;
+            # Hydra would report the print as the job's error. Later prints go nowhere.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         if not result.ok:
             state["exit"] = 1
         return float(summary["picks"]["accepted"])

@@ -359,3 +359,21 @@ def test_run_summary_json_has_rejected_reasons(tiny_mrcs, tmp_path, run_cli):
     assert 0 <= picks["peeled_accepted"] <= picks["accepted"]
     if table is not None and "peeled" in table.columns:
         assert picks["peeled_accepted"] == int((table["peeled"].astype(bool) & table["accepted"].astype(bool)).sum())
+
+
+def test_a_run_piped_into_a_command_that_stops_reading_ends_cleanly(tiny_mrcs, tmp_path):
+    # `lipoframe run ... | head` (or `| true`): the summary's print met a closed pipe inside
+    # Hydra's job, which printed "Error executing job ... BrokenPipeError" and exit code 1.
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-m", "lipoframe", "run", f"input={tiny_mrcs[0]}", f"output={tmp_path / 'out'}",
+                             *TINY_ARGS], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc.stdout.close()  # the reader is gone before the run prints anything
+    with proc.stderr:
+        err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0, err
+    assert "BrokenPipeError" not in err and "Error executing job" not in err
+    assert (tmp_path / "out" / "picks.csv").is_file()
