@@ -252,6 +252,18 @@ def test_refine_circles_flags_background():
     assert res["edge_contrast"][0] < 3.0
 
 
+def test_refine_circles_gives_every_key_for_no_picks():
+    """No picks: the same keys as for one pick, each with zero rows (``inside`` was missing)."""
+    img = np.zeros((64, 64), np.float32)
+    one = refine_circles(img, np.array([32.0]), np.array([32.0]), np.array([20.0]), n_angles=24)
+    none = refine_circles(img, np.zeros(0), np.zeros(0), np.zeros(0), n_angles=24)
+    assert sorted(none) == sorted(one)
+    for key, value in one.items():
+        want = value.shape if key == "theta" else (0,) + value.shape[1:]
+        assert none[key].shape == want, key
+        assert none[key].dtype.kind == value.dtype.kind, key
+
+
 def test_refine_circles_validates():
     with pytest.raises(ValueError, match="search"):
         refine_circles(np.zeros((10, 10)), np.zeros(1), np.zeros(1), np.ones(1), search=1.5)

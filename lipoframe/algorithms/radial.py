@@ -221,14 +221,23 @@ def refine_circles(
 
     Returns
     -------
-    result : dict of (K,) ndarrays
-        ``row``, ``col``, ``diameter`` (refined; see ``rim``),
-        ``diameter_steepest`` (at the steepest fall), ``edge_contrast`` (edge
-        signal-to-noise: mean brightness step across the edge over its
-        standard error around the circle), ``edge_coverage`` (fraction of
-        directions in which the inside is brighter than the outside),
-        ``edge_found`` (bool: a falling edge exists in the window) and
-        ``shift`` (recentring distance, pixels of ``image``).
+    result : dict of ndarrays
+        Per pick, (K,): ``row``, ``col``, ``diameter`` (refined; see
+        ``rim``), ``diameter_steepest`` (at the steepest fall),
+        ``edge_contrast`` (edge signal-to-noise: mean brightness step across
+        the edge over its standard error around the circle),
+        ``edge_coverage`` (fraction of directions in which the inside is
+        brighter than the outside), ``edge_found`` (bool: a falling edge
+        exists in the window), ``edge_width`` (step height over steepest
+        slope, pixels of ``image``; inf where the profile does not fall),
+        ``edge_step`` (median brightness step across the edge),
+        ``roundness`` (robust spread of the per-direction edge about the
+        fitted circle, over the radius) and ``shift`` (recentring distance,
+        pixels of ``image``). Per pick and direction, (K, n_angles):
+        ``step_per_direction`` (the step in each direction) and ``inside``
+        (bool, the directions measured; see Notes). ``theta``
+        (n_angles,): the directions (radians, from the column axis towards
+        rows). With K = 0 every key is there, with zero rows.
 
     Notes
     -----
@@ -266,6 +275,7 @@ def refine_circles(
         return {n: empty.copy() for n in names} | {
             "edge_found": np.empty(0, bool),
             "step_per_direction": np.empty((0, n_angles)),
+            "inside": np.empty((0, n_angles), bool),
             "theta": np.linspace(0, 2 * np.pi, n_angles, endpoint=False),
         }
     row_init, col_init = rows.copy(), cols.copy()
