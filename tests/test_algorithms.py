@@ -271,6 +271,24 @@ def test_refine_circles_validates():
         refine_circles(np.zeros((10, 10)), np.zeros(1), np.zeros(1), np.ones(1), rim="disc")
 
 
+@pytest.mark.parametrize(
+    "rows, cols, diameters, kw, match",
+    [
+        ([5.0], [5.0], [np.nan], {}, "diameters must be finite and > 0, got nan"),  # was an IndexError
+        ([5.0], [5.0], [0.0], {}, "diameters must be finite and > 0, got 0.0"),  # was a RuntimeWarning and diameter 0
+        ([5.0], [5.0], [-8.0], {}, "diameters must be finite and > 0, got -8.0"),  # was a diameter of -7.4
+        ([5.0, 6.0], [5.0], [4.0, 4.0], {}, "rows, cols and diameters"),  # was an IndexError
+        ([np.inf], [5.0], [4.0], {}, "rows and cols must be finite"),  # was a diameter from samples clipped to the border
+        ([5.0], [5.0], [4.0], {"n_angles": 0}, "n_angles must be >= 3"),  # was 'a must be a 2D float array'
+        ([5.0], [5.0], [4.0], {"n_angles": 2}, "n_angles must be >= 3"),  # was a diameter from two directions
+    ],
+)
+def test_refine_circles_names_a_bad_pick_or_parameter(rows, cols, diameters, kw, match):
+    img = np.random.default_rng(0).normal(size=(40, 40)).astype(np.float32)
+    with pytest.raises(ValueError, match=match):
+        refine_circles(img, np.array(rows), np.array(cols), np.array(diameters), **kw)
+
+
 @pytest.mark.parametrize("kind", ["solid", "shell", "vesicle"])
 @pytest.mark.parametrize("blur", [1.0, 2.5])
 def test_sphere_rim_gives_unbiased_diameters_of_projected_spheres(kind, blur):

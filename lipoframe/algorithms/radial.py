@@ -195,7 +195,7 @@ def refine_circles(
     rows, cols : (K,) ndarrays
         Initial centres, pixels of ``image``.
     diameters : (K,) ndarray
-        Initial diameters, pixels of ``image``.
+        Initial diameters, pixels of ``image`` (finite, > 0).
     search : float
         The edge is searched within ``(1 +/- search) * radius`` of the
         *initial* radius.
@@ -206,7 +206,7 @@ def refine_circles(
         that would move further is put back at its initial centre (no flag
         says so; later rounds may move it again).
     n_angles : int
-        Angular samples per profile.
+        Angular samples per profile (>= 3).
     rim : {'sphere', 'steepest'}
         Where the particle ends. ``'steepest'``: at the steepest fall of the
         mean radial profile. ``'sphere'`` (default): at the rim of a
@@ -265,9 +265,18 @@ def refine_circles(
         raise ValueError(f"iterations must be >= 1, got {iterations}")
     if rim not in RIMS:
         raise ValueError(f"rim must be one of {RIMS}, got {rim!r}")
+    if n_angles < 3:
+        raise ValueError(f"n_angles must be >= 3 (the circle fit has three parameters), got {n_angles}")
     rows = np.asarray(rows, dtype=float).copy()
     cols = np.asarray(cols, dtype=float).copy()
     r0 = np.asarray(diameters, dtype=float) / 2.0
+    if not rows.ndim == cols.ndim == r0.ndim == 1 or not len(rows) == len(cols) == len(r0):
+        raise ValueError(f"rows, cols and diameters must be 1D of one length, got shapes {rows.shape}, {cols.shape} and {r0.shape}")
+    if not (np.all(np.isfinite(rows)) and np.all(np.isfinite(cols))):
+        raise ValueError("rows and cols must be finite")
+    if not np.all(r0 > 0) or not np.all(np.isfinite(r0)):
+        bad = 2.0 * r0[~((r0 > 0) & np.isfinite(r0))][0]
+        raise ValueError(f"diameters must be finite and > 0, got {bad}")
     k = len(rows)
     empty = np.empty(0)
     if k == 0:
