@@ -106,6 +106,18 @@ def test_refine_diameters_solid_and_vesicle(shell):
     assert np.linalg.norm(match_centre(vol, start, 15.0) - true_c) < 0.6
 
 
+def test_refine_diameters_names_bad_rounds_and_centres():
+    vol = ball((40, 40, 40), (20.0, 20.0, 20.0), 8.0)
+    d, _, _ = refine_diameters(vol, np.zeros((0, 3)), np.zeros(0))
+    assert d.shape == (0,)
+    with pytest.raises(ValueError, match="rounds must be >= 1"):  # was UnboundLocalError ('dd')
+        refine_diameters(vol, np.array([[20.0, 20.0, 20.0]]), np.array([16.0]), rounds=0)
+    with pytest.raises(ValueError, match="centres must be"):  # the second centre was given a NaN diameter
+        refine_diameters(vol, np.array([[20.0, 20.0, 20.0], [10.0, 10.0, 10.0]]), np.array([16.0]))
+    with pytest.raises(ValueError, match="centres must be"):  # (x, y, z) of 2 picks were read as 3 (row, col) centres
+        refine_diameters(vol[20], np.array([[20.0, 20.0, 20.0], [10.0, 10.0, 10.0]]), np.array([16.0, 16.0]))
+
+
 def test_random_spheres_do_not_overlap_and_fit():
     sp = random_spheres((40, 80, 80), [20, 16, 12, 12], seed=3, gap=2)
     xyz = sp[["x_px", "y_px", "z_px"]].to_numpy()

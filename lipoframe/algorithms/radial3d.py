@@ -212,7 +212,7 @@ def refine_diameters(
         given radius and once from the first edge radius; the result with
         the sharpest edge (best-centred profile) wins.
     rounds : int
-        Centre/radius rounds when ``recentre``.
+        Centre/radius rounds when ``recentre`` (>= 1).
 
     Returns
     -------
@@ -225,9 +225,16 @@ def refine_diameters(
     """
     if not 0 < search < 1:
         raise ValueError(f"search must be in (0, 1), got {search}")
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
     image = np.asarray(image)
-    centres = np.asarray(centres, dtype=float).reshape(-1, image.ndim)
-    diameters = np.asarray(diameters, dtype=float)
+    centres = np.asarray(centres, dtype=float)
+    if centres.size == 0:
+        centres = centres.reshape(0, image.ndim)
+    diameters = np.asarray(diameters, dtype=float).reshape(-1)
+    if centres.ndim != 2 or centres.shape != (len(diameters), image.ndim):
+        raise ValueError(f"centres must be ({len(diameters)}, {image.ndim}) for {len(diameters)} diameters "
+                         f"and a {image.ndim}D image, got shape {centres.shape}")
     out = np.full(len(centres), np.nan)
     drop = np.zeros(len(centres))
     moved = centres.copy()
