@@ -371,3 +371,34 @@ def test_detect_blobs_on_an_image_smaller_than_its_coarse_levels_finds_nothing_t
     strip[(yy - 24) ** 2 + (xx - 200) ** 2 <= 15**2] = 1.0
     b = detect_blobs(strip, dmin_px=20, dmax_px=600, method="edge")
     assert abs(b["x_px"][0] - 200) < 1 and abs(b["y_px"][0] - 24) < 1
+
+
+# -- docstrings ------------------------------------------------------------------------
+ALGORITHM_MODULES = ("binning", "heatmap", "junk", "membrane", "nms", "peel", "pyramid", "radial", "radial3d", "regions", "scale_space", "scale_space3d", "stats")
+
+
+def _documented_parameters(doc: str) -> set[str]:
+    """Names in the numpydoc ``Parameters`` section of ``doc`` (``a, b : type`` lines)."""
+    import re
+
+    section = re.split(r"\n(?:Returns|Yields|Raises|Notes|Examples|See Also|References)\n", doc.split("Parameters\n----------\n", 1)[1])[0]
+    return {name.strip() for line in section.splitlines() if line and not line.startswith(" ") for name in line.split(" : ")[0].split(",")}
+
+
+@pytest.mark.parametrize("module", ALGORITHM_MODULES)
+def test_a_parameters_section_names_every_parameter(module):
+    """A public function whose docstring has a Parameters section documents each of its parameters there."""
+    import importlib
+    import inspect
+
+    mod = importlib.import_module(f"lipoframe.algorithms.{module}")
+    undocumented = {}
+    for name, func in vars(mod).items():
+        if name.startswith("_") or not inspect.isfunction(func) or func.__module__ != mod.__name__:
+            continue
+        doc = inspect.getdoc(func) or ""
+        if "Parameters\n----------\n" in doc:
+            missing = [p for p in inspect.signature(func).parameters if p not in _documented_parameters(doc)]
+            if missing:
+                undocumented[name] = missing
+    assert undocumented == {}

@@ -32,6 +32,8 @@ def neighbourhood_measures(
         Particles bright.
     rows, cols, diameters : (K,) ndarrays
         Picks in pixels of ``image``.
+    n_angles : int
+        Directions sampled around each pick.
 
     Returns
     -------

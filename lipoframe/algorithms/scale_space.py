@@ -266,6 +266,9 @@ def blob_responses(
         which approximates the same quantity [2]_.
     k : float
         Scale ratio used by the DoG.
+    edge_width : float
+        For ``'edge'``: width of the Gaussian that blurs the circle, as a
+        fraction of its radius :math:`\\sqrt{2}\\sigma` (at least 0.7 pixel).
     workers : int
         Threads for the FFTs.
 
@@ -783,7 +786,7 @@ def detect_blobs(
         is given.
     dmin_px, dmax_px : float
         Diameter range in full-resolution pixels (``0 < dmin_px < dmax_px``).
-    method : {'dog', 'log'}
+    method : {'dog', 'log', 'edge'}
         Blob response, see :func:`blob_responses`.
     k : float
         Ratio between successive sigmas (> 1).
@@ -799,6 +802,8 @@ def detect_blobs(
         Pyramid layout, see :func:`plan_levels`.
     exclude_border_px : float
         Ignore maxima closer than this to the border (full-resolution px).
+    edge_width : float
+        Blur of the ``'edge'`` response, see :func:`blob_responses`.
     crowding : bool
         With ``threshold_method='mad'``, measure the noise again away from the
         candidates (:func:`crowding_correction`), so that crowded micrographs
