@@ -176,6 +176,23 @@ def test_overlap_nms_keeps_touching_removes_duplicates():
     assert overlap_nms(xy, r, s).tolist() == [True, True, False]
 
 
+@pytest.mark.parametrize(
+    "call, name",
+    [
+        (lambda xy: size_aware_nms(xy, [10.0, 10.0, 100.0], [1.0, 2.0]), "radius"),  # the third radius was ignored without a word
+        (lambda xy: size_aware_nms(xy, [10.0, 10.0], [1.0, 2.0, 3.0]), "score"),
+        (lambda xy: size_aware_nms(xy, [10.0, 3.0], [2.0, 1.0], second=[1.0]), "second"),
+        (lambda xy: size_aware_nms(xy, [10.0, 3.0], [2.0, 1.0], second=[1.0, 5.0], may_outrank=[True]), "may_outrank"),
+        (lambda xy: overlap_nms(xy, [10.0], [1.0, 2.0]), "radius"),
+        (lambda xy: overlap_nms(xy, [10.0, 10.0], [1.0]), "score"),
+        (lambda xy: contained_mask(xy, [10.0, 10.0, 100.0]), "radius"),
+    ],
+)
+def test_nms_names_an_array_of_another_length(call, name):
+    with pytest.raises(ValueError, match=f"^{name} must have one value per centre \\(2\\)"):
+        call(np.array([[0.0, 0.0], [5.0, 0.0]]))
+
+
 def test_circle_overlap_limits():
     assert circle_overlap(1.0, 1.0, 3.0) == pytest.approx(0.0)
     assert circle_overlap(2.0, 1.0, 0.5) == pytest.approx(np.pi)

@@ -77,6 +77,7 @@ def size_aware_nms(
     radius = np.asarray(radius, dtype=float)
     score = np.asarray(score, dtype=float)
     n = len(xy)
+    _check_lengths(n, radius=radius, score=score, second=second, may_outrank=may_outrank)
     if n == 0:
         return np.zeros(0, dtype=bool)
     order = np.argsort(-score, kind="stable")
@@ -151,6 +152,13 @@ def _resolve_in_rounds(n: int, winner: np.ndarray, loser: np.ndarray, order: np.
         alive &= ~top
         alive[beaten] = False
     return kept
+
+
+def _check_lengths(n: int, **arrays) -> None:
+    """Raise a ValueError naming the first of ``arrays`` (None: not given) that is not (n,)."""
+    for name, values in arrays.items():
+        if values is not None and np.shape(values) != (n,):
+            raise ValueError(f"{name} must have one value per centre ({n}), got shape {np.shape(values)}")
 
 
 def _points(xy) -> np.ndarray:
@@ -240,6 +248,7 @@ def overlap_nms(
     xy = _points(xy)
     radius = np.asarray(radius, dtype=float)
     n = len(xy)
+    _check_lengths(n, radius=radius, score=score)
     keep = np.zeros(n, dtype=bool)
     if n == 0:
         return keep
@@ -284,6 +293,7 @@ def contained_mask(
     xy = _points(xy)
     radius = np.asarray(radius, dtype=float)
     n = len(xy)
+    _check_lengths(n, radius=radius)
     inside = np.zeros(n, dtype=bool)
     if n == 0:
         return inside
