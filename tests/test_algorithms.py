@@ -37,6 +37,18 @@ def test_block_mean_rejects_bad_factor():
         block_mean(np.zeros((4, 4)), 0)
 
 
+@pytest.mark.parametrize("factor", [2.5, 0.5, 1.9999, float("nan"), float("inf"), "2"])
+def test_a_factor_that_is_not_a_whole_number_is_refused_as_given(factor):
+    """2.5 was read as 2 without a word (and 0.5 refused as 'got 0'): the coordinates then followed the wrong grid."""
+    from lipoframe.algorithms.heatmap import heatmap_picks
+
+    with pytest.raises(ValueError, match=f"factor must be a whole number >= 1, got {factor!r}"):
+        block_mean(np.zeros((8, 8), np.float32), factor)
+    with pytest.raises(ValueError, match=f"factor must be a whole number >= 1, got {factor!r}"):
+        heatmap_picks(np.zeros((8, 8), np.float32), factor=factor)
+    np.testing.assert_array_equal(block_mean(np.ones((8, 8)), 2.0), block_mean(np.ones((8, 8)), np.int64(2)))
+
+
 def test_half_pixel_mapping_round_trips():
     # Block i of factor 4 covers pixels 4i..4i+3, whose centre is 4i + 1.5.
     assert to_full_resolution(0, 4) == pytest.approx(1.5)

@@ -475,11 +475,9 @@ def heatmap_picks(
     >>> round(float(p["x_px"][0])), round(float(p["y_px"][0])), round(float(p["diameter_px"][0]))
     (50, 40, 40)
     """
-    from lipoframe.algorithms.pyramid import to_full_resolution
+    from lipoframe.algorithms.pyramid import check_factor, to_full_resolution
 
-    factor = int(factor)
-    if factor < 1:
-        raise ValueError(f"factor must be >= 1, got {factor}")
+    factor = check_factor(factor)
     prob = np.asarray(heatmap, dtype=np.float32)
     labels, seeds = heatmap_instances(
         prob,

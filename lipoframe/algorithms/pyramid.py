@@ -37,9 +37,7 @@ def block_mean(image: np.ndarray, factor: int, *, offset: float = 0.0) -> np.nda
     array([[ 2.5,  4.5],
            [10.5, 12.5]], dtype=float32)
     """
-    factor = int(factor)
-    if factor < 1:
-        raise ValueError(f"factor must be >= 1, got {factor}")
+    factor = check_factor(factor)
     if image.ndim not in (2, 3):
         raise ValueError(f"image must be 2D or 3D, got {image.ndim}D")
     if factor == 1:
@@ -74,6 +72,25 @@ def block_mean(image: np.ndarray, factor: int, *, offset: float = 0.0) -> np.nda
         out[r0:r1] = rows
     out *= np.float32(1.0 / (factor * factor))
     return out
+
+
+def check_factor(factor) -> int:
+    """A binning factor as an int: 2 or 2.0 give 2.
+
+    Raises
+    ------
+    ValueError
+        Naming ``factor`` as given unless it is a whole number >= 1 (2.5 is
+        refused, not read as 2).
+    """
+    try:
+        whole = int(factor)
+        exact = whole == factor
+    except (TypeError, ValueError, OverflowError):
+        whole, exact = 0, False
+    if not exact or whole < 1:
+        raise ValueError(f"factor must be a whole number >= 1, got {factor!r}")
+    return whole
 
 
 def typical_level(image: np.ndarray, *, samples: int = 1 << 16) -> float:
