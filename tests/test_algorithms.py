@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 from skimage.draw import disk
 
+from lipoframe.algorithms.junk import darkness_concentration, neighbourhood_measures
 from lipoframe.algorithms.nms import circle_overlap, contained_mask, overlap_nms, size_aware_nms
+from lipoframe.algorithms.peel import disc_mask, replace_discs
 from lipoframe.algorithms.pyramid import block_mean, to_binned, to_full_resolution
 from lipoframe.algorithms.radial import bilinear, refine_circles
 from lipoframe.algorithms.scale_space import DIAMETER_PER_SIGMA, blob_responses, detect_blobs, plan_levels
@@ -215,6 +217,24 @@ def test_contained_mask_marks_arcs_inside_ring_only():
     xy = np.array([[0.0, 0.0], [40.0, 0.0], [75.0, 0.0]])
     r = np.array([50.0, 10.0, 20.0])  # an arc inside, a neighbour touching outside
     assert contained_mask(xy, r).tolist() == [False, True, False]
+
+
+# -- per-pick measures ----------------------------------------------------------------
+@pytest.mark.parametrize(
+    "call",
+    [
+        # Each was measured on broadcast or truncated arrays without a word: a single
+        # column served both rows, a single diameter both picks, or a disc was dropped.
+        lambda img: neighbourhood_measures(img, [20.0, 50.0], [30.0], [20.0, 20.0]),
+        lambda img: darkness_concentration(img, [20.0, 50.0], [30.0, 40.0], [20.0]),
+        lambda img: disc_mask(img.shape, [20.0, 50.0], [30.0], [5.0, 5.0]),
+        lambda img: replace_discs(img, [20.0, 50.0], [30.0, 40.0], [5.0]),
+    ],
+)
+def test_per_pick_arrays_of_unequal_length_are_refused(call):
+    img = np.random.default_rng(0).normal(size=(80, 80)).astype(np.float32)
+    with pytest.raises(ValueError, match=r"rows, cols and (diameters|radii) must be 1D of one length"):
+        call(img)
 
 
 # -- radial refinement ---------------------------------------------------------------

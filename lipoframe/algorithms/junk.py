@@ -16,6 +16,14 @@ from lipoframe.algorithms.radial import bilinear, polar_samples
 from lipoframe.algorithms.stats import median_rows
 
 
+def _picks(rows, cols, diameters) -> int:
+    """The number of picks, or a ValueError unless ``rows``, ``cols`` and ``diameters`` are 1D of one length."""
+    shapes = [np.shape(v) for v in (rows, cols, diameters)]
+    if any(len(sh) != 1 for sh in shapes) or len(set(shapes)) != 1:
+        raise ValueError(f"rows, cols and diameters must be 1D of one length, got shapes {shapes[0]}, {shapes[1]} and {shapes[2]}")
+    return shapes[0][0]
+
+
 def neighbourhood_measures(
     image: np.ndarray,
     rows: np.ndarray,
@@ -43,7 +51,7 @@ def neighbourhood_measures(
         the first angular harmonic of the annulus, i.e. half the difference
         between its two sides), all in image units.
     """
-    k = len(rows)
+    k = _picks(rows, cols, diameters)
     if k == 0:
         e = np.empty(0)
         return {"inside": e, "outside": e.copy(), "asymmetry": e.copy()}
@@ -127,7 +135,7 @@ def darkness_concentration(
         raise ValueError(f"core must be in (0, 1), got {core}")
     if n < 4:
         raise ValueError(f"n must be >= 4, got {n}")
-    k = len(rows)
+    k = _picks(rows, cols, diameters)
     if k == 0:
         return np.empty(0)
     u = np.arange(-n, n + 1, dtype=np.float32) / n  # in radii

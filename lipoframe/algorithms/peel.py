@@ -35,8 +35,11 @@ def disc_mask(shape: tuple[int, int], rows: np.ndarray, cols: np.ndarray, radii:
     mask : (M, N) ndarray of bool
     """
     m, n = shape
+    rows, cols, radii = (np.asarray(v, dtype=float) for v in (rows, cols, radii))
+    if not rows.ndim == cols.ndim == radii.ndim == 1 or not len(rows) == len(cols) == len(radii):
+        raise ValueError(f"rows, cols and radii must be 1D of one length, got shapes {rows.shape}, {cols.shape} and {radii.shape}")
     mask = np.zeros((m, n), dtype=bool)
-    for r, c, rad in zip(np.asarray(rows, float), np.asarray(cols, float), np.asarray(radii, float)):
+    for r, c, rad in zip(rows, cols, radii):
         r0, r1 = max(0, int(np.floor(r - rad))), min(m, int(np.ceil(r + rad)) + 1)
         c0, c1 = max(0, int(np.floor(c - rad))), min(n, int(np.ceil(c + rad)) + 1)
         if r0 >= r1 or c0 >= c1:
