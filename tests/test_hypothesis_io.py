@@ -86,7 +86,12 @@ def _read_or_input_error(reader, tmp: Path, name: str, payload: bytes):
 def test_mrc_round_trip(data, voxel):
     with tempfile.TemporaryDirectory() as tmp:
         path, mic = _read(MrcReader(), Path(tmp), "m.mrc", _mrc_bytes(data, voxel))
-        np.testing.assert_array_equal(np.asarray(mic.image), data)
+        expected = data
+        if data.dtype == np.int8 and float(data.view(np.uint8).std()) < 0.5 * float(data.std()):
+            # The documented exception (readers._mode0_bytes): mode-0 bytes that spread far less
+            # as unsigned than as signed are taken for unsigned bytes of older software, with a warning.
+            expected = data.view(np.uint8)
+        np.testing.assert_array_equal(np.asarray(mic.image), expected)
         assert mic.meta.shape == data.shape
         if voxel > 0:
             assert mic.meta.pixel_size == pytest.approx(voxel, rel=1e-6)
