@@ -154,7 +154,8 @@ def tiny_image(seed: int = 0) -> tuple[np.ndarray, pd.DataFrame]:
     return render(TINY_SHAPE, truth, contrast=1.0, noise=0.2, seed=seed), truth
 
 
-def write_mrc(path: Path, image: np.ndarray, *, pixel_size: float | None = TINY_PIXEL_SIZE) -> Path:
+def write_mrc(path: Path, image: np.ndarray, *, pixel_size: float | tuple[float, float, float] | None = TINY_PIXEL_SIZE) -> Path:
+    """``image`` as a float32 MRC file; ``pixel_size`` (x, y, z) in Å for a header whose axes differ."""
     import mrcfile
 
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tifffile
+from conftest import write_mrc
 
 from lipoframe.builtin.readers import ImageReader, NpyReader, TiffReader
 from lipoframe.records import InputError
@@ -96,14 +97,9 @@ def test_npy_dims_must_match(tmp_path):
 
 
 def test_an_mrc_with_different_x_and_y_pixel_sizes_says_which_it_uses(tmp_path, caplog):
-    import mrcfile
-
     from lipoframe.builtin.readers import MrcReader, MrcReaderParams
 
-    path = tmp_path / "aniso.mrc"
-    with mrcfile.new(str(path)) as m:
-        m.set_data(np.zeros((32, 48), dtype=np.float32))
-        m.voxel_size = (4.0, 2.0, 1.0)
+    path = write_mrc(tmp_path / "aniso.mrc", np.zeros((32, 48)), pixel_size=(4.0, 2.0, 1.0))
     with caplog.at_level("WARNING", logger="lipoframe"):
         mic = MrcReader(MrcReaderParams()).read(path)
     assert mic.meta.pixel_size == 4.0

@@ -592,14 +592,9 @@ def test_overlay_legend_gives_small_bins_in_tenths_of_a_nanometre():
 def test_a_reader_warning_is_not_repeated_when_the_overlay_reads_the_file(tmp_path, caplog):
     # Every reader warning (x and y pixel sizes that differ, ...) came twice: once
     # when the run picked the micrograph, once more when the report drew it.
-    import mrcfile
-
     from lipoframe.builtin.readers import MrcReader
 
-    path = tmp_path / "aniso.mrc"
-    with mrcfile.new(str(path)) as m:
-        m.set_data(np.zeros((32, 48), dtype=np.float32))
-        m.voxel_size = (4.0, 2.0, 1.0)
+    path = write_mrc(tmp_path / "aniso.mrc", np.zeros((32, 48)), pixel_size=(4.0, 2.0, 1.0))
     with caplog.at_level("WARNING", logger="lipoframe"):
         MrcReader().read(path, pixel_size=None)
         assert caplog.text.count("pixel sizes differ") == 1
