@@ -220,9 +220,10 @@ class MrcReader(Reader):
             raise InputError(f"{path}: file not found") from None
         except (ValueError, OSError, EOFError, OverflowError) as exc:  # OverflowError: negative sizes in a damaged header
             words = str(exc).splitlines()[0]
-            if (unknown := _MODE_WORDS.fullmatch(words)) and _why_unreadable(path, words, "MRC") == words:
+            why = _why_unreadable(path, words, "MRC")
+            if why == words and (unknown := _MODE_WORDS.fullmatch(words)):
                 raise InputError(f"{path}: {_unsupported_mode(int(unknown.group(1)))}") from None
-            raise InputError(f"{path}: not a readable MRC file ({_why_unreadable(path, words, 'MRC')})") from None
+            raise InputError(f"{path}: not a readable MRC file ({why})") from None
         if data is None:
             raise InputError(f"{path}: MRC file has no readable data (truncated or corrupt)")
         if mode not in MRC_MODES:
