@@ -218,12 +218,15 @@ def plot_size_histogram(plan: ExtractionPlan, picks: pd.DataFrame, ax=None, *, t
 # ---------------------------------------------------------------------------
 # Coordinate files of each bin
 # ---------------------------------------------------------------------------
-def bin_files(plan: ExtractionPlan, out_dir: Path, written) -> dict[int, list[str]]:
-    """Files the writers made under ``bins/bin<k>/`` for each bin, relative to ``out_dir``."""
+def bin_files(plan: ExtractionPlan, out_dir: Path, written: list[Path]) -> dict[int, list[str]]:
+    """Files the writers made under ``bins/bin<k>/`` for each bin, relative to ``out_dir``.
+
+    ``written``: the writers' files, resolved (:func:`~lipoframe.io.atomic.resolve_all`).
+    """
     root = Path(out_dir).resolve()
     by_bin: dict[int, list[str]] = {b.index: [] for b in plan.bins}
     labels = {b.label: b.index for b in plan.bins}
-    for f in resolve_all(written):
+    for f in written:
         try:
             rel = f.relative_to(root)
         except ValueError:
@@ -415,6 +418,7 @@ def write_plan_files(plan: ExtractionPlan, picks: pd.DataFrame, out_dir: Path, *
         fig.savefig(tmp, format="png")
     paths.append(png)
 
+    written = resolve_all(written)
     files = bin_files(plan, out_dir, written)
     doc = plan.to_dict()
     doc["coordinate_files"] = {f"bin{k + 1}": v for k, v in files.items()}
@@ -425,7 +429,7 @@ def write_plan_files(plan: ExtractionPlan, picks: pd.DataFrame, out_dir: Path, *
     if project_dir:
         # as the star writer makes the list files' paths relative (abspath, symlinks kept)
         prefix = Path(os.path.relpath(os.path.abspath(out_dir), os.path.abspath(os.path.expanduser(project_dir)))).as_posix()
-    picks_csv = safe_child(out_dir, "picks.csv").resolve() in set(resolve_all(written))
+    picks_csv = safe_child(out_dir, "picks.csv").resolve() in set(written)
     paths.append(write_text(safe_child(out_dir, "extraction_plan.md"),
                             plan_markdown(plan, files, n_outliers=n_out, coord_prefix=prefix, picks_csv=picks_csv)))
     return paths
