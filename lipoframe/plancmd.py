@@ -432,7 +432,7 @@ def main(argv: list[str]) -> int:
     print(f"wrote {run_dir / 'extraction_plan.md'}, size_histogram.png, sizes.csv, extraction_plan.json"
           + (f" and {len(result.files) - 4} writer file(s)" if len(result.files) > 4 else ""))
     if args.report and _mtime_ns(report_path) not in (None, before):  # a failure is logged by write_report_safely
-        print(f"report       {report_path}")
+        print(f"report       {report_path.resolve()}")  # as `lipoframe report` prints it
     if not args.report and (run_dir / "report.html").is_file():
         print(f"report.html still shows the previous plan: `lipoframe plan {args.run_dir} ... --report` or `lipoframe report {args.run_dir}` refreshes it")
     return 0 if not result.errors else 1

@@ -338,7 +338,7 @@ def test_a_rejected_pick_beside_an_accepted_one_stays_rejected_in_the_report():
         assert sorted(out.loc[out[schema.ACCEPTED], schema.SIZE_BIN]) == [0, 1]
 
 
-def test_plan_report_gives_the_picking_run_time_not_the_plans(run_copy, run_cli):
+def test_plan_report_gives_the_picking_run_time_not_the_plans(run_copy, run_cli, monkeypatch):
     # `lipoframe plan RUN --report` showed its own few seconds as the run's "run time" (and per
     # micrograph), while run_summary.json and `lipoframe report RUN` keep the picking run's
     from hydra.core.global_hydra import GlobalHydra
@@ -355,9 +355,12 @@ def test_plan_report_gives_the_picking_run_time_not_the_plans(run_copy, run_cli)
     summary = json.loads(summary_path.read_text())
     summary["seconds"] = 1234.5  # as after a long picking run
     summary_path.write_text(json.dumps(summary))
-    code, out, err = run_cli("plan", run_copy, "binning.n_bins=3", "--report")
+    monkeypatch.chdir(run_copy.parent)  # the folder named relative to here, as users type it
+    code, out, err = run_cli("plan", run_copy.name, "binning.n_bins=3", "--report")
     assert code == 0, err
-    assert f"report       {run_copy / 'report.html'}" in out.splitlines()  # it said nothing of the report it wrote
+    # it said nothing of the report it wrote, then a path relative to the shell's folder where
+    # `lipoframe report` prints an absolute one
+    assert f"report       {run_copy.resolve() / 'report.html'}" in out.splitlines()
     assert json.loads(summary_path.read_text())["seconds"] == 1234.5
     text = " ".join(" ".join(parse(run_copy / "report.html").text).split())
     assert "run time 1,234.5 s" in text, text[text.find("run time") - 20:text.find("run time") + 80]
