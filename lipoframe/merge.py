@@ -35,7 +35,7 @@ one run over all micrographs.
   RUN_DIR      a run folder (has inputs.json), or a sweep folder whose
                subfolders are run folders
   output=DIR   where the merged result goes (required)
-  overrides    dataset-level options, e.g. binning=... writer=[csv,star]
+  overrides    dataset-level options, e.g. binning=... 'writer=[csv,star]'
                export_rejected=true; per-micrograph options must match the shards
 
 example:
