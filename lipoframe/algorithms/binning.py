@@ -550,7 +550,14 @@ def kmeans_1d(values, n_clusters: int, *, max_iter: int = 1000) -> tuple[np.ndar
     labels : (N,) ndarray of int
         Nearest centre of each value; 0 = the smallest centre.
     centers : (n_clusters,) ndarray
-        Ascending; the means of their clusters once converged.
+        Ascending; the means of their clusters once converged. Empty
+        ``values`` give no labels and ``n_clusters`` NaN centres.
+
+    Raises
+    ------
+    ValueError
+        If ``values`` holds a non-finite value, or ``n_clusters`` or
+        ``max_iter`` is below 1.
     """
     if n_clusters < 1:
         raise ValueError(f"n_clusters must be >= 1, got {n_clusters}")

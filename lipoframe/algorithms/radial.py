@@ -200,7 +200,9 @@ def refine_circles(
         The edge is searched within ``(1 +/- search) * radius`` of the
         *initial* radius.
     iterations : int
-        Rounds of resampling and recentring (>= 1).
+        Rounds of resampling (>= 1). Every round but the last moves the
+        centres to its circle fit, so ``iterations=1`` measures at the
+        initial centres (``shift`` is then 0).
     max_shift : float
         Largest total recentring, as a fraction of the initial radius; a pick
         that would move further is put back at its initial centre (no flag

@@ -103,7 +103,9 @@ def background_stats(image: np.ndarray, *, samples: int = 65536) -> tuple[float,
     Returns
     -------
     level, spread : float
-        ``spread`` is at least 1e-12 (a constant image gives no division by zero).
+        ``spread`` is at least 1e-12 (a constant image gives no division by
+        zero). Both are NaN when a sampled pixel is NaN (the runner refuses
+        such a micrograph before any stage sees it).
     """
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")

@@ -56,8 +56,9 @@ def cbox_text(x, y, *, box, diameter, confidence, z=None) -> str:
     Returns
     -------
     text : str
-        ``_CoordinateX = x - box / 2`` (float corner), so a reader's
-        ``_CoordinateX + _Width / 2`` gives back ``x`` exactly.
+        ``_CoordinateX = x - box / 2`` (float corner, three decimals), so a
+        reader's ``_CoordinateX + _Width / 2`` gives back ``x`` to 0.0005 px.
+        Non-finite values are written as ``<NA>``.
     """
     x = np.asarray(x, dtype=float)
     y = np.asarray(y, dtype=float)
