@@ -215,9 +215,13 @@ def tomo_particles_star(tomo_names, x, y, z, *, shapes, pixel_sizes, class_numbe
 
     RELION 5 gives tomogram picks as ``rlnTomoName`` plus
     ``rlnCenteredCoordinate{X,Y,Z}Angst``: positions in Å from the centre of
-    the tomogram, taken here as pixel ``size / 2`` along each axis (the
-    centre of RELION's centred, Xmipp-origin indexing,
-    ``FIRST_XMIPP_INDEX(size) = -size / 2``).
+    the tomogram, taken here as pixel ``size / 2`` along each axis, in
+    floating point: RELION 5 reads them back by adding
+    ``Tomogram::centre = (w0 / 2.0, h0 / 2.0, d0 / 2.0)``
+    (``TomogramSet::loadTomogram``, used by ``ParticleSet::getPosition``).
+    For an odd size this is half a pixel from the integer centre that
+    RELION's subtomogram extraction uses (``setProjectionMatrix``; RELION
+    issue 1280).
 
     Parameters
     ----------
