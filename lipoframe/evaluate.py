@@ -52,7 +52,7 @@ from lipoframe.io.relion import DIAMETER_LABEL
 JUNK_KINDS = ("ice", "junk", "carbon", "contamination")
 
 #: File suffixes stripped from micrograph names before matching picks to references.
-IMAGE_SUFFIXES = (".mrc", ".mrcs", ".rec", ".st", ".map", ".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy", ".star", ".csv", ".box", ".cbox")
+IMAGE_SUFFIXES = (".mrc", ".mrcs", ".rec", ".st", ".map", ".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy", ".star", ".csv", ".box", ".cbox", ".coords")
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
 
@@ -599,21 +599,22 @@ def _read_coordinate_list(path: Path, listing: pd.DataFrame, catalog: Micrograph
 
 
 #: Per-micrograph box files (``writer=box,cbox``, EMAN2, crYOLO): the file's stem names the micrograph.
-BOX_SUFFIXES = {".box": "EMAN .box", ".cbox": "crYOLO .cbox"}
+BOX_SUFFIXES = {".box": "EMAN .box", ".cbox": "crYOLO .cbox", ".coords": "crYOLO .coords"}
 
 #: Every suffix evaluate reads, in a folder too.
 TABLE_SUFFIXES = (".csv", ".star", *BOX_SUFFIXES)
 
 
 def _read_box_file(path: Path, catalog: MicrographCatalog | None = None, flip_y: bool | None = None) -> pd.DataFrame:
-    """Particles of an EMAN ``.box`` or crYOLO ``.cbox`` file of one micrograph, in lipoframe's frame.
+    """Particles of an EMAN ``.box``, crYOLO ``.cbox`` or ``.coords`` file of one micrograph, in lipoframe's frame.
 
     The micrograph is the file's stem (``mic_0001.cbox`` -> ``mic_0001``).
     Centres are ``corner + box / 2``; rows of TIFF micrographs are turned back
     as for STAR files (:func:`_to_lipoframe_frame`). A ``.cbox`` gives
     ``diameter_px`` from ``_EstWidth/_EstHeight`` (NaN where unknown) and
     ``score`` from ``_Confidence`` when the file has them; a ``.box`` has
-    neither.
+    neither. crYOLO's tomogram picks (a 3D ``.box`` or a ``.coords`` file:
+    ``x y z`` centres, see :func:`lipoframe.io.eman.read_box`) give ``z_px``.
     """
     from lipoframe.io.cbox import read_cbox
     from lipoframe.io.eman import read_box
@@ -625,6 +626,8 @@ def _read_box_file(path: Path, catalog: MicrographCatalog | None = None, flip_y:
         raise EvaluationInputError(f"{path}: cannot read ({exc.strerror or exc})") from None
     except ValueError as exc:
         raise EvaluationInputError(f"{path}: cannot read as {BOX_SUFFIXES[suffix]} file: {exc}") from None
+    if suffix == ".coords" and len(parts) and "z" not in parts.columns:
+        raise EvaluationInputError(f"{path}: cannot read as {BOX_SUFFIXES[suffix]} file: expected three numbers per line (x y z centres)")
     out = pd.DataFrame({schema.X: parts["x"].to_numpy(float), schema.Y: parts["y"].to_numpy(float)})
     if "z" in parts.columns:
         out[schema.Z] = parts["z"].to_numpy(float)
@@ -664,7 +667,7 @@ def _read_many(path: Path, what: str, micrographs=None, flip_y: bool | None = No
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in TABLE_SUFFIXES and not p.name.startswith("."))
         if not files:
-            raise EvaluationInputError(f"{path}: no .csv, .star, .box or .cbox {what} files in this folder")
+            raise EvaluationInputError(f"{path}: no .csv, .star, .box, .cbox or .coords {what} files in this folder")
         lists = [p for p in files if p.suffix.lower() == ".star" and _is_coordinate_list(p)]
         if lists:  # a RELION job folder (or a run's relion/): its list files say which coordinate files count
             files = lists
@@ -677,7 +680,7 @@ def _read_many(path: Path, what: str, micrographs=None, flip_y: bool | None = No
                     raise
                 skipped.append(p.name)
         if not tables:
-            raise EvaluationInputError(f"{path}: none of its .csv/.star/.box/.cbox files has {what} coordinates ({', '.join(skipped)})")
+            raise EvaluationInputError(f"{path}: none of its .csv/.star/.box/.cbox/.coords files has {what} coordinates ({', '.join(skipped)})")
         tables = [t for t in tables if len(t)] or tables[:1]
         return pd.concat(tables, ignore_index=True)
     if not path.exists():
@@ -1361,7 +1364,7 @@ class EvaluateArgs:
     """Options of ``lipoframe evaluate``.
 
     picks: lipoframe run folder, picks CSV/STAR (a RELION list file such as autopick.star is followed), EMAN .box, crYOLO .cbox, or a folder of them
-    reference: reference coordinates: CSV (micrograph,x_px,y_px,diameter_px,kind), STAR (or a RELION list file), .box, .cbox, or a folder
+    reference: reference coordinates: CSV (micrograph,x_px,y_px,diameter_px,kind), STAR (or a RELION list file), .box, .cbox, crYOLO .coords, or a folder
     output: folder for evaluation.json, per_micrograph.csv, picks_evaluated.csv (optional)
     tolerance: max centre distance for a match, relative to the reference diameter
     iou_threshold: circle/sphere IoU counted in iou_rate

@@ -465,6 +465,22 @@ def test_3d_cbox_gives_z(tmp_path):
     assert got[["x_px", "y_px", "z_px", "diameter_px"]].values.tolist() == [[50, 60, 10, 20], [80, 90, 20, 22]]
 
 
+@pytest.mark.parametrize("suffix", [".box", ".coords"])
+def test_cryolos_3d_box_and_coords_files_give_xyz_centres(tmp_path, suffix):
+    # crYOLO's tomogram output (CoordsIO.write_eman_boxfile3d, write_coords_file): "x y z" centres, tab- or
+    # blank-separated. A 3D .box was refused ("at least 4 numbers"), .coords was not read at all.
+    sep = "\t" if suffix == ".box" else " "
+    (tmp_path / f"tomo_01{suffix}").write_text(sep.join(["50.5", "60", "10"]) + "\n" + sep.join(["80", "90", "20"]) + "\n")
+    got, _ = read_picks(tmp_path / f"tomo_01{suffix}")
+    assert got["micrograph"].tolist() == ["tomo_01"] * 2
+    assert got[["x_px", "y_px", "z_px"]].values.tolist() == [[50.5, 60, 10], [80, 90, 20]]
+    # matched in 3D: the second reference particle is 40 voxels away in z only
+    ref = table([("tomo_01", 50, 60, 20), ("tomo_01", 80, 90, 20)])
+    ref["z_px"] = [10.0, 60.0]
+    s = evaluate(got, ref).summary
+    assert (s["tp"], s["fp"], s["fn"]) == (1, 1, 1)
+
+
 def test_box_files_give_centres_without_diameter_or_score(tmp_path):
     # They were refused ("EMAN .box files are not read by lipoframe evaluate").
     # e2boxer writes integers and tabs; napari-boxmanager float corners and blanks; a fifth column is ignored
@@ -508,7 +524,9 @@ def test_folders_of_box_and_cbox_files_name_each_micrograph_by_its_file(tmp_path
 
 
 @pytest.mark.parametrize("name, text, words", [
-    ("m.box", "68 68 64\n", ["m.box", "EMAN .box", "line 1", "at least 4 numbers"]),
+    ("m.box", "68 68 64\n1 2 64 64\n", ["m.box", "EMAN .box", "line 2", "4 numbers where other lines have 3"]),
+    ("m.box", "68 68\n", ["m.box", "EMAN .box", "line 1", "at least 3 numbers"]),
+    ("m.coords", "68 68 64 64\n", ["m.coords", "crYOLO .coords", "three numbers per line"]),
     ("m.box", "68 68 64 64\nx 1 2 3\n", ["m.box", "line 2", "expected numbers"]),
     ("m.box", "10 10 0 0\n", ["m.box", "box > 0"]),
     ("m.box", "#micrograph: m.mrc\n#helix: (1, 2),(3, 4),64\n1 2\n", ["m.box", "helicon filament"]),
@@ -516,7 +534,7 @@ def test_folders_of_box_and_cbox_files_name_each_micrograph_by_its_file(tmp_path
     ("m.cbox", CRYOLO_CBOX.replace("_Width #4", "_Wide #4"), ["m.cbox", "crYOLO .cbox", "_Width"]),
     ("m.cbox", "data_other\n\nloop_\n_a #1\n1\n", ["m.cbox", "no data_cryolo block"]),
     ("m.cbox", "1 2 3\n", ["m.cbox", "at least 4 numbers"]),
-], ids=["box-3-columns", "box-not-a-number", "box-zero-box", "box-helicon", "box-filament-ends", "cbox-no-width",
+], ids=["box-3-and-4-columns", "box-2-columns", "coords-4-columns", "box-not-a-number", "box-zero-box", "box-helicon", "box-filament-ends", "cbox-no-width",
         "cbox-no-cryolo-block", "cbox-old-3-columns"])
 def test_broken_box_and_cbox_files_are_refused_naming_file_and_problem(tmp_path, capsys, name, text, words):
     (tmp_path / name).write_text(text)

@@ -112,11 +112,16 @@ def centres_from_corners(corners: np.ndarray, *, layout: str) -> pd.DataFrame:
 
 
 def read_box(path: str | Path) -> pd.DataFrame:
-    """Particles of an EMAN ``.box`` file (2D).
+    """Particles of an EMAN ``.box`` file (2D), or of crYOLO's 3D ``.box``/``.coords``.
 
     Each line is ``x_corner y_corner width height``, integers or floats;
     further columns are ignored. The centre is ``corner + box / 2``, so a
     file :func:`box_text` wrote gives back the nearest pixel of each pick.
+
+    A file whose every line holds three numbers is crYOLO's tomogram
+    output, ``x y z`` centres (``CoordsIO.write_eman_boxfile3d`` and
+    ``write_coords_file`` write ``box.x + box.w / 2, box.y + box.h / 2,
+    box.z``), and is read as such.
 
     Parameters
     ----------
@@ -126,21 +131,39 @@ def read_box(path: str | Path) -> pd.DataFrame:
     -------
     DataFrame
         ``x``, ``y`` (centres, in the file's frame: rows of a TIFF micrograph
-        count from the bottom), ``width``, ``height``. No rows for an empty file.
+        count from the bottom), and ``width``, ``height`` (2D) or ``z`` (3D).
+        No rows for an empty file.
 
     Raises
     ------
     OSError
         If the file cannot be read.
     ValueError
-        If a line is not four numbers, or the file holds filaments: EMAN
-        helicon files (``#helix`` lines) and EMAN1 start/end pairs (fifth
-        column -1, -2), whose lines are not particles.
+        If a line is not three or four numbers, three-number lines are mixed
+        with longer ones, or the file holds filaments: EMAN helicon files
+        (``#helix`` lines) and EMAN1 start/end pairs (fifth column -1, -2),
+        whose lines are not particles.
     """
     text = Path(path).read_text(errors="replace")
     if any(line.lstrip().lower().startswith(("#helix", "#micrograph", "#segment")) for line in text.splitlines()):
         raise ValueError("an EMAN helicon filament file (#helix lines), not particle boxes")
-    rows = numeric_rows(text, min_columns=4, layout="x_corner y_corner width height")
+    rows = numeric_rows(text, min_columns=3, layout="x_corner y_corner width height, or crYOLO's 3D x y z")
+    if rows.shape[1] == 3:
+        return _centres_3d(text, rows)
     if rows.shape[1] >= 5 and len(rows) >= 2 and set(rows[:, 4].tolist()) == {-1.0, -2.0}:
         raise ValueError("EMAN1 filament start/end boxes (fifth column -1, -2), not particle boxes")
     return centres_from_corners(rows[:, :4], layout="x_corner y_corner width height")
+
+
+def _centres_3d(text: str, rows: np.ndarray) -> pd.DataFrame:
+    """crYOLO's ``x y z`` centre rows; refuses a file that mixes them with box corners."""
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        fields = line.split()
+        if len(fields) > 3 and not fields[0].startswith("#"):
+            raise ValueError(f"line {lineno}: {len(fields)} numbers where other lines have 3 "
+                             "(crYOLO's 3D x y z centres): neither an EMAN box file nor a 3D one")
+    bad = ~np.all(np.isfinite(rows), axis=1)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"particle {i + 1}: x y z must be finite, got {rows[i].tolist()}")
+    return pd.DataFrame({"x": rows[:, 0], "y": rows[:, 1], "z": rows[:, 2]})
