@@ -959,3 +959,18 @@ def test_a_closed_stdout_is_not_blamed_on_the_output_folder(tmp_path, monkeypatc
     with pytest.raises(BrokenPipeError):
         main([f"picks={tmp_path / 'picks.csv'}", f"reference={tmp_path / 'ref.csv'}", f"output={tmp_path / 'out'}"])
     assert "cannot write" not in capfd.readouterr().err
+
+
+def test_a_path_with_space_hash_is_refused_unquoted_and_read_quoted(tmp_path, capsys):
+    # OmegaConf reads each value as YAML, where " #" starts a comment: picks=/data/run #3/picks.csv was read
+    # as "/data/run" and ended in "picks file not found" for a file that exists.
+    folder = tmp_path / "run #3"
+    folder.mkdir()
+    table([("m", 100, 100, 50)]).to_csv(folder / "picks.csv", index=False)
+    table([("m", 100, 100, 50)]).to_csv(tmp_path / "ref.csv", index=False)
+    assert main([f"picks={folder / 'picks.csv'}", f"reference={tmp_path / 'ref.csv'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "picks: ' #' starts a YAML comment" in err and f"picks=\"'{folder / 'picks.csv'}'\"" in err, err
+    out = tmp_path / "eval"
+    assert main([f"picks='{folder / 'picks.csv'}'", f"reference={tmp_path / 'ref.csv'}", f"output={out}"]) == 0
+    assert json.loads((out / "evaluation.json").read_text())["tp"] == 1
