@@ -74,6 +74,26 @@ def micrograph_key(name: Any) -> str:
     return _UNSAFE.sub("_", s).strip("._") or "micrograph"
 
 
+def same_name_in_folders(names) -> list[tuple[str, list[str]]]:
+    """Micrograph names that :func:`micrograph_key` makes one although they lie in different folders.
+
+    ``a/mic_001.mrc`` and ``b/mic_001.mrc`` are two micrographs to the user
+    but one to the matching, which then pairs picks of one with particles of
+    the other. A name without a folder is taken as any folder's.
+
+    Returns
+    -------
+    list of (key, folders)
+        Sorted by key; ``folders`` sorted.
+    """
+    folders: dict[str, set[str]] = {}
+    for name in dict.fromkeys(str(n) for n in names):
+        path = name.replace("\\", "/")
+        if "/" in path:
+            folders.setdefault(micrograph_key(path), set()).add(path.rsplit("/", 1)[0])
+    return [(k, sorted(f)) for k, f in sorted(folders.items()) if len(f) > 1]
+
+
 def similar_micrograph_names(pick_names, reference_names) -> list[tuple[str, str]]:
     """Pick micrographs that miss their reference only by a name that differs at the end.
 
@@ -1449,6 +1469,14 @@ def main(argv: list[str]) -> int:
     if pick_keys and ref_keys and not pick_keys & ref_keys:
         print(f"lipoframe evaluate: warning: no micrograph name in common (picks: {', '.join(sorted(pick_keys)[:3])}, ...; "
               f"reference: {', '.join(sorted(ref_keys)[:3])}, ...)", file=sys.stderr)
+    for side, table in (("picks", picks), ("reference", reference)):
+        clashes = same_name_in_folders(table[schema.MICROGRAPH]) if schema.MICROGRAPH in table.columns else []
+        if clashes:  # matched as one micrograph: picks of one paired with the particles of the other
+            key, folders = clashes[0]
+            more = f" (and {len(clashes) - 1} more name(s))" if len(clashes) > 1 else ""
+            print(f"lipoframe evaluate: warning: {side}: micrograph {key} is in {len(folders)} folders "
+                  f"({', '.join(folders[:3])}){more}; names are matched after dropping folders, so these are scored as "
+                  "one micrograph: evaluate each folder on its own", file=sys.stderr)
     similar = similar_micrograph_names(pick_keys, ref_keys)
     if similar:  # a partial mismatch (mic_001_dn against mic_001) scored without a word: extra false positives and misses
         more = f" and {len(similar) - 3} more" if len(similar) > 3 else ""

@@ -19,6 +19,7 @@ from lipoframe.evaluate import (
     micrograph_key,
     read_picks,
     read_reference,
+    same_name_in_folders,
     sphere_iou,
 )
 
@@ -974,3 +975,16 @@ def test_a_path_with_space_hash_is_refused_unquoted_and_read_quoted(tmp_path, ca
     out = tmp_path / "eval"
     assert main([f"picks='{folder / 'picks.csv'}'", f"reference={tmp_path / 'ref.csv'}", f"output={out}"]) == 0
     assert json.loads((out / "evaluation.json").read_text())["tp"] == 1
+
+
+def test_the_same_micrograph_name_in_two_folders_is_warned(tmp_path, capsys):
+    # Names are matched after dropping folders, so day1/mic_001.mrc and day2/mic_001.mrc were scored as one
+    # micrograph without a word: picks of one paired with the particles of the other.
+    rows = [("day1/mic_001.mrc", 100, 100, 50), ("day2/mic_001.mrc", 400, 400, 50), ("day1/mic_002.mrc", 50, 50, 50)]
+    table(rows).to_csv(tmp_path / "ref.csv", index=False)
+    table([("mic_001", 100, 100, 50), ("mic_002", 50, 50, 50)]).to_csv(tmp_path / "picks.csv", index=False)
+    assert main([f"picks={tmp_path / 'picks.csv'}", f"reference={tmp_path / 'ref.csv'}"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: reference: micrograph mic_001 is in 2 folders (day1, day2)" in err, err
+    assert "warning: picks:" not in err  # the picks' names have no folder: nothing to warn about
+    assert same_name_in_folders(["day1/mic_001.mrc", "day1/mic_001", "mic_001.tif"]) == []
