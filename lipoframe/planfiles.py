@@ -427,8 +427,9 @@ def write_plan_files(plan: ExtractionPlan, picks: pd.DataFrame, out_dir: Path, *
     n_out = int(table["outliers"].sum()) if len(table) else 0
     prefix = ""
     if project_dir:
-        # as the star writer makes the list files' paths relative (abspath, symlinks kept)
-        prefix = Path(os.path.relpath(os.path.abspath(out_dir), os.path.abspath(os.path.expanduser(project_dir)))).as_posix()
+        # as the star writer makes the list files' paths relative: between resolved paths, so that
+        # the path opens from the project even when one of them is reached through a symbolic link
+        prefix = Path(os.path.relpath(os.path.realpath(out_dir), os.path.realpath(os.path.expanduser(project_dir)))).as_posix()
     picks_csv = safe_child(out_dir, "picks.csv").resolve() in set(written)
     paths.append(write_text(safe_child(out_dir, "extraction_plan.md"),
                             plan_markdown(plan, files, n_outliers=n_out, coord_prefix=prefix, picks_csv=picks_csv)))

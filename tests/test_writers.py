@@ -532,6 +532,35 @@ def test_list_file_paths_for_a_relion_project(tmp_path):
     assert fields == {"path": "Denoise/job004/Movies/m1.mrc", "dir": "Denoise/job004/Movies", "name": "m1.mrc", "stem": "m1", "ext": ".mrc"}
 
 
+@pytest.mark.parametrize("out_through_link", [True, False])
+def test_list_file_paths_open_from_a_project_reached_through_a_symlink(tmp_path, monkeypatch, out_through_link):
+    """RELION opens rlnMicrographCoordinates (and --coord_list) from the project folder, its working directory.
+
+    Projects are often reached through a link (``/data/proj`` -> a disk
+    folder at another depth); the system follows ``..`` from the real folder,
+    so the paths must be made between resolved folders.
+    """
+    from lipoframe.planfiles import write_plan_files
+
+    real = tmp_path / "disk" / "groups" / "lab" / "project"
+    (real / "Denoise").mkdir(parents=True)
+    project = tmp_path / "project"
+    project.symlink_to(real, target_is_directory=True)
+    out = (project if out_through_link else real) / "External" / "lipoframe"
+    picks = make_picks([{schema.MICROGRAPH: "m1", schema.X: 30.0, schema.Y: 40.0, schema.DIAMETER: 120.0}])
+    metas = {"m1": meta("m1", path=str(project / "Denoise" / "m1.mrc"))}
+    written = StarWriter(StarWriterParams(project_dir=str(project))).write(picks, metas, PLAN, out, CTX)
+    write_plan_files(PLAN, picks, out, metas=metas, written=written, project_dir=str(project))
+    listed = starfile.read(out / "relion" / "autopick.star")["rlnMicrographCoordinates"].iloc[0]
+    bin_list = starfile.read(out / "bins" / "bin1" / "autopick.star")["rlnMicrographCoordinates"].iloc[0]
+    coord_list = re.search(r"--coord_list (\S+)", (out / "extraction_plan.md").read_text()).group(1)
+    monkeypatch.chdir(project)  # where RELION runs
+    assert listed == "External/lipoframe/relion/coords/m1_autopick.star"
+    assert Path(listed).is_file() and Path(bin_list).is_file()
+    assert coord_list == "External/lipoframe/bins/bin1/autopick.star"
+    assert Path(coord_list).is_file()
+
+
 @pytest.mark.parametrize(
     "make",
     [

@@ -297,11 +297,22 @@ def micrograph_fields(meta: MicrographMeta, *, strip_suffix: str = "", project_d
     return {"path": path, "dir": "" if folder == "." else folder, "name": name, "stem": stem, "ext": ext}
 
 
-def _project_path(path: Path, project_dir: str) -> str:
-    """``path`` relative to ``project_dir`` when given, else absolute."""
-    if project_dir:
-        return os.path.relpath(path, os.path.abspath(os.path.expanduser(project_dir)))
+def _project_path(path: Path, project: str) -> str:
+    """``path`` (resolved) relative to ``project`` (resolved, see :func:`_real_project`) when given, else absolute.
+
+    Both sides are resolved: RELION opens the path from the project, and the
+    system follows ``..`` from where a folder really is, so a path made
+    between a resolved file and a project reached through a symbolic link
+    (``/data/proj`` -> ``/mnt/disk/proj``) would name another place.
+    """
+    if project:
+        return os.path.relpath(path, project)
     return str(path)
+
+
+def _real_project(project_dir: str) -> str:
+    """``project_dir`` with ``~`` expanded and symbolic links resolved; ``""`` stays ``""``."""
+    return os.path.realpath(os.path.expanduser(project_dir)) if project_dir else ""
 
 
 def _name_list(items, limit: int = 5) -> str:
@@ -441,6 +452,7 @@ class StarWriter(Writer):
 
     def _write_set(self, view, metas, stems, folder: Path) -> list[Path]:
         p = self.params
+        project = _real_project(p.project_dir)
         mic_names, coord_files, written = [], [], []
         for name, meta, rows in _groups(view, metas):
             x, y = rows["x"], rows["y"]
@@ -458,7 +470,7 @@ class StarWriter(Writer):
             written.append(path)
             fields = micrograph_fields(meta, strip_suffix=p.strip_suffix, project_dir=p.project_dir)
             mic_names.append(p.micrograph_name.format(**fields))
-            coord_files.append(_project_path(path, p.project_dir))
+            coord_files.append(_project_path(path, project))
         written.append(write_text(safe_child(folder, relion_io.LIST_FILE), relion_io.coordinate_list_star(mic_names, coord_files)))
         if "z" in view.columns:
             written += self._write_tomo(view, metas, folder)
