@@ -593,6 +593,10 @@ def test_extract_command_per_bin(tmp_path):
     assert opt["--extract_size"] == "320"
     assert opt["--coord_list"] == os.path.join("out", "bins", "bin2", "autopick.star")
     assert opt["--bg_radius"] == "120"  # RELION's default: 0.375 * box
+    # The GUI truncates 0.375 * box ((int) in pipeline_jobs.cpp): 37.5 -> 37, 31.5 -> 31, 41.25 -> 41.
+    assert [relion_io.background_radius(box) for box in (100, 84, 110, 320)] == [37, 31, 41, 120]
+    odd = shlex.split(relion_io.extract_command(SizeBin(0, 50.0, 60.0, 3, 100), "x", pixel_size=1.0))
+    assert odd[odd.index("--bg_radius") + 1] == "37"
     assert "--extract" in args and "--norm" in args and "--invert_contrast" in args and "--scale" not in args
     scaled = SizeBin(1, 150.0, 200.0, 10, 320, 400.0, box_px_extract=160, extract_size_px=336)
     args = shlex.split(relion_io.extract_command(scaled, "my list.star", pixel_size=1.5, output_dir="Extract/job020"))

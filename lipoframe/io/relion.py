@@ -127,8 +127,14 @@ def coordinate_list_star(micrograph_names: Sequence[str], coordinate_files: Sequ
 
 
 def background_radius(box_px: int) -> int:
-    """RELION's default normalisation radius: ``round(0.375 * box)`` (75 % of the box as diameter)."""
-    return int(np.floor(0.375 * box_px + 0.5))
+    """RELION's default normalisation radius for a final box: ``int(0.375 * box)``.
+
+    What the Extract job's GUI passes for "Diameter background circle: -1"
+    (3dem/relion ``src/pipeline_jobs.cpp``, extract ``getCommands``): 75 % of
+    the extraction box as diameter, halved, scaled to the rescaled box when
+    rescaling, then truncated to an integer with ``(int)``.
+    """
+    return int(np.floor(0.375 * box_px))
 
 
 def extract_command(
@@ -165,7 +171,7 @@ def extract_command(
     -------
     command : str
         One shell line (arguments quoted). RELION's background radius is its
-        GUI default, ``round(0.375 * final box)``.
+        GUI default, ``int(0.375 * final box)``.
 
     Examples
     --------
