@@ -415,6 +415,23 @@ def test_cryosparc_warns_when_only_the_file_names_are_equal(tmp_path, caplog):
     assert not [r for r in caplog.records if "name" in r.getMessage()]
 
 
+def test_star_warns_when_micrographs_share_a_relion_name(tmp_path, caplog):
+    """Extract maps each rlnMicrographName of the list to one coordinate file: a shared name loses picks silently."""
+    picks, metas = same_name_micrographs()
+    params = StarWriterParams(micrograph_name="MotionCorr/job002/Movies/{stem}.mrc")
+    with caplog.at_level(logging.WARNING, logger="lipoframe"):
+        StarWriter(params).write(picks, metas, PLAN, tmp_path, CTX)
+    lst = starfile.read(tmp_path / "relion" / "autopick.star")
+    assert lst["rlnMicrographName"].tolist() == ["MotionCorr/job002/Movies/mic.mrc"] * 2 + ["MotionCorr/job002/Movies/c.mrc"]
+    msgs = [r.getMessage() for r in caplog.records if "rlnMicrographName" in r.getMessage()]
+    assert len(msgs) == 1  # once per run, not once per set
+    assert "MotionCorr/job002/Movies/mic.mrc" in msgs[0] and "/data/dup/a/mic.mrc" in msgs[0] and "/data/dup/b/mic.mrc" in msgs[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="lipoframe"):
+        StarWriter().write(picks, metas, PLAN, tmp_path / "default", CTX)  # {path}: different names
+    assert not [r for r in caplog.records if "rlnMicrographName" in r.getMessage()]
+
+
 def test_cryosparc_unknown_pixel_size_is_reported_once(tmp_path, caplog):
     from cryosparc.dataset import Dataset
 

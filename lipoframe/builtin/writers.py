@@ -444,13 +444,38 @@ class StarWriter(Writer):
     def write(self, picks, metas, plan, out_dir, ctx) -> list[Path]:
         view = export_view(exported(picks, ctx), metas, plan)
         stems = file_stems(metas)
-        written = self._write_set(view, metas, stems, safe_child(out_dir, relion_io.RELION_DIR))
+        names = self._micrograph_names(metas)
+        written = self._write_set(view, metas, stems, names, safe_child(out_dir, relion_io.RELION_DIR))
         if self.params.per_bin:
             for b, sub in _bin_views(view, plan):
-                written += self._write_set(sub, metas, stems, bin_dir(out_dir, b))
+                written += self._write_set(sub, metas, stems, names, bin_dir(out_dir, b))
         return written
 
-    def _write_set(self, view, metas, stems, folder: Path) -> list[Path]:
+    def _micrograph_names(self, metas) -> dict[str, str]:
+        """``rlnMicrographName`` of each micrograph; warns when different micrographs share one.
+
+        Extract (``--coord_list``) maps each name to one coordinate file, so
+        of micrographs written under the same name only one would keep its
+        picks, without a word from RELION.
+        """
+        p = self.params
+        names = {k: p.micrograph_name.format(**micrograph_fields(m, strip_suffix=p.strip_suffix, project_dir=p.project_dir))
+                 for k, m in metas.items()}
+        groups: dict[str, list[str]] = {}
+        for k, nm in names.items():
+            groups.setdefault(nm, []).append(k)
+        shared = [(nm, keys) for nm, keys in groups.items() if len(keys) > 1]
+        if shared:
+            log.warning(
+                "writer star: different micrographs get the same rlnMicrographName, and RELION's Extract would take "
+                "the picks of only one of them (it maps each name to one coordinate file): %s. Set "
+                "writer.star.micrograph_name (and strip_suffix) so that each micrograph gets the name it has in "
+                "your micrographs STAR",
+                _name_list(f"{nm} <- " + " and ".join(str(metas[k].path or k) for k in keys) for nm, keys in shared),
+            )
+        return names
+
+    def _write_set(self, view, metas, stems, names, folder: Path) -> list[Path]:
         p = self.params
         project = _real_project(p.project_dir)
         mic_names, coord_files, written = [], [], []
@@ -468,8 +493,7 @@ class StarWriter(Writer):
             )
             path = write_text(safe_child(folder, relion_io.COORDS_DIR, stems[name] + relion_io.COORDINATE_SUFFIX), text)
             written.append(path)
-            fields = micrograph_fields(meta, strip_suffix=p.strip_suffix, project_dir=p.project_dir)
-            mic_names.append(p.micrograph_name.format(**fields))
+            mic_names.append(names[name])
             coord_files.append(_project_path(path, project))
         written.append(write_text(safe_child(folder, relion_io.LIST_FILE), relion_io.coordinate_list_star(mic_names, coord_files)))
         if "z" in view.columns:
