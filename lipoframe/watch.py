@@ -4,8 +4,8 @@ The run keeps going and picks micrographs as they appear in the input
 folders (or glob). A file is picked only once it is completely written: its
 size and modification time must not change over ``stream.stable_polls``
 scans ``stream.poll_seconds`` apart. A file that still fails to read (a copy
-that stalled longer than that) is picked again as soon as it changes, so a
-slow transfer costs nothing. Every ``stream.update_every`` new micrographs
+that stalled longer than that) is picked again once it has changed and is
+stable again, so a slow transfer costs nothing. Every ``stream.update_every`` new micrographs
 the dataset-level outputs (size statistics, size bins, extraction plan,
 writers' files, ``run_summary.json``) are rewritten, so downstream jobs can
 start on a growing dataset.
@@ -104,6 +104,11 @@ class FolderWatcher:
     def unsettled(self) -> int:
         """Files seen in the last scan that are not handed out yet (still being written)."""
         return sum(self._handled.get(k) != stamp for k, (stamp, _) in self._seen.items())
+
+
+def _others(stamp: dict | None) -> dict | None:
+    """The stamps of the files the stages read for a micrograph (its heatmap, its mask) in its input stamp."""
+    return None if stamp is None else stamp.get("extra", {})
 
 
 def _existing_names(out_dir: Path) -> dict[str, str]:
@@ -229,9 +234,10 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None):
                 queued = {os.path.abspath(p) for p in ready}
                 for key, (path, stamp) in list(handed.items()):
                     # The micrograph itself is the watcher's; what the stages read for it is checked here.
+                    # Only the other files count: a changed micrograph waits for the watcher's stable scans.
                     failed = getattr(results.get(path_name[key]), "status", "") == "failed"
                     needs_others = failed or (stamp is not None and "extra" in stamp)
-                    if needs_others and key not in queued and input_stamp(path, path_name[key], stages) != stamp:
+                    if needs_others and key not in queued and _others(input_stamp(path, path_name[key], stages)) != _others(stamp):
                         ready.append(path)  # its heatmap or mask has come, changed or gone since
                         queued.add(key)
                 if ready:

@@ -337,3 +337,48 @@ def test_heatmaps_in_the_watched_folder_are_not_picked_as_micrographs(tmp_path):
                                     "filter=[diameter_range]", "units=px"])
     assert sorted((r.name, r.status) for r in result.results) == [("mic_000", "ok"), ("mic_001", "ok")]
     assert result.ok and len(result.picks) == 2
+
+
+def test_a_failed_file_that_changes_again_waits_until_it_is_stable(tmp_path, monkeypatch, caplog):
+    """A copy that stalled for longer than the stability window fails once (truncated); when the
+    copy goes on, the file is read again only after stable_polls unchanged scans, like any new
+    file. Before, the check for a failed micrograph's heatmap or mask also compared the
+    micrograph's own size and time, so the file was read at the first scan that saw it change,
+    while it could still be being written."""
+    import lipoframe.runner
+    from lipoframe import watch
+
+    watched = tmp_path / "incoming"
+    watched.mkdir()
+    (src,) = write_set(tmp_path / "source", 1)
+    target = watched / src.name
+    out = tmp_path / "out"
+    stable_polls = 2
+    watchers, counts = [], []
+    poll = watch.FolderWatcher.poll
+    monkeypatch.setattr(watch.FolderWatcher, "poll", lambda self: watchers.append(self) or poll(self))
+    run_jobs = lipoframe.runner.run_jobs
+
+    def counting_run_jobs(jobs, *args, **kwargs):
+        # how many consecutive scans had seen each handed-out file unchanged
+        counts.extend(watchers[-1]._seen[str(job.path)][1] for job in jobs)
+        return run_jobs(jobs, *args, **kwargs)
+
+    monkeypatch.setattr(lipoframe.runner, "run_jobs", counting_run_jobs)
+    data = src.read_bytes()
+
+    def transfer():
+        deadline = time.monotonic() + 90  # a guard against a hang, not a timing check
+        target.write_bytes(data[: len(data) // 2])  # stalls: read, and fails, once stable
+        while "not a readable MRC file" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.1)
+        part = watched / f".{src.name}.part"  # the rest arrives at once (a hidden file renamed in)
+        part.write_bytes(data)
+        os.replace(part, target)
+        while not (out / "micrographs" / f"{src.stem}.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        (out / "STOP").touch()
+
+    result = watch_while(transfer, watched, out, poll=0.2, stable_polls=stable_polls, update_every=1)
+    assert [r.status for r in result.results] == ["ok"]
+    assert len(counts) == 2 and min(counts) >= stable_polls, counts
