@@ -18,6 +18,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, List, Optional
 
+#: The smallest particle diameter, in pixels, that lipoframe picks.
+MIN_DIAMETER_PX = 3.0
 UNITS = ("A", "px")
 POLARITIES = ("dark", "bright")
 #: Default ``retry_suppressed``: the radial refiner's and the diameter_range filter's reasons.
@@ -164,6 +166,11 @@ class LipoframeConfig:
             raise ConfigError(f"pixel_size must be > 0 and finite (Å/px), got {self.pixel_size}")
         if not self.dmax < float("inf"):
             raise ConfigError(f"dmax must be finite, got {self.dmax}")
+        # Known before any micrograph is read when the range is in pixels or the pixel size is given.
+        dmin_px = self.dmin if self.units == "px" else None if self.pixel_size is None else self.dmin / self.pixel_size
+        if dmin_px is not None and dmin_px < MIN_DIAMETER_PX:
+            at = "" if self.units == "px" else f" (dmin={self.dmin:g} Å at pixel_size={self.pixel_size:g} Å/px)"
+            raise ConfigError(f"dmin must be at least {MIN_DIAMETER_PX:g} px, got {dmin_px:.3g} px{at}")
         if self.input is None:
             self.input = []  # not given: the built-in demo set
         else:

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from lipoframe import schema
-from lipoframe.config import RETRY_SUPPRESSED, ConfigError, LipoframeConfig
+from lipoframe.config import MIN_DIAMETER_PX, RETRY_SUPPRESSED, ConfigError, LipoframeConfig
 from lipoframe.algorithms.pyramid import pow2_floor, to_binned
 from lipoframe.io.atomic import resolve_all, safe_child, write_text
 from lipoframe.plan import ExtractionPlan, format_range
@@ -292,10 +292,6 @@ def shard(items: list, index: int, count: int) -> list:
 # ---------------------------------------------------------------------------
 # Per micrograph
 # ---------------------------------------------------------------------------
-#: The smallest particle diameter, in pixels, that lipoframe picks.
-MIN_DIAMETER_PX = 3.0
-
-
 def pick_context(meta: MicrographMeta, cfg: LipoframeConfig) -> PickContext:
     """Diameter range in pixels of this micrograph."""
     if cfg.units == "px":

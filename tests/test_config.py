@@ -83,6 +83,9 @@ BAD = [
     (["nms.outrank_ratio=1"], "nms.outrank_ratio", "(0, 1)"),
     (["dmin=600", "dmax=500"], "dmin", "dmax"),
     (["dmin=0"], "dmin", "> 0"),
+    # Before, each micrograph failed on its own ("the smallest diameter is 2 px, too small to pick") with exit code 1.
+    (["units=px", "dmin=2", "dmax=100"], "dmin", "must be at least 3 px, got 2 px"),
+    (["pixel_size=100"], "dmin", "must be at least 3 px, got 1.5 px (dmin=150 Å at pixel_size=100 Å/px)"),
     (["detector=nope"], "detector=nope", "available: dog"),
     (["nms=nope"], "nms=nope", "size_aware"),
     (["writer=[csv,nope]"], "writer=nope", "csv"),
@@ -266,6 +269,15 @@ def test_sweep_jobs_is_the_cartesian_product():
         ["nms.beta=0.8", "detector=dog", "output=x"],
         ["nms.beta=0.8", "detector=log", "output=x"],
     ]
+
+
+def test_a_dmin_under_3_px_in_pixels_is_a_config_error_before_any_micrograph_is_read(tiny_mrcs, tmp_path, run_cli):
+    code, _, err = run_cli("run", f"input={tiny_mrcs[0]}", f"output={tmp_path / 'out'}", "units=px", "dmin=1", "dmax=100")
+    assert code == 2
+    assert err.strip() == "lipoframe: config error: dmin must be at least 3 px, got 1 px"
+    assert not (tmp_path / "out" / "micrographs").exists()
+    # in Å without a pixel size it depends on each file's header: checked per micrograph
+    LipoframeConfig(dmin=1, dmax=100)
 
 
 def test_python_config_objects_validate_too():
