@@ -199,6 +199,21 @@ def test_quantile_with_many_equal_diameters_gives_fewer_bins_and_says_so():
     assert any("distinct quantile" in n for n in plan.notes)
 
 
+@pytest.mark.parametrize("n_bins", [2, 3, 5])
+def test_quantile_keeps_a_group_of_equal_diameters_apart_from_the_larger_ones(n_bins):
+    # Before, with 3 or more bins the quantiles fell on 100 twice and on 300 twice, the
+    # repeated edges were merged and one bin of 100-300 px came back, its box (480 px) for
+    # the 100 px particles too, while n_bins=2 gave the two bins.
+    d = np.r_[np.full(100, 100.0), np.full(100, 300.0)]
+    plan = QuantileBinner(QuantileParams(n_bins=n_bins)).assign(picks_of(d), {}, ctx()).plan
+    assert [(b.d_min_px, b.d_max_px, b.count) for b in plan.bins] == [(100.0, 100.0, 100), (300.0, 300.0, 100)]
+    # 90 equal diameters and 10 larger ones: the 90 get their own (smaller) box
+    d = np.r_[np.full(90, 200.0), np.linspace(250, 300, 10)]
+    plan = QuantileBinner(QuantileParams(n_bins=3)).assign(picks_of(d), {}, ctx()).plan
+    assert [(b.d_min_px, b.count) for b in plan.bins] == [(200.0, 90), (250.0, 10)]
+    assert plan.bins[0].box_px < plan.bins[1].box_px
+
+
 # ---------------------------------------------------------------------------
 # Z-score filtering (SIMPLE segdiampick)
 # ---------------------------------------------------------------------------

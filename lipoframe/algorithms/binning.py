@@ -309,7 +309,11 @@ def peak_valley_edges(
 def quantile_edges(values, n_bins: int) -> np.ndarray:
     """Edges of ``n_bins`` equal-count bins, from ``min`` to ``max``.
 
-    Repeated edges (many equal values) are merged, so fewer bins may come back.
+    Repeated edges (many equal values) are merged, so fewer bins may come back;
+    a value that several quantiles fall on (a group of equal values) gets a
+    bin of its own, ``[v, nextafter(v))``, so that it is not merged with the
+    values above it (``[100] * 100 + [300] * 100`` in 3 bins gives 2 bins, as
+    in 2).
 
     Returns
     -------
@@ -323,7 +327,10 @@ def quantile_edges(values, n_bins: int) -> np.ndarray:
         return np.array([])
     e = np.quantile(x, np.linspace(0.0, 1.0, n_bins + 1))
     e[0], e[-1] = x.min(), x.max()
-    return np.unique(e) if x.max() > x.min() else np.array([x.min(), x.max()])
+    if not x.max() > x.min():
+        return np.array([x.min(), x.max()])
+    values, counts = np.unique(e, return_counts=True)
+    return np.unique(np.r_[values, np.nextafter(values[counts > 1], np.inf)])
 
 
 def min_waste_edges(values, n_bins: int, box_of, *, min_count: int = 1) -> np.ndarray:
