@@ -414,6 +414,15 @@ def main(argv: list[str]) -> int:
         for e in result.errors:
             print(f"lipoframe plan: {e}", file=sys.stderr)
         return 1
+    missing = sum(r.status == "failed" for r in result.results)
+    if missing:
+        try:
+            interrupted = bool(json.loads((Path(args.run_dir) / "run_summary.json").read_text()).get("interrupted"))
+        except (OSError, ValueError, AttributeError):
+            interrupted = False
+        print(f"lipoframe plan: {missing} of {len(result.results)} micrograph(s) have no saved picks and are not in the plan"
+              + ("; the run was interrupted: run the same `lipoframe run` command again to finish it" if interrupted
+                 else " (they failed in the run)"), file=sys.stderr)
     if args.json:
         print(plan.to_json())
         return 0 if result.ok or not result.errors else 1
