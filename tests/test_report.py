@@ -607,3 +607,24 @@ def test_a_reader_warning_is_not_repeated_when_the_overlay_reads_the_file(tmp_pa
     with caplog.at_level("WARNING", logger="lipoframe"):
         logging.getLogger("lipoframe").warning("still heard")
     assert "still heard" in caplog.text
+
+
+def test_a_run_without_report_removes_an_earlier_runs_report(run_copy, done, caplog):
+    # A re-run into a folder with other settings and runner.report=false left the earlier run's report.html,
+    # which showed that run's picks (another filter here: min_score 12 -> 30).
+    from hydra.core.global_hydra import GlobalHydra
+
+    from lipoframe.merge import compose_config
+    from lipoframe.runner import run_pipeline
+
+    assert (run_copy / "report.html").is_file()
+    mics = done[0].input[0]
+    try:
+        _, cfg = compose_config([f"input={mics}", *RUN_OVERRIDES, "filter.score.min_score=30", "runner.report=false"])
+    finally:
+        GlobalHydra.instance().clear()
+    with caplog.at_level("WARNING", logger="lipoframe"):
+        run_pipeline(cfg, run_copy)
+    assert not (run_copy / "report.html").exists()
+    assert f"`lipoframe report {run_copy}` writes this run's" in caplog.text
+    assert (run_copy / "picks.csv").is_file()
