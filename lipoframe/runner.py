@@ -1255,6 +1255,12 @@ def output_folder(out_dir: Path):
         probe.unlink()
     except OSError as exc:
         raise InputError(f"{out_dir}: output folder is not writable ({exc.strerror or exc})") from None
+    work = out_dir / WORK_DIR
+    if work.is_symlink() or (work.exists() and not work.is_dir()):
+        # each micrograph would fail on its own (FileExistsError), or write outside the output folder
+        what = "a symbolic link" if work.is_symlink() else "not a folder"
+        raise InputError(f"{work}: {what}; lipoframe keeps each micrograph's saved picks in this folder: "
+                         "move it away or choose another output")
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows: no lock

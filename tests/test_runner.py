@@ -251,6 +251,26 @@ def test_one_run_at_a_time_per_output_folder(tmp_path):
         pass
 
 
+@pytest.mark.parametrize("kind", ["file", "symlink"])
+def test_a_file_or_link_named_micrographs_in_the_output_folder_is_one_error(tmp_path, kind):
+    # A file there made every micrograph fail on its own (FileExistsError, once per file); a link to a
+    # data folder would have received lipoframe's work files (or failed each micrograph outside the folder).
+    out = tmp_path / "out"
+    out.mkdir()
+    if kind == "file":
+        (out / "micrographs").write_text("notes")
+    else:
+        (tmp_path / "data").mkdir()
+        (out / "micrographs").symlink_to(tmp_path / "data")
+    with pytest.raises(InputError, match=f"{out / 'micrographs'}: {'not a folder' if kind == 'file' else 'a symbolic link'}"):
+        with output_folder(out):
+            pass
+    if kind == "file":
+        assert (out / "micrographs").read_text() == "notes"
+    else:
+        assert list((tmp_path / "data").iterdir()) == []
+
+
 # -- progress -------------------------------------------------------------------
 def _stderr_of_run_in_a_terminal(tmp_path, *args):
     """Run ``lipoframe run`` with stderr on a pseudo-terminal; returns what it printed there."""
