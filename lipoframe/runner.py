@@ -318,6 +318,14 @@ def check_image(mic: Micrograph, ctx: PickContext) -> None:
             f"{where}: image of {spatial[1]}x{spatial[0]} px is smaller than the largest diameter "
             f"({ctx.dmax_px:.0f} px); lower dmax or check pixel_size"
         )
+    if mic.image.ndim == 3:
+        nz = mic.shape[0]
+        if nz < ctx.dmin_px:  # no particle of the range fits between its first and last plane: nothing to pick
+            raise InputError(f"{where}: volume of {nz} planes is thinner than the smallest diameter "
+                             f"({ctx.dmin_px:.0f} px); lower dmin or check pixel_size")
+        if nz < ctx.dmax_px:
+            log.warning("%s: volume of %d planes is thinner than the largest diameter (%.0f px): particles over %d px "
+                        "cannot be picked in it", where, nz, ctx.dmax_px, nz)
     # The finest power-of-two level the built-in stages use (the refiner's);
     # every coarser level is then averaged from it, so the file is read once.
     factor = pow2_floor(ctx.dmin_px / 32.0)

@@ -204,3 +204,17 @@ def test_cli_tomo_preset(tmp_path, run_cli):
     assert np.allclose(np.sort(picks["diameter_A"]), np.sort(truth["diameter_px"] * 10.0), rtol=0.1)
     with mrcfile.open(out / "masks" / "tomo_001_labels.mrc") as m:
         assert m.data.shape == CLI_SHAPE and m.data.max() == len(truth)
+
+
+def test_a_volume_thinner_than_the_diameter_range_is_named(tmp_path, run_cli):
+    # An 8-plane volume with dmin 12 voxels gave 0 picks and no word (only y and x were checked against the range).
+    rng = np.random.default_rng(0)
+    (tmp_path / "in").mkdir()
+    for name, nz in (("thin", 8), ("slab", 30)):
+        with mrcfile.new(tmp_path / "in" / f"{name}.mrc") as m:
+            m.set_data(rng.normal(size=(nz, 96, 96)).astype(np.float32))
+    code, _, stderr = run_cli("run", "+experiment=tomo", f"input={tmp_path / 'in'}", f"output={tmp_path / 'out'}", "units=px",
+                              "dmin=12", "dmax=40", "runner.workers=1", "runner.progress=false", "runner.report=false")
+    assert code == 1, stderr[-2000:]
+    assert f"{tmp_path / 'in' / 'thin.mrc'}: volume of 8 planes is thinner than the smallest diameter (12 px)" in stderr
+    assert f"{tmp_path / 'in' / 'slab.mrc'}: volume of 30 planes is thinner than the largest diameter (40 px)" in stderr

@@ -91,7 +91,7 @@ def _check_dims(path: Path, data: np.ndarray, dims: int) -> np.ndarray:
         what = "a 3D stack" if data.ndim == 3 else f"a {data.ndim}D array"
         raise InputError(f"{path}: {what} of shape {tuple(data.shape)} where a {dims}D {'micrograph' if dims == 2 else 'volume'} is expected")
     if min(data.shape) < 2:
-        raise InputError(f"{path}: image of shape {tuple(data.shape)} is too small")
+        raise InputError(f"{path}: image of shape {tuple(data.shape)} is too small (fewer than 2 pixels along an axis)")
     if data.dtype.kind not in "biuf":
         raise InputError(f"{path}: pixels of type {data.dtype} are not real numbers")
     return data
