@@ -653,6 +653,11 @@ def test_neighbouring_bins_with_the_same_box_get_a_note():
     plan = QuantileBinner(QuantileParams(n_bins=3)).assign(picks, {}, ctx).plan
     assert [b.box_px for b in plan.bins] == [96, 96, 96]
     assert any(n.startswith("bins 1 and 2 (96 px), 2 and 3 (96 px) get the same box") for n in plan.notes)
+    # n_bins near the number of picks: five pairs are named, not 39 on one line
+    many = QuantileBinner(QuantileParams(n_bins=40)).assign(picks, {}, ctx).plan
+    note = next(n for n in many.notes if "get the same box" in n)
+    pairs = sum(a.box_px == b.box_px for a, b in zip(many.bins, many.bins[1:]))
+    assert pairs > 20 and note.split(" more pairs")[0].count(" and ") == 5 and f"px), {pairs - 5} more pairs get the same box" in note, note
     wide = pd.concat([picks, picks.assign(**{schema.DIAMETER: d * 3})], ignore_index=True)
     plan = QuantileBinner(QuantileParams(n_bins=2)).assign(wide, {}, ctx).plan
     assert plan.bins[0].box_px != plan.bins[1].box_px and not any("same box" in n for n in plan.notes)

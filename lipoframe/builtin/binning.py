@@ -194,6 +194,8 @@ class _PolicyBinner(Binner):
         same = [f"{a.index + 1} and {b.index + 1} ({_job_text(a, self.params)})" for a, b in zip(bins, bins[1:])
                 if _job_key(a) == _job_key(b)]
         if same:
+            if len(same) > 5:  # n_bins near the number of picks: hundreds of pairs on one line
+                same = [*same[:5], f"{len(same) - 5} more pairs"]
             notes.append(f"bins {', '.join(same)} get the same box: extracting them apart gains nothing "
                          "(peak_valley, kmeans and hac merge such bins with merge_same_box=true)")
         notes.extend(_extract_notes(self.params, pixel_size))
