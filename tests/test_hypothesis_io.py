@@ -182,7 +182,7 @@ def pick_tables(draw):
                 schema.MICROGRAPH: name,
                 schema.X: draw(st.floats(0, nx - 1)),
                 schema.Y: draw(st.floats(0, ny - 1)),
-                schema.DIAMETER: draw(st.floats(2, 60)),
+                schema.DIAMETER: draw(st.floats(3, 60)),
                 schema.SCORE: draw(st.floats(-1e3, 1e3)),
                 schema.LEVEL: draw(st.integers(0, 3)),
                 schema.SIGMA: draw(st.floats(0.5, 30)),
@@ -227,7 +227,7 @@ def all_writers():
 
     _, registry, _ = plugins.load()
     wanted = [w for w in ("csv", "star", "cryosparc", "cbox", "box") if ("writer", w) in registry]
-    _, cfg = compose_config([f"writer=[{','.join(wanted)}]", "units=px", "dmin=2", "dmax=64"])
+    _, cfg = compose_config([f"writer=[{','.join(wanted)}]", "units=px", "dmin=3", "dmax=64"])
     return cfg, build_stages(cfg, registry), wanted
 
 
