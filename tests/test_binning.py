@@ -207,6 +207,11 @@ def test_quantile_keeps_a_group_of_equal_diameters_apart_from_the_larger_ones(n_
     d = np.r_[np.full(100, 100.0), np.full(100, 300.0)]
     plan = QuantileBinner(QuantileParams(n_bins=n_bins)).assign(picks_of(d), {}, ctx()).plan
     assert [(b.d_min_px, b.d_max_px, b.count) for b in plan.bins] == [(100.0, 100.0, 100), (300.0, 300.0, 100)]
+    # the note counts the bins that came back: an empty bin between the two groups was counted (3 of 3: no
+    # note; 3 of 5)
+    fewer = [n for n in plan.notes if "distinct quantile" in n]
+    assert fewer == ([f"only 2 distinct quantile bin(s) of the {n_bins} asked (many equal diameters or few picks)"]
+                     if n_bins > 2 else []), plan.notes
     # 90 equal diameters and 10 larger ones: the 90 get their own (smaller) box
     d = np.r_[np.full(90, 200.0), np.linspace(250, 300, 10)]
     plan = QuantileBinner(QuantileParams(n_bins=3)).assign(picks_of(d), {}, ctx()).plan

@@ -313,7 +313,9 @@ def quantile_edges(values, n_bins: int) -> np.ndarray:
     a value that several quantiles fall on (a group of equal values) gets a
     bin of its own, ``[v, nextafter(v))``, so that it is not merged with the
     values above it (``[100] * 100 + [300] * 100`` in 3 bins gives 2 bins, as
-    in 2).
+    in 2). A bin that would hold no value is left out (merged into the one
+    below), so every bin holds a value; the last edge may then be
+    ``nextafter(max)``.
 
     Returns
     -------
@@ -330,7 +332,9 @@ def quantile_edges(values, n_bins: int) -> np.ndarray:
     if not x.max() > x.min():
         return np.array([x.min(), x.max()])
     values, counts = np.unique(e, return_counts=True)
-    return np.unique(np.r_[values, np.nextafter(values[counts > 1], np.inf)])
+    e = np.unique(np.r_[values, np.nextafter(values[counts > 1], np.inf)])
+    used = np.unique(assign_to_edges(x, e))  # [100, 100+, 300, 300+] leaves [100+, 300) empty
+    return np.r_[e[used], e[-1]]
 
 
 def min_waste_edges(values, n_bins: int, box_of, *, min_count: int = 1) -> np.ndarray:
