@@ -482,6 +482,15 @@ def test_cryolos_3d_box_and_coords_files_give_xyz_centres(tmp_path, suffix):
     assert (s["tp"], s["fp"], s["fn"]) == (1, 1, 1)
 
 
+def test_an_empty_box_file_is_2d(tmp_path):
+    # it came back with a z column (an empty table of three columns was taken as crYOLO's 3D x y z)
+    from lipoframe.io.eman import read_box
+
+    for text in ("", "# no picks\n"):
+        (tmp_path / "m.box").write_text(text)
+        assert read_box(tmp_path / "m.box").columns.tolist() == ["x", "y", "width", "height"]
+
+
 def test_box_files_give_centres_without_diameter_or_score(tmp_path):
     # They were refused ("EMAN .box files are not read by lipoframe evaluate").
     # e2boxer writes integers and tabs; napari-boxmanager float corners and blanks; a fifth column is ignored
@@ -526,6 +535,8 @@ def test_folders_of_box_and_cbox_files_name_each_micrograph_by_its_file(tmp_path
 
 @pytest.mark.parametrize("name, text, words", [
     ("m.box", "68 68 64\n1 2 64 64\n", ["m.box", "EMAN .box", "line 2", "4 numbers where other lines have 3"]),
+    # a 2D file with one cut line: that line is named, not line 1 as '4 numbers where other lines have 3'
+    ("m.box", "1 2 64 64\n5 6 64 64\n68 68 64\n", ["m.box", "EMAN .box", "line 3", "at least 4 numbers", "'68 68 64'"]),
     ("m.box", "68 68\n", ["m.box", "EMAN .box", "line 1", "at least 3 numbers"]),
     ("m.coords", "68 68 64 64\n", ["m.coords", "crYOLO .coords", "three numbers per line"]),
     ("m.box", "68 68 64 64\nx 1 2 3\n", ["m.box", "line 2", "expected numbers"]),
@@ -535,7 +546,7 @@ def test_folders_of_box_and_cbox_files_name_each_micrograph_by_its_file(tmp_path
     ("m.cbox", CRYOLO_CBOX.replace("_Width #4", "_Wide #4"), ["m.cbox", "crYOLO .cbox", "_Width"]),
     ("m.cbox", "data_other\n\nloop_\n_a #1\n1\n", ["m.cbox", "no data_cryolo block"]),
     ("m.cbox", "1 2 3\n", ["m.cbox", "at least 4 numbers"]),
-], ids=["box-3-and-4-columns", "box-2-columns", "coords-4-columns", "box-not-a-number", "box-zero-box", "box-helicon", "box-filament-ends", "cbox-no-width",
+], ids=["box-3-and-4-columns", "box-cut-line", "box-2-columns", "coords-4-columns", "box-not-a-number", "box-zero-box", "box-helicon", "box-filament-ends", "cbox-no-width",
         "cbox-no-cryolo-block", "cbox-old-3-columns"])
 def test_broken_box_and_cbox_files_are_refused_naming_file_and_problem(tmp_path, capsys, name, text, words):
     (tmp_path / name).write_text(text)

@@ -118,8 +118,8 @@ def read_box(path: str | Path) -> pd.DataFrame:
     further columns are ignored. The centre is ``corner + box / 2``, so a
     file :func:`box_text` wrote gives back the nearest pixel of each pick.
 
-    A file whose every line holds three numbers is crYOLO's tomogram
-    output, ``x y z`` centres (``CoordsIO.write_eman_boxfile3d`` and
+    A file whose first line (and every line) holds three numbers is crYOLO's
+    tomogram output, ``x y z`` centres (``CoordsIO.write_eman_boxfile3d`` and
     ``write_coords_file`` write ``box.x + box.w / 2, box.y + box.h / 2,
     box.z``), and is read as such.
 
@@ -139,17 +139,21 @@ def read_box(path: str | Path) -> pd.DataFrame:
     OSError
         If the file cannot be read.
     ValueError
-        If a line is not three or four numbers, three-number lines are mixed
-        with longer ones, or the file holds filaments: EMAN helicon files
-        (``#helix`` lines) and EMAN1 start/end pairs (fifth column -1, -2),
-        whose lines are not particles.
+        If a line has fewer numbers than the first (which must have three or
+        at least four), a file of three-number lines has a longer one, or the
+        file holds filaments: EMAN helicon files (``#helix`` lines) and EMAN1
+        start/end pairs (fifth column -1, -2), whose lines are not particles.
     """
     text = Path(path).read_text(errors="replace")
     if any(line.lstrip().lower().startswith(("#helix", "#micrograph", "#segment")) for line in text.splitlines()):
         raise ValueError("an EMAN helicon filament file (#helix lines), not particle boxes")
     rows = numeric_rows(text, min_columns=3, layout="x_corner y_corner width height, or crYOLO's 3D x y z")
-    if rows.shape[1] == 3:
-        return _centres_3d(text, rows)
+    if rows.shape[1] == 3 and len(rows):
+        # The first line says which: a 2D file with one short line is refused naming that line.
+        first = next(f for f in map(str.split, text.splitlines()) if f and not f[0].startswith("#"))
+        if len(first) == 3:
+            return _centres_3d(text, rows)
+        rows = numeric_rows(text, min_columns=4, layout="x_corner y_corner width height")
     if rows.shape[1] >= 5 and len(rows) >= 2 and set(rows[:, 4].tolist()) == {-1.0, -2.0}:
         raise ValueError("EMAN1 filament start/end boxes (fifth column -1, -2), not particle boxes")
     return centres_from_corners(rows[:, :4], layout="x_corner y_corner width height")
