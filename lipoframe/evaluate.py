@@ -1338,10 +1338,10 @@ def parse_dotlist(schema_cls: type, argv: list[str]):
             reason = str(getattr(exc, "problem", None) or exc).splitlines()[0]
             raise ArgsError(f"{key}: cannot read the value {value!r} ({reason}; quote it, e.g. {key}=\"'{value}'\")") from None
         key, value = a.split("=", 1)
-        if re.search(r"\s#", value) and not value.lstrip().startswith(("'", '"')):
-            # YAML drops a comment: `picks=/data/run #3/picks.csv` would read /data/run
-            raise ArgsError(f"{key}: ' #' starts a YAML comment, so the value {value!r} would be cut before it; "
-                            f"quote it: {key}=\"'{value}'\"")
+        if re.search(r"(^|\s)#", value) and not value.lstrip().startswith(("'", '"')):
+            # YAML drops a comment: `picks=/data/run #3/picks.csv` would read /data/run, `picks=#3.csv` nothing
+            raise ArgsError(f"{key}: '#' at the start or after a blank starts a YAML comment, so the value {value!r} "
+                            f"would be cut before it; quote it: {key}=\"'{value}'\"")
     try:
         base = OmegaConf.structured(schema_cls)
         merged = OmegaConf.merge(base, OmegaConf.from_dotlist(list(argv)))

@@ -982,7 +982,10 @@ def test_a_path_with_space_hash_is_refused_unquoted_and_read_quoted(tmp_path, ca
     table([("m", 100, 100, 50)]).to_csv(tmp_path / "ref.csv", index=False)
     assert main([f"picks={folder / 'picks.csv'}", f"reference={tmp_path / 'ref.csv'}"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "picks: ' #' starts a YAML comment" in err and f"picks=\"'{folder / 'picks.csv'}'\"" in err, err
+    assert "picks: '#' at the start or after a blank starts a YAML comment" in err and f"picks=\"'{folder / 'picks.csv'}'\"" in err, err
+    # a value starting with '#' was read as no value at all ("Incompatible value 'None' for field of type 'str'")
+    assert main(["picks=#3.csv", f"reference={tmp_path / 'ref.csv'}"]) == 2
+    assert "picks: '#' at the start or after a blank starts a YAML comment, so the value '#3.csv'" in capsys.readouterr().err
     out = tmp_path / "eval"
     assert main([f"picks='{folder / 'picks.csv'}'", f"reference={tmp_path / 'ref.csv'}", f"output={out}"]) == 0
     assert json.loads((out / "evaluation.json").read_text())["tp"] == 1
