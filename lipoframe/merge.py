@@ -271,6 +271,10 @@ def merge_runs(folders: list[str | Path], out_dir: str | Path, overrides: list[s
             from lipoframe.report import write_report_safely
 
             write_report_safely(out_dir, cfg=cfg, stages=stages, result=result)
+        else:
+            from lipoframe.report import drop_earlier_report
+
+            drop_earlier_report(out_dir)
         return result
 
 

@@ -1013,6 +1013,18 @@ def drop_stale_report(out_dir: Path) -> None:
     (Path(out_dir) / REPORT_NAME).unlink(missing_ok=True)
 
 
+def drop_earlier_report(out_dir: Path) -> None:
+    """Remove, with a warning, the ``report.html`` an earlier run left in ``out_dir`` when this run writes none.
+
+    For ``runner.report=false`` (a run, a ``watch=true`` session, a merge):
+    the earlier report would show other picks than this run's.
+    """
+    if (Path(out_dir) / REPORT_NAME).is_file():
+        drop_stale_report(out_dir)
+        log.warning("removed the report.html of an earlier run into %s (it showed that run's picks); "
+                    "`lipoframe report %s` writes this run's", out_dir, out_dir)
+
+
 def cmd_report(argv: list[str]) -> int:
     """``lipoframe report RUN_DIR``: (re)write overlays and report.html of an existing run."""
     import argparse

@@ -2048,13 +2048,10 @@ def run_pipeline(
                 log.warning("interrupted while writing the report; the picks, exports and extraction plan are complete: "
                             "`lipoframe report %s` (or the same command again) writes it", out_dir)
                 raise
-        elif not interrupted and (out_dir / "report.html").is_file():
-            # runner.report=false: an earlier run's report would show other picks than this run's
-            from lipoframe.report import drop_stale_report
+        elif not interrupted:
+            from lipoframe.report import drop_earlier_report
 
-            drop_stale_report(out_dir)
-            log.warning("removed the report.html of an earlier run into %s (it showed that run's picks); "
-                        "`lipoframe report %s` writes this run's", out_dir, out_dir)
+            drop_earlier_report(out_dir)
     if interrupted:
         done = sum(r.status != "failed" for r in results)
         log.warning("interrupted: %d of %d micrographs are done and saved; run the same command again to continue", done, len(jobs))

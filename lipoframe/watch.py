@@ -288,4 +288,8 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None):
             from lipoframe.report import write_report_safely
 
             write_report_safely(out_dir, cfg=cfg, stages=stages, result=result)
+        else:
+            from lipoframe.report import drop_earlier_report
+
+            drop_earlier_report(out_dir)
         return result

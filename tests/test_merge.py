@@ -77,6 +77,18 @@ def test_merge_accepts_the_sweep_folder(sharded):
     assert summary["micrographs"] == {"total": 5, "ok": 5, "skipped": 0, "failed": 0, "not_done": 0}
 
 
+def test_a_merge_without_report_removes_an_earlier_report(sharded, caplog):
+    # a report.html left in the output folder by an earlier merge or run showed other picks
+    # (a run with runner.report=false already removed it)
+    out = sharded / "merged_again"
+    out.mkdir()
+    (out / "report.html").write_text("<html>an earlier run</html>")
+    with caplog.at_level("WARNING", logger="lipoframe"):
+        assert merge.main([str(sharded / "shards"), f"output={out}", "runner.report=false"]) == 0
+    assert not (out / "report.html").exists()
+    assert f"`lipoframe report {out}` writes this run's" in caplog.text
+
+
 def test_merge_with_a_dataset_level_override(sharded):
     root = sharded
     assert merge.main([str(root / "shards"), f"output={root / 'merged_fft'}", "binning.rounding=even"]) == 0

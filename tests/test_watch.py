@@ -147,6 +147,21 @@ def test_watch_stops_after_idle_timeout(tmp_path):
     assert (tmp_path / "out" / "picks.csv").is_file()
 
 
+def test_a_watch_session_without_report_removes_an_earlier_runs_report(tmp_path, caplog):
+    # as a batch run with runner.report=false does: the earlier report showed other picks
+    write_set(tmp_path / "in", 1)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "report.html").write_text("<html>an earlier run</html>")
+    _, cfg = compose_config([
+        f"input={tmp_path / 'in'}", *RUN_ARGS, "runner.workers=1", "watch=true",
+        "stream.poll_seconds=0.1", "stream.stable_polls=1", "stream.idle_timeout=0.5",
+    ])
+    with caplog.at_level("WARNING", logger="lipoframe"):
+        run_pipeline(cfg, tmp_path / "out")
+    assert not (tmp_path / "out" / "report.html").exists()
+    assert f"`lipoframe report {tmp_path / 'out'}` writes this run's" in caplog.text
+
+
 def test_a_second_watch_session_over_a_relative_folder_resumes_with_the_same_names(tmp_path, monkeypatch):
     write_set(tmp_path / "in" / "a", 1, prefix="mic")
     write_set(tmp_path / "in" / "b", 1, prefix="mic")
