@@ -724,7 +724,7 @@ def _check_columns(df: pd.DataFrame, where: str) -> None:
 
 
 def read_picks(path: str | Path, *, micrographs=None, flip_y: bool | None = None) -> tuple[pd.DataFrame, list[str]]:
-    """Read picks from a lipoframe run folder, a CSV/STAR/.box/.cbox file or a folder of them.
+    """Read picks from a lipoframe run folder, a CSV/STAR/.box/.cbox/.coords file or a folder of them.
 
     A run folder is read from its per-micrograph results
     (``micrographs/*.csv``), which keep the rejected picks (flagged) and also
@@ -1388,7 +1388,7 @@ def dataclass_help(prog: str, description: str, schema_cls: type, examples: tupl
 class EvaluateArgs:
     """Options of ``lipoframe evaluate``.
 
-    picks: lipoframe run folder, picks CSV/STAR (a RELION list file such as autopick.star is followed), EMAN .box, crYOLO .cbox, or a folder of them
+    picks: lipoframe run folder, picks CSV/STAR (a RELION list file such as autopick.star is followed), EMAN .box, crYOLO .cbox or .coords, or a folder of them
     reference: reference coordinates: CSV (micrograph,x_px,y_px,diameter_px,kind), STAR (or a RELION list file), .box, .cbox, crYOLO .coords, or a folder
     output: folder for evaluation.json, per_micrograph.csv, picks_evaluated.csv (optional)
     tolerance: max centre distance for a match, relative to the reference diameter

@@ -1002,3 +1002,12 @@ def test_the_same_micrograph_name_in_two_folders_is_warned(tmp_path, capsys):
     assert "warning: reference: micrograph mic_001 is in 2 folders (day1, day2)" in err, err
     assert "warning: picks:" not in err  # the picks' names have no folder: nothing to warn about
     assert same_name_in_folders(["day1/mic_001.mrc", "day1/mic_001", "mic_001.tif"]) == []
+
+
+def test_help_names_every_file_kind_evaluate_reads_for_picks_and_reference(capsys):
+    # .coords was added to the reference's line only, while picks read it too
+    assert main(["--help"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for key in ("picks=", "reference="):
+        text = lines[next(i for i, line in enumerate(lines) if line.strip().startswith(key)) + 1]
+        assert all(s in text for s in (".box", ".cbox", ".coords")), text
