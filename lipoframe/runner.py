@@ -2113,21 +2113,39 @@ def format_summary(summary: dict) -> str:
 # Python API
 # ---------------------------------------------------------------------------
 def _params(registry: StageRegistry, kind: str, spec: Any, overrides: dict | None) -> Any:
-    """The Params of the ``kind`` stage ``spec`` (a name, or Params already made)."""
-    if spec is None:
-        return None
-    if not isinstance(spec, str):
-        from lipoframe.registry import RegistryError
+    """The Params of the ``kind`` stage ``spec`` (a name, or Params already made).
 
+    ``overrides`` are checked as the command line checks ``kind.key=value``:
+    a misspelt key or a value of the wrong type is a :class:`ConfigError`
+    naming ``kind.key``.
+    """
+    from lipoframe.registry import RegistryError
+
+    if not isinstance(spec, str):
         try:
             info = registry.for_params(spec)
         except RegistryError:
             raise ValueError(f"{kind}: give a stage name or the Params of a {kind} stage, got {spec!r}") from None
         if info.kind != kind:
             raise ValueError(f"{kind}: {type(spec).__name__} are the parameters of {info.kind}/{info.name}, not of a {kind}")
+        if overrides:
+            raise ValueError(f"{kind}_params: {kind} is given as {type(spec).__name__}, which already holds every "
+                             f"parameter; give {kind}={info.name!r} with {kind}_params, or set them in the Params")
         return spec
-    cls = registry.get(kind, spec).cls.Params
-    return cls(**(overrides or {}))
+    try:
+        cls = registry.get(kind, spec).cls.Params
+    except RegistryError as exc:
+        raise ConfigError(f"{kind}: {exc}") from None
+    if not overrides:
+        return cls()
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), dict(overrides)))
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", "") or ""
+        raise ConfigError(f"{kind}.{key}: {str(exc).splitlines()[0]}" if key else f"{kind}: {exc}") from None
 
 
 def _as_names(value: Any) -> tuple:

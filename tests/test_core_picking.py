@@ -152,6 +152,27 @@ def test_pick_takes_one_name_as_a_name_and_refuses_what_it_cannot_pick():
         lipoframe.pick("image.mrc", **args)
 
 
+def test_pick_checks_stage_names_and_parameters_as_the_command_line_does():
+    from lipoframe.builtin.nms import SizeAwareParams
+    from lipoframe.config import ConfigError
+
+    image, _ = small_scene()
+    args = dict(dmin=60, dmax=200, units="px")
+    with pytest.raises(ConfigError, match=r"^detector: no detector stage named 'nope'; available: .*log"):
+        lipoframe.pick(image, detector="nope", **args)
+    with pytest.raises(ConfigError, match=r"^detector.thresholdd: Key 'thresholdd' not in 'LogParams'"):
+        lipoframe.pick(image, detector="log", detector_params={"thresholdd": 5}, **args)
+    with pytest.raises(ConfigError, match=r"^detector.threshold: Value 'high' of type 'str' could not be converted"):
+        lipoframe.pick(image, detector="log", detector_params={"threshold": "high"}, **args)
+    with pytest.raises(ValueError, match=r"^nms_params: nms is given as SizeAwareParams"):  # was silently ignored
+        lipoframe.pick(image, nms=SizeAwareParams(), nms_params={"max_containment": 0.3}, **args)
+    with pytest.raises(ValueError, match=r"^refiner: give a stage name or the Params of a refiner stage, got None"):
+        lipoframe.pick(image, refiner=None, **args)
+    # A valid dict gives what the Params give.
+    pd.testing.assert_frame_equal(lipoframe.pick(image, nms_params={"max_containment": 1}, **args),
+                                  lipoframe.pick(image, nms=SizeAwareParams(max_containment=1.0), **args))
+
+
 def test_pick_needs_a_pixel_size_for_angstroms():
     image, _ = small_scene()
     with pytest.raises(Exception, match="pixel_size"):
