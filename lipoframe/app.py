@@ -79,6 +79,9 @@ def format_config_error(exc: BaseException) -> str:
             return f"{group}={name}: no such option" + (f"; available: {options}" if options else "")
     for e in chain:
         if isinstance(e, OmegaConfBaseException) and getattr(e, "full_key", None):
+            unselected = _unselected_stage(e)
+            if unselected:
+                return unselected
             msg = str(e).splitlines()[0].strip()
             for line in str(e).splitlines():
                 if "is not in struct" in line or "could not be converted" in line.lower():
@@ -90,6 +93,24 @@ def format_config_error(exc: BaseException) -> str:
         options = [ln for ln in lines[1:] if not ln.startswith("Available") and not ln.startswith("Config search path")]
         return f"{lines[0]}; available: {', '.join(options)}"
     return "; ".join(lines[:2]) if lines else type(exc).__name__
+
+
+def _unselected_stage(exc: BaseException) -> str:
+    """The message for ``filter.score.min_score=3`` when ``score`` is not in ``filter=[...]``, or ``""``.
+
+    Hydra only says ``Key 'score' is not in struct``: the options of a list
+    kind exist only for the stages selected.
+    """
+    from lipoframe.stages import MULTI_KINDS
+
+    kind, _, name = str(exc.full_key).partition(".")
+    if kind not in MULTI_KINDS or not name or "." in name or "not in struct" not in str(exc):
+        return ""
+    options = _stage_options(kind, exc)
+    if name not in options.split(", "):
+        return f"{kind}.{name}: no {kind} stage named {name!r}; available: {options}"
+    return (f"{kind}.{name}: the {kind} {name!r} is not selected, so it has no options; select it with "
+            f"'{kind}=[...,{name}]' (`lipoframe run --help` shows the selected ones)")
 
 
 def _did_you_mean(exc: BaseException) -> str:
