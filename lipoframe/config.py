@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, is_dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, List, Optional
@@ -184,6 +184,11 @@ class LipoframeConfig:
         self.retry_suppressed = [str(r) for r in (self.retry_suppressed or [])]
         self.filter = dict(self.filter or {})
         self.writer = dict(self.writer or {})
+        for kind in ("filter", "writer"):
+            for name, params in getattr(self, kind).items():
+                if not is_dataclass(params):  # filter.score=3: a value where the stage's options belong
+                    raise ConfigError(f"{kind}.{name}: set the options of the {kind} one by one "
+                                      f"({kind}.{name}.<option>=value, see `lipoframe stages {kind}`), got {params!r}")
 
     def per_micrograph_fingerprint(self) -> str:
         """Hash of every setting that changes per-micrograph results (for resume)."""

@@ -111,6 +111,8 @@ BAD = [
     # Options of a filter or writer that is not in the list: Hydra's "Key 'score' is not in struct" said neither.
     (["filter.score.min_score=3"], "filter.score", "the filter 'score' is not selected, so it has no options; select it with 'filter=[...,score]'"),
     (["writer=[csv]", "writer.star.subpixel=true"], "writer.star", "the writer 'star' is not selected"),
+    (["filter=[score]", "filter.score=3"], "filter.score", "set the options of the filter one by one (filter.score.<option>=value"),
+    (["writer.csv=null"], "writer.csv", "got None"),
     (["filter.scor.min_score=3"], "filter.scor", "no filter stage named 'scor'; available: carbon,"),
     (["detector=heatmap", "nms=nested", "nms.rank_by=quality"], "nms.rank_by='quality'", "detector=heatmap; they have x_px, y_px, diameter_px, score, pyramid_level, sigma_px, size_px"),
 ]
