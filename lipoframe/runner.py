@@ -2176,19 +2176,28 @@ def pick(
 
     Parameters
     ----------
-    image : (M, N) ndarray
-        The micrograph, row 0 first.
+    image : (M, N) or (Z, M, N) array_like of real numbers
+        The micrograph, row 0 first (any real dtype and memory layout; it is
+        not modified); a (1, M, N) stack is taken as its one section. A
+        volume needs the stages of ``+experiment=tomo`` (docs/tomograms.md):
+        ``detector="dog", refiner="radial_profile_3d",
+        filters=["diameter_range"]``.
     pixel_size : float, optional
-        Å/px; required when ``units='A'``.
+        Å/px; required when ``units='A'``. With ``units='px'`` it only fills
+        ``diameter_A``.
     dmin, dmax : float
         Diameter range in ``units``.
     units : {'A', 'px'}
+        Unit of ``dmin`` and ``dmax``: Ångström or pixels.
     polarity : {'dark', 'bright'}
+        Dark particles on a light background (cryo-EM), or bright ones.
     detector, nms, refiner : str or Params instance
         Stage names (or their parameter dataclasses).
     filters : sequence of str or Params
+        The filters, applied in this order (one name is taken as a list of
+        one); a filter's parameters are given as its Params instance.
     detector_params, nms_params, refiner_params : dict, optional
-        Parameters for stages given by name.
+        Parameters for stages given by name, checked as on the command line.
     retry_suppressed : sequence of str
         Reject reasons after which the detections NMS suppressed at that
         place are tried (see :func:`retry_candidates`); empty turns it off.
@@ -2201,8 +2210,21 @@ def pick(
     Returns
     -------
     picks : DataFrame
-        One row per pick: ``x_px`` (column), ``y_px`` (row), ``diameter_px``,
-        ``score``, ... with ``accepted``/``reject_reason``.
+        One row per candidate, rejected ones included: ``x_px`` (column),
+        ``y_px`` (row), ``diameter_px``, ``score``, ... with
+        ``accepted``/``reject_reason`` (docs/conventions.md).
+
+    Raises
+    ------
+    ValueError
+        A bad value of an argument, in one line naming it (``dmin``,
+        ``units``, ``detector.threshold``, ...; often its subclass
+        :class:`~lipoframe.config.ConfigError`), or an image that is not 2D
+        or 3D real numbers.
+    lipoframe.records.InputError
+        An image that cannot be picked: smaller than ``dmax``, constant, or
+        with NaN or infinite pixels (not a ValueError, as for a bad file in
+        ``lipoframe run``).
 
     Examples
     --------
