@@ -20,3 +20,8 @@ def __getattr__(name):
 
         return run_pipeline
     raise AttributeError(f"module 'lipoframe' has no attribute {name!r}")
+
+
+def __dir__():
+    # The lazy names too, so that tab completion (IPython, Jupyter) offers lipoframe.pick.
+    return sorted(set(globals()) | set(__all__))

@@ -173,6 +173,10 @@ def test_pick_checks_stage_names_and_parameters_as_the_command_line_does():
                                   lipoframe.pick(image, nms=SizeAwareParams(max_containment=1.0), **args))
 
 
+def test_the_public_names_are_listed_for_tab_completion():
+    assert {"pick", "run_pipeline", "hookimpl", "__version__"} <= set(dir(lipoframe))
+
+
 def test_pick_needs_a_pixel_size_for_angstroms():
     image, _ = small_scene()
     with pytest.raises(Exception, match="pixel_size"):
