@@ -554,6 +554,22 @@ def check_declared_reasons(before: pd.DataFrame, after: pd.DataFrame, *, declare
                          "declare every reason it gives (retry_suppressed and the reports rely on them)")
 
 
+def check_kept_columns(before: pd.DataFrame, after: pd.DataFrame, *, stage: str) -> None:
+    """Check that a filter returned every column it was given (it may add columns, never remove them).
+
+    Raises
+    ------
+    ValueError
+        Naming the stage and the columns it removed (``accepted`` would
+        otherwise fail later with a bare ``KeyError``, and another stage's
+        column would vanish from every output).
+    """
+    lost = [c for c in before.columns if c not in after.columns]
+    if lost:
+        raise ValueError(f"stage {stage!r} returned a table without columns {lost} that it was given: "
+                         "a stage adds columns, never removes them")
+
+
 def _refine(picks: pd.DataFrame, mic: Micrograph, stages: StageSet, ctx: PickContext) -> pd.DataFrame:
     stage = f"refiner/{stages.refiner.name}"
     out = call_table_stage(lambda t: stages.refiner.refine(t, mic, ctx), picks, stage=stage, same_rows=True)
@@ -567,6 +583,7 @@ def _filter(picks: pd.DataFrame, mic: Micrograph, stages: StageSet, ctx: PickCon
         stage = f"filter/{f.name}"
         out = call_table_stage(lambda t: f.apply(t, mic, ctx), picks, stage=stage, same_rows=True)
         out = schema.validate_detections(out, stage=stage, shape=mic.shape)
+        check_kept_columns(picks, out, stage=stage)
         check_declared_reasons(picks, out, declared=f.reasons, stage=stage)
         picks = out
     return picks
@@ -1483,6 +1500,7 @@ def finalize_dataset(
         stage = f"filter/{f.name}"
         out = schema.validate_detections(call_table_stage(lambda t: f.apply_dataset(t, metas, ctx), picks, stage=stage, same_rows=True),
                                          stage=stage)
+        check_kept_columns(picks, out, stage=stage)
         check_declared_reasons(picks, out, declared=f.reasons, stage=stage)
         picks = out
     write_text(out_dir / DATASET_REJECTIONS, dataset_rejections(picks, before).to_csv(index=False))

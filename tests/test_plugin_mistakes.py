@@ -56,6 +56,8 @@ SLOPPY = """
                 return schema.reject(picks, picks["score"].to_numpy() < 1.5, "sloppy")
             if self.params.bad == "drop":
                 return schema.with_acceptance(picks.loc[picks["score"] >= 1.5])
+            if self.params.bad == "drop_column":
+                return schema.reject(picks, picks["score"].to_numpy() < 1.5, "sloppy").drop(columns=["accepted"])
             if self.params.bad == "undeclared":
                 return schema.reject(picks, picks["score"].to_numpy() < 1.5, "slopy")
             return schema.reject(picks, picks["score"].to_numpy() < 1.5, "sloppy")
@@ -183,6 +185,8 @@ def test_an_exception_in_a_stage_names_the_stage_and_the_micrograph(sloppy, tiny
         ("in_place", "stage 'filter/sloppy' changed the table it was given (added column 'note'): work on a copy"),
         ("flag_in_place", "stage 'filter/sloppy' changed the table it was given (column 'score'): work on a copy"),
         ("drop", "stage 'filter/sloppy' returned 1 rows for the 2 it was given: reject picks with lipoframe.schema.reject"),
+        # Before, a bare "KeyError: 'accepted'" later in the runner, naming no stage.
+        ("drop_column", "stage 'filter/sloppy' returned a table without columns ['accepted'] that it was given"),
         # Before, retry_suppressed=[slopy] was refused as no stage's reason, while the run gave it.
         ("undeclared", "stage 'filter/sloppy' rejected picks with 'slopy', which its reasons ('sloppy',) do not declare"),
     ],
