@@ -2167,7 +2167,9 @@ def _params(registry: StageRegistry, kind: str, spec: Any, overrides: dict | Non
 
 
 def _as_names(value: Any) -> tuple:
-    """``"speck"`` as ``("speck",)``: one name is not a sequence of letters."""
+    """``"speck"`` as ``("speck",)``: one name is not a sequence of letters; ``None`` as none."""
+    if value is None:
+        return ()
     return (value,) if isinstance(value, str) else tuple(value)
 
 
@@ -2211,9 +2213,10 @@ def pick(
         Dark particles on a light background (cryo-EM), or bright ones.
     detector, nms, refiner : str or Params instance
         Stage names (or their parameter dataclasses).
-    filters : sequence of str or Params
+    filters : sequence of str or Params, or None
         The filters, applied in this order (one name is taken as a list of
-        one); a filter's parameters are given as its Params instance.
+        one, ``None`` or ``[]`` as none); a filter's parameters are given as
+        its Params instance.
     detector_params, nms_params, refiner_params : dict, optional
         Parameters for stages given by name, checked as on the command line.
     retry_suppressed : sequence of str
@@ -2263,6 +2266,12 @@ def pick(
         image = image[0]  # one section, as the MRC reader takes it
     if image.ndim not in (2, 3):
         raise ValueError(f"image must be a 2D micrograph (M, N) or a 3D volume, got shape {image.shape}")
+    for arg, value in (("pixel_size", pixel_size), ("dmin", dmin), ("dmax", dmax)):
+        # a string ("40", from a text field or argv) failed in a comparison deep inside, naming nothing
+        if value is not None and (isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating))):
+            raise ValueError(f"{arg} must be a number, got {value!r}")
+    dmin, dmax = float(dmin), float(dmax)  # a numpy float32 would carry its precision into every conversion
+    pixel_size = None if pixel_size is None else float(pixel_size)
     if units == "A" and pixel_size is None:
         raise ValueError("pixel_size (Å/px) is needed with units='A'; or give dmin and dmax in pixels with units='px'")
     filters, retry_suppressed = _as_names(filters), _as_names(retry_suppressed)

@@ -150,6 +150,13 @@ def test_pick_takes_one_name_as_a_name_and_refuses_what_it_cannot_pick():
         lipoframe.pick(np.zeros(()), **args)
     with pytest.raises(ValueError, match="real numbers"):
         lipoframe.pick("image.mrc", **args)
+    # numbers given as text (a form field, sys.argv) failed in a comparison deep inside, naming nothing
+    for arg, value in (("dmin", "60"), ("dmax", "200"), ("pixel_size", "1.06"), ("dmin", True)):
+        with pytest.raises(ValueError, match=f"^{arg} must be a number, got {value!r}"):
+            lipoframe.pick(image, **{**args, arg: value})
+    assert lipoframe.pick(image, **{**args, "dmin": np.float32(60), "dmax": np.int64(200)}).equals(lipoframe.pick(image, **args))
+    # None is no filters, as [] is (it was "'NoneType' object is not iterable")
+    pd.testing.assert_frame_equal(lipoframe.pick(image, filters=None, **args), lipoframe.pick(image, filters=[], **args))
 
 
 def test_pick_checks_stage_names_and_parameters_as_the_command_line_does():
