@@ -36,6 +36,7 @@ import dataclasses
 import json
 import math
 import os
+import posixpath
 import re
 import sys
 from dataclasses import dataclass
@@ -88,7 +89,7 @@ def same_name_in_folders(names) -> list[tuple[str, list[str]]]:
     """
     folders: dict[str, set[str]] = {}
     for name in dict.fromkeys(str(n) for n in names):
-        path = name.replace("\\", "/")
+        path = posixpath.normpath(name.replace("\\", "/"))  # ./day1/m.mrc and day1/m.mrc: one folder
         if "/" in path:
             folders.setdefault(micrograph_key(path), set()).add(path.rsplit("/", 1)[0])
     return [(k, sorted(f)) for k, f in sorted(folders.items()) if len(f) > 1]

@@ -1001,7 +1001,7 @@ def test_the_same_micrograph_name_in_two_folders_is_warned(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "warning: reference: micrograph mic_001 is in 2 folders (day1, day2)" in err, err
     assert "warning: picks:" not in err  # the picks' names have no folder: nothing to warn about
-    assert same_name_in_folders(["day1/mic_001.mrc", "day1/mic_001", "mic_001.tif"]) == []
+    assert same_name_in_folders(["day1/mic_001.mrc", "day1/mic_001", "mic_001.tif", "./day1/mic_001.mrc", "day1//mic_001"]) == []
 
 
 def test_help_names_every_file_kind_evaluate_reads_for_picks_and_reference(capsys):
