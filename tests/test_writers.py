@@ -426,6 +426,13 @@ def test_star_warns_when_micrographs_share_a_relion_name(tmp_path, caplog):
     msgs = [r.getMessage() for r in caplog.records if "rlnMicrographName" in r.getMessage()]
     assert len(msgs) == 1  # once per run, not once per set
     assert "MotionCorr/job002/Movies/mic.mrc" in msgs[0] and "/data/dup/a/mic.mrc" in msgs[0] and "/data/dup/b/mic.mrc" in msgs[0]
+    # a watch session writes again with the same writer every few micrographs: the same clash is not told again
+    writer = StarWriter(params)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="lipoframe"):
+        writer.write(picks, metas, PLAN, tmp_path / "w1", CTX)
+        writer.write(picks, metas, PLAN, tmp_path / "w2", CTX)
+    assert len([r for r in caplog.records if "rlnMicrographName" in r.getMessage()]) == 1
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="lipoframe"):
         StarWriter().write(picks, metas, PLAN, tmp_path / "default", CTX)  # {path}: different names

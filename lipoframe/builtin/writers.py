@@ -464,7 +464,10 @@ class StarWriter(Writer):
         groups: dict[str, list[str]] = {}
         for k, nm in names.items():
             groups.setdefault(nm, []).append(k)
-        shared = [(nm, keys) for nm, keys in groups.items() if len(keys) > 1]
+        # A watch session writes again every few micrographs: each clash is told once.
+        told = self.__dict__.setdefault("_told_clashes", {})
+        shared = [(nm, keys) for nm, keys in groups.items() if len(keys) > 1 and told.get(nm) != keys]
+        told.update(shared)
         if shared:
             log.warning(
                 "writer star: different micrographs get the same rlnMicrographName, and RELION's Extract would take "
