@@ -361,6 +361,7 @@ def run(argv: list[str]) -> int:
     """Run ``lipoframe run ARGS`` through Hydra; returns the exit code."""
     import hydra
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
     from omegaconf import OmegaConf
 
     from lipoframe.records import InputError
@@ -431,9 +432,12 @@ def run(argv: list[str]) -> int:
             print(f"lipoframe: config error: {exc}", file=sys.stderr)
             state["exit"] = 2
             return float("nan")
-        out_dir = Path(HydraConfig.get().runtime.output_dir)
+        hydra_cfg = HydraConfig.get()
+        out_dir = Path(hydra_cfg.runtime.output_dir)
+        # A sweep's jobs write into one folder: no job reads another's outputs (overlays, masks) as input.
+        sweep_dir = Path(hydra_cfg.sweep.dir) if hydra_cfg.mode == RunMode.MULTIRUN else None
         try:
-            result = run_pipeline(run_cfg, out_dir, registry=registry, pm=pm)
+            result = run_pipeline(run_cfg, out_dir, registry=registry, pm=pm, exclude=sweep_dir)
         except ConfigError as exc:
             print(f"lipoframe: config error: {exc}", file=sys.stderr)
             state["exit"] = 2

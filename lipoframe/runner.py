@@ -1976,8 +1976,12 @@ def run_pipeline(
     *,
     registry: StageRegistry | None = None,
     pm=None,
+    exclude: str | os.PathLike | None = None,
 ) -> RunResult:
     """Run lipoframe on ``cfg.input`` and write everything below ``out_dir``.
+
+    Files inside ``exclude`` (default ``out_dir``; a sweep's job gives the
+    sweep folder, which holds the other jobs' outputs) are never inputs.
 
     Bad inputs are reported (one line each, naming the file) and skipped; the
     other micrographs are processed. Check :attr:`RunResult.ok`. Micrographs
@@ -2001,8 +2005,9 @@ def run_pipeline(
     if cfg.watch:
         from lipoframe.watch import watch_pipeline
 
-        return watch_pipeline(cfg, out_dir, registry=registry, pm=pm)
+        return watch_pipeline(cfg, out_dir, registry=registry, pm=pm, exclude=exclude)
     out_dir = Path(out_dir)
+    exclude = Path(exclude) if exclude is not None else out_dir
     with output_folder(out_dir), sigterm_as_interrupt():
         stages = build_stages(cfg, registry)
         specs = list(cfg.input)
@@ -2016,7 +2021,7 @@ def run_pipeline(
                 write_demo_dataset(demo)
             specs = [str(demo)]
         paths, errors = find_inputs(specs, tuple(stages.readers_by_suffix))
-        paths, n_ours = outside_output(paths, out_dir, keep=demo)
+        paths, n_ours = outside_output(paths, exclude, keep=demo)
         theirs = read_for_others(paths, stages)
         if theirs:
             paths = [p for p in paths if p not in set(theirs)]
@@ -2026,7 +2031,7 @@ def run_pipeline(
 
         log.info("lipoframe %s: %d micrograph(s) from %s into %s", __version__, len(paths), ", ".join(map(str, specs)), out_dir)
         if n_ours:
-            log.warning("left out %d file(s) inside the output folder %s (a run's outputs are not its input)", n_ours, out_dir)
+            log.warning("left out %d file(s) inside the output folder %s (a run's outputs are not its input)", n_ours, exclude)
         if not paths and not errors:
             errors.append(f"no input files match {', '.join(map(str, specs))}"
                           + (" outside the output folder" if n_ours else ""))

@@ -142,7 +142,7 @@ def assign_name(path: Path, taken: set[str]) -> str:
     return name
 
 
-def watch_pipeline(cfg, out_dir, *, registry, pm=None):
+def watch_pipeline(cfg, out_dir, *, registry, pm=None, exclude=None):
     """Pick micrographs as they appear in ``cfg.input`` until stopped.
 
     Returns
@@ -186,7 +186,7 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None):
 
     with output_folder(out_dir), sigterm_as_interrupt():
         stages = build_stages(cfg, registry)
-        watcher = FolderWatcher(specs, tuple(stages.readers_by_suffix), s.stable_polls, exclude=out_dir)
+        watcher = FolderWatcher(specs, tuple(stages.readers_by_suffix), s.stable_polls, exclude=Path(exclude) if exclude is not None else out_dir)
         fingerprint = cfg.per_micrograph_fingerprint()
         known = _existing_names(out_dir)  # keep the names of an earlier session
         path_name: dict[str, str] = {}

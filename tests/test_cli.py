@@ -287,6 +287,19 @@ def test_multirun_four_jobs_each_with_its_folder_and_config(tiny_mrcs, tmp_path,
     assert seen == {(0.6, "dog"), (0.6, "log"), (0.8, "dog"), (0.8, "log")}
 
 
+def test_multirun_jobs_do_not_read_each_others_outputs(tiny_mrcs, tmp_path, run_cli):
+    """A sweep inside the input folder: a later job does not pick an earlier job's masks (files inside `output` are never inputs)."""
+    mics = tiny_mrcs[0].parent
+    out_dir = mics / "sweep"
+    code, _, err = run_cli("run", "-m", "detector=dog,log", f"input={mics}/**/*.mrc", f"output={out_dir}",
+                           "writer=[csv,mask]", *TINY_ARGS)
+    assert code == 0, err
+    for job in ("0", "1"):
+        summary = json.loads((out_dir / job / "run_summary.json").read_text())
+        assert summary["micrographs"]["total"] == 2, (job, summary["micrographs"])
+    assert any((out_dir / "0").rglob("*.mrc"))  # job 0's masks were there for job 1 to find
+
+
 # ---------------------------------------------------------------------------
 # README and CI agree
 # ---------------------------------------------------------------------------
