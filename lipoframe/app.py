@@ -471,8 +471,21 @@ def run(argv: list[str]) -> int:
     finally:
         sys.argv = old_argv
     if multirun and output:
-        state["exit"] = max(state["exit"], _sweep_failed(Path(output)))
+        # The folder as Hydra made it: `output='/data/sweep (1)'` was quoted for Hydra above.
+        sweep_dir = resolved_output or _unquoted(output)
+        state["exit"] = max(state["exit"], _sweep_failed(Path(sweep_dir)))
     return state["exit"]
+
+
+def _unquoted(value: str) -> str:
+    """``value`` as Hydra reads it (``'a(1)'`` -> ``a(1)``); unchanged if Hydra reads no single text in it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_override(f"output={value}").value()
+    except Exception:  # noqa: BLE001 - Hydra raises several types for a value it cannot read
+        return value
+    return parsed if isinstance(parsed, str) else value
 
 
 def _sweep_failed(sweep_dir: Path) -> int:

@@ -414,6 +414,20 @@ def test_failed_sweep_job_gives_a_non_zero_exit(tmp_path):
     assert code == 1
 
 
+@pytest.mark.slow
+def test_failed_job_in_other_process_gives_a_non_zero_exit_with_a_quoted_output(tmp_path):
+    """joblib's jobs run elsewhere: the failure is read from the sweep folder, which lipoframe quoted for Hydra."""
+    write_set(tmp_path / "in", 1)
+    write_mrc(tmp_path / "in" / "zzz_small.mrc", image(3)[:32, :32])
+    proc = cli(
+        "run", "-m", f"input={tmp_path / 'in'}", *RUN_ARGS, "runner.workers=1", f"output={tmp_path / 'sweep (1)'}",
+        "shard.count=2", "shard.index=0,1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+        timeout=300,
+    )
+    assert (tmp_path / "sweep (1)" / "1" / "run_summary.json").is_file(), proc.stderr
+    assert proc.returncode == 1, proc.stderr
+
+
 def test_picking_allocates_at_most_a_few_copies_of_the_micrograph(tmp_path):
     """Memory per worker is bounded: a 2048² float32 micrograph (16 MiB, memory-mapped)
     must not cost more than two copies of itself in allocations while it is picked."""
