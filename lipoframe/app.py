@@ -256,23 +256,31 @@ def check_override_syntax(overrides: list[str]) -> None:
 def sweep_jobs(overrides: list[str], *, limit: int = 256) -> list[list[str]] | None:
     """The override list of every job of a multirun sweep (cartesian product).
 
-    Returns None when the sweep cannot be expanded here (e.g. ``glob()`` or
-    interval sweeps, or more than ``limit`` jobs); Hydra then reports errors
-    per job.
+    ``glob()`` is expanded over the options of lipoframe's config groups
+    (``detector=glob(*og)``), as Hydra expands it. Returns None when the
+    sweep cannot be expanded here (e.g. interval sweeps, a ``glob()`` over a
+    group of your own presets, or more than ``limit`` jobs); Hydra then
+    reports errors per job.
     """
     import itertools
 
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     try:
-        parsed = OverridesParser.create().parse_overrides([o for o in overrides if not o.lstrip("+~").startswith("hydra")])
-        axes = []
-        for o in parsed:
-            if o.is_sweep_override():
-                axes.append([f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()])
-            else:
-                axes.append([o.input_line])
+        with initialize_config_dir(version_base="1.3", config_dir=str(config_dir()), job_name="lipoframe"):
+            parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
+            parsed = parser.parse_overrides([o for o in overrides if not o.lstrip("+~").startswith("hydra")])
+            axes = []
+            for o in parsed:
+                if o.is_sweep_override():
+                    axes.append([f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()])
+                else:
+                    axes.append([o.input_line])
     except Exception:  # noqa: BLE001 - Hydra reports its own parse errors when it runs
+        return None
+    if not all(axes):  # a glob() that matches none of lipoframe's options: Hydra knows more groups (-cd)
         return None
     n = 1
     for a in axes:

@@ -267,6 +267,16 @@ def test_multirun_checks_every_job_before_the_first_starts(tiny_mrcs, tmp_path, 
     assert not list(out_dir.glob("*/picks.csv"))
 
 
+def test_multirun_with_a_glob_checks_every_job_before_the_first_starts(tiny_mrcs, tmp_path, run_cli):
+    out_dir = tmp_path / "sweep"
+    code, _, err = run_cli("run", "-m", "detector=glob(*og)", "nms.beta=0.6,0", f"input={tiny_mrcs[0]}", f"output={out_dir}", *TINY_ARGS)
+    assert code == 2
+    assert "nms.beta must be in (0, 2], got 0.0" in err and "(job detector=dog nms.beta=0" in err
+    assert not list(out_dir.glob("*/picks.csv"))
+    assert sweep_jobs(["detector=glob(*og)"]) == [["detector=dog"], ["detector=log"]]
+    assert sweep_jobs(["+mine=glob(*)"]) is None  # a group of the user's own presets (-cd): Hydra expands it
+
+
 def test_sweep_jobs_is_the_cartesian_product():
     jobs = sweep_jobs(["nms.beta=0.6,0.8", "detector=dog,log", "output=x"])
     assert jobs == [
