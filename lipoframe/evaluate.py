@@ -688,6 +688,10 @@ def _read_many(path: Path, what: str, micrographs=None, flip_y: bool | None = No
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in TABLE_SUFFIXES and not p.name.startswith("."))
         if not files:
+            jobs = sorted((p.name for p in path.iterdir() if is_run_folder(p)), key=lambda n: (len(n), n))
+            if (path / "multirun.yaml").is_file() and jobs:  # `lipoframe run -m`'s folder: one run per job
+                raise EvaluationInputError(f"{path}: a sweep folder (lipoframe run -m) of {len(jobs)} runs; evaluate one job's "
+                                           f"folder at a time: {what}={path / jobs[0]}" + (f" ... {path / jobs[-1]}" if len(jobs) > 1 else ""))
             raise EvaluationInputError(f"{path}: no .csv, .star, .box, .cbox or .coords {what} files in this folder")
         lists = [p for p in files if p.suffix.lower() == ".star" and _is_coordinate_list(p)]
         if lists:  # a RELION job folder (or a run's relion/): its list files say which coordinate files count

@@ -1011,3 +1011,17 @@ def test_help_names_every_file_kind_evaluate_reads_for_picks_and_reference(capsy
     for key in ("picks=", "reference="):
         text = lines[next(i for i, line in enumerate(lines) if line.strip().startswith(key)) + 1]
         assert all(s in text for s in (".box", ".cbox", ".coords")), text
+
+
+def test_a_sweep_folder_is_refused_naming_its_jobs(tmp_path, run_cli):
+    """`lipoframe run -m`'s folder holds one run per job, not picks: the error names the job folders to give."""
+    sweep = tmp_path / "sweep"
+    for job in ("0", "1", "10"):
+        (sweep / job / "micrographs").mkdir(parents=True)
+        (sweep / job / "micrographs" / "mic.json").write_text("{}")
+    (sweep / "multirun.yaml").write_text("hydra: {}\n")
+    pd.DataFrame({"micrograph": ["mic"], "x_px": [10.0], "y_px": [10.0], "diameter_px": [20.0]}).to_csv(tmp_path / "truth.csv", index=False)
+    code, _, err = run_cli("evaluate", f"picks={sweep}", f"reference={tmp_path / 'truth.csv'}")
+    assert code == 2
+    assert f"a sweep folder (lipoframe run -m) of 3 runs; evaluate one job's folder at a time: picks={sweep / '0'} ... {sweep / '10'}" in err
+
