@@ -312,6 +312,7 @@ class CropRequest:
     diameter: float
     box: int
     color: str
+    z: float | None = None  # tomograms: the crop is the slab around the pick's own z
 
 
 @dataclass
@@ -396,16 +397,23 @@ def _init_worker(readers: ReaderChoice) -> None:
     _STATE["readers"] = readers
 
 
+SLAB_HALF = 2  # a tomogram is shown as the mean of 2 * SLAB_HALF + 1 slices
+
+
+def _slab(image: np.ndarray, z: float) -> tuple[np.ndarray, int]:
+    """The mean of the slices around ``z`` of a volume, and the central slice."""
+    zc = int(np.clip(int(z), 0, image.shape[0] - 1))
+    return np.mean(np.asarray(image[max(0, zc - SLAB_HALF) : zc + SLAB_HALF + 1], dtype=np.float32), axis=0), zc
+
+
 def _display_plane(image: np.ndarray, job: OverlayJob) -> tuple[np.ndarray, np.ndarray, str]:
     """A 2D view of the image, the mask of the picks to draw on it and a note (3D: a slab at the picks' median z)."""
     keep = np.ones(len(job.x), dtype=bool)
     if image.ndim == 2:
         return image, keep, ""
     nz = image.shape[0]
-    zc = int(np.median(job.z)) if job.z is not None and len(job.z) else nz // 2
-    zc = int(np.clip(zc, 0, nz - 1))
-    half = 2
-    plane = np.mean(np.asarray(image[max(0, zc - half) : zc + half + 1], dtype=np.float32), axis=0)
+    half = SLAB_HALF
+    plane, zc = _slab(image, np.median(job.z) if job.z is not None and len(job.z) else nz // 2)
     if job.z is not None:
         keep = np.abs(np.asarray(job.z, dtype=float) - zc) < job.diameter / 2.0
     return plane, keep, f"   (slab z={max(0, zc - half)}-{min(nz - 1, zc + half)}: {int(keep.sum())} of {len(keep)} picks cross it)"
@@ -431,7 +439,9 @@ def render_job(job: OverlayJob, readers: ReaderChoice | None = None) -> OverlayR
         write_bytes(job.png, plots.encode(rgb, "png", palette=True))
         write_bytes(job.thumb, plots.encode(rgb, "jpeg", max_size=job.thumb_size, quality=75))
         for c in job.crops:
-            pic = plots.crop_picture(image, x=c.x, y=c.y, diameter=c.diameter, box=c.box, color=c.color)
+            # A tomogram's pick is cropped from the slab around its own z, not the overview's.
+            plane = _slab(mic.image, c.z)[0] if mic.image.ndim == 3 and c.z is not None else image
+            pic = plots.crop_picture(plane, x=c.x, y=c.y, diameter=c.diameter, box=c.box, color=c.color)
             write_bytes(job.crop_dir / c.key, plots.encode(pic, "jpeg", quality=90))
         return OverlayResult(job.name, True, time.perf_counter() - t0, time.process_time() - c0)
     except Exception as exc:  # noqa: BLE001 - one unreadable micrograph must not stop the report
@@ -553,8 +563,9 @@ def choose_crops(picks: pd.DataFrame, metas: dict[str, MicrographMeta], plan: Ex
         chosen = pool.iloc[take].sort_values(schema.DIAMETER, kind="stable")
         for i, (idx, row) in enumerate(chosen.iterrows()):
             key = f"bin{b.index + 1}_{i:02d}_{row[schema.MICROGRAPH]}.jpg"
+            z = float(row[schema.Z]) if schema.Z in row.index and pd.notna(row[schema.Z]) else None
             out.append((row[schema.MICROGRAPH], CropRequest(key, b.index, float(row[schema.X]), float(row[schema.Y]),
-                                                            float(row[schema.DIAMETER]), int(b.box_px), plots.bin_color(b.index))))
+                                                            float(row[schema.DIAMETER]), int(b.box_px), plots.bin_color(b.index), z)))
     return out
 
 

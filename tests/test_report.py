@@ -543,6 +543,37 @@ def test_volume_overlay_shows_the_central_slab_and_its_picks(tmp_path):
     assert red[:, 40 * zoom:].any() and not red[:, :25 * zoom].any(), "only the pick near the displayed slab is drawn"
 
 
+def test_volume_crop_is_taken_at_the_picks_own_z(tmp_path):
+    """A tomogram's crop shows its pick's slab, not the overview's slab at the median z of all picks."""
+    from lipoframe.records import Micrograph, MicrographMeta
+
+    vol = np.zeros((40, 64, 96), dtype=np.float32)
+    vol[28:33, 22:38, 52:68] = 1.0  # the particle of the cropped pick, far from the other picks' z
+
+    class Readers:
+        def read(self, path):
+            return Micrograph(MicrographMeta("v", str(path), vol.shape), vol)
+
+    picks = pd.DataFrame({schema.MICROGRAPH: "v", schema.X: [60.0, 10.0, 20.0], schema.Y: [30.0, 10.0, 50.0],
+                          schema.Z: [30.0, 5.0, 6.0], schema.DIAMETER: [16.0, 8.0, 8.0], schema.ACCEPTED: True,
+                          schema.SIZE_BIN: [0, -1, -1]})
+    plan = ExtractionPlan(policy="fixed", pixel_size=None, bins=(SizeBin(index=0, d_min_px=15, d_max_px=17, count=1, box_px=32),))
+    [(_, crop)] = report.choose_crops(picks, {"v": MicrographMeta("v", str(tmp_path / "v.mrc"), vol.shape)}, plan)
+    job = report.OverlayJob(
+        name="v", path=str(tmp_path / "v.mrc"), x=picks[schema.X].to_numpy(), y=picks[schema.Y].to_numpy(),
+        z=picks[schema.Z].to_numpy(), diameter=picks[schema.DIAMETER].to_numpy(), colors=["#ff0000"] * 3,
+        dashed=np.zeros(3, dtype=bool), legend=[], title="v", png=tmp_path / "v_picks.png", thumb=tmp_path / "v.jpg",
+        crops=[crop], crop_dir=tmp_path / "crops",
+    )
+    res = report.render_job(job, Readers())
+    assert res.ok, res.error
+    with Image.open(tmp_path / "crops" / crop.key) as im:
+        grey = np.asarray(im.convert("L")).astype(float)
+    n = grey.shape[0]
+    centre, corner = grey[n // 2 - 3 : n // 2 + 3, n // 2 - 3 : n // 2 + 3].mean(), grey[:4, :4].mean()
+    assert centre - corner > 100, "the particle at the pick's z is in its crop"
+
+
 # ---------------------------------------------------------------------------
 # Headless browser
 # ---------------------------------------------------------------------------
