@@ -663,7 +663,12 @@ def build_html(data: RunData, rows: list[MicrographRow], plots_png: list[tuple[s
     ]
     secs = data.summary.get("seconds")
     if secs is not None:
-        cards.append(("run time", f"{secs:,.1f} s", f"{secs / max(1, len(rows)):.2f} s per micrograph", False))
+        # Per micrograph picked by this run, as run_summary.json's micrographs_per_s: failed ones and ones a
+        # resumed run skipped (picked before) took next to none of its time.
+        counts = data.summary.get("micrographs") if isinstance(data.summary.get("micrographs"), dict) else {}
+        n_picked = counts.get("ok", n_ok) if data.summary.get("micrographs_per_s") else 0
+        cards.append(("run time", f"{secs:,.1f} s", f"{secs / n_picked:.2f} s per micrograph picked" if n_picked
+                      else "no micrograph picked by this run", False))
     card_html = "".join(f'<div class="card{" bad" if bad else ""}"><span>{e(t)}</span><b>{e(v)}</b><span>{e(s)}</span></div>'
                         for t, v, s, bad in cards)
 

@@ -368,6 +368,27 @@ def test_plan_report_gives_the_picking_run_time_not_the_plans(run_copy, run_cli,
     assert len(json.loads((run_copy / "extraction_plan.json").read_text())["bins"]) == 3
 
 
+def test_run_time_per_micrograph_counts_the_micrographs_the_run_picked(run_copy, run_cli):
+    # It divided by every micrograph listed, failed and skipped (resumed) ones included: 0.12 s per
+    # micrograph for a resumed run that picked none, while run_summary.json had no speed at all.
+    summary_path = run_copy / "run_summary.json"
+    summary = json.loads(summary_path.read_text())
+    assert summary["micrographs"]["ok"] == 3 and summary["micrographs"]["failed"] == 1
+    summary.update(seconds=12.0, micrographs_per_s=0.25)
+    summary_path.write_text(json.dumps(summary))
+    code, _, err = run_cli("report", run_copy, "-j", "1", "--no-overlays")
+    assert code == 0, err
+    text = " ".join(" ".join(parse(run_copy / "report.html").text).split())
+    assert "run time 12.0 s 4.00 s per micrograph picked" in text, text[text.find("run time"):text.find("run time") + 80]
+    summary["micrographs"].update(ok=0, skipped=3)  # a resumed run: everything picked before
+    summary.update(seconds=0.6, micrographs_per_s=None)
+    summary_path.write_text(json.dumps(summary))
+    code, _, err = run_cli("report", run_copy, "-j", "1", "--no-overlays")
+    assert code == 0, err
+    text = " ".join(" ".join(parse(run_copy / "report.html").text).split())
+    assert "run time 0.6 s no micrograph picked by this run" in text, text[text.find("run time"):text.find("run time") + 80]
+
+
 def test_report_lists_as_many_notes_as_the_console_summary(run_copy, run_cli):
     from lipoframe.runner import MAX_LISTED, format_summary
 
