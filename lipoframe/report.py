@@ -652,8 +652,11 @@ def build_html(data: RunData, rows: list[MicrographRow], plots_png: list[tuple[s
     q = np.percentile(d_acc, [25, 50, 75]) if d_acc.size else [np.nan] * 3
     nm = (lambda v: f" ({v * px / 10:.1f} nm)") if px else (lambda v: "")
 
+    counts = data.summary.get("micrographs") if isinstance(data.summary.get("micrographs"), dict) else {}
+    not_done = int(counts.get("not_done", 0) or 0)  # an interrupted run: micrographs not picked yet
     cards = [
-        ("micrographs", f"{n_ok:,}", f"picked · {n_failed} failed" if n_failed else "picked", n_failed > 0),
+        ("micrographs", f"{n_ok:,}", " · ".join(["picked"] + ([f"{n_failed} failed"] if n_failed else [])
+                                                 + ([f"{not_done:,} not done"] if not_done else [])), n_failed > 0 or not_done > 0),
         ("accepted picks", f"{int(acc.sum()):,}", f"of {len(picks):,} ({int((~acc).sum()):,} rejected)", False),
         ("picks / micrograph", _fmt(float(np.median(per_mic)), 0) if per_mic.size else "–",
          f"median · range {int(per_mic.min())}–{int(per_mic.max())}" if per_mic.size else "no micrographs", False),
@@ -665,7 +668,6 @@ def build_html(data: RunData, rows: list[MicrographRow], plots_png: list[tuple[s
     if secs is not None:
         # Per micrograph picked by this run, as run_summary.json's micrographs_per_s: failed ones and ones a
         # resumed run skipped (picked before) took next to none of its time.
-        counts = data.summary.get("micrographs") if isinstance(data.summary.get("micrographs"), dict) else {}
         n_picked = counts.get("ok", n_ok) if data.summary.get("micrographs_per_s") else 0
         cards.append(("run time", f"{secs:,.1f} s", f"{secs / n_picked:.2f} s per micrograph picked" if n_picked
                       else "no micrograph picked by this run", False))
@@ -675,7 +677,12 @@ def build_html(data: RunData, rows: list[MicrographRow], plots_png: list[tuple[s
     reasons = schema.rejection_reasons(picks).value_counts() if len(picks) else pd.Series(dtype=int)
     reason_html = _table(["reject reason", "picks"], [[e(str(k)), f"{int(v):,}"] for k, v in reasons.items()], left=1) if len(reasons) else ""
 
-    problems = "".join(f"<li class='warn'>{e(str(x))}</li>" for x in data.summary.get("errors", []))
+    problems = ""
+    if data.summary.get("interrupted") or not_done:
+        # As the console summary says (runner.format_summary): the report of a partly done run.
+        left = f"{not_done:,} of {int(counts.get('total', 0) or 0):,} micrographs not picked yet" if not_done else "the run did not finish"
+        problems += f"<li class='warn'><b>Interrupted</b>: {e(left)}; run the same command again to continue</li>"
+    problems += "".join(f"<li class='warn'>{e(str(x))}</li>" for x in data.summary.get("errors", []))
     notes = data.summary.get("notes", [])
     # As many as the console summary lists (runner.format_summary).
     problems += "".join(f"<li>Note: {e(str(x))}</li>" for x in notes[:MAX_LISTED])

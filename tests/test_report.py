@@ -389,6 +389,21 @@ def test_run_time_per_micrograph_counts_the_micrographs_the_run_picked(run_copy,
     assert "run time 0.6 s no micrograph picked by this run" in text, text[text.find("run time"):text.find("run time") + 80]
 
 
+def test_report_of_an_interrupted_run_says_so(run_copy, run_cli):
+    # `lipoframe report` of a run stopped with Ctrl-C said "3 picked" and nothing else, as if the
+    # run were complete; the console summary says INTERRUPTED.
+    summary_path = run_copy / "run_summary.json"
+    summary = json.loads(summary_path.read_text())
+    summary["micrographs"].update(total=9, not_done=5)
+    summary["interrupted"] = True
+    summary_path.write_text(json.dumps(summary))
+    code, _, err = run_cli("report", run_copy, "-j", "1", "--no-overlays")
+    assert code == 0, err
+    text = " ".join(" ".join(parse(run_copy / "report.html").text).split())
+    assert "micrographs 3 picked · 1 failed · 5 not done" in text
+    assert "Interrupted : 5 of 9 micrographs not picked yet; run the same command again to continue" in text
+
+
 def test_report_lists_as_many_notes_as_the_console_summary(run_copy, run_cli):
     from lipoframe.runner import MAX_LISTED, format_summary
 
