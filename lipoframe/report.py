@@ -678,7 +678,9 @@ def build_html(data: RunData, rows: list[MicrographRow], plots_png: list[tuple[s
     reason_html = _table(["reject reason", "picks"], [[e(str(k)), f"{int(v):,}"] for k, v in reasons.items()], left=1) if len(reasons) else ""
 
     problems = ""
-    if data.summary.get("interrupted") or not_done:
+    # Interrupted while the report was drawn: the picks are complete and a note says so.
+    report_only = any(str(n).startswith("interrupted while writing the report") for n in data.summary.get("notes", []))
+    if not_done or (data.summary.get("interrupted") and not report_only):
         # As the console summary says (runner.format_summary): the report of a partly done run.
         left = f"{not_done:,} of {int(counts.get('total', 0) or 0):,} micrographs not picked yet" if not_done else "the run did not finish"
         problems += f"<li class='warn'><b>Interrupted</b>: {e(left)}; run the same command again to continue</li>"

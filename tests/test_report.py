@@ -552,6 +552,13 @@ def test_a_run_interrupted_while_writing_its_report_says_so(tmp_path, monkeypatc
     assert f"interrupted while writing the report: the picks, exports and extraction plan are complete; `lipoframe report {out}` writes it" in summary["notes"]
     assert not (out / "report.html").exists()
     assert (out / "picks.csv").is_file() and (out / "extraction_plan.json").is_file()
+    # `lipoframe report OUT` then writes a page that does not call the picking unfinished (it is complete)
+    from lipoframe.report import cmd_report
+
+    monkeypatch.undo()
+    assert cmd_report([str(out), "--no-overlays"]) == 0
+    text = " ".join(" ".join(parse(out / "report.html").text).split())
+    assert "interrupted while writing the report" in text and "the run did not finish" not in text, text[:3000]
 
 
 def test_volume_overlay_shows_the_central_slab_and_its_picks(tmp_path):
