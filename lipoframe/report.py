@@ -445,7 +445,10 @@ def render_job(job: OverlayJob, readers: ReaderChoice | None = None) -> OverlayR
             write_bytes(job.crop_dir / c.key, plots.encode(pic, "jpeg", quality=90))
         return OverlayResult(job.name, True, time.perf_counter() - t0, time.process_time() - c0)
     except Exception as exc:  # noqa: BLE001 - one unreadable micrograph must not stop the report
-        return OverlayResult(job.name, False, time.perf_counter() - t0, time.process_time() - c0, f"{job.path}: {type(exc).__name__}: {exc}")
+        msg = str(exc)  # a reader's InputError already names the file and the problem
+        if not msg.startswith(str(job.path)):
+            msg = f"{job.path}: {type(exc).__name__}: {msg}"
+        return OverlayResult(job.name, False, time.perf_counter() - t0, time.process_time() - c0, msg)
 
 
 def _job_key(job: OverlayJob) -> str:

@@ -454,6 +454,8 @@ def test_missing_micrograph_file_gives_a_report_without_its_overlay(done, run_co
     assert "0 drawn" in out and "2 unchanged" in out  # the failed one is not counted as reused (it said 3)
     text = " ".join(parse(run_copy / "report.html").text)
     assert "moved_away.mrc" in text
+    # the path once, then the problem: it was "path: InputError: path: file not found"
+    assert "moved_away.mrc: file not found" in text and "moved_away.mrc: InputError" not in text, text
     assert "mic_0" in text and "mic_2" in text
     # Its last good overlay stays on disk (a moved project gets its images back), unlinked from the report.
     assert (run_copy / "overlays" / "mic_1_picks.png").is_file() and "mic_1_picks.png" not in (run_copy / "report.html").read_text()
