@@ -1336,13 +1336,12 @@ def parse_dotlist(schema_cls: type, argv: list[str]):
     for a in argv:
         if "=" not in a:
             raise ArgsError(f"expected key=value, got {a!r}")
+        key, value = a.split("=", 1)
         try:  # OmegaConf reads each value as YAML; a value it cannot parse (",,", "[a") raised a traceback
             OmegaConf.from_dotlist([a])
         except yaml.YAMLError as exc:
-            key, value = a.split("=", 1)
             reason = str(getattr(exc, "problem", None) or exc).splitlines()[0]
             raise ArgsError(f"{key}: cannot read the value {value!r} ({reason}; quote it, e.g. {key}=\"'{value}'\")") from None
-        key, value = a.split("=", 1)
         if re.search(r"(^|\s)#", value) and not value.lstrip().startswith(("'", '"')):
             # YAML drops a comment: `picks=/data/run #3/picks.csv` would read /data/run, `picks=#3.csv` nothing
             raise ArgsError(f"{key}: '#' at the start or after a blank starts a YAML comment, so the value {value!r} "
