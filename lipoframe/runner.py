@@ -204,17 +204,20 @@ def build_stages(cfg: LipoframeConfig, registry: StageRegistry) -> StageSet:
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
 
-def expand_inputs(specs: list[str], suffixes: tuple[str, ...]) -> list[Path]:
+def expand_inputs(specs: list[str], suffixes: tuple[str, ...], *, same_file: list | None = None) -> list[Path]:
     """Files named by ``specs`` (files, folders or globs), sorted, without repeats.
 
     Folders and globs contribute the files whose suffix is in ``suffixes``
     (a glob such as ``mics/*`` also matches the tables beside the
     micrographs). A named file that does not exist is kept, so it is
     reported as a failure; a named file of another type is kept too, and
-    its reader says what is wrong with it.
+    its reader says what is wrong with it. A file reached again under
+    another path (a symbolic link, RELION's ``Import/`` folder) is left
+    out; ``same_file``, when given, receives a ``(left_out, kept)`` pair
+    of paths for each.
     """
     out: list[Path] = []
-    seen: set[str] = set()
+    seen: dict[str, Path] = {}
     for spec in specs:
         spec = os.path.expanduser(str(spec))
         if os.path.isdir(spec):
@@ -228,8 +231,10 @@ def expand_inputs(specs: list[str], suffixes: tuple[str, ...]) -> list[Path]:
         for p in found:
             key = str(p.resolve()) if p.exists() else str(p)
             if key not in seen:
-                seen.add(key)
+                seen[key] = p
                 out.append(p)
+            elif same_file is not None and p != seen[key] and (p, seen[key]) not in same_file:
+                same_file.append((p, seen[key]))
     return out
 
 
@@ -1382,9 +1387,9 @@ def read_for_others(paths: list[Path], stages: StageSet) -> list[Path]:
     return [p for p in paths if os.path.abspath(p) in claimed and not needs[os.path.abspath(p)]]
 
 
-def find_inputs(specs: list[str], suffixes: tuple[str, ...]) -> tuple[list[Path], list[str]]:
+def find_inputs(specs: list[str], suffixes: tuple[str, ...], *, same_file: list | None = None) -> tuple[list[Path], list[str]]:
     """Input files of ``specs`` (see :func:`expand_inputs`) and a message for each spec that matched nothing."""
-    paths = expand_inputs(specs, suffixes)
+    paths = expand_inputs(specs, suffixes, same_file=same_file)
     problems = []
     for spec in specs:
         spec_s = os.path.expanduser(str(spec))
@@ -1407,6 +1412,13 @@ def name_notes(paths: list[Path], names: list[str]) -> list[str]:
         why = "another input has the same name" if stems[p.stem] > 1 else "the file name is not safe for output files"
         notes.append(f"{p}: results are named {n!r} ({why})")
     return notes
+
+
+def same_file_notes(same_file: list[tuple[Path, Path]], paths: list[Path], names: list[str]) -> list[str]:
+    """One line per input left out because it is the same file as a kept input (see :func:`expand_inputs`)."""
+    name_of = dict(zip(paths, names))
+    return [f"{dropped}: the same file as {kept}, picked once as {name_of[kept]!r}"
+            for dropped, kept in same_file if kept in name_of]
 
 
 def write_manifest(out_dir: Path, specs: list[str], paths: list[Path], names: list[str], cfg: LipoframeConfig, fingerprint: str) -> None:
@@ -2020,7 +2032,8 @@ def run_pipeline(
             if not (demo / "truth.csv").is_file():  # keep it, so resume works
                 write_demo_dataset(demo)
             specs = [str(demo)]
-        paths, errors = find_inputs(specs, tuple(stages.readers_by_suffix))
+        same_file: list[tuple[Path, Path]] = []
+        paths, errors = find_inputs(specs, tuple(stages.readers_by_suffix), same_file=same_file)
         paths, n_ours = outside_output(paths, exclude, keep=demo)
         theirs = read_for_others(paths, stages)
         if theirs:
@@ -2038,11 +2051,11 @@ def run_pipeline(
         for e in errors:
             log.error(e)
         names = micrograph_names(paths)
-        notes = name_notes(paths, names)
+        notes = same_file_notes(same_file, paths, names) + name_notes(paths, names)
         for n in notes[:MAX_LISTED]:
             log.warning(n)
         if len(notes) > MAX_LISTED:
-            log.warning("... and %d more renamed micrographs (see run_summary.json)", len(notes) - MAX_LISTED)
+            log.warning("... and %d more notes on the inputs (see run_summary.json)", len(notes) - MAX_LISTED)
         fingerprint = cfg.per_micrograph_fingerprint()
         write_manifest(out_dir, specs, paths, names, cfg, fingerprint)
         pairs = shard(list(zip(paths, names)), cfg.shard.index, cfg.shard.count)

@@ -75,6 +75,26 @@ def test_find_inputs_reports_what_matched_nothing(tmp_path):
     ]
 
 
+def test_a_file_reached_again_through_a_link_is_picked_once_and_said(tmp_path):
+    """RELION's Import folder links the movies' micrographs: giving both folders
+    picked each file once without a word, and the count looked short."""
+    write_set(tmp_path / "raw", 2)
+    (tmp_path / "Import").mkdir()
+    for p in sorted((tmp_path / "raw").glob("*.mrc")):
+        (tmp_path / "Import" / f"imp_{p.name}").symlink_to(p)
+    result = run_pipeline(config(tmp_path / "raw", f"input=[{tmp_path}/raw,{tmp_path}/Import]", "runner.workers=1"),
+                          tmp_path / "out")
+    assert sorted(r.name for r in result.results) == ["mic_000", "mic_001"]
+    assert result.notes[:2] == [
+        f"{tmp_path}/Import/imp_mic_000.mrc: the same file as {tmp_path}/raw/mic_000.mrc, picked once as 'mic_000'",
+        f"{tmp_path}/Import/imp_mic_001.mrc: the same file as {tmp_path}/raw/mic_001.mrc, picked once as 'mic_001'",
+    ]
+    # The same path twice is no news.
+    same: list = []
+    find_inputs([str(tmp_path / "raw"), f"{tmp_path}/raw/*.mrc"], (".mrc",), same_file=same)
+    assert same == []
+
+
 def test_a_broken_link_in_an_input_folder_is_reported_not_skipped(tmp_path):
     write_set(tmp_path / "in", 1)
     (tmp_path / "in" / "gone.mrc").symlink_to(tmp_path / "elsewhere" / "gone.mrc")
