@@ -752,7 +752,8 @@ def build_html(data: RunData, rows: list[MicrographRow], plots_png: list[tuple[s
             continue
         label = f"{r.accepted} accepted · {r.rejected} rejected"
         img = (f'<a href="{e(r.overlay)}"><img alt="{e(r.name)}" src="{_b64(r.thumb, "image/jpeg")}"></a>' if r.thumb and r.overlay
-               else f'<div class="muted">no overlay{": " + e(r.note) if r.note else ""}</div>')
+               else f'<div class="muted">no overlay{": " + e(r.note) if r.note else ""}</div>' if overlay_stats.get("drawn", True)
+               else '<div class="muted">overlay not drawn (--no-overlays)</div>')
         cards_g.append(f'<div class="mic">{img}<div class="n">{e(r.name)}</div><div>{label}</div></div>')
     table_rows = [[e(r.name), r.status, f"{r.accepted}", f"{r.rejected}",
                    f'<a href="{e(r.overlay)}">overlay</a>' if r.overlay else "", e(r.error or r.note)] for r in rows]
@@ -764,7 +765,9 @@ def build_html(data: RunData, rows: list[MicrographRow], plots_png: list[tuple[s
     ov = overlay_stats
     timing = (f" in {ov['seconds']:.1f} s with {ov['workers']} worker{'s' if ov['workers'] != 1 else ''} "
               f"({ov['per_overlay']:.2f} s, {ov['cpu_per_overlay']:.2f} CPU s each)") if ov["rendered"] else ""
-    ov_line = f"{ov['rendered']} overlays drawn{timing}, {ov['cached']} unchanged and reused, {ov['failed']} failed"
+    ov_line = (f"{ov['rendered']} overlays drawn{timing}, {ov['cached']} unchanged and reused, {ov['failed']} failed"
+               if ov.get("drawn", True) else "Overlays were not drawn (lipoframe report --no-overlays); "
+               "the same command without it draws them")
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -940,6 +943,7 @@ def write_report(
         "per_overlay": round(float(np.mean([r.seconds for r in ok_results])), 4) if ok_results else 0.0,
         "cpu_per_overlay": round(float(np.mean([r.cpu_seconds for r in ok_results])), 4) if ok_results else 0.0,
         "workers": n_workers,
+        "drawn": overlays,  # False: the caller asked for none (--no-overlays)
     }
 
     crop_pics = []

@@ -502,6 +502,10 @@ def test_no_overlays_option_reads_no_micrograph(run_copy, run_cli):
     assert not (run_copy / "overlays").exists()
     page = parse(run_copy / "report.html")
     assert len(page.imgs) == 4  # the dataset plots only
+    # Each card says why it has no picture, not "no overlay" as if drawing had failed.
+    text = (run_copy / "report.html").read_text()
+    assert "no overlay" not in text and text.count("overlay not drawn (--no-overlays)") == 3
+    assert "Overlays were not drawn (lipoframe report --no-overlays)" in text and "0 overlays drawn" not in text
 
 
 def test_report_command_rejects_a_folder_that_is_not_a_run(tmp_path, run_cli):
