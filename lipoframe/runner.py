@@ -240,6 +240,15 @@ def expand_inputs(specs: list[str], suffixes: tuple[str, ...], *, same_file: lis
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
 
+#: Joins the folder prefix and the file stem of inputs that share a stem
+#: (``a/mic.mrc``, ``b/mic.mrc`` -> ``a-mic``, ``b-mic``). Not ``__``: EMAN2's
+#: ``base_name()`` (libpyEM/EMAN2.py) keeps only the text before the first
+#: ``__`` ("double underscore is used to mark tags added to micrograph
+#: names"), and ``info_name()``, ``e2import.py --import_boxes`` and
+#: ``e2boxer.py`` key a micrograph's boxes by that base name, so ``a__mic``
+#: and ``a__img`` would share ``info/a_info.json``.
+NAME_SEP = "-"
+
 
 def safe_name(name: str) -> str:
     """A file-name-safe version of ``name`` (never empty, never starting with a dot)."""
@@ -252,9 +261,9 @@ def micrograph_names(paths: list[Path]) -> list[str]:
 
     Inputs that share a stem are told apart by the shortest tail of their
     parent folders and/or their suffix (``a/mic.mrc``, ``b/mic.mrc`` ->
-    ``a__mic``, ``b__mic``; ``mic.mrc``, ``mic.tif`` -> ``mic_mrc``,
-    ``mic_tif``); a counter is the last resort. :func:`name_notes` lists the
-    renamed inputs for the user.
+    ``a-mic``, ``b-mic``, joined with :data:`NAME_SEP`; ``mic.mrc``,
+    ``mic.tif`` -> ``mic_mrc``, ``mic_tif``); a counter is the last resort.
+    :func:`name_notes` lists the renamed inputs for the user.
     """
     names = [safe_name(p.stem) for p in paths]
     groups: dict[str, list[int]] = {}
@@ -273,7 +282,7 @@ def micrograph_names(paths: list[Path]) -> list[str]:
                 for k, i in enumerate(idx):
                     parts = [*parents[k][len(parents[k]) - depth:]] if depth else []
                     stem = paths[i].stem + (f"_{paths[i].suffix.lstrip('.').lower()}" if with_suffix else "")
-                    cand.append(safe_name("__".join([*parts, stem])))
+                    cand.append(safe_name(NAME_SEP.join([*parts, stem])))
                 if len(set(cand)) == len(cand):
                     break
             else:

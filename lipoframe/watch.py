@@ -127,13 +127,13 @@ def _existing_names(out_dir: Path) -> dict[str, str]:
 
 def assign_name(path: Path, taken: set[str]) -> str:
     """A safe output name for ``path`` not in ``taken``: the stem, else parent folders + stem, else a counter."""
-    from lipoframe.runner import safe_name
+    from lipoframe.runner import NAME_SEP, safe_name
 
     name = safe_name(path.stem)
     parts = path.resolve().parent.parts
     depth = 1
     while name in taken and depth <= len(parts):
-        name = safe_name("__".join([*parts[-depth:], path.stem]))
+        name = safe_name(NAME_SEP.join([*parts[-depth:], path.stem]))
         depth += 1
     base, k = name, 2
     while name in taken:

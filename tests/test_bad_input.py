@@ -89,7 +89,7 @@ def test_good_micrographs_complete_and_summary_lists_failures(bad_run):
     failed = {os.path.basename(f["micrograph"]) for f in summary["failures"]}
     assert failed == set(EXPECTED)
     picks = pd.read_csv(out / "picks.csv")
-    assert set(picks["micrograph"]) == {"mic_000", "mic_001", "dupA__mic_dup", "dupB__mic_dup", "micrograph"}
+    assert set(picks["micrograph"]) == {"mic_000", "mic_001", "dupA-mic_dup", "dupB-mic_dup", "micrograph"}
     assert "FAILED" in proc.stdout and "bad/stack.mrc" in proc.stdout
 
 
@@ -103,8 +103,8 @@ def test_empty_glob_is_an_error_naming_the_pattern(bad_run):
 def test_duplicate_names_are_disambiguated_and_the_user_is_told(bad_run):
     root, out, proc = bad_run
     for folder in ("dupA", "dupB"):
-        assert (out / "micrographs" / f"{folder}__mic_dup.json").is_file()
-        assert f"{folder}/mic_dup.mrc: results are named '{folder}__mic_dup'" in proc.stderr
+        assert (out / "micrographs" / f"{folder}-mic_dup.json").is_file()
+        assert f"{folder}/mic_dup.mrc: results are named '{folder}-mic_dup'" in proc.stderr
     summary = json.loads((out / "run_summary.json").read_text())
     assert sum("mic_dup" in n for n in summary["notes"]) == 2
     # truncated.mrc and truncated.tif share a stem in one folder: the suffix tells them apart

@@ -43,15 +43,28 @@ def config(folder, *overrides):
 def test_names_keep_stems_and_tell_clashes_apart():
     paths = [Path("/d/s1/M/x.mrc"), Path("/d/s2/M/x.mrc"), Path("/d/s2/M/y.mrc"), Path("/d/t.mrc"), Path("/d/t.tif"), Path("/d/..mrc")]
     names = micrograph_names(paths)
-    assert names == ["s1__M__x", "s2__M__x", "y", "t_mrc", "t_tif", "micrograph"]
+    assert names == ["s1-M-x", "s2-M-x", "y", "t_mrc", "t_tif", "micrograph"]
     assert len(set(names)) == len(names)
     notes = name_notes(paths, names)
     assert len(notes) == 5 and not any("/d/s2/M/y.mrc" in n for n in notes)
     assert "another input has the same name" in notes[0] and "not safe" in notes[-1]
 
 
+def eman2_base_name(name):
+    """EMAN2's ``base_name(..., nodir=True)`` key (libpyEM/EMAN2.py): the text before the first ``__``."""
+    return name.split("__")[0].replace("_ptcls", "").replace("_info", "")
+
+
+def test_names_of_clashing_stems_stay_apart_in_eman2():
+    # EMAN2 files the boxes of a/mic and a/img both under info/a_info.json if they are named a__mic, a__img
+    paths = [Path("/d/a/mic.mrc"), Path("/d/b/mic.mrc"), Path("/d/a/img.mrc"), Path("/d/b/img.mrc")]
+    names = micrograph_names(paths)
+    assert names == ["a-mic", "b-mic", "a-img", "b-img"]
+    assert len({eman2_base_name(n) for n in names}) == 4
+
+
 def test_names_are_unique_even_when_a_new_name_is_taken():
-    paths = [Path("/a/x.mrc"), Path("/b/x.mrc"), Path("/c/a__x.mrc")]
+    paths = [Path("/a/x.mrc"), Path("/b/x.mrc"), Path("/c/a-x.mrc")]
     names = micrograph_names(paths)
     assert len(set(names)) == 3
 

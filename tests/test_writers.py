@@ -341,14 +341,14 @@ def test_cryosparc_invert_y_and_template(tmp_path):
 def same_name_micrographs():
     """Two different micrographs named mic.mrc (keys as the runner makes them) and one c.mrc."""
     picks = make_picks([
-        {schema.MICROGRAPH: "a__mic", schema.X: 10.0, schema.Y: 20.0, schema.DIAMETER: 120.0},
-        {schema.MICROGRAPH: "b__mic", schema.X: 30.0, schema.Y: 40.0, schema.DIAMETER: 180.0},
-        {schema.MICROGRAPH: "b__mic", schema.X: 50.0, schema.Y: 60.0, schema.DIAMETER: 120.0},
+        {schema.MICROGRAPH: "a-mic", schema.X: 10.0, schema.Y: 20.0, schema.DIAMETER: 120.0},
+        {schema.MICROGRAPH: "b-mic", schema.X: 30.0, schema.Y: 40.0, schema.DIAMETER: 180.0},
+        {schema.MICROGRAPH: "b-mic", schema.X: 50.0, schema.Y: 60.0, schema.DIAMETER: 120.0},
         {schema.MICROGRAPH: "c", schema.X: 70.0, schema.Y: 80.0, schema.DIAMETER: 120.0},
     ])
     metas = {
-        "a__mic": meta("a__mic", path="/data/dup/a/mic.mrc"),
-        "b__mic": meta("b__mic", path="/data/dup/b/mic.mrc"),
+        "a-mic": meta("a-mic", path="/data/dup/a/mic.mrc"),
+        "b-mic": meta("b-mic", path="/data/dup/b/mic.mrc"),
         "c": meta("c", path="/data/dup/b/c.mrc"),
     }
     return picks, metas
@@ -360,7 +360,7 @@ def test_cryosparc_keeps_micrographs_with_the_same_file_name_apart(tmp_path, cap
     picks, metas = same_name_micrographs()
     with caplog.at_level(logging.WARNING, logger="lipoframe"):
         CryosparcWriter().write(picks, metas, PLAN, tmp_path, CTX)
-    expected = ["a__mic.mrc", "b__mic.mrc", "b__mic.mrc", "c.mrc"]  # c.mrc clashes with nothing: unchanged
+    expected = ["a-mic.mrc", "b-mic.mrc", "b-mic.mrc", "c.mrc"]  # c.mrc clashes with nothing: unchanged
     for folder, rows in ((tmp_path / "cryosparc", [0, 1, 2, 3]), (tmp_path / "bins" / "bin1" / "cryosparc", [0, 2, 3])):
         d = Dataset.load(folder / "particles.cs")
         paths = d["location/micrograph_path"].tolist()
@@ -377,7 +377,7 @@ def test_cryosparc_keeps_micrographs_with_the_same_file_name_apart(tmp_path, cap
     # one warning that names both clashing input files and what they are written as
     clash = [r.getMessage() for r in caplog.records if "same name" in r.getMessage()]
     assert len(clash) == 1
-    assert "/data/dup/a/mic.mrc -> a__mic.mrc" in clash[0] and "/data/dup/b/mic.mrc -> b__mic.mrc" in clash[0]
+    assert "/data/dup/a/mic.mrc -> a-mic.mrc" in clash[0] and "/data/dup/b/mic.mrc -> b-mic.mrc" in clash[0]
     assert "/data/dup/b/c.mrc" not in clash[0]
 
 
@@ -386,17 +386,17 @@ def test_cryosparc_names_of_micrographs_that_clash():
         metas = {f"k{i}": meta(f"k{i}", path=p) for i, p in enumerate(paths)}
         return list(cryosparc_micrograph_names(metas, template).values())
 
-    assert names(["/d/a/m.mrc", "/d/b/m.mrc", "/d/c/n.mrc"]) == ["a__m.mrc", "b__m.mrc", "n.mrc"]
+    assert names(["/d/a/m.mrc", "/d/b/m.mrc", "/d/c/n.mrc"]) == ["a-m.mrc", "b-m.mrc", "n.mrc"]
     # the folders differ further up: the shortest tail that tells them apart
-    assert names(["/x/a/run/m.mrc", "/x/b/run/m.mrc"]) == ["a__run__m.mrc", "b__run__m.mrc"]
+    assert names(["/x/a/run/m.mrc", "/x/b/run/m.mrc"]) == ["a-run-m.mrc", "b-run-m.mrc"]
     # only the file name changes; the template's folder stays
     assert names(["/d/a/m.mrc", "/d/b/m.mrc"], "J2/motioncorrected/{stem}_x.mrc") == [
-        "J2/motioncorrected/a__m_x.mrc", "J2/motioncorrected/b__m_x.mrc"]
+        "J2/motioncorrected/a-m_x.mrc", "J2/motioncorrected/b-m_x.mrc"]
     # the same folder (m.mrc and m.tif as {stem}.mrc): the micrographs' own unique names
-    assert names(["/d/m.mrc", "/d/m.tif"], "{stem}.mrc") == ["k0__m.mrc", "k1__m.mrc"]
+    assert names(["/d/m.mrc", "/d/m.tif"], "{stem}.mrc") == ["k0-m.mrc", "k1-m.mrc"]
     # a new name that is another micrograph's name is counted up, never shared
-    out = names(["/d/a/m.mrc", "/d/b/m.mrc", "/d/x/a__m.mrc"])
-    assert out[2] == "a__m.mrc" and len(set(out)) == 3
+    out = names(["/d/a/m.mrc", "/d/b/m.mrc", "/d/x/a-m.mrc"])
+    assert out[2] == "a-m.mrc" and len(set(out)) == 3
     # names that are already different are left alone, even with equal file names
     assert names(["/d/a/m.mrc", "/d/b/m.mrc"], "{path}") == ["/d/a/m.mrc", "/d/b/m.mrc"]
 
@@ -448,7 +448,7 @@ def test_cryosparc_unknown_pixel_size_is_reported_once(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="lipoframe"):
         CryosparcWriter().write(picks, metas, PLAN, tmp_path, ctx)  # three sets: all picks, bin 1, bin 2
     msgs = [r.getMessage() for r in caplog.records if "pixel size unknown" in r.getMessage()]
-    assert len(msgs) == 1 and "a__mic" in msgs[0] and "b__mic" in msgs[0]
+    assert len(msgs) == 1 and "a-mic" in msgs[0] and "b-mic" in msgs[0]
     assert Dataset.load(tmp_path / "cryosparc" / "particles.cs")["location/micrograph_psize_A"].tolist() == [0.0] * 4
 
 

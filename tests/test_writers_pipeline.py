@@ -103,11 +103,11 @@ def test_cryosparc_keeps_same_named_micrographs_apart(tmp_path):
     ])
     result = run_pipeline(cfg, out)
     assert result.ok, result.summary()
-    # the other writers name the results a__mic / b__mic; cryoSPARC gets the same names
-    assert (out / "box" / "a__mic.box").is_file() and (out / "box" / "b__mic.box").is_file()
+    # the other writers name the results a-mic / b-mic; cryoSPARC gets the same names
+    assert (out / "box" / "a-mic.box").is_file() and (out / "box" / "b-mic.box").is_file()
     d = Dataset.load(out / "cryosparc" / "particles.cs")
     paths = d["location/micrograph_path"].tolist()
-    assert set(paths) == {"a__mic.mrc", "b__mic.mrc"}
+    assert set(paths) == {"a-mic.mrc", "b-mic.mrc"}
     assert len(set(zip(paths, d["location/micrograph_uid"].tolist()))) == 2
     assert len(set(d["location/micrograph_uid"].tolist())) == 2
     # each micrograph's picks stay with it: its best pick is its own particle
@@ -117,6 +117,6 @@ def test_cryosparc_keeps_same_named_micrographs_apart(tmp_path):
         "score": d["pick_stats/ncc_score"],
     })
     best = table.sort_values("score").groupby("path")["x"].last()
-    assert abs(best["a__mic.mrc"] - TRUE_X) <= 2 and abs(best["b__mic.mrc"] - (TRUE_X + 150.0)) <= 2
+    assert abs(best["a-mic.mrc"] - TRUE_X) <= 2 and abs(best["b-mic.mrc"] - (TRUE_X + 150.0)) <= 2
     star = starfile.read(out / "cryosparc" / "particles.star")
-    assert set(star["rlnMicrographName"]) == {"a__mic.mrc", "b__mic.mrc"}
+    assert set(star["rlnMicrographName"]) == {"a-mic.mrc", "b-mic.mrc"}

@@ -327,13 +327,15 @@ def _folder_prefixes(metas: list[MicrographMeta], keys: list[str]) -> list[str]:
 
     The shortest tail of the input files' folders that differs for every
     micrograph (``a/mic.mrc``, ``b/mic.mrc`` -> ``a``, ``b``; deeper folders
-    are joined with ``__``, as the runner names results); the micrographs'
-    own (unique) file stems ``keys`` when their folders cannot tell them apart
-    (same folder, or inputs without a path).
+    are joined with :data:`lipoframe.runner.NAME_SEP`, as the runner names
+    results); the micrographs' own (unique) file stems ``keys`` when their
+    folders cannot tell them apart (same folder, or inputs without a path).
     """
+    from lipoframe.runner import NAME_SEP
+
     parents = [Path(os.path.abspath(m.path)).parent.parts[1:] if m.path else () for m in metas]
     for depth in range(1, max(len(pp) for pp in parents) + 1):
-        cand = [_safe_stem("__".join(pp[max(0, len(pp) - depth):])) if pp else "" for pp in parents]
+        cand = [_safe_stem(NAME_SEP.join(pp[max(0, len(pp) - depth):])) if pp else "" for pp in parents]
         if all(cand) and len(set(cand)) == len(cand):
             return cand
     return list(keys)
@@ -346,7 +348,7 @@ def cryosparc_micrograph_names(metas: dict[str, MicrographMeta], template: str, 
     micrographs whose names come out equal (``dup/a/mic.mrc`` and
     ``dup/b/mic.mrc`` with ``{name}``) would be merged into one micrograph by
     cryoSPARC and by ``location/micrograph_uid``, so their file names get a
-    prefix from :func:`_folder_prefixes` (``a__mic.mrc``, ``b__mic.mrc``).
+    prefix from :func:`_folder_prefixes` (``a-mic.mrc``, ``b-mic.mrc``).
     cryoSPARC links picks to exposures by file name, so the clash is logged
     with the input files and the names written, for the user to make the two
     sides agree. Names that differ only in their folders (e.g. with
@@ -357,6 +359,8 @@ def cryosparc_micrograph_names(metas: dict[str, MicrographMeta], template: str, 
     names : dict
         Exported name by micrograph key (the keys of ``metas``).
     """
+    from lipoframe.runner import NAME_SEP
+
     names = {k: template.format(**micrograph_fields(m, strip_suffix=strip_suffix)) for k, m in metas.items()}
     groups: dict[str, list[str]] = {}
     for k, nm in names.items():
@@ -370,11 +374,11 @@ def cryosparc_micrograph_names(metas: dict[str, MicrographMeta], template: str, 
         head, sep, tail = nm.rpartition("/")
         prefixes = _folder_prefixes([metas[k] for k in keys], [stems[k] for k in keys])
         for k, pre in zip(keys, prefixes):
-            new, count = f"{head}{sep}{pre}__{tail}", 1
+            new, count = f"{head}{sep}{pre}{NAME_SEP}{tail}", 1
             while new in taken:  # the new name is another micrograph's: count up
                 count += 1
                 root, ext = os.path.splitext(tail)
-                new = f"{head}{sep}{pre}__{root}_{count}{ext}"
+                new = f"{head}{sep}{pre}{NAME_SEP}{root}_{count}{ext}"
             taken.add(new)
             names[k] = new
         renamed.append((nm, keys))
@@ -535,7 +539,7 @@ class CryosparcWriterParams:
         name). Fields: {path}, {dir}, {name}, {stem}, {ext}. Different
         micrographs whose names come out equal get the shortest tail of their
         folders in front of the file name (``a/mic.mrc``, ``b/mic.mrc`` ->
-        ``a__mic.mrc``, ``b__mic.mrc``), with a warning naming the files.
+        ``a-mic.mrc``, ``b-mic.mrc``), with a warning naming the files.
     strip_suffix: removed from the end of the input file stem.
     exp_group_id: ``location/exp_group_id`` of every particle.
     invert_y: store ``center_y_frac`` of the row flipped (``ny - 1 - y``); use
