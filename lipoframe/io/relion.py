@@ -229,6 +229,20 @@ def tomo_particles_star(tomo_names, x, y, z, *, shapes, pixel_sizes, class_numbe
     RELION's subtomogram extraction uses (``setProjectionMatrix``; RELION
     issue 1280).
 
+    Binned tomograms: RELION's centre is in unbinned tilt-series pixels,
+    ``rlnTomoSize{X,Y,Z} / 2.0``, and the Å are ``rlnTomoTiltSeriesPixelSize``
+    Å (``ParticleSet::getParticleCoordDecenteredPixel``: ``Å / ts_px +
+    centre``). ``relion_tomo_reconstruct_tomogram`` (RELION 4.1+, origin 0)
+    puts binned voxel ``i`` at unbinned pixel ``i * bin``
+    (``RealSpaceBackprojection::backproject``: ``origin + i * spacing``) and
+    makes the volume ``int(w0 / bin + 0.5)`` x ``int(h0 / bin + 0.5)`` x
+    ``int(d0 / bin)``. With ``size`` and ``pixel_sizes`` of the binned volume,
+    ``(i - size / 2) * bin * ts_px`` equals RELION's ``(i * bin - w0 / 2) *
+    ts_px`` for odd and even ``size`` whenever ``size * bin == w0``; when the
+    unbinned size is not a multiple of the binning (or the binning is not an
+    integer, ``--binned_angpix``), the centre is off by up to half a binned
+    voxel, since the unbinned size is not in the volume's header.
+
     Parameters
     ----------
     tomo_names : (N,) sequence of str
