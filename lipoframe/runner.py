@@ -2013,7 +2013,8 @@ def run_pipeline(
     Raises
     ------
     InputError
-        If the output folder cannot be written.
+        If the output folder cannot be written, or no input file is found
+        while it holds an earlier run (whose outputs are then left alone).
     KeyboardInterrupt
         After Ctrl-C, once the micrographs in progress are saved and
         ``run_summary.json`` records the interruption.
@@ -2059,6 +2060,10 @@ def run_pipeline(
                           + (" outside the output folder" if n_ours else ""))
         for e in errors:
             log.error(e)
+        if not paths and (out_dir / MANIFEST).is_file():
+            # A mistyped glob must not replace an earlier run's picks and exports with an empty dataset.
+            raise InputError(f"no micrograph to pick, so nothing was written: the earlier run's outputs in {out_dir} "
+                             "are as they were")
         names = micrograph_names(paths)
         notes = same_file_notes(same_file, paths, names) + name_notes(paths, names)
         for n in notes[:MAX_LISTED]:

@@ -268,6 +268,20 @@ def test_nothing_matches_is_a_clear_error(tmp_path, run_cli):
     assert re.search(r"\*\.mrc: no files match", err), err
 
 
+def test_a_mistyped_glob_leaves_an_earlier_run_as_it_was(tiny_mrcs, tmp_path, run_cli):
+    """Rerunning into a run's folder with a pattern that matches nothing wrote an
+    empty dataset over its picks.csv, exports and plan."""
+    out_dir = tmp_path / "out"
+    code, _, err = run_cli("run", f"input={tiny_mrcs[0].parent}", f"output={out_dir}", *TINY_ARGS)
+    assert code == 0, err
+    before = {p.name: p.read_bytes() for p in out_dir.iterdir() if p.is_file() and p.suffix in (".csv", ".json", ".star")}
+    assert "picks.csv" in before and "inputs.json" in before
+    code, _, err = run_cli("run", f"input='{tiny_mrcs[0].parent}/*.mcr'", f"output={out_dir}", *TINY_ARGS)
+    assert code == 1
+    assert re.search(r"\*\.mcr: no files match", err) and "nothing was written" in err and "Traceback" not in err
+    assert {p: (out_dir / p).read_bytes() for p in before} == before
+
+
 def test_multirun_four_jobs_each_with_its_folder_and_config(tiny_mrcs, tmp_path, run_cli):
     """The command-line contract of issue 2, verbatim: `lipoframe run -m nms.beta=0.6,0.8 detector=dog,log`."""
     out_dir = tmp_path / "sweep"
