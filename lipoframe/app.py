@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -257,10 +258,12 @@ def sweep_jobs(overrides: list[str], *, limit: int = 256) -> list[list[str]] | N
     """The override list of every job of a multirun sweep (cartesian product).
 
     ``glob()`` is expanded over the options of lipoframe's config groups
-    (``detector=glob(*og)``), as Hydra expands it. Returns None when the
-    sweep cannot be expanded here (e.g. interval sweeps, a ``glob()`` over a
-    group of your own presets, or more than ``limit`` jobs); Hydra then
-    reports errors per job.
+    (``detector=glob(*og)``), as Hydra expands it. A key given twice keeps
+    its first place and its last value, as Hydra's basic sweeper combines a
+    preset's ``hydra.sweeper.params`` (given first) with the command line.
+    Returns None when the sweep cannot be expanded here (e.g. interval
+    sweeps, a ``glob()`` over a group of your own presets, or more than
+    ``limit`` jobs); Hydra then reports errors per job.
     """
     import itertools
 
@@ -272,12 +275,13 @@ def sweep_jobs(overrides: list[str], *, limit: int = 256) -> list[list[str]] | N
         with initialize_config_dir(version_base="1.3", config_dir=str(config_dir()), job_name="lipoframe"):
             parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
             parsed = parser.parse_overrides([o for o in overrides if not o.lstrip("+~").startswith("hydra")])
-            axes = []
+            by_key: dict[str, list[str]] = {}
             for o in parsed:
                 if o.is_sweep_override():
-                    axes.append([f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()])
+                    by_key[o.get_key_element()] = [f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()]
                 else:
-                    axes.append([o.input_line])
+                    by_key[o.get_key_element()] = [o.input_line]
+            axes = list(by_key.values())
     except Exception:  # noqa: BLE001 - Hydra reports its own parse errors when it runs
         return None
     if not all(axes):  # a glob() that matches none of lipoframe's options: Hydra knows more groups (-cd)
@@ -288,6 +292,47 @@ def sweep_jobs(overrides: list[str], *, limit: int = 256) -> list[list[str]] | N
     if n > limit:
         return None
     return [list(job) for job in itertools.product(*axes)]
+
+
+#: Hydra's built-in sweeper, the one whose ``hydra.sweeper.params`` lipoframe expands to check every job.
+_BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+def preset_sweep_params(overrides: list[str], *, config_dirs: Sequence[str] = ()) -> list[str]:
+    """The ``key=values`` words of the ``hydra.sweeper.params`` the presets in ``overrides`` set.
+
+    Hydra's basic sweeper puts them before the command line's words (which
+    win for the same key); other sweepers (``hydra/sweeper=...``) read their
+    params their own way, so none are returned for them, nor when the
+    config cannot be composed (:func:`validate_overrides` then says why).
+
+    Parameters
+    ----------
+    overrides : list of str
+        The command line's ``key=value`` words.
+    config_dirs : sequence of str, optional
+        Folders of the user's own presets (``-cd DIR``).
+
+    Returns
+    -------
+    list of str
+        e.g. ``["nms.beta=0.6,0.8"]``.
+    """
+    from hydra import compose, initialize_config_dir
+
+    plain = [o for o in overrides if not o.lstrip("+~").startswith("hydra") or o.startswith("hydra/sweeper=")]
+    dirs = [d for d in config_dirs if Path(d).is_dir()]
+    if dirs:
+        plain.append("hydra.searchpath=[" + ",".join(f"'file://{Path(d).resolve()}'" for d in dirs) + "]")
+    prepare_hydra()
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=str(config_dir()), job_name="lipoframe"):
+            sweeper = compose("config", overrides=plain, return_hydra_config=True).hydra.sweeper
+        if sweeper.get("_target_") != _BASIC_SWEEPER:
+            return []
+        return [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
+    except Exception:  # noqa: BLE001 - composing again below reports the error in one line
+        return []
 
 
 #: Hydra flags followed by a value (``-cd DIR``), and the values ``--info`` may take.
@@ -401,7 +446,9 @@ def run(argv: list[str]) -> int:
             except ConfigError as exc:
                 print(f"lipoframe: config error: {exc}", file=sys.stderr)
                 return 2
-        jobs = sweep_jobs(overrides) if multirun else [overrides]
+        # A preset's hydra.sweeper.params are part of the sweep: their jobs are checked too.
+        params = preset_sweep_params(overrides, config_dirs=config_dirs) if multirun else []
+        jobs = sweep_jobs(params + overrides) if multirun else [overrides]
         notes: list[str] = []
         resolved_output = None
         for job in jobs or []:
@@ -409,6 +456,9 @@ def run(argv: list[str]) -> int:
                 job_cfg = validate_overrides(job, config_dirs=config_dirs)
             except ConfigError as exc:
                 where = f" (job {' '.join(job)})" if multirun else ""
+                bad = re.split(r"[:=\s]", str(exc), maxsplit=1)[0]
+                if any(p.split("=", 1)[0].lstrip("+~") == bad for p in params):
+                    where += "; it is swept by hydra.sweeper.params in a preset"
                 print(f"lipoframe: config error: {exc}{where}", file=sys.stderr)
                 return 2
             notes += [n for n in override_notes(job_cfg, job) if n not in notes]

@@ -395,3 +395,45 @@ def test_a_beta_that_cannot_change_the_result_gets_a_note(overrides, noted):
     assert bool(notes) == noted
     if noted:
         assert notes[0].startswith("nms.beta=0.6 changes nothing while nms.max_containment=0.4")
+
+
+def _sweep_preset(tmp_path, name: str, params: str) -> Path:
+    presets = tmp_path / "presets" / "lab"
+    presets.mkdir(parents=True, exist_ok=True)
+    (presets / f"{name}.yaml").write_text(f"# @package _global_\nhydra:\n  sweeper:\n    params:\n{params}")
+    return tmp_path / "presets"
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ("      nms.bta: 0.6,0.8\n", "nms.bta: Key 'bta' not in 'SizeAwareParams'; did you mean nms.beta? (job nms.bta=0.6 +lab=sweep"),
+        ("      nms.beta: 0.6,0\n", "nms.beta must be in (0, 2], got 0.0 (job nms.beta=0 +lab=sweep"),
+        ("      detector: dog,nope\n", "detector=nope: no detector stage named 'nope'"),
+    ],
+)
+def test_a_typo_in_a_presets_sweeper_params_is_a_config_error_before_any_job_runs(tiny_mrcs, tmp_path, run_cli, params, message):
+    # Hydra found the typo only as it composed the jobs: its many-line error and exit code 1,
+    # or (a bad value) job 0 ran and job 1 failed
+    presets = _sweep_preset(tmp_path, "sweep", params)
+    out_dir = tmp_path / "out"
+    code, _, err = run_cli("run", "-m", "-cd", presets, "+lab=sweep", f"input={tiny_mrcs[0]}", f"output={out_dir}", *TINY_ARGS)
+    assert code == 2, err
+    assert err.count("\n") == 1 and err.startswith(f"lipoframe: config error: {message}"), err
+    assert err.rstrip().endswith("; it is swept by hydra.sweeper.params in a preset"), err
+    assert not out_dir.exists() or not any(out_dir.rglob("picks.csv"))
+
+
+def test_a_presets_sweeper_params_join_the_command_lines_sweep(tmp_path):
+    from lipoframe.app import preset_sweep_params
+
+    presets = _sweep_preset(tmp_path, "sweep", "      nms.beta: 0.6,0.8\n      detector: dog,log\n")
+    params = preset_sweep_params(["+lab=sweep", "nms.max_containment=0.3"], config_dirs=[str(presets)])
+    assert params == ["nms.beta=0.6,0.8", "detector=dog,log"]
+    assert preset_sweep_params(["nms.beta=0.6"]) == []  # lipoframe's own config sweeps nothing
+    assert preset_sweep_params(["+lab=nope"], config_dirs=[str(presets)]) == []  # validate_overrides says why
+    # the command line wins for the same key, which keeps its place (Hydra's basic sweeper)
+    assert sweep_jobs([*params, "detector=log", "dmin=35"]) == [
+        ["nms.beta=0.6", "detector=log", "dmin=35"],
+        ["nms.beta=0.8", "detector=log", "dmin=35"],
+    ]
