@@ -320,7 +320,8 @@ def preset_sweep_params(overrides: list[str], *, config_dirs: Sequence[str] = ()
     """
     from hydra import compose, initialize_config_dir
 
-    plain = [o for o in overrides if not o.lstrip("+~").startswith("hydra") or o.startswith("hydra/sweeper=")]
+    plain = [o for o in overrides if not o.lstrip("+~").startswith("hydra")
+             or o.startswith("hydra/sweeper=") or o.lstrip("+~").startswith("hydra.sweeper.params")]
     dirs = [d for d in config_dirs if Path(d).is_dir()]
     if dirs:
         plain.append("hydra.searchpath=[" + ",".join(f"'file://{Path(d).resolve()}'" for d in dirs) + "]")
@@ -333,6 +334,32 @@ def preset_sweep_params(overrides: list[str], *, config_dirs: Sequence[str] = ()
         return [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
     except Exception:  # noqa: BLE001 - composing again below reports the error in one line
         return []
+
+
+def check_sweeper_params_override(overrides: list[str]) -> None:
+    """Refuse ``hydra.sweeper.params`` set on the command line; it is swept with ``key=a,b`` words.
+
+    Hydra cannot merge it into lipoframe's config (its default is null): a
+    traceback, a parse error for unquoted commas, or "Sweeping over Hydra's
+    configuration is not supported"; nor delete it (``~``).
+    ``hydra.sweeper.params=null`` (drops a preset's sweep) is left alone.
+
+    Raises
+    ------
+    ConfigError
+        One line saying how to sweep instead.
+    """
+    for o in overrides:
+        key, _, value = o.partition("=")
+        key = key.lstrip("+~")
+        if key != "hydra.sweeper.params" and not key.startswith("hydra.sweeper.params."):
+            continue
+        if key == "hydra.sweeper.params" and not o.startswith("~") and value.strip() in ("null", "{}"):
+            continue
+        raise ConfigError(
+            "hydra.sweeper.params: cannot be set on the command line; sweep with key=values words instead "
+            "(lipoframe run -m nms.beta=0.6,0.8 detector=dog,log), or put hydra.sweeper.params in a preset "
+            "(hydra.sweeper.params=null drops a preset's sweep; docs/configuration.md, Multirun)")
 
 
 #: Hydra flags followed by a value (``-cd DIR``), and the values ``--info`` may take.
@@ -438,6 +465,11 @@ def run(argv: list[str]) -> int:
     # presets (-cd DIR) is searched after lipoframe's own config tree, here as in the run.
     own_config = any(f.split("=", 1)[0] in ("--config-path", "-cp", "--config-name", "-cn") for f in flags)
     config_dirs = _flag_values(flags, ("--config-dir", "-cd"))
+    try:
+        check_sweeper_params_override(overrides)
+    except ConfigError as exc:
+        print(f"lipoframe: config error: {exc}", file=sys.stderr)
+        return 2
     if not info_only and not own_config:
         # Every job's config is checked before the first one starts.
         if multirun:

@@ -437,3 +437,36 @@ def test_a_presets_sweeper_params_join_the_command_lines_sweep(tmp_path):
         ["nms.beta=0.6", "detector=log", "dmin=35"],
         ["nms.beta=0.8", "detector=log", "dmin=35"],
     ]
+
+
+@pytest.mark.parametrize("multirun", [True, False])
+@pytest.mark.parametrize(
+    "word",
+    [
+        "hydra.sweeper.params={nms.beta:0.6,0.8}",
+        "hydra.sweeper.params={nms.beta:'0.6,0.8'}",
+        "+hydra.sweeper.params={nms.beta:'0.6,0.8'}",
+        "++hydra.sweeper.params={nms.beta:'0.6,0.8'}",
+        "hydra.sweeper.params.nms.beta=0.6,0.8",
+        "+hydra.sweeper.params.detector='dog,log'",
+        "~hydra.sweeper.params",
+    ],
+)
+def test_hydra_sweeper_params_on_the_command_line_is_a_config_error_saying_how_to_sweep(tiny_mrcs, tmp_path, run_cli, word, multirun):
+    # gave a traceback (merging into its null default), a parse error or "Sweeping over Hydra's configuration
+    # is not supported", with exit code 1
+    out_dir = tmp_path / "out"
+    code, _, err = run_cli("run", *(["-m"] if multirun else []), word, f"input={tiny_mrcs[0]}", f"output={out_dir}", *TINY_ARGS)
+    assert code == 2
+    assert err == ("lipoframe: config error: hydra.sweeper.params: cannot be set on the command line; sweep with key=values "
+                   "words instead (lipoframe run -m nms.beta=0.6,0.8 detector=dog,log), or put hydra.sweeper.params in a "
+                   "preset (hydra.sweeper.params=null drops a preset's sweep; docs/configuration.md, Multirun)\n"), err
+    assert not out_dir.exists()
+
+
+def test_hydra_sweeper_params_null_drops_a_presets_sweep(tmp_path):
+    from lipoframe.app import check_sweeper_params_override, preset_sweep_params
+
+    presets = _sweep_preset(tmp_path, "sweep", "      nms.bta: 0.6,0.8\n")
+    check_sweeper_params_override(["hydra.sweeper.params=null"])
+    assert preset_sweep_params(["+lab=sweep", "hydra.sweeper.params=null"], config_dirs=[str(presets)]) == []
