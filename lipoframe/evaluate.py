@@ -690,8 +690,9 @@ def _read_many(path: Path, what: str, micrographs=None, flip_y: bool | None = No
         if not files:
             jobs = sorted((p.name for p in path.iterdir() if is_run_folder(p)), key=lambda n: (len(n), n))
             if (path / "multirun.yaml").is_file() and jobs:  # `lipoframe run -m`'s folder: one run per job
-                raise EvaluationInputError(f"{path}: a sweep folder (lipoframe run -m) of {len(jobs)} runs; evaluate one job's "
-                                           f"folder at a time: {what}={path / jobs[0]}" + (f" ... {path / jobs[-1]}" if len(jobs) > 1 else ""))
+                raise EvaluationInputError(f"{path}: a sweep folder (lipoframe run -m) of {len(jobs)} runs; read one job's "
+                                           f"folder at a time: {path / jobs[0]}" + (f" ... {path / jobs[-1]}" if len(jobs) > 1 else "")
+                                           + " (evaluate_sweep, or lipoframe evaluate picks=<sweep folder>, compares them all)")
             raise EvaluationInputError(f"{path}: no .csv, .star, .box, .cbox or .coords {what} files in this folder")
         lists = [p for p in files if p.suffix.lower() == ".star" and _is_coordinate_list(p)]
         if lists:  # a RELION job folder (or a run's relion/): its list files say which coordinate files count
@@ -1171,6 +1172,265 @@ def write_results(res: EvaluationResult, out_dir: str | Path) -> list[Path]:
 
 
 # ---------------------------------------------------------------------------
+# Sweeps (lipoframe run -m): every job against the same reference
+# ---------------------------------------------------------------------------
+#: Columns of the comparison table of a sweep (:func:`evaluate_sweep`), in order.
+SWEEP_COLUMNS = ("job", "overrides", "status", "n_picks", "precision", "recall", "f1", "auprc", "duplicates",
+                 "median_diameter_error", "note")
+
+
+def sweep_job_folders(path: str | Path) -> list[Path]:
+    """The job folders of a ``lipoframe run -m`` sweep folder, by job number; [] if ``path`` is not one.
+
+    A sweep folder holds Hydra's ``multirun.yaml``; its jobs are the
+    subfolders with a ``.hydra/overrides.yaml`` or a run's
+    ``micrographs/*.json``, so a job that stopped before picking is one too.
+    """
+    path = Path(path)
+    if not path.is_dir() or not (path / "multirun.yaml").is_file():
+        return []
+    jobs = [p for p in path.iterdir() if p.is_dir() and ((p / ".hydra" / "overrides.yaml").is_file() or is_run_folder(p))]
+    return sorted(jobs, key=lambda p: (len(p.name), p.name))
+
+
+def job_overrides(job: str | Path) -> list[str]:
+    """The command-line words of one job of a sweep (its ``.hydra/overrides.yaml``); [] if unreadable."""
+    import yaml
+
+    try:
+        words = yaml.safe_load((Path(job) / ".hydra" / "overrides.yaml").read_text())
+    except (OSError, ValueError, yaml.YAMLError):
+        return []
+    return [str(w) for w in words] if isinstance(words, list) else []
+
+
+def sweep_keys(sweep: str | Path) -> list[str]:
+    """The keys a sweep folder's ``multirun.yaml`` sweeps: its command line's ``key=a,b`` words and ``hydra.sweeper.params``.
+
+    [] when the file cannot be read, or names no swept key (another
+    sweeper's search space, an interval sweep).
+    """
+    import yaml
+
+    try:
+        hydra = yaml.safe_load((Path(sweep) / "multirun.yaml").read_text())["hydra"]
+        params = hydra["sweeper"].get("params") or {}
+        task = hydra["overrides"]["task"] or []
+    except (OSError, ValueError, yaml.YAMLError, KeyError, TypeError, AttributeError):
+        return []
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    keys = [str(k).lstrip("+~") for k in params] if isinstance(params, dict) else []
+    parser = OverridesParser.create()
+    for word in task:
+        try:
+            override = parser.parse_override(str(word))
+        except Exception:  # noqa: BLE001 - Hydra raises several types for a word it cannot read
+            continue
+        if override.is_sweep_override():
+            keys.append(override.get_key_element().lstrip("+~"))
+    return list(dict.fromkeys(keys))
+
+
+def swept_overrides(words: list[list[str]], keys: list[str] = ()) -> list[list[str]]:
+    """Each job's words that the sweep varied.
+
+    Those of the swept ``keys`` (:func:`sweep_keys`) if given; else the
+    words not every job shares. ``input=`` and ``output=`` are left out;
+    when nothing is left (a sweep of one job), each job keeps its other words.
+    """
+    def key(w: str) -> str:
+        return w.split("=", 1)[0].lstrip("+~")
+
+    kept = [[w for w in ws if key(w) not in ("input", "output")] for ws in words]
+    if keys:
+        varied = [[w for w in ws if key(w) in keys] for ws in kept]
+    else:
+        shared = set.intersection(*(set(ws) for ws in kept)) if kept else set()
+        varied = [[w for w in ws if w not in shared] for ws in kept]
+    return varied if any(varied) else kept
+
+
+@dataclass
+class SweepJob:
+    """One job of a sweep as :func:`evaluate_sweep` scored it.
+
+    job : str
+        Its folder's name (Hydra's job number).
+    path : Path
+    overrides : list of str
+        The words the sweep varied (:func:`swept_overrides`).
+    all_overrides : list of str
+        Every word of its ``.hydra/overrides.yaml``.
+    status : str
+        ``ok``; ``no picks`` (scored, with no pick to score); ``partial``
+        (scored on the micrographs it picked: some failed, or the job was
+        interrupted); ``failed`` (not scored: no results to read).
+    note : str
+        Why, for any status but ``ok``.
+    result : EvaluationResult or None
+        None for a ``failed`` job.
+    """
+
+    job: str
+    path: Path
+    overrides: list
+    all_overrides: list
+    status: str
+    note: str
+    result: Optional[EvaluationResult]
+
+    def row(self) -> dict:
+        """The job's row of the comparison table (:data:`SWEEP_COLUMNS`)."""
+        s = self.result.summary if self.result is not None else {}
+        nan = float("nan")
+        return {"job": self.job, "overrides": " ".join(self.overrides), "status": self.status,
+                "n_picks": s.get("n_picks"), "precision": s.get("precision", nan), "recall": s.get("recall", nan),
+                "f1": s.get("f1", nan), "auprc": s.get("auprc", nan), "duplicates": s.get("duplicates"),
+                "median_diameter_error": s.get("median_diameter_error", nan), "note": self.note}
+
+
+def _job_state(job: Path) -> tuple[str, str]:
+    """(status, note) of a job from its run_summary.json, before it is scored."""
+    log = job / "lipoframe.log"
+    see = f" (see {log})" if log.is_file() else ""
+    try:
+        summary = json.loads((job / "run_summary.json").read_text())
+        mics = summary["micrographs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        summary, mics = None, None
+    if not is_run_folder(job):
+        if summary is None:
+            return "failed", f"no results: the job stopped before picking{see}"
+        return "failed", f"no micrograph results{see}"
+    if mics is None:
+        return "partial", f"no run_summary.json: the job did not finish; scored on the micrographs it picked{see}"
+    notes = []
+    if mics.get("failed"):
+        notes.append(f"{mics['failed']} of {mics.get('total', '?')} micrographs failed{see}")
+    if mics.get("not_done") or summary.get("interrupted"):
+        notes.append(f"interrupted: {mics.get('not_done', 0)} micrographs not picked")
+    return ("partial" if notes else "ok"), "; ".join(notes)
+
+
+def evaluate_sweep(
+    sweep: str | Path,
+    reference: pd.DataFrame,
+    *,
+    micrographs=None,
+    flip_y: bool | None = None,
+    **options,
+) -> list[SweepJob]:
+    """Score every job of a ``lipoframe run -m`` sweep folder against the same reference.
+
+    Parameters
+    ----------
+    sweep : str or Path
+        The sweep folder (``multirun.yaml`` and one folder per job).
+    reference : DataFrame
+        From :func:`read_reference`.
+    micrographs, flip_y
+        As for :func:`read_picks` (each job's own run folder is searched after ``micrographs``).
+    **options
+        Passed to :func:`evaluate` (``tolerance``, ``iou_threshold``,
+        ``include_rejected``, ``reference_diameter``, ``scope``).
+
+    Returns
+    -------
+    list of SweepJob
+        One per job folder, by job number; jobs that failed or have no
+        picks are listed with the reason (``status``, ``note``).
+
+    Raises
+    ------
+    EvaluationInputError
+        If ``sweep`` is not a sweep folder with job folders.
+    """
+    folders = sweep_job_folders(sweep)
+    if not folders:
+        raise EvaluationInputError(f"{sweep}: not a sweep folder of lipoframe run -m (no multirun.yaml with job folders)")
+    words = [job_overrides(f) for f in folders]
+    varied = swept_overrides(words, sweep_keys(sweep))
+    jobs = []
+    for folder, all_words, shown in zip(folders, words, varied):
+        status, note = _job_state(folder)
+        result = None
+        if status != "failed":
+            try:
+                catalog = MicrographCatalog([m for m in (micrographs, folder) if m is not None])
+                picks, processed = read_picks(folder, micrographs=catalog, flip_y=flip_y)
+                result = evaluate(picks, reference, micrographs=processed, **options)
+            except EvaluationInputError as exc:
+                status, note = "failed", str(exc)
+            else:
+                if not result.summary["n_picks"] and status == "ok":
+                    status, note = "no picks", ("no pick" if options.get("include_rejected") else "no accepted pick")
+        jobs.append(SweepJob(folder.name, folder, shown, all_words, status, note, result))
+    return jobs
+
+
+def sweep_table(jobs: list[SweepJob]) -> pd.DataFrame:
+    """The comparison table of :func:`evaluate_sweep`'s jobs, one row each (:data:`SWEEP_COLUMNS`)."""
+    table = pd.DataFrame([j.row() for j in jobs], columns=list(SWEEP_COLUMNS))
+    return table.astype({"n_picks": "Int64", "duplicates": "Int64"})  # counts stay integers beside a failed job's blanks
+
+
+def format_sweep(jobs: list[SweepJob]) -> str:
+    """The comparison table as aligned text, and the job with the best F1."""
+    def f(v, pct=False):
+        if v is None or (isinstance(v, float) and not math.isfinite(v)):
+            return "-"
+        return f"{100 * v:.1f}%" if pct else f"{v:.3f}"
+
+    rows = [j.row() for j in jobs]
+    w_job = max([3] + [len(r["job"]) for r in rows])
+    w_ov = min(60, max([9] + [len(r["overrides"]) for r in rows]))
+    lines = [f"{'job':<{w_job}}  {'overrides':<{w_ov}}  {'picks':>6} {'P':>6} {'R':>6} {'F1':>6} {'AUPRC':>6} {'dup':>5} {'|d err|':>7}  status"]
+    for r in rows:
+        ov = r["overrides"] if len(r["overrides"]) <= w_ov else r["overrides"][: w_ov - 3] + "..."
+        picks = "-" if r["n_picks"] is None else str(r["n_picks"])
+        dup = "-" if r["duplicates"] is None else str(r["duplicates"])
+        status = r["status"] + (f": {r['note']}" if r["note"] else "")
+        lines.append(f"{r['job']:<{w_job}}  {ov:<{w_ov}}  {picks:>6} {f(r['precision']):>6} {f(r['recall']):>6} {f(r['f1']):>6} "
+                     f"{f(r['auprc']):>6} {dup:>5} {f(r['median_diameter_error'], True):>7}  {status}")
+    scored = [r for r in rows if isinstance(r["f1"], float) and math.isfinite(r["f1"])]
+    if scored:
+        best = max(scored, key=lambda r: r["f1"])
+        lines += ["", f"best F1 {best['f1']:.3f}: job {best['job']}" + (f" ({best['overrides']})" if best["overrides"] else "")]
+    return "\n".join(lines)
+
+
+def write_sweep_results(jobs: list[SweepJob], out_dir: str | Path, *, sweep: str | Path, options: dict) -> list[Path]:
+    """Write ``sweep_evaluation.csv``, ``sweep_evaluation.json`` and each scored job's results, atomically.
+
+    Each job's ``evaluation.json``, ``per_micrograph.csv`` and
+    ``picks_evaluated.csv`` go to ``out_dir/job_<job>/`` (:func:`write_results`),
+    never into the job's own folder, even when ``out_dir`` is the sweep folder.
+    """
+    from lipoframe.io.atomic import atomic_path, safe_child, write_text
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    table = safe_child(out_dir, "sweep_evaluation.csv")
+    with atomic_path(table) as tmp:
+        sweep_table(jobs).to_csv(tmp, index=False, float_format="%.4f")
+    paths.append(table)
+    doc = {
+        "sweep": str(sweep),
+        "options": options,
+        "jobs": [{**j.row(), "overrides": j.overrides, "all_overrides": j.all_overrides, "folder": str(j.path),
+                  "summary": {k: v for k, v in j.result.summary.items() if k != "options"} if j.result is not None else None}
+                 for j in jobs],
+    }
+    paths.append(write_text(safe_child(out_dir, "sweep_evaluation.json"), json.dumps(_nan_to_none(doc), indent=2)))
+    for j in jobs:
+        if j.result is not None:
+            paths += write_results(j.result, safe_child(out_dir, f"job_{_UNSAFE.sub('_', j.job)}"))
+    return paths
+
+
+# ---------------------------------------------------------------------------
 # Overlays
 # ---------------------------------------------------------------------------
 #: Colours of picks by ``status``.
@@ -1392,9 +1652,9 @@ def dataclass_help(prog: str, description: str, schema_cls: type, examples: tupl
 class EvaluateArgs:
     """Options of ``lipoframe evaluate``.
 
-    picks: lipoframe run folder, picks CSV/STAR (a RELION list file such as autopick.star is followed), EMAN .box, crYOLO .cbox or .coords, or a folder of them
+    picks: lipoframe run folder, sweep folder of lipoframe run -m (every job scored, one table), picks CSV/STAR (a RELION list file such as autopick.star is followed), EMAN .box, crYOLO .cbox or .coords, or a folder of them
     reference: reference coordinates: CSV (micrograph,x_px,y_px,diameter_px,kind), STAR (or a RELION list file), .box, .cbox, crYOLO .coords, or a folder
-    output: folder for evaluation.json, per_micrograph.csv, picks_evaluated.csv (optional)
+    output: folder for evaluation.json, per_micrograph.csv, picks_evaluated.csv (a sweep: sweep_evaluation.csv/.json, job_<n>/) (optional)
     tolerance: max centre distance for a match, relative to the reference diameter
     iou_threshold: circle/sphere IoU counted in iou_rate
     include_rejected: also evaluate picks with accepted=False
@@ -1441,6 +1701,7 @@ def main(argv: list[str]) -> int:
             "lipoframe evaluate picks=run/ reference=truth.csv output=eval/ overlays=5   # draw the 5 worst micrographs",
             "lipoframe evaluate picks=picks.csv reference=manualpick/ micrographs=tiffs/ reference_diameter=180   # STAR on TIFF",
             "lipoframe evaluate picks=cryolo_out/CBOX/ reference=truth.csv micrographs=mics/   # crYOLO's picks",
+            "lipoframe evaluate picks=sweep/ reference=truth.csv output=sweep_eval/   # every job of lipoframe run -m, one table",
         )))
         return 0
     try:
@@ -1451,6 +1712,8 @@ def main(argv: list[str]) -> int:
             msg = f"{msg.split(':')[0]} is required (e.g. lipoframe evaluate picks=run/ reference=truth.csv)"
         print(f"lipoframe evaluate: {msg}", file=sys.stderr)
         return 2
+    if sweep_job_folders(args.picks):
+        return _main_sweep(args)
     try:
         # What is known about the micrographs: micrographs= first, then the run folder picks come from.
         picks_run = find_run_folder(args.picks)
@@ -1468,6 +1731,71 @@ def main(argv: list[str]) -> int:
     except ValueError as exc:
         print(f"lipoframe evaluate: {exc}", file=sys.stderr)
         return 2
+    _warn_about_names(picks, reference)
+    print(format_per_micrograph(res.per_micrograph))
+    print()
+    print(format_summary(res.summary))
+    if args.output:
+        try:
+            for p in write_results(res, args.output):
+                print(f"wrote {p}")
+            if args.overlays:
+                drawn, failed = write_overlays(res, catalog, args.output, n=args.overlays)
+                for p in drawn:
+                    print(f"wrote {p}")
+                if failed:  # the evaluation is written; the exit code says an overlay is missing, as lipoframe report's does
+                    return 1
+        except BrokenPipeError:
+            raise  # stdout closed early (`| head`): not the output folder's fault; the command line handles it
+        except OSError as exc:
+            print(f"lipoframe evaluate: {args.output}: cannot write ({exc.strerror or exc})", file=sys.stderr)
+            return 1
+    return 0
+
+
+def _main_sweep(args: EvaluateArgs) -> int:
+    """``lipoframe evaluate picks=<sweep folder>``: every job against the same reference, one comparison table."""
+    folders = sweep_job_folders(args.picks)
+    try:
+        # STAR/box references are placed with micrographs= first, then the first job's run records.
+        first_run = next((f for f in folders if is_run_folder(f)), None)
+        catalog = MicrographCatalog([s for s in (args.micrographs, first_run) if s is not None])
+        reference = read_reference(args.reference, micrographs=catalog, flip_y=args.flip_y)
+        options = dict(tolerance=args.tolerance, iou_threshold=args.iou_threshold, include_rejected=args.include_rejected,
+                       reference_diameter=args.reference_diameter, scope=args.scope)
+        jobs = evaluate_sweep(args.picks, reference, micrographs=args.micrographs, flip_y=args.flip_y, **options)
+    except ValueError as exc:
+        print(f"lipoframe evaluate: {exc}", file=sys.stderr)
+        return 2
+    scored = [j for j in jobs if j.result is not None]
+    if scored:  # the jobs pick the same micrographs: one job's names say whether they meet the reference's
+        _warn_about_names(scored[0].result.picks, reference)
+    print(f"sweep {args.picks}: {len(jobs)} jobs against {args.reference}")
+    print(format_sweep(jobs))
+    code = 1 if any(j.status == "failed" for j in jobs) else 0
+    if args.output:
+        try:
+            for p in write_sweep_results(jobs, args.output, sweep=args.picks, options={**options, "reference": str(args.reference)}):
+                print(f"wrote {p}")
+            if args.overlays:
+                from lipoframe.io.atomic import safe_child
+
+                for j in scored:
+                    cat = MicrographCatalog([s for s in (args.micrographs, j.path) if s is not None])
+                    drawn, failed = write_overlays(j.result, cat, safe_child(args.output, f"job_{_UNSAFE.sub('_', j.job)}"), n=args.overlays)
+                    for p in drawn:
+                        print(f"wrote {p}")
+                    code = max(code, 1 if failed else 0)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            print(f"lipoframe evaluate: {args.output}: cannot write ({exc.strerror or exc})", file=sys.stderr)
+            return 1
+    return code
+
+
+def _warn_about_names(picks: pd.DataFrame, reference: pd.DataFrame) -> None:
+    """Warnings (stderr) when the micrograph names of picks and reference do not pair up as they should."""
     pick_keys = set(picks[schema.MICROGRAPH].map(micrograph_key)) if schema.MICROGRAPH in picks.columns else set()
     ref_keys = set(reference[schema.MICROGRAPH].map(micrograph_key)) if schema.MICROGRAPH in reference.columns else set()
     if pick_keys and ref_keys and not pick_keys & ref_keys:
@@ -1488,22 +1816,3 @@ def main(argv: list[str]) -> int:
               f"but one of a similar name: {', '.join(f'{p} (reference: {r})' for p, r in similar[:3])}{more}; their picks "
               "count as false positives and those references' particles as misses; rename one side (names are matched "
               "after dropping folders and an image suffix)", file=sys.stderr)
-    print(format_per_micrograph(res.per_micrograph))
-    print()
-    print(format_summary(res.summary))
-    if args.output:
-        try:
-            for p in write_results(res, args.output):
-                print(f"wrote {p}")
-            if args.overlays:
-                drawn, failed = write_overlays(res, catalog, args.output, n=args.overlays)
-                for p in drawn:
-                    print(f"wrote {p}")
-                if failed:  # the evaluation is written; the exit code says an overlay is missing, as lipoframe report's does
-                    return 1
-        except BrokenPipeError:
-            raise  # stdout closed early (`| head`): not the output folder's fault; the command line handles it
-        except OSError as exc:
-            print(f"lipoframe evaluate: {args.output}: cannot write ({exc.strerror or exc})", file=sys.stderr)
-            return 1
-    return 0

@@ -1013,15 +1013,55 @@ def test_help_names_every_file_kind_evaluate_reads_for_picks_and_reference(capsy
         assert all(s in text for s in (".box", ".cbox", ".coords")), text
 
 
-def test_a_sweep_folder_is_refused_naming_its_jobs(tmp_path, run_cli):
-    """`lipoframe run -m`'s folder holds one run per job, not picks: the error names the job folders to give."""
+def test_a_sweep_folder_is_refused_by_the_reader_naming_its_jobs(tmp_path):
+    """`lipoframe run -m`'s folder holds one run per job, not picks: read_picks names the job folders to give."""
     sweep = tmp_path / "sweep"
     for job in ("0", "1", "10"):
         (sweep / job / "micrographs").mkdir(parents=True)
         (sweep / job / "micrographs" / "mic.json").write_text("{}")
     (sweep / "multirun.yaml").write_text("hydra: {}\n")
-    pd.DataFrame({"micrograph": ["mic"], "x_px": [10.0], "y_px": [10.0], "diameter_px": [20.0]}).to_csv(tmp_path / "truth.csv", index=False)
-    code, _, err = run_cli("evaluate", f"picks={sweep}", f"reference={tmp_path / 'truth.csv'}")
-    assert code == 2
-    assert f"a sweep folder (lipoframe run -m) of 3 runs; evaluate one job's folder at a time: picks={sweep / '0'} ... {sweep / '10'}" in err
+    with pytest.raises(ValueError, match="a sweep folder \\(lipoframe run -m\\) of 3 runs; read one job's folder at a time: "):
+        read_picks(sweep)
 
+
+def test_evaluate_on_a_sweep_folder_compares_every_job(tiny_mrcs, tmp_path, run_cli):
+    """A sweep is scored job by job against one reference: one table, with failed and empty jobs listed, not dropped."""
+    # evaluate refused the sweep folder and named its job folders, to be evaluated one at a time
+    sweep = tmp_path / "sweep"
+    code, _, err = run_cli("run", "-m", "detector=log", "detector.threshold=3,1000", f"input={tiny_mrcs[0].parent}",
+                           f"output={sweep}", *TINY_ARGS)
+    assert code == 0, err
+    (sweep / "2" / ".hydra").mkdir(parents=True)  # a job that stopped before picking (Hydra made its folder)
+    (sweep / "2" / ".hydra" / "overrides.yaml").write_text("- detector=log\n- detector.threshold=0\n")
+    truth = pd.concat([tiny_truth(i).assign(micrograph=f"mic_{i}") for i in range(2)])
+    truth.to_csv(tmp_path / "truth.csv", index=False)
+    before = {p: p.stat().st_mtime_ns for p in sweep.rglob("*")}
+
+    code, out, err = run_cli("evaluate", f"picks={sweep}", f"reference={tmp_path / 'truth.csv'}", f"output={sweep}")
+    assert code == 1, err  # a job could not be scored
+    lines = out.splitlines()
+    assert lines[1].split() == ["job", "overrides", "picks", "P", "R", "F1", "AUPRC", "dup", "|d", "err|", "status"]
+    assert lines[2].split()[:2] == ["0", "detector.threshold=3"] and lines[2].endswith("  ok")
+    assert lines[3].split()[:3] == ["1", "detector.threshold=1000", "0"] and lines[3].endswith("no picks: no accepted pick")
+    assert lines[4].split()[:2] == ["2", "detector.threshold=0"] and lines[4].endswith("failed: no results: the job stopped before picking")
+    assert "best F1" in out and "job 0 (detector.threshold=3)" in out
+
+    table = pd.read_csv(sweep / "sweep_evaluation.csv", dtype={"job": str}, keep_default_na=False, na_values=[""])
+    assert list(table.columns) == ["job", "overrides", "status", "n_picks", "precision", "recall", "f1", "auprc",
+                                   "duplicates", "median_diameter_error", "note"]
+    assert list(table["job"]) == ["0", "1", "2"] and list(table["status"]) == ["ok", "no picks", "failed"]
+    picks0, processed0 = read_picks(sweep / "0")
+    single = evaluate(picks0, truth, micrographs=processed0).summary
+    assert table.loc[0, "f1"] == pytest.approx(single["f1"], abs=1e-4) and table.loc[0, "n_picks"] == single["n_picks"]
+    assert table.loc[1, "n_picks"] == 0 and table.loc[1, "recall"] == 0
+    assert pd.isna(table.loc[2, "f1"]) and pd.isna(table.loc[2, "n_picks"])
+    doc = json.loads((sweep / "sweep_evaluation.json").read_text())
+    assert doc["options"]["tolerance"] == 0.3 and doc["options"]["reference"] == str(tmp_path / "truth.csv")
+    assert doc["jobs"][0]["overrides"] == ["detector.threshold=3"] and f"output={sweep}" in doc["jobs"][0]["all_overrides"]
+    assert doc["jobs"][0]["summary"]["tp"] == single["tp"] and doc["jobs"][2]["summary"] is None
+    # each scored job's own evaluation beside the table, never in the job's folder (here the output folder is the sweep's)
+    assert json.loads((sweep / "job_0" / "evaluation.json").read_text())["f1"] == pytest.approx(single["f1"])
+    assert (sweep / "job_1" / "per_micrograph.csv").is_file() and not (sweep / "job_2").exists()
+    assert not any((sweep / j / "evaluation.json").exists() for j in ("0", "1", "2"))
+    assert all(p.stat().st_mtime_ns == t for p, t in before.items())
+    assert not list(sweep.glob("**/.*.tmp*"))
