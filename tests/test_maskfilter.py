@@ -94,6 +94,34 @@ def test_binned_inverted_integer_masks_in_tiff_or_png(tmp_path):
         assert out[schema.ACCEPTED].tolist() == [True, False, True], suffix
 
 
+def test_colour_png_and_tiff_masks_are_read_as_their_8_bit_values(tmp_path):
+    """A selection drawn in an image editor is often saved as RGB(A): the readers average its
+    colours into floating point, and the mask was refused as 'a floating-point mask ... found
+    0 to 255'. White-on-black, red-on-black and a colour TIFF all read as the 0/1 mask they draw."""
+    import tifffile
+    from PIL import Image
+
+    from lipoframe.builtin.maskfilter import read_mask
+
+    binned = half_plane((50, 75), col=38)
+    white = (binned * 255).astype(np.uint8)
+    rgb = np.stack([white] * 3, axis=-1)
+    Image.fromarray(rgb).save(tmp_path / "mic_rgb.png")
+    Image.fromarray(np.dstack([rgb, np.full(white.shape, 255, np.uint8)])).save(tmp_path / "mic_rgba.png")
+    red = np.zeros_like(rgb)
+    red[..., 0] = white
+    Image.fromarray(red).save(tmp_path / "mic_red.png")
+    tifffile.imwrite(tmp_path / "mic_rgb.tif", rgb, photometric="rgb")
+    for suffix in ("_rgb.png", "_rgba.png", "_red.png", "_rgb.tif"):
+        np.testing.assert_array_equal(read_mask(tmp_path / f"mic{suffix}", ndim=2), binned, err_msg=suffix)
+        out = MaskFilter(MaskParams(folder=str(tmp_path), suffix=suffix)).apply(_picks(), _mic(tmp_path / "mic.mrc"), CTX)
+        assert out[schema.ACCEPTED].tolist() == [True, False, True], suffix
+    graded = np.stack([(binned * 100).astype(np.uint8)] * 2 + [(binned * 40).astype(np.uint8)], axis=-1)
+    graded[:, 60:, 0] = 10  # a colour map with several levels: graded 8 bits, 255 = 1
+    Image.fromarray(graded).save(tmp_path / "mic_graded.png")
+    np.testing.assert_allclose(read_mask(tmp_path / "mic_graded.png", ndim=2), graded.astype(np.float32).mean(axis=-1) / 255, rtol=1e-6)
+
+
 def test_missing_or_misfit_masks_name_the_file(tmp_path):
     mic = _mic(tmp_path / "mics" / "mic_a.mrc")
     with pytest.raises(InputError, match=r"mic_a\.mrc: no mask .*mic_a_mask\.mrc"):
