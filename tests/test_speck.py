@@ -94,5 +94,8 @@ def test_speck_filter_asks_for_the_tomo_preset_on_volumes():
     vol = np.zeros((8, 64, 64), np.float32)
     mic = Micrograph(meta=MicrographMeta(name="v", path="v.mrc", shape=vol.shape), image=vol)
     picks = pd.DataFrame({"x_px": [32.0], "y_px": [32.0], "z_px": [4.0], "diameter_px": [20.0]})
-    with pytest.raises(ValueError, match="speck filter works on 2D micrographs"):
+    with pytest.raises(ValueError, match="speck filter works on 2D micrographs") as err:
         SpeckFilter(SpeckParams()).apply(picks, mic, PickContext(dmin_px=10, dmax_px=40))
+    # The way out works with every detector: +experiment=tomo alone does not combine with detector=heatmap
+    # (a config error), so the message names the filters to give.
+    assert "filter=[diameter_range,edge]" in str(err.value)

@@ -218,3 +218,16 @@ def test_a_volume_thinner_than_the_diameter_range_is_named(tmp_path, run_cli):
     assert code == 1, stderr[-2000:]
     assert f"{tmp_path / 'in' / 'thin.mrc'}: volume of 8 planes is thinner than the smallest diameter (12 px)" in stderr
     assert f"{tmp_path / 'in' / 'slab.mrc'}: volume of 30 planes is thinner than the largest diameter (40 px)" in stderr
+
+
+def test_2d_refiner_on_a_volume_names_the_refiners_that_work_with_any_detector():
+    """detector=heatmap on a tomogram keeps the default 2D refiner; the message pointed only to
+    +experiment=tomo, which does not combine with detector=heatmap (a config error)."""
+    from lipoframe.builtin.refiners import RadialProfileParams, RadialProfileRefiner
+    from lipoframe.records import Micrograph, MicrographMeta, PickContext
+
+    vol = np.zeros((8, 64, 64), np.float32)
+    mic = Micrograph(meta=MicrographMeta(name="v", path="v.mrc", shape=vol.shape), image=vol)
+    picks = pd.DataFrame({"x_px": [32.0], "y_px": [32.0], "z_px": [4.0], "diameter_px": [20.0], "score": [1.0], "sigma_px": [5.0]})
+    with pytest.raises(ValueError, match=r"refiner=radial_profile_3d or refiner=none"):
+        RadialProfileRefiner(RadialProfileParams()).refine(picks, mic, PickContext(dmin_px=10, dmax_px=40))

@@ -39,7 +39,8 @@ def _working_level(picks: pd.DataFrame, mic: Micrograph, ctx: PickContext, stage
     """The polarity-corrected image these filters measure on (the smallest
     particle about 8 px across) and the picks' rows, columns and diameters on it."""
     if mic.image.ndim != 2:
-        raise ValueError(f"the {stage} filter works on 2D micrographs; for volumes use +experiment=tomo")
+        raise ValueError(f"the {stage} filter works on 2D micrographs; for volumes select filters that work on them, "
+                         f"e.g. 'filter=[diameter_range,edge]' (the +experiment=tomo preset does so; with detector=heatmap give it yourself)")
     factor = _working_factor(ctx)
     return (
         mic.signal(factor),

@@ -120,7 +120,7 @@ class RadialProfileRefiner(Refiner):
                 out[c] = pd.Series(dtype=float)
             return out
         if mic.image.ndim != 2:
-            raise ValueError("refiner radial_profile works on 2D micrographs; for volumes use refiner=radial_profile_3d (or +experiment=tomo)")
+            raise ValueError("refiner radial_profile works on 2D micrographs; for volumes use refiner=radial_profile_3d or refiner=none (+experiment=tomo selects radial_profile_3d; with detector=heatmap give it yourself)")
         p = self.params
         factor = pow2_floor(ctx.dmin_px / 2.0 / p.min_radius_binned)
         img = mic.signal(factor)
