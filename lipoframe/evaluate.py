@@ -566,6 +566,11 @@ def _read_star(path: Path, catalog: MicrographCatalog | None = None, flip_y: boo
         if (micrograph is not None and not any(isinstance(b, pd.DataFrame) and len(b) for b in data.values())) or not data:
             # RELION's coordinate file of a micrograph without picks (``data_`` alone), listed or not.
             return pd.DataFrame({schema.X: [], schema.Y: [], schema.MICROGRAPH: pd.Series([], dtype=object)})
+        if any(isinstance(b, pd.DataFrame) and "rlnCenteredCoordinateXAngst" in b.columns for b in data.values()):
+            raise EvaluationInputError(
+                f"{path}: a RELION 5 tomography table (rlnCenteredCoordinate*Angst: Å from each tomogram's centre) "
+                "holds no voxel coordinates to compare; give the tomograms' coordinate files instead "
+                "(of a lipoframe run: the run folder, relion/autopick.star or relion/coords/)")
         raise EvaluationInputError(f"{path}: no STAR block with rlnCoordinateX/rlnCoordinateY")
     out = pd.DataFrame({schema.X: block["rlnCoordinateX"].astype(float), schema.Y: block["rlnCoordinateY"].astype(float)})
     if "rlnCoordinateZ" in block.columns:

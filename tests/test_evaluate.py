@@ -339,6 +339,13 @@ def test_relion_coordinate_files_of_micrographs_without_picks_count_as_no_picks(
     starfile.write({"optics": pd.DataFrame({"rlnOpticsGroup": [1]})}, tmp_path / "other.star")
     with pytest.raises(ValueError, match="no STAR block with rlnCoordinateX/rlnCoordinateY"):
         read_picks(tmp_path / "other.star")
+    # The RELION 5 tomography table the star writer makes for tomograms: Å from the centre, no voxels.
+    # It was refused with the same 'no STAR block with rlnCoordinateX' as a file with no coordinates.
+    starfile.write({"particles": pd.DataFrame({"rlnTomoName": ["t1"], "rlnCenteredCoordinateXAngst": [10.0],
+                                               "rlnCenteredCoordinateYAngst": [0.0], "rlnCenteredCoordinateZAngst": [5.0]})},
+                   tmp_path / "tomo_particles.star")
+    with pytest.raises(ValueError, match=r"RELION 5 tomography table .* relion/autopick\.star or relion/coords/"):
+        read_picks(tmp_path / "tomo_particles.star")
 
 
 def test_a_runs_relion_folder_scores_like_the_run(tmp_path, tiny_mrcs, run_cli):
