@@ -510,6 +510,19 @@ def run(argv: list[str]) -> int:
         except OSError as exc:
             print(f"lipoframe: {folder}: cannot create or write the output folder ({exc.strerror or exc})", file=sys.stderr)
             return 1
+        if folder is not None and not multirun:
+            # Before Hydra writes this run's settings into .hydra/ over the earlier run's record.
+            from lipoframe.runner import earlier_run_kept
+
+            try:
+                refused = earlier_run_kept(job_cfg, folder, registry)
+            except ConfigError as exc:
+                print(f"lipoframe: config error: {exc}", file=sys.stderr)
+                return 2
+            for line in refused:
+                print(f"lipoframe: {line}", file=sys.stderr)
+            if refused:
+                return 1
         argv = argv + ([f"hydra.sweep.dir={output}"] if multirun else [f"hydra.run.dir={output}"])
 
     state = {"exit": 0}

@@ -1423,6 +1423,53 @@ def name_notes(paths: list[Path], names: list[str]) -> list[str]:
     return notes
 
 
+def run_inputs(specs: list[str], stages: StageSet, exclude: Path, *, keep: Path | None = None):
+    """The micrographs of a run: :func:`find_inputs` without the files inside ``exclude`` (except ``keep``) and
+    those the stages read for other micrographs (:func:`read_for_others`).
+
+    Returns
+    -------
+    paths, errors, same_file, n_ours, theirs
+        The inputs; a message per spec that matched nothing; the
+        ``(left_out, kept)`` pairs of files reached twice; how many files
+        inside ``exclude`` were left out; the files read for others.
+    """
+    same_file: list[tuple[Path, Path]] = []
+    paths, errors = find_inputs(specs, tuple(stages.readers_by_suffix), same_file=same_file)
+    paths, n_ours = outside_output(paths, exclude, keep=keep)
+    theirs = read_for_others(paths, stages)
+    if theirs:
+        paths = [p for p in paths if p not in set(theirs)]
+    return paths, errors, same_file, n_ours, theirs
+
+
+def no_match_message(specs: list[str], n_ours: int) -> str:
+    return f"no input files match {', '.join(map(str, specs))}" + (" outside the output folder" if n_ours else "")
+
+
+def earlier_run_message(out_dir: Path) -> str:
+    return f"no micrograph to pick, so nothing was written: the earlier run's outputs in {out_dir} are as they were"
+
+
+def earlier_run_kept(cfg: LipoframeConfig, out_dir: str | os.PathLike, registry: StageRegistry) -> list[str]:
+    """The messages of a run that would find no micrograph to pick in a folder holding an earlier run; [] otherwise.
+
+    :func:`run_pipeline` refuses such a run itself; ``lipoframe run`` asks
+    first, before Hydra writes the new settings over the earlier run's
+    ``.hydra/`` record (read by ``lipoframe plan``, ``report`` and
+    ``merge``). No input (the demo set) and ``watch=true`` (which waits for
+    files) are never refused.
+    """
+    out_dir = Path(out_dir)
+    specs = list(cfg.input)
+    if not specs or cfg.watch or not (out_dir / MANIFEST).is_file():
+        return []
+    paths, errors, _, n_ours, _ = run_inputs(specs, build_stages(cfg, registry), out_dir)
+    if paths:
+        return []
+    return [*(errors or [no_match_message(specs, n_ours)]), earlier_run_message(out_dir)]
+
+
 def same_file_notes(same_file: list[tuple[Path, Path]], paths: list[Path], names: list[str]) -> list[str]:
     """One line per input left out because it is the same file as a kept input (see :func:`expand_inputs`)."""
     name_of = dict(zip(paths, names))
@@ -2042,12 +2089,8 @@ def run_pipeline(
             if not (demo / "truth.csv").is_file():  # keep it, so resume works
                 write_demo_dataset(demo)
             specs = [str(demo)]
-        same_file: list[tuple[Path, Path]] = []
-        paths, errors = find_inputs(specs, tuple(stages.readers_by_suffix), same_file=same_file)
-        paths, n_ours = outside_output(paths, exclude, keep=demo)
-        theirs = read_for_others(paths, stages)
+        paths, errors, same_file, n_ours, theirs = run_inputs(specs, stages, exclude, keep=demo)
         if theirs:
-            paths = [p for p in paths if p not in set(theirs)]
             log.warning("left out %d input file(s) that the stages read for other micrographs (heatmaps or masks), e.g. %s",
                         len(theirs), theirs[0])
         from lipoframe import __version__
@@ -2056,14 +2099,12 @@ def run_pipeline(
         if n_ours:
             log.warning("left out %d file(s) inside the output folder %s (a run's outputs are not its input)", n_ours, exclude)
         if not paths and not errors:
-            errors.append(f"no input files match {', '.join(map(str, specs))}"
-                          + (" outside the output folder" if n_ours else ""))
+            errors.append(no_match_message(specs, n_ours))
         for e in errors:
             log.error(e)
         if not paths and (out_dir / MANIFEST).is_file():
             # A mistyped glob must not replace an earlier run's picks and exports with an empty dataset.
-            raise InputError(f"no micrograph to pick, so nothing was written: the earlier run's outputs in {out_dir} "
-                             "are as they were")
+            raise InputError(earlier_run_message(out_dir))
         names = micrograph_names(paths)
         notes = same_file_notes(same_file, paths, names) + name_notes(paths, names)
         for n in notes[:MAX_LISTED]:

@@ -282,6 +282,23 @@ def test_a_mistyped_glob_leaves_an_earlier_run_as_it_was(tiny_mrcs, tmp_path, ru
     assert {p: (out_dir / p).read_bytes() for p in before} == before
 
 
+def test_a_mistyped_glob_leaves_the_earlier_runs_settings_record_too(tiny_mrcs, tmp_path, run_cli):
+    """The refused run still let Hydra write its settings into .hydra/ over the earlier run's,
+    so `lipoframe plan`, `report` and `merge` then read the mistyped run's settings (here dmin=40)."""
+    out_dir = tmp_path / "out"
+    code, _, err = run_cli("run", f"input={tiny_mrcs[0].parent}", f"output={out_dir}", *TINY_ARGS)
+    assert code == 0, err
+    before = {p: p.read_bytes() for p in [*(out_dir / ".hydra").iterdir(), out_dir / "lipoframe.log"]}
+    assert len(before) == 4
+    code, _, err = run_cli("run", f"input='{tiny_mrcs[0].parent}/*.mcr'", f"output={out_dir}", *TINY_ARGS, "dmin=40")
+    assert code == 1
+    assert re.search(r"\*\.mcr: no files match", err) and "nothing was written" in err and "Traceback" not in err
+    assert {p: p.read_bytes() for p in before} == before
+    # A folder without an earlier run still gets the empty run's record.
+    code, _, err = run_cli("run", f"input='{tiny_mrcs[0].parent}/*.mcr'", f"output={tmp_path / 'new'}", *TINY_ARGS)
+    assert (tmp_path / "new" / ".hydra" / "config.yaml").is_file() and (tmp_path / "new" / "inputs.json").is_file()
+
+
 def test_multirun_four_jobs_each_with_its_folder_and_config(tiny_mrcs, tmp_path, run_cli):
     """The command-line contract of issue 2, verbatim: `lipoframe run -m nms.beta=0.6,0.8 detector=dog,log`."""
     out_dir = tmp_path / "sweep"
