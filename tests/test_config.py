@@ -6,6 +6,7 @@ import dataclasses
 import math
 import re
 import typing
+from pathlib import Path
 
 import pytest
 
