@@ -1465,9 +1465,10 @@ def earlier_run_kept(cfg: LipoframeConfig, out_dir: str | os.PathLike, registry:
     if not specs or cfg.watch or not (out_dir / MANIFEST).is_file():
         return []
     paths, errors, _, n_ours, _ = run_inputs(specs, build_stages(cfg, registry), out_dir)
-    if paths:
+    if any(os.path.exists(p) for p in paths):
         return []
-    return [*(errors or [no_match_message(specs, n_ours)]), earlier_run_message(out_dir)]
+    missing = [f"{p}: file not found" for p in paths]  # named files that do not exist
+    return [*errors, *missing, *([] if errors or missing else [no_match_message(specs, n_ours)]), earlier_run_message(out_dir)]
 
 
 def same_file_notes(same_file: list[tuple[Path, Path]], paths: list[Path], names: list[str]) -> list[str]:
@@ -2102,8 +2103,10 @@ def run_pipeline(
             errors.append(no_match_message(specs, n_ours))
         for e in errors:
             log.error(e)
-        if not paths and (out_dir / MANIFEST).is_file():
-            # A mistyped glob must not replace an earlier run's picks and exports with an empty dataset.
+        if not any(os.path.exists(p) for p in paths) and (out_dir / MANIFEST).is_file():
+            # A mistyped glob or file name must not replace an earlier run's picks and exports with an empty dataset.
+            for p in paths:
+                log.error("%s: file not found", p)
             raise InputError(earlier_run_message(out_dir))
         names = micrograph_names(paths)
         notes = same_file_notes(same_file, paths, names) + name_notes(paths, names)

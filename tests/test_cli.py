@@ -280,6 +280,12 @@ def test_a_mistyped_glob_leaves_an_earlier_run_as_it_was(tiny_mrcs, tmp_path, ru
     assert code == 1
     assert re.search(r"\*\.mcr: no files match", err) and "nothing was written" in err and "Traceback" not in err
     assert {p: (out_dir / p).read_bytes() for p in before} == before
+    # A mistyped file name, too (a named file is kept so that it is reported; here it is all there is).
+    typo = tiny_mrcs[0].parent / "typo.mrc"
+    code, _, err = run_cli("run", f"input={typo}", f"output={out_dir}", *TINY_ARGS)
+    assert code == 1
+    assert f"{typo}: file not found" in err and "nothing was written" in err and "Traceback" not in err
+    assert {p: (out_dir / p).read_bytes() for p in before} == before
 
 
 def test_a_mistyped_glob_leaves_the_earlier_runs_settings_record_too(tiny_mrcs, tmp_path, run_cli):
