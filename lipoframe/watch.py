@@ -61,11 +61,18 @@ class FolderWatcher:
     _handled: dict[str, tuple[int, int]] = field(default_factory=dict)
     #: files handed out earlier that the last scan no longer found (deleted or renamed away)
     gone: list[Path] = field(default_factory=list)
+    #: (left out, kept) pairs of files reached twice that the user was told of
+    _told_same: set = field(default_factory=set)
 
     def _scan(self) -> list[Path]:
         from lipoframe.runner import expand_inputs, outside_output
 
-        found = [p for p in expand_inputs(self.specs, self.suffixes) if not p.name.startswith(".")]
+        same: list[tuple[Path, Path]] = []
+        found = [p for p in expand_inputs(self.specs, self.suffixes, same_file=same) if not p.name.startswith(".")]
+        for pair in same:  # told once per session, as a batch run tells it once
+            if pair not in self._told_same:
+                self._told_same.add(pair)
+                log.warning("%s: the same file as %s, picked once", *pair)
         return outside_output(found, self.exclude)[0] if self.exclude is not None else found
 
     def poll(self) -> list[Path]:

@@ -4,6 +4,7 @@ dataset-level outputs are updated as it goes, and a stop file ends it cleanly.""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
@@ -201,6 +202,22 @@ def test_watch_stops_cleanly_on_sigterm(tmp_path):
     assert "Traceback" not in stderr
     assert "micrographs  ok 2" in stdout
     assert (out / "picks.csv").is_file() and (out / "extraction_plan.json").is_file()
+
+
+def test_watcher_tells_once_of_a_file_reached_again_through_a_link(tmp_path, caplog):
+    """A watched RELION Import/ folder beside the originals: the link was dropped without a word
+    (a batch run warns; README)."""
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "Import").mkdir()
+    f = tmp_path / "raw" / "a.mrc"
+    f.write_bytes(b"x" * 10)
+    (tmp_path / "Import" / "a.mrc").symlink_to(f)
+    w = FolderWatcher([str(tmp_path / "raw"), str(tmp_path / "Import")], (".mrc",), stable_polls=1)
+    with caplog.at_level(logging.WARNING, logger="lipoframe"):
+        assert w.poll() == [f]
+        assert w.poll() == []
+    told = [r.getMessage() for r in caplog.records if "the same file as" in r.getMessage()]
+    assert told == [f"{tmp_path}/Import/a.mrc: the same file as {f}, picked once"]
 
 
 def test_watcher_reports_files_that_are_gone_and_hands_them_out_again_when_back(tmp_path):
