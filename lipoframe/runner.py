@@ -269,6 +269,7 @@ def micrograph_names(paths: list[Path]) -> list[str]:
     groups: dict[str, list[int]] = {}
     for i, nm in enumerate(names):
         groups.setdefault(nm, []).append(i)
+    unique = {nm for nm, idx in groups.items() if len(idx) == 1}  # names a new name must not take
     for idx in groups.values():
         if len(idx) < 2:
             continue
@@ -283,7 +284,7 @@ def micrograph_names(paths: list[Path]) -> list[str]:
                     parts = [*parents[k][len(parents[k]) - depth:]] if depth else []
                     stem = paths[i].stem + (f"_{paths[i].suffix.lstrip('.').lower()}" if with_suffix else "")
                     cand.append(safe_name(NAME_SEP.join([*parts, stem])))
-                if len(set(cand)) == len(cand):
+                if len(set(cand)) == len(cand) and not unique & set(cand):
                     break
             else:
                 continue
@@ -1418,7 +1419,9 @@ def name_notes(paths: list[Path], names: list[str]) -> list[str]:
     for p, n in zip(paths, names):
         if n == p.stem:
             continue
-        why = "another input has the same name" if stems[p.stem] > 1 else "the file name is not safe for output files"
+        why = ("another input has the same name" if stems[p.stem] > 1
+               else "the file name is not safe for output files" if safe_name(p.stem) != p.stem
+               else "another input's results take this name")
         notes.append(f"{p}: results are named {n!r} ({why})")
     return notes
 

@@ -67,6 +67,13 @@ def test_names_are_unique_even_when_a_new_name_is_taken():
     paths = [Path("/a/x.mrc"), Path("/b/x.mrc"), Path("/c/a-x.mrc")]
     names = micrograph_names(paths)
     assert len(set(names)) == 3
+    # The file really named a-x keeps its name (it was renamed a-x_2, "the file name is not safe").
+    assert names[2] == "a-x" and name_notes(paths, names)[2:] == []
+
+
+def test_a_safe_name_renamed_by_the_counter_is_not_called_unsafe():
+    notes = name_notes([Path("/d/mic_2.mrc")], ["mic_2_2"])
+    assert notes == ["/d/mic_2.mrc: results are named 'mic_2_2' (another input's results take this name)"]
 
 
 def test_shards_partition_the_inputs():
