@@ -47,6 +47,71 @@ def bin_color(index: int) -> str:
     return to_hex(colormaps["tab20"]((index - len(BIN_COLORS)) % 20))
 
 
+#: A tomogram is shown as the mean of ``2 * SLAB_HALF + 1`` planes.
+SLAB_HALF = 2
+
+
+def volume_slab(volume: np.ndarray, z: float, *, half: int = SLAB_HALF) -> tuple[np.ndarray, int, int]:
+    """The mean of the planes around ``z`` of a volume, and the first and last of them.
+
+    Parameters
+    ----------
+    volume : (P, M, N) ndarray
+    z : float
+        Plane coordinate (0-indexed plane centres); the slab is centred on
+        plane ``int(z)``, clipped to the volume.
+    half : int
+        The slab holds the planes ``int(z) - half`` to ``int(z) + half``
+        that exist.
+
+    Returns
+    -------
+    plane : (M, N) ndarray of float32
+    first, last : int
+        The first and last plane averaged.
+    """
+    if volume.ndim != 3:
+        raise ValueError(f"volume must be 3D, got shape {volume.shape}")
+    if half < 0:
+        raise ValueError(f"half must be >= 0, got {half}")
+    zc = int(np.clip(int(z), 0, volume.shape[0] - 1))
+    first, last = max(0, zc - half), min(volume.shape[0] - 1, zc + half)
+    return np.mean(np.asarray(volume[first : last + 1], dtype=np.float32), axis=0), first, last
+
+
+def slab_sections(z: np.ndarray, diameter: np.ndarray, first: float, last: float) -> np.ndarray:
+    """Diameter of each sphere's largest cross-section with the planes ``first`` to ``last``.
+
+    A sphere of radius ``r`` centred at ``z`` is cut by the plane nearest
+    to it within the slab, ``dz`` planes away (0 when its centre lies in the
+    slab), in a circle of diameter ``2 * sqrt(r**2 - dz**2)``: what an
+    overlay of the slab should draw, as the full diameter would ring a faint
+    cap with a circle far larger than it.
+
+    Parameters
+    ----------
+    z, diameter : (K,) array_like
+        Sphere centres (plane coordinate, 0-indexed plane centres) and
+        diameters, in voxels.
+    first, last : float
+        The first and last plane of the slab.
+
+    Returns
+    -------
+    section : (K,) ndarray of float
+        The cross-section's diameter; 0 for spheres that do not reach a
+        plane of the slab (``dz >= r``).
+    """
+    z = np.asarray(z, dtype=float).ravel()
+    r = np.asarray(diameter, dtype=float).ravel() / 2.0
+    if z.shape != r.shape:
+        raise ValueError(f"z and diameter must have the same length, got {z.size} and {r.size}")
+    if last < first:
+        raise ValueError(f"last must be >= first, got first={first}, last={last}")
+    dz = np.maximum(0.0, np.maximum(first - z, z - last))
+    return np.where(dz < r, 2.0 * np.sqrt(np.clip(r * r - dz * dz, 0.0, None)), 0.0)
+
+
 def display_factor(shape: Sequence[int], *, max_size: int = 1600) -> int:
     """Smallest integer binning factor that brings the longest side to ``max_size`` or below."""
     if max_size < 16:

@@ -46,7 +46,7 @@ log = logging.getLogger("lipoframe")
 REPORT_NAME = "report.html"
 OVERLAY_DIR = "overlays"
 #: Bump when the look of overlays changes, so cached ones are redrawn.
-RENDER_VERSION = 3
+RENDER_VERSION = 4
 #: Longest side of an overlay, in pixels.
 OVERLAY_SIZE = 1600
 #: Longest side of a gallery thumbnail, in pixels (smaller above LARGE_DATASET micrographs,
@@ -397,26 +397,36 @@ def _init_worker(readers: ReaderChoice) -> None:
     _STATE["readers"] = readers
 
 
-SLAB_HALF = 2  # a tomogram is shown as the mean of 2 * SLAB_HALF + 1 slices
+SLAB_HALF = 2  # a tomogram is shown as the mean of 2 * SLAB_HALF + 1 slices (plots.SLAB_HALF)
 
 
 def _slab(image: np.ndarray, z: float) -> tuple[np.ndarray, int]:
     """The mean of the slices around ``z`` of a volume, and the central slice."""
-    zc = int(np.clip(int(z), 0, image.shape[0] - 1))
-    return np.mean(np.asarray(image[max(0, zc - SLAB_HALF) : zc + SLAB_HALF + 1], dtype=np.float32), axis=0), zc
+    from lipoframe import plots
+
+    plane, _, _ = plots.volume_slab(image, z, half=SLAB_HALF)
+    return plane, int(np.clip(int(z), 0, image.shape[0] - 1))
 
 
-def _display_plane(image: np.ndarray, job: OverlayJob) -> tuple[np.ndarray, np.ndarray, str]:
-    """A 2D view of the image, the mask of the picks to draw on it and a note (3D: a slab at the picks' median z)."""
+def _display_plane(image: np.ndarray, job: OverlayJob) -> tuple[np.ndarray, np.ndarray, str, np.ndarray]:
+    """A 2D view of the image, the mask of the picks to draw on it, a note and the diameters to draw.
+
+    3D: a slab at the picks' median z; each pick that reaches it is drawn
+    with its sphere's largest cross-section within the slab
+    (:func:`lipoframe.plots.slab_sections`), the others are left out.
+    """
+    from lipoframe import plots
+
     keep = np.ones(len(job.x), dtype=bool)
+    diameter = np.asarray(job.diameter, dtype=float)
     if image.ndim == 2:
-        return image, keep, ""
+        return image, keep, "", diameter
     nz = image.shape[0]
-    half = SLAB_HALF
-    plane, zc = _slab(image, np.median(job.z) if job.z is not None and len(job.z) else nz // 2)
+    plane, first, last = plots.volume_slab(image, np.median(job.z) if job.z is not None and len(job.z) else nz // 2, half=SLAB_HALF)
     if job.z is not None:
-        keep = np.abs(np.asarray(job.z, dtype=float) - zc) < job.diameter / 2.0
-    return plane, keep, f"   (slab z={max(0, zc - half)}-{min(nz - 1, zc + half)}: {int(keep.sum())} of {len(keep)} picks cross it)"
+        diameter = plots.slab_sections(job.z, diameter, first, last)
+        keep = diameter > 0
+    return plane, keep, f"   (slab z={first}-{last}: {int(keep.sum())} of {len(keep)} picks cross it)", diameter
 
 
 def render_job(job: OverlayJob, readers: ReaderChoice | None = None) -> OverlayResult:
@@ -427,13 +437,13 @@ def render_job(job: OverlayJob, readers: ReaderChoice | None = None) -> OverlayR
     try:
         readers = readers or _STATE["readers"]
         mic = readers.read(Path(job.path))
-        image, keep, note = _display_plane(mic.image, job)
+        image, keep, note, diameter = _display_plane(mic.image, job)
         disp, factor = plots.display_image(image, max_size=OVERLAY_SIZE)
         title = job.title + (f"   (binned x{factor} for display)" if factor > 1 else
                              f"   (enlarged x{round(1 / factor)} for display)" if factor < 1 else "")
         title += note
         rgb = plots.overlay(
-            disp, factor=factor, x=job.x[keep], y=job.y[keep], diameter=job.diameter[keep],
+            disp, factor=factor, x=job.x[keep], y=job.y[keep], diameter=diameter[keep],
             colors=[c for c, k in zip(job.colors, keep) if k], dashed=job.dashed[keep], legend=job.legend, title=title,
         )
         write_bytes(job.png, plots.encode(rgb, "png", palette=True))

@@ -592,6 +592,37 @@ def test_volume_overlay_shows_the_central_slab_and_its_picks(tmp_path):
     assert red[:, 40 * zoom:].any() and not red[:, :25 * zoom].any(), "only the pick near the displayed slab is drawn"
 
 
+def test_volume_overlay_draws_each_sphere_as_its_cross_section_at_the_slab(tmp_path):
+    """A pick whose sphere only grazes the shown slab is drawn as its cut there, not its full diameter."""
+    from lipoframe.records import Micrograph, MicrographMeta
+
+    vol = np.zeros((40, 64, 96), dtype=np.float32)
+
+    class Readers:
+        def read(self, path):
+            return Micrograph(MicrographMeta("v", str(path), vol.shape), vol)
+
+    # median z = 20: the slab is planes 18-22; the sphere at z = 28 (r = 10) is 6 planes
+    # from it, a circle of diameter 2 * sqrt(10**2 - 6**2) = 16; the one at z = 35 (r = 4) misses it
+    job = report.OverlayJob(
+        name="v", path=str(tmp_path / "v.mrc"), x=np.array([15.0, 15.0, 15.0, 60.0, 85.0]), y=np.array([12.0, 30.0, 50.0, 30.0, 30.0]),
+        z=np.array([20.0, 20.0, 20.0, 28.0, 35.0]), diameter=np.array([8.0, 8.0, 8.0, 20.0, 8.0]), colors=["#ff0000"] * 5,
+        dashed=np.zeros(5, dtype=bool), legend=[], title="v", png=tmp_path / "v_picks.png", thumb=tmp_path / "v.jpg",
+        crops=[], crop_dir=tmp_path / "crops",
+    )
+    res = report.render_job(job, Readers())
+    assert res.ok, res.error
+    with Image.open(job.png) as im:
+        rgb = np.asarray(im.convert("RGB")).astype(int)
+    zoom = rgb.shape[1] // 96
+    img = rgb[rgb.shape[0] - 64 * zoom:]
+    red = (img[..., 0] - img[..., 1]) > 100
+    cols = np.flatnonzero(red[:, 40 * zoom : 78 * zoom].any(axis=0)) / zoom + 40
+    assert 51.0 <= cols.min() <= 53.0 and 67.0 <= cols.max() <= 69.5, (cols.min(), cols.max())  # 52-68, not 50-70
+    assert not red[:, 78 * zoom :].any(), "a sphere that does not reach the slab is not drawn"
+    np.testing.assert_allclose(plots.slab_sections([20, 28, 35, 24.5], [8, 20, 8, 10], 18, 22), [8, 16, 0, 2 * np.sqrt(25 - 6.25)])
+
+
 def test_volume_crop_is_taken_at_the_picks_own_z(tmp_path):
     """A tomogram's crop shows its pick's slab, not the overview's slab at the median z of all picks."""
     from lipoframe.records import Micrograph, MicrographMeta
