@@ -1521,15 +1521,47 @@ def plot_evaluation(
     return path
 
 
-def _read_image(path: Path) -> np.ndarray:
-    """The 2D image of ``path`` through lipoframe's readers (chosen by suffix)."""
+def _read_image(path: Path, *, dims: int = 2) -> np.ndarray:
+    """The ``dims``-dimensional image of ``path`` through lipoframe's readers (chosen by suffix)."""
     from lipoframe.plugins import read_array
     from lipoframe.records import InputError
 
     try:
-        return read_array(path)
+        return read_array(path, dims=dims)
     except InputError as exc:
         raise EvaluationInputError(str(exc)) from None
+
+
+def _slab_view(volume: np.ndarray, reference: pd.DataFrame, picks: pd.DataFrame) -> tuple[np.ndarray, pd.DataFrame, pd.DataFrame, str]:
+    """A tomogram's slab at the median ``z_px`` of its reference, and the spheres that reach it.
+
+    As in the run report (:func:`lipoframe.plots.volume_slab`): the mean of
+    5 planes; each sphere is drawn as its largest cross-section within them
+    (:func:`lipoframe.plots.slab_sections`), spheres that miss them are left
+    out, and the note says how many of each table are drawn.
+    """
+    from lipoframe import plots
+
+    zs = reference[schema.Z] if len(reference) else picks[schema.Z]
+    zs = pd.to_numeric(zs, errors="coerce").dropna()
+    plane, first, last = plots.volume_slab(volume, float(np.median(zs)) if len(zs) else volume.shape[0] // 2)
+
+    def cut(t: pd.DataFrame) -> pd.DataFrame:
+        z = pd.to_numeric(t[schema.Z], errors="coerce").to_numpy(float)
+        d = (pd.to_numeric(t[schema.DIAMETER], errors="coerce").to_numpy(float) if schema.DIAMETER in t.columns
+             else np.zeros(len(t)))
+        section = plots.slab_sections(z, np.nan_to_num(d), first, last)
+        inside = (z >= first - 0.5) & (z <= last + 0.5)  # a pick without a diameter: its marker where its centre is
+        keep = (section > 0) | (inside & ~(d > 0))
+        out = t.loc[keep].copy()
+        if schema.DIAMETER in out.columns:
+            out[schema.DIAMETER] = section[keep]
+        return out
+
+    ref, pk = cut(reference), cut(picks)
+    note = (f"   (slab z={first}-{last}, spheres cut there: {len(ref)} of {len(reference)} reference, "
+            f"{len(pk)} of {len(picks)} picks)")
+    return plane, ref, pk, note
 
 
 def write_overlays(res: EvaluationResult, micrographs, out_dir: str | Path, *, n: int) -> tuple[list[Path], list[str]]:
@@ -1554,6 +1586,7 @@ def write_overlays(res: EvaluationResult, micrographs, out_dir: str | Path, *, n
         (printed, and skipped).
     """
     catalog, out_dir = _as_catalog(micrographs), Path(out_dir)
+    dims = 3 if schema.Z in res.reference.columns and schema.Z in res.picks.columns else 2
     per = res.per_micrograph.copy()
     per["_f1"] = per["f1"].fillna(1.0 if n else 0.0)
     worst = per.sort_values(["_f1", "recall", "micrograph"], kind="stable", na_position="last").head(n)
@@ -1563,16 +1596,17 @@ def write_overlays(res: EvaluationResult, micrographs, out_dir: str | Path, *, n
             path = catalog.image_path(row.micrograph)
             if path is None:
                 raise EvaluationInputError("image not known (not in the run folder or micrographs=)")
-            image = _read_image(path)
+            image = _read_image(path, dims=dims)
         except (OSError, ValueError, EvaluationInputError) as exc:
             failed.append(f"no overlay for {row.micrograph}: {exc}")
             print(f"lipoframe evaluate: {failed[-1]}", file=sys.stderr)
             continue
-        if image.ndim != 2:
-            continue  # a tomogram: evaluation overlays are 2D
         ref = res.reference[res.reference[schema.MICROGRAPH].map(micrograph_key) == row.micrograph]
         picks = res.picks[res.picks[schema.MICROGRAPH].map(micrograph_key) == row.micrograph]
         title = f"{row.micrograph}: P {row.precision:.2f}  R {row.recall:.2f}  F1 {row.f1:.2f}" if row.n_reference else row.micrograph
+        if dims == 3:
+            image, ref, picks, note = _slab_view(image, ref, picks)
+            title += note
         from lipoframe.io.atomic import safe_child
 
         written.append(plot_evaluation(image, ref, picks, safe_child(out_dir, "overlays", f"{row.micrograph}.png"), title=title))

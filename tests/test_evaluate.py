@@ -950,6 +950,31 @@ def test_overlays_find_the_images_or_say_once_why_not(tmp_path, capsys):
     assert [p.name for p in (tmp_path / "e3" / "overlays").iterdir()] == ["b.png"]
 
 
+def test_overlays_of_a_tomogram_show_a_slab_with_each_sphere_cut_there(tmp_path, capsys, monkeypatch):
+    """overlays=N on tomograms drew nothing and exited 1 ('a 3D stack ... where a 2D micrograph is expected')."""
+    import lipoframe.evaluate as ev
+    from conftest import write_mrc
+
+    vol = np.zeros((40, 64, 96), dtype=np.float32)
+    write_mrc(tmp_path / "mics" / "t.mrc", vol, pixel_size=(10.0, 10.0, 10.0))
+    cols = ("micrograph", "x_px", "y_px", "z_px", "diameter_px")
+    # median z 20: slab 18-22; the sphere at z 28 (r 10) is cut in a 16 px circle, the one at z 35 (r 4) misses it
+    ref = table([("t", 15, 10, 20, 8), ("t", 15, 30, 20, 8), ("t", 15, 50, 20, 8), ("t", 60, 30, 28, 20), ("t", 85, 30, 35, 8)], cols)
+    ref.to_csv(tmp_path / "truth.csv", index=False)
+    ref.assign(score=1.0).to_csv(tmp_path / "picks.csv", index=False)
+    drawn = []
+    real = ev.plot_evaluation
+    monkeypatch.setattr(ev, "plot_evaluation", lambda image, r, p, path, **kw: drawn.append((image, r, p, kw)) or real(image, r, p, path, **kw))
+    assert main([f"picks={tmp_path / 'picks.csv'}", f"reference={tmp_path / 'truth.csv'}", f"output={tmp_path / 'e'}",
+                 "overlays=1", f"micrographs={tmp_path / 'mics'}"]) == 0, capsys.readouterr().err
+    assert (tmp_path / "e" / "overlays" / "t.png").is_file()
+    [(image, r, p, kw)] = drawn
+    assert image.shape == (64, 96)
+    for t in (r, p):
+        assert t["z_px"].tolist() == [20, 20, 20, 28] and t["diameter_px"].tolist() == pytest.approx([8, 8, 8, 16])
+    assert "slab z=18-22" in kw["title"] and "4 of 5 reference" in kw["title"]
+
+
 def test_every_evaluation_overlay_shows_the_whole_colour_key():
     from lipoframe.evaluate import STATUS_COLORS, overlay_title
 
