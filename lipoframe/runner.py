@@ -339,8 +339,12 @@ def check_image(mic: Micrograph, ctx: PickContext) -> None:
             raise InputError(f"{where}: volume of {nz} planes is thinner than the smallest diameter "
                              f"({ctx.dmin_px:.0f} px); lower dmin or check pixel_size")
         if nz < ctx.dmax_px:
-            log.warning("%s: volume of %d planes is thinner than the largest diameter (%.0f px): particles over %d px "
-                        "cannot be picked in it", where, nz, ctx.dmax_px, nz)
+            # A particle thicker than the volume is cut by its faces; it is still found by its in-plane
+            # contrast with its in-plane diameter, but its blob response is lower (docs/tomograms.md, Limits).
+            log.warning("%s: volume of %d planes is thinner than the largest diameter (%.0f px): particles over %d px are "
+                        "cut by its top and bottom and score lower (about 10 %% for a sphere as thick as the volume, "
+                        "20 %% for one 1.25 times as thick), so faint ones may fall below detector.threshold",
+                        where, nz, ctx.dmax_px, nz)
     # The finest power-of-two level the built-in stages use (the refiner's);
     # every coarser level is then averaged from it, so the file is read once.
     factor = pow2_floor(ctx.dmin_px / 32.0)

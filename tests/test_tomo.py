@@ -220,6 +220,25 @@ def test_a_volume_thinner_than_the_diameter_range_is_named(tmp_path, run_cli):
     assert f"{tmp_path / 'in' / 'slab.mrc'}: volume of 30 planes is thinner than the largest diameter (40 px)" in stderr
 
 
+def test_particles_thicker_than_the_volume_are_picked_and_the_warning_says_they_score_lower(tmp_path, run_cli):
+    """The warning said particles thicker than the volume 'cannot be picked'; spheres of 14 and 16
+    voxels cut by the faces of a 12-plane volume are picked with their diameters."""
+    from lipoframe.synthetic import write_mrc
+    from lipoframe.synthetic3d import render_volume
+
+    spheres = pd.DataFrame({"x_px": [30.0, 66.0], "y_px": [40.0, 56.0], "z_px": [5.5, 5.5], "diameter_px": [14.0, 16.0]})
+    (tmp_path / "in").mkdir()
+    write_mrc(tmp_path / "in" / "lamella.mrc", render_volume((12, 96, 96), spheres, noise=0.2, seed=0), 10.0)
+    code, _, stderr = run_cli("run", "+experiment=tomo", f"input={tmp_path / 'in'}", f"output={tmp_path / 'out'}", "units=px",
+                              "dmin=6", "dmax=20", "writer=[csv]", "runner.workers=1", "runner.progress=false", "runner.report=false")
+    assert code == 0, stderr[-2000:]
+    picks = pd.read_csv(tmp_path / "out" / "picks.csv").sort_values("x_px")
+    assert np.allclose(picks[["x_px", "y_px", "z_px"]], [[30, 40, 5.5], [66, 56, 5.5]], atol=0.5)
+    assert np.allclose(picks["diameter_px"], [14, 16], rtol=0.05)
+    line = next(ln for ln in stderr.splitlines() if "lamella.mrc: volume of 12 planes is thinner than the largest diameter (20 px)" in ln)
+    assert "cannot be picked" not in line and "cut by its top and bottom and score lower" in line, line
+
+
 def test_2d_refiner_on_a_volume_names_the_refiners_that_work_with_any_detector():
     """detector=heatmap on a tomogram keeps the default 2D refiner; the message pointed only to
     +experiment=tomo, which does not combine with detector=heatmap (a config error)."""
