@@ -202,8 +202,9 @@ def _mic(path: Path, shape=SHAPE) -> Micrograph:
 CTX = PickContext(dmin_px=25, dmax_px=130)
 
 
-@pytest.mark.parametrize("suffix", [".npy", ".mrc", ".tif"])
+@pytest.mark.parametrize("suffix", [".npy", ".mrc", ".tif", ".png"])
 def test_detector_reads_maps_by_name(tmp_path, suffix):
+    # .png: an 8-bit PNG map was not looked at ('no heatmap matches .../mic_01_prob.png', the file being there)
     mic = _mic(tmp_path / "mic_01.npy")
     maps = tmp_path / "maps"
     maps.mkdir()
@@ -214,6 +215,10 @@ def test_detector_reads_maps_by_name(tmp_path, suffix):
     elif suffix == ".mrc":
         with mrcfile.new(str(target)) as m:
             m.set_data(hm)
+    elif suffix == ".png":
+        from PIL import Image
+
+        Image.fromarray(np.round(hm * 255).astype(np.uint8)).save(target)
     else:
         tifffile.imwrite(str(target), hm)
     np.save(maps / "mic_010_prob.npy", hm)  # a name that a loose pattern would also match

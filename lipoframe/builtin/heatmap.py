@@ -29,7 +29,7 @@ from lipoframe.records import InputError, Micrograph, PickContext
 from lipoframe.stages import Detector, check_finite
 
 #: Suffixes a heatmap file may have.
-MAP_SUFFIXES = (".mrc", ".mrcs", ".map", ".rec", ".tif", ".tiff", ".npy")
+MAP_SUFFIXES = (".mrc", ".mrcs", ".map", ".rec", ".tif", ".tiff", ".npy", ".png")
 
 #: sigma_px reported for a heatmap pick: the blob-detector sigma of a disc/ball of that diameter.
 _DIAMETER_PER_SIGMA = {2: 2.0 * math.sqrt(2.0), 3: 2.0 * math.sqrt(3.0)}
