@@ -362,3 +362,33 @@ def test_a_float_map_that_is_not_probabilities_is_refused_naming_the_fix():
     assert np.all((normalise_heatmap(logit, logits=True) > 0.5) == (disc_map() > 0))
     overshoot = soft * np.float32(1.05) - np.float32(0.02)
     assert np.array_equal(normalise_heatmap(overshoot), overshoot)
+
+
+@pytest.mark.parametrize("kind", ["grey_rgb.png", "grey_rgba.png", "red.png", "grey_rgb.tif"])
+def test_colour_png_and_tiff_maps_are_read_as_the_map_they_draw(tmp_path, kind):
+    """An RGB/RGBA map (a grey map saved in colour, a selection drawn in red) failed its micrograph
+    with 'heatmap values run from 0 to 255, not probabilities': the readers average the colours
+    into floats. As in the mask filter, the file's bit depth says how to scale them."""
+    from PIL import Image
+
+    mic = _mic(tmp_path / "a.npy")
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    grey = np.round(block_mean(disc_map(value=1.0), 2) * 230).astype(np.uint8)  # a graded 8-bit map, 0.9 inside
+    rgb = np.stack([grey] * 3, axis=-1)
+    target = maps / f"a_{kind}"
+    if kind == "grey_rgb.png":
+        Image.fromarray(rgb).save(target)
+    elif kind == "grey_rgba.png":
+        Image.fromarray(np.dstack([rgb, np.full(grey.shape, 255, np.uint8)])).save(target)
+    elif kind == "red.png":
+        red = np.zeros_like(rgb)
+        red[..., 0] = np.where(grey > 115, 255, 0)
+        Image.fromarray(red).save(target)
+    else:
+        tifffile.imwrite(target, rgb, photometric="rgb")
+    df = HeatmapDetector(HeatmapParams(folder=str(maps), pattern=f"_{kind}")).detect(mic, CTX)
+    assert len(df) == len(DISCS)
+    dist, ratio = match({c: df[c].to_numpy() for c in df.columns})
+    assert dist.max() < 1.5 and np.all(np.abs(ratio - 1) < 0.06)
+    assert df["score"].max() <= 1.0

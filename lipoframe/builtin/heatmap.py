@@ -216,13 +216,28 @@ def infer_downscale(mic_shape: tuple[int, ...], map_shape: tuple[int, ...], *, f
 
 
 def _read_map(path: Path, ndim: int, where: str) -> np.ndarray:
-    """The array of map ``path``; a file that cannot be read fails naming the micrograph too."""
+    """The array of map ``path``; a file that cannot be read fails naming the micrograph too.
+
+    A colour PNG, JPEG or TIFF (the readers average its colour samples into
+    floating point) is scaled to [0, 1] from the bit depth in its header:
+    a map holding 0 and one other value (a selection drawn in colour) is
+    divided by that value, other 8-bit maps by 255 (a grey map saved as
+    RGB), deeper ones by their largest value.
+    """
+    from lipoframe.builtin.readers import colour_bits
     from lipoframe.plugins import read_array  # the readers a run's inputs get
 
     try:
-        return read_array(path, dims=ndim)
+        data = read_array(path, dims=ndim)
     except InputError as exc:
         raise InputError(f"{where}: heatmap {exc}") from None
+    bits = colour_bits(path) if ndim == 2 and np.issubdtype(data.dtype, np.floating) else None
+    if bits:
+        top = float(np.max(data)) if data.size else 0.0
+        if top > 1 and bits == 8 and np.any((data != 0) & (data != top)):
+            top = 255.0
+        data = np.asarray(data, dtype=np.float32) / np.float32(top if top > 1 else 1.0)
+    return data
 
 
 class HeatmapDetector(Detector):

@@ -27,6 +27,7 @@ from scipy import ndimage as ndi
 from lipoframe import schema
 from lipoframe.hookspecs import hookimpl
 from lipoframe.records import InputError, Micrograph, PickContext
+from lipoframe.builtin.readers import colour_bits
 from lipoframe.stages import Filter, check_finite
 
 log = logging.getLogger("lipoframe")
@@ -138,32 +139,6 @@ class MaskParams:
             raise ValueError(f"filter.mask.folder must be an existing folder of masks, got {self.folder!r}")
 
 
-def _colour_bits(path: Path) -> int | None:
-    """Bits per sample of a colour PNG, JPEG or integer TIFF, else None.
-
-    The readers average the colour samples of such an image into floating
-    point, so the mask's integer scale is known only from the file.
-    """
-    suffix = Path(path).suffix.lower()
-    try:
-        if suffix in (".png", ".jpg", ".jpeg"):
-            from PIL import Image
-
-            with Image.open(path) as im:
-                colour = not (im.mode in ("1", "L", "LA", "F") or im.mode.startswith("I"))
-            return 8 if colour else None
-        if suffix in (".tif", ".tiff"):
-            import tifffile
-
-            with tifffile.TiffFile(path) as tif:
-                page = tif.pages[0]
-                if int(page.samplesperpixel) > 1 and np.issubdtype(page.dtype, np.integer):
-                    return int(page.bitspersample)
-    except Exception:  # noqa: BLE001 - the reader has read the file; an unusual header is not a colour image
-        return None
-    return None
-
-
 def read_mask(path: Path, *, ndim: int) -> np.ndarray:
     """The mask in ``path`` as float32 in [0, 1] (raises InputError).
 
@@ -177,7 +152,7 @@ def read_mask(path: Path, *, ndim: int) -> np.ndarray:
     from lipoframe.plugins import read_array
 
     data = read_array(path, dims=ndim)
-    bits = _colour_bits(path) if ndim == 2 and np.issubdtype(data.dtype, np.floating) else None
+    bits = colour_bits(path) if ndim == 2 and np.issubdtype(data.dtype, np.floating) else None
     if bits or np.issubdtype(data.dtype, np.integer) or data.dtype == bool:
         top = float(np.max(data)) if data.size else 0.0
         if top > 1 and (data.dtype == np.uint8 or bits == 8) and np.any((data != 0) & (data != top)):

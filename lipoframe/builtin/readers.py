@@ -404,6 +404,34 @@ class NpyReader(Reader):
         return Micrograph(meta=_meta(path, data.shape, pixel_size), image=data)
 
 
+def colour_bits(path: Path) -> int | None:
+    """Bits per sample of a colour PNG, JPEG or integer TIFF, else None.
+
+    The readers average the colour samples of such an image into floating
+    point, so the integer scale of a mask or map saved in colour is known
+    only from the file (used by the ``mask`` filter and the ``heatmap``
+    detector).
+    """
+    suffix = Path(path).suffix.lower()
+    try:
+        if suffix in (".png", ".jpg", ".jpeg"):
+            from PIL import Image
+
+            with Image.open(path) as im:
+                colour = not (im.mode in ("1", "L", "LA", "F") or im.mode.startswith("I"))
+            return 8 if colour else None
+        if suffix in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                page = tif.pages[0]
+                if int(page.samplesperpixel) > 1 and np.issubdtype(page.dtype, np.integer):
+                    return int(page.bitspersample)
+    except Exception:  # noqa: BLE001 - the reader has read the file; an unusual header is not a colour image
+        return None
+    return None
+
+
 @hookimpl
 def lipoframe_register_stages(registry):
     for cls in (AutoReader, MrcReader, TiffReader, ImageReader, NpyReader):
