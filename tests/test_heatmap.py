@@ -392,3 +392,19 @@ def test_colour_png_and_tiff_maps_are_read_as_the_map_they_draw(tmp_path, kind):
     dist, ratio = match({c: df[c].to_numpy() for c in df.columns})
     assert dist.max() < 1.5 and np.all(np.abs(ratio - 1) < 0.06)
     assert df["score"].max() <= 1.0
+
+
+def test_map_errors_name_the_map_with_its_folder_and_the_centre_map_as_itself(tmp_path):
+    """Errors named the map by its file name only ('a_prob.npy: ...'), and a bad centre map by the heatmap's name."""
+    mic = _mic(tmp_path / "a.npy")
+    for sub in ("net1", "net2"):
+        (tmp_path / sub).mkdir()
+    np.save(tmp_path / "net1" / "a_prob.npy", disc_map() * np.float32(255))
+    det = HeatmapDetector(HeatmapParams(folder=str(tmp_path / "net1"), pattern="_prob.npy"))
+    with pytest.raises(InputError, match=r"a\.npy: " + str(tmp_path / "net1" / "a_prob.npy") + ": heatmap values run from 0 to 229"):
+        det.detect(mic, CTX)
+    np.save(tmp_path / "net2" / "a_prob.npy", disc_map())
+    np.save(tmp_path / "net2" / "a_ctr.npy", disc_map() * np.float32(255))
+    det = HeatmapDetector(HeatmapParams(folder=str(tmp_path / "net2"), pattern="_prob.npy", centre_pattern="_ctr.npy"))
+    with pytest.raises(InputError, match=str(tmp_path / "net2" / "a_ctr.npy") + ": heatmap values run"):
+        det.detect(mic, CTX)

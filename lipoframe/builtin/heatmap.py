@@ -258,17 +258,21 @@ class HeatmapDetector(Detector):
         where = mic.meta.path or mic.name
         path = find_map(mic, p.folder, p.pattern)
         hm = _read_map(path, ndim, where)
+        # Errors name the map with its folder as given (detector.folder), as the user can find it.
         try:
             factor = infer_downscale(mic.shape, hm.shape, factor=p.downscale)
             prob = normalise_heatmap(hm, logits=p.logits)
-            cmap = None
-            if p.centre_pattern:
-                cpath = find_map(mic, p.folder, p.centre_pattern, key="detector.centre_pattern")
+        except ValueError as exc:
+            raise InputError(f"{where}: {path}: {exc}") from None
+        cmap = None
+        if p.centre_pattern:
+            cpath = find_map(mic, p.folder, p.centre_pattern, key="detector.centre_pattern")
+            try:
                 cmap = normalise_heatmap(_read_map(cpath, ndim, where), logits=p.logits)
                 if cmap.shape != prob.shape:
-                    raise ValueError(f"centre map {cpath.name} has shape {cmap.shape}, the heatmap {prob.shape}")
-        except ValueError as exc:
-            raise InputError(f"{where}: {path.name}: {exc}") from None
+                    raise ValueError(f"centre map of shape {cmap.shape}, the heatmap {path} {prob.shape}")
+            except ValueError as exc:
+                raise InputError(f"{where}: {cpath}: {exc}") from None
         min_distance = p.min_distance or ctx.dmin_px / 2.0
         min_diameter = p.min_diameter or ctx.dmin_px / 2.0
         picks = heatmap_picks(
