@@ -408,3 +408,19 @@ def test_map_errors_name_the_map_with_its_folder_and_the_centre_map_as_itself(tm
     det = HeatmapDetector(HeatmapParams(folder=str(tmp_path / "net2"), pattern="_prob.npy", centre_pattern="_ctr.npy"))
     with pytest.raises(InputError, match=str(tmp_path / "net2" / "a_ctr.npy") + ": heatmap values run"):
         det.detect(mic, CTX)
+
+
+def test_signed_integer_maps_are_refused_and_integer_logits_are_not_rescaled():
+    """An int8 map of -1/1 was used as it was (probabilities -1 and 1); a signed 8-bit map
+    (-128..127) was divided by its largest value, leaving negative 'probabilities'. With
+    detector.logits=true, integer logits were divided by their largest value before the sigmoid."""
+    inside = disc_map() > 0
+    labels = np.where(inside, 1, -1).astype(np.int8)
+    with pytest.raises(ValueError, match=r"negative integers \(-1 to 1\).*background to 0.*detector\.logits=true"):
+        normalise_heatmap(labels)
+    with pytest.raises(ValueError, match="negative integers"):
+        normalise_heatmap(np.where(inside, 100, -100).astype(np.int8))
+    logit = np.where(inside, 3, -3).astype(np.int8)
+    prob = normalise_heatmap(logit, logits=True)
+    assert np.allclose(prob[inside], 1 / (1 + np.exp(-3.0))) and np.all((prob > 0.5) == inside)
+    assert np.array_equal(normalise_heatmap(np.where(inside, 1, 0).astype(np.int8)), inside.astype(np.float32))

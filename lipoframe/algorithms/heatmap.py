@@ -41,15 +41,18 @@ def normalise_heatmap(heatmap: np.ndarray, *, logits: bool = False) -> np.ndarra
         both become 0/1). Float maps are used as they are and must hold
         probabilities: values below -0.1 or above 1.1 (a map scaled to
         0..255, logits) are refused, as no threshold in (0, 1] would read
-        them right.
+        them right. Integer maps with negative values (-1/1 labels, a
+        signed 8-bit map) are refused for the same reason.
     logits : bool, optional
-        The map holds logits: apply the logistic function.
+        The map holds logits: apply the logistic function to its values as
+        they are (integer maps are not scaled first).
 
     Raises
     ------
     ValueError
-        For a map that is not 2D or 3D, not real-valued, not finite, or
-        a float map outside [-0.1, 1.1] without ``logits``.
+        For a map that is not 2D or 3D, not real-valued, not finite, a
+        float map outside [-0.1, 1.1] or an integer map with negative
+        values without ``logits``.
 
     Returns
     -------
@@ -61,7 +64,12 @@ def normalise_heatmap(heatmap: np.ndarray, *, logits: bool = False) -> np.ndarra
     if hm.dtype != bool and (np.iscomplexobj(hm) or not np.issubdtype(hm.dtype, np.number)):
         raise ValueError(f"heatmap must be real-valued, got dtype {hm.dtype}")
     out = hm.astype(np.float32, copy=True)
-    if np.issubdtype(hm.dtype, np.integer) and float(out.max(initial=0.0)) > 1.0:
+    if not logits and np.issubdtype(hm.dtype, np.integer) and out.size and float(out.min()) < 0.0:
+        # -1/1 labels, a signed 8-bit map: no threshold in (0, 1] reads them as probabilities.
+        raise ValueError(f"heatmap holds negative integers ({out.min():.0f} to {out.max():.0f}), not probabilities "
+                         "or a 0/1 mask: map the background to 0 (e.g. -1 to 0), or set detector.logits=true "
+                         "for integer logits")
+    if not logits and np.issubdtype(hm.dtype, np.integer) and float(out.max(initial=0.0)) > 1.0:
         # A 0/1 mask stays 0/1 whatever its type; only a scaled map is divided.
         out /= np.float32(255.0 if hm.dtype == np.uint8 else out.max())
     if not logits and np.issubdtype(hm.dtype, np.floating) and out.size and np.all(np.isfinite(out)):
