@@ -112,7 +112,12 @@ def test_colour_png_and_tiff_masks_are_read_as_their_8_bit_values(tmp_path):
     red[..., 0] = white
     Image.fromarray(red).save(tmp_path / "mic_red.png")
     tifffile.imwrite(tmp_path / "mic_rgb.tif", rgb, photometric="rgb")
-    for suffix in ("_rgb.png", "_rgba.png", "_red.png", "_rgb.tif"):
+    # grey + alpha (an editor's selection on a transparent layer): the grey sample, not its mean with
+    # the alpha (0.5 and 1 before, which no threshold but 0.5 reads right)
+    tifffile.imwrite(tmp_path / "mic_ga.tif", np.dstack([white, np.full(white.shape, 255, np.uint8)]),
+                     photometric="minisblack", planarconfig="contig", extrasamples=["unassalpha"])
+    Image.fromarray(np.dstack([white, np.full(white.shape, 255, np.uint8)]), mode="LA").save(tmp_path / "mic_ga.png")
+    for suffix in ("_rgb.png", "_rgba.png", "_red.png", "_rgb.tif", "_ga.tif", "_ga.png"):
         np.testing.assert_array_equal(read_mask(tmp_path / f"mic{suffix}", ndim=2), binned, err_msg=suffix)
         out = MaskFilter(MaskParams(folder=str(tmp_path), suffix=suffix)).apply(_picks(), _mic(tmp_path / "mic.mrc"), CTX)
         assert out[schema.ACCEPTED].tolist() == [True, False, True], suffix

@@ -314,6 +314,7 @@ class TiffReader(Reader):
                 data = tif.asarray()
                 header_px = _tiff_pixel_size(tif)
                 samples = int(tif.pages[0].samplesperpixel)
+                grey = int(tif.pages[0].photometric) in (0, 1)  # MINISWHITE/MINISBLACK: further samples are extra (alpha)
         except InputError:
             raise
         except FileNotFoundError:
@@ -326,9 +327,10 @@ class TiffReader(Reader):
         if notes:
             log.warning("%s: tifffile: %s", path, "; ".join(dict.fromkeys(notes)))
         if samples > 1 and data.ndim == 3 and data.shape[-1] == samples and self.params.dims == 2:
-            # Colour (RGB, RGBA) or other multi-sample pixels: the mean of the first three samples.
+            # Colour (RGB, RGBA) or other multi-sample pixels: the mean of the first three samples;
+            # grey + alpha: the grey sample (as the PNG reader does; the mean made a 0/1 mask 0.5/1).
             # A stack of greyscale pages is not averaged (whatever its width): it is refused below.
-            data = data[..., :3].mean(axis=-1)
+            data = data[..., 0] if grey else data[..., :3].mean(axis=-1)
         data = _check_dims(path, np.asarray(data), self.params.dims)
         if not np.issubdtype(data.dtype, np.number) or np.iscomplexobj(data):
             raise InputError(f"{path}: unsupported TIFF pixel type {data.dtype}")
