@@ -783,10 +783,14 @@ def read_picks(path: str | Path, *, micrographs=None, flip_y: bool | None = None
     """
     path = Path(path)
     if is_run_folder(path):
+        from lipoframe.runner import listed_micrographs
+
         names, tables = [], []
+        listed = listed_micrographs(path)  # not the saved results an earlier run with other inputs left
+        listed = None if listed is None else {n for n, _ in listed}
         for js in sorted((path / "micrographs").glob("*.json")):
             csv = js.with_suffix(".csv")
-            if not csv.exists():
+            if not csv.exists() or (listed is not None and js.stem not in listed):
                 continue
             names.append(js.stem)
             tables.append(pd.read_csv(csv, dtype={schema.MICROGRAPH: str, schema.REASON: str}, keep_default_na=False, na_values=[""]))

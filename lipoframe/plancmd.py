@@ -258,26 +258,24 @@ def run_micrographs(run_dir: Path) -> tuple[list[str], list]:
     """Names of the run's micrographs in run order, and a MicResult for each.
 
     Order and failures come from ``inputs.json`` and ``run_summary.json``
-    when present; otherwise the saved results are taken in input-path order.
+    when present (saved results of micrographs ``inputs.json`` does not list,
+    left by an earlier run with other inputs, are not the run's:
+    :func:`~lipoframe.runner.listed_micrographs`); otherwise the saved
+    results are taken in input-path order.
 
     Raises
     ------
     PlanError
         If the run saved no per-micrograph results.
     """
-    from lipoframe.runner import MANIFEST, WORK_DIR, MicResult, saved_counts
+    from lipoframe.runner import WORK_DIR, MicResult, listed_micrographs, saved_counts
 
     work = run_dir / WORK_DIR
     saved = sorted(p.stem for p in work.glob("*.json")) if work.is_dir() else []
     if not saved:
         raise PlanError(f"{run_dir}: no saved picks in {WORK_DIR}/ (is this a lipoframe run folder, and did the run finish a micrograph?)")
-    order: list[tuple[str, str]] = []
-    try:
-        manifest = json.loads((run_dir / MANIFEST).read_text())
-        i, count = int(manifest["shard"]["index"]), int(manifest["shard"]["count"])
-        order = [(m["name"], m["path"]) for m in manifest["micrographs"][i::count]]
-    except (OSError, ValueError, KeyError, TypeError):
-        order = []
+    listed = listed_micrographs(run_dir)
+    order: list[tuple[str, str]] = listed or []
     failures: dict[str, str] = {}
     try:
         for f in json.loads((run_dir / "run_summary.json").read_text()).get("failures", []):
@@ -287,10 +285,8 @@ def run_micrographs(run_dir: Path) -> tuple[list[str], list]:
     results: list = []
     # (meta, rows, accepted rows) of each complete saved result, all read in one go
     loaded: dict[str, Any] = saved_counts(run_dir, dict.fromkeys(saved))
-    if not order:
+    if listed is None:  # no inputs.json: every saved result, in input-path order
         order = sorted(((n, d[0].path) for n, d in loaded.items()), key=lambda t: (t[1], t[0]))
-    named = {n for n, _ in order}
-    order += sorted(((n, d[0].path) for n, d in loaded.items() if n not in named), key=lambda t: (t[1], t[0]))
     for name, path in order:
         if name in loaded:
             _, n_picks, n_acc = loaded[name]

@@ -115,9 +115,15 @@ def _read_json(path: Path) -> Any:
 
 
 def _work_names(out_dir: Path) -> list[str]:
-    from lipoframe.runner import WORK_DIR
+    """The saved results of the run's micrographs (those its ``inputs.json`` lists, when it has one)."""
+    from lipoframe.runner import WORK_DIR, listed_micrographs
 
-    return sorted(p.stem for p in (out_dir / WORK_DIR).glob("*.json") if not p.name.startswith("."))
+    saved = sorted(p.stem for p in (out_dir / WORK_DIR).glob("*.json") if not p.name.startswith("."))
+    listed = listed_micrographs(out_dir)
+    if listed is None:
+        return saved
+    names = {n for n, _ in listed}
+    return [n for n in saved if n in names]
 
 
 def _config_from_folder(out_dir: Path) -> tuple[dict, str, dict]:

@@ -1485,6 +1485,24 @@ def same_file_notes(same_file: list[tuple[Path, Path]], paths: list[Path], names
             for dropped, kept in same_file if kept in name_of]
 
 
+def listed_micrographs(run_dir: str | os.PathLike) -> list[tuple[str, str]] | None:
+    """``(name, path)`` of the micrographs a run folder's ``inputs.json`` lists for its shard, in run order.
+
+    The saved results in ``micrographs/`` may hold more: an earlier run into
+    the same folder with other inputs leaves its results there for resume,
+    but the run's dataset (``picks.csv``, the plan, the exports) is made of
+    the listed micrographs only, and so are ``lipoframe plan``, ``report``
+    and ``evaluate`` on the folder. None when the folder has no readable
+    ``inputs.json`` (a run of an older version, or a bare results folder).
+    """
+    try:
+        manifest = json.loads((Path(run_dir) / MANIFEST).read_text())
+        i, count = int(manifest["shard"]["index"]), int(manifest["shard"]["count"])
+        return [(str(m["name"]), str(m["path"])) for m in manifest["micrographs"][i::count]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def write_manifest(out_dir: Path, specs: list[str], paths: list[Path], names: list[str], cfg: LipoframeConfig, fingerprint: str) -> None:
     """``inputs.json``: every input in order with its output name, the shard and the fingerprint (used by merge)."""
     info = {

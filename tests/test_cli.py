@@ -288,6 +288,30 @@ def test_a_mistyped_glob_leaves_an_earlier_run_as_it_was(tiny_mrcs, tmp_path, ru
     assert {p: (out_dir / p).read_bytes() for p in before} == before
 
 
+def test_plan_report_and_evaluate_read_the_runs_micrographs_not_an_earlier_runs(tiny_mrcs, tmp_path, run_cli):
+    """A rerun into the same folder with fewer inputs: picks.csv held its micrographs, but `plan`,
+    `report` and `evaluate` also read the saved result of the one left out (kept for resume)."""
+    import pandas as pd
+
+    out_dir = tmp_path / "out"
+    code, _, err = run_cli("run", f"input={tiny_mrcs[0].parent}", f"output={out_dir}", *TINY_ARGS)
+    assert code == 0, err
+    code, _, err = run_cli("run", f"input={tiny_mrcs[1]}", f"output={out_dir}", *TINY_ARGS)
+    assert code == 0, err
+    assert (out_dir / "micrographs" / "mic_0.json").is_file()  # still there, for resume
+    picks = pd.read_csv(out_dir / "picks.csv")
+    assert set(picks["micrograph"]) == {"mic_1"}
+    code, out, err = run_cli("plan", str(out_dir), "--report")
+    assert code == 0, err
+    assert f"{len(picks)} picks in" in out
+    assert set(pd.read_csv(out_dir / "picks.csv")["micrograph"]) == {"mic_1"}
+    assert "mic_0" not in (out_dir / "report.html").read_text()
+    from lipoframe.evaluate import read_picks
+
+    evaluated, names = read_picks(out_dir)
+    assert names == ["mic_1"] and set(evaluated["micrograph"]) == {"mic_1"}
+
+
 def test_a_mistyped_glob_leaves_the_earlier_runs_settings_record_too(tiny_mrcs, tmp_path, run_cli):
     """The refused run still let Hydra write its settings into .hydra/ over the earlier run's,
     so `lipoframe plan`, `report` and `merge` then read the mistyped run's settings (here dmin=40)."""
