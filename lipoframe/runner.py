@@ -20,7 +20,7 @@ import time
 import traceback
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -1076,13 +1076,17 @@ def run_job(job: MicJob, cfg: LipoframeConfig | None = None, stages: StageSet | 
                 picks = done[1]
                 return MicResult(job.name, str(job.path), "skipped", len(picks), int(picks[schema.ACCEPTED].sum()) if len(picks) else 0)
         mic = stages.read(job.path, pixel_size=cfg.pixel_size)
-        # The absolute path: `lipoframe plan/report/merge` may run from another folder.
-        meta = MicrographMeta(name=job.name, path=os.path.abspath(job.path), shape=mic.meta.shape, pixel_size=mic.meta.pixel_size, flip_y=mic.meta.flip_y)
+        # While picking, the file is named as the input spec gave it (relative
+        # for a relative folder or glob), as the reader and the runner name it
+        # in their messages; the saved result has the absolute path:
+        # `lipoframe plan/report/merge` may run from another folder.
+        meta = MicrographMeta(name=job.name, path=str(job.path), shape=mic.meta.shape, pixel_size=mic.meta.pixel_size, flip_y=mic.meta.flip_y)
         mic = Micrograph(meta=meta, image=mic.image, polarity=cfg.polarity)
         ctx = pick_context(meta, cfg)
         picks = process_micrograph(mic, stages, ctx)
         del mic  # release the memory map / image before saving
         seconds = time.perf_counter() - t0
+        meta = replace(meta, path=os.path.abspath(job.path))
         save_work(job.out_dir, meta, picks, job.fingerprint, seconds, source=source, version=stages.code_version or None)
         return MicResult(job.name, str(job.path), "ok", len(picks), int(picks[schema.ACCEPTED].sum()), seconds, peak_rss_mb=peak_rss_mb())
     except InputError as exc:

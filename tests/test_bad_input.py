@@ -93,6 +93,24 @@ def test_good_micrographs_complete_and_summary_lists_failures(bad_run):
     assert "FAILED" in proc.stdout and "bad/stack.mrc" in proc.stdout
 
 
+def test_failures_name_each_file_as_the_input_spec_gave_it(bad_run):
+    """Relative folders were given: the reader's, the runner's and the picking's messages all name
+    the files relative, on the terminal, in the FAILED list, run_summary.json and lipoframe.log (the
+    checks on the image, such as 'constant', named the absolute path the worker saves)."""
+    root, out, proc = bad_run
+    summary = json.loads((out / "run_summary.json").read_text())
+    log_lines = [ln for ln in (out / "lipoframe.log").read_text().splitlines() if "[ERROR]" in ln]
+    failed = [ln.removeprefix("FAILED ") for ln in proc.stdout.splitlines() if ln.startswith("FAILED ")]
+    for name in EXPECTED:
+        spec = f"bad/{name}"
+        (entry,) = [f for f in summary["failures"] if f["micrograph"] == spec]
+        assert entry["error"].startswith(f"{spec}: "), entry
+        assert [ln for ln in failed if spec in ln] == [entry["error"]]
+        assert [ln for ln in log_lines if spec in ln][0].endswith(f"] {entry['error']}")
+        assert f"lipoframe: {entry['error']}" in proc.stderr
+    assert str(root) not in "".join(failed) + proc.stderr + json.dumps(summary["failures"]) + "".join(log_lines)
+
+
 def test_empty_glob_is_an_error_naming_the_pattern(bad_run):
     root, out, proc = bad_run
     assert "nomatch/*.mrc: no files match" in proc.stderr
