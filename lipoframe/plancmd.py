@@ -373,6 +373,13 @@ def _mtime_ns(path: Path) -> int | None:
         return None
 
 
+def _report_is_stale(report: Path, plan) -> bool:
+    """Whether ``report`` shows another plan than ``plan`` (or cannot tell: a report from before it recorded its plan)."""
+    from lipoframe.report import plan_digest, shown_plan_digest
+
+    return shown_plan_digest(report) != plan_digest(plan)
+
+
 def main(argv: list[str]) -> int:
     """``lipoframe plan RUN_DIR [overrides]``."""
     from lipoframe.config import ConfigError
@@ -438,6 +445,6 @@ def main(argv: list[str]) -> int:
           + (f" and {len(result.files) - 4} writer file(s)" if len(result.files) > 4 else ""))
     if args.report and _mtime_ns(report_path) not in (None, before):  # a failure is logged by write_report_safely
         print(f"report       {report_path.resolve()}")  # as `lipoframe report` prints it
-    if not args.report and (run_dir / "report.html").is_file():
+    if not args.report and report_path.is_file() and _report_is_stale(report_path, plan):
         print(f"report.html still shows the previous plan: `lipoframe plan {args.run_dir} ... --report` or `lipoframe report {args.run_dir}` refreshes it")
     return 0 if not result.errors else 1

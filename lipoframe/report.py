@@ -104,6 +104,37 @@ class RunData:
     failures: list[dict] = field(default_factory=list)  # {name, path, error}
 
 
+#: ``<meta name=...>`` of report.html holding :func:`plan_digest` of the plan it shows.
+PLAN_META = "lipoframe-plan"
+
+
+def plan_digest(plan: ExtractionPlan | None) -> str:
+    """A digest of what report.html shows of an extraction plan: its bins, boxes, range, notes and diagnostics.
+
+    The same for the plan a run or ``lipoframe plan`` has just made and for
+    that plan read back from ``extraction_plan.json``; ``"none"`` without a plan.
+    """
+    from lipoframe.plan import _json_default
+
+    if plan is None:
+        return "none"
+    text = json.dumps(plan.to_dict(), sort_keys=True, default=_json_default)
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def shown_plan_digest(report: Path) -> str | None:
+    """The :func:`plan_digest` a report.html was drawn with, or None (unreadable, or from before it was recorded)."""
+    import re
+
+    try:
+        with open(report, "rb") as f:
+            head = f.read(4096).decode("utf-8", errors="replace")
+    except OSError:
+        return None
+    m = re.search(rf'<meta name="{PLAN_META}" content="([0-9a-z]+)">', head)
+    return m.group(1) if m else None
+
+
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
@@ -788,6 +819,7 @@ def build_html(data: RunData, rows: list[MicrographRow], plots_png: list[tuple[s
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="{PLAN_META}" content="{plan_digest(data.plan)}">
 <title>lipoframe report · {e(data.out_dir.name)}</title>
 <style>{CSS}</style></head>
 <body>

@@ -432,6 +432,34 @@ def test_plan_after_a_real_run_replaces_the_per_bin_files(tiny_mrcs, tmp_path, r
     assert len(replanned["bins"]) == 1 and replanned["replanned_seconds"] > 0
 
 
+def test_plan_says_the_report_is_out_of_date_only_when_it_shows_another_plan(tiny_mrcs, tmp_path, run_cli):
+    # It said 'report.html still shows the previous plan' after every plan, also one the same as the report's.
+    out = tmp_path / "out"
+    stale = "report.html still shows the previous plan"
+    args = [a for a in TINY_ARGS if a != "runner.report=false"]
+    code, _, err = run_cli("run", f"input={tiny_mrcs[0].parent}", f"output={out}", *args, "binning=quantile", "binning.n_bins=2")
+    assert code == 0, err
+    code, stdout, err = run_cli("plan", out)  # the run's own settings: the plan the report shows
+    assert code == 0 and stale not in stdout, (err, stdout)
+    code, stdout, err = run_cli("plan", out, "writer=[csv]")  # other files, the same plan
+    assert code == 0 and stale not in stdout, (err, stdout)
+    for _ in range(2):  # another plan: said until the report is drawn again
+        code, stdout, err = run_cli("plan", out, "binning=single")
+        assert code == 0 and stale in stdout, (err, stdout)
+    before = (out / "report.html").stat().st_mtime_ns
+    code, stdout, err = run_cli("plan", out, "binning=single", "--report")  # redraws it
+    assert code == 0 and stale not in stdout and "report " in stdout, (err, stdout)
+    assert (out / "report.html").stat().st_mtime_ns != before and "policy <b>single</b>" in (out / "report.html").read_text()
+    code, stdout, err = run_cli("plan", out, "binning=single")
+    assert code == 0 and stale not in stdout, (err, stdout)
+    code, stdout, err = run_cli("report", out, "--no-overlays")  # drawn from extraction_plan.json: the same plan
+    assert code == 0, err
+    code, stdout, err = run_cli("plan", out, "binning=single")
+    assert code == 0 and stale not in stdout, (err, stdout)
+    code, stdout, err = run_cli("plan", out, "binning=quantile", "binning.n_bins=2")
+    assert code == 0 and stale in stdout, (err, stdout)
+
+
 def test_a_run_without_writers_points_to_a_plan_that_writes_them(tiny_mrcs, tmp_path, run_cli):
     # With writer=[] the plan sent the user to the rows of a picks.csv that was not written.
     out = tmp_path / "out"
