@@ -137,11 +137,14 @@ def display_image(
     max_size : int
         Longest side of the result, in pixels (the factor is an integer).
     min_size : int
-        Images whose longest side is shorter are enlarged by an integer
-        factor ``z`` (pixel repetition, after contrast), so legends stay
-        readable; then ``f = 1 / z``.
+        Images not binned whose longest side fits at least twice in it
+        (``<= min_size / 2``) are enlarged by the largest integer factor
+        ``z`` that keeps them within ``min_size`` (pixel repetition, after
+        low-pass and contrast), so legends stay readable; then ``f = 1 / z``.
     low_pass_sigma : float
-        Gaussian sigma, in output pixels, of a light low-pass (0 disables it).
+        Gaussian sigma of a light low-pass (0 disables it), in pixels of
+        the binned image: applied before enlarging, it is ``z`` output
+        pixels wide on an enlarged image.
     clip_percentiles : (float, float)
         Grey levels below/above these percentiles are clipped to black/white.
 
