@@ -1245,19 +1245,19 @@ def swept_overrides(words: list[list[str]], keys: list[str] = ()) -> list[list[s
     """Each job's words that the sweep varied.
 
     Those of the swept ``keys`` (:func:`sweep_keys`) if given; else the
-    words not every job shares. ``input=`` and ``output=`` are left out;
-    when nothing is left (a sweep of one job), each job keeps its other words.
+    words not every job shares (``input=`` too, in a sweep over inputs).
+    When nothing is left (a sweep of one job), each job keeps its other
+    words but ``input=`` and ``output=``.
     """
     def key(w: str) -> str:
         return w.split("=", 1)[0].lstrip("+~")
 
-    kept = [[w for w in ws if key(w) not in ("input", "output")] for ws in words]
     if keys:
-        varied = [[w for w in ws if key(w) in keys] for ws in kept]
+        varied = [[w for w in ws if key(w) in keys] for ws in words]
     else:
-        shared = set.intersection(*(set(ws) for ws in kept)) if kept else set()
-        varied = [[w for w in ws if w not in shared] for ws in kept]
-    return varied if any(varied) else kept
+        shared = set.intersection(*(set(ws) for ws in words)) if words else set()
+        varied = [[w for w in ws if w not in shared] for ws in words]
+    return varied if any(varied) else [[w for w in ws if key(w) not in ("input", "output")] for ws in words]
 
 
 @dataclass
@@ -1396,7 +1396,8 @@ def format_sweep(jobs: list[SweepJob]) -> str:
     w_ov = min(60, max([9] + [len(r["overrides"]) for r in rows]))
     lines = [f"{'job':<{w_job}}  {'overrides':<{w_ov}}  {'picks':>6} {'P':>6} {'R':>6} {'F1':>6} {'AUPRC':>6} {'dup':>5} {'|d err|':>7}  status"]
     for r in rows:
-        ov = r["overrides"] if len(r["overrides"]) <= w_ov else r["overrides"][: w_ov - 3] + "..."
+        # cut in the middle: the ends tell jobs apart (input=/long/path/a and input=/long/path/b)
+        ov = r["overrides"] if len(r["overrides"]) <= w_ov else r["overrides"][: (w_ov - 3) // 2] + "..." + r["overrides"][-(w_ov - 3 - (w_ov - 3) // 2):]
         picks = "-" if r["n_picks"] is None else str(r["n_picks"])
         dup = "-" if r["duplicates"] is None else str(r["duplicates"])
         status = r["status"] + (f": {r['note']}" if r["note"] else "")

@@ -1097,3 +1097,18 @@ def test_evaluate_on_a_sweep_folder_compares_every_job(tiny_mrcs, tmp_path, run_
     assert not any((sweep / j / "evaluation.json").exists() for j in ("0", "1", "2"))
     assert all(p.stat().st_mtime_ns == t for p, t in before.items())
     assert not list(sweep.glob("**/.*.tmp*"))
+
+
+def test_a_sweep_over_inputs_shows_the_input_of_each_job():
+    """input= was always left out of the overrides column, so a sweep over inputs showed every job's shared words."""
+    from lipoframe.evaluate import SweepJob, format_sweep, swept_overrides
+
+    words = [["input=/data/long/folder/name/of/the/first/set", "dmin=30", "output=sw"],
+             ["input=/data/long/folder/name/of/the/second/set", "dmin=30", "output=sw"]]
+    assert swept_overrides(words, ["input"]) == [[words[0][0]], [words[1][0]]]
+    assert swept_overrides(words) == [[words[0][0]], [words[1][0]]]  # no multirun.yaml to read: the words that differ
+    assert swept_overrides([["input=a", "dmin=30", "output=sw"]]) == [["dmin=30"]]  # one job: its words but input/output
+    long = [["input=/" + "x" * 80 + "/first"], ["input=/" + "x" * 80 + "/second"]]
+    rows = format_sweep([SweepJob(str(i), Path("."), w, w, "failed", "", None) for i, w in enumerate(long)]).splitlines()
+    shown = [r.split()[1] for r in rows[1:3]]
+    assert shown[0].endswith("/first") and shown[1].endswith("/second") and "..." in shown[0], rows  # cut in the middle
