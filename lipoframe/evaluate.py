@@ -1812,8 +1812,13 @@ def _main_sweep(args: EvaluateArgs) -> int:
         print(f"lipoframe evaluate: {exc}", file=sys.stderr)
         return 2
     scored = [j for j in jobs if j.result is not None]
-    if scored:  # the jobs pick the same micrographs: one job's names say whether they meet the reference's
-        _warn_about_names(scored[0].result.picks, reference)
+    # Each job's names (a sweep over input= picks other micrographs); a warning all jobs share is printed once.
+    warnings: dict[str, list[SweepJob]] = {}
+    for j in scored:
+        for w in name_warnings(j.result.picks, reference):
+            warnings.setdefault(w, []).append(j)
+    for w, which in warnings.items():
+        print(f"lipoframe evaluate: warning: {w if len(which) == len(scored) else _job_label(which) + ': ' + w}", file=sys.stderr)
     print(f"sweep {args.picks}: {len(jobs)} jobs against {args.reference}")
     print(format_sweep(jobs))
     code = 1 if any(j.status == "failed" for j in jobs) else 0
@@ -1838,25 +1843,41 @@ def _main_sweep(args: EvaluateArgs) -> int:
     return code
 
 
+def _job_label(jobs: list[SweepJob]) -> str:
+    """``job 1 (detector.threshold=6)``, or ``jobs 1, 3`` for several: how a sweep's lines name their jobs."""
+    if len(jobs) == 1:
+        j = jobs[0]
+        return f"job {j.job}" + (f" ({' '.join(j.overrides)})" if j.overrides else "")
+    return "jobs " + ", ".join(j.job for j in jobs)
+
+
 def _warn_about_names(picks: pd.DataFrame, reference: pd.DataFrame) -> None:
     """Warnings (stderr) when the micrograph names of picks and reference do not pair up as they should."""
+    for w in name_warnings(picks, reference):
+        print(f"lipoframe evaluate: warning: {w}", file=sys.stderr)
+
+
+def name_warnings(picks: pd.DataFrame, reference: pd.DataFrame) -> list[str]:
+    """Why the micrograph names of picks and reference do not pair up as they should (one line each; [] when they do)."""
+    out = []
     pick_keys = set(picks[schema.MICROGRAPH].map(micrograph_key)) if schema.MICROGRAPH in picks.columns else set()
     ref_keys = set(reference[schema.MICROGRAPH].map(micrograph_key)) if schema.MICROGRAPH in reference.columns else set()
     if pick_keys and ref_keys and not pick_keys & ref_keys:
-        print(f"lipoframe evaluate: warning: no micrograph name in common (picks: {', '.join(sorted(pick_keys)[:3])}, ...; "
-              f"reference: {', '.join(sorted(ref_keys)[:3])}, ...)", file=sys.stderr)
+        out.append(f"no micrograph name in common (picks: {', '.join(sorted(pick_keys)[:3])}, ...; "
+                   f"reference: {', '.join(sorted(ref_keys)[:3])}, ...)")
     for side, table in (("picks", picks), ("reference", reference)):
         clashes = same_name_in_folders(table[schema.MICROGRAPH]) if schema.MICROGRAPH in table.columns else []
         if clashes:  # matched as one micrograph: picks of one paired with the particles of the other
             key, folders = clashes[0]
             more = f" (and {len(clashes) - 1} more name(s))" if len(clashes) > 1 else ""
-            print(f"lipoframe evaluate: warning: {side}: micrograph {key} is in {len(folders)} folders "
-                  f"({', '.join(folders[:3])}){more}; names are matched after dropping folders, so these are scored as "
-                  "one micrograph: evaluate each folder on its own", file=sys.stderr)
+            out.append(f"{side}: micrograph {key} is in {len(folders)} folders "
+                       f"({', '.join(folders[:3])}){more}; names are matched after dropping folders, so these are scored as "
+                       "one micrograph: evaluate each folder on its own")
     similar = similar_micrograph_names(pick_keys, ref_keys)
     if similar:  # a partial mismatch (mic_001_dn against mic_001) scored without a word: extra false positives and misses
         more = f" and {len(similar) - 3} more" if len(similar) > 3 else ""
-        print(f"lipoframe evaluate: warning: {len(similar)} pick micrograph(s) have no reference micrograph of the same name "
-              f"but one of a similar name: {', '.join(f'{p} (reference: {r})' for p, r in similar[:3])}{more}; their picks "
-              "count as false positives and those references' particles as misses; rename one side (names are matched "
-              "after dropping folders and an image suffix)", file=sys.stderr)
+        out.append(f"{len(similar)} pick micrograph(s) have no reference micrograph of the same name "
+                   f"but one of a similar name: {', '.join(f'{p} (reference: {r})' for p, r in similar[:3])}{more}; their picks "
+                   "count as false positives and those references' particles as misses; rename one side (names are matched "
+                   "after dropping folders and an image suffix)")
+    return out

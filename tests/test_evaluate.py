@@ -1112,3 +1112,48 @@ def test_a_sweep_over_inputs_shows_the_input_of_each_job():
     rows = format_sweep([SweepJob(str(i), Path("."), w, w, "failed", "", None) for i, w in enumerate(long)]).splitlines()
     shown = [r.split()[1] for r in rows[1:3]]
     assert shown[0].endswith("/first") and shown[1].endswith("/second") and "..." in shown[0], rows  # cut in the middle
+
+
+def _truth_csv(tmp_path) -> Path:
+    truth = pd.concat([tiny_truth(i).assign(micrograph=f"mic_{i}") for i in range(2)])
+    truth.to_csv(tmp_path / "truth.csv", index=False)
+    return tmp_path / "truth.csv"
+
+
+def test_a_sweep_scores_partial_jobs_and_warns_about_names_for_every_job(tiny_mrcs, tmp_path, run_cli):
+    """Jobs with failed micrographs or interrupted are 'partial'; a name warning of any job is printed, naming it."""
+    import shutil
+
+    from conftest import write_mrc
+
+    mics = tiny_mrcs[0].parent
+    write_mrc(mics / "flat.mrc", np.ones((256, 256), np.float32))  # fails in every job: image is constant
+    renamed = tmp_path / "renamed"
+    renamed.mkdir()
+    for p in tiny_mrcs:
+        shutil.copyfile(p, renamed / f"{p.stem}_dn.mrc")
+    sweep = tmp_path / "sweep"
+    code, _, err = run_cli("run", "-m", f"input={mics},{renamed}", f"output={sweep}", *TINY_ARGS)
+    assert code == 1, err  # job 0 has a failed micrograph
+    summary = json.loads((sweep / "1" / "run_summary.json").read_text())
+    summary["interrupted"], summary["micrographs"]["not_done"] = True, 1
+    (sweep / "1" / "run_summary.json").write_text(json.dumps(summary))
+
+    code, out, err = run_cli("evaluate", f"picks={sweep}", f"reference={_truth_csv(tmp_path)}")
+    assert code == 0, err
+    lines = out.splitlines()
+    # the overrides column tells the jobs apart: the swept input= (it showed the words every job shares), cut in the middle
+    assert lines[2].split()[1].startswith("input=/") and lines[2].split()[1].endswith("/mics"), out
+    assert lines[3].split()[1].startswith("input=/") and lines[3].split()[1].endswith("/renamed"), out
+    assert lines[2].endswith(f"partial: 1 of 3 micrographs failed (see {sweep / '0' / 'lipoframe.log'})"), out
+    assert lines[3].endswith("partial: interrupted: 1 micrographs not picked"), out
+    # only job 1 picked micrographs named mic_0_dn, mic_1_dn: its warning was dropped (only job 0's names were checked)
+    warned = [ln for ln in err.splitlines() if "similar name" in ln]
+    assert len(warned) == 1 and warned[0].startswith(f"lipoframe evaluate: warning: job 1 (input={renamed}): 2 pick micrograph(s)"), err
+    # a job's numbers are those of evaluating its folder alone
+    for job in ("0", "1"):
+        code, single, _ = run_cli("evaluate", f"picks={sweep / job}", f"reference={tmp_path / 'truth.csv'}")
+        assert code == 0
+        f1 = next(ln for ln in single.splitlines() if ln.startswith("precision")).split()[5]
+        assert lines[2 + int(job)].split()[6] == f1, (out, single)
+
