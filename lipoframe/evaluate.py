@@ -1569,7 +1569,7 @@ def _slab_view(volume: np.ndarray, reference: pd.DataFrame, picks: pd.DataFrame)
     return plane, ref, pk, note
 
 
-def write_overlays(res: EvaluationResult, micrographs, out_dir: str | Path, *, n: int) -> tuple[list[Path], list[str]]:
+def write_overlays(res: EvaluationResult, micrographs, out_dir: str | Path, *, n: int, label: str = "") -> tuple[list[Path], list[str]]:
     """Overlays of the ``n`` micrographs with the lowest F1 (recall, then name).
 
     Parameters
@@ -1582,6 +1582,8 @@ def write_overlays(res: EvaluationResult, micrographs, out_dir: str | Path, *, n
         The PNGs go to ``out_dir/overlays/<micrograph>.png``.
     n : int
         Number of micrographs.
+    label : str
+        Put before each printed line (a sweep's ``job 1 (...)``).
 
     Returns
     -------
@@ -1604,7 +1606,7 @@ def write_overlays(res: EvaluationResult, micrographs, out_dir: str | Path, *, n
             image = _read_image(path, dims=dims)
         except (OSError, ValueError, EvaluationInputError) as exc:
             failed.append(f"no overlay for {row.micrograph}: {exc}")
-            print(f"lipoframe evaluate: {failed[-1]}", file=sys.stderr)
+            print(f"lipoframe evaluate: {label + ': ' if label else ''}{failed[-1]}", file=sys.stderr)
             continue
         ref = res.reference[res.reference[schema.MICROGRAPH].map(micrograph_key) == row.micrograph]
         picks = res.picks[res.picks[schema.MICROGRAPH].map(micrograph_key) == row.micrograph]
@@ -1831,7 +1833,8 @@ def _main_sweep(args: EvaluateArgs) -> int:
 
                 for j in scored:
                     cat = MicrographCatalog([s for s in (args.micrographs, j.path) if s is not None])
-                    drawn, failed = write_overlays(j.result, cat, safe_child(args.output, f"job_{_UNSAFE.sub('_', j.job)}"), n=args.overlays)
+                    drawn, failed = write_overlays(j.result, cat, safe_child(args.output, f"job_{_UNSAFE.sub('_', j.job)}"),
+                                                   n=args.overlays, label=_job_label([j]))
                     for p in drawn:
                         print(f"wrote {p}")
                     code = max(code, 1 if failed else 0)

@@ -1157,3 +1157,23 @@ def test_a_sweep_scores_partial_jobs_and_warns_about_names_for_every_job(tiny_mr
         f1 = next(ln for ln in single.splitlines() if ln.startswith("precision")).split()[5]
         assert lines[2 + int(job)].split()[6] == f1, (out, single)
 
+
+def test_a_sweep_draws_overlays_for_each_job(tiny_mrcs, tmp_path, run_cli):
+    sweep = tmp_path / "sweep"
+    code, _, err = run_cli("run", "-m", "detector=log", "detector.threshold=3,4", f"input={tiny_mrcs[0].parent}",
+                           f"output={sweep}", *TINY_ARGS)
+    assert code == 0, err
+    truth = _truth_csv(tmp_path)
+    code, out, err = run_cli("evaluate", f"picks={sweep}", f"reference={truth}", f"output={tmp_path / 'eval'}", "overlays=1")
+    assert code == 0, err
+    for job in ("0", "1"):
+        drawn = list((tmp_path / "eval" / f"job_{job}" / "overlays").glob("*.png"))
+        assert len(drawn) == 1 and f"wrote {drawn[0]}" in out
+    # an image that cannot be found: each job's line says which job it is
+    tiny_mrcs[0].rename(tiny_mrcs[0].with_suffix(".moved"))
+    tiny_mrcs[1].rename(tiny_mrcs[1].with_suffix(".moved"))
+    code, out, err = run_cli("evaluate", f"picks={sweep}", f"reference={truth}", f"output={tmp_path / 'eval2'}", "overlays=1")
+    assert code == 1, err  # the evaluation is written; an overlay is missing
+    missing = [ln for ln in err.splitlines() if "no overlay" in ln]
+    assert [ln.split(":")[1].strip() for ln in missing] == ["job 0 (detector.threshold=3)", "job 1 (detector.threshold=4)"], err
+    assert (tmp_path / "eval2" / "sweep_evaluation.csv").is_file()
