@@ -318,22 +318,35 @@ def preset_sweep_params(overrides: list[str], *, config_dirs: Sequence[str] = ()
     list of str
         e.g. ``["nms.beta=0.6,0.8"]``.
     """
-    from hydra import compose, initialize_config_dir
+    hydra_cfg = hydra_settings(overrides, config_dirs=config_dirs)
+    if hydra_cfg is None or hydra_cfg.sweeper.get("_target_") != _BASIC_SWEEPER:
+        return []
+    return [f"{k}={v}" for k, v in (hydra_cfg.sweeper.get("params") or {}).items()]
 
-    plain = [o for o in overrides if not o.lstrip("+~").startswith("hydra")
-             or o.startswith("hydra/sweeper=") or o.lstrip("+~").startswith("hydra.sweeper.params")]
+
+def hydra_settings(overrides: list[str], *, config_dirs: Sequence[str] = ()):
+    """Hydra's own settings (``hydra.mode``, ``hydra.sweeper``) as the command line and its presets make them.
+
+    Composed as Hydra does to choose between a run and a multirun: the
+    sweep words (``key=a,b``) are allowed and not expanded. None when the
+    config cannot be composed (:func:`validate_overrides` then says why).
+    """
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    plain = [o for o in overrides if not o.lstrip("+~").startswith("hydra") or o.startswith("hydra/sweeper=")
+             or o.lstrip("+~").startswith(("hydra.sweeper.params", "hydra.mode"))]
     dirs = [d for d in config_dirs if Path(d).is_dir()]
     if dirs:
         plain.append("hydra.searchpath=[" + ",".join(f"'file://{Path(d).resolve()}'" for d in dirs) + "]")
     prepare_hydra()
     try:
         with initialize_config_dir(version_base="1.3", config_dir=str(config_dir()), job_name="lipoframe"):
-            sweeper = compose("config", overrides=plain, return_hydra_config=True).hydra.sweeper
-        if sweeper.get("_target_") != _BASIC_SWEEPER:
-            return []
-        return [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
-    except Exception:  # noqa: BLE001 - composing again below reports the error in one line
-        return []
+            return GlobalHydra.instance().hydra.compose_config(
+                "config", overrides=plain, run_mode=RunMode.MULTIRUN, validate_sweep_overrides=False).hydra
+    except Exception:  # noqa: BLE001 - composing again later reports the error in one line
+        return None
 
 
 def check_sweeper_params_override(overrides: list[str]) -> None:

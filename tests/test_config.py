@@ -421,6 +421,10 @@ def test_a_typo_in_a_presets_sweeper_params_is_a_config_error_before_any_job_run
     code, _, err = run_cli("run", "-m", "-cd", presets, "+lab=sweep", f"input={tiny_mrcs[0]}", f"output={out_dir}", *TINY_ARGS)
     assert code == 2, err
     assert err.count("\n") == 1 and err.startswith(f"lipoframe: config error: {message}"), err
+    # with a sweep on the command line too (its jobs were checked, the preset's keys were not)
+    code, _, err = run_cli("run", "-m", "-cd", presets, "+lab=sweep", "dmin=30,31", f"input={tiny_mrcs[0]}", f"output={out_dir}",
+                           *TINY_ARGS[1:])
+    assert code == 2 and err.count("\n") == 1 and "it is swept by hydra.sweeper.params in a preset" in err, err
     assert err.rstrip().endswith("; it is swept by hydra.sweeper.params in a preset"), err
     assert not out_dir.exists() or not any(out_dir.rglob("picks.csv"))
 
@@ -431,6 +435,8 @@ def test_a_presets_sweeper_params_join_the_command_lines_sweep(tmp_path):
     presets = _sweep_preset(tmp_path, "sweep", "      nms.beta: 0.6,0.8\n      detector: dog,log\n")
     params = preset_sweep_params(["+lab=sweep", "nms.max_containment=0.3"], config_dirs=[str(presets)])
     assert params == ["nms.beta=0.6,0.8", "detector=dog,log"]
+    # also when the command line sweeps too (composing the sweep words failed: the preset's sweep went unchecked)
+    assert preset_sweep_params(["+lab=sweep", "nms.max_containment=0.3,0.5"], config_dirs=[str(presets)]) == params
     assert preset_sweep_params(["nms.beta=0.6"]) == []  # lipoframe's own config sweeps nothing
     assert preset_sweep_params(["+lab=nope"], config_dirs=[str(presets)]) == []  # validate_overrides says why
     # the command line wins for the same key, which keeps its place (Hydra's basic sweeper)
