@@ -462,6 +462,14 @@ def run(argv: list[str]) -> int:
 
     pm, registry = prepare_hydra()
     multirun = any(a in ("-m", "--multirun") for a in argv)
+    if not multirun:
+        # hydra.mode=MULTIRUN (on the command line or in a preset) makes Hydra sweep as -m does:
+        # the checks below must treat it as a sweep too.
+        flags, overrides = split_argv(argv)
+        if not any(f.split("=", 1)[0] in ("--config-path", "-cp", "--config-name", "-cn") for f in flags):
+            settings = hydra_settings([quote_input_glob(o) for o in overrides],
+                                      config_dirs=_flag_values(flags, ("--config-dir", "-cd")))
+            multirun = settings is not None and settings.get("mode") == RunMode.MULTIRUN
     argv = [quote_input_glob(a, multirun=multirun) for a in argv]
     flags, overrides = split_argv(argv)
     # Hydra's argparse takes the overrides in one block after the flags: `... output=x --cfg job`
@@ -470,7 +478,7 @@ def run(argv: list[str]) -> int:
     shown = [f for f in flags if f in ("--cfg", "-c", "--info", "-i", "--shell-completion", "-sc")]
     if multirun and shown:
         # Hydra refuses the combination with a traceback; say it in one line.
-        print(f"lipoframe: {shown[0]} shows one job's config and cannot be combined with -m/--multirun; "
+        print(f"lipoframe: {shown[0]} shows one job's config and cannot be combined with -m/--multirun (or hydra.mode=MULTIRUN); "
               "run it without -m, once per combination you want to see", file=sys.stderr)
         return 2
     info_only = any(f in ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--resolve", "--shell-completion", "-sc") for f in flags)
