@@ -1738,6 +1738,30 @@ class EvaluateArgs:
             raise ValueError(f"reference_diameter must be a finite number > 0, got {self.reference_diameter}")
 
 
+class _Stdout:
+    """``print`` for the lines on stdout that a closed pipe (``| head``) cannot stop.
+
+    Once stdout is closed, later lines go nowhere (stdout is pointed at
+    ``os.devnull``, as ``lipoframe run`` does) and the command goes on: the
+    files asked for with ``output=`` are written whatever happens to stdout.
+    """
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def __call__(self, *args) -> None:
+        if self.closed:
+            return
+        try:
+            print(*args, flush=True)
+        except BrokenPipeError:
+            self.closed = True
+            try:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            except (OSError, ValueError, AttributeError):  # stdout is not a file (captured)
+                pass
+
+
 def main(argv: list[str]) -> int:
     """``lipoframe evaluate picks=... reference=... [output=...]``."""
     if any(a in ("-h", "--help") for a in argv):
@@ -1778,21 +1802,20 @@ def main(argv: list[str]) -> int:
         print(f"lipoframe evaluate: {exc}", file=sys.stderr)
         return 2
     _warn_about_names(picks, reference)
-    print(format_per_micrograph(res.per_micrograph))
-    print()
-    print(format_summary(res.summary))
+    say = _Stdout()  # `| head` closing stdout must not stop the files of output= from being written
+    say(format_per_micrograph(res.per_micrograph))
+    say()
+    say(format_summary(res.summary))
     if args.output:
         try:
             for p in write_results(res, args.output):
-                print(f"wrote {p}")
+                say(f"wrote {p}")
             if args.overlays:
                 drawn, failed = write_overlays(res, catalog, args.output, n=args.overlays)
                 for p in drawn:
-                    print(f"wrote {p}")
+                    say(f"wrote {p}")
                 if failed:  # the evaluation is written; the exit code says an overlay is missing, as lipoframe report's does
                     return 1
-        except BrokenPipeError:
-            raise  # stdout closed early (`| head`): not the output folder's fault; the command line handles it
         except OSError as exc:
             print(f"lipoframe evaluate: {args.output}: cannot write ({exc.strerror or exc})", file=sys.stderr)
             return 1
@@ -1821,13 +1844,14 @@ def _main_sweep(args: EvaluateArgs) -> int:
             warnings.setdefault(w, []).append(j)
     for w, which in warnings.items():
         print(f"lipoframe evaluate: warning: {w if len(which) == len(scored) else _job_label(which) + ': ' + w}", file=sys.stderr)
-    print(f"sweep {args.picks}: {len(jobs)} jobs against {args.reference}")
-    print(format_sweep(jobs))
+    say = _Stdout()  # `| head` closing stdout must not stop the files of output= from being written
+    say(f"sweep {args.picks}: {len(jobs)} jobs against {args.reference}")
+    say(format_sweep(jobs))
     code = 1 if any(j.status == "failed" for j in jobs) else 0
     if args.output:
         try:
             for p in write_sweep_results(jobs, args.output, sweep=args.picks, options={**options, "reference": str(args.reference)}):
-                print(f"wrote {p}")
+                say(f"wrote {p}")
             if args.overlays:
                 from lipoframe.io.atomic import safe_child
 
@@ -1836,10 +1860,8 @@ def _main_sweep(args: EvaluateArgs) -> int:
                     drawn, failed = write_overlays(j.result, cat, safe_child(args.output, f"job_{_UNSAFE.sub('_', j.job)}"),
                                                    n=args.overlays, label=_job_label([j]))
                     for p in drawn:
-                        print(f"wrote {p}")
+                        say(f"wrote {p}")
                     code = max(code, 1 if failed else 0)
-        except BrokenPipeError:
-            raise
         except OSError as exc:
             print(f"lipoframe evaluate: {args.output}: cannot write ({exc.strerror or exc})", file=sys.stderr)
             return 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -985,24 +986,74 @@ def test_every_evaluation_overlay_shows_the_whole_colour_key():
         assert title is None or text.startswith(title)
 
 
-def test_a_closed_stdout_is_not_blamed_on_the_output_folder(tmp_path, monkeypatch, capfd):
+def _closed_stdout(monkeypatch):
+    """Make every print to stdout meet a pipe closed by `| head` (BrokenPipeError), as a long table does."""
     import builtins
 
-    rows = [("m", 100 + 50 * i, 100, 40) for i in range(3)]
-    table(rows).to_csv(tmp_path / "ref.csv", index=False)
-    table(rows).assign(score=1.0).to_csv(tmp_path / "picks.csv", index=False)
     real_print = builtins.print
 
-    def closed_pipe(*args, **kwargs):  # stdout closed by `| head` while the file names are printed
-        if args and str(args[0]).startswith("wrote "):
+    def closed_pipe(*args, **kwargs):
+        if kwargs.get("file") in (None, sys.stdout):
             raise BrokenPipeError(32, "Broken pipe")
         return real_print(*args, **kwargs)
 
     monkeypatch.setattr(builtins, "print", closed_pipe)
-    # It reaches the command line's handler (which ends quietly), instead of "out: cannot write" and exit 1.
-    with pytest.raises(BrokenPipeError):
-        main([f"picks={tmp_path / 'picks.csv'}", f"reference={tmp_path / 'ref.csv'}", f"output={tmp_path / 'out'}"])
-    assert "cannot write" not in capfd.readouterr().err
+
+
+def _fake_sweep(tmp_path) -> Path:
+    """A sweep folder (multirun.yaml) of two jobs, each a run folder of micrographs a, b, c."""
+    sweep = tmp_path / "sweep"
+    for job in ("0", "1"):
+        run = _mrc_run(tmp_path / f"mics_{job}")
+        (sweep / job).parent.mkdir(parents=True, exist_ok=True)
+        run.rename(sweep / job)
+        (sweep / job / ".hydra").mkdir()
+        (sweep / job / ".hydra" / "overrides.yaml").write_text(f"- dmin={30 + int(job)}\n")
+    (sweep / "multirun.yaml").write_text("hydra: {}\n")
+    return sweep
+
+
+def test_a_closed_stdout_does_not_stop_the_output_files(tmp_path, monkeypatch, capsys):
+    """`evaluate ... output=X | head` wrote nothing when the pipe closed before the files were written."""
+    rows = [("m", 100 + 50 * i, 100, 40) for i in range(3)]
+    table(rows).to_csv(tmp_path / "ref.csv", index=False)
+    table(rows).assign(score=1.0).to_csv(tmp_path / "picks.csv", index=False)
+    _closed_stdout(monkeypatch)
+    # the per-micrograph table, printed first, met the closed pipe: BrokenPipeError, and no file written
+    assert main([f"picks={tmp_path / 'picks.csv'}", f"reference={tmp_path / 'ref.csv'}", f"output={tmp_path / 'out'}"]) == 0
+    assert json.loads((tmp_path / "out" / "evaluation.json").read_text())["f1"] == 1.0
+    assert (tmp_path / "out" / "per_micrograph.csv").is_file() and (tmp_path / "out" / "picks_evaluated.csv").is_file()
+    assert "cannot write" not in capsys.readouterr().err
+    # a sweep, with overlays: every file is written, the exit code is the evaluation's own
+    sweep = _fake_sweep(tmp_path)
+    table([("a", 30, 30, 20), ("b", 80, 30, 20)]).to_csv(tmp_path / "truth.csv", index=False)
+    out = tmp_path / "sweep_eval"
+    assert main([f"picks={sweep}", f"reference={tmp_path / 'truth.csv'}", f"output={out}", "overlays=1"]) == 0
+    assert (out / "sweep_evaluation.csv").is_file() and (out / "sweep_evaluation.json").is_file()
+    for job in ("0", "1"):
+        assert (out / f"job_{job}" / "evaluation.json").is_file()
+        assert [p.name for p in (out / f"job_{job}" / "overlays").iterdir()] == ["b.png"]
+    assert "cannot write" not in capsys.readouterr().err
+
+
+def test_evaluate_piped_into_a_reader_that_is_gone_writes_its_files(tmp_path):
+    import os
+    import subprocess
+
+    rows = [("m", 100 + 50 * i, 100, 40) for i in range(3)]
+    table(rows).to_csv(tmp_path / "ref.csv", index=False)
+    table(rows).assign(score=1.0).to_csv(tmp_path / "picks.csv", index=False)
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-m", "lipoframe", "evaluate", f"picks={tmp_path / 'picks.csv'}",
+                             f"reference={tmp_path / 'ref.csv'}", f"output={tmp_path / 'out'}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc.stdout.close()  # `| head` that has read enough before evaluate prints anything
+    with proc.stderr:
+        err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0, err
+    assert "BrokenPipeError" not in err and "Exception ignored" not in err, err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["evaluation.json", "per_micrograph.csv", "picks_evaluated.csv"]
 
 
 def test_a_path_with_space_hash_is_refused_unquoted_and_read_quoted(tmp_path, capsys):
