@@ -1299,6 +1299,11 @@ class SweepJob:
                 "median_diameter_error": s.get("median_diameter_error", nan), "note": self.note}
 
 
+def _count(n, word: str) -> str:
+    """``1 job``, ``2 jobs``."""
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
 def _job_state(job: Path) -> tuple[str, str]:
     """(status, note) of a job from its run_summary.json, before it is scored."""
     log = job / "lipoframe.log"
@@ -1318,7 +1323,7 @@ def _job_state(job: Path) -> tuple[str, str]:
     if mics.get("failed"):
         notes.append(f"{mics['failed']} of {mics.get('total', '?')} micrographs failed{see}")
     if mics.get("not_done") or summary.get("interrupted"):
-        notes.append(f"interrupted: {mics.get('not_done', 0)} micrographs not picked")
+        notes.append(f"interrupted: {_count(mics.get('not_done', 0), 'micrograph')} not picked")
     return ("partial" if notes else "ok"), "; ".join(notes)
 
 
@@ -1845,7 +1850,7 @@ def _main_sweep(args: EvaluateArgs) -> int:
     for w, which in warnings.items():
         print(f"lipoframe evaluate: warning: {w if len(which) == len(scored) else _job_label(which) + ': ' + w}", file=sys.stderr)
     say = _Stdout()  # `| head` closing stdout must not stop the files of output= from being written
-    say(f"sweep {args.picks}: {len(jobs)} jobs against {args.reference}")
+    say(f"sweep {args.picks}: {_count(len(jobs), 'job')} against {args.reference}")
     say(format_sweep(jobs))
     code = 1 if any(j.status == "failed" for j in jobs) else 0
     if args.output:

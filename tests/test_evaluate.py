@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -1036,6 +1037,14 @@ def test_a_closed_stdout_does_not_stop_the_output_files(tmp_path, monkeypatch, c
     assert "cannot write" not in capsys.readouterr().err
 
 
+def test_the_header_of_a_sweep_of_one_job_says_1_job(tmp_path, capsys):
+    sweep = _fake_sweep(tmp_path)
+    shutil.rmtree(sweep / "1")
+    table([("a", 30, 30, 20)]).to_csv(tmp_path / "truth.csv", index=False)
+    assert main([f"picks={sweep}", f"reference={tmp_path / 'truth.csv'}"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == f"sweep {sweep}: 1 job against {tmp_path / 'truth.csv'}"  # "1 jobs"
+
+
 def test_evaluate_piped_into_a_reader_that_is_gone_writes_its_files(tmp_path):
     import os
     import subprocess
@@ -1197,7 +1206,7 @@ def test_a_sweep_scores_partial_jobs_and_warns_about_names_for_every_job(tiny_mr
     assert lines[2].split()[1].startswith("input=/") and lines[2].split()[1].endswith("/mics"), out
     assert lines[3].split()[1].startswith("input=/") and lines[3].split()[1].endswith("/renamed"), out
     assert lines[2].endswith(f"partial: 1 of 3 micrographs failed (see {sweep / '0' / 'lipoframe.log'})"), out
-    assert lines[3].endswith("partial: interrupted: 1 micrographs not picked"), out
+    assert lines[3].endswith("partial: interrupted: 1 micrograph not picked"), out  # it said "1 micrographs"
     # only job 1 picked micrographs named mic_0_dn, mic_1_dn: its warning was dropped (only job 0's names were checked)
     warned = [ln for ln in err.splitlines() if "similar name" in ln]
     assert len(warned) == 1 and warned[0].startswith(f"lipoframe evaluate: warning: job 1 (input={renamed}): 2 pick micrograph(s)"), err
@@ -1217,6 +1226,7 @@ def test_a_sweep_draws_overlays_for_each_job(tiny_mrcs, tmp_path, run_cli):
     truth = _truth_csv(tmp_path)
     code, out, err = run_cli("evaluate", f"picks={sweep}", f"reference={truth}", f"output={tmp_path / 'eval'}", "overlays=1")
     assert code == 0, err
+    assert out.splitlines()[0] == f"sweep {sweep}: 2 jobs against {truth}"
     for job in ("0", "1"):
         drawn = list((tmp_path / "eval" / f"job_{job}" / "overlays").glob("*.png"))
         assert len(drawn) == 1 and f"wrote {drawn[0]}" in out
