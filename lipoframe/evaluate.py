@@ -1574,8 +1574,21 @@ def _slab_view(volume: np.ndarray, reference: pd.DataFrame, picks: pd.DataFrame)
     return plane, ref, pk, note
 
 
-def write_overlays(res: EvaluationResult, micrographs, out_dir: str | Path, *, n: int, label: str = "") -> tuple[list[Path], list[str]]:
+def no_image_line(names: list[str]) -> str:
+    """The line that says which reference micrographs without picks get no overlay, their image not being known."""
+    shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    return (f"{_count(len(names), 'reference micrograph')} without picks and without a known image (not in the run "
+            f"folder or micrographs=): no overlay for {'it' if len(names) == 1 else 'them'} ({shown})")
+
+
+def write_overlays(res: EvaluationResult, micrographs, out_dir: str | Path, *, n: int, label: str = "",
+                   skipped: Optional[list] = None) -> tuple[list[Path], list[str]]:
     """Overlays of the ``n`` micrographs with the lowest F1 (recall, then name).
+
+    Reference micrographs without picks whose image is not known (the
+    reference covers micrographs the run never picked) are left out of the
+    choice: one line says how many (:func:`no_image_line`), and they are not
+    failures. A micrograph with picks whose image is unknown or unreadable is.
 
     Parameters
     ----------
@@ -1589,6 +1602,9 @@ def write_overlays(res: EvaluationResult, micrographs, out_dir: str | Path, *, n
         Number of micrographs.
     label : str
         Put before each printed line (a sweep's ``job 1 (...)``).
+    skipped : list, optional
+        If given, the names of the reference micrographs left out for want
+        of an image are appended to it instead of printed.
 
     Returns
     -------
@@ -1600,6 +1616,15 @@ def write_overlays(res: EvaluationResult, micrographs, out_dir: str | Path, *, n
     catalog, out_dir = _as_catalog(micrographs), Path(out_dir)
     dims = 3 if schema.Z in res.reference.columns and schema.Z in res.picks.columns else 2
     per = res.per_micrograph.copy()
+    # A reference micrograph the run never picked (F1 0, the "worst") whose image nobody knows: said once, not drawn.
+    no_image = (per["n_picks"] == 0) & per["micrograph"].map(lambda m: catalog.image_path(m) is None)
+    if n and no_image.any():
+        names = sorted(per.loc[no_image, "micrograph"])
+        if skipped is not None:
+            skipped.extend(names)
+        else:
+            print(f"lipoframe evaluate: {label + ': ' if label else ''}{no_image_line(names)}", file=sys.stderr)
+    per = per[~no_image]
     per["_f1"] = per["f1"].fillna(1.0 if n else 0.0)
     worst = per.sort_values(["_f1", "recall", "micrograph"], kind="stable", na_position="last").head(n)
     written, failed = [], []
@@ -1860,13 +1885,20 @@ def _main_sweep(args: EvaluateArgs) -> int:
             if args.overlays:
                 from lipoframe.io.atomic import safe_child
 
+                no_image: dict[tuple, list[SweepJob]] = {}
                 for j in scored:
                     cat = MicrographCatalog([s for s in (args.micrographs, j.path) if s is not None])
+                    skipped: list[str] = []
                     drawn, failed = write_overlays(j.result, cat, safe_child(args.output, f"job_{_UNSAFE.sub('_', j.job)}"),
-                                                   n=args.overlays, label=_job_label([j]))
+                                                   n=args.overlays, label=_job_label([j]), skipped=skipped)
+                    if skipped:
+                        no_image.setdefault(tuple(skipped), []).append(j)
                     for p in drawn:
                         say(f"wrote {p}")
                     code = max(code, 1 if failed else 0)
+                for names, which in no_image.items():  # once when every job lacks the same images
+                    who = "" if len(which) == len(scored) else _job_label(which) + ": "
+                    print(f"lipoframe evaluate: {who}{no_image_line(list(names))}", file=sys.stderr)
         except OSError as exc:
             print(f"lipoframe evaluate: {args.output}: cannot write ({exc.strerror or exc})", file=sys.stderr)
             return 1

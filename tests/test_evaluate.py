@@ -952,6 +952,34 @@ def test_overlays_find_the_images_or_say_once_why_not(tmp_path, capsys):
     assert [p.name for p in (tmp_path / "e3" / "overlays").iterdir()] == ["b.png"]
 
 
+def test_overlays_leave_out_reference_micrographs_never_picked_whose_image_is_unknown(tmp_path, capsys):
+    """A reference over more micrographs than the run picked: those were the 'worst' (F1 0), had no image, exit 1."""
+    run = _mrc_run(tmp_path, names=("a", "b"))
+    table([("a", 30, 30, 20), ("b", 80, 30, 20), ("x", 30, 30, 20), ("y", 30, 30, 20)]).to_csv(tmp_path / "truth.csv", index=False)
+    truth = f"reference={tmp_path / 'truth.csv'}"
+    assert main([f"picks={run}", truth, f"output={tmp_path / 'e1'}", "overlays=2"]) == 0
+    assert sorted(p.name for p in (tmp_path / "e1" / "overlays").iterdir()) == ["a.png", "b.png"]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["lipoframe evaluate: 2 reference micrographs without picks and without a known image (not in the run "
+                   "folder or micrographs=): no overlay for them (x, y)"], err
+    # they are still scored: all misses
+    assert pd.read_csv(tmp_path / "e1" / "per_micrograph.csv").set_index("micrograph").loc[["x", "y"], "fn"].tolist() == [1, 1]
+    # a micrograph that was picked still needs its image: its overlay missing is a failure
+    (tmp_path / "b.mrc").unlink()
+    assert main([f"picks={run}", truth, f"output={tmp_path / 'e2'}", "overlays=1"]) == 1
+    err = capsys.readouterr().err
+    assert "no overlay for b" in err and "(x, y)" in err
+    # a sweep: the line is printed once when every job lacks the same images
+    (tmp_path / "b.mrc").write_bytes((tmp_path / "a.mrc").read_bytes())
+    sweep = _fake_sweep(tmp_path)
+    code = main([f"picks={sweep}", truth, f"output={tmp_path / 'e3'}", "overlays=1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 0 and err == ["lipoframe evaluate: 2 reference micrographs without picks and without a known image "
+                                 "(not in the run folder or micrographs=): no overlay for them (x, y)"], err
+    for job in ("0", "1"):
+        assert [p.name for p in (tmp_path / "e3" / f"job_{job}" / "overlays").iterdir()] == ["b.png"]
+
+
 def test_overlays_of_a_tomogram_show_a_slab_with_each_sphere_cut_there(tmp_path, capsys, monkeypatch):
     """overlays=N on tomograms drew nothing and exited 1 ('a 3D stack ... where a 2D micrograph is expected')."""
     import lipoframe.evaluate as ev
