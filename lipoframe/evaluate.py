@@ -1188,8 +1188,8 @@ SWEEP_COLUMNS = ("job", "overrides", "status", "n_picks", "precision", "recall",
                  "median_diameter_error", "note")
 
 
-def sweep_job_folders(path: str | Path) -> list[Path]:
-    """The job folders of a ``lipoframe run -m`` sweep folder, by job number; [] if ``path`` is not one.
+def all_job_folders(path: str | Path) -> list[Path]:
+    """Every job folder in a ``lipoframe run -m`` sweep folder, by job number, earlier sweeps' too; [] if ``path`` is not one.
 
     A sweep folder holds Hydra's ``multirun.yaml``; its jobs are the
     subfolders with a ``.hydra/overrides.yaml`` or a run's
@@ -1200,6 +1200,23 @@ def sweep_job_folders(path: str | Path) -> list[Path]:
         return []
     jobs = [p for p in path.iterdir() if p.is_dir() and ((p / ".hydra" / "overrides.yaml").is_file() or is_run_folder(p))]
     return sorted(jobs, key=lambda p: (len(p.name), p.name))
+
+
+def stale_job_folders(path: str | Path) -> dict[Path, str]:
+    """The job folders of ``path`` left by an earlier sweep into the same folder, each with why (:mod:`lipoframe.sweepdir`)."""
+    from lipoframe.sweepdir import stale_jobs
+
+    return stale_jobs(path, all_job_folders(path))
+
+
+def sweep_job_folders(path: str | Path) -> list[Path]:
+    """The job folders of the last sweep into a ``lipoframe run -m`` sweep folder, by job number; [] if ``path`` is not one.
+
+    Hydra keeps the folders of an earlier sweep into the same folder (a sweep
+    re-run with fewer jobs); those are left out (:func:`stale_job_folders`).
+    """
+    stale = stale_job_folders(path)
+    return [f for f in all_job_folders(path) if f not in stale]
 
 
 def job_overrides(job: str | Path) -> list[str]:
@@ -1352,17 +1369,24 @@ def evaluate_sweep(
     Returns
     -------
     list of SweepJob
-        One per job folder, by job number; jobs that failed or have no
-        picks are listed with the reason (``status``, ``note``).
+        One per job folder of the last sweep, by job number; jobs that
+        failed or have no picks are listed with the reason (``status``,
+        ``note``). Folders an earlier sweep left (:func:`stale_job_folders`)
+        are not scored.
 
     Raises
     ------
     EvaluationInputError
-        If ``sweep`` is not a sweep folder with job folders.
+        If ``sweep`` is not a sweep folder with job folders of its last sweep.
     """
-    folders = sweep_job_folders(sweep)
-    if not folders:
+    everything = all_job_folders(sweep)
+    if not everything:
         raise EvaluationInputError(f"{sweep}: not a sweep folder of lipoframe run -m (no multirun.yaml with job folders)")
+    stale = stale_job_folders(sweep)
+    folders = [f for f in everything if f not in stale]
+    if not folders:
+        raise EvaluationInputError(f"{sweep}: none of its {_count(len(everything), 'job folder')} is of the last sweep "
+                                   f"(multirun.yaml): {next(iter(stale.values()))}")
     words = [job_overrides(f) for f in folders]
     varied = swept_overrides(words, sweep_keys(sweep))
     jobs = []
@@ -1415,12 +1439,15 @@ def format_sweep(jobs: list[SweepJob]) -> str:
     return "\n".join(lines)
 
 
-def write_sweep_results(jobs: list[SweepJob], out_dir: str | Path, *, sweep: str | Path, options: dict) -> list[Path]:
+def write_sweep_results(jobs: list[SweepJob], out_dir: str | Path, *, sweep: str | Path, options: dict,
+                        stale: Optional[dict] = None) -> list[Path]:
     """Write ``sweep_evaluation.csv``, ``sweep_evaluation.json`` and each scored job's results, atomically.
 
     Each job's ``evaluation.json``, ``per_micrograph.csv`` and
     ``picks_evaluated.csv`` go to ``out_dir/job_<job>/`` (:func:`write_results`),
     never into the job's own folder, even when ``out_dir`` is the sweep folder.
+    ``stale`` (folder: reason, :func:`stale_job_folders`) is listed in the
+    JSON as ``stale_jobs``.
     """
     from lipoframe.io.atomic import atomic_path, safe_child, write_text
 
@@ -1437,6 +1464,7 @@ def write_sweep_results(jobs: list[SweepJob], out_dir: str | Path, *, sweep: str
         "jobs": [{**j.row(), "overrides": j.overrides, "all_overrides": j.all_overrides, "folder": str(j.path),
                   "summary": {k: v for k, v in j.result.summary.items() if k != "options"} if j.result is not None else None}
                  for j in jobs],
+        "stale_jobs": [{"job": f.name, "folder": str(f), "reason": why} for f, why in (stale or {}).items()],
     }
     paths.append(write_text(safe_child(out_dir, "sweep_evaluation.json"), json.dumps(_nan_to_none(doc), indent=2)))
     for j in jobs:
@@ -1812,7 +1840,7 @@ def main(argv: list[str]) -> int:
             msg = f"{msg.split(':')[0]} is required (e.g. lipoframe evaluate picks=run/ reference=truth.csv)"
         print(f"lipoframe evaluate: {msg}", file=sys.stderr)
         return 2
-    if sweep_job_folders(args.picks):
+    if all_job_folders(args.picks):
         return _main_sweep(args)
     try:
         # What is known about the micrographs: micrographs= first, then the run folder picks come from.
@@ -1854,7 +1882,8 @@ def main(argv: list[str]) -> int:
 
 def _main_sweep(args: EvaluateArgs) -> int:
     """``lipoframe evaluate picks=<sweep folder>``: every job against the same reference, one comparison table."""
-    folders = sweep_job_folders(args.picks)
+    stale = stale_job_folders(args.picks)
+    folders = [f for f in all_job_folders(args.picks) if f not in stale]
     try:
         # STAR/box references are placed with micrographs= first, then the first job's run records.
         first_run = next((f for f in folders if is_run_folder(f)), None)
@@ -1874,13 +1903,18 @@ def _main_sweep(args: EvaluateArgs) -> int:
             warnings.setdefault(w, []).append(j)
     for w, which in warnings.items():
         print(f"lipoframe evaluate: warning: {w if len(which) == len(scored) else _job_label(which) + ': ' + w}", file=sys.stderr)
+    if stale:  # Hydra keeps the job folders of an earlier sweep into the same folder: not scored, said in one line
+        from lipoframe.sweepdir import stale_line
+
+        print(f"lipoframe evaluate: {args.picks}: {stale_line(stale)}", file=sys.stderr)
     say = _Stdout()  # `| head` closing stdout must not stop the files of output= from being written
     say(f"sweep {args.picks}: {_count(len(jobs), 'job')} against {args.reference}")
     say(format_sweep(jobs))
     code = 1 if any(j.status == "failed" for j in jobs) else 0
     if args.output:
         try:
-            for p in write_sweep_results(jobs, args.output, sweep=args.picks, options={**options, "reference": str(args.reference)}):
+            for p in write_sweep_results(jobs, args.output, sweep=args.picks, options={**options, "reference": str(args.reference)},
+                                         stale=stale):
                 say(f"wrote {p}")
             if args.overlays:
                 from lipoframe.io.atomic import safe_child

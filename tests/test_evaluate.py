@@ -1148,11 +1148,12 @@ def test_evaluate_on_a_sweep_folder_compares_every_job(tiny_mrcs, tmp_path, run_
     """A sweep is scored job by job against one reference: one table, with failed and empty jobs listed, not dropped."""
     # evaluate refused the sweep folder and named its job folders, to be evaluated one at a time
     sweep = tmp_path / "sweep"
-    code, _, err = run_cli("run", "-m", "detector=log", "detector.threshold=3,1000", f"input={tiny_mrcs[0].parent}",
+    code, _, err = run_cli("run", "-m", "detector=log", "detector.threshold=3,1000,4", f"input={tiny_mrcs[0].parent}",
                            f"output={sweep}", *TINY_ARGS)
     assert code == 0, err
-    (sweep / "2" / ".hydra").mkdir(parents=True)  # a job that stopped before picking (Hydra made its folder)
-    (sweep / "2" / ".hydra" / "overrides.yaml").write_text("- detector=log\n- detector.threshold=0\n")
+    for p in (sweep / "2").iterdir():  # a job that stopped before picking: Hydra made its folder and .hydra/
+        if p.name != ".hydra":
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
     truth = pd.concat([tiny_truth(i).assign(micrograph=f"mic_{i}") for i in range(2)])
     truth.to_csv(tmp_path / "truth.csv", index=False)
     before = {p: p.stat().st_mtime_ns for p in sweep.rglob("*")}
@@ -1163,7 +1164,7 @@ def test_evaluate_on_a_sweep_folder_compares_every_job(tiny_mrcs, tmp_path, run_
     assert lines[1].split() == ["job", "overrides", "picks", "P", "R", "F1", "AUPRC", "dup", "|d", "err|", "status"]
     assert lines[2].split()[:2] == ["0", "detector.threshold=3"] and lines[2].endswith("  ok")
     assert lines[3].split()[:3] == ["1", "detector.threshold=1000", "0"] and lines[3].endswith("no picks: no accepted pick")
-    assert lines[4].split()[:2] == ["2", "detector.threshold=0"] and lines[4].endswith("failed: no results: the job stopped before picking")
+    assert lines[4].split()[:2] == ["2", "detector.threshold=4"] and lines[4].endswith("failed: no results: the job stopped before picking")
     assert "best F1" in out and "job 0 (detector.threshold=3)" in out
 
     table = pd.read_csv(sweep / "sweep_evaluation.csv", dtype={"job": str}, keep_default_na=False, na_values=[""])
@@ -1266,3 +1267,41 @@ def test_a_sweep_draws_overlays_for_each_job(tiny_mrcs, tmp_path, run_cli):
     missing = [ln for ln in err.splitlines() if "no overlay" in ln]
     assert [ln.split(":")[1].strip() for ln in missing] == ["job 0 (detector.threshold=3)", "job 1 (detector.threshold=4)"], err
     assert (tmp_path / "eval2" / "sweep_evaluation.csv").is_file()
+
+
+def test_a_sweep_rerun_with_fewer_jobs_scores_only_the_last_sweeps_jobs(tiny_mrcs, tmp_path, run_cli):
+    """Hydra keeps the job folders of an earlier sweep into the same folder: they were scored as jobs of this one."""
+    import os
+
+    sweep, mics = tmp_path / "sweep", tiny_mrcs[0].parent
+    for values in ("3,4,5", "3,6"):
+        code, _, err = run_cli("run", "-m", "detector=log", f"detector.threshold={values}", f"input={mics}",
+                               f"output={sweep}", *TINY_ARGS)
+        assert code == 0, err
+    truth = _truth_csv(tmp_path)
+    code, out, err = run_cli("evaluate", f"picks={sweep}", f"reference={truth}", f"output={tmp_path / 'eval'}")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == f"sweep {sweep}: 2 jobs against {truth}"
+    assert [ln.split()[:2] for ln in lines[2:4]] == [["0", "detector.threshold=3"], ["1", "detector.threshold=6"]]
+    assert lines[4] == "" and lines[5].startswith("best F1") and "threshold=5" not in out
+    assert err.strip().splitlines() == [f"lipoframe evaluate: {sweep}: 1 stale job folder left out (an earlier sweep's; "
+                                        "multirun.yaml records the last): 2 (numbered past the last sweep's 2 jobs)"], err
+    doc = json.loads((tmp_path / "eval" / "sweep_evaluation.json").read_text())
+    assert [j["job"] for j in doc["jobs"]] == ["0", "1"] and [j["job"] for j in doc["stale_jobs"]] == ["2"]
+    assert not (tmp_path / "eval" / "job_2").exists()
+    # a re-run stopped before its job 1: the folder 1 an earlier sweep left holds other overrides
+    (sweep / "1" / ".hydra" / "overrides.yaml").write_text((sweep / "2" / ".hydra" / "overrides.yaml").read_text())
+    code, out, err = run_cli("evaluate", f"picks={sweep}", f"reference={truth}")
+    assert code == 0 and out.splitlines()[0] == f"sweep {sweep}: 1 job against {truth}", (out, err)
+    assert "1 (its overrides are not those of the last sweep's job 1); 2 (numbered past" in err, err
+    # another sweeper (not expanded here): the file times tell; a job's .hydra older than multirun.yaml is stale
+    started = (sweep / "multirun.yaml").stat()
+    text = (sweep / "multirun.yaml").read_text().replace("hydra._internal.core_plugins.basic_sweeper.BasicSweeper", "other.Sweeper")
+    (sweep / "multirun.yaml").write_text(text)
+    os.utime(sweep / "multirun.yaml", ns=(started.st_atime_ns, started.st_mtime_ns))  # as the sweep wrote it
+    old = started.st_mtime - 3600
+    os.utime(sweep / "2" / ".hydra" / "overrides.yaml", (old, old))
+    code, out, err = run_cli("evaluate", f"picks={sweep}", f"reference={truth}")
+    assert code == 0 and out.splitlines()[0] == f"sweep {sweep}: 2 jobs against {truth}", (out, err)
+    assert "2 (older than the last sweep's multirun.yaml)" in err, err

@@ -1,0 +1,130 @@
+"""Which job folders of a ``lipoframe run -m`` sweep folder belong to its last sweep.
+
+Hydra does not delete the job folders of an earlier sweep into the same
+folder: a sweep of 4 jobs re-run with 2 leaves ``2/`` and ``3/`` behind, and
+a re-run stopped early leaves earlier jobs' folders where its own did not
+start. What Hydra records of the last sweep decides:
+
+* ``multirun.yaml`` is written by the sweep before its jobs start: its
+  command line (``hydra.overrides.task``) and ``hydra.sweeper.params``,
+  expanded as Hydra's basic sweeper does (:meth:`BasicSweeper.split_arguments`),
+  give every job's override list, by job number;
+* each job's ``.hydra/hydra.yaml`` (``hydra.job.num``) and
+  ``.hydra/overrides.yaml`` say which job it was: a folder belongs to the
+  last sweep when its number is one of that sweep's and its overrides are
+  that job's;
+* when the sweep cannot be expanded (another sweeper, an interval sweep, a
+  ``glob()`` over presets lipoframe does not know), the file times: a job's
+  ``.hydra/overrides.yaml`` written before ``multirun.yaml`` is older than
+  the sweep.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+#: Hydra's built-in sweeper, whose jobs can be listed from ``multirun.yaml``.
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+#: Seconds a job's ``.hydra`` may seem older than ``multirun.yaml`` (coarse file times) and still be of the sweep.
+TIME_SLACK = 2.0
+#: Sweeps larger than this are not expanded (the file times decide).
+MAX_JOBS = 100_000
+
+
+def _yaml(path: Path):
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+
+
+def last_sweep_jobs(sweep: str | Path) -> list[list[str]] | None:
+    """Every job's override list of the last sweep recorded in ``sweep/multirun.yaml``, by job number.
+
+    None when it cannot be told: the file is unreadable, another sweeper
+    ran the sweep, or it cannot be expanded here.
+    """
+    doc = _yaml(Path(sweep) / "multirun.yaml")
+    try:
+        hydra = doc["hydra"]
+        sweeper = hydra["sweeper"]
+        task = [str(w) for w in (hydra["overrides"]["task"] or [])]
+        params = sweeper.get("params") or {}
+        if sweeper.get("_target_") != BASIC_SWEEPER or not isinstance(params, dict):
+            return None
+    except (KeyError, TypeError, AttributeError):
+        return None
+    words = [f"{k}={v}" for k, v in params.items()] + task  # the sweeper's order: its params, then the command line
+    try:
+        from hydra import initialize_config_dir
+        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+        from hydra.core.global_hydra import GlobalHydra
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        from lipoframe.config import config_dir
+
+        with initialize_config_dir(version_base="1.3", config_dir=str(config_dir()), job_name="lipoframe"):
+            parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
+            overrides = parser.parse_overrides(words)
+            n = 1
+            for o in overrides:
+                n *= len(list(o.sweep_string_iterator())) if o.is_sweep_override() else 1
+                if n > MAX_JOBS:
+                    return None
+            batches = BasicSweeper.split_arguments(overrides, None)
+    except Exception:  # noqa: BLE001 - Hydra raises several types for what it cannot expand here
+        return None
+    return [list(job) for batch in batches for job in batch] or None
+
+
+def _job_num(job: Path) -> int | None:
+    doc = _yaml(job / ".hydra" / "hydra.yaml")
+    try:
+        return int(doc["hydra"]["job"]["num"])
+    except (KeyError, TypeError, ValueError):
+        return int(job.name) if job.name.isdigit() else None
+
+
+def stale_jobs(sweep: str | Path, folders: list[Path]) -> dict[Path, str]:
+    """The ``folders`` of ``sweep`` that are not jobs of its last sweep, each with why.
+
+    A folder without ``.hydra/overrides.yaml`` cannot be told and is kept
+    (not listed), as is every folder when ``multirun.yaml`` is unreadable.
+    """
+    sweep = Path(sweep)
+    try:
+        started = (sweep / "multirun.yaml").stat().st_mtime
+    except OSError:
+        return {}
+    jobs = last_sweep_jobs(sweep)
+    stale = {}
+    for folder in folders:
+        over = folder / ".hydra" / "overrides.yaml"
+        words = _yaml(over)
+        if not isinstance(words, list):
+            continue
+        if jobs is not None:
+            num = _job_num(folder)
+            if num is None or num >= len(jobs):
+                stale[folder] = f"numbered past the last sweep's {len(jobs)} job{'s' if len(jobs) != 1 else ''}"
+            elif sorted(map(str, words)) != sorted(jobs[num]):
+                stale[folder] = f"its overrides are not those of the last sweep's job {num}"
+            continue
+        try:
+            if over.stat().st_mtime < started - TIME_SLACK:
+                stale[folder] = "older than the last sweep's multirun.yaml"
+        except OSError:
+            continue
+    return stale
+
+
+def stale_line(stale: dict[Path, str]) -> str:
+    """``2 stale job folders left out (...): 2, 3 (numbered past the last sweep's 2 jobs)``: one line for :func:`stale_jobs`."""
+    why: dict[str, list[str]] = {}
+    for folder, reason in stale.items():
+        why.setdefault(reason, []).append(Path(folder).name)
+    n = len(stale)
+    return (f"{n} stale job folder{'' if n == 1 else 's'} left out (an earlier sweep's; multirun.yaml records the last): "
+            + "; ".join(f"{', '.join(names)} ({reason})" for reason, names in why.items()))
