@@ -33,7 +33,8 @@ DIR: picks, size bins, extraction plan and every writer's files, exactly as
 one run over all micrographs.
 
   RUN_DIR      a run folder (has inputs.json), or a sweep folder whose
-               subfolders are run folders
+               subfolders are run folders (those of its last sweep; an
+               earlier sweep's left in it are named and left out)
   output=DIR   where the merged result goes (required)
   overrides    dataset-level options, e.g. binning=... 'writer=[csv,star]'
                export_rejected=true; per-micrograph options must match the shards
@@ -84,6 +85,15 @@ def find_run_folders(specs: list[str]) -> list[Path]:
         subs = sorted((p for p in folder.iterdir() if (p / MANIFEST).is_file()), key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
         if not subs:
             raise MergeError(f"{folder}: not a lipoframe run folder (no {MANIFEST}) and has none inside")
+        if (folder / "multirun.yaml").is_file():  # Hydra keeps the job folders of an earlier sweep into the same folder
+            from lipoframe.sweepdir import stale_jobs, stale_line
+
+            stale = stale_jobs(folder, subs)
+            if stale and len(stale) == len(subs):
+                raise MergeError(f"{folder}: none of its run folders is a job of the last sweep (multirun.yaml): {stale_line(stale)}")
+            if stale:
+                log.warning(f"{folder}: {stale_line(stale)}")
+                subs = [p for p in subs if p not in stale]
         out.extend(subs)
     seen: dict[Path, Path] = {}
     for f in out:

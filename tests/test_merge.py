@@ -202,3 +202,29 @@ def test_a_refused_merge_override_names_the_settings_it_changes(sharded, capsys)
     assert merge.main([str(root / "shards"), f"output={root / 'bad2'}", "dmin=35", "nms.beta=0.5", "binning.pad=1.6"]) == 2
     err = capsys.readouterr().err
     assert "per-micrograph options (dmin, nms)" in err and not (root / "bad2").exists()
+
+
+def test_merge_of_a_sweep_folder_leaves_out_an_earlier_sweeps_job_folders(sharded, tmp_path, caplog):
+    """A sweep of 4 shards re-run as 3 into the same folder keeps folder 3 (Hydra deletes nothing): merge refused the
+    folder ('the runs split the inputs differently (shard.count [3, 4])') instead of merging the last sweep's shards."""
+    import shutil
+
+    import yaml
+
+    sweep = tmp_path / "shards"
+    shutil.copytree(sharded / "shards", sweep)  # copy2: the file times stay
+    stale = sweep / "3"
+    shutil.copytree(sweep / "2", stale)
+    manifest = json.loads((stale / "inputs.json").read_text())
+    manifest["shard"] = {"index": 3, "count": 4}
+    (stale / "inputs.json").write_text(json.dumps(manifest))
+    words = [w.replace("shard.index=2", "shard.index=3").replace("shard.count=3", "shard.count=4")
+             for w in yaml.safe_load((stale / ".hydra" / "overrides.yaml").read_text())]
+    (stale / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(words))
+    (stale / ".hydra" / "hydra.yaml").write_text((stale / ".hydra" / "hydra.yaml").read_text().replace("num: 2", "num: 3"))
+    with caplog.at_level(logging.WARNING, logger="lipoframe"):
+        assert merge.main([str(sweep), f"output={tmp_path / 'merged'}"]) == 0
+    _same_result(sharded / "single", tmp_path / "merged")
+    assert f"{sweep}: 1 stale job folder left out (an earlier sweep's; multirun.yaml records the last): " \
+           "3 (numbered past the last sweep's 3 jobs)" in caplog.text
+    assert json.loads((tmp_path / "merged" / "merged_from.json").read_text()) == [str(sweep / str(i)) for i in range(3)]
