@@ -51,6 +51,14 @@ def bin_color(index: int) -> str:
 SLAB_HALF = 2
 
 
+def nearest_plane(z: float, planes: int) -> int:
+    """The plane nearest to plane coordinate ``z`` (0-indexed plane centres), within ``0 .. planes - 1``.
+
+    Plane ``k`` spans ``k - 0.5 <= z < k + 0.5``, so 24.9 is in plane 25 (``int`` would give 24).
+    """
+    return int(np.clip(math.floor(float(z) + 0.5), 0, planes - 1))
+
+
 def volume_slab(volume: np.ndarray, z: float, *, half: int = SLAB_HALF) -> tuple[np.ndarray, int, int]:
     """The mean of the planes around ``z`` of a volume, and the first and last of them.
 
@@ -59,10 +67,10 @@ def volume_slab(volume: np.ndarray, z: float, *, half: int = SLAB_HALF) -> tuple
     volume : (P, M, N) ndarray
     z : float
         Plane coordinate (0-indexed plane centres); the slab is centred on
-        plane ``int(z)``, clipped to the volume.
+        the plane nearest to it, :func:`nearest_plane`.
     half : int
-        The slab holds the planes ``int(z) - half`` to ``int(z) + half``
-        that exist.
+        The slab holds the planes ``c - half`` to ``c + half`` that exist,
+        ``c`` that nearest plane.
 
     Returns
     -------
@@ -74,7 +82,7 @@ def volume_slab(volume: np.ndarray, z: float, *, half: int = SLAB_HALF) -> tuple
         raise ValueError(f"volume must be 3D, got shape {volume.shape}")
     if half < 0:
         raise ValueError(f"half must be >= 0, got {half}")
-    zc = int(np.clip(int(z), 0, volume.shape[0] - 1))
+    zc = nearest_plane(z, volume.shape[0])
     first, last = max(0, zc - half), min(volume.shape[0] - 1, zc + half)
     return np.mean(np.asarray(volume[first : last + 1], dtype=np.float32), axis=0), first, last
 

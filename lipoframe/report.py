@@ -46,7 +46,7 @@ log = logging.getLogger("lipoframe")
 REPORT_NAME = "report.html"
 OVERLAY_DIR = "overlays"
 #: Bump when the look of overlays changes, so cached ones are redrawn.
-RENDER_VERSION = 4
+RENDER_VERSION = 5
 #: Longest side of an overlay, in pixels.
 OVERLAY_SIZE = 1600
 #: Longest side of a gallery thumbnail, in pixels (smaller above LARGE_DATASET micrographs,
@@ -442,7 +442,7 @@ def _slab(image: np.ndarray, z: float) -> tuple[np.ndarray, int]:
     from lipoframe import plots
 
     plane, _, _ = plots.volume_slab(image, z, half=SLAB_HALF)
-    return plane, int(np.clip(int(z), 0, image.shape[0] - 1))
+    return plane, plots.nearest_plane(z, image.shape[0])
 
 
 def _display_plane(image: np.ndarray, job: OverlayJob) -> tuple[np.ndarray, np.ndarray, str, np.ndarray]:

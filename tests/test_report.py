@@ -623,6 +623,27 @@ def test_volume_overlay_draws_each_sphere_as_its_cross_section_at_the_slab(tmp_p
     np.testing.assert_allclose(plots.slab_sections([20, 28, 35, 24.5], [8, 20, 8, 10], 18, 22), [8, 16, 0, 2 * np.sqrt(25 - 6.25)])
 
 
+def test_volume_slab_is_centred_on_the_nearest_plane():
+    """The slab at z = 24.9 was planes 22-26 (int(z) = 24), though plane 25 holds that z; the
+    report and evaluate's overlays both take it from volume_slab, so they show the same planes."""
+    import lipoframe.evaluate as ev
+
+    vol = np.arange(40, dtype=np.float32)[:, None, None] * np.ones((1, 8, 8), np.float32)
+    for z, (first, last) in ((24.9, (23, 27)), (24.5, (23, 27)), (24.4, (22, 26)), (-0.6, (0, 2)), (0.2, (0, 2)), (39.7, (37, 39))):
+        plane, a, b = plots.volume_slab(vol, z)
+        assert (a, b) == (first, last), z
+        assert plane[0, 0] == pytest.approx((first + last) / 2)
+    job = report.OverlayJob(
+        name="v", path="v.mrc", x=np.array([4.0, 4.0]), y=np.array([4.0, 4.0]), z=np.array([24.8, 25.0]), diameter=np.array([4.0, 4.0]),
+        colors=["#ff0000"] * 2, dashed=np.zeros(2, dtype=bool), legend=[], title="v", png=Path("v.png"), thumb=Path("v.jpg"), crops=[],
+        crop_dir=Path("crops"),
+    )
+    assert "slab z=23-27" in report._display_plane(vol, job)[2]
+    assert report._slab(vol, 24.9)[1] == 25
+    t = pd.DataFrame({schema.MICROGRAPH: "v", schema.X: [4.0, 4.0], schema.Y: [4.0, 4.0], schema.Z: [24.8, 25.0], schema.DIAMETER: [4.0, 4.0]})
+    assert "slab z=23-27" in ev._slab_view(vol, t, t)[3]
+
+
 def test_volume_crop_is_taken_at_the_picks_own_z(tmp_path):
     """A tomogram's crop shows its pick's slab, not the overview's slab at the median z of all picks."""
     from lipoframe.records import Micrograph, MicrographMeta
