@@ -272,6 +272,38 @@ def legend_layout(labels: Sequence[str], *, width_px: float, fontsize: float, ma
     return 1, out
 
 
+def title_lines(title: str, *, width_px: float, fontsize: float) -> list[str]:
+    """Break an overlay title into lines that fit ``width_px`` (bold, at ``fontsize`` points, 100 dpi).
+
+    A title is parts joined by three spaces (``name · counts   (binned x2 for
+    display)   (slab z=...: ...)``); it is broken between parts first, and a
+    part too wide for a line by itself between its words. A single word wider
+    than the line is left whole.
+    """
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.textpath import TextPath
+
+    prop = FontProperties(size=fontsize, weight="bold")
+
+    def fits(text: str) -> bool:
+        return TextPath((0, 0), text, prop=prop).get_extents().width * 100 / 72 <= width_px
+
+    def fill(pieces: list[str], sep: str) -> list[str]:
+        lines: list[str] = []
+        for piece in pieces:
+            if lines and fits(lines[-1] + sep + piece):
+                lines[-1] += sep + piece
+            elif fits(piece) or " " not in piece:
+                lines.append(piece)
+            else:
+                lines.extend(fill(piece.split(" "), " "))
+        return lines
+
+    if not title or fits(title):
+        return [title] if title else []
+    return fill([p.strip() for p in title.split("   ") if p.strip()], "   ")
+
+
 def overlay(
     display: np.ndarray,
     *,
@@ -305,7 +337,8 @@ def overlay(
     legend : sequence of (label, colour, dashed)
         Legend entries, drawn in a band above the image.
     title : str
-        First line of that band.
+        First line of that band, broken into several where it is wider than
+        the image (:func:`title_lines`).
     linewidth : float
         Circle line width in points (1 pt = 1.39 px at the 100 dpi used).
 
@@ -338,7 +371,8 @@ def overlay(
     extra = [lab.count("\n") for lab in labels]
     legend_px = max((len(col) * line_px + sum(extra[i] for i in col) * fontsize * 100 / 72 * 1.2
                      for col in np.array_split(np.arange(len(labels)), ncol)), default=0.0)
-    band = int(math.ceil((line_px if title else 0) + legend_px + 8)) if (title or legend) else 0
+    titles = title_lines(title, width_px=n - 12.0, fontsize=fontsize)  # drawn 6 px from the left edge, 6 px spare
+    band = int(math.ceil(len(titles) * line_px + legend_px + 8)) if (titles or legend) else 0
     # Matplotlib draws only the circles and text on a transparent canvas, which is
     # then composited over the image (pasting it unresampled is ~3x faster than imshow).
     # The axes covering the bottom m rows use full-resolution data coordinates:
@@ -363,8 +397,8 @@ def overlay(
             )
     # Title and legend go in a band above the image so they never hide particles.
     top = 1.0 - 4.0 / (m + band)
-    if title:
-        fig.text(6.0 / n, top, title, ha="left", va="top", fontsize=fontsize, color="white", fontweight="bold")
+    for line in titles:  # one text per line: the band's height counts line_px per line
+        fig.text(6.0 / n, top, line, ha="left", va="top", fontsize=fontsize, color="white", fontweight="bold")
         top -= line_px / (m + band)
     if legend:
         handles = [

@@ -46,7 +46,7 @@ log = logging.getLogger("lipoframe")
 REPORT_NAME = "report.html"
 OVERLAY_DIR = "overlays"
 #: Bump when the look of overlays changes, so cached ones are redrawn.
-RENDER_VERSION = 5
+RENDER_VERSION = 6
 #: Longest side of an overlay, in pixels.
 OVERLAY_SIZE = 1600
 #: Longest side of a gallery thumbnail, in pixels (smaller above LARGE_DATASET micrographs,

@@ -623,6 +623,40 @@ def test_volume_overlay_draws_each_sphere_as_its_cross_section_at_the_slab(tmp_p
     np.testing.assert_allclose(plots.slab_sections([20, 28, 35, 24.5], [8, 20, 8, 10], 18, 22), [8, 16, 0, 2 * np.sqrt(25 - 6.25)])
 
 
+@pytest.mark.parametrize("width", [96, 400])
+def test_a_small_tomograms_overlay_title_is_wrapped_not_cut_at_the_right_edge(tmp_path, width):
+    """On a 400 px wide tomogram the title ran past the right edge: '(slab z=18-22: 1 of 1 picks cr'."""
+    from lipoframe.records import Micrograph, MicrographMeta
+
+    vol = np.random.default_rng(0).normal(size=(40, 64, width)).astype(np.float32)
+
+    class Readers:
+        def read(self, path):
+            return Micrograph(MicrographMeta("tomo_001", str(path), vol.shape), vol)
+
+    title = "tomo_001 · 1 accepted of 1 picks · 10 Å/px"
+    job = report.OverlayJob(
+        name="v", path=str(tmp_path / "v.mrc"), x=np.array([30.0]), y=np.array([30.0]), z=np.array([20.0]), diameter=np.array([10.0]),
+        colors=["#ff0000"], dashed=np.array([False]), legend=[], title=title, png=tmp_path / "v_picks.png", thumb=tmp_path / "v.jpg",
+        crops=[], crop_dir=tmp_path / "crops",
+    )
+    assert report.render_job(job, Readers()).ok
+    with Image.open(job.png) as im:
+        rgb = np.asarray(im.convert("RGB")).astype(int)
+    n = rgb.shape[1]
+    band = rgb[: rgb.shape[0] - 64 * max(1, n // width)]
+    text = band.min(axis=2) > 128
+    assert not text[:, n - 4 :].any(), "the title reaches the right edge"
+    rows = np.flatnonzero(text.any(axis=1))
+    assert np.diff(rows).max() > 3, "the title is on two lines"  # a gap between them
+    fontsize = float(np.clip(n / 110.0, 7.0, 11.0))
+    lines = plots.title_lines(title + ("   (enlarged x6 for display)" if n > width else "") + "   (slab z=18-22: 1 of 1 picks cross it)",
+                              width_px=n - 12.0, fontsize=fontsize)
+    assert lines[-1].endswith("1 of 1 picks cross it)") and len(lines) >= 2, lines
+    assert plots.title_lines("m · 3 picks", width_px=n - 12.0, fontsize=fontsize) == ["m · 3 picks"]
+    assert plots.title_lines("", width_px=100, fontsize=7) == []
+
+
 def test_volume_slab_is_centred_on_the_nearest_plane():
     """The slab at z = 24.9 was planes 22-26 (int(z) = 24), though plane 25 holds that z; the
     report and evaluate's overlays both take it from volume_slab, so they show the same planes."""
