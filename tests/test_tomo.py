@@ -221,18 +221,42 @@ def test_a_sphere_in_a_volume_thinner_than_8_binned_planes_is_detected(planes):
     assert np.allclose(np.asarray(b["sigma_px"]) * DIAMETER_PER_SIGMA_3D, 30, rtol=0.3)
 
 
-def test_a_volume_thinner_than_the_diameter_range_is_named(tmp_path, run_cli):
-    # An 8-plane volume with dmin 12 voxels gave 0 picks and no word (only y and x were checked against the range).
-    rng = np.random.default_rng(0)
+def test_a_volume_thinner_than_the_diameter_range_is_picked_and_one_too_thin_to_search_is_named(tmp_path, run_cli):
+    """A volume with fewer planes than dmin was refused, though spheres cut by its faces are found by their
+    in-plane contrast (benchmarks/thin_volumes.py); only a volume with fewer planes than the detector's
+    binning of the smallest diameter cannot be searched (it failed with 'image of shape (2, 96, 96) is
+    smaller than one block of 4')."""
+    from lipoframe.synthetic import write_mrc
+
     (tmp_path / "in").mkdir()
-    for name, nz in (("thin", 8), ("slab", 30)):
-        with mrcfile.new(tmp_path / "in" / f"{name}.mrc") as m:
-            m.set_data(rng.normal(size=(nz, 96, 96)).astype(np.float32))
+    spheres = pd.DataFrame({"x_px": [48.0], "y_px": [46.0], "z_px": [3.5], "diameter_px": [48.0]})
+    write_mrc(tmp_path / "in" / "thin.mrc", render_volume((8, 96, 96), spheres, noise=0.3, seed=0), 10.0)
+    write_mrc(tmp_path / "in" / "flat.mrc", render_volume((2, 96, 96), spheres.assign(z_px=0.5), noise=0.3, seed=0), 10.0)
     code, _, stderr = run_cli("run", "+experiment=tomo", f"input={tmp_path / 'in'}", f"output={tmp_path / 'out'}", "units=px",
-                              "dmin=12", "dmax=40", "runner.workers=1", "runner.progress=false", "runner.report=false")
+                              "dmin=40", "dmax=60", "writer=[csv]", "runner.workers=1", "runner.progress=false", "runner.report=false")
     assert code == 1, stderr[-2000:]
-    assert f"{tmp_path / 'in' / 'thin.mrc'}: volume of 8 planes is thinner than the smallest diameter (12 px)" in stderr
-    assert f"{tmp_path / 'in' / 'slab.mrc'}: volume of 30 planes is thinner than the largest diameter (40 px)" in stderr
+    assert (f"{tmp_path / 'in' / 'flat.mrc'}: volume of 2 planes is too thin to search: the smallest diameter (40 px) is "
+            "searched binned x4, which needs at least 4 planes; raise detector.min_sigma_binned (now 2) or lower dmin") in stderr
+    assert f"{tmp_path / 'in' / 'thin.mrc'}: volume of 8 planes is thinner than the largest diameter (60 px)" in stderr
+    assert "thinner than the smallest diameter" not in stderr
+    picks = pd.read_csv(tmp_path / "out" / "picks.csv")
+    assert len(picks) == 1 and picks["micrograph"].iloc[0] == "thin"
+    assert np.allclose(picks[["x_px", "y_px"]], [[48, 46]], atol=1.0) and picks["diameter_px"].iloc[0] == pytest.approx(48, rel=0.05)
+
+
+def test_diameters_whose_binning_a_thin_volume_cannot_fill_are_named(caplog):
+    """The coarse pyramid levels of a wide range bin a 3-plane volume x4: binning failed ('smaller than one
+    block of 4') and the whole volume with it; those diameters are now left out with a warning."""
+    from lipoframe.runner import pick
+
+    spheres = pd.DataFrame({"x_px": [40.0], "y_px": [40.0], "z_px": [1.0], "diameter_px": [16.0]})
+    vol = render_volume((3, 96, 96), spheres, noise=0.2, seed=0)
+    with caplog.at_level("WARNING", logger="lipoframe"):
+        picks = pick(vol, dmin=12, dmax=60, units="px", detector="dog", detector_params={"min_sigma_binned": 2.0},
+                     refiner="radial_profile_3d", filters=("diameter_range",))
+    assert np.allclose(picks.loc[picks["accepted"], ["x_px", "y_px"]], [[40, 40]], atol=1.0)
+    text = caplog.text
+    assert "image: volume of 3 planes is too thin for the search of diameters over " in text and "(binned x4, which needs 4 planes)" in text
 
 
 def test_particles_thicker_than_the_volume_are_picked_and_the_warning_says_they_score_lower(tmp_path, run_cli):
