@@ -1880,7 +1880,8 @@ class RunResult:
                       "retried_accepted": self._accepted_with(schema.RETRIED),
                       "peeled_accepted": self._accepted_with(PEELED)},
             "bins": [] if self.plan is None else [
-                {"bin": b.index + 1, "d_min_px": round(b.d_min_px, 1), "d_max_px": round(b.d_max_px, 1), "count": b.count, "box_px": b.box_px}
+                # 4 decimals as extraction_plan.json: rounded to 1, 108.54 became 108.5 and the console said 108 where the plan says 109
+                {"bin": b.index + 1, "d_min_px": round(b.d_min_px, 4), "d_max_px": round(b.d_max_px, 4), "count": b.count, "box_px": b.box_px}
                 for b in self.plan.bins
             ],
             "failures": [{"micrograph": r.path, "error": r.error.splitlines()[0]} for r in self.failed],

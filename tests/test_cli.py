@@ -451,3 +451,24 @@ def test_a_run_piped_into_a_command_that_stops_reading_ends_cleanly(tiny_mrcs, t
     assert proc.wait(timeout=120) == 0, err
     assert "BrokenPipeError" not in err and "Error executing job" not in err
     assert (tmp_path / "out" / "picks.csv").is_file()
+
+
+def test_summary_bin_range_reads_as_the_extraction_plan():
+    """The console's bin range is the plan's (extraction_plan.md, the overlay legend), not a rounding of a rounding.
+
+    On the real liposome image Fusion-G-87 (units=px dmin=20 dmax=400) the largest bin ended at 108.54 px:
+    the plan and the overlays said 64-109 px, the console 64-108 px (108.54 was stored as 108.5, which
+    '.0f' rounds to even, 108).
+    """
+    from pathlib import Path
+
+    import pandas as pd
+
+    from lipoframe.plan import ExtractionPlan, SizeBin, format_range
+    from lipoframe.runner import RunResult, format_summary
+
+    b = SizeBin(index=2, d_min_px=64.3457, d_max_px=108.5385, count=12, box_px=192)
+    res = RunResult(out_dir=Path("out"), results=[], picks=pd.DataFrame(), plan=ExtractionPlan("peak_valley", None, (b,)),
+                    files=[], seconds=1.0)
+    assert format_range(b.d_min_px, b.d_max_px) == "64-109"
+    assert "  bin 3: 64-109 px, 12 picks, box 192 px" in format_summary(res.summary()).splitlines()
