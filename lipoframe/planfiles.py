@@ -203,7 +203,8 @@ def plot_size_histogram(plan: ExtractionPlan, picks: pd.DataFrame, ax=None, *, t
         sec = ax.secondary_xaxis("top", functions=(lambda v, s=px: v * s / 10.0, lambda v, s=px: v * 10.0 / s))
         sec.set_xlabel(f"diameter (nm) at {px:g} Å/px")
     else:
-        ax.text(0.99, 0.98, "pixel size unknown: no nm axis", transform=ax.transAxes, ha="right", va="top", fontsize=8, color="0.4")
+        # above the axes, where the nm axis would be: inside them it sat in the corner the legend may take
+        ax.text(1.0, 1.01, "pixel size unknown: no nm axis", transform=ax.transAxes, ha="right", va="bottom", fontsize=8, color="0.4")
     # the legend goes in the widest gap between the bin labels (a label is centred on its bin)
     lo_x, hi_x = ax.get_xlim()
     at = sorted((c - lo_x) / (hi_x - lo_x) for c in centers_x)

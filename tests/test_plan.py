@@ -288,6 +288,34 @@ def test_the_histogram_legend_does_not_cover_a_bin_label(stray):
     assert ax.get_window_extent(renderer).contains(legend.x0, legend.y0) and ax.get_window_extent(renderer).contains(legend.x1, legend.y1)
 
 
+def test_the_histogram_note_of_an_unknown_pixel_size_covers_nothing():
+    # without a pixel size the note 'pixel size unknown: no nm axis' sat in the axes' top right corner, where the
+    # legend goes when the widest gap is right of the last bin label: on the real liposome images (units=px
+    # dmin=20 dmax=400, no pixel size in the JPEGs) it was printed over the legend's 'smoothed'
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from lipoframe.planfiles import plot_size_histogram
+
+    rng = np.random.default_rng(0)
+    d = np.r_[rng.gamma(4, 6, 600) + 19, rng.normal(70, 4, 12)]
+    picks = pd.DataFrame({schema.MICROGRAPH: "m", schema.X: 0.0, schema.Y: 0.0, schema.DIAMETER: d,
+                          schema.ACCEPTED: True, schema.REASON: ""})
+    ctx = PickContext(dmin_px=15, dmax_px=400, polarity="dark", pixel_size=None, seed=0)
+    res = PeakValleyBinner(PeakValleyParams()).assign(picks, {}, ctx)
+    assert res.plan.pixel_size is None
+    fig = plot_size_histogram(res.plan, res.picks)
+    FigureCanvasAgg(fig).draw()
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    assert ax.get_legend()._loc == 1  # upper right: the corner the note was drawn in
+    (note,) = [t for t in ax.texts if "pixel size unknown" in t.get_text()]
+    box = note.get_window_extent(renderer)
+    others = [ax.get_legend().get_window_extent(renderer), ax.title.get_window_extent(renderer)]
+    others += [t.get_window_extent(renderer) for t in ax.texts if t.get_text().startswith("bin ")]
+    assert not any(box.overlaps(o) for o in others)
+    assert fig.bbox.contains(box.x0, box.y0) and fig.bbox.contains(box.x1, box.y1)
+
+
 def test_the_histogram_colours_every_bin_as_the_overlays_do():
     # past the seven Okabe-Ito colours the overlays, crops and scatter plot go on with tab20
     # (plots.bin_color); the histogram started the palette again, so bin 8 was bin 1's orange
