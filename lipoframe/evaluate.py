@@ -813,6 +813,9 @@ def read_picks(path: str | Path, *, micrographs=None, flip_y: bool | None = None
 def read_reference(path: str | Path, *, micrographs=None, flip_y: bool | None = None) -> pd.DataFrame:
     """Read reference coordinates (CSV with ``micrograph,x_px,y_px[,diameter_px,kind]``, STAR, .box, .cbox, or a folder).
 
+    A lipoframe run folder gives its accepted picks (read as :func:`read_picks` reads it), so two runs can be
+    compared; another folder holding a ``picks.csv`` gives that file.
+
     Parameters
     ----------
     path : str or Path
@@ -826,7 +829,18 @@ def read_reference(path: str | Path, *, micrographs=None, flip_y: bool | None = 
     EvaluationInputError
         If a file cannot be read, or STAR/box coordinates cannot be converted.
     """
-    df = _read_many(Path(path), "reference", micrographs, flip_y)
+    path = Path(path)
+    if is_run_folder(path):
+        # Another run as the reference: its accepted picks, read as `picks=` reads a run folder. Read as a folder
+        # of tables, its sizes.csv became a reference micrograph 'sizes' of particles without coordinates.
+        picks, _ = read_picks(path)
+        if schema.ACCEPTED in picks.columns:
+            picks = picks.loc[schema.flags(picks[schema.ACCEPTED])].reset_index(drop=True)
+        _check_columns(picks, str(path))
+        return picks
+    if path.is_dir() and (path / "picks.csv").is_file():
+        path = path / "picks.csv"
+    df = _read_many(path, "reference", micrographs, flip_y)
     _check_columns(df, str(path))
     return df
 
@@ -1757,7 +1771,7 @@ class EvaluateArgs:
     """Options of ``lipoframe evaluate``.
 
     picks: lipoframe run folder, sweep folder of lipoframe run -m (every job scored, one table), picks CSV/STAR (a RELION list file such as autopick.star is followed), EMAN .box, crYOLO .cbox or .coords, or a folder of them
-    reference: reference coordinates: CSV (micrograph,x_px,y_px,diameter_px,kind), STAR (or a RELION list file), .box, .cbox, crYOLO .coords, or a folder
+    reference: reference coordinates: CSV (micrograph,x_px,y_px,diameter_px,kind), STAR (or a RELION list file), .box, .cbox, crYOLO .coords, a folder, or a lipoframe run folder (its accepted picks)
     output: folder for evaluation.json, per_micrograph.csv, picks_evaluated.csv (a sweep: sweep_evaluation.csv/.json, job_<n>/) (optional)
     tolerance: max centre distance for a match, relative to the reference diameter
     iou_threshold: circle/sphere IoU counted in iou_rate

@@ -361,6 +361,27 @@ def test_a_runs_relion_folder_scores_like_the_run(tmp_path, tiny_mrcs, run_cli):
         assert (s["tp"], s["fp"], s["fn"]) == (whole["tp"], whole["fp"], whole["fn"])
 
 
+def test_a_run_folder_as_the_reference_is_its_accepted_picks(tmp_path, tiny_mrcs, run_cli):
+    # reference=<run folder> (comparing another picker, or another run, with a lipoframe run) read the folder's
+    # tables: sizes.csv became a micrograph 'sizes' of reference particles without coordinates, so evaluate said
+    # 'reference has rows without diameter_px; give reference_diameter=<px>', and with that given scored them as
+    # misses (the real apoferritin run against another: a 5th micrograph 'sizes', 13 false misses)
+    code, _, _ = run_cli("run", f"input={tiny_mrcs[0].parent}", f"output={tmp_path / 'run'}", *TINY_ARGS)
+    assert code == 0
+    run = tmp_path / "run"
+    assert (run / "sizes.csv").is_file()
+    picks, _ = read_picks(run)
+    accepted = picks[picks["accepted"].astype(bool)]
+    ref = read_reference(run)
+    assert len(ref) == len(accepted) > 0 and set(ref["micrograph"]) == set(accepted["micrograph"])
+    s = evaluate(picks, ref).summary
+    assert (s["tp"], s["fp"], s["fn"]) == (len(accepted), 0, 0)
+    assert len(read_reference(run / "picks.csv")) == len(read_reference(run))
+    code, out, err = run_cli("evaluate", f"picks={run}", f"reference={run}")
+    assert code == 0, err
+    assert "sizes" not in out
+
+
 def test_lipoframes_own_star_files_keep_their_diameters(tmp_path):
     """Evaluating a run's RELION coordinate files scores the diameters too."""
     from lipoframe.builtin.writers import StarWriter
