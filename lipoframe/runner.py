@@ -1547,22 +1547,28 @@ def pixel_size_notes(metas: dict[str, MicrographMeta]) -> list[str]:
 
 
 def placeholder_pixel_size_notes(metas: dict[str, MicrographMeta], cfg: LipoframeConfig) -> list[str]:
-    """A note when headers give exactly 1 Å/px and the diameter range is in Å.
+    """A note when headers give exactly 1 Å/px and no ``pixel_size`` was given.
 
     1.0 is what many programs write when they do not know the pixel size
     (and what an MRC header with a cell equal to its size means); a
     diameter range in Å converted with it may be off by the true pixel size
-    without any other sign.
+    without any other sign. With the range in pixels (``units=px``) the
+    picks are not affected, but ``diameter_A``, the sizes in nm and the
+    exports' pixel size are.
     """
-    if cfg.pixel_size is not None or cfg.units != "A":
+    if cfg.pixel_size is not None:
         return []
     ones = sorted(n for n, m in metas.items() if m.pixel_size == 1.0)
     if not ones:
         return []
     which = "every micrograph" if len(ones) == len(metas) else f"{len(ones)} of {len(metas)} micrographs (e.g. {ones[0]})"
-    note = (f"the header of {which} gives exactly 1 Å/px, which many programs write when they do not know the pixel size; "
-            f"dmin={cfg.dmin:g} and dmax={cfg.dmax:g} Å were converted with it: if that is not your pixel size, "
-            "run again with pixel_size=<Å/px> (or give the range in pixels with units=px)")
+    said = f"the header of {which} gives exactly 1 Å/px, which many programs write when they do not know the pixel size; "
+    if cfg.units == "A":
+        note = (said + f"dmin={cfg.dmin:g} and dmax={cfg.dmax:g} Å were converted with it: if that is not your pixel size, "
+                "run again with pixel_size=<Å/px> (or give the range in pixels with units=px)")
+    else:
+        note = (said + "the picks (in pixels) do not depend on it, but diameter_A, the sizes in nm and the exports' "
+                "pixel size do: if that is not your pixel size, run again with pixel_size=<Å/px>")
     log.info(note)
     return [note]
 

@@ -223,9 +223,11 @@ def test_a_header_pixel_size_of_exactly_one_angstrom_gets_a_note(tmp_path):
     (note,) = placeholder_pixel_size_notes(metas(1.06, 1.0, None), cfg)
     assert note.startswith("the header of 1 of 3 micrographs (e.g. m1) gives exactly 1 Å/px") and "pixel_size=<Å/px>" in note
     assert placeholder_pixel_size_notes(metas(1.06, 0.83, None), cfg) == []
-    # A pixel size given by the user, or a range in pixels, does not depend on the header.
+    # A pixel size given by the user does not depend on the header.
     assert placeholder_pixel_size_notes(metas(1.0), config(tmp_path, "pixel_size=1.0")) == []
-    assert placeholder_pixel_size_notes(metas(1.0), config(tmp_path, "units=px", "dmin=100", "dmax=300")) == []
+    # A range in pixels does not either, but the Å and nm values and the exports' pixel size do.
+    (note,) = placeholder_pixel_size_notes(metas(1.0), config(tmp_path, "units=px", "dmin=100", "dmax=300"))
+    assert "the picks (in pixels) do not depend on it, but diameter_A" in note and "pixel_size=<Å/px>" in note
 
 
 def test_resolve_workers():
