@@ -355,6 +355,29 @@ def check_image(mic: Micrograph, ctx: PickContext) -> None:
         raise InputError(f"{where}: image contains NaN or infinite pixels")
     if float(small.std()) == 0.0 and float(np.ptp(np.asarray(mic.image[:64, :64], dtype=np.float32))) == 0.0:
         raise InputError(f"{where}: image is constant (no contrast)")
+    levels = two_levels(mic.image)
+    if levels is not None:
+        # A mask or label image beside the micrographs (input=<folder>) is picked like one, without a word.
+        log.warning("%s: holds only the values %g and %g: a mask or label image rather than a micrograph? "
+                    "It is picked as given; leave it out of input= (or read it with filter=[...,mask] or detector=heatmap)",
+                    where, *levels)
+
+
+def two_levels(image: np.ndarray) -> tuple[float, float] | None:
+    """The two values of an image that holds no others (a mask, labels); None otherwise.
+
+    A 256 x 256 patch from the centre is looked at first, so a micrograph
+    (thousands of grey levels there) costs next to nothing.
+    """
+    plane = image[image.shape[0] // 2] if image.ndim == 3 else image
+    r, c = plane.shape[0] // 2, plane.shape[1] // 2
+    if np.unique(np.asarray(plane[max(0, r - 128):r + 128, max(0, c - 128):c + 128])).size > 2:
+        return None
+    values = np.asarray(image)
+    lo, hi = float(values.min()), float(values.max())
+    if lo == hi or np.count_nonzero((values != lo) & (values != hi)):
+        return None
+    return lo, hi
 
 
 def process_micrograph(mic: Micrograph, stages: StageSet, ctx: PickContext) -> pd.DataFrame:

@@ -115,6 +115,27 @@ def test_a_file_reached_again_through_a_link_is_picked_once_and_said(tmp_path):
     assert same == []
 
 
+def test_a_mask_beside_the_micrographs_is_picked_with_a_warning(tmp_path, caplog):
+    """MicrographCleaner's contamination mask and a ground-truth mask in the input folder were
+    picked as micrographs without a word."""
+    import numpy as np
+
+    write_set(tmp_path / "in", 1)
+    mask = (image(5) < np.percentile(image(5), 10)).astype(np.float32)  # 0/1
+    write_mrc(tmp_path / "in" / "mic_000_mask.mrc", mask)
+    with caplog.at_level("WARNING", logger="lipoframe"):
+        result = run_pipeline(config(tmp_path / "in", "runner.workers=1"), tmp_path / "out")
+    assert sorted(r.status for r in result.results) == ["ok", "ok"]
+    told = [r.getMessage() for r in caplog.records if "mask or label image" in r.getMessage()]
+    assert len(told) == 1 and "mic_000_mask.mrc: holds only the values 0 and 1" in told[0]
+    from lipoframe.runner import two_levels
+
+    assert two_levels(image(0)) is None and two_levels(mask * 255) == (0.0, 255.0)
+    edge = mask.copy()
+    edge[0, 0] = 0.5  # a third value outside the centre patch
+    assert two_levels(edge) is None
+
+
 def test_a_broken_link_in_an_input_folder_is_reported_not_skipped(tmp_path):
     write_set(tmp_path / "in", 1)
     (tmp_path / "in" / "gone.mrc").symlink_to(tmp_path / "elsewhere" / "gone.mrc")
