@@ -52,6 +52,10 @@ class MergeError(Exception):
     """The run folders cannot be merged; the message says why."""
 
 
+class NotARunFolder(MergeError):
+    """A folder given to merge is missing or is not a run folder: a usage error (exit code 2, as plan, report and evaluate)."""
+
+
 @dataclass
 class Shard:
     """One run folder: its manifest and the overrides it was run with."""
@@ -81,10 +85,10 @@ def find_run_folders(specs: list[str]) -> list[Path]:
             out.append(folder)
             continue
         if not folder.is_dir():
-            raise MergeError(f"{folder}: no such folder")
+            raise NotARunFolder(f"{folder}: no such folder")
         subs = sorted((p for p in folder.iterdir() if (p / MANIFEST).is_file()), key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
         if not subs:
-            raise MergeError(f"{folder}: not a lipoframe run folder (no {MANIFEST}) and has none inside")
+            raise NotARunFolder(f"{folder}: not a lipoframe run folder (no {MANIFEST}) and has none inside")
         if (folder / "multirun.yaml").is_file():  # Hydra keeps the job folders of an earlier sweep into the same folder
             from lipoframe.sweepdir import stale_jobs, stale_line
 
@@ -116,7 +120,7 @@ def load_shard(folder: Path) -> Shard:
         raise MergeError(f"{folder / MANIFEST}: unreadable ({exc})") from None
     over = folder / ".hydra" / "overrides.yaml"
     if not over.is_file():
-        raise MergeError(f"{folder}: no .hydra/overrides.yaml (merge needs folders made by `lipoframe run`)")
+        raise NotARunFolder(f"{folder}: no .hydra/overrides.yaml (merge needs folders made by `lipoframe run`)")
     overrides = [str(o) for o in OmegaConf.to_container(OmegaConf.load(over))]
     return Shard(folder, manifest, overrides)
 
@@ -313,6 +317,9 @@ def main(argv: list[str]) -> int:
         result = merge_runs(folders, out[0], overrides)
     except ConfigError as exc:
         print(f"lipoframe merge: config error: {exc}", file=sys.stderr)
+        return 2
+    except NotARunFolder as exc:
+        print(f"lipoframe merge: {exc}", file=sys.stderr)
         return 2
     except (MergeError, InputError) as exc:
         print(f"lipoframe merge: {exc}", file=sys.stderr)

@@ -1123,12 +1123,12 @@ def cmd_report(argv: list[str]) -> int:
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         print(f"lipoframe report: {run_dir}: no such folder", file=sys.stderr)
-        return 1
+        return 2  # a usage error, as for plan, evaluate and merge: nothing was read or written
     try:
         data = load_run(run_dir)
     except FileNotFoundError as exc:
         print(f"lipoframe report: {exc}", file=sys.stderr)
-        return 1
+        return 2
     runner_cfg = data.config.get("runner") if isinstance(data.config.get("runner"), dict) else {}
     workers = args.workers if args.workers is not None else int(runner_cfg.get("workers", 0) or 0)
     workers = resolve_workers(workers, max(1, len(data.metas)))

@@ -137,8 +137,11 @@ def test_merge_refuses_shards_with_other_settings(sharded, tmp_path, capsys):
 def test_merge_needs_output_and_run_folders(tmp_path, capsys):
     assert merge.main([str(tmp_path)]) == 2
     assert "output=DIR is required" in capsys.readouterr().err
-    assert merge.main([str(tmp_path), f"output={tmp_path / 'o'}"]) == 1
+    # A folder that is not a run, or is missing, is a usage error (2), as for plan, report and evaluate.
+    assert merge.main([str(tmp_path), f"output={tmp_path / 'o'}"]) == 2
     assert "not a lipoframe run folder" in capsys.readouterr().err
+    assert merge.main([str(tmp_path / "nope"), f"output={tmp_path / 'o'}"]) == 2
+    assert "no such folder" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -510,9 +510,10 @@ def test_no_overlays_option_reads_no_micrograph(run_copy, run_cli):
 
 def test_report_command_rejects_a_folder_that_is_not_a_run(tmp_path, run_cli):
     code, _, err = run_cli("report", tmp_path)
-    assert code == 1 and str(tmp_path) in err and "not a lipoframe run folder" in err
+    # A usage error (2), as for plan, evaluate and merge; 1 is kept for overlays that failed.
+    assert code == 2 and str(tmp_path) in err and "not a lipoframe run folder" in err
     code, _, err = run_cli("report", tmp_path / "nope")
-    assert code == 1 and "no such folder" in err
+    assert code == 2 and "no such folder" in err
 
 
 def _run_twice_second_report_raising(tmp_path, monkeypatch, error):
