@@ -280,7 +280,9 @@ def merge_runs(folders: list[str | Path], out_dir: str | Path, overrides: list[s
         write_text(out_dir / "merged_from.json", json.dumps([str(s.folder) for s in shards], indent=1))
         for n in notes:
             log.warning(n)
-        result = finish_run(out_dir, [n for _, n, _ in order], results, stages, cfg, pm=pm, t0=t0, errors=[], notes=notes, workers=1)
+        # The absolute folder, as a run's (Hydra's output_dir): the console's 'outputs' line and run_summary.json's out_dir.
+        result = finish_run(out_dir.absolute(), [n for _, n, _ in order], results, stages, cfg, pm=pm, t0=t0, errors=[], notes=notes,
+                            workers=1)
         if cfg.runner.report:
             from lipoframe.report import write_report_safely
 

@@ -134,6 +134,15 @@ def test_merge_refuses_shards_with_other_settings(sharded, tmp_path, capsys):
     assert "different per-micrograph settings" in capsys.readouterr().err
 
 
+def test_merge_prints_the_absolute_output_folder_as_run_does(sharded, tmp_path, monkeypatch, capsys):
+    # Before, 'outputs' and run_summary.json's out_dir were output= as typed ('m'), where a run gives the absolute folder.
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert merge.main([str(sharded / "shards"), "output=m"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"outputs      {tmp_path / 'm'}"
+    assert json.loads((tmp_path / "m" / "run_summary.json").read_text())["out_dir"] == str(tmp_path / "m")
+
+
 def test_merge_needs_output_and_run_folders(tmp_path, capsys):
     assert merge.main([str(tmp_path)]) == 2
     assert "output=DIR is required" in capsys.readouterr().err
