@@ -14,7 +14,7 @@ start. What Hydra records of the last sweep decides:
   last sweep when its number is one of that sweep's and its overrides are
   that job's;
 * when the sweep cannot be expanded (another sweeper, an interval sweep, a
-  ``glob()`` over presets lipoframe does not know), the file times: a job's
+  ``glob()``, whose options depend on the sweep's config folders), the file times: a job's
   ``.hydra/overrides.yaml`` written before ``multirun.yaml`` is older than
   the sweep.
 """
@@ -62,12 +62,17 @@ def last_sweep_jobs(sweep: str | Path) -> list[list[str]] | None:
         from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
         from hydra.core.global_hydra import GlobalHydra
         from hydra.core.override_parser.overrides_parser import OverridesParser
+        from hydra.core.override_parser.types import ValueType
 
         from lipoframe.config import config_dir
 
         with initialize_config_dir(version_base="1.3", config_dir=str(config_dir()), job_name="lipoframe"):
             parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
             overrides = parser.parse_overrides(words)
+            if any(o.value_type == ValueType.GLOB_CHOICE_SWEEP for o in overrides):
+                # glob() lists a config group's options, and here only lipoframe's own config is searched:
+                # the sweep's -cd/--config-dir or searchpath presets would be missing and its jobs misnumbered.
+                return None
             n = 1
             for o in overrides:
                 n *= len(list(o.sweep_string_iterator())) if o.is_sweep_override() else 1

@@ -1326,3 +1326,27 @@ def test_a_sweep_rerun_with_fewer_jobs_scores_only_the_last_sweeps_jobs(tiny_mrc
     code, out, err = run_cli("evaluate", f"picks={sweep}", f"reference={truth}")
     assert code == 0 and out.splitlines()[0] == f"sweep {sweep}: 2 jobs against {truth}", (out, err)
     assert "2 (older than the last sweep's multirun.yaml)" in err, err
+
+
+def test_a_glob_sweep_over_presets_of_a_config_dir_is_not_taken_for_stale(tmp_path):
+    # `lipoframe run -m -cd mine +experiment=glob(*)`: glob() also lists the -cd folder's presets. Expanded
+    # with lipoframe's own config only (tomo, vesicles), the sweep had 2 jobs where it ran 3, and all 3 of its
+    # job folders were called stale: evaluate and merge refused the sweep ('none of its 3 job folders is of
+    # the last sweep'). A glob() is not expanded; the file times decide, as for other sweeps it cannot expand.
+    import yaml
+
+    from lipoframe.sweepdir import BASIC_SWEEPER, stale_jobs
+
+    sweep = tmp_path / "sw"
+    sweep.mkdir()
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {
+        "sweeper": {"_target_": BASIC_SWEEPER, "params": None},
+        "overrides": {"task": ["dmin=30", "+experiment=glob(*)"]}}}))
+    jobs = []
+    for num, preset in enumerate(["mine", "tomo", "vesicles"]):
+        job = sweep / str(num)
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"job": {"num": num}}}))
+        (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["dmin=30", f"+experiment={preset}"]))
+        jobs.append(job)
+    assert stale_jobs(sweep, jobs) == {}
