@@ -783,16 +783,15 @@ def read_picks(path: str | Path, *, micrographs=None, flip_y: bool | None = None
     """
     path = Path(path)
     if is_run_folder(path):
-        from lipoframe.runner import listed_micrographs
+        from lipoframe.runner import run_result_names
 
         names, tables = [], []
-        listed = listed_micrographs(path)  # not the saved results an earlier run with other inputs left
-        listed = None if listed is None else {n for n, _ in listed}
-        for js in sorted((path / "micrographs").glob("*.json")):
-            csv = js.with_suffix(".csv")
-            if not csv.exists() or (listed is not None and js.stem not in listed):
+        # not the saved results an earlier run with other inputs or other settings left
+        for name in run_result_names(path):
+            csv = path / "micrographs" / f"{name}.csv"
+            if not csv.exists():
                 continue
-            names.append(js.stem)
+            names.append(name)
             tables.append(pd.read_csv(csv, dtype={schema.MICROGRAPH: str, schema.REASON: str}, keep_default_na=False, na_values=[""]))
         # (without a single pick, one empty table keeps the run's columns: score makes the AUPRC 0, not n/a)
         non_empty = [t for t in tables if len(t)] or tables[:1]

@@ -268,7 +268,7 @@ def run_micrographs(run_dir: Path) -> tuple[list[str], list]:
     PlanError
         If the run saved no per-micrograph results.
     """
-    from lipoframe.runner import WORK_DIR, MicResult, listed_micrographs, saved_counts
+    from lipoframe.runner import WORK_DIR, MicResult, listed_micrographs, manifest_fingerprint, saved_counts
 
     work = run_dir / WORK_DIR
     saved = sorted(p.stem for p in work.glob("*.json")) if work.is_dir() else []
@@ -284,7 +284,8 @@ def run_micrographs(run_dir: Path) -> tuple[list[str], list]:
         pass
     results: list = []
     # (meta, rows, accepted rows) of each complete saved result, all read in one go
-    loaded: dict[str, Any] = saved_counts(run_dir, dict.fromkeys(saved))
+    # (made with the settings inputs.json records: a run stopped early leaves an earlier run's other picks)
+    loaded: dict[str, Any] = saved_counts(run_dir, dict.fromkeys(saved), manifest_fingerprint(run_dir))
     if listed is None:  # no inputs.json: every saved result, in input-path order
         order = sorted(((n, d[0].path) for n, d in loaded.items()), key=lambda t: (t[1], t[0]))
     for name, path in order:

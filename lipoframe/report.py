@@ -146,15 +146,10 @@ def _read_json(path: Path) -> Any:
 
 
 def _work_names(out_dir: Path) -> list[str]:
-    """The saved results of the run's micrographs (those its ``inputs.json`` lists, when it has one)."""
-    from lipoframe.runner import WORK_DIR, listed_micrographs
+    """The saved results of the run's micrographs (:func:`~lipoframe.runner.run_result_names`)."""
+    from lipoframe.runner import run_result_names
 
-    saved = sorted(p.stem for p in (out_dir / WORK_DIR).glob("*.json") if not p.name.startswith("."))
-    listed = listed_micrographs(out_dir)
-    if listed is None:
-        return saved
-    names = {n for n, _ in listed}
-    return [n for n in saved if n in names]
+    return run_result_names(out_dir)
 
 
 def _config_from_folder(out_dir: Path) -> tuple[dict, str, dict]:

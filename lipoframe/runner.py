@@ -1530,6 +1530,45 @@ def listed_micrographs(run_dir: str | os.PathLike) -> list[tuple[str, str]] | No
         return None
 
 
+def manifest_fingerprint(run_dir: str | os.PathLike) -> str | None:
+    """The per-micrograph settings fingerprint ``inputs.json`` records for a run folder (None: none recorded)."""
+    try:
+        fingerprint = json.loads((Path(run_dir) / MANIFEST).read_text()).get("fingerprint")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return str(fingerprint) if fingerprint else None
+
+
+def run_result_names(run_dir: str | os.PathLike) -> list[str]:
+    """Names of the saved results in ``micrographs/`` that are the run's own, sorted.
+
+    Those of the micrographs ``inputs.json`` lists (:func:`listed_micrographs`)
+    and made with the settings it records (:func:`manifest_fingerprint`). A
+    run stopped early with other settings than the last one into the folder
+    leaves that run's results for the micrographs it did not reach: they are
+    other picks, so ``lipoframe plan``, ``report`` and ``evaluate`` do not
+    take them as this run's. Without ``inputs.json``, every saved result.
+    """
+    work = Path(run_dir) / WORK_DIR
+    saved = sorted(p.stem for p in work.glob("*.json") if not p.name.startswith(".")) if work.is_dir() else []
+    listed = listed_micrographs(run_dir)
+    if listed is not None:
+        names = {n for n, _ in listed}
+        saved = [n for n in saved if n in names]
+    fingerprint = manifest_fingerprint(run_dir)
+    if fingerprint is None:
+        return saved
+    own = []
+    for name in saved:
+        try:
+            info = json.loads(_work_paths(Path(run_dir), name)[1].read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(info, dict) and info.get("fingerprint") == fingerprint:
+            own.append(name)
+    return own
+
+
 def write_manifest(out_dir: Path, specs: list[str], paths: list[Path], names: list[str], cfg: LipoframeConfig, fingerprint: str) -> None:
     """``inputs.json``: every input in order with its output name, the shard and the fingerprint (used by merge)."""
     info = {

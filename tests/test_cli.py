@@ -312,6 +312,38 @@ def test_plan_report_and_evaluate_read_the_runs_micrographs_not_an_earlier_runs(
     assert names == ["mic_1"] and set(evaluated["micrograph"]) == {"mic_1"}
 
 
+def test_plan_report_and_evaluate_leave_out_an_earlier_runs_results_made_with_other_settings(tiny_mrcs, tmp_path, run_cli):
+    """A rerun with other settings stopped (SIGTERM) before it reached mic_0 left the earlier run's
+    mic_0 result in micrographs/ (other picks, kept for resume); `plan`, `report` and `evaluate`
+    took it as this run's, mixing two settings' picks (a threshold-4 run redone at 7 and stopped after
+    3 of 12 micrographs: plan 1224 picks, evaluate 951, where run_summary.json said 33)."""
+    import json
+    import shutil
+
+    import pandas as pd
+
+    out_dir = tmp_path / "out"
+    code, _, err = run_cli("run", f"input={tiny_mrcs[0].parent}", f"output={out_dir}", *TINY_ARGS, "nms.beta=0.6")
+    assert code == 0, err
+    earlier = tmp_path / "earlier"
+    shutil.copytree(out_dir / "micrographs", earlier)
+    code, _, err = run_cli("run", f"input={tiny_mrcs[0].parent}", f"output={out_dir}", *TINY_ARGS, "nms.beta=0.8")
+    assert code == 0, err
+    # as the second run leaves the folder when stopped before mic_0: the earlier run's result is still there
+    for suffix in (".csv", ".json"):
+        shutil.copy(earlier / f"mic_0{suffix}", out_dir / "micrographs" / f"mic_0{suffix}")
+    fingerprint = json.loads((out_dir / "inputs.json").read_text())["fingerprint"]
+    assert json.loads((out_dir / "micrographs" / "mic_0.json").read_text())["fingerprint"] != fingerprint
+    code, out, err = run_cli("plan", str(out_dir), "--report")
+    assert "1 of 2 micrograph(s) have no saved picks" in err  # none of this run's settings
+    assert set(pd.read_csv(out_dir / "picks.csv")["micrograph"]) == {"mic_1"}
+    assert "mic_0_picks" not in (out_dir / "report.html").read_text()
+    from lipoframe.evaluate import read_picks
+
+    evaluated, names = read_picks(out_dir)
+    assert names == ["mic_1"] and set(evaluated["micrograph"]) == {"mic_1"}
+
+
 def test_a_mistyped_glob_leaves_the_earlier_runs_settings_record_too(tiny_mrcs, tmp_path, run_cli):
     """The refused run still let Hydra write its settings into .hydra/ over the earlier run's,
     so `lipoframe plan`, `report` and `merge` then read the mistyped run's settings (here dmin=40)."""
