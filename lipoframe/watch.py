@@ -69,6 +69,15 @@ class FolderWatcher:
 
         same: list[tuple[Path, Path]] = []
         found = [p for p in expand_inputs(self.specs, self.suffixes, same_file=same) if not p.name.startswith(".")]
+        # A file already handed out stays the one picked when another path to it appears later
+        # (a link that sorts first): it is not gone, and its picks keep their name.
+        keep = {}
+        for left, kept in same:
+            if str(left) in self._handled and str(kept) not in self._handled and kept not in keep:
+                keep[kept] = left
+        if keep:
+            found = [keep.get(p, p) for p in found]
+            same = [(kept if keep.get(kept) == left else left, keep.get(kept, kept)) for left, kept in same]
         for pair in same:  # told once per session, as a batch run tells it once
             if pair not in self._told_same:
                 self._told_same.add(pair)

@@ -220,6 +220,27 @@ def test_watcher_tells_once_of_a_file_reached_again_through_a_link(tmp_path, cap
     assert told == [f"{tmp_path}/Import/a.mrc: the same file as {f}, picked once"]
 
 
+def test_a_link_appearing_later_to_a_picked_file_leaves_it_picked_under_its_name(tmp_path, caplog):
+    """A second path to a file already picked (a link that sorts first, here made twice) took its
+    place: the file was reported 'no longer in the input (deleted or renamed); its picks are left
+    out' although it was still there, and picked again under the link's name."""
+    import logging
+
+    f = tmp_path / "m3.mrc"
+    f.write_bytes(b"x" * 10)
+    w = FolderWatcher([str(tmp_path)], (".mrc",), stable_polls=1)
+    assert w.poll() == [f]
+    (tmp_path / "link3.mrc").symlink_to("m3.mrc")
+    (tmp_path / "link3b.mrc").symlink_to(f)
+    with caplog.at_level(logging.WARNING, logger="lipoframe"):
+        assert w.poll() == [] and w.gone == []
+        assert w.poll() == [] and w.gone == []
+    assert w.present() == [f]
+    told = sorted(r.getMessage() for r in caplog.records if "the same file as" in r.getMessage())
+    assert told == [f"{tmp_path}/link3.mrc: the same file as {f}, picked once",
+                    f"{tmp_path}/link3b.mrc: the same file as {f}, picked once"]
+
+
 def test_watcher_reports_files_that_are_gone_and_hands_them_out_again_when_back(tmp_path):
     w = FolderWatcher([str(tmp_path)], (".mrc",), stable_polls=1)
     f = tmp_path / "a.mrc"
