@@ -1897,6 +1897,13 @@ def _main_sweep(args: EvaluateArgs) -> int:
     """``lipoframe evaluate picks=<sweep folder>``: every job against the same reference, one comparison table."""
     stale = stale_job_folders(args.picks)
     folders = [f for f in all_job_folders(args.picks) if f not in stale]
+    if _shards_of_one_run(folders):
+        # each shard picked a part of the micrographs: scored alone, the others' particles are all misses
+        print(f"lipoframe evaluate: {args.picks}: its jobs are the shards of one run (shard.count={_shard_counts(folders)[folders[0]]}), "
+              "each with part of the micrographs, so they are not scored one by one; merge them and evaluate the merged "
+              f"run: lipoframe merge {args.picks} output=<merged> && lipoframe evaluate picks=<merged> reference={args.reference}",
+              file=sys.stderr)
+        return 2
     try:
         # STAR/box references are placed with micrographs= first, then the first job's run records.
         first_run = next((f for f in folders if is_run_folder(f)), None)
@@ -1950,6 +1957,35 @@ def _main_sweep(args: EvaluateArgs) -> int:
             print(f"lipoframe evaluate: {args.output}: cannot write ({exc.strerror or exc})", file=sys.stderr)
             return 1
     return code
+
+
+def _shard_counts(folders: list[Path]) -> dict[Path, int]:
+    """``shard.count`` of each job folder whose ``inputs.json`` records one."""
+    counts = {}
+    for folder in folders:
+        try:
+            counts[folder] = int(json.loads((folder / "inputs.json").read_text())["shard"]["count"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return counts
+
+
+def _shards_of_one_run(folders: list[Path]) -> bool:
+    """Whether the job folders are the shards of one run: all with the same ``shard.count`` > 1, and
+    overrides (``.hydra/overrides.yaml``) that differ in ``shard.index`` only."""
+    import yaml
+
+    counts = _shard_counts(folders)
+    if not folders or len(counts) != len(folders) or len(set(counts.values())) != 1 or counts[folders[0]] < 2:
+        return False
+    others = set()
+    for folder in folders:
+        try:
+            words = yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text()) or []
+        except (OSError, yaml.YAMLError):
+            return False
+        others.add(tuple(sorted(str(w) for w in words if not str(w).lstrip("+~").startswith("shard.index="))))
+    return len(others) == 1
 
 
 def _job_label(jobs: list[SweepJob]) -> str:

@@ -1290,6 +1290,31 @@ def test_a_sweep_draws_overlays_for_each_job(tiny_mrcs, tmp_path, run_cli):
     assert (tmp_path / "eval2" / "sweep_evaluation.csv").is_file()
 
 
+def test_a_sweep_of_the_shards_of_one_run_is_not_scored_shard_by_shard(tiny_mrcs, tmp_path, run_cli):
+    """The shards of `run -m shard.count=2 shard.index=0,1` were scored as jobs, each against the whole
+    reference: the other shard's particles were all misses (F1 0.35 and 0.83 for a run of 0.93) and
+    'best F1: job 1 (shard.index=1)' named a shard. Evaluate says to merge them; a sweep over settings
+    and shards (whose shards merge runs refuse to mix) is still scored job by job."""
+    sweep, mics = tmp_path / "shards", tiny_mrcs[0].parent
+    code, _, err = run_cli("run", "-m", f"input={mics}", f"output={sweep}", "shard.count=2", "shard.index=0,1", *TINY_ARGS)
+    assert code == 0, err
+    truth = _truth_csv(tmp_path)
+    code, out, err = run_cli("evaluate", f"picks={sweep}", f"reference={truth}")
+    assert code == 2 and out == "", (out, err)
+    assert "its jobs are the shards of one run (shard.count=2)" in err and f"lipoframe merge {sweep} output=" in err, err
+    merged = tmp_path / "merged"
+    code, _, err = run_cli("merge", str(sweep), f"output={merged}")
+    assert code == 0, err
+    code, out, err = run_cli("evaluate", f"picks={merged}", f"reference={truth}")
+    assert code == 0, err
+    mixed = tmp_path / "mixed"
+    code, _, err = run_cli("run", "-m", f"input={mics}", f"output={mixed}", "shard.count=2", "shard.index=0,1",
+                           "detector.threshold=5,6", *TINY_ARGS)
+    assert code == 0, err
+    code, out, err = run_cli("evaluate", f"picks={mixed}", f"reference={truth}")
+    assert code == 0 and out.splitlines()[0] == f"sweep {mixed}: 4 jobs against {truth}", (out, err)
+
+
 def test_a_sweep_rerun_with_fewer_jobs_scores_only_the_last_sweeps_jobs(tiny_mrcs, tmp_path, run_cli):
     """Hydra keeps the job folders of an earlier sweep into the same folder: they were scored as jobs of this one."""
     import os
