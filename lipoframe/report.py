@@ -222,7 +222,10 @@ def _with_bins(work: pd.DataFrame, exported: pd.DataFrame | None, plan: Extracti
             rest = _match_exported(out[~acc0], exported)
             claimed = np.zeros(len(exported), dtype=bool)
             claimed[m[m >= 0]] = True
-            rest[(rest >= 0) & claimed[np.maximum(rest, 0)]] = -1
+            found = rest >= 0  # (indexing claimed only there: an empty picks.csv has no row 0)
+            taken = np.zeros(len(rest), dtype=bool)
+            taken[found] = claimed[rest[found]]
+            rest[taken] = -1
             m[~acc0] = rest
         hit = m >= 0
         bins = np.full(len(out), schema.REJECTED_BIN, dtype=np.int64)

@@ -1290,6 +1290,24 @@ def test_a_sweep_draws_overlays_for_each_job(tiny_mrcs, tmp_path, run_cli):
     assert (tmp_path / "eval2" / "sweep_evaluation.csv").is_file()
 
 
+def test_a_run_that_accepted_no_pick_is_evaluated_and_reported(tiny_mrcs, tmp_path, run_cli):
+    """A run whose candidates were all rejected (detector.threshold=40: picks.csv without rows) made
+    `lipoframe evaluate picks=<run>` and `lipoframe report <run>` stop with a traceback
+    ('IndexError: index 0 is out of bounds for axis 0 with size 0' in report._with_bins)."""
+    out_dir, truth = tmp_path / "none", _truth_csv(tmp_path)
+    code, _, err = run_cli("run", f"input={tiny_mrcs[0].parent}", f"output={out_dir}", "detector.threshold=40", *TINY_ARGS)
+    assert code == 0, err
+    assert len(pd.read_csv(out_dir / "picks.csv")) == 0
+    work = pd.concat([pd.read_csv(p) for p in (out_dir / "micrographs").glob("*.csv")])
+    assert len(work) and not work["accepted"].any()  # rejected candidates, none accepted
+    code, out, err = run_cli("evaluate", f"picks={out_dir}", f"reference={truth}")
+    assert code == 0 and "picks 0" in out, (out, err)
+    code, out, err = run_cli("evaluate", f"picks={out_dir}", f"reference={truth}", "include_rejected=true")
+    assert code == 0 and f"picks {len(work)}" in out, (out, err)
+    code, out, err = run_cli("report", str(out_dir))
+    assert code == 0, err
+
+
 def test_a_sweep_of_the_shards_of_one_run_is_not_scored_shard_by_shard(tiny_mrcs, tmp_path, run_cli):
     """The shards of `run -m shard.count=2 shard.index=0,1` were scored as jobs, each against the whole
     reference: the other shard's particles were all misses (F1 0.35 and 0.83 for a run of 0.93) and
