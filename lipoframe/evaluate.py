@@ -1853,7 +1853,14 @@ def main(argv: list[str]) -> int:
             msg = f"{msg.split(':')[0]} is required (e.g. lipoframe evaluate picks=run/ reference=truth.csv)"
         print(f"lipoframe evaluate: {msg}", file=sys.stderr)
         return 2
-    if all_job_folders(args.picks):
+    from lipoframe.sweepdir import run_after_sweep
+
+    last_run = run_after_sweep(args.picks)
+    if last_run is not None:  # a run and a sweep into the same folder: the last one run there is evaluated
+        print(f"lipoframe evaluate: {args.picks}: holds a sweep and a run of its own; evaluating the "
+              + ("run, started after the sweep (its jobs are the numbered folders)" if last_run
+                 else "sweep, started after the run"), file=sys.stderr)
+    if all_job_folders(args.picks) and not last_run:
         return _main_sweep(args)
     try:
         # What is known about the micrographs: micrographs= first, then the run folder picks come from.

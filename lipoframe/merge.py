@@ -81,7 +81,13 @@ def find_run_folders(specs: list[str]) -> list[Path]:
     out: list[Path] = []
     for spec in specs:
         folder = Path(spec).expanduser()
-        if (folder / MANIFEST).is_file():
+        from lipoframe.sweepdir import run_after_sweep
+
+        last_run = run_after_sweep(folder)
+        if last_run is not None:  # a run and a sweep into the same folder: the last one run there is merged
+            log.warning(f"{folder}: holds a sweep and a run of its own; merging the "
+                        + ("run, started after the sweep" if last_run else "sweep's jobs, started after the run"))
+        if (folder / MANIFEST).is_file() and last_run is not False:
             out.append(folder)
             continue
         if not folder.is_dir():

@@ -40,6 +40,24 @@ def _yaml(path: Path):
         return None
 
 
+def run_after_sweep(folder: str | Path) -> bool | None:
+    """Whether ``folder`` holds both a sweep (``multirun.yaml``) and a run of its own (``inputs.json``), and which came last.
+
+    ``lipoframe run output=F`` into a sweep folder ``F`` (or ``run -m
+    output=F`` into a run folder) leaves both. ``multirun.yaml`` is written as
+    a sweep starts and ``inputs.json`` as a run starts, so the newer one is
+    what was last run into the folder: True for the run, False for the
+    sweep, None when the folder does not hold both. ``lipoframe evaluate``
+    and ``lipoframe merge`` read the folder as that one.
+    """
+    folder = Path(folder)
+    try:
+        sweep, run = (folder / "multirun.yaml").stat(), (folder / "inputs.json").stat()
+    except OSError:
+        return None
+    return run.st_mtime_ns > sweep.st_mtime_ns
+
+
 def last_sweep_jobs(sweep: str | Path) -> list[list[str]] | None:
     """Every job's override list of the last sweep recorded in ``sweep/multirun.yaml``, by job number.
 

@@ -1290,6 +1290,35 @@ def test_a_sweep_draws_overlays_for_each_job(tiny_mrcs, tmp_path, run_cli):
     assert (tmp_path / "eval2" / "sweep_evaluation.csv").is_file()
 
 
+def test_a_folder_holding_a_sweep_and_a_run_is_read_as_the_last_one_run_there(tiny_mrcs, tmp_path, run_cli):
+    """`run output=F` after `run -m output=F` (or the other way round) leaves both in F; evaluate always
+    scored the sweep's jobs and merge always took the run, so after a single run into a sweep folder
+    evaluate showed the old sweep's table, and after a sweep into a run folder merge merged the old run."""
+    import os
+
+    mics, truth = tiny_mrcs[0].parent, _truth_csv(tmp_path)
+    both = tmp_path / "both"
+    code, _, err = run_cli("run", "-m", f"input={mics}", f"output={both}", "detector.threshold=5,6", *TINY_ARGS)
+    assert code == 0, err
+    code, _, err = run_cli("run", f"input={mics}", f"output={both}", "detector.threshold=40", *TINY_ARGS)
+    assert code == 0, err
+    sweep_time = (both / "multirun.yaml").stat().st_mtime_ns
+    os.utime(both / "inputs.json", ns=(sweep_time + 10**9, sweep_time + 10**9))  # coarse file times: one second later
+    code, out, err = run_cli("evaluate", f"picks={both}", f"reference={truth}")
+    assert code == 0 and not out.startswith("sweep"), (out, err)
+    assert "evaluating the run, started after the sweep" in err, err
+    assert "picks 0" in out  # the run's: threshold 40 picks nothing
+    code, out, err = run_cli("merge", str(both), f"output={tmp_path / 'merged'}")
+    assert code == 0, err
+    assert json.loads((tmp_path / "merged" / "run_summary.json").read_text())["picks"]["accepted"] == 0
+    # a sweep after the run: the sweep is evaluated and merged (here refused: its jobs have other settings)
+    os.utime(both / "inputs.json", ns=(sweep_time - 10**9, sweep_time - 10**9))
+    code, out, err = run_cli("evaluate", f"picks={both}", f"reference={truth}")
+    assert code == 0 and out.startswith(f"sweep {both}: 2 jobs"), (out, err)
+    code, out, err = run_cli("merge", str(both), f"output={tmp_path / 'merged2'}")
+    assert code != 0 and "different per-micrograph settings" in err, err
+
+
 def test_a_run_that_accepted_no_pick_is_evaluated_and_reported(tiny_mrcs, tmp_path, run_cli):
     """A run whose candidates were all rejected (detector.threshold=40: picks.csv without rows) made
     `lipoframe evaluate picks=<run>` and `lipoframe report <run>` stop with a traceback
