@@ -153,35 +153,50 @@ def plan_merge(shards: list[Shard]) -> tuple[list[tuple[Shard, str, str]], list[
     if len(prints) > 1:
         groups = "; ".join(f"{fp}: {', '.join(str(s.folder) for s in shards if s.manifest['fingerprint'] == fp)}" for fp in sorted(prints))
         raise MergeError(f"the runs were made with different per-micrograph settings (fingerprints {groups}); merge only shards of one run")
-    same_inputs = all(s.manifest["micrographs"] == shards[0].manifest["micrographs"] for s in shards)
-    if same_inputs:
-        counts = {s.index[1] for s in shards}
-        if len(counts) > 1:
-            raise MergeError(f"the runs split the inputs differently (shard.count {sorted(counts)})")
-        count = counts.pop()
-        by_index: dict[int, Shard] = {}
-        for s in shards:
-            i = s.index[0]
-            if i in by_index:
-                raise MergeError(f"shard {i} of {count} appears twice: {by_index[i].folder} and {s.folder}")
-            by_index[i] = s
-        missing = sorted(set(range(count)) - set(by_index))
-        if missing:
-            raise MergeError(f"shard(s) {', '.join(map(str, missing))} of {count} are missing; give every shard's run folder")
-        order = []
-        for pos, m in enumerate(shards[0].manifest["micrographs"]):
-            order.append((by_index[pos % count], m["name"], m["path"]))
-        return order, notes
-    order, owner = [], {}
+    # Shards of one input list (same inputs.json micrographs) must cover every shard index once, also
+    # beside runs over other inputs: a lone shard would bring only its part of its inputs.
+    groups: list[list[Shard]] = []
     for s in shards:
-        i, count = s.index
-        for m in s.manifest["micrographs"][i::count]:
+        for g in groups:
+            if g[0].manifest["micrographs"] == s.manifest["micrographs"]:
+                g.append(s)
+                break
+        else:
+            groups.append([s])
+    if len(groups) == 1:
+        return [(by_index[pos % count], m["name"], m["path"])
+                for by_index, count in [_shard_set(shards, "")] for pos, m in enumerate(shards[0].manifest["micrographs"])], notes
+    order, owner = [], {}
+    for g in groups:
+        n = len(g[0].manifest["micrographs"])
+        by_index, count = _shard_set(g, f"the run over the {n} micrograph(s) {g[0].folder}/inputs.json lists (other runs given "
+                                        "list other inputs: were the inputs changed between its shards?): ")
+        for pos, m in enumerate(g[0].manifest["micrographs"]):
+            s = by_index[pos % count]
             if m["name"] in owner:
                 raise MergeError(f"micrograph name {m['name']!r} is in both {owner[m['name']]} and {s.folder}; merge runs over different inputs only")
             owner[m["name"]] = s.folder
             order.append((s, m["name"], m["path"]))
     notes.append("the runs are over different inputs: their micrographs are combined in the order the folders were given")
     return order, notes
+
+
+def _shard_set(shards: list[Shard], what: str) -> tuple[dict[int, Shard], int]:
+    """The shards of one input list by shard index, and their shard.count; each index must be there once."""
+    counts = {s.index[1] for s in shards}
+    if len(counts) > 1:
+        raise MergeError(f"{what}the runs split the inputs differently (shard.count {sorted(counts)})")
+    count = counts.pop()
+    by_index: dict[int, Shard] = {}
+    for s in shards:
+        i = s.index[0]
+        if i in by_index:
+            raise MergeError(f"{what}shard {i} of {count} appears twice: {by_index[i].folder} and {s.folder}")
+        by_index[i] = s
+    missing = sorted(set(range(count)) - set(by_index))
+    if missing:
+        raise MergeError(f"{what}shard(s) {', '.join(map(str, missing))} of {count} are missing; give every shard's run folder")
+    return by_index, count
 
 
 def compose_config(overrides: list[str]):

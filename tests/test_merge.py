@@ -69,6 +69,29 @@ def test_merge_keeps_a_log_in_the_merged_folder_as_a_run_does(sharded, capsys):
     assert logging.getLogger().handlers == [] or all(not isinstance(h, logging.FileHandler) for h in logging.getLogger().handlers)
 
 
+def test_a_lone_shard_beside_a_run_over_other_inputs_is_refused(sharded, capsys):
+    """Shards are checked for completeness only when every run given lists the same inputs; beside a
+    run over other inputs (another session, or the input folder grown between shard runs), shard 0 of 3
+    was merged alone with only a note: 2 of its run's 5 micrographs, the other 3 dropped without a word."""
+    root = sharded
+    write_set(root / "in" / "c", 1, seed=20, prefix="third")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LIPOFRAME_LOAD_PLUGINS", "")
+        assert app.run([f"input={root / 'in' / 'c'}", "runner.workers=1", *RUN_ARGS, f"output={root / 'third'}"]) == 0
+    capsys.readouterr()
+    out = root / "lone"
+    assert merge.main([str(root / "shards" / "0"), str(root / "third"), f"output={out}"]) == 1
+    err = capsys.readouterr().err
+    assert "shard(s) 1, 2 of 3 are missing" in err and f"{root / 'shards' / '0'}/inputs.json" in err, err
+    assert not (out / "picks.csv").exists()
+    # all three shards beside the other run: merged, the shards' micrographs in their input order
+    assert merge.main([str(root / "shards" / "2"), str(root / "third"), str(root / "shards" / "0"), str(root / "shards" / "1"),
+                       f"output={out}"]) == 0
+    names = [m["name"] for m in json.loads((out / "inputs.json").read_text())["micrographs"]]
+    single = [m["name"] for m in json.loads((root / "single" / "inputs.json").read_text())["micrographs"]]
+    assert names == single + ["third_000"]
+
+
 def test_merge_accepts_the_sweep_folder(sharded):
     root = sharded
     assert merge.main([str(root / "shards"), f"output={root / 'merged_sweep'}"]) == 0
