@@ -332,7 +332,7 @@ def replan(run_dir: str | Path, overrides: list[str] = (), *, report: bool = Fal
 
     from lipoframe import plugins
     from lipoframe.io.atomic import write_text
-    from lipoframe.runner import build_stages, finish_run, folder_log, output_folder
+    from lipoframe.runner import MANIFEST, build_stages, finish_run, folder_log, output_folder
 
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
@@ -350,6 +350,12 @@ def replan(run_dir: str | Path, overrides: list[str] = (), *, report: bool = Fal
         picking = json.loads((run_dir / "run_summary.json").read_text())
     except (OSError, ValueError):
         picking = None
+    if picking is None and (run_dir / MANIFEST).is_file():
+        # A run writes run_summary.json at its end, also when interrupted: without one it was killed
+        # (SIGKILL, out of memory, a hard time limit), so its micrographs without results were not picked, not failed.
+        done = sum(r.status != "failed" for r in results)
+        picking = {"interrupted": True, "failures": [],
+                   "micrographs": {"total": len(results), "ok": 0, "skipped": done, "failed": 0, "not_done": len(results) - done}}
     with output_folder(run_dir), folder_log(run_dir, "plan " + " ".join([str(run_dir), *overrides])):
         result = finish_run(run_dir, names, results, stages, cfg, pm=pm, t0=t0, errors=[], notes=[], workers=1,
                             picking=picking if isinstance(picking, dict) else None)

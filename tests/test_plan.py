@@ -693,3 +693,25 @@ def test_plan_of_an_interrupted_run_says_which_micrographs_it_leaves_out(tiny_mr
     assert ("lipoframe plan: 1 of 2 micrograph(s) have no saved picks and are not in the plan; the run was interrupted: "
             "run the same `lipoframe run` command again to finish it") in err.splitlines()
     assert set(pd.read_csv(out / "picks.csv")["micrograph"]) == {"mic_0"}
+
+
+def test_plan_of_a_killed_run_calls_its_unpicked_micrographs_not_done_not_failed(tiny_mrcs, tmp_path, run_cli):
+    """A run killed outright (SIGKILL, the out-of-memory killer, a hard time limit) writes no
+    run_summary.json; `lipoframe plan` then said the micrographs it had not reached 'failed in the
+    run' and wrote a run_summary.json listing each as a failure ('no complete saved result'), which
+    the report, evaluate and merge repeated. They were not picked: the run is recorded as interrupted."""
+    out = tmp_path / "out"
+    code, _, err = run_cli("run", f"input={tiny_mrcs[0].parent}", f"output={out}", *TINY_ARGS)
+    assert code == 0, err
+    for suffix in (".json", ".csv"):  # mic_1 not reached when the run was killed
+        (out / "micrographs" / f"mic_1{suffix}").unlink()
+    (out / "run_summary.json").unlink()  # written at a run's end only
+    code, _, err = run_cli("plan", str(out))
+    assert code == 0, err
+    assert ("lipoframe plan: 1 of 2 micrograph(s) have no saved picks and are not in the plan; the run was interrupted: "
+            "run the same `lipoframe run` command again to finish it") in err.splitlines(), err
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["interrupted"] is True and summary["failures"] == []
+    assert summary["micrographs"]["failed"] == 0 and summary["micrographs"]["not_done"] == 1
+    code, _, err = run_cli("plan", str(out))  # and again, now from the run_summary.json plan wrote
+    assert "the run was interrupted" in err, err
