@@ -381,6 +381,20 @@ def test_cryosparc_keeps_micrographs_with_the_same_file_name_apart(tmp_path, cap
     assert "/data/dup/b/c.mrc" not in clash[0]
 
 
+def test_cryosparc_name_clashes_are_told_once_per_writer(caplog):
+    """A watch session writes again every few micrographs: the same clash was warned at every update."""
+    metas = {f"k{i}": meta(f"k{i}", path=p) for i, p in enumerate(["/d/a/m.mrc", "/d/b/m.mrc"])}
+    told: set = set()
+    with caplog.at_level("WARNING", logger="lipoframe"):
+        for _ in range(3):
+            cryosparc_micrograph_names(metas, "{name}", told=told)
+        metas["k2"] = meta("k2", path="/d/c/m.mrc")  # a new clash is news
+        cryosparc_micrograph_names(metas, "{name}", told=told)
+        cryosparc_micrograph_names(metas, "{name}")  # without told: every call, as before
+    clash = [r.getMessage() for r in caplog.records if "would get the same name" in r.getMessage()]
+    assert len(clash) == 3 and "/d/c/m.mrc" in clash[1] and clash[1] == clash[2]
+
+
 def test_cryosparc_names_of_micrographs_that_clash():
     def names(paths, template="{name}"):
         metas = {f"k{i}": meta(f"k{i}", path=p) for i, p in enumerate(paths)}

@@ -341,7 +341,8 @@ def _folder_prefixes(metas: list[MicrographMeta], keys: list[str]) -> list[str]:
     return list(keys)
 
 
-def cryosparc_micrograph_names(metas: dict[str, MicrographMeta], template: str, *, strip_suffix: str = "") -> dict[str, str]:
+def cryosparc_micrograph_names(metas: dict[str, MicrographMeta], template: str, *, strip_suffix: str = "",
+                               told: set | None = None) -> dict[str, str]:
     """The name each micrograph gets in the cryoSPARC export, unique per micrograph.
 
     ``template`` is filled with :func:`micrograph_fields`. Different
@@ -354,12 +355,22 @@ def cryosparc_micrograph_names(metas: dict[str, MicrographMeta], template: str, 
     sides agree. Names that differ only in their folders (e.g. with
     ``{path}``) are kept but logged too: their file names are still equal.
 
+    told : set, optional
+        The messages logged by earlier calls (a watch session writes again
+        every few micrographs): each is logged once; the new ones are added.
+
     Returns
     -------
     names : dict
         Exported name by micrograph key (the keys of ``metas``).
     """
     from lipoframe.runner import NAME_SEP
+
+    def warn(message: str) -> None:
+        if told is None or message not in told:
+            log.warning(message)
+            if told is not None:
+                told.add(message)
 
     names = {k: template.format(**micrograph_fields(m, strip_suffix=strip_suffix)) for k, m in metas.items()}
     groups: dict[str, list[str]] = {}
@@ -383,13 +394,12 @@ def cryosparc_micrograph_names(metas: dict[str, MicrographMeta], template: str, 
             names[k] = new
         renamed.append((nm, keys))
     if renamed:
-        log.warning(
+        warn(
             "writer cryosparc: different micrographs would get the same name, and cryoSPARC would take them for "
             "one micrograph; they are written under these names instead: %s. cryoSPARC links picks to exposures "
             "by file name: before importing, give these micrographs the same names in cryoSPARC (e.g. import "
             "symlinks with these names), or set writer.cryosparc.micrograph_name to a template that gives the "
-            "names cryoSPARC has",
-            _name_list(
+            "names cryoSPARC has" % _name_list(
                 f"{metas[k].path or k} -> {names[k]}" for _, keys in renamed for k in keys
             ),
         )
@@ -398,11 +408,11 @@ def cryosparc_micrograph_names(metas: dict[str, MicrographMeta], template: str, 
         by_file.setdefault(nm.rpartition("/")[2], []).append(k)
     shared = [keys for keys in by_file.values() if len(keys) > 1]
     if shared:
-        log.warning(
+        warn(
             "writer cryosparc: different micrographs have the same file name, so cryoSPARC's Import Particle "
             "Stack, which matches rlnMicrographName by file name, cannot tell them apart: %s. Give them different "
-            "file names (writer.cryosparc.micrograph_name), or link the picks with cryosparc-tools",
-            _name_list(" and ".join(f"{metas[k].path or k} ({names[k]})" for k in keys) for keys in shared),
+            "file names (writer.cryosparc.micrograph_name), or link the picks with cryosparc-tools"
+            % _name_list(" and ".join(f"{metas[k].path or k} ({names[k]})" for k in keys) for keys in shared),
         )
     return names
 
@@ -575,7 +585,9 @@ class CryosparcWriter(Writer):
         # Names and pixel sizes are settled once per run, so that every set
         # (all picks and each bin) names a micrograph alike and each problem
         # is reported once.
-        mic_names = cryosparc_micrograph_names(metas, self.params.micrograph_name, strip_suffix=self.params.strip_suffix)
+        # A watch session writes again every few micrographs: each clash is told once.
+        mic_names = cryosparc_micrograph_names(metas, self.params.micrograph_name, strip_suffix=self.params.strip_suffix,
+                                               told=self.__dict__.setdefault("_told_clashes", set()))
         psize_of = {n: float(m.pixel_size or ctx.pixel_size or 0.0) for n, m in metas.items()}
         unknown = sorted({n for n in view["micrograph"].tolist() if not psize_of[n] > 0})
         if unknown:
