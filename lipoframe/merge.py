@@ -164,8 +164,8 @@ def plan_merge(shards: list[Shard]) -> tuple[list[tuple[Shard, str, str]], list[
         else:
             groups.append([s])
     if len(groups) == 1:
-        return [(by_index[pos % count], m["name"], m["path"])
-                for by_index, count in [_shard_set(shards, "")] for pos, m in enumerate(shards[0].manifest["micrographs"])], notes
+        by_index, count = _shard_set(shards, "")
+        return [(by_index[pos % count], m["name"], m["path"]) for pos, m in enumerate(shards[0].manifest["micrographs"])], notes
     order, owner = [], {}
     for g in groups:
         n = len(g[0].manifest["micrographs"])

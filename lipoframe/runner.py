@@ -1481,6 +1481,12 @@ def no_match_message(specs: list[str], n_ours: int) -> str:
     return f"no input files match {', '.join(map(str, specs))}" + (" outside the output folder" if n_ours else "")
 
 
+def nothing_to_pick(paths: list[Path], out_dir: Path) -> bool:
+    """Whether a run into ``out_dir`` must leave the earlier run there alone: none of ``paths`` exists (a mistyped
+    glob or file name) and ``out_dir`` holds a run (its ``inputs.json``)."""
+    return not any(os.path.exists(p) for p in paths) and (out_dir / MANIFEST).is_file()
+
+
 def earlier_run_message(out_dir: Path) -> str:
     return f"no micrograph to pick, so nothing was written: the earlier run's outputs in {out_dir} are as they were"
 
@@ -1499,7 +1505,7 @@ def earlier_run_kept(cfg: LipoframeConfig, out_dir: str | os.PathLike, registry:
     if not specs or cfg.watch or not (out_dir / MANIFEST).is_file():
         return []
     paths, errors, _, n_ours, _ = run_inputs(specs, build_stages(cfg, registry), out_dir)
-    if any(os.path.exists(p) for p in paths):
+    if not nothing_to_pick(paths, out_dir):
         return []
     missing = [f"{p}: file not found" for p in paths]  # named files that do not exist
     return [*errors, *missing, *([] if errors or missing else [no_match_message(specs, n_ours)]), earlier_run_message(out_dir)]
@@ -1564,7 +1570,7 @@ def run_result_names(run_dir: str | os.PathLike) -> list[str]:
             info = json.loads(_work_paths(Path(run_dir), name)[1].read_text())
         except (OSError, ValueError):
             continue
-        if isinstance(info, dict) and info.get("fingerprint") == fingerprint:
+        if isinstance(info, dict) and _work_info_matches(info, fingerprint, None, None):
             own.append(name)
     return own
 
@@ -2201,7 +2207,7 @@ def run_pipeline(
             errors.append(no_match_message(specs, n_ours))
         for e in errors:
             log.error(e)
-        if not any(os.path.exists(p) for p in paths) and (out_dir / MANIFEST).is_file():
+        if nothing_to_pick(paths, out_dir):
             # A mistyped glob or file name must not replace an earlier run's picks and exports with an empty dataset.
             for p in paths:
                 log.error("%s: file not found", p)
