@@ -224,7 +224,7 @@ def _read_map(path: Path, ndim: int, where: str) -> np.ndarray:
     divided by that value, other 8-bit maps by 255 (a grey map saved as
     RGB), deeper ones by their largest value.
     """
-    from lipoframe.builtin.readers import colour_bits
+    from lipoframe.builtin.readers import colour_bits, scale_to_unit
     from lipoframe.plugins import read_array  # the readers a run's inputs get
 
     try:
@@ -232,12 +232,7 @@ def _read_map(path: Path, ndim: int, where: str) -> np.ndarray:
     except InputError as exc:
         raise InputError(f"{where}: heatmap {exc}") from None
     bits = colour_bits(path) if ndim == 2 and np.issubdtype(data.dtype, np.floating) else None
-    if bits:
-        top = float(np.max(data)) if data.size else 0.0
-        if top > 1 and bits == 8 and np.any((data != 0) & (data != top)):
-            top = 255.0
-        data = np.asarray(data, dtype=np.float32) / np.float32(top if top > 1 else 1.0)
-    return data
+    return scale_to_unit(data, eight_bit=bits == 8) if bits else data
 
 
 class HeatmapDetector(Detector):

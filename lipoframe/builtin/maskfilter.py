@@ -27,7 +27,7 @@ from scipy import ndimage as ndi
 from lipoframe import schema
 from lipoframe.hookspecs import hookimpl
 from lipoframe.records import InputError, Micrograph, PickContext
-from lipoframe.builtin.readers import colour_bits
+from lipoframe.builtin.readers import colour_bits, scale_to_unit
 from lipoframe.stages import Filter, check_finite
 
 log = logging.getLogger("lipoframe")
@@ -154,10 +154,7 @@ def read_mask(path: Path, *, ndim: int) -> np.ndarray:
     data = read_array(path, dims=ndim)
     bits = colour_bits(path) if ndim == 2 and np.issubdtype(data.dtype, np.floating) else None
     if bits or np.issubdtype(data.dtype, np.integer) or data.dtype == bool:
-        top = float(np.max(data)) if data.size else 0.0
-        if top > 1 and (data.dtype == np.uint8 or bits == 8) and np.any((data != 0) & (data != top)):
-            top = 255.0  # a probability map stored in 8 bits: its largest value is not 1
-        return np.asarray(data, dtype=np.float32) / np.float32(top if top > 1 else 1.0)
+        return scale_to_unit(data, eight_bit=data.dtype == np.uint8 or bits == 8)
     out = np.asarray(data, dtype=np.float32)
     if not np.all(np.isfinite(out)):
         raise InputError(f"{path}: mask contains NaN or infinite values")
