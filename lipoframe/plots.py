@@ -210,6 +210,13 @@ def _figure(width_px: int, height_px: int, dpi: float = 100.0):
     return fig
 
 
+def _text_px(text: str, prop) -> float:
+    """Width in pixels (at 100 dpi) of ``text`` in the font ``prop``: its widest line."""
+    from matplotlib.textpath import TextPath
+
+    return max(TextPath((0, 0), line, prop=prop).get_extents().width for line in text.split("\n")) * 100 / 72
+
+
 def legend_layout(labels: Sequence[str], *, width_px: float, fontsize: float, max_columns: int) -> tuple[int, list[str]]:
     """Columns of an overlay legend, and its labels wrapped to fit ``width_px``.
 
@@ -239,7 +246,6 @@ def legend_layout(labels: Sequence[str], *, width_px: float, fontsize: float, ma
         The labels, with ``"\\n"`` where a too-long one is broken.
     """
     from matplotlib.font_manager import FontProperties
-    from matplotlib.textpath import TextPath
 
     if not width_px > 0:
         raise ValueError(f"width_px must be > 0, got {width_px}")
@@ -249,7 +255,7 @@ def legend_layout(labels: Sequence[str], *, width_px: float, fontsize: float, ma
     em = fontsize * 100 / 72
 
     def text_px(text: str) -> float:
-        return max(TextPath((0, 0), line, prop=prop).get_extents().width for line in text.split("\n")) * 100 / 72
+        return _text_px(text, prop)
 
     handle = (1.6 + 0.8) * em
     room = width_px - 0.4 * em - 6.0  # the legend's border padding and a margin
@@ -281,12 +287,11 @@ def title_lines(title: str, *, width_px: float, fontsize: float) -> list[str]:
     than the line is left whole.
     """
     from matplotlib.font_manager import FontProperties
-    from matplotlib.textpath import TextPath
 
     prop = FontProperties(size=fontsize, weight="bold")
 
     def fits(text: str) -> bool:
-        return TextPath((0, 0), text, prop=prop).get_extents().width * 100 / 72 <= width_px
+        return _text_px(text, prop) <= width_px
 
     def fill(pieces: list[str], sep: str) -> list[str]:
         lines: list[str] = []
