@@ -300,6 +300,9 @@ def test_zero_one_masks_of_any_type_are_foreground(dtype):
     assert len(p["x_px"]) == len(DISCS)
     # A scaled uint8 map is still divided by 255, not by its largest value.
     assert np.allclose(normalise_heatmap(np.array([[0, 100], [200, 255]], np.uint8)), np.array([[0, 100], [200, 255]]) / 255.0)
+    # A two-valued map (0 and one other value) reads as a 0/1 mask, in grey as the mask filter and colour maps read it.
+    assert np.array_equal(normalise_heatmap(np.array([[0, 200], [200, 0]], np.uint8)), np.array([[0, 1], [1, 0]], np.float32))
+    assert np.array_equal(normalise_heatmap(np.array([[0, 7], [7, 0]], np.uint16)), np.array([[0, 1], [1, 0]], np.float32))
 
 
 def test_tiff_label_masks_read_back_through_the_detector(tmp_path):

@@ -28,17 +28,43 @@ PEAK_SOURCES = ("distance", "probability")
 FLOAT_SLACK = 0.1
 
 
+def scale_to_unit(data: np.ndarray, *, eight_bit: bool) -> np.ndarray:
+    """Scale an integer-valued map to float32 in [0, 1].
+
+    Parameters
+    ----------
+    data : ndarray
+        A map of non-negative integer values (of any dtype, or colour
+        samples averaged by a reader).
+    eight_bit : bool
+        The map was stored in 8 bits.
+
+    Returns
+    -------
+    scaled : ndarray of float32, same shape
+        A map holding only 0 and one other value (0/1, 0/255, a selection
+        drawn in colour) divided by that value; other ``eight_bit`` maps
+        (graded 8-bit probabilities) by 255; deeper ones by their largest
+        value. The ``mask`` filter and the ``heatmap`` detector both scale
+        with it, so a mask and a map saved alike read alike.
+    """
+    top = float(np.max(data)) if data.size else 0.0
+    if top > 1 and eight_bit and np.any((data != 0) & (data != top)):
+        top = 255.0  # a probability map stored in 8 bits: its largest value is not 1
+    return np.asarray(data, dtype=np.float32) / np.float32(top if top > 1 else 1.0)
+
+
 def normalise_heatmap(heatmap: np.ndarray, *, logits: bool = False) -> np.ndarray:
     """Return a heatmap as float32 probabilities.
 
     Parameters
     ----------
     heatmap : (M, N) or (P, M, N) ndarray
-        Network output. Integer and boolean maps whose values are all 0 or 1
-        are used as they are (a 0/1 mask of any type, such as the ``mask``
-        writer's uint8 TIFF); other ``uint8`` maps are divided by 255 and
-        other integer maps by their largest value (so 0/1 and 0/255 masks
-        both become 0/1). Float maps are used as they are and must hold
+        Network output. Integer maps are scaled by :func:`scale_to_unit`:
+        a map holding only 0 and one other value (a 0/1 mask of any type,
+        such as the ``mask`` writer's uint8 TIFF, 0/255, 0/200) is divided
+        by that value; other ``uint8`` maps by 255 and other integer maps
+        by their largest value. Boolean maps become 0/1. Float maps are used as they are and must hold
         probabilities: values below -0.1 or above 1.1 (a map scaled to
         0..255, logits) are refused, as no threshold in (0, 1] would read
         them right. Integer maps with negative values (-1/1 labels, a
@@ -69,9 +95,8 @@ def normalise_heatmap(heatmap: np.ndarray, *, logits: bool = False) -> np.ndarra
         raise ValueError(f"heatmap holds negative integers ({out.min():.0f} to {out.max():.0f}), not probabilities "
                          "or a 0/1 mask: map the background to 0 (e.g. -1 to 0), or set detector.logits=true "
                          "for integer logits")
-    if not logits and np.issubdtype(hm.dtype, np.integer) and float(out.max(initial=0.0)) > 1.0:
-        # A 0/1 mask stays 0/1 whatever its type; only a scaled map is divided.
-        out /= np.float32(255.0 if hm.dtype == np.uint8 else out.max())
+    if not logits and np.issubdtype(hm.dtype, np.integer):
+        out = scale_to_unit(hm, eight_bit=hm.dtype == np.uint8)
     if not logits and np.issubdtype(hm.dtype, np.floating) and out.size and np.all(np.isfinite(out)):
         lo, hi = float(out.min()), float(out.max())
         if lo < -FLOAT_SLACK or hi > 1.0 + FLOAT_SLACK:

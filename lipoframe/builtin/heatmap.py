@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from lipoframe import schema
-from lipoframe.algorithms.heatmap import PEAK_SOURCES, heatmap_picks, normalise_heatmap
+from lipoframe.algorithms.heatmap import PEAK_SOURCES, heatmap_picks, normalise_heatmap, scale_to_unit
 from lipoframe.hookspecs import hookimpl
 from lipoframe.records import InputError, Micrograph, PickContext
 from lipoframe.stages import Detector, check_finite
@@ -224,7 +224,7 @@ def _read_map(path: Path, ndim: int, where: str) -> np.ndarray:
     divided by that value, other 8-bit maps by 255 (a grey map saved as
     RGB), deeper ones by their largest value.
     """
-    from lipoframe.builtin.readers import colour_bits, scale_to_unit
+    from lipoframe.builtin.readers import colour_bits
     from lipoframe.plugins import read_array  # the readers a run's inputs get
 
     try:

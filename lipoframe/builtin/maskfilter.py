@@ -27,7 +27,8 @@ from scipy import ndimage as ndi
 from lipoframe import schema
 from lipoframe.hookspecs import hookimpl
 from lipoframe.records import InputError, Micrograph, PickContext
-from lipoframe.builtin.readers import colour_bits, scale_to_unit
+from lipoframe.algorithms.heatmap import scale_to_unit
+from lipoframe.builtin.readers import colour_bits
 from lipoframe.stages import Filter, check_finite
 
 log = logging.getLogger("lipoframe")

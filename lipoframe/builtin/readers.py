@@ -434,21 +434,6 @@ def colour_bits(path: Path) -> int | None:
     return None
 
 
-def scale_to_unit(data: np.ndarray, *, eight_bit: bool) -> np.ndarray:
-    """An integer-valued map (or colour samples averaged, :func:`colour_bits`) as float32 in [0, 1].
-
-    A map holding only 0 and one other value (0/1, 0/255, a selection drawn
-    in colour) is divided by that value; other ``eight_bit`` maps (graded
-    8-bit probabilities) by 255; deeper ones by their largest value. Used by
-    the ``mask`` filter and the ``heatmap`` detector, so a mask and a map
-    saved alike read alike.
-    """
-    top = float(np.max(data)) if data.size else 0.0
-    if top > 1 and eight_bit and np.any((data != 0) & (data != top)):
-        top = 255.0  # a probability map stored in 8 bits: its largest value is not 1
-    return np.asarray(data, dtype=np.float32) / np.float32(top if top > 1 else 1.0)
-
-
 @hookimpl
 def lipoframe_register_stages(registry):
     for cls in (AutoReader, MrcReader, TiffReader, ImageReader, NpyReader):
