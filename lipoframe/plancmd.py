@@ -22,6 +22,7 @@ import logging
 import sys
 import time
 from pathlib import Path
+from collections.abc import Collection
 from typing import Any
 
 log = logging.getLogger("lipoframe")
@@ -176,12 +177,21 @@ def check_installed(run_dir: Path, saved: dict, choices: dict, registry, user: l
         )
 
 
-def combine_overrides(saved: list[str], user: list[str]) -> list[str]:
+def combine_overrides(saved: list[str], user: list[str], *, shared_binning: Collection[str] = ()) -> list[str]:
     """``saved`` without the entries that ``user`` replaces, then ``user``.
 
     Selecting another binning policy drops the saved ``binning.*`` values
-    (they belong to the old policy); selecting writers drops the saved
-    values of writers no longer selected.
+    (they belong to the old policy), but those of ``shared_binning``;
+    selecting writers drops the saved values of writers no longer selected.
+
+    Parameters
+    ----------
+    saved, user : list of str
+        Overrides that reproduce the run's settings, and the ones given.
+    shared_binning : collection of str
+        Binning parameters that keep their saved values when the policy
+        changes: the box settings every policy has (``pad``, ``rounding``,
+        ``extract_pixel_size``, :func:`shared_binning_params`).
     """
     user_keys = {_key(o) for o in user}
     drop_binning_params = False
@@ -199,12 +209,42 @@ def combine_overrides(saved: list[str], user: list[str]) -> list[str]:
         k = _key(s)
         if k in user_keys:
             continue
-        if drop_binning_params and k.startswith("binning."):
+        if drop_binning_params and k.startswith("binning.") and k.split(".", 1)[1] not in shared_binning:
             continue
         if new_writers is not None and k.startswith("writer.") and k.split(".")[1] not in new_writers:
             continue
         kept.append(s)
     return kept + list(user)
+
+
+def shared_binning_params(saved: list[str], user: list[str], registry) -> tuple[str, ...]:
+    """The box settings that carry over when ``user`` selects another binning policy than ``saved``.
+
+    Every built-in policy shares ``pad``, ``rounding`` and
+    ``extract_pixel_size`` (:class:`~lipoframe.builtin.binning.BoxParams`,
+    docs/binning.md): the boxes a run was planned with stay when another
+    policy is tried. Empty unless both policies are installed and have
+    those settings (a plugin's policy whose ``Params`` is no ``BoxParams``
+    may give the same names another meaning).
+
+    Parameters
+    ----------
+    saved, user : list of str
+        The overrides that reproduce the run's settings, and the ones given.
+    registry : StageRegistry
+    """
+    import dataclasses
+
+    from lipoframe.builtin.binning import BoxParams
+
+    def params(overrides):
+        name = next((o.partition("=")[2] for o in reversed(overrides) if _key(o) == "binning"), None)
+        return registry.get("binning", name).params if name is not None and ("binning", name) in registry else None
+
+    old, new = params(saved), params(user)
+    if not (old and new and issubclass(old, BoxParams) and issubclass(new, BoxParams)):
+        return ()
+    return tuple(f.name for f in dataclasses.fields(BoxParams))
 
 
 def check_user_overrides(user: list[str]) -> None:
@@ -343,7 +383,8 @@ def replan(run_dir: str | Path, overrides: list[str] = (), *, report: bool = Fal
     pm, registry, _ = plugins.load()
     saved, choices = load_saved_config(run_dir)
     check_installed(run_dir, saved, choices, registry, user)
-    composed, cfg = compose(combine_overrides(saved_overrides(saved, choices, registry), user))
+    run_settings = saved_overrides(saved, choices, registry)
+    composed, cfg = compose(combine_overrides(run_settings, user, shared_binning=shared_binning_params(run_settings, user, registry)))
     names, results = run_micrographs(run_dir)
     stages = build_stages(cfg, registry)
     try:

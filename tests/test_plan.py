@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -416,6 +417,27 @@ def test_plan_command_recomputes_from_saved_picks(tmp_path, run_cli):
     assert code == 0 and json.loads(out)["policy"] == "kmeans"
     code, out, _ = run_cli("plan", run, "--json", "binning=quantile")  # options before the overrides too
     assert code == 0 and json.loads(out)["policy"] == "quantile"
+
+
+def test_plan_with_another_policy_keeps_the_runs_box_settings(tmp_path, run_cli):
+    # pad, rounding and extract_pixel_size are shared by every policy: a run made with
+    # them and re-planned with another policy keeps them (its own parameters do not carry over)
+    picks, metas = dataset()
+    saved = {**dataclasses.asdict(PeakValleyParams()), "pad": 1.6, "rounding": "fft", "extract_pixel_size": 2.2,
+             "max_bins": 3}
+    run = fabricated_run(tmp_path / "run", picks, metas, binning=saved)
+    code, out, err = run_cli("plan", run, "binning=kmeans", "--json")
+    assert code == 0, err
+    plan = ExtractionPlan.from_dict(json.loads(out))
+    assert plan.policy == "kmeans" and plan.extract_pixel_size == 2.2
+    assert plan.details["params"]["max_bins"] == 1  # kmeans' own default, not peak_valley's saved 3
+    for b in plan.bins:
+        assert b.box_px == round_up_box(1.6 * b.d_max_px, rounding="fft")
+        assert b.box_px_extract == round_up_box(1.6 * b.d_max_px * 1.1 / 2.2, rounding="fft")
+    code, out, err = run_cli("plan", run, "binning=hac", "binning.rounding=even", "--json")
+    assert code == 0, err
+    plan = ExtractionPlan.from_dict(json.loads(out))  # what is given wins
+    assert plan.details["params"]["rounding"] == "even" and plan.details["params"]["pad"] == 1.6
 
 
 def test_plan_command_refuses_picking_options_and_bad_folders(tmp_path, run_cli):
