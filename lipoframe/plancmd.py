@@ -339,7 +339,14 @@ def run_micrographs(run_dir: Path) -> tuple[list[str], list]:
 
 
 def _remove_stale_bin_files(run_dir: Path, keep) -> list[Path]:
-    """Delete files under ``<run>/bins/`` that this plan's writers did not write."""
+    """Delete files under ``<run>/bins/`` that this plan's writers did not write.
+
+    Only for a run folder without ``written_files.json`` (made before
+    lipoframe recorded its files): with the record, the dataset step
+    (:func:`~lipoframe.runner.remove_stale_outputs`) deletes exactly the
+    files the previous plan wrote, and files of the user's own under
+    ``bins/`` stay.
+    """
     from lipoframe.planfiles import BINS_DIR
 
     root = run_dir / BINS_DIR
@@ -372,7 +379,7 @@ def replan(run_dir: str | Path, overrides: list[str] = (), *, report: bool = Fal
 
     from lipoframe import plugins
     from lipoframe.io.atomic import write_text
-    from lipoframe.runner import MANIFEST, build_stages, finish_run, folder_log, output_folder
+    from lipoframe.runner import MANIFEST, WRITTEN, build_stages, finish_run, folder_log, output_folder
 
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
@@ -397,10 +404,12 @@ def replan(run_dir: str | Path, overrides: list[str] = (), *, report: bool = Fal
         done = sum(r.status != "failed" for r in results)
         picking = {"interrupted": True, "failures": [],
                    "micrographs": {"total": len(results), "ok": 0, "skipped": done, "failed": 0, "not_done": len(results) - done}}
+    # A folder that records its files (written_files.json) has the previous plan's removed by the dataset step.
+    recorded = (run_dir / WRITTEN).is_file()
     with output_folder(run_dir), folder_log(run_dir, "plan " + " ".join([str(run_dir), *overrides])):
         result = finish_run(run_dir, names, results, stages, cfg, pm=pm, t0=t0, errors=[], notes=[], workers=1,
                             picking=picking if isinstance(picking, dict) else None)
-        removed = _remove_stale_bin_files(run_dir, result.files) if result.plan is not None else []
+        removed = _remove_stale_bin_files(run_dir, result.files) if result.plan is not None and not recorded else []
         if removed:
             log.info("removed %d coordinate file(s) of the previous plan under bins/", len(removed))
         record = {"binning": OmegaConf.to_container(composed.binning), "writer": OmegaConf.to_container(composed.writer),

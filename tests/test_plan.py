@@ -482,6 +482,25 @@ def test_plan_after_a_real_run_replaces_the_per_bin_files(tiny_mrcs, tmp_path, r
     assert len(replanned["bins"]) == 1 and replanned["replanned_seconds"] > 0
 
 
+def test_plan_removes_the_previous_plans_bin_files_but_not_the_users(tmp_path, run_cli):
+    # It deleted every file under bins/ that the new plan did not write: notes or an
+    # extraction kept next to a bin's coordinates went with the stale coordinate files.
+    picks, metas = dataset()
+    run = fabricated_run(tmp_path / "run", picks, metas)
+    code, _, err = run_cli("plan", run, "binning=quantile", "binning.n_bins=3", "writer=[csv,star]")
+    assert code == 0, err
+    assert (run / "bins" / "bin3" / "autopick.star").is_file()
+    mine = [run / "bins" / "bin1" / "NOTES.txt", run / "bins" / "bin3" / "extract" / "particles.star"]
+    for p in mine:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("the user's own file\n")
+    code, _, err = run_cli("plan", run, "binning=quantile", "binning.n_bins=2", "writer=[csv,star]")
+    assert code == 0, err
+    assert not (run / "bins" / "bin3" / "autopick.star").exists()
+    assert not (run / "bins" / "bin3" / "coords").exists()
+    assert all(p.read_text() == "the user's own file\n" for p in mine)
+
+
 def test_plan_says_the_report_is_out_of_date_only_when_it_shows_another_plan(tiny_mrcs, tmp_path, run_cli):
     # It said 'report.html still shows the previous plan' after every plan, also one the same as the report's.
     out = tmp_path / "out"
