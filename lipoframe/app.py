@@ -264,6 +264,20 @@ def sweep_jobs(overrides: list[str], *, limit: int = 256) -> list[list[str]] | N
     Returns None when the sweep cannot be expanded here (e.g. interval
     sweeps, a ``glob()`` over a group of your own presets, or more than
     ``limit`` jobs); Hydra then reports errors per job.
+
+    The jobs and their order are those of Hydra's basic sweeper; the words
+    are not quite. This runs before Hydra, to check each job's config and
+    name a bad job in the words as typed, so a word that is not swept is
+    kept as written. Hydra's own expansion
+    (:meth:`BasicSweeper.split_arguments`, which
+    :func:`lipoframe.sweepdir.last_sweep_jobs` uses to tell a finished
+    sweep's jobs apart) writes such a word again from its parsed value
+    (``nms.beta=.6`` as ``nms.beta=0.6``, ``dmin=1e3`` as ``dmin=1000.0``,
+    ``~key`` as ``~key=null``), and would put those words in the error
+    lines instead. Here also the ``hydra`` words are left out, ``glob()`` is
+    expanded over lipoframe's own groups (a finished sweep's ``-cd`` folders
+    are not known there) and ``limit`` is small (each job is composed), so
+    the two expansions are kept apart.
     """
     import itertools
 

@@ -63,6 +63,12 @@ def last_sweep_jobs(sweep: str | Path) -> list[list[str]] | None:
 
     None when it cannot be told: the file is unreadable, another sweeper
     ran the sweep, or it cannot be expanded here.
+
+    Expanded by Hydra's own :meth:`BasicSweeper.split_arguments`, not by
+    :func:`lipoframe.app.sweep_jobs`: the lists are compared with the words
+    each job's ``.hydra/overrides.yaml`` holds, which Hydra writes again
+    from their parsed values (``nms.beta=.6`` as ``nms.beta=0.6``), while
+    ``sweep_jobs`` keeps the words as typed for its error lines.
     """
     doc = _yaml(Path(sweep) / "multirun.yaml")
     try:
