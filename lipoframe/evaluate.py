@@ -1232,38 +1232,24 @@ def sweep_job_folders(path: str | Path) -> list[Path]:
     return [f for f in all_job_folders(path) if f not in stale]
 
 
-def job_overrides(job: str | Path) -> list[str]:
-    """The command-line words of one job of a sweep (its ``.hydra/overrides.yaml``); [] if unreadable."""
-    import yaml
-
-    try:
-        words = yaml.safe_load((Path(job) / ".hydra" / "overrides.yaml").read_text())
-    except (OSError, ValueError, yaml.YAMLError):
-        return []
-    return [str(w) for w in words] if isinstance(words, list) else []
-
-
 def sweep_keys(sweep: str | Path) -> list[str]:
     """The keys a sweep folder's ``multirun.yaml`` sweeps: its command line's ``key=a,b`` words and ``hydra.sweeper.params``.
 
     [] when the file cannot be read, or names no swept key (another
     sweeper's search space, an interval sweep).
     """
-    import yaml
+    from lipoframe.sweepdir import sweep_record
 
-    try:
-        hydra = yaml.safe_load((Path(sweep) / "multirun.yaml").read_text())["hydra"]
-        params = hydra["sweeper"].get("params") or {}
-        task = hydra["overrides"]["task"] or []
-    except (OSError, ValueError, yaml.YAMLError, KeyError, TypeError, AttributeError):
+    record = sweep_record(sweep)
+    if record is None:
         return []
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    keys = [str(k).lstrip("+~") for k in params] if isinstance(params, dict) else []
+    keys = [str(k).lstrip("+~") for k in record.params] if record.params is not None else []
     parser = OverridesParser.create()
-    for word in task:
+    for word in record.task:
         try:
-            override = parser.parse_override(str(word))
+            override = parser.parse_override(word)
         except Exception:  # noqa: BLE001 - Hydra raises several types for a word it cannot read
             continue
         if override.is_sweep_override():
@@ -1392,6 +1378,8 @@ def evaluate_sweep(
     EvaluationInputError
         If ``sweep`` is not a sweep folder with job folders of its last sweep.
     """
+    from lipoframe.sweepdir import job_overrides
+
     everything = all_job_folders(sweep)
     if not everything:
         raise EvaluationInputError(f"{sweep}: not a sweep folder of lipoframe run -m (no multirun.yaml with job folders)")
@@ -1400,7 +1388,7 @@ def evaluate_sweep(
     if not folders:
         raise EvaluationInputError(f"{sweep}: none of its {_count(len(everything), 'job folder')} is of the last sweep "
                                    f"(multirun.yaml): {next(iter(stale.values()))}")
-    words = [job_overrides(f) for f in folders]
+    words = [job_overrides(f) or [] for f in folders]  # [] when unreadable
     varied = swept_overrides(words, sweep_keys(sweep))
     jobs = []
     for folder, all_words, shown in zip(folders, words, varied):
@@ -1980,18 +1968,17 @@ def _shard_counts(folders: list[Path]) -> dict[Path, int]:
 def _shards_of_one_run(folders: list[Path]) -> bool:
     """Whether the job folders are the shards of one run: all with the same ``shard.count`` > 1, and
     overrides (``.hydra/overrides.yaml``) that differ in ``shard.index`` only."""
-    import yaml
+    from lipoframe.sweepdir import job_overrides
 
     counts = _shard_counts(folders)
     if not folders or len(counts) != len(folders) or len(set(counts.values())) != 1 or counts[folders[0]] < 2:
         return False
     others = set()
     for folder in folders:
-        try:
-            words = yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text()) or []
-        except (OSError, yaml.YAMLError):
+        words = job_overrides(folder)
+        if words is None:
             return False
-        others.add(tuple(sorted(str(w) for w in words if not str(w).lstrip("+~").startswith("shard.index="))))
+        others.add(tuple(sorted(w for w in words if not w.lstrip("+~").startswith("shard.index="))))
     return len(others) == 1
 
 

@@ -115,9 +115,8 @@ def find_run_folders(specs: list[str]) -> list[Path]:
 
 
 def load_shard(folder: Path) -> Shard:
-    from omegaconf import OmegaConf
-
     from lipoframe.runner import MANIFEST
+    from lipoframe.sweepdir import job_overrides
 
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
@@ -127,7 +126,9 @@ def load_shard(folder: Path) -> Shard:
     over = folder / ".hydra" / "overrides.yaml"
     if not over.is_file():
         raise NotARunFolder(f"{folder}: no .hydra/overrides.yaml (merge needs folders made by `lipoframe run`)")
-    overrides = [str(o) for o in OmegaConf.to_container(OmegaConf.load(over))]
+    overrides = job_overrides(folder)
+    if overrides is None:
+        raise MergeError(f"{over}: unreadable (not the list of overrides Hydra saves)")
     return Shard(folder, manifest, overrides)
 
 

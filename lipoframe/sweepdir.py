@@ -22,6 +22,7 @@ start. What Hydra records of the last sweep decides:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, NamedTuple
 
 #: Hydra's built-in sweeper, whose jobs can be listed from ``multirun.yaml``.
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
@@ -38,6 +39,46 @@ def _yaml(path: Path):
         return yaml.safe_load(path.read_text())
     except (OSError, ValueError, yaml.YAMLError):
         return None
+
+
+class SweepRecord(NamedTuple):
+    """What a sweep folder's ``multirun.yaml`` records of its last sweep (:func:`sweep_record`).
+
+    sweeper : Any
+        ``hydra.sweeper._target_``: the sweeper that ran it (None if not named).
+    task : list of str
+        ``hydra.overrides.task``: the words of its command line.
+    params : dict or None
+        ``hydra.sweeper.params`` ({} when none); None when it is not a mapping.
+    """
+
+    sweeper: Any
+    task: list[str]
+    params: dict | None
+
+
+def sweep_record(folder: str | Path) -> SweepRecord | None:
+    """The sweeper, command line and ``hydra.sweeper.params`` of ``folder/multirun.yaml``; None when unreadable."""
+    doc = _yaml(Path(folder) / "multirun.yaml")
+    try:
+        hydra = doc["hydra"]
+        sweeper = hydra["sweeper"]
+        task = [str(w) for w in (hydra["overrides"]["task"] or [])]
+        params = sweeper.get("params") or {}
+        target = sweeper.get("_target_")
+    except (KeyError, TypeError, AttributeError):
+        return None
+    return SweepRecord(target, task, params if isinstance(params, dict) else None)
+
+
+def job_overrides(job: str | Path) -> list[str] | None:
+    """The command-line words Hydra saved for one run or sweep job (``job/.hydra/overrides.yaml``).
+
+    None when the file is missing, unreadable or not a list (an empty file
+    too: Hydra writes ``[]`` for no words).
+    """
+    words = _yaml(Path(job) / ".hydra" / "overrides.yaml")
+    return [str(w) for w in words] if isinstance(words, list) else None
 
 
 def run_after_sweep(folder: str | Path) -> bool | None:
@@ -70,17 +111,10 @@ def last_sweep_jobs(sweep: str | Path) -> list[list[str]] | None:
     from their parsed values (``nms.beta=.6`` as ``nms.beta=0.6``), while
     ``sweep_jobs`` keeps the words as typed for its error lines.
     """
-    doc = _yaml(Path(sweep) / "multirun.yaml")
-    try:
-        hydra = doc["hydra"]
-        sweeper = hydra["sweeper"]
-        task = [str(w) for w in (hydra["overrides"]["task"] or [])]
-        params = sweeper.get("params") or {}
-        if sweeper.get("_target_") != BASIC_SWEEPER or not isinstance(params, dict):
-            return None
-    except (KeyError, TypeError, AttributeError):
+    record = sweep_record(sweep)
+    if record is None or record.sweeper != BASIC_SWEEPER or record.params is None:
         return None
-    words = [f"{k}={v}" for k, v in params.items()] + task  # the sweeper's order: its params, then the command line
+    words = [f"{k}={v}" for k, v in record.params.items()] + record.task  # the sweeper's order: its params, then the command line
     try:
         from hydra import initialize_config_dir
         from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -130,19 +164,18 @@ def stale_jobs(sweep: str | Path, folders: list[Path]) -> dict[Path, str]:
     jobs = last_sweep_jobs(sweep)
     stale = {}
     for folder in folders:
-        over = folder / ".hydra" / "overrides.yaml"
-        words = _yaml(over)
-        if not isinstance(words, list):
+        words = job_overrides(folder)
+        if words is None:
             continue
         if jobs is not None:
             num = _job_num(folder)
             if num is None or num >= len(jobs):
                 stale[folder] = f"numbered past the last sweep's {len(jobs)} job{'s' if len(jobs) != 1 else ''}"
-            elif sorted(map(str, words)) != sorted(jobs[num]):
+            elif sorted(words) != sorted(jobs[num]):
                 stale[folder] = f"its overrides are not those of the last sweep's job {num}"
             continue
         try:
-            if over.stat().st_mtime < started - TIME_SLACK:
+            if (folder / ".hydra" / "overrides.yaml").stat().st_mtime < started - TIME_SLACK:
                 stale[folder] = "older than the last sweep's multirun.yaml"
         except OSError:
             continue

@@ -1422,3 +1422,32 @@ def test_a_glob_sweep_over_presets_of_a_config_dir_is_not_taken_for_stale(tmp_pa
         (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["dmin=30", f"+experiment={preset}"]))
         jobs.append(job)
     assert stale_jobs(sweep, jobs) == {}
+
+
+def test_one_reader_of_hydras_records_for_evaluate_and_merge(tmp_path):
+    # evaluate (sweep keys, job words, the shard check), the stale-job check and merge read multirun.yaml
+    # and .hydra/overrides.yaml with sweepdir.sweep_record and sweepdir.job_overrides
+    import yaml
+
+    from lipoframe.evaluate import sweep_keys
+    from lipoframe.merge import MergeError, NotARunFolder, load_shard
+    from lipoframe.sweepdir import BASIC_SWEEPER, job_overrides, sweep_record
+
+    (tmp_path / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {
+        "sweeper": {"_target_": BASIC_SWEEPER, "params": {"nms.beta": "0.6,0.8"}}, "overrides": {"task": ["dmin=30,31"]}}}))
+    assert sweep_record(tmp_path) == (BASIC_SWEEPER, ["dmin=30,31"], {"nms.beta": "0.6,0.8"})
+    assert sweep_keys(tmp_path) == ["nms.beta", "dmin"]
+    assert sweep_record(tmp_path / "none") is None and sweep_keys(tmp_path / "none") == []
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / "inputs.json").write_text(json.dumps({"micrographs": [], "shard": {"index": 0, "count": 1}, "fingerprint": "f"}))
+    with pytest.raises(NotARunFolder, match="no .hydra/overrides.yaml"):
+        load_shard(run)
+    assert job_overrides(run) is None
+    for text in ("- [\n", "", "a: 1\n"):  # unparseable, empty, not a list
+        (run / ".hydra" / "overrides.yaml").write_text(text)
+        assert job_overrides(run) is None
+        with pytest.raises(MergeError, match="overrides.yaml: unreadable"):
+            load_shard(run)
+    (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["dmin=30", "shard.index=0"]))
+    assert job_overrides(run) == load_shard(run).overrides == ["dmin=30", "shard.index=0"]
