@@ -300,7 +300,7 @@ def run_micrographs(run_dir: Path) -> tuple[list[str], list]:
     Order and failures come from ``inputs.json`` and ``run_summary.json``
     when present (saved results of micrographs ``inputs.json`` does not list,
     left by an earlier run with other inputs, are not the run's:
-    :func:`~lipoframe.runner.listed_micrographs`); otherwise the saved
+    :func:`~lipoframe.runner.run_manifest`); otherwise the saved
     results are taken in input-path order.
 
     Raises
@@ -308,13 +308,13 @@ def run_micrographs(run_dir: Path) -> tuple[list[str], list]:
     PlanError
         If the run saved no per-micrograph results.
     """
-    from lipoframe.runner import WORK_DIR, MicResult, listed_micrographs, manifest_fingerprint, saved_counts
+    from lipoframe.runner import WORK_DIR, MicResult, run_manifest, saved_counts
 
     work = run_dir / WORK_DIR
     saved = sorted(p.stem for p in work.glob("*.json")) if work.is_dir() else []
     if not saved:
         raise PlanError(f"{run_dir}: no saved picks in {WORK_DIR}/ (is this a lipoframe run folder, and did the run finish a micrograph?)")
-    listed = listed_micrographs(run_dir)
+    listed, fingerprint = run_manifest(run_dir)
     order: list[tuple[str, str]] = listed or []
     failures: dict[str, str] = {}
     try:
@@ -325,7 +325,7 @@ def run_micrographs(run_dir: Path) -> tuple[list[str], list]:
     results: list = []
     # (meta, rows, accepted rows) of each complete saved result, all read in one go
     # (made with the settings inputs.json records: a run stopped early leaves an earlier run's other picks)
-    loaded: dict[str, Any] = saved_counts(run_dir, dict.fromkeys(saved), manifest_fingerprint(run_dir))
+    loaded: dict[str, Any] = saved_counts(run_dir, dict.fromkeys(saved), fingerprint)
     if listed is None:  # no inputs.json: every saved result, in input-path order
         order = sorted(((n, d[0].path) for n, d in loaded.items()), key=lambda t: (t[1], t[0]))
     for name, path in order:

@@ -1518,50 +1518,53 @@ def same_file_notes(same_file: list[tuple[Path, Path]], paths: list[Path], names
             for dropped, kept in same_file if kept in name_of]
 
 
-def listed_micrographs(run_dir: str | os.PathLike) -> list[tuple[str, str]] | None:
-    """``(name, path)`` of the micrographs a run folder's ``inputs.json`` lists for its shard, in run order.
+def run_manifest(run_dir: str | os.PathLike) -> tuple[list[tuple[str, str]] | None, str | None]:
+    """What a run folder's ``inputs.json`` records of its micrographs, read once: those it lists, and their settings.
 
     The saved results in ``micrographs/`` may hold more: an earlier run into
     the same folder with other inputs leaves its results there for resume,
     but the run's dataset (``picks.csv``, the plan, the exports) is made of
     the listed micrographs only, and so are ``lipoframe plan``, ``report``
-    and ``evaluate`` on the folder. None when the folder has no readable
-    ``inputs.json`` (a run of an older version, or a bare results folder).
+    and ``evaluate`` on the folder.
+
+    Returns
+    -------
+    listed : list of (str, str) or None
+        ``(name, path)`` of the micrographs listed for the run's shard, in
+        run order; None when the folder has no readable ``inputs.json`` (a
+        run of an older version, or a bare results folder).
+    fingerprint : str or None
+        The per-micrograph settings fingerprint it records; None when none.
     """
     try:
         manifest = json.loads((Path(run_dir) / MANIFEST).read_text())
-        i, count = int(manifest["shard"]["index"]), int(manifest["shard"]["count"])
-        return [(str(m["name"]), str(m["path"])) for m in manifest["micrographs"][i::count]]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def manifest_fingerprint(run_dir: str | os.PathLike) -> str | None:
-    """The per-micrograph settings fingerprint ``inputs.json`` records for a run folder (None: none recorded)."""
+    except (OSError, ValueError):
+        return None, None
     try:
-        fingerprint = json.loads((Path(run_dir) / MANIFEST).read_text()).get("fingerprint")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return str(fingerprint) if fingerprint else None
+        i, count = int(manifest["shard"]["index"]), int(manifest["shard"]["count"])
+        listed = [(str(m["name"]), str(m["path"])) for m in manifest["micrographs"][i::count]]
+    except (ValueError, KeyError, TypeError):
+        listed = None
+    fingerprint = manifest.get("fingerprint") if isinstance(manifest, dict) else None
+    return listed, (str(fingerprint) if fingerprint else None)
 
 
 def run_result_names(run_dir: str | os.PathLike) -> list[str]:
     """Names of the saved results in ``micrographs/`` that are the run's own, sorted.
 
-    Those of the micrographs ``inputs.json`` lists (:func:`listed_micrographs`)
-    and made with the settings it records (:func:`manifest_fingerprint`). A
-    run stopped early with other settings than the last one into the folder
-    leaves that run's results for the micrographs it did not reach: they are
-    other picks, so ``lipoframe plan``, ``report`` and ``evaluate`` do not
-    take them as this run's. Without ``inputs.json``, every saved result.
+    Those of the micrographs ``inputs.json`` lists, made with the settings
+    it records (:func:`run_manifest`). A run stopped early with other
+    settings than the last one into the folder leaves that run's results
+    for the micrographs it did not reach: they are other picks, so
+    ``lipoframe plan``, ``report`` and ``evaluate`` do not take them as this
+    run's. Without ``inputs.json``, every saved result.
     """
     work = Path(run_dir) / WORK_DIR
     saved = sorted(p.stem for p in work.glob("*.json") if not p.name.startswith(".")) if work.is_dir() else []
-    listed = listed_micrographs(run_dir)
+    listed, fingerprint = run_manifest(run_dir)
     if listed is not None:
         names = {n for n, _ in listed}
         saved = [n for n in saved if n in names]
-    fingerprint = manifest_fingerprint(run_dir)
     if fingerprint is None:
         return saved
     own = []
