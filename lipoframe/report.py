@@ -145,13 +145,6 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-def _work_names(out_dir: Path) -> list[str]:
-    """The saved results of the run's micrographs (:func:`~lipoframe.runner.run_result_names`)."""
-    from lipoframe.runner import run_result_names
-
-    return run_result_names(out_dir)
-
-
 def _config_from_folder(out_dir: Path) -> tuple[dict, str, dict]:
     """Config dict, its YAML text and the selected stage names (from ``.hydra``) of a run folder."""
     import yaml
@@ -297,14 +290,16 @@ def load_run(out_dir: str | os.PathLike) -> RunData:
     FileNotFoundError
         If ``out_dir`` holds neither per-micrograph results nor a run summary.
     """
-    from lipoframe.runner import collect_work, safe_name
+    from lipoframe.runner import collect_work, run_results, safe_name
 
     out_dir = Path(out_dir)
-    names = _work_names(out_dir)
+    # the saved results of the run's micrographs, with the JSON read to check their settings (read once)
+    infos = run_results(out_dir)
+    names = list(infos)
     summary = _read_json(out_dir / "run_summary.json") or {}
     if not names and not summary:
         raise FileNotFoundError(f"{out_dir}: not a lipoframe run folder (no micrographs/*.json and no run_summary.json)")
-    work, metas = collect_work(out_dir, names)
+    work, metas = collect_work(out_dir, names, infos=infos)
     picks, plan = dataset_verdicts(work, out_dir)
     config, text, stage_names = _config_from_folder(out_dir)
     failures = [{"name": safe_name(Path(f.get("micrograph", "")).stem), "path": f.get("micrograph", ""), "error": f.get("error", "")}

@@ -940,18 +940,21 @@ def input_stamp(path: str | os.PathLike, name: str, stages: StageSet) -> dict | 
 
 
 def load_work(
-    out_dir: Path, name: str, fingerprint: str | None = None, *, source: dict | None = None, version: str | None = None
+    out_dir: Path, name: str, fingerprint: str | None = None, *, source: dict | None = None, version: str | None = None,
+    info: dict | None = None,
 ) -> tuple[MicrographMeta, pd.DataFrame] | None:
     """The saved result of one micrograph, or None if absent, incomplete or stale.
 
     Stale means: made with other per-micrograph settings (``fingerprint``),
     from an input file that has changed since (``source``, see
     :func:`source_stamp`), or by another code ``version`` (lipoframe's and
-    its plugins', :attr:`StageSet.code_version`).
+    its plugins', :attr:`StageSet.code_version`). ``info`` is its JSON when
+    the caller has read it already (:func:`run_results`), else it is read.
     """
     try:
         csv_path, json_path = _work_paths(out_dir, name)
-        info = json.loads(json_path.read_text())
+        if info is None:
+            info = json.loads(json_path.read_text())
         if not _work_info_matches(info, fingerprint, source, version):
             return None
         picks = _read_work_csv(csv_path)
@@ -1549,8 +1552,8 @@ def run_manifest(run_dir: str | os.PathLike) -> tuple[list[tuple[str, str]] | No
     return listed, (str(fingerprint) if fingerprint else None)
 
 
-def run_result_names(run_dir: str | os.PathLike) -> list[str]:
-    """Names of the saved results in ``micrographs/`` that are the run's own, sorted.
+def run_results(run_dir: str | os.PathLike) -> dict[str, dict | None]:
+    """The saved results in ``micrographs/`` that are the run's own, sorted by name, each with its JSON.
 
     Those of the micrographs ``inputs.json`` lists, made with the settings
     it records (:func:`run_manifest`). A run stopped early with other
@@ -1558,6 +1561,10 @@ def run_result_names(run_dir: str | os.PathLike) -> list[str]:
     for the micrographs it did not reach: they are other picks, so
     ``lipoframe plan``, ``report`` and ``evaluate`` do not take them as this
     run's. Without ``inputs.json``, every saved result.
+
+    Each name maps to its result's JSON as read to check its settings, for
+    :func:`collect_work` (``infos``) not to read it again; None when
+    ``inputs.json`` records no settings (nothing was checked or read).
     """
     work = Path(run_dir) / WORK_DIR
     saved = sorted(p.stem for p in work.glob("*.json") if not p.name.startswith(".")) if work.is_dir() else []
@@ -1566,16 +1573,21 @@ def run_result_names(run_dir: str | os.PathLike) -> list[str]:
         names = {n for n, _ in listed}
         saved = [n for n in saved if n in names]
     if fingerprint is None:
-        return saved
-    own = []
+        return dict.fromkeys(saved)
+    own = {}
     for name in saved:
         try:
             info = json.loads(_work_paths(Path(run_dir), name)[1].read_text())
         except (OSError, ValueError):
             continue
         if isinstance(info, dict) and _work_info_matches(info, fingerprint, None, None):
-            own.append(name)
+            own[name] = info
     return own
+
+
+def run_result_names(run_dir: str | os.PathLike) -> list[str]:
+    """Names of the saved results in ``micrographs/`` that are the run's own, sorted (:func:`run_results`)."""
+    return list(run_results(run_dir))
 
 
 def write_manifest(out_dir: Path, specs: list[str], paths: list[Path], names: list[str], cfg: LipoframeConfig, fingerprint: str) -> None:
@@ -1829,17 +1841,22 @@ def apply_dataset_rejections(picks: pd.DataFrame, out_dir: Path) -> pd.DataFrame
     return out
 
 
-def collect_work(out_dir: Path, names: list[str]) -> tuple[pd.DataFrame, dict[str, MicrographMeta]]:
+def collect_work(
+    out_dir: Path, names: list[str], *, infos: dict[str, dict | None] | None = None
+) -> tuple[pd.DataFrame, dict[str, MicrographMeta]]:
     """Concatenate the saved per-micrograph tables (in ``names`` order).
 
     Results that are missing or incomplete are left out (see :func:`load_work`).
+    ``infos`` holds the JSON of the results the caller has read already
+    (:func:`run_results`); the others are read here.
     """
-    at_once = _collect_work_at_once(out_dir, names)
+    at_once = _collect_work_at_once(out_dir, names, infos)
     if at_once is not None:
         return at_once
+    infos = infos or {}
     tables, metas = [], {}
     for name in names:
-        done = load_work(out_dir, name)
+        done = load_work(out_dir, name, info=infos.get(name))
         if done is None:
             continue
         meta, picks = done
@@ -1855,31 +1872,38 @@ def collect_work(out_dir: Path, names: list[str]) -> tuple[pd.DataFrame, dict[st
     return picks, metas
 
 
-def _collect_work_at_once(out_dir: Path, names: list[str]) -> tuple[pd.DataFrame, dict[str, MicrographMeta]] | None:
+def _collect_work_at_once(
+    out_dir: Path, names: list[str], infos: dict[str, dict | None] | None = None
+) -> tuple[pd.DataFrame, dict[str, MicrographMeta]] | None:
     """:func:`collect_work` with one CSV parse for all micrographs (pandas' fixed
     cost per file dominates small tables), or None to take the file-by-file path.
 
     See :func:`_read_work_at_once`.
     """
-    at_once = _read_work_at_once(out_dir, names)
+    at_once = _read_work_at_once(out_dir, names, infos=infos)
     return None if at_once is None else at_once[:2]
 
 
-def _read_work_at_once(out_dir: Path, names: list[str]) -> tuple[pd.DataFrame, dict[str, MicrographMeta], list[int]] | None:
+def _read_work_at_once(
+    out_dir: Path, names: list[str], *, infos: dict[str, dict | None] | None = None
+) -> tuple[pd.DataFrame, dict[str, MicrographMeta], list[int]] | None:
     """The saved tables of ``names`` in one CSV parse, their metadata and each one's row count, or None.
 
     The result is the same table: the files share one header and are joined
     below it, so the same parser reads the same text with the same options,
     and empty files add no rows. Any file that is missing, incomplete or not
     plain (another header, quoted fields, a row count other than its JSON
-    says) sends the whole collection to the file-by-file path.
+    says) sends the whole collection to the file-by-file path. ``infos``:
+    the JSON of results already read (see :func:`collect_work`).
     """
     metas: dict[str, MicrographMeta] = {}
     header, bodies, rows = None, [], []
     for name in names:
         csv_path, json_path = _work_paths(out_dir, name)
         try:
-            info = json.loads(json_path.read_text())
+            info = infos.get(name) if infos else None
+            if info is None:
+                info = json.loads(json_path.read_text())
             n_picks = int(info["n_picks"])
             meta = MicrographMeta.from_dict(info["meta"])
             text = csv_path.read_text()
