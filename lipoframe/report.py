@@ -427,14 +427,11 @@ def _init_worker(readers: ReaderChoice) -> None:
     _STATE["readers"] = readers
 
 
-SLAB_HALF = 2  # a tomogram is shown as the mean of 2 * SLAB_HALF + 1 slices (plots.SLAB_HALF)
-
-
 def _slab(image: np.ndarray, z: float) -> tuple[np.ndarray, int]:
     """The mean of the slices around ``z`` of a volume, and the central slice."""
     from lipoframe import plots
 
-    plane, _, _ = plots.volume_slab(image, z, half=SLAB_HALF)
+    plane, _, _ = plots.volume_slab(image, z)
     return plane, plots.nearest_plane(z, image.shape[0])
 
 
@@ -452,7 +449,7 @@ def _display_plane(image: np.ndarray, job: OverlayJob) -> tuple[np.ndarray, np.n
     if image.ndim == 2:
         return image, keep, "", diameter
     nz = image.shape[0]
-    plane, first, last = plots.volume_slab(image, np.median(job.z) if job.z is not None and len(job.z) else nz // 2, half=SLAB_HALF)
+    plane, first, last = plots.volume_slab(image, np.median(job.z) if job.z is not None and len(job.z) else nz // 2)
     if job.z is not None:
         diameter = plots.slab_sections(job.z, diameter, first, last)
         keep = diameter > 0
