@@ -985,7 +985,7 @@ def saved_counts(
     where they allow it, else one by one with :func:`load_work`: on resume,
     a parse per saved micrograph cost more than the dataset step itself.
     """
-    names = []
+    infos = {}  # the JSON of each result to read, read once
     for name, source in wanted.items():
         try:
             info = json.loads(_work_paths(out_dir, name)[1].read_text())
@@ -993,8 +993,9 @@ def saved_counts(
                 continue
         except (OSError, ValueError):
             continue
-        names.append(name)
-    at_once = _read_work_at_once(out_dir, names) if names else None
+        infos[name] = info
+    names = list(infos)
+    at_once = _read_work_at_once(out_dir, names, infos=infos) if names else None
     if at_once is not None and at_once[0][schema.ACCEPTED].dtype == bool:
         picks, metas, rows = at_once
         ends = np.cumsum(rows)
@@ -1002,7 +1003,7 @@ def saved_counts(
         return {n: (metas[n], int(r), int(accepted[e] - accepted[e - r])) for n, r, e in zip(names, rows, ends)}
     counts = {}
     for name in names:
-        done = load_work(out_dir, name, fingerprint, source=wanted[name], version=version)
+        done = load_work(out_dir, name, fingerprint, source=wanted[name], version=version, info=infos[name])
         if done is not None:
             meta, picks = done
             counts[name] = (meta, len(picks), int(picks[schema.ACCEPTED].sum()) if len(picks) else 0)
