@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import io
 import json
 import logging
 import os
 import re
+import stat
 import sys
 import time
 import traceback
@@ -911,20 +913,53 @@ def _work_paths(out_dir: Path, name: str) -> tuple[Path, Path]:
     return safe_child(out_dir, WORK_DIR, f"{name}.csv"), safe_child(out_dir, WORK_DIR, f"{name}.json")
 
 
-def source_stamp(path: str | os.PathLike) -> dict | None:
-    """Size and modification time (whole seconds) of an input file, or None if it cannot be read.
+#: Bytes read at each end of an input file for its content digest (:func:`content_digest`).
+DIGEST_BYTES = 64 * 1024
+
+
+def content_digest(path: str | os.PathLike, size: int) -> str:
+    """A cheap digest of a file's content: blake2b of its size and its first and last :data:`DIGEST_BYTES`.
+
+    Two reads of 64 KiB whatever the file's size (a 4096² float32 MRC file
+    is 64 MiB): it tells apart two micrographs of the same name, size and
+    modification second (``da/x.mrc``, ``db/x.mrc``; the MRC header with its
+    statistics and the first and last rows differ), and it stays the same
+    when the file is moved or copied.
+    """
+    h = hashlib.blake2b(str(int(size)).encode(), digest_size=16)
+    with open(path, "rb") as f:
+        h.update(f.read(DIGEST_BYTES))
+        if size > DIGEST_BYTES:
+            f.seek(max(DIGEST_BYTES, size - DIGEST_BYTES))
+            h.update(f.read(DIGEST_BYTES))
+    return h.hexdigest()
+
+
+def source_stamp(path: str | os.PathLike, *, digest: bool = True) -> dict | None:
+    """Identity of an input file: its size, modification time (whole seconds) and
+    :func:`content_digest`; None if it is not a regular file that can be read.
 
     Saved with each result, so that resume redoes a micrograph whose input
-    file was replaced.
+    file is another file or was changed: the digest tells apart files of the
+    same size and second, the time an edit that leaves both ends of the file
+    as they were. No path: a data folder moved (or copied keeping the times,
+    ``cp -p``, ``rsync -a``) resumes. ``digest=False``: size and time only,
+    without reading the file (for a check repeated often, see
+    :mod:`lipoframe.watch`).
     """
     try:
         st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):  # a named pipe would block in open(); the reader refuses it
+            return None
+        stamp = {"size": int(st.st_size), "mtime": int(st.st_mtime)}
+        if digest:
+            stamp["digest"] = content_digest(path, st.st_size)
     except OSError:
         return None
-    return {"size": int(st.st_size), "mtime": int(st.st_mtime)}
+    return stamp
 
 
-def input_stamp(path: str | os.PathLike, name: str, stages: StageSet) -> dict | None:
+def input_stamp(path: str | os.PathLike, name: str, stages: StageSet, *, digest: bool = True) -> dict | None:
     """:func:`source_stamp` of an input file, with that of every file the stages read for it.
 
     The files a stage reads besides the micrograph (a heatmap, a mask; see
@@ -932,11 +967,26 @@ def input_stamp(path: str | os.PathLike, name: str, stages: StageSet) -> dict | 
     absolute path (None for one that is missing), so that resume redoes a
     micrograph whose map or mask was replaced, added or removed.
     """
-    stamp = source_stamp(path)
+    stamp = source_stamp(path, digest=digest)
     if stamp is None:
         return None
-    extra = {os.path.abspath(f): source_stamp(f) for f in stages.extra_inputs(Path(path), name)}
+    extra = {os.path.abspath(f): source_stamp(f, digest=digest) for f in stages.extra_inputs(Path(path), name)}
     return {**stamp, "extra": extra} if extra else stamp
+
+
+def input_stamps(items: list[tuple[str | os.PathLike, str]], stages: StageSet) -> list[dict | None]:
+    """:func:`input_stamp` of each ``(path, name)``, read by a few threads when there are many.
+
+    The resume check of a run started again stamps every input: two reads
+    of 64 KiB each, which on a network file system wait on the server more
+    than they use the CPU (and blake2b releases the GIL).
+    """
+    if len(items) < 64:
+        return [input_stamp(path, name, stages) for path, name in items]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return list(pool.map(lambda item: input_stamp(item[0], item[1], stages), items))
 
 
 def load_work(
@@ -946,8 +996,8 @@ def load_work(
     """The saved result of one micrograph, or None if absent, incomplete or stale.
 
     Stale means: made with other per-micrograph settings (``fingerprint``),
-    from an input file that has changed since (``source``, see
-    :func:`source_stamp`), or by another code ``version`` (lipoframe's and
+    from another input file or one that has changed since (``source``, see
+    :func:`input_stamp`), or by another code ``version`` (lipoframe's and
     its plugins', :attr:`StageSet.code_version`). ``info`` is its JSON when
     the caller has read it already (:func:`run_results`), else it is read.
     """
@@ -969,7 +1019,10 @@ def _work_info_matches(info: dict, fingerprint: str | None, source: dict | None,
     """Whether a saved result's JSON was made with ``fingerprint``, from ``source`` and by ``version`` (None: any)."""
     if fingerprint is not None and info.get("fingerprint") != fingerprint:
         return False
-    if source is not None and info.get("source") not in (None, source):
+    # A saved stamp of another form never matches: one without a content digest (an earlier
+    # version's: size and whole second only) or none at all cannot tell another file of the
+    # same name from the one picked, so that result is picked again.
+    if source is not None and info.get("source") != source:
         return False
     return version is None or info.get("lipoframe") == version
 
@@ -1043,6 +1096,27 @@ def save_work(
     write_text(json_path, json.dumps(info, indent=1))
 
 
+def repoint_work(out_dir: Path, meta: MicrographMeta, path: str | os.PathLike) -> bool:
+    """Record ``path`` as the input of a saved result that resume takes for it; whether it was another.
+
+    Resume knows a file by its content (:func:`source_stamp`), not by its
+    path, so a moved data folder resumes; the result then names the file
+    where it is now, as the exports (a STAR file's micrograph names), the
+    report and ``watch`` read it.
+    """
+    where = os.path.abspath(path)
+    if meta.path == where:
+        return False
+    json_path = _work_paths(out_dir, meta.name)[1]
+    try:
+        info = json.loads(json_path.read_text())
+        info["meta"]["path"] = where
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    write_text(json_path, json.dumps(info, indent=1))
+    return True
+
+
 def peak_rss_mb() -> float:
     """Peak resident set size of this process so far, in MiB (0 where unsupported)."""
     try:
@@ -1100,6 +1174,7 @@ def run_job(job: MicJob, cfg: LipoframeConfig | None = None, stages: StageSet | 
         if job.resume and source is not None:  # a missing input is read (and fails), never resumed
             done = load_work(job.out_dir, job.name, job.fingerprint, source=source, version=stages.code_version or None)
             if done is not None:
+                repoint_work(job.out_dir, done[0], job.path)
                 picks = done[1]
                 return MicResult(job.name, str(job.path), "skipped", len(picks), int(picks[schema.ACCEPTED].sum()) if len(picks) else 0)
         mic = stages.read(job.path, pixel_size=cfg.pixel_size)
@@ -2023,10 +2098,15 @@ def run_jobs(jobs: list[MicJob], cfg: LipoframeConfig, stages: StageSet, *, prog
         for job in jobs:
             by_run.setdefault((job.out_dir, job.fingerprint), {})[job.name] = job
         for (out_dir, fingerprint), named in by_run.items():
-            stamps = {name: input_stamp(job.path, name, stages) for name, job in named.items()}
+            stamps = dict(zip(named, input_stamps([(job.path, name) for name, job in named.items()], stages)))
             wanted = {name: stamp for name, stamp in stamps.items() if stamp is not None}
-            for name, (_, n, n_acc) in saved_counts(out_dir, wanted, fingerprint, version=version).items():
+            moved = 0
+            for name, (meta, n, n_acc) in saved_counts(out_dir, wanted, fingerprint, version=version).items():
                 found[name] = MicResult(name, str(named[name].path), status, n, n_acc)
+                moved += repoint_work(out_dir, meta, named[name].path)
+            if moved:
+                log.info("%d micrograph(s) are the same files as picked before at another path (a moved data folder): "
+                         "their saved results now name the new path", moved)
         return found
 
     results: list[MicResult] = []

@@ -123,8 +123,11 @@ class FolderWatcher:
 
 
 def _others(stamp: dict | None) -> dict | None:
-    """The stamps of the files the stages read for a micrograph (its heatmap, its mask) in its input stamp."""
-    return None if stamp is None else stamp.get("extra", {})
+    """The stamps of the files the stages read for a micrograph (its heatmap, its mask) in its input stamp,
+    by size and modification time: checked at every scan, so without reading the files for their digest."""
+    if stamp is None:
+        return None
+    return {path: None if s is None else {k: v for k, v in s.items() if k != "digest"} for path, s in stamp.get("extra", {}).items()}
 
 
 def _existing_names(out_dir: Path) -> dict[str, str]:
@@ -253,7 +256,7 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None, exclude=None):
                     # Only the other files count: a changed micrograph waits for the watcher's stable scans.
                     failed = getattr(results.get(path_name[key]), "status", "") == "failed"
                     needs_others = failed or (stamp is not None and "extra" in stamp)
-                    if needs_others and key not in queued and _others(input_stamp(path, path_name[key], stages)) != _others(stamp):
+                    if needs_others and key not in queued and _others(input_stamp(path, path_name[key], stages, digest=False)) != _others(stamp):
                         ready.append(path)  # its heatmap or mask has come, changed or gone since
                         queued.add(key)
                 if ready:

@@ -202,3 +202,70 @@ def test_another_order_of_the_same_filters_redoes_everything(done_run):
     assert set(statuses(run(inp, out, "filter=[diameter_range,edge,speck]")).values()) == {"skipped"}
     again = run(inp, out, "filter=[diameter_range,speck,edge]")
     assert set(statuses(again).values()) == {"ok"}
+
+
+def _same_second(*paths, when=1_700_000_000):
+    """Give ``paths`` modification times within one whole second (as a copy, a tar extraction or a
+    coarse file system gives files written in the same second)."""
+    for i, p in enumerate(paths):
+        os.utime(p, ns=(when * 10**9, when * 10**9 + 100_000_000 * (i + 1)))
+
+
+def test_another_file_of_the_same_name_size_and_second_is_picked_again(tmp_path):
+    """``da/x.mrc`` then ``db/x.mrc`` into one output: two different micrographs with the same name,
+    size and whole-second modification time. Resume took da's saved picks as db's."""
+    a = write_mrc(tmp_path / "da" / "x.mrc", image(1))
+    b = write_mrc(tmp_path / "db" / "x.mrc", image(2))
+    _same_second(a, b)
+    assert a.stat().st_size == b.stat().st_size and int(a.stat().st_mtime) == int(b.stat().st_mtime)
+    out = tmp_path / "out"
+    assert statuses(run(a.parent, out)) == {"x": "ok"}
+    again = run(b.parent, out)
+    assert statuses(again) == {"x": "ok"}
+    assert json.loads((out / "micrographs" / "x.json").read_text())["meta"]["path"] == str(b)
+    run(b.parent, tmp_path / "fresh")
+    assert (out / "picks.csv").read_bytes() == (tmp_path / "fresh" / "picks.csv").read_bytes()
+    assert statuses(run(b.parent, out)) == {"x": "skipped"}
+
+
+def test_a_moved_data_folder_resumes_and_its_exports_name_the_new_place(done_run):
+    """Moving the data (a rename keeps the files' modification times) picks nothing again, and the
+    exports name the micrographs where they are now, as a fresh run would."""
+    inp, out = done_run
+    moved = inp.rename(inp.parent / "moved")
+    again = run(moved, out)
+    assert set(statuses(again).values()) == {"skipped"}
+    for js in (out / "micrographs").glob("*.json"):
+        assert json.loads(js.read_text())["meta"]["path"] == str(moved / f"{js.stem}.mrc")
+    fresh = out.parent / "fresh"
+    run(moved, fresh)
+    assert (out / "picks.csv").read_bytes() == (fresh / "picks.csv").read_bytes()
+    star = (out / "relion" / "autopick.star").read_text()
+    assert str(moved / "mic_000.mrc") in star and str(inp) + "/" not in star
+    assert star.replace(str(out), str(fresh)) == (fresh / "relion" / "autopick.star").read_text()
+
+
+def test_results_saved_without_a_content_digest_are_picked_again(done_run):
+    """Results of a version that stamped an input by size and whole-second time only cannot tell
+    another file of the same name from the one picked: they are picked again, once."""
+    inp, out = done_run
+    marker = out / "micrographs" / "mic_001.json"
+    info = json.loads(marker.read_text())
+    assert set(info["source"]) == {"size", "mtime", "digest"}
+    info["source"] = {"size": info["source"]["size"], "mtime": info["source"]["mtime"]}
+    marker.write_text(json.dumps(info))
+    assert statuses(run(inp, out)) == {"mic_000": "skipped", "mic_001": "ok", "mic_002": "skipped"}
+    assert set(statuses(run(inp, out)).values()) == {"skipped"}
+
+
+def test_a_file_edited_in_place_is_picked_again(done_run):
+    """An edit that keeps the size (and both ends of the file) still gives a new modification time."""
+    inp, out = done_run
+    path = inp / "mic_001.mrc"
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 4096] = bytes(4096)
+    path.write_bytes(bytes(data))
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 2 * 10**9))
+    assert statuses(run(inp, out)) == {"mic_000": "skipped", "mic_001": "ok", "mic_002": "skipped"}
