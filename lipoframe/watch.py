@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 import sys
 import time
 from dataclasses import dataclass, field
@@ -88,7 +89,9 @@ class FolderWatcher:
         """Scan once; return the files that are complete and new (or changed since handed out).
 
         Files handed out earlier that this scan does not find any more are
-        listed in :attr:`gone`; one that comes back is handed out again.
+        listed in :attr:`gone`; one that comes back is handed out again. A
+        symbolic link whose target is missing is handed out once, as a
+        batch run takes it (its reader reports it: file not found).
         """
         ready = []
         present = set()
@@ -96,10 +99,19 @@ class FolderWatcher:
             key = str(path)
             try:
                 st = path.stat()
+                stamp = (int(st.st_size), int(st.st_mtime_ns))
             except OSError:
-                continue
+                # A link left dangling by a deletion (Import/a.mrc -> ../raw/a.mrc): handed out once, by the
+                # link's own time, so that it fails as 'file not found' as in a batch run, where it was
+                # dropped without a word; handed out again when its target is back.
+                try:
+                    st = path.lstat()
+                except OSError:  # deleted since the scan
+                    continue
+                if not stat.S_ISLNK(st.st_mode):
+                    continue
+                stamp = (-1, int(st.st_mtime_ns))
             present.add(key)
-            stamp = (int(st.st_size), int(st.st_mtime_ns))
             old = self._seen.get(key)
             count = old[1] + 1 if old is not None and old[0] == stamp else 1
             self._seen[key] = (stamp, count)

@@ -437,3 +437,57 @@ def test_a_failed_file_that_changes_again_waits_until_it_is_stable(tmp_path, mon
     result = watch_while(transfer, watched, out, poll=0.2, stable_polls=stable_polls, update_every=1)
     assert [r.status for r in result.results] == ["ok"]
     assert len(counts) == 2 and min(counts) >= stable_polls, counts
+
+
+def test_watcher_hands_out_a_dangling_link_once_and_again_when_its_target_is_back(tmp_path):
+    """A link whose file was deleted was dropped without a word at every scan (a batch run reports it)."""
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "Import").mkdir()
+    f = tmp_path / "raw" / "a.mrc"
+    link = tmp_path / "Import" / "a.mrc"
+    link.symlink_to(f)  # its target is not there (yet)
+    w = FolderWatcher([str(tmp_path / "Import")], (".mrc",), stable_polls=1)
+    assert w.poll() == [link] and w.gone == []
+    assert w.poll() == [] and w.gone == [] and w.unsettled() == 0  # once
+    f.write_bytes(b"x" * 10)
+    assert w.poll() == [link]  # the file is there: picked
+    f.unlink()
+    assert w.poll() == [link] and w.gone == []  # left dangling again: reported again, not gone
+    assert w.poll() == []
+
+
+def test_a_watch_session_reports_links_left_dangling_as_a_batch_run_does(tmp_path, caplog):
+    """A watched RELION Import/ folder of links to the micrographs: one link's file was deleted
+    before the session, another's after it was picked. Both are 'file not found', once each,
+    and failures of the session as of a batch run over the folder."""
+    raw = tmp_path / "raw"
+    sources = write_set(raw, 3)
+    watched = tmp_path / "Import"
+    watched.mkdir()
+    for src in sources:
+        (watched / src.name).symlink_to(src)
+    sources[1].unlink()
+    out = tmp_path / "out"
+    poll = 0.2
+
+    def user():
+        deadline = time.monotonic() + 90
+        picked = [out / "micrographs" / f"{s.stem}.json" for s in (sources[0], sources[2])]
+        while not all(p.exists() for p in picked) and time.monotonic() < deadline:
+            time.sleep(poll)
+        sources[2].unlink()
+        time.sleep(8 * poll)
+        (out / "STOP").touch()
+
+    with caplog.at_level(logging.ERROR, logger="lipoframe"):
+        result = watch_while(user, watched, out, poll=poll, stable_polls=1, update_every=1)
+    failed = {r.name: r.error for r in result.results if r.status == "failed"}
+    assert failed == {"mic_001": f"{watched / 'mic_001.mrc'}: file not found", "mic_002": f"{watched / 'mic_002.mrc'}: file not found"}
+    for name in ("mic_001", "mic_002"):
+        assert sum(f"{watched / name}.mrc: file not found" in r.getMessage() for r in caplog.records) == 1
+    assert not result.ok
+    summary = json.loads((out / "run_summary.json").read_text())
+    _, batch_cfg = compose_config([f"input={watched}", *RUN_ARGS, "runner.workers=1"])
+    batch = run_pipeline(batch_cfg, tmp_path / "batch")
+    assert summary["failures"] == batch.summary()["failures"]
+    assert (out / "picks.csv").read_bytes() == (tmp_path / "batch" / "picks.csv").read_bytes()
