@@ -195,19 +195,23 @@ class LipoframeConfig:
         payload = self.per_micrograph_settings()
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
+    def dataset_fingerprint(self) -> str:
+        """Hash of every setting that changes the dataset-level outputs (``picks.csv``, the exports,
+        the plan, the report): the per-micrograph ones, the binning, the writers and ``export_rejected``.
+
+        Not the inputs, the shard, ``runner.*``, ``watch`` or ``stream.*``: a run
+        of the same settings into the folder again (resume, more files, a
+        ``watch=true`` session) continues the earlier run's dataset.
+        """
+        payload = {
+            "per_micrograph": self.per_micrograph_settings(),
+            **{k: _plain(getattr(self, k)) for k in ("binning", "writer", "export_rejected")},
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
     def per_micrograph_settings(self) -> dict:
         """The settings :meth:`per_micrograph_fingerprint` hashes, by top-level key, as plain data."""
-        import dataclasses
-
-        def enc(o):
-            if dataclasses.is_dataclass(o):
-                return {"__type__": type(o).__qualname__, **{f.name: enc(getattr(o, f.name)) for f in dataclasses.fields(o)}}
-            if isinstance(o, dict):
-                return {str(k): enc(v) for k, v in sorted(o.items())}
-            if isinstance(o, (list, tuple)):
-                return [enc(v) for v in o]
-            return o
-
+        enc = _plain
         payload = {
             k: enc(getattr(self, k))
             for k in (
@@ -219,6 +223,19 @@ class LipoframeConfig:
         # the earlier ones accepted): their order is part of the result, unlike a dict's keys.
         payload["filter"] = [[str(name), enc(params)] for name, params in self.filter.items()]
         return payload
+
+
+def _plain(o):
+    """``o`` (stage parameters: dataclasses, dicts, lists) as plain data for a fingerprint."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(o):
+        return {"__type__": type(o).__qualname__, **{f.name: _plain(getattr(o, f.name)) for f in dataclasses.fields(o)}}
+    if isinstance(o, dict):
+        return {str(k): _plain(v) for k, v in sorted(o.items())}
+    if isinstance(o, (list, tuple)):
+        return [_plain(v) for v in o]
+    return o
 
 
 def config_dir() -> Path:

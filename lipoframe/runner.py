@@ -1790,7 +1790,7 @@ def finalize_dataset(
     # Plan files last, so extraction_plan.md can point at the files writers made.
     project_dir = next((str(getattr(w.params, "project_dir", "") or "") for w in stages.writers if w.name == "star"), "")
     written.extend(write_plan_files(result.plan, binned, out_dir, metas=metas, written=written, project_dir=project_dir))
-    removed = remove_stale_outputs(out_dir, written)
+    removed = remove_stale_outputs(out_dir, written, settings=cfg.dataset_fingerprint())
     if removed:
         log.info("removed %d file(s) an earlier run wrote into %s that this run did not write again", len(removed), out_dir)
     if failed:
@@ -1850,7 +1850,7 @@ def remove_new_files(out_dir: Path, before: dict[str, int]) -> list[Path]:
     return removed
 
 
-def remove_stale_outputs(out_dir: Path, written: list[Path]) -> list[Path]:
+def remove_stale_outputs(out_dir: Path, written: list[Path], *, settings: str | None = None) -> list[Path]:
     """Delete the files the previous dataset step of ``out_dir`` wrote and this one did not, and record this one's.
 
     A run into a folder that already holds results (other micrographs,
@@ -1858,19 +1858,36 @@ def remove_stale_outputs(out_dir: Path, written: list[Path]) -> list[Path]:
     belong to the run, and a folder import (``relion/coords``,
     ``bins/bin3/box/*.box``) would take them. Only files listed in
     ``written_files.json`` by an earlier run are ever deleted; folders left
-    empty go too.
+    empty go too. ``settings``: the
+    :meth:`~lipoframe.config.LipoframeConfig.dataset_fingerprint` the files
+    were made with, recorded for :func:`drop_outputs_of_other_settings`.
     """
     out_dir = Path(out_dir)
-    record = out_dir / WRITTEN
     root = out_dir.resolve()
     now = sorted({p.relative_to(root).as_posix() for p in resolve_all(written) if p.is_relative_to(root)})
+    before = _written_record(out_dir).get("files", [])
+    removed = _remove_listed(out_dir, sorted(set(before) - set(now)))
+    write_text(out_dir / WRITTEN, json.dumps({"files": now, **({"settings": settings} if settings else {})}, indent=1))
+    return removed
+
+
+def _written_record(out_dir: Path) -> dict:
+    """``written_files.json`` of ``out_dir`` ({} when there is none or it cannot be read)."""
     try:
-        before = json.loads(record.read_text())["files"] if record.is_file() else []
-    except (OSError, ValueError, KeyError, TypeError):
-        before = []
+        record = json.loads((Path(out_dir) / WRITTEN).read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(record, dict) or not isinstance(record.get("files", []), list):
+        return {}
+    return record
+
+
+def _remove_listed(out_dir: Path, rels: list[str]) -> list[Path]:
+    """Delete the files of ``rels`` (paths relative to ``out_dir``; none outside it) and the folders they leave empty."""
+    root = Path(out_dir).resolve()
     removed = []
-    for rel in sorted(set(before) - set(now)):
-        p = (root / rel).resolve()
+    for rel in rels:
+        p = (root / str(rel)).resolve()
         if not p.is_relative_to(root) or not p.is_file():
             continue
         p.unlink()
@@ -1879,8 +1896,49 @@ def remove_stale_outputs(out_dir: Path, written: list[Path]) -> list[Path]:
         while parent != root and parent.is_dir() and not any(parent.iterdir()):
             parent.rmdir()
             parent = parent.parent
-    write_text(record, json.dumps({"files": now}, indent=1))
     return removed
+
+
+def drop_outputs_of_other_settings(out_dir: Path, cfg: LipoframeConfig) -> str | None:
+    """Remove, as a run starts, the dataset-level outputs an earlier run made in ``out_dir`` with other settings.
+
+    ``picks.csv``, the writers' files, the plan files (those
+    ``written_files.json`` lists), ``report.html``, ``dataset_rejections.csv``
+    and ``run_summary.json``: a run with other settings rewrites them at its
+    end, and until then (or for ever, if it is interrupted or killed) they
+    would show the earlier run's picks under this run's ``.hydra/`` record.
+    Settings are those of :meth:`~lipoframe.config.LipoframeConfig.dataset_fingerprint`,
+    as ``written_files.json`` records them; for a record without them (an
+    earlier version's), the per-micrograph fingerprint of the earlier run's
+    ``inputs.json`` (call this before writing the new one). A run with the
+    same settings (resume, more input files, ``watch``) keeps them. The
+    per-micrograph results in ``micrographs/`` are never touched. Each file
+    goes whole (an unlink), and ``written_files.json`` is rewritten last, so
+    an interruption here leaves files that the next run removes.
+
+    Returns a note for the user when something was removed, else None.
+    """
+    from lipoframe.report import REPORT_NAME
+
+    record = _written_record(out_dir)
+    files = [str(f) for f in record.get("files", [])]
+    if "settings" in record:
+        other = record["settings"] != cfg.dataset_fingerprint()
+    else:
+        earlier = manifest_fingerprint(out_dir)
+        other = bool(files) and earlier is not None and earlier != cfg.per_micrograph_fingerprint()
+    if not other:
+        return None
+    extra = [f for f in (REPORT_NAME, DATASET_REJECTIONS, "run_summary.json") if (Path(out_dir) / f).is_file()]
+    removed = _remove_listed(out_dir, [*extra, *files])
+    write_text(Path(out_dir) / WRITTEN, json.dumps({"files": []}, indent=1))
+    if not removed:
+        return None
+    shown = [f for f in ("picks.csv", "extraction_plan.json", REPORT_NAME) if f in extra or f in files]
+    report = "" if cfg.runner.report or REPORT_NAME not in extra else f" (`lipoframe report {out_dir}` writes this run's report.html)"
+    return (f"removed the dataset-level outputs of the earlier run into {out_dir}, made with other settings "
+            f"({', '.join(shown) or 'its files'}: {len(removed)} file(s) in all), so that they are not taken for this run's; "
+            f"this run writes its own once it has picked every micrograph{report}")
 
 
 def dataset_rejections(picks: pd.DataFrame, before: np.ndarray) -> pd.DataFrame:
@@ -2183,11 +2241,13 @@ def finish_run(
     results.sort(key=lambda r: order.get(r.name, len(order)))
     good = [r.name for r in results if r.status in ("ok", "skipped")]
     picks, metas = collect_work(out_dir, good)
-    (out_dir / DATASET_REJECTIONS).unlink(missing_ok=True)  # from an earlier run of this folder
     plan = None
     files: list[Path] = []
     stopped = False
     if finalize:
+        # An earlier run's, rewritten by the dataset-level filters; an interrupted run (no finalize) keeps it with
+        # the earlier outputs of the same settings (drop_outputs_of_other_settings removed those of other settings).
+        (out_dir / DATASET_REJECTIONS).unlink(missing_ok=True)
         try:
             picks, plan, files = finalize_dataset(picks, metas, stages, cfg, out_dir)
         except WriterError as exc:  # logged by finalize_dataset; the other writers and the plan are written
@@ -2326,6 +2386,10 @@ def run_pipeline(
             log.warning(n)
         if len(notes) > MAX_LISTED:
             log.warning("... and %d more notes on the inputs (see run_summary.json)", len(notes) - MAX_LISTED)
+        dropped = drop_outputs_of_other_settings(out_dir, cfg)  # before write_manifest: it may read the earlier inputs.json
+        if dropped:
+            log.warning(dropped)
+            notes.append(dropped)
         fingerprint = cfg.per_micrograph_fingerprint()
         write_manifest(out_dir, specs, paths, names, cfg, fingerprint)
         pairs = shard(list(zip(paths, names)), cfg.shard.index, cfg.shard.count)

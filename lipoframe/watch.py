@@ -189,6 +189,7 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None, exclude=None):
     from lipoframe.runner import (
         MicJob,
         build_stages,
+        drop_outputs_of_other_settings,
         finish_run,
         input_stamp,
         output_folder,
@@ -226,6 +227,10 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None, exclude=None):
         #: and one that was picked is picked again, when a file it needs (its heatmap or mask) changes
         handed: dict[str, tuple[Path, dict | None]] = {}
         notes: list[str] = []
+        dropped = drop_outputs_of_other_settings(out_dir, cfg)  # an earlier session's or run's with the same settings stay
+        if dropped:
+            log.warning(dropped)
+            notes.append(dropped)
         since_update = 0
         last_new = time.monotonic()
         interrupted = False

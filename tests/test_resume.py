@@ -269,3 +269,121 @@ def test_a_file_edited_in_place_is_picked_again(done_run):
     st = path.stat()
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 2 * 10**9))
     assert statuses(run(inp, out)) == {"mic_000": "skipped", "mic_001": "ok", "mic_002": "skipped"}
+
+
+def _interrupted_after_one(monkeypatch):
+    """Make the next run stop as Ctrl-C or SIGTERM would once its first micrograph is picked."""
+    from lipoframe import runner
+
+    def execute(todo, cfg, stages, workers, on_result, **kw):
+        on_result(runner.run_job(todo[0], cfg, stages))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "execute_jobs", execute)
+
+
+def _dataset_outputs(out):
+    """The files of ``out`` but its per-micrograph results, the log, the lock and the run records."""
+    keep = {"lipoframe.log", ".lipoframe.lock", "inputs.json", "written_files.json", "run_summary.json"}
+    return sorted(p.relative_to(out).as_posix() for p in out.rglob("*")
+                  if p.is_file() and p.parts[len(out.parts)] not in ("micrographs", "overlays") and p.name not in keep)
+
+
+def test_an_interrupted_rerun_with_other_settings_leaves_no_outputs_of_the_earlier_settings(done_run, monkeypatch):
+    """A rerun with other settings stopped half-way left picks.csv, the exports, the plan and report.html
+    of the earlier, complete run, under the new run's .hydra/ and run_summary.json: taken for the new
+    picks (a RELION import of relion/coords). They are removed as the rerun starts; it writes its own."""
+    inp, out = done_run
+    run(inp, out, "runner.report=true")
+    earlier = _dataset_outputs(out)
+    assert {"picks.csv", "relion/autopick.star", "extraction_plan.json", "report.html", "dataset_rejections.csv"} <= set(earlier)
+    _interrupted_after_one(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        run(inp, out, "detector.threshold=7", "runner.report=true")
+    assert _dataset_outputs(out) == []
+    assert json.loads((out / "written_files.json").read_text()) == {"files": []}
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["interrupted"] and summary["micrographs"]["not_done"] == 2
+    assert any(n.startswith(f"removed the dataset-level outputs of the earlier run into {out}") for n in summary["notes"])
+    # the earlier settings' results of the micrographs not reached are kept (the earlier command resumes them)
+    monkeypatch.undo()
+    assert statuses(run(inp, out)) == {"mic_000": "ok", "mic_001": "skipped", "mic_002": "skipped"}
+    assert _dataset_outputs(out) == [f for f in earlier if f != "report.html"]
+
+
+def test_an_interrupted_rerun_with_the_same_settings_keeps_the_earlier_outputs(done_run, monkeypatch):
+    """Resuming (here with a micrograph added to the input) keeps the earlier run's outputs until it has
+    new ones: they are the same settings' picks; so does a change of runner options."""
+    inp, out = done_run
+    before = {p: (out / p).read_bytes() for p in _dataset_outputs(out)}
+    write_mrc(inp / "mic_003.mrc", image(3))
+    _interrupted_after_one(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        run(inp, out, "runner.workers=2", "runner.resume=false")
+    assert {p: (out / p).read_bytes() for p in _dataset_outputs(out)} == before
+    assert json.loads((out / "written_files.json").read_text())["files"]
+
+
+def test_a_rerun_with_other_dataset_settings_replaces_the_outputs(done_run):
+    inp, out = done_run
+    run(inp, out, "writer=[csv,box]")
+    assert not (out / "relion").exists() and (out / "box").is_dir()
+    record = json.loads((out / "written_files.json").read_text())
+    again = run(inp, out)  # back to the defaults: star, not box
+    assert set(statuses(again).values()) == {"skipped"}
+    assert (out / "relion").is_dir() and not (out / "box").exists()
+    assert json.loads((out / "written_files.json").read_text())["settings"] != record["settings"]
+
+
+def test_a_killed_rerun_with_other_settings_leaves_neither_the_earlier_outputs_nor_their_summary(tmp_path, make_plugin):
+    """`lipoframe run` with other settings into a finished run's folder, killed outright (SIGKILL, a
+    hard time limit) half-way: the earlier run's picks.csv, exports, plan and run_summary.json stayed,
+    beside the new .hydra/ record, and `lipoframe plan` took the run as finished."""
+    make_plugin("lipoframe-gate", GATE_READER)
+    inp = tmp_path / "in"
+    write_set(inp, 2)
+    late = write_mrc(tmp_path / "late" / "mic_002.gate", image(2))
+    go = late.with_suffix(".go")
+    go.touch()
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "lipoframe", "run", f"input=[{inp},{late}]", f"output={out}", "runner.workers=1", *RUN_ARGS]
+    first = subprocess.run(cmd, env=env_with_plugins(), capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    assert (out / "picks.csv").is_file() and (out / "relion" / "autopick.star").is_file()
+    fingerprint = json.loads((out / "inputs.json").read_text())["fingerprint"]
+
+    go.unlink()  # the rerun waits at the third micrograph
+    proc = subprocess.Popen([*cmd, "detector.threshold=7"], env=env_with_plugins(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    markers = [out / "micrographs" / f"mic_00{i}.json" for i in range(2)]
+    deadline = time.monotonic() + 90
+
+    def redone(marker):
+        try:
+            return json.loads(marker.read_text())["fingerprint"] != fingerprint
+        except (OSError, ValueError, KeyError):
+            return False
+
+    while not all(redone(m) for m in markers):
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.monotonic() < deadline, "the rerun did not pick the first micrographs in time"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    proc.stderr.close()
+    assert "detector.threshold=7" in (out / ".hydra" / "overrides.yaml").read_text()
+    left = sorted(p.name for p in out.iterdir() if p.is_file())
+    assert left == [".lipoframe.lock", "inputs.json", "lipoframe.log", "written_files.json"]
+    assert not (out / "relion").exists()
+    plan = subprocess.run([sys.executable, "-m", "lipoframe", "plan", str(out)], env=env_with_plugins(), capture_output=True,
+                          text=True, timeout=120)
+    assert "the run was interrupted: run the same `lipoframe run` command again to finish it" in plan.stderr, plan.stderr
+
+
+def test_a_mistyped_input_with_other_settings_still_leaves_the_earlier_run_as_it_was(done_run):
+    from lipoframe.records import InputError
+
+    inp, out = done_run
+    before = {p: (out / p).read_bytes() for p in [*_dataset_outputs(out), "run_summary.json", "written_files.json"]}
+    with pytest.raises(InputError, match="nothing was written"):
+        run(f"'{inp}/*.mcr'", out, "detector.threshold=7")
+    assert {p: (out / p).read_bytes() for p in before} == before

@@ -491,3 +491,39 @@ def test_a_watch_session_reports_links_left_dangling_as_a_batch_run_does(tmp_pat
     batch = run_pipeline(batch_cfg, tmp_path / "batch")
     assert summary["failures"] == batch.summary()["failures"]
     assert (out / "picks.csv").read_bytes() == (tmp_path / "batch" / "picks.csv").read_bytes()
+
+
+def test_a_watch_session_with_other_settings_starts_without_the_earlier_outputs(tmp_path):
+    """Until its first update, a session with other settings left an earlier run's picks.csv and
+    exports in the folder under its own .hydra/ record; a session with the same settings keeps them."""
+    watched = tmp_path / "incoming"
+    write_set(watched, 2)
+    out = tmp_path / "out"
+    _, batch_cfg = compose_config([f"input={watched}", *RUN_ARGS, "runner.workers=1"])
+    run_pipeline(batch_cfg, out)
+    fingerprint = json.loads((out / "inputs.json").read_text())["fingerprint"]
+    seen = {}
+
+    def look(key):
+        def user():
+            deadline = time.monotonic() + 90
+            markers = [out / "micrographs" / f"mic_00{i}.json" for i in range(2)]
+            while time.monotonic() < deadline:
+                try:
+                    if all(json.loads(m.read_text())["fingerprint"] != fingerprint for m in markers) or key == "same":
+                        break
+                except (OSError, ValueError):
+                    pass
+                time.sleep(0.1)
+            time.sleep(0.5)
+            seen[key] = (out / "picks.csv").is_file(), (out / "relion" / "autopick.star").is_file()
+            (out / "STOP").touch()
+        return user
+
+    watch_while(look("same"), watched, out, poll=0.2, stable_polls=1, update_every=100)
+    (out / "STOP").unlink()
+    assert seen["same"] == (True, True)
+    result = watch_while(look("other"), watched, out, poll=0.2, stable_polls=1, update_every=100, overrides=["detector.threshold=7"])
+    (out / "STOP").unlink()
+    assert seen["other"] == (False, False)
+    assert {r.status for r in result.results} == {"ok"} and (out / "picks.csv").is_file()  # written at the end
