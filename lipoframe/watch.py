@@ -289,7 +289,7 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None, exclude=None):
                                 notes.append(f"{path}: results are named {name!r} (another input has the same name or the name is not safe)")
                                 log.warning(notes[-1])
                         jobs.append(MicJob(path, path_name[key], out_dir, fingerprint, cfg.runner.resume, cfg.runner.verbose))
-                        stamps[key] = (path, input_stamp(path, path_name[key], stages))  # before reading: a later change is new
+                        stamps[key] = (path, input_stamp(path, path_name[key], stages, digest=False))  # before reading: a later change is new
                     done, interrupted = run_jobs(jobs, cfg, stages, progress=False)
                     for r in done:
                         results[r.name] = r
