@@ -1925,7 +1925,7 @@ def drop_outputs_of_other_settings(out_dir: Path, cfg: LipoframeConfig) -> str |
     if "settings" in record:
         other = record["settings"] != cfg.dataset_fingerprint()
     else:
-        earlier = manifest_fingerprint(out_dir)
+        earlier = run_manifest(out_dir)[1]
         other = bool(files) and earlier is not None and earlier != cfg.per_micrograph_fingerprint()
     if not other:
         return None
