@@ -466,6 +466,24 @@ def test_cryosparc_unknown_pixel_size_is_reported_once(tmp_path, caplog):
     assert Dataset.load(tmp_path / "cryosparc" / "particles.cs")["location/micrograph_psize_A"].tolist() == [0.0] * 4
 
 
+def test_cryosparc_does_not_give_a_micrograph_without_pixel_size_another_ones(tmp_path, caplog):
+    """A micrograph whose header has no pixel size gets 0 and the warning, not the dataset's median pixel size."""
+    from cryosparc.dataset import Dataset
+
+    picks, metas = same_name_micrographs()
+    first = sorted(metas)[0]
+    metas = {k: MicrographMeta(name=m.name, path=m.path, shape=m.shape, pixel_size=1.3 if k == first else None)
+             for k, m in metas.items()}
+    ctx = PickContext(dmin_px=100, dmax_px=200, pixel_size=1.3, seed=3)  # the dataset stage's median of the known ones
+    with caplog.at_level(logging.WARNING, logger="lipoframe"):
+        CryosparcWriter().write(picks, metas, PLAN, tmp_path, ctx)
+    msgs = [r.getMessage() for r in caplog.records if "pixel size unknown" in r.getMessage()]
+    assert len(msgs) == 1 and "2 micrograph" in msgs[0] and "b-mic" in msgs[0] and first not in msgs[0]
+    cs = Dataset.load(tmp_path / "cryosparc" / "particles.cs")
+    expected = [1.3 if m == first else 0.0 for m in picks[schema.MICROGRAPH]]  # every pick is accepted
+    assert np.allclose(cs["location/micrograph_psize_A"], expected)
+
+
 # ---------------------------------------------------------------------------
 # Empty micrographs, rejected picks, unsafe names
 # ---------------------------------------------------------------------------

@@ -588,7 +588,7 @@ class CryosparcWriter(Writer):
         # A watch session writes again every few micrographs: each clash is told once.
         mic_names = cryosparc_micrograph_names(metas, self.params.micrograph_name, strip_suffix=self.params.strip_suffix,
                                                told=self.__dict__.setdefault("_told_clashes", set()))
-        psize_of = {n: float(m.pixel_size or ctx.pixel_size or 0.0) for n, m in metas.items()}
+        psize_of = {n: float(m.pixel_size or 0.0) for n, m in metas.items()}
         unknown = sorted({n for n in view["micrograph"].tolist() if not psize_of[n] > 0})
         if unknown:
             log.warning(
