@@ -1747,6 +1747,34 @@ def range_notes_for(picks: pd.DataFrame, metas: dict[str, MicrographMeta], cfg: 
     return notes
 
 
+def polarity_notes_for(results: list[MicResult], names: list[str], stages: StageSet, cfg: LipoframeConfig) -> list[str]:
+    """:func:`lipoframe.polaritycheck.check_polarity` on the first micrographs picked (logged; the summary prints it).
+
+    The micrographs are read again, in the run's order; a micrograph that
+    cannot be read or a stage that fails leaves the run without the note.
+    """
+    from lipoframe.polaritycheck import check_polarity, quiet
+
+    order = {n: i for i, n in enumerate(names)}
+    done = sorted((r for r in results if r.status in ("ok", "skipped")), key=lambda r: order.get(r.name, len(order)))
+
+    def micrographs():
+        for r in done:
+            with quiet():  # the reader's warnings were given when the micrograph was picked
+                mic = stages.read(Path(r.path), pixel_size=cfg.pixel_size)
+            meta = MicrographMeta(name=r.name, path=r.path, shape=mic.meta.shape, pixel_size=mic.meta.pixel_size, flip_y=mic.meta.flip_y)
+            yield Micrograph(meta=meta, image=mic.image, polarity=cfg.polarity), pick_context(meta, cfg)
+
+    try:
+        notes = check_polarity(micrographs(), stages, cfg.polarity)
+    except Exception as exc:  # noqa: BLE001 - only advice: the picks are saved whatever happens here
+        log.debug("polarity check skipped: %s: %s", type(exc).__name__, exc)
+        return []
+    for n in notes:
+        log.info(n)
+    return notes
+
+
 def finalize_dataset(
     picks: pd.DataFrame,
     metas: dict[str, MicrographMeta],
@@ -2396,6 +2424,11 @@ def run_pipeline(
         jobs = [MicJob(p, n, out_dir, fingerprint, cfg.runner.resume, cfg.runner.verbose) for p, n in pairs]
         workers = resolve_workers(cfg.runner.workers, len(jobs))
         results, interrupted = run_jobs(jobs, cfg, stages)
+        if not interrupted:
+            try:
+                notes = notes + polarity_notes_for(results, [n for _, n in pairs], stages, cfg)
+            except KeyboardInterrupt:  # every micrograph is saved: the same command again finishes the run
+                interrupted = True
         result = finish_run(
             out_dir, [n for _, n in pairs], results, stages, cfg, pm=pm, t0=t0,
             errors=errors, notes=notes, interrupted=interrupted, workers=workers, finalize=not interrupted,

@@ -1,0 +1,123 @@
+"""The note for particles far clearer with the other polarity (lipoframe.polaritycheck)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import write_mrc
+from lipoframe.polaritycheck import MIN_PICKS, RATIO, Evidence, check_polarity, polarity_evidence, polarity_note
+
+SHAPE = (512, 512)
+RANGE = {"units": "px", "dmin": 30.0, "dmax": 80.0}
+
+
+@pytest.fixture(scope="module")
+def image():
+    """40 dark projected spheres of 40-70 px in correlated noise (particles darker than the background)."""
+    from lipoframe.synthetic import random_particles, render
+
+    rng = np.random.default_rng(1)
+    truth = random_particles(SHAPE, rng.uniform(40, 70, 40), seed=1, margin=5, gap=6)
+    assert len(truth) >= 30
+    return render(SHAPE, truth, contrast=1.0, noise=0.2, seed=1)
+
+
+@pytest.fixture(scope="module")
+def stages():
+    """The default stages, as `lipoframe run` builds them."""
+    from lipoframe import plugins
+    from lipoframe.merge import compose_config
+    from lipoframe.runner import build_stages
+
+    _, registry, _ = plugins.load()
+    _, cfg = compose_config([f"{k}={v}" for k, v in RANGE.items()])
+    return build_stages(cfg, registry)
+
+
+def _check(img, polarity, stages):
+    """The evidence of both polarities and the note of a run with ``polarity`` on ``img``."""
+    from lipoframe.config import LipoframeConfig
+    from lipoframe.records import Micrograph, MicrographMeta
+    from lipoframe.runner import pick_context
+
+    meta = MicrographMeta(name="m", path="", shape=img.shape, pixel_size=None)
+    ctx = pick_context(meta, LipoframeConfig(polarity=polarity, **RANGE))
+    mic = Micrograph(meta=meta, image=img, polarity=polarity)
+    return polarity_evidence(mic, stages, ctx), check_polarity([(mic, ctx)], stages, polarity)
+
+
+def test_dark_particles_inverted_and_run_dark_give_the_note(image, stages):
+    (own, other), notes = _check(-image, "dark", stages)
+    assert other.picks >= MIN_PICKS and other.quality >= RATIO * own.quality
+    assert len(notes) == 1
+    assert notes[0].startswith("the particles may be bright, not dark") and "try polarity=bright" in notes[0]
+
+
+def test_dark_particles_run_dark_give_no_note(image, stages):
+    (own, other), notes = _check(image, "dark", stages)
+    assert own.picks >= MIN_PICKS and other.quality < own.quality / RATIO
+    assert notes == []
+
+
+def test_the_reverse_dark_particles_run_bright_give_the_note_and_bright_ones_run_bright_none(image, stages):
+    _, notes = _check(image, "bright", stages)
+    assert len(notes) == 1 and notes[0].startswith("the particles may be dark, not bright")
+    assert _check(-image, "bright", stages)[1] == []
+
+
+def test_noise_alone_gives_no_note(stages):
+    from lipoframe.synthetic import render
+
+    noise = render(SHAPE, pd.DataFrame(columns=["x_px", "y_px", "diameter_px"]), noise=0.2, seed=3)
+    for polarity in ("dark", "bright"):
+        assert _check(noise, polarity, stages)[1] == []
+
+
+def test_the_decision():
+    clear = Evidence(quality=300.0, picks=60)
+    assert polarity_note(Evidence(10.0, 15), clear, "dark") is not None
+    assert polarity_note(Evidence(0.0, 0), clear, "dark") is not None  # nothing at all with the run's polarity
+    # Not much clearer, or too few picks: nothing to say.
+    assert polarity_note(Evidence(300.0 / RATIO + 1, 60), clear, "dark") is None
+    assert polarity_note(Evidence(1.0, 5), Evidence(300.0, MIN_PICKS - 1), "dark") is None
+    note = polarity_note(Evidence(100.0, 40), clear, "bright", checked=2)
+    assert note.startswith("the particles may be dark, not bright: on the first 2 micrographs")
+    assert "3.0 times as clear as those found with polarity=bright" in note
+
+
+def test_run_of_inverted_particles_notes_it_and_keeps_its_picks(tmp_path, run_cli, image, monkeypatch):
+    write_mrc(tmp_path / "dark" / "m.mrc", image)
+    write_mrc(tmp_path / "bright" / "m.mrc", -image)
+    common = ["units=px", "dmin=30", "dmax=80", "runner.workers=1", "runner.progress=false", "runner.report=false"]
+    code, out, _ = run_cli("run", f"input={tmp_path / 'bright'}", f"output={tmp_path / 'out'}", *common)
+    assert code == 0
+    notes = json.loads((tmp_path / "out" / "run_summary.json").read_text())["notes"]
+    assert len(notes) == 1 and notes[0].startswith("the particles may be bright, not dark"), notes
+    assert "NOTE   " + notes[0] in out
+    # The note only informs: the picks are those of the run without the check.
+    import lipoframe.polaritycheck as pc
+
+    monkeypatch.setattr(pc, "check_polarity", lambda *a, **k: [])
+    code, _, _ = run_cli("run", f"input={tmp_path / 'bright'}", f"output={tmp_path / 'unchecked'}", *common)
+    assert code == 0
+    assert json.loads((tmp_path / "unchecked" / "run_summary.json").read_text())["notes"] == []
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "out" / "picks.csv"), pd.read_csv(tmp_path / "unchecked" / "picks.csv"))
+    monkeypatch.undo()
+    # Dark particles run with the default polarity: no note.
+    code, _, _ = run_cli("run", f"input={tmp_path / 'dark'}", f"output={tmp_path / 'right'}", *common)
+    assert code == 0
+    assert json.loads((tmp_path / "right" / "run_summary.json").read_text())["notes"] == []
+
+
+def test_the_check_does_not_repeat_the_readers_warnings(tmp_path, run_cli, image):
+    # The check reads the first micrograph again: its header warning is given once, when it is picked.
+    write_mrc(tmp_path / "mics" / "m.mrc", image, pixel_size=(1.0, 1.2, 1.0))
+    code, out, err = run_cli("run", f"input={tmp_path / 'mics'}", f"output={tmp_path / 'out'}", "polarity=bright", "units=px", "dmin=30",
+                             "dmax=80", "runner.workers=1", "runner.progress=false", "runner.report=false")
+    assert code == 0
+    assert (out + err).count("the header's pixel sizes differ") == 1, out + err
+    assert "NOTE   the particles may be dark, not bright" in out
