@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -1119,12 +1120,21 @@ def cmd_report(argv: list[str]) -> int:
     except FileNotFoundError as exc:
         print(f"lipoframe report: {exc}", file=sys.stderr)
         return 2
+    try:  # before any overlay is drawn: a folder on a read-only mount would fail only at the end, with a traceback
+        tempfile.TemporaryFile(dir=run_dir).close()
+    except OSError as exc:
+        print(f"lipoframe report: {run_dir}: cannot write into the run folder ({exc.strerror or exc})", file=sys.stderr)
+        return 1
     runner_cfg = data.config.get("runner") if isinstance(data.config.get("runner"), dict) else {}
     workers = args.workers if args.workers is not None else int(runner_cfg.get("workers", 0) or 0)
     workers = resolve_workers(workers, max(1, len(data.metas)))
     readers = ReaderChoice.from_config(data.config, data.stage_names.get("reader"))
-    stats = write_report(data, readers=readers, workers=workers, overlays=not args.no_overlays, crops=not args.no_crops,
-                         force=args.force, progress=runner_cfg.get("progress", True) is not False)
+    try:
+        stats = write_report(data, readers=readers, workers=workers, overlays=not args.no_overlays, crops=not args.no_crops,
+                             force=args.force, progress=runner_cfg.get("progress", True) is not False)
+    except OSError as exc:  # a full disk, a quota: each file is written atomically, so none is half-written
+        print(f"lipoframe report: {run_dir}: cannot write the report ({exc.strerror or exc})", file=sys.stderr)
+        return 1
     print(f"report       {stats['report']}")
     if not args.no_overlays:
         timing = (f" in {stats['seconds']:.1f} s with {stats['workers']} worker(s) "

@@ -8,6 +8,7 @@ import base64
 import io
 import json
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -514,6 +515,28 @@ def test_report_command_rejects_a_folder_that_is_not_a_run(tmp_path, run_cli):
     assert code == 2 and str(tmp_path) in err and "not a lipoframe run folder" in err
     code, _, err = run_cli("report", tmp_path / "nope")
     assert code == 2 and "no such folder" in err
+
+
+@pytest.mark.parametrize("read_only", [True, False], ids=["read-only mount", "disk full"])
+def test_report_command_into_a_folder_it_cannot_write_says_so_in_one_line(run_copy, run_cli, monkeypatch, read_only):
+    """A run folder on a read-only mount (or a full disk) ended `lipoframe report` with an OSError traceback."""
+    import errno
+    import tempfile
+
+    error = OSError(errno.EROFS if read_only else errno.ENOSPC, os.strerror(errno.EROFS if read_only else errno.ENOSPC))
+
+    def refuse(*args, **kwargs):
+        raise error
+
+    before = {p: p.read_bytes() for p in run_copy.rglob("*") if p.is_file()}
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)  # every atomic write
+    if read_only:
+        monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
+    code, _, err = run_cli("report", run_copy, "--force")
+    assert code == 1
+    assert err.strip().splitlines() == [f"lipoframe report: {run_copy}: cannot write "
+                                        f"{'into the run folder' if read_only else 'the report'} ({error.strerror})"]
+    assert {p: p.read_bytes() for p in run_copy.rglob("*") if p.is_file()} == before  # nothing half-written
 
 
 def _run_twice_second_report_raising(tmp_path, monkeypatch, error):
