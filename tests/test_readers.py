@@ -39,6 +39,20 @@ def test_tiff_pixel_size_is_read_as_relion_reads_it(tmp_path, options, expected)
     assert TiffReader().read(path, pixel_size=2.0).meta.pixel_size == 2.0
 
 
+@pytest.mark.parametrize("dpi", [72, 300])
+def test_a_tiff_print_resolution_is_not_taken_for_a_pixel_size(tmp_path, caplog, dpi):
+    """A TIFF saved at 72 dpi (PIL, GIMP, ImageMagick) was read as 3.5e6 Å/px: with units=A every
+    micrograph failed as 'too small to pick', with units=px the plan and the exports carried it."""
+    path = tmp_path / "m.tif"
+    tifffile.imwrite(path, IMAGE, resolution=(dpi, dpi), resolutionunit="INCH")
+    with caplog.at_level("WARNING", logger="lipoframe"):
+        assert TiffReader().read(path, pixel_size=None).meta.pixel_size is None
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{path}: the TIFF's resolution tags give {2.54e8 / dpi:g} Å/px, a print resolution (dots per inch), not a pixel size; "
+        "treated as missing (give pixel_size=<Å/px>)"]
+    assert TiffReader().read(path, pixel_size=2.0).meta.pixel_size == 2.0
+
+
 @pytest.mark.parametrize(
     ("reader", "name", "problem"),
     [(ImageReader(), "m.png", "not a readable image"), (NpyReader(), "m.npy", r"not a \.npy file \(it does not start with NumPy's header\)"),

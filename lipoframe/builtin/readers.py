@@ -254,6 +254,11 @@ class TiffReaderParams:
             raise ValueError(f"reader.dims must be 2 or 3, got {self.dims}")
 
 
+#: Å/px above which a TIFF's resolution tags are a print resolution (72 or 300 dots
+#: per inch, as PIL, GIMP or ImageMagick write them: 3.5e6 or 8.5e5 Å/px), not a pixel size.
+TIFF_PRINT_RESOLUTION_A = 1e4
+
+
 def _tiff_pixel_size(tif) -> float | None:
     """Å/px from XResolution + ResolutionUnit (as RELION reads it), else None."""
     try:
@@ -334,6 +339,10 @@ class TiffReader(Reader):
         data = _check_dims(path, np.asarray(data), self.params.dims)
         if not np.issubdtype(data.dtype, np.number) or np.iscomplexobj(data):
             raise InputError(f"{path}: unsupported TIFF pixel type {data.dtype}")
+        if pixel_size is None and header_px is not None and header_px > TIFF_PRINT_RESOLUTION_A:
+            log.warning("%s: the TIFF's resolution tags give %g Å/px, a print resolution (dots per inch), not a pixel size; "
+                        "treated as missing (give pixel_size=<Å/px>)", path, header_px)
+            header_px = None
         px = pixel_size if pixel_size is not None else _header_pixel_size(path, header_px)
         return Micrograph(meta=_meta(path, data.shape, px, flip_y=True), image=data)
 
