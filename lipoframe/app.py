@@ -430,6 +430,23 @@ _INPUT_KEYS = ("input", "+input", "++input")
 _PATH_KEYS = (*_INPUT_KEYS, "output", "+output", "++output")
 
 
+def expand_output_home(override: str) -> str:
+    """``output=~/picks`` with the home folder written out, as ``input=`` reads ``~``.
+
+    Hydra takes ``~`` literally and makes a folder named ``~`` in the current
+    one; the shell expands it after ``=`` only in bash, and not in quotes.
+    A value in quotes keeps them. Anything else is returned unchanged.
+    """
+    key, sep, value = override.partition("=")
+    if not sep or key.lstrip("+") != "output":
+        return override
+    quote = value[0] if len(value) > 1 and value[0] in "'\"" and value[-1] == value[0] else ""
+    inner = value[len(quote):len(value) - len(quote)]
+    if not inner.startswith("~"):
+        return override
+    return f"{key}={quote}{os.path.expanduser(inner)}{quote}"
+
+
 def _hydra_parses(override: str) -> bool:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -475,6 +492,7 @@ def run(argv: list[str]) -> int:
     from lipoframe.runner import format_summary, run_pipeline
 
     pm, registry = prepare_hydra()
+    argv = [expand_output_home(a) for a in argv]
     multirun = any(a in ("-m", "--multirun") for a in argv)
     if not multirun:
         # hydra.mode=MULTIRUN (on the command line or in a preset) makes Hydra sweep as -m does:

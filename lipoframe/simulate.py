@@ -311,7 +311,7 @@ def main(argv: list[str]) -> int:
             msg = "output is required (e.g. lipoframe simulate output=sim/)"
         print(f"lipoframe simulate: {msg}", file=sys.stderr)
         return 2
-    out = Path(args.output)
+    out = Path(args.output).expanduser()  # as the shell would: `output=~/sim` in sh, or quoted, made ./~/sim
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -243,6 +243,20 @@ def test_an_output_folder_given_quoted_or_interpolated_leaves_no_stray_folder(ti
     assert list(cwd.iterdir()) == []  # the write check used the folder Hydra makes, not the raw text
 
 
+@pytest.mark.parametrize("spec", ["output=~/picks", "output='~/picks'"])
+def test_an_output_folder_under_home_is_made_there_not_in_a_folder_named_tilde(tiny_mrcs, tmp_path, run_cli, monkeypatch, spec):
+    """`output=~/picks` (sh, a script, or bash with the word quoted) made ./~/picks, while input=~/... reads the home folder."""
+    cwd, home = tmp_path / "cwd", tmp_path / "home"
+    cwd.mkdir()
+    home.mkdir()
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("HOME", str(home))
+    code, out, err = run_cli("run", f"input={tiny_mrcs[0]}", spec, *TINY_ARGS)
+    assert code == 0, err
+    assert (home / "picks" / "picks.csv").is_file() and str(home / "picks") in out
+    assert list(cwd.iterdir()) == []
+
+
 def test_unreadable_files_give_one_message_each_and_the_run_goes_on(tiny_mrcs, tmp_path, run_cli):
     import tifffile
 
