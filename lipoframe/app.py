@@ -7,6 +7,7 @@ ConfigStore), turns it into validated objects and calls
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import re
@@ -64,7 +65,11 @@ def format_config_error(exc: BaseException) -> str:
             if not eq:
                 return f"{override}: not a key=value override ({reason})"
             hint = ""
-            if any(c in value for c in "{} $"):  # a template such as {stem}.mrc, quoted for the shell only
+            if key in _INPUT_KEYS and value.startswith("[") and value.endswith("]"):
+                # A list of paths: lipoframe quotes a single path Hydra cannot read, not the items of a list.
+                items = ",".join(v if v[:1] in "'\"" else f"'{v}'" for v in value[1:-1].split(","))
+                hint = f"; quote each path for Hydra: \"{key}=[{items}]\" (docs/configuration.md, Shell quoting)"
+            elif any(c in value for c in "{} $"):  # a template such as {stem}.mrc, quoted for the shell only
                 hint = f"; quote the value for Hydra too: \"{key}='{value}'\" (docs/configuration.md, Shell quoting)"
             return f"{key.lstrip('+~')}: cannot read {override!r} ({reason}){hint}"
     for e in chain:
@@ -457,6 +462,15 @@ def _hydra_parses(override: str) -> bool:
     return True
 
 
+_GLOB = re.compile(r"[*?\[]")
+
+
+def _names_files(value: str, *, glob_too: bool) -> bool:
+    """Whether ``value`` is a file or folder that exists or, with ``glob_too``, a pattern that matches one."""
+    path = os.path.expanduser(value)
+    return os.path.exists(path) or (glob_too and bool(_GLOB.search(path)) and bool(glob.glob(path, recursive=True)))
+
+
 def quote_input_glob(override: str, *, multirun: bool = False) -> str:
     """``input=/data/mic_[0-9].mrc`` as Hydra can parse it: ``input='/data/mic_[0-9].mrc'``.
 
@@ -465,7 +479,8 @@ def quote_input_glob(override: str, *, multirun: bool = False) -> str:
     So is an input or output path that Hydra's grammar cannot read unquoted
     (letters beyond ASCII, ``( ) { } = # & ! ; ~ ^ '``): in double quotes
     when it holds a single quote. A path with a comma is quoted when that
-    file or folder exists, and an output folder's also when not
+    file or folder exists (an input glob: when it matches one, such as
+    ``grid1,2/*.mrc``), and an output folder's also when not
     ``multirun`` (otherwise the comma separates a sweep's values, or Hydra
     asks for a list). Anything else is returned unchanged.
     """
@@ -473,7 +488,7 @@ def quote_input_glob(override: str, *, multirun: bool = False) -> str:
     if not sep or key not in _PATH_KEYS or value[:1] in ("[", "'", '"'):
         return override
     comma = "," in value
-    if comma and not os.path.exists(os.path.expanduser(value)) and (multirun or key in _INPUT_KEYS):
+    if comma and not _names_files(value, glob_too=key in _INPUT_KEYS) and (multirun or key in _INPUT_KEYS):
         return override
     quote = "'" if "'" not in value else '"' if '"' not in value else None
     if quote and (comma or (key in _INPUT_KEYS and "[" in value[1:]) or not _hydra_parses(override)):
