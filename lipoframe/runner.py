@@ -1507,6 +1507,16 @@ def read_for_others(paths: list[Path], stages: StageSet) -> list[Path]:
     return [p for p in paths if os.path.abspath(p) in claimed and not needs[os.path.abspath(p)]]
 
 
+def _first_micrograph_below(folder: str, suffixes: tuple[str, ...]) -> Path | None:
+    """A file with one of ``suffixes`` in a subfolder of ``folder`` (EPU's ``GridSquare_*/Data/``), or None."""
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found = sorted(f for f in files if Path(f).suffix.lower() in suffixes and not f.startswith("."))
+        if found:
+            return Path(root, found[0])
+    return None
+
+
 def find_inputs(specs: list[str], suffixes: tuple[str, ...], *, same_file: list | None = None) -> tuple[list[Path], list[str]]:
     """Input files of ``specs`` (see :func:`expand_inputs`) and a message for each spec that matched nothing."""
     paths = expand_inputs(specs, suffixes, same_file=same_file)
@@ -1514,7 +1524,10 @@ def find_inputs(specs: list[str], suffixes: tuple[str, ...], *, same_file: list 
     for spec in specs:
         spec_s = os.path.expanduser(str(spec))
         if os.path.isdir(spec_s) and not expand_inputs([spec_s], suffixes):
-            problems.append(f"{spec}: folder contains no micrographs (looked for {', '.join(sorted(suffixes))})")
+            below = _first_micrograph_below(spec_s, suffixes)
+            hint = (f"; its subfolders do (such as {below}): give input='{os.path.join(str(spec), '**', '*' + below.suffix)}'"
+                    if below else "")
+            problems.append(f"{spec}: folder contains no micrographs (looked for {', '.join(sorted(suffixes))}){hint}")
         elif _GLOB_CHARS.search(spec_s) and not os.path.isdir(spec_s) and not expand_inputs([spec_s], suffixes):
             problems.append(f"{spec}: no files match this pattern")
     return paths, problems

@@ -95,6 +95,17 @@ def test_find_inputs_reports_what_matched_nothing(tmp_path):
     ]
 
 
+def test_a_folder_whose_micrographs_are_in_subfolders_says_how_to_give_them(tmp_path):
+    """EPU's layout (GridSquare_*/Data/*.mrc) given as its top folder said only 'folder contains no micrographs'."""
+    write_set(tmp_path / "session" / "GridSquare_1" / "Data", 1)
+    paths, problems = find_inputs([str(tmp_path / "session")], (".mrc",))
+    assert paths == []
+    assert problems == [f"{tmp_path / 'session'}: folder contains no micrographs (looked for .mrc); its subfolders do "
+                        f"(such as {tmp_path / 'session' / 'GridSquare_1' / 'Data' / 'mic_000.mrc'}): "
+                        f"give input='{tmp_path / 'session' / '**' / '*.mrc'}'"]
+    assert [p.name for p in find_inputs([f"{tmp_path / 'session'}/**/*.mrc"], (".mrc",))[0]] == ["mic_000.mrc"]
+
+
 def test_a_file_reached_again_through_a_link_is_picked_once_and_said(tmp_path):
     """RELION's Import folder links the movies' micrographs: giving both folders
     picked each file once without a word, and the count looked short."""
