@@ -39,6 +39,21 @@ def test_tiff_pixel_size_is_read_as_relion_reads_it(tmp_path, options, expected)
     assert TiffReader().read(path, pixel_size=2.0).meta.pixel_size == 2.0
 
 
+@pytest.mark.parametrize(("dims", "data", "fix"), [
+    (2, np.stack([IMAGE] * 3), "give one micrograph per file (a tomogram: +experiment=tomo)"),
+    (3, IMAGE, "for micrographs leave out +experiment=tomo (reader.dims=2)"),
+])
+def test_a_file_with_the_wrong_number_of_dimensions_is_told_what_to_do(tmp_path, dims, data, fix):
+    """'a 3D stack of shape (3, 6, 8) where a 2D micrograph is expected' said what was wrong, not what to do."""
+    from lipoframe.builtin.readers import MrcReader, MrcReaderParams
+
+    path = write_mrc(tmp_path / "m.mrc", data)
+    with pytest.raises(InputError) as caught:
+        MrcReader(MrcReaderParams(dims=dims)).read(path, pixel_size=None)
+    assert str(caught.value) == (f"{path}: {'a 3D stack' if dims == 2 else 'a 2D array'} of shape {data.shape} where a "
+                                 f"{dims}D {'micrograph' if dims == 2 else 'volume'} is expected; {fix}")
+
+
 @pytest.mark.parametrize("dpi", [72, 300])
 def test_a_tiff_print_resolution_is_not_taken_for_a_pixel_size(tmp_path, caplog, dpi):
     """A TIFF saved at 72 dpi (PIL, GIMP, ImageMagick) was read as 3.5e6 Å/px: with units=A every

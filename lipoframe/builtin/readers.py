@@ -89,7 +89,9 @@ def _check_dims(path: Path, data: np.ndarray, dims: int) -> np.ndarray:
         data = data[0]
     if data.ndim != dims:
         what = "a 3D stack" if data.ndim == 3 else f"a {data.ndim}D array"
-        raise InputError(f"{path}: {what} of shape {tuple(data.shape)} where a {dims}D {'micrograph' if dims == 2 else 'volume'} is expected")
+        fix = {(3, 2): "; give one micrograph per file (a tomogram: +experiment=tomo)",
+               (2, 3): "; for micrographs leave out +experiment=tomo (reader.dims=2)"}.get((data.ndim, dims), "")
+        raise InputError(f"{path}: {what} of shape {tuple(data.shape)} where a {dims}D {'micrograph' if dims == 2 else 'volume'} is expected{fix}")
     if min(data.shape) < 2:
         raise InputError(f"{path}: image of shape {tuple(data.shape)} is too small (fewer than 2 pixels along an axis)")
     if data.dtype.kind not in "biuf":
