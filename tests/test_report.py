@@ -521,7 +521,9 @@ def test_report_command_rejects_a_folder_that_is_not_a_run(tmp_path, run_cli):
 def test_report_command_into_a_folder_it_cannot_write_says_so_in_one_line(run_copy, run_cli, monkeypatch, read_only):
     """A run folder on a read-only mount (or a full disk) ended `lipoframe report` with an OSError traceback."""
     import errno
-    import tempfile
+    import types
+
+    from lipoframe.io import atomic
 
     error = OSError(errno.EROFS if read_only else errno.ENOSPC, os.strerror(errno.EROFS if read_only else errno.ENOSPC))
 
@@ -529,13 +531,14 @@ def test_report_command_into_a_folder_it_cannot_write_says_so_in_one_line(run_co
         raise error
 
     before = {p: p.read_bytes() for p in run_copy.rglob("*") if p.is_file()}
-    monkeypatch.setattr(tempfile, "mkstemp", refuse)  # every atomic write
+    monkeypatch.setattr(atomic, "tempfile", types.SimpleNamespace(mkstemp=refuse))  # every file the report writes
     if read_only:
-        monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
+        monkeypatch.setattr(report, "tempfile", types.SimpleNamespace(TemporaryFile=refuse))
     code, _, err = run_cli("report", run_copy, "--force")
-    assert code == 1
-    assert err.strip().splitlines() == [f"lipoframe report: {run_copy}: cannot write "
-                                        f"{'into the run folder' if read_only else 'the report'} ({error.strerror})"]
+    assert code == 1 and "Traceback" not in err
+    # The last line says why; a full disk also names each overlay that could not be written.
+    assert err.strip().splitlines()[-1] == (f"lipoframe report: {run_copy}: cannot write "
+                                            f"{'into the run folder' if read_only else 'the report'} ({error.strerror})")
     assert {p: p.read_bytes() for p in run_copy.rglob("*") if p.is_file()} == before  # nothing half-written
 
 
