@@ -1841,6 +1841,9 @@ def main(argv: list[str]) -> int:
             msg = f"{msg.split(':')[0]} is required (e.g. lipoframe evaluate picks=run/ reference=truth.csv)"
         print(f"lipoframe evaluate: {msg}", file=sys.stderr)
         return 2
+    # `output=~/eval` in sh or in quotes reaches us with its '~': expand it as the shell would (lipoframe run does too)
+    args = dataclasses.replace(args, **{f: os.path.expanduser(v) for f in ("picks", "reference", "output", "micrographs")
+                                        if isinstance(v := getattr(args, f), str)})
     from lipoframe.sweepdir import run_after_sweep
 
     last_run = run_after_sweep(args.picks)

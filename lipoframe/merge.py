@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -324,7 +325,7 @@ def main(argv: list[str]) -> int:
     if not argv or any(a in ("-h", "--help") for a in argv):
         print(USAGE)
         return 0 if argv else 2
-    out = [a.split("=", 1)[1] for a in argv if a.startswith("output=")]
+    out = [os.path.expanduser(a.split("=", 1)[1]) for a in argv if a.startswith("output=")]  # `output=~/m` in sh or quoted
     overrides = [a for a in argv if "=" in a and not a.startswith("output=")]
     folders = [a for a in argv if "=" not in a]
     if not out or not out[0]:

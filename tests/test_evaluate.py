@@ -406,6 +406,20 @@ def test_lipoframes_own_star_files_keep_their_diameters(tmp_path):
     assert res.summary["tp"] == 2 and res.summary["fn"] == 0
 
 
+def test_cli_paths_under_home_are_read_and_written_there(tmp_path, monkeypatch, capsys):
+    """`picks=~/...`, `output=~/eval` (sh, a script, or a quoted word) read and wrote ./~/..., as `lipoframe run` did."""
+    cwd, home = tmp_path / "cwd", tmp_path / "home"
+    cwd.mkdir()
+    home.mkdir()
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("HOME", str(home))
+    table([("a", 100, 100, 50)]).to_csv(home / "truth.csv", index=False)
+    table([("a", 102, 99, 52)]).assign(score=1.0, accepted=True).to_csv(home / "picks.csv", index=False)
+    assert main(["picks=~/picks.csv", "reference=~/truth.csv", "output=~/eval"]) == 0
+    assert json.loads((home / "eval" / "evaluation.json").read_text())["tp"] == 1
+    assert list(cwd.iterdir()) == []
+
+
 def test_cli_writes_outputs(tmp_path, capsys):
     ref = table([("a", 100, 100, 50), ("a", 300, 300, 50)]).assign(kind="shell")
     picks = table([("a", 102, 99, 52)]).assign(score=1.0, accepted=True)

@@ -55,6 +55,18 @@ def test_merge_of_shards_equals_single_run(sharded, capsys):
     _same_result(root / "single", root / "merged")
 
 
+def test_merge_output_under_home_is_made_there_not_in_a_folder_named_tilde(sharded, tmp_path, monkeypatch):
+    """`output=~/merged` (sh, a script, or a quoted word) made ./~/merged."""
+    cwd, home = tmp_path / "cwd", tmp_path / "home"
+    cwd.mkdir()
+    home.mkdir()
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("HOME", str(home))
+    assert merge.main([str(sharded / "shards"), "output=~/merged"]) == 0
+    assert (home / "merged" / "picks.csv").is_file()
+    assert list(cwd.iterdir()) == []
+
+
 def test_merge_keeps_a_log_in_the_merged_folder_as_a_run_does(sharded, capsys):
     # Before, a merged folder had no lipoframe.log: the notes and the
     # dataset step's messages went to the console only.
