@@ -227,7 +227,9 @@ def read_file(path: str | os.PathLike, *, dims: int = 2):
 
     Readers are chosen as for a run's inputs
     (:meth:`~lipoframe.registry.StageRegistry.readers_by_suffix`), built
-    for ``dims``; no pixel size is imposed.
+    for ``dims``; no pixel size is imposed, and a header's that is not valid
+    (a TIFF's print resolution) is not warned about: the callers read masks,
+    heatmaps and an evaluation's images, whose pixel size nobody uses.
 
     Raises
     ------
@@ -242,7 +244,10 @@ def read_file(path: str | os.PathLike, *, dims: int = 2):
     reader = load()[1].readers_by_suffix(dims=dims).get(suffix)
     if reader is None:
         raise InputError(f"{path}: no reader for {dims}D files ending in {suffix!r}")
-    return reader.read(path, pixel_size=None)
+    from lipoframe.builtin.readers import pixel_size_unused
+
+    with pixel_size_unused():
+        return reader.read(path, pixel_size=None)
 
 
 def read_array(path: str | os.PathLike, *, dims: int = 2) -> np.ndarray:

@@ -68,6 +68,22 @@ def test_a_tiff_print_resolution_is_not_taken_for_a_pixel_size(tmp_path, caplog,
     assert TiffReader().read(path, pixel_size=2.0).meta.pixel_size == 2.0
 
 
+def test_a_mask_or_heatmap_tiff_at_72_dpi_gives_no_pixel_size_warning(tmp_path, caplog):
+    """A mask drawn in GIMP (72 dpi) warned on every micrograph to 'give pixel_size=<Å/px>', which
+    does not apply to a mask: read_file/read_array (masks, heatmaps, evaluate's images) do not warn."""
+    from lipoframe.plugins import read_array, read_file
+
+    path = tmp_path / "mask.tif"
+    tifffile.imwrite(path, (IMAGE > IMAGE.mean()).astype(np.uint8) * 255, resolution=(72, 72), resolutionunit="INCH")
+    with caplog.at_level("WARNING", logger="lipoframe"):
+        assert read_array(path).shape == IMAGE.shape
+        assert read_file(path).meta.pixel_size is None
+    assert [r.getMessage() for r in caplog.records] == []
+    with caplog.at_level("WARNING", logger="lipoframe"):
+        TiffReader().read(path, pixel_size=None)  # a run's input: still told
+    assert len(caplog.records) == 1 and "print resolution" in caplog.records[0].getMessage()
+
+
 @pytest.mark.parametrize(
     ("reader", "name", "problem"),
     [(ImageReader(), "m.png", "not a readable image"), (NpyReader(), "m.npy", r"not a \.npy file \(it does not start with NumPy's header\)"),

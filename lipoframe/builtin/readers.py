@@ -8,6 +8,7 @@ TIFFs on reading (RELION, Warp, napari-boxmanager) can convert.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import math
 import re
@@ -40,16 +41,33 @@ def _meta(path: Path, shape, pixel_size, *, flip_y=False) -> MicrographMeta:
     return MicrographMeta(name=path.stem, path=str(path), shape=tuple(int(s) for s in shape), pixel_size=pixel_size, flip_y=flip_y)
 
 
+#: False while :func:`pixel_size_unused` is in effect.
+_PIXEL_SIZE_USED = contextvars.ContextVar("lipoframe_pixel_size_used", default=True)
+
+
+@contextlib.contextmanager
+def pixel_size_unused():
+    """Reads of files whose pixel size nobody uses (a mask, a heatmap, the images an
+    evaluation reads for their shape): a header's pixel size is not warned about."""
+    token = _PIXEL_SIZE_USED.set(False)
+    try:
+        yield
+    finally:
+        _PIXEL_SIZE_USED.reset(token)
+
+
 def _header_pixel_size(path: Path, value: float | None) -> float | None:
     """The pixel size a header gives, or None when it gives none (0) or one that is not valid.
 
     A negative or non-finite value (an MRC header with ``mx = 0`` gives inf) is
-    treated as missing, with a warning naming the file.
+    treated as missing, with a warning naming the file (none within
+    :func:`pixel_size_unused`).
     """
     if value is None or value == 0:
         return None
     if not (math.isfinite(value) and value > 0):
-        log.warning("%s: pixel size in the header is not valid (%g); treated as missing (give pixel_size=<Å/px>)", path, value)
+        if _PIXEL_SIZE_USED.get():
+            log.warning("%s: pixel size in the header is not valid (%g); treated as missing (give pixel_size=<Å/px>)", path, value)
         return None
     return value
 
@@ -342,8 +360,9 @@ class TiffReader(Reader):
         if not np.issubdtype(data.dtype, np.number) or np.iscomplexobj(data):
             raise InputError(f"{path}: unsupported TIFF pixel type {data.dtype}")
         if pixel_size is None and header_px is not None and header_px > TIFF_PRINT_RESOLUTION_A:
-            log.warning("%s: the TIFF's resolution tags give %g Å/px, a print resolution (dots per inch), not a pixel size; "
-                        "treated as missing (give pixel_size=<Å/px>)", path, header_px)
+            if _PIXEL_SIZE_USED.get():
+                log.warning("%s: the TIFF's resolution tags give %g Å/px, a print resolution (dots per inch), not a pixel size; "
+                            "treated as missing (give pixel_size=<Å/px>)", path, header_px)
             header_px = None
         px = pixel_size if pixel_size is not None else _header_pixel_size(path, header_px)
         return Micrograph(meta=_meta(path, data.shape, px, flip_y=True), image=data)
