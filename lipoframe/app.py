@@ -44,6 +44,30 @@ def selected_stages(kind: str, *, _root_) -> str:
     return "[" + ",".join(str(k) for k in node.keys()) + "]" if hasattr(node, "keys") else "?"
 
 
+def _list_items(inner: str) -> list[str] | None:
+    """The items of a list's text (between its brackets), split at the commas outside quotes and
+    stripped as Hydra strips them; None for a nested list."""
+    items, start, quote = [], 0, ""
+    for i, c in enumerate(inner):
+        if quote:
+            quote = "" if c == quote else quote
+        elif c in "'\"" and not inner[start:i].strip():
+            quote = c
+        elif c == ",":
+            items.append(inner[start:i].strip())
+            start = i + 1
+        elif c in "[]":
+            return None
+    return items + [inner[start:].strip()]
+
+
+def _quoted_item(item: str) -> str:
+    """A list item quoted for Hydra, to show inside the shell's double quotes (its own quotes kept)."""
+    if len(item) > 1 and item[0] in "'\"" and item[-1] == item[0]:
+        return item
+    return f"'{item}'" if "'" not in item else f'\\"{item}\\"'
+
+
 def format_config_error(exc: BaseException) -> str:
     """One line naming the key, from a Hydra/OmegaConf/lipoframe exception chain."""
     from omegaconf.errors import OmegaConfBaseException
@@ -65,10 +89,10 @@ def format_config_error(exc: BaseException) -> str:
             if not eq:
                 return f"{override}: not a key=value override ({reason})"
             hint = ""
-            if key in _INPUT_KEYS and value.startswith("[") and value.endswith("]"):
+            items = _list_items(value[1:-1]) if key in _INPUT_KEYS and value.startswith("[") and value.endswith("]") else None
+            if items is not None:
                 # A list of paths: lipoframe quotes a single path Hydra cannot read, not the items of a list.
-                items = ",".join(v if v[:1] in "'\"" else f"'{v}'" for v in value[1:-1].split(","))
-                hint = f"; quote each path for Hydra: \"{key}=[{items}]\" (docs/configuration.md, Shell quoting)"
+                hint = f"; quote each path for Hydra: \"{key}=[{','.join(map(_quoted_item, items))}]\" (docs/configuration.md, Shell quoting)"
             elif any(c in value for c in "{} $"):  # a template such as {stem}.mrc, quoted for the shell only
                 hint = f"; quote the value for Hydra too: \"{key}='{value}'\" (docs/configuration.md, Shell quoting)"
             return f"{key.lstrip('+~')}: cannot read {override!r} ({reason}){hint}"

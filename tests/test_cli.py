@@ -254,6 +254,26 @@ def test_a_list_of_paths_hydra_cannot_read_gives_the_quoted_list_to_type(tmp_pat
     assert set(picked(tmp_path / "out")["micrograph"]) == {"x_1", "m_c"}
 
 
+@pytest.mark.parametrize(("typed", "hint"), [
+    ("[{a}, {b}]", "['{a}','{b}']"),  # a space after the comma: Hydra strips it, the hint must too
+    ("['{c}',{b}]", "['{c}','{b}']"),  # a quoted item with a comma in it is one item
+    ("[{d},{b}]", "[\\\"{d}\\\",'{b}']"),  # an item with a single quote goes in double quotes
+])
+def test_the_quoted_list_to_type_reads_every_item_as_typed(tmp_path, run_cli, typed, hint):
+    """The hint split the list at every comma and kept the spaces: "input=['a',' b']" named a file
+    ' b' that does not exist, a quoted 'x,y.mrc' became 'x,'y.mrc'', and 'it's.mrc' was not Hydra's."""
+    paths = {"a": tmp_path / "a=b" / "x.mrc", "b": tmp_path / "mïc.mrc", "c": tmp_path / "x,y(.mrc", "d": tmp_path / "it's.mrc"}
+    code, _, err = run_cli("run", "input=" + typed.format(**paths), f"output={tmp_path / 'out'}", *TINY_ARGS)
+    assert code == 2
+    assert f'quote each path for Hydra: "input={hint.format(**paths)}"' in err, err
+    for i, p in enumerate(paths.values()):
+        write_mrc(p, tiny_image(seed=i)[0])
+    typed_next = hint.format(**paths).replace('\\"', '"')  # what the shell hands over
+    code, _, err = run_cli("run", f"input={typed_next}", f"output={tmp_path / 'out'}", *TINY_ARGS)
+    assert code == 0, err
+    assert len(set(picked(tmp_path / "out")["micrograph"])) == 2
+
+
 @pytest.mark.parametrize("how", ["quoted", "interpolated"])
 def test_an_output_folder_given_quoted_or_interpolated_leaves_no_stray_folder(tiny_mrcs, tmp_path, run_cli, monkeypatch, how):
     cwd = tmp_path / "cwd"
