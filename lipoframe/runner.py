@@ -1507,14 +1507,29 @@ def read_for_others(paths: list[Path], stages: StageSet) -> list[Path]:
     return [p for p in paths if os.path.abspath(p) in claimed and not needs[os.path.abspath(p)]]
 
 
-def _first_micrograph_below(folder: str, suffixes: tuple[str, ...]) -> Path | None:
-    """A file with one of ``suffixes`` in a subfolder of ``folder`` (EPU's ``GridSquare_*/Data/``), or None."""
-    for root, dirs, files in os.walk(folder):
+#: Suffixes of pictures (thumbnails) rather than micrographs, when a folder holds both kinds.
+_PICTURES = (".png", ".jpg", ".jpeg")
+
+
+def _first_micrograph_below(folder: str, suffixes: tuple[str, ...], *, look_on: int = 100) -> Path | None:
+    """A file with one of ``suffixes`` in a subfolder of ``folder`` (EPU's ``GridSquare_*/Data/``), or None.
+
+    A PNG or JPEG is named only when no other kind is found in the next
+    ``look_on`` folders: EPU keeps JPEG thumbnails of each grid square and
+    foil hole beside, and above, its MRC or TIFF micrographs.
+    """
+    picture = None
+    for n, (root, dirs, files) in enumerate(os.walk(folder)):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         found = sorted(f for f in files if Path(f).suffix.lower() in suffixes and not f.startswith("."))
-        if found:
-            return Path(root, found[0])
-    return None
+        other = [f for f in found if Path(f).suffix.lower() not in _PICTURES]
+        if other:
+            return Path(root, other[0])
+        if found and picture is None:
+            picture, seen = Path(root, found[0]), n
+        if picture is not None and n - seen >= look_on:
+            break
+    return picture
 
 
 def find_inputs(specs: list[str], suffixes: tuple[str, ...], *, same_file: list | None = None) -> tuple[list[Path], list[str]]:

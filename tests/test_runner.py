@@ -106,6 +106,22 @@ def test_a_folder_whose_micrographs_are_in_subfolders_says_how_to_give_them(tmp_
     assert [p.name for p in find_inputs([f"{tmp_path / 'session'}/**/*.mrc"], (".mrc",))[0]] == ["mic_000.mrc"]
 
 
+def test_the_subfolder_hint_names_the_micrographs_not_epus_jpeg_thumbnails(tmp_path):
+    """EPU keeps GridSquare_*.jpg beside FoilHoles/ and Data/ (and a .jpg of each micrograph in Data/):
+    the first file found was a thumbnail, and the hint gave input='<session>/**/*.jpg'."""
+    square = tmp_path / "session" / "Images-Disc1" / "GridSquare_1"
+    write_set(square / "Data", 1)
+    for jpg in (square / "GridSquare_1.jpg", square / "FoilHoles" / "FoilHole_1.jpg", square / "Data" / "mic_000.jpg"):
+        jpg.parent.mkdir(parents=True, exist_ok=True)
+        jpg.write_bytes(b"")
+    _, problems = find_inputs([str(tmp_path / "session")], (".jpg", ".mrc", ".png"))
+    assert len(problems) == 1 and problems[0].endswith(
+        f"(such as {square / 'Data' / 'mic_000.mrc'}): give input='{tmp_path / 'session' / '**' / '*.mrc'}'"), problems
+    (square / "Data" / "mic_000.mrc").unlink()  # pictures only: they are named
+    _, problems = find_inputs([str(tmp_path / "session")], (".jpg", ".mrc", ".png"))
+    assert problems[0].endswith(f"(such as {square / 'GridSquare_1.jpg'}): give input='{tmp_path / 'session' / '**' / '*.jpg'}'")
+
+
 def test_a_file_reached_again_through_a_link_is_picked_once_and_said(tmp_path):
     """RELION's Import folder links the movies' micrographs: giving both folders
     picked each file once without a word, and the count looked short."""
