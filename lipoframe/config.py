@@ -41,6 +41,9 @@ class RunnerConfig:
         false redoes everything.
     verbose: print tracebacks for failed micrographs.
     report: write report.html and overlays at the end.
+    polarity_check: after picking, pick the first micrograph again in both
+        polarities and end with a note when the particles look far clearer
+        with the other one (about the time of picking one micrograph).
     """
 
     workers: int = 0
@@ -48,6 +51,7 @@ class RunnerConfig:
     resume: bool = True
     verbose: bool = False
     report: bool = True
+    polarity_check: bool = True
 
     def __post_init__(self) -> None:
         if self.workers < 0:

@@ -26,7 +26,8 @@ polarity's sum is at least :data:`RATIO` times the run's, from at least
 :data:`MIN_PICKS` picks.
 
 It costs a detection, NMS and refinement per polarity of usually one
-micrograph per run, about half the time of picking it; the run's picks are
+micrograph per run, half to all of the time of picking it (the detector
+runs twice; ``runner.polarity_check=false`` leaves it out); the run's picks are
 those of its own polarity whatever it finds.
 """
 

@@ -2452,7 +2452,7 @@ def run_pipeline(
         jobs = [MicJob(p, n, out_dir, fingerprint, cfg.runner.resume, cfg.runner.verbose) for p, n in pairs]
         workers = resolve_workers(cfg.runner.workers, len(jobs))
         results, interrupted = run_jobs(jobs, cfg, stages)
-        if not interrupted:
+        if not interrupted and cfg.runner.polarity_check:
             try:
                 notes = notes + polarity_notes_for(results, [n for _, n in pairs], stages, cfg)
             except KeyboardInterrupt:  # every micrograph is saved: the same command again finishes the run

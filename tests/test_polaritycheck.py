@@ -107,6 +107,12 @@ def test_run_of_inverted_particles_notes_it_and_keeps_its_picks(tmp_path, run_cl
     assert json.loads((tmp_path / "unchecked" / "run_summary.json").read_text())["notes"] == []
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "out" / "picks.csv"), pd.read_csv(tmp_path / "unchecked" / "picks.csv"))
     monkeypatch.undo()
+    # runner.polarity_check=false leaves the check out (same picks, no note).
+    code, _, _ = run_cli("run", f"input={tmp_path / 'bright'}", f"output={tmp_path / 'off'}", *common, "runner.polarity_check=false")
+    assert code == 0
+    assert json.loads((tmp_path / "off" / "run_summary.json").read_text())["notes"] == []
+    assert "polarity check" not in (tmp_path / "off" / "lipoframe.log").read_text()
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "out" / "picks.csv"), pd.read_csv(tmp_path / "off" / "picks.csv"))
     # Dark particles run with the default polarity: no note.
     code, _, _ = run_cli("run", f"input={tmp_path / 'dark'}", f"output={tmp_path / 'right'}", *common)
     assert code == 0
