@@ -177,6 +177,21 @@ TINY_ARGS = [f"dmin={TINY_DMIN:g}", f"dmax={TINY_DMAX:g}", "units=px", "runner.w
 
 
 @pytest.fixture
+def away_from_home(tmp_path, monkeypatch) -> tuple[Path, Path]:
+    """``(cwd, home)``: the test runs in an empty folder ``cwd`` with ``HOME`` set to another, ``home``.
+
+    For ``output=~/...`` as sh or a quoted word passes it: a literal ``~``
+    would make a folder ``cwd/~``.
+    """
+    cwd, home = tmp_path / "cwd", tmp_path / "home"
+    cwd.mkdir()
+    home.mkdir()
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("HOME", str(home))
+    return cwd, home
+
+
+@pytest.fixture
 def run_cli(capsys):
     """Run ``lipoframe ARGS`` in this process; returns (exit code, stdout, stderr)."""
     from lipoframe.cli import main

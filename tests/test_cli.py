@@ -289,13 +289,9 @@ def test_an_output_folder_given_quoted_or_interpolated_leaves_no_stray_folder(ti
 
 
 @pytest.mark.parametrize("spec", ["output=~/picks", "output='~/picks'"])
-def test_an_output_folder_under_home_is_made_there_not_in_a_folder_named_tilde(tiny_mrcs, tmp_path, run_cli, monkeypatch, spec):
+def test_an_output_folder_under_home_is_made_there_not_in_a_folder_named_tilde(tiny_mrcs, run_cli, away_from_home, spec):
     """`output=~/picks` (sh, a script, or bash with the word quoted) made ./~/picks, while input=~/... reads the home folder."""
-    cwd, home = tmp_path / "cwd", tmp_path / "home"
-    cwd.mkdir()
-    home.mkdir()
-    monkeypatch.chdir(cwd)
-    monkeypatch.setenv("HOME", str(home))
+    cwd, home = away_from_home
     code, out, err = run_cli("run", f"input={tiny_mrcs[0]}", spec, *TINY_ARGS)
     assert code == 0, err
     assert (home / "picks" / "picks.csv").is_file() and str(home / "picks") in out

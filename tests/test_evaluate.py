@@ -406,13 +406,9 @@ def test_lipoframes_own_star_files_keep_their_diameters(tmp_path):
     assert res.summary["tp"] == 2 and res.summary["fn"] == 0
 
 
-def test_cli_paths_under_home_are_read_and_written_there(tmp_path, monkeypatch, capsys):
+def test_cli_paths_under_home_are_read_and_written_there(away_from_home, capsys):
     """`picks=~/...`, `output=~/eval` (sh, a script, or a quoted word) read and wrote ./~/..., as `lipoframe run` did."""
-    cwd, home = tmp_path / "cwd", tmp_path / "home"
-    cwd.mkdir()
-    home.mkdir()
-    monkeypatch.chdir(cwd)
-    monkeypatch.setenv("HOME", str(home))
+    cwd, home = away_from_home
     table([("a", 100, 100, 50)]).to_csv(home / "truth.csv", index=False)
     table([("a", 102, 99, 52)]).assign(score=1.0, accepted=True).to_csv(home / "picks.csv", index=False)
     assert main(["picks=~/picks.csv", "reference=~/truth.csv", "output=~/eval"]) == 0

@@ -55,13 +55,9 @@ def test_merge_of_shards_equals_single_run(sharded, capsys):
     _same_result(root / "single", root / "merged")
 
 
-def test_merge_output_under_home_is_made_there_not_in_a_folder_named_tilde(sharded, tmp_path, monkeypatch):
+def test_merge_output_under_home_is_made_there_not_in_a_folder_named_tilde(sharded, away_from_home):
     """`output=~/merged` (sh, a script, or a quoted word) made ./~/merged."""
-    cwd, home = tmp_path / "cwd", tmp_path / "home"
-    cwd.mkdir()
-    home.mkdir()
-    monkeypatch.chdir(cwd)
-    monkeypatch.setenv("HOME", str(home))
+    cwd, home = away_from_home
     assert merge.main([str(sharded / "shards"), "output=~/merged"]) == 0
     assert (home / "merged" / "picks.csv").is_file()
     assert list(cwd.iterdir()) == []

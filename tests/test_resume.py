@@ -31,6 +31,18 @@ def statuses(result):
     return {r.name: r.status for r in result.results}
 
 
+def kill_when(proc: subprocess.Popen, done, what: str, *, seconds: float = 90) -> None:
+    """SIGKILL ``proc`` as soon as ``done()`` holds; fail with ``what`` if it has not within ``seconds`` (or ``proc`` ended)."""
+    deadline = time.monotonic() + seconds
+    while not done():
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    proc.stderr.close()
+
+
 def test_killed_run_resumes_without_losing_finished_work(tmp_path, make_plugin):
     """The third input is read only when the test lets it (the ``gate``
     reader), so the run waits there after two micrographs are done; it is
@@ -43,14 +55,7 @@ def test_killed_run_resumes_without_losing_finished_work(tmp_path, make_plugin):
     cmd = [sys.executable, "-m", "lipoframe", "run", f"input=[{inp},{late}]", f"output={out}", "runner.workers=1", *RUN_ARGS]
     proc = subprocess.Popen(cmd, env=env_with_plugins(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     done_markers = [out / "micrographs" / f"mic_00{i}.json" for i in range(2)]
-    deadline = time.monotonic() + 90
-    while not all(p.exists() for p in done_markers):
-        assert proc.poll() is None, proc.stderr.read().decode()
-        assert time.monotonic() < deadline, "the first micrographs were not done in time"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    proc.stderr.close()
+    kill_when(proc, lambda: all(p.exists() for p in done_markers), "the first micrographs were not done in time")
     saved = {p: p.read_bytes() for p in done_markers}
     assert not (out / "run_summary.json").exists()  # it really died mid-way
 
@@ -355,7 +360,6 @@ def test_a_killed_rerun_with_other_settings_leaves_neither_the_earlier_outputs_n
     go.unlink()  # the rerun waits at the third micrograph
     proc = subprocess.Popen([*cmd, "detector.threshold=7"], env=env_with_plugins(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     markers = [out / "micrographs" / f"mic_00{i}.json" for i in range(2)]
-    deadline = time.monotonic() + 90
 
     def redone(marker):
         try:
@@ -363,13 +367,7 @@ def test_a_killed_rerun_with_other_settings_leaves_neither_the_earlier_outputs_n
         except (OSError, ValueError, KeyError):
             return False
 
-    while not all(redone(m) for m in markers):
-        assert proc.poll() is None, proc.stderr.read().decode()
-        assert time.monotonic() < deadline, "the rerun did not pick the first micrographs in time"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    proc.stderr.close()
+    kill_when(proc, lambda: all(redone(m) for m in markers), "the rerun did not pick the first micrographs in time")
     assert "detector.threshold=7" in (out / ".hydra" / "overrides.yaml").read_text()
     left = sorted(p.name for p in out.iterdir() if p.is_file())
     assert left == [".lipoframe.lock", "inputs.json", "lipoframe.log", "written_files.json"]

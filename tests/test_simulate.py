@@ -204,13 +204,9 @@ def test_cli_mini_then_reuse(tmp_path, capsys):
     assert "1 other .mrc file(s)" in err and "k3_mixed.mrc" in err
 
 
-def test_output_under_home_is_written_there(tmp_path, monkeypatch, capsys):
+def test_output_under_home_is_written_there(away_from_home, capsys):
     """`output=~/sim` wrote the micrographs into ./~/sim, then failed reading ~/sim/truth.csv with a traceback."""
-    cwd, home = tmp_path / "cwd", tmp_path / "home"
-    cwd.mkdir()
-    home.mkdir()
-    monkeypatch.chdir(cwd)
-    monkeypatch.setenv("HOME", str(home))
+    cwd, home = away_from_home
     assert main(["output=~/sim", "preset=mini", "only=empty"]) == 0
     assert (home / "sim" / "empty.mrc").is_file() and (home / "sim" / "truth.csv").is_file()
     assert list(cwd.iterdir()) == []
