@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import re
 import stat
@@ -32,6 +33,7 @@ import pandas as pd
 from lipoframe import schema
 from lipoframe.config import MIN_DIAMETER_PX, RETRY_SUPPRESSED, ConfigError, LipoframeConfig
 from lipoframe.algorithms.pyramid import pow2_floor, to_binned
+from lipoframe.inputlists import is_list_spec, listed_pixel_size, read_list, relion_project
 from lipoframe.io.atomic import resolve_all, safe_child, write_text
 from lipoframe.plan import ExtractionPlan, format_range
 from lipoframe.records import InputError, Micrograph, MicrographMeta, PickContext, refuse_special_file
@@ -78,6 +80,15 @@ class StageSet:
     #: used: ``"0.1.0; lipoframe-foo 1.2"``. A saved result made by another
     #: code version is picked again on resume.
     code_version: str = ""
+    #: The micrograph lists among the inputs (``input=micrographs_ctf.star``, ``mics.txt``): a STAR's optics
+    #: give the pixel size of the micrographs it lists (see :meth:`listed_pixel_size`).
+    input_lists: tuple[str, ...] = ()
+
+    def listed_pixel_size(self, path: str | os.PathLike) -> float | None:
+        """Å/px that a RELION micrographs STAR among the inputs gives ``path``; None when none does."""
+        if not self.input_lists:
+            return None
+        return listed_pixel_size(self.input_lists, path)
 
     def reader_for(self, path: Path) -> Stage:
         if self.reader.name != "auto":
@@ -108,6 +119,8 @@ class StageSet:
         """
         refuse_special_file(path)
         reader = self.reader_for(path)
+        if pixel_size is None:  # pixel_size= given on the command line wins over the STAR's, the STAR's over the header
+            pixel_size = self.listed_pixel_size(path)
         try:
             return reader.read(path, pixel_size=pixel_size)
         except InputError as exc:
@@ -194,6 +207,7 @@ def build_stages(cfg: LipoframeConfig, registry: StageRegistry) -> StageSet:
         retry_suppressed=tuple(cfg.retry_suppressed),
         peel=cfg.peel,
     )
+    stages.input_lists = tuple(str(s) for s in cfg.input if is_list_spec(s, tuple(stages.readers_by_suffix)))
     used = [*stages.picking_stages(), *stages.readers_by_suffix.values()]
     dists = sorted({registry.get(st.kind, st.name).distribution for st in used} - {""})
     stages.code_version = "; ".join([__version__, *dists])
@@ -207,11 +221,14 @@ _GLOB_CHARS = re.compile(r"[*?\[]")
 
 
 def expand_inputs(specs: list[str], suffixes: tuple[str, ...], *, same_file: list | None = None) -> list[Path]:
-    """Files named by ``specs`` (files, folders or globs), sorted, without repeats.
+    """Files named by ``specs`` (files, folders, globs or lists), sorted, without repeats.
 
     Folders and globs contribute the files whose suffix is in ``suffixes``
     (a glob such as ``mics/*`` also matches the tables beside the
-    micrographs). A named file that does not exist is kept, so it is
+    micrographs). A micrograph list (a RELION micrographs STAR, a ``.txt`` or
+    ``.lst`` file; see :mod:`lipoframe.inputlists`) contributes the files it
+    lists, in its order; one that cannot be read contributes none
+    (:func:`find_inputs` says why). A named file that does not exist is kept, so it is
     reported as a failure; a named file of another type is kept too, and
     its reader says what is wrong with it. A file reached again under
     another path (a symbolic link, RELION's ``Import/`` folder) is left
@@ -226,6 +243,11 @@ def expand_inputs(specs: list[str], suffixes: tuple[str, ...], *, same_file: lis
             # A broken link is kept, so that it is reported (file not found) rather than left out unseen.
             found = sorted(p for p in Path(spec).iterdir() if (p.is_file() or p.is_symlink() and not p.exists())
                            and p.suffix.lower() in suffixes and not p.name.startswith("."))
+        elif is_list_spec(spec, suffixes):
+            try:
+                found = read_list(spec).paths
+            except InputError:
+                found = []
         elif _GLOB_CHARS.search(spec):
             found = sorted(Path(p) for p in glob.glob(spec, recursive=True) if os.path.isfile(p) and Path(p).suffix.lower() in suffixes)
         else:
@@ -1164,6 +1186,16 @@ def _failure(job: MicJob, message: str, seconds: float = 0.0) -> MicResult:
     return MicResult(job.name, str(job.path), "failed", seconds=seconds, error=message)
 
 
+def listed_pixel_size_changed(meta: MicrographMeta, path: str | os.PathLike, cfg: LipoframeConfig, stages: StageSet) -> bool:
+    """Whether a saved result was picked at another pixel size than the micrographs STAR now gives ``path``.
+
+    The STAR's pixel size is no setting of the run's fingerprint: a result
+    picked before the optics table was corrected is picked again on resume.
+    """
+    listed = stages.listed_pixel_size(path) if cfg.pixel_size is None else None
+    return listed is not None and not math.isclose(meta.pixel_size or 0.0, listed, rel_tol=1e-6)
+
+
 def run_job(job: MicJob, cfg: LipoframeConfig | None = None, stages: StageSet | None = None) -> MicResult:
     """Read, pick and save one micrograph; never raises for bad input."""
     cfg = cfg or _WORKER_STATE["cfg"]
@@ -1173,6 +1205,8 @@ def run_job(job: MicJob, cfg: LipoframeConfig | None = None, stages: StageSet | 
     try:
         if job.resume and source is not None:  # a missing input is read (and fails), never resumed
             done = load_work(job.out_dir, job.name, job.fingerprint, source=source, version=stages.code_version or None)
+            if done is not None and listed_pixel_size_changed(done[0], job.path, cfg, stages):
+                done = None
             if done is not None:
                 repoint_work(job.out_dir, done[0], job.path)
                 picks = done[1]
@@ -1538,7 +1572,13 @@ def find_inputs(specs: list[str], suffixes: tuple[str, ...], *, same_file: list 
     problems = []
     for spec in specs:
         spec_s = os.path.expanduser(str(spec))
-        if os.path.isdir(spec_s) and not expand_inputs([spec_s], suffixes):
+        if is_list_spec(spec_s, suffixes):
+            try:
+                if not read_list(spec_s).paths:
+                    problems.append(f"{spec}: the list names no micrographs")
+            except InputError as exc:
+                problems.append(str(exc))
+        elif os.path.isdir(spec_s) and not expand_inputs([spec_s], suffixes):
             below = _first_micrograph_below(spec_s, suffixes)
             hint = (f"; its subfolders do (such as {below}): give input='{os.path.join(str(spec), '**', '*' + below.suffix)}'"
                     if below else "")
@@ -1694,14 +1734,24 @@ def run_result_names(run_dir: str | os.PathLike) -> list[str]:
     return list(run_results(run_dir))
 
 
-def write_manifest(out_dir: Path, specs: list[str], paths: list[Path], names: list[str], cfg: LipoframeConfig, fingerprint: str) -> None:
-    """``inputs.json``: every input in order with its output name, the shard and the fingerprint (used by merge)."""
+def write_manifest(out_dir: Path, specs: list[str], paths: list[Path], names: list[str], cfg: LipoframeConfig, fingerprint: str,
+                   *, project: str | None = None) -> None:
+    """``inputs.json``: every input in order with its output name, the shard and the fingerprint (used by merge).
+
+    With a RELION micrographs STAR among ``specs`` it also records the
+    RELION project folder found for it (``relion_project``, or ``project``
+    when given: a merge passes on its shards'), which the ``star`` writer
+    takes when ``writer.star.project_dir`` is not set (see :func:`star_project_dir`).
+    """
     info = {
         "inputs": [str(s) for s in specs],
         "micrographs": [{"name": n, "path": str(p)} for p, n in zip(paths, names)],
         "shard": {"index": cfg.shard.index, "count": cfg.shard.count},
         "fingerprint": fingerprint,
     }
+    project = project or relion_project(specs)
+    if project:
+        info["relion_project"] = project
     write_text(out_dir / MANIFEST, json.dumps(info, indent=1))
 
 
@@ -1827,6 +1877,7 @@ def finalize_dataset(
     binned = result.picks
     written: list[Path] = []
     failed: list[str] = []
+    star_project_dir(stages, out_dir)
     for w in stages.writers:
         # One writer that fails (a full disk, a folder in the way) does not stop the others.
         before = file_inodes(out_dir)
@@ -1852,6 +1903,33 @@ def finalize_dataset(
     if failed:
         raise WriterError(failed, binned, result.plan, written)
     return binned, result.plan, written
+
+
+def star_project_dir(stages: StageSet, out_dir: Path) -> str:
+    """The ``star`` writer's ``project_dir``: as given, else the RELION project of the run's micrographs STAR.
+
+    A run from ``input=CtfFind/job003/micrographs_ctf.star`` records the
+    project folder found for the STAR in ``inputs.json`` (see
+    :func:`write_manifest`); when ``writer.star.project_dir`` is not set, the
+    writer takes it, so that the default ``rlnMicrographName`` (``{path}``)
+    is the name the STAR gives each micrograph, and the list file's paths are
+    relative to the project, as RELION writes its own.
+    """
+    star = [w for w in stages.writers if w.name == "star" and hasattr(getattr(w, "params", None), "project_dir")]
+    given = next((str(w.params.project_dir or "") for w in star), "")
+    if given or not star:
+        return given
+    try:
+        project = json.loads((out_dir / MANIFEST).read_text()).get("relion_project")
+    except (OSError, ValueError, AttributeError):
+        project = None
+    if not project or not os.path.isdir(project):
+        return ""
+    for w in star:  # a copy: the stage's parameters may be the configuration's own, whose fingerprint records the settings
+        w.params = replace(w.params, project_dir=str(project))
+    log.info("writer star: micrograph and coordinate paths are relative to the RELION project %s, the micrographs STAR's "
+             "(set writer.star.project_dir to choose another)", project)
+    return str(project)
 
 
 class WriterError(RuntimeError):
@@ -2216,6 +2294,8 @@ def run_jobs(jobs: list[MicJob], cfg: LipoframeConfig, stages: StageSet, *, prog
             wanted = {name: stamp for name, stamp in stamps.items() if stamp is not None}
             moved = 0
             for name, (meta, n, n_acc) in saved_counts(out_dir, wanted, fingerprint, version=version).items():
+                if listed_pixel_size_changed(meta, named[name].path, cfg, stages):
+                    continue
                 found[name] = MicResult(name, str(named[name].path), status, n, n_acc)
                 moved += repoint_work(out_dir, meta, named[name].path)
             if moved:

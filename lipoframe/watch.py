@@ -173,6 +173,37 @@ def assign_name(path: Path, taken: set[str]) -> str:
     return name
 
 
+def watched_specs(specs: list[str], suffixes: tuple[str, ...], status=log.info) -> list[str]:
+    """``specs`` with each micrograph list (a RELION micrographs STAR, a ``.txt`` list) replaced by the files it lists.
+
+    A list is read once, when the session starts: its micrographs are picked
+    as they appear (a listed file not there yet is waited for), but lines
+    added to the list later are not seen. RELION rewrites a STAR in place,
+    so a scan could read half of it and take the missing rows for deleted
+    micrographs; watch the folder the micrographs are written to instead
+    (``input=MotionCorr/job002/Movies/``) to take new ones.
+
+    Raises
+    ------
+    InputError
+        For a list that cannot be read (one line naming it).
+    """
+    from lipoframe.inputlists import is_list_spec, read_list
+
+    out = []
+    for spec in specs:
+        if not is_list_spec(spec, suffixes):
+            out.append(spec)
+            continue
+        listed = read_list(spec)
+        if not listed.paths:
+            raise InputError(f"{spec}: the list names no micrographs")
+        status(f"{spec}: read once, {len(listed.paths)} micrograph(s); micrographs added to it later are not picked "
+               "(watch their folder to take new ones)")
+        out.extend(str(p) for p in listed.paths)
+    return out
+
+
 def watch_pipeline(cfg, out_dir, *, registry, pm=None, exclude=None):
     """Pick micrographs as they appear in ``cfg.input`` until stopped.
 
@@ -218,7 +249,8 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None, exclude=None):
 
     with output_folder(out_dir), sigterm_as_interrupt():
         stages = build_stages(cfg, registry)
-        watcher = FolderWatcher(specs, tuple(stages.readers_by_suffix), s.stable_polls, exclude=Path(exclude) if exclude is not None else out_dir)
+        watcher = FolderWatcher(watched_specs(specs, tuple(stages.readers_by_suffix), status), tuple(stages.readers_by_suffix),
+                                s.stable_polls, exclude=Path(exclude) if exclude is not None else out_dir)
         fingerprint = cfg.per_micrograph_fingerprint()
         known = _existing_names(out_dir)  # keep the names of an earlier session
         path_name: dict[str, str] = {}

@@ -430,7 +430,9 @@ class StarWriterParams:
         ``MotionCorr/job002/Movies/{stem}.mrc``.
     strip_suffix: removed from the end of the input file stem (e.g. ``_denoised``).
     project_dir: RELION project folder; paths in the list file are written
-        relative to it (else absolute).
+        relative to it (else absolute). Not set, a run from a RELION
+        micrographs STAR (``input=CtfFind/job003/micrographs_ctf.star``)
+        takes the STAR's project (see :func:`lipoframe.runner.star_project_dir`).
     subpixel: write sub-pixel coordinates (RELION truncates them; default
         writes the nearest pixel).
     per_bin: also write ``bins/bin<k>/autopick.star`` and ``coords/`` for each size bin.

@@ -1,0 +1,237 @@
+"""``input=`` given a list of micrographs: a RELION micrographs STAR, or a text file with one path per line."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from scale_data import RUN_ARGS, cli, write_set
+
+from lipoframe.inputlists import ListError, find_project, read_list, relion_project
+from lipoframe.records import InputError
+from lipoframe.runner import expand_inputs, find_inputs
+from lipoframe.watch import watched_specs
+
+SUFFIXES = (".mrc", ".tif")
+
+OPTICS = """
+# version 30001
+
+data_optics
+
+loop_
+_rlnOpticsGroupName #1
+_rlnOpticsGroup #2
+_rlnMicrographOriginalPixelSize #3
+_rlnVoltage #4
+_rlnMicrographPixelSize #5
+opticsGroup1 1 0.5 300.0 {px1}
+opticsGroup2 2 0.5 300.0 {px2}
+
+"""
+
+
+def micrographs_star(path: Path, names: list[str], *, groups: list[int] | None = None, px1: float = 2.0, px2: float = 3.0,
+                     optics: bool = True) -> Path:
+    """A RELION 3.1+ ``micrographs_ctf.star`` listing ``names`` (optics group 1 unless ``groups`` says)."""
+    groups = groups or [1] * len(names)
+    rows = "\n".join(f"{n} {g} CtfFind/job003/{Path(n).stem}.ctf:mrc" for n, g in zip(names, groups))
+    text = (OPTICS.format(px1=px1, px2=px2) if optics else "") + (
+        "# version 30001\n\ndata_micrographs\n\nloop_\n_rlnMicrographName #1\n_rlnOpticsGroup #2\n_rlnCtfImage #3\n" + rows + "\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def project(tmp_path: Path, n: int = 2) -> tuple[Path, list[str]]:
+    """A RELION project folder with ``n`` micrographs in ``MotionCorr/job002/Movies/``; returns it and their names."""
+    proj = tmp_path / "proj"
+    write_set(proj / "MotionCorr" / "job002" / "Movies", n)
+    return proj, [f"MotionCorr/job002/Movies/mic_{i:03d}.mrc" for i in range(n)]
+
+
+# -- RELION STAR ---------------------------------------------------------------
+def test_a_star_lists_its_micrographs_from_the_project_with_the_optics_pixel_sizes(tmp_path, monkeypatch):
+    proj, names = project(tmp_path)
+    star = micrographs_star(proj / "CtfFind" / "job003" / "micrographs_ctf.star", names, groups=[1, 2])
+    monkeypatch.chdir(tmp_path)
+    listed = read_list("proj/CtfFind/job003/micrographs_ctf.star")
+    # relative to the project (the STAR's grand-parent), shown from the current folder as the STAR was given
+    assert listed.paths == [Path("proj", n) for n in names]
+    assert listed.project == str(proj)
+    assert listed.pixel_sizes == {str(proj / names[0]): 2.0, str(proj / names[1]): 3.0}
+    # from inside the project, the paths are RELION's own names
+    monkeypatch.chdir(proj)
+    assert read_list("CtfFind/job003/micrographs_ctf.star").paths == [Path(n) for n in names]
+    assert read_list(str(star)).paths == [proj / n for n in names]
+    assert relion_project([str(star), "other/*.mrc"]) == str(proj)
+
+
+def test_a_star_without_optics_group_column_takes_the_only_optics_group(tmp_path):
+    proj, names = project(tmp_path, 1)
+    star = proj / "Select" / "job009" / "micrographs.star"
+    star.parent.mkdir(parents=True)
+    star.write_text(OPTICS.format(px1=1.25, px2=9).replace("opticsGroup2 2 0.5 300.0 9\n", "")
+                    + "data_micrographs\n\nloop_\n_rlnMicrographName #1\n" + names[0] + "\n")
+    assert read_list(star).pixel_sizes == {str(proj / names[0]): 1.25}
+
+
+def test_a_relion_30_star_gives_the_pixel_size_from_detector_and_magnification(tmp_path):
+    proj, names = project(tmp_path, 1)
+    star = proj / "CtfFind" / "job003" / "micrographs_ctf.star"
+    star.parent.mkdir(parents=True)
+    star.write_text("data_\n\nloop_\n_rlnMicrographName #1\n_rlnDetectorPixelSize #2\n_rlnMagnification #3\n"
+                    f"{names[0]} 5.0 50000.0\n")
+    listed = read_list(star)
+    assert listed.paths == [proj / names[0]]
+    assert listed.pixel_sizes[str(proj / names[0])] == pytest.approx(1.0)
+
+
+def test_a_star_without_any_pixel_size_leaves_it_to_the_header(tmp_path):
+    proj, names = project(tmp_path, 1)
+    star = micrographs_star(proj / "CtfFind" / "job003" / "micrographs_ctf.star", names, optics=False)
+    listed = read_list(star)
+    assert listed.paths == [proj / names[0]] and listed.pixel_sizes == {}
+
+
+def test_the_project_is_found_wherever_the_star_is(tmp_path, monkeypatch):
+    proj, names = project(tmp_path, 1)
+    # a STAR copied into the project folder itself
+    assert read_list(micrographs_star(proj / "mics.star", names)).paths == [proj / names[0]]
+    # a STAR outside the project: RELION resolves its paths from the folder it runs in
+    monkeypatch.chdir(proj)
+    assert read_list(micrographs_star(tmp_path / "elsewhere" / "mics.star", names)).paths == [proj / names[0]]
+    assert read_list(os.path.relpath(tmp_path / "elsewhere" / "mics.star")).paths == [Path(names[0])]
+    # nothing listed exists: the grand-parent of a jobNNN folder, else the STAR's own folder
+    assert find_project(tmp_path / "p2" / "CtfFind" / "job004" / "m.star", ["gone.mrc"]) == str(tmp_path / "p2")
+    assert find_project(tmp_path / "p3" / "lists" / "m.star", ["gone.mrc"]) == str(tmp_path / "p3" / "lists")
+
+
+def test_listed_files_that_are_missing_are_kept_to_be_reported(tmp_path):
+    proj, names = project(tmp_path, 1)
+    star = micrographs_star(proj / "CtfFind" / "job003" / "micrographs_ctf.star", [*names, "MotionCorr/job002/Movies/gone.mrc"])
+    paths, problems = find_inputs([str(star)], SUFFIXES)
+    assert paths == [proj / names[0], proj / "MotionCorr/job002/Movies/gone.mrc"] and problems == []
+
+
+@pytest.mark.parametrize("text, words", [
+    ("data_movies\n\nloop_\n_rlnMicrographMovieName #1\nMovies/a.tiff\n", "a movies STAR (rlnMicrographMovieName)"),
+    ("data_coordinate_files\n\nloop_\n_rlnMicrographName #1\n_rlnMicrographCoordinates #2\na.mrc a_autopick.star\n",
+     "a RELION coordinate list (rlnMicrographCoordinates)"),
+    ("data_\n\nloop_\n_rlnCoordinateX #1\n_rlnCoordinateY #2\n1 2\n", "no rlnMicrographName column"),
+])
+def test_a_star_that_lists_no_micrographs_is_one_line_naming_it(tmp_path, text, words):
+    star = tmp_path / "x.star"
+    star.write_text(text)
+    with pytest.raises(ListError) as err:
+        read_list(star)
+    assert str(err.value).startswith(f"{star}: ") and words in str(err.value) and "\n" not in str(err.value)
+    # a run reports it like an input that matched nothing, and goes on with the others
+    mics = write_set(tmp_path / "mics", 1)
+    paths, problems = find_inputs([str(star), str(mics[0])], SUFFIXES)
+    assert paths == mics and len(problems) == 1 and problems[0].startswith(f"{star}: ")
+
+
+def test_a_list_that_does_not_exist_or_is_empty_is_reported(tmp_path):
+    (tmp_path / "empty.txt").write_text("# nothing yet\n\n")
+    paths, problems = find_inputs([str(tmp_path / "nope.star"), str(tmp_path / "empty.txt")], SUFFIXES)
+    assert paths == []
+    assert problems == [f"{tmp_path / 'nope.star'}: micrograph list not found", f"{tmp_path / 'empty.txt'}: the list names no micrographs"]
+
+
+# -- text lists --------------------------------------------------------------
+def test_a_text_list_is_read_from_its_folder_without_comments_or_blank_lines(tmp_path, monkeypatch):
+    mics = write_set(tmp_path / "data" / "mics", 3)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    lst = tmp_path / "data" / "lists" / "good.txt"
+    lst.parent.mkdir()
+    lst.write_text(f"# micrographs that passed CTF\n../mics/mic_002.mrc\n\n   ../mics/mic_000.mrc  \r\n#../mics/mic_001.mrc\n"
+                   f"{mics[1]}\n~/data/mics/mic_000.mrc\n")
+    assert read_list(lst).paths == [lst.parent / "../mics/mic_002.mrc", lst.parent / "../mics/mic_000.mrc", mics[1],
+                                    tmp_path / "data/mics/mic_000.mrc"]
+    # the run takes each file once (the same file reached twice is told), in the list's order
+    same: list = []
+    assert expand_inputs([str(lst)], SUFFIXES, same_file=same) == read_list(lst).paths[:3]
+    assert len(same) == 1
+    monkeypatch.chdir(tmp_path / "data")
+    assert read_list("lists/good.txt").paths[0] == Path("lists/../mics/mic_002.mrc")
+    # .lst is the same
+    (tmp_path / "data" / "mics.lst").write_text("mics/mic_001.mrc\n")
+    assert expand_inputs(["mics.lst"], SUFFIXES) == [Path("mics/mic_001.mrc")]
+
+
+def test_an_eman2_particle_list_is_refused(tmp_path):
+    lst = tmp_path / "sets.lst"
+    lst.write_text("#LSX\n# This file is in fast LST format.\n0\tparticles/a.hdf\n")
+    with pytest.raises(ListError, match="EMAN2 particle list"):
+        read_list(lst)
+
+
+def test_a_list_is_read_again_when_it_changes(tmp_path):
+    lst = tmp_path / "l.txt"
+    lst.write_text("a.mrc\n")
+    assert read_list(lst).paths == [tmp_path / "a.mrc"]
+    lst.write_text("a.mrc\nbb.mrc\n")
+    assert read_list(lst).paths == [tmp_path / "a.mrc", tmp_path / "bb.mrc"]
+
+
+def test_watch_reads_a_list_once_and_refuses_a_bad_one(tmp_path):
+    lst = tmp_path / "l.txt"
+    lst.write_text("a.mrc\nb.mrc\n")
+    told = []
+    assert watched_specs([str(lst), "more/"], SUFFIXES, told.append) == [str(tmp_path / "a.mrc"), str(tmp_path / "b.mrc"), "more/"]
+    assert "read once" in told[0]
+    (tmp_path / "bad.star").write_text("data_\n\nloop_\n_rlnCoordinateX #1\n1\n")
+    with pytest.raises(InputError, match="no rlnMicrographName"):
+        watched_specs([str(tmp_path / "bad.star")], SUFFIXES)
+
+
+# -- a run -------------------------------------------------------------------
+def test_a_run_from_a_relion_star_picks_its_micrographs_and_exports_relion_names(tmp_path):
+    import starfile
+
+    proj, names = project(tmp_path, 2)
+    names_listed = [*names, "MotionCorr/job002/Movies/gone.mrc"]
+    # the headers say 1 Å/px, the STAR 2 Å/px: RELION's value is taken, so 30-140 Å is 15-70 px
+    star = micrographs_star(proj / "CtfFind" / "job003" / "micrographs_ctf.star", names_listed, px1=2.0)
+    out = proj / "External" / "lipoframe"
+    ran = cli("run", "input=CtfFind/job003/micrographs_ctf.star", f"output={out}", *RUN_ARGS, "runner.workers=1", cwd=proj)
+    assert ran.returncode != 0  # one listed micrograph is missing ...
+    assert "MotionCorr/job002/Movies/gone.mrc: file not found" in ran.stderr + ran.stdout
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["micrographs"]["ok"] == 2 and summary["micrographs"]["failed"] == 1  # ... the others are picked
+    for i in range(2):
+        meta = json.loads((out / "micrographs" / f"mic_{i:03d}.json").read_text())["meta"]
+        assert meta["name"] == f"mic_{i:03d}" and meta["pixel_size"] == 2.0
+    assert json.loads((out / "inputs.json").read_text())["relion_project"] == str(proj)
+    # RELION matches the coordinate list to the STAR by rlnMicrographName: the STAR's own names, paths from the project
+    listing = starfile.read(out / "relion" / "autopick.star", parse_as_string=["rlnMicrographName"])
+    assert listing["rlnMicrographName"].tolist() == names
+    assert listing["rlnMicrographCoordinates"].tolist() == [f"External/lipoframe/relion/coords/mic_{i:03d}_autopick.star" for i in range(2)]
+    assert "--coord_list External/lipoframe/bins/bin1/autopick.star" in (out / "extraction_plan.md").read_text()
+    # `lipoframe plan` from another folder keeps them
+    assert cli("plan", str(out), "binning=single", cwd=tmp_path).returncode == 0
+    assert starfile.read(out / "relion" / "autopick.star")["rlnMicrographName"].tolist() == names
+    # a corrected optics table picks again the micrographs it changes; pixel_size= wins over the STAR
+    micrographs_star(star, names, px1=2.5)
+    again = cli("run", f"input={star}", f"output={out}", *RUN_ARGS, "runner.workers=1", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert json.loads((out / "run_summary.json").read_text())["micrographs"]["ok"] == 2
+    assert json.loads((out / "micrographs" / "mic_000.json").read_text())["meta"]["pixel_size"] == 2.5
+    given = cli("run", f"input={star}", f"output={tmp_path / 'px'}", *RUN_ARGS, "pixel_size=1.0", "runner.workers=1", cwd=tmp_path)
+    assert given.returncode == 0, given.stderr
+    assert json.loads((tmp_path / "px" / "micrographs" / "mic_000.json").read_text())["meta"]["pixel_size"] == 1.0
+
+
+def test_writer_star_project_dir_given_wins_over_the_stars(tmp_path):
+    import starfile
+
+    proj, names = project(tmp_path, 1)
+    star = micrographs_star(proj / "CtfFind" / "job003" / "micrographs_ctf.star", names, px1=1.0)
+    out = tmp_path / "run"
+    ran = cli("run", f"input={star}", f"output={out}", *RUN_ARGS, "runner.workers=1", "writer=[star]",
+              f"writer.star.project_dir={tmp_path}", cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr
+    assert starfile.read(out / "relion" / "autopick.star")["rlnMicrographName"].tolist() == [os.path.join("proj", names[0])]
