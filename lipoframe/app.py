@@ -486,13 +486,10 @@ def _hydra_parses(override: str) -> bool:
     return True
 
 
-_GLOB = re.compile(r"[*?\[]")
-
-
 def _names_files(value: str, *, glob_too: bool) -> bool:
     """Whether ``value`` is a file or folder that exists or, with ``glob_too``, a pattern that matches one."""
     path = os.path.expanduser(value)
-    return os.path.exists(path) or (glob_too and bool(_GLOB.search(path)) and bool(glob.glob(path, recursive=True)))
+    return os.path.exists(path) or (glob_too and glob.has_magic(path) and bool(glob.glob(path, recursive=True)))
 
 
 def quote_input_glob(override: str, *, multirun: bool = False) -> str:

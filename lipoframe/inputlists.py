@@ -36,6 +36,7 @@ be read raises :class:`ListError`, one line naming the file.
 
 from __future__ import annotations
 
+import glob
 import math
 import os
 import re
@@ -87,7 +88,7 @@ def is_list_spec(spec: str | os.PathLike, reader_suffixes: tuple[str, ...] = ())
     """
     spec = os.path.expanduser(str(spec))
     suffix = Path(spec).suffix.lower()
-    return suffix in LIST_SUFFIXES and suffix not in reader_suffixes and not os.path.isdir(spec) and not re.search(r"[*?\[]", spec)
+    return suffix in LIST_SUFFIXES and suffix not in reader_suffixes and not os.path.isdir(spec) and not glob.has_magic(spec)
 
 
 _CACHE: dict[tuple[str, str], tuple[tuple[int, int], MicrographList]] = {}
