@@ -135,11 +135,9 @@ class FolderWatcher:
 
 
 def _others(stamp: dict | None) -> dict | None:
-    """The stamps of the files the stages read for a micrograph (its heatmap, its mask) in its input stamp,
-    by size and modification time: checked at every scan, so without reading the files for their digest."""
-    if stamp is None:
-        return None
-    return {path: None if s is None else {k: v for k, v in s.items() if k != "digest"} for path, s in stamp.get("extra", {}).items()}
+    """The stamps of the files the stages read for a micrograph (its heatmap, its mask) in its input stamp
+    (taken by size and modification time, ``digest=False``: checked at every scan)."""
+    return None if stamp is None else stamp.get("extra", {})
 
 
 def _existing_names(out_dir: Path) -> dict[str, str]:
