@@ -217,7 +217,6 @@ def build_stages(cfg: LipoframeConfig, registry: StageRegistry) -> StageSet:
 # ---------------------------------------------------------------------------
 # Inputs
 # ---------------------------------------------------------------------------
-_GLOB_CHARS = re.compile(r"[*?\[]")
 
 
 def expand_inputs(specs: list[str], suffixes: tuple[str, ...], *, same_file: list | None = None) -> list[Path]:
@@ -248,7 +247,7 @@ def expand_inputs(specs: list[str], suffixes: tuple[str, ...], *, same_file: lis
                 found = read_list(spec).paths
             except InputError:
                 found = []
-        elif _GLOB_CHARS.search(spec):
+        elif glob.has_magic(spec):
             found = sorted(Path(p) for p in glob.glob(spec, recursive=True) if os.path.isfile(p) and Path(p).suffix.lower() in suffixes)
         else:
             found = [Path(spec)]
@@ -1196,6 +1195,19 @@ def listed_pixel_size_changed(meta: MicrographMeta, path: str | os.PathLike, cfg
     return listed is not None and not math.isclose(meta.pixel_size or 0.0, listed, rel_tol=1e-6)
 
 
+def read_named(path: str | os.PathLike, name: str, cfg: LipoframeConfig, stages: StageSet) -> Micrograph:
+    """Micrograph ``path`` read for picking under its run name ``name``, in the run's polarity.
+
+    While picking, the file is named as the input spec gave it (relative
+    for a relative folder or glob), as the reader and the runner name it in
+    their messages; the saved result has the absolute path (``lipoframe
+    plan/report/merge`` may run from another folder).
+    """
+    mic = stages.read(Path(path), pixel_size=cfg.pixel_size)
+    meta = MicrographMeta(name=name, path=str(path), shape=mic.meta.shape, pixel_size=mic.meta.pixel_size, flip_y=mic.meta.flip_y)
+    return Micrograph(meta=meta, image=mic.image, polarity=cfg.polarity)
+
+
 def run_job(job: MicJob, cfg: LipoframeConfig | None = None, stages: StageSet | None = None) -> MicResult:
     """Read, pick and save one micrograph; never raises for bad input."""
     cfg = cfg or _WORKER_STATE["cfg"]
@@ -1211,13 +1223,8 @@ def run_job(job: MicJob, cfg: LipoframeConfig | None = None, stages: StageSet | 
                 repoint_work(job.out_dir, done[0], job.path)
                 picks = done[1]
                 return MicResult(job.name, str(job.path), "skipped", len(picks), int(picks[schema.ACCEPTED].sum()) if len(picks) else 0)
-        mic = stages.read(job.path, pixel_size=cfg.pixel_size)
-        # While picking, the file is named as the input spec gave it (relative
-        # for a relative folder or glob), as the reader and the runner name it
-        # in their messages; the saved result has the absolute path:
-        # `lipoframe plan/report/merge` may run from another folder.
-        meta = MicrographMeta(name=job.name, path=str(job.path), shape=mic.meta.shape, pixel_size=mic.meta.pixel_size, flip_y=mic.meta.flip_y)
-        mic = Micrograph(meta=meta, image=mic.image, polarity=cfg.polarity)
+        mic = read_named(job.path, job.name, cfg, stages)
+        meta = mic.meta
         ctx = pick_context(meta, cfg)
         picks = process_micrograph(mic, stages, ctx)
         del mic  # release the memory map / image before saving
@@ -1583,7 +1590,7 @@ def find_inputs(specs: list[str], suffixes: tuple[str, ...], *, same_file: list 
             hint = (f"; its subfolders do (such as {below}): give input='{os.path.join(str(spec), '**', '*' + below.suffix)}'"
                     if below else "")
             problems.append(f"{spec}: folder contains no micrographs (looked for {', '.join(sorted(suffixes))}){hint}")
-        elif _GLOB_CHARS.search(spec_s) and not os.path.isdir(spec_s) and not expand_inputs([spec_s], suffixes):
+        elif glob.has_magic(spec_s) and not os.path.isdir(spec_s) and not expand_inputs([spec_s], suffixes):
             problems.append(f"{spec}: no files match this pattern")
     return paths, problems
 
@@ -1683,17 +1690,23 @@ def run_manifest(run_dir: str | os.PathLike) -> tuple[list[tuple[str, str]] | No
     fingerprint : str or None
         The per-micrograph settings fingerprint it records; None when none.
     """
-    try:
-        manifest = json.loads((Path(run_dir) / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return None, None
+    manifest = read_manifest(run_dir)
     try:
         i, count = int(manifest["shard"]["index"]), int(manifest["shard"]["count"])
         listed = [(str(m["name"]), str(m["path"])) for m in manifest["micrographs"][i::count]]
     except (ValueError, KeyError, TypeError):
         listed = None
-    fingerprint = manifest.get("fingerprint") if isinstance(manifest, dict) else None
+    fingerprint = manifest.get("fingerprint")
     return listed, (str(fingerprint) if fingerprint else None)
+
+
+def read_manifest(run_dir: str | os.PathLike) -> dict:
+    """A run folder's ``inputs.json`` ({} when there is none, or it cannot be read or is not a mapping)."""
+    try:
+        manifest = json.loads((Path(run_dir) / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
 
 
 def run_results(run_dir: str | os.PathLike) -> dict[str, dict | None]:
@@ -1839,9 +1852,8 @@ def polarity_notes_for(results: list[MicResult], names: list[str], stages: Stage
     def micrographs():
         for r in done:
             with quiet():  # the reader's warnings were given when the micrograph was picked
-                mic = stages.read(Path(r.path), pixel_size=cfg.pixel_size)
-            meta = MicrographMeta(name=r.name, path=r.path, shape=mic.meta.shape, pixel_size=mic.meta.pixel_size, flip_y=mic.meta.flip_y)
-            yield Micrograph(meta=meta, image=mic.image, polarity=cfg.polarity), pick_context(meta, cfg)
+                mic = read_named(r.path, r.name, cfg, stages)
+            yield mic, pick_context(mic.meta, cfg)
 
     try:
         notes = check_polarity(micrographs(), stages, cfg.polarity)
@@ -1919,10 +1931,7 @@ def star_project_dir(stages: StageSet, out_dir: Path) -> str:
     given = next((str(w.params.project_dir or "") for w in star), "")
     if given or not star:
         return given
-    try:
-        project = json.loads((out_dir / MANIFEST).read_text()).get("relion_project")
-    except (OSError, ValueError, AttributeError):
-        project = None
+    project = read_manifest(out_dir).get("relion_project")
     if not project or not os.path.isdir(project):
         return ""
     for w in star:  # a copy: the stage's parameters may be the configuration's own, whose fingerprint records the settings
