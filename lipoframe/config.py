@@ -215,9 +215,8 @@ class LipoframeConfig:
 
     def per_micrograph_settings(self) -> dict:
         """The settings :meth:`per_micrograph_fingerprint` hashes, by top-level key, as plain data."""
-        enc = _plain
         payload = {
-            k: enc(getattr(self, k))
+            k: _plain(getattr(self, k))
             for k in (
                 "pixel_size", "dmin", "dmax", "units", "polarity", "seed", "retry_suppressed", "peel",
                 "reader", "detector", "nms", "refiner",
@@ -225,7 +224,7 @@ class LipoframeConfig:
         }
         # Filters run in the order selected (the first reason is kept; later ones see only what
         # the earlier ones accepted): their order is part of the result, unlike a dict's keys.
-        payload["filter"] = [[str(name), enc(params)] for name, params in self.filter.items()]
+        payload["filter"] = [[str(name), _plain(params)] for name, params in self.filter.items()]
         return payload
 
 
