@@ -29,6 +29,11 @@ Text list
     home folder); blank lines and lines starting with ``#`` are skipped. No
     globs or folders: each line is one file.
 
+A listed path is one file, never a pattern: ``mic[1].mrc`` is that file,
+also in ``watch`` mode. A list that lists another list (a ``.star``,
+``.txt`` or ``.lst`` file) is refused (:func:`list_paths`): lists are read
+one at a time, each given as an input of its own.
+
 A listed file that does not exist is kept, so that it is reported as not
 found like any named input, and the others are picked. A list that cannot
 be read raises :class:`ListError`, one line naming the file.
@@ -118,6 +123,28 @@ def read_list(spec: str | os.PathLike) -> MicrographList:
     out = _read_star(path) if path.suffix.lower() == ".star" else _read_text(path)
     _CACHE[key] = (stamp, out)
     return out
+
+
+def list_paths(spec: str | os.PathLike, reader_suffixes: tuple[str, ...] = ()) -> list[Path]:
+    """The micrographs listed in ``spec`` (:func:`read_list`); a list that names another list is refused.
+
+    Lists are not read inside lists: a listed ``.star``, ``.txt`` or ``.lst``
+    file (unless a reader claims its suffix) would otherwise be taken for a
+    micrograph and fail as one with no reader.
+
+    Raises
+    ------
+    ListError
+        As :func:`read_list`, and for a list that names another list (the
+        message names both).
+    """
+    paths = read_list(spec).paths
+    for p in paths:
+        suffix = p.suffix.lower()
+        if suffix in LIST_SUFFIXES and suffix not in reader_suffixes:
+            raise ListError(f"{spec}: lists {p}, itself a micrograph list; lists inside lists are not read "
+                            "(give that list as an input of its own, or list its micrographs)")
+    return paths
 
 
 def _unique(paths: list[Path]) -> list[Path]:

@@ -33,7 +33,7 @@ import pandas as pd
 from lipoframe import schema
 from lipoframe.config import MIN_DIAMETER_PX, RETRY_SUPPRESSED, ConfigError, LipoframeConfig
 from lipoframe.algorithms.pyramid import pow2_floor, to_binned
-from lipoframe.inputlists import is_list_spec, listed_pixel_size, read_list, relion_project
+from lipoframe.inputlists import is_list_spec, list_paths, listed_pixel_size, relion_project
 from lipoframe.io.atomic import resolve_all, safe_child, write_text
 from lipoframe.plan import ExtractionPlan, format_range
 from lipoframe.records import InputError, Micrograph, MicrographMeta, PickContext, refuse_special_file
@@ -219,7 +219,7 @@ def build_stages(cfg: LipoframeConfig, registry: StageRegistry) -> StageSet:
 # ---------------------------------------------------------------------------
 
 
-def expand_inputs(specs: list[str], suffixes: tuple[str, ...], *, same_file: list | None = None) -> list[Path]:
+def expand_inputs(specs: list[str | Path], suffixes: tuple[str, ...], *, same_file: list | None = None) -> list[Path]:
     """Files named by ``specs`` (files, folders, globs or lists), sorted, without repeats.
 
     Folders and globs contribute the files whose suffix is in ``suffixes``
@@ -233,18 +233,23 @@ def expand_inputs(specs: list[str], suffixes: tuple[str, ...], *, same_file: lis
     another path (a symbolic link, RELION's ``Import/`` folder) is left
     out; ``same_file``, when given, receives a ``(left_out, kept)`` pair
     of paths for each.
+
+    A spec that is a :class:`~pathlib.Path` (not a string) names one file
+    as it is: never a folder's files, a pattern or a list (``watch`` passes
+    the files a list names so, see :func:`lipoframe.watch.watched_specs`).
     """
     out: list[Path] = []
     seen: dict[str, Path] = {}
     for spec in specs:
-        spec = os.path.expanduser(str(spec))
-        if os.path.isdir(spec):
+        if isinstance(spec, Path):
+            found = [spec]
+        elif os.path.isdir(spec := os.path.expanduser(str(spec))):
             # A broken link is kept, so that it is reported (file not found) rather than left out unseen.
             found = sorted(p for p in Path(spec).iterdir() if (p.is_file() or p.is_symlink() and not p.exists())
                            and p.suffix.lower() in suffixes and not p.name.startswith("."))
         elif is_list_spec(spec, suffixes):
             try:
-                found = read_list(spec).paths
+                found = list_paths(spec, suffixes)
             except InputError:
                 found = []
         elif glob.has_magic(spec):
@@ -1581,7 +1586,7 @@ def find_inputs(specs: list[str], suffixes: tuple[str, ...], *, same_file: list 
         spec_s = os.path.expanduser(str(spec))
         if is_list_spec(spec_s, suffixes):
             try:
-                if not read_list(spec_s).paths:
+                if not list_paths(spec_s, suffixes):
                     problems.append(f"{spec}: the list names no micrographs")
             except InputError as exc:
                 problems.append(str(exc))

@@ -42,8 +42,9 @@ class FolderWatcher:
 
     Parameters
     ----------
-    specs : list of str
-        Folders, globs or files, as for ``input=``.
+    specs : list of str or Path
+        Folders, globs or files, as for ``input=``; a Path is one file as it
+        is (see :func:`lipoframe.runner.expand_inputs`).
     suffixes : tuple of str
         File suffixes to take from folders.
     stable_polls : int
@@ -51,7 +52,7 @@ class FolderWatcher:
         consecutive scans (1 = ready when first seen).
     """
 
-    specs: list[str]
+    specs: list[str | Path]
     suffixes: tuple[str, ...]
     stable_polls: int = 2
     #: files inside this folder are never inputs (the run's own outputs)
@@ -171,8 +172,12 @@ def assign_name(path: Path, taken: set[str]) -> str:
     return name
 
 
-def watched_specs(specs: list[str], suffixes: tuple[str, ...], status=log.info) -> list[str]:
+def watched_specs(specs: list[str], suffixes: tuple[str, ...], status=log.info) -> list[str | Path]:
     """``specs`` with each micrograph list (a RELION micrographs STAR, a ``.txt`` list) replaced by the files it lists.
+
+    The listed files are given as :class:`~pathlib.Path` objects, which
+    :func:`lipoframe.runner.expand_inputs` takes as they are: a listed
+    ``mic[1].mrc`` is that file, not a pattern that matches ``mic1.mrc``.
 
     A list is read once, when the session starts: its micrographs are picked
     as they appear (a listed file not there yet is waited for), but lines
@@ -184,21 +189,21 @@ def watched_specs(specs: list[str], suffixes: tuple[str, ...], status=log.info) 
     Raises
     ------
     InputError
-        For a list that cannot be read (one line naming it).
+        For a list that cannot be read, or that lists another list (one line naming it).
     """
-    from lipoframe.inputlists import is_list_spec, read_list
+    from lipoframe.inputlists import is_list_spec, list_paths
 
-    out = []
+    out: list[str | Path] = []
     for spec in specs:
         if not is_list_spec(spec, suffixes):
             out.append(spec)
             continue
-        listed = read_list(spec)
-        if not listed.paths:
+        paths = list_paths(spec, suffixes)
+        if not paths:
             raise InputError(f"{spec}: the list names no micrographs")
-        status(f"{spec}: read once, {len(listed.paths)} micrograph(s); micrographs added to it later are not picked "
+        status(f"{spec}: read once, {len(paths)} micrograph(s); micrographs added to it later are not picked "
                "(watch their folder to take new ones)")
-        out.extend(str(p) for p in listed.paths)
+        out.extend(paths)
     return out
 
 

@@ -12,7 +12,7 @@ from scale_data import RUN_ARGS, cli, write_set
 from lipoframe.inputlists import ListError, find_project, read_list, relion_project
 from lipoframe.records import InputError
 from lipoframe.runner import expand_inputs, find_inputs
-from lipoframe.watch import watched_specs
+from lipoframe.watch import FolderWatcher, watched_specs
 
 SUFFIXES = (".mrc", ".tif")
 
@@ -181,11 +181,43 @@ def test_watch_reads_a_list_once_and_refuses_a_bad_one(tmp_path):
     lst = tmp_path / "l.txt"
     lst.write_text("a.mrc\nb.mrc\n")
     told = []
-    assert watched_specs([str(lst), "more/"], SUFFIXES, told.append) == [str(tmp_path / "a.mrc"), str(tmp_path / "b.mrc"), "more/"]
+    assert watched_specs([str(lst), "more/"], SUFFIXES, told.append) == [tmp_path / "a.mrc", tmp_path / "b.mrc", "more/"]
     assert "read once" in told[0]
     (tmp_path / "bad.star").write_text("data_\n\nloop_\n_rlnCoordinateX #1\n1\n")
     with pytest.raises(InputError, match="no rlnMicrographName"):
         watched_specs([str(tmp_path / "bad.star")], SUFFIXES)
+
+
+def test_listed_paths_are_literal_also_when_watched(tmp_path):
+    """A listed name with glob characters is that file, not a pattern (mic[1].mrc would match mic1.mrc)."""
+    odd = write_set(tmp_path / "mics", 1, prefix="mic[1]")[0]  # mics/mic[1]_000.mrc
+    other = write_set(tmp_path / "mics", 1, prefix="mic1")[0]  # which the pattern mic[1]_000.mrc matches
+    star_named = tmp_path / "mics" / "a*.mrc"
+    star_named.write_bytes(odd.read_bytes())
+    lst = tmp_path / "l.txt"
+    lst.write_text(f"mics/{odd.name}\nmics/a*.mrc\n")
+    listed = [odd, star_named]
+    assert expand_inputs([str(lst)], SUFFIXES) == listed
+    watcher = FolderWatcher(watched_specs([str(lst)], SUFFIXES, lambda _: None), SUFFIXES, stable_polls=1)
+    assert watcher.poll() == listed and other not in watcher.present()
+
+
+@pytest.mark.parametrize("inner", ["more.txt", "CtfFind/job004/micrographs_ctf.star", "sets.LST"])
+def test_a_list_that_lists_another_list_is_refused_naming_both(tmp_path, inner):
+    mics = write_set(tmp_path / "mics", 1)
+    (tmp_path / inner).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / inner).write_text("mics/mic_000.mrc\n")
+    lst = tmp_path / "l.txt"
+    lst.write_text(f"mics/mic_000.mrc\n{inner}\n")
+    paths, problems = find_inputs([str(lst), str(mics[0])], SUFFIXES)
+    assert paths == mics  # the other inputs go on
+    assert len(problems) == 1 and problems[0].startswith(f"{lst}: ") and str(tmp_path / inner) in problems[0]
+    assert "list" in problems[0].split(": ", 1)[1] and "\n" not in problems[0]
+    with pytest.raises(ListError) as err:
+        watched_specs([str(lst)], SUFFIXES)
+    assert str(err.value) == problems[0]
+    # a reader that claims the suffix makes the listed file a micrograph
+    assert find_inputs([str(lst)], (*SUFFIXES, Path(inner).suffix.lower()))[1] == []
 
 
 # -- a run -------------------------------------------------------------------
