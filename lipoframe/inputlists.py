@@ -293,15 +293,29 @@ def listed_pixel_size(lists: tuple[str, ...], path: str | os.PathLike) -> float 
     return None
 
 
+def _star_specs(specs, reader_suffixes: tuple[str, ...]) -> list[str]:
+    """The RELION micrographs STARs among ``specs`` (list specs ending in ``.star``)."""
+    return [str(s) for s in specs if is_list_spec(s, reader_suffixes) and Path(str(s)).suffix.lower() == ".star"]
+
+
+def relion_star(specs, reader_suffixes: tuple[str, ...] = ()) -> str | None:
+    """The absolute path of the one RELION micrographs STAR among ``specs``; None when there is none, or several.
+
+    It is the ``--i`` of the RELION extraction commands: Extract matches the
+    coordinate lists' ``rlnMicrographName`` against the STAR's.
+    """
+    found = {os.path.abspath(os.path.expanduser(s)) for s in _star_specs(specs, reader_suffixes)}
+    return found.pop() if len(found) == 1 else None
+
+
 def relion_project(specs, reader_suffixes: tuple[str, ...] = ()) -> str | None:
     """The RELION project folder of the STAR lists among ``specs``; None when there is none, or they disagree."""
     found = set()
-    for spec in specs:
-        if is_list_spec(spec, reader_suffixes) and Path(str(spec)).suffix.lower() == ".star":
-            try:
-                project = read_list(spec).project
-            except InputError:
-                continue
-            if project:
-                found.add(project)
+    for spec in _star_specs(specs, reader_suffixes):
+        try:
+            project = read_list(spec).project
+        except InputError:
+            continue
+        if project:
+            found.add(project)
     return found.pop() if len(found) == 1 else None

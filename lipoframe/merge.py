@@ -298,7 +298,9 @@ def merge_runs(folders: list[str | Path], out_dir: str | Path, overrides: list[s
 
         cfg.shard = ShardConfig()
         project = next((s.manifest["relion_project"] for s in shards if s.manifest.get("relion_project")), None)
-        write_manifest(out_dir, specs, [Path(p) for _, _, p in order], [n for _, n, _ in order], cfg, fingerprint, project=project)
+        star = next((s.manifest["relion_micrographs_star"] for s in shards if s.manifest.get("relion_micrographs_star")), None)
+        write_manifest(out_dir, specs, [Path(p) for _, _, p in order], [n for _, n, _ in order], cfg, fingerprint, project=project,
+                       micrographs_star=star)
         merged = OmegaConf.merge(composed, {"output": str(out_dir), "shard": {"index": 0, "count": 1}})
         write_text(out_dir / "config.yaml", OmegaConf.to_yaml(merged))
         write_text(out_dir / "merged_from.json", json.dumps([str(s.folder) for s in shards], indent=1))

@@ -247,8 +247,11 @@ def _coord_list(files: list[str]) -> str | None:
     return (preferred or direct)[0]
 
 
-def _extract_command(plan: ExtractionPlan, b, coord_list: str | None) -> str | None:
-    """``lipoframe.io.relion.extract_command`` if that writer is installed (imported lazily)."""
+def _extract_command(plan: ExtractionPlan, b, coord_list: str | None, micrographs_star: str = "") -> str | None:
+    """``lipoframe.io.relion.extract_command`` if that writer is installed (imported lazily).
+
+    ``micrographs_star``: its ``--i``; empty for the function's default.
+    """
     if coord_list is None:
         return None
     try:
@@ -256,7 +259,8 @@ def _extract_command(plan: ExtractionPlan, b, coord_list: str | None) -> str | N
     except ImportError:
         return None
     try:
-        cmd = extract_command(b, coord_list, pixel_size=plan.pixel_size, invert_contrast=plan.polarity == "dark")
+        given = {"micrographs_star": micrographs_star} if micrographs_star else {}
+        cmd = extract_command(b, coord_list, pixel_size=plan.pixel_size, invert_contrast=plan.polarity == "dark", **given)
     except Exception as exc:  # noqa: BLE001 - a helper's failure must not lose the plan
         log.warning("extraction_plan.md: no RELION command for %s (%s)", b.label, exc)
         return None
@@ -277,13 +281,15 @@ def _ranges(b, px: float | None) -> tuple[str, str | None]:
 
 
 def plan_markdown(plan: ExtractionPlan, files: dict[int, list[str]], *, n_outliers: int = 0, coord_prefix: str = "",
-                  picks_csv: bool = True) -> str:
+                  picks_csv: bool = True, micrographs_star: str = "") -> str:
     """The human-readable ``extraction_plan.md``.
 
     ``coord_prefix`` is put in front of the coordinate list of each RELION
     command: the output folder as seen from the RELION project, when the
     ``star`` writer knows the project (``writer.star.project_dir``); the
-    command then runs from the project as it stands. ``picks_csv``: whether
+    command then runs from the project as it stands. ``micrographs_star``:
+    the commands' ``--i``, the micrographs STAR the run picked from as seen
+    from the project (empty: :data:`lipoframe.io.relion.DEFAULT_MICROGRAPHS_STAR`). ``picks_csv``: whether
     the run wrote ``picks.csv``, which a bin without coordinate files of its
     own is pointed to.
     """
@@ -368,7 +374,7 @@ def plan_markdown(plan: ExtractionPlan, files: dict[int, list[str]], *, n_outlie
         coord_list = _coord_list(fl)
         if coord_list is not None and coord_prefix:
             coord_list = f"{coord_prefix.rstrip('/')}/{coord_list}"
-        cmd = _extract_command(plan, b, coord_list)
+        cmd = _extract_command(plan, b, coord_list, micrographs_star)
         if cmd:
             lines += ["- Extract with RELION:", "", "  ```sh", f"  {cmd}", "  ```"]
         lines.append("")
@@ -381,7 +387,7 @@ def plan_markdown(plan: ExtractionPlan, files: dict[int, list[str]], *, n_outlie
 # Entry point
 # ---------------------------------------------------------------------------
 def write_plan_files(plan: ExtractionPlan, picks: pd.DataFrame, out_dir: Path, *, metas=None, written=(),
-                     project_dir: str = "") -> list[Path]:
+                     project_dir: str = "", micrographs_star: str = "") -> list[Path]:
     """Write ``sizes.csv``, ``size_histogram.png``, ``extraction_plan.json`` and ``.md``.
 
     Parameters
@@ -398,6 +404,10 @@ def write_plan_files(plan: ExtractionPlan, picks: pd.DataFrame, out_dir: Path, *
         The RELION project (``writer.star.project_dir``); when given, the
         RELION commands of ``extraction_plan.md`` name the coordinate lists
         relative to it, as the list files name their coordinate files.
+    micrographs_star : str
+        ``--i`` of those commands: the micrographs STAR the run picked from,
+        as seen from the RELION project (empty: the default,
+        ``CtfFind/job003/micrographs_ctf.star``).
 
     Returns
     -------
@@ -433,5 +443,6 @@ def write_plan_files(plan: ExtractionPlan, picks: pd.DataFrame, out_dir: Path, *
         prefix = Path(os.path.relpath(os.path.realpath(out_dir), os.path.realpath(os.path.expanduser(project_dir)))).as_posix()
     picks_csv = safe_child(out_dir, "picks.csv").resolve() in set(written)
     paths.append(write_text(safe_child(out_dir, "extraction_plan.md"),
-                            plan_markdown(plan, files, n_outliers=n_out, coord_prefix=prefix, picks_csv=picks_csv)))
+                            plan_markdown(plan, files, n_outliers=n_out, coord_prefix=prefix, picks_csv=picks_csv,
+                                          micrographs_star=micrographs_star)))
     return paths

@@ -33,7 +33,7 @@ import pandas as pd
 from lipoframe import schema
 from lipoframe.config import MIN_DIAMETER_PX, RETRY_SUPPRESSED, ConfigError, LipoframeConfig
 from lipoframe.algorithms.pyramid import pow2_floor, to_binned
-from lipoframe.inputlists import is_list_spec, list_paths, listed_pixel_size, relion_project
+from lipoframe.inputlists import is_list_spec, list_paths, listed_pixel_size, relion_project, relion_star
 from lipoframe.io.atomic import resolve_all, safe_child, write_text
 from lipoframe.plan import ExtractionPlan, format_range
 from lipoframe.records import InputError, Micrograph, MicrographMeta, PickContext, refuse_special_file
@@ -1753,13 +1753,16 @@ def run_result_names(run_dir: str | os.PathLike) -> list[str]:
 
 
 def write_manifest(out_dir: Path, specs: list[str], paths: list[Path], names: list[str], cfg: LipoframeConfig, fingerprint: str,
-                   *, project: str | None = None) -> None:
+                   *, project: str | None = None, micrographs_star: str | None = None) -> None:
     """``inputs.json``: every input in order with its output name, the shard and the fingerprint (used by merge).
 
     With a RELION micrographs STAR among ``specs`` it also records the
     RELION project folder found for it (``relion_project``, or ``project``
     when given: a merge passes on its shards'), which the ``star`` writer
-    takes when ``writer.star.project_dir`` is not set (see :func:`star_project_dir`).
+    takes when ``writer.star.project_dir`` is not set (see :func:`star_project_dir`);
+    and, when it is the only STAR, its absolute path (``relion_micrographs_star``,
+    or ``micrographs_star`` when given), the ``--i`` of the extraction
+    commands (see :func:`extraction_micrographs_star`).
     """
     info = {
         "inputs": [str(s) for s in specs],
@@ -1770,6 +1773,9 @@ def write_manifest(out_dir: Path, specs: list[str], paths: list[Path], names: li
     project = project or relion_project(specs)
     if project:
         info["relion_project"] = project
+    micrographs_star = micrographs_star or relion_star(specs)
+    if micrographs_star:
+        info["relion_micrographs_star"] = micrographs_star
     write_text(out_dir / MANIFEST, json.dumps(info, indent=1))
 
 
@@ -1913,7 +1919,8 @@ def finalize_dataset(
             raise
     # Plan files last, so extraction_plan.md can point at the files writers made.
     project_dir = next((str(getattr(w.params, "project_dir", "") or "") for w in stages.writers if w.name == "star"), "")
-    written.extend(write_plan_files(result.plan, binned, out_dir, metas=metas, written=written, project_dir=project_dir))
+    written.extend(write_plan_files(result.plan, binned, out_dir, metas=metas, written=written, project_dir=project_dir,
+                                    micrographs_star=extraction_micrographs_star(out_dir, project_dir)))
     removed = remove_stale_outputs(out_dir, written, settings=cfg.dataset_fingerprint())
     if removed:
         log.info("removed %d file(s) an earlier run wrote into %s that this run did not write again", len(removed), out_dir)
@@ -1944,6 +1951,31 @@ def star_project_dir(stages: StageSet, out_dir: Path) -> str:
     log.info("writer star: micrograph and coordinate paths are relative to the RELION project %s, the micrographs STAR's "
              "(set writer.star.project_dir to choose another)", project)
     return str(project)
+
+
+def extraction_micrographs_star(out_dir: str | os.PathLike, project_dir: str = "") -> str:
+    """``--i`` of the RELION extraction commands: the run's micrographs STAR as seen from the RELION project.
+
+    A run from one RELION micrographs STAR records it in ``inputs.json``
+    (:func:`write_manifest`); Extract must read that STAR, whose
+    ``rlnMicrographName`` the coordinate lists repeat. Its path is relative
+    to ``project_dir`` (the ``star`` writer's), else to the project recorded
+    for the STAR, as the commands run from the project. ``""`` when the run
+    had no STAR, or several (the commands keep their default).
+    """
+    manifest = read_manifest(out_dir)
+    star = manifest.get("relion_micrographs_star")
+    if not isinstance(star, str) or not star:
+        return ""
+    base = project_dir or manifest.get("relion_project")
+    if not isinstance(base, str) or not base:
+        return star
+    base = os.path.abspath(os.path.expanduser(base))
+    rel = os.path.relpath(star, base)
+    if rel.startswith(os.pardir):  # one of them reached through a symbolic link: compare where they are
+        resolved = os.path.relpath(os.path.realpath(star), os.path.realpath(base))
+        rel = rel if resolved.startswith(os.pardir) else resolved
+    return Path(rel).as_posix()
 
 
 class WriterError(RuntimeError):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import types
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,7 @@ from scale_data import RUN_ARGS, cli, write_set
 
 from lipoframe.inputlists import ListError, find_project, read_list, relion_project
 from lipoframe.records import InputError
-from lipoframe.runner import expand_inputs, find_inputs
+from lipoframe.runner import expand_inputs, extraction_micrographs_star, find_inputs, write_manifest
 from lipoframe.watch import FolderWatcher, watched_specs
 
 SUFFIXES = (".mrc", ".tif")
@@ -267,3 +269,45 @@ def test_writer_star_project_dir_given_wins_over_the_stars(tmp_path):
               f"writer.star.project_dir={tmp_path}", cwd=tmp_path)
     assert ran.returncode == 0, ran.stderr
     assert starfile.read(out / "relion" / "autopick.star")["rlnMicrographName"].tolist() == [os.path.join("proj", names[0])]
+    assert set(extract_inputs(out / "extraction_plan.md")) == {"proj/CtfFind/job003/micrographs_ctf.star"}
+
+
+def extract_inputs(md_path: Path) -> list[str]:
+    """The ``--i`` of each ``relion_preprocess`` command in ``extraction_plan.md``."""
+    commands = [shlex.split(ln) for ln in md_path.read_text().splitlines() if ln.strip().startswith("relion_preprocess")]
+    assert commands
+    return [c[c.index("--i") + 1] for c in commands]
+
+
+def test_the_extraction_commands_extract_from_the_star_given(tmp_path):
+    proj, names = project(tmp_path, 2)
+    star = micrographs_star(proj / "Select" / "job009" / "micrographs.star", names, px1=1.0)
+    out = proj / "External" / "lipoframe"
+    ran = cli("run", "input=proj/Select/job009/micrographs.star", f"output={out}", *RUN_ARGS, "runner.workers=1", cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr
+    # as RELION runs it, from the project: the STAR given, not CtfFind/job003/micrographs_ctf.star
+    assert set(extract_inputs(out / "extraction_plan.md")) == {"Select/job009/micrographs.star"}
+    assert json.loads((out / "inputs.json").read_text())["relion_micrographs_star"] == str(star)
+    # `lipoframe plan` from another folder keeps it
+    assert cli("plan", str(out), "binning=single", cwd=tmp_path / "proj" / "External").returncode == 0
+    assert extract_inputs(out / "extraction_plan.md") == ["Select/job009/micrographs.star"]
+
+
+def test_the_extraction_star_is_recorded_for_one_star_only(tmp_path):
+    cfg = types.SimpleNamespace(shard=types.SimpleNamespace(index=0, count=1))
+    proj, names = project(tmp_path, 1)
+    star = micrographs_star(proj / "CtfFind" / "job007" / "micrographs_ctf.star", names)
+    lst = tmp_path / "l.txt"
+    lst.write_text(f"{proj / names[0]}\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    write_manifest(out, [str(star)], [], [], cfg, "f")
+    assert extraction_micrographs_star(out, "") == "CtfFind/job007/micrographs_ctf.star"
+    assert extraction_micrographs_star(out, str(tmp_path)) == "proj/CtfFind/job007/micrographs_ctf.star"
+    # a merge passes its shards' on
+    write_manifest(out, ["other/relative/spec.star"], [], [], cfg, "f", project=str(proj), micrographs_star=str(star))
+    assert extraction_micrographs_star(out, "") == "CtfFind/job007/micrographs_ctf.star"
+    # not a STAR, or two of them: the command keeps its default --i
+    for specs in ([str(lst)], [str(proj / names[0])], [str(star), str(micrographs_star(proj / "Select" / "job9" / "m.star", names))]):
+        write_manifest(out, specs, [], [], cfg, "f")
+        assert extraction_micrographs_star(out, "") == ""

@@ -38,7 +38,8 @@ DIAMETER_LABEL = "rlnLipoframeDiameterPix"
 RELION_DIR = "relion"
 #: Folder of the per-micrograph coordinate files inside a set folder.
 COORDS_DIR = "coords"
-#: What ``--i`` of the extraction command points at unless told otherwise.
+#: What ``--i`` of the extraction command points at unless told otherwise
+#: (``extraction_plan.md`` names the micrographs STAR a run picked from instead).
 DEFAULT_MICROGRAPHS_STAR = "CtfFind/job003/micrographs_ctf.star"
 
 
