@@ -23,6 +23,8 @@ RELION STAR
     ``rlnDetectorPixelSize`` × 10⁴ / ``rlnMagnification`` of a RELION 3.0
     STAR. RELION's own jobs take the STAR's value over the file header, and
     so does lipoframe; ``pixel_size=`` on the command line wins over both.
+    A header that disagrees is one warning for the dataset
+    (:func:`lipoframe.runner.listed_pixel_size_notes`).
 
 Text list
     One micrograph per line, relative to the list file's folder (``~`` is the

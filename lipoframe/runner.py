@@ -1200,6 +1200,53 @@ def listed_pixel_size_changed(meta: MicrographMeta, path: str | os.PathLike, cfg
     return listed is not None and not math.isclose(meta.pixel_size or 0.0, listed, rel_tol=1e-6)
 
 
+#: Micrographs of one STAR pixel size whose header :func:`listed_pixel_size_notes` tries before it gives up.
+_HEADER_TRIES = 3
+
+
+def listed_pixel_size_notes(stages: StageSet, cfg: LipoframeConfig) -> list[str]:
+    """A warning per micrographs STAR (and pixel size it gives) that disagrees with the micrographs' headers.
+
+    The STAR's pixel size is used (:meth:`StageSet.read`), as RELION's jobs
+    use it; a header that says otherwise by more than 1 % may mean a wrong
+    optics table, or micrographs rewritten since. For each pixel size a STAR
+    among the inputs gives, the header of the first listed micrograph that
+    can be read is compared (one read, not one per micrograph, and one line
+    for the dataset); a header without a pixel size is not compared. Nothing
+    is said when ``pixel_size=`` is given, which wins over both. Each line is
+    logged as a warning.
+    """
+    from lipoframe.inputlists import read_list
+    from lipoframe.polaritycheck import quiet
+
+    if cfg.pixel_size is not None:
+        return []
+    notes = []
+    for spec in stages.input_lists:
+        try:
+            listed = read_list(spec)
+        except InputError:  # reported with the inputs
+            continue
+        tries: dict[float, int] = {}
+        for path in listed.paths:
+            px = listed.pixel_sizes.get(os.path.abspath(path))
+            if px is None or tries.get(px, 0) >= _HEADER_TRIES or not os.path.isfile(path):
+                continue
+            tries[px] = tries.get(px, 0) + 1
+            try:
+                refuse_special_file(path)
+                with quiet():  # the reader's own warnings come when the micrograph is picked
+                    header = stages.reader_for(path).read(path, pixel_size=None).meta.pixel_size
+            except Exception:  # noqa: BLE001 - a micrograph that cannot be read fails when it is picked
+                continue
+            tries[px] = _HEADER_TRIES
+            if header and abs(header - px) > 0.01 * px:
+                notes.append(f"{spec}: the STAR gives {px:g} Å/px but the header of {path} gives {header:g} Å/px; using the "
+                             f"STAR's {px:g} Å/px, as RELION does (give pixel_size=<Å/px> to use another)")
+                log.warning(notes[-1])
+    return notes
+
+
 def read_named(path: str | os.PathLike, name: str, cfg: LipoframeConfig, stages: StageSet) -> Micrograph:
     """Micrograph ``path`` read for picking under its run name ``name``, in the run's polarity.
 
@@ -2568,6 +2615,7 @@ def run_pipeline(
             log.warning(n)
         if len(notes) > MAX_LISTED:
             log.warning("... and %d more notes on the inputs (see run_summary.json)", len(notes) - MAX_LISTED)
+        notes += listed_pixel_size_notes(stages, cfg)
         dropped = drop_outputs_of_other_settings(out_dir, cfg)  # before write_manifest: it may read the earlier inputs.json
         if dropped:
             log.warning(dropped)

@@ -226,6 +226,7 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None, exclude=None):
         drop_outputs_of_other_settings,
         finish_run,
         input_stamp,
+        listed_pixel_size_notes,
         output_folder,
         read_for_others,
         resolve_workers,
@@ -261,7 +262,7 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None, exclude=None):
         #: abspath -> (path, input_stamp) of every micrograph handed out: one that failed is tried again,
         #: and one that was picked is picked again, when a file it needs (its heatmap or mask) changes
         handed: dict[str, tuple[Path, dict | None]] = {}
-        notes: list[str] = []
+        notes: list[str] = listed_pixel_size_notes(stages, cfg)  # the listed micrographs already there
         dropped = drop_outputs_of_other_settings(out_dir, cfg)  # an earlier session's or run's with the same settings stay
         if dropped:
             log.warning(dropped)

@@ -13,7 +13,7 @@ from scale_data import RUN_ARGS, cli, write_set
 
 from lipoframe.inputlists import ListError, find_project, read_list, relion_project
 from lipoframe.records import InputError
-from lipoframe.runner import expand_inputs, extraction_micrographs_star, find_inputs, write_manifest
+from lipoframe.runner import expand_inputs, extraction_micrographs_star, find_inputs, listed_pixel_size_notes, write_manifest
 from lipoframe.watch import FolderWatcher, watched_specs
 
 SUFFIXES = (".mrc", ".tif")
@@ -222,6 +222,37 @@ def test_a_list_that_lists_another_list_is_refused_naming_both(tmp_path, inner):
     assert find_inputs([str(lst)], (*SUFFIXES, Path(inner).suffix.lower()))[1] == []
 
 
+def test_a_star_pixel_size_unlike_the_headers_is_one_warning_per_dataset(tmp_path, caplog):
+    from lipoframe import plugins
+    from lipoframe.merge import compose_config
+    from lipoframe.runner import build_stages
+
+    registry = plugins.load()[1]
+    proj, names = project(tmp_path, 4)  # headers: 1 Å/px
+    star = proj / "CtfFind" / "job003" / "micrographs_ctf.star"
+
+    def notes(*overrides, **kw):
+        micrographs_star(star, names, **kw)
+        cfg = compose_config([f"input={star}", *overrides])[1]
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="lipoframe"):
+            out = listed_pixel_size_notes(build_stages(cfg, registry), cfg)
+        assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == out
+        return out
+
+    # group 1 (three micrographs) disagrees, group 2 within 1 %: one warning, naming both values and the one used
+    said = notes(groups=[1, 2, 1, 1], px1=2.0, px2=1.008)
+    assert len(said) == 1 and said[0].startswith(f"{star}: ")
+    assert "2 Å/px" in said[0] and "1 Å/px" in said[0] and str(proj / names[0]) in said[0] and "using the STAR's 2 Å/px" in said[0]
+    assert "\n" not in said[0]
+    assert notes(px1=1.008) == []
+    assert len(notes(px1=0.98)) == 1
+    assert notes("pixel_size=1.5", px1=2.0) == []  # pixel_size= wins over both: nothing to compare
+    # the first micrograph of a group that cannot be read: the next one is asked
+    (proj / names[0]).write_bytes(b"not an MRC file")
+    assert len(notes(px1=2.0)) == 1
+
+
 # -- a run -------------------------------------------------------------------
 def test_a_run_from_a_relion_star_picks_its_micrographs_and_exports_relion_names(tmp_path):
     import starfile
@@ -234,6 +265,8 @@ def test_a_run_from_a_relion_star_picks_its_micrographs_and_exports_relion_names
     ran = cli("run", "input=CtfFind/job003/micrographs_ctf.star", f"output={out}", *RUN_ARGS, "runner.workers=1", cwd=proj)
     assert ran.returncode != 0  # one listed micrograph is missing ...
     assert "MotionCorr/job002/Movies/gone.mrc: file not found" in ran.stderr + ran.stdout
+    # one warning for the dataset, not one per micrograph (and a note in the summary)
+    assert ran.stderr.count("the STAR gives 2 Å/px") == 1 and ran.stdout.count("the STAR gives 2 Å/px") == 1
     summary = json.loads((out / "run_summary.json").read_text())
     assert summary["micrographs"]["ok"] == 2 and summary["micrographs"]["failed"] == 1  # ... the others are picked
     for i in range(2):
@@ -257,6 +290,7 @@ def test_a_run_from_a_relion_star_picks_its_micrographs_and_exports_relion_names
     given = cli("run", f"input={star}", f"output={tmp_path / 'px'}", *RUN_ARGS, "pixel_size=1.0", "runner.workers=1", cwd=tmp_path)
     assert given.returncode == 0, given.stderr
     assert json.loads((tmp_path / "px" / "micrographs" / "mic_000.json").read_text())["meta"]["pixel_size"] == 1.0
+    assert "the STAR gives" not in given.stderr + given.stdout
 
 
 def test_writer_star_project_dir_given_wins_over_the_stars(tmp_path):
@@ -285,6 +319,7 @@ def test_the_extraction_commands_extract_from_the_star_given(tmp_path):
     out = proj / "External" / "lipoframe"
     ran = cli("run", "input=proj/Select/job009/micrographs.star", f"output={out}", *RUN_ARGS, "runner.workers=1", cwd=tmp_path)
     assert ran.returncode == 0, ran.stderr
+    assert "the STAR gives" not in ran.stderr  # STAR and headers agree: 1 Å/px
     # as RELION runs it, from the project: the STAR given, not CtfFind/job003/micrographs_ctf.star
     assert set(extract_inputs(out / "extraction_plan.md")) == {"Select/job009/micrographs.star"}
     assert json.loads((out / "inputs.json").read_text())["relion_micrographs_star"] == str(star)
