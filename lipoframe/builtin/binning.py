@@ -395,21 +395,31 @@ class PeakValleyBinner(_PolicyBinner):
             edges = np.array([d.min(), d.max()])
             details["decision"] = "one narrow mode: one bin"
             notes.append(f"one mode, narrow (p95/p5 = {spread:.2f} <= {p.broad_ratio:g}): one bin")
-        edges = self._strays(d, edges, notes, details)
+        edges = self._strays(d, edges, notes, details, ctx.pixel_size)
         if p.merge_same_box and len(edges) > 2:
             merged = _merge_same_box(d, edges, p, ctx.pixel_size)
             if len(merged) < len(edges):
-                notes.append(f"{len(edges) - len(merged)} bin(s) merged into a neighbour with the same box size")
+                at = f" at {p.extract_pixel_size:g} Å/px" if p.extract_pixel_size and ctx.pixel_size else ""
+                notes.append(f"{len(edges) - len(merged)} bin(s) merged into a neighbour with the same box size{at}")
                 edges = merged
         return edges, None, notes, details
 
-    def _strays(self, d: np.ndarray, edges: np.ndarray, notes: list[str], details: dict) -> np.ndarray:
-        """``edges`` with the stray picks moved out of their bins (:func:`~lipoframe.algorithms.binning.stray_edges`); notes and details added."""
+    def _strays(self, d: np.ndarray, edges: np.ndarray, notes: list[str], details: dict,
+                pixel_size: float | None = None) -> np.ndarray:
+        """``edges`` with the stray picks moved out of their bins (:func:`~lipoframe.algorithms.binning.stray_edges`); notes and details added.
+
+        The boxes compared are those the particles come out in (:func:`job_box`:
+        at ``extract_pixel_size`` when it is set), as ``merge_same_box`` compares
+        them: a pick that needs a larger box at the micrographs' pixel size but
+        not at the extraction pixel size is no stray (its own bin would be
+        merged back, or be a second extraction job in the same box).
+        """
         p = self.params
         if p.stray_gap is None:
             return edges
-        edges, moves = algo.stray_edges(d, edges, lambda v: box_for(v, p), gap=p.stray_gap,
-                                   max_count=p.min_bin_picks - 1, max_bins=p.max_bins)
+        edges, moves = algo.stray_edges(d, edges, lambda v: job_box(v, p, pixel_size), gap=p.stray_gap,
+                                        max_count=p.min_bin_picks - 1, max_bins=p.max_bins)
+        at = f" at {p.extract_pixel_size:g} Å/px" if p.extract_pixel_size and pixel_size else ""
         for m in moves:
             lo, hi = m["strays_px"]
             one = m["picks"] == 1
@@ -417,14 +427,14 @@ class PeakValleyBinner(_PolicyBinner):
             head = (f"stray pick{'' if one else 's'}: {what} far above the other {m['others']} picks of "
                     f"{'its' if one else 'their'} bin ({m['bin_px'][0]:.0f}-{m['next_smaller_px']:.0f} px)")
             if m["action"] == "none":
-                notes.append(f"{head} and set{'s' if one else ''} their box to {m['box_px_before']} px instead of "
+                notes.append(f"{head} and set{'s' if one else ''} their box to {m['box_px_before']} px{at} instead of "
                              f"{m['box_px_after']} px: no bin left (binning.max_bins={p.max_bins}); "
                              f"check {'it' if one else 'them'}: a stray is a rare large particle or junk (an ice ball, merged particles)")
             else:
                 where = "joins the next bin" if m["action"] == "next_bin" else "gets a bin of its own"
                 if not one:
                     where = "join the next bin" if m["action"] == "next_bin" else "get a bin of their own"
-                notes.append(f"{head}; {'it' if one else 'they'} {where}, so the others get a {m['box_px_after']} px box "
+                notes.append(f"{head}; {'it' if one else 'they'} {where}, so the others get a {m['box_px_after']} px box{at} "
                              f"instead of {m['box_px_before']} px; check {'it' if one else 'them'}: a stray is a rare large particle "
                              f"or junk (an ice ball, merged particles)")
         if moves:
