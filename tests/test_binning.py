@@ -748,3 +748,33 @@ def test_a_stray_in_the_same_box_at_the_extraction_pixel_size_is_no_stray(merge)
     (note,) = [n for n in at4.notes if n.startswith("stray")]
     assert "so the others get a 96 px box at 4 Å/px instead of 128 px" in note
     assert not any("same box" in n for n in at4.notes), at4.notes
+
+
+# ---------------------------------------------------------------------------
+# notes that say what the user's limits did
+# ---------------------------------------------------------------------------
+def test_max_bins_1_on_two_populations_says_the_cap_put_them_in_one_bin():
+    # said 'one mode, broad (p95/p5 = 1.89 > 1.3): one bin (binning.max_bins=1)' of two clear modes
+    plan = PeakValleyBinner(PeakValleyParams(max_bins=1)).assign(picks_of(bimodal()), {}, ctx()).plan
+    assert plan.n_bins == 1
+    assert not any("one mode" in n for n in plan.notes), plan.notes
+    (note,) = [n for n in plan.notes if "populations" in n]
+    assert note.startswith("2 size populations (modes at ")
+    assert f"binning.max_bins=1 puts them in one bin with a {plan.bins[0].box_px} px box" in note
+    assert "binning.max_bins=2 gives each its own box" in note
+    assert plan.details["clear_modes_px"] and len(plan.details["clear_modes_px"]) == 2
+
+
+def test_max_bins_below_the_number_of_modes_says_which_modes_share_a_bin():
+    rng = np.random.default_rng(4)
+    d = np.r_[rng.normal(170, 10, 300), rng.normal(250, 14, 500), rng.normal(380, 20, 200)]
+    plan = PeakValleyBinner(PeakValleyParams(max_bins=2)).assign(picks_of(d), {}, ctx()).plan
+    m = plan.details["clear_modes_px"]
+    (note,) = [n for n in plan.notes if "modes at" in n]
+    assert note.startswith("3 modes at ") and "binning.max_bins=2" in note
+    assert f"the modes at {m[0]:.0f} and {m[1]:.0f} px share a bin" in note and "binning.max_bins=3 gives each mode" in note
+    full = PeakValleyBinner(PeakValleyParams()).assign(picks_of(d), {}, ctx()).plan
+    assert "clear_modes_px" not in full.details
+    assert any(n.startswith("3 modes at ") and "bin edges at the valleys" in n for n in full.notes)
+    two = PeakValleyBinner(PeakValleyParams()).assign(picks_of(bimodal()), {}, ctx()).plan
+    assert any("; bin edge at the valley " in n for n in two.notes), two.notes

@@ -169,6 +169,10 @@ class PeakValley:
         edges of the size bins.
     dips : (M - 1,) ndarray
         Depth of each valley relative to the lower of its two peaks.
+    clear_peaks : (C,) ndarray of int
+        The modes with a clear valley between each two of them, before
+        ``max_modes`` was applied: ``peaks`` is a subset of them, the same
+        when there were no more than ``max_modes``.
     """
 
     hist_edges: np.ndarray
@@ -178,10 +182,16 @@ class PeakValley:
     valleys: np.ndarray
     cuts: np.ndarray
     dips: np.ndarray
+    clear_peaks: np.ndarray | None = None
 
     @property
     def n_modes(self) -> int:
         return int(self.peaks.size)
+
+    @property
+    def n_clear_modes(self) -> int:
+        """Modes with clear valleys before the ``max_modes`` cap (``n_modes`` when it did not apply)."""
+        return self.n_modes if self.clear_peaks is None else int(self.clear_peaks.size)
 
 
 def _valley(s: np.ndarray, a: int, b: int) -> int:
@@ -254,7 +264,7 @@ def peak_valley_edges(
     s = smooth_histogram(counts, sigma_bins=smooth_sigma_bins)
     empty = np.array([], dtype=int)
     if x.size == 0 or not s.max() > 0:
-        return PeakValley(edges, counts, s, empty, empty, np.array([]), np.array([]))
+        return PeakValley(edges, counts, s, empty, empty, np.array([]), np.array([]), empty)
     padded = np.r_[0.0, s, 0.0]
     peaks = list(local_maxima(padded) - 1)
     if not peaks:  # cannot happen with zero padding, but stay safe
@@ -288,6 +298,7 @@ def peak_valley_edges(
             break
         worst = min(failing, key=lambda i: (scored[i][0], i))
         peaks = drop_valley(peaks, worst)
+    clear = np.asarray(peaks, dtype=int)
     while len(peaks) > max_modes:
         vl = valleys_of(peaks)
         worst = min(range(len(vl)), key=lambda i: (dip_of(peaks, vl, i)[0], i))
@@ -303,6 +314,7 @@ def peak_valley_edges(
         valleys=np.asarray(vl, dtype=int),
         cuts=centers[np.asarray(vl, dtype=int)] if vl else np.array([]),
         dips=dips,
+        clear_peaks=clear,
     )
 
 

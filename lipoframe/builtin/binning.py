@@ -371,16 +371,33 @@ class PeakValleyBinner(_PolicyBinner):
         }
         notes = []
         how = "fewest-pixel" if p.broad_split == "min_waste" else "equal-count"
+        # modes with clear valleys that max_bins left in one bin with a neighbour: the user's cap, not the data's shape
+        clear = pv.peaks if pv.clear_peaks is None else pv.clear_peaks
+        capped = clear.size > pv.n_modes
+        if capped:
+            details["clear_modes_px"] = [round(float(centers[i]), 2) for i in clear]
         if pv.n_modes >= 2:
             edges = np.r_[d.min(), pv.cuts, d.max()]
             details["decision"] = f"{pv.n_modes} modes: edges at the valleys"
-            notes.append(f"{pv.n_modes} modes at {', '.join(f'{centers[i]:.0f}' for i in pv.peaks)} px; bin edges at the valleys "
-                         f"{', '.join(f'{v:.0f}' for v in pv.cuts)} px")
+            if capped:
+                details["decision"] = f"{clear.size} modes, {pv.n_modes} kept (binning.max_bins={p.max_bins}): edges at their valleys"
+                notes.append(_capped_modes_note(centers[clear], pv.cuts, p.max_bins))
+            else:
+                notes.append(f"{pv.n_modes} modes at {_px_list(centers[pv.peaks])} px; bin {_plural(pv.cuts.size, 'edge')} at the "
+                             f"{_plural(pv.cuts.size, 'valley')} {_px_list(pv.cuts)} px")
             edges, split_notes, splits = _split_broad_modes(d, edges, p, ctx.pixel_size)
             notes.extend(split_notes)
             if splits:
                 details["decision"] += f"; {len(splits)} broad mode(s) split into {how} bins"
                 details["broad_mode_splits"] = splits
+        elif capped:  # max_bins=1: every population in one bin
+            edges = np.array([d.min(), d.max()])
+            details["decision"] = f"{clear.size} modes: one bin (binning.max_bins=1)"
+            all_pv = algo.peak_valley_edges(d, bin_width=width, smooth_sigma_bins=p.smooth_sigma_bins,
+                                            min_dip=p.min_dip, dip_sigma=p.dip_sigma, max_modes=clear.size)
+            notes.append(f"{clear.size} size populations (modes at {_px_list(centers[clear])} px; "
+                         f"{_plural(all_pv.cuts.size, 'valley')} at {_px_list(all_pv.cuts)} px), but binning.max_bins=1 puts them "
+                         f"in one bin with {_box_text(d.max(), p, ctx.pixel_size)}; binning.max_bins={clear.size} gives each its own box")
         elif spread > p.broad_ratio and min(p.broad_bins, p.max_bins) > 1:
             n_broad = min(p.broad_bins, p.max_bins)
             edges = _broad_split(d, n_broad, p, ctx.pixel_size)
@@ -440,6 +457,32 @@ class PeakValleyBinner(_PolicyBinner):
         if moves:
             details["strays"] = moves
         return edges
+
+
+def _px_list(values) -> str:
+    """``"56, 118"``: diameters (px) for a note."""
+    return ", ".join(f"{v:.0f}" for v in values)
+
+
+def _plural(n: int, word: str) -> str:
+    return word if n == 1 else word + "s"
+
+
+def _box_text(d_max_px: float, params: BoxParams, pixel_size: float | None) -> str:
+    """``"a 512 px box"``, or with ``extract_pixel_size`` the box the particles come out in: ``"a 64 px box at 8 Å/px"``."""
+    px_extract = getattr(params, "extract_pixel_size", None)
+    box = job_box(d_max_px, params, pixel_size)
+    return f"a {box} px box" + (f" at {px_extract:g} Å/px" if px_extract and pixel_size else "")
+
+
+def _capped_modes_note(modes, cuts, max_bins: int) -> str:
+    """The note of ``peak_valley`` when ``max_bins`` kept only ``cuts`` of the valleys between ``modes`` (px)."""
+    groups = np.searchsorted(np.asarray(cuts, dtype=float), np.asarray(modes, dtype=float))
+    shared = [np.asarray(modes)[groups == g] for g in np.unique(groups) if (groups == g).sum() > 1]
+    together = "; ".join(f"the modes at {_px_list(m[:-1])} and {m[-1]:.0f} px share a bin" for m in shared)
+    return (f"{len(modes)} modes at {_px_list(modes)} px, but binning.max_bins={max_bins}: bin edges only at the "
+            f"{'deepest ' + _plural(len(cuts), 'valley')} {_px_list(cuts)} px, so {together}; "
+            f"binning.max_bins={len(modes)} gives each mode its own bin")
 
 
 def _broad_split(d: np.ndarray, n_bins: int, p: PeakValleyParams, pixel_size: float | None = None) -> np.ndarray:
