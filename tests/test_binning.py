@@ -730,26 +730,6 @@ def test_min_waste_split_counts_the_pixels_at_the_extraction_pixel_size():
     assert pixels_at_3A(plan) < 0.95 * pixels_at_3A(full_res)
 
 
-@pytest.mark.parametrize("merge", [True, False])
-def test_a_stray_in_the_same_box_at_the_extraction_pixel_size_is_no_stray(merge):
-    # At 8 A/px the 175 px picks and the 260 px one come out in the same 64 px box: the
-    # stray rule (comparing the boxes at 1 A/px) gave the 260 px pick a bin of its own
-    # "so the others get a 288 px box", and then merge_same_box merged it back (or
-    # the same-box note said the two bins gain nothing): two notes that contradict each other.
-    rng = np.random.default_rng(0)
-    d = np.r_[rng.normal(150, 8, 500), 260.0]
-    params = PeakValleyParams(extract_pixel_size=8.0, merge_same_box=merge)
-    plan = PeakValleyBinner(params).assign(picks_of(d), {}, ctx()).plan
-    assert plan.n_bins == 1 and "strays" not in plan.details
-    assert not any("stray" in n or "same box" in n for n in plan.notes), plan.notes
-    # at 4 A/px the boxes differ (96 and 128 px): a stray, and the note gives the boxes it comes out in
-    at4 = PeakValleyBinner(dataclasses.replace(params, extract_pixel_size=4.0)).assign(picks_of(d), {}, ctx()).plan
-    assert [b.count for b in at4.bins] == [500, 1] and [b.box_px_extract for b in at4.bins] == [96, 128]
-    (note,) = [n for n in at4.notes if n.startswith("stray")]
-    assert "so the others get a 96 px box at 4 Å/px instead of 128 px" in note
-    assert not any("same box" in n for n in at4.notes), at4.notes
-
-
 # ---------------------------------------------------------------------------
 # notes that say what the user's limits did
 # ---------------------------------------------------------------------------
@@ -778,3 +758,39 @@ def test_max_bins_below_the_number_of_modes_says_which_modes_share_a_bin():
     assert any(n.startswith("3 modes at ") and "bin edges at the valleys" in n for n in full.notes)
     two = PeakValleyBinner(PeakValleyParams()).assign(picks_of(bimodal()), {}, ctx()).plan
     assert any("; bin edge at the valley " in n for n in two.notes), two.notes
+
+
+@pytest.mark.parametrize("merge", [True, False])
+def test_a_stray_in_the_same_box_at_the_extraction_pixel_size_is_no_stray(merge):
+    # At 8 A/px the 175 px picks and the 260 px one come out in the same 64 px box: the
+    # stray rule (comparing the boxes at 1 A/px) gave the 260 px pick a bin of its own
+    # "so the others get a 288 px box", and then merge_same_box merged it back (or
+    # the same-box note said the two bins gain nothing): two notes that contradict each other.
+    rng = np.random.default_rng(0)
+    d = np.r_[rng.normal(150, 8, 500), 260.0]
+    params = PeakValleyParams(extract_pixel_size=8.0, merge_same_box=merge)
+    plan = PeakValleyBinner(params).assign(picks_of(d), {}, ctx()).plan
+    assert plan.n_bins == 1 and "strays" not in plan.details
+    assert not any("stray" in n or "same box" in n for n in plan.notes), plan.notes
+    # at 4 A/px the boxes differ (96 and 128 px): a stray, and the note gives the boxes it comes out in
+    at4 = PeakValleyBinner(dataclasses.replace(params, extract_pixel_size=4.0)).assign(picks_of(d), {}, ctx()).plan
+    assert [b.count for b in at4.bins] == [500, 1] and [b.box_px_extract for b in at4.bins] == [96, 128]
+    (note,) = [n for n in at4.notes if n.startswith("stray")]
+    assert "so the others get a 96 px box at 4 Å/px instead of 128 px" in note
+    assert not any("same box" in n for n in at4.notes), at4.notes
+
+
+def test_cluster_bins_merged_by_max_bins_or_the_same_box_are_said():
+    d = bimodal()
+    one = HacBinner(HacParams(max_bins=1)).assign(picks_of(d), {}, ctx()).plan
+    two = HacBinner(HacParams()).assign(picks_of(d), {}, ctx()).plan
+    assert two.n_bins == 2 and one.n_bins == 1
+    (note,) = [n for n in one.notes if "clusters accepted" in n]
+    assert note.endswith(", in 1 bin: binning.max_bins=1 merged 2 into one (binning.max_bins=2 keeps them apart)"), note
+    assert [n for n in two.notes if "clusters accepted" in n] == ["2 of 2 clusters accepted (sigma_crit=2)"]
+    # 58-62 and 78-82 px: one 64 px box at 2 A/px
+    rng = np.random.default_rng(4)
+    d = np.r_[rng.uniform(58, 62, 300), rng.uniform(78, 82, 300)]
+    plan = HacBinner(HacParams(extract_pixel_size=2.0, threshold_px=5.0)).assign(picks_of(d), {}, ctx()).plan
+    assert plan.n_bins == 1
+    assert any(n.endswith(", in 1 bin: 1 joined a neighbour with the same box at 2 Å/px") for n in plan.notes), plan.notes

@@ -706,8 +706,9 @@ class _ClusterBinner(_PolicyBinner):
         if filt.mean_test_suppressed:
             notes.append("mean Z-score test suppressed: the MAD of the diameters is 0 (over half of them are equal)")
         n_acc = int(filt.accepted.sum())
-        notes.append(f"{n_acc} of {filt.n_clusters} clusters accepted (sigma_crit={p.sigma_crit:g})")
+        accepted = f"{n_acc} of {filt.n_clusters} clusters accepted (sigma_crit={p.sigma_crit:g})"
         if n_acc == 0:
+            notes.append(accepted)
             notes.append("no cluster passed the Z-score tests: no picks rejected, one bin over all of them")
             log.warning("binning %s: no cluster passed the Z-score tests; keeping every pick in one bin", self.name)
             return np.array([d.min(), d.max()]), None, notes, details
@@ -716,10 +717,26 @@ class _ClusterBinner(_PolicyBinner):
         # one group per accepted cluster, merged where a shared box costs least;
         # edges lie midway between groups, so members of a rejected cluster
         # inside the accepted range join the nearer group
-        lo, hi, _ = algo.merge_bins(filt.dmin[acc], filt.dmax[acc], filt.count[acc], lambda h: job_box(h, p, ctx.pixel_size),
-                                    max_bins=p.max_bins, merge_same_box=p.merge_same_box)
+        # (in two steps, same boxes then max_bins, to say which merged what: merge_bins does the
+        # zero-cost merges first, so this gives its result)
+        box = lambda h: job_box(h, p, ctx.pixel_size)  # noqa: E731
+        lo, hi, cnt = algo.merge_bins(filt.dmin[acc], filt.dmax[acc], filt.count[acc], box, max_bins=n_acc,
+                                      merge_same_box=p.merge_same_box)
+        n_same = lo.size
+        lo, hi, _ = algo.merge_bins(lo, hi, cnt, box, max_bins=p.max_bins, merge_same_box=p.merge_same_box)
+        merged = []
+        if n_same < n_acc:
+            at = f" at {p.extract_pixel_size:g} Å/px" if p.extract_pixel_size and ctx.pixel_size else ""
+            merged.append(f"{n_acc - n_same} joined a neighbour with the same box{at}")
+        if lo.size < n_same:
+            merged.append(f"binning.max_bins={p.max_bins} merged {'the other ' if merged else ''}{n_same} into "
+                          + ("one" if lo.size == 1 else f"{lo.size} where a shared box wastes the fewest pixels")
+                          + f" (binning.max_bins={n_same} keeps them apart)")
+        if merged:
+            accepted += f", in {lo.size} {_plural(lo.size, 'bin')}: " + ", then ".join(merged)
+        notes.append(accepted)
         edges = np.r_[gate[0], 0.5 * (hi[:-1] + lo[1:]), gate[1]]
-        details["groups_before_merge"] = int(acc.sum())
+        details["groups_before_merge"] = n_acc
         return edges, gate, notes, details
 
 
