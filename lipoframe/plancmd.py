@@ -11,7 +11,8 @@ writers and the plan files again, so another policy can be tried in seconds::
     lipoframe plan runs/day1 binning.extract_pixel_size=4.0
 
 Only dataset-level options can change (``binning``, ``writer``,
-``export_rejected``); picking options need ``lipoframe run``.
+``export_rejected``, and ``pixel_size`` of a run picked in pixels);
+picking options need ``lipoframe run``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import time
 from pathlib import Path
@@ -32,6 +34,7 @@ USAGE_EPILOG = """examples:
   lipoframe plan runs/day1 binning=kmeans                   SIMPLE-style k-means + Z-score outlier rejection
   lipoframe plan runs/day1 binning=quantile binning.n_bins=4
   lipoframe plan runs/day1 binning.pad=1.6 binning.rounding=fft binning.extract_pixel_size=4
+  lipoframe plan runs/day1 pixel_size=1.06                  Å values of a run picked in pixels (units=px)
 
 policies: single, peak_valley, quantile, kmeans, hac (see `lipoframe stages binning`)
 """
@@ -40,6 +43,10 @@ policies: single, peak_valley, quantile, kmeans, hac (see `lipoframe stages binn
 _TOP_LEVEL = ("pixel_size", "dmin", "dmax", "units", "polarity", "seed", "export_rejected")
 #: Override keys ``lipoframe plan`` accepts (prefixes).
 _ALLOWED = ("binning", "writer", "export_rejected", "runner.")
+#: ... and this top-level key (see :func:`check_pixel_size`).
+PIXEL_SIZE = "pixel_size"
+#: Stage groups of the saved config whose options may be lengths in Å (``units: A``).
+_PICKING_GROUPS = ("reader", "detector", "nms", "refiner", "filter")
 
 
 class PlanError(Exception):
@@ -254,12 +261,72 @@ def check_user_overrides(user: list[str]) -> None:
     ------
     PlanError
     """
-    bad = [o for o in user if "=" not in o or not _key(o).startswith(_ALLOWED)]
+    bad = [o for o in user if "=" not in o or not (_key(o).startswith(_ALLOWED) or _key(o) == PIXEL_SIZE)]
     if bad:
         raise PlanError(
             f"cannot change {', '.join(bad)} here: lipoframe plan only recomputes dataset-level options "
-            "(binning=..., binning.<param>=..., writer=[...], export_rejected=...); picking options need `lipoframe run`"
+            "(binning=..., binning.<param>=..., writer=[...], export_rejected=..., and pixel_size=... of a run "
+            "picked in pixels); picking options need `lipoframe run`"
         )
+
+
+def _lengths_in_angstrom(saved: dict) -> list[str]:
+    """The settings of a saved config that were converted from Å to pixels with the pixel size when picking."""
+    found = []
+    if saved.get("units", "A") != "px":
+        found.append(f"dmin={saved.get('dmin')}, dmax={saved.get('dmax')} (units=A)")
+    for group in _PICKING_GROUPS:
+        node = saved.get(group)
+        if not isinstance(node, dict):
+            continue
+        # a stage group holds the stage's options; filter (a list of stages) one node per filter
+        nodes = node.items() if group == "filter" else [(None, node)]
+        for name, opts in nodes:
+            if isinstance(opts, dict) and opts.get("units") == "A":
+                found.append(f"{group}.{name + '.' if name else ''}units=A")
+    return found
+
+
+def check_pixel_size(saved: dict, user: list[str]) -> float | None:
+    """The ``pixel_size=<Å/px>`` of ``user`` (None if not given), when the run's picks do not depend on it.
+
+    A run picked in pixels (``units=px``, no stage option in Å; e.g. one
+    whose micrographs have no pixel size in their headers) has picks that no
+    pixel size changed: the plan can give them one, for its Å values,
+    masks, ``binning.extract_pixel_size`` boxes, ``diameter_A`` and the
+    exports' pixel size. A run that converted lengths in Å to pixels with
+    the pixel size it picked at cannot: its picks would be those of one
+    pixel size and its plan in another's Å.
+
+    Raises
+    ------
+    PlanError
+        For a value that is no pixel size, or a run whose picks depend on
+        the pixel size (naming the settings and the command that picks again).
+    """
+    given = [o for o in user if _key(o) == PIXEL_SIZE]
+    if not given:
+        return None
+    raw = given[-1].split("=", 1)[1].strip()
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise PlanError(f"pixel_size={raw}: give the micrographs' pixel size in Å/px (a number > 0)")
+    old = saved.get(PIXEL_SIZE)
+    if isinstance(old, (int, float)) and math.isclose(float(old), value, rel_tol=1e-9):
+        return value  # the pixel size the run picked at
+    in_angstrom = _lengths_in_angstrom(saved)
+    if in_angstrom:
+        picked_at = "the headers' pixel size" if old is None else f"pixel_size={old:g}"
+        raise PlanError(
+            f"cannot change pixel_size here: the run picked with lengths in Å, {', '.join(in_angstrom)}, converted to "
+            f"pixels at {picked_at}, so its picks depend on it; "
+            f"pick again with `lipoframe run ... pixel_size={value:g}` (a plan takes a new pixel_size only for a run "
+            "picked in pixels, units=px)"
+        )
+    return value
 
 
 def compose(overrides: list[str]):
@@ -390,6 +457,7 @@ def replan(run_dir: str | Path, overrides: list[str] = (), *, report: bool = Fal
     pm, registry, _ = plugins.load()
     saved, choices = load_saved_config(run_dir)
     check_installed(run_dir, saved, choices, registry, user)
+    pixel_size = check_pixel_size(saved, user)
     run_settings = saved_overrides(saved, choices, registry)
     composed, cfg = compose(combine_overrides(run_settings, user, shared_binning=shared_binning_params(run_settings, user, registry)))
     names, results = run_micrographs(run_dir)
@@ -408,12 +476,14 @@ def replan(run_dir: str | Path, overrides: list[str] = (), *, report: bool = Fal
     recorded = (run_dir / WRITTEN).is_file()
     with output_folder(run_dir), folder_log(run_dir, "plan " + " ".join([str(run_dir), *overrides])):
         result = finish_run(run_dir, names, results, stages, cfg, pm=pm, t0=t0, errors=[], notes=[], workers=1,
-                            picking=picking if isinstance(picking, dict) else None)
+                            picking=picking if isinstance(picking, dict) else None, pixel_size=pixel_size)
         removed = _remove_stale_bin_files(run_dir, result.files) if result.plan is not None and not recorded else []
         if removed:
             log.info("removed %d coordinate file(s) of the previous plan under bins/", len(removed))
         record = {"binning": OmegaConf.to_container(composed.binning), "writer": OmegaConf.to_container(composed.writer),
                   "export_rejected": bool(composed.export_rejected), "overrides": user}
+        if pixel_size is not None:
+            record["pixel_size"] = pixel_size
         write_text(run_dir / "plan_config.yaml", OmegaConf.to_yaml(OmegaConf.create(record)))
         if report:
             from lipoframe.report import write_report_safely
@@ -450,7 +520,8 @@ def main(argv: list[str]) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ap.add_argument("run_dir", help="folder of a finished `lipoframe run` (or `lipoframe merge`)")
-    ap.add_argument("overrides", nargs="*", help="dataset-level options: binning=<name> binning.<param>=<value> writer=[...]")
+    ap.add_argument("overrides", nargs="*", help="dataset-level options: binning=<name> binning.<param>=<value> writer=[...] "
+                    "(pixel_size=<Å/px> for a run picked in pixels)")
     ap.add_argument("--report", action="store_true", help="also rewrite report.html and the overlays (reads the micrographs)")
     ap.add_argument("--json", action="store_true", help="print the plan as JSON")
     args = ap.parse_intermixed_args(argv)  # options before or after the overrides

@@ -1064,6 +1064,8 @@ def write_report_safely(out_dir: Path, *, cfg, stages, result) -> Path | None:
     try:
         out_dir = Path(out_dir)
         metas = _load_metas(out_dir, [r.name for r in result.results if r.status in ("ok", "skipped")])
+        if cfg.pixel_size is not None:  # every micrograph's (after `lipoframe plan pixel_size=` too)
+            metas = {n: dataclasses.replace(m, pixel_size=cfg.pixel_size) for n, m in metas.items()}
         data = run_data_from_result(out_dir, cfg=cfg, stages=stages, result=result, metas=metas)
         stats = write_report(data, readers=ReaderChoice.from_stages(stages), workers=resolve_workers(cfg.runner.workers, len(metas) or 1),
                              progress=cfg.runner.progress)

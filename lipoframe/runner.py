@@ -1876,7 +1876,8 @@ def placeholder_pixel_size_notes(metas: dict[str, MicrographMeta], cfg: Lipofram
                 "run again with pixel_size=<Å/px> (or give the range in pixels with units=px)")
     else:
         note = (said + "the picks (in pixels) do not depend on it, but diameter_A, the sizes in nm and the exports' "
-                "pixel size do: if that is not your pixel size, run again with pixel_size=<Å/px>")
+                "pixel size do: if that is not your pixel size, `lipoframe plan <output folder> pixel_size=<Å/px>` "
+                "sets it without picking again")
     log.info(note)
     return [note]
 
@@ -2443,6 +2444,14 @@ def run_jobs(jobs: list[MicJob], cfg: LipoframeConfig, stages: StageSet, *, prog
 PICKING_SUMMARY = ("out_dir", "micrographs", "failures", "interrupted", "workers", "peak_rss_mb", "micrographs_per_s", "seconds")
 
 
+def with_pixel_size(picks: pd.DataFrame, metas: dict[str, MicrographMeta],
+                    pixel_size: float) -> tuple[pd.DataFrame, dict[str, MicrographMeta]]:
+    """``picks`` and ``metas`` with every micrograph at ``pixel_size`` Å/px (new ``diameter_A``; the inputs are not changed)."""
+    metas = {n: replace(m, pixel_size=float(pixel_size)) for n, m in metas.items()}
+    picks = picks.assign(**{schema.DIAMETER_A: picks[schema.DIAMETER].astype(float) * float(pixel_size)})
+    return picks, metas
+
+
 def finish_run(
     out_dir: Path,
     names: list[str],
@@ -2458,6 +2467,7 @@ def finish_run(
     workers: int = 1,
     finalize: bool = True,
     picking: dict | None = None,
+    pixel_size: float | None = None,
 ) -> RunResult:
     """Collect the saved per-micrograph results of ``names``, run the dataset-level
     stages (unless ``finalize`` is false) and write ``run_summary.json``.
@@ -2465,11 +2475,16 @@ def finish_run(
     ``picking``: the ``run_summary.json`` of the run that picked the
     micrographs, when only the dataset-level stages run again
     (``lipoframe plan``): its micrograph counts, timings and folder are kept.
+    ``pixel_size``: every micrograph's pixel size instead of the saved one
+    (``lipoframe plan pixel_size=`` of a run picked in pixels; ``diameter_A``
+    follows).
     """
     order = {n: i for i, n in enumerate(names)}
     results.sort(key=lambda r: order.get(r.name, len(order)))
     good = [r.name for r in results if r.status in ("ok", "skipped")]
     picks, metas = collect_work(out_dir, good)
+    if pixel_size is not None:
+        picks, metas = with_pixel_size(picks, metas, pixel_size)
     plan = None
     files: list[Path] = []
     stopped = False

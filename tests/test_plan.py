@@ -372,7 +372,7 @@ def test_the_histogram_bin_labels_are_readable_on_white():
 # ---------------------------------------------------------------------------
 # lipoframe plan
 # ---------------------------------------------------------------------------
-def fabricated_run(folder: Path, picks: pd.DataFrame, metas, *, binning: dict | None = None) -> Path:
+def fabricated_run(folder: Path, picks: pd.DataFrame, metas, *, binning: dict | None = None, settings: dict | None = None) -> Path:
     """A run folder as `lipoframe merge` leaves it: saved picks + config.yaml (no .hydra)."""
     from omegaconf import OmegaConf
 
@@ -380,11 +380,11 @@ def fabricated_run(folder: Path, picks: pd.DataFrame, metas, *, binning: dict | 
 
     for name, meta in metas.items():
         sub = picks[picks[schema.MICROGRAPH] == name].reset_index(drop=True)
-        sub = sub.assign(**{schema.DIAMETER_A: sub[schema.DIAMETER] * meta.pixel_size})
+        sub = sub.assign(**{schema.DIAMETER_A: sub[schema.DIAMETER] * (meta.pixel_size or np.nan)})
         save_work(folder, meta, sub, "fp", 0.1)
     cfg = {"pixel_size": None, "dmin": 100.0, "dmax": 600.0, "units": "px", "polarity": "dark", "seed": 0,
            "export_rejected": False, "binning": binning or {"pad": 1.5, "rounding": "multiple32", "extract_pixel_size": None},
-           "writer": {"csv": {"per_micrograph": True, "float_format": "%.2f"}}}
+           "writer": {"csv": {"per_micrograph": True, "float_format": "%.2f"}}, **(settings or {})}
     (folder / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(cfg)))
     return folder
 
@@ -452,6 +452,59 @@ def test_plan_command_refuses_picking_options_and_bad_folders(tmp_path, run_cli)
     (tmp_path / "empty").mkdir()
     code, _, err = run_cli("plan", tmp_path / "empty")
     assert code == 2 and "config.yaml" in err
+
+
+def test_plan_gives_a_run_picked_in_pixels_a_pixel_size(tmp_path, run_cli):
+    # A run without a pixel size in the headers, picked in pixels: the plan can
+    # give it one (Å values, masks, extraction boxes); pixel_size= was refused.
+    picks, metas = dataset()
+    metas = {n: dataclasses.replace(m, pixel_size=None) for n, m in metas.items()}
+    run = fabricated_run(tmp_path / "run", picks, metas)  # units=px
+    code, out, err = run_cli("plan", run, "--json")
+    assert code == 0, err
+    assert ExtractionPlan.from_dict(json.loads(out)).pixel_size is None
+    code, out, err = run_cli("plan", run, "pixel_size=2.0", "binning.extract_pixel_size=4", "--json")
+    assert code == 0, err
+    plan = ExtractionPlan.from_dict(json.loads(out))
+    assert plan.pixel_size == 2.0 and plan.extract_pixel_size == 4
+    for b in plan.bins:
+        assert b.mask_diameter_A == pytest.approx(min((b.box_px - COSINE_EDGE_WIDTH_PX) * 2.0, 1.2 * b.d_max_px * 2.0,
+                                                      (b.box_px_extract - COSINE_EDGE_WIDTH_PX) * 2.0 * b.extract_size_px / b.box_px_extract))
+        assert b.box_px_extract == round_up_box(1.5 * b.d_max_px * 2.0 / 4.0)
+    table = pd.read_csv(run / "picks.csv")
+    assert np.allclose(table[schema.DIAMETER_A], 2.0 * table[schema.DIAMETER], atol=0.03)  # written with %.2f
+    assert "pixel_size: 2.0" in (run / "plan_config.yaml").read_text()
+    code, out, err = run_cli("plan", run, "pixel_size=2.0")
+    assert code == 0 and "pixel size 2 Å/px" in out and "diameter Å" in out
+    # like any plan option it holds for that plan: without it, the run's own (none)
+    code, out, err = run_cli("plan", run, "--json")
+    assert code == 0 and ExtractionPlan.from_dict(json.loads(out)).pixel_size is None
+
+
+@pytest.mark.parametrize("settings, named", [
+    ({"units": "A", "dmin": 150.0, "dmax": 500.0}, "dmin=150.0, dmax=500.0 (units=A)"),
+    ({"filter": {"min_size": {"min_diameter": 120.0, "units": "A"}}}, "filter.min_size.units=A"),
+])
+def test_plan_refuses_a_pixel_size_the_runs_picks_depend_on(tmp_path, run_cli, settings, named):
+    # Lengths in Å were converted to pixels with the pixel size the run picked at:
+    # another pixel size in the plan would mix the picks of one with the Å of the other.
+    picks, metas = dataset()
+    run = fabricated_run(tmp_path / "run", picks, metas, settings={"pixel_size": 1.1, **settings})
+    before = (run / "config.yaml").read_text()
+    code, _, err = run_cli("plan", run, "pixel_size=2")
+    assert code == 2 and named in err and "pick again with `lipoframe run ... pixel_size=2`" in err, err
+    assert not (run / "extraction_plan.json").exists() and (run / "config.yaml").read_text() == before
+    code, out, err = run_cli("plan", run, "pixel_size=1.1", "--json")  # the one it picked at
+    assert code == 0, err
+    assert ExtractionPlan.from_dict(json.loads(out)).pixel_size == 1.1
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "null", "abc"])
+def test_plan_refuses_a_pixel_size_that_is_none(tmp_path, run_cli, value):
+    picks, metas = dataset()
+    run = fabricated_run(tmp_path / "run", picks, metas)
+    code, _, err = run_cli("plan", run, f"pixel_size={value}")
+    assert code == 2 and f"pixel_size={value}: give the micrographs' pixel size in Å/px" in err, err
 
 
 def test_plan_after_a_real_run_replaces_the_per_bin_files(tiny_mrcs, tmp_path, run_cli):

@@ -275,7 +275,8 @@ def test_a_header_pixel_size_of_exactly_one_angstrom_gets_a_note(tmp_path):
     assert placeholder_pixel_size_notes(metas(1.0), config(tmp_path, "pixel_size=1.0")) == []
     # A range in pixels does not either, but the Å and nm values and the exports' pixel size do.
     (note,) = placeholder_pixel_size_notes(metas(1.0), config(tmp_path, "units=px", "dmin=100", "dmax=300"))
-    assert "the picks (in pixels) do not depend on it, but diameter_A" in note and "pixel_size=<Å/px>" in note
+    assert "the picks (in pixels) do not depend on it, but diameter_A" in note
+    assert "`lipoframe plan <output folder> pixel_size=<Å/px>` sets it without picking again" in note
 
 
 def test_resolve_workers():
