@@ -794,3 +794,15 @@ def test_cluster_bins_merged_by_max_bins_or_the_same_box_are_said():
     plan = HacBinner(HacParams(extract_pixel_size=2.0, threshold_px=5.0)).assign(picks_of(d), {}, ctx()).plan
     assert plan.n_bins == 1
     assert any(n.endswith(", in 1 bin: 1 joined a neighbour with the same box at 2 Å/px") for n in plan.notes), plan.notes
+
+
+def test_the_broad_mode_note_gives_the_mode_range_as_the_table_does():
+    # the note rounded the record's 119.5 (119.4981 rounded to 2 decimals) to 120 px, the table 119.4981 to 119
+    rng = np.random.default_rng(6)
+    v = 120 + rng.gamma(1.3, 30, 200)
+    v[np.argmin(v)] = 119.4981
+    d = np.r_[rng.normal(60, 3, 300), v]
+    plan = PeakValleyBinner(PeakValleyParams()).assign(picks_of(d), {}, ctx()).plan
+    (note,) = [n for n in plan.notes if "is broad" in n]
+    assert plan.bins[1].d_min_px == 119.4981
+    assert note.startswith(f"the mode of 119-{v.max():.0f} px is broad"), note

@@ -33,7 +33,7 @@ import pandas as pd
 from lipoframe import schema
 from lipoframe.algorithms import binning as algo
 from lipoframe.hookspecs import hookimpl
-from lipoframe.plan import COSINE_EDGE_WIDTH_PX, OUTLIER_REASON, ExtractionPlan, SizeBin, round_up_box
+from lipoframe.plan import COSINE_EDGE_WIDTH_PX, OUTLIER_REASON, ExtractionPlan, SizeBin, format_range, round_up_box
 from lipoframe.records import MicrographMeta, PickContext
 from lipoframe.stages import Binner, BinningResult, check_finite
 
@@ -522,10 +522,10 @@ def _split_broad_modes(d: np.ndarray, edges: np.ndarray, p: PeakValleyParams,
     if spare < 1 or p.broad_bins < 2:
         return edges, [], []
     lab = algo.assign_to_edges(d, edges)
-    options: list[list[tuple[int, float, np.ndarray | None, dict | None]]] = []
+    options: list[list[tuple[int, float, np.ndarray | None, dict | None, str]]] = []
     for k in range(n):
         m = d[lab == k]
-        opts: list[tuple[int, float, np.ndarray | None, dict | None]] = [(0, 0.0, None, None)]
+        opts: list[tuple[int, float, np.ndarray | None, dict | None, str]] = [(0, 0.0, None, None, "")]
         if m.size >= p.min_picks and m.min() > 0:
             q05, q95 = np.quantile(m, [0.05, 0.95])
             spread = float(q95 / q05)
@@ -540,7 +540,11 @@ def _split_broad_modes(d: np.ndarray, edges: np.ndarray, p: PeakValleyParams,
                         record = {"mode_bin_px": [round(float(m.min()), 2), round(float(m.max()), 2)],
                                   "spread_q95_over_q05": round(spread, 3), "bins": len(sub) - 1,
                                   "pixels_saved_fraction": round(saved / base, 3)}
-                        opts.append((len(sub) - 2, saved, sub[1:-1], record))
+                        # from the values, not the record's rounded ones: 37.4981 px would read 38 here and 37 in the table
+                        note = (f"the mode of {format_range(m.min(), m.max())} px is broad (p95/p5 = {spread:.2f} > "
+                                f"{p.broad_ratio:g}): split into {len(sub) - 1} bins at {_px_list(sub[1:-1])} px "
+                                f"({100 * saved / base:.0f} % fewer pixels to extract)")
+                        opts.append((len(sub) - 2, saved, sub[1:-1], record, note))
         options.append(opts)
     best, best_key = None, (0.0, 0)
     for combo in itertools.product(*options):
@@ -556,12 +560,8 @@ def _split_broad_modes(d: np.ndarray, edges: np.ndarray, p: PeakValleyParams,
     for o in best:
         if o[3] is None:
             continue
-        r = o[3]
-        lo, hi = r["mode_bin_px"]
-        notes.append(f"the mode of {lo:.0f}-{hi:.0f} px is broad (p95/p5 = {r['spread_q95_over_q05']:.2f} > {p.broad_ratio:g}): "
-                     f"split into {r['bins']} bins at {', '.join(f'{v:.0f}' for v in o[2])} px "
-                     f"({100 * r['pixels_saved_fraction']:.0f} % fewer pixels to extract)")
-        splits.append({**r, "cuts_px": [round(float(v), 2) for v in o[2]]})
+        notes.append(o[4])
+        splits.append({**o[3], "cuts_px": [round(float(v), 2) for v in o[2]]})
     return new_edges, notes, splits
 
 
