@@ -219,12 +219,19 @@ def build_stages(cfg: LipoframeConfig, registry: StageRegistry) -> StageSet:
 # ---------------------------------------------------------------------------
 
 
+def _file_or_broken_link(path: Path) -> bool:
+    """Whether a folder's or a glob's match is taken: a file, or a symbolic link whose target is missing (kept
+    so that it is reported, 'file not found', rather than left out unseen)."""
+    return path.is_file() or (path.is_symlink() and not path.exists())
+
+
 def expand_inputs(specs: list[str | Path], suffixes: tuple[str, ...], *, same_file: list | None = None) -> list[Path]:
     """Files named by ``specs`` (files, folders, globs or lists), sorted, without repeats.
 
     Folders and globs contribute the files whose suffix is in ``suffixes``
     (a glob such as ``mics/*`` also matches the tables beside the
-    micrographs). A micrograph list (a RELION micrographs STAR, a ``.txt`` or
+    micrographs), and symbolic links among them whose target is missing
+    (reported as not found). A micrograph list (a RELION micrographs STAR, a ``.txt`` or
     ``.lst`` file; see :mod:`lipoframe.inputlists`) contributes the files it
     lists, in its order; one that cannot be read contributes none
     (:func:`find_inputs` says why). A named file that does not exist is kept, so it is
@@ -244,8 +251,7 @@ def expand_inputs(specs: list[str | Path], suffixes: tuple[str, ...], *, same_fi
         if isinstance(spec, Path):
             found = [spec]
         elif os.path.isdir(spec := os.path.expanduser(str(spec))):
-            # A broken link is kept, so that it is reported (file not found) rather than left out unseen.
-            found = sorted(p for p in Path(spec).iterdir() if (p.is_file() or p.is_symlink() and not p.exists())
+            found = sorted(p for p in Path(spec).iterdir() if _file_or_broken_link(p)
                            and p.suffix.lower() in suffixes and not p.name.startswith("."))
         elif is_list_spec(spec, suffixes):
             try:
@@ -253,7 +259,7 @@ def expand_inputs(specs: list[str | Path], suffixes: tuple[str, ...], *, same_fi
             except InputError:
                 found = []
         elif glob.has_magic(spec):
-            found = sorted(Path(p) for p in glob.glob(spec, recursive=True) if os.path.isfile(p) and Path(p).suffix.lower() in suffixes)
+            found = sorted(Path(p) for p in glob.glob(spec, recursive=True) if _file_or_broken_link(Path(p)) and Path(p).suffix.lower() in suffixes)
         else:
             found = [Path(spec)]
         for p in found:

@@ -171,6 +171,21 @@ def test_a_broken_link_in_an_input_folder_is_reported_not_skipped(tmp_path):
     assert "file not found" in next(r.error for r in result.results if r.name == "gone")
 
 
+def test_a_broken_link_matched_by_a_glob_is_reported_not_skipped(tmp_path):
+    """A glob dropped the link without a word (os.path.isfile is False for it) while a folder input reported it."""
+    write_set(tmp_path / "in", 1)
+    link = tmp_path / "in" / "gone.mrc"
+    link.symlink_to(tmp_path / "elsewhere" / "gone.mrc")
+    (tmp_path / "in" / "gone.tif.bak").symlink_to(tmp_path / "elsewhere" / "x")  # not a micrograph suffix: not taken
+    for spec in (f"{tmp_path}/in/*.mrc", f"{tmp_path}/in/*", f"{tmp_path}/**/gone.mrc"):
+        paths, problems = find_inputs([spec], (".mrc",))
+        assert [p.name for p in paths] == (["gone.mrc"] if "gone" in spec else ["gone.mrc", "mic_000.mrc"]) and problems == [], spec
+    result = run_pipeline(config(f"'{tmp_path}/in/*.mrc'", "runner.workers=1"), tmp_path / "out")
+    assert {r.name: r.status for r in result.results} == {"mic_000": "ok", "gone": "failed"}
+    assert next(r.error for r in result.results if r.name == "gone") == f"{link}: file not found"
+    assert not result.ok
+
+
 def test_a_glob_takes_only_micrograph_files(tmp_path):
     write_set(tmp_path / "mics", 2)
     (tmp_path / "mics" / "truth.csv").write_text("x_px,y_px\n")

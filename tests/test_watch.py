@@ -439,14 +439,16 @@ def test_a_failed_file_that_changes_again_waits_until_it_is_stable(tmp_path, mon
     assert len(counts) == 2 and min(counts) >= stable_polls, counts
 
 
-def test_watcher_hands_out_a_dangling_link_once_and_again_when_its_target_is_back(tmp_path):
-    """A link whose file was deleted was dropped without a word at every scan (a batch run reports it)."""
+@pytest.mark.parametrize("spec", ["Import", "Import/*.mrc", "**/a.mrc"])
+def test_watcher_hands_out_a_dangling_link_once_and_again_when_its_target_is_back(tmp_path, spec):
+    """A link whose file was deleted was dropped without a word at every scan (a batch run reports it);
+    matched by a glob, it still was."""
     (tmp_path / "raw").mkdir()
     (tmp_path / "Import").mkdir()
     f = tmp_path / "raw" / "a.mrc"
     link = tmp_path / "Import" / "a.mrc"
     link.symlink_to(f)  # its target is not there (yet)
-    w = FolderWatcher([str(tmp_path / "Import")], (".mrc",), stable_polls=1)
+    w = FolderWatcher([str(tmp_path / spec)], (".mrc",), stable_polls=1)
     assert w.poll() == [link] and w.gone == []
     assert w.poll() == [] and w.gone == [] and w.unsettled() == 0  # once
     f.write_bytes(b"x" * 10)
@@ -456,10 +458,12 @@ def test_watcher_hands_out_a_dangling_link_once_and_again_when_its_target_is_bac
     assert w.poll() == []
 
 
-def test_a_watch_session_reports_links_left_dangling_as_a_batch_run_does(tmp_path, caplog):
+@pytest.mark.parametrize("by", ["folder", "glob"])
+def test_a_watch_session_reports_links_left_dangling_as_a_batch_run_does(tmp_path, caplog, by):
     """A watched RELION Import/ folder of links to the micrographs: one link's file was deleted
     before the session, another's after it was picked. Both are 'file not found', once each,
-    and failures of the session as of a batch run over the folder."""
+    and failures of the session as of a batch run over the folder. A glob over the folder
+    dropped both without a word."""
     raw = tmp_path / "raw"
     sources = write_set(raw, 3)
     watched = tmp_path / "Import"
@@ -469,6 +473,7 @@ def test_a_watch_session_reports_links_left_dangling_as_a_batch_run_does(tmp_pat
     sources[1].unlink()
     out = tmp_path / "out"
     poll = 0.2
+    spec = watched if by == "folder" else f"'{watched}/*.mrc'"
 
     def user():
         deadline = time.monotonic() + 90
@@ -480,14 +485,14 @@ def test_a_watch_session_reports_links_left_dangling_as_a_batch_run_does(tmp_pat
         (out / "STOP").touch()
 
     with caplog.at_level(logging.ERROR, logger="lipoframe"):
-        result = watch_while(user, watched, out, poll=poll, stable_polls=1, update_every=1)
+        result = watch_while(user, spec, out, poll=poll, stable_polls=1, update_every=1)
     failed = {r.name: r.error for r in result.results if r.status == "failed"}
     assert failed == {"mic_001": f"{watched / 'mic_001.mrc'}: file not found", "mic_002": f"{watched / 'mic_002.mrc'}: file not found"}
     for name in ("mic_001", "mic_002"):
         assert sum(f"{watched / name}.mrc: file not found" in r.getMessage() for r in caplog.records) == 1
     assert not result.ok
     summary = json.loads((out / "run_summary.json").read_text())
-    _, batch_cfg = compose_config([f"input={watched}", *RUN_ARGS, "runner.workers=1"])
+    _, batch_cfg = compose_config([f"input={spec}", *RUN_ARGS, "runner.workers=1"])
     batch = run_pipeline(batch_cfg, tmp_path / "batch")
     assert summary["failures"] == batch.summary()["failures"]
     assert (out / "picks.csv").read_bytes() == (tmp_path / "batch" / "picks.csv").read_bytes()
