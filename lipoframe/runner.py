@@ -1610,23 +1610,31 @@ def read_for_others(paths: list[Path], stages: StageSet) -> list[Path]:
 _PICTURES = (".png", ".jpg", ".jpeg")
 
 
-def _first_micrograph_below(folder: str, suffixes: tuple[str, ...], *, look_on: int = 100) -> Path | None:
+def _first_micrograph_below(
+    folder: str, suffixes: tuple[str, ...], *, look_on: int = 100, max_folders: int = 1000, max_depth: int = 6,
+) -> Path | None:
     """A file with one of ``suffixes`` in a subfolder of ``folder`` (EPU's ``GridSquare_*/Data/``), or None.
 
-    A PNG or JPEG is named only when no other kind is found in the next
-    ``look_on`` folders: EPU keeps JPEG thumbnails of each grid square and
-    foil hole beside, and above, its MRC or TIFF micrographs.
+    Only a hint for an error message: at most ``max_folders`` folders are
+    listed, none more than ``max_depth`` levels below ``folder``, so a
+    large tree with nothing to find (``input=/data``, a network mount) is
+    not walked to its end. Folders are taken depth first in sorted order,
+    which reaches EPU's first ``Images-Disc1/GridSquare_*/Data/`` within a
+    few folders. A PNG or JPEG is named only when no other kind is found in
+    the next ``look_on`` folders: EPU keeps JPEG thumbnails of each grid
+    square and foil hole beside, and above, its MRC or TIFF micrographs.
     """
     picture = None
     for n, (root, dirs, files) in enumerate(os.walk(folder)):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        depth = len(Path(root).relative_to(folder).parts)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if depth < max_depth else []
         found = sorted(f for f in files if Path(f).suffix.lower() in suffixes and not f.startswith("."))
         other = [f for f in found if Path(f).suffix.lower() not in _PICTURES]
         if other:
             return Path(root, other[0])
         if found and picture is None:
             picture, seen = Path(root, found[0]), n
-        if picture is not None and n - seen >= look_on:
+        if (picture is not None and n - seen >= look_on) or n + 1 >= max_folders:
             break
     return picture
 

@@ -122,6 +122,42 @@ def test_the_subfolder_hint_names_the_micrographs_not_epus_jpeg_thumbnails(tmp_p
     assert problems[0].endswith(f"(such as {square / 'GridSquare_1.jpg'}): give input='{tmp_path / 'session' / '**' / '*.jpg'}'")
 
 
+def test_the_subfolder_hint_does_not_walk_a_large_tree_to_its_end(tmp_path, monkeypatch):
+    """input=/data (a big tree, a network mount) with no micrographs anywhere walked every folder below it
+    before saying 'folder contains no micrographs', which could take hours."""
+    import lipoframe.runner as runner
+
+    top = tmp_path / "data"
+    for i in range(12):
+        for j in range(12):
+            for k in range(12):
+                (top / f"d{i:02d}" / f"e{j:02d}" / f"f{k:02d}").mkdir(parents=True)
+    deep = top / "a"
+    for i in range(12):
+        deep = deep / f"l{i}"
+    deep.mkdir(parents=True)
+    total = 1 + 12 + 12**2 + 12**3 + 12  # folders below (and including) data/
+    real_walk, visited = os.walk, []
+
+    def walk(folder, *args, **kwargs):
+        for root, dirs, files in real_walk(folder, *args, **kwargs):
+            visited.append(root)
+            yield root, dirs, files
+
+    monkeypatch.setattr(runner.os, "walk", walk)
+    _, problems = find_inputs([str(top)], (".mrc",))
+    assert problems == [f"{top}: folder contains no micrographs (looked for .mrc)"]
+    assert 0 < len(visited) <= 1000 < total
+    assert max(len(Path(v).relative_to(top).parts) for v in visited) <= 6  # a deep chain is not followed to its end
+    # EPU's micrographs a few levels down, after many other folders, are still named.
+    visited.clear()
+    write_set(top / "zz_session" / "Images-Disc1" / "GridSquare_1" / "Data", 1)
+    assert runner._first_micrograph_below(str(top), (".mrc",)) is None  # beyond the first 1000 folders
+    assert runner._first_micrograph_below(str(top / "zz_session"), (".mrc",)) == (
+        top / "zz_session" / "Images-Disc1" / "GridSquare_1" / "Data" / "mic_000.mrc")
+    assert runner._first_micrograph_below(str(top), (".mrc",), max_folders=total + 5) is not None
+
+
 def test_a_file_reached_again_through_a_link_is_picked_once_and_said(tmp_path):
     """RELION's Import folder links the movies' micrographs: giving both folders
     picked each file once without a word, and the count looked short."""
