@@ -459,21 +459,60 @@ _INPUT_KEYS = ("input", "+input", "++input")
 _PATH_KEYS = (*_INPUT_KEYS, "output", "+output", "++output")
 
 
-def expand_output_home(override: str) -> str:
+def expand_output_home(override: str, *, sweep: bool = False) -> str:
     """``output=~/picks`` with the home folder written out, as ``input=`` reads ``~``.
 
     Hydra takes ``~`` literally and makes a folder named ``~`` in the current
     one; the shell expands it after ``=`` only in bash, and not in quotes.
-    A value in quotes keeps them. Anything else is returned unchanged.
+    A value in quotes keeps them. With ``sweep`` (a multirun), each value of
+    ``output=~/a,~/b`` or ``output=choice(~/a,~/b)`` is written out (bash
+    writes out only the first), so that :func:`check_output_not_swept` can
+    name the folders. Anything else is returned unchanged.
     """
     key, sep, value = override.partition("=")
     if not sep or key.lstrip("+") != "output":
         return override
     quote = value[0] if len(value) > 1 and value[0] in "'\"" and value[-1] == value[0] else ""
     inner = value[len(quote):len(value) - len(quote)]
+    if sweep and not (quote and quote not in inner):
+        head, body, tail = ("choice(", value[7:-1], ")") if value.startswith("choice(") and value.endswith(")") else ("", value, "")
+        parts = [_SWEPT_HOME.sub(lambda m: m[1] + os.path.expanduser(m[2]), part) for part in body.split(",")]
+        return f"{key}={head}{','.join(parts)}{tail}"
     if not inner.startswith("~"):
         return override
     return f"{key}={quote}{os.path.expanduser(inner)}{quote}"
+
+
+#: One value of a sweep that starts with ``~`` (after blanks and a quote).
+_SWEPT_HOME = re.compile(r"^(\s*['\"]?)(~[^'\"]*)")
+
+
+def check_output_not_swept(overrides: list[str]) -> None:
+    """Refuse a sweep of ``output``: a sweep writes into one folder (Hydra's ``hydra.sweep.dir``), each job
+    into a folder below it, and Hydra cannot sweep its own settings.
+
+    Raises
+    ------
+    ConfigError
+        One line naming the folders and what to do instead.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    for o in overrides:
+        if o.partition("=")[0].lstrip("+") != "output":
+            continue
+        try:
+            parsed = OverridesParser.create().parse_override(o)
+        except Exception:  # noqa: BLE001 - a word Hydra cannot read is reported where it is parsed
+            continue
+        if not parsed.is_sweep_override():
+            continue
+        try:
+            folders = ", ".join(parsed.sweep_string_iterator())
+        except Exception:  # noqa: BLE001 - glob() and intervals list their values only in Hydra's sweeper
+            folders = o.partition("=")[2]
+        raise ConfigError(f"output: a sweep writes into one folder, its jobs into <output>/0, <output>/1, ...: give one "
+                          f"output folder, not several ({folders}), or run once per output folder")
 
 
 def _hydra_parses(override: str) -> bool:
@@ -528,16 +567,16 @@ def run(argv: list[str]) -> int:
     from lipoframe.runner import format_summary, run_pipeline
 
     pm, registry = prepare_hydra()
-    argv = [expand_output_home(a) for a in argv]
     multirun = any(a in ("-m", "--multirun") for a in argv)
     if not multirun:
         # hydra.mode=MULTIRUN (on the command line or in a preset) makes Hydra sweep as -m does:
         # the checks below must treat it as a sweep too.
         flags, overrides = split_argv(argv)
         if not any(f.split("=", 1)[0] in ("--config-path", "-cp", "--config-name", "-cn") for f in flags):
-            settings = hydra_settings([quote_input_glob(o) for o in overrides],
+            settings = hydra_settings([quote_input_glob(expand_output_home(o)) for o in overrides],
                                       config_dirs=_flag_values(flags, ("--config-dir", "-cd")))
             multirun = settings is not None and settings.get("mode") == RunMode.MULTIRUN
+    argv = [expand_output_home(a, sweep=multirun) for a in argv]
     argv = [quote_input_glob(a, multirun=multirun) for a in argv]
     flags, overrides = split_argv(argv)
     # Hydra's argparse takes the overrides in one block after the flags: `... output=x --cfg job`
@@ -556,6 +595,7 @@ def run(argv: list[str]) -> int:
     config_dirs = _flag_values(flags, ("--config-dir", "-cd"))
     try:
         check_sweeper_params_override(overrides)
+        check_output_not_swept(overrides)
     except ConfigError as exc:
         print(f"lipoframe: config error: {exc}", file=sys.stderr)
         return 2
@@ -569,6 +609,11 @@ def run(argv: list[str]) -> int:
                 return 2
         # A preset's hydra.sweeper.params are part of the sweep: their jobs are checked too.
         params = preset_sweep_params(overrides, config_dirs=config_dirs) if multirun else []
+        try:
+            check_output_not_swept(params)
+        except ConfigError as exc:
+            print(f"lipoframe: config error: {exc}; it is swept by hydra.sweeper.params in a preset", file=sys.stderr)
+            return 2
         jobs = sweep_jobs(params + overrides) if multirun else [overrides]
         notes: list[str] = []
         resolved_output = None

@@ -298,6 +298,43 @@ def test_an_output_folder_under_home_is_made_there_not_in_a_folder_named_tilde(t
     assert list(cwd.iterdir()) == []
 
 
+@pytest.mark.parametrize("words", [
+    ["-m", "output=~/a,~/b"],  # sh, a script, or the word quoted
+    ["-m", "output={home}/a,~/b"],  # bash writes out the first ~ only
+    ["-m", "output={home}/a,{home}/b"],
+    ["-m", "output=choice(~/a,{home}/b)"],
+    ["hydra.mode=MULTIRUN", "output=~/a,~/b"],
+    ["-m", "-cd", "{home}/../presets", "+lab=outputs"],  # a preset's hydra.sweeper.params
+])
+def test_an_output_folder_cannot_be_swept_and_says_so(tiny_mrcs, run_cli, away_from_home, words):
+    """`-m output=~/a,~/b` expanded only the first ~ and failed as 'cannot read output=/home/a,~/b'; with every
+    folder written out Hydra refused it ('Sweeping over Hydra's configuration is not supported') after
+    making the first folder. A sweep has one output folder, its jobs' folders below it."""
+    cwd, home = away_from_home
+    preset = home.parent / "presets" / "lab" / "outputs.yaml"
+    preset.parent.mkdir(parents=True)
+    preset.write_text(f"# @package _global_\nhydra:\n  sweeper:\n    params:\n      output: {home}/a,{home}/b\n")
+    code, out, err = run_cli("run", *[w.format(home=home) for w in words], f"input={tiny_mrcs[0]}", *TINY_ARGS)
+    assert code == 2, err
+    assert err.strip() == (f"lipoframe: config error: output: a sweep writes into one folder, its jobs into <output>/0, "
+                           f"<output>/1, ...: give one output folder, not several ({home / 'a'}, {home / 'b'}), "
+                           "or run once per output folder" + ("; it is swept by hydra.sweeper.params in a preset" if "-cd" in words else ""))
+    assert list(home.iterdir()) == [] and list(cwd.iterdir()) == []
+
+
+def test_expand_output_home_writes_out_every_folder_of_a_sweep(away_from_home):
+    from lipoframe.app import expand_output_home
+
+    _, home = away_from_home
+    assert expand_output_home("output=~/a,~/b", sweep=True) == f"output={home}/a,{home}/b"
+    assert expand_output_home("output=/x/a,~/b", sweep=True) == f"output=/x/a,{home}/b"
+    assert expand_output_home("output=choice(~/a,~/b)", sweep=True) == f"output=choice({home}/a,{home}/b)"
+    # One folder: a ~ after a comma is part of its name (the comma is quoted for Hydra).
+    assert expand_output_home("output=~/a,~/b") == f"output={home}/a,~/b"
+    assert expand_output_home("output='~/a,~/b'", sweep=True) == f"output='{home}/a,~/b'"
+    assert expand_output_home("output=/x/a~,b", sweep=True) == "output=/x/a~,b"
+
+
 def test_unreadable_files_give_one_message_each_and_the_run_goes_on(tiny_mrcs, tmp_path, run_cli):
     import tifffile
 
