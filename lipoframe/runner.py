@@ -100,7 +100,8 @@ class StageSet:
             if not path.exists():
                 raise InputError(f"{path}: file not found") from None
             known = ", ".join(sorted(self.readers_by_suffix))
-            raise InputError(f"{path}: no reader for files ending in {suffix!r} (known: {known})") from None
+            movie = "; an EER file is a movie (electron events): give motion-corrected micrographs" if suffix == ".eer" else ""
+            raise InputError(f"{path}: no reader for files ending in {suffix!r} (known: {known}){movie}") from None
 
     def picking_stages(self) -> list[Stage]:
         """The per-micrograph stages: reader, detector, NMS, refiner and filters."""

@@ -54,6 +54,79 @@ def test_a_file_with_the_wrong_number_of_dimensions_is_told_what_to_do(tmp_path,
                                  f"{dims}D {'micrograph' if dims == 2 else 'volume'} is expected; {fix}")
 
 
+MOVIE = "it looks like a movie of {n} frames: give motion-corrected micrographs (its frames aligned and summed, e.g. by " \
+        "RELION's MotionCorr, MotionCor2 or cryoSPARC's Patch Motion Correction)"
+
+
+@pytest.mark.parametrize(("name", "shape", "fix"), [
+    ("m.mrc", (12, 256, 256), MOVIE),  # few frames, each large: a movie whatever its suffix
+    ("m.tif", (12, 256, 256), MOVIE),
+    ("m.mrcs", (60, 256, 200), "a movie of {n} frames? give motion-corrected micrographs (its frames aligned and summed); "
+                               "a tomogram? +experiment=tomo"),
+    ("m.mrc", (60, 256, 200), "give one micrograph per file (a tomogram: +experiment=tomo)"),  # as thick as a tomogram
+    ("m.rec", (12, 256, 256), "give one micrograph per file (a tomogram: +experiment=tomo)"),  # IMOD's reconstruction
+    ("m.st", (12, 256, 256), "it looks like a tilt series of {n} images: reconstruct a tomogram and pick it with "
+                             "+experiment=tomo, or give one micrograph per file"),
+    ("m.mrcs", (300, 64, 64), "give one micrograph per file (a tomogram: +experiment=tomo)"),  # a particle stack
+])
+def test_a_movie_given_as_a_micrograph_is_told_apart_from_a_tomogram(tmp_path, name, shape, fix):
+    """A movie stack (40 x 4096 x 4096 frames) was told to try +experiment=tomo, which is rarely the fix."""
+    from lipoframe.builtin.readers import MrcReader
+
+    data = np.zeros(shape, np.uint16)
+    path = tmp_path / name
+    if name.endswith(".tif"):
+        tifffile.imwrite(path, data, photometric="minisblack")
+        reader = TiffReader()
+    else:
+        write_mrc(path, data)
+        reader = MrcReader()
+    with pytest.raises(InputError) as caught:
+        reader.read(path, pixel_size=None)
+    assert str(caught.value) == f"{path}: a 3D stack of shape {shape} where a 2D micrograph is expected; {fix.format(n=shape[0])}"
+
+
+def test_a_mask_or_heatmap_stack_is_not_called_a_movie(tmp_path):
+    """Masks and heatmaps are read with the same readers; 'give motion-corrected micrographs' is no advice for them."""
+    from lipoframe.builtin.readers import pixel_size_unused
+
+    path = tmp_path / "m_mask.tif"
+    tifffile.imwrite(path, np.zeros((3, 64, 64), np.uint8), photometric="minisblack")
+    with pixel_size_unused(), pytest.raises(InputError) as caught:
+        TiffReader().read(path, pixel_size=None)
+    assert str(caught.value) == (f"{path}: a 3D stack of shape (3, 64, 64) where a 2D micrograph is expected; "
+                                 "give one micrograph per file (a tomogram: +experiment=tomo)")
+
+
+def test_a_tiff_movie_is_refused_before_its_frames_are_read(tmp_path, monkeypatch):
+    """A TIFF movie (tens of frames of 4096 x 4096 or more, often compressed) was read whole to be refused."""
+    path = tmp_path / "movie.tif"
+    tifffile.imwrite(path, np.zeros((8, 64, 64), np.uint8), photometric="minisblack")
+
+    def no_read(*args, **kwargs):
+        raise AssertionError("the frames were read")
+
+    monkeypatch.setattr(tifffile.TiffFile, "asarray", no_read)
+    with pytest.raises(InputError, match=r"a 3D stack of shape \(8, 64, 64\) .* a movie of 8 frames"):
+        TiffReader().read(path, pixel_size=None)
+
+
+def test_an_eer_movie_is_named_as_one(tmp_path):
+    """'no reader for files ending in '.eer'' said what was wrong, not what to give instead."""
+    from lipoframe import plugins
+    from lipoframe.merge import compose_config
+    from lipoframe.runner import build_stages
+
+    path = tmp_path / "FoilHole_1_fractions.eer"
+    path.write_bytes(b"II*\0")
+    _, registry, _ = plugins.load()
+    stages = build_stages(compose_config([f"input={path}"])[1], registry)
+    with pytest.raises(InputError) as caught:
+        stages.read(path, pixel_size=None)
+    assert str(caught.value).startswith(f"{path}: no reader for files ending in '.eer' (known: ")
+    assert str(caught.value).endswith("); an EER file is a movie (electron events): give motion-corrected micrographs")
+
+
 @pytest.mark.parametrize("dpi", [72, 300])
 def test_a_tiff_print_resolution_is_not_taken_for_a_pixel_size(tmp_path, caplog, dpi):
     """A TIFF saved at 72 dpi (PIL, GIMP, ImageMagick) was read as 3.5e6 Å/px: with units=A every

@@ -102,14 +102,45 @@ def _why_unreadable(path: Path, problem: str, own: str) -> str:
     return problem
 
 
+#: Suffixes of files that hold a movie's frames more often than a volume.
+MOVIE_SUFFIXES = (".mrcs", ".tif", ".tiff", ".eer")
+#: A stack fewer frames deep than this fraction of its width is a movie, whatever its suffix: movies are tens
+#: of frames of 4096 px or more (0.01), tomograms a few hundred voxels thick for 1000 or so wide (0.15 to 0.5).
+MOVIE_DEPTH = 0.1
+
+
+def _stack_advice(path: Path, shape: tuple[int, ...]) -> str:
+    """What to give instead of a 3D stack where a micrograph is expected: a movie, a tilt series or a tomogram,
+    told from its suffix and its depth against its width (for a run's micrographs: not for the masks and
+    heatmaps read within :func:`pixel_size_unused`)."""
+    if not _PIXEL_SIZE_USED.get():
+        return "give one micrograph per file (a tomogram: +experiment=tomo)"
+    n = int(shape[0])
+    depth = n / max(1, min(int(shape[1]), int(shape[2])))
+    suffix = path.suffix.lower()
+    if suffix == ".st":  # IMOD's tilt series
+        return f"it looks like a tilt series of {n} images: reconstruct a tomogram and pick it with +experiment=tomo, or give one micrograph per file"
+    if suffix != ".rec" and depth < MOVIE_DEPTH:
+        return (f"it looks like a movie of {n} frames: give motion-corrected micrographs (its frames aligned and summed, "
+                "e.g. by RELION's MotionCorr, MotionCor2 or cryoSPARC's Patch Motion Correction)")
+    if suffix in MOVIE_SUFFIXES and depth < 0.5:  # a TIFF tomogram is rare, but as thick as this
+        return f"a movie of {n} frames? give motion-corrected micrographs (its frames aligned and summed); a tomogram? +experiment=tomo"
+    return "give one micrograph per file (a tomogram: +experiment=tomo)"
+
+
+def _wrong_dims(path: Path, shape: tuple[int, ...], dims: int) -> str:
+    """The message for an array of ``shape`` where a ``dims``-D image is expected."""
+    what = "a 3D stack" if len(shape) == 3 else f"a {len(shape)}D array"
+    fix = {(3, 2): f"; {_stack_advice(path, shape)}" if len(shape) == 3 else "",
+           (2, 3): "; for micrographs leave out +experiment=tomo (reader.dims=2)"}.get((len(shape), dims), "")
+    return f"{path}: {what} of shape {tuple(shape)} where a {dims}D {'micrograph' if dims == 2 else 'volume'} is expected{fix}"
+
+
 def _check_dims(path: Path, data: np.ndarray, dims: int) -> np.ndarray:
     if dims == 2 and data.ndim == 3 and data.shape[0] == 1:
         data = data[0]
     if data.ndim != dims:
-        what = "a 3D stack" if data.ndim == 3 else f"a {data.ndim}D array"
-        fix = {(3, 2): "; give one micrograph per file (a tomogram: +experiment=tomo)",
-               (2, 3): "; for micrographs leave out +experiment=tomo (reader.dims=2)"}.get((data.ndim, dims), "")
-        raise InputError(f"{path}: {what} of shape {tuple(data.shape)} where a {dims}D {'micrograph' if dims == 2 else 'volume'} is expected{fix}")
+        raise InputError(_wrong_dims(path, tuple(int(n) for n in data.shape), dims))
     if min(data.shape) < 2:
         raise InputError(f"{path}: image of shape {tuple(data.shape)} is too small (fewer than 2 pixels along an axis)")
     if data.dtype.kind not in "biuf":
@@ -336,10 +367,14 @@ class TiffReader(Reader):
             with _tifffile_notes() as notes, tifffile.TiffFile(str(path)) as tif:
                 if not len(tif.pages):
                     raise InputError(f"{path}: not a readable TIFF file (it holds no image: truncated?)")
-                data = tif.asarray()
-                header_px = _tiff_pixel_size(tif)
                 samples = int(tif.pages[0].samplesperpixel)
                 grey = int(tif.pages[0].photometric) in (0, 1)  # MINISWHITE/MINISBLACK: further samples are extra (alpha)
+                shape = tuple(int(n) for n in tif.series[0].shape)
+                if self.params.dims == 2 and samples == 1 and len(shape) == 3 and shape[0] > 1:
+                    # Pages of grey frames (a movie): refused before gigabytes of frames are read.
+                    raise InputError(_wrong_dims(path, shape, 2))
+                data = tif.asarray()
+                header_px = _tiff_pixel_size(tif)
         except InputError:
             raise
         except FileNotFoundError:
