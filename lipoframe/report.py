@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 import pandas as pd
@@ -635,6 +636,16 @@ def _b64(data: bytes, mime: str) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
+def _href(rel: str) -> str:
+    """An ``href`` value for a file of the run folder: a relative URL, escaped for HTML.
+
+    Relative, so the report still works when the whole folder is copied or
+    moved; URL-quoted, so a name with ``#``, ``%``, ``?`` or a blank stays one
+    path (``notes #1.txt`` is not the file ``notes `` and a fragment).
+    """
+    return html.escape(quote(rel, safe="/"))
+
+
 CSS = """
 :root{--fg:#1d232b;--muted:#5b6570;--line:#dde2e7;--bg:#f6f7f9;--bad:#b3261e;--warn:#8a5a00}
 *{box-sizing:border-box}
@@ -789,17 +800,17 @@ def build_html(data: RunData, rows: list[MicrographRow], plots_png: list[tuple[s
             cards_g.append(f'<div class="mic failed"><div class="n">{e(r.name)}</div><div>failed</div><div class="err">{e(r.error)}</div></div>')
             continue
         label = f"{r.accepted} accepted · {r.rejected} rejected"
-        img = (f'<a href="{e(r.overlay)}"><img alt="{e(r.name)}" src="{_b64(r.thumb, "image/jpeg")}"></a>' if r.thumb and r.overlay
+        img = (f'<a href="{_href(r.overlay)}"><img alt="{e(r.name)}" src="{_b64(r.thumb, "image/jpeg")}"></a>' if r.thumb and r.overlay
                else f'<div class="muted">no overlay{": " + e(r.note) if r.note else ""}</div>' if overlay_stats.get("drawn", True)
                else '<div class="muted">overlay not drawn (--no-overlays)</div>')
         cards_g.append(f'<div class="mic">{img}<div class="n">{e(r.name)}</div><div>{label}</div></div>')
     table_rows = [[e(r.name), r.status, f"{r.accepted}", f"{r.rejected}",
-                   f'<a href="{e(r.overlay)}">overlay</a>' if r.overlay else "", e(r.error or r.note)] for r in rows]
+                   f'<a href="{_href(r.overlay)}">overlay</a>' if r.overlay else "", e(r.error or r.note)] for r in rows]
     mic_table = _table(["micrograph", "status", "accepted", "rejected", "", "note"], table_rows, left=2)
 
     stages = " · ".join(f"{k} <b>{e(', '.join(v) if isinstance(v, list) else str(v))}</b>" for k, v in data.stage_names.items())
     files = sorted(p for p in data.out_dir.iterdir() if p.is_file() and not p.name.startswith(".") and p.name != REPORT_NAME)
-    files_html = " · ".join(f'<a href="{e(p.name)}">{e(p.name)}</a>' for p in files)
+    files_html = " · ".join(f'<a href="{_href(p.name)}">{e(p.name)}</a>' for p in files)
     ov = overlay_stats
     timing = (f" in {ov['seconds']:.1f} s with {ov['workers']} worker{'s' if ov['workers'] != 1 else ''} "
               f"({ov['per_overlay']:.2f} s, {ov['cpu_per_overlay']:.2f} CPU s each)") if ov["rendered"] else ""

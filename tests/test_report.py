@@ -14,6 +14,7 @@ import shutil
 import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import numpy as np
 import pandas as pd
@@ -420,6 +421,29 @@ def test_report_lists_as_many_notes_as_the_console_summary(run_copy, run_cli):
         shown = f"note number {i}." in text
         assert shown == (i < MAX_LISTED) == (f"NOTE   note number {i}." in console)
     assert "and 5 more notes" in text and "and 5 more" in console
+
+
+def test_every_link_of_the_report_still_resolves_after_the_run_folder_moves(done, run_copy, run_cli, tmp_path):
+    # Copying or moving the whole folder (to a laptop, a web share) keeps the report whole:
+    # images are embedded and every link is a URL relative to the folder, escaped as a URL
+    # (a file name with '#', '%' or a blank is one path, not a path and a fragment).
+    (run_copy / "notes #1 100%.txt").write_text("the user's own notes\n")
+    code, _, err = run_cli("report", run_copy)
+    assert code == 0, err
+    moved = tmp_path / "laptop" / "run copy"
+    moved.parent.mkdir()
+    run_copy.rename(moved)
+    page = parse(moved / "report.html")
+    assert page.imgs and all(src.startswith("data:image/") for src in page.imgs)
+    targets = [h for h in page.links if not h.startswith("#")]
+    paths = set()
+    for href in targets:
+        url = urlsplit(href)
+        assert not (url.scheme or url.netloc or url.query or url.fragment) and not url.path.startswith("/"), href
+        paths.add(unquote(url.path))
+        assert (moved / unquote(url.path)).is_file(), href
+    assert {"notes #1 100%.txt", "picks.csv", "extraction_plan.json", *(f"overlays/mic_{i}_picks.png" for i in range(3))} <= paths
+    assert str(done[1].out_dir) not in " ".join(targets)
 
 
 def test_report_without_picks_csv_uses_the_per_micrograph_tables(done, run_copy):
