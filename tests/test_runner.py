@@ -50,12 +50,9 @@ def test_names_keep_stems_and_tell_clashes_apart():
     assert "another input has the same name" in notes[0] and "not safe" in notes[-1]
 
 
-def eman2_base_name(name):
-    """EMAN2's ``base_name(..., nodir=True)`` key (libpyEM/EMAN2.py): the text before the first ``__``."""
-    return name.split("__")[0].replace("_ptcls", "").replace("_info", "")
-
-
 def test_names_of_clashing_stems_stay_apart_in_eman2():
+    from lipoframe.io.eman import eman2_base_name
+
     # EMAN2 files the boxes of a/mic and a/img both under info/a_info.json if they are named a__mic, a__img
     paths = [Path("/d/a/mic.mrc"), Path("/d/b/mic.mrc"), Path("/d/a/img.mrc"), Path("/d/b/img.mrc")]
     names = micrograph_names(paths)

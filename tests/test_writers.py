@@ -736,3 +736,51 @@ def test_csv_float_format_takes_any_format_that_writes_a_number(fmt, text):
 def test_csv_float_format_that_does_not_write_a_number_is_refused(fmt):
     with pytest.raises(ValueError, match=f"^writer.csv.float_format must be a printf format of one number .*, got {re.escape(repr(fmt))}$"):
         CsvWriterParams(float_format=fmt)
+
+
+def test_eman2_base_name_is_what_eman2_files_the_boxes_under():
+    # EMAN2's base_name(nodir=True), libpyEM/EMAN2.py: no folder, no last extension,
+    # cut before the first '__', every '_ptcls' and '_info' removed.
+    from lipoframe.io.eman import eman2_base_name, eman2_name_clashes
+
+    assert eman2_base_name("out/bins/bin1/box/grid1__sq2.box") == "grid1"
+    assert eman2_base_name("grid1__sq2__x.box") == "grid1"
+    assert eman2_base_name("mic.001.box") == "mic.001"
+    assert eman2_base_name("FoilHole_123_Data_456_789_20231010_123456_fractions.box") == \
+        "FoilHole_123_Data_456_789_20231010_123456_fractions"  # EPU: single underscores, kept whole
+    assert eman2_base_name("x_ptcls.box") == "x" and eman2_base_name("run_info_3.box") == "run_3"
+    assert eman2_name_clashes(["a__1.box", "b.box", "a__2.box", "c_ptcls.box", "c.box"]) == \
+        {"a": ["a__1.box", "a__2.box"], "c": ["c_ptcls.box", "c.box"]}
+    assert eman2_name_clashes(["grid1__sq2.box", "grid2__sq2.box"]) == {}
+
+
+def test_box_writer_warns_once_naming_the_micrographs_eman2_would_merge(tmp_path, caplog):
+    picks = make_picks([
+        {schema.MICROGRAPH: n, schema.X: 100.0, schema.Y: 120.0, schema.DIAMETER: 120.0}
+        for n in ("grid1__sq2", "grid1__sq3", "x_ptcls", "x", "grid2__sq2")
+    ])
+    metas = {n: meta(n) for n in ("grid1__sq2", "grid1__sq3", "x_ptcls", "x", "grid2__sq2")}
+    writer = BoxWriter()
+    with caplog.at_level(logging.WARNING, logger="lipoframe"):
+        writer.write(picks, metas, PLAN, tmp_path, CTX)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings  # one warning for the set and its per-bin copies
+    msg = warnings[0]
+    for f in ("grid1__sq2.box (/data/mics/grid1__sq2.mrc)", "grid1__sq3.box (/data/mics/grid1__sq3.mrc)",
+              "x_ptcls.box (/data/mics/x_ptcls.mrc)", "x.box (/data/mics/x.mrc)"):
+        assert f in msg, msg
+    assert "'grid1' <- " in msg and "'x' <- " in msg and "grid2__sq2" not in msg  # alone under 'grid2': EMAN2 matches it
+    # The files are written as named all the same (the micrographs' names are theirs to change).
+    assert len(read_box(tmp_path / "box" / "grid1__sq3.box")) == 1 and (tmp_path / "bins" / "bin1" / "box" / "x.box").is_file()
+    # A watch session writes again every few micrographs: the same clash is not told again.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="lipoframe"):
+        writer.write(picks, metas, PLAN, tmp_path, CTX)
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def test_box_writer_says_nothing_when_eman2_tells_every_micrograph_apart(tmp_path, caplog):
+    picks, metas = two_micrographs()
+    with caplog.at_level(logging.WARNING, logger="lipoframe"):
+        BoxWriter().write(picks, metas, PLAN, tmp_path, CTX)
+    assert not [r for r in caplog.records if "EMAN2" in r.getMessage()]

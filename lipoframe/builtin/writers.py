@@ -688,11 +688,44 @@ class BoxWriter(Writer):
         if "z" in view:
             log.warning("writer box: z coordinates are not exported (EMAN .box is 2D)")
         stems = file_stems(metas)
+        self._warn_eman2_clashes(metas, stems)
         written = self._write_set(view, metas, stems, safe_child(out_dir, "box"))
         if self.params.per_bin:
             for b, sub in _bin_views(view, plan):
                 written += self._write_set(sub, metas, stems, bin_dir(out_dir, b, "box"))
         return written
+
+    def _warn_eman2_clashes(self, metas, stems) -> None:
+        """Warn when EMAN2 would file two micrographs' boxes under one name.
+
+        EMAN2 names a micrograph by :func:`~lipoframe.io.eman.eman2_base_name`
+        (cut at ``__``, without ``_ptcls``/``_info``): ``e2import.py
+        --import_boxes`` would write the boxes of ``grid1__sq2.box`` and
+        ``grid1__sq3.box`` into the one ``info/grid1_info.json``, the last
+        replacing the others, and ``e2rawdata.py`` would import both
+        micrographs as ``micrographs/grid1.hdf``. No file name lipoframe could
+        write fixes that (EMAN2 merges the micrographs themselves), so the run
+        says which files they are. A watch session writes again every few
+        micrographs: each clash is told once.
+        """
+        told = self.__dict__.setdefault("_told_clashes", set())
+        by_file = {f"{stems[k]}.box": k for k in metas}
+        clashes = eman_io.eman2_name_clashes(by_file)
+        new = {k: v for k, v in clashes.items() if (k, tuple(v)) not in told}
+        if not new:
+            return
+        told.update((k, tuple(v)) for k, v in new.items())
+        groups = "; ".join(
+            f"'{k}' <- " + _name_list([f"{f} ({metas[by_file[f]].path or by_file[f]})" for f in files])
+            for k, files in sorted(new.items())
+        )
+        log.warning(
+            "writer box: EMAN2 would file the boxes of %d micrographs under only %d name(s) (its base_name() keeps the "
+            "name before the first '__' and drops '_ptcls' and '_info'): %s. e2import.py --import_boxes would keep only the last "
+            "file's boxes of each, and e2rawdata.py would import those micrographs under the one name; rename them "
+            "before importing them into EMAN2 (docs/export.md, EMAN2)",
+            sum(len(v) for v in new.values()), len(new), groups,
+        )
 
     @staticmethod
     def _write_set(view, metas, stems, folder: Path) -> list[Path]:

@@ -10,10 +10,14 @@ comes back exactly at the nearest pixel of the pick.
 :func:`read_box` reads such files back (from lipoframe, EMAN2, crYOLO's
 ``EMAN/`` folder or napari-boxmanager, which writes float corners): centre =
 corner + box / 2, in floating point as ``e2import.py`` does.
+
+:func:`eman2_base_name` is the name EMAN2 files a micrograph's boxes under,
+and :func:`eman2_name_clashes` finds the files EMAN2 would take for one.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +47,49 @@ def box_text(x, y, *, box) -> str:
     cx = nearest_pixel(x) - box // 2
     cy = nearest_pixel(y) - box // 2
     return "".join(f"{a}\t{b}\t{s}\t{s}\n" for a, b, s in zip(cx.tolist(), cy.tolist(), box.tolist()))
+
+
+def eman2_base_name(file_name: str) -> str:
+    """The name EMAN2 gives a micrograph or box file inside a project.
+
+    EMAN2's ``base_name(file_name, nodir=True)`` (``libpyEM/EMAN2.py``), which
+    ``e2rawdata.py`` uses to name ``micrographs/<name>.hdf`` and
+    ``e2import.py --import_boxes`` to choose ``info/<name>_info.json``: the
+    file name without its folder and last extension, cut before the first
+    ``__`` ("double underscore is used to mark tags added to micrograph
+    names"), then with every ``_ptcls`` and ``_info`` removed.
+
+    Examples
+    --------
+    >>> eman2_base_name("box/grid1__sq2.box")
+    'grid1'
+    >>> eman2_base_name("mic.001.box")
+    'mic.001'
+    >>> eman2_base_name("run_info_3_ptcls.box")
+    'run_3'
+    """
+    stem = os.path.splitext(os.path.basename(str(file_name)))[0]
+    return stem.split("__", 1)[0].replace("_ptcls", "").replace("_info", "")
+
+
+def eman2_name_clashes(file_names) -> dict[str, list[str]]:
+    """Files that EMAN2 would take for one micrograph (same :func:`eman2_base_name`).
+
+    Parameters
+    ----------
+    file_names : iterable of str
+        Box (or micrograph) file names.
+
+    Returns
+    -------
+    clashes : dict
+        ``{eman2 name: [file names, in the given order]}`` for every name
+        shared by two files or more; empty when EMAN2 tells them all apart.
+    """
+    groups: dict[str, list[str]] = {}
+    for f in file_names:
+        groups.setdefault(eman2_base_name(f), []).append(str(f))
+    return {k: v for k, v in groups.items() if len(v) > 1}
 
 
 def numeric_rows(text: str, *, min_columns: int, layout: str) -> np.ndarray:
