@@ -563,6 +563,7 @@ def run(argv: list[str]) -> int:
     from hydra.types import RunMode
     from omegaconf import OmegaConf
 
+    from lipoframe.logs import restored_logging
     from lipoframe.records import InputError
     from lipoframe.runner import format_summary, run_pipeline
 
@@ -701,7 +702,8 @@ def run(argv: list[str]) -> int:
     old_argv = sys.argv
     sys.argv = ["lipoframe run"] + argv
     try:
-        task()
+        with restored_logging():  # Hydra's log handlers end with the run
+            task()
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
         return code or state["exit"]

@@ -322,6 +322,15 @@ def merge_runs(folders: list[str | Path], out_dir: str | Path, overrides: list[s
 
 def main(argv: list[str]) -> int:
     """``lipoframe merge RUN_DIR ... output=DIR [overrides]``."""
+    from lipoframe.logs import restored_logging
+
+    with restored_logging():  # the console handler below ends with the command
+        if not logging.getLogger().handlers:
+            logging.basicConfig(level=logging.WARNING, format="lipoframe: %(message)s", stream=sys.stderr)
+        return _main(argv)
+
+
+def _main(argv: list[str]) -> int:
     from lipoframe.config import ConfigError
     from lipoframe.runner import format_summary
 
@@ -339,8 +348,6 @@ def main(argv: list[str]) -> int:
         print("lipoframe merge: give at least one run folder\n", file=sys.stderr)
         print(USAGE, file=sys.stderr)
         return 2
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.WARNING, format="lipoframe: %(message)s", stream=sys.stderr)
     try:
         result = merge_runs(folders, out[0], overrides)
     except ConfigError as exc:

@@ -509,6 +509,15 @@ def _report_is_stale(report: Path, plan) -> bool:
 
 def main(argv: list[str]) -> int:
     """``lipoframe plan RUN_DIR [overrides]``."""
+    from lipoframe.logs import restored_logging
+
+    with restored_logging():  # the console handler below ends with the command
+        if not logging.getLogger().handlers:
+            logging.basicConfig(level=logging.WARNING, format="lipoframe: %(message)s", stream=sys.stderr)
+        return _main(argv)
+
+
+def _main(argv: list[str]) -> int:
     from lipoframe.config import ConfigError
     from lipoframe.records import InputError
 
@@ -525,8 +534,6 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--report", action="store_true", help="also rewrite report.html and the overlays (reads the micrographs)")
     ap.add_argument("--json", action="store_true", help="print the plan as JSON")
     args = ap.parse_intermixed_args(argv)  # options before or after the overrides
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.WARNING, format="lipoframe: %(message)s", stream=sys.stderr)
     report_path = Path(args.run_dir) / "report.html"
     before = _mtime_ns(report_path)
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -136,6 +137,23 @@ def test_run_writes_picks_per_micrograph_files_and_config(tiny_mrcs, tmp_path, r
     assert summary["micrographs"]["ok"] == 2 and summary["picks"]["accepted"] == len(picked(out_dir))
     # The summary printed at the end says where the outputs are and how many were picked.
     assert str(out_dir) in out and f"{len(picked(out_dir))} accepted" in out
+
+
+def test_an_in_process_run_leaves_the_logging_set_up_as_it_found_it(tiny_mrcs, tmp_path, run_cli, capsys):
+    # Before, Hydra's console handler (on the sys.stderr of the run: pytest's capture,
+    # closed after the test) and its file handler stayed on the root logger: a later
+    # test's warning printed "--- Logging error ---", and every later message of the
+    # process went into the first run's lipoframe.log.
+    root = logging.getLogger()
+    before = (root.handlers[:], root.level)
+    for name in ("first", "second"):
+        code, _, err = run_cli("run", f"input={tiny_mrcs[0].parent}", f"output={tmp_path / name}", *TINY_ARGS)
+        assert code == 0, err
+        assert (root.handlers, root.level) == before
+    assert "2 micrograph(s) from" in (tmp_path / "first" / "lipoframe.log").read_text()
+    logging.getLogger("lipoframe").warning("a message after the runs")
+    for name in ("first", "second"):
+        assert "after the runs" not in (tmp_path / name / "lipoframe.log").read_text()
 
 
 def test_pixel_size_from_header_and_override(tmp_path, run_cli):

@@ -68,13 +68,23 @@ def test_merge_keeps_a_log_in_the_merged_folder_as_a_run_does(sharded, capsys):
     # dataset step's messages went to the console only.
     root = sharded
     out = root / "merged_log"
+    handlers = logging.getLogger().handlers[:]
     assert merge.main([str(root / "shards" / "0"), str(root / "shards" / "1"), str(root / "shards" / "2"), f"output={out}",
                        "binning.rounding=even"]) == 0
     lines = (out / "lipoframe.log").read_text().splitlines()
     assert lines[0].endswith(f"[lipoframe][INFO] lipoframe {lipoframe.__version__}: merge {root / 'shards' / '0'} {root / 'shards' / '1'} "
                              f"{root / 'shards' / '2'} binning.rounding=even")
     assert "INFO" not in capsys.readouterr().err  # the console shows warnings and errors only, as before
-    assert logging.getLogger().handlers == [] or all(not isinstance(h, logging.FileHandler) for h in logging.getLogger().handlers)
+    assert logging.getLogger().handlers == handlers  # the log file's handler is gone with the command
+
+
+def test_merge_leaves_no_console_handler_behind(sharded, monkeypatch, capsys):
+    # In a process that set up no logging, merge adds a console handler on the sys.stderr
+    # of that moment; before, it stayed on the root logger after merge.main returned.
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])
+    assert merge.main([str(sharded / "shards"), f"output={sharded / 'merged_quiet'}"]) == 0
+    assert root.handlers == []
 
 
 def test_a_lone_shard_beside_a_run_over_other_inputs_is_refused(sharded, capsys):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import sys
 from pathlib import Path
@@ -417,6 +418,18 @@ def test_plan_command_recomputes_from_saved_picks(tmp_path, run_cli):
     assert code == 0 and json.loads(out)["policy"] == "kmeans"
     code, out, _ = run_cli("plan", run, "--json", "binning=quantile")  # options before the overrides too
     assert code == 0 and json.loads(out)["policy"] == "quantile"
+
+
+def test_plan_leaves_no_console_handler_behind(tmp_path, run_cli, monkeypatch):
+    # In a process that set up no logging, plan adds a console handler on the sys.stderr of
+    # that moment (here pytest's capture, closed after the test); before, it stayed on the root logger.
+    picks, metas = dataset()
+    run = fabricated_run(tmp_path / "run", picks, metas)
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])
+    code, _, err = run_cli("plan", run)
+    assert code == 0, err
+    assert root.handlers == []
 
 
 def test_plan_with_another_policy_keeps_the_runs_box_settings(tmp_path, run_cli):

@@ -1,0 +1,31 @@
+"""Logging set-up that ends with the command that made it."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+
+@contextlib.contextmanager
+def restored_logging():
+    """Give the root logger back its handlers and level on exit; close the handlers added meanwhile.
+
+    For commands run in-process (``lipoframe.cli.main``, ``app.run``,
+    ``merge.main``): Hydra configures logging for a run (a console handler
+    on the ``sys.stderr`` of that moment, a file handler in the run folder),
+    as do ``merge`` and ``plan`` when nothing did. Left attached, later
+    messages of the process would go to a stream that may be closed by then
+    and into the earlier run's ``lipoframe.log``.
+    """
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        yield
+    finally:
+        for h in root.handlers[:]:
+            root.removeHandler(h)
+            if h not in handlers:
+                h.close()
+        for h in handlers:
+            root.addHandler(h)
+        root.setLevel(level)
