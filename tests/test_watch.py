@@ -304,27 +304,47 @@ def _disc_map(row: int, col: int):
     return ((yy - row) ** 2 + (xx - col) ** 2 <= 40**2).astype(np.float32)
 
 
-def test_a_micrograph_whose_heatmap_comes_later_is_picked_when_it_comes(tmp_path, caplog):
+def test_a_micrograph_whose_heatmap_comes_later_is_picked_when_it_comes(tmp_path, monkeypatch):
     """Streaming with a network: the map is written after its micrograph. The micrograph fails
-    while its map is missing and is picked once the map is there, without being touched."""
+    while its map is missing and is picked once the map is there, without being touched.
+
+    The network waits on the session's picks, not on the clock: before, it polled the log and
+    the output folder with one 90 s deadline for both waits, and touched the stop file when that
+    ran out; on a loaded machine the session stopped with the micrograph still failed. It
+    also wrote the map in place, so a scan could pick with a half-written map once more."""
     import numpy as np
 
+    import lipoframe.runner
+
     src, maps, out, overrides = _one_micrograph_and_its_maps_folder(tmp_path)
-    poll = 0.2
-    seen = {}
+    attempts = []  # (status, error) of every pick of the session, in order
+    picked = threading.Condition()
+    run_jobs = lipoframe.runner.run_jobs
+
+    def recording_run_jobs(*args, **kwargs):
+        done, interrupted = run_jobs(*args, **kwargs)
+        with picked:
+            attempts.extend((r.status, r.error) for r in done)
+            picked.notify_all()
+        return done, interrupted
+
+    monkeypatch.setattr(lipoframe.runner, "run_jobs", recording_run_jobs)
 
     def network():
-        deadline = time.monotonic() + 90
-        while "no heatmap matches" not in caplog.text and time.monotonic() < deadline:
-            time.sleep(poll)
-        seen["failed_first"] = "no heatmap matches" in caplog.text
-        np.save(maps / "mic_000_prob.npy", _disc_map(150, 200))
-        while not (out / "micrographs" / "mic_000.json").exists() and time.monotonic() < deadline:
-            time.sleep(poll)
+        timeout = 240  # a guard against a hang on a loaded machine, not a timing check
+        with picked:
+            assert picked.wait_for(lambda: attempts, timeout=timeout), "the micrograph was never picked"
+        part = maps / "mic_000_prob.part"  # written in full, then renamed in as the map
+        with open(part, "wb") as f:
+            np.save(f, _disc_map(150, 200))
+        os.replace(part, maps / "mic_000_prob.npy")
+        with picked:
+            assert picked.wait_for(lambda: len(attempts) > 1, timeout=timeout), "not picked again when its map came"
         (out / "STOP").touch()
 
-    result = watch_while(network, src.parent, out, poll=poll, stable_polls=1, update_every=1, overrides=overrides)
-    assert seen["failed_first"]
+    result = watch_while(network, src.parent, out, poll=0.2, stable_polls=1, update_every=1, overrides=overrides)
+    assert [status for status, _ in attempts] == ["failed", "ok"], attempts
+    assert "no heatmap matches" in attempts[0][1]
     assert [r.status for r in result.results] == ["ok"], [r.error for r in result.results]
     assert len(result.picks) == 1 and src.exists()
 
