@@ -36,7 +36,7 @@ from lipoframe.builtin.writers import (
 )
 from lipoframe.io import cryosparc as cs_io
 from lipoframe.io import relion as relion_io
-from lipoframe.io.coords import export_frame, nearest_pixel
+from lipoframe.io.coords import export_frame, nearest_pixel, on_pixel_centres
 from lipoframe.io.star import quote
 from lipoframe.plan import ExtractionPlan, SizeBin
 from lipoframe.records import MicrographMeta, PickContext
@@ -180,6 +180,50 @@ def test_known_pixel_comes_out_right_in_every_format(tmp_path, x, y, flip, rx, r
         assert star["rlnCoordinateY"].iloc[0] == pytest.approx(ye, abs=1e-6)
 
 
+@pytest.mark.parametrize("flip", [False, True])
+@pytest.mark.parametrize(
+    "x, y, rx, ry",
+    [
+        # A centre may lie anywhere on the image, -0.5 to n - 0.5 (the pixels' extent); one on the
+        # outer edge belongs to the edge pixel. Before, NX - 0.5 rounded half up to pixel NX, off the
+        # image, and the float formats (CBOX, cryoSPARC) kept -0.5 and NX - 0.5, which a reader
+        # that rounds (pyem: np.round of frac * nx) or truncates can take off the image too.
+        (NX - 0.5, 60.0, NX - 1, 60),
+        (-0.5, 60.0, 0, 60),
+        (100.0, NY - 0.5, 100, NY - 1),
+        (100.0, -0.5, 100, 0),
+    ],
+)
+def test_a_pick_on_the_images_outer_edge_is_written_on_the_edge_pixel_in_every_format(tmp_path, x, y, rx, ry, flip):
+    from cryosparc.dataset import Dataset
+
+    if flip:
+        ry = NY - 1 - ry
+    picks = make_picks([{schema.MICROGRAPH: "m1", schema.X: x, schema.Y: y, schema.DIAMETER: 170.0,
+                         schema.ACCEPTED: False, schema.REASON: "border"}])
+    metas = {"m1": meta("m1", flip_y=flip)}
+    out = tmp_path / "out"
+    write_all(picks, metas, out, PickContext(dmin_px=100, dmax_px=200, pixel_size=1.5, seed=3, export_rejected=True))
+    StarWriter(StarWriterParams(subpixel=True, per_bin=False)).write(
+        picks, metas, PLAN, tmp_path / "subpixel", PickContext(dmin_px=100, dmax_px=200, pixel_size=1.5, seed=3, export_rejected=True))
+
+    csv = pd.read_csv(out / "picks.csv")  # lipoframe's own table keeps the centre as found
+    assert csv[schema.X].iloc[0] == x and csv[schema.Y].iloc[0] == y
+    for folder in (out / "relion", tmp_path / "subpixel" / "relion"):  # RELION: (long)rlnCoordinateX
+        coords = starfile.read(folder / "coords" / "m1_autopick.star")
+        assert (int(coords["rlnCoordinateX"].iloc[0]), int(coords["rlnCoordinateY"].iloc[0])) == (rx, ry)
+    bx = read_box(out / "box" / "m1.box")  # EMAN2 and RELION: corner + box / 2
+    assert (bx[0, 0] + bx[0, 2] // 2, bx[0, 1] + bx[0, 3] // 2) == (rx, ry)
+    cbox = starfile.read(out / "cbox" / "m1.cbox")["cryolo"]  # napari-boxmanager: corner + width / 2
+    assert cbox["CoordinateX"].iloc[0] + cbox["Width"].iloc[0] / 2 == pytest.approx(rx, abs=1e-3)
+    assert cbox["CoordinateY"].iloc[0] + cbox["Height"].iloc[0] / 2 == pytest.approx(ry, abs=1e-3)
+    d = Dataset.load(out / "cryosparc" / "particles.cs")
+    assert 0 <= d["location/center_x_frac"][0] < 1 and 0 <= d["location/center_y_frac"][0] < 1
+    assert np.round(d["location/center_x_frac"][0] * NX) == rx and np.round(d["location/center_y_frac"][0] * NY) == ry
+    star = starfile.read(out / "cryosparc" / "particles.star")
+    assert (star["rlnCoordinateX"].iloc[0], star["rlnCoordinateY"].iloc[0]) == (rx, ry)
+
+
 def test_subpixel_option_keeps_fraction_that_relion_truncates(tmp_path):
     picks = make_picks([{schema.MICROGRAPH: "m1", schema.X: 100.75, schema.Y: 20.25, schema.DIAMETER: 120.0}])
     StarWriter(StarWriterParams(subpixel=True, per_bin=False)).write(picks, {"m1": meta("m1")}, PLAN, tmp_path, CTX)
@@ -194,6 +238,10 @@ def test_export_frame_and_nearest_pixel():
     assert x.tolist() == [1.0, 2.0, 3.0]
     assert y.tolist() == [99.0, 88.75, 99.0]
     assert nearest_pixel([0.5, 1.5, 2.5, -0.5, 2.49]).tolist() == [1, 2, 3, 0, 2]
+    assert on_pixel_centres([-0.5, -0.25, 0.0, 99.0, 99.25, 99.5], 100).tolist() == [0.0, 0.0, 0.0, 99.0, 99.0, 99.0]
+    assert on_pixel_centres([9.5, 9.5], [10, 20]).tolist() == [9.0, 9.5]
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        on_pixel_centres([0.0], 0)
 
 
 def test_3d_picks_write_z(tmp_path):
@@ -208,6 +256,17 @@ def test_3d_picks_write_z(tmp_path):
     assert cbox["CoordinateZ"].iloc[0] == pytest.approx(12.6)
     assert cbox["Depth"].iloc[0] == 320
     assert cbox["CoordinateY"].iloc[0] + cbox["Height"].iloc[0] / 2 == pytest.approx(40.0)
+
+
+def test_a_pick_on_a_volumes_outer_plane_edge_is_written_on_that_plane(tmp_path):
+    # z = nz - 0.5 rounded half up to plane nz, one past the last (as x and y above)
+    picks = make_picks([{schema.MICROGRAPH: "t1", schema.X: 50.0, schema.Y: 40.0, schema.Z: 63.5, schema.DIAMETER: 160.0}])
+    metas = {"t1": meta("t1", shape=(64, 300, 400))}
+    StarWriter(StarWriterParams(per_bin=False)).write(picks, metas, PLAN, tmp_path, CTX)
+    CboxWriter().write(picks, metas, PLAN, tmp_path, CTX)
+    assert starfile.read(tmp_path / "relion" / "coords" / "t1_autopick.star")["rlnCoordinateZ"].iloc[0] == 63
+    cbox = starfile.read(tmp_path / "cbox" / "t1.cbox")["cryolo"]
+    assert cbox["CoordinateZ"].iloc[0] == pytest.approx(63.0)  # the slice centre
 
 
 # ---------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from lipoframe.io import cryosparc as cs_io
 from lipoframe.io import eman as eman_io
 from lipoframe.io import relion as relion_io
 from lipoframe.io.atomic import atomic_path, safe_child, write_bytes, write_text
-from lipoframe.io.coords import export_frame, nearest_pixel
+from lipoframe.io.coords import export_frame, nearest_pixel, on_pixel_centres
 from lipoframe.plan import ExtractionPlan, SizeBin, round_up_box
 from lipoframe.records import MicrographMeta, PickContext
 from lipoframe.stages import Writer
@@ -186,7 +186,9 @@ def export_view(picks: pd.DataFrame, metas: dict[str, MicrographMeta], plan: Ext
     -------
     view : DataFrame
         ``micrograph``, ``x``, ``y`` (exported frame: rows flipped for TIFF,
-        sub-pixel kept), ``z`` (if the table has ``z_px``), ``diameter_px``,
+        sub-pixel kept, a centre in the outer half of an edge pixel moved
+        to that pixel's centre: :func:`~lipoframe.io.coords.on_pixel_centres`),
+        ``z`` (if the table has ``z_px``; kept on the planes alike), ``diameter_px``,
         ``score`` (finite), ``size_bin`` (-1 outside every bin), ``box_px``
         (the bin's box; the nearest bin's for picks outside every bin) and
         ``accepted``.
@@ -201,10 +203,13 @@ def export_view(picks: pd.DataFrame, metas: dict[str, MicrographMeta], plan: Ext
     if missing:
         raise ValueError(f"picks of micrograph(s) {missing[:3]} have no metadata; cannot convert their coordinates")
     ny = np.array([metas[n].shape[-2] for n in names], dtype=np.int64)
+    nx = np.array([metas[n].shape[-1] for n in names], dtype=np.int64)
     flip = np.array([metas[n].flip_y for n in names], dtype=bool)
     x = picks[schema.X].to_numpy(dtype=float)
     y = picks[schema.Y].to_numpy(dtype=float)
     xe, ye = export_frame(x, y, ny=ny, flip_y=flip)
+    # A centre on the image's outer edge (x = nx - 0.5) would be written as pixel nx, off the image.
+    xe, ye = on_pixel_centres(xe, nx), on_pixel_centres(ye, ny)
     d = picks[schema.DIAMETER].to_numpy(dtype=float)
     score = picks[schema.SCORE].to_numpy(dtype=float) if schema.SCORE in picks else np.zeros(len(picks))
     if not np.all(np.isfinite(score)):
@@ -224,7 +229,9 @@ def export_view(picks: pd.DataFrame, metas: dict[str, MicrographMeta], plan: Ext
         size_bin = np.where(known, size_bin, schema.REJECTED_BIN)
     view = pd.DataFrame({"micrograph": names, "x": xe, "y": ye})
     if schema.Z in picks:
-        view["z"] = picks[schema.Z].to_numpy(dtype=float)
+        z = picks[schema.Z].to_numpy(dtype=float)
+        nz = np.array([metas[n].shape[-3] if len(metas[n].shape) == 3 else np.inf for n in names])
+        view["z"] = np.clip(z, 0.0, nz - 1.0)  # as x and y: a plane's outer edge belongs to it
     view["diameter_px"] = d
     view["score"] = score
     view["size_bin"] = size_bin

@@ -7,7 +7,8 @@ MRC file (0-based column/row of the pixel centre, no flip). They read a TIFF
 upside down (RELION ``src/rwTIFF.h``: "IMOD, EMAN2, SerialEM and MotionCor2
 flip the Y axis whenever they read or write a TIFF file. We follow this.";
 napari-boxmanager ``io/tif.py`` flips on load), so for a TIFF input the
-exported row is ``ny - 1 - y``. Every writer goes through :func:`export_frame`.
+exported row is ``ny - 1 - y``. Every writer goes through :func:`export_frame`,
+and :func:`on_pixel_centres` keeps what it writes on the image.
 """
 
 from __future__ import annotations
@@ -60,3 +61,43 @@ def export_frame(x, y, *, ny, flip_y) -> tuple[np.ndarray, np.ndarray]:
     if np.any(flip & ~(rows >= 1)):
         raise ValueError("ny must be >= 1 to flip rows")
     return x, np.where(flip, (rows - 1.0) - y, y)
+
+
+def on_pixel_centres(values, n) -> np.ndarray:
+    """Centres along an axis of ``n`` pixels, moved onto the pixel centres 0 to ``n - 1``.
+
+    A pick's centre may lie anywhere on the image, from -0.5 to ``n - 0.5``
+    (the pixels' extent, docs/conventions.md). In the outer half of an edge
+    pixel there is no pixel centre further out, and the formats' readers
+    would take such a centre off the image: ``n - 0.5`` rounds half up to
+    pixel ``n`` (RELION and EMAN .box coordinates are whole pixels), pyem's
+    ``np.round(frac * nx)`` of a cryoSPARC fraction can do the same, and
+    -0.5 is a negative cryoSPARC fraction. Such a centre goes to the edge
+    pixel's centre: at most half a pixel, within the pixel it is in.
+
+    Parameters
+    ----------
+    values : (N,) array_like of float
+        0-based pixel-centre coordinates.
+    n : int or (N,) array_like of int
+        Number of pixels along the axis (of each value's image), >= 1.
+
+    Returns
+    -------
+    (N,) ndarray of float
+
+    Raises
+    ------
+    ValueError
+        If ``n`` < 1.
+
+    Examples
+    --------
+    >>> on_pixel_centres([-0.5, 0.25, 639.5], 640).tolist()
+    [0.0, 0.25, 639.0]
+    """
+    values = np.asarray(values, dtype=float)
+    n = np.broadcast_to(np.asarray(n, dtype=float), values.shape)
+    if np.any(~(n >= 1)):
+        raise ValueError("n must be >= 1")
+    return np.clip(values, 0.0, n - 1.0)
