@@ -238,6 +238,7 @@ def merge_runs(folders: list[str | Path], out_dir: str | Path, overrides: list[s
         MicResult,
         _work_paths,
         build_stages,
+        drop_outputs_of_other_settings,
         finish_run,
         folder_log,
         load_work,
@@ -279,6 +280,11 @@ def merge_runs(folders: list[str | Path], out_dir: str | Path, overrides: list[s
         except (OSError, ValueError, KeyError, TypeError):
             pass
     with output_folder(out_dir), folder_log(out_dir, "merge " + " ".join([*map(str, folders), *overrides])):
+        # As a run does: an earlier merge's (or run's) picks and exports made with other settings go now,
+        # not when this merge's dataset step replaces them (never, if it is interrupted).
+        dropped = drop_outputs_of_other_settings(out_dir, cfg)  # before write_manifest: it may read the earlier inputs.json
+        if dropped:
+            log.warning(dropped)
         results: list[MicResult] = []
         for shard, name, path in order:
             done = load_work(shard.folder, name, fingerprint)
@@ -306,6 +312,7 @@ def merge_runs(folders: list[str | Path], out_dir: str | Path, overrides: list[s
         write_text(out_dir / "merged_from.json", json.dumps([str(s.folder) for s in shards], indent=1))
         for n in notes:
             log.warning(n)
+        notes += [dropped] if dropped else []
         # The absolute folder, as a run's (Hydra's output_dir): the console's 'outputs' line and run_summary.json's out_dir.
         result = finish_run(out_dir.absolute(), [n for _, n, _ in order], results, stages, cfg, pm=pm, t0=t0, errors=[], notes=notes,
                             workers=1)

@@ -110,6 +110,37 @@ def test_a_lone_shard_beside_a_run_over_other_inputs_is_refused(sharded, capsys)
     assert names == single + ["third_000"]
 
 
+def test_a_merge_again_with_other_settings_drops_the_earlier_merges_outputs_as_it_starts(sharded, monkeypatch, caplog):
+    # As `lipoframe run` does (runner.drop_outputs_of_other_settings): before, the earlier merge's
+    # picks.csv and exports stayed until the new merge's dataset step replaced them, and for ever
+    # when it was interrupted or killed before, beside the new merge's inputs.json and config.yaml.
+    import lipoframe.runner
+
+    out = sharded / "merged_twice"
+    assert merge.main([str(sharded / "shards"), f"output={out}"]) == 0
+    assert (out / "picks.csv").is_file() and (out / "relion" / "autopick.star").is_file()
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lipoframe.runner, "finish_run", killed)
+    with caplog.at_level(logging.WARNING, logger="lipoframe"), pytest.raises(KeyboardInterrupt):
+        merge.main([str(sharded / "shards"), f"output={out}", "binning.rounding=even"])
+    assert "removed the dataset-level outputs of the earlier run" in caplog.text
+    for name in ("picks.csv", "extraction_plan.json", "run_summary.json", "relion", "csv"):
+        assert not (out / name).exists(), name
+    assert json.loads((out / "written_files.json").read_text())["files"] == []
+    assert sorted(p.name for p in (out / "micrographs").glob("*.json")) == [f"mic_{i:03d}.json" for i in range(3)] + [
+        f"other_{i:03d}.json" for i in range(2)]  # the per-micrograph results stay, as in a run
+    monkeypatch.undo()
+    # the same settings again (a merge after more shards ran, or run again): the outputs stay until it rewrites them
+    assert merge.main([str(sharded / "shards"), f"output={out}", "binning.rounding=even"]) == 0
+    monkeypatch.setattr(lipoframe.runner, "finish_run", killed)
+    with pytest.raises(KeyboardInterrupt):
+        merge.main([str(sharded / "shards"), f"output={out}", "binning.rounding=even"])
+    assert (out / "picks.csv").is_file()
+
+
 def test_merge_accepts_the_sweep_folder(sharded):
     root = sharded
     assert merge.main([str(root / "shards"), f"output={root / 'merged_sweep'}"]) == 0
