@@ -783,11 +783,12 @@ def read_picks(path: str | Path, *, micrographs=None, flip_y: bool | None = None
     """
     path = Path(path)
     if is_run_folder(path):
-        from lipoframe.runner import run_result_names
+        from lipoframe.runner import run_results
 
         names, tables = [], []
         # not the saved results an earlier run with other inputs or other settings left
-        for name in run_result_names(path):
+        infos = run_results(path)
+        for name in infos:
             csv = path / "micrographs" / f"{name}.csv"
             if not csv.exists():
                 continue
@@ -801,7 +802,7 @@ def read_picks(path: str | Path, *, micrographs=None, flip_y: bool | None = None
         from lipoframe.report import dataset_verdicts
 
         # The dataset step's verdicts too: its filters' rejections and the binning's size outliers.
-        return dataset_verdicts(picks, path)[0], names
+        return dataset_verdicts(picks, path, infos=infos)[0], names
     if path.is_dir() and (path / "picks.csv").is_file():
         path = path / "picks.csv"
     df = _read_many(path, "picks", micrographs, flip_y)

@@ -249,13 +249,20 @@ def _with_bins(work: pd.DataFrame, exported: pd.DataFrame | None, plan: Extracti
     return out
 
 
-def dataset_verdicts(work: pd.DataFrame, out_dir: str | os.PathLike) -> tuple[pd.DataFrame, ExtractionPlan | None]:
+def dataset_verdicts(
+    work: pd.DataFrame, out_dir: str | os.PathLike, *, infos: dict[str, dict | None] | None = None
+) -> tuple[pd.DataFrame, ExtractionPlan | None]:
     """A run's per-micrograph tables with the verdicts of its dataset-level step.
 
     The dataset filters' rejections (``dataset_rejections.csv``), the
     binning's size outliers (``binning_outlier``) and ``size_bin``, from the
     run's ``picks.csv`` and ``extraction_plan.json`` (also after ``lipoframe
-    plan``).
+    plan``). A micrograph whose saved result that step did not see (picked
+    again, or added, by a run stopped before its own dataset step:
+    :func:`~lipoframe.runner.unseen_by_dataset_step`) keeps its own verdicts,
+    with bins and size outliers from the plan, as in a run without
+    ``picks.csv``. ``infos``: the JSON of the saved results already read
+    (:func:`~lipoframe.runner.run_results`).
 
     Returns
     -------
@@ -263,10 +270,11 @@ def dataset_verdicts(work: pd.DataFrame, out_dir: str | os.PathLike) -> tuple[pd
         Every row of ``work``, with ``accepted``/``reject_reason`` and ``size_bin``.
     plan : ExtractionPlan or None
     """
-    from lipoframe.runner import apply_dataset_rejections
+    from lipoframe.runner import apply_dataset_rejections, unseen_by_dataset_step
 
     out_dir = Path(out_dir)
-    work = apply_dataset_rejections(work, out_dir)
+    unseen = unseen_by_dataset_step(out_dir, pd.unique(work[schema.MICROGRAPH].astype(str)), infos) if len(work) else set()
+    work = apply_dataset_rejections(work, out_dir, skip=unseen)
     plan_dict = _read_json(out_dir / "extraction_plan.json")
     plan = None
     if plan_dict:
@@ -281,7 +289,13 @@ def dataset_verdicts(work: pd.DataFrame, out_dir: str | os.PathLike) -> tuple[pd
                                    dtype={schema.MICROGRAPH: str, schema.REASON: str})
         except (OSError, ValueError, pd.errors.ParserError) as exc:
             log.warning("cannot read %s (%s); using the per-micrograph tables", out_dir / "picks.csv", exc)
-    return _with_bins(work, exported, plan), plan
+    if not unseen or exported is None or schema.MICROGRAPH not in exported.columns:
+        return _with_bins(work, exported, plan), plan
+    new = work[schema.MICROGRAPH].astype(str).isin(unseen).to_numpy()
+    parts = [_with_bins(work[~new], exported[~exported[schema.MICROGRAPH].astype(str).isin(unseen)], plan),
+             _with_bins(work[new], None, plan)]
+    order = np.argsort(np.concatenate([np.flatnonzero(~new), np.flatnonzero(new)]), kind="stable")
+    return pd.concat(parts, ignore_index=True).iloc[order].reset_index(drop=True), plan
 
 
 def load_run(out_dir: str | os.PathLike) -> RunData:
@@ -302,7 +316,7 @@ def load_run(out_dir: str | os.PathLike) -> RunData:
     if not names and not summary:
         raise FileNotFoundError(f"{out_dir}: not a lipoframe run folder (no micrographs/*.json and no run_summary.json)")
     work, metas = collect_work(out_dir, names, infos=infos)
-    picks, plan = dataset_verdicts(work, out_dir)
+    picks, plan = dataset_verdicts(work, out_dir, infos=infos)
     config, text, stage_names = _config_from_folder(out_dir)
     failures = [{"name": safe_name(Path(f.get("micrograph", "")).stem), "path": f.get("micrograph", ""), "error": f.get("error", "")}
                 for f in summary.get("failures", [])]

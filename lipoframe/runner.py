@@ -25,7 +25,7 @@ from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 import numpy as np
 import pandas as pd
@@ -1060,6 +1060,35 @@ def _work_info_matches(info: dict, fingerprint: str | None, source: dict | None,
     return version is None or info.get("lipoframe") == version
 
 
+def result_identity(info: dict | None) -> str | None:
+    """A digest of what one saved result was made from: settings, input file, code version, pixel size, row count.
+
+    From the result's JSON (:func:`save_work`): its ``fingerprint``,
+    ``source`` stamp, ``lipoframe`` version, ``n_picks`` and metadata but
+    the path. Picking is deterministic, so two saves with the same identity
+    hold the same picks (a micrograph picked again with ``runner.resume=false``,
+    or whose data folder moved, keeps it); a changed input file or pixel
+    size gives another. None for JSON that is no saved result's.
+    """
+    if not isinstance(info, dict) or not isinstance(info.get("meta"), dict):
+        return None
+    payload = {k: info.get(k) for k in ("fingerprint", "source", "lipoframe", "n_picks")}
+    payload["meta"] = {k: v for k, v in info["meta"].items() if k != "path"}
+    return hashlib.blake2b(json.dumps(payload, sort_keys=True, default=str).encode(), digest_size=8).hexdigest()
+
+
+def read_infos(out_dir: Path, names: list[str]) -> dict[str, dict | None]:
+    """The JSON of the saved result of each of ``names`` (None where it is missing or unreadable)."""
+    infos: dict[str, dict | None] = {}
+    for name in names:
+        try:
+            info = json.loads(_work_paths(Path(out_dir), name)[1].read_text())
+        except (OSError, ValueError):
+            info = None
+        infos[name] = info if isinstance(info, dict) else None
+    return infos
+
+
 def saved_counts(
     out_dir: Path, wanted: dict[str, dict | None], fingerprint: str | None = None, *, version: str | None = None
 ) -> dict[str, tuple[MicrographMeta, int, int]]:
@@ -1945,8 +1974,14 @@ def finalize_dataset(
     stages: StageSet,
     cfg: LipoframeConfig,
     out_dir: Path,
+    *,
+    made_from: dict[str, str | None] | None = None,
 ) -> tuple[pd.DataFrame, ExtractionPlan, list[Path]]:
-    """Binning and writers over all micrographs; returns the binned table, plan and files."""
+    """Binning and writers over all micrographs; returns the binned table, plan and files.
+
+    ``made_from``: the :func:`result_identity` of each micrograph's saved
+    result, recorded in ``written_files.json`` (see :func:`unseen_by_dataset_step`).
+    """
     from lipoframe.planfiles import write_plan_files
 
     ctx = dataset_context(metas, cfg)
@@ -1984,7 +2019,7 @@ def finalize_dataset(
     project_dir = next((str(getattr(w.params, "project_dir", "") or "") for w in stages.writers if w.name == "star"), "")
     written.extend(write_plan_files(result.plan, binned, out_dir, metas=metas, written=written, project_dir=project_dir,
                                     micrographs_star=extraction_micrographs_star(out_dir, project_dir)))
-    removed = remove_stale_outputs(out_dir, written, settings=cfg.dataset_fingerprint())
+    removed = remove_stale_outputs(out_dir, written, settings=cfg.dataset_fingerprint(), made_from=made_from)
     if removed:
         log.info("removed %d file(s) an earlier run wrote into %s that this run did not write again", len(removed), out_dir)
     if failed:
@@ -2093,7 +2128,9 @@ def remove_new_files(out_dir: Path, before: dict[str, int]) -> list[Path]:
     return removed
 
 
-def remove_stale_outputs(out_dir: Path, written: list[Path], *, settings: str | None = None) -> list[Path]:
+def remove_stale_outputs(
+    out_dir: Path, written: list[Path], *, settings: str | None = None, made_from: dict[str, str | None] | None = None
+) -> list[Path]:
     """Delete the files the previous dataset step of ``out_dir`` wrote and this one did not, and record this one's.
 
     A run into a folder that already holds results (other micrographs,
@@ -2103,15 +2140,39 @@ def remove_stale_outputs(out_dir: Path, written: list[Path], *, settings: str | 
     ``written_files.json`` by an earlier run are ever deleted; folders left
     empty go too. ``settings``: the
     :meth:`~lipoframe.config.LipoframeConfig.dataset_fingerprint` the files
-    were made with, recorded for :func:`drop_outputs_of_other_settings`.
+    were made with, recorded for :func:`drop_outputs_of_other_settings`;
+    ``made_from``: the identity of each micrograph's saved result they were
+    made from, recorded (as ``results``) for :func:`unseen_by_dataset_step`.
     """
     out_dir = Path(out_dir)
     root = out_dir.resolve()
     now = sorted({p.relative_to(root).as_posix() for p in resolve_all(written) if p.is_relative_to(root)})
     before = _written_record(out_dir).get("files", [])
     removed = _remove_listed(out_dir, sorted(set(before) - set(now)))
-    write_text(out_dir / WRITTEN, json.dumps({"files": now, **({"settings": settings} if settings else {})}, indent=1))
+    record = {"files": now, **({"settings": settings} if settings else {}), **({"results": made_from} if made_from is not None else {})}
+    write_text(out_dir / WRITTEN, json.dumps(record, indent=1))
     return removed
+
+
+def unseen_by_dataset_step(out_dir: Path, names, infos: dict[str, dict | None] | None = None) -> set[str]:
+    """Which of ``names`` the last dataset step of ``out_dir`` did not see as their saved result is now.
+
+    Their saved result is another (the micrograph was picked again from a
+    changed file by a run that was stopped before its dataset step) or new
+    (a micrograph added): the verdicts of ``picks.csv`` and
+    ``dataset_rejections.csv`` are not theirs. Empty for a folder whose
+    ``written_files.json`` does not record the results (an earlier version's).
+    ``infos``: the results' JSON already read (:func:`run_results`); the
+    others are read here.
+    """
+    made_from = _written_record(out_dir).get("results")
+    if not isinstance(made_from, dict):
+        return set()
+    names = [str(n) for n in names]
+    infos = infos or {}
+    missing = [n for n in names if infos.get(n) is None]
+    infos = {**infos, **read_infos(Path(out_dir), missing)}
+    return {n for n in names if made_from.get(n) is None or made_from.get(n) != result_identity(infos.get(n))}
 
 
 def _written_record(out_dir: Path) -> dict:
@@ -2200,13 +2261,16 @@ def dataset_rejections(picks: pd.DataFrame, before: np.ndarray) -> pd.DataFrame:
     })
 
 
-def apply_dataset_rejections(picks: pd.DataFrame, out_dir: Path) -> pd.DataFrame:
+def apply_dataset_rejections(picks: pd.DataFrame, out_dir: Path, *, skip: Collection[str] = ()) -> pd.DataFrame:
     """Flag in ``picks`` (the run's saved per-micrograph tables, in :func:`collect_work`
-    order) the picks its dataset-level filters rejected (:data:`DATASET_REJECTIONS`)."""
+    order) the picks its dataset-level filters rejected (:data:`DATASET_REJECTIONS`),
+    but in the micrographs of ``skip`` (:func:`unseen_by_dataset_step`)."""
     path = Path(out_dir) / DATASET_REJECTIONS
     if not path.is_file() or not len(picks) or schema.ACCEPTED not in picks.columns:
         return picks
     rejected = pd.read_csv(path, dtype={schema.MICROGRAPH: str, schema.REASON: str}, keep_default_na=False)
+    if skip:
+        rejected = rejected[~rejected[schema.MICROGRAPH].isin(list(skip))]
     if not len(rejected):
         return picks
     out = picks.copy()
@@ -2497,7 +2561,8 @@ def finish_run(
     order = {n: i for i, n in enumerate(names)}
     results.sort(key=lambda r: order.get(r.name, len(order)))
     good = [r.name for r in results if r.status in ("ok", "skipped")]
-    picks, metas = collect_work(out_dir, good)
+    infos = read_infos(out_dir, good)
+    picks, metas = collect_work(out_dir, good, infos=infos)
     if pixel_size is not None:
         picks, metas = with_pixel_size(picks, metas, pixel_size)
     plan = None
@@ -2508,7 +2573,8 @@ def finish_run(
         # the earlier outputs of the same settings (drop_outputs_of_other_settings removed those of other settings).
         (out_dir / DATASET_REJECTIONS).unlink(missing_ok=True)
         try:
-            picks, plan, files = finalize_dataset(picks, metas, stages, cfg, out_dir)
+            picks, plan, files = finalize_dataset(picks, metas, stages, cfg, out_dir,
+                                                  made_from={n: result_identity(infos.get(n)) for n in metas})
         except WriterError as exc:  # logged by finalize_dataset; the other writers and the plan are written
             picks, plan, files = exc.picks, exc.plan, exc.files
             errors.extend(exc.failures)

@@ -385,3 +385,34 @@ def test_a_mistyped_input_with_other_settings_still_leaves_the_earlier_run_as_it
     with pytest.raises(InputError, match="nothing was written"):
         run(f"'{inp}/*.mcr'", out, "detector.threshold=7")
     assert {p: (out / p).read_bytes() for p in before} == before
+
+
+def test_an_interrupted_rerun_does_not_give_its_new_picks_the_earlier_runs_dataset_verdicts(done_run, monkeypatch):
+    """The first micrograph replaced, a rerun with the same settings stopped after picking it again: the earlier
+    run's picks.csv and dataset_rejections.csv stay (the same settings' outputs, test above), and `lipoframe
+    report`/`evaluate` took their verdicts for the new picks (its accepted picks became binning outliers)."""
+    import pandas as pd
+
+    from lipoframe.evaluate import read_picks
+    from lipoframe.report import load_run
+
+    inp, out = done_run
+    before = load_run(out).picks
+    write_mrc(inp / "mic_000.mrc", image(42))
+    _interrupted_after_one(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        run(inp, out)
+    saved = pd.read_csv(out / "micrographs" / "mic_000.csv", keep_default_na=False, na_values=[""])
+    # Its own verdicts, and the earlier plan's size range (as for a run without picks.csv): the dataset step has not seen it.
+    outside = saved["accepted"].to_numpy() & (load_run(out).plan.assign(saved["diameter_px"].to_numpy()) < 0)
+    accepted = saved["accepted"].to_numpy() & ~outside
+    assert accepted.any()
+    reasons = saved["reject_reason"].fillna("").where(~outside, "binning_outlier").tolist()
+    for picks in (load_run(out).picks, read_picks(out)[0]):
+        new = picks[picks["micrograph"] == "mic_000"].reset_index(drop=True)
+        assert new["accepted"].tolist() == accepted.tolist()
+        assert new["reject_reason"].tolist() == reasons
+        # the micrographs the rerun did not reach keep the earlier dataset step's verdicts
+        cols = ["micrograph", "x_px", "y_px", "accepted", "reject_reason"]
+        pd.testing.assert_frame_equal(picks.loc[picks["micrograph"] != "mic_000", cols].reset_index(drop=True),
+                                      before.loc[before["micrograph"] != "mic_000", cols].reset_index(drop=True), check_dtype=False)
