@@ -28,7 +28,10 @@ polarity's sum is at least :data:`RATIO` times the run's, from at least
 It costs a detection, NMS and refinement per polarity of usually one
 micrograph per run, half to all of the time of picking it (the detector
 runs twice; ``runner.polarity_check=false`` leaves it out); the run's picks are
-those of its own polarity whatever it finds.
+those of its own polarity whatever it finds. The runner keeps the
+:class:`Verdict` in the run folder and takes it again, without picking,
+while the micrographs checked keep their saved results
+(:func:`lipoframe.runner.polarity_check_for`).
 """
 
 from __future__ import annotations
@@ -151,15 +154,56 @@ def quiet():
         logging.disable(before)
 
 
-def check_polarity(micrographs, stages, polarity: str) -> list[str]:
-    """The polarity note (a list of at most one) from the first micrographs of a run.
+@dataclass(frozen=True)
+class Verdict:
+    """What :func:`polarity_verdict` found on the first micrographs of a run.
+
+    Attributes
+    ----------
+    checked : tuple of str
+        Names of the micrographs checked, in the run's order.
+    final : bool
+        Whether the check stopped by its own rule (:data:`MAX_MICROGRAPHS`,
+        :data:`ENOUGH_PICKS`): more micrographs after these
+        would not change it. False when it ran out of micrographs.
+    own, other : Evidence
+        Summed over ``checked``, in the run's polarity and the other one.
+    notes : tuple of str
+        The note (at most one).
+    """
+
+    checked: tuple[str, ...] = ()
+    final: bool = False
+    own: Evidence = Evidence()
+    other: Evidence = Evidence()
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        return {"checked": list(self.checked), "final": self.final, "own": [self.own.quality, self.own.picks],
+                "other": [self.other.quality, self.other.picks], "notes": list(self.notes)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Verdict:
+        """The verdict :meth:`to_dict` gave; KeyError, TypeError or ValueError for anything else."""
+        return cls(tuple(str(n) for n in d["checked"]), bool(d["final"]), Evidence(float(d["own"][0]), int(d["own"][1])),
+                   Evidence(float(d["other"][0]), int(d["other"][1])), tuple(str(n) for n in d["notes"]))
+
+    def describe(self, polarity: str) -> str:
+        """``edge evidence 12.0 with polarity=dark (30 picks), ...`` for the log."""
+        return (f"edge evidence {self.own.quality:.1f} with polarity={polarity} ({self.own.picks} picks), "
+                f"{self.other.quality:.1f} with polarity={OPPOSITE[polarity]} ({self.other.picks} picks)")
+
+
+def polarity_verdict(micrographs, stages, polarity: str) -> Verdict:
+    """The :class:`Verdict` on the first micrographs of a run.
 
     Parameters
     ----------
     micrographs : iterable of (Micrograph, PickContext)
         In the run's order, read lazily: the check stops after
         :data:`MAX_MICROGRAPHS`, or once both polarities together have
-        :data:`ENOUGH_PICKS` picks.
+        :data:`ENOUGH_PICKS` picks. A 3-D image (a tomogram) ends it:
+        no micrograph checked (an empty :class:`Verdict`).
     stages : StageSet
         The run's detector, NMS and refiner are used.
     polarity : {'dark', 'bright'}
@@ -167,21 +211,29 @@ def check_polarity(micrographs, stages, polarity: str) -> list[str]:
     """
     t0 = time.perf_counter()
     own = other = Evidence()
-    checked = 0
+    checked: list[str] = []
+    final = False
     for mic, ctx in micrographs:
         if mic.image.ndim != 2:
-            return []
+            return Verdict()
         with quiet():
             a, b = polarity_evidence(mic, stages, ctx)
-        own, other, checked = own + a, other + b, checked + 1
+        own, other = own + a, other + b
+        checked.append(mic.name)
         log.debug("%s: edge evidence %s %.1f (%d picks), %s %.1f (%d picks)", mic.name, polarity, a.quality, a.picks,
                   OPPOSITE[polarity], b.quality, b.picks)
-        if checked >= MAX_MICROGRAPHS or own.picks + other.picks >= ENOUGH_PICKS:
+        if len(checked) >= MAX_MICROGRAPHS or own.picks + other.picks >= ENOUGH_PICKS:
+            final = True
             break
     if not checked:
-        return []
-    log.info("polarity check on %d micrograph(s) in %.1f s: edge evidence %.1f with polarity=%s (%d picks), %.1f with polarity=%s (%d picks)",
-             checked, time.perf_counter() - t0, own.quality, polarity, own.picks, other.quality, OPPOSITE[polarity], other.picks)
-    note = polarity_note(own, other, polarity, checked)
-    return [note] if note else []
+        return Verdict()
+    note = polarity_note(own, other, polarity, len(checked))
+    verdict = Verdict(tuple(checked), final, own, other, (note,) if note else ())
+    log.info("polarity check on %d micrograph(s) in %.1f s: %s", len(checked), time.perf_counter() - t0, verdict.describe(polarity))
+    return verdict
+
+
+def check_polarity(micrographs, stages, polarity: str) -> list[str]:
+    """The polarity note (a list of at most one) from the first micrographs of a run (see :func:`polarity_verdict`)."""
+    return list(polarity_verdict(micrographs, stages, polarity).notes)
 

@@ -1941,31 +1941,78 @@ def range_notes_for(picks: pd.DataFrame, metas: dict[str, MicrographMeta], cfg: 
     return notes
 
 
-def polarity_notes_for(results: list[MicResult], names: list[str], stages: StageSet, cfg: LipoframeConfig) -> list[str]:
-    """:func:`lipoframe.polaritycheck.check_polarity` on the first micrographs picked (logged; the summary prints it).
+#: The polarity check's verdict and the saved results it was made from (:func:`polarity_check_for`).
+POLARITY_RECORD = "polarity_check.json"
+
+
+def earlier_polarity_verdict(out_dir: Path, done: list[str]):
+    """The :class:`~lipoframe.polaritycheck.Verdict` an earlier run into ``out_dir`` recorded, if it holds for ``done``.
+
+    It holds when the micrographs it checked are the first of ``done`` (the
+    run's picked micrographs, in its order), each with the saved result it
+    was made from (:func:`result_identity`: the same settings, input file,
+    pixel size and code), and, if it checked all the micrographs that
+    run had, ``done`` has no more. Else None.
+    """
+    from lipoframe.polaritycheck import Verdict
+
+    try:
+        record = json.loads((Path(out_dir) / POLARITY_RECORD).read_text())
+        verdict = Verdict.from_dict(record["verdict"])
+        made_from = {str(k): v for k, v in record["results"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError):
+        return None
+    n = len(verdict.checked)
+    if not n or list(verdict.checked) != done[:n] or (not verdict.final and len(done) != n):
+        return None
+    infos = read_infos(Path(out_dir), list(verdict.checked))
+    if any(made_from.get(name) is None or made_from.get(name) != result_identity(infos[name]) for name in verdict.checked):
+        return None
+    return verdict
+
+
+def polarity_check_for(results: list[MicResult], names: list[str], stages: StageSet, cfg: LipoframeConfig,
+                       out_dir: Path) -> dict | None:
+    """:func:`lipoframe.polaritycheck.polarity_verdict` on the first micrographs picked, for ``run_summary.json``.
 
     The micrographs are read again, in the run's order; a micrograph that
-    cannot be read or a stage that fails leaves the run without the note.
+    cannot be read or a stage that fails leaves the run without the check
+    (None). The verdict is kept in :data:`POLARITY_RECORD` with the saved
+    results it was made from, and taken again, without reading or picking,
+    by a later run whose first micrographs have the same saved results
+    (:func:`earlier_polarity_verdict`: a resumed run). Returns the
+    micrographs ``checked``, the ``notes`` (logged; the summary prints them)
+    and whether the verdict was ``reused``.
     """
-    from lipoframe.polaritycheck import check_polarity, quiet
+    from lipoframe.polaritycheck import polarity_verdict, quiet
 
     order = {n: i for i, n in enumerate(names)}
     done = sorted((r for r in results if r.status in ("ok", "skipped")), key=lambda r: order.get(r.name, len(order)))
+    verdict = earlier_polarity_verdict(out_dir, [r.name for r in done])
+    reused = verdict is not None
+    if reused:
+        log.info("polarity check: the verdict of the earlier run on the same %d micrograph(s) with the same settings (%s): %s",
+                 len(verdict.checked), POLARITY_RECORD, verdict.describe(cfg.polarity))
+    else:
+        def micrographs():
+            for r in done:
+                with quiet():  # the reader's warnings were given when the micrograph was picked
+                    mic = read_named(r.path, r.name, cfg, stages)
+                yield mic, pick_context(mic.meta, cfg)
 
-    def micrographs():
-        for r in done:
-            with quiet():  # the reader's warnings were given when the micrograph was picked
-                mic = read_named(r.path, r.name, cfg, stages)
-            yield mic, pick_context(mic.meta, cfg)
-
-    try:
-        notes = check_polarity(micrographs(), stages, cfg.polarity)
-    except Exception as exc:  # noqa: BLE001 - only advice: the picks are saved whatever happens here
-        log.debug("polarity check skipped: %s: %s", type(exc).__name__, exc)
-        return []
-    for n in notes:
+        try:
+            verdict = polarity_verdict(micrographs(), stages, cfg.polarity)
+        except Exception as exc:  # noqa: BLE001 - only advice: the picks are saved whatever happens here
+            log.debug("polarity check skipped: %s: %s", type(exc).__name__, exc)
+            return None
+        if not verdict.checked:
+            return None
+        made_from = {name: result_identity(info) for name, info in read_infos(out_dir, list(verdict.checked)).items()}
+        if all(made_from.values()):
+            write_text(out_dir / POLARITY_RECORD, json.dumps({"verdict": verdict.to_dict(), "results": made_from}, indent=1))
+    for n in verdict.notes:
         log.info(n)
-    return notes
+    return {"checked": list(verdict.checked), "notes": list(verdict.notes), "reused": reused}
 
 
 def finalize_dataset(
@@ -2383,6 +2430,8 @@ class RunResult:
     workers: int = 1
     #: Micrographs of the run, including those an interruption left undone (default: ``len(results)``).
     n_micrographs: int | None = None
+    #: The polarity check (:func:`polarity_check_for`), when it ran: its notes are among ``notes``.
+    polarity_check: dict | None = None
 
     @property
     def failed(self) -> list[MicResult]:
@@ -2429,6 +2478,7 @@ class RunResult:
             "failures": [{"micrograph": r.path, "error": r.error.splitlines()[0]} for r in self.failed],
             "errors": self.errors,
             "notes": self.notes,
+            **({"polarity_check": self.polarity_check} if self.polarity_check is not None else {}),
             "interrupted": self.interrupted,
             "workers": self.workers,
             "peak_rss_mb": round(max((r.peak_rss_mb for r in picked), default=0.0), 1),
@@ -2520,7 +2570,8 @@ def run_jobs(jobs: list[MicJob], cfg: LipoframeConfig, stages: StageSet, *, prog
 
 
 #: Keys of ``run_summary.json`` that describe the picking, kept by ``lipoframe plan``.
-PICKING_SUMMARY = ("out_dir", "micrographs", "failures", "interrupted", "workers", "peak_rss_mb", "micrographs_per_s", "seconds")
+PICKING_SUMMARY = ("out_dir", "micrographs", "failures", "polarity_check", "interrupted", "workers", "peak_rss_mb",
+                   "micrographs_per_s", "seconds")
 
 
 def with_pixel_size(picks: pd.DataFrame, metas: dict[str, MicrographMeta],
@@ -2547,17 +2598,24 @@ def finish_run(
     finalize: bool = True,
     picking: dict | None = None,
     pixel_size: float | None = None,
+    polarity: dict | None = None,
 ) -> RunResult:
     """Collect the saved per-micrograph results of ``names``, run the dataset-level
     stages (unless ``finalize`` is false) and write ``run_summary.json``.
 
     ``picking``: the ``run_summary.json`` of the run that picked the
     micrographs, when only the dataset-level stages run again
-    (``lipoframe plan``): its micrograph counts, timings and folder are kept.
+    (``lipoframe plan``): its micrograph counts, timings and folder are kept,
+    and the notes of its polarity check. ``polarity``: the polarity check of
+    this run (:func:`polarity_check_for`), whose notes follow ``notes``.
     ``pixel_size``: every micrograph's pixel size instead of the saved one
     (``lipoframe plan pixel_size=`` of a run picked in pixels; ``diameter_A``
     follows).
     """
+    if polarity is None and isinstance(picking, dict) and isinstance(picking.get("polarity_check"), dict):
+        polarity = picking["polarity_check"]
+    if polarity is not None:
+        notes = notes + [str(n) for n in polarity.get("notes", [])]
     order = {n: i for i, n in enumerate(names)}
     results.sort(key=lambda r: order.get(r.name, len(order)))
     good = [r.name for r in results if r.status in ("ok", "skipped")]
@@ -2592,7 +2650,7 @@ def finish_run(
         if not stopped:
             notes = notes + placeholder_pixel_size_notes(metas, cfg) + pixel_size_notes(metas) + range_notes_for(picks, metas, cfg)
     result = RunResult(out_dir, results, picks, plan, files, time.perf_counter() - t0, errors, notes, interrupted, workers,
-                       n_micrographs=len(names))
+                       n_micrographs=len(names), polarity_check=polarity)
     summary = result.summary()
     if picking:
         kept = {k: picking[k] for k in PICKING_SUMMARY if k in picking}
@@ -2722,14 +2780,15 @@ def run_pipeline(
         jobs = [MicJob(p, n, out_dir, fingerprint, cfg.runner.resume, cfg.runner.verbose) for p, n in pairs]
         workers = resolve_workers(cfg.runner.workers, len(jobs))
         results, interrupted = run_jobs(jobs, cfg, stages)
+        polarity = None
         if not interrupted and cfg.runner.polarity_check:
             try:
-                notes = notes + polarity_notes_for(results, [n for _, n in pairs], stages, cfg)
+                polarity = polarity_check_for(results, [n for _, n in pairs], stages, cfg, out_dir)
             except KeyboardInterrupt:  # every micrograph is saved: the same command again finishes the run
                 interrupted = True
         result = finish_run(
             out_dir, [n for _, n in pairs], results, stages, cfg, pm=pm, t0=t0,
-            errors=errors, notes=notes, interrupted=interrupted, workers=workers, finalize=not interrupted,
+            errors=errors, notes=notes, interrupted=interrupted, workers=workers, finalize=not interrupted, polarity=polarity,
         )
         if cfg.runner.report and not interrupted:
             from lipoframe.report import write_report_safely

@@ -101,7 +101,7 @@ def test_run_of_inverted_particles_notes_it_and_keeps_its_picks(tmp_path, run_cl
     # The note only informs: the picks are those of the run without the check.
     import lipoframe.polaritycheck as pc
 
-    monkeypatch.setattr(pc, "check_polarity", lambda *a, **k: [])
+    monkeypatch.setattr(pc, "polarity_verdict", lambda *a, **k: pc.Verdict())
     code, _, _ = run_cli("run", f"input={tmp_path / 'bright'}", f"output={tmp_path / 'unchecked'}", *common)
     assert code == 0
     assert json.loads((tmp_path / "unchecked" / "run_summary.json").read_text())["notes"] == []
@@ -127,3 +127,76 @@ def test_the_check_does_not_repeat_the_readers_warnings(tmp_path, run_cli, image
     assert code == 0
     assert (out + err).count("the header's pixel sizes differ") == 1, out + err
     assert "NOTE   the particles may be dark, not bright" in out
+
+
+def _counting_checks(monkeypatch):
+    """The names of the micrographs the polarity check picks again, in order, from here on."""
+    import lipoframe.polaritycheck as pc
+
+    real, seen = pc.polarity_evidence, []
+
+    def counting(mic, *args):
+        seen.append(mic.name)
+        return real(mic, *args)
+
+    monkeypatch.setattr(pc, "polarity_evidence", counting)
+    return seen
+
+
+def test_a_rerun_of_the_same_micrographs_and_settings_reuses_the_verdict(tmp_path, run_cli, image, monkeypatch):
+    # A fully resumed rerun picked the first micrograph again in both polarities, up to its picking time for nothing.
+    write_mrc(tmp_path / "in" / "a.mrc", -image)
+    write_mrc(tmp_path / "in" / "b.mrc", -image[::-1])
+    common = [f"input={tmp_path / 'in'}", f"output={tmp_path / 'out'}", "units=px", "dmin=30", "dmax=80", "runner.workers=1",
+              "runner.progress=false", "runner.report=false"]
+    checked = _counting_checks(monkeypatch)
+    code, out, _ = run_cli("run", *common)
+    assert code == 0 and checked and checked[0] == "a"
+    note = json.loads((tmp_path / "out" / "run_summary.json").read_text())["notes"]
+    assert len(note) == 1 and note[0].startswith("the particles may be bright, not dark")
+    first = list(checked)
+    for again in ([], ["binning.pad=1.6"]):  # every result resumed; dataset-level settings are not the check's
+        checked.clear()
+        code, out, _ = run_cli("run", *common, *again)
+        assert code == 0 and checked == []
+        summary = json.loads((tmp_path / "out" / "run_summary.json").read_text())
+        assert summary["notes"][-1:] == note and summary["polarity_check"] == {"checked": first, "notes": note, "reused": True}
+        assert "NOTE   " + note[0] in out
+    assert "polarity check: the verdict of the earlier run" in (tmp_path / "out" / "lipoframe.log").read_text()
+    # Other picking settings, or another first micrograph: checked again.
+    checked.clear()
+    code, _, _ = run_cli("run", *common, "refiner.min_contrast=3.4")
+    assert code == 0 and checked == first
+    checked.clear()
+    write_mrc(tmp_path / "in" / "a.mrc", image)  # now dark particles: no note
+    code, _, _ = run_cli("run", *common, "refiner.min_contrast=3.4")
+    assert code == 0 and checked and checked[0] == "a"
+    assert json.loads((tmp_path / "out" / "run_summary.json").read_text())["notes"] == []
+    checked.clear()
+    code, _, _ = run_cli("run", *common, "refiner.min_contrast=3.4")
+    assert code == 0 and checked == []
+    assert json.loads((tmp_path / "out" / "run_summary.json").read_text())["notes"] == []
+
+
+def test_plan_keeps_the_runs_polarity_note(tmp_path, run_cli, image):
+    # `lipoframe plan` rewrote run_summary.json (and the report) without it.
+    write_mrc(tmp_path / "in" / "m.mrc", -image)
+    out_dir = tmp_path / "out"
+    code, _, _ = run_cli("run", f"input={tmp_path / 'in'}", f"output={out_dir}", "units=px", "dmin=30", "dmax=80", "runner.workers=1",
+                         "runner.progress=false", "runner.report=false")
+    assert code == 0
+    note = json.loads((out_dir / "run_summary.json").read_text())["notes"]
+    assert len(note) == 1 and note[0].startswith("the particles may be bright, not dark")
+    for overrides in ([], ["binning=kmeans"]):
+        code, out, err = run_cli("plan", out_dir, *overrides)
+        assert code == 0, err
+        assert json.loads((out_dir / "run_summary.json").read_text())["notes"] == note
+        assert f"NOTE {note[0]}" in out
+    # A rerun that leaves the check out says nothing of the polarity; nor does the plan then.
+    code, _, _ = run_cli("run", f"input={tmp_path / 'in'}", f"output={out_dir}", "units=px", "dmin=30", "dmax=80", "runner.workers=1",
+                         "runner.progress=false", "runner.report=false", "runner.polarity_check=false")
+    assert code == 0
+    summary = json.loads((out_dir / "run_summary.json").read_text())
+    assert note[0] not in summary["notes"] and "polarity_check" not in summary
+    code, out, err = run_cli("plan", out_dir)
+    assert code == 0 and note[0] not in json.loads((out_dir / "run_summary.json").read_text())["notes"] and note[0] not in out

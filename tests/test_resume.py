@@ -288,8 +288,9 @@ def _interrupted_after_one(monkeypatch):
 
 
 def _dataset_outputs(out):
-    """The files of ``out`` but its per-micrograph results, the log, the lock and the run records."""
-    keep = {"lipoframe.log", ".lipoframe.lock", "inputs.json", "written_files.json", "run_summary.json"}
+    """The files of ``out`` but its per-micrograph results, the log, the lock and the run records (the polarity
+    check's verdict is kept with the saved results it was made from, as they are)."""
+    keep = {"lipoframe.log", ".lipoframe.lock", "inputs.json", "written_files.json", "run_summary.json", "polarity_check.json"}
     return sorted(p.relative_to(out).as_posix() for p in out.rglob("*")
                   if p.is_file() and p.parts[len(out.parts)] not in ("micrographs", "overlays") and p.name not in keep)
 
@@ -370,7 +371,7 @@ def test_a_killed_rerun_with_other_settings_leaves_neither_the_earlier_outputs_n
     kill_when(proc, lambda: all(redone(m) for m in markers), "the rerun did not pick the first micrographs in time")
     assert "detector.threshold=7" in (out / ".hydra" / "overrides.yaml").read_text()
     left = sorted(p.name for p in out.iterdir() if p.is_file())
-    assert left == [".lipoframe.lock", "inputs.json", "lipoframe.log", "written_files.json"]
+    assert left == [".lipoframe.lock", "inputs.json", "lipoframe.log", "polarity_check.json", "written_files.json"]
     assert not (out / "relion").exists()
     plan = subprocess.run([sys.executable, "-m", "lipoframe", "plan", str(out)], env=env_with_plugins(), capture_output=True,
                           text=True, timeout=120)
