@@ -41,6 +41,8 @@ policies: single, peak_valley, quantile, kmeans, hac (see `lipoframe stages binn
 
 #: Top-level options of the saved config that matter at the dataset level.
 _TOP_LEVEL = ("pixel_size", "dmin", "dmax", "units", "polarity", "seed", "export_rejected")
+#: The settings of the last ``lipoframe plan`` (removed by a later ``lipoframe run`` into the folder, which writes its own plan).
+PLAN_CONFIG = "plan_config.yaml"
 #: Override keys ``lipoframe plan`` accepts (prefixes).
 _ALLOWED = ("binning", "writer", "export_rejected", "runner.")
 #: ... and this top-level key (see :func:`check_pixel_size`).
@@ -446,7 +448,7 @@ def replan(run_dir: str | Path, overrides: list[str] = (), *, report: bool = Fal
 
     from lipoframe import plugins
     from lipoframe.io.atomic import write_text
-    from lipoframe.runner import MANIFEST, WRITTEN, build_stages, finish_run, folder_log, output_folder
+    from lipoframe.runner import MANIFEST, WRITTEN, build_stages, finish_run, folder_log, output_folder, record_written
 
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
@@ -484,7 +486,9 @@ def replan(run_dir: str | Path, overrides: list[str] = (), *, report: bool = Fal
                   "export_rejected": bool(composed.export_rejected), "overrides": user}
         if pixel_size is not None:
             record["pixel_size"] = pixel_size
-        write_text(run_dir / "plan_config.yaml", OmegaConf.to_yaml(OmegaConf.create(record)))
+        write_text(run_dir / PLAN_CONFIG, OmegaConf.to_yaml(OmegaConf.create(record)))
+        # One of this plan's outputs: the next dataset step (`lipoframe run` again, with the run's own settings) removes it.
+        record_written(run_dir, run_dir / PLAN_CONFIG)
         if report:
             from lipoframe.report import write_report_safely
 

@@ -2250,6 +2250,21 @@ def _remove_listed(out_dir: Path, rels: list[str]) -> list[Path]:
     return removed
 
 
+def record_written(out_dir: Path, path: Path) -> None:
+    """Add ``path`` (inside ``out_dir``) to the files ``written_files.json`` lists, when there is that record.
+
+    For a file written after the dataset step (``lipoframe plan``'s
+    ``plan_config.yaml``): the next dataset step that does not write it
+    removes it as it removes the other files of the previous one.
+    """
+    record = _written_record(out_dir)
+    if not record:
+        return
+    rel = Path(path).resolve().relative_to(Path(out_dir).resolve()).as_posix()
+    record["files"] = sorted({*record.get("files", []), rel})
+    write_text(Path(out_dir) / WRITTEN, json.dumps(record, indent=1))
+
+
 def drop_outputs_of_other_settings(out_dir: Path, cfg: LipoframeConfig) -> str | None:
     """Remove, as a run starts, the dataset-level outputs an earlier run made in ``out_dir`` with other settings.
 

@@ -822,3 +822,29 @@ def test_plan_of_a_killed_run_calls_its_unpicked_micrographs_not_done_not_failed
     assert summary["micrographs"]["failed"] == 0 and summary["micrographs"]["not_done"] == 1
     code, _, err = run_cli("plan", str(out))  # and again, now from the run_summary.json plan wrote
     assert "the run was interrupted" in err, err
+
+
+def test_a_rerun_of_the_run_removes_the_last_plans_settings(tiny_mrcs, tmp_path, run_cli):
+    # plan_config.yaml said binning=single after `lipoframe run` had replanned the folder with the run's own quantile binning.
+    out = tmp_path / "out"
+    run = ["run", f"input={tiny_mrcs[0].parent}", f"output={out}", *TINY_ARGS, "binning=quantile", "binning.n_bins=2"]
+    code, _, err = run_cli(*run)
+    assert code == 0, err
+    assert not (out / "plan_config.yaml").exists()
+    code, _, err = run_cli("plan", out, "binning=single")
+    assert code == 0, err
+    assert "overrides:\n- binning=single" in (out / "plan_config.yaml").read_text()
+    code, _, err = run_cli(*run)  # every micrograph resumed: the outputs of the plan's other settings go, the run writes its own
+    assert code == 0, err
+    assert json.loads((out / "extraction_plan.json").read_text())["policy"] == "quantile"
+    assert not (out / "plan_config.yaml").exists()
+    code, _, err = run_cli("plan", out)  # the run's own settings
+    assert code == 0 and (out / "plan_config.yaml").is_file(), err
+    code, _, err = run_cli(*run)  # the same settings: its dataset step replaces the plan's outputs
+    assert code == 0, err
+    assert not (out / "plan_config.yaml").exists()
+    code, _, err = run_cli("plan", out, "binning=single")
+    assert code == 0 and (out / "plan_config.yaml").is_file(), err
+    code, _, err = run_cli(*run, "binning.n_bins=3")  # other settings: the earlier outputs go as the run starts
+    assert code == 0, err
+    assert not (out / "plan_config.yaml").exists()
