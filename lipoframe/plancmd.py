@@ -262,7 +262,22 @@ def check_user_overrides(user: list[str]) -> None:
     Raises
     ------
     PlanError
+    ConfigError
+        For a key that is no option of lipoframe at all (a typo such as
+        ``binnin=kmeans``), naming it and the option it most likely meant.
     """
+    import dataclasses
+    import difflib
+
+    from lipoframe.config import ConfigError, LipoframeConfig
+
+    known = [f.name for f in dataclasses.fields(LipoframeConfig)]
+    for o in user:
+        top = _key(o).split(".", 1)[0]
+        if "=" in o and top not in known:
+            close = difflib.get_close_matches(top, known, n=1, cutoff=0.75)
+            hint = f"; did you mean {close[0]}{_key(o)[len(top):]}?" if close else ""
+            raise ConfigError(f"{_key(o)}: not an option of lipoframe{hint}")
     bad = [o for o in user if "=" not in o or not (_key(o).startswith(_ALLOWED) or _key(o) == PIXEL_SIZE)]
     if bad:
         raise PlanError(

@@ -460,6 +460,14 @@ def test_plan_command_refuses_picking_options_and_bad_folders(tmp_path, run_cli)
     assert code == 2 and "detector.threshold=3" in err and "lipoframe run" in err
     code, _, err = run_cli("plan", run, "binning.no_such=1")
     assert code == 2 and "no_such" in err
+    # a typo is named as one, not as a picking option
+    code, _, err = run_cli("plan", run, "binnin=kmeans")
+    assert code == 2 and "binnin: not an option of lipoframe; did you mean binning?" in err
+    assert "picking options" not in err
+    code, _, err = run_cli("plan", run, "writr.box.per_bin=false")
+    assert code == 2 and "did you mean writer.box.per_bin?" in err
+    code, _, err = run_cli("plan", run, "zzz=1")
+    assert code == 2 and "zzz: not an option of lipoframe" in err and "did you mean" not in err
     code, _, err = run_cli("plan", tmp_path / "nothing")
     assert code == 2 and "no such folder" in err
     (tmp_path / "empty").mkdir()
