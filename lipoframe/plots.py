@@ -503,18 +503,31 @@ def crop_picture(
     return np.asarray(pic)
 
 
-def to_palette(rgb: np.ndarray, *, grey_levels: int = 128):
+def to_palette(rgb: np.ndarray, *, grey_levels: int = 128, exact: Sequence[str] | None = None):
     """An 8-bit palette image of a grey picture with a few coloured drawings.
 
-    Grey pixels (``r == g == b``) keep ``grey_levels`` evenly spaced levels;
-    the other pixels share the remaining ``256 - grey_levels`` palette
-    entries (fast octree). The PNG is ~3x smaller than RGB and as fast to write.
+    Grey pixels (``r == g == b``) keep ``grey_levels`` evenly spaced levels.
+    Pixels of exactly one of the ``exact`` colours keep that colour (an
+    entry of its own); the other coloured pixels (anti-aliased edges) share
+    the remaining ``256 - grey_levels`` palette entries (fast octree). The
+    PNG is ~3x smaller than RGB and as fast to write.
+
+    Parameters
+    ----------
+    rgb : (M, N, 3) uint8 array
+    grey_levels : int
+        Palette entries for grey, a divisor of 256 up to 128.
+    exact : sequence of str, optional
+        Colours (any matplotlib colour) drawn as they are; default: the size
+        bins' colours (:data:`BIN_COLORS`), so a bin with few picks is not
+        merged by the quantiser into a frequent neighbouring colour.
 
     Returns
     -------
     image : PIL.Image.Image
         Mode ``"P"``.
     """
+    from matplotlib.colors import to_rgb
     from PIL import Image
 
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
@@ -527,13 +540,24 @@ def to_palette(rgb: np.ndarray, *, grey_levels: int = 128):
     idx = (g // step).astype(np.uint8)
     palette = np.zeros((256, 3), dtype=np.uint8)
     palette[:grey_levels] = (np.arange(grey_levels) * step + step // 2)[:, None]
-    coloured = rgb[~grey]
+    rest = ~grey
+    n_col = 256 - grey_levels
+    n_exact = 0
+    if rest.any():
+        for color in BIN_COLORS if exact is None else exact:
+            c = tuple(int(round(255 * v)) for v in to_rgb(color))
+            hit = rest & (r == c[0]) & (g == c[1]) & (b == c[2])
+            if n_exact < n_col - 1 and hit.any():
+                idx[hit] = grey_levels + n_exact
+                palette[grey_levels + n_exact] = c
+                n_exact += 1
+                rest &= ~hit
+    coloured = rgb[rest]
     if coloured.size:
-        n_col = 256 - grey_levels
-        q = Image.fromarray(coloured.reshape(1, -1, 3)).quantize(n_col, method=Image.Quantize.FASTOCTREE)
-        idx[~grey] = np.asarray(q).ravel() + grey_levels
-        used = np.asarray(q.getpalette()[: 3 * n_col], dtype=np.uint8).reshape(-1, 3)
-        palette[grey_levels : grey_levels + len(used)] = used
+        q = Image.fromarray(coloured.reshape(1, -1, 3)).quantize(n_col - n_exact, method=Image.Quantize.FASTOCTREE)
+        idx[rest] = np.asarray(q).ravel() + grey_levels + n_exact
+        used = np.asarray(q.getpalette()[: 3 * (n_col - n_exact)], dtype=np.uint8).reshape(-1, 3)
+        palette[grey_levels + n_exact : grey_levels + n_exact + len(used)] = used
     img = Image.frombytes("P", (idx.shape[1], idx.shape[0]), np.ascontiguousarray(idx).tobytes())
     img.putpalette(palette.ravel().tolist())
     return img

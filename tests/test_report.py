@@ -190,6 +190,31 @@ def test_palette_png_is_faithful():
     assert np.abs(back[plain] - rgb[plain]).max() <= 1
 
 
+def _rgb8(color):
+    from matplotlib.colors import to_rgb
+
+    return tuple(int(round(255 * v)) for v in to_rgb(color))
+
+
+def test_palette_png_keeps_the_bin_colours_exact_among_many_others():
+    # A micrograph full of one bin's anti-aliased circles and a legend marker of another bin:
+    # the quantiser must not merge the rare bin colour into the common ones (bin 3's yellow
+    # came out orange on a real overlay with hundreds of bin-1 picks).
+    rng = np.random.default_rng(1)
+    grey = rng.integers(0, 256, (200, 300), dtype=np.uint8)
+    rgb = np.repeat(grey[..., None], 3, axis=2)
+    w = rng.random((150, 300, 1))  # bin 1's orange blended with the grey below: thousands of distinct colours
+    rgb[:150] = np.round(w * np.array(_rgb8(plots.bin_color(0))) + (1 - w) * rgb[:150]).astype(np.uint8)
+    rgb[:100, ::2] = _rgb8(plots.bin_color(0))
+    for k in range(len(plots.BIN_COLORS)):
+        rgb[160 + 5 * k, 10:14] = _rgb8(plots.bin_color(k))  # a few pixels each
+    with Image.open(io.BytesIO(plots.encode(rgb, "png", palette=True))) as im:
+        back = np.asarray(im.convert("RGB")).astype(int)
+    for k in range(len(plots.BIN_COLORS)):
+        assert (back[160 + 5 * k, 10:14] == _rgb8(plots.bin_color(k))).all(), plots.bin_color(k)
+    assert (back[:100, ::2] == _rgb8(plots.bin_color(0))).all()
+
+
 def test_crop_picture_is_the_box_with_the_circle_in_the_middle():
     img = np.zeros((300, 300), dtype=np.float32)
     pic = plots.crop_picture(img, x=150.0, y=120.0, diameter=60.0, box=96, color="#ff0000", max_size=256)
