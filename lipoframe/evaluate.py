@@ -676,8 +676,23 @@ def _read_table(path: Path, catalog: MicrographCatalog | None = None, flip_y: bo
         df = pd.read_csv(path, dtype={schema.MICROGRAPH: str}, keep_default_na=False, na_values=[""])
     except EvaluationInputError:
         raise
+    except UnicodeDecodeError:
+        raise EvaluationInputError(f"{path}: not a text table (an image or other binary file?); "
+                                   "give a CSV, STAR, .box, .cbox or .coords file") from None
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         raise EvaluationInputError(f"{path}: cannot read ({exc})") from None
+    _check_columns(df, str(path))
+    for col in (schema.X, schema.Y, schema.Z):
+        if col not in df.columns:
+            continue
+        values = pd.to_numeric(df[col], errors="coerce").to_numpy(float)
+        bad = np.flatnonzero(~np.isfinite(values))
+        if len(bad):
+            raw = df[col].iloc[bad[0]]
+            raw = "" if pd.isna(raw) else str(raw)
+            raise EvaluationInputError(f"{path}: {col} must be a number on every row; {len(bad)} row(s) are not "
+                                       f"(first: line {bad[0] + 2}: {raw!r})")
+        df[col] = values
     if schema.MICROGRAPH not in df.columns:
         df[schema.MICROGRAPH] = path.stem
     return df

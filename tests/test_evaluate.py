@@ -754,6 +754,47 @@ def test_cli_errors_are_one_line_naming_the_problem(argv, word, capsys, tmp_path
     assert word in err and len(err.splitlines()) == 1
 
 
+@pytest.mark.parametrize("which", ["picks", "reference"])
+@pytest.mark.parametrize("bad, expected", [
+    ("", "p.csv: x_px must be a number on every row; 1 row(s) are not (first: line 3: '')"),
+    ("abc", "p.csv: x_px must be a number on every row; 1 row(s) are not (first: line 3: 'abc')"),
+    ("inf", "p.csv: x_px must be a number on every row; 1 row(s) are not (first: line 3: 'inf')"),
+])
+def test_cli_a_table_with_a_bad_coordinate_is_one_line_naming_the_file_and_row(tmp_path, capsys, which, bad, expected):
+    # was "data must be finite, check for nan or inf values" or "could not convert string to float: 'abc'"
+    (tmp_path / "p.csv").write_text(f"micrograph,x_px,y_px,diameter_px\nm,100,100,50\nm,{bad},200,50\n")
+    table([("m", 100, 100, 50)]).to_csv(tmp_path / "r.csv", index=False)
+    other = "reference" if which == "picks" else "picks"
+    assert main([f"{which}={tmp_path / 'p.csv'}", f"{other}={tmp_path / 'r.csv'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert expected in err and len(err.splitlines()) == 1
+
+
+def test_cli_a_folder_with_a_csv_without_coordinates_reads_the_tables_with_them(tmp_path, capsys):
+    # `lipoframe simulate`'s folder: truth.csv and micrographs.csv (no x_px) side by side; the
+    # second was concatenated as picks without coordinates: "data must be finite, ..."
+    table([("m", 100, 100, 50), ("m", 300, 300, 50)]).to_csv(tmp_path / "truth.csv", index=False)
+    (tmp_path / "micrographs.csv").write_text("micrograph,file,width_px\nm,m.mrc,512\n")
+    assert main([f"picks={tmp_path}", f"reference={tmp_path / 'truth.csv'}"]) == 0
+    assert "picks 2" in capsys.readouterr().out
+    (tmp_path / "truth.csv").unlink()
+    assert main([f"picks={tmp_path}", f"reference={tmp_path / 'micrographs.csv'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "has picks coordinates (micrographs.csv)" in err and len(err.splitlines()) == 1
+
+
+def test_cli_an_image_given_as_a_table_says_so(tmp_path, capsys):
+    import mrcfile
+
+    with mrcfile.new(tmp_path / "mic.mrc") as m:
+        m.set_data(np.zeros((16, 16), np.float32))
+    table([("m", 100, 100, 50)]).to_csv(tmp_path / "r.csv", index=False)
+    assert main([f"picks={tmp_path / 'r.csv'}", f"reference={tmp_path / 'mic.mrc'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "mic.mrc: not a text table (an image or other binary file?); give a CSV, STAR, .box, .cbox or .coords file" in err
+    assert len(err.splitlines()) == 1
+
+
 @pytest.mark.skipif(not APO.is_dir(), reason="shared apoferritin sample not available")
 def test_apoferritin_reference_names_match_the_png_stems():
     ref = read_reference(APO / "reference_coords_derived.csv")
