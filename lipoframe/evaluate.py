@@ -693,8 +693,6 @@ def _read_table(path: Path, catalog: MicrographCatalog | None = None, flip_y: bo
             raise EvaluationInputError(f"{path}: {col} must be a number on every row; {len(bad)} row(s) are not "
                                        f"(first: line {bad[0] + 2}: {raw!r})")
         df[col] = values
-    if schema.MICROGRAPH not in df.columns:
-        df[schema.MICROGRAPH] = path.stem
     return df
 
 
@@ -720,7 +718,10 @@ def _read_many(path: Path, what: str, micrographs=None, flip_y: bool | None = No
         tables, skipped = [], []
         for p in files:
             try:
-                tables.append(_read_table(p, catalog, flip_y))
+                one = _read_table(p, catalog, flip_y)
+                if schema.MICROGRAPH not in one.columns:  # a folder of per-micrograph CSVs: named by their files
+                    one[schema.MICROGRAPH] = p.stem
+                tables.append(one)
             except EvaluationInputError as exc:  # e.g. a RELION list file next to the coordinate files
                 if "rlnCoordinateX" not in str(exc):
                     raise
@@ -1075,7 +1076,8 @@ def evaluate(
         if schema.MICROGRAPH not in df.columns:
             names = other[schema.MICROGRAPH].unique() if schema.MICROGRAPH in other.columns else ["micrograph"]
             if len(names) > 1:
-                raise ValueError(f"{what} have no micrograph column but the other table names {len(names)} micrographs")
+                raise ValueError(f"the {what} table has no micrograph column but the other one names {len(names)} "
+                                 "micrographs; add a micrograph column")
             df[schema.MICROGRAPH] = names[0] if len(names) else "micrograph"
     if "kind" not in ref.columns:
         ref["kind"] = "particle"

@@ -783,6 +783,22 @@ def test_cli_a_folder_with_a_csv_without_coordinates_reads_the_tables_with_them(
     assert "has picks coordinates (micrographs.csv)" in err and len(err.splitlines()) == 1
 
 
+def test_cli_a_csv_without_micrograph_column_is_the_other_tables_only_micrograph(tmp_path, capsys):
+    # like ../shared's reference_virions_derived.csv: one micrograph's particles, no micrograph column.
+    # It was named after its file ('ref') and matched nothing: F1 0 and "no micrograph name in common".
+    (tmp_path / "ref.csv").write_text("x_px,y_px,diameter_px\n100,100,50\n300,300,50\n")
+    table([("TS_001.133", 101, 99, 50), ("TS_001.133", 300, 302, 50)]).to_csv(tmp_path / "p.csv", index=False)
+    assert main([f"picks={tmp_path / 'p.csv'}", f"reference={tmp_path / 'ref.csv'}"]) == 0
+    out, err = capsys.readouterr()
+    assert "F1 1.000" in out and "TS_001.133" in out and "in common" not in err
+    # against picks on two micrographs it cannot say which: one line, exit 2
+    table([("a", 100, 100, 50), ("b", 300, 300, 50)]).to_csv(tmp_path / "p2.csv", index=False)
+    assert main([f"picks={tmp_path / 'p2.csv'}", f"reference={tmp_path / 'ref.csv'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "the reference table has no micrograph column but the other one names 2 micrographs" in err
+    assert len(err.splitlines()) == 1
+
+
 def test_cli_an_image_given_as_a_table_says_so(tmp_path, capsys):
     import mrcfile
 
