@@ -1872,9 +1872,10 @@ def main(argv: list[str]) -> int:
     if all_job_folders(args.picks) and not last_run:
         return _main_sweep(args)
     try:
-        # What is known about the micrographs: micrographs= first, then the run folder picks come from.
-        picks_run = find_run_folder(args.picks)
-        catalog = MicrographCatalog([s for s in (args.micrographs, picks_run) if s is not None])
+        # What is known about the micrographs: micrographs= first, then the run folder picks come from, then
+        # the one reference comes from (another picker's .box/.cbox/STAR files scored against a run on TIFFs).
+        picks_run, ref_run = find_run_folder(args.picks), find_run_folder(args.reference)
+        catalog = MicrographCatalog([s for s in (args.micrographs, picks_run, ref_run) if s is not None])
         if args.overlays and not catalog:
             raise EvaluationInputError("overlays need the micrograph images: give picks=<lipoframe run folder> "
                                        "(or a file in one) or micrographs=<folder of the images>")

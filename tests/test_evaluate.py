@@ -695,6 +695,19 @@ def test_a_runs_cbox_and_box_exports_score_as_its_csv(tmp_path, run_cli, suffix)
             assert got["median_diameter_error"] == pytest.approx(0.0, abs=1e-3)
 
 
+def test_another_pickers_files_of_tiff_micrographs_are_placed_by_the_run_given_as_reference(tmp_path, run_cli):
+    """`picks=<another picker's .box/.cbox/STAR> reference=<run folder>` (docs: "another picker with a run"):
+    the run knows its TIFFs, so their rows are flipped back without micrographs= (they were taken as MRC rows)."""
+    run, _ = _run_with_every_writer(tmp_path, run_cli, ".tif")
+    elsewhere = tmp_path / "other_picker"
+    shutil.copytree(run / "cbox", elsewhere / "CBOX")
+    shutil.copytree(run / "box", elsewhere / "EMAN")
+    for folder in ("CBOX", "EMAN"):
+        out = tmp_path / "eval" / folder
+        assert main([f"picks={elsewhere / folder}", f"reference={run}", f"output={out}"]) == 0
+        assert json.loads((out / "evaluation.json").read_text())["f1"] == 1.0, folder
+
+
 def test_cli_warns_when_no_micrograph_names_match(tmp_path, capsys):
     table([("mic_a", 1, 1, 10)]).to_csv(tmp_path / "p.csv", index=False)
     table([("other", 1, 1, 10)]).to_csv(tmp_path / "r.csv", index=False)
