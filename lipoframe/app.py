@@ -150,7 +150,8 @@ def _did_you_mean(exc: BaseException) -> str:
     (``detector.treshold``). One unknown at the top level is looked for
     among the keys of the sections and of every registered stage's
     parameters, by its exact name first (``workers`` -> ``runner.workers``,
-    ``tolerance`` -> ``filter.diameter_range.tolerance``), then spelled alike.
+    ``tolerance`` -> ``filter.diameter_range.tolerance``), then spelled alike,
+    then as the start of a key (``stream.poll`` -> ``stream.poll_seconds``).
     """
     import dataclasses
     import difflib
@@ -166,10 +167,16 @@ def _did_you_mean(exc: BaseException) -> str:
 
     if key in names(node):  # a known key with a bad value: nothing to suggest
         return ""
+    def alike(word: str, candidates) -> list[str]:
+        """Spelt alike, else the keys that begin with it (``poll`` -> ``poll_seconds``)."""
+        candidates = list(dict.fromkeys(candidates))
+        close = difflib.get_close_matches(word, candidates, n=3, cutoff=0.75)
+        return close or ([c for c in candidates if c.startswith(word)][:3] if len(word) >= 3 else [])
+
     if node is not LipoframeConfig:
         full = str(getattr(exc, "full_key", key) or key)
         prefix = full[: len(full) - len(key)]
-        found = [prefix + n for n in difflib.get_close_matches(key, names(node), n=3, cutoff=0.75)]
+        found = [prefix + n for n in alike(key, names(node))]
     else:
         found = difflib.get_close_matches(key, names(node), n=3, cutoff=0.75)
         if not found:
@@ -186,8 +193,8 @@ def _did_you_mean(exc: BaseException) -> str:
                         nested.setdefault(f"{kind}.{info.name}.{n}" if kind in MULTI_KINDS else f"{kind}.{n}", n)
             found = [k for k, n in nested.items() if n == key]
             if not found:
-                alike = set(difflib.get_close_matches(key, set(nested.values()), n=3, cutoff=0.75))
-                found = [k for k, n in nested.items() if n in alike]
+                similar = set(alike(key, sorted(set(nested.values()))))
+                found = [k for k, n in nested.items() if n in similar]
     return f"; did you mean {' or '.join(found[:3])}?" if found else ""
 
 

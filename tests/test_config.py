@@ -159,6 +159,9 @@ def test_config_error_is_one_line_naming_the_key(overrides, key, detail):
         ("detecter=dog", "did you mean detector?"),
         ("min_score=2", "did you mean filter.score.min_score?"),  # a stage parameter, given at the top
         ("nms.bta=0.5", "did you mean nms.beta?"),
+        ("stream.poll=1", "did you mean stream.poll_seconds?"),  # the start of a key: nothing spelt alike
+        ("stream.idle=60", "did you mean stream.idle_timeout?"),
+        ("poll=1", "did you mean stream.poll_seconds?"),  # ... given at the top
     ],
 )
 def test_unknown_key_error_suggests_the_key_meant(override, hint):
