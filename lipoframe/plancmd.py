@@ -96,7 +96,10 @@ def load_saved_config(run_dir: Path) -> tuple[dict, dict]:
                 raise PlanError(f"{path}: unreadable ({exc})") from None
             break
     else:
-        raise PlanError(f"{run_dir}: no .hydra/config.yaml or config.yaml (is this a lipoframe run folder?)")
+        from lipoframe.sweepdir import sweep_folder_hint
+
+        raise PlanError(f"{run_dir}: no .hydra/config.yaml or config.yaml (is this a lipoframe run folder?)"
+                        + sweep_folder_hint(run_dir))
     choices: dict = {}
     hydra_yaml = run_dir / ".hydra" / "hydra.yaml"
     if hydra_yaml.is_file():

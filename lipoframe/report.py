@@ -314,7 +314,10 @@ def load_run(out_dir: str | os.PathLike) -> RunData:
     names = list(infos)
     summary = _read_json(out_dir / "run_summary.json") or {}
     if not names and not summary:
-        raise FileNotFoundError(f"{out_dir}: not a lipoframe run folder (no micrographs/*.json and no run_summary.json)")
+        from lipoframe.sweepdir import sweep_folder_hint
+
+        raise FileNotFoundError(f"{out_dir}: not a lipoframe run folder (no micrographs/*.json and no run_summary.json)"
+                                + sweep_folder_hint(out_dir))
     work, metas = collect_work(out_dir, names, infos=infos)
     picks, plan = dataset_verdicts(work, out_dir, infos=infos)
     config, text, stage_names = _config_from_folder(out_dir)

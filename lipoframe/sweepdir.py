@@ -190,3 +190,24 @@ def stale_line(stale: dict[Path, str]) -> str:
     n = len(stale)
     return (f"{n} stale job folder{'' if n == 1 else 's'} left out (an earlier sweep's; multirun.yaml records the last): "
             + "; ".join(f"{', '.join(names)} ({reason})" for reason, names in why.items()))
+
+
+def sweep_folder_hint(folder: str | Path) -> str:
+    """``"; a sweep folder (lipoframe run -m) of 4 jobs: give one job's folder, sweep/0 ... sweep/3"`` or ``""``.
+
+    For the commands that read one run folder (``lipoframe plan``,
+    ``lipoframe report``) given a sweep's folder by mistake.
+    """
+    folder = Path(folder)
+    if not (folder / "multirun.yaml").is_file():
+        return ""
+    try:
+        jobs = sorted((p for p in folder.iterdir() if (p / ".hydra" / "overrides.yaml").is_file()),
+                      key=lambda p: (len(p.name), p.name))
+    except OSError:
+        return ""
+    if not jobs:
+        return ""
+    which = str(jobs[0]) + (f" ... {jobs[-1]}" if len(jobs) > 1 else "")
+    return (f"; it is a sweep folder (lipoframe run -m) of {len(jobs)} job(s): give one job's folder, {which} "
+            "(shards of one run: lipoframe merge them first)")

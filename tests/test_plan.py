@@ -528,6 +528,24 @@ def test_plan_refuses_a_pixel_size_that_is_none(tmp_path, run_cli, value):
     assert code == 2 and f"pixel_size={value}: give the micrographs' pixel size in Å/px" in err, err
 
 
+def test_plan_and_report_given_a_sweep_folder_name_its_jobs(tmp_path, run_cli):
+    # `lipoframe run -m ... output=sweep` leaves multirun.yaml and one folder per job
+    sweep = tmp_path / "sweep"
+    for job in ("0", "1", "2"):
+        (sweep / job / ".hydra").mkdir(parents=True)
+        (sweep / job / ".hydra" / "overrides.yaml").write_text(f"- nms.beta=0.{job}\n")
+    (sweep / "multirun.yaml").write_text("hydra: {}\n")
+    for command in ("plan", "report"):
+        code, _, err = run_cli(command, sweep)
+        assert code == 2, command
+        assert f"a sweep folder (lipoframe run -m) of 3 job(s): give one job's folder, {sweep / '0'} ... {sweep / '2'}" in err
+        assert len(err.strip().splitlines()) == 1
+    (tmp_path / "plain").mkdir()
+    for command in ("plan", "report"):
+        code, _, err = run_cli(command, tmp_path / "plain")
+        assert code == 2 and "sweep" not in err
+
+
 def test_plan_after_a_real_run_replaces_the_per_bin_files(tiny_mrcs, tmp_path, run_cli):
     out = tmp_path / "out"
     code, _, err = run_cli("run", f"input={tiny_mrcs[0].parent}", f"output={out}", *TINY_ARGS,
