@@ -219,6 +219,28 @@ def compose_config(overrides: list[str]):
         raise ConfigError(format_config_error(exc)) from exc
 
 
+def drop_hydra_record(out_dir: Path) -> bool:
+    """Remove the ``.hydra/`` folder an earlier ``lipoframe run`` into ``out_dir`` left; True when there was one.
+
+    A merged folder's settings are its ``config.yaml``. ``lipoframe plan``
+    and ``report`` read ``.hydra/config.yaml`` (and Hydra's group choices in
+    ``.hydra/hydra.yaml``) first, and ``merge`` and ``evaluate`` take a folder
+    with ``.hydra/overrides.yaml`` for a run of those overrides: left in place,
+    the earlier run's record would stand for the merge. The folder is renamed
+    away in one step, then deleted (with any such left by an interrupted merge).
+    """
+    import shutil
+
+    record = out_dir / ".hydra"
+    found = record.is_dir()
+    if found:
+        record.rename(out_dir / f".hydra.removed-{os.getpid()}-{time.time_ns()}")
+        log.info("removed %s, the settings record of the earlier run into the folder: the merge's are in config.yaml", record)
+    for old in out_dir.glob(".hydra.removed-*"):
+        shutil.rmtree(old, ignore_errors=True)
+    return found
+
+
 def merge_runs(folders: list[str | Path], out_dir: str | Path, overrides: list[str] = ()):
     """Merge run folders into ``out_dir``; returns the :class:`~lipoframe.runner.RunResult`.
 
@@ -308,6 +330,7 @@ def merge_runs(folders: list[str | Path], out_dir: str | Path, overrides: list[s
         write_manifest(out_dir, specs, [Path(p) for _, _, p in order], [n for _, n, _ in order], cfg, fingerprint, project=project,
                        micrographs_star=star)
         merged = OmegaConf.merge(composed, {"output": str(out_dir), "shard": {"index": 0, "count": 1}})
+        drop_hydra_record(out_dir)  # plan, report and merge read .hydra/ first: the merge's config.yaml is the record now
         write_text(out_dir / "config.yaml", OmegaConf.to_yaml(merged))
         write_text(out_dir / "merged_from.json", json.dumps([str(s.folder) for s in shards], indent=1))
         for n in notes:

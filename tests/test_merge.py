@@ -312,3 +312,29 @@ def test_merge_of_a_sweep_folder_leaves_out_an_earlier_sweeps_job_folders(sharde
     assert f"{sweep}: 1 stale job folder left out (an earlier sweep's; multirun.yaml records the last): " \
            "3 (numbered past the last sweep's 3 jobs)" in caplog.text
     assert json.loads((tmp_path / "merged" / "merged_from.json").read_text()) == [str(sweep / str(i)) for i in range(3)]
+
+
+def test_plan_and_report_of_a_merge_into_an_earlier_runs_folder_use_the_merges_settings(sharded, tmp_path, capsys):
+    """A merge into a folder that held a `lipoframe run` left that run's `.hydra/` behind, and `lipoframe plan`
+    and `report` read `.hydra/config.yaml` before the merge's `config.yaml`: `lipoframe plan out` re-planned the
+    merge with the earlier run's binning (boxes of multiples of 32 instead of the merge's even sizes)."""
+    import shutil
+
+    from lipoframe import plancmd, report
+
+    out = tmp_path / "out"
+    shutil.copytree(sharded / "single", out)
+    assert (out / ".hydra" / "config.yaml").is_file()
+    assert merge.main([str(sharded / "shards"), f"output={out}", "binning.rounding=even", "writer=[csv]"]) == 0
+    merged_plan = json.loads((out / "extraction_plan.json").read_text())
+    assert any(b["box_px"] % 32 for b in merged_plan["bins"])  # else the check below could not tell the settings apart
+    config, text, names = report._config_from_folder(out)
+    assert config["binning"]["rounding"] == "even" and list(config["writer"]) == ["csv"], text
+    assert names["writer"] == ["csv"]
+    capsys.readouterr()
+    assert plancmd.main([str(out)]) == 0  # the merged folder re-planned with its own settings
+    assert json.loads((out / "extraction_plan.json").read_text())["bins"] == merged_plan["bins"]
+    assert not (out / "relion").exists()  # only the merge's writer
+    # Nor is the merged folder taken for a run of the earlier run's overrides.
+    assert merge.main([str(out), f"output={tmp_path / 'again'}"]) == 2
+    assert "no .hydra/overrides.yaml" in capsys.readouterr().err
