@@ -232,11 +232,29 @@ def validate_overrides(overrides: list[str], *, config_dirs: Sequence[str] = ())
     ConfigError
         One line naming the bad key.
     """
+    return _validated(overrides, config_dirs=config_dirs)[0]
+
+
+def _is_mode_word(override: str) -> bool:
+    """Whether ``override`` is one of the ``hydra`` words that decide between a run and a sweep (:func:`hydra_settings`)."""
+    return override.startswith("hydra/sweeper=") or override.lstrip("+~").startswith(("hydra.sweeper.params", "hydra.mode"))
+
+
+def _validated(overrides: list[str], *, config_dirs: Sequence[str] = (), mode_words: bool = False):
+    """:func:`validate_overrides`, and the ``hydra.mode`` of that config (None unless ``mode_words``).
+
+    With ``mode_words``, the words that set Hydra's mode and sweeper are
+    composed too (they change only the ``hydra`` node, dropped before the
+    run's config is made), so that a plain run is told from a sweep
+    (``hydra.mode=MULTIRUN`` in a preset) by the compose that checks it.
+    """
     from hydra import compose, initialize_config_dir
+    from hydra.types import RunMode
+    from omegaconf import open_dict
 
     from lipoframe.runner import check_ranking_columns, check_retry_suppressed
 
-    plain = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
+    plain = [o for o in overrides if not o.lstrip("+~").startswith("hydra") or (mode_words and _is_mode_word(o))]
     for d in config_dirs:
         if not Path(d).is_dir():
             raise ConfigError(f"--config-dir: {d}: no such folder")
@@ -245,11 +263,18 @@ def validate_overrides(overrides: list[str], *, config_dirs: Sequence[str] = ())
     _, registry = prepare_hydra()  # cached: stage options must be in ConfigStore
     try:
         with initialize_config_dir(version_base="1.3", config_dir=str(config_dir()), job_name="lipoframe"):
-            cfg = compose("config", overrides=plain)
+            cfg = compose("config", overrides=plain, return_hydra_config=mode_words)
+        mode = None
+        if mode_words:
+            mode = cfg.hydra.get("mode")
+            with open_dict(cfg):  # as compose() leaves it without return_hydra_config
+                del cfg["hydra"]
         run_cfg = to_run_config(cfg)
+        if mode == RunMode.MULTIRUN:
+            return run_cfg, mode  # a sweep: each job is checked (and warned about) on its own
         check_retry_suppressed(run_cfg.retry_suppressed, registry)
         check_ranking_columns(run_cfg, registry)
-        return run_cfg
+        return run_cfg, mode
     except ConfigError:
         raise
     except Exception as exc:  # noqa: BLE001 - Hydra raises many types; all become one line
@@ -385,8 +410,7 @@ def hydra_settings(overrides: list[str], *, config_dirs: Sequence[str] = ()):
     from hydra.core.global_hydra import GlobalHydra
     from hydra.types import RunMode
 
-    plain = [o for o in overrides if not o.lstrip("+~").startswith("hydra") or o.startswith("hydra/sweeper=")
-             or o.lstrip("+~").startswith(("hydra.sweeper.params", "hydra.mode"))]
+    plain = [o for o in overrides if not o.lstrip("+~").startswith("hydra") or _is_mode_word(o)]
     dirs = [d for d in config_dirs if Path(d).is_dir()]
     if dirs:
         plain.append("hydra.searchpath=[" + ",".join(f"'file://{Path(d).resolve()}'" for d in dirs) + "]")
@@ -425,6 +449,8 @@ def check_sweeper_params_override(overrides: list[str]) -> None:
             "(hydra.sweeper.params=null drops a preset's sweep; docs/configuration.md, Multirun)")
 
 
+#: Hydra flags that show the config, help or completion instead of running.
+_INFO_FLAGS = ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--resolve", "--shell-completion", "-sc")
 #: Hydra flags followed by a value (``-cd DIR``), and the values ``--info`` may take.
 _VALUE_FLAGS = ("--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn", "--cfg", "-c", "--package", "-p", "--experimental-rerun")
 _INFO_VALUES = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")
@@ -576,14 +602,26 @@ def run(argv: list[str]) -> int:
 
     pm, registry = prepare_hydra()
     multirun = any(a in ("-m", "--multirun") for a in argv)
+    checked = None  # (words, config, mode) of a plain run checked while telling it from a sweep
     if not multirun:
         # hydra.mode=MULTIRUN (on the command line or in a preset) makes Hydra sweep as -m does:
         # the checks below must treat it as a sweep too.
         flags, overrides = split_argv(argv)
         if not any(f.split("=", 1)[0] in ("--config-path", "-cp", "--config-name", "-cn") for f in flags):
-            settings = hydra_settings([quote_input_glob(expand_output_home(o)) for o in overrides],
-                                      config_dirs=_flag_values(flags, ("--config-dir", "-cd")))
-            multirun = settings is not None and settings.get("mode") == RunMode.MULTIRUN
+            words = [quote_input_glob(expand_output_home(o)) for o in overrides]
+            dirs = _flag_values(flags, ("--config-dir", "-cd"))
+            try:
+                # The check of a plain run's config, made here, tells it from a sweep too: one compose less.
+                # A config that cannot be checked so (sweep words, an error) is told apart as Hydra does it.
+                checked = None if any(f in _INFO_FLAGS for f in flags) else (words, *_validated(words, config_dirs=dirs, mode_words=True))
+            except ConfigError:
+                checked = None
+            if checked is not None:
+                mode = checked[2]
+            else:
+                settings = hydra_settings(words, config_dirs=dirs)
+                mode = settings.get("mode") if settings is not None else None
+            multirun = mode == RunMode.MULTIRUN
     argv = [expand_output_home(a, sweep=multirun) for a in argv]
     argv = [quote_input_glob(a, multirun=multirun) for a in argv]
     flags, overrides = split_argv(argv)
@@ -596,7 +634,7 @@ def run(argv: list[str]) -> int:
         print(f"lipoframe: {shown[0]} shows one job's config and cannot be combined with -m/--multirun (or hydra.mode=MULTIRUN); "
               "run it without -m, once per combination you want to see", file=sys.stderr)
         return 2
-    info_only = any(f in ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--resolve", "--shell-completion", "-sc") for f in flags)
+    info_only = any(f in _INFO_FLAGS for f in flags)
     # With a primary config of the user's, Hydra composes (and reports) itself; a folder of
     # presets (-cd DIR) is searched after lipoframe's own config tree, here as in the run.
     own_config = any(f.split("=", 1)[0] in ("--config-path", "-cp", "--config-name", "-cn") for f in flags)
@@ -627,7 +665,10 @@ def run(argv: list[str]) -> int:
         resolved_output = None
         for job in jobs or []:
             try:
-                job_cfg = validate_overrides(job, config_dirs=config_dirs)
+                if checked is not None and not multirun and job == checked[0]:
+                    job_cfg = checked[1]
+                else:
+                    job_cfg = validate_overrides(job, config_dirs=config_dirs)
             except ConfigError as exc:
                 where = f" (job {' '.join(job)})" if multirun else ""
                 bad = re.split(r"[:=\s]", str(exc), maxsplit=1)[0]

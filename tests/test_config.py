@@ -482,6 +482,32 @@ def test_hydra_sweeper_params_null_drops_a_presets_sweep(tmp_path):
     assert preset_sweep_params(["+lab=sweep", "hydra.sweeper.params=null"], config_dirs=[str(presets)]) == []
 
 
+def test_a_plain_run_composes_its_config_once_before_hydra_does(tiny_mrcs, tmp_path, run_cli, monkeypatch):
+    # lipoframe composed a plain run's config twice before Hydra's own composes: once to tell it from a sweep
+    # (hydra.mode=MULTIRUN in a preset, hydra_settings), then to check it (~0.2 s of every run); the check tells it now
+    import traceback
+
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+    ours = []
+    load = ConfigLoaderImpl.load_configuration
+
+    def counted(self, *args, **kwargs):
+        if not any(f.name == "_run_hydra" for f in traceback.extract_stack()):  # not Hydra's own, for the run
+            ours.append(kwargs.get("run_mode"))
+        return load(self, *args, **kwargs)
+
+    monkeypatch.setattr(ConfigLoaderImpl, "load_configuration", counted)
+    code, _, err = run_cli("run", f"input={tiny_mrcs[0]}", f"output={tmp_path / 'out'}", *TINY_ARGS)
+    assert code == 0, err
+    assert (tmp_path / "out" / "picks.csv").is_file()
+    assert len(ours) == 1, ours
+    # a config error is still told in one line, by the same check
+    ours.clear()
+    code, _, err = run_cli("run", f"input={tiny_mrcs[0]}", f"output={tmp_path / 'bad'}", *TINY_ARGS, "nms.bta=1")
+    assert code == 2 and err.count("\n") == 1 and "nms.bta" in err, err
+
+
 def test_hydra_mode_multirun_is_a_sweep_as_with_dash_m(tiny_mrcs, tmp_path, run_cli):
     # hydra.mode=MULTIRUN without -m: Hydra swept, but lipoframe checked the words as one run's
     # ('Ambiguous value for argument detector.threshold=3,4', exit code 2) and did not put the sweep in output=
