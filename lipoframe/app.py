@@ -779,8 +779,11 @@ def _sweep_failed(sweep_dir: Path) -> int:
     """1 if any job of a sweep folder reported a failure in its run_summary.json."""
     import json
 
+    from lipoframe.sweepdir import job_folders
+
     code = 0
-    for summary in sweep_dir.glob("*/run_summary.json"):
+    # the jobs' folders may be deeper than the sweep folder's children (a hydra.sweep.subdir with a '/')
+    for summary in (job / "run_summary.json" for job in job_folders(sweep_dir, lambda p: (p / "run_summary.json").is_file())):
         try:
             s = json.loads(summary.read_text())
         except (OSError, ValueError):

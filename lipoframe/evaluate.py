@@ -1224,13 +1224,15 @@ def all_job_folders(path: str | Path) -> list[Path]:
 
     A sweep folder holds Hydra's ``multirun.yaml``; its jobs are the
     subfolders with a ``.hydra/overrides.yaml`` or a run's
-    ``micrographs/*.json``, so a job that stopped before picking is one too.
+    ``micrographs/*.json``, so a job that stopped before picking is one too;
+    deeper ones when ``hydra.sweep.subdir`` nests them (:func:`lipoframe.sweepdir.job_folders`).
     """
+    from lipoframe.sweepdir import job_folders
+
     path = Path(path)
     if not path.is_dir() or not (path / "multirun.yaml").is_file():
         return []
-    jobs = [p for p in path.iterdir() if p.is_dir() and ((p / ".hydra" / "overrides.yaml").is_file() or is_run_folder(p))]
-    return sorted(jobs, key=lambda p: (len(p.name), p.name))
+    return job_folders(path, lambda p: (p / ".hydra" / "overrides.yaml").is_file() or is_run_folder(p))
 
 
 def stale_job_folders(path: str | Path) -> dict[Path, str]:
@@ -1299,7 +1301,8 @@ class SweepJob:
     """One job of a sweep as :func:`evaluate_sweep` scored it.
 
     job : str
-        Its folder's name (Hydra's job number).
+        Hydra's job number (its folder's name, unless ``hydra.sweep.subdir``
+        says otherwise; :func:`lipoframe.sweepdir.job_labels`).
     path : Path
     overrides : list of str
         The words the sweep varied (:func:`swept_overrides`).
@@ -1396,7 +1399,7 @@ def evaluate_sweep(
     EvaluationInputError
         If ``sweep`` is not a sweep folder with job folders of its last sweep.
     """
-    from lipoframe.sweepdir import job_overrides
+    from lipoframe.sweepdir import job_labels, job_overrides
 
     everything = all_job_folders(sweep)
     if not everything:
@@ -1409,7 +1412,7 @@ def evaluate_sweep(
     words = [job_overrides(f) or [] for f in folders]  # [] when unreadable
     varied = swept_overrides(words, sweep_keys(sweep))
     jobs = []
-    for folder, all_words, shown in zip(folders, words, varied):
+    for folder, label, all_words, shown in zip(folders, job_labels(sweep, folders), words, varied):
         status, note = _job_state(folder)
         result = None
         if status != "failed":
@@ -1422,7 +1425,7 @@ def evaluate_sweep(
             else:
                 if not result.summary["n_picks"] and status == "ok":
                     status, note = "no picks", ("no pick" if options.get("include_rejected") else "no accepted pick")
-        jobs.append(SweepJob(folder.name, folder, shown, all_words, status, note, result))
+        jobs.append(SweepJob(label, folder, shown, all_words, status, note, result))
     return jobs
 
 

@@ -93,7 +93,9 @@ def find_run_folders(specs: list[str]) -> list[Path]:
             continue
         if not folder.is_dir():
             raise NotARunFolder(f"{folder}: no such folder")
-        subs = sorted((p for p in folder.iterdir() if (p / MANIFEST).is_file()), key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
+        from lipoframe.sweepdir import job_folders
+
+        subs = job_folders(folder, lambda p: (p / MANIFEST).is_file())  # by job number, also under a hydra.sweep.subdir of the user's
         if not subs:
             raise NotARunFolder(f"{folder}: not a lipoframe run folder (no {MANIFEST}) and has none inside")
         if (folder / "multirun.yaml").is_file():  # Hydra keeps the job folders of an earlier sweep into the same folder

@@ -22,7 +22,7 @@ start. What Hydra records of the last sweep decides:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 #: Hydra's built-in sweeper, whose jobs can be listed from ``multirun.yaml``.
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
@@ -148,6 +148,50 @@ def _job_num(job: Path) -> int | None:
         return int(doc["hydra"]["job"]["num"])
     except (KeyError, TypeError, ValueError):
         return int(job.name) if job.name.isdigit() else None
+
+
+def job_folders(sweep: str | Path, is_job: Callable[[Path], bool]) -> list[Path]:
+    """The subfolders of ``sweep`` for which ``is_job``, by Hydra's job number (``.hydra/hydra.yaml``), then by path.
+
+    With ``hydra.sweep.subdir`` the user's (``${hydra.job.num}_${nms.beta}``)
+    the folder names are not the job numbers. In a sweep folder
+    (``multirun.yaml``), a job's folder may also be deeper: a subdir with a
+    ``/`` in it (``${hydra.job.override_dirname}`` of ``input=/data/mics``)
+    nests it. Folders below the children are taken when Hydra made them
+    for a job (``.hydra/overrides.yaml``); no job's folder is searched for
+    others, nor are hidden or linked folders.
+    """
+    sweep = Path(sweep)
+    deep = (sweep / "multirun.yaml").is_file()
+    found: list[Path] = []
+    todo = [sweep]
+    while todo:
+        folder = todo.pop()
+        try:
+            subs = [p for p in folder.iterdir() if not p.name.startswith(".") and p.is_dir() and not p.is_symlink()]
+        except OSError:
+            continue
+        for sub in subs:
+            made = (sub / ".hydra").is_dir()
+            if is_job(sub) and (folder == sweep or (sub / ".hydra" / "overrides.yaml").is_file()):
+                found.append(sub)
+            elif deep and not made:
+                todo.append(sub)
+    nums = {f: _job_num(f) for f in found}
+    return sorted(found, key=lambda f: (nums[f] is None, nums[f] or 0, f.relative_to(sweep).as_posix()))
+
+
+def job_labels(sweep: str | Path, folders: list[Path]) -> list[str]:
+    """How to name each of a sweep's job ``folders``: Hydra's job number, else (not recorded, or shared) its path in ``sweep``.
+
+    The number is the folder's name with Hydra's default ``hydra.sweep.subdir``
+    (``${hydra.job.num}``); with another (``${hydra.job.num}_${nms.beta}``,
+    ``${hydra.job.override_dirname}``) it is still the job's number, which
+    Hydra's console lines (``#1 : ...``) give too.
+    """
+    nums = [_job_num(f) for f in folders]
+    return [str(n) if n is not None and nums.count(n) == 1 else Path(f).relative_to(sweep).as_posix()
+            for f, n in zip(folders, nums)]
 
 
 def stale_jobs(sweep: str | Path, folders: list[Path]) -> dict[Path, str]:

@@ -1480,6 +1480,39 @@ def test_a_sweep_rerun_with_fewer_jobs_scores_only_the_last_sweeps_jobs(tiny_mrc
     assert "2 (older than the last sweep's multirun.yaml)" in err, err
 
 
+def test_a_sweep_into_folders_of_the_users_interpolations_finds_its_jobs_by_number(tiny_mrcs, tmp_path, run_cli, monkeypatch):
+    """hydra.sweep.dir and .subdir with interpolations: jobs named ``<num>_<value>`` were ordered by their folder names'
+    lengths (job 1, 1_10.0, after job 2, 2_4.0) and labelled by them; a subdir of ``${hydra.job.override_dirname}`` with
+    an input path in it nests each job's folder under input=/... : evaluate found no job there (no picks files)."""
+    monkeypatch.chdir(tmp_path)
+    mics, truth = tiny_mrcs[0].parent, _truth_csv(tmp_path)
+    code, _, err = run_cli("run", "-m", "detector=log", "detector.threshold=3,10,4", f"input={mics}", *TINY_ARGS,
+                           "hydra.sweep.dir=runs/${now:%Y-%m-%d}/${hydra.runtime.choices.detector}",
+                           "hydra.sweep.subdir=${hydra.job.num}_${detector.threshold}")
+    assert code == 0, err
+    [sweep] = (tmp_path / "runs").glob("*/log")
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0_3.0", "1_10.0", "2_4.0"]
+    code, out, err = run_cli("evaluate", f"picks={sweep}", f"reference={truth}", f"output={tmp_path / 'eval'}")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == f"sweep {sweep}: 3 jobs against {truth}"
+    assert [ln.split()[:2] for ln in lines[2:5]] == [["0", "detector.threshold=3"], ["1", "detector.threshold=10"],
+                                                     ["2", "detector.threshold=4"]], out
+    doc = json.loads((tmp_path / "eval" / "sweep_evaluation.json").read_text())
+    assert [(j["job"], Path(j["folder"]).name) for j in doc["jobs"]] == [("0", "0_3.0"), ("1", "1_10.0"), ("2", "2_4.0")]
+    assert sorted(p.name for p in (tmp_path / "eval").glob("job_*")) == ["job_0", "job_1", "job_2"]
+
+    nested = tmp_path / "nested"
+    code, _, err = run_cli("run", "-m", "detector=log", "detector.threshold=3,4", f"input={mics}", *TINY_ARGS,
+                           f"hydra.sweep.dir={nested}", "hydra.sweep.subdir=${hydra.job.override_dirname}")
+    assert code == 0, err
+    assert not any((p / ".hydra").is_dir() for p in nested.iterdir())  # each job is in input=/.../mics,...
+    code, out, err = run_cli("evaluate", f"picks={nested}", f"reference={truth}")
+    assert code == 0, err
+    assert [ln.split()[:2] for ln in out.splitlines()[2:4]] == [["0", "detector.threshold=3"], ["1", "detector.threshold=4"]], out
+    assert out.splitlines()[0] == f"sweep {nested}: 2 jobs against {truth}" and not err, err
+
+
 def test_a_glob_sweep_over_presets_of_a_config_dir_is_not_taken_for_stale(tmp_path):
     # `lipoframe run -m -cd mine +experiment=glob(*)`: glob() also lists the -cd folder's presets. Expanded
     # with lipoframe's own config only (tomo, vesicles), the sweep had 2 jobs where it ran 3, and all 3 of its

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -338,3 +339,22 @@ def test_plan_and_report_of_a_merge_into_an_earlier_runs_folder_use_the_merges_s
     # Nor is the merged folder taken for a run of the earlier run's overrides.
     assert merge.main([str(out), f"output={tmp_path / 'again'}"]) == 2
     assert "no .hydra/overrides.yaml" in capsys.readouterr().err
+
+
+def test_merge_finds_the_shards_of_a_sweep_into_subfolders_of_the_users_interpolation(tmp_path, capsys):
+    """hydra.sweep.subdir=${hydra.job.override_dirname}: each shard's folder is named by its overrides, input=/... and
+    output=/... among them, so it is nested under input=/: merge found no run folder in the sweep folder."""
+    write_set(tmp_path / "in", 3)
+    (tmp_path / "in" / "mic_001.mrc").write_bytes(b"not an mrc file" * 20)
+    sweep = tmp_path / "shards"
+    args = [f"input={tmp_path / 'in'}", "runner.workers=1", *RUN_ARGS, f"output={sweep}"]
+    # the exit code says a shard failed a micrograph, as for shards in the sweep folder's children
+    assert app.run(["-m", *args, "shard.count=2", "shard.index=0,1", "hydra.sweep.subdir=${hydra.job.override_dirname}"]) == 1
+    assert not any((p / "inputs.json").is_file() for p in sweep.iterdir())
+    assert app._sweep_failed(sweep) == 1  # what a launcher's jobs in other processes (submitit) report by
+    capsys.readouterr()
+    assert merge.main([str(sweep), f"output={tmp_path / 'merged'}"]) == 1
+    assert "micrographs  ok 2  skipped 0  failed 1" in capsys.readouterr().out
+    shards = json.loads((tmp_path / "merged" / "merged_from.json").read_text())
+    assert [json.loads((Path(s) / "inputs.json").read_text())["shard"]["index"] for s in shards] == [0, 1]
+    assert all("shard.index=" in s for s in shards)
