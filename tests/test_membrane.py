@@ -74,6 +74,28 @@ def test_membrane_map_and_find_rings_check_their_arguments():
         find_rings(ridge, rmin=50, rmax=80, min_coverage=1.5)
 
 
+@pytest.mark.parametrize("transpose", [False, True])
+def test_ring_scores_do_not_wrap_around_to_the_opposite_border(transpose):
+    # Membrane rings cut by the left border (radii 20 and 50: searched at
+    # full resolution and on the map binned by 2) and a carbon edge along it;
+    # nothing on the right but faint noise. Filtered with an unpadded FFT the
+    # circles wrapped around: circles centred on the right border scored
+    # up to 120 on the left border's rings and line.
+    rng = np.random.default_rng(0)
+    m, n = 200, 400
+    ridge = 0.3 * np.clip(rng.normal(size=(m, n)), 0, 4).astype(np.float32)
+    rr, cc = np.indices((m, n))
+    for radius in (20, 50):
+        ridge[np.abs(np.hypot(rr - m / 2, cc) - radius) < 1.5] = 4.0
+    ridge[:, 2:4] = 4.0
+    if transpose:  # the same at the top border, nothing at the bottom
+        ridge = ridge.T.copy()
+    rings = find_rings(ridge, rmin=12, rmax=60, threshold=6.0, min_coverage=0.0)
+    far = rings["row"] if transpose else rings["col"]
+    assert len(far) and far.min() < 10  # the cut rings themselves are found ...
+    assert far.max() < n / 2  # ... and nothing on the opposite half
+
+
 @pytest.mark.parametrize(
     "params,message",
     [({"thickness": 0}, "detector.thickness"), ({"units": "nm"}, "detector.units"), ({"threshold": 0}, "detector.threshold"),

@@ -26,6 +26,7 @@ References
 from __future__ import annotations
 
 import numpy as np
+from scipy import fft as sfft
 from scipy import ndimage as ndi
 from scipy.special import j0
 
@@ -102,6 +103,12 @@ def find_rings(
     rings : dict of (K,) ndarrays
         ``row``, ``col``, ``radius`` (parabolic in log-radius between the
         searched radii), ``score`` and ``coverage``, strongest first.
+
+    Notes
+    -----
+    The circle means are computed by FFT with zero padding (of the map less
+    its mean): the part of a circle beyond the border sees the map's mean,
+    never the opposite border.
     """
     if not 0 < rmin < rmax:
         raise ValueError(f"need 0 < rmin < rmax, got rmin={rmin}, rmax={rmax}")
@@ -121,17 +128,26 @@ def find_rings(
         lev = int(levels[i])
         if lev not in spectra:
             img = block_mean(ridge, 2**lev) if lev else ridge
-            fy = np.fft.fftfreq(img.shape[0])[:, None]
-            fx = np.fft.rfftfreq(img.shape[1])[None, :]
+            # Linear, not circular, filtering: the map (less its mean) is
+            # zero-padded by the widest kernel's reach at this level (1.2
+            # radii plus the 1 px blur) to a fast FFT size, so a membrane or
+            # a carbon edge at one border does not score circles at the
+            # opposite one. Outside the micrograph the circles see the map's
+            # mean: no membrane, and no mirrored copy of what is inside
+            # (the filter ignores the mean: its response to a constant is 0).
+            reach = int(np.ceil(1.2 * radii[levels == lev].max() / 2**lev + 4.0))
+            fshape = tuple(sfft.next_fast_len(n + reach, real=True) for n in img.shape)
+            fy = sfft.fftfreq(fshape[0])[:, None]
+            fx = sfft.rfftfreq(fshape[1])[None, :]
             # Transfer functions depend on |f| only: tabulate them on a fine
             # 1D grid and gather (J0 on every frequency is the slow part).
             f_bin = np.rint(np.hypot(fy, fx) * _F_STEPS).astype(np.int32)
-            spectra[lev] = (np.fft.rfft2(img), f_bin, img.shape)
-        spectrum, f_bin, shape = spectra[lev]
+            spectra[lev] = (sfft.rfft2(img - np.float32(img.mean(dtype=np.float64)), s=fshape), f_bin, img.shape, fshape)
+        spectrum, f_bin, shape, fshape = spectra[lev]
         r = radii[i] / 2**lev
         f = np.arange(int(_F_STEPS * np.sqrt(0.5)) + 2) / _F_STEPS
         h = (j0(2 * np.pi * r * f) - 0.5 * (j0(1.6 * np.pi * r * f) + j0(2.4 * np.pi * r * f))) * np.exp(-2.0 * np.pi**2 * f**2)
-        resp = np.fft.irfft2(spectrum * h[f_bin], s=shape)
+        resp = sfft.irfft2(spectrum * h.astype(np.float32)[f_bin], s=fshape)[: shape[0], : shape[1]]
         med, spread = background_stats(resp, samples=max(1, resp.size // 4))  # every other pixel
         out = ((resp - med) / spread).astype(np.float32)
         if lev:  # back onto the grid of ``ridge`` (bilinear, block centres aligned)
