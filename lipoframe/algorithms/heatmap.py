@@ -327,12 +327,88 @@ def fuse_instances(
     return out, (np.array(seeds, dtype=float).reshape(-1, ndim))
 
 
+def _clipped_disc_moments(cy: float, cx: float, r: float, lo: tuple, hi: tuple) -> tuple[float, float, float]:
+    """Area and centroid (row, col) of the disc ``(cy, cx, r)`` inside the box ``[lo, hi]`` (row, col bounds).
+
+    Integrated over the columns with ``x = cx + r sin(t)`` (the chord's
+    half-length ``r cos(t)`` is smooth in ``t``), split where the chord's ends
+    cross the box's rows, so Gauss-Legendre is exact to round-off.
+    """
+    (ylo, xlo), (yhi, xhi) = lo, hi
+    t1 = math.asin(min(max((xlo - cx) / r, -1.0), 1.0))
+    t2 = math.asin(min(max((xhi - cx) / r, -1.0), 1.0))
+    cuts = [t1, t2]
+    for d in (abs(cy - ylo), abs(yhi - cy)):
+        if d < r:
+            cuts += [math.acos(d / r), -math.acos(d / r)]
+    cuts = sorted(t for t in set(cuts) if t1 <= t <= t2)
+    u, w = np.polynomial.legendre.leggauss(12)
+    area = my = mx = 0.0
+    for a, b in zip(cuts[:-1], cuts[1:]):
+        t = 0.5 * (a + b) + 0.5 * (b - a) * u
+        half = r * np.cos(t)
+        y0, y1 = np.maximum(cy - half, ylo), np.minimum(cy + half, yhi)
+        da = np.clip(y1 - y0, 0.0, None) * half * (0.5 * (b - a) * w)  # chord length * dx
+        area += float(da.sum())
+        my += float((0.5 * (y0 + y1) * da).sum())
+        mx += float(((cx + r * np.sin(t)) * da).sum())
+    if area <= 0:
+        return 0.0, cy, cx
+    return area, my / area, mx / area
+
+
+def cut_disc(area: float, centroid, lo, hi) -> tuple[np.ndarray, float] | None:
+    """The disc whose part inside a box has the given area and centroid.
+
+    A particle cut by the image border shows only its part inside: that
+    part's centroid lies inward of the particle's centre and its equivalent
+    diameter is too small (a disc cut through its centre: 0.42 radii inward,
+    0.71 of the diameter). The disc matching both is the particle.
+
+    Parameters
+    ----------
+    area : float
+        Pixel count of the visible part.
+    centroid : (2,) array_like
+        Its centroid (row, col).
+    lo, hi : (2,) array_like
+        The box: the image spans ``lo[a] <= coordinate <= hi[a]`` along axis
+        ``a`` (pixel edges, e.g. ``-0.5`` and ``size - 0.5``).
+
+    Returns
+    -------
+    centre, radius : (2,) ndarray and float, or None
+        The disc (its centre may lie outside the box); the equivalent disc
+        at the centroid when that does not reach past the box; None when no
+        disc matches (the fit did not converge).
+    """
+    from scipy.optimize import least_squares
+
+    if not area > 0:
+        raise ValueError(f"area must be > 0, got {area}")
+    g = np.asarray(centroid, dtype=float)
+    r0 = math.sqrt(area / math.pi)
+    lo, hi = tuple(map(float, lo)), tuple(map(float, hi))
+    if np.all(g - r0 >= np.asarray(lo)) and np.all(g + r0 <= np.asarray(hi)):
+        return g, r0
+
+    def residual(p):
+        a, y, x = _clipped_disc_moments(p[0], p[1], math.exp(p[2]), lo, hi)
+        return [a / area - 1.0, (y - g[0]) / r0, (x - g[1]) / r0]
+
+    fit = least_squares(residual, [g[0], g[1], math.log(r0)], xtol=1e-10, ftol=1e-10, gtol=1e-10)
+    if not fit.success or np.max(np.abs(fit.fun)) > 1e-4:
+        return None
+    return np.asarray(fit.x[:2], dtype=float), float(math.exp(fit.x[2]))
+
+
 def instance_table(
     labels: np.ndarray,
     prob: np.ndarray,
     *,
     seeds: np.ndarray | None = None,
     centre: str = "centroid",
+    extent: tuple[float, float] | None = None,
 ) -> dict[str, np.ndarray]:
     """Centre, size and score of every instance of a label image.
 
@@ -348,13 +424,22 @@ def instance_table(
     centre : {'centroid', 'peak'}
         Report the centroid of the instance's pixels (sub-pixel, robust for
         masks) or the seed that made it (for centre networks).
+    extent : (2,) tuple of float, optional
+        2D only: the image's size (rows, cols) in pixels of ``labels``
+        (default ``labels.shape``; less when the map reaches past the
+        image). An instance with pixels on its border is cut by it: its
+        ``diameter``, and with ``centre='centroid'`` its centre, are those
+        of the disc whose part inside the image has the instance's area and
+        centroid (:func:`cut_disc`); the centre may then lie outside the
+        image. Volumes keep the equivalent diameter and centroid.
 
     Returns
     -------
     table : dict of (L,) ndarrays
         ``coords`` (L, ndim) in (plane,) row, col order; ``size`` (pixel
-        count); ``diameter`` (equivalent diameter); ``score``; ``label``.
-        Instances without pixels are left out.
+        count); ``diameter`` (equivalent diameter, or that of the cut disc);
+        ``score``; ``label``; ``cut`` (bool: a disc fitted to an instance
+        cut by the border). Instances without pixels are left out.
     """
     if centre not in ("centroid", "peak"):
         raise ValueError(f"centre must be 'centroid' or 'peak', got {centre!r}")
@@ -374,6 +459,29 @@ def instance_table(
     ids = np.nonzero(size)[0]
     ids = ids[ids > 0]
     coords = coords[ids]
+    diameter = equivalent_diameter(size[ids], ndim)
+    cut = np.zeros(len(ids), dtype=bool)
+    if ndim == 2 and len(ids):
+        bounds = np.minimum(labels.shape, labels.shape if extent is None else np.asarray(extent, dtype=float))
+        # Instances with a pixel on the image's border: the first or last row
+        # or column. The last pixel of a map that reaches past the image is
+        # only partly in it and may be background: then the one before it
+        # counts, and the instance's own edge is the border seen in the map.
+        first = np.full((n + 1, 2), np.inf)
+        last = np.full((n + 1, 2), -np.inf)
+        for a in range(2):
+            np.minimum.at(first[:, a], lab, fg[a])
+            np.maximum.at(last[:, a], lab, fg[a])
+        at_end = last[ids] >= bounds - 1.5
+        touch = np.any((first[ids] <= 0) | at_end, axis=1)
+        for j in np.flatnonzero(touch):
+            hi = np.where(at_end[j], last[ids[j]] + 0.5, bounds - 0.5)
+            disc = cut_disc(size[ids[j]], coords[j], (-0.5, -0.5), tuple(hi))
+            if disc is not None:
+                if centre == "centroid":
+                    coords[j] = disc[0]
+                diameter[j] = 2.0 * disc[1]
+                cut[j] = bool(np.any(disc[0] - disc[1] < -0.5) or np.any(disc[0] + disc[1] > hi))
     if centre == "peak" and seeds is not None and len(seeds):
         s = np.asarray(seeds, dtype=float)[ids - 1]
         ok = np.all(np.isfinite(s), axis=1)
@@ -382,8 +490,9 @@ def instance_table(
         "label": ids.astype(np.int64),
         "coords": coords,
         "size": size[ids],
-        "diameter": equivalent_diameter(size[ids], ndim),
+        "diameter": diameter,
         "score": score[ids],
+        "cut": cut,
     }
 
 
@@ -476,6 +585,7 @@ def heatmap_picks(
     centre_threshold: float = 0.5,
     check_center: bool = False,
     centre: str = "centroid",
+    image_shape: tuple[int, ...] | None = None,
 ) -> dict[str, np.ndarray]:
     """One pick per instance of a heatmap, in full-resolution coordinates.
 
@@ -490,14 +600,22 @@ def heatmap_picks(
         See :func:`heatmap_instances` (distances in heatmap pixels).
     centre : {'centroid', 'peak'}
         See :func:`instance_table`.
+    image_shape : tuple of int, optional
+        The micrograph's full-resolution shape (default: the heatmap's
+        shape times ``factor``). 2D: an instance on the micrograph's border
+        is a particle cut by it, reported as the disc whose part inside has
+        the instance's area and centroid (:func:`cut_disc`), its centre
+        clipped to the micrograph (a particle more than half cut off is
+        reported on the border).
 
     Returns
     -------
     picks : dict of (L,) ndarrays
         ``x_px`` (column), ``y_px`` (row), ``z_px`` (plane; 3D only),
-        ``diameter_px`` (equivalent diameter), ``score`` (largest
-        probability), ``size_px`` (pixel or voxel count), all on the
-        full-resolution grid; ordered by decreasing score (stable).
+        ``diameter_px`` (equivalent diameter; of the whole disc for an
+        instance cut by the border), ``score`` (largest probability),
+        ``size_px`` (pixel or voxel count), all on the full-resolution
+        grid; ordered by decreasing score (stable).
 
     Examples
     --------
@@ -522,8 +640,11 @@ def heatmap_picks(
         centre_threshold=centre_threshold,
         check_center=check_center,
     )
-    t = instance_table(labels, prob, seeds=seeds, centre=centre)
+    full = np.asarray(prob.shape) * factor if image_shape is None else np.asarray(image_shape[-prob.ndim:], dtype=float)
+    t = instance_table(labels, prob, seeds=seeds, centre=centre, extent=tuple(full[-2:] / factor) if prob.ndim == 2 else None)
     coords = to_full_resolution(t["coords"], factor) if len(t["coords"]) else t["coords"]
+    if len(coords) and t["cut"].any():  # a cut disc's centre may lie beyond the border
+        coords = np.clip(coords, 0.0, full - 1.0)
     out = {
         "x_px": coords[:, -1].copy(),
         "y_px": coords[:, -2].copy(),

@@ -281,6 +281,7 @@ class HeatmapDetector(Detector):
             centre_threshold=p.centre_threshold,
             check_center=p.check_center,
             centre=p.centre,
+            image_shape=mic.shape,
         )
         d = picks["diameter_px"]
         df = pd.DataFrame({
