@@ -24,6 +24,7 @@ import hashlib
 import html
 import json
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -298,6 +299,28 @@ def dataset_verdicts(
     return pd.concat(parts, ignore_index=True).iloc[order].reset_index(drop=True), plan
 
 
+def _planned_pixel_size(out_dir: Path, plan: ExtractionPlan | None) -> float | None:
+    """The ``pixel_size`` the folder's last ``lipoframe plan`` gave every micrograph (None: the saved ones).
+
+    Read from its ``plan_config.yaml`` when the plan in ``extraction_plan.json``
+    is at that pixel size (a later ``lipoframe run`` or plain ``lipoframe
+    plan`` leaves none or another).
+    """
+    import yaml
+
+    from lipoframe.plancmd import PLAN_CONFIG
+
+    if plan is None or plan.pixel_size is None:
+        return None
+    try:
+        recorded = (yaml.safe_load((out_dir / PLAN_CONFIG).read_text(encoding="utf-8")) or {}).get("pixel_size")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+    if isinstance(recorded, (int, float)) and not isinstance(recorded, bool) and math.isclose(recorded, plan.pixel_size):
+        return float(recorded)
+    return None
+
+
 def load_run(out_dir: str | os.PathLike) -> RunData:
     """Read a finished (or partly finished) run folder.
 
@@ -320,6 +343,9 @@ def load_run(out_dir: str | os.PathLike) -> RunData:
                                 + sweep_folder_hint(out_dir))
     work, metas = collect_work(out_dir, names, infos=infos)
     picks, plan = dataset_verdicts(work, out_dir, infos=infos)
+    px = _planned_pixel_size(out_dir, plan)
+    if px is not None:  # `lipoframe plan pixel_size=` of a run picked in pixels: every micrograph's, as in the plan
+        metas = {n: dataclasses.replace(m, pixel_size=px) for n, m in metas.items()}
     config, text, stage_names = _config_from_folder(out_dir)
     failures = [{"name": safe_name(Path(f.get("micrograph", "")).stem), "path": f.get("micrograph", ""), "error": f.get("error", "")}
                 for f in summary.get("failures", [])]

@@ -502,6 +502,23 @@ def test_plan_gives_a_run_picked_in_pixels_a_pixel_size(tmp_path, run_cli):
     assert code == 0 and ExtractionPlan.from_dict(json.loads(out)).pixel_size is None
 
 
+def test_report_of_a_folder_takes_the_pixel_size_of_its_plan(tmp_path, run_cli):
+    # `lipoframe report RUN` after `lipoframe plan RUN pixel_size=2`: the overlays' titles
+    # (the micrographs' pixel size) said the headers' 1.1 Å/px beside a plan and legend at 2.
+    from lipoframe.report import load_run
+
+    picks, metas = dataset()
+    run = fabricated_run(tmp_path / "run", picks, metas)  # units=px, headers at 1.1 Å/px
+    code, _, err = run_cli("plan", run, "pixel_size=2")
+    assert code == 0, err
+    data = load_run(run)
+    assert data.plan.pixel_size == 2.0
+    assert {m.pixel_size for m in data.metas.values()} == {2.0}
+    code, _, err = run_cli("plan", run)  # back to the run's own
+    assert code == 0, err
+    assert {m.pixel_size for m in load_run(run).metas.values()} == {1.1}
+
+
 @pytest.mark.parametrize("settings, named", [
     ({"units": "A", "dmin": 150.0, "dmax": 500.0}, "dmin=150.0, dmax=500.0 (units=A)"),
     ({"filter": {"min_size": {"min_diameter": 120.0, "units": "A"}}}, "filter.min_size.units=A"),
