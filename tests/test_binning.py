@@ -760,6 +760,31 @@ def test_max_bins_below_the_number_of_modes_says_which_modes_share_a_bin():
     assert any("; bin edge at the valley " in n for n in two.notes), two.notes
 
 
+def test_max_bins_notes_do_not_promise_bins_that_the_same_box_merges_again():
+    # At 2 A/px the 60 and 80 px populations come out in the same 64 px box: with
+    # max_bins=1 the note said 'binning.max_bins=2 gives each its own box' (and with
+    # 3 modes and max_bins=2, 'binning.max_bins=3 gives each mode its own bin'),
+    # where that gives the very same bins (merge_same_box merges them back).
+    rng = np.random.default_rng(4)
+    two = np.r_[rng.uniform(58, 62, 300), rng.uniform(78, 82, 300)]
+    params = PeakValleyParams(max_bins=1, extract_pixel_size=2.0)
+    one = PeakValleyBinner(params).assign(picks_of(two), {}, ctx()).plan
+    (note,) = [n for n in one.notes if "populations" in n]
+    assert "gives each its own box" not in note, note
+    assert "in one bin: they all come out in a 64 px box at 2 Å/px, whatever binning.max_bins" in note, note
+    uncapped = PeakValleyBinner(dataclasses.replace(params, max_bins=2)).assign(picks_of(two), {}, ctx()).plan
+    assert uncapped.n_bins == 1  # what the note says
+    three = np.r_[two, rng.uniform(158, 162, 300)]
+    capped = PeakValleyBinner(dataclasses.replace(params, max_bins=2)).assign(picks_of(three), {}, ctx()).plan
+    (note,) = [n for n in capped.notes if "modes at" in n]
+    assert "gives each mode its own bin" not in note, note
+    assert "binning.max_bins=3 gives 2 boxes (modes with the same box share a bin)" in note, note
+    assert PeakValleyBinner(dataclasses.replace(params, max_bins=3)).assign(picks_of(three), {}, ctx()).plan.n_bins == 2
+    # without the extraction pixel size the boxes differ: as before
+    apart = PeakValleyBinner(dataclasses.replace(params, extract_pixel_size=None)).assign(picks_of(two), {}, ctx()).plan
+    assert any("binning.max_bins=2 gives each its own box" in n for n in apart.notes), apart.notes
+
+
 @pytest.mark.parametrize("merge", [True, False])
 def test_a_stray_in_the_same_box_at_the_extraction_pixel_size_is_no_stray(merge):
     # At 8 A/px the 175 px picks and the 260 px one come out in the same 64 px box: the

@@ -376,12 +376,17 @@ class PeakValleyBinner(_PolicyBinner):
         capped = clear.size > pv.n_modes
         if capped:
             details["clear_modes_px"] = [round(float(centers[i]), 2) for i in clear]
+            # the edges at every clear valley, and the bins they give (same boxes merged)
+            all_pv = algo.peak_valley_edges(d, bin_width=width, smooth_sigma_bins=p.smooth_sigma_bins,
+                                            min_dip=p.min_dip, dip_sigma=p.dip_sigma, max_modes=clear.size)
+            boxes = _group_boxes(d, all_pv.cuts, p, ctx.pixel_size)
+            n_uncapped = len(set(boxes)) if p.merge_same_box else len(boxes)
         if pv.n_modes >= 2:
             edges = np.r_[d.min(), pv.cuts, d.max()]
             details["decision"] = f"{pv.n_modes} modes: edges at the valleys"
             if capped:
                 details["decision"] = f"{clear.size} modes, {pv.n_modes} kept (binning.max_bins={p.max_bins}): edges at their valleys"
-                notes.append(_capped_modes_note(centers[clear], pv.cuts, p.max_bins))
+                notes.append(_capped_modes_note(centers[clear], pv.cuts, p.max_bins, n_uncapped))
             else:
                 notes.append(f"{pv.n_modes} modes at {_px_list(centers[pv.peaks])} px; bin {_plural(pv.cuts.size, 'edge')} at the "
                              f"{_plural(pv.cuts.size, 'valley')} {_px_list(pv.cuts)} px")
@@ -393,11 +398,12 @@ class PeakValleyBinner(_PolicyBinner):
         elif capped:  # max_bins=1: every population in one bin
             edges = np.array([d.min(), d.max()])
             details["decision"] = f"{clear.size} modes: one bin (binning.max_bins=1)"
-            all_pv = algo.peak_valley_edges(d, bin_width=width, smooth_sigma_bins=p.smooth_sigma_bins,
-                                            min_dip=p.min_dip, dip_sigma=p.dip_sigma, max_modes=clear.size)
             notes.append(f"{clear.size} size populations (modes at {_px_list(centers[clear])} px; "
-                         f"{_plural(all_pv.cuts.size, 'valley')} at {_px_list(all_pv.cuts)} px), but binning.max_bins=1 puts them "
-                         f"in one bin with {_box_text(d.max(), p, ctx.pixel_size)}; binning.max_bins={clear.size} gives each its own box")
+                         f"{_plural(all_pv.cuts.size, 'valley')} at {_px_list(all_pv.cuts)} px), "
+                         + (f"but binning.max_bins=1 puts them in one bin with {_box_text(d.max(), p, ctx.pixel_size)}; "
+                            + _uncapped_hint(clear.size, n_uncapped, "its own box") if n_uncapped > 1 else
+                            f"in one bin: they all come out in {_box_text(d.max(), p, ctx.pixel_size)}, whatever binning.max_bins "
+                            "(merge_same_box)"))
         elif spread > p.broad_ratio and min(p.broad_bins, p.max_bins) > 1:
             n_broad = min(p.broad_bins, p.max_bins)
             edges = _broad_split(d, n_broad, p, ctx.pixel_size)
@@ -475,14 +481,31 @@ def _box_text(d_max_px: float, params: BoxParams, pixel_size: float | None) -> s
     return f"a {box} px box" + (f" at {px_extract:g} Å/px" if px_extract and pixel_size else "")
 
 
-def _capped_modes_note(modes, cuts, max_bins: int) -> str:
-    """The note of ``peak_valley`` when ``max_bins`` kept only ``cuts`` of the valleys between ``modes`` (px)."""
+def _group_boxes(d: np.ndarray, cuts, params: BoxParams, pixel_size: float | None) -> list[int]:
+    """The job box (:func:`job_box`) of each non-empty group of ``d`` between ``cuts``, smallest group first."""
+    lab = algo.assign_to_edges(d, np.r_[d.min(), np.asarray(cuts, dtype=float), d.max()])
+    return [job_box(float(d[lab == k].max()), params, pixel_size) for k in np.unique(lab[lab >= 0])]
+
+
+def _uncapped_hint(n_modes: int, n_bins: int, each: str) -> str:
+    """What ``binning.max_bins=<n_modes>`` gives, ``n_bins`` bins once the same boxes are merged (``each``: what each mode gets)."""
+    if n_bins >= n_modes:
+        return f"binning.max_bins={n_modes} gives each {each}"
+    return f"binning.max_bins={n_modes} gives {n_bins} {'box' if n_bins == 1 else 'boxes'} (modes with the same box share a bin)"
+
+
+def _capped_modes_note(modes, cuts, max_bins: int, n_uncapped: int | None = None) -> str:
+    """The note of ``peak_valley`` when ``max_bins`` kept only ``cuts`` of the valleys between ``modes`` (px).
+
+    ``n_uncapped``: the bins that edges at every valley give once bins with the
+    same box are merged (default: one per mode).
+    """
     groups = np.searchsorted(np.asarray(cuts, dtype=float), np.asarray(modes, dtype=float))
     shared = [np.asarray(modes)[groups == g] for g in np.unique(groups) if (groups == g).sum() > 1]
     together = "; ".join(f"the modes at {_px_list(m[:-1])} and {m[-1]:.0f} px share a bin" for m in shared)
     return (f"{len(modes)} modes at {_px_list(modes)} px, but binning.max_bins={max_bins}: bin edges only at the "
             f"{'deepest ' + _plural(len(cuts), 'valley')} {_px_list(cuts)} px, so {together}; "
-            f"binning.max_bins={len(modes)} gives each mode its own bin")
+            + _uncapped_hint(len(modes), len(modes) if n_uncapped is None else n_uncapped, "mode its own bin"))
 
 
 def _broad_split(d: np.ndarray, n_bins: int, p: PeakValleyParams, pixel_size: float | None = None) -> np.ndarray:
