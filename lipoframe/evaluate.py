@@ -1884,6 +1884,8 @@ def main(argv: list[str]) -> int:
                                        "(or a file in one) or micrographs=<folder of the images>")
         picks, processed = read_picks(args.picks, micrographs=catalog, flip_y=args.flip_y)
         reference = read_reference(args.reference, micrographs=catalog, flip_y=args.flip_y)
+        picks = _named_by_file(picks, args.picks, reference, "picks")
+        reference = _named_by_file(reference, args.reference, picks, "reference")
         res = evaluate(
             picks, reference, tolerance=args.tolerance, iou_threshold=args.iou_threshold,
             include_rejected=args.include_rejected, reference_diameter=args.reference_diameter,
@@ -1911,6 +1913,32 @@ def main(argv: list[str]) -> int:
             print(f"lipoframe evaluate: {args.output}: cannot write ({exc.strerror or exc})", file=sys.stderr)
             return 1
     return 0
+
+
+def _named_by_file(df: pd.DataFrame, path, other: pd.DataFrame, what: str) -> pd.DataFrame:
+    """``df`` (read from ``path``) with the micrographs named, when it has no micrograph column and ``other`` names several.
+
+    A table of one micrograph's picks named after it (a run's
+    ``csv/<micrograph>.csv`` without its column, another picker's
+    ``<micrograph>.csv``) is that micrograph when ``other`` names it;
+    otherwise no micrograph can be told and the error names the file.
+    Against a table of one micrograph (or none named), ``df`` is left to
+    :func:`evaluate`, which gives it that micrograph.
+
+    Raises
+    ------
+    EvaluationInputError
+    """
+    if schema.MICROGRAPH in df.columns or schema.MICROGRAPH not in other.columns:
+        return df
+    names = pd.unique(other[schema.MICROGRAPH].astype(str))
+    if len(names) < 2:
+        return df
+    stem = Path(path).stem
+    if stem in set(names):
+        return df.assign(**{schema.MICROGRAPH: stem})
+    raise EvaluationInputError(f"{path}: the {what} table has no micrograph column but the other one names {len(names)} "
+                               f"micrographs, none of them {stem!r} like the file; add a micrograph column")
 
 
 def _main_sweep(args: EvaluateArgs) -> int:

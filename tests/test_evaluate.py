@@ -810,6 +810,21 @@ def test_cli_a_csv_without_micrograph_column_is_the_other_tables_only_micrograph
     err = capsys.readouterr().err.strip()
     assert "the reference table has no micrograph column but the other one names 2 micrographs" in err
     assert len(err.splitlines()) == 1
+    assert err.startswith(f"lipoframe evaluate: {tmp_path / 'ref.csv'}: ")  # the file it means
+
+
+@pytest.mark.parametrize("side", ["picks", "reference"])
+def test_cli_a_csv_without_micrograph_column_named_like_one_of_the_other_tables_is_that_one(tmp_path, capsys, side):
+    # One micrograph's CSV named after it (another picker's b.csv) against a table of several
+    # micrographs: named by its file, it was scored as micrograph b; it became 'add a micrograph column'.
+    (tmp_path / "b.csv").write_text("x_px,y_px,diameter_px\n300,300,50\n")
+    table([("a", 100, 100, 50), ("b", 301, 299, 50)]).to_csv(tmp_path / "all.csv", index=False)
+    one, other = tmp_path / "b.csv", tmp_path / "all.csv"
+    picks, ref = (one, other) if side == "picks" else (other, one)
+    assert main([f"picks={picks}", f"reference={ref}"]) == 0, capsys.readouterr().err
+    out, _ = capsys.readouterr()
+    line = next(ln for ln in out.splitlines() if ln.startswith("b "))
+    assert line.split()[1:3] == ["1", "1"], out  # 1 reference particle, 1 pick, on b
 
 
 def test_cli_an_image_given_as_a_table_says_so(tmp_path, capsys):
