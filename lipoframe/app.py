@@ -144,29 +144,38 @@ def _unselected_stage(exc: BaseException) -> str:
 
 
 def _did_you_mean(exc: BaseException) -> str:
-    """``; did you mean runner.workers?`` for an unknown key, or ``""``.
+    """``; did you mean runner.workers?`` for an unknown key of an OmegaConf error, or ``""`` (:func:`suggested_keys`)."""
+    import dataclasses
 
-    A key unknown in a section is compared with that section's keys
-    (``detector.treshold``). One unknown at the top level is looked for
-    among the keys of the sections and of every registered stage's
-    parameters, by its exact name first (``workers`` -> ``runner.workers``,
-    ``tolerance`` -> ``filter.diameter_range.tolerance``), then spelled alike,
-    then as the start of a key (``stream.poll`` -> ``stream.poll_seconds``).
+    key, node = getattr(exc, "key", None), getattr(exc, "object_type", None)
+    if not isinstance(key, str) or not (isinstance(node, type) and dataclasses.is_dataclass(node)):
+        return ""
+    found = suggested_keys(key, node, full_key=str(getattr(exc, "full_key", key) or key))
+    return f"; did you mean {' or '.join(found)}?" if found else ""
+
+
+def suggested_keys(key: str, node: type = LipoframeConfig, *, full_key: str | None = None) -> list[str]:
+    """The keys (full, dotted; at most 3) an unknown ``key`` of config section ``node`` most likely meant.
+
+    A key unknown in a section (``full_key`` ``detector.treshold``) is compared
+    with that section's keys. One unknown at the top level
+    (``node`` :class:`LipoframeConfig`) is looked for among the keys of the
+    sections and of every registered stage's parameters, by its exact name
+    first (``workers`` -> ``runner.workers``, ``tolerance`` ->
+    ``filter.diameter_range.tolerance``), then spelled alike, then as the
+    start of a key (``stream.poll`` -> ``stream.poll_seconds``). Empty for a
+    known key or nothing alike.
     """
     import dataclasses
     import difflib
 
     from lipoframe.stages import KINDS, MULTI_KINDS
 
-    key, node = getattr(exc, "key", None), getattr(exc, "object_type", None)
-    if not isinstance(key, str) or not (isinstance(node, type) and dataclasses.is_dataclass(node)):
-        return ""
-
     def names(cls) -> list[str]:
         return [f.name for f in dataclasses.fields(cls)]
 
     if key in names(node):  # a known key with a bad value: nothing to suggest
-        return ""
+        return []
     def alike(word: str, candidates) -> list[str]:
         """Spelt alike, else the keys that begin with it (``poll`` -> ``poll_seconds``)."""
         candidates = list(dict.fromkeys(candidates))
@@ -174,7 +183,7 @@ def _did_you_mean(exc: BaseException) -> str:
         return close or ([c for c in candidates if c.startswith(word)][:3] if len(word) >= 3 else [])
 
     if node is not LipoframeConfig:
-        full = str(getattr(exc, "full_key", key) or key)
+        full = full_key or key
         prefix = full[: len(full) - len(key)]
         found = [prefix + n for n in alike(key, names(node))]
     else:
@@ -195,7 +204,7 @@ def _did_you_mean(exc: BaseException) -> str:
             if not found:
                 similar = set(alike(key, sorted(set(nested.values()))))
                 found = [k for k, n in nested.items() if n in similar]
-    return f"; did you mean {' or '.join(found[:3])}?" if found else ""
+    return found[:3]
 
 
 def _stage_options(group: str, exc: BaseException) -> str:

@@ -270,16 +270,17 @@ def check_user_overrides(user: list[str]) -> None:
         ``binnin=kmeans``), naming it and the option it most likely meant.
     """
     import dataclasses
-    import difflib
 
+    from lipoframe.app import suggested_keys
     from lipoframe.config import ConfigError, LipoframeConfig
 
     known = [f.name for f in dataclasses.fields(LipoframeConfig)]
     for o in user:
         top = _key(o).split(".", 1)[0]
         if "=" in o and top not in known:
-            close = difflib.get_close_matches(top, known, n=1, cutoff=0.75)
-            hint = f"; did you mean {close[0]}{_key(o)[len(top):]}?" if close else ""
+            rest = _key(o)[len(top):]  # binnin.n_bins: did you mean binning.n_bins?
+            close = suggested_keys(top)
+            hint = f"; did you mean {' or '.join(k + rest for k in close)}?" if close else ""
             raise ConfigError(f"{_key(o)}: not an option of lipoframe{hint}")
     bad = [o for o in user if "=" not in o or not (_key(o).startswith(_ALLOWED) or _key(o) == PIXEL_SIZE)]
     if bad:

@@ -468,6 +468,9 @@ def test_plan_command_refuses_picking_options_and_bad_folders(tmp_path, run_cli)
     assert code == 2 and "did you mean writer.box.per_bin?" in err
     code, _, err = run_cli("plan", run, "zzz=1")
     assert code == 2 and "zzz: not an option of lipoframe" in err and "did you mean" not in err
+    # the suggestions of `lipoframe run` (one function): a section's key given at the top level
+    code, _, err = run_cli("plan", run, "n_bins=3")
+    assert code == 2 and "n_bins: not an option of lipoframe; did you mean binning.n_bins?" in err, err
     code, _, err = run_cli("plan", tmp_path / "nothing")
     assert code == 2 and "no such folder" in err
     (tmp_path / "empty").mkdir()
