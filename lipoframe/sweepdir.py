@@ -245,11 +245,8 @@ def sweep_folder_hint(folder: str | Path) -> str:
     folder = Path(folder)
     if not (folder / "multirun.yaml").is_file():
         return ""
-    try:
-        jobs = sorted((p for p in folder.iterdir() if (p / ".hydra" / "overrides.yaml").is_file()),
-                      key=lambda p: (len(p.name), p.name))
-    except OSError:
-        return ""
+    # by job number, also under a hydra.sweep.subdir of the user's (named or nested otherwise)
+    jobs = job_folders(folder, lambda p: (p / ".hydra" / "overrides.yaml").is_file())
     if not jobs:
         return ""
     which = str(jobs[0]) + (f" ... {jobs[-1]}" if len(jobs) > 1 else "")

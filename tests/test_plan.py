@@ -566,6 +566,31 @@ def test_plan_and_report_given_a_sweep_folder_name_its_jobs(tmp_path, run_cli):
         assert code == 2 and "sweep" not in err
 
 
+def test_plan_and_report_given_a_sweep_folder_of_the_users_subdir_name_its_jobs_by_number(tmp_path, run_cli):
+    # hydra.sweep.subdir=${hydra.job.num}_${nms.beta} names the jobs 0_0.3, 1_10.0, 2_4.0, and
+    # ${hydra.job.override_dirname} with a path in it nests them (input=/data/mics,...): the hint took the
+    # children by name length (2_4.0 ... 1_10.0) and found none of the nested ones (no hint at all)
+    def job(folder, num):
+        (folder / ".hydra").mkdir(parents=True)
+        (folder / ".hydra" / "overrides.yaml").write_text(f"- nms.beta={num}\n")
+        (folder / ".hydra" / "hydra.yaml").write_text(f"hydra:\n  job:\n    num: {num}\n")
+
+    named = tmp_path / "named"
+    for num, name in ((0, "0_0.3"), (1, "1_10.0"), (2, "2_4.0")):
+        job(named / name, num)
+    nested = tmp_path / "nested"
+    for num in (0, 1):
+        job(nested / "input=" / "data" / f"mics,nms.beta={num}", num)
+    for sweep, first, last in ((named, "0_0.3", "2_4.0"), (nested, "input=/data/mics,nms.beta=0", "input=/data/mics,nms.beta=1")):
+        (sweep / "multirun.yaml").write_text("hydra: {}\n")
+        n = len(list(sweep.rglob("overrides.yaml")))
+        for command in ("plan", "report"):
+            code, _, err = run_cli(command, sweep)
+            assert code == 2, command
+            assert (f"a sweep folder (lipoframe run -m) of {n} job(s): give one job's folder, {sweep / first} ... "
+                    f"{sweep / last}") in err, err
+
+
 def test_plan_after_a_real_run_replaces_the_per_bin_files(tiny_mrcs, tmp_path, run_cli):
     out = tmp_path / "out"
     code, _, err = run_cli("run", f"input={tiny_mrcs[0].parent}", f"output={out}", *TINY_ARGS,
