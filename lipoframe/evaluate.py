@@ -1016,6 +1016,7 @@ def evaluate(
     reference_diameter: float | None = None,
     micrographs: list[str] | None = None,
     scope: str = "union",
+    sources: dict[str, str] | None = None,
 ) -> EvaluationResult:
     """Compare picks with reference particles, micrograph by micrograph.
 
@@ -1044,6 +1045,9 @@ def evaluate(
         ``micrographs`` (picks on a micrograph without references are false
         positives); ``reference``: only micrographs named in the reference
         (picks elsewhere, and ``micrographs``, are left out).
+    sources : dict, optional
+        The file each table was read from, by ``'picks'`` and
+        ``'reference'``, named in error messages.
 
     Returns
     -------
@@ -1076,7 +1080,8 @@ def evaluate(
         if schema.MICROGRAPH not in df.columns:
             names = other[schema.MICROGRAPH].unique() if schema.MICROGRAPH in other.columns else ["micrograph"]
             if len(names) > 1:
-                raise ValueError(f"the {what} table has no micrograph column but the other one names {len(names)} "
+                where = f"{sources[what]}: " if sources and sources.get(what) else ""
+                raise ValueError(f"{where}the {what} table has no micrograph column but the other one names {len(names)} "
                                  "micrographs; add a micrograph column")
             df[schema.MICROGRAPH] = names[0] if len(names) else "micrograph"
     if "kind" not in ref.columns:
@@ -1889,7 +1894,7 @@ def main(argv: list[str]) -> int:
         res = evaluate(
             picks, reference, tolerance=args.tolerance, iou_threshold=args.iou_threshold,
             include_rejected=args.include_rejected, reference_diameter=args.reference_diameter,
-            micrographs=processed, scope=args.scope,
+            micrographs=processed, scope=args.scope, sources={"picks": str(args.picks), "reference": str(args.reference)},
         )
     except ValueError as exc:
         print(f"lipoframe evaluate: {exc}", file=sys.stderr)

@@ -808,7 +808,7 @@ def test_cli_a_csv_without_micrograph_column_is_the_other_tables_only_micrograph
     table([("a", 100, 100, 50), ("b", 300, 300, 50)]).to_csv(tmp_path / "p2.csv", index=False)
     assert main([f"picks={tmp_path / 'p2.csv'}", f"reference={tmp_path / 'ref.csv'}"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "the reference table has no micrograph column but the other one names 2 micrographs" in err
+    assert f"{tmp_path / 'ref.csv'}: the reference table has no micrograph column but the other one names 2 micrographs" in err
     assert len(err.splitlines()) == 1
     assert err.startswith(f"lipoframe evaluate: {tmp_path / 'ref.csv'}: ")  # the file it means
 
