@@ -1906,7 +1906,8 @@ def placeholder_pixel_size_notes(metas: dict[str, MicrographMeta], cfg: Lipofram
     diameter range in Å converted with it may be off by the true pixel size
     without any other sign. With the range in pixels (``units=px``) the
     picks are not affected, but ``diameter_A``, the sizes in nm and the
-    exports' pixel size are.
+    exports' pixel size are (``lipoframe plan pixel_size=`` sets it), unless
+    a stage's option is a length in Å (``detector=membrane``'s thickness).
     """
     if cfg.pixel_size is not None:
         return []
@@ -1915,9 +1916,16 @@ def placeholder_pixel_size_notes(metas: dict[str, MicrographMeta], cfg: Lipofram
         return []
     which = "every micrograph" if len(ones) == len(metas) else f"{len(ones)} of {len(metas)} micrographs (e.g. {ones[0]})"
     said = f"the header of {which} gives exactly 1 Å/px, which many programs write when they do not know the pixel size; "
+    from lipoframe.plancmd import _lengths_in_angstrom
+
+    settings = cfg.per_micrograph_settings()
+    in_angstrom = _lengths_in_angstrom({**settings, "filter": dict(settings["filter"])})  # as lipoframe plan tells it
     if cfg.units == "A":
         note = (said + f"dmin={cfg.dmin:g} and dmax={cfg.dmax:g} Å were converted with it: if that is not your pixel size, "
                 "run again with pixel_size=<Å/px> (or give the range in pixels with units=px)")
+    elif in_angstrom:  # a stage's length in Å: `lipoframe plan pixel_size=` refuses such a run
+        note = (said + f"{', '.join(in_angstrom)} converted a length in Å with it: if that is not your pixel size, "
+                "run again with pixel_size=<Å/px>")
     else:
         note = (said + "the picks (in pixels) do not depend on it, but diameter_A, the sizes in nm and the exports' "
                 "pixel size do: if that is not your pixel size, `lipoframe plan <output folder> pixel_size=<Å/px>` "
