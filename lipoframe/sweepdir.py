@@ -21,6 +21,8 @@ start. What Hydra records of the last sweep decides:
 
 from __future__ import annotations
 
+import os
+from collections import deque
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
@@ -150,6 +152,11 @@ def _job_num(job: Path) -> int | None:
         return int(job.name) if job.name.isdigit() else None
 
 
+#: Folders of a sweep folder that :func:`job_folders` lists at most: one that also holds a large tree
+#: (``output=.`` in a project folder with its data) is not walked to its end.
+MAX_SEARCHED = 2000
+
+
 def job_folders(sweep: str | Path, is_job: Callable[[Path], bool]) -> list[Path]:
     """The subfolders of ``sweep`` for which ``is_job``, by Hydra's job number (``.hydra/hydra.yaml``), then by path.
 
@@ -159,16 +166,21 @@ def job_folders(sweep: str | Path, is_job: Callable[[Path], bool]) -> list[Path]
     ``/`` in it (``${hydra.job.override_dirname}`` of ``input=/data/mics``)
     nests it. Folders below the children are taken when Hydra made them
     for a job (``.hydra/overrides.yaml``); no job's folder is searched for
-    others, nor are hidden or linked folders.
+    others, nor are hidden or linked folders. The folders are searched
+    level by level, :data:`MAX_SEARCHED` at most (a job is a few levels
+    down; a data tree beside the jobs is not walked to its end).
     """
     sweep = Path(sweep)
     deep = (sweep / "multirun.yaml").is_file()
     found: list[Path] = []
-    todo = [sweep]
-    while todo:
-        folder = todo.pop()
+    todo = deque([sweep])
+    searched = 0
+    while todo and searched < MAX_SEARCHED:
+        folder = todo.popleft()
+        searched += 1
         try:
-            subs = [p for p in folder.iterdir() if not p.name.startswith(".") and p.is_dir() and not p.is_symlink()]
+            with os.scandir(folder) as entries:  # no stat of each file: a folder may hold thousands
+                subs = sorted(Path(e.path) for e in entries if not e.name.startswith(".") and e.is_dir(follow_symlinks=False))
         except OSError:
             continue
         for sub in subs:

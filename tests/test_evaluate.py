@@ -1579,3 +1579,29 @@ def test_one_reader_of_hydras_records_for_evaluate_and_merge(tmp_path):
             load_shard(run)
     (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["dmin=30", "shard.index=0"]))
     assert job_overrides(run) == load_shard(run).overrides == ["dmin=30", "shard.index=0"]
+
+
+def test_a_sweep_folder_holding_a_large_tree_is_not_walked_to_its_end(tmp_path, monkeypatch):
+    # `lipoframe run -m ... output=.` in a project folder: its data tree sits beside the job folders. The jobs
+    # are found (also nested ones) without listing every folder of the tree; evaluate, merge and the sweep's exit
+    # code walked all of it (a network mount with thousands of EPU folders: minutes).
+    import os
+
+    from lipoframe import sweepdir
+
+    sweep = tmp_path / "sweep"
+    (sweep / "multirun.yaml").parent.mkdir()
+    (sweep / "multirun.yaml").write_text("hydra: {}\n")
+    for job in (sweep / "0", sweep / "1", sweep / "input=" / "data" / "mics,x=2"):
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "overrides.yaml").write_text("- x=1\n")
+    for a in range(60):
+        for b in range(60):
+            (sweep / "data" / f"GridSquare_{a}" / f"FoilHole_{b}").mkdir(parents=True)
+    listed = []
+    for name in ("listdir", "scandir"):
+        real = getattr(os, name)
+        monkeypatch.setattr(os, name, lambda path=".", real=real: listed.append(path) or real(path))
+    jobs = sweepdir.job_folders(sweep, lambda p: (p / ".hydra" / "overrides.yaml").is_file())
+    assert [j.relative_to(sweep).as_posix() for j in jobs] == ["0", "1", "input=/data/mics,x=2"]
+    assert len(listed) <= sweepdir.MAX_SEARCHED + 1, len(listed)
