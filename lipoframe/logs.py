@@ -10,8 +10,8 @@ import logging
 def restored_logging():
     """Give the root logger back its handlers and level on exit; close the handlers added meanwhile.
 
-    For commands run in-process (``lipoframe.cli.main``, ``app.run``,
-    ``merge.main``): Hydra configures logging for a run (a console handler
+    For commands run in-process (through ``lipoframe.cli.main``: ``app.run``,
+    ``merge.main``, ``plancmd.main``): Hydra configures logging for a run (a console handler
     on the ``sys.stderr`` of that moment, a file handler in the run folder),
     as do ``merge`` and ``plan`` when nothing did. Left attached, later
     messages of the process would go to a stream that may be closed by then

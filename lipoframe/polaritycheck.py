@@ -4,7 +4,7 @@ Run with the wrong ``polarity`` (bright spheres with the default ``dark``),
 lipoframe still accepts picks: the gaps between crowded particles, their
 halos and the light side of a gradient are blobs with edges too, and
 nothing else in the run says that the particles were missed. After
-picking, :func:`check_polarity` picks the first micrographs of the run once
+picking, :func:`polarity_verdict` picks the first micrographs of the run once
 more in both polarities, without the filters: detector (its
 :data:`MAX_DETECTIONS` strongest detections), NMS once and refiner, then
 the diameter range. Each pick's edge counts by how much its ``quality``
