@@ -166,7 +166,8 @@ def job_folders(sweep: str | Path, is_job: Callable[[Path], bool]) -> list[Path]
     ``/`` in it (``${hydra.job.override_dirname}`` of ``input=/data/mics``)
     nests it. Folders below the children are taken when Hydra made them
     for a job (``.hydra/overrides.yaml``); no job's folder is searched for
-    others, nor are hidden or linked folders. The folders are searched
+    others, nor are hidden or linked folders (a link to a job's folder,
+    such as a shard run elsewhere, is taken). The folders are searched
     level by level, :data:`MAX_SEARCHED` at most (a job is a few levels
     down; a data tree beside the jobs is not walked to its end).
     """
@@ -180,14 +181,14 @@ def job_folders(sweep: str | Path, is_job: Callable[[Path], bool]) -> list[Path]
         searched += 1
         try:
             with os.scandir(folder) as entries:  # no stat of each file: a folder may hold thousands
-                subs = sorted(Path(e.path) for e in entries if not e.name.startswith(".") and e.is_dir(follow_symlinks=False))
+                subs = sorted((Path(e.path), e.is_symlink()) for e in entries if not e.name.startswith(".") and e.is_dir())
         except OSError:
             continue
-        for sub in subs:
+        for sub, link in subs:
             made = (sub / ".hydra").is_dir()
             if is_job(sub) and (folder == sweep or (sub / ".hydra" / "overrides.yaml").is_file()):
                 found.append(sub)
-            elif deep and not made:
+            elif deep and not made and not link:
                 todo.append(sub)
     nums = {f: _job_num(f) for f in found}
     return sorted(found, key=lambda f: (nums[f] is None, nums[f] or 0, f.relative_to(sweep).as_posix()))

@@ -150,6 +150,17 @@ def test_merge_accepts_the_sweep_folder(sharded):
     assert summary["micrographs"] == {"total": 5, "ok": 5, "skipped": 0, "failed": 0, "not_done": 0}
 
 
+def test_merge_accepts_a_folder_of_links_to_the_shards(sharded, tmp_path):
+    # shards run on other nodes' scratch, gathered as links in one folder: merged until sweepdir.job_folders
+    # (1c6bcbf), which left out linked folders ('not a lipoframe run folder ... and has none inside')
+    gathered = tmp_path / "gathered"
+    gathered.mkdir()
+    for i in range(3):
+        (gathered / f"node{i}").symlink_to(sharded / "shards" / str(i), target_is_directory=True)
+    assert merge.main([str(gathered), f"output={tmp_path / 'merged'}"]) == 0
+    _same_result(sharded / "single", tmp_path / "merged")
+
+
 def test_a_merge_without_report_removes_an_earlier_report(sharded, caplog):
     # a report.html left in the output folder by an earlier merge or run showed other picks
     # (a run with runner.report=false already removed it)
