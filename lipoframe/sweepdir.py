@@ -154,7 +154,7 @@ def _job_num(job: Path) -> int | None:
 
 #: Folders of a sweep folder that :func:`job_folders` lists at most: one that also holds a large tree
 #: (``output=.`` in a project folder with its data) is not walked to its end.
-MAX_SEARCHED = 2000
+MAX_SEARCHED = 10000
 
 
 def job_folders(sweep: str | Path, is_job: Callable[[Path], bool]) -> list[Path]:
@@ -167,9 +167,10 @@ def job_folders(sweep: str | Path, is_job: Callable[[Path], bool]) -> list[Path]
     nests it. Folders below the children are taken when Hydra made them
     for a job (``.hydra/overrides.yaml``); no job's folder is searched for
     others, nor are hidden or linked folders (a link to a job's folder,
-    such as a shard run elsewhere, is taken). The folders are searched
-    level by level, :data:`MAX_SEARCHED` at most (a job is a few levels
-    down; a data tree beside the jobs is not walked to its end).
+    such as a shard run elsewhere, is taken), nor a folder below the
+    children that holds files: the folders Hydra makes on the way to a
+    nested job hold only folders, so a data tree beside the jobs is not
+    walked (and :data:`MAX_SEARCHED` folders are listed at most).
     """
     sweep = Path(sweep)
     deep = (sweep / "multirun.yaml").is_file()
@@ -181,10 +182,12 @@ def job_folders(sweep: str | Path, is_job: Callable[[Path], bool]) -> list[Path]
         searched += 1
         try:
             with os.scandir(folder) as entries:  # no stat of each file: a folder may hold thousands
-                subs = sorted((Path(e.path), e.is_symlink()) for e in entries if not e.name.startswith(".") and e.is_dir())
+                listed = [(Path(e.path), e.is_symlink(), e.is_dir()) for e in entries if not e.name.startswith(".")]
         except OSError:
             continue
-        for sub, link in subs:
+        if folder != sweep and not all(is_dir for _, _, is_dir in listed):
+            continue  # files: not a folder Hydra made on the way to a job (a data or output tree)
+        for sub, link, _ in sorted(listed):
             made = (sub / ".hydra").is_dir()
             if is_job(sub) and (folder == sweep or (sub / ".hydra" / "overrides.yaml").is_file()):
                 found.append(sub)
