@@ -187,7 +187,7 @@ def job_folders(sweep: str | Path, is_job: Callable[[Path], bool]) -> list[Path]
             continue
         if folder != sweep and not all(is_dir for _, _, is_dir in listed):
             continue  # files: not a folder Hydra made on the way to a job (a data or output tree)
-        for sub, link, _ in sorted(listed):
+        for sub, link, _ in sorted(entry for entry in listed if entry[2]):
             made = (sub / ".hydra").is_dir()
             if is_job(sub) and (folder == sweep or (sub / ".hydra" / "overrides.yaml").is_file()):
                 found.append(sub)

@@ -1607,3 +1607,13 @@ def test_a_sweep_folder_holding_a_large_tree_is_not_walked_to_its_end(tmp_path, 
     jobs = sweepdir.job_folders(sweep, lambda p: (p / ".hydra" / "overrides.yaml").is_file())
     assert [j.relative_to(sweep).as_posix() for j in jobs] == ["0", "1", "input=/data/mics,x=2"]
     assert len(listed) < 100, len(listed)  # the sweep, data/, its 60 grid squares, input=/ and input=/data/
+
+
+def test_job_folders_takes_only_folders(tmp_path):
+    # a file beside the jobs (multirun.yaml, a user's notes) is no job, whatever is_job says of it
+    from lipoframe import sweepdir
+
+    (tmp_path / "multirun.yaml").write_text("hydra: {}\n")
+    (tmp_path / "0").mkdir()
+    (tmp_path / "notes.txt").write_text("x")
+    assert sweepdir.job_folders(tmp_path, lambda p: True) == [tmp_path / "0"]
