@@ -65,6 +65,18 @@ class ListError(InputError):
     """A micrograph list that cannot be read (the message names the file)."""
 
 
+class ListedPath(str):
+    """A path a micrograph list names, given on as an input (``watch``): one file as it is.
+
+    :func:`lipoframe.runner.expand_inputs` never takes it for a folder, a
+    pattern or a list: a listed ``mic[1].mrc`` is that file, not a pattern
+    matching ``mic1.mrc``. Any other spec, a :class:`~pathlib.Path` too, is
+    read as written on the command line.
+    """
+
+    __slots__ = ()
+
+
 @dataclass
 class MicrographList:
     """The micrographs of one list file.

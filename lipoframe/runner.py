@@ -33,7 +33,7 @@ import pandas as pd
 from lipoframe import schema
 from lipoframe.config import MIN_DIAMETER_PX, RETRY_SUPPRESSED, ConfigError, LipoframeConfig
 from lipoframe.algorithms.pyramid import pow2_floor, to_binned
-from lipoframe.inputlists import is_list_spec, list_paths, listed_pixel_size, relion_project, relion_star
+from lipoframe.inputlists import ListedPath, is_list_spec, list_paths, listed_pixel_size, relion_project, relion_star
 from lipoframe.io.atomic import resolve_all, safe_child, write_text
 from lipoframe.plan import ExtractionPlan, format_range
 from lipoframe.records import InputError, Micrograph, MicrographMeta, PickContext, refuse_special_file
@@ -242,15 +242,15 @@ def expand_inputs(specs: list[str | Path], suffixes: tuple[str, ...], *, same_fi
     out; ``same_file``, when given, receives a ``(left_out, kept)`` pair
     of paths for each.
 
-    A spec that is a :class:`~pathlib.Path` (not a string) names one file
-    as it is: never a folder's files, a pattern or a list (``watch`` passes
-    the files a list names so, see :func:`lipoframe.watch.watched_specs`).
+    A spec that is a :class:`~lipoframe.inputlists.ListedPath` names one
+    file as it is: never a folder's files, a pattern or a list (``watch``
+    passes the files a list names so, see :func:`lipoframe.watch.watched_specs`).
     """
     out: list[Path] = []
     seen: dict[str, Path] = {}
     for spec in specs:
-        if isinstance(spec, Path):
-            found = [spec]
+        if isinstance(spec, ListedPath):
+            found = [Path(spec)]
         elif os.path.isdir(spec := os.path.expanduser(str(spec))):
             found = sorted(p for p in Path(spec).iterdir() if _file_or_broken_link(p)
                            and p.suffix.lower() in suffixes and not p.name.startswith("."))

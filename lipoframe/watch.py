@@ -172,11 +172,11 @@ def assign_name(path: Path, taken: set[str]) -> str:
     return name
 
 
-def watched_specs(specs: list[str], suffixes: tuple[str, ...], status=log.info) -> list[str | Path]:
+def watched_specs(specs: list[str], suffixes: tuple[str, ...], status=log.info) -> list[str]:
     """``specs`` with each micrograph list (a RELION micrographs STAR, a ``.txt`` list) replaced by the files it lists.
 
-    The listed files are given as :class:`~pathlib.Path` objects, which
-    :func:`lipoframe.runner.expand_inputs` takes as they are: a listed
+    The listed files are given as :class:`~lipoframe.inputlists.ListedPath`
+    strings, which :func:`lipoframe.runner.expand_inputs` takes as they are: a listed
     ``mic[1].mrc`` is that file, not a pattern that matches ``mic1.mrc``.
 
     A list is read once, when the session starts: its micrographs are picked
@@ -191,9 +191,9 @@ def watched_specs(specs: list[str], suffixes: tuple[str, ...], status=log.info) 
     InputError
         For a list that cannot be read, or that lists another list (one line naming it).
     """
-    from lipoframe.inputlists import is_list_spec, list_paths
+    from lipoframe.inputlists import ListedPath, is_list_spec, list_paths
 
-    out: list[str | Path] = []
+    out: list[str] = []
     for spec in specs:
         if not is_list_spec(spec, suffixes):
             out.append(spec)
@@ -203,7 +203,7 @@ def watched_specs(specs: list[str], suffixes: tuple[str, ...], status=log.info) 
             raise InputError(f"{spec}: the list names no micrographs")
         status(f"{spec}: read once, {len(paths)} micrograph(s); micrographs added to it later are not picked "
                "(watch their folder to take new ones)")
-        out.extend(paths)
+        out.extend(ListedPath(p) for p in paths)
     return out
 
 

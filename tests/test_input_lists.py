@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from scale_data import RUN_ARGS, cli, write_set
 
-from lipoframe.inputlists import ListError, find_project, read_list, relion_project
+from lipoframe.inputlists import ListError, ListedPath, find_project, read_list, relion_project
 from lipoframe.records import InputError
 from lipoframe.runner import expand_inputs, extraction_micrographs_star, find_inputs, listed_pixel_size_notes, write_manifest
 from lipoframe.watch import FolderWatcher, watched_specs
@@ -183,7 +183,9 @@ def test_watch_reads_a_list_once_and_refuses_a_bad_one(tmp_path):
     lst = tmp_path / "l.txt"
     lst.write_text("a.mrc\nb.mrc\n")
     told = []
-    assert watched_specs([str(lst), "more/"], SUFFIXES, told.append) == [tmp_path / "a.mrc", tmp_path / "b.mrc", "more/"]
+    specs = watched_specs([str(lst), "more/"], SUFFIXES, told.append)
+    assert specs == [str(tmp_path / "a.mrc"), str(tmp_path / "b.mrc"), "more/"]
+    assert [isinstance(s, ListedPath) for s in specs] == [True, True, False]
     assert "read once" in told[0]
     (tmp_path / "bad.star").write_text("data_\n\nloop_\n_rlnCoordinateX #1\n1\n")
     with pytest.raises(InputError, match="no rlnMicrographName"):
@@ -202,6 +204,17 @@ def test_listed_paths_are_literal_also_when_watched(tmp_path):
     assert expand_inputs([str(lst)], SUFFIXES) == listed
     watcher = FolderWatcher(watched_specs([str(lst)], SUFFIXES, lambda _: None), SUFFIXES, stable_polls=1)
     assert watcher.poll() == listed and other not in watcher.present()
+
+
+def test_a_path_given_as_input_is_read_as_written_not_as_a_listed_file(tmp_path):
+    """Only a ListedPath is one file as it is: a Path given by a Python caller is a folder, pattern or list as a string is."""
+    mics = write_set(tmp_path / "mics", 2)
+    lst = tmp_path / "l.txt"
+    lst.write_text("mics/mic_001.mrc\n")
+    assert expand_inputs([tmp_path / "mics"], SUFFIXES) == mics
+    assert expand_inputs([tmp_path / "mics" / "*.mrc"], SUFFIXES) == mics
+    assert expand_inputs([lst], SUFFIXES) == [mics[1]]
+    assert expand_inputs([ListedPath(tmp_path / "mics")], SUFFIXES) == [tmp_path / "mics"]
 
 
 @pytest.mark.parametrize("inner", ["more.txt", "CtfFind/job004/micrographs_ctf.star", "sets.LST"])
