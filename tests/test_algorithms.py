@@ -294,6 +294,65 @@ def test_inside_directions():
     assert got[2].all()
 
 
+def _bright_spheres(shape, items, *, noise=0.15, seed=0):
+    """Projected spheres (row, col, diameter), bright, with correlated noise (as the simulated suite's)."""
+    import pandas as pd
+
+    from lipoframe.synthetic import render
+
+    truth = pd.DataFrame({"y_px": [r for r, _, _ in items], "x_px": [c for _, c, _ in items], "diameter_px": [d for _, _, d in items]})
+    return -render(shape, truth, noise=noise, seed=seed)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_cut_circle_starts_finds_a_cut_particle_from_the_circle_of_its_visible_part(seed):
+    """The detector's circle on a particle cut by the border is its visible part: smaller, further inside.
+    The start found contains it and lies on the particle; refine_circles then measures the particle."""
+    from lipoframe.algorithms.radial import cut_circle_starts
+
+    # A 120 px sphere 25 px inside the left border (0.42 radii: 29 % of its rim beyond it) and a whole one.
+    items = [(150.0, 25.0, 120.0), (150.0, 280.0, 120.0)]
+    img = _bright_spheres((300, 400), items, seed=seed)
+    # As the detector finds it: 32 % small, its centre 0.3 radii further inside (cf. the suite's s10_border_cut).
+    rows, cols, radii = np.array([153.0, 150.0]), np.array([43.0, 280.0]), np.array([41.0, 60.0])
+    r2, c2, rad2, moved = cut_circle_starts(img, rows, cols, radii)
+    assert moved.tolist() == [True, False]
+    assert (r2[1], c2[1], rad2[1]) == (150.0, 280.0, 60.0)  # 4.7 radii from the border: not searched
+    assert abs(rad2[0] / 60 - 1) < 0.12 and np.hypot(r2[0] - 150, c2[0] - 25) < 0.15 * 60
+    # refine_circles from the detector's circle stops short (the edge is beyond its +-25 % search) ...
+    before = refine_circles(img, rows[:1], cols[:1], 2 * radii[:1])
+    assert before["diameter"][0] < 0.9 * 120
+    # ... and measures the particle from the start found.
+    after = refine_circles(img, r2[:1], c2[:1], 2 * rad2[:1])
+    assert abs(after["diameter"][0] / 120 - 1) < 0.03
+    assert np.hypot(after["row"][0] - 150, after["col"][0] - 25) < 0.05 * 60
+
+
+def test_cut_circle_starts_keeps_circles_the_cut_does_not_explain():
+    """A whole particle near the border, measured well or too large by the detector, keeps the detector's circle."""
+    from lipoframe.algorithms.radial import cut_circle_starts
+
+    # Whole spheres 8 and 40 px from the top border; starts exact and 15 % too large (shifted 0.25 radii outwards).
+    items = [(58.0, 100.0, 100.0), (90.0, 300.0, 100.0)]
+    img = _bright_spheres((300, 400), items, seed=4)
+    rows, cols, radii = np.array([58.0, 77.5]), np.array([100.0, 300.0]), np.array([50.0, 57.5])
+    r2, c2, rad2, moved = cut_circle_starts(img, rows, cols, radii)
+    assert not moved.any()
+    np.testing.assert_array_equal(np.c_[r2, c2, rad2], np.c_[rows, cols, radii])
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [({"reach": 0}, "reach"), ({"max_shift": -0.1}, "max_shift"), ({"scales": (1.2, 1.1)}, "scales"),
+     ({"slack": -1}, "slack"), ({"n_angles": 2}, "n_angles")],
+)
+def test_cut_circle_starts_rejects_bad_options(kw, message):
+    from lipoframe.algorithms.radial import cut_circle_starts
+
+    with pytest.raises(ValueError, match=message):
+        cut_circle_starts(np.zeros((50, 50)), [10.0], [10.0], [5.0], **kw)
+
+
 def test_refine_circles_flags_background():
     rng = np.random.default_rng(1)
     img = rng.normal(0, 1, (200, 200)).astype(np.float32)

@@ -155,6 +155,32 @@ def test_particles_cut_by_the_border_are_judged_on_the_part_in_the_image(seed):
     assert 0.5 < cut["edge_directions_used"] < 0.75
 
 
+@pytest.mark.parametrize("seed", [0, 3])
+def test_a_cut_particle_is_refined_from_a_circle_containing_the_detectors(seed):
+    """On a particle cut by the border the detector finds its visible part (smaller, further inside);
+    the refiner searches the circles that contain it (refiner.border_search) and measures the particle."""
+    from lipoframe.builtin.refiners import RadialProfileParams, RadialProfileRefiner
+    from lipoframe.records import Micrograph, MicrographMeta, PickContext
+
+    # 120 px spheres: one 25 px inside the bottom border (0.42 radii), one whole.
+    truth = pd.DataFrame({"x_px": [200.0, 200.0], "y_px": [487.0, 200.0], "diameter_px": [120.0, 120.0]})
+    img = render((512, 512), truth, noise=0.15, seed=seed)
+    mic = Micrograph(meta=MicrographMeta(name="m", path="m", shape=img.shape, pixel_size=None), image=img, polarity="dark")
+    ctx = PickContext(dmin_px=80, dmax_px=200, polarity="dark", pixel_size=None, seed=0, export_rejected=True)
+    # As the suite's s10_border_cut gives them: the cut one 32 % small, 0.3 radii further inside.
+    picks = pd.DataFrame({"x_px": [203.0, 200.0], "y_px": [469.0, 200.0], "diameter_px": [82.0, 118.0], "score": [6.0, 9.0],
+                          "sigma_px": [29.0, 41.7], "pyramid_level": [0, 0]})
+    refined = RadialProfileRefiner(RadialProfileParams()).refine(picks, mic, ctx)
+    assert refined["accepted"].all()
+    err = refined["diameter_px"].to_numpy() / 120 - 1
+    off = np.hypot(refined["x_px"] - truth["x_px"], refined["y_px"] - truth["y_px"]).to_numpy() / 60
+    assert np.all(np.abs(err) < 0.03) and np.all(off < 0.05)
+    assert refined["diameter_detector_px"].tolist() == [82.0, 118.0]
+    # From the detector's circle the edge search (+-25 %) stops short of the cut particle's rim.
+    old = RadialProfileRefiner(RadialProfileParams(border_search=False)).refine(picks, mic, ctx)
+    assert old["diameter_px"].iloc[0] < 0.9 * 120 and abs(old["diameter_px"].iloc[1] / refined["diameter_px"].iloc[1] - 1) < 1e-9
+
+
 @pytest.mark.parametrize("seed", [0, 5])
 def test_a_particle_centred_on_the_border_is_rejected_unless_border_margin_is_0(seed):
     # Diameter 100, centre 3 px inside the top border (0.06 radii).

@@ -383,6 +383,175 @@ def refine_circles(
     }
 
 
+def cut_circle_starts(
+    image: np.ndarray,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    radii: np.ndarray,
+    *,
+    reach: float = 1.5,
+    max_shift: float = 0.6,
+    scales: tuple[float, float] = (0.75, 2.2),
+    slack: float = 0.05,
+    n_angles: int = 64,
+    blockers: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Starting circles for particles cut by the image border, from the edge in view.
+
+    On a particle cut by the border a blob detector finds the part in the
+    image: its maximum lies inwards (near the centroid of the visible part)
+    at a smaller scale. The true circle is larger and its centre lies
+    towards the border, often beyond the reach of :func:`refine_circles`
+    (which searches the edge within a fraction of the starting radius). For
+    every circle whose ``reach`` times larger circle crosses the border, this
+    searches the circles whose centre lies within ``max_shift`` radii of the
+    given one and whose radius is ``scales`` times the given one for the
+    one the image falls most clearly across, on its directions inside the
+    image: for each direction, the brightness just inside the circle (at
+    0.94 of its radius) less that just outside (at 1.06); the score is the
+    mean of these steps less its standard error (over half the directions,
+    neighbouring ones being correlated), so a circle judged on a short arc
+    needs a clearer edge. Two families of circles compete: those near the
+    given one (centre within 0.35 radii, radius within 25 %: what
+    :func:`refine_circles` reaches from it anyway), and those that contain
+    it, to ``slack`` of its radius (a circle whose centre moves ``t`` radii
+    has a radius of at least ``1 + t - slack``): the detector's blob lies
+    within the particle. Without that rule a circle that leaves the blob to
+    skirt a touching neighbour can score best. Circles with fewer than a
+    third of their directions in the image are not considered. A coarse
+    grid (0.1 radii, 0.05 in scale) is followed by a finer one (0.025,
+    0.0125) around the best circle. Where the best is near the given
+    circle and no larger, the given circle is kept: a cut makes the
+    detector's circle smaller, not larger, and from nearby the refinement
+    finds the edge itself. The result is a start for
+    :func:`refine_circles`, not a measurement.
+
+    Parameters
+    ----------
+    image : (M, N) ndarray
+        Particles bright.
+    rows, cols, radii : (K,) ndarrays
+        Circles (pixels of ``image``; radii > 0).
+    reach : float
+        Circles whose ``reach * radius`` circle lies in the image are left
+        as they are.
+    max_shift : float
+        Largest move of the centre, in radii.
+    scales : (float, float)
+        Range of radii searched, in units of the given radius.
+    slack : float
+        How far (in radii) the given circle may reach out of a searched one.
+    n_angles : int
+        Directions sampled.
+    blockers : (K,) ndarray of bool, optional
+        The circles that count as neighbours (default: all). A searched
+        circle may not come closer to a neighbour's centre than its own
+        radius plus half the neighbour's: particles do not overlap, and a
+        large circle through the gaps of a crowd at the border would
+        otherwise enclose some of it.
+
+    Returns
+    -------
+    rows, cols, radii : (K,) ndarrays
+        The starting circles (copies).
+    moved : (K,) ndarray of bool
+        The circles replaced by a containing one.
+    """
+    if not reach > 0:
+        raise ValueError(f"reach must be > 0, got {reach}")
+    if not max_shift >= 0:
+        raise ValueError(f"max_shift must be >= 0, got {max_shift}")
+    if not 0 < scales[0] <= scales[1]:
+        raise ValueError(f"scales must be (low, high) with 0 < low <= high, got {scales}")
+    if not slack >= 0:
+        raise ValueError(f"slack must be >= 0, got {slack}")
+    if n_angles < 3:
+        raise ValueError(f"n_angles must be >= 3, got {n_angles}")
+    image = np.ascontiguousarray(image, dtype=np.float32)
+    m, n = image.shape
+    rows = np.array(rows, dtype=float)
+    cols = np.array(cols, dtype=float)
+    radii = np.array(radii, dtype=float)
+    theta = np.linspace(0, 2 * np.pi, n_angles, endpoint=False)
+    inset = np.minimum.reduce([rows + 0.5, m - 0.5 - rows, cols + 0.5, n - 0.5 - cols])
+    searched = inset < reach * radii
+    coarse = np.arange(-max_shift, max_shift + 1e-9, 0.1)
+    dy0, dx0 = (a.ravel() for a in np.meshgrid(coarse, coarse, indexing="ij"))
+    disk = np.hypot(dy0, dx0) <= max_shift + 1e-9
+    dy0, dx0 = dy0[disk], dx0[disk]
+    s0 = np.arange(scales[0], scales[1] + 1e-9, 0.05)
+    fine = np.arange(-0.075, 0.076, 0.025)
+    fy, fx = (a.ravel() for a in np.meshgrid(fine, fine, indexing="ij"))
+    moved = np.zeros(len(rows), dtype=bool)
+    blockers = np.ones(len(rows), dtype=bool) if blockers is None else np.asarray(blockers, dtype=bool)
+    given_rows, given_cols = rows.copy(), cols.copy()
+    for k in np.flatnonzero(searched):
+        r, y, x = radii[k], rows[k], cols[k]
+        others = blockers.copy()
+        others[k] = False
+        others &= np.hypot(given_rows - y, given_cols - x) < (max_shift + scales[1]) * r + radii
+        others = np.flatnonzero(others)
+        neighbours = (given_rows[others], given_cols[others], radii[others])
+        best = _best_circle(image, y, x, r, dy0, dx0, s0, theta, slack, neighbours)
+        if best is None:
+            continue
+        by, bx, bs, _ = best
+        s1 = bs + np.arange(-0.05, 0.051, 0.0125)
+        best = _best_circle(image, y, x, r, by + fy, bx + fx, s1[s1 > 0], theta, slack, neighbours)
+        if best is not None and (best[2] > 1.0 or not best[3]):
+            rows[k], cols[k], radii[k] = y + best[0] * r, x + best[1] * r, best[2] * r
+            moved[k] = True
+    return rows, cols, radii, moved
+
+
+def _best_circle(image, y, x, r, dy, dx, scales, theta, slack, neighbours):
+    """The best-scoring circle among centres ``(y, x) + (dy, dx) * r`` (C,) and radii ``scales * r`` (Z,).
+
+    Considered are the circles near the given one (what :func:`refine_circles`
+    reaches from it anyway with its defaults: centre within 0.35 radii,
+    radius within 25 %) and those that contain it to ``slack``, in both cases
+    with no neighbour's centre (``neighbours``: rows, cols, radii) closer
+    than the circle's radius plus half the neighbour's. Returns ``(dy, dx,
+    scale, near)`` of the best, or None.
+    """
+    shift = np.hypot(dy, dx)[:, None]
+    near = (shift <= 0.35 + 1e-9) & (np.abs(scales[None, :] - 1.0) <= 0.25 + 1e-9)
+    allowed = near | (scales[None, :] >= 1.0 - slack + shift)
+    ci, zi = np.nonzero(allowed)
+    cy, cx, rad = y + dy[ci] * r, x + dx[ci] * r, scales[zi] * r
+    n_rows, n_cols, n_radii = neighbours
+    if len(n_rows):
+        d = np.hypot(cy[:, None] - n_rows[None, :], cx[:, None] - n_cols[None, :])
+        free = ~np.any(d < rad[:, None] + 0.5 * n_radii[None, :], axis=1)
+        ci, zi, cy, cx, rad = ci[free], zi[free], cy[free], cx[free], rad[free]
+    if not len(ci):
+        return None
+    score = _arc_score(image, cy, cx, rad, theta, min_visible=1.0 / 3.0)
+    b = int(np.argmax(score))
+    if not np.isfinite(score[b]):
+        return None
+    return dy[ci[b]], dx[ci[b]], scales[zi[b]], bool(near[ci[b], zi[b]])
+
+
+def _arc_score(image: np.ndarray, cy: np.ndarray, cx: np.ndarray, radii: np.ndarray, theta: np.ndarray, *, min_visible: float) -> np.ndarray:
+    """Edge score of the circles (centres ``cy``, ``cx`` and ``radii``, (N,)): (N,); see :func:`cut_circle_starts`."""
+    m, n = image.shape
+    s, c = np.sin(theta)[None, :], np.cos(theta)[None, :]
+    r = radii[:, None]
+    y_in, x_in = cy[:, None] + 0.94 * r * s, cx[:, None] + 0.94 * r * c
+    y_out, x_out = cy[:, None] + 1.06 * r * s, cx[:, None] + 1.06 * r * c
+    # In view: both samples in the image.
+    vis = (y_out >= 0) & (y_out <= m - 1) & (x_out >= 0) & (x_out <= n - 1) & (y_in >= 0) & (y_in <= m - 1) & (x_in >= 0) & (x_in <= n - 1)
+    step = bilinear(image, y_in, x_in) - bilinear(image, y_out, x_out)
+    n_vis = vis.sum(axis=1)
+    nv = np.maximum(n_vis, 1)
+    mean = np.where(vis, step, 0.0).sum(axis=1) / nv
+    var = np.where(vis, (step - mean[:, None]) ** 2, 0.0).sum(axis=1) / nv
+    score = mean - np.sqrt(var / (nv / 2.0))
+    score[n_vis < min_visible * len(theta)] = -np.inf
+    return score
+
+
 def inside_directions(shape: tuple[int, int], rows: np.ndarray, cols: np.ndarray, radii: np.ndarray, theta: np.ndarray) -> np.ndarray:
     """Directions of each circle whose point at ``radii`` lies inside the image.
 

@@ -10,7 +10,7 @@ import pandas as pd
 
 from lipoframe import schema
 from lipoframe.algorithms.pyramid import pow2_floor, to_binned, to_full_resolution
-from lipoframe.algorithms.radial import RIMS, blocked_directions, edge_quality, refine_circles
+from lipoframe.algorithms.radial import RIMS, blocked_directions, cut_circle_starts, edge_quality, refine_circles
 from lipoframe.algorithms.stats import background_stats
 from lipoframe.hookspecs import hookimpl
 from lipoframe.records import Micrograph, PickContext
@@ -64,6 +64,17 @@ class RadialProfileParams:
         and diameter rest on half an edge, and most of its extraction box
         would lie outside the micrograph. 0 keeps every pick whose centre is
         in the image.
+    border_search: a pick whose circle, enlarged 1.5 times, crosses the
+        micrograph border is measured again from the circle the image falls
+        most clearly across in the directions inside the image, among those
+        that contain the detector's circle (centre up to 0.6 radii away,
+        radius up to 2.2 times) and reach no other confident pick's centre
+        (``lipoframe.algorithms.radial.cut_circle_starts``); that
+        measurement stands if it passes the edge test and is not
+        ``at_border``. On a particle cut by the border the detector finds
+        the visible part, a smaller circle further inside, which the edge
+        search (``search``) cannot widen to the particle's own. false
+        measures from the detector's circle only.
     """
 
     search: float = 0.25
@@ -79,6 +90,7 @@ class RadialProfileParams:
     narrow_search: float = 0.1
     narrow_min_contrast: float = 4.0
     border_margin: float = 0.1
+    border_search: bool = True
 
     def __post_init__(self) -> None:
         check_finite(self, "refiner", infinite=("strong_score", "min_contrast", "strong_min_contrast"))
@@ -133,6 +145,21 @@ class RadialProfileRefiner(Refiner):
         need_coverage = np.where(strong, p.strong_min_coverage, p.min_coverage)
         res = refine_circles(img, rows, cols, diameters, search=p.search, iterations=p.iterations, rim=p.rim)
         contrast, coverage, used = self._edge(res, confident)
+        if p.border_search:
+            # A particle cut by the border: the detector found its visible part, a smaller circle further
+            # inside. Measured again from the circle that contains it and whose edge in view is clearest;
+            # that measurement stands if it passes the edge test and is not at the border (a crowd at the
+            # border can offer a larger circle through the gaps between particles; its edge then fails).
+            r2, c2, rad2, moved = cut_circle_starts(img, rows, cols, diameters / 2.0, blockers=confident)
+            moved = np.flatnonzero(moved)
+            if len(moved):
+                again = refine_circles(img, r2[moved], c2[moved], 2.0 * rad2[moved], search=p.search, iterations=p.iterations, rim=p.rim)
+                c_again, v_again, _ = self._edge(_replace_rows(res, moved, again), confident)
+                ok = again["edge_found"] & (c_again[moved] >= need_contrast[moved]) & (v_again[moved] >= need_coverage[moved])
+                ok &= ~self._at_border(again, mic.shape[-2:], factor)
+                if ok.any():
+                    res = _replace_rows(res, moved[ok], again, take=ok)
+                    contrast, coverage, used = self._edge(res, confident)
         narrow = np.zeros(len(out), dtype=bool)
         retry = np.flatnonzero(~res["edge_found"] | (contrast < need_contrast) | (coverage < need_coverage))
         if p.narrow_search > 0 and len(retry):
@@ -173,10 +200,14 @@ class RadialProfileRefiner(Refiner):
         # grid: the binned image leaves out the last rows and columns that do
         # not fill a whole block, so its far border lies up to factor - 1
         # pixels inside the micrograph's.
-        m, n = mic.shape[-2:]
+        return schema.reject(out, self._at_border(res, mic.shape[-2:], factor), "at_border")
+
+    def _at_border(self, res: dict, shape: tuple[int, int], factor: int) -> np.ndarray:
+        """Picks of ``res`` (refined on the ``factor``-binned image) centred less than ``border_margin`` radii inside the micrograph."""
+        m, n = shape
         row, col = to_full_resolution(res["row"], factor), to_full_resolution(res["col"], factor)
         inset = np.minimum.reduce([row + 0.5, m - 0.5 - row, col + 0.5, n - 0.5 - col])
-        return schema.reject(out, inset < p.border_margin * res["diameter"] * factor / 2.0, "at_border")
+        return inset < self.params.border_margin * res["diameter"] * factor / 2.0
 
     def _edge(self, res: dict, blockers: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Edge contrast and coverage of every pick, and the share of its directions used.
