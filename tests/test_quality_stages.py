@@ -170,14 +170,15 @@ def test_a_cut_particle_is_refined_from_a_circle_containing_the_detectors(seed):
     # As the suite's s10_border_cut gives them: the cut one 32 % small, 0.3 radii further inside.
     picks = pd.DataFrame({"x_px": [203.0, 200.0], "y_px": [469.0, 200.0], "diameter_px": [82.0, 118.0], "score": [6.0, 9.0],
                           "sigma_px": [29.0, 41.7], "pyramid_level": [0, 0]})
-    refined = RadialProfileRefiner(RadialProfileParams()).refine(picks, mic, ctx)
+    refined = RadialProfileRefiner(RadialProfileParams(border_search=True)).refine(picks, mic, ctx)
     assert refined["accepted"].all()
     err = refined["diameter_px"].to_numpy() / 120 - 1
     off = np.hypot(refined["x_px"] - truth["x_px"], refined["y_px"] - truth["y_px"]).to_numpy() / 60
     assert np.all(np.abs(err) < 0.03) and np.all(off < 0.05)
     assert refined["diameter_detector_px"].tolist() == [82.0, 118.0]
     # From the detector's circle the edge search (+-25 %) stops short of the cut particle's rim.
-    old = RadialProfileRefiner(RadialProfileParams(border_search=False)).refine(picks, mic, ctx)
+    old = RadialProfileRefiner(RadialProfileParams()).refine(picks, mic, ctx)  # the default: off
+    assert not RadialProfileParams().border_search
     assert old["diameter_px"].iloc[0] < 0.9 * 120 and abs(old["diameter_px"].iloc[1] / refined["diameter_px"].iloc[1] - 1) < 1e-9
 
 
