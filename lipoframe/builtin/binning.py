@@ -422,8 +422,8 @@ class PeakValleyBinner(_PolicyBinner):
         if p.merge_same_box and len(edges) > 2:
             merged = _merge_same_box(d, edges, p, ctx.pixel_size)
             if len(merged) < len(edges):
-                at = f" at {p.extract_pixel_size:g} Å/px" if p.extract_pixel_size and ctx.pixel_size else ""
-                notes.append(f"{len(edges) - len(merged)} bin(s) merged into a neighbour with the same box size{at}")
+                notes.append(f"{len(edges) - len(merged)} bin(s) merged into a neighbour with the same box size"
+                             + _at_extraction(p, ctx.pixel_size))
                 edges = merged
         return edges, None, notes, details
 
@@ -442,7 +442,7 @@ class PeakValleyBinner(_PolicyBinner):
             return edges
         edges, moves = algo.stray_edges(d, edges, lambda v: job_box(v, p, pixel_size), gap=p.stray_gap,
                                         max_count=p.min_bin_picks - 1, max_bins=p.max_bins)
-        at = f" at {p.extract_pixel_size:g} Å/px" if p.extract_pixel_size and pixel_size else ""
+        at = _at_extraction(p, pixel_size)
         for m in moves:
             lo, hi = m["strays_px"]
             one = m["picks"] == 1
@@ -474,11 +474,14 @@ def _plural(n: int, word: str) -> str:
     return word if n == 1 else word + "s"
 
 
+def _at_extraction(params: BoxParams, pixel_size: float | None) -> str:
+    """``" at 8 Å/px"`` when boxes are at ``extract_pixel_size`` (:func:`job_box`), else ``""``: for a note's box sizes."""
+    return f" at {params.extract_pixel_size:g} Å/px" if params.extract_pixel_size and pixel_size else ""
+
+
 def _box_text(d_max_px: float, params: BoxParams, pixel_size: float | None) -> str:
     """``"a 512 px box"``, or with ``extract_pixel_size`` the box the particles come out in: ``"a 64 px box at 8 Å/px"``."""
-    px_extract = getattr(params, "extract_pixel_size", None)
-    box = job_box(d_max_px, params, pixel_size)
-    return f"a {box} px box" + (f" at {px_extract:g} Å/px" if px_extract and pixel_size else "")
+    return f"a {job_box(d_max_px, params, pixel_size)} px box" + _at_extraction(params, pixel_size)
 
 
 def _group_boxes(d: np.ndarray, cuts, params: BoxParams, pixel_size: float | None) -> list[int]:
@@ -749,8 +752,7 @@ class _ClusterBinner(_PolicyBinner):
         lo, hi, _ = algo.merge_bins(lo, hi, cnt, box, max_bins=p.max_bins, merge_same_box=p.merge_same_box)
         merged = []
         if n_same < n_acc:
-            at = f" at {p.extract_pixel_size:g} Å/px" if p.extract_pixel_size and ctx.pixel_size else ""
-            merged.append(f"{n_acc - n_same} joined a neighbour with the same box{at}")
+            merged.append(f"{n_acc - n_same} joined a neighbour with the same box{_at_extraction(p, ctx.pixel_size)}")
         if lo.size < n_same:
             merged.append(f"binning.max_bins={p.max_bins} merged {'the other ' if merged else ''}{n_same} into "
                           + ("one" if lo.size == 1 else f"{lo.size} where a shared box wastes the fewest pixels")
