@@ -1100,15 +1100,9 @@ def saved_counts(
     where they allow it, else one by one with :func:`load_work`: on resume,
     a parse per saved micrograph cost more than the dataset step itself.
     """
-    infos = {}  # the JSON of each result to read, read once
-    for name, source in wanted.items():
-        try:
-            info = json.loads(_work_paths(out_dir, name)[1].read_text())
-            if not isinstance(info, dict) or not _work_info_matches(info, fingerprint, source, version):
-                continue
-        except (OSError, ValueError):
-            continue
-        infos[name] = info
+    # the JSON of each result to read, read once
+    infos = {name: info for name, info in read_infos(out_dir, list(wanted)).items()
+             if info is not None and _work_info_matches(info, fingerprint, wanted[name], version)}
     names = list(infos)
     at_once = _read_work_at_once(out_dir, names, infos=infos) if names else None
     if at_once is not None and at_once[0][schema.ACCEPTED].dtype == bool:
@@ -1827,15 +1821,8 @@ def run_results(run_dir: str | os.PathLike) -> dict[str, dict | None]:
         saved = [n for n in saved if n in names]
     if fingerprint is None:
         return dict.fromkeys(saved)
-    own = {}
-    for name in saved:
-        try:
-            info = json.loads(_work_paths(Path(run_dir), name)[1].read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(info, dict) and _work_info_matches(info, fingerprint, None, None):
-            own[name] = info
-    return own
+    return {name: info for name, info in read_infos(Path(run_dir), saved).items()
+            if info is not None and _work_info_matches(info, fingerprint, None, None)}
 
 
 def run_result_names(run_dir: str | os.PathLike) -> list[str]:
