@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 
 
 @contextlib.contextmanager
 def restored_logging():
     """Give the root logger back its handlers and level on exit; close the handlers added meanwhile.
 
-    For commands run in-process (through ``lipoframe.cli.main``: ``app.run``,
-    ``merge.main``, ``plancmd.main``): Hydra configures logging for a run (a console handler
-    on the ``sys.stderr`` of that moment, a file handler in the run folder),
+    For commands run in-process (through ``lipoframe.cli.main``: ``app.run``;
+    ``merge.main`` and ``plancmd.main`` through :func:`command_logging`):
+    Hydra configures logging for a run (a console handler on the
+    ``sys.stderr`` of that moment, a file handler in the run folder),
     as do ``merge`` and ``plan`` when nothing did. Left attached, later
     messages of the process would go to a stream that may be closed by then
     and into the earlier run's ``lipoframe.log``.
@@ -29,3 +31,16 @@ def restored_logging():
         for h in handlers:
             root.addHandler(h)
         root.setLevel(level)
+
+
+@contextlib.contextmanager
+def command_logging():
+    """:func:`restored_logging` around a command that logs warnings to the console (``lipoframe: ...``) when nothing set logging up.
+
+    For ``lipoframe merge`` and ``lipoframe plan``, which Hydra does not
+    run: the console handler they add ends with the command.
+    """
+    with restored_logging():
+        if not logging.getLogger().handlers:
+            logging.basicConfig(level=logging.WARNING, format="lipoframe: %(message)s", stream=sys.stderr)
+        yield

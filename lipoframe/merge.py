@@ -354,11 +354,9 @@ def merge_runs(folders: list[str | Path], out_dir: str | Path, overrides: list[s
 
 def main(argv: list[str]) -> int:
     """``lipoframe merge RUN_DIR ... output=DIR [overrides]``."""
-    from lipoframe.logs import restored_logging
+    from lipoframe.logs import command_logging
 
-    with restored_logging():  # the console handler below ends with the command
-        if not logging.getLogger().handlers:
-            logging.basicConfig(level=logging.WARNING, format="lipoframe: %(message)s", stream=sys.stderr)
+    with command_logging():
         return _main(argv)
 
 

@@ -532,11 +532,9 @@ def _report_is_stale(report: Path, plan) -> bool:
 
 def main(argv: list[str]) -> int:
     """``lipoframe plan RUN_DIR [overrides]``."""
-    from lipoframe.logs import restored_logging
+    from lipoframe.logs import command_logging
 
-    with restored_logging():  # the console handler below ends with the command
-        if not logging.getLogger().handlers:
-            logging.basicConfig(level=logging.WARNING, format="lipoframe: %(message)s", stream=sys.stderr)
+    with command_logging():
         return _main(argv)
 
 
