@@ -231,9 +231,3 @@ def polarity_verdict(micrographs, stages, polarity: str) -> Verdict:
     verdict = Verdict(tuple(checked), final, own, other, (note,) if note else ())
     log.info("polarity check on %d micrograph(s) in %.1f s: %s", len(checked), time.perf_counter() - t0, verdict.describe(polarity))
     return verdict
-
-
-def check_polarity(micrographs, stages, polarity: str) -> list[str]:
-    """The polarity note (a list of at most one) from the first micrographs of a run (see :func:`polarity_verdict`)."""
-    return list(polarity_verdict(micrographs, stages, polarity).notes)
-

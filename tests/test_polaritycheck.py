@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from conftest import write_mrc
-from lipoframe.polaritycheck import MIN_PICKS, RATIO, Evidence, check_polarity, polarity_evidence, polarity_note
+from lipoframe.polaritycheck import MIN_PICKS, RATIO, Evidence, polarity_evidence, polarity_note, polarity_verdict
 
 SHAPE = (512, 512)
 RANGE = {"units": "px", "dmin": 30.0, "dmax": 80.0}
@@ -47,7 +47,7 @@ def _check(img, polarity, stages):
     meta = MicrographMeta(name="m", path="", shape=img.shape, pixel_size=None)
     ctx = pick_context(meta, LipoframeConfig(polarity=polarity, **RANGE))
     mic = Micrograph(meta=meta, image=img, polarity=polarity)
-    return polarity_evidence(mic, stages, ctx), check_polarity([(mic, ctx)], stages, polarity)
+    return polarity_evidence(mic, stages, ctx), list(polarity_verdict([(mic, ctx)], stages, polarity).notes)
 
 
 def test_dark_particles_inverted_and_run_dark_give_the_note(image, stages):
