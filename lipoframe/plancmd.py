@@ -291,7 +291,7 @@ def check_user_overrides(user: list[str]) -> None:
         )
 
 
-def _lengths_in_angstrom(saved: dict) -> list[str]:
+def lengths_in_angstrom(saved: dict) -> list[str]:
     """The settings of a saved config that were converted from Å to pixels with the pixel size when picking."""
     found = []
     if saved.get("units", "A") != "px":
@@ -338,7 +338,7 @@ def check_pixel_size(saved: dict, user: list[str]) -> float | None:
     old = saved.get(PIXEL_SIZE)
     if isinstance(old, (int, float)) and math.isclose(float(old), value, rel_tol=1e-9):
         return value  # the pixel size the run picked at
-    in_angstrom = _lengths_in_angstrom(saved)
+    in_angstrom = lengths_in_angstrom(saved)
     if in_angstrom:
         picked_at = "the headers' pixel size" if old is None else f"pixel_size={old:g}"
         raise PlanError(

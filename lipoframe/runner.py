@@ -1903,10 +1903,10 @@ def placeholder_pixel_size_notes(metas: dict[str, MicrographMeta], cfg: Lipofram
         return []
     which = "every micrograph" if len(ones) == len(metas) else f"{len(ones)} of {len(metas)} micrographs (e.g. {ones[0]})"
     said = f"the header of {which} gives exactly 1 Å/px, which many programs write when they do not know the pixel size; "
-    from lipoframe.plancmd import _lengths_in_angstrom
+    from lipoframe.plancmd import lengths_in_angstrom
 
     settings = cfg.per_micrograph_settings()
-    in_angstrom = _lengths_in_angstrom({**settings, "filter": dict(settings["filter"])})  # as lipoframe plan tells it
+    in_angstrom = lengths_in_angstrom({**settings, "filter": dict(settings["filter"])})  # as lipoframe plan tells it
     if cfg.units == "A":
         note = (said + f"dmin={cfg.dmin:g} and dmax={cfg.dmax:g} Å were converted with it: if that is not your pixel size, "
                 "run again with pixel_size=<Å/px> (or give the range in pixels with units=px)")
