@@ -32,6 +32,7 @@ Command line::
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import math
@@ -690,10 +691,41 @@ def _read_table(path: Path, catalog: MicrographCatalog | None = None, flip_y: bo
         if len(bad):
             raw = df[col].iloc[bad[0]]
             raw = "" if pd.isna(raw) else str(raw)
+            lines = _csv_row_lines(path)
+            where = f"line {lines[bad[0]]}" if lines is not None and len(lines) == len(df) else f"data row {bad[0] + 1}"
             raise EvaluationInputError(f"{path}: {col} must be a number on every row; {len(bad)} row(s) are not "
-                                       f"(first: line {bad[0] + 2}: {raw!r})")
+                                       f"(first: {where}: {raw!r})")
         df[col] = values
     return df
+
+
+def _csv_row_lines(path: Path) -> list[int] | None:
+    """The line of ``path`` (1-based) on which each data row of :func:`pandas.read_csv` starts; None if unreadable.
+
+    pandas skips blank (and whitespace-only) lines, before the header too, and
+    a quoted field may hold line breaks, so a row's position in the table
+    does not give its line in the file.
+    """
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError):
+        return None
+    # \r\n, \r and \n end a line, as for pandas (str.splitlines would also split on \f, \x1c, ...)
+    physical = re.findall(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$", text)
+    starts = []
+    reader = csv.reader(physical)
+    try:
+        while True:
+            first = reader.line_num + 1
+            try:
+                next(reader)
+            except StopIteration:
+                break
+            if reader.line_num > first or physical[first - 1].strip():  # a row over several lines is never blank
+                starts.append(first)
+    except csv.Error:
+        return None
+    return starts[1:]  # the first row is the header
 
 
 def _read_many(path: Path, what: str, micrographs=None, flip_y: bool | None = None) -> pd.DataFrame:

@@ -13,6 +13,7 @@ import pytest
 from conftest import TINY_ARGS, tiny_truth
 
 from lipoframe.evaluate import (
+    EvaluationInputError,
     average_precision,
     circle_iou,
     evaluate,
@@ -781,6 +782,21 @@ def test_cli_a_table_with_a_bad_coordinate_is_one_line_naming_the_file_and_row(t
     assert main([f"{which}={tmp_path / 'p.csv'}", f"{other}={tmp_path / 'r.csv'}"]) == 2
     err = capsys.readouterr().err.strip()
     assert expected in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("text, line", [
+    # blank and whitespace-only lines, which pandas skips, before the header and between the rows
+    ("\n\nmicrograph,x_px,y_px,diameter_px\n\nm,100,100,50\n  \n\nm,abc,200,50\n", 8),
+    # Windows line ends, a quoted name over two lines, an all-empty row (a row, not a blank line)
+    ('micrograph,x_px,y_px,diameter_px\r\n\r\n"m\r\nn",100,100,50\r\nm,1,1,50\r\n\r\nm,1e999,200,50\r\n', 7),
+    ("micrograph,x_px,y_px,diameter_px\nm,100,100,50\n\n,,,\n", 4),
+])
+def test_a_bad_coordinate_is_reported_at_its_line_in_the_file(tmp_path, text, line):
+    """The line was the row's position in pandas' table + 2, which ignores the blank lines pandas skips."""
+    path = tmp_path / "p.csv"
+    path.write_bytes(text.encode())
+    with pytest.raises(EvaluationInputError, match=rf"p\.csv: x_px must be a number on every row; 1 row\(s\) are not \(first: line {line}: "):
+        read_reference(path)
 
 
 def test_cli_a_folder_with_a_csv_without_coordinates_reads_the_tables_with_them(tmp_path, capsys):
