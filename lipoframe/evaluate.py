@@ -1087,7 +1087,11 @@ def evaluate(
         ``summary`` keys: ``n_micrographs, n_reference, n_picks, tp, fp, fn,
         precision, recall, f1, auprc, duplicates, duplicate_rate, junk_picks,
         median_diameter_error, median_signed_diameter_error, iou_rate, dims,
-        per_kind`` and the options used.
+        per_kind`` and the options used; ``unpicked_micrographs``: the
+        reference micrographs with particles that ``picks`` has nothing for
+        (no pick, not even a rejected one, and not in ``micrographs``),
+        whose ``n_unpicked_reference`` particles are counted as misses in
+        either scope; ``n_unpicked_micrographs``: how many.
 
     Raises
     ------
@@ -1134,6 +1138,8 @@ def evaluate(
     ref["_key"] = ref[schema.MICROGRAPH].map(micrograph_key)
 
     pk["_key"] = pk[schema.MICROGRAPH].map(micrograph_key)
+    # Micrographs the picks have results for: any pick, rejected ones too, and those a run processed without one.
+    with_results = set(pk["_key"]) | {micrograph_key(m) for m in (micrographs or [])}
     if not include_rejected and schema.ACCEPTED in pk.columns:
         acc = pk[schema.ACCEPTED]
         if acc.dtype == object or str(acc.dtype) in ("str", "string"):
@@ -1154,6 +1160,10 @@ def evaluate(
     pk = pk.loc[pk["_key"].isin(keyset)].reset_index(drop=True)
 
     is_junk = ref["kind"].str.lower().isin(JUNK_KINDS).to_numpy()
+    # Reference micrographs with particles that the picks have no results for at all (a partial run, another
+    # run's folder): in either scope their particles count as misses, which the summary says.
+    targets = ref.loc[~is_junk, "_key"]
+    unpicked = [k for k in dict.fromkeys(targets) if k not in with_results]
     lab = _Labels.empty(len(pk), len(ref))
     pk_groups = pk.groupby("_key", sort=False).indices
     ref_groups = ref.groupby("_key", sort=False).indices
@@ -1169,7 +1179,9 @@ def evaluate(
 
     rows = [{"micrograph": key, **metrics(np.asarray(pk_groups.get(key, []), dtype=int), np.asarray(ref_groups.get(key, []), dtype=int))} for key in keys]
     per_mic = pd.DataFrame(rows, columns=["micrograph", *PER_MICROGRAPH_COLUMNS])
-    summary = {"n_micrographs": len(keys), **metrics(np.arange(len(pk)), np.arange(len(ref)))}
+    summary = {"n_micrographs": len(keys), **metrics(np.arange(len(pk)), np.arange(len(ref))),
+               "n_unpicked_micrographs": len(unpicked), "n_unpicked_reference": int(targets.isin(unpicked).sum()),
+               "unpicked_micrographs": unpicked}
     per_kind = {}
     for kind, idx in ref.loc[~is_junk].groupby("kind", sort=True).indices.items():
         rows_k = np.flatnonzero(~is_junk)[idx]
@@ -1208,6 +1220,9 @@ def format_summary(s: dict) -> str:
         f"median |diameter error| {f(s['median_diameter_error'], True)} (median signed {f(s['median_signed_diameter_error'], True)})"
         f"  IoU>={s['options']['iou_threshold']} {f(s['iou_rate'], True)}",
     ]
+    if s.get("n_unpicked_micrographs"):
+        lines.insert(1, f"  {s['n_unpicked_micrographs']} reference micrograph(s) without a pick: their "
+                        f"{s['n_unpicked_reference']} particle(s) count as misses")
     for kind, e in s.get("per_kind", {}).items():
         lines.append(f"  {kind:<10} n={e['n']:<6} recall {f(e['recall'])}  |d err| {f(e.get('median_diameter_error', float('nan')), True)}")
     return "\n".join(lines)
@@ -1822,7 +1837,7 @@ class EvaluateArgs:
     iou_threshold: circle/sphere IoU counted in iou_rate
     include_rejected: also evaluate picks with accepted=False
     reference_diameter: diameter (px) for reference rows without one (e.g. STAR and .box files)
-    scope: union (picks on unreferenced micrographs are false positives) or reference (only the reference's micrographs)
+    scope: union (picks on unreferenced micrographs are false positives) or reference (only the reference's micrographs); in both, reference micrographs without picks are misses (with a warning)
     overlays: draw the N micrographs with the lowest F1 into output/overlays/ (images from the run folder or micrographs=)
     micrographs: folder of the micrograph images (or a lipoframe run folder): heights and TIFF flip for STAR/.box/.cbox files, images for overlays
     flip_y: STAR/.box/.cbox rows of TIFF micrographs count from the bottom; null (auto: run records, micrographs=, .tif names), true, false
@@ -1931,7 +1946,8 @@ def main(argv: list[str]) -> int:
     except ValueError as exc:
         print(f"lipoframe evaluate: {exc}", file=sys.stderr)
         return 2
-    _warn_about_names(picks, reference)
+    for w in evaluation_warnings(res, picks, reference):
+        print(f"lipoframe evaluate: warning: {w}", file=sys.stderr)
     say = _Stdout()  # `| head` closing stdout must not stop the files of output= from being written
     say(format_per_micrograph(res.per_micrograph))
     say()
@@ -2004,7 +2020,7 @@ def _main_sweep(args: EvaluateArgs) -> int:
     # Each job's names (a sweep over input= picks other micrographs); a warning all jobs share is printed once.
     warnings: dict[str, list[SweepJob]] = {}
     for j in scored:
-        for w in name_warnings(j.result.picks, reference):
+        for w in evaluation_warnings(j.result, j.result.picks, reference):
             warnings.setdefault(w, []).append(j)
     for w, which in warnings.items():
         print(f"lipoframe evaluate: warning: {w if len(which) == len(scored) else _job_label(which) + ': ' + w}", file=sys.stderr)
@@ -2080,18 +2096,46 @@ def _job_label(jobs: list[SweepJob]) -> str:
     return "jobs " + ", ".join(j.job for j in jobs)
 
 
-def _warn_about_names(picks: pd.DataFrame, reference: pd.DataFrame) -> None:
-    """Warnings (stderr) when the micrograph names of picks and reference do not pair up as they should."""
-    for w in name_warnings(picks, reference):
-        print(f"lipoframe evaluate: warning: {w}", file=sys.stderr)
+def evaluation_warnings(res: EvaluationResult, picks: pd.DataFrame, reference: pd.DataFrame) -> list[str]:
+    """The warnings of an evaluation of ``picks`` against ``reference`` (one line each; [] when none).
+
+    :func:`name_warnings`, then :func:`unpicked_line` for the reference
+    micrographs those do not already name as unmatched by name.
+    """
+    lines, explained = _name_findings(picks, reference)
+    unpicked = unpicked_line(res, explained=explained)
+    return lines + ([unpicked] if unpicked else [])
+
+
+def unpicked_line(res: EvaluationResult, *, explained=()) -> str:
+    """Which reference micrographs have no results in the picks (the summary's ``unpicked_micrographs``); "" if none.
+
+    Their particles are all misses: the picks are of another run, or of a
+    run that did not finish. ``explained`` (micrograph names) are left out.
+    """
+    explained = set(explained)
+    names = [n for n in res.summary.get("unpicked_micrographs", []) if n not in explained]
+    if not names:
+        return ""
+    n_particles = int(res.per_micrograph.set_index("micrograph")["n_reference"].reindex(names).fillna(0).sum())
+    more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+    return (f"{_count(len(names), 'reference micrograph')} with particles {'has' if len(names) == 1 else 'have'} no results "
+            f"in the picks (no pick, not even a rejected one): {', '.join(names[:3])}{more}; their {n_particles} particle(s) "
+            "count as misses: are the picks of the right run (or file), and did the run finish?")
 
 
 def name_warnings(picks: pd.DataFrame, reference: pd.DataFrame) -> list[str]:
     """Why the micrograph names of picks and reference do not pair up as they should (one line each; [] when they do)."""
-    out = []
+    return _name_findings(picks, reference)[0]
+
+
+def _name_findings(picks: pd.DataFrame, reference: pd.DataFrame) -> tuple[list[str], set[str]]:
+    """:func:`name_warnings`, and the reference micrographs (keys) they say no pick micrograph is named after."""
+    out, explained = [], set()
     pick_keys = set(picks[schema.MICROGRAPH].map(micrograph_key)) if schema.MICROGRAPH in picks.columns else set()
     ref_keys = set(reference[schema.MICROGRAPH].map(micrograph_key)) if schema.MICROGRAPH in reference.columns else set()
     if pick_keys and ref_keys and not pick_keys & ref_keys:
+        explained |= ref_keys
         out.append(f"no micrograph name in common (picks: {', '.join(sorted(pick_keys)[:3])}, ...; "
                    f"reference: {', '.join(sorted(ref_keys)[:3])}, ...)")
     for side, table in (("picks", picks), ("reference", reference)):
@@ -2103,10 +2147,11 @@ def name_warnings(picks: pd.DataFrame, reference: pd.DataFrame) -> list[str]:
                        f"({', '.join(folders[:3])}){more}; names are matched after dropping folders, so these are scored as "
                        "one micrograph: evaluate each folder on its own")
     similar = similar_micrograph_names(pick_keys, ref_keys)
+    explained |= {r for _, r in similar}
     if similar:  # a partial mismatch (mic_001_dn against mic_001) scored without a word: extra false positives and misses
         more = f" and {len(similar) - 3} more" if len(similar) > 3 else ""
         out.append(f"{len(similar)} pick micrograph(s) have no reference micrograph of the same name "
                    f"but one of a similar name: {', '.join(f'{p} (reference: {r})' for p, r in similar[:3])}{more}; their picks "
                    "count as false positives and those references' particles as misses; rename one side (names are matched "
                    "after dropping folders and an image suffix)")
-    return out
+    return out, explained

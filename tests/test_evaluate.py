@@ -713,7 +713,9 @@ def test_cli_warns_when_no_micrograph_names_match(tmp_path, capsys):
     table([("mic_a", 1, 1, 10)]).to_csv(tmp_path / "p.csv", index=False)
     table([("other", 1, 1, 10)]).to_csv(tmp_path / "r.csv", index=False)
     assert main([f"picks={tmp_path / 'p.csv'}", f"reference={tmp_path / 'r.csv'}"]) == 0
-    assert "no micrograph name in common" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip().splitlines()
+    # the one line says it all: the reference's micrographs without picks are not listed again
+    assert len(err) == 1 and "no micrograph name in common" in err[0]
 
 
 def test_cli_warns_when_pick_micrographs_have_only_a_similar_name_in_the_reference(tmp_path, capsys):
@@ -1019,6 +1021,38 @@ def _mrc_run(tmp_path, names=("a", "b", "c")):
     return run
 
 
+def test_reference_micrographs_without_results_are_counted_in_the_summary():
+    """Reference micrographs the picks have nothing for were misses without a word, whatever the scope."""
+    ref = table([("a", 30, 30, 20), ("b", 30, 30, 20), ("c", 30, 30, 20), ("c", 80, 30, 20), ("d", 30, 30, 20),
+                 ("e", 30, 30, 20), ("j", 30, 30, 20)]).assign(kind=["solid"] * 6 + ["ice"])
+    # a: picked; b: processed, no pick; e: a rejected pick only; j: junk only (nothing to miss); c and d: nothing
+    picks = table([("a", 30, 30, 20), ("e", 90, 50, 20)]).assign(accepted=[True, False])
+    for scope in ("union", "reference"):
+        s = evaluate(picks, ref, micrographs=["a", "b"], scope=scope).summary
+        assert (s["n_unpicked_micrographs"], s["n_unpicked_reference"], s["unpicked_micrographs"]) == (2, 3, ["c", "d"]), scope
+        assert s["fn"] == 5  # counted as misses as before: b, c (2), d, e
+    s = evaluate(ref, ref).summary
+    assert (s["n_unpicked_micrographs"], s["n_unpicked_reference"], s["unpicked_micrographs"]) == (0, 0, [])
+
+
+@pytest.mark.parametrize("scope", ["union", "reference"])
+def test_cli_warns_once_about_reference_micrographs_the_run_never_picked(tmp_path, capsys, scope):
+    run = _mrc_run(tmp_path, names=("a", "b"))
+    names = ("a", "b", "w", "x", "y", "z")
+    table([(n, 30, 30, 20) for n in names] + [("z", 60, 30, 20)]).to_csv(tmp_path / "truth.csv", index=False)
+    out = tmp_path / "eval"
+    assert main([f"picks={run}", f"reference={tmp_path / 'truth.csv'}", f"scope={scope}", f"output={out}"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.strip().splitlines() == [
+        "lipoframe evaluate: warning: 4 reference micrographs with particles have no results in the picks (no pick, not even "
+        "a rejected one): w, x, y and 1 more; their 5 particle(s) count as misses: are the picks of the right run (or file), "
+        "and did the run finish?"]
+    assert "  4 reference micrograph(s) without a pick: their 5 particle(s) count as misses" in captured.out.splitlines()
+    doc = json.loads((out / "evaluation.json").read_text())
+    assert (doc["n_unpicked_micrographs"], doc["n_unpicked_reference"], doc["fn"]) == (4, 5, 5)
+    assert doc["unpicked_micrographs"] == ["w", "x", "y", "z"]
+
+
 def test_scope_reference_leaves_out_the_runs_other_micrographs(tmp_path):
     ref = table([("a", 30, 30, 20)])
     assert evaluate(ref, ref, micrographs=["a", "b", "c"], scope="reference").summary["n_micrographs"] == 1
@@ -1084,6 +1118,11 @@ def test_overlays_find_the_images_or_say_once_why_not(tmp_path, capsys):
     assert [p.name for p in (tmp_path / "e3" / "overlays").iterdir()] == ["b.png"]
 
 
+UNPICKED_XY = ("lipoframe evaluate: warning: 2 reference micrographs with particles have no results in the picks (no pick, "
+               "not even a rejected one): x, y; their 2 particle(s) count as misses: are the picks of the right run (or file), "
+               "and did the run finish?")
+
+
 def test_overlays_leave_out_reference_micrographs_never_picked_whose_image_is_unknown(tmp_path, capsys):
     """A reference over more micrographs than the run picked: those were the 'worst' (F1 0), had no image, exit 1."""
     run = _mrc_run(tmp_path, names=("a", "b"))
@@ -1092,7 +1131,7 @@ def test_overlays_leave_out_reference_micrographs_never_picked_whose_image_is_un
     assert main([f"picks={run}", truth, f"output={tmp_path / 'e1'}", "overlays=2"]) == 0
     assert sorted(p.name for p in (tmp_path / "e1" / "overlays").iterdir()) == ["a.png", "b.png"]
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["lipoframe evaluate: 2 reference micrographs without picks and without a known image (not in the run "
+    assert err == [UNPICKED_XY, "lipoframe evaluate: 2 reference micrographs without picks and without a known image (not in the run "
                    "folder or micrographs=): no overlay for them (x, y)"], err
     # they are still scored: all misses
     assert pd.read_csv(tmp_path / "e1" / "per_micrograph.csv").set_index("micrograph").loc[["x", "y"], "fn"].tolist() == [1, 1]
@@ -1106,7 +1145,7 @@ def test_overlays_leave_out_reference_micrographs_never_picked_whose_image_is_un
     sweep = _fake_sweep(tmp_path)
     code = main([f"picks={sweep}", truth, f"output={tmp_path / 'e3'}", "overlays=1"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 0 and err == ["lipoframe evaluate: 2 reference micrographs without picks and without a known image "
+    assert code == 0 and err == [UNPICKED_XY, "lipoframe evaluate: 2 reference micrographs without picks and without a known image "
                                  "(not in the run folder or micrographs=): no overlay for them (x, y)"], err
     for job in ("0", "1"):
         assert [p.name for p in (tmp_path / "e3" / f"job_{job}" / "overlays").iterdir()] == ["b.png"]
