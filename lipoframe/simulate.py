@@ -3,7 +3,9 @@
 Writes MRC files (float32, pixel size in the header) and ``truth.csv``
 (``micrograph,x_px,y_px,diameter_px,kind``) plus ``micrographs.csv`` (one row
 per micrograph: file, size, pixel size, scenario) and ``simulation.json``
-(what was made, used to reuse an existing set).
+(what was made, used to reuse an existing set). Micrographs of an earlier
+write into the folder that are not written again keep their rows of
+``truth.csv`` and ``micrographs.csv``.
 
 Presets
 -------
@@ -127,15 +129,27 @@ def preset_scenes(preset: str, seed: int = 0) -> list[SceneSpec]:
     raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
 
 
+#: Columns of ``truth.csv`` and ``micrographs.csv``, in order.
+TRUTH_COLUMNS = ("micrograph", "x_px", "y_px", "diameter_px", "kind")
+MICROGRAPHS_COLUMNS = ("micrograph", "file", "width_px", "height_px", "pixel_size_A", "n_particles", "n_ice", "n_junk",
+                       "carbon", "description")
+
+
 @dataclass
 class SimulationInfo:
-    """What :func:`write_suite` made: the folder, micrograph files and truth table path."""
+    """What :func:`write_suite` made: the folder, micrograph files and truth table path.
+
+    ``paths`` are the micrographs written (or reused); ``truth.csv`` and
+    ``micrographs.csv`` also hold the micrographs of earlier writes into the
+    folder that were not written again, ``kept`` (names; [] when reused).
+    """
 
     folder: Path
     paths: list[Path]
     truth_csv: Path
     micrographs_csv: Path
     reused: bool = False
+    kept: list[str] = dataclasses.field(default_factory=list)
 
     def truth(self) -> pd.DataFrame:
         return pd.read_csv(self.truth_csv, dtype={"micrograph": str})
@@ -151,12 +165,69 @@ def _fingerprint(preset: str, seed: int, scenes: list[SceneSpec], noise_scale: f
     return fp
 
 
+def _earlier_tables(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The ``truth.csv`` and ``micrographs.csv`` an earlier write left in ``folder`` (empty tables when absent).
+
+    Raises
+    ------
+    ValueError
+        Naming the file, when one is not a table of a 2D simulated set (so
+        it is not overwritten).
+    """
+    tables = []
+    numbers = ("x_px", "y_px", "diameter_px")
+    # micrographs.csv is kept as text, written back as read; truth.csv's numbers take float_format again
+    for name, columns, options in (("truth.csv", TRUTH_COLUMNS, dict(dtype={"micrograph": str, "kind": str},
+                                                                      na_values={c: [""] for c in numbers})),
+                                   ("micrographs.csv", MICROGRAPHS_COLUMNS, dict(dtype=str))):
+        path = folder / name
+        if not path.exists():
+            tables.append(pd.DataFrame(columns=list(columns)))
+            continue
+        try:
+            table = pd.read_csv(path, keep_default_na=False, **options)
+        except (OSError, ValueError, pd.errors.ParserError) as exc:
+            raise ValueError(f"{path}: cannot read the table of the micrographs already in the folder ({exc}); "
+                             "simulate into another folder, or remove it") from None
+        numeric = name != "truth.csv" or not len(table) or all(
+            pd.api.types.is_numeric_dtype(table[c]) and table[c].notna().all() for c in numbers if c in table.columns)
+        if tuple(table.columns) != columns or not numeric:
+            raise ValueError(f"{path}: not the {name} of a set of micrographs lipoframe simulate wrote (columns "
+                             f"{', '.join(columns)}, numbers for the coordinates); simulate into another folder, or remove it")
+        tables.append(table)
+    return tables[0], tables[1]
+
+
+def _merged(old: pd.DataFrame, new: pd.DataFrame, order: list[str]) -> pd.DataFrame:
+    """The rows of ``old`` and ``new`` (whose micrographs are not in ``old``), by micrograph in ``order``, stably."""
+    # Empty frames are left out of the concatenation: pandas' dtype rule for them differs between versions.
+    parts = [t for t in (old, new) if len(t)] or [new]
+    table = pd.concat(parts, ignore_index=True)
+    position = {name: i for i, name in enumerate(order)}
+    return table.iloc[np.argsort(table["micrograph"].map(position).to_numpy(), kind="stable")].reset_index(drop=True)
+
+
 def write_scenes(folder: str | Path, scenes: list[SceneSpec], *, fingerprint: dict | None = None, progress: bool = False) -> SimulationInfo:
-    """Render ``scenes`` into ``folder`` (MRC + truth.csv + micrographs.csv + simulation.json)."""
+    """Render ``scenes`` into ``folder`` (MRC + truth.csv + micrographs.csv + simulation.json).
+
+    Micrographs an earlier write left in ``folder`` (``only=`` a few scenes
+    into a suite's folder) keep their rows of ``truth.csv`` and
+    ``micrographs.csv`` unless written again, in their place; rows of a
+    micrograph whose file is gone are dropped. ``simulation.json`` describes
+    this write (it decides whether the next one with the same options is
+    reused).
+
+    Raises
+    ------
+    ValueError
+        If ``folder`` holds a ``truth.csv`` or ``micrographs.csv`` that
+        simulate did not write (nothing is written then).
+    """
     from lipoframe.io.atomic import atomic_path, write_text
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    old_truth, old_mics = _earlier_tables(folder)
     (folder / "simulation.json").unlink(missing_ok=True)  # written last: marks a complete set
     paths, truths, rows = [], [], []
     for i, spec in enumerate(scenes):
@@ -176,16 +247,25 @@ def write_scenes(folder: str | Path, scenes: list[SceneSpec], *, fingerprint: di
     # Scenes without objects (the empty micrograph) are left out of the concatenation:
     # pandas' dtype rule for empty frames there differs between versions.
     filled = [t for t in truths if len(t)] or truths[:1]
-    table = pd.concat(filled, ignore_index=True)[["micrograph", "x_px", "y_px", "diameter_px", "kind"]]
+    table = pd.concat(filled, ignore_index=True)[list(TRUTH_COLUMNS)]
+    # The micrographs of earlier writes that are still there and not written again keep their rows, in their place.
+    written = [s.name for s in scenes]
+    earlier = list(dict.fromkeys([*old_mics["micrograph"], *old_truth["micrograph"]]))
+    files = dict(zip(old_mics["micrograph"], old_mics["file"]))
+    kept = [m for m in earlier if m not in written and (folder / Path(files.get(m) or f"{m}.mrc").name).is_file()]
+    # (nothing kept: as written, so a folder written over in full holds the same files as a fresh one)
+    order = ([m for m in earlier if m in kept or m in written] + [m for m in written if m not in earlier]) if kept else written
+    table = _merged(old_truth.loc[old_truth["micrograph"].isin(kept)], table, order)
+    mics = _merged(old_mics.loc[old_mics["micrograph"].isin(kept)], pd.DataFrame(rows, columns=list(MICROGRAPHS_COLUMNS)), order)
     truth_csv = folder / "truth.csv"
     with atomic_path(truth_csv) as tmp:
         table.to_csv(tmp, index=False, float_format="%.2f")
     mics_csv = folder / "micrographs.csv"
     with atomic_path(mics_csv) as tmp:
-        pd.DataFrame(rows).to_csv(tmp, index=False)
+        mics.to_csv(tmp, index=False)
     meta = dict(fingerprint or {}, files=[p.name for p in paths], specs=[dataclasses.asdict(s) for s in scenes])
     write_text(folder / "simulation.json", json.dumps(meta, indent=1, default=str))
-    return SimulationInfo(folder, paths, truth_csv, mics_csv)
+    return SimulationInfo(folder, paths, truth_csv, mics_csv, kept=kept)
 
 
 def write_suite(
@@ -259,7 +339,7 @@ class SimulateArgs:
     seed: random seed (same seed = identical files)
     dims: 2 for micrographs, 3 for tomograms (lipoframe.synthetic3d)
     n: number of tomograms when dims=3
-    only: comma-separated scene names to write (default: all of the preset)
+    only: comma-separated scene names to write (default: all of the preset); the folder's other simulated micrographs keep their rows of truth.csv
     noise_scale: multiply every scene's residual noise by this (0.5 = half the noise; the same particles)
     rim_blur_A: blur every object's rim by this many Å (Gaussian) before the fringe; 0 = the suite as benchmarked
     overwrite: render again even if the folder holds the same set
@@ -344,17 +424,22 @@ def main(argv: list[str]) -> int:
         print(f"lipoframe simulate: {exc}", file=sys.stderr)
         return 2
     truth = info.truth()
-    counts = truth["kind"].value_counts()
+    ours = {p.name for p in info.paths}
+    counts = truth.loc[truth["micrograph"].isin({p.stem for p in info.paths}), "kind"].value_counts()
     verb = "reused" if info.reused else "wrote"
     print(f"{verb} {len(info.paths)} micrographs in {out}")
     print("objects: " + ", ".join(f"{k} {int(counts[k])}" for k in sorted(counts.index)))
-    print(f"truth:   {info.truth_csv}")
-    ours = {p.name for p in info.paths}
-    others = sorted(p.name for p in out.glob("*.mrc") if p.name not in ours)
+    try:  # every micrograph of the folder's truth.csv: these and those of earlier writes, kept
+        listed = set(pd.read_csv(info.micrographs_csv, dtype=str, keep_default_na=False)["file"]) | ours
+    except (OSError, ValueError, KeyError, pd.errors.ParserError):
+        listed = ours
+    earlier = len(listed - ours)
+    print(f"truth:   {info.truth_csv}" + (f" (also holds the {earlier} other micrograph(s) written there before)" if earlier else ""))
+    others = sorted(p.name for p in out.glob("*.mrc") if p.name not in listed)
     if others:
         # A run over the folder would pick them, and evaluate would count those picks as false positives.
-        print(f"lipoframe simulate: note: {len(others)} other .mrc file(s) in {out} are not in this set's truth.csv "
+        print(f"lipoframe simulate: note: {len(others)} other .mrc file(s) in {out} are not in its truth.csv "
               f"({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}); simulate into an empty folder "
-              "or give the run this set's files", file=sys.stderr)
+              "or give the run the files of truth.csv", file=sys.stderr)
     print(f"next:    lipoframe run input={out} output=<run>  &&  lipoframe evaluate picks=<run> reference={info.truth_csv}")
     return 0

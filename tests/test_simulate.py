@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 from dataclasses import replace
 
@@ -186,6 +187,54 @@ def test_write_scenes_files_and_truth(tmp_path):
     assert s["f1"] == 1.0 and s["junk_picks"] == 0
 
 
+def test_writing_some_scenes_again_keeps_the_truth_of_the_others(tmp_path):
+    """`only=` into a suite's folder rewrote truth.csv and micrographs.csv with the scenes just written: the rest was lost."""
+    scenes = [small_scene(name="one"), small_scene(name="two", seed=9), small_scene(name="none", components=()),
+              small_scene(name="three", seed=11)]
+    first = write_scenes(tmp_path, scenes)
+    truth0, mics0 = first.truth(), pd.read_csv(first.micrographs_csv)
+    text0 = {name: (tmp_path / name).read_text().splitlines() for name in ("truth.csv", "micrographs.csv")}
+    (tmp_path / "three.mrc").unlink()  # gone: its rows go too
+    again = write_scenes(tmp_path, [small_scene(name="two", seed=10), small_scene(name="four", seed=12)])
+    assert [p.name for p in again.paths] == ["two.mrc", "four.mrc"] and again.kept == ["one", "none"]
+    truth, mics = again.truth(), pd.read_csv(again.micrographs_csv)
+    # the others' rows as they were, in their place; two's rows are the new ones; four comes last
+    assert list(mics.micrograph) == ["one", "two", "none", "four"]
+    pd.testing.assert_frame_equal(mics.iloc[[0, 2]].reset_index(drop=True), mics0.iloc[[0, 2]].reset_index(drop=True))
+    assert list(dict.fromkeys(truth.micrograph)) == ["one", "two", "four"]
+    pd.testing.assert_frame_equal(truth[truth.micrograph == "one"], truth0[truth0.micrograph == "one"])
+    _, two = render_scene(small_scene(name="two", seed=10))
+    np.testing.assert_allclose(truth.loc[truth.micrograph == "two", ["x_px", "y_px"]].to_numpy(), two[["x_px", "y_px"]].to_numpy(), atol=0.005)
+    assert not truth0.loc[truth0.micrograph == "two", "x_px"].reset_index(drop=True).equals(
+        truth.loc[truth.micrograph == "two", "x_px"].reset_index(drop=True))
+    # the kept rows are written back as they were read
+    for name, lines in text0.items():
+        text = (tmp_path / name).read_text().splitlines()
+        assert [ln for ln in text if ln.startswith(("one,", "none,"))] == [ln for ln in lines if ln.startswith(("one,", "none,"))]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temporary file left
+    # written over in full (nothing kept), the folder holds what a fresh one would, in the order written
+    every = [small_scene(name="four", seed=12), *scenes]
+    write_scenes(tmp_path, every)
+    fresh = write_scenes(tmp_path / "fresh", every)
+    for name in ("truth.csv", "micrographs.csv"):
+        assert (tmp_path / name).read_bytes() == (fresh.folder / name).read_bytes(), name
+
+
+@pytest.mark.parametrize("name, text", [
+    ("truth.csv", "micrograph,x_px,y_px\nmine,1,2\n"),  # someone's own reference
+    ("truth.csv", "micrograph,x_px,y_px,z_px,diameter_px,kind\ntomo_001,1,2,3,40,vesicle\n"),  # simulate dims=3's
+    ("micrographs.csv", "name,path\nmine,/data/mine.mrc\n"),
+])
+def test_a_table_simulate_did_not_write_is_not_overwritten(tmp_path, capsys, name, text):
+    (tmp_path / name).write_text(text)
+    with pytest.raises(ValueError, match=rf"{name}: not the {name} of a set of micrographs lipoframe simulate wrote"):
+        write_scenes(tmp_path, [small_scene(name="one")])
+    assert main([f"output={tmp_path}", "preset=mini", "only=empty"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(tmp_path / name) in err
+    assert [p.name for p in tmp_path.iterdir()] == [name] and (tmp_path / name).read_text() == text
+
+
 def test_cli_mini_then_reuse(tmp_path, capsys):
     out = tmp_path / "sim"
     assert main([f"output={out}", "preset=mini", "seed=1", "only=k3_mixed,empty"]) == 0
@@ -196,12 +245,22 @@ def test_cli_mini_then_reuse(tmp_path, capsys):
     before = (out / "empty.mrc").stat().st_mtime_ns
     info = write_suite(out, preset="mini", seed=1, only=["k3_mixed", "empty"])
     assert info.reused and (out / "empty.mrc").stat().st_mtime_ns == before
+    k3_truth = pd.read_csv(out / "truth.csv").query("micrograph == 'k3_mixed'")
     assert not write_suite(out, preset="mini", seed=2, only=["empty"]).reused
     capsys.readouterr()
-    # A subset written into a folder that holds another set: the files left over are named.
+    # A subset written again into the folder: the others' truth is kept, and said so.
+    assert main([f"output={out}", "preset=mini", "seed=1", "only=empty"]) == 0
+    captured = capsys.readouterr()
+    truth = pd.read_csv(out / "truth.csv")
+    pd.testing.assert_frame_equal(truth.query("micrograph == 'k3_mixed'"), k3_truth)
+    assert list(dict.fromkeys(truth.micrograph)) == ["k3_mixed", "empty"]
+    assert f"truth:   {out / 'truth.csv'} (also holds the 1 other micrograph(s) written there before)" in captured.out.splitlines()
+    assert captured.err == ""
+    # .mrc files that are not in truth.csv are named
+    shutil.copy(out / "empty.mrc", out / "mine.mrc")
     assert main([f"output={out}", "preset=mini", "seed=1", "only=empty"]) == 0
     err = capsys.readouterr().err
-    assert "1 other .mrc file(s)" in err and "k3_mixed.mrc" in err
+    assert "1 other .mrc file(s)" in err and "mine.mrc" in err and "k3_mixed" not in err
 
 
 def test_output_under_home_is_written_there(away_from_home, capsys):
