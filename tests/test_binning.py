@@ -831,3 +831,32 @@ def test_the_broad_mode_note_gives_the_mode_range_as_the_table_does():
     (note,) = [n for n in plan.notes if "is broad" in n]
     assert plan.bins[1].d_min_px == 119.4981
     assert note.startswith(f"the mode of 119-{v.max():.0f} px is broad"), note
+
+
+@pytest.mark.parametrize("binner, d, n_bins", [
+    # 55-66 px (a 32 px box at 4 A/px) and 120-130 px (64 px) are accepted; the
+    # sparse 87-99 px cluster between them fails the population test, and its
+    # picks below the 93 px edge joined the first bin after the merges were
+    # decided, raising its box to 64 px: two bins, one box
+    (HacBinner(HacParams(threshold_px=15.0, max_bins=2, extract_pixel_size=4.0)),
+     np.r_[np.linspace(55, 66, 172), np.linspace(87, 99, 74), np.linspace(120, 130, 203)], 1),
+    # the same through k-means: the sparse interior cluster of 63-69 px joined
+    # the bin of 56-63 px (32 px box at 3 A/px) and gave it the 64 px box of the next
+    (KMeansBinner(KMeansParams(max_bins=2, extract_pixel_size=3.0)),
+     (lambda rng: np.r_[rng.normal(59, 3, 260), rng.normal(112, 8, 250)])(np.random.default_rng(5)), 2),
+])
+def test_cluster_bins_with_the_same_box_after_the_rejected_clusters_join_are_merged(binner, d, n_bins):
+    plan = binner.assign(picks_of(d), {}, ctx()).plan
+    boxes = [b.box_px_extract for b in plan.bins]
+    assert all(a != b for a, b in zip(boxes, boxes[1:])), (boxes, plan.notes)
+    assert plan.n_bins == n_bins and not any("get the same box" in n for n in plan.notes), plan.notes
+    (note,) = [n for n in plan.notes if "clusters accepted" in n]
+    assert f", in {n_bins} bin" in note and "joined a neighbour with the same box at " in note, note
+
+
+def test_cluster_bins_kept_apart_without_merge_same_box_are_said_to_share_a_box():
+    d = np.r_[np.linspace(55, 66, 172), np.linspace(87, 99, 74), np.linspace(120, 130, 203)]
+    p = HacParams(threshold_px=15.0, max_bins=2, extract_pixel_size=4.0, merge_same_box=False)
+    plan = HacBinner(p).assign(picks_of(d), {}, ctx()).plan
+    assert [b.box_px_extract for b in plan.bins] == [64, 64]
+    assert any("bins 1 and 2 (64 px at 4 Å/px) get the same box" in n for n in plan.notes), plan.notes

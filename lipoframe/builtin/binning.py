@@ -740,14 +740,15 @@ class _ClusterBinner(_PolicyBinner):
             return np.array([d.min(), d.max()]), None, notes, details
         gate = filt.accepted_range()
         acc = filt.accepted
-        # one group per accepted cluster, merged where a shared box costs least;
-        # edges lie midway between groups, so members of a rejected cluster
-        # inside the accepted range join the nearer group
-        # (in two steps, same boxes then max_bins, to say which merged what: merge_bins does the
-        # zero-cost merges first, so this gives its result)
+        # one group per accepted cluster, edges midway between them, so members
+        # of a rejected cluster inside the accepted range join the nearer group;
+        # the groups are described by their members (those picks included: they
+        # can raise a group's box to its neighbour's), then merged where a shared
+        # box costs least (in two steps, same boxes then max_bins, to say which
+        # merged what: merge_bins does the zero-cost merges first, so this gives its result)
+        lo, hi, cnt = _group_members(d, gate, 0.5 * (filt.dmax[acc][:-1] + filt.dmin[acc][1:]))
         box = lambda h: job_box(h, p, ctx.pixel_size)  # noqa: E731
-        lo, hi, cnt = algo.merge_bins(filt.dmin[acc], filt.dmax[acc], filt.count[acc], box, max_bins=n_acc,
-                                      merge_same_box=p.merge_same_box)
+        lo, hi, cnt = algo.merge_bins(lo, hi, cnt, box, max_bins=n_acc, merge_same_box=p.merge_same_box)
         n_same = lo.size
         lo, hi, _ = algo.merge_bins(lo, hi, cnt, box, max_bins=p.max_bins, merge_same_box=p.merge_same_box)
         merged = []
@@ -763,6 +764,15 @@ class _ClusterBinner(_PolicyBinner):
         edges = np.r_[gate[0], 0.5 * (hi[:-1] + lo[1:]), gate[1]]
         details["groups_before_merge"] = n_acc
         return edges, gate, notes, details
+
+
+def _group_members(d: np.ndarray, gate: tuple[float, float], cuts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Smallest and largest diameter and count of the picks ``d`` inside ``gate`` in each group between ``cuts`` (empty groups left out)."""
+    inside = d[(d >= gate[0]) & (d <= gate[1])]
+    lab = algo.assign_to_edges(inside, np.r_[gate[0], cuts, gate[1]])
+    used = np.unique(lab[lab >= 0])
+    return (np.array([inside[lab == k].min() for k in used]), np.array([inside[lab == k].max() for k in used]),
+            np.array([(lab == k).sum() for k in used], dtype=np.int64))
 
 
 class KMeansBinner(_ClusterBinner):
