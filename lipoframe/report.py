@@ -168,10 +168,49 @@ def _config_from_folder(out_dir: Path) -> tuple[dict, str, dict]:
         except yaml.YAMLError:
             choices = {}
     names: dict[str, Any] = {k: choices[k] for k in ("reader", "detector", "nms", "refiner", "binning") if choices.get(k)}
+    config = config if isinstance(config, dict) else {}
+    config, text = _with_plan_config(out_dir, config, text)
     for multi in ("filter", "writer"):
         if isinstance(config.get(multi), dict):
             names[multi] = list(config[multi])
-    return config if isinstance(config, dict) else {}, text, names
+    return config, text, names
+
+
+#: The settings of ``plan_config.yaml`` that replace the run's own in the report's configuration.
+_PLAN_KEYS = ("binning", "writer", "export_rejected", "pixel_size")
+
+
+def _with_plan_config(out_dir: Path, config: dict, text: str) -> tuple[dict, str]:
+    """``config`` (and its YAML ``text``) with the settings the folder's last ``lipoframe plan`` used.
+
+    ``lipoframe plan`` records them in ``plan_config.yaml`` (its binning,
+    writers, ``export_rejected`` and a ``pixel_size`` it gave), which the
+    next ``lipoframe run`` into the folder removes: while it is there, the
+    plan files are that plan's, so the report shows its settings, not the
+    picking run's. Unchanged without the file (or without a run config).
+    """
+    import yaml
+
+    from lipoframe.plancmd import PLAN_CONFIG
+
+    path = out_dir / PLAN_CONFIG
+    if not text or not path.is_file():
+        return config, text
+    try:
+        recorded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        log.warning("report: cannot read %s (%s)", path, exc)
+        return config, text
+    if not isinstance(recorded, dict):
+        return config, text
+    merged = dict(config)
+    for k in _PLAN_KEYS:
+        if k in recorded:
+            merged[k] = recorded[k]
+    given = " ".join(str(o) for o in recorded.get("overrides") or []) or "the run's own settings"
+    head = (f"# {', '.join(k for k in _PLAN_KEYS if k in recorded)}: those of the last `lipoframe plan` ({given}; "
+            f"{PLAN_CONFIG}); the rest as the run picked\n")
+    return merged, head + yaml.safe_dump(merged, sort_keys=False, allow_unicode=True, default_flow_style=False)
 
 
 def _config_from_object(cfg) -> tuple[dict, str]:
@@ -347,6 +386,8 @@ def load_run(out_dir: str | os.PathLike) -> RunData:
     if px is not None:  # `lipoframe plan pixel_size=` of a run picked in pixels: every micrograph's, as in the plan
         metas = {n: dataclasses.replace(m, pixel_size=px) for n, m in metas.items()}
     config, text, stage_names = _config_from_folder(out_dir)
+    if plan is not None:  # the policy of the plan shown (another than the run's after `lipoframe plan binning=...`)
+        stage_names["binning"] = plan.policy
     failures = [{"name": safe_name(Path(f.get("micrograph", "")).stem), "path": f.get("micrograph", ""), "error": f.get("error", "")}
                 for f in summary.get("failures", [])]
     return RunData(out_dir, picks, metas, plan, summary, config, text, stage_names, failures)

@@ -919,3 +919,25 @@ def test_a_rerun_of_the_run_removes_the_last_plans_settings(tiny_mrcs, tmp_path,
     code, _, err = run_cli(*run, "binning.n_bins=3")  # other settings: the earlier outputs go as the run starts
     assert code == 0, err
     assert not (out / "plan_config.yaml").exists()
+
+
+def test_the_report_after_a_plan_shows_the_plans_settings(tmp_path, run_cli):
+    # The report's configuration was the picking run's config.yaml: its binning
+    # (single) beside a kmeans plan, and the stages line said binning single.
+    import html
+    import re
+
+    from lipoframe.report import load_run
+
+    picks, metas = dataset()
+    run = fabricated_run(tmp_path / "run", picks, metas)  # saved binning: single
+    code, _, err = run_cli("plan", run, "binning=kmeans", "binning.max_bins=2", "--report")
+    assert code == 0, err
+    page = (run / "report.html").read_text()
+    shown = html.unescape(re.search(r'<h2 id="config">Configuration</h2>\s*<pre>(.*?)</pre>', page, re.S).group(1))
+    assert "binning=kmeans binning.max_bins=2; plan_config.yaml" in shown.splitlines()[0]
+    binning = re.search(r"\nbinning:\n((?:  .*\n)+)", shown).group(1)
+    assert "  n_clusters: 10\n" in binning and "  max_bins: 2\n" in binning and "dmin: 100.0" in shown
+    data = load_run(run)  # `lipoframe report` of the folder: the same
+    assert data.config["binning"]["n_clusters"] == 10 and data.stage_names["binning"] == "kmeans"
+    assert data.config_text.split("\n", 1)[1] == shown.split("\n", 1)[1]
