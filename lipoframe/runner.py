@@ -2581,7 +2581,30 @@ def run_jobs(jobs: list[MicJob], cfg: LipoframeConfig, stages: StageSet, *, prog
 
 #: Keys of ``run_summary.json`` that describe the picking, kept by ``lipoframe plan``.
 PICKING_SUMMARY = ("out_dir", "micrographs", "failures", "polarity_check", "interrupted", "workers", "peak_rss_mb",
-                   "micrographs_per_s", "seconds")
+                   "micrographs_per_s", "seconds", "run_notes", "run_pixel_size_notes")
+#: Keys of run_summary.json: the notes of the run that picked, and those of them on the pixel size it used.
+RUN_NOTES, RUN_PIXEL_SIZE_NOTES = PICKING_SUMMARY[-2:]
+
+
+def replanned_notes(picking: dict, pixel_size: float | None) -> tuple[list[str], list[str]] | None:
+    """The notes of the run that picked (its ``run_summary.json``, ``picking``) that a new plan keeps, and those on the pixel size.
+
+    A plan changes neither the picks, the diameter range, the filters nor
+    the inputs, so the run's notes on them (renamed or repeated inputs,
+    particles just outside the range, the polarity check, an earlier run's
+    outputs removed, a report the run could not draw) still apply. Its notes
+    on the pixel size it used (a STAR and a header that disagree, a header
+    that gives a placeholder 1 Å/px, micrographs of different pixel sizes)
+    apply unless the plan gives every micrograph a ``pixel_size`` of its own:
+    then there is nothing left to say about them. None for a folder from
+    before the run's notes were recorded (the plan then makes its own notes).
+    """
+    notes, on_pixel = picking.get(RUN_NOTES), picking.get(RUN_PIXEL_SIZE_NOTES)
+    if not isinstance(notes, list):
+        return None
+    on_pixel = [str(n) for n in on_pixel] if isinstance(on_pixel, list) else []
+    drop = set(on_pixel) if pixel_size is not None else set()
+    return [str(n) for n in notes if str(n) not in drop], ([] if pixel_size is not None else on_pixel)
 
 
 def with_pixel_size(picks: pd.DataFrame, metas: dict[str, MicrographMeta],
@@ -2609,6 +2632,7 @@ def finish_run(
     picking: dict | None = None,
     pixel_size: float | None = None,
     polarity: dict | None = None,
+    listed_notes: list[str] = (),
 ) -> RunResult:
     """Collect the saved per-micrograph results of ``names``, run the dataset-level
     stages (unless ``finalize`` is false) and write ``run_summary.json``.
@@ -2616,16 +2640,22 @@ def finish_run(
     ``picking``: the ``run_summary.json`` of the run that picked the
     micrographs, when only the dataset-level stages run again
     (``lipoframe plan``): its micrograph counts, timings and folder are kept,
-    and the notes of its polarity check. ``polarity``: the polarity check of
+    and its notes (:func:`replanned_notes`). ``polarity``: the polarity check of
     this run (:func:`polarity_check_for`), whose notes follow ``notes``.
     ``pixel_size``: every micrograph's pixel size instead of the saved one
     (``lipoframe plan pixel_size=`` of a run picked in pixels; ``diameter_A``
-    follows).
+    follows). ``listed_notes``: those of ``notes`` that
+    :func:`listed_pixel_size_notes` made (recorded as notes on the pixel
+    size, which a plan that gives one drops).
     """
     if polarity is None and isinstance(picking, dict) and isinstance(picking.get("polarity_check"), dict):
         polarity = picking["polarity_check"]
-    if polarity is not None:
+    kept = replanned_notes(picking, pixel_size) if isinstance(picking, dict) else None
+    if kept is not None:  # lipoframe plan: the picking run's notes that still apply (its polarity check's among them)
+        notes = notes + [n for n in kept[0] if n not in notes]
+    elif polarity is not None:
         notes = notes + [str(n) for n in polarity.get("notes", [])]
+    on_pixel_size = list(listed_notes) if kept is None else kept[1]
     order = {n: i for i, n in enumerate(names)}
     results.sort(key=lambda r: order.get(r.name, len(order)))
     good = [r.name for r in results if r.status in ("ok", "skipped")]
@@ -2657,14 +2687,23 @@ def finish_run(
             # Ctrl-C or SIGTERM in binning or a writer: run_summary.json says so below
             # (an earlier run's would stay and say the outputs are complete).
             stopped = interrupted = True
-        if not stopped:
-            notes = notes + placeholder_pixel_size_notes(metas, cfg) + pixel_size_notes(metas) + range_notes_for(picks, metas, cfg)
+        if not stopped and kept is None:
+            on_pixel = placeholder_pixel_size_notes(metas, cfg) + pixel_size_notes(metas)
+            notes = notes + on_pixel + range_notes_for(picks, metas, cfg)
+            on_pixel_size += on_pixel
+        elif not stopped:
+            # A plan's, from the picks and pixel sizes (the same as the run's when it made them; those of a run
+            # stopped before its dataset step come now). Not the 1 Å/px note: it names the run's picking settings
+            # in Å, which the plan's config does not hold; the run's is kept.
+            notes = notes + [n for n in pixel_size_notes(metas) + range_notes_for(picks, metas, cfg) if n not in notes]
     result = RunResult(out_dir, results, picks, plan, files, time.perf_counter() - t0, errors, notes, interrupted, workers,
                        n_micrographs=len(names), polarity_check=polarity)
     summary = result.summary()
     if picking:
-        kept = {k: picking[k] for k in PICKING_SUMMARY if k in picking}
-        summary = {**summary, **kept, "replanned_seconds": summary["seconds"]}
+        carried = {k: picking[k] for k in PICKING_SUMMARY if k in picking}
+        summary = {**summary, **carried, "replanned_seconds": summary["seconds"]}
+    if kept is None and not picking:  # the run that picked: its notes, for the plans made of it later
+        summary = {**summary, RUN_NOTES: list(notes), RUN_PIXEL_SIZE_NOTES: [n for n in on_pixel_size if n in notes]}
     write_text(out_dir / "run_summary.json", json.dumps(summary, indent=2))
     if stopped:
         raise KeyboardInterrupt
@@ -2779,7 +2818,8 @@ def run_pipeline(
             log.warning(n)
         if len(notes) > MAX_LISTED:
             log.warning("... and %d more notes on the inputs (see run_summary.json)", len(notes) - MAX_LISTED)
-        notes += listed_pixel_size_notes(stages, cfg)
+        listed = listed_pixel_size_notes(stages, cfg)
+        notes += listed
         dropped = drop_outputs_of_other_settings(out_dir, cfg)  # before write_manifest: it may read the earlier inputs.json
         if dropped:
             log.warning(dropped)
@@ -2799,6 +2839,7 @@ def run_pipeline(
         result = finish_run(
             out_dir, [n for _, n in pairs], results, stages, cfg, pm=pm, t0=t0,
             errors=errors, notes=notes, interrupted=interrupted, workers=workers, finalize=not interrupted, polarity=polarity,
+            listed_notes=listed,
         )
         if cfg.runner.report and not interrupted:
             from lipoframe.report import write_report_safely
@@ -2812,8 +2853,10 @@ def run_pipeline(
                 summary_path = out_dir / "run_summary.json"
                 summary = json.loads(summary_path.read_text())
                 summary["interrupted"] = True
-                summary["notes"] = [*summary.get("notes", []), "interrupted while writing the report: the picks, exports and "
-                                    f"extraction plan are complete; `lipoframe report {out_dir}` writes it"]
+                said = ("interrupted while writing the report: the picks, exports and "
+                        f"extraction plan are complete; `lipoframe report {out_dir}` writes it")
+                summary["notes"] = [*summary.get("notes", []), said]
+                summary[RUN_NOTES] = [*summary.get(RUN_NOTES, []), said]  # for a plan made later, as the report reads it
                 write_text(summary_path, json.dumps(summary, indent=2))
                 log.warning("interrupted while writing the report; the picks, exports and extraction plan are complete: "
                             "`lipoframe report %s` (or the same command again) writes it", out_dir)

@@ -262,7 +262,8 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None, exclude=None):
         #: abspath -> (path, input_stamp) of every micrograph handed out: one that failed is tried again,
         #: and one that was picked is picked again, when a file it needs (its heatmap or mask) changes
         handed: dict[str, tuple[Path, dict | None]] = {}
-        notes: list[str] = listed_pixel_size_notes(stages, cfg)  # the listed micrographs already there
+        listed = listed_pixel_size_notes(stages, cfg)  # the listed micrographs already there
+        notes: list[str] = list(listed)
         dropped = drop_outputs_of_other_settings(out_dir, cfg)  # an earlier session's or run's with the same settings stay
         if dropped:
             log.warning(dropped)
@@ -279,6 +280,7 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None, exclude=None):
             return finish_run(
                 out_dir, names, list(results.values()), stages, cfg, pm=pm if final else None, t0=t0,
                 errors=[], notes=list(notes), interrupted=False, workers=resolve_workers(cfg.runner.workers, max(1, len(results))),
+                listed_notes=listed,
             )
 
         status(f"watching {', '.join(specs)} (stop with Ctrl-C or by creating {stop_file})")

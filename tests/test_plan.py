@@ -941,3 +941,54 @@ def test_the_report_after_a_plan_shows_the_plans_settings(tmp_path, run_cli):
     data = load_run(run)  # `lipoframe report` of the folder: the same
     assert data.config["binning"]["n_clusters"] == 10 and data.stage_names["binning"] == "kmeans"
     assert data.config_text.split("\n", 1)[1] == shown.split("\n", 1)[1]
+
+
+def test_plan_keeps_the_runs_notes_that_still_apply(tmp_path, run_cli):
+    # A plan kept only the polarity check's notes of the run: the renamed
+    # micrographs' went (picks.csv still names them so), and so did a note the
+    # plan cannot recompute. Those on the pixel size go only with a plan that gives one.
+    from conftest import tiny_image, write_mrc
+
+    for folder, seed in (("a", 0), ("b", 1)):  # the same file name twice: both are renamed
+        write_mrc(tmp_path / folder / "mic.mrc", tiny_image(seed=seed)[0], pixel_size=1.0)
+    out = tmp_path / "out"
+    code, _, err = run_cli("run", f"input=[{tmp_path / 'a'},{tmp_path / 'b'}]", f"output={out}", *TINY_ARGS)
+    assert code == 0, err
+
+    def notes():
+        return json.loads((out / "run_summary.json").read_text())["notes"]
+
+    run_notes = notes()
+    renamed = [n for n in run_notes if "results are named" in n]
+    one_a = [n for n in run_notes if "gives exactly 1 Å/px" in n]
+    assert len(renamed) == 2 and len(one_a) == 1, run_notes
+    code, stdout, err = run_cli("plan", out, "binning=single")
+    assert code == 0, err
+    assert notes() == run_notes and all(f"NOTE {n}" in stdout for n in renamed)
+    code, _, err = run_cli("plan", out, "pixel_size=2")  # the 1 Å/px is no more: its note goes
+    assert code == 0, err
+    assert notes() == [n for n in run_notes if n not in one_a]
+    code, _, err = run_cli("plan", out)  # the run's own settings again: the run's notes
+    assert code == 0, err
+    assert notes() == run_notes
+
+
+def test_plan_keeps_the_runs_1_angstrom_note_made_with_its_picking_settings(tmp_path, run_cli):
+    # The plan made the note again from its own config, which holds no picking
+    # stage: for a membrane run (thickness in Å) it said the picks do not depend
+    # on the 1 Å/px and sent the user to `lipoframe plan pixel_size=`, which refuses this run.
+    from conftest import tiny_image, write_mrc
+
+    for i in range(2):
+        write_mrc(tmp_path / "mics" / f"mic_{i}.mrc", tiny_image(seed=i)[0], pixel_size=1.0)
+    out = tmp_path / "out"
+    code, _, err = run_cli("run", f"input={tmp_path / 'mics'}", f"output={out}", *TINY_ARGS, "detector=membrane", "detector.thickness=10")
+    assert code == 0, err
+    (note,) = json.loads((out / "run_summary.json").read_text())["notes"]
+    assert "detector.units=A converted a length in Å" in note
+    code, stdout, err = run_cli("plan", out, "binning=single")
+    assert code == 0, err
+    assert json.loads((out / "run_summary.json").read_text())["notes"] == [note]
+    assert [ln for ln in stdout.splitlines() if ln.startswith("NOTE")] == [f"NOTE {note}"]
+    code, _, err = run_cli("plan", out, "pixel_size=2")
+    assert code == 2 and "detector.units=A" in err
