@@ -592,7 +592,7 @@ def _main(argv: list[str]) -> int:
     print(plan.format_table())
     for note in plan.notes:
         print(f"note: {note}")
-    for note in result.notes:  # the run's own notes (a diameter range that cuts particles off; its polarity check's, kept)
+    for note in result.notes:  # the run's notes that still apply (runner.replanned_notes) and the plan's range notes
         print(f"NOTE {note}")
     for e in result.errors:
         print(f"ERROR {e}", file=sys.stderr)
