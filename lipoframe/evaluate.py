@@ -1524,6 +1524,7 @@ def write_sweep_results(jobs: list[SweepJob], out_dir: str | Path, *, sweep: str
     JSON as ``stale_jobs``.
     """
     from lipoframe.io.atomic import atomic_path, safe_child, write_text
+    from lipoframe.sweepdir import job_path
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -1538,7 +1539,7 @@ def write_sweep_results(jobs: list[SweepJob], out_dir: str | Path, *, sweep: str
         "jobs": [{**j.row(), "overrides": j.overrides, "all_overrides": j.all_overrides, "folder": str(j.path),
                   "summary": {k: v for k, v in j.result.summary.items() if k != "options"} if j.result is not None else None}
                  for j in jobs],
-        "stale_jobs": [{"job": f.name, "folder": str(f), "reason": why} for f, why in (stale or {}).items()],
+        "stale_jobs": [{"job": job_path(sweep, f), "folder": str(f), "reason": why} for f, why in (stale or {}).items()],
     }
     paths.append(write_text(safe_child(out_dir, "sweep_evaluation.json"), json.dumps(_nan_to_none(doc), indent=2)))
     for j in jobs:
@@ -2027,7 +2028,7 @@ def _main_sweep(args: EvaluateArgs) -> int:
     if stale:  # Hydra keeps the job folders of an earlier sweep into the same folder: not scored, said in one line
         from lipoframe.sweepdir import stale_line
 
-        print(f"lipoframe evaluate: {args.picks}: {stale_line(stale)}", file=sys.stderr)
+        print(f"lipoframe evaluate: {args.picks}: {stale_line(args.picks, stale)}", file=sys.stderr)
     say = _Stdout()  # `| head` closing stdout must not stop the files of output= from being written
     say(f"sweep {args.picks}: {_count(len(jobs), 'job')} against {args.reference}")
     say(format_sweep(jobs))

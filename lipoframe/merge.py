@@ -103,9 +103,9 @@ def find_run_folders(specs: list[str]) -> list[Path]:
 
             stale = stale_jobs(folder, subs)
             if stale and len(stale) == len(subs):
-                raise MergeError(f"{folder}: none of its run folders is a job of the last sweep (multirun.yaml): {stale_line(stale)}")
+                raise MergeError(f"{folder}: none of its run folders is a job of the last sweep (multirun.yaml): {stale_line(folder, stale)}")
             if stale:
-                log.warning(f"{folder}: {stale_line(stale)}")
+                log.warning(f"{folder}: {stale_line(folder, stale)}")
                 subs = [p for p in subs if p not in stale]
         out.extend(subs)
     seen: dict[Path, Path] = {}

@@ -206,7 +206,7 @@ def job_labels(sweep: str | Path, folders: list[Path]) -> list[str]:
     Hydra's console lines (``#1 : ...``) give too.
     """
     nums = [_job_num(f) for f in folders]
-    return [str(n) if n is not None and nums.count(n) == 1 else Path(f).relative_to(sweep).as_posix()
+    return [str(n) if n is not None and nums.count(n) == 1 else job_path(sweep, f)
             for f, n in zip(folders, nums)]
 
 
@@ -242,11 +242,26 @@ def stale_jobs(sweep: str | Path, folders: list[Path]) -> dict[Path, str]:
     return stale
 
 
-def stale_line(stale: dict[Path, str]) -> str:
-    """``2 stale job folders left out (...): 2, 3 (numbered past the last sweep's 2 jobs)``: one line for :func:`stale_jobs`."""
+def job_path(sweep: str | Path, folder: str | Path) -> str:
+    """``a/b``: the path of a job's ``folder`` in ``sweep`` (its name with Hydra's default ``hydra.sweep.subdir``).
+
+    A ``hydra.sweep.subdir`` with a ``/`` in it (``${hydra.job.override_dirname}``)
+    nests the jobs, so their last path parts need not tell them apart.
+    """
+    try:
+        return Path(folder).relative_to(sweep).as_posix()
+    except ValueError:  # not below the sweep folder (given so): its whole path
+        return str(folder)
+
+
+def stale_line(sweep: str | Path, stale: dict[Path, str]) -> str:
+    """``2 stale job folders left out (...): 2, 3 (numbered past the last sweep's 2 jobs)``: one line for :func:`stale_jobs`.
+
+    Each folder is named by its path in ``sweep`` (:func:`job_path`).
+    """
     why: dict[str, list[str]] = {}
     for folder, reason in stale.items():
-        why.setdefault(reason, []).append(Path(folder).name)
+        why.setdefault(reason, []).append(job_path(sweep, folder))
     n = len(stale)
     return (f"{n} stale job folder{'' if n == 1 else 's'} left out (an earlier sweep's; multirun.yaml records the last): "
             + "; ".join(f"{', '.join(names)} ({reason})" for reason, names in why.items()))

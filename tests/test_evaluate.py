@@ -1607,6 +1607,24 @@ def test_a_glob_sweep_over_presets_of_a_config_dir_is_not_taken_for_stale(tmp_pa
     assert stale_jobs(sweep, jobs) == {}
 
 
+def test_stale_nested_job_folders_are_named_by_their_path_in_the_sweep(tmp_path):
+    # hydra.sweep.subdir=${hydra.job.override_dirname} nests a job of input=/data/g1/mics in input=/data/g1/mics/:
+    # the stale line (evaluate, merge) and sweep_evaluation.json's stale_jobs named both jobs below 'mics'
+    import json
+
+    from lipoframe.evaluate import write_sweep_results
+    from lipoframe.sweepdir import stale_line
+
+    sweep = tmp_path / "sw"
+    why = "numbered past the last sweep's 1 job"
+    stale = {sweep / "input=" / "data" / g / "mics": why for g in ("g1", "g2")}
+    write_sweep_results([], tmp_path / "eval", sweep=sweep, options={}, stale=stale)
+    doc = json.loads((tmp_path / "eval" / "sweep_evaluation.json").read_text())
+    assert [j["job"] for j in doc["stale_jobs"]] == ["input=/data/g1/mics", "input=/data/g2/mics"]
+    assert stale_line(sweep, stale) == ("2 stale job folders left out (an earlier sweep's; multirun.yaml records the last): "
+                                        f"input=/data/g1/mics, input=/data/g2/mics ({why})")
+
+
 def test_one_reader_of_hydras_records_for_evaluate_and_merge(tmp_path):
     # evaluate (sweep keys, job words, the shard check), the stale-job check and merge read multirun.yaml
     # and .hydra/overrides.yaml with sweepdir.sweep_record and sweepdir.job_overrides
