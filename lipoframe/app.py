@@ -458,11 +458,94 @@ def check_sweeper_params_override(overrides: list[str]) -> None:
             "(hydra.sweeper.params=null drops a preset's sweep; docs/configuration.md, Multirun)")
 
 
-#: Hydra flags that show the config, help or completion instead of running.
-_INFO_FLAGS = ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--resolve", "--shell-completion", "-sc")
+#: Hydra flags that show the config, help, version or completion instead of running.
+_INFO_FLAGS = ("--help", "-h", "--hydra-help", "--version", "--info", "-i", "--cfg", "-c", "--resolve", "--shell-completion", "-sc")
 #: Hydra flags followed by a value (``-cd DIR``), and the values ``--info`` may take.
 _VALUE_FLAGS = ("--config-dir", "-cd", "--config-path", "-cp", "--config-name", "-cn", "--cfg", "-c", "--package", "-p", "--experimental-rerun")
 _INFO_VALUES = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")
+
+
+def _hydra_options() -> dict:
+    """Hydra's command-line flags: each of their spellings (``--cfg``, ``-c``) -> its argparse action."""
+    from hydra._internal.utils import get_args_parser
+
+    return {name: action for action in get_args_parser()._actions for name in action.option_strings}
+
+
+def _read_flag(word: str, options: dict) -> list | None:
+    """``[(action, value or None), ...]``: the flags of one word as Hydra's argparse reads them; None if it reads none.
+
+    ``--cfg``, ``--cfg=job``, an unambiguous start of a long name (``--inf``),
+    ``-c=job``, ``-cjob`` and short flags together (``-mc``, ``-mcjob``).
+    None too for a word argparse refuses (unknown, ambiguous, a value given
+    to a flag that takes none): it is left for Hydra to report.
+    """
+    if not word.startswith("-") or word in ("-", "--"):
+        return None
+    if word in options:
+        return [(options[word], None)]
+    head, eq, value = word.partition("=")
+    if eq and head in options:
+        found = [(options[head], value)]
+    elif word.startswith("--"):
+        starts = [name for name in options if name.startswith(head)]
+        found = [(options[starts[0]], value if eq else None)] if len(starts) == 1 else []
+    else:
+        found = [(options[word[:2]], word[2:])] if word[:2] in options else []
+        found += [(options[name], None) for name in options if name.startswith(word)]
+    if len(found) != 1:
+        return None
+    action, value = found[0]
+    flags = []
+    while action.nargs == 0 and value:
+        if word.startswith("--") or "-" + value[0] not in options:
+            return None
+        flags.append((action, None))  # -mc: -m, then -c
+        action, value = options["-" + value[0]], value[1:] or None
+    return flags + [(action, value)]
+
+
+def spelled_out_flags(argv: list[str]) -> list[str]:
+    """``argv`` with each of Hydra's flags written out: its long name, then its value (if it takes one) as the next word.
+
+    Hydra's argparse reads a flag in several spellings: ``--cfg=job``,
+    ``-c job``, ``-cjob``, ``-c=job``, an unambiguous start of a long name
+    (``--inf``), short flags together (``-mc job``). Each becomes the one
+    spelling lipoframe looks for (``--cfg job``, ``--multirun``), so that a
+    flag that shows the config instead of running (:data:`_INFO_FLAGS`)
+    or makes a sweep is seen however it is typed, and a flag and its value
+    stay together when the flags are put before the overrides. ``--info``
+    without one of its values (:data:`_INFO_VALUES`) next is ``--info all``,
+    as Hydra reads it; the next word stays an override. A word Hydra would
+    refuse is left as typed for Hydra to report, as is everything after
+    ``--``.
+    """
+    options = _hydra_options()
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        i += 1
+        if word == "--":
+            out += argv[i - 1:]
+            break
+        flags = _read_flag(word, options)
+        if flags is None:
+            out.append(word)
+            continue
+        for action, value in flags:
+            out.append(next(name for name in action.option_strings if name.startswith("--")))
+            if action.nargs == 0:
+                continue
+            if value is None and i < len(argv) and not argv[i].startswith("-") and (
+                    action.nargs != "?" or argv[i] in (action.choices or ())):
+                value = argv[i]
+                i += 1
+            if value is None and action.nargs == "?":
+                value = action.const
+            if value is not None:
+                out.append(value)
+    return out
 
 
 def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -610,6 +693,7 @@ def run(argv: list[str]) -> int:
     from lipoframe.runner import format_summary, run_pipeline
 
     pm, registry = prepare_hydra()
+    argv = spelled_out_flags(argv)  # --cfg=job, -cjob, -mc job: each flag in the one spelling looked for below
     multirun = any(a in ("-m", "--multirun") for a in argv)
     checked = None  # (words, config, mode) of a plain run checked while telling it from a sweep
     if not multirun:

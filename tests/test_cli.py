@@ -45,7 +45,7 @@ def test_multirun_with_a_show_flag_gives_one_line(run_cli, flag):
     assert err.strip().count("\n") == 0 and "cannot be combined with -m" in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("flags", [["--cfg", "job"], ["-c", "job", "--resolve"]])
+@pytest.mark.parametrize("flags", [["--cfg", "job"], ["-c", "job", "--resolve"], ["--cfg=job"], ["-cjob", "--res"]])
 def test_show_flags_may_follow_the_overrides(run_cli, tmp_path, flags):
     # `lipoframe run input=... output=run1 --cfg job` ended in an argparse usage error about
     # `hydra.run.dir=run1`, a word the user never typed (appended after the flags)
@@ -54,6 +54,51 @@ def test_show_flags_may_follow_the_overrides(run_cli, tmp_path, flags):
     shown = yaml.safe_load(out)
     assert (shown["dmin"], shown["dmax"], shown["output"]) == (120.0, 300.0, str(tmp_path / "run1"))
     assert not (tmp_path / "run1").exists()
+
+
+def test_every_spelling_hydra_reads_of_a_flag_is_written_out():
+    # `--cfg=job`, `-cjob`, `--cf job`, `-mc job`: Hydra's argparse reads them as `--cfg job` (and -m), but
+    # lipoframe looked for `--cfg`/`-c` words only: the run checked its config, made the output folder
+    # (refused a folder with an earlier run) and `--cf job` was 'job: not a key=value override'
+    import contextlib
+    import io
+
+    from hydra._internal.utils import get_args_parser
+
+    from lipoframe.app import spelled_out_flags
+
+    def hydra_reads(words):
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+            try:
+                return vars(get_args_parser().parse_args(words))
+            except SystemExit as exc:
+                return exc.code
+
+    cases = {
+        ("--cfg=job", "a=1"): ["--cfg", "job", "a=1"], ("-c=job",): ["--cfg", "job"], ("-cjob",): ["--cfg", "job"],
+        ("--cf", "job"): ["--cfg", "job"], ("-mc", "job"): ["--multirun", "--cfg", "job"], ("-mcjob",): ["--multirun", "--cfg", "job"],
+        ("--info=config",): ["--info", "config"], ("-iconfig",): ["--info", "config"], ("--inf", "defaults"): ["--info", "defaults"],
+        ("--multi", "a=1"): ["--multirun", "a=1"], ("-cd=/x", "a=1"): ["--config-dir", "/x", "a=1"], ("-h",): ["--help"],
+        ("--hydra-h",): ["--hydra-help"], ("--res", "-c", "hydra"): ["--resolve", "--cfg", "hydra"], ("-s",): ["--shell-completion"],
+        ("--vers",): ["--version"], ("-p", "x", "-cnx"): ["--package", "x", "--cfg", "nx"],
+    }
+    for words, spelled in cases.items():
+        assert spelled_out_flags(list(words)) == spelled, words
+        assert hydra_reads(spelled) == hydra_reads(list(words)), words
+    # Hydra refuses these (ambiguous, unknown, a value to a flag that takes none): left for Hydra to say so.
+    for words in (["--c", "job"], ["--h"], ["-x"], ["--multirun=1"], ["a=1", "--", "-c", "job"]):
+        assert spelled_out_flags(words) == words
+    # --info's value is optional: without one of its values next, it shows all and the next word is an override
+    assert spelled_out_flags(["--inf", "a=1"]) == spelled_out_flags(["a=1", "-i"])[1:] + ["a=1"] == ["--info", "all", "a=1"]
+
+
+@pytest.mark.parametrize("flags", [["--info=config"], ["--inf"], ["-i"], ["--vers"]])
+def test_a_show_flag_in_any_spelling_makes_no_output_folder(run_cli, tmp_path, flags):
+    # `--info` after the overrides ended in an argparse usage error (put before them, it took `dmin=120` for its
+    # value); `--info=config` and `--version` made the output folder
+    code, out, err = run_cli("run", "dmin=120", f"output={tmp_path / 'run1'}", *flags)
+    assert code == 0, err
+    assert ("Hydra" in out or "Config search path" in out) and not (tmp_path / "run1").exists()
 
 
 def test_stages_lists_every_parameter_with_type_and_default(run_cli):
