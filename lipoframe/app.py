@@ -612,9 +612,16 @@ def expand_output_home(override: str, *, sweep: bool = False) -> str:
 _SWEPT_HOME = re.compile(r"^(\s*['\"]?)(~[^'\"]*)")
 
 
-def check_output_not_swept(overrides: list[str]) -> None:
+def check_output_not_swept(overrides: list[str], *, multirun: bool = True) -> None:
     """Refuse a sweep of ``output``: a sweep writes into one folder (Hydra's ``hydra.sweep.dir``), each job
     into a folder below it, and Hydra cannot sweep its own settings.
+
+    Not ``multirun`` (a plain run), ``output=a,b``, ``choice(a,b)``,
+    ``range(3)``... is refused too: a run writes into one folder, and Hydra
+    would make one named like the sweep (or say only that it cannot
+    sweep its own settings). A folder whose name has a comma is given
+    quoted for Hydra (``output="'a,b'"``), or is one that exists
+    (:func:`quote_input_glob` quotes it).
 
     Raises
     ------
@@ -622,10 +629,13 @@ def check_output_not_swept(overrides: list[str]) -> None:
         One line naming the folders and what to do instead.
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ChoiceSweep
 
     for o in overrides:
         if o.partition("=")[0].lstrip("+") != "output":
             continue
+        typed = o.partition("=")[2]
+        o = expand_output_home(o, sweep=True)  # each folder's ~ written out, to name them (as -m's words are)
         try:
             parsed = OverridesParser.create().parse_override(o)
         except Exception:  # noqa: BLE001 - a word Hydra cannot read is reported where it is parsed
@@ -636,8 +646,14 @@ def check_output_not_swept(overrides: list[str]) -> None:
             folders = ", ".join(parsed.sweep_string_iterator())
         except Exception:  # noqa: BLE001 - glob() and intervals list their values only in Hydra's sweeper
             folders = o.partition("=")[2]
-        raise ConfigError(f"output: a sweep writes into one folder, its jobs into <output>/0, <output>/1, ...: give one "
-                          f"output folder, not several ({folders}), or run once per output folder")
+        if multirun:
+            raise ConfigError(f"output: a sweep writes into one folder, its jobs into <output>/0, <output>/1, ...: give one "
+                              f"output folder, not several ({folders}), or run once per output folder")
+        listed = isinstance(parsed.value(), ChoiceSweep) and not re.match(r"\s*\w+\(", typed)  # a,b (not choice(), sort())
+        named = f"; a folder whose name has a comma: quote it for Hydra, \"output='{typed}'\"" if listed and "'" not in typed else ""
+        which = f" of the folders {folders}" if folders != o.partition("=")[2] else ""
+        raise ConfigError(f"output: {typed} is a sweep{which}, and a run writes into one folder: give one output folder "
+                          f"(a sweep, -m, too: its jobs go into <output>/0, <output>/1, ...){named}")
 
 
 def _hydra_parses(override: str) -> bool:
@@ -656,7 +672,7 @@ def _names_files(value: str, *, glob_too: bool) -> bool:
     return os.path.exists(path) or (glob_too and glob.has_magic(path) and bool(glob.glob(path, recursive=True)))
 
 
-def quote_input_glob(override: str, *, multirun: bool = False) -> str:
+def quote_input_glob(override: str) -> str:
     """``input=/data/mic_[0-9].mrc`` as Hydra can parse it: ``input='/data/mic_[0-9].mrc'``.
 
     A glob's character class would be parsed as a list; a single path with
@@ -665,15 +681,15 @@ def quote_input_glob(override: str, *, multirun: bool = False) -> str:
     (letters beyond ASCII, ``( ) { } = # & ! ; ~ ^ '``): in double quotes
     when it holds a single quote. A path with a comma is quoted when that
     file or folder exists (an input glob: when it matches one, such as
-    ``grid1,2/*.mrc``), and an output folder's also when not
-    ``multirun`` (otherwise the comma separates a sweep's values, or Hydra
-    asks for a list). Anything else is returned unchanged.
+    ``grid1,2/*.mrc``); otherwise the comma separates a sweep's values
+    (:func:`check_output_not_swept` refuses them for ``output``), or Hydra
+    asks for a list. Anything else is returned unchanged.
     """
     key, sep, value = override.partition("=")
     if not sep or key not in _PATH_KEYS or value[:1] in ("[", "'", '"'):
         return override
     comma = "," in value
-    if comma and not _names_files(value, glob_too=key in _INPUT_KEYS) and (multirun or key in _INPUT_KEYS):
+    if comma and not _names_files(value, glob_too=key in _INPUT_KEYS):
         return override
     quote = "'" if "'" not in value else '"' if '"' not in value else None
     if quote and (comma or (key in _INPUT_KEYS and "[" in value[1:]) or not _hydra_parses(override)):
@@ -712,11 +728,12 @@ def run(argv: list[str]) -> int:
             if checked is not None:
                 mode = checked[2]
             else:
-                settings = hydra_settings(words, config_dirs=dirs)
+                # output=~/a,~/b: Hydra reads no ~ unquoted, and every folder of a sweep's is written out
+                settings = hydra_settings([expand_output_home(w, sweep=True) for w in words], config_dirs=dirs)
                 mode = settings.get("mode") if settings is not None else None
             multirun = mode == RunMode.MULTIRUN
     argv = [expand_output_home(a, sweep=multirun) for a in argv]
-    argv = [quote_input_glob(a, multirun=multirun) for a in argv]
+    argv = [quote_input_glob(a) for a in argv]
     flags, overrides = split_argv(argv)
     # Hydra's argparse takes the overrides in one block after the flags: `... output=x --cfg job`
     # (and the hydra.run.dir added below) would be refused as unrecognized arguments.
@@ -734,7 +751,7 @@ def run(argv: list[str]) -> int:
     config_dirs = _flag_values(flags, ("--config-dir", "-cd"))
     try:
         check_sweeper_params_override(overrides)
-        check_output_not_swept(overrides)
+        check_output_not_swept(overrides, multirun=multirun)
     except ConfigError as exc:
         print(f"lipoframe: config error: {exc}", file=sys.stderr)
         return 2

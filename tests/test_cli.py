@@ -274,9 +274,10 @@ def test_a_glob_with_a_character_class_needs_no_hydra_quotes(tmp_path, run_cli):
     # Lists, sweeps and values quoted for Hydra are left as they are.
     for kept in ("input=[a.mrc,b.mrc]", "input=a_[0].mrc,b.mrc", "input='a_[0].mrc'", "dmin=[1]", "input=a.mrc", "input=a.mrc,b.mrc"):
         assert quote_input_glob(kept) == kept
-    # A comma separates a sweep's values, unless it is in the name of a file that exists or of a run's output folder.
-    assert quote_input_glob("output=a,b", multirun=True) == "output=a,b"
-    assert quote_input_glob("output=a,b") == "output='a,b'"
+    # A comma separates a sweep's values, unless it is in the name of a file or folder that exists.
+    assert quote_input_glob("output=a,b") == "output=a,b"
+    (tmp_path / "x,y").mkdir()
+    assert quote_input_glob(f"output={tmp_path}/x,y") == f"output='{tmp_path}/x,y'"
     assert quote_input_glob("+input=d/m_[0-9].mrc") == "+input='d/m_[0-9].mrc'"
 
 
@@ -286,6 +287,8 @@ def test_a_file_name_hydra_cannot_read_unquoted_needs_no_hydra_quotes(tmp_path, 
     # LexerNoViableAltException: input=...; ^' (exit 2) unless quoted for Hydra too.
     write_mrc(tmp_path / name, tiny_image(seed=0)[0])
     out_dir = tmp_path / f"out {name[:-4]}"
+    if "," in name:  # a new output folder's comma separates a sweep's values (refused); one that exists is taken
+        out_dir.mkdir()
     code, _, err = run_cli("run", f"input={tmp_path / name}", f"output={out_dir}", *TINY_ARGS)
     assert code == 0, err
     assert "config error" not in err
@@ -383,6 +386,31 @@ def test_an_output_folder_cannot_be_swept_and_says_so(tiny_mrcs, run_cli, away_f
                            f"<output>/1, ...: give one output folder, not several ({home / 'a'}, {home / 'b'}), "
                            "or run once per output folder" + ("; it is swept by hydra.sweeper.params in a preset" if "-cd" in words else ""))
     assert list(home.iterdir()) == [] and list(cwd.iterdir()) == []
+
+
+def test_a_run_into_a_sweep_of_output_folders_says_give_one(tmp_path, run_cli):
+    # Without -m, output=a,b (and choice(a,b), range(1,3), ...) made one folder named 'a,b' ('choice(a,b)') and ran
+    # into it; range(3) was refused as 'a sweep writes into one folder', for a command with no sweep
+    from lipoframe.app import check_output_not_swept
+    from lipoframe.config import ConfigError
+
+    code, out, err = run_cli("run", f"output={tmp_path}/a,{tmp_path}/b", "input=/no/such.mrc", *TINY_ARGS)
+    assert code == 2 and err.strip() == (
+        f"lipoframe: config error: output: {tmp_path}/a,{tmp_path}/b is a sweep of the folders {tmp_path}/a, {tmp_path}/b, "
+        "and a run writes into one folder: give one output folder (a sweep, -m, too: its jobs go into <output>/0, <output>/1, "
+        f"...); a folder whose name has a comma: quote it for Hydra, \"output='{tmp_path}/a,{tmp_path}/b'\"")
+    assert list(tmp_path.iterdir()) == []
+    for word, folders in (("output=a,b", " of the folders a, b"), ("output=choice(a,b)", " of the folders a, b"),
+                          ("output=range(1,3)", " of the folders 1, 2"), ("output=range(3)", " of the folders 0, 1, 2"),
+                          ("output=interval(0,1)", "")):
+        with pytest.raises(ConfigError) as exc:
+            check_output_not_swept([word], multirun=False)
+        value = word.partition("=")[2]
+        assert str(exc.value).startswith(f"output: {value} is a sweep{folders}, and a run writes into one folder: give one "
+                                         "output folder (a sweep, -m, too: its jobs go into <output>/0, <output>/1, ...)"), word
+        assert ("quote it for Hydra" in str(exc.value)) == (word == "output=a,b"), word
+    for one in ("output=a", "output='a,b'", "input=a,b"):
+        check_output_not_swept([one], multirun=False)
 
 
 def test_expand_output_home_writes_out_every_folder_of_a_sweep(away_from_home):
