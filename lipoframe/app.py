@@ -830,6 +830,16 @@ def run(argv: list[str]) -> int:
             return float("nan")
         hydra_cfg = HydraConfig.get()
         out_dir = Path(hydra_cfg.runtime.output_dir)
+        subdir = hydra_cfg.output_subdir
+        if subdir is None or (out_dir / subdir).resolve() != (out_dir / ".hydra").resolve():
+            # hydra.output_subdir=null (or another folder): Hydra writes no .hydra/ record, and plan, report,
+            # merge and evaluate would read an earlier run's as this one's. Its settings are config.yaml,
+            # written as Hydra writes its record, before any work.
+            from lipoframe.io.atomic import write_text
+            from lipoframe.merge import drop_hydra_record
+
+            drop_hydra_record(out_dir)
+            write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg))
         # A sweep's jobs write into one folder: no job reads another's outputs (overlays, masks) as input.
         sweep_dir = Path(hydra_cfg.sweep.dir) if hydra_cfg.mode == RunMode.MULTIRUN else None
         try:
@@ -842,10 +852,6 @@ def run(argv: list[str]) -> int:
             print(f"lipoframe: {exc}", file=sys.stderr)
             state["exit"] = 1
             return float("nan")
-        if not (out_dir / ".hydra" / "config.yaml").exists():
-            from lipoframe.io.atomic import write_text
-
-            write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg))
         summary = result.summary()
         try:
             print(format_summary(summary), flush=True)

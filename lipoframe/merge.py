@@ -224,11 +224,13 @@ def compose_config(overrides: list[str]):
 def drop_hydra_record(out_dir: Path) -> bool:
     """Remove the ``.hydra/`` folder an earlier ``lipoframe run`` into ``out_dir`` left; True when there was one.
 
-    A merged folder's settings are its ``config.yaml``. ``lipoframe plan``
+    A merged folder's settings are its ``config.yaml``, as are those of a
+    run that Hydra keeps no ``.hydra/`` record for (``hydra.output_subdir=null``,
+    ``lipoframe.app.run``). ``lipoframe plan``
     and ``report`` read ``.hydra/config.yaml`` (and Hydra's group choices in
     ``.hydra/hydra.yaml``) first, and ``merge`` and ``evaluate`` take a folder
     with ``.hydra/overrides.yaml`` for a run of those overrides: left in place,
-    the earlier run's record would stand for the merge. The folder is renamed
+    the earlier run's record would stand for the merge (the run). The folder is renamed
     away in one step, then deleted (with any such left by an interrupted merge).
     """
     import shutil
@@ -237,7 +239,7 @@ def drop_hydra_record(out_dir: Path) -> bool:
     found = record.is_dir()
     if found:
         record.rename(out_dir / f".hydra.removed-{os.getpid()}-{time.time_ns()}")
-        log.info("removed %s, the settings record of the earlier run into the folder: the merge's are in config.yaml", record)
+        log.info("removed %s, the settings record of the earlier run into the folder: this one's are in config.yaml", record)
     for old in out_dir.glob(".hydra.removed-*"):
         shutil.rmtree(old, ignore_errors=True)
     return found

@@ -201,6 +201,32 @@ def test_an_in_process_run_leaves_the_logging_set_up_as_it_found_it(tiny_mrcs, t
         assert "after the runs" not in (tmp_path / name / "lipoframe.log").read_text()
 
 
+@pytest.mark.parametrize("subdir", ["null", ".meta"])
+def test_a_run_without_a_hydra_record_replaces_the_earlier_runs(tiny_mrcs, tmp_path, run_cli, monkeypatch, subdir):
+    # With hydra.output_subdir=null Hydra writes no .hydra/: the earlier run's .hydra/config.yaml (and its group
+    # choices in hydra.yaml) stayed, and plan, report, merge and evaluate read it as this run's settings; this
+    # run's config.yaml was written only after the picking, and not at all next to an earlier record.
+    from lipoframe import runner
+    from lipoframe.plancmd import load_saved_config
+    from lipoframe.records import InputError
+
+    out_dir = tmp_path / "out"
+    (out_dir / ".hydra").mkdir(parents=True)
+    (out_dir / ".hydra" / "config.yaml").write_text("nms:\n  beta: 0.6\n")
+    (out_dir / ".hydra" / "hydra.yaml").write_text("hydra:\n  runtime:\n    choices:\n      detector: log\n")
+    (out_dir / ".hydra" / "overrides.yaml").write_text("- nms.beta=0.6\n")
+
+    def stopped(cfg, out_dir, **kwargs):
+        raise InputError("stopped before any work")
+
+    monkeypatch.setattr(runner, "run_pipeline", stopped)  # the record is replaced before any work
+    code, _, err = run_cli("run", f"input={tiny_mrcs[0]}", f"output={out_dir}", f"hydra.output_subdir={subdir}", "nms.beta=0.9", *TINY_ARGS)
+    assert code == 1 and "stopped before any work" in err
+    assert not (out_dir / ".hydra").exists()
+    saved, choices = load_saved_config(out_dir)
+    assert saved["nms"]["beta"] == 0.9 and choices == {}
+
+
 def test_pixel_size_from_header_and_override(tmp_path, run_cli):
     image, truth = tiny_image(seed=0)
     write_mrc(tmp_path / "mics" / "a.mrc", image, pixel_size=TINY_PIXEL_SIZE)
