@@ -819,9 +819,11 @@ def run(argv: list[str]) -> int:
         argv = argv + ([f"hydra.sweep.dir={output}"] if multirun else [f"hydra.run.dir={output}"])
 
     state = {"exit": 0}
+    keep_earlier_handlers = None  # set by restored_logging below
 
     @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
     def task(cfg) -> float:
+        keep_earlier_handlers()  # Hydra's logging config replaced the root logger's handlers (pytest's caplog too)
         try:
             run_cfg = to_run_config(cfg)
         except ConfigError as exc:
@@ -866,7 +868,7 @@ def run(argv: list[str]) -> int:
     old_argv = sys.argv
     sys.argv = ["lipoframe run"] + argv
     try:
-        with restored_logging():  # Hydra's log handlers end with the run
+        with restored_logging() as keep_earlier_handlers:  # Hydra's log handlers end with the run
             task()
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1

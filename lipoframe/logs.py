@@ -18,11 +18,25 @@ def restored_logging():
     as do ``merge`` and ``plan`` when nothing did. Left attached, later
     messages of the process would go to a stream that may be closed by then
     and into the earlier run's ``lipoframe.log``.
+
+    Yields a function that adds the handlers the root logger had on entry
+    back to it, beside those set up meanwhile: Hydra's logging config
+    replaces the root logger's handlers as each job starts, so ``app.run``
+    calls it as a job starts, and the records of the run also reach the
+    handlers the process had set up (pytest's ``caplog``, a program's own
+    log file; a console handler of its own shows the run's messages beside
+    Hydra's). On exit they are the root logger's only handlers again.
     """
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
+
+    def keep_earlier_handlers() -> None:
+        for h in handlers:
+            if h not in root.handlers:
+                root.addHandler(h)
+
     try:
-        yield
+        yield keep_earlier_handlers
     finally:
         for h in root.handlers[:]:
             root.removeHandler(h)

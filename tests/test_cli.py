@@ -227,6 +227,27 @@ def test_a_run_without_a_hydra_record_replaces_the_earlier_runs(tiny_mrcs, tmp_p
     assert saved["nms"]["beta"] == 0.9 and choices == {}
 
 
+def test_caplog_sees_the_messages_of_an_in_process_run(tiny_mrcs, tmp_path, run_cli, monkeypatch, caplog):
+    # Hydra's logging config replaces the root logger's handlers for the run, caplog's too: records logged
+    # inside app.run reached Hydra's console and file handlers only. Hydra's handlers still end with the run.
+    from lipoframe import runner
+    from lipoframe.records import InputError
+
+    def logs(cfg, out_dir, **kwargs):
+        logging.getLogger("lipoframe.runner").warning("a message of the run")
+        raise InputError("stopped")
+
+    monkeypatch.setattr(runner, "run_pipeline", logs)
+    root = logging.getLogger()
+    before = (root.handlers[:], root.level)
+    with caplog.at_level(logging.INFO, logger="lipoframe"):
+        code, _, err = run_cli("run", f"input={tiny_mrcs[0]}", f"output={tmp_path / 'out'}", *TINY_ARGS)
+    assert code == 1 and "lipoframe: a message of the run" in err  # Hydra's console handler, as before
+    assert [(r.name, r.levelno) for r in caplog.records if r.getMessage() == "a message of the run"] == [("lipoframe.runner", logging.WARNING)]
+    assert "a message of the run" in (tmp_path / "out" / "lipoframe.log").read_text()
+    assert (root.handlers, root.level) == before
+
+
 def test_pixel_size_from_header_and_override(tmp_path, run_cli):
     image, truth = tiny_image(seed=0)
     write_mrc(tmp_path / "mics" / "a.mrc", image, pixel_size=TINY_PIXEL_SIZE)
