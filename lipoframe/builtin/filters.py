@@ -267,8 +267,8 @@ class PopulationParams:
         often than a particle (on the simulated suite such picks were 2 true
         particles and 30 false picks over four seeds; the confident true
         particles have a median quality of 7.7). 0 turns it off.
-    faint_min_occupancy: see ``faint_quality``. 0.01 is five picks of 200 px
-        on a 4096² micrograph; one pick of 460 px or more passes alone.
+    faint_min_occupancy: see ``faint_quality``. 0.01 is six picks of 200 px
+        on a 4096² micrograph; one pick of 463 px or more passes alone.
     lonely_below: once all micrographs are picked, a micrograph with fewer
         confident accepted picks than this (an empty hole, a broken or
         thick-ice area) keeps only picks whose ``quality`` reaches the median
