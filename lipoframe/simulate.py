@@ -410,10 +410,18 @@ def main(argv: list[str]) -> int:
         except ImportError as exc:
             print(f"lipoframe simulate: dims=3 needs lipoframe.synthetic3d.write_tomogram_dataset, which is not available ({exc})", file=sys.stderr)
             return 2
-        paths = write_tomogram_dataset(out, n=args.n, seed=args.seed)
+        try:
+            paths = write_tomogram_dataset(out, n=args.n, seed=args.seed)
+        except ValueError as exc:  # a truth.csv it did not write (a 2D set's): kept, and said so
+            print(f"lipoframe simulate: {exc}", file=sys.stderr)
+            return 2
         print(f"wrote {len(paths)} tomograms to {out}")
         if (out / "truth.csv").is_file():
-            print(f"truth:   {out / 'truth.csv'}")
+            try:  # tomograms of earlier writes that were not written again keep their rows
+                earlier = len(set(pd.read_csv(out / "truth.csv", dtype=str)["micrograph"]) - {p.stem for p in paths})
+            except (OSError, ValueError, KeyError, pd.errors.ParserError):
+                earlier = 0
+            print(f"truth:   {out / 'truth.csv'}" + (f" (also holds the {earlier} other tomogram(s) written there before)" if earlier else ""))
         print(f"next:    lipoframe run +experiment=tomo input={out} output=<run> dmin=150 dmax=500  &&  lipoframe evaluate picks=<run> reference={out / 'truth.csv'}")
         return 0
     only = [o.strip() for o in args.only.split(",") if o.strip()]

@@ -159,6 +159,35 @@ def tomogram_spheres(
     return placed.drop(columns="source")
 
 
+#: Columns of a tomogram set's ``truth.csv``, in order.
+TRUTH_COLUMNS = ("micrograph", "x_px", "y_px", "z_px", "diameter_px", "kind")
+
+
+def _earlier_truth(path: Path) -> pd.DataFrame:
+    """The rows of a tomogram set's ``truth.csv`` at ``path`` (an empty table when absent).
+
+    Raises
+    ------
+    ValueError
+        Naming the file, when it is not a tomogram set's ``truth.csv`` (so
+        it is not overwritten).
+    """
+    if not path.exists():
+        return pd.DataFrame(columns=list(TRUTH_COLUMNS))
+    try:
+        table = pd.read_csv(path, dtype={"micrograph": str, "kind": str}, keep_default_na=False,
+                            na_values={c: [""] for c in ("x_px", "y_px", "z_px", "diameter_px")})
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raise ValueError(f"{path}: cannot read the table of the tomograms already in the folder ({exc}); "
+                         "simulate into another folder, or remove it") from None
+    numeric = all(pd.api.types.is_numeric_dtype(table[c]) and table[c].notna().all()
+                  for c in TRUTH_COLUMNS[1:5] if c in table.columns) or not len(table)
+    if tuple(table.columns) != TRUTH_COLUMNS or not numeric:
+        raise ValueError(f"{path}: not the truth.csv of a set of tomograms lipoframe simulate dims=3 wrote (columns "
+                         f"{', '.join(TRUTH_COLUMNS)}); simulate into another folder, or remove it")
+    return table
+
+
 def write_tomogram_dataset(
     folder: str | Path,
     *,
@@ -198,7 +227,16 @@ def write_tomogram_dataset(
     paths : list of Path
         The MRC files. ``truth.csv`` has ``micrograph, x_px, y_px, z_px,
         diameter_px, kind`` (``x`` = column, ``y`` = row, ``z`` = plane,
-        0-indexed voxel centres).
+        0-indexed voxel centres). Tomograms an earlier write left in
+        ``folder`` and not written again (``tomo_003`` after ``n=3``, then
+        ``n=2``) keep their rows while their ``.mrc`` is there.
+
+    Raises
+    ------
+    ValueError
+        If ``folder`` holds a ``truth.csv`` that is not a tomogram set's
+        (a 2D simulated set's, without ``z_px``, or a table of one's own);
+        nothing is written then.
     """
     from lipoframe.io.atomic import atomic_path
     from lipoframe.synthetic import write_mrc
@@ -211,6 +249,7 @@ def write_tomogram_dataset(
         raise ValueError(f"pixel_size must be > 0, got {pixel_size}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    earlier = _earlier_truth(folder / "truth.csv")
     paths, truth = [], []
     for i in range(n):
         spheres = tomogram_spheres(i, seed=seed, shape=shape, pixel_size=pixel_size, diameters_A=diameters_A, counts=counts, kinds=kinds)
@@ -219,7 +258,13 @@ def write_tomogram_dataset(
         write_mrc(path, vol, pixel_size)
         paths.append(path)
         truth.append(spheres.assign(micrograph=path.stem))
-    table = pd.concat(truth, ignore_index=True)[["micrograph", "x_px", "y_px", "z_px", "diameter_px", "kind"]]
+    table = pd.concat(truth, ignore_index=True)[list(TRUTH_COLUMNS)]
+    written = {p.stem for p in paths}
+    kept = earlier.loc[~earlier["micrograph"].isin(written)
+                       & earlier["micrograph"].map(lambda m: (folder / f"{m}.mrc").is_file())]
+    if len(kept):  # in name order (tomo_001, tomo_002, ...), each tomogram's rows as they were
+        table = pd.concat([kept, table], ignore_index=True)
+        table = table.iloc[np.argsort(table["micrograph"].to_numpy(), kind="stable")].reset_index(drop=True)
     with atomic_path(folder / "truth.csv") as tmp:
         table.to_csv(tmp, index=False, float_format="%.2f")
     return paths

@@ -344,6 +344,27 @@ def test_dims3_without_synthetic3d_is_a_clear_error(tmp_path, capsys, monkeypatc
     assert "synthetic3d" in capsys.readouterr().err
 
 
+def test_dims3_into_a_2d_set_keeps_its_truth(tmp_path, capsys, monkeypatch):
+    """dims=3 into a folder of a 2D simulated set overwrote its truth.csv with the tomograms' (and a ValueError was a traceback)."""
+    from lipoframe import synthetic3d
+
+    for key, value in (("shape", (32, 64, 64)), ("diameters_A", (150.0,)), ("counts", (2,))):  # fast, fixed or not
+        monkeypatch.setitem(synthetic3d.write_tomogram_dataset.__kwdefaults__, key, value)
+    write_scenes(tmp_path, [small_scene(name="one")])
+    text = (tmp_path / "truth.csv").read_text()
+    assert main([f"output={tmp_path}", "dims=3", "n=1"]) == 2
+    captured = capsys.readouterr()
+    assert len(captured.err.strip().splitlines()) == 1 and f"{tmp_path / 'truth.csv'}: not the truth.csv of a set of tomograms" in captured.err
+    assert (tmp_path / "truth.csv").read_text() == text and not list(tmp_path.glob("tomo_*"))
+    # into a tomogram set's folder, with fewer tomograms: the other's truth is kept, and said so
+    tomos = tmp_path / "tomos"
+    assert main([f"output={tomos}", "dims=3", "n=2"]) == 0
+    assert main([f"output={tomos}", "dims=3", "n=1", "seed=3"]) == 0
+    out = capsys.readouterr().out
+    assert f"truth:   {tomos / 'truth.csv'} (also holds the 1 other tomogram(s) written there before)" in out.splitlines()
+    assert set(pd.read_csv(tomos / "truth.csv").micrograph) == {"tomo_001", "tomo_002"}
+
+
 def test_dims3_delegates(tmp_path, capsys, monkeypatch):
     import types
 

@@ -144,6 +144,31 @@ def test_write_tomogram_dataset(tmp_path):
         tomogram_spheres(0, kinds=("cube",))
 
 
+def test_write_tomogram_dataset_keeps_other_tomograms_truth_and_refuses_a_2d_one(tmp_path):
+    """It overwrote truth.csv whole: a 2D simulated set's truth was lost, and so were the rows of tomograms it did not write again."""
+    small = dict(shape=(32, 64, 64), pixel_size=12.0, diameters_A=(150,), counts=(2,))
+    write_tomogram_dataset(tmp_path, n=3, seed=1, **small)
+    lines0 = (tmp_path / "truth.csv").read_text().splitlines()
+    write_tomogram_dataset(tmp_path, n=2, seed=2, **small)
+    truth = pd.read_csv(tmp_path / "truth.csv")
+    assert list(dict.fromkeys(truth.micrograph)) == ["tomo_001", "tomo_002", "tomo_003"]
+    lines = (tmp_path / "truth.csv").read_text().splitlines()
+    assert [ln for ln in lines if ln.startswith("tomo_003,")] == [ln for ln in lines0 if ln.startswith("tomo_003,")]
+    new = tomogram_spheres(0, seed=2, **small)
+    assert np.allclose(truth.loc[truth.micrograph == "tomo_001", ["x_px", "y_px", "z_px"]], new[["x_px", "y_px", "z_px"]], atol=0.01)
+    (tmp_path / "tomo_003.mrc").unlink()  # gone: its rows go too
+    write_tomogram_dataset(tmp_path, n=1, seed=2, **small)
+    assert set(pd.read_csv(tmp_path / "truth.csv").micrograph) == {"tomo_001", "tomo_002"}
+    # a 2D simulated set's truth.csv (no z_px) or one's own is not written over, and nothing is written
+    for text in ("micrograph,x_px,y_px,diameter_px,kind\none,10.00,20.00,30.00,solid\n", "micrograph,x_px,y_px,z_px\nmine,1,2,3\n"):
+        folder = tmp_path / f"other{len(text)}"
+        folder.mkdir()
+        (folder / "truth.csv").write_text(text)
+        with pytest.raises(ValueError, match=r"truth.csv: not the truth.csv of a set of tomograms lipoframe simulate dims=3 wrote"):
+            write_tomogram_dataset(folder, n=1, **small)
+        assert [p.name for p in folder.iterdir()] == ["truth.csv"] and (folder / "truth.csv").read_text() == text
+
+
 def _pick_volume(seed: int):
     from lipoframe.runner import pick
 
