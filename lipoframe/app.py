@@ -735,6 +735,12 @@ def run(argv: list[str]) -> int:
     argv = [expand_output_home(a, sweep=multirun) for a in argv]
     argv = [quote_input_glob(a) for a in argv]
     flags, overrides = split_argv(argv)
+    if "--hydra-help" in flags and "--help" not in flags and overrides:
+        # Hydra's own help composes no primary config, so lipoframe's keys (input=, output=) cannot be
+        # applied there: Hydra stopped with a traceback. The help shows none of them; it is shown without.
+        print("lipoframe: note: --hydra-help shows Hydra's own help, which takes no overrides: "
+              f"{' '.join(overrides)} left out (lipoframe run --help shows lipoframe's options)", file=sys.stderr)
+        overrides = []
     # Hydra's argparse takes the overrides in one block after the flags: `... output=x --cfg job`
     # (and the hydra.run.dir added below) would be refused as unrecognized arguments.
     argv = flags + overrides

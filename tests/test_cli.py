@@ -101,6 +101,19 @@ def test_a_show_flag_in_any_spelling_makes_no_output_folder(run_cli, tmp_path, f
     assert ("Hydra" in out or "Config search path" in out) and not (tmp_path / "run1").exists()
 
 
+@pytest.mark.parametrize("flag", ["--hydra-help", "--hydra-h"])
+def test_hydra_help_after_overrides_shows_the_help(run_cli, tmp_path, flag):
+    # Hydra's help composes no primary config: `input=x` could not be applied and Hydra stopped with a traceback
+    code, out, err = run_cli("run", "input=x", f"output={tmp_path / 'run1'}", "binning=hac", flag)
+    assert code == 0, err
+    assert "== Flags ==" in out and "--hydra-help : Hydra's help" in out and not (tmp_path / "run1").exists()
+    assert err.splitlines() == [f"lipoframe: note: --hydra-help shows Hydra's own help, which takes no overrides: input=x "
+                                f"output={tmp_path / 'run1'} binning=hac left out (lipoframe run --help shows lipoframe's options)"]
+    # with --help too, Hydra shows lipoframe's help, with the overrides
+    code, out, err = run_cli("run", "binning=hac", flag, "--help")
+    assert code == 0 and re.search(r"^binning=hac$", out, re.M) and err == ""
+
+
 def test_stages_lists_every_parameter_with_type_and_default(run_cli):
     from lipoframe import plugins
     from lipoframe.registry import describe_params
