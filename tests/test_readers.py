@@ -67,7 +67,12 @@ MOVIE = "it looks like a movie of {n} frames: give motion-corrected micrographs 
     ("m.rec", (12, 256, 256), "give one micrograph per file (a tomogram: +experiment=tomo)"),  # IMOD's reconstruction
     ("m.st", (12, 256, 256), "it looks like a tilt series of {n} images: reconstruct a tomogram and pick it with "
                              "+experiment=tomo, or give one micrograph per file"),
-    ("m.mrcs", (300, 64, 64), "give one micrograph per file (a tomogram: +experiment=tomo)"),  # a particle stack
+    # a particle stack: was told it was a tomogram
+    ("m.mrcs", (300, 64, 64), "it looks like a stack of {n} extracted particles (RELION's .mrcs): lipoframe picks particles in "
+                              "micrographs; give the micrographs they came from (motion-corrected, denoised)"),
+    ("m.mrcs", (12, 256, 256), "it looks like a stack of {n} extracted particles (RELION's .mrcs): lipoframe picks particles in "
+                               "micrographs; give the micrographs they came from (motion-corrected, denoised)"),  # few: no movie
+    ("m.mrcs", (12, 1200, 1200), MOVIE),  # frames larger than a particle box: a (small) movie
 ])
 def test_a_movie_given_as_a_micrograph_is_told_apart_from_a_tomogram(tmp_path, name, shape, fix):
     """A movie stack (40 x 4096 x 4096 frames) was told to try +experiment=tomo, which is rarely the fix."""

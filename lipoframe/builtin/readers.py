@@ -107,17 +107,23 @@ MOVIE_SUFFIXES = (".mrcs", ".tif", ".tiff", ".eer")
 #: A stack fewer frames deep than this fraction of its width is a movie, whatever its suffix: movies are tens
 #: of frames of 4096 px or more (0.01), tomograms a few hundred voxels thick for 1000 or so wide (0.15 to 0.5).
 MOVIE_DEPTH = 0.1
+#: The largest square image of a ``.mrcs`` taken for a particle box (RELION's extracted particles, boxes of tens
+#: to a few hundred pixels) rather than a movie frame (3838 px and more) or a tomogram slice.
+PARTICLE_BOX_MAX = 1024
 
 
 def _stack_advice(path: Path, shape: tuple[int, ...]) -> str:
-    """What to give instead of a 3D stack where a micrograph is expected: a movie, a tilt series or a tomogram,
-    told from its suffix and its depth against its width (for a run's micrographs: not for the masks and
-    heatmaps read within :func:`pixel_size_unused`)."""
+    """What to give instead of a 3D stack where a micrograph is expected: a movie, a tilt series, a particle stack
+    or a tomogram, told from its suffix and its depth against its width (for a run's micrographs: not for the
+    masks and heatmaps read within :func:`pixel_size_unused`)."""
     if not _PIXEL_SIZE_USED.get():
         return "give one micrograph per file (a tomogram: +experiment=tomo)"
     n = int(shape[0])
     depth = n / max(1, min(int(shape[1]), int(shape[2])))
     suffix = path.suffix.lower()
+    if suffix == ".mrcs" and int(shape[1]) == int(shape[2]) <= PARTICLE_BOX_MAX:  # RELION's extracted particles
+        return (f"it looks like a stack of {n} extracted particles (RELION's .mrcs): lipoframe picks particles in "
+                "micrographs; give the micrographs they came from (motion-corrected, denoised)")
     if suffix == ".st":  # IMOD's tilt series
         return f"it looks like a tilt series of {n} images: reconstruct a tomogram and pick it with +experiment=tomo, or give one micrograph per file"
     if suffix != ".rec" and depth < MOVIE_DEPTH:
