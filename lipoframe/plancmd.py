@@ -467,7 +467,8 @@ def replan(run_dir: str | Path, overrides: list[str] = (), *, report: bool = Fal
 
     from lipoframe import plugins
     from lipoframe.io.atomic import write_text
-    from lipoframe.runner import MANIFEST, WRITTEN, build_stages, finish_run, folder_log, output_folder, record_written
+    from lipoframe.runner import (MANIFEST, REPORT_INTERRUPTED, WRITTEN, build_stages, finish_run, folder_log, output_folder,
+                                  record_written)
 
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
@@ -511,7 +512,9 @@ def replan(run_dir: str | Path, overrides: list[str] = (), *, report: bool = Fal
         if report:
             from lipoframe.report import write_report_safely
 
-            write_report_safely(run_dir, cfg=cfg, stages=stages, result=result)
+            if write_report_safely(run_dir, cfg=cfg, stages=stages, result=result) is not None:
+                # The report a run stopped while drawing is written: its note no longer applies (nor in run_summary.json).
+                result.notes = [n for n in result.notes if not str(n).startswith(REPORT_INTERRUPTED)]
     return result
 
 

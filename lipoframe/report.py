@@ -775,7 +775,7 @@ def build_html(data: RunData, rows: list[MicrographRow], plots_png: list[tuple[s
                *, overlay_stats: dict) -> str:
     """The report page (one string; every image a data: URI)."""
     from lipoframe import __version__, plots
-    from lipoframe.runner import MAX_LISTED
+    from lipoframe.runner import MAX_LISTED, REPORT_INTERRUPTED
 
     e = html.escape
     picks = data.picks
@@ -814,14 +814,15 @@ def build_html(data: RunData, rows: list[MicrographRow], plots_png: list[tuple[s
     reason_html = _table(["reject reason", "picks"], [[e(str(k)), f"{int(v):,}"] for k, v in reasons.items()], left=1) if len(reasons) else ""
 
     problems = ""
-    # Interrupted while the report was drawn: the picks are complete and a note says so.
-    report_only = any(str(n).startswith("interrupted while writing the report") for n in data.summary.get("notes", []))
+    # Interrupted while the report was drawn: the picks are complete and a note says so. This report is the one
+    # the note asks for: it shows neither (settle_report_interruption drops them from run_summary.json once written).
+    report_only = any(str(n).startswith(REPORT_INTERRUPTED) for n in data.summary.get("notes", []))
     if not_done or (data.summary.get("interrupted") and not report_only):
         # As the console summary says (runner.format_summary): the report of a partly done run.
         left = f"{not_done:,} of {int(counts.get('total', 0) or 0):,} micrographs not picked yet" if not_done else "the run did not finish"
         problems += f"<li class='warn'><b>Interrupted</b>: {e(left)}; run the same command again to continue</li>"
     problems += "".join(f"<li class='warn'>{e(str(x))}</li>" for x in data.summary.get("errors", []))
-    notes = data.summary.get("notes", [])
+    notes = [n for n in data.summary.get("notes", []) if not str(n).startswith(REPORT_INTERRUPTED)]
     # As many as the console summary lists (runner.format_summary).
     problems += "".join(f"<li>Note: {e(str(x))}</li>" for x in notes[:MAX_LISTED])
     if len(notes) > MAX_LISTED:
@@ -1152,8 +1153,35 @@ def _load_metas(out_dir: Path, names: list[str]) -> dict[str, MicrographMeta]:
     return metas
 
 
+def settle_report_interruption(out_dir: Path) -> bool:
+    """Once a report is written: drop ``run_summary.json``'s note that the run was stopped while drawing its report.
+
+    A run stopped (Ctrl-C, SIGTERM) while drawing its report records a note
+    (:data:`lipoframe.runner.REPORT_INTERRUPTED`, kept by a later ``lipoframe
+    plan`` in ``run_notes`` too) and ``interrupted: true``, although its
+    picking is complete. The report written later by ``lipoframe report`` or
+    ``lipoframe plan --report`` settles both. A run whose picking was
+    interrupted (no such note, or micrographs not done) keeps its
+    ``interrupted`` flag. Returns whether the file was rewritten.
+    """
+    from lipoframe.runner import RUN_NOTES, REPORT_INTERRUPTED
+
+    path = Path(out_dir) / "run_summary.json"
+    summary = _read_json(path)
+    if not isinstance(summary, dict):
+        return False
+    lists = {key: summary[key] for key in ("notes", RUN_NOTES) if isinstance(summary.get(key), list)}
+    kept = {key: [n for n in notes if not str(n).startswith(REPORT_INTERRUPTED)] for key, notes in lists.items()}
+    if kept == lists:
+        return False
+    counts = summary.get("micrographs") if isinstance(summary.get("micrographs"), dict) else {}
+    picked = not int(counts.get("not_done", 0) or 0)
+    write_text(path, json.dumps({**summary, **kept, **({"interrupted": False} if picked else {})}, indent=2))
+    return True
+
+
 def write_report_safely(out_dir: Path, *, cfg, stages, result) -> Path | None:
-    """Write the report at the end of ``lipoframe run``; log any error instead of raising."""
+    """Write the report at the end of ``lipoframe run`` (or ``lipoframe plan --report``); log any error instead of raising."""
     from lipoframe.runner import resolve_workers
 
     try:
@@ -1164,7 +1192,6 @@ def write_report_safely(out_dir: Path, *, cfg, stages, result) -> Path | None:
         data = run_data_from_result(out_dir, cfg=cfg, stages=stages, result=result, metas=metas)
         stats = write_report(data, readers=ReaderChoice.from_stages(stages), workers=resolve_workers(cfg.runner.workers, len(metas) or 1),
                              progress=cfg.runner.progress)
-        return Path(stats["report"])
     except Exception as exc:  # noqa: BLE001 - the report must never fail a run
         log.error("report: could not write %s: %s: %s", Path(out_dir) / REPORT_NAME, type(exc).__name__, exc)
         log.debug("report traceback", exc_info=True)
@@ -1173,6 +1200,11 @@ def write_report_safely(out_dir: Path, *, cfg, stages, result) -> Path | None:
     except KeyboardInterrupt:
         drop_stale_report(out_dir)
         raise
+    try:
+        settle_report_interruption(out_dir)
+    except OSError as exc:
+        log.error("report: could not update %s (%s); it still says the report was not written", out_dir / "run_summary.json", exc)
+    return Path(stats["report"])
 
 
 def drop_stale_report(out_dir: Path) -> None:
@@ -1231,6 +1263,12 @@ def cmd_report(argv: list[str]) -> int:
                              force=args.force, progress=runner_cfg.get("progress", True) is not False)
     except OSError as exc:  # a full disk, a quota: each file is written atomically, so none is half-written
         print(f"lipoframe report: {run_dir}: cannot write the report ({exc.strerror or exc})", file=sys.stderr)
+        return 1
+    try:
+        settle_report_interruption(run_dir)
+    except OSError as exc:
+        print(f"lipoframe report: {run_dir / 'run_summary.json'}: cannot update it ({exc.strerror or exc}); "
+              "it still says the report was not written", file=sys.stderr)
         return 1
     print(f"report       {stats['report']}")
     if not args.no_overlays:

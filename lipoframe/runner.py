@@ -2584,6 +2584,8 @@ PICKING_SUMMARY = ("out_dir", "micrographs", "failures", "polarity_check", "inte
                    "micrographs_per_s", "seconds", "run_notes", "run_pixel_size_notes")
 #: Keys of run_summary.json: the notes of the run that picked, and those of them on the pixel size it used.
 RUN_NOTES, RUN_PIXEL_SIZE_NOTES = PICKING_SUMMARY[-2:]
+#: How the note of a run stopped while drawing its report (its picking complete) begins; a report written later drops it.
+REPORT_INTERRUPTED = "interrupted while writing the report"
 
 
 def replanned_notes(picking: dict, pixel_size: float | None) -> tuple[list[str], list[str]] | None:
@@ -2853,7 +2855,7 @@ def run_pipeline(
                 summary_path = out_dir / "run_summary.json"
                 summary = json.loads(summary_path.read_text())
                 summary["interrupted"] = True
-                said = ("interrupted while writing the report: the picks, exports and "
+                said = (f"{REPORT_INTERRUPTED}: the picks, exports and "
                         f"extraction plan are complete; `lipoframe report {out_dir}` writes it")
                 summary["notes"] = [*summary.get("notes", []), said]
                 summary[RUN_NOTES] = [*summary.get(RUN_NOTES, []), said]  # for a plan made later, as the report reads it

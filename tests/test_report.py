@@ -598,11 +598,14 @@ def _run_twice_second_report_raising(tmp_path, monkeypatch, error):
     from lipoframe.runner import run_pipeline
 
     write_mrc(tmp_path / "mics" / "mic_0.mrc", tiny_image(seed=0)[0])
+    from omegaconf import OmegaConf
+
     try:
-        _, cfg = compose_config([f"input={tmp_path / 'mics'}", *RUN_OVERRIDES])
+        composed, cfg = compose_config([f"input={tmp_path / 'mics'}", *RUN_OVERRIDES])
     finally:
         GlobalHydra.instance().clear()
     assert run_pipeline(cfg, tmp_path / "out").ok and (tmp_path / "out" / "report.html").is_file()
+    (tmp_path / "out" / "config.yaml").write_text(OmegaConf.to_yaml(composed))  # the run's settings, as `lipoframe run` records them
 
     def boom(*args, **kwargs):
         raise error
@@ -621,7 +624,7 @@ def test_a_failing_report_is_logged_and_never_fails_the_run(tmp_path, monkeypatc
     assert any("disk on fire" in r.getMessage() and "report.html" in r.getMessage() for r in caplog.records)
 
 
-def test_a_run_interrupted_while_writing_its_report_says_so(tmp_path, monkeypatch):
+def test_a_run_interrupted_while_writing_its_report_says_so(tmp_path, monkeypatch, capsys):
     # Ctrl-C or SIGTERM during the report: run_summary.json said 'interrupted: false'
     # and the earlier run's report.html stayed.
     again = _run_twice_second_report_raising(tmp_path, monkeypatch, KeyboardInterrupt())
@@ -633,13 +636,44 @@ def test_a_run_interrupted_while_writing_its_report_says_so(tmp_path, monkeypatc
     assert f"interrupted while writing the report: the picks, exports and extraction plan are complete; `lipoframe report {out}` writes it" in summary["notes"]
     assert not (out / "report.html").exists()
     assert (out / "picks.csv").is_file() and (out / "extraction_plan.json").is_file()
-    # `lipoframe report OUT` then writes a page that does not call the picking unfinished (it is complete)
+    # `lipoframe report OUT` or `lipoframe plan OUT --report` then writes the report: a page that calls the picking
+    # neither unfinished (it is complete) nor its report missing, and run_summary.json drops the flag and the note
+    # (they stayed, and a plan repeated the note)
+    from lipoframe.plancmd import main as plan_main
     from lipoframe.report import cmd_report
 
     monkeypatch.undo()
-    assert cmd_report([str(out), "--no-overlays"]) == 0
-    text = " ".join(" ".join(parse(out / "report.html").text).split())
-    assert "interrupted while writing the report" in text and "the run did not finish" not in text, text[:3000]
+    stopped = (out / "run_summary.json").read_text()
+    for write in (lambda: cmd_report([str(out), "--no-overlays"]), lambda: plan_main([str(out), "--report"])):
+        (out / "run_summary.json").write_text(stopped)
+        capsys.readouterr()
+        assert write() == 0
+        assert "interrupted while writing the report" not in capsys.readouterr().out
+        text = " ".join(" ".join(parse(out / "report.html").text).split())
+        assert "interrupted while writing the report" not in text and "Interrupted" not in text, text[:3000]
+        summary = json.loads((out / "run_summary.json").read_text())
+        assert summary["interrupted"] is False and summary["micrographs"]["total"] == 1
+        assert not any("interrupted" in n for n in summary["notes"] + summary["run_notes"]), summary
+    # a plan made later keeps none of it
+    assert plan_main([str(out)]) == 0 and "interrupted while writing" not in capsys.readouterr().out
+
+
+def test_a_report_written_later_keeps_the_flag_of_a_run_whose_picking_was_interrupted(tmp_path):
+    summary = {"interrupted": True, "micrographs": {"total": 3, "ok": 1, "skipped": 0, "failed": 0, "not_done": 2},
+               "notes": ["mic_9.mrc: listed twice"], "run_notes": ["mic_9.mrc: listed twice"]}
+    (tmp_path / "run_summary.json").write_text(json.dumps(summary))
+    assert not report.settle_report_interruption(tmp_path)
+    assert json.loads((tmp_path / "run_summary.json").read_text()) == summary
+    # stopped while drawing its report, then (a killed `lipoframe run` again, as plan reads it) micrographs not done:
+    # the note goes, the flag stays
+    said = "interrupted while writing the report: the picks, exports and extraction plan are complete; ..."
+    (tmp_path / "run_summary.json").write_text(json.dumps({**summary, "run_notes": [said, *summary["run_notes"]]}))
+    assert report.settle_report_interruption(tmp_path)
+    assert json.loads((tmp_path / "run_summary.json").read_text()) == summary
+    (tmp_path / "run_summary.json").write_text(json.dumps({**summary, "notes": [said], "micrographs": {"total": 1, "ok": 1}}))
+    assert report.settle_report_interruption(tmp_path)
+    assert json.loads((tmp_path / "run_summary.json").read_text()) == {**summary, "notes": [], "micrographs": {"total": 1, "ok": 1},
+                                                                         "interrupted": False}
 
 
 def test_volume_overlay_shows_the_central_slab_and_its_picks(tmp_path):
