@@ -26,17 +26,14 @@ def restored_logging():
     handlers the process had set up (pytest's ``caplog``, a program's own
     log file; a console handler of its own shows the run's messages beside
     Hydra's). On exit they are the root logger's only handlers again.
+    The function can be pickled (a launcher that runs a sweep's jobs in
+    other processes, joblib's or submitit's, pickles the job with it): its
+    copy there adds nothing, as the handlers belong to this process.
     """
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
-
-    def keep_earlier_handlers() -> None:
-        for h in handlers:
-            if h not in root.handlers:
-                root.addHandler(h)
-
     try:
-        yield keep_earlier_handlers
+        yield _EarlierHandlers(handlers)
     finally:
         for h in root.handlers[:]:
             root.removeHandler(h)
@@ -45,6 +42,26 @@ def restored_logging():
         for h in handlers:
             root.addHandler(h)
         root.setLevel(level)
+
+
+class _EarlierHandlers:
+    """Calling it adds ``handlers`` to the root logger, those it does not have (see :func:`restored_logging`).
+
+    Pickled, it holds none: handlers (locks, open streams, pytest's
+    ``caplog``) cannot be, and belong to the process that set them up.
+    """
+
+    def __init__(self, handlers: list[logging.Handler]) -> None:
+        self.handlers = handlers
+
+    def __call__(self) -> None:
+        root = logging.getLogger()
+        for h in self.handlers:
+            if h not in root.handlers:
+                root.addHandler(h)
+
+    def __reduce__(self):
+        return type(self), ([],)
 
 
 @contextlib.contextmanager

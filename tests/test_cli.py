@@ -261,6 +261,19 @@ def test_caplog_sees_the_messages_of_an_in_process_run(tiny_mrcs, tmp_path, run_
     assert (root.handlers, root.level) == before
 
 
+def test_an_in_process_sweep_runs_its_jobs_in_other_processes_with_logging_set_up(tiny_mrcs, tmp_path, run_cli):
+    # The job function held the root logger's earlier handlers (pytest's here, a program's own logging
+    # elsewhere) to add them back as each job starts; joblib pickles it for its worker processes, and
+    # a handler cannot be pickled: 'Could not pickle the task to send it to the workers', exit 1.
+    assert logging.getLogger().handlers  # pytest's, as a program's own would be
+    sweep = tmp_path / "sweep"
+    code, out, err = run_cli("run", "-m", f"input={tiny_mrcs[0].parent}", f"output={sweep}", *TINY_ARGS, "nms.beta=0.6,0.7",
+                             "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
+    assert code == 0, err
+    for job in ("0", "1"):
+        assert json.loads((sweep / job / "run_summary.json").read_text())["micrographs"]["ok"] == 2
+
+
 def test_pixel_size_from_header_and_override(tmp_path, run_cli):
     image, truth = tiny_image(seed=0)
     write_mrc(tmp_path / "mics" / "a.mrc", image, pixel_size=TINY_PIXEL_SIZE)
