@@ -22,7 +22,8 @@ learning each micrograph's height and format from a
 Python::
 
     from lipoframe.evaluate import evaluate, read_picks, read_reference
-    res = evaluate(read_picks("run/"), read_reference("truth.csv"))
+    picks, processed = read_picks("run/")
+    res = evaluate(picks, read_reference("truth.csv"), micrographs=processed)
     print(res.summary["f1"]); res.per_micrograph
 
 Command line::
@@ -550,6 +551,22 @@ def _star_blocks(path: Path) -> dict:
         return {}
 
 
+#: ``DataFrame.attrs`` key of a table read from coordinate files: the micrographs of those that hold no
+#: row (a micrograph the picker found nothing on), which :func:`read_picks` returns as processed.
+_EMPTY_FILES = "micrographs_of_empty_coordinate_files"
+
+
+def _without_rows(table: pd.DataFrame, names) -> pd.DataFrame:
+    """``table`` with ``names`` recorded as micrographs of coordinate files without a row (:data:`_EMPTY_FILES`)."""
+    table.attrs[_EMPTY_FILES] = list(dict.fromkeys(str(n) for n in names))
+    return table
+
+
+def _empty_files_of(tables) -> list[str]:
+    """The micrographs of coordinate files without a row that ``tables`` were read from."""
+    return [n for t in tables for n in t.attrs.get(_EMPTY_FILES, [])]
+
+
 def _read_star(path: Path, catalog: MicrographCatalog | None = None, flip_y: bool | None = None, *,
                micrograph: str | None = None) -> pd.DataFrame:
     """Coordinates of a STAR file, or of the coordinate files a RELION list file names.
@@ -566,7 +583,8 @@ def _read_star(path: Path, catalog: MicrographCatalog | None = None, flip_y: boo
             return _read_coordinate_list(path, listing, catalog, flip_y)
         if (micrograph is not None and not any(isinstance(b, pd.DataFrame) and len(b) for b in data.values())) or not data:
             # RELION's coordinate file of a micrograph without picks (``data_`` alone), listed or not.
-            return pd.DataFrame({schema.X: [], schema.Y: [], schema.MICROGRAPH: pd.Series([], dtype=object)})
+            return _without_rows(pd.DataFrame({schema.X: [], schema.Y: [], schema.MICROGRAPH: pd.Series([], dtype=object)}),
+                                 [micrograph if micrograph is not None else _coordinate_file_micrograph(path)])
         if any(isinstance(b, pd.DataFrame) and "rlnCenteredCoordinateXAngst" in b.columns for b in data.values()):
             raise EvaluationInputError(
                 f"{path}: a RELION 5 tomography table (rlnCenteredCoordinate*Angst: Å from each tomogram's centre) "
@@ -581,8 +599,7 @@ def _read_star(path: Path, catalog: MicrographCatalog | None = None, flip_y: boo
     elif micrograph is not None:
         out[schema.MICROGRAPH] = micrograph
     else:
-        stem = re.sub(r"_(autopick|manualpick|pick|picks|coords)$", "", path.stem)
-        out[schema.MICROGRAPH] = stem
+        out[schema.MICROGRAPH] = _coordinate_file_micrograph(path)
     out = _to_lipoframe_frame(out, out[schema.MICROGRAPH], path, catalog or MicrographCatalog(), flip_y)
     if "rlnAutopickFigureOfMerit" in block.columns:
         out[schema.SCORE] = block["rlnAutopickFigureOfMerit"].astype(float)
@@ -591,6 +608,11 @@ def _read_star(path: Path, catalog: MicrographCatalog | None = None, flip_y: boo
             out[schema.DIAMETER] = block[col].astype(float)
             break
     return out
+
+
+def _coordinate_file_micrograph(path: Path) -> str:
+    """The micrograph a coordinate file without ``rlnMicrographName`` is of: its stem, less a picker's suffix."""
+    return re.sub(r"_(autopick|manualpick|pick|picks|coords)$", "", path.stem)
 
 
 def _read_coordinate_list(path: Path, listing: pd.DataFrame, catalog: MicrographCatalog | None,
@@ -622,7 +644,7 @@ def _read_coordinate_list(path: Path, listing: pd.DataFrame, catalog: Micrograph
     if not tables:
         return pd.DataFrame({schema.X: [], schema.Y: [], schema.MICROGRAPH: pd.Series([], dtype=object)})
     non_empty = [t for t in tables if len(t)] or tables[:1]
-    return pd.concat(non_empty, ignore_index=True)
+    return _without_rows(pd.concat(non_empty, ignore_index=True), _empty_files_of(tables))
 
 
 #: Per-micrograph box files (``writer=box,cbox``, EMAN2, crYOLO): the file's stem names the micrograph.
@@ -664,7 +686,7 @@ def _read_box_file(path: Path, catalog: MicrographCatalog | None = None, flip_y:
         out[schema.DIAMETER] = parts["diameter"].to_numpy(float)
     if "confidence" in parts.columns and parts["confidence"].notna().any():  # all <NA>: no score, not one tied step
         out[schema.SCORE] = parts["confidence"].to_numpy(float)
-    return out
+    return _without_rows(out, [] if len(out) else [path.stem])
 
 
 def _read_table(path: Path, catalog: MicrographCatalog | None = None, flip_y: bool | None = None) -> pd.DataFrame:
@@ -760,8 +782,9 @@ def _read_many(path: Path, what: str, micrographs=None, flip_y: bool | None = No
                 skipped.append(p.name)
         if not tables:
             raise EvaluationInputError(f"{path}: none of its .csv/.star/.box/.cbox/.coords files has {what} coordinates ({', '.join(skipped)})")
+        empty = _empty_files_of(tables)
         tables = [t for t in tables if len(t)] or tables[:1]
-        return pd.concat(tables, ignore_index=True)
+        return _without_rows(pd.concat(tables, ignore_index=True), empty)
     if not path.exists():
         raise EvaluationInputError(f"{path}: {what} file not found")
     return _read_table(path, catalog, flip_y)
@@ -822,7 +845,10 @@ def read_picks(path: str | Path, *, micrographs=None, flip_y: bool | None = None
     -------
     picks : DataFrame
     micrographs : list of str
-        Names of the micrographs the run processed ([] for plain tables).
+        Names of the micrographs the run processed; for coordinate files
+        (STAR, ``.box``, ``.cbox``, ``.coords``), those of the files that
+        hold no pick (the picker processed the micrograph and found
+        nothing); [] for CSV tables.
 
     Raises
     ------
@@ -855,7 +881,7 @@ def read_picks(path: str | Path, *, micrographs=None, flip_y: bool | None = None
         path = path / "picks.csv"
     df = _read_many(path, "picks", micrographs, flip_y)
     _check_columns(df, str(path))
-    return df, []
+    return df, df.attrs.pop(_EMPTY_FILES, [])
 
 
 def read_reference(path: str | Path, *, micrographs=None, flip_y: bool | None = None) -> pd.DataFrame:
@@ -889,6 +915,7 @@ def read_reference(path: str | Path, *, micrographs=None, flip_y: bool | None = 
     if path.is_dir() and (path / "picks.csv").is_file():
         path = path / "picks.csv"
     df = _read_many(path, "reference", micrographs, flip_y)
+    df.attrs.pop(_EMPTY_FILES, None)
     _check_columns(df, str(path))
     return df
 

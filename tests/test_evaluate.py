@@ -1053,6 +1053,45 @@ def test_cli_warns_once_about_reference_micrographs_the_run_never_picked(tmp_pat
     assert doc["unpicked_micrographs"] == ["w", "x", "y", "z"]
 
 
+
+def test_an_empty_coordinate_file_is_a_micrograph_the_picker_processed(tmp_path, capsys, monkeypatch):
+    """RELION's 'data_'-only file and an empty .box/.cbox are a micrograph picked without a pick: evaluate warned that the
+    picks had no results for it ('are the picks of the right run, and did the run finish?'), as for one never picked."""
+    import starfile
+
+    from lipoframe.io.cbox import cbox_text
+
+    ref = tmp_path / "truth.csv"
+    table([("m1", 100, 51, 40), ("m2", 200, 200, 40), ("m3", 90, 90, 40)]).to_csv(ref, index=False)
+    relion = tmp_path / "project" / "AutoPick" / "job006"
+    (relion / "Movies").mkdir(parents=True)
+    starfile.write({"": pd.DataFrame({"rlnCoordinateX": [101.0], "rlnCoordinateY": [50.0]})}, relion / "Movies" / "m1_autopick.star")
+    (relion / "Movies" / "m2_autopick.star").write_text("# version 50001\n\ndata_\n\n")
+    (relion / "Movies" / "m4_autopick.star").write_text("# version 50001\n\ndata_\n\n")  # not in the reference
+    listing = pd.DataFrame({"rlnMicrographName": [f"m{i}.mrc" for i in (1, 2, 4)],
+                            "rlnMicrographCoordinates": [f"AutoPick/job006/Movies/m{i}_autopick.star" for i in (1, 2, 4)]})
+    starfile.write({"coordinate_files": listing}, relion / "autopick.star")
+    (tmp_path / "CBOX").mkdir()
+    (tmp_path / "CBOX" / "m1.cbox").write_text(cbox_text([101.0], [50.0], box=[40], diameter=[40.0], confidence=[0.9]))
+    (tmp_path / "CBOX" / "m2.cbox").write_text("")
+    (tmp_path / "CBOX" / "m4.cbox").write_text("")
+    monkeypatch.chdir(tmp_path / "project")
+    for picks in (relion / "Movies", relion, relion / "autopick.star", tmp_path / "CBOX"):
+        got, processed = read_picks(picks)
+        assert sorted(processed) == (["m2.mrc", "m4.mrc"] if "job006" in str(picks) and picks.name != "Movies" else ["m2", "m4"])
+        assert not got.attrs, picks
+        out = tmp_path / f"eval_{picks.name}"
+        assert main([f"picks={picks}", f"reference={ref}", f"output={out}"]) == 0
+        err = capsys.readouterr().err.strip().splitlines()
+        # m3 alone has no results: m2 and m4 were picked, without a pick
+        assert err == ["lipoframe evaluate: warning: 1 reference micrograph with particles has no results in the picks (no pick, "
+                       "not even a rejected one): m3; their 1 particle(s) count as misses: are the picks of the right run (or file), "
+                       "and did the run finish?"], (picks, err)
+        doc = json.loads((out / "evaluation.json").read_text())
+        assert (doc["unpicked_micrographs"], doc["tp"], doc["fn"], doc["n_micrographs"]) == (["m3"], 1, 2, 4), picks
+    assert read_picks(tmp_path / "CBOX" / "m2.cbox")[1] == ["m2"]
+    assert not read_reference(tmp_path / "CBOX").attrs
+
 def test_scope_reference_leaves_out_the_runs_other_micrographs(tmp_path):
     ref = table([("a", 30, 30, 20)])
     assert evaluate(ref, ref, micrographs=["a", "b", "c"], scope="reference").summary["n_micrographs"] == 1
