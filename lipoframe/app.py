@@ -643,7 +643,7 @@ def check_output_not_swept(overrides: list[str], *, multirun: bool = True) -> No
         if not parsed.is_sweep_override():
             continue
         try:
-            folders = ", ".join(parsed.sweep_string_iterator())
+            folders = ", ".join(str(v) for v in parsed.sweep_iterator())  # as named: not escaped for Hydra (run\ 1)
         except Exception:  # noqa: BLE001 - glob() and intervals list their values only in Hydra's sweeper
             folders = o.partition("=")[2]
         if multirun:

@@ -486,6 +486,19 @@ def test_a_run_into_a_sweep_of_output_folders_says_give_one(tmp_path, run_cli):
         check_output_not_swept([one], multirun=False)
 
 
+@pytest.mark.parametrize("multirun", [False, True])
+def test_the_folders_of_a_sweep_of_output_are_named_as_typed(multirun):
+    # They were named as Hydra escapes them for a command line: '/data/run\ 1, /data/run\ 2'
+    from lipoframe.app import check_output_not_swept
+    from lipoframe.config import ConfigError
+
+    for word, folders in (("output=/data/run 1,/data/run 2", "/data/run 1, /data/run 2"),
+                          ("output=choice(/data/${oc.env:USER}/a,b)", "/data/${oc.env:USER}/a, b")):
+        with pytest.raises(ConfigError) as exc:
+            check_output_not_swept([word], multirun=multirun)
+        assert (f"of the folders {folders}, and" if not multirun else f"not several ({folders})") in str(exc.value), exc.value
+
+
 def test_expand_output_home_writes_out_every_folder_of_a_sweep(away_from_home):
     from lipoframe.app import expand_output_home
 
