@@ -21,6 +21,7 @@ import argparse
 import json
 import logging
 import math
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -462,13 +463,16 @@ def replan(run_dir: str | Path, overrides: list[str] = (), *, report: bool = Fal
     Raises
     ------
     PlanError, ConfigError, InputError
+    KeyboardInterrupt
+        After Ctrl-C or SIGTERM in the binning or a writer, once
+        ``run_summary.json`` records that the plan is incomplete.
     """
     from omegaconf import OmegaConf
 
     from lipoframe import plugins
     from lipoframe.io.atomic import write_text
     from lipoframe.runner import (MANIFEST, REPORT_INTERRUPTED, WRITTEN, build_stages, finish_run, folder_log, output_folder,
-                                  record_written)
+                                  record_written, sigterm_as_interrupt)
 
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
@@ -496,9 +500,11 @@ def replan(run_dir: str | Path, overrides: list[str] = (), *, report: bool = Fal
                    "micrographs": {"total": len(results), "ok": 0, "skipped": done, "failed": 0, "not_done": len(results) - done}}
     # A folder that records its files (written_files.json) has the previous plan's removed by the dataset step.
     recorded = (run_dir / WRITTEN).is_file()
-    with output_folder(run_dir), folder_log(run_dir, "plan " + " ".join([str(run_dir), *overrides])):
+    again = "lipoframe plan " + shlex.join([str(run_dir), *user, *(["--report"] if report else [])])
+    # SIGTERM (`kill`, the end of a batch job) stops it as Ctrl-C does: run_summary.json says the plan is incomplete.
+    with output_folder(run_dir), folder_log(run_dir, "plan " + " ".join([str(run_dir), *overrides])), sigterm_as_interrupt():
         result = finish_run(run_dir, names, results, stages, cfg, pm=pm, t0=t0, errors=[], notes=[], workers=1,
-                            picking=picking if isinstance(picking, dict) else None, pixel_size=pixel_size)
+                            picking=picking if isinstance(picking, dict) else None, pixel_size=pixel_size, replan=again)
         removed = _remove_stale_bin_files(run_dir, result.files) if result.plan is not None and not recorded else []
         if removed:
             log.info("removed %d coordinate file(s) of the previous plan under bins/", len(removed))

@@ -775,7 +775,7 @@ def build_html(data: RunData, rows: list[MicrographRow], plots_png: list[tuple[s
                *, overlay_stats: dict) -> str:
     """The report page (one string; every image a data: URI)."""
     from lipoframe import __version__, plots
-    from lipoframe.runner import MAX_LISTED, REPORT_INTERRUPTED
+    from lipoframe.runner import MAX_LISTED, PLAN_INTERRUPTED, REPORT_INTERRUPTED, picking_interrupted
 
     e = html.escape
     picks = data.picks
@@ -817,12 +817,15 @@ def build_html(data: RunData, rows: list[MicrographRow], plots_png: list[tuple[s
     # Interrupted while the report was drawn: the picks are complete and a note says so. This report is the one
     # the note asks for: it shows neither (settle_report_interruption drops them from run_summary.json once written).
     report_only = any(str(n).startswith(REPORT_INTERRUPTED) for n in data.summary.get("notes", []))
-    if not_done or (data.summary.get("interrupted") and not report_only):
+    # A `lipoframe plan` stopped in its binning or writers: its note says so and what to run; the run's own flag is kept apart.
+    plan_stopped = [str(n) for n in data.summary.get("notes", []) if str(n).startswith(PLAN_INTERRUPTED)]
+    if not_done or (picking_interrupted(data.summary) and not report_only):
         # As the console summary says (runner.format_summary): the report of a partly done run.
         left = f"{not_done:,} of {int(counts.get('total', 0) or 0):,} micrographs not picked yet" if not_done else "the run did not finish"
         problems += f"<li class='warn'><b>Interrupted</b>: {e(left)}; run the same command again to continue</li>"
+    problems += "".join(f"<li class='warn'><b>Interrupted</b> {e(n[len('interrupted '):])}</li>" for n in plan_stopped)
     problems += "".join(f"<li class='warn'>{e(str(x))}</li>" for x in data.summary.get("errors", []))
-    notes = [n for n in data.summary.get("notes", []) if not str(n).startswith(REPORT_INTERRUPTED)]
+    notes = [n for n in data.summary.get("notes", []) if not str(n).startswith((REPORT_INTERRUPTED, PLAN_INTERRUPTED))]
     # As many as the console summary lists (runner.format_summary).
     problems += "".join(f"<li>Note: {e(str(x))}</li>" for x in notes[:MAX_LISTED])
     if len(notes) > MAX_LISTED:
@@ -1162,9 +1165,12 @@ def settle_report_interruption(out_dir: Path) -> bool:
     picking is complete. The report written later by ``lipoframe report`` or
     ``lipoframe plan --report`` settles both. A run whose picking was
     interrupted (no such note, or micrographs not done) keeps its
-    ``interrupted`` flag. Returns whether the file was rewritten.
+    ``interrupted`` flag. After a ``lipoframe plan`` stopped in its binning
+    or writers, whose outputs are incomplete, ``interrupted`` stays and the
+    picking run's own flag (:data:`~lipoframe.runner.PICKING_INTERRUPTED`)
+    is settled. Returns whether the file was rewritten.
     """
-    from lipoframe.runner import RUN_NOTES, REPORT_INTERRUPTED
+    from lipoframe.runner import PICKING_INTERRUPTED, RUN_NOTES, REPORT_INTERRUPTED
 
     path = Path(out_dir) / "run_summary.json"
     summary = _read_json(path)
@@ -1176,7 +1182,8 @@ def settle_report_interruption(out_dir: Path) -> bool:
         return False
     counts = summary.get("micrographs") if isinstance(summary.get("micrographs"), dict) else {}
     picked = not int(counts.get("not_done", 0) or 0)
-    write_text(path, json.dumps({**summary, **kept, **({"interrupted": False} if picked else {})}, indent=2))
+    flag = PICKING_INTERRUPTED if PICKING_INTERRUPTED in summary else "interrupted"
+    write_text(path, json.dumps({**summary, **kept, **({flag: False} if picked else {})}, indent=2))
     return True
 
 

@@ -2586,6 +2586,16 @@ PICKING_SUMMARY = ("out_dir", "micrographs", "failures", "polarity_check", "inte
 RUN_NOTES, RUN_PIXEL_SIZE_NOTES = PICKING_SUMMARY[-2:]
 #: How the note of a run stopped while drawing its report (its picking complete) begins; a report written later drops it.
 REPORT_INTERRUPTED = "interrupted while writing the report"
+#: How the note of a ``lipoframe plan`` stopped in its binning or writers begins; a plan that finishes drops it.
+PLAN_INTERRUPTED = "interrupted while making the plan"
+#: Key of the run_summary.json of a ``lipoframe plan`` stopped so (``interrupted`` is then true): the
+#: ``interrupted`` flag of the run that picked, which the plan that finishes restores.
+PICKING_INTERRUPTED = "picking_interrupted"
+
+
+def picking_interrupted(picking: dict) -> bool:
+    """Whether the run that picked (its ``run_summary.json``, ``picking``) was interrupted, not a plan made of it since."""
+    return bool(picking.get(PICKING_INTERRUPTED, picking.get("interrupted", False)))
 
 
 def replanned_notes(picking: dict, pixel_size: float | None) -> tuple[list[str], list[str]] | None:
@@ -2635,6 +2645,7 @@ def finish_run(
     pixel_size: float | None = None,
     polarity: dict | None = None,
     listed_notes: list[str] = (),
+    replan: str = "",
 ) -> RunResult:
     """Collect the saved per-micrograph results of ``names``, run the dataset-level
     stages (unless ``finalize`` is false) and write ``run_summary.json``.
@@ -2648,7 +2659,12 @@ def finish_run(
     (``lipoframe plan pixel_size=`` of a run picked in pixels; ``diameter_A``
     follows). ``listed_notes``: those of ``notes`` that
     :func:`listed_pixel_size_notes` made (recorded as notes on the pixel
-    size, which a plan that gives one drops).
+    size, which a plan that gives one drops). ``replan``: the ``lipoframe
+    plan`` command (with ``picking``), which the note of a plan stopped in
+    its binning or writers (Ctrl-C, SIGTERM) asks to run again; its
+    ``run_summary.json`` then says ``interrupted`` and records the picking
+    run's own flag (:data:`PICKING_INTERRUPTED`), which a plan that
+    finishes restores.
     """
     if polarity is None and isinstance(picking, dict) and isinstance(picking.get("polarity_check"), dict):
         polarity = picking["polarity_check"]
@@ -2698,12 +2714,22 @@ def finish_run(
             # stopped before its dataset step come now). Not the 1 Å/px note: it names the run's picking settings
             # in Å, which the plan's config does not hold; the run's is kept.
             notes = notes + [n for n in pixel_size_notes(metas) + range_notes_for(picks, metas, cfg) if n not in notes]
+    if stopped and picking:
+        said = (f"{PLAN_INTERRUPTED}: its exports and extraction plan files are incomplete; "
+                f"run `{replan or f'lipoframe plan {out_dir}'}` again")
+        notes = notes + [said]
+        log.warning(said)
     result = RunResult(out_dir, results, picks, plan, files, time.perf_counter() - t0, errors, notes, interrupted, workers,
                        n_micrographs=len(names), polarity_check=polarity)
     summary = result.summary()
     if picking:
         carried = {k: picking[k] for k in PICKING_SUMMARY if k in picking}
+        # The picking run's flag, not that of a plan stopped since; a plan stopped now says so, keeping the run's.
+        own = picking_interrupted(picking)
+        carried["interrupted"] = own
         summary = {**summary, **carried, "replanned_seconds": summary["seconds"]}
+        if stopped:
+            summary = {**summary, "interrupted": True, PICKING_INTERRUPTED: own}
     if kept is None and not picking:  # the run that picked: its notes, for the plans made of it later
         summary = {**summary, RUN_NOTES: list(notes), RUN_PIXEL_SIZE_NOTES: [n for n in on_pixel_size if n in notes]}
     write_text(out_dir / "run_summary.json", json.dumps(summary, indent=2))

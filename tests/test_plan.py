@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import html
 import json
 import logging
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -893,6 +896,94 @@ def test_plan_of_a_killed_run_calls_its_unpicked_micrographs_not_done_not_failed
     assert summary["micrographs"]["failed"] == 0 and summary["micrographs"]["not_done"] == 1
     code, _, err = run_cli("plan", str(out))  # and again, now from the run_summary.json plan wrote
     assert "the run was interrupted" in err, err
+
+
+@contextlib.contextmanager
+def _plan_stopped_in(where: str, monkeypatch):
+    """Make a plan stop in its binning (Ctrl-C) or in the star writer, after the csv writer's files (SIGTERM)."""
+    import os
+    import signal
+
+    from lipoframe.builtin.binning import PeakValleyBinner
+    from lipoframe.builtin.writers import StarWriter
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    def sigterm(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def unhandled(signum, frame):  # in place of the default action, which would end the test session
+        raise AssertionError("SIGTERM was not turned into an interruption")
+
+    if where == "binning":
+        with monkeypatch.context() as mp:
+            mp.setattr(PeakValleyBinner, "assign", ctrl_c)
+            yield
+        return
+    old = signal.signal(signal.SIGTERM, unhandled)
+    try:
+        with monkeypatch.context() as mp:
+            mp.setattr(StarWriter, "write", sigterm)
+            yield
+        assert signal.getsignal(signal.SIGTERM) is unhandled  # the plan put it back
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+@pytest.mark.parametrize("where", ["binning", "writer"])
+def test_a_plan_stopped_in_its_binning_or_a_writer_says_so_until_a_plan_finishes(tiny_mrcs, tmp_path, run_cli, monkeypatch, caplog,
+                                                                                  where):
+    # run_summary.json said 'interrupted: false' (the picking run's flag, carried over), exit code 130 without a word
+    # on what to do, and SIGTERM ended the plan outright; its exports and plan files are a mix of the two plans'.
+    out = tmp_path / "out"
+    code, _, err = run_cli("run", f"input={tiny_mrcs[0].parent}", f"output={out}", *TINY_ARGS)
+    assert code == 0, err
+    with _plan_stopped_in(where, monkeypatch), caplog.at_level(logging.WARNING, logger="lipoframe"):
+        code, _, err = run_cli("plan", str(out), "binning.rounding=even")
+    said = ("interrupted while making the plan: its exports and extraction plan files are incomplete; "
+            f"run `lipoframe plan {out} binning.rounding=even` again")
+    assert code == 130 and err == "lipoframe: interrupted\n", err
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["interrupted"] is True and summary["picking_interrupted"] is False
+    assert said in caplog.messages
+    assert said in summary["notes"] and said not in summary["run_notes"]
+    assert summary["micrographs"] == {"total": 2, "ok": 2, "skipped": 0, "failed": 0, "not_done": 0}  # the run's
+    assert f"[WARNING] {said}" in (out / "lipoframe.log").read_text()
+    if where == "writer":
+        # the report and evaluate's sweep table say the plan stopped, not that the run did not finish (every micrograph is picked)
+        code, _, err = run_cli("report", str(out), "--no-overlays")
+        assert code == 0, err
+        page = " ".join(html.unescape(re.sub(r"<[^>]+>", " ", (out / "report.html").read_text())).split())
+        assert f"Interrupted {said[len('interrupted '):]}" in page and "the run did not finish" not in page
+        assert json.loads((out / "run_summary.json").read_text())["interrupted"] is True  # the report leaves it
+        from lipoframe.evaluate import _job_state
+
+        assert _job_state(out) == ("partial", said)
+    # the plan again, finished: neither flag nor note
+    code, _, err = run_cli("plan", str(out), "binning.rounding=even")
+    assert code == 0, err
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["interrupted"] is False and "picking_interrupted" not in summary
+    assert not any("interrupted" in n for n in summary["notes"]), summary["notes"]
+
+
+def test_a_finished_plan_keeps_the_flag_of_a_run_whose_picking_was_interrupted(tiny_mrcs, tmp_path, run_cli, monkeypatch):
+    out = tmp_path / "out"
+    code, _, err = run_cli("run", f"input={tiny_mrcs[0].parent}", f"output={out}", *TINY_ARGS)
+    assert code == 0, err
+    for suffix in (".json", ".csv"):  # mic_1 not picked yet when the run was interrupted
+        (out / "micrographs" / f"mic_1{suffix}").unlink()
+    summary = json.loads((out / "run_summary.json").read_text())
+    (out / "run_summary.json").write_text(json.dumps({**summary, "interrupted": True}))
+    with _plan_stopped_in("binning", monkeypatch):
+        assert run_cli("plan", str(out))[0] == 130
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["interrupted"] is True and summary["picking_interrupted"] is True
+    assert run_cli("plan", str(out))[0] == 0
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["interrupted"] is True and "picking_interrupted" not in summary
+    assert not any("interrupted while making the plan" in n for n in summary["notes"])
 
 
 def test_a_rerun_of_the_run_removes_the_last_plans_settings(tiny_mrcs, tmp_path, run_cli):

@@ -676,6 +676,22 @@ def test_a_report_written_later_keeps_the_flag_of_a_run_whose_picking_was_interr
                                                                          "interrupted": False}
 
 
+def test_a_report_written_after_a_stopped_plan_leaves_the_plan_interrupted(tmp_path):
+    # A run stopped while drawing its report, then a `lipoframe plan` of it stopped in a writer: the report written
+    # then said 'interrupted: false' although the plan's exports were incomplete. It settles the run's flag only.
+    from lipoframe.runner import picking_interrupted
+
+    report_note = "interrupted while writing the report: the picks, exports and extraction plan are complete; ..."
+    plan_note = "interrupted while making the plan: its exports and extraction plan files are incomplete; run `lipoframe plan x` again"
+    summary = {"interrupted": True, "picking_interrupted": True, "micrographs": {"total": 1, "ok": 1, "not_done": 0},
+               "notes": [report_note, plan_note], "run_notes": [report_note]}
+    (tmp_path / "run_summary.json").write_text(json.dumps(summary))
+    assert report.settle_report_interruption(tmp_path)
+    settled = json.loads((tmp_path / "run_summary.json").read_text())
+    assert settled == {**summary, "picking_interrupted": False, "notes": [plan_note], "run_notes": []}
+    assert not picking_interrupted(settled)  # what a plan that finishes says
+
+
 def test_volume_overlay_shows_the_central_slab_and_its_picks(tmp_path):
     from lipoframe.records import Micrograph, MicrographMeta
 
