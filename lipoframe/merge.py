@@ -251,6 +251,9 @@ def merge_runs(folders: list[str | Path], out_dir: str | Path, overrides: list[s
     Raises
     ------
     MergeError, ConfigError, InputError
+    KeyboardInterrupt
+        After Ctrl-C or SIGTERM, once ``run_summary.json`` records the
+        interruption.
     """
     import shutil
 
@@ -269,6 +272,7 @@ def merge_runs(folders: list[str | Path], out_dir: str | Path, overrides: list[s
         folder_log,
         load_work,
         output_folder,
+        sigterm_as_interrupt,
         write_manifest,
     )
 
@@ -305,44 +309,59 @@ def merge_runs(folders: list[str | Path], out_dir: str | Path, overrides: list[s
                 failed_before[f["micrograph"]] = f["error"]
         except (OSError, ValueError, KeyError, TypeError):
             pass
-    with output_folder(out_dir), folder_log(out_dir, "merge " + " ".join([*map(str, folders), *overrides])):
+    names = [n for _, n, _ in order]
+    # SIGTERM (`kill`, the end of a batch job) stops it as Ctrl-C does, and run_summary.json says so.
+    with output_folder(out_dir), folder_log(out_dir, "merge " + " ".join([*map(str, folders), *overrides])), sigterm_as_interrupt():
         # As a run does: an earlier merge's (or run's) picks and exports made with other settings go now,
         # not when this merge's dataset step replaces them (never, if it is interrupted).
         dropped = drop_outputs_of_other_settings(out_dir, cfg)  # before write_manifest: it may read the earlier inputs.json
         if dropped:
             log.warning(dropped)
         results: list[MicResult] = []
-        for shard, name, path in order:
-            done = load_work(shard.folder, name, fingerprint)
-            if done is None:
-                error = failed_before.get(path) or f"{path}: no complete result in {shard.folder} (rerun that shard to finish it)"
-                results.append(MicResult(name, path, "failed", error=error))
-                continue
-            picks = done[1]
-            for src, dst in zip(_work_paths(shard.folder, name), _work_paths(out_dir, name)):
-                with atomic_path(dst) as tmp:
-                    shutil.copyfile(src, tmp)
-            n_acc = int(picks["accepted"].sum()) if len(picks) else 0
-            results.append(MicResult(name, path, "ok", len(picks), n_acc))
-        (out_dir / WORK_DIR).mkdir(exist_ok=True)
-        specs = list(dict.fromkeys(i for s in shards for i in s.manifest.get("inputs", [])))
-        from lipoframe.config import ShardConfig
+        try:
+            for shard, name, path in order:
+                done = load_work(shard.folder, name, fingerprint)
+                if done is None:
+                    error = failed_before.get(path) or f"{path}: no complete result in {shard.folder} (rerun that shard to finish it)"
+                    results.append(MicResult(name, path, "failed", error=error))
+                    continue
+                picks = done[1]
+                for src, dst in zip(_work_paths(shard.folder, name), _work_paths(out_dir, name)):
+                    with atomic_path(dst) as tmp:
+                        shutil.copyfile(src, tmp)
+                n_acc = int(picks["accepted"].sum()) if len(picks) else 0
+                results.append(MicResult(name, path, "ok", len(picks), n_acc))
+            (out_dir / WORK_DIR).mkdir(exist_ok=True)
+            specs = list(dict.fromkeys(i for s in shards for i in s.manifest.get("inputs", [])))
+            from lipoframe.config import ShardConfig
 
-        cfg.shard = ShardConfig()
-        project = next((s.manifest["relion_project"] for s in shards if s.manifest.get("relion_project")), None)
-        star = next((s.manifest["relion_micrographs_star"] for s in shards if s.manifest.get("relion_micrographs_star")), None)
-        write_manifest(out_dir, specs, [Path(p) for _, _, p in order], [n for _, n, _ in order], cfg, fingerprint, project=project,
-                       micrographs_star=star)
-        merged = OmegaConf.merge(composed, {"output": str(out_dir), "shard": {"index": 0, "count": 1}})
-        drop_hydra_record(out_dir)  # plan, report and merge read .hydra/ first: the merge's config.yaml is the record now
-        write_text(out_dir / "config.yaml", OmegaConf.to_yaml(merged))
-        write_text(out_dir / "merged_from.json", json.dumps([str(s.folder) for s in shards], indent=1))
+            cfg.shard = ShardConfig()
+            project = next((s.manifest["relion_project"] for s in shards if s.manifest.get("relion_project")), None)
+            star = next((s.manifest["relion_micrographs_star"] for s in shards if s.manifest.get("relion_micrographs_star")), None)
+            write_manifest(out_dir, specs, [Path(p) for _, _, p in order], names, cfg, fingerprint, project=project,
+                           micrographs_star=star)
+            merged = OmegaConf.merge(composed, {"output": str(out_dir), "shard": {"index": 0, "count": 1}})
+            drop_hydra_record(out_dir)  # plan, report and merge read .hydra/ first: the merge's config.yaml is the record now
+            write_text(out_dir / "config.yaml", OmegaConf.to_yaml(merged))
+            write_text(out_dir / "merged_from.json", json.dumps([str(s.folder) for s in shards], indent=1))
+        except KeyboardInterrupt:
+            # As a run stopped while picking: run_summary.json says so, and how many micrographs are not copied yet;
+            # that of an earlier merge with the same settings (whose outputs stay) said its outputs were this merge's.
+            finish_run(out_dir.absolute(), names, results, stages, cfg, t0=t0, errors=[], notes=notes + ([dropped] if dropped else []),
+                       interrupted=True, workers=1, finalize=False)
+            log.warning("interrupted: %d of %d micrographs are copied; run the same `lipoframe merge` command again to finish it",
+                        sum(r.status == "ok" for r in results), len(names))
+            raise
         for n in notes:
             log.warning(n)
         notes += [dropped] if dropped else []
         # The absolute folder, as a run's (Hydra's output_dir): the console's 'outputs' line and run_summary.json's out_dir.
-        result = finish_run(out_dir.absolute(), [n for _, n, _ in order], results, stages, cfg, pm=pm, t0=t0, errors=[], notes=notes,
-                            workers=1)
+        try:
+            result = finish_run(out_dir.absolute(), names, results, stages, cfg, pm=pm, t0=t0, errors=[], notes=notes, workers=1)
+        except KeyboardInterrupt:  # in the binning or a writer: finish_run's run_summary.json says so
+            log.warning("interrupted while writing the exports and the extraction plan (every micrograph is copied): "
+                        "run the same `lipoframe merge` command again to finish it")
+            raise
         if cfg.runner.report:
             from lipoframe.report import write_report_safely
 

@@ -142,6 +142,57 @@ def test_a_merge_again_with_other_settings_drops_the_earlier_merges_outputs_as_i
     assert (out / "picks.csv").is_file()
 
 
+def test_a_merge_stopped_while_copying_or_in_a_writer_says_so(sharded, monkeypatch, caplog):
+    # Stopped while copying the shards' results into a folder holding an earlier merge with the same settings,
+    # run_summary.json stayed the earlier merge's ('interrupted: false'), and SIGTERM ended the merge outright.
+    import os
+    import signal
+
+    import lipoframe.runner
+    from lipoframe.builtin.writers import StarWriter
+    from lipoframe.cli import main
+
+    out = sharded / "merged_stopped"
+    merge_it = [str(sharded / "shards"), f"output={out}"]
+    assert merge.main(merge_it) == 0
+    load_work, calls = lipoframe.runner.load_work, []
+
+    def sigterm_on_the_second(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return load_work(*args, **kwargs)
+
+    def unhandled(signum, frame):  # in place of the default action, which would end the test session
+        raise AssertionError("SIGTERM was not turned into an interruption")
+
+    old = signal.signal(signal.SIGTERM, unhandled)
+    try:
+        with monkeypatch.context() as mp, caplog.at_level(logging.WARNING, logger="lipoframe"):
+            mp.setattr(lipoframe.runner, "load_work", sigterm_on_the_second)
+            assert main(["merge", *merge_it]) == 130
+        assert signal.getsignal(signal.SIGTERM) is unhandled
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["interrupted"] is True
+    assert summary["micrographs"] == {"total": 5, "ok": 1, "skipped": 0, "failed": 0, "not_done": 4}
+    assert "interrupted: 1 of 5 micrographs are copied; run the same `lipoframe merge` command again to finish it" in caplog.messages
+    caplog.clear()
+    with monkeypatch.context() as mp, caplog.at_level(logging.WARNING, logger="lipoframe"):
+        def ctrl_c(*args, **kwargs):
+            raise KeyboardInterrupt
+
+        mp.setattr(StarWriter, "write", ctrl_c)
+        assert main(["merge", *merge_it]) == 130
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["interrupted"] is True and summary["micrographs"]["not_done"] == 0
+    assert ("interrupted while writing the exports and the extraction plan (every micrograph is copied): "
+            "run the same `lipoframe merge` command again to finish it") in caplog.messages
+    assert merge.main(merge_it) == 0
+    assert json.loads((out / "run_summary.json").read_text())["interrupted"] is False
+
+
 def test_merge_accepts_the_sweep_folder(sharded):
     root = sharded
     assert merge.main([str(root / "shards"), f"output={root / 'merged_sweep'}"]) == 0
