@@ -859,17 +859,23 @@ def test_plan_refuses_a_run_whose_binning_is_no_longer_installed(make_plugin, ti
     assert code == 0 and "policy single" in out_text, err
 
 
+def _run_interrupted_before_mic_1(tiny_mrcs, tmp_path, run_cli) -> Path:
+    """The folder of a run of the tiny micrographs as left when interrupted before it picked mic_1."""
+    out = tmp_path / "out"
+    code, _, err = run_cli("run", f"input={tiny_mrcs[0].parent}", f"output={out}", *TINY_ARGS)
+    assert code == 0, err
+    for suffix in (".json", ".csv"):
+        (out / "micrographs" / f"mic_1{suffix}").unlink()
+    summary = json.loads((out / "run_summary.json").read_text())
+    (out / "run_summary.json").write_text(json.dumps({**summary, "interrupted": True}))
+    return out
+
+
 def test_plan_of_an_interrupted_run_says_which_micrographs_it_leaves_out(tiny_mrcs, tmp_path, run_cli):
     # Before, `lipoframe plan` on the folder of an interrupted run wrote picks.csv, the plan and the
     # writers' files from the micrographs picked so far without a word, while the run itself
     # writes no dataset-level outputs from a partial dataset.
-    out = tmp_path / "out"
-    code, _, err = run_cli("run", f"input={tiny_mrcs[0].parent}", f"output={out}", *TINY_ARGS)
-    assert code == 0, err
-    for suffix in (".json", ".csv"):  # mic_1 not picked yet when the run was interrupted
-        (out / "micrographs" / f"mic_1{suffix}").unlink()
-    summary = json.loads((out / "run_summary.json").read_text())
-    (out / "run_summary.json").write_text(json.dumps({**summary, "interrupted": True}))
+    out = _run_interrupted_before_mic_1(tiny_mrcs, tmp_path, run_cli)
     code, _, err = run_cli("plan", str(out))
     assert ("lipoframe plan: 1 of 2 micrograph(s) have no saved picks and are not in the plan; the run was interrupted: "
             "run the same `lipoframe run` command again to finish it") in err.splitlines()
@@ -969,13 +975,7 @@ def test_a_plan_stopped_in_its_binning_or_a_writer_says_so_until_a_plan_finishes
 
 
 def test_a_finished_plan_keeps_the_flag_of_a_run_whose_picking_was_interrupted(tiny_mrcs, tmp_path, run_cli, monkeypatch):
-    out = tmp_path / "out"
-    code, _, err = run_cli("run", f"input={tiny_mrcs[0].parent}", f"output={out}", *TINY_ARGS)
-    assert code == 0, err
-    for suffix in (".json", ".csv"):  # mic_1 not picked yet when the run was interrupted
-        (out / "micrographs" / f"mic_1{suffix}").unlink()
-    summary = json.loads((out / "run_summary.json").read_text())
-    (out / "run_summary.json").write_text(json.dumps({**summary, "interrupted": True}))
+    out = _run_interrupted_before_mic_1(tiny_mrcs, tmp_path, run_cli)
     with _plan_stopped_in("binning", monkeypatch):
         assert run_cli("plan", str(out))[0] == 130
     summary = json.loads((out / "run_summary.json").read_text())
