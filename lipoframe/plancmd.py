@@ -465,14 +465,16 @@ def replan(run_dir: str | Path, overrides: list[str] = (), *, report: bool = Fal
     PlanError, ConfigError, InputError
     KeyboardInterrupt
         After Ctrl-C or SIGTERM in the binning or a writer, once
-        ``run_summary.json`` records that the plan is incomplete.
+        ``run_summary.json`` records that the plan is incomplete; or while
+        drawing the report (``report``), once it records that the report
+        is not written (:func:`~lipoframe.runner.record_report_interrupted`).
     """
     from omegaconf import OmegaConf
 
     from lipoframe import plugins
     from lipoframe.io.atomic import write_text
     from lipoframe.runner import (MANIFEST, REPORT_INTERRUPTED, WRITTEN, build_stages, finish_run, folder_log, output_folder,
-                                  record_written, sigterm_as_interrupt)
+                                  record_report_interrupted, record_written, sigterm_as_interrupt)
 
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
@@ -518,7 +520,12 @@ def replan(run_dir: str | Path, overrides: list[str] = (), *, report: bool = Fal
         if report:
             from lipoframe.report import write_report_safely
 
-            if write_report_safely(run_dir, cfg=cfg, stages=stages, result=result) is not None:
+            try:
+                written = write_report_safely(run_dir, cfg=cfg, stages=stages, result=result)
+            except KeyboardInterrupt:  # Ctrl-C or SIGTERM while drawing it: the plan is complete, as a run's stopped so
+                record_report_interrupted(run_dir)
+                raise
+            if written is not None:
                 # The report a run stopped while drawing is written: its note no longer applies (nor in run_summary.json).
                 result.notes = [n for n in result.notes if not str(n).startswith(REPORT_INTERRUPTED)]
     return result

@@ -2598,6 +2598,32 @@ def picking_interrupted(picking: dict) -> bool:
     return bool(picking.get(PICKING_INTERRUPTED, picking.get("interrupted", False)))
 
 
+def record_report_interrupted(out_dir: Path) -> None:
+    """Record in ``out_dir``'s ``run_summary.json`` (and log) that the report was not written: Ctrl-C or SIGTERM while drawing it.
+
+    The picks, exports and extraction plan are complete, but the summary must
+    not say the run (or ``lipoframe plan --report``) finished: it says
+    ``interrupted`` and gets a note (:data:`REPORT_INTERRUPTED`), in
+    :data:`RUN_NOTES` too for a plan made later. The report written later
+    (``lipoframe report``, ``lipoframe plan --report``) settles both
+    (:func:`lipoframe.report.settle_report_interruption`). A summary that
+    already says ``interrupted`` for another reason (the plan of a run
+    stopped before it finished) is left as it is: a report must not settle that.
+    """
+    summary_path = out_dir / "run_summary.json"
+    summary = json.loads(summary_path.read_text())
+    said = f"{REPORT_INTERRUPTED}: the picks, exports and extraction plan are complete; `lipoframe report {out_dir}` writes it"
+    notes = summary.get("notes") if isinstance(summary.get("notes"), list) else []
+    run_notes = summary.get(RUN_NOTES) if isinstance(summary.get(RUN_NOTES), list) else []
+    # A plan of a run stopped so carries the run's note already (and its flag): not twice.
+    if not summary.get("interrupted") and not any(str(n).startswith(REPORT_INTERRUPTED) for n in notes):
+        # RUN_NOTES: for a plan made later, as the report reads it
+        summary = {**summary, "interrupted": True, "notes": [*notes, said], RUN_NOTES: [*run_notes, said]}
+        write_text(summary_path, json.dumps(summary, indent=2))
+    log.warning("interrupted while writing the report; the picks, exports and extraction plan are complete: "
+                "`lipoframe report %s` (or the same command again) writes it", out_dir)
+
+
 def replanned_notes(picking: dict, pixel_size: float | None) -> tuple[list[str], list[str]] | None:
     """The notes of the run that picked (its ``run_summary.json``, ``picking``) that a new plan keeps, and those on the pixel size.
 
@@ -2878,16 +2904,7 @@ def run_pipeline(
                 # Ctrl-C or SIGTERM while drawing the report: the picks, exports
                 # and plan are complete, but run_summary.json must not say the
                 # run finished.
-                summary_path = out_dir / "run_summary.json"
-                summary = json.loads(summary_path.read_text())
-                summary["interrupted"] = True
-                said = (f"{REPORT_INTERRUPTED}: the picks, exports and "
-                        f"extraction plan are complete; `lipoframe report {out_dir}` writes it")
-                summary["notes"] = [*summary.get("notes", []), said]
-                summary[RUN_NOTES] = [*summary.get(RUN_NOTES, []), said]  # for a plan made later, as the report reads it
-                write_text(summary_path, json.dumps(summary, indent=2))
-                log.warning("interrupted while writing the report; the picks, exports and extraction plan are complete: "
-                            "`lipoframe report %s` (or the same command again) writes it", out_dir)
+                record_report_interrupted(out_dir)
                 raise
         elif not interrupted:
             from lipoframe.report import drop_earlier_report

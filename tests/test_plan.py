@@ -906,10 +906,12 @@ def test_plan_of_a_killed_run_calls_its_unpicked_micrographs_not_done_not_failed
 
 @contextlib.contextmanager
 def _plan_stopped_in(where: str, monkeypatch):
-    """Make a plan stop in its binning (Ctrl-C) or in the star writer, after the csv writer's files (SIGTERM)."""
+    """Make a plan stop in its binning (Ctrl-C), in the star writer, after the csv writer's files (SIGTERM), or
+    while drawing its report (SIGTERM), after its exports and plan files."""
     import os
     import signal
 
+    from lipoframe import report
     from lipoframe.builtin.binning import PeakValleyBinner
     from lipoframe.builtin.writers import StarWriter
 
@@ -930,7 +932,10 @@ def _plan_stopped_in(where: str, monkeypatch):
     old = signal.signal(signal.SIGTERM, unhandled)
     try:
         with monkeypatch.context() as mp:
-            mp.setattr(StarWriter, "write", sigterm)
+            if where == "report":
+                mp.setattr(report, "write_report", sigterm)
+            else:
+                mp.setattr(StarWriter, "write", sigterm)
             yield
         assert signal.getsignal(signal.SIGTERM) is unhandled  # the plan put it back
     finally:
@@ -984,6 +989,33 @@ def test_a_finished_plan_keeps_the_flag_of_a_run_whose_picking_was_interrupted(t
     summary = json.loads((out / "run_summary.json").read_text())
     assert summary["interrupted"] is True and "picking_interrupted" not in summary
     assert not any("interrupted while making the plan" in n for n in summary["notes"])
+
+
+def test_a_plan_stopped_while_drawing_its_report_says_so_until_a_report_is_written(tiny_mrcs, tmp_path, run_cli, monkeypatch):
+    # `lipoframe plan RUN --report` stopped while drawing the report: report.html was removed, but run_summary.json
+    # said 'interrupted: false' with no note, as if the plan had written it (a run stopped so says so).
+    out = tmp_path / "out"
+    code, _, err = run_cli("run", f"input={tiny_mrcs[0].parent}", f"output={out}", *TINY_ARGS)
+    assert code == 0, err
+    assert run_cli("report", str(out), "--no-overlays")[0] == 0  # the earlier report, which goes
+    with _plan_stopped_in("report", monkeypatch):
+        code, _, err = run_cli("plan", str(out), "binning.rounding=even", "--report")
+    assert code == 130 and err == "lipoframe: interrupted\n", err
+    assert not (out / "report.html").exists()
+    assert json.loads((out / "extraction_plan.json").read_text())["policy"]  # the plan's outputs are complete
+    summary = json.loads((out / "run_summary.json").read_text())
+    said = f"interrupted while writing the report: the picks, exports and extraction plan are complete; `lipoframe report {out}` writes it"
+    assert summary["interrupted"] is True and "picking_interrupted" not in summary
+    assert said in summary["notes"] and said in summary["run_notes"]
+    # a plan made meanwhile keeps it; the report written later drops the flag and the note, as after a run stopped so
+    assert run_cli("plan", str(out), "binning.rounding=even")[0] == 0
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["interrupted"] is True and summary["notes"].count(said) == 1
+    code, _, err = run_cli("report", str(out), "--no-overlays")
+    assert code == 0, err
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["interrupted"] is False
+    assert not any("interrupted" in n for n in summary["notes"] + summary["run_notes"]), summary
 
 
 def test_a_rerun_of_the_run_removes_the_last_plans_settings(tiny_mrcs, tmp_path, run_cli):
