@@ -45,6 +45,9 @@ example:
   lipoframe merge shards output=merged
 """
 
+#: The file of a merged folder that lists the run folders merged into it.
+MERGED_FROM = "merged_from.json"
+
 #: Overrides that differ between shards by design, or only steer Hydra or the runner.
 _PER_SHARD = ("shard.", "output=", "hydra", "runner.", "+hydra", "~hydra", "watch=", "stream.")
 
@@ -245,6 +248,19 @@ def drop_hydra_record(out_dir: Path) -> bool:
     return found
 
 
+def is_merged_folder(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a ``lipoframe merge``'s result, not a run's.
+
+    It has :data:`MERGED_FROM` and no ``.hydra/`` record: a ``lipoframe run``
+    into a merged folder writes one (which ``lipoframe plan`` and
+    ``report`` read first) and leaves the merge's list. True also while a
+    merge with the same settings into the folder is under way or was stopped
+    (it writes its own list at the end of the copying).
+    """
+    folder = Path(folder)
+    return (folder / MERGED_FROM).is_file() and not (folder / ".hydra" / "config.yaml").is_file()
+
+
 def merge_runs(folders: list[str | Path], out_dir: str | Path, overrides: list[str] = ()):
     """Merge run folders into ``out_dir``; returns the :class:`~lipoframe.runner.RunResult`.
 
@@ -343,7 +359,7 @@ def merge_runs(folders: list[str | Path], out_dir: str | Path, overrides: list[s
             merged = OmegaConf.merge(composed, {"output": str(out_dir), "shard": {"index": 0, "count": 1}})
             drop_hydra_record(out_dir)  # plan, report and merge read .hydra/ first: the merge's config.yaml is the record now
             write_text(out_dir / "config.yaml", OmegaConf.to_yaml(merged))
-            write_text(out_dir / "merged_from.json", json.dumps([str(s.folder) for s in shards], indent=1))
+            write_text(out_dir / MERGED_FROM, json.dumps([str(s.folder) for s in shards], indent=1))
         except KeyboardInterrupt:
             # As a run stopped while picking: run_summary.json says so, and how many micrographs are not copied yet;
             # that of an earlier merge with the same settings (whose outputs stay) said its outputs were this merge's.

@@ -595,8 +595,12 @@ def _main(argv: list[str]) -> int:
             interrupted = bool(json.loads((Path(args.run_dir) / "run_summary.json").read_text()).get("interrupted"))
         except (OSError, ValueError, AttributeError):
             interrupted = False
+        from lipoframe.merge import is_merged_folder
+
+        # A merge stopped while copying the shards' results: the merge again copies the rest.
+        what = "merge" if is_merged_folder(args.run_dir) else "run"
         print(f"lipoframe plan: {missing} of {len(result.results)} micrograph(s) have no saved picks and are not in the plan"
-              + ("; the run was interrupted: run the same `lipoframe run` command again to finish it" if interrupted
+              + (f"; the {what} was interrupted: run the same `lipoframe {what}` command again to finish it" if interrupted
                  else " (they failed in the run)"), file=sys.stderr)
     if args.json:
         print(plan.to_json())

@@ -821,7 +821,12 @@ def build_html(data: RunData, rows: list[MicrographRow], plots_png: list[tuple[s
     plan_stopped = [str(n) for n in data.summary.get("notes", []) if str(n).startswith(PLAN_INTERRUPTED)]
     if not_done or (picking_interrupted(data.summary) and not report_only):
         # As the console summary says (runner.format_summary): the report of a partly done run.
-        left = f"{not_done:,} of {int(counts.get('total', 0) or 0):,} micrographs not picked yet" if not_done else "the run did not finish"
+        from lipoframe.merge import is_merged_folder
+
+        # A merge stopped while copying the shards' results: those not copied yet are picked (in their shards).
+        merged = is_merged_folder(data.out_dir)
+        left = (f"{not_done:,} of {int(counts.get('total', 0) or 0):,} micrographs not {'copied' if merged else 'picked'} yet" if not_done
+                else f"the {'merge' if merged else 'run'} did not finish")
         problems += f"<li class='warn'><b>Interrupted</b>: {e(left)}; run the same command again to continue</li>"
     problems += "".join(f"<li class='warn'><b>Interrupted</b> {e(n[len('interrupted '):])}</li>" for n in plan_stopped)
     problems += "".join(f"<li class='warn'>{e(str(x))}</li>" for x in data.summary.get("errors", []))

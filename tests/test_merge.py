@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -142,19 +144,14 @@ def test_a_merge_again_with_other_settings_drops_the_earlier_merges_outputs_as_i
     assert (out / "picks.csv").is_file()
 
 
-def test_a_merge_stopped_while_copying_or_in_a_writer_says_so(sharded, monkeypatch, caplog):
-    # Stopped while copying the shards' results into a folder holding an earlier merge with the same settings,
-    # run_summary.json stayed the earlier merge's ('interrupted: false'), and SIGTERM ended the merge outright.
+@contextlib.contextmanager
+def _merge_stopped_while_copying(monkeypatch):
+    """Make a merge stop (SIGTERM) as it copies the second micrograph's result, after the first's."""
     import os
     import signal
 
     import lipoframe.runner
-    from lipoframe.builtin.writers import StarWriter
-    from lipoframe.cli import main
 
-    out = sharded / "merged_stopped"
-    merge_it = [str(sharded / "shards"), f"output={out}"]
-    assert merge.main(merge_it) == 0
     load_work, calls = lipoframe.runner.load_work, []
 
     def sigterm_on_the_second(*args, **kwargs):
@@ -168,12 +165,25 @@ def test_a_merge_stopped_while_copying_or_in_a_writer_says_so(sharded, monkeypat
 
     old = signal.signal(signal.SIGTERM, unhandled)
     try:
-        with monkeypatch.context() as mp, caplog.at_level(logging.WARNING, logger="lipoframe"):
+        with monkeypatch.context() as mp:
             mp.setattr(lipoframe.runner, "load_work", sigterm_on_the_second)
-            assert main(["merge", *merge_it]) == 130
-        assert signal.getsignal(signal.SIGTERM) is unhandled
+            yield
+        assert signal.getsignal(signal.SIGTERM) is unhandled  # the merge put it back
     finally:
         signal.signal(signal.SIGTERM, old)
+
+
+def test_a_merge_stopped_while_copying_or_in_a_writer_says_so(sharded, monkeypatch, caplog):
+    # Stopped while copying the shards' results into a folder holding an earlier merge with the same settings,
+    # run_summary.json stayed the earlier merge's ('interrupted: false'), and SIGTERM ended the merge outright.
+    from lipoframe.builtin.writers import StarWriter
+    from lipoframe.cli import main
+
+    out = sharded / "merged_stopped"
+    merge_it = [str(sharded / "shards"), f"output={out}"]
+    assert merge.main(merge_it) == 0
+    with _merge_stopped_while_copying(monkeypatch), caplog.at_level(logging.WARNING, logger="lipoframe"):
+        assert main(["merge", *merge_it]) == 130
     summary = json.loads((out / "run_summary.json").read_text())
     assert summary["interrupted"] is True
     assert summary["micrographs"] == {"total": 5, "ok": 1, "skipped": 0, "failed": 0, "not_done": 4}
@@ -191,6 +201,30 @@ def test_a_merge_stopped_while_copying_or_in_a_writer_says_so(sharded, monkeypat
             "run the same `lipoframe merge` command again to finish it") in caplog.messages
     assert merge.main(merge_it) == 0
     assert json.loads((out / "run_summary.json").read_text())["interrupted"] is False
+
+
+def test_plan_and_report_of_a_merge_stopped_while_copying_name_the_merge(sharded, monkeypatch, capsys):
+    # They said to run the same `lipoframe run` command again and called the micrographs not copied yet
+    # "not picked yet": the merge again finishes it (they are picked, in their shards).
+    import html
+
+    from lipoframe import plancmd, report
+
+    out = sharded / "merged_stopped_plan"
+    merge_it = [str(sharded / "shards"), f"output={out}"]
+    assert merge.main(merge_it) == 0
+    for p in (out / "micrographs").iterdir():  # results the earlier merge did not have (a shard finished them since)
+        p.unlink()
+    with _merge_stopped_while_copying(monkeypatch):
+        with pytest.raises(KeyboardInterrupt):
+            merge.merge_runs(merge_it[:1], out)
+    capsys.readouterr()
+    assert plancmd.main([str(out)]) == 0
+    assert ("lipoframe plan: 4 of 5 micrograph(s) have no saved picks and are not in the plan; the merge was interrupted: "
+            "run the same `lipoframe merge` command again to finish it") in capsys.readouterr().err.splitlines()
+    assert report.cmd_report([str(out), "--no-overlays"]) == 0
+    page = " ".join(html.unescape(re.sub(r"<[^>]+>", " ", (out / "report.html").read_text())).split())
+    assert "Interrupted : 4 of 5 micrographs not copied yet; run the same command again to continue" in page, page[:3000]
 
 
 def test_merge_accepts_the_sweep_folder(sharded):
