@@ -640,10 +640,11 @@ def _bin_label(b, pixel_size: float | None) -> str:
     return f"bin {b.index + 1}: {format_range(b.d_min_px, b.d_max_px, sep='–')} px{nm}, box {b.box_px} px"
 
 
-def _legend(data: RunData, picks: pd.DataFrame) -> list[tuple[str, str, bool]]:
+def _legend(data: RunData, picks: pd.DataFrame, pixel_size: float | None = None) -> list[tuple[str, str, bool]]:
+    """The overlay legend; its nm are at ``pixel_size`` (the micrograph's), else at the plan's."""
     from lipoframe import plots
 
-    px = data.plan.pixel_size if data.plan else None
+    px = pixel_size or (data.plan.pixel_size if data.plan else None)
     counts = picks.loc[picks[schema.ACCEPTED], schema.SIZE_BIN].value_counts()
     entries = []
     if data.plan is not None and data.plan.bins:
@@ -991,7 +992,7 @@ def write_report(
     has_plan = data.plan is not None
     ov_dir = safe_child(out_dir, OVERLAY_DIR)
     by_mic = {n: g for n, g in picks.groupby(schema.MICROGRAPH, sort=False)} if len(picks) else {}
-    legend_all = None
+    legends: dict = {}  # by pixel size: the bins' nm are each micrograph's own
 
     rows: list[MicrographRow] = []
     for f in data.failures:
@@ -1017,8 +1018,9 @@ def write_report(
         if not meta.path:
             row.note = "no file path recorded"
             continue
-        if legend_all is None:
-            legend_all = _legend(data, picks)
+        if meta.pixel_size not in legends:
+            legends[meta.pixel_size] = _legend(data, picks, meta.pixel_size)
+        legend_all = legends[meta.pixel_size]
         legend = [(lab.rsplit("  [", 1)[0] + f"  [{cnt}]", c, dsh) for (lab, c, dsh), cnt in
                   zip(legend_all, _legend_counts(data, g))]
         if len(g) > n_acc:

@@ -919,3 +919,24 @@ def test_a_run_without_report_removes_an_earlier_runs_report(run_copy, done, cap
     assert not (run_copy / "report.html").exists()
     assert f"`lipoframe report {run_copy}` writes this run's" in caplog.text
     assert (run_copy / "picks.csv").is_file()
+
+
+def test_overlay_legend_gives_each_micrographs_nm_at_its_own_pixel_size(tmp_path, run_cli, monkeypatch):
+    # A run of micrographs at 2 and 4 Å/px: every overlay's legend gave the bins' nm at the plan's
+    # (median) pixel size, so the 2 Å/px micrograph's title said '2 Å/px' above bins in nm at 3 Å/px.
+    from conftest import TINY_ARGS
+
+    for i, px in enumerate((2.0, 4.0)):
+        write_mrc(tmp_path / "mics" / f"mic_{i}.mrc", tiny_image(seed=i)[0], pixel_size=px)
+    run = tmp_path / "run"
+    code, _, err = run_cli("run", f"input={tmp_path / 'mics'}", f"output={run}", *TINY_ARGS)
+    assert code == 0, err
+    jobs = {}
+    monkeypatch.setattr(report, "render_overlays", lambda js, *a, **k: jobs.update({j.name: j for j in js}) or [])
+    code, _, err = run_cli("report", str(run))
+    assert code == 0, err
+    plan = json.loads((run / "extraction_plan.json").read_text())
+    b = plan["bins"][0]
+    for name, px in (("mic_0", 2.0), ("mic_1", 4.0)):
+        want = report._bin_label(SizeBin(index=0, d_min_px=b["d_min_px"], d_max_px=b["d_max_px"], count=1, box_px=b["box_px"]), px)
+        assert jobs[name].legend[0][0].startswith(want + "  ["), (name, jobs[name].legend[0][0], want)
