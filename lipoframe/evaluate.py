@@ -1156,7 +1156,15 @@ def evaluate(
     if reference_diameter is not None:
         ref[schema.DIAMETER] = ref[schema.DIAMETER].fillna(float(reference_diameter))
     if ref[schema.DIAMETER].isna().any():
-        raise ValueError("reference has rows without diameter_px; give reference_diameter=<px>")
+        where = f"{sources['reference']}: " if sources and sources.get("reference") else ""
+        if schema.DIAMETER not in reference.columns:
+            # A table with its diameter under another name (diameter_px_watershed_equiv, ...) says which it has.
+            near = [str(c) for c in reference.columns if "diam" in str(c).lower()]
+            fix = (f" (it has {', '.join(near)}): rename the one to use to diameter_px, or give reference_diameter=<px>"
+                   if near else "; give reference_diameter=<px>")
+            raise ValueError(f"{where}the reference has no diameter_px column{fix}")
+        n = int(ref[schema.DIAMETER].isna().sum())
+        raise ValueError(f"{where}{n} of {len(ref)} reference rows have no diameter_px; give reference_diameter=<px>")
     bad = ~(np.isfinite(ref[schema.DIAMETER].to_numpy(float)) & (ref[schema.DIAMETER].to_numpy(float) > 0))
     if bad.any():
         first = ref.loc[bad].iloc[0]

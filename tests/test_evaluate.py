@@ -1729,3 +1729,21 @@ def test_job_folders_takes_only_folders(tmp_path):
     (tmp_path / "0").mkdir()
     (tmp_path / "notes.txt").write_text("x")
     assert sweepdir.job_folders(tmp_path, lambda p: True) == [tmp_path / "0"]
+
+
+def test_a_reference_without_a_diameter_column_says_so_and_names_its_diameter_columns():
+    # The real virion reference (x_px, y_px, diameter_px_watershed_equiv, diameter_px_inscribed) was refused with
+    # 'reference has rows without diameter_px', which read as if some rows were empty and named neither the file
+    # nor the columns it does have.
+    picks = table([("m", 100.0, 100.0, 50.0)])
+    ref = pd.DataFrame({"x_px": [100.0], "y_px": [100.0], "diameter_px_watershed_equiv": [50.0], "diameter_px_inscribed": [45.0]})
+    with pytest.raises(ValueError) as err:
+        evaluate(picks, ref, sources={"picks": "run", "reference": "virions.csv"})
+    assert str(err.value) == ("virions.csv: the reference has no diameter_px column (it has diameter_px_watershed_equiv, "
+                              "diameter_px_inscribed): rename the one to use to diameter_px, or give reference_diameter=<px>")
+    with pytest.raises(ValueError, match=r"^the reference has no diameter_px column; give reference_diameter=<px>$"):
+        evaluate(picks, ref[["x_px", "y_px"]])
+    some = pd.DataFrame({"micrograph": ["m", "m"], "x_px": [100.0, 300.0], "y_px": [100.0, 300.0], "diameter_px": [50.0, np.nan]})
+    with pytest.raises(ValueError, match=r"^1 of 2 reference rows have no diameter_px; give reference_diameter=<px>$"):
+        evaluate(picks, some)
+    assert evaluate(picks, some, reference_diameter=40).summary["tp"] == 1
