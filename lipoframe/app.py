@@ -800,6 +800,20 @@ def run(argv: list[str]) -> int:
     if output and not any(o.startswith(("hydra.run.dir=", "hydra.sweep.dir=")) for o in overrides):
         # The folder as Hydra will make it: quotes removed, ${...} resolved.
         folder = Path(resolved_output) if (not info_only and not own_config and resolved_output) else None
+        if folder is not None and not multirun:
+            # Nothing to pick (every input failed before a micrograph was read): only the input errors, and
+            # nothing made or written: no output folder, no .hydra/ record over an earlier run's.
+            from lipoframe.runner import nothing_to_pick_messages
+
+            try:
+                refused = nothing_to_pick_messages(job_cfg, folder, registry)
+            except ConfigError as exc:
+                print(f"lipoframe: config error: {exc}", file=sys.stderr)
+                return 2
+            for line in refused:
+                print(f"lipoframe: {line}", file=sys.stderr)
+            if refused:
+                return 1
         try:
             if folder is not None:
                 folder.mkdir(parents=True, exist_ok=True)
@@ -809,19 +823,6 @@ def run(argv: list[str]) -> int:
         except OSError as exc:
             print(f"lipoframe: {folder}: cannot create or write the output folder ({exc.strerror or exc})", file=sys.stderr)
             return 1
-        if folder is not None and not multirun:
-            # Before Hydra writes this run's settings into .hydra/ over the earlier run's record.
-            from lipoframe.runner import earlier_run_kept
-
-            try:
-                refused = earlier_run_kept(job_cfg, folder, registry)
-            except ConfigError as exc:
-                print(f"lipoframe: config error: {exc}", file=sys.stderr)
-                return 2
-            for line in refused:
-                print(f"lipoframe: {line}", file=sys.stderr)
-            if refused:
-                return 1
         argv = argv + ([f"hydra.sweep.dir={output}"] if multirun else [f"hydra.run.dir={output}"])
 
     state = {"exit": 0}

@@ -1725,34 +1725,42 @@ def no_match_message(specs: list[str], n_ours: int) -> str:
     return f"no input files match {', '.join(map(str, specs))}" + (" outside the output folder" if n_ours else "")
 
 
-def nothing_to_pick(paths: list[Path], out_dir: Path) -> bool:
-    """Whether a run into ``out_dir`` must leave the earlier run there alone: none of ``paths`` exists (a mistyped
-    glob or file name) and ``out_dir`` holds a run (its ``inputs.json``)."""
-    return not any(os.path.exists(p) for p in paths) and (out_dir / MANIFEST).is_file()
+def nothing_to_pick(paths: list[Path]) -> bool:
+    """Whether a run has no micrograph to read: none of ``paths`` exists (no input matched, a micrograph list
+    could not be used, a mistyped glob or file name). Such a run is refused before its dataset step."""
+    return not any(os.path.exists(p) for p in paths)
 
 
 def earlier_run_message(out_dir: Path) -> str:
     return f"no micrograph to pick, so nothing was written: the earlier run's outputs in {out_dir} are as they were"
 
 
-def earlier_run_kept(cfg: LipoframeConfig, out_dir: str | os.PathLike, registry: StageRegistry) -> list[str]:
-    """The messages of a run that would find no micrograph to pick in a folder holding an earlier run; [] otherwise.
+#: Why :func:`run_pipeline` stops when there is nothing to pick and no earlier run in the output folder.
+NOTHING_TO_PICK = "no micrograph to pick: no picks, plan or exports were written"
 
-    :func:`run_pipeline` refuses such a run itself; ``lipoframe run`` asks
-    first, before Hydra writes the new settings over the earlier run's
-    ``.hydra/`` record (read by ``lipoframe plan``, ``report`` and
-    ``merge``). No input (the demo set) and ``watch=true`` (which waits for
-    files) are never refused.
+
+def nothing_to_pick_messages(cfg: LipoframeConfig, out_dir: str | os.PathLike, registry: StageRegistry) -> list[str]:
+    """The messages of a run that would find no micrograph to pick (see :func:`nothing_to_pick`); [] otherwise.
+
+    The input errors (a glob that matches nothing, a list that cannot be
+    used, a named file that does not exist), and, when ``out_dir`` holds an
+    earlier run, that its outputs are left as they were. :func:`run_pipeline`
+    refuses such a run itself; ``lipoframe run`` asks first, before it makes
+    the output folder and before Hydra writes the new settings over an
+    earlier run's ``.hydra/`` record (read by ``lipoframe plan``, ``report``
+    and ``merge``). No input (the demo set) and ``watch=true`` (which waits
+    for files) are never refused.
     """
     out_dir = Path(out_dir)
     specs = list(cfg.input)
-    if not specs or cfg.watch or not (out_dir / MANIFEST).is_file():
+    if not specs or cfg.watch:
         return []
     paths, errors, _, n_ours, _ = run_inputs(specs, build_stages(cfg, registry), out_dir)
-    if not nothing_to_pick(paths, out_dir):
+    if not nothing_to_pick(paths):
         return []
     missing = [f"{p}: file not found" for p in paths]  # named files that do not exist
-    return [*errors, *missing, *([] if errors or missing else [no_match_message(specs, n_ours)]), earlier_run_message(out_dir)]
+    earlier = [earlier_run_message(out_dir)] if (out_dir / MANIFEST).is_file() else []
+    return [*errors, *missing, *([] if errors or missing else [no_match_message(specs, n_ours)]), *earlier]
 
 
 def same_file_notes(same_file: list[tuple[Path, Path]], paths: list[Path], names: list[str]) -> list[str]:
@@ -2819,8 +2827,9 @@ def run_pipeline(
     Raises
     ------
     InputError
-        If the output folder cannot be written, or no input file is found
-        while it holds an earlier run (whose outputs are then left alone).
+        If the output folder cannot be written, or there is no micrograph to
+        pick (:func:`nothing_to_pick`; the input errors are logged, and no
+        dataset is made: an earlier run's outputs are left alone).
     KeyboardInterrupt
         After Ctrl-C, once the micrographs in progress are saved and
         ``run_summary.json`` records the interruption.
@@ -2861,11 +2870,13 @@ def run_pipeline(
             errors.append(no_match_message(specs, n_ours))
         for e in errors:
             log.error(e)
-        if nothing_to_pick(paths, out_dir):
-            # A mistyped glob or file name must not replace an earlier run's picks and exports with an empty dataset.
+        if nothing_to_pick(paths):
+            # Every input failed before a micrograph was read (a mistyped glob or file name, a list that cannot be
+            # used): the errors say all there is, and no empty dataset (plan, exports) is made, nor does one replace
+            # an earlier run's.
             for p in paths:
                 log.error("%s: file not found", p)
-            raise InputError(earlier_run_message(out_dir))
+            raise InputError(earlier_run_message(out_dir) if (out_dir / MANIFEST).is_file() else NOTHING_TO_PICK)
         names = micrograph_names(paths)
         notes = same_file_notes(same_file, paths, names) + name_notes(paths, names)
         for n in notes[:MAX_LISTED]:

@@ -145,6 +145,37 @@ def test_only_empty_glob(tmp_path):
     assert f"{tmp_path}/*.mrc: no files match this pattern" in proc.stderr
 
 
+@pytest.mark.parametrize("kind", ["star without micrographs", "empty folder", "empty glob", "missing file"])
+def test_nothing_to_pick_gives_only_the_input_errors_and_writes_nothing(tmp_path, kind):
+    """A RELION autopick STAR given as input= said "no rlnMicrographName column", then
+    "binning: no accepted picks: the plan has no bins", and wrote an empty dataset (plan,
+    exports, report) into a new output folder. So did an empty folder or glob."""
+    star = tmp_path / "mic_autopick.star"
+    star.write_text("data_\n\nloop_\n_rlnCoordinateX #1\n_rlnCoordinateY #2\n10 20\n")
+    (tmp_path / "empty").mkdir()
+    spec, error = {
+        "star without micrographs": (star, f"{star}: no rlnMicrographName column"),
+        "empty folder": (tmp_path / "empty", f"{tmp_path / 'empty'}: folder contains no micrographs"),
+        "empty glob": (f"'{tmp_path}/*.mrc'", f"{tmp_path}/*.mrc: no files match this pattern"),
+        "missing file": (tmp_path / "typo.mrc", f"{tmp_path / 'typo.mrc'}: file not found"),
+    }[kind]
+    out = tmp_path / "out"
+    proc = cli("run", f"input={spec}", f"output={out}", *RUN_ARGS)
+    assert proc.returncode == 1
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"lipoframe: {error}"), proc.stderr
+    assert proc.stdout == "" and not out.exists()
+    # The Python API stops there too: the errors are logged, no dataset step, no plan.
+    from lipoframe.merge import compose_config
+    from lipoframe.records import InputError
+    from lipoframe.runner import NOTHING_TO_PICK, run_pipeline
+
+    cfg = compose_config([f"input={spec}", *RUN_ARGS, "runner.workers=1"])[1]
+    with pytest.raises(InputError, match=f"^{NOTHING_TO_PICK}$"):
+        run_pipeline(cfg, out)
+    assert not [p.name for p in out.iterdir() if p.name != ".lipoframe.lock"]
+
+
 def test_unwritable_output_folder(tmp_path):
     write_set(tmp_path / "in", 1)
     blocker = tmp_path / "a_file"

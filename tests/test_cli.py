@@ -625,9 +625,11 @@ def test_a_mistyped_glob_leaves_the_earlier_runs_settings_record_too(tiny_mrcs, 
     assert code == 1
     assert re.search(r"\*\.mcr: no files match", err) and "nothing was written" in err and "Traceback" not in err
     assert {p: p.read_bytes() for p in before} == before
-    # A folder without an earlier run still gets the empty run's record.
+    # Without an earlier run, nothing is made either (it was an empty run, its plan and exports):
+    # the input errors are all there is to say.
     code, _, err = run_cli("run", f"input='{tiny_mrcs[0].parent}/*.mcr'", f"output={tmp_path / 'new'}", *TINY_ARGS)
-    assert (tmp_path / "new" / ".hydra" / "config.yaml").is_file() and (tmp_path / "new" / "inputs.json").is_file()
+    assert code == 1 and re.search(r"\*\.mcr: no files match", err) and "nothing was written" not in err
+    assert not (tmp_path / "new").exists()
 
 
 def test_multirun_four_jobs_each_with_its_folder_and_config(tiny_mrcs, tmp_path, run_cli):
