@@ -390,12 +390,18 @@ def check_image(mic: Micrograph, ctx: PickContext) -> None:
         raise InputError(f"{where}: image contains NaN or infinite pixels")
     if float(small.std()) == 0.0 and float(np.ptp(np.asarray(mic.image[:64, :64], dtype=np.float32))) == 0.0:
         raise InputError(f"{where}: image is constant (no contrast)")
+    # A mask, label image or network's map beside the micrographs (input=<folder>) was picked like one, without
+    # a word. It is still picked (a micrograph is never left out on a guess), with a warning. Maps that
+    # detector=heatmap or filter=[...,mask] read are left out of the inputs before (read_for_others).
     levels = two_levels(mic.image)
     if levels is not None:
-        # A mask or label image beside the micrographs (input=<folder>) is picked like one, without a word.
         log.warning("%s: holds only the values %g and %g: a mask or label image rather than a micrograph? "
                     "It is picked as given; leave it out of input= (or read it with filter=[...,mask] or detector=heatmap)",
                     where, *levels)
+    elif (span := probability_map(mic.image, str(where))) is not None:
+        log.warning("%s: values from %g to %g and a name that says mask, heatmap or probability: a probability map "
+                    "(MicrographCleaner, crYOLO, Topaz) rather than a micrograph? It is picked as given; leave it out of "
+                    "input= (or read it with filter=[...,mask] or detector=heatmap)", where, *span)
 
 
 def two_levels(image: np.ndarray) -> tuple[float, float] | None:
@@ -413,6 +419,33 @@ def two_levels(image: np.ndarray) -> tuple[float, float] | None:
     if lo == hi or np.count_nonzero((values != lo) & (values != hi)):
         return None
     return lo, hi
+
+
+#: Words of a file name that say it holds a mask or a network's map (its probabilities) rather than a micrograph.
+MAP_WORDS = frozenset({"mask", "masks", "heatmap", "heatmaps", "prob", "probs", "probability", "probabilities", "probmap"})
+
+
+def map_name(path: str) -> bool:
+    """Whether the file name ``path`` has one of :data:`MAP_WORDS` as a word
+    (``mic_contamination_mask.mrc``, ``mic-heatmap.tif``, ``micProb.npy``)."""
+    words = re.split(r"[^a-z0-9]+", re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", Path(path).name).lower())
+    return not MAP_WORDS.isdisjoint(words)
+
+
+def probability_map(image: np.ndarray, path: str) -> tuple[float, float] | None:
+    """The least and greatest values of an image that looks like a probability
+    map (MicrographCleaner's, a crYOLO or Topaz heatmap); None otherwise.
+
+    Both must hold: every value lies within [0, 1], and the file name says
+    so (:func:`map_name`). A micrograph normalised to [0, 1] without such a
+    name is not one. The name is looked at first, so a micrograph costs
+    nothing.
+    """
+    if not map_name(path):
+        return None
+    values = np.asarray(image)
+    lo, hi = float(values.min()), float(values.max())
+    return (lo, hi) if 0.0 <= lo < hi <= 1.0 else None
 
 
 def process_micrograph(mic: Micrograph, stages: StageSet, ctx: PickContext) -> pd.DataFrame:

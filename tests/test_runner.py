@@ -196,6 +196,34 @@ def test_a_mask_beside_the_micrographs_is_picked_with_a_warning(tmp_path, caplog
     assert two_levels(edge) is None
 
 
+def test_a_probability_map_beside_the_micrographs_is_picked_with_a_warning(tmp_path, caplog):
+    """MicrographCleaner's contamination map (float probabilities, not two values) in the input folder
+    was picked as a micrograph without a word, as the two-valued mask was before. A micrograph
+    normalised to [0, 1], or one whose name has a map word but not a map's values, is no map."""
+    import numpy as np
+    from scipy import ndimage
+
+    write_set(tmp_path / "in", 1)
+    mic = image(5)
+    prob = ndimage.gaussian_filter((mic < np.percentile(mic, 10)).astype(np.float32), 8)  # many values in (0, 1)
+    write_mrc(tmp_path / "in" / "mic_000_contamination_mask.mrc", prob)
+    write_mrc(tmp_path / "in" / "mic_norm.mrc", ((mic - mic.min()) / np.ptp(mic)).astype(np.float32))
+    write_mrc(tmp_path / "in" / "mic_mask_denoised.mrc", (mic - mic.mean()).astype(np.float32))  # zero mean
+    with caplog.at_level("WARNING", logger="lipoframe"):
+        result = run_pipeline(config(tmp_path / "in", "runner.workers=1"), tmp_path / "out")
+    assert sorted(r.name for r in result.results if r.status == "ok") == [
+        "mic_000", "mic_000_contamination_mask", "mic_mask_denoised", "mic_norm"]
+    told = [r.getMessage() for r in caplog.records if "rather than a micrograph" in r.getMessage()]
+    assert len(told) == 1 and told[0].startswith(f"{tmp_path / 'in' / 'mic_000_contamination_mask.mrc'}: values from ")
+    assert "a probability map" in told[0] and "It is picked as given" in told[0]
+    from lipoframe.runner import map_name, probability_map
+
+    assert [map_name(n) for n in ("a_heatmap.tif", "aProb.npy", "a.probability.mrc", "a_masks.mrc", "masked.mrc",
+                                  "problem.mrc", "a_DW.mrc", "/x/mask/a.mrc")] == [True] * 4 + [False] * 4
+    assert probability_map(prob, "a_mask.mrc") == (float(prob.min()), float(prob.max()))
+    assert probability_map(prob, "a.mrc") is None and probability_map(prob * 1.5, "a_mask.mrc") is None
+
+
 def test_a_broken_link_in_an_input_folder_is_reported_not_skipped(tmp_path):
     write_set(tmp_path / "in", 1)
     (tmp_path / "in" / "gone.mrc").symlink_to(tmp_path / "elsewhere" / "gone.mrc")
