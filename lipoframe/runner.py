@@ -2639,6 +2639,31 @@ def picking_interrupted(picking: dict) -> bool:
     return bool(picking.get(PICKING_INTERRUPTED, picking.get("interrupted", False)))
 
 
+def picking_complete(picking: dict, names: list[str], results: list[MicResult]) -> bool:
+    """Whether every micrograph of ``names`` has saved picks or failed in the run that picked them (its ``run_summary.json``, ``picking``).
+
+    ``results``: the plan's (:func:`lipoframe.plancmd.run_micrographs`). False
+    when micrographs were not done (``micrographs.not_done``: stopped while
+    picking or copying; the counts not recorded), when one without saved
+    picks is not among the run's ``failures``, and for a run stopped while
+    drawing its report (:data:`REPORT_INTERRUPTED`: the report, not a plan,
+    settles that).
+    """
+    counts = picking.get("micrographs")
+    if not isinstance(counts, dict) or "not_done" not in counts:
+        return False
+    try:
+        not_done = int(counts.get("not_done") or 0)
+    except (TypeError, ValueError):
+        return False
+    failures = picking.get("failures") if isinstance(picking.get("failures"), list) else []
+    failed = {str(f.get("micrograph")) for f in failures if isinstance(f, dict)}
+    saved = {r.name for r in results if r.status in ("ok", "skipped") or (r.status == "failed" and str(r.path) in failed)}
+    notes = [n for key in ("notes", RUN_NOTES) if isinstance(picking.get(key), list) for n in picking[key]]
+    return (not_done == 0 and all(n in saved for n in names)
+            and not any(str(n).startswith(REPORT_INTERRUPTED) for n in notes))
+
+
 def record_report_interrupted(out_dir: Path) -> None:
     """Record in ``out_dir``'s ``run_summary.json`` (and log) that the report was not written: Ctrl-C or SIGTERM while drawing it.
 
@@ -2731,7 +2756,9 @@ def finish_run(
     its binning or writers (Ctrl-C, SIGTERM) asks to run again; its
     ``run_summary.json`` then says ``interrupted`` and records the picking
     run's own flag (:data:`PICKING_INTERRUPTED`), which a plan that
-    finishes restores.
+    finishes restores, or clears when the run's picking is complete
+    (:func:`picking_complete`: a run or merge stopped in its own binning or
+    writers, whose outputs this plan has made).
     """
     if polarity is None and isinstance(picking, dict) and isinstance(picking.get("polarity_check"), dict):
         polarity = picking["polarity_check"]
@@ -2793,6 +2820,10 @@ def finish_run(
         carried = {k: picking[k] for k in PICKING_SUMMARY if k in picking}
         # The picking run's flag, not that of a plan stopped since; a plan stopped now says so, keeping the run's.
         own = picking_interrupted(picking)
+        if own and not stopped and finalize and picking_complete(picking, names, results):
+            # A run (or merge) stopped in its binning or a writer, after every micrograph was picked: this plan
+            # has made the outputs it did not, so nothing is left for the same command again to do.
+            own = False
         carried["interrupted"] = own
         summary = {**summary, **carried, "replanned_seconds": summary["seconds"]}
         if stopped:

@@ -991,6 +991,29 @@ def test_a_finished_plan_keeps_the_flag_of_a_run_whose_picking_was_interrupted(t
     assert not any("interrupted while making the plan" in n for n in summary["notes"])
 
 
+@pytest.mark.parametrize("where", ["binning", "writer"])
+def test_a_finished_plan_clears_the_flag_of_a_run_stopped_in_its_binning_or_a_writer(tiny_mrcs, tmp_path, run_cli, monkeypatch,
+                                                                                        where):
+    # A run stopped after every micrograph was picked, in its binning or a writer: the plan that then finished
+    # made complete outputs from complete picks, but run_summary.json kept 'interrupted: true' (the run's own
+    # flag), and the report still said the run did not finish and to run the same command again.
+    out = tmp_path / "out"
+    with _plan_stopped_in(where, monkeypatch):
+        code, _, err = run_cli("run", f"input={tiny_mrcs[0].parent}", f"output={out}", *TINY_ARGS)
+    assert code == 130, err
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["interrupted"] is True and summary["micrographs"]["not_done"] == 0
+    code, _, err = run_cli("plan", str(out))
+    assert code == 0 and "interrupted" not in err, err
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["interrupted"] is False and "picking_interrupted" not in summary
+    assert not any("interrupted" in n for n in summary["notes"] + summary["run_notes"]), summary
+    code, _, err = run_cli("report", str(out), "--no-overlays")
+    assert code == 0, err
+    page = " ".join(html.unescape(re.sub(r"<[^>]+>", " ", (out / "report.html").read_text())).split())
+    assert "Interrupted" not in page and "run the same command again" not in page
+
+
 def test_a_plan_stopped_while_drawing_its_report_says_so_until_a_report_is_written(tiny_mrcs, tmp_path, run_cli, monkeypatch):
     # `lipoframe plan RUN --report` stopped while drawing the report: report.html was removed, but run_summary.json
     # said 'interrupted: false' with no note, as if the plan had written it (a run stopped so says so).
