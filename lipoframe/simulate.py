@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lipoframe.synthetic import Component, SceneSpec, render_scene, write_mrc
+from lipoframe.synthetic import Component, SceneSpec, render_scene, simulated_table, write_mrc
 
 #: Bump when the generator changes so cached sets are remade.
 SIMULATOR_VERSION = 6
@@ -174,28 +174,11 @@ def _earlier_tables(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         Naming the file, when one is not a table of a 2D simulated set (so
         it is not overwritten).
     """
-    tables = []
-    numbers = ("x_px", "y_px", "diameter_px")
     # micrographs.csv is kept as text, written back as read; truth.csv's numbers take float_format again
-    for name, columns, options in (("truth.csv", TRUTH_COLUMNS, dict(dtype={"micrograph": str, "kind": str},
-                                                                      na_values={c: [""] for c in numbers})),
-                                   ("micrographs.csv", MICROGRAPHS_COLUMNS, dict(dtype=str))):
-        path = folder / name
-        if not path.exists():
-            tables.append(pd.DataFrame(columns=list(columns)))
-            continue
-        try:
-            table = pd.read_csv(path, keep_default_na=False, **options)
-        except (OSError, ValueError, pd.errors.ParserError) as exc:
-            raise ValueError(f"{path}: cannot read the table of the micrographs already in the folder ({exc}); "
-                             "simulate into another folder, or remove it") from None
-        numeric = name != "truth.csv" or not len(table) or all(
-            pd.api.types.is_numeric_dtype(table[c]) and table[c].notna().all() for c in numbers if c in table.columns)
-        if tuple(table.columns) != columns or not numeric:
-            raise ValueError(f"{path}: not the {name} of a set of micrographs lipoframe simulate wrote (columns "
-                             f"{', '.join(columns)}, numbers for the coordinates); simulate into another folder, or remove it")
-        tables.append(table)
-    return tables[0], tables[1]
+    return (simulated_table(folder / "truth.csv", TRUTH_COLUMNS, numbers=("x_px", "y_px", "diameter_px"),
+                            items="micrographs", command="lipoframe simulate"),
+            simulated_table(folder / "micrographs.csv", MICROGRAPHS_COLUMNS, numbers=None,
+                            items="micrographs", command="lipoframe simulate"))
 
 
 def _merged(old: pd.DataFrame, new: pd.DataFrame, order: list[str]) -> pd.DataFrame:

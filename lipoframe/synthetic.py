@@ -602,6 +602,53 @@ def render_scene(spec: SceneSpec) -> tuple[np.ndarray, pd.DataFrame]:
     return img.astype(np.float32, copy=False), truth
 
 
+def simulated_table(path: Path, columns: tuple[str, ...], *, numbers: tuple[str, ...] | None, items: str,
+                    command: str) -> pd.DataFrame:
+    """The table (``truth.csv``, ``micrographs.csv``) an earlier ``command`` left at ``path``; an empty one when absent.
+
+    Parameters
+    ----------
+    path : Path
+        The table.
+    columns : tuple of str
+        Its columns, in order.
+    numbers : tuple of str or None
+        The columns that must hold a number in every row (``micrograph`` and
+        ``kind`` are read as text); None: every column is read as text, to be
+        written back as read.
+    items, command : str
+        What the set holds (``"micrographs"``) and what writes it
+        (``"lipoframe simulate"``), for the messages.
+
+    Returns
+    -------
+    table : DataFrame
+        Its rows (none, with ``columns``, when ``path`` does not exist).
+
+    Raises
+    ------
+    ValueError
+        Naming the file, when it cannot be read or is not such a table (so
+        that it is not overwritten).
+    """
+    if not path.exists():
+        return pd.DataFrame(columns=list(columns))
+    options = (dict(dtype=str) if numbers is None else
+               dict(dtype={"micrograph": str, "kind": str}, na_values={c: [""] for c in numbers}))
+    try:
+        table = pd.read_csv(path, keep_default_na=False, **options)
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raise ValueError(f"{path}: cannot read the table of the {items} already in the folder ({exc}); "
+                         "simulate into another folder, or remove it") from None
+    numeric = not len(table) or all(pd.api.types.is_numeric_dtype(table[c]) and table[c].notna().all()
+                                     for c in numbers or () if c in table.columns)
+    if tuple(table.columns) != tuple(columns) or not numeric:
+        raise ValueError(f"{path}: not the {path.name} of a set of {items} {command} wrote (columns "
+                         f"{', '.join(columns)}{', numbers for the coordinates' if numbers else ''}); "
+                         "simulate into another folder, or remove it")
+    return table
+
+
 def write_mrc(path: str | Path, image: np.ndarray, pixel_size: float) -> Path:
     """Write a float32 MRC (2D or 3D) with ``pixel_size`` (Å/px) in the header, atomically.
 

@@ -163,31 +163,6 @@ def tomogram_spheres(
 TRUTH_COLUMNS = ("micrograph", "x_px", "y_px", "z_px", "diameter_px", "kind")
 
 
-def _earlier_truth(path: Path) -> pd.DataFrame:
-    """The rows of a tomogram set's ``truth.csv`` at ``path`` (an empty table when absent).
-
-    Raises
-    ------
-    ValueError
-        Naming the file, when it is not a tomogram set's ``truth.csv`` (so
-        it is not overwritten).
-    """
-    if not path.exists():
-        return pd.DataFrame(columns=list(TRUTH_COLUMNS))
-    try:
-        table = pd.read_csv(path, dtype={"micrograph": str, "kind": str}, keep_default_na=False,
-                            na_values={c: [""] for c in ("x_px", "y_px", "z_px", "diameter_px")})
-    except (OSError, ValueError, pd.errors.ParserError) as exc:
-        raise ValueError(f"{path}: cannot read the table of the tomograms already in the folder ({exc}); "
-                         "simulate into another folder, or remove it") from None
-    numeric = all(pd.api.types.is_numeric_dtype(table[c]) and table[c].notna().all()
-                  for c in TRUTH_COLUMNS[1:5] if c in table.columns) or not len(table)
-    if tuple(table.columns) != TRUTH_COLUMNS or not numeric:
-        raise ValueError(f"{path}: not the truth.csv of a set of tomograms lipoframe simulate dims=3 wrote (columns "
-                         f"{', '.join(TRUTH_COLUMNS)}); simulate into another folder, or remove it")
-    return table
-
-
 def write_tomogram_dataset(
     folder: str | Path,
     *,
@@ -239,7 +214,7 @@ def write_tomogram_dataset(
         nothing is written then.
     """
     from lipoframe.io.atomic import atomic_path
-    from lipoframe.synthetic import write_mrc
+    from lipoframe.synthetic import simulated_table, write_mrc
 
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
@@ -249,7 +224,8 @@ def write_tomogram_dataset(
         raise ValueError(f"pixel_size must be > 0, got {pixel_size}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    earlier = _earlier_truth(folder / "truth.csv")
+    earlier = simulated_table(folder / "truth.csv", TRUTH_COLUMNS, numbers=("x_px", "y_px", "z_px", "diameter_px"),
+                              items="tomograms", command="lipoframe simulate dims=3")
     paths, truth = [], []
     for i in range(n):
         spheres = tomogram_spheres(i, seed=seed, shape=shape, pixel_size=pixel_size, diameters_A=diameters_A, counts=counts, kinds=kinds)
