@@ -1446,10 +1446,10 @@ def _job_state(job: Path) -> tuple[str, str]:
     notes = []
     if mics.get("failed"):
         notes.append(f"{mics['failed']} of {mics.get('total', '?')} micrographs failed{see}")
-    from lipoframe.runner import PLAN_INTERRUPTED, picking_interrupted
+    from lipoframe.runner import PLAN_INTERRUPTED, notes_beginning, picking_interrupted
 
     # A `lipoframe plan` of the job stopped in its binning or writers: its note says what to run again.
-    plan_stopped = [str(n) for n in summary.get("notes", []) if str(n).startswith(PLAN_INTERRUPTED)]
+    plan_stopped = notes_beginning(summary.get("notes"), PLAN_INTERRUPTED)
     if mics.get("not_done") or picking_interrupted(summary):
         notes.append(f"interrupted: {_count(mics.get('not_done', 0), 'micrograph')} not picked")
     notes += plan_stopped

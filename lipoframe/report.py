@@ -776,7 +776,7 @@ def build_html(data: RunData, rows: list[MicrographRow], plots_png: list[tuple[s
                *, overlay_stats: dict) -> str:
     """The report page (one string; every image a data: URI)."""
     from lipoframe import __version__, plots
-    from lipoframe.runner import MAX_LISTED, PLAN_INTERRUPTED, REPORT_INTERRUPTED, picking_interrupted
+    from lipoframe.runner import MAX_LISTED, PLAN_INTERRUPTED, REPORT_INTERRUPTED, notes_beginning, picking_interrupted
 
     e = html.escape
     picks = data.picks
@@ -817,9 +817,9 @@ def build_html(data: RunData, rows: list[MicrographRow], plots_png: list[tuple[s
     problems = ""
     # Interrupted while the report was drawn: the picks are complete and a note says so. This report is the one
     # the note asks for: it shows neither (settle_report_interruption drops them from run_summary.json once written).
-    report_only = any(str(n).startswith(REPORT_INTERRUPTED) for n in data.summary.get("notes", []))
+    report_only = bool(notes_beginning(data.summary.get("notes"), REPORT_INTERRUPTED))
     # A `lipoframe plan` stopped in its binning or writers: its note says so and what to run; the run's own flag is kept apart.
-    plan_stopped = [str(n) for n in data.summary.get("notes", []) if str(n).startswith(PLAN_INTERRUPTED)]
+    plan_stopped = notes_beginning(data.summary.get("notes"), PLAN_INTERRUPTED)
     if not_done or (picking_interrupted(data.summary) and not report_only):
         # As the console summary says (runner.format_summary): the report of a partly done run.
         from lipoframe.merge import is_merged_folder

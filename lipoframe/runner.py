@@ -2634,6 +2634,12 @@ PLAN_INTERRUPTED = "interrupted while making the plan"
 PICKING_INTERRUPTED = "picking_interrupted"
 
 
+def notes_beginning(notes, prefix: str) -> list[str]:
+    """The notes of ``notes`` (a ``run_summary.json`` list; anything else holds none) that begin with ``prefix``
+    (:data:`REPORT_INTERRUPTED`, :data:`PLAN_INTERRUPTED`)."""
+    return [str(n) for n in notes if str(n).startswith(prefix)] if isinstance(notes, list) else []
+
+
 def picking_interrupted(picking: dict) -> bool:
     """Whether the run that picked (its ``run_summary.json``, ``picking``) was interrupted, not a plan made of it since."""
     return bool(picking.get(PICKING_INTERRUPTED, picking.get("interrupted", False)))
@@ -2659,9 +2665,8 @@ def picking_complete(picking: dict, names: list[str], results: list[MicResult]) 
     failures = picking.get("failures") if isinstance(picking.get("failures"), list) else []
     failed = {str(f.get("micrograph")) for f in failures if isinstance(f, dict)}
     saved = {r.name for r in results if r.status in ("ok", "skipped") or (r.status == "failed" and str(r.path) in failed)}
-    notes = [n for key in ("notes", RUN_NOTES) if isinstance(picking.get(key), list) for n in picking[key]]
-    return (not_done == 0 and all(n in saved for n in names)
-            and not any(str(n).startswith(REPORT_INTERRUPTED) for n in notes))
+    report_stopped = any(notes_beginning(picking.get(key), REPORT_INTERRUPTED) for key in ("notes", RUN_NOTES))
+    return not_done == 0 and all(n in saved for n in names) and not report_stopped
 
 
 def record_report_interrupted(out_dir: Path) -> None:
@@ -2682,7 +2687,7 @@ def record_report_interrupted(out_dir: Path) -> None:
     notes = summary.get("notes") if isinstance(summary.get("notes"), list) else []
     run_notes = summary.get(RUN_NOTES) if isinstance(summary.get(RUN_NOTES), list) else []
     # A plan of a run stopped so carries the run's note already (and its flag): not twice.
-    if not summary.get("interrupted") and not any(str(n).startswith(REPORT_INTERRUPTED) for n in notes):
+    if not summary.get("interrupted") and not notes_beginning(notes, REPORT_INTERRUPTED):
         # RUN_NOTES: for a plan made later, as the report reads it
         summary = {**summary, "interrupted": True, "notes": [*notes, said], RUN_NOTES: [*run_notes, said]}
         write_text(summary_path, json.dumps(summary, indent=2))
