@@ -38,6 +38,32 @@ def is_fft_friendly(n: int) -> bool:
     return n == 1
 
 
+#: Largest prime factor a ``multiple32`` box may have. Every size of EMAN2's
+#: measured ``good_box_sizes`` (libpyEM/EMAN2.py) and all but one of SIMPLE's
+#: FFTW-tuned ``boxsizes`` (src/utils/simple_magic_boxes.f90) have no prime
+#: factor above 13; a multiple of 32 can have 17, 19, 23, ... (544, 608, 736).
+MAX_BOX_PRIME = 13
+
+
+def largest_prime_factor(n: int) -> int:
+    """Largest prime factor of an integer ``n`` >= 2 (``n`` itself for a prime).
+
+    Examples
+    --------
+    >>> largest_prime_factor(544), largest_prime_factor(576), largest_prime_factor(13)
+    (17, 3, 13)
+    """
+    n = int(n)
+    if n < 2:
+        raise ValueError(f"n must be an integer >= 2, got {n}")
+    largest, p = 1, 2
+    while p * p <= n:
+        while n % p == 0:
+            largest, n = p, n // p
+        p += 1
+    return max(largest, n) if n > 1 else largest
+
+
 def round_up_box(size: float, *, rounding: str = "multiple32", multiple: int = 32) -> int:
     """Round a box edge up (never down) to an extraction-friendly size.
 
@@ -46,19 +72,26 @@ def round_up_box(size: float, *, rounding: str = "multiple32", multiple: int = 3
     size : float
         Minimum box edge in pixels (> 0).
     rounding : {'multiple32', 'fft', 'even'}
-        ``multiple32``: next multiple of ``multiple``; ``fft``: next even size
-        with prime factors 2, 3, 5 only; ``even``: next even integer.
+        ``multiple32``: next multiple of ``multiple`` with no prime factor
+        above :data:`MAX_BOX_PRIME` (544 = 32 x 17 becomes 576); ``fft``:
+        next even size with prime factors 2, 3, 5 only; ``even``: next even
+        integer.
 
     Examples
     --------
     >>> round_up_box(300), round_up_box(300, rounding="fft"), round_up_box(301, rounding="even")
     (320, 300, 302)
+    >>> round_up_box(530)
+    576
     """
     if not size > 0:
         raise ValueError(f"size must be > 0, got {size}")
     n = int(math.ceil(size - 1e-9))
     if rounding == "multiple32":
-        return int(math.ceil(n / multiple) * multiple)
+        box = int(math.ceil(n / multiple) * multiple)
+        while box > 1 and largest_prime_factor(box) > MAX_BOX_PRIME:
+            box += multiple
+        return box
     if rounding == "even":
         return n + (n % 2)
     if rounding == "fft":

@@ -296,7 +296,7 @@ def plan_markdown(plan: ExtractionPlan, files: dict[int, list[str]], *, n_outlie
     px = plan.pixel_size
     params = plan.details.get("params", {})
     pad = params.get("pad")
-    rounding = {"multiple32": "a multiple of 32", "fft": "an FFT-friendly size (factors 2, 3, 5; even)", "even": "an even size"}.get(params.get("rounding"), "an extraction-friendly size")
+    rounding = {"multiple32": "a multiple of 32 (no prime factor above 13)", "fft": "an FFT-friendly size (factors 2, 3, 5; even)", "even": "an even size"}.get(params.get("rounding"), "an extraction-friendly size")
     lines = ["# Extraction plan", ""]
     head = f"Policy **`{plan.policy}`**: {plan.n_accepted} picks in {plan.n_bins} size bin{'s' if plan.n_bins != 1 else ''}"
     if n_outliers:

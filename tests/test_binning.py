@@ -716,8 +716,9 @@ def test_same_box_note_compares_the_boxes_at_the_extraction_pixel_size():
 
 def test_min_waste_split_counts_the_pixels_at_the_extraction_pixel_size():
     # the broad mode's split was chosen for the boxes at 1 A/px, so at 3 A/px
-    # it extracted 30.7 M pixels where another split needs 27.4 M
-    d = np.random.default_rng(0).normal(300, 50, 900)
+    # it extracted 15.1 M pixels where another split needs 12.4 M (boxes below
+    # 544 px: the same with or without multiple32 skipping 32 x 17 and the like)
+    d = np.random.default_rng(0).normal(200, 33, 900)
     params = PeakValleyParams(extract_pixel_size=3.0, merge_same_box=False)
     plan = PeakValleyBinner(params).assign(picks_of(d), {}, ctx(1.0)).plan
     full_res = PeakValleyBinner(dataclasses.replace(params, extract_pixel_size=None)).assign(picks_of(d), {}, ctx(1.0)).plan

@@ -37,11 +37,24 @@ from conftest import TINY_ARGS  # noqa: E402
 # ---------------------------------------------------------------------------
 # Box rounding
 # ---------------------------------------------------------------------------
+def _prime_factors(n):
+    return {p for p in range(2, n + 1) if n % p == 0 and all(p % q for q in range(2, p))}
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.floats(min_value=0.5, max_value=4000, allow_nan=False))
-def test_multiple32_rounds_up_to_the_next_multiple(size):
+def test_multiple32_rounds_up_to_the_next_multiple_without_a_large_prime_factor(size):
     box = round_up_box(size)
-    assert box % 32 == 0 and box >= size and box - size < 32
+    assert box % 32 == 0 and box >= size and max(_prime_factors(box)) <= 13
+    # no smaller multiple of 32 at least as large as size qualifies
+    assert not any(max(_prime_factors(m)) <= 13 for m in range(32 * math.ceil(size / 32), box, 32))
+
+
+def test_multiple32_skips_multiples_of_32_with_a_prime_factor_above_13():
+    # 544 = 32 x 17, 608 = 32 x 19, 736 = 32 x 23, 928 = 32 x 29, 992 = 32 x 31 are poor FFT sizes;
+    # 352 = 32 x 11 and 416 = 32 x 13 stay (both in EMAN2's measured good box sizes)
+    assert [round_up_box(s) for s in (530, 600, 720, 900, 980, 1500)] == [576, 640, 768, 960, 1024, 1536]
+    assert round_up_box(340) == 352 and round_up_box(400) == 416 and round_up_box(544.5) == 576
 
 
 @settings(max_examples=300, deadline=None)

@@ -50,7 +50,8 @@ class BoxParams:
     """Box-size settings shared by the binning policies.
 
     pad: box edge = pad * largest diameter of the bin (1.4-1.6).
-    rounding: ``multiple32`` (next multiple of 32), ``fft`` (next even size
+    rounding: ``multiple32`` (next multiple of 32 with no prime factor above
+        13), ``fft`` (next even size
         with factors 2, 3, 5) or ``even``; always rounds up.
     extract_pixel_size: also give box sizes for extraction at this Å/px.
     """
