@@ -38,7 +38,7 @@ from lipoframe.io.atomic import resolve_all, safe_child, write_text
 from lipoframe.plan import ExtractionPlan, format_range
 from lipoframe.records import InputError, Micrograph, MicrographMeta, PickContext, refuse_special_file
 from lipoframe.registry import StageRegistry
-from lipoframe.stages import Stage
+from lipoframe.stages import BinningResult, Stage
 
 log = logging.getLogger("lipoframe")
 
@@ -604,7 +604,8 @@ def call_table_stage(method: Callable[[pd.DataFrame], pd.DataFrame], picks: pd.D
         Naming the stage and what it changed or dropped.
     """
     columns, index = tuple(picks.columns), picks.index.copy()
-    watched = {c: picks[c].to_numpy(copy=True) for c in (schema.X, schema.Y, schema.DIAMETER, schema.SCORE, schema.ACCEPTED, schema.REASON)
+    watched = {c: picks[c].to_numpy(copy=True)
+               for c in (schema.X, schema.Y, schema.DIAMETER, schema.SCORE, schema.ACCEPTED, schema.REASON, schema.SIZE_BIN)
                if c in picks.columns}
     out = method(picks)
     changed = ""
@@ -627,6 +628,57 @@ def call_table_stage(method: Callable[[pd.DataFrame], pd.DataFrame], picks: pd.D
         raise ValueError(f"stage {stage!r} returned {len(out)} rows for the {len(picks)} it was given: "
                          "reject picks with lipoframe.schema.reject(picks, mask, reason) instead of dropping them")
     return out
+
+
+def stage_copy(table: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``table`` for a stage, whose changes in place cannot reach ``table``.
+
+    Binning and writers get the whole dataset's table, which the runner
+    goes on using (the next writer, the plan files, ``run_summary.json``).
+    With pandas' copy-on-write (pandas 3, or the option set in pandas 2) a
+    shallow copy is enough and costs nothing; without it, a value set in
+    place through ``.loc`` would reach ``table``, so the copy is deep.
+    """
+    cow = int(pd.__version__.split(".")[0]) >= 3
+    if not cow:
+        try:
+            cow = pd.get_option("mode.copy_on_write") is True
+        except (KeyError, pd.errors.OptionError):  # pragma: no cover - an option pandas no longer has
+            cow = False
+    return table.copy(deep=not cow)
+
+
+def check_binning_result(picks: pd.DataFrame, result: Any, *, stage: str) -> None:
+    """Check what a binning stage returned: a :class:`~lipoframe.stages.BinningResult` whose
+    table has every row and column it was given and a ``size_bin`` of the plan's bins (or -1).
+
+    Raises
+    ------
+    ValueError
+        Naming the stage and what is wrong; before, a table without
+        ``size_bin`` or a plan without bins went to every writer and the run
+        ended with exit code 0 ("0 picks in 0 size bins" for accepted picks).
+    """
+    if not isinstance(result, BinningResult) or not isinstance(result.picks, pd.DataFrame) \
+            or not isinstance(result.plan, ExtractionPlan):
+        raise ValueError(f"stage {stage!r} returned {type(result).__name__}, not a lipoframe.stages.BinningResult"
+                         " (picks=<DataFrame>, plan=<lipoframe.plan.ExtractionPlan>)")
+    out = result.picks
+    if len(out) != len(picks):
+        raise ValueError(f"stage {stage!r} returned {len(out)} rows for the {len(picks)} it was given: "
+                         "reject picks with lipoframe.schema.reject(picks, mask, reason) instead of dropping them")
+    check_kept_columns(picks, out, stage=stage)
+    if schema.SIZE_BIN not in out.columns:
+        raise ValueError(f"stage {stage!r} returned a table without the column {schema.SIZE_BIN!r} "
+                         f"(the index of each pick's bin in the plan, {schema.REJECTED_BIN} for none)")
+    values = out[schema.SIZE_BIN].to_numpy()
+    if values.dtype.kind not in "iu":
+        raise ValueError(f"stage {stage!r} returned a {schema.SIZE_BIN!r} of {values.dtype}, not integers")
+    known = {b.index for b in result.plan.bins} | {schema.REJECTED_BIN}
+    unknown = sorted(set(np.unique(values).tolist()) - known)
+    if unknown:
+        raise ValueError(f"stage {stage!r} put picks in size_bin {unknown[:5]}, which its plan does not have "
+                         f"(its bins: {sorted(known - {schema.REJECTED_BIN}) or 'none'})")
 
 
 def check_declared_reasons(before: pd.DataFrame, after: pd.DataFrame, *, declared: tuple[str, ...] | None, stage: str) -> None:
@@ -2077,7 +2129,12 @@ def finalize_dataset(
         check_declared_reasons(picks, out, declared=f.reasons, stage=stage)
         picks = out
     write_text(out_dir / DATASET_REJECTIONS, dataset_rejections(picks, before).to_csv(index=False))
-    result = stages.binner.assign(picks, metas, ctx)
+    # Binning and writers are held to the rules of the other stages: they leave the table they are given as it
+    # is (each gets a copy: a writer that changed it in place would change what the next writers and the plan files
+    # see), and binning returns every pick with the bin it is in.
+    stage = f"binning/{stages.binner.name}"
+    result = call_table_stage(lambda t: stages.binner.assign(t, metas, ctx), stage_copy(picks), stage=stage, same_rows=False)
+    check_binning_result(picks, result, stage=stage)
     binned = result.picks
     written: list[Path] = []
     failed: list[str] = []
@@ -2086,7 +2143,8 @@ def finalize_dataset(
         # One writer that fails (a full disk, a folder in the way) does not stop the others.
         before = file_inodes(out_dir)
         try:
-            written.extend(w.write(binned, metas, result.plan, out_dir, ctx))
+            written.extend(call_table_stage(lambda t: w.write(t, metas, result.plan, out_dir, ctx), stage_copy(binned),
+                                            stage=f"writer/{w.name}", same_rows=False))
         except Exception as exc:  # noqa: BLE001 - reported, and the run's exit code says so
             # No partial export: what it wrote before failing would be
             # imported as if it were all (a folder of coordinate files).

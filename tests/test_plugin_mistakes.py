@@ -303,3 +303,116 @@ def test_a_run_interrupted_in_its_writers_says_so_in_run_summary(sloppy, make_pl
     assert code == 130 and "interrupted" in err, err
     summary = json.loads((out / "run_summary.json").read_text())
     assert summary["interrupted"] is True and summary["micrographs"]["total"] == 2
+
+
+#: A binning stage and a writer that misbehave on request (``binning.bad=...``, ``writer.tamper.bad=...``).
+TAMPERING = """
+        from dataclasses import dataclass
+
+        import numpy as np
+
+        from lipoframe import hookimpl, schema
+        from lipoframe.io.atomic import safe_child, write_text
+        from lipoframe.plan import ExtractionPlan, SizeBin
+        from lipoframe.stages import Binner, BinningResult, Writer
+
+        @dataclass
+        class OneBinParams:
+            bad: str = "none"
+
+        class OneBin(Binner):
+            name = "onebin"
+            Params = OneBinParams
+
+            def assign(self, picks, metas, ctx):
+                bad = self.params.bad
+                if bad == "in_place":
+                    picks["diameter_px"] = 1.0
+                out = schema.with_acceptance(picks)
+                d = out["diameter_px"].to_numpy(float)
+                plan = ExtractionPlan(policy=self.name, pixel_size=ctx.pixel_size,
+                                      bins=(SizeBin(0, float(d.min()), float(d.max()), len(d), 64),))
+                if bad == "no_size_bin":
+                    return BinningResult(out, plan)
+                out["size_bin"] = np.full(len(out), 3 if bad == "unknown_bin" else 0, dtype=np.int64)
+                if bad == "drop":
+                    out = out.iloc[:1]
+                if bad == "no_result":
+                    return out
+                return BinningResult(out, plan)
+
+        @dataclass
+        class TamperParams:
+            bad: str = "none"
+
+        class Tamper(Writer):
+            name = "tamper"
+            Params = TamperParams
+
+            def write(self, picks, metas, plan, out_dir, ctx):
+                if self.params.bad == "in_place":
+                    picks["x_px"] = 0.0
+                if self.params.bad == "values":
+                    picks.loc[:, "size_bin"] = 7
+                return [write_text(safe_child(out_dir, "tamper", f"{name}.txt"), "x") for name in metas]
+
+        @hookimpl
+        def lipoframe_register_stages(registry):
+            registry.add(OneBin)
+            registry.add(Tamper)
+"""
+
+
+@pytest.mark.parametrize(
+    ("bad", "problem"),
+    [
+        ("in_place", "stage 'writer/tamper' changed the table it was given (column 'x_px')"),
+        ("values", "stage 'writer/tamper' changed the table it was given (column 'size_bin')"),
+    ],
+)
+def test_a_writer_that_changes_the_table_fails_and_the_others_get_it_as_it_was(sloppy, make_plugin, tiny_mrcs, tmp_path,
+                                                                              run_cli, bad, problem):
+    # Before, a writer that set x_px (or size_bin) in place ran without a
+    # word (exit code 0), and every writer after it and picks.csv got its
+    # table: every x_px 0.
+    make_plugin("lipoframe-tamper", TAMPERING)
+    out = tmp_path / "out"
+    code, stdout, err = run_cli("run", *PLAIN, "writer=[tamper,csv,star]", f"writer.tamper.bad={bad}",
+                                f"input={tiny_mrcs[0].parent}", f"output={out}", *TINY_ARGS)
+    assert code == 1
+    assert any(ln.startswith(f"ERROR  writer tamper failed: ValueError: {problem}") for ln in stdout.splitlines()), stdout
+    assert not (out / "tamper").exists()
+    picks = pd.read_csv(out / "picks.csv")
+    assert len(picks) == 2 and (picks["x_px"] > 0).all() and (picks["size_bin"] == 0).all()
+    assert json.loads((out / "run_summary.json").read_text())["picks"]["accepted"] == 2
+    code, _, err = run_cli("run", *PLAIN, "writer=[tamper,csv,star]", f"input={tiny_mrcs[0].parent}", f"output={out}", *TINY_ARGS)
+    assert code == 0, err
+    assert sorted(p.name for p in (out / "tamper").iterdir()) == ["mic_0.txt", "mic_1.txt"]
+
+
+@pytest.mark.parametrize(
+    ("bad", "problem"),
+    [
+        ("in_place", "stage 'binning/onebin' changed the table it was given (column 'diameter_px')"),
+        ("no_size_bin", "stage 'binning/onebin' returned a table without the column 'size_bin'"),
+        ("unknown_bin", "stage 'binning/onebin' put picks in size_bin [3], which its plan does not have (its bins: [0])"),
+        ("drop", "stage 'binning/onebin' returned 1 rows for the 4 it was given"),
+        ("no_result", "stage 'binning/onebin' returned DataFrame, not a lipoframe.stages.BinningResult"),
+    ],
+)
+def test_a_binning_stage_that_changes_its_input_or_returns_no_bins_is_named(sloppy, make_plugin, tiny_mrcs, tmp_path,
+                                                                            run_cli, bad, problem):
+    # Before, a binning stage that set diameter_px in place, or returned no
+    # size_bin, ran with exit code 0: picks.csv with diameters of 1 px next to
+    # diameter_A of the real ones, or "0 picks in 0 size bins" for 2 accepted picks.
+    make_plugin("lipoframe-tamper", TAMPERING)
+    out = tmp_path / "out"
+    args = [a for a in PLAIN if not a.startswith("binning=")]
+    code, _, err = run_cli("run", *args, "binning=onebin", f"input={tiny_mrcs[0].parent}", f"output={out}", *TINY_ARGS)
+    assert code == 0, err
+    assert (pd.read_csv(out / "picks.csv")["size_bin"] == 0).all()
+    code, stdout, err = run_cli("run", *args, "binning=onebin", f"binning.bad={bad}", f"input={tiny_mrcs[0].parent}",
+                                f"output={tmp_path / bad}", *TINY_ARGS)
+    assert code == 1
+    assert f"ERROR  dataset stage failed: ValueError: {problem}" in stdout, stdout
+    assert not (tmp_path / bad / "relion").exists()
