@@ -108,6 +108,13 @@ def cmd_plugins(argv: list[str]) -> int:
     return 0
 
 
+def shown_default(default: object) -> object:
+    """A parameter's default as it is typed on the command line: an Enum member by its name."""
+    import enum
+
+    return default.name if isinstance(default, enum.Enum) else default
+
+
 def cmd_stages(argv: list[str]) -> int:
     """``lipoframe stages [KIND]``: every stage with its parameters."""
     import argparse
@@ -129,8 +136,9 @@ def cmd_stages(argv: list[str]) -> int:
         print(f"      provided by {info.provider}")
         # The key to set on the command line: list kinds name the stage too (filter.diameter_range.tolerance).
         section = f"{info.kind}.{info.name}" if info.kind in MULTI_KINDS else info.kind
-        for pname, ptype, default, _ in describe_params(info.params):
-            print(f"      {section}.{pname + ':':<22} {ptype:<14} = {default!r}")
+        for pname, ptype, default, help_text in describe_params(info.params):
+            print(f"      {section}.{pname + ':':<22} {ptype:<14} = {shown_default(default)!r}"
+                  + (f"  # {help_text}" if help_text else ""))
     return 0
 
 

@@ -10,6 +10,7 @@ stage's ``Params`` dataclass into Hydra's ConfigStore so that
 from __future__ import annotations
 
 import dataclasses
+import enum
 import re
 import typing
 from dataclasses import dataclass
@@ -232,5 +233,8 @@ def describe_params(params_cls: type) -> list[tuple[str, str, object, str]]:
             default = "???"
         tp = hints.get(f.name, f.type)
         tname = getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-        rows.append((f.name, tname, default, f.metadata.get("help", "")))
+        help_text = str(f.metadata.get("help", "") or "")
+        if isinstance(tp, type) and issubclass(tp, enum.Enum):  # the values to type, which the type's name does not say
+            help_text = "; ".join(t for t in (f"one of {', '.join(m.name for m in tp)}", help_text) if t)
+        rows.append((f.name, tname, default, help_text))
     return rows

@@ -528,3 +528,51 @@ def test_resume_picks_again_after_an_upgrade_of_a_plugin_whose_stage_picks(make_
     assert summary("writer=[csv,count]")["ok"] == 2  # another filter list: other settings
     _upgrade(tmp_path / "site", "lipoframe-tag", "1.1", "1.2")
     assert summary("writer=[csv,count]")["skipped"] == 2
+
+
+def test_lipoframe_stages_shows_a_plugin_parameters_help_and_the_values_of_an_enum(make_plugin, run_cli):
+    # Before, the metadata={"help": ...} that docs/plugins.md asks a plugin to
+    # write was shown nowhere, and an Enum parameter was listed with the
+    # default <Shape.round: 'round'>, which is not what is typed, and no word of its values.
+    make_plugin(
+        "lipoframe-helpful",
+        """
+        import enum
+        from dataclasses import dataclass, field
+
+        from lipoframe import hookimpl
+        from lipoframe.stages import Detector
+
+        class Shape(enum.Enum):
+            round = "round"
+            oval = "oval"
+
+        @dataclass
+        class HelpfulParams:
+            level: float = field(default=2.0, metadata={"help": "robust sigmas above the median"})
+            shape: Shape = field(default=Shape.round, metadata={"help": "what to look for"})
+            plain: Shape = Shape.oval
+            count: int = 3
+
+        class Helpful(Detector):
+            name = "helpful"
+            Params = HelpfulParams
+
+        @hookimpl
+        def lipoframe_register_stages(registry):
+            registry.add(Helpful)
+        """,
+    )
+    code, out, _ = run_cli("stages", "detector")
+    assert code == 0
+    lines = [ln.split(None, 1) for ln in out.splitlines() if ln.strip().startswith("detector.")]
+    shown = {key: rest.split() for key, rest in lines}
+    assert " ".join(shown["detector.level:"]) == "float = 2.0 # robust sigmas above the median"
+    assert " ".join(shown["detector.shape:"]) == "Shape = 'round' # one of round, oval; what to look for"
+    assert " ".join(shown["detector.plain:"]) == "Shape = 'oval' # one of round, oval"
+    assert " ".join(shown["detector.count:"]) == "int = 3"
+    # What it shows is what the command line takes.
+    from lipoframe.app import validate_overrides
+
+    cfg = validate_overrides(["detector=helpful", "detector.shape=oval"])
+    assert cfg.detector.shape.name == "oval"
