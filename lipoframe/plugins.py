@@ -110,13 +110,14 @@ def make_plugin_manager(*, load_entrypoints: bool = True) -> tuple[pluggy.Plugin
                 except Exception as exc:  # noqa: BLE001 - re-raised with context
                     raise PluginError(
                         f"error importing plugin {ep.name!r} ({ep.value}) from distribution {dname} {dist.version}: "
-                        f"{type(exc).__name__}: {exc}"
+                        f"{type(exc).__name__}: {exc}{_without_it(ep.name, dname)}"
                     ) from exc
                 try:
                     pm.register(plugin, name=pname)
                 except (pluggy.PluginValidationError, ValueError) as exc:
                     detail = "; ".join(ln.strip() for ln in str(exc).splitlines() if ln.strip())
-                    raise PluginError(f"plugin {ep.name!r} from {dname} {dist.version} is invalid: {detail}") from exc
+                    raise PluginError(f"plugin {ep.name!r} from {dname} {dist.version} is invalid: {detail}"
+                                      f"{_without_it(ep.name, dname)}") from exc
                 infos.append(PluginInfo(pname, dname, dist.version, getattr(plugin, "__name__", str(plugin))))
     # Like pm.check_pending(), with a message that names the distribution.
     for hname, caller in vars(pm.hook).items():
@@ -129,9 +130,20 @@ def make_plugin_manager(*, load_entrypoints: bool = True) -> tuple[pluggy.Plugin
                 raise PluginError(
                     f"plugin {where} implements unknown hook {hname!r} (misspelled?); "
                     f"known hooks: {', '.join(_hook_names())}"
+                    + (_without_it(info.name.rsplit(":", 1)[-1], info.distribution) if info else "")
                 )
     pm.infos = infos
     return pm, infos
+
+
+def _without_it(entry_point: str, distribution: str) -> str:
+    """How to run lipoframe without a plugin that stops it, for the end of the message that names it.
+
+    Every command loads every installed plugin, so one that cannot be
+    imported stops all of them, also those that would not use it.
+    """
+    return (f" (to run without it: LIPOFRAME_BLOCK_PLUGINS={entry_point}, or pip uninstall {distribution}; "
+            "see docs/plugins.md)")
 
 
 def _provider(pm: pluggy.PluginManager, plugin_name: str) -> str:
@@ -201,6 +213,7 @@ def build_registry(pm: pluggy.PluginManager, infos: list[PluginInfo]) -> StageRe
         except Exception as exc:  # noqa: BLE001 - re-raised naming the plugin
             raise PluginError(
                 f"plugin {provider} failed in lipoframe_register_stages: {type(exc).__name__}: {exc}"
+                + (_without_it(info.name.rsplit(":", 1)[-1], info.distribution) if info else "")
             ) from exc
         if info is not None:
             info.stages.extend(f"{s.kind}/{s.name}" for s in registry.stages() if (s.kind, s.name) not in before)

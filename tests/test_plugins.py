@@ -180,6 +180,7 @@ def test_misspelled_hook_implementation_fails_loudly(make_plugin, run_cli, sourc
     assert "unknown hook 'lipoframe_reg" in msg
     assert "lipoframe-typo 0.9" in msg
     assert "lipoframe_register_stages" in msg  # the known hooks are listed
+    assert msg.endswith("(to run without it: LIPOFRAME_BLOCK_PLUGINS=typo, or pip uninstall lipoframe-typo; see docs/plugins.md)")
     code, _, stderr = run_cli("plugins")
     assert code == 2 and "unknown hook" in stderr
 
@@ -195,14 +196,21 @@ def test_misspelled_hook_argument_fails_loudly(make_plugin):
             pass
         """,
     )
-    with pytest.raises(PluginError, match=r"lipoframe-argtypo 1\.0 is invalid.*regsitry"):
+    with pytest.raises(PluginError, match=r"lipoframe-argtypo 1\.0 is invalid.*regsitry.*"
+                                          r"\(to run without it: LIPOFRAME_BLOCK_PLUGINS=argtypo, or pip uninstall lipoframe-argtypo;"):
         plugins.load(refresh=True)
 
 
-def test_plugin_that_cannot_be_imported_names_its_distribution(make_plugin):
+def test_plugin_that_cannot_be_imported_names_its_distribution(make_plugin, monkeypatch):
     make_plugin("lipoframe-broken", "import lipoframe_module_that_does_not_exist\n", version="3.1")
-    with pytest.raises(PluginError, match=r"error importing plugin 'broken'.*lipoframe-broken 3\.1.*ModuleNotFoundError"):
+    with pytest.raises(PluginError, match=r"error importing plugin 'broken'.*lipoframe-broken 3\.1.*ModuleNotFoundError") as caught:
         plugins.load(refresh=True)
+    # Every command stopped, with no word of how to go on without the plugin.
+    assert str(caught.value).endswith("(to run without it: LIPOFRAME_BLOCK_PLUGINS=broken, or pip uninstall lipoframe-broken; "
+                                      "see docs/plugins.md)")
+    monkeypatch.setenv("LIPOFRAME_BLOCK_PLUGINS", "broken")
+    _, registry, infos = plugins.load(refresh=True)
+    assert ("detector", "dog") in registry and not any(i.distribution == "lipoframe-broken" for i in infos)
 
 
 def test_plugin_whose_hook_raises_is_named(make_plugin):
@@ -216,7 +224,7 @@ def test_plugin_whose_hook_raises_is_named(make_plugin):
             raise RuntimeError("boom")
         """,
     )
-    with pytest.raises(PluginError, match=r"lipoframe-raises 1\.0.*RuntimeError: boom"):
+    with pytest.raises(PluginError, match=r"lipoframe-raises 1\.0.*RuntimeError: boom \(to run without it: LIPOFRAME_BLOCK_PLUGINS=raises,"):
         plugins.load(refresh=True)
 
 
