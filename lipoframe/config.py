@@ -132,6 +132,12 @@ class LipoframeConfig:
         neighbours hid (2D micrographs; see ``lipoframe.algorithms.peel``).
         Off by default: it about doubles the time per micrograph.
     watch: keep running and pick new micrographs as they appear (see ``stream``).
+    flip_y: whether the exports (every writer but csv) count a micrograph's
+        rows from the bottom, ``ny - 1 - y``: null flips TIFF inputs, as
+        RELION, IMOD, EMAN2 and crYOLO read them; true flips every micrograph,
+        false none (particles extracted from unflipped originals, e.g. the
+        MRCs of TIFFs written by ``topaz denoise``). It does not change the
+        picks: a run continued with another value re-exports every micrograph.
     """
 
     input: Any = None
@@ -148,6 +154,7 @@ class LipoframeConfig:
     runner: RunnerConfig = field(default_factory=RunnerConfig)
     shard: ShardConfig = field(default_factory=ShardConfig)
     watch: bool = False
+    flip_y: Optional[bool] = None
     stream: StreamConfig = field(default_factory=StreamConfig)
     reader: Any = None
     detector: Any = None
@@ -201,7 +208,7 @@ class LipoframeConfig:
 
     def dataset_fingerprint(self) -> str:
         """Hash of every setting that changes the dataset-level outputs (``picks.csv``, the exports,
-        the plan, the report): the per-micrograph ones, the binning, the writers and ``export_rejected``.
+        the plan, the report): the per-micrograph ones, the binning, the writers, ``export_rejected`` and ``flip_y``.
 
         Not the inputs, the shard, ``runner.*``, ``watch`` or ``stream.*``: a run
         of the same settings into the folder again (resume, more files, a
@@ -211,6 +218,8 @@ class LipoframeConfig:
             "per_micrograph": self.per_micrograph_settings(),
             **{k: _plain(getattr(self, k)) for k in ("binning", "writer", "export_rejected")},
         }
+        if self.flip_y is not None:  # only when given: the default keeps the fingerprint of folders made before it existed
+            payload["flip_y"] = self.flip_y
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def per_micrograph_settings(self) -> dict:

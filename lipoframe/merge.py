@@ -38,7 +38,7 @@ one run over all micrographs.
                earlier sweep's left in it are named and left out)
   output=DIR   where the merged result goes (required)
   overrides    dataset-level options, e.g. binning=... 'writer=[csv,star]'
-               export_rejected=true; per-micrograph options must match the shards
+               export_rejected=true flip_y=false; per-micrograph options must match the shards
 
 example:
   lipoframe run -m input=mics/ output=shards shard.count=4 shard.index=0,1,2,3 hydra/launcher=submitit_slurm
@@ -313,7 +313,7 @@ def merge_runs(folders: list[str | Path], out_dir: str | Path, overrides: list[s
         raise ConfigError(
             f"the merge settings change per-micrograph options{changed} from those the shards were run with "
             "(reader, detector, nms, refiner, filters, sizes, pixel size); only dataset-level options "
-            "(binning, writer, export_rejected) can be changed when merging"
+            "(binning, writer, export_rejected, flip_y) can be changed when merging"
         )
     pm, registry, _ = plugins.load()
     stages = build_stages(cfg, registry)

@@ -11,8 +11,8 @@ writers and the plan files again, so another policy can be tried in seconds::
     lipoframe plan runs/day1 binning.extract_pixel_size=4.0
 
 Only dataset-level options can change (``binning``, ``writer``,
-``export_rejected``, and ``pixel_size`` of a run picked in pixels);
-picking options need ``lipoframe run``.
+``export_rejected``, ``flip_y``, and ``pixel_size`` of a run picked in
+pixels); picking options need ``lipoframe run``.
 """
 
 from __future__ import annotations
@@ -36,18 +36,21 @@ USAGE_EPILOG = """examples:
   lipoframe plan runs/day1 binning=quantile binning.n_bins=4
   lipoframe plan runs/day1 binning.pad=1.6 binning.rounding=fft binning.extract_pixel_size=4
   lipoframe plan runs/day1 pixel_size=1.06                  Å values of a run picked in pixels (units=px)
+  lipoframe plan runs/day1 flip_y=false                     exports in the rows of unflipped micrographs (TIFF inputs)
 
 policies: single, peak_valley, quantile, kmeans, hac (see `lipoframe stages binning`)
 """
 
 #: Top-level options of the saved config that matter at the dataset level.
-_TOP_LEVEL = ("pixel_size", "dmin", "dmax", "units", "polarity", "seed", "export_rejected")
+_TOP_LEVEL = ("pixel_size", "dmin", "dmax", "units", "polarity", "seed", "export_rejected", "flip_y")
 #: The settings of the last ``lipoframe plan`` (removed by a later ``lipoframe run`` into the folder, which writes its own plan).
 PLAN_CONFIG = "plan_config.yaml"
 #: Override keys ``lipoframe plan`` accepts (prefixes).
 _ALLOWED = ("binning", "writer", "export_rejected", "runner.")
 #: ... and this top-level key (see :func:`check_pixel_size`).
 PIXEL_SIZE = "pixel_size"
+#: ... and this one: the row flip of the exports, which the picks do not depend on.
+FLIP_Y = "flip_y"
 #: Stage groups of the saved config whose options may be lengths in Å (``units: A``).
 _PICKING_GROUPS = ("reader", "detector", "nms", "refiner", "filter")
 
@@ -283,11 +286,11 @@ def check_user_overrides(user: list[str]) -> None:
             close = suggested_keys(top)
             hint = f"; did you mean {' or '.join(k + rest for k in close)}?" if close else ""
             raise ConfigError(f"{_key(o)}: not an option of lipoframe{hint}")
-    bad = [o for o in user if "=" not in o or not (_key(o).startswith(_ALLOWED) or _key(o) == PIXEL_SIZE)]
+    bad = [o for o in user if "=" not in o or not (_key(o).startswith(_ALLOWED) or _key(o) in (PIXEL_SIZE, FLIP_Y))]
     if bad:
         raise PlanError(
             f"cannot change {', '.join(bad)} here: lipoframe plan only recomputes dataset-level options "
-            "(binning=..., binning.<param>=..., writer=[...], export_rejected=..., and pixel_size=... of a run "
+            "(binning=..., binning.<param>=..., writer=[...], export_rejected=..., flip_y=..., and pixel_size=... of a run "
             "picked in pixels); picking options need `lipoframe run`"
         )
 
@@ -514,6 +517,8 @@ def replan(run_dir: str | Path, overrides: list[str] = (), *, report: bool = Fal
                   "export_rejected": bool(composed.export_rejected), "overrides": user}
         if pixel_size is not None:
             record["pixel_size"] = pixel_size
+        if any(_key(o) == FLIP_Y for o in user):
+            record["flip_y"] = composed.flip_y
         write_text(run_dir / PLAN_CONFIG, OmegaConf.to_yaml(OmegaConf.create(record)))
         # One of this plan's outputs: the next dataset step (`lipoframe run` again, with the run's own settings) removes it.
         record_written(run_dir, run_dir / PLAN_CONFIG)
@@ -567,7 +572,7 @@ def _main(argv: list[str]) -> int:
     )
     ap.add_argument("run_dir", help="folder of a finished `lipoframe run` (or `lipoframe merge`)")
     ap.add_argument("overrides", nargs="*", help="dataset-level options: binning=<name> binning.<param>=<value> writer=[...] "
-                    "(pixel_size=<Å/px> for a run picked in pixels)")
+                    "flip_y=<null|true|false> (pixel_size=<Å/px> for a run picked in pixels)")
     ap.add_argument("--report", action="store_true", help="also rewrite report.html and the overlays (reads the micrographs)")
     ap.add_argument("--json", action="store_true", help="print the plan as JSON")
     args = ap.parse_intermixed_args(argv)  # options before or after the overrides

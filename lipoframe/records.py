@@ -54,7 +54,9 @@ class MicrographMeta:
     pixel_size : float or None
         Å per pixel, or None when unknown.
     flip_y : bool
-        True for inputs whose rows other programs read upside down (TIFF).
+        True for micrographs whose rows the exports count from the bottom:
+        as a reader returns it, inputs that other programs read upside down
+        (TIFF); in a run's records, after the run's ``flip_y`` option.
     """
 
     name: str

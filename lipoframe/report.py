@@ -177,14 +177,14 @@ def _config_from_folder(out_dir: Path) -> tuple[dict, str, dict]:
 
 
 #: The settings of ``plan_config.yaml`` that replace the run's own in the report's configuration.
-_PLAN_KEYS = ("binning", "writer", "export_rejected", "pixel_size")
+_PLAN_KEYS = ("binning", "writer", "export_rejected", "pixel_size", "flip_y")
 
 
 def _with_plan_config(out_dir: Path, config: dict, text: str) -> tuple[dict, str]:
     """``config`` (and its YAML ``text``) with the settings the folder's last ``lipoframe plan`` used.
 
     ``lipoframe plan`` records them in ``plan_config.yaml`` (its binning,
-    writers, ``export_rejected`` and a ``pixel_size`` it gave), which the
+    writers, ``export_rejected`` and a ``pixel_size`` or ``flip_y`` it gave), which the
     next ``lipoframe run`` into the folder removes: while it is there, the
     plan files are that plan's, so the report shows its settings, not the
     picking run's. Unchanged without the file (or without a run config).

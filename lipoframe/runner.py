@@ -54,6 +54,10 @@ DATASET_REJECTIONS = "dataset_rejections.csv"
 WRITTEN = "written_files.json"
 #: Longest list of notes or failures printed (all are in run_summary.json).
 MAX_LISTED = 20
+#: Key of a saved result's JSON: the reader's ``flip_y`` (TIFF), which the run's ``flip_y=null`` exports with.
+READ_FLIP_Y = "read_flip_y"
+#: How the note on the row flip of TIFF micrographs begins (:func:`tiff_rows_notes`; a plan makes its own).
+TIFF_ROWS = "the exports flip the rows of"
 
 
 # ---------------------------------------------------------------------------
@@ -1214,12 +1218,13 @@ def _read_work_csv(source) -> pd.DataFrame:
 
 def save_work(
     out_dir: Path, meta: MicrographMeta, picks: pd.DataFrame, fingerprint: str, seconds: float, *, source: dict | None = None,
-    version: str | None = None,
+    version: str | None = None, read_flip_y: bool | None = None,
 ) -> None:
     """Write one micrograph's result: the CSV first, then the JSON that marks it complete.
 
     ``version`` is the code that made it (:attr:`StageSet.code_version`;
-    default: lipoframe's version).
+    default: lipoframe's version). ``read_flip_y``: the reader's ``flip_y``
+    (:data:`READ_FLIP_Y`; ``meta.flip_y`` is the run's, :func:`flip_y_for`).
     """
     from lipoframe import __version__
     from lipoframe.builtin.writers import write_csv
@@ -1233,6 +1238,7 @@ def save_work(
         "seconds": round(seconds, 4),
         "source": source,
         "lipoframe": version or __version__,
+        **({READ_FLIP_Y: bool(read_flip_y)} if read_flip_y is not None else {}),
     }
     write_text(json_path, json.dumps(info, indent=1))
 
@@ -1362,6 +1368,46 @@ def listed_pixel_size_notes(stages: StageSet, cfg: LipoframeConfig) -> list[str]
     return notes
 
 
+def flip_y_for(setting: bool | None, read_flip_y: bool) -> bool:
+    """Whether the exports flip a micrograph's rows: the run's ``flip_y`` setting, or the reader's (TIFF) when it is None."""
+    return bool(read_flip_y) if setting is None else bool(setting)
+
+
+def with_flip_y(out_dir: Path, metas: dict[str, MicrographMeta], infos: dict[str, dict | None],
+                setting: bool | None) -> dict[str, MicrographMeta]:
+    """``metas`` with the ``flip_y`` of the run's ``setting``; the saved results that said otherwise are rewritten.
+
+    ``flip_y`` changes the exports, not the picks: a run continued, a plan or
+    a merge with another value keeps the saved picks and exports every
+    micrograph in the one frame. Each saved result records the exports'
+    value (``meta.flip_y``, which ``lipoframe evaluate`` reads) and the
+    reader's (:data:`READ_FLIP_Y`; a result saved before it existed has the
+    reader's as ``meta.flip_y``). ``infos``: the results' JSON (:func:`read_infos`).
+    """
+    out = {}
+    for name, meta in metas.items():
+        info = infos.get(name)
+        read = bool(info.get(READ_FLIP_Y, meta.flip_y)) if isinstance(info, dict) else meta.flip_y
+        want = flip_y_for(setting, read)
+        if want != meta.flip_y and isinstance(info, dict) and isinstance(info.get("meta"), dict):
+            info["meta"]["flip_y"], info[READ_FLIP_Y] = want, read
+            write_text(_work_paths(out_dir, name)[1], json.dumps(info, indent=1))
+        out[name] = replace(meta, flip_y=want)
+    return out
+
+
+def tiff_rows_notes(metas: dict[str, MicrographMeta], cfg: LipoframeConfig, out_dir: Path) -> list[str]:
+    """One note (logged) when ``flip_y`` is null and the exports flip the rows of some micrographs (TIFF inputs)."""
+    n = sum(m.flip_y for m in metas.values())
+    if cfg.flip_y is not None or not n:
+        return []
+    note = (f"{TIFF_ROWS} the {n} TIFF micrograph(s) (y -> ny-1-y), as RELION reads TIFF files; if the particles will be "
+            "extracted from micrographs stored unflipped (e.g. the MRC originals of TIFFs written by topaz denoise), "
+            f"use flip_y=false (`lipoframe plan {out_dir} flip_y=false` re-exports without picking again)")
+    log.info(note)
+    return [note]
+
+
 def read_named(path: str | os.PathLike, name: str, cfg: LipoframeConfig, stages: StageSet) -> Micrograph:
     """Micrograph ``path`` read for picking under its run name ``name``, in the run's polarity.
 
@@ -1396,8 +1442,10 @@ def run_job(job: MicJob, cfg: LipoframeConfig | None = None, stages: StageSet | 
         picks = process_micrograph(mic, stages, ctx)
         del mic  # release the memory map / image before saving
         seconds = time.perf_counter() - t0
-        meta = replace(meta, path=os.path.abspath(job.path))
-        save_work(job.out_dir, meta, picks, job.fingerprint, seconds, source=source, version=stages.code_version or None)
+        read_flip_y = meta.flip_y
+        meta = replace(meta, path=os.path.abspath(job.path), flip_y=flip_y_for(cfg.flip_y, read_flip_y))
+        save_work(job.out_dir, meta, picks, job.fingerprint, seconds, source=source, version=stages.code_version or None,
+                  read_flip_y=read_flip_y)
         return MicResult(job.name, str(job.path), "ok", len(picks), int(picks[schema.ACCEPTED].sum()), seconds, peak_rss_mb=peak_rss_mb())
     except InputError as exc:
         return _failure(job, str(exc), time.perf_counter() - t0)
@@ -2827,7 +2875,7 @@ def finish_run(
         polarity = picking["polarity_check"]
     kept = replanned_notes(picking, pixel_size) if isinstance(picking, dict) else None
     if kept is not None:  # lipoframe plan: the picking run's notes that still apply (its polarity check's among them)
-        notes = notes + [n for n in kept[0] if n not in notes]
+        notes = notes + [n for n in kept[0] if n not in notes and not n.startswith(TIFF_ROWS)]  # the plan's flip_y says
     elif polarity is not None:
         notes = notes + [str(n) for n in polarity.get("notes", [])]
     on_pixel_size = list(listed_notes) if kept is None else kept[1]
@@ -2836,6 +2884,7 @@ def finish_run(
     good = [r.name for r in results if r.status in ("ok", "skipped")]
     infos = read_infos(out_dir, good)
     picks, metas = collect_work(out_dir, good, infos=infos)
+    metas = with_flip_y(out_dir, metas, infos, cfg.flip_y)
     if pixel_size is not None:
         picks, metas = with_pixel_size(picks, metas, pixel_size)
     plan = None
@@ -2871,6 +2920,8 @@ def finish_run(
             # stopped before its dataset step come now). Not the 1 Å/px note: it names the run's picking settings
             # in Å, which the plan's config does not hold; the run's is kept.
             notes = notes + [n for n in pixel_size_notes(metas) + range_notes_for(picks, metas, cfg) if n not in notes]
+        if not stopped:
+            notes = notes + tiff_rows_notes(metas, cfg, out_dir)
     if stopped and picking:
         said = (f"{PLAN_INTERRUPTED}: its exports and extraction plan files are incomplete; "
                 f"run `{replan or f'lipoframe plan {out_dir}'}` again")

@@ -33,6 +33,16 @@ def write_mrc(path: Path, data: np.ndarray, pixel_size: float | None = PIXEL_SIZ
     return path
 
 
+def write_tiff(path: Path, data: np.ndarray) -> Path:
+    """A float32 TIFF micrograph at :data:`PIXEL_SIZE` Å/px (its resolution tags)."""
+    import tifffile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    per_cm = 1e8 / PIXEL_SIZE
+    tifffile.imwrite(path, np.asarray(data, dtype=np.float32), resolution=(per_cm, per_cm), resolutionunit="CENTIMETER")
+    return path
+
+
 def write_set(folder: Path, n: int, *, seed: int = 0, prefix: str = "mic") -> list[Path]:
     """``n`` small MRC micrographs with three particle sizes each."""
     return [write_mrc(folder / f"{prefix}_{i:03d}.mrc", image(seed + i)) for i in range(n)]

@@ -628,7 +628,7 @@ def test_box_and_cbox_rows_of_tiff_micrographs_are_flipped_back(tmp_path, capsys
     assert "crYOLO .cbox rows of TIFF micrograph(s) a" in err and "micrographs=" in err
 
 
-def _run_with_every_writer(tmp_path, run_cli, suffix: str) -> tuple[Path, pd.DataFrame]:
+def _run_with_every_writer(tmp_path, run_cli, suffix: str, *overrides: str) -> tuple[Path, pd.DataFrame]:
     """lipoframe run on three tiny micrographs (MRC or TIFF), writer=[csv,star,cbox,box]; returns the run and its truth."""
     import tifffile
 
@@ -645,7 +645,7 @@ def _run_with_every_writer(tmp_path, run_cli, suffix: str) -> tuple[Path, pd.Dat
             tifffile.imwrite(path, image.astype(np.float32))
         truths.append(truth.assign(micrograph=f"mic_{i}"))
     run = tmp_path / "run"
-    code, _, err = run_cli("run", f"input={tmp_path / 'mics'}", f"output={run}", *TINY_ARGS, "writer=[csv,star,cbox,box]")
+    code, _, err = run_cli("run", f"input={tmp_path / 'mics'}", f"output={run}", *TINY_ARGS, "writer=[csv,star,cbox,box]", *overrides)
     assert code == 0, err
     return run, pd.concat(truths, ignore_index=True)
 
@@ -694,6 +694,27 @@ def test_a_runs_cbox_and_box_exports_score_as_its_csv(tmp_path, run_cli, suffix)
         assert (got["f1"], got["n_reference"]) == (1.0, len(mine))
         if folder == "cbox":
             assert got["median_diameter_error"] == pytest.approx(0.0, abs=1e-3)
+
+
+@pytest.mark.parametrize("suffix, flip_y", [(".tif", False), (".mrc", True)])
+def test_a_runs_star_exports_read_with_its_flip_y_give_back_its_picks(tmp_path, run_cli, suffix, flip_y):
+    """A run with flip_y=false (TIFFs extracted from unflipped originals) or true: its STAR files, read with the
+    same flip_y or with none (the run's records say it), are its picks; taken as they are, they are flipped or not."""
+    run, _ = _run_with_every_writer(tmp_path, run_cli, suffix, f"flip_y={str(flip_y).lower()}")
+    cols = ["micrograph", "x_px", "y_px"]
+    csv = read_picks(run / "picks.csv")[0]
+    mine = csv[csv["accepted"].astype(bool)].sort_values(cols, ignore_index=True)
+    for given in (flip_y, None):
+        back = read_picks(run / "relion" / "coords", flip_y=given)[0].sort_values(cols, ignore_index=True)
+        assert back["micrograph"].tolist() == mine["micrograph"].tolist()
+        # RELION's coordinates are the nearest pixel
+        assert np.abs(back[["x_px", "y_px"]].to_numpy() - mine[["x_px", "y_px"]].to_numpy()).max() <= 0.51, given
+    raw = read_picks(run / "relion" / "coords", flip_y=False)[0].sort_values(cols[:2], ignore_index=True)
+    flipped = np.abs(raw["y_px"].to_numpy() - mine.sort_values(cols[:2], ignore_index=True)["y_px"].to_numpy()) > 1
+    assert flipped.all() if flip_y else not flipped.any()
+    out = tmp_path / "eval"
+    assert main([f"picks={run / 'relion' / 'coords'}", f"reference={run}", f"output={out}"]) == 0
+    assert json.loads((out / "evaluation.json").read_text())["f1"] == 1.0
 
 
 def test_another_pickers_files_of_tiff_micrographs_are_placed_by_the_run_given_as_reference(tmp_path, run_cli):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from scale_data import RUN_ARGS, cli, write_set
+from scale_data import RUN_ARGS, SHAPE, cli, image, write_set, write_tiff
 
 import lipoframe
 from lipoframe import app, merge
@@ -267,6 +267,40 @@ def test_merge_with_a_dataset_level_override(sharded):
         pd.read_csv(root / "merged_fft" / "picks.csv")[["micrograph", "x_px", "y_px", "diameter_px"]],
         pd.read_csv(root / "single" / "picks.csv")[["micrograph", "x_px", "y_px", "diameter_px"]],
     )
+
+
+def test_shards_run_with_another_flip_y_are_merged_in_one_frame(tmp_path, capsys):
+    # flip_y changes the exports, not the picks: shards that differ in it are merged (with the note on their
+    # other overrides) and every micrograph is exported with the merge's value, not with that of its shard
+    import numpy as np
+    import starfile
+
+    for i in range(2):
+        write_tiff(tmp_path / "in" / f"mic_{i}.tif", image(i))
+    args = [f"input={tmp_path / 'in'}", "runner.workers=1", *RUN_ARGS, "shard.count=2"]
+    assert app.run([*args, f"output={tmp_path / 's0'}", "shard.index=0"]) == 0
+    assert app.run([*args, f"output={tmp_path / 's1'}", "shard.index=1", "flip_y=false"]) == 0
+
+    def flipped(folder):
+        picks = pd.read_csv(folder / "picks.csv")
+        out = {}
+        for name, mine in picks[picks["accepted"]].groupby("micrograph"):
+            y = np.sort(starfile.read(folder / "relion" / "coords" / f"{name}_autopick.star")["rlnCoordinateY"].to_numpy(float))
+            out[name] = bool(np.allclose(y, np.sort(np.round(SHAPE[0] - 1 - mine["y_px"].to_numpy())), atol=0.5))
+            assert out[name] or np.allclose(y, np.sort(np.round(mine["y_px"].to_numpy())), atol=0.5)
+        return out
+
+    assert flipped(tmp_path / "s0") == {"mic_0": True} and flipped(tmp_path / "s1") == {"mic_1": False}
+    capsys.readouterr()
+    assert merge.main([str(tmp_path / "s0"), str(tmp_path / "s1"), f"output={tmp_path / 'm'}"]) == 0
+    assert f"{tmp_path / 's1'} was run with other overrides than {tmp_path / 's0'}" in capsys.readouterr().out
+    assert flipped(tmp_path / "m") == {"mic_0": True, "mic_1": True}
+    assert merge.main([str(tmp_path / "s0"), str(tmp_path / "s1"), f"output={tmp_path / 'm'}", "flip_y=false"]) == 0
+    assert flipped(tmp_path / "m") == {"mic_0": False, "mic_1": False}
+    assert [json.loads((tmp_path / "m" / "micrographs" / f"mic_{i}.json").read_text())["meta"]["flip_y"] for i in range(2)] \
+        == [False, False]
+    # the shards' own records are not touched
+    assert json.loads((tmp_path / "s0" / "micrographs" / "mic_0.json").read_text())["meta"]["flip_y"] is True
 
 
 def test_merge_refuses_a_per_micrograph_override(sharded, capsys):

@@ -564,6 +564,44 @@ def test_plan_refuses_a_pixel_size_that_is_none(tmp_path, run_cli, value):
     assert code == 2 and f"pixel_size={value}: give the micrographs' pixel size in Å/px" in err, err
 
 
+def test_plan_exports_with_another_flip_y_without_picking_again(tmp_path, run_cli):
+    # A run on TIFFs whose particles are extracted from the unflipped MRC originals: `plan RUN flip_y=false`
+    # re-exports them in those rows. The saved results are those of a run from before flip_y (the reader's
+    # flip as meta.flip_y), so a later plan with the run's own setting finds the TIFFs again.
+    import starfile
+
+    from lipoframe.runner import TIFF_ROWS
+
+    picks, metas = dataset()
+    metas = {n: dataclasses.replace(m, path=m.path.replace(".mrc", ".tif"), flip_y=True) for n, m in metas.items()}
+    run = fabricated_run(tmp_path / "run", picks, metas, settings={"writer": {"star": {}}})
+
+    def star_rows(name):
+        return np.sort(starfile.read(run / "relion" / "coords" / f"{name}_autopick.star")["rlnCoordinateY"].to_numpy(float))
+
+    ny = metas["mic_0"].shape[0]
+    rows = np.sort(np.round(picks.loc[picks[schema.MICROGRAPH] == "mic_0", schema.Y].to_numpy()))
+    code, out, err = run_cli("plan", run)
+    assert code == 0, err
+    assert np.array_equal(star_rows("mic_0"), np.sort(np.round(ny - 1 - rows)))
+    assert sum(TIFF_ROWS in line for line in out.splitlines()) == 1
+    saved = (run / "micrographs" / "mic_0.csv").read_bytes()
+    code, out, err = run_cli("plan", run, "flip_y=false")
+    assert code == 0, err
+    assert np.array_equal(star_rows("mic_0"), rows)
+    assert TIFF_ROWS not in out and not any(TIFF_ROWS in n for n in json.loads((run / "run_summary.json").read_text())["notes"])
+    assert (run / "micrographs" / "mic_0.csv").read_bytes() == saved  # the picks are not touched
+    assert json.loads((run / "micrographs" / "mic_0.json").read_text())["meta"]["flip_y"] is False  # as evaluate reads it
+    assert "flip_y: false" in (run / "plan_config.yaml").read_text()
+    from lipoframe.report import _config_from_folder
+
+    assert _config_from_folder(run)[0]["flip_y"] is False  # the report shows the plan's
+    code, out, err = run_cli("plan", run)  # like any plan option it holds for that plan: without it, the run's own
+    assert code == 0, err
+    assert np.array_equal(star_rows("mic_0"), np.sort(np.round(ny - 1 - rows)))
+    assert sum(TIFF_ROWS in line for line in out.splitlines()) == 1
+
+
 def test_plan_and_report_given_a_sweep_folder_name_its_jobs(tmp_path, run_cli):
     # `lipoframe run -m ... output=sweep` leaves multirun.yaml and one folder per job
     sweep = tmp_path / "sweep"

@@ -11,7 +11,7 @@ import sys
 import time
 
 import pytest
-from scale_data import GATE_READER, RUN_ARGS, env_with_plugins, image, write_mrc, write_set
+from scale_data import GATE_READER, RUN_ARGS, SHAPE, env_with_plugins, image, write_mrc, write_set, write_tiff
 
 from lipoframe.merge import compose_config
 from lipoframe.runner import run_pipeline
@@ -97,6 +97,44 @@ def test_dataset_level_change_reuses_per_micrograph_results(done_run):
     inp, out = done_run
     again = run(inp, out, "binning.pad=1.6")
     assert set(statuses(again).values()) == {"skipped"}
+
+
+def _star_rows_flipped(out) -> dict[str, bool]:
+    """Per micrograph: whether ``relion/coords`` holds the rows of picks.csv counted from the bottom (else as they are)."""
+    import numpy as np
+    import pandas as pd
+    import starfile
+
+    picks = pd.read_csv(out / "picks.csv")
+    out_flipped = {}
+    for name, mine in picks[picks["accepted"]].groupby("micrograph"):
+        star = starfile.read(out / "relion" / "coords" / f"{name}_autopick.star")
+        y = np.sort(star["rlnCoordinateY"].to_numpy(float))
+        if np.allclose(y, np.sort(np.round(mine["y_px"].to_numpy())), atol=0.5):
+            out_flipped[name] = False
+        else:
+            assert np.allclose(y, np.sort(np.round(SHAPE[0] - 1 - mine["y_px"].to_numpy())), atol=0.5), name
+            out_flipped[name] = True
+    return out_flipped
+
+
+def test_a_run_continued_with_another_flip_y_exports_every_micrograph_with_it_without_picking_again(tmp_path):
+    # flip_y changes the exports, not the picks: the micrographs picked before keep their picks and are
+    # exported in the new frame with those picked now (the saved records took the flip of the run that saved them)
+    inp = tmp_path / "in"
+    write_tiff(inp / "a.tif", image(0))
+    out = tmp_path / "out"
+    assert statuses(run(inp, out)) == {"a": "ok"}
+    assert _star_rows_flipped(out) == {"a": True}
+    write_tiff(inp / "b.tif", image(1))
+    write_mrc(inp / "c.mrc", image(2))
+    assert statuses(run(inp, out, "flip_y=false")) == {"a": "skipped", "b": "ok", "c": "ok"}
+    assert _star_rows_flipped(out) == {"a": False, "b": False, "c": False}
+    assert {json.loads((out / "micrographs" / f"{n}.json").read_text())["meta"]["flip_y"] for n in "abc"} == {False}
+    assert set(statuses(run(inp, out)).values()) == {"skipped"}  # back to the default: TIFFs flipped, as the reader says
+    assert _star_rows_flipped(out) == {"a": True, "b": True, "c": False}
+    assert set(statuses(run(inp, out, "flip_y=true")).values()) == {"skipped"}
+    assert _star_rows_flipped(out) == {"a": True, "b": True, "c": True}
 
 
 def test_per_micrograph_change_redoes_everything(done_run):

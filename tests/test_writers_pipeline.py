@@ -7,6 +7,7 @@ for the MRC and its row-flipped pixel for the TIFF.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import mrcfile
@@ -36,9 +37,8 @@ def compose(overrides: list[str]):
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    from lipoframe.runner import run_pipeline
-
+def inputs(tmp_path_factory) -> Path:
+    """``one.mrc`` and ``two.tif``: the same array, one particle."""
     root = tmp_path_factory.mktemp("e2e")
     truth = pd.DataFrame({"x_px": [TRUE_X], "y_px": [TRUE_Y], "diameter_px": [TRUE_D]})
     img = render(SHAPE, truth, noise=0.05, seed=2).astype(np.float32)
@@ -48,14 +48,24 @@ def run_dir(tmp_path_factory):
         m.set_data(img)
         m.voxel_size = 2.0
     tifffile.imwrite(inp / "two.tif", img, resolution=(1e8 / 2.0, 1e8 / 2.0), resolutionunit="CENTIMETER")
-    out = root / "out"
+    return inp
+
+
+def run_on(inp: Path, out: Path, *overrides: str) -> Path:
+    from lipoframe.runner import run_pipeline
+
     cfg = compose([
         f"input={inp}", f"output={out}", "dmin=160", "dmax=320", "units=A",
-        "writer=[csv,star,cryosparc,cbox,box]", "runner.workers=1", "runner.progress=false",
+        "writer=[csv,star,cryosparc,cbox,box]", "runner.workers=1", "runner.progress=false", "runner.report=false", *overrides,
     ])
     result = run_pipeline(cfg, out)
     assert result.ok, result.summary()
     return out
+
+
+@pytest.fixture(scope="module")
+def run_dir(inputs):
+    return run_on(inputs, inputs.parent / "out")
 
 
 def test_all_writers_selected_at_once(run_dir: Path):
@@ -120,3 +130,69 @@ def test_cryosparc_keeps_same_named_micrographs_apart(tmp_path):
     assert abs(best["a-mic.mrc"] - TRUE_X) <= 2 and abs(best["b-mic.mrc"] - (TRUE_X + 150.0)) <= 2
     star = starfile.read(out / "cryosparc" / "particles.star")
     assert set(star["rlnMicrographName"]) == {"a-mic.mrc", "b-mic.mrc"}
+
+
+def exported_rows(run: Path, name: str) -> dict[str, np.ndarray]:
+    """The rows every writer but csv exported for micrograph ``name``, sorted, by format (box corners as written)."""
+    from cryosparc.dataset import Dataset
+
+    d = Dataset.load(run / "cryosparc" / "particles.cs")
+    mine = np.array([p.startswith(name + ".") for p in d["location/micrograph_path"].tolist()])
+    return {
+        "star": np.sort(starfile.read(run / "relion" / "coords" / f"{name}_autopick.star")["rlnCoordinateY"].to_numpy(float)),
+        "box": np.sort(np.loadtxt(run / "box" / f"{name}.box", ndmin=2)[:, 1]),
+        "cbox": np.sort(starfile.read(run / "cbox" / f"{name}.cbox")["cryolo"]["CoordinateY"].to_numpy(float)),
+        "cryosparc": np.sort(d["location/center_y_frac"][mine] * SHAPE[0]),
+    }
+
+
+@pytest.fixture(scope="module")
+def flip_runs(inputs, run_dir):
+    """The run on one.mrc + two.tif with each flip_y (None: the default)."""
+    runs = {None: run_dir}
+    for flip in (False, True):
+        runs[flip] = run_on(inputs, inputs.parent / f"out_flip_{flip}", f"flip_y={str(flip).lower()}")
+    picks = {k: pd.read_csv(r / "picks.csv") for k, r in runs.items()}
+    for k in runs:  # the setting changes the exports only; one.mrc and two.tif are picked alike
+        assert picks[k][["x_px", "y_px"]].equals(picks[None][["x_px", "y_px"]])
+        one, two = (picks[k][picks[k]["micrograph"] == n][["x_px", "y_px"]].reset_index(drop=True) for n in ("one", "two"))
+        assert one.equals(two) and len(one)
+    return runs
+
+
+@pytest.mark.parametrize("fmt", ["star", "box", "cbox", "cryosparc"])
+def test_flip_y_decides_which_micrographs_every_writer_flips(flip_runs, fmt):
+    mrc = exported_rows(flip_runs[None], "one")[fmt]  # the default: the MRC's rows as they are, the TIFF's flipped
+    tiff = exported_rows(flip_runs[None], "two")[fmt]
+    assert not np.allclose(mrc, tiff, atol=1)
+    # false: the TIFF's rows as the MRC's (particles extracted from the unflipped originals)
+    assert np.array_equal(exported_rows(flip_runs[False], "two")[fmt], mrc)
+    assert np.array_equal(exported_rows(flip_runs[False], "one")[fmt], mrc)
+    # true: the MRC flipped as the TIFF is by default
+    assert np.array_equal(exported_rows(flip_runs[True], "one")[fmt], tiff)
+    assert np.array_equal(exported_rows(flip_runs[True], "two")[fmt], tiff)
+
+
+def test_the_csv_writer_never_flips(flip_runs):
+    tables = [pd.read_csv(r / "csv" / "two.csv") for r in flip_runs.values()]
+    assert all(t.equals(tables[0]) for t in tables)
+
+
+def test_a_run_with_tiff_inputs_notes_once_that_their_rows_are_flipped(flip_runs, inputs, tmp_path, caplog):
+    from lipoframe.runner import TIFF_ROWS
+
+    def said(notes):
+        return [n for n in notes if str(n).startswith(TIFF_ROWS)]
+
+    notes = json.loads((flip_runs[None] / "run_summary.json").read_text())["notes"]
+    assert len(said(notes)) == 1 and "flip_y=false" in said(notes)[0] and "1 TIFF micrograph" in said(notes)[0]
+    for flip in (False, True):  # chosen: nothing to say
+        assert not said(json.loads((flip_runs[flip] / "run_summary.json").read_text())["notes"])
+    with caplog.at_level("INFO", logger="lipoframe"):
+        run_on(inputs, tmp_path / "again")
+    assert len(said(r.getMessage() for r in caplog.records)) == 1
+    caplog.clear()
+    with caplog.at_level("INFO", logger="lipoframe"):
+        mrc_only = run_on(inputs / "one.mrc", tmp_path / "mrc")
+    assert not said(r.getMessage() for r in caplog.records)
+    assert not said(json.loads((mrc_only / "run_summary.json").read_text())["notes"])

@@ -2,7 +2,8 @@
 
 Readers return the array exactly as stored (row 0 first); nothing is flipped
 here. TIFF inputs are marked ``flip_y`` so that writers for programs that flip
-TIFFs on reading (RELION, Warp, napari-boxmanager) can convert.
+TIFFs on reading (RELION, Warp, napari-boxmanager) can convert (the run's
+``flip_y`` option may choose otherwise: :func:`lipoframe.runner.flip_y_for`).
 """
 
 from __future__ import annotations
