@@ -503,3 +503,22 @@ def test_a_file_that_is_empty_or_in_another_format_is_named_as_such(tmp_path, na
     path.write_bytes(b"")
     with pytest.raises(InputError, match=rf"^{path}: not a .*\(the file is empty\)$"):
         reader.read(path, pixel_size=None)
+
+
+@pytest.mark.parametrize(("dims", "shape"), [(2, (1, 6, 8)), (3, (1, 4, 6, 8))])
+def test_a_volume_stack_header_of_one_plane_or_volume_is_read_as_one_image(tmp_path, dims, shape):
+    """An MRC whose header says 'volume stack' (ispg 401) is read by mrcfile as 4D: one micrograph (nz = 1)
+    was refused as 'a 4D array of shape (1, 1, 6, 8) where a 2D micrograph is expected', with no advice."""
+    import mrcfile
+
+    from lipoframe.builtin.readers import MrcReader, MrcReaderParams
+
+    data = np.arange(np.prod(shape), dtype=np.float32).reshape(shape[-3:])
+    path = tmp_path / "m.mrc"
+    with mrcfile.new(str(path)) as m:
+        m.set_data(data)
+        m.header.ispg = 401
+    with mrcfile.open(str(path)) as m:
+        assert m.data.ndim == 4  # what the reader is given
+    image = MrcReader(MrcReaderParams(dims=dims)).read(path, pixel_size=None).image
+    np.testing.assert_array_equal(image, data.reshape(shape[-dims:]))

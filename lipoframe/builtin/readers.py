@@ -144,7 +144,9 @@ def _wrong_dims(path: Path, shape: tuple[int, ...], dims: int) -> str:
 
 
 def _check_dims(path: Path, data: np.ndarray, dims: int) -> np.ndarray:
-    if dims == 2 and data.ndim == 3 and data.shape[0] == 1:
+    # Leading axes of length 1 hold nothing: one plane (nz = 1), or a volume stack of one
+    # (an MRC header with ispg 401, which mrcfile reads as 4D) is one image of its last axes.
+    while data.ndim > dims and data.shape[0] == 1:
         data = data[0]
     if data.ndim != dims:
         raise InputError(_wrong_dims(path, tuple(int(n) for n in data.shape), dims))
