@@ -522,3 +522,18 @@ def test_a_volume_stack_header_of_one_plane_or_volume_is_read_as_one_image(tmp_p
         assert m.data.ndim == 4  # what the reader is given
     image = MrcReader(MrcReaderParams(dims=dims)).read(path, pixel_size=None).image
     np.testing.assert_array_equal(image, data.reshape(shape[-dims:]))
+
+
+@pytest.mark.parametrize(("photometric", "extrasamples"), [("rgb", None), ("minisblack", ["unassalpha"])])
+def test_a_tiff_with_each_colour_sample_in_its_own_plane_is_read_as_a_colour_tiff(tmp_path, photometric, extrasamples):
+    """A planar RGB TIFF (PlanarConfiguration 2, which tifffile returns as (3, rows, cols)) was refused as
+    'a 3D stack ... it looks like a movie of 3 frames'; its interleaved twin was read."""
+    grey = np.arange(48, dtype=np.uint8).reshape(6, 8) * 5
+    planes = np.stack([grey, grey + 1, grey + 3]) if photometric == "rgb" else np.stack([grey, np.full_like(grey, 7)])
+    planar, interleaved = tmp_path / "planar.tif", tmp_path / "interleaved.tif"
+    tifffile.imwrite(planar, planes, photometric=photometric, planarconfig="separate", extrasamples=extrasamples)
+    tifffile.imwrite(interleaved, np.moveaxis(planes, 0, -1), photometric=photometric, planarconfig="contig",
+                     extrasamples=extrasamples)
+    expected = planes[:3].mean(axis=0) if photometric == "rgb" else grey
+    for path in (planar, interleaved):
+        np.testing.assert_array_equal(TiffReader().read(path, pixel_size=None).image, expected)

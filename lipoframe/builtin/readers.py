@@ -377,6 +377,7 @@ class TiffReader(Reader):
                 if not len(tif.pages):
                     raise InputError(f"{path}: not a readable TIFF file (it holds no image: truncated?)")
                 samples = int(tif.pages[0].samplesperpixel)
+                planar = samples > 1 and int(tif.pages[0].planarconfig) == 2  # SEPARATE: (samples, rows, cols)
                 grey = int(tif.pages[0].photometric) in (0, 1)  # MINISWHITE/MINISBLACK: further samples are extra (alpha)
                 shape = tuple(int(n) for n in tif.series[0].shape)
                 if self.params.dims == 2 and samples == 1 and len(shape) == 3 and shape[0] > 1:
@@ -395,6 +396,8 @@ class TiffReader(Reader):
             raise InputError(f"{path}: not a readable TIFF file ({why})") from None
         if notes:
             log.warning("%s: tifffile: %s", path, "; ".join(dict.fromkeys(notes)))
+        if planar and data.ndim == 3 and data.shape[0] == samples:
+            data = np.moveaxis(data, 0, -1)  # each sample in its own plane: as if interleaved (RGBRGB...)
         if samples > 1 and data.ndim == 3 and data.shape[-1] == samples and self.params.dims == 2:
             # Colour (RGB, RGBA) or other multi-sample pixels: the mean of the first three samples;
             # grey + alpha: the grey sample (as the PNG reader does; the mean made a 0/1 mask 0.5/1).
