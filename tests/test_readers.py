@@ -478,7 +478,8 @@ def test_a_tiff_without_an_image_is_one_line_naming_the_file(tmp_path, caplog):
     assert caplog.records[0].getMessage().startswith(f"{path}: tifffile: ") and "invalid page offset" in caplog.text
 
 
-@pytest.mark.parametrize(("name", "other"), [("m.mrc", "t.tif"), ("m.tif", "a.mrc"), ("m.png", "a.mrc"), ("m.npy", "t.tif")])
+@pytest.mark.parametrize(("name", "other"), [("m.mrc", "t.tif"), ("m.tif", "a.mrc"), ("m.png", "a.mrc"), ("m.npy", "t.tif"),
+                                             ("m.mrc", "n.npy"), ("m.tif", "p.png")])
 def test_a_file_that_is_empty_or_in_another_format_is_named_as_such(tmp_path, name, other):
     # An empty .mrc gave 'Couldn't read enough bytes for MRC header', a TIFF named
     # .mrc 'Map ID string not found - not an MRC file, or file is corrupt', an MRC
@@ -491,13 +492,19 @@ def test_a_file_that_is_empty_or_in_another_format_is_named_as_such(tmp_path, na
     source = tmp_path / other
     if other.endswith(".tif"):
         tifffile.imwrite(source, IMAGE)
+    elif other.endswith(".npy"):
+        np.save(source, IMAGE)
+    elif other.endswith(".png"):
+        from PIL import Image
+
+        Image.fromarray(IMAGE.astype(np.uint8)).save(source)
     else:
         with mrcfile.new(str(source)) as m:
             m.set_data(IMAGE)
     path = tmp_path / name
     path.write_bytes(source.read_bytes())
     suffix = other[-4:]
-    kind = "a TIFF" if suffix == ".tif" else "an MRC"
+    kind = {".tif": "a TIFF", ".mrc": "an MRC", ".npy": "a NumPy", ".png": "a PNG"}[suffix]  # 'an NumPy' before
     with pytest.raises(InputError, match=rf"^{path}: not a .*\(it is {kind} file: give it the suffix \{suffix}\)$"):
         reader.read(path, pixel_size=None)
     path.write_bytes(b"")

@@ -99,7 +99,8 @@ def _why_unreadable(path: Path, problem: str, own: str) -> str:
         return "the file is empty"
     found = _file_format(head)
     if found is not None and found[0] != own:
-        return f"it is a{'n' if found[0][0] in 'AEIMNO' else ''} {found[0]} file: give it the suffix {found[1]}"
+        article = "an" if found[0] == "MRC" else "a"  # said letter by letter: "an MRC", "a NumPy", "a PNG", "a TIFF", "a JPEG"
+        return f"it is {article} {found[0]} file: give it the suffix {found[1]}"
     return problem
 
 
