@@ -1408,6 +1408,44 @@ def tiff_rows_notes(metas: dict[str, MicrographMeta], cfg: LipoframeConfig, out_
     return [note]
 
 
+def given_pixel_size_notes(paths: list[Path], stages: StageSet, cfg: LipoframeConfig) -> list[str]:
+    """A warning when ``pixel_size=`` differs from the pixel size the micrographs' headers give.
+
+    The given pixel size is used, as documented; a header that says
+    otherwise by more than 1 % may mean micrographs binned since the pixel
+    size was noted (a denoiser's or MotionCorr's output at bin 2), which
+    puts every diameter and box off by that factor without any other sign.
+    The header of the first of the first :data:`_HEADER_TRIES` micrographs
+    that can be read and gives a pixel size is compared (one read for the
+    dataset); a header without one, or with the placeholder 1 Å/px
+    (:func:`placeholder_pixel_size_notes`), is not compared. Logged as a
+    warning.
+    """
+    from lipoframe.polaritycheck import quiet
+
+    if cfg.pixel_size is None:
+        return []
+    for path in paths[:_HEADER_TRIES]:
+        try:
+            refuse_special_file(path)
+            with quiet():  # the reader's own warnings come when the micrograph is picked
+                header = stages.reader_for(Path(path)).read(Path(path), pixel_size=None).meta.pixel_size
+        except Exception:  # noqa: BLE001 - a micrograph that cannot be read fails when it is picked
+            continue
+        if header is None:
+            continue
+        if header == 1.0 or abs(header - cfg.pixel_size) <= 0.01 * cfg.pixel_size:
+            return []
+        ratio = header / cfg.pixel_size
+        why = ": micrographs binned since?" if ratio > 1.5 else ""
+        note = (f"pixel_size={cfg.pixel_size:g} Å/px was given, but the header of {path} gives {header:g} Å/px "
+                f"({ratio:.3g} times the given one{why}); the given {cfg.pixel_size:g} Å/px is used: if the header is "
+                "right, run again without pixel_size=")
+        log.warning(note)
+        return [note]
+    return []
+
+
 def read_named(path: str | os.PathLike, name: str, cfg: LipoframeConfig, stages: StageSet) -> Micrograph:
     """Micrograph ``path`` read for picking under its run name ``name``, in the run's polarity.
 
@@ -3061,7 +3099,7 @@ def run_pipeline(
             log.warning(n)
         if len(notes) > MAX_LISTED:
             log.warning("... and %d more notes on the inputs (see run_summary.json)", len(notes) - MAX_LISTED)
-        listed = listed_pixel_size_notes(stages, cfg)
+        listed = listed_pixel_size_notes(stages, cfg) + given_pixel_size_notes(paths, stages, cfg)
         notes += listed
         dropped = drop_outputs_of_other_settings(out_dir, cfg)  # before write_manifest: it may read the earlier inputs.json
         if dropped:

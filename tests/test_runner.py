@@ -714,3 +714,25 @@ def test_ctrl_c_with_one_worker_finishes_the_micrograph_in_progress(tmp_path):
     assert [(r.name, r.status) for r in results] == [("mic_000", "ok")]
     assert (tmp_path / "out" / "micrographs" / "mic_000.json").is_file()
     assert stages.reader.calls == 1
+
+
+@pytest.mark.parametrize(("header", "warned"), [(3.0, True), (1.0, False), (1.51, False), (None, False)])
+def test_a_given_pixel_size_the_headers_contradict_is_warned_about(tmp_path, caplog, header, warned):
+    """pixel_size=1.5 on micrographs whose headers say 3 Å/px (binned by the denoiser or MotionCorr since the
+    pixel size was noted) put every diameter and box off by 2 without a word. A header of exactly 1 Å/px is
+    the placeholder many programs write, one within 1 % agrees, and none is none: nothing to say."""
+    write_mrc(tmp_path / "in" / "mic_000.mrc", image(0), pixel_size=header)
+    with caplog.at_level("WARNING", logger="lipoframe"):
+        result = run_pipeline(config(tmp_path / "in", "runner.workers=1", "pixel_size=1.5", "units=px"), tmp_path / "out")
+    assert [r.status for r in result.results] == ["ok"]
+    assert (result.picks["diameter_A"] / result.picks["diameter_px"]).round(3).eq(1.5).all()  # the given one is used
+    said = [n for n in result.notes if n.startswith("pixel_size=1.5 Å/px was given")]
+    told = [r.getMessage() for r in caplog.records if r.getMessage().startswith("pixel_size=1.5 Å/px was given")]
+    if warned:
+        expected = (f"pixel_size=1.5 Å/px was given, but the header of {tmp_path / 'in' / 'mic_000.mrc'} gives 3 Å/px (2 "
+                    "times the given one: micrographs binned since?); the given 1.5 Å/px is used: if the header is right, "
+                    "run again without pixel_size=")
+        assert said == told == [expected]
+        assert expected in json.loads((tmp_path / "out" / "run_summary.json").read_text())["notes"]
+    else:
+        assert said == told == []
