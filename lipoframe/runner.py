@@ -391,7 +391,7 @@ def check_image(mic: Micrograph, ctx: PickContext) -> None:
     # The rows and columns that do not fill a whole block are not in `small`.
     edges = [mic.image[(slice(None),) * axis + (slice(size // factor * factor, None),)] for axis, size in enumerate(mic.shape)]
     if not np.all(np.isfinite(small)) or not all(np.all(np.isfinite(e)) for e in edges if e.size):
-        raise InputError(f"{where}: image contains NaN or infinite pixels")
+        raise InputError(f"{where}: image contains NaN or infinite pixels: {not_finite_pixels(np.asarray(mic.image))}")
     if float(small.std()) == 0.0 and float(np.ptp(np.asarray(mic.image[:64, :64], dtype=np.float32))) == 0.0:
         raise InputError(f"{where}: image is constant (no contrast)")
     # A mask, label image or network's map beside the micrographs (input=<folder>) was picked like one, without
@@ -406,6 +406,36 @@ def check_image(mic: Micrograph, ctx: PickContext) -> None:
         log.warning("%s: values from %g to %g and a name that says mask, heatmap or probability: a probability map "
                     "(MicrographCleaner, crYOLO, Topaz) rather than a micrograph? It is picked as given; leave it out of "
                     "input= (or read it with filter=[...,mask] or detector=heatmap)", where, *span)
+
+
+def not_finite_pixels(image: np.ndarray) -> str:
+    """Which of an image's pixels are NaN or infinite, for the message that refuses it.
+
+    Their number and share, and where they are when that is a border (whole
+    rows and columns at the image's edges, as a motion correction or a
+    stitching leaves where no frame reached), with what to do.
+    """
+    bad = ~np.isfinite(image)
+    n, nan = int(bad.sum()), int(np.isnan(image).sum())
+    kinds = " and ".join(f"{k} {w}" for k, w in ((nan, "NaN"), (n - nan, "infinite")) if k)
+    if n == bad.size:
+        return f"all of them ({kinds}); nothing to pick"
+    plane = bad.reshape(-1, *bad.shape[-2:]).all(axis=0) if bad.ndim == 3 else bad  # a volume: bad in every plane
+    full_rows, full_cols = plane.all(axis=1), plane.all(axis=0)
+
+    def run(flags: np.ndarray) -> tuple[int, int]:  # lengths of the runs of True at the start and at the end
+        false = np.flatnonzero(~flags)
+        return (int(false[0]), int(flags.size - 1 - false[-1])) if false.size else (flags.size, 0)
+
+    (top, bottom), (left, right) = run(full_rows), run(full_cols)
+    edges = [f"{k} {w}" for k, w in ((top, "rows at the top"), (bottom, "rows at the bottom"),
+                                      (left, "columns at the left"), (right, "columns at the right")) if k]
+    edges = ", ".join(edges[:-1]) + " and " + edges[-1] if len(edges) > 1 else "".join(edges)
+    share = f"{100 * n / bad.size:.2g} % of the image"
+    inner = plane[top:plane.shape[0] - bottom, left:plane.shape[1] - right]
+    if edges and not inner.any() and (bad.ndim == 2 or np.array_equal(bad, np.broadcast_to(plane, bad.shape))):
+        return f"a border of {edges} ({kinds}, {share}); crop it, or fill it with the image's mean, before picking"
+    return f"{kinds} ({share}); replace them (with the image's mean, say) before picking"
 
 
 def two_levels(image: np.ndarray) -> tuple[float, float] | None:

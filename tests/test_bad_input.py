@@ -267,3 +267,31 @@ def test_a_pixel_size_that_makes_the_particles_vanish_is_named():
     with pytest.raises(InputError, match=r"^/data/m.mrc: the smallest diameter is 0.00015 px at 1e\+06 Å/px, too small to pick"):
         pick_context(meta, LipoframeConfig())
     assert pick_context(MicrographMeta("m", "/data/m.mrc", (4096, 4096), 1.0), LipoframeConfig()).dmin_px == 150
+
+
+@pytest.mark.parametrize(("spoil", "said"), [
+    (lambda a: (a.__setitem__((slice(0, 20),), np.nan), a.__setitem__((slice(None), slice(-16, None)), np.nan)),
+     "a border of 20 rows at the top and 16 columns at the right (13504 NaN, 9.2 % of the image); crop it, or fill it "
+     "with the image's mean, before picking"),
+    (lambda a: a.__setitem__((slice(None), slice(0, 3)), -np.inf),
+     "a border of 3 columns at the left (1152 infinite, 0.78 % of the image); crop it, or fill it with the image's "
+     "mean, before picking"),
+    (lambda a: (a.__setitem__((50, 50), np.nan), a.__setitem__((60, 60), np.inf)),
+     "1 NaN and 1 infinite (0.0014 % of the image); replace them (with the image's mean, say) before picking"),
+    (lambda a: (a.__setitem__((slice(0, 20),), np.nan), a.__setitem__((200, 200), np.nan)),
+     "7681 NaN (5.2 % of the image); replace them (with the image's mean, say) before picking"),  # not only a border
+    (lambda a: a.__setitem__(..., np.nan), "all of them (147456 NaN); nothing to pick"),
+])
+def test_nan_or_infinite_pixels_are_counted_and_a_border_of_them_is_named(spoil, said):
+    """'image contains NaN or infinite pixels' said neither how many nor where: a border that a motion correction or
+    a stitching left where no frame reached (to crop or fill) was told apart from nothing."""
+    from lipoframe.records import InputError, Micrograph, MicrographMeta, PickContext
+    from lipoframe.runner import check_image
+
+    img = image(3)
+    spoil(img)
+    mic = Micrograph(meta=MicrographMeta("m", "m.mrc", img.shape, 1.0), image=img)
+    ctx = PickContext(dmin_px=30, dmax_px=140, polarity="dark", pixel_size=1.0, seed=0)
+    with pytest.raises(InputError) as caught:
+        check_image(mic, ctx)
+    assert str(caught.value) == f"m.mrc: image contains NaN or infinite pixels: {said}"
