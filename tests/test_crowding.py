@@ -87,3 +87,30 @@ def test_crowding_finds_more_faint_particles_without_more_noise_picks():
     # On pure noise the correction adds nothing.
     on, off = (len(detect_blobs(_noise(5), crowding=c, **kw)["x_px"]) for c in (True, False))
     assert on <= off <= 5
+
+
+def test_a_constant_region_is_not_taken_for_quiet_background():
+    """Zero padding, an area filled with the mean or masked out: its tiles spread by float rounding only.
+    Once such a region covered more than the 35 % quantile's share of the image, the noise estimate fell to
+    that rounding and every response looked significant: on a 512 px micrograph with 12 particles and its
+    left 40 % filled with the mean, 117 false picks and none of the particles."""
+    img = _noise(2)
+    centres = np.array([(200.0, 700.0), (600.0, 800.0), (850.0, 650.0)])
+    for r, c in centres:
+        img[disk((r, c), DIAMETER / 2, shape=img.shape)] += 3
+    resp = blob_responses(img, SIGMAS, method="edge")
+    _, truth = robust_noise(resp, SIGMAS)
+    filled = img.copy()
+    filled[:, :450] = filled.mean()  # 44 % of the image
+    resp = blob_responses(filled, SIGMAS, method="edge")
+    _, noise = robust_noise(resp, SIGMAS)
+    assert np.all(np.abs(noise / truth - 1) < 0.2)
+    f = crowding_correction(resp, SIGMAS, noise, centres[:, 0], centres[:, 1], np.full(3, DIAMETER / 2 * 1.1))
+    assert np.all(f > 0.95)  # the filled tiles are not candidate-free background either
+    kw = dict(dmin_px=30, dmax_px=56, method="edge", threshold=5.6, min_sigma_binned=3, crowding=True)
+    for image in (img, filled):
+        b = detect_blobs(image, **kw)
+        d = np.hypot(b["y_px"][:, None] - centres[None, :, 0], b["x_px"][:, None] - centres[None, :, 1])
+        near = d.min(axis=1) < 0.3 * DIAMETER
+        assert len(set(d.argmin(axis=1)[near])) == 3
+        assert np.sum(~near & (b["x_px"] > 450 + DIAMETER)) <= 5  # noise maxima where the image holds noise

@@ -327,6 +327,25 @@ def _tile_spreads(r: np.ndarray, tile: int) -> tuple[np.ndarray, int, int]:
     return 1.4826 * tile_mad.reshape(ty, tx), ty_size, tx_size
 
 
+#: A tile whose spread is at most this fraction of the largest at its scale holds no signal: a constant region
+#: (zero padding, an area filled or masked out, the gaps of a stitched montage) spreads by float rounding, about
+#: 1e-7 of the largest; the quietest background tiles of micrographs spread 1e-2 of it or more.
+DEAD_TILE = 1e-4
+
+
+def live_tiles(spreads: np.ndarray) -> np.ndarray:
+    """Which tiles (flattened) hold signal: the others spread by no more than :data:`DEAD_TILE` of the largest.
+
+    A quantile over all tiles falls to the rounding noise of a constant
+    region once such regions are more than the quantile's share of the
+    image, and every response then looks significant. When no tile is live
+    (a constant image), all are taken.
+    """
+    flat = np.asarray(spreads).ravel()
+    live = flat > DEAD_TILE * float(flat.max(initial=0.0))
+    return live if live.any() else np.ones_like(live)
+
+
 def _tile_size(sigma: float | None, tile_sigmas: float, shape: tuple[int, ...]) -> int:
     return int(max(8, round(tile_sigmas * sigma))) if sigma is not None else max(8, min(shape[-2:]) // 8)
 
@@ -365,7 +384,9 @@ def robust_noise(
     A global MAD is inflated in crowded micrographs, where particles cover most
     of the image, so the spread is measured in tiles of ``tile_sigmas * sigma``
     pixels and the ``quantile`` of the tiles' robust spreads (1.4826 MAD) is
-    taken: the quieter tiles are background even when most are not.
+    taken: the quieter tiles are background even when most are not. Tiles
+    of a constant region (:func:`live_tiles`) are left out: their spread is
+    float rounding, not noise.
 
     Parameters
     ----------
@@ -403,7 +424,8 @@ def robust_noise(
     measured = _measured_scales(S)
     for i in measured:
         med[i] = float(median(responses[i, ::3, ::3]))
-        scale[i] = float(np.quantile(tiles[i][0], quantile))
+        spreads = tiles[i][0].ravel()
+        scale[i] = float(np.quantile(spreads[live_tiles(spreads)], quantile))  # not the rounding noise of constant regions
     floor = 1e-6 * max(float(np.abs(responses[:, ::4, ::4]).max()), 1e-30)
     scale = np.maximum(scale, floor)
     x = np.log(np.asarray(sigmas, float)) if sigmas is not None else np.arange(S, dtype=float)
@@ -619,7 +641,7 @@ def crowding_correction(
         dist, idx = tree.query(centres, k=kk)
         dist, idx = dist.reshape(len(centres), kk), idx.reshape(len(centres), kk)
         to_rim = np.min(dist - radii[idx], axis=1)
-        free = to_rim > math.sqrt(2.0) * sigmas[i] + 0.5 * math.hypot(ts_r, ts_c)
+        free = (to_rim > math.sqrt(2.0) * sigmas[i] + 0.5 * math.hypot(ts_r, ts_c)) & live_tiles(spreads)
         if free.sum() >= min_tiles:
             factor[i] = float(np.quantile(spreads.ravel()[free], quantile)) / noise[i]
     ok = np.isfinite(factor)
