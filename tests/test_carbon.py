@@ -327,3 +327,27 @@ def test_the_carbon_map_is_made_once_per_micrograph_and_set_of_confident_picks(m
     assert len(made) == 3  # another image
     stage.apply(picks, Micrograph(meta=mic.meta, image=img), ctx)
     assert len(made) == 4  # a new Micrograph of the same file (the next run) starts afresh
+
+
+@pytest.mark.parametrize("fill", ["zero", "mean"])
+def test_a_constant_region_is_not_carbon(fill):
+    """A micrograph padded to a square with zeros (a K3 frame, 5760 x 4092, in 5760 x 5760) or with an area
+    filled with its mean: the padding's edge was a step as sharp as a film's, and on the padded K3 frame
+    295 of 407 particles were rejected as carbon."""
+    from lipoframe import schema
+    from lipoframe.algorithms.regions import constant_cells
+    from lipoframe.builtin.junk import CarbonFilter
+    from lipoframe.records import Micrograph, MicrographMeta, PickContext
+    from lipoframe.synthetic import random_particles, render
+
+    truth = random_particles((1024, 660), np.random.default_rng(5).uniform(40, 60, 60), seed=5, gap=10, margin=5)
+    img = np.full((1024, 1024), 0.0, np.float32)
+    img[:, :660] = render((1024, 660), truth, noise=0.3, seed=5)
+    if fill == "mean":
+        img[:, 660:] = img[:, :660].mean()
+    picks = truth.assign(**{schema.SCORE: 8.0, schema.WEAK: False, schema.ACCEPTED: True, schema.REASON: ""})
+    mic = Micrograph(meta=MicrographMeta(name="m", path="", shape=img.shape), image=img)
+    out = CarbonFilter().apply(picks, mic, PickContext(dmin_px=30, dmax_px=70))
+    assert out["accepted"].all(), out["reject_reason"].value_counts().to_dict()
+    flat = constant_cells(img, 35)
+    assert np.array_equal(flat, img == img[0, -1])  # the fill's pixels, also those of the cells across its edge

@@ -260,3 +260,24 @@ def test_demo_run_with_no_input(tmp_path):
         assert sum(len(m) == 1 for m in per) >= 0.9 * len(t), name
         on_particles = sum(len(m) for m in per)
         assert len(mine) - on_particles <= 0.1 * len(t), f"{name}: {len(mine) - on_particles} picks away from the {len(t)} particles"
+
+
+@pytest.mark.parametrize("fill", ["zero", "mean", "uint8 zero", "dark"])
+def test_a_micrograph_partly_filled_with_one_value_is_picked_as_the_rest(fill):
+    """A micrograph padded with zeros, or with an area filled with its mean or masked out, over 45 % of it:
+    the noise estimate fell to the filled tiles' rounding and every response looked significant (117 false
+    picks and none of the particles), and the carbon filter took the fill's edge for a film's."""
+    truth = random_particles((768, 768), np.random.default_rng(6).uniform(40, 80, 40), seed=6, margin=5, gap=6)
+    image = render((768, 768), truth, noise=0.3, seed=6)
+    edge = 350  # columns [0, edge) filled
+    if fill == "uint8 zero":
+        image = np.clip(np.round(128 + 40 * image), 0, 255).astype(np.uint8)
+    image[:, :edge] = {"zero": 0, "mean": image.mean(), "uint8 zero": 0, "dark": image.min() - 2}[fill]
+    picks = lipoframe.pick(image, pixel_size=1.0, dmin=30, dmax=100)
+    picks = picks[picks["accepted"]]
+    inside = truth[truth["x_px"] - truth["diameter_px"] / 2 > edge + 2]
+    d = np.hypot(picks["x_px"].to_numpy()[:, None] - inside["x_px"].to_numpy(), picks["y_px"].to_numpy()[:, None] - inside["y_px"].to_numpy())
+    near = d.min(axis=1) < 0.3 * inside["diameter_px"].to_numpy()[d.argmin(axis=1)]
+    assert len(inside) >= 15 and len(set(d.argmin(axis=1)[near])) >= len(inside) - 1
+    assert (picks["x_px"] < edge).sum() == 0  # nothing in the fill
+    assert (~near).sum() <= 2  # picks of particles cut by the fill's edge at most

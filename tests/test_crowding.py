@@ -4,7 +4,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.draw import disk
 
-from lipoframe.algorithms.scale_space import blob_responses, crowding_correction, detect_blobs, robust_noise
+from lipoframe.algorithms.scale_space import blob_responses, crowding_correction, detect_blobs, measure_tiles, robust_noise
 
 SIZE = 1024
 DIAMETER = 40.0
@@ -103,9 +103,12 @@ def test_a_constant_region_is_not_taken_for_quiet_background():
     filled = img.copy()
     filled[:, :450] = filled.mean()  # 44 % of the image
     resp = blob_responses(filled, SIGMAS, method="edge")
-    _, noise = robust_noise(resp, SIGMAS)
+    tiles = measure_tiles(resp, SIGMAS, image=filled)
+    spreads, _, cols = tiles[0]
+    assert np.isnan(spreads[:, : 450 // cols]).all() and np.isfinite(spreads[:, 450 // cols + 1 :]).all()  # the filled tiles
+    _, noise = robust_noise(resp, SIGMAS, tiles=tiles)
     assert np.all(np.abs(noise / truth - 1) < 0.2)
-    f = crowding_correction(resp, SIGMAS, noise, centres[:, 0], centres[:, 1], np.full(3, DIAMETER / 2 * 1.1))
+    f = crowding_correction(resp, SIGMAS, noise, centres[:, 0], centres[:, 1], np.full(3, DIAMETER / 2 * 1.1), tiles=tiles)
     assert np.all(f > 0.95)  # the filled tiles are not candidate-free background either
     kw = dict(dmin_px=30, dmax_px=56, method="edge", threshold=5.6, min_sigma_binned=3, crowding=True)
     for image in (img, filled):

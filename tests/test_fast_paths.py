@@ -486,6 +486,29 @@ def test_background_stats_subsample_keeps_the_estimate():
         background_stats(img, samples=0)
 
 
+@pytest.mark.parametrize("fill", [0.0, 3.0, 30.0])
+def test_background_stats_leave_out_a_constant_region(fill):
+    """Zero padding or an area filled with one value, 45 % of the image: the MAD fell towards 0 (the filled
+    pixels are all equal) or the median towards the fill, and every spread-scaled measure (the refiner's
+    edge SNR, the contamination filter's darkness) with them."""
+    from lipoframe.algorithms.stats import background_stats, constant_blocks, constant_pixels
+
+    rng = np.random.default_rng(1)
+    img = (3.0 + 2.0 * rng.standard_normal((1024, 1024))).astype(np.float32)
+    img[:, :460] = fill
+    med, spread = background_stats(img)
+    assert abs(med - 3.0) < 0.05 and abs(spread - 2.0) < 0.05
+    flat = constant_blocks(img, 16, 16)  # blocks of 64 px: columns 0-447 are filled whole
+    assert flat[:, :7].all() and not flat[:, 7:].any()
+    inside = constant_pixels(img, 16, 16)
+    assert inside[:, :460].all() and not inside[:, 460:].any()  # also in the blocks across the edge
+    img[900, 900] = fill  # a pixel of the fill's value far from the region is data
+    assert not constant_pixels(img, 16, 16)[900, 900]
+    # A quantised image whose noise is under one grey level: blocks of one value are data.
+    grey = np.round(100 + 0.2 * rng.standard_normal((256, 256)) + np.linspace(0, 3, 256)).astype(np.uint8)
+    assert not constant_blocks(grey, 32, 32).any() and not constant_pixels(grey, 32, 32).any()
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", [(1,), (2,), (7,), (64, 65), (3, 4, 5)])
 def test_median_equals_numpy_median(dtype, shape):

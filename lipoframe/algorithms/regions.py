@@ -24,6 +24,8 @@ from numpy.lib.stride_tricks import sliding_window_view
 from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 
+from lipoframe.algorithms.stats import constant_pixels
+
 
 def level_map(image: np.ndarray, cell: int, *, exclude: np.ndarray | None = None, min_coverage: float = 0.25) -> np.ndarray:
     """Mean level of ``image`` in square cells, leaving out excluded pixels.
@@ -63,6 +65,28 @@ def level_map(image: np.ndarray, cell: int, *, exclude: np.ndarray | None = None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all nine cells NaN
         return np.nanmedian(windows, axis=2)
+
+
+def constant_cells(image: np.ndarray, cell: int) -> np.ndarray:
+    """Pixels of ``image`` in a constant region (zero padding, an area filled with the mean or masked out).
+
+    :func:`~lipoframe.algorithms.stats.constant_pixels` on blocks of about
+    ``cell`` pixels, the cells :func:`level_map` averages. Left out of the
+    level map (``exclude``), the region's cells are NaN and those across its
+    edge hold the data's level only; otherwise the edge is a step as sharp
+    as a carbon film's.
+
+    Returns
+    -------
+    mask : (M, N) ndarray of bool
+    """
+    if cell < 1:
+        raise ValueError(f"cell must be >= 1, got {cell}")
+    image = np.asarray(image)
+    h, w = image.shape[0] // cell, image.shape[1] // cell
+    if not (h and w):
+        return np.zeros(image.shape, dtype=bool)
+    return constant_pixels(image, h, w)
 
 
 def cell_noise(level: np.ndarray) -> float:

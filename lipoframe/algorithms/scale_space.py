@@ -26,7 +26,7 @@ from scipy import fft as sfft
 from scipy.special import j1
 
 from lipoframe.algorithms.pyramid import pow2_floor
-from lipoframe.algorithms.stats import median, median_rows, parabola_offset
+from lipoframe.algorithms.stats import constant_blocks, median, median_rows, parabola_offset
 
 #: Response methods of :func:`blob_responses`.
 METHODS = ("dog", "log", "edge")
@@ -327,25 +327,6 @@ def _tile_spreads(r: np.ndarray, tile: int) -> tuple[np.ndarray, int, int]:
     return 1.4826 * tile_mad.reshape(ty, tx), ty_size, tx_size
 
 
-#: A tile whose spread is at most this fraction of the largest at its scale holds no signal: a constant region
-#: (zero padding, an area filled or masked out, the gaps of a stitched montage) spreads by float rounding, about
-#: 1e-7 of the largest; the quietest background tiles of micrographs spread 1e-2 of it or more.
-DEAD_TILE = 1e-4
-
-
-def live_tiles(spreads: np.ndarray) -> np.ndarray:
-    """Which tiles (flattened) hold signal: the others spread by no more than :data:`DEAD_TILE` of the largest.
-
-    A quantile over all tiles falls to the rounding noise of a constant
-    region once such regions are more than the quantile's share of the
-    image, and every response then looks significant. When no tile is live
-    (a constant image), all are taken.
-    """
-    flat = np.asarray(spreads).ravel()
-    live = flat > DEAD_TILE * float(flat.max(initial=0.0))
-    return live if live.any() else np.ones_like(live)
-
-
 def _tile_size(sigma: float | None, tile_sigmas: float, shape: tuple[int, ...]) -> int:
     return int(max(8, round(tile_sigmas * sigma))) if sigma is not None else max(8, min(shape[-2:]) // 8)
 
@@ -355,8 +336,24 @@ def _measured_scales(n: int) -> list[int]:
     return sorted(set(range(0, n, 3)) | {n - 1})
 
 
-def measure_tiles(responses: np.ndarray, sigmas: np.ndarray | None = None, *, tile_sigmas: float = 2.0) -> dict:
+def measure_tiles(
+    responses: np.ndarray, sigmas: np.ndarray | None = None, *, tile_sigmas: float = 2.0, image: np.ndarray | None = None
+) -> dict:
     """Tile spreads of the measured scales, shared by :func:`robust_noise` and :func:`crowding_correction`.
+
+    Parameters
+    ----------
+    responses : (S, M, N) ndarray
+    sigmas : (S,) ndarray, optional
+    tile_sigmas : float
+    image : (M, N) ndarray, optional
+        The image filtered into ``responses``: its tiles that lie in a
+        constant region (:func:`~lipoframe.algorithms.stats.constant_blocks`:
+        zero padding, an area filled or masked out) get a NaN spread, which
+        the noise estimates leave out. They hold no noise, only the tails of
+        the filters; counted, they made the noise estimate fall towards zero
+        once they were more than the quantile's share of the image, and every
+        response looked significant.
 
     Returns
     -------
@@ -367,7 +364,10 @@ def measure_tiles(responses: np.ndarray, sigmas: np.ndarray | None = None, *, ti
     out = {}
     for i in _measured_scales(responses.shape[0]):
         tile = _tile_size(None if sigmas is None else sigmas[i], tile_sigmas, responses.shape)
-        out[i] = _tile_spreads(responses[i], tile)
+        spreads, ts_r, ts_c = _tile_spreads(responses[i], tile)
+        if image is not None:
+            spreads = np.where(constant_blocks(image, *spreads.shape), np.nan, spreads)
+        out[i] = (spreads, ts_r, ts_c)
     return out
 
 
@@ -385,8 +385,8 @@ def robust_noise(
     of the image, so the spread is measured in tiles of ``tile_sigmas * sigma``
     pixels and the ``quantile`` of the tiles' robust spreads (1.4826 MAD) is
     taken: the quieter tiles are background even when most are not. Tiles
-    of a constant region (:func:`live_tiles`) are left out: their spread is
-    float rounding, not noise.
+    of a constant region (NaN spreads, :func:`measure_tiles` given the
+    image) are left out.
 
     Parameters
     ----------
@@ -424,8 +424,8 @@ def robust_noise(
     measured = _measured_scales(S)
     for i in measured:
         med[i] = float(median(responses[i, ::3, ::3]))
-        spreads = tiles[i][0].ravel()
-        scale[i] = float(np.quantile(spreads[live_tiles(spreads)], quantile))  # not the rounding noise of constant regions
+        spreads = tiles[i][0][np.isfinite(tiles[i][0])]  # not the tiles of a constant region (NaN)
+        scale[i] = float(np.quantile(spreads, quantile)) if spreads.size else 0.0
     floor = 1e-6 * max(float(np.abs(responses[:, ::4, ::4]).max()), 1e-30)
     scale = np.maximum(scale, floor)
     x = np.log(np.asarray(sigmas, float)) if sigmas is not None else np.arange(S, dtype=float)
@@ -641,7 +641,7 @@ def crowding_correction(
         dist, idx = tree.query(centres, k=kk)
         dist, idx = dist.reshape(len(centres), kk), idx.reshape(len(centres), kk)
         to_rim = np.min(dist - radii[idx], axis=1)
-        free = (to_rim > math.sqrt(2.0) * sigmas[i] + 0.5 * math.hypot(ts_r, ts_c)) & live_tiles(spreads)
+        free = (to_rim > math.sqrt(2.0) * sigmas[i] + 0.5 * math.hypot(ts_r, ts_c)) & np.isfinite(spreads.ravel())
         if free.sum() >= min_tiles:
             factor[i] = float(np.quantile(spreads.ravel()[free], quantile)) / noise[i]
     ok = np.isfinite(factor)
@@ -892,7 +892,7 @@ def detect_blobs(
             continue  # too small, or constant: nothing to detect
         sig_b = level.pad_sigmas / level.factor
         resp = blob_responses(img, sig_b, method=method, k=k, edge_width=edge_width, workers=workers)
-        tiles = measure_tiles(resp, sig_b)
+        tiles = measure_tiles(resp, sig_b, image=img)
         med, noise = robust_noise(resp, sig_b, tiles=tiles)
         if equalise_borders:
             # Mirror padding counts the noise near the border twice: give the

@@ -14,7 +14,7 @@ from lipoframe import schema
 from lipoframe.algorithms.binning import mad_gau
 from lipoframe.algorithms.junk import darkness_concentration, neighbourhood_measures
 from lipoframe.algorithms.peel import disc_mask
-from lipoframe.algorithms.regions import dense_regions, level_map
+from lipoframe.algorithms.regions import constant_cells, dense_regions, level_map
 from lipoframe.algorithms.stats import background_stats
 from lipoframe.algorithms.pyramid import pow2_floor, to_binned
 from lipoframe.builtin.maskfilter import mean_in_discs
@@ -322,7 +322,8 @@ def carbon_map(image: np.ndarray, confident: tuple[np.ndarray, np.ndarray, np.nd
     """
     rows, cols, diameters = confident
     cell = max(1, int(round(params.cell * dmax)))
-    level = level_map(image, cell, exclude=disc_mask(image.shape, rows, cols, 0.6 * diameters))
+    # Cells of a constant region (padding, an area filled or masked out) hold no level: left out, as the picks are.
+    level = level_map(image, cell, exclude=disc_mask(image.shape, rows, cols, 0.6 * diameters) | constant_cells(image, cell))
     min_cells = params.min_area * np.pi * (dmax / 2.0) ** 2 / cell**2
     regions, found = dense_regions(level, min_cells=min_cells, min_step=params.min_step, min_sharpness=params.min_sharpness,
                                    clearance=params.clearance * dmax / cell, **({} if params.extra_splits else {"levels": ()}))
