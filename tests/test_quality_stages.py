@@ -341,6 +341,50 @@ def test_contamination_rejects_a_darkness_outlier_among_vesicles():
         ContaminationParams(max_darkness_z=-1)
 
 
+def test_contamination_judges_a_sparse_micrograph_by_its_distinct_particles_not_its_noise_picks():
+    """Twelve dark particles and an ice ball among more noise maxima than particles (a sparse frame).
+
+    The median contrast of all confident picks is a noise maximum's: against
+    it every particle was far too dark (a K3 frame with 12 particles lost
+    all 12 as contamination). The distinct picks (one background spread or
+    more) are the typical particles; the ice ball stays far darker than they are.
+    """
+    from skimage.draw import disk as sk_disk
+
+    from lipoframe import schema
+    from lipoframe.builtin.junk import REFERENCE, ContaminationFilter, ContaminationParams, typical_particles
+
+    rng = np.random.default_rng(4)
+    shape = (900, 900)
+    img = rng.normal(0.0, 1.0, shape).astype(np.float32)
+    sites = [(r, c) for r in range(60, 900, 110) for c in range(60, 900, 110)]  # 8 x 8 sites, 40 px circles
+    order = rng.permutation(len(sites))
+    particles, ice, noise = order[:12], order[12], order[13:30]
+    for i in particles:
+        img[sk_disk(sites[i], 20, shape=shape)] -= 4.5
+    img[sk_disk(sites[ice], 20, shape=shape)] -= 20.0
+    chosen = np.r_[particles, ice, noise]
+    picks, mic, ctx = confident_circles(img, [sites[i] for i in chosen])
+    out = ContaminationFilter(ContaminationParams()).apply(picks, mic, ctx)
+    accepted = out[schema.ACCEPTED].to_numpy()
+    assert accepted[:12].all()
+    assert not accepted[12] and out[schema.REASON].iloc[12] == "contamination"
+    assert accepted[13:].all()  # noise maxima are not this filter's to reject
+    assert (out[REFERENCE] == 13).all()
+    # With fewer distinct picks than reliable_reference they cannot be told from a few ice balls: all picks are the reference.
+    few = ContaminationFilter(ContaminationParams(reliable_reference=14)).apply(picks, mic, ctx)
+    assert not few[schema.ACCEPTED].to_numpy()[:13].any()
+    # Where the confident picks' median is a spread or more, they are the reference as they are.
+    c = np.r_[np.full(17, 0.2), np.full(12, 4.5)]
+    everything = np.ones(29, bool)
+    assert typical_particles(c, everything, min_count=10, ratio=3.0).sum() == 12
+    assert typical_particles(c + 1.0, everything, min_count=10, ratio=3.0).sum() == 29
+    assert typical_particles(c, everything, min_count=13, ratio=3.0).sum() == 29
+    # Faint particles whose contrast runs on over one or two spreads (vesicles) stay judged by them all.
+    vesicles = np.r_[np.linspace(0.3, 0.95, 19), np.linspace(1.0, 2.3, 10)]
+    assert typical_particles(vesicles, everything, min_count=10, ratio=3.0).sum() == 29
+
+
 def test_a_few_ice_balls_do_not_make_each_other_typical():
     """Three confident picks, all ice: the micrograph's own test passes them; the dataset's does not."""
     from lipoframe import schema

@@ -161,6 +161,59 @@ def high_outliers(values: np.ndarray, reference: np.ndarray, *, z: float, minimu
         return (values >= minimum) & (values > centre + z * scale)
 
 
+def typical_particles(contrast: np.ndarray, candidates: np.ndarray, *, min_count: int, ratio: float) -> np.ndarray:
+    """The picks that say how dark the micrograph's particles are: ``candidates``, or their distinct ones.
+
+    Most of a micrograph's confident picks are its particles, and their
+    median contrast is what a contamination is judged against. On a sparse
+    micrograph of distinct particles that no longer holds: the few noise
+    maxima that pass the detector on any micrograph (more on a large frame
+    searched for small particles) can outnumber them, and a median among
+    noise makes every particle look far too dark. So when the candidates'
+    median contrast is below one background spread (noise maxima, or faint
+    particles such as vesicles, whose lumen is ice) but at least
+    ``min_count`` of them stand one spread or more above their surroundings
+    and their median is above ``ratio`` spreads (so that against the
+    faint majority, with its floor of one spread, most of them would be
+    contamination: a population, not a few outliers), those are the
+    typical particles. Faint particles whose contrast spreads continuously
+    over one or two spreads (vesicles) stay judged by them all.
+
+    Parameters
+    ----------
+    contrast : (K,) ndarray
+        Each pick's darkness above its surroundings, in background spreads.
+    candidates : (K,) ndarray of bool
+        The picks that may set what is typical (the confident ones).
+    min_count : int
+        How many distinct picks it takes to be the typical particles.
+    ratio : float
+        Median contrast (background spreads) the distinct picks must exceed
+        (the contamination filter's ``max_contrast_ratio``).
+
+    Returns
+    -------
+    typical : (K,) ndarray of bool
+        ``candidates``, or those of them at one spread or more.
+
+    Examples
+    --------
+    >>> c = np.r_[np.full(17, 0.2), np.full(12, 4.5)]
+    >>> int(typical_particles(c, np.ones(29, bool), min_count=10, ratio=3.0).sum())
+    12
+    >>> int(typical_particles(c, np.ones(29, bool), min_count=13, ratio=3.0).sum())
+    29
+    """
+    contrast = np.asarray(contrast, dtype=float)
+    candidates = np.asarray(candidates, dtype=bool)
+    if not candidates.any() or float(np.median(contrast[candidates])) >= 1.0:
+        return candidates
+    distinct = candidates & (contrast >= 1.0)
+    if distinct.sum() < min_count or float(np.median(contrast[distinct])) <= ratio:
+        return candidates
+    return distinct
+
+
 class ContaminationFilter(Filter):
     name = "contamination"
     Params = ContaminationParams
@@ -175,8 +228,9 @@ class ContaminationFilter(Filter):
         darkness = m["inside"] - med
         contrast = m["inside"] - m["outside"]
         ok = schema.confident_mask(out)
-        ref = contrast[ok & (contrast > 0)]
         p = self.params
+        typical = typical_particles(contrast / spread, ok, min_count=p.reliable_reference, ratio=p.max_contrast_ratio)
+        ref = contrast[typical & (contrast > 0)]
         if len(ref) >= p.min_reference:
             limit = p.max_contrast_ratio * max(float(np.median(ref)), spread)
             # Against the micrograph's background and against its own
@@ -193,7 +247,7 @@ class ContaminationFilter(Filter):
         out[SURROUND] = surround
         out[REFERENCE] = len(ref)
         n = p.reliable_reference
-        outlier = high_outliers(darkness / spread, ok, z=p.max_darkness_z, minimum=p.min_outlier_darkness, min_reference=n)
+        outlier = high_outliers(darkness / spread, typical, z=p.max_darkness_z, minimum=p.min_outlier_darkness, min_reference=n)
         outlier |= high_outliers(surround, ok, z=p.max_surround_z, minimum=p.min_outlier_surround, min_reference=n)
         return schema.reject(out, too_dark | dark_surround | outlier, "contamination")
 
