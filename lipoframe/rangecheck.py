@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from lipoframe import schema
-from lipoframe.plan import format_range
+from lipoframe.plan import OUTLIER_REASON, format_range
 
 #: A side of the range is reported when at least this many clear candidates lie beyond it ...
 MIN_CLEAR = 5
@@ -71,11 +71,19 @@ def range_notes(
     -------
     notes : list of str
         At most one note per side of the range.
+
+    Notes
+    -----
+    Picks the binning flagged as size outliers (``binning_outlier``) count
+    as accepted: the note is about the picking's range, and the same saved
+    picks must give the same note whatever binning ``lipoframe plan`` tries
+    (else a plan repeats the run's note with other numbers).
     """
     needed = {schema.MICROGRAPH, schema.DIAMETER, schema.ACCEPTED, schema.REASON, schema.QUALITY}
     if not len(picks) or not needed <= set(picks.columns):
         return []
-    accepted = picks[schema.ACCEPTED].to_numpy(dtype=bool)
+    reasons = picks[schema.REASON].astype(str).to_numpy()
+    accepted = picks[schema.ACCEPTED].to_numpy(dtype=bool) | (reasons == OUTLIER_REASON)
     if accepted.sum() < MIN_ACCEPTED:
         return []
     quality = picks[schema.QUALITY].to_numpy(dtype=float)
@@ -84,7 +92,7 @@ def range_notes(
     lo_px = mics.map({m: b[0] for m, b in bounds_px.items()}).to_numpy(dtype=float)  # NaN: no bounds, never counted
     hi_px = mics.map({m: b[1] for m, b in bounds_px.items()}).to_numpy(dtype=float)
     d = picks[schema.DIAMETER].to_numpy(dtype=float)
-    clear = (picks[schema.REASON].astype(str).to_numpy() == "diameter_range") & (quality >= bar)
+    clear = (reasons == "diameter_range") & (quality >= bar)
     unit = "Å" if units == "A" else "px"
     notes = []
     for below in (True, False):

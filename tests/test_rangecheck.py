@@ -89,3 +89,17 @@ def test_run_with_dmin_above_the_small_particles_says_so(tmp_path, run_cli):
     code, _, _ = run_cli("run", f"input={tmp_path / 'mics'}", f"output={tmp_path / 'out2'}", "dmin=36", *common, "runner.report=false")
     assert code == 0
     assert json.loads((tmp_path / "out2" / "run_summary.json").read_text())["notes"] == []
+
+
+def test_size_outliers_of_the_binning_count_as_accepted():
+    # The binning's size outliers were accepted by the picking: a plan that flags some (kmeans, hac) must give
+    # the run's note, not one with another count beside it. Flag the 15 best accepted picks: the median
+    # quality of the rest would drop below that of the candidates beyond the range (fainter than 30 -> 12.5).
+    picks = _table(40, below=[31.0, 33.0, 34.0, 35.0, 36.0, 36.5, 37.0, 38.0], quality_beyond=18.0)
+    bounds = {"m": (40.0, 400.0)}
+    assert range_notes(picks, bounds, dmin=40, dmax=400, units="px") == []  # median accepted 20.5 > 18
+    flagged = picks.copy()
+    top = flagged.index[flagged["accepted"] & (flagged["quality"] > 25)]
+    flagged.loc[top, "accepted"] = False
+    flagged.loc[top, "reject_reason"] = "binning_outlier"
+    assert range_notes(flagged, bounds, dmin=40, dmax=400, units="px") == []
