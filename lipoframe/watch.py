@@ -134,6 +134,23 @@ class FolderWatcher:
         """Files seen in the last scan that are not handed out yet (still being written)."""
         return sum(self._handled.get(k) != stamp for k, (stamp, _) in self._seen.items())
 
+    def pending(self) -> list[Path]:
+        """The files in the input now that were not handed out as they are.
+
+        Scans again (a file written since the last scan counts): new files,
+        files still being written, files changed since they were handed out.
+        Changes nothing, so the next :meth:`poll` is as it would have been.
+        """
+        out = []
+        for path in self._scan():
+            try:
+                st = path.stat()
+            except OSError:  # deleted since the scan, or a dangling link (handed out as it is)
+                continue
+            if self._handled.get(str(path)) != (int(st.st_size), int(st.st_mtime_ns)):
+                out.append(path)
+        return out
+
 
 def _others(stamp: dict | None) -> dict | None:
     """The stamps of the files the stages read for a micrograph (its heatmap, its mask) in its input stamp
@@ -356,6 +373,22 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None, exclude=None):
         except KeyboardInterrupt:
             interrupted = True
             reason = "interrupted"
+        if interrupted:
+            # Ctrl-C or SIGTERM does not wait for the files still being written (the stop file and the idle
+            # timeout do): say which files of the input this session's outputs leave out.
+            try:
+                waiting = watcher.pending()
+                theirs = {os.path.abspath(p) for p in read_for_others(list(dict.fromkeys(watcher.present() + waiting)), stages)}
+                waiting = [p for p in waiting if os.path.abspath(p) not in theirs]
+            except Exception as exc:  # noqa: BLE001 - only a note: the outputs come first
+                log.warning("could not list the input files left unpicked: %s", exc)
+                waiting = []
+            if waiting:
+                shown = ", ".join(str(p) for p in waiting[:3]) + (f" and {len(waiting) - 3} more" if len(waiting) > 3 else "")
+                notes.append(f"{len(waiting)} file(s) of the input were not picked (still being written, or not yet "
+                             f"unchanged over stream.stable_polls scans, when the session was stopped): {shown}; "
+                             "the same command again picks them")
+                log.info(notes[-1])  # printed with the summary's notes
         status(f"stopping ({reason}); writing the dataset-level outputs")
         result = update(final=True)
         if cfg.runner.report:

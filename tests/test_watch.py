@@ -204,6 +204,52 @@ def test_watch_stops_cleanly_on_sigterm(tmp_path):
     assert (out / "picks.csv").is_file() and (out / "extraction_plan.json").is_file()
 
 
+def test_watch_stopped_by_sigterm_names_the_files_it_did_not_pick(tmp_path):
+    """A file copied in just before SIGTERM (not yet unchanged over stream.stable_polls scans) was left
+    out of the final outputs without a word, exit code 0: the session looked complete."""
+    import signal
+    import subprocess
+    import sys
+
+    from scale_data import env, image
+    from conftest import write_mrc
+
+    write_set(tmp_path / "in", 1)
+    out = tmp_path / "out"
+    # Scans 5 s apart: the file written below cannot be ready (two unchanged scans) before the SIGTERM.
+    cmd = [sys.executable, "-m", "lipoframe", "run", f"input={tmp_path / 'in'}", f"output={out}", "watch=true",
+           "stream.poll_seconds=5", "runner.workers=1", *RUN_ARGS]
+    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 90
+    while not (out / "micrographs" / "mic_000.json").exists():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
+    late = write_mrc(tmp_path / "in" / "mic_001.mrc", image(1))
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    assert "micrographs  ok 1" in stdout
+    notes = json.loads((out / "run_summary.json").read_text())["notes"]
+    said = [n for n in notes if "not picked" in n]
+    assert len(said) == 1 and said[0].startswith(f"1 file(s) of the input were not picked") and str(late) in said[0]
+    assert "NOTE   " + said[0] in stdout
+
+
+def test_watcher_pending_lists_new_and_changed_files_without_handing_them_out(tmp_path):
+    a, b = tmp_path / "a.mrc", tmp_path / "b.mrc"
+    a.write_bytes(b"x" * 10)
+    w = FolderWatcher([str(tmp_path)], (".mrc",), stable_polls=2)
+    assert w.poll() == []
+    assert w.pending() == [a]  # seen once, not ready
+    assert w.poll() == [a]
+    assert w.pending() == []
+    b.write_bytes(b"y" * 10)  # written after the last scan
+    assert w.pending() == [b]
+    a.write_bytes(b"x" * 20)  # changed since it was handed out
+    assert w.pending() == [a, b]
+    assert w.poll() == [] and w.poll() == [a, b]  # pending() changed nothing
+
+
 def test_watcher_tells_once_of_a_file_reached_again_through_a_link(tmp_path, caplog):
     """A watched RELION Import/ folder beside the originals: the link was dropped without a word
     (a batch run warns; README)."""
