@@ -301,6 +301,10 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None, exclude=None):
             )
 
         status(f"watching {', '.join(specs)} (stop with Ctrl-C or by creating {stop_file})")
+        if stop_file.exists():
+            # Left by an earlier session: without a word (no terminal: a batch job) this one would end at once.
+            log.warning("the stop file %s is already there (an earlier session's?): this session picks the files "
+                        "in the input now and stops; remove it to keep watching", stop_file)
         try:
             while True:
                 stop_seen = stop_file.exists()

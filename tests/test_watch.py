@@ -150,6 +150,24 @@ def test_watch_stops_after_idle_timeout(tmp_path):
     assert (tmp_path / "out" / "picks.csv").is_file()
 
 
+def test_a_stop_file_left_by_an_earlier_session_is_told_at_the_start(tmp_path, caplog):
+    # The session picks what is there and ends at once: on no terminal (a batch job) this was said nowhere
+    # but in lipoframe.log, and a session meant to watch for hours ended after its first scan.
+    write_set(tmp_path / "in", 1)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "STOP").touch()
+    _, cfg = compose_config([
+        f"input={tmp_path / 'in'}", *RUN_ARGS, "runner.workers=1", "watch=true",
+        "stream.poll_seconds=0.1", "stream.stable_polls=1",
+    ])
+    with caplog.at_level("WARNING", logger="lipoframe"):
+        result = run_pipeline(cfg, tmp_path / "out")
+    assert [r.status for r in result.results] == ["ok"]
+    told = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "stop file" in r.getMessage()]
+    assert told == [f"the stop file {tmp_path / 'out' / 'STOP'} is already there (an earlier session's?): this session "
+                    "picks the files in the input now and stops; remove it to keep watching"]
+
+
 def test_a_watch_session_without_report_removes_an_earlier_runs_report(tmp_path, caplog):
     # as a batch run with runner.report=false does: the earlier report showed other picks
     write_set(tmp_path / "in", 1)
