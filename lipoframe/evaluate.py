@@ -1390,7 +1390,8 @@ class SweepJob:
     job : str
         Hydra's job number (its folder's name, unless ``hydra.sweep.subdir``
         says otherwise; :func:`lipoframe.sweepdir.job_labels`).
-    path : Path
+    path : Path or None
+        None for a job the sweep never started (no folder).
     overrides : list of str
         The words the sweep varied (:func:`swept_overrides`).
     all_overrides : list of str
@@ -1398,7 +1399,8 @@ class SweepJob:
     status : str
         ``ok``; ``no picks`` (scored, with no pick to score); ``partial``
         (scored on the micrographs it picked: some failed, or the job was
-        interrupted); ``failed`` (not scored: no results to read).
+        interrupted); ``failed`` (not scored: no results to read, or not
+        run: the sweep stopped before it started).
     note : str
         Why, for any status but ``ok``.
     result : EvaluationResult or None
@@ -1406,7 +1408,7 @@ class SweepJob:
     """
 
     job: str
-    path: Path
+    path: Optional[Path]
     overrides: list
     all_overrides: list
     status: str
@@ -1502,9 +1504,11 @@ def evaluate_sweep(
         raise EvaluationInputError(f"{sweep}: none of its {_count(len(everything), 'job folder')} is of the last sweep "
                                    f"(multirun.yaml): {next(iter(stale.values()))}")
     words = [job_overrides(f) or [] for f in folders]  # [] when unreadable
-    varied = swept_overrides(words, sweep_keys(sweep))
+    labels = job_labels(sweep, folders)
+    unstarted = _unstarted_jobs(sweep, labels)
+    varied = swept_overrides(words + [ws for _, ws in unstarted], sweep_keys(sweep))
     jobs = []
-    for folder, label, all_words, shown in zip(folders, job_labels(sweep, folders), words, varied):
+    for folder, label, all_words, shown in zip(folders, labels, words, varied):
         status, note = _job_state(folder)
         result = None
         if status != "failed":
@@ -1518,7 +1522,31 @@ def evaluate_sweep(
                 if not result.summary["n_picks"] and status == "ok":
                     status, note = "no picks", ("no pick" if options.get("include_rejected") else "no accepted pick")
         jobs.append(SweepJob(label, folder, shown, all_words, status, note, result))
+    for (num, all_words), shown in zip(unstarted, varied[len(folders):]):
+        jobs.append(SweepJob(str(num), None, shown, all_words, "failed",
+                             "not run: the sweep stopped before this job started (the same lipoframe run -m command "
+                             "again runs it)", None))
+    if unstarted:
+        jobs.sort(key=lambda j: int(j.job))
     return jobs
+
+
+def _unstarted_jobs(sweep: str | Path, labels: list[str]) -> list[tuple[int, list[str]]]:
+    """(job number, overrides) of the jobs of the last sweep that left no folder: it was stopped before them.
+
+    From ``multirun.yaml`` (:func:`lipoframe.sweepdir.last_sweep_jobs`);
+    [] when it cannot be expanded here (another sweeper) or a job folder's
+    label is not its number.
+    """
+    from lipoframe.sweepdir import last_sweep_jobs
+
+    if not all(label.isdigit() for label in labels):
+        return []
+    expected = last_sweep_jobs(sweep)
+    if expected is None:
+        return []
+    have = {int(label) for label in labels}
+    return [(num, list(ws)) for num, ws in enumerate(expected) if num not in have]
 
 
 def sweep_table(jobs: list[SweepJob]) -> pd.DataFrame:
@@ -1576,7 +1604,8 @@ def write_sweep_results(jobs: list[SweepJob], out_dir: str | Path, *, sweep: str
     doc = {
         "sweep": str(sweep),
         "options": options,
-        "jobs": [{**j.row(), "overrides": j.overrides, "all_overrides": j.all_overrides, "folder": str(j.path),
+        "jobs": [{**j.row(), "overrides": j.overrides, "all_overrides": j.all_overrides,
+                  "folder": str(j.path) if j.path is not None else None,
                   "summary": {k: v for k, v in j.result.summary.items() if k != "options"} if j.result is not None else None}
                  for j in jobs],
         "stale_jobs": [{"job": job_path(sweep, f), "folder": str(f), "reason": why} for f, why in (stale or {}).items()],

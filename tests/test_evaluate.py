@@ -1593,10 +1593,12 @@ def test_a_sweep_rerun_with_fewer_jobs_scores_only_the_last_sweeps_jobs(tiny_mrc
     doc = json.loads((tmp_path / "eval" / "sweep_evaluation.json").read_text())
     assert [j["job"] for j in doc["jobs"]] == ["0", "1"] and [j["job"] for j in doc["stale_jobs"]] == ["2"]
     assert not (tmp_path / "eval" / "job_2").exists()
-    # a re-run stopped before its job 1: the folder 1 an earlier sweep left holds other overrides
+    # a re-run stopped before its job 1: the folder 1 an earlier sweep left holds other overrides; the job
+    # itself is listed as not run (exit code 1: not every job is scored)
     (sweep / "1" / ".hydra" / "overrides.yaml").write_text((sweep / "2" / ".hydra" / "overrides.yaml").read_text())
     code, out, err = run_cli("evaluate", f"picks={sweep}", f"reference={truth}")
-    assert code == 0 and out.splitlines()[0] == f"sweep {sweep}: 1 job against {truth}", (out, err)
+    assert code == 1 and out.splitlines()[0] == f"sweep {sweep}: 2 jobs against {truth}", (out, err)
+    assert out.splitlines()[3].split()[:3] == ["1", "detector.threshold=6", "-"] and "failed: not run:" in out.splitlines()[3]
     assert "1 (its overrides are not those of the last sweep's job 1); 2 (numbered past" in err, err
     # another sweeper (not expanded here): the file times tell; a job's .hydra older than multirun.yaml is stale
     started = (sweep / "multirun.yaml").stat()
@@ -1608,6 +1610,32 @@ def test_a_sweep_rerun_with_fewer_jobs_scores_only_the_last_sweeps_jobs(tiny_mrc
     code, out, err = run_cli("evaluate", f"picks={sweep}", f"reference={truth}")
     assert code == 0 and out.splitlines()[0] == f"sweep {sweep}: 2 jobs against {truth}", (out, err)
     assert "2 (older than the last sweep's multirun.yaml)" in err, err
+
+
+def test_the_jobs_an_interrupted_sweep_never_started_are_listed_as_not_run(tiny_mrcs, tmp_path, run_cli):
+    """A sweep stopped (Ctrl-C) during its first job leaves no folder for the others: the table listed one job,
+    'sweep ...: 1 job', exit code 0, as if the sweep had been of that job alone."""
+    sweep, mics = tmp_path / "sweep", tiny_mrcs[0].parent
+    code, _, err = run_cli("run", "-m", "detector=log", "detector.threshold=3,6,4", f"input={mics}",
+                           f"output={sweep}", *TINY_ARGS)
+    assert code == 0, err
+    for job in ("1", "2"):  # as Hydra leaves it when the sweep is stopped in job 0
+        shutil.rmtree(sweep / job)
+    truth = _truth_csv(tmp_path)
+    code, out, err = run_cli("evaluate", f"picks={sweep}", f"reference={truth}", f"output={tmp_path / 'eval'}")
+    assert code == 1, (out, err)
+    lines = out.splitlines()
+    assert lines[0] == f"sweep {sweep}: 3 jobs against {truth}"
+    assert lines[2].split()[:2] == ["0", "detector.threshold=3"] and lines[2].endswith("  ok")
+    said = "failed: not run: the sweep stopped before this job started (the same lipoframe run -m command again runs it)"
+    for line, (job, value) in zip(lines[3:5], (("1", "6"), ("2", "4"))):
+        assert line.split()[:3] == [job, f"detector.threshold={value}", "-"] and line.endswith(said)
+    assert "job 0 (detector.threshold=3)" in lines[6]
+    doc = json.loads((tmp_path / "eval" / "sweep_evaluation.json").read_text())
+    assert [(j["job"], j["status"], j["folder"], j["summary"]) for j in doc["jobs"][1:]] == [("1", "failed", None, None),
+                                                                                          ("2", "failed", None, None)]
+    assert f"output={sweep}" in doc["jobs"][2]["all_overrides"] and doc["stale_jobs"] == []
+    assert not (tmp_path / "eval" / "job_1").exists()
 
 
 def test_a_sweep_into_folders_of_the_users_interpolations_finds_its_jobs_by_number(tiny_mrcs, tmp_path, run_cli, monkeypatch):
