@@ -249,7 +249,7 @@ def test_watch_stopped_by_sigterm_names_the_files_it_did_not_pick(tmp_path):
     assert "micrographs  ok 1" in stdout
     notes = json.loads((out / "run_summary.json").read_text())["notes"]
     said = [n for n in notes if "not picked" in n]
-    assert len(said) == 1 and said[0].startswith(f"1 file(s) of the input were not picked") and str(late) in said[0]
+    assert len(said) == 1 and said[0].startswith("1 file(s) of the input were not picked") and str(late) in said[0]
     assert "NOTE   " + said[0] in stdout
 
 
