@@ -510,7 +510,10 @@ _STATE: dict[str, Any] = {}
 
 
 def _init_worker(readers: ReaderChoice) -> None:
+    from lipoframe.runner import exit_with_parent
+
     _STATE["readers"] = readers
+    exit_with_parent()  # not left behind by a run killed outright while it draws the report
 
 
 def _slab(image: np.ndarray, z: float) -> tuple[np.ndarray, int]:

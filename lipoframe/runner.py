@@ -1315,6 +1315,32 @@ def _init_worker(cfg: LipoframeConfig, stages: StageSet) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _WORKER_STATE["cfg"] = cfg
     _WORKER_STATE["stages"] = stages
+    exit_with_parent()
+
+
+#: Seconds between a worker's checks that the process that started it is still there.
+PARENT_CHECK_SECONDS = 1.0
+
+
+def exit_with_parent() -> None:
+    """End this worker process once the process that started it is gone.
+
+    A run killed outright (SIGKILL, the out-of-memory killer) leaves its
+    worker processes behind: a forked worker waits for its next micrograph
+    on a pipe whose other end it holds itself, so it would wait for ever
+    (and a blocked one would write its micrograph's result into the folder
+    a new run is writing). A daemon thread watches the parent's pid.
+    """
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="lipoframe-parent-watch", daemon=True).start()
 
 
 def failing_stage(tb) -> str:
@@ -1751,10 +1777,43 @@ def output_folder(out_dir: Path):
             lock.truncate()
             lock.write(str(os.getpid()))
             lock.flush()
-        for stale in (out_dir / WORK_DIR).glob(".*.tmp*"):
+        _HELD_LOCKS.add(lock.fileno())
+        try:
+            for stale in (out_dir / WORK_DIR).glob(".*.tmp*"):
+                with contextlib.suppress(OSError):
+                    stale.unlink()
+            yield out_dir
+        finally:
+            _HELD_LOCKS.discard(lock.fileno())
+
+
+#: File descriptors of the output-folder locks this process holds (:func:`output_folder`).
+_HELD_LOCKS: set[int] = set()
+
+
+def _drop_held_locks_in_child() -> None:
+    """In a forked child (a worker process): let go of the parent's output-folder locks.
+
+    An flock belongs to the open file, which a fork shares: a worker that
+    outlived a run killed outright kept its folder locked, and the next run
+    into it was refused ("another lipoframe run (pid <the dead one>) is
+    writing"). The descriptor is pointed at /dev/null rather than closed, so
+    its number is never reused under the parent's file object.
+    """
+    if not _HELD_LOCKS:
+        return
+    null = os.open(os.devnull, os.O_RDONLY)
+    try:
+        for fd in _HELD_LOCKS:
             with contextlib.suppress(OSError):
-                stale.unlink()
-        yield out_dir
+                os.dup2(null, fd, inheritable=False)
+    finally:
+        os.close(null)
+    _HELD_LOCKS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_held_locks_in_child)
 
 
 #: The log a run keeps in its folder (Hydra's file handler, conf/hydra/job_logging/lipoframe.yaml).

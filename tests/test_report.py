@@ -940,3 +940,58 @@ def test_overlay_legend_gives_each_micrographs_nm_at_its_own_pixel_size(tmp_path
     for name, px in (("mic_0", 2.0), ("mic_1", 4.0)):
         want = report._bin_label(SizeBin(index=0, d_min_px=b["d_min_px"], d_max_px=b["d_max_px"], count=1, box_px=b["box_px"]), px)
         assert jobs[name].legend[0][0].startswith(want + "  ["), (name, jobs[name].legend[0][0], want)
+
+
+_ORPHAN_SCRIPT = """
+import os, sys
+from concurrent.futures import ProcessPoolExecutor
+import multiprocessing as mp
+from lipoframe import report
+from lipoframe.runner import _start_method
+
+ex = ProcessPoolExecutor(max_workers=2, mp_context=mp.get_context(_start_method()), initializer=report._init_worker,
+                         initargs=(None,))
+ran = {f.result() for f in [ex.submit(os.getpid) for _ in range(8)]}
+pids = sorted(ran | set(ex._processes))  # every worker the pool started, also one that got no task
+with open(sys.argv[1], "w") as f:
+    f.write(" ".join(str(p) for p in pids))
+os._exit(0)  # as a run killed outright (SIGKILL) goes: no pool shutdown
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_overlay_workers_exit_when_the_run_is_killed_outright(tmp_path):
+    """A run killed outright (kill -9, the out-of-memory killer) while drawing its report left its overlay
+    worker processes behind, waiting for ever for work, holding the run's output folder."""
+    import signal
+    import sys
+    import time
+
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    # files, not pipes: workers left behind would hold a pipe open
+    with open(tmp_path / "err.txt", "w") as err:
+        done = subprocess.run([sys.executable, "-c", _ORPHAN_SCRIPT, str(tmp_path / "pids.txt")], env=env,
+                              stdout=subprocess.DEVNULL, stderr=err, timeout=120)
+    assert done.returncode == 0, (tmp_path / "err.txt").read_text()
+    pids = [int(p) for p in (tmp_path / "pids.txt").read_text().split()]
+    assert pids and os.getpid() not in pids
+
+    def alive():
+        out = []
+        for pid in pids:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                continue
+            out.append(pid)
+        return out
+
+    deadline = time.monotonic() + 60
+    try:
+        while alive():
+            assert time.monotonic() < deadline, f"overlay workers left behind: {alive()}"
+            time.sleep(0.1)
+    finally:
+        for pid in alive():  # this test's own processes
+            os.kill(pid, signal.SIGKILL)

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from scale_data import GATE_READER, RUN_ARGS, SHAPE, env_with_plugins, image, write_mrc, write_set, write_tiff
@@ -72,6 +73,53 @@ def test_killed_run_resumes_without_losing_finished_work(tmp_path, make_plugin):
     fresh = subprocess.run(fresh_cmd, env=env_with_plugins(), capture_output=True, text=True, timeout=120)
     assert fresh.returncode == 0, fresh.stderr
     assert (out / "picks.csv").read_bytes() == (tmp_path / "fresh" / "picks.csv").read_bytes()
+
+
+def _processes_with(word: str) -> list[int]:
+    """Pids of the processes whose command line holds ``word`` (Linux ``/proc``)."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if word.encode() in cmdline.read_bytes().split(b"\0"):
+                pids.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists() or sys.platform != "linux", reason="needs Linux /proc and fork")
+def test_workers_of_a_run_killed_outright_let_go_of_the_folder_and_exit(tmp_path, make_plugin):
+    """A run with worker processes killed with SIGKILL (the out-of-memory killer, kill -9) left them behind:
+    waiting for ever for their next micrograph, holding the output folder's lock, so the same command
+    again was refused ('another lipoframe run (pid <the dead one>) is writing to this output folder'); a
+    worker blocked in its micrograph would have written its result beside the new run's."""
+    import fcntl
+
+    make_plugin("lipoframe-gate", GATE_READER)
+    inp = tmp_path / "in"
+    write_set(inp, 2)
+    late = write_mrc(tmp_path / "late" / "mic_002.gate", image(2))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "lipoframe", "run", f"input=[{inp},{late}]", f"output={out}", "runner.workers=2", *RUN_ARGS]
+    proc = subprocess.Popen(cmd, env=env_with_plugins(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    done_markers = [out / "micrographs" / f"mic_00{i}.json" for i in range(2)]
+    # the gated micrograph waits in a worker: the run is mid-way, with its worker processes
+    kill_when(proc, lambda: all(p.exists() for p in done_markers), "the first micrographs were not done in time")
+    assert not (out / "run_summary.json").exists()
+    with open(out / ".lipoframe.lock", "a+") as lock:  # free as soon as the run is dead
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+    deadline = time.monotonic() + 60
+    while _processes_with(f"output={out}"):
+        assert time.monotonic() < deadline, f"worker processes left behind: {_processes_with(f'output={out}')}"
+        time.sleep(0.1)
+    assert not (out / "micrographs" / "mic_002.json").exists()
+
+    late.with_suffix(".go").touch()
+    again = subprocess.run(cmd, env=env_with_plugins(), capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["micrographs"] == {"total": 3, "ok": 1, "skipped": 2, "failed": 0, "not_done": 0}
 
 
 @pytest.fixture
