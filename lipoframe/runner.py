@@ -658,10 +658,16 @@ def call_table_stage(method: Callable[[pd.DataFrame], pd.DataFrame], picks: pd.D
     if changed:
         raise ValueError(f"stage {stage!r} changed the table it was given ({changed}): work on a copy "
                          "(lipoframe.schema.reject returns one) and leave the input as it is")
-    if same_rows and isinstance(out, pd.DataFrame) and len(out) != len(picks):
+    if same_rows and isinstance(out, pd.DataFrame):
+        check_row_count(picks, out, stage=stage)
+    return out
+
+
+def check_row_count(picks: pd.DataFrame, out: pd.DataFrame, *, stage: str) -> None:
+    """Raise a ValueError naming ``stage`` when it returned another number of rows than it was given."""
+    if len(out) != len(picks):
         raise ValueError(f"stage {stage!r} returned {len(out)} rows for the {len(picks)} it was given: "
                          "reject picks with lipoframe.schema.reject(picks, mask, reason) instead of dropping them")
-    return out
 
 
 def stage_copy(table: pd.DataFrame) -> pd.DataFrame:
@@ -698,9 +704,7 @@ def check_binning_result(picks: pd.DataFrame, result: Any, *, stage: str) -> Non
         raise ValueError(f"stage {stage!r} returned {type(result).__name__}, not a lipoframe.stages.BinningResult"
                          " (picks=<DataFrame>, plan=<lipoframe.plan.ExtractionPlan>)")
     out = result.picks
-    if len(out) != len(picks):
-        raise ValueError(f"stage {stage!r} returned {len(out)} rows for the {len(picks)} it was given: "
-                         "reject picks with lipoframe.schema.reject(picks, mask, reason) instead of dropping them")
+    check_row_count(picks, out, stage=stage)
     check_kept_columns(picks, out, stage=stage)
     if schema.SIZE_BIN not in out.columns:
         raise ValueError(f"stage {stage!r} returned a table without the column {schema.SIZE_BIN!r} "
@@ -1381,6 +1385,23 @@ def listed_pixel_size_changed(meta: MicrographMeta, path: str | os.PathLike, cfg
 _HEADER_TRIES = 3
 
 
+def header_pixel_size(path: str | os.PathLike, stages: StageSet) -> float | None | bool:
+    """The pixel size (Å/px) the header of micrograph ``path`` gives, None if it gives none; False if it cannot be read.
+
+    Read quietly with the run's reader for it (its own warnings come when the
+    micrograph is picked), for the notes that compare it with a pixel size
+    given otherwise; a micrograph that cannot be read fails when it is picked.
+    """
+    from lipoframe.polaritycheck import quiet
+
+    try:
+        refuse_special_file(path)
+        with quiet():
+            return stages.reader_for(Path(path)).read(Path(path), pixel_size=None).meta.pixel_size
+    except Exception:  # noqa: BLE001 - reported when the micrograph is picked
+        return False
+
+
 def listed_pixel_size_notes(stages: StageSet, cfg: LipoframeConfig) -> list[str]:
     """A warning per micrographs STAR (and pixel size it gives) that disagrees with the micrographs' headers.
 
@@ -1394,7 +1415,6 @@ def listed_pixel_size_notes(stages: StageSet, cfg: LipoframeConfig) -> list[str]
     logged as a warning.
     """
     from lipoframe.inputlists import read_list
-    from lipoframe.polaritycheck import quiet
 
     if cfg.pixel_size is not None:
         return []
@@ -1410,11 +1430,8 @@ def listed_pixel_size_notes(stages: StageSet, cfg: LipoframeConfig) -> list[str]
             if px is None or tries.get(px, 0) >= _HEADER_TRIES or not os.path.isfile(path):
                 continue
             tries[px] = tries.get(px, 0) + 1
-            try:
-                refuse_special_file(path)
-                with quiet():  # the reader's own warnings come when the micrograph is picked
-                    header = stages.reader_for(path).read(path, pixel_size=None).meta.pixel_size
-            except Exception:  # noqa: BLE001 - a micrograph that cannot be read fails when it is picked
+            header = header_pixel_size(path, stages)
+            if header is False:
                 continue
             tries[px] = _HEADER_TRIES
             if header and abs(header - px) > 0.01 * px:
@@ -1477,18 +1494,11 @@ def given_pixel_size_notes(paths: list[Path], stages: StageSet, cfg: LipoframeCo
     (:func:`placeholder_pixel_size_notes`), is not compared. Logged as a
     warning.
     """
-    from lipoframe.polaritycheck import quiet
-
     if cfg.pixel_size is None:
         return []
     for path in paths[:_HEADER_TRIES]:
-        try:
-            refuse_special_file(path)
-            with quiet():  # the reader's own warnings come when the micrograph is picked
-                header = stages.reader_for(Path(path)).read(Path(path), pixel_size=None).meta.pixel_size
-        except Exception:  # noqa: BLE001 - a micrograph that cannot be read fails when it is picked
-            continue
-        if header is None:
+        header = header_pixel_size(path, stages)
+        if header is False or header is None:
             continue
         if header == 1.0 or abs(header - cfg.pixel_size) <= 0.01 * cfg.pixel_size:
             return []
