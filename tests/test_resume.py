@@ -44,16 +44,24 @@ def kill_when(proc: subprocess.Popen, done, what: str, *, seconds: float = 90) -
     proc.stderr.close()
 
 
-def test_killed_run_resumes_without_losing_finished_work(tmp_path, make_plugin):
-    """The third input is read only when the test lets it (the ``gate``
-    reader), so the run waits there after two micrographs are done; it is
-    killed with SIGKILL, then resumed."""
+def gated_run(tmp_path, make_plugin, *, workers: int) -> tuple[list[str], Path, Path]:
+    """The command of a run of three micrographs whose third waits for ``late.with_suffix('.go')``
+    (the ``gate`` reader), the third micrograph and the output folder."""
     make_plugin("lipoframe-gate", GATE_READER)
     inp = tmp_path / "in"
     write_set(inp, 2)
     late = write_mrc(tmp_path / "late" / "mic_002.gate", image(2))
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "lipoframe", "run", f"input=[{inp},{late}]", f"output={out}", "runner.workers=1", *RUN_ARGS]
+    cmd = [sys.executable, "-m", "lipoframe", "run", f"input=[{inp},{late}]", f"output={out}", f"runner.workers={workers}",
+           *RUN_ARGS]
+    return cmd, late, out
+
+
+def test_killed_run_resumes_without_losing_finished_work(tmp_path, make_plugin):
+    """The third input is read only when the test lets it (the ``gate``
+    reader), so the run waits there after two micrographs are done; it is
+    killed with SIGKILL, then resumed."""
+    cmd, late, out = gated_run(tmp_path, make_plugin, workers=1)
     proc = subprocess.Popen(cmd, env=env_with_plugins(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     done_markers = [out / "micrographs" / f"mic_00{i}.json" for i in range(2)]
     kill_when(proc, lambda: all(p.exists() for p in done_markers), "the first micrographs were not done in time")
@@ -95,12 +103,7 @@ def test_workers_of_a_run_killed_outright_let_go_of_the_folder_and_exit(tmp_path
     worker blocked in its micrograph would have written its result beside the new run's."""
     import fcntl
 
-    make_plugin("lipoframe-gate", GATE_READER)
-    inp = tmp_path / "in"
-    write_set(inp, 2)
-    late = write_mrc(tmp_path / "late" / "mic_002.gate", image(2))
-    out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "lipoframe", "run", f"input=[{inp},{late}]", f"output={out}", "runner.workers=2", *RUN_ARGS]
+    cmd, late, out = gated_run(tmp_path, make_plugin, workers=2)
     proc = subprocess.Popen(cmd, env=env_with_plugins(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     done_markers = [out / "micrographs" / f"mic_00{i}.json" for i in range(2)]
     # the gated micrograph waits in a worker: the run is mid-way, with its worker processes
@@ -431,14 +434,9 @@ def test_a_killed_rerun_with_other_settings_leaves_neither_the_earlier_outputs_n
     """`lipoframe run` with other settings into a finished run's folder, killed outright (SIGKILL, a
     hard time limit) half-way: the earlier run's picks.csv, exports, plan and run_summary.json stayed,
     beside the new .hydra/ record, and `lipoframe plan` took the run as finished."""
-    make_plugin("lipoframe-gate", GATE_READER)
-    inp = tmp_path / "in"
-    write_set(inp, 2)
-    late = write_mrc(tmp_path / "late" / "mic_002.gate", image(2))
+    cmd, late, out = gated_run(tmp_path, make_plugin, workers=1)
     go = late.with_suffix(".go")
     go.touch()
-    out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "lipoframe", "run", f"input=[{inp},{late}]", f"output={out}", "runner.workers=1", *RUN_ARGS]
     first = subprocess.run(cmd, env=env_with_plugins(), capture_output=True, text=True, timeout=120)
     assert first.returncode == 0, first.stderr
     assert (out / "picks.csv").is_file() and (out / "relion" / "autopick.star").is_file()
