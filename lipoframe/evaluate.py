@@ -591,6 +591,10 @@ def _read_star(path: Path, catalog: MicrographCatalog | None = None, flip_y: boo
                 "holds no voxel coordinates to compare; give the tomograms' coordinate files instead "
                 "(of a lipoframe run: the run folder, relion/autopick.star or relion/coords/)")
         raise EvaluationInputError(f"{path}: no STAR block with rlnCoordinateX/rlnCoordinateY")
+    if not len(block) and (micrograph is not None or "rlnMicrographName" not in block.columns):
+        # A coordinate file with its labels and no row (lipoframe's own for a micrograph without picks): the same.
+        return _without_rows(pd.DataFrame({schema.X: [], schema.Y: [], schema.MICROGRAPH: pd.Series([], dtype=object)}),
+                             [micrograph if micrograph is not None else _coordinate_file_micrograph(path)])
     out = pd.DataFrame({schema.X: block["rlnCoordinateX"].astype(float), schema.Y: block["rlnCoordinateY"].astype(float)})
     if "rlnCoordinateZ" in block.columns:
         out[schema.Z] = block["rlnCoordinateZ"].astype(float)

@@ -1113,6 +1113,30 @@ def test_an_empty_coordinate_file_is_a_micrograph_the_picker_processed(tmp_path,
     assert read_picks(tmp_path / "CBOX" / "m2.cbox")[1] == ["m2"]
     assert not read_reference(tmp_path / "CBOX").attrs
 
+def test_a_coordinate_star_with_labels_and_no_row_is_a_micrograph_the_picker_processed(tmp_path, capsys, monkeypatch):
+    """lipoframe's own coordinate file of a micrograph without picks (the labels, no row) was read as a table of no
+    micrograph: evaluate of a run's relion/coords or relion/autopick.star warned that the picks had no results for it."""
+    from lipoframe.io.relion import coordinate_list_star, coordinate_star
+
+    coords = tmp_path / "relion" / "coords"
+    coords.mkdir(parents=True)
+    (coords / "m1_autopick.star").write_text(coordinate_star([101.0], [50.0], class_number=[1], fom=[2.0], diameter_px=[40.0]))
+    (coords / "m2_autopick.star").write_text(coordinate_star([], [], class_number=[], fom=[], diameter_px=[]))
+    (tmp_path / "relion" / "autopick.star").write_text(coordinate_list_star(
+        ["m1.mrc", "m2.mrc"], [str(coords / "m1_autopick.star"), str(coords / "m2_autopick.star")]))
+    ref = tmp_path / "truth.csv"
+    table([("m1", 100, 51, 40), ("m2", 200, 200, 40)]).to_csv(ref, index=False)
+    monkeypatch.chdir(tmp_path)
+    for picks, expected in ((coords, ["m2"]), (tmp_path / "relion" / "autopick.star", ["m2.mrc"]),
+                            (coords / "m2_autopick.star", ["m2"])):
+        got, processed = read_picks(picks)
+        assert processed == expected and not got.attrs, picks
+    assert main([f"picks={coords}", f"reference={ref}", f"output={tmp_path / 'ev'}"]) == 0
+    assert "no results in the picks" not in capsys.readouterr().err
+    doc = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
+    assert (doc["unpicked_micrographs"], doc["tp"], doc["fn"], doc["n_micrographs"]) == ([], 1, 1, 2)
+
+
 def test_scope_reference_leaves_out_the_runs_other_micrographs(tmp_path):
     ref = table([("a", 30, 30, 20)])
     assert evaluate(ref, ref, micrographs=["a", "b", "c"], scope="reference").summary["n_micrographs"] == 1
