@@ -51,6 +51,9 @@ _ALLOWED = ("binning", "writer", "export_rejected", "runner.")
 PIXEL_SIZE = "pixel_size"
 #: ... and this one: the row flip of the exports, which the picks do not depend on.
 FLIP_Y = "flip_y"
+#: The options above as the help and the refusal of a picking option name them.
+DATASET_OPTIONS = ("binning=<name> binning.<param>=<value> writer=[...] export_rejected=<true|false> "
+                   "flip_y=<null|true|false> (pixel_size=<Å/px> for a run picked in pixels)")
 #: Stage groups of the saved config whose options may be lengths in Å (``units: A``).
 _PICKING_GROUPS = ("reader", "detector", "nms", "refiner", "filter")
 
@@ -289,9 +292,8 @@ def check_user_overrides(user: list[str]) -> None:
     bad = [o for o in user if "=" not in o or not (_key(o).startswith(_ALLOWED) or _key(o) in (PIXEL_SIZE, FLIP_Y))]
     if bad:
         raise PlanError(
-            f"cannot change {', '.join(bad)} here: lipoframe plan only recomputes dataset-level options "
-            "(binning=..., binning.<param>=..., writer=[...], export_rejected=..., flip_y=..., and pixel_size=... of a run "
-            "picked in pixels); picking options need `lipoframe run`"
+            f"cannot change {', '.join(bad)} here: lipoframe plan only recomputes dataset-level options: "
+            f"{DATASET_OPTIONS}; picking options need `lipoframe run`"
         )
 
 
@@ -571,8 +573,7 @@ def _main(argv: list[str]) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ap.add_argument("run_dir", help="folder of a finished `lipoframe run` (or `lipoframe merge`)")
-    ap.add_argument("overrides", nargs="*", help="dataset-level options: binning=<name> binning.<param>=<value> writer=[...] "
-                    "flip_y=<null|true|false> (pixel_size=<Å/px> for a run picked in pixels)")
+    ap.add_argument("overrides", nargs="*", help=f"dataset-level options: {DATASET_OPTIONS}")
     ap.add_argument("--report", action="store_true", help="also rewrite report.html and the overlays (reads the micrographs)")
     ap.add_argument("--json", action="store_true", help="print the plan as JSON")
     args = ap.parse_intermixed_args(argv)  # options before or after the overrides

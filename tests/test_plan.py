@@ -494,6 +494,22 @@ def test_plan_command_refuses_picking_options_and_bad_folders(tmp_path, run_cli)
     assert code == 2 and "config.yaml" in err
 
 
+def test_plan_help_names_every_option_the_plan_takes(tmp_path, run_cli):
+    # `lipoframe plan --help` and the refusal of a picking option list the same
+    # dataset-level options; export_rejected was missing from the help.
+    picks, metas = dataset()
+    run = fabricated_run(tmp_path / "run", picks, metas)
+    code, _, refusal = run_cli("plan", run, "detector.threshold=3")
+    assert code == 2
+    code, out, _ = run_cli("plan", "--help")
+    assert code == 0
+    help_text = " ".join(out.split())
+    for key in ("binning=", "binning.<param>=", "writer=", "export_rejected=", "flip_y=", "pixel_size="):
+        assert key in refusal and key in help_text, key
+    code, _, err = run_cli("plan", run, "export_rejected=true")
+    assert code == 0, err
+
+
 def test_plan_gives_a_run_picked_in_pixels_a_pixel_size(tmp_path, run_cli):
     # A run without a pixel size in the headers, picked in pixels: the plan can
     # give it one (Å values, masks, extraction boxes); pixel_size= was refused.
