@@ -32,6 +32,7 @@ import pandas as pd
 
 from lipoframe import schema
 from lipoframe.config import MIN_DIAMETER_PX, RETRY_SUPPRESSED, ConfigError, LipoframeConfig
+from lipoframe.algorithms.outliers import MAX_CLUSTER, OUTLIER_SIGMAS, replace_isolated_outliers
 from lipoframe.algorithms.pyramid import pow2_floor, to_binned
 from lipoframe.inputlists import ListedPath, is_list_spec, list_paths, listed_pixel_size, relion_project, relion_star
 from lipoframe.io.atomic import resolve_all, safe_child, write_text
@@ -1063,6 +1064,8 @@ class MicResult:
     error: str = ""
     #: Peak resident memory of the process that picked it (MiB; 0 when not measured).
     peak_rss_mb: float = 0.0
+    #: Hot or dead pixels replaced before picking (:func:`without_outlier_pixels`).
+    replaced_pixels: int = 0
 
 
 def _work_paths(out_dir: Path, name: str) -> tuple[Path, Path]:
@@ -1252,13 +1255,15 @@ def _read_work_csv(source) -> pd.DataFrame:
 
 def save_work(
     out_dir: Path, meta: MicrographMeta, picks: pd.DataFrame, fingerprint: str, seconds: float, *, source: dict | None = None,
-    version: str | None = None, read_flip_y: bool | None = None,
+    version: str | None = None, read_flip_y: bool | None = None, replaced_pixels: int = 0,
 ) -> None:
     """Write one micrograph's result: the CSV first, then the JSON that marks it complete.
 
     ``version`` is the code that made it (:attr:`StageSet.code_version`;
     default: lipoframe's version). ``read_flip_y``: the reader's ``flip_y``
     (:data:`READ_FLIP_Y`; ``meta.flip_y`` is the run's, :func:`flip_y_for`).
+    ``replaced_pixels``: the hot or dead pixels replaced before picking
+    (:data:`REPLACED_PIXELS`, recorded when there were any).
     """
     from lipoframe import __version__
     from lipoframe.builtin.writers import write_csv
@@ -1273,6 +1278,7 @@ def save_work(
         "source": source,
         "lipoframe": version or __version__,
         **({READ_FLIP_Y: bool(read_flip_y)} if read_flip_y is not None else {}),
+        **({REPLACED_PIXELS: int(replaced_pixels)} if replaced_pixels else {}),
     }
     write_text(json_path, json.dumps(info, indent=1))
 
@@ -1525,6 +1531,32 @@ def read_named(path: str | os.PathLike, name: str, cfg: LipoframeConfig, stages:
     return Micrograph(meta=meta, image=mic.image, polarity=cfg.polarity)
 
 
+#: Key of a saved result's JSON: the hot or dead pixels replaced before picking (:func:`without_outlier_pixels`).
+REPLACED_PIXELS = "replaced_pixels"
+
+
+def without_outlier_pixels(mic: Micrograph) -> tuple[Micrograph, int]:
+    """``mic`` with its hot and dead pixels replaced, and how many they were (a warning names the file).
+
+    :func:`lipoframe.algorithms.outliers.replace_isolated_outliers`: isolated
+    pixels (clusters of at most :data:`~lipoframe.algorithms.outliers.MAX_CLUSTER`)
+    more than :data:`~lipoframe.algorithms.outliers.OUTLIER_SIGMAS` robust
+    standard deviations from the background and from their neighbourhood
+    take the median of their 5 x 5 neighbourhood. A micrograph without
+    any is returned as it is (the same object: its picks do not change);
+    a volume too.
+    """
+    if mic.image.ndim != 2:
+        return mic, 0
+    image, n = replace_isolated_outliers(mic.image)
+    if not n:
+        return mic, 0
+    log.warning("%s: %d hot or dead pixel(s) replaced by the median of their neighbourhood before picking (isolated "
+                "pixels, or clusters of up to %d, more than %g robust standard deviations from the background and "
+                "from the pixels around them)", mic.meta.path or mic.name, n, MAX_CLUSTER, OUTLIER_SIGMAS)
+    return Micrograph(meta=mic.meta, image=image, polarity=mic.polarity), n
+
+
 def run_job(job: MicJob, cfg: LipoframeConfig | None = None, stages: StageSet | None = None) -> MicResult:
     """Read, pick and save one micrograph; never raises for bad input."""
     cfg = cfg or _WORKER_STATE["cfg"]
@@ -1540,7 +1572,7 @@ def run_job(job: MicJob, cfg: LipoframeConfig | None = None, stages: StageSet | 
                 repoint_work(job.out_dir, done[0], job.path)
                 picks = done[1]
                 return MicResult(job.name, str(job.path), "skipped", len(picks), int(picks[schema.ACCEPTED].sum()) if len(picks) else 0)
-        mic = read_named(job.path, job.name, cfg, stages)
+        mic, replaced = without_outlier_pixels(read_named(job.path, job.name, cfg, stages))
         meta = mic.meta
         ctx = pick_context(meta, cfg)
         picks = process_micrograph(mic, stages, ctx)
@@ -1549,8 +1581,9 @@ def run_job(job: MicJob, cfg: LipoframeConfig | None = None, stages: StageSet | 
         read_flip_y = meta.flip_y
         meta = replace(meta, path=os.path.abspath(job.path), flip_y=flip_y_for(cfg.flip_y, read_flip_y))
         save_work(job.out_dir, meta, picks, job.fingerprint, seconds, source=source, version=stages.code_version or None,
-                  read_flip_y=read_flip_y)
-        return MicResult(job.name, str(job.path), "ok", len(picks), int(picks[schema.ACCEPTED].sum()), seconds, peak_rss_mb=peak_rss_mb())
+                  read_flip_y=read_flip_y, replaced_pixels=replaced)
+        return MicResult(job.name, str(job.path), "ok", len(picks), int(picks[schema.ACCEPTED].sum()), seconds, peak_rss_mb=peak_rss_mb(),
+                         replaced_pixels=replaced)
     except InputError as exc:
         return _failure(job, str(exc), time.perf_counter() - t0)
     except MemoryError:
@@ -2199,6 +2232,21 @@ def placeholder_pixel_size_notes(metas: dict[str, MicrographMeta], cfg: Lipofram
     return [note]
 
 
+def replaced_pixels_notes(infos: dict[str, dict | None]) -> list[str]:
+    """A note naming the micrographs whose hot or dead pixels were replaced before picking (:func:`without_outlier_pixels`)."""
+    counts = {name: int(info.get(REPLACED_PIXELS, 0) or 0) for name, info in infos.items() if isinstance(info, dict)}
+    counts = {name: n for name, n in counts.items() if n > 0}
+    if not counts:
+        return []
+    listed = ", ".join(f"{name} ({n})" for name, n in list(counts.items())[:MAX_LISTED])
+    more = f" and {len(counts) - MAX_LISTED} more" if len(counts) > MAX_LISTED else ""
+    note = (f"{len(counts)} micrograph(s) had hot or dead pixels, replaced by the median of their neighbourhood before "
+            f"picking (pixels): {listed}{more}; the micrograph files are unchanged, and their hot pixels disturb the "
+            "extracted particles too unless extraction removes them (RELION: the stddev for white/black dust removal)")
+    log.info(note)
+    return [note]
+
+
 def range_notes_for(picks: pd.DataFrame, metas: dict[str, MicrographMeta], cfg: LipoframeConfig) -> list[str]:
     """:func:`lipoframe.rangecheck.range_notes` for a run (logged; the summary prints them)."""
     from lipoframe.rangecheck import range_notes
@@ -2270,7 +2318,7 @@ def polarity_check_for(results: list[MicResult], names: list[str], stages: Stage
         def micrographs():
             for r in done:
                 with quiet():  # the reader's warnings were given when the micrograph was picked
-                    mic = read_named(r.path, r.name, cfg, stages)
+                    mic, _ = without_outlier_pixels(read_named(r.path, r.name, cfg, stages))
                 yield mic, pick_context(mic.meta, cfg)
 
         try:
@@ -3050,7 +3098,7 @@ def finish_run(
             stopped = interrupted = True
         if not stopped and kept is None:
             on_pixel = placeholder_pixel_size_notes(metas, cfg) + pixel_size_notes(metas)
-            notes = notes + on_pixel + range_notes_for(picks, metas, cfg)
+            notes = notes + on_pixel + range_notes_for(picks, metas, cfg) + replaced_pixels_notes(infos)
             on_pixel_size += on_pixel
         elif not stopped:
             # A plan's, from the picks and pixel sizes (the same as the run's when it made them; those of a run
@@ -3456,5 +3504,5 @@ def pick(
         peel=bool(peel),
     )
     meta = MicrographMeta(name=name, path="", shape=image.shape, pixel_size=pixel_size)
-    mic = Micrograph(meta=meta, image=image, polarity=polarity)
+    mic, _ = without_outlier_pixels(Micrograph(meta=meta, image=image, polarity=polarity))
     return process_micrograph(mic, stages, pick_context(meta, cfg))
