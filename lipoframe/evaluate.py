@@ -50,6 +50,7 @@ import pandas as pd
 
 from lipoframe import schema
 from lipoframe.io.relion import DIAMETER_LABEL
+from lipoframe.records import COMPRESSION_SUFFIXES, file_suffix
 
 #: Reference ``kind`` values that are not particles: picks on them are errors.
 JUNK_KINDS = ("ice", "junk", "carbon", "contamination")
@@ -66,10 +67,14 @@ def micrograph_key(name: Any) -> str:
     Drops folders and a known image suffix and applies the same character
     cleaning as the runner's output names, so ``data/May08.bin_avg.png``,
     ``May08.bin_avg`` and lipoframe's ``micrograph`` column all give
-    ``May08.bin_avg``.
+    ``May08.bin_avg``; a compressed micrograph (``mic.mrc.gz``) gives ``mic``
+    as well.
     """
     s = str(name).replace("\\", "/").rsplit("/", 1)[-1]
     low = s.lower()
+    for suf in COMPRESSION_SUFFIXES:
+        if low.endswith(suf) and any(low[: -len(suf)].endswith(inner) for inner in IMAGE_SUFFIXES):
+            s, low = s[: -len(suf)], low[: -len(suf)]
     for suf in IMAGE_SUFFIXES:
         if low.endswith(suf) and len(s) > len(suf):
             s = s[: -len(suf)]
@@ -451,12 +456,12 @@ class _Source:
             return
         suffixes = set(load()[1].readers_by_suffix())  # the same suffixes whatever the dims
         if path.is_file():
-            files = {micrograph_key(path.name): path} if path.suffix.lower() in suffixes else {}
+            files = {micrograph_key(path.name): path} if file_suffix(path) in suffixes else {}
         elif not path.is_dir():
             raise EvaluationInputError(f"micrographs: {path}: not found")
         else:
             files = {micrograph_key(p.name): p for p in sorted(path.iterdir())
-                     if p.is_file() and p.suffix.lower() in suffixes and not p.name.startswith(".")}
+                     if p.is_file() and file_suffix(p) in suffixes and not p.name.startswith(".")}
         if not files:
             raise EvaluationInputError(f"micrographs: {path}: neither a lipoframe run folder nor a folder of micrographs "
                                        f"({', '.join(sorted(suffixes))})")

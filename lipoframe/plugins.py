@@ -249,11 +249,11 @@ def read_file(path: str | os.PathLike, *, dims: int = 2):
     InputError
         Naming the file, when no reader takes its suffix or it cannot be read.
     """
-    from lipoframe.records import InputError, refuse_special_file
+    from lipoframe.records import InputError, file_suffix, refuse_special_file
 
     path = Path(path)
     refuse_special_file(path)
-    suffix = path.suffix.lower()
+    suffix = file_suffix(path)
     reader = load()[1].readers_by_suffix(dims=dims).get(suffix)
     if reader is None:
         raise InputError(f"{path}: no reader for {dims}D files ending in {suffix!r}")

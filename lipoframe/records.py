@@ -7,6 +7,7 @@ import json
 import os
 import stat
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import Any, Callable, Hashable, Optional
 
 import numpy as np
@@ -16,6 +17,31 @@ from lipoframe.algorithms.pyramid import block_mean, typical_level
 
 class InputError(Exception):
     """A problem with one input file. The message names the file and the problem."""
+
+
+#: Suffixes of a compressed file, which a reader may take after its own: ``mic.mrc.gz`` (:func:`file_suffix`).
+COMPRESSION_SUFFIXES = (".gz",)
+
+
+def file_suffix(path: str | os.PathLike) -> str:
+    """The lower-case suffix a reader is chosen by: ``.mrc``, or ``.mrc.gz`` for a compressed file.
+
+    Examples
+    --------
+    >>> file_suffix("data/mic_001.MRC.gz"), file_suffix("a.b.tif"), file_suffix("mic.gz"), file_suffix("README")
+    ('.mrc.gz', '.tif', '.gz', '')
+    """
+    p = PurePath(path)
+    last = p.suffix.lower()
+    if last in COMPRESSION_SUFFIXES and (inner := PurePath(p.stem).suffix.lower()):
+        return inner + last
+    return last
+
+
+def file_stem(path: str | os.PathLike) -> str:
+    """The file name without its :func:`file_suffix`: ``mic_001`` for ``data/mic_001.mrc.gz``."""
+    name = PurePath(path).name
+    return name[: len(name) - len(file_suffix(path))] or name
 
 
 _SPECIAL_FILES = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"),

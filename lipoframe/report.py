@@ -42,7 +42,7 @@ import pandas as pd
 from lipoframe import schema
 from lipoframe.io.atomic import safe_child, write_bytes, write_text
 from lipoframe.plan import OUTLIER_REASON, ExtractionPlan, format_range
-from lipoframe.records import MicrographMeta
+from lipoframe.records import MicrographMeta, file_stem, file_suffix
 
 log = logging.getLogger("lipoframe")
 
@@ -388,7 +388,7 @@ def load_run(out_dir: str | os.PathLike) -> RunData:
     config, text, stage_names = _config_from_folder(out_dir)
     if plan is not None:  # the policy of the plan shown (another than the run's after `lipoframe plan binning=...`)
         stage_names["binning"] = plan.policy
-    failures = [{"name": safe_name(Path(f.get("micrograph", "")).stem), "path": f.get("micrograph", ""), "error": f.get("error", "")}
+    failures = [{"name": safe_name(file_stem(f.get("micrograph", ""))), "path": f.get("micrograph", ""), "error": f.get("error", "")}
                 for f in summary.get("failures", [])]
     return RunData(out_dir, picks, metas, plan, summary, config, text, stage_names, failures)
 
@@ -488,9 +488,9 @@ class ReaderChoice:
         return cls(reader, by_suffix)
 
     def read(self, path: Path):
-        reader = self.reader or self.by_suffix.get(path.suffix.lower())
+        reader = self.reader or self.by_suffix.get(file_suffix(path))
         if reader is None:
-            raise ValueError(f"{path}: no reader for files ending in {path.suffix!r}")
+            raise ValueError(f"{path}: no reader for files ending in {file_suffix(path)!r}")
         # What a reader warns about a file (pixel sizes that differ, unsigned
         # bytes, ...) was said when the run read it to pick; not again for its overlay.
         quiet = _ErrorsOnly()

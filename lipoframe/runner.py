@@ -37,7 +37,7 @@ from lipoframe.algorithms.pyramid import pow2_floor, to_binned
 from lipoframe.inputlists import ListedPath, is_list_spec, list_paths, listed_pixel_size, relion_project, relion_star
 from lipoframe.io.atomic import resolve_all, safe_child, write_text
 from lipoframe.plan import ExtractionPlan, format_range
-from lipoframe.records import InputError, Micrograph, MicrographMeta, PickContext, refuse_special_file
+from lipoframe.records import InputError, Micrograph, MicrographMeta, PickContext, file_stem, file_suffix, refuse_special_file
 from lipoframe.registry import StageRegistry
 from lipoframe.stages import BinningResult, Stage
 
@@ -98,7 +98,7 @@ class StageSet:
     def reader_for(self, path: Path) -> Stage:
         if self.reader.name != "auto":
             return self.reader
-        suffix = path.suffix.lower()
+        suffix = file_suffix(path)
         try:
             return self.readers_by_suffix[suffix]
         except KeyError:
@@ -106,6 +106,8 @@ class StageSet:
                 raise InputError(f"{path}: file not found") from None
             known = ", ".join(sorted(self.readers_by_suffix))
             movie = "; an EER file is a movie (electron events): give motion-corrected micrographs" if suffix == ".eer" else ""
+            if suffix != ".gz" and suffix.endswith(".gz") and not movie:
+                movie = "; decompress it first (gunzip)"
             raise InputError(f"{path}: no reader for files ending in {suffix!r} (known: {known}){movie}") from None
 
     def picking_stages(self) -> list[Stage]:
@@ -131,7 +133,7 @@ class StageSet:
             return reader.read(path, pixel_size=pixel_size)
         except InputError as exc:
             suffixes = tuple(getattr(reader, "suffixes", ()))
-            if self.reader.name == "auto" or not suffixes or path.suffix.lower() in suffixes:
+            if self.reader.name == "auto" or not suffixes or file_suffix(path) in suffixes:
                 raise
             raise InputError(f"{exc}; reader={reader.name} reads {' '.join(suffixes)} files "
                              "(leave reader=auto to choose the reader by each file's suffix)") from None
@@ -258,14 +260,14 @@ def expand_inputs(specs: list[str | Path], suffixes: tuple[str, ...], *, same_fi
             found = [Path(spec)]
         elif os.path.isdir(spec := os.path.expanduser(str(spec))):
             found = sorted(p for p in Path(spec).iterdir() if _file_or_broken_link(p)
-                           and p.suffix.lower() in suffixes and not p.name.startswith("."))
+                           and file_suffix(p) in suffixes and not p.name.startswith("."))
         elif is_list_spec(spec, suffixes):
             try:
                 found = list_paths(spec, suffixes)
             except InputError:
                 found = []
         elif glob.has_magic(spec):
-            found = sorted(Path(p) for p in glob.glob(spec, recursive=True) if _file_or_broken_link(Path(p)) and Path(p).suffix.lower() in suffixes)
+            found = sorted(Path(p) for p in glob.glob(spec, recursive=True) if _file_or_broken_link(Path(p)) and file_suffix(p) in suffixes)
         else:
             found = [Path(spec)]
         for p in found:
@@ -305,7 +307,7 @@ def micrograph_names(paths: list[Path]) -> list[str]:
     ``mic.tif`` -> ``mic_mrc``, ``mic_tif``); a counter is the last resort.
     :func:`name_notes` lists the renamed inputs for the user.
     """
-    names = [safe_name(p.stem) for p in paths]
+    names = [safe_name(file_stem(p)) for p in paths]
     groups: dict[str, list[int]] = {}
     for i, nm in enumerate(names):
         groups.setdefault(nm, []).append(i)
@@ -322,7 +324,7 @@ def micrograph_names(paths: list[Path]) -> list[str]:
                 cand = []
                 for k, i in enumerate(idx):
                     parts = [*parents[k][len(parents[k]) - depth:]] if depth else []
-                    stem = paths[i].stem + (f"_{paths[i].suffix.lstrip('.').lower()}" if with_suffix else "")
+                    stem = file_stem(paths[i]) + (f"_{file_suffix(paths[i]).lstrip('.').replace('.', '_')}" if with_suffix else "")
                     cand.append(safe_name(NAME_SEP.join([*parts, stem])))
                 if len(set(cand)) == len(cand) and not unique & set(cand):
                     break
@@ -1955,8 +1957,8 @@ def _first_micrograph_below(
     for n, (root, dirs, files) in enumerate(os.walk(folder)):
         depth = len(Path(root).relative_to(folder).parts)
         dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if depth < max_depth else []
-        found = sorted(f for f in files if Path(f).suffix.lower() in suffixes and not f.startswith("."))
-        other = [f for f in found if Path(f).suffix.lower() not in _PICTURES]
+        found = sorted(f for f in files if file_suffix(f) in suffixes and not f.startswith("."))
+        other = [f for f in found if file_suffix(f) not in _PICTURES]
         if other:
             return Path(root, other[0])
         if found and picture is None:
@@ -1980,7 +1982,7 @@ def find_inputs(specs: list[str], suffixes: tuple[str, ...], *, same_file: list 
                 problems.append(str(exc))
         elif os.path.isdir(spec_s) and not expand_inputs([spec_s], suffixes):
             below = _first_micrograph_below(spec_s, suffixes)
-            hint = (f"; its subfolders do (such as {below}): give input='{os.path.join(str(spec), '**', '*' + below.suffix)}'"
+            hint = (f"; its subfolders do (such as {below}): give input='{os.path.join(str(spec), '**', '*' + file_suffix(below))}'"
                     if below else "")
             problems.append(f"{spec}: folder contains no micrographs (looked for {', '.join(sorted(suffixes))}){hint}")
         elif glob.has_magic(spec_s) and not os.path.isdir(spec_s) and not expand_inputs([spec_s], suffixes):
@@ -1992,13 +1994,14 @@ def name_notes(paths: list[Path], names: list[str]) -> list[str]:
     """One line per micrograph whose output name is not its file stem (duplicates, unsafe names)."""
     stems: dict[str, int] = {}
     for p in paths:
-        stems[p.stem] = stems.get(p.stem, 0) + 1
+        stems[file_stem(p)] = stems.get(file_stem(p), 0) + 1
     notes = []
     for p, n in zip(paths, names):
-        if n == p.stem:
+        stem = file_stem(p)
+        if n == stem:
             continue
-        why = ("another input has the same name" if stems[p.stem] > 1
-               else "the file name is not safe for output files" if safe_name(p.stem) != p.stem
+        why = ("another input has the same name" if stems[stem] > 1
+               else "the file name is not safe for output files" if safe_name(stem) != stem
                else "another input's results take this name")
         notes.append(f"{p}: results are named {n!r} ({why})")
     return notes

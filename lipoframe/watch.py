@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lipoframe.records import InputError
+from lipoframe.records import InputError, file_stem
 
 log = logging.getLogger("lipoframe")
 
@@ -176,11 +176,11 @@ def assign_name(path: Path, taken: set[str]) -> str:
     """A safe output name for ``path`` not in ``taken``: the stem, else parent folders + stem, else a counter."""
     from lipoframe.runner import NAME_SEP, safe_name
 
-    name = safe_name(path.stem)
+    name = safe_name(file_stem(path))
     parts = path.resolve().parent.parts
     depth = 1
     while name in taken and depth <= len(parts):
-        name = safe_name(NAME_SEP.join([*parts[-depth:], path.stem]))
+        name = safe_name(NAME_SEP.join([*parts[-depth:], file_stem(path)]))
         depth += 1
     base, k = name, 2
     while name in taken:
@@ -344,7 +344,7 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None, exclude=None):
                             taken = set(path_name.values())
                             name = known[key] if key in known and known[key] not in taken else assign_name(path, taken | set(known.values()))
                             path_name[key] = name
-                            if name != path.stem:
+                            if name != file_stem(path):
                                 notes.append(f"{path}: results are named {name!r} (another input has the same name or the name is not safe)")
                                 log.warning(notes[-1])
                         jobs.append(MicJob(path, path_name[key], out_dir, fingerprint, cfg.runner.resume, cfg.runner.verbose))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -337,3 +338,24 @@ def test_replaced_hot_pixels_are_told_and_recorded(tmp_path):
         n for n in notes if n.startswith("1 micrograph(s) had hot or dead pixels, replaced by the median of their "
                                          "neighbourhood before picking (pixels): hot (6);")]
     assert len([n for n in notes if "hot or dead pixels" in n]) == 1
+
+
+def test_gzip_compressed_micrographs_are_picked_under_their_stem_and_exported_by_their_file_name(tmp_path):
+    """'.mrc.gz' files were not found in a folder, and given by name got 'no reader for files ending in '.gz''.
+    Their results are named without '.mrc.gz'; the exports name the file as it is."""
+    import gzip
+
+    plain = write_mrc(tmp_path / "in" / "mic_a.mrc", image(0))
+    packed = tmp_path / "in" / "mic_a.mrc.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    plain.unlink()
+    write_mrc(tmp_path / "in" / "mic_b.mrc", image(1))
+    out = tmp_path / "out"
+    proc = cli("run", f"input={tmp_path / 'in'}", f"output={out}", "runner.workers=1", "writer=[csv,star,cbox]", *RUN_ARGS)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in (out / "micrographs").glob("*.csv")) == ["mic_a.csv", "mic_b.csv"]
+    assert (out / "cbox" / "mic_a.cbox").is_file()
+    import starfile
+
+    table = starfile.read(out / "relion" / "autopick.star")
+    assert sorted(Path(p).name for p in table["rlnMicrographName"]) == ["mic_a.mrc.gz", "mic_b.mrc"]

@@ -544,3 +544,44 @@ def test_a_tiff_with_each_colour_sample_in_its_own_plane_is_read_as_a_colour_tif
     expected = planes[:3].mean(axis=0) if photometric == "rgb" else grey
     for path in (planar, interleaved):
         np.testing.assert_array_equal(TiffReader().read(path, pixel_size=None).image, expected)
+
+
+def test_a_gzip_compressed_mrc_is_read_as_the_mrc(tmp_path):
+    """A '.mrc.gz' micrograph got 'no reader for files ending in '.gz''; mrcfile reads gzip, so lipoframe does."""
+    import gzip
+
+    from lipoframe.builtin.readers import MrcReader
+
+    plain = write_mrc(tmp_path / "mic_001.mrc", IMAGE, pixel_size=1.25)
+    packed = tmp_path / "mic_001.mrc.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    mic = MrcReader().read(packed)
+    np.testing.assert_array_equal(mic.image, MrcReader().read(plain).image)
+    assert (mic.meta.name, mic.meta.path, mic.meta.pixel_size) == ("mic_001", str(packed), 1.25)
+    # a damaged stream, and a header that describes more data than the stream holds, are named as such
+    (tmp_path / "cut.mrc.gz").write_bytes(packed.read_bytes()[: packed.stat().st_size // 2])
+    with pytest.raises(InputError, match=r"^\S+cut\.mrc\.gz: not a readable gzip-compressed MRC file \(.*: truncated or corrupt\)$"):
+        MrcReader().read(tmp_path / "cut.mrc.gz")
+    (tmp_path / "short.mrc.gz").write_bytes(gzip.compress(plain.read_bytes()[:-40]))
+    with pytest.raises(InputError, match=r"^\S+short\.mrc\.gz: not a readable MRC file \(the header's dimensions.*40 bytes smaller than they describe"):
+        MrcReader().read(tmp_path / "short.mrc.gz")
+
+
+def test_a_compressed_file_no_reader_takes_is_told_to_be_decompressed(tmp_path):
+    import gzip
+
+    from lipoframe import plugins
+    from lipoframe.merge import compose_config
+    from lipoframe.runner import build_stages
+
+    path = tmp_path / "mic.tif.gz"
+    path.write_bytes(gzip.compress(b"II*\0"))
+    stages = build_stages(compose_config([f"input={path}"])[1], plugins.load()[1])
+    with pytest.raises(InputError) as caught:
+        stages.read(path, pixel_size=None)
+    assert str(caught.value).startswith(f"{path}: no reader for files ending in '.tif.gz' (known: ")
+    assert str(caught.value).endswith("); decompress it first (gunzip)")
+    tiff = tmp_path / "gz_named.tif"  # a compressed TIFF without .gz: the TIFF reader says what it is
+    tiff.write_bytes(path.read_bytes())
+    with pytest.raises(InputError, match=r"\(it is a gzip-compressed file: decompress it first \(gunzip\)\)$"):
+        TiffReader().read(tiff)

@@ -25,7 +25,7 @@ import pandas as pd
 from lipoframe import schema
 from lipoframe.algorithms.heatmap import PEAK_SOURCES, heatmap_picks, normalise_heatmap, scale_to_unit
 from lipoframe.hookspecs import hookimpl
-from lipoframe.records import InputError, Micrograph, PickContext
+from lipoframe.records import InputError, Micrograph, PickContext, file_stem
 from lipoframe.stages import Detector, check_finite
 
 #: Suffixes a heatmap file may have.
@@ -153,7 +153,7 @@ def map_files(path: str | None, name: str, folder: str, pattern: str, *, listed:
         The matching files, sorted.
     """
     src = Path(path) if path else None
-    stem = src.stem if src is not None else name
+    stem = file_stem(src) if src is not None else name
     base = Path(folder).expanduser() if folder else (src.parent if src is not None else Path("."))
     if "{stem}" not in pattern and "{name}" not in pattern:
         pattern = "{stem}" + pattern

@@ -26,7 +26,7 @@ from scipy import ndimage as ndi
 
 from lipoframe import schema
 from lipoframe.hookspecs import hookimpl
-from lipoframe.records import InputError, Micrograph, PickContext
+from lipoframe.records import InputError, Micrograph, PickContext, file_stem
 from lipoframe.algorithms.heatmap import scale_to_unit
 from lipoframe.builtin.readers import colour_bits
 from lipoframe.stages import Filter, check_finite
@@ -179,7 +179,7 @@ class MaskFilter(Filter):
         return self._mask_file(mic.meta.path, mic.name)
 
     def _mask_file(self, path: str | None, name: str) -> Path:
-        stem = Path(path).stem if path else name
+        stem = file_stem(path) if path else name
         return Path(self.params.folder) / f"{stem}{self.params.suffix}"
 
     def extra_inputs(self, path: Path, name: str) -> list[Path]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import gzip
+import io
 import logging
 import math
 import re
@@ -20,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from lipoframe.hookspecs import hookimpl
-from lipoframe.records import InputError, Micrograph, MicrographMeta
+from lipoframe.records import InputError, Micrograph, MicrographMeta, file_stem, file_suffix
 from lipoframe.stages import Reader
 
 log = logging.getLogger("lipoframe")
@@ -39,7 +41,7 @@ def _unsupported_mode(mode: int) -> str:
 
 
 def _meta(path: Path, shape, pixel_size, *, flip_y=False) -> MicrographMeta:
-    return MicrographMeta(name=path.stem, path=str(path), shape=tuple(int(s) for s in shape), pixel_size=pixel_size, flip_y=flip_y)
+    return MicrographMeta(name=file_stem(path), path=str(path), shape=tuple(int(s) for s in shape), pixel_size=pixel_size, flip_y=flip_y)
 
 
 #: False while :func:`pixel_size_unused` is in effect.
@@ -73,6 +75,10 @@ def _header_pixel_size(path: Path, value: float | None) -> float | None:
     return value
 
 
+#: The first bytes of a gzip-compressed file.
+GZIP_MAGIC = b"\x1f\x8b"
+
+
 def _file_format(head: bytes) -> tuple[str, str] | None:
     """(format, suffix) of a micrograph file from its first 212 bytes, or None."""
     if head[:4] in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+"):
@@ -83,6 +89,8 @@ def _file_format(head: bytes) -> tuple[str, str] | None:
         return "JPEG", ".jpg"
     if head[:6] == b"\x93NUMPY":
         return "NumPy", ".npy"
+    if head[:2] == GZIP_MAGIC:
+        return "gzip-compressed", ".gz"
     if head[208:212] == b"MAP ":
         return "MRC", ".mrc"
     return None
@@ -100,6 +108,8 @@ def _why_unreadable(path: Path, problem: str, own: str) -> str:
     found = _file_format(head)
     if found is not None and found[0] != own:
         article = "an" if found[0] == "MRC" else "a"  # said letter by letter: "an MRC", "a NumPy", "a PNG", "a TIFF", "a JPEG"
+        if found[0] == "gzip-compressed":  # the MRC reader reads those: its problem is inside
+            return problem if own == "MRC" else "it is a gzip-compressed file: decompress it first (gunzip)"
         return f"it is {article} {found[0]} file: give it the suffix {found[1]}"
     return problem
 
@@ -122,7 +132,7 @@ def _stack_advice(path: Path, shape: tuple[int, ...]) -> str:
         return "give one micrograph per file (a tomogram: +experiment=tomo)"
     n = int(shape[0])
     depth = n / max(1, min(int(shape[1]), int(shape[2])))
-    suffix = path.suffix.lower()
+    suffix = file_suffix(path).removesuffix(".gz")
     if suffix == ".mrcs" and int(shape[1]) == int(shape[2]) <= PARTICLE_BOX_MAX:  # RELION's extracted particles
         return (f"it looks like a stack of {n} extracted particles (RELION's .mrcs): lipoframe picks particles in "
                 "micrographs; give the micrographs they came from (motion-corrected, denoised)")
@@ -180,12 +190,13 @@ class AutoReader(Reader):
     summary = "pick the reader from the file suffix"
 
 
-def _check_mrc_size(path: Path, header) -> None:
+def _check_mrc_size(path: Path, header, size: int | None = None) -> None:
     """Refuse an MRC file whose header describes more or less data than the file holds.
 
     mrcfile only warns when the file is larger, and reads a wrongly shaped image.
     Less than one row of extra bytes at the end is padding: a warning.
     A mode the reader does not support is left to the caller's message.
+    ``size``: the bytes of the MRC data (a compressed file's once decompressed); default: the file's size.
     """
     import mrcfile.utils
 
@@ -195,7 +206,7 @@ def _check_mrc_size(path: Path, header) -> None:
         return
     shape = mrcfile.utils.data_shape_from_header(header)
     expected = 1024 + int(header.nsymbt) + dtype.itemsize * math.prod(shape)
-    extra = path.stat().st_size - expected
+    extra = (path.stat().st_size if size is None else size) - expected
     if 0 < extra < dtype.itemsize * max(1, int(header.nx)):
         # Less than a row: padding some writers leave, not a misdescribed image.
         log.warning("%s: %d byte(s) after the data that the header does not describe; ignored", path, extra)
@@ -250,15 +261,47 @@ class MrcReaderParams:
             raise ValueError(f"reader.dims must be 2 or 3, got {self.dims}")
 
 
+def _gzipped(path: Path) -> bool:
+    """Whether ``path`` starts as a gzip-compressed file does (False when it cannot be read: the reader says why)."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(2) == GZIP_MAGIC
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _open_mrc(path: Path, *, permissive: bool):
+    """The MRC file ``path`` opened for reading, its size checked first (:func:`_check_mrc_size`).
+
+    A plain file is memory-mapped; a gzip-compressed one (``mic.mrc.gz``, or
+    any MRC file that starts as gzip does) is decompressed into memory.
+    """
+    import mrcfile
+    from mrcfile.mrcinterpreter import MrcInterpreter
+
+    if not _gzipped(path):
+        with mrcfile.open(str(path), mode="r", permissive=permissive, header_only=True) as m:
+            _check_mrc_size(path, m.header)
+        with mrcfile.mmap(str(path), mode="r", permissive=permissive) as m:
+            yield m
+        return
+    try:
+        with gzip.open(path, "rb") as fh:
+            raw = fh.read()
+    except (OSError, EOFError) as exc:  # a damaged or truncated stream
+        raise InputError(f"{path}: not a readable gzip-compressed MRC file ({str(exc).splitlines()[0]}: truncated or corrupt)") from None
+    _check_mrc_size(path, MrcInterpreter(io.BytesIO(raw), permissive=permissive, header_only=True).header, size=len(raw))
+    yield MrcInterpreter(io.BytesIO(raw), permissive=permissive)
+
+
 class MrcReader(Reader):
     name = "mrc"
     Params = MrcReaderParams
-    suffixes = (".mrc", ".mrcs", ".rec", ".st", ".map")
-    summary = "MRC2014 modes 0, 1, 2, 6 and 12 (float16); pixel size from the header"
+    suffixes = (".mrc", ".mrcs", ".rec", ".st", ".map", ".mrc.gz", ".mrcs.gz", ".rec.gz", ".st.gz", ".map.gz")
+    summary = "MRC2014 modes 0, 1, 2, 6 and 12 (float16), also gzip-compressed (.mrc.gz); pixel size from the header"
 
     def read(self, path: Path, *, pixel_size: float | None = None) -> Micrograph:
-        import mrcfile
-
         path = Path(path)
         try:
             with warnings.catch_warnings(record=True) as caught:
@@ -266,9 +309,7 @@ class MrcReader(Reader):
                 # below); a data block that does not fill the file is refused
                 # by _check_mrc_size first.
                 warnings.simplefilter("always")
-                with mrcfile.open(str(path), mode="r", permissive=self.params.permissive, header_only=True) as m:
-                    _check_mrc_size(path, m.header)
-                with mrcfile.mmap(str(path), mode="r", permissive=self.params.permissive) as m:
+                with _open_mrc(path, permissive=self.params.permissive) as m:
                     mode = int(m.header.mode)
                     data = m.data
                     if mode == 0 and data is not None:

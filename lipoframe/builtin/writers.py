@@ -40,7 +40,7 @@ from lipoframe.io import relion as relion_io
 from lipoframe.io.atomic import atomic_path, safe_child, write_bytes, write_text
 from lipoframe.io.coords import export_frame, nearest_pixel, on_pixel_centres
 from lipoframe.plan import ExtractionPlan, SizeBin, round_up_box
-from lipoframe.records import MicrographMeta, PickContext
+from lipoframe.records import MicrographMeta, PickContext, file_suffix
 from lipoframe.stages import Writer
 
 log = logging.getLogger("lipoframe")
@@ -292,7 +292,7 @@ def micrograph_fields(meta: MicrographMeta, *, strip_suffix: str = "", project_d
     """
     raw = meta.path or meta.name
     p = Path(raw)
-    ext = p.suffix if meta.path else ""
+    ext = p.name[len(p.name) - len(file_suffix(p)):] if meta.path and file_suffix(p) else ""  # as written (.MRC), .mrc.gz whole
     stem = p.name[: len(p.name) - len(ext)] if ext else p.name
     if strip_suffix and stem.endswith(strip_suffix) and len(stem) > len(strip_suffix):
         stem = stem[: -len(strip_suffix)]
