@@ -242,6 +242,7 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None, exclude=None):
         build_stages,
         drop_outputs_of_other_settings,
         finish_run,
+        given_pixel_size_notes,
         input_stamp,
         listed_pixel_size_notes,
         output_folder,
@@ -281,6 +282,7 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None, exclude=None):
         handed: dict[str, tuple[Path, dict | None]] = {}
         listed = listed_pixel_size_notes(stages, cfg)  # the listed micrographs already there
         notes: list[str] = list(listed)
+        header_checked = cfg.pixel_size is None  # pixel_size= against the headers: once, on the first files handed out
         dropped = drop_outputs_of_other_settings(out_dir, cfg)  # an earlier session's or run's with the same settings stay
         if dropped:
             log.warning(dropped)
@@ -335,6 +337,12 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None, exclude=None):
                     if needs_others and key not in queued and _others(input_stamp(path, path_name[key], stages, digest=False)) != _others(stamp):
                         ready.append(path)  # its heatmap or mask has come, changed or gone since
                         queued.add(key)
+                if ready and not header_checked:
+                    # As a batch run checks its first inputs' headers (pixel_size= vs header, a warning and a note).
+                    header_checked = True
+                    given = given_pixel_size_notes(sorted(ready, key=Path), stages, cfg)
+                    listed.extend(given)
+                    notes.extend(given)
                 if ready:
                     jobs = []
                     stamps = {}

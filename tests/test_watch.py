@@ -616,3 +616,25 @@ def test_a_watch_session_with_other_settings_starts_without_the_earlier_outputs(
     (out / "STOP").unlink()
     assert seen["other"] == (False, False)
     assert {r.status for r in result.results} == {"ok"} and (out / "picks.csv").is_file()  # written at the end
+
+
+def test_a_given_pixel_size_the_headers_contradict_is_warned_about_in_a_watch_session(tmp_path, caplog):
+    """A batch run warned when pixel_size= differs from the micrographs' headers (binned since?); a watch
+    session, which sees its micrographs arrive, said nothing. It checks the first files it picks."""
+    from scale_data import image, write_mrc
+
+    write_mrc(tmp_path / "in" / "mic_000.mrc", image(0), pixel_size=3.0)
+    _, cfg = compose_config([
+        f"input={tmp_path / 'in'}", *RUN_ARGS, "runner.workers=1", "watch=true", "pixel_size=1.5", "units=px",
+        "stream.poll_seconds=0.1", "stream.stable_polls=1", "stream.idle_timeout=0.5",
+    ])
+    with caplog.at_level("WARNING", logger="lipoframe"):
+        result = run_pipeline(cfg, tmp_path / "out")
+    assert [r.status for r in result.results] == ["ok"]
+    expected = (f"pixel_size=1.5 Å/px was given, but the header of {tmp_path / 'in' / 'mic_000.mrc'} gives 3 Å/px (2 "
+                "times the given one: micrographs binned since?); the given 1.5 Å/px is used: if the header is right, "
+                "run again without pixel_size=")
+    assert [r.getMessage() for r in caplog.records if "was given" in r.getMessage()] == [expected]
+    summary = json.loads((tmp_path / "out" / "run_summary.json").read_text())
+    assert [n for n in summary["notes"] if "was given" in n] == [expected]
+    assert summary["run_pixel_size_notes"] == [expected]  # dropped by a `lipoframe plan pixel_size=` as a batch run's
