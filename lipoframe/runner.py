@@ -2045,6 +2045,21 @@ def earlier_run_message(out_dir: Path) -> str:
 NOTHING_TO_PICK = "no micrograph to pick: no picks, plan or exports were written"
 
 
+def every_micrograph_failed(results: list[MicResult]) -> bool:
+    """Whether a run picked no micrograph at all: it had some, and every one failed (files in a format no
+    reader takes, corrupt data, a stage that fails on each). Such a run makes no dataset: there is nothing to
+    plan or export, and empty picks, STAR files and plan would look like micrographs without particles."""
+    return bool(results) and all(r.status == "failed" for r in results)
+
+
+def every_micrograph_failed_message(out_dir: Path, n: int) -> str:
+    """The error of a run in which every micrograph failed (:func:`every_micrograph_failed`)."""
+    said = f"every micrograph failed ({n} of {n}): no picks, plan or exports were written"
+    if (out_dir / WRITTEN).is_file():
+        said += f"; the earlier run's in {out_dir} are as they were"
+    return said
+
+
 def nothing_to_pick_messages(cfg: LipoframeConfig, out_dir: str | os.PathLike, registry: StageRegistry) -> list[str]:
     """The messages of a run that would find no micrograph to pick (see :func:`nothing_to_pick`); [] otherwise.
 
@@ -3196,6 +3211,9 @@ def run_pipeline(
         If the output folder cannot be written, or there is no micrograph to
         pick (:func:`nothing_to_pick`; the input errors are logged, and no
         dataset is made: an earlier run's outputs are left alone).
+        A run in which every micrograph fails returns its result (not ``ok``)
+        with an error saying so, and makes no dataset either
+        (:func:`every_micrograph_failed`).
     KeyboardInterrupt
         After Ctrl-C, once the micrographs in progress are saved and
         ``run_summary.json`` records the interruption.
@@ -3261,18 +3279,24 @@ def run_pipeline(
         jobs = [MicJob(p, n, out_dir, fingerprint, cfg.runner.resume, cfg.runner.verbose) for p, n in pairs]
         workers = resolve_workers(cfg.runner.workers, len(jobs))
         results, interrupted = run_jobs(jobs, cfg, stages)
+        none_picked = not interrupted and every_micrograph_failed(results)
+        if none_picked:
+            errors.append(every_micrograph_failed_message(out_dir, len(results)))
+            log.error(errors[-1])
         polarity = None
-        if not interrupted and cfg.runner.polarity_check:
+        if not interrupted and not none_picked and cfg.runner.polarity_check:
             try:
                 polarity = polarity_check_for(results, [n for _, n in pairs], stages, cfg, out_dir)
             except KeyboardInterrupt:  # every micrograph is saved: the same command again finishes the run
                 interrupted = True
         result = finish_run(
             out_dir, [n for _, n in pairs], results, stages, cfg, pm=pm, t0=t0,
-            errors=errors, notes=notes, interrupted=interrupted, workers=workers, finalize=not interrupted, polarity=polarity,
-            listed_notes=listed,
+            errors=errors, notes=notes, interrupted=interrupted, workers=workers, finalize=not interrupted and not none_picked,
+            polarity=polarity, listed_notes=listed,
         )
-        if cfg.runner.report and not interrupted:
+        if none_picked:
+            pass  # no report either: an earlier run's stays with its outputs
+        elif cfg.runner.report and not interrupted:
             from lipoframe.report import write_report_safely
 
             try:

@@ -359,3 +359,36 @@ def test_gzip_compressed_micrographs_are_picked_under_their_stem_and_exported_by
 
     table = starfile.read(out / "relion" / "autopick.star")
     assert sorted(Path(p).name for p in table["rlnMicrographName"]) == ["mic_a.mrc.gz", "mic_b.mrc"]
+
+
+def test_a_run_in_which_every_micrograph_fails_writes_no_dataset(tmp_path):
+    """A run whose inputs all failed when read (an unsupported .hdf, a corrupt MRC) wrote an empty picks.csv,
+    STAR files and extraction plan, as if its micrographs had no particles. It writes none now, says so and
+    exits with 1; an earlier run's outputs in the folder stay. A micrograph read fine without a single pick
+    still gets its (empty) outputs."""
+    noise = write_mrc(tmp_path / "in" / "noise.mrc", np.random.default_rng(0).normal(size=(384, 384)).astype(np.float32))
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x.hdf").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))
+    (tmp_path / "bad" / "corrupt.mrc").write_bytes(np.random.default_rng(1).bytes(5000))
+    bad = f"input=[{tmp_path / 'bad' / 'x.hdf'},{tmp_path / 'bad' / 'corrupt.mrc'}]"
+    dataset = ["picks.csv", "extraction_plan.json", "extraction_plan.md", "sizes.csv", "relion/autopick.star"]
+
+    fresh = tmp_path / "fresh"
+    proc = cli("run", bad, f"output={fresh}", "runner.workers=1", *RUN_ARGS)
+    assert proc.returncode == 1
+    said = "every micrograph failed (2 of 2): no picks, plan or exports were written"
+    assert f"lipoframe: {said}" in proc.stderr.splitlines() and f"ERROR  {said}" in proc.stdout.splitlines()
+    assert not [f for f in dataset if (fresh / f).exists()]
+    summary = json.loads((fresh / "run_summary.json").read_text())
+    assert summary["micrographs"]["failed"] == 2 and summary["errors"] == [said]
+
+    earlier = tmp_path / "earlier"
+    proc = cli("run", f"input={noise}", f"output={earlier}", "runner.workers=1", *RUN_ARGS)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((earlier / "run_summary.json").read_text())["picks"]["accepted"] == 0
+    kept = {f: (earlier / f).read_bytes() for f in dataset}  # no particle: the outputs are written all the same
+    assert len(pd.read_csv(earlier / "picks.csv")) == 0
+    proc = cli("run", bad, f"output={earlier}", "runner.workers=1", *RUN_ARGS)
+    assert proc.returncode == 1
+    assert f"lipoframe: {said}; the earlier run's in {earlier} are as they were" in proc.stderr.splitlines()
+    assert {f: (earlier / f).read_bytes() for f in dataset} == kept
