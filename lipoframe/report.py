@@ -1197,8 +1197,12 @@ def settle_report_interruption(out_dir: Path) -> bool:
     return True
 
 
-def write_report_safely(out_dir: Path, *, cfg, stages, result) -> Path | None:
-    """Write the report at the end of ``lipoframe run`` (or ``lipoframe plan --report``); log any error instead of raising."""
+def write_report_safely(out_dir: Path, *, cfg, stages, result) -> dict | None:
+    """Write the report at the end of ``lipoframe run`` (or ``lipoframe plan --report``); log any error instead of raising.
+
+    Returns the statistics of :func:`write_report` (``"report"`` is the
+    page's path), or None when it could not be written.
+    """
     from lipoframe.runner import resolve_workers
 
     try:
@@ -1221,7 +1225,7 @@ def write_report_safely(out_dir: Path, *, cfg, stages, result) -> Path | None:
         settle_report_interruption(out_dir)
     except OSError as exc:
         log.error("report: could not update %s (%s); it still says the report was not written", out_dir / "run_summary.json", exc)
-    return Path(stats["report"])
+    return stats
 
 
 def drop_stale_report(out_dir: Path) -> None:

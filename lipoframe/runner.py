@@ -2792,6 +2792,9 @@ class RunResult:
     n_micrographs: int | None = None
     #: The polarity check (:func:`polarity_check_for`), when it ran: its notes are among ``notes``.
     polarity_check: dict | None = None
+    #: The report drawn after the dataset-level outputs (:func:`report_summary`), when it was: its time is
+    #: not in ``seconds``. Printed by :func:`format_summary`; not in ``run_summary.json``, written before it.
+    report: dict | None = None
 
     @property
     def failed(self) -> list[MicResult]:
@@ -2844,7 +2847,18 @@ class RunResult:
             "peak_rss_mb": round(max((r.peak_rss_mb for r in picked), default=0.0), 1),
             "micrographs_per_s": round(len(picked) / self.seconds, 3) if self.seconds > 0 and any(r.seconds > 0 for r in picked) else None,
             "seconds": round(self.seconds, 3),
+            **({"report": self.report} if self.report is not None else {}),
         }
+
+
+def report_summary(stats: dict | None, seconds: float) -> dict | None:
+    """What the console summary says of a report: ``stats`` of :func:`lipoframe.report.write_report` (None: not
+    written) and the ``seconds`` the whole report took (overlays, plots and the page)."""
+    if stats is None:
+        return None
+    return {"seconds": round(seconds, 3), "overlays_drawn": int(stats.get("rendered", 0)),
+            "overlays_reused": int(stats.get("cached", 0)), "overlays_failed": int(stats.get("failed", 0)),
+            "workers": int(stats.get("workers", 0))}
 
 
 def resolve_workers(requested: int, n_jobs: int) -> int:
@@ -3299,14 +3313,17 @@ def run_pipeline(
         elif cfg.runner.report and not interrupted:
             from lipoframe.report import write_report_safely
 
+            t_report = time.perf_counter()
             try:
-                write_report_safely(out_dir, cfg=cfg, stages=stages, result=result)
+                stats = write_report_safely(out_dir, cfg=cfg, stages=stages, result=result)
             except KeyboardInterrupt:
                 # Ctrl-C or SIGTERM while drawing the report: the picks, exports
                 # and plan are complete, but run_summary.json must not say the
                 # run finished.
                 record_report_interrupted(out_dir)
                 raise
+            # Drawing the overlays can take longer than the picking: the console says how long, apart from it.
+            result.report = report_summary(stats, time.perf_counter() - t_report)
         elif not interrupted:
             from lipoframe.report import drop_earlier_report
 
@@ -3364,6 +3381,15 @@ def format_summary(summary: dict) -> str:
         speed = f"  ({summary['micrographs_per_s']:.2f} micrographs/s, {summary.get('workers', 1)} worker(s)"
         speed += f", peak {summary['peak_rss_mb']:.0f} MiB per worker)" if summary.get("peak_rss_mb") else ")"
     lines.append(f"time         {summary['seconds']:.1f} s{speed}")
+    report = summary.get("report")
+    if report:
+        drawn = [f"{report['overlays_drawn']} overlay{'' if report['overlays_drawn'] == 1 else 's'} drawn"]
+        if report.get("overlays_reused"):
+            drawn.append(f"{report['overlays_reused']} unchanged")
+        if report.get("overlays_failed"):
+            drawn.append(f"{report['overlays_failed']} failed")
+        workers = f" with {report['workers']} worker(s)" if report.get("workers") else ""
+        lines.append(f"report       {report['seconds']:.1f} s more: {', '.join(drawn)}{workers}; runner.report=false leaves it out")
     lines.append(f"outputs      {summary['out_dir']}")
     return "\n".join(lines)
 
