@@ -190,6 +190,18 @@ def test_palette_png_is_faithful():
     assert np.abs(back[plain] - rgb[plain]).max() <= 1
 
 
+def test_palette_png_is_written_at_a_fast_zlib_level():
+    # zlib level 6 spent 0.068 CPU s per overlay where level 3 spends 0.038 s for a file no larger;
+    # the zlib header of the image data says which (FLEVEL 1: levels 2-5, 2: level 6).
+    rng = np.random.default_rng(1)
+    rgb = np.repeat(rng.integers(0, 256, (64, 80, 1), dtype=np.uint8), 3, axis=2)
+    png = plots.encode(rgb, "png", palette=True)
+    idat = png.index(b"IDAT") + 4
+    assert png[idat + 1] >> 6 == 1
+    with Image.open(io.BytesIO(png)) as im:
+        assert np.array_equal(np.asarray(im.convert("RGB")), (rgb // 2) * 2 + 1)
+
+
 def _rgb8(color):
     from matplotlib.colors import to_rgb
 
