@@ -202,6 +202,28 @@ def test_palette_png_is_written_at_a_fast_zlib_level():
         assert np.array_equal(np.asarray(im.convert("RGB")), (rgb // 2) * 2 + 1)
 
 
+def test_text_widths_are_textpaths_measured_once_per_glyph(monkeypatch):
+    # The overlay legend and title are laid out with text widths; measuring each as a whole TextPath
+    # (exact extents of every Bezier curve of the text) took 0.36 CPU s per overlay, half its time.
+    # The widths are the same to the bit, without building a TextPath for the text.
+    import matplotlib.textpath
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.textpath import TextPath
+
+    texts = ["bin 1: 143–192 px (14–19 nm), box 288 px  [32]",
+             "rejected  [144: diameter_range 48, weak_unsupported 38,\n  no_edge 20, carbon 15, at_border 4]",
+             "FoilHole_0011_K3 · 78 accepted of 222 picks · 1 Å/px   (binned x4 for display)", " x ", "AV To Wa"]
+    props = [FontProperties(size=size, weight=weight) for size in (7.0, 10.3) for weight in ("normal", "bold")]
+    expected = [max(TextPath((0, 0), line, prop=prop).get_extents().width for line in text.split("\n")) * 100 / 72
+                for prop in props for text in texts]
+
+    def no_textpath(*args, **kwargs):
+        raise AssertionError("a TextPath was built")
+
+    monkeypatch.setattr(matplotlib.textpath, "TextPath", no_textpath)
+    assert [plots._text_px(text, prop) for prop in props for text in texts] == expected
+
+
 def _rgb8(color):
     from matplotlib.colors import to_rgb
 
