@@ -704,7 +704,7 @@ def run(argv: list[str]) -> int:
     from hydra.types import RunMode
     from omegaconf import OmegaConf
 
-    from lipoframe.logs import restored_logging
+    from lipoframe.logs import logged_errors, restored_logging
     from lipoframe.records import InputError
     from lipoframe.runner import format_summary, run_pipeline
 
@@ -852,7 +852,8 @@ def run(argv: list[str]) -> int:
         # A sweep's jobs write into one folder: no job reads another's outputs (overlays, masks) as input.
         sweep_dir = Path(hydra_cfg.sweep.dir) if hydra_cfg.mode == RunMode.MULTIRUN else None
         try:
-            result = run_pipeline(run_cfg, out_dir, registry=registry, pm=pm, exclude=sweep_dir)
+            with logged_errors() as shown:  # on the console as they happened: the summary counts them
+                result = run_pipeline(run_cfg, out_dir, registry=registry, pm=pm, exclude=sweep_dir)
         except ConfigError as exc:
             print(f"lipoframe: config error: {exc}", file=sys.stderr)
             state["exit"] = 2
@@ -863,7 +864,7 @@ def run(argv: list[str]) -> int:
             return float("nan")
         summary = result.summary()
         try:
-            print(format_summary(summary), flush=True)
+            print(format_summary(summary, shown=shown), flush=True)
         except BrokenPipeError:
             # Output piped into `head` or `true` and closed: the run's outputs are written;
             # Hydra would report the print as the job's error. Later prints go nowhere.

@@ -75,3 +75,48 @@ def command_logging():
         if not logging.getLogger().handlers:
             logging.basicConfig(level=logging.WARNING, format="lipoframe: %(message)s", stream=sys.stderr)
         yield
+
+
+def _on_console(record: logging.LogRecord) -> bool:
+    """Whether a handler on the way up from ``record``'s logger writes it to this process's stderr or stdout."""
+    logger: logging.Logger | None = logging.getLogger(record.name)
+    while logger is not None:
+        for h in logger.handlers:
+            if (isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler) and record.levelno >= h.level
+                    and getattr(h, "stream", None) in (sys.stderr, sys.stdout)):
+                return True
+        logger = logger.parent if logger.propagate else None
+    return False
+
+
+class _ErrorLines(logging.Handler):
+    """Keeps the first line of each error record that the console shows (see :func:`logged_errors`)."""
+
+    def __init__(self, lines: set[str]) -> None:
+        super().__init__(level=logging.ERROR)
+        self.lines = lines
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(Exception):
+            if _on_console(record):
+                self.lines.add(record.getMessage().splitlines()[0])
+
+
+@contextlib.contextmanager
+def logged_errors():
+    """Collect the errors the ``lipoframe`` logger shows on the console meanwhile (the first line of each).
+
+    A command's console handler shows each as it happens (``lipoframe:
+    <file>: <problem>``); the summary the command prints at the end
+    (:func:`lipoframe.runner.format_summary`) is given them so that it
+    counts them rather than printing each a second time. Yields the set of
+    lines, filled as the errors come.
+    """
+    lines: set[str] = set()
+    handler = _ErrorLines(lines)
+    logger = logging.getLogger("lipoframe")
+    logger.addHandler(handler)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)

@@ -418,8 +418,11 @@ def _main(argv: list[str]) -> int:
         print("lipoframe merge: give at least one run folder\n", file=sys.stderr)
         print(USAGE, file=sys.stderr)
         return 2
+    from lipoframe.logs import logged_errors
+
     try:
-        result = merge_runs(folders, out[0], overrides)
+        with logged_errors() as shown:  # on the console as they happened: the summary counts them
+            result = merge_runs(folders, out[0], overrides)
     except ConfigError as exc:
         print(f"lipoframe merge: config error: {exc}", file=sys.stderr)
         return 2
@@ -429,5 +432,5 @@ def _main(argv: list[str]) -> int:
     except (MergeError, InputError) as exc:
         print(f"lipoframe merge: {exc}", file=sys.stderr)
         return 1
-    print(format_summary(result.summary()))
+    print(format_summary(result.summary(), shown=shown))
     return 0 if result.ok else 1

@@ -579,8 +579,11 @@ def _main(argv: list[str]) -> int:
     args = ap.parse_intermixed_args(argv)  # options before or after the overrides
     report_path = Path(args.run_dir) / "report.html"
     before = _mtime_ns(report_path)
+    from lipoframe.logs import logged_errors
+
     try:
-        result = replan(args.run_dir, args.overrides, report=args.report)
+        with logged_errors() as shown:  # errors on the console as they happened are not printed again
+            result = replan(args.run_dir, args.overrides, report=args.report)
     except ConfigError as exc:
         print(f"lipoframe plan: config error: {exc}", file=sys.stderr)
         return 2
@@ -593,7 +596,8 @@ def _main(argv: list[str]) -> int:
     plan = result.plan
     if plan is None:
         for e in result.errors:
-            print(f"lipoframe plan: {e}", file=sys.stderr)
+            if e not in shown:
+                print(f"lipoframe plan: {e}", file=sys.stderr)
         return 1
     missing = sum(r.status == "failed" for r in result.results)
     if missing:
@@ -621,7 +625,8 @@ def _main(argv: list[str]) -> int:
     for note in result.notes:  # the run's notes that still apply (runner.replanned_notes) and the plan's range notes
         print(f"NOTE {note}")
     for e in result.errors:
-        print(f"ERROR {e}", file=sys.stderr)
+        if e not in shown:
+            print(f"ERROR {e}", file=sys.stderr)
     run_dir = Path(args.run_dir)
     print(f"wrote {run_dir / 'extraction_plan.md'}, size_histogram.png, sizes.csv, extraction_plan.json"
           + (f" and {len(result.files) - 4} writer file(s)" if len(result.files) > 4 else ""))

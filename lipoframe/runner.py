@@ -3350,8 +3350,13 @@ def _rejected_note(rejected: dict[str, int], most: int = 3) -> str:
     return f" (rejected: {text}, {rest} for {len(items) - most} other reasons)"
 
 
-def format_summary(summary: dict) -> str:
-    """A short human-readable table of a run summary."""
+def format_summary(summary: dict, *, shown: Collection[str] = ()) -> str:
+    """A short human-readable table of a run summary.
+
+    ``shown``: the failures and errors the console has already shown, as they
+    happened (:func:`lipoframe.logs.logged_errors`): they are counted, in one
+    line, rather than printed a second time.
+    """
     m = summary["micrographs"]
     lines = [
         f"micrographs  ok {m['ok']}  skipped {m['skipped']}  failed {m['failed']}  (total {m['total']})",
@@ -3368,13 +3373,21 @@ def format_summary(summary: dict) -> str:
         lines.append(f"NOTE   {note}")
     if len(notes) > MAX_LISTED:
         lines.append(f"NOTE   ... and {len(notes) - MAX_LISTED} more (see run_summary.json)")
+    said = [f for f in failures if f["error"] in shown]
+    if said:
+        lines.append(f"FAILED {len(said)} micrograph{'' if len(said) == 1 else 's'} (named above; listed in run_summary.json)")
+    failures = [f for f in failures if f["error"] not in shown]
     for f in failures[:MAX_LISTED]:
         lines.append(f"FAILED {f['error']}")
     if len(failures) > MAX_LISTED:
         lines.append(f"FAILED ... and {len(failures) - MAX_LISTED} more (see run_summary.json)")
     if summary.get("interrupted"):
         lines.append("INTERRUPTED: run the same command again to continue")
-    for e in summary["errors"]:
+    errors = [e for e in summary["errors"] if e not in shown]
+    if len(errors) < len(summary["errors"]):
+        n = len(summary["errors"]) - len(errors)
+        lines.append(f"ERROR  {n} error{'' if n == 1 else 's'} (named above; listed in run_summary.json)")
+    for e in errors:
         lines.append(f"ERROR  {e}")
     speed = ""
     if summary.get("micrographs_per_s"):
