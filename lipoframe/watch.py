@@ -262,12 +262,13 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None, exclude=None):
     stop_file = Path(s.stop_file).expanduser()
     if not stop_file.is_absolute():
         stop_file = out_dir / stop_file
-    tell = cfg.runner.progress and sys.stderr.isatty()
+    # On a terminal and in a log file alike (nohup, a batch job): one line per round of picks or update, none per scan.
+    tell = cfg.runner.progress
 
     def status(msg: str) -> None:
         log.info(msg)
         if tell:
-            print(f"lipoframe: {msg}", file=sys.stderr, flush=True)
+            print(f"lipoframe: {time.strftime('%H:%M:%S')} {msg}", file=sys.stderr, flush=True)
 
     with output_folder(out_dir), sigterm_as_interrupt():
         stages = build_stages(cfg, registry)

@@ -222,6 +222,59 @@ def test_watch_stops_cleanly_on_sigterm(tmp_path):
     assert (out / "picks.csv").is_file() and (out / "extraction_plan.json").is_file()
 
 
+def test_watch_without_a_terminal_logs_one_line_per_round(tmp_path):
+    """Under nohup or a batch system (stderr a file, not a terminal) a watch session printed nothing until it
+    ended: a user tailing the log could not tell it was watching, nor what it had picked. Now it prints
+    what it does, as on a terminal: one line as it starts, one per round of picks, one as it stops,
+    and none per scan of the folder (a scan every 0.2 s here)."""
+    import re
+    import subprocess
+    import sys
+
+    from scale_data import env
+
+    write_set(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "lipoframe", "run", f"input={tmp_path / 'in'}", f"output={out}", "watch=true",
+           "stream.poll_seconds=0.2", "runner.workers=1", *RUN_ARGS, "runner.progress=true"]
+    with open(tmp_path / "log", "w") as log_file:
+        proc = subprocess.Popen(cmd, env=env(), stdout=log_file, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 90
+        while not all((out / "micrographs" / f"mic_00{i}.json").exists() for i in range(2)):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        time.sleep(1.0)  # a few more scans with nothing new
+        (out / "STOP").touch()
+        assert proc.wait(timeout=60) == 0
+    lines = (tmp_path / "log").read_text().splitlines()
+    said = [re.sub(r"^lipoframe: \d\d:\d\d:\d\d ", "", ln) for ln in lines if re.match(r"lipoframe: \d\d:\d\d:\d\d ", ln)]
+    assert said[0] == f"watching {tmp_path / 'in'} (stop with Ctrl-C or by creating {out / 'STOP'})", lines
+    rounds = [ln for ln in said if ln.startswith("picked ")]
+    assert 1 <= len(rounds) <= 2 and rounds[-1] == "picked 1 micrograph(s); 2 seen, 0 failed" or rounds == [
+        "picked 2 micrograph(s); 2 seen, 0 failed"], lines
+    assert said[1:] == [*rounds, f"stopping (found the stop file {out / 'STOP'}); writing the dataset-level outputs"], lines
+    assert any(ln.startswith("micrographs  ok 2") for ln in lines)
+
+
+def test_watch_with_runner_progress_false_prints_only_the_summary(tmp_path):
+    import re
+    import subprocess
+    import sys
+
+    from scale_data import env
+
+    write_set(tmp_path / "in", 1)
+    out = tmp_path / "out"
+    (out).mkdir()
+    (out / "STOP").touch()  # picks what is there and stops
+    cmd = [sys.executable, "-m", "lipoframe", "run", f"input={tmp_path / 'in'}", f"output={out}", "watch=true",
+           "stream.poll_seconds=0.2", "runner.workers=1", *RUN_ARGS, "runner.progress=false"]
+    proc = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert not re.search(r"^lipoframe: \d\d:\d\d:\d\d ", proc.stderr, flags=re.M), proc.stderr  # no progress lines
+    assert "micrographs  ok 1" in proc.stdout
+
+
 def test_watch_stopped_by_sigterm_names_the_files_it_did_not_pick(tmp_path):
     """A file copied in just before SIGTERM (not yet unchanged over stream.stable_polls scans) was left
     out of the final outputs without a word, exit code 0: the session looked complete."""
