@@ -704,6 +704,7 @@ def run(argv: list[str]) -> int:
     from hydra.types import RunMode
     from omegaconf import OmegaConf
 
+    from lipoframe.cli import outputs_complete
     from lipoframe.logs import logged_errors, restored_logging
     from lipoframe.records import InputError
     from lipoframe.runner import format_summary, run_pipeline
@@ -863,6 +864,9 @@ def run(argv: list[str]) -> int:
             state["exit"] = 1
             return float("nan")
         summary = result.summary()
+        if not multirun:  # (a sweep's later jobs are still to come)
+            # The outputs are complete: a SIGTERM now (the end of a batch job) must not turn the run into a failure.
+            outputs_complete(0 if result.ok else 1)
         try:
             print(format_summary(summary, shown=shown), flush=True)
         except BrokenPipeError:

@@ -8,6 +8,7 @@ arguments and returning an exit code, so adding one is a single line here.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 #: name -> (target, one-line help)
@@ -39,7 +40,39 @@ def _usage() -> str:
     return USAGE.format(commands="\n".join(f"  {n.ljust(width)}  {h}" for n, (_, h) in COMMANDS.items()))
 
 
+#: True in the process whose own command line :func:`main` runs (the ``lipoframe`` script, ``python -m lipoframe``).
+_PROCESS_ENTRY = False
+
+
+def outputs_complete(code: int) -> None:
+    """Say that the command's outputs are complete (its summary printed): a SIGTERM from now on ends the
+    process with ``code``, the command's own exit code, rather than as killed (-15).
+
+    A batch system that sends SIGTERM as the job ends (a time limit, ``scancel``) just after the
+    summary would otherwise record a failure for a run that finished. Only in the process whose
+    command line :func:`main` runs, from the main thread: an in-process caller keeps its own handler.
+    """
+    import signal
+    import threading
+
+    if not _PROCESS_ENTRY or threading.current_thread() is not threading.main_thread():
+        return
+
+    def finished(signum, frame):
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # noqa: BLE001 - a closed pipe: nothing more to say
+                pass
+        os._exit(code)
+
+    signal.signal(signal.SIGTERM, finished)
+
+
 def main(argv: list[str] | None = None) -> int:
+    global _PROCESS_ENTRY
+    if argv is None:
+        _PROCESS_ENTRY = True
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
@@ -58,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     from lipoframe.plugins import PluginError
 
     try:
-        return int(getattr(importlib.import_module(module), func)(rest) or 0)
+        code = int(getattr(importlib.import_module(module), func)(rest) or 0)
+        outputs_complete(code)
+        return code
     except PluginError as exc:
         print(f"lipoframe: {exc}", file=sys.stderr)
         return 2
@@ -69,8 +104,6 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         # Output piped into `head` and closed: not an error of ours.
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
 

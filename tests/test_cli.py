@@ -775,3 +775,28 @@ def test_summary_bin_range_reads_as_the_extraction_plan():
                     files=[], seconds=1.0)
     assert format_range(b.d_min_px, b.d_max_px) == "64-109"
     assert "  bin 3: 64-109 px, 12 picks, box 192 px" in format_summary(res.summary()).splitlines()
+
+
+@pytest.mark.parametrize("failing", [False, True])
+def test_sigterm_after_the_summary_exits_with_the_runs_own_code(tmp_path, failing):
+    """A SIGTERM just after the summary was printed (a batch job's time limit, `scancel`) made the finished
+    run exit as killed (-15), so the batch system recorded a failure; it now exits with the run's own code
+    (0, or 1 with a failed micrograph)."""
+    import signal
+    import subprocess
+    import sys
+
+    from scale_data import RUN_ARGS, env, write_set
+
+    write_set(tmp_path / "in", 1)
+    if failing:
+        (tmp_path / "in" / "broken.mrc").write_bytes(b"not an MRC file")
+    cmd = [sys.executable, "-m", "lipoframe", "run", f"input={tmp_path / 'in'}", f"output={tmp_path / 'out'}",
+           "runner.workers=1", *RUN_ARGS]
+    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    for line in proc.stdout:
+        if line.startswith("outputs "):
+            proc.send_signal(signal.SIGTERM)  # the summary's last line: the run is over
+            break
+    proc.stdout.close()
+    assert proc.wait(timeout=60) == (1 if failing else 0)
