@@ -2400,8 +2400,11 @@ def finalize_dataset(
             # No partial export: what it wrote before failing would be
             # imported as if it were all (a folder of coordinate files).
             partial = remove_new_files(out_dir, before)
+            # What is left, and how to finish it: the same words for a run, a merge and a plan.
             failed.append(f"writer {w.name} failed: {type(exc).__name__}: {exc}"
-                          + (f" (removed the {len(partial)} file(s) it had written)" if partial else ""))
+                          + (f" (removed the {len(partial)} file(s) it had written)" if partial else "")
+                          + f"; its files are missing, the other exports and the extraction plan are written: once that is "
+                          f"fixed, `lipoframe plan {out_dir}` writes them all without picking again")
             log.error("%s%s", failed[-1], "\n" + traceback.format_exc() if cfg.runner.verbose else "")
         except BaseException:
             # Ctrl-C or SIGTERM: no partial export either; the run is continued by running it again.

@@ -203,6 +203,27 @@ def test_a_merge_stopped_while_copying_or_in_a_writer_says_so(sharded, monkeypat
     assert json.loads((out / "run_summary.json").read_text())["interrupted"] is False
 
 
+def test_a_merge_whose_writer_fails_says_what_is_left_and_how_to_finish(sharded, capsys):
+    """A writer that failed in a merge (a file where its folder goes) was named with its error only: nothing said
+    that the other exports and the plan were written, nor how to write the missing export once fixed."""
+    from lipoframe import plancmd
+
+    out = sharded / "merged_writer_failed"
+    out.mkdir()
+    (out / "relion").write_text("in the way")
+    assert merge.main([str(sharded / "shards"), f"output={out}"]) == 1
+    console = "".join(capsys.readouterr())
+    (error,) = json.loads((out / "run_summary.json").read_text())["errors"]
+    assert error.startswith("writer star failed: NotADirectoryError: ")
+    assert error.endswith("; its files are missing, the other exports and the extraction plan are written: once that is "
+                          f"fixed, `lipoframe plan {out.absolute()}` writes them all without picking again")
+    assert console.count(error) == 1
+    assert (out / "picks.csv").is_file() and (out / "extraction_plan.json").is_file()
+    (out / "relion").unlink()
+    assert plancmd.main([str(out.absolute())]) == 0  # as the message says
+    assert len(list((out / "relion" / "coords").glob("*.star"))) == 5
+
+
 def test_plan_and_report_of_a_merge_stopped_while_copying_name_the_merge(sharded, monkeypatch, capsys):
     # They said to run the same `lipoframe run` command again and called the micrographs not copied yet
     # "not picked yet": the merge again finishes it (they are picked, in their shards).
