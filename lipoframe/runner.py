@@ -1785,7 +1785,9 @@ def _progress(total: int, enabled: bool, *, initial: int = 0):
 def output_folder(out_dir: Path):
     """Check ``out_dir`` is writable and hold a lock on it for the duration of a run.
 
-    Also removes temporary files an interrupted run left behind in the
+    The lock is an ``flock`` on :data:`LOCK_FILE`, which holds the pid of the
+    run and is removed as the run ends (whether it succeeded, failed or was
+    interrupted). Also removes temporary files an interrupted run left behind in the
     per-micrograph folder.
 
     Raises
@@ -1810,14 +1812,29 @@ def output_folder(out_dir: Path):
         import fcntl
     except ImportError:  # pragma: no cover - Windows: no lock
         fcntl = None
-    with open(out_dir / ".lipoframe.lock", "a+") as lock:
+    path = out_dir / LOCK_FILE
+    while True:
+        lock = open(path, "a+")
+        if fcntl is None:
+            break
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.seek(0)
+            other = lock.read().strip() or "?"
+            lock.close()
+            raise InputError(f"{out_dir}: another lipoframe run (pid {other}) is writing to this output folder") from None
+        # The run that held it removes the file as it ends: a lock taken on the file it opened before is on
+        # a file no longer there, which another run may have made anew and locked. Take the one there now.
+        try:
+            same = os.path.samestat(os.fstat(lock.fileno()), os.stat(path))
+        except OSError:
+            same = False
+        if same:
+            break
+        lock.close()
+    with lock:
         if fcntl is not None:
-            try:
-                fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                lock.seek(0)
-                other = lock.read().strip() or "?"
-                raise InputError(f"{out_dir}: another lipoframe run (pid {other}) is writing to this output folder") from None
             lock.seek(0)
             lock.truncate()
             lock.write(str(os.getpid()))
@@ -1830,7 +1847,14 @@ def output_folder(out_dir: Path):
             yield out_dir
         finally:
             _HELD_LOCKS.discard(lock.fileno())
+            # Removed while still locked (a finished output folder holds no lock file); a run killed outright
+            # (kill -9) leaves it, with nobody's lock on it: the next run takes it as it is.
+            with contextlib.suppress(OSError):
+                path.unlink()
 
+
+#: The lock file of an output folder while a run, merge or plan writes to it (:func:`output_folder`).
+LOCK_FILE = ".lipoframe.lock"
 
 #: File descriptors of the output-folder locks this process holds (:func:`output_folder`).
 _HELD_LOCKS: set[int] = set()

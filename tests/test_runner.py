@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -421,6 +422,55 @@ def test_one_run_at_a_time_per_output_folder(tmp_path):
                 pass
     with output_folder(tmp_path / "out"):  # released
         pass
+
+
+@pytest.mark.parametrize("ending", ["done", "error", "interrupted"])
+def test_the_lock_file_goes_when_the_run_ends(tmp_path, ending):
+    """.lipoframe.lock stayed in every finished output folder (copied along with the results, listed with them)."""
+    out = tmp_path / "out"
+    with contextlib.suppress(InputError, KeyboardInterrupt):
+        with output_folder(out):
+            assert (out / ".lipoframe.lock").read_text() == str(os.getpid())
+            if ending == "error":
+                raise InputError("a failure")
+            if ending == "interrupted":
+                raise KeyboardInterrupt
+    assert not (out / ".lipoframe.lock").exists()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="flock")
+def test_a_lock_taken_on_a_lock_file_removed_meanwhile_is_not_the_folders(tmp_path, monkeypatch):
+    """The run that holds the folder removes the lock file as it ends. A run that opened that file just before
+    then gets its flock, on a file no longer there, while a third run may have made the file anew and
+    locked it: both would write. The lock must be the one on the file there now."""
+    import fcntl
+
+    from lipoframe import runner
+
+    out = tmp_path / "out"
+    out.mkdir()
+    path = out / ".lipoframe.lock"
+    path.write_text("1")
+    third = []
+
+    def opened_before_the_holder_ended(name, mode="r", *args, **kwargs):
+        f = open(name, mode, *args, **kwargs)
+        if not third:  # the holder ends: removes the file; the third run makes it anew and locks it
+            os.unlink(name)
+            third.append(open(name, "a+"))
+            fcntl.flock(third[0].fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            third[0].write("4242")
+            third[0].flush()
+        return f
+
+    monkeypatch.setattr(runner, "open", opened_before_the_holder_ended, raising=False)
+    try:
+        with pytest.raises(InputError, match=r"another lipoframe run \(pid 4242\)"):
+            with output_folder(out):
+                pass
+    finally:
+        third[0].close()
+    assert path.read_text() == "4242"  # the third run's, still there
 
 
 @pytest.mark.parametrize("kind", ["file", "symlink"])
