@@ -1477,15 +1477,24 @@ def with_flip_y(out_dir: Path, metas: dict[str, MicrographMeta], infos: dict[str
     return out
 
 
-def tiff_rows_notes(metas: dict[str, MicrographMeta], cfg: LipoframeConfig, out_dir: Path) -> list[str]:
-    """One note (logged) when ``flip_y`` is null and the exports flip the rows of some micrographs (TIFF inputs)."""
+def tiff_rows_notes(metas: dict[str, MicrographMeta], cfg: LipoframeConfig, out_dir: Path, *,
+                    told: set[str] | None = None) -> list[str]:
+    """One note (logged) when ``flip_y`` is null and the exports flip the rows of some micrographs (TIFF inputs).
+
+    ``told``: the kinds of note a ``watch=true`` session has logged already
+    (:data:`TIFF_ROWS` once this one is): the note is logged once per session,
+    not at every update of its outputs; it is returned every time.
+    """
     n = sum(m.flip_y for m in metas.values())
     if cfg.flip_y is not None or not n:
         return []
     note = (f"{TIFF_ROWS} the {n} TIFF micrograph(s) (y -> ny-1-y), as RELION reads TIFF files; if the particles will be "
             "extracted from micrographs stored unflipped (e.g. the MRC originals of TIFFs written by topaz denoise), "
             f"use flip_y=false (`lipoframe plan {out_dir} flip_y=false` re-exports without picking again)")
-    log.info(note)
+    if told is None or TIFF_ROWS not in told:
+        log.info(note)
+    if told is not None:
+        told.add(TIFF_ROWS)
     return [note]
 
 
@@ -3093,6 +3102,7 @@ def finish_run(
     polarity: dict | None = None,
     listed_notes: list[str] = (),
     replan: str = "",
+    told: set[str] | None = None,
 ) -> RunResult:
     """Collect the saved per-micrograph results of ``names``, run the dataset-level
     stages (unless ``finalize`` is false) and write ``run_summary.json``.
@@ -3113,7 +3123,9 @@ def finish_run(
     run's own flag (:data:`PICKING_INTERRUPTED`), which a plan that
     finishes restores, or clears when the run's picking is complete
     (:func:`picking_complete`: a run or merge stopped in its own binning or
-    writers, whose outputs this plan has made).
+    writers, whose outputs this plan has made). ``told``: the notes a
+    ``watch=true`` session has logged at its earlier updates, logged once
+    (:func:`tiff_rows_notes`).
     """
     if polarity is None and isinstance(picking, dict) and isinstance(picking.get("polarity_check"), dict):
         polarity = picking["polarity_check"]
@@ -3165,7 +3177,7 @@ def finish_run(
             # in Å, which the plan's config does not hold; the run's is kept.
             notes = notes + [n for n in pixel_size_notes(metas) + range_notes_for(picks, metas, cfg) if n not in notes]
         if not stopped:
-            notes = notes + tiff_rows_notes(metas, cfg, out_dir)
+            notes = notes + tiff_rows_notes(metas, cfg, out_dir, told=told)
     if stopped and picking:
         said = (f"{PLAN_INTERRUPTED}: its exports and extraction plan files are incomplete; "
                 f"run `{replan or f'lipoframe plan {out_dir}'}` again")

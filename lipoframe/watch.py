@@ -288,6 +288,7 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None, exclude=None):
         if dropped:
             log.warning(dropped)
             notes.append(dropped)
+        told: set[str] = set()  # notes logged at an earlier update: once per session (the TIFF row flip)
         since_update = 0
         last_new = time.monotonic()
         interrupted = False
@@ -300,7 +301,7 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None, exclude=None):
             return finish_run(
                 out_dir, names, list(results.values()), stages, cfg, pm=pm if final else None, t0=t0,
                 errors=[], notes=list(notes), interrupted=False, workers=resolve_workers(cfg.runner.workers, max(1, len(results))),
-                listed_notes=listed,
+                listed_notes=listed, told=told,
             )
 
         status(f"watching {', '.join(specs)} (stop with Ctrl-C or by creating {stop_file})")

@@ -691,3 +691,40 @@ def test_a_given_pixel_size_the_headers_contradict_is_warned_about_in_a_watch_se
     summary = json.loads((tmp_path / "out" / "run_summary.json").read_text())
     assert [n for n in summary["notes"] if "was given" in n] == [expected]
     assert summary["run_pixel_size_notes"] == [expected]  # dropped by a `lipoframe plan pixel_size=` as a batch run's
+
+
+def test_the_tiff_row_note_is_logged_once_per_watch_session(tmp_path, caplog):
+    """With TIFF inputs the note on the exports' row flip was logged at every update of the outputs
+    (lipoframe.log: once per update, with the count of the moment); once per session is enough.
+    run_summary.json still carries it, with the session's count."""
+    from scale_data import image, write_tiff
+
+    from lipoframe.runner import TIFF_ROWS
+
+    watched = tmp_path / "incoming"
+    watched.mkdir()
+    out = tmp_path / "out"
+
+    def updated_with(n):
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if json.loads((out / "run_summary.json").read_text())["micrographs"]["total"] == n:
+                    return
+            except (OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"no update with {n} micrograph(s)")
+
+    def microscope():
+        for i in range(3):
+            write_tiff(tmp_path / f"mic_{i}.tif", image(i)).rename(watched / f"mic_{i}.tif")
+            updated_with(i + 1)
+        (out / "STOP").touch()
+
+    with caplog.at_level(logging.INFO, logger="lipoframe"):
+        watch_while(microscope, watched, out, poll=0.2, stable_polls=1, update_every=1)
+    told = [m for m in caplog.messages if m.startswith(TIFF_ROWS)]
+    assert len(told) == 1 and told[0].startswith(f"{TIFF_ROWS} the 1 TIFF micrograph(s)"), told
+    notes = json.loads((out / "run_summary.json").read_text())["notes"]
+    assert [n for n in notes if n.startswith(TIFF_ROWS)] == [f"{TIFF_ROWS} the 3 TIFF micrograph(s)" + told[0].split("micrograph(s)", 1)[1]]
