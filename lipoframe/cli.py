@@ -31,6 +31,7 @@ commands:
 {commands}
 
 `lipoframe run` with no input runs on a built-in demo set.
+`lipoframe run watch=true input=FOLDER output=DIR` picks micrographs as they are written.
 `lipoframe run --help` shows every configuration option.
 """
 
@@ -84,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"lipoframe: unknown command {name!r}\n", file=sys.stderr)
+        hint = ": to pick micrographs as they are written, use `lipoframe run watch=true input=FOLDER output=DIR`" if name == "watch" else ""
+        print(f"lipoframe: unknown command {name!r}{hint}\n", file=sys.stderr)
         print(_usage(), file=sys.stderr)
         return 2
     module, func = COMMANDS[name][0].split(":")

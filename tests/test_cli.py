@@ -38,6 +38,17 @@ def test_usage_version_and_unknown_command(run_cli):
     assert code == 2 and "unknown command 'pikc'" in err
 
 
+def test_lipoframe_watch_points_to_run_watch_true(run_cli):
+    # Streaming is an option of `run`; `lipoframe watch` said only "unknown command 'watch'" and the usage,
+    # which did not name watch=true.
+    code, out, _ = run_cli()
+    assert "`lipoframe run watch=true input=FOLDER output=DIR` picks micrographs as they are written." in out.splitlines()
+    code, _, err = run_cli("watch", "input=incoming/")
+    assert code == 2
+    assert err.splitlines()[0] == ("lipoframe: unknown command 'watch': to pick micrographs as they are written, "
+                                   "use `lipoframe run watch=true input=FOLDER output=DIR`")
+
+
 @pytest.mark.parametrize("flag", ["--cfg", "--info"])
 def test_multirun_with_a_show_flag_gives_one_line(run_cli, flag):
     code, _, err = run_cli("run", "-m", flag, *(["job"] if flag == "--cfg" else []), "nms.beta=0.6,0.8")
