@@ -45,18 +45,23 @@ def _usage() -> str:
 _PROCESS_ENTRY = False
 
 
-def outputs_complete(code: int) -> None:
+def outputs_complete(code: int, *, exiting: bool = False) -> None:
     """Say that the command's outputs are complete (its summary printed): a SIGTERM from now on ends the
     process with ``code``, the command's own exit code, rather than as killed (-15).
 
     A batch system that sends SIGTERM as the job ends (a time limit, ``scancel``) just after the
     summary would otherwise record a failure for a run that finished. Only in the process whose
     command line :func:`main` runs, from the main thread: an in-process caller keeps its own handler.
+    ``exiting``: :func:`main` returns the code, and only the interpreter's exit is left, as it takes
+    down a Python handler first: SIGTERM is ignored instead.
     """
     import signal
     import threading
 
     if not _PROCESS_ENTRY or threading.current_thread() is not threading.main_thread():
+        return
+    if exiting:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         return
 
     def finished(signum, frame):
@@ -94,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         code = int(getattr(importlib.import_module(module), func)(rest) or 0)
-        outputs_complete(code)
+        outputs_complete(code, exiting=True)
         return code
     except PluginError as exc:
         print(f"lipoframe: {exc}", file=sys.stderr)

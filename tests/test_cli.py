@@ -810,4 +810,5 @@ def test_sigterm_after_the_summary_exits_with_the_runs_own_code(tmp_path, failin
             proc.send_signal(signal.SIGTERM)  # the summary's last line: the run is over
             break
     proc.stdout.close()
-    assert proc.wait(timeout=60) == (1 if failing else 0)
+    code = proc.wait(timeout=60)
+    assert code == (1 if failing else 0), code
