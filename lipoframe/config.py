@@ -35,7 +35,7 @@ class RunnerConfig:
     """How the runner executes.
 
     workers: worker processes (0 = one per CPU core).
-    progress: show a progress bar (done/total, rate, ETA) on stderr when it is a terminal.
+    progress: show a progress bar (done/total, rate, ETA) on stderr when it is a terminal, else a timed line a minute.
     resume: skip micrographs whose outputs from the same settings, the same
         (unchanged) input file and the same lipoframe version are complete;
         false redoes everything.

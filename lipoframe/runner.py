@@ -1790,6 +1790,45 @@ def _progress(total: int, enabled: bool, *, initial: int = 0):
     )
 
 
+#: Seconds between two progress lines of a run without a terminal (:class:`ProgressLines`).
+PROGRESS_LINE_SECONDS = 60.0
+
+
+def format_rate(per_s: float) -> str:
+    """A picking rate as people read it: ``'2.4 micrographs/s'``, or ``'41 s per micrograph'`` below one a second."""
+    if per_s >= 1:
+        return f"{per_s:.1f} micrographs/s"
+    return f"{1 / per_s:.3g} s per micrograph" if per_s > 0 else "no micrograph picked"
+
+
+class ProgressLines:
+    """The progress of a run on stderr when it has no terminal (so no bar): a timed line every
+    :data:`PROGRESS_LINE_SECONDS` at most, and one for the last micrograph, e.g.
+    ``lipoframe: 14:02:31 picked 120 of 1000 micrographs (2 failed), 1.9 micrographs/s, about 8 min left``.
+
+    ``initial``: micrographs done before (a resumed run), counted as done but not in the rate.
+    """
+
+    def __init__(self, total: int, *, initial: int = 0):
+        self.total, self.done, self.initial = total, initial, initial
+        self.start = self.last = time.monotonic()
+
+    def update(self, failed: int) -> None:
+        self.done += 1
+        now = time.monotonic()
+        if now - self.last < PROGRESS_LINE_SECONDS and self.done < self.total:
+            return
+        self.last = now
+        per_s = (self.done - self.initial) / max(now - self.start, 1e-9)
+        left = ""
+        if self.done < self.total and per_s > 0:
+            minutes = (self.total - self.done) / per_s / 60
+            left = f", about {minutes:.0f} min left" if minutes >= 1 else ", less than a minute left"
+        failures = f" ({failed} failed)" if failed else ""
+        print(f"lipoframe: {time.strftime('%H:%M:%S')} picked {self.done} of {self.total} micrographs{failures}, "
+              f"{format_rate(per_s)}{left}", file=sys.stderr, flush=True)
+
+
 @contextlib.contextmanager
 def output_folder(out_dir: Path):
     """Check ``out_dir`` is writable and hold a lock on it for the duration of a run.
@@ -2881,7 +2920,7 @@ class RunResult:
             "interrupted": self.interrupted,
             "workers": self.workers,
             "peak_rss_mb": round(max((r.peak_rss_mb for r in picked), default=0.0), 1),
-            "micrographs_per_s": round(len(picked) / self.seconds, 3) if self.seconds > 0 and any(r.seconds > 0 for r in picked) else None,
+            "micrographs_per_s": float(f"{len(picked) / self.seconds:.4g}") if self.seconds > 0 and any(r.seconds > 0 for r in picked) else None,
             "seconds": round(self.seconds, 3),
             **({"report": self.report} if self.report is not None else {}),
         }
@@ -2954,6 +2993,8 @@ def run_jobs(jobs: list[MicJob], cfg: LipoframeConfig, stages: StageSet, *, prog
             from tqdm.contrib.logging import logging_redirect_tqdm
 
             redirect = logging_redirect_tqdm(tqdm_class=type(bar))  # log lines above the bar, not through it
+        # Without a terminal (a batch job's log, nohup, a pipe) the bar is silent: a line now and then instead.
+        lines = ProgressLines(len(jobs), initial=len(results)) if bar.disable and cfg.runner.progress and progress else None
         failed = 0
 
         def done(res: MicResult) -> None:
@@ -2964,6 +3005,8 @@ def run_jobs(jobs: list[MicJob], cfg: LipoframeConfig, stages: StageSet, *, prog
                 log.error(res.error)
                 bar.set_postfix_str(f"{failed} failed", refresh=False)
             bar.update(1)
+            if lines is not None:
+                lines.update(failed)
 
         with redirect:
             try:
@@ -3430,7 +3473,7 @@ def format_summary(summary: dict, *, shown: Collection[str] = ()) -> str:
         lines.append(f"ERROR  {e}")
     speed = ""
     if summary.get("micrographs_per_s"):
-        speed = f"  ({summary['micrographs_per_s']:.2f} micrographs/s, {summary.get('workers', 1)} worker(s)"
+        speed = f"  ({format_rate(summary['micrographs_per_s'])}, {summary.get('workers', 1)} worker(s)"
         speed += f", peak {summary['peak_rss_mb']:.0f} MiB per worker)" if summary.get("peak_rss_mb") else ")"
     lines.append(f"time         {summary['seconds']:.1f} s{speed}")
     report = summary.get("report")

@@ -530,6 +530,43 @@ def test_progress_bar_on_a_terminal_only(tmp_path):
     assert "mic/s" not in hidden
 
 
+def test_a_run_without_a_terminal_prints_timed_progress_lines(tmp_path, monkeypatch, capsys):
+    """The bar is silent without a terminal (a batch job's log, nohup, a pipe), where a user
+    tailing the log saw nothing until the summary; lines say how far the run is instead."""
+    from lipoframe import runner
+
+    monkeypatch.setattr(runner, "PROGRESS_LINE_SECONDS", 0.0)  # a line for each micrograph
+    write_set(tmp_path / "in", 3)
+    run_pipeline(config(tmp_path / "in", "runner.workers=1", "runner.progress=true"), tmp_path / "out")
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if " picked " in ln]
+    assert [ln.split(" picked ", 1)[1].split(",")[0] for ln in lines] == [f"{i} of 3 micrographs" for i in (1, 2, 3)], lines
+    assert all(ln.startswith("lipoframe: ") and ("micrographs/s" in ln or "s per micrograph" in ln) for ln in lines)
+    write_set(tmp_path / "in2", 2)
+    run_pipeline(config(tmp_path / "in2", "runner.workers=1", "runner.progress=false"), tmp_path / "out2")
+    assert " picked " not in capsys.readouterr().err
+
+
+def test_progress_lines_wait_their_interval_and_always_tell_the_end(monkeypatch, capsys):
+    from lipoframe import runner
+
+    monkeypatch.setattr(runner, "PROGRESS_LINE_SECONDS", 3600.0)
+    lines = runner.ProgressLines(4, initial=1)  # a resumed run: one done before
+    for _ in range(3):
+        lines.update(failed=1)
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and " picked 4 of 4 micrographs (1 failed), " in err[0], err
+
+
+@pytest.mark.parametrize("per_s, text", [(2.345, "2.3 micrographs/s"), (1.0, "1.0 micrographs/s"),
+                                         (0.25, "4 s per micrograph"), (1 / 487, "487 s per micrograph"),
+                                         (0.0, "no micrograph picked")])
+def test_rates_below_one_a_second_are_given_as_seconds_per_micrograph(per_s, text):
+    """A slow run (tomograms) printed '0.00 micrographs/s'."""
+    from lipoframe.runner import format_rate
+
+    assert format_rate(per_s) == text
+
+
 # -- Ctrl-C ---------------------------------------------------------------------
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
 def test_ctrl_c_keeps_finished_work_and_says_how_to_continue(tmp_path, sig, make_plugin):
