@@ -327,7 +327,7 @@ def merge_runs(folders: list[str | Path], out_dir: str | Path, overrides: list[s
             pass
     names = [n for _, n, _ in order]
     # SIGTERM (`kill`, the end of a batch job) stops it as Ctrl-C does, and run_summary.json says so.
-    with output_folder(out_dir), folder_log(out_dir, "merge " + " ".join([*map(str, folders), *overrides])), sigterm_as_interrupt():
+    with output_folder(out_dir, "merge"), folder_log(out_dir, "merge " + " ".join([*map(str, folders), *overrides])), sigterm_as_interrupt():
         # As a run does: an earlier merge's (or run's) picks and exports made with other settings go now,
         # not when this merge's dataset step replaces them (never, if it is interrupted).
         dropped = drop_outputs_of_other_settings(out_dir, cfg)  # before write_manifest: it may read the earlier inputs.json

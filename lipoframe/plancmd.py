@@ -509,7 +509,7 @@ def replan(run_dir: str | Path, overrides: list[str] = (), *, report: bool = Fal
     recorded = (run_dir / WRITTEN).is_file()
     again = "lipoframe plan " + shlex.join([str(run_dir), *user, *(["--report"] if report else [])])
     # SIGTERM (`kill`, the end of a batch job) stops it as Ctrl-C does: run_summary.json says the plan is incomplete.
-    with output_folder(run_dir), folder_log(run_dir, "plan " + " ".join([str(run_dir), *overrides])), sigterm_as_interrupt():
+    with output_folder(run_dir, "plan"), folder_log(run_dir, "plan " + " ".join([str(run_dir), *overrides])), sigterm_as_interrupt():
         result = finish_run(run_dir, names, results, stages, cfg, pm=pm, t0=t0, errors=[], notes=[], workers=1,
                             picking=picking if isinstance(picking, dict) else None, pixel_size=pixel_size, replan=again)
         removed = _remove_stale_bin_files(run_dir, result.files) if result.plan is not None and not recorded else []

@@ -1250,7 +1250,8 @@ def cmd_report(argv: list[str]) -> int:
     """``lipoframe report RUN_DIR``: (re)write overlays and report.html of an existing run."""
     import argparse
 
-    from lipoframe.runner import resolve_workers
+    from lipoframe.records import InputError
+    from lipoframe.runner import LOCK_FILE, WORK_DIR, folder_lock
 
     ap = argparse.ArgumentParser(prog="lipoframe report", description="Write overlays and a self-contained report.html for a run folder.")
     ap.add_argument("run_dir", help="output folder of a lipoframe run")
@@ -1265,16 +1266,40 @@ def cmd_report(argv: list[str]) -> int:
     if not run_dir.is_dir():
         print(f"lipoframe report: {run_dir}: no such folder", file=sys.stderr)
         return 2  # a usage error, as for plan, evaluate and merge: nothing was read or written
-    try:
-        data = load_run(run_dir)
-    except FileNotFoundError as exc:
-        print(f"lipoframe report: {exc}", file=sys.stderr)
-        return 2
+    if not any((run_dir / f).exists() for f in (LOCK_FILE, WORK_DIR, "run_summary.json")):
+        try:  # no lipoframe command wrote here: nothing to lock, and no lock file is left in someone else's folder
+            load_run(run_dir)
+        except FileNotFoundError as exc:
+            print(f"lipoframe report: {exc}", file=sys.stderr)
+            return 2
     try:  # before any overlay is drawn: a folder on a read-only mount would fail only at the end, with a traceback
         tempfile.TemporaryFile(dir=run_dir).close()
     except OSError as exc:
         print(f"lipoframe report: {run_dir}: cannot write into the run folder ({exc.strerror or exc})", file=sys.stderr)
         return 1
+    with contextlib.ExitStack() as held:
+        # As run, plan and merge do: a run or plan writing into the folder (or another report) would have
+        # the report read half-written picks, and both rewrite the overlays, their index and run_summary.json.
+        try:
+            held.enter_context(folder_lock(run_dir, "report"))
+        except InputError as exc:
+            print(f"lipoframe report: {exc}", file=sys.stderr)
+            return 1
+        except OSError as exc:  # the lock file's few bytes on a full disk
+            print(f"lipoframe report: {run_dir}: cannot write into the run folder ({exc.strerror or exc})", file=sys.stderr)
+            return 1
+        return _report_command(run_dir, args)
+
+
+def _report_command(run_dir: Path, args) -> int:
+    """The rest of :func:`cmd_report`, with the run folder's lock held."""
+    from lipoframe.runner import resolve_workers
+
+    try:
+        data = load_run(run_dir)
+    except FileNotFoundError as exc:
+        print(f"lipoframe report: {exc}", file=sys.stderr)
+        return 2
     runner_cfg = data.config.get("runner") if isinstance(data.config.get("runner"), dict) else {}
     workers = args.workers if args.workers is not None else int(runner_cfg.get("workers", 0) or 0)
     workers = resolve_workers(workers, max(1, len(data.metas)))

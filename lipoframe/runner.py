@@ -1830,13 +1830,14 @@ class ProgressLines:
 
 
 @contextlib.contextmanager
-def output_folder(out_dir: Path):
+def output_folder(out_dir: Path, command: str = "run"):
     """Check ``out_dir`` is writable and hold a lock on it for the duration of a run.
 
-    The lock is an ``flock`` on :data:`LOCK_FILE`, which holds the pid of the
-    run and is removed as the run ends (whether it succeeded, failed or was
-    interrupted). Also removes temporary files an interrupted run left behind in the
-    per-micrograph folder.
+    The lock is :func:`folder_lock`'s, removed as the run ends (whether it
+    succeeded, failed or was interrupted). Also removes temporary files an
+    interrupted run left behind in the per-micrograph folder. ``command``: the
+    lipoframe command that writes (``run``, ``plan``, ``merge``), named to
+    another that finds the folder locked.
 
     Raises
     ------
@@ -1856,6 +1857,31 @@ def output_folder(out_dir: Path):
         what = "a symbolic link" if work.is_symlink() else "not a folder"
         raise InputError(f"{work}: {what}; lipoframe keeps each micrograph's saved picks in this folder: "
                          "move it away or choose another output")
+    with folder_lock(out_dir, command):
+        for stale in (out_dir / WORK_DIR).glob(".*.tmp*"):
+            with contextlib.suppress(OSError):
+                stale.unlink()
+        yield out_dir
+
+
+#: The lock file of an output folder (:func:`folder_lock`).
+LOCK_FILE = ".lipoframe.lock"
+
+
+@contextlib.contextmanager
+def folder_lock(out_dir: Path, command: str = "run"):
+    """Hold ``out_dir``'s lock (an flock on :data:`LOCK_FILE`) while a command writes into the folder.
+
+    ``lipoframe run``, ``plan``, ``merge`` and ``report`` take it, so that
+    no two of them write into one folder at once. The lock file holds the
+    pid and ``command`` of its holder, which the refusal names.
+
+    Raises
+    ------
+    InputError
+        If another process holds the lock: ``<folder>: another lipoframe
+        <command> (pid <pid>) is writing to this output folder``.
+    """
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows: no lock
@@ -1869,11 +1895,13 @@ def output_folder(out_dir: Path):
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             lock.seek(0)
-            other = lock.read().strip() or "?"
+            # "<pid> <command>"; a lipoframe from before the command was recorded wrote its pid only
+            pid, _, other = lock.read().strip().partition(" ")
             lock.close()
-            raise InputError(f"{out_dir}: another lipoframe run (pid {other}) is writing to this output folder") from None
-        # The run that held it removes the file as it ends: a lock taken on the file it opened before is on
-        # a file no longer there, which another run may have made anew and locked. Take the one there now.
+            raise InputError(f"{out_dir}: another lipoframe {other or 'run'} (pid {pid or '?'}) "
+                             "is writing to this output folder") from None
+        # The holder removes the file as it ends: a lock taken on the file opened before is on a file
+        # no longer there, which another process may have made anew and locked. Take the one there now.
         try:
             same = os.path.samestat(os.fstat(lock.fileno()), os.stat(path))
         except OSError:
@@ -1885,14 +1913,11 @@ def output_folder(out_dir: Path):
         if fcntl is not None:
             lock.seek(0)
             lock.truncate()
-            lock.write(str(os.getpid()))
+            lock.write(f"{os.getpid()} {command}")
             lock.flush()
         _HELD_LOCKS.add(lock.fileno())
         try:
-            for stale in (out_dir / WORK_DIR).glob(".*.tmp*"):
-                with contextlib.suppress(OSError):
-                    stale.unlink()
-            yield out_dir
+            yield
         finally:
             _HELD_LOCKS.discard(lock.fileno())
             # Removed while still locked (a finished output folder holds no lock file); a run killed outright
@@ -1900,9 +1925,6 @@ def output_folder(out_dir: Path):
             with contextlib.suppress(OSError):
                 path.unlink()
 
-
-#: The lock file of an output folder while a run, merge or plan writes to it (:func:`output_folder`).
-LOCK_FILE = ".lipoframe.lock"
 
 #: File descriptors of the output-folder locks this process holds (:func:`output_folder`).
 _HELD_LOCKS: set[int] = set()

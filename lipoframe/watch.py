@@ -270,7 +270,7 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None, exclude=None):
         if tell:
             print(f"lipoframe: {time.strftime('%H:%M:%S')} {msg}", file=sys.stderr, flush=True)
 
-    with output_folder(out_dir), sigterm_as_interrupt():
+    with output_folder(out_dir, "run watch=true"), sigterm_as_interrupt():
         stages = build_stages(cfg, registry)
         watcher = FolderWatcher(watched_specs(specs, tuple(stages.readers_by_suffix), status), tuple(stages.readers_by_suffix),
                                 s.stable_polls, exclude=Path(exclude) if exclude is not None else out_dir)

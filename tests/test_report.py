@@ -623,8 +623,36 @@ def test_report_command_rejects_a_folder_that_is_not_a_run(tmp_path, run_cli):
     code, _, err = run_cli("report", tmp_path)
     # A usage error (2), as for plan, evaluate and merge; 1 is kept for overlays that failed.
     assert code == 2 and str(tmp_path) in err and "not a lipoframe run folder" in err
+    assert not list(tmp_path.iterdir()), "no lock file left in a folder lipoframe never wrote"
     code, _, err = run_cli("report", tmp_path / "nope")
     assert code == 2 and "no such folder" in err
+
+
+@pytest.mark.parametrize("holder", ["run", "plan", "report"])
+def test_report_command_refuses_a_folder_another_command_is_writing(run_copy, run_cli, holder):
+    """`lipoframe report` took no lock: two reports at once, or one while a run or plan wrote into the
+    folder, both rewrote the overlays, overlays/index.json, report.html and run_summary.json."""
+    from lipoframe.runner import folder_lock
+
+    before = {p: p.read_bytes() for p in run_copy.rglob("*") if p.is_file() and p.name != ".lipoframe.lock"}
+    with folder_lock(run_copy, holder):  # another open file: flock refuses it in this process too
+        code, out, err = run_cli("report", run_copy, "--force", "-j", "1")
+    assert code == 1 and out == ""
+    assert err.strip().splitlines() == [f"lipoframe report: {run_copy}: another lipoframe {holder} (pid {os.getpid()}) "
+                                        "is writing to this output folder"]
+    assert {p: p.read_bytes() for p in run_copy.rglob("*") if p.is_file() and p.name != ".lipoframe.lock"} == before
+    code, out, _ = run_cli("report", run_copy, "-j", "1")  # released
+    assert code == 0 and "report" in out
+
+
+def test_a_report_holds_the_folder_against_a_run(run_copy):
+    from lipoframe.records import InputError
+    from lipoframe.runner import folder_lock, output_folder
+
+    with folder_lock(run_copy, "report"):
+        with pytest.raises(InputError, match=rf"another lipoframe report \(pid {os.getpid()}\) is writing"):
+            with output_folder(run_copy, "plan"):
+                pass
 
 
 @pytest.mark.parametrize("read_only", [True, False], ids=["read-only mount", "disk full"])
@@ -640,7 +668,8 @@ def test_report_command_into_a_folder_it_cannot_write_says_so_in_one_line(run_co
     def refuse(*args, **kwargs):
         raise error
 
-    before = {p: p.read_bytes() for p in run_copy.rglob("*") if p.is_file()}
+    # (the lock file holds the pid and command of the process that holds the folder, the report's now)
+    before = {p: p.read_bytes() for p in run_copy.rglob("*") if p.is_file() and p.name != ".lipoframe.lock"}
     monkeypatch.setattr(atomic, "tempfile", types.SimpleNamespace(mkstemp=refuse))  # every file the report writes
     if read_only:
         monkeypatch.setattr(report, "tempfile", types.SimpleNamespace(TemporaryFile=refuse))
@@ -648,7 +677,7 @@ def test_report_command_into_a_folder_it_cannot_write_says_so_in_one_line(run_co
     assert code == 1
     assert err.strip().splitlines() == [(f"lipoframe report: {run_copy}: cannot write "
                                          f"{'into the run folder' if read_only else 'the report'} ({error.strerror})")]
-    assert {p: p.read_bytes() for p in run_copy.rglob("*") if p.is_file()} == before  # nothing half-written
+    assert {p: p.read_bytes() for p in run_copy.rglob("*") if p.is_file() and p.name != ".lipoframe.lock"} == before  # nothing half-written
 
 
 def _run_twice_second_report_raising(tmp_path, monkeypatch, error):
