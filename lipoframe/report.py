@@ -57,6 +57,12 @@ OVERLAY_SIZE = 1600
 THUMB_SIZE = 240
 THUMB_SIZE_LARGE = 160
 LARGE_DATASET = 1000
+#: While overlays are drawn, ``overlays/index.json`` is rewritten at most this often (seconds), with the
+#: overlays drawn so far: a report killed outright (kill -9, out of memory) leaves them recorded, and the
+#: next one redraws only the rest. (Ctrl-C or SIGTERM writes it when it stops.)
+INDEX_SAVE_SECONDS = 2.0
+#: ... and so that the rewrites take at most this share of the time (0.05 s for the 2 MB of 10000 micrographs).
+INDEX_SAVE_SHARE = 0.02
 #: Crops shown per size bin.
 CROPS_PER_BIN = 8
 
@@ -602,8 +608,13 @@ def _progress(total: int, enabled: bool):
                dynamic_ncols=True, leave=False)
 
 
-def render_overlays(jobs: list[OverlayJob], readers: ReaderChoice, *, workers: int = 1, progress: bool = False) -> list[OverlayResult]:
-    """Render ``jobs`` (in a process pool when ``workers > 1``), in job order."""
+def render_overlays(jobs: list[OverlayJob], readers: ReaderChoice, *, workers: int = 1, progress: bool = False,
+                    on_result=None) -> list[OverlayResult]:
+    """Render ``jobs`` (in a process pool when ``workers > 1``), in job order.
+
+    ``on_result``: called with each :class:`OverlayResult` as soon as it is
+    back, in job order (:func:`write_report` records the drawn ones).
+    """
     import matplotlib.backends.backend_agg  # noqa: F401 - imported once here, inherited by forked workers
     import matplotlib.figure  # noqa: F401
 
@@ -615,6 +626,8 @@ def render_overlays(jobs: list[OverlayJob], readers: ReaderChoice, *, workers: i
         if workers == 1:
             for job in jobs:
                 results.append(render_job(job, readers))
+                if on_result is not None:
+                    on_result(results[-1])
                 bar.update(1)
         else:
             import multiprocessing as mp
@@ -623,6 +636,8 @@ def render_overlays(jobs: list[OverlayJob], readers: ReaderChoice, *, workers: i
             with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(readers,)) as ex:
                 for res in ex.map(render_job, jobs, chunksize=1):
                     results.append(res)
+                    if on_result is not None:
+                        on_result(res)
                     bar.update(1)
     return results
 
@@ -1050,17 +1065,44 @@ def write_report(
         if not done:
             jobs.append(job)
 
+    # Until every overlay is back, the index on disk holds the new entries of those drawn (or unchanged) and the
+    # previous ones of the rest: a report killed on the way leaves what it drew recorded, and lists every file
+    # an earlier report drew, so that a later one removes those no longer in the run (_remove_stale_overlays).
+    pending = {job.name for job in jobs}
+    saved_at, save_cost = time.monotonic(), 0.0
+
+    def save_index() -> None:
+        kept = {k: v for k, v in previous.items() if k in pending or k not in new_index}
+        write_text(index_path, json.dumps({**kept, "render_version": RENDER_VERSION,
+                                           **{k: v for k, v in new_index.items() if k not in pending}}, indent=1))
+
+    def drawn(res: OverlayResult) -> None:
+        nonlocal saved_at, save_cost
+        if not res.ok:
+            return  # its previous entry stays, as at the end
+        new_index[res.name]["seconds"] = round(res.seconds, 3)
+        new_index[res.name]["cpu_seconds"] = round(res.cpu_seconds, 3)
+        pending.discard(res.name)
+        now = time.monotonic()
+        if pending and now - saved_at >= max(INDEX_SAVE_SECONDS, save_cost / INDEX_SAVE_SHARE):
+            save_index()
+            saved_at = time.monotonic()
+            save_cost = saved_at - now
+
     t0 = time.perf_counter()
     n_workers = max(1, min(workers, len(jobs))) if jobs else 0
-    results = render_overlays(jobs, readers, workers=max(1, workers), progress=progress) if jobs else []
+    try:
+        results = render_overlays(jobs, readers, workers=max(1, workers), progress=progress, on_result=drawn) if jobs else []
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the overlays drawn so far are not drawn again
+        if len(pending) < len(jobs):
+            with contextlib.suppress(OSError):
+                save_index()
+        raise
     wall = time.perf_counter() - t0
     by_name = {r.name: r for r in rows}
     n_failed = 0
     for res in results:
-        if res.ok:
-            new_index[res.name]["seconds"] = round(res.seconds, 3)
-            new_index[res.name]["cpu_seconds"] = round(res.cpu_seconds, 3)
-        else:
+        if not res.ok:
             n_failed += 1
             # The last good picture stays (the images may be back later, e.g. a
             # moved project); its entry is kept so it is neither reused for
@@ -1251,7 +1293,7 @@ def cmd_report(argv: list[str]) -> int:
     import argparse
 
     from lipoframe.records import InputError
-    from lipoframe.runner import LOCK_FILE, WORK_DIR, folder_lock
+    from lipoframe.runner import LOCK_FILE, WORK_DIR, folder_lock, sigterm_as_interrupt
 
     ap = argparse.ArgumentParser(prog="lipoframe report", description="Write overlays and a self-contained report.html for a run folder.")
     ap.add_argument("run_dir", help="output folder of a lipoframe run")
@@ -1288,6 +1330,8 @@ def cmd_report(argv: list[str]) -> int:
         except OSError as exc:  # the lock file's few bytes on a full disk
             print(f"lipoframe report: {run_dir}: cannot write into the run folder ({exc.strerror or exc})", file=sys.stderr)
             return 1
+        # SIGTERM (`kill`, the end of a batch job) stops it as Ctrl-C does: the overlays drawn so far stay recorded
+        held.enter_context(sigterm_as_interrupt())
         return _report_command(run_dir, args)
 
 

@@ -553,6 +553,63 @@ def test_force_redraws_and_a_changed_plan_redraws(run_copy, run_cli):
     assert code == 0 and "3 drawn" in out, "the legend shows box sizes, so every overlay changes"
 
 
+def _interrupted_on_the_third_overlay(run_copy, run_cli, monkeypatch, *, killed: bool):
+    """Change every overlay (a new box in the legend), then stop the report as it starts drawing the third
+    (Ctrl-C, or, ``killed``, kill -9: only what the index held on disk then counts). The same report again."""
+    plan = json.loads((run_copy / "extraction_plan.json").read_text())
+    plan["bins"][0]["box_px"] += 32
+    (run_copy / "extraction_plan.json").write_text(json.dumps(plan))
+    index = run_copy / "overlays" / "index.json"
+    drawn, on_disk = [], {}
+    real = report.render_job
+
+    def render_two(job, readers=None):
+        if len(drawn) == 2:
+            on_disk["index"] = index.read_text()
+            raise KeyboardInterrupt
+        drawn.append(job.name)
+        return real(job, readers)
+
+    monkeypatch.setattr(report, "render_job", render_two)
+    code, _, err = run_cli("report", run_copy, "-j", "1")
+    assert code == 130 and len(drawn) == 2, err
+    if killed:
+        index.write_text(on_disk["index"])  # what kill -9 leaves: no handler runs
+    monkeypatch.setattr(report, "render_job", real)
+    return drawn
+
+
+@pytest.mark.parametrize("killed", [False, True], ids=["Ctrl-C", "kill -9"])
+def test_a_report_stopped_while_drawing_redraws_only_the_rest(run_copy, run_cli, monkeypatch, killed):
+    """overlays/index.json was written only at the end: a report stopped on the way redrew every overlay."""
+    # kill -9: the index is rewritten after each overlay here (at most every INDEX_SAVE_SECONDS otherwise)
+    monkeypatch.setattr(report, "INDEX_SAVE_SECONDS", 0.0 if killed else 1e9)
+    monkeypatch.setattr(report, "INDEX_SAVE_SHARE", float("inf"))
+    drawn = _interrupted_on_the_third_overlay(run_copy, run_cli, monkeypatch, killed=killed)
+    index = json.loads((run_copy / "overlays" / "index.json").read_text())
+    assert set(index) == {"render_version", "mic_0", "mic_1", "mic_2"}  # the one not drawn keeps its entry
+    code, out, err = run_cli("report", run_copy, "-j", "1")
+    assert code == 0 and "1 drawn" in out and "2 unchanged" in out, out + err
+    # the same overlays and index as a report drawn in one go
+    resumed = {p.name: p.read_bytes() for p in (run_copy / "overlays").rglob("*") if p.is_file() and p.name != "index.json"}
+    keys = {n: (e["key"], e["crops"]) for n, e in json.loads((run_copy / "overlays" / "index.json").read_text()).items()
+            if isinstance(e, dict)}
+    code, out, _ = run_cli("report", run_copy, "-j", "1", "--force")
+    assert code == 0 and "3 drawn" in out
+    assert resumed == {p.name: p.read_bytes() for p in (run_copy / "overlays").rglob("*") if p.is_file() and p.name != "index.json"}
+    assert keys == {n: (e["key"], e["crops"]) for n, e in json.loads((run_copy / "overlays" / "index.json").read_text()).items()
+                    if isinstance(e, dict)}
+    assert len(drawn) == 2
+
+
+def test_a_report_killed_before_its_first_save_redraws_everything_it_changed(run_copy, run_cli, monkeypatch):
+    """The index on disk never records an overlay that was not drawn with its new inputs."""
+    monkeypatch.setattr(report, "INDEX_SAVE_SECONDS", 1e9)
+    _interrupted_on_the_third_overlay(run_copy, run_cli, monkeypatch, killed=True)
+    code, out, err = run_cli("report", run_copy, "-j", "1")
+    assert code == 0 and "3 drawn" in out, out + err
+
+
 def test_missing_micrograph_file_gives_a_report_without_its_overlay(done, run_copy, run_cli, tmp_path):
     # Point one micrograph at a file that no longer exists.
     meta_file = run_copy / "micrographs" / "mic_1.json"
