@@ -241,6 +241,8 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None, exclude=None):
         MicJob,
         build_stages,
         drop_outputs_of_other_settings,
+        every_micrograph_failed,
+        every_micrograph_failed_message,
         finish_run,
         given_pixel_size_notes,
         input_stamp,
@@ -298,11 +300,18 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None, exclude=None):
             ordered = sorted(path_name, key=Path)  # the order a batch run over the same folder uses
             names = [path_name[p] for p in ordered]
             write_manifest(out_dir, specs, [Path(p) for p in ordered], names, cfg, fingerprint)
-            return finish_run(
+            # As a batch run: when every micrograph so far failed there is no dataset to write, and empty picks,
+            # STAR files and plan would look like micrographs without particles (an earlier session's stay).
+            errors = []
+            if every_micrograph_failed(list(results.values())):
+                errors.append(every_micrograph_failed_message(out_dir, len(results)))
+                log.error(errors[-1])
+            result = finish_run(
                 out_dir, names, list(results.values()), stages, cfg, pm=pm if final else None, t0=t0,
-                errors=[], notes=list(notes), interrupted=False, workers=resolve_workers(cfg.runner.workers, max(1, len(results))),
-                listed_notes=listed, told=told,
+                errors=errors, notes=list(notes), interrupted=False, workers=resolve_workers(cfg.runner.workers, max(1, len(results))),
+                listed_notes=listed, told=told, finalize=not errors,
             )
+            return result, bool(errors)
 
         status(f"watching {', '.join(specs)} (stop with Ctrl-C or by creating {stop_file})")
         if stop_file.exists():
@@ -374,9 +383,10 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None, exclude=None):
                         reason = "interrupted"
                         break
                 if since_update >= s.update_every:
-                    update()
+                    _, none_picked = update()
                     since_update = 0
-                    status("dataset-level outputs updated")
+                    status("every micrograph so far failed: no dataset-level outputs written" if none_picked
+                           else "dataset-level outputs updated")
                 if stop_seen and not watcher.unsettled():
                     reason = f"found the stop file {stop_file}"
                     break
@@ -404,8 +414,10 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None, exclude=None):
                              "the same command again picks them")
                 log.info(notes[-1])  # printed with the summary's notes
         status(f"stopping ({reason}); writing the dataset-level outputs")
-        result = update(final=True)
-        if cfg.runner.report:
+        result, none_picked = update(final=True)
+        if none_picked:
+            pass  # no report either: an earlier session's (or run's) stays with its outputs
+        elif cfg.runner.report:
             from lipoframe.report import write_report_safely
 
             write_report_safely(out_dir, cfg=cfg, stages=stages, result=result)

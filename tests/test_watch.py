@@ -728,3 +728,34 @@ def test_the_tiff_row_note_is_logged_once_per_watch_session(tmp_path, caplog):
     assert len(told) == 1 and told[0].startswith(f"{TIFF_ROWS} the 1 TIFF micrograph(s)"), told
     notes = json.loads((out / "run_summary.json").read_text())["notes"]
     assert [n for n in notes if n.startswith(TIFF_ROWS)] == [f"{TIFF_ROWS} the 3 TIFF micrograph(s)" + told[0].split("micrograph(s)", 1)[1]]
+
+
+@pytest.mark.parametrize("report", [False, True])
+def test_a_watch_session_in_which_every_micrograph_fails_writes_no_dataset(tmp_path, caplog, report):
+    """As a batch run: a session whose files all failed wrote an empty picks.csv, STAR files, plan (and
+    report), as if its micrographs held no particles, over an earlier session's outputs."""
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "a.mrc").write_bytes(b"not an mrc file")
+    (tmp_path / "bad" / "b.mrc").write_bytes(b"nor this one")
+    dataset = ["picks.csv", "extraction_plan.json", "extraction_plan.md", "sizes.csv", "relion/autopick.star", "report.html"]
+    args = [*RUN_ARGS, "runner.workers=1", "watch=true", f"runner.report={str(report).lower()}",
+            "stream.poll_seconds=0.1", "stream.stable_polls=1", "stream.idle_timeout=0.5"]
+    said = "every micrograph failed (2 of 2): no picks, plan or exports were written"
+
+    fresh = tmp_path / "fresh"
+    result = run_pipeline(compose_config([f"input={tmp_path / 'bad'}", *args])[1], fresh)
+    assert [r.status for r in result.results] == ["failed", "failed"] and not result.ok
+    assert result.errors == [said]
+    assert not [f for f in dataset if (fresh / f).exists()]
+    assert json.loads((fresh / "run_summary.json").read_text())["errors"] == [said]
+
+    earlier = tmp_path / "earlier"
+    write_set(tmp_path / "good", 1)
+    first = run_pipeline(compose_config([f"input={tmp_path / 'good'}", *args])[1], earlier)
+    assert [r.status for r in first.results] == ["ok"]
+    kept = {f: (earlier / f).read_bytes() for f in dataset if f != "report.html" or report}
+    with caplog.at_level("ERROR", logger="lipoframe"):
+        result = run_pipeline(compose_config([f"input={tmp_path / 'bad'}", *args])[1], earlier)
+    assert result.errors == [f"{said}; the earlier run's in {earlier} are as they were"]
+    assert result.errors[0] in caplog.text
+    assert {f: (earlier / f).read_bytes() for f in dataset if f != "report.html" or report} == kept
