@@ -430,7 +430,7 @@ def test_the_lock_file_goes_when_the_run_ends(tmp_path, ending):
     out = tmp_path / "out"
     with contextlib.suppress(InputError, KeyboardInterrupt):
         with output_folder(out):
-            assert (out / ".lipoframe.lock").read_text() == str(os.getpid())
+            assert (out / ".lipoframe.lock").read_text() == f"{os.getpid()} run"
             if ending == "error":
                 raise InputError("a failure")
             if ending == "interrupted":
