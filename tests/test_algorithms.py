@@ -521,6 +521,26 @@ def test_replace_isolated_outliers_returns_an_ordinary_image_itself():
     assert abs(int(out[30, 30]) - 100) < 10 and np.array_equal(np.delete(out.ravel(), 30 * 64 + 30), np.delete(img.ravel(), 30 * 64 + 30))
 
 
+@pytest.mark.parametrize("shape", ["T", "L", "S", "line", "square"])
+def test_every_pixel_of_a_cluster_of_four_is_an_outlier(shape):
+    """The centre of a T of four hot pixels has three of them beside it: it was dropped as inside a large region,
+    and stayed hot while the other three were replaced."""
+    from lipoframe.algorithms.outliers import isolated_outliers, replace_isolated_outliers
+
+    cells = {"T": [(0, 0), (0, 1), (0, 2), (1, 1)], "L": [(0, 0), (1, 0), (2, 0), (2, 1)], "S": [(0, 1), (0, 2), (1, 0), (1, 1)],
+             "line": [(0, 0), (0, 1), (0, 2), (0, 3)], "square": [(0, 0), (0, 1), (1, 0), (1, 1)]}[shape]
+    img = np.random.default_rng(0).normal(size=(64, 64))
+    for r, c in cells:
+        img[30 + r, 30 + c] = 1000.0
+    rows, cols, _ = isolated_outliers(img)
+    assert sorted(zip(rows.tolist(), cols.tolist())) == sorted((30 + r, 30 + c) for r, c in cells)
+    out, n = replace_isolated_outliers(img)
+    assert n == 4 and out.max() < 10
+    img[29:32, 31] = 1000.0  # a plus of five (with the T's cells): no defect
+    if shape == "T":
+        assert isolated_outliers(img)[0].size == 0
+
+
 @pytest.mark.parametrize("bad", [dict(threshold=0), dict(max_cluster=0), dict(max_cluster=1.5)])
 def test_isolated_outliers_validates(bad):
     from lipoframe.algorithms.outliers import isolated_outliers

@@ -109,8 +109,9 @@ def isolated_outliers(
         return inside & np.where(side, v > hi, v < lo)
 
     # Inside a large dark (or bright) region most neighbours are as extreme: most extreme pixels are dropped here.
+    # A pixel with t extreme pixels beside it is in a cluster of at least t + 1 (the centre of a T of four has 3).
     touching = sum(beyond(rows + dr, cols + dc, high).astype(np.int8) for dr, dc in ((-1, 0), (1, 0), (0, -1), (0, 1)))
-    keep = touching <= min(2, max_cluster - 1)
+    keep = touching <= max_cluster - 1
     rows, cols, high = rows[keep], cols[keep], high[keep]
     if not rows.size:
         return none
