@@ -541,6 +541,20 @@ def test_every_pixel_of_a_cluster_of_four_is_an_outlier(shape):
         assert isolated_outliers(img)[0].size == 0
 
 
+def test_a_boolean_image_has_no_outliers():
+    """A mask given as a micrograph (a bool .npy; pick() of a bool array) is picked as given, with a note;
+    replacing its isolated True pixels failed with "ValueError: Invalid integer data type 'b'"."""
+    import lipoframe
+    from lipoframe.algorithms.outliers import isolated_outliers, replace_isolated_outliers
+
+    img = np.zeros((128, 128), bool)
+    img[10, 10] = img[40, 40] = True
+    assert isolated_outliers(img)[0].size == 0
+    out, n = replace_isolated_outliers(img)
+    assert out is img and n == 0
+    lipoframe.pick(img, dmin=10, dmax=30, units="px")  # raised ValueError
+
+
 @pytest.mark.parametrize("bad", [dict(threshold=0), dict(max_cluster=0), dict(max_cluster=1.5)])
 def test_isolated_outliers_validates(bad):
     from lipoframe.algorithms.outliers import isolated_outliers

@@ -50,7 +50,8 @@ def isolated_outliers(
     So a dark ice ball or carbon film, however dark, is no outlier (its
     pixels form a large cluster, and a pixel at its rim is like the ones
     around it), and nor is a zero border. An image with NaN or infinite
-    pixels has none (they are left for the caller to refuse).
+    pixels has none (they are left for the caller to refuse), nor has a
+    boolean image (a mask).
 
     Parameters
     ----------
@@ -86,7 +87,7 @@ def isolated_outliers(
         raise ValueError(f"max_cluster must be an integer >= 1, got {max_cluster}")
     max_cluster = int(max_cluster)
     none = np.zeros(0, np.intp), np.zeros(0, np.intp), np.zeros(0, np.float64)
-    if img.dtype.kind not in "biuf" or img.size == 0:
+    if img.dtype.kind not in "iuf" or img.size == 0:  # a boolean image (a mask) has no hot pixels
         return none
     level, spread = background_stats(img)
     lo, hi = level - threshold * spread, level + threshold * spread
