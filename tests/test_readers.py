@@ -562,6 +562,12 @@ def test_a_gzip_compressed_mrc_is_read_as_the_mrc(tmp_path):
     (tmp_path / "cut.mrc.gz").write_bytes(packed.read_bytes()[: packed.stat().st_size // 2])
     with pytest.raises(InputError, match=r"^\S+cut\.mrc\.gz: not a readable gzip-compressed MRC file \(.*: truncated or corrupt\)$"):
         MrcReader().read(tmp_path / "cut.mrc.gz")
+    # damaged compressed data raises zlib.error (no OSError), which came out as 'reader/mrc: error: Error -3 ...'
+    damaged = bytearray(packed.read_bytes())
+    damaged[10] ^= 0xFF  # the first byte of the deflate stream
+    (tmp_path / "damaged.mrc.gz").write_bytes(bytes(damaged))
+    with pytest.raises(InputError, match=r"^\S+damaged\.mrc\.gz: not a readable gzip-compressed MRC file \(.*: truncated or corrupt\)$"):
+        MrcReader().read(tmp_path / "damaged.mrc.gz")
     (tmp_path / "short.mrc.gz").write_bytes(gzip.compress(plain.read_bytes()[:-40]))
     with pytest.raises(InputError, match=r"^\S+short\.mrc\.gz: not a readable MRC file \(the header's dimensions.*40 bytes smaller than they describe"):
         MrcReader().read(tmp_path / "short.mrc.gz")

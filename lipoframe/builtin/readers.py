@@ -16,6 +16,7 @@ import logging
 import math
 import re
 import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -289,7 +290,7 @@ def _open_mrc(path: Path, *, permissive: bool):
     try:
         with gzip.open(path, "rb") as fh:
             raw = fh.read()
-    except (OSError, EOFError) as exc:  # a damaged or truncated stream
+    except (OSError, EOFError, zlib.error) as exc:  # a damaged or truncated stream (zlib.error: damaged compressed data)
         raise InputError(f"{path}: not a readable gzip-compressed MRC file ({str(exc).splitlines()[0]}: truncated or corrupt)") from None
     _check_mrc_size(path, MrcInterpreter(io.BytesIO(raw), permissive=permissive, header_only=True).header, size=len(raw))
     yield MrcInterpreter(io.BytesIO(raw), permissive=permissive)
