@@ -1798,7 +1798,10 @@ def format_rate(per_s: float) -> str:
     """A picking rate as people read it: ``'2.4 micrographs/s'``, or ``'41 s per micrograph'`` below one a second."""
     if per_s >= 1:
         return f"{per_s:.1f} micrographs/s"
-    return f"{1 / per_s:.3g} s per micrograph" if per_s > 0 else "no micrograph picked"
+    if not per_s > 0:
+        return "no micrograph picked"
+    seconds = 1 / per_s
+    return f"{seconds:.3g} s per micrograph" if seconds < 100 else f"{seconds:.0f} s per micrograph"  # not 1.23e+03
 
 
 class ProgressLines:

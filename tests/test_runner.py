@@ -559,6 +559,7 @@ def test_progress_lines_wait_their_interval_and_always_tell_the_end(monkeypatch,
 
 @pytest.mark.parametrize("per_s, text", [(2.345, "2.3 micrographs/s"), (1.0, "1.0 micrographs/s"),
                                          (0.25, "4 s per micrograph"), (1 / 487, "487 s per micrograph"),
+                                         (1 / 1234, "1234 s per micrograph"), (1 / 86400, "86400 s per micrograph"),
                                          (0.0, "no micrograph picked")])
 def test_rates_below_one_a_second_are_given_as_seconds_per_micrograph(per_s, text):
     """A slow run (tomograms) printed '0.00 micrographs/s'."""
