@@ -2152,7 +2152,7 @@ def every_micrograph_failed(results: list[MicResult]) -> bool:
 def every_micrograph_failed_message(out_dir: Path, n: int) -> str:
     """The error of a run in which every micrograph failed (:func:`every_micrograph_failed`)."""
     said = f"every micrograph failed ({n} of {n}): no picks, plan or exports were written"
-    if (out_dir / WRITTEN).is_file():
+    if _written_record(out_dir).get("files"):  # an earlier run's (not those of other settings this run removed)
         said += f"; the earlier run's in {out_dir} are as they were"
     return said
 

@@ -407,3 +407,16 @@ def test_a_run_in_which_every_micrograph_fails_writes_no_dataset(tmp_path):
     assert proc.returncode == 1
     assert f"lipoframe: {said}; the earlier run's in {earlier} are as they were" in proc.stderr.splitlines()
     assert {f: (earlier / f).read_bytes() for f in dataset} == kept
+
+
+def test_every_micrograph_failed_says_earlier_outputs_stay_only_when_there_are_some(tmp_path):
+    """A run with other settings removes the earlier run's outputs as it starts (written_files.json then lists
+    none); when its micrographs all failed, the error said 'the earlier run's in <folder> are as they were'."""
+    from lipoframe.runner import WRITTEN, every_micrograph_failed_message
+
+    said = "every micrograph failed (2 of 2): no picks, plan or exports were written"
+    assert every_micrograph_failed_message(tmp_path, 2) == said
+    (tmp_path / WRITTEN).write_text(json.dumps({"files": []}))  # as drop_outputs_of_other_settings leaves it
+    assert every_micrograph_failed_message(tmp_path, 2) == said
+    (tmp_path / WRITTEN).write_text(json.dumps({"files": ["picks.csv"]}))
+    assert every_micrograph_failed_message(tmp_path, 2) == f"{said}; the earlier run's in {tmp_path} are as they were"
