@@ -382,9 +382,7 @@ def merge_runs(folders: list[str | Path], out_dir: str | Path, overrides: list[s
             from lipoframe.report import write_report_safely
             from lipoframe.runner import report_summary
 
-            t_report = time.perf_counter()
-            stats = write_report_safely(out_dir, cfg=cfg, stages=stages, result=result)
-            result.report = report_summary(stats, time.perf_counter() - t_report)
+            result.report = report_summary(write_report_safely(out_dir, cfg=cfg, stages=stages, result=result))
         else:
             from lipoframe.report import drop_earlier_report
 

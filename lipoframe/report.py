@@ -1243,10 +1243,12 @@ def write_report_safely(out_dir: Path, *, cfg, stages, result) -> dict | None:
     """Write the report at the end of ``lipoframe run`` (or ``lipoframe plan --report``); log any error instead of raising.
 
     Returns the statistics of :func:`write_report` (``"report"`` is the
-    page's path), or None when it could not be written.
+    page's path) and the ``"seconds"`` the whole report took, or None when it
+    could not be written.
     """
     from lipoframe.runner import resolve_workers
 
+    t0 = time.perf_counter()
     try:
         out_dir = Path(out_dir)
         metas = _load_metas(out_dir, [r.name for r in result.results if r.status in ("ok", "skipped")])
@@ -1267,7 +1269,7 @@ def write_report_safely(out_dir: Path, *, cfg, stages, result) -> dict | None:
         settle_report_interruption(out_dir)
     except OSError as exc:
         log.error("report: could not update %s (%s); it still says the report was not written", out_dir / "run_summary.json", exc)
-    return stats
+    return {**stats, "seconds": time.perf_counter() - t0}
 
 
 def drop_stale_report(out_dir: Path) -> None:

@@ -2951,12 +2951,12 @@ class RunResult:
         }
 
 
-def report_summary(stats: dict | None, seconds: float) -> dict | None:
-    """What the console summary says of a report: ``stats`` of :func:`lipoframe.report.write_report` (None: not
-    written) and the ``seconds`` the whole report took (overlays, plots and the page)."""
+def report_summary(stats: dict | None) -> dict | None:
+    """What the console summary says of a report: ``stats`` of :func:`lipoframe.report.write_report_safely`
+    (None: not written), with the ``seconds`` the whole report took (overlays, plots and the page)."""
     if stats is None:
         return None
-    return {"seconds": round(seconds, 3), "overlays_drawn": int(stats.get("rendered", 0)),
+    return {"seconds": round(stats["seconds"], 3), "overlays_drawn": int(stats.get("rendered", 0)),
             "overlays_reused": int(stats.get("cached", 0)), "overlays_failed": int(stats.get("failed", 0)),
             "workers": int(stats.get("workers", 0))}
 
@@ -3420,17 +3420,15 @@ def run_pipeline(
         elif cfg.runner.report and not interrupted:
             from lipoframe.report import write_report_safely
 
-            t_report = time.perf_counter()
             try:
-                stats = write_report_safely(out_dir, cfg=cfg, stages=stages, result=result)
+                # Drawing the overlays can take longer than the picking: the console says how long, apart from it.
+                result.report = report_summary(write_report_safely(out_dir, cfg=cfg, stages=stages, result=result))
             except KeyboardInterrupt:
                 # Ctrl-C or SIGTERM while drawing the report: the picks, exports
                 # and plan are complete, but run_summary.json must not say the
                 # run finished.
                 record_report_interrupted(out_dir)
                 raise
-            # Drawing the overlays can take longer than the picking: the console says how long, apart from it.
-            result.report = report_summary(stats, time.perf_counter() - t_report)
         elif not interrupted:
             from lipoframe.report import drop_earlier_report
 
