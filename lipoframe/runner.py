@@ -2142,11 +2142,16 @@ def earlier_run_message(out_dir: Path) -> str:
 NOTHING_TO_PICK = "no micrograph to pick: no picks, plan or exports were written"
 
 
-def every_micrograph_failed(results: list[MicResult]) -> bool:
-    """Whether a run picked no micrograph at all: it had some, and every one failed (files in a format no
-    reader takes, corrupt data, a stage that fails on each). Such a run makes no dataset: there is nothing to
-    plan or export, and empty picks, STAR files and plan would look like micrographs without particles."""
-    return bool(results) and all(r.status == "failed" for r in results)
+def every_micrograph_failed(out_dir: Path, results: list[MicResult]) -> list[str]:
+    """The error (logged) of a run that picked no micrograph at all: it had some, and every one failed (files
+    in a format no reader takes, corrupt data, a stage that fails on each); [] otherwise. Such a run makes no
+    dataset: there is nothing to plan or export, and empty picks, STAR files and plan would look like
+    micrographs without particles (:func:`every_micrograph_failed_message`)."""
+    if not results or any(r.status != "failed" for r in results):
+        return []
+    said = every_micrograph_failed_message(out_dir, len(results))
+    log.error(said)
+    return [said]
 
 
 def every_micrograph_failed_message(out_dir: Path, n: int) -> str:
@@ -3400,10 +3405,8 @@ def run_pipeline(
         jobs = [MicJob(p, n, out_dir, fingerprint, cfg.runner.resume, cfg.runner.verbose) for p, n in pairs]
         workers = resolve_workers(cfg.runner.workers, len(jobs))
         results, interrupted = run_jobs(jobs, cfg, stages)
-        none_picked = not interrupted and every_micrograph_failed(results)
-        if none_picked:
-            errors.append(every_micrograph_failed_message(out_dir, len(results)))
-            log.error(errors[-1])
+        none_picked = [] if interrupted else every_micrograph_failed(out_dir, results)
+        errors.extend(none_picked)
         polarity = None
         if not interrupted and not none_picked and cfg.runner.polarity_check:
             try:

@@ -242,7 +242,6 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None, exclude=None):
         build_stages,
         drop_outputs_of_other_settings,
         every_micrograph_failed,
-        every_micrograph_failed_message,
         finish_run,
         given_pixel_size_notes,
         input_stamp,
@@ -302,10 +301,7 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None, exclude=None):
             write_manifest(out_dir, specs, [Path(p) for p in ordered], names, cfg, fingerprint)
             # As a batch run: when every micrograph so far failed there is no dataset to write, and empty picks,
             # STAR files and plan would look like micrographs without particles (an earlier session's stay).
-            errors = []
-            if every_micrograph_failed(list(results.values())):
-                errors.append(every_micrograph_failed_message(out_dir, len(results)))
-                log.error(errors[-1])
+            errors = every_micrograph_failed(out_dir, list(results.values()))
             result = finish_run(
                 out_dir, names, list(results.values()), stages, cfg, pm=pm if final else None, t0=t0,
                 errors=errors, notes=list(notes), interrupted=False, workers=resolve_workers(cfg.runner.workers, max(1, len(results))),
