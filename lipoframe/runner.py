@@ -1794,6 +1794,11 @@ def _progress(total: int, enabled: bool, *, initial: int = 0):
 PROGRESS_LINE_SECONDS = 60.0
 
 
+def print_timed(msg: str) -> None:
+    """``lipoframe: HH:MM:SS msg`` on stderr, at once: a progress line that a log file keeps readable."""
+    print(f"lipoframe: {time.strftime('%H:%M:%S')} {msg}", file=sys.stderr, flush=True)
+
+
 def format_rate(per_s: float) -> str:
     """A picking rate as people read it: ``'2.4 micrographs/s'``, or ``'41 s per micrograph'`` below one a second."""
     if per_s >= 1:
@@ -1828,8 +1833,7 @@ class ProgressLines:
             minutes = (self.total - self.done) / per_s / 60
             left = f", about {minutes:.0f} min left" if minutes >= 1 else ", less than a minute left"
         failures = f" ({failed} failed)" if failed else ""
-        print(f"lipoframe: {time.strftime('%H:%M:%S')} picked {self.done} of {self.total} micrographs{failures}, "
-              f"{format_rate(per_s)}{left}", file=sys.stderr, flush=True)
+        print_timed(f"picked {self.done} of {self.total} micrographs{failures}, {format_rate(per_s)}{left}")
 
 
 @contextlib.contextmanager

@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import stat
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -247,6 +246,7 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None, exclude=None):
         input_stamp,
         listed_pixel_size_notes,
         output_folder,
+        print_timed,
         read_for_others,
         resolve_workers,
         run_jobs,
@@ -269,7 +269,7 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None, exclude=None):
     def status(msg: str) -> None:
         log.info(msg)
         if tell:
-            print(f"lipoframe: {time.strftime('%H:%M:%S')} {msg}", file=sys.stderr, flush=True)
+            print_timed(msg)
 
     with output_folder(out_dir, "run watch=true"), sigterm_as_interrupt():
         stages = build_stages(cfg, registry)
