@@ -54,6 +54,22 @@ def watch_while(actor, watched, out, *, poll: float, stable_polls: int, update_e
     return result
 
 
+def watch_command(inp, out, *overrides) -> list[str]:
+    """The command line of `lipoframe run watch=true` on ``inp`` into ``out`` (one worker; ``overrides`` last)."""
+    import sys
+
+    return [sys.executable, "-m", "lipoframe", "run", f"input={inp}", f"output={out}", "watch=true", "runner.workers=1",
+            *RUN_ARGS, *overrides]
+
+
+def wait_until_saved(proc, out, names, timeout: float = 90) -> None:
+    """Wait until the watch session ``proc`` (still running) has saved the results of the micrographs ``names``."""
+    deadline = time.monotonic() + timeout
+    while not all((out / "micrographs" / f"{name}.json").exists() for name in names):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
+
+
 def _slow_copy(src, dst, *, pause):
     """Copy in two halves with a pause, as a transfer over the network would."""
     data = src.read_bytes()
@@ -201,19 +217,14 @@ def test_watch_stops_cleanly_on_sigterm(tmp_path):
     """SIGTERM (as at the end of a SLURM job, like Ctrl-C) ends a watch with final outputs and exit code 0."""
     import signal
     import subprocess
-    import sys
 
     from scale_data import env
 
     write_set(tmp_path / "in", 2)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "lipoframe", "run", f"input={tmp_path / 'in'}", f"output={out}", "watch=true",
-           "stream.poll_seconds=0.2", "runner.workers=1", *RUN_ARGS]
+    cmd = watch_command(tmp_path / "in", out, "stream.poll_seconds=0.2")
     proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 90
-    while not all((out / "micrographs" / f"mic_00{i}.json").exists() for i in range(2)):
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.1)
+    wait_until_saved(proc, out, ["mic_000", "mic_001"])
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stderr
@@ -229,20 +240,15 @@ def test_watch_without_a_terminal_logs_one_line_per_round(tmp_path):
     and none per scan of the folder (a scan every 0.2 s here)."""
     import re
     import subprocess
-    import sys
 
     from scale_data import env
 
     write_set(tmp_path / "in", 2)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "lipoframe", "run", f"input={tmp_path / 'in'}", f"output={out}", "watch=true",
-           "stream.poll_seconds=0.2", "runner.workers=1", *RUN_ARGS, "runner.progress=true"]
+    cmd = watch_command(tmp_path / "in", out, "stream.poll_seconds=0.2", "runner.progress=true")
     with open(tmp_path / "log", "w") as log_file:
         proc = subprocess.Popen(cmd, env=env(), stdout=log_file, stderr=subprocess.STDOUT, text=True)
-        deadline = time.monotonic() + 90
-        while not all((out / "micrographs" / f"mic_00{i}.json").exists() for i in range(2)):
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.1)
+        wait_until_saved(proc, out, ["mic_000", "mic_001"])
         time.sleep(1.0)  # a few more scans with nothing new
         (out / "STOP").touch()
         assert proc.wait(timeout=60) == 0
@@ -259,7 +265,6 @@ def test_watch_without_a_terminal_logs_one_line_per_round(tmp_path):
 def test_watch_with_runner_progress_false_prints_only_the_summary(tmp_path):
     import re
     import subprocess
-    import sys
 
     from scale_data import env
 
@@ -267,8 +272,7 @@ def test_watch_with_runner_progress_false_prints_only_the_summary(tmp_path):
     out = tmp_path / "out"
     (out).mkdir()
     (out / "STOP").touch()  # picks what is there and stops
-    cmd = [sys.executable, "-m", "lipoframe", "run", f"input={tmp_path / 'in'}", f"output={out}", "watch=true",
-           "stream.poll_seconds=0.2", "runner.workers=1", *RUN_ARGS, "runner.progress=false"]
+    cmd = watch_command(tmp_path / "in", out, "stream.poll_seconds=0.2", "runner.progress=false")
     proc = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert not re.search(r"^lipoframe: \d\d:\d\d:\d\d ", proc.stderr, flags=re.M), proc.stderr  # no progress lines
@@ -280,7 +284,6 @@ def test_watch_stopped_by_sigterm_names_the_files_it_did_not_pick(tmp_path):
     out of the final outputs without a word, exit code 0: the session looked complete."""
     import signal
     import subprocess
-    import sys
 
     from scale_data import env, image
     from conftest import write_mrc
@@ -288,13 +291,9 @@ def test_watch_stopped_by_sigterm_names_the_files_it_did_not_pick(tmp_path):
     write_set(tmp_path / "in", 1)
     out = tmp_path / "out"
     # Scans 5 s apart: the file written below cannot be ready (two unchanged scans) before the SIGTERM.
-    cmd = [sys.executable, "-m", "lipoframe", "run", f"input={tmp_path / 'in'}", f"output={out}", "watch=true",
-           "stream.poll_seconds=5", "runner.workers=1", *RUN_ARGS]
+    cmd = watch_command(tmp_path / "in", out, "stream.poll_seconds=5")
     proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 90
-    while not (out / "micrographs" / "mic_000.json").exists():
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.1)
+    wait_until_saved(proc, out, ["mic_000"])
     late = write_mrc(tmp_path / "in" / "mic_001.mrc", image(1))
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=60)
