@@ -33,6 +33,46 @@ def _shifted(mask: np.ndarray, dr: int, dc: int) -> np.ndarray:
     return out
 
 
+#: Pixels of the bands of rows that :func:`_candidates` looks at in turn (a quarter of a MiB for each boolean mask).
+BAND_PIXELS = 1 << 18
+
+
+def _candidates(img: np.ndarray, lo: float, hi: float, max_cluster: int) -> np.ndarray:
+    """Flat indices, ascending, of the pixels beyond ``lo`` or ``hi`` with fewer than ``max_cluster`` 8-neighbours beyond the same bound.
+
+    A pixel with ``max_cluster`` or more such neighbours is in a cluster of
+    more than ``max_cluster`` (its cluster holds them after the first step of
+    growth), so it is never an isolated outlier: the test only spares
+    :func:`isolated_outliers` the costly look at each pixel of a large
+    extreme region (a zero border, an ice ball), where nearly every pixel has
+    8. The image is looked at in bands of rows (:data:`BAND_PIXELS`) with
+    slices, so the masks are small whatever the image's size.
+    """
+    ny, nx = img.shape
+    step = max(1, BAND_PIXELS // nx)
+    found = [np.zeros(0, np.intp)]
+    for r0 in range(0, ny, step):
+        r1 = min(r0 + step, ny)
+        a, b = max(r0 - 1, 0), min(r1 + 1, ny)
+        slab = img[a:b]  # the band with the row above and below it, where there are any
+        keep = None
+        for side in (slab > hi, slab < lo):
+            if not side.any():
+                continue
+            m = np.zeros((b - a + 2, nx + 2), bool)  # a frame of False: outside the image is beyond no bound
+            m[1:-1, 1:-1] = side
+            o = r0 - a + 1  # the band's first row in m
+            rows3 = m[o - 1:o + (r1 - r0) + 1]
+            u = rows3.view(np.uint8)  # True is 1
+            across = u[:, :-2] + u[:, 1:-1] + u[:, 2:]
+            count = across[:-2] + across[1:-1] + across[2:]  # the 3 x 3 block, the pixel itself included
+            k = m[o:o + (r1 - r0), 1:-1] & (count <= max_cluster)
+            keep = k if keep is None else keep | k
+        if keep is not None:
+            found.append(np.flatnonzero(keep) + r0 * nx)
+    return np.concatenate(found)
+
+
 def isolated_outliers(
     image: np.ndarray, *, threshold: float = OUTLIER_SIGMAS, max_cluster: int = MAX_CLUSTER
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -56,8 +96,9 @@ def isolated_outliers(
     Parameters
     ----------
     image : (M, N) array_like of real numbers
-        Read, not modified (a memory map is read once, in full, for its
-        least and greatest value; the rest only where they are extreme).
+        Read, not modified (a memory map is read in full for its least and
+        greatest value and, when one is beyond the bounds, once more in bands
+        of rows, :data:`BAND_PIXELS` at a time).
     threshold : float
         Robust standard deviations (> 0).
     max_cluster : int
@@ -99,9 +140,10 @@ def isolated_outliers(
     if not (math.isfinite(least) and math.isfinite(greatest)) or not (least < lo or greatest > hi):
         return none
     ny, nx = img.shape
-    flat = np.flatnonzero((img < lo) | (img > hi))
-    rows, cols = np.divmod(flat, nx)
-    high = img.reshape(-1)[flat] > hi
+    # Inside a large dark (or bright) region, or a zero border, nearly every neighbour is as extreme: those pixels
+    # are dropped here, band by band, before any costly look at a pixel's window.
+    rows, cols = np.divmod(_candidates(img, lo, hi, max_cluster), nx)
+    high = img[rows, cols] > hi
 
     def beyond(r: np.ndarray, c: np.ndarray, side: np.ndarray) -> np.ndarray:
         """Whether pixels (r, c), inside the image, are beyond the bound on ``side`` (True: above ``hi``)."""
@@ -109,11 +151,6 @@ def isolated_outliers(
         v = img[np.clip(r, 0, ny - 1), np.clip(c, 0, nx - 1)]
         return inside & np.where(side, v > hi, v < lo)
 
-    # Inside a large dark (or bright) region most neighbours are as extreme: most extreme pixels are dropped here.
-    # A pixel with t extreme pixels beside it is in a cluster of at least t + 1 (the centre of a T of four has 3).
-    touching = sum(beyond(rows + dr, cols + dc, high).astype(np.int8) for dr, dc in ((-1, 0), (1, 0), (0, -1), (0, 1)))
-    keep = touching <= max_cluster - 1
-    rows, cols, high = rows[keep], cols[keep], high[keep]
     if not rows.size:
         return none
     # The cluster of each: grown from the pixel through the extreme pixels of its side, max_cluster steps at most.
