@@ -3626,6 +3626,11 @@ def pick(
         One row per candidate, rejected ones included: ``x_px`` (column),
         ``y_px`` (row), ``diameter_px``, ``score``, ... with
         ``accepted``/``reject_reason`` (docs/conventions.md).
+        ``picks.attrs["replaced_pixels"]`` is the number of hot or dead
+        pixels replaced by the median of their neighbourhood before
+        picking (:func:`without_outlier_pixels`; 0 when there were none,
+        and for a volume, which is not searched), as a run records it in
+        ``micrographs/<name>.json``; a warning says it too.
 
     Raises
     ------
@@ -3682,5 +3687,7 @@ def pick(
         peel=bool(peel),
     )
     meta = MicrographMeta(name=name, path="", shape=image.shape, pixel_size=pixel_size)
-    mic, _ = without_outlier_pixels(Micrograph(meta=meta, image=image, polarity=polarity))
-    return process_micrograph(mic, stages, pick_context(meta, cfg))
+    mic, replaced = without_outlier_pixels(Micrograph(meta=meta, image=image, polarity=polarity))
+    picks = process_micrograph(mic, stages, pick_context(meta, cfg))
+    picks.attrs[REPLACED_PIXELS] = int(replaced)  # as a run's micrographs/<name>.json records it
+    return picks

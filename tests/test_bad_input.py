@@ -335,6 +335,8 @@ def test_hot_and_dead_pixels_do_not_change_the_picks():
     a, b = (p.loc[p["accepted"], ["x_px", "y_px", "diameter_px"]].sort_values("x_px").to_numpy() for p in picks)
     assert len(a) == 3 and a.shape == b.shape
     np.testing.assert_allclose(b, a, atol=0.5)
+    # pick() said how many only in a warning: API users get the count as a run's micrographs/<name>.json records it
+    assert [p.attrs["replaced_pixels"] for p in picks] == [0, 6]
 
 
 def test_replaced_hot_pixels_are_told_and_recorded(tmp_path):
