@@ -19,17 +19,21 @@ class InputError(Exception):
     """A problem with one input file. The message names the file and the problem."""
 
 
-#: Suffixes of a compressed file, which a reader may take after its own: ``mic.mrc.gz`` (:func:`file_suffix`).
-COMPRESSION_SUFFIXES = (".gz",)
+#: Suffixes of a compressed file (gzip, bzip2), which a reader may take after its own: ``mic.mrc.gz``,
+#: ``mic.mrc.bz2`` (:func:`file_suffix`); with the tool that decompresses such a file.
+COMPRESSION_TOOLS = {".gz": "gunzip", ".bz2": "bunzip2"}
+COMPRESSION_SUFFIXES = tuple(COMPRESSION_TOOLS)
 
 
 def file_suffix(path: str | os.PathLike) -> str:
-    """The lower-case suffix a reader is chosen by: ``.mrc``, or ``.mrc.gz`` for a compressed file.
+    """The lower-case suffix a reader is chosen by: ``.mrc``, or ``.mrc.gz`` (``.mrc.bz2``) for a compressed file.
 
     Examples
     --------
     >>> file_suffix("data/mic_001.MRC.gz"), file_suffix("a.b.tif"), file_suffix("mic.gz"), file_suffix("README")
     ('.mrc.gz', '.tif', '.gz', '')
+    >>> file_suffix("mic.mrc.bz2"), file_stem("data/mic_001.mrc.bz2")
+    ('.mrc.bz2', 'mic_001')
     """
     p = PurePath(path)
     last = p.suffix.lower()
@@ -39,7 +43,7 @@ def file_suffix(path: str | os.PathLike) -> str:
 
 
 def file_stem(path: str | os.PathLike) -> str:
-    """The file name without its :func:`file_suffix`: ``mic_001`` for ``data/mic_001.mrc.gz``."""
+    """The file name without its :func:`file_suffix`: ``mic_001`` for ``data/mic_001.mrc.gz`` or ``.mrc.bz2``."""
     name = PurePath(path).name
     return name[: len(name) - len(file_suffix(path))] or name
 

@@ -37,7 +37,7 @@ from lipoframe.algorithms.pyramid import pow2_floor, to_binned
 from lipoframe.inputlists import ListedPath, is_list_spec, list_paths, listed_pixel_size, relion_project, relion_star
 from lipoframe.io.atomic import resolve_all, safe_child, write_text
 from lipoframe.plan import ExtractionPlan, format_range
-from lipoframe.records import InputError, Micrograph, MicrographMeta, PickContext, file_stem, file_suffix, refuse_special_file
+from lipoframe.records import COMPRESSION_TOOLS, InputError, Micrograph, MicrographMeta, PickContext, file_stem, file_suffix, refuse_special_file
 from lipoframe.registry import StageRegistry
 from lipoframe.stages import BinningResult, Stage
 
@@ -106,8 +106,9 @@ class StageSet:
                 raise InputError(f"{path}: file not found") from None
             known = ", ".join(sorted(self.readers_by_suffix))
             movie = "; an EER file is a movie (electron events): give motion-corrected micrographs" if suffix == ".eer" else ""
-            if suffix != ".gz" and suffix.endswith(".gz") and not movie:
-                movie = "; decompress it first (gunzip)"
+            packed = next((c for c in COMPRESSION_TOOLS if suffix != c and suffix.endswith(c)), None)
+            if packed and not movie:
+                movie = f"; decompress it first ({COMPRESSION_TOOLS[packed]})"
             raise InputError(f"{path}: no reader for files ending in {suffix!r} (known: {known}){movie}") from None
 
     def picking_stages(self) -> list[Stage]:

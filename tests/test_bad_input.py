@@ -356,14 +356,16 @@ def test_replaced_hot_pixels_are_told_and_recorded(tmp_path):
     assert len([n for n in notes if "hot or dead pixels" in n]) == 1
 
 
-def test_gzip_compressed_micrographs_are_picked_under_their_stem_and_exported_by_their_file_name(tmp_path):
-    """'.mrc.gz' files were not found in a folder, and given by name got 'no reader for files ending in '.gz''.
-    Their results are named without '.mrc.gz'; the exports name the file as it is."""
+@pytest.mark.parametrize("kind", ["gz", "bz2"])
+def test_compressed_micrographs_are_picked_under_their_stem_and_exported_by_their_file_name(tmp_path, kind):
+    """'.mrc.gz' files were not found in a folder, and given by name got 'no reader for files ending in '.gz''
+    ('.mrc.bz2' files too, later). Their results are named without '.mrc.gz'; the exports name the file as it is."""
+    import bz2
     import gzip
 
     plain = write_mrc(tmp_path / "in" / "mic_a.mrc", image(0))
-    packed = tmp_path / "in" / "mic_a.mrc.gz"
-    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    packed = tmp_path / "in" / f"mic_a.mrc.{kind}"
+    packed.write_bytes({"gz": gzip, "bz2": bz2}[kind].compress(plain.read_bytes()))
     plain.unlink()
     write_mrc(tmp_path / "in" / "mic_b.mrc", image(1))
     out = tmp_path / "out"
@@ -374,7 +376,7 @@ def test_gzip_compressed_micrographs_are_picked_under_their_stem_and_exported_by
     import starfile
 
     table = starfile.read(out / "relion" / "autopick.star")
-    assert sorted(Path(p).name for p in table["rlnMicrographName"]) == ["mic_a.mrc.gz", "mic_b.mrc"]
+    assert sorted(Path(p).name for p in table["rlnMicrographName"]) == [f"mic_a.mrc.{kind}", "mic_b.mrc"]
 
 
 def test_a_run_in_which_every_micrograph_fails_writes_no_dataset(tmp_path):

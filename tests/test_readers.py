@@ -546,48 +546,59 @@ def test_a_tiff_with_each_colour_sample_in_its_own_plane_is_read_as_a_colour_tif
         np.testing.assert_array_equal(TiffReader().read(path, pixel_size=None).image, expected)
 
 
-def test_a_gzip_compressed_mrc_is_read_as_the_mrc(tmp_path):
-    """A '.mrc.gz' micrograph got 'no reader for files ending in '.gz''; mrcfile reads gzip, so lipoframe does."""
+def _compress(kind: str, data: bytes) -> bytes:
+    import bz2
     import gzip
 
+    return {"gz": gzip, "bz2": bz2}[kind].compress(data)
+
+
+#: A compressed MRC's suffix, what the messages call it and the byte of its stream to damage (gzip: the first of the
+#: deflate data; bzip2: the block's CRC, after "BZh9" and the block's magic number).
+COMPRESSED = [("gz", "gzip-compressed", 10), ("bz2", "bzip2-compressed", 10)]
+
+
+@pytest.mark.parametrize("kind, said, byte", COMPRESSED)
+def test_a_compressed_mrc_is_read_as_the_mrc(tmp_path, kind, said, byte):
+    """A '.mrc.gz' micrograph got 'no reader for files ending in '.gz''; mrcfile reads gzip, so lipoframe does.
+    A '.mrc.bz2' got 'no reader for files ending in '.bz2'': it is read the same way (stdlib bz2)."""
     from lipoframe.builtin.readers import MrcReader
 
     plain = write_mrc(tmp_path / "mic_001.mrc", IMAGE, pixel_size=1.25)
-    packed = tmp_path / "mic_001.mrc.gz"
-    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    packed = tmp_path / f"mic_001.mrc.{kind}"
+    packed.write_bytes(_compress(kind, plain.read_bytes()))
     mic = MrcReader().read(packed)
     np.testing.assert_array_equal(mic.image, MrcReader().read(plain).image)
     assert (mic.meta.name, mic.meta.path, mic.meta.pixel_size) == ("mic_001", str(packed), 1.25)
     # a damaged stream, and a header that describes more data than the stream holds, are named as such
-    (tmp_path / "cut.mrc.gz").write_bytes(packed.read_bytes()[: packed.stat().st_size // 2])
-    with pytest.raises(InputError, match=r"^\S+cut\.mrc\.gz: not a readable gzip-compressed MRC file \(.*: truncated or corrupt\)$"):
-        MrcReader().read(tmp_path / "cut.mrc.gz")
+    (tmp_path / f"cut.mrc.{kind}").write_bytes(packed.read_bytes()[: packed.stat().st_size // 2])
+    with pytest.raises(InputError, match=rf"^\S+cut\.mrc\.{kind}: not a readable {said} MRC file \(.*: truncated or corrupt\)$"):
+        MrcReader().read(tmp_path / f"cut.mrc.{kind}")
     # damaged compressed data raises zlib.error (no OSError), which came out as 'reader/mrc: error: Error -3 ...'
     damaged = bytearray(packed.read_bytes())
-    damaged[10] ^= 0xFF  # the first byte of the deflate stream
-    (tmp_path / "damaged.mrc.gz").write_bytes(bytes(damaged))
-    with pytest.raises(InputError, match=r"^\S+damaged\.mrc\.gz: not a readable gzip-compressed MRC file \(.*: truncated or corrupt\)$"):
-        MrcReader().read(tmp_path / "damaged.mrc.gz")
-    (tmp_path / "short.mrc.gz").write_bytes(gzip.compress(plain.read_bytes()[:-40]))
-    with pytest.raises(InputError, match=r"^\S+short\.mrc\.gz: not a readable MRC file \(the header's dimensions.*40 bytes smaller than they describe"):
-        MrcReader().read(tmp_path / "short.mrc.gz")
+    damaged[byte] ^= 0xFF
+    (tmp_path / f"damaged.mrc.{kind}").write_bytes(bytes(damaged))
+    with pytest.raises(InputError, match=rf"^\S+damaged\.mrc\.{kind}: not a readable {said} MRC file \(.*: truncated or corrupt\)$"):
+        MrcReader().read(tmp_path / f"damaged.mrc.{kind}")
+    (tmp_path / f"short.mrc.{kind}").write_bytes(_compress(kind, plain.read_bytes()[:-40]))
+    with pytest.raises(InputError, match=rf"^\S+short\.mrc\.{kind}: not a readable MRC file \(the header's dimensions.*40 bytes smaller than they describe"):
+        MrcReader().read(tmp_path / f"short.mrc.{kind}")
 
 
-def test_a_compressed_file_no_reader_takes_is_told_to_be_decompressed(tmp_path):
-    import gzip
-
+@pytest.mark.parametrize("kind, said, tool", [("gz", "gzip-compressed", "gunzip"), ("bz2", "bzip2-compressed", "bunzip2")])
+def test_a_compressed_file_no_reader_takes_is_told_to_be_decompressed(tmp_path, kind, said, tool):
     from lipoframe import plugins
     from lipoframe.merge import compose_config
     from lipoframe.runner import build_stages
 
-    path = tmp_path / "mic.tif.gz"
-    path.write_bytes(gzip.compress(b"II*\0"))
+    path = tmp_path / f"mic.tif.{kind}"
+    path.write_bytes(_compress(kind, b"II*\0"))
     stages = build_stages(compose_config([f"input={path}"])[1], plugins.load()[1])
     with pytest.raises(InputError) as caught:
         stages.read(path, pixel_size=None)
-    assert str(caught.value).startswith(f"{path}: no reader for files ending in '.tif.gz' (known: ")
-    assert str(caught.value).endswith("); decompress it first (gunzip)")
-    tiff = tmp_path / "gz_named.tif"  # a compressed TIFF without .gz: the TIFF reader says what it is
+    assert str(caught.value).startswith(f"{path}: no reader for files ending in '.tif.{kind}' (known: ")
+    assert str(caught.value).endswith(f"); decompress it first ({tool})")
+    tiff = tmp_path / f"{kind}_named.tif"  # a compressed TIFF without its suffix: the TIFF reader says what it is
     tiff.write_bytes(path.read_bytes())
-    with pytest.raises(InputError, match=r"\(it is a gzip-compressed file: decompress it first \(gunzip\)\)$"):
+    with pytest.raises(InputError, match=rf"\(it is a {said} file: decompress it first \({tool}\)\)$"):
         TiffReader().read(tiff)

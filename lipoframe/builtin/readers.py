@@ -8,6 +8,7 @@ TIFFs on reading (RELION, Warp, napari-boxmanager) can convert (the run's
 
 from __future__ import annotations
 
+import bz2
 import contextlib
 import contextvars
 import gzip
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from lipoframe.hookspecs import hookimpl
-from lipoframe.records import InputError, Micrograph, MicrographMeta, file_stem, file_suffix
+from lipoframe.records import COMPRESSION_SUFFIXES, COMPRESSION_TOOLS, InputError, Micrograph, MicrographMeta, file_stem, file_suffix
 from lipoframe.stages import Reader
 
 log = logging.getLogger("lipoframe")
@@ -78,6 +79,8 @@ def _header_pixel_size(path: Path, value: float | None) -> float | None:
 
 #: The first bytes of a gzip-compressed file.
 GZIP_MAGIC = b"\x1f\x8b"
+#: The first bytes of a bzip2-compressed file ("BZh" and the block size, 1-9).
+BZIP2_MAGIC = b"BZh"
 
 
 def _file_format(head: bytes) -> tuple[str, str] | None:
@@ -92,6 +95,8 @@ def _file_format(head: bytes) -> tuple[str, str] | None:
         return "NumPy", ".npy"
     if head[:2] == GZIP_MAGIC:
         return "gzip-compressed", ".gz"
+    if head[:3] == BZIP2_MAGIC and head[3:4] and head[3:4] in b"123456789":
+        return "bzip2-compressed", ".bz2"
     if head[208:212] == b"MAP ":
         return "MRC", ".mrc"
     return None
@@ -109,8 +114,8 @@ def _why_unreadable(path: Path, problem: str, own: str) -> str:
     found = _file_format(head)
     if found is not None and found[0] != own:
         article = "an" if found[0] == "MRC" else "a"  # said letter by letter: "an MRC", "a NumPy", "a PNG", "a TIFF", "a JPEG"
-        if found[0] == "gzip-compressed":  # the MRC reader reads those: its problem is inside
-            return problem if own == "MRC" else "it is a gzip-compressed file: decompress it first (gunzip)"
+        if found[1] in COMPRESSION_TOOLS:  # the MRC reader reads those: its problem is inside
+            return problem if own == "MRC" else f"it is a {found[0]} file: decompress it first ({COMPRESSION_TOOLS[found[1]]})"
         return f"it is {article} {found[0]} file: give it the suffix {found[1]}"
     return problem
 
@@ -133,7 +138,9 @@ def _stack_advice(path: Path, shape: tuple[int, ...]) -> str:
         return "give one micrograph per file (a tomogram: +experiment=tomo)"
     n = int(shape[0])
     depth = n / max(1, min(int(shape[1]), int(shape[2])))
-    suffix = file_suffix(path).removesuffix(".gz")
+    suffix = file_suffix(path)
+    if suffix.endswith(COMPRESSION_SUFFIXES):
+        suffix = suffix[: suffix.rindex(".")]  # .mrcs.gz is a .mrcs
     if suffix == ".mrcs" and int(shape[1]) == int(shape[2]) <= PARTICLE_BOX_MAX:  # RELION's extracted particles
         return (f"it looks like a stack of {n} extracted particles (RELION's .mrcs): lipoframe picks particles in "
                 "micrographs; give the micrographs they came from (motion-corrected, denoised)")
@@ -262,36 +269,41 @@ class MrcReaderParams:
             raise ValueError(f"reader.dims must be 2 or 3, got {self.dims}")
 
 
-def _gzipped(path: Path) -> bool:
-    """Whether ``path`` starts as a gzip-compressed file does (False when it cannot be read: the reader says why)."""
+def _compression(path: Path) -> str | None:
+    """``"gzip-compressed"`` or ``"bzip2-compressed"`` when ``path`` starts as such a file does, else None
+    (None too when it cannot be read: the reader says why)."""
     try:
         with open(path, "rb") as fh:
-            return fh.read(2) == GZIP_MAGIC
+            head = fh.read(4)
     except OSError:
-        return False
+        return None
+    found = _file_format(head)
+    return found[0] if found is not None and found[1] in COMPRESSION_TOOLS else None
 
 
 @contextlib.contextmanager
 def _open_mrc(path: Path, *, permissive: bool):
     """The MRC file ``path`` opened for reading, its size checked first (:func:`_check_mrc_size`).
 
-    A plain file is memory-mapped; a gzip-compressed one (``mic.mrc.gz``, or
-    any MRC file that starts as gzip does) is decompressed into memory.
+    A plain file is memory-mapped; a gzip- or bzip2-compressed one
+    (``mic.mrc.gz``, ``mic.mrc.bz2``, or any MRC file that starts as such a
+    file does) is decompressed into memory.
     """
     import mrcfile
     from mrcfile.mrcinterpreter import MrcInterpreter
 
-    if not _gzipped(path):
+    kind = _compression(path)
+    if kind is None:
         with mrcfile.open(str(path), mode="r", permissive=permissive, header_only=True) as m:
             _check_mrc_size(path, m.header)
         with mrcfile.mmap(str(path), mode="r", permissive=permissive) as m:
             yield m
         return
     try:
-        with gzip.open(path, "rb") as fh:
+        with (gzip.open if kind == "gzip-compressed" else bz2.open)(path, "rb") as fh:
             raw = fh.read()
     except (OSError, EOFError, zlib.error) as exc:  # a damaged or truncated stream (zlib.error: damaged compressed data)
-        raise InputError(f"{path}: not a readable gzip-compressed MRC file ({str(exc).splitlines()[0]}: truncated or corrupt)") from None
+        raise InputError(f"{path}: not a readable {kind} MRC file ({str(exc).splitlines()[0]}: truncated or corrupt)") from None
     _check_mrc_size(path, MrcInterpreter(io.BytesIO(raw), permissive=permissive, header_only=True).header, size=len(raw))
     yield MrcInterpreter(io.BytesIO(raw), permissive=permissive)
 
@@ -299,8 +311,8 @@ def _open_mrc(path: Path, *, permissive: bool):
 class MrcReader(Reader):
     name = "mrc"
     Params = MrcReaderParams
-    suffixes = (".mrc", ".mrcs", ".rec", ".st", ".map", ".mrc.gz", ".mrcs.gz", ".rec.gz", ".st.gz", ".map.gz")
-    summary = "MRC2014 modes 0, 1, 2, 6 and 12 (float16), also gzip-compressed (.mrc.gz); pixel size from the header"
+    suffixes = tuple(f"{s}{c}" for c in ("", *COMPRESSION_SUFFIXES) for s in (".mrc", ".mrcs", ".rec", ".st", ".map"))
+    summary = "MRC2014 modes 0, 1, 2, 6 and 12 (float16), also gzip- or bzip2-compressed (.mrc.gz, .mrc.bz2); pixel size from the header"
 
     def read(self, path: Path, *, pixel_size: float | None = None) -> Micrograph:
         path = Path(path)
