@@ -257,9 +257,10 @@ def _mic(path: Path, shape=SHAPE) -> Micrograph:
 CTX = PickContext(dmin_px=25, dmax_px=130)
 
 
-@pytest.mark.parametrize("suffix", [".npy", ".mrc", ".tif", ".png"])
+@pytest.mark.parametrize("suffix", [".npy", ".mrc", ".tif", ".png", ".mrc.gz", ".mrc.bz2"])
 def test_detector_reads_maps_by_name(tmp_path, suffix):
-    # .png: an 8-bit PNG map was not looked at ('no heatmap matches .../mic_01_prob.png', the file being there)
+    # .png: an 8-bit PNG map was not looked at ('no heatmap matches .../mic_01_prob.png', the file being there);
+    # .mrc.gz, .mrc.bz2: a compressed MRC map neither (its last suffix, .gz, is no map's), though the reader reads it
     mic = _mic(tmp_path / "mic_01.npy")
     maps = tmp_path / "maps"
     maps.mkdir()
@@ -267,9 +268,17 @@ def test_detector_reads_maps_by_name(tmp_path, suffix):
     target = maps / f"mic_01_prob{suffix}"
     if suffix == ".npy":
         np.save(target, hm)
-    elif suffix == ".mrc":
-        with mrcfile.new(str(target)) as m:
+    elif suffix.startswith(".mrc"):
+        with mrcfile.new(str(maps / "plain.mrc")) as m:
             m.set_data(hm)
+        packed = (maps / "plain.mrc").read_bytes()
+        if suffix != ".mrc":
+            import bz2
+            import gzip
+
+            packed = (gzip if suffix.endswith(".gz") else bz2).compress(packed)
+        (maps / "plain.mrc").unlink()
+        target.write_bytes(packed)
     elif suffix == ".png":
         from PIL import Image
 

@@ -80,6 +80,24 @@ def test_picks_on_the_bad_side_are_rejected_and_the_input_is_not_changed(tmp_pat
     assert len(empty) == 0 and MASK_VALUE in empty.columns
 
 
+@pytest.mark.parametrize("kind", ["gz", "bz2"])
+def test_compressed_mrc_masks_are_read(tmp_path, kind):
+    """A mask saved as a gzip- or bzip2-compressed MRC (``filter.mask.suffix=_mask.mrc.gz``) is read as the MRC."""
+    import bz2
+    import gzip
+
+    plain = write_mrc(tmp_path / "plain.mrc", half_plane(), pixel_size=None)
+    (tmp_path / "masks").mkdir()
+    (tmp_path / "masks" / f"mic_mask.mrc.{kind}").write_bytes({"gz": gzip, "bz2": bz2}[kind].compress(plain.read_bytes()))
+    f = MaskFilter(MaskParams(folder=str(tmp_path / "masks"), suffix=f"_mask.mrc.{kind}"))
+    out = f.apply(_picks(), _mic(tmp_path / "mics" / "mic.mrc.bz2"), CTX)  # the micrograph compressed too: its stem
+    assert out[schema.ACCEPTED].tolist() == [True, False, True]
+    (tmp_path / "masks" / f"mic_mask.mrc.{kind}").write_bytes(b"BZh9" if kind == "bz2" else b"\x1f\x8b\x08")
+    f = MaskFilter(MaskParams(folder=str(tmp_path / "masks"), suffix=f"_mask.mrc.{kind}"))
+    with pytest.raises(InputError, match=rf"mic_mask\.mrc\.{kind}: not a readable \w+-compressed MRC file \(.*truncated or corrupt\)$"):
+        f.apply(_picks(), _mic(tmp_path / "mics" / "mic.mrc.bz2"), CTX)
+
+
 def test_binned_inverted_integer_masks_in_tiff_or_png(tmp_path):
     import tifffile
     from PIL import Image

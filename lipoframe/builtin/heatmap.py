@@ -25,11 +25,14 @@ import pandas as pd
 from lipoframe import schema
 from lipoframe.algorithms.heatmap import PEAK_SOURCES, heatmap_picks, normalise_heatmap, scale_to_unit
 from lipoframe.hookspecs import hookimpl
-from lipoframe.records import InputError, Micrograph, PickContext, file_stem
+from lipoframe.records import COMPRESSION_SUFFIXES, InputError, Micrograph, PickContext, file_stem, file_suffix
 from lipoframe.stages import Detector, check_finite
 
-#: Suffixes a heatmap file may have.
-MAP_SUFFIXES = (".mrc", ".mrcs", ".map", ".rec", ".tif", ".tiff", ".npy", ".png")
+#: MRC suffixes a heatmap file may have, also compressed (``_prob.mrc.gz``, ``_prob.mrc.bz2``: the MRC reader reads them).
+_MRC_MAP_SUFFIXES = (".mrc", ".mrcs", ".map", ".rec")
+#: Suffixes a heatmap file may have (as :func:`~lipoframe.records.file_suffix` gives them).
+MAP_SUFFIXES = (*_MRC_MAP_SUFFIXES, ".tif", ".tiff", ".npy", ".png",
+                *(f"{s}{c}" for c in COMPRESSION_SUFFIXES for s in _MRC_MAP_SUFFIXES))
 
 #: sigma_px reported for a heatmap pick: the blob-detector sigma of a disc/ball of that diameter.
 _DIAMETER_PER_SIGMA = {2: 2.0 * math.sqrt(2.0), 3: 2.0 * math.sqrt(3.0)}
@@ -161,7 +164,7 @@ def map_files(path: str | None, name: str, folder: str, pattern: str, *, listed:
     own = src.resolve() if src is not None and src.exists() else None
     found = sorted(
         Path(p) for p in (_glob_listed(spec) if listed else glob.glob(spec))
-        if Path(p).suffix.lower() in MAP_SUFFIXES and Path(p).is_file() and (own is None or Path(p).resolve() != own)
+        if file_suffix(p) in MAP_SUFFIXES and Path(p).is_file() and (own is None or Path(p).resolve() != own)
     )
     return spec, found
 
