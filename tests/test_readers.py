@@ -452,6 +452,39 @@ def test_an_lzw_tiff_is_read_with_imagecodecs_or_refused_naming_the_extra(tmp_pa
         np.testing.assert_array_equal(TiffReader().read(path).image, image.astype(np.uint8))
 
 
+def test_a_packbits_tiff_is_read_without_imagecodecs(tmp_path):
+    """pyproject.toml said PackBits TIFFs need imagecodecs (the 'tiff' extra): tifffile decodes PackBits itself.
+    Read in a Python in which imagecodecs cannot be imported (it may be installed here). tifffile writes PackBits
+    only with imagecodecs, so Pillow writes the files."""
+    import subprocess
+    import sys
+
+    import tifffile
+    from PIL import Image
+    from scale_data import env
+
+    grey = (IMAGE - IMAGE.min()) / np.ptp(IMAGE)
+    grey[10:30] = 0.5  # runs, which PackBits stores as repeats
+    images = {"u8": (grey * 200).astype(np.uint8), "u16": (grey * 60000).astype(np.uint16), "f32": grey.astype(np.float32)}
+    for key, data in images.items():
+        Image.fromarray(data).save(tmp_path / f"{key}.tif", compression="packbits")
+        with tifffile.TiffFile(tmp_path / f"{key}.tif") as tif:
+            assert tif.pages[0].compression == tifffile.COMPRESSION.PACKBITS
+    script = (
+        "import sys; sys.modules['imagecodecs'] = None\n"  # import imagecodecs raises ImportError
+        "import numpy as np\n"
+        "from lipoframe.builtin.readers import TiffReader\n"
+        f"for key in {list(images)!r}:\n"
+        f"    np.save(f'{tmp_path}/{{key}}.npy', TiffReader().read(f'{tmp_path}/{{key}}.tif').image)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env(), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    for key, data in images.items():
+        read = np.load(tmp_path / f"{key}.npy")
+        assert read.dtype == data.dtype
+        np.testing.assert_array_equal(read, data)
+
+
 def test_a_tiff_without_an_image_is_one_line_naming_the_file(tmp_path, caplog):
     # A TIFF cut after its 8-byte header gave two lines: tifffile's own
     # '<tifffile.TiffPages @8> invalid offset to first page 8', naming no file,
