@@ -89,34 +89,68 @@ def _on_console(record: logging.LogRecord) -> bool:
     return False
 
 
-class _ErrorLines(logging.Handler):
-    """Keeps the first line of each error record that the console shows (see :func:`logged_errors`)."""
+class ShownErrors:
+    """The error messages the console has shown (see :func:`logged_errors`), each as it was logged.
 
-    def __init__(self, lines: set[str]) -> None:
+    ``message in shown`` is true when a shown message is ``message`` or begins with it and goes on
+    with more lines: the summary's words for an error are its first line (a failed micrograph's,
+    a dataset stage's) or the whole message, while the console showed all of it, often with a
+    traceback after it (``runner.verbose=true``). A message of several lines (a writer's
+    exception that says more on its next lines) is shown only when all of its lines were.
+    """
+
+    def __init__(self) -> None:
+        self._by_first: dict[str, list[str]] = {}
+
+    def add(self, message: str) -> None:
+        self._by_first.setdefault(_first_line(message), []).append(message)
+
+    def __contains__(self, message: object) -> bool:
+        if not isinstance(message, str):
+            return False
+        return any(m == message or m.startswith(message + "\n") for m in self._by_first.get(_first_line(message), ()))
+
+    def __iter__(self):
+        return (m for ms in self._by_first.values() for m in ms)
+
+    def __len__(self) -> int:
+        return sum(len(ms) for ms in self._by_first.values())
+
+
+def _first_line(message: str) -> str:
+    return message.splitlines()[0] if message else ""
+
+
+class _ErrorLines(logging.Handler):
+    """Keeps each error record that the console shows (see :func:`logged_errors`)."""
+
+    def __init__(self, shown: ShownErrors) -> None:
         super().__init__(level=logging.ERROR)
-        self.lines = lines
+        self.shown = shown
 
     def emit(self, record: logging.LogRecord) -> None:
         with contextlib.suppress(Exception):
             if _on_console(record):
-                self.lines.add(record.getMessage().splitlines()[0])
+                self.shown.add(record.getMessage())
 
 
 @contextlib.contextmanager
 def logged_errors():
-    """Collect the errors the ``lipoframe`` logger shows on the console meanwhile (the first line of each).
+    """Collect the errors the ``lipoframe`` logger shows on the console meanwhile.
 
     A command's console handler shows each as it happens (``lipoframe:
-    <file>: <problem>``); the summary the command prints at the end
-    (:func:`lipoframe.runner.format_summary`) is given them so that it
-    counts them rather than printing each a second time. Yields the set of
-    lines, filled as the errors come.
+    <file>: <problem>``, with a traceback after it when ``runner.verbose=true``);
+    the summary the command prints at the end (:func:`lipoframe.runner.format_summary`)
+    is given them so that it counts them rather than printing each a second
+    time. Yields a :class:`ShownErrors`, filled as the errors come: an
+    error's words, whole or its first line, are ``in`` it when the console
+    showed them.
     """
-    lines: set[str] = set()
-    handler = _ErrorLines(lines)
+    shown = ShownErrors()
+    handler = _ErrorLines(shown)
     logger = logging.getLogger("lipoframe")
     logger.addHandler(handler)
     try:
-        yield lines
+        yield shown
     finally:
         logger.removeHandler(handler)

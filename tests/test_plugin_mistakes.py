@@ -212,7 +212,8 @@ def test_call_table_stage_accepts_a_stage_that_returns_its_input_unchanged():
 
 
 #: A writer of one .xyz file per micrograph that stops after its first file on request:
-#: ``fail=disk_full`` (an OSError after a warning) or ``fail=interrupt`` (what Ctrl-C or SIGTERM raises).
+#: ``fail=disk_full`` (an OSError after a warning), ``fail=interrupt`` (what Ctrl-C or SIGTERM raises) or
+#: ``fail=two_lines`` (an exception whose message goes on over a second line).
 XYZ_WRITER = """
         import logging
         from dataclasses import dataclass
@@ -237,6 +238,8 @@ XYZ_WRITER = """
                         raise OSError(28, "No space left on device")
                     if written and self.params.fail == "interrupt":
                         raise KeyboardInterrupt  # what sigterm_as_interrupt raises
+                    if self.params.fail == "two_lines":
+                        raise ValueError("cannot write xyz\\nthe second line says why")
                     written.append(write_text(safe_child(out_dir, "xyz", f"{name}.xyz"), "1 2 3\\n"))
                 return written
 
@@ -264,6 +267,41 @@ def test_a_writer_that_fails_half_way_leaves_none_of_its_files(sloppy, make_plug
     code, _, err = run_cli("run", *args)
     assert code == 0, err
     assert sorted(p.name for p in (out / "xyz").iterdir()) == ["mic_0.xyz", "mic_1.xyz"]
+
+
+def test_an_error_of_several_lines_is_printed_once(sloppy, make_plugin, tiny_mrcs, tmp_path, run_cli):
+    """Before, a failure or error of more than one line (runner.verbose=true adds a traceback to each; a writer's
+    exception may say more on a second line) was named on stderr as it happened and again, whole, in the summary:
+    only the first line of what the console showed was matched against the summary's words."""
+    make_plugin("lipoframe-xyz", XYZ_WRITER)
+    out = tmp_path / "out"
+    code, stdout, err = run_cli("run", *PLAIN, "filter.sloppy.bad=raise", "writer=[csv,xyz]", "writer.xyz.fail=two_lines",
+                                "runner.verbose=true", f"input={tiny_mrcs[0].parent}", f"output={out}", *TINY_ARGS)
+    assert code == 1
+    summary = json.loads((out / "run_summary.json").read_text())
+    (failure,), (error,) = [f["error"] for f in summary["failures"]], summary["errors"]
+    assert failure == f"{tiny_mrcs[1]}: filter/sloppy: KeyError: 'quality'"
+    assert error.startswith("writer xyz failed: ValueError: cannot write xyz\nthe second line says why; ")
+    lines = err.splitlines()  # runner.verbose=true: each is followed by its traceback
+    assert lines[lines.index(f"lipoframe: {failure}") + 1] == "Traceback (most recent call last):"
+    assert lines[lines.index(error.splitlines()[-1]) + 1] == "Traceback (most recent call last):"
+    console = stdout + err
+    assert console.count(failure) == 1 and console.count(error) == 1
+    assert "second line" not in stdout and "Traceback" not in stdout
+    assert "FAILED 1 micrograph (named above; listed in run_summary.json)" in stdout.splitlines()
+    assert "ERROR  1 error (named above; listed in run_summary.json)" in stdout.splitlines()
+
+
+def test_shown_errors_takes_an_error_of_several_lines_only_when_all_were_shown():
+    from lipoframe.logs import ShownErrors
+
+    shown = ShownErrors()
+    shown.add("a.mrc: boom\nTraceback (most recent call last):\n  ...")
+    shown.add("writer x failed: first")
+    assert "a.mrc: boom" in shown and "a.mrc: boom\nTraceback (most recent call last):\n  ..." in shown
+    assert "a.mrc: bo" not in shown and "a.mrc: boom\nmore" not in shown
+    assert "writer x failed: first" in shown and "writer x failed: first\nsecond" not in shown
+    assert len(shown) == 2 and sorted(shown) == ["a.mrc: boom\nTraceback (most recent call last):\n  ...", "writer x failed: first"]
 
 
 def test_check_declared_reasons_looks_only_at_what_the_stage_rejected():
