@@ -46,22 +46,22 @@ _PROCESS_ENTRY = False
 
 
 def outputs_complete(code: int, *, exiting: bool = False) -> None:
-    """Say that the command's outputs are complete (its summary printed): a SIGTERM from now on ends the
-    process with ``code``, the command's own exit code, rather than as killed (-15).
+    """Say that the command's outputs are complete (its summary is printed next): a SIGTERM or Ctrl-C
+    (SIGINT) from now on ends the process with ``code``, the command's own exit code, rather than as
+    killed (-15) or interrupted (130).
 
     A batch system that sends SIGTERM as the job ends (a time limit, ``scancel``) just after the
-    summary would otherwise record a failure for a run that finished. Only in the process whose
-    command line :func:`main` runs, from the main thread: an in-process caller keeps its own handler.
+    summary would otherwise record a failure for a run that finished, and a Ctrl-C pressed as the
+    summary appears would say ``interrupted`` of a run that was not. Only in the process whose
+    command line :func:`main` runs, from the main thread: an in-process caller keeps its own handlers.
+    A signal ignored (a run started with ``&`` from a script ignores Ctrl-C) stays ignored.
     ``exiting``: :func:`main` returns the code, and only the interpreter's exit is left, as it takes
-    down a Python handler first: SIGTERM is ignored instead.
+    down a Python handler first: both signals are ignored instead.
     """
     import signal
     import threading
 
     if not _PROCESS_ENTRY or threading.current_thread() is not threading.main_thread():
-        return
-    if exiting:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         return
 
     def finished(signum, frame):
@@ -72,7 +72,10 @@ def outputs_complete(code: int, *, exiting: bool = False) -> None:
                 pass
         os._exit(code)
 
-    signal.signal(signal.SIGTERM, finished)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        if sig == signal.SIGINT and signal.getsignal(sig) in (signal.SIG_IGN, None):
+            continue
+        signal.signal(sig, signal.SIG_IGN if exiting else finished)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -788,11 +788,13 @@ def test_summary_bin_range_reads_as_the_extraction_plan():
     assert "  bin 3: 64-109 px, 12 picks, box 192 px" in format_summary(res.summary()).splitlines()
 
 
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
 @pytest.mark.parametrize("failing", [False, True])
-def test_sigterm_after_the_summary_exits_with_the_runs_own_code(tmp_path, failing):
+def test_a_signal_after_the_summary_exits_with_the_runs_own_code(tmp_path, failing, sig):
     """A SIGTERM just after the summary was printed (a batch job's time limit, `scancel`) made the finished
     run exit as killed (-15), so the batch system recorded a failure; it now exits with the run's own code
-    (0, or 1 with a failed micrograph)."""
+    (0, or 1 with a failed micrograph). So does a Ctrl-C (SIGINT) then, which made it exit as interrupted
+    (130, or -2 once the interpreter was exiting)."""
     import signal
     import subprocess
     import sys
@@ -804,10 +806,12 @@ def test_sigterm_after_the_summary_exits_with_the_runs_own_code(tmp_path, failin
         (tmp_path / "in" / "broken.mrc").write_bytes(b"not an MRC file")
     cmd = [sys.executable, "-m", "lipoframe", "run", f"input={tmp_path / 'in'}", f"output={tmp_path / 'out'}",
            "runner.workers=1", *RUN_ARGS]
-    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    # Ctrl-C as at a terminal, whatever the test runner inherited (a background job ignores SIGINT).
+    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     for line in proc.stdout:
         if line.startswith("outputs "):
-            proc.send_signal(signal.SIGTERM)  # the summary's last line: the run is over
+            proc.send_signal(getattr(signal, sig))  # the summary's last line: the run is over
             break
     proc.stdout.close()
     code = proc.wait(timeout=60)
