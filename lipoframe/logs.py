@@ -154,3 +154,43 @@ def logged_errors():
         yield shown
     finally:
         logger.removeHandler(handler)
+
+
+class _SaidBefore(logging.Filter):
+    """Drops a record whose level and message are in ``said``; adds those of the others (see :func:`once_each`)."""
+
+    def __init__(self, said: set[tuple[int, str]]) -> None:
+        super().__init__()
+        self.said = said
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            key = (record.levelno, record.getMessage())
+        except Exception:  # noqa: BLE001 - a record that cannot be formatted: the handlers say so
+            return True
+        if key in self.said:
+            return False
+        self.said.add(key)
+        return True
+
+
+@contextlib.contextmanager
+def once_each(said: set[tuple[int, str]]):
+    """While it lasts, the ``lipoframe`` logger drops a message logged before with the same level and words.
+
+    ``said`` holds the (level, message) of those logged so far, and is
+    filled as it goes: a ``watch=true`` session keeps one for the whole
+    session and writes its dataset-level outputs again and again within
+    this, so that a warning or note that holds at each update (the binning's
+    ``fewer than binning.min_picks``, the notes on the pixel size and the
+    diameter range, ``every micrograph failed``) is logged once to the
+    console and ``lipoframe.log``, and again only when its words change.
+    ``run_summary.json`` and the summary are made as before.
+    """
+    logger = logging.getLogger("lipoframe")
+    said_before = _SaidBefore(said)
+    logger.addFilter(said_before)
+    try:
+        yield
+    finally:
+        logger.removeFilter(said_before)

@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lipoframe.logs import once_each
 from lipoframe.records import InputError, file_stem
 
 log = logging.getLogger("lipoframe")
@@ -290,6 +291,7 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None, exclude=None):
             log.warning(dropped)
             notes.append(dropped)
         told: set[str] = set()  # notes logged at an earlier update: once per session (the TIFF row flip)
+        said: set[tuple[int, str]] = set()  # what the updates logged: each message once per session (logs.once_each)
         since_update = 0
         last_new = time.monotonic()
         interrupted = False
@@ -299,14 +301,18 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None, exclude=None):
             ordered = sorted(path_name, key=Path)  # the order a batch run over the same folder uses
             names = [path_name[p] for p in ordered]
             write_manifest(out_dir, specs, [Path(p) for p in ordered], names, cfg, fingerprint)
-            # As a batch run: when every micrograph so far failed there is no dataset to write, and empty picks,
-            # STAR files and plan would look like micrographs without particles (an earlier session's stay).
-            errors = every_micrograph_failed(out_dir, list(results.values()))
-            result = finish_run(
-                out_dir, names, list(results.values()), stages, cfg, pm=pm if final else None, t0=t0,
-                errors=errors, notes=list(notes), interrupted=False, workers=resolve_workers(cfg.runner.workers, max(1, len(results))),
-                listed_notes=listed, told=told, finalize=not errors,
-            )
+            # The same warnings and notes hold at each update (the binning's min_picks, the pixel size, the range,
+            # every micrograph failed): logged once, and again when their words change; the summary has them all.
+            with once_each(said):
+                # As a batch run: when every micrograph so far failed there is no dataset to write, and empty picks,
+                # STAR files and plan would look like micrographs without particles (an earlier session's stay).
+                errors = every_micrograph_failed(out_dir, list(results.values()))
+                result = finish_run(
+                    out_dir, names, list(results.values()), stages, cfg, pm=pm if final else None, t0=t0,
+                    errors=errors, notes=list(notes), interrupted=False,
+                    workers=resolve_workers(cfg.runner.workers, max(1, len(results))),
+                    listed_notes=listed, told=told, finalize=not errors,
+                )
             return result, bool(errors)
 
         status(f"watching {', '.join(specs)} (stop with Ctrl-C or by creating {stop_file})")

@@ -758,3 +758,58 @@ def test_a_watch_session_in_which_every_micrograph_fails_writes_no_dataset(tmp_p
     assert result.errors == [f"{said}; the earlier run's in {earlier} are as they were"]
     assert result.errors[0] in caplog.text
     assert {f: (earlier / f).read_bytes() for f in dataset if f != "report.html" or report} == kept
+
+
+def test_a_watch_session_logs_each_warning_and_note_of_its_updates_once(tmp_path, caplog):
+    """The dataset-level outputs are written again at each update, and their warnings and notes were logged
+    again each time (console and lipoframe.log): the binning's 'fewer than binning.min_picks' and the note on a
+    header's 1 Å/px at each update and again as the session stopped; 'every micrograph failed' at each update
+    after the micrographs that did not fail were deleted, and again as the session stopped. Each is logged
+    once per session now, and again only when its words change; run_summary.json still has them."""
+    sources = write_set(tmp_path / "source", 2)
+
+    def summary_with(out, total):
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if json.loads((out / "run_summary.json").read_text())["micrographs"]["total"] == total:
+                    return
+            except (OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"no update with {total} micrograph(s)")
+
+    def session(watched, out, user):
+        watched.mkdir(exist_ok=True)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="lipoframe"):
+            result = watch_while(user, watched, out, poll=0.2, stable_polls=1, update_every=1)
+        return result, caplog.messages  # what the console and lipoframe.log are given: the lipoframe logger's records
+
+    def microscope():  # an update with one micrograph, one with two, and the last (the same two)
+        for i, src in enumerate(sources):
+            (tmp_path / "grown" / src.name).write_bytes(src.read_bytes())
+            summary_with(tmp_path / "out", i + 1)
+        (tmp_path / "out" / "STOP").touch()
+
+    result, messages = session(tmp_path / "grown", tmp_path / "out", microscope)
+    assert result.ok
+    binning = [m for m in messages if "fewer than binning.min_picks" in m]
+    assert len(binning) == 2 and binning[0] != binning[1], binning  # once for each count of picks
+    assert binning[1].split("binning: ")[1] in json.loads((tmp_path / "out" / "extraction_plan.json").read_text())["notes"]
+    one = [m for m in messages if "gives exactly 1 Å/px" in m]
+    assert len(one) == 1, one
+    assert one[0] in json.loads((tmp_path / "out" / "run_summary.json").read_text())["notes"]
+
+    def user():  # one good micrograph, deleted after the first update: then every micrograph left has failed
+        summary_with(tmp_path / "out2", 2)
+        (tmp_path / "failing" / sources[0].name).unlink()
+        summary_with(tmp_path / "out2", 1)
+        (tmp_path / "out2" / "STOP").touch()
+
+    (tmp_path / "failing").mkdir()
+    (tmp_path / "failing" / sources[0].name).write_bytes(sources[0].read_bytes())
+    (tmp_path / "failing" / "bad.mrc").write_bytes(b"not an mrc file")
+    result, messages = session(tmp_path / "failing", tmp_path / "out2", user)
+    assert len(result.errors) == 1 and result.errors[0].startswith("every micrograph failed (1 of 1): ")
+    assert [m for m in messages if m.startswith("every micrograph failed")] == result.errors
