@@ -1813,8 +1813,11 @@ def format_rate(per_s: float) -> str:
 class ProgressLines:
     """The progress of a run on stderr when it has no terminal (so no bar): a timed line every
     :data:`PROGRESS_LINE_SECONDS` at most, and one for the last micrograph, e.g.
-    ``lipoframe: 14:02:31 picked 120 of 1000 micrographs (2 failed), 1.9 micrographs/s, about 8 min left``.
+    ``lipoframe: 14:02:31 picked 120 of 1000 micrographs (2 failed), picking 1.9 micrographs/s, about 8 min left``.
 
+    The rate is the picking's (the micrographs read so far, failed ones too, over the time since picking
+    began), from which the time left follows; the summary's (:func:`format_summary`) is that of the
+    micrographs picked over the whole run, its dataset-level outputs included, and says so.
     ``initial``: micrographs done before (a resumed run), counted as done but not in the rate.
     """
 
@@ -1834,7 +1837,7 @@ class ProgressLines:
             minutes = (self.total - self.done) / per_s / 60
             left = f", about {minutes:.0f} min left" if minutes >= 1 else ", less than a minute left"
         failures = f" ({failed} failed)" if failed else ""
-        print_timed(f"picked {self.done} of {self.total} micrographs{failures}, {format_rate(per_s)}{left}")
+        print_timed(f"picked {self.done} of {self.total} micrographs{failures}, picking {format_rate(per_s)}{left}")
 
 
 @contextlib.contextmanager
@@ -3504,7 +3507,8 @@ def format_summary(summary: dict, *, shown: Collection[str] = ()) -> str:
         lines.append(f"ERROR  {e}")
     speed = ""
     if summary.get("micrographs_per_s"):
-        speed = f"  ({format_rate(summary['micrographs_per_s'])}, {summary.get('workers', 1)} worker(s)"
+        # Not the progress lines' picking rate: the micrographs picked over the whole run (its dataset-level outputs too).
+        speed = f"  ({format_rate(summary['micrographs_per_s'])} over the whole run, {summary.get('workers', 1)} worker(s)"
         speed += f", peak {summary['peak_rss_mb']:.0f} MiB per worker)" if summary.get("peak_rss_mb") else ")"
     lines.append(f"time         {summary['seconds']:.1f} s{speed}")
     report = summary.get("report")

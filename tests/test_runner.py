@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -540,7 +541,8 @@ def test_a_run_without_a_terminal_prints_timed_progress_lines(tmp_path, monkeypa
     run_pipeline(config(tmp_path / "in", "runner.workers=1", "runner.progress=true"), tmp_path / "out")
     lines = [ln for ln in capsys.readouterr().err.splitlines() if " picked " in ln]
     assert [ln.split(" picked ", 1)[1].split(",")[0] for ln in lines] == [f"{i} of 3 micrographs" for i in (1, 2, 3)], lines
-    assert all(ln.startswith("lipoframe: ") and ("micrographs/s" in ln or "s per micrograph" in ln) for ln in lines)
+    # The picking's rate, said to be so: the summary's (micrographs picked over the whole run) is another.
+    assert all(ln.startswith("lipoframe: ") and re.search(r", picking [0-9.]+ (micrographs/s|s per micrograph)", ln) for ln in lines), lines
     write_set(tmp_path / "in2", 2)
     run_pipeline(config(tmp_path / "in2", "runner.workers=1", "runner.progress=false"), tmp_path / "out2")
     assert " picked " not in capsys.readouterr().err
@@ -554,7 +556,20 @@ def test_progress_lines_wait_their_interval_and_always_tell_the_end(monkeypatch,
     for _ in range(3):
         lines.update(failed=1)
     err = capsys.readouterr().err.splitlines()
-    assert len(err) == 1 and " picked 4 of 4 micrographs (1 failed), " in err[0], err
+    assert len(err) == 1 and " picked 4 of 4 micrographs (1 failed), picking " in err[0], err
+
+
+def test_the_summary_says_its_rate_is_over_the_whole_run():
+    """The progress lines gave the picking's rate and the summary the whole run's (its dataset-level outputs
+    too, failed micrographs not counted), both as 'N micrographs/s': a user comparing them saw two speeds."""
+    from lipoframe.runner import format_summary
+
+    summary = {"micrographs": {"ok": 8, "skipped": 0, "failed": 0, "total": 8}, "picks": {"total": 0, "accepted": 0},
+               "bins": [], "failures": [], "errors": [], "seconds": 4.0, "micrographs_per_s": 2.0, "workers": 2,
+               "out_dir": "out"}
+    assert "time         4.0 s  (2.0 micrographs/s over the whole run, 2 worker(s))" in format_summary(summary).splitlines()
+    summary.update(micrographs_per_s=0.25)
+    assert "time         4.0 s  (4 s per micrograph over the whole run, 2 worker(s))" in format_summary(summary).splitlines()
 
 
 @pytest.mark.parametrize("per_s, text", [(2.345, "2.3 micrographs/s"), (1.0, "1.0 micrographs/s"),
