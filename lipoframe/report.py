@@ -26,6 +26,7 @@ import json
 import logging
 import math
 import os
+import stat
 import sys
 import tempfile
 import time
@@ -598,6 +599,30 @@ def _job_key(job: OverlayJob) -> str:
     return h.hexdigest()[:20]
 
 
+def _job_files(job: OverlayJob) -> list[Path]:
+    """The files :func:`render_job` writes for ``job``: the overlay, its thumbnail and its crops."""
+    return [job.png, job.thumb, *(job.crop_dir / c.key for c in job.crops)]
+
+
+def _file_ids(paths: list[Path]) -> list[list[int]] | None:
+    """``[size, mtime_ns]`` of each file of ``paths``, or None when one is not a file.
+
+    ``overlays/index.json`` records them once an overlay's files are all
+    written; a file rewritten since (by a report stopped before it recorded
+    its own) no longer matches, so the overlay is drawn again.
+    """
+    ids = []
+    for path in paths:
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        ids.append([st.st_size, st.st_mtime_ns])
+    return ids
+
+
 def _progress(total: int, enabled: bool):
     from tqdm import tqdm
 
@@ -1058,9 +1083,11 @@ def write_report(
         )
         key = _job_key(job)
         row.overlay = f"{OVERLAY_DIR}/{name}_picks.png"
-        done = (index.get(name, {}).get("key") == key and job.png.is_file() and job.thumb.is_file()
-                and all((job.crop_dir / c.key).is_file() for c in job.crops))
-        new_index[name] = {"key": key, "seconds": index.get(name, {}).get("seconds")} if done else {"key": key}
+        # Reused only when its files are those the entry recorded once they were all written: a report stopped
+        # after rewriting some of them (before the thumbnail, before the index was saved) leaves other ones.
+        entry = index.get(name, {})
+        done = entry.get("key") == key and entry.get("files") is not None and entry.get("files") == _file_ids(_job_files(job))
+        new_index[name] = {"key": key, "seconds": entry.get("seconds"), "files": entry["files"]} if done else {"key": key}
         new_index[name]["crops"] = [c.key for c in job.crops]
         if not done:
             jobs.append(job)
@@ -1069,6 +1096,7 @@ def write_report(
     # previous ones of the rest: a report killed on the way leaves what it drew recorded, and lists every file
     # an earlier report drew, so that a later one removes those no longer in the run (_remove_stale_overlays).
     pending = {job.name for job in jobs}
+    job_of = {job.name: job for job in jobs}
     saved_at, save_cost = time.monotonic(), 0.0
 
     def save_index() -> None:
@@ -1082,6 +1110,7 @@ def write_report(
             return  # its previous entry stays, as at the end
         new_index[res.name]["seconds"] = round(res.seconds, 3)
         new_index[res.name]["cpu_seconds"] = round(res.cpu_seconds, 3)
+        new_index[res.name]["files"] = _file_ids(_job_files(job_of[res.name]))
         pending.discard(res.name)
         now = time.monotonic()
         if pending and now - saved_at >= max(INDEX_SAVE_SECONDS, save_cost / INDEX_SAVE_SHARE):

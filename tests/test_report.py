@@ -1142,3 +1142,47 @@ def test_overlay_workers_exit_when_the_run_is_killed_outright(tmp_path):
     finally:
         for pid in alive():  # this test's own processes
             os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("stop", ["thumbnail", "index"], ids=["between PNG and thumbnail", "before the index"])
+def test_an_overlay_stopped_after_its_png_is_written_is_not_reused(run_copy, run_cli, monkeypatch, stop):
+    """overlays/index.json kept the previous entry of an overlay stopped once its PNG was rewritten (Ctrl-C
+    before its thumbnail; kill -9 before the index was saved): a report whose inputs were that entry's again
+    (the plan changed back) reused the PNG of the other picks beside the old thumbnail."""
+    ov = run_copy / "overlays"
+    before = {p: p.read_bytes() for p in (ov / "mic_0_picks.png", ov / "thumbs" / "mic_0.jpg")}
+    index_before = (ov / "index.json").read_text()
+    original = (run_copy / "extraction_plan.json").read_text()
+    plan = json.loads(original)
+    plan["bins"][0]["box_px"] += 32  # a new legend: every overlay changes
+    (run_copy / "extraction_plan.json").write_text(json.dumps(plan))
+    real_write, real_render = report.write_bytes, report.render_job
+    drawn = []
+
+    def stop_at_thumbnail(path, data):
+        if Path(path).parent.name == "thumbs":
+            raise KeyboardInterrupt
+        return real_write(path, data)
+
+    def stop_after_one(job, readers=None):
+        if drawn:
+            raise KeyboardInterrupt
+        drawn.append(job.name)
+        return real_render(job, readers)
+
+    if stop == "thumbnail":
+        monkeypatch.setattr(report, "write_bytes", stop_at_thumbnail)
+    else:
+        monkeypatch.setattr(report, "INDEX_SAVE_SECONDS", 1e9)
+        monkeypatch.setattr(report, "render_job", stop_after_one)
+    code, _, err = run_cli("report", run_copy, "-j", "1")
+    assert code == 130, err
+    if stop == "index":
+        (ov / "index.json").write_text(index_before)  # what kill -9 leaves: no handler runs
+    assert (ov / "mic_0_picks.png").read_bytes() != before[ov / "mic_0_picks.png"]  # the new picture is in place
+    monkeypatch.setattr(report, "write_bytes", real_write)
+    monkeypatch.setattr(report, "render_job", real_render)
+    (run_copy / "extraction_plan.json").write_text(original)
+    code, out, err = run_cli("report", run_copy, "-j", "1")
+    assert code == 0 and "1 drawn" in out and "2 unchanged" in out, out + err
+    assert {p: p.read_bytes() for p in before} == before
