@@ -529,8 +529,8 @@ def replan(run_dir: str | Path, overrides: list[str] = (), *, report: bool = Fal
 
             try:
                 written = write_report_safely(run_dir, cfg=cfg, stages=stages, result=result)
-            except KeyboardInterrupt:  # Ctrl-C or SIGTERM while drawing it: the plan is complete, as a run's stopped so
-                record_report_interrupted(run_dir)
+            except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM while drawing it: the plan is complete, as a run's stopped so
+                record_report_interrupted(run_dir, how_far=str(getattr(exc, "progress", "")))
                 raise
             if written is not None:
                 # The report a run stopped while drawing is written: its note no longer applies (nor in run_summary.json).

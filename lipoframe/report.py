@@ -1011,6 +1011,33 @@ def _dataset_plots(data: RunData, rows: list[MicrographRow]) -> list[tuple[str, 
     return out
 
 
+@dataclass
+class ReportProgress:
+    """How far :func:`write_report` got, as :class:`ReportInterrupted` says."""
+
+    #: Overlays to draw (new or changed ones); None until they are known, or with none asked for.
+    to_draw: int | None = None
+    #: Of those, drawn and recorded in ``overlays/index.json``.
+    drawn: int = 0
+    #: Overlays reused unchanged.
+    unchanged: int = 0
+
+    def __str__(self) -> str:
+        """``2 of 5 overlays drawn, 10 unchanged``, or ``""`` before the overlays to draw are known."""
+        if self.to_draw is None:
+            return ""
+        return (f"{self.drawn} of {self.to_draw} overlay{'' if self.to_draw == 1 else 's'} drawn"
+                + (f", {self.unchanged} unchanged" if self.unchanged else ""))
+
+
+class ReportInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped :func:`write_report`; ``progress`` (a :class:`ReportProgress`) says how far it got."""
+
+    def __init__(self, progress: ReportProgress):
+        super().__init__(str(progress))
+        self.progress = progress
+
+
 def write_report(
     data: RunData,
     *,
@@ -1029,7 +1056,27 @@ def write_report(
         ``report`` (path), ``rendered``, ``cached``, ``failed``, ``seconds``
         (overlay wall time), ``per_overlay`` (mean seconds per drawn overlay,
         reading included), ``workers``.
+
+    Raises
+    ------
+    ReportInterrupted
+        A :class:`KeyboardInterrupt` (Ctrl-C, or SIGTERM under
+        :func:`~lipoframe.runner.sigterm_as_interrupt`) on the way, with how
+        far the report got; the overlays drawn so far are recorded.
     """
+    how_far = ReportProgress()
+    try:
+        return _write_report(data, how_far, readers=readers, workers=workers, overlays=overlays, crops=crops, force=force,
+                             progress=progress)
+    except ReportInterrupted:
+        raise
+    except KeyboardInterrupt as exc:
+        raise ReportInterrupted(how_far) from exc
+
+
+def _write_report(data: RunData, how_far: ReportProgress, *, readers: ReaderChoice, workers: int, overlays: bool, crops: bool,
+                  force: bool, progress: bool) -> dict:
+    """:func:`write_report`, keeping ``how_far`` up to date."""
     out_dir = data.out_dir
     picks = data.picks
     has_plan = data.plan is not None
@@ -1097,6 +1144,8 @@ def write_report(
     # an earlier report drew, so that a later one removes those no longer in the run (_remove_stale_overlays).
     pending = {job.name for job in jobs}
     job_of = {job.name: job for job in jobs}
+    if overlays:
+        how_far.to_draw, how_far.unchanged = len(jobs), len(new_index) - len(jobs)
     saved_at, save_cost = time.monotonic(), 0.0
 
     def save_index() -> None:
@@ -1112,6 +1161,7 @@ def write_report(
         new_index[res.name]["cpu_seconds"] = round(res.cpu_seconds, 3)
         new_index[res.name]["files"] = _file_ids(_job_files(job_of[res.name]))
         pending.discard(res.name)
+        how_far.drawn += 1
         now = time.monotonic()
         if pending and now - saved_at >= max(INDEX_SAVE_SECONDS, save_cost / INDEX_SAVE_SHARE):
             save_index()
@@ -1368,7 +1418,7 @@ def cmd_report(argv: list[str]) -> int:
 
 def _report_command(run_dir: Path, args) -> int:
     """The rest of :func:`cmd_report`, with the run folder's lock held."""
-    from lipoframe.runner import resolve_workers
+    from lipoframe.runner import record_report_interrupted, resolve_workers
 
     try:
         data = load_run(run_dir)
@@ -1385,6 +1435,16 @@ def _report_command(run_dir: Path, args) -> int:
     except OSError as exc:  # a full disk, a quota: each file is written atomically, so none is half-written
         print(f"lipoframe report: {run_dir}: cannot write the report ({exc.strerror or exc})", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as exc:
+        # Ctrl-C or SIGTERM: run_summary.json says the report is not written, and how far this one got, as for
+        # a run stopped while drawing its report (still under the folder's lock, written atomically). Stopped
+        # before (reading the run), the report had changed nothing: nothing to record.
+        try:
+            record_report_interrupted(run_dir, how_far=str(getattr(exc, "progress", "")))
+        except (OSError, ValueError) as err:
+            print(f"lipoframe report: {run_dir / 'run_summary.json'}: cannot record that the report was interrupted "
+                  f"({getattr(err, 'strerror', None) or err})", file=sys.stderr)
+        raise
     try:
         settle_report_interruption(run_dir)
     except OSError as exc:

@@ -3109,30 +3109,49 @@ def picking_complete(picking: dict, names: list[str], results: list[MicResult]) 
     return not_done == 0 and all(n in saved for n in names) and not report_stopped
 
 
-def record_report_interrupted(out_dir: Path) -> None:
+def record_report_interrupted(out_dir: Path, *, how_far: str = "") -> None:
     """Record in ``out_dir``'s ``run_summary.json`` (and log) that the report was not written: Ctrl-C or SIGTERM while drawing it.
 
     The picks, exports and extraction plan are complete, but the summary must
     not say the run (or ``lipoframe plan --report``) finished: it says
-    ``interrupted`` and gets a note (:data:`REPORT_INTERRUPTED`), in
-    :data:`RUN_NOTES` too for a plan made later. The report written later
-    (``lipoframe report``, ``lipoframe plan --report``) settles both
+    ``interrupted`` and gets a note (:data:`REPORT_INTERRUPTED`, with
+    ``how_far``, :class:`lipoframe.report.ReportProgress`, when given), in
+    :data:`RUN_NOTES` too for a plan made later. A report stopped again (a
+    ``lipoframe report`` of the folder) puts how far it got in place of the
+    note there. The report written later (``lipoframe report``, ``lipoframe
+    plan --report``) settles both
     (:func:`lipoframe.report.settle_report_interruption`). A summary that
     already says ``interrupted`` for another reason (the plan of a run
-    stopped before it finished) is left as it is: a report must not settle that.
+    stopped before it finished) is left as it is: a report must not settle
+    that; so is a folder without ``run_summary.json`` (a run killed outright).
     """
     summary_path = out_dir / "run_summary.json"
-    summary = json.loads(summary_path.read_text())
-    said = f"{REPORT_INTERRUPTED}: the picks, exports and extraction plan are complete; `lipoframe report {out_dir}` writes it"
-    notes = summary.get("notes") if isinstance(summary.get("notes"), list) else []
+    stopped = f"interrupted while writing the report{f' ({how_far})' if how_far else ''}"
+    try:
+        summary = json.loads(summary_path.read_text())
+    except FileNotFoundError:
+        summary = None
+    notes = summary.get("notes") if isinstance(summary, dict) and isinstance(summary.get("notes"), list) else []
+    # The picks, exports and plan are complete unless the summary says otherwise (not for a report stopped before).
+    complete = isinstance(summary, dict) and (bool(notes_beginning(notes, REPORT_INTERRUPTED)) or not summary.get("interrupted"))
+    if not complete:
+        log.warning("%s; `lipoframe report %s` writes it", stopped, out_dir)
+        return
+    log.warning("%s; the picks, exports and extraction plan are complete: `lipoframe report %s` (or the same command again) "
+                "writes it", stopped, out_dir)
+    said = f"{stopped}: the picks, exports and extraction plan are complete; `lipoframe report {out_dir}` writes it"
     run_notes = summary.get(RUN_NOTES) if isinstance(summary.get(RUN_NOTES), list) else []
-    # A plan of a run stopped so carries the run's note already (and its flag): not twice.
-    if not summary.get("interrupted") and not notes_beginning(notes, REPORT_INTERRUPTED):
+    if notes_beginning(notes, REPORT_INTERRUPTED):  # stopped so before (a plan of it carries the run's note, and its flag)
+
+        def now(ns: list) -> list:
+            return [said if str(n).startswith(REPORT_INTERRUPTED) else n for n in ns]
+
+        updated = {**summary, "notes": now(notes), **({RUN_NOTES: now(run_notes)} if RUN_NOTES in summary else {})}
+    else:
         # RUN_NOTES: for a plan made later, as the report reads it
-        summary = {**summary, "interrupted": True, "notes": [*notes, said], RUN_NOTES: [*run_notes, said]}
-        write_text(summary_path, json.dumps(summary, indent=2))
-    log.warning("interrupted while writing the report; the picks, exports and extraction plan are complete: "
-                "`lipoframe report %s` (or the same command again) writes it", out_dir)
+        updated = {**summary, "interrupted": True, "notes": [*notes, said], RUN_NOTES: [*run_notes, said]}
+    if updated != summary:
+        write_text(summary_path, json.dumps(updated, indent=2))
 
 
 def replanned_notes(picking: dict, pixel_size: float | None) -> tuple[list[str], list[str]] | None:
@@ -3434,11 +3453,11 @@ def run_pipeline(
             try:
                 # Drawing the overlays can take longer than the picking: the console says how long, apart from it.
                 result.report = report_summary(write_report_safely(out_dir, cfg=cfg, stages=stages, result=result))
-            except KeyboardInterrupt:
+            except KeyboardInterrupt as exc:
                 # Ctrl-C or SIGTERM while drawing the report: the picks, exports
                 # and plan are complete, but run_summary.json must not say the
-                # run finished.
-                record_report_interrupted(out_dir)
+                # run finished (and says how far the report got: ReportInterrupted).
+                record_report_interrupted(out_dir, how_far=str(getattr(exc, "progress", "")))
                 raise
         elif not interrupted:
             from lipoframe.report import drop_earlier_report

@@ -610,6 +610,84 @@ def test_a_report_killed_before_its_first_save_redraws_everything_it_changed(run
     assert code == 0 and "3 drawn" in out, out + err
 
 
+def test_a_report_command_stopped_while_drawing_says_so_in_run_summary(run_copy, run_cli, monkeypatch):
+    """`lipoframe report` stopped by Ctrl-C or SIGTERM (exit 130) recorded nothing in run_summary.json, which
+    still said the run was done with its report, as a run stopped while drawing its report does not."""
+    path = run_copy / "run_summary.json"
+    before = json.loads(path.read_text())
+    assert before["interrupted"] is False
+    _interrupted_on_the_third_overlay(run_copy, run_cli, monkeypatch, killed=False)
+    again = f"the picks, exports and extraction plan are complete; `lipoframe report {run_copy}` writes it"
+    said = f"interrupted while writing the report (2 of 3 overlays drawn): {again}"
+    assert json.loads(path.read_text()) == {**before, "interrupted": True, "notes": [*before["notes"], said],
+                                            "run_notes": [*before["run_notes"], said]}
+    # Stopped again before drawing the last one: the note says how far this report got, once.
+    real = report.render_job
+
+    def stop(job, readers=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report, "render_job", stop)
+    code, _, err = run_cli("report", run_copy, "-j", "1")
+    assert code == 130, err
+    said = f"interrupted while writing the report (0 of 1 overlay drawn, 2 unchanged): {again}"
+    assert json.loads(path.read_text()) == {**before, "interrupted": True, "notes": [*before["notes"], said],
+                                            "run_notes": [*before["run_notes"], said]}
+    monkeypatch.setattr(report, "render_job", real)
+    code, out, err = run_cli("report", run_copy, "-j", "1")
+    assert code == 0 and "1 drawn" in out, out + err
+    assert json.loads(path.read_text()) == before  # the report written settles both
+
+
+def test_a_report_command_stopped_on_a_run_stopped_while_picking_leaves_its_summary(run_copy, run_cli, monkeypatch, caplog):
+    """The run is not complete: its summary says so already, and the warning must not call its picks complete."""
+    path = run_copy / "run_summary.json"
+    summary = json.loads(path.read_text())
+    summary["micrographs"].update(total=9, not_done=5)
+    summary["interrupted"] = True
+    path.write_text(json.dumps(summary))
+
+    def stop(job, readers=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report, "render_job", stop)
+    with caplog.at_level(logging.WARNING, logger="lipoframe"):
+        code, _, err = run_cli("report", run_copy, "-j", "1", "--force")
+    assert code == 130, err
+    assert json.loads(path.read_text()) == summary
+    said = [r.getMessage() for r in caplog.records if "interrupted while writing the report" in r.getMessage()]
+    assert said == [f"interrupted while writing the report (0 of 3 overlays drawn); `lipoframe report {run_copy}` writes it"]
+
+
+_SIGTERM_SCRIPT = """
+import os, signal, sys
+from lipoframe import report
+real = report.render_job
+def render(job, readers=None):
+    if job.name == "mic_1":  # `kill` as the second overlay starts
+        os.kill(os.getpid(), signal.SIGTERM)
+    return real(job, readers)
+report.render_job = render
+from lipoframe.cli import main
+sys.exit(main(["report", sys.argv[1], "-j", "1", "--force"]))
+"""
+
+
+def test_a_report_command_stopped_by_sigterm_says_so_in_run_summary(run_copy):
+    import sys
+
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    before = json.loads((run_copy / "run_summary.json").read_text())
+    done = subprocess.run([sys.executable, "-c", _SIGTERM_SCRIPT, str(run_copy)], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 130, done.stderr
+    summary = json.loads((run_copy / "run_summary.json").read_text())
+    assert summary["interrupted"] is True and summary["notes"] == [
+        *before["notes"], f"interrupted while writing the report (1 of 3 overlays drawn): the picks, exports and extraction plan are "
+                          f"complete; `lipoframe report {run_copy}` writes it"]
+    assert not (run_copy / ".lipoframe.lock").exists() and not list(run_copy.glob(".*.tmp*"))
+
+
 def test_missing_micrograph_file_gives_a_report_without_its_overlay(done, run_copy, run_cli, tmp_path):
     # Point one micrograph at a file that no longer exists.
     meta_file = run_copy / "micrographs" / "mic_1.json"
@@ -803,6 +881,34 @@ def test_a_run_interrupted_while_writing_its_report_says_so(tmp_path, monkeypatc
         assert not any("interrupted" in n for n in summary["notes"] + summary["run_notes"]), summary
     # a plan made later keeps none of it
     assert plan_main([str(out)]) == 0 and "interrupted while writing" not in capsys.readouterr().out
+
+
+def test_a_run_stopped_while_drawing_its_report_says_how_far_it_got(tmp_path, monkeypatch):
+    from hydra.core.global_hydra import GlobalHydra
+
+    from lipoframe.merge import compose_config
+    from lipoframe.runner import run_pipeline
+
+    for i in range(2):
+        write_mrc(tmp_path / "mics" / f"mic_{i}.mrc", tiny_image(seed=i)[0])
+    try:
+        _, cfg = compose_config([f"input={tmp_path / 'mics'}", *RUN_OVERRIDES])
+    finally:
+        GlobalHydra.instance().clear()
+    real = report.render_job
+
+    def stop_at_the_second(job, readers=None):
+        if job.name == "mic_1":
+            raise KeyboardInterrupt
+        return real(job, readers)
+
+    monkeypatch.setattr(report, "render_job", stop_at_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(cfg, tmp_path / "out")
+    summary = json.loads((tmp_path / "out" / "run_summary.json").read_text())
+    said = (f"interrupted while writing the report (1 of 2 overlays drawn): the picks, exports and extraction plan are "
+            f"complete; `lipoframe report {tmp_path / 'out'}` writes it")
+    assert summary["interrupted"] is True and summary["notes"] == [said] and summary["run_notes"] == [said]
 
 
 def test_a_report_written_later_keeps_the_flag_of_a_run_whose_picking_was_interrupted(tmp_path):
