@@ -1389,6 +1389,15 @@ def cmd_report(argv: list[str]) -> int:
     if not run_dir.is_dir():
         print(f"lipoframe report: {run_dir}: no such folder", file=sys.stderr)
         return 2  # a usage error, as for plan, evaluate and merge: nothing was read or written
+    # Outside the lock, on purpose (taking it would make a lock file, which kill -9 leaves, in a folder that is
+    # not a run's), and harmless: it reads no run. With none of the three there, load_run finds no
+    # micrographs/*.json and no run_summary.json and raises whatever else the folder holds: not a run folder
+    # (exit 2). A lipoframe command that starts writing here meanwhile takes the lock before it makes
+    # micrographs/ or run_summary.json (output_folder, folder_lock), so load_run can only see the first files
+    # of a command that began after this check: whole files (temp file then rename) of which nothing is used
+    # past this check. It then either raises (exit 2, the answer of a report a moment earlier, having written
+    # nothing) or not, and folder_lock below refuses the folder; once that command is done, _report_command
+    # reads the run anew under the lock.
     if not any((run_dir / f).exists() for f in (LOCK_FILE, WORK_DIR, "run_summary.json")):
         try:  # no lipoframe command wrote here: nothing to lock, and no lock file is left in someone else's folder
             load_run(run_dir)
