@@ -1172,7 +1172,7 @@ def _write_report(data: RunData, how_far: ReportProgress, *, readers: ReaderChoi
     n_workers = max(1, min(workers, len(jobs))) if jobs else 0
     try:
         results = render_overlays(jobs, readers, workers=max(1, workers), progress=progress, on_result=drawn) if jobs else []
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the overlays drawn so far are not drawn again
+    except BaseException:  # Ctrl-C or SIGTERM, a worker process killed (BrokenProcessPool): the overlays drawn so far are not drawn again
         if len(pending) < len(jobs):
             with contextlib.suppress(OSError):
                 save_index()
@@ -1427,6 +1427,8 @@ def cmd_report(argv: list[str]) -> int:
 
 def _report_command(run_dir: Path, args) -> int:
     """The rest of :func:`cmd_report`, with the run folder's lock held."""
+    from concurrent.futures.process import BrokenProcessPool
+
     from lipoframe.runner import record_report_interrupted, resolve_workers
 
     try:
@@ -1443,6 +1445,10 @@ def _report_command(run_dir: Path, args) -> int:
                              force=args.force, progress=runner_cfg.get("progress", True) is not False)
     except OSError as exc:  # a full disk, a quota: each file is written atomically, so none is half-written
         print(f"lipoframe report: {run_dir}: cannot write the report ({exc.strerror or exc})", file=sys.stderr)
+        return 1
+    except BrokenProcessPool:  # a worker killed outright, by the out-of-memory killer say
+        print(f"lipoframe report: {run_dir}: a process drawing the overlays ended abruptly (killed; out of memory?); the overlays "
+              "drawn so far are recorded: run it again, with fewer workers (-j) if memory ran out", file=sys.stderr)
         return 1
     except KeyboardInterrupt as exc:
         # Ctrl-C or SIGTERM: run_summary.json says the report is not written, and how far this one got, as for

@@ -688,6 +688,30 @@ def test_a_report_command_stopped_by_sigterm_says_so_in_run_summary(run_copy):
     assert not (run_copy / ".lipoframe.lock").exists() and not list(run_copy.glob(".*.tmp*"))
 
 
+def test_a_report_whose_overlay_worker_is_killed_keeps_the_overlays_drawn(run_copy, run_cli, monkeypatch):
+    """A process drawing overlays killed outright (the out-of-memory killer) ended `lipoframe report` with a
+    BrokenProcessPool traceback, and the overlays drawn before it were drawn again by the next report."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    monkeypatch.setattr(report, "INDEX_SAVE_SECONDS", 1e9)
+    plan = json.loads((run_copy / "extraction_plan.json").read_text())
+    plan["bins"][0]["box_px"] += 32  # every overlay changes
+    (run_copy / "extraction_plan.json").write_text(json.dumps(plan))
+
+    def third_worker_killed(jobs, readers, *, workers=1, progress=False, on_result=None):
+        for job in jobs[:2]:
+            on_result(report.render_job(job, readers))
+        raise BrokenProcessPool("A process in the process pool was terminated abruptly while the future was running or pending.")
+
+    monkeypatch.setattr(report, "render_overlays", third_worker_killed)
+    code, out, err = run_cli("report", run_copy, "-j", "2")
+    assert code == 1 and out == "" and err.count("\n") == 1, err
+    assert err.startswith(f"lipoframe report: {run_copy}: a process drawing the overlays ended abruptly"), err
+    monkeypatch.undo()
+    code, out, err = run_cli("report", run_copy, "-j", "1")
+    assert code == 0 and "1 drawn" in out and "2 unchanged" in out, out + err
+
+
 def test_missing_micrograph_file_gives_a_report_without_its_overlay(done, run_copy, run_cli, tmp_path):
     # Point one micrograph at a file that no longer exists.
     meta_file = run_copy / "micrographs" / "mic_1.json"
