@@ -615,6 +615,20 @@ def _pick_confirmed(
     return detections, kept, refined, picks, overruled.loc[~overruled[_CANDIDATE].isin(kept[_CANDIDATE])]
 
 
+#: What a stage of each kind that changed its input should do instead, for the message (a writer only reads the
+#: table: lipoframe.schema.reject, the advice to a filter, is none for it).
+COPY_ADVICE = {
+    "nms": "return the kept rows as a new table (picks.loc[keep] is one) and leave the input as it is",
+    "refiner": "work on a copy (picks.assign(...) and lipoframe.schema.reject return one) and leave the input as it is",
+    "filter": "work on a copy (lipoframe.schema.reject returns one) and leave the input as it is",
+    "binning": "work on a copy (picks.assign(size_bin=...) and lipoframe.schema.reject return one) "
+               "and leave the input as it is",
+    "writer": "a writer only reads it (to change values for the export, change a copy: "
+              "picks.assign(...) or picks.copy() returns one)",
+    "": "work on a copy and leave the input as it is",
+}
+
+
 def call_table_stage(method: Callable[[pd.DataFrame], pd.DataFrame], picks: pd.DataFrame, *, stage: str, same_rows: bool) -> pd.DataFrame:
     """``method(picks)``, checked: the stage left ``picks`` as it was, and kept every row if ``same_rows``.
 
@@ -660,8 +674,8 @@ def call_table_stage(method: Callable[[pd.DataFrame], pd.DataFrame], picks: pd.D
                 changed = f"column {c!r}"
                 break
     if changed:
-        raise ValueError(f"stage {stage!r} changed the table it was given ({changed}): work on a copy "
-                         "(lipoframe.schema.reject returns one) and leave the input as it is")
+        raise ValueError(f"stage {stage!r} changed the table it was given ({changed}): "
+                         f"{COPY_ADVICE.get(stage.partition('/')[0], COPY_ADVICE[''])}")
     if same_rows and isinstance(out, pd.DataFrame):
         check_row_count(picks, out, stage=stage)
     return out

@@ -211,6 +211,33 @@ def test_call_table_stage_accepts_a_stage_that_returns_its_input_unchanged():
     assert len(call_table_stage(lambda t: t.iloc[:1], table, stage="nms/mine", same_rows=False)) == 1
 
 
+@pytest.mark.parametrize(
+    ("kind", "advice"),
+    [
+        ("nms", "return the kept rows as a new table (picks.loc[keep] is one)"),
+        ("refiner", "work on a copy (picks.assign(...) and lipoframe.schema.reject return one)"),
+        ("filter", "work on a copy (lipoframe.schema.reject returns one)"),
+        ("binning", "work on a copy (picks.assign(size_bin=...) and lipoframe.schema.reject return one)"),
+        ("writer", "a writer only reads it (to change values for the export, change a copy: picks.assign(...) or "
+                   "picks.copy() returns one)"),
+    ],
+)
+def test_a_stage_that_changes_its_input_gets_advice_for_its_kind(kind, advice):
+    # Before, every kind was told "(lipoframe.schema.reject returns one)":
+    # no advice for a writer, which rejects nothing, nor for an NMS, which drops rows.
+    from lipoframe.runner import call_table_stage
+
+    def in_place(t):
+        t["x_px"] = 0.0
+        return t
+
+    table = pd.DataFrame({"x_px": [1.0, 2.0], "accepted": [True, True]})
+    with pytest.raises(ValueError) as raised:
+        call_table_stage(in_place, table, stage=f"{kind}/mine", same_rows=False)
+    assert str(raised.value) == f"stage '{kind}/mine' changed the table it was given (column 'x_px'): {advice}" + (
+        "" if kind == "writer" else " and leave the input as it is")
+
+
 #: A writer of one .xyz file per micrograph that stops after its first file on request:
 #: ``fail=disk_full`` (an OSError after a warning), ``fail=interrupt`` (what Ctrl-C or SIGTERM raises) or
 #: ``fail=two_lines`` (an exception whose message goes on over a second line).
@@ -407,8 +434,8 @@ TAMPERING = """
 @pytest.mark.parametrize(
     ("bad", "problem"),
     [
-        ("in_place", "stage 'writer/tamper' changed the table it was given (column 'x_px')"),
-        ("values", "stage 'writer/tamper' changed the table it was given (column 'size_bin')"),
+        ("in_place", "stage 'writer/tamper' changed the table it was given (column 'x_px'): a writer only reads it"),
+        ("values", "stage 'writer/tamper' changed the table it was given (column 'size_bin'): a writer only reads it"),
     ],
 )
 def test_a_writer_that_changes_the_table_fails_and_the_others_get_it_as_it_was(sloppy, make_plugin, tiny_mrcs, tmp_path,
