@@ -2498,18 +2498,24 @@ def finalize_dataset(
     before = schema.with_acceptance(picks)[schema.ACCEPTED].to_numpy(dtype=bool)
     for f in stages.filters:
         stage = f"filter/{f.name}"
-        out = schema.validate_detections(call_table_stage(lambda t: f.apply_dataset(t, metas, ctx), picks, stage=stage, same_rows=True),
-                                         stage=stage)
-        check_kept_columns(picks, out, stage=stage)
-        check_declared_reasons(picks, out, declared=f.reasons, stage=stage)
+        try:
+            out = schema.validate_detections(call_table_stage(lambda t: f.apply_dataset(t, metas, ctx), picks, stage=stage,
+                                                              same_rows=True), stage=stage)
+            check_kept_columns(picks, out, stage=stage)
+            check_declared_reasons(picks, out, declared=f.reasons, stage=stage)
+        except Exception as exc:
+            raise DatasetStageError(stage, exc) from exc
         picks = out
     write_text(out_dir / DATASET_REJECTIONS, dataset_rejections(picks, before).to_csv(index=False))
     # Binning and writers are held to the rules of the other stages: they leave the table they are given as it
     # is (each gets a copy: a writer that changed it in place would change what the next writers and the plan files
     # see), and binning returns every pick with the bin it is in.
     stage = f"binning/{stages.binner.name}"
-    result = call_table_stage(lambda t: stages.binner.assign(t, metas, ctx), stage_copy(picks), stage=stage, same_rows=False)
-    check_binning_result(picks, result, stage=stage)
+    try:
+        result = call_table_stage(lambda t: stages.binner.assign(t, metas, ctx), stage_copy(picks), stage=stage, same_rows=False)
+        check_binning_result(picks, result, stage=stage)
+    except Exception as exc:
+        raise DatasetStageError(stage, exc) from exc
     binned = result.picks
     written: list[Path] = []
     failed: list[str] = []
@@ -2593,6 +2599,30 @@ def extraction_micrographs_star(out_dir: str | os.PathLike, project_dir: str = "
         resolved = os.path.relpath(os.path.realpath(star), os.path.realpath(base))
         rel = rel if resolved.startswith(os.pardir) else resolved
     return Path(rel).as_posix()
+
+
+class DatasetStageError(RuntimeError):
+    """A dataset-level stage (a filter's ``apply_dataset``, the binning policy) failed: one message saying which and why.
+
+    The message names the stage once: ``binning policy 'mine' failed: <why>``
+    or ``dataset stage filter/mine failed: <why>``, where ``why`` is the
+    stage's own exception (``ValueError: ...``) or, for a rule the runner
+    checks (a changed input, a result without ``size_bin``, dropped rows), what
+    the stage did (``it changed the table it was given ...``). Before, such a
+    check read ``dataset stage failed: ValueError: stage 'binning/mine' ...``.
+    """
+
+    def __init__(self, stage: str, exc: BaseException):
+        kind, _, name = stage.partition("/")
+        who = f"binning policy {name!r}" if kind == "binning" else f"dataset stage {stage}"
+        text = str(exc)
+        prefix = f"stage {stage!r} "
+        if isinstance(exc, ValueError) and text.startswith(prefix) and not failing_stage(exc.__traceback__):
+            why = "it " + text[len(prefix):]  # the runner's check of what the stage returned, which names it
+        else:
+            why = f"{type(exc).__name__}: {text}"
+        super().__init__(f"{who} failed: {why}")
+        self.stage = stage
 
 
 class WriterError(RuntimeError):
@@ -3271,8 +3301,11 @@ def finish_run(
             picks, plan, files = exc.picks, exc.plan, exc.files
             errors.extend(exc.failures)
         except Exception as exc:  # noqa: BLE001 - the per-micrograph results are saved; report and go on
-            stage = failing_stage(exc.__traceback__)
-            msg = f"dataset stage {stage + ' ' if stage else ''}failed: {type(exc).__name__}: {exc}"
+            if isinstance(exc, DatasetStageError):  # says which stage and why
+                msg = str(exc)
+            else:
+                stage = failing_stage(exc.__traceback__)
+                msg = f"dataset stage {stage + ' ' if stage else ''}failed: {type(exc).__name__}: {exc}"
             if cfg.runner.verbose:
                 msg += "\n" + traceback.format_exc()
             errors.append(msg.splitlines()[0])

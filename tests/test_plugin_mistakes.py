@@ -176,7 +176,8 @@ def test_an_exception_in_a_stage_names_the_stage_and_the_micrograph(sloppy, tiny
     # warning "exported with score 0" without naming the stage.
     code, stdout, err = run_cli("run", *PLAIN, "filter.sloppy.bad=nan_dataset", f"input={tiny_mrcs[0].parent}", f"output={tmp_path / 'out3'}", *TINY_ARGS)
     assert code == 1
-    assert "lipoframe: dataset stage failed: ValueError: stage 'filter/sloppy' returned non-finite values in column 'score'" in err.splitlines()
+    # Before, "dataset stage failed: ValueError: stage 'filter/sloppy' returned ...": the stage named in the middle.
+    assert "lipoframe: dataset stage filter/sloppy failed: it returned non-finite values in column 'score'" in err.splitlines()
     assert "non-finite score" not in stdout + err
 
 
@@ -394,6 +395,8 @@ TAMPERING = """
 
             def assign(self, picks, metas, ctx):
                 bad = self.params.bad
+                if bad == "raise":
+                    raise ValueError(f"binning.bad is {bad!r}")
                 if bad == "in_place":
                     picks["diameter_px"] = 1.0
                 out = schema.with_acceptance(picks)
@@ -461,11 +464,12 @@ def test_a_writer_that_changes_the_table_fails_and_the_others_get_it_as_it_was(s
 @pytest.mark.parametrize(
     ("bad", "problem"),
     [
-        ("in_place", "stage 'binning/onebin' changed the table it was given (column 'diameter_px')"),
-        ("no_size_bin", "stage 'binning/onebin' returned a table without the column 'size_bin'"),
-        ("unknown_bin", "stage 'binning/onebin' put picks in size_bin [3], which its plan does not have (its bins: [0])"),
-        ("drop", "stage 'binning/onebin' returned 1 rows for the 4 it was given"),
-        ("no_result", "stage 'binning/onebin' returned DataFrame, not a lipoframe.stages.BinningResult"),
+        ("in_place", "it changed the table it was given (column 'diameter_px')"),
+        ("no_size_bin", "it returned a table without the column 'size_bin'"),
+        ("unknown_bin", "it put picks in size_bin [3], which its plan does not have (its bins: [0])"),
+        ("drop", "it returned 1 rows for the 4 it was given"),
+        ("no_result", "it returned DataFrame, not a lipoframe.stages.BinningResult"),
+        ("raise", "ValueError: binning.bad is 'raise'"),
     ],
 )
 def test_a_binning_stage_that_changes_its_input_or_returns_no_bins_is_named(sloppy, make_plugin, tiny_mrcs, tmp_path,
@@ -482,5 +486,7 @@ def test_a_binning_stage_that_changes_its_input_or_returns_no_bins_is_named(slop
     code, stdout, err = run_cli("run", *args, "binning=onebin", f"binning.bad={bad}", f"input={tiny_mrcs[0].parent}",
                                 f"output={tmp_path / bad}", *TINY_ARGS)
     assert code == 1
-    assert f"lipoframe: dataset stage failed: ValueError: {problem}" in err, err
+    # Before, "dataset stage failed: ValueError: stage 'binning/onebin' ...": which policy, in the middle of the line.
+    assert any(ln.startswith(f"lipoframe: binning policy 'onebin' failed: {problem}") for ln in err.splitlines()), err
+    assert "dataset stage" not in err
     assert not (tmp_path / bad / "relion").exists()
