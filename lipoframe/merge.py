@@ -355,7 +355,7 @@ def merge_runs(folders: list[str | Path], out_dir: str | Path, overrides: list[s
             project = next((s.manifest["relion_project"] for s in shards if s.manifest.get("relion_project")), None)
             star = next((s.manifest["relion_micrographs_star"] for s in shards if s.manifest.get("relion_micrographs_star")), None)
             write_manifest(out_dir, specs, [Path(p) for _, _, p in order], names, cfg, fingerprint, project=project,
-                           micrographs_star=star)
+                           micrographs_star=star, stages=stages)
             merged = OmegaConf.merge(composed, {"output": str(out_dir), "shard": {"index": 0, "count": 1}})
             drop_hydra_record(out_dir)  # plan, report and merge read .hydra/ first: the merge's config.yaml is the record now
             write_text(out_dir / "config.yaml", OmegaConf.to_yaml(merged))

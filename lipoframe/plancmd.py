@@ -86,7 +86,12 @@ def _key(override: str) -> str:
 
 
 def load_saved_config(run_dir: Path) -> tuple[dict, dict]:
-    """The run's composed config (plain dict) and Hydra's group choices (may be empty).
+    """The run's composed config (plain dict) and its stage choices (may be empty).
+
+    The choices are Hydra's (``.hydra/hydra.yaml``) or, for a folder Hydra
+    keeps no record in (``hydra.output_subdir=null``, a merge), the stage
+    names the run recorded in ``inputs.json``
+    (:func:`lipoframe.runner.recorded_stages`).
 
     Raises
     ------
@@ -115,22 +120,56 @@ def load_saved_config(run_dir: Path) -> tuple[dict, dict]:
             choices = dict(h.get("hydra", {}).get("runtime", {}).get("choices", {}) or {})
         except Exception:  # noqa: BLE001 - choices are only a hint
             choices = {}
+    if not choices:
+        from lipoframe.runner import recorded_stages
+
+        choices = recorded_stages(run_dir)
     return saved if isinstance(saved, dict) else {}, choices
 
 
-def _binning_name(saved: dict, choices: dict, registry) -> str | None:
-    """Which binning stage the saved config used (Hydra's record, else by its parameter names)."""
-    name = choices.get("binning")
-    if isinstance(name, str) and ("binning", name) in registry:
-        return name
-    node = saved.get("binning")
-    if not isinstance(node, dict):
-        return None
+def with_run_binning(run_dir: Path, saved: dict, choices: dict, registry, user: list[str]) -> dict:
+    """``choices`` with the binning policy of a run that recorded none, found by its options.
+
+    A folder made before runs recorded their stages in ``inputs.json``,
+    without ``.hydra/hydra.yaml``, has only the options of its binning
+    policy. The one installed policy with exactly those options is taken,
+    with a warning that says so; when several have them (``single`` and a
+    plugin's policy with the same box options) or none has, the plan would
+    use another policy than the run's, so the user must choose one, unless
+    ``user`` does.
+
+    Raises
+    ------
+    PlanError
+        When the policy cannot be told and ``user`` selects none.
+    """
     import dataclasses
 
+    node = saved.get("binning")
+    if choices.get("binning") or not isinstance(node, dict):
+        return choices
     keys = set(node)
     matches = [i.name for i in registry.stages("binning") if {f.name for f in dataclasses.fields(i.params)} == keys]
-    return matches[0] if len(matches) == 1 else None
+    chosen = "binning" in {_key(o) for o in user}
+    options = ", ".join(sorted(keys)) or "none"
+    if len(matches) == 1:
+        if not chosen:
+            log.warning("%s records no binning policy (no .hydra/hydra.yaml, and an inputs.json of a lipoframe that did not "
+                        "record it): taken to be %s, the only installed policy with its options (%s); "
+                        "give binning=<name> if the run used another", run_dir, matches[0], options)
+        return {**choices, "binning": matches[0]}
+    if not chosen:
+        fits = (f"its options ({options}) fit the policies {', '.join(matches)}" if matches
+                else f"no installed policy has its options ({options})")
+        raise PlanError(f"{run_dir} records no binning policy (no .hydra/hydra.yaml, and an inputs.json of a lipoframe that "
+                        f"did not record it) and {fits}: choose one with binning=<name>")
+    return choices
+
+
+def _binning_name(choices: dict, registry) -> str | None:
+    """Which installed binning stage the saved config used (its record, or :func:`with_run_binning`'s finding)."""
+    name = choices.get("binning")
+    return name if isinstance(name, str) and ("binning", name) in registry else None
 
 
 def saved_overrides(saved: dict, choices: dict, registry) -> list[str]:
@@ -139,7 +178,7 @@ def saved_overrides(saved: dict, choices: dict, registry) -> list[str]:
     for k in _TOP_LEVEL:
         if k in saved:
             out.append(f"{k}={_hydra_value(saved[k])}")
-    name = _binning_name(saved, choices, registry)
+    name = _binning_name(choices, registry)
     if name is not None:
         out.append(f"binning={name}")
         for k, v in (saved.get("binning") or {}).items():
@@ -490,6 +529,7 @@ def replan(run_dir: str | Path, overrides: list[str] = (), *, report: bool = Fal
     pm, registry, _ = plugins.load()
     saved, choices = load_saved_config(run_dir)
     check_installed(run_dir, saved, choices, registry, user)
+    choices = with_run_binning(run_dir, saved, choices, registry, user)
     pixel_size = check_pixel_size(saved, user)
     run_settings = saved_overrides(saved, choices, registry)
     composed, cfg = compose(combine_overrides(run_settings, user, shared_binning=shared_binning_params(run_settings, user, registry)))

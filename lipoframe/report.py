@@ -156,7 +156,7 @@ def _read_json(path: Path) -> Any:
 
 
 def _config_from_folder(out_dir: Path) -> tuple[dict, str, dict]:
-    """Config dict, its YAML text and the selected stage names (from ``.hydra``) of a run folder."""
+    """Config dict, its YAML text and the selected stage names (from ``.hydra``, else ``inputs.json``) of a run folder."""
     import yaml
 
     text, config, choices = "", {}, {}
@@ -174,6 +174,10 @@ def _config_from_folder(out_dir: Path) -> tuple[dict, str, dict]:
             choices = (yaml.safe_load(hydra_yaml.read_text()) or {}).get("hydra", {}).get("runtime", {}).get("choices", {}) or {}
         except yaml.YAMLError:
             choices = {}
+    if not choices:  # no Hydra record (hydra.output_subdir=null, a merge): the names the run recorded in inputs.json
+        from lipoframe.runner import recorded_stages
+
+        choices = recorded_stages(out_dir)
     names: dict[str, Any] = {k: choices[k] for k in ("reader", "detector", "nms", "refiner", "binning") if choices.get(k)}
     config = config if isinstance(config, dict) else {}
     config, text = _with_plan_config(out_dir, config, text)
@@ -405,11 +409,9 @@ def run_data_from_result(out_dir: Path, *, cfg, stages, result, metas: dict[str,
     config, text, stage_names = _config_from_folder(out_dir)
     if not text:
         config, text = _config_from_object(cfg)
-    stage_names = {
-        "reader": stages.reader.name, "detector": stages.detector.name, "nms": stages.nms.name,
-        "refiner": stages.refiner.name, "filter": [f.name for f in stages.filters],
-        "binning": stages.binner.name, "writer": [w.name for w in stages.writers],
-    }
+    from lipoframe.runner import stage_names as names_of
+
+    stage_names = names_of(stages)
     picks = result.picks
     if schema.SIZE_BIN not in picks.columns:  # the dataset stage failed
         picks = _with_bins(picks, None, result.plan)

@@ -2284,8 +2284,13 @@ def run_result_names(run_dir: str | os.PathLike) -> list[str]:
 
 
 def write_manifest(out_dir: Path, specs: list[str], paths: list[Path], names: list[str], cfg: LipoframeConfig, fingerprint: str,
-                   *, project: str | None = None, micrographs_star: str | None = None) -> None:
+                   *, project: str | None = None, micrographs_star: str | None = None, stages: StageSet | None = None) -> None:
     """``inputs.json``: every input in order with its output name, the shard and the fingerprint (used by merge).
+
+    With ``stages``, also the name of each stage the run (merge) uses, by
+    kind (:func:`stage_names`): the folder's one record of them when Hydra
+    keeps no ``.hydra/hydra.yaml`` (``hydra.output_subdir=null``, a merge),
+    which ``lipoframe plan`` and the report read (:func:`recorded_stages`).
 
     With a RELION micrographs STAR among ``specs`` it also records the
     RELION project folder found for it (``relion_project``, or ``project``
@@ -2307,7 +2312,29 @@ def write_manifest(out_dir: Path, specs: list[str], paths: list[Path], names: li
     micrographs_star = micrographs_star or relion_star(specs)
     if micrographs_star:
         info["relion_micrographs_star"] = micrographs_star
+    if stages is not None:
+        info["stages"] = stage_names(stages)
     write_text(out_dir / MANIFEST, json.dumps(info, indent=1))
+
+
+def stage_names(stages: StageSet) -> dict[str, str | list[str]]:
+    """The name of each of a run's stages by kind; ``filter`` and ``writer`` list theirs in order."""
+    return {"reader": stages.reader.name, "detector": stages.detector.name, "nms": stages.nms.name,
+            "refiner": stages.refiner.name, "filter": [f.name for f in stages.filters], "binning": stages.binner.name,
+            "writer": [w.name for w in stages.writers]}
+
+
+def recorded_stages(out_dir: Path) -> dict[str, str]:
+    """The names of the reader, detector, NMS, refiner and binning the run (merge) into ``out_dir`` recorded in
+    ``inputs.json`` (:func:`write_manifest`), as Hydra's group choices give them; ``{}`` when it recorded none
+    (a folder made before they were recorded, or none at all)."""
+    try:
+        recorded = json.loads((Path(out_dir) / MANIFEST).read_text()).get("stages")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    if not isinstance(recorded, dict):
+        return {}
+    return {k: v for k, v in recorded.items() if k in ("reader", "detector", "nms", "refiner", "binning") and isinstance(v, str)}
 
 
 # ---------------------------------------------------------------------------
@@ -3474,7 +3501,7 @@ def run_pipeline(
             log.warning(dropped)
             notes.append(dropped)
         fingerprint = cfg.per_micrograph_fingerprint()
-        write_manifest(out_dir, specs, paths, names, cfg, fingerprint)
+        write_manifest(out_dir, specs, paths, names, cfg, fingerprint, stages=stages)
         pairs = shard(list(zip(paths, names)), cfg.shard.index, cfg.shard.count)
         jobs = [MicJob(p, n, out_dir, fingerprint, cfg.runner.resume, cfg.runner.verbose) for p, n in pairs]
         workers = resolve_workers(cfg.runner.workers, len(jobs))

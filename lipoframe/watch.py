@@ -300,7 +300,7 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None, exclude=None):
         def update(final: bool = False):
             ordered = sorted(path_name, key=Path)  # the order a batch run over the same folder uses
             names = [path_name[p] for p in ordered]
-            write_manifest(out_dir, specs, [Path(p) for p in ordered], names, cfg, fingerprint)
+            write_manifest(out_dir, specs, [Path(p) for p in ordered], names, cfg, fingerprint, stages=stages)
             # The same warnings and notes hold at each update (the binning's min_picks, the pixel size, the range,
             # every micrograph failed): logged once, and again when their words change; the summary has them all.
             with once_each(said):

@@ -926,6 +926,72 @@ def test_plan_refuses_a_run_whose_binning_is_no_longer_installed(make_plugin, ti
     assert code == 0 and "policy single" in out_text, err
 
 
+#: A plugin policy with the options of ``single`` (pad, rounding, extract_pixel_size) and no more.
+ONE_BIN_PLUGIN = """
+    from dataclasses import dataclass
+
+    from lipoframe import hookimpl
+    from lipoframe.builtin.binning import SingleBinner, SingleParams
+
+    @dataclass
+    class OneBinParams(SingleParams):
+        pass
+
+    class OneBin(SingleBinner):
+        name = "one_bin"
+        Params = OneBinParams
+
+    @hookimpl
+    def lipoframe_register_stages(registry):
+        registry.add(OneBin)
+"""
+
+
+def test_plan_of_a_run_without_a_hydra_record_uses_the_runs_binning(make_plugin, tiny_mrcs, tmp_path, run_cli):
+    # With hydra.output_subdir=null the run's binning was guessed from its options: `single` and a plugin's
+    # policy with the same options matched both, and the plan used the default, peak_valley, without a word.
+    from lipoframe.report import load_run
+
+    make_plugin("lipoframe-onebin", ONE_BIN_PLUGIN)
+    out = tmp_path / "out"
+    for policy in ("one_bin", "single"):
+        code, _, err = run_cli("run", f"input={tiny_mrcs[0].parent}", f"output={out}", *TINY_ARGS, f"binning={policy}",
+                               "hydra.output_subdir=null")
+        assert code == 0, err
+        assert not (out / ".hydra").exists()
+        code, text, err = run_cli("plan", str(out))
+        assert code == 0 and f"policy {policy}:" in text, err
+        assert json.loads((out / "inputs.json").read_text())["stages"]["binning"] == policy
+        assert json.loads((out / "extraction_plan.json").read_text())["policy"] == policy
+    # The report of the folder names the run's stages too (before, none but binning, filters and writers).
+    assert load_run(out).stage_names["detector"] == "edge"  # the default
+
+
+def test_plan_of_an_older_folder_says_which_binning_it_took_or_asks(make_plugin, tiny_mrcs, tmp_path, run_cli, caplog):
+    # A folder without .hydra/hydra.yaml whose inputs.json records no stages (made before they were recorded):
+    # the one installed policy with its options is taken with a warning; when several have them, the user chooses.
+    out = tmp_path / "out"
+    code, _, err = run_cli("run", f"input={tiny_mrcs[0].parent}", f"output={out}", *TINY_ARGS, "binning=single",
+                           "hydra.output_subdir=null")
+    assert code == 0, err
+    manifest = json.loads((out / "inputs.json").read_text())
+    manifest.pop("stages", None)
+    (out / "inputs.json").write_text(json.dumps(manifest))
+    with caplog.at_level(logging.WARNING, logger="lipoframe"):
+        code, text, err = run_cli("plan", str(out))
+    assert code == 0 and "policy single:" in text, err
+    assert any("records no binning policy" in r.getMessage() and "taken to be single, the only installed policy with its "
+               "options (extract_pixel_size, pad, rounding)" in r.getMessage() for r in caplog.records)
+    make_plugin("lipoframe-onebin", ONE_BIN_PLUGIN)
+    code, _, err = run_cli("plan", str(out))
+    assert code == 2
+    assert ("records no binning policy (no .hydra/hydra.yaml, and an inputs.json of a lipoframe that did not record it) and "
+            "its options (extract_pixel_size, pad, rounding) fit the policies one_bin, single: choose one with binning=<name>") in err
+    assert json.loads((out / "extraction_plan.json").read_text())["policy"] == "single"  # as it was
+    code, text, err = run_cli("plan", str(out), "binning=one_bin")
+    assert code == 0 and "policy one_bin:" in text, err
+
+
 def _run_interrupted_before_mic_1(tiny_mrcs, tmp_path, run_cli) -> Path:
     """The folder of a run of the tiny micrographs as left when interrupted before it picked mic_1."""
     out = tmp_path / "out"
