@@ -737,6 +737,33 @@ def check_binning_result(picks: pd.DataFrame, result: Any, *, stage: str) -> Non
                          f"(its bins: {sorted(known - {schema.REJECTED_BIN}) or 'none'})")
 
 
+def check_written_inside(paths: Any, out_dir: Path, *, stage: str) -> list[Path]:
+    """The files a writer returned as written (a list), checked to be all inside ``out_dir``.
+
+    Only inside the output folder can the runner remove what a failed or
+    interrupted writer left, and a later run what this one wrote and it does
+    not write again (``written_files.json``). A writer that writes elsewhere
+    is caught by the paths it returns (a file it wrote and did not return is
+    not seen); the check resolves one folder per file at most.
+
+    Raises
+    ------
+    ValueError
+        Naming the stage and a file outside (which is left as it is: the
+        runner removes nothing outside the output folder).
+    """
+    listed = list(paths) if not isinstance(paths, (str, bytes, os.PathLike)) and hasattr(paths, "__iter__") else None
+    if listed is None or not all(isinstance(f, (str, os.PathLike)) for f in listed):
+        raise ValueError(f"stage {stage!r} returned {type(paths).__name__}, not the list of the paths it wrote")
+    root = Path(out_dir).resolve()
+    outside = [f for f in resolve_all(listed) if not f.is_relative_to(root)]
+    if outside:
+        raise ValueError(f"stage {stage!r} wrote {len(outside)} file(s) outside the output folder {root} (e.g. {outside[0]}), "
+                         "which lipoframe leaves as they are: write only inside out_dir "
+                         "(lipoframe.io.atomic.safe_child(out_dir, ...) refuses any other path)")
+    return listed
+
+
 def check_declared_reasons(before: pd.DataFrame, after: pd.DataFrame, *, declared: tuple[str, ...] | None, stage: str) -> None:
     """Check that a refiner or filter rejected picks only for the reasons it declares.
 
@@ -2551,8 +2578,9 @@ def finalize_dataset(
         # One writer that fails (a full disk, a folder in the way) does not stop the others.
         before = file_inodes(out_dir)
         try:
-            written.extend(call_table_stage(lambda t: w.write(t, metas, result.plan, out_dir, ctx), stage_copy(binned),
-                                            stage=f"writer/{w.name}", same_rows=False))
+            paths = call_table_stage(lambda t: w.write(t, metas, result.plan, out_dir, ctx), stage_copy(binned),
+                                     stage=f"writer/{w.name}", same_rows=False)
+            written.extend(check_written_inside(paths, out_dir, stage=f"writer/{w.name}"))
         except Exception as exc:  # noqa: BLE001 - reported, and the run's exit code says so
             # No partial export: what it wrote before failing would be
             # imported as if it were all (a folder of coordinate files).

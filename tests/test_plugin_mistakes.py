@@ -425,7 +425,12 @@ TAMPERING = """
                     picks["x_px"] = 0.0
                 if self.params.bad == "values":
                     picks.loc[:, "size_bin"] = 7
-                return [write_text(safe_child(out_dir, "tamper", f"{name}.txt"), "x") for name in metas]
+                written = [write_text(safe_child(out_dir, "tamper", f"{name}.txt"), "x") for name in metas]
+                if self.params.bad == "outside":
+                    written.append(write_text(out_dir.parent / "tamper_outside.txt", "x"))
+                if self.params.bad == "none_returned":
+                    return None
+                return written
 
         @hookimpl
         def lipoframe_register_stages(registry):
@@ -459,6 +464,28 @@ def test_a_writer_that_changes_the_table_fails_and_the_others_get_it_as_it_was(s
     code, _, err = run_cli("run", *PLAIN, "writer=[tamper,csv,star]", f"input={tiny_mrcs[0].parent}", f"output={out}", *TINY_ARGS)
     assert code == 0, err
     assert sorted(p.name for p in (out / "tamper").iterdir()) == ["mic_0.txt", "mic_1.txt"]
+
+
+def test_a_writer_that_writes_outside_the_output_folder_fails(sloppy, make_plugin, tiny_mrcs, tmp_path, run_cli):
+    # Before, a writer's file beside the output folder was counted among the run's files (exit code 0), though
+    # nothing removes it: not when the writer fails, nor when a later run no longer writes it.
+    make_plugin("lipoframe-tamper", TAMPERING)
+    out = tmp_path / "out"
+    args = [*PLAIN, "writer=[tamper,csv,star]", f"input={tiny_mrcs[0].parent}", f"output={out}", *TINY_ARGS]
+    code, stdout, err = run_cli("run", *args, "writer.tamper.bad=outside")
+    assert code == 1
+    said = (f"lipoframe: writer tamper failed: ValueError: stage 'writer/tamper' wrote 1 file(s) outside the output folder "
+            f"{out.resolve()} (e.g. {(tmp_path / 'tamper_outside.txt').resolve()}), which lipoframe leaves as they are: "
+            "write only inside out_dir")
+    assert any(ln.startswith(said) for ln in err.splitlines()), err
+    assert not (out / "tamper").exists()  # its files inside are removed, as for any writer that fails
+    assert (tmp_path / "tamper_outside.txt").is_file()  # and nothing outside is
+    assert len(pd.read_csv(out / "picks.csv")) == 2 and list(out.glob("relion/coords/*.star"))
+    code, _, err = run_cli("run", *args, "writer.tamper.bad=none_returned")
+    assert code == 1
+    assert "lipoframe: writer tamper failed: ValueError: stage 'writer/tamper' returned NoneType, not the list of the paths it wrote" in err
+    code, _, err = run_cli("run", *args)
+    assert code == 0, err
 
 
 @pytest.mark.parametrize(
