@@ -107,6 +107,50 @@ def test_box_at_a_downscaled_extraction_pixel_size():
     assert b.box_px_extract == 14 and b.mask_diameter_A == pytest.approx((14 - COSINE_EDGE_WIDTH_PX) * 3.0)
 
 
+def test_the_examples_of_make_bin_run():
+    # make_bin is how a binning plugin makes its bins (docs/plugins.md); its examples are what the docs promise.
+    import doctest
+
+    tests = doctest.DocTestFinder().find(make_bin, "make_bin", globs={})
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    for t in tests:
+        runner.run(t)
+    assert runner.summarize(verbose=False) == doctest.TestResults(failed=0, attempted=6)
+
+
+@pytest.mark.parametrize(("lo", "hi"), [(220.0, 180.0), (0.0, 180.0), (180.0, float("nan")), (180.0, float("inf"))])
+def test_make_bin_refuses_a_range_that_is_no_diameters(lo, hi):
+    # Before, lo and hi swapped gave a bin whose range holds no diameter, and a NaN hi a message about a "size".
+    with pytest.raises(ValueError, match=re.escape(f"make_bin needs diameters 0 < lo <= hi (px), got lo={lo}, hi={hi}")):
+        make_bin(0, lo, hi, 1, BoxParams(), pixel_size=1.0)
+
+
+def test_the_binning_policy_of_the_plugin_docs_runs(make_plugin, tiny_mrcs, tmp_path, run_cli):
+    # docs/plugins.md, "A binning policy": the plugin as written there, through the runner's checks.
+    docs = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
+    section = docs.read_text().split("### A binning policy", 1)[1].split("\n## ", 1)[0]
+    source = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    make_plugin("lipoframe-edges", source)
+    out = tmp_path / "out"
+    code, text, err = run_cli("run", f"input={tiny_mrcs[0].parent}", f"output={out}", *TINY_ARGS, "binning=edges",
+                              "binning.edges_px=[0,1000]", "writer=[csv]")
+    assert code == 0, err
+    plan = ExtractionPlan.from_dict(json.loads((out / "extraction_plan.json").read_text()))
+    picks = pd.read_csv(out / "picks.csv")
+    assert plan.policy == "edges" and plan.n_bins == 1 and plan.bins[0].count == int(picks["accepted"].sum()) > 0
+    d = picks["diameter_px"]  # written with 2 decimals
+    assert (plan.bins[0].d_min_px, plan.bins[0].d_max_px) == (pytest.approx(d.min(), abs=0.005), pytest.approx(d.max(), abs=0.005))
+    assert plan.bins[0].box_px == make_bin(0, d.min(), d.max(), len(d), BoxParams(), plan.pixel_size).box_px
+    # An edge below every pick: all of them outside every range, flagged, none dropped.
+    cut = float(picks["diameter_px"].min()) / 2
+    code, text, err = run_cli("plan", str(out), f"binning.edges_px=[0,{cut}]", "export_rejected=true")
+    assert code == 0 and "policy edges: 0 picks in 0 bins" in text, err
+    flagged = pd.read_csv(out / "picks.csv")
+    assert (flagged["reject_reason"] == "binning_outlier").sum() == len(picks) and (flagged["size_bin"] == -1).all()
+    code, _, err = run_cli("plan", str(out), "binning.edges_px=[0,100,90]")
+    assert code == 2 and "binning.edges_px must be at least two ascending diameters, got [0.0, 100.0, 90.0]" in err
+
+
 @pytest.mark.parametrize(
     ("pixel_size", "extract", "d_max", "box_extract", "cut"),
     [

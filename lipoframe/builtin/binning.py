@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -91,16 +92,64 @@ def job_box(d_max_px: float, params: BoxParams, pixel_size: float | None) -> int
 
 
 def make_bin(index: int, lo: float, hi: float, count: int, params: BoxParams, pixel_size: float | None) -> SizeBin:
-    """A :class:`SizeBin` with box and mask sizes from the bin's largest diameter ``hi`` (px).
+    """One size bin of a plan, with its box and mask sizes from its largest diameter ``hi``.
 
-    Mask diameter (Å), SIMPLE's rule: ``min((box - w) * px, 1.2 * d_max)``
-    with ``w`` the cosine-edge width. With an extraction pixel size, the box
-    at that pixel size ``box_extract`` is rounded first, and the box cut
-    from the micrograph is ``box_extract * extract_px / px`` rounded to an
-    even size (``extract_size_px``), so that rescaling one to the other gives
-    the asked pixel size (up to that rounding); the mask must also fit the
-    rescaled box, ``(box_extract - w) * px * extract_size / box_extract``.
+    Every built-in policy makes its bins with this function, and a binning
+    plugin should too (see docs/plugins.md, "A binning policy"): the boxes
+    then follow ``binning.pad``, ``binning.rounding`` and
+    ``binning.extract_pixel_size`` as the built-in policies' do.
+
+    Parameters
+    ----------
+    index : int
+        The bin's number in the plan, from 0 (RELION ``rlnClassNumber`` =
+        ``index + 1``); the picks in the bin get it as their ``size_bin``.
+    lo, hi : float
+        The smallest and largest diameter (full-resolution px) of the bin's
+        picks, ``0 < lo <= hi``: the bin's range, and ``hi`` sets its box.
+    count : int
+        How many accepted picks the bin holds.
+    params : BoxParams
+        The box settings, normally the policy's own ``Params`` (a subclass
+        of :class:`BoxParams`): ``pad`` (box edge = ``pad * hi`` before
+        rounding up), ``rounding`` and ``extract_pixel_size``.
+    pixel_size : float or None
+        Å/px of the micrographs (``ctx.pixel_size``); None when unknown:
+        the bin then has no mask diameter and no extraction box.
+
+    Returns
+    -------
+    SizeBin
+        ``box_px`` is ``pad * hi`` rounded up (:func:`box_for`);
+        ``mask_diameter_A`` is SIMPLE's rule ``min((box - w) * px, 1.2 * hi * px)``,
+        with ``w`` the cosine-edge width :data:`~lipoframe.plan.COSINE_EDGE_WIDTH_PX`.
+        With ``params.extract_pixel_size`` (and a pixel size), the box at
+        that pixel size ``box_px_extract`` is rounded first, and the box cut
+        from the micrograph ``extract_size_px`` is ``box_px_extract *
+        extract_pixel_size / pixel_size`` rounded to an even size, so that
+        rescaling one to the other gives the asked pixel size (up to that
+        rounding); the mask must then also fit the rescaled box,
+        ``(box_px_extract - w) * pixel_size * extract_size_px / box_px_extract``.
+
+    Raises
+    ------
+    ValueError
+        If ``lo`` and ``hi`` are not diameters with ``0 < lo <= hi`` (both finite).
+
+    Examples
+    --------
+    >>> from lipoframe.builtin.binning import BoxParams, make_bin
+    >>> b = make_bin(0, 180.0, 220.0, 42, BoxParams(), pixel_size=1.06)
+    >>> b.box_px, round(b.mask_diameter_A, 1)
+    (352, 279.8)
+    >>> b = make_bin(0, 180.0, 220.0, 42, BoxParams(extract_pixel_size=2.12), pixel_size=1.06)
+    >>> b.box_px, b.box_px_extract, b.extract_size_px
+    (352, 192, 384)
+    >>> make_bin(1, 180.0, 220.0, 42, BoxParams(), pixel_size=None).mask_diameter_A is None
+    True
     """
+    if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo <= hi):
+        raise ValueError(f"make_bin needs diameters 0 < lo <= hi (px), got lo={lo}, hi={hi}")
     box = box_for(hi, params)
     mask = None
     box_extract = window = None
