@@ -522,6 +522,9 @@ def test_cryosparc_unknown_pixel_size_is_reported_once(tmp_path, caplog):
         CryosparcWriter().write(picks, metas, PLAN, tmp_path, ctx)  # three sets: all picks, bin 1, bin 2
     msgs = [r.getMessage() for r in caplog.records if "pixel size unknown" in r.getMessage()]
     assert len(msgs) == 1 and "a-mic" in msgs[0] and "b-mic" in msgs[0]
+    # The way to set it: a new plan of the run folder, not a run with pixel_size= (which picks every micrograph
+    # again, as its settings changed)
+    assert f"`lipoframe plan {tmp_path} pixel_size=<Å/px>` sets it without picking again" in msgs[0], msgs[0]
     assert Dataset.load(tmp_path / "cryosparc" / "particles.cs")["location/micrograph_psize_A"].tolist() == [0.0] * 4
 
 

@@ -602,8 +602,9 @@ class CryosparcWriter(Writer):
         if unknown:
             log.warning(
                 "writer cryosparc: pixel size unknown for %d micrograph(s) (%s); location/micrograph_psize_A, "
-                "location/min_dist_A and lipoframe/diameter_A are 0 for their picks (give pixel_size=<Å/px> to set it)",
-                len(unknown), _name_list(unknown),
+                "location/min_dist_A and lipoframe/diameter_A are 0 for their picks (`lipoframe plan %s "
+                "pixel_size=<Å/px>` sets it without picking again)",
+                len(unknown), _name_list(unknown), out_dir,
             )
         written = self._write_set(view, metas, mic_names, psize_of, safe_child(out_dir, "cryosparc"))
         if self.params.per_bin:
