@@ -2392,7 +2392,8 @@ def pixel_size_notes(metas: dict[str, MicrographMeta]) -> list[str]:
     return [note]
 
 
-def placeholder_pixel_size_notes(metas: dict[str, MicrographMeta], cfg: LipoframeConfig) -> list[str]:
+def placeholder_pixel_size_notes(metas: dict[str, MicrographMeta], cfg: LipoframeConfig, *,
+                                  out_dir: Path | None = None) -> list[str]:
     """A note when headers give exactly 1 Å/px and no ``pixel_size`` was given.
 
     1.0 is what many programs write when they do not know the pixel size
@@ -2402,6 +2403,8 @@ def placeholder_pixel_size_notes(metas: dict[str, MicrographMeta], cfg: Lipofram
     picks are not affected, but ``diameter_A``, the sizes in nm and the
     exports' pixel size are (``lipoframe plan pixel_size=`` sets it), unless
     a stage's option is a length in Å (``detector=membrane``'s thickness).
+    ``out_dir``, the run folder, is named in that command so that it can be
+    pasted (``<output folder>`` without it).
     """
     if cfg.pixel_size is not None:
         return []
@@ -2422,7 +2425,7 @@ def placeholder_pixel_size_notes(metas: dict[str, MicrographMeta], cfg: Lipofram
                 "run again with pixel_size=<Å/px>")
     else:
         note = (said + "the picks (in pixels) do not depend on it, but diameter_A, the sizes in nm and the exports' "
-                "pixel size do: if that is not your pixel size, `lipoframe plan <output folder> pixel_size=<Å/px>` "
+                f"pixel size do: if that is not your pixel size, `lipoframe plan {out_dir or '<output folder>'} pixel_size=<Å/px>` "
                 "sets it without picking again")
     log.info(note)
     return [note]
@@ -3370,7 +3373,7 @@ def finish_run(
             # (an earlier run's would stay and say the outputs are complete).
             stopped = interrupted = True
         if not stopped and kept is None:
-            on_pixel = placeholder_pixel_size_notes(metas, cfg) + pixel_size_notes(metas)
+            on_pixel = placeholder_pixel_size_notes(metas, cfg, out_dir=out_dir) + pixel_size_notes(metas)
             notes = notes + on_pixel + range_notes_for(picks, metas, cfg) + replaced_pixels_notes(infos)
             on_pixel_size += on_pixel
         elif not stopped:

@@ -1285,6 +1285,7 @@ def test_plan_keeps_the_runs_notes_that_still_apply(tmp_path, run_cli):
     renamed = [n for n in run_notes if "results are named" in n]
     one_a = [n for n in run_notes if "gives exactly 1 Å/px" in n]
     assert len(renamed) == 2 and len(one_a) == 1, run_notes
+    assert f"`lipoframe plan {out} pixel_size=<Å/px>`" in one_a[0], one_a  # the run's folder, ready to paste
     code, stdout, err = run_cli("plan", out, "binning=single")
     assert code == 0, err
     assert notes() == run_notes and all(f"NOTE {n}" in stdout for n in renamed)

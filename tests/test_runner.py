@@ -355,6 +355,10 @@ def test_a_header_pixel_size_of_exactly_one_angstrom_gets_a_note(tmp_path):
     (note,) = placeholder_pixel_size_notes(metas(1.0), config(tmp_path, "units=px", "dmin=100", "dmax=300"))
     assert "the picks (in pixels) do not depend on it, but diameter_A" in note
     assert "`lipoframe plan <output folder> pixel_size=<Å/px>` sets it without picking again" in note
+    # A run names its own folder there, so the command can be pasted (as the TIFF rows note does)
+    (note,) = placeholder_pixel_size_notes(metas(1.0), config(tmp_path, "units=px", "dmin=100", "dmax=300"),
+                                           out_dir=tmp_path / "run1")
+    assert f"`lipoframe plan {tmp_path / 'run1'} pixel_size=<Å/px>` sets it without picking again" in note, note
     # ... unless a stage converted a length in Å with it (the membrane detector's thickness): lipoframe plan
     # refuses a new pixel size for such a run, so the note must not send the user there
     (note,) = placeholder_pixel_size_notes(metas(1.0), config(tmp_path, "units=px", "dmin=100", "dmax=300", "detector=membrane"))
