@@ -303,7 +303,9 @@ def plan_markdown(plan: ExtractionPlan, files: dict[int, list[str]], *, n_outlie
         head += f"; {n_outliers} picks rejected as size outliers (`{OUTLIER_REASON}`)"
     lines.append(head + ".")
     lines.append("")
-    lines.append(f"- Pixel size: {f'{px:g} Å/px' if px else 'unknown (no Å values; give pixel_size=...)'}")
+    unknown = ("unknown (no Å values; `lipoframe plan` of this folder with `pixel_size=<Å/px>` sets them, and the "
+               "exports' pixel size, without picking again)")
+    lines.append(f"- Pixel size: {f'{px:g} Å/px' if px else unknown}")
     if pad is not None:
         lines.append(f"- Box: `{pad:g} × largest diameter of the bin`, rounded up to {rounding}.")
     lines.append("- Mask diameter: `min((box − 6 px) × pixel size, 1.2 × largest diameter)` (SIMPLE's rule)"

@@ -199,6 +199,15 @@ def test_a_bin_of_one_size_reads_as_one_number():
     assert "| 2 | 108 | 108 |" in md and "108–108" not in md
 
 
+def test_a_plan_without_pixel_size_says_how_to_give_one_without_picking_again():
+    # It said 'give pixel_size=...', which sent a user to a new run, and a run with another pixel_size picks
+    # every micrograph again; a new plan of the folder sets it in seconds.
+    plan = ExtractionPlan(policy="single", pixel_size=None, bins=(SizeBin(0, 79.2, 96.6, 70, 160, None),))
+    md = plan_markdown(plan, {})
+    assert "- Pixel size: unknown (no Å values; `lipoframe plan` of this folder with `pixel_size=<Å/px>` sets them" in md
+    assert "- Pixel size: 1.5 Å/px" in plan_markdown(dataclasses.replace(plan, pixel_size=1.5), {})
+
+
 # ---------------------------------------------------------------------------
 # Plan files
 # ---------------------------------------------------------------------------
