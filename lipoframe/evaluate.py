@@ -709,6 +709,10 @@ def _read_table(path: Path, catalog: MicrographCatalog | None = None, flip_y: bo
     except EvaluationInputError:
         raise
     except UnicodeDecodeError:
+        if suffix == ".cs":  # lipoframe's cryosparc writer puts a STAR of the same picks beside its particles.cs
+            raise EvaluationInputError(f"{path}: a cryoSPARC .cs dataset, which lipoframe evaluate does not read; give "
+                                       f"the particles.star beside it (lipoframe's cryosparc writer writes one) or "
+                                       f"the run folder, or a CSV, STAR, .box, .cbox or .coords file") from None
         raise EvaluationInputError(f"{path}: not a text table (an image or other binary file?); "
                                    "give a CSV, STAR, .box, .cbox or .coords file") from None
     except (OSError, ValueError, pd.errors.ParserError) as exc:

@@ -878,6 +878,26 @@ def test_cli_an_image_given_as_a_table_says_so(tmp_path, capsys):
     assert len(err.splitlines()) == 1
 
 
+def test_cli_a_cryosparc_dataset_says_what_to_give_instead(tmp_path, capsys):
+    # picks=run/cryosparc/particles.cs (lipoframe's own export) said 'not a text table (an image or other binary
+    # file?)': the user had given picks, in a format evaluate does not read, with a STAR of them beside it
+    from lipoframe.builtin.writers import CryosparcWriter
+    from lipoframe.plan import ExtractionPlan, SizeBin
+    from lipoframe.records import MicrographMeta, PickContext
+
+    picks = table([("m", 100.0, 100.0, 50.0)]).assign(score=2.0, accepted=True, reject_reason="", size_bin=0)
+    metas = {"m": MicrographMeta(name="m", path=str(tmp_path / "m.mrc"), shape=(512, 512), pixel_size=1.0)}
+    plan = ExtractionPlan(policy="test", pixel_size=1.0, bins=(SizeBin(0, 40.0, 60.0, 1, 96, 60.0),))
+    CryosparcWriter().write(picks, metas, plan, tmp_path, PickContext(dmin_px=40, dmax_px=60, pixel_size=1.0))
+    table([("m", 100, 100, 50)]).to_csv(tmp_path / "r.csv", index=False)
+    assert main([f"picks={tmp_path / 'cryosparc' / 'particles.cs'}", f"reference={tmp_path / 'r.csv'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "particles.cs: a cryoSPARC .cs dataset, which lipoframe evaluate does not read; give the particles.star" in err
+    assert len(err.splitlines()) == 1
+    # ... and the STAR it points to is read: the same pick
+    assert main([f"picks={tmp_path / 'cryosparc' / 'particles.star'}", f"reference={tmp_path / 'r.csv'}"]) == 0
+
+
 @pytest.mark.skipif(not APO.is_dir(), reason="shared apoferritin sample not available")
 def test_apoferritin_reference_names_match_the_png_stems():
     ref = read_reference(APO / "reference_coords_derived.csv")
