@@ -1096,7 +1096,7 @@ def _write_report(data: RunData, how_far: ReportProgress, *, readers: ReaderChoi
         crops_by_mic.setdefault(mic, []).append(c)
 
     index_path = ov_dir / "index.json"
-    previous = _read_json(index_path) or {}
+    previous = _read_overlay_index(index_path)
     index = previous if not force else {}
     new_index: dict[str, Any] = {}
     jobs: list[OverlayJob] = []
@@ -1231,6 +1231,38 @@ def _write_report(data: RunData, how_far: ReportProgress, *, readers: ReaderChoi
     log.info("report: %s (%d overlays drawn in %.1f s, %.2f s / %.2f CPU s each; %d reused; %d failed)",
              path, stats["rendered"], wall, stats["per_overlay"], stats["cpu_per_overlay"], stats["cached"], n_failed)
     return stats
+
+
+def _read_overlay_index(path: Path) -> dict:
+    """``overlays/index.json``, or ``{}`` (every overlay drawn again) when it is missing or not what a report writes.
+
+    A report writes a JSON object: ``render_version`` and, for each
+    micrograph, an object whose ``crops`` is a list of file names. Anything
+    else (a list, an entry that is a number, crops that are no list of
+    names), like a file that is not JSON, is logged with the file named and
+    ignored, as if there were no index: nothing is reused and no overlay is
+    removed on its word.
+    """
+    index = _read_json(path)
+    if index is None:
+        return {}
+    problem = ""
+    if not isinstance(index, dict):
+        problem = f"a JSON {type(index).__name__}, not an object"
+    else:
+        for name, entry in index.items():
+            if name == "render_version":
+                continue
+            if not isinstance(entry, dict):
+                problem = f"the entry {name!r} is a JSON {type(entry).__name__}, not an object"
+            elif not isinstance(entry.get("crops", []), list) or not all(isinstance(c, str) for c in entry.get("crops", [])):
+                problem = f"the crops of {name!r} are not a list of file names"
+            if problem:
+                break
+    if problem:
+        log.warning("report: cannot use %s (%s): every overlay is drawn again", path, problem)
+        return {}
+    return index
 
 
 def _remove_stale_overlays(ov_dir: Path, previous: dict, current: dict) -> int:

@@ -765,6 +765,29 @@ def test_a_rerun_without_a_micrograph_removes_its_overlay(done, run_copy):
         assert (ov / f"{name}_picks.png").is_file() and (ov / "thumbs" / f"{name}.jpg").is_file()
 
 
+@pytest.mark.parametrize(("shape", "problem"), [
+    ("list", "a JSON list, not an object"),
+    ("entry", "the entry 'mic_1' is a JSON int, not an object"),
+    ("crops", "the crops of 'mic_1' are not a list of file names"),
+])
+def test_an_overlay_index_that_is_json_of_another_shape_is_redrawn_with_a_warning(run_copy, run_cli, caplog, shape, problem):
+    # Before, valid JSON that was no object of entries (a list, an entry that is a number, crops that are a
+    # number) made lipoframe report crash (AttributeError/TypeError), where a file that is not JSON is redrawn.
+    index = run_copy / "overlays" / "index.json"
+    good = json.loads(index.read_text())
+    bad = {"list": [1, 2], "entry": {**good, "mic_1": 5}, "crops": {**good, "mic_1": {**good["mic_1"], "crops": 3}}}
+    index.write_text(json.dumps(bad[shape]))
+    with caplog.at_level(logging.WARNING, logger="lipoframe"):
+        code, out, err = run_cli("report", run_copy)
+    assert code == 0, err
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert f"report: cannot use {index} ({problem}): every overlay is drawn again" in said
+    assert re.search(r"^overlays +3 drawn in .*, 0 unchanged, 0 failed$", out, re.M), out
+    again = json.loads(index.read_text())
+    assert set(again) == {"render_version", "mic_0", "mic_1", "mic_2"}
+    assert all(isinstance(again[n]["crops"], list) for n in ("mic_0", "mic_1", "mic_2"))
+
+
 def test_no_overlays_option_reads_no_micrograph(run_copy, run_cli):
     shutil.rmtree(run_copy / "overlays")
     code, out, _ = run_cli("report", run_copy, "--no-overlays")
