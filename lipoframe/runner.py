@@ -2589,7 +2589,7 @@ def finalize_dataset(
             # imported as if it were all (a folder of coordinate files).
             partial = remove_new_files(out_dir, before)
             # What is left, and how to finish it: the same words for a run, a merge and a plan.
-            failed.append(f"writer {w.name} failed: {type(exc).__name__}: {exc}"
+            failed.append(f"writer {w.name} failed: {stage_failure_why(f'writer/{w.name}', exc)}"
                           + (f" (removed the {len(partial)} file(s) it had written)" if partial else "")
                           + f"; its files are missing, the other exports and the extraction plan are written: once that is "
                           f"fixed, `lipoframe plan {out_dir}` writes them all without picking again")
@@ -2673,14 +2673,26 @@ class DatasetStageError(RuntimeError):
     def __init__(self, stage: str, exc: BaseException):
         kind, _, name = stage.partition("/")
         who = f"binning policy {name!r}" if kind == "binning" else f"dataset stage {stage}"
-        text = str(exc)
-        prefix = f"stage {stage!r} "
-        if isinstance(exc, ValueError) and text.startswith(prefix) and not failing_stage(exc.__traceback__):
-            why = "it " + text[len(prefix):]  # the runner's check of what the stage returned, which names it
-        else:
-            why = f"{type(exc).__name__}: {text}"
-        super().__init__(f"{who} failed: {why}")
+        super().__init__(f"{who} failed: {stage_failure_why(stage, exc)}")
         self.stage = stage
+
+
+def stage_failure_why(stage: str, exc: BaseException) -> str:
+    """Why ``stage`` (``kind/name``) failed, for a message that has named it already.
+
+    A rule the runner checks on what the stage returned or did (its
+    ``ValueError`` starts ``stage 'kind/name' ``) is told as what the stage
+    did: ``it changed the table it was given ...``. Anything the stage
+    raised itself is ``ValueError: <its message>``. Used by
+    :class:`DatasetStageError` and for writers (``writer x failed: <why>``),
+    which before named the stage twice (``writer x failed: ValueError:
+    stage 'writer/x' wrote 1 file(s) outside ...``).
+    """
+    text = str(exc)
+    prefix = f"stage {stage!r} "
+    if isinstance(exc, ValueError) and text.startswith(prefix) and not failing_stage(exc.__traceback__):
+        return "it " + text[len(prefix):]  # the runner's check of what the stage returned, which names it
+    return f"{type(exc).__name__}: {text}"
 
 
 class WriterError(RuntimeError):
