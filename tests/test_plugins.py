@@ -589,3 +589,38 @@ def test_lipoframe_stages_shows_a_plugin_parameters_help_and_the_values_of_an_en
 
     cfg = validate_overrides(["detector=helpful", "detector.shape=oval"])
     assert cfg.detector.shape.name == "oval"
+
+
+def test_the_run_end_hook_of_the_plugin_docs_writes_atomically_and_is_not_tracked(make_plugin, tiny_mrcs, tmp_path,
+                                                                                   run_cli, monkeypatch):
+    # docs/plugins.md, "lipoframe_run_end": the example as written there. Before, it wrote done.txt with
+    # Path.write_text (a reader could see half a file), and the docs did not say that lipoframe leaves it alone.
+    import re
+
+    docs = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
+    section = docs.read_text().split("### `lipoframe_run_end(out_dir, summary)`", 1)[1].split("\n### ", 1)[0]
+    make_plugin("lipoframe-done", re.search(r"```python\n(.*?)```", section, re.S).group(1))
+    out = tmp_path / "out"
+    replaced = []
+    real_replace = os.replace
+
+    def spy(src, dst, *a, **k):
+        replaced.append((Path(src).name, Path(dst).name))
+        return real_replace(src, dst, *a, **k)
+
+    monkeypatch.setattr(os, "replace", spy)
+    code, _, err = run_cli("run", f"input={tiny_mrcs[0].parent}", f"output={out}", *TINY_ARGS, "writer=[csv]")
+    assert code == 0, err
+    accepted = json.loads((out / "run_summary.json").read_text())["picks"]["accepted"]
+    assert accepted > 0 and (out / "done.txt").read_text() == f"{accepted} particles\n"
+    # Written to a temporary file in the folder, then renamed over done.txt.
+    assert any(dst == "done.txt" and src.startswith(".done.txt.") for src, dst in replaced), replaced
+    assert not [p for p in out.iterdir() if p.name.startswith(".done.txt.")]
+    # Not tracked: not in written_files.json, and kept by a run with other settings (which removes the listed exports).
+    listed = json.loads((out / "written_files.json").read_text())["files"]
+    assert "done.txt" not in listed and any(f.startswith("csv/") for f in listed) and (out / "csv").is_dir()
+    (out / "done.txt").write_text("earlier\n")
+    monkeypatch.setenv("LIPOFRAME_BLOCK_PLUGINS", "done")
+    code, _, err = run_cli("run", f"input={tiny_mrcs[0].parent}", f"output={out}", *TINY_ARGS, "writer=[star]")
+    assert code == 0, err
+    assert not (out / "csv").exists() and (out / "done.txt").read_text() == "earlier\n"
