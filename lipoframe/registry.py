@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import re
+import types
 import typing
 from dataclasses import dataclass
 
@@ -220,6 +221,30 @@ def params_problem(params_cls: type, *, section: str) -> str:
     return ""
 
 
+def type_name(tp: object) -> str:
+    """A field's type as ``lipoframe stages`` shows it, the same however it is spelled.
+
+    ``Optional[float]``, ``Union[float, None]`` and ``float | None`` all read
+    ``float | None``; ``List[float]`` and ``list[float]`` read ``list[float]``
+    (``__name__`` alone gives ``Optional`` and ``list``).
+    """
+    if tp is type(None) or tp is None:
+        return "None"
+    if tp is Ellipsis:
+        return "..."
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is typing.Union or (hasattr(types, "UnionType") and origin is types.UnionType):
+        # None last, as in the usual spelling float | None
+        return " | ".join(type_name(a) for a in sorted(args, key=lambda a: a is type(None)))
+    if origin is not None:
+        name = getattr(origin, "__name__", None) or str(origin).replace("typing.", "")
+        return f"{name}[{', '.join(type_name(a) for a in args)}]" if args else name
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
 def describe_params(params_cls: type) -> list[tuple[str, str, object, str]]:
     """(name, type, default, help) for each field of a Params dataclass."""
     hints = typing.get_type_hints(params_cls)
@@ -232,7 +257,7 @@ def describe_params(params_cls: type) -> list[tuple[str, str, object, str]]:
         else:
             default = "???"
         tp = hints.get(f.name, f.type)
-        tname = getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+        tname = type_name(tp)
         help_text = str(f.metadata.get("help", "") or "")
         if isinstance(tp, type) and issubclass(tp, enum.Enum):  # the values to type, which the type's name does not say
             help_text = "; ".join(t for t in (f"one of {', '.join(m.name for m in tp)}", help_text) if t)

@@ -153,6 +153,26 @@ def test_the_keys_lipoframe_stages_prints_are_the_keys_to_set(run_cli):
         validate_overrides([f"filter=[{stage}]", f"{key}={re.search(rf'{re.escape(key)}:.*= (.*)$', out, re.M).group(1)}"])
 
 
+def test_stages_shows_whole_types_however_they_are_spelled(run_cli):
+    # Optional[float] showed as "Optional" and list[float] as "list" (their __name__); float | None in full
+    import dataclasses
+    import typing
+
+    from lipoframe.registry import describe_params
+
+    fields = [("a", typing.Optional[float], None), ("b", float | None, None), ("c", list[float], dataclasses.field(default_factory=list)),
+              ("d", typing.List[int], dataclasses.field(default_factory=list)), ("e", typing.Optional[typing.List[str]], None),
+              ("f", dict[str, float], dataclasses.field(default_factory=dict)), ("g", int, 1)]
+    params = dataclasses.make_dataclass("P", fields)
+    shown = {name: tname for name, tname, _, _ in describe_params(params)}
+    assert shown == {"a": "float | None", "b": "float | None", "c": "list[float]", "d": "list[int]",
+                     "e": "list[str] | None", "f": "dict[str, float]", "g": "int"}
+    code, out, _ = run_cli("stages", "detector")
+    assert code == 0
+    assert re.search(r"^\s+detector\.weak_threshold:\s+float \| None\s+= None$", out, re.M)
+    assert "Optional" not in out
+
+
 def test_stages_of_one_kind(run_cli):
     code, out, _ = run_cli("stages", "nms")
     assert code == 0
