@@ -1854,7 +1854,8 @@ def format_rate(per_s: float) -> str:
 class ProgressLines:
     """The progress of a run on stderr when it has no terminal (so no bar): a timed line every
     :data:`PROGRESS_LINE_SECONDS` at most, and one for the last micrograph, e.g.
-    ``lipoframe: 14:02:31 picked 120 of 1000 micrographs (2 failed), picking 1.9 micrographs/s, about 8 min left``.
+    ``lipoframe: 14:02:31 picked 118 of 1000 micrographs, 2 failed, picking 1.9 micrographs/s, about 8 min left``
+    (120 done: the failed ones are not counted as picked, as in the watch session's status lines).
 
     The rate is the picking's (the micrographs read so far, failed ones too, over the time since picking
     began), from which the time left follows; the summary's (:func:`format_summary`) is that of the
@@ -1877,8 +1878,9 @@ class ProgressLines:
         if self.done < self.total and per_s > 0:
             minutes = (self.total - self.done) / per_s / 60
             left = f", about {minutes:.0f} min left" if minutes >= 1 else ", less than a minute left"
-        failures = f" ({failed} failed)" if failed else ""
-        print_timed(f"picked {self.done} of {self.total} micrographs{failures}, picking {format_rate(per_s)}{left}")
+        # picked: the micrographs done less those that failed (those done before, of a resumed run, were picked)
+        failures = f", {failed} failed" if failed else ""
+        print_timed(f"picked {self.done - failed} of {self.total} micrographs{failures}, picking {format_rate(per_s)}{left}")
 
 
 @contextlib.contextmanager

@@ -550,6 +550,14 @@ def test_a_run_without_a_terminal_prints_timed_progress_lines(tmp_path, monkeypa
     write_set(tmp_path / "in2", 2)
     run_pipeline(config(tmp_path / "in2", "runner.workers=1", "runner.progress=false"), tmp_path / "out2")
     assert " picked " not in capsys.readouterr().err
+    # failed micrographs are not counted as picked (the line said "picked 2 of 2 micrographs (2 failed)")
+    (tmp_path / "bad").mkdir()
+    for name in ("a.mrc", "b.mrc"):
+        (tmp_path / "bad" / name).write_bytes(b"not an MRC file")
+    run_pipeline(config(tmp_path / "bad", "runner.workers=1", "runner.progress=true"), tmp_path / "out3")
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if " picked " in ln]
+    assert [ln.split(" picked ", 1)[1].split(", picking")[0] for ln in lines] == [
+        "0 of 2 micrographs, 1 failed", "0 of 2 micrographs, 2 failed"], lines
 
 
 def test_progress_lines_wait_their_interval_and_always_tell_the_end(monkeypatch, capsys):
@@ -560,7 +568,8 @@ def test_progress_lines_wait_their_interval_and_always_tell_the_end(monkeypatch,
     for _ in range(3):
         lines.update(failed=1)
     err = capsys.readouterr().err.splitlines()
-    assert len(err) == 1 and " picked 4 of 4 micrographs (1 failed), picking " in err[0], err
+    # 4 done, 1 of them failed: 3 picked (the line said "picked 4 of 4 micrographs (1 failed)")
+    assert len(err) == 1 and " picked 3 of 4 micrographs, 1 failed, picking " in err[0], err
 
 
 def test_the_summary_says_its_rate_is_over_the_whole_run():
