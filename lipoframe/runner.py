@@ -744,7 +744,10 @@ def check_written_inside(paths: Any, out_dir: Path, *, stage: str) -> list[Path]
     interrupted writer left, and a later run what this one wrote and it does
     not write again (``written_files.json``). A writer that writes elsewhere
     is caught by the paths it returns (a file it wrote and did not return is
-    not seen); the check resolves one folder per file at most.
+    not seen); the check resolves one folder per file at most. A path is
+    judged by the folder it is in, not by where a symbolic link it names
+    points: a link the writer made inside ``out_dir`` (to a micrograph, say)
+    is a file inside, which the runner can remove.
 
     Raises
     ------
@@ -756,7 +759,11 @@ def check_written_inside(paths: Any, out_dir: Path, *, stage: str) -> list[Path]
     if listed is None or not all(isinstance(f, (str, os.PathLike)) for f in listed):
         raise ValueError(f"stage {stage!r} returned {type(paths).__name__}, not the list of the paths it wrote")
     root = Path(out_dir).resolve()
-    outside = [f for f in resolve_all(listed) if not f.is_relative_to(root)]
+    paths = [Path(f) for f in listed]
+    # Each path's folder resolved, plus its name: a link is where it is, not where it points.
+    folders = resolve_all(p.parent for p in paths)
+    located = [p.resolve() if p.name in ("", ".", "..") else folder / p.name for p, folder in zip(paths, folders)]
+    outside = [f for f in located if not f.is_relative_to(root)]
     if outside:
         raise ValueError(f"stage {stage!r} wrote {len(outside)} file(s) outside the output folder {root} (e.g. {outside[0]}), "
                          "which lipoframe leaves as they are: write only inside out_dir "

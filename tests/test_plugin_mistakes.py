@@ -428,6 +428,11 @@ TAMPERING = """
                 written = [write_text(safe_child(out_dir, "tamper", f"{name}.txt"), "x") for name in metas]
                 if self.params.bad == "outside":
                     written.append(write_text(out_dir.parent / "tamper_outside.txt", "x"))
+                if self.params.bad == "link":  # a link inside out_dir to each micrograph, which is outside
+                    for name, meta in metas.items():
+                        link = out_dir / "tamper" / f"{name}.mrc"
+                        link.symlink_to(meta.path)
+                        written.append(link)
                 if self.params.bad == "none_returned":
                     return None
                 return written
@@ -487,6 +492,21 @@ def test_a_writer_that_writes_outside_the_output_folder_fails(sloppy, make_plugi
     assert "lipoframe: writer tamper failed: it returned NoneType, not the list of the paths it wrote" in err
     code, _, err = run_cli("run", *args)
     assert code == 0, err
+
+
+def test_a_writer_that_links_to_files_outside_from_inside_the_output_folder_does_not_fail(sloppy, make_plugin, tiny_mrcs,
+                                                                                          tmp_path, run_cli):
+    # A symbolic link the writer made inside out_dir is a file inside (the runner can remove it), wherever it
+    # points. Before, the check resolved the link itself and failed the writer: "it wrote 2 file(s) outside the
+    # output folder ... (e.g. <the micrograph>)", though it wrote nothing there.
+    make_plugin("lipoframe-tamper", TAMPERING)
+    out = tmp_path / "out"
+    args = [*PLAIN, "writer=[tamper,csv]", f"input={tiny_mrcs[0].parent}", f"output={out}", *TINY_ARGS]
+    code, _, err = run_cli("run", *args, "writer.tamper.bad=link")
+    assert code == 0, err
+    assert "outside" not in err
+    links = sorted((out / "tamper").glob("*.mrc"))
+    assert len(links) == 2 and all(p.is_symlink() and p.resolve() in {m.resolve() for m in tiny_mrcs} for p in links)
 
 
 @pytest.mark.parametrize(
