@@ -133,10 +133,11 @@ def with_run_binning(run_dir: Path, saved: dict, choices: dict, registry, user: 
     A folder made before runs recorded their stages in ``inputs.json``,
     without ``.hydra/hydra.yaml``, has only the options of its binning
     policy. The one installed policy with exactly those options is taken,
-    with a warning that says so; when several have them (``single`` and a
-    plugin's policy with the same box options) or none has, the plan would
-    use another policy than the run's, so the user must choose one, unless
-    ``user`` does.
+    with a warning that says so; failing that, the one that has them all and
+    more (options added to it since the folder was made, which take their
+    defaults). When several have them (``single`` and a plugin's policy with
+    the same box options) or none has, the plan would use another policy
+    than the run's, so the user must choose one, unless ``user`` does.
 
     Raises
     ------
@@ -149,14 +150,20 @@ def with_run_binning(run_dir: Path, saved: dict, choices: dict, registry, user: 
     if choices.get("binning") or not isinstance(node, dict):
         return choices
     keys = set(node)
-    matches = [i.name for i in registry.stages("binning") if {f.name for f in dataclasses.fields(i.params)} == keys]
+    fields = {i.name: {f.name for f in dataclasses.fields(i.params)} for i in registry.stages("binning")}
+    matches = [name for name, have in fields.items() if have == keys]
+    added = ""
+    if not matches:  # a folder made before its policy gained options: those it lacks take their defaults
+        matches = [name for name, have in fields.items() if have > keys]
+        if len(matches) == 1:
+            added = f" and options added since ({', '.join(sorted(fields[matches[0]] - keys))}), which take their defaults"
     chosen = "binning" in {_key(o) for o in user}
     options = ", ".join(sorted(keys)) or "none"
     if len(matches) == 1:
         if not chosen:
             log.warning("%s records no binning policy (no .hydra/hydra.yaml, and an inputs.json of a lipoframe that did not "
-                        "record it): taken to be %s, the only installed policy with its options (%s); "
-                        "give binning=<name> if the run used another", run_dir, matches[0], options)
+                        "record it): taken to be %s, the only installed policy with its options (%s)%s; "
+                        "give binning=<name> if the run used another", run_dir, matches[0], options, added)
         return {**choices, "binning": matches[0]}
     if not chosen:
         fits = (f"its options ({options}) fit the policies {', '.join(matches)}" if matches

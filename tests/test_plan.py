@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -1043,6 +1044,33 @@ def test_plan_of_an_older_folder_says_which_binning_it_took_or_asks(make_plugin,
     assert json.loads((out / "extraction_plan.json").read_text())["policy"] == "single"  # as it was
     code, text, err = run_cli("plan", str(out), "binning=one_bin")
     assert code == 0 and "policy one_bin:" in text, err
+
+
+def test_plan_of_an_older_folder_takes_the_policy_that_gained_options_since(tiny_mrcs, tmp_path, run_cli, caplog):
+    # A folder made without a Hydra record (hydra.output_subdir=null, any merge) by a lipoframe from before
+    # peak_valley gained stray_gap and min_bin_picks: no installed policy had exactly its options, so plan refused
+    # (exit 2, 'no installed policy has its options'), where it had used peak_valley, the run's own, before.
+    out = tmp_path / "out"
+    code, _, err = run_cli("run", f"input={tiny_mrcs[0].parent}", f"output={out}", *TINY_ARGS, "hydra.output_subdir=null")
+    assert code == 0, err
+    manifest = json.loads((out / "inputs.json").read_text())
+    assert manifest.pop("stages")["binning"] == "peak_valley"
+    (out / "inputs.json").write_text(json.dumps(manifest))
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    for option in ("stray_gap", "min_bin_picks"):  # as that lipoframe wrote it
+        del config["binning"][option]
+    (out / "config.yaml").write_text(yaml.safe_dump(config))
+    with caplog.at_level(logging.WARNING, logger="lipoframe"):
+        code, text, err = run_cli("plan", str(out))
+    assert code == 0 and "policy peak_valley:" in text, err
+    assert any("taken to be peak_valley, the only installed policy with its options (" in r.getMessage()
+               and "and options added since (min_bin_picks, stray_gap), which take their defaults" in r.getMessage()
+               for r in caplog.records)
+    # Options that several policies have and more (single's before extract_pixel_size): the user chooses.
+    config["binning"] = {"pad": 1.6, "rounding": "multiple32"}
+    (out / "config.yaml").write_text(yaml.safe_dump(config))
+    code, _, err = run_cli("plan", str(out))
+    assert code == 2 and "its options (pad, rounding) fit the policies " in err and "choose one with binning=<name>" in err
 
 
 def _run_interrupted_before_mic_1(tiny_mrcs, tmp_path, run_cli) -> Path:
