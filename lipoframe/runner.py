@@ -759,11 +759,8 @@ def check_written_inside(paths: Any, out_dir: Path, *, stage: str) -> list[Path]
     if listed is None or not all(isinstance(f, (str, os.PathLike)) for f in listed):
         raise ValueError(f"stage {stage!r} returned {type(paths).__name__}, not the list of the paths it wrote")
     root = Path(out_dir).resolve()
-    paths = [Path(f) for f in listed]
-    # Each path's folder resolved, plus its name: a link is where it is, not where it points.
-    folders = resolve_all(p.parent for p in paths)
-    located = [p.resolve() if p.name in ("", ".", "..") else folder / p.name for p, folder in zip(paths, folders)]
-    outside = [f for f in located if not f.is_relative_to(root)]
+    # A link the writer made is where it is, not where it points.
+    outside = [f for f in resolve_all(listed, follow_links=False) if not f.is_relative_to(root)]
     if outside:
         raise ValueError(f"stage {stage!r} wrote {len(outside)} file(s) outside the output folder {root} (e.g. {outside[0]}), "
                          "which lipoframe leaves as they are: write only inside out_dir "

@@ -70,17 +70,19 @@ def safe_child(root: str | os.PathLike, *parts: str) -> Path:
     return target
 
 
-def resolve_all(paths) -> list[Path]:
+def resolve_all(paths, *, follow_links: bool = True) -> list[Path]:
     """``[Path(p).resolve() for p in paths]``, resolving each folder once.
 
     A file that is not a symbolic link resolves to its resolved folder plus
     its name; the writers' thousands of files share a few folders, and
     :meth:`~pathlib.Path.resolve` looks up every component of every path.
+    ``follow_links=False``: a symbolic link is located where it is (its
+    resolved folder plus its name), not where it points.
     """
     folders: dict[Path, Path] = {}
     out = []
     for p in map(Path, paths):
-        if p.name in ("", ".", "..") or p.is_symlink():
+        if p.name in ("", ".", "..") or (follow_links and p.is_symlink()):
             out.append(p.resolve())
             continue
         folder = folders.get(p.parent)
