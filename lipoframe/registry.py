@@ -234,8 +234,8 @@ def type_name(tp: object) -> str:
         return "..."
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
-    if origin is typing.Union or (hasattr(types, "UnionType") and origin is types.UnionType):
-        # None last, as in the usual spelling float | None
+    if origin in (typing.Union, types.UnionType):  # Optional[float], Union[float, None], float | None
+        # None last, as in the usual spelling
         return " | ".join(type_name(a) for a in sorted(args, key=lambda a: a is type(None)))
     if origin is not None:
         name = getattr(origin, "__name__", None) or str(origin).replace("typing.", "")
