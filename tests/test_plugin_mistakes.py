@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pandas as pd
 import pytest
@@ -507,6 +508,92 @@ def test_a_writer_that_links_to_files_outside_from_inside_the_output_folder_does
     assert "outside" not in err
     links = sorted((out / "tamper").glob("*.mrc"))
     assert len(links) == 2 and all(p.is_symlink() and p.resolve() in {m.resolve() for m in tiny_mrcs} for p in links)
+
+
+#: A writer that links ``linked/<name>.mrc`` to each micrograph (outside the output folder), or to
+#: ``picks.csv`` (inside), getting each link's path from safe_child (``replace_link`` as given).
+LINKER = """
+        import os
+        from dataclasses import dataclass
+
+        from lipoframe import hookimpl
+        from lipoframe.io.atomic import safe_child
+        from lipoframe.stages import Writer
+
+        @dataclass
+        class LinkParams:
+            to: str = "micrograph"
+            replace: bool = True
+
+        class Link(Writer):
+            name = "link"
+            Params = LinkParams
+
+            def write(self, picks, metas, plan, out_dir, ctx):
+                written = []
+                for name, meta in metas.items():
+                    link = safe_child(out_dir, "linked", f"{name}.mrc", replace_link=self.params.replace)
+                    link.parent.mkdir(exist_ok=True)
+                    link.symlink_to(meta.path if self.params.to == "micrograph" else out_dir / "picks.csv")
+                    written.append(link)
+                return written
+
+        @hookimpl
+        def lipoframe_register_stages(registry):
+            registry.add(Link)
+"""
+
+
+def test_a_writer_that_makes_its_link_again_without_replace_link_is_told_what_to_do(sloppy, make_plugin, tiny_mrcs,
+                                                                                   tmp_path, run_cli):
+    # safe_child refuses the earlier run's link to a micrograph (a plain open() of it would write the micrograph);
+    # before, its message said only "refusing to write <the micrograph>: outside the output folder".
+    make_plugin("lipoframe-link", LINKER)
+    out = tmp_path / "out"
+    args = [*PLAIN, "writer=[csv,link]", "writer.link.replace=false", f"input={tiny_mrcs[0]}", f"output={out}", *TINY_ARGS]
+    code, _, err = run_cli("run", *args)
+    assert code == 0, err
+    code, _, err = run_cli("run", *args)
+    assert code == 1
+    link = out.resolve() / "linked" / "mic_0.mrc"
+    assert (f"lipoframe: writer link failed: ValueError: refusing to write {link}: it is a symbolic link to "
+            f"{tiny_mrcs[0].resolve()}, outside the output folder {out.resolve()} (an earlier run's?), and writing it would "
+            "write there; remove the link (os.unlink, which leaves its target) or get the path with "
+            "safe_child(..., replace_link=True), which does") in err, err
+    assert tiny_mrcs[0].is_file()
+
+
+def test_safe_child_replaces_a_link_only_when_asked_and_never_its_target(tmp_path):
+    from lipoframe.io.atomic import safe_child
+
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    (out / "sub").mkdir(parents=True)
+    elsewhere.mkdir()
+    (elsewhere / "data.mrc").write_text("data")
+    (out / "inside.txt").write_text("inside")
+    (out / "sub" / "to_out").symlink_to(elsewhere / "data.mrc")
+    (out / "sub" / "to_in").symlink_to(out / "inside.txt")
+    (out / "sub" / "to_dir").symlink_to(elsewhere, target_is_directory=True)
+    (out / "up").symlink_to(elsewhere, target_is_directory=True)
+    root = out.resolve()
+    # Without replace_link a link is followed: to inside, its target; to outside, refused, and left as it is.
+    assert safe_child(out, "sub", "to_in") == root / "inside.txt" and (out / "sub" / "to_in").is_symlink()
+    for name in ("to_out", "to_dir"):
+        with pytest.raises(ValueError, match=f"refusing to write {root / 'sub' / name}: it is a symbolic link to "):
+            safe_child(out, "sub", name)
+        assert (out / "sub" / name).is_symlink()
+    # With it, the link goes (the link only) and its own path is returned, free.
+    for name in ("to_out", "to_in", "to_dir"):
+        assert safe_child(out, "sub", name, replace_link=True) == root / "sub" / name
+        assert not os.path.lexists(out / "sub" / name)
+    assert (elsewhere / "data.mrc").read_text() == "data" and (out / "inside.txt").read_text() == "inside"
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["data.mrc"]
+    # A folder on the way that leads outside, and '..', are refused either way; nothing is removed there.
+    for parts in (("up", "data.mrc"), ("sub", "..", "..", "elsewhere", "data.mrc"), ("..",)):
+        with pytest.raises(ValueError, match="outside the output folder"):
+            safe_child(out, *parts, replace_link=True)
+    assert (elsewhere / "data.mrc").read_text() == "data" and (out / "up").is_symlink()
+    assert safe_child(out, "sub", "new.txt", replace_link=True) == root / "sub" / "new.txt"  # nothing there: as without
 
 
 @pytest.mark.parametrize(

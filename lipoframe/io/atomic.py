@@ -55,17 +55,52 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return Path(path)
 
 
-def safe_child(root: str | os.PathLike, *parts: str) -> Path:
+def safe_child(root: str | os.PathLike, *parts: str, replace_link: bool = False) -> Path:
     """Join ``parts`` below ``root`` and refuse any result outside ``root``.
+
+    The result is resolved: a symbolic link on the way is followed, and the
+    path must still be inside ``root``. An existing link at the path itself
+    that points outside ``root`` (one an earlier run of a writer made) is
+    refused, as a plain ``open()`` of the path would write through it; with
+    ``replace_link=True`` such a link (wherever it points) is removed instead,
+    the link only, never its target, and the path of the link itself is
+    returned, free for the new file or link. Use it to write what an earlier
+    run may have left as a link (a writer that links to the micrographs).
+
+    Parameters
+    ----------
+    root : path
+        The folder the result must be inside (the output folder).
+    *parts : str
+        Folder and file names below ``root``.
+    replace_link : bool
+        Remove a symbolic link at the joined path (its folder must be inside
+        ``root``) and return its path, instead of following it.
 
     Raises
     ------
     ValueError
-        If the joined path would escape ``root`` (``..``, absolute parts).
+        If the joined path would escape ``root`` (``..``, absolute parts, a
+        folder on the way that is a link to elsewhere), or is a link to
+        outside ``root`` and ``replace_link`` is false.
     """
     root_path = Path(root).resolve()
-    target = root_path.joinpath(*parts).resolve()
+    joined = root_path.joinpath(*parts)
+    place = None
+    if joined.name not in ("", ".", ".."):
+        folder = joined.parent.resolve()
+        if folder == root_path or root_path in folder.parents:
+            place = folder / joined.name  # where the entry is, not where a link there points
+    if replace_link and place is not None and place.is_symlink():
+        os.unlink(place)  # the link itself: its target is never touched
+        return place
+    target = joined.resolve()
     if target != root_path and root_path not in target.parents:
+        if place is not None and place.is_symlink():
+            raise ValueError(f"refusing to write {place}: it is a symbolic link to {target}, outside the output folder "
+                             f"{root_path} (an earlier run's?), and writing it would write there; remove the link "
+                             f"(os.unlink, which leaves its target) or get the path with safe_child(..., replace_link=True), "
+                             "which does")
         raise ValueError(f"refusing to write {target}: outside the output folder {root_path}")
     return target
 
