@@ -2763,7 +2763,10 @@ def remove_stale_outputs(
     belong to the run, and a folder import (``relion/coords``,
     ``bins/bin3/box/*.box``) would take them. Only files listed in
     ``written_files.json`` by an earlier run are ever deleted; folders left
-    empty go too. ``settings``: the
+    empty go too. A symbolic link a writer made (and returned) is recorded
+    as the link (``links``: its folder resolved, plus its own name), not as
+    what it points to, and a stale one is unlinked, its target never
+    touched (see :func:`_remove_listed`). ``settings``: the
     :meth:`~lipoframe.config.LipoframeConfig.dataset_fingerprint` the files
     were made with, recorded for :func:`drop_outputs_of_other_settings`;
     ``made_from``: the identity of each micrograph's saved result they were
@@ -2771,10 +2774,16 @@ def remove_stale_outputs(
     """
     out_dir = Path(out_dir)
     root = out_dir.resolve()
-    now = sorted({p.relative_to(root).as_posix() for p in resolve_all(written) if p.is_relative_to(root)})
-    before = _written_record(out_dir).get("files", [])
-    removed = _remove_listed(out_dir, sorted(set(before) - set(now)))
-    record = {"files": now, **({"settings": settings} if settings else {}), **({"results": made_from} if made_from is not None else {})}
+    files: set[str] = set()
+    links: set[str] = set()
+    for p in resolve_all(written, follow_links=False):  # a link is where it is, not where it points
+        if p != root and p.is_relative_to(root):
+            (links if p.is_symlink() else files).add(p.relative_to(root).as_posix())
+    record = _written_record(out_dir)
+    now = files | links
+    removed = _remove_listed(out_dir, sorted(set(record.get("files", [])) - now), links=sorted(set(record.get("links", [])) - now))
+    record = {"files": sorted(files), **({"links": sorted(links)} if links else {}),
+              **({"settings": settings} if settings else {}), **({"results": made_from} if made_from is not None else {})}
     write_text(out_dir / WRITTEN, json.dumps(record, indent=1))
     return removed
 
@@ -2806,24 +2815,45 @@ def _written_record(out_dir: Path) -> dict:
         record = json.loads((Path(out_dir) / WRITTEN).read_text())
     except (OSError, ValueError):
         return {}
-    if not isinstance(record, dict) or not isinstance(record.get("files", []), list):
+    if not isinstance(record, dict) or not all(isinstance(record.get(k, []), list) for k in ("files", "links")):
         return {}
     return record
 
 
-def _remove_listed(out_dir: Path, rels: list[str]) -> list[Path]:
-    """Delete the files of ``rels`` (paths relative to ``out_dir``; none outside it) and the folders they leave empty."""
+def _remove_listed(out_dir: Path, rels: list[str], *, links: Collection[str] = ()) -> list[Path]:
+    """Delete the files of ``rels`` and the symbolic links of ``links`` (paths relative to ``out_dir``), and the
+    folders they leave empty; nothing outside ``out_dir``, and nothing that is no longer what was recorded.
+
+    Each is removed only where it was recorded (a path without ``..``, whose
+    folders are still real folders inside ``out_dir``: one that became a link
+    to elsewhere is not followed) and only while it is still of its kind: a
+    regular file of ``rels``, a link of ``links``, which is unlinked, never
+    followed (its target stays, inside ``out_dir`` or not). Anything else at
+    the path (a folder, a link where a file was written, a file where a link
+    was) was put there by someone else and stays.
+    """
     root = Path(out_dir).resolve()
+    folders: dict[Path, bool] = {}
     removed = []
-    for rel in rels:
-        p = (root / str(rel)).resolve()
-        if not p.is_relative_to(root) or not p.is_file():
+    for rel, link in [*((r, False) for r in rels), *((r, True) for r in links)]:
+        names = rel.split("/") if isinstance(rel, str) else [""]
+        if any(n in ("", ".", "..") for n in names):
+            continue  # not a path the runner records (absolute, '..', empty)
+        p = root.joinpath(*names)
+        if p.parent not in folders:
+            folders[p.parent] = p.parent.resolve() == p.parent  # no link on the way: the folder is where it was
+        try:
+            mode = os.lstat(p).st_mode if folders[p.parent] else None
+        except OSError:
             continue
-        p.unlink()
+        if mode is None or not (stat.S_ISLNK(mode) if link else stat.S_ISREG(mode)):
+            continue
+        os.unlink(p)
         removed.append(p)
         parent = p.parent
-        while parent != root and parent.is_dir() and not any(parent.iterdir()):
+        while parent != root and not any(parent.iterdir()):
             parent.rmdir()
+            folders.pop(parent, None)
             parent = parent.parent
     return removed
 
@@ -2866,15 +2896,16 @@ def drop_outputs_of_other_settings(out_dir: Path, cfg: LipoframeConfig) -> str |
 
     record = _written_record(out_dir)
     files = [str(f) for f in record.get("files", [])]
+    links = [str(f) for f in record.get("links", [])]
     if "settings" in record:
         other = record["settings"] != cfg.dataset_fingerprint()
     else:
         earlier = run_manifest(out_dir)[1]
-        other = bool(files) and earlier is not None and earlier != cfg.per_micrograph_fingerprint()
+        other = bool(files or links) and earlier is not None and earlier != cfg.per_micrograph_fingerprint()
     if not other:
         return None
     extra = [f for f in (REPORT_NAME, DATASET_REJECTIONS, "run_summary.json") if (Path(out_dir) / f).is_file()]
-    removed = _remove_listed(out_dir, [*extra, *files])
+    removed = _remove_listed(out_dir, [*extra, *files], links=links)
     write_text(Path(out_dir) / WRITTEN, json.dumps({"files": []}, indent=1))
     if not removed:
         return None

@@ -544,6 +544,31 @@ LINKER = """
 """
 
 
+@pytest.mark.parametrize("to", ["micrograph", "picks"])
+def test_a_link_a_writer_no_longer_makes_is_removed_and_its_target_kept(sloppy, make_plugin, tiny_mrcs, tmp_path, run_cli, to):
+    # written_files.json recorded where a writer's link pointed, not the link: a link to a micrograph (outside)
+    # was not recorded at all, one to picks.csv recorded picks.csv, so a later run that made no such link left it.
+    make_plugin("lipoframe-link", LINKER)
+    out = tmp_path / "out"
+    args = [*PLAIN, "writer=[csv,link]", f"writer.link.to={to}", f"output={out}", *TINY_ARGS]
+    code, _, err = run_cli("run", *args, f"input={tiny_mrcs[0].parent}")
+    assert code == 0, err
+    record = json.loads((out / "written_files.json").read_text())
+    assert record["links"] == ["linked/mic_0.mrc", "linked/mic_1.mrc"] and not any("linked" in f for f in record["files"])
+    # The same settings with one micrograph: the other's link goes (the link, not its target); the kept
+    # micrograph's link is made again over the earlier one (safe_child(..., replace_link=True)).
+    code, _, err = run_cli("run", *args, f"input={tiny_mrcs[0]}")
+    assert code == 0, err
+    assert sorted(p.name for p in (out / "linked").iterdir()) == ["mic_0.mrc"] and (out / "linked" / "mic_0.mrc").is_symlink()
+    assert all(m.is_file() for m in tiny_mrcs) and (out / "picks.csv").is_file()
+    assert json.loads((out / "written_files.json").read_text())["links"] == ["linked/mic_0.mrc"]
+    # Other settings (no link writer): the earlier run's links go as the run starts, their targets stay.
+    code, _, err = run_cli("run", *[a for a in args if not a.startswith("writer")], "writer=[csv]", f"input={tiny_mrcs[0]}")
+    assert code == 0, err
+    assert not (out / "linked").exists() and all(m.is_file() for m in tiny_mrcs)
+    assert "links" not in json.loads((out / "written_files.json").read_text())
+
+
 def test_a_writer_that_makes_its_link_again_without_replace_link_is_told_what_to_do(sloppy, make_plugin, tiny_mrcs,
                                                                                    tmp_path, run_cli):
     # safe_child refuses the earlier run's link to a micrograph (a plain open() of it would write the micrograph);

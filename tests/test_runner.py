@@ -293,6 +293,90 @@ def test_a_run_into_a_used_folder_removes_the_files_it_no_longer_writes(tmp_path
     assert "box/mic_000.box" in recorded and not any("mic_002" in f for f in recorded)
 
 
+def _stale_links_setup(tmp_path):
+    """An output folder whose earlier run made links to a file and a folder outside, to a file inside, and files."""
+    from lipoframe.runner import remove_stale_outputs
+
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    (out / "sub").mkdir(parents=True)
+    (elsewhere / "folder").mkdir(parents=True)
+    (elsewhere / "data.mrc").write_text("data")
+    (out / "kept.txt").write_text("inside")
+    (out / "sub" / "a.txt").write_text("a")
+    links = {"sub/out_file.mrc": elsewhere / "data.mrc", "sub/out_folder": elsewhere / "folder", "in.txt": out / "kept.txt",
+             "sub/dangling": tmp_path / "nowhere"}
+    for rel, target in links.items():
+        (out / rel).symlink_to(target)
+    remove_stale_outputs(out, [out / "sub" / "a.txt", out / "kept.txt", *(out / rel for rel in links)])
+    return out, elsewhere, sorted(links)
+
+
+def test_the_links_a_run_made_are_recorded_and_removed_as_links(tmp_path):
+    # Paths were resolved to their targets: a link to outside was not recorded (so never removed), one to a file
+    # inside recorded that file (so a later run removed the target and left the link).
+    from lipoframe.runner import remove_stale_outputs
+
+    out, elsewhere, links = _stale_links_setup(tmp_path)
+    record = json.loads((out / "written_files.json").read_text())
+    assert record["links"] == links and record["files"] == ["kept.txt", "sub/a.txt"]
+    removed = remove_stale_outputs(out, [out / "kept.txt"])
+    assert sorted(p.relative_to(out.resolve()).as_posix() for p in removed) == sorted([*links, "sub/a.txt"])
+    assert sorted(p.name for p in out.iterdir()) == ["kept.txt", "written_files.json"]  # sub/ was left empty: gone
+    assert (elsewhere / "data.mrc").read_text() == "data" and (elsewhere / "folder").is_dir()
+    assert json.loads((out / "written_files.json").read_text()) == {"files": ["kept.txt"]}
+
+
+def test_what_replaced_a_recorded_file_or_link_stays(tmp_path):
+    # Only what the run wrote goes, only inside the output folder: a file where its link was (or a link where
+    # its file was: the link is not followed), and a path whose folder is now a link (to elsewhere, or to another
+    # folder inside) are someone else's.
+    from lipoframe.runner import remove_stale_outputs
+
+    out, elsewhere, _ = _stale_links_setup(tmp_path)
+    (out / "sub" / "out_file.mrc").unlink()
+    (out / "sub" / "out_file.mrc").write_text("the user's copy")
+    (out / "sub" / "a.txt").unlink()
+    (out / "sub" / "a.txt").symlink_to(elsewhere / "data.mrc")
+    (out / "in.txt").unlink()
+    (out / "in.txt").mkdir()
+    remove_stale_outputs(out, [out / "kept.txt"])
+    assert (out / "sub" / "out_file.mrc").read_text() == "the user's copy" and (out / "in.txt").is_dir()
+    assert (out / "sub" / "a.txt").is_symlink() and (elsewhere / "data.mrc").read_text() == "data"
+    assert not (out / "sub" / "out_folder").exists() and not (out / "sub" / "dangling").is_symlink()  # those were links
+    # A recorded folder that is now a link: to elsewhere, or to a folder inside.
+    for target in (elsewhere, out / "other"):
+        target.mkdir(exist_ok=True)
+        (target / "f.txt").write_text("f")
+        (target / "l").symlink_to(elsewhere / "data.mrc")
+        (out / "lnk").mkdir()
+        (out / "lnk" / "f.txt").write_text("ours")
+        (out / "lnk" / "l").symlink_to(elsewhere / "data.mrc")
+        remove_stale_outputs(out, [out / "kept.txt", out / "lnk" / "f.txt", out / "lnk" / "l"])
+        (out / "lnk" / "f.txt").unlink()
+        (out / "lnk" / "l").unlink()
+        (out / "lnk").rmdir()
+        (out / "lnk").symlink_to(target, target_is_directory=True)
+        assert remove_stale_outputs(out, [out / "kept.txt"]) == []
+        assert (target / "f.txt").read_text() == "f" and (target / "l").is_symlink(), target
+        (out / "lnk").unlink()
+
+
+def test_a_record_naming_paths_outside_the_output_folder_removes_none_of_them(tmp_path):
+    # written_files.json is a file anyone can edit (or an older version wrote): '..', absolute paths, the folder
+    # itself, and links to outside are never followed out of the output folder.
+    from lipoframe.runner import WRITTEN, remove_stale_outputs
+
+    out = tmp_path / "out"
+    (out / "sub").mkdir(parents=True)
+    (tmp_path / "victim.txt").write_text("v")
+    (out / "up").symlink_to(tmp_path, target_is_directory=True)
+    listed = ["../victim.txt", "sub/../../victim.txt", str(tmp_path / "victim.txt"), "up/victim.txt", ".", "", "sub",
+              "sub/", "./sub/../../victim.txt"]
+    (out / WRITTEN).write_text(json.dumps({"files": listed, "links": [*listed, "up/../victim.txt"]}))
+    assert remove_stale_outputs(out, []) == []
+    assert (tmp_path / "victim.txt").read_text() == "v" and (out / "sub").is_dir() and (out / "up").is_symlink()
+
+
 def test_a_relative_input_is_recorded_absolute_so_plan_and_report_work_from_anywhere(tmp_path):
     import starfile
 
