@@ -844,12 +844,17 @@ def run(argv: list[str]) -> int:
         if subdir is None or (out_dir / subdir).resolve() != (out_dir / ".hydra").resolve():
             # hydra.output_subdir=null (or another folder): Hydra writes no .hydra/ record, and plan, report,
             # merge and evaluate would read an earlier run's as this one's. Its settings are config.yaml,
-            # written as Hydra writes its record, before any work.
+            # written as Hydra writes its record, before any work. The stages an earlier run recorded in
+            # inputs.json go first, and this run's are recorded after: stopped at any point before the run
+            # writes its inputs.json, the folder never holds one run's settings with another's binning policy.
             from lipoframe.io.atomic import write_text
             from lipoframe.merge import drop_hydra_record
+            from lipoframe.runner import record_started_stages
 
             drop_hydra_record(out_dir)
+            record_started_stages(out_dir, None)
             write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg))
+            record_started_stages(out_dir, dict(hydra_cfg.runtime.choices))
         # A sweep's jobs write into one folder: no job reads another's outputs (overlays, masks) as input.
         sweep_dir = Path(hydra_cfg.sweep.dir) if hydra_cfg.mode == RunMode.MULTIRUN else None
         try:

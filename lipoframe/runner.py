@@ -2357,17 +2357,45 @@ def stage_names(stages: StageSet) -> dict[str, str | list[str]]:
             "writer": [w.name for w in stages.writers]}
 
 
+#: The kinds of stage of which one is chosen (Hydra's group choices), as :func:`recorded_stages` reads them.
+CHOSEN_KINDS = ("reader", "detector", "nms", "refiner", "binning")
+
+
 def recorded_stages(out_dir: Path) -> dict[str, str]:
     """The names of the reader, detector, NMS, refiner and binning the run (merge) into ``out_dir`` recorded in
-    ``inputs.json`` (:func:`write_manifest`), as Hydra's group choices give them; ``{}`` when it recorded none
-    (a folder made before they were recorded, or none at all)."""
-    try:
-        recorded = json.loads((Path(out_dir) / MANIFEST).read_text()).get("stages")
-    except (OSError, ValueError, AttributeError):
-        return {}
+    ``inputs.json`` (:func:`write_manifest`, :func:`record_started_stages`), as Hydra's group choices give them;
+    ``{}`` when it recorded none (a folder made before they were recorded, or none at all)."""
+    recorded = read_manifest(out_dir).get("stages")
     if not isinstance(recorded, dict):
         return {}
-    return {k: v for k, v in recorded.items() if k in ("reader", "detector", "nms", "refiner", "binning") and isinstance(v, str)}
+    return {k: v for k, v in recorded.items() if k in CHOSEN_KINDS and isinstance(v, str)}
+
+
+def record_started_stages(out_dir: Path, choices: dict | None) -> None:
+    """Replace the ``stages`` an earlier run recorded in ``out_dir``'s ``inputs.json`` with ``choices``.
+
+    For a run Hydra keeps no ``.hydra/`` record of (``hydra.output_subdir=null``),
+    whose ``config.yaml`` is written as it starts: until the run writes its
+    own ``inputs.json`` (:func:`write_manifest`, after its inputs are listed),
+    the earlier run's stages would go with this run's settings, and
+    ``lipoframe plan`` would re-plan with the earlier run's binning policy if
+    the run stopped before then. Called with None (the record is removed)
+    before ``config.yaml`` is written, and with the run's Hydra choices (those
+    of :data:`CHOSEN_KINDS`) after: whenever the run stops, the folder holds
+    the earlier run's settings and stages, its settings and none, or this
+    run's settings and stages. Each is one atomic write of ``inputs.json``;
+    a folder without a readable one is left as it is.
+    """
+    manifest = read_manifest(out_dir)
+    if not manifest:
+        return
+    chosen = {k: str(v) for k, v in (choices or {}).items() if k in CHOSEN_KINDS and isinstance(v, str)}
+    if not chosen and "stages" not in manifest:
+        return
+    manifest.pop("stages", None)
+    if chosen:
+        manifest["stages"] = chosen
+    write_text(Path(out_dir) / MANIFEST, json.dumps(manifest, indent=1))
 
 
 # ---------------------------------------------------------------------------

@@ -1021,6 +1021,47 @@ def test_plan_of_a_run_without_a_hydra_record_uses_the_runs_binning(make_plugin,
     assert load_run(out).stage_names["detector"] == "edge"  # the default
 
 
+@pytest.mark.parametrize("stop", ["run", "config"])
+def test_a_run_without_a_hydra_record_stopped_early_leaves_no_earlier_binning(make_plugin, tiny_mrcs, tmp_path, run_cli,
+                                                                             monkeypatch, stop):
+    # A run with hydra.output_subdir=null writes config.yaml as it starts and inputs.json once its inputs are
+    # listed: stopped in between (an error, Ctrl-C), the earlier run's `stages` stayed in inputs.json, and
+    # `lipoframe plan` re-planned this run's settings with the earlier run's binning policy (one_bin for single).
+    from lipoframe import runner
+    from lipoframe.io import atomic
+    from lipoframe.plancmd import load_saved_config
+
+    make_plugin("lipoframe-onebin", ONE_BIN_PLUGIN)
+    out = tmp_path / "out"
+    args = ["run", f"input={tiny_mrcs[0].parent}", f"output={out}", *TINY_ARGS, "hydra.output_subdir=null"]
+    code, _, err = run_cli(*args, "binning=one_bin")
+    assert code == 0, err
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    def config_interrupted(path, text, write_text=atomic.write_text):
+        return interrupted() if Path(path).name == "config.yaml" else write_text(path, text)
+
+    with monkeypatch.context() as m:
+        if stop == "run":  # stopped after config.yaml, before the run lists its inputs
+            m.setattr(runner, "run_pipeline", interrupted)
+        else:  # stopped while config.yaml is written: the earlier one stays, and neither run's stages are recorded
+            m.setattr(atomic, "write_text", config_interrupted)
+        code, _, err = run_cli(*args, "binning=single", "binning.pad=1.4")
+    assert code == 130 and "lipoframe: interrupted" in err, err
+    saved, choices = load_saved_config(out)
+    manifest = json.loads((out / "inputs.json").read_text())
+    assert manifest["micrographs"] and manifest["fingerprint"]  # the rest of the earlier run's record is as it was
+    if stop == "run":
+        assert saved["binning"]["pad"] == 1.4 and choices["binning"] == "single"
+        code, text, err = run_cli("plan", str(out))
+        assert code == 0 and "policy single:" in text, err
+    else:
+        assert saved["binning"]["pad"] != 1.4 and "stages" not in manifest
+        code, _, err = run_cli("plan", str(out))  # one_bin and single have the same options: the user chooses
+        assert code == 2 and "choose one with binning=<name>" in err
+
+
 def test_plan_of_an_older_folder_says_which_binning_it_took_or_asks(make_plugin, tiny_mrcs, tmp_path, run_cli, caplog):
     # A folder without .hydra/hydra.yaml whose inputs.json records no stages (made before they were recorded):
     # the one installed policy with its options is taken with a warning; when several have them, the user chooses.
