@@ -203,8 +203,7 @@ class LipoframeConfig:
 
     def per_micrograph_fingerprint(self) -> str:
         """Hash of every setting that changes per-micrograph results (for resume)."""
-        payload = self.per_micrograph_settings()
-        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return settings_fingerprint(self.per_micrograph_settings())
 
     def dataset_fingerprint(self) -> str:
         """Hash of every setting that changes the dataset-level outputs (``picks.csv``, the exports,
@@ -235,6 +234,17 @@ class LipoframeConfig:
         # the earlier ones accepted): their order is part of the result, unlike a dict's keys.
         payload["filter"] = [[str(name), _plain(params)] for name, params in self.filter.items()]
         return payload
+
+
+def settings_fingerprint(settings: dict) -> str:
+    """The fingerprint of per-micrograph ``settings`` (:meth:`LipoframeConfig.per_micrograph_settings`).
+
+    :meth:`LipoframeConfig.per_micrograph_fingerprint` of a configuration
+    with these settings; for the settings of another run (resume compares
+    a result saved at another pixel size, see
+    :func:`lipoframe.runner.reused_at_pixel_size`).
+    """
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _plain(o):

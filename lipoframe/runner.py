@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from lipoframe import schema
-from lipoframe.config import MIN_DIAMETER_PX, RETRY_SUPPRESSED, ConfigError, LipoframeConfig
+from lipoframe.config import MIN_DIAMETER_PX, RETRY_SUPPRESSED, ConfigError, LipoframeConfig, settings_fingerprint
 from lipoframe.algorithms.outliers import MAX_CLUSTER, OUTLIER_SIGMAS, replace_isolated_outliers
 from lipoframe.algorithms.pyramid import pow2_floor, to_binned
 from lipoframe.inputlists import ListedPath, is_list_spec, list_paths, listed_pixel_size, relion_project, relion_star
@@ -55,6 +55,8 @@ DATASET_REJECTIONS = "dataset_rejections.csv"
 WRITTEN = "written_files.json"
 #: Longest list of notes or failures printed (all are in run_summary.json).
 MAX_LISTED = 20
+#: printf format of the floating-point columns of a saved per-micrograph table (:func:`save_work`).
+WORK_FLOAT_FORMAT = "%.4f"
 #: Key of a saved result's JSON: the reader's ``flip_y`` (TIFF), which the run's ``flip_y=null`` exports with.
 READ_FLIP_Y = "read_flip_y"
 #: How the note on the row flip of TIFF micrographs begins (:func:`tiff_rows_notes`; a plan makes its own).
@@ -1317,7 +1319,7 @@ def save_work(
     from lipoframe.builtin.writers import write_csv
 
     csv_path, json_path = _work_paths(out_dir, meta.name)
-    write_csv(picks, csv_path, float_format="%.4f")
+    write_csv(picks, csv_path, float_format=WORK_FLOAT_FORMAT)
     info = {
         "meta": meta.to_dict(),
         "fingerprint": fingerprint,
@@ -1433,6 +1435,157 @@ def listed_pixel_size_changed(meta: MicrographMeta, path: str | os.PathLike, cfg
     """
     listed = stages.listed_pixel_size(path) if cfg.pixel_size is None else None
     return listed is not None and not math.isclose(meta.pixel_size or 0.0, listed, rel_tol=1e-6)
+
+
+def angstrom_lengths(cfg: LipoframeConfig) -> list[str]:
+    """The per-micrograph settings of ``cfg`` converted from Å to pixels with the pixel size, as ``lipoframe plan`` names them.
+
+    ``dmin``/``dmax`` with ``units=A``, and each stage option in Å (``units: A``,
+    e.g. ``detector=membrane``'s thickness); see
+    :func:`lipoframe.plancmd.lengths_in_angstrom`.
+    """
+    from lipoframe.plancmd import lengths_in_angstrom
+
+    settings = cfg.per_micrograph_settings()
+    return lengths_in_angstrom({**settings, "filter": dict(settings["filter"])})
+
+
+def pixel_size_dependence(cfg: LipoframeConfig, stages: StageSet, path: str | os.PathLike) -> str:
+    """Why the picks of micrograph ``path`` may depend on its pixel size; ``""`` when they cannot.
+
+    They do when a length is converted from Å to pixels with it: the
+    diameter range with ``units=A``, or a stage option in Å
+    (:func:`angstrom_lengths`). lipoframe's own per-micrograph stages use
+    the pixel size for nothing else (with ``units=px`` their picks,
+    positions, diameters in pixels and scores, are the same at any pixel
+    size); a plugin's stage is given it (``ctx.pixel_size``,
+    ``mic.meta.pixel_size``) and may use it, so its picks are taken to
+    depend on it.
+    """
+    in_angstrom = angstrom_lengths(cfg)
+    if in_angstrom:
+        return f"{'; '.join(in_angstrom)}: lengths in Å, converted to pixels with it"
+    try:
+        reader = stages.reader_for(Path(path))
+    except InputError:  # picking says why
+        reader = stages.reader
+    for stage in (reader, *stages.picking_stages()[1:]):
+        if not type(stage).__module__.startswith("lipoframe."):
+            return f"the {stage.kind} {stage.name!r} is a plugin's, which may use it"
+    return ""
+
+
+def run_pixel_size(path: str | os.PathLike, cfg: LipoframeConfig, stages: StageSet) -> float | None | bool:
+    """The pixel size this run reads micrograph ``path`` at (:func:`read_named`), without reading the image when it can.
+
+    ``pixel_size=``, else the one a micrographs STAR among the inputs gives
+    it, else its header's (None when it gives none; False when it cannot be
+    read, see :func:`header_pixel_size`).
+    """
+    if cfg.pixel_size is not None:
+        return float(cfg.pixel_size)
+    listed = stages.listed_pixel_size(path)
+    return listed if listed is not None else header_pixel_size(path, stages)
+
+
+@dataclass
+class PixelSizeReuse:
+    """A saved result made with this run's per-micrograph settings but at another pixel size (:func:`reused_at_pixel_size`)."""
+
+    #: The pixel size it was picked at, and this run's (Å/px; None: unknown).
+    old: float | None
+    new: float | None
+    #: Why it is picked again (:func:`pixel_size_dependence`); ``""`` when it is re-used.
+    why: str = ""
+    #: When re-used: its metadata and picks at the new pixel size, as saved again.
+    meta: MicrographMeta | None = None
+    picks: pd.DataFrame | None = None
+
+
+def with_diameter_A(picks: pd.DataFrame, pixel_size: float | None) -> pd.DataFrame:
+    """``picks`` with ``diameter_A``: ``diameter_px`` as a saved table holds it times ``pixel_size`` (NaN when None).
+
+    From the diameter as saved (:data:`WORK_FLOAT_FORMAT`), not the one
+    before that rounding, so that a result re-used at another pixel size
+    (:func:`reused_at_pixel_size`, ``lipoframe plan pixel_size=``) has the
+    column of one picked at it. ``picks`` is not changed.
+    """
+    saved = np.array([float(WORK_FLOAT_FORMAT % v) for v in picks[schema.DIAMETER].to_numpy(dtype=float).tolist()], dtype=float)
+    return picks.assign(**{schema.DIAMETER_A: saved * float(pixel_size) if pixel_size else np.nan})
+
+
+def reused_at_pixel_size(
+    out_dir: Path, name: str, path: str | os.PathLike, fingerprint: str, *, source: dict | None, version: str | None,
+    cfg: LipoframeConfig, stages: StageSet,
+) -> PixelSizeReuse | None:
+    """The saved result of ``name`` when it differs from this run's only by the pixel size; re-used when that cannot matter.
+
+    Such a result has this run's per-micrograph settings but ``pixel_size=``
+    (given at the pixel size it was picked at, or not given) or the pixel
+    size a micrographs STAR gives (:func:`listed_pixel_size_changed`), and
+    the same input file and code version. Where the picks do not depend on
+    the pixel size (:func:`pixel_size_dependence`; or it is the same) it is
+    saved again at this run's: its ``diameter_A`` (:func:`with_diameter_A`),
+    its metadata and this run's ``fingerprint``, as picking it again would
+    (the CSV first, then the JSON that marks it complete, as
+    :func:`save_work`). Else it is left for picking again, with the reason.
+    None for any other result (or none).
+    """
+    try:
+        info = json.loads(_work_paths(out_dir, name)[1].read_text())
+        meta = MicrographMeta.from_dict(info["meta"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    if not _work_info_matches(info, None, source, version):
+        return None
+    if info.get("fingerprint") != fingerprint:
+        settings = cfg.per_micrograph_settings()
+        if info.get("fingerprint") not in {settings_fingerprint({**settings, "pixel_size": p}) for p in (None, meta.pixel_size)}:
+            return None
+    new = run_pixel_size(path, cfg, stages)
+    if new is False:  # unreadable: picking it says why
+        return None
+    same = new == meta.pixel_size
+    why = "" if same else pixel_size_dependence(cfg, stages, path)
+    if why:
+        return PixelSizeReuse(meta.pixel_size, new, why)
+    done = load_work(out_dir, name, info=info)
+    if done is None:
+        return None
+    picks = done[1] if same else with_diameter_A(done[1], new)
+    meta = replace(meta, pixel_size=new)
+    csv_path, json_path = _work_paths(out_dir, name)
+    if not same:
+        from lipoframe.builtin.writers import write_csv
+
+        write_csv(picks, csv_path, float_format=WORK_FLOAT_FORMAT)
+    write_text(json_path, json.dumps({**info, "meta": meta.to_dict(), "fingerprint": fingerprint}, indent=1))
+    return PixelSizeReuse(done[0].pixel_size, new, meta=meta, picks=picks)
+
+
+def pixel_size_change_notes(changed: list[PixelSizeReuse]) -> list[str]:
+    """What a run did with the micrographs picked before at another pixel size (logged): re-used, or picked again and why."""
+
+    def sizes(values) -> str:
+        shown = sorted({"none" if v is None else f"{v:g}" for v in values})
+        return shown[0] if len(shown) == 1 else "{" + ", ".join(shown) + "}"
+
+    notes = []
+    reused = [c for c in changed if not c.why and c.old != c.new]
+    if reused:
+        notes.append(f"pixel size changed ({sizes(c.old for c in reused)} -> {sizes(c.new for c in reused)} Å/px) for "
+                     f"{len(reused)} micrograph(s) picked before: their picks are re-used, as picking in pixels (units=px) "
+                     "does not depend on it; diameter_A and everything in Å (exports, plan, report) are recomputed")
+    by_why: dict[str, list[PixelSizeReuse]] = {}
+    for c in changed:
+        if c.why:
+            by_why.setdefault(c.why, []).append(c)
+    for why, again in by_why.items():
+        notes.append(f"pixel size changed ({sizes(c.old for c in again)} -> {sizes(c.new for c in again)} Å/px) for "
+                     f"{len(again)} micrograph(s) picked before: they are picked again, as their picks depend on it ({why})")
+    for note in notes:
+        log.info(note)
+    return notes
 
 
 #: Micrographs of one STAR pixel size whose header :func:`listed_pixel_size_notes` tries before it gives up.
@@ -1622,9 +1775,14 @@ def run_job(job: MicJob, cfg: LipoframeConfig | None = None, stages: StageSet | 
     source = input_stamp(job.path, job.name, stages)
     try:
         if job.resume and source is not None:  # a missing input is read (and fails), never resumed
-            done = load_work(job.out_dir, job.name, job.fingerprint, source=source, version=stages.code_version or None)
+            version = stages.code_version or None
+            done = load_work(job.out_dir, job.name, job.fingerprint, source=source, version=version)
             if done is not None and listed_pixel_size_changed(done[0], job.path, cfg, stages):
                 done = None
+            if done is None:  # one picked at another pixel size, re-used where that cannot change its picks
+                again = reused_at_pixel_size(job.out_dir, job.name, job.path, job.fingerprint, source=source, version=version,
+                                             cfg=cfg, stages=stages)
+                done = None if again is None or again.meta is None else (again.meta, again.picks)
             if done is not None:
                 repoint_work(job.out_dir, done[0], job.path)
                 picks = done[1]
@@ -1632,7 +1790,7 @@ def run_job(job: MicJob, cfg: LipoframeConfig | None = None, stages: StageSet | 
         mic, replaced = without_outlier_pixels(read_named(job.path, job.name, cfg, stages))
         meta = mic.meta
         ctx = pick_context(meta, cfg)
-        picks = process_micrograph(mic, stages, ctx)
+        picks = with_diameter_A(process_micrograph(mic, stages, ctx), meta.pixel_size)  # as a resumed run's at another pixel size
         del mic  # release the memory map / image before saving
         seconds = time.perf_counter() - t0
         read_flip_y = meta.flip_y
@@ -2447,10 +2605,7 @@ def placeholder_pixel_size_notes(metas: dict[str, MicrographMeta], cfg: Lipofram
         return []
     which = "every micrograph" if len(ones) == len(metas) else f"{len(ones)} of {len(metas)} micrographs (e.g. {ones[0]})"
     said = f"the header of {which} gives exactly 1 Å/px, which many programs write when they do not know the pixel size; "
-    from lipoframe.plancmd import lengths_in_angstrom
-
-    settings = cfg.per_micrograph_settings()
-    in_angstrom = lengths_in_angstrom({**settings, "filter": dict(settings["filter"])})  # as lipoframe plan tells it
+    in_angstrom = angstrom_lengths(cfg)  # as lipoframe plan tells it
     if cfg.units == "A":
         note = (said + f"dmin={cfg.dmin:g} and dmax={cfg.dmax:g} Å were converted with it: if that is not your pixel size, "
                 "run again with pixel_size=<Å/px> (or give the range in pixels with units=px)")
@@ -3182,9 +3337,20 @@ def run_jobs(jobs: list[MicJob], cfg: LipoframeConfig, stages: StageSet, *, prog
             stamps = dict(zip(named, input_stamps([(job.path, name) for name, job in named.items()], stages)))
             wanted = {name: stamp for name, stamp in stamps.items() if stamp is not None}
             moved = 0
-            for name, (meta, n, n_acc) in saved_counts(out_dir, wanted, fingerprint, version=version).items():
-                if listed_pixel_size_changed(meta, named[name].path, cfg, stages):
-                    continue
+            counts = saved_counts(out_dir, wanted, fingerprint, version=version)
+            for name in wanted:
+                if name in counts and not listed_pixel_size_changed(counts[name][0], named[name].path, cfg, stages):
+                    meta, n, n_acc = counts[name]
+                else:  # one picked at another pixel size, re-used where that cannot change its picks
+                    again = reused_at_pixel_size(out_dir, name, named[name].path, fingerprint, source=wanted[name],
+                                                 version=version, cfg=cfg, stages=stages)
+                    if again is None:
+                        continue
+                    changed.append(again)
+                    if again.meta is None:
+                        continue
+                    meta, n = again.meta, len(again.picks)
+                    n_acc = int(again.picks[schema.ACCEPTED].sum()) if n else 0
                 found[name] = MicResult(name, str(named[name].path), status, n, n_acc)
                 moved += repoint_work(out_dir, meta, named[name].path)
             if moved:
@@ -3194,7 +3360,9 @@ def run_jobs(jobs: list[MicJob], cfg: LipoframeConfig, stages: StageSet, *, prog
 
     results: list[MicResult] = []
     todo: list[MicJob] = []
+    changed: list[PixelSizeReuse] = []  # results picked before at another pixel size
     done_before = saved([job for job in jobs if job.resume], "skipped")
+    pixel_size_change_notes(changed)
     for job in jobs:
         if job.name in done_before:
             results.append(done_before[job.name])

@@ -359,3 +359,30 @@ def test_the_extraction_star_is_recorded_for_one_star_only(tmp_path):
     for specs in ([str(lst)], [str(proj / names[0])], [str(star), str(micrographs_star(proj / "Select" / "job9" / "m.star", names))]):
         write_manifest(out, specs, [], [], cfg, "f")
         assert extraction_micrographs_star(out, "") == ""
+
+
+def test_a_corrected_optics_table_of_a_run_in_pixels_keeps_its_picks(tmp_path, monkeypatch):
+    # units=px: the picks do not depend on the pixel size; the saved results take the STAR's new one, as a fresh run's
+    import pandas as pd
+
+    from lipoframe.merge import compose_config
+    from lipoframe.runner import run_pipeline
+
+    monkeypatch.setenv("LIPOFRAME_LOAD_PLUGINS", "")
+    proj, names = project(tmp_path, 2)
+    star = micrographs_star(proj / "CtfFind" / "job003" / "micrographs_ctf.star", names, px1=2.0)
+
+    def run(out):
+        result = run_pipeline(compose_config([f"input={star}", "units=px", "runner.workers=1", *RUN_ARGS])[1], out)
+        return {r.name: r.status for r in result.results}
+
+    assert set(run(tmp_path / "out").values()) == {"ok"}
+    micrographs_star(star, names, px1=2.5)
+    assert set(run(tmp_path / "out").values()) == {"skipped"}
+    assert set(run(tmp_path / "fresh").values()) == {"ok"}
+    for name in ("mic_000", "mic_001"):
+        saved = [json.loads((tmp_path / out / "micrographs" / f"{name}.json").read_text()) for out in ("out", "fresh")]
+        assert saved[0]["meta"]["pixel_size"] == saved[1]["meta"]["pixel_size"] == 2.5
+    assert (tmp_path / "out" / "picks.csv").read_bytes() == (tmp_path / "fresh" / "picks.csv").read_bytes()
+    picks = pd.read_csv(tmp_path / "out" / "micrographs" / "mic_000.csv")  # 4 decimals
+    assert len(picks) and (picks["diameter_A"] - 2.5 * picks["diameter_px"]).abs().max() <= 0.00005 + 1e-9

@@ -501,3 +501,116 @@ def test_an_interrupted_rerun_does_not_give_its_new_picks_the_earlier_runs_datas
         cols = ["micrograph", "x_px", "y_px", "accepted", "reject_reason"]
         pd.testing.assert_frame_equal(picks.loc[picks["micrograph"] != "mic_000", cols].reset_index(drop=True),
                                       before.loc[before["micrograph"] != "mic_000", cols].reset_index(drop=True), check_dtype=False)
+
+
+#: Writers and a plan whose files hold the pixel size or lengths in Å (besides picks.csv's diameter_A).
+ANGSTROM_OUTPUTS = ("writer=[csv,star,cryosparc,cbox,box]", "binning.extract_pixel_size=4")
+
+
+def outputs(out: Path) -> dict[str, bytes | dict]:
+    """Every file a run wrote into ``out``, by path, but its log, records of time and config: the saved results'
+    JSON without their timing, the others as bytes with the folder's own path replaced."""
+    found: dict[str, bytes | dict] = {}
+    for path in sorted(p for p in out.rglob("*") if p.is_file()):
+        rel = path.relative_to(out).as_posix()
+        if rel.startswith(".hydra/") or rel in ("lipoframe.log", "run_summary.json"):
+            continue
+        if rel.startswith("micrographs/") and rel.endswith(".json"):
+            info = json.loads(path.read_text())
+            info.pop("seconds")
+            found[rel] = info
+        else:
+            found[rel] = path.read_bytes().replace(str(out).encode(), b"<run>")
+    return found
+
+
+def test_a_pixel_size_change_of_a_run_in_pixels_reuses_the_picks_and_gives_a_fresh_runs_outputs(tmp_path, caplog):
+    # units=px: the picks (positions, diameters in px, scores) do not depend on the pixel size, only diameter_A,
+    # the exports and the plan do; every micrograph used to be picked again
+    inp = tmp_path / "in"
+    write_set(inp, 3)
+    out = tmp_path / "out"
+    assert set(statuses(run(inp, out, "units=px", "pixel_size=1.0", *ANGSTROM_OUTPUTS)).values()) == {"ok"}
+    with caplog.at_level("INFO", logger="lipoframe"):
+        again = run(inp, out, "units=px", "pixel_size=3.37", *ANGSTROM_OUTPUTS)
+    assert set(statuses(again).values()) == {"skipped"}
+    told = [r.getMessage() for r in caplog.records if r.getMessage().startswith("pixel size changed")]
+    assert told == ["pixel size changed (1 -> 3.37 Å/px) for 3 micrograph(s) picked before: their picks are re-used, as "
+                    "picking in pixels (units=px) does not depend on it; diameter_A and everything in Å (exports, plan, "
+                    "report) are recomputed"]
+    fresh = tmp_path / "fresh"
+    assert set(statuses(run(inp, fresh, "units=px", "pixel_size=3.37", *ANGSTROM_OUTPUTS)).values()) == {"ok"}
+    assert outputs(out) == outputs(fresh)  # picks.csv, the per-micrograph tables, exports, plan files, records
+    # without pixel_size= the headers' (1 Å/px) again, also without picking
+    assert set(statuses(run(inp, out, "units=px", *ANGSTROM_OUTPUTS)).values()) == {"skipped"}
+    assert set(statuses(run(inp, fresh, "units=px", "runner.resume=false", *ANGSTROM_OUTPUTS)).values()) == {"ok"}
+    assert outputs(out) == outputs(fresh)
+
+
+def test_a_pixel_size_change_picks_again_where_the_picks_depend_on_it(tmp_path, caplog):
+    # units=A: dmin and dmax in pixels are dmin/dmax over the pixel size; with units=px a stage option in Å does the same
+    inp = tmp_path / "in"
+    write_set(inp, 2)
+    angstrom_filter = ("units=px", "filter=[diameter_range,min_size]", "filter.min_size.units=A", "filter.min_size.min_diameter=60")
+    for i, settings in enumerate([(), angstrom_filter]):
+        out = tmp_path / f"out{i}"
+        assert set(statuses(run(inp, out, *settings)).values()) == {"ok"}
+        caplog.clear()
+        with caplog.at_level("INFO", logger="lipoframe"):
+            assert set(statuses(run(inp, out, "pixel_size=2", *settings)).values()) == {"ok"}
+        why = ("dmin=30.0, dmax=140.0 (units=A)" if not settings else "filter.min_size.units=A")
+        assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("pixel size changed")] == [
+            f"pixel size changed (1 -> 2 Å/px) for 2 micrograph(s) picked before: they are picked again, as their picks "
+            f"depend on it ({why}: lengths in Å, converted to pixels with it)"]
+        fresh = tmp_path / f"fresh{i}"
+        run(inp, fresh, "pixel_size=2", *settings)
+        assert outputs(out) == outputs(fresh)
+        # the same pixel size spelt otherwise (given as the headers give it) picks the same: kept
+        assert set(statuses(run(inp, out, "pixel_size=1", *settings)).values()) == {"ok"}
+        assert set(statuses(run(inp, out, *settings)).values()) == {"skipped"}
+
+
+PIXEL_FILTER = """
+    from dataclasses import dataclass
+
+    from lipoframe import hookimpl, schema
+    from lipoframe.stages import Filter
+
+    @dataclass
+    class SmallParams:
+        pass
+
+    class Small(Filter):
+        name = "small_in_angstrom"
+        Params = SmallParams
+
+        def apply(self, picks, mic, ctx):
+            return schema.reject(picks, picks["diameter_px"] * mic.meta.pixel_size > 150, "large")
+
+    @hookimpl
+    def lipoframe_register_stages(registry):
+        registry.add(Small)
+"""
+
+
+def test_a_pixel_size_change_picks_again_with_a_plugins_stage(tmp_path, make_plugin, caplog):
+    # a plugin's stage is given the pixel size and may use it (this one rejects picks over 150 Å)
+    from lipoframe import plugins
+
+    make_plugin("lipoframe-small", PIXEL_FILTER)
+    plugins._CACHE.clear()
+    inp = tmp_path / "in"
+    write_set(inp, 2)
+    out = tmp_path / "out"
+    settings = ("units=px", "filter=[diameter_range,small_in_angstrom]")
+    first = run(inp, out, *settings)
+    assert set(statuses(first).values()) == {"ok"}
+    with caplog.at_level("INFO", logger="lipoframe"):
+        again = run(inp, out, "pixel_size=2", *settings)
+    assert set(statuses(again).values()) == {"ok"}
+    assert sum(r.n_accepted for r in again.results) < sum(r.n_accepted for r in first.results)  # it did depend on it
+    assert any("they are picked again, as their picks depend on it (the filter 'small_in_angstrom' is a plugin's, "
+               "which may use it)" in r.getMessage() for r in caplog.records)
+    fresh = tmp_path / "fresh"
+    run(inp, fresh, "pixel_size=2", *settings)
+    assert outputs(out) == outputs(fresh)
