@@ -519,8 +519,13 @@ _STATE: dict[str, Any] = {}
 
 
 def _init_worker(readers: ReaderChoice) -> None:
+    import signal
+
     from lipoframe.runner import exit_with_parent
 
+    # Ctrl-C is handled by the main process, which lets the overlays handed out finish (and records them)
+    # before it stops: a worker stopped half-way would leave an overlay's files half rewritten.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _STATE["readers"] = readers
     exit_with_parent()  # not left behind by a run killed outright while it draws the report
 
@@ -640,7 +645,11 @@ def render_overlays(jobs: list[OverlayJob], readers: ReaderChoice, *, workers: i
     """Render ``jobs`` (in a process pool when ``workers > 1``), in job order.
 
     ``on_result``: called with each :class:`OverlayResult` as soon as it is
-    back, in job order (:func:`write_report` records the drawn ones).
+    back, in job order (:func:`write_report` records the drawn ones). On
+    Ctrl-C or SIGTERM (a :class:`KeyboardInterrupt`) with worker processes,
+    the jobs not handed out yet are cancelled, those the workers have are
+    finished and passed to ``on_result`` (in job order), and the exception is
+    re-raised.
     """
     import matplotlib.backends.backend_agg  # noqa: F401 - imported once here, inherited by forked workers
     import matplotlib.figure  # noqa: F401
@@ -661,12 +670,35 @@ def render_overlays(jobs: list[OverlayJob], readers: ReaderChoice, *, workers: i
 
             ctx = mp.get_context(_start_method())
             with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(readers,)) as ex:
-                for res in ex.map(render_job, jobs, chunksize=1):
-                    results.append(res)
-                    if on_result is not None:
-                        on_result(res)
-                    bar.update(1)
+                futures = [ex.submit(render_job, job) for job in jobs]
+                try:
+                    for fut in futures:
+                        results.append(fut.result())
+                        if on_result is not None:
+                            on_result(results[-1])
+                        bar.update(1)
+                except KeyboardInterrupt:
+                    _finish_handed_out(futures[len(results):], on_result)
+                    raise
     return results
+
+
+def _finish_handed_out(futures: list, on_result) -> None:
+    """After Ctrl-C or SIGTERM: cancel the ``futures`` not started, wait for the others and pass their results to ``on_result``.
+
+    The pool runs the jobs it has handed out (about two per worker) to the
+    end in any case; their overlays are whole, so the index records them
+    rather than leaving them to be drawn again. After a second Ctrl-C, only
+    those passed on before it are recorded.
+    """
+    for fut in futures:
+        fut.cancel()
+    handed_out = [fut for fut in futures if not fut.cancelled()]
+    if handed_out:
+        log.warning("interrupted: finishing the %d overlay(s) in progress", len(handed_out))
+    for fut in handed_out:
+        if fut.exception() is None and on_result is not None:  # a worker killed: BrokenProcessPool
+            on_result(fut.result())
 
 
 # ---------------------------------------------------------------------------

@@ -688,6 +688,76 @@ def test_a_report_command_stopped_by_sigterm_says_so_in_run_summary(run_copy):
     assert not (run_copy / ".lipoframe.lock").exists() and not list(run_copy.glob(".*.tmp*"))
 
 
+_WORKERS_STOPPED_SCRIPT = """
+import os, signal, sys
+from lipoframe import report
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, also under a runner that ignores Ctrl-C
+real = report.render_job
+def render(job, readers=None):  # in a worker process (forked: it sees this module's render_job)
+    if job.name == "mic_0":  # as the first overlay starts: Ctrl-C (the whole process group), or `kill` of lipoframe
+        if sys.argv[3] == "ctrl-c":
+            os.killpg(os.getpgid(0), signal.SIGINT)
+        else:
+            os.kill(os.getppid(), signal.SIGTERM)
+    res = real(job, readers)
+    if res.ok:  # its files are all written
+        with open(sys.argv[2], "a") as f:
+            f.write(job.name + "\\n")
+    return res
+report.render_job = render
+from lipoframe.cli import main
+sys.exit(main(["report", sys.argv[1], "-j", "2"]))
+"""
+
+
+@pytest.fixture(scope="module")
+def six_mics(tmp_path_factory) -> Path:
+    """A run folder of 6 micrographs, without a report."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from lipoframe.merge import compose_config
+    from lipoframe.runner import run_pipeline
+
+    root = tmp_path_factory.mktemp("six_mics")
+    for i in range(6):
+        write_mrc(root / "mics" / f"mic_{i}.mrc", tiny_image(seed=i % 3)[0])
+    try:
+        _, cfg = compose_config([f"input={root / 'mics'}", *RUN_OVERRIDES, "runner.report=false"])
+    finally:
+        GlobalHydra.instance().clear()
+    return run_pipeline(cfg, root / "out").out_dir
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork (the workers see the test's render_job)")
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_a_report_stopped_with_several_workers_records_the_overlays_they_finish(six_mics, run_cli, tmp_path, how):
+    """With -j 2, Ctrl-C or SIGTERM let the workers finish the overlays handed out to them (about two each), but
+    overlays/index.json recorded none of them: the next report drew them again, and the note did not count them."""
+    import sys
+
+    from lipoframe.runner import _start_method
+
+    if _start_method() != "fork":
+        pytest.skip("the report's workers are not forked here")
+    run = tmp_path / "run"
+    shutil.copytree(six_mics, run)
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    finished = tmp_path / "finished.txt"
+    done = subprocess.run([sys.executable, "-c", _WORKERS_STOPPED_SCRIPT, str(run), str(finished), how], env=env,
+                          capture_output=True, text=True, timeout=300, start_new_session=True)
+    assert done.returncode == 130, done.stderr
+    drawn = finished.read_text().split() if finished.exists() else []
+    assert "mic_0" in drawn and len(drawn) == len(set(drawn)), drawn
+    index = json.loads((run / "overlays" / "index.json").read_text())
+    assert sorted(n for n in index if n != "render_version") == sorted(drawn)
+    summary = json.loads((run / "run_summary.json").read_text())
+    assert summary["interrupted"] is True and summary["notes"][-1].startswith(
+        f"interrupted while writing the report ({len(drawn)} of 6 overlays drawn): "), summary["notes"]
+    code, out, err = run_cli("report", run, "-j", "1")
+    assert code == 0 and f"{6 - len(drawn)} drawn" in out and f"{len(drawn)} unchanged" in out, out + err
+
+
 def test_a_report_whose_overlay_worker_is_killed_keeps_the_overlays_drawn(run_copy, run_cli, monkeypatch):
     """A process drawing overlays killed outright (the out-of-memory killer) ended `lipoframe report` with a
     BrokenProcessPool traceback, and the overlays drawn before it were drawn again by the next report."""
