@@ -170,18 +170,22 @@ def cmd_stages(argv: list[str]) -> int:
     ap.add_argument("kind", nargs="?", choices=KINDS, help="only this kind")
     args = ap.parse_args(argv)
     _, registry, _ = plugins.load()
-    current = None
-    for info in registry.stages(args.kind):
-        if info.kind != current:
-            current = info.kind
-            print(f"\n[{info.kind}]  select with {info.kind}={'[a,b]' if info.kind in MULTI_KINDS else '<name>'}")
-        print(f"  {info.name}  - {info.cls.summary or (info.cls.__doc__ or '').strip().splitlines()[0] if (info.cls.summary or info.cls.__doc__) else ''}")
-        print(f"      provided by {info.provider}")
+    infos = registry.stages(args.kind)
+    for kind in dict.fromkeys(info.kind for info in infos):
+        print(f"\n[{kind}]  select with {kind}={'[a,b]' if kind in MULTI_KINDS else '<name>'}")
         # The key to set on the command line: list kinds name the stage too (filter.diameter_range.tolerance).
-        section = f"{info.kind}.{info.name}" if info.kind in MULTI_KINDS else info.kind
-        for pname, ptype, default, help_text in describe_params(info.params):
-            print(f"      {section}.{pname + ':':<22} {ptype:<14} = {shown_default(default)!r}"
-                  + (f"  # {help_text}" if help_text else ""))
+        listing = [(info, [(f"{f'{kind}.{info.name}' if kind in MULTI_KINDS else kind}.{pname}:", ptype, default, help_text)
+                           for pname, ptype, default, help_text in describe_params(info.params)])
+                   for info in infos if info.kind == kind]
+        # Keys and types padded to the longest of this kind, so its '=' line up whatever a plugin's types are.
+        key_width = max((len(row[0]) for _, rows in listing for row in rows), default=0)
+        type_width = max((len(row[1]) for _, rows in listing for row in rows), default=0)
+        for info, rows in listing:
+            print(f"  {info.name}  - {info.cls.summary or (info.cls.__doc__ or '').strip().splitlines()[0] if (info.cls.summary or info.cls.__doc__) else ''}")
+            print(f"      provided by {info.provider}")
+            for key, ptype, default, help_text in rows:
+                print(f"      {key:<{key_width}} {ptype:<{type_width}} = {shown_default(default)!r}"
+                      + (f"  # {help_text}" if help_text else ""))
     return 0
 
 

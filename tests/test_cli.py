@@ -173,6 +173,43 @@ def test_stages_shows_whole_types_however_they_are_spelled(run_cli):
     assert "Optional" not in out
 
 
+def test_stages_line_up_the_defaults_of_a_kind_whatever_its_types(run_cli, monkeypatch):
+    # Types were padded to 14 characters: a plugin's longer one (list[float] | None) pushed its row's '=' out of line.
+    import dataclasses
+
+    from lipoframe import plugins
+    from lipoframe.builtin.nms import SizeAwareNms
+    from lipoframe.registry import StageRegistry
+    from lipoframe.stages import Suppressor
+
+    @dataclasses.dataclass
+    class WideParams:
+        radii_weights: list[float] | None = None
+        scale: dict[str, float] = dataclasses.field(default_factory=dict)
+        n: int = 1
+
+    class Wide(Suppressor):
+        name = "wide"
+        Params = WideParams
+        summary = "a plugin's stage with long types"
+
+        def suppress(self, picks, mic, ctx):
+            return picks
+
+    registry = StageRegistry()
+    registry.add(SizeAwareNms)
+    registry.add(Wide)
+    pm, _, infos = plugins.load()
+    monkeypatch.setattr(plugins, "load", lambda **_: (pm, registry, infos))
+    code, out, _ = run_cli("stages", "nms")
+    assert code == 0
+    rows = [line for line in out.splitlines() if line.startswith("      nms.")]
+    assert len(rows) == 3 + len(dataclasses.fields(SizeAwareNms.Params)), out
+    assert re.search(r"^      nms\.radii_weights:\s+list\[float\] \| None = None$", out, re.M), out
+    assert len({line.index(" = ") for line in rows}) == 1, out  # one '=' column for both stages
+    assert len({re.search(r":\s+", line).end() for line in rows}) == 1, out  # one column of types
+
+
 def test_stages_of_one_kind(run_cli):
     code, out, _ = run_cli("stages", "nms")
     assert code == 0
