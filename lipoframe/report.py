@@ -379,13 +379,15 @@ def load_run(out_dir: str | os.PathLike) -> RunData:
     FileNotFoundError
         If ``out_dir`` holds neither per-micrograph results nor a run summary.
     """
-    from lipoframe.runner import collect_work, run_results, safe_name
+    from lipoframe.runner import collect_work, picking_named_here, run_results, safe_name
 
     out_dir = Path(out_dir)
     # the saved results of the run's micrographs, with the JSON read to check their settings (read once)
     infos = run_results(out_dir)
     names = list(infos)
     summary = _read_json(out_dir / "run_summary.json") or {}
+    if isinstance(summary, dict):  # of a copied or moved folder: its notes name this one
+        summary = picking_named_here(summary, out_dir)
     if not names and not summary:
         from lipoframe.sweepdir import sweep_folder_hint
 

@@ -2596,7 +2596,9 @@ def placeholder_pixel_size_notes(metas: dict[str, MicrographMeta], cfg: Lipofram
     exports' pixel size are (``lipoframe plan pixel_size=`` sets it), unless
     a stage's option is a length in Å (``detector=membrane``'s thickness).
     ``out_dir``, the run folder, is named in that command so that it can be
-    pasted (``<output folder>`` without it).
+    pasted (``<output folder>`` without it); ``lipoframe plan`` and
+    ``lipoframe report`` of the folder copied or moved name the copy
+    (:func:`picking_named_here`).
     """
     if cfg.pixel_size is not None:
         return []
@@ -3501,6 +3503,40 @@ def record_report_interrupted(out_dir: Path, *, how_far: str = "") -> None:
         write_text(summary_path, json.dumps(updated, indent=2))
 
 
+def picking_named_here(picking: dict, out_dir: Path) -> dict:
+    """The ``run_summary.json`` of the run that picked (``picking``), saying of ``out_dir`` what it says of the run's folder.
+
+    The run's notes name the folder it was made in (its ``out_dir``): the
+    commands to paste (```lipoframe plan FOLDER pixel_size=<Å/px>``` of the
+    1 Å/px note, ```lipoframe report FOLDER```) and what was done there. After
+    the folder is copied or moved, ``lipoframe plan`` of the copy says them
+    of the copy: each mention of that folder as a whole path (not a longer
+    path it begins) in ``out_dir``, ``notes`` and the run's notes
+    (:data:`RUN_NOTES`, :data:`RUN_PIXEL_SIZE_NOTES`) becomes ``out_dir``'s
+    absolute path, so that a copy of the copy is renamed as well. Unchanged
+    when ``out_dir`` is that folder (however spelled) or the summary names none.
+    """
+    recorded = picking.get("out_dir")
+    if not isinstance(recorded, str) or not recorded:
+        return picking
+    here = Path(out_dir).absolute()
+    try:
+        if Path(recorded).resolve() == here.resolve():
+            return picking
+    except (OSError, RuntimeError):  # a symbolic link loop: not this folder
+        pass
+    # Not inside a longer path or name: "/data/run1" neither in "/data/run1/mics/a.mrc" nor in "/data/run1.bak".
+    whole = re.compile(r"(?<![^\s`'\"(])" + re.escape(recorded) + r"(?![^\s`'\"),;:])")
+
+    def named_here(notes):
+        if not isinstance(notes, list):
+            return notes
+        return [whole.sub(lambda _: str(here), n) if isinstance(n, str) else n for n in notes]
+
+    return {**picking, "out_dir": str(here),
+            **{key: named_here(picking[key]) for key in ("notes", RUN_NOTES, RUN_PIXEL_SIZE_NOTES) if key in picking}}
+
+
 def replanned_notes(picking: dict, pixel_size: float | None) -> tuple[list[str], list[str]] | None:
     """The notes of the run that picked (its ``run_summary.json``, ``picking``) that a new plan keeps, and those on the pixel size.
 
@@ -3557,7 +3593,8 @@ def finish_run(
     ``picking``: the ``run_summary.json`` of the run that picked the
     micrographs, when only the dataset-level stages run again
     (``lipoframe plan``): its micrograph counts, timings and folder are kept,
-    and its notes (:func:`replanned_notes`). ``polarity``: the polarity check of
+    and its notes (:func:`replanned_notes`); of a folder copied or moved since,
+    they name ``out_dir`` (:func:`picking_named_here`). ``polarity``: the polarity check of
     this run (:func:`polarity_check_for`), whose notes follow ``notes``.
     ``pixel_size``: every micrograph's pixel size instead of the saved one
     (``lipoframe plan pixel_size=`` of a run picked in pixels; ``diameter_A``
@@ -3574,6 +3611,8 @@ def finish_run(
     ``watch=true`` session has logged at its earlier updates, logged once
     (:func:`tiff_rows_notes`).
     """
+    if isinstance(picking, dict):  # made elsewhere (a copied or moved folder): its notes name this folder
+        picking = picking_named_here(picking, out_dir)
     if polarity is None and isinstance(picking, dict) and isinstance(picking.get("polarity_check"), dict):
         polarity = picking["polarity_check"]
     kept = replanned_notes(picking, pixel_size) if isinstance(picking, dict) else None

@@ -1375,6 +1375,72 @@ def test_plan_keeps_the_runs_notes_that_still_apply(tmp_path, run_cli):
     assert notes() == run_notes
 
 
+def test_a_plan_of_a_copied_or_moved_run_folder_names_that_folder_in_the_runs_notes(tmp_path, run_cli):
+    # The 1 Å/px note gives `lipoframe plan <folder> pixel_size=<Å/px>` to paste; after the run folder was copied
+    # or moved, a plan of it (and its run_summary.json, and a report of it) still named the folder the run was made in.
+    import shutil
+
+    from conftest import tiny_image, write_mrc
+
+    for i in range(2):
+        write_mrc(tmp_path / "mics" / f"mic_{i}.mrc", tiny_image(seed=i)[0], pixel_size=1.0)
+    out = tmp_path / "out"
+    code, _, err = run_cli("run", f"input={tmp_path / 'mics'}", f"output={out}", *TINY_ARGS)
+    assert code == 0, err
+    picked = json.loads((out / "run_summary.json").read_text())
+    (note,) = picked["notes"]
+    assert f"`lipoframe plan {out} pixel_size=<Å/px>`" in note and picked["out_dir"] == str(out)
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+
+    def said(folder):
+        return note.replace(f"`lipoframe plan {out} ", f"`lipoframe plan {folder} ")
+
+    # a report of the copy, before any plan of it
+    code, _, err = run_cli("report", copy, "--no-overlays")
+    assert code == 0, err
+    page = html.unescape((copy / "report.html").read_text())
+    assert re.findall(r"<li>Note: (.*?)</li>", page) == [said(copy)]  # (its configuration says where the run wrote)
+    code, stdout, err = run_cli("plan", copy, "binning=single")
+    assert code == 0, err
+    summary = json.loads((copy / "run_summary.json").read_text())
+    assert summary["notes"] == summary["run_notes"] == summary["run_pixel_size_notes"] == [said(copy)]
+    assert summary["out_dir"] == str(copy) and f"NOTE {said(copy)}" in stdout
+    assert not [f for f in copy.rglob("*") if f.is_file() and f.suffix in (".json", ".md", ".csv", ".star")
+                and str(out) in f.read_text(errors="replace")]
+    # moved on: still a note on the pixel size (a plan that gives one drops it), and the next plan names the new place
+    moved = tmp_path / "moved"
+    copy.rename(moved)
+    code, _, err = run_cli("plan", moved, "pixel_size=2")
+    assert code == 0, err
+    assert json.loads((moved / "run_summary.json").read_text())["notes"] == []
+    code, _, err = run_cli("plan", moved)
+    assert code == 0, err
+    assert json.loads((moved / "run_summary.json").read_text())["notes"] == [said(moved)]
+    # the folder it was made in is as it was: named as before
+    code, _, err = run_cli("plan", out)
+    assert code == 0, err
+    assert json.loads((out / "run_summary.json").read_text())["notes"] == [note]
+
+
+def test_the_runs_folder_is_renamed_in_its_notes_only_as_a_whole_path(tmp_path):
+    from lipoframe.runner import RUN_NOTES, RUN_PIXEL_SIZE_NOTES, picking_named_here
+
+    old = str(tmp_path / "run1")
+    notes = [f"`lipoframe plan {old} pixel_size=<Å/px>`", f"removed the outputs of the earlier run into {old}, made with",
+             f"`lipoframe report {old}` writes it", f"{old}/micrographs/a.json and {old}.bak and {old}2 stay"]
+    picking = {"out_dir": old, "notes": notes, RUN_NOTES: notes, RUN_PIXEL_SIZE_NOTES: notes[:1], "seconds": 3.0}
+    new = tmp_path / "copy"
+    moved = picking_named_here(picking, new)
+    renamed = [n.replace(old, str(new)) for n in notes[:3]] + notes[3:]
+    assert moved == {"out_dir": str(new), "notes": renamed, RUN_NOTES: renamed, RUN_PIXEL_SIZE_NOTES: renamed[:1], "seconds": 3.0}
+    assert picking["notes"] == notes  # not changed in place
+    # the same folder, however spelled: as it was
+    (tmp_path / "run1").mkdir()
+    assert picking_named_here(picking, tmp_path / "x" / ".." / "run1") is picking
+    assert picking_named_here({"notes": notes}, new) == {"notes": notes}  # no folder recorded
+
+
 def test_plan_keeps_the_runs_1_angstrom_note_made_with_its_picking_settings(tmp_path, run_cli):
     # The plan made the note again from its own config, which holds no picking
     # stage: for a membrane run (thickness in Å) it said the picks do not depend
