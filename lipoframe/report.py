@@ -528,6 +528,8 @@ def _init_worker(readers: ReaderChoice) -> None:
     # Ctrl-C is handled by the main process, which lets the overlays handed out finish (and records them)
     # before it stops: a worker stopped half-way would leave an overlay's files half rewritten.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):  # held back while the pool started it (_ctrl_c_held): ignored from now on
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     _STATE["readers"] = readers
     exit_with_parent()  # not left behind by a run killed outright while it draws the report
 
@@ -672,8 +674,12 @@ def render_overlays(jobs: list[OverlayJob], readers: ReaderChoice, *, workers: i
 
             ctx = mp.get_context(_start_method())
             with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(readers,)) as ex:
-                futures = [ex.submit(render_job, job) for job in jobs]
+                futures: list = []
                 try:
+                    # A worker started before it ignores Ctrl-C would die of it (BrokenProcessPool): held back till then.
+                    with _ctrl_c_held():
+                        for job in jobs:
+                            futures.append(ex.submit(render_job, job))
                     for fut in futures:
                         results.append(fut.result())
                         if on_result is not None:
@@ -683,6 +689,22 @@ def render_overlays(jobs: list[OverlayJob], readers: ReaderChoice, *, workers: i
                     _finish_handed_out(futures[len(results):], on_result)
                     raise
     return results
+
+
+@contextlib.contextmanager
+def _ctrl_c_held():
+    """Ctrl-C (SIGINT) held back in this thread while it lasts, and in the worker processes started meanwhile until
+    :func:`_init_worker` has them ignore it; here it arrives when this ends."""
+    import signal
+
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _finish_handed_out(futures: list, on_result) -> None:

@@ -689,22 +689,30 @@ def test_a_report_command_stopped_by_sigterm_says_so_in_run_summary(run_copy):
 
 
 _WORKERS_STOPPED_SCRIPT = """
-import os, signal, sys
+import os, signal, sys, time
 from lipoframe import report
 signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, also under a runner that ignores Ctrl-C
-real = report.render_job
+real_init, real = report._init_worker, report.render_job
+def init(readers):  # the second worker sets itself up only after the stop: Ctrl-C must not kill it before
+    try:
+        os.close(os.open(sys.argv[2] + ".first", os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        while not os.path.exists(sys.argv[2] + ".stopped"):
+            time.sleep(0.01)
+    real_init(readers)
 def render(job, readers=None):  # in a worker process (forked: it sees this module's render_job)
     if job.name == "mic_0":  # as the first overlay starts: Ctrl-C (the whole process group), or `kill` of lipoframe
         if sys.argv[3] == "ctrl-c":
             os.killpg(os.getpgid(0), signal.SIGINT)
         else:
             os.kill(os.getppid(), signal.SIGTERM)
+        open(sys.argv[2] + ".stopped", "w").close()
     res = real(job, readers)
     if res.ok:  # its files are all written
         with open(sys.argv[2], "a") as f:
             f.write(job.name + "\\n")
     return res
-report.render_job = render
+report._init_worker, report.render_job = init, render
 from lipoframe.cli import main
 sys.exit(main(["report", sys.argv[1], "-j", "2"]))
 """
@@ -732,7 +740,9 @@ def six_mics(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
 def test_a_report_stopped_with_several_workers_records_the_overlays_they_finish(six_mics, run_cli, tmp_path, how):
     """With -j 2, Ctrl-C or SIGTERM let the workers finish the overlays handed out to them (about two each), but
-    overlays/index.json recorded none of them: the next report drew them again, and the note did not count them."""
+    overlays/index.json recorded none of them: the next report drew them again, and the note did not count them.
+    Ctrl-C also reached the workers: the overlay in progress stopped half-drawn, and a worker still starting died
+    (BrokenProcessPool)."""
     import sys
 
     from lipoframe.runner import _start_method
