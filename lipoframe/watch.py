@@ -380,7 +380,11 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None, exclude=None):
                     since_update += ok
                     last_new = time.monotonic()
                     n_failed = sum(r.status == "failed" for r in results.values())
-                    status(f"picked {ok} micrograph(s); {len(results)} seen, {n_failed} failed")
+                    # A restarted session's first round finds the earlier session's micrographs done: they are
+                    # kept, not picked (as the summary's `skipped`), and saying "picked" of them looked like work.
+                    kept = sum(r.status == "skipped" for r in done)
+                    status(f"picked {ok - kept} micrograph(s){f', kept {kept} done before' if kept else ''}; "
+                           f"{len(results)} seen, {n_failed} failed")
                     if interrupted:
                         reason = "interrupted"
                         break
@@ -421,8 +425,16 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None, exclude=None):
             pass  # no report either: an earlier session's (or run's) stays with its outputs
         elif cfg.runner.report:
             from lipoframe.report import write_report_safely
+            from lipoframe.runner import record_report_interrupted, report_summary
 
-            write_report_safely(out_dir, cfg=cfg, stages=stages, result=result)
+            try:
+                # As a batch run: the console's summary says how long the overlays took, apart from the picking.
+                result.report = report_summary(write_report_safely(out_dir, cfg=cfg, stages=stages, result=result))
+            except KeyboardInterrupt as exc:
+                # Ctrl-C or SIGTERM while drawing the report: the picks, exports and plan are complete,
+                # and run_summary.json must say the report is not (and how far it got), as a batch run's does.
+                record_report_interrupted(out_dir, how_far=str(getattr(exc, "progress", "")))
+                raise
         else:
             from lipoframe.report import drop_earlier_report
 

@@ -213,6 +213,36 @@ def test_a_second_watch_session_over_a_relative_folder_resumes_with_the_same_nam
     assert {r.status for r in again.results} == {"skipped"}
 
 
+def test_a_restarted_watch_session_says_it_kept_the_earlier_sessions_micrographs_rather_than_picked_them(tmp_path, caplog):
+    """The first round of a restarted session said `picked 2 micrograph(s)` of the two an earlier session
+    had picked, though it only took their saved results (the summary counts them as skipped)."""
+    write_set(tmp_path / "in", 2)
+    args = [f"input={tmp_path / 'in'}", *RUN_ARGS, "runner.workers=1", "watch=true",
+            "stream.poll_seconds=0.1", "stream.stable_polls=1", "stream.idle_timeout=0.5"]
+    run_pipeline(compose_config(args)[1], tmp_path / "out")
+    write_set(tmp_path / "in", 1, seed=5, prefix="new")  # arrived while no session watched
+    with caplog.at_level("INFO", logger="lipoframe"):
+        again = run_pipeline(compose_config(args)[1], tmp_path / "out")
+    assert sorted(r.status for r in again.results) == ["ok", "skipped", "skipped"]
+    rounds = [r.getMessage() for r in caplog.records if r.getMessage().startswith("picked ")]
+    assert rounds == ["picked 1 micrograph(s), kept 2 done before; 3 seen, 0 failed"], rounds
+
+
+def test_a_watch_sessions_summary_says_how_long_its_report_took(tmp_path):
+    """A batch run's summary ends with `report  ... s more: N overlays drawn`; a watch session drew its
+    report after printing the summary without a word, so the command seemed to hang once it had said
+    it was done (about 10 s for six 1024² micrographs)."""
+    from lipoframe.runner import format_summary
+
+    write_set(tmp_path / "in", 2)
+    args = [f"input={tmp_path / 'in'}", *RUN_ARGS, "runner.workers=1", "watch=true", "runner.report=true",
+            "stream.poll_seconds=0.1", "stream.stable_polls=1", "stream.idle_timeout=0.5"]
+    result = run_pipeline(compose_config(args)[1], tmp_path / "out")
+    assert (tmp_path / "out" / "report.html").is_file()
+    assert result.summary()["report"]["overlays_drawn"] == 2
+    assert "\nreport       " in format_summary(result.summary())
+
+
 def test_watch_stops_cleanly_on_sigterm(tmp_path):
     """SIGTERM (as at the end of a SLURM job, like Ctrl-C) ends a watch with final outputs and exit code 0."""
     import signal
