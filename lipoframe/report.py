@@ -903,7 +903,10 @@ def build_html(data: RunData, rows: list[MicrographRow], plots_png: list[tuple[s
         ("pixel size", f"{px:g} Å" if px else "–", "per pixel" if px else "unknown", False),
     ]
     secs = data.summary.get("seconds")
-    if secs is not None:
+    if secs is not None and data.summary.get("watch"):
+        # A watch=true session's time includes waiting for files: per micrograph it would say nothing of picking.
+        cards.append(("session time", f"{secs:,.1f} s", "watching, waiting for files included", False))
+    elif secs is not None:
         # Per micrograph picked by this run, as run_summary.json's micrographs_per_s: failed ones and ones a
         # resumed run skipped (picked before) took next to none of its time.
         n_picked = counts.get("ok", n_ok) if data.summary.get("micrographs_per_s") else 0

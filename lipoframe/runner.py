@@ -3244,6 +3244,9 @@ class RunResult:
     #: The report drawn after the dataset-level outputs (:func:`report_summary`), when it was: its time is
     #: not in ``seconds``. Printed by :func:`format_summary`; not in ``run_summary.json``, written before it.
     report: dict | None = None
+    #: A ``watch=true`` session: ``seconds`` is the session's, waiting for files included, so no rate is
+    #: made of it (a session that waited an hour for ten files did not pick at six minutes a micrograph).
+    watched: bool = False
 
     @property
     def failed(self) -> list[MicResult]:
@@ -3294,7 +3297,9 @@ class RunResult:
             "interrupted": self.interrupted,
             "workers": self.workers,
             "peak_rss_mb": round(max((r.peak_rss_mb for r in picked), default=0.0), 1),
-            "micrographs_per_s": float(f"{len(picked) / self.seconds:.4g}") if self.seconds > 0 and any(r.seconds > 0 for r in picked) else None,
+            "micrographs_per_s": float(f"{len(picked) / self.seconds:.4g}")
+            if self.seconds > 0 and any(r.seconds > 0 for r in picked) and not self.watched else None,
+            **({"watch": True} if self.watched else {}),
             "seconds": round(self.seconds, 3),
             **({"report": self.report} if self.report is not None else {}),
         }
@@ -3411,7 +3416,7 @@ def run_jobs(jobs: list[MicJob], cfg: LipoframeConfig, stages: StageSet, *, prog
 
 #: Keys of ``run_summary.json`` that describe the picking, kept by ``lipoframe plan``.
 PICKING_SUMMARY = ("out_dir", "micrographs", "failures", "polarity_check", "interrupted", "workers", "peak_rss_mb",
-                   "micrographs_per_s", "seconds", "run_notes", "run_pixel_size_notes")
+                   "micrographs_per_s", "watch", "seconds", "run_notes", "run_pixel_size_notes")
 #: Keys of run_summary.json: the notes of the run that picked, and those of them on the pixel size it used.
 RUN_NOTES, RUN_PIXEL_SIZE_NOTES = PICKING_SUMMARY[-2:]
 #: How the note of a run stopped while drawing its report (its picking complete) begins; a report written later drops it.
@@ -3586,6 +3591,7 @@ def finish_run(
     listed_notes: list[str] = (),
     replan: str = "",
     told: set[str] | None = None,
+    watched: bool = False,
 ) -> RunResult:
     """Collect the saved per-micrograph results of ``names``, run the dataset-level
     stages (unless ``finalize`` is false) and write ``run_summary.json``.
@@ -3609,7 +3615,8 @@ def finish_run(
     (:func:`picking_complete`: a run or merge stopped in its own binning or
     writers, whose outputs this plan has made). ``told``: the notes a
     ``watch=true`` session has logged at its earlier updates, logged once
-    (:func:`tiff_rows_notes`).
+    (:func:`tiff_rows_notes`). ``watched``: a ``watch=true`` session, whose
+    time (``t0`` on) includes waiting for files (:attr:`RunResult.watched`).
     """
     if isinstance(picking, dict):  # made elsewhere (a copied or moved folder): its notes name this folder
         picking = picking_named_here(picking, out_dir)
@@ -3673,7 +3680,7 @@ def finish_run(
         notes = notes + [said]
         log.warning(said)
     result = RunResult(out_dir, results, picks, plan, files, time.perf_counter() - t0, errors, notes, interrupted, workers,
-                       n_micrographs=len(names), polarity_check=polarity)
+                       n_micrographs=len(names), polarity_check=polarity, watched=watched)
     summary = result.summary()
     if picking:
         carried = {k: picking[k] for k in PICKING_SUMMARY if k in picking}
@@ -3914,7 +3921,11 @@ def format_summary(summary: dict, *, shown: Collection[str] = ()) -> str:
     for e in errors:
         lines.append(f"ERROR  {e}")
     speed = ""
-    if summary.get("micrographs_per_s"):
+    if summary.get("watch"):
+        # The session's time, waiting for files included: no rate (see RunResult.watched).
+        speed = f"  (watching, waiting for files included; {summary.get('workers', 1)} worker(s)"
+        speed += f", peak {summary['peak_rss_mb']:.0f} MiB per worker)" if summary.get("peak_rss_mb") else ")"
+    elif summary.get("micrographs_per_s"):
         # Not the progress lines' picking rate: the micrographs picked over the whole run (its dataset-level outputs too).
         speed = f"  ({format_rate(summary['micrographs_per_s'])} over the whole run, {summary.get('workers', 1)} worker(s)"
         speed += f", peak {summary['peak_rss_mb']:.0f} MiB per worker)" if summary.get("peak_rss_mb") else ")"

@@ -311,7 +311,7 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None, exclude=None):
                     out_dir, names, list(results.values()), stages, cfg, pm=pm if final else None, t0=t0,
                     errors=errors, notes=list(notes), interrupted=False,
                     workers=resolve_workers(cfg.runner.workers, max(1, len(results))),
-                    listed_notes=listed, told=told, finalize=not errors,
+                    listed_notes=listed, told=told, finalize=not errors, watched=True,
                 )
             return result, bool(errors)
 

@@ -243,6 +243,25 @@ def test_a_watch_sessions_summary_says_how_long_its_report_took(tmp_path):
     assert "\nreport       " in format_summary(result.summary())
 
 
+def test_a_watch_session_gives_no_picking_rate_made_of_its_waiting_time(tmp_path):
+    """The summary said `(8.57 s per micrograph over the whole run ...)` of a session that picked two 1024²
+    micrographs in about a second each and waited for files the rest of its 17 s; report.html likewise
+    divided the session's time by the micrographs picked."""
+    from lipoframe.runner import format_summary
+
+    write_set(tmp_path / "in", 1)
+    args = [f"input={tmp_path / 'in'}", *RUN_ARGS, "runner.workers=1", "watch=true", "runner.report=true",
+            "stream.poll_seconds=0.1", "stream.stable_polls=1", "stream.idle_timeout=1.5"]
+    result = run_pipeline(compose_config(args)[1], tmp_path / "out")
+    saved = json.loads((tmp_path / "out" / "run_summary.json").read_text())
+    assert saved["watch"] is True and saved["micrographs_per_s"] is None and saved["seconds"] > 1.5
+    text = format_summary(result.summary())
+    assert "over the whole run" not in text and "per micrograph" not in text
+    assert "watching, waiting for files included" in text
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "per micrograph picked" not in page and "waiting for files included" in page
+
+
 def test_watch_stops_cleanly_on_sigterm(tmp_path):
     """SIGTERM (as at the end of a SLURM job, like Ctrl-C) ends a watch with final outputs and exit code 0."""
     import signal
