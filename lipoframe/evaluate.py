@@ -1411,8 +1411,9 @@ class SweepJob:
         Every word of its ``.hydra/overrides.yaml``.
     status : str
         ``ok``; ``no picks`` (scored, with no pick to score); ``partial``
-        (scored on the micrographs it picked: some failed, or the job was
-        interrupted); ``failed`` (not scored: no results to read, or not
+        (some micrographs failed, or the job was interrupted: scored as it
+        is, the reference particles of the micrographs it did not pick
+        counted as misses); ``failed`` (not scored: no results to read, or not
         run: the sweep stopped before it started).
     note : str
         Why, for any status but ``ok``.
@@ -1457,7 +1458,8 @@ def _job_state(job: Path) -> tuple[str, str]:
             return "failed", f"no results: the job stopped before picking{see}"
         return "failed", f"no micrograph results{see}"
     if mics is None:
-        return "partial", f"no run_summary.json: the job did not finish; scored on the micrographs it picked{see}"
+        return "partial", (f"no run_summary.json: the job did not finish; the micrographs it did not pick "
+                           f"count as misses{see}")
     notes = []
     if mics.get("failed"):
         notes.append(f"{mics['failed']} of {mics.get('total', '?')} micrographs failed{see}")

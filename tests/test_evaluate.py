@@ -1520,6 +1520,14 @@ def test_a_sweep_scores_partial_jobs_and_warns_about_names_for_every_job(tiny_mr
         assert code == 0
         f1 = next(ln for ln in single.splitlines() if ln.startswith("precision")).split()[5]
         assert lines[2 + int(job)].split()[6] == f1, (out, single)
+    # a job killed outright (no run_summary.json) is scored as it is: it said "scored on the micrographs it
+    # picked", but the reference particles of those it did not pick count as misses, as for an interrupted job
+    (sweep / "1" / "run_summary.json").unlink()
+    code, out, err = run_cli("evaluate", f"picks={sweep}", f"reference={_truth_csv(tmp_path)}", "output=" + str(tmp_path / "ev"))
+    assert code == 0, err
+    job1 = json.loads((tmp_path / "ev" / "sweep_evaluation.json").read_text())["jobs"][1]
+    assert job1["status"] == "partial"
+    assert job1["note"] == f"no run_summary.json: the job did not finish; the micrographs it did not pick count as misses (see {sweep / '1' / 'lipoframe.log'})"
 
 
 def test_a_sweep_draws_overlays_for_each_job(tiny_mrcs, tmp_path, run_cli):
