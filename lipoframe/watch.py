@@ -296,6 +296,7 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None, exclude=None):
         last_new = time.monotonic()
         interrupted = False
         reason = ""
+        undone: list[Path] = []  # handed out in the round Ctrl-C or SIGTERM stopped, and not picked
 
         def update(final: bool = False):
             ordered = sorted(path_name, key=Path)  # the order a batch run over the same folder uses
@@ -371,6 +372,8 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None, exclude=None):
                         jobs.append(MicJob(path, path_name[key], out_dir, fingerprint, cfg.runner.resume, cfg.runner.verbose))
                         stamps[key] = (path, input_stamp(path, path_name[key], stages, digest=False))  # before reading: a later change is new
                     done, interrupted = run_jobs(jobs, cfg, stages, progress=False)
+                    finished = {r.name for r in done}
+                    undone = [job.path for job in jobs if job.name not in finished]
                     for r in done:
                         results[r.name] = r
                         key = os.path.abspath(r.path)
@@ -407,7 +410,10 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None, exclude=None):
             # Ctrl-C or SIGTERM does not wait for the files still being written (the stop file and the idle
             # timeout do): say which files of the input this session's outputs leave out.
             try:
-                waiting = watcher.pending()
+                # The files of the round it stopped that were not picked: ready, handed out, but never started
+                # (a folder of finished micrographs watched from the start is one round); then those the
+                # watcher still waits for.
+                waiting = list(dict.fromkeys([*undone, *watcher.pending()]))
                 theirs = {os.path.abspath(p) for p in read_for_others(list(dict.fromkeys(watcher.present() + waiting)), stages)}
                 waiting = [p for p in waiting if os.path.abspath(p) not in theirs]
             except Exception as exc:  # noqa: BLE001 - only a note: the outputs come first
@@ -415,9 +421,9 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None, exclude=None):
                 waiting = []
             if waiting:
                 shown = ", ".join(str(p) for p in waiting[:3]) + (f" and {len(waiting) - 3} more" if len(waiting) > 3 else "")
-                notes.append(f"{len(waiting)} file(s) of the input were not picked (still being written, or not yet "
-                             f"unchanged over stream.stable_polls scans, when the session was stopped): {shown}; "
-                             "the same command again picks them")
+                notes.append(f"{len(waiting)} file(s) of the input were not picked (not yet started, still being "
+                             f"written, or not yet unchanged over stream.stable_polls scans, when the session was "
+                             f"stopped): {shown}; the same command again picks them")
                 log.info(notes[-1])  # printed with the summary's notes
         status(f"stopping ({reason}); writing the dataset-level outputs")
         result, none_picked = update(final=True)

@@ -354,6 +354,34 @@ def test_watch_stopped_by_sigterm_names_the_files_it_did_not_pick(tmp_path):
     assert "NOTE   " + said[0] in stdout
 
 
+def test_watch_stopped_by_sigterm_names_the_ready_files_its_last_round_did_not_start(tmp_path):
+    """A session started on a folder of finished micrographs hands them out in one round; stopped during
+    it, the summary said `ok 1 ... (total 8)` and nothing of the other files: only files still being
+    written were named as not picked."""
+    import signal
+    import subprocess
+
+    from scale_data import env
+
+    write_set(tmp_path / "in", 8)
+    out = tmp_path / "out"
+    proc = subprocess.Popen(watch_command(tmp_path / "in", out, "stream.poll_seconds=0.2"), env=env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_until_saved(proc, out, ["mic_000"])
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    summary = json.loads((out / "run_summary.json").read_text())
+    picked = sorted(p.stem for p in (out / "micrographs").glob("*.json"))
+    left = 8 - len(picked)
+    assert summary["micrographs"]["ok"] == len(picked) and 0 < left, (picked, stdout)
+    said = [n for n in summary["notes"] if "not picked" in n]
+    assert len(said) == 1 and said[0].startswith(f"{left} file(s) of the input were not picked"), summary["notes"]
+    first = next(f"mic_{i:03d}" for i in range(8) if f"mic_{i:03d}" not in picked)
+    assert str(tmp_path / "in" / f"{first}.mrc") in said[0]
+    assert "NOTE   " + said[0] in stdout
+
+
 def test_watcher_pending_lists_new_and_changed_files_without_handing_them_out(tmp_path):
     a, b = tmp_path / "a.mrc", tmp_path / "b.mrc"
     a.write_bytes(b"x" * 10)
