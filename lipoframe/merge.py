@@ -159,7 +159,14 @@ def plan_merge(shards: list[Shard]) -> tuple[list[tuple[Shard, str, str]], list[
     prints = {s.manifest["fingerprint"] for s in shards}
     if len(prints) > 1:
         groups = "; ".join(f"{fp}: {', '.join(str(s.folder) for s in shards if s.manifest['fingerprint'] == fp)}" for fp in sorted(prints))
-        raise MergeError(f"the runs were made with different per-micrograph settings (fingerprints {groups}); merge only shards of one run")
+        hint = ""
+        sweeps = {s.folder.parent for s in shards}
+        if len(sweeps) == 1 and (sweep := next(iter(sweeps)) / "multirun.yaml").is_file():
+            # The jobs of one parameter sweep (nms.max_containment=0.3,0.5): what a user wants of them is a comparison.
+            hint = (f"; the jobs of the sweep {sweep.parent} are compared, not merged: `lipoframe evaluate "
+                    f"picks={sweep.parent} reference=<reference picks>` scores each against the same reference")
+        raise MergeError(f"the runs were made with different per-micrograph settings (fingerprints {groups}); "
+                         f"merge only shards of one run{hint}")
     # Shards of one input list (same inputs.json micrographs) must cover every shard index once, also
     # beside runs over other inputs: a lone shard would bring only its part of its inputs.
     groups: list[list[Shard]] = []

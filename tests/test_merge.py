@@ -358,6 +358,26 @@ def test_merge_refuses_shards_with_other_settings(sharded, tmp_path, capsys):
     assert "different per-micrograph settings" in capsys.readouterr().err
 
 
+def test_merge_of_a_parameter_sweep_says_to_compare_its_jobs_with_evaluate(sharded, tmp_path, capsys):
+    """`lipoframe merge sweep/ ...` of a sweep over nms.max_containment said only `merge only shards of one
+    run`; a new user who reached for merge to put the jobs side by side was not told what does that."""
+    root = sharded
+    sweep = tmp_path / "sweep"
+    args = [f"input=['{root}/in/*/*.mrc']", "runner.workers=1", *RUN_ARGS]
+    assert app.run(["-m", *args, f"output={sweep}", "nms.max_containment=0.3,0.5"]) == 0
+    capsys.readouterr()
+    assert merge.main([str(sweep), f"output={tmp_path / 'm'}"]) == 1
+    err = capsys.readouterr().err
+    assert "different per-micrograph settings" in err
+    assert f"the jobs of the sweep {sweep} are compared, not merged: `lipoframe evaluate picks={sweep} " in err, err
+    # run folders of one run's shards given by hand, and other runs, are not called a sweep
+    other = tmp_path / "other"
+    assert app.run([*args, f"output={other}", "detector.threshold=9", "shard.count=3", "shard.index=1"]) == 0
+    capsys.readouterr()
+    assert merge.main([str(root / "shards" / "0"), str(other), f"output={tmp_path / 'm2'}"]) == 1
+    assert "compared, not merged" not in capsys.readouterr().err
+
+
 def test_merge_prints_the_absolute_output_folder_as_run_does(sharded, tmp_path, monkeypatch, capsys):
     # Before, 'outputs' and run_summary.json's out_dir were output= as typed ('m'), where a run gives the absolute folder.
     monkeypatch.chdir(tmp_path)
