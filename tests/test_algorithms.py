@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from skimage.draw import disk
 
-from lipoframe.algorithms.junk import darkness_concentration, neighbourhood_measures
+from lipoframe.algorithms.junk import darkness_concentration, disc_quantile, neighbourhood_measures
 from lipoframe.algorithms.nms import circle_overlap, contained_mask, overlap_nms, size_aware_nms
 from lipoframe.algorithms.peel import disc_mask, replace_discs
 from lipoframe.algorithms.pyramid import block_mean, to_binned, to_full_resolution
@@ -227,6 +227,7 @@ def test_contained_mask_marks_arcs_inside_ring_only():
         # column served both rows, a single diameter both picks, or a disc was dropped.
         lambda img: neighbourhood_measures(img, [20.0, 50.0], [30.0], [20.0, 20.0]),
         lambda img: darkness_concentration(img, [20.0, 50.0], [30.0, 40.0], [20.0]),
+        lambda img: disc_quantile(img, [20.0, 50.0], [30.0, 40.0], [20.0]),
         lambda img: disc_mask(img.shape, [20.0, 50.0], [30.0], [5.0, 5.0]),
         lambda img: replace_discs(img, [20.0, 50.0], [30.0, 40.0], [5.0]),
     ],
@@ -236,6 +237,28 @@ def test_per_pick_arrays_of_unequal_length_are_refused(call):
     with pytest.raises(ValueError, match=r"rows, cols and (diameters|radii) must be 1D of one length"):
         call(img)
 
+
+
+def test_disc_quantile_weighs_the_disc_by_area():
+    """A bright centre covering 4 % of a disc, a bright half: the 0.9 quantile sees the half, not the centre.
+
+    A polar grid with evenly spaced radii puts a fifth of its samples in the
+    inner fifth of the radius (4 % of the area): that spot would fill its top tenth.
+    """
+    img = np.zeros((200, 400), np.float32)
+    img[disk((100, 100), 8, shape=img.shape)] = 1.0  # 4 % of the 40 px radius disc
+    img[:, 300:] = 1.0  # the right half of the disc at column 300
+    q90 = disc_quantile(img, [100.0, 100.0], [100.0, 300.0], [80.0, 80.0], q=0.9)
+    assert q90.tolist() == pytest.approx([0.0, 1.0])
+    assert disc_quantile(img, [100.0], [300.0], [80.0], q=0.3)[0] == pytest.approx(0.0)
+    assert disc_quantile(img, [], [], []).shape == (0,)
+    with pytest.raises(ValueError, match="q must"):
+        disc_quantile(img, [100.0], [100.0], [80.0], q=1.0)
+    assert disc_quantile(img, [100.0, 100.0], [100.0, 300.0], [80.0, 80.0], q=0.9, chunk=1).tolist() == q90.tolist()
+    with pytest.raises(ValueError, match="n must"):
+        disc_quantile(img, [100.0], [100.0], [80.0], n=3)
+    with pytest.raises(ValueError, match="chunk must"):
+        disc_quantile(img, [100.0], [100.0], [80.0], chunk=0)
 
 # -- radial refinement ---------------------------------------------------------------
 def test_bilinear_matches_scipy():

@@ -298,6 +298,14 @@ def test_lone_ice_ball_is_judged_against_the_datasets_particles(tmp_path, run_cl
     assert json.loads((out / "run_summary.json").read_text())["picks"]["rejected"].get("contamination", 0) >= 1
 
 
+def draw_vesicle(img, centre):
+    """Darken ``img`` in place by 2 on a 40 px vesicle's membrane (radii 16-20 px) around ``centre``; the lumen is background."""
+    ring = np.zeros(img.shape, bool)
+    ring[disk(centre, 20, shape=img.shape)] = True
+    ring[disk(centre, 16, shape=img.shape)] = False
+    img[ring] -= 2.0
+
+
 def test_contamination_rejects_a_darkness_outlier_among_vesicles():
     """Vesicles (dark rim, lumen = ice) and two solid dark blobs of their size.
 
@@ -320,17 +328,15 @@ def test_contamination_rejects_a_darkness_outlier_among_vesicles():
         if i in blobs:
             img[sk_disk((r, c), 20, shape=shape)] -= 2.6  # solid blob, 2.6 noise units darker
         else:
-            ring = np.zeros(shape, bool)
-            ring[sk_disk((r, c), 20, shape=shape)] = True
-            ring[sk_disk((r, c), 16, shape=shape)] = False
-            img[ring] -= 2.0  # membrane; the lumen is background
+            draw_vesicle(img, (r, c))
     picks, mic, ctx = confident_circles(img, centres)
     out = ContaminationFilter(ContaminationParams()).apply(picks, mic, ctx)
     rejected = set(np.flatnonzero(~out[schema.ACCEPTED].to_numpy()))
     assert rejected == blobs
     assert set(out.loc[list(blobs), schema.REASON]) == {"contamination"}
-    # The ratio test alone keeps them: this is the outlier rule's work.
-    off = ContaminationFilter(ContaminationParams(max_darkness_z=0)).apply(picks, mic, ctx)
+    # The ratio test alone keeps them: this is the outlier rules' work (a solid
+    # blob's darkest tenth is darker than a rim as well, so the tail rule is off here).
+    off = ContaminationFilter(ContaminationParams(max_darkness_z=0, max_tail_z=0)).apply(picks, mic, ctx)
     assert off[schema.ACCEPTED].all()
     # The Z-score needs a dark enough pick and enough reference picks.
     d = np.array([0.1, 0.2, 0.15, 0.12, 0.18, 0.11, 0.16, 0.14, 0.13, 0.17, 1.5, 2.5])
@@ -339,6 +345,51 @@ def test_contamination_rejects_a_darkness_outlier_among_vesicles():
     assert not high_outliers(d, ref, z=5, minimum=2.0, min_reference=13).any()
     with pytest.raises(ValueError, match="max_darkness_z"):
         ContaminationParams(max_darkness_z=-1)
+
+
+def test_contamination_rejects_a_cluster_of_dark_specks_among_vesicles():
+    """Vesicles (dark rim, lumen = ice) and one circle drawn around a cluster of small, very dark specks.
+
+    The specks cover a small part of the disc, so its median (the pick's
+    darkness) and its surroundings are like a vesicle's, and no single
+    speck holds enough of the disc's darkness for the ``speck`` filter; on
+    the real liposome image ``Synergy-2-31`` such a cluster took three picks.
+    The darkest tenth of the disc stands far above the surroundings, much
+    further than a vesicle's rim does: the robust Z-score on that catches it.
+    """
+    from skimage.draw import disk as sk_disk
+
+    from lipoframe import schema
+    from lipoframe.builtin.junk import TAIL, ContaminationFilter, ContaminationParams, SpeckFilter
+
+    rng = np.random.default_rng(5)
+    shape = (640, 640)
+    img = rng.normal(0.0, 1.0, shape).astype(np.float32)
+    centres = [(r, c) for r in range(60, 600, 105) for c in range(60, 600, 105)]  # 6 x 6 sites, 40 px objects
+    cluster = 14
+    for i, (r, c) in enumerate(centres):
+        if i == cluster:
+            for dr, dc in [(-10, -6), (-4, 9), (3, -12), (9, 4), (-12, 8), (12, -4)]:
+                img[sk_disk((r + dr, c + dc), 3, shape=shape)] -= 6.0  # specks, 6 noise units darker
+        else:
+            draw_vesicle(img, (r, c))
+    picks, mic, ctx = confident_circles(img, centres)
+    out = ContaminationFilter(ContaminationParams()).apply(picks, mic, ctx)
+    assert np.flatnonzero(~out[schema.ACCEPTED].to_numpy()).tolist() == [cluster]
+    assert out[schema.REASON].iloc[cluster] == "contamination"
+    tail = out[TAIL].to_numpy()
+    assert tail[cluster] > np.delete(tail, cluster).max() + 1.0
+    # Without the tail rule nothing else in the filter rejects it, nor does the speck filter.
+    off = ContaminationFilter(ContaminationParams(max_tail_z=0)).apply(picks, mic, ctx)
+    assert off[schema.ACCEPTED].all() and TAIL not in off.columns
+    assert SpeckFilter().apply(picks, mic, ctx)[schema.ACCEPTED].all()
+    # Its floor: a tight reference alone does not make a pick junk.
+    floor = ContaminationFilter(ContaminationParams(min_outlier_tail=float(tail[cluster]) + 0.1)).apply(picks, mic, ctx)
+    assert floor[schema.ACCEPTED].all()
+    with pytest.raises(ValueError, match="max_tail_z"):
+        ContaminationParams(max_tail_z=-1)
+    with pytest.raises(ValueError, match="min_outlier_tail"):
+        ContaminationParams(min_outlier_tail=0)
 
 
 def test_contamination_judges_a_sparse_micrograph_by_its_distinct_particles_not_its_noise_picks():

@@ -89,6 +89,78 @@ def _convolve_same(images: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     return conv[:, y0 : y0 + m, x0 : x0 + n]
 
 
+def _disc_grid(image: np.ndarray, rows, cols, diameters, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Bilinear samples of ``image`` on a Cartesian grid of ``n`` samples per radius around each pick.
+
+    Returns the samples (K, 2n+1, 2n+1), float32, and the (2n+1, 2n+1) mask
+    of the grid points inside the disc. The grid is regular, so each sample
+    stands for the same area (a polar grid crowds its samples at the centre).
+    """
+    u = np.arange(-n, n + 1, dtype=np.float32) / n  # in radii
+    uy, ux = np.meshgrid(u, u, indexing="ij")
+    radius = np.asarray(diameters, np.float32)[:, None, None] / 2
+    samples = bilinear(
+        image,
+        np.asarray(rows, np.float32)[:, None, None] + radius * uy,
+        np.asarray(cols, np.float32)[:, None, None] + radius * ux,
+    )  # (K, G, G)
+    return samples, np.hypot(uy, ux) <= 1.0
+
+
+def disc_quantile(
+    image: np.ndarray,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    diameters: np.ndarray,
+    *,
+    q: float = 0.9,
+    n: int = 16,
+    chunk: int = 256,
+) -> np.ndarray:
+    """The ``q`` quantile of each pick's disc, area-weighted.
+
+    With particles bright, ``q=0.9`` is the level the brightest tenth of the
+    disc reaches: the densest part of a particle (its rim, its shell, its
+    centre), or a few very dense specks that hardly move the disc's median.
+
+    Parameters
+    ----------
+    image : (M, N) ndarray
+        Particles bright.
+    rows, cols, diameters : (K,) ndarrays
+        Picks in pixels of ``image``.
+    q : float
+        Quantile in (0, 1).
+    n : int
+        Samples per radius of the Cartesian grid each disc is resampled on
+        (16: about 800 samples in a disc, 1/16 radius apart; the sampling
+        costs more than the quantile).
+    chunk : int
+        Picks resampled at once (memory, not the result).
+
+    Returns
+    -------
+    level : (K,) ndarray of float
+        In image units.
+    """
+    if not 0 < q < 1:
+        raise ValueError(f"q must be in (0, 1), got {q}")
+    if n < 4:
+        raise ValueError(f"n must be >= 4, got {n}")
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    k = _picks(rows, cols, diameters)
+    if k == 0:
+        return np.empty(0)
+    rows, cols, diameters = (np.asarray(v, float) for v in (rows, cols, diameters))
+    out = np.empty(k)
+    for i in range(0, k, chunk):  # bounded memory: a chunk's grids are chunk x (2n+1)^2 samples
+        part = slice(i, i + chunk)
+        samples, inside = _disc_grid(image, rows[part], cols[part], diameters[part], n)
+        out[part] = np.quantile(samples[:, inside], q, axis=1)
+    return out
+
+
 def darkness_concentration(
     image: np.ndarray,
     rows: np.ndarray,
@@ -138,16 +210,8 @@ def darkness_concentration(
     k = _picks(rows, cols, diameters)
     if k == 0:
         return np.empty(0)
-    u = np.arange(-n, n + 1, dtype=np.float32) / n  # in radii
-    uy, ux = np.meshgrid(u, u, indexing="ij")
-    rho = np.hypot(uy, ux)
+    samples, inside = _disc_grid(image, rows, cols, diameters, n)
     radius = np.asarray(diameters, np.float32)[:, None, None] / 2
-    samples = bilinear(
-        image,
-        np.asarray(rows, np.float32)[:, None, None] + radius * uy,
-        np.asarray(cols, np.float32)[:, None, None] + radius * ux,
-    )  # (K, G, G)
-    inside = rho <= 1.0
     # The pick's own median, not its surroundings: in a crowded field the
     # annulus lies on the neighbours, and only the darkest part of a
     # particle would stand above it.

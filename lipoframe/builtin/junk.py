@@ -12,7 +12,7 @@ import pandas as pd
 
 from lipoframe import schema
 from lipoframe.algorithms.binning import mad_gau
-from lipoframe.algorithms.junk import darkness_concentration, neighbourhood_measures
+from lipoframe.algorithms.junk import darkness_concentration, disc_quantile, neighbourhood_measures
 from lipoframe.algorithms.peel import disc_mask
 from lipoframe.algorithms.regions import constant_cells, dense_regions, level_map
 from lipoframe.algorithms.stats import background_stats
@@ -28,6 +28,7 @@ from lipoframe.stages import Filter, check_finite
 DARKNESS = "darkness"
 SURROUND = "surround_darkness"
 REFERENCE = "contamination_reference"
+TAIL = "tail_contrast"
 
 
 def _working_factor(ctx: PickContext) -> int:
@@ -98,6 +99,14 @@ class ContaminationParams:
         all micrographs are picked, also against the dataset's typical
         particle, like one below ``min_reference``: a few ice balls alone on
         a micrograph must not make each other typical.
+    max_tail_z, min_outlier_tail: the same for the darkest tenth of the
+        disc (its 0.9 quantile, area-weighted, above the median of the
+        surroundings, in background spreads; column ``tail_contrast``): a
+        circle around a cluster of small, very dark specks (ice crystals,
+        ethane contamination) has a disc median and surroundings like a
+        particle's, but its darkest tenth is far darker than a particle's
+        rim or shell. Judged against the same typical particles as the
+        darkness. 0 turns it off.
     """
 
     max_contrast_ratio: float = 3.0
@@ -108,6 +117,8 @@ class ContaminationParams:
     max_surround_z: float = 5.0
     min_outlier_surround: float = 1.0
     reliable_reference: int = 10
+    max_tail_z: float = 5.0
+    min_outlier_tail: float = 1.0
 
     def __post_init__(self) -> None:
         check_finite(self, "filter.contamination")
@@ -117,10 +128,10 @@ class ContaminationParams:
             raise ValueError(f"filter.contamination.max_surround must be > 0, got {self.max_surround}")
         if self.min_reference < 1:
             raise ValueError(f"filter.contamination.min_reference must be >= 1, got {self.min_reference}")
-        for name in ("max_darkness_z", "max_surround_z"):
+        for name in ("max_darkness_z", "max_surround_z", "max_tail_z"):
             if getattr(self, name) < 0:
                 raise ValueError(f"filter.contamination.{name} must be >= 0 (0 = off), got {getattr(self, name)}")
-        for name in ("min_outlier_darkness", "min_outlier_surround"):
+        for name in ("min_outlier_darkness", "min_outlier_surround", "min_outlier_tail"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"filter.contamination.{name} must be > 0, got {getattr(self, name)}")
         if self.reliable_reference < 3:
@@ -249,6 +260,13 @@ class ContaminationFilter(Filter):
         n = p.reliable_reference
         outlier = high_outliers(darkness / spread, typical, z=p.max_darkness_z, minimum=p.min_outlier_darkness, min_reference=n)
         outlier |= high_outliers(surround, ok, z=p.max_surround_z, minimum=p.min_outlier_surround, min_reference=n)
+        if p.max_tail_z > 0:
+            todo = out[schema.ACCEPTED].to_numpy(dtype=bool)  # the others are decided
+            img, rows, cols, diameters = _working_level(out[todo], mic, ctx, self.name)
+            tail = np.full(len(out), np.nan)
+            tail[todo] = (disc_quantile(img, rows, cols, diameters, q=0.9) - m["outside"][todo]) / spread
+            out[TAIL] = tail
+            outlier |= high_outliers(tail, typical, z=p.max_tail_z, minimum=p.min_outlier_tail, min_reference=n)
         return schema.reject(out, too_dark | dark_surround | outlier, "contamination")
 
     def apply_dataset(self, picks: pd.DataFrame, metas: dict, ctx: PickContext) -> pd.DataFrame:
