@@ -295,7 +295,9 @@ def merge_runs(folders: list[str | Path], out_dir: str | Path, overrides: list[s
         folder_log,
         load_work,
         output_folder,
+        record_started_stages,
         sigterm_as_interrupt,
+        stage_names,
         write_manifest,
     )
 
@@ -361,11 +363,14 @@ def merge_runs(folders: list[str | Path], out_dir: str | Path, overrides: list[s
             cfg.shard = ShardConfig()
             project = next((s.manifest["relion_project"] for s in shards if s.manifest.get("relion_project")), None)
             star = next((s.manifest["relion_micrographs_star"] for s in shards if s.manifest.get("relion_micrographs_star")), None)
+            # Without its stages (the earlier merge's go too), recorded once config.yaml is written: stopped at any
+            # point, the folder never holds one merge's settings with another's binning policy.
             write_manifest(out_dir, specs, [Path(p) for _, _, p in order], names, cfg, fingerprint, project=project,
-                           micrographs_star=star, stages=stages)
+                           micrographs_star=star)
             merged = OmegaConf.merge(composed, {"output": str(out_dir), "shard": {"index": 0, "count": 1}})
             drop_hydra_record(out_dir)  # plan, report and merge read .hydra/ first: the merge's config.yaml is the record now
             write_text(out_dir / "config.yaml", OmegaConf.to_yaml(merged))
+            record_started_stages(out_dir, stage_names(stages))
             write_text(out_dir / MERGED_FROM, json.dumps([str(s.folder) for s in shards], indent=1))
         except KeyboardInterrupt:
             # As a run stopped while picking: run_summary.json says so, and how many micrographs are not copied yet;

@@ -132,7 +132,9 @@ def with_run_binning(run_dir: Path, saved: dict, choices: dict, registry, user: 
 
     A folder made before runs recorded their stages in ``inputs.json``,
     without ``.hydra/hydra.yaml``, has only the options of its binning
-    policy. The one installed policy with exactly those options is taken,
+    policy, as has one whose last run (merge) stopped before recording its
+    stages (the warning or error says which, by
+    :func:`lipoframe.runner.stages_not_recorded`). The one installed policy with exactly those options is taken,
     with a warning that says so; failing that, the one that has them all and
     more (options added to it since the folder was made, which take their
     defaults). When several have them (``single`` and a plugin's policy with
@@ -157,19 +159,20 @@ def with_run_binning(run_dir: Path, saved: dict, choices: dict, registry, user: 
         matches = [name for name, have in fields.items() if have > keys]
         if len(matches) == 1:
             added = f" and options added since ({', '.join(sorted(fields[matches[0]] - keys))}), which take their defaults"
+    from lipoframe.runner import stages_not_recorded
+
     chosen = "binning" in {_key(o) for o in user}
     options = ", ".join(sorted(keys)) or "none"
+    why = f"no .hydra/hydra.yaml, {stages_not_recorded(run_dir)}"
     if len(matches) == 1:
         if not chosen:
-            log.warning("%s records no binning policy (no .hydra/hydra.yaml, and an inputs.json of a lipoframe that did not "
-                        "record it): taken to be %s, the only installed policy with its options (%s)%s; "
-                        "give binning=<name> if the run used another", run_dir, matches[0], options, added)
+            log.warning("%s records no binning policy (%s): taken to be %s, the only installed policy with its options (%s)%s; "
+                        "give binning=<name> if the run used another", run_dir, why, matches[0], options, added)
         return {**choices, "binning": matches[0]}
     if not chosen:
         fits = (f"its options ({options}) fit the policies {', '.join(matches)}" if matches
                 else f"no installed policy has its options ({options})")
-        raise PlanError(f"{run_dir} records no binning policy (no .hydra/hydra.yaml, and an inputs.json of a lipoframe that "
-                        f"did not record it) and {fits}: choose one with binning=<name>")
+        raise PlanError(f"{run_dir} records no binning policy ({why}) and {fits}: choose one with binning=<name>")
     return choices
 
 

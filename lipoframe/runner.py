@@ -2482,6 +2482,8 @@ def write_manifest(out_dir: Path, specs: list[str], paths: list[Path], names: li
     kind (:func:`stage_names`): the folder's one record of them when Hydra
     keeps no ``.hydra/hydra.yaml`` (``hydra.output_subdir=null``, a merge),
     which ``lipoframe plan`` and the report read (:func:`recorded_stages`).
+    Without, ``"stages": null``: a merge records them with
+    :func:`record_started_stages` once its ``config.yaml`` is written.
 
     With a RELION micrographs STAR among ``specs`` it also records the
     RELION project folder found for it (``relion_project``, or ``project``
@@ -2503,8 +2505,8 @@ def write_manifest(out_dir: Path, specs: list[str], paths: list[Path], names: li
     micrographs_star = micrographs_star or relion_star(specs)
     if micrographs_star:
         info["relion_micrographs_star"] = micrographs_star
-    if stages is not None:
-        info["stages"] = stage_names(stages)
+    # Without stages, "stages": null: they are recorded once the caller's config.yaml is written (record_started_stages).
+    info["stages"] = None if stages is None else stage_names(stages)
     write_text(out_dir / MANIFEST, json.dumps(info, indent=1))
 
 
@@ -2517,16 +2519,39 @@ def stage_names(stages: StageSet) -> dict[str, str | list[str]]:
 
 #: The kinds of stage of which one is chosen (Hydra's group choices), as :func:`recorded_stages` reads them.
 CHOSEN_KINDS = ("reader", "detector", "nms", "refiner", "binning")
+#: The kinds of stage of which a run uses a list, in order (:func:`stage_names`).
+LISTED_KINDS = ("filter", "writer")
 
 
 def recorded_stages(out_dir: Path) -> dict[str, str]:
     """The names of the reader, detector, NMS, refiner and binning the run (merge) into ``out_dir`` recorded in
     ``inputs.json`` (:func:`write_manifest`, :func:`record_started_stages`), as Hydra's group choices give them;
-    ``{}`` when it recorded none (a folder made before they were recorded, or none at all)."""
+    ``{}`` when it recorded none (a folder made before they were recorded, one whose run stopped before recording
+    them (:func:`stages_not_recorded`), or none at all)."""
     recorded = read_manifest(out_dir).get("stages")
     if not isinstance(recorded, dict):
         return {}
     return {k: v for k, v in recorded.items() if k in CHOSEN_KINDS and isinstance(v, str)}
+
+
+def stages_not_recorded(out_dir: Path) -> str:
+    """Why ``out_dir`` records no stages in ``inputs.json`` (:func:`recorded_stages` is ``{}``), as words that
+    follow "no .hydra/hydra.yaml, " in a message.
+
+    ``inputs.json`` is missing (removed, or a lipoframe from before it was
+    written), unreadable, records ``"stages": null`` (a run or merge stopped
+    between removing the earlier run's stages and recording its own,
+    :func:`record_started_stages`) or has no ``stages`` (written by a
+    lipoframe from before they were recorded).
+    """
+    if not (Path(out_dir) / MANIFEST).is_file():
+        return f"and no {MANIFEST}"
+    manifest = read_manifest(out_dir)
+    if not manifest:
+        return f"and an unreadable {MANIFEST}"
+    if "stages" in manifest and manifest["stages"] is None:
+        return f"and the last run or merge into it stopped before recording its stages in {MANIFEST}"
+    return f"and an {MANIFEST} of a lipoframe that did not record it"
 
 
 def record_started_stages(out_dir: Path, choices: dict | None) -> None:
@@ -2537,22 +2562,26 @@ def record_started_stages(out_dir: Path, choices: dict | None) -> None:
     own ``inputs.json`` (:func:`write_manifest`, after its inputs are listed),
     the earlier run's stages would go with this run's settings, and
     ``lipoframe plan`` would re-plan with the earlier run's binning policy if
-    the run stopped before then. Called with None (the record is removed)
-    before ``config.yaml`` is written, and with the run's Hydra choices (those
-    of :data:`CHOSEN_KINDS`) after: whenever the run stops, the folder holds
-    the earlier run's settings and stages, its settings and none, or this
-    run's settings and stages. Each is one atomic write of ``inputs.json``;
-    a folder without a readable one is left as it is.
+    the run stopped before then. Called with None before ``config.yaml`` is
+    written (the record becomes ``"stages": null``, which says the run stopped
+    before recording its own: :func:`stages_not_recorded`), and after it with
+    the run's Hydra choices (those of :data:`CHOSEN_KINDS`). A merge, which
+    writes its ``inputs.json`` with ``"stages": null`` before its
+    ``config.yaml``, calls it after with :func:`stage_names` (those of
+    :data:`LISTED_KINDS` are kept too). Whenever the
+    run stops, the folder holds the earlier run's settings and stages, either
+    run's settings and none, or this run's settings and stages. Each is one
+    atomic write of ``inputs.json``; a folder without a readable one is left
+    as it is.
     """
     manifest = read_manifest(out_dir)
     if not manifest:
         return
-    chosen = {k: str(v) for k, v in (choices or {}).items() if k in CHOSEN_KINDS and isinstance(v, str)}
-    if not chosen and "stages" not in manifest:
-        return
-    manifest.pop("stages", None)
-    if chosen:
-        manifest["stages"] = chosen
+    chosen = {k: v for k, v in (choices or {}).items()
+              if k in CHOSEN_KINDS and isinstance(v, str)
+              or k in LISTED_KINDS and isinstance(v, list) and all(isinstance(n, str) for n in v)}
+    manifest.pop("stages", None)  # the record keeps its place last, as write_manifest puts it
+    manifest["stages"] = chosen or None
     write_text(Path(out_dir) / MANIFEST, json.dumps(manifest, indent=1))
 
 

@@ -248,6 +248,43 @@ def test_plan_and_report_of_a_merge_stopped_while_copying_name_the_merge(sharded
     assert "Interrupted : 4 of 5 micrographs not copied yet; run the same command again to continue" in page, page[:3000]
 
 
+def test_a_merge_stopped_while_writing_its_config_leaves_no_other_binning_with_the_earlier_one(sharded, monkeypatch, caplog):
+    # A merge wrote inputs.json, with its `stages`, before config.yaml: stopped in between (Ctrl-C, SIGTERM),
+    # the folder held the earlier merge's settings (peak_valley's options) with this merge's policy (single),
+    # and `lipoframe plan` re-planned those settings with single.
+    from lipoframe import plancmd
+    from lipoframe.io import atomic
+    from lipoframe.runner import recorded_stages
+
+    out = sharded / "merged_config_stopped"
+    assert merge.main([str(sharded / "shards"), f"output={out}"]) == 0
+    earlier = (out / "config.yaml").read_text()
+    assert recorded_stages(out)["binning"] == "peak_valley" and "stray_gap" in plancmd.load_saved_config(out)[0]["binning"]
+
+    def config_interrupted(path, text, write_text=atomic.write_text):
+        if Path(path).name == "config.yaml":
+            raise KeyboardInterrupt
+        return write_text(path, text)
+
+    with monkeypatch.context() as m:
+        m.setattr(atomic, "write_text", config_interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            merge.main([str(sharded / "shards"), f"output={out}", "binning=single"])
+    assert (out / "config.yaml").read_text() == earlier
+    assert json.loads((out / "inputs.json").read_text())["stages"] is None and recorded_stages(out) == {}
+    with caplog.at_level(logging.WARNING, logger="lipoframe"):
+        assert plancmd.main([str(out)]) == 0
+    assert any(f"{out} records no binning policy (no .hydra/hydra.yaml, and the last run or merge into it stopped before "
+               "recording its stages in inputs.json): taken to be peak_valley" in r.getMessage() for r in caplog.records)
+    assert json.loads((out / "extraction_plan.json").read_text())["policy"] == "peak_valley"
+    # the merge again: its config.yaml, then its stages, all of them, as a merge recorded them before
+    assert merge.main([str(sharded / "shards"), f"output={out}", "binning=single"]) == 0
+    shard_stages = json.loads((sharded / "shards" / "0" / "inputs.json").read_text())["stages"]
+    assert shard_stages["writer"] and shard_stages["filter"]  # the lists of a run's record (runner.stage_names)
+    assert json.loads((out / "inputs.json").read_text())["stages"] == {**shard_stages, "binning": "single"}
+    assert "stray_gap" not in plancmd.load_saved_config(out)[0]["binning"]  # single's options
+
+
 def test_merge_accepts_the_sweep_folder(sharded):
     root = sharded
     assert merge.main([str(root / "shards"), f"output={root / 'merged_sweep'}"]) == 0

@@ -1057,9 +1057,12 @@ def test_a_run_without_a_hydra_record_stopped_early_leaves_no_earlier_binning(ma
         code, text, err = run_cli("plan", str(out))
         assert code == 0 and "policy single:" in text, err
     else:
-        assert saved["binning"]["pad"] != 1.4 and "stages" not in manifest
+        assert saved["binning"]["pad"] != 1.4 and manifest["stages"] is None  # none recorded, and the folder says so
         code, _, err = run_cli("plan", str(out))  # one_bin and single have the same options: the user chooses
         assert code == 2 and "choose one with binning=<name>" in err
+        # not "an inputs.json of a lipoframe that did not record it", which a folder of an older lipoframe has
+        assert (f"{out} records no binning policy (no .hydra/hydra.yaml, and the last run or merge into it stopped before "
+                "recording its stages in inputs.json) and its options") in err, err
 
 
 def test_plan_of_an_older_folder_says_which_binning_it_took_or_asks(make_plugin, tiny_mrcs, tmp_path, run_cli, caplog):
@@ -1085,6 +1088,9 @@ def test_plan_of_an_older_folder_says_which_binning_it_took_or_asks(make_plugin,
     assert json.loads((out / "extraction_plan.json").read_text())["policy"] == "single"  # as it was
     code, text, err = run_cli("plan", str(out), "binning=one_bin")
     assert code == 0 and "policy one_bin:" in text, err
+    (out / "inputs.json").unlink()  # nor an inputs.json that could record it: said as it is
+    code, _, err = run_cli("plan", str(out))
+    assert code == 2 and f"{out} records no binning policy (no .hydra/hydra.yaml, and no inputs.json) and its options" in err, err
 
 
 def test_plan_of_an_older_folder_takes_the_policy_that_gained_options_since(tiny_mrcs, tmp_path, run_cli, caplog):
