@@ -1527,8 +1527,9 @@ def reused_at_pixel_size(
     the pixel size (:func:`pixel_size_dependence`; or it is the same) it is
     saved again at this run's: its ``diameter_A`` (:func:`with_diameter_A`),
     its metadata and this run's ``fingerprint``, as picking it again would
-    (the CSV first, then the JSON that marks it complete, as
-    :func:`save_work`). Else it is left for picking again, with the reason.
+    (the earlier JSON removed, the CSV, then the JSON that marks it complete:
+    stopped half-way, it is picked again). Else it is left for picking
+    again, with the reason.
     None for any other result (or none).
     """
     try:
@@ -1558,6 +1559,9 @@ def reused_at_pixel_size(
     if not same:
         from lipoframe.builtin.writers import write_csv
 
+        # The earlier JSON goes first: left beside the new table by a run stopped before the new JSON, it would
+        # mark complete, at the earlier pixel size, a table of this one's diameter_A (the row count matches).
+        json_path.unlink(missing_ok=True)
         write_csv(picks, csv_path, float_format=WORK_FLOAT_FORMAT)
     write_text(json_path, json.dumps({**info, "meta": meta.to_dict(), "fingerprint": fingerprint}, indent=1))
     return PixelSizeReuse(done[0].pixel_size, new, meta=meta, picks=picks)

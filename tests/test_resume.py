@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 from scale_data import GATE_READER, RUN_ARGS, SHAPE, env_with_plugins, image, write_mrc, write_set, write_tiff
 
@@ -614,3 +616,35 @@ def test_a_pixel_size_change_picks_again_with_a_plugins_stage(tmp_path, make_plu
     fresh = tmp_path / "fresh"
     run(inp, fresh, "pixel_size=2", *settings)
     assert outputs(out) == outputs(fresh)
+
+
+class _Killed(BaseException):
+    """A run killed outright (SIGKILL) at a chosen point: nothing catches it."""
+
+
+def test_a_run_killed_while_reusing_picks_at_another_pixel_size_leaves_no_result_of_one_size_with_the_others_diameters(
+        tmp_path, monkeypatch):
+    # the re-use rewrites the table (diameter_A at the new pixel size), then the JSON (the new pixel size and
+    # settings); killed between the two, the earlier JSON, complete for the earlier pixel size, went with a table
+    # of the new one's diameter_A, and a run at the earlier pixel size kept it: picks.csv with diameters 3x too large
+    import lipoframe.runner as runner
+
+    inp = tmp_path / "in"
+    write_set(inp, 2)
+    out = tmp_path / "out"
+    assert set(statuses(run(inp, out, "units=px", "pixel_size=1.0")).values()) == {"ok"}
+    real = runner.write_text
+
+    def killed_at_the_json(path, text):
+        if Path(path).parent.name == runner.WORK_DIR and Path(path).suffix == ".json":
+            raise _Killed
+        return real(path, text)
+
+    monkeypatch.setattr(runner, "write_text", killed_at_the_json)
+    with pytest.raises(_Killed):
+        run(inp, out, "units=px", "pixel_size=3")
+    monkeypatch.setattr(runner, "write_text", real)
+    run(inp, out, "units=px", "pixel_size=1.0")
+    picks = pd.read_csv(out / "picks.csv")
+    assert len(picks)
+    assert np.allclose(picks["diameter_A"], picks["diameter_px"], atol=1e-3)
