@@ -391,10 +391,10 @@ def merge_runs(folders: list[str | Path], out_dir: str | Path, overrides: list[s
                         "run the same `lipoframe merge` command again to finish it")
             raise
         if cfg.runner.report:
-            from lipoframe.report import write_report_safely
-            from lipoframe.runner import report_summary
+            from lipoframe.runner import write_run_report
 
-            result.report = report_summary(write_report_safely(out_dir, cfg=cfg, stages=stages, result=result))
+            # Stopped while drawing it, run_summary.json says so, as a run's does.
+            write_run_report(out_dir, cfg=cfg, stages=stages, result=result)
         else:
             from lipoframe.report import drop_earlier_report
 

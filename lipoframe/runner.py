@@ -3348,6 +3348,25 @@ def report_summary(stats: dict | None) -> dict | None:
             "workers": int(stats.get("workers", 0))}
 
 
+def write_run_report(out_dir: Path, *, cfg: LipoframeConfig, stages: StageSet, result: "RunResult") -> None:
+    """Draw the report of a run, ``watch=true`` session or merge whose dataset-level outputs are written, into ``result.report``.
+
+    :func:`lipoframe.report.write_report_safely`, summed up by
+    :func:`report_summary` for the console (how long the overlays took,
+    apart from the picking). Ctrl-C or SIGTERM while drawing it
+    (:class:`KeyboardInterrupt`, re-raised): the picks, exports and plan are
+    complete, and ``run_summary.json`` is made to say the report is not, and
+    how far it got (:func:`record_report_interrupted`).
+    """
+    from lipoframe.report import write_report_safely
+
+    try:
+        result.report = report_summary(write_report_safely(out_dir, cfg=cfg, stages=stages, result=result))
+    except KeyboardInterrupt as exc:
+        record_report_interrupted(out_dir, how_far=str(getattr(exc, "progress", "")))
+        raise
+
+
 def resolve_workers(requested: int, n_jobs: int) -> int:
     """Worker processes to use: ``requested`` (0 = the CPUs this process may use), at most ``n_jobs``."""
     if requested <= 0:
@@ -3877,17 +3896,8 @@ def run_pipeline(
         if none_picked:
             pass  # no report either: an earlier run's stays with its outputs
         elif cfg.runner.report and not interrupted:
-            from lipoframe.report import write_report_safely
-
-            try:
-                # Drawing the overlays can take longer than the picking: the console says how long, apart from it.
-                result.report = report_summary(write_report_safely(out_dir, cfg=cfg, stages=stages, result=result))
-            except KeyboardInterrupt as exc:
-                # Ctrl-C or SIGTERM while drawing the report: the picks, exports
-                # and plan are complete, but run_summary.json must not say the
-                # run finished (and says how far the report got: ReportInterrupted).
-                record_report_interrupted(out_dir, how_far=str(getattr(exc, "progress", "")))
-                raise
+            # Drawing the overlays can take longer than the picking: the console says how long, apart from it.
+            write_run_report(out_dir, cfg=cfg, stages=stages, result=result)
         elif not interrupted:
             from lipoframe.report import drop_earlier_report
 

@@ -430,17 +430,9 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None, exclude=None):
         if none_picked:
             pass  # no report either: an earlier session's (or run's) stays with its outputs
         elif cfg.runner.report:
-            from lipoframe.report import write_report_safely
-            from lipoframe.runner import record_report_interrupted, report_summary
+            from lipoframe.runner import write_run_report
 
-            try:
-                # As a batch run: the console's summary says how long the overlays took, apart from the picking.
-                result.report = report_summary(write_report_safely(out_dir, cfg=cfg, stages=stages, result=result))
-            except KeyboardInterrupt as exc:
-                # Ctrl-C or SIGTERM while drawing the report: the picks, exports and plan are complete,
-                # and run_summary.json must say the report is not (and how far it got), as a batch run's does.
-                record_report_interrupted(out_dir, how_far=str(getattr(exc, "progress", "")))
-                raise
+            write_run_report(out_dir, cfg=cfg, stages=stages, result=result)  # as a batch run's
         else:
             from lipoframe.report import drop_earlier_report
 

@@ -566,3 +566,22 @@ def test_merge_finds_the_shards_of_a_sweep_into_subfolders_of_the_users_interpol
     shards = json.loads((tmp_path / "merged" / "merged_from.json").read_text())
     assert [json.loads((Path(s) / "inputs.json").read_text())["shard"]["index"] for s in shards] == [0, 1]
     assert all("shard.index=" in s for s in shards)
+
+
+def test_a_merge_stopped_while_drawing_its_report_says_so_in_run_summary(sharded, monkeypatch):
+    # As a run's: the picks, exports and plan are complete, but run_summary.json said the merge was done with its
+    # report (interrupted: false), and nothing said `lipoframe report` writes it
+    from lipoframe import report
+    from lipoframe.cli import main
+
+    out = sharded / "merged_report_stopped"
+
+    def ctrl_c(job, readers=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report, "render_job", ctrl_c)
+    assert main(["merge", str(sharded / "shards"), f"output={out}", "runner.workers=1"]) == 130
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["interrupted"] is True
+    said = [n for n in summary["notes"] if n.startswith("interrupted while writing the report")]
+    assert len(said) == 1 and f"`lipoframe report {out}` writes it" in said[0], summary["notes"]
