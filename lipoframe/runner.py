@@ -3571,10 +3571,13 @@ def picking_named_here(picking: dict, out_dir: Path) -> dict:
     path it begins) in ``out_dir``, ``notes`` and the run's notes
     (:data:`RUN_NOTES`, :data:`RUN_PIXEL_SIZE_NOTES`) becomes ``out_dir``'s
     absolute path, so that a copy of the copy is renamed as well. Unchanged
-    when ``out_dir`` is that folder (however spelled) or the summary names none.
+    when ``out_dir`` is that folder (however spelled) or the summary names
+    none, or names it by a relative path (``run_pipeline(cfg, "out")``).
     """
     recorded = picking.get("out_dir")
-    if not isinstance(recorded, str) or not recorded:
+    if not isinstance(recorded, str) or not os.path.isabs(recorded):
+        # None, or relative (run_pipeline(cfg, "out")) to a working folder not recorded: not to be told from this
+        # folder, and as a bare word ("out") it is found in the notes where it is no folder ("leave it out of").
         return picking
     here = Path(out_dir).absolute()
     try:

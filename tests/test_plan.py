@@ -1447,6 +1447,16 @@ def test_the_runs_folder_is_renamed_in_its_notes_only_as_a_whole_path(tmp_path):
     assert picking_named_here({"notes": notes}, new) == {"notes": notes}  # no folder recorded
 
 
+def test_a_folder_recorded_as_a_relative_path_is_not_renamed_in_its_notes(tmp_path):
+    # run_pipeline(cfg, "out") records out_dir "out": relative to a working folder no longer known, it cannot be told
+    # from the folder given now, and each word "out" of the notes ("leave it out of input=") became that folder's path
+    from lipoframe.runner import RUN_NOTES, picking_named_here
+
+    notes = ["a.mrc: leave it out of input= (or read it with filter=[...,mask])", "`lipoframe report out` writes it"]
+    picking = {"out_dir": "out", "notes": notes, RUN_NOTES: notes}
+    assert picking_named_here(picking, tmp_path / "elsewhere" / "out") is picking
+
+
 def test_plan_keeps_the_runs_1_angstrom_note_made_with_its_picking_settings(tmp_path, run_cli):
     # The plan made the note again from its own config, which holds no picking
     # stage: for a membrane run (thickness in Å) it said the picks do not depend
