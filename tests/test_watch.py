@@ -243,6 +243,29 @@ def test_a_watch_sessions_summary_says_how_long_its_report_took(tmp_path):
     assert "\nreport       " in format_summary(result.summary())
 
 
+def test_a_watch_session_stopped_while_drawing_its_report_says_so_in_run_summary(tmp_path, monkeypatch):
+    # as a batch run's: the picks, exports and plan are complete, but run_summary.json must not say the session
+    # ended with its report
+    import json
+
+    from lipoframe import report
+
+    def ctrl_c(job, readers=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report, "render_job", ctrl_c)
+    write_set(tmp_path / "in", 2)
+    args = [f"input={tmp_path / 'in'}", *RUN_ARGS, "runner.workers=1", "watch=true", "runner.report=true",
+            "stream.poll_seconds=0.1", "stream.stable_polls=1", "stream.idle_timeout=0.5"]
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(compose_config(args)[1], tmp_path / "out")
+    summary = json.loads((tmp_path / "out" / "run_summary.json").read_text())
+    assert summary["interrupted"] is True and summary["micrographs"]["ok"] == 2
+    said = [n for n in summary["notes"] if n.startswith("interrupted while writing the report (0 of 2 overlays drawn)")]
+    assert said == [f"interrupted while writing the report (0 of 2 overlays drawn): the picks, exports and extraction "
+                    f"plan are complete; `lipoframe report {tmp_path / 'out'}` writes it"], summary["notes"]
+
+
 def test_a_watch_session_gives_no_picking_rate_made_of_its_waiting_time(tmp_path):
     """The summary said `(8.57 s per micrograph over the whole run ...)` of a session that picked two 1024²
     micrographs in about a second each and waited for files the rest of its 17 s; report.html likewise
