@@ -238,7 +238,6 @@ def test_per_pick_arrays_of_unequal_length_are_refused(call):
         call(img)
 
 
-
 def test_disc_quantile_weighs_the_disc_by_area():
     """A bright centre covering 4 % of a disc, a bright half: the 0.9 quantile sees the half, not the centre.
 
