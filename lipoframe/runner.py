@@ -1794,7 +1794,9 @@ def run_job(job: MicJob, cfg: LipoframeConfig | None = None, stages: StageSet | 
         mic, replaced = without_outlier_pixels(read_named(job.path, job.name, cfg, stages))
         meta = mic.meta
         ctx = pick_context(meta, cfg)
-        picks = with_diameter_A(process_micrograph(mic, stages, ctx), meta.pixel_size)  # as a resumed run's at another pixel size
+        # diameter_A again, from diameter_px as saved: as a result re-used at another pixel size has it
+        # (lipoframe.pick keeps the unrounded product).
+        picks = with_diameter_A(process_micrograph(mic, stages, ctx), meta.pixel_size)
         del mic  # release the memory map / image before saving
         seconds = time.perf_counter() - t0
         read_flip_y = meta.flip_y
@@ -3620,10 +3622,9 @@ def replanned_notes(picking: dict, pixel_size: float | None) -> tuple[list[str],
 
 def with_pixel_size(picks: pd.DataFrame, metas: dict[str, MicrographMeta],
                     pixel_size: float) -> tuple[pd.DataFrame, dict[str, MicrographMeta]]:
-    """``picks`` and ``metas`` with every micrograph at ``pixel_size`` Å/px (new ``diameter_A``; the inputs are not changed)."""
+    """``picks`` and ``metas`` with every micrograph at ``pixel_size`` Å/px (new ``diameter_A``, :func:`with_diameter_A`; the inputs are not changed)."""
     metas = {n: replace(m, pixel_size=float(pixel_size)) for n, m in metas.items()}
-    picks = picks.assign(**{schema.DIAMETER_A: picks[schema.DIAMETER].astype(float) * float(pixel_size)})
-    return picks, metas
+    return with_diameter_A(picks, pixel_size), metas
 
 
 def finish_run(
