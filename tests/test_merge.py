@@ -21,6 +21,12 @@ def _no_plugins(monkeypatch):
     monkeypatch.setenv("LIPOFRAME_LOAD_PLUGINS", "")
 
 
+#: A merge draws its report unless told not to (the shards' runner.report=false is not carried over); drawing it
+#: takes most of a merge's time. The tests that are not about the report leave it out; the first one below, and the
+#: report tests, draw it.
+NO_REPORT = "runner.report=false"
+
+
 def _same_result(a, b):
     """picks.csv, per-micrograph CSVs and extraction_plan.json of two output folders are identical."""
     assert (a / "picks.csv").read_bytes() == (b / "picks.csv").read_bytes()
@@ -56,12 +62,13 @@ def test_merge_of_shards_equals_single_run(sharded, capsys):
     assert merge.main([str(shards[2]), str(shards[0]), str(shards[1]), f"output={root / 'merged'}"]) == 0
     assert "micrographs  ok 5" in capsys.readouterr().out
     _same_result(root / "single", root / "merged")
+    assert (root / "merged" / "report.html").is_file()  # a merge draws its report unless told not to
 
 
 def test_merge_output_under_home_is_made_there_not_in_a_folder_named_tilde(sharded, away_from_home):
     """`output=~/merged` (sh, a script, or a quoted word) made ./~/merged."""
     cwd, home = away_from_home
-    assert merge.main([str(sharded / "shards"), "output=~/merged"]) == 0
+    assert merge.main([str(sharded / "shards"), "output=~/merged", NO_REPORT]) == 0
     assert (home / "merged" / "picks.csv").is_file()
     assert list(cwd.iterdir()) == []
 
@@ -73,10 +80,10 @@ def test_merge_keeps_a_log_in_the_merged_folder_as_a_run_does(sharded, capsys):
     out = root / "merged_log"
     handlers = logging.getLogger().handlers[:]
     assert merge.main([str(root / "shards" / "0"), str(root / "shards" / "1"), str(root / "shards" / "2"), f"output={out}",
-                       "binning.rounding=even"]) == 0
+                       "binning.rounding=even", NO_REPORT]) == 0
     lines = (out / "lipoframe.log").read_text().splitlines()
     assert lines[0].endswith(f"[lipoframe][INFO] lipoframe {lipoframe.__version__}: merge {root / 'shards' / '0'} {root / 'shards' / '1'} "
-                             f"{root / 'shards' / '2'} binning.rounding=even")
+                             f"{root / 'shards' / '2'} binning.rounding=even {NO_REPORT}")
     assert "INFO" not in capsys.readouterr().err  # the console shows warnings and errors only, as before
     assert logging.getLogger().handlers == handlers  # the log file's handler is gone with the command
 
@@ -86,7 +93,7 @@ def test_merge_leaves_no_console_handler_behind(sharded, monkeypatch, capsys):
     # of that moment; before, it stayed on the root logger after merge.main returned.
     root = logging.getLogger()
     monkeypatch.setattr(root, "handlers", [])
-    assert merge.main([str(sharded / "shards"), f"output={sharded / 'merged_quiet'}"]) == 0
+    assert merge.main([str(sharded / "shards"), f"output={sharded / 'merged_quiet'}", NO_REPORT]) == 0
     assert root.handlers == []
 
 
@@ -95,10 +102,10 @@ def test_a_lone_shard_beside_a_run_over_other_inputs_is_refused(sharded, capsys)
     run over other inputs (another session, or the input folder grown between shard runs), shard 0 of 3
     was merged alone with only a note: 2 of its run's 5 micrographs, the other 3 dropped without a word."""
     root = sharded
-    write_set(root / "in" / "c", 1, seed=20, prefix="third")
+    write_set(root / "more" / "c", 1, seed=20, prefix="third")  # not in in/: the other tests' runs read in/*/*.mrc
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LIPOFRAME_LOAD_PLUGINS", "")
-        assert app.run([f"input={root / 'in' / 'c'}", "runner.workers=1", *RUN_ARGS, f"output={root / 'third'}"]) == 0
+        assert app.run([f"input={root / 'more' / 'c'}", "runner.workers=1", *RUN_ARGS, f"output={root / 'third'}"]) == 0
     capsys.readouterr()
     out = root / "lone"
     assert merge.main([str(root / "shards" / "0"), str(root / "third"), f"output={out}"]) == 1
@@ -107,7 +114,7 @@ def test_a_lone_shard_beside_a_run_over_other_inputs_is_refused(sharded, capsys)
     assert not (out / "picks.csv").exists()
     # all three shards beside the other run: merged, the shards' micrographs in their input order
     assert merge.main([str(root / "shards" / "2"), str(root / "third"), str(root / "shards" / "0"), str(root / "shards" / "1"),
-                       f"output={out}"]) == 0
+                       f"output={out}", NO_REPORT]) == 0
     names = [m["name"] for m in json.loads((out / "inputs.json").read_text())["micrographs"]]
     single = [m["name"] for m in json.loads((root / "single" / "inputs.json").read_text())["micrographs"]]
     assert names == single + ["third_000"]
@@ -120,7 +127,7 @@ def test_a_merge_again_with_other_settings_drops_the_earlier_merges_outputs_as_i
     import lipoframe.runner
 
     out = sharded / "merged_twice"
-    assert merge.main([str(sharded / "shards"), f"output={out}"]) == 0
+    assert merge.main([str(sharded / "shards"), f"output={out}", NO_REPORT]) == 0
     assert (out / "picks.csv").is_file() and (out / "relion" / "autopick.star").is_file()
 
     def killed(*args, **kwargs):
@@ -128,7 +135,7 @@ def test_a_merge_again_with_other_settings_drops_the_earlier_merges_outputs_as_i
 
     monkeypatch.setattr(lipoframe.runner, "finish_run", killed)
     with caplog.at_level(logging.WARNING, logger="lipoframe"), pytest.raises(KeyboardInterrupt):
-        merge.main([str(sharded / "shards"), f"output={out}", "binning.rounding=even"])
+        merge.main([str(sharded / "shards"), f"output={out}", "binning.rounding=even", NO_REPORT])
     assert "removed the dataset-level outputs of the earlier run" in caplog.text
     for name in ("picks.csv", "extraction_plan.json", "run_summary.json", "relion", "csv"):
         assert not (out / name).exists(), name
@@ -137,10 +144,10 @@ def test_a_merge_again_with_other_settings_drops_the_earlier_merges_outputs_as_i
         f"other_{i:03d}.json" for i in range(2)]  # the per-micrograph results stay, as in a run
     monkeypatch.undo()
     # the same settings again (a merge after more shards ran, or run again): the outputs stay until it rewrites them
-    assert merge.main([str(sharded / "shards"), f"output={out}", "binning.rounding=even"]) == 0
+    assert merge.main([str(sharded / "shards"), f"output={out}", "binning.rounding=even", NO_REPORT]) == 0
     monkeypatch.setattr(lipoframe.runner, "finish_run", killed)
     with pytest.raises(KeyboardInterrupt):
-        merge.main([str(sharded / "shards"), f"output={out}", "binning.rounding=even"])
+        merge.main([str(sharded / "shards"), f"output={out}", "binning.rounding=even", NO_REPORT])
     assert (out / "picks.csv").is_file()
 
 
@@ -180,7 +187,7 @@ def test_a_merge_stopped_while_copying_or_in_a_writer_says_so(sharded, monkeypat
     from lipoframe.cli import main
 
     out = sharded / "merged_stopped"
-    merge_it = [str(sharded / "shards"), f"output={out}"]
+    merge_it = [str(sharded / "shards"), f"output={out}", NO_REPORT]
     assert merge.main(merge_it) == 0
     with _merge_stopped_while_copying(monkeypatch), caplog.at_level(logging.WARNING, logger="lipoframe"):
         assert main(["merge", *merge_it]) == 130
@@ -211,7 +218,7 @@ def test_a_merge_whose_writer_fails_says_what_is_left_and_how_to_finish(sharded,
     out = sharded / "merged_writer_failed"
     out.mkdir()
     (out / "relion").write_text("in the way")
-    assert merge.main([str(sharded / "shards"), f"output={out}"]) == 1
+    assert merge.main([str(sharded / "shards"), f"output={out}", NO_REPORT]) == 1
     console = "".join(capsys.readouterr())
     (error,) = json.loads((out / "run_summary.json").read_text())["errors"]
     assert error.startswith("writer star failed: NotADirectoryError: ")
@@ -232,13 +239,13 @@ def test_plan_and_report_of_a_merge_stopped_while_copying_name_the_merge(sharded
     from lipoframe import plancmd, report
 
     out = sharded / "merged_stopped_plan"
-    merge_it = [str(sharded / "shards"), f"output={out}"]
+    merge_it = [str(sharded / "shards"), f"output={out}", NO_REPORT]
     assert merge.main(merge_it) == 0
     for p in (out / "micrographs").iterdir():  # results the earlier merge did not have (a shard finished them since)
         p.unlink()
     with _merge_stopped_while_copying(monkeypatch):
         with pytest.raises(KeyboardInterrupt):
-            merge.merge_runs(merge_it[:1], out)
+            merge.merge_runs(merge_it[:1], out, [NO_REPORT])
     capsys.readouterr()
     assert plancmd.main([str(out)]) == 0
     assert ("lipoframe plan: 4 of 5 micrograph(s) have no saved picks and are not in the plan; the merge was interrupted: "
@@ -257,7 +264,7 @@ def test_a_merge_stopped_while_writing_its_config_leaves_no_other_binning_with_t
     from lipoframe.runner import recorded_stages
 
     out = sharded / "merged_config_stopped"
-    assert merge.main([str(sharded / "shards"), f"output={out}"]) == 0
+    assert merge.main([str(sharded / "shards"), f"output={out}", NO_REPORT]) == 0
     earlier = (out / "config.yaml").read_text()
     assert recorded_stages(out)["binning"] == "peak_valley" and "stray_gap" in plancmd.load_saved_config(out)[0]["binning"]
 
@@ -269,7 +276,7 @@ def test_a_merge_stopped_while_writing_its_config_leaves_no_other_binning_with_t
     with monkeypatch.context() as m:
         m.setattr(atomic, "write_text", config_interrupted)
         with pytest.raises(KeyboardInterrupt):
-            merge.main([str(sharded / "shards"), f"output={out}", "binning=single"])
+            merge.main([str(sharded / "shards"), f"output={out}", "binning=single", NO_REPORT])
     assert (out / "config.yaml").read_text() == earlier
     assert json.loads((out / "inputs.json").read_text())["stages"] is None and recorded_stages(out) == {}
     with caplog.at_level(logging.WARNING, logger="lipoframe"):
@@ -278,7 +285,7 @@ def test_a_merge_stopped_while_writing_its_config_leaves_no_other_binning_with_t
                "recording its stages in inputs.json): taken to be peak_valley" in r.getMessage() for r in caplog.records)
     assert json.loads((out / "extraction_plan.json").read_text())["policy"] == "peak_valley"
     # the merge again: its config.yaml, then its stages, all of them, as a merge recorded them before
-    assert merge.main([str(sharded / "shards"), f"output={out}", "binning=single"]) == 0
+    assert merge.main([str(sharded / "shards"), f"output={out}", "binning=single", NO_REPORT]) == 0
     shard_stages = json.loads((sharded / "shards" / "0" / "inputs.json").read_text())["stages"]
     assert shard_stages["writer"] and shard_stages["filter"]  # the lists of a run's record (runner.stage_names)
     assert json.loads((out / "inputs.json").read_text())["stages"] == {**shard_stages, "binning": "single"}
@@ -287,7 +294,7 @@ def test_a_merge_stopped_while_writing_its_config_leaves_no_other_binning_with_t
 
 def test_merge_accepts_the_sweep_folder(sharded):
     root = sharded
-    assert merge.main([str(root / "shards"), f"output={root / 'merged_sweep'}"]) == 0
+    assert merge.main([str(root / "shards"), f"output={root / 'merged_sweep'}", NO_REPORT]) == 0
     _same_result(root / "single", root / "merged_sweep")
     summary = json.loads((root / "merged_sweep" / "run_summary.json").read_text())
     assert summary["micrographs"] == {"total": 5, "ok": 5, "skipped": 0, "failed": 0, "not_done": 0}
@@ -300,7 +307,7 @@ def test_merge_accepts_a_folder_of_links_to_the_shards(sharded, tmp_path):
     gathered.mkdir()
     for i in range(3):
         (gathered / f"node{i}").symlink_to(sharded / "shards" / str(i), target_is_directory=True)
-    assert merge.main([str(gathered), f"output={tmp_path / 'merged'}"]) == 0
+    assert merge.main([str(gathered), f"output={tmp_path / 'merged'}", NO_REPORT]) == 0
     _same_result(sharded / "single", tmp_path / "merged")
 
 
@@ -318,7 +325,7 @@ def test_a_merge_without_report_removes_an_earlier_report(sharded, caplog):
 
 def test_merge_with_a_dataset_level_override(sharded):
     root = sharded
-    assert merge.main([str(root / "shards"), f"output={root / 'merged_fft'}", "binning.rounding=even"]) == 0
+    assert merge.main([str(root / "shards"), f"output={root / 'merged_fft'}", "binning.rounding=even", NO_REPORT]) == 0
     plan = json.loads((root / "merged_fft" / "extraction_plan.json").read_text())
     assert all(b["box_px"] % 2 == 0 for b in plan["bins"])
     pd.testing.assert_frame_equal(
@@ -350,10 +357,10 @@ def test_shards_run_with_another_flip_y_are_merged_in_one_frame(tmp_path, capsys
 
     assert flipped(tmp_path / "s0") == {"mic_0": True} and flipped(tmp_path / "s1") == {"mic_1": False}
     capsys.readouterr()
-    assert merge.main([str(tmp_path / "s0"), str(tmp_path / "s1"), f"output={tmp_path / 'm'}"]) == 0
+    assert merge.main([str(tmp_path / "s0"), str(tmp_path / "s1"), f"output={tmp_path / 'm'}", NO_REPORT]) == 0
     assert f"{tmp_path / 's1'} was run with other overrides than {tmp_path / 's0'}" in capsys.readouterr().out
     assert flipped(tmp_path / "m") == {"mic_0": True, "mic_1": True}
-    assert merge.main([str(tmp_path / "s0"), str(tmp_path / "s1"), f"output={tmp_path / 'm'}", "flip_y=false"]) == 0
+    assert merge.main([str(tmp_path / "s0"), str(tmp_path / "s1"), f"output={tmp_path / 'm'}", "flip_y=false", NO_REPORT]) == 0
     assert flipped(tmp_path / "m") == {"mic_0": False, "mic_1": False}
     assert [json.loads((tmp_path / "m" / "micrographs" / f"mic_{i}.json").read_text())["meta"]["flip_y"] for i in range(2)] \
         == [False, False]
@@ -384,34 +391,41 @@ def test_merge_refuses_a_shard_given_twice(sharded, capsys, twice):
     assert "the same run folder is given twice" in err and "missing" not in err
 
 
-def test_merge_refuses_shards_with_other_settings(sharded, tmp_path, capsys):
-    root = sharded
-    other = tmp_path / "other"
-    args = [f"input=['{root}/in/*/*.mrc']", "runner.workers=1", *RUN_ARGS, "detector.threshold=9"]
-    assert app.run([*args, f"output={other}", "shard.count=3", "shard.index=1"]) == 0
+@pytest.fixture(scope="module")
+def other_shard(sharded) -> Path:
+    """Shard 1 of 3 of ``sharded``'s inputs picked with other per-micrograph settings (detector.threshold=9)."""
+    other = sharded / "other_shard"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LIPOFRAME_LOAD_PLUGINS", "")
+        assert app.run([f"input=['{sharded}/in/*/*.mrc']", "runner.workers=1", *RUN_ARGS, "detector.threshold=9",
+                        f"output={other}", "shard.count=3", "shard.index=1"]) == 0
+    return other
+
+
+def test_merge_refuses_shards_with_other_settings(sharded, other_shard, tmp_path, capsys):
+    root, other = sharded, other_shard
     capsys.readouterr()
     code = merge.main([str(root / "shards" / "0"), str(other), str(root / "shards" / "2"), f"output={tmp_path / 'm'}"])
     assert code == 1
     assert "different per-micrograph settings" in capsys.readouterr().err
 
 
-def test_merge_of_a_parameter_sweep_says_to_compare_its_jobs_with_evaluate(sharded, tmp_path, capsys):
+def test_merge_of_a_parameter_sweep_says_to_compare_its_jobs_with_evaluate(sharded, other_shard, tmp_path, capsys):
     """`lipoframe merge sweep/ ...` of a sweep over nms.max_containment said only `merge only shards of one
     run`; a new user who reached for merge to put the jobs side by side was not told what does that."""
     root = sharded
     sweep = tmp_path / "sweep"
-    args = [f"input=['{root}/in/*/*.mrc']", "runner.workers=1", *RUN_ARGS]
-    assert app.run(["-m", *args, f"output={sweep}", "nms.max_containment=0.3,0.5"]) == 0
+    # one micrograph: the merge is refused before it reads any result
+    assert app.run(["-m", f"input={root / 'in' / 'b' / 'other_000.mrc'}", "runner.workers=1", *RUN_ARGS, f"output={sweep}",
+                    "nms.max_containment=0.3,0.5"]) == 0
     capsys.readouterr()
     assert merge.main([str(sweep), f"output={tmp_path / 'm'}"]) == 1
     err = capsys.readouterr().err
     assert "different per-micrograph settings" in err
     assert f"the jobs of the sweep {sweep} are compared, not merged: `lipoframe evaluate picks={sweep} " in err, err
     # run folders of one run's shards given by hand, and other runs, are not called a sweep
-    other = tmp_path / "other"
-    assert app.run([*args, f"output={other}", "detector.threshold=9", "shard.count=3", "shard.index=1"]) == 0
     capsys.readouterr()
-    assert merge.main([str(root / "shards" / "0"), str(other), f"output={tmp_path / 'm2'}"]) == 1
+    assert merge.main([str(root / "shards" / "0"), str(other_shard), f"output={tmp_path / 'm2'}"]) == 1
     assert "compared, not merged" not in capsys.readouterr().err
 
 
@@ -419,7 +433,7 @@ def test_merge_prints_the_absolute_output_folder_as_run_does(sharded, tmp_path, 
     # Before, 'outputs' and run_summary.json's out_dir were output= as typed ('m'), where a run gives the absolute folder.
     monkeypatch.chdir(tmp_path)
     capsys.readouterr()
-    assert merge.main([str(sharded / "shards"), "output=m"]) == 0
+    assert merge.main([str(sharded / "shards"), "output=m", NO_REPORT]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == f"outputs      {tmp_path / 'm'}"
     assert json.loads((tmp_path / "m" / "run_summary.json").read_text())["out_dir"] == str(tmp_path / "m")
 
@@ -436,7 +450,8 @@ def test_merge_needs_output_and_run_folders(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_submitit_local_launcher_shards_then_merge(sharded, tmp_path):
-    """The real launcher path: each shard is a separate submitit job process."""
+    """The real launcher path: each shard is a separate submitit job process. Merged, they equal the single run
+    of the same inputs and settings (``sharded``'s)."""
     root = sharded
     proc = cli(
         "run", "-m", f"input=['{root}/in/*/*.mrc']", "runner.workers=1", *RUN_ARGS,
@@ -447,11 +462,8 @@ def test_submitit_local_launcher_shards_then_merge(sharded, tmp_path):
     for i in range(2):
         summary = json.loads((tmp_path / "sweep" / str(i) / "run_summary.json").read_text())
         assert summary["micrographs"]["failed"] == 0 and summary["micrographs"]["ok"] >= 2
-    proc = cli("merge", str(tmp_path / "sweep"), f"output={tmp_path / 'merged'}")
-    assert proc.returncode == 0, proc.stderr
-    single = cli("run", f"input=['{root}/in/*/*.mrc']", "runner.workers=1", *RUN_ARGS, f"output={tmp_path / 'single'}")
-    assert single.returncode == 0, single.stderr
-    _same_result(tmp_path / "single", tmp_path / "merged")
+    assert merge.main([str(tmp_path / "sweep"), f"output={tmp_path / 'merged'}", NO_REPORT]) == 0
+    _same_result(root / "single", tmp_path / "merged")
 
 
 def test_merge_lists_the_shards_failures(tmp_path, capsys):
@@ -460,7 +472,7 @@ def test_merge_lists_the_shards_failures(tmp_path, capsys):
     args = [f"input={tmp_path / 'in'}", "runner.workers=1", *RUN_ARGS, f"output={tmp_path / 'shards'}"]
     assert app.run(["-m", *args, "shard.count=2", "shard.index=0,1"]) == 1  # one shard failed a micrograph
     capsys.readouterr()
-    assert merge.main([str(tmp_path / "shards"), f"output={tmp_path / 'merged'}"]) == 1
+    assert merge.main([str(tmp_path / "shards"), f"output={tmp_path / 'merged'}", NO_REPORT]) == 1
     out = capsys.readouterr().out
     assert "micrographs  ok 2  skipped 0  failed 1" in out
     summary = json.loads((tmp_path / "merged" / "run_summary.json").read_text())
@@ -478,7 +490,7 @@ def test_merge_of_runs_over_different_inputs_equals_one_run_over_both(sharded, t
         assert app.run([f"input=['{root}/in/{name}/*.mrc']", "runner.workers=1", *RUN_ARGS, f"output={out}"]) == 0
         runs.append(out)
     capsys.readouterr()
-    assert merge.main([*map(str, runs), f"output={tmp_path / 'merged'}"]) == 0
+    assert merge.main([*map(str, runs), f"output={tmp_path / 'merged'}", NO_REPORT]) == 0
     assert "different inputs" in capsys.readouterr().out
     _same_result(root / "single", tmp_path / "merged")
     # A third session that picked one of the first session's micrographs again: the names clash.
@@ -516,7 +528,7 @@ def test_merge_of_a_sweep_folder_leaves_out_an_earlier_sweeps_job_folders(sharde
     (stale / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(words))
     (stale / ".hydra" / "hydra.yaml").write_text((stale / ".hydra" / "hydra.yaml").read_text().replace("num: 2", "num: 3"))
     with caplog.at_level(logging.WARNING, logger="lipoframe"):
-        assert merge.main([str(sweep), f"output={tmp_path / 'merged'}"]) == 0
+        assert merge.main([str(sweep), f"output={tmp_path / 'merged'}", NO_REPORT]) == 0
     _same_result(sharded / "single", tmp_path / "merged")
     assert f"{sweep}: 1 stale job folder left out (an earlier sweep's; multirun.yaml records the last): " \
            "3 (numbered past the last sweep's 3 jobs)" in caplog.text
@@ -534,7 +546,7 @@ def test_plan_and_report_of_a_merge_into_an_earlier_runs_folder_use_the_merges_s
     out = tmp_path / "out"
     shutil.copytree(sharded / "single", out)
     assert (out / ".hydra" / "config.yaml").is_file()
-    assert merge.main([str(sharded / "shards"), f"output={out}", "binning.rounding=even", "writer=[csv]"]) == 0
+    assert merge.main([str(sharded / "shards"), f"output={out}", "binning.rounding=even", "writer=[csv]", NO_REPORT]) == 0
     merged_plan = json.loads((out / "extraction_plan.json").read_text())
     assert any(b["box_px"] % 32 for b in merged_plan["bins"])  # else the check below could not tell the settings apart
     config, text, names = report._config_from_folder(out)
@@ -561,7 +573,7 @@ def test_merge_finds_the_shards_of_a_sweep_into_subfolders_of_the_users_interpol
     assert not any((p / "inputs.json").is_file() for p in sweep.iterdir())
     assert app._sweep_failed(sweep) == 1  # what a launcher's jobs in other processes (submitit) report by
     capsys.readouterr()
-    assert merge.main([str(sweep), f"output={tmp_path / 'merged'}"]) == 1
+    assert merge.main([str(sweep), f"output={tmp_path / 'merged'}", NO_REPORT]) == 1
     assert "micrographs  ok 2  skipped 0  failed 1" in capsys.readouterr().out
     shards = json.loads((tmp_path / "merged" / "merged_from.json").read_text())
     assert [json.loads((Path(s) / "inputs.json").read_text())["shard"]["index"] for s in shards] == [0, 1]
