@@ -203,3 +203,21 @@ def run_cli(capsys):
         return code, out, err
 
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_run_folder(tmp_path_factory) -> Path:
+    """A finished ``lipoframe run`` of two tiny micrographs (``mic_0``, ``mic_1`` of :func:`tiny_image`) with TINY_ARGS.
+
+    Made once per test process, for tests that need any plain run: read it where it is, or copy it
+    (``shutil.copytree``) before changing it. Its micrographs are in ``<folder>.parent / "mics"``.
+    """
+    from lipoframe.cli import main
+
+    root = tmp_path_factory.mktemp("tiny_run_folder")
+    for i in range(2):
+        write_mrc(root / "mics" / f"mic_{i}.mrc", tiny_image(seed=i)[0])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LIPOFRAME_LOAD_PLUGINS", "")
+        assert main(["run", f"input={root / 'mics'}", f"output={root / 'run'}", *TINY_ARGS]) == 0
+    return root / "run"
