@@ -351,25 +351,21 @@ def test_relion_coordinate_files_of_micrographs_without_picks_count_as_no_picks(
         read_picks(tmp_path / "tomo_particles.star")
 
 
-def test_a_runs_relion_folder_scores_like_the_run(tmp_path, tiny_mrcs, run_cli):
-    code, _, _ = run_cli("run", f"input={tiny_mrcs[0].parent}", f"output={tmp_path / 'run'}", *TINY_ARGS)
-    assert code == 0
+def test_a_runs_relion_folder_scores_like_the_run(tiny_run_folder):
     truth = pd.concat([tiny_truth(seed=i).assign(micrograph=f"mic_{i}") for i in range(2)], ignore_index=True)
-    whole = evaluate(read_picks(tmp_path / "run")[0], truth).summary
+    whole = evaluate(read_picks(tiny_run_folder)[0], truth).summary
     assert whole["tp"] >= 6
     for where in ("relion", "relion/autopick.star"):
-        s = evaluate(read_picks(tmp_path / "run" / where)[0], truth).summary
+        s = evaluate(read_picks(tiny_run_folder / where)[0], truth).summary
         assert (s["tp"], s["fp"], s["fn"]) == (whole["tp"], whole["fp"], whole["fn"])
 
 
-def test_a_run_folder_as_the_reference_is_its_accepted_picks(tmp_path, tiny_mrcs, run_cli):
+def test_a_run_folder_as_the_reference_is_its_accepted_picks(tiny_run_folder, run_cli):
     # reference=<run folder> (comparing another picker, or another run, with a lipoframe run) read the folder's
     # tables: sizes.csv became a micrograph 'sizes' of reference particles without coordinates, so evaluate said
     # 'reference has rows without diameter_px; give reference_diameter=<px>', and with that given scored them as
     # misses (the real apoferritin run against another: a 5th micrograph 'sizes', 13 false misses)
-    code, _, _ = run_cli("run", f"input={tiny_mrcs[0].parent}", f"output={tmp_path / 'run'}", *TINY_ARGS)
-    assert code == 0
-    run = tmp_path / "run"
+    run = tiny_run_folder
     assert (run / "sizes.csv").is_file()
     picks, _ = read_picks(run)
     accepted = picks[picks["accepted"].astype(bool)]
@@ -628,32 +624,48 @@ def test_box_and_cbox_rows_of_tiff_micrographs_are_flipped_back(tmp_path, capsys
     assert "crYOLO .cbox rows of TIFF micrograph(s) a" in err and "micrographs=" in err
 
 
-def _run_with_every_writer(tmp_path, run_cli, suffix: str, *overrides: str) -> tuple[Path, pd.DataFrame]:
-    """lipoframe run on three tiny micrographs (MRC or TIFF), writer=[csv,star,cbox,box]; returns the run and its truth."""
+@pytest.fixture(scope="module")
+def every_writer_run(tmp_path_factory):
+    """``run(suffix, *overrides)``: lipoframe run on three tiny micrographs (MRC or TIFF), writer=[csv,star,cbox,box];
+    returns the run folder and its truth. A run of the same suffix and overrides is made once per module: the tests
+    only read it (they write their evaluations in their own ``tmp_path``)."""
     import tifffile
 
     from conftest import tiny_image, write_mrc
 
-    truths = []
-    for i in range(3):
-        image, truth = tiny_image(seed=i)
-        path = tmp_path / "mics" / f"mic_{i}{suffix}"
-        if suffix == ".mrc":
-            write_mrc(path, image)
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tifffile.imwrite(path, image.astype(np.float32))
-        truths.append(truth.assign(micrograph=f"mic_{i}"))
-    run = tmp_path / "run"
-    code, _, err = run_cli("run", f"input={tmp_path / 'mics'}", f"output={run}", *TINY_ARGS, "writer=[csv,star,cbox,box]", *overrides)
-    assert code == 0, err
-    return run, pd.concat(truths, ignore_index=True)
+    from lipoframe.cli import main as lipoframe_main
+
+    made: dict[tuple[str, ...], tuple[Path, pd.DataFrame]] = {}
+
+    def run_with_every_writer(suffix: str, *overrides: str) -> tuple[Path, pd.DataFrame]:
+        key = (suffix, *overrides)
+        if key not in made:
+            root = tmp_path_factory.mktemp("every_writer")
+            truths = []
+            for i in range(3):
+                image, truth = tiny_image(seed=i)
+                path = root / "mics" / f"mic_{i}{suffix}"
+                if suffix == ".mrc":
+                    write_mrc(path, image)
+                else:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    tifffile.imwrite(path, image.astype(np.float32))
+                truths.append(truth.assign(micrograph=f"mic_{i}"))
+            run = root / "run"
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setenv("LIPOFRAME_LOAD_PLUGINS", "")
+                assert lipoframe_main(["run", f"input={root / 'mics'}", f"output={run}", *TINY_ARGS,
+                                       "writer=[csv,star,cbox,box]", *overrides]) == 0
+            made[key] = run, pd.concat(truths, ignore_index=True)
+        return made[key]
+
+    return run_with_every_writer
 
 
 @pytest.mark.parametrize("suffix", [".mrc", ".tif"])
-def test_a_runs_cbox_and_box_exports_score_as_its_csv(tmp_path, run_cli, suffix):
+def test_a_runs_cbox_and_box_exports_score_as_its_csv(tmp_path, every_writer_run, suffix):
     """Round trip: lipoframe's cbox/ and box/ folders, read back, score as its picks.csv (TIFF: rows flipped back)."""
-    run, truth = _run_with_every_writer(tmp_path, run_cli, suffix)
+    run, truth = every_writer_run(suffix)
     csv = read_picks(run / "picks.csv")[0]
     accepted = csv[csv["accepted"].astype(bool)] if "accepted" in csv.columns else csv
     cols = ["micrograph", "x_px", "y_px"]
@@ -697,10 +709,10 @@ def test_a_runs_cbox_and_box_exports_score_as_its_csv(tmp_path, run_cli, suffix)
 
 
 @pytest.mark.parametrize("suffix, flip_y", [(".tif", False), (".mrc", True)])
-def test_a_runs_star_exports_read_with_its_flip_y_give_back_its_picks(tmp_path, run_cli, suffix, flip_y):
+def test_a_runs_star_exports_read_with_its_flip_y_give_back_its_picks(tmp_path, every_writer_run, suffix, flip_y):
     """A run with flip_y=false (TIFFs extracted from unflipped originals) or true: its STAR files, read with the
     same flip_y or with none (the run's records say it), are its picks; taken as they are, they are flipped or not."""
-    run, _ = _run_with_every_writer(tmp_path, run_cli, suffix, f"flip_y={str(flip_y).lower()}")
+    run, _ = every_writer_run(suffix, f"flip_y={str(flip_y).lower()}")
     cols = ["micrograph", "x_px", "y_px"]
     csv = read_picks(run / "picks.csv")[0]
     mine = csv[csv["accepted"].astype(bool)].sort_values(cols, ignore_index=True)
@@ -717,10 +729,10 @@ def test_a_runs_star_exports_read_with_its_flip_y_give_back_its_picks(tmp_path, 
     assert json.loads((out / "evaluation.json").read_text())["f1"] == 1.0
 
 
-def test_another_pickers_files_of_tiff_micrographs_are_placed_by_the_run_given_as_reference(tmp_path, run_cli):
+def test_another_pickers_files_of_tiff_micrographs_are_placed_by_the_run_given_as_reference(tmp_path, every_writer_run):
     """`picks=<another picker's .box/.cbox/STAR> reference=<run folder>` (docs: "another picker with a run"):
     the run knows its TIFFs, so their rows are flipped back without micrographs= (they were taken as MRC rows)."""
-    run, _ = _run_with_every_writer(tmp_path, run_cli, ".tif")
+    run, _ = every_writer_run(".tif")  # test_a_runs_cbox_and_box_exports_score_as_its_csv's
     elsewhere = tmp_path / "other_picker"
     shutil.copytree(run / "cbox", elsewhere / "CBOX")
     shutil.copytree(run / "box", elsewhere / "EMAN")
@@ -1419,13 +1431,37 @@ def test_a_sweep_folder_is_refused_by_the_reader_naming_its_jobs(tmp_path):
         read_picks(sweep)
 
 
-def test_evaluate_on_a_sweep_folder_compares_every_job(tiny_mrcs, tmp_path, run_cli):
+@pytest.fixture(scope="module")
+def log_sweep(tmp_path_factory) -> tuple[Path, Path]:
+    """``(sweep, mics)``: ``lipoframe run -m detector=log detector.threshold=3,1000,4`` over two tiny micrographs.
+
+    Job 0 picks, job 1 (threshold 1000) accepts no pick, job 2 picks. Shared by the sweep tests of this module, which
+    read it where it is or, to change it, copy it with :func:`copy_of`; the micrographs are those the sweep recorded.
+    """
+    from conftest import tiny_image, write_mrc
+
+    from lipoframe.cli import main as lipoframe_main
+
+    root = tmp_path_factory.mktemp("log_sweep")
+    for i in range(2):
+        write_mrc(root / "mics" / f"mic_{i}.mrc", tiny_image(seed=i)[0])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LIPOFRAME_LOAD_PLUGINS", "")
+        assert lipoframe_main(["run", "-m", "detector=log", "detector.threshold=3,1000,4", f"input={root / 'mics'}",
+                               f"output={root / 'sweep'}", *TINY_ARGS]) == 0
+    return root / "sweep", root / "mics"
+
+
+def copy_of(folder: Path, to: Path) -> Path:
+    """A copy of ``folder`` at ``to``, file times kept (a sweep tells its stale jobs by them); returns ``to``."""
+    shutil.copytree(folder, to)
+    return to
+
+
+def test_evaluate_on_a_sweep_folder_compares_every_job(log_sweep, tmp_path, run_cli):
     """A sweep is scored job by job against one reference: one table, with failed and empty jobs listed, not dropped."""
     # evaluate refused the sweep folder and named its job folders, to be evaluated one at a time
-    sweep = tmp_path / "sweep"
-    code, _, err = run_cli("run", "-m", "detector=log", "detector.threshold=3,1000,4", f"input={tiny_mrcs[0].parent}",
-                           f"output={sweep}", *TINY_ARGS)
-    assert code == 0, err
+    sweep = copy_of(log_sweep[0], tmp_path / "sweep")
     for p in (sweep / "2").iterdir():  # a job that stopped before picking: Hydra made its folder and .hydra/
         if p.name != ".hydra":
             shutil.rmtree(p) if p.is_dir() else p.unlink()
@@ -1453,7 +1489,7 @@ def test_evaluate_on_a_sweep_folder_compares_every_job(tiny_mrcs, tmp_path, run_
     assert pd.isna(table.loc[2, "f1"]) and pd.isna(table.loc[2, "n_picks"])
     doc = json.loads((sweep / "sweep_evaluation.json").read_text())
     assert doc["options"]["tolerance"] == 0.3 and doc["options"]["reference"] == str(tmp_path / "truth.csv")
-    assert doc["jobs"][0]["overrides"] == ["detector.threshold=3"] and f"output={sweep}" in doc["jobs"][0]["all_overrides"]
+    assert doc["jobs"][0]["overrides"] == ["detector.threshold=3"] and f"output={log_sweep[0]}" in doc["jobs"][0]["all_overrides"]
     assert doc["jobs"][0]["summary"]["tp"] == single["tp"] and doc["jobs"][2]["summary"] is None
     # each scored job's own evaluation beside the table, never in the job's folder (here the output folder is the sweep's)
     assert json.loads((sweep / "job_0" / "evaluation.json").read_text())["f1"] == pytest.approx(single["f1"])
@@ -1530,38 +1566,38 @@ def test_a_sweep_scores_partial_jobs_and_warns_about_names_for_every_job(tiny_mr
     assert job1["note"] == f"no run_summary.json: the job did not finish; the micrographs it did not pick count as misses (see {sweep / '1' / 'lipoframe.log'})"
 
 
-def test_a_sweep_draws_overlays_for_each_job(tiny_mrcs, tmp_path, run_cli):
-    sweep = tmp_path / "sweep"
-    code, _, err = run_cli("run", "-m", "detector=log", "detector.threshold=3,4", f"input={tiny_mrcs[0].parent}",
-                           f"output={sweep}", *TINY_ARGS)
-    assert code == 0, err
+def test_a_sweep_draws_overlays_for_each_job(log_sweep, tmp_path, run_cli):
+    sweep, mics = log_sweep  # read where it is: the overlays find the micrographs the sweep recorded
     truth = _truth_csv(tmp_path)
     code, out, err = run_cli("evaluate", f"picks={sweep}", f"reference={truth}", f"output={tmp_path / 'eval'}", "overlays=1")
     assert code == 0, err
-    assert out.splitlines()[0] == f"sweep {sweep}: 2 jobs against {truth}"
-    for job in ("0", "1"):
+    assert out.splitlines()[0] == f"sweep {sweep}: 3 jobs against {truth}"
+    for job in ("0", "1", "2"):
         drawn = list((tmp_path / "eval" / f"job_{job}" / "overlays").glob("*.png"))
         assert len(drawn) == 1 and f"wrote {drawn[0]}" in out
     # an image that cannot be found: each job's line says which job it is
-    tiny_mrcs[0].rename(tiny_mrcs[0].with_suffix(".moved"))
-    tiny_mrcs[1].rename(tiny_mrcs[1].with_suffix(".moved"))
-    code, out, err = run_cli("evaluate", f"picks={sweep}", f"reference={truth}", f"output={tmp_path / 'eval2'}", "overlays=1")
+    moved = [p.rename(p.with_suffix(".moved")) for p in sorted(mics.glob("*.mrc"))]
+    try:
+        code, out, err = run_cli("evaluate", f"picks={sweep}", f"reference={truth}", f"output={tmp_path / 'eval2'}", "overlays=1")
+    finally:  # the other tests read the sweep's micrographs
+        for p in moved:
+            p.rename(p.with_suffix(".mrc"))
+    assert len(moved) == 2
     assert code == 1, err  # the evaluation is written; an overlay is missing
     missing = [ln for ln in err.splitlines() if "no overlay" in ln]
-    assert [ln.split(":")[1].strip() for ln in missing] == ["job 0 (detector.threshold=3)", "job 1 (detector.threshold=4)"], err
+    assert [ln.split(":")[1].strip() for ln in missing] == ["job 0 (detector.threshold=3)", "job 1 (detector.threshold=1000)",
+                                                             "job 2 (detector.threshold=4)"], err
     assert (tmp_path / "eval2" / "sweep_evaluation.csv").is_file()
 
 
-def test_a_folder_holding_a_sweep_and_a_run_is_read_as_the_last_one_run_there(tiny_mrcs, tmp_path, run_cli):
+def test_a_folder_holding_a_sweep_and_a_run_is_read_as_the_last_one_run_there(log_sweep, tmp_path, run_cli):
     """`run output=F` after `run -m output=F` (or the other way round) leaves both in F; evaluate always
     scored the sweep's jobs and merge always took the run, so after a single run into a sweep folder
     evaluate showed the old sweep's table, and after a sweep into a run folder merge merged the old run."""
     import os
 
-    mics, truth = tiny_mrcs[0].parent, _truth_csv(tmp_path)
-    both = tmp_path / "both"
-    code, _, err = run_cli("run", "-m", f"input={mics}", f"output={both}", "detector.threshold=5,6", *TINY_ARGS)
-    assert code == 0, err
+    mics, truth = log_sweep[1], _truth_csv(tmp_path)
+    both = copy_of(log_sweep[0], tmp_path / "both")  # a sweep of 3 jobs
     code, _, err = run_cli("run", f"input={mics}", f"output={both}", "detector.threshold=40", *TINY_ARGS)
     assert code == 0, err
     sweep_time = (both / "multirun.yaml").stat().st_mtime_ns
@@ -1570,14 +1606,14 @@ def test_a_folder_holding_a_sweep_and_a_run_is_read_as_the_last_one_run_there(ti
     assert code == 0 and not out.startswith("sweep"), (out, err)
     assert "evaluating the run, started after the sweep" in err, err
     assert "picks 0" in out  # the run's: threshold 40 picks nothing
-    code, out, err = run_cli("merge", str(both), f"output={tmp_path / 'merged'}")
+    code, out, err = run_cli("merge", str(both), f"output={tmp_path / 'merged'}", "runner.report=false")
     assert code == 0, err
     assert json.loads((tmp_path / "merged" / "run_summary.json").read_text())["picks"]["accepted"] == 0
     # a sweep after the run: the sweep is evaluated and merged (here refused: its jobs have other settings)
     os.utime(both / "inputs.json", ns=(sweep_time - 10**9, sweep_time - 10**9))
     code, out, err = run_cli("evaluate", f"picks={both}", f"reference={truth}")
-    assert code == 0 and out.startswith(f"sweep {both}: 2 jobs"), (out, err)
-    code, out, err = run_cli("merge", str(both), f"output={tmp_path / 'merged2'}")
+    assert code == 0 and out.startswith(f"sweep {both}: 3 jobs"), (out, err)
+    code, out, err = run_cli("merge", str(both), f"output={tmp_path / 'merged2'}", "runner.report=false")
     assert code != 0 and "different per-micrograph settings" in err, err
 
 
@@ -1612,7 +1648,7 @@ def test_a_sweep_of_the_shards_of_one_run_is_not_scored_shard_by_shard(tiny_mrcs
     assert code == 2 and out == "", (out, err)
     assert "its jobs are the shards of one run (shard.count=2)" in err and f"lipoframe merge {sweep} output=" in err, err
     merged = tmp_path / "merged"
-    code, _, err = run_cli("merge", str(sweep), f"output={merged}")
+    code, _, err = run_cli("merge", str(sweep), f"output={merged}", "runner.report=false")
     assert code == 0, err
     code, out, err = run_cli("evaluate", f"picks={merged}", f"reference={truth}")
     assert code == 0, err
@@ -1624,22 +1660,20 @@ def test_a_sweep_of_the_shards_of_one_run_is_not_scored_shard_by_shard(tiny_mrcs
     assert code == 0 and out.splitlines()[0] == f"sweep {mixed}: 4 jobs against {truth}", (out, err)
 
 
-def test_a_sweep_rerun_with_fewer_jobs_scores_only_the_last_sweeps_jobs(tiny_mrcs, tmp_path, run_cli):
+def test_a_sweep_rerun_with_fewer_jobs_scores_only_the_last_sweeps_jobs(log_sweep, tmp_path, run_cli):
     """Hydra keeps the job folders of an earlier sweep into the same folder: they were scored as jobs of this one."""
     import os
 
-    sweep, mics = tmp_path / "sweep", tiny_mrcs[0].parent
-    for values in ("3,4,5", "3,6"):
-        code, _, err = run_cli("run", "-m", "detector=log", f"detector.threshold={values}", f"input={mics}",
-                               f"output={sweep}", *TINY_ARGS)
-        assert code == 0, err
+    sweep, mics = copy_of(log_sweep[0], tmp_path / "sweep"), log_sweep[1]  # the earlier sweep: detector.threshold=3,1000,4
+    code, _, err = run_cli("run", "-m", "detector=log", "detector.threshold=3,6", f"input={mics}", f"output={sweep}", *TINY_ARGS)
+    assert code == 0, err
     truth = _truth_csv(tmp_path)
     code, out, err = run_cli("evaluate", f"picks={sweep}", f"reference={truth}", f"output={tmp_path / 'eval'}")
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0] == f"sweep {sweep}: 2 jobs against {truth}"
     assert [ln.split()[:2] for ln in lines[2:4]] == [["0", "detector.threshold=3"], ["1", "detector.threshold=6"]]
-    assert lines[4] == "" and lines[5].startswith("best F1") and "threshold=5" not in out
+    assert lines[4] == "" and lines[5].startswith("best F1") and "threshold=4" not in out
     assert err.strip().splitlines() == [f"lipoframe evaluate: {sweep}: 1 stale job folder left out (an earlier sweep's; "
                                         "multirun.yaml records the last): 2 (numbered past the last sweep's 2 jobs)"], err
     doc = json.loads((tmp_path / "eval" / "sweep_evaluation.json").read_text())
@@ -1664,13 +1698,10 @@ def test_a_sweep_rerun_with_fewer_jobs_scores_only_the_last_sweeps_jobs(tiny_mrc
     assert "2 (older than the last sweep's multirun.yaml)" in err, err
 
 
-def test_the_jobs_an_interrupted_sweep_never_started_are_listed_as_not_run(tiny_mrcs, tmp_path, run_cli):
+def test_the_jobs_an_interrupted_sweep_never_started_are_listed_as_not_run(log_sweep, tmp_path, run_cli):
     """A sweep stopped (Ctrl-C) during its first job leaves no folder for the others: the table listed one job,
     'sweep ...: 1 job', exit code 0, as if the sweep had been of that job alone."""
-    sweep, mics = tmp_path / "sweep", tiny_mrcs[0].parent
-    code, _, err = run_cli("run", "-m", "detector=log", "detector.threshold=3,6,4", f"input={mics}",
-                           f"output={sweep}", *TINY_ARGS)
-    assert code == 0, err
+    sweep = copy_of(log_sweep[0], tmp_path / "sweep")  # detector.threshold=3,1000,4
     for job in ("1", "2"):  # as Hydra leaves it when the sweep is stopped in job 0
         shutil.rmtree(sweep / job)
     truth = _truth_csv(tmp_path)
@@ -1680,13 +1711,13 @@ def test_the_jobs_an_interrupted_sweep_never_started_are_listed_as_not_run(tiny_
     assert lines[0] == f"sweep {sweep}: 3 jobs against {truth}"
     assert lines[2].split()[:2] == ["0", "detector.threshold=3"] and lines[2].endswith("  ok")
     said = "failed: not run: the sweep stopped before this job started (the same lipoframe run -m command again runs it)"
-    for line, (job, value) in zip(lines[3:5], (("1", "6"), ("2", "4"))):
+    for line, (job, value) in zip(lines[3:5], (("1", "1000"), ("2", "4"))):
         assert line.split()[:3] == [job, f"detector.threshold={value}", "-"] and line.endswith(said)
     assert "job 0 (detector.threshold=3)" in lines[6]
     doc = json.loads((tmp_path / "eval" / "sweep_evaluation.json").read_text())
     assert [(j["job"], j["status"], j["folder"], j["summary"]) for j in doc["jobs"][1:]] == [("1", "failed", None, None),
                                                                                           ("2", "failed", None, None)]
-    assert f"output={sweep}" in doc["jobs"][2]["all_overrides"] and doc["stale_jobs"] == []
+    assert f"output={log_sweep[0]}" in doc["jobs"][2]["all_overrides"] and doc["stale_jobs"] == []
     assert not (tmp_path / "eval" / "job_1").exists()
 
 
