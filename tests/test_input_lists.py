@@ -9,7 +9,7 @@ import types
 from pathlib import Path
 
 import pytest
-from scale_data import RUN_ARGS, cli, write_set
+from scale_data import RUN_ARGS, write_set
 
 from lipoframe.inputlists import ListError, ListedPath, find_project, read_list, relion_project
 from lipoframe.records import InputError
@@ -45,6 +45,20 @@ def micrographs_star(path: Path, names: list[str], *, groups: list[int] | None =
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return path
+
+
+@pytest.fixture
+def run_in(run_cli, monkeypatch):
+    """``run_in(folder, *args)``: ``lipoframe ARGS`` in this process, from ``folder``; returns (exit code, stdout, stderr).
+
+    For the commands whose process boundary is not what a test checks (``tests/test_cli.py`` runs one in its own
+    process): the command line, relative paths and output streams are those of ``python -m lipoframe`` there.
+    """
+    def run(folder: Path, *args: str) -> tuple[int, str, str]:
+        monkeypatch.chdir(folder)
+        return run_cli(*args)
+
+    return run
 
 
 def project(tmp_path: Path, n: int = 2) -> tuple[Path, list[str]]:
@@ -267,7 +281,7 @@ def test_a_star_pixel_size_unlike_the_headers_is_one_warning_per_dataset(tmp_pat
 
 
 # -- a run -------------------------------------------------------------------
-def test_a_run_from_a_relion_star_picks_its_micrographs_and_exports_relion_names(tmp_path):
+def test_a_run_from_a_relion_star_picks_its_micrographs_and_exports_relion_names(tmp_path, run_in):
     import starfile
 
     proj, names = project(tmp_path, 2)
@@ -275,11 +289,11 @@ def test_a_run_from_a_relion_star_picks_its_micrographs_and_exports_relion_names
     # the headers say 1 Å/px, the STAR 2 Å/px: RELION's value is taken, so 30-140 Å is 15-70 px
     star = micrographs_star(proj / "CtfFind" / "job003" / "micrographs_ctf.star", names_listed, px1=2.0)
     out = proj / "External" / "lipoframe"
-    ran = cli("run", "input=CtfFind/job003/micrographs_ctf.star", f"output={out}", *RUN_ARGS, "runner.workers=1", cwd=proj)
-    assert ran.returncode != 0  # one listed micrograph is missing ...
-    assert "MotionCorr/job002/Movies/gone.mrc: file not found" in ran.stderr + ran.stdout
+    code, stdout, stderr = run_in(proj, "run", "input=CtfFind/job003/micrographs_ctf.star", f"output={out}", *RUN_ARGS, "runner.workers=1")
+    assert code != 0  # one listed micrograph is missing ...
+    assert "MotionCorr/job002/Movies/gone.mrc: file not found" in stderr + stdout
     # one warning for the dataset, not one per micrograph (and a note in the summary)
-    assert ran.stderr.count("the STAR gives 2 Å/px") == 1 and ran.stdout.count("the STAR gives 2 Å/px") == 1
+    assert stderr.count("the STAR gives 2 Å/px") == 1 and stdout.count("the STAR gives 2 Å/px") == 1
     summary = json.loads((out / "run_summary.json").read_text())
     assert summary["micrographs"]["ok"] == 2 and summary["micrographs"]["failed"] == 1  # ... the others are picked
     for i in range(2):
@@ -292,29 +306,30 @@ def test_a_run_from_a_relion_star_picks_its_micrographs_and_exports_relion_names
     assert listing["rlnMicrographCoordinates"].tolist() == [f"External/lipoframe/relion/coords/mic_{i:03d}_autopick.star" for i in range(2)]
     assert "--coord_list External/lipoframe/bins/bin1/autopick.star" in (out / "extraction_plan.md").read_text()
     # `lipoframe plan` from another folder keeps them
-    assert cli("plan", str(out), "binning=single", cwd=tmp_path).returncode == 0
+    assert run_in(tmp_path, "plan", str(out), "binning=single")[0] == 0
     assert starfile.read(out / "relion" / "autopick.star")["rlnMicrographName"].tolist() == names
     # a corrected optics table picks again the micrographs it changes; pixel_size= wins over the STAR
     micrographs_star(star, names, px1=2.5)
-    again = cli("run", f"input={star}", f"output={out}", *RUN_ARGS, "runner.workers=1", cwd=tmp_path)
-    assert again.returncode == 0, again.stderr
+    code, _, stderr = run_in(tmp_path, "run", f"input={star}", f"output={out}", *RUN_ARGS, "runner.workers=1")
+    assert code == 0, stderr
     assert json.loads((out / "run_summary.json").read_text())["micrographs"]["ok"] == 2
     assert json.loads((out / "micrographs" / "mic_000.json").read_text())["meta"]["pixel_size"] == 2.5
-    given = cli("run", f"input={star}", f"output={tmp_path / 'px'}", *RUN_ARGS, "pixel_size=1.0", "runner.workers=1", cwd=tmp_path)
-    assert given.returncode == 0, given.stderr
+    code, stdout, stderr = run_in(tmp_path, "run", f"input={star}", f"output={tmp_path / 'px'}", *RUN_ARGS, "pixel_size=1.0",
+                                  "runner.workers=1")
+    assert code == 0, stderr
     assert json.loads((tmp_path / "px" / "micrographs" / "mic_000.json").read_text())["meta"]["pixel_size"] == 1.0
-    assert "the STAR gives" not in given.stderr + given.stdout
+    assert "the STAR gives" not in stderr + stdout
 
 
-def test_writer_star_project_dir_given_wins_over_the_stars(tmp_path):
+def test_writer_star_project_dir_given_wins_over_the_stars(tmp_path, run_in):
     import starfile
 
     proj, names = project(tmp_path, 1)
     star = micrographs_star(proj / "CtfFind" / "job003" / "micrographs_ctf.star", names, px1=1.0)
     out = tmp_path / "run"
-    ran = cli("run", f"input={star}", f"output={out}", *RUN_ARGS, "runner.workers=1", "writer=[star]",
-              f"writer.star.project_dir={tmp_path}", cwd=tmp_path)
-    assert ran.returncode == 0, ran.stderr
+    code, _, stderr = run_in(tmp_path, "run", f"input={star}", f"output={out}", *RUN_ARGS, "runner.workers=1", "writer=[star]",
+                             f"writer.star.project_dir={tmp_path}")
+    assert code == 0, stderr
     assert starfile.read(out / "relion" / "autopick.star")["rlnMicrographName"].tolist() == [os.path.join("proj", names[0])]
     assert set(extract_inputs(out / "extraction_plan.md")) == {"proj/CtfFind/job003/micrographs_ctf.star"}
 
@@ -326,18 +341,18 @@ def extract_inputs(md_path: Path) -> list[str]:
     return [c[c.index("--i") + 1] for c in commands]
 
 
-def test_the_extraction_commands_extract_from_the_star_given(tmp_path):
+def test_the_extraction_commands_extract_from_the_star_given(tmp_path, run_in):
     proj, names = project(tmp_path, 2)
     star = micrographs_star(proj / "Select" / "job009" / "micrographs.star", names, px1=1.0)
     out = proj / "External" / "lipoframe"
-    ran = cli("run", "input=proj/Select/job009/micrographs.star", f"output={out}", *RUN_ARGS, "runner.workers=1", cwd=tmp_path)
-    assert ran.returncode == 0, ran.stderr
-    assert "the STAR gives" not in ran.stderr  # STAR and headers agree: 1 Å/px
+    code, _, stderr = run_in(tmp_path, "run", "input=proj/Select/job009/micrographs.star", f"output={out}", *RUN_ARGS, "runner.workers=1")
+    assert code == 0, stderr
+    assert "the STAR gives" not in stderr  # STAR and headers agree: 1 Å/px
     # as RELION runs it, from the project: the STAR given, not CtfFind/job003/micrographs_ctf.star
     assert set(extract_inputs(out / "extraction_plan.md")) == {"Select/job009/micrographs.star"}
     assert json.loads((out / "inputs.json").read_text())["relion_micrographs_star"] == str(star)
     # `lipoframe plan` from another folder keeps it
-    assert cli("plan", str(out), "binning=single", cwd=tmp_path / "proj" / "External").returncode == 0
+    assert run_in(tmp_path / "proj" / "External", "plan", str(out), "binning=single")[0] == 0
     assert extract_inputs(out / "extraction_plan.md") == ["Select/job009/micrographs.star"]
 
 
