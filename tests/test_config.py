@@ -511,21 +511,22 @@ def test_a_plain_run_composes_its_config_once_before_hydra_does(tiny_mrcs, tmp_p
 def test_hydra_mode_multirun_is_a_sweep_as_with_dash_m(tiny_mrcs, tmp_path, run_cli):
     # hydra.mode=MULTIRUN without -m: Hydra swept, but lipoframe checked the words as one run's
     # ('Ambiguous value for argument detector.threshold=3,4', exit code 2) and did not put the sweep in output=
+    # (one micrograph per job: the sweep, not the picking, is checked)
     out_dir = tmp_path / "sweep"
     code, _, err = run_cli("run", "detector=log", "detector.threshold=3,4", "hydra.mode=MULTIRUN",
-                           f"input={tiny_mrcs[0].parent}", f"output={out_dir}", *TINY_ARGS)
+                           f"input={tiny_mrcs[0]}", f"output={out_dir}", *TINY_ARGS)
     assert code == 0, err
     assert (out_dir / "multirun.yaml").is_file() and all((out_dir / j / "picks.csv").is_file() for j in ("0", "1"))
     # every job is checked before the first starts, as with -m
     code, _, err = run_cli("run", "detector=log", "detector.threshold=3,nope", "hydra.mode=MULTIRUN",
-                           f"input={tiny_mrcs[0].parent}", f"output={tmp_path / 'bad'}", *TINY_ARGS)
+                           f"input={tiny_mrcs[0]}", f"output={tmp_path / 'bad'}", *TINY_ARGS)
     assert code == 2 and err.count("\n") == 1 and "(job " in err and "detector.threshold=nope" in err, err
     assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").rglob("picks.csv"))
     # a preset that sets it
     presets = tmp_path / "presets" / "lab"
     presets.mkdir(parents=True)
     (presets / "multi.yaml").write_text("# @package _global_\nhydra:\n  mode: MULTIRUN\n  sweeper:\n    params:\n      dmin: 30,31\n")
-    code, _, err = run_cli("run", "-cd", tmp_path / "presets", "+lab=multi", f"input={tiny_mrcs[0].parent}",
+    code, _, err = run_cli("run", "-cd", tmp_path / "presets", "+lab=multi", f"input={tiny_mrcs[0]}",
                            f"output={tmp_path / 'preset'}", *TINY_ARGS[1:])
     assert code == 0, err
     assert (tmp_path / "preset" / "multirun.yaml").is_file() and (tmp_path / "preset" / "1" / "picks.csv").is_file()
