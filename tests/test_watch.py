@@ -334,21 +334,18 @@ def test_watch_without_a_terminal_logs_one_line_per_round(tmp_path):
     assert any(ln.startswith("micrographs  ok 2") for ln in lines)
 
 
-def test_watch_with_runner_progress_false_prints_only_the_summary(tmp_path):
+def test_watch_with_runner_progress_false_prints_only_the_summary(tmp_path, run_cli):
+    # in this process: its stderr is pytest's capture, not a terminal, as the test above's log file
     import re
-    import subprocess
-
-    from scale_data import env
 
     write_set(tmp_path / "in", 1)
     out = tmp_path / "out"
     (out).mkdir()
     (out / "STOP").touch()  # picks what is there and stops
-    cmd = watch_command(tmp_path / "in", out, "stream.poll_seconds=0.2", "runner.progress=false")
-    proc = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert not re.search(r"^lipoframe: \d\d:\d\d:\d\d ", proc.stderr, flags=re.M), proc.stderr  # no progress lines
-    assert "micrographs  ok 1" in proc.stdout
+    code, stdout, stderr = run_cli(*watch_command(tmp_path / "in", out, "stream.poll_seconds=0.2", "runner.progress=false")[3:])
+    assert code == 0, stderr
+    assert not re.search(r"^lipoframe: \d\d:\d\d:\d\d ", stderr, flags=re.M), stderr  # no progress lines
+    assert "micrographs  ok 1" in stdout
 
 
 def test_watch_stopped_by_sigterm_names_the_files_it_did_not_pick(tmp_path):
