@@ -1726,7 +1726,9 @@ def test_a_sweep_into_folders_of_the_users_interpolations_finds_its_jobs_by_numb
     lengths (job 1, 1_10.0, after job 2, 2_4.0) and labelled by them; a subdir of ``${hydra.job.override_dirname}`` with
     an input path in it nests each job's folder under input=/... : evaluate found no job there (no picks files)."""
     monkeypatch.chdir(tmp_path)
-    mics, truth = tiny_mrcs[0].parent, _truth_csv(tmp_path)
+    # one micrograph per job: the jobs' folders, not their picks, are what is checked
+    mics, truth = tiny_mrcs[0], tmp_path / "truth_mic_0.csv"
+    tiny_truth(0).assign(micrograph="mic_0").to_csv(truth, index=False)
     code, _, err = run_cli("run", "-m", "detector=log", "detector.threshold=3,10,4", f"input={mics}", *TINY_ARGS,
                            "hydra.sweep.dir=runs/${now:%Y-%m-%d}/${hydra.runtime.choices.detector}",
                            "hydra.sweep.subdir=${hydra.job.num}_${detector.threshold}")
@@ -1747,7 +1749,7 @@ def test_a_sweep_into_folders_of_the_users_interpolations_finds_its_jobs_by_numb
     code, _, err = run_cli("run", "-m", "detector=log", "detector.threshold=3,4", f"input={mics}", *TINY_ARGS,
                            f"hydra.sweep.dir={nested}", "hydra.sweep.subdir=${hydra.job.override_dirname}")
     assert code == 0, err
-    assert not any((p / ".hydra").is_dir() for p in nested.iterdir())  # each job is in input=/.../mics,...
+    assert not any((p / ".hydra").is_dir() for p in nested.iterdir())  # each job is in input=/.../mic_0.mrc,...
     code, out, err = run_cli("evaluate", f"picks={nested}", f"reference={truth}")
     assert code == 0, err
     assert [ln.split()[:2] for ln in out.splitlines()[2:4]] == [["0", "detector.threshold=3"], ["1", "detector.threshold=4"]], out
