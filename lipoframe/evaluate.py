@@ -40,6 +40,7 @@ import math
 import os
 import posixpath
 import re
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -2087,7 +2088,8 @@ def _main_sweep(args: EvaluateArgs) -> int:
         # each shard picked a part of the micrographs: scored alone, the others' particles are all misses
         print(f"lipoframe evaluate: {args.picks}: its jobs are the shards of one run (shard.count={_shard_counts(folders)[folders[0]]}), "
               "each with part of the micrographs, so they are not scored one by one; merge them and evaluate the merged "
-              f"run: lipoframe merge {args.picks} output=<merged> && lipoframe evaluate picks=<merged> reference={args.reference}",
+              f"run: lipoframe merge {shlex.quote(str(args.picks))} output=<merged> && lipoframe evaluate picks=<merged> "
+              f"{shlex.quote(f'reference={args.reference}')}",
               file=sys.stderr)
         return 2
     try:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -164,7 +165,7 @@ def plan_merge(shards: list[Shard]) -> tuple[list[tuple[Shard, str, str]], list[
         if len(sweeps) == 1 and (sweep := next(iter(sweeps)) / "multirun.yaml").is_file():
             # The jobs of one parameter sweep (nms.max_containment=0.3,0.5): what a user wants of them is a comparison.
             hint = (f"; the jobs of the sweep {sweep.parent} are compared, not merged: `lipoframe evaluate "
-                    f"picks={sweep.parent} reference=<reference picks>` scores each against the same reference")
+                    f"{shlex.quote(f'picks={sweep.parent}')} reference=<reference picks>` scores each against the same reference")
         raise MergeError(f"the runs were made with different per-micrograph settings (fingerprints {groups}); "
                          f"merge only shards of one run{hint}")
     # Shards of one input list (same inputs.json micrographs) must cover every shard index once, also

@@ -683,5 +683,6 @@ def _main(argv: list[str]) -> int:
     if args.report and _mtime_ns(report_path) not in (None, before):  # a failure is logged by write_report_safely
         print(f"report       {report_path.resolve()}")  # as `lipoframe report` prints it
     if not args.report and report_path.is_file() and _report_is_stale(report_path, plan):
-        print(f"report.html still shows the previous plan: `lipoframe plan {args.run_dir} ... --report` or `lipoframe report {args.run_dir}` refreshes it")
+        print(f"report.html still shows the previous plan: `lipoframe plan {shlex.quote(args.run_dir)} ... --report` or "
+              f"`lipoframe report {shlex.quote(args.run_dir)}` refreshes it")
     return 0 if not result.errors else 1

@@ -26,6 +26,7 @@ import json
 import logging
 import math
 import os
+import shlex
 import stat
 import sys
 import tempfile
@@ -1459,7 +1460,7 @@ def drop_earlier_report(out_dir: Path) -> None:
     if (Path(out_dir) / REPORT_NAME).is_file():
         drop_stale_report(out_dir)
         log.warning("removed the report.html of an earlier run into %s (it showed that run's picks); "
-                    "`lipoframe report %s` writes this run's", out_dir, out_dir)
+                    "`lipoframe report %s` writes this run's", out_dir, shlex.quote(str(out_dir)))
 
 
 def cmd_report(argv: list[str]) -> int:

@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import re
+import shlex
 import stat
 import sys
 import time
@@ -1693,7 +1694,7 @@ def tiff_rows_notes(metas: dict[str, MicrographMeta], cfg: LipoframeConfig, out_
         return []
     note = (f"{TIFF_ROWS} the {n} TIFF micrograph(s) (y -> ny-1-y), as RELION reads TIFF files; if the particles will be "
             "extracted from micrographs stored unflipped (e.g. the MRC originals of TIFFs written by topaz denoise), "
-            f"use flip_y=false (`lipoframe plan {out_dir} flip_y=false` re-exports without picking again)")
+            f"use flip_y=false (`lipoframe plan {shlex.quote(str(out_dir))} flip_y=false` re-exports without picking again)")
     if told is None or TIFF_ROWS not in told:
         log.info(note)
     if told is not None:
@@ -2651,7 +2652,7 @@ def placeholder_pixel_size_notes(metas: dict[str, MicrographMeta], cfg: Lipofram
                 "run again with pixel_size=<Å/px>")
     else:
         note = (said + "the picks (in pixels) do not depend on it, but diameter_A, the sizes in nm and the exports' "
-                f"pixel size do: if that is not your pixel size, `lipoframe plan {out_dir or '<output folder>'} pixel_size=<Å/px>` "
+                f"pixel size do: if that is not your pixel size, `lipoframe plan {shlex.quote(str(out_dir)) if out_dir else '<output folder>'} pixel_size=<Å/px>` "
                 "sets it without picking again")
     log.info(note)
     return [note]
@@ -2818,7 +2819,7 @@ def finalize_dataset(
             failed.append(f"writer {w.name} failed: {stage_failure_why(f'writer/{w.name}', exc)}"
                           + (f" (removed the {len(partial)} file(s) it had written)" if partial else "")
                           + f"; its files are missing, the other exports and the extraction plan are written: once that is "
-                          f"fixed, `lipoframe plan {out_dir}` writes them all without picking again")
+                          f"fixed, `lipoframe plan {shlex.quote(str(out_dir))}` writes them all without picking again")
             log.error("%s%s", failed[-1], "\n" + traceback.format_exc() if cfg.runner.verbose else "")
         except BaseException:
             # Ctrl-C or SIGTERM: no partial export either; the run is continued by running it again.
@@ -3130,7 +3131,7 @@ def drop_outputs_of_other_settings(out_dir: Path, cfg: LipoframeConfig) -> str |
     if not removed:
         return None
     shown = [f for f in ("picks.csv", "extraction_plan.json", REPORT_NAME) if f in extra or f in files]
-    report = "" if cfg.runner.report or REPORT_NAME not in extra else f" (`lipoframe report {out_dir}` writes this run's report.html)"
+    report = "" if cfg.runner.report or REPORT_NAME not in extra else f" (`lipoframe report {shlex.quote(str(out_dir))}` writes this run's report.html)"
     return (f"removed the dataset-level outputs of the earlier run into {out_dir}, made with other settings "
             f"({', '.join(shown) or 'its files'}: {len(removed)} file(s) in all), so that they are not taken for this run's; "
             f"this run writes its own once it has picked every micrograph{report}")
@@ -3543,11 +3544,11 @@ def record_report_interrupted(out_dir: Path, *, how_far: str = "") -> None:
     # The picks, exports and plan are complete unless the summary says otherwise (not for a report stopped before).
     complete = isinstance(summary, dict) and (bool(notes_beginning(notes, REPORT_INTERRUPTED)) or not summary.get("interrupted"))
     if not complete:
-        log.warning("%s; `lipoframe report %s` writes it", stopped, out_dir)
+        log.warning("%s; `lipoframe report %s` writes it", stopped, shlex.quote(str(out_dir)))
         return
     log.warning("%s; the picks, exports and extraction plan are complete: `lipoframe report %s` (or the same command again) "
-                "writes it", stopped, out_dir)
-    said = f"{stopped}: the picks, exports and extraction plan are complete; `lipoframe report {out_dir}` writes it"
+                "writes it", stopped, shlex.quote(str(out_dir)))
+    said = f"{stopped}: the picks, exports and extraction plan are complete; `lipoframe report {shlex.quote(str(out_dir))}` writes it"
     run_notes = summary.get(RUN_NOTES) if isinstance(summary.get(RUN_NOTES), list) else []
     if notes_beginning(notes, REPORT_INTERRUPTED):  # stopped so before (a plan of it carries the run's note, and its flag)
 
@@ -3588,12 +3589,19 @@ def picking_named_here(picking: dict, out_dir: Path) -> dict:
     except (OSError, RuntimeError):  # a symbolic link loop: not this folder
         pass
     # Not inside a longer path or name: "/data/run1" neither in "/data/run1/mics/a.mrc" nor in "/data/run1.bak".
-    whole = re.compile(r"(?<![^\s`'\"(])" + re.escape(recorded) + r"(?![^\s`'\"),;:])")
+    # Quoted for the shell in a command to paste ('/data/my run'): the copy's name is, too.
+    quoted = shlex.quote(recorded)
+    whole = re.compile(r"(?<![^\s`'\"(])(?:" + (f"(?P<quoted>{re.escape(quoted)})|" if quoted != recorded else "")
+                       + re.escape(recorded) + r")(?![^\s`'\"),;:])")
+
+    def here_as(m: re.Match) -> str:
+        in_command = m.groupdict().get("quoted") or re.search(r"`lipoframe [a-z]+ $", m.string[:m.start()])
+        return shlex.quote(str(here)) if in_command else str(here)
 
     def named_here(notes):
         if not isinstance(notes, list):
             return notes
-        return [whole.sub(lambda _: str(here), n) if isinstance(n, str) else n for n in notes]
+        return [whole.sub(here_as, n) if isinstance(n, str) else n for n in notes]
 
     return {**picking, "out_dir": str(here),
             **{key: named_here(picking[key]) for key in ("notes", RUN_NOTES, RUN_PIXEL_SIZE_NOTES) if key in picking}}
@@ -3732,7 +3740,7 @@ def finish_run(
             notes = notes + tiff_rows_notes(metas, cfg, out_dir, told=told)
     if stopped and picking:
         said = (f"{PLAN_INTERRUPTED}: its exports and extraction plan files are incomplete; "
-                f"run `{replan or f'lipoframe plan {out_dir}'}` again")
+                f"run `{replan or 'lipoframe plan ' + shlex.quote(str(out_dir))}` again")
         notes = notes + [said]
         log.warning(said)
     result = RunResult(out_dir, results, picks, plan, files, time.perf_counter() - t0, errors, notes, interrupted, workers,

@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shlex
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -405,7 +406,9 @@ def main(argv: list[str]) -> int:
             except (OSError, ValueError, KeyError, pd.errors.ParserError):
                 earlier = 0
             print(f"truth:   {out / 'truth.csv'}" + (f" (also holds the {earlier} other tomogram(s) written there before)" if earlier else ""))
-        print(f"next:    lipoframe run +experiment=tomo input={out} output=<run> dmin=150 dmax=500  &&  lipoframe evaluate picks=<run> reference={out / 'truth.csv'}")
+        truth = out / "truth.csv"
+        print(f"next:    lipoframe run +experiment=tomo {shlex.quote(f'input={out}')} output=<run> dmin=150 dmax=500  &&  lipoframe evaluate picks=<run> "
+              f"{shlex.quote(f'reference={truth}')}")
         return 0
     only = [o.strip() for o in args.only.split(",") if o.strip()]
     try:
@@ -432,5 +435,6 @@ def main(argv: list[str]) -> int:
         print(f"lipoframe simulate: note: {len(others)} other .mrc file(s) in {out} are not in its truth.csv "
               f"({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}); simulate into an empty folder "
               "or give the run the files of truth.csv", file=sys.stderr)
-    print(f"next:    lipoframe run input={out} output=<run>  &&  lipoframe evaluate picks=<run> reference={info.truth_csv}")
+    print(f"next:    lipoframe run {shlex.quote(f'input={out}')} output=<run>  &&  lipoframe evaluate picks=<run> "
+          f"{shlex.quote(f'reference={info.truth_csv}')}")
     return 0

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import string
 from dataclasses import dataclass
 from pathlib import Path
@@ -604,7 +605,7 @@ class CryosparcWriter(Writer):
                 "writer cryosparc: pixel size unknown for %d micrograph(s) (%s); location/micrograph_psize_A, "
                 "location/min_dist_A and lipoframe/diameter_A are 0 for their picks (`lipoframe plan %s "
                 "pixel_size=<Å/px>` sets it without picking again)",
-                len(unknown), _name_list(unknown), out_dir,
+                len(unknown), _name_list(unknown), shlex.quote(str(out_dir)),
             )
         written = self._write_set(view, metas, mic_names, psize_of, safe_child(out_dir, "cryosparc"))
         if self.params.per_bin:

@@ -1,0 +1,77 @@
+"""Small user-facing promises of the notes and listings: commands to paste, and stable orders.
+
+* A command a note, a console line or ``run_summary.json`` suggests
+  (```lipoframe plan FOLDER pixel_size=<Å/px>```, ``lipoframe report FOLDER``,
+  ``lipoframe simulate``'s ``next:`` line) gives a folder whose name has a
+  space back as one word when pasted into a POSIX shell (``shlex.split``);
+  a plain path is left as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from pathlib import Path
+
+from conftest import TINY_ARGS, tiny_image, write_mrc
+
+#: A command in backticks in a note: `lipoframe plan /data/run pixel_size=<Å/px>`.
+COMMAND = re.compile(r"`(lipoframe [^`]+)`")
+
+
+def commands_in(text: str) -> list[list[str]]:
+    """Every backticked ``lipoframe ...`` command of ``text``, split as a POSIX shell splits it."""
+    return [shlex.split(c) for c in COMMAND.findall(text)]
+
+
+def test_the_1_A_per_px_note_quotes_an_output_folder_with_a_space(tmp_path, run_cli):
+    mics = [write_mrc(tmp_path / "mics" / f"mic_{i}.mrc", tiny_image(seed=i)[0], pixel_size=1.0) for i in range(1)]
+    out = tmp_path / "my run"
+    code, stdout, _ = run_cli("run", f"input={mics[0].parent}", f"output={out}", *TINY_ARGS)
+    assert code == 0
+    notes = json.loads((out / "run_summary.json").read_text())["notes"]
+    said = [n for n in notes if "1 Å/px" in n]
+    assert said, notes
+    for text in (said[0], stdout):
+        plans = [c for c in commands_in(text) if c[:2] == ["lipoframe", "plan"]]
+        assert plans, text
+        assert plans[0][2] == str(out)
+        assert plans[0][3] == "pixel_size=<Å/px>"
+
+
+def test_a_plain_output_folder_is_left_unquoted_in_the_note():
+    from lipoframe.config import LipoframeConfig
+    from lipoframe.runner import MicrographMeta, placeholder_pixel_size_notes
+
+    metas = {"a": MicrographMeta(name="a", path=Path("/data/a.mrc"), shape=(64, 64), pixel_size=1.0)}
+    cfg = LipoframeConfig(units="px")
+    plain, spaced = (placeholder_pixel_size_notes(metas, cfg, out_dir=Path(p))[0] for p in ("/data/run1", "/data/run 1"))
+    assert "`lipoframe plan /data/run1 pixel_size=<Å/px>`" in plain
+    assert commands_in(spaced)[0][2] == "/data/run 1"
+
+
+def test_a_copied_run_names_the_copy_quoted_in_its_commands_and_plain_in_its_words(tmp_path):
+    from lipoframe.runner import RUN_NOTES, picking_named_here
+
+    plain, spaced = "/data/run1", "/data/old run"
+    picking = {"out_dir": plain, "notes": [f"picked in {plain}; `lipoframe report {plain}` writes it"],
+               RUN_NOTES: [f"`lipoframe plan {shlex.quote(spaced)} pixel_size=<Å/px>` sets it"]}
+    copy = tmp_path / "the copy"
+    named = picking_named_here(picking, copy)
+    assert named["notes"][0].startswith(f"picked in {copy};")
+    assert commands_in(named["notes"][0])[0] == ["lipoframe", "report", str(copy)]
+    # A folder recorded with a space, moved to one without.
+    named = picking_named_here({**picking, "out_dir": spaced}, tmp_path / "plain")
+    assert named[RUN_NOTES][0] == f"`lipoframe plan {tmp_path / 'plain'} pixel_size=<Å/px>` sets it"
+
+
+def test_simulate_next_line_quotes_a_folder_with_a_space(tmp_path, capsys):
+    from lipoframe.simulate import main
+
+    out = tmp_path / "my sim"
+    assert main([f"output={out}", "preset=mini", "only=empty"]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("next:"))
+    words = shlex.split(line.split(":", 1)[1].replace("<run>", "RUN"))
+    assert f"input={out}" in words
+    assert f"reference={out / 'truth.csv'}" in words
