@@ -157,9 +157,9 @@ def plan_merge(shards: list[Shard]) -> tuple[list[tuple[Shard, str, str]], list[
         Mixed fingerprints, missing or repeated shards, clashing names.
     """
     notes: list[str] = []
-    prints = {s.manifest["fingerprint"] for s in shards}
+    prints = list(dict.fromkeys(s.manifest["fingerprint"] for s in shards))  # in the order the runs were given
     if len(prints) > 1:
-        groups = "; ".join(f"{fp}: {', '.join(str(s.folder) for s in shards if s.manifest['fingerprint'] == fp)}" for fp in sorted(prints))
+        groups = "; ".join(f"{fp}: {', '.join(str(s.folder) for s in shards if s.manifest['fingerprint'] == fp)}" for fp in prints)
         hint = ""
         sweeps = {s.folder.parent for s in shards}
         if len(sweeps) == 1 and (sweep := next(iter(sweeps)) / "multirun.yaml").is_file():

@@ -5,6 +5,8 @@
   ``lipoframe simulate``'s ``next:`` line) gives a folder whose name has a
   space back as one word when pasted into a POSIX shell (``shlex.split``);
   a plain path is left as it is.
+* ``lipoframe merge`` of runs made with other settings lists their
+  fingerprint groups in the order the runs were given.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import re
 import shlex
 from pathlib import Path
 
+import pytest
 from conftest import TINY_ARGS, tiny_image, write_mrc
 
 #: A command in backticks in a note: `lipoframe plan /data/run pixel_size=<Å/px>`.
@@ -75,3 +78,30 @@ def test_simulate_next_line_quotes_a_folder_with_a_space(tmp_path, capsys):
     words = shlex.split(line.split(":", 1)[1].replace("<run>", "RUN"))
     assert f"input={out}" in words
     assert f"reference={out / 'truth.csv'}" in words
+
+
+def _shard(folder: str, fingerprint: str):
+    from lipoframe.merge import Shard
+
+    manifest = {"micrographs": [{"name": folder, "path": f"/data/{folder}.mrc"}], "shard": {"index": 0, "count": 1},
+                "fingerprint": fingerprint}
+    return Shard(Path(folder), manifest, [])
+
+
+def _fingerprint_groups(shards) -> list[str]:
+    from lipoframe.merge import MergeError, plan_merge
+
+    with pytest.raises(MergeError, match="different per-micrograph settings") as info:
+        plan_merge(shards)
+    groups = re.search(r"\(fingerprints (.*)\); merge only", str(info.value)).group(1)
+    return groups.split("; ")
+
+
+def test_merge_lists_the_fingerprint_groups_in_the_order_the_runs_were_given():
+    # They were listed by fingerprint (sorted hashes): the first run given could come last.
+    shards = [_shard("run_b", "ffff"), _shard("run_a", "0000"), _shard("run_c", "ffff")]
+    groups = _fingerprint_groups(shards)
+    assert groups == ["ffff: run_b, run_c", "0000: run_a"]
+    assert _fingerprint_groups(shards) == groups
+    assert _fingerprint_groups(shards[::-1]) == ["ffff: run_c, run_b", "0000: run_a"]
+    assert _fingerprint_groups(shards[1:]) == ["0000: run_a", "ffff: run_c"]
