@@ -300,11 +300,18 @@ def override_notes(cfg: LipoframeConfig, overrides: list[str]) -> list[str]:
     nms = cfg.nms
     if "nms.beta" in given and isinstance(nms, SizeAwareParams) and nms.max_containment < 1:
         reach = containment_distance(nms.max_containment)
-        if nms.beta < reach:
-            notes.append(
-                f"nms.beta={nms.beta:g} changes nothing while nms.max_containment={nms.max_containment:g}: circles whose "
-                f"centres are closer than {reach:.2f} radii overlap by more than {nms.max_containment:g} of the smaller "
-                "and are suppressed anyway (tune nms.max_containment, or set it to 1 for the plain beta rule)")
+        beta, default, within = nms.beta, SizeAwareParams.beta, f"nms.max_containment={nms.max_containment:g}"
+        why = (f"circles whose centres are closer than {reach:.2f} radii overlap by more than {nms.max_containment:g} "
+               "of the smaller and are suppressed anyway (tune nms.max_containment, or set it to 1 for the plain beta rule)")
+        if beta < reach and beta == default:  # in a sweep (nms.beta=0.6,0.8), the job that is not a change at all
+            notes.append(f"nms.beta={beta:g} is the default; while {within}, any nms.beta below {reach:.2f} gives the "
+                         f"same picks as it: {why}")
+        elif beta < reach and default < reach:
+            notes.append(f"nms.beta={beta:g} changes nothing while {within}: any nms.beta below {reach:.2f} gives the "
+                         f"picks of the default {default:g}, as {why}")
+        elif beta < reach:  # the default suppresses by beta beyond the containment test: not the same picks
+            notes.append(f"nms.beta={beta:g} gives the same picks as any nms.beta below {reach:.2f} while {within} "
+                         f"(the default {default:g} also suppresses centres {reach:.2f} to {default:g} radii apart): {why}")
     return notes
 
 

@@ -7,6 +7,8 @@
   a plain path is left as it is.
 * ``lipoframe merge`` of runs made with other settings lists their
   fingerprint groups in the order the runs were given.
+* A sweep's start-up note on ``nms.beta`` calls the default the default,
+  and says a beta "changes nothing" only when it gives the default's picks.
 """
 
 from __future__ import annotations
@@ -105,3 +107,29 @@ def test_merge_lists_the_fingerprint_groups_in_the_order_the_runs_were_given():
     assert _fingerprint_groups(shards) == groups
     assert _fingerprint_groups(shards[::-1]) == ["ffff: run_c, run_b", "0000: run_a"]
     assert _fingerprint_groups(shards[1:]) == ["0000: run_a", "ffff: run_c"]
+
+
+def _sweep_notes(*overrides: str) -> list[str]:
+    """The notes a sweep prints before its jobs start, job by job (as ``lipoframe run -m`` gathers them)."""
+    from lipoframe.app import override_notes, sweep_jobs, validate_overrides
+
+    return [n for job in sweep_jobs(list(overrides)) for n in override_notes(validate_overrides(job), job)]
+
+
+def test_a_beta_sweep_calls_the_default_the_default_and_not_a_change():
+    # `lipoframe run -m nms.beta=0.6,0.8` said "nms.beta=0.8 changes nothing", of the value every run has.
+    changed, default = _sweep_notes("nms.beta=0.6,0.8")
+    assert changed.startswith("nms.beta=0.6 changes nothing while nms.max_containment=0.4: ")
+    assert "gives the picks of the default 0.8" in changed
+    assert default.startswith("nms.beta=0.8 is the default; while nms.max_containment=0.4, any nms.beta below 0.98 "
+                              "gives the same picks as it")
+    assert "changes nothing" not in default
+
+
+def test_a_beta_below_the_containment_reach_is_not_said_to_give_the_defaults_picks():
+    # With nms.max_containment=0.9 the containment test reaches 0.16 radii only: the default 0.8 suppresses more,
+    # so a beta of 0.1 "changed nothing" only against another beta below 0.16.
+    (note,) = _sweep_notes("nms.beta=0.1", "nms.max_containment=0.9")
+    assert "changes nothing" not in note
+    assert note.startswith("nms.beta=0.1 gives the same picks as any nms.beta below 0.16 while nms.max_containment=0.9 "
+                           "(the default 0.8 also suppresses centres 0.16 to 0.8 radii apart)")
