@@ -405,6 +405,57 @@ def check_pixel_size(saved: dict, user: list[str]) -> float | None:
     return value
 
 
+def _picking_plugin(choices: dict, registry) -> str:
+    """Why the run's chosen reader, detector, NMS or refiner may have used the pixel size (a plugin's); ``""`` if none is.
+
+    The plan's own config holds the run's filters but not these stages (they
+    are no dataset-level option), so they are found by the names it recorded.
+    """
+    for kind in ("reader", "detector", "nms", "refiner"):
+        name = choices.get(kind)
+        if not isinstance(name, str):
+            continue
+        if (kind, name) not in registry:
+            return f"the {kind} {name!r} is no stage of lipoframe's (nor of a plugin installed now), which may use it"
+        if registry.get(kind, name).distribution:
+            return f"the {kind} {name!r} is a plugin's, which may use it"
+    return ""
+
+
+def check_picks_ignore_pixel_size(run_dir: Path, names: list[str], cfg, stages, pixel_size: float, *,
+                                  choices: dict, registry) -> None:
+    """Refuse a new ``pixel_size`` for a run whose picking stages may use it, as :func:`check_pixel_size` refuses lengths in Å.
+
+    A plugin's reader or picking stage is given the pixel size and may use
+    it (:func:`~lipoframe.runner.pixel_size_dependence`; the run's stages by
+    the names in ``choices``): a run resumed at ``pixel_size`` would pick
+    such micrographs again, so a plan of the saved picks at it is not what a
+    run at it gives. Micrographs saved at ``pixel_size`` already are not
+    changed by it.
+
+    Raises
+    ------
+    PlanError
+        Naming the stage and the command that picks again.
+    """
+    from lipoframe.runner import pixel_size_dependence, read_infos
+
+    chosen = _picking_plugin(choices, registry)
+    for name, info in read_infos(run_dir, names).items():
+        meta = info.get("meta") if isinstance(info, dict) else None
+        meta = meta if isinstance(meta, dict) else {}
+        if meta.get("pixel_size") == pixel_size:
+            continue
+        why = chosen or pixel_size_dependence(cfg, stages, str(meta.get("path") or name))
+        if why:
+            raise PlanError(
+                f"cannot change pixel_size here: {why} (the pixel size), so the run's picks may depend on it and a run at "
+                f"pixel_size={pixel_size:g} would pick them again; pick again with `lipoframe run ... pixel_size={pixel_size:g}` "
+                "(a plan takes a new pixel_size only for a run whose picks cannot depend on it: units=px and lipoframe's "
+                "own reader and picking stages)"
+            )
+
+
 def compose(overrides: list[str]):
     """Compose and validate lipoframe's config from ``overrides``.
 
@@ -545,6 +596,8 @@ def replan(run_dir: str | Path, overrides: list[str] = (), *, report: bool = Fal
     composed, cfg = compose(combine_overrides(run_settings, user, shared_binning=shared_binning_params(run_settings, user, registry)))
     names, results = run_micrographs(run_dir)
     stages = build_stages(cfg, registry)
+    if pixel_size is not None:
+        check_picks_ignore_pixel_size(run_dir, names, cfg, stages, pixel_size, choices=choices, registry=registry)
     try:
         picking = json.loads((run_dir / "run_summary.json").read_text())
     except (OSError, ValueError):

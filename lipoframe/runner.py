@@ -2621,7 +2621,7 @@ def pixel_size_notes(metas: dict[str, MicrographMeta]) -> list[str]:
 
 
 def placeholder_pixel_size_notes(metas: dict[str, MicrographMeta], cfg: LipoframeConfig, *,
-                                  out_dir: Path | None = None) -> list[str]:
+                                  out_dir: Path | None = None, stages: StageSet | None = None) -> list[str]:
     """A note when headers give exactly 1 Å/px and no ``pixel_size`` was given.
 
     1.0 is what many programs write when they do not know the pixel size
@@ -2634,7 +2634,9 @@ def placeholder_pixel_size_notes(metas: dict[str, MicrographMeta], cfg: Lipofram
     ``out_dir``, the run folder, is named in that command so that it can be
     pasted (``<output folder>`` without it); ``lipoframe plan`` and
     ``lipoframe report`` of the folder copied or moved name the copy
-    (:func:`picking_named_here`).
+    (:func:`picking_named_here`). With the run's ``stages``, a plugin's
+    reader or picking stage (:func:`pixel_size_dependence`), which a plan's
+    ``pixel_size=`` refuses too, gets "run again" instead.
     """
     if cfg.pixel_size is not None:
         return []
@@ -2650,6 +2652,8 @@ def placeholder_pixel_size_notes(metas: dict[str, MicrographMeta], cfg: Lipofram
     elif in_angstrom:  # a stage's length in Å: `lipoframe plan pixel_size=` refuses such a run
         note = (said + f"{', '.join(in_angstrom)} converted a length in Å with it: if that is not your pixel size, "
                 "run again with pixel_size=<Å/px>")
+    elif stages is not None and (why := pixel_size_dependence(cfg, stages, metas[ones[0]].path)):  # refused as well
+        note = said + f"{why}: if that is not your pixel size, run again with pixel_size=<Å/px>"
     else:
         note = (said + "the picks (in pixels) do not depend on it, but diameter_A, the sizes in nm and the exports' "
                 f"pixel size do: if that is not your pixel size, `lipoframe plan {shlex.quote(str(out_dir)) if out_dir else '<output folder>'} pixel_size=<Å/px>` "
@@ -3728,7 +3732,7 @@ def finish_run(
             # (an earlier run's would stay and say the outputs are complete).
             stopped = interrupted = True
         if not stopped and kept is None:
-            on_pixel = placeholder_pixel_size_notes(metas, cfg, out_dir=out_dir) + pixel_size_notes(metas)
+            on_pixel = placeholder_pixel_size_notes(metas, cfg, out_dir=out_dir, stages=stages) + pixel_size_notes(metas)
             notes = notes + on_pixel + range_notes_for(picks, metas, cfg) + replaced_pixels_notes(infos)
             on_pixel_size += on_pixel
         elif not stopped:

@@ -9,6 +9,8 @@
   fingerprint groups in the order the runs were given.
 * A sweep's start-up note on ``nms.beta`` calls the default the default,
   and says a beta "changes nothing" only when it gives the default's picks.
+* ``lipoframe plan RUN pixel_size=X`` refuses a run whose picking stages
+  are a plugin's, as it refuses one that picked with lengths in Å.
 """
 
 from __future__ import annotations
@@ -133,3 +135,35 @@ def test_a_beta_below_the_containment_reach_is_not_said_to_give_the_defaults_pic
     assert "changes nothing" not in note
     assert note.startswith("nms.beta=0.1 gives the same picks as any nms.beta below 0.16 while nms.max_containment=0.9 "
                            "(the default 0.8 also suppresses centres 0.16 to 0.8 radii apart)")
+
+
+def test_plan_refuses_a_new_pixel_size_for_a_run_picked_by_a_plugins_detector(tmp_path, run_cli, fake_plugin):
+    # `lipoframe plan RUN pixel_size=2` of such a run wrote a plan at 2 Å/px of picks that a run at 2 Å/px (resumed)
+    # would pick again, and the run's 1 Å/px note sent the user there ("sets it without picking again").
+    mic = write_mrc(tmp_path / "mics" / "mic_0.mrc", tiny_image(seed=0)[0], pixel_size=1.0)
+    out = tmp_path / "run"
+    assert run_cli("run", f"input={mic.parent}", f"output={out}", f"detector={fake_plugin}", *TINY_ARGS)[0] == 0
+    (note,) = [n for n in json.loads((out / "run_summary.json").read_text())["notes"] if "1 Å/px" in n]
+    assert f"the detector '{fake_plugin}' is a plugin's, which may use it" in note
+    assert "lipoframe plan" not in note and "run again with pixel_size=<Å/px>" in note
+    plan = (out / "extraction_plan.json").read_bytes()
+    code, _, err = run_cli("plan", out, "pixel_size=2")
+    assert code == 2
+    assert f"cannot change pixel_size here: the detector '{fake_plugin}' is a plugin's" in err
+    assert "`lipoframe run ... pixel_size=2`" in err
+    assert (out / "extraction_plan.json").read_bytes() == plan
+    # The pixel size it picked at is no change (the stages are not even looked at).
+    from lipoframe import plugins
+    from lipoframe.plancmd import check_picks_ignore_pixel_size
+
+    registry = plugins.load()[1]
+    check_picks_ignore_pixel_size(out, ["mic_0"], None, None, 1.0, choices={"detector": fake_plugin}, registry=registry)
+
+
+def test_a_picking_stage_no_plugin_provides_now_counts_as_a_plugins():
+    from lipoframe import plugins
+    from lipoframe.plancmd import _picking_plugin
+
+    registry = plugins.load()[1]
+    assert _picking_plugin({"detector": "edge", "nms": "size_aware", "reader": "auto"}, registry) == ""
+    assert _picking_plugin({"detector": "gone"}, registry).startswith("the detector 'gone' is no stage of lipoframe's")
