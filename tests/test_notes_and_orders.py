@@ -33,9 +33,10 @@ def commands_in(text: str) -> list[list[str]]:
 
 
 def test_the_1_A_per_px_note_quotes_an_output_folder_with_a_space(tmp_path, run_cli):
-    mics = [write_mrc(tmp_path / "mics" / f"mic_{i}.mrc", tiny_image(seed=i)[0], pixel_size=1.0) for i in range(1)]
+    # The note said `lipoframe plan /tmp/.../my run pixel_size=<Å/px>`: pasted, "run" was another word.
+    mic = write_mrc(tmp_path / "mics" / "mic_0.mrc", tiny_image(seed=0)[0], pixel_size=1.0)
     out = tmp_path / "my run"
-    code, stdout, _ = run_cli("run", f"input={mics[0].parent}", f"output={out}", *TINY_ARGS)
+    code, stdout, _ = run_cli("run", f"input={mic.parent}", f"output={out}", *TINY_ARGS)
     assert code == 0
     notes = json.loads((out / "run_summary.json").read_text())["notes"]
     said = [n for n in notes if "1 Å/px" in n]
