@@ -93,10 +93,14 @@ def make_plugin_manager(*, load_entrypoints: bool = True) -> tuple[pluggy.Plugin
         only = None if wanted is None else {_normalise(w) for w in wanted.split(",") if w.strip()}
         blocked = {b.strip() for b in os.environ.get("LIPOFRAME_BLOCK_PLUGINS", "").split(",") if b.strip()}
         seen: set[tuple[str, str]] = set()
-        for dist in md.distributions():
+        # LIPOFRAME_LOAD_PLUGINS= (empty) loads none: the installed distributions are not looked at.
+        for dist in md.distributions() if only != set() else ():
+            ours = [ep for ep in dist.entry_points if ep.group == ENTRY_POINT_GROUP]
+            if not ours:
+                continue  # its metadata (the slow part: a parse of each METADATA file) is not read
             dname = dist.metadata["Name"] or "?"
-            for ep in dist.entry_points:
-                if ep.group != ENTRY_POINT_GROUP or (dname, ep.name) in seen:
+            for ep in ours:
+                if (dname, ep.name) in seen:
                     continue
                 seen.add((dname, ep.name))
                 if only is not None and _normalise(dname) not in only:

@@ -14,6 +14,7 @@ import enum
 import re
 import types
 import typing
+import weakref
 from dataclasses import dataclass
 
 from lipoframe.stages import BASES, KINDS, MULTI_KINDS, NoParams, Stage
@@ -177,12 +178,20 @@ class StageRegistry:
         ``detector=log`` then selects ``LogParams``; writers and filters are
         stored under ``writer.<name>`` so several can be selected at once.
         """
-        if cs is None:
-            from hydra.core.config_store import ConfigStore
+        from hydra.core.config_store import ConfigNode, ConfigStore
+        from omegaconf import OmegaConf
 
+        if cs is None:
             cs = ConfigStore.instance()
         for info in self._stages.values():
             package = f"{info.kind}.{info.name}" if info.kind in MULTI_KINDS else info.kind
+            group = cs.repo.get(info.kind)
+            stored = group.get(f"{info.name}.yaml") if isinstance(group, dict) else None
+            if (isinstance(stored, ConfigNode) and stored.package == package and stored.provider == info.provider
+                    and OmegaConf.get_type(stored.node) is info.cls.Params):
+                # Stored already (each command stores them, some twice): the same class gives the same node,
+                # which Hydra copies before using it. Storing it again is most of the time of this call.
+                continue
             cs.store(group=info.kind, name=info.name, node=info.cls.Params, package=package, provider=info.provider)
 
 
@@ -210,6 +219,8 @@ def params_problem(params_cls: type, *, section: str) -> str:
     for f in dataclasses.fields(params_cls):
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
             return f"{section}.{f.name} has no default; every parameter needs one (the stage is built with Params() when it is not configured)"
+    if params_cls in _STRUCTURED:
+        return ""
     try:
         OmegaConf.structured(params_cls)
     except Exception as exc:  # noqa: BLE001 - OmegaConf raises several types; all become one sentence
@@ -218,7 +229,14 @@ def params_problem(params_cls: type, *, section: str) -> str:
         where = f"{section}.{key}" if key else section
         return (f"{where}: {first}; a parameter must be an int, float, bool, str or Enum, "
                 "a list or dict of them, or Optional of one of these")
+    _STRUCTURED.add(params_cls)
     return ""
+
+
+#: The Params classes OmegaConf made a config of in this process: a class's fields do not change, and
+#: the conversion is most of the time of building a registry, which every command does (in-process callers,
+#: such as the tests, many times). Weak: a plugin's module imported again gives new classes.
+_STRUCTURED: weakref.WeakSet[type] = weakref.WeakSet()
 
 
 def type_name(tp: object) -> str:
