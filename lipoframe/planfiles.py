@@ -33,7 +33,7 @@ from lipoframe import schema
 from lipoframe.algorithms.binning import histogram_edges, smooth_histogram
 from lipoframe.io.atomic import atomic_path, resolve_all, safe_child, write_text
 from lipoframe.plan import OUTLIER_REASON, ExtractionPlan, _json_default, format_range
-from lipoframe.plots import bin_color
+from lipoframe.plots import bin_color, memo_png
 
 log = logging.getLogger("lipoframe")
 
@@ -120,8 +120,8 @@ def plot_size_histogram(plan: ExtractionPlan, picks: pd.DataFrame, ax=None, *, t
     Parameters
     ----------
     plan : ExtractionPlan
-    picks : DataFrame
-        The binned table (``diameter_px``, ``accepted``, ``size_bin``).
+    picks : DataFrame or None
+        The binned table (``diameter_px``, ``accepted``, ``size_bin``); not read when ``table`` is given.
     ax : matplotlib Axes, optional
         Draw here; default: a new Agg figure.
     table : DataFrame, optional
@@ -385,6 +385,16 @@ def plan_markdown(plan: ExtractionPlan, files: dict[int, list[str]], *, n_outlie
     return "\n".join(lines)
 
 
+@memo_png
+def size_histogram_png(plan: ExtractionPlan, table: pd.DataFrame) -> bytes:
+    """``size_histogram.png``: :func:`plot_size_histogram` of ``plan`` and its :func:`size_histogram_table`, as PNG bytes."""
+    import io
+
+    buf = io.BytesIO()
+    plot_size_histogram(plan, None, table=table).savefig(buf, format="png")
+    return buf.getvalue()
+
+
 # ---------------------------------------------------------------------------
 # Entry point
 # ---------------------------------------------------------------------------
@@ -426,9 +436,8 @@ def write_plan_files(plan: ExtractionPlan, picks: pd.DataFrame, out_dir: Path, *
     paths.append(sizes)
 
     png = safe_child(out_dir, "size_histogram.png")
-    fig = plot_size_histogram(plan, picks, table=table)
     with atomic_path(png) as tmp:
-        fig.savefig(tmp, format="png")
+        Path(tmp).write_bytes(size_histogram_png(plan, table))
     paths.append(png)
 
     written = resolve_all(written)

@@ -17,8 +17,13 @@ averaged), so circles need no conversion and sit where the picks are.
 
 from __future__ import annotations
 
+import collections
+import functools
+import hashlib
 import io
 import math
+import pickle
+import threading
 from typing import Sequence
 
 import numpy as np
@@ -636,6 +641,48 @@ def _plot_figure(width_in: float = 7.0, height_in: float = 3.8):
     return fig, fig.add_subplot(1, 1, 1)
 
 
+#: PNG bytes of the plots drawn in this process, by a digest of what they were drawn from (the function, its
+#: arguments, matplotlib's version and rcParams), newest last: the same picks give the same plot (a report drawn
+#: again, a plan that changes only the bins, another run of the same micrographs), and drawing one takes
+#: about a quarter of a second. The last :data:`MEMO_SIZE` are kept.
+_PNG_MEMO: collections.OrderedDict[str, bytes] = collections.OrderedDict()
+_PNG_MEMO_LOCK = threading.Lock()
+MEMO_SIZE = 32
+
+
+def memo_png(func):
+    """Decorator: ``func`` (a pure function returning PNG bytes) draws only what it has not drawn in this process.
+
+    The arguments are compared by their pickled bytes, so equal arrays, tables
+    and plans give the PNG drawn before; arguments that cannot be pickled are
+    drawn every time.
+    """
+
+    @functools.wraps(func)
+    def memo(*args, **kwargs):
+        import matplotlib
+
+        try:
+            blob = pickle.dumps((func.__module__, func.__qualname__, args, sorted(kwargs.items()),
+                                 matplotlib.__version__, sorted(dict.items(matplotlib.rcParams))), protocol=5)
+        except Exception:  # noqa: BLE001 - an argument pickle cannot hold: no memo
+            return func(*args, **kwargs)
+        key = hashlib.sha256(blob).hexdigest()
+        with _PNG_MEMO_LOCK:
+            png = _PNG_MEMO.get(key)
+            if png is not None:
+                _PNG_MEMO.move_to_end(key)
+                return png
+        png = func(*args, **kwargs)  # drawn outside the lock: another thread may draw another plot meanwhile
+        with _PNG_MEMO_LOCK:
+            _PNG_MEMO[key] = png
+            while len(_PNG_MEMO) > MEMO_SIZE:
+                _PNG_MEMO.popitem(last=False)
+        return png
+
+    return memo
+
+
 def _png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
@@ -665,6 +712,7 @@ def _shade_bins(ax, bins, *, label_y: float | None = None) -> None:
                     bbox=dict(facecolor="white", alpha=0.8, edgecolor=bin_color(b.index), pad=2))
 
 
+@memo_png
 def size_histogram(diameter_px: np.ndarray, accepted: np.ndarray, *, plan=None, pixel_size: float | None = None) -> bytes:
     """Histogram of pick diameters, accepted vs rejected, with the size bins and their box sizes.
 
@@ -697,6 +745,7 @@ def size_histogram(diameter_px: np.ndarray, accepted: np.ndarray, *, plan=None, 
     return _png(fig)
 
 
+@memo_png
 def picks_per_micrograph(names: Sequence[str], accepted: np.ndarray, rejected: np.ndarray, *, max_bars: int = 60) -> bytes:
     """Accepted (and rejected) picks of each micrograph: bars for few micrographs, a histogram for many."""
     acc = np.asarray(accepted, dtype=int)
@@ -725,6 +774,7 @@ def picks_per_micrograph(names: Sequence[str], accepted: np.ndarray, rejected: n
     return _png(fig)
 
 
+@memo_png
 def score_distribution(score: np.ndarray, accepted: np.ndarray, *, thresholds: Sequence[tuple[str, float]] = ()) -> bytes:
     """Histogram of pick scores, accepted vs rejected, with score thresholds marked."""
     s = np.asarray(score, dtype=float)
@@ -750,6 +800,7 @@ def score_distribution(score: np.ndarray, accepted: np.ndarray, *, thresholds: S
     return _png(fig)
 
 
+@memo_png
 def diameter_vs_score(
     diameter_px: np.ndarray,
     score: np.ndarray,

@@ -140,3 +140,96 @@ def test_a_stage_of_another_provider_or_class_is_stored_again():
     registry_with(2.0, "lipoframe-probe 2.0 (probe)").store_configs()
     assert cs.repo["detector"]["overhead_probe.yaml"].provider == "lipoframe-probe 2.0 (probe)"
 
+
+
+# ---------------------------------------------------------------------------
+# Plots drawn again from the same data
+# ---------------------------------------------------------------------------
+def _count_savefig(monkeypatch) -> list:
+    from matplotlib.figure import Figure
+
+    calls = []
+    real = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    return calls
+
+
+def _two_bins():
+    import numpy as np
+    import pandas as pd
+
+    from lipoframe import schema
+    from lipoframe.builtin.binning import PeakValleyBinner, PeakValleyParams
+    from lipoframe.records import PickContext
+
+    rng = np.random.default_rng(0)
+    d = np.r_[rng.normal(150, 8, 300), rng.normal(250, 8, 100)]
+    picks = pd.DataFrame({schema.MICROGRAPH: "m", schema.X: 0.0, schema.Y: 0.0, schema.DIAMETER: d,
+                          schema.ACCEPTED: True, schema.REASON: ""})
+    ctx = PickContext(dmin_px=100, dmax_px=600, polarity="dark", pixel_size=1.1, seed=0)
+    return PeakValleyBinner(PeakValleyParams()).assign(picks, {}, ctx)
+
+
+def test_a_plot_of_the_same_data_is_drawn_once_per_process(monkeypatch):
+    import numpy as np
+
+    from lipoframe import plots
+
+    monkeypatch.setattr(plots, "_PNG_MEMO", type(plots._PNG_MEMO)())
+    calls = _count_savefig(monkeypatch)
+    score = np.array([5.0, 9, 12, 2])
+    accepted = np.array([True, True, False, False])
+    first = plots.score_distribution(score, accepted, thresholds=[("detector.threshold", 6.0)])
+    # equal arrays, not the same objects: a report drawn again reads the tables again
+    again = plots.score_distribution(score.copy(), accepted.copy(), thresholds=[("detector.threshold", 6.0)])
+    assert again == first and first.startswith(b"\x89PNG")
+    assert len(calls) == 1
+
+
+def test_a_plot_of_other_data_or_other_matplotlib_settings_is_drawn_again(monkeypatch):
+    import matplotlib
+    import numpy as np
+
+    from lipoframe import plots
+
+    monkeypatch.setattr(plots, "_PNG_MEMO", type(plots._PNG_MEMO)())
+    calls = _count_savefig(monkeypatch)
+    score = np.array([5.0, 9, 12, 2])
+    accepted = np.array([True, True, False, False])
+    first = plots.score_distribution(score, accepted)
+    other = plots.score_distribution(score + 1, accepted)
+    assert other != first and len(calls) == 2
+    with matplotlib.rc_context({"axes.facecolor": "#DDDDDD"}):
+        grey = plots.score_distribution(score, accepted)
+    assert grey != first and len(calls) == 3
+    assert plots.score_distribution(score, accepted) == first and len(calls) == 3
+
+
+def test_only_the_last_plots_are_kept(monkeypatch):
+    import numpy as np
+
+    from lipoframe import plots
+
+    monkeypatch.setattr(plots, "_PNG_MEMO", type(plots._PNG_MEMO)())
+    monkeypatch.setattr(plots, "MEMO_SIZE", 2)
+    calls = _count_savefig(monkeypatch)
+    accepted = np.array([True, False])
+    for shift in (0.0, 1.0, 2.0, 0.0):
+        plots.score_distribution(np.array([1.0, 2.0]) + shift, accepted)
+    assert len(calls) == 4 and len(plots._PNG_MEMO) == 2
+
+
+def test_the_plan_files_histogram_is_the_figure_drawn_and_is_drawn_once_for_the_same_plan(tmp_path, monkeypatch):
+    from lipoframe import plots
+    from lipoframe.planfiles import plot_size_histogram, write_plan_files
+
+    monkeypatch.setattr(plots, "_PNG_MEMO", type(plots._PNG_MEMO)())
+    res = _two_bins()
+    expected = tmp_path / "expected.png"
+    plot_size_histogram(res.plan, res.picks).savefig(expected, format="png")  # as write_plan_files saved it before
+    calls = _count_savefig(monkeypatch)
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        write_plan_files(res.plan, res.picks.copy(), tmp_path / folder)
+        assert (tmp_path / folder / "size_histogram.png").read_bytes() == expected.read_bytes()
+    assert len(calls) == 1
