@@ -399,10 +399,14 @@ def check_pixel_size(saved: dict, user: list[str]) -> float | None:
         raise PlanError(
             f"cannot change pixel_size here: the run picked with lengths in Å, {', '.join(in_angstrom)}, converted to "
             f"pixels at {picked_at}, so its picks depend on it; "
-            f"pick again with `lipoframe run ... pixel_size={value:g}` (a plan takes a new pixel_size only for a run "
-            "picked in pixels, units=px)"
+            f"pick again with `lipoframe run ... pixel_size={value:g}` ({PIXEL_SIZE_PLAN_RULE})"
         )
     return value
+
+
+#: When ``lipoframe plan RUN pixel_size=`` takes a new pixel size, as both of its refusals say.
+PIXEL_SIZE_PLAN_RULE = ("a plan takes a new pixel_size only for a run whose picks cannot depend on it: units=px, "
+                        "no stage option in Å and lipoframe's own reader and picking stages")
 
 
 def _picking_plugin(choices: dict, registry) -> str:
@@ -451,8 +455,7 @@ def check_picks_ignore_pixel_size(run_dir: Path, names: list[str], cfg, stages, 
             raise PlanError(
                 f"cannot change pixel_size here: {why} (the pixel size), so the run's picks may depend on it and a run at "
                 f"pixel_size={pixel_size:g} would pick them again; pick again with `lipoframe run ... pixel_size={pixel_size:g}` "
-                "(a plan takes a new pixel_size only for a run whose picks cannot depend on it: units=px and lipoframe's "
-                "own reader and picking stages)"
+                f"({PIXEL_SIZE_PLAN_RULE})"
             )
 
 

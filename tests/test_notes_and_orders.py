@@ -23,6 +23,8 @@ from pathlib import Path
 import pytest
 from conftest import TINY_ARGS, tiny_image, write_mrc
 
+from lipoframe.plancmd import PIXEL_SIZE_PLAN_RULE
+
 #: A command in backticks in a note: `lipoframe plan /data/run pixel_size=<Å/px>`.
 COMMAND = re.compile(r"`(lipoframe [^`]+)`")
 
@@ -151,7 +153,7 @@ def test_plan_refuses_a_new_pixel_size_for_a_run_picked_by_a_plugins_detector(tm
     code, _, err = run_cli("plan", out, "pixel_size=2")
     assert code == 2
     assert f"cannot change pixel_size here: the detector '{fake_plugin}' is a plugin's" in err
-    assert "`lipoframe run ... pixel_size=2`" in err
+    assert "`lipoframe run ... pixel_size=2`" in err and PIXEL_SIZE_PLAN_RULE in err
     assert (out / "extraction_plan.json").read_bytes() == plan
     # The pixel size it picked at is no change (the stages are not even looked at).
     from lipoframe import plugins

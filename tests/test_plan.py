@@ -31,6 +31,7 @@ from lipoframe.builtin.binning import (
 )
 from lipoframe.plan import COSINE_EDGE_WIDTH_PX, ExtractionPlan, SizeBin, format_range, is_fft_friendly, round_up_box
 from lipoframe.planfiles import plan_markdown, size_histogram_table, write_plan_files
+from lipoframe.plancmd import PIXEL_SIZE_PLAN_RULE
 from lipoframe.records import MicrographMeta, PickContext
 
 from conftest import TINY_ARGS  # noqa: E402
@@ -620,6 +621,7 @@ def test_plan_refuses_a_pixel_size_the_runs_picks_depend_on(tmp_path, run_cli, s
     before = (run / "config.yaml").read_text()
     code, _, err = run_cli("plan", run, "pixel_size=2")
     assert code == 2 and named in err and "pick again with `lipoframe run ... pixel_size=2`" in err, err
+    assert PIXEL_SIZE_PLAN_RULE in err  # the same rule as the refusal for a plugin's stage says
     assert not (run / "extraction_plan.json").exists() and (run / "config.yaml").read_text() == before
     code, out, err = run_cli("plan", run, "pixel_size=1.1", "--json")  # the one it picked at
     assert code == 0, err
