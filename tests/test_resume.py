@@ -59,10 +59,10 @@ def gated_run(tmp_path, make_plugin, *, workers: int) -> tuple[list[str], Path, 
     return cmd, late, out
 
 
-def test_killed_run_resumes_without_losing_finished_work(tmp_path, make_plugin):
+def test_killed_run_resumes_without_losing_finished_work(tmp_path, make_plugin, run_cli):
     """The third input is read only when the test lets it (the ``gate``
     reader), so the run waits there after two micrographs are done; it is
-    killed with SIGKILL, then resumed."""
+    killed with SIGKILL, then resumed (in this process: the kill is what needs one of its own)."""
     cmd, late, out = gated_run(tmp_path, make_plugin, workers=1)
     proc = subprocess.Popen(cmd, env=env_with_plugins(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     done_markers = [out / "micrographs" / f"mic_00{i}.json" for i in range(2)]
@@ -71,17 +71,17 @@ def test_killed_run_resumes_without_losing_finished_work(tmp_path, make_plugin):
     assert not (out / "run_summary.json").exists()  # it really died mid-way
 
     late.with_suffix(".go").touch()
-    # the same command again (subprocesses throughout, so every result comes from the same code)
-    again = subprocess.run(cmd, env=env_with_plugins(), capture_output=True, text=True, timeout=120)
-    assert again.returncode == 0, again.stderr
+    # the same command again
+    code, _, err = run_cli(*cmd[3:])
+    assert code == 0, err
     summary = json.loads((out / "run_summary.json").read_text())
     assert summary["micrographs"] == {"total": 3, "ok": 1, "skipped": 2, "failed": 0, "not_done": 0}
     assert all(p.read_bytes() == b for p, b in saved.items())  # finished work untouched
     assert not list((out / "micrographs").glob(".*.tmp*"))
 
     fresh_cmd = [c if not c.startswith("output=") else f"output={tmp_path / 'fresh'}" for c in cmd]
-    fresh = subprocess.run(fresh_cmd, env=env_with_plugins(), capture_output=True, text=True, timeout=120)
-    assert fresh.returncode == 0, fresh.stderr
+    code, _, err = run_cli(*fresh_cmd[3:])
+    assert code == 0, err
     assert (out / "picks.csv").read_bytes() == (tmp_path / "fresh" / "picks.csv").read_bytes()
 
 
@@ -432,15 +432,17 @@ def test_a_rerun_with_other_dataset_settings_replaces_the_outputs(done_run):
     assert json.loads((out / "written_files.json").read_text())["settings"] != record["settings"]
 
 
-def test_a_killed_rerun_with_other_settings_leaves_neither_the_earlier_outputs_nor_their_summary(tmp_path, make_plugin):
+def test_a_killed_rerun_with_other_settings_leaves_neither_the_earlier_outputs_nor_their_summary(tmp_path, make_plugin,
+                                                                                                 run_cli):
     """`lipoframe run` with other settings into a finished run's folder, killed outright (SIGKILL, a
     hard time limit) half-way: the earlier run's picks.csv, exports, plan and run_summary.json stayed,
-    beside the new .hydra/ record, and `lipoframe plan` took the run as finished."""
+    beside the new .hydra/ record, and `lipoframe plan` took the run as finished. (Only the killed run
+    needs a process of its own; the others run in this one.)"""
     cmd, late, out = gated_run(tmp_path, make_plugin, workers=1)
     go = late.with_suffix(".go")
     go.touch()
-    first = subprocess.run(cmd, env=env_with_plugins(), capture_output=True, text=True, timeout=120)
-    assert first.returncode == 0, first.stderr
+    code, _, err = run_cli(*cmd[3:])
+    assert code == 0, err
     assert (out / "picks.csv").is_file() and (out / "relion" / "autopick.star").is_file()
     fingerprint = json.loads((out / "inputs.json").read_text())["fingerprint"]
 
@@ -459,9 +461,8 @@ def test_a_killed_rerun_with_other_settings_leaves_neither_the_earlier_outputs_n
     left = sorted(p.name for p in out.iterdir() if p.is_file())
     assert left == [".lipoframe.lock", "inputs.json", "lipoframe.log", "polarity_check.json", "written_files.json"]
     assert not (out / "relion").exists()
-    plan = subprocess.run([sys.executable, "-m", "lipoframe", "plan", str(out)], env=env_with_plugins(), capture_output=True,
-                          text=True, timeout=120)
-    assert "the run was interrupted: run the same `lipoframe run` command again to finish it" in plan.stderr, plan.stderr
+    _, _, err = run_cli("plan", out)
+    assert "the run was interrupted: run the same `lipoframe run` command again to finish it" in err, err
 
 
 def test_a_mistyped_input_with_other_settings_still_leaves_the_earlier_run_as_it_was(done_run):
@@ -530,14 +531,14 @@ def test_a_pixel_size_change_of_a_run_in_pixels_reuses_the_picks_and_gives_a_fre
     # units=px: the picks (positions, diameters in px, scores) do not depend on the pixel size, only diameter_A,
     # the exports and the plan do; every micrograph used to be picked again
     inp = tmp_path / "in"
-    write_set(inp, 3)
+    write_set(inp, 2)
     out = tmp_path / "out"
     assert set(statuses(run(inp, out, "units=px", "pixel_size=1.0", *ANGSTROM_OUTPUTS)).values()) == {"ok"}
     with caplog.at_level("INFO", logger="lipoframe"):
         again = run(inp, out, "units=px", "pixel_size=3.37", *ANGSTROM_OUTPUTS)
     assert set(statuses(again).values()) == {"skipped"}
     told = [r.getMessage() for r in caplog.records if r.getMessage().startswith("pixel size changed")]
-    assert told == ["pixel size changed (1 -> 3.37 Å/px) for 3 micrograph(s) picked before: their picks are re-used, as "
+    assert told == ["pixel size changed (1 -> 3.37 Å/px) for 2 micrograph(s) picked before: their picks are re-used, as "
                     "picking in pixels (units=px) does not depend on it; diameter_A and everything in Å (exports, plan, "
                     "report) are recomputed"]
     fresh = tmp_path / "fresh"
@@ -552,7 +553,7 @@ def test_a_pixel_size_change_of_a_run_in_pixels_reuses_the_picks_and_gives_a_fre
 def test_a_pixel_size_change_picks_again_where_the_picks_depend_on_it(tmp_path, caplog):
     # units=A: dmin and dmax in pixels are dmin/dmax over the pixel size; with units=px a stage option in Å does the same
     inp = tmp_path / "in"
-    write_set(inp, 2)
+    write_set(inp, 1)
     angstrom_filter = ("units=px", "filter=[diameter_range,min_size]", "filter.min_size.units=A", "filter.min_size.min_diameter=60")
     for i, settings in enumerate([(), angstrom_filter]):
         out = tmp_path / f"out{i}"
@@ -562,7 +563,7 @@ def test_a_pixel_size_change_picks_again_where_the_picks_depend_on_it(tmp_path, 
             assert set(statuses(run(inp, out, "pixel_size=2", *settings)).values()) == {"ok"}
         why = ("dmin=30.0, dmax=140.0 (units=A)" if not settings else "filter.min_size.units=A")
         assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("pixel size changed")] == [
-            f"pixel size changed (1 -> 2 Å/px) for 2 micrograph(s) picked before: they are picked again, as their picks "
+            f"pixel size changed (1 -> 2 Å/px) for 1 micrograph(s) picked before: they are picked again, as their picks "
             f"depend on it ({why}: lengths in Å, converted to pixels with it)"]
         fresh = tmp_path / f"fresh{i}"
         run(inp, fresh, "pixel_size=2", *settings)
