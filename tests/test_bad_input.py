@@ -1,5 +1,9 @@
 """Bad input through the command line: one line naming the file and the problem,
-the other micrographs complete, the summary lists the failures, exit code 1."""
+the other micrographs complete, the summary lists the failures, exit code 1.
+
+The tests of what a run prints with nothing else on stderr (no traceback, no
+warning, one line) run ``lipoframe`` in a subprocess; the others in this
+process (``run_cli``), which prints the same lines."""
 
 from __future__ import annotations
 
@@ -339,14 +343,14 @@ def test_hot_and_dead_pixels_do_not_change_the_picks():
     assert [p.attrs["replaced_pixels"] for p in picks] == [0, 6]
 
 
-def test_replaced_hot_pixels_are_told_and_recorded(tmp_path):
+def test_replaced_hot_pixels_are_told_and_recorded(tmp_path, run_cli):
     write_mrc(tmp_path / "in" / "hot.mrc", _with_hot_pixels(image(0), 0))
     write_mrc(tmp_path / "in" / "clean.mrc", image(1))
     out = tmp_path / "out"
-    proc = cli("run", f"input={tmp_path / 'in'}", f"output={out}", "runner.workers=1", *RUN_ARGS)
-    assert proc.returncode == 0, proc.stderr
-    assert f"{tmp_path / 'in' / 'hot.mrc'}: 6 hot or dead pixel(s) replaced by the median of their neighbourhood" in proc.stderr
-    assert "clean.mrc: " not in proc.stderr
+    code, _, err = run_cli("run", f"input={tmp_path / 'in'}", f"output={out}", "runner.workers=1", *RUN_ARGS)
+    assert code == 0, err
+    assert f"{tmp_path / 'in' / 'hot.mrc'}: 6 hot or dead pixel(s) replaced by the median of their neighbourhood" in err
+    assert "clean.mrc: " not in err
     infos = {name: json.loads((out / "micrographs" / f"{name}.json").read_text()) for name in ("hot", "clean")}
     assert infos["hot"]["replaced_pixels"] == 6 and "replaced_pixels" not in infos["clean"]
     notes = json.loads((out / "run_summary.json").read_text())["notes"]
@@ -357,7 +361,7 @@ def test_replaced_hot_pixels_are_told_and_recorded(tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["gz", "bz2"])
-def test_compressed_micrographs_are_picked_under_their_stem_and_exported_by_their_file_name(tmp_path, kind):
+def test_compressed_micrographs_are_picked_under_their_stem_and_exported_by_their_file_name(tmp_path, kind, run_cli):
     """'.mrc.gz' files were not found in a folder, and given by name got 'no reader for files ending in '.gz''
     ('.mrc.bz2' files too, later). Their results are named without '.mrc.gz'; the exports name the file as it is."""
     import bz2
@@ -369,8 +373,8 @@ def test_compressed_micrographs_are_picked_under_their_stem_and_exported_by_thei
     plain.unlink()
     write_mrc(tmp_path / "in" / "mic_b.mrc", image(1))
     out = tmp_path / "out"
-    proc = cli("run", f"input={tmp_path / 'in'}", f"output={out}", "runner.workers=1", "writer=[csv,star,cbox]", *RUN_ARGS)
-    assert proc.returncode == 0, proc.stderr
+    code, _, err = run_cli("run", f"input={tmp_path / 'in'}", f"output={out}", "runner.workers=1", "writer=[csv,star,cbox]", *RUN_ARGS)
+    assert code == 0, err
     assert sorted(p.name for p in (out / "micrographs").glob("*.csv")) == ["mic_a.csv", "mic_b.csv"]
     assert (out / "cbox" / "mic_a.cbox").is_file()
     import starfile
@@ -379,7 +383,7 @@ def test_compressed_micrographs_are_picked_under_their_stem_and_exported_by_thei
     assert sorted(Path(p).name for p in table["rlnMicrographName"]) == [f"mic_a.mrc.{kind}", "mic_b.mrc"]
 
 
-def test_a_run_in_which_every_micrograph_fails_writes_no_dataset(tmp_path):
+def test_a_run_in_which_every_micrograph_fails_writes_no_dataset(tmp_path, run_cli):
     """A run whose inputs all failed when read (an unsupported .hdf, a corrupt MRC) wrote an empty picks.csv,
     STAR files and extraction plan, as if its micrographs had no particles. It writes none now, says so and
     exits with 1; an earlier run's outputs in the folder stay. A micrograph read fine without a single pick
@@ -392,24 +396,24 @@ def test_a_run_in_which_every_micrograph_fails_writes_no_dataset(tmp_path):
     dataset = ["picks.csv", "extraction_plan.json", "extraction_plan.md", "sizes.csv", "relion/autopick.star"]
 
     fresh = tmp_path / "fresh"
-    proc = cli("run", bad, f"output={fresh}", "runner.workers=1", *RUN_ARGS)
-    assert proc.returncode == 1
+    code, stdout, err = run_cli("run", bad, f"output={fresh}", "runner.workers=1", *RUN_ARGS)
+    assert code == 1
     said = "every micrograph failed (2 of 2): no picks, plan or exports were written"
-    assert f"lipoframe: {said}" in proc.stderr.splitlines()  # once: the summary counts it (logs.logged_errors)
-    assert "ERROR  1 error (named above; listed in run_summary.json)" in proc.stdout.splitlines() and said not in proc.stdout
+    assert f"lipoframe: {said}" in err.splitlines()  # once: the summary counts it (logs.logged_errors)
+    assert "ERROR  1 error (named above; listed in run_summary.json)" in stdout.splitlines() and said not in stdout
     assert not [f for f in dataset if (fresh / f).exists()]
     summary = json.loads((fresh / "run_summary.json").read_text())
     assert summary["micrographs"]["failed"] == 2 and summary["errors"] == [said]
 
     earlier = tmp_path / "earlier"
-    proc = cli("run", f"input={noise}", f"output={earlier}", "runner.workers=1", *RUN_ARGS)
-    assert proc.returncode == 0, proc.stderr
+    code, _, err = run_cli("run", f"input={noise}", f"output={earlier}", "runner.workers=1", *RUN_ARGS)
+    assert code == 0, err
     assert json.loads((earlier / "run_summary.json").read_text())["picks"]["accepted"] == 0
     kept = {f: (earlier / f).read_bytes() for f in dataset}  # no particle: the outputs are written all the same
     assert len(pd.read_csv(earlier / "picks.csv")) == 0
-    proc = cli("run", bad, f"output={earlier}", "runner.workers=1", *RUN_ARGS)
-    assert proc.returncode == 1
-    assert f"lipoframe: {said}; the earlier run's in {earlier} are as they were" in proc.stderr.splitlines()
+    code, _, err = run_cli("run", bad, f"output={earlier}", "runner.workers=1", *RUN_ARGS)
+    assert code == 1
+    assert f"lipoframe: {said}; the earlier run's in {earlier} are as they were" in err.splitlines()
     assert {f: (earlier / f).read_bytes() for f in dataset} == kept
 
 
