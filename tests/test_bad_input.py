@@ -157,13 +157,6 @@ def test_name_that_would_escape_the_output_folder_stays_inside(bad_run):
     assert "..mrc: results are named 'micrograph'" in proc.stderr
 
 
-def test_only_empty_glob(tmp_path):
-    proc = cli("run", f"input='{tmp_path}/*.mrc'", f"output={tmp_path / 'out'}", *RUN_ARGS)
-    assert proc.returncode == 1
-    assert "Traceback" not in proc.stderr
-    assert f"{tmp_path}/*.mrc: no files match this pattern" in proc.stderr
-
-
 @pytest.mark.parametrize("kind", ["star without micrographs", "empty folder", "empty glob", "missing file"])
 def test_nothing_to_pick_gives_only_the_input_errors_and_writes_nothing(tmp_path, kind):
     """A RELION autopick STAR given as input= said "no rlnMicrographName column", then
