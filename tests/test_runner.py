@@ -377,21 +377,23 @@ def test_a_record_naming_paths_outside_the_output_folder_removes_none_of_them(tm
     assert (tmp_path / "victim.txt").read_text() == "v" and (out / "sub").is_dir() and (out / "up").is_symlink()
 
 
-def test_a_relative_input_is_recorded_absolute_so_plan_and_report_work_from_anywhere(tmp_path):
+def test_a_relative_input_is_recorded_absolute_so_plan_and_report_work_from_anywhere(tmp_path, monkeypatch, run_cli):
     import starfile
 
     write_set(tmp_path / "data" / "mics", 1)
     out = tmp_path / "run"
-    ran = cli("run", "input=mics", f"output={out}", *RUN_ARGS, "writer=[star]", cwd=tmp_path / "data")
-    assert ran.returncode == 0, ran.stderr
+    monkeypatch.chdir(tmp_path / "data")
+    code, _, err = run_cli("run", "input=mics", f"output={out}", *RUN_ARGS, "runner.workers=1", "writer=[star]")
+    assert code == 0, err
     mic = str(tmp_path / "data" / "mics" / "mic_000.mrc")
     assert json.loads((out / "micrographs" / "mic_000.json").read_text())["meta"]["path"] == mic
     # `lipoframe plan` and `report` from another folder
-    assert cli("plan", str(out), "binning=single", cwd=tmp_path).returncode == 0
+    monkeypatch.chdir(tmp_path)
+    assert run_cli("plan", str(out), "binning=single")[0] == 0
     names = starfile.read(out / "relion" / "autopick.star")["rlnMicrographName"].tolist()
     assert names == [mic]
-    done = cli("report", str(out), "--force", cwd=tmp_path)
-    assert done.returncode == 0 and "1 drawn" in done.stdout
+    code, stdout, err = run_cli("report", str(out), "--force")
+    assert code == 0 and "1 drawn" in stdout, err
 
 
 def test_a_failing_writer_does_not_stop_the_others_or_the_plan(tmp_path):
