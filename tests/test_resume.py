@@ -98,7 +98,7 @@ def _processes_with(word: str) -> list[int]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/cmdline").exists() or sys.platform != "linux", reason="needs Linux /proc and fork")
-def test_workers_of_a_run_killed_outright_let_go_of_the_folder_and_exit(tmp_path, make_plugin):
+def test_workers_of_a_run_killed_outright_let_go_of_the_folder_and_exit(tmp_path, make_plugin, run_cli):
     """A run with worker processes killed with SIGKILL (the out-of-memory killer, kill -9) left them behind:
     waiting for ever for their next micrograph, holding the output folder's lock, so the same command
     again was refused ('another lipoframe run (pid <the dead one>) is writing to this output folder'); a
@@ -121,8 +121,8 @@ def test_workers_of_a_run_killed_outright_let_go_of_the_folder_and_exit(tmp_path
     assert not (out / "micrographs" / "mic_002.json").exists()
 
     late.with_suffix(".go").touch()
-    again = subprocess.run(cmd, env=env_with_plugins(), capture_output=True, text=True, timeout=120)
-    assert again.returncode == 0, again.stderr
+    code, _, err = run_cli(*cmd[3:])  # the same command again (in this process, with its two workers)
+    assert code == 0, err
     summary = json.loads((out / "run_summary.json").read_text())
     assert summary["micrographs"] == {"total": 3, "ok": 1, "skipped": 2, "failed": 0, "not_done": 0}
 
