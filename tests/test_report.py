@@ -8,6 +8,7 @@ import base64
 import io
 import json
 import logging
+import multiprocessing
 import os
 import re
 import shutil
@@ -713,6 +714,9 @@ def render(job, readers=None):  # in a worker process (forked: it sees this modu
             f.write(job.name + "\\n")
     return res
 report._init_worker, report.render_job = init, render
+from lipoframe.runner import _start_method
+if _start_method() != "fork":  # decided in this process (not in pytest's, whose other tests may have left threads)
+    sys.exit("the report's workers would not be forked: " + _start_method())
 from lipoframe.cli import main
 sys.exit(main(["report", sys.argv[1], "-j", "2"]))
 """
@@ -736,7 +740,8 @@ def six_mics(tmp_path_factory) -> Path:
     return run_pipeline(cfg, root / "out").out_dir
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork (the workers see the test's render_job)")
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(),
+                    reason="needs fork (the workers see the test's render_job)")
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
 def test_a_report_stopped_with_several_workers_records_the_overlays_they_finish(six_mics, run_cli, tmp_path, how):
     """With -j 2, Ctrl-C or SIGTERM let the workers finish the overlays handed out to them (about two each), but
@@ -745,10 +750,6 @@ def test_a_report_stopped_with_several_workers_records_the_overlays_they_finish(
     (BrokenProcessPool)."""
     import sys
 
-    from lipoframe.runner import _start_method
-
-    if _start_method() != "fork":
-        pytest.skip("the report's workers are not forked here")
     run = tmp_path / "run"
     shutil.copytree(six_mics, run)
     root = str(Path(__file__).resolve().parent.parent)
