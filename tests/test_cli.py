@@ -336,8 +336,15 @@ def test_an_in_process_sweep_runs_its_jobs_in_other_processes_with_logging_set_u
     # a handler cannot be pickled: 'Could not pickle the task to send it to the workers', exit 1.
     assert logging.getLogger().handlers  # pytest's, as a program's own would be
     sweep = tmp_path / "sweep"
-    code, out, err = run_cli("run", "-m", f"input={tiny_mrcs[0]}", f"output={sweep}", *TINY_ARGS, "nms.beta=0.6,0.7",
-                             "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
+    try:
+        code, out, err = run_cli("run", "-m", f"input={tiny_mrcs[0]}", f"output={sweep}", *TINY_ARGS, "nms.beta=0.6,0.7",
+                                 "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
+    finally:
+        # joblib keeps its worker processes, and the threads that manage them, for the next call: left running,
+        # every later test in this process would see lipoframe use forkserver, not fork (another thread alive).
+        from joblib.externals.loky import get_reusable_executor
+
+        get_reusable_executor().shutdown(wait=True)
     assert code == 0, err
     for job in ("0", "1"):
         assert json.loads((sweep / job / "run_summary.json").read_text())["micrographs"]["ok"] == 1
