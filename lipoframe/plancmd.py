@@ -415,14 +415,16 @@ def _picking_plugin(choices: dict, registry) -> str:
     The plan's own config holds the run's filters but not these stages (they
     are no dataset-level option), so they are found by the names it recorded.
     """
+    from lipoframe.runner import plugin_stage_why
+
     for kind in ("reader", "detector", "nms", "refiner"):
         name = choices.get(kind)
         if not isinstance(name, str):
             continue
         if (kind, name) not in registry:
             return f"the {kind} {name!r} is no stage of lipoframe's (nor of a plugin installed now), which may use it"
-        if registry.get(kind, name).distribution:
-            return f"the {kind} {name!r} is a plugin's, which may use it"
+        if why := plugin_stage_why(kind, name, registry.get(kind, name).cls):
+            return why
     return ""
 
 

@@ -1471,9 +1471,14 @@ def pixel_size_dependence(cfg: LipoframeConfig, stages: StageSet, path: str | os
     except InputError:  # picking says why
         reader = stages.reader
     for stage in (reader, *stages.picking_stages()[1:]):
-        if not type(stage).__module__.startswith("lipoframe."):
-            return f"the {stage.kind} {stage.name!r} is a plugin's, which may use it"
+        if why := plugin_stage_why(stage.kind, stage.name, type(stage)):
+            return why
     return ""
+
+
+def plugin_stage_why(kind: str, name: str, cls: type) -> str:
+    """Why stage ``name`` of ``kind`` (class ``cls``) may use the pixel size: a plugin's is given it; ``""`` for lipoframe's own."""
+    return "" if cls.__module__.startswith("lipoframe.") else f"the {kind} {name!r} is a plugin's, which may use it"
 
 
 def run_pixel_size(path: str | os.PathLike, cfg: LipoframeConfig, stages: StageSet) -> float | None | bool:
