@@ -41,6 +41,10 @@ one run over all micrographs.
   overrides    dataset-level options, e.g. binning=... 'writer=[csv,star]'
                export_rejected=true flip_y=false; per-micrograph options must match the shards
 
+report.html is drawn as the shards drew theirs: left out when every shard ran
+with runner.report=false, drawn when any shard drew one (the default);
+runner.report=true or runner.report=false on the merge command decides instead.
+
 example:
   lipoframe run -m input=mics/ output=shards shard.count=4 shard.index=0,1,2,3 hydra/launcher=submitit_slurm
   lipoframe merge shards output=merged
@@ -77,6 +81,27 @@ class Shard:
     def index(self) -> tuple[int, int]:
         s = self.manifest["shard"]
         return int(s["index"]), int(s["count"])
+
+    @property
+    def report(self) -> bool:
+        """Whether the shard's run was to draw report.html (its ``runner.report``).
+
+        Read from the run's ``.hydra/config.yaml``, else from its recorded
+        overrides; True (the default) when neither says.
+        """
+        import yaml
+
+        try:
+            runner = (yaml.safe_load((self.folder / ".hydra" / "config.yaml").read_text()) or {}).get("runner")
+        except (OSError, yaml.YAMLError, AttributeError):
+            runner = None
+        if isinstance(runner, dict) and isinstance(runner.get("report"), bool):
+            return runner["report"]
+        for o in reversed(self.overrides):
+            key, _, value = o.lstrip("+~").partition("=")
+            if key.strip() == "runner.report" and value.strip().lower() in ("true", "false"):
+                return value.strip().lower() == "true"
+        return True
 
 
 def find_run_folders(specs: list[str]) -> list[Path]:
@@ -214,6 +239,24 @@ def _shard_set(shards: list[Shard], what: str) -> tuple[dict[int, Shard], int]:
     return by_index, count
 
 
+def report_wanted(shards: list[Shard], overrides: list[str], asked: bool) -> bool:
+    """Whether a merge draws report.html: as ``runner.report`` on the merge command says, else as its shards did.
+
+    ``asked`` is the merge's composed ``runner.report``, taken when
+    ``overrides`` (the merge command's) set it. Otherwise the merge follows
+    its shards: a report when any shard's run was to draw one (the default),
+    none when every shard ran with ``runner.report=false``.
+    """
+    if any(o.lstrip("+~").partition("=")[0].strip() in ("runner", "runner.report") for o in overrides):
+        return asked
+    without = [s.folder for s in shards if not s.report]
+    if without and len(without) < len(shards):
+        log.info("%d of %d shards ran with runner.report=false (%s): the merge draws its report as the others did; "
+                 "runner.report=false on the merge command leaves it out", len(without), len(shards),
+                 ", ".join(map(str, without[:3])) + (", ..." if len(without) > 3 else ""))
+    return len(without) < len(shards)
+
+
 def compose_config(overrides: list[str]):
     """Compose lipoframe's config from overrides (as ``lipoframe run`` does) and validate it."""
     from hydra import compose, initialize_config_dir
@@ -338,6 +381,10 @@ def merge_runs(folders: list[str | Path], out_dir: str | Path, overrides: list[s
     names = [n for _, n, _ in order]
     # SIGTERM (`kill`, the end of a batch job) stops it as Ctrl-C does, and run_summary.json says so.
     with output_folder(out_dir, "merge"), folder_log(out_dir, "merge " + " ".join([*map(str, folders), *overrides])), sigterm_as_interrupt():
+        from dataclasses import replace
+
+        # No report when no shard drew one (runner.report=false), unless the merge command asks for it (in the log).
+        cfg.runner = replace(cfg.runner, report=report_wanted(shards, list(overrides), cfg.runner.report))
         # As a run does: an earlier merge's (or run's) picks and exports made with other settings go now,
         # not when this merge's dataset step replaces them (never, if it is interrupted).
         dropped = drop_outputs_of_other_settings(out_dir, cfg)  # before write_manifest: it may read the earlier inputs.json
@@ -368,7 +415,8 @@ def merge_runs(folders: list[str | Path], out_dir: str | Path, overrides: list[s
             # point, the folder never holds one merge's settings with another's binning policy.
             write_manifest(out_dir, specs, [Path(p) for _, _, p in order], names, cfg, fingerprint, project=project,
                            micrographs_star=star)
-            merged = OmegaConf.merge(composed, {"output": str(out_dir), "shard": {"index": 0, "count": 1}})
+            merged = OmegaConf.merge(composed, {"output": str(out_dir), "shard": {"index": 0, "count": 1},
+                                               "runner": {"report": cfg.runner.report}})
             drop_hydra_record(out_dir)  # plan, report and merge read .hydra/ first: the merge's config.yaml is the record now
             write_text(out_dir / "config.yaml", OmegaConf.to_yaml(merged))
             record_started_stages(out_dir, stage_names(stages))

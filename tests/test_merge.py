@@ -21,9 +21,9 @@ def _no_plugins(monkeypatch):
     monkeypatch.setenv("LIPOFRAME_LOAD_PLUGINS", "")
 
 
-#: A merge draws its report unless told not to (the shards' runner.report=false is not carried over); drawing it
-#: takes most of a merge's time. The tests that are not about the report leave it out; the first one below, and the
-#: report tests, draw it.
+#: A merge draws its report as its shards did (those of ``sharded`` ran with runner.report=false, RUN_ARGS), or as
+#: runner.report= on the merge command says; drawing it takes most of a merge's time. The tests that are not about
+#: the report leave it out, and say so; the first one below, and the report tests, ask for it.
 NO_REPORT = "runner.report=false"
 
 
@@ -59,10 +59,39 @@ def test_merge_of_shards_equals_single_run(sharded, capsys):
     assert sizes == [0, 0, 0]
     assert [json.loads((s / "run_summary.json").read_text())["micrographs"]["ok"] for s in shards] == [2, 2, 1]
     # shards given in any order
-    assert merge.main([str(shards[2]), str(shards[0]), str(shards[1]), f"output={root / 'merged'}"]) == 0
+    assert merge.main([str(shards[2]), str(shards[0]), str(shards[1]), f"output={root / 'merged'}", "runner.report=true"]) == 0
     assert "micrographs  ok 5" in capsys.readouterr().out
     _same_result(root / "single", root / "merged")
-    assert (root / "merged" / "report.html").is_file()  # a merge draws its report unless told not to
+    assert (root / "merged" / "report.html").is_file()  # asked for, though the shards drew none
+
+
+def test_a_merge_of_shards_that_drew_no_report_draws_none(sharded, capsys):
+    """Every shard ran with runner.report=false, and the merge drew report.html all the same (most of its time)."""
+    import yaml
+
+    out = sharded / "merged_no_report"
+    assert merge.main([str(sharded / "shards"), f"output={out}"]) == 0
+    assert "report " not in capsys.readouterr().out
+    assert (out / "picks.csv").is_file() and not (out / "report.html").exists()
+    assert yaml.safe_load((out / "config.yaml").read_text())["runner"]["report"] is False  # what the merge did
+
+
+def test_a_merge_draws_its_report_when_any_shard_drew_one(tmp_path):
+    """Shards that disagree (one run again with runner.report=false): the report is drawn, as the default is."""
+    for i, over in enumerate([["runner.report=false"], [], ["++runner.report=False"], ["runner.report=true"]]):
+        (tmp_path / str(i) / ".hydra").mkdir(parents=True)
+        (tmp_path / str(i) / ".hydra" / "config.yaml").write_text(f"runner:\n  report: {str(i != 0).lower()}\n")
+    shards = [merge.Shard(tmp_path / str(i), {}, over)
+              for i, over in enumerate([["runner.report=false"], [], ["++runner.report=False"], ["runner.report=true"]])]
+    assert [s.report for s in shards] == [False, True, True, True]  # the runs' config.yaml
+    (tmp_path / "2" / ".hydra" / "config.yaml").unlink()  # then the overrides recorded, then the default
+    (tmp_path / "1" / ".hydra" / "config.yaml").unlink()
+    assert [s.report for s in shards] == [False, True, False, True]
+    assert merge.report_wanted(shards, [], True) is True
+    assert merge.report_wanted([shards[0], shards[2]], [], True) is False
+    # the merge command decides when it says
+    assert merge.report_wanted([shards[0], shards[2]], ["runner.report=true"], True) is True
+    assert merge.report_wanted(shards, ["binning.pad=1.6", "runner.report=false"], False) is False
 
 
 def test_merge_output_under_home_is_made_there_not_in_a_folder_named_tilde(sharded, away_from_home):
@@ -592,7 +621,7 @@ def test_a_merge_stopped_while_drawing_its_report_says_so_in_run_summary(sharded
         raise KeyboardInterrupt
 
     monkeypatch.setattr(report, "render_job", ctrl_c)
-    assert main(["merge", str(sharded / "shards"), f"output={out}", "runner.workers=1"]) == 130
+    assert main(["merge", str(sharded / "shards"), f"output={out}", "runner.workers=1", "runner.report=true"]) == 130
     summary = json.loads((out / "run_summary.json").read_text())
     assert summary["interrupted"] is True
     said = [n for n in summary["notes"] if n.startswith("interrupted while writing the report")]
