@@ -305,11 +305,27 @@ def is_merged_folder(folder: str | Path) -> bool:
     It has :data:`MERGED_FROM` and no ``.hydra/`` record: a ``lipoframe run``
     into a merged folder writes one (which ``lipoframe plan`` and
     ``report`` read first) and leaves the merge's list. True also while a
-    merge with the same settings into the folder is under way or was stopped
-    (it writes its own list at the end of the copying).
+    merge into the folder is under way or once it was stopped or killed: it
+    writes its list as it starts, before it copies anything.
     """
     folder = Path(folder)
     return (folder / MERGED_FROM).is_file() and not (folder / ".hydra" / "config.yaml").is_file()
+
+
+#: What :func:`merge_unfinished` says, after the folder's name.
+MERGE_UNFINISHED = ("the lipoframe merge into this folder did not finish (it stopped before writing its config.yaml): "
+                    "run the same `lipoframe merge` command again to finish it")
+
+
+def merge_unfinished(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a merge stopped (Ctrl-C, SIGTERM, or killed outright) before it wrote its ``config.yaml``.
+
+    A merge writes :data:`MERGED_FROM` as it starts, then copies the shards'
+    results, writes ``inputs.json`` and then ``config.yaml``: a merged
+    folder (:func:`is_merged_folder`) without ``config.yaml`` has no
+    settings to plan or report with, and the merge run again finishes it.
+    """
+    return is_merged_folder(folder) and not (Path(folder) / "config.yaml").is_file()
 
 
 def merge_runs(folders: list[str | Path], out_dir: str | Path, overrides: list[str] = ()):
@@ -392,6 +408,9 @@ def merge_runs(folders: list[str | Path], out_dir: str | Path, overrides: list[s
             log.warning(dropped)
         results: list[MicResult] = []
         try:
+            # First of all: stopped or killed at any point from here, the folder is known for a merge's
+            # (is_merged_folder), and one without its config.yaml for an unfinished one (merge_unfinished).
+            write_text(out_dir / MERGED_FROM, json.dumps([str(s.folder) for s in shards], indent=1))
             for shard, name, path in order:
                 done = load_work(shard.folder, name, fingerprint)
                 if done is None:
@@ -420,7 +439,6 @@ def merge_runs(folders: list[str | Path], out_dir: str | Path, overrides: list[s
             drop_hydra_record(out_dir)  # plan, report and merge read .hydra/ first: the merge's config.yaml is the record now
             write_text(out_dir / "config.yaml", OmegaConf.to_yaml(merged))
             record_started_stages(out_dir, stage_names(stages))
-            write_text(out_dir / MERGED_FROM, json.dumps([str(s.folder) for s in shards], indent=1))
         except KeyboardInterrupt:
             # As a run stopped while picking: run_summary.json says so, and how many micrographs are not copied yet;
             # that of an earlier merge with the same settings (whose outputs stay) said its outputs were this merge's.

@@ -108,8 +108,11 @@ def load_saved_config(run_dir: Path) -> tuple[dict, dict]:
                 raise PlanError(f"{path}: unreadable ({exc})") from None
             break
     else:
+        from lipoframe.merge import MERGE_UNFINISHED, merge_unfinished
         from lipoframe.sweepdir import sweep_folder_hint
 
+        if merge_unfinished(run_dir):
+            raise PlanError(f"{run_dir}: {MERGE_UNFINISHED}")
         raise PlanError(f"{run_dir}: no .hydra/config.yaml or config.yaml (is this a lipoframe run folder?)"
                         + sweep_folder_hint(run_dir))
     choices: dict = {}

@@ -925,10 +925,13 @@ def build_html(data: RunData, rows: list[MicrographRow], plots_png: list[tuple[s
     report_only = bool(notes_beginning(data.summary.get("notes"), REPORT_INTERRUPTED))
     # A `lipoframe plan` stopped in its binning or writers: its note says so and what to run; the run's own flag is kept apart.
     plan_stopped = notes_beginning(data.summary.get("notes"), PLAN_INTERRUPTED)
-    if not_done or (picking_interrupted(data.summary) and not report_only):
-        # As the console summary says (runner.format_summary): the report of a partly done run.
-        from lipoframe.merge import is_merged_folder
+    from lipoframe.merge import MERGE_UNFINISHED, is_merged_folder, merge_unfinished
 
+    if merge_unfinished(data.out_dir):
+        # Stopped or killed before it wrote config.yaml (perhaps without a run_summary.json): no settings, no plan.
+        problems += f"<li class='warn'><b>Interrupted</b>: {e(MERGE_UNFINISHED.replace('the lipoframe merge into this folder', 'the merge'))}</li>"
+    elif not_done or (picking_interrupted(data.summary) and not report_only):
+        # As the console summary says (runner.format_summary): the report of a partly done run.
         # A merge stopped while copying the shards' results: those not copied yet are picked (in their shards).
         merged = is_merged_folder(data.out_dir)
         left = (f"{not_done:,} of {int(counts.get('total', 0) or 0):,} micrographs not {'copied' if merged else 'picked'} yet" if not_done

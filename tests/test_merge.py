@@ -321,6 +321,65 @@ def test_a_merge_stopped_while_writing_its_config_leaves_no_other_binning_with_t
     assert "stray_gap" not in plancmd.load_saved_config(out)[0]["binning"]  # single's options
 
 
+def test_a_merge_killed_before_writing_its_config_is_named_unfinished_and_finished_by_running_it_again(sharded, monkeypatch,
+                                                                                                       capsys):
+    """A merge into a new folder killed after its inputs.json and before its config.yaml (no run_summary.json: kill -9)
+    left a folder of which `lipoframe plan` said "no .hydra/config.yaml or config.yaml (is this a lipoframe run
+    folder?)", and whose report showed the picks as those of a finished run, without a word of the merge."""
+    import html
+
+    from lipoframe import plancmd, report
+    from lipoframe.io import atomic
+
+    class Killed(BaseException):  # as kill -9: no handler runs, no run_summary.json
+        pass
+
+    def killed_at_the_config(path, text, write_text=atomic.write_text):
+        if Path(path).name == "config.yaml":
+            raise Killed
+        return write_text(path, text)
+
+    out = sharded / "merged_killed"
+    merge_it = [str(sharded / "shards"), f"output={out}", NO_REPORT]
+    with monkeypatch.context() as m:
+        m.setattr(atomic, "write_text", killed_at_the_config)
+        with pytest.raises(Killed):
+            merge.main(merge_it)
+    assert (out / "inputs.json").is_file() and not (out / "config.yaml").exists() and not (out / "run_summary.json").exists()
+    capsys.readouterr()
+    assert plancmd.main([str(out)]) == 2
+    assert capsys.readouterr().err.strip() == (f"lipoframe plan: {out}: the lipoframe merge into this folder did not finish (it "
+                                               "stopped before writing its config.yaml): run the same `lipoframe merge` command "
+                                               "again to finish it")
+    assert report.cmd_report([str(out), "--no-overlays"]) == 0
+    page = " ".join(html.unescape(re.sub(r"<[^>]+>", " ", (out / "report.html").read_text())).split())
+    assert ("Interrupted : the merge did not finish (it stopped before writing its config.yaml): run the same "
+            "`lipoframe merge` command again to finish it") in page, page[:3000]
+    # as it says: the merge again finishes it
+    assert merge.main(merge_it) == 0
+    assert not merge.merge_unfinished(out) and (out / "config.yaml").is_file()
+    _same_result(sharded / "single", out)
+    capsys.readouterr()
+    assert plancmd.main([str(out)]) == 0
+    assert report.cmd_report([str(out), "--no-overlays"]) == 0
+    assert "did not finish" not in (out / "report.html").read_text()
+
+
+def test_a_merge_into_a_new_folder_stopped_while_copying_is_named_a_merge(sharded, monkeypatch, capsys):
+    # merged_from.json was written after the copying: plan and the report of a new folder stopped while copying
+    # said to run the same `lipoframe run` command again, and called the micrographs left "not picked yet".
+    from lipoframe import plancmd
+
+    out = sharded / "merged_new_stopped"
+    with _merge_stopped_while_copying(monkeypatch):
+        with pytest.raises(KeyboardInterrupt):
+            merge.merge_runs([sharded / "shards"], out, [NO_REPORT])
+    assert merge.is_merged_folder(out) and merge.merge_unfinished(out)
+    capsys.readouterr()
+    assert plancmd.main([str(out)]) == 2
+    assert "run the same `lipoframe merge` command again to finish it" in capsys.readouterr().err
+
+
 def test_merge_accepts_the_sweep_folder(sharded):
     root = sharded
     assert merge.main([str(root / "shards"), f"output={root / 'merged_sweep'}", NO_REPORT]) == 0
