@@ -156,11 +156,16 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-def _config_from_folder(out_dir: Path) -> tuple[dict, str, dict]:
-    """Config dict, its YAML text and the selected stage names (from ``.hydra``, else ``inputs.json``) of a run folder."""
+def _config_from_folder(out_dir: Path, *, made_in: str | None = None) -> tuple[dict, str, dict]:
+    """Config dict, its YAML text and the selected stage names (from ``.hydra``, else ``inputs.json``) of a run folder.
+
+    Of a folder copied or moved since the run was made, the config says
+    where it is now (:func:`_named_here`); ``made_in`` is the folder the
+    run's ``run_summary.json`` records (its ``out_dir``), as it was written.
+    """
     import yaml
 
-    text, config, choices = "", {}, {}
+    text, config, choices, runtime = "", {}, {}, {}
     for candidate in (out_dir / ".hydra" / "config.yaml", out_dir / "config.yaml"):
         if candidate.is_file():
             text = candidate.read_text(encoding="utf-8", errors="replace")
@@ -172,9 +177,10 @@ def _config_from_folder(out_dir: Path) -> tuple[dict, str, dict]:
     hydra_yaml = out_dir / ".hydra" / "hydra.yaml"
     if hydra_yaml.is_file():
         try:
-            choices = (yaml.safe_load(hydra_yaml.read_text()) or {}).get("hydra", {}).get("runtime", {}).get("choices", {}) or {}
-        except yaml.YAMLError:
-            choices = {}
+            runtime = (yaml.safe_load(hydra_yaml.read_text()) or {}).get("hydra", {}).get("runtime", {}) or {}
+            choices = runtime.get("choices", {}) or {}
+        except (yaml.YAMLError, AttributeError):
+            runtime, choices = {}, {}
     if not choices:  # no Hydra record (hydra.output_subdir=null, a merge): the names the run recorded in inputs.json
         from lipoframe.runner import recorded_stages
 
@@ -182,10 +188,50 @@ def _config_from_folder(out_dir: Path) -> tuple[dict, str, dict]:
     names: dict[str, Any] = {k: choices[k] for k in ("reader", "detector", "nms", "refiner", "binning") if choices.get(k)}
     config = config if isinstance(config, dict) else {}
     config, text = _with_plan_config(out_dir, config, text)
+    # The run's own folder: Hydra's record of it, else (no .hydra/: a merge, hydra.output_subdir=null) output= or the summary's.
+    config, text = _named_here(out_dir, config, text, made_in=[runtime.get("output_dir") if isinstance(runtime, dict) else None,
+                                                                made_in, config.get("output")])
     for multi in ("filter", "writer"):
         if isinstance(config.get(multi), dict):
             names[multi] = list(config[multi])
     return config, text, names
+
+
+def _named_here(out_dir: Path, config: dict, text: str, *, made_in: list) -> tuple[dict, str]:
+    """``config`` and its YAML ``text``, saying where the run folder is now when it was copied or moved since.
+
+    The folder the run was made in is the first absolute path of
+    ``made_in`` (Hydra's ``runtime.output_dir``, ``run_summary.json``'s
+    ``out_dir``, the config's ``output``); when it is neither ``out_dir`` nor
+    a folder above it (a sweep's, whose job folders are in it), a
+    comment line names both, and ``output`` (where it names that folder,
+    not a sweep's folder above it) becomes ``out_dir``'s absolute path, as the
+    notes of a copied folder name it (:func:`lipoframe.runner.picking_named_here`).
+    Unchanged when none is absolute or the folder is where it was made.
+    """
+    import re
+
+    import yaml
+
+    made = next((Path(p).expanduser() for p in made_in if isinstance(p, str) and os.path.isabs(os.path.expanduser(p))), None)
+    if made is None or not text:
+        return config, text
+    here = out_dir.absolute()
+    try:
+        if made.resolve() == here.resolve() or made.resolve() in here.resolve().parents:
+            return config, text
+    except (OSError, RuntimeError):  # a symbolic link loop: not this folder
+        pass
+    said = f"# this run folder is now {here}; it was made as {made} (copied or moved since)"
+    output = config.get("output")
+    if isinstance(output, str) and output:
+        given = Path(output).expanduser()
+        names_it = given == made if given.is_absolute() else made.parts[-len(given.parts):] == given.parts
+        line = re.compile(r"^output:.*(?:\n[ \t]+\S.*)*$", re.M)  # the top-level key, with any continuation lines
+        if names_it and line.search(text):
+            new = yaml.safe_dump({"output": str(here)}, default_flow_style=False, allow_unicode=True, width=1 << 20).rstrip("\n")
+            return {**config, "output": str(here)}, line.sub(lambda _: f"{said}\n{new}", text, count=1)
+    return config, f"{said}\n{text}"
 
 
 #: The settings of ``plan_config.yaml`` that replace the run's own in the report's configuration.
@@ -387,6 +433,7 @@ def load_run(out_dir: str | os.PathLike) -> RunData:
     infos = run_results(out_dir)
     names = list(infos)
     summary = _read_json(out_dir / "run_summary.json") or {}
+    made_in = summary.get("out_dir") if isinstance(summary, dict) else None  # as recorded: the folder the run was made in
     if isinstance(summary, dict):  # of a copied or moved folder: its notes name this one
         summary = picking_named_here(summary, out_dir)
     if not names and not summary:
@@ -399,7 +446,7 @@ def load_run(out_dir: str | os.PathLike) -> RunData:
     px = _planned_pixel_size(out_dir, plan)
     if px is not None:  # `lipoframe plan pixel_size=` of a run picked in pixels: every micrograph's, as in the plan
         metas = {n: dataclasses.replace(m, pixel_size=px) for n, m in metas.items()}
-    config, text, stage_names = _config_from_folder(out_dir)
+    config, text, stage_names = _config_from_folder(out_dir, made_in=made_in)
     if plan is not None:  # the policy of the plan shown (another than the run's after `lipoframe plan binning=...`)
         stage_names["binning"] = plan.policy
     failures = [{"name": safe_name(file_stem(f.get("micrograph", ""))), "path": f.get("micrograph", ""), "error": f.get("error", "")}

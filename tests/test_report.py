@@ -1420,3 +1420,50 @@ def test_an_overlay_stopped_after_its_png_is_written_is_not_reused(run_copy, run
     code, out, err = run_cli("report", run_copy, "-j", "1")
     assert code == 0 and "1 drawn" in out and "2 unchanged" in out, out + err
     assert {p: p.read_bytes() for p in before} == before
+
+
+def test_the_report_of_a_copied_run_folder_gives_where_it_is_now_as_its_output(tiny_run_folder, tmp_path, monkeypatch, run_cli):
+    """`cp -r run newplace; lipoframe report newplace`: the configuration showed `output:` the folder the run was made in,
+    where the notes of a copied folder already name the copy."""
+    import html
+    import re
+    import shutil
+
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(tiny_run_folder, tmp_path / "newplace")
+    code, _, err = run_cli("report", "newplace", "--no-overlays", "--no-crops")
+    assert code == 0, err
+    page = (tmp_path / "newplace" / "report.html").read_text()
+    config = html.unescape(re.search(r'<h2 id="config">Configuration</h2>\s*<pre>(.*?)</pre>', page, re.S).group(1))
+    assert f"\n# this run folder is now {tmp_path / 'newplace'}; it was made as {tiny_run_folder} (copied or moved since)\n" \
+           f"output: {tmp_path / 'newplace'}\n" in config
+    assert yaml.safe_load(config)["output"] == str(tmp_path / "newplace")  # still the run's YAML
+    # where it was made: the configuration as recorded
+    code, _, err = run_cli("report", tiny_run_folder, "--no-overlays", "--no-crops")
+    assert code == 0, err
+    page = (tiny_run_folder / "report.html").read_text()
+    assert f"output: {tiny_run_folder}\n" in html.unescape(page) and "copied or moved since" not in page
+
+
+def test_a_copied_folder_is_told_from_a_sweeps_job_and_from_an_output_given_relative(tmp_path):
+    from lipoframe.report import _named_here
+
+    text = "input: mics\noutput: run1\nseed: 0\n"
+    config = {"input": "mics", "output": "run1", "seed": 0}
+    here = tmp_path / "copy"
+    # output=run1 given relative, run in /data: the run's summary names /data/run1
+    named, said = _named_here(here, config, text, made_in=[None, "/data/run1", "run1"])
+    assert said == f"input: mics\n# this run folder is now {here}; it was made as /data/run1 (copied or moved since)\noutput: {here}\nseed: 0\n"
+    assert named["output"] == str(here) and config["output"] == "run1"
+    # a sweep's job folder in place: output= is the sweep's folder above it
+    job = tmp_path / "sweep" / "0"
+    sweep_text = f"output: {tmp_path / 'sweep'}\n"
+    assert _named_here(job, {"output": str(tmp_path / "sweep")}, sweep_text, made_in=[None, None, str(tmp_path / "sweep")]) \
+        == ({"output": str(tmp_path / "sweep")}, sweep_text)
+    # that job folder copied: output= stays the sweep's, and the comment says where the folder is
+    named, said = _named_here(here, {"output": str(tmp_path / "sweep")}, sweep_text, made_in=[str(job), None, str(tmp_path / "sweep")])
+    assert said == f"# this run folder is now {here}; it was made as {job} (copied or moved since)\n{sweep_text}"
+    # nothing absolute recorded: nothing to tell
+    assert _named_here(here, config, text, made_in=[None, "run1", "run1"]) == (config, text)
