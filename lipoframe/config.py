@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import shlex
 from dataclasses import dataclass, field, is_dataclass
 from importlib import resources
 from pathlib import Path
@@ -335,3 +337,42 @@ def _first_line(exc: BaseException) -> str:
     if isinstance(cause, (ValueError, TypeError)) and not isinstance(cause, type(exc)):
         return str(cause).splitlines()[0]
     return str(exc).splitlines()[0]
+
+
+#: Characters Hydra's override grammar takes in a value without quotes, as a path uses them (``/data/run_1/**/*.mrc``;
+#: its lexer's letters, digits and ``UNQUOTED_CHAR``, and blanks inside). Any other is quoted (``'`` ``(`` ``,`` ``$``
+#: ``\``, letters beyond ASCII...).
+_HYDRA_PLAIN = re.compile(r"[A-Za-z0-9_/.*?+\-%@| ]*")
+
+
+def hydra_quoted(value: str) -> str:
+    """``value`` as Hydra's override grammar reads it back: as it is when it can, else in quotes.
+
+    Single quotes, or double quotes for a value with a single quote (and
+    none of those); a quote of the kind used, and backslashes before it or
+    at the end, are escaped with a backslash, as the grammar's quoted
+    strings un-escape them. ``${`` is escaped for OmegaConf, which would
+    read an interpolation in it.
+    """
+    if _HYDRA_PLAIN.fullmatch(value) and value == value.strip():
+        return value
+    quote = '"' if "'" in value and '"' not in value else "'"
+    value = value.replace("${", "\\${")
+    body = re.sub(r"(\\*)(" + quote + "|$)", lambda m: m[1] * 2 + ("\\" + m[2] if m[2] else ""), value)
+    return quote + body + quote
+
+
+def pasteable_override(key: str, value: str) -> str:
+    """``key=value`` as one word to paste into a POSIX shell (bash), which Hydra reads back as ``value``.
+
+    ``value`` is quoted for Hydra when it must be (:func:`hydra_quoted`),
+    and the word for the shell when it must be: ``input='/data/run 1/**/*.mrc'``,
+    ``"input='/data/grid (2)/**/*.mrc'"``, ``'input="/data/Anna'"'"'s grid/**/*.mrc"'``.
+    """
+    value = hydra_quoted(value)
+    if not value.startswith(("'", '"')):
+        return f"{key}={shlex.quote(value)}"
+    word = f"{key}={value}"
+    # In the shell's double quotes when nothing in it is special there (bash's `!` too, on a terminal).
+    return shlex.quote(word) if re.search(r'[$`"\\!]', word) else f'"{word}"'
+

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from lipoframe import schema
-from lipoframe.config import MIN_DIAMETER_PX, RETRY_SUPPRESSED, ConfigError, LipoframeConfig, settings_fingerprint
+from lipoframe.config import MIN_DIAMETER_PX, RETRY_SUPPRESSED, ConfigError, LipoframeConfig, pasteable_override, settings_fingerprint
 from lipoframe.algorithms.outliers import MAX_CLUSTER, OUTLIER_SIGMAS, replace_isolated_outliers
 from lipoframe.algorithms.pyramid import pow2_floor, to_binned
 from lipoframe.inputlists import ListedPath, is_list_spec, list_paths, listed_pixel_size, relion_project, relion_star
@@ -2304,7 +2304,8 @@ def find_inputs(specs: list[str], suffixes: tuple[str, ...], *, same_file: list 
                 problems.append(str(exc))
         elif os.path.isdir(spec_s) and not expand_inputs([spec_s], suffixes):
             below = _first_micrograph_below(spec_s, suffixes)
-            hint = (f"; its subfolders do (such as {below}): give input='{os.path.join(str(spec), '**', '*' + file_suffix(below))}'"
+            # One word to paste into a shell that Hydra reads back as the glob: quoted for both where the folder's name needs it.
+            hint = (f"; its subfolders do (such as {below}): give {pasteable_override('input', os.path.join(str(spec), '**', '*' + file_suffix(below)))}"
                     if below else "")
             problems.append(f"{spec}: folder contains no micrographs (looked for {', '.join(sorted(suffixes))}){hint}")
         elif glob.has_magic(spec_s) and not os.path.isdir(spec_s) and not expand_inputs([spec_s], suffixes):

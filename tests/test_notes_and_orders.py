@@ -87,6 +87,36 @@ def test_simulate_next_line_quotes_a_folder_with_a_space(tmp_path, capsys):
     assert f"reference={out / 'truth.csv'}" in words
 
 
+FOLDER_NAMES = ["session1", "my session", "Anna's grid", 'the "best" grid', "grid (2), left", "it's a \"test\"",
+                "cost $5 ${x}", "back\\slash", "café!", "end\\"]
+
+
+@pytest.mark.parametrize("name", FOLDER_NAMES)
+def test_the_subfolder_hint_is_a_word_bash_and_hydra_read_back_as_the_folders_glob(tmp_path, name):
+    """input=<folder> whose micrographs are in subfolders hints input='<folder>/**/*.mrc'. For a folder
+    whose name has a single quote the hint was no shell word at all (its quote closed the shell's), and
+    Hydra cannot read '(', ',', '$' ... unquoted. The hint, split as bash splits it and parsed by Hydra's
+    override grammar (composed as `lipoframe run` composes it), gives the glob, which finds the micrograph."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from lipoframe.merge import compose_config
+    from lipoframe.runner import expand_inputs, find_inputs
+
+    folder = tmp_path / name
+    mic = folder / "GridSquare_1" / "Data" / "mic_0.mrc"
+    mic.parent.mkdir(parents=True)
+    mic.write_bytes(b"")  # found, never read
+    _, problems = find_inputs([str(folder)], (".mrc",))
+    assert len(problems) == 1 and " give " in problems[0], problems
+    (word,) = shlex.split(problems[0].rsplit(" give ", 1)[1])
+    glob = str(folder / "**" / "*.mrc")
+    override = OverridesParser.create().parse_override(word)
+    assert (override.key_or_group, override.value()) == ("input", glob.replace("${", "\\${"))  # OmegaConf reads \${ as ${
+    _, cfg = compose_config([word, *TINY_ARGS])
+    assert list(cfg.input) == [glob]
+    assert expand_inputs(list(cfg.input), (".mrc",)) == [mic]
+
+
 def _shard(folder: str, fingerprint: str):
     from lipoframe.merge import Shard
 
