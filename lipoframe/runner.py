@@ -3390,8 +3390,13 @@ def resolve_workers(requested: int, n_jobs: int) -> int:
     return max(1, min(requested, n_jobs))
 
 
-def run_jobs(jobs: list[MicJob], cfg: LipoframeConfig, stages: StageSet, *, progress: bool = True) -> tuple[list[MicResult], bool]:
+def run_jobs(jobs: list[MicJob], cfg: LipoframeConfig, stages: StageSet, *, progress: bool = True,
+             tell_failure: Callable[[MicResult], None] | None = None) -> tuple[list[MicResult], bool]:
     """Pick ``jobs`` (skipping those already done when resuming) with a progress bar.
+
+    Each micrograph that fails is told as it fails: its error is logged, or
+    given to ``tell_failure`` when given (a ``watch=true`` session tells a
+    file that may still be being written otherwise).
 
     Returns the results (in completion order) and whether Ctrl-C interrupted the run.
     """
@@ -3459,7 +3464,10 @@ def run_jobs(jobs: list[MicJob], cfg: LipoframeConfig, stages: StageSet, *, prog
             results.append(res)
             if res.status == "failed":
                 failed += 1
-                log.error(res.error)
+                if tell_failure is None:
+                    log.error(res.error)
+                else:
+                    tell_failure(res)
                 bar.set_postfix_str(f"{failed} failed", refresh=False)
             bar.update(1)
             if lines is not None:

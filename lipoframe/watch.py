@@ -3,9 +3,11 @@
 The run keeps going and picks micrographs as they appear in the input
 folders (or glob). A file is picked only once it is completely written: its
 size and modification time must not change over ``stream.stable_polls``
-scans ``stream.poll_seconds`` apart. A file that still fails to read (a copy
-that stalled longer than that) is picked again once it has changed and is
-stable again, so a slow transfer costs nothing. Every ``stream.update_every`` new micrographs
+scans ``stream.poll_seconds`` apart. A file that still fails (a copy that
+stalled longer than that, read half-written) is told once as maybe not
+finished, and picked again once it has changed and is stable again; it
+counts as failed only if it still fails when the session stops, so a slow
+transfer costs nothing. Every ``stream.update_every`` new micrographs
 the dataset-level outputs (size statistics, size bins, extraction plan,
 writers' files, ``run_summary.json``) are rewritten, so downstream jobs can
 start on a growing dataset.
@@ -292,6 +294,10 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None, exclude=None):
             notes.append(dropped)
         told: set[str] = set()  # notes logged at an earlier update: once per session (the TIFF row flip)
         said: set[tuple[int, str]] = set()  # what the updates logged: each message once per session (logs.once_each)
+        #: names of the micrographs whose file was there and failed (a copy stalled half-written?): each picked
+        #: again when its file changes, and counted as failed only if it still fails when the session stops
+        unfinished: set[str] = set()
+        told_unfinished: set[str] = set()  # their errors told so far: each once per session
         since_update = 0
         last_new = time.monotonic()
         interrupted = False
@@ -316,6 +322,20 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None, exclude=None):
                 )
             return result, bool(errors)
 
+        def tell_failure(r) -> None:
+            """A failed micrograph whose file is there may be a copy still being written: told once, not yet a failure."""
+            if not os.path.exists(r.path):  # deleted since, or a link left dangling: failed, as in a batch run
+                unfinished.discard(r.name)
+                log.error(r.error)
+                return
+            unfinished.add(r.name)
+            if r.error not in told_unfinished:
+                told_unfinished.add(r.error)
+                first, *rest = r.error.split("\n", 1)
+                log.warning("%s; not counted as failed yet: a file still being written (a stalled copy) is picked again "
+                            "when it changes, and counts as failed if it still fails when the session stops%s",
+                            first, "".join("\n" + line for line in rest))
+
         status(f"watching {', '.join(specs)} (stop with Ctrl-C or by creating {stop_file})")
         if stop_file.exists():
             # Left by an earlier session: without a word (no terminal: a batch job) this one would end at once.
@@ -337,6 +357,7 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None, exclude=None):
                     name = path_name.pop(os.path.abspath(path), None)
                     if name is not None:
                         results.pop(name, None)
+                        unfinished.discard(name)
                         notes[:] = [n for n in notes if not n.startswith(f"{path}:")]
                         why = ("read for another micrograph (a heatmap or mask)" if os.path.abspath(path) in theirs
                                else "no longer in the input (deleted or renamed)")
@@ -371,23 +392,27 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None, exclude=None):
                                 log.warning(notes[-1])
                         jobs.append(MicJob(path, path_name[key], out_dir, fingerprint, cfg.runner.resume, cfg.runner.verbose))
                         stamps[key] = (path, input_stamp(path, path_name[key], stages, digest=False))  # before reading: a later change is new
-                    done, interrupted = run_jobs(jobs, cfg, stages, progress=False)
+                    done, interrupted = run_jobs(jobs, cfg, stages, progress=False, tell_failure=tell_failure)
                     finished = {r.name for r in done}
                     undone = [job.path for job in jobs if job.name not in finished]
                     for r in done:
                         results[r.name] = r
+                        if r.status != "failed":
+                            unfinished.discard(r.name)
                         key = os.path.abspath(r.path)
                         if key in stamps:
                             handed[key] = stamps[key]
                     ok = sum(r.status != "failed" for r in done)
                     since_update += ok
                     last_new = time.monotonic()
-                    n_failed = sum(r.status == "failed" for r in results.values())
+                    n_failed = sum(r.status == "failed" and r.name not in unfinished for r in results.values())
+                    n_unfinished = sum(r.status == "failed" and r.name in unfinished for r in results.values())
                     # A restarted session's first round finds the earlier session's micrographs done: they are
                     # kept, not picked (as the summary's `skipped`), and saying "picked" of them looked like work.
                     kept = sum(r.status == "skipped" for r in done)
                     status(f"picked {ok - kept} micrograph(s){f', kept {kept} done before' if kept else ''}; "
-                           f"{len(results)} seen, {n_failed} failed")
+                           f"{len(results)} seen, {n_failed} failed"
+                           f"{f', {n_unfinished} not finished yet? (picked again when changed)' if n_unfinished else ''}")
                     if interrupted:
                         reason = "interrupted"
                         break
@@ -425,6 +450,10 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None, exclude=None):
                              f"written, or not yet unchanged over stream.stable_polls scans, when the session was "
                              f"stopped): {shown}; the same command again picks them")
                 log.info(notes[-1])  # printed with the summary's notes
+        for name in sorted(unfinished):
+            # Still failing as the session stops: a failure now, told as a batch run tells one.
+            if getattr(results.get(name), "status", "") == "failed":
+                log.error(results[name].error)
         status(f"stopping ({reason}); writing the dataset-level outputs")
         result, none_picked = update(final=True)
         if none_picked:

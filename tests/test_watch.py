@@ -910,3 +910,64 @@ def test_a_watch_session_logs_each_warning_and_note_of_its_updates_once(tmp_path
     result, messages = session(tmp_path / "failing", tmp_path / "out2", user)
     assert len(result.errors) == 1 and result.errors[0].startswith("every micrograph failed (1 of 1): ")
     assert [m for m in messages if m.startswith("every micrograph failed")] == result.errors
+
+
+NOT_YET = "not counted as failed yet"
+
+
+def test_a_copy_stalled_longer_than_the_stability_window_is_not_reported_failed_before_it_is_picked(tmp_path, caplog):
+    """A copy that stalls half-written for longer than stable_polls scans is read, and fails. It was
+    logged as an error and counted among the failures ('1 seen, 1 failed') although the session then
+    picked it once the copy went on. It is told once as maybe not finished (a warning), not counted as
+    failed, and picked again when it changes; nothing calls it a failure."""
+    watched = tmp_path / "incoming"
+    watched.mkdir()
+    (src,) = write_set(tmp_path / "source", 1)
+    target = watched / src.name
+    out = tmp_path / "out"
+    poll = 0.2
+    data = src.read_bytes()
+
+    def transfer():
+        deadline = time.monotonic() + 90  # a guard against a hang, not a timing check
+        target.write_bytes(data[: len(data) // 2])  # stalls: read, and fails, once stable
+        while NOT_YET not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(4 * poll)  # more scans of the same unchanged file: told once
+        with open(target, "ab") as f:  # the copy goes on
+            f.write(data[len(data) // 2 :])
+        while not (out / "micrographs" / f"{src.stem}.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        (out / "STOP").touch()
+
+    with caplog.at_level(logging.INFO, logger="lipoframe"):
+        result = watch_while(transfer, watched, out, poll=poll, stable_polls=2, update_every=1)
+    assert [r.status for r in result.results] == ["ok"] and result.ok
+    told = [r for r in caplog.records if NOT_YET in r.getMessage()]
+    assert len(told) == 1 and told[0].levelno == logging.WARNING and told[0].getMessage().startswith(f"{target}: ")
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    assert any(m.endswith("; 1 seen, 0 failed, 1 not finished yet? (picked again when changed)") for m in caplog.messages)
+    assert json.loads((out / "run_summary.json").read_text())["micrographs"]["failed"] == 0
+
+
+def test_a_file_that_still_fails_when_the_session_stops_is_a_failure_then(tmp_path, caplog):
+    """A file that never becomes readable is told once as maybe not finished while watching, and is a
+    failure of the session (its error logged once, as a batch run logs it) when the session stops."""
+    watched = tmp_path / "incoming"
+    write_set(watched, 1)
+    bad = watched / "bad.mrc"
+    bad.write_bytes(b"not an mrc file")
+    out = tmp_path / "out"
+    _, cfg = compose_config([f"input={watched}", *RUN_ARGS, "runner.workers=1", "watch=true", "stream.poll_seconds=0.1",
+                             "stream.stable_polls=1", "stream.idle_timeout=0.6"])
+    with caplog.at_level(logging.INFO, logger="lipoframe"):
+        result = run_pipeline(cfg, out)
+    assert sorted((r.name, r.status) for r in result.results) == [("bad", "failed"), ("mic_000", "ok")] and not result.ok
+    (error,) = [r for r in result.results if r.status == "failed"]
+    said = [(r.levelno, r.getMessage()) for r in caplog.records if r.getMessage().startswith(f"{bad}: ")]
+    assert said == [(logging.WARNING, said[0][1]), (logging.ERROR, error.error)], said
+    assert said[0][1].startswith(f"{error.error}; {NOT_YET}")
+    stopping = next(i for i, m in enumerate(caplog.messages) if m.startswith("stopping ("))
+    assert caplog.messages.index(error.error) < stopping  # told before the final outputs, as it stopped
+    assert any(m.endswith("; 2 seen, 0 failed, 1 not finished yet? (picked again when changed)") for m in caplog.messages)
+    assert json.loads((out / "run_summary.json").read_text())["micrographs"]["failed"] == 1
