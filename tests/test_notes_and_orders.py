@@ -4,7 +4,10 @@
   (```lipoframe plan FOLDER pixel_size=<Å/px>```, ``lipoframe report FOLDER``,
   ``lipoframe simulate``'s ``next:`` line) gives a folder whose name has a
   space back as one word when pasted into a POSIX shell (``shlex.split``);
-  a plain path is left as it is.
+  a plain path is left as it is. ``lipoframe evaluate``'s hint for a sweep
+  of shards and ``lipoframe merge``'s for a sweep run as printed.
+* The hint for a folder whose micrographs are in subfolders is one shell
+  word that Hydra reads back as the folder's glob, whatever the folder's name.
 * ``lipoframe merge`` of runs made with other settings lists their
   fingerprint groups in the order the runs were given.
 * A sweep's start-up note on ``nms.beta`` calls the default the default,
@@ -115,6 +118,57 @@ def test_the_subfolder_hint_is_a_word_bash_and_hydra_read_back_as_the_folders_gl
     _, cfg = compose_config([word, *TINY_ARGS])
     assert list(cfg.input) == [glob]
     assert expand_inputs(list(cfg.input), (".mrc",)) == [mic]
+
+
+def _truth_in(folder: Path) -> Path:
+    """The truth of the two tiny micrographs (tiny_mrcs) as a CSV in ``folder``."""
+    import pandas as pd
+    from conftest import tiny_truth
+
+    folder.mkdir(parents=True, exist_ok=True)
+    truth = pd.concat([tiny_truth(i).assign(micrograph=f"mic_{i}") for i in range(2)])
+    truth.to_csv(folder / "truth.csv", index=False)
+    return folder / "truth.csv"
+
+
+def test_evaluates_shard_hint_runs_as_printed_for_folders_with_a_space(tiny_mrcs, tmp_path, run_cli):
+    """`lipoframe evaluate picks=<sweep of shards>` prints `lipoframe merge SWEEP output=<merged> && lipoframe
+    evaluate picks=<merged> reference=REF` to run instead; with a space in the sweep's and the reference's
+    folder, pasted, each path must come back as one word. The printed commands, split as a shell splits
+    them (<merged> filled in), are those words, and run: the merge and then the evaluation succeed."""
+    sweep = tmp_path / "my shards"
+    code, _, err = run_cli("run", "-m", f"input={tiny_mrcs[0].parent}", f"output={sweep}", "shard.count=2",
+                           "shard.index=0,1", *TINY_ARGS)
+    assert code == 0, err
+    truth = _truth_in(tmp_path / "my refs")
+    code, out, err = run_cli("evaluate", f"picks={sweep}", f"reference={truth}")
+    assert code == 2 and "its jobs are the shards of one run" in err, (out, err)
+    merged = tmp_path / "merged run"
+    commands = [shlex.split(c.replace("<merged>", shlex.quote(str(merged))))
+                for c in err.split("run: ", 1)[1].strip().split(" && ")]
+    assert commands == [["lipoframe", "merge", str(sweep), f"output={merged}"],
+                        ["lipoframe", "evaluate", f"picks={merged}", f"reference={truth}"]], err
+    code, _, err = run_cli(*commands[0][1:])
+    assert code == 0, err
+    code, out, err = run_cli(*commands[1][1:])
+    assert code == 0 and out, (out, err)
+
+
+def test_merges_sweep_hint_runs_as_printed_for_a_sweep_folder_with_a_space(tiny_mrcs, tmp_path, run_cli):
+    """`lipoframe merge <sweep over nms.max_containment>` refuses and says `lipoframe evaluate picks=SWEEP
+    reference=<reference picks>` compares the jobs; with a space in the sweep's folder the command, split
+    as a shell splits it (the reference filled in), names it as one word, and runs: one table of 2 jobs."""
+    sweep = tmp_path / "my sweep"
+    code, _, err = run_cli("run", "-m", f"input={tiny_mrcs[0]}", f"output={sweep}", "nms.max_containment=0.3,0.5",
+                           *TINY_ARGS)
+    assert code == 0, err
+    code, _, err = run_cli("merge", str(sweep), f"output={tmp_path / 'merged'}")
+    assert code == 1 and "compared, not merged" in err, err
+    truth = _truth_in(tmp_path / "my refs")
+    (command,) = [shlex.split(c.replace("<reference picks>", shlex.quote(str(truth)))) for c in COMMAND.findall(err)]
+    assert command == ["lipoframe", "evaluate", f"picks={sweep}", f"reference={truth}"], err
+    code, out, err = run_cli(*command[1:])
+    assert code == 0 and out.startswith(f"sweep {sweep}: 2 jobs against {truth}"), (out, err)
 
 
 def _shard(folder: str, fingerprint: str):
