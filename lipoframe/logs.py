@@ -186,11 +186,20 @@ def once_each(said: set[tuple[int, str]]):
     diameter range, ``every micrograph failed``) is logged once to the
     console and ``lipoframe.log``, and again only when its words change.
     ``run_summary.json`` and the summary are made as before.
+
+    Its child loggers' messages too (``lipoframe.polaritycheck``, a module's
+    ``logging.getLogger(__name__)``): a logger's filter sees only the records
+    made on it, not those its children pass up, so each child logger that
+    exists on entry gets the filter as well (one made meanwhile does not).
     """
-    logger = logging.getLogger("lipoframe")
     said_before = _SaidBefore(said)
-    logger.addFilter(said_before)
+    loggers = [logging.getLogger("lipoframe")]
+    loggers += [logger for name, logger in list(logging.Logger.manager.loggerDict.items())
+                if name.startswith("lipoframe.") and isinstance(logger, logging.Logger)]
+    for logger in loggers:
+        logger.addFilter(said_before)
     try:
         yield
     finally:
-        logger.removeFilter(said_before)
+        for logger in loggers:
+            logger.removeFilter(said_before)

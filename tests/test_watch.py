@@ -971,3 +971,26 @@ def test_a_file_that_still_fails_when_the_session_stops_is_a_failure_then(tmp_pa
     assert caplog.messages.index(error.error) < stopping  # told before the final outputs, as it stopped
     assert any(m.endswith("; 2 seen, 0 failed, 1 not finished yet? (picked again when changed)") for m in caplog.messages)
     assert json.loads((out / "run_summary.json").read_text())["micrographs"]["failed"] == 1
+
+
+def test_a_child_loggers_message_is_logged_once_per_watch_session_too(caplog):
+    """logs.once_each (a watch session's updates: each message once per session) filtered the lipoframe
+    logger only: a logger's filter does not see the records its child loggers pass up, so a message of
+    lipoframe.polaritycheck (or any module's getLogger(__name__) under lipoframe) was logged at every
+    update. A watch session's updates log none today (the polarity check runs in batch runs only)."""
+    import importlib
+
+    from lipoframe.logs import once_each
+
+    importlib.import_module("lipoframe.polaritycheck")  # its module logger exists, as in a session
+
+    said: set = set()
+    child = logging.getLogger("lipoframe.polaritycheck")
+    with caplog.at_level(logging.INFO, logger="lipoframe"):
+        for _ in range(3):  # three updates of one session
+            with once_each(said):
+                child.warning("polarity check: the same words")
+                logging.getLogger("lipoframe").warning("the runner's own words")
+        child.warning("polarity check: the same words")  # outside the updates: as before
+    assert caplog.messages == ["polarity check: the same words", "the runner's own words", "polarity check: the same words"]
+    assert not child.filters and not logging.getLogger("lipoframe").filters
