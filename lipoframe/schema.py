@@ -126,15 +126,40 @@ def validate_detections(df: pd.DataFrame, *, stage: str, shape: tuple[int, ...] 
 def with_acceptance(df: pd.DataFrame) -> pd.DataFrame:
     """Return a copy of ``df`` that has ``accepted`` (bool) and ``reject_reason`` (object, no NaN) columns."""
     out = df.copy()
-    if ACCEPTED not in out.columns:
-        out[ACCEPTED] = np.ones(len(out), dtype=bool)
-    elif out[ACCEPTED].dtype != bool:
-        out[ACCEPTED] = out[ACCEPTED].astype(bool)
-    if REASON not in out.columns:
-        out[REASON] = pd.Series(np.full(len(out), "", dtype=object), index=out.index, dtype=object)
-    elif out[REASON].dtype != object or out[REASON].isna().any():
-        out[REASON] = out[REASON].fillna("").astype(object)
+    if ACCEPTED not in out.columns or out[ACCEPTED].dtype != bool:
+        out[ACCEPTED] = _accepted(out)
+    if REASON not in out.columns or out[REASON].dtype != object or out[REASON].isna().any():
+        out[REASON] = pd.Series(_reasons(out), index=out.index, dtype=object)
     return out
+
+
+def acceptance(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """The ``accepted`` and ``reject_reason`` columns :func:`with_acceptance` would give ``df``, without copying it.
+
+    Returns
+    -------
+    accepted : (K,) ndarray of bool
+        All True if ``df`` has no ``accepted`` column.
+    reasons : (K,) ndarray of object
+        ``""`` for a missing value, all ``""`` if ``df`` has no ``reject_reason`` column.
+    """
+    return _accepted(df), _reasons(df)
+
+
+def _accepted(df: pd.DataFrame) -> np.ndarray:
+    if ACCEPTED not in df.columns:
+        return np.ones(len(df), dtype=bool)
+    col = df[ACCEPTED]
+    return (col if col.dtype == bool else col.astype(bool)).to_numpy(dtype=bool)
+
+
+def _reasons(df: pd.DataFrame) -> np.ndarray:
+    if REASON not in df.columns:
+        return np.full(len(df), "", dtype=object)
+    col = df[REASON]
+    if col.dtype != object or col.isna().any():
+        col = col.fillna("").astype(object)
+    return col.to_numpy(dtype=object)
 
 
 def rejection_reasons(picks: pd.DataFrame) -> pd.Series:

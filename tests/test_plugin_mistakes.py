@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -346,6 +347,26 @@ def test_check_declared_reasons_looks_only_at_what_the_stage_rejected():
     silent = before.assign(accepted=[False, False, True])  # rejected without a reason
     with pytest.raises(ValueError, match=r"rejected picks with no reason, which its reasons \(\) do not declare"):
         check_declared_reasons(before, silent, declared=(), stage="refiner/r")
+
+
+@pytest.mark.parametrize("table", [
+    pd.DataFrame({"x_px": [1.0, 2.0, 3.0]}),  # neither column
+    pd.DataFrame({"x_px": [1.0, 2.0, 3.0], "accepted": [True, False, True], "reject_reason": ["", "edge", ""]}),
+    pd.DataFrame({"accepted": [1, 0, 1], "reject_reason": [None, "edge", np.nan]}),  # numbers, missing reasons
+    pd.DataFrame({"accepted": pd.array([True, False, True], dtype="boolean"), "reject_reason": pd.array(["", "edge", None], dtype="string")}),
+    pd.DataFrame({"accepted": [np.nan, 0.0, 1.0], "reject_reason": ["", "edge", ""]}),  # NaN counts as True, as in astype(bool)
+    pd.DataFrame({"accepted": pd.Series([], dtype=bool)}),
+], ids=["none", "plain", "numbers", "extension", "floats", "empty"])
+def test_acceptance_is_what_with_acceptance_gives(table):
+    # check_declared_reasons reads the two columns without copying the tables: the same values as the copies had.
+    from lipoframe import schema
+
+    accepted, reasons = schema.acceptance(table)
+    full = schema.with_acceptance(table)
+    assert accepted.dtype == bool and reasons.dtype == object
+    assert accepted.tolist() == full["accepted"].to_numpy(dtype=bool).tolist()
+    assert reasons.tolist() == full["reject_reason"].to_numpy(dtype=object).tolist()
+    assert full["accepted"].dtype == bool and full["reject_reason"].dtype == object and not full["reject_reason"].isna().any()
 
 
 def test_a_writer_interrupted_half_way_leaves_none_of_its_files(sloppy, make_plugin, tiny_mrcs, tmp_path, run_cli):
