@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -1122,11 +1123,16 @@ def test_plan_of_an_older_folder_takes_the_policy_that_gained_options_since(tiny
     assert code == 2 and "its options (pad, rounding) fit the policies " in err and "choose one with binning=<name>" in err
 
 
-def _run_interrupted_before_mic_1(tiny_mrcs, tmp_path, run_cli) -> Path:
-    """The folder of a run of the tiny micrographs as left when interrupted before it picked mic_1."""
+def _tiny_run_copy(tiny_run_folder: Path, tmp_path: Path) -> Path:
+    """``tmp_path / "out"``: a copy of conftest's finished run of the two tiny micrographs with TINY_ARGS."""
     out = tmp_path / "out"
-    code, _, err = run_cli("run", f"input={tiny_mrcs[0].parent}", f"output={out}", *TINY_ARGS)
-    assert code == 0, err
+    shutil.copytree(tiny_run_folder, out)
+    return out
+
+
+def _run_interrupted_before_mic_1(tiny_run_folder, tmp_path) -> Path:
+    """The folder of a run of the tiny micrographs as left when interrupted before it picked mic_1."""
+    out = _tiny_run_copy(tiny_run_folder, tmp_path)
     for suffix in (".json", ".csv"):
         (out / "micrographs" / f"mic_1{suffix}").unlink()
     summary = json.loads((out / "run_summary.json").read_text())
@@ -1134,25 +1140,23 @@ def _run_interrupted_before_mic_1(tiny_mrcs, tmp_path, run_cli) -> Path:
     return out
 
 
-def test_plan_of_an_interrupted_run_says_which_micrographs_it_leaves_out(tiny_mrcs, tmp_path, run_cli):
+def test_plan_of_an_interrupted_run_says_which_micrographs_it_leaves_out(tiny_run_folder, tmp_path, run_cli):
     # Before, `lipoframe plan` on the folder of an interrupted run wrote picks.csv, the plan and the
     # writers' files from the micrographs picked so far without a word, while the run itself
     # writes no dataset-level outputs from a partial dataset.
-    out = _run_interrupted_before_mic_1(tiny_mrcs, tmp_path, run_cli)
+    out = _run_interrupted_before_mic_1(tiny_run_folder, tmp_path)
     code, _, err = run_cli("plan", str(out))
     assert ("lipoframe plan: 1 of 2 micrograph(s) have no saved picks and are not in the plan; the run was interrupted: "
             "run the same `lipoframe run` command again to finish it") in err.splitlines()
     assert set(pd.read_csv(out / "picks.csv")["micrograph"]) == {"mic_0"}
 
 
-def test_plan_of_a_killed_run_calls_its_unpicked_micrographs_not_done_not_failed(tiny_mrcs, tmp_path, run_cli):
+def test_plan_of_a_killed_run_calls_its_unpicked_micrographs_not_done_not_failed(tiny_run_folder, tmp_path, run_cli):
     """A run killed outright (SIGKILL, the out-of-memory killer, a hard time limit) writes no
     run_summary.json; `lipoframe plan` then said the micrographs it had not reached 'failed in the
     run' and wrote a run_summary.json listing each as a failure ('no complete saved result'), which
     the report, evaluate and merge repeated. They were not picked: the run is recorded as interrupted."""
-    out = tmp_path / "out"
-    code, _, err = run_cli("run", f"input={tiny_mrcs[0].parent}", f"output={out}", *TINY_ARGS)
-    assert code == 0, err
+    out = _tiny_run_copy(tiny_run_folder, tmp_path)
     for suffix in (".json", ".csv"):  # mic_1 not reached when the run was killed
         (out / "micrographs" / f"mic_1{suffix}").unlink()
     (out / "run_summary.json").unlink()  # written at a run's end only
@@ -1206,13 +1210,11 @@ def _plan_stopped_in(where: str, monkeypatch):
 
 
 @pytest.mark.parametrize("where", ["binning", "writer"])
-def test_a_plan_stopped_in_its_binning_or_a_writer_says_so_until_a_plan_finishes(tiny_mrcs, tmp_path, run_cli, monkeypatch, caplog,
-                                                                                  where):
+def test_a_plan_stopped_in_its_binning_or_a_writer_says_so_until_a_plan_finishes(tiny_run_folder, tmp_path, run_cli, monkeypatch,
+                                                                                  caplog, where):
     # run_summary.json said 'interrupted: false' (the picking run's flag, carried over), exit code 130 without a word
     # on what to do, and SIGTERM ended the plan outright; its exports and plan files are a mix of the two plans'.
-    out = tmp_path / "out"
-    code, _, err = run_cli("run", f"input={tiny_mrcs[0].parent}", f"output={out}", *TINY_ARGS)
-    assert code == 0, err
+    out = _tiny_run_copy(tiny_run_folder, tmp_path)
     with _plan_stopped_in(where, monkeypatch), caplog.at_level(logging.WARNING, logger="lipoframe"):
         code, _, err = run_cli("plan", str(out), "binning.rounding=even")
     said = ("interrupted while making the plan: its exports and extraction plan files are incomplete; "
@@ -1242,8 +1244,8 @@ def test_a_plan_stopped_in_its_binning_or_a_writer_says_so_until_a_plan_finishes
     assert not any("interrupted" in n for n in summary["notes"]), summary["notes"]
 
 
-def test_a_finished_plan_keeps_the_flag_of_a_run_whose_picking_was_interrupted(tiny_mrcs, tmp_path, run_cli, monkeypatch):
-    out = _run_interrupted_before_mic_1(tiny_mrcs, tmp_path, run_cli)
+def test_a_finished_plan_keeps_the_flag_of_a_run_whose_picking_was_interrupted(tiny_run_folder, tmp_path, run_cli, monkeypatch):
+    out = _run_interrupted_before_mic_1(tiny_run_folder, tmp_path)
     with _plan_stopped_in("binning", monkeypatch):
         assert run_cli("plan", str(out))[0] == 130
     summary = json.loads((out / "run_summary.json").read_text())
@@ -1277,12 +1279,10 @@ def test_a_finished_plan_clears_the_flag_of_a_run_stopped_in_its_binning_or_a_wr
     assert "Interrupted" not in page and "run the same command again" not in page
 
 
-def test_a_plan_stopped_while_drawing_its_report_says_so_until_a_report_is_written(tiny_mrcs, tmp_path, run_cli, monkeypatch):
+def test_a_plan_stopped_while_drawing_its_report_says_so_until_a_report_is_written(tiny_run_folder, tmp_path, run_cli, monkeypatch):
     # `lipoframe plan RUN --report` stopped while drawing the report: report.html was removed, but run_summary.json
     # said 'interrupted: false' with no note, as if the plan had written it (a run stopped so says so).
-    out = tmp_path / "out"
-    code, _, err = run_cli("run", f"input={tiny_mrcs[0].parent}", f"output={out}", *TINY_ARGS)
-    assert code == 0, err
+    out = _tiny_run_copy(tiny_run_folder, tmp_path)
     assert run_cli("report", str(out), "--no-overlays")[0] == 0  # the earlier report, which goes
     with _plan_stopped_in("report", monkeypatch):
         code, _, err = run_cli("plan", str(out), "binning.rounding=even", "--report")
@@ -1386,7 +1386,6 @@ def test_plan_keeps_the_runs_notes_that_still_apply(tmp_path, run_cli):
 def test_a_plan_of_a_copied_or_moved_run_folder_names_that_folder_in_the_runs_notes(tmp_path, run_cli):
     # The 1 Å/px note gives `lipoframe plan <folder> pixel_size=<Å/px>` to paste; after the run folder was copied
     # or moved, a plan of it (and its run_summary.json, and a report of it) still named the folder the run was made in.
-    import shutil
 
     from conftest import tiny_image, write_mrc
 
