@@ -943,22 +943,33 @@ def test_report_command_into_a_folder_it_cannot_write_says_so_in_one_line(run_co
     assert {p: p.read_bytes() for p in run_copy.rglob("*") if p.is_file() and p.name != ".lipoframe.lock"} == before  # nothing half-written
 
 
-def _run_twice_second_report_raising(tmp_path, monkeypatch, error):
-    """Run into one folder twice: the first writes its report, the second's report raises ``error``."""
+@pytest.fixture(scope="module")
+def one_mic_run(tmp_path_factory):
+    """(cfg, folder) of a run of one micrograph (``mic_0``) with its report, the first of :func:`_run_twice_second_report_raising`."""
     from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
 
     from lipoframe.merge import compose_config
     from lipoframe.runner import run_pipeline
 
-    write_mrc(tmp_path / "mics" / "mic_0.mrc", tiny_image(seed=0)[0])
-    from omegaconf import OmegaConf
-
+    root = tmp_path_factory.mktemp("one_mic_run")
+    write_mrc(root / "mics" / "mic_0.mrc", tiny_image(seed=0)[0])
     try:
-        composed, cfg = compose_config([f"input={tmp_path / 'mics'}", *RUN_OVERRIDES])
+        composed, cfg = compose_config([f"input={root / 'mics'}", *RUN_OVERRIDES])
     finally:
         GlobalHydra.instance().clear()
-    assert run_pipeline(cfg, tmp_path / "out").ok and (tmp_path / "out" / "report.html").is_file()
-    (tmp_path / "out" / "config.yaml").write_text(OmegaConf.to_yaml(composed))  # the run's settings, as `lipoframe run` records them
+    assert run_pipeline(cfg, root / "out").ok and (root / "out" / "report.html").is_file()
+    (root / "out" / "config.yaml").write_text(OmegaConf.to_yaml(composed))  # the run's settings, as `lipoframe run` records them
+    return cfg, root / "out"
+
+
+def _run_twice_second_report_raising(one_mic_run, tmp_path, monkeypatch, error):
+    """Run into one folder twice: the first writes its report (a copy of ``one_mic_run`` in ``tmp_path / "out"``),
+    the second's report raises ``error``."""
+    from lipoframe.runner import run_pipeline
+
+    cfg, first = one_mic_run
+    shutil.copytree(first, tmp_path / "out")
 
     def boom(*args, **kwargs):
         raise error
@@ -967,8 +978,8 @@ def _run_twice_second_report_raising(tmp_path, monkeypatch, error):
     return lambda: run_pipeline(cfg, tmp_path / "out")
 
 
-def test_a_failing_report_is_logged_and_never_fails_the_run(tmp_path, monkeypatch, caplog):
-    again = _run_twice_second_report_raising(tmp_path, monkeypatch, RuntimeError("disk on fire"))
+def test_a_failing_report_is_logged_and_never_fails_the_run(one_mic_run, tmp_path, monkeypatch, caplog):
+    again = _run_twice_second_report_raising(one_mic_run, tmp_path, monkeypatch, RuntimeError("disk on fire"))
     with caplog.at_level(logging.ERROR, logger="lipoframe"):
         result = again()
     assert result.ok and (tmp_path / "out" / "run_summary.json").is_file()
@@ -977,10 +988,10 @@ def test_a_failing_report_is_logged_and_never_fails_the_run(tmp_path, monkeypatc
     assert any("disk on fire" in r.getMessage() and "report.html" in r.getMessage() for r in caplog.records)
 
 
-def test_a_run_interrupted_while_writing_its_report_says_so(tmp_path, monkeypatch, capsys):
+def test_a_run_interrupted_while_writing_its_report_says_so(one_mic_run, tmp_path, monkeypatch, capsys):
     # Ctrl-C or SIGTERM during the report: run_summary.json said 'interrupted: false'
     # and the earlier run's report.html stayed.
-    again = _run_twice_second_report_raising(tmp_path, monkeypatch, KeyboardInterrupt())
+    again = _run_twice_second_report_raising(one_mic_run, tmp_path, monkeypatch, KeyboardInterrupt())
     with pytest.raises(KeyboardInterrupt):
         again()
     out = tmp_path / "out"
@@ -1283,7 +1294,7 @@ def test_a_reader_warning_is_not_repeated_when_the_overlay_reads_the_file(tmp_pa
 
 def test_a_run_without_report_removes_an_earlier_runs_report(run_copy, done, caplog):
     # A re-run into a folder with other settings and runner.report=false left the earlier run's report.html,
-    # which showed that run's picks (another filter here: min_score 12 -> 30).
+    # which showed that run's picks (another binning here: 2 quantile bins -> 3; the micrographs' picks are resumed).
     from hydra.core.global_hydra import GlobalHydra
 
     from lipoframe.merge import compose_config
@@ -1292,7 +1303,7 @@ def test_a_run_without_report_removes_an_earlier_runs_report(run_copy, done, cap
     assert (run_copy / "report.html").is_file()
     mics = done[0].input[0]
     try:
-        _, cfg = compose_config([f"input={mics}", *RUN_OVERRIDES, "filter.score.min_score=30", "runner.report=false"])
+        _, cfg = compose_config([f"input={mics}", *RUN_OVERRIDES, "binning.n_bins=3", "runner.report=false"])
     finally:
         GlobalHydra.instance().clear()
     with caplog.at_level("WARNING", logger="lipoframe"):
