@@ -3389,15 +3389,19 @@ def resolve_workers(requested: int, n_jobs: int) -> int:
     return max(1, min(requested, n_jobs))
 
 
-def run_jobs(jobs: list[MicJob], cfg: LipoframeConfig, stages: StageSet, *, progress: bool = True,
-             tell_failure: Callable[[MicResult], None] | None = None) -> tuple[list[MicResult], bool]:
+def run_jobs(
+    jobs: list[MicJob], cfg: LipoframeConfig, stages: StageSet, *, progress: bool = True, notes: list[str] | None = None,
+    tell_failure: Callable[[MicResult], None] | None = None,
+) -> tuple[list[MicResult], bool]:
     """Pick ``jobs`` (skipping those already done when resuming) with a progress bar.
 
+    Returns the results (in completion order) and whether Ctrl-C interrupted
+    the run. ``notes``, when given, gets the notes on the micrographs picked
+    before at another pixel size (:func:`pixel_size_change_notes`: re-used,
+    or picked again and why), for ``run_summary.json`` and the report.
     Each micrograph that fails is told as it fails: its error is logged, or
     given to ``tell_failure`` when given (a ``watch=true`` session tells a
     file that may still be being written otherwise).
-
-    Returns the results (in completion order) and whether Ctrl-C interrupted the run.
     """
     from lipoframe import __version__
 
@@ -3438,7 +3442,9 @@ def run_jobs(jobs: list[MicJob], cfg: LipoframeConfig, stages: StageSet, *, prog
     todo: list[MicJob] = []
     changed: list[PixelSizeReuse] = []  # results picked before at another pixel size
     done_before = saved([job for job in jobs if job.resume], "skipped")
-    pixel_size_change_notes(changed)
+    said = pixel_size_change_notes(changed)
+    if notes is not None:
+        notes.extend(said)
     for job in jobs:
         if job.name in done_before:
             results.append(done_before[job.name])
@@ -3686,8 +3692,10 @@ def finish_run(
     ``pixel_size``: every micrograph's pixel size instead of the saved one
     (``lipoframe plan pixel_size=`` of a run picked in pixels; ``diameter_A``
     follows). ``listed_notes``: those of ``notes`` that
-    :func:`listed_pixel_size_notes` made (recorded as notes on the pixel
-    size, which a plan that gives one drops). ``replan``: the ``lipoframe
+    :func:`listed_pixel_size_notes` and :func:`given_pixel_size_notes`
+    made, and those on the micrographs picked before at another pixel size
+    (:func:`pixel_size_change_notes`), recorded as notes on the pixel
+    size, which a plan that gives one drops. ``replan``: the ``lipoframe
     plan`` command (with ``picking``), which the note of a plan stopped in
     its binning or writers (Ctrl-C, SIGTERM) asks to run again; its
     ``run_summary.json`` then says ``interrupted`` and records the picking
@@ -3908,7 +3916,9 @@ def run_pipeline(
         pairs = shard(list(zip(paths, names)), cfg.shard.index, cfg.shard.count)
         jobs = [MicJob(p, n, out_dir, fingerprint, cfg.runner.resume, cfg.runner.verbose) for p, n in pairs]
         workers = resolve_workers(cfg.runner.workers, len(jobs))
-        results, interrupted = run_jobs(jobs, cfg, stages)
+        resized: list[str] = []  # micrographs picked before at another pixel size: re-used, or picked again and why
+        results, interrupted = run_jobs(jobs, cfg, stages, notes=resized)
+        notes += resized
         none_picked = [] if interrupted else every_micrograph_failed(out_dir, results)
         errors.extend(none_picked)
         polarity = None
@@ -3920,7 +3930,7 @@ def run_pipeline(
         result = finish_run(
             out_dir, [n for _, n in pairs], results, stages, cfg, pm=pm, t0=t0,
             errors=errors, notes=notes, interrupted=interrupted, workers=workers, finalize=not interrupted and not none_picked,
-            polarity=polarity, listed_notes=listed,
+            polarity=polarity, listed_notes=listed + resized,
         )
         if none_picked:
             pass  # no report either: an earlier run's stays with its outputs

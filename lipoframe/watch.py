@@ -392,7 +392,10 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None, exclude=None):
                                 log.warning(notes[-1])
                         jobs.append(MicJob(path, path_name[key], out_dir, fingerprint, cfg.runner.resume, cfg.runner.verbose))
                         stamps[key] = (path, input_stamp(path, path_name[key], stages, digest=False))  # before reading: a later change is new
-                    done, interrupted = run_jobs(jobs, cfg, stages, progress=False, tell_failure=tell_failure)
+                    resized: list[str] = []  # picked before at another pixel size: re-used, or picked again and why
+                    done, interrupted = run_jobs(jobs, cfg, stages, progress=False, notes=resized, tell_failure=tell_failure)
+                    listed.extend(resized)  # notes on the pixel size, as a batch run's
+                    notes.extend(resized)
                     finished = {r.name for r in done}
                     undone = [job.path for job in jobs if job.name not in finished]
                     for r in done:

@@ -649,3 +649,36 @@ def test_a_run_killed_while_reusing_picks_at_another_pixel_size_leaves_no_result
     picks = pd.read_csv(out / "picks.csv")
     assert len(picks)
     assert np.allclose(picks["diameter_A"], picks["diameter_px"], atol=1e-3)
+
+
+def test_a_run_resumed_at_another_pixel_size_keeps_what_it_did_in_its_summary_and_report(tmp_path, run_cli):
+    # the notes (re-used, or picked again and why) were only logged: run_summary.json and report.html said nothing
+    import html
+
+    inp = tmp_path / "in"
+    write_set(inp, 2)
+    out = tmp_path / "out"
+    for settings in (["pixel_size=1.0"], ["pixel_size=3", "runner.report=true"]):  # a folder `lipoframe plan` takes
+        assert run_cli("run", f"input={inp}", f"output={out}", "runner.workers=1", *RUN_ARGS, "units=px", *settings)[0] == 0
+    summary = json.loads((out / "run_summary.json").read_text())
+    reused = ("pixel size changed (1 -> 3 Å/px) for 2 micrograph(s) picked before: their picks are re-used, as picking in "
+              "pixels (units=px) does not depend on it; diameter_A and everything in Å (exports, plan, report) are recomputed")
+    assert [n for n in summary["notes"] if n.startswith("pixel size changed")] == [reused]
+    assert reused in summary["run_notes"] and reused in summary["run_pixel_size_notes"]
+    assert f"<li>Note: {html.escape(reused)}</li>" in (out / "report.html").read_text()
+    # a note on the pixel size the run used: a plan at a pixel size of its own drops it, one without brings it back
+    assert run_cli("plan", out, "pixel_size=2")[0] == 0
+    assert reused not in json.loads((out / "run_summary.json").read_text())["notes"]
+    assert run_cli("plan", out)[0] == 0
+    assert reused in json.loads((out / "run_summary.json").read_text())["notes"]
+    # picked again, with the reason (units=A)
+    out = tmp_path / "in_A"
+    run(inp, out)
+    run(inp, out, "pixel_size=2")
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert [n for n in summary["notes"] if n.startswith("pixel size changed")] == [
+        "pixel size changed (1 -> 2 Å/px) for 2 micrograph(s) picked before: they are picked again, as their picks depend on "
+        "it (dmin=30.0, dmax=140.0 (units=A): lengths in Å, converted to pixels with it)"]
+    # the run after it did nothing of the kind: its summary says nothing of it
+    run(inp, out, "pixel_size=2")
+    assert not [n for n in json.loads((out / "run_summary.json").read_text())["notes"] if n.startswith("pixel size changed")]

@@ -789,6 +789,26 @@ def test_a_given_pixel_size_the_headers_contradict_is_warned_about_in_a_watch_se
     assert summary["run_pixel_size_notes"] == [expected]  # dropped by a `lipoframe plan pixel_size=` as a batch run's
 
 
+def test_a_watch_session_at_another_pixel_size_keeps_its_note_on_the_picks_it_reused(tmp_path):
+    """A batch run keeps in run_summary.json what it did with micrographs picked before at another pixel size; a
+    watch session over them only logged it."""
+    from scale_data import image, write_mrc
+
+    write_mrc(tmp_path / "in" / "mic_000.mrc", image(0), pixel_size=1.0)
+    common = [f"input={tmp_path / 'in'}", *RUN_ARGS, "runner.workers=1", "units=px"]
+    _, cfg = compose_config([*common, "pixel_size=1.0"])
+    run_pipeline(cfg, tmp_path / "out")
+    _, cfg = compose_config([*common, "pixel_size=2", "watch=true", "stream.poll_seconds=0.1", "stream.stable_polls=1",
+                             "stream.idle_timeout=0.5"])
+    result = run_pipeline(cfg, tmp_path / "out")
+    assert [r.status for r in result.results] == ["skipped"]
+    expected = ("pixel size changed (1 -> 2 Å/px) for 1 micrograph(s) picked before: their picks are re-used, as picking "
+                "in pixels (units=px) does not depend on it; diameter_A and everything in Å (exports, plan, report) are "
+                "recomputed")
+    summary = json.loads((tmp_path / "out" / "run_summary.json").read_text())
+    assert [n for n in summary["notes"] if n.startswith("pixel size changed")] == [expected]
+    assert expected in summary["run_pixel_size_notes"]
+
 def test_the_tiff_row_note_is_logged_once_per_watch_session(tmp_path, caplog):
     """With TIFF inputs the note on the exports' row flip was logged at every update of the outputs
     (lipoframe.log: once per update, with the count of the moment); once per session is enough.
