@@ -1266,7 +1266,8 @@ def read_infos(out_dir: Path, names: list[str]) -> dict[str, dict | None]:
 
 
 def saved_counts(
-    out_dir: Path, wanted: dict[str, dict | None], fingerprint: str | None = None, *, version: str | None = None
+    out_dir: Path, wanted: dict[str, dict | None], fingerprint: str | None = None, *, version: str | None = None,
+    infos: dict[str, dict | None] | None = None,
 ) -> dict[str, tuple[MicrographMeta, int, int]]:
     """Metadata, rows and accepted rows of the saved results :func:`load_work` would return.
 
@@ -1275,10 +1276,12 @@ def saved_counts(
     the answer. The tables are parsed in one go (:func:`_read_work_at_once`)
     where they allow it, else one by one with :func:`load_work`: on resume,
     a parse per saved micrograph cost more than the dataset step itself.
+    ``infos``: the JSON of each of ``wanted`` when read already (:func:`read_infos`).
     """
     # the JSON of each result to read, read once
-    infos = {name: info for name, info in read_infos(out_dir, list(wanted)).items()
-             if info is not None and _work_info_matches(info, fingerprint, wanted[name], version)}
+    infos = read_infos(out_dir, list(wanted)) if infos is None else infos
+    infos = {name: info for name, info in infos.items()
+             if name in wanted and info is not None and _work_info_matches(info, fingerprint, wanted[name], version)}
     names = list(infos)
     at_once = _read_work_at_once(out_dir, names, infos=infos) if names else None
     if at_once is not None and at_once[0][schema.ACCEPTED].dtype == bool:
@@ -1519,9 +1522,55 @@ def with_diameter_A(picks: pd.DataFrame, pixel_size: float | None) -> pd.DataFra
     return picks.assign(**{schema.DIAMETER_A: saved * float(pixel_size) if pixel_size else np.nan})
 
 
+class PixelSizeResume:
+    """What :func:`reused_at_pixel_size` needs of a run, worked out once for all its micrographs.
+
+    The run's per-micrograph settings and their fingerprint at each pixel
+    size a saved result was picked at, and why picks may depend on the
+    pixel size (:func:`pixel_size_dependence`, which depends on a
+    micrograph only through the reader its suffix chooses).
+    """
+
+    def __init__(self, cfg: LipoframeConfig, stages: StageSet) -> None:
+        self.cfg, self.stages = cfg, stages
+        self._settings: dict | None = None
+        self._fingerprints: dict[float | None, str] = {}
+        self._why: dict[str, str] = {}
+
+    def fingerprints(self, pixel_size: float | None) -> set[str]:
+        """The fingerprints a result saved at ``pixel_size`` has when made with this run's settings but ``pixel_size=``:
+        not given, or given as that pixel size."""
+        if self._settings is None:
+            self._settings = self.cfg.per_micrograph_settings()
+        for p in (None, pixel_size):
+            if p not in self._fingerprints:
+                self._fingerprints[p] = settings_fingerprint({**self._settings, "pixel_size": p})
+        return {self._fingerprints[None], self._fingerprints[pixel_size]}
+
+    def why(self, path: str | os.PathLike) -> str:
+        """:func:`pixel_size_dependence` of micrograph ``path``."""
+        key = file_suffix(path)
+        if key not in self._why:
+            self._why[key] = pixel_size_dependence(self.cfg, self.stages, path)
+        return self._why[key]
+
+    def saved_meta(self, info: dict | None, fingerprint: str, *, source: dict | None, version: str | None) -> MicrographMeta | None:
+        """The metadata of a saved result (its JSON, ``info``) that differs from this run's (``fingerprint``) only by the
+        pixel size, as :func:`reused_at_pixel_size` takes them; None for any other (or none)."""
+        try:
+            meta = MicrographMeta.from_dict(info["meta"])
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None
+        if not _work_info_matches(info, None, source, version):
+            return None
+        if info.get("fingerprint") != fingerprint and info.get("fingerprint") not in self.fingerprints(meta.pixel_size):
+            return None
+        return meta
+
+
 def reused_at_pixel_size(
     out_dir: Path, name: str, path: str | os.PathLike, fingerprint: str, *, source: dict | None, version: str | None,
-    cfg: LipoframeConfig, stages: StageSet,
+    cfg: LipoframeConfig, stages: StageSet, info: dict | None = None, resume: PixelSizeResume | None = None,
 ) -> PixelSizeReuse | None:
     """The saved result of ``name`` when it differs from this run's only by the pixel size; re-used when that cannot matter.
 
@@ -1535,24 +1584,24 @@ def reused_at_pixel_size(
     (the earlier JSON removed, the CSV, then the JSON that marks it complete:
     stopped half-way, it is picked again). Else it is left for picking
     again, with the reason.
-    None for any other result (or none).
+    None for any other result (or none). ``info``: its JSON when read
+    already (:func:`read_infos`); ``resume``: what the run's other
+    micrographs worked out already (its settings' fingerprints).
     """
+    resume = resume or PixelSizeResume(cfg, stages)
+    csv_path, json_path = _work_paths(out_dir, name)
     try:
-        info = json.loads(_work_paths(out_dir, name)[1].read_text())
-        meta = MicrographMeta.from_dict(info["meta"])
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        info = json.loads(json_path.read_text()) if info is None else info
+    except (OSError, ValueError):
         return None
-    if not _work_info_matches(info, None, source, version):
+    meta = resume.saved_meta(info, fingerprint, source=source, version=version)
+    if meta is None:
         return None
-    if info.get("fingerprint") != fingerprint:
-        settings = cfg.per_micrograph_settings()
-        if info.get("fingerprint") not in {settings_fingerprint({**settings, "pixel_size": p}) for p in (None, meta.pixel_size)}:
-            return None
     new = run_pixel_size(path, cfg, stages)
     if new is False:  # unreadable: picking it says why
         return None
     same = new == meta.pixel_size
-    why = "" if same else pixel_size_dependence(cfg, stages, path)
+    why = "" if same else resume.why(path)
     if why:
         return PixelSizeReuse(meta.pixel_size, new, why)
     done = load_work(out_dir, name, info=info)
@@ -1560,7 +1609,6 @@ def reused_at_pixel_size(
         return None
     picks = done[1] if same else with_diameter_A(done[1], new)
     meta = replace(meta, pixel_size=new)
-    csv_path, json_path = _work_paths(out_dir, name)
     if not same:
         from lipoframe.builtin.writers import write_csv
 
@@ -3407,6 +3455,8 @@ def run_jobs(
 
     version = stages.code_version or __version__
 
+    resume = PixelSizeResume(cfg, stages)  # the run's settings' fingerprints, worked out once
+
     def saved(jobs: list[MicJob], status: str) -> dict[str, MicResult]:
         """The jobs' current saved results (same settings, input files and code version), by name."""
         found: dict[str, MicResult] = {}
@@ -3417,13 +3467,14 @@ def run_jobs(
             stamps = dict(zip(named, input_stamps([(job.path, name) for name, job in named.items()], stages)))
             wanted = {name: stamp for name, stamp in stamps.items() if stamp is not None}
             moved = 0
-            counts = saved_counts(out_dir, wanted, fingerprint, version=version)
+            infos = read_infos(out_dir, list(wanted))
+            counts = saved_counts(out_dir, wanted, fingerprint, version=version, infos=infos)
             for name in wanted:
                 if name in counts and not listed_pixel_size_changed(counts[name][0], named[name].path, cfg, stages):
                     meta, n, n_acc = counts[name]
                 else:  # one picked at another pixel size, re-used where that cannot change its picks
                     again = reused_at_pixel_size(out_dir, name, named[name].path, fingerprint, source=wanted[name],
-                                                 version=version, cfg=cfg, stages=stages)
+                                                 version=version, cfg=cfg, stages=stages, info=infos.get(name), resume=resume)
                     if again is None:
                         continue
                     changed.append(again)

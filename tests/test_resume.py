@@ -671,6 +671,10 @@ def test_a_run_resumed_at_another_pixel_size_keeps_what_it_did_in_its_summary_an
     assert reused not in json.loads((out / "run_summary.json").read_text())["notes"]
     assert run_cli("plan", out)[0] == 0
     assert reused in json.loads((out / "run_summary.json").read_text())["notes"]
+    # back at the headers' pixel size, with two workers
+    run(inp, out, "units=px", "runner.workers=2")
+    assert [n for n in json.loads((out / "run_summary.json").read_text())["notes"] if n.startswith("pixel size changed")] == [
+        reused.replace("(1 -> 3 Å/px)", "(3 -> 1 Å/px)")]
     # picked again, with the reason (units=A)
     out = tmp_path / "in_A"
     run(inp, out)
