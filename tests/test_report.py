@@ -1313,6 +1313,27 @@ def test_a_run_without_report_removes_an_earlier_runs_report(run_copy, done, cap
     assert (run_copy / "picks.csv").is_file()
 
 
+def test_a_run_with_the_same_settings_without_report_removes_the_earlier_report(run_copy, done, caplog):
+    # The same settings again, with runner.report=false: nothing of the earlier run's outputs is dropped as made with
+    # other settings, so only drop_earlier_report removes its report.html (which would outlive this run's picks).
+    from hydra.core.global_hydra import GlobalHydra
+
+    from lipoframe.merge import compose_config
+    from lipoframe.runner import run_pipeline
+
+    assert (run_copy / "report.html").is_file()
+    mics = done[0].input[0]
+    try:
+        _, cfg = compose_config([f"input={mics}", *RUN_OVERRIDES, "runner.report=false"])
+    finally:
+        GlobalHydra.instance().clear()
+    with caplog.at_level("WARNING", logger="lipoframe"):
+        run_pipeline(cfg, run_copy)
+    assert not (run_copy / "report.html").exists()
+    assert f"removed the report.html of an earlier run into {run_copy} (it showed that run's picks)" in caplog.text
+    assert (run_copy / "picks.csv").is_file()
+
+
 def test_overlay_legend_gives_each_micrographs_nm_at_its_own_pixel_size(tmp_path, run_cli, monkeypatch):
     # A run of micrographs at 2 and 4 Å/px: every overlay's legend gave the bins' nm at the plan's
     # (median) pixel size, so the 2 Å/px micrograph's title said '2 Å/px' above bins in nm at 3 Å/px.
