@@ -1292,22 +1292,27 @@ def test_a_reader_warning_is_not_repeated_when_the_overlay_reads_the_file(tmp_pa
     assert "still heard" in caplog.text
 
 
-def test_a_run_without_report_removes_an_earlier_runs_report(run_copy, done, caplog):
-    # A re-run into a folder with other settings and runner.report=false left the earlier run's report.html,
-    # which showed that run's picks (another binning here: 2 quantile bins -> 3; the micrographs' picks are resumed).
+def _rerun_without_report(run_copy: Path, done, caplog, *overrides: str) -> None:
+    """Run the ``done`` run's micrographs again into ``run_copy`` (which has a report) with ``runner.report=false``
+    and ``overrides``, in this process, its warnings in ``caplog``."""
     from hydra.core.global_hydra import GlobalHydra
 
     from lipoframe.merge import compose_config
     from lipoframe.runner import run_pipeline
 
     assert (run_copy / "report.html").is_file()
-    mics = done[0].input[0]
     try:
-        _, cfg = compose_config([f"input={mics}", *RUN_OVERRIDES, "binning.n_bins=3", "runner.report=false"])
+        _, cfg = compose_config([f"input={done[0].input[0]}", *RUN_OVERRIDES, *overrides, "runner.report=false"])
     finally:
         GlobalHydra.instance().clear()
     with caplog.at_level("WARNING", logger="lipoframe"):
         run_pipeline(cfg, run_copy)
+
+
+def test_a_run_without_report_removes_an_earlier_runs_report(run_copy, done, caplog):
+    # A re-run into a folder with other settings and runner.report=false left the earlier run's report.html,
+    # which showed that run's picks (another binning here: 2 quantile bins -> 3; the micrographs' picks are resumed).
+    _rerun_without_report(run_copy, done, caplog, "binning.n_bins=3")
     assert not (run_copy / "report.html").exists()
     assert f"`lipoframe report {run_copy}` writes this run's" in caplog.text
     assert (run_copy / "picks.csv").is_file()
@@ -1316,19 +1321,7 @@ def test_a_run_without_report_removes_an_earlier_runs_report(run_copy, done, cap
 def test_a_run_with_the_same_settings_without_report_removes_the_earlier_report(run_copy, done, caplog):
     # The same settings again, with runner.report=false: nothing of the earlier run's outputs is dropped as made with
     # other settings, so only drop_earlier_report removes its report.html (which would outlive this run's picks).
-    from hydra.core.global_hydra import GlobalHydra
-
-    from lipoframe.merge import compose_config
-    from lipoframe.runner import run_pipeline
-
-    assert (run_copy / "report.html").is_file()
-    mics = done[0].input[0]
-    try:
-        _, cfg = compose_config([f"input={mics}", *RUN_OVERRIDES, "runner.report=false"])
-    finally:
-        GlobalHydra.instance().clear()
-    with caplog.at_level("WARNING", logger="lipoframe"):
-        run_pipeline(cfg, run_copy)
+    _rerun_without_report(run_copy, done, caplog)
     assert not (run_copy / "report.html").exists()
     assert f"removed the report.html of an earlier run into {run_copy} (it showed that run's picks)" in caplog.text
     assert (run_copy / "picks.csv").is_file()
