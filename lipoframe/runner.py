@@ -3472,9 +3472,11 @@ def run_jobs(
             for name in wanted:
                 if name in counts and not listed_pixel_size_changed(counts[name][0], named[name].path, cfg, stages):
                     meta, n, n_acc = counts[name]
+                elif infos[name] is None:  # no saved result (a new micrograph), or one unreadable: picked
+                    continue
                 else:  # one picked at another pixel size, re-used where that cannot change its picks
                     again = reused_at_pixel_size(out_dir, name, named[name].path, fingerprint, source=wanted[name],
-                                                 version=version, cfg=cfg, stages=stages, info=infos.get(name), resume=resume)
+                                                 version=version, cfg=cfg, stages=stages, info=infos[name], resume=resume)
                     if again is None:
                         continue
                     changed.append(again)
