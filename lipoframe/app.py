@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from lipoframe.config import ConfigError, LipoframeConfig, config_dir, store_schema, to_run_config
+from lipoframe.config import ConfigError, LipoframeConfig, config_dir, override_key, store_schema, to_run_config
 
 log = logging.getLogger("lipoframe")
 
@@ -796,7 +796,7 @@ def run(argv: list[str]) -> int:
             except ConfigError as exc:
                 where = f" (job {' '.join(job)})" if multirun else ""
                 bad = re.split(r"[:=\s]", str(exc), maxsplit=1)[0]
-                if any(p.split("=", 1)[0].lstrip("+~") == bad for p in params):
+                if any(override_key(p) == bad for p in params):
                     where += "; it is swept by hydra.sweeper.params in a preset"
                 print(f"lipoframe: config error: {exc}{where}", file=sys.stderr)
                 return 2

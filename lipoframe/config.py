@@ -339,6 +339,11 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).splitlines()[0]
 
 
+def override_key(override: str) -> str:
+    """The key an override sets: ``binning.n_bins`` of ``binning.n_bins=3``, ``+shard.index=0`` or ``~writer``."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
 #: Characters Hydra's override grammar takes in a value without quotes, as a path uses them (``/data/run_1/**/*.mrc``;
 #: its lexer's letters, digits and ``UNQUOTED_CHAR``, and blanks inside). Any other is quoted (``'`` ``(`` ``,`` ``$``
 #: ``\``, letters beyond ASCII...).

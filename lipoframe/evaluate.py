@@ -50,6 +50,7 @@ import numpy as np
 import pandas as pd
 
 from lipoframe import schema
+from lipoframe.config import override_key
 from lipoframe.io.relion import DIAMETER_LABEL
 from lipoframe.records import COMPRESSION_SUFFIXES, file_suffix
 
@@ -1386,15 +1387,12 @@ def swept_overrides(words: list[list[str]], keys: list[str] = ()) -> list[list[s
     When nothing is left (a sweep of one job), each job keeps its other
     words but ``input=`` and ``output=``.
     """
-    def key(w: str) -> str:
-        return w.split("=", 1)[0].lstrip("+~")
-
     if keys:
-        varied = [[w for w in ws if key(w) in keys] for ws in words]
+        varied = [[w for w in ws if override_key(w) in keys] for ws in words]
     else:
         shared = set.intersection(*(set(ws) for ws in words)) if words else set()
         varied = [[w for w in ws if w not in shared] for ws in words]
-    return varied if any(varied) else [[w for w in ws if key(w) not in ("input", "output")] for ws in words]
+    return varied if any(varied) else [[w for w in ws if override_key(w) not in ("input", "output")] for ws in words]
 
 
 @dataclass

@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from lipoframe.config import override_key
 from lipoframe.records import InputError
 
 log = logging.getLogger("lipoframe")
@@ -98,8 +99,8 @@ class Shard:
         if isinstance(runner, dict) and isinstance(runner.get("report"), bool):
             return runner["report"]
         for o in reversed(self.overrides):
-            key, _, value = o.lstrip("+~").partition("=")
-            if key.strip() == "runner.report" and value.strip().lower() in ("true", "false"):
+            value = o.partition("=")[2]
+            if override_key(o).strip() == "runner.report" and value.strip().lower() in ("true", "false"):
                 return value.strip().lower() == "true"
         return True
 
@@ -247,7 +248,7 @@ def report_wanted(shards: list[Shard], overrides: list[str], asked: bool) -> boo
     its shards: a report when any shard's run was to draw one (the default),
     none when every shard ran with ``runner.report=false``.
     """
-    if any(o.lstrip("+~").partition("=")[0].strip() in ("runner", "runner.report") for o in overrides):
+    if any(override_key(o).strip() in ("runner", "runner.report") for o in overrides):
         return asked
     without = [s.folder for s in shards if not s.report]
     if without and len(without) < len(shards):

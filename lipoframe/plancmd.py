@@ -28,6 +28,8 @@ from pathlib import Path
 from collections.abc import Collection
 from typing import Any
 
+from lipoframe.config import override_key
+
 log = logging.getLogger("lipoframe")
 
 USAGE_EPILOG = """examples:
@@ -79,10 +81,6 @@ def _hydra_value(v: Any) -> str:
         return "{" + ",".join(f"{k}:{_hydra_value(x)}" for k, x in v.items()) + "}"
     s = str(v).replace("\\", "\\\\").replace("'", "\\'")
     return f"'{s}'"
-
-
-def _key(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~")
 
 
 def load_saved_config(run_dir: Path) -> tuple[dict, dict]:
@@ -164,7 +162,7 @@ def with_run_binning(run_dir: Path, saved: dict, choices: dict, registry, user: 
             added = f" and options added since ({', '.join(sorted(fields[matches[0]] - keys))}), which take their defaults"
     from lipoframe.runner import stages_not_recorded
 
-    chosen = "binning" in {_key(o) for o in user}
+    chosen = "binning" in {override_key(o) for o in user}
     options = ", ".join(sorted(keys)) or "none"
     why = f"no .hydra/hydra.yaml, {stages_not_recorded(run_dir)}"
     if len(matches) == 1:
@@ -227,7 +225,7 @@ def check_installed(run_dir: Path, saved: dict, choices: dict, registry, user: l
     PlanError
         Naming the stages and how to go on.
     """
-    chosen = {_key(o) for o in user}
+    chosen = {override_key(o) for o in user}
     missing = []
     if "binning" not in chosen:
         name = choices.get("binning")
@@ -264,20 +262,20 @@ def combine_overrides(saved: list[str], user: list[str], *, shared_binning: Coll
         changes: the box settings every policy has (``pad``, ``rounding``,
         ``extract_pixel_size``, :func:`shared_binning_params`).
     """
-    user_keys = {_key(o) for o in user}
+    user_keys = {override_key(o) for o in user}
     drop_binning_params = False
     new_writers: set[str] | None = None
     for o in user:
         k, _, v = o.partition("=")
         k = k.lstrip("+~")
         if k == "binning":
-            old = next((s.split("=", 1)[1] for s in saved if _key(s) == "binning"), None)
+            old = next((s.split("=", 1)[1] for s in saved if override_key(s) == "binning"), None)
             drop_binning_params = v != old
         if k == "writer":
             new_writers = {w.strip() for w in v.strip("[]").split(",") if w.strip()}
     kept = []
     for s in saved:
-        k = _key(s)
+        k = override_key(s)
         if k in user_keys:
             continue
         if drop_binning_params and k.startswith("binning.") and k.split(".", 1)[1] not in shared_binning:
@@ -309,7 +307,7 @@ def shared_binning_params(saved: list[str], user: list[str], registry) -> tuple[
     from lipoframe.builtin.binning import BoxParams
 
     def params(overrides):
-        name = next((o.partition("=")[2] for o in reversed(overrides) if _key(o) == "binning"), None)
+        name = next((o.partition("=")[2] for o in reversed(overrides) if override_key(o) == "binning"), None)
         return registry.get("binning", name).params if name is not None and ("binning", name) in registry else None
 
     old, new = params(saved), params(user)
@@ -335,13 +333,13 @@ def check_user_overrides(user: list[str]) -> None:
 
     known = [f.name for f in dataclasses.fields(LipoframeConfig)]
     for o in user:
-        top = _key(o).split(".", 1)[0]
+        top = override_key(o).split(".", 1)[0]
         if "=" in o and top not in known:
-            rest = _key(o)[len(top):]  # binnin.n_bins: did you mean binning.n_bins?
+            rest = override_key(o)[len(top):]  # binnin.n_bins: did you mean binning.n_bins?
             close = suggested_keys(top)
             hint = f"; did you mean {' or '.join(k + rest for k in close)}?" if close else ""
-            raise ConfigError(f"{_key(o)}: not an option of lipoframe{hint}")
-    bad = [o for o in user if "=" not in o or not (_key(o).startswith(_ALLOWED) or _key(o) in (PIXEL_SIZE, FLIP_Y))]
+            raise ConfigError(f"{override_key(o)}: not an option of lipoframe{hint}")
+    bad = [o for o in user if "=" not in o or not (override_key(o).startswith(_ALLOWED) or override_key(o) in (PIXEL_SIZE, FLIP_Y))]
     if bad:
         raise PlanError(
             f"cannot change {', '.join(bad)} here: lipoframe plan only recomputes dataset-level options: "
@@ -383,7 +381,7 @@ def check_pixel_size(saved: dict, user: list[str]) -> float | None:
         For a value that is no pixel size, or a run whose picks depend on
         the pixel size (naming the settings and the command that picks again).
     """
-    given = [o for o in user if _key(o) == PIXEL_SIZE]
+    given = [o for o in user if override_key(o) == PIXEL_SIZE]
     if not given:
         return None
     raw = given[-1].split("=", 1)[1].strip()
@@ -630,7 +628,7 @@ def replan(run_dir: str | Path, overrides: list[str] = (), *, report: bool = Fal
                   "export_rejected": bool(composed.export_rejected), "overrides": user}
         if pixel_size is not None:
             record["pixel_size"] = pixel_size
-        if any(_key(o) == FLIP_Y for o in user):
+        if any(override_key(o) == FLIP_Y for o in user):
             record["flip_y"] = composed.flip_y
         write_text(run_dir / PLAN_CONFIG, OmegaConf.to_yaml(OmegaConf.create(record)))
         # One of this plan's outputs: the next dataset step (`lipoframe run` again, with the run's own settings) removes it.
