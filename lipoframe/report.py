@@ -78,7 +78,7 @@ class MicrographRow:
 
     name: str
     path: str
-    status: str  # ok | failed
+    status: str  # ok | failed | not finished (a watch session's file that failed but may still be being written)
     total: int = 0
     accepted: int = 0
     error: str = ""
@@ -91,9 +91,9 @@ class MicrographRow:
         return self.total - self.accepted
 
     def sort_key(self) -> tuple:
-        """Worst first: failed, then fewest accepted picks, then most rejected."""
+        """Worst first: failed, not finished, then fewest accepted picks, then most rejected."""
         frac = self.rejected / self.total if self.total else 0.0
-        return (self.status != "failed", self.accepted, -frac, -self.rejected, self.name)
+        return (self.status == "ok", self.status != "failed", self.accepted, -frac, -self.rejected, self.name)
 
 
 @dataclass
@@ -113,6 +113,9 @@ class RunData:
     config_text: str
     stage_names: dict[str, Any]
     failures: list[dict] = field(default_factory=list)  # {name, path, error}
+    #: As ``failures``: the files of a ``watch=true`` session, at an update while it runs, that failed but may be
+    #: copies still being written (``not_finished`` in ``run_summary.json``): not failures yet.
+    not_finished: list[dict] = field(default_factory=list)
 
 
 #: ``<meta name=...>`` of report.html holding :func:`plan_digest` of the plan it shows.
@@ -449,9 +452,12 @@ def load_run(out_dir: str | os.PathLike) -> RunData:
     config, text, stage_names = _config_from_folder(out_dir, made_in=made_in)
     if plan is not None:  # the policy of the plan shown (another than the run's after `lipoframe plan binning=...`)
         stage_names["binning"] = plan.policy
-    failures = [{"name": safe_name(file_stem(f.get("micrograph", ""))), "path": f.get("micrograph", ""), "error": f.get("error", "")}
-                for f in summary.get("failures", [])]
-    return RunData(out_dir, picks, metas, plan, summary, config, text, stage_names, failures)
+    failures, not_finished = (
+        [{"name": safe_name(file_stem(f.get("micrograph", ""))), "path": f.get("micrograph", ""), "error": f.get("error", "")}
+         for f in summary.get(key, [])]
+        for key in ("failures", "not_finished")
+    )
+    return RunData(out_dir, picks, metas, plan, summary, config, text, stage_names, failures, not_finished)
 
 
 def run_data_from_result(out_dir: Path, *, cfg, stages, result, metas: dict[str, MicrographMeta]) -> RunData:
@@ -465,14 +471,15 @@ def run_data_from_result(out_dir: Path, *, cfg, stages, result, metas: dict[str,
     picks = result.picks
     if schema.SIZE_BIN not in picks.columns:  # the dataset stage failed
         picks = _with_bins(picks, None, result.plan)
-    failures = [{"name": r.name, "path": r.path, "error": r.error} for r in result.failed]
+    failures, not_finished = ([{"name": r.name, "path": r.path, "error": r.error} for r in listed]
+                              for listed in (result.failed, result.unfinished))
     # The summary finish_run has just written: after `lipoframe plan`, it keeps the picking run's
     # time, workers and counts, where result.summary() would give the plan's few seconds.
     summary = _read_json(out_dir / "run_summary.json")
     if not isinstance(summary, dict):
         summary = result.summary()
     return RunData(out_dir, schema.with_acceptance(picks).reset_index(drop=True), dict(metas), result.plan,
-                   summary, config, text, stage_names, failures)
+                   summary, config, text, stage_names, failures, not_finished)
 
 
 # ---------------------------------------------------------------------------
@@ -933,6 +940,7 @@ def build_html(data: RunData, rows: list[MicrographRow], plots_png: list[tuple[s
     px = data.plan.pixel_size if data.plan else None
     n_ok = sum(r.status == "ok" for r in rows)
     n_failed = sum(r.status == "failed" for r in rows)
+    n_unfinished = sum(r.status == "not finished" for r in rows)  # a watch session's, while it runs
     per_mic = np.array([r.accepted for r in rows if r.status == "ok"], dtype=float)
     d_acc = picks.loc[acc, schema.DIAMETER].to_numpy(dtype=float) if len(picks) else np.zeros(0)
     q = np.percentile(d_acc, [25, 50, 75]) if d_acc.size else [np.nan] * 3
@@ -942,7 +950,9 @@ def build_html(data: RunData, rows: list[MicrographRow], plots_png: list[tuple[s
     not_done = int(counts.get("not_done", 0) or 0)  # an interrupted run: micrographs not picked yet
     cards = [
         ("micrographs", f"{n_ok:,}", " · ".join(["picked"] + ([f"{n_failed} failed"] if n_failed else [])
-                                                 + ([f"{not_done:,} not done"] if not_done else [])), n_failed > 0 or not_done > 0),
+                                                 + ([f"{n_unfinished} not finished yet"] if n_unfinished else [])
+                                                 + ([f"{not_done:,} not done"] if not_done else [])),
+         n_failed > 0 or n_unfinished > 0 or not_done > 0),
         ("accepted picks", f"{int(acc.sum()):,}", f"of {len(picks):,} ({int((~acc).sum()):,} rejected)", False),
         ("picks / micrograph", _fmt(float(np.median(per_mic)), 0) if per_mic.size else "–",
          f"median · range {int(per_mic.min())}–{int(per_mic.max())}" if per_mic.size else "no micrographs", False),
@@ -1045,8 +1055,8 @@ def build_html(data: RunData, rows: list[MicrographRow], plots_png: list[tuple[s
     # Gallery, worst first
     cards_g = []
     for r in rows:
-        if r.status == "failed":
-            cards_g.append(f'<div class="mic failed"><div class="n">{e(r.name)}</div><div>failed</div><div class="err">{e(r.error)}</div></div>')
+        if r.status != "ok":  # failed, or not finished yet
+            cards_g.append(f'<div class="mic failed"><div class="n">{e(r.name)}</div><div>{e(r.status)}</div><div class="err">{e(r.error)}</div></div>')
             continue
         label = f"{r.accepted} accepted · {r.rejected} rejected"
         img = (f'<a href="{_href(r.overlay)}"><img alt="{e(r.name)}" src="{_b64(r.thumb, "image/jpeg")}"></a>' if r.thumb and r.overlay
@@ -1197,8 +1207,8 @@ def _write_report(data: RunData, how_far: ReportProgress, *, readers: ReaderChoi
     legends: dict = {}  # by pixel size: the bins' nm are each micrograph's own
 
     rows: list[MicrographRow] = []
-    for f in data.failures:
-        rows.append(MicrographRow(f["name"], f["path"], "failed", error=f["error"]))
+    for status, listed in (("failed", data.failures), ("not finished", data.not_finished)):
+        rows.extend(MicrographRow(f["name"], f["path"], status, error=f["error"]) for f in listed)
     seed = int(data.config.get("seed", 0) or 0)
     crop_reqs = choose_crops(picks, data.metas, data.plan, seed=seed) if (crops and overlays) else []
     crops_by_mic: dict[str, list[CropRequest]] = {}

@@ -3340,10 +3340,19 @@ class RunResult:
     #: A ``watch=true`` session: ``seconds`` is the session's, waiting for files included, so no rate is
     #: made of it (a session that waited an hour for ten files did not pick at six minutes a micrograph).
     watched: bool = False
+    #: Names of the micrographs of a ``watch=true`` session, at an update while it runs, whose file failed but may
+    #: be a copy still being written: kept apart from :attr:`failed` (``not_finished`` in ``run_summary.json``)
+    #: until the session stops and they still fail.
+    not_finished: frozenset[str] = frozenset()
 
     @property
     def failed(self) -> list[MicResult]:
-        return [r for r in self.results if r.status == "failed"]
+        return [r for r in self.results if r.status == "failed" and r.name not in self.not_finished]
+
+    @property
+    def unfinished(self) -> list[MicResult]:
+        """The failed micrographs of :attr:`not_finished`."""
+        return [r for r in self.results if r.status == "failed" and r.name in self.not_finished]
 
     @property
     def ok(self) -> bool:
@@ -3374,6 +3383,7 @@ class RunResult:
                 "skipped": sum(r.status == "skipped" for r in self.results),
                 "failed": len(self.failed),
                 "not_done": max(0, (self.n_micrographs or 0) - len(self.results)),
+                **({"not_finished": len(self.unfinished)} if self.watched else {}),
             },
             "picks": {"total": int(len(self.picks)), "accepted": acc, "rejected": self._rejected_by_reason(),
                       "retried_accepted": self._accepted_with(schema.RETRIED),
@@ -3384,6 +3394,9 @@ class RunResult:
                 for b in self.plan.bins
             ],
             "failures": [{"micrograph": r.path, "error": r.error.splitlines()[0]} for r in self.failed],
+            # A watch session's files that failed but may still be being written: not failures (yet).
+            **({"not_finished": [{"micrograph": r.path, "error": r.error.splitlines()[0]} for r in self.unfinished]}
+               if self.watched else {}),
             "errors": self.errors,
             "notes": self.notes,
             **({"polarity_check": self.polarity_check} if self.polarity_check is not None else {}),
@@ -3732,6 +3745,7 @@ def finish_run(
     replan: str = "",
     told: set[str] | None = None,
     watched: bool = False,
+    not_finished: Collection[str] = (),
 ) -> RunResult:
     """Collect the saved per-micrograph results of ``names``, run the dataset-level
     stages (unless ``finalize`` is false) and write ``run_summary.json``.
@@ -3758,7 +3772,9 @@ def finish_run(
     writers, whose outputs this plan has made). ``told``: the notes a
     ``watch=true`` session has logged at its earlier updates, logged once
     (:func:`tiff_rows_notes`). ``watched``: a ``watch=true`` session, whose
-    time (``t0`` on) includes waiting for files (:attr:`RunResult.watched`).
+    time (``t0`` on) includes waiting for files (:attr:`RunResult.watched`),
+    and ``not_finished`` the names of its failed micrographs not counted as
+    failed yet (:attr:`RunResult.not_finished`).
     """
     if isinstance(picking, dict):  # made elsewhere (a copied or moved folder): its notes name this folder
         picking = picking_named_here(picking, out_dir)
@@ -3822,7 +3838,7 @@ def finish_run(
         notes = notes + [said]
         log.warning(said)
     result = RunResult(out_dir, results, picks, plan, files, time.perf_counter() - t0, errors, notes, interrupted, workers,
-                       n_micrographs=len(names), polarity_check=polarity, watched=watched)
+                       n_micrographs=len(names), polarity_check=polarity, watched=watched, not_finished=frozenset(not_finished))
     summary = result.summary()
     if picking:
         carried = {k: picking[k] for k in PICKING_SUMMARY if k in picking}

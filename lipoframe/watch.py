@@ -7,7 +7,8 @@ scans ``stream.poll_seconds`` apart. A file that still fails (a copy that
 stalled longer than that, read half-written) is told once as maybe not
 finished, and picked again once it has changed and is stable again; it
 counts as failed only if it still fails when the session stops, so a slow
-transfer costs nothing. Every ``stream.update_every`` new micrographs
+transfer costs nothing; ``run_summary.json`` lists it apart until then
+(``not_finished``). Every ``stream.update_every`` new micrographs
 the dataset-level outputs (size statistics, size bins, extraction plan,
 writers' files, ``run_summary.json``) are rewritten, so downstream jobs can
 start on a growing dataset.
@@ -319,6 +320,8 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None, exclude=None):
                     errors=errors, notes=list(notes), interrupted=False,
                     workers=resolve_workers(cfg.runner.workers, max(1, len(results))),
                     listed_notes=listed, told=told, finalize=not errors, watched=True,
+                    # Until the session stops, a file that failed may be a copy still being written: kept apart.
+                    not_finished=() if final else unfinished,
                 )
             return result, bool(errors)
 

@@ -1014,3 +1014,39 @@ def test_a_child_loggers_message_is_logged_once_per_watch_session_too(caplog):
         child.warning("polarity check: the same words")  # outside the updates: as before
     assert caplog.messages == ["polarity check: the same words", "the runner's own words", "polarity check: the same words"]
     assert not child.filters and not logging.getLogger("lipoframe").filters
+
+
+def test_an_update_while_watching_lists_a_file_not_finished_apart_from_the_failures(tmp_path):
+    """The run_summary.json of an update listed a file told as maybe not finished ('1 not finished yet?' in
+    its round's line) among the failures so far. It lists it apart (not_finished) until the session stops,
+    when it is a failure if it still fails."""
+    watched = tmp_path / "incoming"
+    write_set(watched, 1)
+    bad = watched / "bad.mrc"
+    bad.write_bytes(b"not an mrc file")  # a copy that stalled half-written, as it looks to the session
+    out = tmp_path / "out"
+    seen = {}
+
+    def user():
+        deadline = time.monotonic() + 60  # a guard against a hang, not a timing check
+        while time.monotonic() < deadline:
+            try:
+                summary = json.loads((out / "run_summary.json").read_text())
+            except (OSError, ValueError):
+                summary = {}
+            if summary.get("micrographs", {}).get("total") == 2:
+                seen["update"] = summary
+                break
+            time.sleep(0.1)
+        (out / "STOP").touch()
+
+    result = watch_while(user, watched, out, poll=0.1, stable_polls=1, update_every=1)
+    update = seen["update"]
+    assert update["failures"] == [] and update["micrographs"]["failed"] == 0
+    assert [f["micrograph"] for f in update["not_finished"]] == [str(bad)]
+    assert update["not_finished"][0]["error"].startswith(f"{bad}: not a readable MRC file")
+    assert update["micrographs"]["not_finished"] == 1 and update["micrographs"]["ok"] == 1
+    final = json.loads((out / "run_summary.json").read_text())  # stopped, and it still fails: a failure now
+    assert [f["micrograph"] for f in final["failures"]] == [str(bad)] and final["not_finished"] == []
+    assert final["micrographs"]["failed"] == 1 and final["micrographs"]["not_finished"] == 0
+    assert not result.ok
