@@ -86,6 +86,10 @@ class StreamConfig:
     stop_file: stop once this file exists, after picking every file already
         there (relative paths are inside the output folder).
     idle_timeout: also stop after this many seconds without a new file (0 = never).
+    stop_after_settings_errors: stop, with an error, once this many micrographs
+        have failed on the settings with the same problem (a diameter in Å and
+        no pixel size in the headers) before any was picked: nothing can be
+        picked until the settings change (0 = keep watching).
     """
 
     poll_seconds: float = 5.0
@@ -93,6 +97,7 @@ class StreamConfig:
     update_every: int = 20
     stop_file: str = "STOP"
     idle_timeout: float = 0.0
+    stop_after_settings_errors: int = 3
 
     def __post_init__(self) -> None:
         from lipoframe.stages import check_finite
@@ -111,6 +116,8 @@ class StreamConfig:
             raise ConfigError("stream.stop_file must not be empty")
         if self.idle_timeout < 0:
             raise ConfigError(f"stream.idle_timeout must be >= 0 (0 = never), got {self.idle_timeout}")
+        if self.stop_after_settings_errors < 0:
+            raise ConfigError(f"stream.stop_after_settings_errors must be >= 0 (0 = never), got {self.stop_after_settings_errors}")
 
 
 @dataclass

@@ -19,6 +19,30 @@ class InputError(Exception):
     """A problem with one input file. The message names the file and the problem."""
 
 
+class SettingsError(InputError):
+    """An input file, read whole, that the settings cannot pick: the problem names a setting to change.
+
+    Such as a diameter in Å for a micrograph whose header gives no pixel
+    size. No half-written copy gives it (the reader read the file in
+    full), so a ``watch=true`` session counts it as failed at once.
+
+    Parameters
+    ----------
+    where : str
+        The file (its path, or the micrograph's name).
+    problem : str
+        What is wrong, without the file: the same words for every file the
+        same settings fail on.
+    """
+
+    def __init__(self, where: str, problem: str):
+        super().__init__(f"{where}: {problem}")
+        self.where, self.problem = where, problem
+
+    def __reduce__(self):  # pickled with both arguments (a worker process's error)
+        return type(self), (self.where, self.problem)
+
+
 #: Suffixes of a compressed file (gzip, bzip2), which a reader may take after its own: ``mic.mrc.gz``,
 #: ``mic.mrc.bz2`` (:func:`file_suffix`); with the tool that decompresses such a file.
 COMPRESSION_TOOLS = {".gz": "gunzip", ".bz2": "bunzip2"}

@@ -38,7 +38,8 @@ from lipoframe.algorithms.pyramid import pow2_floor, to_binned
 from lipoframe.inputlists import ListedPath, is_list_spec, list_paths, listed_pixel_size, relion_project, relion_star
 from lipoframe.io.atomic import resolve_all, safe_child, write_text
 from lipoframe.plan import ExtractionPlan, format_range
-from lipoframe.records import COMPRESSION_TOOLS, InputError, Micrograph, MicrographMeta, PickContext, file_stem, file_suffix, refuse_special_file
+from lipoframe.records import (COMPRESSION_TOOLS, InputError, Micrograph, MicrographMeta, PickContext, SettingsError, file_stem,
+                               file_suffix, refuse_special_file)
 from lipoframe.registry import StageRegistry
 from lipoframe.stages import BinningResult, Stage
 
@@ -359,14 +360,12 @@ def pick_context(meta: MicrographMeta, cfg: LipoframeConfig) -> PickContext:
         dmin, dmax = cfg.dmin, cfg.dmax
     else:
         if meta.pixel_size is None or not meta.pixel_size > 0:
-            raise InputError(
-                f"{meta.path or meta.name}: pixel size is missing from the header; give pixel_size=<Å/px> or use units=px"
-            )
+            raise SettingsError(meta.path or meta.name, "pixel size is missing from the header; give pixel_size=<Å/px> or use units=px")
         dmin, dmax = cfg.dmin / meta.pixel_size, cfg.dmax / meta.pixel_size
     if dmin < MIN_DIAMETER_PX:
         px = f" at {meta.pixel_size:g} Å/px" if cfg.units != "px" else ""
-        raise InputError(f"{meta.path or meta.name}: the smallest diameter is {dmin:.3g} px{px}, too small to pick "
-                         f"(at least {MIN_DIAMETER_PX} px); check the pixel size or dmin")
+        raise SettingsError(meta.path or meta.name, f"the smallest diameter is {dmin:.3g} px{px}, too small to pick "
+                            f"(at least {MIN_DIAMETER_PX} px); check the pixel size or dmin")
     return PickContext(dmin_px=dmin, dmax_px=dmax, polarity=cfg.polarity, pixel_size=meta.pixel_size, seed=cfg.seed, export_rejected=cfg.export_rejected)
 
 
@@ -375,10 +374,8 @@ def check_image(mic: Micrograph, ctx: PickContext) -> None:
     where = mic.meta.path or mic.name
     spatial = mic.shape[-2:]
     if min(spatial) < ctx.dmax_px:
-        raise InputError(
-            f"{where}: image of {spatial[1]}x{spatial[0]} px is smaller than the largest diameter "
-            f"({ctx.dmax_px:.0f} px); lower dmax or check pixel_size"
-        )
+        raise SettingsError(where, f"image of {spatial[1]}x{spatial[0]} px is smaller than the largest diameter "
+                                   f"({ctx.dmax_px:.0f} px); lower dmax or check pixel_size")
     if mic.image.ndim == 3 and mic.shape[0] < ctx.dmax_px:
         # No thickness is refused here: spheres cut by the faces are found by their in-plane contrast
         # (all 20- and 30-voxel spheres in volumes of 0.25 their diameter at noise 0.2, of 0.125 at
@@ -1116,6 +1113,9 @@ class MicResult:
     peak_rss_mb: float = 0.0
     #: Hot or dead pixels replaced before picking (:func:`without_outlier_pixels`).
     replaced_pixels: int = 0
+    #: A micrograph that failed on the settings (:class:`~lipoframe.records.SettingsError`, read whole): the problem,
+    #: without the file; "" otherwise. A ``watch=true`` session counts it as failed at once.
+    settings: str = ""
 
 
 def _work_paths(out_dir: Path, name: str) -> tuple[Path, Path]:
@@ -1858,6 +1858,8 @@ def run_job(job: MicJob, cfg: LipoframeConfig | None = None, stages: StageSet | 
                   read_flip_y=read_flip_y, replaced_pixels=replaced)
         return MicResult(job.name, str(job.path), "ok", len(picks), int(picks[schema.ACCEPTED].sum()), seconds, peak_rss_mb=peak_rss_mb(),
                          replaced_pixels=replaced)
+    except SettingsError as exc:
+        return replace(_failure(job, str(exc), time.perf_counter() - t0), settings=exc.problem)
     except InputError as exc:
         return _failure(job, str(exc), time.perf_counter() - t0)
     except MemoryError:

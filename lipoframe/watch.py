@@ -8,7 +8,11 @@ stalled longer than that, read half-written) is told once as maybe not
 finished, and picked again once it has changed and is stable again; it
 counts as failed only if it still fails when the session stops, so a slow
 transfer costs nothing; ``run_summary.json`` lists it apart until then
-(``not_finished``). Every ``stream.update_every`` new micrographs
+(``not_finished``). A file that fails on the settings, read whole (a
+diameter in Å and no pixel size in its header), fails at once, and when
+``stream.stop_after_settings_errors`` files have failed so, with the same
+problem, before any was picked, the session stops with that error
+(:func:`nothing_can_be_picked`). Every ``stream.update_every`` new micrographs
 the dataset-level outputs (size statistics, size bins, extraction plan,
 writers' files, ``run_summary.json``) are rewritten, so downstream jobs can
 start on a growing dataset.
@@ -227,6 +231,46 @@ def watched_specs(specs: list[str], suffixes: tuple[str, ...], status=log.info) 
     return out
 
 
+def nothing_can_be_picked(results, *, after: int) -> str:
+    """The error that stops a session whose settings can pick none of its files, or ``""``.
+
+    That is when none of ``results`` (:class:`~lipoframe.runner.MicResult`)
+    was picked (or kept from an earlier session), and at least ``after``
+    failed on the settings (:attr:`~lipoframe.runner.MicResult.settings`),
+    all with the same problem: a diameter in Å for micrographs whose headers
+    give no pixel size fails every one of them. Failures that may be copies
+    still being written do not count, either way.
+
+    Parameters
+    ----------
+    results : iterable of MicResult
+        The session's micrographs so far.
+    after : int
+        How many failures on the same settings problem stop it (0 = never).
+
+    Examples
+    --------
+    >>> from lipoframe.runner import MicResult
+    >>> bad = [MicResult(f"m{i}", f"m{i}.mrc", "failed", error=f"m{i}.mrc: no pixel size", settings="no pixel size")
+    ...        for i in range(3)]
+    >>> nothing_can_be_picked(bad, after=3).split(":")[0]
+    '3 micrographs failed on the settings (no pixel size) and none was picked'
+    >>> nothing_can_be_picked(bad[:2], after=3), nothing_can_be_picked(bad, after=0)
+    ('', '')
+    >>> nothing_can_be_picked([*bad, MicResult("ok", "ok.mrc", "ok")], after=3)
+    ''
+    """
+    results = list(results)
+    if after < 1 or any(r.status != "failed" for r in results):
+        return ""
+    problems = [r.settings for r in results if r.settings]
+    if len(problems) < after or len(set(problems)) != 1:
+        return ""
+    return (f"{len(problems)} micrographs failed on the settings ({problems[0]}) and none was picked: nothing can be "
+            f"picked with these settings, so the session stops (stream.stop_after_settings_errors={after}); change "
+            "them and start it again")
+
+
 def watch_pipeline(cfg, out_dir, *, registry, pm=None, exclude=None):
     """Pick micrographs as they appear in ``cfg.input`` until stopped.
 
@@ -295,6 +339,7 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None, exclude=None):
             notes.append(dropped)
         told: set[str] = set()  # notes logged at an earlier update: once per session (the TIFF row flip)
         said: set[tuple[int, str]] = set()  # what the updates logged: each message once per session (logs.once_each)
+        stopped: list[str] = []  # the session stopped on an error (nothing_can_be_picked): its error
         #: names of the micrographs whose file was there and failed (a copy stalled half-written?): each picked
         #: again when its file changes, and counted as failed only if it still fails when the session stops
         unfinished: set[str] = set()
@@ -317,7 +362,7 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None, exclude=None):
                 errors = every_micrograph_failed(out_dir, list(results.values()))
                 result = finish_run(
                     out_dir, names, list(results.values()), stages, cfg, pm=pm if final else None, t0=t0,
-                    errors=errors, notes=list(notes), interrupted=False,
+                    errors=[*errors, *stopped], notes=list(notes), interrupted=False,
                     workers=resolve_workers(cfg.runner.workers, max(1, len(results))),
                     listed_notes=listed, told=told, finalize=not errors, watched=True,
                     # Until the session stops, a file that failed may be a copy still being written: kept apart.
@@ -326,8 +371,12 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None, exclude=None):
             return result, bool(errors)
 
         def tell_failure(r) -> None:
-            """A failed micrograph whose file is there may be a copy still being written: told once, not yet a failure."""
-            if not os.path.exists(r.path):  # deleted since, or a link left dangling: failed, as in a batch run
+            """A failed micrograph whose file is there may be a copy still being written: told once, not yet a failure.
+
+            Unless it failed on the settings, read whole (a diameter in Å and no pixel size in its header): no
+            copy still being written does, so it is a failure at once, told as a batch run tells one.
+            """
+            if r.settings or not os.path.exists(r.path):  # or deleted since, a link left dangling: failed, as in a batch run
                 unfinished.discard(r.name)
                 log.error(r.error)
                 return
@@ -421,6 +470,13 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None, exclude=None):
                            f"{f', {n_unfinished} not finished yet? (picked again when changed)' if n_unfinished else ''}")
                     if interrupted:
                         reason = "interrupted"
+                        break
+                    error = nothing_can_be_picked(results.values(), after=s.stop_after_settings_errors)
+                    if error:
+                        # Told at once, not when someone looks: the session would wait for files it cannot pick.
+                        log.error(error)
+                        stopped.append(error)
+                        reason = "nothing can be picked with these settings"
                         break
                 if since_update >= s.update_every:
                     _, none_picked = update()

@@ -1050,3 +1050,71 @@ def test_an_update_while_watching_lists_a_file_not_finished_apart_from_the_failu
     assert [f["micrograph"] for f in final["failures"]] == [str(bad)] and final["not_finished"] == []
     assert final["micrographs"]["failed"] == 1 and final["micrographs"]["not_finished"] == 0
     assert not result.ok
+
+
+def _without_pixel_size(folder, n, *, seed=10):
+    """``n`` micrographs whose headers give no pixel size (picked in Å, they fail on the settings)."""
+    from scale_data import image, write_mrc
+
+    return [write_mrc(folder / f"nopx_{i}.mrc", image(seed + i), pixel_size=None) for i in range(n)]
+
+
+def test_a_file_that_fails_on_the_settings_is_a_failure_at_once(tmp_path, caplog):
+    """A file read whole that fails on the settings (a diameter in Å and no pixel size in its header) was only
+    warned about as maybe not finished until the session stopped: a user who walked away learned nothing. No
+    copy still being written fails so: its error is logged as it fails and its round counts it as failed."""
+    watched = tmp_path / "incoming"
+    write_set(watched, 1)
+    (bad,) = _without_pixel_size(watched, 1)
+    out = tmp_path / "out"
+    _, cfg = compose_config([f"input={watched}", *RUN_ARGS, "runner.workers=1", "watch=true", "stream.poll_seconds=0.1",
+                             "stream.stable_polls=1", "stream.idle_timeout=0.6"])
+    with caplog.at_level(logging.INFO, logger="lipoframe"):
+        result = run_pipeline(cfg, out)
+    (failed,) = [r for r in result.results if r.status == "failed"]
+    assert failed.path == str(bad) and "pixel size is missing from the header" in failed.error
+    said = [(r.levelno, r.getMessage()) for r in caplog.records if r.getMessage().startswith(f"{bad}: ")]
+    assert said == [(logging.ERROR, failed.error)], said  # once, as it failed; no 'not counted as failed yet'
+    picked = next(i for i, m in enumerate(caplog.messages) if m.startswith("picked "))
+    assert caplog.messages.index(failed.error) < picked and caplog.messages[picked].endswith("; 2 seen, 1 failed")
+    assert not result.errors  # a micrograph was picked: the session went on until it stopped as asked
+
+
+def test_a_session_whose_settings_can_pick_none_of_its_files_stops_with_an_error(tmp_path, caplog):
+    """Every file failed on the settings and the session kept watching, for files it could never pick; it
+    stops once stream.stop_after_settings_errors of them failed with the same problem, with an error (exit code 1:
+    the result is not ok)."""
+    watched = tmp_path / "incoming"
+    _without_pixel_size(watched, 3)
+    out = tmp_path / "out"
+    # idle_timeout: a guard against a session that would watch for ever, not a timing check
+    _, cfg = compose_config([f"input={watched}", *RUN_ARGS, "runner.workers=1", "watch=true", "stream.poll_seconds=0.1",
+                             "stream.stable_polls=1", "stream.idle_timeout=30"])
+    with caplog.at_level(logging.INFO, logger="lipoframe"):
+        result = run_pipeline(cfg, out)
+    stop = ("3 micrographs failed on the settings (pixel size is missing from the header; give pixel_size=<Å/px> or use "
+            "units=px) and none was picked: nothing can be picked with these settings, so the session stops "
+            "(stream.stop_after_settings_errors=3); change them and start it again")
+    assert stop in result.errors and not result.ok
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert stop in summary["errors"] and summary["micrographs"]["failed"] == 3
+    told = [r for r in caplog.records if r.getMessage() == stop]
+    assert len(told) == 1 and told[0].levelno == logging.ERROR
+    assert caplog.messages.index(stop) < next(i for i, m in enumerate(caplog.messages) if m.startswith("stopping ("))
+
+
+def test_nothing_can_be_picked_only_when_every_micrograph_so_far_failed_on_the_same_settings():
+    from lipoframe.runner import MicResult
+    from lipoframe.watch import nothing_can_be_picked
+
+    def on(problem, i):
+        return MicResult(f"m{i}", f"m{i}.mrc", "failed", error=f"m{i}.mrc: {problem}", settings=problem)
+
+    same = [on("no pixel size", i) for i in range(3)]
+    assert nothing_can_be_picked(same, after=3).startswith("3 micrographs failed on the settings (no pixel size)")
+    assert nothing_can_be_picked(same, after=4) == nothing_can_be_picked(same, after=0) == ""
+    unfinished = MicResult("x", "x.mrc", "failed", error="x.mrc: not a readable MRC file")  # maybe half-written
+    assert nothing_can_be_picked([*same, unfinished], after=3).startswith("3 micrographs")
+    assert nothing_can_be_picked([*same[:2], unfinished], after=3) == ""
+    assert nothing_can_be_picked([*same, MicResult("k", "k.mrc", "skipped")], after=3) == ""  # kept from before
+    assert nothing_can_be_picked([*same, on("image too small", 3)], after=3) == ""  # not one problem
