@@ -182,13 +182,17 @@ class Micrograph:
             Block means of the polarity-corrected image, less its typical
             value (:attr:`level`; negated too for dark particles). Element ``[i, j]``
             has its centre at full-resolution ``((i + 0.5) * factor - 0.5,
-            (j + 0.5) * factor - 0.5)``.
+            (j + 0.5) * factor - 0.5)``. The same values whichever
+            factors were asked for before (see
+            :func:`~lipoframe.algorithms.pyramid.block_mean`, Notes), unless
+            this is a :meth:`with_transform` copy.
         """
         factor = int(factor)
         if factor not in self._cache:
-            # Average from the coarsest cached level that divides this factor:
-            # block means of block means are exact, and the file is read once.
-            finer = [g for g in self._cache if g < factor and factor % g == 0]
+            # Average from the coarsest cached level this factor is a power-of-two multiple of (or the
+            # full-resolution one), so that the file is read once: that gives block_mean of the image
+            # to the bit (block_mean, Notes), so no level, and no score, depends on which was binned first.
+            finer = [g for g in self._cache if g < factor and factor % g == 0 and (g == 1 or _power_of_two(factor // g))]
             if finer:
                 g = max(finer)
                 binned = block_mean(self._cache[g], factor // g)  # already polarity-corrected
@@ -229,14 +233,33 @@ class Micrograph:
         """A copy whose :meth:`signal` is ``transform(signal, factor)`` of this one's.
 
         The transform is applied to this micrograph's signal (binned once,
-        and cached here too) where the copy has no finer level cached;
-        coarser factors are then block means of a cached finer one, as
-        usual, so a detector that asks for its finest binning first pays
-        for one transform. ``transform`` must not modify its input (a
-        read-only array) and returns a new array of the same shape
-        (particles bright).
+        and cached here too) where the copy has no finer level cached that
+        the factor is a power-of-two multiple of; such coarser factors are
+        block means of the coarsest of those, as for the original, so a
+        detector that asks for its finest binning first pays for one
+        transform. ``transform`` must not modify its input (a read-only
+        array) and returns a new array of the same shape (particles
+        bright).
+
+        The copy's levels depend on the factor asked for first (where the
+        transform is applied), not on the order of the coarser ones: every
+        power-of-two multiple of it is the same to the bit as if binned
+        from it directly (:func:`~lipoframe.algorithms.pyramid.block_mean`,
+        Notes). Making the transform's factor independent of the order
+        would mean transforming every level (a transform such as
+        :func:`~lipoframe.algorithms.peel.replace_discs` at each one) or at
+        full resolution. :func:`lipoframe.runner.peel_again` gives its
+        copy to the detector alone, which asks for its levels finest first,
+        so the peeled levels are the same from run to run and in
+        :func:`lipoframe.runner.pick`. A transform that commutes with block
+        means (the polarity check's negation) gives the same levels in any
+        order.
         """
         return Micrograph(meta=self.meta, image=self.image, polarity=self.polarity, _transform=transform, _parent=self)
+
+
+def _power_of_two(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,26 @@ def test_noise_alone_gives_no_note(stages):
         assert _check(noise, polarity, stages)[1] == []
 
 
+def test_the_evidence_does_not_depend_on_what_picking_binned_first(image, stages):
+    """The check reads a micrograph again and its detector asks for its finest level first; when it
+    was picked, the image check had binned it finer (x2 for dmin=64 px) and the detector's level came
+    from that one. The two differed in float32's last digits, and the evidence with them (so the run's
+    own detections could not stand in for the check's)."""
+    from lipoframe.config import LipoframeConfig
+    from lipoframe.polaritycheck import edge_evidence
+    from lipoframe.records import Micrograph, MicrographMeta
+    from lipoframe.runner import check_image, pick_context
+
+    meta = MicrographMeta(name="m", path="", shape=image.shape, pixel_size=None)
+    ctx = pick_context(meta, LipoframeConfig(units="px", dmin=64.0, dmax=120.0))
+    fresh, picked = Micrograph(meta=meta, image=image), Micrograph(meta=meta, image=image)
+    check_image(picked, ctx)
+    assert sorted(picked._cache) == [2]
+    pd.testing.assert_frame_equal(stages.detector.detect(fresh, ctx), stages.detector.detect(picked, ctx), check_exact=True)
+    evidence = edge_evidence(fresh, stages, ctx)
+    assert evidence.picks > 0 and evidence == edge_evidence(picked, stages, ctx)
+
+
 def test_the_decision():
     clear = Evidence(quality=300.0, picks=60)
     assert polarity_note(Evidence(10.0, 15), clear, "dark") is not None
