@@ -24,7 +24,10 @@ RELION STAR
     STAR. RELION's own jobs take the STAR's value over the file header, and
     so does lipoframe; ``pixel_size=`` on the command line wins over both.
     A header that disagrees is one warning for the dataset
-    (:func:`lipoframe.runner.listed_pixel_size_notes`).
+    (:func:`lipoframe.runner.listed_pixel_size_notes`). A later run into the
+    same output given the same micrographs without the STAR (their folder)
+    takes their headers' pixel size, as a new run would
+    (:func:`lipoframe.runner.pixel_size_source_changed`).
 
 Text list
     One micrograph per line, relative to the list file's folder (``~`` is the

@@ -61,6 +61,9 @@ MAX_LISTED = 20
 WORK_FLOAT_FORMAT = "%.4f"
 #: Key of a saved result's JSON: the reader's ``flip_y`` (TIFF), which the run's ``flip_y=null`` exports with.
 READ_FLIP_Y = "read_flip_y"
+#: Key of a saved result's JSON, true when its pixel size is the one a micrographs STAR among the inputs gave
+#: (:func:`pixel_size_listed`): a run without that STAR reads the header's instead (:func:`pixel_size_source_changed`).
+LISTED_PIXEL_SIZE = "listed_pixel_size"
 #: How the note on the row flip of TIFF micrographs begins (:func:`tiff_rows_notes`; a plan makes its own).
 TIFF_ROWS = "the exports flip the rows of"
 
@@ -1308,7 +1311,7 @@ def _read_work_csv(source) -> pd.DataFrame:
 
 def save_work(
     out_dir: Path, meta: MicrographMeta, picks: pd.DataFrame, fingerprint: str, seconds: float, *, source: dict | None = None,
-    version: str | None = None, read_flip_y: bool | None = None, replaced_pixels: int = 0,
+    version: str | None = None, read_flip_y: bool | None = None, replaced_pixels: int = 0, listed: bool = False,
 ) -> None:
     """Write one micrograph's result: the CSV first, then the JSON that marks it complete.
 
@@ -1316,7 +1319,8 @@ def save_work(
     default: lipoframe's version). ``read_flip_y``: the reader's ``flip_y``
     (:data:`READ_FLIP_Y`; ``meta.flip_y`` is the run's, :func:`flip_y_for`).
     ``replaced_pixels``: the hot or dead pixels replaced before picking
-    (:data:`REPLACED_PIXELS`, recorded when there were any).
+    (:data:`REPLACED_PIXELS`, recorded when there were any). ``listed``: the
+    pixel size is a micrographs STAR's (:data:`LISTED_PIXEL_SIZE`, recorded when it is).
     """
     from lipoframe import __version__
     from lipoframe.builtin.writers import write_csv
@@ -1332,6 +1336,7 @@ def save_work(
         "lipoframe": version or __version__,
         **({READ_FLIP_Y: bool(read_flip_y)} if read_flip_y is not None else {}),
         **({REPLACED_PIXELS: int(replaced_pixels)} if replaced_pixels else {}),
+        **({LISTED_PIXEL_SIZE: True} if listed else {}),
     }
     write_text(json_path, json.dumps(info, indent=1))
 
@@ -1430,14 +1435,30 @@ def _failure(job: MicJob, message: str, seconds: float = 0.0) -> MicResult:
     return MicResult(job.name, str(job.path), "failed", seconds=seconds, error=message)
 
 
-def listed_pixel_size_changed(meta: MicrographMeta, path: str | os.PathLike, cfg: LipoframeConfig, stages: StageSet) -> bool:
-    """Whether a saved result was picked at another pixel size than the micrographs STAR now gives ``path``.
+def pixel_size_listed(path: str | os.PathLike, cfg: LipoframeConfig, stages: StageSet) -> bool:
+    """Whether this run reads micrograph ``path`` at the pixel size a micrographs STAR among its inputs gives it
+    (``pixel_size=`` not given: :meth:`StageSet.read`)."""
+    return cfg.pixel_size is None and stages.listed_pixel_size(path) is not None
 
-    The STAR's pixel size is no setting of the run's fingerprint: a result
-    picked before the optics table was corrected is picked again on resume.
+
+def pixel_size_source_changed(meta: MicrographMeta, info: dict | None, path: str | os.PathLike, cfg: LipoframeConfig,
+                              stages: StageSet) -> bool:
+    """Whether a saved result (metadata ``meta``, JSON ``info``) may have been picked at another pixel size than this run
+    reads ``path`` at, though made with the same settings: for :func:`reused_at_pixel_size` to settle.
+
+    Neither a micrographs STAR's pixel size nor the header's is a setting of
+    the run's fingerprint. A result picked at another pixel size than the
+    STAR now gives (an optics table corrected since), and one picked at a
+    STAR's (:data:`LISTED_PIXEL_SIZE`) by a run whose inputs give it none
+    from a STAR now (the same files given as a folder or a glob: their
+    headers' then, as a new run's), are.
     """
-    listed = stages.listed_pixel_size(path) if cfg.pixel_size is None else None
-    return listed is not None and not math.isclose(meta.pixel_size or 0.0, listed, rel_tol=1e-6)
+    if cfg.pixel_size is not None:  # given: it is in the fingerprint
+        return False
+    listed = stages.listed_pixel_size(path)
+    if listed is None:
+        return bool(isinstance(info, dict) and info.get(LISTED_PIXEL_SIZE))
+    return not math.isclose(meta.pixel_size or 0.0, listed, rel_tol=1e-6)
 
 
 def angstrom_lengths(cfg: LipoframeConfig) -> list[str]:
@@ -1508,6 +1529,8 @@ class PixelSizeReuse:
     #: When re-used: its metadata and picks at the new pixel size, as saved again.
     meta: MicrographMeta | None = None
     picks: pd.DataFrame | None = None
+    #: Its pixel size was a micrographs STAR's, and this run's inputs give it none from a STAR: the header's is used.
+    star_dropped: bool = False
 
 
 def with_diameter_A(picks: pd.DataFrame, pixel_size: float | None) -> pd.DataFrame:
@@ -1576,8 +1599,8 @@ def reused_at_pixel_size(
 
     Such a result has this run's per-micrograph settings but ``pixel_size=``
     (given at the pixel size it was picked at, or not given) or the pixel
-    size a micrographs STAR gives (:func:`listed_pixel_size_changed`), and
-    the same input file and code version. Where the picks do not depend on
+    size a micrographs STAR gives or gave (:func:`pixel_size_source_changed`),
+    and the same input file and code version. Where the picks do not depend on
     the pixel size (:func:`pixel_size_dependence`; or it is the same) it is
     saved again at this run's: its ``diameter_A`` (:func:`with_diameter_A`),
     its metadata and this run's ``fingerprint``, as picking it again would
@@ -1600,10 +1623,12 @@ def reused_at_pixel_size(
     new = run_pixel_size(path, cfg, stages)
     if new is False:  # unreadable: picking it says why
         return None
+    listed = pixel_size_listed(path, cfg, stages)
+    star_dropped = bool(info.get(LISTED_PIXEL_SIZE)) and cfg.pixel_size is None and not listed
     same = new == meta.pixel_size
     why = "" if same else resume.why(path)
     if why:
-        return PixelSizeReuse(meta.pixel_size, new, why)
+        return PixelSizeReuse(meta.pixel_size, new, why, star_dropped=star_dropped)
     done = load_work(out_dir, name, info=info)
     if done is None:
         return None
@@ -1616,12 +1641,20 @@ def reused_at_pixel_size(
         # mark complete, at the earlier pixel size, a table of this one's diameter_A (the row count matches).
         json_path.unlink(missing_ok=True)
         write_csv(picks, csv_path, float_format=WORK_FLOAT_FORMAT)
-    write_text(json_path, json.dumps({**info, "meta": meta.to_dict(), "fingerprint": fingerprint}, indent=1))
-    return PixelSizeReuse(done[0].pixel_size, new, meta=meta, picks=picks)
+    info = {k: v for k, v in info.items() if k != LISTED_PIXEL_SIZE}
+    write_text(json_path, json.dumps({**info, "meta": meta.to_dict(), "fingerprint": fingerprint,
+                                      **({LISTED_PIXEL_SIZE: True} if listed else {})}, indent=1))
+    return PixelSizeReuse(done[0].pixel_size, new, meta=meta, picks=picks, star_dropped=star_dropped)
 
 
 def pixel_size_change_notes(changed: list[PixelSizeReuse]) -> list[str]:
-    """What a run did with the micrographs picked before at another pixel size (logged): re-used, or picked again and why."""
+    """What a run did with the micrographs picked before at another pixel size (logged): re-used, or picked again and why.
+
+    When that pixel size was a micrographs STAR's and this run's inputs give
+    them none from a STAR (the same files given as a folder or a glob), a
+    warning more says so, and how to keep the STAR's: the headers' is used
+    now, as a new run from these inputs would.
+    """
 
     def sizes(values) -> str:
         shown = sorted({"none" if v is None else f"{v:g}" for v in values})
@@ -1642,6 +1675,13 @@ def pixel_size_change_notes(changed: list[PixelSizeReuse]) -> list[str]:
                      f"{len(again)} micrograph(s) picked before: they are picked again, as their picks depend on it ({why})")
     for note in notes:
         log.info(note)
+    dropped = [c for c in changed if c.star_dropped and c.old != c.new]
+    if dropped:
+        notes.append(f"{len(dropped)} micrograph(s) picked before at the pixel size a micrographs STAR gave them "
+                     f"({sizes(c.old for c in dropped)} Å/px) are now at their headers' ({sizes(c.new for c in dropped)} Å/px), "
+                     "as no STAR among this run's inputs lists them: to keep the STAR's, give the STAR as input= "
+                     "(or pixel_size=<Å/px>)")
+        log.warning(notes[-1])
     return notes
 
 
@@ -1833,12 +1873,14 @@ def run_job(job: MicJob, cfg: LipoframeConfig | None = None, stages: StageSet | 
     try:
         if job.resume and source is not None:  # a missing input is read (and fails), never resumed
             version = stages.code_version or None
-            done = load_work(job.out_dir, job.name, job.fingerprint, source=source, version=version)
-            if done is not None and listed_pixel_size_changed(done[0], job.path, cfg, stages):
+            info = read_infos(job.out_dir, [job.name])[job.name]
+            done = None if info is None else load_work(job.out_dir, job.name, job.fingerprint, source=source, version=version,
+                                                       info=info)
+            if done is not None and pixel_size_source_changed(done[0], info, job.path, cfg, stages):
                 done = None
-            if done is None:  # one picked at another pixel size, re-used where that cannot change its picks
+            if done is None and info is not None:  # one picked at another pixel size, re-used where that cannot change its picks
                 again = reused_at_pixel_size(job.out_dir, job.name, job.path, job.fingerprint, source=source, version=version,
-                                             cfg=cfg, stages=stages)
+                                             cfg=cfg, stages=stages, info=info)
                 done = None if again is None or again.meta is None else (again.meta, again.picks)
             if done is not None:
                 repoint_work(job.out_dir, done[0], job.path)
@@ -1855,7 +1897,7 @@ def run_job(job: MicJob, cfg: LipoframeConfig | None = None, stages: StageSet | 
         read_flip_y = meta.flip_y
         meta = replace(meta, path=os.path.abspath(job.path), flip_y=flip_y_for(cfg.flip_y, read_flip_y))
         save_work(job.out_dir, meta, picks, job.fingerprint, seconds, source=source, version=stages.code_version or None,
-                  read_flip_y=read_flip_y, replaced_pixels=replaced)
+                  read_flip_y=read_flip_y, replaced_pixels=replaced, listed=pixel_size_listed(job.path, cfg, stages))
         return MicResult(job.name, str(job.path), "ok", len(picks), int(picks[schema.ACCEPTED].sum()), seconds, peak_rss_mb=peak_rss_mb(),
                          replaced_pixels=replaced)
     except SettingsError as exc:
@@ -3485,7 +3527,7 @@ def run_jobs(
             infos = read_infos(out_dir, list(wanted))
             counts = saved_counts(out_dir, wanted, fingerprint, version=version, infos=infos)
             for name in wanted:
-                if name in counts and not listed_pixel_size_changed(counts[name][0], named[name].path, cfg, stages):
+                if name in counts and not pixel_size_source_changed(counts[name][0], infos[name], named[name].path, cfg, stages):
                     meta, n, n_acc = counts[name]
                 elif infos[name] is None:  # no saved result (a new micrograph), or one unreadable: picked
                     continue

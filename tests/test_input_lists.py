@@ -401,3 +401,52 @@ def test_a_corrected_optics_table_of_a_run_in_pixels_keeps_its_picks(tmp_path, m
     assert (tmp_path / "out" / "picks.csv").read_bytes() == (tmp_path / "fresh" / "picks.csv").read_bytes()
     picks = pd.read_csv(tmp_path / "out" / "micrographs" / "mic_000.csv")  # 4 decimals
     assert len(picks) and (picks["diameter_A"] - 2.5 * picks["diameter_px"]).abs().max() <= 0.00005 + 1e-9
+
+
+@pytest.mark.parametrize("units", ["px", "A"])
+def test_a_star_run_continued_from_the_folder_takes_the_headers_pixel_size_as_a_new_run(tmp_path, monkeypatch, caplog, units):
+    # picked from a STAR (2 Å/px), then the same micrographs given as their folder (headers: 1 Å/px): the resumed
+    # micrographs kept the STAR's 2 Å/px, where a new run from the folder picks at 1 Å/px
+    from lipoframe import plugins
+    from lipoframe.merge import compose_config
+    from lipoframe.runner import MicJob, build_stages, run_job, run_pipeline
+
+    monkeypatch.setenv("LIPOFRAME_LOAD_PLUGINS", "")
+    proj, names = project(tmp_path, 2)
+    folder = proj / "MotionCorr" / "job002" / "Movies"
+    star = micrographs_star(proj / "CtfFind" / "job003" / "micrographs_ctf.star", names, px1=2.0)
+
+    def config(inp, *overrides):
+        return compose_config([f"input={inp}", f"units={units}", "runner.workers=1", *RUN_ARGS, *overrides])[1]
+
+    def run(inp, out):
+        caplog.clear()
+        with caplog.at_level("INFO", logger="lipoframe"):
+            result = run_pipeline(config(inp), out)
+        return {r.name: r.status for r in result.results}
+
+    def saved(out):
+        return [json.loads((out / "micrographs" / f"mic_00{i}.json").read_text())["meta"]["pixel_size"] for i in range(2)]
+
+    def told():
+        return [r.getMessage() for r in caplog.records if "micrographs STAR gave" in r.getMessage()]
+
+    out, fresh = tmp_path / "out", tmp_path / "fresh"
+    assert set(run(star, out).values()) == {"ok"} and saved(out) == [2.0, 2.0]
+    # picked again where the picks depend on the pixel size (units=A), else re-used at the headers' pixel size
+    assert set(run(folder, out).values()) == {"ok" if units == "A" else "skipped"}
+    assert told() == ["2 micrograph(s) picked before at the pixel size a micrographs STAR gave them (2 Å/px) are now at their "
+                      "headers' (1 Å/px), as no STAR among this run's inputs lists them: to keep the STAR's, give the STAR as "
+                      "input= (or pixel_size=<Å/px>)"]
+    assert set(run(folder, fresh).values()) == {"ok"}
+    assert saved(out) == saved(fresh) == [1.0, 1.0]
+    assert (out / "picks.csv").read_bytes() == (fresh / "picks.csv").read_bytes()
+    # the next run from the folder has nothing to change or say; the STAR again gives its pixel size back
+    assert set(run(folder, out).values()) == {"skipped"} and not told()
+    assert set(run(star, out).values()) == {"ok" if units == "A" else "skipped"} and saved(out) == [2.0, 2.0]
+    # a job resumed on its own (run_job) is picked at the headers' pixel size as well
+    registry = plugins.load()[1]
+    cfg = config(folder)
+    job = MicJob(folder / "mic_000.mrc", "mic_000", out, cfg.per_micrograph_fingerprint(), True, False)
+    assert run_job(job, cfg, build_stages(cfg, registry)).status == ("ok" if units == "A" else "skipped")
+    assert saved(out)[0] == 1.0
