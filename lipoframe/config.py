@@ -364,12 +364,15 @@ def hydra_quoted(value: str) -> str:
     none of those); a quote of the kind used, and backslashes before it or
     at the end, are escaped with a backslash, as the grammar's quoted
     strings un-escape them. ``${`` is escaped for OmegaConf, which would
-    read an interpolation in it.
+    read an interpolation in it: a backslash before it, and each backslash
+    already there doubled (OmegaConf reads ``2n`` backslashes before ``${``
+    as ``n`` before an interpolation).
     """
     if _HYDRA_PLAIN.fullmatch(value) and value == value.strip():
         return value
     quote = '"' if "'" in value and '"' not in value else "'"
-    value = value.replace("${", "\\${")
+    # OmegaConf reads \${ as ${, and 2n backslashes before ${ as n before an interpolation: n before ${ are 2n + 1
+    value = re.sub(r"(\\*)\$\{", lambda m: m[1] * 2 + "\\${", value)
     body = re.sub(r"(\\*)(" + quote + "|$)", lambda m: m[1] * 2 + ("\\" + m[2] if m[2] else ""), value)
     return quote + body + quote
 
