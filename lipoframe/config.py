@@ -365,8 +365,7 @@ def hydra_quoted(value: str) -> str:
     at the end, are escaped with a backslash, as the grammar's quoted
     strings un-escape them. ``${`` is escaped for OmegaConf, which would
     read an interpolation in it: a backslash before it, and each backslash
-    already there doubled (OmegaConf reads ``2n`` backslashes before ``${``
-    as ``n`` before an interpolation).
+    already there doubled (:func:`omegaconf_unescaped` reads it back).
     """
     if _HYDRA_PLAIN.fullmatch(value) and value == value.strip():
         return value
@@ -375,6 +374,25 @@ def hydra_quoted(value: str) -> str:
     value = re.sub(r"(\\*)\$\{", lambda m: m[1] * 2 + "\\${", value)
     body = re.sub(r"(\\*)(" + quote + "|$)", lambda m: m[1] * 2 + ("\\" + m[2] if m[2] else ""), value)
     return quote + body + quote
+
+
+#: ``${`` after backslashes, as OmegaConf's grammar reads them in a string (:func:`omegaconf_unescaped`).
+_ESCAPED_INTERPOLATION = re.compile(r"(\\+)\$\{")
+
+
+def omegaconf_unescaped(text: str) -> str:
+    """``text`` (a string value as OmegaConf stores it, or a YAML file of them) as OmegaConf reads it: its ``${`` escapes undone.
+
+    OmegaConf reads a backslash before ``${`` as the escape of a ``${`` that
+    is no interpolation, and two backslashes before it as one: an odd
+    number ``2n + 1`` of them is ``n`` backslashes and ``${``; an even
+    number ``2n`` is ``n`` backslashes before an interpolation, which is
+    left as it is (with the ``n`` backslashes). Other backslashes are kept.
+    The inverse of the escaping in :func:`hydra_quoted`: the value a run
+    used, shown as it is (the report's configuration, where the run's
+    ``config.yaml`` keeps the escapes).
+    """
+    return _ESCAPED_INTERPOLATION.sub(lambda m: "\\" * (len(m[1]) // 2) + "${", text)
 
 
 def pasteable_override(key: str, value: str) -> str:

@@ -35,6 +35,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -165,17 +166,24 @@ def _config_from_folder(out_dir: Path, *, made_in: str | None = None) -> tuple[d
     Of a folder copied or moved since the run was made, the config says
     where it is now (:func:`_named_here`); ``made_in`` is the folder the
     run's ``run_summary.json`` records (its ``out_dir``), as it was written.
+    Its values, and the text shown, are those the run used: the escapes of
+    ``${`` that OmegaConf reads in the file (a folder named ``cost ${x}``,
+    given quoted for Hydra, is saved as ``cost \\${x}``) are undone
+    (:func:`lipoframe.config.omegaconf_unescaped`).
     """
     import yaml
+
+    from lipoframe.config import omegaconf_unescaped
 
     text, config, choices, runtime = "", {}, {}, {}
     for candidate in (out_dir / ".hydra" / "config.yaml", out_dir / "config.yaml"):
         if candidate.is_file():
             text = candidate.read_text(encoding="utf-8", errors="replace")
             try:
-                config = yaml.safe_load(text) or {}
+                config = _unescaped_values(yaml.safe_load(text) or {}, omegaconf_unescaped)
             except yaml.YAMLError as exc:
                 log.warning("report: cannot parse %s (%s)", candidate, exc)
+            text = omegaconf_unescaped(text)
             break
     hydra_yaml = out_dir / ".hydra" / "hydra.yaml"
     if hydra_yaml.is_file():
@@ -198,6 +206,17 @@ def _config_from_folder(out_dir: Path, *, made_in: str | None = None) -> tuple[d
         if isinstance(config.get(multi), dict):
             names[multi] = list(config[multi])
     return config, text, names
+
+
+def _unescaped_values(value: Any, unescape: Callable[[str], str]) -> Any:
+    """``value`` (a config as YAML loads it) with ``unescape`` applied to each string in it, at any depth (a new object)."""
+    if isinstance(value, str):
+        return unescape(value)
+    if isinstance(value, dict):
+        return {k: _unescaped_values(v, unescape) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unescaped_values(v, unescape) for v in value]
+    return value
 
 
 def _named_here(out_dir: Path, config: dict, text: str, *, made_in: list) -> tuple[dict, str]:

@@ -1517,3 +1517,34 @@ def test_a_copied_folder_is_told_from_a_sweeps_job_and_from_an_output_given_rela
     assert said == f"# this run folder is now {here}; it was made as {job} (copied or moved since)\n{sweep_text}"
     # nothing absolute recorded: nothing to tell
     assert _named_here(here, config, text, made_in=[None, "run1", "run1"]) == (config, text)
+
+
+@pytest.mark.parametrize("name", ["cost $5 ${x}", "back\\${x}", "two\\\\${x}"])
+def test_the_report_shows_a_folder_named_with_dollar_brace_as_it_is(tmp_path, run_cli, name):
+    """A folder whose name has ${, given as the subfolder hint says (quoted for the shell and Hydra, its ${ escaped for
+    OmegaConf): the run reads the folder, but the report's configuration showed the escape (`cost $5 \\${x}`), as the run's
+    config.yaml keeps it, not the folder's name."""
+    import html
+    import shlex
+
+    import yaml
+    from conftest import TINY_ARGS
+
+    from lipoframe.runner import find_inputs
+
+    folder = tmp_path / name
+    for i in range(2):
+        write_mrc(folder / "GridSquare_1" / "Data" / f"mic_{i}.mrc", tiny_image(seed=i)[0])
+    _, problems = find_inputs([str(folder)], (".mrc",))
+    (word,) = shlex.split(problems[0].rsplit(" give ", 1)[1])
+    glob = str(folder / "**" / "*.mrc")
+    out = tmp_path / "run"
+    code, _, err = run_cli("run", word, f"output={out}", *TINY_ARGS)
+    assert code == 0, err
+    assert json.loads((out / "inputs.json").read_text())["inputs"] == [glob]  # the run read the folder
+    code, _, err = run_cli("report", out, "--no-overlays", "--no-crops")
+    assert code == 0, err
+    page = (out / "report.html").read_text()
+    config = html.unescape(re.search(r'<h2 id="config">Configuration</h2>\s*<pre>(.*?)</pre>', page, re.S).group(1))
+    assert yaml.safe_load(config)["input"] == glob  # as typed: one glob, not a list
+    assert report.load_run(out).config["input"] == glob
