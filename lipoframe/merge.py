@@ -276,7 +276,12 @@ def compose_config(overrides: list[str]):
         raise ConfigError(format_config_error(exc)) from exc
 
 
-def drop_hydra_record(out_dir: Path) -> bool:
+#: How a ``.hydra/`` record set aside to be deleted is renamed (:func:`drop_hydra_record`), and one a merge set
+#: aside as it started (``set_aside=True``): a folder holding the latter is a merge's (:func:`is_merged_folder`).
+_REMOVED, _MERGING = ".hydra.removed-", ".hydra.merging-"
+
+
+def drop_hydra_record(out_dir: Path, *, set_aside: bool = False) -> bool:
     """Remove the ``.hydra/`` folder an earlier ``lipoframe run`` into ``out_dir`` left; True when there was one.
 
     A merged folder's settings are its ``config.yaml``, as are those of a
@@ -286,31 +291,42 @@ def drop_hydra_record(out_dir: Path) -> bool:
     ``.hydra/hydra.yaml``) first, and ``merge`` and ``evaluate`` take a folder
     with ``.hydra/overrides.yaml`` for a run of those overrides: left in place,
     the earlier run's record would stand for the merge (the run). The folder is renamed
-    away in one step, then deleted (with any such left by an interrupted merge).
+    away in one step, then deleted (with any such left by an interrupted merge or run).
+
+    With ``set_aside`` (a merge, as it starts) it is only renamed, to a name
+    that says a merge into the folder has begun, and nothing is deleted: in
+    that one step the folder stops being the earlier run's and becomes a
+    merge's (:func:`is_merged_folder`), also when the merge is stopped before
+    it writes :data:`MERGED_FROM`. The call without it deletes it.
     """
     import shutil
 
     record = out_dir / ".hydra"
     found = record.is_dir()
     if found:
-        record.rename(out_dir / f".hydra.removed-{os.getpid()}-{time.time_ns()}")
+        record.rename(out_dir / f"{_MERGING if set_aside else _REMOVED}{os.getpid()}-{time.time_ns()}")
         log.info("removed %s, the settings record of the earlier run into the folder: this one's are in config.yaml", record)
-    for old in out_dir.glob(".hydra.removed-*"):
-        shutil.rmtree(old, ignore_errors=True)
+    if not set_aside:
+        for old in [*out_dir.glob(f"{_REMOVED}*"), *out_dir.glob(f"{_MERGING}*")]:
+            shutil.rmtree(old, ignore_errors=True)
     return found
 
 
 def is_merged_folder(folder: str | Path) -> bool:
     """Whether ``folder`` holds a ``lipoframe merge``'s result, not a run's.
 
-    It has :data:`MERGED_FROM` and no ``.hydra/`` record: a ``lipoframe run``
-    into a merged folder writes one (which ``lipoframe plan`` and
-    ``report`` read first) and leaves the merge's list. True also while a
-    merge into the folder is under way or once it was stopped or killed: it
-    writes its list as it starts, before it copies anything.
+    It has :data:`MERGED_FROM` (or the ``.hydra/`` record of an earlier run
+    that a merge set aside as it started, :func:`drop_hydra_record`) and no
+    ``.hydra/`` record: a ``lipoframe run`` into a merged folder writes one
+    (which ``lipoframe plan`` and ``report`` read first).
+    True also while a merge into the folder is under way or once it was
+    stopped or killed: as it starts, before it copies anything, it sets an
+    earlier run's ``.hydra/`` aside, then writes its list.
     """
     folder = Path(folder)
-    return (folder / MERGED_FROM).is_file() and not (folder / ".hydra" / "config.yaml").is_file()
+    if (folder / ".hydra" / "config.yaml").is_file():
+        return False
+    return (folder / MERGED_FROM).is_file() or any(p.is_dir() for p in folder.glob(f"{_MERGING}*"))
 
 
 #: What :func:`merge_unfinished` says, after the folder's name.
@@ -411,7 +427,11 @@ def merge_runs(folders: list[str | Path], out_dir: str | Path, overrides: list[s
         try:
             # First of all: stopped or killed at any point from here, the folder is known for a merge's
             # (is_merged_folder), and one without its config.yaml for an unfinished one (merge_unfinished).
+            # An earlier run's .hydra/ (read first by plan, report and merge) is set aside in the same step
+            # that marks the merge, then the list written, then the record deleted: no stopped state is the run's.
+            drop_hydra_record(out_dir, set_aside=True)
             write_text(out_dir / MERGED_FROM, json.dumps([str(s.folder) for s in shards], indent=1))
+            drop_hydra_record(out_dir)
             for shard, name, path in order:
                 done = load_work(shard.folder, name, fingerprint)
                 if done is None:
@@ -437,7 +457,6 @@ def merge_runs(folders: list[str | Path], out_dir: str | Path, overrides: list[s
                            micrographs_star=star)
             merged = OmegaConf.merge(composed, {"output": str(out_dir), "shard": {"index": 0, "count": 1},
                                                "runner": {"report": cfg.runner.report}})
-            drop_hydra_record(out_dir)  # plan, report and merge read .hydra/ first: the merge's config.yaml is the record now
             write_text(out_dir / "config.yaml", OmegaConf.to_yaml(merged))
             record_started_stages(out_dir, stage_names(stages))
         except KeyboardInterrupt:

@@ -649,6 +649,56 @@ def test_plan_and_report_of_a_merge_into_an_earlier_runs_folder_use_the_merges_s
     assert "no .hydra/overrides.yaml" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("killed_in", ["merged_from.json", "copying"])
+def test_a_merge_into_an_earlier_runs_folder_killed_as_it_starts_is_named_an_unfinished_merge(sharded, tmp_path, monkeypatch,
+                                                                                            capsys, killed_in):
+    """A merge into a run's folder wrote merged_from.json as it started and removed the run's `.hydra/` only before
+    writing its config.yaml: killed in between (kill -9), the folder was the earlier run's to `lipoframe plan` and
+    `report` (they read `.hydra/config.yaml` first), and merge_unfinished() said no merge was left unfinished."""
+    import html
+    import shutil
+
+    import lipoframe.runner
+    from lipoframe import plancmd, report
+    from lipoframe.io import atomic
+
+    class Killed(BaseException):  # as kill -9: no handler runs, no run_summary.json
+        pass
+
+    def killed_at_the_list(path, text, write_text=atomic.write_text):
+        if Path(path).name == merge.MERGED_FROM:
+            raise Killed
+        return write_text(path, text)
+
+    def killed(*args, **kwargs):
+        raise Killed
+
+    out = tmp_path / "out"
+    shutil.copytree(sharded / "single", out)
+    assert (out / ".hydra" / "config.yaml").is_file() and not merge.is_merged_folder(out)
+    merge_it = [str(sharded / "shards"), f"output={out}", "binning.rounding=even", NO_REPORT]
+    with monkeypatch.context() as m:
+        if killed_in == "copying":
+            m.setattr(lipoframe.runner, "load_work", killed)
+        else:
+            m.setattr(atomic, "write_text", killed_at_the_list)
+        with pytest.raises(Killed):
+            merge.main(merge_it)
+    assert (out / merge.MERGED_FROM).is_file() == (killed_in == "copying")
+    assert merge.is_merged_folder(out) and merge.merge_unfinished(out)
+    capsys.readouterr()
+    assert plancmd.main([str(out)]) == 2
+    assert capsys.readouterr().err.strip() == f"lipoframe plan: {out}: {merge.MERGE_UNFINISHED}"
+    assert report.cmd_report([str(out), "--no-overlays"]) == 0
+    page = " ".join(html.unescape(re.sub(r"<[^>]+>", " ", (out / "report.html").read_text())).split())
+    assert "Interrupted : the merge did not finish" in page, page[:3000]
+    # as it says: the merge again finishes it, and leaves nothing of the earlier run's record
+    assert merge.main(merge_it) == 0
+    assert not merge.merge_unfinished(out) and merge.is_merged_folder(out)
+    assert sorted(p.name for p in out.glob(".hydra*")) == []
+    assert plancmd.load_saved_config(out)[0]["binning"]["rounding"] == "even"
+
+
 def test_merge_finds_the_shards_of_a_sweep_into_subfolders_of_the_users_interpolation(tmp_path, capsys):
     """hydra.sweep.subdir=${hydra.job.override_dirname}: each shard's folder is named by its overrides, input=/... and
     output=/... among them, so it is nested under input=/: merge found no run folder in the sweep folder."""
