@@ -312,13 +312,43 @@ def drop_hydra_record(out_dir: Path, *, set_aside: bool = False) -> bool:
     return found
 
 
+def drop_merge_record(out_dir: Path) -> bool:
+    """Remove the record of an earlier ``lipoframe merge`` into ``out_dir``; True when there was one.
+
+    A run into a merged folder calls it once its own results are in place
+    (its dataset-level outputs and ``run_summary.json`` written): from then
+    on the folder is the run's, not the merge's (:func:`is_merged_folder`),
+    whether Hydra keeps a ``.hydra/`` record of the run or not
+    (``hydra.output_subdir=null``). A run that stops before, or makes no
+    dataset (every micrograph failed), leaves the record with the merge's
+    outputs. A ``.hydra/`` record a stopped merge set aside
+    (:func:`drop_hydra_record`) is renamed for deletion and deleted first,
+    then :data:`MERGED_FROM` unlinked, each in one step.
+    """
+    import shutil
+
+    found = False
+    for marker in out_dir.glob(f"{_MERGING}*"):
+        gone = out_dir / f"{_REMOVED}{os.getpid()}-{time.time_ns()}"
+        marker.rename(gone)
+        shutil.rmtree(gone, ignore_errors=True)
+        found = True
+    if (out_dir / MERGED_FROM).is_file():
+        (out_dir / MERGED_FROM).unlink()
+        log.info("removed %s, the record of the earlier merge into the folder: its results are this run's now", out_dir / MERGED_FROM)
+        found = True
+    return found
+
+
 def is_merged_folder(folder: str | Path) -> bool:
     """Whether ``folder`` holds a ``lipoframe merge``'s result, not a run's.
 
     It has :data:`MERGED_FROM` (or the ``.hydra/`` record of an earlier run
     that a merge set aside as it started, :func:`drop_hydra_record`) and no
-    ``.hydra/`` record: a ``lipoframe run`` into a merged folder writes one
-    (which ``lipoframe plan`` and ``report`` read first).
+    ``.hydra/`` record. A ``lipoframe run`` into a merged folder writes one
+    (which ``lipoframe plan`` and ``report`` read first), and once its results
+    are in place it removes the merge's record (:func:`drop_merge_record`),
+    also when Hydra writes no ``.hydra/`` (``hydra.output_subdir=null``).
     True also while a merge into the folder is under way or once it was
     stopped or killed: as it starts, before it copies anything, it sets an
     earlier run's ``.hydra/`` aside, then writes its list.

@@ -4045,6 +4045,10 @@ def run_pipeline(
             errors=errors, notes=notes, interrupted=interrupted, workers=workers, finalize=not interrupted and not none_picked,
             polarity=polarity, listed_notes=listed + resized,
         )
+        if not interrupted and not none_picked:
+            from lipoframe.merge import drop_merge_record
+
+            drop_merge_record(out_dir)  # its results are in place: the folder is this run's, not an earlier merge's
         if none_picked:
             pass  # no report either: an earlier run's stays with its outputs
         elif cfg.runner.report and not interrupted:

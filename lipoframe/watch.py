@@ -284,6 +284,7 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None, exclude=None):
     InputError
         If no input is given or the output folder cannot be written.
     """
+    from lipoframe.merge import drop_merge_record
     from lipoframe.runner import (
         MicJob,
         build_stages,
@@ -368,6 +369,8 @@ def watch_pipeline(cfg, out_dir, *, registry, pm=None, exclude=None):
                     # Until the session stops, a file that failed may be a copy still being written: kept apart.
                     not_finished=() if final else unfinished,
                 )
+            if not errors:  # its results are in place: the folder is this session's, not an earlier merge's
+                drop_merge_record(out_dir)
             return result, bool(errors)
 
         def tell_failure(r) -> None:

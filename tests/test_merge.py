@@ -699,6 +699,24 @@ def test_a_merge_into_an_earlier_runs_folder_killed_as_it_starts_is_named_an_unf
     assert plancmd.load_saved_config(out)[0]["binning"]["rounding"] == "even"
 
 
+@pytest.mark.parametrize("record", ["hydra.output_subdir=null", "hydra.output_subdir=.hydra"])
+def test_a_run_into_a_merged_folder_drops_the_merges_record_once_its_results_are_in(sharded, tmp_path, record):
+    """A run into a merged folder left merged_from.json: with hydra.output_subdir=null (no `.hydra/` record) the folder
+    stayed a merge's to plan and report (is_merged_folder) although the run had replaced its results."""
+    out = tmp_path / "out"
+    assert merge.main([str(sharded / "shards"), f"output={out}", NO_REPORT]) == 0
+    merged_picks = (out / "picks.csv").read_bytes()
+    run_it = [f"output={out}", "runner.workers=1", *RUN_ARGS, record]
+    # A run that makes no dataset (its only micrograph fails): the merge's outputs stay, and so does its record.
+    (tmp_path / "bad.mrc").write_bytes(b"not a micrograph")
+    assert app.run([f"input={tmp_path / 'bad.mrc'}", *run_it]) == 1
+    assert (out / "picks.csv").read_bytes() == merged_picks and (out / merge.MERGED_FROM).is_file()
+    # Once a run's results are in place the folder is the run's.
+    assert app.run([f"input={sharded / 'in' / 'a' / 'mic_000.mrc'}", *run_it]) == 0
+    assert (out / "picks.csv").read_bytes() != merged_picks
+    assert not merge.is_merged_folder(out) and not (out / merge.MERGED_FROM).exists()
+
+
 def test_merge_finds_the_shards_of_a_sweep_into_subfolders_of_the_users_interpolation(tmp_path, capsys):
     """hydra.sweep.subdir=${hydra.job.override_dirname}: each shard's folder is named by its overrides, input=/... and
     output=/... among them, so it is nested under input=/: merge found no run folder in the sweep folder."""

@@ -1118,3 +1118,23 @@ def test_nothing_can_be_picked_only_when_every_micrograph_so_far_failed_on_the_s
     assert nothing_can_be_picked([*same[:2], unfinished], after=3) == ""
     assert nothing_can_be_picked([*same, MicResult("k", "k.mrc", "skipped")], after=3) == ""  # kept from before
     assert nothing_can_be_picked([*same, on("image too small", 3)], after=3) == ""  # not one problem
+
+
+def test_a_watch_session_into_a_merged_folder_drops_the_merges_record(tmp_path):
+    # As a batch run does once its results are in place: merged_from.json stayed, and the folder was still a merge's
+    # (is_merged_folder) to plan and report.
+    from lipoframe.merge import MERGED_FROM, is_merged_folder
+
+    write_set(tmp_path / "in", 1)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / MERGED_FROM).write_text(json.dumps([str(tmp_path / "shards" / "0")]))
+    (out / "STOP").touch()  # picks what is there and stops
+    assert is_merged_folder(out)
+    _, cfg = compose_config([
+        f"input={tmp_path / 'in'}", *RUN_ARGS, "runner.workers=1", "watch=true",
+        "stream.poll_seconds=0.1", "stream.stable_polls=1",
+    ])
+    result = run_pipeline(cfg, out)
+    assert [r.status for r in result.results] == ["ok"] and (out / "picks.csv").is_file()
+    assert not is_merged_folder(out) and not (out / MERGED_FROM).exists()
