@@ -224,7 +224,8 @@ def _named_here(out_dir: Path, config: dict, text: str, *, made_in: list) -> tup
 
     The folder the run was made in is the first absolute path of
     ``made_in`` (Hydra's ``runtime.output_dir``, ``run_summary.json``'s
-    ``out_dir``, the config's ``output``); when it is neither ``out_dir`` nor
+    ``out_dir``, or its ``made_in`` once a plan of a copy renamed that, the
+    config's ``output``); when it is neither ``out_dir`` nor
     a folder above it (a sweep's, whose job folders are in it), a
     comment line names both, and ``output`` (where it names that folder,
     not a sweep's folder above it) becomes ``out_dir``'s absolute path, as the
@@ -448,14 +449,15 @@ def load_run(out_dir: str | os.PathLike) -> RunData:
     FileNotFoundError
         If ``out_dir`` holds neither per-micrograph results nor a run summary.
     """
-    from lipoframe.runner import collect_work, picking_named_here, run_results, safe_name
+    from lipoframe.runner import MADE_IN, collect_work, picking_named_here, run_results, safe_name
 
     out_dir = Path(out_dir)
     # the saved results of the run's micrographs, with the JSON read to check their settings (read once)
     infos = run_results(out_dir)
     names = list(infos)
     summary = _read_json(out_dir / "run_summary.json") or {}
-    made_in = summary.get("out_dir") if isinstance(summary, dict) else None  # as recorded: the folder the run was made in
+    # As recorded: the folder the run was made in (made_in, once a plan of a copy renamed out_dir to the copy).
+    made_in = (summary.get(MADE_IN) or summary.get("out_dir")) if isinstance(summary, dict) else None
     if isinstance(summary, dict):  # of a copied or moved folder: its notes name this one
         summary = picking_named_here(summary, out_dir)
     if not names and not summary:

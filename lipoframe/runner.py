@@ -3603,8 +3603,10 @@ def run_jobs(
 
 
 #: Keys of ``run_summary.json`` that describe the picking, kept by ``lipoframe plan``.
-PICKING_SUMMARY = ("out_dir", "micrographs", "failures", "polarity_check", "interrupted", "workers", "peak_rss_mb",
+PICKING_SUMMARY = ("out_dir", "made_in", "micrographs", "failures", "polarity_check", "interrupted", "workers", "peak_rss_mb",
                    "micrographs_per_s", "watch", "seconds", "run_notes", "run_pixel_size_notes")
+#: Key of the run_summary.json of a folder copied or moved since it was made, and planned there: where it was made.
+MADE_IN = PICKING_SUMMARY[1]
 #: Keys of run_summary.json: the notes of the run that picked, and those of them on the pixel size it used.
 RUN_NOTES, RUN_PIXEL_SIZE_NOTES = PICKING_SUMMARY[-2:]
 #: How the note of a run stopped while drawing its report (its picking complete) begins; a report written later drops it.
@@ -3706,7 +3708,11 @@ def picking_named_here(picking: dict, out_dir: Path) -> dict:
     of the copy: each mention of that folder as a whole path (not a longer
     path it begins) in ``out_dir``, ``notes`` and the run's notes
     (:data:`RUN_NOTES`, :data:`RUN_PIXEL_SIZE_NOTES`) becomes ``out_dir``'s
-    absolute path, so that a copy of the copy is renamed as well. Unchanged
+    absolute path, so that a copy of the copy is renamed as well. The folder
+    it was made in is kept as :data:`MADE_IN` (that of the first copy's
+    summary, for a copy of a copy): ``lipoframe report`` says the folder was
+    copied or moved when nothing else records where (a merge's or a
+    ``hydra.output_subdir=null`` run's ``output`` given relative). Unchanged
     when ``out_dir`` is that folder (however spelled) or the summary names
     none, or names it by a relative path (``run_pipeline(cfg, "out")``).
     """
@@ -3736,7 +3742,8 @@ def picking_named_here(picking: dict, out_dir: Path) -> dict:
             return notes
         return [whole.sub(here_as, n) if isinstance(n, str) else n for n in notes]
 
-    return {**picking, "out_dir": str(here),
+    made_in = picking.get(MADE_IN)
+    return {**picking, "out_dir": str(here), MADE_IN: made_in if isinstance(made_in, str) and os.path.isabs(made_in) else recorded,
             **{key: named_here(picking[key]) for key in ("notes", RUN_NOTES, RUN_PIXEL_SIZE_NOTES) if key in picking}}
 
 

@@ -717,6 +717,34 @@ def test_a_run_into_a_merged_folder_drops_the_merges_record_once_its_results_are
     assert not merge.is_merged_folder(out) and not (out / merge.MERGED_FROM).exists()
 
 
+def test_the_report_of_a_copied_merge_says_where_it_was_made_also_after_a_plan_of_the_copy(sharded, tmp_path, monkeypatch,
+                                                                                         capsys):
+    """`lipoframe merge ... output=merged` (relative), `cp -r merged copy`, `lipoframe plan copy`: the plan wrote the copy
+    into run_summary.json's out_dir, the only absolute record of where the merge was made (no `.hydra/`, and its
+    config.yaml says `output: merged`), and the report of the copy no longer said it was copied or moved."""
+    import shutil
+
+    from lipoframe import plancmd, report
+
+    monkeypatch.chdir(tmp_path)
+    assert merge.main([str(sharded / "shards"), "output=merged", NO_REPORT]) == 0
+    shutil.copytree(tmp_path / "merged", tmp_path / "copy")
+    said = f"# this run folder is now {tmp_path / 'copy'}; it was made as {tmp_path / 'merged'} (copied or moved since)"
+    assert said in report.load_run(tmp_path / "copy").config_text  # as before the plan
+    assert plancmd.main(["copy"]) == 0
+    summary = json.loads((tmp_path / "copy" / "run_summary.json").read_text())
+    assert summary["out_dir"] == str(tmp_path / "copy")  # as the copy's notes name it
+    assert said in report.load_run(tmp_path / "copy").config_text
+    # a copy of the copy, planned again: made where the merge was
+    shutil.copytree(tmp_path / "copy", tmp_path / "copy2")
+    assert plancmd.main(["copy2"]) == 0
+    assert said.replace("copy", "copy2") in report.load_run(tmp_path / "copy2").config_text
+    # planned where it was made: nothing to say
+    assert plancmd.main(["merged"]) == 0
+    assert "copied or moved" not in report.load_run(tmp_path / "merged").config_text
+    capsys.readouterr()
+
+
 def test_merge_finds_the_shards_of_a_sweep_into_subfolders_of_the_users_interpolation(tmp_path, capsys):
     """hydra.sweep.subdir=${hydra.job.override_dirname}: each shard's folder is named by its overrides, input=/... and
     output=/... among them, so it is nested under input=/: merge found no run folder in the sweep folder."""

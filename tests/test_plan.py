@@ -1388,6 +1388,8 @@ def test_a_plan_of_a_copied_or_moved_run_folder_names_that_folder_in_the_runs_no
     # or moved, a plan of it (and its run_summary.json, and a report of it) still named the folder the run was made in.
     from conftest import tiny_image, write_mrc
 
+    from lipoframe.runner import MADE_IN
+
     write_mrc(tmp_path / "mics" / "mic_0.mrc", tiny_image(seed=0)[0], pixel_size=1.0)  # one micrograph is enough
     out = tmp_path / "out"
     code, _, err = run_cli("run", f"input={tmp_path / 'mics'}", f"output={out}", *TINY_ARGS)
@@ -1412,7 +1414,9 @@ def test_a_plan_of_a_copied_or_moved_run_folder_names_that_folder_in_the_runs_no
     assert summary["notes"] == summary["run_notes"] == summary["run_pixel_size_notes"] == [said(copy)]
     assert summary["out_dir"] == str(copy) and f"NOTE {said(copy)}" in stdout
     assert not [f for f in copy.rglob("*") if f.is_file() and f.suffix in (".json", ".md", ".csv", ".star")
-                and str(out) in f.read_text(errors="replace")]
+                and f.name != "run_summary.json" and str(out) in f.read_text(errors="replace")]
+    # the summary names the run's folder only as where it was made (the report says the folder was copied or moved)
+    assert summary[MADE_IN] == str(out) and str(out) not in json.dumps({k: v for k, v in summary.items() if k != MADE_IN})
     # moved on: still a note on the pixel size (a plan that gives one drops it), and the next plan names the new place
     moved = tmp_path / "moved"
     copy.rename(moved)
@@ -1422,6 +1426,7 @@ def test_a_plan_of_a_copied_or_moved_run_folder_names_that_folder_in_the_runs_no
     code, _, err = run_cli("plan", moved)
     assert code == 0, err
     assert json.loads((moved / "run_summary.json").read_text())["notes"] == [said(moved)]
+    assert json.loads((moved / "run_summary.json").read_text())[MADE_IN] == str(out)
     # the folder it was made in is as it was: named as before
     code, _, err = run_cli("plan", out)
     assert code == 0, err
@@ -1429,7 +1434,7 @@ def test_a_plan_of_a_copied_or_moved_run_folder_names_that_folder_in_the_runs_no
 
 
 def test_the_runs_folder_is_renamed_in_its_notes_only_as_a_whole_path(tmp_path):
-    from lipoframe.runner import RUN_NOTES, RUN_PIXEL_SIZE_NOTES, picking_named_here
+    from lipoframe.runner import MADE_IN, RUN_NOTES, RUN_PIXEL_SIZE_NOTES, picking_named_here
 
     old = str(tmp_path / "run1")
     notes = [f"`lipoframe plan {old} pixel_size=<Å/px>`", f"removed the outputs of the earlier run into {old}, made with",
@@ -1438,7 +1443,10 @@ def test_the_runs_folder_is_renamed_in_its_notes_only_as_a_whole_path(tmp_path):
     new = tmp_path / "copy"
     moved = picking_named_here(picking, new)
     renamed = [n.replace(old, str(new)) for n in notes[:3]] + notes[3:]
-    assert moved == {"out_dir": str(new), "notes": renamed, RUN_NOTES: renamed, RUN_PIXEL_SIZE_NOTES: renamed[:1], "seconds": 3.0}
+    assert moved == {"out_dir": str(new), MADE_IN: old, "notes": renamed, RUN_NOTES: renamed, RUN_PIXEL_SIZE_NOTES: renamed[:1],
+                     "seconds": 3.0}
+    # copied on: where it was made stays
+    assert picking_named_here(moved, tmp_path / "copy2")[MADE_IN] == old
     assert picking["notes"] == notes  # not changed in place
     # the same folder, however spelled: as it was
     (tmp_path / "run1").mkdir()
