@@ -221,3 +221,27 @@ def tiny_run_folder(tmp_path_factory) -> Path:
         mp.setenv("LIPOFRAME_LOAD_PLUGINS", "")
         assert main(["run", f"input={root / 'mics'}", f"output={root / 'run'}", *TINY_ARGS]) == 0
     return root / "run"
+
+
+@pytest.fixture(scope="session")
+def tiny_shard_sweep(tmp_path_factory) -> Path:
+    """``lipoframe run -m shard.count=2 shard.index=0,1`` of the two tiny micrographs with TINY_ARGS.
+
+    Made once per test process, for the tests of what evaluate and merge make of the shards of one
+    run; they only read it (merge and evaluate write elsewhere). Its folder's name has a space in it
+    (``my shards``); the micrographs (``mic_0``, ``mic_1`` of :func:`tiny_image`) are in
+    ``<folder>.parent / "mics"``.
+    """
+    from lipoframe.cli import main
+
+    root = tmp_path_factory.mktemp("tiny_shard_sweep")
+    for i in range(2):
+        write_mrc(root / "mics" / f"mic_{i}.mrc", tiny_image(seed=i)[0])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LIPOFRAME_LOAD_PLUGINS", "")
+        assert main(["run", "-m", f"input={root / 'mics'}", f"output={root / 'my shards'}", "shard.count=2",
+                     "shard.index=0,1", *TINY_ARGS]) == 0
+    sweep = root / "my shards"
+    made = {p: p.stat().st_mtime_ns for p in sweep.rglob("*")}
+    yield sweep
+    assert {p: p.stat().st_mtime_ns for p in sweep.rglob("*")} == made, "a test changed tiny_shard_sweep: copy it first"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -1635,18 +1636,16 @@ def test_a_run_that_accepted_no_pick_is_evaluated_and_reported(tiny_mrcs, tmp_pa
     assert code == 0, err
 
 
-def test_a_sweep_of_the_shards_of_one_run_is_not_scored_shard_by_shard(tiny_mrcs, tmp_path, run_cli):
+def test_a_sweep_of_the_shards_of_one_run_is_not_scored_shard_by_shard(tiny_shard_sweep, tmp_path, run_cli):
     """The shards of `run -m shard.count=2 shard.index=0,1` were scored as jobs, each against the whole
     reference: the other shard's particles were all misses (F1 0.35 and 0.83 for a run of 0.93) and
     'best F1: job 1 (shard.index=1)' named a shard. Evaluate says to merge them; a sweep over settings
     and shards (whose shards merge runs refuse to mix) is still scored job by job."""
-    sweep, mics = tmp_path / "shards", tiny_mrcs[0].parent
-    code, _, err = run_cli("run", "-m", f"input={mics}", f"output={sweep}", "shard.count=2", "shard.index=0,1", *TINY_ARGS)
-    assert code == 0, err
+    sweep, mics = tiny_shard_sweep, tiny_shard_sweep.parent / "mics"  # read where it is: merge writes elsewhere
     truth = _truth_csv(tmp_path)
     code, out, err = run_cli("evaluate", f"picks={sweep}", f"reference={truth}")
     assert code == 2 and out == "", (out, err)
-    assert "its jobs are the shards of one run (shard.count=2)" in err and f"lipoframe merge {sweep} output=" in err, err
+    assert "its jobs are the shards of one run (shard.count=2)" in err and f"lipoframe merge {shlex.quote(str(sweep))} output=" in err, err
     merged = tmp_path / "merged"
     code, _, err = run_cli("merge", str(sweep), f"output={merged}", "runner.report=false")
     assert code == 0, err

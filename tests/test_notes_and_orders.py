@@ -133,15 +133,13 @@ def _truth_in(folder: Path) -> Path:
     return folder / "truth.csv"
 
 
-def test_evaluates_shard_hint_runs_as_printed_for_folders_with_a_space(tiny_mrcs, tmp_path, run_cli):
+def test_evaluates_shard_hint_runs_as_printed_for_folders_with_a_space(tiny_shard_sweep, tmp_path, run_cli):
     """`lipoframe evaluate picks=<sweep of shards>` prints `lipoframe merge SWEEP output=<merged> && lipoframe
     evaluate picks=<merged> reference=REF` to run instead; with a space in the sweep's and the reference's
     folder, pasted, each path must come back as one word. The printed commands, split as a shell splits
     them (<merged> filled in), are those words, and run: the merge and then the evaluation succeed."""
-    sweep = tmp_path / "my shards"
-    code, _, err = run_cli("run", "-m", f"input={tiny_mrcs[0].parent}", f"output={sweep}", "shard.count=2",
-                           "shard.index=0,1", *TINY_ARGS)
-    assert code == 0, err
+    sweep = tiny_shard_sweep  # in "my shards"; read where it is: merge writes elsewhere
+    assert " " in sweep.name
     truth = _truth_in(tmp_path / "my refs")
     code, out, err = run_cli("evaluate", f"picks={sweep}", f"reference={truth}")
     assert code == 2 and "its jobs are the shards of one run" in err, (out, err)
