@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import shlex
+import signal
 import stat
 import sys
 import tempfile
@@ -597,15 +598,13 @@ _STATE: dict[str, Any] = {}
 
 
 def _init_worker(readers: ReaderChoice) -> None:
-    import signal
-
     from lipoframe.runner import exit_with_parent
 
     # Ctrl-C is handled by the main process, which lets the overlays handed out finish (and records them)
     # before it stops: a worker stopped half-way would leave an overlay's files half rewritten.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if hasattr(signal, "pthread_sigmask"):  # held back while the pool started it (_ctrl_c_held): ignored from now on
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    if hasattr(signal, "pthread_sigmask"):  # held back while the pool started it (_stops_held): Ctrl-C ignored from now on
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     _STATE["readers"] = readers
     exit_with_parent()  # not left behind by a run killed outright while it draws the report
 
@@ -752,8 +751,9 @@ def render_overlays(jobs: list[OverlayJob], readers: ReaderChoice, *, workers: i
             with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(readers,)) as ex:
                 futures: list = []
                 try:
-                    # A worker started before it ignores Ctrl-C would die of it (BrokenProcessPool): held back till then.
-                    with _ctrl_c_held():
+                    # A worker started before it ignores Ctrl-C would die of it (BrokenProcessPool), and a stop
+                    # while a job is handed out would lose its future (its overlay drawn, not recorded): held back.
+                    with _stops_held():
                         for job in jobs:
                             futures.append(ex.submit(render_job, job))
                     for fut in futures:
@@ -767,16 +767,24 @@ def render_overlays(jobs: list[OverlayJob], readers: ReaderChoice, *, workers: i
     return results
 
 
-@contextlib.contextmanager
-def _ctrl_c_held():
-    """Ctrl-C (SIGINT) held back in this thread while it lasts, and in the worker processes started meanwhile until
-    :func:`_init_worker` has them ignore it; here it arrives when this ends."""
-    import signal
+#: Ctrl-C and SIGTERM (``kill``, the end of a batch job), which stop a report (:func:`_stops_held`).
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
+
+@contextlib.contextmanager
+def _stops_held():
+    """Ctrl-C and SIGTERM (:data:`_STOP_SIGNALS`) held back in this thread while it lasts, and in the threads and
+    worker processes started meanwhile (the pool's, until :func:`_init_worker` has a worker ignore Ctrl-C);
+    here they arrive when this ends.
+
+    While jobs are handed out to a pool: a stop raised inside ``submit``
+    lost the job's future (the worker drew its overlay, and the index did
+    not record it), and a worker started before it ignores Ctrl-C died of it.
+    """
     if not hasattr(signal, "pthread_sigmask"):
         yield
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     try:
         yield
     finally:

@@ -739,6 +739,18 @@ def render(job, readers=None):  # in a worker process (forked: it sees this modu
             f.write(job.name + "\\n")
     return res
 report._init_worker, report.render_job = init, render
+if sys.argv[3] == "sigterm-while-handing-out":  # the stop arrives before the first job's submit() has returned
+    from concurrent.futures import ProcessPoolExecutor
+    real_submit = ProcessPoolExecutor.submit
+    def submit(self, fn, job, *args, **kwargs):
+        fut = real_submit(self, fn, job, *args, **kwargs)
+        if job.name == "mic_0":
+            t0 = time.monotonic()
+            while not os.path.exists(sys.argv[2] + ".stopped") and time.monotonic() - t0 < 60:
+                time.sleep(0.01)
+            time.sleep(0.2)
+        return fut
+    ProcessPoolExecutor.submit = submit
 from lipoframe.runner import _start_method
 if _start_method() != "fork":  # decided in this process (not in pytest's, whose other tests may have left threads)
     sys.exit("the report's workers would not be forked: " + _start_method())
@@ -767,12 +779,13 @@ def six_mics(tmp_path_factory) -> Path:
 
 @pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(),
                     reason="needs fork (the workers see the test's render_job)")
-@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm", "sigterm-while-handing-out"])
 def test_a_report_stopped_with_several_workers_records_the_overlays_they_finish(six_mics, run_cli, tmp_path, how):
     """With -j 2, Ctrl-C or SIGTERM let the workers finish the overlays handed out to them (about two each), but
     overlays/index.json recorded none of them: the next report drew them again, and the note did not count them.
     Ctrl-C also reached the workers: the overlay in progress stopped half-drawn, and a worker still starting died
-    (BrokenProcessPool)."""
+    (BrokenProcessPool). A SIGTERM that came while the jobs were handed out (a worker had started the first one
+    before submit() returned its future) lost that future: its overlay was drawn, and the index was not written."""
     import sys
 
     run = tmp_path / "run"
