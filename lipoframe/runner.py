@@ -3602,11 +3602,11 @@ def run_jobs(
     return results, interrupted
 
 
-#: Keys of ``run_summary.json`` that describe the picking, kept by ``lipoframe plan``.
-PICKING_SUMMARY = ("out_dir", "made_in", "micrographs", "failures", "polarity_check", "interrupted", "workers", "peak_rss_mb",
-                   "micrographs_per_s", "watch", "seconds", "run_notes", "run_pixel_size_notes")
 #: Key of the run_summary.json of a folder copied or moved since it was made, and planned there: where it was made.
-MADE_IN = PICKING_SUMMARY[1]
+MADE_IN = "made_in"
+#: Keys of ``run_summary.json`` that describe the picking, kept by ``lipoframe plan``.
+PICKING_SUMMARY = ("out_dir", MADE_IN, "micrographs", "failures", "polarity_check", "interrupted", "workers", "peak_rss_mb",
+                   "micrographs_per_s", "watch", "seconds", "run_notes", "run_pixel_size_notes")
 #: Keys of run_summary.json: the notes of the run that picked, and those of them on the pixel size it used.
 RUN_NOTES, RUN_PIXEL_SIZE_NOTES = PICKING_SUMMARY[-2:]
 #: How the note of a run stopped while drawing its report (its picking complete) begins; a report written later drops it.
