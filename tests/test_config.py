@@ -484,17 +484,20 @@ def test_hydra_sweeper_params_null_drops_a_presets_sweep(tmp_path):
 
 def test_a_plain_run_composes_its_config_once_before_hydra_does(tiny_mrcs, tmp_path, run_cli, monkeypatch):
     # lipoframe composed a plain run's config twice before Hydra's own composes: once to tell it from a sweep
-    # (hydra.mode=MULTIRUN in a preset, hydra_settings), then to check it (~0.2 s of every run); the check tells it now
+    # (hydra.mode=MULTIRUN in a preset, hydra_settings), then to check it (~0.2 s of every run); the check tells it now.
+    # Hydra composed it twice too: once only to read its hydra.mode (get_mode), which the check has read already.
     import traceback
 
     from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.hydra import Hydra
 
-    ours = []
+    ours, hydras = [], []
     load = ConfigLoaderImpl.load_configuration
+    get_mode = Hydra.get_mode
 
     def counted(self, *args, **kwargs):
-        if not any(f.name == "_run_hydra" for f in traceback.extract_stack()):  # not Hydra's own, for the run
-            ours.append(kwargs.get("run_mode"))
+        inside_hydra = any(f.name == "_run_hydra" for f in traceback.extract_stack())  # Hydra's own, for the run
+        (hydras if inside_hydra else ours).append(kwargs.get("run_mode"))
         return load(self, *args, **kwargs)
 
     monkeypatch.setattr(ConfigLoaderImpl, "load_configuration", counted)
@@ -502,6 +505,19 @@ def test_a_plain_run_composes_its_config_once_before_hydra_does(tiny_mrcs, tmp_p
     assert code == 0, err
     assert (tmp_path / "out" / "picks.csv").is_file()
     assert len(ours) == 1, ours
+    assert len(hydras) == 1, hydras
+    assert Hydra.get_mode is get_mode  # Hydra's own again after the run
+    # hydra.mode=RUN set in a preset: a plain run, told so to Hydra
+    presets = tmp_path / "presets" / "lab"
+    presets.mkdir(parents=True)
+    (presets / "once.yaml").write_text("# @package _global_\nhydra:\n  mode: RUN\n")
+    hydras.clear()
+    code, _, err = run_cli("run", "-cd", tmp_path / "presets", "+lab=once", f"input={tiny_mrcs[0]}",
+                           f"output={tmp_path / 'preset'}", *TINY_ARGS)
+    assert code == 0, err
+    assert (tmp_path / "preset" / "picks.csv").is_file() and not (tmp_path / "preset" / "multirun.yaml").exists()
+    assert len(hydras) == 1, hydras
+    assert Hydra.get_mode is get_mode
     # a config error is still told in one line, by the same check
     ours.clear()
     code, _, err = run_cli("run", f"input={tiny_mrcs[0]}", f"output={tmp_path / 'bad'}", *TINY_ARGS, "nms.bta=1")
