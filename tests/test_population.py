@@ -11,7 +11,7 @@ from skimage.draw import disk
 
 from lipoframe import pick, schema
 from lipoframe.algorithms.radial import blocked_directions
-from lipoframe.builtin.filters import PopulationFilter, PopulationParams, same_size_support
+from lipoframe.builtin.filters import PopulationFilter, PopulationParams, same_size_medians, same_size_support
 from lipoframe.builtin.nms import rank_values
 from lipoframe.records import Micrograph, MicrographMeta, PickContext
 
@@ -89,6 +89,22 @@ def test_same_size_support_counts_like_brute_force():
     expected = [int(np.sum(np.abs(ref / x - 1) < 0.1)) for x in d]
     assert same_size_support(d, ref, tolerance=0.1).tolist() == expected
     assert same_size_support(d, np.empty(0), tolerance=0.1).tolist() == [0] * 300
+
+
+def test_same_size_medians_are_brute_force_medians():
+    rng = np.random.default_rng(1)
+    d = rng.uniform(20, 200, 200)
+    ref = rng.uniform(20, 200, 150)
+    vals = rng.normal(size=(150, 2))
+    vals[::7, 1] = np.nan
+    out = same_size_medians(d, ref, vals, tolerance=0.1, min_count=3)
+    for i, x in enumerate(d):
+        near = np.abs(ref / x - 1) < 0.1
+        for j in range(2):
+            v = vals[near, j][np.isfinite(vals[near, j])]
+            expected = np.median(v) if len(v) >= 3 else np.nan
+            np.testing.assert_equal(out[i, j], expected)
+    assert np.isnan(same_size_medians(d, np.empty(0), np.empty((0, 2)), tolerance=0.1, min_count=1)).all()
 
 
 def _table(diameters, weak, accepted=None):
@@ -361,3 +377,97 @@ def test_a_micrograph_with_few_picks_for_its_dataset_counts_as_nearly_empty():
     assert PopulationFilter(PopulationParams()).apply_dataset(picks, empty, ctx)[schema.ACCEPTED].all()
     with pytest.raises(ValueError, match="filter.population.lonely_fraction"):
         PopulationParams(lonely_fraction=1.0)
+
+
+def _clear_population():
+    """Ten clear 50-px particles (4 spreads darker than their surroundings, score 14,
+    quality 12), then the picks under test."""
+    ctx = PickContext(dmin_px=10, dmax_px=200)
+    # 10: weak on every measure (a circle on background at the threshold);
+    # 11: a vesicle: no contrast, a modest edge quality, but a particle's score;
+    # 12: half the typical contrast; 13: a lone 80-px circle (no population of its size);
+    # 14: like 10 but rejected before.
+    diameters = [50.0] * 10 + [50.0, 50.0, 50.0, 80.0, 50.0]
+    picks = _table(diameters, [False] * 15)
+    picks[schema.Y] = [5.0] * 10 + [300.0, 400.0, 500.0, 600.0, 700.0]
+    picks[schema.SCORE] = [14.0] * 10 + [5.4, 14.0, 5.4, 5.4, 5.4]
+    picks["quality"] = [12.0] * 10 + [4.5, 5.0, 4.5, 4.5, 4.5]
+    picks["darkness"] = [4.0] * 10 + [0.2, 0.0, 2.0, 0.2, 0.2]
+    picks["surround_darkness"] = 0.0
+    picks.loc[14, [schema.ACCEPTED, schema.REASON]] = [False, "other"]
+    return picks, ctx
+
+
+def test_blank_picks_among_clear_particles_of_their_size_are_rejected():
+    picks, ctx = _clear_population()
+    before = picks.copy()
+    out = PopulationFilter(PopulationParams()).apply(picks, _mic((1000, 1000)), ctx)
+    pd.testing.assert_frame_equal(picks, before)
+    assert out[schema.ACCEPTED].tolist() == [True] * 10 + [False, True, True, True, False]
+    assert out[schema.REASON].tolist()[10:] == ["blank", "", "", "", "other"]
+    # Against the surroundings, not the micrograph's background: on the bright
+    # side of a gradient a particle's darkness is low, its surroundings' too.
+    shifted = picks.assign(darkness=picks["darkness"] - 2.0, surround_darkness=-2.0)
+    assert PopulationFilter(PopulationParams()).apply(shifted, _mic((1000, 1000)), ctx)[schema.REASON].tolist()[10:12] == ["blank", ""]
+    # Each measure saves a pick: a particle's score, or its edge quality.
+    for column, value in ((schema.SCORE, 7.5), ("quality", 6.5), ("darkness", 1.5)):
+        saved = picks.copy()
+        saved.loc[10, column] = value
+        assert PopulationFilter(PopulationParams()).apply(saved, _mic((1000, 1000)), ctx)[schema.ACCEPTED].iloc[10]
+    # No clearly visible typical particle (below one spread: the simulated
+    # suite's particles, real liposomes, apoferritin), too few of them (13 of
+    # its size here, 14 asked), off, or no contamination columns.
+    faint = picks.assign(darkness=picks["darkness"] / 4.5)
+    for table, params in ((faint, PopulationParams()), (picks, PopulationParams(blank_min_support=14)),
+                          (picks, PopulationParams(blank_contrast=0)), (picks.drop(columns="darkness"), PopulationParams())):
+        assert PopulationFilter(params).apply(table, _mic((1000, 1000)), ctx)[schema.ACCEPTED].tolist()[10:] == [True] * 4 + [False]
+    # Weak picks in a crowded field of clear particles are judged the same way.
+    weak = picks.copy()
+    weak.loc[10, schema.WEAK] = True
+    out = PopulationFilter(PopulationParams(min_support=5, min_occupancy=0.0)).apply(weak, _mic((1000, 1000)), ctx)
+    assert out[schema.REASON].iloc[10] == "blank"
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        (dict(blank_contrast=1.0), "filter.population.blank_contrast"),
+        (dict(blank_contrast=-0.1), "filter.population.blank_contrast"),
+        (dict(blank_strength=0), "filter.population.blank_strength"),
+        (dict(blank_min_contrast=0), "filter.population.blank_min_contrast"),
+        (dict(blank_min_support=0), "filter.population.blank_min_support"),
+    ],
+)
+def test_blank_params_are_validated(params, message):
+    with pytest.raises(ValueError, match=message):
+        PopulationParams(**params)
+
+
+def test_a_faint_flat_disc_among_clear_particles_is_blank_a_thin_ring_is_not():
+    """Seven clear 80-px projected spheres (2 Å/px, as the demo); at the other two
+    sites of the grid a flat disc a fifth as dark (a circle the detector barely
+    finds, with nothing inside it) and a thin ring, a vesicle whose lumen is ice."""
+    from lipoframe.synthetic import render
+
+    sites = [(170 + 340 * i, 170 + 340 * j) for i in range(3) for j in range(3)]
+    flat, ring = sites[4], sites[8]
+    clear = pd.DataFrame([(c, r, 80.0) for r, c in sites if (r, c) not in (flat, ring)], columns=[schema.X, schema.Y, schema.DIAMETER])
+    img = render((1024, 1024), clear, contrast=1.0, noise=0.25, seed=3)
+    yy, xx = np.mgrid[:1024, :1024]
+    img -= np.float32(0.2) * (np.hypot(yy - flat[0], xx - flat[1]) <= 40)
+    r = np.hypot(yy - ring[0], xx - ring[1])
+    img -= np.float32(0.6) * ((r <= 40) & (r >= 34))
+
+    def at(picks, site):
+        near = np.hypot(picks[schema.Y] - site[0], picks[schema.X] - site[1]) < 10
+        assert near.sum() == 1
+        return picks[near].iloc[0]
+
+    picks = pick(img, pixel_size=2.0, dmin=120, dmax=400)
+    assert at(picks, flat)[schema.REASON] == "blank" and not at(picks, flat)[schema.WEAK]
+    assert at(picks, ring)[schema.ACCEPTED]
+    acc = picks[picks[schema.ACCEPTED]]
+    assert len(acc) == 8 and (acc["darkness"] - acc["surround_darkness"]).median() > 3
+    off = pick(img, pixel_size=2.0, dmin=120, dmax=400,
+               filters=("diameter_range", "contamination", "carbon", "speck", PopulationParams(blank_contrast=0)))
+    assert at(off, flat)[schema.ACCEPTED]

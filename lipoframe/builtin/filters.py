@@ -13,6 +13,7 @@ import pandas as pd
 from scipy.spatial import cKDTree
 
 from lipoframe import schema
+from lipoframe.builtin.junk import DARKNESS, SURROUND
 from lipoframe.hookspecs import hookimpl
 from lipoframe.records import Micrograph, PickContext, length_px
 from lipoframe.stages import Filter, check_finite
@@ -235,7 +236,8 @@ class PopulationParams:
     Accept a weak pick only when its micrograph holds many confident picks of
     its size and it does not overlap one of them; a confident pick with a
     faint edge only when a few picks of its size keep it company
-    (``faint_quality``); accept the picks of a
+    (``faint_quality``); reject a pick weak on every measure where the
+    particles of its size are clear (``blank_contrast``); accept the picks of a
     (nearly) empty micrograph only when they look like the dataset's typical
     particle (``lonely_below``, once all micrographs are picked).
 
@@ -285,6 +287,28 @@ class PopulationParams:
         number per micrograph of the dataset (micrographs without picks
         count as 0): 4k micrographs of noise alone gave 1-9 confident picks
         on the simulated suites, the median micrograph there about 45.
+    blank_contrast: where the confident accepted picks of a pick's size
+        stand out (their median contrast over their surroundings,
+        ``darkness - surround_darkness`` of the ``contamination`` filter, is
+        at least ``blank_min_contrast``), a pick with less than this
+        fraction of that contrast, and less than ``blank_strength`` of their
+        median detector ``score`` and of their median edge ``quality``, is
+        rejected (``blank``): weak on every measure where the particles of
+        its size are strong on all of them — a circle on plain background
+        at the detector's threshold, around a cluster of specks or in a gap
+        between particles. 0 turns it off; without the ``contamination``
+        filter's columns it does nothing.
+    blank_strength: see ``blank_contrast``. A particle with an edge (a
+        thin-membrane vesicle, whose lumen is ice, among solid particles of
+        its size) keeps the detector's score of its neighbours and is not
+        ``blank``.
+    blank_min_contrast: the typical contrast (background spreads) from which
+        the comparison is made: below one spread single particles scatter
+        down to no contrast at all, and the scores of a size's confident
+        picks sit too close to the detector's threshold for half of them to
+        say anything.
+    blank_min_support: the confident accepted picks of the pick's size
+        (itself included) that it takes to say what is typical.
     """
 
     min_occupancy: float = 0.08
@@ -295,6 +319,10 @@ class PopulationParams:
     faint_quality: float = 4.0
     faint_min_occupancy: float = 0.01
     lonely_fraction: float = 0.2
+    blank_contrast: float = 0.25
+    blank_strength: float = 0.5
+    blank_min_contrast: float = 1.0
+    blank_min_support: int = 5
 
     def __post_init__(self) -> None:
         check_finite(self, "filter.population")
@@ -314,6 +342,14 @@ class PopulationParams:
             raise ValueError(f"filter.population.lonely_below must be >= 0, got {self.lonely_below}")
         if not 0 <= self.lonely_fraction < 1:
             raise ValueError(f"filter.population.lonely_fraction must be in [0, 1), got {self.lonely_fraction}")
+        if not 0 <= self.blank_contrast < 1:
+            raise ValueError(f"filter.population.blank_contrast must be in [0, 1) (0 = off), got {self.blank_contrast}")
+        if not 0 < self.blank_strength <= 1:
+            raise ValueError(f"filter.population.blank_strength must be in (0, 1], got {self.blank_strength}")
+        if not self.blank_min_contrast > 0:
+            raise ValueError(f"filter.population.blank_min_contrast must be > 0, got {self.blank_min_contrast}")
+        if self.blank_min_support < 1:
+            raise ValueError(f"filter.population.blank_min_support must be >= 1, got {self.blank_min_support}")
 
 
 def same_size_support(diameters: np.ndarray, reference: np.ndarray, *, tolerance: float) -> np.ndarray:
@@ -333,6 +369,87 @@ def same_size_support(diameters: np.ndarray, reference: np.ndarray, *, tolerance
     d = np.asarray(diameters, dtype=float)
     ref = np.sort(np.asarray(reference, dtype=float), kind="stable")
     return np.searchsorted(ref, d * (1 + tolerance), side="left") - np.searchsorted(ref, d * (1 - tolerance), side="right")
+
+
+def same_size_medians(diameters: np.ndarray, reference: np.ndarray, values: np.ndarray, *, tolerance: float,
+                      min_count: int) -> np.ndarray:
+    """Median of ``values`` over the ``reference`` diameters within ``tolerance`` of each diameter.
+
+    Parameters
+    ----------
+    diameters : (K,) ndarray
+    reference : (L,) ndarray
+        Diameters of the picks that set what is typical.
+    values : (L, M) or (L,) ndarray
+        Their measurements, one column per quantity.
+    tolerance : float
+        As in :func:`same_size_support`.
+    min_count : int
+        Fewer reference picks of the size than this give ``NaN``.
+
+    Returns
+    -------
+    medians : (K, M) ndarray
+        ``NaN`` where the size has fewer than ``min_count`` reference picks
+        (NaN values are left out of a median, and count against ``min_count``).
+
+    Examples
+    --------
+    >>> same_size_medians(np.r_[50.0, 80.0], np.r_[48.0, 50.0, 52.0, 100.0], np.c_[[1.0, 2.0, 4.0, 9.0]],
+    ...                   tolerance=0.1, min_count=3).ravel().tolist()
+    [2.0, nan]
+    """
+    d = np.asarray(diameters, dtype=float)
+    ref = np.asarray(reference, dtype=float)
+    vals = np.asarray(values, dtype=float)
+    vals = vals[:, None] if vals.ndim == 1 else vals
+    order = np.argsort(ref, kind="stable")
+    ref, vals = ref[order], vals[order]
+    lo = np.searchsorted(ref, d * (1 - tolerance), side="right")
+    hi = np.searchsorted(ref, d * (1 + tolerance), side="left")
+    out = np.full((len(d), vals.shape[1]), np.nan)
+    for i in range(len(d)):
+        part = vals[lo[i]:hi[i]]
+        for j in range(part.shape[1]):
+            col = part[:, j][np.isfinite(part[:, j])]
+            if len(col) >= min_count:
+                out[i, j] = float(np.median(col))
+    return out
+
+
+def blank_picks(picks: pd.DataFrame, reference: np.ndarray, *, params: PopulationParams) -> np.ndarray:
+    """Accepted picks weak on every measure where the clearly visible particles of their size are strong.
+
+    Parameters
+    ----------
+    picks : DataFrame
+        With ``diameter_px``, ``accepted``, ``score``, ``quality``,
+        ``darkness`` and ``surround_darkness``.
+    reference : (K,) ndarray of bool
+        The picks that set what is typical (confident accepted picks).
+    params : PopulationParams
+        ``blank_contrast``, ``blank_strength``, ``blank_min_contrast``,
+        ``blank_min_support`` and ``size_tolerance``.
+
+    Returns
+    -------
+    blank : (K,) ndarray of bool
+        ``False`` for rejected picks and where the size has no clearly
+        visible typical particle.
+    """
+    p = params
+    d = picks[schema.DIAMETER].to_numpy(dtype=float)
+    contrast = picks[DARKNESS].to_numpy(dtype=float) - picks[SURROUND].to_numpy(dtype=float)
+    score = picks[schema.SCORE].to_numpy(dtype=float)
+    quality = picks[schema.QUALITY].to_numpy(dtype=float)
+    ref = np.asarray(reference, dtype=bool)
+    todo = picks[schema.ACCEPTED].to_numpy(dtype=bool)
+    typical = np.full((len(d), 3), np.nan)
+    typical[todo] = same_size_medians(d[todo], d[ref], np.c_[contrast[ref], score[ref], quality[ref]],
+                                      tolerance=p.size_tolerance, min_count=p.blank_min_support)
+    with np.errstate(invalid="ignore"):
+        return todo & ((typical[:, 0] >= p.blank_min_contrast) & (contrast < p.blank_contrast * typical[:, 0])
+                       & (score < p.blank_strength * typical[:, 1]) & (quality < p.blank_strength * typical[:, 2]))
 
 
 def nearest_separation(xy: np.ndarray, radii: np.ndarray, ref_xy: np.ndarray, ref_radii: np.ndarray) -> np.ndarray:
@@ -368,8 +485,9 @@ def nearest_separation(xy: np.ndarray, radii: np.ndarray, ref_xy: np.ndarray, re
 class PopulationFilter(Filter):
     name = "population"
     Params = PopulationParams
-    summary = "weak picks (and confident ones with a faint edge) only among confident picks of their size; nearly empty micrographs keep typical-looking picks only"
-    reasons = ("weak_unsupported", "faint_unsupported", "weak_overlap", "lonely")
+    summary = ("weak picks (and confident ones with a faint edge) only among confident picks of their size; no blank circles "
+               "among clear particles; nearly empty micrographs keep typical-looking picks only")
+    reasons = ("weak_unsupported", "faint_unsupported", "weak_overlap", "blank", "lonely")
 
     def apply(self, picks: pd.DataFrame, mic: Micrograph, ctx: PickContext) -> pd.DataFrame:
         out = schema.with_acceptance(picks)
@@ -394,6 +512,8 @@ class PopulationFilter(Filter):
             overlap = np.zeros(len(out), dtype=bool)
             overlap[weak] = sep < p.weak_min_separation
             out = schema.reject(out, overlap, "weak_overlap")
+        if p.blank_contrast > 0 and {schema.SCORE, schema.QUALITY, DARKNESS, SURROUND} <= set(out.columns):
+            out = schema.reject(out, blank_picks(out, acc & ~weak, params=p), "blank")
         return out
 
     def apply_dataset(self, picks: pd.DataFrame, metas: dict, ctx: PickContext) -> pd.DataFrame:
