@@ -439,6 +439,7 @@ def test_a_killed_rerun_with_other_settings_leaves_neither_the_earlier_outputs_n
     beside the new .hydra/ record, and `lipoframe plan` took the run as finished. (Only the killed run
     needs a process of its own; the others run in this one.)"""
     cmd, late, out = gated_run(tmp_path, make_plugin, workers=1)
+    cmd.append("runner.polarity_check=true")  # its verdict, kept with the saved results, is left too
     go = late.with_suffix(".go")
     go.touch()
     code, _, err = run_cli(*cmd[3:])
