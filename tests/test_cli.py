@@ -13,9 +13,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO, TINY_ARGS, TINY_DMAX, TINY_DMIN, TINY_PIXEL_SIZE, tiny_image, write_mrc
+from conftest import REPO, TINY_DMAX, TINY_DMIN, TINY_PIXEL_SIZE, TINY_RUN_ARGS, tiny_image, write_mrc
 
 PICKS_COLUMNS = ["micrograph", "x_px", "y_px", "diameter_px", "score", "pyramid_level", "sigma_px"]
+
 
 
 def picked(out_dir: Path) -> pd.DataFrame:
@@ -250,7 +251,7 @@ def test_run_help_names_the_stages_it_would_run(run_cli):
 # ---------------------------------------------------------------------------
 def test_run_writes_picks_per_micrograph_files_and_config(tiny_mrcs, tmp_path, run_cli):
     out_dir = tmp_path / "out"
-    code, out, err = run_cli("run", f"input={tiny_mrcs[0].parent}", f"output={out_dir}", "nms=size_aware", "nms.beta=0.7", *TINY_ARGS)
+    code, out, err = run_cli("run", f"input={tiny_mrcs[0].parent}", f"output={out_dir}", "nms=size_aware", "nms.beta=0.7", *TINY_RUN_ARGS)
     assert code == 0, err
     picks = pd.read_csv(out_dir / "picks.csv")
     assert list(picks.columns[: len(PICKS_COLUMNS)]) == PICKS_COLUMNS
@@ -274,7 +275,7 @@ def test_an_in_process_run_leaves_the_logging_set_up_as_it_found_it(tiny_mrcs, t
     root = logging.getLogger()
     before = (root.handlers[:], root.level)
     for name in ("first", "second"):
-        code, _, err = run_cli("run", f"input={tiny_mrcs[0].parent}", f"output={tmp_path / name}", *TINY_ARGS)
+        code, _, err = run_cli("run", f"input={tiny_mrcs[0].parent}", f"output={tmp_path / name}", *TINY_RUN_ARGS)
         assert code == 0, err
         assert (root.handlers, root.level) == before
     assert "2 micrograph(s) from" in (tmp_path / "first" / "lipoframe.log").read_text()
@@ -302,7 +303,7 @@ def test_a_run_without_a_hydra_record_replaces_the_earlier_runs(tiny_mrcs, tmp_p
         raise InputError("stopped before any work")
 
     monkeypatch.setattr(runner, "run_pipeline", stopped)  # the record is replaced before any work
-    code, _, err = run_cli("run", f"input={tiny_mrcs[0]}", f"output={out_dir}", f"hydra.output_subdir={subdir}", "nms.beta=0.9", *TINY_ARGS)
+    code, _, err = run_cli("run", f"input={tiny_mrcs[0]}", f"output={out_dir}", f"hydra.output_subdir={subdir}", "nms.beta=0.9", *TINY_RUN_ARGS)
     assert code == 1 and "stopped before any work" in err
     assert not (out_dir / ".hydra").exists()
     saved, choices = load_saved_config(out_dir)
@@ -323,7 +324,7 @@ def test_caplog_sees_the_messages_of_an_in_process_run(tiny_mrcs, tmp_path, run_
     root = logging.getLogger()
     before = (root.handlers[:], root.level)
     with caplog.at_level(logging.INFO, logger="lipoframe"):
-        code, _, err = run_cli("run", f"input={tiny_mrcs[0]}", f"output={tmp_path / 'out'}", *TINY_ARGS)
+        code, _, err = run_cli("run", f"input={tiny_mrcs[0]}", f"output={tmp_path / 'out'}", *TINY_RUN_ARGS)
     assert code == 1 and "lipoframe: a message of the run" in err  # Hydra's console handler, as before
     assert [(r.name, r.levelno) for r in caplog.records if r.getMessage() == "a message of the run"] == [("lipoframe.runner", logging.WARNING)]
     assert "a message of the run" in (tmp_path / "out" / "lipoframe.log").read_text()
@@ -337,7 +338,7 @@ def test_an_in_process_sweep_runs_its_jobs_in_other_processes_with_logging_set_u
     assert logging.getLogger().handlers  # pytest's, as a program's own would be
     sweep = tmp_path / "sweep"
     try:
-        code, out, err = run_cli("run", "-m", f"input={tiny_mrcs[0]}", f"output={sweep}", *TINY_ARGS, "nms.beta=0.6,0.7",
+        code, out, err = run_cli("run", "-m", f"input={tiny_mrcs[0]}", f"output={sweep}", *TINY_RUN_ARGS, "nms.beta=0.6,0.7",
                                  "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
     finally:
         # joblib keeps its worker processes, and the threads that manage them, for the next call: left running,
@@ -354,7 +355,7 @@ def test_pixel_size_from_header_and_override(tmp_path, run_cli):
     image, truth = tiny_image(seed=0)
     write_mrc(tmp_path / "mics" / "a.mrc", image, pixel_size=TINY_PIXEL_SIZE)
     angstrom = [f"dmin={TINY_DMIN * TINY_PIXEL_SIZE:g}", f"dmax={TINY_DMAX * TINY_PIXEL_SIZE:g}", "units=A"]
-    rest = [a for a in TINY_ARGS if not a.startswith(("dmin=", "dmax=", "units="))]
+    rest = [a for a in TINY_RUN_ARGS if not a.startswith(("dmin=", "dmax=", "units="))]
     code, _, err = run_cli("run", f"input={tmp_path / 'mics'}", f"output={tmp_path / 'hdr'}", *angstrom, *rest)
     assert code == 0, err
     hdr = picked(tmp_path / "hdr")
@@ -369,7 +370,7 @@ def test_pixel_size_from_header_and_override(tmp_path, run_cli):
 
 def test_missing_pixel_size_is_one_clear_message(tmp_path, run_cli):
     write_mrc(tmp_path / "mics" / "nopix.mrc", tiny_image(seed=0)[0], pixel_size=None)
-    rest = [a for a in TINY_ARGS if not a.startswith(("dmin=", "dmax=", "units="))]
+    rest = [a for a in TINY_RUN_ARGS if not a.startswith(("dmin=", "dmax=", "units="))]
     code, out, err = run_cli("run", f"input={tmp_path / 'mics'}", f"output={tmp_path / 'out'}", *rest)
     assert code == 1
     assert "nopix.mrc" in err and "pixel_size=" in err
@@ -404,7 +405,7 @@ def test_inputs_as_file_folder_and_glob_in_one_run(tmp_path, run_cli):
     (tmp_path / "b" / "notes.txt").write_text("not a micrograph")
     spec = f"input=[{tmp_path / 'a' / 'mic_1.mrc'},{tmp_path / 'b'},'{tmp_path}/a/mic_[02].mrc']"
     out_dir = tmp_path / "out"
-    code, _, err = run_cli("run", spec, f"output={out_dir}", *TINY_ARGS)
+    code, _, err = run_cli("run", spec, f"output={out_dir}", *TINY_RUN_ARGS)
     assert code == 0, err
     summary = json.loads((out_dir / "run_summary.json").read_text())
     assert summary["micrographs"]["total"] == 4 and summary["micrographs"]["ok"] == 4
@@ -417,7 +418,7 @@ def test_a_glob_with_a_character_class_needs_no_hydra_quotes(tmp_path, run_cli):
     for i in range(3):
         write_mrc(tmp_path / "a" / f"mic_{i}.mrc", tiny_image(seed=i)[0])
     # What the shell passes for input='/data/mic_[02].mrc': Hydra alone reads a list in it.
-    code, _, err = run_cli("run", f"input={tmp_path}/a/mic_[02].mrc", f"output={tmp_path / 'out'}", *TINY_ARGS)
+    code, _, err = run_cli("run", f"input={tmp_path}/a/mic_[02].mrc", f"output={tmp_path / 'out'}", *TINY_RUN_ARGS)
     assert code == 0, err
     assert set(picked(tmp_path / "out")["micrograph"]) == {"mic_0", "mic_2"}
     # Lists, sweeps and values quoted for Hydra are left as they are.
@@ -438,7 +439,7 @@ def test_a_file_name_hydra_cannot_read_unquoted_needs_no_hydra_quotes(tmp_path, 
     out_dir = tmp_path / f"out {name[:-4]}"
     if "," in name:  # a new output folder's comma separates a sweep's values (refused); one that exists is taken
         out_dir.mkdir()
-    code, _, err = run_cli("run", f"input={tmp_path / name}", f"output={out_dir}", *TINY_ARGS)
+    code, _, err = run_cli("run", f"input={tmp_path / name}", f"output={out_dir}", *TINY_RUN_ARGS)
     assert code == 0, err
     assert "config error" not in err
     assert len(picked(out_dir)) > 0
@@ -449,7 +450,7 @@ def test_a_glob_in_a_folder_with_a_comma_needs_no_hydra_quotes(tmp_path, run_cli
     (exit 2): only a path that exists was quoted, and a pattern never does."""
     for i in range(2):
         write_mrc(tmp_path / "grid1,2" / f"mic_{i}.mrc", tiny_image(seed=i)[0])
-    code, _, err = run_cli("run", f"input={tmp_path}/grid1,2/*.mrc", f"output={tmp_path / 'out'}", *TINY_ARGS)
+    code, _, err = run_cli("run", f"input={tmp_path}/grid1,2/*.mrc", f"output={tmp_path / 'out'}", *TINY_RUN_ARGS)
     assert code == 0, err
     assert set(picked(tmp_path / "out")["micrograph"]) == {"mic_0", "mic_1"}
 
@@ -458,13 +459,13 @@ def test_a_list_of_paths_hydra_cannot_read_gives_the_quoted_list_to_type(tmp_pat
     """The items of a list are not quoted by lipoframe; the message gave Hydra's lexer error and no fix,
     although docs/configuration.md promises 'the quoted form to type'."""
     a, b = tmp_path / "a=b" / "x=1.mrc", tmp_path / "mïc.mrc"
-    code, _, err = run_cli("run", f"input=[{a},{b}]", f"output={tmp_path / 'out'}", *TINY_ARGS)
+    code, _, err = run_cli("run", f"input=[{a},{b}]", f"output={tmp_path / 'out'}", *TINY_RUN_ARGS)
     assert code == 2 and len(err.strip().splitlines()) == 1
     quoted = f"\"input=['{a}','{b}']\""
     assert err.startswith("lipoframe: config error: input: cannot read") and f"quote each path for Hydra: {quoted}" in err
     for i, p in enumerate((a, b)):
         write_mrc(p, tiny_image(seed=i)[0])
-    code, _, err = run_cli("run", quoted.strip('"'), f"output={tmp_path / 'out'}", *TINY_ARGS)  # what the user then types
+    code, _, err = run_cli("run", quoted.strip('"'), f"output={tmp_path / 'out'}", *TINY_RUN_ARGS)  # what the user then types
     assert code == 0, err
     assert set(picked(tmp_path / "out")["micrograph"]) == {"x_1", "m_c"}
 
@@ -478,13 +479,13 @@ def test_the_quoted_list_to_type_reads_every_item_as_typed(tmp_path, run_cli, ty
     """The hint split the list at every comma and kept the spaces: "input=['a',' b']" named a file
     ' b' that does not exist, a quoted 'x,y.mrc' became 'x,'y.mrc'', and 'it's.mrc' was not Hydra's."""
     paths = {"a": tmp_path / "a=b" / "x.mrc", "b": tmp_path / "mïc.mrc", "c": tmp_path / "x,y(.mrc", "d": tmp_path / "it's.mrc"}
-    code, _, err = run_cli("run", "input=" + typed.format(**paths), f"output={tmp_path / 'out'}", *TINY_ARGS)
+    code, _, err = run_cli("run", "input=" + typed.format(**paths), f"output={tmp_path / 'out'}", *TINY_RUN_ARGS)
     assert code == 2
     assert f'quote each path for Hydra: "input={hint.format(**paths)}"' in err, err
     for i, p in enumerate(paths.values()):
         write_mrc(p, tiny_image(seed=i)[0])
     typed_next = hint.format(**paths).replace('\\"', '"')  # what the shell hands over
-    code, _, err = run_cli("run", f"input={typed_next}", f"output={tmp_path / 'out'}", *TINY_ARGS)
+    code, _, err = run_cli("run", f"input={typed_next}", f"output={tmp_path / 'out'}", *TINY_RUN_ARGS)
     assert code == 0, err
     assert len(set(picked(tmp_path / "out")["micrograph"])) == 2
 
@@ -497,7 +498,7 @@ def test_an_output_folder_given_quoted_or_interpolated_leaves_no_stray_folder(ti
     monkeypatch.setenv("LIPOFRAME_TEST_ROOT", str(tmp_path))
     out = tmp_path / ("out dir ü" if how == "quoted" else "out_env")
     spec = f"output='{out}'" if how == "quoted" else "output=${oc.env:LIPOFRAME_TEST_ROOT}/out_env"
-    code, _, err = run_cli("run", f"input={tiny_mrcs[0]}", spec, *TINY_ARGS)
+    code, _, err = run_cli("run", f"input={tiny_mrcs[0]}", spec, *TINY_RUN_ARGS)
     assert code == 0, err
     assert (out / "picks.csv").is_file()
     assert list(cwd.iterdir()) == []  # the write check used the folder Hydra makes, not the raw text
@@ -507,7 +508,7 @@ def test_an_output_folder_given_quoted_or_interpolated_leaves_no_stray_folder(ti
 def test_an_output_folder_under_home_is_made_there_not_in_a_folder_named_tilde(tiny_mrcs, run_cli, away_from_home, spec):
     """`output=~/picks` (sh, a script, or bash with the word quoted) made ./~/picks, while input=~/... reads the home folder."""
     cwd, home = away_from_home
-    code, out, err = run_cli("run", f"input={tiny_mrcs[0]}", spec, *TINY_ARGS)
+    code, out, err = run_cli("run", f"input={tiny_mrcs[0]}", spec, *TINY_RUN_ARGS)
     assert code == 0, err
     assert (home / "picks" / "picks.csv").is_file() and str(home / "picks") in out
     assert list(cwd.iterdir()) == []
@@ -529,7 +530,7 @@ def test_an_output_folder_cannot_be_swept_and_says_so(tiny_mrcs, run_cli, away_f
     preset = home.parent / "presets" / "lab" / "outputs.yaml"
     preset.parent.mkdir(parents=True)
     preset.write_text(f"# @package _global_\nhydra:\n  sweeper:\n    params:\n      output: {home}/a,{home}/b\n")
-    code, out, err = run_cli("run", *[w.format(home=home) for w in words], f"input={tiny_mrcs[0]}", *TINY_ARGS)
+    code, out, err = run_cli("run", *[w.format(home=home) for w in words], f"input={tiny_mrcs[0]}", *TINY_RUN_ARGS)
     assert code == 2, err
     assert err.strip() == (f"lipoframe: config error: output: a sweep writes into one folder, its jobs into <output>/0, "
                            f"<output>/1, ...: give one output folder, not several ({home / 'a'}, {home / 'b'}), "
@@ -543,7 +544,7 @@ def test_a_run_into_a_sweep_of_output_folders_says_give_one(tmp_path, run_cli):
     from lipoframe.app import check_output_not_swept
     from lipoframe.config import ConfigError
 
-    code, out, err = run_cli("run", f"output={tmp_path}/a,{tmp_path}/b", "input=/no/such.mrc", *TINY_ARGS)
+    code, out, err = run_cli("run", f"output={tmp_path}/a,{tmp_path}/b", "input=/no/such.mrc", *TINY_RUN_ARGS)
     assert code == 2 and err.strip() == (
         f"lipoframe: config error: output: {tmp_path}/a,{tmp_path}/b is a sweep of the folders {tmp_path}/a, {tmp_path}/b, "
         "and a run writes into one folder: give one output folder (a sweep, -m, too: its jobs go into <output>/0, <output>/1, "
@@ -596,7 +597,7 @@ def test_unreadable_files_give_one_message_each_and_the_run_goes_on(tiny_mrcs, t
     (folder / "corrupt.mrc").write_bytes(b"this is not an MRC file")
     tifffile.imwrite(folder / "stack.tif", np.zeros((3, 64, 64), np.float32), photometric="minisblack")
     out_dir = tmp_path / "out"
-    code, out, err = run_cli("run", f"input={folder}", f"output={out_dir}", *TINY_ARGS)
+    code, out, err = run_cli("run", f"input={folder}", f"output={out_dir}", *TINY_RUN_ARGS)
     assert code == 1  # something failed, and the run says so
     for bad in ("corrupt.mrc", "stack.tif"):
         lines = [ln for ln in err.splitlines() if bad in ln]
@@ -609,7 +610,7 @@ def test_unreadable_files_give_one_message_each_and_the_run_goes_on(tiny_mrcs, t
 
 
 def test_nothing_matches_is_a_clear_error(tmp_path, run_cli):
-    code, out, err = run_cli("run", f"input='{tmp_path}/*.mrc'", f"output={tmp_path / 'out'}", *TINY_ARGS)
+    code, out, err = run_cli("run", f"input='{tmp_path}/*.mrc'", f"output={tmp_path / 'out'}", *TINY_RUN_ARGS)
     assert code == 1
     assert re.search(r"\*\.mrc: no files match", err), err
 
@@ -621,13 +622,13 @@ def test_a_mistyped_glob_leaves_an_earlier_run_as_it_was(tiny_run_folder, tmp_pa
     shutil.copytree(tiny_run_folder, out_dir)  # the earlier run
     before = {p.name: p.read_bytes() for p in out_dir.iterdir() if p.is_file() and p.suffix in (".csv", ".json", ".star")}
     assert "picks.csv" in before and "inputs.json" in before
-    code, _, err = run_cli("run", f"input='{mics}/*.mcr'", f"output={out_dir}", *TINY_ARGS)
+    code, _, err = run_cli("run", f"input='{mics}/*.mcr'", f"output={out_dir}", *TINY_RUN_ARGS)
     assert code == 1
     assert re.search(r"\*\.mcr: no files match", err) and "nothing was written" in err and "Traceback" not in err
     assert {p: (out_dir / p).read_bytes() for p in before} == before
     # A mistyped file name, too (a named file is kept so that it is reported; here it is all there is).
     typo = mics / "typo.mrc"
-    code, _, err = run_cli("run", f"input={typo}", f"output={out_dir}", *TINY_ARGS)
+    code, _, err = run_cli("run", f"input={typo}", f"output={out_dir}", *TINY_RUN_ARGS)
     assert code == 1
     assert f"{typo}: file not found" in err and "nothing was written" in err and "Traceback" not in err
     assert {p: (out_dir / p).read_bytes() for p in before} == before
@@ -640,7 +641,7 @@ def test_plan_report_and_evaluate_read_the_runs_micrographs_not_an_earlier_runs(
 
     out_dir = tmp_path / "out"
     shutil.copytree(tiny_run_folder, out_dir)  # the earlier run, of mic_0 and mic_1
-    code, _, err = run_cli("run", f"input={tiny_run_folder.parent / 'mics' / 'mic_1.mrc'}", f"output={out_dir}", *TINY_ARGS)
+    code, _, err = run_cli("run", f"input={tiny_run_folder.parent / 'mics' / 'mic_1.mrc'}", f"output={out_dir}", *TINY_RUN_ARGS)
     assert code == 0, err
     assert (out_dir / "micrographs" / "mic_0.json").is_file()  # still there, for resume
     picks = pd.read_csv(out_dir / "picks.csv")
@@ -669,7 +670,7 @@ def test_plan_report_and_evaluate_leave_out_an_earlier_runs_results_made_with_ot
     shutil.copytree(tiny_run_folder, out_dir)  # the earlier run, with nms.beta's default 0.8
     earlier = tmp_path / "earlier"
     shutil.copytree(out_dir / "micrographs", earlier)
-    code, _, err = run_cli("run", f"input={tiny_run_folder.parent / 'mics'}", f"output={out_dir}", *TINY_ARGS, "nms.beta=0.6")
+    code, _, err = run_cli("run", f"input={tiny_run_folder.parent / 'mics'}", f"output={out_dir}", *TINY_RUN_ARGS, "nms.beta=0.6")
     assert code == 0, err
     # as the second run leaves the folder when stopped before mic_0: the earlier run's result is still there
     for suffix in (".csv", ".json"):
@@ -693,13 +694,13 @@ def test_a_mistyped_glob_leaves_the_earlier_runs_settings_record_too(tiny_run_fo
     shutil.copytree(tiny_run_folder, out_dir)  # the earlier run
     before = {p: p.read_bytes() for p in [*(out_dir / ".hydra").iterdir(), out_dir / "lipoframe.log"]}
     assert len(before) == 4
-    code, _, err = run_cli("run", f"input='{mics}/*.mcr'", f"output={out_dir}", *TINY_ARGS, "dmin=40")
+    code, _, err = run_cli("run", f"input='{mics}/*.mcr'", f"output={out_dir}", *TINY_RUN_ARGS, "dmin=40")
     assert code == 1
     assert re.search(r"\*\.mcr: no files match", err) and "nothing was written" in err and "Traceback" not in err
     assert {p: p.read_bytes() for p in before} == before
     # Without an earlier run, nothing is made either (it was an empty run, its plan and exports):
     # the input errors are all there is to say.
-    code, _, err = run_cli("run", f"input='{mics}/*.mcr'", f"output={tmp_path / 'new'}", *TINY_ARGS)
+    code, _, err = run_cli("run", f"input='{mics}/*.mcr'", f"output={tmp_path / 'new'}", *TINY_RUN_ARGS)
     assert code == 1 and re.search(r"\*\.mcr: no files match", err) and "nothing was written" not in err
     assert not (tmp_path / "new").exists()
 
@@ -707,7 +708,7 @@ def test_a_mistyped_glob_leaves_the_earlier_runs_settings_record_too(tiny_run_fo
 def test_multirun_four_jobs_each_with_its_folder_and_config(tiny_mrcs, tmp_path, run_cli):
     """The command-line contract of issue 2, verbatim: `lipoframe run -m nms.beta=0.6,0.8 detector=dog,log`."""
     out_dir = tmp_path / "sweep"
-    code, out, err = run_cli("run", "-m", "nms.beta=0.6,0.8", "detector=dog,log", f"input={tiny_mrcs[0]}", f"output={out_dir}", *TINY_ARGS)
+    code, out, err = run_cli("run", "-m", "nms.beta=0.6,0.8", "detector=dog,log", f"input={tiny_mrcs[0]}", f"output={out_dir}", *TINY_RUN_ARGS)
     assert code == 0, err
     seen = set()
     jobs = sorted(p for p in out_dir.iterdir() if p.is_dir())
@@ -728,7 +729,7 @@ def test_multirun_jobs_do_not_read_each_others_outputs(tiny_mrcs, tmp_path, run_
     mics = tiny_mrcs[0].parent
     out_dir = mics / "sweep"
     code, _, err = run_cli("run", "-m", "detector=dog,log", f"input={mics}/**/*.mrc", f"output={out_dir}",
-                           "writer=[csv,mask]", *TINY_ARGS)
+                           "writer=[csv,mask]", *TINY_RUN_ARGS)
     assert code == 0, err
     for job in ("0", "1"):
         summary = json.loads((out_dir / job / "run_summary.json").read_text())
@@ -817,7 +818,7 @@ def test_a_run_piped_into_a_command_that_stops_reading_ends_cleanly(tiny_mrcs, t
 
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.Popen([sys.executable, "-m", "lipoframe", "run", f"input={tiny_mrcs[0]}", f"output={tmp_path / 'out'}",
-                             *TINY_ARGS], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+                             *TINY_RUN_ARGS], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     proc.stdout.close()  # the reader is gone before the run prints anything
     with proc.stderr:
         err = proc.stderr.read().decode()

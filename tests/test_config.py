@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY_ARGS
+from conftest import TINY_RUN_ARGS
 from lipoframe.app import prepare_hydra, sweep_jobs, validate_overrides
 from lipoframe.config import ConfigError, LipoframeConfig, config_dir, to_run_config
+
 
 
 def compose(*overrides: str):
@@ -259,13 +260,13 @@ def test_the_columns_a_detector_writes_may_rank_candidates(overrides):
 
 def test_a_plugin_detector_that_does_not_declare_its_columns_is_checked_on_each_micrograph(fake_plugin, tiny_mrcs, tmp_path, run_cli):
     assert validate_overrides([f"detector={fake_plugin}", "nms.rank_by=nope"]) is not None
-    code, _, err = run_cli("run", f"input={tiny_mrcs[0]}", f"output={tmp_path / 'out'}", f"detector={fake_plugin}", "nms.rank_by=nope", *TINY_ARGS)
+    code, _, err = run_cli("run", f"input={tiny_mrcs[0]}", f"output={tmp_path / 'out'}", f"detector={fake_plugin}", "nms.rank_by=nope", *TINY_RUN_ARGS)
     assert code == 1 and "nms.rank_by='nope' is not a column of the detections; they have x_px, y_px" in err
 
 
 def test_multirun_checks_every_job_before_the_first_starts(tiny_mrcs, tmp_path, run_cli):
     out_dir = tmp_path / "sweep"
-    code, out, err = run_cli("run", "-m", "nms=size_aware", "nms.beta=0.6,0", "detector=dog,log", f"input={tiny_mrcs[0]}", f"output={out_dir}", *TINY_ARGS)
+    code, out, err = run_cli("run", "-m", "nms=size_aware", "nms.beta=0.6,0", "detector=dog,log", f"input={tiny_mrcs[0]}", f"output={out_dir}", *TINY_RUN_ARGS)
     assert code == 2
     assert err.count("\n") == 1 and "nms.beta must be in (0, 2], got 0.0" in err and "(job nms=size_aware nms.beta=0 detector=dog" in err
     assert not list(out_dir.glob("*/picks.csv"))
@@ -273,7 +274,7 @@ def test_multirun_checks_every_job_before_the_first_starts(tiny_mrcs, tmp_path, 
 
 def test_multirun_with_a_glob_checks_every_job_before_the_first_starts(tiny_mrcs, tmp_path, run_cli):
     out_dir = tmp_path / "sweep"
-    code, _, err = run_cli("run", "-m", "detector=glob(*og)", "nms.beta=0.6,0", f"input={tiny_mrcs[0]}", f"output={out_dir}", *TINY_ARGS)
+    code, _, err = run_cli("run", "-m", "detector=glob(*og)", "nms.beta=0.6,0", f"input={tiny_mrcs[0]}", f"output={out_dir}", *TINY_RUN_ARGS)
     assert code == 2
     assert "nms.beta must be in (0, 2], got 0.0" in err and "(job detector=dog nms.beta=0" in err
     assert not list(out_dir.glob("*/picks.csv"))
@@ -325,11 +326,11 @@ def test_own_config_folder_with_hydra_flags(tiny_mrcs, tmp_path, run_cli):
     presets.mkdir(parents=True)
     (presets / "small.yaml").write_text("# @package _global_\ndefaults:\n  - override /nms: size_aware\ndmin: 35\nnms:\n  beta: 0.7\n")
     out_dir = tmp_path / "out"
-    code, _, err = run_cli("run", "-cd", str(tmp_path / "presets"), "+lab=small", f"input={tiny_mrcs[0]}", f"output={out_dir}", *[a for a in TINY_ARGS if not a.startswith("dmin=")])
+    code, _, err = run_cli("run", "-cd", str(tmp_path / "presets"), "+lab=small", f"input={tiny_mrcs[0]}", f"output={out_dir}", *[a for a in TINY_RUN_ARGS if not a.startswith("dmin=")])
     assert code == 0, err
     saved = (out_dir / ".hydra" / "config.yaml").read_text()
     assert "dmin: 35.0" in saved and "beta: 0.7" in saved
-    code, _, err = run_cli("run", "-cd", str(tmp_path / "presets"), "+lab=small", "nms.beta=0", f"input={tiny_mrcs[0]}", f"output={tmp_path / 'bad'}", *TINY_ARGS)
+    code, _, err = run_cli("run", "-cd", str(tmp_path / "presets"), "+lab=small", "nms.beta=0", f"input={tiny_mrcs[0]}", f"output={tmp_path / 'bad'}", *TINY_RUN_ARGS)
     assert code == 2 and "nms.beta must be in (0, 2]" in err
 
 
@@ -349,7 +350,7 @@ def test_a_word_hydra_cannot_parse_is_one_line_naming_the_key(tiny_mrcs, tmp_pat
     # gave "no viable alternative at input '{stem}'" naming no key, and in a sweep Hydra's many-line error, exit code 1
     out_dir = tmp_path / "out"
     code, _, err = run_cli("run", *(["-m", "detector=dog,log"] if multirun else []), word,
-                           f"input={tiny_mrcs[0]}", f"output={out_dir}", *TINY_ARGS)
+                           f"input={tiny_mrcs[0]}", f"output={out_dir}", *TINY_RUN_ARGS)
     assert code == 2
     assert err.count("\n") == 1 and err.startswith(f"lipoframe: config error: {message}"), err
     assert not out_dir.exists() or not any(out_dir.rglob("picks.csv"))
@@ -421,12 +422,12 @@ def test_a_typo_in_a_presets_sweeper_params_is_a_config_error_before_any_job_run
     # or (a bad value) job 0 ran and job 1 failed
     presets = _sweep_preset(tmp_path, "sweep", params)
     out_dir = tmp_path / "out"
-    code, _, err = run_cli("run", "-m", "-cd", presets, "+lab=sweep", f"input={tiny_mrcs[0]}", f"output={out_dir}", *TINY_ARGS)
+    code, _, err = run_cli("run", "-m", "-cd", presets, "+lab=sweep", f"input={tiny_mrcs[0]}", f"output={out_dir}", *TINY_RUN_ARGS)
     assert code == 2, err
     assert err.count("\n") == 1 and err.startswith(f"lipoframe: config error: {message}"), err
     # with a sweep on the command line too (its jobs were checked, the preset's keys were not)
     code, _, err = run_cli("run", "-m", "-cd", presets, "+lab=sweep", "dmin=30,31", f"input={tiny_mrcs[0]}", f"output={out_dir}",
-                           *TINY_ARGS[1:])
+                           *TINY_RUN_ARGS[1:])
     assert code == 2 and err.count("\n") == 1 and "it is swept by hydra.sweeper.params in a preset" in err, err
     assert err.rstrip().endswith("; it is swept by hydra.sweeper.params in a preset"), err
     assert not out_dir.exists() or not any(out_dir.rglob("picks.csv"))
@@ -466,7 +467,7 @@ def test_hydra_sweeper_params_on_the_command_line_is_a_config_error_saying_how_t
     # gave a traceback (merging into its null default), a parse error or "Sweeping over Hydra's configuration
     # is not supported", with exit code 1
     out_dir = tmp_path / "out"
-    code, _, err = run_cli("run", *(["-m"] if multirun else []), word, f"input={tiny_mrcs[0]}", f"output={out_dir}", *TINY_ARGS)
+    code, _, err = run_cli("run", *(["-m"] if multirun else []), word, f"input={tiny_mrcs[0]}", f"output={out_dir}", *TINY_RUN_ARGS)
     assert code == 2
     assert err == ("lipoframe: config error: hydra.sweeper.params: cannot be set on the command line; sweep with key=values "
                    "words instead (lipoframe run -m nms.beta=0.6,0.8 detector=dog,log), or put hydra.sweeper.params in a "
@@ -501,7 +502,7 @@ def test_a_plain_run_composes_its_config_once_before_hydra_does(tiny_mrcs, tmp_p
         return load(self, *args, **kwargs)
 
     monkeypatch.setattr(ConfigLoaderImpl, "load_configuration", counted)
-    code, _, err = run_cli("run", f"input={tiny_mrcs[0]}", f"output={tmp_path / 'out'}", *TINY_ARGS)
+    code, _, err = run_cli("run", f"input={tiny_mrcs[0]}", f"output={tmp_path / 'out'}", *TINY_RUN_ARGS)
     assert code == 0, err
     assert (tmp_path / "out" / "picks.csv").is_file()
     assert len(ours) == 1, ours
@@ -520,7 +521,7 @@ def test_a_plain_run_composes_its_config_once_before_hydra_does(tiny_mrcs, tmp_p
     assert Hydra.get_mode is get_mode
     # a config error is still told in one line, by the same check
     ours.clear()
-    code, _, err = run_cli("run", f"input={tiny_mrcs[0]}", f"output={tmp_path / 'bad'}", *TINY_ARGS, "nms.bta=1")
+    code, _, err = run_cli("run", f"input={tiny_mrcs[0]}", f"output={tmp_path / 'bad'}", *TINY_RUN_ARGS, "nms.bta=1")
     assert code == 2 and err.count("\n") == 1 and "nms.bta" in err, err
 
 
@@ -530,12 +531,12 @@ def test_hydra_mode_multirun_is_a_sweep_as_with_dash_m(tiny_mrcs, tmp_path, run_
     # (one micrograph per job: the sweep, not the picking, is checked)
     out_dir = tmp_path / "sweep"
     code, _, err = run_cli("run", "detector=log", "detector.threshold=3,4", "hydra.mode=MULTIRUN",
-                           f"input={tiny_mrcs[0]}", f"output={out_dir}", *TINY_ARGS)
+                           f"input={tiny_mrcs[0]}", f"output={out_dir}", *TINY_RUN_ARGS)
     assert code == 0, err
     assert (out_dir / "multirun.yaml").is_file() and all((out_dir / j / "picks.csv").is_file() for j in ("0", "1"))
     # every job is checked before the first starts, as with -m
     code, _, err = run_cli("run", "detector=log", "detector.threshold=3,nope", "hydra.mode=MULTIRUN",
-                           f"input={tiny_mrcs[0]}", f"output={tmp_path / 'bad'}", *TINY_ARGS)
+                           f"input={tiny_mrcs[0]}", f"output={tmp_path / 'bad'}", *TINY_RUN_ARGS)
     assert code == 2 and err.count("\n") == 1 and "(job " in err and "detector.threshold=nope" in err, err
     assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").rglob("picks.csv"))
     # a preset that sets it
@@ -543,6 +544,6 @@ def test_hydra_mode_multirun_is_a_sweep_as_with_dash_m(tiny_mrcs, tmp_path, run_
     presets.mkdir(parents=True)
     (presets / "multi.yaml").write_text("# @package _global_\nhydra:\n  mode: MULTIRUN\n  sweeper:\n    params:\n      dmin: 30,31\n")
     code, _, err = run_cli("run", "-cd", tmp_path / "presets", "+lab=multi", f"input={tiny_mrcs[0]}",
-                           f"output={tmp_path / 'preset'}", *TINY_ARGS[1:])
+                           f"output={tmp_path / 'preset'}", *TINY_RUN_ARGS[1:])
     assert code == 0, err
     assert (tmp_path / "preset" / "multirun.yaml").is_file() and (tmp_path / "preset" / "1" / "picks.csv").is_file()
