@@ -594,7 +594,8 @@ def _stderr_of_run_in_a_terminal(tmp_path, *args):
 
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 100-column terminal
-    cmd = [sys.executable, "-m", "lipoframe", "run", f"input={tmp_path / 'in'}", "dmin=30", "dmax=140", "runner.report=false", *args]
+    cmd = [sys.executable, "-m", "lipoframe", "run", f"input={tmp_path / 'in'}", "dmin=30", "dmax=140", "runner.report=false",
+           "runner.polarity_check=false", "runner.workers=1", *args]
     proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=slave)
     os.close(slave)
     chunks = []
@@ -615,7 +616,7 @@ def _stderr_of_run_in_a_terminal(tmp_path, *args):
 @pytest.mark.skipif(sys.platform == "win32", reason="needs a pseudo-terminal")
 def test_progress_bar_on_a_terminal_only(tmp_path):
     write_set(tmp_path / "in", 3)
-    shown = _stderr_of_run_in_a_terminal(tmp_path, f"output={tmp_path / 'a'}", "runner.workers=1")
+    shown = _stderr_of_run_in_a_terminal(tmp_path, f"output={tmp_path / 'a'}")
     assert "3/3" in shown and "mic/s" in shown and "picking" in shown
     hidden = _stderr_of_run_in_a_terminal(tmp_path, f"output={tmp_path / 'b'}", "runner.progress=false")
     assert "mic/s" not in hidden
