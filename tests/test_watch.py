@@ -359,8 +359,9 @@ def test_watch_stopped_by_sigterm_names_the_files_it_did_not_pick(tmp_path):
 
     write_set(tmp_path / "in", 1)
     out = tmp_path / "out"
-    # Scans 5 s apart: the file written below cannot be ready (two unchanged scans) before the SIGTERM.
-    cmd = watch_command(tmp_path / "in", out, "stream.poll_seconds=5")
+    # Scans 5 s apart: the file written below is not seen by a scan before the SIGTERM. A file is ready at the
+    # first scan that sees it (stream.stable_polls=1), so mic_000 is picked without waiting for a second scan.
+    cmd = watch_command(tmp_path / "in", out, "stream.poll_seconds=5", "stream.stable_polls=1")
     proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_until_saved(proc, out, ["mic_000"])
     late = write_mrc(tmp_path / "in" / "mic_001.mrc", image(1))
