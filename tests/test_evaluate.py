@@ -27,8 +27,8 @@ from lipoframe.evaluate import (
     sphere_iou,
 )
 
-#: For the sweeps whose tests read only their jobs' folders and picks: the polarity check (picking a
-#: micrograph again in both polarities, ~0.2 CPU s per job) writes nothing these tests read.
+#: For the runs and sweeps whose tests read only their folders and picks (every run of this module): the polarity
+#: check (picking a micrograph again in both polarities, ~0.2 CPU s per job) writes nothing these tests read.
 NO_POLARITY_CHECK = ("runner.polarity_check=false",)
 
 APO = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "apoferritin_empiar10146_sample"
@@ -659,7 +659,7 @@ def every_writer_run(tmp_path_factory):
             run = root / "run"
             with pytest.MonkeyPatch.context() as mp:
                 mp.setenv("LIPOFRAME_LOAD_PLUGINS", "")
-                assert lipoframe_main(["run", f"input={root / 'mics'}", f"output={run}", *TINY_ARGS,
+                assert lipoframe_main(["run", f"input={root / 'mics'}", f"output={run}", *TINY_ARGS, *NO_POLARITY_CHECK,
                                        "writer=[csv,star,cbox,box]", *overrides]) == 0
             made[key] = run, pd.concat(truths, ignore_index=True)
         return made[key]
@@ -1453,7 +1453,7 @@ def log_sweep(tmp_path_factory) -> tuple[Path, Path]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LIPOFRAME_LOAD_PLUGINS", "")
         assert lipoframe_main(["run", "-m", "detector=log", "detector.threshold=3,1000,4", f"input={root / 'mics'}",
-                               f"output={root / 'sweep'}", *TINY_ARGS]) == 0
+                               f"output={root / 'sweep'}", *TINY_ARGS, *NO_POLARITY_CHECK]) == 0
     return root / "sweep", root / "mics"
 
 
@@ -1538,7 +1538,7 @@ def test_a_sweep_scores_partial_jobs_and_warns_about_names_for_every_job(tiny_mr
     for p in tiny_mrcs:
         shutil.copyfile(p, renamed / f"{p.stem}_dn.mrc")
     sweep = tmp_path / "sweep"
-    code, _, err = run_cli("run", "-m", f"input={mics},{renamed}", f"output={sweep}", *TINY_ARGS)
+    code, _, err = run_cli("run", "-m", f"input={mics},{renamed}", f"output={sweep}", *TINY_ARGS, *NO_POLARITY_CHECK)
     assert code == 1, err  # job 0 has a failed micrograph
     summary = json.loads((sweep / "1" / "run_summary.json").read_text())
     summary["interrupted"], summary["micrographs"]["not_done"] = True, 1
@@ -1603,7 +1603,7 @@ def test_a_folder_holding_a_sweep_and_a_run_is_read_as_the_last_one_run_there(lo
 
     mics, truth = log_sweep[1], _truth_csv(tmp_path)
     both = copy_of(log_sweep[0], tmp_path / "both")  # a sweep of 3 jobs
-    code, _, err = run_cli("run", f"input={mics}", f"output={both}", "detector.threshold=40", *TINY_ARGS)
+    code, _, err = run_cli("run", f"input={mics}", f"output={both}", "detector.threshold=40", *TINY_ARGS, *NO_POLARITY_CHECK)
     assert code == 0, err
     sweep_time = (both / "multirun.yaml").stat().st_mtime_ns
     os.utime(both / "inputs.json", ns=(sweep_time + 10**9, sweep_time + 10**9))  # coarse file times: one second later
@@ -1627,7 +1627,7 @@ def test_a_run_that_accepted_no_pick_is_evaluated_and_reported(tiny_mrcs, tmp_pa
     `lipoframe evaluate picks=<run>` and `lipoframe report <run>` stop with a traceback
     ('IndexError: index 0 is out of bounds for axis 0 with size 0' in report._with_bins)."""
     out_dir, truth = tmp_path / "none", _truth_csv(tmp_path)
-    code, _, err = run_cli("run", f"input={tiny_mrcs[0].parent}", f"output={out_dir}", "detector.threshold=40", *TINY_ARGS)
+    code, _, err = run_cli("run", f"input={tiny_mrcs[0].parent}", f"output={out_dir}", "detector.threshold=40", *TINY_ARGS, *NO_POLARITY_CHECK)
     assert code == 0, err
     assert len(pd.read_csv(out_dir / "picks.csv")) == 0
     work = pd.concat([pd.read_csv(p) for p in (out_dir / "micrographs").glob("*.csv")])
@@ -1668,7 +1668,8 @@ def test_a_sweep_rerun_with_fewer_jobs_scores_only_the_last_sweeps_jobs(log_swee
     import os
 
     sweep, mics = copy_of(log_sweep[0], tmp_path / "sweep"), log_sweep[1]  # the earlier sweep: detector.threshold=3,1000,4
-    code, _, err = run_cli("run", "-m", "detector=log", "detector.threshold=3,6", f"input={mics}", f"output={sweep}", *TINY_ARGS)
+    code, _, err = run_cli("run", "-m", "detector=log", "detector.threshold=3,6", f"input={mics}", f"output={sweep}", *TINY_ARGS,
+                           *NO_POLARITY_CHECK)
     assert code == 0, err
     truth = _truth_csv(tmp_path)
     code, out, err = run_cli("evaluate", f"picks={sweep}", f"reference={truth}", f"output={tmp_path / 'eval'}")
