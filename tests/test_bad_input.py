@@ -158,10 +158,11 @@ def test_name_that_would_escape_the_output_folder_stays_inside(bad_run):
 
 
 @pytest.mark.parametrize("kind", ["star without micrographs", "empty folder", "empty glob", "missing file"])
-def test_nothing_to_pick_gives_only_the_input_errors_and_writes_nothing(tmp_path, kind):
+def test_nothing_to_pick_gives_only_the_input_errors_and_writes_nothing(tmp_path, kind, run_cli):
     """A RELION autopick STAR given as input= said "no rlnMicrographName column", then
     "binning: no accepted picks: the plan has no bins", and wrote an empty dataset (plan,
-    exports, report) into a new output folder. So did an empty folder or glob."""
+    exports, report) into a new output folder. So did an empty folder or glob. (In this process:
+    test_unwritable_output_folder runs such a one-line error in a process of its own.)"""
     star = tmp_path / "mic_autopick.star"
     star.write_text("data_\n\nloop_\n_rlnCoordinateX #1\n_rlnCoordinateY #2\n10 20\n")
     (tmp_path / "empty").mkdir()
@@ -172,11 +173,11 @@ def test_nothing_to_pick_gives_only_the_input_errors_and_writes_nothing(tmp_path
         "missing file": (tmp_path / "typo.mrc", f"{tmp_path / 'typo.mrc'}: file not found"),
     }[kind]
     out = tmp_path / "out"
-    proc = cli("run", f"input={spec}", f"output={out}", *RUN_ARGS)
-    assert proc.returncode == 1
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"lipoframe: {error}"), proc.stderr
-    assert proc.stdout == "" and not out.exists()
+    code, stdout, stderr = run_cli("run", f"input={spec}", f"output={out}", *RUN_ARGS)
+    assert code == 1
+    lines = stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"lipoframe: {error}"), stderr
+    assert stdout == "" and not out.exists()
     # The Python API stops there too: the errors are logged, no dataset step, no plan.
     from lipoframe.merge import compose_config
     from lipoframe.records import InputError
