@@ -35,7 +35,7 @@ from lipoframe.planfiles import plan_markdown, size_histogram_table, write_plan_
 from lipoframe.plancmd import PIXEL_SIZE_PLAN_RULE
 from lipoframe.records import MicrographMeta, PickContext
 
-from conftest import TINY_ARGS  # noqa: E402
+from conftest import TINY_ARGS, TINY_RUN_ARGS  # noqa: E402
 
 # ---------------------------------------------------------------------------
 # Box rounding
@@ -135,7 +135,7 @@ def test_the_binning_policy_of_the_plugin_docs_runs(make_plugin, tiny_mrcs, tmp_
     source = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     make_plugin("lipoframe-edges", source)
     out = tmp_path / "out"
-    code, text, err = run_cli("run", f"input={tiny_mrcs[0]}", f"output={out}", *TINY_ARGS, "binning=edges",
+    code, text, err = run_cli("run", f"input={tiny_mrcs[0]}", f"output={out}", *TINY_RUN_ARGS, "binning=edges",
                               "binning.edges_px=[0,1000]", "writer=[csv]")
     assert code == 0, err
     plan = ExtractionPlan.from_dict(json.loads((out / "extraction_plan.json").read_text()))
@@ -720,7 +720,7 @@ def test_plan_and_report_given_a_sweep_folder_of_the_users_subdir_name_its_jobs_
 
 def test_plan_after_a_real_run_replaces_the_per_bin_files(tiny_mrcs, tmp_path, run_cli):
     out = tmp_path / "out"
-    code, _, err = run_cli("run", f"input={tiny_mrcs[0]}", f"output={out}", *TINY_ARGS,
+    code, _, err = run_cli("run", f"input={tiny_mrcs[0]}", f"output={out}", *TINY_RUN_ARGS,
                            "binning=quantile", "binning.n_bins=2", "writer=[csv,star]")
     assert code == 0, err
     first = json.loads((out / "extraction_plan.json").read_text())
@@ -769,7 +769,7 @@ def test_plan_says_the_report_is_out_of_date_only_when_it_shows_another_plan(tin
     # It said 'report.html still shows the previous plan' after every plan, also one the same as the report's.
     out = tmp_path / "out"
     stale = "report.html still shows the previous plan"
-    args = [a for a in TINY_ARGS if a != "runner.report=false"]
+    args = [a for a in TINY_RUN_ARGS if a != "runner.report=false"]
     code, _, err = run_cli("run", f"input={tiny_mrcs[0]}", f"output={out}", *args, "binning=quantile", "binning.n_bins=2")
     assert code == 0, err
     code, stdout, err = run_cli("plan", out)  # the run's own settings: the plan the report shows
@@ -796,7 +796,7 @@ def test_plan_says_the_report_is_out_of_date_only_when_it_shows_another_plan(tin
 def test_a_run_without_writers_points_to_a_plan_that_writes_them(tiny_mrcs, tmp_path, run_cli):
     # With writer=[] the plan sent the user to the rows of a picks.csv that was not written.
     out = tmp_path / "out"
-    code, _, err = run_cli("run", f"input={tiny_mrcs[0]}", f"output={out}", *TINY_ARGS, "writer=[]")
+    code, _, err = run_cli("run", f"input={tiny_mrcs[0]}", f"output={out}", *TINY_RUN_ARGS, "writer=[]")
     assert code == 0, err
     assert not (out / "picks.csv").exists()
     md = (out / "extraction_plan.md").read_text()
@@ -889,7 +889,7 @@ def test_plan_runs_the_dataset_step_of_the_runs_own_filters(make_plugin, tiny_mr
     # filter.population.lonely_below=0 got `lonely` rejections at plan time).
     make_plugin("lipoframe-gate", GATE_FILTER)
     out = tmp_path / "out"
-    code, _, err = run_cli("run", f"input={tiny_mrcs[0]}", f"output={out}", *TINY_ARGS,
+    code, _, err = run_cli("run", f"input={tiny_mrcs[0]}", f"output={out}", *TINY_RUN_ARGS,
                            "filter=[diameter_range,gate]", "filter.gate.close=true", "binning=single")
     assert code == 0, err
     picked = json.loads((out / "run_summary.json").read_text())["picks"]
@@ -932,7 +932,7 @@ def test_plan_refuses_a_run_whose_writer_or_filter_is_no_longer_installed(make_p
     make_plugin("lipoframe-txt", TXT_WRITER)
     make_plugin("lipoframe-gate", GATE_FILTER)
     out = tmp_path / "out"
-    code, _, err = run_cli("run", f"input={tiny_mrcs[0]}", f"output={out}", *TINY_ARGS,
+    code, _, err = run_cli("run", f"input={tiny_mrcs[0]}", f"output={out}", *TINY_RUN_ARGS,
                            "filter=[diameter_range,gate]", "writer=[csv,txt]", "binning=single")
     assert code == 0, err
     written = sorted(p.name for p in (out / "txt").iterdir())
@@ -973,7 +973,7 @@ def test_plan_refuses_a_run_whose_binning_is_no_longer_installed(make_plugin, ti
             registry.add(OneBin)
     """)
     out = tmp_path / "out"
-    code, _, err = run_cli("run", f"input={tiny_mrcs[0]}", f"output={out}", *TINY_ARGS, "binning=one_bin")
+    code, _, err = run_cli("run", f"input={tiny_mrcs[0]}", f"output={out}", *TINY_RUN_ARGS, "binning=one_bin")
     assert code == 0, err
     monkeypatch.setenv("LIPOFRAME_LOAD_PLUGINS", "")
     code, _, err = run_cli("plan", str(out))
@@ -1012,7 +1012,7 @@ def test_plan_of_a_run_without_a_hydra_record_uses_the_runs_binning(make_plugin,
     make_plugin("lipoframe-onebin", ONE_BIN_PLUGIN)
     out = tmp_path / "out"
     for policy in ("one_bin", "single"):
-        code, _, err = run_cli("run", f"input={tiny_mrcs[0]}", f"output={out}", *TINY_ARGS, f"binning={policy}",
+        code, _, err = run_cli("run", f"input={tiny_mrcs[0]}", f"output={out}", *TINY_RUN_ARGS, f"binning={policy}",
                                "hydra.output_subdir=null")
         assert code == 0, err
         assert not (out / ".hydra").exists()
@@ -1036,7 +1036,7 @@ def test_a_run_without_a_hydra_record_stopped_early_leaves_no_earlier_binning(ma
 
     make_plugin("lipoframe-onebin", ONE_BIN_PLUGIN)
     out = tmp_path / "out"
-    args = ["run", f"input={tiny_mrcs[0]}", f"output={out}", *TINY_ARGS, "hydra.output_subdir=null"]
+    args = ["run", f"input={tiny_mrcs[0]}", f"output={out}", *TINY_RUN_ARGS, "hydra.output_subdir=null"]
     code, _, err = run_cli(*args, "binning=one_bin")
     assert code == 0, err
     def interrupted(*args, **kwargs):
@@ -1072,7 +1072,7 @@ def test_plan_of_an_older_folder_says_which_binning_it_took_or_asks(make_plugin,
     # A folder without .hydra/hydra.yaml whose inputs.json records no stages (made before they were recorded):
     # the one installed policy with its options is taken with a warning; when several have them, the user chooses.
     out = tmp_path / "out"
-    code, _, err = run_cli("run", f"input={tiny_mrcs[0]}", f"output={out}", *TINY_ARGS, "binning=single",
+    code, _, err = run_cli("run", f"input={tiny_mrcs[0]}", f"output={out}", *TINY_RUN_ARGS, "binning=single",
                            "hydra.output_subdir=null")
     assert code == 0, err
     manifest = json.loads((out / "inputs.json").read_text())
@@ -1101,7 +1101,7 @@ def test_plan_of_an_older_folder_takes_the_policy_that_gained_options_since(tiny
     # peak_valley gained stray_gap and min_bin_picks: no installed policy had exactly its options, so plan refused
     # (exit 2, 'no installed policy has its options'), where it had used peak_valley, the run's own, before.
     out = tmp_path / "out"
-    code, _, err = run_cli("run", f"input={tiny_mrcs[0]}", f"output={out}", *TINY_ARGS, "hydra.output_subdir=null")
+    code, _, err = run_cli("run", f"input={tiny_mrcs[0]}", f"output={out}", *TINY_RUN_ARGS, "hydra.output_subdir=null")
     assert code == 0, err
     manifest = json.loads((out / "inputs.json").read_text())
     assert manifest.pop("stages")["binning"] == "peak_valley"
@@ -1307,7 +1307,7 @@ def test_a_plan_stopped_while_drawing_its_report_says_so_until_a_report_is_writt
 def test_a_rerun_of_the_run_removes_the_last_plans_settings(tiny_mrcs, tmp_path, run_cli):
     # plan_config.yaml said binning=single after `lipoframe run` had replanned the folder with the run's own quantile binning.
     out = tmp_path / "out"
-    run = ["run", f"input={tiny_mrcs[0]}", f"output={out}", *TINY_ARGS, "binning=quantile", "binning.n_bins=2"]
+    run = ["run", f"input={tiny_mrcs[0]}", f"output={out}", *TINY_RUN_ARGS, "binning=quantile", "binning.n_bins=2"]
     code, _, err = run_cli(*run)
     assert code == 0, err
     assert not (out / "plan_config.yaml").exists()
