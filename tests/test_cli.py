@@ -18,7 +18,6 @@ from conftest import REPO, TINY_DMAX, TINY_DMIN, TINY_PIXEL_SIZE, TINY_RUN_ARGS,
 PICKS_COLUMNS = ["micrograph", "x_px", "y_px", "diameter_px", "score", "pyramid_level", "sigma_px"]
 
 
-
 def picked(out_dir: Path) -> pd.DataFrame:
     picks = pd.read_csv(out_dir / "picks.csv")
     return picks[picks["accepted"]] if "accepted" in picks else picks

@@ -514,7 +514,7 @@ def test_a_plain_run_composes_its_config_once_before_hydra_does(tiny_mrcs, tmp_p
     (presets / "once.yaml").write_text("# @package _global_\nhydra:\n  mode: RUN\n")
     hydras.clear()
     code, _, err = run_cli("run", "-cd", tmp_path / "presets", "+lab=once", f"input={tiny_mrcs[0]}",
-                           f"output={tmp_path / 'preset'}", *TINY_ARGS)
+                           f"output={tmp_path / 'preset'}", *TINY_RUN_ARGS)
     assert code == 0, err
     assert (tmp_path / "preset" / "picks.csv").is_file() and not (tmp_path / "preset" / "multirun.yaml").exists()
     assert len(hydras) == 1, hydras
