@@ -1453,12 +1453,18 @@ def pixel_size_source_changed(meta: MicrographMeta, info: dict | None, path: str
     from a STAR now (the same files given as a folder or a glob: their
     headers' then, as a new run's), are.
     """
-    if cfg.pixel_size is not None:  # given: it is in the fingerprint
-        return False
-    listed = stages.listed_pixel_size(path)
+    listed = stages.listed_pixel_size(path) if cfg.pixel_size is None else None  # given: it is in the fingerprint
     if listed is None:
-        return bool(isinstance(info, dict) and info.get(LISTED_PIXEL_SIZE))
+        return listed_pixel_size_dropped(info, path, cfg, stages)
     return not math.isclose(meta.pixel_size or 0.0, listed, rel_tol=1e-6)
+
+
+def listed_pixel_size_dropped(info: dict | None, path: str | os.PathLike, cfg: LipoframeConfig, stages: StageSet) -> bool:
+    """Whether a saved result (JSON ``info``) was picked at a micrographs STAR's pixel size (:data:`LISTED_PIXEL_SIZE`)
+    that this run does not read ``path`` at: ``pixel_size=`` not given, and no STAR among its inputs lists it (the same
+    file given as a folder or a glob), so its header's is read, as a new run's."""
+    return (bool(isinstance(info, dict) and info.get(LISTED_PIXEL_SIZE)) and cfg.pixel_size is None
+            and stages.listed_pixel_size(path) is None)
 
 
 def angstrom_lengths(cfg: LipoframeConfig) -> list[str]:
@@ -1624,7 +1630,7 @@ def reused_at_pixel_size(
     if new is False:  # unreadable: picking it says why
         return None
     listed = pixel_size_listed(path, cfg, stages)
-    star_dropped = bool(info.get(LISTED_PIXEL_SIZE)) and cfg.pixel_size is None and not listed
+    star_dropped = listed_pixel_size_dropped(info, path, cfg, stages)
     same = new == meta.pixel_size
     why = "" if same else resume.why(path)
     if why:
