@@ -403,6 +403,7 @@ def merge_runs(folders: list[str | Path], out_dir: str | Path, overrides: list[s
         load_work,
         output_folder,
         record_started_stages,
+        recorded_failures,
         sigterm_as_interrupt,
         stage_names,
         write_manifest,
@@ -433,15 +434,22 @@ def merge_runs(folders: list[str | Path], out_dir: str | Path, overrides: list[s
         )
     pm, registry, _ = plugins.load()
     stages = build_stages(cfg, registry)
-    failed_before = {}
+    # The errors the shards recorded: of their failures, and of the files a shard's watch session had not finished
+    # at its last update (a copy still being written?), which the merge lists apart too (not_finished).
+    failed_before: dict[str, str] = {}
+    unfinished_before: dict[str, str] = {}
     for s in shards:
         try:
             summ = json.loads((s.folder / "run_summary.json").read_text())
-            for f in summ.get("failures", []):
-                failed_before[f["micrograph"]] = f["error"]
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
+        except (OSError, ValueError):
+            continue
+        failed, unfinished = recorded_failures(summ)
+        failed_before.update(failed)
+        unfinished_before.update(unfinished)
     names = [n for _, n, _ in order]
+    # Those a shard's watch session had not finished: when not copied, not failures (yet), as its report shows them.
+    not_finished = {n for _, n, path in order if path in unfinished_before and path not in failed_before}
+
     # SIGTERM (`kill`, the end of a batch job) stops it as Ctrl-C does, and run_summary.json says so.
     with output_folder(out_dir, "merge"), folder_log(out_dir, "merge " + " ".join([*map(str, folders), *overrides])), sigterm_as_interrupt():
         from dataclasses import replace
@@ -465,7 +473,8 @@ def merge_runs(folders: list[str | Path], out_dir: str | Path, overrides: list[s
             for shard, name, path in order:
                 done = load_work(shard.folder, name, fingerprint)
                 if done is None:
-                    error = failed_before.get(path) or f"{path}: no complete result in {shard.folder} (rerun that shard to finish it)"
+                    error = (failed_before.get(path) or unfinished_before.get(path)
+                             or f"{path}: no complete result in {shard.folder} (rerun that shard to finish it)")
                     results.append(MicResult(name, path, "failed", error=error))
                     continue
                 picks = done[1]
@@ -493,7 +502,7 @@ def merge_runs(folders: list[str | Path], out_dir: str | Path, overrides: list[s
             # As a run stopped while picking: run_summary.json says so, and how many micrographs are not copied yet;
             # that of an earlier merge with the same settings (whose outputs stay) said its outputs were this merge's.
             finish_run(out_dir.absolute(), names, results, stages, cfg, t0=t0, errors=[], notes=notes + ([dropped] if dropped else []),
-                       interrupted=True, workers=1, finalize=False)
+                       interrupted=True, workers=1, finalize=False, not_finished=not_finished)
             log.warning("interrupted: %d of %d micrographs are copied; run the same `lipoframe merge` command again to finish it",
                         sum(r.status == "ok" for r in results), len(names))
             raise
@@ -502,7 +511,8 @@ def merge_runs(folders: list[str | Path], out_dir: str | Path, overrides: list[s
         notes += [dropped] if dropped else []
         # The absolute folder, as a run's (Hydra's output_dir): the console's 'outputs' line and run_summary.json's out_dir.
         try:
-            result = finish_run(out_dir.absolute(), names, results, stages, cfg, pm=pm, t0=t0, errors=[], notes=notes, workers=1)
+            result = finish_run(out_dir.absolute(), names, results, stages, cfg, pm=pm, t0=t0, errors=[], notes=notes, workers=1,
+                                not_finished=not_finished)
         except KeyboardInterrupt:  # in the binning or a writer: finish_run's run_summary.json says so
             log.warning("interrupted while writing the exports and the extraction plan (every micrograph is copied): "
                         "run the same `lipoframe merge` command again to finish it")
@@ -560,4 +570,5 @@ def _main(argv: list[str]) -> int:
         print(f"lipoframe merge: {exc}", file=sys.stderr)
         return 1
     print(format_summary(result.summary(), shown=shown))
-    return 0 if result.ok else 1
+    # A micrograph a shard's watch session had not finished is not in the merge either: as a failure, exit code 1.
+    return 0 if result.ok and not result.unfinished else 1

@@ -501,14 +501,16 @@ def run_micrographs(run_dir: Path) -> tuple[list[str], list]:
     when present (saved results of micrographs ``inputs.json`` does not list,
     left by an earlier run with other inputs, are not the run's:
     :func:`~lipoframe.runner.run_manifest`); otherwise the saved
-    results are taken in input-path order.
+    results are taken in input-path order. A micrograph without a saved
+    result has the error the run recorded, among its ``failures`` or a watch
+    session's ``not_finished`` (:func:`~lipoframe.runner.recorded_failures`).
 
     Raises
     ------
     PlanError
         If the run saved no per-micrograph results.
     """
-    from lipoframe.runner import WORK_DIR, MicResult, run_manifest, saved_counts
+    from lipoframe.runner import WORK_DIR, MicResult, recorded_failures, run_manifest, saved_counts
 
     work = run_dir / WORK_DIR
     saved = sorted(p.stem for p in work.glob("*.json")) if work.is_dir() else []
@@ -516,12 +518,12 @@ def run_micrographs(run_dir: Path) -> tuple[list[str], list]:
         raise PlanError(f"{run_dir}: no saved picks in {WORK_DIR}/ (is this a lipoframe run folder, and did the run finish a micrograph?)")
     listed, fingerprint = run_manifest(run_dir)
     order: list[tuple[str, str]] = listed or []
-    failures: dict[str, str] = {}
     try:
-        for f in json.loads((run_dir / "run_summary.json").read_text()).get("failures", []):
-            failures[str(f["micrograph"])] = str(f["error"])
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        pass
+        summary = json.loads((run_dir / "run_summary.json").read_text())
+    except (OSError, ValueError):
+        summary = None
+    # Failed, or not finished in a watch session's update (a file still being written?): the error the run recorded.
+    failures, unfinished = recorded_failures(summary)
     results: list = []
     # (meta, rows, accepted rows) of each complete saved result, all read in one go
     # (made with the settings inputs.json records: a run stopped early leaves an earlier run's other picks)
@@ -533,7 +535,7 @@ def run_micrographs(run_dir: Path) -> tuple[list[str], list]:
             _, n_picks, n_acc = loaded[name]
             results.append(MicResult(name, path, "skipped", n_picks, n_acc))
         else:
-            err = failures.get(path) or f"{path}: no complete saved result in {WORK_DIR}/"
+            err = failures.get(path) or unfinished.get(path) or f"{path}: no complete saved result in {WORK_DIR}/"
             results.append(MicResult(name, path, "failed", error=err))
     return [n for n, _ in order], results
 
@@ -585,7 +587,7 @@ def replan(run_dir: str | Path, overrides: list[str] = (), *, report: bool = Fal
     from lipoframe import plugins
     from lipoframe.io.atomic import write_text
     from lipoframe.runner import (MANIFEST, REPORT_INTERRUPTED, WRITTEN, build_stages, finish_run, folder_log, output_folder,
-                                  record_report_interrupted, record_written, sigterm_as_interrupt)
+                                  record_report_interrupted, record_written, recorded_failures, sigterm_as_interrupt)
 
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
@@ -617,10 +619,14 @@ def replan(run_dir: str | Path, overrides: list[str] = (), *, report: bool = Fal
     # A folder that records its files (written_files.json) has the previous plan's removed by the dataset step.
     recorded = (run_dir / WRITTEN).is_file()
     again = "lipoframe plan " + shlex.join([str(run_dir), *user, *(["--report"] if report else [])])
+    # A watch session's files not finished at its last update stay apart from its failures, as the report shows them.
+    unfinished = recorded_failures(picking)[1]
+    not_finished = {r.name for r in results if r.status == "failed" and r.path in unfinished}
     # SIGTERM (`kill`, the end of a batch job) stops it as Ctrl-C does: run_summary.json says the plan is incomplete.
     with output_folder(run_dir, "plan"), folder_log(run_dir, "plan " + " ".join([str(run_dir), *overrides])), sigterm_as_interrupt():
         result = finish_run(run_dir, names, results, stages, cfg, pm=pm, t0=t0, errors=[], notes=[], workers=1,
-                            picking=picking if isinstance(picking, dict) else None, pixel_size=pixel_size, replan=again)
+                            picking=picking if isinstance(picking, dict) else None, pixel_size=pixel_size, replan=again,
+                            not_finished=not_finished)
         removed = _remove_stale_bin_files(run_dir, result.files) if result.plan is not None and not recorded else []
         if removed:
             log.info("removed %d coordinate file(s) of the previous plan under bins/", len(removed))
@@ -718,9 +724,14 @@ def _main(argv: list[str]) -> int:
 
         # A merge stopped while copying the shards' results: the merge again copies the rest.
         what = "merge" if is_merged_folder(args.run_dir) else "run"
+        n_unfinished = len(result.unfinished)  # a watch session's, not finished at its last update: not failed yet
+        why = " (they failed in the run)"
+        if n_unfinished:
+            failed = [f"{missing - n_unfinished} failed in the run"] if missing > n_unfinished else []
+            why = f" ({', '.join([*failed, f'{n_unfinished} not finished yet in the watch session'])})"
         print(f"lipoframe plan: {missing} of {len(result.results)} micrograph(s) have no saved picks and are not in the plan"
               + (f"; the {what} was interrupted: run the same `lipoframe {what}` command again to finish it" if interrupted
-                 else " (they failed in the run)"), file=sys.stderr)
+                 else why), file=sys.stderr)
     if args.json:
         print(plan.to_json())
         return 0 if result.ok or not result.errors else 1

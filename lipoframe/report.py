@@ -450,7 +450,7 @@ def load_run(out_dir: str | os.PathLike) -> RunData:
     FileNotFoundError
         If ``out_dir`` holds neither per-micrograph results nor a run summary.
     """
-    from lipoframe.runner import MADE_IN, collect_work, picking_named_here, run_results, safe_name
+    from lipoframe.runner import MADE_IN, collect_work, picking_named_here, recorded_failures, run_results, safe_name
 
     out_dir = Path(out_dir)
     # the saved results of the run's micrographs, with the JSON read to check their settings (read once)
@@ -474,11 +474,8 @@ def load_run(out_dir: str | os.PathLike) -> RunData:
     config, text, stage_names = _config_from_folder(out_dir, made_in=made_in)
     if plan is not None:  # the policy of the plan shown (another than the run's after `lipoframe plan binning=...`)
         stage_names["binning"] = plan.policy
-    failures, not_finished = (
-        [{"name": safe_name(file_stem(f.get("micrograph", ""))), "path": f.get("micrograph", ""), "error": f.get("error", "")}
-         for f in summary.get(key, [])]
-        for key in ("failures", "not_finished")
-    )
+    failures, not_finished = ([{"name": safe_name(file_stem(path)), "path": path, "error": error} for path, error in listed.items()]
+                              for listed in recorded_failures(summary))
     return RunData(out_dir, picks, metas, plan, summary, config, text, stage_names, failures, not_finished)
 
 

@@ -3433,7 +3433,7 @@ class RunResult:
                 "skipped": sum(r.status == "skipped" for r in self.results),
                 "failed": len(self.failed),
                 "not_done": max(0, (self.n_micrographs or 0) - len(self.results)),
-                **({"not_finished": len(self.unfinished)} if self.watched else {}),
+                **({"not_finished": len(self.unfinished)} if self.watched or self.unfinished else {}),
             },
             "picks": {"total": int(len(self.picks)), "accepted": acc, "rejected": self._rejected_by_reason(),
                       "retried_accepted": self._accepted_with(schema.RETRIED),
@@ -3444,9 +3444,10 @@ class RunResult:
                 for b in self.plan.bins
             ],
             "failures": [{"micrograph": r.path, "error": r.error.splitlines()[0]} for r in self.failed],
-            # A watch session's files that failed but may still be being written: not failures (yet).
+            # A watch session's files that failed but may still be being written: not failures (yet); also those of a
+            # merge of its folder.
             **({"not_finished": [{"micrograph": r.path, "error": r.error.splitlines()[0]} for r in self.unfinished]}
-               if self.watched else {}),
+               if self.watched or self.unfinished else {}),
             "errors": self.errors,
             "notes": self.notes,
             **({"polarity_check": self.polarity_check} if self.polarity_check is not None else {}),
@@ -3611,7 +3612,7 @@ def run_jobs(
 #: Key of the run_summary.json of a folder copied or moved since it was made, and planned there: where it was made.
 MADE_IN = "made_in"
 #: Keys of ``run_summary.json`` that describe the picking, kept by ``lipoframe plan``.
-PICKING_SUMMARY = ("out_dir", MADE_IN, "micrographs", "failures", "polarity_check", "interrupted", "workers", "peak_rss_mb",
+PICKING_SUMMARY = ("out_dir", MADE_IN, "micrographs", "failures", "not_finished", "polarity_check", "interrupted", "workers", "peak_rss_mb",
                    "micrographs_per_s", "watch", "seconds", "run_notes", "run_pixel_size_notes")
 #: Keys of run_summary.json: the notes of the run that picked, and those of them on the pixel size it used.
 RUN_NOTES, RUN_PIXEL_SIZE_NOTES = PICKING_SUMMARY[-2:]
@@ -3622,6 +3623,24 @@ PLAN_INTERRUPTED = "interrupted while making the plan"
 #: Key of the run_summary.json of a ``lipoframe plan`` stopped so (``interrupted`` is then true): the
 #: ``interrupted`` flag of the run that picked, which the plan that finishes restores.
 PICKING_INTERRUPTED = "picking_interrupted"
+
+
+def recorded_failures(summary: Any) -> tuple[dict[str, str], dict[str, str]]:
+    """The micrographs a ``run_summary.json`` (``summary``, as read) lists as failed, and as not finished.
+
+    Each is a dict of the micrograph's path to its error, in the order listed:
+    ``failures``, and ``not_finished``, the files of a ``watch=true``
+    session's update that failed but may be copies still being written
+    (:attr:`RunResult.not_finished`). Entries without a micrograph, and a
+    summary that is no dict (unreadable, or none), list none.
+    """
+    listed = []
+    for key in ("failures", "not_finished"):
+        entries = summary.get(key) if isinstance(summary, dict) else None
+        listed.append({str(f["micrograph"]): str(f.get("error", "")) for f in entries if isinstance(f, dict) and "micrograph" in f}
+                      if isinstance(entries, list) else {})
+    failures, not_finished = listed
+    return failures, not_finished
 
 
 def notes_beginning(notes, prefix: str) -> list[str]:
@@ -4102,7 +4121,8 @@ def format_summary(summary: dict, *, shown: Collection[str] = ()) -> str:
     """
     m = summary["micrographs"]
     lines = [
-        f"micrographs  ok {m['ok']}  skipped {m['skipped']}  failed {m['failed']}  (total {m['total']})",
+        f"micrographs  ok {m['ok']}  skipped {m['skipped']}  failed {m['failed']}"
+        + (f"  not finished {n}" if (n := m.get("not_finished", 0)) else "") + f"  (total {m['total']})",
         f"picks        {summary['picks']['accepted']} accepted of {summary['picks']['total']}"
         + (f" ({n} retried)" if (n := summary["picks"].get("retried_accepted", 0)) else "")
         + (f" ({n} found after peeling)" if (n := summary["picks"].get("peeled_accepted", 0)) else "")
@@ -4124,6 +4144,11 @@ def format_summary(summary: dict, *, shown: Collection[str] = ()) -> str:
         lines.append(f"FAILED {f['error']}")
     if len(failures) > MAX_LISTED:
         lines.append(f"FAILED ... and {len(failures) - MAX_LISTED} more (see run_summary.json)")
+    unfinished = summary.get("not_finished") or []  # a watch session's, at an update; a merge of its folder's
+    for f in unfinished[:MAX_LISTED]:
+        lines.append(f"NOT FINISHED {f['error']}")
+    if len(unfinished) > MAX_LISTED:
+        lines.append(f"NOT FINISHED ... and {len(unfinished) - MAX_LISTED} more (see run_summary.json)")
     if summary.get("interrupted"):
         lines.append("INTERRUPTED: run the same command again to continue")
     errors = [e for e in summary["errors"] if e not in shown]

@@ -569,6 +569,32 @@ def test_merge_lists_the_shards_failures(tmp_path, capsys):
     assert set(pd.read_csv(tmp_path / "merged" / "picks.csv")["micrograph"]) == {"mic_000", "mic_001"}
 
 
+def test_merge_keeps_a_shards_files_not_finished_apart_with_their_errors(tiny_shard_sweep, tmp_path, capsys):
+    """A shard folder of a watch=true session's last update (the session killed since) lists a file that failed but
+    may be a copy still being written under not_finished. The merge read only the failures: the micrograph got a
+    generic 'no complete result' failure, not the session's error, and counted as failed, not as not finished."""
+    import shutil
+
+    shards = tmp_path / "shards"
+    shutil.copytree(tiny_shard_sweep, shards)
+    shard = shards / "1"  # mic_1's
+    for suffix in (".json", ".csv"):
+        (shard / "micrographs" / f"mic_1{suffix}").unlink()
+    summary = json.loads((shard / "run_summary.json").read_text())
+    mic_1 = str(tiny_shard_sweep.parent / "mics" / "mic_1.mrc")
+    error = f"{mic_1}: not a readable MRC file (the session's own words)"
+    summary.update(failures=[], not_finished=[{"micrograph": mic_1, "error": error}], watch=True)
+    summary["micrographs"].update(ok=0, failed=0, not_finished=1)
+    (shard / "run_summary.json").write_text(json.dumps(summary))
+    capsys.readouterr()
+    assert merge.main([str(shards), f"output={tmp_path / 'merged'}", NO_REPORT]) == 1  # mic_1 is not in the merge
+    out = capsys.readouterr().out
+    assert "micrographs  ok 1  skipped 0  failed 0  not finished 1  (total 2)" in out and f"NOT FINISHED {error}" in out
+    merged = json.loads((tmp_path / "merged" / "run_summary.json").read_text())
+    assert merged["not_finished"] == [{"micrograph": mic_1, "error": error}] and merged["failures"] == []
+    assert merged["micrographs"]["not_finished"] == 1 and merged["micrographs"]["failed"] == 0
+
+
 def test_merge_of_runs_over_different_inputs_equals_one_run_over_both(sharded, tmp_path, capsys):
     """Two sessions picked separately, merged: the same as picking both at once."""
     root = sharded

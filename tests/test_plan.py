@@ -1171,6 +1171,32 @@ def test_plan_of_a_killed_run_calls_its_unpicked_micrographs_not_done_not_failed
     assert "the run was interrupted" in err, err
 
 
+def test_plan_of_a_watch_session_keeps_its_files_not_finished_apart_with_their_errors(tiny_run_folder, tmp_path, run_cli):
+    """The run_summary.json of a watch=true session's last update (the session killed since) lists a file that
+    failed but may be a copy still being written under not_finished. `lipoframe plan` read only the failures: it
+    said the file 'failed in the run', and its run_summary.json listed it as neither, so its report left it out."""
+    out = _tiny_run_copy(tiny_run_folder, tmp_path)
+    for suffix in (".json", ".csv"):
+        (out / "micrographs" / f"mic_1{suffix}").unlink()
+    summary = json.loads((out / "run_summary.json").read_text())
+    mic_1 = str(tiny_run_folder.parent / "mics" / "mic_1.mrc")
+    error = f"{mic_1}: not a readable MRC file (the session's own words)"
+    summary.update(failures=[], not_finished=[{"micrograph": mic_1, "error": error}], watch=True)
+    summary["micrographs"].update(ok=1, failed=0, not_finished=1)
+    (out / "run_summary.json").write_text(json.dumps(summary))
+    code, _, err = run_cli("plan", str(out))
+    assert code == 0, err
+    assert ("lipoframe plan: 1 of 2 micrograph(s) have no saved picks and are not in the plan "
+            "(1 not finished yet in the watch session)") in err.splitlines(), err
+    planned = json.loads((out / "run_summary.json").read_text())
+    assert planned["not_finished"] == [{"micrograph": mic_1, "error": error}] and planned["failures"] == []
+    assert planned["micrographs"]["not_finished"] == 1 and planned["micrographs"]["failed"] == 0
+    code, _, err = run_cli("report", str(out), "-j", "1", "--no-overlays")
+    assert code == 0, err
+    text = " ".join((out / "report.html").read_text().split())
+    assert "1 not finished yet" in text and "(the session&#x27;s own words)" in text
+
+
 @contextlib.contextmanager
 def _plan_stopped_in(where: str, monkeypatch):
     """Make a plan stop in its binning (Ctrl-C), in the star writer, after the csv writer's files (SIGTERM), or
