@@ -410,7 +410,11 @@ def preset_sweep_params(overrides: list[str], *, config_dirs: Sequence[str] = ()
     list of str
         e.g. ``["nms.beta=0.6,0.8"]``.
     """
-    hydra_cfg = hydra_settings(overrides, config_dirs=config_dirs)
+    return _sweeper_params(hydra_settings(overrides, config_dirs=config_dirs))
+
+
+def _sweeper_params(hydra_cfg) -> list[str]:
+    """:func:`preset_sweep_params` of the ``hydra`` node :func:`hydra_settings` composed (None: none)."""
     if hydra_cfg is None or hydra_cfg.sweeper.get("_target_") != _BASIC_SWEEPER:
         return []
     return [f"{k}={v}" for k, v in (hydra_cfg.sweeper.get("params") or {}).items()]
@@ -721,6 +725,7 @@ def run(argv: list[str]) -> int:
     argv = spelled_out_flags(argv)  # --cfg=job, -cjob, -mc job: each flag in the one spelling looked for below
     multirun = any(a in ("-m", "--multirun") for a in argv)
     checked = None  # (words, config, mode) of a plain run checked while telling it from a sweep
+    sweep_mode = None  # (hydra.mode,) of a sweep, as composed to read its preset's hydra.sweeper.params
     if not multirun:
         # hydra.mode=MULTIRUN (on the command line or in a preset) makes Hydra sweep as -m does:
         # the checks below must treat it as a sweep too.
@@ -778,8 +783,12 @@ def run(argv: list[str]) -> int:
             except ConfigError as exc:
                 print(f"lipoframe: config error: {exc}", file=sys.stderr)
                 return 2
-        # A preset's hydra.sweeper.params are part of the sweep: their jobs are checked too.
-        params = preset_sweep_params(overrides, config_dirs=config_dirs) if multirun else []
+        # A preset's hydra.sweeper.params are part of the sweep: their jobs are checked too. Composed as Hydra's
+        # get_mode composes a sweep's config, it holds its hydra.mode too: Hydra is told it (_mode_told_to_hydra).
+        settings = hydra_settings(overrides, config_dirs=config_dirs) if multirun else None
+        if settings is not None:
+            sweep_mode = (settings.get("mode"),)
+        params = _sweeper_params(settings)
         try:
             check_output_not_swept(params)
         except ConfigError as exc:
@@ -893,8 +902,10 @@ def run(argv: list[str]) -> int:
     old_argv = sys.argv
     sys.argv = ["lipoframe run"] + argv
     try:
-        # A plain run's mode is known from the compose that checked its config: Hydra need not compose it once more to find it.
-        told = _mode_told_to_hydra(checked[2]) if checked is not None and not multirun else contextlib.nullcontext()
+        # A plain run's mode is known from the compose that checked its config, a sweep's from the compose that read its
+        # preset's sweeper params: Hydra need not compose it once more to find it.
+        known = (checked[2],) if checked is not None and not multirun else sweep_mode
+        told = _mode_told_to_hydra(known[0]) if known is not None else contextlib.nullcontext()
         with restored_logging() as keep_earlier_handlers, told:  # Hydra's log handlers end with the run
             task()
     except SystemExit as exc:
@@ -919,7 +930,11 @@ def _mode_told_to_hydra(mode):
     compose gives: :func:`_validated` composes the same words, presets and
     ``-cd`` folders with the words that set the mode, and reads the same
     ``hydra.mode`` (None unless a word or preset sets it; Hydra then runs
-    once). Left alone by a Hydra without ``get_mode``.
+    once). For a sweep, ``mode`` is that of :func:`hydra_settings`, which
+    composes the sweep's words as ``get_mode`` does (the sweep words left
+    out, ``run_mode`` MULTIRUN): None unless a word or preset sets it (Hydra
+    then adds ``hydra.mode=MULTIRUN`` for ``-m``, as before). Left alone by a
+    Hydra without ``get_mode``.
     """
     from hydra._internal.hydra import Hydra
 

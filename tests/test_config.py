@@ -491,6 +491,7 @@ def test_a_plain_run_composes_its_config_once_before_hydra_does(tiny_mrcs, tmp_p
 
     from hydra._internal.config_loader_impl import ConfigLoaderImpl
     from hydra._internal.hydra import Hydra
+    from hydra.types import RunMode
 
     ours, hydras = [], []
     load = ConfigLoaderImpl.load_configuration
@@ -519,6 +520,18 @@ def test_a_plain_run_composes_its_config_once_before_hydra_does(tiny_mrcs, tmp_p
     assert (tmp_path / "preset" / "picks.csv").is_file() and not (tmp_path / "preset" / "multirun.yaml").exists()
     assert len(hydras) == 1, hydras
     assert Hydra.get_mode is get_mode
+    # a sweep: its hydra.mode (None, -m; MULTIRUN, set in a preset) is read with its preset's sweeper params, so
+    # Hydra composes the sweep's config once (then each job's, twice: its sweeper checks the batch, its launcher
+    # runs it), not once more before to read the mode
+    (presets / "multi.yaml").write_text("# @package _global_\nhydra:\n  mode: MULTIRUN\n")
+    for sweep, words in (("dash_m", ["-m"]), ("preset", ["-cd", tmp_path / "presets", "+lab=multi"])):
+        hydras.clear()
+        code, _, err = run_cli("run", *words, "nms.beta=0.6,0.8", f"input={tiny_mrcs[0]}", f"output={tmp_path / sweep}",
+                               *TINY_RUN_ARGS)
+        assert code == 0, err
+        assert all((tmp_path / sweep / job / "picks.csv").is_file() for job in ("0", "1")), sweep
+        assert hydras.count(RunMode.MULTIRUN) == 1 and len(hydras) == 1 + 2 * 2, (sweep, hydras)
+        assert Hydra.get_mode is get_mode
     # a config error is still told in one line, by the same check
     ours.clear()
     code, _, err = run_cli("run", f"input={tiny_mrcs[0]}", f"output={tmp_path / 'bad'}", *TINY_RUN_ARGS, "nms.bta=1")
