@@ -107,6 +107,40 @@ def test_same_size_medians_are_brute_force_medians():
     assert np.isnan(same_size_medians(d, np.empty(0), np.empty((0, 2)), tolerance=0.1, min_count=1)).all()
 
 
+def _medians_one_by_one(d, ref, vals, *, tolerance, min_count):
+    """same_size_medians as its definition says it: per diameter and measure, np.median of the finite values of the
+    reference diameters strictly within ``tolerance`` of it."""
+    vals = vals[:, None] if vals.ndim == 1 else vals
+    out = np.full((len(d), vals.shape[1]), np.nan)
+    for i, x in enumerate(d):
+        near = (ref > x * (1 - tolerance)) & (ref < x * (1 + tolerance))
+        for j in range(vals.shape[1]):
+            v = vals[near, j][np.isfinite(vals[near, j])]
+            if len(v) >= min_count:
+                out[i, j] = np.median(v)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_same_size_medians_equal_a_median_per_pick_and_measure(seed, monkeypatch):
+    """The medians taken a window of sizes at a time (sorted rows, padded) are those of np.median pick by pick, to the
+    bit: ties of sizes, odd and even counts, NaN and inf values, windows of every width, in chunks of any size."""
+    from lipoframe.builtin import filters
+
+    rng = np.random.default_rng(seed)
+    monkeypatch.setattr(filters, "_MEDIAN_CHUNK", int(rng.choice([1, 7, 64, 1 << 20])))
+    n, n_ref = int(rng.integers(0, 120)), int(rng.integers(0, 90))
+    d = np.round(rng.uniform(20, 60, n), int(rng.integers(0, 2)))  # sizes that tie, as rounded diameters do
+    ref = np.round(rng.uniform(20, 60, n_ref), int(rng.integers(0, 2)))
+    vals = rng.normal(size=(n_ref, int(rng.integers(1, 4)))) * 10.0 ** rng.integers(-3, 4)
+    vals[rng.random(vals.shape) < 0.1] = np.nan
+    vals[rng.random(vals.shape) < 0.05] = rng.choice([np.inf, -np.inf])
+    tolerance, min_count = float(rng.uniform(0.02, 0.4)), int(rng.integers(1, 6))
+    for values in (vals, vals[:, 0]):
+        got = same_size_medians(d, ref, values, tolerance=tolerance, min_count=min_count)
+        np.testing.assert_array_equal(got, _medians_one_by_one(d, ref, values, tolerance=tolerance, min_count=min_count))
+
+
 def _table(diameters, weak, accepted=None):
     n = len(diameters)
     df = pd.DataFrame(index=range(n))

@@ -371,6 +371,10 @@ def same_size_support(diameters: np.ndarray, reference: np.ndarray, *, tolerance
     return np.searchsorted(ref, d * (1 + tolerance), side="left") - np.searchsorted(ref, d * (1 - tolerance), side="right")
 
 
+#: Values :func:`same_size_medians` sorts at a time (windows x the widest window x measures): 8 MB an array of float64.
+_MEDIAN_CHUNK = 1 << 20
+
+
 def same_size_medians(diameters: np.ndarray, reference: np.ndarray, values: np.ndarray, *, tolerance: float,
                       min_count: int) -> np.ndarray:
     """Median of ``values`` over the ``reference`` diameters within ``tolerance`` of each diameter.
@@ -407,14 +411,30 @@ def same_size_medians(diameters: np.ndarray, reference: np.ndarray, values: np.n
     ref, vals = ref[order], vals[order]
     lo = np.searchsorted(ref, d * (1 - tolerance), side="right")
     hi = np.searchsorted(ref, d * (1 + tolerance), side="left")
-    out = np.full((len(d), vals.shape[1]), np.nan)
-    for i in range(len(d)):
-        part = vals[lo[i]:hi[i]]
-        for j in range(part.shape[1]):
-            col = part[:, j][np.isfinite(part[:, j])]
-            if len(col) >= min_count:
-                out[i, j] = float(np.median(col))
-    return out
+    # Picks of the same window of reference sizes share their medians: each window once, its values in a row
+    # (padded with inf, as the NaN left out), sorted, the middle one or two of its finite values taken. Windows
+    # of about the same width go together (little padding), as many at a time as keep memory bounded.
+    windows, which = np.unique(np.c_[lo, np.maximum(hi, lo)], axis=0, return_inverse=True)
+    widths = windows[:, 1] - windows[:, 0]
+    medians = np.full((len(windows), vals.shape[1]), np.nan)
+    by_width = np.argsort(widths, kind="stable")
+    start = np.searchsorted(widths[by_width], 1)  # empty windows: NaN
+    while start < len(by_width):
+        rows_max = max(1, _MEDIAN_CHUNK // (int(widths[by_width[-1]]) * vals.shape[1]))
+        group = by_width[start:start + rows_max]
+        start += len(group)
+        width = int(widths[group[-1]])
+        idx = windows[group, :1] + np.arange(width)
+        rows = vals[np.minimum(idx, len(ref) - 1)]  # (windows, width, M)
+        inside = (idx < windows[group, 1:])[:, :, None] & np.isfinite(rows)
+        rows = np.sort(np.where(inside, rows, np.inf), axis=1)
+        n = np.sum(inside, axis=1)  # finite values of each window, per measure
+        low = np.take_along_axis(rows, (np.maximum(n, 1)[:, None, :] - 1) // 2, axis=1)[:, 0]
+        high = np.take_along_axis(rows, np.minimum(n // 2, width - 1)[:, None, :], axis=1)[:, 0]
+        with np.errstate(invalid="ignore"):  # inf - inf of a window without finite values: left out below
+            mid = np.where(n % 2 == 1, low, (low + high) / 2)  # as np.median
+        medians[group] = np.where((n >= min_count) & (n > 0), mid, np.nan)
+    return medians[which.ravel()]
 
 
 def blank_picks(picks: pd.DataFrame, reference: np.ndarray, *, params: PopulationParams) -> np.ndarray:
