@@ -14,6 +14,13 @@ whitened by its own power spectrum (Welch's method [2]_), in units of the
 correlation's standard deviation on noise of that spectrum (about N(0, 1)
 on noise: checked on white, correlated and ramped noise, printed first).
 
+A second template is learned from each micrograph itself, with no labels
+and no user input (``learned``): the mean angular-mean profile, in radii,
+of the micrograph's 15 confident picks (accepted, not weak) nearest to the
+candidate in diameter, each less its own background (1.3-1.5 radii),
+rendered at the candidate's radius and used in the same filter. A confident
+pick's own profile is left out of its template (leave-one-out).
+
 For every candidate of the simulated suites (each micrograph picked alone
 with ``pick()``, as in ``ceiling.py``; labelled a particle when its centre is
 within 0.3 diameters of a target particle's and its diameter within 15 %):
@@ -21,18 +28,22 @@ within 0.3 diameters of a target particle's and its diameter within 15 %):
 * the area under the ROC curve of the match score and of the detector
   ``score`` among the weak candidates the population filter rejects
   (``weak_unsupported``, most of the particles lipoframe misses), with the
-  template sharp and blurred by 3, 6 and 10 % of its radius;
+  template sharp and blurred by 3, 6 and 10 % of its radius, and of the
+  learned template;
 * the suite F1 (``lipoframe.evaluate``) when those weak candidates are
-  accepted wherever their match score reaches a threshold: thresholds
-  chosen on the tuning seeds, then applied to held-out seeds;
-* the same AUCs on the real apoferritin sample, and how many picks the rule
-  would add on the two real liposome images (both skipped without
-  ``../shared``).
+  accepted wherever their match score (sharp sphere, or learned template)
+  reaches a threshold: thresholds chosen on the tuning seeds, then applied
+  to held-out seeds;
+* the same AUCs on the real apoferritin sample and how many of its weak
+  candidates the rules would add, and how many picks they would add on the
+  two real liposome images (``--crops DIR``: PNGs of those the learned
+  template adds, to look at; both skipped without ``../shared``).
 
 Needs no extra package::
 
     python benchmarks/matched_filter.py [--tune 0,1,2,3] [--held-out 4,5]
     python benchmarks/matched_filter.py --tune 0,1 --held-out "" --rim-blur 4   # softer rims
+    python benchmarks/matched_filter.py --crops /tmp/crops    # and look at the liposome picks
 
 Writes ``benchmarks/results/matched_filter.md`` and ``.json`` (``_rimA``
 with ``--rim-blur``).
@@ -84,6 +95,12 @@ DMIN_A, DMAX_A, MIN_RADIUS_BINNED = 150.0, 500.0, 16.0
 SCALES = (0.9, 1.0, 1.1)
 #: Templates are cached by radius rounded to this relative step.
 RADIUS_STEP = 0.02
+#: Learned templates: radial positions (in radii) the profiles are sampled at,
+#: the outer band (in radii) taken as each pick's local background, and how
+#: many confident picks nearest in diameter make a candidate's template.
+PROFILE_RHO = np.linspace(0.0, 1.5, 31)
+PROFILE_BACKGROUND = (1.3, 1.5)
+NEIGHBOURS = 15
 
 
 def sphere_template(radius: float, blur: float = 0.0) -> np.ndarray:
@@ -95,6 +112,77 @@ def sphere_template(radius: float, blur: float = 0.0) -> np.ndarray:
     if blur > 0:
         t = ndi.gaussian_filter(t, blur * radius, mode="constant")
     return t
+
+
+def profile_template(profile: np.ndarray, radius: float) -> np.ndarray:
+    """A radial profile sampled at :data:`PROFILE_RHO` radii, rendered at ``radius`` pixels.
+
+    Bilinear in the distance from the centre over ``radius``; zero beyond
+    the last sample. Grid ``(2h + 1)^2`` with ``h = ceil(PROFILE_RHO[-1] R) + 1``.
+    """
+    h = int(math.ceil(radius * PROFILE_RHO[-1])) + 1
+    yy, xx = np.mgrid[-h : h + 1, -h : h + 1]
+    return np.interp(np.hypot(yy, xx) / radius, PROFILE_RHO, np.asarray(profile, float), right=0.0)
+
+
+def radial_profiles(image: np.ndarray, rows: np.ndarray, cols: np.ndarray, radii: np.ndarray) -> np.ndarray:
+    """Angular mean of ``image`` around each centre at :data:`PROFILE_RHO` radii, less its :data:`PROFILE_BACKGROUND` band.
+
+    Returns
+    -------
+    profiles : (K, len(PROFILE_RHO)) ndarray
+        Bilinear samples, 48 directions (``lipoframe.algorithms.radial.polar_samples``;
+        edge pixels repeated outside the image), each row minus its mean over
+        the background band, so that a template falls to about zero there.
+    """
+    from lipoframe.algorithms.radial import polar_samples
+
+    if len(rows) == 0:
+        return np.zeros((0, len(PROFILE_RHO)))
+    samples, _, rho = polar_samples(np.asarray(image, np.float32), np.asarray(rows, float), np.asarray(cols, float),
+                                    np.asarray(radii, float), n_angles=48, n_radii=len(PROFILE_RHO), rho_max=float(PROFILE_RHO[-1]))
+    profiles = samples.mean(axis=1, dtype=np.float64)
+    band = (rho >= PROFILE_BACKGROUND[0]) & (rho <= PROFILE_BACKGROUND[1])
+    return profiles - profiles[:, band].mean(axis=1, keepdims=True)
+
+
+def learned_profiles(profiles: np.ndarray, diameters: np.ndarray, confident: np.ndarray, *, k: int = NEIGHBOURS) -> tuple[np.ndarray, np.ndarray]:
+    """Each candidate's template profile: the mean profile of the ``k`` confident picks nearest in diameter, itself left out.
+
+    Parameters
+    ----------
+    profiles : (K, B) ndarray
+        Every candidate's own radial profile (:func:`radial_profiles`).
+    diameters : (K,) ndarray
+    confident : (K,) bool ndarray
+        The picks the templates are learned from (accepted and not weak).
+    k : int
+        Neighbours in log diameter (fewer when the micrograph has fewer
+        confident picks; ties broken by table order).
+
+    Returns
+    -------
+    table : (P, B) ndarray
+        The distinct mean profiles.
+    ids : (K,) ndarray of int
+        Row of ``table`` for each candidate; -1 where no other confident
+        pick exists.
+    """
+    pool = np.flatnonzero(confident)
+    logd = np.log(np.asarray(diameters, float))
+    table: dict[tuple, int] = {}
+    rows: list[np.ndarray] = []
+    ids = np.full(len(logd), -1)
+    for i in range(len(logd)):
+        others = pool[pool != i]
+        if not len(others):
+            continue
+        chosen = tuple(np.sort(others[np.argsort(np.abs(logd[others] - logd[i]), kind="stable")[:k]]))
+        if chosen not in table:
+            table[chosen] = len(rows)
+            rows.append(profiles[list(chosen)].mean(axis=0))
+        ids[i] = table[chosen]
+    return (np.array(rows) if rows else np.zeros((0, profiles.shape[1]))), ids
 
 
 class WhitenedImage:
@@ -159,7 +247,9 @@ class WhitenedImage:
         inverse[0, 0] = 0.0
         spectrum *= inverse
         self.whitened = sfft.irfft2(spectrum, s=padded.shape)[pad : pad + m, pad : pad + n]
-        self._templates: dict[int, tuple[np.ndarray, int, float]] = {}
+        self._templates: dict[tuple[int, int], tuple[np.ndarray, int, float]] = {}
+        #: Radial profiles (rows at :data:`PROFILE_RHO`) that ``scores(profile_ids=...)`` refers to.
+        self.profiles = np.zeros((0, len(PROFILE_RHO)))
 
     def noise_sd(self, template: np.ndarray) -> float:
         """Standard deviation of the correlation with ``template`` on noise of the image's spectrum.
@@ -183,17 +273,18 @@ class WhitenedImage:
         gain = np.interp(np.sqrt(fy * fy + fx * fx), self._ring_f, self._gain)
         return math.sqrt(float(np.sum(weight * t2 * gain)) / (size * size))
 
-    def _template(self, radius: float) -> tuple[np.ndarray, int, float]:
-        key = int(round(math.log(max(radius, 1.0)) / math.log1p(RADIUS_STEP)))
+    def _template(self, radius: float, profile: int = -1) -> tuple[np.ndarray, int, float]:
+        """Template at ``radius`` (rounded to :data:`RADIUS_STEP`): the sphere, or row ``profile`` of :attr:`profiles`."""
+        key = (int(round(math.log(max(radius, 1.0)) / math.log1p(RADIUS_STEP))), profile)
         hit = self._templates.get(key)
         if hit is None:
-            r = (1.0 + RADIUS_STEP) ** key
-            t = sphere_template(r, self.blur)
+            r = (1.0 + RADIUS_STEP) ** key[0]
+            t = sphere_template(r, self.blur) if profile < 0 else profile_template(self.profiles[profile], r)
             hit = self._templates[key] = (t, t.shape[0] // 2, self.noise_sd(t))
         return hit
 
-    def scores(self, rows: np.ndarray, cols: np.ndarray, radii: np.ndarray, *, shift: int = 1) -> np.ndarray:
-        """Match score of a sphere at each position: the best over :data:`SCALES` and +/- ``shift`` pixels.
+    def scores(self, rows: np.ndarray, cols: np.ndarray, radii: np.ndarray, *, shift: int = 1, profile_ids=None) -> np.ndarray:
+        """Match score of a template at each position: the best over :data:`SCALES` and +/- ``shift`` pixels.
 
         Parameters
         ----------
@@ -203,6 +294,9 @@ class WhitenedImage:
             Radii in pixels of the image.
         shift : int
             Positions within this many pixels of the centre are tried too.
+        profile_ids : (K,) ndarray of int, optional
+            Each position's template: a row of :attr:`profiles` rendered at
+            its radius; NaN where -1. Default: the sphere for all.
 
         Returns
         -------
@@ -215,11 +309,15 @@ class WhitenedImage:
         rows = np.clip(np.rint(np.asarray(rows, float)).astype(np.intp), 0, m - 1)
         cols = np.clip(np.rint(np.asarray(cols, float)).astype(np.intp), 0, n - 1)
         radii = np.asarray(radii, dtype=float)
+        ids = np.full(len(rows), -1) if profile_ids is None else np.asarray(profile_ids, int)
         out = np.full(len(rows), -np.inf)
         padded: dict[int, np.ndarray] = {}
-        for i, (r, c, rad) in enumerate(zip(rows, cols, radii)):
+        for i, (r, c, rad, pid) in enumerate(zip(rows, cols, radii, ids)):
+            if profile_ids is not None and pid < 0:
+                out[i] = np.nan
+                continue
             for scale in SCALES:
-                t, h, sd = self._template(rad * scale)
+                t, h, sd = self._template(rad * scale, pid)
                 reach = h + shift
                 if r - reach < 0 or c - reach < 0 or r + reach >= m or c + reach >= n:
                     if reach not in padded:
@@ -266,8 +364,15 @@ def _welch_density(image: np.ndarray, tile: int) -> tuple[np.ndarray, np.ndarray
     return np.arange(len(density)) / tile, density
 
 
-def match_scores(image: np.ndarray, table: pd.DataFrame, *, dmin_px: float, dmax_px: float, blurs=BLURS) -> dict:
-    """Match score of every row of ``table`` (``x_px``, ``y_px``, ``diameter_px``) for each template blur."""
+def match_scores(image: np.ndarray, table: pd.DataFrame, *, dmin_px: float, dmax_px: float, blurs=BLURS, learned: bool = False) -> dict:
+    """Match score of every row of ``table`` (``x_px``, ``y_px``, ``diameter_px``) for each template blur.
+
+    With ``learned``, also under the key ``"learned"``: the score with each
+    row's template learned from the micrograph's confident picks
+    (``accepted`` and not ``weak`` in ``table``) nearest in diameter
+    (:func:`learned_profiles`; a confident pick's own profile left out),
+    profiles measured on the same binned image; NaN where there is none.
+    """
     factor = pow2_floor(dmin_px / 2.0 / MIN_RADIUS_BINNED)
     img = block_mean(np.asarray(image, np.float32), factor) if factor > 1 else np.asarray(image, np.float64)
     rows = (table["y_px"].to_numpy(float) + 0.5) / factor - 0.5
@@ -277,15 +382,21 @@ def match_scores(image: np.ndarray, table: pd.DataFrame, *, dmin_px: float, dmax
     for blur in blurs:
         wi = WhitenedImage(img, pad=int(math.ceil(0.8 * dmax_px / factor)) + 2, blur=blur)
         out[blur] = wi.scores(rows, cols, radii)
+    if learned:
+        confident = table["accepted"].to_numpy(bool) & ~table["weak"].fillna(False).to_numpy(bool)
+        # the widest template reaches PROFILE_RHO[-1] x 1.1 x the largest radius
+        wi = WhitenedImage(img, pad=int(math.ceil(0.55 * PROFILE_RHO[-1] * dmax_px / factor)) + 2)
+        wi.profiles, ids = learned_profiles(radial_profiles(img, rows, cols, radii), radii, confident)
+        out["learned"] = wi.scores(rows, cols, radii, profile_ids=ids)
     return out
 
 
 def auc(label, score) -> float:
-    """Area under the ROC curve (Mann-Whitney), ties counted half."""
+    """Area under the ROC curve (Mann-Whitney), ties counted half; a NaN score ranks lowest."""
     y = np.asarray(label, bool)
     if y.all() or not y.any():
         return float("nan")
-    rank = pd.Series(np.asarray(score, float)).rank().to_numpy()
+    rank = pd.Series(np.asarray(score, float)).rank(na_option="top").to_numpy()
     return float((rank[y].sum() - y.sum() * (y.sum() + 1) / 2) / (y.sum() * (~y).sum()))
 
 
@@ -312,13 +423,13 @@ def calibration(seed: int = 0) -> list[str]:
 
 def suite_candidates(seed: int, cache: Path, rim_blur_A: float = 0.0) -> tuple[pd.DataFrame, pd.DataFrame]:
     table, truth = candidates(seed, cache, rim_blur_A=rim_blur_A)
-    scores = {b: np.full(len(table), np.nan) for b in BLURS}
+    scores = {b: np.full(len(table), np.nan) for b in (*BLURS, "learned")}
     for name, rows in table.groupby("micrograph", sort=False).groups.items():
         with mrcfile.open(cache / suite_folder(seed, rim_blur_A) / f"{name}.mrc", permissive=True) as f:
             image = -np.asarray(f.data, dtype=np.float32)  # particles dark in the suite
             px = float(f.voxel_size.x)
         idx = table.index.get_indexer(rows)
-        for b, v in match_scores(image, table.loc[rows], dmin_px=DMIN_A / px, dmax_px=DMAX_A / px).items():
+        for b, v in match_scores(image, table.loc[rows], dmin_px=DMIN_A / px, dmax_px=DMAX_A / px, learned=True).items():
             scores[b][idx] = v
     for b, v in scores.items():
         table[f"match_{b}"] = v
@@ -357,6 +468,43 @@ def with_weak(table: pd.DataFrame, column: str, threshold: float) -> np.ndarray:
     return table["accepted"].to_numpy(bool) | (weak & (table[column].to_numpy(float) >= threshold))
 
 
+def crops(image: np.ndarray, picks: pd.DataFrame, path: Path, *, others=None, title: str = "", columns: int = 5) -> Path | None:
+    """Save a PNG of square crops (twice the diameter) around ``picks``, each with its learned match score.
+
+    Circles: the pick's dotted in yellow, those of ``others`` (a table of
+    picks, e.g. the accepted ones) in cyan.
+    """
+    if not len(picks):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = -(-len(picks) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.3 * rows + 0.4), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    m, n = image.shape
+    for ax, (_, p) in zip(axes.ravel(), picks.iterrows()):
+        h = int(math.ceil(p["diameter_px"]))
+        r0, c0 = int(round(p["y_px"])) - h, int(round(p["x_px"])) - h
+        crop = image[max(r0, 0) : min(r0 + 2 * h + 1, m), max(c0, 0) : min(c0 + 2 * h + 1, n)]
+        ax.imshow(crop, cmap="gray", extent=(max(c0, 0) - 0.5, max(c0, 0) + crop.shape[1] - 0.5, max(r0, 0) + crop.shape[0] - 0.5, max(r0, 0) - 0.5))
+        ax.add_patch(matplotlib.patches.Circle((p["x_px"], p["y_px"]), p["diameter_px"] / 2, fill=False, color="yellow", lw=0.6, ls=":", alpha=0.6))
+        if others is not None:
+            for _, o in others.iterrows():
+                ax.add_patch(matplotlib.patches.Circle((o["x_px"], o["y_px"]), o["diameter_px"] / 2, fill=False, color="cyan", lw=0.5, alpha=0.5))
+        ax.set_xlim(c0 - 0.5, c0 + 2 * h + 0.5)
+        ax.set_ylim(r0 + 2 * h + 0.5, r0 - 0.5)
+        ax.set_title(f"({p['x_px']:.0f}, {p['y_px']:.0f}) d {p['diameter_px']:.0f}\nscore {p['score']:.1f} match {p['match_learned']:.1f}", fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tune", default="0,1,2,3", help="seeds the threshold is chosen on")
@@ -365,6 +513,7 @@ def main(argv=None) -> int:
     ap.add_argument("--results", default=str(HERE / "results"))
     ap.add_argument("--rim-blur", type=float, default=0.0,
                     help="suites with the objects' rims blurred by this many A more (lipoframe simulate rim_blur_A); real data skipped")
+    ap.add_argument("--crops", default="", help="folder for PNGs of the liposome picks the learned template would add")
     args = ap.parse_args(argv)
     rim = args.rim_blur
     t0 = time.perf_counter()
@@ -372,7 +521,7 @@ def main(argv=None) -> int:
     held = [int(s) for s in args.held_out.split(",")] if args.held_out else []
     cache = Path(args.cache)
     suites = {s: suite_candidates(s, cache, rim) for s in tune + held}
-    result: dict = {"tune": tune, "held_out": held, "auc": {}, "f1": {}}
+    result: dict = {"tune": tune, "held_out": held, "auc": {}, "f1": {}, "f1_learned": {}}
     lines = ["# A whitened matched filter as new evidence (measured, not adopted)"
              + (f": suites with rims blurred by {rim:g} Å more" if rim else ""), "",
              f"`python benchmarks/matched_filter.py --tune {args.tune} --held-out {args.held_out}"
@@ -382,29 +531,31 @@ def main(argv=None) -> int:
              "| noise | radius (px) | mean | standard deviation |", "|---|---|---|---|", *calibration(), "",
              "## Weak candidates rejected for lack of support: particle or not?", "",
              "Area under the ROC curve among the `weak_unsupported` candidates (particles / all in brackets):", "",
-             "| seed | detector `score` | " + " | ".join(f"match, blur {b:g} R" for b in BLURS) + " |",
-             "|---|---|" + "---|" * len(BLURS)]
+             "| seed | detector `score` | " + " | ".join(f"match, blur {b:g} R" for b in BLURS) + " | match, learned template |",
+             "|---|---|" + "---|" * (len(BLURS) + 1)]
     for s, (table, _) in suites.items():
         weak = table[table["reject_reason"].fillna("") == "weak_unsupported"]
-        row = {"score": auc(weak["particle"], weak["score"])} | {f"match_{b}": auc(weak["particle"], weak[f"match_{b}"]) for b in BLURS}
+        row = {"score": auc(weak["particle"], weak["score"])} | {f"match_{b}": auc(weak["particle"], weak[f"match_{b}"]) for b in (*BLURS, "learned")}
         result["auc"][s] = row
         lines.append(f"| {s} ({int(weak['particle'].sum())}/{len(weak)}) | " + " | ".join(f"{v:.3f}" for v in row.values()) + " |")
-    lines += ["", "## Suite F1 with those weak candidates accepted where the match score (sharp template) reaches a threshold", "",
-              "| threshold | " + " | ".join(f"seed {s}" for s in suites) + " | mean of tuning seeds |",
-              "|---|" + "---|" * (len(suites) + 1)]
     base = {s: evaluate(t.assign(accepted=t["accepted"].to_numpy(bool)), tr).summary["f1"] for s, (t, tr) in suites.items()}
     result["f1"]["lipoframe"] = base
-    lines.append("| lipoframe (default) | " + " | ".join(f"{v:.3f}" for v in base.values()) + f" | {np.mean([base[s] for s in tune]):.3f} |")
-    means = {}
-    for thr in THRESHOLDS:
-        f1 = {s: evaluate(t.assign(accepted=with_weak(t, "match_0.0", thr)), tr).summary["f1"] for s, (t, tr) in suites.items()}
-        result["f1"][thr] = f1
-        means[thr] = float(np.mean([f1[s] for s in tune]))
-        lines.append(f"| {thr:g} | " + " | ".join(f"{v:.3f}" for v in f1.values()) + f" | {means[thr]:.3f} |")
-    best = max(means, key=means.get)
-    result["best_threshold"] = best
-    lines += ["", f"Best on the tuning seeds: {best:g}"
-              + ("; held-out seeds " + ", ".join(f"{s}: {base[s]:.3f} -> {result['f1'][best][s]:.3f}" for s in held) if held else "") + "."]
+    best = {}
+    for column, title, key in (("match_0.0", "the sharp sphere", ""), ("match_learned", "the learned template", "_learned")):
+        lines += ["", f"## Suite F1 with those weak candidates accepted where the match score ({title}) reaches a threshold", "",
+                  "| threshold | " + " | ".join(f"seed {s}" for s in suites) + " | mean of tuning seeds |",
+                  "|---|" + "---|" * (len(suites) + 1),
+                  "| lipoframe (default) | " + " | ".join(f"{v:.3f}" for v in base.values()) + f" | {np.mean([base[s] for s in tune]):.3f} |"]
+        means = {}
+        for thr in THRESHOLDS:
+            f1 = {s: evaluate(t.assign(accepted=with_weak(t, column, thr)), tr).summary["f1"] for s, (t, tr) in suites.items()}
+            result["f1" + key][thr] = f1
+            means[thr] = float(np.mean([f1[s] for s in tune]))
+            lines.append(f"| {thr:g} | " + " | ".join(f"{v:.3f}" for v in f1.values()) + f" | {means[thr]:.3f} |")
+        best[column] = max(means, key=means.get)
+        result["best_threshold" + key] = best[column]
+        lines += ["", f"Best on the tuning seeds: {best[column]:g}"
+                  + ("; held-out seeds " + ", ".join(f"{s}: {base[s]:.3f} -> {result['f1' + key][best[column]][s]:.3f}" for s in held) if held else "") + "."]
     ratios = band_ratio(tune[0], "s02_crowded_ldl", cache, rim)
     result["band_ratio_s02"] = ratios
     lines += ["", f"## Where the suite's particles stand out: noise-free over noise power per frequency band (`s02_crowded_ldl`, seed {tune[0]}, 1 A/px)", "",
@@ -420,15 +571,25 @@ def main(argv=None) -> int:
         for path in sorted((APO / "micrographs_filtered").glob("*.png")):
             image = np.asarray(read_array(path), dtype=np.float32)
             p = pick(image, units="px", dmin=40, dmax=90, polarity="dark", name=path.stem)
-            p = p.assign(match=match_scores(-image, p, dmin_px=40, dmax_px=90, blurs=(0.0,))[0.0])
+            m = match_scores(-image, p, dmin_px=40, dmax_px=90, blurs=(0.0,), learned=True)
+            p = p.assign(match=m[0.0], match_learned=m["learned"])
             r = ref[ref["micrograph"] == path.name]
             dist = np.hypot(p["x_px"].to_numpy()[:, None] - r["x_px"].to_numpy()[None], p["y_px"].to_numpy()[:, None] - r["y_px"].to_numpy()[None])
             tables.append(p.assign(particle=dist.min(axis=1) < 0.3 * 61.0))
         apo = pd.concat(tables, ignore_index=True)
-        result["apoferritin_auc"] = {k: auc(apo["particle"], apo[k]) for k in ("match", "score", "quality")}
+        result["apoferritin_auc"] = {k: auc(apo["particle"], apo[k]) for k in ("match", "match_learned", "score", "quality")}
         lines += ["", "## Real data: apoferritin (EMPIAR-10146 sample)", "",
                   f"All {len(apo)} candidates ({int(apo['particle'].sum())} within 0.3 diameters of a reference particle), "
-                  "area under the ROC curve: " + ", ".join(f"`{k}` {v:.3f}" for k, v in result["apoferritin_auc"].items()) + "."]
+                  "area under the ROC curve: " + ", ".join(f"`{k}` {v:.3f}" for k, v in result["apoferritin_auc"].items())
+                  + " (`match` the sphere, `match_learned` the learned template; a confident pick's own profile is left out of its template)."]
+        weak = apo["reject_reason"].fillna("") == "weak_unsupported"
+        result["apoferritin_added"] = {}
+        for column, key in (("match", "match_0.0"), ("match_learned", "match_learned")):
+            rule = weak & (apo[column] >= best[key])
+            result["apoferritin_added"][column] = {"weak_unsupported": int(weak.sum()), "particles_among_them": int((weak & apo["particle"]).sum()),
+                                                   "added": int(rule.sum()), "added_particles": int((rule & apo["particle"]).sum())}
+        lines += ["", f"Of its {int(weak.sum())} `weak_unsupported` candidates ({int((weak & apo['particle']).sum())} near a reference particle) the rule would add "
+                  + " and ".join(f"{v['added']} ({v['added_particles']} near a reference particle) with `{k}`" for k, v in result["apoferritin_added"].items()) + "."]
     if LIPOSOMES.is_dir() and not rim:
         from lipoframe.plugins import read_array
         from lipoframe.runner import pick
@@ -437,13 +598,20 @@ def main(argv=None) -> int:
         for path in sorted(LIPOSOMES.glob("*.jpg")):
             image = np.asarray(read_array(path), dtype=np.float32)
             p = pick(image, units="px", dmin=40, dmax=400, polarity="dark", name=path.stem)
-            weak = p[p["reject_reason"].fillna("") == "weak_unsupported"]
-            score = match_scores(-image, weak, dmin_px=40, dmax_px=400, blurs=(0.0,))[0.0]
-            added[path.stem] = {"accepted": int(p["accepted"].sum()), "weak_unsupported": len(weak), "added": int((score >= best).sum())}
+            m = match_scores(-image, p, dmin_px=40, dmax_px=400, blurs=(0.0,), learned=True)
+            weak = (p["reject_reason"].fillna("") == "weak_unsupported").to_numpy()
+            added[path.stem] = {"accepted": int(p["accepted"].sum()), "weak_unsupported": int(weak.sum()),
+                                "added": int((weak & (m[0.0] >= best["match_0.0"])).sum()),
+                                "added_learned": int((weak & (m["learned"] >= best["match_learned"])).sum())}
+            if args.crops:
+                rule = weak & (m["learned"] >= best["match_learned"])
+                crops(image, p[rule].assign(match_learned=m["learned"][rule]), Path(args.crops) / f"{path.stem}_learned_added.png", others=p[p["accepted"]],
+                      title=f"{path.stem}: weak candidates the learned template adds (score >= {best['match_learned']:g})")
         result["liposomes"] = added
         lines += ["", "## Real data: the two liposome images (no reference)", "",
-                  f"Weak candidates the rule would add at threshold {best:g} (each image picked alone, `dmin=40 dmax=400` px): "
-                  + "; ".join(f"`{k}` {v['added']} of {v['weak_unsupported']} (lipoframe accepts {v['accepted']})" for k, v in added.items())
+                  "Weak candidates the rule would add (each image picked alone, `dmin=40 dmax=400` px), "
+                  f"sphere at threshold {best['match_0.0']:g} / learned template at {best['match_learned']:g}: "
+                  + "; ".join(f"`{k}` {v['added']} / {v['added_learned']} of {v['weak_unsupported']} (lipoframe accepts {v['accepted']})" for k, v in added.items())
                   + ". Look at them before trusting them."]
     seconds = time.perf_counter() - t0
     lines[2] = lines[2].replace("{seconds}", f"{seconds:.0f}")
