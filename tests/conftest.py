@@ -194,6 +194,26 @@ def away_from_home(tmp_path, monkeypatch) -> tuple[Path, Path]:
     return cwd, home
 
 
+def as_watch_update_with_mic_1_not_finished(folder: Path, mics: Path, *, ok: int) -> tuple[str, str]:
+    """Make ``folder`` (a copy of a tiny run or shard) the last update of a ``watch=true`` session killed since.
+
+    ``mic_1``'s saved result is removed and the summary lists it under ``not_finished`` (a file that failed
+    but may be a copy still being written), with an error of its own; ``ok`` micrographs are counted done.
+    Returns ``mic_1``'s path as the summary names it, and that error.
+    """
+    import json
+
+    for suffix in (".json", ".csv"):
+        (folder / "micrographs" / f"mic_1{suffix}").unlink()
+    summary = json.loads((folder / "run_summary.json").read_text())
+    mic_1 = str(mics / "mic_1.mrc")
+    error = f"{mic_1}: not a readable MRC file (the session's own words)"
+    summary.update(failures=[], not_finished=[{"micrograph": mic_1, "error": error}], watch=True)
+    summary["micrographs"].update(ok=ok, failed=0, not_finished=1)
+    (folder / "run_summary.json").write_text(json.dumps(summary))
+    return mic_1, error
+
+
 @pytest.fixture
 def run_cli(capsys):
     """Run ``lipoframe ARGS`` in this process; returns (exit code, stdout, stderr)."""

@@ -575,17 +575,11 @@ def test_merge_keeps_a_shards_files_not_finished_apart_with_their_errors(tiny_sh
     generic 'no complete result' failure, not the session's error, and counted as failed, not as not finished."""
     import shutil
 
+    from conftest import as_watch_update_with_mic_1_not_finished
+
     shards = tmp_path / "shards"
     shutil.copytree(tiny_shard_sweep, shards)
-    shard = shards / "1"  # mic_1's
-    for suffix in (".json", ".csv"):
-        (shard / "micrographs" / f"mic_1{suffix}").unlink()
-    summary = json.loads((shard / "run_summary.json").read_text())
-    mic_1 = str(tiny_shard_sweep.parent / "mics" / "mic_1.mrc")
-    error = f"{mic_1}: not a readable MRC file (the session's own words)"
-    summary.update(failures=[], not_finished=[{"micrograph": mic_1, "error": error}], watch=True)
-    summary["micrographs"].update(ok=0, failed=0, not_finished=1)
-    (shard / "run_summary.json").write_text(json.dumps(summary))
+    mic_1, error = as_watch_update_with_mic_1_not_finished(shards / "1", tiny_shard_sweep.parent / "mics", ok=0)  # mic_1's shard
     capsys.readouterr()
     assert merge.main([str(shards), f"output={tmp_path / 'merged'}", NO_REPORT]) == 1  # mic_1 is not in the merge
     out = capsys.readouterr().out

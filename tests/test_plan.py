@@ -35,7 +35,7 @@ from lipoframe.planfiles import plan_markdown, size_histogram_table, write_plan_
 from lipoframe.plancmd import PIXEL_SIZE_PLAN_RULE
 from lipoframe.records import MicrographMeta, PickContext
 
-from conftest import TINY_ARGS, TINY_RUN_ARGS  # noqa: E402
+from conftest import TINY_ARGS, TINY_RUN_ARGS, as_watch_update_with_mic_1_not_finished  # noqa: E402
 
 # ---------------------------------------------------------------------------
 # Box rounding
@@ -1176,14 +1176,7 @@ def test_plan_of_a_watch_session_keeps_its_files_not_finished_apart_with_their_e
     failed but may be a copy still being written under not_finished. `lipoframe plan` read only the failures: it
     said the file 'failed in the run', and its run_summary.json listed it as neither, so its report left it out."""
     out = _tiny_run_copy(tiny_run_folder, tmp_path)
-    for suffix in (".json", ".csv"):
-        (out / "micrographs" / f"mic_1{suffix}").unlink()
-    summary = json.loads((out / "run_summary.json").read_text())
-    mic_1 = str(tiny_run_folder.parent / "mics" / "mic_1.mrc")
-    error = f"{mic_1}: not a readable MRC file (the session's own words)"
-    summary.update(failures=[], not_finished=[{"micrograph": mic_1, "error": error}], watch=True)
-    summary["micrographs"].update(ok=1, failed=0, not_finished=1)
-    (out / "run_summary.json").write_text(json.dumps(summary))
+    mic_1, error = as_watch_update_with_mic_1_not_finished(out, tiny_run_folder.parent / "mics", ok=1)
     code, _, err = run_cli("plan", str(out))
     assert code == 0, err
     assert ("lipoframe plan: 1 of 2 micrograph(s) have no saved picks and are not in the plan "
