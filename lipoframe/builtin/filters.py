@@ -366,9 +366,15 @@ def same_size_support(diameters: np.ndarray, reference: np.ndarray, *, tolerance
     -------
     count : (K,) ndarray of int
     """
-    d = np.asarray(diameters, dtype=float)
-    ref = np.sort(np.asarray(reference, dtype=float), kind="stable")
-    return np.searchsorted(ref, d * (1 + tolerance), side="left") - np.searchsorted(ref, d * (1 - tolerance), side="right")
+    lo, hi = _same_size_windows(np.asarray(diameters, dtype=float), np.sort(np.asarray(reference, dtype=float), kind="stable"),
+                                tolerance=tolerance)
+    return hi - lo
+
+
+def _same_size_windows(d: np.ndarray, sorted_ref: np.ndarray, *, tolerance: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(lo, hi)``: the slice of ``sorted_ref`` within ``tolerance`` (relative, strict) of each of ``d``."""
+    return (np.searchsorted(sorted_ref, d * (1 - tolerance), side="right"),
+            np.searchsorted(sorted_ref, d * (1 + tolerance), side="left"))
 
 
 #: Values :func:`same_size_medians` sorts at a time (windows x the widest window x measures): 8 MB an array of float64.
@@ -409,8 +415,7 @@ def same_size_medians(diameters: np.ndarray, reference: np.ndarray, values: np.n
     vals = vals[:, None] if vals.ndim == 1 else vals
     order = np.argsort(ref, kind="stable")
     ref, vals = ref[order], vals[order]
-    lo = np.searchsorted(ref, d * (1 - tolerance), side="right")
-    hi = np.searchsorted(ref, d * (1 + tolerance), side="left")
+    lo, hi = _same_size_windows(d, ref, tolerance=tolerance)
     # Picks of the same window of reference sizes share their medians: each window once, its values in a row
     # (padded with inf, as the NaN left out), sorted, the middle one or two of its finite values taken. Windows
     # of about the same width go together (little padding), as many at a time as keep memory bounded.
