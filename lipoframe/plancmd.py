@@ -494,16 +494,17 @@ def compose(overrides: list[str]):
 # ---------------------------------------------------------------------------
 # The run's micrographs
 # ---------------------------------------------------------------------------
-def run_micrographs(run_dir: Path) -> tuple[list[str], list]:
-    """Names of the run's micrographs in run order, and a MicResult for each.
+def run_micrographs(run_dir: Path, summary: Any) -> tuple[list[str], list, set[str]]:
+    """Names of the run's micrographs in run order, a MicResult for each, and the names of those not finished.
 
-    Order and failures come from ``inputs.json`` and ``run_summary.json``
-    when present (saved results of micrographs ``inputs.json`` does not list,
+    Order and failures come from ``inputs.json`` and ``summary`` (the run's
+    ``run_summary.json`` as read; None without one) when present (saved results of micrographs ``inputs.json`` does not list,
     left by an earlier run with other inputs, are not the run's:
     :func:`~lipoframe.runner.run_manifest`); otherwise the saved
     results are taken in input-path order. A micrograph without a saved
     result has the error the run recorded, among its ``failures`` or a watch
-    session's ``not_finished`` (:func:`~lipoframe.runner.recorded_failures`).
+    session's ``not_finished`` (:func:`~lipoframe.runner.recorded_failures`);
+    the names of the latter are the third item.
 
     Raises
     ------
@@ -518,10 +519,6 @@ def run_micrographs(run_dir: Path) -> tuple[list[str], list]:
         raise PlanError(f"{run_dir}: no saved picks in {WORK_DIR}/ (is this a lipoframe run folder, and did the run finish a micrograph?)")
     listed, fingerprint = run_manifest(run_dir)
     order: list[tuple[str, str]] = listed or []
-    try:
-        summary = json.loads((run_dir / "run_summary.json").read_text())
-    except (OSError, ValueError):
-        summary = None
     # Failed, or not finished in a watch session's update (a file still being written?): the error the run recorded.
     failures, unfinished = recorded_failures(summary)
     results: list = []
@@ -537,7 +534,9 @@ def run_micrographs(run_dir: Path) -> tuple[list[str], list]:
         else:
             err = failures.get(path) or unfinished.get(path) or f"{path}: no complete saved result in {WORK_DIR}/"
             results.append(MicResult(name, path, "failed", error=err))
-    return [n for n, _ in order], results
+    # A watch session's files not finished at its last update stay apart from its failures, as the report shows them.
+    not_finished = {r.name for r in results if r.status == "failed" and r.path in unfinished}
+    return [n for n, _ in order], results, not_finished
 
 
 def _remove_stale_bin_files(run_dir: Path, keep) -> list[Path]:
@@ -587,7 +586,7 @@ def replan(run_dir: str | Path, overrides: list[str] = (), *, report: bool = Fal
     from lipoframe import plugins
     from lipoframe.io.atomic import write_text
     from lipoframe.runner import (MANIFEST, REPORT_INTERRUPTED, WRITTEN, build_stages, finish_run, folder_log, output_folder,
-                                  record_report_interrupted, record_written, recorded_failures, sigterm_as_interrupt)
+                                  record_report_interrupted, record_written, sigterm_as_interrupt)
 
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
@@ -602,14 +601,14 @@ def replan(run_dir: str | Path, overrides: list[str] = (), *, report: bool = Fal
     pixel_size = check_pixel_size(saved, user)
     run_settings = saved_overrides(saved, choices, registry)
     composed, cfg = compose(combine_overrides(run_settings, user, shared_binning=shared_binning_params(run_settings, user, registry)))
-    names, results = run_micrographs(run_dir)
-    stages = build_stages(cfg, registry)
-    if pixel_size is not None:
-        check_picks_ignore_pixel_size(run_dir, names, cfg, stages, pixel_size, choices=choices, registry=registry)
     try:
         picking = json.loads((run_dir / "run_summary.json").read_text())
     except (OSError, ValueError):
         picking = None
+    names, results, not_finished = run_micrographs(run_dir, picking)
+    stages = build_stages(cfg, registry)
+    if pixel_size is not None:
+        check_picks_ignore_pixel_size(run_dir, names, cfg, stages, pixel_size, choices=choices, registry=registry)
     if picking is None and (run_dir / MANIFEST).is_file():
         # A run writes run_summary.json at its end, also when interrupted: without one it was killed
         # (SIGKILL, out of memory, a hard time limit), so its micrographs without results were not picked, not failed.
@@ -619,9 +618,6 @@ def replan(run_dir: str | Path, overrides: list[str] = (), *, report: bool = Fal
     # A folder that records its files (written_files.json) has the previous plan's removed by the dataset step.
     recorded = (run_dir / WRITTEN).is_file()
     again = "lipoframe plan " + shlex.join([str(run_dir), *user, *(["--report"] if report else [])])
-    # A watch session's files not finished at its last update stay apart from its failures, as the report shows them.
-    unfinished = recorded_failures(picking)[1]
-    not_finished = {r.name for r in results if r.status == "failed" and r.path in unfinished}
     # SIGTERM (`kill`, the end of a batch job) stops it as Ctrl-C does: run_summary.json says the plan is incomplete.
     with output_folder(run_dir, "plan"), folder_log(run_dir, "plan " + " ".join([str(run_dir), *overrides])), sigterm_as_interrupt():
         result = finish_run(run_dir, names, results, stages, cfg, pm=pm, t0=t0, errors=[], notes=[], workers=1,
