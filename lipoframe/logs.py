@@ -176,7 +176,7 @@ class _SaidBefore(logging.Filter):
 
 @contextlib.contextmanager
 def once_each(said: set[tuple[int, str]]):
-    """While it lasts, the ``lipoframe`` logger drops a message logged before with the same level and words.
+    """While it lasts, loggers drop a message logged before with the same level and words.
 
     ``said`` holds the (level, message) of those logged so far, and is
     filled as it goes: a ``watch=true`` session keeps one for the whole
@@ -187,15 +187,16 @@ def once_each(said: set[tuple[int, str]]):
     console and ``lipoframe.log``, and again only when its words change.
     ``run_summary.json`` and the summary are made as before.
 
-    Its child loggers' messages too (``lipoframe.polaritycheck``, a module's
-    ``logging.getLogger(__name__)``): a logger's filter sees only the records
-    made on it, not those its children pass up, so each child logger that
-    exists on entry gets the filter as well (one made meanwhile does not).
+    Every other logger's messages too: its child loggers'
+    (``lipoframe.polaritycheck``, a module's ``logging.getLogger(__name__)``)
+    and those of plugins' stages and the libraries they use, which an update
+    runs as well. A logger's filter sees only the records made on it, not
+    those its children pass up, so each logger that exists on entry (the
+    root one included) gets the filter (one made meanwhile does not).
     """
     said_before = _SaidBefore(said)
-    loggers = [logging.getLogger("lipoframe")]
-    loggers += [logger for name, logger in list(logging.Logger.manager.loggerDict.items())
-                if name.startswith("lipoframe.") and isinstance(logger, logging.Logger)]
+    loggers = [logging.getLogger()]
+    loggers += [logger for logger in list(logging.Logger.manager.loggerDict.values()) if isinstance(logger, logging.Logger)]
     for logger in loggers:
         logger.addFilter(said_before)
     try:

@@ -998,7 +998,8 @@ def test_a_child_loggers_message_is_logged_once_per_watch_session_too(caplog):
     """logs.once_each (a watch session's updates: each message once per session) filtered the lipoframe
     logger only: a logger's filter does not see the records its child loggers pass up, so a message of
     lipoframe.polaritycheck (or any module's getLogger(__name__) under lipoframe) was logged at every
-    update. A watch session's updates log none today (the polarity check runs in batch runs only)."""
+    update. A watch session's updates log none today (the polarity check runs in batch runs only).
+    Then it filtered lipoframe's loggers only: a plugin writer's warning was logged at every update."""
     import importlib
 
     from lipoframe.logs import once_each
@@ -1007,14 +1008,19 @@ def test_a_child_loggers_message_is_logged_once_per_watch_session_too(caplog):
 
     said: set = set()
     child = logging.getLogger("lipoframe.polaritycheck")
-    with caplog.at_level(logging.INFO, logger="lipoframe"):
+    plugin = logging.getLogger("lipoframe_plugin_test.writers")  # a plugin's stage, outside lipoframe's loggers
+    with caplog.at_level(logging.INFO):
         for _ in range(3):  # three updates of one session
             with once_each(said):
                 child.warning("polarity check: the same words")
                 logging.getLogger("lipoframe").warning("the runner's own words")
+                plugin.warning("a plugin's words")
+                logging.warning("words on the root logger")
         child.warning("polarity check: the same words")  # outside the updates: as before
-    assert caplog.messages == ["polarity check: the same words", "the runner's own words", "polarity check: the same words"]
-    assert not child.filters and not logging.getLogger("lipoframe").filters
+        plugin.warning("a plugin's words")
+    assert caplog.messages == ["polarity check: the same words", "the runner's own words", "a plugin's words",
+                               "words on the root logger", "polarity check: the same words", "a plugin's words"]
+    assert not any(lg.filters for lg in (child, plugin, logging.getLogger("lipoframe"), logging.getLogger()))
 
 
 def test_an_update_while_watching_lists_a_file_not_finished_apart_from_the_failures(tmp_path):
