@@ -246,6 +246,40 @@ def test_a_failed_pick_gets_a_second_look_on_the_detectors_own_radius():
         RadialProfileParams(search=0.2, narrow_search=0.2)
 
 
+def test_refiner_range_search_measures_a_pick_below_the_range_again_at_its_lower_end():
+    """A particle with a bright core: near the detector's (small) radius the core's edge is the steepest fall."""
+    from lipoframe.builtin.refiners import RadialProfileParams, RadialProfileRefiner
+    from lipoframe.records import Micrograph, MicrographMeta, PickContext
+
+    y, x = np.mgrid[:400, :400]
+    dark = np.zeros((400, 400), np.float32)
+    r = np.hypot(x - 200, y - 200)
+    dark[r <= 50] = 1.0  # the particle, 100 px
+    dark[r <= 35] = 3.0  # its darker core, 70 px
+    r2 = np.hypot(x - 200, y - 330)
+    dark[r2 <= 35] = 3.0  # a 70 px blob with nothing around it
+    img = -(dark + np.random.default_rng(0).normal(0, 0.1, dark.shape).astype(np.float32))
+    mic = Micrograph(meta=MicrographMeta(name="m", path="m", shape=img.shape, pixel_size=None), image=img, polarity="dark")
+    ctx = PickContext(dmin_px=96, dmax_px=200, polarity="dark", pixel_size=None, seed=0, export_rejected=True)
+    # The detector's diameters, 24 % small: the first look (+/- 25 %) does not reach the particle's rim.
+    picks = pd.DataFrame({"x_px": [200.0, 200.0], "y_px": [200.0, 330.0], "diameter_px": [76.0, 76.0], "score": [6.0, 6.0],
+                          "sigma_px": [27.0, 27.0], "pyramid_level": [0, 0]})
+
+    def refined(**params) -> pd.DataFrame:
+        return RadialProfileRefiner(RadialProfileParams(**{"range_search": 0.1, **params})).refine(picks, mic, ctx)
+
+    once = refined(range_search=0)  # the default
+    assert (once["diameter_px"] < 75).all() and "refined_in_range" not in once
+    out = refined()
+    particle, blob = out.iloc[0], out.iloc[1]
+    assert particle["refined_in_range"] and particle["accepted"] and abs(particle["diameter_px"] - 100) < 3, particle
+    # The blob has no rim in the range: it keeps its own measurement (the diameter_range filter rejects it).
+    assert not blob["refined_in_range"] and blob["diameter_px"] < 75
+    # The look has its own bar.
+    assert not refined(range_min_contrast=1e6)["refined_in_range"].any()
+    assert refined(range_min_contrast=1e6)["diameter_px"].iloc[0] < 75
+
+
 @pytest.mark.parametrize(
     "stage,params,message",
     [
@@ -257,6 +291,8 @@ def test_a_failed_pick_gets_a_second_look_on_the_detectors_own_radius():
         ("refiner", {"search": 1.5}, "refiner.search"),
         ("refiner", {"rim": "disc"}, "refiner.rim"),
         ("refiner", {"border_margin": 1.0}, "refiner.border_margin"),
+        ("refiner", {"range_search": 0.5}, "refiner.range_search"),
+        ("refiner", {"range_min_contrast": 0}, "refiner.range_min_contrast"),
     ],
 )
 def test_quality_params_are_validated(stage, params, message):

@@ -58,6 +58,17 @@ class RadialProfileParams:
     narrow_min_contrast: see ``narrow_search`` (``min_contrast`` if that is
         higher); above ``min_contrast`` because a second look is a second
         chance for noise too.
+    range_search: a pick measured smaller than the smallest diameter asked
+        for (``dmin``) is measured again with the edge searched within
+        ``(1 + range_search) * (1 +/- range_search) * dmin / 2``, a window
+        that starts at ``dmin`` (within ``range_search**2``), and kept so
+        (column ``refined_in_range``) if that edge has a contrast of at
+        least ``range_min_contrast`` and ``min_coverage``. For particles
+        known to be no smaller than ``dmin`` whose first look found inner
+        structure. Most edges it finds lie at the window's start: objects
+        just below ``dmin`` come out at ``dmin``. 0 (default) turns it off
+        (docs/evaluation.md, "A look within the range asked for").
+    range_min_contrast: see ``range_search``.
     border_margin: picks whose refined centre lies less than this many
         radii inside the micrograph, or outside it, are rejected (reason
         ``at_border``): about half of such a particle is cut off, its centre
@@ -91,6 +102,8 @@ class RadialProfileParams:
     rim: str = "sphere"
     narrow_search: float = 0.1
     narrow_min_contrast: float = 4.0
+    range_search: float = 0.0
+    range_min_contrast: float = 5.0
     border_margin: float = 0.1
     border_search: bool = False
 
@@ -104,6 +117,10 @@ class RadialProfileParams:
             raise ValueError(f"refiner.narrow_search must be in [0, refiner.search), got {self.narrow_search}")
         if not self.narrow_min_contrast > 0:
             raise ValueError(f"refiner.narrow_min_contrast must be > 0, got {self.narrow_min_contrast}")
+        if not 0 <= self.range_search < 0.5:
+            raise ValueError(f"refiner.range_search must be in [0, 0.5), got {self.range_search}")
+        if not self.range_min_contrast > 0:
+            raise ValueError(f"refiner.range_min_contrast must be > 0, got {self.range_min_contrast}")
         if not 1 <= self.iterations <= 10:
             raise ValueError(f"refiner.iterations must be in [1, 10], got {self.iterations}")
         if self.min_radius_binned < 4:
@@ -177,6 +194,21 @@ class RadialProfileRefiner(Refiner):
                 res = _replace_rows(res, retry[ok], again, take=ok)
                 narrow[retry[ok]] = True
                 contrast, coverage, used = self._edge(res, confident)
+        in_range = np.zeros(len(out), dtype=bool)
+        if p.range_search > 0:
+            # A pick measured below the range asked for is measured again at the range's lower end.
+            s = p.range_search
+            small = np.flatnonzero(res["edge_found"] & (res["diameter"] < (1 + s) * (1 - s) * ctx.dmin_px / factor))
+            if len(small):
+                again = refine_circles(img, rows[small], cols[small], np.full(len(small), (1 + s) * ctx.dmin_px / factor),
+                                       search=s, iterations=p.iterations, rim=p.rim)
+                c2, v2, _ = self._edge(_replace_rows(res, small, again), confident)
+                ok = again["edge_found"] & (c2[small] >= p.range_min_contrast) & (v2[small] >= p.min_coverage)
+                if ok.any():
+                    res = _replace_rows(res, small[ok], again, take=ok)
+                    in_range[small[ok]] = True
+                    narrow[small[ok]] = False
+                    contrast, coverage, used = self._edge(res, confident)
         out["diameter_detector_px"] = out[schema.DIAMETER].to_numpy(float)
         out[schema.X] = np.clip(to_full_resolution(res["col"], factor), 0, mic.shape[-1] - 1)
         out[schema.Y] = np.clip(to_full_resolution(res["row"], factor), 0, mic.shape[-2] - 1)
@@ -192,8 +224,11 @@ class RadialProfileRefiner(Refiner):
         out["edge_step_snr"] = res["edge_step"] / background_stats(img)[1]
         out[schema.QUALITY] = np.clip(contrast, 0, None) * coverage
         out["refined_narrow"] = narrow
-        need_contrast = np.where(narrow, p.min_contrast, need_contrast)
-        need_coverage = np.where(narrow, p.min_coverage, need_coverage)
+        if p.range_search > 0:
+            out["refined_in_range"] = in_range
+        # A second or third look passed its own bar; what stays is the first look's.
+        need_contrast = np.where(narrow | in_range, p.min_contrast, need_contrast)
+        need_coverage = np.where(narrow | in_range, p.min_coverage, need_coverage)
         bad = ~res["edge_found"] | (contrast < need_contrast) | (coverage < need_coverage)
         out = schema.reject(out, bad, "no_edge")
         # A particle cut by the border is judged on the part in the image;
