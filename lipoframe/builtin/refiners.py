@@ -180,35 +180,25 @@ class RadialProfileRefiner(Refiner):
                     res = _replace_rows(res, moved[ok], again, take=ok)
                     contrast, coverage, used = self._edge(res, confident)
         narrow = np.zeros(len(out), dtype=bool)
+        in_range = np.zeros(len(out), dtype=bool)
         retry = np.flatnonzero(~res["edge_found"] | (contrast < need_contrast) | (coverage < need_coverage))
         if p.narrow_search > 0 and len(retry):
             # A failed pick is measured again on the detector's own radius,
             # where a touching neighbour's edge cannot pass for its own; it
             # is kept only if that edge is clear (a second look is a second
             # chance for noise too, so the bar is higher than the first).
-            again = refine_circles(img, rows[retry], cols[retry], diameters[retry], search=p.narrow_search, iterations=p.iterations, rim=p.rim)
-            c2, v2, _ = self._edge(_replace_rows(res, retry, again), confident)
-            clear = max(p.narrow_min_contrast, p.min_contrast)
-            ok = again["edge_found"] & (c2[retry] >= clear) & (v2[retry] >= p.min_coverage)
-            if ok.any():
-                res = _replace_rows(res, retry[ok], again, take=ok)
-                narrow[retry[ok]] = True
-                contrast, coverage, used = self._edge(res, confident)
-        in_range = np.zeros(len(out), dtype=bool)
+            res, kept = self._look_again(img, res, retry, rows, cols, diameters[retry], p.narrow_search,
+                                         max(p.narrow_min_contrast, p.min_contrast), confident)
+            narrow[kept] = True
         if p.range_search > 0:
             # A pick measured below the range asked for is measured again at the range's lower end.
             s = p.range_search
             small = np.flatnonzero(res["edge_found"] & (res["diameter"] < (1 + s) * (1 - s) * ctx.dmin_px / factor))
-            if len(small):
-                again = refine_circles(img, rows[small], cols[small], np.full(len(small), (1 + s) * ctx.dmin_px / factor),
-                                       search=s, iterations=p.iterations, rim=p.rim)
-                c2, v2, _ = self._edge(_replace_rows(res, small, again), confident)
-                ok = again["edge_found"] & (c2[small] >= p.range_min_contrast) & (v2[small] >= p.min_coverage)
-                if ok.any():
-                    res = _replace_rows(res, small[ok], again, take=ok)
-                    in_range[small[ok]] = True
-                    narrow[small[ok]] = False
-                    contrast, coverage, used = self._edge(res, confident)
+            res, kept = self._look_again(img, res, small, rows, cols, np.full(len(small), (1 + s) * ctx.dmin_px / factor), s,
+                                         p.range_min_contrast, confident)
+            in_range[kept], narrow[kept] = True, False
+        if (narrow | in_range).any():
+            contrast, coverage, used = self._edge(res, confident)
         out["diameter_detector_px"] = out[schema.DIAMETER].to_numpy(float)
         out[schema.X] = np.clip(to_full_resolution(res["col"], factor), 0, mic.shape[-1] - 1)
         out[schema.Y] = np.clip(to_full_resolution(res["row"], factor), 0, mic.shape[-2] - 1)
@@ -238,6 +228,21 @@ class RadialProfileRefiner(Refiner):
         # not fill a whole block, so its far border lies up to factor - 1
         # pixels inside the micrograph's.
         return schema.reject(out, self._at_border(res, mic.shape[-2:], factor), "at_border")
+
+    def _look_again(self, img, res: dict, which: np.ndarray, rows, cols, diameters, search: float, min_contrast: float,
+                    blockers: np.ndarray) -> tuple[dict, np.ndarray]:
+        """``res`` with the picks ``which`` measured again from ``diameters`` within ``search`` where that edge is clear.
+
+        Clear: an SNR of at least ``min_contrast`` on at least ``min_coverage`` of the directions.
+        Returns the new ``res`` and the picks it measured again.
+        """
+        if not len(which):
+            return res, which
+        p = self.params
+        again = refine_circles(img, rows[which], cols[which], diameters, search=search, iterations=p.iterations, rim=p.rim)
+        contrast, coverage, _ = self._edge(_replace_rows(res, which, again), blockers)
+        ok = again["edge_found"] & (contrast[which] >= min_contrast) & (coverage[which] >= p.min_coverage)
+        return (_replace_rows(res, which[ok], again, take=ok) if ok.any() else res), which[ok]
 
     def _at_border(self, res: dict, shape: tuple[int, int], factor: int) -> np.ndarray:
         """Picks of ``res`` (refined on the ``factor``-binned image) centred less than ``border_margin`` radii inside the micrograph."""
