@@ -187,12 +187,12 @@ def once_each(said: set[tuple[int, str]]):
     console and ``lipoframe.log``, and again only when its words change.
     ``run_summary.json`` and the summary are made as before.
 
-    Every other logger's messages too: its child loggers'
-    (``lipoframe.polaritycheck``, a module's ``logging.getLogger(__name__)``)
-    and those of plugins' stages and the libraries they use, which an update
-    runs as well. A logger's filter sees only the records made on it, not
-    those its children pass up, so each logger that exists on entry (the
-    root one included) gets the filter (one made meanwhile does not).
+    Not only the ``lipoframe`` logger's: those of its child loggers
+    (``lipoframe.polaritycheck``, a module's ``logging.getLogger(__name__)``),
+    of plugins' stages and of the libraries they use, which an update runs
+    as well. A logger's filter sees only the records made on it, not those
+    its children pass up, so each logger that exists on entry (the root one
+    included) gets the filter (one made meanwhile does not).
     """
     said_before = _SaidBefore(said)
     loggers = [logging.getLogger()]
