@@ -252,6 +252,18 @@ class PopulationParams:
         cover at least this fraction of the micrograph's area (their number
         times the weak pick's disc area over the image area).
     min_support: and they must number at least this many.
+    near_min_support: a weak pick that nearly made the threshold and has a
+        clear edge (``score`` at least ``near_score``, ``quality`` at least
+        ``near_quality``) needs only this many confident accepted picks of
+        its size, and no ``min_occupancy``: in a polydisperse or moderately
+        crowded field the picks of one size cover little of the micrograph,
+        but such a pick is a particle far more often than noise (on the
+        simulated suites, 111 particles against 7 false picks over six
+        seeds). 0 turns it off.
+    near_score, near_quality: see ``near_min_support``; the score in the
+        detector's noise units (its ``threshold`` is 5.3, ``weak_threshold``
+        4.0), the quality as the refiner's (the confident true particles of
+        the suite have a median of 7.7).
     size_tolerance: "same size": diameters within this relative difference.
     weak_min_separation: a weak pick whose centre is closer to a confident
         accepted pick's than this fraction of the sum of their radii is
@@ -313,6 +325,9 @@ class PopulationParams:
 
     min_occupancy: float = 0.08
     min_support: int = 20
+    near_min_support: int = 8
+    near_score: float = 4.8
+    near_quality: float = 5.0
     size_tolerance: float = 0.1
     weak_min_separation: float = 0.9
     lonely_below: int = 3
@@ -330,6 +345,11 @@ class PopulationParams:
             raise ValueError(f"filter.population.min_occupancy must be in [0, 1], got {self.min_occupancy}")
         if self.min_support < 1:
             raise ValueError(f"filter.population.min_support must be >= 1, got {self.min_support}")
+        if self.near_min_support < 0:
+            raise ValueError(f"filter.population.near_min_support must be >= 0 (0 = off), got {self.near_min_support}")
+        for name in ("near_score", "near_quality"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"filter.population.{name} must be > 0, got {getattr(self, name)}")
         if not 0 < self.size_tolerance < 1:
             raise ValueError(f"filter.population.size_tolerance must be in (0, 1), got {self.size_tolerance}")
         if not 0 <= self.weak_min_separation <= 1:
@@ -525,7 +545,12 @@ class PopulationFilter(Filter):
         occupancy = support * (np.pi / 4.0) * d**2 / area
         out[schema.SUPPORT] = support
         out["support_occupancy"] = occupancy
-        out = schema.reject(out, weak & ((support < p.min_support) | (occupancy < p.min_occupancy)), "weak_unsupported")
+        unsupported = (support < p.min_support) | (occupancy < p.min_occupancy)
+        if p.near_min_support > 0 and schema.QUALITY in out.columns:
+            # Nearly confident, with a clear edge: a few picks of its size are company enough.
+            near = (out[schema.SCORE].to_numpy(dtype=float) >= p.near_score) & (out[schema.QUALITY].to_numpy(dtype=float) >= p.near_quality)
+            unsupported &= ~(near & (support >= p.near_min_support))
+        out = schema.reject(out, weak & unsupported, "weak_unsupported")
         if p.faint_quality > 0 and schema.QUALITY in out.columns:
             # Confident picks with a barely-found edge need company of their size.
             faint = acc & ~weak & (out[schema.QUALITY].to_numpy(dtype=float) < p.faint_quality) & (occupancy < p.faint_min_occupancy)
