@@ -266,8 +266,6 @@ def test_real_polydisperse_liposomes_get_few_weak_picks(name, dmax):
     confident ones with a clear edge are accepted (filter.population.near_*), none without that rule."""
     from PIL import Image
 
-    from lipoframe.builtin.filters import PopulationParams
-
     img = np.asarray(Image.open(LIPOSOMES / name).convert("L")).astype(np.float32)
     picks = pick(img, units="px", dmin=20, dmax=dmax)
     weak = picks[schema.WEAK].to_numpy(bool)
