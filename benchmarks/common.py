@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import time
 from pathlib import Path
 
@@ -38,6 +40,12 @@ def run_and_evaluate(
     Resume is off so the current code always runs; the HTML report is off
     (it does not change picks).
 
+    The run and its evaluation hold a lock on ``run_dir`` (the file
+    ``run_dir.lock`` beside it): two benchmarks started at once with the same
+    cache (two clones, or runs by hand) take turns, so each evaluates its own
+    picks and the folder never mixes two runs. (The run's STAR files name
+    the folder, so it is not written elsewhere and moved.)
+
     Returns
     -------
     result : EvaluationResult
@@ -46,9 +54,35 @@ def run_and_evaluate(
         ``candidates``: n_picks, recall, precision and AUPRC over all picks
         including rejected ones (how much the detector found before filtering).
     """
+    run_dir = Path(run_dir)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(run_dir.with_name(run_dir.name + ".lock")):
+        return _run_and_evaluate(inputs, reference, run_dir, overrides=overrides, workers=workers, **evaluate_kw)
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """Hold an exclusive lock on the file ``path`` (waits for another holder; no lock where ``fcntl`` is missing)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock
+        yield
+        return
+    with open(path, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another benchmark's run in {path.with_suffix('')} ...", file=sys.stderr)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _run_and_evaluate(inputs, reference, run_dir: Path, *, overrides, workers, **evaluate_kw) -> tuple[EvaluationResult, dict]:
     from lipoframe.runner import run_pipeline
 
-    run_dir = Path(run_dir)
     cfg = compose_config([
         f"input={inputs}", f"output={run_dir}", f"runner.workers={workers}",
         "runner.resume=false", "runner.progress=false", "runner.report=false", *overrides,
