@@ -19,9 +19,14 @@ def block_mean(image: np.ndarray, factor: int, *, offset: float = 0.0) -> np.nda
         Block edge length (>= 1). Trailing rows/columns that do not fill a
         whole block are dropped.
     offset : float
-        Subtracted from every pixel (in float64) before the float32 sums:
-        with the image's typical level, a large constant level (integer
-        counts, an offset detector) does not eat float32's precision.
+        Subtracted from every pixel before the float32 sums: with the
+        image's typical level, a large constant level (integer counts, an
+        offset detector) does not eat float32's precision. The difference
+        is each pixel's exact difference rounded to float32: worked out in
+        float32 when the pixels and ``offset`` are float32 numbers (a
+        float32, float16 or 8- and 16-bit integer image and a level from
+        :func:`typical_level`), which IEEE subtraction rounds correctly,
+        and in float64 otherwise (three times slower).
 
     Returns
     -------
@@ -51,7 +56,7 @@ def block_mean(image: np.ndarray, factor: int, *, offset: float = 0.0) -> np.nda
         raise ValueError(f"image must be 2D or 3D, got {image.ndim}D")
     if factor == 1:
         if offset:
-            return np.subtract(image, offset, dtype=np.float64).astype(np.float32)
+            return _minus(image, offset)
         return np.array(image, dtype=np.float32, copy=True)
     out_shape = tuple(s // factor for s in image.shape)
     if min(out_shape) < 1:
@@ -70,7 +75,7 @@ def block_mean(image: np.ndarray, factor: int, *, offset: float = 0.0) -> np.nda
     for r0 in range(0, mb, band):
         r1 = min(mb, r0 + band)
         block = image[r0 * factor : r1 * factor, : nb * factor]
-        block = np.subtract(block, offset, dtype=np.float64).astype(np.float32) if offset else np.asarray(block, dtype=np.float32)
+        block = _minus(block, offset) if offset else np.asarray(block, dtype=np.float32)
         if odd > 1:
             block = _sum_blocks(block, odd)
             block *= np.float32(1.0 / (odd * odd))
@@ -81,15 +86,29 @@ def block_mean(image: np.ndarray, factor: int, *, offset: float = 0.0) -> np.nda
     return out
 
 
+#: Pixel types whose every value is a float32 number.
+_FLOAT32_EXACT = (np.float32, np.float16, np.int8, np.uint8, np.int16, np.uint16, np.bool_)
+
+
+def _minus(a: np.ndarray, offset: float) -> np.ndarray:
+    """``a - offset`` as float32, each value the exact difference rounded once (a new array)."""
+    if a.dtype.type in _FLOAT32_EXACT and float(np.float32(offset)) == offset:
+        return np.subtract(a, np.float32(offset), dtype=np.float32)
+    return np.subtract(a, offset, dtype=np.float64).astype(np.float32)
+
+
 def _sum_blocks(a: np.ndarray, f: int) -> np.ndarray:
-    """Sums of the ``f`` x ``f`` blocks of a 2-D float32 array whose sides are multiples of ``f`` (a new array)."""
+    """Sums of the ``f`` x ``f`` blocks (``f >= 2``) of a 2-D float32 array whose sides are multiples of ``f`` (a new array)."""
     # Adding the `f` strided slices is ~4x faster than a reshape-sum over a
-    # short inner axis (numpy vectorises the elementwise adds).
-    cols = a[:, 0::f].copy()
-    for j in range(1, f):
+    # short inner axis (numpy vectorises the elementwise adds). The first two
+    # are added into a new array rather than copied and then added to: the
+    # same sums, one pass fewer over the data (a 4096² image binned by 4 in
+    # 10 ms instead of 20).
+    cols = np.add(a[:, 0::f], a[:, 1::f])
+    for j in range(2, f):
         cols += a[:, j::f]
-    rows = cols[0::f].copy()
-    for i in range(1, f):
+    rows = np.add(cols[0::f], cols[1::f])
+    for i in range(2, f):
         rows += cols[i::f]
     return rows
 
@@ -131,15 +150,17 @@ def check_factor(factor) -> int:
 
 
 def typical_level(image: np.ndarray, *, samples: int = 1 << 16) -> float:
-    """The median of about ``samples`` pixels of ``image`` on a regular grid (float64).
+    """The median of about ``samples`` pixels of ``image`` on a regular grid, rounded to a float32 number.
 
-    A level to subtract before float32 arithmetic (see :func:`block_mean`);
-    reads only the sampled rows of a memory-mapped file. 0.0 for an image
-    whose sampled pixels are not all finite (the runner reports those).
+    A level to subtract before float32 arithmetic (see :func:`block_mean`,
+    which subtracts a float32 level from float32 pixels in float32, three
+    times faster than in float64); reads only the sampled rows of a
+    memory-mapped file. 0.0 for an image whose sampled pixels are not all
+    finite (the runner reports those).
     """
     steps = [max(1, int(round((np.prod(image.shape) / samples) ** (1.0 / image.ndim))))] * image.ndim
     sample = np.asarray(image[tuple(slice(None, None, s) for s in steps)], dtype=np.float64)
-    level = float(np.median(sample)) if sample.size else 0.0
+    level = float(np.float32(np.median(sample))) if sample.size else 0.0
     return level if math.isfinite(level) else 0.0
 
 
