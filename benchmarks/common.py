@@ -44,7 +44,12 @@ def run_and_evaluate(
     ``run_dir.lock`` beside it): two benchmarks started at once with the same
     cache (two clones, or runs by hand) take turns, so each evaluates its own
     picks and the folder never mixes two runs. (The run's STAR files name
-    the folder, so it is not written elsewhere and moved.)
+    the folder, so it is not written elsewhere and moved.) The run itself
+    holds :func:`lipoframe.runner.folder_lock` inside the folder, which
+    refuses a second writer rather than waiting and is let go before the
+    evaluation reads the picks: without this lock the second benchmark
+    failed ("another lipoframe run ... is writing"), or rewrote the folder
+    while the first was reading it.
 
     Returns
     -------
